@@ -1,0 +1,32 @@
+# Two commands a newcomer needs:  `make demo` (set up + run a real study)  and  `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench proto clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# CPU torch first (a local wheel); GPU users: install a CUDA torch into .venv before `make setup`.
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/bbo demo
+
+test: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python bench/run_all.py --quick
+
+proto: $(STAMP)
+	$(BIN)/python -m bbo_server.protogen
+
+clean:
+	rm -rf $(VENV) build *.egg-info

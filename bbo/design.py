@@ -1,0 +1,74 @@
+"""Space-filling initial design: scrambled Sobol points that respect parameter constraints."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import qmc
+
+from bbo.space import SearchSpace, Value
+
+
+def _to_box(space: SearchSpace, u: np.ndarray) -> np.ndarray:
+    """Map unit-cube Sobol points onto the encoding's box (categoricals span 0..k-1)."""
+    box = space.bounds()
+    x = u.copy()
+    for i in space.cat_dims:
+        k = box[1, i] + 1
+        x[:, i] = np.minimum(np.floor(u[:, i] * k), k - 1)
+    return x
+
+
+def sobol_design(space: SearchSpace, n: int, seed: int, skip: int = 0) -> list[dict[str, Value]]:
+    """The Sobol points ``skip .. skip+n-1`` of this seed's sequence that are feasible, decoded.
+
+    Rounding (ints, ordinals) happens before the feasibility check, so every returned point meets
+    the constraints exactly. If constraints reject nearly everything, points come from hit-and-run
+    sampling of the constraint polytope instead.
+    """
+    if n <= 0:
+        return []
+    engine = qmc.Sobol(space.dim, scramble=True, seed=seed)
+    out: list[dict[str, Value]] = []
+    seen_feasible = 0
+    drawn = 0
+    while len(out) < n and drawn < 64 * (skip + n) + 4096:
+        batch = engine.random(256)
+        drawn += 256
+        for row in _to_box(space, batch):
+            p = space.decode(row)
+            if not space.is_feasible(p):
+                continue
+            seen_feasible += 1
+            if seen_feasible > skip:
+                out.append(p)
+                if len(out) == n:
+                    break
+    if len(out) < n:
+        out.extend(polytope_samples(space, n - len(out), seed + skip + 1))
+    return out
+
+
+def polytope_samples(space: SearchSpace, n: int, seed: int) -> list[dict[str, Value]]:
+    """Uniform-ish feasible points by hit-and-run inside the constraint polytope (BoTorch)."""
+    import torch
+    from botorch.utils.sampling import get_polytope_samples
+
+    ineq = [
+        (torch.tensor(idx, dtype=torch.long), torch.tensor(coef, dtype=torch.double), float(rhs))
+        for idx, coef, rhs in space.inequality_constraints()
+    ]
+    box = torch.tensor(space.bounds(), dtype=torch.double)
+    out: list[dict[str, Value]] = []
+    attempt = 0
+    while len(out) < n and attempt < 20:
+        xs = get_polytope_samples(n=4 * n, bounds=box, inequality_constraints=ineq or None, seed=seed + attempt, thinning=16)
+        for row in xs.numpy():
+            p = space.decode(row)
+            if space.is_feasible(p):
+                out.append(p)
+                if len(out) == n:
+                    break
+        attempt += 1
+    if len(out) < n:
+        raise RuntimeError("could not sample feasible points: the constraints leave (almost) no integer-feasible point")
+    return out

@@ -1,0 +1,32 @@
+"""Errors the core raises; the service maps each to a gRPC status code."""
+
+from __future__ import annotations
+
+
+class BboError(Exception):
+    """Base class of every error bbo raises on purpose."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class SpecError(BboError, ValueError):
+    """A malformed study spec, parameter assignment or metric: names the offending field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class NotFoundError(BboError, LookupError):
+    """An unknown study or trial."""
+
+
+class ConflictError(BboError):
+    """A request that contradicts stored state (e.g. a different tell on a finished trial)."""
+
+
+class LimitError(BboError):
+    """A request over a configured limit (too many trials per ask, parameters, studies...)."""

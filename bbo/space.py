@@ -1,0 +1,395 @@
+"""Search spaces: parameter kinds, linear parameter constraints, and the unit-cube encoding.
+
+Encoding (what the surrogate sees): one column per non-fixed parameter.
+- float / int / ordinal: a number in [0, 1] (log-transformed first when ``log``); ints and ordinals
+  take only the finitely many values listed by :meth:`SearchSpace.discrete_values`.
+- categorical: the choice's index 0..k-1 (a categorical kernel treats it as unordered).
+Fixed parameters take no column; they are added back on decode.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence, Union
+
+import numpy as np
+
+from bbo.errors import SpecError
+
+Value = Union[float, int, str]
+
+
+def _check_name(name: str, field_path: str) -> None:
+    if not isinstance(name, str) or not name or not name.replace("_", "a").replace(".", "a").replace("-", "a").isalnum():
+        raise SpecError(field_path, f"parameter name {name!r} must be a non-empty string of letters, digits, '_', '.', '-'")
+
+
+def _finite(x: float, field_path: str) -> float:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        raise SpecError(field_path, f"{x!r} is not a number") from None
+    if not math.isfinite(x):
+        raise SpecError(field_path, f"must be finite, got {x}")
+    return x
+
+
+@dataclass(frozen=True)
+class FloatParam:
+    """A real-valued parameter in [low, high], searched on a linear or log scale."""
+
+    name: str
+    low: float
+    high: float
+    log: bool = False
+
+    def validate(self, path: str) -> None:
+        low, high = _finite(self.low, f"{path}.low"), _finite(self.high, f"{path}.high")
+        if low >= high:
+            raise SpecError(f"{path}.high", f"high ({high}) must be greater than low ({low}) for '{self.name}'")
+        if self.log and low <= 0:
+            raise SpecError(f"{path}.low", f"log-scale parameter '{self.name}' needs low > 0, got {low}")
+
+    def _t(self, x: float) -> float:
+        return math.log(x) if self.log else x
+
+    def to_unit(self, v: Value) -> float:
+        lo, hi = self._t(self.low), self._t(self.high)
+        return (self._t(float(v)) - lo) / (hi - lo)
+
+    def from_unit(self, u: float) -> float:
+        u = min(max(float(u), 0.0), 1.0)
+        lo, hi = self._t(self.low), self._t(self.high)
+        t = lo + u * (hi - lo)
+        x = math.exp(t) if self.log else t
+        return min(max(x, float(self.low)), float(self.high))
+
+    def check(self, v: Value) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise SpecError(self.name, f"'{self.name}' needs a number, got {v!r}")
+        if not math.isfinite(v) or not (self.low <= v <= self.high):
+            raise SpecError(self.name, f"'{self.name}'={v} is outside [{self.low}, {self.high}]")
+        return float(v)
+
+
+@dataclass(frozen=True)
+class IntParam:
+    """An integer parameter in [low, high] (inclusive), on a linear or log scale."""
+
+    name: str
+    low: int
+    high: int
+    log: bool = False
+
+    def validate(self, path: str) -> None:
+        for attr in ("low", "high"):
+            v = getattr(self, attr)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) and not (isinstance(v, float) and v.is_integer()):
+                raise SpecError(f"{path}.{attr}", f"'{self.name}'.{attr} must be an integer, got {v!r}")
+        if self.low >= self.high:
+            raise SpecError(f"{path}.high", f"high ({self.high}) must be greater than low ({self.low}) for '{self.name}'")
+        if self.log and self.low <= 0:
+            raise SpecError(f"{path}.low", f"log-scale parameter '{self.name}' needs low > 0, got {self.low}")
+
+    def _t(self, x: float) -> float:
+        return math.log(x) if self.log else float(x)
+
+    def to_unit(self, v: Value) -> float:
+        lo, hi = self._t(self.low), self._t(self.high)
+        return (self._t(int(v)) - lo) / (hi - lo)
+
+    def from_unit(self, u: float) -> int:
+        u = min(max(float(u), 0.0), 1.0)
+        lo, hi = self._t(self.low), self._t(self.high)
+        t = lo + u * (hi - lo)
+        x = math.exp(t) if self.log else t
+        # Round in the search scale so each integer owns the half-way band around it.
+        cands = [math.floor(x), math.ceil(x)]
+        best = min(cands, key=lambda c: abs(self._t(min(max(c, self.low), self.high)) - t))
+        return int(min(max(best, int(self.low)), int(self.high)))
+
+    def grid(self) -> np.ndarray:
+        n = int(self.high) - int(self.low) + 1
+        if n > 10_000:
+            return np.empty(0)  # too many values to enumerate: treated as continuous, rounded on decode
+        return np.array([self.to_unit(v) for v in range(int(self.low), int(self.high) + 1)])
+
+    def check(self, v: Value) -> int:
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer)) or (isinstance(v, float) and not v.is_integer()):
+            raise SpecError(self.name, f"'{self.name}' needs an integer, got {v!r}")
+        if not (self.low <= v <= self.high):
+            raise SpecError(self.name, f"'{self.name}'={v} is outside [{self.low}, {self.high}]")
+        return int(v)
+
+
+@dataclass(frozen=True)
+class CategoricalParam:
+    """An unordered choice among strings."""
+
+    name: str
+    choices: tuple[str, ...]
+
+    def validate(self, path: str) -> None:
+        if len(self.choices) == 0:
+            raise SpecError(f"{path}.choices", f"categorical '{self.name}' needs at least one choice")
+        if len(set(self.choices)) != len(self.choices):
+            dup = sorted({c for c in self.choices if self.choices.count(c) > 1})
+            raise SpecError(f"{path}.choices", f"categorical '{self.name}' has duplicate choices {dup}")
+        for c in self.choices:
+            if not isinstance(c, str):
+                raise SpecError(f"{path}.choices", f"categorical '{self.name}' choices must be strings, got {c!r}")
+
+    def to_unit(self, v: Value) -> float:
+        return float(self.choices.index(v))
+
+    def from_unit(self, u: float) -> str:
+        i = int(round(min(max(float(u), 0.0), len(self.choices) - 1)))
+        return self.choices[i]
+
+    def check(self, v: Value) -> str:
+        if v not in self.choices:
+            raise SpecError(self.name, f"'{self.name}'={v!r} is not one of {list(self.choices)}")
+        return str(v)
+
+
+@dataclass(frozen=True)
+class OrdinalParam:
+    """An ordered set of numeric values (e.g. batch sizes 16, 32, 64, 128)."""
+
+    name: str
+    values: tuple[float, ...]
+    log: bool = False
+
+    def validate(self, path: str) -> None:
+        if len(self.values) < 2:
+            raise SpecError(f"{path}.values", f"ordinal '{self.name}' needs at least two values (use a fixed parameter for one)")
+        vals = [_finite(v, f"{path}.values") for v in self.values]
+        if len(set(vals)) != len(vals):
+            raise SpecError(f"{path}.values", f"ordinal '{self.name}' has duplicate values")
+        if list(vals) != sorted(vals):
+            raise SpecError(f"{path}.values", f"ordinal '{self.name}' values must be sorted ascending")
+        if self.log and vals[0] <= 0:
+            raise SpecError(f"{path}.values", f"log-scale ordinal '{self.name}' needs all values > 0")
+
+    def _t(self, x: float) -> float:
+        return math.log(x) if self.log else float(x)
+
+    def to_unit(self, v: Value) -> float:
+        lo, hi = self._t(self.values[0]), self._t(self.values[-1])
+        return (self._t(float(v)) - lo) / (hi - lo)
+
+    def grid(self) -> np.ndarray:
+        return np.array([self.to_unit(v) for v in self.values])
+
+    def from_unit(self, u: float):
+        g = self.grid()
+        v = self.values[int(np.argmin(np.abs(g - float(u))))]
+        return v
+
+    def check(self, v: Value):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer)):
+            raise SpecError(self.name, f"'{self.name}' needs one of {list(self.values)}, got {v!r}")
+        for x in self.values:
+            if float(x) == float(v):
+                return x
+        raise SpecError(self.name, f"'{self.name}'={v} is not one of {list(self.values)}")
+
+
+@dataclass(frozen=True)
+class FixedParam:
+    """A parameter held at one value (reported to workers, not searched)."""
+
+    name: str
+    value: Value
+
+    def validate(self, path: str) -> None:
+        if isinstance(self.value, float) and not math.isfinite(self.value):
+            raise SpecError(f"{path}.value", f"fixed '{self.name}' must be finite")
+
+    def check(self, v: Value) -> Value:
+        if v != self.value:
+            raise SpecError(self.name, f"'{self.name}' is fixed at {self.value!r}, got {v!r}")
+        return self.value
+
+
+Param = Union[FloatParam, IntParam, CategoricalParam, OrdinalParam, FixedParam]
+
+
+@dataclass(frozen=True)
+class LinearConstraint:
+    """``sum(coefficients[name] * value[name]) <= bound`` over linear-scale numeric parameters."""
+
+    coefficients: Mapping[str, float]
+    bound: float
+
+    def lhs(self, params: Mapping[str, Value]) -> float:
+        return sum(float(c) * float(params[n]) for n, c in self.coefficients.items())
+
+    def satisfied(self, params: Mapping[str, Value], tol: float = 1e-9) -> bool:
+        scale = max(1.0, abs(self.bound), *(abs(c) for c in self.coefficients.values()))
+        return self.lhs(params) <= self.bound + tol * scale
+
+    def __str__(self) -> str:
+        terms = " + ".join(f"{c:g}*{n}" for n, c in self.coefficients.items())
+        return f"{terms} <= {self.bound:g}"
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """An ordered set of parameters plus linear constraints, validated on construction."""
+
+    params: tuple[Param, ...]
+    constraints: tuple[LinearConstraint, ...] = field(default=())
+
+    def __post_init__(self):
+        object.__setattr__(self, "params", tuple(self.params))
+        object.__setattr__(self, "constraints", tuple(self.constraints))
+        if not self.params:
+            raise SpecError("parameters", "the search space needs at least one parameter")
+        seen: set[str] = set()
+        for i, p in enumerate(self.params):
+            path = f"parameters[{i}]"
+            _check_name(p.name, f"{path}.name")
+            if p.name in seen:
+                raise SpecError(f"{path}.name", f"duplicate parameter name '{p.name}': names must be unique")
+            seen.add(p.name)
+            p.validate(path)
+        if not self.free:
+            raise SpecError("parameters", "every parameter is fixed: nothing to search")
+        by_name = self.by_name
+        for j, c in enumerate(self.constraints):
+            path = f"parameter_constraints[{j}]"
+            if not c.coefficients:
+                raise SpecError(f"{path}.coefficients", "a linear constraint needs at least one term")
+            _finite(c.bound, f"{path}.bound")
+            for n, a in c.coefficients.items():
+                _finite(a, f"{path}.coefficients['{n}']")
+                p = by_name.get(n)
+                if p is None:
+                    raise SpecError(f"{path}.coefficients", f"constraint names unknown parameter '{n}'")
+                if isinstance(p, (CategoricalParam, FixedParam)):
+                    raise SpecError(f"{path}.coefficients", f"constraint term '{n}' is {type(p).__name__[:-5].lower()}: only float, int and ordinal parameters can be constrained")
+                if getattr(p, "log", False):
+                    raise SpecError(f"{path}.coefficients", f"constraint term '{n}' is on a log scale: a linear constraint needs linear-scale parameters")
+        if self.constraints and self._feasible_point() is None:
+            raise SpecError("parameter_constraints", "the parameter constraints admit no point inside the parameter bounds: loosen a bound")
+
+    # ---- structure ---------------------------------------------------------------------------
+    @property
+    def by_name(self) -> dict[str, Param]:
+        return {p.name: p for p in self.params}
+
+    @property
+    def free(self) -> tuple[Param, ...]:
+        """Parameters that get a column in the encoding (all but fixed)."""
+        return tuple(p for p in self.params if not isinstance(p, FixedParam))
+
+    @property
+    def dim(self) -> int:
+        return len(self.free)
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.free]
+
+    @property
+    def cat_dims(self) -> list[int]:
+        return [i for i, p in enumerate(self.free) if isinstance(p, CategoricalParam)]
+
+    def bounds(self) -> np.ndarray:
+        """(2, d) box of the encoding: [0, 1] per numeric column, [0, k-1] per categorical."""
+        hi = [len(p.choices) - 1 if isinstance(p, CategoricalParam) else 1.0 for p in self.free]
+        return np.array([[0.0] * self.dim, [float(h) for h in hi]])
+
+    def discrete_values(self) -> dict[int, np.ndarray]:
+        """Column -> its allowed encoded values, for int / ordinal / categorical columns."""
+        out: dict[int, np.ndarray] = {}
+        for i, p in enumerate(self.free):
+            if isinstance(p, (IntParam, OrdinalParam)):
+                g = p.grid()
+                if g.size:
+                    out[i] = g
+            elif isinstance(p, CategoricalParam):
+                out[i] = np.arange(len(p.choices), dtype=float)
+        return out
+
+    def inequality_constraints(self) -> list[tuple[list[int], list[float], float]]:
+        """Constraints in the encoding, BoTorch style: ``sum(coef * x[idx]) >= rhs``."""
+        col = {p.name: i for i, p in enumerate(self.free)}
+        out = []
+        for c in self.constraints:
+            idx, coef, rhs = [], [], float(c.bound)
+            for n, a in c.coefficients.items():
+                p = self.by_name[n]
+                lo, hi = _linear_range(p)
+                # a * (lo + u * (hi - lo)) summed <= b   <=>   sum(-a (hi-lo) u) >= -(b - sum a lo)
+                idx.append(col[n])
+                coef.append(-float(a) * (hi - lo))
+                rhs -= float(a) * lo
+            out.append((idx, coef, -rhs))
+        return out
+
+    # ---- encoding ----------------------------------------------------------------------------
+    def validate_params(self, params: Mapping[str, Value], path: str = "parameters") -> dict[str, Value]:
+        """Type- and range-check a full assignment; returns it canonicalised, or raises SpecError."""
+        if not isinstance(params, Mapping):
+            raise SpecError(path, "parameters must be a mapping of name to value")
+        extra = set(params) - set(self.by_name)
+        if extra:
+            raise SpecError(path, f"unknown parameter(s) {sorted(extra)}; the space has {[p.name for p in self.params]}")
+        out: dict[str, Value] = {}
+        for p in self.params:
+            if p.name not in params:
+                if isinstance(p, FixedParam):
+                    out[p.name] = p.value
+                    continue
+                raise SpecError(path, f"missing parameter '{p.name}'")
+            try:
+                out[p.name] = p.check(params[p.name])
+            except SpecError as e:
+                raise SpecError(f"{path}['{p.name}']", e.message) from None
+        for j, c in enumerate(self.constraints):
+            if not c.satisfied(out):
+                raise SpecError(path, f"parameters violate constraint {j} ({c}): lhs = {c.lhs(out):g}")
+        return out
+
+    def encode(self, params: Mapping[str, Value]) -> np.ndarray:
+        return np.array([p.to_unit(params[p.name]) for p in self.free], dtype=float)
+
+    def decode(self, x: Sequence[float]) -> dict[str, Value]:
+        x = list(map(float, x))
+        if len(x) != self.dim:
+            raise ValueError(f"expected {self.dim} encoded values, got {len(x)}")
+        free = iter(zip(self.free, x))
+        out: dict[str, Value] = {}
+        for p in self.params:
+            if isinstance(p, FixedParam):
+                out[p.name] = p.value
+            else:
+                q, u = next(free)
+                out[p.name] = q.from_unit(u)
+        return out
+
+    def is_feasible(self, params: Mapping[str, Value]) -> bool:
+        return all(c.satisfied(params) for c in self.constraints)
+
+    def _feasible_point(self) -> np.ndarray | None:
+        """A point of the relaxed box that meets every constraint (LP), or None."""
+        from scipy.optimize import linprog
+
+        cons = self.inequality_constraints()
+        A = np.zeros((len(cons), self.dim))
+        b = np.zeros(len(cons))
+        for k, (idx, coef, rhs) in enumerate(cons):
+            A[k, idx] = -np.asarray(coef)
+            b[k] = -rhs
+        box = self.bounds()
+        res = linprog(np.zeros(self.dim), A_ub=A, b_ub=b + 1e-12, bounds=list(zip(box[0], box[1])), method="highs")
+        return res.x if res.status == 0 else None
+
+
+def _linear_range(p: Param) -> tuple[float, float]:
+    if isinstance(p, OrdinalParam):
+        return float(p.values[0]), float(p.values[-1])
+    return float(p.low), float(p.high)  # type: ignore[union-attr]

@@ -1,0 +1,258 @@
+"""What a study optimizes: objectives, outcome constraints, tracked metrics, options and priors.
+
+A :class:`StudySpec` is plain data; ``to_dict`` / ``from_dict`` give the JSON form that storage keeps
+and the gRPC layer translates to and from protobuf.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Optional
+
+from bbo.errors import SpecError
+from bbo.space import (
+    CategoricalParam,
+    FixedParam,
+    FloatParam,
+    IntParam,
+    LinearConstraint,
+    OrdinalParam,
+    SearchSpace,
+)
+
+MINIMIZE, MAXIMIZE = "minimize", "maximize"
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A metric to minimize or maximize."""
+
+    name: str
+    goal: str = MINIMIZE
+
+    @property
+    def sign(self) -> float:
+        """+1 when larger is better (the surrogate maximizes ``sign * value``)."""
+        return 1.0 if self.goal == MAXIMIZE else -1.0
+
+
+@dataclass(frozen=True)
+class OutcomeConstraint:
+    """A black-box constraint on a metric: ``metric <= bound`` or ``metric >= bound``."""
+
+    metric: str
+    op: str  # "<=" or ">="
+    bound: float
+
+    def satisfied(self, value: float) -> bool:
+        return value <= self.bound if self.op == "<=" else value >= self.bound
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.bound:g}"
+
+
+@dataclass(frozen=True)
+class ParameterPrior:
+    """A belief about where the optimum lies in one parameter (piBO-style).
+
+    Numeric parameters: ``mean`` and ``std`` in the parameter's own units (log units are handled by
+    the encoding). Categoricals: ``probabilities`` per choice. ``confidence`` in (0, 1] scales how
+    strongly the prior bends the acquisition.
+    """
+
+    parameter: str
+    mean: Optional[float] = None
+    std: Optional[float] = None
+    probabilities: Optional[Mapping[str, float]] = None
+    confidence: float = 0.5
+    source: str = "user"  # "user" or "llm"
+
+
+@dataclass(frozen=True)
+class AlgorithmOptions:
+    """Knobs of the generation strategy; defaults suit most studies."""
+
+    n_initial: int = 0  # 0 = choose from the dimension: max(5, 2 * d), capped at 20
+    seed: Optional[int] = None
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    max_fit_points: int = 1000  # above this, hyperparameters are fit on a subset
+    max_model_points: int = 3000  # above this, the GP conditions on a subset near the incumbent
+    refit_growth: float = 0.2  # refit hyperparameters when the data grew by this fraction
+    prior_exponent: float = 1.0  # beta of piBO: prior weight is prior(x)^(beta/n)
+    reference_point: Optional[Mapping[str, float]] = None  # multi-objective, per objective
+
+    def initial_size(self, dim: int) -> int:
+        return self.n_initial if self.n_initial > 0 else min(20, max(5, 2 * dim))
+
+
+@dataclass(frozen=True)
+class LlmOptions:
+    """Per-study opt-in to the LLM module."""
+
+    enabled: bool = False
+    warmstart_candidates: int = 0  # 0 = a third of the initial design
+    derive_priors: bool = True
+    propose_during_search: bool = False
+    model: str = ""  # empty = the server's default
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """Everything a study needs: search space, metrics, options, description and priors."""
+
+    space: SearchSpace
+    objectives: tuple[Objective, ...]
+    outcome_constraints: tuple[OutcomeConstraint, ...] = ()
+    tracked_metrics: tuple[str, ...] = ()
+    algorithm: AlgorithmOptions = field(default_factory=AlgorithmOptions)
+    description: str = ""
+    priors: tuple[ParameterPrior, ...] = ()
+    llm: LlmOptions = field(default_factory=LlmOptions)
+
+    def __post_init__(self):
+        for attr in ("objectives", "outcome_constraints", "tracked_metrics", "priors"):
+            object.__setattr__(self, attr, tuple(getattr(self, attr)))
+        if not self.objectives:
+            raise SpecError("objectives", "a study needs at least one objective")
+        names: set[str] = set()
+        for i, o in enumerate(self.objectives):
+            if not o.name:
+                raise SpecError(f"objectives[{i}].name", "objective name must not be empty")
+            if o.name in names:
+                raise SpecError(f"objectives[{i}].name", f"duplicate objective '{o.name}'")
+            if o.goal not in (MINIMIZE, MAXIMIZE):
+                raise SpecError(f"objectives[{i}].goal", f"goal must be 'minimize' or 'maximize', got {o.goal!r}")
+            names.add(o.name)
+        for i, c in enumerate(self.outcome_constraints):
+            if not c.metric:
+                raise SpecError(f"outcome_constraints[{i}].metric", "constraint metric name must not be empty")
+            if c.op not in ("<=", ">="):
+                raise SpecError(f"outcome_constraints[{i}].op", f"op must be '<=' or '>=', got {c.op!r}")
+            if not isinstance(c.bound, (int, float)) or not math.isfinite(c.bound):
+                raise SpecError(f"outcome_constraints[{i}].bound", "bound must be a finite number")
+        for i, m in enumerate(self.tracked_metrics):
+            if not m:
+                raise SpecError(f"tracked_metrics[{i}]", "metric name must not be empty")
+        a = self.algorithm
+        if a.n_initial < 0 or a.n_initial > 10_000:
+            raise SpecError("algorithm.n_initial", "must be between 0 (automatic) and 10000")
+        if a.device not in ("auto", "cpu", "cuda"):
+            raise SpecError("algorithm.device", "must be 'auto', 'cpu' or 'cuda'")
+        if a.max_fit_points < 10 or a.max_model_points < a.max_fit_points:
+            raise SpecError("algorithm.max_fit_points", "need 10 <= max_fit_points <= max_model_points")
+        if not (0 < a.refit_growth <= 10):
+            raise SpecError("algorithm.refit_growth", "must be in (0, 10]")
+        if a.reference_point is not None:
+            unknown = set(a.reference_point) - {o.name for o in self.objectives}
+            if unknown:
+                raise SpecError("algorithm.reference_point", f"names unknown objectives {sorted(unknown)}")
+        by_name = self.space.by_name
+        for i, p in enumerate(self.priors):
+            path = f"priors[{i}]"
+            param = by_name.get(p.parameter)
+            if param is None:
+                raise SpecError(f"{path}.parameter", f"prior on unknown parameter '{p.parameter}'")
+            if not (0 < p.confidence <= 1):
+                raise SpecError(f"{path}.confidence", "confidence must be in (0, 1]")
+            if isinstance(param, FixedParam):
+                raise SpecError(f"{path}.parameter", f"'{p.parameter}' is fixed: a prior on it means nothing")
+            if isinstance(param, CategoricalParam):
+                probs = p.probabilities or {}
+                bad = set(probs) - set(param.choices)
+                if not probs or bad:
+                    raise SpecError(f"{path}.probabilities", f"need probabilities over choices {list(param.choices)}")
+                if any(not math.isfinite(v) or v < 0 for v in probs.values()) or sum(probs.values()) <= 0:
+                    raise SpecError(f"{path}.probabilities", "probabilities must be non-negative with a positive sum")
+            else:
+                if p.mean is None or p.std is None or not math.isfinite(p.mean) or not math.isfinite(p.std) or p.std <= 0:
+                    raise SpecError(f"{path}.std", f"numeric prior on '{p.parameter}' needs a finite mean and std > 0")
+        if len({p.parameter for p in self.priors}) != len(self.priors):
+            raise SpecError("priors", "at most one prior per parameter")
+
+    # ---- metric roles ---------------------------------------------------------------------------
+    @property
+    def modeled_metrics(self) -> list[str]:
+        """Objectives first, then constraint metrics not already objectives: the GP's outputs."""
+        out = [o.name for o in self.objectives]
+        for c in self.outcome_constraints:
+            if c.metric not in out:
+                out.append(c.metric)
+        return out
+
+    @property
+    def required_metrics(self) -> list[str]:
+        return self.modeled_metrics
+
+    @property
+    def all_metrics(self) -> list[str]:
+        return self.modeled_metrics + [m for m in self.tracked_metrics if m not in self.modeled_metrics]
+
+    def is_feasible(self, metrics: Mapping[str, float]) -> bool:
+        return all(c.satisfied(metrics[c.metric]) for c in self.outcome_constraints)
+
+    # ---- JSON form -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "parameters": [_param_to_dict(p) for p in self.space.params],
+            "parameter_constraints": [
+                {"coefficients": dict(c.coefficients), "bound": c.bound} for c in self.space.constraints
+            ],
+            "objectives": [asdict(o) for o in self.objectives],
+            "outcome_constraints": [asdict(c) for c in self.outcome_constraints],
+            "tracked_metrics": list(self.tracked_metrics),
+            "algorithm": {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in asdict(self.algorithm).items()},
+            "description": self.description,
+            "priors": [
+                {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in asdict(p).items()} for p in self.priors
+            ],
+            "llm": asdict(self.llm),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "StudySpec":
+        try:
+            params = tuple(_param_from_dict(p, i) for i, p in enumerate(d.get("parameters", [])))
+            cons = tuple(
+                LinearConstraint(dict(c["coefficients"]), float(c["bound"]))
+                for c in d.get("parameter_constraints", [])
+            )
+            space = SearchSpace(params, cons)
+            return cls(
+                space=space,
+                objectives=tuple(Objective(**o) for o in d.get("objectives", [])),
+                outcome_constraints=tuple(OutcomeConstraint(**c) for c in d.get("outcome_constraints", [])),
+                tracked_metrics=tuple(d.get("tracked_metrics", [])),
+                algorithm=AlgorithmOptions(**d.get("algorithm", {})),
+                description=d.get("description", ""),
+                priors=tuple(ParameterPrior(**p) for p in d.get("priors", [])),
+                llm=LlmOptions(**d.get("llm", {})),
+            )
+        except TypeError as e:
+            raise SpecError("spec", f"unexpected field: {e}") from None
+        except KeyError as e:
+            raise SpecError("spec", f"missing field {e}") from None
+
+
+def _param_to_dict(p) -> dict[str, Any]:
+    kind = {FloatParam: "float", IntParam: "int", CategoricalParam: "categorical", OrdinalParam: "ordinal", FixedParam: "fixed"}[type(p)]
+    d = asdict(p)
+    for k in ("choices", "values"):
+        if k in d:
+            d[k] = list(d[k])
+    return {"type": kind, **d}
+
+
+def _param_from_dict(d: Mapping[str, Any], i: int):
+    d = dict(d)
+    kind = d.pop("type", None)
+    cls = {"float": FloatParam, "int": IntParam, "categorical": CategoricalParam, "ordinal": OrdinalParam, "fixed": FixedParam}.get(kind)
+    if cls is None:
+        raise SpecError(f"parameters[{i}].type", f"unknown parameter type {kind!r}: use float, int, categorical, ordinal or fixed")
+    for k in ("choices", "values"):
+        if k in d:
+            d[k] = tuple(d[k])
+    try:
+        return cls(**d)
+    except TypeError as e:
+        raise SpecError(f"parameters[{i}]", f"bad fields for a {kind} parameter: {e}") from None

@@ -1,0 +1,89 @@
+"""Trials: one evaluation of the black box, its state and its metrics."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+from bbo.errors import SpecError
+from bbo.space import Value
+
+
+class TrialState(str, enum.Enum):
+    PENDING = "PENDING"  # asked, being evaluated
+    COMPLETED = "COMPLETED"  # told with metrics
+    FAILED = "FAILED"  # the evaluation failed (its point is not modeled as an outcome)
+    ABANDONED = "ABANDONED"  # the worker went away (lease expired) or the user gave up on it
+
+    @property
+    def finished(self) -> bool:
+        return self is not TrialState.PENDING
+
+
+class Origin(str, enum.Enum):
+    """Where a trial's point came from (kept for audit)."""
+
+    INITIAL = "initial_design"
+    BO = "bo"
+    PRIOR_BO = "prior_guided_bo"
+    LLM_WARMSTART = "llm_warmstart"
+    LLM_PROPOSAL = "llm_proposal"
+    USER = "user"
+    FALLBACK = "fallback"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """An observed metric value with an optional standard error (noise)."""
+
+    value: float
+    sem: Optional[float] = None
+
+
+@dataclass
+class Trial:
+    """One point of the study and what became of it."""
+
+    id: int
+    params: dict[str, Value]
+    state: TrialState = TrialState.PENDING
+    metrics: dict[str, Metric] = field(default_factory=dict)
+    origin: str = Origin.INITIAL.value
+    reason: str = ""  # why it failed, or why generation fell back
+    rationale: str = ""  # the LLM's reasoning, for LLM-origin trials
+    worker_id: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    lease_expires_at: Optional[float] = None
+
+    def value(self, name: str) -> float:
+        return self.metrics[name].value
+
+
+def check_metrics(raw: Mapping[str, object], required: list[str], path: str = "metrics") -> dict[str, Metric]:
+    """Validate told metrics: finite numbers, sem >= 0, every required metric present."""
+    out: dict[str, Metric] = {}
+    for name, m in raw.items():
+        if not isinstance(name, str) or not name:
+            raise SpecError(path, "metric names must be non-empty strings")
+        if isinstance(m, Metric):
+            value, sem = m.value, m.sem
+        elif isinstance(m, (tuple, list)) and len(m) == 2:
+            value, sem = m
+        else:
+            value, sem = m, None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SpecError(f"{path}['{name}']", f"metric value must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise SpecError(f"{path}['{name}']", f"metric value must be finite, got {value}: report a failed trial instead")
+        if sem is not None:
+            if isinstance(sem, bool) or not isinstance(sem, (int, float)) or not math.isfinite(sem) or sem < 0:
+                raise SpecError(f"{path}['{name}'].sem", f"standard error must be a finite number >= 0, got {sem!r}")
+            sem = float(sem)
+        out[name] = Metric(float(value), sem)
+    missing = [m for m in required if m not in out]
+    if missing:
+        raise SpecError(path, f"missing metric(s) {missing}: a completed trial must report every objective and constrained metric")
+    return out

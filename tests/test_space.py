@@ -1,0 +1,192 @@
+"""Search-space encoding round trips (property-based) and rejection of malformed specs."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bbo.design import sobol_design
+from bbo.errors import SpecError
+from bbo.space import (
+    CategoricalParam,
+    FixedParam,
+    FloatParam,
+    IntParam,
+    LinearConstraint,
+    OrdinalParam,
+    SearchSpace,
+)
+from bbo.spec import Objective, OutcomeConstraint, ParameterPrior, StudySpec
+
+finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def float_param_and_value(draw):
+    log = draw(st.booleans())
+    lo = draw(st.floats(min_value=1e-6, max_value=1e5)) if log else draw(finite)
+    width = draw(st.floats(min_value=1e-3, max_value=1e6))
+    hi = lo + width
+    v = draw(st.floats(min_value=lo, max_value=hi))
+    return FloatParam("x", lo, hi, log=log), v
+
+
+@given(float_param_and_value())
+@settings(max_examples=300, deadline=None)
+def test_float_round_trip(pv):
+    p, v = pv
+    space = SearchSpace((p,))
+    u = space.encode({"x": v})
+    assert 0.0 - 1e-12 <= u[0] <= 1.0 + 1e-12
+    back = space.decode(u)["x"]
+    assert math.isclose(back, v, rel_tol=1e-9, abs_tol=1e-9 * (p.high - p.low))
+    assert p.low <= back <= p.high
+
+
+@st.composite
+def int_param_and_value(draw):
+    log = draw(st.booleans())
+    lo = draw(st.integers(min_value=1, max_value=10_000)) if log else draw(st.integers(-10_000, 10_000))
+    hi = lo + draw(st.integers(min_value=1, max_value=100_000))
+    return IntParam("n", lo, hi, log=log), draw(st.integers(lo, hi))
+
+
+@given(int_param_and_value())
+@settings(max_examples=300, deadline=None)
+def test_int_round_trip_is_exact(pv):
+    p, v = pv
+    space = SearchSpace((p,))
+    back = space.decode(space.encode({"n": v}))["n"]
+    assert back == v and isinstance(back, int)
+
+
+@given(st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=12, unique=True), st.data())
+@settings(max_examples=200, deadline=None)
+def test_categorical_round_trip_is_exact(choices, data):
+    p = CategoricalParam("c", tuple(choices))
+    space = SearchSpace((p,))
+    v = data.draw(st.sampled_from(choices))
+    assert space.decode(space.encode({"c": v}))["c"] == v
+
+
+@given(st.lists(st.floats(min_value=0.01, max_value=1e4), min_size=2, max_size=10, unique=True), st.booleans(), st.data())
+@settings(max_examples=200, deadline=None)
+def test_ordinal_round_trip_is_exact(values, log, data):
+    values = sorted(set(values))
+    if len(values) < 2 or any(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(values, values[1:])):
+        return
+    p = OrdinalParam("o", tuple(values), log=log)
+    space = SearchSpace((p,))
+    v = data.draw(st.sampled_from(values))
+    assert space.decode(space.encode({"o": v}))["o"] == v
+
+
+@given(st.lists(st.floats(0, 1), min_size=4, max_size=4))
+@settings(max_examples=200, deadline=None)
+def test_decode_always_yields_valid_params(u):
+    space = SearchSpace(
+        (FloatParam("a", 1e-4, 1.0, log=True), IntParam("b", 1, 64, log=True), OrdinalParam("c", (16, 32, 64)), CategoricalParam("d", ("x", "y", "z")), FixedParam("e", 3))
+    )
+    x = np.array(u)
+    x[3] = x[3] * 2
+    p = space.decode(x)
+    assert space.validate_params(p) == p
+
+
+def test_fixed_params_take_no_column_and_come_back():
+    space = SearchSpace((FloatParam("a", 0, 1), FixedParam("f", "adam")))
+    assert space.dim == 1
+    assert space.decode([0.5]) == {"a": 0.5, "f": "adam"}
+
+
+def test_linear_constraint_in_encoding_matches_original_units():
+    space = SearchSpace(
+        (FloatParam("cpu", 0.1, 0.9), IntParam("mem", 1, 9)),
+        (LinearConstraint({"cpu": 1.0, "mem": 0.1}, 1.0),),
+    )
+    (idx, coef, rhs), = space.inequality_constraints()
+    rng = np.random.default_rng(0)
+    for u in rng.random((200, 2)):
+        p = space.decode(u)
+        x = space.encode(p)
+        enc_ok = sum(c * x[i] for i, c in zip(idx, coef)) >= rhs - 1e-12
+        assert enc_ok == space.is_feasible(p)
+
+
+def test_sobol_design_respects_constraints_and_is_reproducible():
+    space = SearchSpace(
+        (FloatParam("x", 0, 1), FloatParam("y", 0, 1), IntParam("k", 0, 10)),
+        (LinearConstraint({"x": 1, "y": 1}, 0.3), LinearConstraint({"k": 1, "x": -5}, 2)),
+    )
+    pts = sobol_design(space, 20, seed=7)
+    assert len(pts) == 20
+    assert all(space.is_feasible(p) for p in pts)
+    assert pts == sobol_design(space, 20, seed=7)
+    assert sobol_design(space, 5, seed=7, skip=3) == pts[3:8]
+
+
+@pytest.mark.parametrize(
+    "build, field, words",
+    [
+        (lambda: SearchSpace((FloatParam("x", 1, 1),)), "parameters[0].high", "greater than low"),
+        (lambda: SearchSpace((FloatParam("x", 0, 1, log=True),)), "parameters[0].low", "low > 0"),
+        (lambda: SearchSpace((IntParam("n", 0, 5, log=True),)), "parameters[0].low", "low > 0"),
+        (lambda: SearchSpace((FloatParam("x", 0, float("nan")),)), "parameters[0].high", "finite"),
+        (lambda: SearchSpace((CategoricalParam("c", ()),)), "parameters[0].choices", "at least one"),
+        (lambda: SearchSpace((CategoricalParam("c", ("a", "a")),)), "parameters[0].choices", "duplicate"),
+        (lambda: SearchSpace((OrdinalParam("o", (1, 1)),)), "parameters[0].values", "duplicate"),
+        (lambda: SearchSpace((OrdinalParam("o", (3, 1)),)), "parameters[0].values", "sorted"),
+        (lambda: SearchSpace((FloatParam("x", 0, 1), FloatParam("x", 0, 2))), "parameters[1].name", "duplicate"),
+        (lambda: SearchSpace(()), "parameters", "at least one"),
+        (lambda: SearchSpace((FixedParam("f", 1),)), "parameters", "fixed"),
+        (lambda: SearchSpace((FloatParam("x", 0, 1),), (LinearConstraint({"z": 1}, 1),)), "parameter_constraints[0].coefficients", "unknown parameter 'z'"),
+        (lambda: SearchSpace((CategoricalParam("c", ("a", "b")),FloatParam("x", 0, 1)), (LinearConstraint({"c": 1}, 1),)), "parameter_constraints[0].coefficients", "categorical"),
+        (lambda: SearchSpace((FloatParam("x", 1, 2, log=True),), (LinearConstraint({"x": 1}, 1.5),)), "parameter_constraints[0].coefficients", "log scale"),
+        (lambda: SearchSpace((FloatParam("x", 0, 1), FloatParam("y", 0, 1)), (LinearConstraint({"x": 1, "y": 1}, -0.5),)), "parameter_constraints", "admit no point"),
+        (lambda: StudySpec(SearchSpace((FloatParam("x", 0, 1),)), ()), "objectives", "at least one"),
+        (lambda: StudySpec(SearchSpace((FloatParam("x", 0, 1),)), (Objective("y", "up"),)), "objectives[0].goal", "minimize"),
+        (lambda: StudySpec(SearchSpace((FloatParam("x", 0, 1),)), (Objective("y"),), (OutcomeConstraint("t", "<", 1),)), "outcome_constraints[0].op", "'<='"),
+        (lambda: StudySpec(SearchSpace((FloatParam("x", 0, 1),)), (Objective("y"),), priors=(ParameterPrior("x", 0.5, -1),)), "priors[0].std", "std > 0"),
+        (lambda: StudySpec(SearchSpace((FloatParam("x", 0, 1),)), (Objective("y"),), priors=(ParameterPrior("q", 0.5, 1),)), "priors[0].parameter", "unknown"),
+    ],
+)
+def test_malformed_specs_are_rejected_with_field_and_fix(build, field, words):
+    with pytest.raises(SpecError) as e:
+        build()
+    assert e.value.field == field
+    assert words in e.value.message
+
+
+def test_validate_params_rejects_out_of_range_wrong_type_unknown_and_constraint_violations():
+    space = SearchSpace(
+        (FloatParam("x", 0, 1), IntParam("n", 1, 4), CategoricalParam("c", ("a", "b"))),
+        (LinearConstraint({"x": 1, "n": 1}, 4.5),),
+    )
+    ok = {"x": 0.5, "n": 2, "c": "a"}
+    assert space.validate_params(ok) == ok
+    for bad, words in [
+        ({"x": 1.5, "n": 2, "c": "a"}, "outside"),
+        ({"x": float("nan"), "n": 2, "c": "a"}, "outside"),
+        ({"x": 0.5, "n": 2.5, "c": "a"}, "integer"),
+        ({"x": 0.5, "n": 2, "c": "q"}, "not one of"),
+        ({"x": 0.5, "n": 2}, "missing"),
+        ({"x": 0.5, "n": 2, "c": "a", "zz": 1}, "unknown"),
+        ({"x": 0.9, "n": 4, "c": "a"}, "violate constraint"),
+    ]:
+        with pytest.raises(SpecError, match=words):
+            space.validate_params(bad)
+
+
+def test_spec_json_round_trip():
+    spec = StudySpec(
+        SearchSpace((FloatParam("lr", 1e-5, 1e-1, log=True), OrdinalParam("bs", (16, 32, 64)), CategoricalParam("opt", ("adam", "sgd")), FixedParam("epochs", 10))),
+        (Objective("loss"), Objective("acc", "maximize")),
+        (OutcomeConstraint("seconds", "<=", 60),),
+        tracked_metrics=("memory",),
+        description="tune a net",
+        priors=(ParameterPrior("lr", 1e-3, 1e-3, confidence=0.8), ParameterPrior("opt", probabilities={"adam": 0.9, "sgd": 0.1})),
+    )
+    assert StudySpec.from_dict(spec.to_dict()) == spec
+    assert spec.modeled_metrics == ["loss", "acc", "seconds"]
