@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench proto clean
+.PHONY: setup demo test bench bench-service proto clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python bench/run_all.py --quick
+
+bench-service: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python bench/bench_service.py
 
 proto: $(STAMP)
 	$(BIN)/python -m bbo_server.protogen

@@ -1,0 +1,1 @@
+"""Alembic migration environment of the bbo database (run by :meth:`bbo.storage.Storage.migrate`)."""

@@ -1,0 +1,530 @@
+"""The SQLAlchemy implementation of :class:`Storage` (see the package docstring)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from bbo.storage import schema as S
+from bbo.trial import Metric, Trial, TrialState
+
+DEFAULT_SQLITE_PATH = os.path.join("bbo-data", "bbo.db")
+
+# SQLite synchronous level: FULL fsyncs the WAL on every commit (a committed tell survives power
+# loss); NORMAL survives a process crash but not a power cut. FULL is the default; see README.
+SQLITE_SYNCHRONOUS = ("FULL", "NORMAL", "OFF", "EXTRA")
+
+
+def default_url(path: str = DEFAULT_SQLITE_PATH) -> str:
+    return "sqlite:///" + os.path.abspath(path)
+
+
+def spec_hash(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    id: int
+    tenant: str
+    name: str
+    spec: dict
+    spec_hash: str
+    seed: int
+    state: str
+    state_reason: str
+    trial_counter: int
+    created_at: float
+
+
+@dataclass
+class NewTrial:
+    """A trial to insert (its number is allocated by storage)."""
+
+    params: dict
+    origin: str
+    state: TrialState = TrialState.PENDING
+    metrics: dict[str, Metric] = field(default_factory=dict)
+    reason: str = ""
+    rationale: str = ""
+
+
+@dataclass(frozen=True)
+class RequestKey:
+    """An idempotency key: the stored response of (study, kind, request_id) is replayed."""
+
+    tenant: str
+    kind: str
+    request_id: str
+    request_hash: str
+
+
+@dataclass(frozen=True)
+class LlmCallRecord:
+    purpose: str
+    model: str
+    prompt: str
+    response: str
+    outcome: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_seconds: float = 0.0
+    created_at: float = 0.0
+
+
+def _metrics_to_json(metrics: dict[str, Metric]) -> dict:
+    return {k: {"value": m.value, "sem": m.sem} for k, m in metrics.items()}
+
+
+def _metrics_from_json(d: dict) -> dict[str, Metric]:
+    return {k: Metric(float(v["value"]), None if v.get("sem") is None else float(v["sem"])) for k, v in (d or {}).items()}
+
+
+def _trial(row) -> Trial:
+    return Trial(
+        id=int(row.number),
+        params=dict(row.params),
+        state=TrialState(row.state),
+        metrics=_metrics_from_json(row.metrics),
+        origin=row.origin,
+        reason=row.reason,
+        rationale=row.rationale,
+        worker_id=row.worker_id,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        lease_expires_at=row.lease_expires_at,
+    )
+
+
+def _study(row) -> StudyRecord:
+    return StudyRecord(
+        id=row.id,
+        tenant=row.tenant,
+        name=row.name,
+        spec=dict(row.spec),
+        spec_hash=row.spec_hash,
+        seed=int(row.seed),
+        state=row.state,
+        state_reason=row.state_reason,
+        trial_counter=int(row.trial_counter),
+        created_at=row.created_at,
+    )
+
+
+class Storage:
+    """Thread-safe access to the bbo database. One instance per process."""
+
+    def __init__(self, url: Optional[str] = None, *, pool_size: int = 16, migrate: bool = True):
+        url = url or default_url()
+        u = sa.engine.make_url(url)
+        self.dialect = u.get_backend_name()
+        kwargs: dict[str, Any] = {"future": True}
+        self.sqlite_synchronous = "FULL"
+        if self.dialect == "sqlite":
+            q = dict(u.query)
+            sync = str(q.pop("synchronous", os.environ.get("BBO_SQLITE_SYNCHRONOUS", "FULL"))).upper()
+            if sync not in SQLITE_SYNCHRONOUS:
+                raise ValueError(f"synchronous={sync!r}: use one of {SQLITE_SYNCHRONOUS}")
+            self.sqlite_synchronous = sync
+            u = u.set(query=q)
+            if u.database and u.database != ":memory:":
+                Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+                kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_timeout=60)
+            else:
+                kwargs.update(poolclass=sa.pool.StaticPool)
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        elif self.dialect == "postgresql":
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        else:
+            raise ValueError(f"unsupported database {self.dialect!r}: use sqlite:///PATH or postgresql+psycopg://...")
+        self.url = u
+        self.engine = sa.create_engine(u, **kwargs)
+        # SQLite allows one writer: a process-wide lock queues writers without busy-wait sleeps;
+        # BEGIN IMMEDIATE (below) makes writers in other processes wait on the busy timeout instead.
+        self._wlock: contextlib.AbstractContextManager = threading.RLock() if self.dialect == "sqlite" else contextlib.nullcontext()
+        if self.dialect == "sqlite":
+            self._setup_sqlite()
+        if migrate:
+            self.migrate()
+
+    # ---- engine setup ---------------------------------------------------------------------------
+    def _setup_sqlite(self) -> None:
+        sync = self.sqlite_synchronous
+        in_memory = not self.url.database or self.url.database == ":memory:"
+
+        @event.listens_for(self.engine, "connect")
+        def _connect(dbapi_conn, _record):
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see _begin)
+            cur = dbapi_conn.cursor()
+            if not in_memory:
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA synchronous={sync}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(self.engine, "begin")
+        def _begin(conn):
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("bbo_write") else "BEGIN")
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision (idempotent, safe to race)."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        with self._write() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": 0x6262_6F5F})
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def current_revision(self) -> Optional[str]:
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sa.Connection]:
+        with self._wlock:
+            with self.engine.connect() as conn:
+                conn.execution_options(bbo_write=True)
+                with conn.begin():
+                    yield conn
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sa.Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def study_lock(self, study_id: int) -> Iterator[None]:
+        """Serialize suggestion generation of one study across server processes (PostgreSQL).
+
+        In-process callers also hold a per-study ``threading.Lock``; on SQLite (one server process
+        per file) this is a no-op.
+        """
+        if self.dialect != "postgresql":
+            yield
+            return
+        with self.engine.connect() as conn:
+            key = zlib.crc32(f"bbo-study-{study_id}".encode())
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+
+    # ---- studies --------------------------------------------------------------------------------
+    def insert_study(self, tenant: str, name: str, spec: dict, seed: int) -> Optional[StudyRecord]:
+        """Insert a study; None when (tenant, name) is taken."""
+        now = time.time()
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    S.studies.insert().values(
+                        tenant=tenant, name=name, spec=spec, spec_hash=spec_hash(spec), seed=int(seed),
+                        state="ACTIVE", state_reason="", trial_counter=0, created_at=now,
+                    )
+                )
+        except sa.exc.IntegrityError:
+            return None
+        return self.get_study(tenant, name)
+
+    def get_study(self, tenant: str, name: str) -> Optional[StudyRecord]:
+        with self._read() as conn:
+            row = conn.execute(sa.select(S.studies).where(S.studies.c.tenant == tenant, S.studies.c.name == name)).first()
+        return _study(row) if row else None
+
+    def get_study_by_id(self, study_id: int) -> Optional[StudyRecord]:
+        with self._read() as conn:
+            row = conn.execute(sa.select(S.studies).where(S.studies.c.id == study_id)).first()
+        return _study(row) if row else None
+
+    def list_studies(self, tenant: str, after_id: int = 0, limit: int = 100) -> list[StudyRecord]:
+        q = (
+            sa.select(S.studies)
+            .where(S.studies.c.tenant == tenant, S.studies.c.id > after_id)
+            .order_by(S.studies.c.id)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [_study(r) for r in conn.execute(q)]
+
+    def delete_study(self, study_id: int) -> bool:
+        """Delete a study and everything of it (explicitly: SQLite FKs may be off elsewhere)."""
+        tid = sa.select(S.trials.c.id).where(S.trials.c.study_id == study_id).scalar_subquery()
+        with self._write() as conn:
+            conn.execute(S.intermediate_values.delete().where(S.intermediate_values.c.trial_id.in_(tid)))
+            conn.execute(S.trial_events.delete().where(S.trial_events.c.trial_id.in_(tid)))
+            conn.execute(S.trials.delete().where(S.trials.c.study_id == study_id))
+            conn.execute(S.llm_calls.delete().where(S.llm_calls.c.study_id == study_id))
+            conn.execute(S.request_log.delete().where(S.request_log.c.study_id == study_id))
+            n = conn.execute(S.studies.delete().where(S.studies.c.id == study_id)).rowcount
+        return n > 0
+
+    def set_study_state(self, study_id: int, state: str, reason: str) -> None:
+        with self._write() as conn:
+            conn.execute(S.studies.update().where(S.studies.c.id == study_id).values(state=state, state_reason=reason))
+
+    def trial_counts(self, study_id: int) -> dict[str, int]:
+        q = sa.select(S.trials.c.state, sa.func.count()).where(S.trials.c.study_id == study_id).group_by(S.trials.c.state)
+        with self._read() as conn:
+            return {s: int(n) for s, n in conn.execute(q)}
+
+    # ---- idempotency ----------------------------------------------------------------------------
+    def lookup_request(self, study_id: int, kind: str, request_id: str, conn: Optional[sa.Connection] = None) -> Optional[tuple[str, dict]]:
+        q = sa.select(S.request_log.c.request_hash, S.request_log.c.response).where(
+            S.request_log.c.study_id == study_id, S.request_log.c.kind == kind, S.request_log.c.request_id == request_id
+        )
+        if conn is not None:
+            row = conn.execute(q).first()
+        else:
+            with self._read() as c:
+                row = c.execute(q).first()
+        return (row.request_hash, dict(row.response)) if row else None
+
+    def _log_request(self, conn: sa.Connection, study_id: int, req: RequestKey, response: dict) -> None:
+        conn.execute(
+            S.request_log.insert().values(
+                tenant=req.tenant, study_id=study_id, kind=req.kind, request_id=req.request_id,
+                request_hash=req.request_hash, response=response, created_at=time.time(),
+            )
+        )
+
+    # ---- trials ---------------------------------------------------------------------------------
+    def insert_trials(
+        self,
+        study_id: int,
+        new: Sequence[NewTrial],
+        *,
+        worker_id: str = "",
+        lease_expires_at: Optional[float] = None,
+        request: Optional[RequestKey] = None,
+    ) -> tuple[list[Trial], Optional[dict]]:
+        """Insert trials with freshly allocated numbers, in one transaction.
+
+        With ``request``, the (study, kind, request_id) key is recorded with the new numbers; if it
+        was already recorded, nothing is inserted and ``(existing trials, stored response)`` comes
+        back instead (the caller compares hashes).
+        """
+        now = time.time()
+        with self._write() as conn:
+            if request is not None:
+                prev = self.lookup_request(study_id, request.kind, request.request_id, conn)
+                if prev is not None:
+                    numbers = prev[1].get("trials", [])
+                    return self._trials_by_number(conn, study_id, numbers), {"hash": prev[0], **prev[1]}
+            n = len(new)
+            top = conn.execute(
+                S.studies.update()
+                .where(S.studies.c.id == study_id)
+                .values(trial_counter=S.studies.c.trial_counter + n)
+                .returning(S.studies.c.trial_counter)
+            ).scalar_one_or_none()
+            if top is None:
+                from bbo.errors import NotFoundError
+
+                raise NotFoundError(f"study {study_id} no longer exists")
+            first = int(top) - n + 1
+            rows = []
+            for i, t in enumerate(new):
+                rows.append(
+                    dict(
+                        study_id=study_id, number=first + i, params=t.params, state=t.state.value,
+                        metrics=_metrics_to_json(t.metrics), origin=t.origin, reason=t.reason, rationale=t.rationale,
+                        worker_id=worker_id, created_at=now, updated_at=now,
+                        lease_expires_at=lease_expires_at if t.state is TrialState.PENDING else None,
+                    )
+                )
+            if rows:
+                ids = conn.execute(S.trials.insert().returning(S.trials.c.id, sort_by_parameter_order=True), rows).scalars().all()
+                conn.execute(
+                    S.trial_events.insert(),
+                    [dict(trial_id=pk, state=r["state"], detail=f"created ({r['origin']})", at=now) for pk, r in zip(ids, rows)],
+                )
+            if request is not None:
+                self._log_request(conn, study_id, request, {"trials": [r["number"] for r in rows]})
+            return [self._row_trial(r) for r in rows], None
+
+    @staticmethod
+    def _row_trial(r: dict) -> Trial:
+        return Trial(
+            id=int(r["number"]), params=dict(r["params"]), state=TrialState(r["state"]),
+            metrics=_metrics_from_json(r["metrics"]), origin=r["origin"], reason=r["reason"], rationale=r["rationale"],
+            worker_id=r["worker_id"], created_at=r["created_at"], updated_at=r["updated_at"],
+            lease_expires_at=r["lease_expires_at"],
+        )
+
+    def _trials_by_number(self, conn: sa.Connection, study_id: int, numbers: Iterable[int]) -> list[Trial]:
+        numbers = list(numbers)
+        if not numbers:
+            return []
+        rows = conn.execute(
+            sa.select(S.trials).where(S.trials.c.study_id == study_id, S.trials.c.number.in_(numbers))
+        ).all()
+        by = {int(r.number): _trial(r) for r in rows}
+        return [by[n] for n in numbers if n in by]
+
+    def get_trial(self, study_id: int, number: int) -> Optional[Trial]:
+        with self._read() as conn:
+            row = conn.execute(sa.select(S.trials).where(S.trials.c.study_id == study_id, S.trials.c.number == number)).first()
+        return _trial(row) if row else None
+
+    def list_trials(
+        self, study_id: int, states: Optional[Iterable[TrialState]] = None, after: int = 0, limit: Optional[int] = None
+    ) -> list[Trial]:
+        q = sa.select(S.trials).where(S.trials.c.study_id == study_id, S.trials.c.number > after)
+        states = list(states or [])
+        if states:
+            q = q.where(S.trials.c.state.in_([s.value for s in states]))
+        q = q.order_by(S.trials.c.number)
+        if limit is not None:
+            q = q.limit(limit)
+        with self._read() as conn:
+            return [_trial(r) for r in conn.execute(q)]
+
+    def modify_trial(
+        self,
+        study_id: int,
+        number: int,
+        change: Callable[[Trial], Optional[Trial]],
+        *,
+        request: Optional[RequestKey] = None,
+        event_detail: str = "",
+    ) -> tuple[Optional[Trial], bool, Optional[dict]]:
+        """Read-modify-write one trial in a single write transaction.
+
+        ``change(current)`` returns the new trial to store, or None to leave it as is (it may raise
+        to refuse). Returns ``(trial, changed, previous_request)``; ``trial`` is None if the trial
+        does not exist. With ``request`` already recorded, nothing changes and the stored request
+        comes back as ``previous_request`` (``{"hash": ..., ...}``).
+        """
+        with self._write() as conn:
+            if request is not None:
+                prev = self.lookup_request(study_id, request.kind, request.request_id, conn)
+                if prev is not None:
+                    cur = self._trials_by_number(conn, study_id, [number])
+                    return (cur[0] if cur else None), False, {"hash": prev[0], **prev[1]}
+            row = conn.execute(sa.select(S.trials).where(S.trials.c.study_id == study_id, S.trials.c.number == number)).first()
+            if row is None:
+                return None, False, None
+            cur = _trial(row)
+            new = change(cur)
+            if new is None:
+                return cur, False, None
+            new.updated_at = time.time()
+            conn.execute(
+                S.trials.update()
+                .where(S.trials.c.id == row.id)
+                .values(
+                    state=new.state.value, metrics=_metrics_to_json(new.metrics), reason=new.reason,
+                    worker_id=new.worker_id, updated_at=new.updated_at, lease_expires_at=new.lease_expires_at,
+                )
+            )
+            if new.state is not cur.state:
+                conn.execute(S.trial_events.insert().values(trial_id=row.id, state=new.state.value, detail=event_detail or new.reason, at=new.updated_at))
+            if request is not None:
+                self._log_request(conn, study_id, request, {"trials": [number], "state": new.state.value})
+            return new, True, None
+
+    def expire_leases(self, study_id: int, now: Optional[float] = None) -> list[int]:
+        """Mark PENDING trials whose lease ran out ABANDONED; returns their numbers."""
+        now = time.time() if now is None else now
+        cond = sa.and_(
+            S.trials.c.study_id == study_id,
+            S.trials.c.state == TrialState.PENDING.value,
+            S.trials.c.lease_expires_at.is_not(None),
+            S.trials.c.lease_expires_at < now,
+        )
+        with self._read() as conn:  # cheap check first: most asks find nothing to expire
+            if conn.execute(sa.select(sa.func.count()).where(cond)).scalar_one() == 0:
+                return []
+        with self._write() as conn:
+            rows = conn.execute(sa.select(S.trials.c.id, S.trials.c.number).where(cond)).all()
+            if not rows:
+                return []
+            ids = [r.id for r in rows]
+            conn.execute(
+                S.trials.update().where(S.trials.c.id.in_(ids)).values(state=TrialState.ABANDONED.value, reason=LEASE_EXPIRED, updated_at=now)
+            )
+            conn.execute(S.trial_events.insert(), [dict(trial_id=i, state=TrialState.ABANDONED.value, detail=LEASE_EXPIRED, at=now) for i in ids])
+            return [int(r.number) for r in rows]
+
+    def trial_events(self, study_id: int, number: int) -> list[tuple[str, str, float]]:
+        q = (
+            sa.select(S.trial_events.c.state, S.trial_events.c.detail, S.trial_events.c.at)
+            .join(S.trials, S.trials.c.id == S.trial_events.c.trial_id)
+            .where(S.trials.c.study_id == study_id, S.trials.c.number == number)
+            .order_by(S.trial_events.c.id)
+        )
+        with self._read() as conn:
+            return [(r.state, r.detail, r.at) for r in conn.execute(q)]
+
+    # ---- intermediate values --------------------------------------------------------------------
+    def add_intermediate(self, study_id: int, number: int, step: int, value: float) -> bool:
+        """Record (or overwrite) a trial's value at ``step``; False if the trial does not exist."""
+        now = time.time()
+        with self._write() as conn:
+            pk = conn.execute(sa.select(S.trials.c.id).where(S.trials.c.study_id == study_id, S.trials.c.number == number)).scalar()
+            if pk is None:
+                return False
+            conn.execute(
+                S.intermediate_values.delete().where(S.intermediate_values.c.trial_id == pk, S.intermediate_values.c.step == step)
+            )
+            conn.execute(S.intermediate_values.insert().values(trial_id=pk, step=step, value=float(value), at=now))
+        return True
+
+    def intermediates(self, study_id: int) -> dict[int, list[tuple[int, float]]]:
+        """trial number -> [(step, value)] sorted by step."""
+        q = (
+            sa.select(S.trials.c.number, S.intermediate_values.c.step, S.intermediate_values.c.value)
+            .join(S.trials, S.trials.c.id == S.intermediate_values.c.trial_id)
+            .where(S.trials.c.study_id == study_id)
+            .order_by(S.trials.c.number, S.intermediate_values.c.step)
+        )
+        out: dict[int, list[tuple[int, float]]] = {}
+        with self._read() as conn:
+            for number, step, value in conn.execute(q):
+                out.setdefault(int(number), []).append((int(step), float(value)))
+        return out
+
+    # ---- LLM calls ------------------------------------------------------------------------------
+    def log_llm_call(self, study_id: int, call: LlmCallRecord) -> None:
+        with self._write() as conn:
+            conn.execute(
+                S.llm_calls.insert().values(
+                    study_id=study_id, purpose=call.purpose, model=call.model, prompt=call.prompt, response=call.response,
+                    outcome=call.outcome, prompt_tokens=int(call.prompt_tokens), completion_tokens=int(call.completion_tokens),
+                    latency_seconds=float(call.latency_seconds), created_at=call.created_at or time.time(),
+                )
+            )
+
+    def list_llm_calls(self, study_id: int) -> list[LlmCallRecord]:
+        q = sa.select(S.llm_calls).where(S.llm_calls.c.study_id == study_id).order_by(S.llm_calls.c.id)
+        with self._read() as conn:
+            return [
+                LlmCallRecord(r.purpose, r.model, r.prompt, r.response, r.outcome, r.prompt_tokens, r.completion_tokens, r.latency_seconds, r.created_at)
+                for r in conn.execute(q)
+            ]
+
+
+LEASE_EXPIRED = "lease expired"

@@ -1,0 +1,299 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Scale(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SCALE_LINEAR: _ClassVar[Scale]
+    SCALE_LOG: _ClassVar[Scale]
+
+class Goal(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GOAL_MINIMIZE: _ClassVar[Goal]
+    GOAL_MAXIMIZE: _ClassVar[Goal]
+
+class ConstraintOp(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONSTRAINT_OP_LESS_EQUAL: _ClassVar[ConstraintOp]
+    CONSTRAINT_OP_GREATER_EQUAL: _ClassVar[ConstraintOp]
+
+class StudyState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STUDY_STATE_ACTIVE: _ClassVar[StudyState]
+    STUDY_STATE_LIKELY_INFEASIBLE: _ClassVar[StudyState]
+
+class TrialState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRIAL_STATE_UNSPECIFIED: _ClassVar[TrialState]
+    TRIAL_STATE_PENDING: _ClassVar[TrialState]
+    TRIAL_STATE_COMPLETED: _ClassVar[TrialState]
+    TRIAL_STATE_FAILED: _ClassVar[TrialState]
+    TRIAL_STATE_ABANDONED: _ClassVar[TrialState]
+SCALE_LINEAR: Scale
+SCALE_LOG: Scale
+GOAL_MINIMIZE: Goal
+GOAL_MAXIMIZE: Goal
+CONSTRAINT_OP_LESS_EQUAL: ConstraintOp
+CONSTRAINT_OP_GREATER_EQUAL: ConstraintOp
+STUDY_STATE_ACTIVE: StudyState
+STUDY_STATE_LIKELY_INFEASIBLE: StudyState
+TRIAL_STATE_UNSPECIFIED: TrialState
+TRIAL_STATE_PENDING: TrialState
+TRIAL_STATE_COMPLETED: TrialState
+TRIAL_STATE_FAILED: TrialState
+TRIAL_STATE_ABANDONED: TrialState
+
+class FloatParameter(_message.Message):
+    __slots__ = ("low", "high", "scale")
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    low: float
+    high: float
+    scale: Scale
+    def __init__(self, low: _Optional[float] = ..., high: _Optional[float] = ..., scale: _Optional[_Union[Scale, str]] = ...) -> None: ...
+
+class IntParameter(_message.Message):
+    __slots__ = ("low", "high", "scale")
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    low: int
+    high: int
+    scale: Scale
+    def __init__(self, low: _Optional[int] = ..., high: _Optional[int] = ..., scale: _Optional[_Union[Scale, str]] = ...) -> None: ...
+
+class CategoricalParameter(_message.Message):
+    __slots__ = ("choices",)
+    CHOICES_FIELD_NUMBER: _ClassVar[int]
+    choices: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, choices: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class OrdinalParameter(_message.Message):
+    __slots__ = ("values", "scale")
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    scale: Scale
+    def __init__(self, values: _Optional[_Iterable[float]] = ..., scale: _Optional[_Union[Scale, str]] = ...) -> None: ...
+
+class ParameterValue(_message.Message):
+    __slots__ = ("number", "integer", "category")
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    INTEGER_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    number: float
+    integer: int
+    category: str
+    def __init__(self, number: _Optional[float] = ..., integer: _Optional[int] = ..., category: _Optional[str] = ...) -> None: ...
+
+class FixedParameter(_message.Message):
+    __slots__ = ("value",)
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    value: ParameterValue
+    def __init__(self, value: _Optional[_Union[ParameterValue, _Mapping]] = ...) -> None: ...
+
+class ParameterSpec(_message.Message):
+    __slots__ = ("name", "float", "int", "categorical", "ordinal", "fixed")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FLOAT_FIELD_NUMBER: _ClassVar[int]
+    INT_FIELD_NUMBER: _ClassVar[int]
+    CATEGORICAL_FIELD_NUMBER: _ClassVar[int]
+    ORDINAL_FIELD_NUMBER: _ClassVar[int]
+    FIXED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    float: FloatParameter
+    int: IntParameter
+    categorical: CategoricalParameter
+    ordinal: OrdinalParameter
+    fixed: FixedParameter
+    def __init__(self, name: _Optional[str] = ..., float: _Optional[_Union[FloatParameter, _Mapping]] = ..., int: _Optional[_Union[IntParameter, _Mapping]] = ..., categorical: _Optional[_Union[CategoricalParameter, _Mapping]] = ..., ordinal: _Optional[_Union[OrdinalParameter, _Mapping]] = ..., fixed: _Optional[_Union[FixedParameter, _Mapping]] = ...) -> None: ...
+
+class LinearConstraint(_message.Message):
+    __slots__ = ("coefficients", "bound")
+    class CoefficientsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    COEFFICIENTS_FIELD_NUMBER: _ClassVar[int]
+    BOUND_FIELD_NUMBER: _ClassVar[int]
+    coefficients: _containers.ScalarMap[str, float]
+    bound: float
+    def __init__(self, coefficients: _Optional[_Mapping[str, float]] = ..., bound: _Optional[float] = ...) -> None: ...
+
+class Objective(_message.Message):
+    __slots__ = ("name", "goal")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    GOAL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    goal: Goal
+    def __init__(self, name: _Optional[str] = ..., goal: _Optional[_Union[Goal, str]] = ...) -> None: ...
+
+class OutcomeConstraint(_message.Message):
+    __slots__ = ("metric", "op", "bound")
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    BOUND_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    op: ConstraintOp
+    bound: float
+    def __init__(self, metric: _Optional[str] = ..., op: _Optional[_Union[ConstraintOp, str]] = ..., bound: _Optional[float] = ...) -> None: ...
+
+class AlgorithmOptions(_message.Message):
+    __slots__ = ("n_initial", "seed", "device", "max_fit_points", "max_model_points", "reference_point", "prior_exponent")
+    class ReferencePointEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    N_INITIAL_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIT_POINTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MODEL_POINTS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_POINT_FIELD_NUMBER: _ClassVar[int]
+    PRIOR_EXPONENT_FIELD_NUMBER: _ClassVar[int]
+    n_initial: int
+    seed: int
+    device: str
+    max_fit_points: int
+    max_model_points: int
+    reference_point: _containers.ScalarMap[str, float]
+    prior_exponent: float
+    def __init__(self, n_initial: _Optional[int] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., max_fit_points: _Optional[int] = ..., max_model_points: _Optional[int] = ..., reference_point: _Optional[_Mapping[str, float]] = ..., prior_exponent: _Optional[float] = ...) -> None: ...
+
+class ParameterPrior(_message.Message):
+    __slots__ = ("parameter", "mean", "std", "probabilities", "confidence")
+    class ProbabilitiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    PARAMETER_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STD_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    parameter: str
+    mean: float
+    std: float
+    probabilities: _containers.ScalarMap[str, float]
+    confidence: float
+    def __init__(self, parameter: _Optional[str] = ..., mean: _Optional[float] = ..., std: _Optional[float] = ..., probabilities: _Optional[_Mapping[str, float]] = ..., confidence: _Optional[float] = ...) -> None: ...
+
+class LlmOptions(_message.Message):
+    __slots__ = ("enabled", "warmstart_candidates", "derive_priors", "propose_during_search", "model")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    WARMSTART_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    DERIVE_PRIORS_FIELD_NUMBER: _ClassVar[int]
+    PROPOSE_DURING_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    warmstart_candidates: int
+    derive_priors: bool
+    propose_during_search: bool
+    model: str
+    def __init__(self, enabled: _Optional[bool] = ..., warmstart_candidates: _Optional[int] = ..., derive_priors: _Optional[bool] = ..., propose_during_search: _Optional[bool] = ..., model: _Optional[str] = ...) -> None: ...
+
+class StudySpec(_message.Message):
+    __slots__ = ("parameters", "parameter_constraints", "objectives", "outcome_constraints", "tracked_metrics", "algorithm", "description", "priors", "llm")
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
+    OBJECTIVES_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
+    TRACKED_METRICS_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    PRIORS_FIELD_NUMBER: _ClassVar[int]
+    LLM_FIELD_NUMBER: _ClassVar[int]
+    parameters: _containers.RepeatedCompositeFieldContainer[ParameterSpec]
+    parameter_constraints: _containers.RepeatedCompositeFieldContainer[LinearConstraint]
+    objectives: _containers.RepeatedCompositeFieldContainer[Objective]
+    outcome_constraints: _containers.RepeatedCompositeFieldContainer[OutcomeConstraint]
+    tracked_metrics: _containers.RepeatedScalarFieldContainer[str]
+    algorithm: AlgorithmOptions
+    description: str
+    priors: _containers.RepeatedCompositeFieldContainer[ParameterPrior]
+    llm: LlmOptions
+    def __init__(self, parameters: _Optional[_Iterable[_Union[ParameterSpec, _Mapping]]] = ..., parameter_constraints: _Optional[_Iterable[_Union[LinearConstraint, _Mapping]]] = ..., objectives: _Optional[_Iterable[_Union[Objective, _Mapping]]] = ..., outcome_constraints: _Optional[_Iterable[_Union[OutcomeConstraint, _Mapping]]] = ..., tracked_metrics: _Optional[_Iterable[str]] = ..., algorithm: _Optional[_Union[AlgorithmOptions, _Mapping]] = ..., description: _Optional[str] = ..., priors: _Optional[_Iterable[_Union[ParameterPrior, _Mapping]]] = ..., llm: _Optional[_Union[LlmOptions, _Mapping]] = ...) -> None: ...
+
+class Study(_message.Message):
+    __slots__ = ("name", "spec", "state", "state_reason", "create_time", "trial_count", "completed_count")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STATE_REASON_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    TRIAL_COUNT_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    spec: StudySpec
+    state: StudyState
+    state_reason: str
+    create_time: _timestamp_pb2.Timestamp
+    trial_count: int
+    completed_count: int
+    def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[StudySpec, _Mapping]] = ..., state: _Optional[_Union[StudyState, str]] = ..., state_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trial_count: _Optional[int] = ..., completed_count: _Optional[int] = ...) -> None: ...
+
+class MetricValue(_message.Message):
+    __slots__ = ("value", "sem")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    SEM_FIELD_NUMBER: _ClassVar[int]
+    value: float
+    sem: float
+    def __init__(self, value: _Optional[float] = ..., sem: _Optional[float] = ...) -> None: ...
+
+class Trial(_message.Message):
+    __slots__ = ("id", "parameters", "state", "metrics", "origin", "reason", "rationale", "worker_id", "create_time", "update_time", "lease_expire_time")
+    class ParametersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ParameterValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ParameterValue, _Mapping]] = ...) -> None: ...
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: MetricValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[MetricValue, _Mapping]] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RATIONALE_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    LEASE_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    parameters: _containers.MessageMap[str, ParameterValue]
+    state: TrialState
+    metrics: _containers.MessageMap[str, MetricValue]
+    origin: str
+    reason: str
+    rationale: str
+    worker_id: str
+    create_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    lease_expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[int] = ..., parameters: _Optional[_Mapping[str, ParameterValue]] = ..., state: _Optional[_Union[TrialState, str]] = ..., metrics: _Optional[_Mapping[str, MetricValue]] = ..., origin: _Optional[str] = ..., reason: _Optional[str] = ..., rationale: _Optional[str] = ..., worker_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

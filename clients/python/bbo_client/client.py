@@ -1,0 +1,381 @@
+"""``Client``: a connection to a bbo server; ``StudyHandle``: ask / tell / optimize on one study."""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+
+import grpc
+
+from bbo.v1 import service_pb2 as svc
+from bbo.v1 import service_pb2_grpc
+from bbo.v1 import study_pb2 as pb
+from bbo_client.errors import BboError, InvalidArgument, Unavailable, from_rpc_error
+from bbo_client.model import (
+    STATE_TO_PB,
+    Best,
+    Constraint,
+    LinearConstraint,
+    Llm,
+    LlmCall,
+    Objective,
+    Parameter,
+    Prior,
+    StudyInfo,
+    TellResult,
+    Trial,
+    _time,
+    _value_pb,
+)
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+MetricsLike = Union[float, int, Mapping[str, Any]]
+
+
+class Client:
+    """A connection to a bbo server. Use as a context manager, or call :meth:`close`.
+
+    Calls that fail with UNAVAILABLE (server restarting, not up yet) are retried with exponential
+    backoff; Ask and AddTrial carry a request id so a retry never creates trials twice, and a
+    repeated Tell is recognised by the server as a duplicate.
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        api_key: Optional[str] = None,
+        timeout: float = 60.0,
+        ask_timeout: float = 600.0,
+        retries: int = 8,
+        backoff: float = 0.1,
+        max_backoff: float = 5.0,
+        credentials: Optional[grpc.ChannelCredentials] = None,
+    ):
+        self.address = address
+        opts = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        self._channel = grpc.secure_channel(address, credentials, options=opts) if credentials else grpc.insecure_channel(address, options=opts)
+        self._stub = service_pb2_grpc.BboServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self.timeout, self.ask_timeout = timeout, ask_timeout
+        self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
+
+    # ---- plumbing -------------------------------------------------------------------------------
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until the server accepts connections (raises Unavailable after ``timeout``)."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise Unavailable(f"no bbo server answered at {self.address} within {timeout:g}s") from None
+
+    def _call(self, method: str, request, timeout: Optional[float] = None):
+        fn = getattr(self._stub, method)
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            try:
+                return fn(request, timeout=timeout or self.timeout, metadata=self._metadata)
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                    time.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, self.max_backoff)
+                    continue
+                raise from_rpc_error(e) from None
+        raise AssertionError("unreachable")
+
+    # ---- studies --------------------------------------------------------------------------------
+    def create_study(
+        self,
+        name: str,
+        parameters: Sequence[Parameter],
+        objectives: Union[str, Objective, Sequence[Union[str, Objective]]],
+        *,
+        constraints: Sequence[Constraint] = (),
+        parameter_constraints: Sequence[LinearConstraint] = (),
+        tracked_metrics: Sequence[str] = (),
+        description: str = "",
+        n_initial: int = 0,
+        seed: Optional[int] = None,
+        device: str = "",
+        priors: Sequence[Prior] = (),
+        llm: Optional[Llm] = None,
+        reference_point: Optional[Mapping[str, float]] = None,
+        max_fit_points: int = 0,
+        max_model_points: int = 0,
+        prior_exponent: float = 0.0,
+    ) -> "StudyHandle":
+        """Create a study, or reattach to it if one of that name exists with the same spec.
+
+        ``objectives``: a metric name (minimized), an :class:`Objective`, or a list of them.
+        Raises :class:`AlreadyExists` when the name is taken by a different spec.
+        """
+        if isinstance(objectives, (str, Objective)):
+            objectives = [objectives]
+        objs = [Objective(o) if isinstance(o, str) else o for o in objectives]
+        spec = pb.StudySpec(
+            parameters=[p.to_pb() for p in parameters],
+            parameter_constraints=[c.to_pb() for c in parameter_constraints],
+            objectives=[o.to_pb() for o in objs],
+            outcome_constraints=[c.to_pb() for c in constraints],
+            tracked_metrics=list(tracked_metrics),
+            description=description,
+            priors=[p.to_pb() for p in priors],
+        )
+        a = spec.algorithm
+        a.n_initial, a.device, a.max_fit_points, a.max_model_points, a.prior_exponent = n_initial, device, max_fit_points, max_model_points, prior_exponent
+        if seed is not None:
+            a.seed = seed
+        for k, v in (reference_point or {}).items():
+            a.reference_point[k] = float(v)
+        if llm is not None:
+            spec.llm.CopyFrom(llm.to_pb())
+        resp = self._call("CreateStudy", svc.CreateStudyRequest(name=name, spec=spec))
+        h = StudyHandle(self, resp.study.name)
+        h.created = resp.created
+        h._info = StudyInfo.from_pb(resp.study)
+        return h
+
+    def study(self, name: str) -> "StudyHandle":
+        """A handle on an existing study (raises :class:`NotFound`)."""
+        h = StudyHandle(self, name)
+        h._info = self.get_study(name)
+        return h
+
+    def get_study(self, name: str) -> StudyInfo:
+        return StudyInfo.from_pb(self._call("GetStudy", svc.GetStudyRequest(name=name)))
+
+    def list_studies(self, page_size: int = 100) -> list[StudyInfo]:
+        out, token = [], ""
+        while True:
+            r = self._call("ListStudies", svc.ListStudiesRequest(page_size=page_size, page_token=token))
+            out.extend(StudyInfo.from_pb(s) for s in r.studies)
+            token = r.next_page_token
+            if not token:
+                return out
+
+    def delete_study(self, name: str) -> bool:
+        return self._call("DeleteStudy", svc.DeleteStudyRequest(name=name)).deleted
+
+
+def _metric_pb(v: Any, name: str) -> pb.MetricValue:
+    if isinstance(v, (tuple, list)) and len(v) == 2:
+        return pb.MetricValue(value=float(v[0]), sem=float(v[1]))
+    if isinstance(v, Mapping):
+        m = pb.MetricValue(value=float(v["value"]))
+        if v.get("sem") is not None:
+            m.sem = float(v["sem"])
+        return m
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise InvalidArgument(f"metric value must be a number, got {v!r}", field=f"metrics['{name}']")
+    return pb.MetricValue(value=float(v))
+
+
+def _trial_id(t: Union[int, Trial]) -> int:
+    return t.id if isinstance(t, Trial) else int(t)
+
+
+class StudyHandle:
+    """Ask, tell and inspect one study."""
+
+    def __init__(self, client: Client, name: str):
+        self.client = client
+        self.name = name
+        self.created = False
+        self._info: Optional[StudyInfo] = None
+
+    def __repr__(self) -> str:
+        return f"StudyHandle({self.name!r})"
+
+    # ---- ask / tell -----------------------------------------------------------------------------
+    def ask(self, count: int = 1, *, worker_id: str = "", lease_seconds: float = 0.0, request_id: Optional[str] = None) -> list[Trial]:
+        """``count`` trials to evaluate (stored PENDING on the server before they are returned)."""
+        req = svc.AskRequest(study=self.name, count=count, worker_id=worker_id, lease_seconds=lease_seconds, request_id=request_id or uuid.uuid4().hex)
+        r = self.client._call("Ask", req, timeout=self.client.ask_timeout)
+        return [Trial.from_pb(t) for t in r.trials]
+
+    def tell(
+        self,
+        trial: Union[int, Trial],
+        metrics: Optional[MetricsLike] = None,
+        *,
+        failed: bool = False,
+        abandoned: bool = False,
+        reason: str = "",
+        request_id: str = "",
+    ) -> TellResult:
+        """Report a trial's metrics (``{name: value}``, ``{name: (value, sem)}``, or a bare number
+        for a single-objective study), or its failure with ``failed=True, reason=...``."""
+        req = svc.TellRequest(study=self.name, trial_id=_trial_id(trial), reason=reason, request_id=request_id)
+        if failed:
+            req.state = pb.TRIAL_STATE_FAILED
+        elif abandoned:
+            req.state = pb.TRIAL_STATE_ABANDONED
+        else:
+            req.state = pb.TRIAL_STATE_COMPLETED
+        for k, v in self._metrics_dict(metrics).items():
+            req.metrics[k].CopyFrom(_metric_pb(v, k))
+        r = self.client._call("Tell", req)
+        return TellResult(Trial.from_pb(r.trial), r.duplicate)
+
+    def _metrics_dict(self, metrics: Optional[MetricsLike]) -> dict[str, Any]:
+        if metrics is None:
+            return {}
+        if isinstance(metrics, Mapping):
+            return dict(metrics)
+        objs = self.info(cached=True).objectives
+        if len(objs) != 1:
+            raise InvalidArgument("a bare number is only accepted for a single-objective study: pass a dict", field="metrics")
+        return {objs[0].name: metrics}
+
+    def add_trial(self, params: Mapping[str, Any], metrics: Optional[MetricsLike] = None, *, failed: bool = False, request_id: Optional[str] = None) -> Trial:
+        """Attach a point evaluated elsewhere (origin ``user``)."""
+        req = svc.AddTrialRequest(study=self.name, request_id=request_id or uuid.uuid4().hex, state=pb.TRIAL_STATE_FAILED if failed else pb.TRIAL_STATE_COMPLETED)
+        for k, v in params.items():
+            req.parameters[k].CopyFrom(_value_pb(v))
+        for k, v in self._metrics_dict(metrics).items():
+            req.metrics[k].CopyFrom(_metric_pb(v, k))
+        return Trial.from_pb(self.client._call("AddTrial", req))
+
+    def report_intermediate(self, trial: Union[int, Trial], step: int, value: float) -> bool:
+        """Report the first objective's value at ``step``; True means: stop this trial early."""
+        r = self.client._call("ReportIntermediate", svc.ReportIntermediateRequest(study=self.name, trial_id=_trial_id(trial), step=step, value=value))
+        return r.should_stop
+
+    def heartbeat(self, trial: Union[int, Trial], lease_seconds: float = 0.0) -> Trial:
+        """Extend a pending trial's lease (from now)."""
+        r = self.client._call("Heartbeat", svc.HeartbeatRequest(study=self.name, trial_id=_trial_id(trial), lease_seconds=lease_seconds))
+        return Trial.from_pb(r.trial)
+
+    # ---- reads ----------------------------------------------------------------------------------
+    def info(self, cached: bool = False) -> StudyInfo:
+        if not (cached and self._info is not None):
+            self._info = self.client.get_study(self.name)
+        return self._info
+
+    def trial(self, trial_id: int) -> Trial:
+        return Trial.from_pb(self.client._call("GetTrial", svc.GetTrialRequest(study=self.name, trial_id=trial_id)))
+
+    def trials(self, states: Iterable[str] = (), page_size: int = 1000) -> list[Trial]:
+        """All trials (or those in ``states``: "PENDING", "COMPLETED", "FAILED", "ABANDONED")."""
+        try:
+            st = [STATE_TO_PB[s.upper()] for s in states]
+        except KeyError as e:
+            raise InvalidArgument(f"unknown trial state {e.args[0]!r}", field="states") from None
+        out, token = [], ""
+        while True:
+            r = self.client._call("ListTrials", svc.ListTrialsRequest(study=self.name, states=st, page_size=page_size, page_token=token))
+            out.extend(Trial.from_pb(t) for t in r.trials)
+            token = r.next_page_token
+            if not token:
+                return out
+
+    def best(self) -> Best:
+        r = self.client._call("GetBest", svc.GetBestRequest(study=self.name))
+        state = "LIKELY_INFEASIBLE" if r.state == pb.STUDY_STATE_LIKELY_INFEASIBLE else "ACTIVE"
+        return Best([Trial.from_pb(t) for t in r.trials], state, r.state_reason)
+
+    def llm_calls(self) -> list[LlmCall]:
+        r = self.client._call("ListLlmCalls", svc.ListLlmCallsRequest(study=self.name))
+        return [
+            LlmCall(c.purpose, c.model, c.prompt, c.response, c.outcome, c.prompt_tokens, c.completion_tokens, c.latency_seconds, _time(c.create_time))
+            for c in r.calls
+        ]
+
+    def delete(self) -> bool:
+        return self.client.delete_study(self.name)
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def optimize(
+        self,
+        fn: Callable[[dict], MetricsLike],
+        n_trials: int,
+        n_workers: int = 1,
+        *,
+        progress: bool = True,
+        worker_id: Optional[str] = None,
+        lease_seconds: float = 0.0,
+        heartbeat_seconds: Optional[float] = None,
+    ) -> Best:
+        """Evaluate ``fn(params)`` on ``n_trials`` suggested points with ``n_workers`` threads.
+
+        ``fn`` returns a metrics dict (or a number for a single objective); an exception it raises
+        (or a non-finite metric) is reported as a FAILED trial with the reason, and the loop goes
+        on. While ``fn`` runs, the trial's lease is renewed every ``heartbeat_seconds`` (default:
+        a third of the lease). Returns :meth:`best`.
+        """
+        if n_trials < 0 or n_workers < 1:
+            raise InvalidArgument("need n_trials >= 0 and n_workers >= 1")
+        from tqdm.auto import tqdm
+
+        wid = worker_id or f"{uuid.uuid4().hex[:8]}"
+        lock = threading.Lock()
+        claimed = [0]
+        interval = heartbeat_seconds if heartbeat_seconds is not None else (lease_seconds or 600.0) / 3
+        bar = tqdm(total=n_trials, disable=not progress, desc=self.name, unit="trial")
+
+        def one(worker: int) -> None:
+            while True:
+                with lock:
+                    if claimed[0] >= n_trials:
+                        return
+                    claimed[0] += 1
+                (t,) = self.ask(1, worker_id=f"{wid}-{worker}", lease_seconds=lease_seconds)
+                stop = threading.Event()
+                hb = threading.Thread(target=self._heartbeats, args=(t.id, interval, lease_seconds, stop), daemon=True)
+                hb.start()
+                try:
+                    try:
+                        result = fn(dict(t.params))
+                        metrics = self._metrics_dict(result)
+                        bad = [k for k, v in metrics.items() if not _finite(v)]
+                    except Exception as e:  # the objective failed: record why, keep going
+                        self.tell(t, failed=True, reason=f"{type(e).__name__}: {e}"[:2000])
+                    else:
+                        if bad:
+                            self.tell(t, failed=True, reason=f"non-finite metric(s) {bad}")
+                        else:
+                            self.tell(t, metrics)
+                finally:
+                    stop.set()
+                with lock:
+                    bar.update(1)
+
+        try:
+            with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="bbo-optimize") as ex:
+                for f in [ex.submit(one, k) for k in range(n_workers)]:
+                    f.result()
+        finally:
+            bar.close()
+        return self.best()
+
+    def _heartbeats(self, trial_id: int, interval: float, lease_seconds: float, stop: threading.Event) -> None:
+        while interval > 0 and not stop.wait(interval):
+            try:
+                self.heartbeat(trial_id, lease_seconds)
+            except BboError:
+                return
+
+
+def _finite(v: Any) -> bool:
+    if isinstance(v, (tuple, list)):
+        return all(_finite(x) for x in v)
+    if isinstance(v, Mapping):
+        return _finite(v.get("value"))
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False

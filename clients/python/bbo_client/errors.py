@@ -1,0 +1,82 @@
+"""Typed errors of the client: one class per gRPC status the service uses."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import grpc
+
+
+class BboError(Exception):
+    """Base class: ``code`` is the gRPC status code, ``field`` the offending request field if any."""
+
+    code: Optional[grpc.StatusCode] = None
+
+    def __init__(self, message: str, field: str = "", code: Optional[grpc.StatusCode] = None):
+        super().__init__(f"{field}: {message}" if field else message)
+        self.message = message
+        self.field = field
+        if code is not None:
+            self.code = code
+
+
+class InvalidArgument(BboError, ValueError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(BboError, LookupError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(BboError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class Conflict(BboError):
+    """FAILED_PRECONDITION: e.g. a different tell on a finished trial."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(BboError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unauthenticated(BboError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(BboError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Unavailable(BboError, ConnectionError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+_BY_CODE = {c.code: c for c in (InvalidArgument, NotFound, AlreadyExists, Conflict, ResourceExhausted, Unauthenticated, PermissionDenied, Unavailable)}
+
+
+def from_rpc_error(e: grpc.RpcError) -> BboError:
+    """The typed error for a failed call, with the BadRequest field violation's field if sent."""
+    code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
+    message = e.details() if hasattr(e, "details") else str(e)
+    field = ""
+    try:
+        from google.rpc import error_details_pb2
+        from grpc_status import rpc_status
+
+        st = rpc_status.from_call(e)
+        if st is not None:
+            message = st.message or message
+            for d in st.details:
+                if d.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                    br = error_details_pb2.BadRequest()
+                    d.Unpack(br)
+                    if br.field_violations:
+                        field = br.field_violations[0].field
+                        message = br.field_violations[0].description
+    except Exception:  # details are a bonus: never mask the error itself
+        pass
+    cls = _BY_CODE.get(code, BboError)
+    return cls(message or str(code), field=field, code=code)

@@ -1,0 +1,303 @@
+"""The client's public data: search-space builders, objectives, constraints, trials, studies.
+
+Plain dataclasses; protobuf stays inside the client.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence, Union
+
+from bbo.v1 import study_pb2 as pb
+
+Value = Union[float, int, str]
+
+
+def _scale(log: bool) -> int:
+    return pb.SCALE_LOG if log else pb.SCALE_LINEAR
+
+
+def _value_pb(v: Value) -> pb.ParameterValue:
+    if isinstance(v, str):
+        return pb.ParameterValue(category=v)
+    if isinstance(v, bool):
+        raise TypeError("booleans are not parameter values: use Categorical('x', ['true', 'false'])")
+    if isinstance(v, int):
+        return pb.ParameterValue(integer=v)
+    return pb.ParameterValue(number=float(v))
+
+
+def _value(v: pb.ParameterValue) -> Value:
+    kind = v.WhichOneof("kind")
+    return getattr(v, kind) if kind else None
+
+
+# ---- parameters ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Float:
+    """A real parameter in [low, high]; ``log=True`` searches it on a log scale."""
+
+    name: str
+    low: float
+    high: float
+    log: bool = False
+
+    def to_pb(self) -> pb.ParameterSpec:
+        return pb.ParameterSpec(name=self.name, float=pb.FloatParameter(low=self.low, high=self.high, scale=_scale(self.log)))
+
+
+@dataclass(frozen=True)
+class Int:
+    """An integer parameter in [low, high], both inclusive."""
+
+    name: str
+    low: int
+    high: int
+    log: bool = False
+
+    def to_pb(self) -> pb.ParameterSpec:
+        return pb.ParameterSpec(name=self.name, int=pb.IntParameter(low=self.low, high=self.high, scale=_scale(self.log)))
+
+
+@dataclass(frozen=True)
+class Categorical:
+    """An unordered choice among strings."""
+
+    name: str
+    choices: Sequence[str]
+
+    def to_pb(self) -> pb.ParameterSpec:
+        return pb.ParameterSpec(name=self.name, categorical=pb.CategoricalParameter(choices=list(self.choices)))
+
+
+@dataclass(frozen=True)
+class Ordinal:
+    """Ordered numeric values, ascending (e.g. batch sizes 16, 32, 64)."""
+
+    name: str
+    values: Sequence[float]
+    log: bool = False
+
+    def to_pb(self) -> pb.ParameterSpec:
+        return pb.ParameterSpec(name=self.name, ordinal=pb.OrdinalParameter(values=[float(v) for v in self.values], scale=_scale(self.log)))
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """A parameter held at one value (passed to the objective, not searched)."""
+
+    name: str
+    value: Value
+
+    def to_pb(self) -> pb.ParameterSpec:
+        return pb.ParameterSpec(name=self.name, fixed=pb.FixedParameter(value=_value_pb(self.value)))
+
+
+Parameter = Union[Float, Int, Categorical, Ordinal, Fixed]
+
+
+def parameter_from_pb(p: pb.ParameterSpec) -> Parameter:
+    kind = p.WhichOneof("kind")
+    if kind == "float":
+        return Float(p.name, p.float.low, p.float.high, p.float.scale == pb.SCALE_LOG)
+    if kind == "int":
+        return Int(p.name, p.int.low, p.int.high, p.int.scale == pb.SCALE_LOG)
+    if kind == "categorical":
+        return Categorical(p.name, tuple(p.categorical.choices))
+    if kind == "ordinal":
+        return Ordinal(p.name, tuple(p.ordinal.values), p.ordinal.scale == pb.SCALE_LOG)
+    return Fixed(p.name, _value(p.fixed.value))
+
+
+@dataclass(frozen=True)
+class LinearConstraint:
+    """``sum(coefficients[name] * params[name]) <= bound`` over linear-scale numeric parameters."""
+
+    coefficients: Mapping[str, float]
+    bound: float
+
+    def to_pb(self) -> pb.LinearConstraint:
+        return pb.LinearConstraint(coefficients={k: float(v) for k, v in self.coefficients.items()}, bound=float(self.bound))
+
+
+# ---- metrics ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Objective:
+    """A metric to optimize: ``goal`` is "minimize" (default) or "maximize"."""
+
+    name: str
+    goal: str = "minimize"
+
+    def to_pb(self) -> pb.Objective:
+        if self.goal not in ("minimize", "maximize"):
+            from bbo_client.errors import InvalidArgument
+
+            raise InvalidArgument(f"goal must be 'minimize' or 'maximize', got {self.goal!r}", field="objectives.goal")
+        return pb.Objective(name=self.name, goal=pb.GOAL_MAXIMIZE if self.goal == "maximize" else pb.GOAL_MINIMIZE)
+
+
+def Minimize(name: str) -> Objective:
+    return Objective(name, "minimize")
+
+
+def Maximize(name: str) -> Objective:
+    return Objective(name, "maximize")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A black-box constraint on a reported metric: ``Constraint("latency_ms", "<=", 200)``."""
+
+    metric: str
+    op: str
+    bound: float
+
+    def to_pb(self) -> pb.OutcomeConstraint:
+        ops = {"<=": pb.CONSTRAINT_OP_LESS_EQUAL, ">=": pb.CONSTRAINT_OP_GREATER_EQUAL}
+        if self.op not in ops:
+            from bbo_client.errors import InvalidArgument
+
+            raise InvalidArgument(f"op must be '<=' or '>=', got {self.op!r}", field="outcome_constraints.op")
+        return pb.OutcomeConstraint(metric=self.metric, op=ops[self.op], bound=float(self.bound))
+
+
+@dataclass(frozen=True)
+class Prior:
+    """A belief about where the optimum lies: ``mean``/``std`` (numeric) or ``probabilities``."""
+
+    parameter: str
+    mean: Optional[float] = None
+    std: Optional[float] = None
+    probabilities: Optional[Mapping[str, float]] = None
+    confidence: float = 0.5
+
+    def to_pb(self) -> pb.ParameterPrior:
+        out = pb.ParameterPrior(parameter=self.parameter, confidence=self.confidence, probabilities=dict(self.probabilities or {}))
+        if self.mean is not None:
+            out.mean = float(self.mean)
+        if self.std is not None:
+            out.std = float(self.std)
+        return out
+
+
+@dataclass(frozen=True)
+class Llm:
+    """Opt a study into the LLM module (warm start, priors, proposals)."""
+
+    enabled: bool = True
+    warmstart_candidates: int = 0
+    derive_priors: bool = True
+    propose_during_search: bool = False
+    model: str = ""
+
+    def to_pb(self) -> pb.LlmOptions:
+        return pb.LlmOptions(
+            enabled=self.enabled, warmstart_candidates=self.warmstart_candidates, derive_priors=self.derive_priors,
+            propose_during_search=self.propose_during_search, model=self.model,
+        )
+
+
+# ---- trials and studies -------------------------------------------------------------------------
+
+_STATES = {pb.TRIAL_STATE_PENDING: "PENDING", pb.TRIAL_STATE_COMPLETED: "COMPLETED", pb.TRIAL_STATE_FAILED: "FAILED", pb.TRIAL_STATE_ABANDONED: "ABANDONED"}
+STATE_TO_PB = {v: k for k, v in _STATES.items()}
+
+
+def _time(ts) -> Optional[_dt.datetime]:
+    if ts is None or (ts.seconds == 0 and ts.nanos == 0):
+        return None
+    return ts.ToDatetime(tzinfo=_dt.timezone.utc)
+
+
+@dataclass
+class Trial:
+    """One point of a study: ``params`` to evaluate, and what became of it."""
+
+    id: int
+    params: dict[str, Value]
+    state: str = "PENDING"
+    metrics: dict[str, float] = field(default_factory=dict)
+    sems: dict[str, float] = field(default_factory=dict)
+    origin: str = ""
+    reason: str = ""
+    rationale: str = ""
+    worker_id: str = ""
+    created: Optional[_dt.datetime] = None
+    updated: Optional[_dt.datetime] = None
+    lease_expires: Optional[_dt.datetime] = None
+
+    @classmethod
+    def from_pb(cls, t: pb.Trial) -> "Trial":
+        return cls(
+            id=t.id,
+            params={k: _value(v) for k, v in t.parameters.items()},
+            state=_STATES.get(t.state, "UNSPECIFIED"),
+            metrics={k: m.value for k, m in t.metrics.items()},
+            sems={k: m.sem for k, m in t.metrics.items() if m.HasField("sem")},
+            origin=t.origin, reason=t.reason, rationale=t.rationale, worker_id=t.worker_id,
+            created=_time(t.create_time), updated=_time(t.update_time),
+            lease_expires=_time(t.lease_expire_time) if t.HasField("lease_expire_time") else None,
+        )
+
+
+@dataclass
+class TellResult:
+    trial: Trial
+    duplicate: bool = False  # this exact tell had already been recorded
+
+
+@dataclass
+class StudyInfo:
+    name: str
+    parameters: list[Parameter]
+    objectives: list[Objective]
+    constraints: list[Constraint]
+    state: str
+    state_reason: str
+    trial_count: int
+    completed_count: int
+    created: Optional[_dt.datetime]
+    description: str = ""
+    spec: Any = None  # the bbo.v1.StudySpec message, for everything else
+
+    @classmethod
+    def from_pb(cls, s) -> "StudyInfo":
+        sp = s.spec
+        return cls(
+            name=s.name,
+            parameters=[parameter_from_pb(p) for p in sp.parameters],
+            objectives=[Objective(o.name, "maximize" if o.goal == pb.GOAL_MAXIMIZE else "minimize") for o in sp.objectives],
+            constraints=[Constraint(c.metric, ">=" if c.op == pb.CONSTRAINT_OP_GREATER_EQUAL else "<=", c.bound) for c in sp.outcome_constraints],
+            state="LIKELY_INFEASIBLE" if s.state == pb.STUDY_STATE_LIKELY_INFEASIBLE else "ACTIVE",
+            state_reason=s.state_reason, trial_count=s.trial_count, completed_count=s.completed_count,
+            created=_time(s.create_time), description=sp.description, spec=sp,
+        )
+
+
+@dataclass
+class Best:
+    """The best feasible trial (one objective) or the Pareto front; empty when none is feasible."""
+
+    trials: list[Trial]
+    state: str = "ACTIVE"
+    state_reason: str = ""
+
+    @property
+    def trial(self) -> Optional[Trial]:
+        return self.trials[0] if self.trials else None
+
+
+@dataclass
+class LlmCall:
+    purpose: str
+    model: str
+    prompt: str
+    response: str
+    outcome: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_seconds: float
+    created: Optional[_dt.datetime]

@@ -1,0 +1,81 @@
+"""The ``bbo`` command line. Subcommands live in :mod:`bbo_server.commands`, one module each with
+``register(subparsers)``; a new module there adds a subcommand without touching this file."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import os
+import pkgutil
+import sys
+from typing import Iterator, Optional
+
+import bbo_server.commands as commands_pkg
+
+# Listed first in --help, in this order; other modules follow alphabetically.
+ORDER = ["serve", "demo", "studies", "trials", "best", "plot"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="bbo", description="Bayesian optimization as a service.")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    mods = sorted(m.name for m in pkgutil.iter_modules(commands_pkg.__path__) if not m.name.startswith("_"))
+    for name in mods:
+        mod = importlib.import_module(f"bbo_server.commands.{name}")
+        reg = getattr(mod, "register", None)
+        if reg is not None:
+            reg(sub)
+    # Reorder the help listing: well-known commands first.
+    acts = sub._choices_actions
+    acts.sort(key=lambda a: (ORDER.index(a.dest) if a.dest in ORDER else len(ORDER), a.dest))
+    return ap
+
+
+def add_connection_args(p: argparse.ArgumentParser) -> None:
+    """--address (a running server) or --db (read a database directly)."""
+    p.add_argument("--address", default=os.environ.get("BBO_ADDRESS", "127.0.0.1:50051"), help="server address (env BBO_ADDRESS; default %(default)s)")
+    p.add_argument("--db", default=None, help="read this database directly instead (e.g. sqlite:///bbo-data/bbo.db)")
+    p.add_argument("--api-key", default=os.environ.get("BBO_API_KEY"), help="API key (env BBO_API_KEY)")
+
+
+@contextlib.contextmanager
+def connect(args) -> Iterator["object"]:
+    """A bbo_client.Client to --address, or to an in-process server on --db."""
+    from bbo_client import Client
+
+    if getattr(args, "db", None):
+        from bbo.storage import Storage
+        from bbo_server.server import ServerOptions, start
+
+        storage = Storage(args.db)
+        running = start(ServerOptions(host="127.0.0.1", port=0, rpc_threads=8), storage=storage)
+        try:
+            with Client(running.address, retries=0) as c:
+                yield c
+        finally:
+            running.stop(1.0)
+            storage.close()
+    else:
+        with Client(args.address, api_key=getattr(args, "api_key", None), retries=2) as c:
+            yield c
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        from bbo_client.errors import BboError
+
+        if isinstance(e, BboError):
+            print(f"bbo {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Map core errors onto gRPC status codes with google.rpc details (BadRequest field violations)."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from bbo.errors import BboError, ConflictError, LimitError, NotFoundError, SpecError
+from bbo.study import AlreadyExistsError
+
+
+class Unauthenticated(BboError):
+    """Missing or unknown credentials (raised by an authenticate hook)."""
+
+
+class PermissionDenied(BboError):
+    """Known credentials without the right to do this."""
+
+
+_CODES = [
+    (SpecError, code_pb2.INVALID_ARGUMENT),
+    (NotFoundError, code_pb2.NOT_FOUND),
+    (AlreadyExistsError, code_pb2.ALREADY_EXISTS),
+    (ConflictError, code_pb2.FAILED_PRECONDITION),
+    (LimitError, code_pb2.RESOURCE_EXHAUSTED),
+    (Unauthenticated, code_pb2.UNAUTHENTICATED),
+    (PermissionDenied, code_pb2.PERMISSION_DENIED),
+]
+
+
+def status_for(exc: BaseException, field_prefix: str = ""):
+    """The grpc.Status to abort with for a core error (INTERNAL for anything unexpected)."""
+    code = code_pb2.INTERNAL
+    for cls, c in _CODES:
+        if isinstance(exc, cls):
+            code = c
+            break
+    message = str(exc) if code != code_pb2.INTERNAL else f"internal error: {type(exc).__name__}"
+    st = status_pb2.Status(code=code, message=message)
+    if isinstance(exc, SpecError):
+        field = exc.field
+        if field_prefix and not field.startswith(field_prefix.rstrip(".")):
+            field = f"{field_prefix}{field}"
+        br = error_details_pb2.BadRequest(field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=exc.message)])
+        d = any_pb2.Any()
+        d.Pack(br)
+        st.details.append(d)
+    return rpc_status.to_status(st)
+
+
+def is_client_error(code: grpc.StatusCode) -> bool:
+    return code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)

@@ -1,0 +1,160 @@
+"""Build and run the gRPC server: BboService + health checking + reflection, size limits, graceful
+shutdown on SIGTERM / SIGINT (in-flight calls finish within the grace period)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from bbo.storage import Storage, default_url
+from bbo.study import StudyConfig, StudyRegistry
+from bbo.v1 import service_pb2, service_pb2_grpc
+from bbo_server.servicer import Authenticate, BboServicer
+
+log = logging.getLogger("bbo.server")
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["BboService"].full_name
+
+
+def available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def configure_threads(fit_workers: int, torch_threads: int = 0) -> int:
+    """Pick torch's intra-op thread count on purpose: ``cores // fit_workers`` (at least 1).
+
+    On a 2-core box, two OpenMP pools spinning against each other (a fit plus anything else busy)
+    collapse throughput ~10x, so concurrent fits share the cores instead of each taking all.
+    Must run before torch is imported for the environment variables to matter.
+    """
+    n = torch_threads if torch_threads > 0 else max(1, available_cores() // max(1, fit_workers))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+    import sys
+
+    torch = sys.modules.get("torch")  # not imported yet: the variables above take effect on import
+    if torch is not None:
+        torch.set_num_threads(n)
+    return n
+
+
+@dataclass
+class ServerOptions:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    db: str = ""
+    fit_workers: int = 0  # concurrent suggestion computations (0 = one per core)
+    torch_threads: int = 0  # 0 = cores // fit_workers
+    rpc_threads: int = 64  # gRPC handler threads (tells are cheap; asks may wait on fits)
+    device: str = "auto"
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    max_ask: int = 100
+    default_lease_seconds: float = 600.0
+    grace_seconds: float = 30.0
+    authenticate: Optional[Authenticate] = None
+    interceptors: Sequence[grpc.ServerInterceptor] = field(default_factory=tuple)
+    strategy_factory: Optional[Callable] = None
+
+
+class RunningServer:
+    """A started server: ``address``, ``registry``; :meth:`stop` shuts it down gracefully."""
+
+    def __init__(self, server: grpc.Server, port: int, host: str, registry: StudyRegistry, health_servicer: health.HealthServicer, storage: Storage, owns_storage: bool):
+        self.server, self.port, self.host = server, port, host
+        self.registry, self.health, self.storage = registry, health_servicer, storage
+        self._owns_storage = owns_storage
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def stop(self, grace: float = 30.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        if self._owns_storage:
+            self.storage.close()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def start(opts: ServerOptions, storage: Optional[Storage] = None) -> RunningServer:
+    """Open the database (migrating it), build the registry and start serving."""
+    owns = storage is None
+    if storage is None:
+        storage = Storage(opts.db or default_url(), pool_size=max(8, opts.rpc_threads // 2))
+    fit_workers = opts.fit_workers or available_cores()
+    os.environ.setdefault("BBO_DEVICE", opts.device)
+    registry = StudyRegistry(
+        storage,
+        strategy_factory=opts.strategy_factory,
+        config=StudyConfig(default_lease_seconds=opts.default_lease_seconds, max_ask=opts.max_ask),
+        fit_slots=fit_workers,
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=opts.rpc_threads, thread_name_prefix="bbo-rpc"),
+        interceptors=list(opts.interceptors),
+        options=[
+            ("grpc.max_receive_message_length", opts.max_message_bytes),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    service_pb2_grpc.add_BboServiceServicer_to_server(BboServicer(registry, opts.authenticate), server)
+    hs = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    host = f"[{opts.host}]" if ":" in opts.host and not opts.host.startswith("[") else opts.host
+    port = server.add_insecure_port(f"{host}:{opts.port}")
+    if port == 0:
+        raise RuntimeError(f"could not bind {opts.host}:{opts.port}")
+    server.start()
+    for name in ("", SERVICE_NAME):
+        hs.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, port, opts.host, registry, hs, storage, owns)
+
+
+def serve_forever(opts: ServerOptions, port_file: Optional[str] = None) -> int:
+    """Run until SIGTERM / SIGINT; then stop accepting calls and let in-flight ones finish."""
+    fit_workers = opts.fit_workers or available_cores()
+    threads = configure_threads(fit_workers, opts.torch_threads)
+    running = start(opts)
+    db = str(running.storage.url.render_as_string(hide_password=True))
+    log.info(
+        "serving", extra={"address": running.address, "db": db, "fit_workers": fit_workers, "torch_threads": threads,
+                          "rpc_threads": opts.rpc_threads, "device": opts.device,
+                          "sqlite_synchronous": running.storage.sqlite_synchronous if running.storage.dialect == "sqlite" else None}
+    )
+    print(f"bbo serve: listening on {running.address} (db {db})", flush=True)
+    if port_file:
+        tmp = port_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(str(running.port))
+        os.replace(tmp, port_file)
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("shutting down", extra={"signal": signal.Signals(signum).name, "grace_seconds": opts.grace_seconds})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stop.wait(1.0):
+        pass
+    running.stop(opts.grace_seconds)
+    log.info("stopped")
+    return 0

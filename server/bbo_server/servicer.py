@@ -1,0 +1,178 @@
+"""The BboService servicer: each RPC validates its request, calls the core and converts back."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Callable, Optional
+
+import grpc
+
+from bbo.errors import BboError, SpecError
+from bbo.study import DEFAULT_TENANT, Study, StudyRegistry
+from bbo.trial import TrialState
+from bbo.v1 import service_pb2 as svc
+from bbo.v1 import service_pb2_grpc
+from bbo.v1 import study_pb2 as pb
+from bbo_server import convert as C
+from bbo_server.errors import status_for
+
+log = logging.getLogger("bbo.server")
+
+Authenticate = Callable[[grpc.ServicerContext, str], str]
+"""(context, rpc method name) -> tenant; raises bbo_server.errors.Unauthenticated / PermissionDenied."""
+
+MAX_ID_LEN = 128
+
+
+def default_authenticate(context: grpc.ServicerContext, method: str) -> str:
+    return DEFAULT_TENANT
+
+
+def rpc(fn):
+    """Authenticate, run, log; turn core errors into status codes (never INTERNAL for bad input)."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(self: "BboServicer", request, context: grpc.ServicerContext):
+        t0 = time.perf_counter()
+        status = None
+        try:
+            tenant = self.authenticate(context, name)
+            return fn(self, request, context, tenant)
+        except BboError as e:
+            status = status_for(e)
+        except Exception as e:  # a bug: log it whole, tell the caller little
+            log.exception("rpc failed", extra={"rpc": name, "study": getattr(request, "study", "") or getattr(request, "name", "")})
+            status = status_for(e)
+        finally:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "rpc", extra={"rpc": name, "ms": round(1e3 * (time.perf_counter() - t0), 3),
+                                  "study": getattr(request, "study", "") or getattr(request, "name", ""),
+                                  "trial": getattr(request, "trial_id", None), "code": status.code.name if status else "OK"}
+                )
+        if status.code != grpc.StatusCode.INTERNAL:
+            log.info("rpc refused", extra={"rpc": name, "code": status.code.name, "detail": status.details,
+                                           "study": getattr(request, "study", "") or getattr(request, "name", ""),
+                                           "trial": getattr(request, "trial_id", None)})
+        context.abort_with_status(status)
+
+    return wrapper
+
+
+def _check_id(value: str, field: str) -> str:
+    if len(value) > MAX_ID_LEN:
+        raise SpecError(field, f"at most {MAX_ID_LEN} characters")
+    return value
+
+
+class BboServicer(service_pb2_grpc.BboServiceServicer):
+    def __init__(self, registry: StudyRegistry, authenticate: Optional[Authenticate] = None):
+        self.registry = registry
+        self.authenticate = authenticate or default_authenticate
+
+    def _study(self, name: str, tenant: str) -> Study:
+        if not name:
+            raise SpecError("study", "study name is required")
+        return self.registry.get_study(name, tenant)
+
+    # ---- studies --------------------------------------------------------------------------------
+    @rpc
+    def CreateStudy(self, request: svc.CreateStudyRequest, context, tenant):
+        if not request.HasField("spec"):
+            raise SpecError("spec", "spec is required")
+        spec = C.spec_from_pb(request.spec)
+        study, created = self.registry.create_study(request.name, spec, tenant)
+        return svc.CreateStudyResponse(study=C.study_to_pb(study.info()), created=created)
+
+    @rpc
+    def GetStudy(self, request: svc.GetStudyRequest, context, tenant):
+        return C.study_to_pb(self._study(request.name, tenant).info())
+
+    @rpc
+    def ListStudies(self, request: svc.ListStudiesRequest, context, tenant):
+        studies, nxt = self.registry.list_studies(tenant, request.page_size, request.page_token)
+        return svc.ListStudiesResponse(studies=[C.study_to_pb(s.info()) for s in studies], next_page_token=nxt)
+
+    @rpc
+    def DeleteStudy(self, request: svc.DeleteStudyRequest, context, tenant):
+        if not request.name:
+            raise SpecError("name", "study name is required")
+        return svc.DeleteStudyResponse(deleted=self.registry.delete_study(request.name, tenant))
+
+    # ---- ask / tell -----------------------------------------------------------------------------
+    @rpc
+    def Ask(self, request: svc.AskRequest, context, tenant):
+        study = self._study(request.study, tenant)
+        res = study.ask(
+            count=request.count, worker_id=_check_id(request.worker_id, "worker_id"),
+            request_id=_check_id(request.request_id, "request_id"), lease_seconds=request.lease_seconds,
+        )
+        return svc.AskResponse(trials=[C.trial_to_pb(t, study.spec.space) for t in res.trials], note=res.note)
+
+    @rpc
+    def Tell(self, request: svc.TellRequest, context, tenant):
+        study = self._study(request.study, tenant)
+        state = None if request.state == pb.TRIAL_STATE_UNSPECIFIED else C.trial_state_from_pb(request.state, "state")
+        res = study.tell(
+            request.trial_id, C.metrics_from_pb(request.metrics), state=state, reason=request.reason,
+            request_id=_check_id(request.request_id, "request_id"),
+        )
+        return svc.TellResponse(trial=C.trial_to_pb(res.trial, study.spec.space), duplicate=res.duplicate)
+
+    @rpc
+    def AddTrial(self, request: svc.AddTrialRequest, context, tenant):
+        study = self._study(request.study, tenant)
+        state = TrialState.COMPLETED if request.state == pb.TRIAL_STATE_UNSPECIFIED else C.trial_state_from_pb(request.state, "state")
+        t = study.add_trial(
+            C.params_from_pb(request.parameters), C.metrics_from_pb(request.metrics), state=state,
+            request_id=_check_id(request.request_id, "request_id"),
+        )
+        return C.trial_to_pb(t, study.spec.space)
+
+    @rpc
+    def GetTrial(self, request: svc.GetTrialRequest, context, tenant):
+        study = self._study(request.study, tenant)
+        return C.trial_to_pb(study.get_trial(request.trial_id), study.spec.space)
+
+    @rpc
+    def ListTrials(self, request: svc.ListTrialsRequest, context, tenant):
+        study = self._study(request.study, tenant)
+        states = [C.trial_state_from_pb(s, f"states[{i}]") for i, s in enumerate(request.states)]
+        if request.page_size < 0:
+            raise SpecError("page_size", "must be >= 0")
+        size = min(request.page_size or 1000, 10000)
+        try:
+            after = int(request.page_token) if request.page_token else 0
+        except ValueError:
+            raise SpecError("page_token", f"malformed page token {request.page_token!r}") from None
+        trials = study.trials(states, after=after, limit=size + 1)
+        nxt = str(trials[size - 1].id) if len(trials) > size else ""
+        return svc.ListTrialsResponse(trials=[C.trial_to_pb(t, study.spec.space) for t in trials[:size]], next_page_token=nxt)
+
+    @rpc
+    def GetBest(self, request: svc.GetBestRequest, context, tenant):
+        study = self._study(request.study, tenant)
+        b = study.best()
+        return svc.GetBestResponse(
+            trials=[C.trial_to_pb(t, study.spec.space) for t in b.trials],
+            state=C.STUDY_STATE_TO_PB.get(b.state, pb.STUDY_STATE_ACTIVE), state_reason=b.state_reason,
+        )
+
+    @rpc
+    def ReportIntermediate(self, request: svc.ReportIntermediateRequest, context, tenant):
+        study = self._study(request.study, tenant)
+        stop, reason = study.report_intermediate(request.trial_id, request.step, request.value)
+        return svc.ReportIntermediateResponse(should_stop=stop, reason=reason)
+
+    @rpc
+    def Heartbeat(self, request: svc.HeartbeatRequest, context, tenant):
+        study = self._study(request.study, tenant)
+        return svc.HeartbeatResponse(trial=C.trial_to_pb(study.heartbeat(request.trial_id, request.lease_seconds), study.spec.space))
+
+    @rpc
+    def ListLlmCalls(self, request: svc.ListLlmCallsRequest, context, tenant):
+        study = self._study(request.study, tenant)
+        return svc.ListLlmCallsResponse(calls=[C.llm_call_to_pb(c) for c in study.llm_calls()])

@@ -1,0 +1,78 @@
+"""The `bbo` command line: studies, trials, best, plot (against a server and against a database)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import bbo_client as bc
+
+
+def bbo(*args, check=True):
+    r = subprocess.run([sys.executable, "-m", "bbo_server", *args], capture_output=True, text=True, timeout=120)
+    if check and r.returncode != 0:
+        raise AssertionError(f"bbo {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+@pytest.fixture(scope="module")
+def populated(bbo_server):
+    name = "cli-study"
+    with bc.Client(bbo_server.address) as c:
+        s = c.create_study(name, parameters=[bc.Float("lr", 1e-4, 1e-1, log=True), bc.Categorical("opt", ["adam", "sgd"])],
+                           objectives=[bc.Maximize("acc")], constraints=[bc.Constraint("lat", "<=", 10)])
+        for i, t in enumerate(s.ask(6)):
+            if i == 5:
+                s.tell(t, failed=True, reason="diverged")
+            else:
+                s.tell(t, {"acc": 0.5 + 0.1 * i, "lat": 5 + 2 * i})  # trials 4 and 5 (i=3,4) violate lat <= 10
+    return name
+
+
+def test_help_lists_commands():
+    out = bbo("--help").stdout
+    for cmd in ("serve", "demo", "studies", "trials", "best", "plot"):
+        assert cmd in out
+
+
+def test_studies_trials_best(bbo_server, populated):
+    addr = ["--address", bbo_server.address]
+    assert populated in bbo("studies", *addr).stdout
+    rows = [json.loads(l) for l in bbo("studies", *addr, "--json").stdout.splitlines()]
+    assert any(r["name"] == populated and r["trials"] == 6 and r["completed"] == 5 for r in rows)
+    out = bbo("trials", populated, *addr).stdout
+    assert "diverged" in out and "COMPLETED" in out
+    failed = [json.loads(l) for l in bbo("trials", populated, *addr, "--state", "FAILED", "--json").stdout.splitlines()]
+    assert [t["reason"] for t in failed] == ["diverged"]
+    best = json.loads(bbo("best", populated, *addr, "--json").stdout)
+    assert best["trials"][0]["metrics"]["acc"] == pytest.approx(0.7)  # the best feasible one (lat 9)
+    assert "acc=0.7" in bbo("best", populated, *addr).stdout
+
+
+def test_plot_writes_png(bbo_server, populated, tmp_path):
+    out = tmp_path / "p.png"
+    r = bbo("plot", populated, "--address", bbo_server.address, "-o", str(out))
+    assert str(out) in r.stdout
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_reads_database_directly(tmp_path):
+    from bbo.storage import Storage
+    from bbo.study import StudyRegistry
+
+    url = "sqlite:///" + str(tmp_path / "direct.db")
+    st = Storage(url)
+    reg = StudyRegistry(st)
+    s, _ = reg.create_study("offline", {"parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}], "objectives": [{"name": "y"}]})
+    s.add_trial({"x": 0.25}, {"y": 3.0})
+    st.close()
+    assert "offline" in bbo("studies", "--db", url).stdout
+    assert "x=0.25" in bbo("best", "offline", "--db", url).stdout
+
+
+def test_unknown_study_is_a_clean_error(bbo_server):
+    r = bbo("trials", "nope", "--address", bbo_server.address, check=False)
+    assert r.returncode == 1 and "NotFound" in r.stderr and "Traceback" not in r.stderr

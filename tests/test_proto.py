@@ -1,0 +1,28 @@
+"""The committed generated stubs (bbo/v1) match proto/bbo/v1/*.proto."""
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_generated_stubs_are_up_to_date(tmp_path):
+    pytest.importorskip("grpc_tools")
+    from bbo_server.protogen import generate
+
+    files = generate(tmp_path)
+    assert files, "protoc produced nothing"
+    names = sorted(p.name for p in files)
+    committed = sorted(p.name for p in (ROOT / "bbo" / "v1").glob("*_pb2*.py*"))
+    assert names == committed, f"stub files differ: generated {names}, committed {committed}"
+    stale = [p.name for p in files if p.read_bytes() != (ROOT / "bbo" / "v1" / p.name).read_bytes()]
+    assert not stale, f"bbo/v1 stubs are stale ({stale}): run `make proto` and commit"
+
+
+def test_service_descriptor_has_every_rpc():
+    from bbo.v1 import service_pb2
+
+    methods = set(service_pb2.DESCRIPTOR.services_by_name["BboService"].methods_by_name)
+    assert {"CreateStudy", "GetStudy", "ListStudies", "DeleteStudy", "Ask", "Tell", "AddTrial", "GetTrial", "ListTrials",
+            "GetBest", "ReportIntermediate", "Heartbeat", "ListLlmCalls"} <= methods

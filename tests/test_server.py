@@ -1,0 +1,341 @@
+"""The gRPC service end to end: a real `bbo serve` subprocess, driven through the real client."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import grpc
+import pytest
+
+import bbo_client as bc
+from bbo.v1 import service_pb2 as svc
+from bbo.v1 import service_pb2_grpc
+from bbo.v1 import study_pb2 as pb
+
+
+def raw_stub(address):
+    ch = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
+    return ch, service_pb2_grpc.BboServiceStub(ch)
+
+
+def snapshot(study):
+    return [(t.id, t.state, t.metrics, t.params) for t in study.trials()]
+
+
+# ---- happy paths ----------------------------------------------------------------------------------
+
+def test_create_get_list_delete_study(client, study_name, make_study):
+    s = make_study(client, study_name, description="tune x")
+    assert s.created
+    again = make_study(client, study_name, description="tune x")
+    assert not again.created
+    info = client.get_study(study_name)
+    assert info.name == study_name and info.description == "tune x"
+    assert [p.name for p in info.parameters] == ["x", "k"]
+    assert info.objectives == [bc.Objective("y", "minimize")]
+    assert study_name in [i.name for i in client.list_studies()]
+    assert client.delete_study(study_name)
+    with pytest.raises(bc.NotFound):
+        client.get_study(study_name)
+
+
+def test_list_studies_pages(client, make_study, study_name):
+    names = [f"{study_name}-{i}" for i in range(5)]
+    for n in names:
+        make_study(client, n)
+    got = [s.name for s in client.list_studies(page_size=2)]
+    assert all(n in got for n in names)
+    assert len(got) == len(set(got))
+
+
+def test_ask_tell_get_list_best(client, study_name, make_study):
+    s = make_study(client, study_name)
+    trials = s.ask(3, worker_id="w1")
+    assert len(trials) == 3 and len({t.id for t in trials}) == 3
+    assert all(t.state == "PENDING" and t.worker_id == "w1" and t.lease_expires is not None for t in trials)
+    assert all(0.0 <= t.params["x"] <= 1.0 and t.params["k"] in "abc" for t in trials)
+    for i, t in enumerate(trials):
+        r = s.tell(t, {"y": float(i)})
+        assert not r.duplicate and r.trial.state == "COMPLETED" and r.trial.metrics == {"y": float(i)}
+    assert s.trial(trials[1].id).metrics == {"y": 1.0}
+    assert [t.id for t in s.trials(["COMPLETED"])] == [t.id for t in trials]
+    assert s.trials(["PENDING"]) == []
+    best = s.best()
+    assert best.trial.id == trials[0].id and best.state == "ACTIVE"
+    info = s.info()
+    assert info.trial_count == 3 and info.completed_count == 3
+
+
+def test_tell_failed_with_reason_and_sem(client, study_name, make_study):
+    s = make_study(client, study_name)
+    a, b = s.ask(2)
+    r = s.tell(a, failed=True, reason="OOM")
+    assert r.trial.state == "FAILED" and r.trial.reason == "OOM"
+    r = s.tell(b, {"y": (0.5, 0.1)})
+    assert r.trial.metrics == {"y": 0.5} and r.trial.sems == {"y": 0.1}
+    assert s.best().trial.id == b.id
+
+
+def test_add_trial_and_constraints_in_best(client, study_name):
+    s = client.create_study(
+        study_name, parameters=[bc.Float("x", 0, 1), bc.Int("n", 1, 10), bc.Ordinal("b", [16, 32, 64]), bc.Fixed("f", "on")],
+        objectives=[bc.Maximize("acc")], constraints=[bc.Constraint("lat", "<=", 100)],
+    )
+    good = s.add_trial({"x": 0.5, "n": 3, "b": 32, "f": "on"}, {"acc": 0.8, "lat": 50})
+    assert good.origin == "user" and good.state == "COMPLETED" and good.params["n"] == 3 and isinstance(good.params["n"], int)
+    s.add_trial({"x": 0.6, "n": 4, "b": 64}, {"acc": 0.95, "lat": 500})  # infeasible, better objective
+    s.add_trial({"x": 0.7, "n": 5, "b": 16}, failed=True)
+    assert s.best().trial.id == good.id
+    (t,) = s.ask()
+    assert t.params["f"] == "on" and t.params["b"] in (16.0, 32.0, 64.0)
+
+
+def test_multi_objective_best_is_pareto_front(client, study_name):
+    s = client.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives=[bc.Minimize("a"), bc.Minimize("b")])
+    ids = [s.add_trial({"x": x}, {"a": a, "b": b}).id for x, a, b in [(0.1, 1, 3), (0.2, 2, 2), (0.3, 3, 1), (0.4, 3, 3)]]
+    assert sorted(t.id for t in s.best().trials) == ids[:3]
+
+
+def test_heartbeat_extends_lease(client, study_name, make_study):
+    s = make_study(client, study_name)
+    (t,) = s.ask(lease_seconds=5)
+    t2 = s.heartbeat(t, lease_seconds=3600)
+    assert t2.lease_expires > t.lease_expires
+
+
+def test_expired_lease_is_abandoned_on_next_ask_and_late_tell_accepted(client, study_name, make_study):
+    s = make_study(client, study_name)
+    (t,) = s.ask(lease_seconds=0.05)
+    import time
+
+    time.sleep(0.2)
+    s.ask()
+    assert s.trial(t.id).state == "ABANDONED" and s.trial(t.id).reason == "lease expired"
+    r = s.tell(t, {"y": 1.0})  # a late result is still welcome
+    assert r.trial.state == "COMPLETED"
+
+
+def test_report_intermediate_median_rule(client, study_name, make_study):
+    s = make_study(client, study_name)
+    for i in range(3):  # three completed trials with curves 1.0, 0.9, 0.8 at steps 0..2
+        (t,) = s.ask()
+        for step in range(3):
+            assert not s.report_intermediate(t, step, 1.0 - 0.1 * i + 0.01 * step) or step >= 1
+        s.tell(t, {"y": 1.0 - 0.1 * i})
+    (bad,) = s.ask()
+    assert not s.report_intermediate(bad, 0, 5.0)  # warm-up step: never stop
+    assert s.report_intermediate(bad, 1, 5.0)  # far worse than the median (minimize)
+    (good,) = s.ask()
+    assert not s.report_intermediate(good, 1, 0.1)
+
+
+def test_list_llm_calls_empty(client, study_name, make_study):
+    s = make_study(client, study_name)
+    assert s.llm_calls() == []
+
+
+def test_health_and_reflection(bbo_server):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(bbo_server.address) as ch:
+        h = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="bbo.v1.BboService"))
+        assert h.status == health_pb2.HealthCheckResponse.SERVING
+        refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+        resp = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        names = {s.name for s in resp.list_services_response.service}
+        assert "bbo.v1.BboService" in names and "grpc.health.v1.Health" in names
+
+
+# ---- bad input: right code, field named, state unchanged -----------------------------------------
+
+def test_unknown_study_is_not_found_everywhere(client):
+    h = bc.StudyHandle(client, "no-such-study")
+    for call in (lambda: h.ask(), lambda: h.tell(1, {"y": 1}), lambda: h.trials(), lambda: h.best(), lambda: h.trial(1),
+                 lambda: h.heartbeat(1), lambda: h.report_intermediate(1, 1, 1.0), lambda: h.add_trial({"x": 0.5, "k": "a"}, {"y": 1}),
+                 lambda: h.llm_calls(), lambda: client.delete_study("no-such-study"), lambda: client.get_study("no-such-study")):
+        with pytest.raises(bc.NotFound):
+            call()
+
+
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ([bc.Float("x", 1.0, 0.0)], "spec.parameters[0].high"),
+        ([bc.Float("x", 0.0, 1.0, log=True)], "spec.parameters[0].low"),
+        ([bc.Float("x", 0.0, 1.0), bc.Float("x", 0.0, 2.0)], "spec.parameters[1].name"),
+        ([bc.Categorical("c", [])], "spec.parameters[0].choices"),
+        ([bc.Int("n", 5, 5)], "spec.parameters[0].high"),
+        ([bc.Float("bad name!", 0, 1)], "spec.parameters[0].name"),
+        ([], "spec.parameters"),
+    ],
+)
+def test_malformed_spec_is_invalid_argument_naming_the_field(client, study_name, params, field):
+    with pytest.raises(bc.InvalidArgument) as e:
+        client.create_study(study_name, parameters=params, objectives="y")
+    assert e.value.field == field
+    with pytest.raises(bc.NotFound):
+        client.get_study(study_name)
+
+
+def test_spec_without_objective_and_bad_name(client, study_name):
+    with pytest.raises(bc.InvalidArgument) as e:
+        client.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives=[])
+    assert e.value.field == "spec.objectives"
+    with pytest.raises(bc.InvalidArgument) as e:
+        client.create_study("bad name/with slash", parameters=[bc.Float("x", 0, 1)], objectives="y")
+    assert e.value.field == "name"
+
+
+def test_same_name_different_spec_already_exists(client, study_name, make_study):
+    make_study(client, study_name)
+    with pytest.raises(bc.AlreadyExists):
+        client.create_study(study_name, parameters=[bc.Float("x", 0, 2)], objectives="y")
+    assert client.get_study(study_name).parameters[0] == bc.Float("x", 0.0, 1.0)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_metrics_rejected_and_trial_stays_pending(client, study_name, make_study, value):
+    s = make_study(client, study_name)
+    (t,) = s.ask()
+    before = snapshot(s)
+    with pytest.raises(bc.InvalidArgument) as e:
+        s.tell(t, {"y": value})
+    assert e.value.field == "metrics['y']"
+    assert snapshot(s) == before and s.trial(t.id).state == "PENDING"
+
+
+def test_missing_metric_and_negative_sem(client, study_name, make_study):
+    s = make_study(client, study_name)
+    (t,) = s.ask()
+    with pytest.raises(bc.InvalidArgument) as e:
+        s.tell(t, {"other": 1.0})
+    assert e.value.field == "metrics"
+    with pytest.raises(bc.InvalidArgument) as e:
+        s.tell(t, {"y": (1.0, -1.0)})
+    assert e.value.field == "metrics['y'].sem"
+    assert s.trial(t.id).state == "PENDING"
+
+
+def test_out_of_range_params_in_add_trial(client, study_name, make_study):
+    s = make_study(client, study_name)
+    for params, field in [({"x": 2.0, "k": "a"}, "parameters['x']"), ({"x": 0.5, "k": "z"}, "parameters['k']"),
+                          ({"x": 0.5}, "parameters"), ({"x": 0.5, "k": "a", "extra": 1}, "parameters")]:
+        with pytest.raises(bc.InvalidArgument) as e:
+            s.add_trial(params, {"y": 1.0})
+        assert e.value.field == field
+    assert s.trials() == []
+
+
+def test_tell_unknown_trial_not_found_and_finished_trial_conflict(client, study_name, make_study):
+    s = make_study(client, study_name)
+    with pytest.raises(bc.NotFound):
+        s.tell(999, {"y": 1.0})
+    (t,) = s.ask()
+    s.tell(t, {"y": 1.0})
+    before = snapshot(s)
+    with pytest.raises(bc.Conflict):
+        s.tell(t, {"y": 2.0})
+    with pytest.raises(bc.Conflict):
+        s.tell(t, failed=True, reason="late")
+    with pytest.raises(bc.Conflict):
+        s.heartbeat(t)
+    with pytest.raises(bc.Conflict):
+        s.report_intermediate(t, 1, 0.5)
+    assert snapshot(s) == before
+
+
+def test_idempotent_tell(client, study_name, make_study):
+    s = make_study(client, study_name)
+    (t,) = s.ask()
+    r1 = s.tell(t, {"y": 0.25}, request_id="tell-1")
+    r2 = s.tell(t, {"y": 0.25}, request_id="tell-1")
+    r3 = s.tell(t, {"y": 0.25})
+    assert not r1.duplicate and r2.duplicate and r3.duplicate
+    assert r2.trial.metrics == {"y": 0.25}
+    with pytest.raises(bc.Conflict):  # a request id reused for a different tell
+        s.tell(t, {"y": 0.5}, request_id="tell-1")
+    assert s.info().completed_count == 1
+
+
+def test_idempotent_ask(client, study_name, make_study):
+    s = make_study(client, study_name)
+    a = s.ask(2, request_id="ask-1", worker_id="w")
+    b = s.ask(2, request_id="ask-1", worker_id="w")
+    assert [t.id for t in a] == [t.id for t in b]
+    assert len(s.trials()) == 2
+    with pytest.raises(bc.Conflict):
+        s.ask(3, request_id="ask-1", worker_id="w")
+
+
+def test_ask_count_limits(client, study_name, make_study):
+    s = make_study(client, study_name)
+    with pytest.raises(bc.ResourceExhausted):
+        s.ask(101)
+    with pytest.raises(bc.InvalidArgument) as e:
+        s.ask(-1)
+    assert e.value.field == "count"
+    with pytest.raises(bc.InvalidArgument) as e:
+        s.ask(1, lease_seconds=-5)
+    assert e.value.field == "lease_seconds"
+    assert s.trials() == []
+
+
+def test_bad_raw_requests(bbo_server, client, study_name, make_study):
+    make_study(client, study_name)
+    ch, stub = raw_stub(bbo_server.address)
+    with ch:
+        cases = [
+            (stub.CreateStudy, svc.CreateStudyRequest(name=study_name + "-nospec"), grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.CreateStudy, svc.CreateStudyRequest(name="p", spec=pb.StudySpec(parameters=[pb.ParameterSpec(name="x")], objectives=[pb.Objective(name="y")])), grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.Ask, svc.AskRequest(study=""), grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.Ask, svc.AskRequest(study=study_name, worker_id="w" * 1000), grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.ListTrials, svc.ListTrialsRequest(study=study_name, page_token="garbage"), grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.ListTrials, svc.ListTrialsRequest(study=study_name, states=[99]), grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.ListStudies, svc.ListStudiesRequest(page_token="x"), grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.ReportIntermediate, svc.ReportIntermediateRequest(study=study_name, trial_id=1, step=-1, value=1), grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.Tell, svc.TellRequest(study=study_name, trial_id=1, state=pb.TRIAL_STATE_PENDING), grpc.StatusCode.INVALID_ARGUMENT),
+            (stub.AddTrial, svc.AddTrialRequest(study=study_name, parameters={"x": pb.ParameterValue()}), grpc.StatusCode.INVALID_ARGUMENT),
+        ]
+        for fn, req, code in cases:
+            with pytest.raises(grpc.RpcError) as e:
+                fn(req, timeout=10)
+            assert e.value.code() == code, (req, e.value.details())
+        # a request over the 4 MiB limit
+        big = svc.AskRequest(study=study_name, worker_id="w" * (5 * 1024 * 1024))
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Ask(big, timeout=10)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert client.study(study_name).trials() == []
+
+
+# ---- concurrency ------------------------------------------------------------------------------------
+
+def test_16_concurrent_workers_get_distinct_points(client, study_name):
+    s = client.create_study(study_name, parameters=[bc.Float("x", 0, 1), bc.Float("z", 0, 1)], objectives="y", n_initial=8)
+    results: list = []
+    errors: list = []
+    barrier = threading.Barrier(16)
+
+    def worker(i):
+        try:
+            barrier.wait()
+            for _ in range(2):
+                got = s.ask(1, worker_id=f"w{i}")
+                results.extend(got)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(results) == 32
+    assert len({t.id for t in results}) == 32
+    points = {(round(t.params["x"], 12), round(t.params["z"], 12)) for t in results}
+    assert len(points) == 32, "two pending trials got the same point"
+    stored = s.trials(["PENDING"])
+    assert sorted(t.id for t in stored) == sorted(t.id for t in results)

@@ -1,0 +1,104 @@
+"""Durability: a server SIGKILLed mid-study loses no acknowledged tell; restarts rebuild studies;
+SIGTERM lets in-flight calls finish."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import bbo_client as bc
+
+
+def test_sigkill_mid_study_loses_no_acknowledged_tell(server_factory):
+    srv = server_factory()
+    acked: dict[int, float] = {}
+    errors: list = []
+    stop = threading.Event()
+    with bc.Client(srv.address, retries=0) as c:
+        s = c.create_study("durable", parameters=[bc.Float("x", 0, 1)], objectives="y", n_initial=1000)
+
+        def worker(i):
+            while not stop.is_set():
+                try:
+                    (t,) = s.ask(worker_id=f"w{i}")
+                    v = float(t.id) / 7.0
+                    s.tell(t, {"y": v})
+                    acked[t.id] = v  # only after the server acknowledged
+                except bc.BboError as e:
+                    errors.append(e)
+                    return
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        while len(acked) < 40 and all(t.is_alive() for t in threads):
+            threading.Event().wait(0.01)
+        srv.kill()  # SIGKILL while workers are asking and telling
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert len(acked) >= 40
+    assert all(isinstance(e, bc.Unavailable) for e in errors)
+    srv.start()  # same database, new process
+    with bc.Client(srv.address) as c:
+        s = c.study("durable")
+        stored = {t.id: t for t in s.trials()}
+        for tid, v in acked.items():
+            assert stored[tid].state == "COMPLETED" and stored[tid].metrics == {"y": v}
+        # the rebuilt study keeps allocating fresh ids and keeps working
+        (t,) = s.ask()
+        assert t.id > max(stored)
+        assert s.tell(t, {"y": 0.0}).trial.state == "COMPLETED"
+        assert s.best().trial.id == t.id
+
+
+def test_restart_rebuilds_every_study(server_factory):
+    srv = server_factory()
+    with bc.Client(srv.address) as c:
+        a = c.create_study("a", parameters=[bc.Float("x", 0, 1)], objectives="y", seed=3)
+        b = c.create_study("b", parameters=[bc.Int("n", 1, 9)], objectives=[bc.Maximize("acc")], constraints=[bc.Constraint("lat", "<=", 5)])
+        ta = a.ask(2)
+        a.tell(ta[0], {"y": 0.5})
+        b.add_trial({"n": 3}, {"acc": 0.9, "lat": 1})
+        before = {n: [(t.id, t.state, t.params, t.metrics) for t in c.study(n).trials()] for n in ("a", "b")}
+    srv.stop()
+    srv.start()
+    with bc.Client(srv.address) as c:
+        assert sorted(s.name for s in c.list_studies()) == ["a", "b"]
+        after = {n: [(t.id, t.state, t.params, t.metrics) for t in c.study(n).trials()] for n in ("a", "b")}
+        assert after == before
+        assert c.study("b").info().constraints == [bc.Constraint("lat", "<=", 5.0)]
+        again = c.create_study("a", parameters=[bc.Float("x", 0, 1)], objectives="y", seed=3)
+        assert not again.created
+        a = c.study("a")
+        a.tell(ta[1], {"y": 0.1})  # a trial asked before the restart is told after it
+        assert a.best().trial.id == ta[1].id
+        new = a.ask(3)
+        assert {t.id for t in new}.isdisjoint({t.id for t in ta})
+
+
+def test_client_retries_while_server_restarts(server_factory):
+    srv = server_factory()
+    port = srv.port
+    with bc.Client(srv.address, retries=10, backoff=0.2) as c:
+        s = c.create_study("retry", parameters=[bc.Float("x", 0, 1)], objectives="y")
+        srv.kill()
+        srv.requested_port = port  # come back on the same address
+
+        def restart():
+            srv.start()
+
+        th = threading.Timer(0.5, restart)
+        th.start()
+        (t,) = s.ask()  # UNAVAILABLE at first, retried with backoff until the server is back
+        th.join()
+        assert s.tell(t, {"y": 1.0}).trial.state == "COMPLETED"
+
+
+def test_sigterm_is_graceful(server_factory):
+    srv = server_factory()
+    with bc.Client(srv.address) as c:
+        c.create_study("g", parameters=[bc.Float("x", 0, 1)], objectives="y")
+    assert srv.stop() == 0
+    assert '"msg": "stopped"' in srv.log_tail()

@@ -1,0 +1,141 @@
+"""Storage on SQLite: migrations, trial-number allocation under concurrency, idempotency log,
+read-modify-write, leases, intermediate values, LLM calls, deletion."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+from bbo.storage import LlmCallRecord, NewTrial, RequestKey, Storage
+from bbo.trial import Metric, TrialState
+
+SPEC = {"parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}], "objectives": [{"name": "y"}]}
+
+
+def test_migrates_to_head_and_is_idempotent(tmp_path):
+    url = "sqlite:///" + str(tmp_path / "m.db")
+    s = Storage(url)
+    assert s.current_revision() == "0001"
+    s.close()
+    s2 = Storage(url)  # second start: nothing to do
+    assert s2.current_revision() == "0001"
+    s2.close()
+
+
+def test_sqlite_pragmas(storage):
+    with storage.engine.connect() as c:
+        assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert c.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert c.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_synchronous_from_url(tmp_path):
+    s = Storage("sqlite:///" + str(tmp_path / "n.db") + "?synchronous=normal")
+    with s.engine.connect() as c:
+        assert c.exec_driver_sql("PRAGMA synchronous").scalar() == 1
+    s.close()
+    with pytest.raises(ValueError):
+        Storage("sqlite:///" + str(tmp_path / "n.db") + "?synchronous=sometimes")
+
+
+def test_migrated_schema_matches_metadata(storage):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from bbo.storage.schema import metadata
+
+    with storage.engine.connect() as c:
+        diff = compare_metadata(MigrationContext.configure(c, opts={"compare_type": True}), metadata)
+    assert diff == [], f"schema.py and the migrations disagree: {diff}"
+
+
+def test_study_unique_per_tenant(storage):
+    a = storage.insert_study("t1", "s", SPEC, 1)
+    assert a is not None and a.trial_counter == 0
+    assert storage.insert_study("t1", "s", SPEC, 1) is None
+    assert storage.insert_study("t2", "s", SPEC, 1) is not None
+    assert [r.name for r in storage.list_studies("t1")] == ["s"]
+
+
+def test_concurrent_trial_numbers_are_unique_and_dense(storage):
+    st = storage.insert_study("t", "s", SPEC, 1)
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def work():
+        for _ in range(10):
+            ts, _ = storage.insert_trials(st.id, [NewTrial({"x": 0.5}, "bo"), NewTrial({"x": 0.6}, "bo")])
+            with lock:
+                got.extend(t.id for t in ts)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == list(range(1, 161))
+    assert storage.get_study_by_id(st.id).trial_counter == 160
+
+
+def test_request_log_replays(storage):
+    st = storage.insert_study("t", "s", SPEC, 1)
+    req = RequestKey("t", "ask", "r1", "h1")
+    first, prev = storage.insert_trials(st.id, [NewTrial({"x": 0.1}, "bo")], request=req)
+    assert prev is None
+    again, prev = storage.insert_trials(st.id, [NewTrial({"x": 0.9}, "bo")], request=req)
+    assert prev == {"hash": "h1", "trials": [first[0].id]} and [t.id for t in again] == [first[0].id]
+    assert len(storage.list_trials(st.id)) == 1
+
+
+def test_modify_trial_and_events(storage):
+    st = storage.insert_study("t", "s", SPEC, 1)
+    (t,), _ = storage.insert_trials(st.id, [NewTrial({"x": 0.1}, "bo")])
+    import dataclasses
+
+    new, changed, _ = storage.modify_trial(st.id, t.id, lambda cur: dataclasses.replace(cur, state=TrialState.COMPLETED, metrics={"y": Metric(1.5, 0.1)}))
+    assert changed and new.state is TrialState.COMPLETED
+    stored = storage.get_trial(st.id, t.id)
+    assert stored.metrics == {"y": Metric(1.5, 0.1)} and stored.state is TrialState.COMPLETED
+    assert [e[0] for e in storage.trial_events(st.id, t.id)] == ["PENDING", "COMPLETED"]
+    same, changed, _ = storage.modify_trial(st.id, t.id, lambda cur: None)
+    assert not changed and same.state is TrialState.COMPLETED
+    missing, changed, _ = storage.modify_trial(st.id, 99, lambda cur: cur)
+    assert missing is None and not changed
+
+    def refuse(cur):
+        raise RuntimeError("no")
+
+    with pytest.raises(RuntimeError):
+        storage.modify_trial(st.id, t.id, refuse)
+    assert storage.get_trial(st.id, t.id) == stored  # the refused change rolled back
+
+
+def test_expire_leases(storage):
+    st = storage.insert_study("t", "s", SPEC, 1)
+    ts, _ = storage.insert_trials(st.id, [NewTrial({"x": 0.1}, "bo")], lease_expires_at=100.0)
+    ts2, _ = storage.insert_trials(st.id, [NewTrial({"x": 0.2}, "bo")], lease_expires_at=10_000.0)
+    assert storage.expire_leases(st.id, now=200.0) == [ts[0].id]
+    assert storage.get_trial(st.id, ts[0].id).state is TrialState.ABANDONED
+    assert storage.get_trial(st.id, ts2[0].id).state is TrialState.PENDING
+    assert storage.expire_leases(st.id, now=200.0) == []
+
+
+def test_intermediates_llm_calls_and_delete(storage):
+    st = storage.insert_study("t", "s", SPEC, 1)
+    (t,), _ = storage.insert_trials(st.id, [NewTrial({"x": 0.1}, "bo")])
+    assert storage.add_intermediate(st.id, t.id, 1, 0.5)
+    assert storage.add_intermediate(st.id, t.id, 1, 0.4)  # overwrite the same step
+    assert storage.add_intermediate(st.id, t.id, 2, 0.3)
+    assert not storage.add_intermediate(st.id, 42, 1, 0.3)
+    assert storage.intermediates(st.id) == {t.id: [(1, 0.4), (2, 0.3)]}
+    storage.log_llm_call(st.id, LlmCallRecord("warmstart", "m", "p", "r", "ok", 10, 5, 0.5))
+    (c,) = storage.list_llm_calls(st.id)
+    assert (c.purpose, c.prompt_tokens, c.completion_tokens) == ("warmstart", 10, 5) and c.created_at > 0
+    assert storage.delete_study(st.id)
+    assert storage.get_study("t", "s") is None
+    with storage.engine.connect() as conn:
+        for table in ("trials", "trial_events", "intermediate_values", "llm_calls", "request_log"):
+            assert conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar() == 0
+    assert not storage.delete_study(st.id)
