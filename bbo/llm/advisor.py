@@ -1,0 +1,407 @@
+"""The LLM advisor: warm-start candidates, priors and proposals for a study, never at BO's expense.
+
+The GP stays in charge. The LLM only (a) suggests where to start (LLAMBO's zero-shot warm start),
+(b) states beliefs about where the optimum lies, which the strategy uses as piBO priors with capped
+confidence and a decaying weight, and (c) optionally proposes candidates during the search (OPRO).
+Every answer is validated against the search space; every failure (no endpoint, timeout, HTTP
+error, refusal, unusable answer) comes back as a ``reason`` and an audit record, never an
+exception, and the caller carries on as plain BO.
+
+Interface for the ask path (storage / service layer)::
+
+    advisor = LlmAdvisor(LlmConfig.from_env(), cache=persistent_cache)   # one per process
+    plan = advisor.prepare(spec, trials, n, study_key=study_name)       # bounded by ask_budget_s
+    strategy.suggest(trials, n, warmstart=plan.warmstart, proposals=plan.proposals)  # with plan.spec
+    store(plan.calls)                                                   # LlmCallRecord -> LlmCall
+
+``cache`` is any object with ``get(key) -> dict | None`` and ``put(key, value: dict)``; keys are
+strings ``"<study>|<purpose>|<sha256 of model and prompt>"``, values small JSON-able dicts. An
+in-memory LRU sits in front of it, so the same prompt on the same study is sent to the LLM once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence
+
+from bbo.design import sobol_design
+from bbo.errors import SpecError
+from bbo.llm.client import OK, ChatOutcome, LlmClient
+from bbo.llm.config import LlmConfig
+from bbo.llm.parse import merge_priors, parse_candidates, parse_priors, point_key
+from bbo.llm.prompt import Prompt, priors_prompt, proposal_prompt, warmstart_prompt
+from bbo.space import SearchSpace, Value
+from bbo.spec import ParameterPrior, StudySpec
+from bbo.strategy import Suggestion
+from bbo.trial import Origin, Trial, TrialState
+
+log = logging.getLogger(__name__)
+
+DISABLED = "llm disabled"
+UNUSABLE_RETRIES = 2  # unusable answers to one prompt before the advisor stops asking it
+
+
+class Cache(Protocol):
+    def get(self, key: str) -> Optional[dict]: ...
+
+    def put(self, key: str, value: dict) -> None: ...
+
+
+@dataclass
+class LlmCallRecord:
+    """One exchange with the LLM, for audit (mirrors ``bbo.v1.LlmCall``).
+
+    ``cached`` records were answered from the cache: no request was sent (latency 0, the tokens are
+    those of the original call); the storage layer may skip persisting them again.
+    """
+
+    purpose: str  # "warmstart", "priors" or "proposal"
+    model: str
+    prompt: str
+    response: str
+    outcome: str  # "ok", or the fallback reason
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    cached: bool = False
+    create_time: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def storage_fields(self) -> dict[str, Any]:
+        """The fields of ``bbo.storage.LlmCallRecord`` (proto names: ``latency_seconds``, ``created_at``)."""
+        return dict(purpose=self.purpose, model=self.model, prompt=self.prompt, response=self.response,
+                    outcome=self.outcome, prompt_tokens=int(self.prompt_tokens),
+                    completion_tokens=int(self.completion_tokens), latency_seconds=float(self.latency_s),
+                    created_at=float(self.create_time))
+
+
+@dataclass
+class LlmResult:
+    """What one advisor call produced. ``reason`` is empty when everything asked for came back."""
+
+    suggestions: list[Suggestion] = field(default_factory=list)
+    priors: list[ParameterPrior] = field(default_factory=list)
+    calls: list[LlmCallRecord] = field(default_factory=list)
+    reason: str = ""
+    issues: list[str] = field(default_factory=list)  # validation notes (repairs and rejections)
+
+    @property
+    def ok(self) -> bool:
+        return not self.reason
+
+
+@dataclass
+class AskPlan:
+    """LLM inputs for one ask: the spec to use (with LLM priors merged), candidates and audit records."""
+
+    spec: StudySpec
+    warmstart: list[Suggestion] = field(default_factory=list)
+    proposals: list[Suggestion] = field(default_factory=list)
+    calls: list[LlmCallRecord] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)  # purpose -> fallback reason (if any)
+
+
+class _Lru:
+    def __init__(self, size: int):
+        self.size = size
+        self._d: OrderedDict[str, dict] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Optional[dict]:
+        with self._lock:
+            v = self._d.get(key)
+            if v is not None:
+                self._d.move_to_end(key)
+            return v
+
+    def put(self, key: str, value: dict) -> None:
+        with self._lock:
+            self._d[key] = value
+            self._d.move_to_end(key)
+            while len(self._d) > self.size:
+                self._d.popitem(last=False)
+
+
+def warmstart_count(spec: StudySpec) -> int:
+    """How many warm-start candidates a study asks for: its setting, else a third of the initial design."""
+    if spec.llm.warmstart_candidates > 0:
+        return int(spec.llm.warmstart_candidates)
+    return max(1, round(spec.algorithm.initial_size(spec.space.dim) / 3))
+
+
+def fill_with_sobol(
+    space: SearchSpace,
+    suggestions: Sequence[Suggestion],
+    n: int,
+    seed: int,
+    *,
+    exclude: Iterable[Mapping[str, Value]] = (),
+    skip: int = 0,
+    reason: str = "",
+) -> list[Suggestion]:
+    """``n`` suggestions: the given ones first, then distinct Sobol points (origin ``initial_design``).
+
+    ``exclude`` are points that already exist (trials); ``skip`` continues a Sobol sequence already
+    in use; ``reason`` is recorded on the filled points (e.g. why the LLM gave fewer).
+    """
+    out = list(suggestions[:n])
+    if len(out) >= n:
+        return out
+    seen = {point_key(space, s.params) for s in out}
+    seen |= {point_key(space, p) for p in exclude}
+    need = n - len(out)
+    extra = 0
+    while len(out) < n and extra < 8:
+        pts = sobol_design(space, need + 4 + 16 * extra, seed, skip=skip)
+        for p in pts:
+            k = point_key(space, p)
+            if k in seen:
+                continue
+            seen.add(k)
+            out.append(Suggestion(p, Origin.INITIAL.value, reason=reason))
+            if len(out) >= n:
+                break
+        skip += len(pts)
+        extra += 1
+    return out
+
+
+class LlmAdvisor:
+    """Asks an OpenAI-compatible LLM for warm starts, priors and proposals; validates the answers."""
+
+    def __init__(
+        self,
+        config: Optional[LlmConfig] = None,
+        *,
+        cache: Optional[Cache] = None,
+        lru_size: int = 512,
+    ):
+        self.config = config if config is not None else LlmConfig.from_env()
+        self.cache = cache
+        self._lru = _Lru(lru_size)
+        self._clients: dict[str, LlmClient] = {}
+        self._lock = threading.Lock()
+        self._unusable: dict[str, int] = {}  # cache key -> unusable answers so far (in memory only)
+
+    @classmethod
+    def from_env(cls, **kwargs) -> "LlmAdvisor":
+        return cls(LlmConfig.from_env(), **kwargs)
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.enabled
+
+    def client(self, model: str = "") -> LlmClient:
+        """The client for a model (a study's ``llm.model`` overrides the configured default)."""
+        model = model or self.config.model
+        with self._lock:
+            c = self._clients.get(model)
+            if c is None:
+                c = self._clients[model] = LlmClient(dataclasses.replace(self.config, model=model))
+            return c
+
+    # ---- cache ----------------------------------------------------------------------------------
+    @staticmethod
+    def cache_key(study_key: str, purpose: str, model: str, prompt_text: str) -> str:
+        h = hashlib.sha256(f"{model}\n{prompt_text}".encode()).hexdigest()[:40]
+        return f"{study_key}|{purpose}|{h}"
+
+    def _cache_get(self, key: str) -> Optional[dict]:
+        v = self._lru.get(key)
+        if v is None and self.cache is not None:
+            try:
+                v = self.cache.get(key)
+            except Exception as e:  # noqa: BLE001 - a broken cache must not break the ask
+                log.warning("LLM cache lookup failed: %s", e)
+                v = None
+            if isinstance(v, dict) and isinstance(v.get("text"), str):
+                self._lru.put(key, v)
+            else:
+                v = None
+        return v
+
+    def _cache_put(self, key: str, value: dict) -> None:
+        self._lru.put(key, value)
+        if self.cache is not None:
+            try:
+                self.cache.put(key, value)
+            except Exception as e:  # noqa: BLE001
+                log.warning("LLM cache store failed: %s", e)
+
+    # ---- one exchange -------------------------------------------------------------------------
+    def _exchange(self, prompt: Prompt, study_key: str, model: str, deadline: float) -> tuple[ChatOutcome, LlmCallRecord, str]:
+        """(outcome, record, cache key): from the cache, or one bounded call."""
+        model = model or self.config.model
+        key = self.cache_key(study_key, prompt.purpose, model, prompt.text)
+        hit = self._cache_get(key)
+        if hit is not None:
+            out = ChatOutcome(text=hit["text"], prompt_tokens=int(hit.get("prompt_tokens", 0)),
+                              completion_tokens=int(hit.get("completion_tokens", 0)), model=str(hit.get("model", model)))
+            rec = LlmCallRecord(prompt.purpose, out.model, prompt.text, out.text, OK, out.prompt_tokens,
+                                out.completion_tokens, 0.0, cached=True)
+            return out, rec, ""
+        left = deadline - time.monotonic()
+        if self._unusable.get(key, 0) >= UNUSABLE_RETRIES:
+            out = ChatOutcome(reason=f"answers to this prompt were unusable {UNUSABLE_RETRIES} times; not asking again")
+        elif left <= 0.05:
+            out = ChatOutcome(reason="llm time budget exhausted")
+        else:
+            out = self.client(model).chat(prompt.messages, schema=prompt.schema, schema_name=prompt.schema_name, timeout_s=left)
+        rec = LlmCallRecord(prompt.purpose, out.model or model, prompt.text, out.text, out.reason,
+                            out.prompt_tokens, out.completion_tokens, round(out.latency_s, 4))
+        if not out.ok:
+            log.info("LLM %s call fell back: %s", prompt.purpose, out.reason)
+        return out, rec, key
+
+    def _mark_unusable(self, key: str) -> None:
+        if key:
+            with self._lock:
+                self._unusable[key] = self._unusable.get(key, 0) + 1
+                if len(self._unusable) > 4 * self._lru.size:
+                    self._unusable.clear()
+
+    def _deadline(self, budget_s: Optional[float]) -> float:
+        b = self.config.ask_budget_s if budget_s is None else min(budget_s, self.config.ask_budget_s)
+        return time.monotonic() + max(0.0, b)
+
+    def _candidates(self, prompt: Prompt, spec: StudySpec, trials: Sequence[Trial], n: int,
+                    origin: str, study_key: str, deadline: float) -> LlmResult:
+        out, rec, key = self._exchange(prompt, study_key, spec.llm.model, deadline)
+        if not out.ok:
+            return LlmResult(calls=[rec], reason=out.reason)
+        parsed = parse_candidates(out.text, spec.space, limit=n, exclude=[t.params for t in trials])
+        sugg = [Suggestion(dict(p), origin, rationale=r) for p, r in parsed.points]
+        why = parsed.shortfall(n)
+        if not sugg:
+            if rec.cached:  # an answer that was usable before: its points are all taken by now
+                return LlmResult(calls=[rec], reason=f"no new candidates in the cached answer ({why})", issues=parsed.issues)
+            reason = f"unusable answer: no valid candidates ({why})"
+            self._mark_unusable(key)
+            rec.outcome = reason
+            return LlmResult(calls=[rec], reason=reason, issues=parsed.issues)
+        if key:
+            self._cache_put(key, {"text": out.text, "prompt_tokens": out.prompt_tokens,
+                                  "completion_tokens": out.completion_tokens, "model": out.model})
+        reason = "" if len(sugg) >= n else f"llm gave {len(sugg)} of {n} usable candidates ({why})"
+        if reason and not rec.cached:
+            rec.outcome = f"partial: {reason}"
+        return LlmResult(suggestions=sugg, calls=[rec], reason=reason, issues=parsed.issues)
+
+    # ---- public API ----------------------------------------------------------------------------
+    def warmstart(self, spec: StudySpec, trials: Sequence[Trial] = (), n: Optional[int] = None, *,
+                  study_key: str = "", budget_s: Optional[float] = None) -> LlmResult:
+        """LLAMBO zero-shot warm start: up to ``n`` promising, diverse points (origin ``llm_warmstart``).
+
+        The prompt has no history, so it is asked once per study and ``n``; ``trials`` only remove
+        candidates already evaluated or pending. Fill a shortfall with :func:`fill_with_sobol`.
+        """
+        n = warmstart_count(spec) if n is None else int(n)
+        if n <= 0:
+            return LlmResult()
+        if not self.enabled:
+            return LlmResult(reason=DISABLED)
+        return self._candidates(warmstart_prompt(spec, n), spec, trials, n, Origin.LLM_WARMSTART.value,
+                                study_key, self._deadline(budget_s))
+
+    def propose(self, spec: StudySpec, trials: Sequence[Trial], k: int, *, study_key: str = "",
+                budget_s: Optional[float] = None) -> LlmResult:
+        """OPRO-style: from the history of solutions and scores, up to ``k`` new points (``llm_proposal``)."""
+        if k <= 0:
+            return LlmResult()
+        if not self.enabled:
+            return LlmResult(reason=DISABLED)
+        return self._candidates(proposal_prompt(spec, trials, k), spec, trials, k, Origin.LLM_PROPOSAL.value,
+                                study_key, self._deadline(budget_s))
+
+    def priors(self, spec: StudySpec, *, study_key: str = "", budget_s: Optional[float] = None) -> LlmResult:
+        """piBO priors (``source="llm"``, confidence capped) for the parameters the LLM has beliefs about."""
+        if not self.enabled:
+            return LlmResult(reason=DISABLED)
+        prompt = priors_prompt(spec)
+        out, rec, key = self._exchange(prompt, study_key, spec.llm.model, self._deadline(budget_s))
+        if not out.ok:
+            return LlmResult(calls=[rec], reason=out.reason)
+        parsed = parse_priors(out.text, spec.space, confidence_cap=self.config.prior_confidence_cap)
+        first_issue = f" ({parsed.issues[0]})" if parsed.issues else ""
+        if not parsed.priors:
+            reason = f"unusable answer: no valid priors{first_issue}"
+            self._mark_unusable(key)
+            if not rec.cached:
+                rec.outcome = reason
+            return LlmResult(calls=[rec], reason=reason, issues=parsed.issues)
+        try:  # the merged spec must still validate; a prior that does not is dropped as a whole
+            dataclasses.replace(spec, priors=merge_priors(spec.priors, parsed.priors))
+        except SpecError as e:
+            reason = f"unusable answer: priors failed validation ({e.message})"
+            rec.outcome = reason
+            return LlmResult(calls=[rec], reason=reason, issues=parsed.issues)
+        if key:
+            self._cache_put(key, {"text": out.text, "prompt_tokens": out.prompt_tokens,
+                                  "completion_tokens": out.completion_tokens, "model": out.model})
+        n_free = spec.space.dim
+        reason = "" if len(parsed.priors) >= n_free else f"llm gave priors for {len(parsed.priors)} of {n_free} parameters{first_issue}"
+        if reason and not rec.cached:
+            rec.outcome = f"partial: {reason}"
+        return LlmResult(priors=parsed.priors, calls=[rec], reason=reason, issues=parsed.issues)
+
+    # ---- the ask path ---------------------------------------------------------------------------
+    def prepare(self, spec: StudySpec, trials: Sequence[Trial], n: int, *, study_key: str = "",
+                budget_s: Optional[float] = None) -> AskPlan:
+        """Everything the LLM contributes to one ask, within one time budget (calls run in parallel).
+
+        - priors (``spec.llm.derive_priors``, parameters without a user prior): asked once per study
+          (cached), merged into ``plan.spec`` (user priors win);
+        - warm start, while the initial design is running and the study's warm-start candidates have
+          not all been used: the cached zero-shot list minus points already in ``trials``;
+        - proposals (``spec.llm.propose_during_search``), after the initial design: ``n`` new points.
+
+        Studies without ``llm.enabled``, or a disabled advisor, get ``AskPlan(spec)`` at no cost.
+        """
+        plan = AskPlan(spec=spec)
+        if not spec.llm.enabled:
+            return plan
+        if not self.enabled:
+            plan.reasons["llm"] = DISABLED
+            return plan
+        deadline = self._deadline(budget_s)
+        left = lambda: max(0.0, deadline - time.monotonic())  # noqa: E731
+        jobs: dict[str, Any] = {}
+        with_prior = {p.parameter for p in spec.priors}
+        if spec.llm.derive_priors and any(name not in with_prior for name in spec.space.names):
+            jobs["priors"] = lambda: self.priors(spec, study_key=study_key, budget_s=left())
+        n_initial = spec.algorithm.initial_size(spec.space.dim)
+        n_ws = warmstart_count(spec)
+        used_ws = sum(1 for t in trials if t.origin == Origin.LLM_WARMSTART.value)
+        if len(trials) < n_initial and used_ws < n_ws:
+            jobs["warmstart"] = lambda: self.warmstart(spec, trials, n_ws, study_key=study_key, budget_s=left())
+        completed = sum(1 for t in trials if t.state is TrialState.COMPLETED)
+        if spec.llm.propose_during_search and len(trials) >= n_initial and completed > 0 and n > 0:
+            jobs["proposal"] = lambda: self.propose(spec, trials, n, study_key=study_key, budget_s=left())
+        if not jobs:
+            return plan
+        if len(jobs) == 1:
+            results = {k: f() for k, f in jobs.items()}
+        else:
+            with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="bbo-llm") as ex:
+                futs = {k: ex.submit(f) for k, f in jobs.items()}
+                results = {k: f.result() for k, f in futs.items()}
+        for purpose, res in results.items():
+            plan.calls += res.calls
+            if res.reason:
+                plan.reasons[purpose] = res.reason
+        if "priors" in results and results["priors"].priors:
+            plan.spec = dataclasses.replace(spec, priors=merge_priors(spec.priors, results["priors"].priors))
+        if "warmstart" in results:
+            plan.warmstart = results["warmstart"].suggestions[: max(0, n_ws - used_ws)]
+        if "proposal" in results:
+            plan.proposals = results["proposal"].suggestions
+        return plan

@@ -1,0 +1,252 @@
+"""A thin, time-bounded wrapper over the ``openai`` package's chat completions.
+
+Every call returns a :class:`ChatOutcome`; nothing here raises to callers. Failures (timeout, HTTP
+429 / 5xx, connection errors, refusals, empty answers) come back as ``reason`` strings so the
+advisor can record them and fall back to plain BO.
+
+Structured output: a call with a JSON schema first asks for ``response_format={"type":
+"json_schema", ..., "strict": true}``. Endpoints that reject it (HTTP 400 / 422, common on older
+vLLM, llama.cpp or Ollama builds) are asked again in plain text at once, and the client remembers
+not to try again. Parsing is defensive either way (:mod:`bbo.llm.parse`).
+
+Time: the HTTP library's timeout is per read, so a server that trickles bytes could hold a call far
+longer; each call therefore runs on a daemon thread and the caller stops waiting at the bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+from bbo.llm.config import LlmConfig
+
+log = logging.getLogger(__name__)
+
+OK = "ok"
+
+
+@dataclass
+class ChatOutcome:
+    """What one chat call produced: text and usage, or why there is none."""
+
+    text: str = ""
+    reason: str = OK  # "ok", or the failure reason (recorded as the call's outcome)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    model: str = ""
+    structured: bool = False  # answered under a strict JSON schema
+    transport_failure: bool = False  # timeout / 429 / 5xx / connection: counts toward the cooldown
+
+    @property
+    def ok(self) -> bool:
+        return self.reason == OK
+
+
+class _Deadline(Exception):
+    pass
+
+
+def _bounded(fn: Callable[[], Any], timeout_s: float) -> Any:
+    """Run ``fn`` on a daemon thread; raise _Deadline if it has not finished in ``timeout_s``."""
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed back to the caller's thread
+            box["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True, name="bbo-llm-call").start()
+    if not done.wait(max(0.0, timeout_s)):
+        raise _Deadline()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _short(msg: object, limit: int = 160) -> str:
+    s = " ".join(str(msg).split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def classify_error(e: BaseException) -> tuple[str, bool]:
+    """(reason, is_transport_failure) for an exception raised by the openai client."""
+    import openai
+
+    if isinstance(e, _Deadline) or isinstance(e, openai.APITimeoutError):
+        return "timeout", True
+    if isinstance(e, openai.RateLimitError):
+        return "rate limited (HTTP 429)", True
+    if isinstance(e, openai.APIStatusError):
+        code = getattr(e, "status_code", 0) or 0
+        if code >= 500:
+            return f"server error (HTTP {code})", True
+        return f"request rejected (HTTP {code}): {_short(getattr(e, 'message', e))}", False
+    if isinstance(e, openai.APIConnectionError):
+        return f"connection error: {_short(e.__cause__ or e)}", True
+    if isinstance(e, openai.APIResponseValidationError):
+        return f"malformed response: {_short(e)}", False
+    return f"client error: {type(e).__name__}: {_short(e)}", False
+
+
+class LlmClient:
+    """One endpoint, one model. Thread-safe; share one per process (or per endpoint)."""
+
+    def __init__(self, config: LlmConfig):
+        self.config = config
+        self._client = None
+        self._model = config.model
+        self._structured_supported: Optional[bool] = None  # None: not yet known
+        self._max_tokens_key = "max_tokens"
+        self._send_temperature = True
+        self._lock = threading.Lock()
+        self._consecutive_failures = 0
+        self._cool_until = 0.0
+
+    # ---- plumbing ------------------------------------------------------------------------------
+    def _openai(self):
+        with self._lock:
+            if self._client is None:
+                from openai import OpenAI
+
+                self._client = OpenAI(
+                    base_url=self.config.base_url,
+                    api_key=self.config.api_key or "none",  # local servers accept any key
+                    timeout=self.config.timeout_s,
+                    max_retries=self.config.max_retries,
+                )
+            return self._client
+
+    @property
+    def structured_supported(self) -> Optional[bool]:
+        return self._structured_supported
+
+    def cooling_down(self) -> Optional[str]:
+        """The reason to skip the LLM right now (too many recent failures), or None."""
+        left = self._cool_until - time.monotonic()
+        if left > 0:
+            return f"llm unavailable: {self._consecutive_failures} calls failed in a row, retrying in {left:.0f}s"
+        return None
+
+    def _note(self, out: ChatOutcome) -> None:
+        with self._lock:
+            if out.ok:
+                self._consecutive_failures = 0
+            elif out.transport_failure:
+                self._consecutive_failures += 1
+                if self._consecutive_failures >= self.config.failures_before_cooldown:
+                    self._cool_until = time.monotonic() + self.config.cooldown_s
+                    log.warning("LLM endpoint failed %d times in a row (%s); skipping it for %.0fs",
+                                self._consecutive_failures, out.reason, self.config.cooldown_s)
+
+    def model(self, timeout_s: float) -> tuple[str, str]:
+        """(model name, reason): the configured model, or the first one the server lists."""
+        if self._model:
+            return self._model, OK
+        client = self._openai()
+        try:
+            page = _bounded(lambda: client.with_options(timeout=timeout_s, max_retries=0).models.list(), timeout_s)
+            ids = [m.id for m in page.data]
+        except BaseException as e:  # noqa: BLE001
+            reason, _ = classify_error(e)
+            return "", f"no model configured and listing models failed: {reason}"
+        if not ids:
+            return "", "no model configured and the server lists none (set BBO_LLM_MODEL)"
+        self._model = ids[0]
+        return self._model, OK
+
+    # ---- the call ------------------------------------------------------------------------------
+    def chat(
+        self,
+        messages: Sequence[dict],
+        *,
+        schema: Optional[dict] = None,
+        schema_name: str = "answer",
+        timeout_s: Optional[float] = None,
+    ) -> ChatOutcome:
+        """One chat completion, bounded by ``timeout_s`` (default: the config's) in wall-clock time."""
+        t0 = time.monotonic()
+        bound = min(timeout_s if timeout_s is not None else self.config.timeout_s, self.config.timeout_s)
+        if not self.config.enabled:
+            return ChatOutcome(reason="llm disabled")
+        cool = self.cooling_down()
+        if cool:
+            return ChatOutcome(reason=cool)
+        if bound <= 0.05:
+            return ChatOutcome(reason="llm time budget exhausted")
+        model, why = self.model(bound)
+        if not model:
+            out = ChatOutcome(reason=why, latency_s=time.monotonic() - t0, transport_failure=True)
+            self._note(out)
+            return out
+        use_schema = schema is not None and self._structured_supported is not False
+        out = ChatOutcome(reason="timeout", transport_failure=True)
+        for _ in range(4):  # the first try, then at most one adjustment per rejected request feature
+            left = bound - (time.monotonic() - t0)
+            if left <= 0.05:
+                break
+            out = self._once(messages, model, schema if use_schema else None, schema_name, left)
+            if not out.reason.startswith(("request rejected (HTTP 400)", "request rejected (HTTP 422)")):
+                break
+            msg = out.reason.lower()
+            if "max_tokens" in msg and self._max_tokens_key == "max_tokens":
+                self._max_tokens_key = "max_completion_tokens"  # newer hosted models
+            elif "temperature" in msg and self._send_temperature:
+                self._send_temperature = False  # models that only take the default
+            elif use_schema:
+                # The endpoint does not do strict JSON schemas: say so once, ask in plain text.
+                log.info("LLM endpoint rejected response_format json_schema (%s); using plain text", out.reason)
+                self._structured_supported = False
+                use_schema = False
+            else:
+                break
+        if use_schema and out.ok:
+            self._structured_supported = True
+        out.latency_s = time.monotonic() - t0
+        out.model = out.model or model
+        self._note(out)
+        return out
+
+    def _once(self, messages, model: str, schema: Optional[dict], schema_name: str, timeout_s: float) -> ChatOutcome:
+        client = self._openai()
+        kwargs: dict[str, Any] = dict(
+            model=model,
+            messages=list(messages),
+            timeout=max(0.05, timeout_s),
+        )
+        kwargs[self._max_tokens_key] = self.config.max_tokens
+        if self._send_temperature:
+            kwargs["temperature"] = self.config.temperature
+        if schema is not None:
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": schema_name, "schema": schema, "strict": True},
+            }
+        try:
+            resp = _bounded(lambda: client.chat.completions.create(**kwargs), timeout_s)
+        except BaseException as e:  # noqa: BLE001 - every failure becomes an outcome
+            reason, transport = classify_error(e)
+            return ChatOutcome(reason=reason, transport_failure=transport)
+        usage = getattr(resp, "usage", None)
+        pt = int(getattr(usage, "prompt_tokens", 0) or 0) if usage else 0
+        ct = int(getattr(usage, "completion_tokens", 0) or 0) if usage else 0
+        base = dict(prompt_tokens=pt, completion_tokens=ct, model=getattr(resp, "model", "") or model,
+                    structured=schema is not None)
+        choices = getattr(resp, "choices", None) or []
+        if not choices:
+            return ChatOutcome(reason="empty response (no choices)", **base)
+        msg = choices[0].message
+        refusal = getattr(msg, "refusal", None)
+        if refusal:
+            return ChatOutcome(reason=f"refusal: {_short(refusal)}", **base)
+        text = msg.content or ""
+        if not text.strip():
+            return ChatOutcome(reason="empty response", **base)
+        return ChatOutcome(text=text, **base)

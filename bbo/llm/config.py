@@ -1,0 +1,96 @@
+"""Where the LLM lives and how long bbo waits for it.
+
+No ``base_url`` means the LLM module is off: every advisor call returns at once with reason
+``"llm disabled"`` and bbo behaves exactly as plain BO.
+
+Environment (read by :meth:`LlmConfig.from_env`):
+
+=========================  ==========================================================  =========
+variable                   meaning                                                     default
+=========================  ==========================================================  =========
+``BBO_LLM_BASE_URL``       an OpenAI-compatible endpoint, e.g. ``http://host:8000/v1``  (off)
+``BBO_LLM_API_KEY``        bearer key; local servers (vLLM, Ollama) accept anything     ``none``
+``BBO_LLM_MODEL``          model name; empty = the first one ``GET /models`` lists      (ask)
+``BBO_LLM_TIMEOUT``        seconds one chat call may take                               ``30``
+``BBO_LLM_MAX_RETRIES``    retries of a 429 / 5xx / connection error (0 or 1)           ``0``
+``BBO_LLM_ASK_BUDGET``     seconds all LLM work of one ask may take                     ``60``
+=========================  ==========================================================  =========
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import Mapping, Optional
+
+
+def _float(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        v = float(raw)
+    except ValueError:
+        raise ValueError(f"{key}={raw!r} is not a number of seconds") from None
+    if not v > 0:
+        raise ValueError(f"{key} must be > 0, got {raw!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class LlmConfig:
+    """Connection and time bounds for the LLM module.
+
+    ``timeout_s`` bounds one chat call (wall clock, enforced by bbo, not only by the HTTP library);
+    ``ask_budget_s`` bounds everything the advisor does for one request (all its calls together).
+    ``max_retries`` is capped at 1: a retry that waits out a rate limit rarely fits the budget.
+    """
+
+    base_url: str = ""
+    api_key: str = ""
+    model: str = ""
+    timeout_s: float = 30.0
+    max_retries: int = 0
+    ask_budget_s: float = 60.0
+    temperature: float = 0.7
+    max_tokens: int = 2048
+    # piBO priors from an LLM may be wrong: cap how strongly they bend the search.
+    prior_confidence_cap: float = 0.5
+    # After this many consecutive failed calls, skip the LLM for ``cooldown_s`` (fail fast).
+    failures_before_cooldown: int = 3
+    cooldown_s: float = 120.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "base_url", (self.base_url or "").strip().rstrip("/"))
+        object.__setattr__(self, "max_retries", max(0, min(1, int(self.max_retries))))
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if not self.ask_budget_s > 0:
+            raise ValueError(f"ask_budget_s must be > 0, got {self.ask_budget_s}")
+        if not 0 < self.prior_confidence_cap <= 1:
+            raise ValueError("prior_confidence_cap must be in (0, 1]")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.base_url)
+
+    @classmethod
+    def from_env(cls, env: Optional[Mapping[str, str]] = None, **overrides) -> "LlmConfig":
+        """The configuration the environment describes; keyword arguments override it."""
+        env = os.environ if env is None else env
+        retries_raw = env.get("BBO_LLM_MAX_RETRIES", "").strip()
+        cfg = cls(
+            base_url=env.get("BBO_LLM_BASE_URL", ""),
+            api_key=env.get("BBO_LLM_API_KEY", ""),
+            model=env.get("BBO_LLM_MODEL", "").strip(),
+            timeout_s=_float(env, "BBO_LLM_TIMEOUT", 30.0),
+            max_retries=int(retries_raw) if retries_raw else 0,
+            ask_budget_s=_float(env, "BBO_LLM_ASK_BUDGET", 60.0),
+        )
+        return replace(cfg, **overrides) if overrides else cfg
+
+    def describe(self) -> str:
+        """One line for logs (never the key)."""
+        if not self.enabled:
+            return "LLM module off (BBO_LLM_BASE_URL not set)"
+        return f"LLM at {self.base_url} model={self.model or '(server default)'} timeout={self.timeout_s:g}s budget={self.ask_budget_s:g}s"

@@ -1,0 +1,540 @@
+"""Turn an LLM's free-form answer into valid points and priors for a search space.
+
+Small local models (8B-class) return JSON wrapped in prose, in code fences, with trailing commas,
+numbers as strings, values a little out of range, category names in the wrong case, or nothing
+usable at all. Everything here is defensive: it never raises on model output, keeps what can be
+repaired, rejects the rest, and says why in ``issues``.
+
+Repairs, per value:
+
+* float / int: numbers or numeric strings (``"0.01"``, ``"1e-3"``); out of range by at most
+  ``CLIP_TOLERANCE`` of the range (in the search scale, so log units for log parameters) is clipped,
+  further is rejected; ints are rounded;
+* categorical: exact, then case- and space-insensitive match, else rejected;
+* ordinal: snapped to the nearest listed value (in the search scale) within the same tolerance;
+* fixed: always set to the fixed value.
+
+A candidate missing a parameter, violating a parameter constraint, or duplicating another candidate
+or an existing trial is dropped. The caller fills a shortfall with Sobol points (:func:`fill_with_sobol`).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from bbo.errors import SpecError
+from bbo.space import CategoricalParam, FixedParam, IntParam, OrdinalParam, SearchSpace, Value
+from bbo.spec import ParameterPrior
+
+CLIP_TOLERANCE = 0.05  # fraction of a parameter's range (search scale) that is clipped rather than rejected
+PRIOR_MEAN_TOLERANCE = 0.10  # a prior's location may sit this far outside the range before it is rejected
+MIN_PRIOR_STD = 0.10  # fraction of the range: no LLM prior is sharper than this
+MAX_PRIOR_STD = 1.0  # ... or wider than this (wider is flat anyway)
+DEFAULT_PRIOR_CONFIDENCE = 0.3  # when the model gives none
+MIN_PRIOR_CONFIDENCE = 0.05
+CATEGORICAL_PRIOR_FLOOR = 0.2  # mixed with uniform: no choice is ever ruled out by an LLM prior
+INTERVAL_Z = 1.2816  # low/high are an 80% interval: +-1.28 sigma
+
+_PARAM_KEYS = ("params", "parameters", "config", "configuration", "values", "point", "hyperparameters", "x")
+_RATIONALE_KEYS = ("rationale", "reason", "reasoning", "why", "explanation", "justification", "comment")
+_LIST_KEYS = ("candidates", "configurations", "configs", "suggestions", "points", "proposals", "results", "trials")
+
+
+# ---- JSON extraction ---------------------------------------------------------------------------------
+_THINK = re.compile(r"<think>.*?</think>", re.S | re.I)
+_FENCE = re.compile(r"```[a-zA-Z0-9_-]*\s*\n?(.*?)```", re.S)
+_TRAILING_COMMA = re.compile(r",\s*([}\]])")
+_LINE_COMMENT = re.compile(r"(?m)(^|[\s,\[{])//[^\n]*")
+_BLOCK_COMMENT = re.compile(r"/\*.*?\*/", re.S)
+
+
+def _loads(s: str) -> Any:
+    """json.loads, then progressively more lenient readings; raises ValueError if none works."""
+    s = s.strip()
+    try:
+        return json.loads(s)
+    except ValueError:
+        pass
+    t = _BLOCK_COMMENT.sub("", s)
+    t = _LINE_COMMENT.sub(r"\1", t)
+    t = _TRAILING_COMMA.sub(r"\1", t)
+    try:
+        return json.loads(t)
+    except ValueError:
+        pass
+    # Python-literal style: single quotes, True/False/None.
+    py = re.sub(r"\btrue\b", "True", re.sub(r"\bfalse\b", "False", re.sub(r"\bnull\b", "None", t)))
+    try:
+        v = ast.literal_eval(py)
+        if isinstance(v, (dict, list)):
+            return v
+    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+        pass
+    raise ValueError("not JSON")
+
+
+def _balanced_at(text: str, i: int) -> int:
+    """End (exclusive) of the balanced {...} / [...] block opening at ``i``, or -1 if it never closes."""
+    depth, in_str, quote, esc = 0, False, "", False
+    for j in range(i, len(text)):
+        ch = text[j]
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == quote:
+                in_str = False
+        elif ch == '"' or (ch == "'" and (j == 0 or not text[j - 1].isalnum())):
+            in_str, quote = True, ch
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth == 0:
+                return j + 1
+    return -1
+
+
+def _balanced_spans(text: str) -> Iterable[tuple[int, int]]:
+    """(start, end) of each outermost balanced block; a block that never closes (a truncated answer)
+    is skipped, so complete blocks inside it are still found."""
+    i, n = 0, len(text)
+    while i < n:
+        if text[i] in "{[":
+            end = _balanced_at(text, i)
+            if end > 0:
+                yield i, end
+                i = end
+                continue
+        i += 1
+
+
+def extract_json(text: str) -> Optional[Any]:
+    """The JSON value an answer most likely meant, or None.
+
+    Tries: the whole text; each fenced code block; then every balanced block in the prose (the
+    longest that parses, objects preferred over arrays).
+    """
+    if not text:
+        return None
+    text = _THINK.sub("", text).strip()
+    try:
+        return _loads(text)
+    except ValueError:
+        pass
+    for m in _FENCE.finditer(text):
+        try:
+            return _loads(m.group(1))
+        except ValueError:
+            continue
+    found: list[tuple[int, int, Any]] = []
+    for a, b in _balanced_spans(text):
+        try:
+            v = _loads(text[a:b])
+        except ValueError:
+            continue
+        found.append((isinstance(v, dict), b - a, v))
+    if found:
+        return max(found, key=lambda f: (f[0], f[1]))[2]
+    return None
+
+
+def salvage_objects(text: str) -> list[dict]:
+    """Every parseable {...} object, innermost-complete first where an outer one is cut off
+    (for truncated answers). Objects nested in an object already taken are not repeated."""
+    text = _THINK.sub("", text or "")
+    out: list[dict] = []
+    i, n = 0, len(text)
+    while i < n:
+        if text[i] == "{":
+            end = _balanced_at(text, i)
+            if end > 0:
+                try:
+                    v = _loads(text[i:end])
+                except ValueError:
+                    v = None
+                if isinstance(v, dict):
+                    out.append(v)
+                    i = end
+                    continue
+        i += 1
+    return out
+
+
+# ---- single values ----------------------------------------------------------------------------------
+def _number(raw: Any) -> Optional[float]:
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, (int, float)):
+        v = float(raw)
+    elif isinstance(raw, str):
+        s = raw.strip().replace("_", "").replace(" ", "")
+        if s.count(",") == 1 and "." not in s and len(s.split(",")[1]) != 3:
+            s = s.replace(",", ".")  # decimal comma, "0,01"
+        else:
+            s = s.replace(",", "")  # thousands separators, "1,000"
+        try:
+            v = float(s)
+        except ValueError:
+            return None
+    else:
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _t(p, x: float) -> float:
+    return math.log(x) if getattr(p, "log", False) else x
+
+
+def _range_t(p) -> tuple[float, float]:
+    if isinstance(p, OrdinalParam):
+        return _t(p, float(p.values[0])), _t(p, float(p.values[-1]))
+    return _t(p, float(p.low)), _t(p, float(p.high))
+
+
+def coerce_value(p, raw: Any) -> tuple[Optional[Value], str]:
+    """(value or None, note): ``raw`` repaired into a valid value of parameter ``p``."""
+    if isinstance(p, FixedParam):
+        return p.value, ("" if raw is None or raw == p.value else f"{p.name}: fixed at {p.value!r}, ignored {raw!r}")
+    if isinstance(p, CategoricalParam):
+        if isinstance(raw, bool):
+            raw = str(raw).lower()
+        if isinstance(raw, (int, float)):
+            raw = str(raw) if not (isinstance(raw, float) and raw.is_integer()) else str(int(raw))
+        if not isinstance(raw, str):
+            return None, f"{p.name}: {raw!r} is not one of {list(p.choices)}"
+        if raw in p.choices:
+            return raw, ""
+        key = " ".join(raw.split()).casefold()
+        for c in p.choices:
+            if " ".join(c.split()).casefold() == key:
+                return c, f"{p.name}: {raw!r} read as {c!r}"
+        return None, f"{p.name}: {raw!r} is not one of {list(p.choices)}"
+    v = _number(raw)
+    if v is None:
+        return None, f"{p.name}: {raw!r} is not a number"
+    note = "" if isinstance(raw, (int, float)) else f"{p.name}: {raw!r} read as {v:g}"
+    lo_t, hi_t = _range_t(p)
+    if getattr(p, "log", False) and v <= 0:
+        return None, f"{p.name}: {v:g} is not positive (log scale)"
+    vt = _t(p, v)
+    tol = CLIP_TOLERANCE * (hi_t - lo_t)
+    if vt < lo_t - tol or vt > hi_t + tol:
+        lo, hi = (p.values[0], p.values[-1]) if isinstance(p, OrdinalParam) else (p.low, p.high)
+        return None, f"{p.name}: {v:g} is outside [{lo}, {hi}]"
+    if isinstance(p, OrdinalParam):
+        best = min(p.values, key=lambda x: abs(_t(p, float(x)) - vt))
+        if float(best) != v:
+            note = f"{p.name}: {v:g} snapped to {best}"
+        return best, note
+    if vt < lo_t or vt > hi_t:
+        note = f"{p.name}: {v:g} clipped into [{p.low}, {p.high}]"
+        v = float(p.low) if vt < lo_t else float(p.high)
+    if isinstance(p, IntParam):
+        r = int(round(v))
+        if abs(r - v) > 1e-6:
+            note = f"{p.name}: {v:g} rounded to {r}"
+        return int(min(max(r, int(p.low)), int(p.high))), note
+    return float(min(max(v, float(p.low)), float(p.high))), note
+
+
+def _norm_key(k: str) -> str:
+    return re.sub(r"[\s\-]+", "_", str(k).strip()).casefold()
+
+
+def coerce_params(space: SearchSpace, raw: Mapping[str, Any]) -> tuple[Optional[dict[str, Value]], list[str]]:
+    """A full, valid assignment from a model's mapping of names to values, or (None, why)."""
+    notes: list[str] = []
+    by_key = {_norm_key(k): v for k, v in raw.items()}
+    out: dict[str, Value] = {}
+    for p in space.params:
+        if p.name in raw:
+            val = raw[p.name]
+        elif _norm_key(p.name) in by_key:
+            val = by_key[_norm_key(p.name)]
+        elif isinstance(p, FixedParam):
+            out[p.name] = p.value
+            continue
+        else:
+            return None, notes + [f"missing parameter '{p.name}'"]
+        v, note = coerce_value(p, val)
+        if note:
+            notes.append(note)
+        if v is None:
+            return None, notes
+        out[p.name] = v
+    known = {_norm_key(p.name) for p in space.params}
+    extra = [k for k in raw if _norm_key(k) not in known]
+    if extra:
+        notes.append(f"ignored unknown key(s) {extra[:5]}")
+    if not space.is_feasible(out):
+        return None, notes + ["violates a parameter constraint"]
+    try:
+        return space.validate_params(out), notes
+    except SpecError as e:  # should not happen after coercion; never trust it blindly
+        return None, notes + [e.message]
+
+
+def point_key(space: SearchSpace, params: Mapping[str, Value]) -> tuple:
+    """Identity of a point for de-duplication (floats compared to 10 significant digits)."""
+    return tuple(
+        float(f"{params[p.name]:.10g}") if isinstance(params.get(p.name), float) else params.get(p.name)
+        for p in space.free
+    )
+
+
+# ---- candidates ----------------------------------------------------------------------------------------
+@dataclass
+class ParsedCandidates:
+    points: list[tuple[dict[str, Value], str]] = field(default_factory=list)  # (params, rationale)
+    issues: list[str] = field(default_factory=list)  # everything noted: repairs and rejections
+    rejected: list[str] = field(default_factory=list)  # why candidates (or the whole answer) were dropped
+    n_offered: int = 0  # candidate-like objects found in the answer
+
+    def shortfall(self, n: int) -> str:
+        """Why fewer than ``n`` points came out ("" if none missing)."""
+        if len(self.points) >= n:
+            return ""
+        if self.rejected:
+            more = f" (+{len(self.rejected) - 1} more)" if len(self.rejected) > 1 else ""
+            return f"{self.rejected[0]}{more}"
+        return f"the answer held {self.n_offered} candidate(s)"
+
+    @property
+    def n_rejected(self) -> int:
+        return self.n_offered - len(self.points)
+
+
+def _candidate_list(data: Any, names: set[str]) -> Optional[list]:
+    if isinstance(data, list):
+        return [x for x in data if isinstance(x, dict)] or None
+    if not isinstance(data, dict):
+        return None
+    lowered = {_norm_key(k): v for k, v in data.items()}
+    for k in _LIST_KEYS:
+        if isinstance(lowered.get(k), list):
+            return [x for x in lowered[k] if isinstance(x, dict)]
+    for v in data.values():
+        if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            return v
+    if _looks_like_candidate(data, names):
+        return [data]
+    return None
+
+
+def _looks_like_candidate(d: dict, names: set[str]) -> bool:
+    keys = {_norm_key(k) for k in d}
+    return any(k in keys for k in _PARAM_KEYS) or bool(keys & names)
+
+
+def _split_candidate(d: dict) -> tuple[Mapping[str, Any], str]:
+    lowered = {_norm_key(k): k for k in d}
+    rationale = ""
+    for k in _RATIONALE_KEYS:
+        if k in lowered and isinstance(d[lowered[k]], str):
+            rationale = d[lowered[k]].strip()
+            break
+    for k in _PARAM_KEYS:
+        if k in lowered and isinstance(d[lowered[k]], dict):
+            return d[lowered[k]], rationale
+    return {k: v for k, v in d.items() if _norm_key(k) not in _RATIONALE_KEYS}, rationale
+
+
+def parse_candidates(
+    text: str,
+    space: SearchSpace,
+    *,
+    limit: Optional[int] = None,
+    exclude: Iterable[Mapping[str, Value]] = (),
+) -> ParsedCandidates:
+    """Valid, distinct points from an answer; ``exclude``: points that already exist (trials)."""
+    out = ParsedCandidates()
+    names = {_norm_key(n) for n in space.names}
+    data = extract_json(text)
+    items = _candidate_list(data, names) if data is not None else None
+    # A truncated answer (cut at max_tokens) is no JSON document: collect its complete candidates.
+    salvaged = [d for d in salvage_objects(text) if _looks_like_candidate(d, names)]
+    if len(salvaged) > len(items or []):
+        items = salvaged
+        out.issues.append("answer was not one JSON document; salvaged candidate objects from it")
+    if not items:
+        why = "no JSON candidates in the answer" if data is None else "JSON has no candidate list"
+        out.issues.append(why)
+        out.rejected.append(why)
+        return out
+    seen = {point_key(space, p) for p in exclude if all(q.name in p for q in space.free)}
+    for i, item in enumerate(items):
+        raw, rationale = _split_candidate(item)
+        if not isinstance(raw, Mapping):
+            continue
+        out.n_offered += 1
+        params, notes = coerce_params(space, raw)
+        out.issues += [f"candidate {i}: {n}" for n in notes]
+        if params is None:
+            out.rejected.append(f"candidate {i}: {notes[-1] if notes else 'invalid'}")
+            continue
+        key = point_key(space, params)
+        if key in seen:
+            out.issues.append(f"candidate {i}: duplicate")
+            out.rejected.append(f"candidate {i}: duplicate")
+            continue
+        seen.add(key)
+        out.points.append((params, rationale[:1000]))
+        if limit is not None and len(out.points) >= limit:
+            if len(items) > i + 1:
+                out.issues.append(f"kept the first {limit} valid candidates of {len(items)}")
+            break
+    return out
+
+
+# ---- priors -------------------------------------------------------------------------------------------
+@dataclass
+class ParsedPriors:
+    priors: list[ParameterPrior] = field(default_factory=list)
+    issues: list[str] = field(default_factory=list)
+
+
+def _first(d: Mapping[str, Any], keys: Sequence[str]) -> Any:
+    low = {_norm_key(k): v for k, v in d.items()}
+    for k in keys:
+        if k in low and low[k] is not None:
+            return low[k]
+    return None
+
+
+def _confidence(raw: Any, cap: float) -> float:
+    c = _number(raw.strip().rstrip("%") if isinstance(raw, str) else raw)
+    if c is None:
+        c = DEFAULT_PRIOR_CONFIDENCE
+    elif c > 1 and c <= 100:
+        c = c / 100.0  # "70" or "70%"
+    return float(min(max(c, MIN_PRIOR_CONFIDENCE), cap))
+
+
+def _numeric_prior(p, d: Mapping[str, Any], cap: float, issues: list[str]) -> Optional[ParameterPrior]:
+    lo_t, hi_t = _range_t(p)
+    span = hi_t - lo_t
+    log = getattr(p, "log", False)
+
+    def tv(raw) -> Optional[float]:
+        v = _number(raw)
+        if v is None or (log and v <= 0):
+            return None
+        return _t(p, v)
+
+    best = tv(_first(d, ("best_guess", "mean", "mode", "value", "location", "center", "centre", "best")))
+    low = tv(_first(d, ("low", "lower", "min", "lo")))
+    high = tv(_first(d, ("high", "upper", "max", "hi")))
+    interval = _first(d, ("interval", "range", "likely_range"))
+    if (low is None or high is None) and isinstance(interval, (list, tuple)) and len(interval) == 2:
+        low, high = tv(interval[0]), tv(interval[1])
+    if low is not None and high is not None and low > high:
+        low, high = high, low
+    if best is None and low is not None and high is not None:
+        best = 0.5 * (low + high)
+    if best is None:
+        issues.append(f"prior on '{p.name}': no location given")
+        return None
+    tol = PRIOR_MEAN_TOLERANCE * span
+    if best < lo_t - tol or best > hi_t + tol:
+        issues.append(f"prior on '{p.name}': location is far outside the range; ignored")
+        return None
+    best = min(max(best, lo_t), hi_t)
+    if low is not None and high is not None:
+        sd = max(high - best, best - low, 0.5 * (high - low)) / INTERVAL_Z
+    else:
+        raw_std = _number(_first(d, ("std", "stddev", "sigma", "spread", "scale", "sd")))
+        if raw_std is not None and raw_std > 0:
+            sd = math.log1p(raw_std / math.exp(best)) if log else raw_std
+        else:
+            sd = 0.25 * span
+    sd_clamped = min(max(sd, MIN_PRIOR_STD * span), MAX_PRIOR_STD * span)
+    if sd_clamped > sd * 1.0001:
+        issues.append(f"prior on '{p.name}': spread widened to {MIN_PRIOR_STD:g} of the range")
+    conf = _confidence(_first(d, ("confidence", "certainty", "weight")), cap)
+    # ParameterPrior units (bbo.priors): mean in the parameter's own units; on a log scale, std is the
+    # distance from mean to the point one log-sd above it.
+    if log:
+        mean = math.exp(best)
+        std = mean * math.expm1(sd_clamped)
+    else:
+        mean, std = best, sd_clamped
+    return ParameterPrior(parameter=p.name, mean=float(mean), std=float(std), confidence=conf, source="llm")
+
+
+def _categorical_prior(p: CategoricalParam, d: Mapping[str, Any], cap: float, issues: list[str]) -> Optional[ParameterPrior]:
+    probs_raw = _first(d, ("probabilities", "probs", "weights", "distribution"))
+    probs = {c: 0.0 for c in p.choices}
+    matched = False
+    if isinstance(probs_raw, list):  # [{"choice": "adam", "probability": 0.7}, ...]
+        probs_raw = {str(_first(x, ("choice", "value", "name"))): _first(x, ("probability", "p", "prob", "weight"))
+                     for x in probs_raw if isinstance(x, dict)}
+    if isinstance(probs_raw, dict):
+        for k, v in probs_raw.items():
+            c, _ = coerce_value(p, k)
+            x = _number(v)
+            if c is not None and x is not None and x > 0:
+                probs[c] += x
+                matched = True
+    if not matched:
+        guess = _first(d, ("best_guess", "best", "mode", "value", "choice"))
+        c, _ = coerce_value(p, guess) if guess is not None else (None, "")
+        if c is None:
+            issues.append(f"prior on '{p.name}': no usable probabilities")
+            return None
+        probs[c] = 1.0
+    total = sum(probs.values())
+    k = len(p.choices)
+    mixed = {c: (1 - CATEGORICAL_PRIOR_FLOOR) * v / total + CATEGORICAL_PRIOR_FLOOR / k for c, v in probs.items()}
+    conf = _confidence(_first(d, ("confidence", "certainty", "weight")), cap)
+    return ParameterPrior(parameter=p.name, probabilities=mixed, confidence=conf, source="llm")
+
+
+def parse_priors(text: str, space: SearchSpace, *, confidence_cap: float = 0.5) -> ParsedPriors:
+    """Validated ``ParameterPrior(source="llm")`` objects from an answer (possibly fewer than params)."""
+    out = ParsedPriors()
+    data = extract_json(text)
+    if not isinstance(data, (dict, list)):
+        out.issues.append("no JSON priors in the answer")
+        return out
+    container: Any = data
+    if isinstance(data, dict):
+        inner = _first(data, ("priors", "parameters", "beliefs"))
+        if isinstance(inner, (dict, list)):
+            container = inner
+    entries: dict[str, Mapping[str, Any]] = {}
+    if isinstance(container, list):
+        for x in container:
+            if isinstance(x, dict):
+                name = _first(x, ("parameter", "name", "param"))
+                if isinstance(name, str):
+                    entries[name] = x
+    else:
+        entries = {k: v for k, v in container.items() if isinstance(v, dict)}
+    by_norm = {_norm_key(k): v for k, v in entries.items()}
+    for p in space.free:
+        d = entries.get(p.name) or by_norm.get(_norm_key(p.name))
+        if d is None:
+            out.issues.append(f"no prior for '{p.name}'")
+            continue
+        pr = _categorical_prior(p, d, confidence_cap, out.issues) if isinstance(p, CategoricalParam) \
+            else _numeric_prior(p, d, confidence_cap, out.issues)
+        if pr is not None:
+            out.priors.append(pr)
+    known = {_norm_key(p.name) for p in space.free}
+    extra = [k for k in entries if _norm_key(k) not in known]
+    if extra:
+        out.issues.append(f"ignored priors on unknown or fixed parameter(s) {extra[:5]}")
+    return out
+
+
+def merge_priors(user: Sequence[ParameterPrior], llm: Sequence[ParameterPrior]) -> tuple[ParameterPrior, ...]:
+    """The user's priors, plus LLM priors on parameters the user said nothing about."""
+    have = {p.parameter for p in user}
+    return tuple(user) + tuple(p for p in llm if p.parameter not in have)

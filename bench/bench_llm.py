@@ -1,0 +1,323 @@
+"""LLM priors and warm starts vs plain BO, side by side: accurate and misleading advice.
+
+There is no real LLM here. The "LLM" is tests/llm_server.py, a local OpenAI-compatible chat server
+that answers the priors prompt and the warm-start prompt with scripted JSON: priors / candidates
+centred near the known optimum (accurate) or on a poor region far from it (misleading). The answers
+go through the real ``openai`` client, bbo.llm's parsing and validation (confidence capped at 0.5,
+spreads widened to >= 10 % of the range), into bbo.strategy.GenerationStrategy (piBO priors, warm
+start in the initial design). What this measures is how much bbo gains from good advice and how
+little it loses to bad advice, not how good any LLM's advice is.
+
+Variants, per problem and seed (same seed = same Sobol design and BO randomness):
+  plain       bbo's BO, no LLM
+  prior_good  LLM priors: best_guess = optimum + N(0, 3 % range), 80 % interval +-15 % range, confidence 0.5
+  prior_bad   the same around a poor point far from every optimum
+  warm_good   LLM warm start (a third of the initial design): optimum + N(0, 5 % range) per coordinate
+  warm_bad    the same around the poor point
+
+Metrics (median over seeds of the best-so-far simple regret):
+  evals_to_plain_final  first evaluation at which a variant's median regret <= plain BO's median
+                        regret after the full budget (target for prior_good: <= budget / 2)
+  final_ratio           variant's median final regret / plain's (target for the misleading ones: <= 1.10)
+
+    OMP_NUM_THREADS=1 python bench/bench_llm.py [--seeds 10] [--budget 50] [--problems branin,hartmann6,levy4] [--workers 2]
+
+Writes bench/results/llm.json, llm.png and llm.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+VARIANTS = ("plain", "prior_good", "prior_bad", "warm_good", "warm_bad")
+
+
+# ---- problems -----------------------------------------------------------------------------------------
+def branin(x):
+    x1, x2 = x
+    b, c, t = 5.1 / (4 * math.pi**2), 5 / math.pi, 1 / (8 * math.pi)
+    return (x2 - b * x1**2 + c * x1 - 6) ** 2 + 10 * (1 - t) * math.cos(x1) + 10
+
+
+_H6_A = np.array([[10, 3, 17, 3.5, 1.7, 8], [0.05, 10, 17, 0.1, 8, 14], [3, 3.5, 1.7, 10, 17, 8], [17, 8, 0.05, 10, 0.1, 14]])
+_H6_P = 1e-4 * np.array([[1312, 1696, 5569, 124, 8283, 5886], [2329, 4135, 8307, 3736, 1004, 9991],
+                         [2348, 1451, 3522, 2883, 3047, 6650], [4047, 8828, 8732, 5743, 1091, 381]])
+_H6_ALPHA = np.array([1.0, 1.2, 3.0, 3.2])
+
+
+def hartmann6(x):
+    x = np.asarray(x, dtype=float)
+    return float(-np.sum(_H6_ALPHA * np.exp(-np.sum(_H6_A * (x - _H6_P) ** 2, axis=1))))
+
+
+def levy(x):
+    w = 1 + (np.asarray(x, dtype=float) - 1) / 4
+    t1 = math.sin(math.pi * w[0]) ** 2
+    t2 = np.sum((w[:-1] - 1) ** 2 * (1 + 10 * np.sin(math.pi * w[:-1] + 1) ** 2))
+    t3 = (w[-1] - 1) ** 2 * (1 + math.sin(2 * math.pi * w[-1]) ** 2)
+    return float(t1 + t2 + t3)
+
+
+PROBLEMS = {
+    # name: (function, bounds, optimum value, an optimum, a poor point far from every optimum, description)
+    "branin": (branin, [(-5.0, 10.0), (0.0, 15.0)], 0.397887, [math.pi, 2.275], [-4.0, 1.0],
+               "Minimize the Branin-Hoo function, a 2-D test function with three global minima."),
+    "hartmann6": (hartmann6, [(0.0, 1.0)] * 6, -3.32237, [0.20169, 0.150011, 0.476874, 0.275332, 0.311652, 0.6573],
+                  [0.85, 0.85, 0.15, 0.85, 0.85, 0.15], "Minimize the 6-D Hartmann function on the unit cube."),
+    "levy4": (levy, [(-10.0, 10.0)] * 4, 0.0, [1.0, 1.0, 1.0, 1.0], [-7.5, -7.5, -7.5, -7.5],
+              "Minimize the 4-D Levy function, a rugged function with many local minima."),
+}
+
+
+def make_spec(problem: str, seed: int):
+    from bbo.space import FloatParam, SearchSpace
+    from bbo.spec import AlgorithmOptions, LlmOptions, Objective, StudySpec
+
+    _, bounds, _, _, _, desc = PROBLEMS[problem]
+    space = SearchSpace(tuple(FloatParam(f"x{i + 1}", lo, hi) for i, (lo, hi) in enumerate(bounds)))
+    return StudySpec(space, (Objective("y"),), algorithm=AlgorithmOptions(seed=seed), description=desc,
+                     llm=LlmOptions(enabled=True))
+
+
+# ---- the scripted "LLM" -------------------------------------------------------------------------------
+def advice(problem: str, good: bool, seed: int, n_candidates: int) -> tuple[str, str]:
+    """(priors JSON, candidates JSON) that an accurate / misleading LLM would answer."""
+    _, bounds, _, x_opt, x_bad, _ = PROBLEMS[problem]
+    rng = np.random.default_rng(10_000 + seed)
+    centre = np.array(x_opt if good else x_bad, dtype=float)
+    lo = np.array([b[0] for b in bounds])
+    hi = np.array([b[1] for b in bounds])
+    rngw = hi - lo
+    guess = np.clip(centre + rng.normal(0, 0.03 * rngw), lo, hi)
+    priors = {f"x{i + 1}": {"rationale": "from experience with this function",
+                            "best_guess": round(float(guess[i]), 4),
+                            "low": round(float(max(lo[i], guess[i] - 0.15 * rngw[i])), 4),
+                            "high": round(float(min(hi[i], guess[i] + 0.15 * rngw[i])), 4),
+                            "confidence": 0.8}
+              for i in range(len(bounds))}
+    cands = []
+    for _ in range(n_candidates):
+        x = np.clip(centre + rng.normal(0, 0.05 * rngw), lo, hi)
+        cands.append({"rationale": "close to where the minimum should be",
+                      "params": {f"x{i + 1}": round(float(v), 4) for i, v in enumerate(x)}})
+    return json.dumps({"priors": priors}), "Here are my suggestions:\n```json\n" + json.dumps({"candidates": cands}, indent=1) + "\n```"
+
+
+# ---- one run ------------------------------------------------------------------------------------------
+def run_one(problem: str, variant: str, seed: int, budget: int) -> dict:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    from bbo.llm import LlmAdvisor, LlmConfig, warmstart_count
+    from bbo.strategy import GenerationStrategy
+    from bbo.trial import Metric, Trial, TrialState
+    from llm_server import ChatServer, Reply
+
+    fn, _, f_star, _, _, _ = PROBLEMS[problem]
+    spec = make_spec(problem, seed)
+    warm: list = []
+    llm_info: dict = {}
+    if variant != "plain":
+        good = variant.endswith("good")
+        priors_json, cands_json = advice(problem, good, seed, warmstart_count(spec))
+
+        def respond(body):
+            name = (body.get("response_format") or {}).get("json_schema", {}).get("name", "")
+            return Reply(priors_json if name == "parameter_priors" else cands_json)
+
+        with ChatServer(respond) as srv:
+            adv = LlmAdvisor(LlmConfig(base_url=srv.url, api_key="bench", model="scripted", timeout_s=10))
+            if variant.startswith("prior"):
+                res = adv.priors(spec, study_key=f"{problem}-{seed}")
+                spec = dataclasses.replace(spec, priors=tuple(res.priors))
+            else:
+                res = adv.warmstart(spec, [], study_key=f"{problem}-{seed}")
+                warm = res.suggestions
+        llm_info = {"reason": res.reason, "outcome": res.calls[0].outcome, "latency_s": res.calls[0].latency_s,
+                    "n_priors": len(res.priors), "n_warm": len(warm)}
+    gs = GenerationStrategy(spec)
+    trials: list = []
+    best = math.inf
+    regret: list[float] = []
+    origins: list[str] = []
+    t0 = time.perf_counter()
+    for i in range(budget):
+        (s,) = gs.suggest(trials, 1, warmstart=warm)
+        x = [s.params[n] for n in spec.space.names]
+        y = float(fn(x))
+        trials.append(Trial(i, s.params, TrialState.COMPLETED, {"y": Metric(y)}, origin=s.origin))
+        best = min(best, y)
+        regret.append(max(best - f_star, 1e-12))
+        origins.append(s.origin)
+    return {"problem": problem, "variant": variant, "seed": seed, "regret": regret, "origins": origins,
+            "seconds": time.perf_counter() - t0, "llm": llm_info}
+
+
+# ---- summary ------------------------------------------------------------------------------------------
+def summarize(runs: list[dict], budget: int) -> dict:
+    out: dict = {}
+    for problem in sorted({r["problem"] for r in runs}):
+        curves = {v: np.array([r["regret"] for r in runs if r["problem"] == problem and r["variant"] == v])
+                  for v in VARIANTS}
+        curves = {v: c for v, c in curves.items() if len(c)}
+        if "plain" not in curves:
+            continue
+        med = {v: np.median(c, axis=0) for v, c in curves.items()}
+        target = float(med["plain"][-1])
+        row: dict = {"plain_final": target, "n_seeds": int(len(curves["plain"]))}
+        for v, m in med.items():
+            hit = np.nonzero(m <= target * (1 + 1e-9))[0]
+            row[v] = {
+                "median_final": float(m[-1]),
+                "final_ratio": float(m[-1] / target) if target > 0 else float("nan"),
+                "evals_to_plain_final": int(hit[0]) + 1 if len(hit) else None,
+                "median_at_10": float(m[min(9, budget - 1)]),
+                "median_at_25": float(m[min(24, budget - 1)]),
+                "mean_log10_final": float(np.mean(np.log10(curves[v][:, -1]))),
+                # per seed: does the variant end no worse than plain with the same seed (+10 %)?
+                "seeds_within_10pct_of_plain": int(np.sum(curves[v][:, -1] <= 1.1 * curves["plain"][:, -1] + 1e-12)),
+            }
+        out[problem] = row
+    return out
+
+
+def markdown(summary: dict, budget: int, n_seeds: int, seconds: float) -> str:
+    lines = [
+        f"Median simple regret over {n_seeds} seeds, budget {budget} evaluations (scripted LLM answers through the real client).",
+        "",
+        "| problem | variant | regret @10 | regret @25 | regret @" + str(budget) + " | × plain @" + str(budget) +
+        " | evals to plain's @" + str(budget) + " |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for problem, row in summary.items():
+        for v in VARIANTS:
+            if v not in row:
+                continue
+            r = row[v]
+            e = r["evals_to_plain_final"]
+            lines.append(f"| {problem} | {v} | {r['median_at_10']:.3g} | {r['median_at_25']:.3g} | {r['median_final']:.3g} | "
+                         f"{r['final_ratio']:.2f} | {e if e is not None else f'> {budget}'} |")
+    lines.append("")
+    lines.append(f"Total compute: {seconds / 60:.1f} CPU-minutes.")
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict], path: Path, budget: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    problems = sorted({r["problem"] for r in runs})
+    fig, axes = plt.subplots(1, len(problems), figsize=(5 * len(problems), 4), squeeze=False)
+    colors = {"plain": "k", "prior_good": "tab:green", "prior_bad": "tab:red", "warm_good": "tab:blue", "warm_bad": "tab:orange"}
+    styles = {"plain": "-", "prior_good": "-", "prior_bad": "--", "warm_good": "-.", "warm_bad": ":"}
+    for ax, problem in zip(axes[0], problems):
+        for v in VARIANTS:
+            c = np.array([r["regret"] for r in runs if r["problem"] == problem and r["variant"] == v])
+            if not len(c):
+                continue
+            x = np.arange(1, c.shape[1] + 1)
+            lc = np.log10(c)
+            ax.plot(x, np.median(lc, axis=0), styles[v], color=colors[v], label=v)
+            ax.fill_between(x, np.percentile(lc, 25, axis=0), np.percentile(lc, 75, axis=0), color=colors[v], alpha=0.12)
+        ax.set_title(problem)
+        ax.set_xlabel("evaluations")
+        ax.set_ylabel("log10 simple regret (median, IQR)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--budget", type=int, default=50)
+    ap.add_argument("--problems", default="branin,hartmann6,levy4")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--workers", type=int, default=max(1, min(4, (os.cpu_count() or 2))))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--resume", action="store_true", help="keep the runs already in <out>/llm.partial.jsonl")
+    ap.add_argument("--summarize-only", action="store_true", help="write the outputs from llm.partial.jsonl and stop")
+    args = ap.parse_args(argv)
+    problems = [p for p in args.problems.split(",") if p]
+    variants = [v for v in args.variants.split(",") if v]
+    for p in problems:
+        if p not in PROBLEMS:
+            ap.error(f"unknown problem {p!r}; have {sorted(PROBLEMS)}")
+    for v in variants:
+        if v not in VARIANTS:
+            ap.error(f"unknown variant {v!r}; have {list(VARIANTS)}")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = out_dir / "llm.partial.jsonl"
+    jobs = [(p, v, s, args.budget) for s in range(args.seeds) for p in problems for v in variants]
+    runs: list[dict] = []
+    if (args.resume or args.summarize_only) and partial.exists():
+        for line in partial.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue  # a line cut off by a kill
+            if (r["problem"], r["variant"], r["seed"], len(r["regret"])) in jobs:
+                runs.append(r)
+        done = {(r["problem"], r["variant"], r["seed"], len(r["regret"])) for r in runs}
+        jobs = [j for j in jobs if j not in done]
+        print(f"resuming: {len(runs)} runs kept, {len(jobs)} to go", flush=True)
+    if args.summarize_only:
+        jobs = []
+        seeds_done = sorted({r["seed"] for r in runs})
+        # only seeds where every (problem, variant) finished, so variants are compared on the same seeds
+        full = [s for s in seeds_done if sum(1 for r in runs if r["seed"] == s) == len(problems) * len(variants)]
+        runs = [r for r in runs if r["seed"] in full]
+        args.seeds = len(full)
+        print(f"summarizing {len(runs)} runs from seeds {full}", flush=True)
+    t0 = time.time()
+    if not args.summarize_only:
+        _run(jobs, runs, partial, args.workers, args.resume)
+    seconds = sum(r["seconds"] for r in runs)
+    summary = summarize(runs, args.budget)
+    md = markdown(summary, args.budget, args.seeds, seconds)
+    result = {"budget": args.budget, "seeds": args.seeds, "problems": problems, "variants": variants,
+              "wall_seconds": time.time() - t0, "summary": summary, "runs": runs}
+    name = "llm" if not args.summarize_only else "llm.interim"
+    (out_dir / f"{name}.json").write_text(json.dumps(result, indent=1))
+    (out_dir / f"{name}.md").write_text(md + "\n")
+    plot(runs, out_dir / f"{name}.png", args.budget)
+    print(md)
+    return 0
+
+
+def _run(jobs, runs, partial, workers, resume) -> None:
+    with ProcessPoolExecutor(max_workers=workers) as ex, open(partial, "w") as log:
+        futs = {ex.submit(run_one, *j): j for j in jobs}
+        if resume:
+            for r in runs:
+                log.write(json.dumps(r) + "\n")
+        for k, f in enumerate(as_completed(futs), 1):
+            r = f.result()
+            runs.append(r)
+            log.write(json.dumps(r) + "\n")
+            log.flush()
+            print(f"[{k}/{len(jobs)}] {r['problem']:<10} {r['variant']:<10} seed {r['seed']}: final regret "
+                  f"{r['regret'][-1]:.3g} ({r['seconds']:.0f}s) {r['llm'].get('reason', '')}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""bench/bench_llm.py still runs end to end (scripted LLM -> openai client -> bbo.llm -> strategy)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+
+@pytest.mark.parametrize("variant", ["prior_bad", "warm_good"])
+def test_bench_llm_one_short_run(variant):
+    import bench_llm
+
+    r = bench_llm.run_one("branin", variant, seed=0, budget=7)
+    assert len(r["regret"]) == 7 and all(a >= b for a, b in zip(r["regret"], r["regret"][1:]))
+    assert r["llm"]["outcome"] == "ok" and r["llm"]["reason"] == ""
+    if variant == "warm_good":
+        assert r["origins"][:2] == ["llm_warmstart"] * 2 and r["llm"]["n_warm"] == 2
+    else:
+        assert r["llm"]["n_priors"] == 2 and "prior_guided_bo" in r["origins"]
+
+
+def test_bench_llm_summary_targets():
+    import bench_llm
+
+    runs = [
+        {"problem": "p", "variant": "plain", "seed": 0, "regret": [4.0, 2.0, 1.0, 1.0]},
+        {"problem": "p", "variant": "prior_good", "seed": 0, "regret": [4.0, 1.0, 0.5, 0.5]},
+        {"problem": "p", "variant": "prior_bad", "seed": 0, "regret": [8.0, 4.0, 2.0, 1.05]},
+    ]
+    s = bench_llm.summarize(runs, 4)["p"]
+    assert s["prior_good"]["evals_to_plain_final"] == 2 and s["plain"]["evals_to_plain_final"] == 3
+    assert abs(s["prior_bad"]["final_ratio"] - 1.05) < 1e-12 and s["prior_bad"]["evals_to_plain_final"] is None
+    assert "| p | prior_good |" in bench_llm.markdown({"p": s}, 4, 1, 60.0)

@@ -1,0 +1,295 @@
+"""bbo.llm end to end over HTTP: the real ``openai`` client against tests/llm_server.py, a local
+chat-completions server with scripted answers (no real LLM). Every failure mode must end in valid
+suggestions (after the Sobol fill) and a recorded reason, never an exception."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+from bbo.llm import LlmAdvisor, LlmConfig, fill_with_sobol
+from bbo.llm.advisor import UNUSABLE_RETRIES
+from bbo.trial import Metric, Trial, TrialState
+from llm_server import ChatServer, Reply
+from test_llm_parse import GOOD, make_spec
+
+N = 4
+
+
+def cfg(srv: ChatServer, **kw) -> LlmConfig:
+    base = dict(base_url=srv.url, api_key="test", model="test-model", timeout_s=2.0, ask_budget_s=5.0)
+    base.update(kw)
+    return LlmConfig(**base)
+
+
+def candidates(*params, rationale="looks good") -> str:
+    return json.dumps({"candidates": [{"rationale": rationale, "params": p} for p in params]})
+
+
+def distinct_good(k):
+    return [{**GOOD, "layers": 1 + i} for i in range(k)]
+
+
+def finish(spec, res, n=N):
+    """What the ask path does: take the LLM's candidates, fill the rest with Sobol, check all valid."""
+    out = fill_with_sobol(spec.space, res.suggestions, n, seed=0, reason=res.reason)
+    assert len(out) == n
+    keys = set()
+    for s in out:
+        assert spec.space.validate_params(s.params) == s.params
+        keys.add(tuple(sorted(s.params.items())))
+    assert len(keys) == n
+    return out
+
+
+def test_good_json_with_schema_and_usage():
+    spec = make_spec()
+    with ChatServer([Reply(candidates(*distinct_good(N)), prompt_tokens=321, completion_tokens=123)]) as srv:
+        res = LlmAdvisor(cfg(srv)).warmstart(spec, [], N)
+        body = srv.requests[0]
+    assert res.reason == "" and len(res.suggestions) == N
+    assert all(s.origin == "llm_warmstart" and s.rationale == "looks good" for s in res.suggestions)
+    (rec,) = res.calls
+    assert rec.outcome == "ok" and rec.purpose == "warmstart" and rec.model == "test-model"
+    assert (rec.prompt_tokens, rec.completion_tokens) == (321, 123) and rec.latency_s > 0
+    assert "ResNet-18" in rec.prompt and rec.response.startswith('{"candidates"')
+    assert body["response_format"]["type"] == "json_schema" and body["response_format"]["json_schema"]["strict"] is True
+    finish(spec, res)
+
+
+def test_out_of_range_and_wrong_types_are_repaired_or_rejected():
+    spec = make_spec()
+    bad = [
+        {"lr": "0.001", "layers": 3.0, "opt": "ADAM", "batch": 60, "dropout": 0.52, "wd": "0.0"},  # all repairable
+        {"lr": 5.0, "layers": 4, "opt": "adam", "batch": 64, "dropout": 0.1, "wd": 0.0},  # lr way out: rejected
+        {"lr": 0.001, "layers": "many", "opt": "adam", "batch": 64, "dropout": 0.1, "wd": 0.0},  # rejected
+    ]
+    with ChatServer([Reply(candidates(*bad))]) as srv:
+        res = LlmAdvisor(cfg(srv)).warmstart(spec, [], N)
+    assert len(res.suggestions) == 1
+    p = res.suggestions[0].params
+    assert p["layers"] == 3 and p["opt"] == "adam" and p["batch"] == 64 and p["dropout"] == 0.5 and p["wd"] == 0.0
+    assert res.reason.startswith("llm gave 1 of 4 usable candidates")
+    assert res.calls[0].outcome.startswith("partial:")
+    out = finish(spec, res)
+    assert [s.origin for s in out] == ["llm_warmstart"] + ["initial_design"] * 3
+    assert out[1].reason == res.reason
+
+
+def test_prose_around_json():
+    spec = make_spec()
+    text = "Sure! Based on experience with ResNets, I suggest:\n\n" + candidates(*distinct_good(2)) + "\n\nGood luck!"
+    with ChatServer([Reply(text)]) as srv:
+        res = LlmAdvisor(cfg(srv)).warmstart(spec, [], 2)
+    assert res.reason == "" and len(res.suggestions) == 2
+
+
+@pytest.mark.parametrize(
+    "reply, reason",
+    [
+        (Reply(""), "empty response"),
+        (Reply(None, refusal="I can't help with that."), "refusal: I can't help with that."),
+        (Reply(status=429), "rate limited (HTTP 429)"),
+        (Reply(status=500), "server error (HTTP 500)"),
+        (Reply(status=503), "server error (HTTP 503)"),
+        (Reply("Here are some thoughts, but no JSON."), "unusable answer: no valid candidates (no JSON candidates in the answer)"),
+    ],
+)
+def test_failures_become_reasons(reply, reason):
+    spec = make_spec()
+    with ChatServer([reply]) as srv:
+        res = LlmAdvisor(cfg(srv)).warmstart(spec, [], N)
+    assert res.suggestions == [] and res.reason == reason
+    assert res.calls[0].outcome == reason
+    out = finish(spec, res)
+    assert all(s.origin == "initial_design" and s.reason == reason for s in out)
+
+
+def test_hang_past_timeout_returns_within_the_bound():
+    spec = make_spec()
+    with ChatServer([Reply(candidates(GOOD), delay_s=5.0)]) as srv:
+        adv = LlmAdvisor(cfg(srv, timeout_s=0.6))
+        t0 = time.monotonic()
+        res = adv.warmstart(spec, [], N)
+        elapsed = time.monotonic() - t0
+    assert res.reason == "timeout" and res.calls[0].outcome == "timeout"
+    assert elapsed < 2.5, elapsed  # 0.6 s bound + thread and CI slack; the server would hold it 5 s
+    finish(spec, res)
+
+
+def test_ask_budget_bounds_prepare():
+    """Priors and warm start run in parallel within one budget shorter than the call timeout."""
+    spec = make_spec()
+    with ChatServer([Reply("{}", delay_s=5.0)]) as srv:
+        adv = LlmAdvisor(cfg(srv, timeout_s=3.0, ask_budget_s=0.7))
+        t0 = time.monotonic()
+        plan = adv.prepare(spec, [], 2, study_key="s")
+        elapsed = time.monotonic() - t0
+    assert elapsed < 2.5, elapsed
+    assert plan.spec is spec and plan.warmstart == []
+    assert plan.reasons == {"priors": "timeout", "warmstart": "timeout"}
+    assert sorted(c.purpose for c in plan.calls) == ["priors", "warmstart"]
+
+
+def test_server_rejecting_response_format_falls_back_to_plain_text():
+    spec = make_spec()
+    with ChatServer([Reply(candidates(*distinct_good(N)))], reject_response_format=True) as srv:
+        adv = LlmAdvisor(cfg(srv))
+        res = adv.warmstart(spec, [], N)
+        assert [("response_format" in b) for b in srv.requests] == [True, False]
+        res2 = adv.propose(spec, [], 2)  # remembered: no second rejected attempt
+        assert [("response_format" in b) for b in srv.requests] == [True, False, False]
+    assert res.reason == "" and len(res.suggestions) == N and res.calls[0].outcome == "ok"
+    assert adv.client().structured_supported is False
+    assert len(res2.suggestions) == 2 and res2.suggestions[0].origin == "llm_proposal"
+
+
+def test_server_rejecting_max_tokens_and_temperature():
+    spec = make_spec()
+    with ChatServer([Reply(candidates(GOOD))], reject_fields=("max_tokens", "temperature")) as srv:
+        res = LlmAdvisor(cfg(srv)).warmstart(spec, [], 1)
+        last = srv.requests[-1]
+    assert res.reason == "" and len(srv.requests) == 3
+    assert "max_completion_tokens" in last and "temperature" not in last and "response_format" in last
+
+
+def test_connection_refused():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spec = make_spec()
+    adv = LlmAdvisor(LlmConfig(base_url=f"http://127.0.0.1:{port}/v1", model="m", timeout_s=1.0))
+    res = adv.warmstart(spec, [], N)
+    assert res.reason.startswith("connection error") and res.calls[0].outcome == res.reason
+    finish(spec, res)
+
+
+def test_retry_once_after_429():
+    spec = make_spec()
+    with ChatServer([Reply(status=429, retry_after=0.1), Reply(candidates(*distinct_good(N)))]) as srv:
+        res = LlmAdvisor(cfg(srv, max_retries=1)).warmstart(spec, [], N)
+        assert len(srv.requests) == 2
+    assert res.reason == ""
+
+
+def test_repeated_failures_stop_calling_for_a_while():
+    spec = make_spec()
+    with ChatServer([Reply(status=500)]) as srv:
+        adv = LlmAdvisor(cfg(srv, failures_before_cooldown=3, cooldown_s=60))
+        reasons = [adv.propose(spec, [], 2, study_key=f"s{i}").reason for i in range(5)]
+        assert len(srv.requests) == 3
+    assert reasons[:3] == ["server error (HTTP 500)"] * 3
+    assert reasons[3].startswith("llm unavailable: 3 calls failed in a row")
+
+
+def test_unusable_answers_are_not_asked_forever():
+    spec = make_spec()
+    with ChatServer([Reply("no idea")]) as srv:
+        adv = LlmAdvisor(cfg(srv))
+        reasons = [adv.warmstart(spec, [], N, study_key="s").reason for _ in range(UNUSABLE_RETRIES + 2)]
+        assert len(srv.requests) == UNUSABLE_RETRIES
+    assert reasons[-1].startswith("answers to this prompt were unusable")
+
+
+def test_cache_same_prompt_same_study_is_asked_once():
+    class DictCache:
+        def __init__(self):
+            self.d = {}
+
+        def get(self, key):
+            return self.d.get(key)
+
+        def put(self, key, value):
+            self.d[key] = json.loads(json.dumps(value))  # must be JSON-able (persisted by storage)
+
+    spec = make_spec()
+    store = DictCache()
+    with ChatServer([Reply(candidates(*distinct_good(N)))]) as srv:
+        adv = LlmAdvisor(cfg(srv), cache=store)
+        r1 = adv.warmstart(spec, [], N, study_key="study-a")
+        r2 = adv.warmstart(spec, [], N, study_key="study-a")
+        assert len(srv.requests) == 1
+        assert r2.calls[0].cached and not r1.calls[0].cached
+        assert [s.params for s in r1.suggestions] == [s.params for s in r2.suggestions]
+        # a fresh advisor (another process) finds it in the persistent cache
+        r3 = LlmAdvisor(cfg(srv), cache=store).warmstart(spec, [], N, study_key="study-a")
+        assert len(srv.requests) == 1 and r3.calls[0].cached
+        # another study asks again
+        LlmAdvisor(cfg(srv), cache=store).warmstart(spec, [], N, study_key="study-b")
+        assert len(srv.requests) == 2
+        # trials already evaluated are dropped from the cached answer
+        t = Trial(0, dict(r1.suggestions[0].params), TrialState.COMPLETED, {"val_loss": Metric(0.3), "latency_ms": Metric(1.0)})
+        r4 = adv.warmstart(spec, [t], N, study_key="study-a")
+        assert len(srv.requests) == 2 and len(r4.suggestions) == N - 1
+
+
+def test_model_discovered_from_the_server():
+    spec = make_spec()
+    with ChatServer([Reply(candidates(GOOD))], models=("llama-3.1-8b-instruct", "other")) as srv:
+        adv = LlmAdvisor(cfg(srv, model=""))
+        res = adv.warmstart(spec, [], 1)
+        assert srv.model_requests == 1 and srv.requests[0]["model"] == "llama-3.1-8b-instruct"
+    assert res.calls[0].model == "llama-3.1-8b-instruct" and res.reason == ""
+
+
+def test_truncated_answer_keeps_complete_candidates():
+    spec = make_spec()
+    full = candidates(*distinct_good(3))
+    with ChatServer([Reply(full[: len(full) - 40], finish_reason="length")]) as srv:
+        res = LlmAdvisor(cfg(srv)).warmstart(spec, [], 3)
+    assert len(res.suggestions) == 2 and res.reason.startswith("llm gave 2 of 3")
+    finish(spec, res, 3)
+
+
+def test_disabled_is_plain_bo():
+    spec = make_spec()
+    adv = LlmAdvisor(LlmConfig.from_env({}))
+    assert not adv.enabled
+    res = adv.warmstart(spec, [], N)
+    assert res.reason == "llm disabled" and res.calls == []
+    plan = adv.prepare(spec, [], 3)
+    assert plan.spec is spec and plan.calls == [] and plan.warmstart == []
+
+
+def test_config_from_env():
+    c = LlmConfig.from_env({"BBO_LLM_BASE_URL": "http://h:8000/v1/", "BBO_LLM_MODEL": "m", "BBO_LLM_TIMEOUT": "12",
+                            "BBO_LLM_API_KEY": "k", "BBO_LLM_MAX_RETRIES": "5"})
+    assert (c.base_url, c.model, c.timeout_s, c.api_key, c.max_retries, c.enabled) == ("http://h:8000/v1", "m", 12.0, "k", 1, True)
+    with pytest.raises(ValueError):
+        LlmConfig.from_env({"BBO_LLM_TIMEOUT": "soon"})
+    assert "k" not in c.describe()
+
+
+def _route(priors_answer: str, candidates_answer: str):
+    def respond(body):
+        name = (body.get("response_format") or {}).get("json_schema", {}).get("name", "")
+        return Reply(priors_answer if name == "parameter_priors" else candidates_answer)
+    return respond
+
+
+def test_prepare_priors_and_warmstart_feed_the_strategy():
+    from bbo.strategy import GenerationStrategy
+
+    spec = make_spec()
+    priors = {"priors": {"lr": {"rationale": "r", "best_guess": 1e-3, "low": 1e-4, "high": 1e-2, "confidence": 0.8},
+                         "opt": {"rationale": "r", "probabilities": {"adam": 0.7, "sgd": 0.2, "rmsprop": 0.1}, "confidence": 0.3}}}
+    with ChatServer(_route(json.dumps(priors), candidates(*distinct_good(6)))) as srv:
+        adv = LlmAdvisor(cfg(srv))
+        plan = adv.prepare(spec, [], 3, study_key="s")
+        assert len(srv.requests) == 2
+        assert plan.reasons.get("warmstart", "") == "" and plan.reasons["priors"].startswith("llm gave priors for 2 of 6")
+        assert {p.parameter for p in plan.spec.priors} == {"lr", "opt"} and all(p.confidence <= 0.5 for p in plan.spec.priors)
+        n_ws = 4  # a third of the initial design (12 for 6 parameters)
+        assert len(plan.warmstart) == n_ws
+        gs = GenerationStrategy(plan.spec)
+        out = gs.suggest([], 3, warmstart=plan.warmstart)
+        assert [s.origin for s in out] == ["llm_warmstart"] * 3
+        trials = [Trial(i, s.params, TrialState.PENDING, origin=s.origin) for i, s in enumerate(out)]
+        plan2 = adv.prepare(spec, trials, 3, study_key="s")
+        assert len(srv.requests) == 2  # both answers came from the cache
+        assert len(plan2.warmstart) == 1 and plan2.warmstart[0].params not in [s.params for s in out]
+        out2 = gs.suggest(trials, 3, warmstart=plan2.warmstart)
+        assert [s.origin for s in out2] == ["llm_warmstart", "initial_design", "initial_design"]

@@ -1,0 +1,242 @@
+"""bbo.llm parsing, validation and prompts: no network (see test_llm_endpoint.py for the HTTP side)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+
+from bbo.llm.parse import (
+    CATEGORICAL_PRIOR_FLOOR,
+    MIN_PRIOR_STD,
+    coerce_value,
+    extract_json,
+    merge_priors,
+    parse_candidates,
+    parse_priors,
+)
+from bbo.llm.prompt import candidates_schema, history_table, priors_prompt, priors_schema, proposal_prompt, warmstart_prompt
+from bbo.space import CategoricalParam, FixedParam, FloatParam, IntParam, LinearConstraint, OrdinalParam, SearchSpace
+from bbo.spec import LlmOptions, Objective, OutcomeConstraint, ParameterPrior, StudySpec
+from bbo.trial import Metric, Trial, TrialState
+
+
+def _unit_normal(space: SearchSpace, pr: ParameterPrior) -> tuple[float, float]:
+    """A numeric prior's (mean, sd) in the unit encoding, per ParameterPrior's units (bbo.priors):
+    on a log scale the sd is the log-distance from mean to mean + std."""
+    p = space.by_name[pr.parameter]
+    lo, hi = (float(p.values[0]), float(p.values[-1])) if isinstance(p, OrdinalParam) else (float(p.low), float(p.high))
+    if getattr(p, "log", False):
+        span = math.log(hi) - math.log(lo)
+        return (math.log(pr.mean) - math.log(lo)) / span, (math.log(pr.mean + pr.std) - math.log(pr.mean)) / span
+    return (pr.mean - lo) / (hi - lo), pr.std / (hi - lo)
+
+
+def make_space() -> SearchSpace:
+    return SearchSpace(
+        (
+            FloatParam("lr", 1e-5, 1e-1, log=True),
+            IntParam("layers", 1, 8),
+            CategoricalParam("opt", ("adam", "sgd", "rmsprop")),
+            OrdinalParam("batch", (16, 32, 64, 128)),
+            FloatParam("dropout", 0.0, 0.5),
+            FloatParam("wd", 0.0, 0.1),
+            FixedParam("seed", 0),
+        ),
+        (LinearConstraint({"dropout": 1.0, "wd": 4.0}, 0.6),),
+    )
+
+
+def make_spec(**kw) -> StudySpec:
+    return StudySpec(
+        make_space(),
+        (Objective("val_loss"),),
+        outcome_constraints=(OutcomeConstraint("latency_ms", "<=", 50.0),),
+        description="Train a ResNet-18 on CIFAR-10 for 20 epochs.",
+        llm=LlmOptions(enabled=True),
+        **kw,
+    )
+
+
+GOOD = {"lr": 0.001, "layers": 4, "opt": "adam", "batch": 64, "dropout": 0.1, "wd": 0.01}
+
+
+# ---- JSON extraction ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": [1, 2]}',
+        'Sure! Here you go:\n```json\n{"a": [1, 2]}\n```\nHope it helps.',
+        '```\n{"a": [1, 2],}\n```',
+        'I think {"a": [1, 2,],} is best because values in [0, 1] work.',
+        "{'a': [1, 2]}",
+        '<think>maybe {"a": 3}</think>{"a": [1, 2]}',
+        '{"a": [1, 2] // two values\n}',
+    ],
+)
+def test_extract_json_variants(text):
+    assert extract_json(text) == {"a": [1, 2]}
+
+
+def test_extract_json_nothing():
+    assert extract_json("") is None
+    assert extract_json("I cannot help with that.") is None
+    assert extract_json('{"a": ') is None
+
+
+# ---- value repair -------------------------------------------------------------------------------------
+def test_coerce_values():
+    s = make_space().by_name
+    assert coerce_value(s["lr"], "0.01")[0] == 0.01
+    assert coerce_value(s["lr"], 1e-6)[0] is None  # a decade below a 4-decade range: rejected
+    assert coerce_value(s["lr"], 0.11)[0] == 0.1  # within 5% of the log range: clipped
+    assert coerce_value(s["lr"], -1)[0] is None
+    assert coerce_value(s["layers"], 4.0) == (4, "")
+    assert coerce_value(s["layers"], "3")[0] == 3
+    assert coerce_value(s["layers"], 3.4)[0] == 3
+    assert coerce_value(s["layers"], 8.2)[0] == 8
+    assert coerce_value(s["layers"], 12)[0] is None
+    assert coerce_value(s["opt"], " Adam ")[0] == "adam"
+    assert coerce_value(s["opt"], "lion")[0] is None
+    assert coerce_value(s["batch"], 50)[0] == 64
+    assert coerce_value(s["batch"], "128")[0] == 128
+    assert coerce_value(s["batch"], 4096)[0] is None
+    assert coerce_value(s["dropout"], "0,2")[0] == 0.2
+    assert coerce_value(s["dropout"], True)[0] is None
+    assert coerce_value(s["dropout"], None)[0] is None
+    assert coerce_value(s["dropout"], float("nan"))[0] is None
+    assert coerce_value(s["seed"], 5)[0] == 0
+
+
+def test_parse_candidates_repairs_rejects_and_dedupes():
+    space = make_space()
+    items = [
+        {"rationale": "standard", "params": GOOD},
+        {"rationale": "dup", "params": dict(GOOD)},
+        {"reason": "strings", "params": {"lr": "3e-4", "layers": "6", "opt": "SGD", "batch": "32", "dropout": "0.2", "wd": "0"}},
+        {"params": {**GOOD, "opt": "lion"}},  # unknown choice
+        {"params": {**GOOD, "dropout": 0.5, "wd": 0.1}},  # violates dropout + 4 wd <= 0.6
+        {"params": {k: v for k, v in GOOD.items() if k != "layers"}},  # missing
+        {"LR": 0.01, "Layers": 2, "opt": "rmsprop", "batch": 16, "dropout": 0.0, "wd": 0.0, "why": "flat form"},
+    ]
+    text = "Here are my picks:\n```json\n" + json.dumps({"candidates": items}) + "\n```"
+    out = parse_candidates(text, space, exclude=[])
+    assert [r for _, r in out.points] == ["standard", "strings", "flat form"]
+    for p, _ in out.points:
+        assert space.validate_params(p) == p
+        assert p["seed"] == 0
+    assert out.points[1][0]["opt"] == "sgd" and out.points[1][0]["layers"] == 6 and out.points[1][0]["batch"] == 32
+    assert out.n_offered == 7 and len(out.rejected) == 4
+    assert any("duplicate" in r for r in out.rejected) and any("constraint" in r for r in out.rejected)
+    # existing trials are excluded; limit keeps the first valid ones
+    again = parse_candidates(text, space, exclude=[{**GOOD, "seed": 0}], limit=1)
+    assert [r for _, r in again.points] == ["strings"]
+
+
+def test_parse_candidates_salvages_truncated_answer():
+    space = make_space()
+    full = json.dumps({"candidates": [{"rationale": "a", "params": GOOD}, {"rationale": "b", "params": {**GOOD, "layers": 2}}]})
+    cut = full[: full.index('"layers": 2') + 5]  # cut inside the second candidate
+    out = parse_candidates(cut, space)
+    assert len(out.points) == 1 and out.points[0][1] == "a"
+
+
+def test_parse_candidates_garbage():
+    out = parse_candidates("As an AI model I cannot run experiments.", make_space())
+    assert out.points == [] and out.rejected and out.shortfall(3)
+    out = parse_candidates('{"foo": 1}', make_space())
+    assert out.points == [] and "no candidate list" in out.rejected[0]
+
+
+# ---- priors -------------------------------------------------------------------------------------------
+def test_parse_priors_intervals_log_and_clamps():
+    space = make_space()
+    ans = {
+        "priors": {
+            "lr": {"rationale": "Adam default", "best_guess": 1e-3, "low": 3e-4, "high": 3e-3, "confidence": 0.9},
+            "layers": {"best_guess": "4", "low": 3, "high": 5, "confidence": "70%"},
+            "opt": {"probabilities": {"Adam": 0.8, "sgd": 0.2, "lion": 0.5}, "confidence": 0.4},
+            "batch": {"best_guess": 64, "low": 64, "high": 64, "confidence": 0.3},
+            "dropout": {"best_guess": 3.0, "low": 2.0, "high": 4.0},  # far outside [0, 0.5]: dropped
+            "seed": {"best_guess": 1},  # fixed: ignored
+        }
+    }
+    out = parse_priors(json.dumps(ans), space, confidence_cap=0.5)
+    by = {p.parameter: p for p in out.priors}
+    assert set(by) == {"lr", "layers", "opt", "batch"}
+    assert all(p.source == "llm" and 0 < p.confidence <= 0.5 for p in out.priors)
+    assert by["lr"].confidence == 0.5 and by["layers"].confidence == 0.5
+    assert math.isclose(by["lr"].mean, 1e-3, rel_tol=1e-9)
+    # in the unit encoding (bbo.priors), no LLM prior is sharper than MIN_PRIOR_STD of the range
+    for name in ("lr", "layers", "batch"):
+        mu, sd = _unit_normal(space, by[name])
+        assert sd >= MIN_PRIOR_STD - 1e-9, (name, sd)
+    mu, sd = _unit_normal(space, by["lr"])
+    assert math.isclose(mu, 0.5, abs_tol=1e-9)  # 1e-3 is the log-midpoint of [1e-5, 1e-1]
+    probs = by["opt"].probabilities
+    assert math.isclose(sum(probs.values()), 1.0) and probs["adam"] > probs["sgd"] > 0
+    assert probs["rmsprop"] >= CATEGORICAL_PRIOR_FLOOR / 3 - 1e-12
+    assert any("dropout" in i for i in out.issues) and any("fixed" in i or "seed" in i for i in out.issues)
+    # the merged spec validates, and user priors win
+    spec = make_spec(priors=(ParameterPrior("lr", mean=0.01, std=0.005),))
+    merged = merge_priors(spec.priors, out.priors)
+    s2 = dataclasses.replace(spec, priors=merged)
+    assert [p for p in s2.priors if p.parameter == "lr"][0].source == "user"
+    assert len(s2.priors) == 4
+
+
+def test_parse_priors_list_form_and_std():
+    ans = '[{"parameter": "dropout", "mean": 0.2, "std": 0.001}, {"name": "opt", "best_guess": "SGD"}]'
+    out = parse_priors(ans, make_space())
+    by = {p.parameter: p for p in out.priors}
+    assert math.isclose(by["dropout"].std, MIN_PRIOR_STD * 0.5)  # widened to 10% of the range
+    assert by["opt"].probabilities["sgd"] > 0.8
+    assert parse_priors("no idea", make_space()).priors == []
+
+
+# ---- prompts ------------------------------------------------------------------------------------------
+def _trials(spec, n):
+    out = []
+    for i in range(n):
+        p = {**GOOD, "layers": 1 + i % 8, "dropout": 0.01 * i % 0.3, "seed": 0}
+        out.append(Trial(i, p, TrialState.COMPLETED, {"val_loss": Metric(1.0 / (1 + i)), "latency_ms": Metric(10.0 + i)}))
+    out.append(Trial(n, {**GOOD, "seed": 0}, TrialState.PENDING))
+    out.append(Trial(n + 1, {**GOOD, "layers": 7, "seed": 0}, TrialState.FAILED))
+    return out
+
+
+def test_prompts_describe_the_study():
+    spec = make_spec()
+    ws = warmstart_prompt(spec, 4)
+    for s in ("ResNet-18", "lr: real number in [1e-05, 0.1], log scale", "layers: integer in [1, 8]",
+              '["adam", "sgd", "rmsprop"]', "(ordered)", "fixed at 0", "1*dropout + 4*wd <= 0.6",
+              "minimize val_loss", "latency_ms <= 50", "4 diverse"):
+        assert s in ws.text, s
+    pp = proposal_prompt(spec, _trials(spec, 50), 3)
+    assert "best first" in pp.text and "Being evaluated right now" in pp.text and "failed to run" in pp.text
+    table = history_table(spec, _trials(spec, 50))
+    rows = table.splitlines()
+    assert rows[2].split(" | ")[6] == "0.0243902"  # best feasible (latency_ms <= 50: trial 40) first
+    assert rows[2].endswith("yes") and any(r.endswith("no") for r in rows)
+    assert "showing the best 20 and 10 most recent of 50" in rows[0]
+    assert len(rows) < 60
+    assert "confidence" in priors_prompt(spec).text
+
+
+def _check_strict(schema):
+    if schema.get("type") == "object":
+        assert schema["additionalProperties"] is False
+        assert sorted(schema["required"]) == sorted(schema["properties"])
+        for v in schema["properties"].values():
+            _check_strict(v)
+    if schema.get("type") == "array":
+        _check_strict(schema["items"])
+
+
+def test_schemas_are_strict_mode_compatible():
+    space = make_space()
+    _check_strict(candidates_schema(space))
+    _check_strict(priors_schema(space))
+    assert "seed" not in candidates_schema(space)["properties"]["candidates"]["items"]["properties"]["params"]["properties"]
