@@ -101,3 +101,18 @@ request_log = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.UniqueConstraint("study_id", "kind", "request_id"),
 )
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("key_id", sa.String(32), nullable=False),  # public identifier (shown by `bbo keys list`)
+    sa.Column("tenant", sa.String(128), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False),  # sha256 hex of the whole secret key
+    sa.Column("label", sa.String(256), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+    sa.UniqueConstraint("key_id"),
+    sa.UniqueConstraint("key_hash"),
+    sa.Index(None, "tenant"),
+)
