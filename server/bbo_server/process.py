@@ -19,8 +19,10 @@ class ServerProcess:
     database (on a new port unless ``port`` was given).
     """
 
-    def __init__(self, db: str, *, host: str = "127.0.0.1", port: int = 0, args: Sequence[str] = (), log_path: Optional[str] = None, env: Optional[dict] = None):
+    def __init__(self, db: str, *, host: str = "127.0.0.1", port: int = 0, args: Sequence[str] = (), log_path: Optional[str] = None, env: Optional[dict] = None, credentials=None):
+        """``credentials``: grpc.ChannelCredentials for the health check of a TLS server."""
         self.db, self.host, self.requested_port = db, host, port
+        self.credentials = credentials
         self.args = list(args)
         self.log_path = log_path or tempfile.NamedTemporaryFile(prefix="bbo-serve-", suffix=".log", delete=False).name
         self.env = env
@@ -61,7 +63,8 @@ class ServerProcess:
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        with grpc.insecure_channel(self.address) as ch:
+        ch = grpc.secure_channel(self.address, self.credentials) if self.credentials is not None else grpc.insecure_channel(self.address)
+        with ch:
             stub = health_pb2_grpc.HealthStub(ch)
             while True:
                 try:

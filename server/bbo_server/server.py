@@ -67,6 +67,8 @@ class ServerOptions:
     authenticate: Optional[Authenticate] = None
     interceptors: Sequence[grpc.ServerInterceptor] = field(default_factory=tuple)
     strategy_factory: Optional[Callable] = None
+    server_credentials: Optional[grpc.ServerCredentials] = None  # TLS (bbo_server.tls); None = plaintext
+    on_start: Sequence[Callable[[StudyRegistry], None]] = field(default_factory=tuple)  # called before serving
 
 
 class RunningServer:
@@ -119,7 +121,12 @@ def start(opts: ServerOptions, storage: Optional[Storage] = None) -> RunningServ
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
     reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
     host = f"[{opts.host}]" if ":" in opts.host and not opts.host.startswith("[") else opts.host
-    port = server.add_insecure_port(f"{host}:{opts.port}")
+    for hook in opts.on_start:
+        hook(registry)
+    if opts.server_credentials is not None:
+        port = server.add_secure_port(f"{host}:{opts.port}", opts.server_credentials)
+    else:
+        port = server.add_insecure_port(f"{host}:{opts.port}")
     if port == 0:
         raise RuntimeError(f"could not bind {opts.host}:{opts.port}")
     server.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 import threading
 import time
@@ -57,9 +58,28 @@ class Client:
         backoff: float = 0.1,
         max_backoff: float = 5.0,
         credentials: Optional[grpc.ChannelCredentials] = None,
+        tls: Optional[bool] = None,
+        tls_ca: Optional[str] = None,
+        tls_cert: Optional[str] = None,
+        tls_key: Optional[str] = None,
+        tls_server_name: Optional[str] = None,
     ):
+        """``api_key``: sent as ``authorization: Bearer`` (default: env ``BBO_API_KEY``).
+        TLS: ``tls_ca`` (PEM file to trust; env ``BBO_TLS_CA``), ``tls_cert`` / ``tls_key`` (a client
+        certificate for mutual TLS; env ``BBO_TLS_CERT`` / ``BBO_TLS_KEY``), ``tls=True`` for TLS
+        with the system's roots, ``tls_server_name`` to check the certificate against another name;
+        or pass ready ``credentials``."""
         self.address = address
         opts = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        if api_key is None:
+            api_key = os.environ.get("BBO_API_KEY") or None
+        tls_ca = tls_ca or os.environ.get("BBO_TLS_CA") or None
+        tls_cert = tls_cert or os.environ.get("BBO_TLS_CERT") or None
+        tls_key = tls_key or os.environ.get("BBO_TLS_KEY") or None
+        if credentials is None and (tls or tls_ca or tls_cert or tls_key):
+            credentials = _tls_credentials(tls_ca, tls_cert, tls_key)
+        if tls_server_name:
+            opts.append(("grpc.ssl_target_name_override", tls_server_name))
         self._channel = grpc.secure_channel(address, credentials, options=opts) if credentials else grpc.insecure_channel(address, options=opts)
         self._stub = service_pb2_grpc.BboServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
@@ -169,6 +189,19 @@ class Client:
 
     def delete_study(self, name: str) -> bool:
         return self._call("DeleteStudy", svc.DeleteStudyRequest(name=name)).deleted
+
+
+def _tls_credentials(ca: Optional[str], cert: Optional[str], key: Optional[str]) -> grpc.ChannelCredentials:
+    if bool(cert) != bool(key):
+        raise InvalidArgument("a client certificate needs both tls_cert and tls_key", field="tls_cert")
+
+    def read(path: Optional[str]) -> Optional[bytes]:
+        if not path:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    return grpc.ssl_channel_credentials(root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert))
 
 
 def _metric_pb(v: Any, name: str) -> pb.MetricValue:

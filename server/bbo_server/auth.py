@@ -1,0 +1,135 @@
+"""API-key authentication and per-tenant limits, as one gRPC server interceptor (the "gate").
+
+A caller sends its key as metadata ``x-api-key: <key>`` or ``authorization: Bearer <key>``. The key
+names a tenant (``bbo keys create --tenant T``); every BboService call then acts on that tenant's
+studies only (another tenant's study is simply NOT_FOUND). A missing, malformed, unknown or revoked
+key is UNAUTHENTICATED. Health checking and reflection stay open.
+
+The gate resolves the tenant, applies :mod:`bbo_server.limits`, and hands the tenant to the
+servicer through :func:`authenticate` (the servicer's ``Authenticate`` hook), which reads it from
+the handling thread.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+from typing import Optional
+
+import grpc
+
+from bbo.study import DEFAULT_TENANT
+from bbo_server import metrics as M
+from bbo_server.errors import Unauthenticated, status_for
+from bbo_server.limits import LimitChecker
+
+log = logging.getLogger("bbo.auth")
+
+SERVICE_PREFIX = "/bbo.v1.BboService/"
+_current = threading.local()
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and 'localhost'; False for 0.0.0.0, ::, names and other addresses."""
+    h = (host or "").strip().strip("[]")
+    if h.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+def key_from_metadata(metadata) -> Optional[str]:
+    """The API key in ``x-api-key`` or ``authorization: Bearer``; None if neither is present."""
+    bearer = None
+    for k, v in metadata or ():
+        k = k.lower()
+        if isinstance(v, bytes):
+            continue
+        if k == "x-api-key":
+            return v.strip()
+        if k == "authorization":
+            parts = v.strip().split(None, 1)
+            if len(parts) == 2 and parts[0].lower() == "bearer":
+                bearer = parts[1].strip()
+            else:
+                bearer = ""  # present but not a bearer token: a wrong key, not a missing one
+    return bearer
+
+
+def authenticate(context: grpc.ServicerContext, method: str) -> str:
+    """The servicer's Authenticate hook: the tenant the gate resolved for this call."""
+    tenant = getattr(_current, "tenant", None)
+    if tenant is None:  # the gate did not run for this call: refuse rather than guess
+        raise Unauthenticated("not authenticated")
+    return tenant
+
+
+class Gate(grpc.ServerInterceptor):
+    """Authenticate (when ``keys`` is given), rate-limit and size-limit each BboService call.
+
+    ``keys``: a :class:`bbo.storage.keys.KeyStore`, or None for no authentication (every call is
+    tenant ``default``). ``limits``: a :class:`LimitChecker` or None. Call :meth:`bind` with the
+    server's storage once it exists (the checker counts studies there).
+    """
+
+    def __init__(self, keys=None, limits: Optional[LimitChecker] = None, default_tenant: str = DEFAULT_TENANT):
+        self.keys = keys
+        self.limits = limits
+        self.default_tenant = default_tenant
+
+    def bind(self, storage) -> None:
+        if self.keys is not None and getattr(self.keys, "storage", None) is None:
+            self.keys.storage = storage
+        if self.limits is not None and self.limits.storage is None:
+            self.limits.storage = storage
+
+    def _tenant(self, context) -> str:
+        if self.keys is None:
+            return self.default_tenant
+        key = key_from_metadata(context.invocation_metadata())
+        if key is None:
+            M.AUTH_FAILURES.labels(reason="missing").inc()
+            raise Unauthenticated("missing API key: send metadata 'x-api-key: <key>' or 'authorization: Bearer <key>' (create one with `bbo keys create --tenant NAME`)")
+        tenant = self.keys.verify(key) if key else None
+        if tenant is None:
+            M.AUTH_FAILURES.labels(reason="invalid").inc()
+            raise Unauthenticated("invalid API key (unknown, malformed or revoked)")
+        return tenant
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        path = handler_call_details.method or ""
+        if handler is None or handler.unary_unary is None or not path.startswith(SERVICE_PREFIX):
+            return handler
+        inner = handler.unary_unary
+        method = path[len(SERVICE_PREFIX):]
+
+        def behavior(request, context):
+            try:
+                tenant = self._tenant(context)
+                if self.limits is not None:
+                    self.limits.check(tenant, method, request)
+            except Unauthenticated as e:
+                log.info("unauthenticated", extra={"rpc": method, "peer": context.peer(), "detail": e.message})
+                context.abort_with_status(status_for(e))
+            except Exception as e:  # LimitError -> RESOURCE_EXHAUSTED; anything else INTERNAL (logged)
+                limit = getattr(e, "limit", None)
+                if limit:
+                    M.LIMIT_REFUSALS.labels(limit=limit).inc()
+                    log.info("limit", extra={"rpc": method, "limit": limit, "detail": str(e)})
+                else:
+                    log.exception("gate failed", extra={"rpc": method})
+                context.abort_with_status(status_for(e))
+            prev = getattr(_current, "tenant", None)
+            _current.tenant = tenant
+            try:
+                return inner(request, context)
+            finally:
+                _current.tenant = prev
+
+        return grpc.unary_unary_rpc_method_handler(
+            behavior, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )

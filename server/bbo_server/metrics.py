@@ -1,0 +1,165 @@
+"""Prometheus metrics of the server (``bbo serve --metrics-port N`` serves them on /metrics).
+
+What is measured:
+
+- ``bbo_rpc_requests_total{method,code}`` and ``bbo_rpc_duration_seconds{method,code}``: every
+  BboService call, with its status code (auth refusals and limits included);
+- ``bbo_rpc_in_flight{method}``: calls being handled now (asks waiting for a suggestion included:
+  the queue depth of the service);
+- ``bbo_trials_asked_total{origin}``, ``bbo_tells_total{state}``: trials handed out and finished;
+- ``bbo_suggest_seconds``, ``bbo_gp_fit_seconds``, ``bbo_acquisition_seconds``: time in the
+  generation strategy (whole suggestion, GP hyperparameter fit, acquisition optimization);
+  ``bbo_suggest_in_progress``: suggestions being computed;
+- ``bbo_llm_calls_total{purpose,outcome}`` (outcome ``ok`` or ``failure``) and
+  ``bbo_llm_call_seconds``: the LLM module's calls. The strategy's LLM logger is wrapped
+  automatically; other code may call :func:`record_llm_call`;
+- ``bbo_auth_failures_total{reason}``, ``bbo_limit_refusals_total{limit}``.
+
+Metrics live in the process-wide default registry; counting is always on (it is cheap), the HTTP
+endpoint only when a port is given.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional
+
+import grpc
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+SERVICE_PREFIX = "/bbo.v1.BboService/"
+
+_LAT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+RPC_REQUESTS = Counter("bbo_rpc_requests", "BboService calls by method and status code", ["method", "code"])
+RPC_DURATION = Histogram("bbo_rpc_duration_seconds", "BboService call latency by method and status code", ["method", "code"], buckets=_LAT_BUCKETS)
+RPC_IN_FLIGHT = Gauge("bbo_rpc_in_flight", "BboService calls being handled", ["method"])
+TRIALS_ASKED = Counter("bbo_trials_asked", "trials handed out by Ask, by origin", ["origin"])
+TELLS = Counter("bbo_tells", "trials finished by Tell, by resulting state (duplicates counted apart)", ["state"])
+SUGGEST_SECONDS = Histogram("bbo_suggest_seconds", "time to compute one Ask's suggestions", buckets=_LAT_BUCKETS)
+GP_FIT_SECONDS = Histogram("bbo_gp_fit_seconds", "GP hyperparameter fitting time per suggestion", buckets=_LAT_BUCKETS)
+ACQ_SECONDS = Histogram("bbo_acquisition_seconds", "acquisition optimization time per suggestion", buckets=_LAT_BUCKETS)
+SUGGEST_IN_PROGRESS = Gauge("bbo_suggest_in_progress", "suggestions being computed now")
+LLM_CALLS = Counter("bbo_llm_calls", "LLM calls by purpose and outcome (ok / failure)", ["purpose", "outcome"])
+LLM_SECONDS = Histogram("bbo_llm_call_seconds", "LLM call latency", buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120))
+AUTH_FAILURES = Counter("bbo_auth_failures", "calls refused for missing, malformed, unknown or revoked API keys", ["reason"])
+LIMIT_REFUSALS = Counter("bbo_limit_refusals", "calls refused by a per-tenant limit", ["limit"])
+
+_TRIAL_STATES = {0: "UNSPECIFIED", 1: "PENDING", 2: "COMPLETED", 3: "FAILED", 4: "ABANDONED"}
+
+
+def record_llm_call(purpose: str, ok: bool, latency_seconds: float = 0.0) -> None:
+    """Count one LLM call (for the LLM integration; the strategy logger wrapper calls this)."""
+    LLM_CALLS.labels(purpose=str(purpose or "unknown")[:64], outcome="ok" if ok else "failure").inc()
+    if latency_seconds and latency_seconds > 0:
+        LLM_SECONDS.observe(float(latency_seconds))
+
+
+def serve_http(port: int, host: str = "127.0.0.1") -> None:
+    """Serve /metrics on ``host:port`` from a daemon thread."""
+    start_http_server(int(port), addr=host)
+
+
+class MetricsInterceptor(grpc.ServerInterceptor):
+    """Times and counts every BboService call (the outermost interceptor: it sees every code)."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        method_path = handler_call_details.method or ""
+        if handler is None or handler.unary_unary is None or not method_path.startswith(SERVICE_PREFIX):
+            return handler
+        inner = handler.unary_unary
+        method = method_path[len(SERVICE_PREFIX):]
+
+        def behavior(request, context):
+            gauge = RPC_IN_FLIGHT.labels(method=method)
+            gauge.inc()
+            t0 = time.perf_counter()
+            code = "OK"
+            try:
+                response = inner(request, context)
+                _count_payload(method, response)
+                return response
+            except BaseException:
+                c = _context_code(context)
+                code = c.name if c is not None else "UNKNOWN"
+                raise
+            finally:
+                gauge.dec()
+                RPC_REQUESTS.labels(method=method, code=code).inc()
+                RPC_DURATION.labels(method=method, code=code).observe(time.perf_counter() - t0)
+
+        return grpc.unary_unary_rpc_method_handler(
+            behavior, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
+
+
+def _context_code(context) -> Optional[grpc.StatusCode]:
+    try:
+        return context.code()
+    except Exception:  # pragma: no cover - older grpcio without ServicerContext.code()
+        return None
+
+
+def _count_payload(method: str, response) -> None:
+    try:
+        if method == "Ask":
+            for t in response.trials:
+                TRIALS_ASKED.labels(origin=t.origin or "unknown").inc()
+        elif method == "Tell":
+            state = _TRIAL_STATES.get(response.trial.state, "UNSPECIFIED")
+            TELLS.labels(state=state + (" (duplicate)" if response.duplicate else "")).inc()
+    except Exception:  # metrics never break a call
+        pass
+
+
+class InstrumentedStrategy:
+    """Wraps a generation strategy: times ``suggest`` (and the GP fit / acquisition parts the
+    strategy reports in ``.last``) and counts the LLM calls it logs. Everything else is forwarded."""
+
+    def __init__(self, inner: Any):
+        self._inner = inner
+
+    def suggest(self, *args, **kwargs):
+        SUGGEST_IN_PROGRESS.inc()
+        t0 = time.perf_counter()
+        try:
+            return self._inner.suggest(*args, **kwargs)
+        finally:
+            SUGGEST_IN_PROGRESS.dec()
+            SUGGEST_SECONDS.observe(time.perf_counter() - t0)
+            last = getattr(self._inner, "last", None)
+            fit = getattr(last, "fit_seconds", 0.0) or 0.0
+            acq = getattr(last, "acq_seconds", 0.0) or 0.0
+            if fit > 0:
+                GP_FIT_SECONDS.observe(fit)
+            if acq > 0:
+                ACQ_SECONDS.observe(acq)
+
+    def set_llm_logger(self, logger: Callable) -> None:
+        setter = getattr(self._inner, "set_llm_logger", None)
+        if not callable(setter):
+            return
+
+        def counted(call=None, **fields):
+            try:
+                purpose = getattr(call, "purpose", None) or fields.get("purpose", "")
+                outcome = getattr(call, "outcome", None) or fields.get("outcome", "")
+                latency = getattr(call, "latency_seconds", None) or fields.get("latency_seconds", 0.0)
+                record_llm_call(purpose, str(outcome).lower() == "ok", float(latency or 0.0))
+            except Exception:
+                pass
+            return logger(call, **fields) if call is not None else logger(**fields)
+
+        setter(counted)
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+
+def instrument_factory(factory: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def make(spec):
+        return InstrumentedStrategy(factory(spec))
+
+    make.__wrapped__ = factory  # type: ignore[attr-defined]
+    return make

@@ -1,0 +1,120 @@
+"""Helpers of the reliability / security tests: API keys, raw stubs, one request per RPC, test certificates."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import grpc
+
+from bbo.v1 import service_pb2 as svc
+from bbo.v1 import service_pb2_grpc
+from bbo.v1 import study_pb2 as pb
+
+RPCS = [
+    "CreateStudy", "GetStudy", "ListStudies", "DeleteStudy", "Ask", "Tell", "AddTrial", "GetTrial", "ListTrials",
+    "GetBest", "ReportIntermediate", "Heartbeat", "ListLlmCalls",
+]
+
+
+def create_key(db_url: str, tenant: str) -> tuple[str, str]:
+    """(secret key, key id) for ``tenant`` in the database at ``db_url``."""
+    from bbo.storage import Storage
+    from bbo.storage.keys import KeyStore
+
+    s = Storage(db_url, pool_size=2)
+    try:
+        key, rec = KeyStore(s).create(tenant, "test")
+    finally:
+        s.close()
+    return key, rec.key_id
+
+
+def revoke_key(db_url: str, key_id: str) -> bool:
+    from bbo.storage import Storage
+    from bbo.storage.keys import KeyStore
+
+    s = Storage(db_url, pool_size=2)
+    try:
+        return KeyStore(s).revoke(key_id)
+    finally:
+        s.close()
+
+
+def stub(address: str, credentials=None, **opts):
+    options = [("grpc.max_send_message_length", 64 * 1024 * 1024)] + list(opts.items())
+    ch = grpc.secure_channel(address, credentials, options=options) if credentials else grpc.insecure_channel(address, options=options)
+    return ch, service_pb2_grpc.BboServiceStub(ch)
+
+
+def small_spec() -> pb.StudySpec:
+    return pb.StudySpec(
+        parameters=[
+            pb.ParameterSpec(name="x", float=pb.FloatParameter(low=0.0, high=1.0)),
+            pb.ParameterSpec(name="k", categorical=pb.CategoricalParameter(choices=["a", "b", "c"])),
+        ],
+        objectives=[pb.Objective(name="y")],
+    )
+
+
+def request_for(rpc: str, study: str, trial_id: int = 1):
+    """A well-formed request of ``rpc`` on ``study`` (and trial ``trial_id``)."""
+    m = {"y": pb.MetricValue(value=0.5)}
+    return {
+        "CreateStudy": lambda: svc.CreateStudyRequest(name=study, spec=small_spec()),
+        "GetStudy": lambda: svc.GetStudyRequest(name=study),
+        "ListStudies": lambda: svc.ListStudiesRequest(),
+        "DeleteStudy": lambda: svc.DeleteStudyRequest(name=study),
+        "Ask": lambda: svc.AskRequest(study=study, count=1),
+        "Tell": lambda: svc.TellRequest(study=study, trial_id=trial_id, metrics=m),
+        "AddTrial": lambda: svc.AddTrialRequest(
+            study=study, parameters={"x": pb.ParameterValue(number=0.5), "k": pb.ParameterValue(category="a")}, metrics=m
+        ),
+        "GetTrial": lambda: svc.GetTrialRequest(study=study, trial_id=trial_id),
+        "ListTrials": lambda: svc.ListTrialsRequest(study=study),
+        "GetBest": lambda: svc.GetBestRequest(study=study),
+        "ReportIntermediate": lambda: svc.ReportIntermediateRequest(study=study, trial_id=trial_id, step=1, value=0.5),
+        "Heartbeat": lambda: svc.HeartbeatRequest(study=study, trial_id=trial_id),
+        "ListLlmCalls": lambda: svc.ListLlmCallsRequest(study=study),
+    }[rpc]()
+
+
+def call(stub_, rpc: str, request, key: str | None = None, header: str = "x-api-key", timeout: float = 30.0):
+    """(response, None) or (None, grpc.StatusCode)."""
+    md = ()
+    if key is not None:
+        md = ((header, key),) if header == "x-api-key" else (("authorization", f"Bearer {key}"),)
+    try:
+        return getattr(stub_, rpc)(request, metadata=md, timeout=timeout), None
+    except grpc.RpcError as e:
+        return None, e.code()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_certs(d: Path) -> dict[str, str]:
+    """A test CA, a server certificate for 127.0.0.1 / localhost and a client certificate (openssl CLI)."""
+    d.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=bbo-test-ca",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    for name, ext in (
+        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ):
+        run("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={'localhost' if name == 'server' else 'bbo-client'}")
+        (d / f"{name}.ext").write_text(ext)
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
+    return {k: str(d / v) for k, v in {
+        "ca": "ca.pem", "server_cert": "server.pem", "server_key": "server.key", "client_cert": "client.pem", "client_key": "client.key",
+    }.items()}

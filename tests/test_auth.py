@@ -1,0 +1,202 @@
+"""Tenants, API keys and TLS against a real server: every RPC without a key, with a revoked or
+garbage key, and with another tenant's key is refused with the right code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import grpc
+import pytest
+
+import bbo_client as bc
+from bbo.v1 import service_pb2 as svc
+from sec_helpers import RPCS, call, create_key, make_certs, request_for, revoke_key, stub
+
+STUDY_RPCS = [r for r in RPCS if r not in ("CreateStudy", "ListStudies")]
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory):
+    from bbo_server.process import ServerProcess
+
+    d = tmp_path_factory.mktemp("auth")
+    db = "sqlite:///" + str(d / "auth.db")
+    srv = ServerProcess(db, log_path=str(d / "server.log"), args=["--auth", "--workers", "1"])
+    srv.start()
+    key_a, _ = create_key(db, "acme")
+    key_b, _ = create_key(db, "globex")
+    revoked, rid = create_key(db, "acme")
+    assert revoke_key(db, rid)
+    ch, st = stub(srv.address)
+    # tenant A: a study with one completed trial (1) and one pending trial (2)
+    assert call(st, "CreateStudy", request_for("CreateStudy", "secret"), key_a)[1] is None
+    assert call(st, "AddTrial", request_for("AddTrial", "secret"), key_a)[1] is None
+    assert call(st, "Ask", request_for("Ask", "secret"), key_a)[1] is None
+    yield {"srv": srv, "db": db, "a": key_a, "b": key_b, "revoked": revoked, "stub": st}
+    ch.close()
+    srv.stop()
+
+
+def _snapshot(st, key):
+    trials, code = call(st, "ListTrials", request_for("ListTrials", "secret"), key)
+    assert code is None
+    return [(t.id, t.state, dict((k, v.value) for k, v in t.metrics.items())) for t in trials.trials]
+
+
+@pytest.mark.parametrize("rpc", RPCS)
+def test_every_rpc_refuses_missing_garbage_and_revoked_keys(auth_server, rpc):
+    st = auth_server["stub"]
+    before = _snapshot(st, auth_server["a"])
+    for key, header in [
+        (None, "x-api-key"),
+        ("", "x-api-key"),
+        ("not-a-key", "x-api-key"),
+        ("bbo_000000000000_" + "A" * 43, "x-api-key"),
+        (auth_server["revoked"], "x-api-key"),
+        (auth_server["revoked"], "authorization"),
+        (auth_server["a"][:-1] + ("B" if auth_server["a"][-1] != "B" else "C"), "authorization"),
+    ]:
+        _, code = call(st, rpc, request_for(rpc, "secret", trial_id=2), key, header)
+        assert code == grpc.StatusCode.UNAUTHENTICATED, (rpc, key, header, code)
+    # a raw "authorization: Basic ..." is a wrong key, not a missing one: refused the same way
+    try:
+        getattr(st, rpc)(request_for(rpc, "secret", 2), metadata=(("authorization", "Basic Zm9vOmJhcg=="),), timeout=30)
+        raise AssertionError("accepted")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert _snapshot(st, auth_server["a"]) == before
+
+
+@pytest.mark.parametrize("rpc", STUDY_RPCS)
+def test_other_tenants_study_is_not_found(auth_server, rpc):
+    st = auth_server["stub"]
+    before = _snapshot(st, auth_server["a"])
+    for header in ("x-api-key", "authorization"):
+        _, code = call(st, rpc, request_for(rpc, "secret", trial_id=2), auth_server["b"], header)
+        assert code == grpc.StatusCode.NOT_FOUND, (rpc, header, code)
+    assert _snapshot(st, auth_server["a"]) == before
+    # the owner still reaches it (read-only calls; the mutating ones are covered above by the snapshot)
+    if rpc in ("GetStudy", "GetTrial", "ListTrials", "GetBest", "ListLlmCalls"):
+        assert call(st, rpc, request_for(rpc, "secret", trial_id=2), auth_server["a"])[1] is None
+
+
+def test_tenants_have_separate_namespaces(auth_server):
+    st = auth_server["stub"]
+    r, code = call(st, "ListStudies", request_for("ListStudies", ""), auth_server["b"])
+    assert code is None and "secret" not in [s.name for s in r.studies]
+    # the same name under another tenant is another study
+    r, code = call(st, "CreateStudy", request_for("CreateStudy", "secret"), auth_server["b"])
+    assert code is None and r.created and r.study.trial_count == 0
+    r, _ = call(st, "GetStudy", request_for("GetStudy", "secret"), auth_server["a"])
+    assert r.trial_count == 2
+    r, _ = call(st, "ListStudies", request_for("ListStudies", ""), auth_server["a"])
+    assert [s.name for s in r.studies] == ["secret"]
+
+
+def test_python_client_with_key_and_env(auth_server, monkeypatch):
+    addr = auth_server["srv"].address
+    with bc.Client(addr, api_key=auth_server["a"], retries=0) as c:
+        assert c.get_study("secret").trial_count >= 2
+        c.create_study("only-a", parameters=[bc.Float("x", 0, 1)], objectives="y")
+    monkeypatch.setenv("BBO_API_KEY", auth_server["b"])
+    with bc.Client(addr, retries=0) as c:
+        with pytest.raises(bc.NotFound):
+            c.study("only-a")
+    monkeypatch.delenv("BBO_API_KEY")
+    with bc.Client(addr, retries=0) as c:
+        with pytest.raises(bc.Unauthenticated):
+            c.list_studies()
+
+
+def test_health_and_reflection_stay_open(auth_server):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(auth_server["srv"].address) as ch:
+        r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert r.status == health_pb2.HealthCheckResponse.SERVING
+        resp = next(iter(reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)))
+        assert "bbo.v1.BboService" in [s.name for s in resp.list_services_response.service]
+
+
+def test_keys_command(tmp_path):
+    db = "sqlite:///" + str(tmp_path / "k.db")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "bbo_server", "keys", *a, "--db", db], capture_output=True, text=True, timeout=120)
+    r = run("create", "--tenant", "acme", "--label", "ci", "--json")
+    assert r.returncode == 0, r.stderr
+    made = json.loads(r.stdout)
+    assert made["tenant"] == "acme" and made["key"].startswith("bbo_" + made["key_id"])
+    r = run("list", "--json")
+    listed = json.loads(r.stdout)
+    assert [(k["key_id"], k["tenant"], k["revoked_at"]) for k in listed] == [(made["key_id"], "acme", None)]
+    assert made["key"] not in r.stdout  # the secret is never shown again
+    r = run("list")
+    assert made["key_id"] in r.stdout and "active" in r.stdout and made["key"] not in r.stdout
+    r = run("revoke", made["key_id"])
+    assert r.returncode == 0 and "revoked" in r.stdout
+    assert run("revoke", made["key_id"]).returncode == 1
+    assert json.loads(run("list", "--json").stdout)[0]["revoked_at"] is not None
+    assert run("create", "--tenant", "bad tenant!").returncode == 2
+    # the database keeps only a hash
+    from bbo.storage import Storage
+    from bbo.storage import schema as S
+
+    s = Storage(db)
+    with s.engine.connect() as c:
+        rows = c.execute(S.api_keys.select()).mappings().all()
+    s.close()
+    assert made["key"] not in json.dumps([dict(r) for r in rows], default=str)
+
+
+def test_no_auth_refused_on_a_public_address_and_auth_is_the_default_there(server_factory, tmp_path):
+    from bbo_server.process import ServerProcess
+
+    srv = ServerProcess("sqlite:///" + str(tmp_path / "p.db"), host="0.0.0.0", args=["--no-auth"], log_path=str(tmp_path / "p.log"))
+    with pytest.raises(RuntimeError) as e:
+        srv.start(timeout=60)
+    assert "refusing --no-auth" in str(e.value)
+    srv = server_factory(host="0.0.0.0", args=["--workers", "1"])  # no flag: auth on by default
+    ch, st = stub(f"127.0.0.1:{srv.port}")
+    with ch:
+        assert call(st, "ListStudies", svc.ListStudiesRequest())[1] == grpc.StatusCode.UNAUTHENTICATED
+    assert "authentication on" in srv.log_tail()
+
+
+def test_loopback_without_flags_is_open(bbo_server):
+    ch, st = stub(bbo_server.address)
+    with ch:
+        assert call(st, "ListStudies", svc.ListStudiesRequest())[1] is None
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+def test_tls_and_mutual_tls(server_factory, certs):
+    creds = grpc.ssl_channel_credentials(open(certs["ca"], "rb").read())
+    srv = server_factory(args=["--tls-cert", certs["server_cert"], "--tls-key", certs["server_key"], "--workers", "1"], credentials=creds)
+    with bc.Client(srv.address, tls_ca=certs["ca"], retries=0) as c:
+        s = c.create_study("tls", parameters=[bc.Float("x", 0, 1)], objectives="y")
+        (t,) = s.ask()
+        assert s.tell(t, {"y": 1.0}).trial.state == "COMPLETED"
+    with bc.Client(srv.address, retries=0, timeout=5) as c:  # plaintext to a TLS port
+        with pytest.raises(bc.Unavailable):
+            c.list_studies()
+    srv.stop()
+
+    mcreds = grpc.ssl_channel_credentials(
+        open(certs["ca"], "rb").read(), open(certs["client_key"], "rb").read(), open(certs["client_cert"], "rb").read()
+    )
+    srv = server_factory(
+        args=["--tls-cert", certs["server_cert"], "--tls-key", certs["server_key"], "--tls-client-ca", certs["ca"], "--workers", "1"],
+        credentials=mcreds,
+    )
+    with bc.Client(srv.address, tls_ca=certs["ca"], tls_cert=certs["client_cert"], tls_key=certs["client_key"], retries=0) as c:
+        assert c.list_studies() == []
+    with bc.Client(srv.address, tls_ca=certs["ca"], retries=0, timeout=5) as c:  # no client certificate
+        with pytest.raises(bc.Unavailable):
+            c.list_studies()
