@@ -1,0 +1,104 @@
+"""The Prometheus endpoint of ``bbo serve --metrics-port``: RPCs by method and code, asks, tells,
+suggestion time, auth refusals; LLM call counting through the strategy wrapper."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+
+import grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from bbo.v1 import service_pb2 as svc
+from sec_helpers import call, create_key, free_port, request_for, stub
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    deadline = time.time() + 30
+    while True:
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            break
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.1)
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(m, name, **labels) -> float:
+    return m.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_endpoint(server_factory, tmp_path):
+    db = "sqlite:///" + str(tmp_path / "m.db")
+    port = free_port()
+    srv = server_factory(db=db, args=["--auth", "--workers", "1", "--metrics-port", str(port)])
+    key, _ = create_key(db, "t")
+    ch, st = stub(srv.address)
+    with ch:
+        assert call(st, "CreateStudy", request_for("CreateStudy", "m"), key)[1] is None
+        for _ in range(3):
+            r, code = call(st, "Ask", request_for("Ask", "m"), key)
+            assert code is None
+            assert call(st, "Tell", request_for("Tell", "m", r.trials[0].id), key)[1] is None
+        call(st, "Tell", request_for("Tell", "m", r.trials[0].id), key)  # a duplicate
+        assert call(st, "GetStudy", request_for("GetStudy", "nope"), key)[1] == grpc.StatusCode.NOT_FOUND
+        assert call(st, "ListStudies", svc.ListStudiesRequest())[1] == grpc.StatusCode.UNAUTHENTICATED
+    m = scrape(port)
+    assert value(m, "bbo_rpc_requests_total", method="Ask", code="OK") == 3
+    assert value(m, "bbo_rpc_requests_total", method="Tell", code="OK") == 4
+    assert value(m, "bbo_rpc_requests_total", method="GetStudy", code="NOT_FOUND") == 1
+    assert value(m, "bbo_rpc_requests_total", method="ListStudies", code="UNAUTHENTICATED") == 1
+    assert value(m, "bbo_rpc_duration_seconds_count", method="Ask", code="OK") == 3
+    assert value(m, "bbo_trials_asked_total", origin="initial_design") == 3
+    assert value(m, "bbo_tells_total", state="COMPLETED") == 3
+    assert value(m, "bbo_tells_total", state="COMPLETED (duplicate)") == 1
+    assert value(m, "bbo_suggest_seconds_count") == 3
+    assert value(m, "bbo_auth_failures_total", reason="missing") == 1
+    assert ("bbo_rpc_in_flight", (("method", "Ask"),)) in m and value(m, "bbo_rpc_in_flight", method="Ask") == 0
+    assert ("bbo_suggest_in_progress", ()) in m
+
+
+def test_metrics_off_by_default(bbo_server):
+    assert "metrics on" not in bbo_server.log_tail(100000)
+
+
+def test_strategy_wrapper_counts_llm_calls_and_forwards():
+    from bbo.storage import LlmCallRecord
+    from bbo_server import metrics as M
+
+    logged = []
+
+    class Fake:
+        last = type("L", (), {"fit_seconds": 0.25, "acq_seconds": 0.5})()
+
+        def set_llm_logger(self, fn):
+            self.log = fn
+
+        def suggest(self, trials, n):
+            self.log(LlmCallRecord("warmstart", "m", "p", "r", "ok", latency_seconds=0.2))
+            self.log(purpose="priors", model="m", prompt="p", response="", outcome="timeout", latency_seconds=1.0)
+            return ["s"] * n
+
+        def status(self, trials):
+            return ("ACTIVE", "")
+
+    def count(**labels):
+        return M.LLM_CALLS.labels(**labels)._value.get()
+
+    ok0, bad0, fit0 = count(purpose="warmstart", outcome="ok"), count(purpose="priors", outcome="failure"), M.GP_FIT_SECONDS._sum.get()
+    strat = M.instrument_factory(lambda spec: Fake())(None)
+    strat.set_llm_logger(lambda call=None, **kw: logged.append(call or kw))
+    assert strat.suggest([], 2) == ["s", "s"]
+    assert strat.status([]) == ("ACTIVE", "")  # forwarded
+    assert len(logged) == 2  # the original logger still gets every call
+    assert count(purpose="warmstart", outcome="ok") == ok0 + 1
+    assert count(purpose="priors", outcome="failure") == bad0 + 1
+    assert M.GP_FIT_SECONDS._sum.get() == fit0 + 0.25
+    M.record_llm_call("proposal", ok=False)
+    assert count(purpose="proposal", outcome="failure") >= 1
