@@ -63,14 +63,26 @@ class Client:
         tls_cert: Optional[str] = None,
         tls_key: Optional[str] = None,
         tls_server_name: Optional[str] = None,
+        lb_policy: Optional[str] = None,
+        channel_options: Sequence[tuple[str, Any]] = (),
     ):
         """``api_key``: sent as ``authorization: Bearer`` (default: env ``BBO_API_KEY``).
         TLS: ``tls_ca`` (PEM file to trust; env ``BBO_TLS_CA``), ``tls_cert`` / ``tls_key`` (a client
         certificate for mutual TLS; env ``BBO_TLS_CERT`` / ``BBO_TLS_KEY``), ``tls=True`` for TLS
         with the system's roots, ``tls_server_name`` to check the certificate against another name;
-        or pass ready ``credentials``."""
+        or pass ready ``credentials``.
+        Several server replicas: ``address`` may be any gRPC target naming them all, e.g.
+        ``dns:///bbo.example:50051`` (every A record) or ``ipv4:10.0.0.1:50051,10.0.0.2:50051``;
+        ``lb_policy="round_robin"`` spreads calls over every healthy one (the default,
+        ``pick_first``, uses one until it fails, then another). ``channel_options``: extra gRPC
+        channel arguments."""
         self.address = address
-        opts = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        opts = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                # reconnect promptly after a server restart (gRPC's default backoff grows to 120 s)
+                ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
+        if lb_policy:
+            opts.append(("grpc.lb_policy_name", lb_policy))
+        opts.extend(channel_options)
         if api_key is None:
             api_key = os.environ.get("BBO_API_KEY") or None
         tls_ca = tls_ca or os.environ.get("BBO_TLS_CA") or None
