@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from bbo.errors import ConflictError, LimitError, NotFoundError, SpecError
 from bbo.spec import MAXIMIZE, StudySpec
 from bbo.storage import LlmCallRecord, NewTrial, RequestKey, Storage, StudyRecord
+from bbo.storage.coordination import cache_for
 from bbo.storage.sql import LEASE_EXPIRED
 from bbo.trial import Metric, Origin, Trial, TrialState, check_metrics
 
@@ -141,6 +142,7 @@ class Study:
         self._strategy = None
         self._lock = threading.Lock()  # serializes asks (suggestion generation) of this study
         self._fit_slots = fit_slots
+        self._model_cache = cache_for(storage)
 
     # ---- identity -------------------------------------------------------------------------------
     @property
@@ -199,8 +201,11 @@ class Study:
                 log.info("leases expired", extra={"study": self.name, "trials": expired})
             trials = self.storage.list_trials(self.id)
             with self._fit_slots:
+                # replicas share the fitted model through the database (bbo.storage.coordination)
+                token = self._model_cache.pull(self.id, self.strategy)
                 suggestions, note = self._suggest(trials, count)
                 status_note = self._update_status(trials)
+                self._model_cache.push(self.id, self.strategy, token)
             new = [
                 NewTrial(params=self.spec.space.validate_params(s.params), origin=s.origin, reason=s.reason, rationale=s.rationale)
                 for s in suggestions
@@ -440,6 +445,7 @@ class StudyRegistry:
         self.config = config or StudyConfig()
         self._fit_slots = threading.BoundedSemaphore(max(1, int(fit_slots)))
         self._cache: dict[tuple[str, str], Study] = {}
+        self._shared = storage.dialect == "postgresql"  # other server processes may change studies
         self._lock = threading.Lock()
 
     @staticmethod
@@ -482,10 +488,16 @@ class StudyRegistry:
     def get_study(self, name: str, tenant: str = DEFAULT_TENANT) -> Study:
         with self._lock:
             st = self._cache.get((tenant, name))
-        if st is not None:
+        if st is not None and not self._shared:
             return st
+        # A database shared with other replicas: one of them may have deleted (and recreated) the
+        # study since it was cached here, so check the cached id (one indexed read).
         rec = self.storage.get_study(tenant, name) if isinstance(name, str) else None
         if rec is None:
+            if st is not None:
+                with self._lock:
+                    if self._cache.get((tenant, name)) is st:
+                        del self._cache[(tenant, name)]
             raise NotFoundError(f"study '{name}' not found")
         return self._study(rec)
 

@@ -116,3 +116,15 @@ api_keys = sa.Table(
     sa.UniqueConstraint("key_hash"),
     sa.Index(None, "tenant"),
 )
+
+model_state = sa.Table(
+    "model_state",
+    metadata,
+    # the generation strategy's fitted surrogate state, shared by server replicas (bbo.storage.coordination)
+    sa.Column("study_id", sa.Integer, sa.ForeignKey("studies.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("n_fit", sa.BigInteger, nullable=False),  # data size the hyperparameters were fit at
+    sa.Column("format", sa.Integer, nullable=False),
+    sa.Column("state", sa.LargeBinary, nullable=False),  # torch.save of {"hyper": {name: tensor}, ...}
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("updated_by", sa.String(128), nullable=False),  # replica (application name) that fit it
+)

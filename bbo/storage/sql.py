@@ -8,7 +8,6 @@ import json
 import os
 import threading
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
@@ -17,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from bbo.storage import schema as S
+from bbo.storage.pg import retry_transient
 from bbo.trial import Metric, Trial, TrialState
 
 DEFAULT_SQLITE_PATH = os.path.join("bbo-data", "bbo.db")
@@ -145,7 +145,11 @@ class Storage:
                 kwargs.update(poolclass=sa.pool.StaticPool)
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         elif self.dialect == "postgresql":
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            from bbo.storage import pg
+
+            # pool sizes, pre-ping, statement / lock timeouts, keepalives: see bbo.storage.pg
+            u, pg_kwargs, self.pg_settings = pg.engine_kwargs(u, pool_size)
+            kwargs.update(pg_kwargs)
         else:
             raise ValueError(f"unsupported database {self.dialect!r}: use sqlite:///PATH or postgresql+psycopg://...")
         self.url = u
@@ -198,6 +202,9 @@ class Storage:
             return MigrationContext.configure(conn).get_current_revision()
 
     def close(self) -> None:
+        lock_engine = getattr(self, "_pg_lock_engine", None)
+        if lock_engine is not None:
+            lock_engine.dispose()
         self.engine.dispose()
 
     @contextlib.contextmanager
@@ -223,17 +230,13 @@ class Storage:
         if self.dialect != "postgresql":
             yield
             return
-        with self.engine.connect() as conn:
-            key = zlib.crc32(f"bbo-study-{study_id}".encode())
-            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            conn.commit()
-            try:
-                yield
-            finally:
-                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
+        from bbo.storage import pg
+
+        with pg.study_lock(self, study_id):  # advisory lock on a connection pool of its own
+            yield
 
     # ---- studies --------------------------------------------------------------------------------
+    @retry_transient
     def insert_study(self, tenant: str, name: str, spec: dict, seed: int) -> Optional[StudyRecord]:
         """Insert a study; None when (tenant, name) is taken."""
         now = time.time()
@@ -249,16 +252,19 @@ class Storage:
             return None
         return self.get_study(tenant, name)
 
+    @retry_transient
     def get_study(self, tenant: str, name: str) -> Optional[StudyRecord]:
         with self._read() as conn:
             row = conn.execute(sa.select(S.studies).where(S.studies.c.tenant == tenant, S.studies.c.name == name)).first()
         return _study(row) if row else None
 
+    @retry_transient
     def get_study_by_id(self, study_id: int) -> Optional[StudyRecord]:
         with self._read() as conn:
             row = conn.execute(sa.select(S.studies).where(S.studies.c.id == study_id)).first()
         return _study(row) if row else None
 
+    @retry_transient
     def list_studies(self, tenant: str, after_id: int = 0, limit: int = 100) -> list[StudyRecord]:
         q = (
             sa.select(S.studies)
@@ -269,6 +275,7 @@ class Storage:
         with self._read() as conn:
             return [_study(r) for r in conn.execute(q)]
 
+    @retry_transient
     def delete_study(self, study_id: int) -> bool:
         """Delete a study and everything of it (explicitly: SQLite FKs may be off elsewhere)."""
         tid = sa.select(S.trials.c.id).where(S.trials.c.study_id == study_id).scalar_subquery()
@@ -278,13 +285,16 @@ class Storage:
             conn.execute(S.trials.delete().where(S.trials.c.study_id == study_id))
             conn.execute(S.llm_calls.delete().where(S.llm_calls.c.study_id == study_id))
             conn.execute(S.request_log.delete().where(S.request_log.c.study_id == study_id))
+            conn.execute(S.model_state.delete().where(S.model_state.c.study_id == study_id))
             n = conn.execute(S.studies.delete().where(S.studies.c.id == study_id)).rowcount
         return n > 0
 
+    @retry_transient
     def set_study_state(self, study_id: int, state: str, reason: str) -> None:
         with self._write() as conn:
             conn.execute(S.studies.update().where(S.studies.c.id == study_id).values(state=state, state_reason=reason))
 
+    @retry_transient
     def trial_counts(self, study_id: int) -> dict[str, int]:
         q = sa.select(S.trials.c.state, sa.func.count()).where(S.trials.c.study_id == study_id).group_by(S.trials.c.state)
         with self._read() as conn:
@@ -311,6 +321,7 @@ class Storage:
         )
 
     # ---- trials ---------------------------------------------------------------------------------
+    @retry_transient(idempotent=lambda self, study_id, new, **kw: kw.get("request") is not None)
     def insert_trials(
         self,
         study_id: int,
@@ -384,11 +395,13 @@ class Storage:
         by = {int(r.number): _trial(r) for r in rows}
         return [by[n] for n in numbers if n in by]
 
+    @retry_transient
     def get_trial(self, study_id: int, number: int) -> Optional[Trial]:
         with self._read() as conn:
             row = conn.execute(sa.select(S.trials).where(S.trials.c.study_id == study_id, S.trials.c.number == number)).first()
         return _trial(row) if row else None
 
+    @retry_transient
     def list_trials(
         self, study_id: int, states: Optional[Iterable[TrialState]] = None, after: int = 0, limit: Optional[int] = None
     ) -> list[Trial]:
@@ -402,6 +415,7 @@ class Storage:
         with self._read() as conn:
             return [_trial(r) for r in conn.execute(q)]
 
+    @retry_transient
     def modify_trial(
         self,
         study_id: int,
@@ -446,6 +460,7 @@ class Storage:
                 self._log_request(conn, study_id, request, {"trials": [number], "state": new.state.value})
             return new, True, None
 
+    @retry_transient
     def expire_leases(self, study_id: int, now: Optional[float] = None) -> list[int]:
         """Mark PENDING trials whose lease ran out ABANDONED; returns their numbers."""
         now = time.time() if now is None else now
@@ -469,6 +484,7 @@ class Storage:
             conn.execute(S.trial_events.insert(), [dict(trial_id=i, state=TrialState.ABANDONED.value, detail=LEASE_EXPIRED, at=now) for i in ids])
             return [int(r.number) for r in rows]
 
+    @retry_transient
     def trial_events(self, study_id: int, number: int) -> list[tuple[str, str, float]]:
         q = (
             sa.select(S.trial_events.c.state, S.trial_events.c.detail, S.trial_events.c.at)
@@ -480,6 +496,7 @@ class Storage:
             return [(r.state, r.detail, r.at) for r in conn.execute(q)]
 
     # ---- intermediate values --------------------------------------------------------------------
+    @retry_transient
     def add_intermediate(self, study_id: int, number: int, step: int, value: float) -> bool:
         """Record (or overwrite) a trial's value at ``step``; False if the trial does not exist."""
         now = time.time()
@@ -493,6 +510,7 @@ class Storage:
             conn.execute(S.intermediate_values.insert().values(trial_id=pk, step=step, value=float(value), at=now))
         return True
 
+    @retry_transient
     def intermediates(self, study_id: int) -> dict[int, list[tuple[int, float]]]:
         """trial number -> [(step, value)] sorted by step."""
         q = (
@@ -508,6 +526,7 @@ class Storage:
         return out
 
     # ---- LLM calls ------------------------------------------------------------------------------
+    @retry_transient(idempotent=False)
     def log_llm_call(self, study_id: int, call: LlmCallRecord) -> None:
         with self._write() as conn:
             conn.execute(
@@ -518,6 +537,7 @@ class Storage:
                 )
             )
 
+    @retry_transient
     def list_llm_calls(self, study_id: int) -> list[LlmCallRecord]:
         q = sa.select(S.llm_calls).where(S.llm_calls.c.study_id == study_id).order_by(S.llm_calls.c.id)
         with self._read() as conn:

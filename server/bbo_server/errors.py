@@ -8,6 +8,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from bbo.errors import BboError, ConflictError, LimitError, NotFoundError, SpecError
+from bbo.storage.pg import TransientStorageError
 from bbo.study import AlreadyExistsError
 
 
@@ -27,6 +28,7 @@ _CODES = [
     (LimitError, code_pb2.RESOURCE_EXHAUSTED),
     (Unauthenticated, code_pb2.UNAUTHENTICATED),
     (PermissionDenied, code_pb2.PERMISSION_DENIED),
+    (TransientStorageError, code_pb2.UNAVAILABLE),  # the database is away: clients retry
 ]
 
 

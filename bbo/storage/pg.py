@@ -1,0 +1,279 @@
+"""PostgreSQL specifics for running several bbo server replicas on one database.
+
+- :func:`engine_kwargs`: connection pool (size, overflow, pre-ping, recycle, LIFO), per-session
+  timeouts sent in the startup packet (``statement_timeout``, ``lock_timeout``,
+  ``idle_in_transaction_session_timeout``), TCP keepalives and an ``application_name`` naming the
+  replica (visible in ``pg_stat_activity``).
+- :func:`study_lock`: the cross-replica critical section of an Ask (read pending trials -> suggest ->
+  insert PENDING) as a session-level advisory lock held on a connection of its own pool.
+- :func:`retry_transient`: re-run a storage call after a serialization failure, a deadlock, a lock
+  timeout (always safe: the server rolled the transaction back) or a lost connection (only for calls
+  that are idempotent, since the commit may have happened before the connection dropped).
+
+Settings come from bbo-specific query parameters of the database URL (removed before the URL
+reaches psycopg), else from environment variables, else from the defaults below::
+
+    postgresql+psycopg://bbo@db/bbo?pool_size=16&statement_timeout=30s&lock_wait_timeout=600s
+
+==========================  ==============================  =========
+URL parameter               environment variable            default
+==========================  ==============================  =========
+``pool_size``               ``BBO_DB_POOL_SIZE``            server's (``rpc_threads // 2``, >= 8)
+``max_overflow``            ``BBO_DB_MAX_OVERFLOW``         ``pool_size``
+``statement_timeout``       ``BBO_DB_STATEMENT_TIMEOUT``    ``30s``
+``lock_timeout``            ``BBO_DB_LOCK_TIMEOUT``         ``10s``
+``lock_wait_timeout``       ``BBO_DB_LOCK_WAIT_TIMEOUT``    ``600s`` (waiting for a study's ask lock)
+``idle_tx_timeout``         ``BBO_DB_IDLE_TX_TIMEOUT``      ``60s``
+==========================  ==============================  =========
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import random
+import re
+import socket
+import threading
+import time
+import zlib
+from typing import Any, Callable, Iterator, Optional
+
+import sqlalchemy as sa
+
+from bbo.errors import BboError
+
+log = logging.getLogger("bbo.storage")
+
+DEFAULTS = {
+    "pool_size": None,
+    "max_overflow": None,
+    "statement_timeout": "30s",
+    "lock_timeout": "10s",
+    "lock_wait_timeout": "600s",
+    "idle_tx_timeout": "60s",
+}
+_ENV = {k: "BBO_DB_" + k.upper() for k in DEFAULTS}
+
+# SQLSTATEs after which the server has rolled the transaction back: re-running it is always safe.
+ROLLED_BACK_STATES = {"40001": "serialization failure", "40P01": "deadlock detected", "55P03": "lock not available"}
+# SQLSTATE classes / codes meaning the connection (or the server) went away.
+CONNECTION_STATES = ("08", "57P01", "57P02", "57P03")
+
+
+class TransientStorageError(BboError):
+    """The database was unreachable or kept failing transiently: safe for the client to retry
+    (the service answers UNAVAILABLE)."""
+
+
+def _duration_ms(v: Any) -> int:
+    """'30s', '500ms', '2min', '0', 1500 -> milliseconds."""
+    if isinstance(v, (int, float)):
+        return int(v)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|min|h)?\s*", str(v))
+    if not m:
+        raise ValueError(f"bad duration {v!r}: use e.g. 500ms, 30s, 2min")
+    x = float(m.group(1))
+    return int(x * {"ms": 1, None: 1000, "s": 1000, "min": 60_000, "h": 3_600_000}[m.group(2)])
+
+
+def settings(url: sa.engine.URL) -> tuple[sa.engine.URL, dict[str, Any]]:
+    """Split bbo's settings off a PostgreSQL URL: ``(url for psycopg, settings)``."""
+    q = dict(url.query)
+    out: dict[str, Any] = {}
+    for k, default in DEFAULTS.items():
+        v = q.pop(k, None)
+        if v is None:
+            v = os.environ.get(_ENV[k]) or default
+        out[k] = v
+    for k in ("statement_timeout", "lock_timeout", "lock_wait_timeout", "idle_tx_timeout"):
+        out[k] = _duration_ms(out[k])
+    for k in ("pool_size", "max_overflow"):
+        out[k] = int(out[k]) if out[k] not in (None, "") else None
+    return url.set(query=q), out
+
+
+def replica_name() -> str:
+    return f"bbo-{socket.gethostname()}-{os.getpid()}"[:63]
+
+
+def engine_kwargs(url: sa.engine.URL, pool_size: int) -> tuple[sa.engine.URL, dict[str, Any], dict[str, Any]]:
+    """``(url, create_engine kwargs, settings)`` for a replica's PostgreSQL engine."""
+    url, st = settings(url)
+    size = st["pool_size"] or pool_size
+    overflow = st["max_overflow"] if st["max_overflow"] is not None else size
+    st["pool_size"], st["max_overflow"] = size, overflow
+    opts = [
+        f"-c statement_timeout={st['statement_timeout']}",
+        f"-c lock_timeout={st['lock_timeout']}",
+        f"-c idle_in_transaction_session_timeout={st['idle_tx_timeout']}",
+    ]
+    q = dict(url.query)
+    user_opts = str(q.pop("options", "") or "")
+    # the user's own -c settings in the URL win over ours (later -c overrides earlier)
+    connect_args: dict[str, Any] = {"options": " ".join(opts + ([user_opts] if user_opts else []))}
+    for k, v in {"application_name": replica_name(), "connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}.items():
+        if k not in q:
+            connect_args[k] = v
+    st["connect_args"] = connect_args
+    kwargs = dict(
+        pool_size=size,
+        max_overflow=overflow,
+        pool_pre_ping=True,  # a connection that died while pooled (server restart, failover) is replaced, not handed out
+        pool_recycle=1800,
+        pool_use_lifo=True,  # idle surplus connections age out instead of all staying warm
+        pool_timeout=30,
+        connect_args=connect_args,
+    )
+    return url.set(query=q), kwargs, st
+
+
+# ---- transient errors -------------------------------------------------------------------------------
+def sqlstate(exc: BaseException) -> Optional[str]:
+    orig = getattr(exc, "orig", exc)
+    return getattr(orig, "sqlstate", None) or getattr(getattr(orig, "diag", None), "sqlstate", None)
+
+
+def classify(exc: BaseException) -> Optional[str]:
+    """'rolled_back' (safe to re-run anything), 'connection' (the outcome of a commit in flight is
+    unknown: re-run only idempotent work), or None (not transient)."""
+    if isinstance(exc, TransientStorageError):
+        return None
+    code = sqlstate(exc)
+    if code in ROLLED_BACK_STATES:
+        return "rolled_back"
+    if code and code.startswith(CONNECTION_STATES):
+        return "connection"
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return "connection"
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover
+        psycopg = None
+    orig = getattr(exc, "orig", exc)
+    if psycopg is not None and isinstance(orig, psycopg.OperationalError) and code is None:
+        return "connection"  # e.g. "server closed the connection unexpectedly", "connection refused"
+    return None
+
+
+def retry_transient(
+    fn: Optional[Callable] = None,
+    *,
+    idempotent: bool | Callable[..., bool] = True,
+    attempts: int = 5,
+    base_delay: float = 0.05,
+    max_delay: float = 2.0,
+):
+    """Decorator: re-run on transient database errors with jittered exponential backoff; after
+    ``attempts`` tries raise :class:`TransientStorageError`. ``idempotent`` (a bool, or a function of
+    the call's arguments) says whether a lost connection may be retried too."""
+
+    def deco(f):
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            delay = base_delay
+            for attempt in range(1, attempts + 1):
+                try:
+                    return f(*args, **kwargs)
+                except (sa.exc.DBAPIError, sa.exc.OperationalError) as e:  # noqa: PERF203
+                    kind = classify(e)
+                    if kind is None:
+                        raise
+                    ok = idempotent(*args, **kwargs) if callable(idempotent) else idempotent
+                    if kind == "connection" and not ok:
+                        raise TransientStorageError(
+                            f"database connection lost during {f.__name__}; the change may or may not be stored: retry the request"
+                        ) from e
+                    if attempt == attempts:
+                        raise TransientStorageError(f"database busy or unreachable ({kind}: {sqlstate(e) or type(e.orig).__name__}); retry the request") from e
+                    log.warning("transient database error; retrying", extra={"call": f.__name__, "kind": kind, "sqlstate": sqlstate(e), "attempt": attempt})
+                    time.sleep(delay * (0.5 + random.random()))
+                    delay = min(2 * delay, max_delay)
+            raise AssertionError("unreachable")
+
+        return wrapper
+
+    return deco(fn) if fn is not None else deco
+
+
+# ---- the per-study ask lock --------------------------------------------------------------------------
+def lock_key(study_id: int) -> int:
+    """The advisory-lock key of a study (signed 64-bit: a namespace tag and the study id, so two
+    studies never share a key, unlike a 32-bit hash)."""
+    return (0x62626F << 32) | (int(study_id) & 0xFFFFFFFF)
+
+
+_lock_engines_guard = threading.Lock()
+
+
+def _lock_engine(storage) -> sa.Engine:
+    """A pool of its own for lock-holding connections: an ask holds one for the whole fit, and if
+    they came from the main pool, enough concurrent asks on different studies could take every
+    connection and wait forever for a second one to read trials with. Disposed by
+    ``Storage.close``."""
+    eng = getattr(storage, "_pg_lock_engine", None)
+    if eng is not None:
+        return eng
+    with _lock_engines_guard:
+        eng = getattr(storage, "_pg_lock_engine", None)
+        if eng is None:
+            st = getattr(storage, "pg_settings", None) or {}
+            eng = sa.create_engine(
+                storage.engine.url,
+                pool_size=max(2, int(st.get("pool_size") or 8) // 2),
+                max_overflow=64,
+                pool_pre_ping=True,
+                pool_recycle=1800,
+                pool_timeout=60,
+                connect_args=dict(st.get("connect_args") or {}),
+            )
+            storage._pg_lock_engine = eng
+        return eng
+
+
+@contextlib.contextmanager
+def study_lock(storage, study_id: int) -> Iterator[None]:
+    """Hold the study's advisory lock (PostgreSQL, session level) for the body.
+
+    The lock is taken on a connection that does nothing else, so it is held across the body's own
+    transactions (reading trials, inserting the new PENDING ones) and released afterwards; if the
+    process dies, PostgreSQL drops the connection and the lock with it, so a SIGKILLed replica never
+    leaves a study locked. Waiting for the lock is bounded by ``lock_wait_timeout`` (the default
+    statement and lock timeouts, meant for quick statements, are lifted for that one wait).
+    """
+    key = lock_key(study_id)
+    wait_ms = int((getattr(storage, "pg_settings", None) or {}).get("lock_wait_timeout", 600_000))
+    eng = _lock_engine(storage)
+    conn = eng.connect()
+    locked = False
+    try:
+        try:
+            conn.exec_driver_sql(f"SET statement_timeout = {wait_ms}")
+            conn.exec_driver_sql(f"SET lock_timeout = {wait_ms}")
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            locked = True
+            conn.exec_driver_sql("RESET statement_timeout")
+            conn.exec_driver_sql("RESET lock_timeout")
+            conn.commit()
+        except sa.exc.DBAPIError as e:
+            if classify(e) is not None or sqlstate(e) == "57014":
+                raise TransientStorageError(f"could not lock study {study_id} for an ask ({sqlstate(e) or 'connection'}): retry the request") from e
+            raise
+        yield
+    finally:
+        try:
+            if locked:
+                ok = conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key}).scalar()
+                conn.commit()
+                if not ok:
+                    log.warning("study lock was not held at release", extra={"study_id": study_id})
+            conn.close()
+        except Exception:  # never return a connection that may still hold the lock to the pool
+            log.warning("releasing a study lock failed; dropping its connection", exc_info=True)
+            try:
+                conn.invalidate()
+                conn.close()
+            except Exception:  # noqa: BLE001
+                pass

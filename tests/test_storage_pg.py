@@ -1,0 +1,370 @@
+"""Storage on a real PostgreSQL (a throwaway cluster): the SQLite storage tests again, plus what only
+matters with several server replicas on one database: the cross-process study lock, pool and session
+settings, retries of transient errors, the shared model state, and registries that see each
+other's deletions. Skipped (with the reason) where the PostgreSQL server binaries are absent."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+import pg_cluster
+import test_storage as sqlite_tests
+from bbo.storage import NewTrial, Storage
+from bbo.storage import pg as pgmod
+from bbo.storage.coordination import ModelStateCache, cache_for
+from bbo.trial import TrialState
+
+pytestmark = pytest.mark.skipif(pg_cluster.missing_reason() is not None, reason=str(pg_cluster.missing_reason()))
+
+SPEC = sqlite_tests.SPEC
+
+
+def stop_immediately(c) -> None:
+    """Throwaway data: skip the shutdown checkpoint (tens of seconds after many CREATE DATABASEs)."""
+    import shutil
+
+    subprocess.run(pg_cluster._as_pg([pg_cluster._find("pg_ctl"), "-D", c.datadir, "-m", "immediate", "-w", "stop"]), capture_output=True)
+    shutil.rmtree(os.path.dirname(c.datadir), ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = pg_cluster.start()
+    yield c
+    stop_immediately(c)
+
+
+@pytest.fixture
+def pg_url(cluster):
+    return cluster.create_database("t_" + uuid.uuid4().hex[:12])
+
+
+@pytest.fixture
+def storage(pg_url):
+    s = Storage(pg_url, pool_size=4)
+    yield s
+    s.close()
+
+
+# ---- the SQLite storage tests, on PostgreSQL -----------------------------------------------------------
+test_migrated_schema_matches_metadata = sqlite_tests.test_migrated_schema_matches_metadata
+test_study_unique_per_tenant = sqlite_tests.test_study_unique_per_tenant
+test_concurrent_trial_numbers_are_unique_and_dense = sqlite_tests.test_concurrent_trial_numbers_are_unique_and_dense
+test_request_log_replays = sqlite_tests.test_request_log_replays
+test_modify_trial_and_events = sqlite_tests.test_modify_trial_and_events
+test_expire_leases = sqlite_tests.test_expire_leases
+test_intermediates_llm_calls_and_delete = sqlite_tests.test_intermediates_llm_calls_and_delete
+
+
+def test_two_processes_migrating_at_once_agree(pg_url):
+    """Replicas starting together race to migrate; the advisory lock in migrate() serializes them."""
+    code = "import sys; from bbo.storage import Storage; s = Storage(sys.argv[1]); print(s.current_revision()); s.close()"
+    procs = [subprocess.Popen([sys.executable, "-c", code, pg_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    assert len({o[0].strip() for o in outs}) == 1
+
+
+# ---- session settings and pool ------------------------------------------------------------------------
+def test_session_settings_and_url_overrides(pg_url):
+    s = Storage(pg_url)
+    with s.engine.connect() as c:
+        assert c.exec_driver_sql("SHOW statement_timeout").scalar() == "30s"
+        assert c.exec_driver_sql("SHOW lock_timeout").scalar() == "10s"
+        assert c.exec_driver_sql("SHOW idle_in_transaction_session_timeout").scalar() == "1min"
+        assert c.exec_driver_sql("SHOW application_name").scalar().startswith("bbo-")
+    assert s.engine.pool.size() == 16 and s.engine.dialect.name == "postgresql"
+    s.close()
+    s = Storage(pg_url + "?statement_timeout=5s&lock_timeout=250ms&pool_size=3&max_overflow=1", pool_size=10)
+    with s.engine.connect() as c:
+        assert c.exec_driver_sql("SHOW statement_timeout").scalar() == "5s"
+        assert c.exec_driver_sql("SHOW lock_timeout").scalar() == "250ms"
+    assert s.engine.pool.size() == 3 and "statement_timeout" not in s.engine.url.query
+    s.close()
+
+
+def test_statement_timeout_stops_a_runaway_query(storage):
+    with pytest.raises(sa.exc.OperationalError) as e:
+        with storage.engine.connect() as c:
+            c.exec_driver_sql("SET statement_timeout = '200ms'")
+            c.exec_driver_sql("SELECT pg_sleep(5)")
+    assert pgmod.sqlstate(e.value) == "57014" and pgmod.classify(e.value) is None  # a timeout is not retried
+
+
+def test_reconnects_after_connections_are_killed(storage):
+    """A PostgreSQL restart / failover kills pooled connections: pre-ping replaces them unseen."""
+    st = storage.insert_study("t", "s", SPEC, 1)
+    with storage.engine.connect() as c:
+        app = c.exec_driver_sql("SHOW application_name").scalar()
+    admin = sa.create_engine(storage.engine.url.set(database="postgres"), poolclass=sa.pool.NullPool)
+    with admin.connect() as c:
+        killed = c.execute(sa.text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = :a"), {"a": app}).scalar()
+    admin.dispose()
+    assert killed >= 1
+    assert storage.get_study_by_id(st.id).name == "s"
+    ts, _ = storage.insert_trials(st.id, [NewTrial({"x": 0.5}, "bo")])
+    assert [t.id for t in ts] == [1]
+
+
+# ---- transient errors ---------------------------------------------------------------------------------
+def _dbapi_error(exc):
+    return sa.exc.OperationalError("SELECT 1", {}, exc)
+
+
+def test_retry_transient_reruns_rolled_back_work_and_gives_up_cleanly():
+    import psycopg
+
+    calls = []
+
+    @pgmod.retry_transient(idempotent=False, base_delay=0.001)
+    def flaky(n_failures, exc):
+        calls.append(1)
+        if len(calls) <= n_failures:
+            raise _dbapi_error(exc)
+        return "ok"
+
+    assert flaky(2, psycopg.errors.DeadlockDetected("deadlock detected")) == "ok" and len(calls) == 3
+    calls.clear()
+    assert flaky(1, psycopg.errors.SerializationFailure("could not serialize")) == "ok" and len(calls) == 2
+    calls.clear()
+    with pytest.raises(pgmod.TransientStorageError):  # a lost connection: the commit may have happened
+        flaky(1, psycopg.OperationalError("server closed the connection unexpectedly"))
+    assert len(calls) == 1
+    calls.clear()
+    with pytest.raises(pgmod.TransientStorageError):
+        flaky(99, psycopg.errors.LockNotAvailable("lock timeout"))
+    assert len(calls) == 5
+    calls.clear()
+    with pytest.raises(sa.exc.OperationalError):  # not transient: raised as it is
+        flaky(1, psycopg.errors.QueryCanceled("statement timeout"))
+    assert len(calls) == 1
+
+    @pgmod.retry_transient(base_delay=0.001)
+    def reader():
+        calls.append(1)
+        if len(calls) == 1:
+            raise _dbapi_error(psycopg.OperationalError("connection refused"))
+        return "ok"
+
+    calls.clear()
+    assert reader() == "ok" and len(calls) == 2
+
+
+def test_transient_error_maps_to_unavailable():
+    import grpc
+
+    from bbo_server.errors import status_for
+
+    assert status_for(pgmod.TransientStorageError("db away")).code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_real_deadlock_is_retried(storage):
+    """Two transactions locking two rows in opposite orders: PostgreSQL aborts one (40P01) and the
+    decorator runs it again, so both finish."""
+    a = storage.insert_study("t", "a", SPEC, 1)
+    b = storage.insert_study("t", "b", SPEC, 1)
+    barrier = threading.Barrier(2)
+    attempts = {"x": 0, "y": 0}
+
+    def tx(name, first, second):
+        @pgmod.retry_transient(base_delay=0.01)
+        def run():
+            attempts[name] += 1
+            with storage.engine.connect() as c, c.begin():
+                c.execute(sa.text("UPDATE studies SET seed = seed + 1 WHERE id = :i"), {"i": first})
+                if attempts[name] == 1:
+                    barrier.wait(10)
+                c.execute(sa.text("UPDATE studies SET seed = seed + 1 WHERE id = :i"), {"i": second})
+
+        run()
+
+    threads = [threading.Thread(target=tx, args=("x", a.id, b.id)), threading.Thread(target=tx, args=("y", b.id, a.id))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert attempts["x"] + attempts["y"] == 3  # exactly one was chosen as the deadlock victim and re-run
+    assert storage.get_study_by_id(a.id).seed == 3 and storage.get_study_by_id(b.id).seed == 3
+
+
+# ---- the study lock across replicas -------------------------------------------------------------------
+def _advisory_waiters(url, key) -> int:
+    eng = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with eng.connect() as c:
+        n = c.execute(
+            sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND ((classid::bigint << 32) | objid::bigint) = :k"),
+            {"k": key},
+        ).scalar()
+    eng.dispose()
+    return int(n)
+
+
+def test_study_lock_excludes_other_replicas(pg_url, storage):
+    """Two Storage objects (two replicas, separate pools): the second waits until the first releases."""
+    other = Storage(pg_url, pool_size=2)
+    st = storage.insert_study("t", "s", SPEC, 1)
+    order: list[str] = []
+    holding = threading.Event()
+    release = threading.Event()
+
+    def first():
+        with storage.study_lock(st.id):
+            order.append("a in")
+            holding.set()
+            release.wait(30)
+            order.append("a out")
+
+    def second():
+        holding.wait(30)
+        with other.study_lock(st.id):
+            order.append("b in")
+
+    ta, tb = threading.Thread(target=first), threading.Thread(target=second)
+    ta.start()
+    tb.start()
+    deadline = time.time() + 30
+    while _advisory_waiters(pg_url, pgmod.lock_key(st.id)) == 0 and time.time() < deadline:
+        time.sleep(0.05)
+    assert _advisory_waiters(pg_url, pgmod.lock_key(st.id)) == 1 and order == ["a in"]
+    release.set()
+    ta.join(30)
+    tb.join(30)
+    assert order == ["a in", "a out", "b in"]
+    # different studies do not wait for each other
+    st2 = storage.insert_study("t", "s2", SPEC, 1)
+    with storage.study_lock(st.id), other.study_lock(st2.id):
+        pass
+    other.close()
+
+
+def test_study_lock_of_a_killed_replica_is_released(pg_url, storage):
+    st = storage.insert_study("t", "s", SPEC, 1)
+    code = (
+        "import sys, time; from bbo.storage import Storage; s = Storage(sys.argv[1], migrate=False)\n"
+        "with s.study_lock(int(sys.argv[2])):\n    print('locked', flush=True); time.sleep(600)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code, pg_url, str(st.id)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "locked"
+        short = Storage(pg_url + "?lock_wait_timeout=500ms", pool_size=2)
+        with pytest.raises(pgmod.TransientStorageError):  # held by the live process: bounded wait, then UNAVAILABLE
+            with short.study_lock(st.id):
+                pass
+        short.close()
+        p.kill()  # SIGKILL: PostgreSQL drops its session and the lock with it
+        p.wait(30)
+        with storage.study_lock(st.id):
+            pass
+    finally:
+        if p.poll() is None:
+            p.kill()
+
+
+def test_lock_connections_do_not_starve_the_main_pool(pg_url):
+    """More studies asking at once than the main pool has connections: each holds a lock connection
+    (its own pool) and still gets main-pool connections to read and insert."""
+    s = Storage(pg_url + "?pool_size=2&max_overflow=0")
+    ids = [s.insert_study("t", f"s{i}", SPEC, 1).id for i in range(6)]
+    barrier = threading.Barrier(len(ids))
+    done = []
+
+    def ask(sid):
+        with s.study_lock(sid):
+            barrier.wait(30)  # every lock held at once
+            s.list_trials(sid)
+            s.insert_trials(sid, [NewTrial({"x": 0.1}, "bo")])
+            done.append(sid)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(done) == sorted(ids)
+    s.close()
+
+
+# ---- model state shared between replicas --------------------------------------------------------------
+class _FakeSurrogate:
+    def __init__(self):
+        self._hyper = None
+        self._n_at_fit = 0
+
+
+class _FakeStrategy:
+    def __init__(self):
+        self.surrogate = _FakeSurrogate()
+
+    def fit(self, n):
+        import torch
+
+        self.surrogate._hyper = {"covar_module.lengthscale": torch.full((1, 2), float(n), dtype=torch.float64)}
+        self.surrogate._n_at_fit = n
+
+
+def test_model_state_moves_between_replicas(pg_url, storage):
+    other = Storage(pg_url, pool_size=2)
+    st = storage.insert_study("t", "s", SPEC, 1)
+    a, b = ModelStateCache(storage, "replica-a"), ModelStateCache(other, "replica-b")
+    sa_, sb = _FakeStrategy(), _FakeStrategy()
+    tok = a.pull(st.id, sa_)
+    assert not tok.pulled and not a.push(st.id, sa_, tok)  # nothing fit, nothing stored
+    sa_.fit(12)
+    assert a.push(st.id, sa_, tok)
+    tok = b.pull(st.id, sb)  # a fresh replica picks the study up: warm start from A's fit
+    assert tok.pulled and sb.surrogate._n_at_fit == 12
+    assert float(sb.surrogate._hyper["covar_module.lengthscale"][0, 0]) == 12.0
+    assert not b.push(st.id, sb, tok)  # conditioning on loaded hyperparameters stores nothing
+    sb.fit(20)
+    assert b.push(st.id, sb, tok)
+    assert a.pull(st.id, sa_).pulled and sa_.surrogate._n_at_fit == 20
+    assert not a.pull(st.id, sa_).pulled  # already current: only n_fit was read
+    got = a.get(st.id)
+    assert got["n_fit"] == 20 and got["updated_by"] == "replica-b"
+    assert storage.delete_study(st.id)
+    assert a.get(st.id) is None
+    other.close()
+
+
+def test_replicas_share_fits_and_see_each_others_deletions(pg_url):
+    """Two registries (two replicas) on one database, real GP strategy: asks alternate between them;
+    the replica that did not fit warm-starts from the stored state instead of fitting from scratch."""
+    from bbo.study import StudyRegistry
+
+    s1, s2 = Storage(pg_url, pool_size=4), Storage(pg_url, pool_size=4)
+    r1, r2 = StudyRegistry(s1), StudyRegistry(s2)
+    spec = {"parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}, {"type": "float", "name": "z", "low": 0.0, "high": 1.0}],
+            "objectives": [{"name": "y"}], "algorithm": {"seed": 5, "n_initial": 3}}
+    r1.create_study("shared", spec)
+    seen = []
+    for i in range(8):
+        reg = (r1, r2)[i % 2]
+        study = reg.get_study("shared")
+        (t,) = study.ask(1, worker_id=f"w{i}").trials
+        seen.append(t.id)
+        study.tell(t.id, {"y": (t.params["x"] - 0.3) ** 2 + (t.params["z"] - 0.6) ** 2})
+    assert seen == list(range(1, 9))
+    c1, c2 = cache_for(s1), cache_for(s2)
+    assert c1.pushes + c2.pushes >= 1 and c1.pulls + c2.pulls >= 1
+    assert ModelStateCache(s1).get(r1.get_study("shared").id)["n_fit"] >= 2
+    # replica 2 deletes and recreates the study; replica 1's cached handle must not serve the old one
+    old_id = r1.get_study("shared").id
+    r2.delete_study("shared")
+    with pytest.raises(Exception) as e:
+        r1.get_study("shared")
+    assert type(e.value).__name__ == "NotFoundError"
+    r2.create_study("shared", spec)
+    again = r1.get_study("shared")
+    assert again.id != old_id
+    (t,) = again.ask(1).trials
+    assert t.id == 1 and again.trials()[0].state is TrialState.PENDING
+    s1.close()
+    s2.close()
