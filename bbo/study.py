@@ -141,6 +141,10 @@ class Study:
         self._strategy_factory = strategy_factory
         self._strategy = None
         self._lock = threading.Lock()  # serializes asks (suggestion generation) of this study
+        # On SQLite one server process owns the file, so this process sees every write of the study and
+        # keeps the trials in memory (asks then skip re-reading them); a shared database is re-read.
+        self._trials: Optional[dict[int, Trial]] = None
+        self._trials_lock = threading.Lock()
         self._fit_slots = fit_slots
         self._model_cache = cache_for(storage)
 
@@ -196,10 +200,14 @@ class Study:
                 replay = self._replay(req)
                 if replay is not None:
                     return AskResult(replay, note="replayed: this request_id was already answered")
-            expired = self.storage.expire_leases(self.id)
-            if expired:
-                log.info("leases expired", extra={"study": self.name, "trials": expired})
-            trials = self.storage.list_trials(self.id)
+            trials = self._all_trials()
+            now = time.time()
+            if self._trials is None or any(t.state is TrialState.PENDING and t.lease_expires_at is not None and t.lease_expires_at < now for t in trials):
+                expired = self.storage.expire_leases(self.id, now)
+                if expired:
+                    log.info("leases expired", extra={"study": self.name, "trials": expired})
+                    self._remember(self.storage.list_trials(self.id, [TrialState.ABANDONED], after=min(expired) - 1))
+                    trials = self._all_trials()
             with self._fit_slots:
                 # replicas share the fitted model through the database (bbo.storage.coordination)
                 token = self._model_cache.pull(self.id, self.strategy)
@@ -222,10 +230,36 @@ class Study:
             if prev is not None:
                 self._check_hash(req, prev)
                 return AskResult(created, note="replayed: this request_id was already answered")
+            self._remember(created)
         log.info(
             "ask", extra={"study": self.name, "trials": [t.id for t in created], "origins": [t.origin for t in created], "worker": worker_id}
         )
         return AskResult(created, note="; ".join(x for x in (note, status_note) if x))
+
+    def _all_trials(self) -> list[Trial]:
+        """Every trial of the study, by id: from memory on SQLite (see ``__init__``), else read."""
+        if self.storage.dialect != "sqlite":
+            return self.storage.list_trials(self.id)
+        with self._trials_lock:
+            if self._trials is None:
+                self._trials = {t.id: t for t in self.storage.list_trials(self.id)}
+            return sorted(self._trials.values(), key=lambda t: t.id)
+
+    def _remember(self, trials: Iterable[Trial]) -> None:
+        """Record committed trial writes in the in-memory copy. Writes of one trial may arrive out of
+        order (a heartbeat racing a tell): a finished state is never replaced by PENDING, and
+        otherwise the later ``updated_at`` wins."""
+        with self._trials_lock:
+            if self._trials is None:
+                return
+            for t in trials:
+                cur = self._trials.get(t.id)
+                if cur is not None and (
+                    (cur.state.finished and not t.state.finished)
+                    or (cur.state.finished == t.state.finished and t.updated_at < cur.updated_at)
+                ):
+                    continue
+                self._trials[t.id] = t
 
     def _suggest(self, trials: list[Trial], count: int):
         try:
@@ -337,6 +371,8 @@ class Study:
         if prev is not None:
             self._check_hash(req, prev)
             return TellResult(trial, duplicate=True)
+        if changed:
+            self._remember([trial])
         log.debug("tell", extra={"study": self.name, "trial": trial.id, "state": trial.state.value, "duplicate": not changed})
         return TellResult(trial, duplicate=bool(outcome.get("duplicate")))
 
@@ -352,6 +388,8 @@ class Study:
         created, prev = self.storage.insert_trials(self.id, [NewTrial(p, Origin.USER.value, state=state, metrics=m, reason=reason)], request=req)
         if prev is not None:
             self._check_hash(req, prev)
+        else:
+            self._remember(created)
         return created[0]
 
     # ---- reads ----------------------------------------------------------------------------------
@@ -382,6 +420,7 @@ class Study:
         trial, _, _ = self.storage.modify_trial(self.id, int(trial_id), change)
         if trial is None:
             raise NotFoundError(f"trial {trial_id} not found in study '{self.name}'")
+        self._remember([trial])
         return trial
 
     def report_intermediate(self, trial_id: int, step: int, value: float) -> tuple[bool, str]:

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -125,7 +126,7 @@ def _study(row) -> StudyRecord:
 class Storage:
     """Thread-safe access to the bbo database. One instance per process."""
 
-    def __init__(self, url: Optional[str] = None, *, pool_size: int = 16, migrate: bool = True):
+    def __init__(self, url: Optional[str] = None, *, pool_size: int = 16, migrate: bool = True, group_commit: bool = True):
         url = url or default_url()
         u = sa.engine.make_url(url)
         self.dialect = u.get_backend_name()
@@ -159,6 +160,8 @@ class Storage:
         self._wlock: contextlib.AbstractContextManager = threading.RLock() if self.dialect == "sqlite" else contextlib.nullcontext()
         if self.dialect == "sqlite":
             self._setup_sqlite()
+        # SQLite: tells from many threads share one transaction and one fsync (see _GroupCommit).
+        self._group = _GroupCommit(self) if self.dialect == "sqlite" and group_commit else None
         if migrate:
             self.migrate()
 
@@ -202,6 +205,8 @@ class Storage:
             return MigrationContext.configure(conn).get_current_revision()
 
     def close(self) -> None:
+        if self._group is not None:
+            self._group.close()
         lock_engine = getattr(self, "_pg_lock_engine", None)
         if lock_engine is not None:
             lock_engine.dispose()
@@ -432,33 +437,38 @@ class Storage:
         does not exist. With ``request`` already recorded, nothing changes and the stored request
         comes back as ``previous_request`` (``{"hash": ..., ...}``).
         """
+        if self._group is not None:
+            return self._group.run(lambda conn: self._modify_trial_in(conn, study_id, number, change, request, event_detail))
         with self._write() as conn:
-            if request is not None:
-                prev = self.lookup_request(study_id, request.kind, request.request_id, conn)
-                if prev is not None:
-                    cur = self._trials_by_number(conn, study_id, [number])
-                    return (cur[0] if cur else None), False, {"hash": prev[0], **prev[1]}
-            row = conn.execute(sa.select(S.trials).where(S.trials.c.study_id == study_id, S.trials.c.number == number)).first()
-            if row is None:
-                return None, False, None
-            cur = _trial(row)
-            new = change(cur)
-            if new is None:
-                return cur, False, None
-            new.updated_at = time.time()
-            conn.execute(
-                S.trials.update()
-                .where(S.trials.c.id == row.id)
-                .values(
-                    state=new.state.value, metrics=_metrics_to_json(new.metrics), reason=new.reason,
-                    worker_id=new.worker_id, updated_at=new.updated_at, lease_expires_at=new.lease_expires_at,
-                )
+            return self._modify_trial_in(conn, study_id, number, change, request, event_detail)
+
+    def _modify_trial_in(self, conn, study_id, number, change, request, event_detail):
+        if request is not None:
+            prev = self.lookup_request(study_id, request.kind, request.request_id, conn)
+            if prev is not None:
+                cur = self._trials_by_number(conn, study_id, [number])
+                return (cur[0] if cur else None), False, {"hash": prev[0], **prev[1]}
+        row = conn.execute(sa.select(S.trials).where(S.trials.c.study_id == study_id, S.trials.c.number == number)).first()
+        if row is None:
+            return None, False, None
+        cur = _trial(row)
+        new = change(cur)
+        if new is None:
+            return cur, False, None
+        new.updated_at = time.time()
+        conn.execute(
+            S.trials.update()
+            .where(S.trials.c.id == row.id)
+            .values(
+                state=new.state.value, metrics=_metrics_to_json(new.metrics), reason=new.reason,
+                worker_id=new.worker_id, updated_at=new.updated_at, lease_expires_at=new.lease_expires_at,
             )
-            if new.state is not cur.state:
-                conn.execute(S.trial_events.insert().values(trial_id=row.id, state=new.state.value, detail=event_detail or new.reason, at=new.updated_at))
-            if request is not None:
-                self._log_request(conn, study_id, request, {"trials": [number], "state": new.state.value})
-            return new, True, None
+        )
+        if new.state is not cur.state:
+            conn.execute(S.trial_events.insert().values(trial_id=row.id, state=new.state.value, detail=event_detail or new.reason, at=new.updated_at))
+        if request is not None:
+            self._log_request(conn, study_id, request, {"trials": [number], "state": new.state.value})
+        return new, True, None
 
     @retry_transient
     def expire_leases(self, study_id: int, now: Optional[float] = None) -> list[int]:
@@ -546,5 +556,77 @@ class Storage:
                 for r in conn.execute(q)
             ]
 
+
+class _GroupCommit:
+    """Group commit for SQLite: trial updates queued by many RPC threads are applied by one writer
+    thread in a single transaction, each under its own SAVEPOINT (one refused update does not undo
+    the others), and committed with one fsync. A caller returns only after that commit, so an
+    acknowledged tell is durable; under load the fsync cost is shared by the whole batch."""
+
+    MAX_BATCH = 256
+
+    class _Item:
+        __slots__ = ("fn", "done", "result", "exc")
+
+        def __init__(self, fn):
+            self.fn, self.done, self.result, self.exc = fn, threading.Event(), None, None
+
+    def __init__(self, storage: "Storage"):
+        self._storage = storage
+        self._q: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="bbo-group-commit", daemon=True)
+        self._thread.start()
+
+    def run(self, fn: Callable[[sa.Connection], Any]) -> Any:
+        if not self._thread.is_alive():
+            raise RuntimeError("storage is closed")
+        item = self._Item(fn)
+        self._q.put(item)
+        item.done.wait()
+        if item.exc is not None:
+            raise item.exc
+        return item.result
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join(10)
+
+    def _loop(self) -> None:
+        stop = False
+        while not stop:
+            first = self._q.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    nxt = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._apply(batch)
+
+    def _apply(self, batch: list) -> None:
+        try:
+            with self._storage._write() as conn:
+                if len(batch) == 1:
+                    batch[0].result = batch[0].fn(conn)
+                else:
+                    for it in batch:
+                        try:
+                            with conn.begin_nested():
+                                it.result = it.fn(conn)
+                        except Exception as e:  # refused or failed: only this update is rolled back
+                            it.exc, it.result = e, None
+        except BaseException as e:  # the commit failed (or the only update raised): nobody's write stands
+            for it in batch:
+                if it.exc is None:
+                    it.exc, it.result = e, None
+        finally:
+            for it in batch:
+                it.done.set()
 
 LEASE_EXPIRED = "lease expired"

@@ -1,0 +1,105 @@
+"""The core Study on SQLite, in-process: group commit under concurrency, the in-memory trial copy,
+strategy failures, status, the median stopping rule."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from bbo.errors import ConflictError
+from bbo.study import StoppingRule, StudyConfig, StudyRegistry
+from bbo.trial import TrialState
+
+SPEC = {"parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}], "objectives": [{"name": "y"}], "algorithm": {"n_initial": 1000}}
+
+
+def test_concurrent_tells_conflicts_and_heartbeats_in_shared_batches(registry):
+    st, _ = registry.create_study("s", SPEC)
+    trials = st.ask(60).trials
+    outcomes: dict[int, list] = {t.id: [] for t in trials}
+    lock = threading.Lock()
+
+    def teller(k):
+        for t in trials:
+            try:
+                r = st.tell(t.id, {"y": float(t.id if k == 0 else -t.id)})  # thread 0 and 1 race with different values
+                res = ("ok", r.trial.metrics["y"].value, r.duplicate)
+            except ConflictError:
+                res = ("conflict",)
+            with lock:
+                outcomes[t.id].append(res)
+
+    def beater():
+        for t in trials:
+            try:
+                st.heartbeat(t.id, 60)
+            except ConflictError:
+                pass
+
+    threads = [threading.Thread(target=teller, args=(k,)) for k in (0, 1)] + [threading.Thread(target=beater)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    stored = {t.id: t for t in registry.storage.list_trials(st.id)}
+    for t in trials:
+        oks = [o for o in outcomes[t.id] if o[0] == "ok"]
+        assert len(oks) == 1 and len(outcomes[t.id]) == 2, outcomes[t.id]  # exactly one tell won, the other was refused
+        assert stored[t.id].state is TrialState.COMPLETED and stored[t.id].metrics["y"].value == oks[0][1]
+    # the in-memory copy the next ask uses agrees with the database
+    mem = {t.id: (t.state, t.metrics) for t in st._all_trials()}
+    assert mem == {i: (t.state, t.metrics) for i, t in stored.items()}
+
+
+def test_restarted_registry_sees_everything(storage):
+    reg = StudyRegistry(storage)
+    st, _ = reg.create_study("s", SPEC)
+    a, b = st.ask(2).trials
+    st.tell(a.id, {"y": 1.0})
+    reg2 = StudyRegistry(storage)  # a new process on the same database
+    st2 = reg2.get_study("s")
+    assert [(t.id, t.state) for t in st2._all_trials()] == [(a.id, TrialState.COMPLETED), (b.id, TrialState.PENDING)]
+    c = st2.ask(1).trials[0]
+    assert c.id == 3
+
+
+class _Broken:
+    def __init__(self, spec):
+        self.spec = spec
+
+    def suggest(self, trials, n):
+        raise RuntimeError("boom")
+
+    def status(self, trials):
+        return ("LIKELY_INFEASIBLE", "nothing meets the constraints")
+
+
+def test_broken_strategy_falls_back_and_status_is_stored(storage):
+    reg = StudyRegistry(storage, strategy_factory=_Broken)
+    st, _ = reg.create_study("s", SPEC)
+    res = st.ask(3)
+    assert len(res.trials) == 3 and all(t.origin == "fallback" and "boom" in t.reason for t in res.trials)
+    assert len({t.params["x"] for t in res.trials}) == 3
+    assert "nothing meets" in res.note
+    b = st.best()
+    assert b.state == "LIKELY_INFEASIBLE" and b.state_reason == "nothing meets the constraints"
+
+
+def test_median_rule_for_maximize(storage):
+    reg = StudyRegistry(storage, config=StudyConfig(stopping=StoppingRule(min_trials=2, warmup_steps=2)))
+    spec = dict(SPEC, objectives=[{"name": "acc", "goal": "maximize"}])
+    st, _ = reg.create_study("m", spec)
+    for v in (0.8, 0.9):
+        (t,) = st.ask().trials
+        for step in range(4):
+            st.report_intermediate(t.id, step, v)
+        st.tell(t.id, {"acc": v})
+    (t,) = st.ask().trials
+    assert st.report_intermediate(t.id, 1, 0.1) == (False, "")  # still warming up
+    stop, why = st.report_intermediate(t.id, 2, 0.1)
+    assert stop and "median" in why
+    (u,) = st.ask().trials
+    assert not st.report_intermediate(u.id, 3, 0.95)[0]
+    with pytest.raises(Exception):
+        st.report_intermediate(u.id, 3, float("nan"))
