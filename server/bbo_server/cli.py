@@ -23,7 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     mods = sorted(m.name for m in pkgutil.iter_modules(commands_pkg.__path__) if not m.name.startswith("_"))
     for name in mods:
-        mod = importlib.import_module(f"bbo_server.commands.{name}")
+        try:
+            mod = importlib.import_module(f"bbo_server.commands.{name}")
+        except Exception as e:  # an extension that cannot load must not take the other commands down
+            if name in ORDER:
+                raise
+            print(f"bbo: subcommand {name!r} unavailable: {type(e).__name__}: {e}", file=sys.stderr)
+            continue
         reg = getattr(mod, "register", None)
         if reg is not None:
             reg(sub)
