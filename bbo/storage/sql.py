@@ -448,7 +448,8 @@ class Storage:
             if prev is not None:
                 cur = self._trials_by_number(conn, study_id, [number])
                 return (cur[0] if cur else None), False, {"hash": prev[0], **prev[1]}
-        row = conn.execute(sa.select(S.trials).where(S.trials.c.study_id == study_id, S.trials.c.number == number)).first()
+        # Prebuilt statements (module level): the hot path of every tell skips statement construction.
+        row = conn.execute(_SELECT_TRIAL, {"b_study": study_id, "b_number": number}).first()
         if row is None:
             return None, False, None
         cur = _trial(row)
@@ -457,15 +458,12 @@ class Storage:
             return cur, False, None
         new.updated_at = time.time()
         conn.execute(
-            S.trials.update()
-            .where(S.trials.c.id == row.id)
-            .values(
-                state=new.state.value, metrics=_metrics_to_json(new.metrics), reason=new.reason,
-                worker_id=new.worker_id, updated_at=new.updated_at, lease_expires_at=new.lease_expires_at,
-            )
+            _UPDATE_TRIAL,
+            {"b_pk": row.id, "b_state": new.state.value, "b_metrics": _metrics_to_json(new.metrics), "b_reason": new.reason,
+             "b_worker": new.worker_id, "b_updated": new.updated_at, "b_lease": new.lease_expires_at},
         )
         if new.state is not cur.state:
-            conn.execute(S.trial_events.insert().values(trial_id=row.id, state=new.state.value, detail=event_detail or new.reason, at=new.updated_at))
+            conn.execute(S.trial_events.insert(), {"trial_id": row.id, "state": new.state.value, "detail": event_detail or new.reason, "at": new.updated_at})
         if request is not None:
             self._log_request(conn, study_id, request, {"trials": [number], "state": new.state.value})
         return new, True, None
@@ -555,6 +553,17 @@ class Storage:
                 LlmCallRecord(r.purpose, r.model, r.prompt, r.response, r.outcome, r.prompt_tokens, r.completion_tokens, r.latency_seconds, r.created_at)
                 for r in conn.execute(q)
             ]
+
+
+_SELECT_TRIAL = sa.select(S.trials).where(S.trials.c.study_id == sa.bindparam("b_study"), S.trials.c.number == sa.bindparam("b_number"))
+_UPDATE_TRIAL = (
+    S.trials.update()
+    .where(S.trials.c.id == sa.bindparam("b_pk"))
+    .values(
+        state=sa.bindparam("b_state"), metrics=sa.bindparam("b_metrics", type_=sa.JSON), reason=sa.bindparam("b_reason"),
+        worker_id=sa.bindparam("b_worker"), updated_at=sa.bindparam("b_updated"), lease_expires_at=sa.bindparam("b_lease"),
+    )
+)
 
 
 class _GroupCommit:

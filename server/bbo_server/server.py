@@ -135,6 +135,13 @@ def start(opts: ServerOptions, storage: Optional[Storage] = None) -> RunningServ
     return RunningServer(server, port, opts.host, registry, hs, storage, owns)
 
 
+def _preload() -> None:
+    try:
+        import bbo.strategy  # noqa: F401
+    except Exception:  # the first Ask will report it
+        log.exception("could not import the generation strategy")
+
+
 def serve_forever(opts: ServerOptions, port_file: Optional[str] = None) -> int:
     """Run until SIGTERM / SIGINT; then stop accepting calls and let in-flight ones finish."""
     fit_workers = opts.fit_workers or available_cores()
@@ -147,6 +154,8 @@ def serve_forever(opts: ServerOptions, port_file: Optional[str] = None) -> int:
                           "sqlite_synchronous": running.storage.sqlite_synchronous if running.storage.dialect == "sqlite" else None}
     )
     print(f"bbo serve: listening on {running.address} (db {db})", flush=True)
+    # Import the generation strategy (torch, BoTorch: seconds) now rather than in the first Ask.
+    threading.Thread(target=_preload, name="bbo-preload", daemon=True).start()
     if port_file:
         tmp = port_file + ".tmp"
         with open(tmp, "w") as f:
