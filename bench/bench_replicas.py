@@ -96,7 +96,7 @@ def run(cluster, n_replicas: int, clients: int, studies: int, trials: int, workd
         names = [f"s{k}" for k in range(studies)]
         with bc.Client(servers[0].address) as c:
             for name in names:
-                c.create_study(name, parameters=[bc.Float("x", 0.0, 1.0), bc.Categorical("k", ["a", "b"])], objectives="y", n_initial=100_000)
+                c.create_study(name, parameters=[bc.Float("x", 0.0, 1.0), bc.Categorical("k", ["a", "b"])], objectives="y", n_initial=10_000)
         ctx = mp.get_context("spawn")
         barrier, q = ctx.Barrier(clients), ctx.Queue()
         procs = [ctx.Process(target=client_proc, args=(target, names[i % studies], trials, i, barrier, q)) for i in range(clients)]

@@ -227,6 +227,7 @@ def _lock_engine(storage) -> sa.Engine:
                 pool_pre_ping=True,
                 pool_recycle=1800,
                 pool_timeout=60,
+                isolation_level="AUTOCOMMIT",  # lock and unlock are one round trip each, no BEGIN/COMMIT
                 connect_args=dict(st.get("connect_args") or {}),
             )
             storage._pg_lock_engine = eng
@@ -250,13 +251,12 @@ def study_lock(storage, study_id: int) -> Iterator[None]:
     locked = False
     try:
         try:
-            conn.exec_driver_sql(f"SET statement_timeout = {wait_ms}")
-            conn.exec_driver_sql(f"SET lock_timeout = {wait_ms}")
-            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            # one simple-query message (one round trip); if the wait times out, the SETs roll back with it
+            conn.exec_driver_sql(
+                f"SET statement_timeout = {wait_ms}; SET lock_timeout = {wait_ms}; SELECT pg_advisory_lock({key}); "
+                "RESET statement_timeout; RESET lock_timeout"
+            )
             locked = True
-            conn.exec_driver_sql("RESET statement_timeout")
-            conn.exec_driver_sql("RESET lock_timeout")
-            conn.commit()
         except sa.exc.DBAPIError as e:
             if classify(e) is not None or sqlstate(e) == "57014":
                 raise TransientStorageError(f"could not lock study {study_id} for an ask ({sqlstate(e) or 'connection'}): retry the request") from e
@@ -265,8 +265,7 @@ def study_lock(storage, study_id: int) -> Iterator[None]:
     finally:
         try:
             if locked:
-                ok = conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key}).scalar()
-                conn.commit()
+                ok = conn.exec_driver_sql(f"SELECT pg_advisory_unlock({key})").scalar()
                 if not ok:
                     log.warning("study lock was not held at release", extra={"study_id": study_id})
             conn.close()
