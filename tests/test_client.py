@@ -1,0 +1,97 @@
+"""The Python client: builders, optimize() with failing objectives, typed errors, retries."""
+
+from __future__ import annotations
+
+import math
+import socket
+import threading
+
+import pytest
+
+import bbo_client as bc
+
+
+def test_optimize_records_failures_and_finds_the_best(client, study_name):
+    s = client.create_study(study_name, parameters=[bc.Float("x", -2, 2), bc.Int("n", 0, 3)], objectives="loss", seed=1)
+    calls = []
+    lock = threading.Lock()
+
+    def fn(p):
+        with lock:
+            calls.append(p)
+            k = len(calls)
+        if k % 5 == 0:
+            raise ValueError("diverged")
+        if k % 7 == 0:
+            return {"loss": math.nan}
+        return (p["x"] - 0.5) ** 2 + p["n"]  # a bare number for a single objective
+
+    best = s.optimize(fn, n_trials=14, n_workers=3, progress=False)
+    trials = s.trials()
+    assert len(trials) == 14 == len(calls)
+    failed = [t for t in trials if t.state == "FAILED"]
+    assert sorted(t.reason for t in failed) == sorted(["ValueError: diverged"] * 2 + ["non-finite metric(s) ['loss']"] * 2)
+    done = [t for t in trials if t.state == "COMPLETED"]
+    assert len(done) == 10
+    assert best.trial.metrics["loss"] == min(t.metrics["loss"] for t in done)
+    assert not s.trials(["PENDING"])
+    assert {t.worker_id.rsplit("-", 1)[1] for t in trials} <= {"0", "1", "2"}
+
+
+def test_optimize_multi_objective_needs_dicts(client, study_name):
+    s = client.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives=[bc.Minimize("a"), bc.Maximize("b")])
+    best = s.optimize(lambda p: {"a": p["x"], "b": p["x"] ** 2}, n_trials=4, progress=False)
+    assert best.trials and all(t.state == "COMPLETED" for t in s.trials())
+    s2 = client.create_study(study_name + "-2", parameters=[bc.Float("x", 0, 1)], objectives=[bc.Minimize("a"), bc.Maximize("b")])
+    s2.optimize(lambda p: 1.0, n_trials=1, progress=False)  # a bare number is ambiguous: recorded as a failure
+    (t,) = s2.trials()
+    assert t.state == "FAILED" and "single-objective" in t.reason
+
+
+def test_trial_fields_and_typed_values(client, study_name):
+    s = client.create_study(study_name, parameters=[bc.Int("n", 1, 5), bc.Categorical("c", ["u", "v"]), bc.Ordinal("o", [1, 2, 4]), bc.Fixed("f", 3)],
+                            objectives="y", description="typed")
+    (t,) = s.ask(worker_id="me")
+    assert isinstance(t.params["n"], int) and t.params["c"] in ("u", "v") and t.params["o"] in (1.0, 2.0, 4.0) and t.params["f"] == 3
+    assert t.worker_id == "me" and t.created is not None and t.lease_expires > t.created and t.origin
+    info = s.info()
+    assert info.parameters == [bc.Int("n", 1, 5), bc.Categorical("c", ("u", "v")), bc.Ordinal("o", (1.0, 2.0, 4.0)), bc.Fixed("f", 3)]
+    assert info.description == "typed"
+
+
+def test_builder_errors_are_caught_client_side(client, study_name):
+    with pytest.raises(bc.InvalidArgument):
+        client.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives=[bc.Objective("y", "up")])
+    with pytest.raises(bc.InvalidArgument):
+        client.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives="y", constraints=[bc.Constraint("m", "<", 1)])
+    s = client.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives="y")
+    with pytest.raises(bc.InvalidArgument):
+        s.trials(["DONE"])
+    with pytest.raises(bc.InvalidArgument):
+        s.tell(1, {"y": "high"})
+
+
+def test_study_handle_for_unknown_study(client):
+    with pytest.raises(bc.NotFound):
+        client.study("never-created")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unavailable_after_retries():
+    with bc.Client(f"127.0.0.1:{_free_port()}", retries=2, backoff=0.01) as c:
+        with pytest.raises(bc.Unavailable):
+            c.list_studies()
+        with pytest.raises(bc.Unavailable):
+            c.wait_ready(timeout=0.2)
+
+
+def test_ask_retry_with_same_request_id_is_not_duplicated(client, study_name, make_study):
+    s = make_study(client, study_name)
+    a = s.ask(2, request_id="fixed")
+    b = s.ask(2, request_id="fixed")
+    assert [t.id for t in a] == [t.id for t in b] and len(s.trials()) == 2

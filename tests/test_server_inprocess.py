@@ -1,0 +1,87 @@
+"""The server built in-process (bbo_server.server.start): graceful stop lets an in-flight Ask
+finish; custom strategy factories and the authenticate hook are honoured."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import bbo_client as bc
+from bbo.design import sobol_design
+from bbo.strategy import Suggestion
+from bbo_server.errors import Unauthenticated
+from bbo_server.server import ServerOptions, start
+
+
+class SlowStrategy:
+    """Takes a while per suggestion, like a GP fit."""
+
+    started = threading.Event()
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def suggest(self, trials, n):
+        SlowStrategy.started.set()
+        time.sleep(1.0)
+        return [Suggestion(p, "initial_design") for p in sobol_design(self.spec.space, n, 0, skip=len(trials))]
+
+
+def test_graceful_stop_finishes_in_flight_ask(tmp_path):
+    srv = start(ServerOptions(port=0, db="sqlite:///" + str(tmp_path / "g.db"), strategy_factory=SlowStrategy, rpc_threads=8))
+    try:
+        with bc.Client(srv.address, retries=0) as c:
+            s = c.create_study("slow", parameters=[bc.Float("x", 0, 1)], objectives="y")
+            got: list = []
+            th = threading.Thread(target=lambda: got.extend(s.ask(1)))
+            th.start()
+            assert SlowStrategy.started.wait(30)
+            srv.stop(grace=30)  # returns once the in-flight Ask has been answered
+            th.join(30)
+            assert len(got) == 1 and got[0].state == "PENDING"
+            assert srv.storage.list_trials(srv.registry.get_study("slow").id)[0].id == got[0].id
+    finally:
+        srv.server.stop(0)
+
+
+def test_slow_ask_does_not_block_tells_or_other_studies(tmp_path):
+    srv = start(ServerOptions(port=0, db="sqlite:///" + str(tmp_path / "p.db"), strategy_factory=SlowStrategy, rpc_threads=8, fit_workers=2))
+    try:
+        with bc.Client(srv.address, retries=0) as c:
+            a = c.create_study("a", parameters=[bc.Float("x", 0, 1)], objectives="y")
+            (t,) = a.ask()
+            order: list[str] = []
+            th = threading.Thread(target=lambda: (a.ask(), order.append("slow ask done")))
+            SlowStrategy.started.clear()
+            th.start()
+            assert SlowStrategy.started.wait(30)
+            a.tell(t, {"y": 1.0})  # a tell on the same study while its ask computes
+            order.append("tell done")
+            th.join(30)
+            assert order == ["tell done", "slow ask done"]
+    finally:
+        srv.stop(1)
+
+
+def test_authenticate_hook_maps_to_unauthenticated_and_tenants(tmp_path):
+    def auth(context, method):
+        md = dict(context.invocation_metadata())
+        key = md.get("authorization", "")
+        if not key.startswith("Bearer "):
+            raise Unauthenticated("missing API key")
+        return key.split(" ", 1)[1]  # tenant = key, for the test
+
+    srv = start(ServerOptions(port=0, db="sqlite:///" + str(tmp_path / "a.db"), authenticate=auth, rpc_threads=8))
+    try:
+        with bc.Client(srv.address, retries=0) as anon:
+            with pytest.raises(bc.Unauthenticated):
+                anon.list_studies()
+        with bc.Client(srv.address, api_key="t1") as c1, bc.Client(srv.address, api_key="t2") as c2:
+            c1.create_study("same", parameters=[bc.Float("x", 0, 1)], objectives="y")
+            c2.create_study("same", parameters=[bc.Float("x", 0, 5)], objectives="y")  # another tenant: no clash
+            assert [s.name for s in c1.list_studies()] == ["same"]
+            assert c2.get_study("same").parameters == [bc.Float("x", 0.0, 5.0)]
+    finally:
+        srv.stop(1)
