@@ -546,6 +546,8 @@ class StudyRegistry:
         size = min(page_size or 100, 1000)
         try:
             after = int(page_token) if page_token else 0
+            if not 0 <= after < 2**63:  # a token we could have issued (SQLite integers are 64-bit)
+                raise ValueError(after)
         except ValueError:
             raise SpecError("page_token", f"malformed page token {page_token!r}") from None
         recs = self.storage.list_studies(tenant, after_id=after, limit=size + 1)

@@ -146,6 +146,8 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
         size = min(request.page_size or 1000, 10000)
         try:
             after = int(request.page_token) if request.page_token else 0
+            if not 0 <= after < 2**63:  # a token we could have issued (SQLite integers are 64-bit)
+                raise ValueError(after)
         except ValueError:
             raise SpecError("page_token", f"malformed page token {request.page_token!r}") from None
         trials = study.trials(states, after=after, limit=size + 1)
