@@ -194,6 +194,9 @@ class Storage:
         cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
         with self._write() as conn:
             if self.dialect == "postgresql":
+                # another replica may be migrating (wait for it), and a migration may take long:
+                # lift the short default timeouts of bbo.storage.pg for this transaction only
+                conn.exec_driver_sql("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": 0x6262_6F5F})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
