@@ -1,20 +1,47 @@
 """Generation strategy: which point to evaluate next, given a study's trials.
 
-Space-filling initial design first, then GP-based BO. One instance lives per study (it caches the
-fitted surrogate's hyperparameters between asks) and is pure with respect to storage: it sees trials,
-returns suggestions.
+Space-filling initial design first (LLM warm-start candidates, when given, take the first slots),
+then GP-based Bayesian optimization (:mod:`bbo.surrogate`, :mod:`bbo.acquisition`). One instance lives
+per study: it caches the fitted surrogate's hyperparameters between asks and is pure with respect to
+storage (it sees trials, returns suggestions). Calls on one instance are serialized by a lock.
+
+Guarantees of :meth:`GenerationStrategy.suggest`: it returns exactly ``n`` suggestions, every one of
+them valid for the search space and meeting every linear parameter constraint, distinct from the
+pending trials and from each other (unless the space has fewer free points than that), and it never
+raises: a failing model or optimizer yields ``origin="fallback"`` points with ``reason`` set.
+With ``algorithm.seed`` set, the same trials give the same suggestions (on the CPU).
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass
-from typing import Sequence
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
 
-from bbo.design import sobol_design
-from bbo.spec import StudySpec
+import numpy as np
+import torch
+from botorch.utils.sampling import manual_seed
+from scipy.stats import qmc
+
+from bbo.acquisition import Layout, budget, evaluate, log_prob_feasible, make_acquisition, model_score, optimize, to_numpy
+from bbo.design import _to_box, sobol_design
+from bbo.device import select_device
+from bbo.priors import LogPrior
+from bbo.spec import ParameterPrior, StudySpec
 from bbo.space import Value
+from bbo.surrogate import Surrogate
 from bbo.trial import Origin, Trial, TrialState
+
+log = logging.getLogger(__name__)
+
+MIN_MODEL_POINTS = 2  # completed trials needed before a GP is fit
+MIN_SEPARATION = 1e-6  # scaled encoded distance under which two points count as the same point
+ACTIVE, LIKELY_INFEASIBLE = "ACTIVE", "LIKELY_INFEASIBLE"
+INFEASIBLE_PROB = 0.01  # max model probability of feasibility under which a study is declared likely infeasible
+INFEASIBLE_EXTRA = 5  # completed trials beyond the initial design before that judgement is made
 
 
 @dataclass
@@ -27,30 +54,343 @@ class Suggestion:
     rationale: str = ""
 
 
-class GenerationStrategy:
-    """Sobol initial design, then Bayesian optimization (see :mod:`bbo.bo`)."""
+@dataclass
+class AskInfo:
+    """Diagnostics of the last :meth:`GenerationStrategy.suggest` call (for logs and benchmarks)."""
 
-    def __init__(self, spec: StudySpec):
+    n_completed: int = 0
+    refit: bool = False
+    n_model: int = 0
+    fit_seconds: float = 0.0
+    acq_seconds: float = 0.0
+    total_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Data:
+    trials: list[Trial]
+    X: np.ndarray
+    Y: np.ndarray
+    Yvar: Optional[np.ndarray]
+    score: np.ndarray
+    feasible: np.ndarray
+
+
+class GenerationStrategy:
+    """Sobol initial design (or LLM warm-start candidates), then Bayesian optimization."""
+
+    def __init__(self, spec: StudySpec, priors: Optional[Sequence[ParameterPrior]] = None):
         self.spec = spec
         seed = spec.algorithm.seed
         self.seed = int(seed) if seed is not None else int.from_bytes(os.urandom(4), "little")
         self.n_initial = spec.algorithm.initial_size(spec.space.dim)
+        self.priors = tuple(priors) if priors is not None else tuple(spec.priors)
+        self.layout = Layout.of(spec)
+        self.placement = select_device(spec.algorithm.device)
+        self.surrogate = Surrogate(spec.space, self.layout.m, spec.algorithm, self.placement)
+        self._scale = np.maximum(spec.space.bounds()[1], 1.0)
+        self._lock = threading.RLock()
+        self._status_cache: tuple[tuple, tuple[str, str]] | None = None
+        self.last = AskInfo()
 
-    def suggest(self, trials: Sequence[Trial], n: int = 1) -> list[Suggestion]:
-        """``n`` new points, distinct from pending ones, jointly chosen."""
-        n_initial_used = sum(1 for t in trials if t.origin == Origin.INITIAL.value)
-        completed = [t for t in trials if t.state is TrialState.COMPLETED]
+    # ---- public API ------------------------------------------------------------------------------
+    def suggest(
+        self,
+        trials: Sequence[Trial],
+        n: int = 1,
+        *,
+        warmstart: Sequence[Suggestion] = (),
+        proposals: Sequence[Suggestion] = (),
+        priors: Optional[Sequence[ParameterPrior]] = None,
+    ) -> list[Suggestion]:
+        """``n`` new points, distinct from pending ones, jointly chosen.
+
+        ``warmstart``: candidates (e.g. from an LLM) used, in order, before Sobol points while the
+        initial design is not exhausted; ones too close to existing trials or invalid are skipped.
+        ``proposals``: candidates that compete with the acquisition optimizer's best point and are
+        returned only when the acquisition function ranks them higher. ``priors`` replaces the
+        strategy's priors (by default ``spec.priors``) for this call.
+        """
+        if n <= 0:
+            return []
+        with self._lock:
+            t0 = time.perf_counter()
+            self.last = AskInfo()
+            trials = list(trials)
+            try:
+                with manual_seed(self._call_seed(trials)):
+                    out = self._suggest(trials, n, warmstart, proposals, self.priors if priors is None else tuple(priors))
+            except Exception as e:  # noqa: BLE001 - by contract, suggest never raises
+                log.exception("generation failed; falling back to space-filling points")
+                taken = self._encode_many([t.params for t in trials])
+                out = self._space_filling(trials, n, taken, f"generation failed: {type(e).__name__}: {e}")
+            self.last.total_seconds = time.perf_counter() - t0
+            return out
+
+    def status(self, trials: Sequence[Trial]) -> tuple[str, str]:
+        """``(ACTIVE | LIKELY_INFEASIBLE, reason)``: CONFIG-style infeasibility declaration.
+
+        LIKELY_INFEASIBLE when the study has outcome constraints, no completed trial meets them after
+        at least ``n_initial + 5`` completed trials, and the GP's highest probability that all
+        constraints hold, over a dense Sobol sample of the space and the observed points, is below 1 %.
+        """
+        if not self.spec.outcome_constraints:
+            return ACTIVE, ""
+        with self._lock:
+            data = self._data(trials)
+            n = len(data.trials)
+            if n == 0 or data.feasible.any() or n < self.n_initial + INFEASIBLE_EXTRA:
+                return ACTIVE, ""
+            key = tuple(t.id for t in data.trials)
+            if self._status_cache and self._status_cache[0] == key:
+                return self._status_cache[1]
+            try:
+                with manual_seed(self._call_seed(trials)):
+                    model, _, _ = self.surrogate.model(data.X, data.Y, data.Yvar, data.score, seed=self.seed)
+                    box = _to_box(self.spec.space, qmc.Sobol(self.spec.space.dim, scramble=True, seed=self.seed).random(2048))
+                    X = self.placement.tensor(np.vstack([box, data.X]))
+                    p_max = float(log_prob_feasible(model, self.layout, X).exp().max())
+            except Exception as e:  # noqa: BLE001
+                return ACTIVE, f"feasibility check failed: {type(e).__name__}: {e}"
+            if p_max >= INFEASIBLE_PROB:
+                result = (ACTIVE, "")
+            else:
+                slack = self.layout.slack(data.Y)
+                worst = [
+                    f"{c} (closest observed: {float(data.Y[np.argmin(slack[:, k]), self.layout.constraints[k][0]]):g})"
+                    for k, c in enumerate(self.spec.outcome_constraints)
+                    if (slack[:, k] > 0).all()
+                ]
+                result = (
+                    LIKELY_INFEASIBLE,
+                    f"none of {n} completed trials meets the outcome constraints and the model gives at most "
+                    f"{p_max:.2g} probability that any point does; never met: {', '.join(worst) or 'jointly'}",
+                )
+            self._status_cache = (key, result)
+            return result
+
+    # ---- generation -----------------------------------------------------------------------------------
+    def _call_seed(self, trials: Sequence[Trial]) -> int:
+        return (self.seed + 1_000_003 * len(trials)) % (2**31 - 1)
+
+    def _suggest(self, trials, n, warmstart, proposals, priors) -> list[Suggestion]:
+        space = self.spec.space
+        taken = self._encode_many([t.params for t in trials])  # every existing point, any state
         out: list[Suggestion] = []
         n_design = max(0, min(n, self.n_initial - len(trials)))
         if n_design:
-            for p in sobol_design(self.spec.space, n_design, self.seed, skip=n_initial_used):
-                out.append(Suggestion(p, Origin.INITIAL.value))
+            for s in warmstart:
+                if len(out) >= n_design:
+                    break
+                p = self._valid(s.params)
+                if p is None:
+                    continue
+                x = space.encode(p)
+                if self._too_close(x, taken):
+                    continue
+                taken = np.vstack([taken, x[None]])
+                out.append(Suggestion(p, s.origin or Origin.LLM_WARMSTART.value, s.reason, s.rationale))
+            if len(out) < n_design:
+                n_initial_used = sum(1 for t in trials if t.origin == Origin.INITIAL.value)
+                for p in sobol_design(space, n_design - len(out), self.seed, skip=n_initial_used):
+                    out.append(Suggestion(p, Origin.INITIAL.value))
+                    taken = np.vstack([taken, space.encode(p)[None]])
         if len(out) < n:
-            out.extend(self._bo(trials, completed, n - len(out)))
+            out.extend(self._bo(trials, n - len(out), out, taken, proposals, priors))
         return out
 
-    def _bo(self, trials: Sequence[Trial], completed: Sequence[Trial], n: int) -> list[Suggestion]:
-        # Filled in by bbo.bo; until a model can be fit, keep the space-filling sequence going.
-        n_used = sum(1 for t in trials if t.origin in (Origin.INITIAL.value, Origin.FALLBACK.value))
-        pts = sobol_design(self.spec.space, n, self.seed, skip=n_used)
-        return [Suggestion(p, Origin.FALLBACK.value, reason="no surrogate model yet") for p in pts]
+    def _bo(self, trials, n, earlier: list[Suggestion], taken: np.ndarray, proposals, priors) -> list[Suggestion]:
+        space, layout = self.spec.space, self.layout
+        data = self._data(trials)
+        self.last.n_completed = len(data.trials)
+        if len(data.trials) < MIN_MODEL_POINTS:
+            return self._space_filling(trials, n, taken, f"waiting for data: {len(data.trials)} completed trial(s), the model needs {MIN_MODEL_POINTS}")
+        seed = self._call_seed(trials)
+        try:
+            model, rows, info = self.surrogate.model(data.X, data.Y, data.Yvar, data.score, seed=seed)
+        except Exception as e:  # noqa: BLE001
+            return self._space_filling(trials, n, taken, f"no usable surrogate: {type(e).__name__}: {e}")
+        self.last.refit, self.last.n_model, self.last.fit_seconds = info.refit, info.n_model, info.fit_seconds
+        fit_note = info.reason
+        prior = LogPrior(space, priors, self.placement) if priors else None
+        use_prior = prior is not None and not prior.empty
+        exponent = self.spec.algorithm.prior_exponent / max(1, len(data.trials)) if use_prior else 0.0
+        origin = Origin.PRIOR_BO.value if use_prior else Origin.BO.value
+        ta = time.perf_counter()
+        P = self.placement
+        pending = [t.params for t in trials if t.state is TrialState.PENDING] + [s.params for s in earlier]
+        chosen: list[torch.Tensor] = [P.tensor(space.encode(p))[None] for p in pending]
+        props = [(s, p) for s in proposals if (p := self._valid(s.params)) is not None]
+        try:
+            acqf = make_acquisition(
+                model, self.spec, layout, P.tensor(data.X[rows]), data.Y[rows], prior=prior, prior_exponent=exponent, seed=seed
+            )
+        except Exception as e:  # noqa: BLE001
+            log.info("acquisition construction failed: %s", e)
+            return self._model_fallback(model, trials, n, taken, f"acquisition failed: {type(e).__name__}: {e}")
+        restarts, raw = budget(len(rows), space.dim)
+        out: list[Suggestion] = []
+        for _ in range(n):
+            try:
+                acqf.set_X_pending(torch.cat(chosen, dim=0) if chosen else None)
+                x, _ = optimize(acqf, space, P, num_restarts=restarts, raw_samples=raw)
+                sug = self._finish(acqf, x, taken, props, origin, fit_note)
+            except Exception as e:  # noqa: BLE001
+                log.info("acquisition optimization failed: %s", e)
+                sug = self._model_fallback(model, trials, 1, taken, f"acquisition optimization failed: {type(e).__name__}: {e}")[0]
+            out.append(sug)
+            xe = space.encode(sug.params)
+            taken = np.vstack([taken, xe[None]])
+            chosen.append(P.tensor(xe)[None])
+        self.last.acq_seconds = time.perf_counter() - ta
+        return out
+
+    def _finish(self, acqf, x: torch.Tensor, taken: np.ndarray, props: list, origin: str, note: str) -> Suggestion:
+        """Decode the optimizer's point; repair it if rounding broke a constraint or hit an existing
+        point; let proposals compete; consume the proposal used."""
+        space = self.spec.space
+        params = space.decode(to_numpy(x)[0])
+        reason = note
+        xe = space.encode(params)
+        if not space.is_feasible(params) or self._too_close(xe, taken):
+            why = "violated a parameter constraint after rounding" if not space.is_feasible(params) else "repeated an existing point"
+            params = self._repair(acqf, to_numpy(x)[0], taken)
+            if params is None:
+                raise RuntimeError(f"optimizer's point {why} and no feasible alternative was found")
+            reason = (reason + "; " if reason else "") + f"optimizer's point {why}: replaced by the best nearby alternative"
+            xe = space.encode(params)
+        cands = [(s, p) for s, p in props if not self._too_close(space.encode(p), taken)]
+        if cands:
+            X = self.placement.tensor(np.vstack([xe] + [space.encode(p) for _, p in cands]))
+            vals = evaluate(acqf, X)
+            j = int(torch.argmax(vals))
+            if j > 0 and torch.isfinite(vals[j]) and vals[j] > vals[0]:
+                s, p = cands[j - 1]
+                props.remove((s, p))
+                return Suggestion(p, s.origin or Origin.LLM_PROPOSAL.value, s.reason, s.rationale)
+        return Suggestion(params, origin, reason)
+
+    def _repair(self, acqf, x: np.ndarray, taken: np.ndarray) -> Optional[dict[str, Value]]:
+        space = self.spec.space
+        rng = np.random.default_rng(self.seed + len(taken))
+        cands = []
+        disc = space.discrete_values()
+        for _ in range(64):  # random floor/ceil roundings and small jitters of the optimizer's point
+            y = x.copy()
+            for i, g in disc.items():
+                lo = g[g <= y[i]].max(initial=g[0])
+                hi = g[g >= y[i]].min(initial=g[-1])
+                y[i] = lo if rng.random() < 0.5 else hi
+            cont = [i for i in range(space.dim) if i not in disc]
+            y[cont] = np.clip(y[cont] + rng.normal(0, 0.02, len(cont)), 0, 1)
+            cands.append(space.decode(y))
+        cands += sobol_design(space, 128, self.seed + 17 + len(taken))
+        ok = [p for p in cands if space.is_feasible(p) and not self._too_close(space.encode(p), taken)]
+        if not ok:
+            return None
+        vals = evaluate(acqf, self.placement.tensor(np.vstack([space.encode(p) for p in ok])))
+        vals = torch.nan_to_num(vals, nan=-float("inf"))
+        return ok[int(torch.argmax(vals))]
+
+    def _model_fallback(self, model, trials, n: int, taken: np.ndarray, reason: str) -> list[Suggestion]:
+        """Best of random feasible candidates under a cheap model score; Sobol if that fails too."""
+        space = self.spec.space
+        try:
+            cands = sobol_design(space, 512, self.seed + 31 + len(taken))
+            cands = [p for p in cands if not self._too_close(space.encode(p), taken)]
+            X = self.placement.tensor(np.vstack([space.encode(p) for p in cands]))
+            s = torch.nan_to_num(model_score(model, self.layout, X), nan=-float("inf"))
+            out = []
+            for i in torch.argsort(s, descending=True).tolist():
+                xe = space.encode(cands[i])
+                if self._too_close(xe, taken):
+                    continue
+                out.append(Suggestion(cands[i], Origin.FALLBACK.value, reason + "; used the best of 512 random points under the model"))
+                taken = np.vstack([taken, xe[None]])
+                if len(out) == n:
+                    return out
+        except Exception as e:  # noqa: BLE001
+            reason = f"{reason}; model scoring failed too ({type(e).__name__})"
+        return self._space_filling(trials, n, taken, reason)
+
+    def _space_filling(self, trials, n: int, taken: np.ndarray, reason: str) -> list[Suggestion]:
+        """Sobol points after the ones already used, skipping existing points (fallback origin)."""
+        space = self.spec.space
+        used = sum(1 for t in trials if t.origin in (Origin.INITIAL.value, Origin.FALLBACK.value))
+        out: list[Suggestion] = []
+        skip = used
+        for _ in range(8):
+            for p in sobol_design(space, 2 * n, self.seed, skip=skip):
+                xe = space.encode(p)
+                if self._too_close(xe, taken):
+                    continue
+                out.append(Suggestion(p, Origin.FALLBACK.value, reason))
+                taken = np.vstack([taken, xe[None]])
+                if len(out) == n:
+                    return out
+            skip += 2 * n
+        while len(out) < n:  # (almost) exhausted discrete space: repeats are all that is left
+            out.append(Suggestion(sobol_design(space, 1, self.seed + len(out), skip=skip)[0], Origin.FALLBACK.value, reason + "; space exhausted, repeating a point"))
+        return out
+
+    # ---- data -------------------------------------------------------------------------------------------
+    def _valid(self, params) -> Optional[dict[str, Value]]:
+        try:
+            return self.spec.space.validate_params(params)
+        except Exception:  # noqa: BLE001 - invalid candidates are skipped, not errors
+            return None
+
+    def _encode_many(self, params_list) -> np.ndarray:
+        rows = []
+        for p in params_list:
+            try:
+                rows.append(self.spec.space.encode(p))
+            except Exception:  # noqa: BLE001
+                continue
+        return np.vstack(rows) if rows else np.zeros((0, self.spec.space.dim))
+
+    def _too_close(self, x: np.ndarray, taken: np.ndarray) -> bool:
+        if len(taken) == 0:
+            return False
+        return bool(np.min(np.sqrt(np.sum(((taken - x) / self._scale) ** 2, axis=1))) < MIN_SEPARATION)
+
+    def _data(self, trials: Sequence[Trial]) -> _Data:
+        names = self.spec.modeled_metrics
+        space = self.spec.space
+        used, X, Y, S = [], [], [], []
+        for t in trials:
+            if t.state is not TrialState.COMPLETED:
+                continue
+            try:
+                y = [float(t.metrics[k].value) for k in names]
+                x = space.encode(t.params)
+            except Exception:  # noqa: BLE001 - a trial we cannot read is not modeled
+                continue
+            if not (np.all(np.isfinite(y)) and np.all(np.isfinite(x))):
+                continue
+            used.append(t)
+            X.append(x)
+            Y.append(y)
+            S.append([t.metrics[k].sem for k in names])
+        m = len(names)
+        Xa = np.asarray(X, dtype=float).reshape(-1, space.dim)
+        Ya = np.asarray(Y, dtype=float).reshape(-1, m)
+        Yvar = None
+        if used and all(s is not None and np.isfinite(s) for row in S for s in row):
+            Yvar = np.asarray(S, dtype=float) ** 2
+        feas = self.layout.feasible(Ya)
+        return _Data(used, Xa, Ya, Yvar, self._score(Ya, feas), feas)
+
+    def _score(self, Y: np.ndarray, feas: np.ndarray) -> np.ndarray:
+        """Quality per row, higher is better, every feasible row above every infeasible one."""
+        if len(Y) == 0:
+            return np.zeros(0)
+        obj = self.layout.signed_objectives(Y)
+        if obj.shape[1] == 1:
+            s = obj[:, 0]
+        else:  # mean percentile rank over objectives
+            s = np.mean(np.argsort(np.argsort(obj, axis=0), axis=0) / max(1, len(Y) - 1), axis=1)
+        s = (s - s.min()) / max(np.ptp(s), 1e-12)
+        violation = np.clip(self.layout.slack(Y), 0, None).sum(axis=1)
+        return np.where(feas, s + 2.0, -violation / max(violation.max(), 1e-12))

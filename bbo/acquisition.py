@@ -1,0 +1,312 @@
+"""Acquisition functions and their optimization over the encoded search space.
+
+* One objective: ``qLogNoisyExpectedImprovement`` on ``sign * objective`` (a linear MC objective that
+  picks the objective's output), outcome constraints as BoTorch constraint callables (feasible when
+  ``<= 0``; the improvement is weighted by the probability of feasibility, not penalized),
+  ``prune_baseline=True``.
+* Several objectives: ``qLogNoisyExpectedHypervolumeImprovement`` on the signed objectives, same
+  constraints, with a reference point from ``algorithm.reference_point`` where given and otherwise
+  inferred from the observed feasible Pareto front (nadir minus 10 % of its range, maximization form).
+* Priors (:mod:`bbo.priors`): ``PriorGuidedAcquisitionFunction(log=True)`` adds
+  ``beta / n * log prior(x)`` to each MC sample of the log-acquisition before reduction (piBO).
+  qLogNEHVI does not reduce over MC samples the way that class needs for pending points, so there
+  the same weighting is added to the reduced value by :class:`AdditiveLogPrior`.
+* Optimization (q = 1 per call; the strategy does sequential greedy batches via ``X_pending``):
+  ``optimize_acqf`` on purely continuous spaces, ``optimize_acqf_mixed_alternating`` when int /
+  ordinal / categorical columns exist. Linear parameter constraints are passed to both, so the
+  optimizer itself stays inside the feasible polytope. Restarts and raw samples shrink as the model
+  grows (:func:`budget`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from botorch.acquisition import AcquisitionFunction
+from botorch.acquisition.logei import qLogNoisyExpectedImprovement
+from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
+from botorch.acquisition.multi_objective.objective import WeightedMCMultiOutputObjective
+from botorch.acquisition.multi_objective.utils import get_default_partitioning_alpha
+from botorch.acquisition.objective import LinearMCObjective
+from botorch.acquisition.prior_guided import PriorGuidedAcquisitionFunction
+from botorch.optim import optimize_acqf
+from botorch.optim.optimize_mixed import optimize_acqf_mixed_alternating
+from botorch.sampling import SobolQMCNormalSampler
+from botorch.utils.multi_objective.hypervolume import infer_reference_point
+from botorch.utils.multi_objective.pareto import is_non_dominated
+from botorch.utils.transforms import t_batch_mode_transform
+
+from bbo.device import Placement
+from bbo.priors import LogPrior
+from bbo.space import SearchSpace
+from bbo.spec import StudySpec
+
+MC_SAMPLES = 128
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which model outputs are objectives (with their sign) and which are constrained."""
+
+    obj_idx: tuple[int, ...]
+    signs: tuple[float, ...]
+    constraints: tuple[tuple[int, str, float], ...]  # (output, op, bound)
+    m: int
+
+    @classmethod
+    def of(cls, spec: StudySpec) -> "Layout":
+        names = spec.modeled_metrics
+        col = {n: i for i, n in enumerate(names)}
+        return cls(
+            obj_idx=tuple(col[o.name] for o in spec.objectives),
+            signs=tuple(o.sign for o in spec.objectives),
+            constraints=tuple((col[c.metric], c.op, float(c.bound)) for c in spec.outcome_constraints),
+            m=len(names),
+        )
+
+    @property
+    def multi(self) -> bool:
+        return len(self.obj_idx) > 1
+
+    def slack(self, Y: np.ndarray) -> np.ndarray:
+        """n x c constraint values in the ``<= 0 is feasible`` convention."""
+        cols = [(Y[:, j] - b) if op == "<=" else (b - Y[:, j]) for j, op, b in self.constraints]
+        return np.stack(cols, axis=1) if cols else np.zeros((len(Y), 0))
+
+    def feasible(self, Y: np.ndarray) -> np.ndarray:
+        return np.all(self.slack(Y) <= 0, axis=1)
+
+    def signed_objectives(self, Y: np.ndarray) -> np.ndarray:
+        return Y[:, list(self.obj_idx)] * np.asarray(self.signs)
+
+    def constraint_callables(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        out = []
+        for j, op, b in self.constraints:
+            if op == "<=":
+                out.append(lambda Z, j=j, b=b: Z[..., j] - b)
+            else:
+                out.append(lambda Z, j=j, b=b: b - Z[..., j])
+        return out
+
+
+def budget(n_model: int, dim: int) -> tuple[int, int]:
+    """(num_restarts, raw_samples) for one q=1 optimization: generous while the GP is small,
+    smaller as each acquisition evaluation gets dearer."""
+    if n_model <= 60:
+        restarts, raw = 10, 512
+    elif n_model <= 200:
+        restarts, raw = 6, 384
+    elif n_model <= 600:
+        restarts, raw = 4, 256
+    else:
+        restarts, raw = 3, 192
+    if dim > 10:
+        raw = int(raw * 1.5)
+    return restarts, raw
+
+
+def reference_point(layout: Layout, Y: np.ndarray, spec: StudySpec) -> list[float]:
+    """Reference point in maximization form (signed objectives)."""
+    obj = layout.signed_objectives(Y)
+    feas = layout.feasible(Y)
+    pool = obj[feas] if feas.any() else obj
+    t = torch.as_tensor(pool, dtype=torch.float64)
+    pareto = t[is_non_dominated(t)]
+    ref = infer_reference_point(pareto, scale=0.1).tolist()
+    given = spec.algorithm.reference_point or {}
+    for k, o in enumerate(spec.objectives):
+        if o.name in given:
+            ref[k] = o.sign * float(given[o.name])
+    return ref
+
+
+class AdditiveLogPrior(AcquisitionFunction):
+    """``acqf(X) + exponent * sum_q log prior(x_q)`` for log-acquisitions that are not MC-sample
+    reducing (qLogNEHVI). Pending points stay on the wrapped function."""
+
+    def __init__(self, acq_function: AcquisitionFunction, prior: LogPrior, exponent: float):
+        super().__init__(model=acq_function.model)
+        self.acq_func = acq_function
+        self.prior = prior
+        self.exponent = exponent
+
+    def set_X_pending(self, X_pending: Optional[torch.Tensor] = None) -> None:
+        self.acq_func.set_X_pending(X_pending)
+
+    @property
+    def X_pending(self):  # noqa: D401 - mirrors the wrapped function's pending points
+        return getattr(self.acq_func, "X_pending", None)
+
+    @X_pending.setter
+    def X_pending(self, value):
+        pass  # AcquisitionFunction.__init__ assigns None; pending points live on acq_func
+
+    @t_batch_mode_transform()
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        return self.acq_func(X) + self.exponent * self.prior(X).sum(-1)
+
+
+def make_acquisition(
+    model,
+    spec: StudySpec,
+    layout: Layout,
+    X_baseline: torch.Tensor,
+    Y_baseline: np.ndarray,
+    *,
+    prior: Optional[LogPrior] = None,
+    prior_exponent: float = 0.0,
+    seed: int = 0,
+) -> AcquisitionFunction:
+    sampler = SobolQMCNormalSampler(sample_shape=torch.Size([MC_SAMPLES]), seed=seed)
+    constraints = layout.constraint_callables() or None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if not layout.multi:
+            w = torch.zeros(layout.m, dtype=X_baseline.dtype, device=X_baseline.device)
+            w[layout.obj_idx[0]] = layout.signs[0]
+            acqf = qLogNoisyExpectedImprovement(
+                model,
+                X_baseline,
+                sampler=sampler,
+                objective=LinearMCObjective(w),
+                constraints=constraints,
+                prune_baseline=True,
+                cache_root=True,
+            )
+            if prior is not None and not prior.empty and prior_exponent > 0:
+                return PriorGuidedAcquisitionFunction(acqf, prior, log=True, prior_exponent=prior_exponent)
+            return acqf
+        ref = reference_point(layout, Y_baseline, spec)
+        acqf = qLogNoisyExpectedHypervolumeImprovement(
+            model,
+            ref_point=ref,
+            X_baseline=X_baseline,
+            sampler=sampler,
+            objective=WeightedMCMultiOutputObjective(
+                weights=torch.tensor(layout.signs, dtype=X_baseline.dtype, device=X_baseline.device),
+                outcomes=list(layout.obj_idx),
+                num_outcomes=layout.m,
+            ),
+            constraints=constraints,
+            prune_baseline=True,
+            alpha=get_default_partitioning_alpha(len(layout.obj_idx)),
+        )
+        if prior is not None and not prior.empty and prior_exponent > 0:
+            return AdditiveLogPrior(acqf, prior, prior_exponent)
+        return acqf
+
+
+def inequality_tensors(space: SearchSpace, placement: Placement):
+    cons = space.inequality_constraints()
+    if not cons:
+        return None
+    return [
+        (torch.tensor(idx, dtype=torch.long, device=placement.device), placement.tensor(coef), float(rhs))
+        for idx, coef, rhs in cons
+    ]
+
+
+def optimize(
+    acqf: AcquisitionFunction,
+    space: SearchSpace,
+    placement: Placement,
+    *,
+    num_restarts: int,
+    raw_samples: int,
+) -> tuple[torch.Tensor, float]:
+    """The best point found (1 x d) and its acquisition value."""
+    bounds = placement.tensor(space.bounds())
+    ineq = inequality_tensors(space, placement)
+    discrete = space.discrete_values()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if not discrete:
+            x, v = optimize_acqf(
+                acqf,
+                bounds=bounds,
+                q=1,
+                num_restarts=num_restarts,
+                raw_samples=raw_samples,
+                inequality_constraints=ineq,
+                options={"batch_limit": 64, "maxiter": 100},
+                retry_on_optimization_warning=False,
+            )
+        else:
+            cat = set(space.cat_dims)
+            # each alternating step costs several continuous solves: fewer, better-chosen starts
+            num_restarts, raw_samples = min(num_restarts, 5), min(raw_samples, 256)
+            x, v = optimize_acqf_mixed_alternating(
+                acqf,
+                bounds=bounds,
+                discrete_dims={i: g.tolist() for i, g in discrete.items() if i not in cat} or None,
+                cat_dims={i: g.tolist() for i, g in discrete.items() if i in cat} or None,
+                q=1,
+                num_restarts=num_restarts,
+                raw_samples=raw_samples,
+                inequality_constraints=ineq,
+                options={"initialization_strategy": "random", "num_spray_points": 20, "maxiter_alternating": 6, "batch_limit": 64},
+            )
+    v = float(v.reshape(-1)[0]) if v is not None else float("nan")
+    return x.reshape(1, -1), v
+
+
+def evaluate(acqf: AcquisitionFunction, X: torch.Tensor) -> torch.Tensor:
+    """Acquisition values of each row of X (n x d), one q=1 batch per row."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return acqf(X.unsqueeze(-2)).reshape(-1)
+
+
+def log_prob_feasible(model, layout: Layout, X: torch.Tensor) -> torch.Tensor:
+    """log P(all outcome constraints hold) at each row of X (marginals, independent outputs)."""
+    if not layout.constraints:
+        return torch.zeros(X.shape[0], dtype=X.dtype, device=X.device)
+    with torch.no_grad():
+        post = model.posterior(X)
+        mu, sd = post.mean, post.variance.clamp_min(1e-12).sqrt()
+    out = torch.zeros(X.shape[0], dtype=X.dtype, device=X.device)
+    for j, op, b in layout.constraints:
+        z = (b - mu[:, j]) / sd[:, j] if op == "<=" else (mu[:, j] - b) / sd[:, j]
+        out = out + torch.special.log_ndtr(z)
+    return out
+
+
+def model_score(model, layout: Layout, X: torch.Tensor) -> torch.Tensor:
+    """A cheap stand-in for the acquisition (used by fallbacks): optimistic standardized objective
+    (UCB, beta = 1; averaged over objectives) plus log probability of feasibility."""
+    with torch.no_grad():
+        post = model.posterior(X)
+        mu, sd = post.mean, post.variance.clamp_min(1e-12).sqrt()
+    s = torch.zeros(X.shape[0], dtype=X.dtype, device=X.device)
+    for k, sign in zip(layout.obj_idx, layout.signs):
+        u = sign * mu[:, k] + sd[:, k]
+        s = s + (u - u.mean()) / u.std().clamp_min(1e-12)
+    s = s / len(layout.obj_idx)
+    return s + log_prob_feasible(model, layout, X)
+
+
+def to_numpy(x: torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().double().numpy()
+
+
+def finite_or(x: float, default: float) -> float:
+    return x if math.isfinite(x) else default
+
+
+__all__ = [
+    "Layout",
+    "budget",
+    "make_acquisition",
+    "optimize",
+    "evaluate",
+    "log_prob_feasible",
+    "model_score",
+    "reference_point",
+    "AdditiveLogPrior",
+    "inequality_tensors",
+]

@@ -1,0 +1,282 @@
+"""GP surrogate over the encoded search space, with bounded fit latency as a study grows.
+
+Model: one exact GP per modeled metric (objectives, then constraint metrics: ``spec.modeled_metrics``),
+batched in a single :class:`~botorch.models.SingleTaskGP` (or :class:`~botorch.models.MixedSingleTaskGP`
+when the space has categorical columns, which hold the choice index 0..k-1). Inputs are normalized
+with the encoding's fixed box (``space.bounds()``), outcomes standardized. Observed standard errors
+become fixed noise (``train_Yvar``) when every modeled value of every trial carries one; otherwise the
+noise level is inferred. float64 on the device :mod:`bbo.device` picked.
+
+Hyperparameter cache and refit policy (one :class:`Surrogate` per generation strategy, i.e. per study):
+
+* After each fit, the kernel, mean and likelihood state (not the outcome transform's mean/std, not
+  fixed-noise buffers) is kept. The next ask *conditions* the new data on those hyperparameters
+  without optimizing them, unless the data grew by ``algorithm.refit_growth`` (default 20 %) since
+  the last fit, or there are fewer than :data:`ALWAYS_REFIT_BELOW` points (a fit costs little there
+  and early hyperparameters matter most). A refit starts from the cached hyperparameters (warm start),
+  so it converges in few L-BFGS iterations; its iteration budget shrinks as the fit set grows.
+* Above ``algorithm.max_fit_points`` points the hyperparameters are fit on a subset of that size: the
+  best quarter by the caller's quality score (feasible first), the rest a space-filling (greedy
+  max-min distance) selection of the remaining points.
+* Above ``algorithm.max_model_points`` the GP conditions on a subset of that size: a third the best by
+  score, a third the nearest to the incumbent (the best point, where the acquisition will look
+  hardest), the rest uniformly at random (seeded). The caller learns which rows were used.
+* Exact Cholesky inference is forced up to ``max_model_points`` (GPyTorch would otherwise switch to
+  iterative solvers above 800 points, which is slower and noisier on a CPU).
+
+Failures never reach the caller: if the fit raises or produces non-finite hyperparameters or
+predictions, the previous hyperparameters are used (conditioning only), or if there are none a model
+with BoTorch's default hyperparameters; :attr:`ModelInfo.reason` says what happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+import gpytorch
+import numpy as np
+import torch
+from botorch.fit import fit_gpytorch_mll
+from botorch.models import MixedSingleTaskGP, SingleTaskGP
+from botorch.models.transforms import Normalize, Standardize
+from gpytorch.mlls import ExactMarginalLogLikelihood
+
+from bbo.device import Placement
+from bbo.space import SearchSpace
+from bbo.spec import AlgorithmOptions
+
+log = logging.getLogger(__name__)
+
+ALWAYS_REFIT_BELOW = 50  # re-optimize hyperparameters on every ask below this many points
+FRESH_START_BELOW = 100  # below this many fit points, also fit from the default initialization
+_HYPER_PREFIXES = ("covar_module.", "mean_module.", "likelihood.")
+_MIN_YVAR = 1e-10
+
+
+@dataclass
+class ModelInfo:
+    """What :meth:`Surrogate.model` did."""
+
+    n_data: int
+    n_fit: int = 0  # points the hyperparameters were optimized on (0: not optimized this time)
+    n_model: int = 0  # points the returned GP conditions on
+    refit: bool = False
+    reason: str = ""  # non-empty when a fallback was used
+    fit_seconds: float = 0.0
+
+
+class Surrogate:
+    """Builds GPs for one study, caching hyperparameters between calls (see module docstring)."""
+
+    def __init__(self, space: SearchSpace, n_outputs: int, options: AlgorithmOptions, placement: Placement):
+        self.space = space
+        self.m = n_outputs
+        self.options = options
+        self.placement = placement
+        self._hyper: Optional[dict[str, torch.Tensor]] = None
+        self._n_at_fit = 0
+        self._bounds = placement.tensor(space.bounds())
+
+    # ---- public ------------------------------------------------------------------------------------
+    @property
+    def has_hyperparameters(self) -> bool:
+        return self._hyper is not None
+
+    def needs_refit(self, n: int) -> bool:
+        return self._hyper is None or n < ALWAYS_REFIT_BELOW or n >= (1.0 + self.options.refit_growth) * self._n_at_fit
+
+    def model(
+        self,
+        X: np.ndarray,
+        Y: np.ndarray,
+        Yvar: Optional[np.ndarray] = None,
+        score: Optional[np.ndarray] = None,
+        seed: int = 0,
+    ) -> tuple[object, np.ndarray, ModelInfo]:
+        """A GP on (a subset of) the data: ``(model, rows it conditions on, info)``. Never raises
+        for bad data or fit failures; raises only if even a default model cannot be built."""
+        n = len(X)
+        score = np.zeros(n) if score is None else np.asarray(score, dtype=float)
+        info = ModelInfo(n_data=n)
+        rng = np.random.default_rng(seed)
+        model_rows = self._model_rows(X, score, rng)
+        info.n_model = len(model_rows)
+        with gpytorch.settings.max_cholesky_size(max(self.options.max_model_points, 2000) + 1):
+            if self.needs_refit(n):
+                t0 = time.perf_counter()
+                fit_rows = model_rows if len(model_rows) <= self.options.max_fit_points else self._fit_rows(X[model_rows], score[model_rows], rng)
+                if fit_rows is not model_rows:
+                    fit_rows = model_rows[fit_rows]
+                try:
+                    fitted = self._fit(X[fit_rows], Y[fit_rows], None if Yvar is None else Yvar[fit_rows])
+                    self._hyper = _hyper_state(fitted)
+                    self._n_at_fit = n
+                    info.refit, info.n_fit = True, len(fit_rows)
+                    if len(fit_rows) == len(model_rows) and np.array_equal(fit_rows, model_rows):
+                        info.fit_seconds = time.perf_counter() - t0
+                        return fitted, model_rows, info
+                except Exception as e:  # noqa: BLE001 - any fit failure falls back, by contract
+                    info.reason = f"hyperparameter fit failed ({type(e).__name__}: {_short(e)}); " + (
+                        "kept previous hyperparameters" if self._hyper is not None else "using default hyperparameters"
+                    )
+                    log.info("surrogate: %s", info.reason)
+                info.fit_seconds = time.perf_counter() - t0
+            try:
+                m = self._condition(X[model_rows], Y[model_rows], None if Yvar is None else Yvar[model_rows], self._hyper)
+                _check_finite(m, self.placement.tensor(X[model_rows]))
+            except Exception as e:  # noqa: BLE001
+                if self._hyper is None:
+                    raise
+                info.reason = (info.reason + "; " if info.reason else "") + f"cached hyperparameters unusable ({_short(e)}); using defaults"
+                self._hyper = None
+                m = self._condition(X[model_rows], Y[model_rows], None if Yvar is None else Yvar[model_rows], None)
+            return m, model_rows, info
+
+    # ---- model construction -------------------------------------------------------------------------
+    def _build(self, X: np.ndarray, Y: np.ndarray, Yvar: Optional[np.ndarray]):
+        p = self.placement
+        tX, tY = p.tensor(X), p.tensor(Y)
+        tYvar = p.tensor(np.maximum(Yvar, _MIN_YVAR)) if Yvar is not None else None
+        d = self.space.dim
+        cat = self.space.cat_dims
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # input/outcome scaling warnings: our encoding is exact by design
+            if cat:
+                num = [i for i in range(d) if i not in cat]
+                intf = Normalize(d, indices=num, bounds=self._bounds) if num else None
+                model = MixedSingleTaskGP(
+                    tX, tY, cat_dims=cat, train_Yvar=tYvar, input_transform=intf, outcome_transform=Standardize(self.m)
+                )
+            else:
+                model = SingleTaskGP(
+                    tX, tY, tYvar, input_transform=Normalize(d, bounds=self._bounds), outcome_transform=Standardize(self.m)
+                )
+        return model.to(**p.tkwargs)
+
+    def _condition(self, X, Y, Yvar, hyper):
+        model = self._build(X, Y, Yvar)
+        if hyper is not None:
+            _load_hyper(model, hyper)
+        model.eval()
+        return model
+
+    def _fit(self, X, Y, Yvar):
+        """Optimize hyperparameters. Small data: from the default initialization *and* from the cached
+        hyperparameters, keeping the higher marginal likelihood (the likelihood is multimodal there and
+        a warm start alone gets stuck in whatever basin an earlier, smaller data set chose). Larger
+        data: from the cached hyperparameters only, with an iteration budget that shrinks with n."""
+        n = len(X)
+        starts = [self._hyper] if self._hyper is not None else []
+        if n < FRESH_START_BELOW or not starts:
+            starts.insert(0, None)
+        maxiter = 200 if n <= 200 else (100 if n <= 500 else 50)
+        best, best_val, errors = None, -float("inf"), []
+        for init in starts:
+            try:
+                model = self._build(X, Y, Yvar)
+                if init is not None:
+                    _load_hyper(model, init)
+                mll = ExactMarginalLogLikelihood(model.likelihood, model)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    fit_gpytorch_mll(
+                        mll,
+                        optimizer_kwargs={"options": {"maxiter": maxiter}},
+                        max_attempts=3,
+                        warning_handler=lambda w: True,  # hitting maxiter is fine: warm starts are close already
+                    )
+                    mll.train()
+                    with torch.no_grad():
+                        val = float(mll(model(*model.train_inputs), model.train_targets).sum())
+                model.eval()
+                _check_finite(model, self.placement.tensor(X))
+            except Exception as e:  # noqa: BLE001 - try the other start, report if all fail
+                errors.append(e)
+                continue
+            if best is None or (np.isfinite(val) and val > best_val):
+                best, best_val = model, val
+        if best is None:
+            raise errors[-1]
+        return best
+
+    # ---- subsets -------------------------------------------------------------------------------------
+    def _model_rows(self, X: np.ndarray, score: np.ndarray, rng) -> np.ndarray:
+        n, k = len(X), self.options.max_model_points
+        if n <= k:
+            return np.arange(n)
+        order = np.argsort(-score, kind="stable")
+        chosen = list(order[: k // 3])
+        taken = np.zeros(n, dtype=bool)
+        taken[chosen] = True
+        dist = _scaled_dist(X, X[order[0]], self.space)
+        for i in np.argsort(dist, kind="stable"):
+            if len(chosen) >= 2 * k // 3:
+                break
+            if not taken[i]:
+                taken[i] = True
+                chosen.append(i)
+        rest = np.flatnonzero(~taken)
+        chosen.extend(rng.choice(rest, size=k - len(chosen), replace=False))
+        return np.sort(np.asarray(chosen, dtype=int))
+
+    def _fit_rows(self, X: np.ndarray, score: np.ndarray, rng) -> np.ndarray:
+        """Indices (into X) of ``max_fit_points`` rows: the best quarter plus a max-min spread."""
+        n, k = len(X), self.options.max_fit_points
+        order = np.argsort(-score, kind="stable")
+        chosen = list(order[: k // 4])
+        Xs = X / np.maximum(self.space.bounds()[1], 1.0)
+        mind = np.full(n, np.inf)
+        for i in chosen:
+            mind = np.minimum(mind, np.sum((Xs - Xs[i]) ** 2, axis=1))
+        mind[chosen] = -1.0
+        while len(chosen) < k:
+            i = int(np.argmax(mind))
+            chosen.append(i)
+            mind = np.minimum(mind, np.sum((Xs - Xs[i]) ** 2, axis=1))
+            mind[i] = -1.0
+        return np.sort(np.asarray(chosen, dtype=int))
+
+
+def _scaled_dist(X: np.ndarray, x: np.ndarray, space: SearchSpace) -> np.ndarray:
+    scale = np.maximum(space.bounds()[1], 1.0)
+    return np.sqrt(np.sum(((X - x) / scale) ** 2, axis=1))
+
+
+def _hyper_state(model) -> dict[str, torch.Tensor]:
+    """Kernel / mean / likelihood state to warm-start the next model (no data-sized buffers)."""
+    fixed_noise = getattr(getattr(model.likelihood, "noise_covar", None), "noise", None)
+    out = {}
+    for k, v in model.state_dict().items():
+        if not k.startswith(_HYPER_PREFIXES):
+            continue
+        if k.endswith("noise_covar.noise") or (fixed_noise is not None and v is fixed_noise):
+            continue
+        out[k] = v.detach().clone()
+    return out
+
+
+def _load_hyper(model, hyper: dict[str, torch.Tensor]) -> None:
+    own = model.state_dict()
+    usable = {k: v.to(own[k].device, own[k].dtype) for k, v in hyper.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(usable, strict=False)
+
+
+def _check_finite(model, X: torch.Tensor) -> None:
+    """Raise unless the hyperparameters and a few predictions at the training inputs are finite."""
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise FloatingPointError(f"non-finite hyperparameter {name}")
+    idx = torch.linspace(0, X.shape[0] - 1, min(8, X.shape[0]), device=X.device).long()
+    with torch.no_grad():
+        post = model.posterior(X[idx])
+        if not (torch.isfinite(post.mean).all() and torch.isfinite(post.variance).all()):
+            raise FloatingPointError("non-finite predictions")
+
+
+def _short(e: Exception) -> str:
+    s = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return s[:160]

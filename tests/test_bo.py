@@ -1,0 +1,388 @@
+"""Behaviour of the BO engine (bbo.strategy / surrogate / acquisition), driven with in-process trials.
+
+Every test uses fixed seeds; none asserts wall-clock time. torch runs single-threaded here (see the
+thread trap in REFERENCES: spinning OpenMP threads collapse throughput on a shared 2-core box).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from botorch.test_functions import Branin, Hartmann
+
+import bbo.strategy as strategy_mod
+from bbo.incumbent import best_trial, hypervolume, pareto_front
+from bbo.space import CategoricalParam, FloatParam, IntParam, LinearConstraint, OrdinalParam, SearchSpace
+from bbo.spec import AlgorithmOptions, Objective, OutcomeConstraint, ParameterPrior, StudySpec
+from bbo.strategy import LIKELY_INFEASIBLE, ACTIVE, GenerationStrategy, Suggestion
+from bbo.trial import Metric, Origin, Trial, TrialState
+
+torch.set_num_threads(1)
+
+BRANIN_MIN = 0.397887
+HARTMANN6_MIN = -3.32237
+_branin, _hartmann = Branin(), Hartmann(dim=6)
+
+BRANIN_SPACE = SearchSpace((FloatParam("x1", -5.0, 10.0), FloatParam("x2", 0.0, 15.0)))
+UNIT2 = SearchSpace((FloatParam("a", 0.0, 1.0), FloatParam("b", 0.0, 1.0)))
+H6_SPACE = SearchSpace(tuple(FloatParam(f"x{i}", 0.0, 1.0) for i in range(6)))
+
+
+def branin(p) -> dict:
+    return {"f": float(_branin(torch.tensor([[p["x1"], p["x2"]]], dtype=torch.float64)))}
+
+
+def hartmann6(p) -> dict:
+    return {"f": float(_hartmann(torch.tensor([[p[f"x{i}"] for i in range(6)]], dtype=torch.float64)))}
+
+
+def tell(trials: list[Trial], s: Suggestion, metrics: dict) -> Trial:
+    t = Trial(len(trials), dict(s.params), TrialState.COMPLETED, {k: Metric(float(v)) for k, v in metrics.items()}, origin=s.origin, reason=s.reason)
+    trials.append(t)
+    return t
+
+
+def run(spec: StudySpec, f, budget: int, q: int = 1, trials=None, **kw) -> tuple[GenerationStrategy, list[Trial]]:
+    gs = GenerationStrategy(spec)
+    trials = [] if trials is None else trials
+    while len(trials) < budget:
+        for s in gs.suggest(trials, min(q, budget - len(trials)), **kw):
+            assert spec.space.validate_params(s.params)
+            tell(trials, s, f(s.params))
+    return gs, trials
+
+
+def random_best(space: SearchSpace, f, budget: int, seed: int) -> float:
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(budget):
+        p = space.decode(rng.random(space.dim) * space.bounds()[1])
+        vals.append(f(p)["f"])
+    return min(vals)
+
+
+def spec_of(space, objectives=("f",), constraints=(), seed=0, **opts) -> StudySpec:
+    return StudySpec(
+        space,
+        tuple(Objective(o) if isinstance(o, str) else o for o in objectives),
+        tuple(constraints),
+        algorithm=AlgorithmOptions(seed=seed, **opts),
+    )
+
+
+# ---- sample efficiency ---------------------------------------------------------------------------------
+
+
+def test_branin_beats_random_search():
+    _, trials = run(spec_of(BRANIN_SPACE, seed=0), branin, 25)
+    bo_regret = min(t.value("f") for t in trials) - BRANIN_MIN
+    rnd_regret = np.median([random_best(BRANIN_SPACE, branin, 25, s) - BRANIN_MIN for s in range(5)])
+    assert bo_regret < 0.2
+    assert bo_regret < 0.25 * rnd_regret, (bo_regret, rnd_regret)
+    assert {t.origin for t in trials} == {Origin.INITIAL.value, Origin.BO.value}
+
+
+def test_hartmann6_beats_random_search():
+    _, trials = run(spec_of(H6_SPACE, seed=1, n_initial=8), hartmann6, 35)
+    bo_regret = min(t.value("f") for t in trials) - HARTMANN6_MIN
+    rnd_regret = np.median([random_best(H6_SPACE, hartmann6, 35, s) - HARTMANN6_MIN for s in range(5)])
+    assert bo_regret < 0.5 * rnd_regret, (bo_regret, rnd_regret)
+    assert bo_regret < 0.7
+
+
+# ---- constraints -----------------------------------------------------------------------------------------
+
+
+def test_outcome_constraint_most_late_suggestions_feasible():
+    # Branin with c = x1 <= 0: only the minimum at (-pi, 12.275) stays feasible.
+    def f(p):
+        return {**branin(p), "c": p["x1"]}
+
+    spec = spec_of(BRANIN_SPACE, constraints=[OutcomeConstraint("c", "<=", 0.0)], seed=3, n_initial=5)
+    _, trials = run(spec, f, 20)
+    late = trials[-8:]
+    assert sum(t.value("c") <= 0 for t in late) >= 6
+    best = best_trial(spec, trials)
+    assert best is not None and best.value("c") <= 0 and best.value("f") < BRANIN_MIN + 1.0
+
+
+def test_parameter_constraints_never_violated_int_and_float():
+    space = SearchSpace(
+        (FloatParam("x", 0.0, 10.0), IntParam("k", 0, 8), FloatParam("z", 0.0, 5.0)),
+        (LinearConstraint({"x": 1.0, "k": 2.0}, 10.0), LinearConstraint({"z": 1.0, "x": -1.0}, 1.0)),
+    )
+
+    def f(p):  # best on the constraint boundary, so the optimizer keeps pushing against it
+        return {"f": -(p["x"] + 2 * p["k"]) - p["z"] + 0.1 * (p["k"] - 3) ** 2}
+
+    spec = spec_of(space, seed=4, n_initial=5)
+    gs = GenerationStrategy(spec)
+    trials: list[Trial] = []
+    seen = 0
+    while len(trials) < 17:
+        for s in gs.suggest(trials, 3):
+            seen += 1
+            assert space.is_feasible(s.params), s
+            space.validate_params(s.params)  # raises on any violation, type or range error
+            assert isinstance(s.params["k"], int)
+            tell(trials, s, f(s.params))
+    assert seen >= 17
+    assert any(t.origin == Origin.BO.value for t in trials)
+
+
+# ---- multi-objective ---------------------------------------------------------------------------------------
+
+
+def test_two_objectives_pareto_front_grows():
+    def f(p):
+        return {"f1": p["a"] ** 2 + p["b"] ** 2, "f2": (p["a"] - 1) ** 2 + (p["b"] - 1) ** 2}
+
+    spec = spec_of(UNIT2, objectives=("f1", "f2"), seed=5, n_initial=5)
+    gs, trials = run(spec, f, 5)
+    ref = {"f1": 2.0, "f2": 2.0}
+    hv0, front0 = hypervolume(spec, trials, ref), len(pareto_front(spec, trials))
+    run(spec, f, 15, trials=trials)
+    hv1, front1 = hypervolume(spec, trials, ref), len(pareto_front(spec, trials))
+    assert front1 > front0
+    assert hv1 > hv0 + 0.05
+    assert all(t.origin == Origin.BO.value for t in trials[5:])
+
+
+# ---- batches and pending trials ------------------------------------------------------------------------------
+
+
+def _min_pairwise(space, params_list) -> float:
+    X = np.array([space.encode(p) for p in params_list])
+    d = np.sqrt(((X[:, None] - X[None]) ** 2).sum(-1))
+    return float(d[np.triu_indices(len(X), 1)].min())
+
+
+def test_batch_and_pending_give_distinct_points():
+    spec = spec_of(BRANIN_SPACE, seed=6, n_initial=6)
+    gs, trials = run(spec, branin, 8)
+    batch = gs.suggest(trials, 4)
+    assert len(batch) == 4 and all(s.origin == Origin.BO.value for s in batch)
+    assert _min_pairwise(BRANIN_SPACE, [s.params for s in batch]) > 1e-3
+    # Those four become pending (parallel workers); the next asks must avoid them.
+    for s in batch:
+        trials.append(Trial(len(trials), s.params, TrialState.PENDING, origin=s.origin))
+    more = gs.suggest(trials, 2)
+    allp = [s.params for s in batch] + [s.params for s in more]
+    assert _min_pairwise(BRANIN_SPACE, allp) > 1e-3
+
+
+def test_batch_spanning_initial_design_and_bo():
+    spec = spec_of(UNIT2, seed=7, n_initial=5)
+    gs, trials = run(spec, lambda p: {"f": (p["a"] - 0.3) ** 2 + p["b"]}, 3)
+    out = gs.suggest(trials, 4)
+    assert [s.origin for s in out] == [Origin.INITIAL.value] * 2 + [Origin.BO.value] * 2
+    assert _min_pairwise(UNIT2, [t.params for t in trials] + [s.params for s in out]) > 1e-3
+
+
+# ---- mixed spaces ---------------------------------------------------------------------------------------------
+
+
+def test_mixed_categorical_and_numeric():
+    space = SearchSpace(
+        (
+            FloatParam("x", 0.0, 1.0),
+            CategoricalParam("kind", ("linear", "rbf", "poly")),
+            IntParam("depth", 1, 6),
+            OrdinalParam("batch", (16.0, 32.0, 64.0, 128.0), log=True),
+        )
+    )
+
+    def f(p):
+        return {"f": (p["x"] - 0.7) ** 2 + {"linear": 1.0, "rbf": 0.0, "poly": 0.6}[p["kind"]] + 0.05 * abs(p["depth"] - 4) + 0.1 * abs(math.log2(p["batch"]) - 5)}
+
+    spec = spec_of(space, seed=8, n_initial=6)
+    _, trials = run(spec, f, 14)
+    best = best_trial(spec, trials)
+    assert best.params["kind"] == "rbf"
+    assert best.value("f") < 0.2
+    assert all(p in space.by_name["kind"].choices for p in (t.params["kind"] for t in trials))
+
+
+# ---- robustness ------------------------------------------------------------------------------------------------
+
+
+def test_fallback_when_acquisition_optimizer_breaks(monkeypatch):
+    spec = spec_of(BRANIN_SPACE, seed=9, n_initial=5)
+    gs, trials = run(spec, branin, 6)
+
+    def broken(*a, **k):
+        raise RuntimeError("optimizer exploded")
+
+    monkeypatch.setattr(strategy_mod, "optimize", broken)
+    out = gs.suggest(trials, 2)
+    assert len(out) == 2
+    for s in out:
+        assert s.origin == Origin.FALLBACK.value
+        assert "optimizer exploded" in s.reason
+        BRANIN_SPACE.validate_params(s.params)
+    assert _min_pairwise(BRANIN_SPACE, [t.params for t in trials] + [s.params for s in out]) > 1e-6
+
+
+def test_degenerate_data_all_equal_and_nan_metrics():
+    spec = spec_of(UNIT2, seed=10, n_initial=5)
+    gs, trials = run(spec, lambda p: {"f": 1.0}, 8)  # all-equal Y
+    out = gs.suggest(trials, 2)
+    assert len(out) == 2
+    for s in out:
+        UNIT2.validate_params(s.params)
+        assert s.origin in (Origin.BO.value, Origin.FALLBACK.value)
+        assert s.origin == Origin.BO.value or s.reason
+    # a NaN-valued (in-process) trial is ignored, not fatal
+    trials.append(Trial(len(trials), {"a": 0.5, "b": 0.5}, TrialState.COMPLETED, {"f": Metric(float("nan"))}))
+    trials.append(Trial(len(trials), {"a": 0.1, "b": 0.9}, TrialState.FAILED, origin="bo"))
+    assert len(gs.suggest(trials, 1)) == 1
+
+
+def test_fit_failure_keeps_going(monkeypatch):
+    import bbo.surrogate as sur
+
+    spec = spec_of(BRANIN_SPACE, seed=11, n_initial=5)
+    gs, trials = run(spec, branin, 7)
+
+    def broken_fit(*a, **k):
+        raise RuntimeError("cholesky blew up")
+
+    monkeypatch.setattr(sur, "fit_gpytorch_mll", broken_fit)
+    s = gs.suggest(trials, 1)[0]  # cached hyperparameters from the earlier fits are used
+    BRANIN_SPACE.validate_params(s.params)
+    assert "hyperparameter fit failed" in s.reason and "kept previous" in s.reason
+    fresh = GenerationStrategy(spec)  # no cache: default hyperparameters
+    s = fresh.suggest(trials, 1)[0]
+    BRANIN_SPACE.validate_params(s.params)
+    assert "default hyperparameters" in s.reason
+
+
+def test_seeded_strategies_reproduce():
+    spec = spec_of(BRANIN_SPACE, seed=12, n_initial=4)
+    _, a = run(spec, branin, 8)
+    _, b = run(spec, branin, 8)
+    for ta, tb in zip(a, b):
+        assert ta.params == pytest.approx(tb.params, rel=1e-9, abs=1e-9)
+    _, c = run(spec_of(BRANIN_SPACE, seed=13, n_initial=4), branin, 8)
+    assert a[0].params != c[0].params
+
+
+# ---- infeasibility -------------------------------------------------------------------------------------------------
+
+
+def test_likely_infeasible_declared_on_impossible_constraint():
+    spec = spec_of(UNIT2, constraints=[OutcomeConstraint("c", "<=", 0.0)], seed=14, n_initial=5)
+
+    def f(p):
+        return {"f": p["a"], "c": 1.0 + p["a"] ** 2 + p["b"]}
+
+    gs, trials = run(spec, f, 9)
+    assert gs.status(trials) == (ACTIVE, "")  # too early to judge
+    run(spec, f, 10, trials=trials)
+    state, reason = gs.status(trials)
+    assert state == LIKELY_INFEASIBLE
+    assert "c <= 0" in reason
+    # a satisfiable constraint stays active
+    gs2, trials2 = run(spec, lambda p: {"f": p["a"], "c": p["b"] - 0.001}, 10)
+    assert gs2.status(trials2)[0] == ACTIVE
+
+
+# ---- warm start, proposals, priors -------------------------------------------------------------------------------------
+
+
+def test_warmstart_candidates_used_first_then_sobol():
+    spec = spec_of(UNIT2, seed=15, n_initial=5)
+    gs = GenerationStrategy(spec)
+    ws = [
+        Suggestion({"a": 2.0, "b": 0.5}, Origin.LLM_WARMSTART.value, rationale="out of bounds"),
+        Suggestion({"a": 0.25, "b": 0.75}, Origin.LLM_WARMSTART.value, rationale="A"),
+        Suggestion({"a": 0.25, "b": 0.75}, Origin.LLM_WARMSTART.value, rationale="A again"),
+        Suggestion({"a": 0.6, "b": 0.1}, Origin.LLM_WARMSTART.value, rationale="B"),
+    ]
+    trials: list[Trial] = []
+    out = gs.suggest(trials, 3, warmstart=ws)
+    assert [s.origin for s in out] == [Origin.LLM_WARMSTART.value] * 2 + [Origin.INITIAL.value]
+    assert [s.rationale for s in out[:2]] == ["A", "B"]
+    for s in out:
+        tell(trials, s, {"f": s.params["a"]})
+    out2 = gs.suggest(trials, 2, warmstart=ws)  # A and B are trials now: skipped
+    assert [s.origin for s in out2] == [Origin.INITIAL.value] * 2
+    assert _min_pairwise(UNIT2, [t.params for t in trials] + [s.params for s in out2]) > 1e-3
+
+
+def test_proposals_compete_with_the_optimizer(monkeypatch):
+    spec = spec_of(BRANIN_SPACE, seed=16, n_initial=6)
+    gs, trials = run(spec, branin, 10)
+    worst = max(trials, key=lambda t: t.value("f"))
+    bad = Suggestion(dict(worst.params), Origin.LLM_PROPOSAL.value, rationale="bad idea")
+    bad2 = Suggestion({"x1": -5.0, "x2": 0.0}, Origin.LLM_PROPOSAL.value, rationale="corner")
+    out = gs.suggest(trials, 1, proposals=[bad, bad2])
+    assert out[0].origin == Origin.BO.value  # bad proposals are ignored
+
+    # Cripple the optimizer so that a proposal at the true optimum must outrank it.
+    real = strategy_mod.optimize
+
+    def poor(acqf, space, placement, **kw):
+        x = placement.tensor(space.encode({"x1": -4.9, "x2": 0.2}))[None]
+        return x, float("nan")
+
+    monkeypatch.setattr(strategy_mod, "optimize", poor)
+    good = Suggestion({"x1": math.pi, "x2": 2.275}, Origin.LLM_PROPOSAL.value, rationale="known optimum")
+    out = gs.suggest(trials, 1, proposals=[bad2, good])
+    assert out[0].origin == Origin.LLM_PROPOSAL.value and out[0].rationale == "known optimum"
+    monkeypatch.setattr(strategy_mod, "optimize", real)
+
+
+def test_wrong_prior_pulls_early_then_washes_out():
+    wrong = (
+        ParameterPrior("x1", mean=-4.5, std=0.5, confidence=1.0),
+        ParameterPrior("x2", mean=1.0, std=0.5, confidence=1.0),
+    )
+    opts = AlgorithmOptions(seed=17, n_initial=5, prior_exponent=20.0)
+    spec = StudySpec(BRANIN_SPACE, (Objective("f"),), priors=wrong, algorithm=opts)
+    _, no_prior = run(StudySpec(BRANIN_SPACE, (Objective("f"),), algorithm=opts), branin, 6)
+    gs, trials = run(spec, branin, 6)
+    assert trials[5].origin == Origin.PRIOR_BO.value and no_prior[5].origin == Origin.BO.value
+    mean = BRANIN_SPACE.encode({"x1": -4.5, "x2": 1.0})
+
+    def dist(t):
+        return float(np.linalg.norm(BRANIN_SPACE.encode(t.params) - mean))
+
+    assert dist(trials[5]) < dist(no_prior[5])  # the prior bends the first BO step towards it
+    run(spec, branin, 30, trials=trials)
+    assert min(t.value("f") for t in trials) < BRANIN_MIN + 0.5  # plain BO takes over later
+    # explicit priors override the spec's (the LLM module passes derived priors this way)
+    plain = GenerationStrategy(spec, priors=())
+    assert plain.suggest(trials, 1)[0].origin == Origin.BO.value
+
+
+def test_categorical_prior_and_log_scale_prior():
+    from bbo.device import select_device
+    from bbo.priors import LogPrior
+
+    space = SearchSpace((FloatParam("lr", 1e-5, 1e-1, log=True), CategoricalParam("opt", ("sgd", "adam"))))
+    priors = (
+        ParameterPrior("lr", mean=1e-3, std=5e-4, confidence=1.0),
+        ParameterPrior("opt", probabilities={"adam": 0.9, "sgd": 0.1}, confidence=1.0),
+    )
+    lp = LogPrior(space, priors, select_device("cpu"))
+    enc = lambda p: torch.tensor(space.encode(p))  # noqa: E731
+    X = torch.stack([enc({"lr": v, "opt": o}) for v, o in [(1e-3, "adam"), (1e-3, "sgd"), (1e-4, "adam"), (1e-2, "adam"), (3e-5, "adam")]])
+    lpv = lp(X.unsqueeze(1)).squeeze(-1)
+    assert lpv[0] > lpv[1]  # adam preferred
+    assert lpv[0] > lpv[2] and lpv[0] > lpv[3]  # peak at the mean, in log space
+    assert lpv[2] > lpv[4]  # decays with log-distance from the mean
+    assert torch.isfinite(lpv).all() and (lpv[1:] - lpv[0]).min() > -20  # the uniform floor bounds the pull
+
+    spec = StudySpec(space, (Objective("loss"),), priors=priors, algorithm=AlgorithmOptions(seed=18, n_initial=4, prior_exponent=50.0))
+
+    def f(p):
+        return {"loss": (math.log10(p["lr"]) + 3) ** 2 + (0.0 if p["opt"] == "adam" else 0.3)}
+
+    _, trials = run(spec, f, 6)
+    bo = [t for t in trials if t.origin == Origin.PRIOR_BO.value]
+    assert len(bo) == 2
+    assert all(abs(math.log10(t.params["lr"]) + 3) < 1.0 for t in bo)
