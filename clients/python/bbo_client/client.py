@@ -68,7 +68,7 @@ class Client:
     ):
         """``api_key``: sent as ``authorization: Bearer`` (default: env ``BBO_API_KEY``).
         TLS: ``tls_ca`` (PEM file to trust; env ``BBO_TLS_CA``), ``tls_cert`` / ``tls_key`` (a client
-        certificate for mutual TLS; env ``BBO_TLS_CERT`` / ``BBO_TLS_KEY``), ``tls=True`` for TLS
+        certificate for mutual TLS; env ``BBO_CLIENT_CERT`` / ``BBO_CLIENT_KEY``), ``tls=True`` for TLS
         with the system's roots, ``tls_server_name`` to check the certificate against another name;
         or pass ready ``credentials``.
         Several server replicas: ``address`` may be any gRPC target naming them all, e.g.
@@ -86,8 +86,8 @@ class Client:
         if api_key is None:
             api_key = os.environ.get("BBO_API_KEY") or None
         tls_ca = tls_ca or os.environ.get("BBO_TLS_CA") or None
-        tls_cert = tls_cert or os.environ.get("BBO_TLS_CERT") or None
-        tls_key = tls_key or os.environ.get("BBO_TLS_KEY") or None
+        tls_cert = tls_cert or os.environ.get("BBO_CLIENT_CERT") or None
+        tls_key = tls_key or os.environ.get("BBO_CLIENT_KEY") or None
         if credentials is None and (tls or tls_ca or tls_cert or tls_key):
             credentials = _tls_credentials(tls_ca, tls_cert, tls_key)
         if tls_server_name:
