@@ -88,6 +88,7 @@ class StudyConfig:
     default_lease_seconds: float = 600.0
     max_lease_seconds: float = 7 * 24 * 3600.0
     max_ask: int = 100
+    device: str = "auto"  # where fits run for studies whose spec says "auto" (bbo serve --device)
     stopping: StoppingRule = dataclasses.field(default_factory=StoppingRule)
 
 
@@ -165,7 +166,9 @@ class Study:
     def strategy(self):
         """The generation strategy, built on first use with the study's stored seed."""
         if self._strategy is None:
-            seeded = dataclasses.replace(self.spec, algorithm=dataclasses.replace(self.spec.algorithm, seed=self.record.seed))
+            alg = self.spec.algorithm
+            device = self.config.device if alg.device == "auto" else alg.device  # the server's --device is the default
+            seeded = dataclasses.replace(self.spec, algorithm=dataclasses.replace(alg, seed=self.record.seed, device=device))
             self._strategy = self._strategy_factory(seeded)
             setter = getattr(self._strategy, "set_llm_logger", None)
             if callable(setter):

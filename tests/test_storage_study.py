@@ -103,3 +103,17 @@ def test_median_rule_for_maximize(storage):
     assert not st.report_intermediate(u.id, 3, 0.95)[0]
     with pytest.raises(Exception):
         st.report_intermediate(u.id, 3, float("nan"))
+
+
+def test_server_device_is_the_default_for_auto_specs(storage):
+    seen = []
+
+    class Capture:
+        def __init__(self, spec):
+            seen.append(spec.algorithm.device)
+
+    reg = StudyRegistry(storage, strategy_factory=Capture, config=StudyConfig(device="cpu"))
+    auto, _ = reg.create_study("auto", SPEC)
+    cuda, _ = reg.create_study("cuda", dict(SPEC, algorithm={"n_initial": 5, "device": "cuda"}))
+    assert auto.strategy is not None and cuda.strategy is not None  # built on first use
+    assert seen == ["cpu", "cuda"]

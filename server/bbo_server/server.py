@@ -100,11 +100,10 @@ def start(opts: ServerOptions, storage: Optional[Storage] = None) -> RunningServ
     if storage is None:
         storage = Storage(opts.db or default_url(), pool_size=max(8, opts.rpc_threads // 2))
     fit_workers = opts.fit_workers or available_cores()
-    os.environ.setdefault("BBO_DEVICE", opts.device)
     registry = StudyRegistry(
         storage,
         strategy_factory=opts.strategy_factory,
-        config=StudyConfig(default_lease_seconds=opts.default_lease_seconds, max_ask=opts.max_ask),
+        config=StudyConfig(default_lease_seconds=opts.default_lease_seconds, max_ask=opts.max_ask, device=opts.device),
         fit_slots=fit_workers,
     )
     server = grpc.server(
