@@ -25,7 +25,7 @@ def evaluate(params: dict) -> dict:
     X, y = load_breast_cancer(return_X_y=True)
     model = GradientBoostingClassifier(
         learning_rate=params["learning_rate"], n_estimators=int(params["n_estimators"]), max_depth=int(params["max_depth"]),
-        subsample=params["subsample"], max_features=None if params["max_features"] == "all" else params["max_features"],
+        subsample=params["subsample"], max_features=params["max_features"],
         random_state=0,
     )
     t0 = time.perf_counter()
@@ -45,7 +45,8 @@ def run(args) -> int:
     os.makedirs(run_dir, exist_ok=True)
     db = "sqlite:///" + os.path.join(run_dir, "bbo.db")
     print(f"bbo demo: starting a server on {db}")
-    server = ServerProcess(db, args=["--workers", "1"], log_path=os.path.join(run_dir, "server.log"))
+    # One suggestion at a time with one torch thread: the two evaluation threads need the other core.
+    server = ServerProcess(db, args=["--workers", "1", "--torch-threads", "1"], log_path=os.path.join(run_dir, "server.log"))
     server.start()
     try:
         print(f"bbo demo: server listening on {server.address} (log {server.log_path})")
@@ -57,7 +58,7 @@ def run(args) -> int:
                     bc.Int("n_estimators", 20, 300, log=True),
                     bc.Int("max_depth", 1, 6),
                     bc.Float("subsample", 0.5, 1.0),
-                    bc.Categorical("max_features", ["sqrt", "log2", "all"]),
+                    bc.Float("max_features", 0.1, 1.0),  # fraction of the 30 features tried per split
                 ],
                 objectives=[bc.Maximize("cv_accuracy")],
                 constraints=[bc.Constraint("model_leaves", "<=", 1500)],
@@ -80,7 +81,8 @@ def run(args) -> int:
     else:
         t = best.trial
         print(f"best trial {t.id} ({t.origin}): cv_accuracy={t.metrics['cv_accuracy']:.4f}, model_leaves={t.metrics['model_leaves']:.0f}")
-        print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()))
+        order = [p.name for p in info.parameters]
+        print("  " + ", ".join(f"{k}={t.params[k]:.4g}" if isinstance(t.params[k], float) else f"{k}={t.params[k]}" for k in order))
     print(f"plot:     {plot}")
     print(f"database: {db}   (inspect: bbo trials {study.name} --db {db})")
     return 0
