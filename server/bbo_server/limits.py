@@ -19,7 +19,7 @@ from bbo.errors import LimitError
 
 @dataclass
 class Limits:
-    max_studies: int = 1000  # per tenant (0 = unlimited)
+    max_studies: int = 10000  # per tenant (0 = unlimited)
     max_parameters: int = 256  # per study (0 = unlimited)
     rate: float = 0.0  # requests per second per tenant (0 = unlimited)
     burst: float = 0.0  # bucket size (0 = max(1, 2 * rate))

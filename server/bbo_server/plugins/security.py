@@ -35,7 +35,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tls-key", default=os.environ.get("BBO_TLS_KEY"), help="TLS private key, PEM (env BBO_TLS_KEY)")
     g.add_argument("--tls-client-ca", default=os.environ.get("BBO_TLS_CLIENT_CA"),
                    help="require client certificates signed by this CA, PEM (mutual TLS; env BBO_TLS_CLIENT_CA)")
-    g.add_argument("--max-studies", type=int, default=1000, help="studies per tenant (0 = unlimited; default %(default)s)")
+    g.add_argument("--max-studies", type=int, default=10000, help="studies per tenant (0 = unlimited; default %(default)s)")
     g.add_argument("--max-parameters", type=int, default=256, help="parameters per study (0 = unlimited; default %(default)s)")
     g.add_argument("--rate-limit", type=float, default=0.0, help="requests per second per tenant, token bucket (0 = unlimited; default %(default)s)")
     g.add_argument("--rate-burst", type=float, default=0.0, help="token bucket size (default: 2 x --rate-limit)")
