@@ -90,6 +90,7 @@ class StudyConfig:
     max_ask: int = 100
     device: str = "auto"  # where fits run for studies whose spec says "auto" (bbo serve --device)
     stopping: StoppingRule = dataclasses.field(default_factory=StoppingRule)
+    llm: Any = None  # a bbo.llm.LlmAdvisor; None or a disabled one = plain BO for every study
 
 
 def _request_hash(obj: Any) -> str:
@@ -264,9 +265,38 @@ class Study:
                     continue
                 self._trials[t.id] = t
 
+    def _llm_plan(self, trials: list[Trial], count: int) -> dict[str, Any]:
+        """What the LLM module adds to this ask (warm start, proposals, priors); {} without one.
+
+        Bounded by the advisor's ask budget; every call (or cache hit) is stored for audit; any
+        failure leaves plain BO in charge.
+        """
+        advisor = self.config.llm
+        if advisor is None or not self.spec.llm.enabled:
+            return {}
+        try:
+            plan = advisor.prepare(self.spec, trials, count, study_key=f"{self.tenant}/{self.name}/{self.id}")
+        except Exception as e:  # the advisor is meant never to raise; if it does, BO goes on alone
+            log.exception("llm advisor failed", extra={"study": self.name})
+            self.log_llm_call(purpose="ask", model=self.spec.llm.model, prompt="", response="", outcome=f"advisor error: {type(e).__name__}: {e}"[:500])
+            return {}
+        for call in plan.calls:
+            try:
+                self.log_llm_call(**call.storage_fields())
+            except Exception:
+                log.exception("could not store an llm call record", extra={"study": self.name})
+        kw: dict[str, Any] = {}
+        if plan.warmstart:
+            kw["warmstart"] = plan.warmstart
+        if plan.proposals:
+            kw["proposals"] = plan.proposals
+        if plan.spec.priors != self.spec.priors:
+            kw["priors"] = plan.spec.priors
+        return kw
+
     def _suggest(self, trials: list[Trial], count: int):
         try:
-            sugg = list(self.strategy.suggest(trials, count))
+            sugg = list(self.strategy.suggest(trials, count, **self._llm_plan(trials, count)))
             if len(sugg) != count:
                 raise RuntimeError(f"strategy returned {len(sugg)} suggestions for {count}")
             for s in sugg:

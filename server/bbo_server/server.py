@@ -69,6 +69,7 @@ class ServerOptions:
     strategy_factory: Optional[Callable] = None
     server_credentials: Optional[grpc.ServerCredentials] = None  # TLS (bbo_server.tls); None = plaintext
     on_start: Sequence[Callable[[StudyRegistry], None]] = field(default_factory=tuple)  # called before serving
+    llm: object = None  # a bbo.llm.LlmAdvisor (plugins/llm.py); None = plain BO
 
 
 class RunningServer:
@@ -103,7 +104,7 @@ def start(opts: ServerOptions, storage: Optional[Storage] = None) -> RunningServ
     registry = StudyRegistry(
         storage,
         strategy_factory=opts.strategy_factory,
-        config=StudyConfig(default_lease_seconds=opts.default_lease_seconds, max_ask=opts.max_ask, device=opts.device),
+        config=StudyConfig(default_lease_seconds=opts.default_lease_seconds, max_ask=opts.max_ask, device=opts.device, llm=opts.llm),
         fit_slots=fit_workers,
     )
     server = grpc.server(

@@ -1,0 +1,96 @@
+"""The LLM module inside the running service: `bbo serve` pointed (via BBO_LLM_BASE_URL) at
+tests/llm_server.py, a local chat-completions server with scripted answers (no real LLM), driven
+through the real openai client by the server and through the real gRPC client by the test."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+from llm_server import ChatServer, Reply
+
+GOOD_POINTS = [{"x": 0.11, "y": 0.22}, {"x": 0.33, "y": 0.44}]
+
+
+def _responder(body: dict) -> Reply:
+    prompt = ChatServer.prompt_of(body)
+    if "candidates" in prompt:
+        return Reply(json.dumps({"candidates": [{"rationale": f"guess {i}", "params": p} for i, p in enumerate(GOOD_POINTS)]}))
+    return Reply(json.dumps({"priors": {n: {"rationale": "r", "best_guess": 0.2, "low": 0.1, "high": 0.3, "confidence": 0.9} for n in ("x", "y")}}))
+
+
+def _garbage(body: dict) -> Reply:
+    return Reply("I think x should be large-ish, y maybe medium. {not json")
+
+
+def _study(client, name):
+    from bbo_client import Float, Llm, Objective
+
+    return client.create_study(
+        name,
+        parameters=[Float("x", 0.0, 1.0), Float("y", 0.0, 1.0)],
+        objectives=[Objective("f")],
+        description="A smooth 2-D bowl; the optimum is near x=0.2, y=0.2.",
+        llm=Llm(enabled=True, warmstart_candidates=2),
+        n_initial=5,
+    )
+
+
+def _server(server_factory, srv):
+    return server_factory(env={**os.environ, "BBO_LLM_BASE_URL": srv.url, "BBO_LLM_MODEL": "test-model", "BBO_LLM_TIMEOUT": "5", "BBO_LLM_API_KEY": "test"})
+
+
+def test_warmstart_candidates_become_trials_and_calls_are_audited(server_factory, study_name):
+    from bbo_client import Client
+
+    with ChatServer(_responder) as chat:
+        srv = _server(server_factory, chat)
+        with Client(srv.address) as c:
+            study = _study(c, study_name)
+            trials = study.ask(5)
+            origins = [t.origin for t in trials]
+            assert origins.count("llm_warmstart") == 2
+            ws = [t for t in trials if t.origin == "llm_warmstart"]
+            assert [dict(t.params) for t in ws] == GOOD_POINTS
+            assert all(t.rationale.startswith("guess") for t in ws)
+            for t in trials:
+                study.tell(t.id, {"f": (t.params["x"] - 0.2) ** 2 + (t.params["y"] - 0.2) ** 2})
+            calls = study.llm_calls()
+            assert {c.purpose for c in calls} >= {"warmstart"}
+            assert all(c.outcome in ("ok", "cached") or c.outcome.startswith("partial") for c in calls), [c.outcome for c in calls]
+            n_requests = len(chat.requests)
+            study.ask(2)  # BO phase: the cached priors prompt is not sent again
+            assert len(chat.requests) == n_requests
+            assert len(study.trials()) == 7
+
+
+def test_garbage_llm_answers_fall_back_to_plain_design_with_reason(server_factory, study_name):
+    from bbo_client import Client
+
+    with ChatServer(_garbage) as chat:
+        srv = _server(server_factory, chat)
+        with Client(srv.address) as c:
+            study = _study(c, study_name)
+            trials = study.ask(3)
+            assert len(trials) == 3
+            assert all(t.origin == "initial_design" for t in trials)
+            assert all(0 <= t.params["x"] <= 1 and 0 <= t.params["y"] <= 1 for t in trials)
+            calls = study.llm_calls()
+            assert calls and all(c.outcome != "ok" for c in calls)
+            assert any("unusable" in c.outcome or "json" in c.outcome.lower() for c in calls), [c.outcome for c in calls]
+
+
+def test_unreachable_endpoint_never_blocks_asks_or_tells(server_factory, study_name):
+    from bbo_client import Client
+
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = server_factory(env={**os.environ, "BBO_LLM_BASE_URL": f"http://127.0.0.1:{port}/v1", "BBO_LLM_MODEL": "m", "BBO_LLM_TIMEOUT": "2"})
+    with Client(srv.address) as c:
+        study = _study(c, study_name)
+        t = study.ask(1)[0]
+        study.tell(t.id, {"f": 1.0})
+        assert study.trials()[0].state == "COMPLETED"
+        assert any(call.outcome != "ok" for call in study.llm_calls())
