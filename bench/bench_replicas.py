@@ -86,11 +86,23 @@ def run(cluster, n_replicas: int, clients: int, studies: int, trials: int, workd
     Storage(url).close()  # migrate once, before the replicas start
     args = ["--log-level", "warning", "--workers", "1", "--db-pool-size", "8"]
     servers = [ServerProcess(url, args=args, log_path=os.path.join(workdir, f"r{n_replicas}-{i}.log")) for i in range(n_replicas)]
-    threads = [threading.Thread(target=s.start) for s in servers]
+    errors = []
+
+    def start(s):
+        try:
+            s.start(timeout=300)
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"{e}\n{s.log_tail()}")
+
+    threads = [threading.Thread(target=start, args=(s,)) for s in servers]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    if errors:
+        for s in servers:
+            s.kill()
+        raise RuntimeError("a replica did not start:\n" + "\n".join(errors))
     try:
         target = "ipv4:" + ",".join(s.address for s in servers)
         names = [f"s{k}" for k in range(studies)]
