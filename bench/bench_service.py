@@ -227,6 +227,7 @@ def main(argv=None) -> int:
         "bare_normal": lambda: run_bare(a.clients, a.trials, "NORMAL"),
     }
     wanted = [c for c in (a.only.split(",") if a.only else configs)]
+    load0 = os.getloadavg()  # other work on the machine skews every figure: recorded with them
     results = {}
     for name in wanted:
         t0 = time.time()
@@ -238,7 +239,8 @@ def main(argv=None) -> int:
     if "bbo_full" in results and "bare_full" in results:
         results["ratio_bbo_to_bare_full"] = results["bbo_full"]["tells_per_s"] / results["bare_full"]["tells_per_s"]
     meta = {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "clients": a.clients, "trials_per_client": a.trials}
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "clients": a.clients, "trials_per_client": a.trials,
+            "load_average_at_start": load0}
     with open(os.path.join(a.out, "service.json"), "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=2)
     plot({k: v for k, v in results.items() if isinstance(v, dict)}, os.path.join(a.out, "service.png"))
