@@ -216,9 +216,14 @@ def main() -> int:
         ax[0].set_ylabel("server RSS (MiB)")
         ax[0].set_title("server resident memory")
         ax[0].set_ylim(bottom=0)
-        ax[1].hist(ask_ms, bins=60, alpha=0.6, label="ask")
-        ax[1].hist(tell_ms, bins=60, alpha=0.6, label="tell")
-        ax[1].set_xscale("symlog")
+        import numpy as np
+
+        hi = max(ask_ms + tell_ms + [10.0])
+        bins = np.logspace(-1, math.log10(hi) + 0.05, 60)
+        ax[1].hist(ask_ms, bins=bins, alpha=0.6, label="ask")
+        ax[1].hist(tell_ms, bins=bins, alpha=0.6, label="tell")
+        ax[1].set_xscale("log")
+        ax[1].set_ylabel("calls")
         ax[1].set_xlabel("latency (ms)")
         ax[1].set_title(f"{out['asks']} asks, {out['errors']} errors")
         ax[1].legend()

@@ -35,7 +35,7 @@ def test_sigkill_at_random_moments_under_16_workers(server_factory, tmp_path):
     def worker(i: int) -> None:
         rnd = random.Random(i)
         # retries ride through restarts: a retried Ask carries the same request_id, a retried Tell is a duplicate
-        with bc.Client(srv.address, retries=100, backoff=0.05, max_backoff=1.0, timeout=30) as c:
+        with bc.Client(srv.address, retries=20, backoff=0.05, max_backoff=1.0, timeout=60) as c:
             s = bc.StudyHandle(c, names[i % N_STUDIES])
             while not stop.is_set():
                 try:
@@ -49,9 +49,11 @@ def test_sigkill_at_random_moments_under_16_workers(server_factory, tmp_path):
                             errors.append(f"tell answered {r}")
                         with lock:
                             acked[(s.name, t.id)] = v
+                except bc.Unavailable:
+                    # the server stayed down longer than the client's retries (a slow restart on a
+                    # busy machine): not acknowledged, so nothing to check; ask again
+                    time.sleep(0.2)
                 except bc.BboError as e:
-                    if stop.is_set() and isinstance(e, bc.Unavailable):
-                        return
                     errors.append(f"{type(e).__name__}: {e}")
                     return
 

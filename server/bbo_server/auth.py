@@ -67,6 +67,11 @@ def authenticate(context: grpc.ServicerContext, method: str) -> str:
     return tenant
 
 
+def _ids(request) -> dict:
+    """The study / trial a request names, for log lines."""
+    return {"study": getattr(request, "study", "") or getattr(request, "name", ""), "trial": getattr(request, "trial_id", None)}
+
+
 class Gate(grpc.ServerInterceptor):
     """Authenticate (when ``keys`` is given), rate-limit and size-limit each BboService call.
 
@@ -113,13 +118,13 @@ class Gate(grpc.ServerInterceptor):
                 if self.limits is not None:
                     self.limits.check(tenant, method, request)
             except Unauthenticated as e:
-                log.info("unauthenticated", extra={"rpc": method, "peer": context.peer(), "detail": e.message})
+                log.info("unauthenticated", extra={"rpc": method, "peer": context.peer(), "detail": e.message, **_ids(request)})
                 context.abort_with_status(status_for(e))
             except Exception as e:  # LimitError -> RESOURCE_EXHAUSTED; anything else INTERNAL (logged)
                 limit = getattr(e, "limit", None)
                 if limit:
                     M.LIMIT_REFUSALS.labels(limit=limit).inc()
-                    log.info("limit", extra={"rpc": method, "limit": limit, "detail": str(e)})
+                    log.info("limit", extra={"rpc": method, "limit": limit, "tenant": tenant, "detail": str(e), **_ids(request)})
                 else:
                     log.exception("gate failed", extra={"rpc": method})
                 context.abort_with_status(status_for(e))
