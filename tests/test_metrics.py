@@ -68,11 +68,9 @@ def test_metrics_off_by_default(bbo_server):
     assert "metrics on" not in bbo_server.log_tail(100000)
 
 
-def test_strategy_wrapper_counts_llm_calls_and_forwards():
+def test_strategy_wrapper_times_and_forwards_and_llm_calls_are_counted(storage):
     from bbo.storage import LlmCallRecord
     from bbo_server import metrics as M
-
-    logged = []
 
     class Fake:
         last = type("L", (), {"fit_seconds": 0.25, "acq_seconds": 0.5})()
@@ -81,8 +79,6 @@ def test_strategy_wrapper_counts_llm_calls_and_forwards():
             self.log = fn
 
         def suggest(self, trials, n):
-            self.log(LlmCallRecord("warmstart", "m", "p", "r", "ok", latency_seconds=0.2))
-            self.log(purpose="priors", model="m", prompt="p", response="", outcome="timeout", latency_seconds=1.0)
             return ["s"] * n
 
         def status(self, trials):
@@ -91,14 +87,24 @@ def test_strategy_wrapper_counts_llm_calls_and_forwards():
     def count(**labels):
         return M.LLM_CALLS.labels(**labels)._value.get()
 
-    ok0, bad0, fit0 = count(purpose="warmstart", outcome="ok"), count(purpose="priors", outcome="failure"), M.GP_FIT_SECONDS._sum.get()
+    fit0, n0 = M.GP_FIT_SECONDS._sum.get(), M.SUGGEST_SECONDS._sum.get()
     strat = M.instrument_factory(lambda spec: Fake())(None)
-    strat.set_llm_logger(lambda call=None, **kw: logged.append(call or kw))
     assert strat.suggest([], 2) == ["s", "s"]
     assert strat.status([]) == ("ACTIVE", "")  # forwarded
-    assert len(logged) == 2  # the original logger still gets every call
+    logged = []
+    strat.set_llm_logger(logged.append)
+    strat.log("x")
+    assert logged == ["x"]
+    assert M.GP_FIT_SECONDS._sum.get() == fit0 + 0.25 and M.SUGGEST_SECONDS._sum.get() > n0
+
+    st = storage.insert_study("t", "llm", {"parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}], "objectives": [{"name": "y"}]}, 1)
+    ok0, bad0 = count(purpose="warmstart", outcome="ok"), count(purpose="priors", outcome="failure")
+    M.count_llm_calls(storage)
+    M.count_llm_calls(storage)  # idempotent: not counted twice
+    storage.log_llm_call(st.id, LlmCallRecord("warmstart", "m", "p", "r", "ok", latency_seconds=0.2))
+    storage.log_llm_call(st.id, LlmCallRecord("priors", "m", "p", "", "timeout after 30s"))
     assert count(purpose="warmstart", outcome="ok") == ok0 + 1
     assert count(purpose="priors", outcome="failure") == bad0 + 1
-    assert M.GP_FIT_SECONDS._sum.get() == fit0 + 0.25
+    assert len(storage.list_llm_calls(st.id)) == 2  # still stored
     M.record_llm_call("proposal", ok=False)
     assert count(purpose="proposal", outcome="failure") >= 1

@@ -11,8 +11,8 @@ What is measured:
   generation strategy (whole suggestion, GP hyperparameter fit, acquisition optimization);
   ``bbo_suggest_in_progress``: suggestions being computed;
 - ``bbo_llm_calls_total{purpose,outcome}`` (outcome ``ok`` or ``failure``) and
-  ``bbo_llm_call_seconds``: the LLM module's calls. The strategy's LLM logger is wrapped
-  automatically; other code may call :func:`record_llm_call`;
+  ``bbo_llm_call_seconds``: the LLM module's calls, counted where they are stored for audit
+  (:func:`count_llm_calls`); other code may call :func:`record_llm_call`;
 - ``bbo_auth_failures_total{reason}``, ``bbo_limit_refusals_total{limit}``.
 
 Metrics live in the process-wide default registry; counting is always on (it is cheap), the HTTP
@@ -115,7 +115,7 @@ def _count_payload(method: str, response) -> None:
 
 class InstrumentedStrategy:
     """Wraps a generation strategy: times ``suggest`` (and the GP fit / acquisition parts the
-    strategy reports in ``.last``) and counts the LLM calls it logs. Everything else is forwarded."""
+    strategy reports in ``.last``). Everything else is forwarded."""
 
     def __init__(self, inner: Any):
         self._inner = inner
@@ -138,23 +138,29 @@ class InstrumentedStrategy:
 
     def set_llm_logger(self, logger: Callable) -> None:
         setter = getattr(self._inner, "set_llm_logger", None)
-        if not callable(setter):
-            return
-
-        def counted(call=None, **fields):
-            try:
-                purpose = getattr(call, "purpose", None) or fields.get("purpose", "")
-                outcome = getattr(call, "outcome", None) or fields.get("outcome", "")
-                latency = getattr(call, "latency_seconds", None) or fields.get("latency_seconds", 0.0)
-                record_llm_call(purpose, str(outcome).lower() == "ok", float(latency or 0.0))
-            except Exception:
-                pass
-            return logger(call, **fields) if call is not None else logger(**fields)
-
-        setter(counted)
+        if callable(setter):
+            setter(logger)
 
     def __getattr__(self, name: str):
         return getattr(self._inner, name)
+
+
+def count_llm_calls(storage) -> None:
+    """Count every LLM call the service stores for audit (``Storage.log_llm_call``: the one place
+    all of them pass), by purpose and outcome ("ok" or not)."""
+    if getattr(storage, "_bbo_llm_counted", False):
+        return
+    orig = storage.log_llm_call
+
+    def log_llm_call(study_id, call):
+        try:
+            record_llm_call(call.purpose, str(call.outcome).strip().lower() == "ok", float(call.latency_seconds or 0.0))
+        except Exception:  # metrics never break a call
+            pass
+        return orig(study_id, call)
+
+    storage.log_llm_call = log_llm_call
+    storage._bbo_llm_counted = True
 
 
 def instrument_factory(factory: Callable[[Any], Any]) -> Callable[[Any], Any]:

@@ -75,7 +75,7 @@ def configure_server(opts, args) -> None:
     gate = auth.Gate(KeyStore(None) if use_auth else None, limits)
     opts.interceptors = [metrics.MetricsInterceptor(), gate, *opts.interceptors]
     opts.authenticate = auth.authenticate
-    opts.on_start = [*opts.on_start, lambda registry: gate.bind(registry.storage)]
+    opts.on_start = [*opts.on_start, lambda registry: gate.bind(registry.storage), lambda registry: metrics.count_llm_calls(registry.storage)]
     if use_auth:
         def warn_without_keys(registry) -> None:
             if KeyStore(registry.storage).count_active() == 0:
