@@ -83,13 +83,13 @@ PROBLEMS = {
 }
 
 
-def make_spec(problem: str, seed: int):
+def make_spec(problem: str, seed: int, prior_exponent: float = 1.0):
     from bbo.space import FloatParam, SearchSpace
     from bbo.spec import AlgorithmOptions, LlmOptions, Objective, StudySpec
 
     _, bounds, _, _, _, desc = PROBLEMS[problem]
     space = SearchSpace(tuple(FloatParam(f"x{i + 1}", lo, hi) for i, (lo, hi) in enumerate(bounds)))
-    return StudySpec(space, (Objective("y"),), algorithm=AlgorithmOptions(seed=seed), description=desc,
+    return StudySpec(space, (Objective("y"),), algorithm=AlgorithmOptions(seed=seed, prior_exponent=prior_exponent), description=desc,
                      llm=LlmOptions(enabled=True))
 
 
@@ -118,7 +118,7 @@ def advice(problem: str, good: bool, seed: int, n_candidates: int) -> tuple[str,
 
 
 # ---- one run ------------------------------------------------------------------------------------------
-def run_one(problem: str, variant: str, seed: int, budget: int) -> dict:
+def run_one(problem: str, variant: str, seed: int, budget: int, prior_exponent: float = 1.0) -> dict:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
@@ -129,7 +129,7 @@ def run_one(problem: str, variant: str, seed: int, budget: int) -> dict:
     from llm_server import ChatServer, Reply
 
     fn, _, f_star, _, _, _ = PROBLEMS[problem]
-    spec = make_spec(problem, seed)
+    spec = make_spec(problem, seed, prior_exponent)
     warm: list = []
     llm_info: dict = {}
     if variant != "plain":
@@ -164,7 +164,8 @@ def run_one(problem: str, variant: str, seed: int, budget: int) -> dict:
         best = min(best, y)
         regret.append(max(best - f_star, 1e-12))
         origins.append(s.origin)
-    return {"problem": problem, "variant": variant, "seed": seed, "regret": regret, "origins": origins,
+    return {"problem": problem, "variant": variant, "seed": seed, "prior_exponent": prior_exponent,
+            "regret": regret, "origins": origins,
             "seconds": time.perf_counter() - t0, "llm": llm_info}
 
 
@@ -201,8 +202,8 @@ def markdown(summary: dict, budget: int, n_seeds: int, seconds: float) -> str:
         f"Median simple regret over {n_seeds} seeds, budget {budget} evaluations (scripted LLM answers through the real client).",
         "",
         "| problem | variant | regret @10 | regret @25 | regret @" + str(budget) + " | × plain @" + str(budget) +
-        " | evals to plain's @" + str(budget) + " |",
-        "|---|---|---|---|---|---|---|",
+        " | evals to plain's @" + str(budget) + " | mean log10 regret @" + str(budget) + " | seeds ≤ 1.1 × plain |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for problem, row in summary.items():
         for v in VARIANTS:
@@ -211,7 +212,8 @@ def markdown(summary: dict, budget: int, n_seeds: int, seconds: float) -> str:
             r = row[v]
             e = r["evals_to_plain_final"]
             lines.append(f"| {problem} | {v} | {r['median_at_10']:.3g} | {r['median_at_25']:.3g} | {r['median_final']:.3g} | "
-                         f"{r['final_ratio']:.2f} | {e if e is not None else f'> {budget}'} |")
+                         f"{r['final_ratio']:.2f} | {e if e is not None else f'> {budget}'} | {r['mean_log10_final']:.2f} | "
+                         f"{r['seeds_within_10pct_of_plain']}/{row['n_seeds']} |")
     lines.append("")
     lines.append(f"Total compute: {seconds / 60:.1f} CPU-minutes.")
     return "\n".join(lines)
@@ -253,6 +255,7 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--workers", type=int, default=max(1, min(4, (os.cpu_count() or 2))))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--prior-exponent", type=float, default=1.0, help="piBO beta (algorithm.prior_exponent)")
     ap.add_argument("--resume", action="store_true", help="keep the runs already in <out>/llm.partial.jsonl")
     ap.add_argument("--summarize-only", action="store_true", help="write the outputs from llm.partial.jsonl and stop")
     args = ap.parse_args(argv)
@@ -267,7 +270,7 @@ def main(argv=None) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     partial = out_dir / "llm.partial.jsonl"
-    jobs = [(p, v, s, args.budget) for s in range(args.seeds) for p in problems for v in variants]
+    jobs = [(p, v, s, args.budget, args.prior_exponent) for s in range(args.seeds) for p in problems for v in variants]
     runs: list[dict] = []
     if (args.resume or args.summarize_only) and partial.exists():
         for line in partial.read_text().splitlines():
@@ -275,9 +278,9 @@ def main(argv=None) -> int:
                 r = json.loads(line)
             except ValueError:
                 continue  # a line cut off by a kill
-            if (r["problem"], r["variant"], r["seed"], len(r["regret"])) in jobs:
+            if _job_of(r) in jobs:
                 runs.append(r)
-        done = {(r["problem"], r["variant"], r["seed"], len(r["regret"])) for r in runs}
+        done = {_job_of(r) for r in runs}
         jobs = [j for j in jobs if j not in done]
         print(f"resuming: {len(runs)} runs kept, {len(jobs)} to go", flush=True)
     if args.summarize_only:
@@ -294,7 +297,7 @@ def main(argv=None) -> int:
     seconds = sum(r["seconds"] for r in runs)
     summary = summarize(runs, args.budget)
     md = markdown(summary, args.budget, args.seeds, seconds)
-    result = {"budget": args.budget, "seeds": args.seeds, "problems": problems, "variants": variants,
+    result = {"budget": args.budget, "seeds": args.seeds, "prior_exponent": args.prior_exponent, "problems": problems, "variants": variants,
               "wall_seconds": time.time() - t0, "summary": summary, "runs": runs}
     name = "llm" if not args.summarize_only else "llm.interim"
     (out_dir / f"{name}.json").write_text(json.dumps(result, indent=1))
@@ -302,6 +305,10 @@ def main(argv=None) -> int:
     plot(runs, out_dir / f"{name}.png", args.budget)
     print(md)
     return 0
+
+
+def _job_of(r: dict) -> tuple:
+    return (r["problem"], r["variant"], r["seed"], len(r["regret"]), float(r.get("prior_exponent", 1.0)))
 
 
 def _run(jobs, runs, partial, workers, resume) -> None:
