@@ -1,0 +1,61 @@
+"""What every application kit offers: a described, seedable black box with a study spec.
+
+A kit is a small object with
+
+- ``name`` and ``description``: natural language for the LLM module (what is tuned, facts about the
+  model / data set / solver / cluster that a human expert would use to guess good settings);
+- ``spec(**options) -> StudySpec``: search space, objectives, outcome constraints, tracked metrics;
+  options choose a variant (model and data set, solver problem, single- or multi-objective...) and
+  are recorded as *fixed parameters* of the space, so that a trial's parameters alone say what to run;
+- ``evaluate(params, seed=0) -> dict[str, float]``: run the black box; deterministic for a given
+  ``params`` and ``seed`` (except the wall-clock metrics listed in ``wall_clock_metrics``);
+- ``known_best(**options)``: the best objective value known for that variant, for regret, or None.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+from bbo.errors import SpecError
+from bbo.space import FixedParam
+from bbo.spec import StudySpec
+
+
+class Kit:
+    """Base class of the application kits (see the module docstring)."""
+
+    name: str = ""
+    description: str = ""
+    #: metrics measured in wall-clock seconds: they vary from run to run even for one seed
+    wall_clock_metrics: tuple[str, ...] = ()
+    #: option name -> default, for ``spec`` and ``evaluate`` (missing fixed parameters take these)
+    defaults: Mapping[str, Any] = {}
+
+    def spec(self, **options: Any) -> StudySpec:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def evaluate(self, params: Mapping[str, Any], seed: int = 0) -> dict[str, float]:  # pragma: no cover
+        raise NotImplementedError
+
+    def known_best(self, **options: Any) -> Optional[float]:
+        return None
+
+    # ---- helpers shared by the kits ------------------------------------------------------------
+    def _options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = set(options) - set(self.defaults)
+        if unknown:
+            raise SpecError("options", f"kit '{self.name}' has no option(s) {sorted(unknown)}; it takes {sorted(self.defaults)}")
+        out = dict(self.defaults)
+        out.update({k: v for k, v in options.items() if v is not None})
+        return out
+
+    def _fixed(self, opts: Mapping[str, Any], names: tuple[str, ...]) -> tuple[FixedParam, ...]:
+        return tuple(FixedParam(n, opts[n]) for n in names)
+
+    def _with_defaults(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in self.defaults.items()}
+        out.update(params)
+        return out
+
+    def __repr__(self) -> str:
+        return f"<kit {self.name}>"

@@ -1,0 +1,273 @@
+"""Hyperparameter tuning of scikit-learn models on scikit-learn's bundled data sets (Bayesmark-style).
+
+Variant = (model, data set), chosen by ``spec(model=..., dataset=...)`` and carried in the trial's
+parameters as the fixed parameters ``model`` and ``dataset``.
+
+Objective: ``cv_error`` (minimize) = 1 - mean cross-validated accuracy for classification, or
+1 - mean cross-validated R^2 (the MSE divided by the target variance) for regression (``diabetes``).
+Error rates are in [0, 1]; an R^2 error can exceed 1 for a model worse than predicting the mean.
+
+Protocol (documented so results can be compared): stratified (classification) or plain (regression)
+K-fold CV, K = ``cv_folds`` (default 3), shuffled with the evaluation seed; the model's own
+``random_state`` is the seed too, so ``evaluate(params, seed)`` is deterministic for a seed.
+Data sets larger than ``max_samples`` rows (default 1000; only ``digits``, 1797 rows) are
+subsampled once, with a fixed generator independent of the seed, so every trial of every seed sees
+the same rows. Inputs are standardised inside each fold (a ``StandardScaler`` in the pipeline) for
+the scale-sensitive models (SVM, MLP, linear, k-NN), and regression targets are standardised for
+every model. Everything runs single-threaded (n_jobs=1).
+
+Tracked metrics: ``train_seconds`` (mean wall-clock fit time per fold: NOT deterministic),
+``cv_error_std`` (standard deviation over the folds) and ``cv_error_sem`` (its standard error).
+``spec(max_train_seconds=X)`` adds the outcome constraint ``train_seconds <= X`` (effectiveness
+traded against training time).
+
+Cost of one evaluation on one core (measured): k-NN, linear, SVM < 0.2 s; random forest < 1.2 s;
+MLP < 2 s on digits; gradient boosting < 1 s on binary data sets but up to ~5 s on digits at its
+largest settings (10 classes = 10 trees per boosting round).
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import lru_cache
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from bbo.errors import SpecError
+from bbo.kits.base import Kit
+from bbo.space import CategoricalParam, FloatParam, IntParam, OrdinalParam, SearchSpace
+from bbo.spec import MINIMIZE, Objective, OutcomeConstraint, StudySpec
+
+# ---- data sets -----------------------------------------------------------------------------------
+
+DATASETS: dict[str, dict[str, Any]] = {
+    "iris": dict(task="classification", about="iris flowers: 150 samples, 4 numeric features (sepal/petal length and width), 3 balanced classes; nearly linearly separable, tiny"),
+    "wine": dict(task="classification", about="wine cultivars: 178 samples, 13 numeric chemical features on very different scales, 3 classes; easy once standardised"),
+    "breast_cancer": dict(task="classification", about="Wisconsin breast cancer: 569 samples, 30 numeric features (cell nucleus measurements, strongly correlated), 2 classes (212 malignant / 357 benign)"),
+    "digits": dict(task="classification", about="8x8 handwritten digits: 1797 samples (subsampled to 1000), 64 pixel-intensity features in 0..16, 10 balanced classes; smooth kernels and neural nets do well"),
+    "diabetes": dict(task="regression", about="diabetes progression: 442 samples, 10 standardised features (age, sex, BMI, blood pressure, 6 serum measurements), a continuous target; noisy, the best models explain only about half of the variance"),
+}
+
+
+@lru_cache(maxsize=None)
+def load_dataset(name: str, max_samples: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """The data set's (X, y), subsampled to ``max_samples`` rows with a fixed generator."""
+    from sklearn import datasets
+
+    if name not in DATASETS:
+        raise SpecError("dataset", f"unknown data set {name!r}; choose one of {sorted(DATASETS)}")
+    X, y = getattr(datasets, f"load_{name}")(return_X_y=True)
+    X = np.asarray(X, dtype=float)
+    if len(y) > max_samples:
+        idx = np.sort(np.random.default_rng(12345).choice(len(y), max_samples, replace=False))
+        X, y = X[idx], y[idx]
+    X.setflags(write=False)
+    y.setflags(write=False)
+    return X, y
+
+
+# ---- models: search spaces and builders ----------------------------------------------------------
+
+MODELS: dict[str, dict[str, Any]] = {
+    "rf": dict(
+        about="random forest (bagged CART trees, sklearn RandomForestClassifier/Regressor)",
+        params=(
+            IntParam("n_estimators", 10, 200, log=True),
+            IntParam("max_depth", 1, 20),
+            FloatParam("max_features", 0.05, 1.0),
+            IntParam("min_samples_split", 2, 20),
+            IntParam("min_samples_leaf", 1, 20),
+        ),
+        hints="more trees rarely hurt accuracy but cost time linearly; depth >= 8 and max_features around sqrt(d)/d to 0.5 are usual; large min_samples_leaf underfits small data sets",
+    ),
+    "hgb": dict(
+        about="histogram gradient boosting (sklearn HistGradientBoostingClassifier/Regressor, 64 bins, no early stopping)",
+        params=(
+            FloatParam("learning_rate", 0.01, 1.0, log=True),
+            IntParam("max_iter", 10, 100, log=True),
+            IntParam("max_leaf_nodes", 4, 32, log=True),
+            IntParam("min_samples_leaf", 2, 64, log=True),
+            FloatParam("l2_regularization", 1e-6, 10.0, log=True),
+        ),
+        hints="learning_rate and max_iter trade off (lr around 0.1 with 50-100 rounds is a good default); on a few hundred samples keep min_samples_leaf small (< 20); multiclass costs one tree per class per round",
+    ),
+    "svm": dict(
+        about="support vector machine with an RBF kernel on standardised inputs (sklearn SVC/SVR)",
+        params=(
+            FloatParam("C", 1e-3, 1e3, log=True),
+            FloatParam("gamma", 1e-4, 10.0, log=True),
+            FloatParam("tol", 1e-5, 1e-1, log=True),
+        ),
+        hints="after standardisation, gamma near 1/n_features and C between 1 and 100 usually work; very large gamma overfits (memorises), very small C underfits; tol barely matters",
+    ),
+    "mlp": dict(
+        about="one-hidden-layer perceptron with ReLU, Adam, on standardised inputs (sklearn MLPClassifier/Regressor)",
+        params=(
+            IntParam("hidden_units", 8, 128, log=True),
+            FloatParam("alpha", 1e-6, 1.0, log=True),
+            FloatParam("learning_rate_init", 1e-4, 1e-1, log=True),
+            OrdinalParam("batch_size", (16, 32, 64, 128, 256), log=True),
+            IntParam("max_iter", 10, 100, log=True),
+        ),
+        hints="learning_rate_init around 1e-3..1e-2 with 50-100 epochs; too few epochs underfit (ConvergenceWarning); alpha (L2) helps on small data; larger batches are faster but need more epochs",
+    ),
+    "linear": dict(
+        about="regularised linear model on standardised inputs: logistic regression (lbfgs, L2) for classification, elastic net for regression",
+        params=(
+            FloatParam("C", 1e-4, 1e4, log=True),
+            FloatParam("l1_ratio", 0.0, 1.0),
+            FloatParam("tol", 1e-6, 1e-1, log=True),
+        ),
+        hints="C is the inverse regularisation strength (regression: alpha = 1/C); moderate C (0.1..10) is usually best; l1_ratio only matters for regression (elastic net)",
+    ),
+    "knn": dict(
+        about="k-nearest neighbours on standardised inputs (sklearn KNeighborsClassifier/Regressor)",
+        params=(
+            IntParam("n_neighbors", 1, 50, log=True),
+            CategoricalParam("weights", ("uniform", "distance")),
+            FloatParam("p", 1.0, 3.0),
+        ),
+        hints="k between 3 and 15 and distance weighting are common winners; p is the Minkowski exponent (1 Manhattan, 2 Euclidean)",
+    ),
+}
+
+
+def build_model(model: str, task: str, p: Mapping[str, Any], seed: int):
+    """The scikit-learn estimator (a pipeline with a scaler where it matters) for these parameters.
+
+    Regressors learn a standardised target (``TransformedTargetRegressor``), so SVR's epsilon, the
+    MLP's initial scale and the elastic net's alpha mean the same on any data set.
+    """
+    est = _build_model(model, task, p, seed)
+    if task == "regression":
+        from sklearn.compose import TransformedTargetRegressor
+        from sklearn.preprocessing import StandardScaler
+
+        est = TransformedTargetRegressor(regressor=est, transformer=StandardScaler())
+    return est
+
+
+def _build_model(model: str, task: str, p: Mapping[str, Any], seed: int):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = task == "classification"
+    if model == "rf":
+        from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+
+        cls = RandomForestClassifier if clf else RandomForestRegressor
+        return cls(n_estimators=int(p["n_estimators"]), max_depth=int(p["max_depth"]), max_features=float(p["max_features"]),
+                   min_samples_split=int(p["min_samples_split"]), min_samples_leaf=int(p["min_samples_leaf"]),
+                   random_state=seed, n_jobs=1)
+    if model == "hgb":
+        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+        cls = HistGradientBoostingClassifier if clf else HistGradientBoostingRegressor
+        return cls(learning_rate=float(p["learning_rate"]), max_iter=int(p["max_iter"]), max_leaf_nodes=int(p["max_leaf_nodes"]),
+                   min_samples_leaf=int(p["min_samples_leaf"]), l2_regularization=float(p["l2_regularization"]),
+                   max_bins=64, early_stopping=False, random_state=seed)
+    if model == "svm":
+        from sklearn.svm import SVC, SVR
+
+        est = SVC(C=float(p["C"]), gamma=float(p["gamma"]), tol=float(p["tol"]), random_state=seed) if clf else \
+            SVR(C=float(p["C"]), gamma=float(p["gamma"]), tol=float(p["tol"]))
+        return make_pipeline(StandardScaler(), est)
+    if model == "mlp":
+        from sklearn.neural_network import MLPClassifier, MLPRegressor
+
+        cls = MLPClassifier if clf else MLPRegressor
+        est = cls(hidden_layer_sizes=(int(p["hidden_units"]),), alpha=float(p["alpha"]), learning_rate_init=float(p["learning_rate_init"]),
+                  batch_size=int(p["batch_size"]), max_iter=int(p["max_iter"]), random_state=seed)
+        return make_pipeline(StandardScaler(), est)
+    if model == "linear":
+        if clf:
+            from sklearn.linear_model import LogisticRegression
+
+            est = LogisticRegression(C=float(p["C"]), tol=float(p["tol"]), max_iter=500)
+        else:
+            from sklearn.linear_model import ElasticNet
+
+            est = ElasticNet(alpha=1.0 / float(p["C"]), l1_ratio=float(p["l1_ratio"]), tol=float(p["tol"]), max_iter=5000, random_state=seed)
+        return make_pipeline(StandardScaler(), est)
+    if model == "knn":
+        from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+
+        cls = KNeighborsClassifier if clf else KNeighborsRegressor
+        return make_pipeline(StandardScaler(), cls(n_neighbors=int(p["n_neighbors"]), weights=str(p["weights"]), p=float(p["p"])))
+    raise SpecError("model", f"unknown model {model!r}; choose one of {sorted(MODELS)}")
+
+
+class HpoKit(Kit):
+    name = "hpo"
+    wall_clock_metrics = ("train_seconds",)
+    defaults = {"model": "svm", "dataset": "breast_cancer", "cv_folds": 3, "max_samples": 1000, "max_train_seconds": None}
+
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        return self.describe()
+
+    def describe(self, **options: Any) -> str:
+        o = self._options(options)
+        m, d = MODELS[o["model"]], DATASETS[o["dataset"]]
+        metric = "1 - accuracy" if d["task"] == "classification" else "1 - R^2 (MSE / target variance)"
+        text = (
+            f"Hyperparameter tuning of a {m['about']} on the scikit-learn data set '{o['dataset']}' ({d['about']}). "
+            f"Objective: minimize cv_error = {metric}, the mean over {o['cv_folds']}-fold shuffled cross-validation. "
+            f"Tracked: train_seconds, the mean fit time per fold on one CPU core. Expert hints: {m['hints']}."
+        )
+        if o["max_train_seconds"] is not None:
+            text += f" Constraint: train_seconds <= {o['max_train_seconds']:g}."
+        return text
+
+    def spec(self, **options: Any) -> StudySpec:
+        o = self._options(options)
+        if o["model"] not in MODELS:
+            raise SpecError("model", f"unknown model {o['model']!r}; choose one of {sorted(MODELS)}")
+        if o["dataset"] not in DATASETS:
+            raise SpecError("dataset", f"unknown data set {o['dataset']!r}; choose one of {sorted(DATASETS)}")
+        params = MODELS[o["model"]]["params"]
+        if o["model"] == "linear" and DATASETS[o["dataset"]]["task"] == "classification":
+            params = tuple(p for p in params if p.name != "l1_ratio")  # lbfgs logistic regression: L2 only
+        fixed = self._fixed(o, ("model", "dataset", "cv_folds", "max_samples"))
+        cons = ()
+        if o["max_train_seconds"] is not None:
+            cons = (OutcomeConstraint("train_seconds", "<=", float(o["max_train_seconds"])),)
+        tracked = ("cv_error_std", "cv_error_sem") + (() if cons else ("train_seconds",))
+        return StudySpec(
+            space=SearchSpace(tuple(params) + fixed),
+            objectives=(Objective("cv_error", MINIMIZE),),
+            outcome_constraints=cons,
+            tracked_metrics=tracked,
+            description=self.describe(**options),
+        )
+
+    def evaluate(self, params: Mapping[str, Any], seed: int = 0) -> dict[str, float]:
+        from sklearn.model_selection import KFold, StratifiedKFold, cross_validate
+
+        p = self._with_defaults(params)
+        model, dataset = str(p["model"]), str(p["dataset"])
+        if dataset not in DATASETS:
+            raise SpecError("dataset", f"unknown data set {dataset!r}; choose one of {sorted(DATASETS)}")
+        task = DATASETS[dataset]["task"]
+        X, y = load_dataset(dataset, int(p["max_samples"]))
+        est = build_model(model, task, p, int(seed))
+        k = int(p["cv_folds"])
+        cv = StratifiedKFold(k, shuffle=True, random_state=int(seed)) if task == "classification" else KFold(k, shuffle=True, random_state=int(seed))
+        scoring = "accuracy" if task == "classification" else "r2"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ConvergenceWarning of short MLP / linear runs is the point of tuning
+            res = cross_validate(est, X, y, cv=cv, scoring=scoring, n_jobs=1, error_score="raise")
+        err = 1.0 - np.asarray(res["test_score"], dtype=float)
+        return {
+            "cv_error": float(err.mean()),
+            "cv_error_std": float(err.std()),
+            "cv_error_sem": float(err.std(ddof=1) / np.sqrt(len(err))) if len(err) > 1 else 0.0,
+            "train_seconds": float(np.mean(res["fit_time"])),
+        }
+
+    def known_best(self, **options: Any) -> Optional[float]:
+        return None  # unknown: benchmarks use the best value any method found
+
+
+KIT = HpoKit()

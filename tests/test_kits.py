@@ -1,0 +1,297 @@
+"""Application kits: valid specs, deterministic seeded evaluations, solver and simulator checks,
+and a short study through a real server for each kit."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bbo.design import sobol_design
+from bbo.errors import SpecError
+from bbo.kits import KITS, get_kit
+from bbo.kits import admm as admm_mod
+from bbo.kits import cloud as cloud_mod
+from bbo.spec import StudySpec
+
+# (kit, options) pairs cheap enough to evaluate a few times each
+VARIANTS = [
+    ("hpo", {"model": "svm", "dataset": "breast_cancer"}),
+    ("hpo", {"model": "knn", "dataset": "wine"}),
+    ("hpo", {"model": "linear", "dataset": "diabetes"}),
+    ("hpo", {"model": "hgb", "dataset": "iris", "max_train_seconds": 1.0}),
+    ("hpo", {"model": "rf", "dataset": "wine"}),
+    ("hpo", {"model": "mlp", "dataset": "iris"}),
+    ("admm", {"problem": "lasso"}),
+    ("admm", {"problem": "qp", "accuracy": 1e-4}),
+    ("cloud", {"variant": "single"}),
+    ("cloud", {"variant": "multi"}),
+]
+
+
+def _ids(v):
+    return f"{v[0]}-" + "-".join(str(x) for x in v[1].values())
+
+
+def test_registry():
+    assert set(KITS) == {"hpo", "admm", "cloud"}
+    for name, kit in KITS.items():
+        assert kit.name == name
+        assert isinstance(kit.description, str) and len(kit.description) > 200
+        assert get_kit(name) is kit
+    with pytest.raises(SpecError, match="unknown kit"):
+        get_kit("nope")
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=_ids)
+def test_spec_valid_and_round_trips(variant):
+    name, opts = variant
+    kit = KITS[name]
+    spec = kit.spec(**opts)
+    assert isinstance(spec, StudySpec)
+    assert spec.description and len(spec.description) > 200
+    again = StudySpec.from_dict(spec.to_dict())
+    assert again.to_dict() == spec.to_dict()
+    # the variant's options travel as fixed parameters, so params alone say what to run
+    fixed = {p.name for p in spec.space.params} - set(spec.space.names)
+    assert fixed, "options should be fixed parameters"
+    assert not (set(spec.all_metrics) - set(spec.modeled_metrics + list(spec.tracked_metrics)))
+
+
+def test_unknown_options_rejected():
+    with pytest.raises(SpecError):
+        KITS["hpo"].spec(model="xgboost")
+    with pytest.raises(SpecError):
+        KITS["hpo"].spec(dataset="mnist")
+    with pytest.raises(SpecError):
+        KITS["admm"].spec(problem="svm")
+    with pytest.raises(SpecError):
+        KITS["cloud"].spec(variant="both")
+    with pytest.raises(SpecError, match="no option"):
+        KITS["cloud"].spec(colour="red")
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=_ids)
+def test_evaluate_deterministic_and_complete(variant):
+    name, opts = variant
+    kit = KITS[name]
+    spec = kit.spec(**opts)
+    (p,) = sobol_design(spec.space, 1, seed=3)
+    p = spec.space.validate_params(p)
+    a = kit.evaluate(p, seed=1)
+    b = kit.evaluate(dict(p), seed=1)
+    missing = set(spec.all_metrics) - set(a)
+    assert not missing, f"{name} misses metrics {missing}"
+    assert all(isinstance(v, float) and math.isfinite(v) for v in a.values())
+    det = {k: v for k, v in a.items() if k not in kit.wall_clock_metrics}
+    assert det == {k: v for k, v in b.items() if k not in kit.wall_clock_metrics}
+
+
+@pytest.mark.parametrize("name,opts", [("hpo", {"model": "knn", "dataset": "breast_cancer"}), ("admm", {}), ("cloud", {})])
+def test_seed_changes_the_black_box(name, opts):
+    kit = KITS[name]
+    spec = kit.spec(**opts)
+    pts = sobol_design(spec.space, 3, seed=0)
+    objective = spec.objectives[0].name
+    r0 = [kit.evaluate(p, seed=0)[objective] for p in pts]
+    r1 = [kit.evaluate(p, seed=1)[objective] for p in pts]
+    assert r0 != r1
+
+
+def test_hpo_constraint_and_train_seconds():
+    kit = KITS["hpo"]
+    spec = kit.spec(model="knn", dataset="iris", max_train_seconds=0.5)
+    assert [str(c) for c in spec.outcome_constraints] == ["train_seconds <= 0.5"]
+    assert "train_seconds" in spec.modeled_metrics
+    m = kit.evaluate({"n_neighbors": 5, "weights": "distance", "p": 2.0, "model": "knn", "dataset": "iris"})
+    assert 0 <= m["cv_error"] <= 0.2 and 0 < m["train_seconds"] < 5
+    # a terrible configuration is clearly worse than a sensible one
+    bad = kit.evaluate({"C": 1e-3, "gamma": 1e-4, "tol": 1e-3, "model": "svm", "dataset": "breast_cancer"})
+    good = kit.evaluate({"C": 10.0, "gamma": 0.01, "tol": 1e-3, "model": "svm", "dataset": "breast_cancer"})
+    assert good["cv_error"] < 0.06 < 0.3 < bad["cv_error"]
+
+
+# ---- ADMM ---------------------------------------------------------------------------------------
+
+
+def test_admm_lasso_matches_sklearn_on_small_instance():
+    from sklearn.linear_model import Lasso
+
+    inst = admm_mod.make_lasso(seed=5, m=40, n=60, k=5)
+    res = admm_mod.admm(inst, rho=1.0, alpha=1.5, max_iter=20_000, eps_abs=1e-10, eps_rel=1e-10)
+    assert res.converged
+    # recover A and b from the instance: H = A^T A, c = -A^T b is enough for sklearn via a Cholesky-like factor
+    w, V = inst.evals, inst.evecs
+    keep = w > 1e-10
+    A = (V[:, keep] * np.sqrt(w[keep])).T  # A' with A'^T A' = H
+    b = np.linalg.lstsq(A.T, -inst.c, rcond=None)[0]  # A'^T b' = -c
+    m = A.shape[0]
+    sk = Lasso(alpha=inst.lam / m, fit_intercept=False, tol=1e-12, max_iter=200_000).fit(A, b)
+    assert np.max(np.abs(sk.coef_ - res.x)) < 1e-5
+    _, xstar, fstar = admm_mod.reference.__wrapped__("lasso", 0)  # the kit's reference is exact (KKT)
+    inst0 = admm_mod.make_lasso(0)
+    assert admm_mod.kkt_residual(inst0, xstar) < 1e-8
+    assert abs(inst0.objective(xstar) - fstar) < 1e-12
+
+
+def test_admm_qp_matches_scipy():
+    from scipy.optimize import minimize
+
+    inst = admm_mod.make_qp(seed=3, n=30, cond=1e2)
+    res = admm_mod.admm(inst, rho=1.0, alpha=1.6, max_iter=20_000, eps_abs=1e-10, eps_rel=1e-10)
+    assert res.converged
+    sp = minimize(lambda x: 0.5 * x @ inst.H @ x + inst.c @ x, np.zeros(inst.n), jac=lambda x: inst.H @ x + inst.c,
+                  bounds=list(zip(inst.lo, inst.hi)), method="L-BFGS-B", options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10_000})
+    assert np.max(np.abs(sp.x - res.x)) < 1e-5
+    assert inst.objective(res.x) <= sp.fun + 1e-8
+    _, xstar, _ = admm_mod.reference("qp", 0)
+    assert admm_mod.kkt_residual(admm_mod.make_qp(0), xstar) < 1e-8
+
+
+@pytest.mark.parametrize("problem", ["lasso", "qp"])
+def test_admm_bad_parameters_take_longer(problem):
+    kit = KITS["admm"]
+    base = {"alpha": 1.6, "adaptive": "off", "mu": 10.0, "tau_incr": 2.0, "tau_decr": 2.0, "problem": problem}
+    good = kit.evaluate({**base, "rho": 3.0})
+    too_small = kit.evaluate({**base, "rho": 1e-3})
+    too_big = kit.evaluate({**base, "rho": 1e3})
+    assert good["converged"] == 1.0 and good["iterations"] < 100
+    assert good["log10_rel_subopt"] <= -6
+    assert too_small["iterations"] > 10 * good["iterations"]
+    assert too_big["iterations"] > 10 * good["iterations"]
+    # over-relaxation helps at a good rho; residual balancing rescues a bad one
+    plain = kit.evaluate({**base, "rho": 3.0, "alpha": 1.0})
+    assert good["iterations"] < plain["iterations"]
+    rescued = kit.evaluate({**base, "rho": 1e-3, "adaptive": "on"})
+    assert rescued["iterations"] < too_small["iterations"] / 5
+
+
+# ---- cloud simulator ------------------------------------------------------------------------------
+
+
+def test_workload_matches_its_documentation():
+    wl = cloud_mod.make_workload(0)
+    assert 1000 < len(wl) < 1800
+    assert np.all(np.diff(wl.arrival) >= 0) and wl.arrival[-1] < wl.horizon
+    assert 5.0 < np.median(wl.duration) < 7.5
+    assert set(np.unique(wl.cpu)) <= {1.0, 2.0, 4.0, 8.0}
+    assert 0.15 < wl.high.mean() < 0.25
+    assert cloud_mod.make_workload(0) is wl  # cached, read-only
+    with pytest.raises(ValueError):
+        wl.cpu[0] = 3.0
+
+
+@pytest.mark.parametrize("policy", [
+    cloud_mod.Policy(),
+    cloud_mod.Policy(backfill_depth=0, target_fill=0.0, max_machines=4, min_machines=10),  # starved cluster
+    cloud_mod.Policy(scale_up_threshold=0.4, scale_down_ratio=0.9, idle_minutes=0.0, cooldown_minutes=0.0),
+])
+def test_simulator_conserves_jobs(policy):
+    wl = cloud_mod.make_workload(2)
+    r = cloud_mod.simulate(policy, wl, record=True)
+    m = r.metrics
+    assert m["jobs_arrived"] == len(wl)
+    assert m["jobs_completed"] + m["jobs_unfinished"] == m["jobs_arrived"]
+    assert np.all(r.wait >= -1e-9) and np.all(r.completion >= r.wait - 1e-9)
+    assert 0 <= m["sla_violation_rate"] <= 1 and 0 < m["mean_utilization"] <= 1
+    assert m["cost_overhead"] >= 0.99  # nothing beats a perfectly packed, never idle cluster
+    assert m["peak_machines"] <= max(policy.max_machines, 1)
+    if m["jobs_unfinished"] == 0:
+        # every job ran at least its nominal duration
+        assert np.all(r.completion >= wl.duration - 1e-9)
+
+
+def test_starved_cluster_leaves_jobs_unfinished_and_counts_them():
+    wl = cloud_mod.make_workload(0, load_scale=3.0)
+    r = cloud_mod.simulate(cloud_mod.Policy(max_machines=2, min_machines=2), wl)
+    m = r.metrics
+    assert m["jobs_unfinished"] > 0
+    assert m["jobs_completed"] + m["jobs_unfinished"] == m["jobs_arrived"] == len(wl)
+    assert m["sla_violation_rate"] > 0.5
+
+
+def test_autoscaling_responds_to_load():
+    policy = cloud_mod.Policy(min_machines=1, max_machines=40)
+    light = cloud_mod.simulate(policy, cloud_mod.make_workload(1, load_scale=0.5), record=True)
+    heavy = cloud_mod.simulate(policy, cloud_mod.make_workload(1, load_scale=2.0), record=True)
+    assert heavy.metrics["peak_machines"] > light.metrics["peak_machines"]
+    assert heavy.metrics["cost_machine_hours"] > 2 * light.metrics["cost_machine_hours"]
+    # within one run, the fleet tracks demand: more machines when demand is high
+    t = np.array(heavy.timeline)
+    machines, demand = t[:, 1], t[:, 2]
+    assert np.corrcoef(machines[:-1], demand[:-1])[0, 1] > 0.5
+    # and it scales back down after the arrivals stop
+    assert machines[-1] < machines.max()
+
+
+def test_cloud_policy_tradeoffs():
+    wl = cloud_mod.make_workload(0)
+    cheap = cloud_mod.simulate(cloud_mod.Policy(max_machines=8, min_machines=1), wl).metrics
+    rich = cloud_mod.simulate(cloud_mod.Policy(max_machines=40, min_machines=10, scale_up_threshold=0.5), wl).metrics
+    assert rich["cost_machine_hours"] > cheap["cost_machine_hours"]
+    assert rich["mean_completion_minutes"] < cheap["mean_completion_minutes"]
+    strict = cloud_mod.simulate(cloud_mod.Policy(max_machines=8, priority_weight=0.1), wl).metrics
+    favoured = cloud_mod.simulate(cloud_mod.Policy(max_machines=8, priority_weight=100.0), wl).metrics
+    assert favoured["high_priority_mean_wait_minutes"] < strict["high_priority_mean_wait_minutes"]
+
+
+# ---- CLI ------------------------------------------------------------------------------------------
+
+
+def test_cli_options_and_spec_conversion():
+    from bbo.kits.cli import parse_options, spec_to_client_kwargs
+
+    kit = KITS["hpo"]
+    assert parse_options(kit, ["model=rf", "cv_folds=5", "max_train_seconds=2"]) == {"model": "rf", "cv_folds": 5, "max_train_seconds": 2.0}
+    with pytest.raises(SystemExit):
+        parse_options(kit, ["colour=red"])
+    kw = spec_to_client_kwargs(KITS["cloud"].spec())
+    names = [p.name for p in kw["parameters"]]
+    assert names == [p.name for p in KITS["cloud"].spec().space.params]
+    assert [c.metric for c in kw["constraints"]] == ["sla_violation_rate", "cost_overhead"]
+
+
+def test_cli_list_runs():
+    from bbo.kits.cli import kit_main
+
+    assert kit_main(["list"]) == 0
+
+
+# ---- end to end through a real server --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    pytest.importorskip("bbo_server")
+    from bbo_server.process import ServerProcess
+
+    d = tmp_path_factory.mktemp("kits-server")
+    proc = ServerProcess(f"sqlite:///{d}/bbo.db", log_path=str(d / "server.log"))
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.mark.parametrize("name,opts,entry", [
+    ("hpo", ["-o", "model=knn", "-o", "dataset=iris"], ["-m", "bbo.kits.cli"]),
+    ("admm", [], ["-m", "bbo_server", "kit"]),  # through the `bbo` command's dispatcher
+    ("cloud", [], ["-m", "bbo.kits.cli"]),
+])
+def test_kit_study_end_to_end(server, name, opts, entry):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, *entry, name, "--server", server.address, "--trials", "6", "--workers", "2",
+           "--seed", "0", "--quiet", "--study", f"e2e-{name}", *opts]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "6 of 6 trials completed, 0 failed" in r.stdout, r.stdout + r.stderr
+    import bbo_client as bc
+
+    with bc.Client(server.address) as c:
+        trials = c.study(f"e2e-{name}").trials()
+    assert len(trials) == 6 and all(t.state == "COMPLETED" for t in trials)
+    spec = KITS[name].spec()
+    assert all(set(spec.all_metrics) <= set(t.metrics) for t in trials)
