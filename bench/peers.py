@@ -1,0 +1,211 @@
+"""Ask/tell adapters for the optimizers compared in bench_core: bbo (in-process strategy), Ax
+(ax-platform Client API, its default generation strategy), Optuna TPE and GPSampler, random search.
+
+Every adapter offers ``ask() -> params``, ``tell(params, metrics)`` and ``load(history)`` (bulk-add
+completed trials without asking, for latency measurements at a given history size). All minimize
+``f``; a problem's constraint metric ``c <= 0`` is passed to each method in its own convention.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+
+from bbo.space import CategoricalParam, FloatParam, IntParam, OrdinalParam
+from bbo.strategy import GenerationStrategy
+from bbo.trial import Metric, Trial, TrialState
+from problems import Problem, random_params
+
+
+class Method:
+    name = "?"
+
+    def __init__(self, problem: Problem, seed: int, **kw):
+        self.problem, self.seed = problem, seed
+
+    def ask(self) -> dict:
+        raise NotImplementedError
+
+    def tell(self, params: dict, metrics: dict) -> None:
+        raise NotImplementedError
+
+    def load(self, history: list[tuple[dict, dict]]) -> None:
+        for p, m in history:
+            self.tell(p, m)
+
+
+class RandomSearch(Method):
+    name = "random"
+
+    def __init__(self, problem, seed, **kw):
+        super().__init__(problem, seed)
+        self.rng = np.random.default_rng(seed)
+
+    def ask(self):
+        return random_params(self.problem.space, self.rng)
+
+    def tell(self, params, metrics):
+        pass
+
+
+class Bbo(Method):
+    name = "bbo"
+
+    def __init__(self, problem, seed, device="cpu", **kw):
+        super().__init__(problem, seed)
+        self.gs = GenerationStrategy(problem.spec(seed, device=device))
+        self.trials: list[Trial] = []
+
+    def ask(self):
+        s = self.gs.suggest(self.trials, 1)[0]
+        self._origin = s.origin
+        return s.params
+
+    def tell(self, params, metrics):
+        self.trials.append(Trial(len(self.trials), dict(params), TrialState.COMPLETED, {k: Metric(float(v)) for k, v in metrics.items()}, origin=getattr(self, "_origin", "initial_design")))
+        self._origin = "user"
+
+    def load(self, history):
+        for p, m in history:
+            self._origin = "user"
+            self.tell(p, m)
+
+
+def _optuna_dists(space):
+    import optuna.distributions as d
+
+    out = {}
+    for p in space.free:
+        if isinstance(p, FloatParam):
+            out[p.name] = d.FloatDistribution(p.low, p.high, log=p.log)
+        elif isinstance(p, IntParam):
+            out[p.name] = d.IntDistribution(p.low, p.high, log=p.log)
+        elif isinstance(p, OrdinalParam):
+            out[p.name] = d.CategoricalDistribution(list(p.values))
+        elif isinstance(p, CategoricalParam):
+            out[p.name] = d.CategoricalDistribution(list(p.choices))
+    return out
+
+
+class _Optuna(Method):
+    def _sampler(self, constraints_func):
+        raise NotImplementedError
+
+    def __init__(self, problem, seed, **kw):
+        super().__init__(problem, seed)
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        warnings.filterwarnings("ignore", module="optuna")
+        cf = (lambda ft: ft.user_attrs["c"]) if problem.constraint else None
+        self.study = optuna.create_study(direction="minimize", sampler=self._sampler(cf))
+        self.dists = _optuna_dists(problem.space)
+        self._last = None
+
+    def ask(self):
+        t = self.study.ask(self.dists)
+        self._last = t
+        return dict(t.params)
+
+    def _slack(self, metrics):
+        c = self.problem.constraint
+        if c is None:
+            return None
+        v = metrics[c.metric]
+        return [v - c.bound if c.op == "<=" else c.bound - v]
+
+    def tell(self, params, metrics):
+        t = self._last
+        slack = self._slack(metrics)
+        if slack is not None:
+            t.set_user_attr("c", slack)
+        self.study.tell(t, metrics["f"])
+
+    def load(self, history):
+        import optuna
+
+        trials = []
+        for p, m in history:
+            slack = self._slack(m)
+            trials.append(
+                optuna.trial.create_trial(
+                    params=p,
+                    distributions=self.dists,
+                    value=m["f"],
+                    user_attrs={"c": slack} if slack else {},
+                    system_attrs={"constraints": slack} if slack else {},
+                )
+            )
+        self.study.add_trials(trials)
+
+
+class OptunaTPE(_Optuna):
+    name = "optuna_tpe"
+
+    def _sampler(self, cf):
+        import optuna
+
+        return optuna.samplers.TPESampler(seed=self.seed, constraints_func=cf)
+
+
+class OptunaGP(_Optuna):
+    name = "optuna_gp"
+
+    def _sampler(self, cf):
+        import optuna
+
+        return optuna.samplers.GPSampler(seed=self.seed, constraints_func=cf)
+
+
+class Ax(Method):
+    name = "ax"
+
+    def __init__(self, problem, seed, **kw):
+        super().__init__(problem, seed)
+        warnings.filterwarnings("ignore")
+        from ax.api.client import Client
+        from ax.api.configs import ChoiceParameterConfig, RangeParameterConfig
+
+        _quiet_ax()
+
+        params = []
+        for p in problem.space.free:
+            if isinstance(p, FloatParam):
+                params.append(RangeParameterConfig(p.name, (p.low, p.high), "float", scaling="log" if p.log else None))
+            elif isinstance(p, IntParam):
+                params.append(RangeParameterConfig(p.name, (p.low, p.high), "int", scaling="log" if p.log else None))
+            elif isinstance(p, OrdinalParam):
+                params.append(ChoiceParameterConfig(p.name, list(p.values), "float", is_ordered=True))
+            else:
+                params.append(ChoiceParameterConfig(p.name, list(p.choices), "str", is_ordered=False))
+        self.client = Client(random_seed=seed)
+        self.client.configure_experiment(parameters=params)
+        c = problem.constraint
+        self.client.configure_optimization(objective="-f", outcome_constraints=[f"{c.metric} {c.op} {c.bound}"] if c else None)
+        self._last = None
+        _quiet_ax()
+
+    def ask(self):
+        idx, params = next(iter(self.client.get_next_trials(max_trials=1).items()))
+        self._last = idx
+        return dict(params)
+
+    def tell(self, params, metrics):
+        self.client.complete_trial(self._last, raw_data={k: float(v) for k, v in metrics.items()})
+
+    def load(self, history):
+        for p, m in history:
+            self._last = self.client.attach_trial(parameters=p)
+            self.tell(p, m)
+
+
+def _quiet_ax():
+    """Ax logs every trial at INFO on loggers it configures itself."""
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("ax"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+METHODS = {m.name: m for m in (Bbo, Ax, OptunaGP, OptunaTPE, RandomSearch)}

@@ -1,0 +1,109 @@
+"""Test problems for the core benchmark: known optima, so regret = best feasible value - optimum.
+
+Each :class:`Problem` carries a bbo :class:`~bbo.spec.StudySpec` (every peer adapter translates the
+same search space) and ``evaluate(params) -> {metric: value}``. All objectives are minimized; the
+constrained problem's constraint metric ``c`` must be ``<= 0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from botorch.test_functions import Branin, Hartmann, Levy
+
+from bbo.design import _to_box
+from bbo.space import CategoricalParam, FloatParam, IntParam, SearchSpace
+from bbo.spec import AlgorithmOptions, Objective, OutcomeConstraint, StudySpec
+
+_branin, _hartmann, _levy10 = Branin(), Hartmann(dim=6), Levy(dim=10)
+
+
+def _t(xs) -> torch.Tensor:
+    return torch.tensor([list(xs)], dtype=torch.float64)
+
+
+@dataclass
+class Problem:
+    name: str
+    space: SearchSpace
+    evaluate: Callable[[dict], dict]
+    optimum: float
+    constraint: OutcomeConstraint | None = None
+
+    def spec(self, seed: int | None = None, **algorithm) -> StudySpec:
+        return StudySpec(
+            self.space,
+            (Objective("f"),),
+            (self.constraint,) if self.constraint else (),
+            algorithm=AlgorithmOptions(seed=seed, **algorithm),
+        )
+
+    def feasible(self, metrics: dict) -> bool:
+        return self.constraint is None or self.constraint.satisfied(metrics[self.constraint.metric])
+
+
+def branin() -> Problem:
+    space = SearchSpace((FloatParam("x1", -5.0, 10.0), FloatParam("x2", 0.0, 15.0)))
+    return Problem("branin", space, lambda p: {"f": float(_branin(_t([p["x1"], p["x2"]])))}, 0.397887)
+
+
+H6 = [f"x{i}" for i in range(6)]
+H6_OPT = -3.32237
+
+
+def hartmann6() -> Problem:
+    space = SearchSpace(tuple(FloatParam(n, 0.0, 1.0) for n in H6))
+    return Problem("hartmann6", space, lambda p: {"f": float(_hartmann(_t(p[n] for n in H6)))}, H6_OPT)
+
+
+def hartmann6_constrained() -> Problem:
+    """Hartmann6 with ``c = ||x||_2 - 1 <= 0``; the global optimum (norm 0.95) stays feasible, right
+    next to the boundary, so the constraint must be modeled well to get close."""
+    space = SearchSpace(tuple(FloatParam(n, 0.0, 1.0) for n in H6))
+
+    def f(p):
+        x = [p[n] for n in H6]
+        return {"f": float(_hartmann(_t(x))), "c": float(np.linalg.norm(x) - 1.0)}
+
+    return Problem("hartmann6_con", space, f, H6_OPT, OutcomeConstraint("c", "<=", 0.0))
+
+
+def levy10() -> Problem:
+    """Levy in 10-D on [-10, 10]^10 (optimum 0 at x = 1, off the box center)."""
+    names = [f"x{i}" for i in range(10)]
+    space = SearchSpace(tuple(FloatParam(n, -10.0, 10.0) for n in names))
+    return Problem("levy10", space, lambda p: {"f": float(_levy10(_t(p[n] for n in names)))}, 0.0)
+
+
+MIXED_OFFSET = {"a": 0.0, "b": 2.0, "c": 5.0}
+
+
+def mixed() -> Problem:
+    """Branin in (x1, x2) plus an integer and a categorical term: optimum 0.397887 at k=7, cat='a'.
+    The categorical also shifts x2 (an interaction a GP must learn per category)."""
+    space = SearchSpace(
+        (FloatParam("x1", -5.0, 10.0), FloatParam("x2", 0.0, 15.0), IntParam("k", 0, 12), CategoricalParam("cat", ("a", "b", "c")))
+    )
+
+    def f(p):
+        shift = {"a": 0.0, "b": 3.0, "c": -3.0}[p["cat"]]
+        x2 = min(max(p["x2"] + shift, 0.0), 15.0)
+        return {"f": float(_branin(_t([p["x1"], x2]))) + 0.2 * (p["k"] - 7) ** 2 + MIXED_OFFSET[p["cat"]]}
+
+    return Problem("mixed", space, f, 0.397887)
+
+
+def latency_problem() -> Problem:
+    """The 6-D problem with one outcome constraint used for ask-latency measurements."""
+    return hartmann6_constrained()
+
+
+ALL = {"branin": branin, "hartmann6": hartmann6, "hartmann6_con": hartmann6_constrained, "levy10": levy10, "mixed": mixed}
+
+
+def random_params(space: SearchSpace, rng: np.random.Generator) -> dict:
+    """A uniform random point of the box (feasible: these problems have no parameter constraints)."""
+    return space.decode(_to_box(space, rng.random((1, space.dim)))[0])
