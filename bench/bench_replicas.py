@@ -36,17 +36,11 @@ import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-for p in (ROOT, os.path.join(ROOT, "server"), os.path.join(ROOT, "clients", "python"), os.path.join(ROOT, "tests")):
-    if p not in sys.path:
-        sys.path.insert(0, p)
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, HERE)
+from common import pct, setup_paths  # noqa: E402
 
+setup_paths("tests")
 
-def pct(xs, q):
-    xs = sorted(xs)
-    if not xs:
-        return float("nan")
-    return xs[min(len(xs) - 1, max(0, int(round(q / 100 * (len(xs) - 1)))))]
 
 
 def summary(lat_s):

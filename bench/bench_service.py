@@ -34,18 +34,11 @@ from concurrent import futures
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-for p in (ROOT, os.path.join(ROOT, "server"), os.path.join(ROOT, "clients", "python")):
-    if p not in sys.path:
-        sys.path.insert(0, p)
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, HERE)
+from common import pct, setup_paths  # noqa: E402
 
+setup_paths()
 
-def pct(xs, q):
-    xs = sorted(xs)
-    if not xs:
-        return float("nan")
-    k = min(len(xs) - 1, max(0, int(round(q / 100 * (len(xs) - 1)))))
-    return xs[k]
 
 
 def summary(lat_s: list[float]) -> dict:

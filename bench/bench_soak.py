@@ -28,10 +28,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-for p in (ROOT, os.path.join(ROOT, "server"), os.path.join(ROOT, "clients", "python")):
-    if p not in sys.path:
-        sys.path.insert(0, p)
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, HERE)
+from common import pct, setup_paths  # noqa: E402
+
+setup_paths()
 
 
 def rss_mb(pid: int) -> float:
@@ -46,12 +46,6 @@ def rss_mb(pid: int) -> float:
                     return int(line.split()[1]) / 1024
     return float("nan")
 
-
-def pct(xs, q):
-    xs = sorted(xs)
-    if not xs:
-        return None
-    return xs[min(len(xs) - 1, max(0, int(round(q / 100 * (len(xs) - 1)))))]
 
 
 def branin(x1: float, x2: float) -> float:
@@ -194,8 +188,8 @@ def main() -> int:
         "trial_ids_handed_out_twice": len(handed) - len(set(handed)), "duplicate_stored_ids": dup_ids,
         "server_alive_at_end": server_alive,
         "asks_per_second": round(sum(r["asks"] for r in results) / wall, 2),
-        "ask_ms": {"p50": pct(ask_ms, 50), "p99": pct(ask_ms, 99), "max": max(ask_ms) if ask_ms else None},
-        "tell_ms": {"p50": pct(tell_ms, 50), "p99": pct(tell_ms, 99), "max": max(tell_ms) if tell_ms else None},
+        "ask_ms": {"p50": pct(ask_ms, 50, None), "p99": pct(ask_ms, 99, None), "max": max(ask_ms) if ask_ms else None},
+        "tell_ms": {"p50": pct(tell_ms, 50, None), "p99": pct(tell_ms, 99, None), "max": max(tell_ms) if tell_ms else None},
         "rss_mb": {"start": rss[0], "end": rss[-1], "max": max(rss),
                    "after_warmup_min": min(warm) if warm else None, "after_warmup_max": max(warm) if warm else None},
         "rss_samples": [[round(t, 1), round(m, 1)] for t, m in samples],

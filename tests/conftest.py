@@ -103,3 +103,13 @@ def registry(storage):
     from bbo.study import StudyRegistry
 
     return StudyRegistry(storage)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A throwaway PostgreSQL cluster shared by the tests that need one (tests/pg_cluster.py)."""
+    import pg_cluster
+
+    c = pg_cluster.start()
+    yield c
+    pg_cluster.stop(c, immediate=True)

@@ -93,6 +93,9 @@ def start(max_connections: int = 200) -> PgCluster:
     return cluster
 
 
-def stop(cluster: PgCluster) -> None:
-    subprocess.run(_as_pg([_find("pg_ctl"), "-D", cluster.datadir, "-m", "fast", "-w", "stop"]), capture_output=True)
+def stop(cluster: PgCluster, immediate: bool = False) -> None:
+    """Stop and delete the cluster; ``immediate`` skips the shutdown checkpoint (throwaway data:
+    it takes tens of seconds after many CREATE DATABASEs)."""
+    mode = "immediate" if immediate else "fast"
+    subprocess.run(_as_pg([_find("pg_ctl"), "-D", cluster.datadir, "-m", mode, "-w", "stop"]), capture_output=True)
     shutil.rmtree(os.path.dirname(cluster.datadir), ignore_errors=True)

@@ -29,15 +29,6 @@ BO_ROUNDS = 3  # ... on the BO study (a GP fit per ask, serialized per study)
 KILL_AFTER = 100  # acknowledged tells before replica 0 is SIGKILLed
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    from test_storage_pg import stop_immediately
-
-    c = pg_cluster.start()
-    yield c
-    stop_immediately(c)
-
-
 @pytest.fixture
 def replicas(cluster, tmp_path):
     from bbo_server.process import ServerProcess

@@ -27,21 +27,6 @@ pytestmark = pytest.mark.skipif(pg_cluster.missing_reason() is not None, reason=
 SPEC = sqlite_tests.SPEC
 
 
-def stop_immediately(c) -> None:
-    """Throwaway data: skip the shutdown checkpoint (tens of seconds after many CREATE DATABASEs)."""
-    import shutil
-
-    subprocess.run(pg_cluster._as_pg([pg_cluster._find("pg_ctl"), "-D", c.datadir, "-m", "immediate", "-w", "stop"]), capture_output=True)
-    shutil.rmtree(os.path.dirname(c.datadir), ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    c = pg_cluster.start()
-    yield c
-    stop_immediately(c)
-
-
 @pytest.fixture
 def pg_url(cluster):
     return cluster.create_database("t_" + uuid.uuid4().hex[:12])
