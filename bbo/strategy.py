@@ -26,7 +26,18 @@ import torch
 from botorch.utils.sampling import manual_seed
 from scipy.stats import qmc
 
-from bbo.acquisition import Layout, budget, evaluate, log_prob_feasible, make_acquisition, model_score, optimize, to_numpy
+from bbo.acquisition import (
+    Layout,
+    baseline_rows,
+    budget,
+    cheap_initial_conditions,
+    evaluate,
+    log_prob_feasible,
+    make_acquisition,
+    model_score,
+    optimize,
+    to_numpy,
+)
 from bbo.design import _to_box, sobol_design
 from bbo.device import select_device
 from bbo.priors import LogPrior
@@ -38,6 +49,7 @@ from bbo.trial import Origin, Trial, TrialState
 log = logging.getLogger(__name__)
 
 MIN_MODEL_POINTS = 2  # completed trials needed before a GP is fit
+CHEAP_INIT_ABOVE = 60  # model size above which optimizer starts come from a cheap analytic score
 MIN_SEPARATION = 1e-6  # scaled encoded distance under which two points count as the same point
 ACTIVE, LIKELY_INFEASIBLE = "ACTIVE", "LIKELY_INFEASIBLE"
 INFEASIBLE_PROB = 0.01  # max model probability of feasibility under which a study is declared likely infeasible
@@ -222,19 +234,24 @@ class GenerationStrategy:
         pending = [t.params for t in trials if t.state is TrialState.PENDING] + [s.params for s in earlier]
         chosen: list[torch.Tensor] = [P.tensor(space.encode(p))[None] for p in pending]
         props = [(s, p) for s in proposals if (p := self._valid(s.params)) is not None]
+        base = rows[baseline_rows(data.score[rows], layout.multi)]
         try:
             acqf = make_acquisition(
-                model, self.spec, layout, P.tensor(data.X[rows]), data.Y[rows], prior=prior, prior_exponent=exponent, seed=seed
+                model, self.spec, layout, P.tensor(data.X[base]), data.Y[rows], prior=prior, prior_exponent=exponent, seed=seed
             )
         except Exception as e:  # noqa: BLE001
             log.info("acquisition construction failed: %s", e)
             return self._model_fallback(model, trials, n, taken, f"acquisition failed: {type(e).__name__}: {e}")
-        restarts, raw = budget(len(rows), space.dim)
+        restarts, raw, maxiter = budget(len(rows), space.dim)
+        cheap_init = len(rows) > CHEAP_INIT_ABOVE and not layout.multi and not space.discrete_values() and not space.constraints
         out: list[Suggestion] = []
-        for _ in range(n):
+        for i in range(n):
             try:
                 acqf.set_X_pending(torch.cat(chosen, dim=0) if chosen else None)
-                x, _ = optimize(acqf, space, P, num_restarts=restarts, raw_samples=raw)
+                ic = None
+                if cheap_init:
+                    ic = cheap_initial_conditions(model, layout, space, P, data.Y[rows], 4 * raw, restarts, seed + i)
+                x, _ = optimize(acqf, space, P, num_restarts=restarts, raw_samples=raw, maxiter=maxiter, initial_conditions=ic)
                 sug = self._finish(acqf, x, taken, props, origin, fit_note)
             except Exception as e:  # noqa: BLE001
                 log.info("acquisition optimization failed: %s", e)
