@@ -108,7 +108,7 @@ def test_hpo_constraint_and_train_seconds():
     assert [str(c) for c in spec.outcome_constraints] == ["train_seconds <= 0.5"]
     assert "train_seconds" in spec.modeled_metrics
     m = kit.evaluate({"n_neighbors": 5, "weights": "distance", "p": 2.0, "model": "knn", "dataset": "iris"})
-    assert 0 <= m["cv_error"] <= 0.2 and 0 < m["train_seconds"] < 5
+    assert 0 <= m["cv_error"] <= 0.2 and m["train_seconds"] > 0 and math.isfinite(m["train_seconds"])
     # a terrible configuration is clearly worse than a sensible one
     bad = kit.evaluate({"C": 1e-3, "gamma": 1e-4, "tol": 1e-3, "model": "svm", "dataset": "breast_cancer"})
     good = kit.evaluate({"C": 10.0, "gamma": 0.01, "tol": 1e-3, "model": "svm", "dataset": "breast_cancer"})
