@@ -1,0 +1,37 @@
+"""bench/bench_core.py --quick runs end to end and writes the JSON the full benchmark writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_core_quick(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "bench_core.py"), "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    doc = json.load(open(tmp_path / "core_quick_latest.json"))
+    assert set(doc) >= {"meta", "regret", "latency", "runs", "table_md"}
+    assert doc["meta"]["quick"] is True
+    for method in ("bbo", "optuna_tpe", "random"):
+        cell = doc["regret"]["branin"][method]
+        assert cell["median_final"] is not None and cell["median_final"] >= 0
+        assert set(cell["median_at"]) == {"10"}
+        assert not cell["errors"]
+    runs = [x for x in doc["runs"] if x["method"] == "bbo"]
+    assert len(runs) == 1 and len(runs[0]["curve"]) == 12
+    lat = doc["latency"]["bbo"]["20"]
+    assert lat["warm"] > 0 and lat["cold"] > 0
+    assert "| branin |" in doc["table_md"]
+    assert (tmp_path / "core_regret.png").exists()

@@ -1,0 +1,90 @@
+"""bbo.surrogate: refit policy, hyperparameter cache, data subsets, fixed noise and fit fallbacks."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import bbo.surrogate as sur
+from bbo.device import select_device
+from bbo.space import CategoricalParam, FloatParam, SearchSpace
+from bbo.spec import AlgorithmOptions
+from bbo.surrogate import ALWAYS_REFIT_BELOW, Surrogate
+
+torch.set_num_threads(1)
+SPACE = SearchSpace((FloatParam("a", 0.0, 1.0), FloatParam("b", 0.0, 1.0)))
+
+
+def data(n, seed=0, m=1):
+    rng = np.random.default_rng(seed)
+    X = rng.random((n, 2))
+    Y = np.stack([np.sin(6 * X[:, 0]) + X[:, 1] ** 2 + 0.3 * k for k in range(m)], axis=1)
+    return X, Y
+
+
+def test_refit_only_after_growth_and_cached_hyperparameters_reused():
+    s = Surrogate(SPACE, 1, AlgorithmOptions(refit_growth=0.2), select_device("cpu"))
+    n0 = ALWAYS_REFIT_BELOW + 10
+    X, Y = data(n0 + 20)
+    _, _, info = s.model(X[:n0], Y[:n0])
+    assert info.refit and info.n_fit == n0
+    cached = {k: v.clone() for k, v in s._hyper.items()}
+    _, _, info = s.model(X[: n0 + 5], Y[: n0 + 5])  # grew < 20 %: condition only
+    assert not info.refit and info.n_fit == 0 and info.n_model == n0 + 5
+    assert all(torch.equal(cached[k], v) for k, v in s._hyper.items())
+    _, _, info = s.model(X[: n0 + 13], Y[: n0 + 13])  # grew >= 20 %
+    assert info.refit
+
+
+def test_small_data_refits_every_time():
+    s = Surrogate(SPACE, 1, AlgorithmOptions(), select_device("cpu"))
+    X, Y = data(12)
+    assert s.model(X[:10], Y[:10])[2].refit
+    assert s.model(X[:11], Y[:11])[2].refit
+
+
+def test_fit_and_model_subsets_keep_the_best_points():
+    opts = AlgorithmOptions(max_fit_points=10, max_model_points=20)
+    s = Surrogate(SPACE, 1, opts, select_device("cpu"))
+    X, Y = data(50, seed=1)
+    score = -Y[:, 0]
+    model, rows, info = s.model(X, Y, score=score, seed=3)
+    assert info.n_fit == 10 and info.n_model == 20 and len(rows) == 20
+    assert int(np.argmax(score)) in rows
+    assert len(set(rows.tolist())) == 20
+    post = model.posterior(torch.tensor(X[:3]))
+    assert torch.isfinite(post.mean).all()
+
+
+def test_fixed_noise_and_multi_output_cache_across_sizes():
+    s = Surrogate(SPACE, 2, AlgorithmOptions(), select_device("cpu"))
+    X, Y = data(60, m=2)
+    Yvar = np.full_like(Y, 1e-4)
+    m1, _, _ = s.model(X[:55], Y[:55], Yvar[:55])
+    assert not any(k.endswith("noise_covar.noise") for k in s._hyper)  # data-sized buffers are not cached
+    m2, _, info = s.model(X[:58], Y[:58], Yvar[:58])
+    assert not info.refit
+    assert m2.posterior(torch.tensor(X[:4])).mean.shape == (4, 2)
+
+
+def test_fit_failure_falls_back_to_default_or_cached(monkeypatch):
+    s = Surrogate(SPACE, 1, AlgorithmOptions(), select_device("cpu"))
+    X, Y = data(15)
+
+    def broken(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(sur, "fit_gpytorch_mll", broken)
+    model, _, info = s.model(X, Y)
+    assert "default hyperparameters" in info.reason and not info.refit
+    assert torch.isfinite(model.posterior(torch.tensor(X[:2])).mean).all()
+
+
+def test_mixed_space_uses_categorical_kernel():
+    space = SearchSpace((FloatParam("x", 0.0, 1.0), CategoricalParam("c", ("p", "q", "r"))))
+    s = Surrogate(space, 1, AlgorithmOptions(), select_device("cpu"))
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.random(12), rng.integers(0, 3, 12)]).astype(float)
+    Y = (X[:, 0] + (X[:, 1] == 1)).reshape(-1, 1)
+    model, _, info = s.model(X, Y)
+    assert type(model).__name__ == "MixedSingleTaskGP" and info.refit
