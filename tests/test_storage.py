@@ -4,6 +4,7 @@ read-modify-write, leases, intermediate values, LLM calls, deletion."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -149,3 +150,50 @@ def test_intermediates_llm_calls_and_delete(storage):
         for table in ("trials", "trial_events", "intermediate_values", "llm_calls", "request_log"):
             assert conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar() == 0
     assert not storage.delete_study(st.id)
+
+
+def test_group_commit_rolls_back_only_the_failed_update_of_a_shared_batch(storage):
+    """Tells queued together share one transaction; one whose write fails half way (its trial row
+    already updated, then the request-log insert violates NOT NULL) is undone alone."""
+    import dataclasses
+
+    sid = storage.insert_study("t", "s", SPEC, 1).id
+    trials, _ = storage.insert_trials(sid, [NewTrial({"x": i / 10}, "initial") for i in range(9)])
+
+    def complete(value):
+        return lambda cur: dataclasses.replace(cur, state=TrialState.COMPLETED, metrics={"y": Metric(value)})
+
+    bad = RequestKey(None, "tell", "r-bad", "h")  # tenant NULL: the request-log insert fails after the update
+    results: dict[int, object] = {}
+
+    def tell(t, request=None):
+        try:
+            results[t.id] = storage.modify_trial(sid, t.id, complete(float(t.id)), request=request)
+        except Exception as e:  # noqa: BLE001 - recorded and checked below
+            results[t.id] = e
+
+    def wait_queue(cond):
+        deadline = time.monotonic() + 30
+        while not cond(storage._group._q.qsize()) and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    # Hold the writer lock so that everything queued after the first tell lands in one batch.
+    with storage._wlock:
+        threads = [threading.Thread(target=tell, args=(trials[0],))]
+        threads[0].start()
+        time.sleep(0.2)
+        wait_queue(lambda n: n == 0)  # the writer took the first tell and waits for the lock
+        threads += [threading.Thread(target=tell, args=(t, bad if t.id == 5 else None)) for t in trials[1:]]
+        for th in threads[1:]:
+            th.start()
+        wait_queue(lambda n: n == len(trials) - 1)
+    for th in threads:
+        th.join()
+    assert "NOT NULL" in str(results[5]), results[5]
+    stored = {t.id: t for t in storage.list_trials(sid)}
+    assert stored[5].state is TrialState.PENDING and stored[5].metrics == {}
+    assert storage.trial_events(sid, 5)[-1][0] == "PENDING"
+    for t in trials:
+        if t.id != 5:
+            assert stored[t.id].state is TrialState.COMPLETED and stored[t.id].metrics["y"].value == float(t.id)
+            assert results[t.id][1] is True

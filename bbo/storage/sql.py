@@ -441,11 +441,13 @@ class Storage:
         comes back as ``previous_request`` (``{"hash": ..., ...}``).
         """
         if self._group is not None:
-            return self._group.run(lambda conn: self._modify_trial_in(conn, study_id, number, change, request, event_detail))
+            return self._group.run(lambda raw: _modify_trial_sqlite(raw, study_id, number, change, request, event_detail))
         with self._write() as conn:
             return self._modify_trial_in(conn, study_id, number, change, request, event_detail)
 
     def _modify_trial_in(self, conn, study_id, number, change, request, event_detail):
+        if self.dialect == "sqlite":
+            return _modify_trial_sqlite(conn.connection.driver_connection, study_id, number, change, request, event_detail)
         if request is not None:
             prev = self.lookup_request(study_id, request.kind, request.request_id, conn)
             if prev is not None:
@@ -569,11 +571,69 @@ _UPDATE_TRIAL = (
 )
 
 
+# ---- the Tell hot path on SQLite ------------------------------------------------------------------
+# Every Tell is one read-modify-write of a trial. On SQLite it runs as plain DB-API statements on the
+# connection of the (group-commit) write transaction: the same SQL and JSON encoding SQLAlchemy would
+# issue (sa.JSON stores json.dumps text), without its per-statement compile / event / result
+# machinery, which cost several times the SQLite work itself. Everything else stays SQLAlchemy.
+_RAW_SELECT_TRIAL = (
+    "SELECT id, number, params, state, metrics, origin, reason, rationale, worker_id, created_at, updated_at, lease_expires_at "
+    "FROM trials WHERE study_id = ? AND number = ?"
+)
+_RAW_UPDATE_TRIAL = "UPDATE trials SET state = ?, metrics = ?, reason = ?, worker_id = ?, updated_at = ?, lease_expires_at = ? WHERE id = ?"
+_RAW_INSERT_EVENT = "INSERT INTO trial_events (trial_id, state, detail, at) VALUES (?, ?, ?, ?)"
+_RAW_LOOKUP_REQUEST = "SELECT request_hash, response FROM request_log WHERE study_id = ? AND kind = ? AND request_id = ?"
+_RAW_INSERT_REQUEST = (
+    "INSERT INTO request_log (tenant, study_id, kind, request_id, request_hash, response, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _raw_trial(r) -> Trial:
+    return Trial(
+        id=int(r[1]), params=json.loads(r[2]), state=TrialState(r[3]), metrics=_metrics_from_json(json.loads(r[4])),
+        origin=r[5], reason=r[6], rationale=r[7], worker_id=r[8], created_at=r[9], updated_at=r[10], lease_expires_at=r[11],
+    )
+
+
+def _modify_trial_sqlite(raw, study_id, number, change, request, event_detail):
+    """``Storage._modify_trial_in`` on a sqlite3 connection inside the caller's write transaction."""
+    if request is not None:
+        prev = raw.execute(_RAW_LOOKUP_REQUEST, (study_id, request.kind, request.request_id)).fetchone()
+        if prev is not None:
+            row = raw.execute(_RAW_SELECT_TRIAL, (study_id, number)).fetchone()
+            return (_raw_trial(row) if row else None), False, {"hash": prev[0], **json.loads(prev[1])}
+    row = raw.execute(_RAW_SELECT_TRIAL, (study_id, number)).fetchone()
+    if row is None:
+        return None, False, None
+    cur = _raw_trial(row)
+    new = change(cur)
+    if new is None:
+        return cur, False, None
+    new.updated_at = time.time()
+    raw.execute(
+        _RAW_UPDATE_TRIAL,
+        (new.state.value, json.dumps(_metrics_to_json(new.metrics)), new.reason, new.worker_id, new.updated_at, new.lease_expires_at, row[0]),
+    )
+    if new.state is not cur.state:
+        raw.execute(_RAW_INSERT_EVENT, (row[0], new.state.value, event_detail or new.reason, new.updated_at))
+    if request is not None:
+        raw.execute(
+            _RAW_INSERT_REQUEST,
+            (request.tenant, study_id, request.kind, request.request_id, request.request_hash,
+             json.dumps({"trials": [number], "state": new.state.value}), time.time()),
+        )
+    return new, True, None
+
+
 class _GroupCommit:
     """Group commit for SQLite: trial updates queued by many RPC threads are applied by one writer
     thread in a single transaction, each under its own SAVEPOINT (one refused update does not undo
     the others), and committed with one fsync. A caller returns only after that commit, so an
-    acknowledged tell is durable; under load the fsync cost is shared by the whole batch."""
+    acknowledged tell is durable; under load the fsync cost is shared by the whole batch.
+
+    The writer keeps one sqlite3 connection of the engine's pool for itself and drives it with
+    plain DB-API calls (BEGIN IMMEDIATE / SAVEPOINT / COMMIT), under the storage's writer lock like
+    every other write of the process. Queued functions receive that sqlite3 connection."""
 
     MAX_BATCH = 256
 
@@ -585,11 +645,12 @@ class _GroupCommit:
 
     def __init__(self, storage: "Storage"):
         self._storage = storage
+        self._pooled = None  # the writer's pooled connection, checked out on first use
         self._q: "queue.SimpleQueue" = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="bbo-group-commit", daemon=True)
         self._thread.start()
 
-    def run(self, fn: Callable[[sa.Connection], Any]) -> Any:
+    def run(self, fn: Callable[[Any], Any]) -> Any:
         if not self._thread.is_alive():
             raise RuntimeError("storage is closed")
         item = self._Item(fn)
@@ -604,35 +665,55 @@ class _GroupCommit:
         self._thread.join(10)
 
     def _loop(self) -> None:
-        stop = False
-        while not stop:
-            first = self._q.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < self.MAX_BATCH:
-                try:
-                    nxt = self._q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            self._apply(batch)
+        try:
+            stop = False
+            while not stop:
+                first = self._q.get()
+                if first is None:
+                    return
+                batch = [first]
+                while len(batch) < self.MAX_BATCH:
+                    try:
+                        nxt = self._q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        stop = True
+                        break
+                    batch.append(nxt)
+                self._apply(batch)
+        finally:
+            if self._pooled is not None:
+                self._pooled.close()  # back to the pool (disposed with the engine)
+                self._pooled = None
+
+    def _raw(self):
+        if self._pooled is None:
+            self._pooled = self._storage.engine.raw_connection()  # runs the engine's connect hook (PRAGMAs)
+        return self._pooled.driver_connection
 
     def _apply(self, batch: list) -> None:
         try:
-            with self._storage._write() as conn:
-                if len(batch) == 1:
-                    batch[0].result = batch[0].fn(conn)
-                else:
-                    for it in batch:
-                        try:
-                            with conn.begin_nested():
-                                it.result = it.fn(conn)
-                        except Exception as e:  # refused or failed: only this update is rolled back
-                            it.exc, it.result = e, None
+            with self._storage._wlock:
+                raw = self._raw()
+                raw.execute("BEGIN IMMEDIATE")
+                try:
+                    if len(batch) == 1:
+                        batch[0].result = batch[0].fn(raw)
+                    else:
+                        for it in batch:
+                            raw.execute("SAVEPOINT bbo_gc")
+                            try:
+                                it.result = it.fn(raw)
+                            except Exception as e:  # refused or failed: only this update is rolled back
+                                it.exc, it.result = e, None
+                                raw.execute("ROLLBACK TO bbo_gc")
+                            raw.execute("RELEASE bbo_gc")
+                    raw.execute("COMMIT")
+                except BaseException:
+                    if raw.in_transaction:
+                        raw.execute("ROLLBACK")
+                    raise
         except BaseException as e:  # the commit failed (or the only update raised): nobody's write stands
             for it in batch:
                 if it.exc is None:
@@ -640,5 +721,6 @@ class _GroupCommit:
         finally:
             for it in batch:
                 it.done.set()
+
 
 LEASE_EXPIRED = "lease expired"
