@@ -127,6 +127,14 @@ def test_sobol_design_respects_constraints_and_is_reproducible():
     assert sobol_design(space, 5, seed=7, skip=3) == pts[3:8]
 
 
+def test_sobol_design_skip_without_constraints_continues_the_same_sequence():
+    # unconstrained spaces jump over the skipped points instead of drawing them: same points
+    space = SearchSpace((FloatParam("x", -1, 1), IntParam("k", 0, 10), CategoricalParam("c", ("a", "b", "c"))))
+    pts = sobol_design(space, 700, seed=11)
+    for skip in (1, 255, 256, 257, 600):
+        assert sobol_design(space, 3, seed=11, skip=skip) == pts[skip:skip + 3]
+
+
 @pytest.mark.parametrize(
     "build, field, words",
     [
