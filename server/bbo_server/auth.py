@@ -84,6 +84,7 @@ class Gate(grpc.ServerInterceptor):
         self.keys = keys
         self.limits = limits
         self.default_tenant = default_tenant
+        self._wrapped: dict[str, tuple] = {}  # method path -> (inner handler, wrapped handler): built once per method
 
     def bind(self, storage) -> None:
         if self.keys is not None and getattr(self.keys, "storage", None) is None:
@@ -109,8 +110,15 @@ class Gate(grpc.ServerInterceptor):
         path = handler_call_details.method or ""
         if handler is None or handler.unary_unary is None or not path.startswith(SERVICE_PREFIX):
             return handler
+        cached = self._wrapped.get(path)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        out = self._wrap(handler, path[len(SERVICE_PREFIX):])
+        self._wrapped[path] = (handler, out)
+        return out
+
+    def _wrap(self, handler, method: str):
         inner = handler.unary_unary
-        method = path[len(SERVICE_PREFIX):]
 
         def behavior(request, context):
             try:

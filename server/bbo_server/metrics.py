@@ -60,19 +60,50 @@ def serve_http(port: int, host: str = "127.0.0.1") -> None:
     start_http_server(int(port), addr=host)
 
 
+class _Children:
+    """A metric's labelled children, looked up once per label values (``labels()`` takes a lock and
+    builds a key on every call: per-call cost on the hot path of every RPC)."""
+
+    def __init__(self, metric, **fixed):
+        self._metric, self._fixed, self._by = metric, fixed, {}
+
+    def get(self, **labels):
+        key = tuple(labels.values())
+        child = self._by.get(key)
+        if child is None:
+            child = self._by[key] = self._metric.labels(**self._fixed, **labels)
+        return child
+
+
+_TRIALS_ASKED = _Children(TRIALS_ASKED)
+_TELLS = _Children(TELLS)
+
+
 class MetricsInterceptor(grpc.ServerInterceptor):
     """Times and counts every BboService call (the outermost interceptor: it sees every code)."""
+
+    def __init__(self):
+        self._wrapped: dict[str, tuple] = {}  # method path -> (inner handler, wrapped handler)
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         method_path = handler_call_details.method or ""
         if handler is None or handler.unary_unary is None or not method_path.startswith(SERVICE_PREFIX):
             return handler
+        cached = self._wrapped.get(method_path)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, method_path[len(SERVICE_PREFIX):])
+        self._wrapped[method_path] = (handler, wrapped)
+        return wrapped
+
+    @staticmethod
+    def _wrap(handler, method: str):
         inner = handler.unary_unary
-        method = method_path[len(SERVICE_PREFIX):]
+        gauge = RPC_IN_FLIGHT.labels(method=method)
+        requests, durations = _Children(RPC_REQUESTS, method=method), _Children(RPC_DURATION, method=method)
 
         def behavior(request, context):
-            gauge = RPC_IN_FLIGHT.labels(method=method)
             gauge.inc()
             t0 = time.perf_counter()
             code = "OK"
@@ -86,8 +117,8 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                 raise
             finally:
                 gauge.dec()
-                RPC_REQUESTS.labels(method=method, code=code).inc()
-                RPC_DURATION.labels(method=method, code=code).observe(time.perf_counter() - t0)
+                requests.get(code=code).inc()
+                durations.get(code=code).observe(time.perf_counter() - t0)
 
         return grpc.unary_unary_rpc_method_handler(
             behavior, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
@@ -105,10 +136,10 @@ def _count_payload(method: str, response) -> None:
     try:
         if method == "Ask":
             for t in response.trials:
-                TRIALS_ASKED.labels(origin=t.origin or "unknown").inc()
+                _TRIALS_ASKED.get(origin=t.origin or "unknown").inc()
         elif method == "Tell":
             state = _TRIAL_STATES.get(response.trial.state, "UNSPECIFIED")
-            TELLS.labels(state=state + (" (duplicate)" if response.duplicate else "")).inc()
+            _TELLS.get(state=state + (" (duplicate)" if response.duplicate else "")).inc()
     except Exception:  # metrics never break a call
         pass
 
