@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import queue
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -310,6 +311,17 @@ class Storage:
 
     # ---- idempotency ----------------------------------------------------------------------------
     def lookup_request(self, study_id: int, kind: str, request_id: str, conn: Optional[sa.Connection] = None) -> Optional[tuple[str, dict]]:
+        if self.dialect == "sqlite":  # every Ask looks its request id up: plain DB-API (see _RAW_*)
+            args = (study_id, kind, request_id)
+            if conn is not None:
+                raw_row = conn.connection.driver_connection.execute(_RAW_LOOKUP_REQUEST, args).fetchone()
+            else:
+                pooled = self.engine.raw_connection()
+                try:
+                    raw_row = pooled.driver_connection.execute(_RAW_LOOKUP_REQUEST, args).fetchone()
+                finally:
+                    pooled.close()
+            return (raw_row[0], json.loads(raw_row[1])) if raw_row else None
         q = sa.select(S.request_log.c.request_hash, S.request_log.c.response).where(
             S.request_log.c.study_id == study_id, S.request_log.c.kind == kind, S.request_log.c.request_id == request_id
         )
@@ -347,18 +359,22 @@ class Storage:
         """
         now = time.time()
         with self._write() as conn:
+            raw = conn.connection.driver_connection if self.dialect == "sqlite" else None  # plain DB-API on SQLite (see _RAW_*)
             if request is not None:
                 prev = self.lookup_request(study_id, request.kind, request.request_id, conn)
                 if prev is not None:
                     numbers = prev[1].get("trials", [])
                     return self._trials_by_number(conn, study_id, numbers), {"hash": prev[0], **prev[1]}
             n = len(new)
-            top = conn.execute(
-                S.studies.update()
-                .where(S.studies.c.id == study_id)
-                .values(trial_counter=S.studies.c.trial_counter + n)
-                .returning(S.studies.c.trial_counter)
-            ).scalar_one_or_none()
+            if raw is not None:
+                top = next(iter(raw.execute(_RAW_ALLOCATE_NUMBERS, (n, study_id)).fetchall()), (None,))[0]
+            else:
+                top = conn.execute(
+                    S.studies.update()
+                    .where(S.studies.c.id == study_id)
+                    .values(trial_counter=S.studies.c.trial_counter + n)
+                    .returning(S.studies.c.trial_counter)
+                ).scalar_one_or_none()
             if top is None:
                 from bbo.errors import NotFoundError
 
@@ -374,14 +390,17 @@ class Storage:
                         lease_expires_at=lease_expires_at if t.state is TrialState.PENDING else None,
                     )
                 )
-            if rows:
-                ids = conn.execute(S.trials.insert().returning(S.trials.c.id, sort_by_parameter_order=True), rows).scalars().all()
-                conn.execute(
-                    S.trial_events.insert(),
-                    [dict(trial_id=pk, state=r["state"], detail=f"created ({r['origin']})", at=now) for pk, r in zip(ids, rows)],
-                )
-            if request is not None:
-                self._log_request(conn, study_id, request, {"trials": [r["number"] for r in rows]})
+            if raw is not None:
+                _insert_trials_sqlite(raw, study_id, rows, request, now)
+            else:
+                if rows:
+                    ids = conn.execute(S.trials.insert().returning(S.trials.c.id, sort_by_parameter_order=True), rows).scalars().all()
+                    conn.execute(
+                        S.trial_events.insert(),
+                        [dict(trial_id=pk, state=r["state"], detail=f"created ({r['origin']})", at=now) for pk, r in zip(ids, rows)],
+                    )
+                if request is not None:
+                    self._log_request(conn, study_id, request, {"trials": [r["number"] for r in rows]})
             return [self._row_trial(r) for r in rows], None
 
     @staticmethod
@@ -586,6 +605,34 @@ _RAW_LOOKUP_REQUEST = "SELECT request_hash, response FROM request_log WHERE stud
 _RAW_INSERT_REQUEST = (
     "INSERT INTO request_log (tenant, study_id, kind, request_id, request_hash, response, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+_RAW_ALLOCATE_NUMBERS = "UPDATE studies SET trial_counter = trial_counter + ? WHERE id = ? RETURNING trial_counter"
+_RAW_INSERT_TRIAL = (
+    "INSERT INTO trials (study_id, number, params, state, metrics, origin, reason, rationale, worker_id, created_at, updated_at, lease_expires_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _insert_trials_sqlite(raw, study_id: int, rows: list[dict], request: Optional[RequestKey], now: float) -> None:
+    """The inserts of ``Storage.insert_trials`` (trials, their creation events, the request log) on
+    a sqlite3 connection inside the caller's write transaction."""
+    try:
+        for r in rows:
+            pk = raw.execute(
+                _RAW_INSERT_TRIAL,
+                (study_id, r["number"], json.dumps(r["params"]), r["state"], json.dumps(r["metrics"]), r["origin"], r["reason"],
+                 r["rationale"], r["worker_id"], r["created_at"], r["updated_at"], r["lease_expires_at"]),
+            ).lastrowid
+            raw.execute(_RAW_INSERT_EVENT, (pk, r["state"], f"created ({r['origin']})", now))
+        if request is not None:
+            raw.execute(
+                _RAW_INSERT_REQUEST,
+                (request.tenant, study_id, request.kind, request.request_id, request.request_hash,
+                 json.dumps({"trials": [r["number"] for r in rows]}), time.time()),
+            )
+    except sqlite3.IntegrityError as e:  # what callers catch from the SQLAlchemy path
+        raise sa.exc.IntegrityError("insert_trials", None, e) from e
 
 
 def _raw_trial(r) -> Trial:
