@@ -132,6 +132,10 @@ def best_trials(spec: StudySpec, trials: Sequence[Trial]) -> list[Trial]:
     return [t for t in feas if not any(dominates(o, t) for o in feas if o is not t)]
 
 
+def _lease_over(t: Trial, now: float) -> bool:
+    return t.state is TrialState.PENDING and t.lease_expires_at is not None and t.lease_expires_at < now
+
+
 class Study:
     """One stored study. Obtain instances from :class:`StudyRegistry`; methods are thread-safe."""
 
@@ -206,11 +210,8 @@ class Study:
                     return AskResult(replay, note="replayed: this request_id was already answered")
             trials = self._all_trials()
             now = time.time()
-            if self._trials is None or any(t.state is TrialState.PENDING and t.lease_expires_at is not None and t.lease_expires_at < now for t in trials):
-                expired = self.storage.expire_leases(self.id, now)
-                if expired:
-                    log.info("leases expired", extra={"study": self.name, "trials": expired})
-                    self._remember(self.storage.list_trials(self.id, [TrialState.ABANDONED], after=min(expired) - 1))
+            if self._trials is None or any(_lease_over(t, now) for t in trials):
+                if self.expire_leases(now):
                     trials = self._all_trials()
             with self._fit_slots:
                 # replicas share the fitted model through the database (bbo.storage.coordination)
@@ -239,6 +240,20 @@ class Study:
             "ask", extra={"study": self.name, "trials": [t.id for t in created], "origins": [t.origin for t in created], "worker": worker_id}
         )
         return AskResult(created, note="; ".join(x for x in (note, status_note) if x))
+
+    def expire_leases(self, now: Optional[float] = None) -> list[int]:
+        """ABANDON pending trials whose lease ran out (stored, then the in-memory copy); returns
+        the trial ids changed here or found already expired by someone else (the server's reaper)."""
+        now = time.time() if now is None else now
+        expired = self.storage.expire_leases(self.id, now)
+        if expired:
+            log.info("leases expired", extra={"study": self.name, "trials": expired})
+        with self._trials_lock:
+            stale = [] if self._trials is None else [t.id for t in self._trials.values() if _lease_over(t, now)]
+        ids = sorted(set(expired) | set(stale))
+        if ids and self._trials is not None:
+            self._remember(t for n in ids if (t := self.storage.get_trial(self.id, n)) is not None)
+        return ids
 
     def _all_trials(self) -> list[Trial]:
         """Every trial of the study, by id: from memory on SQLite (see ``__init__``), else read."""
@@ -586,6 +601,30 @@ class StudyRegistry:
         recs = self.storage.list_studies(tenant, after_id=after, limit=size + 1)
         nxt = str(recs[size - 1].id) if len(recs) > size else ""
         return [self._study(r) for r in recs[:size]], nxt
+
+    def expire_leases(self, now: Optional[float] = None) -> dict[int, list[int]]:
+        """ABANDON every expired lease of every study (the server's reaper calls this on a timer, so
+        a dead worker's trial does not wait for the next Ask of its study); ``{study_id: [trial ids]}``."""
+        from bbo.storage import schema as S
+
+        now = time.time() if now is None else now
+        t = S.trials.c
+        # per study through the (study_id, state) index: O(studies + pending trials), not a table scan
+        over = sa.select(t.id).where(
+            t.study_id == S.studies.c.id, t.state == TrialState.PENDING.value, t.lease_expires_at.is_not(None), t.lease_expires_at < now
+        )
+        q = sa.select(S.studies.c.id).where(over.exists())
+        with self.storage.engine.connect() as conn:
+            study_ids = [int(r[0]) for r in conn.execute(q)]
+        with self._lock:
+            cached = {st.id: st for st in self._cache.values()}
+        out: dict[int, list[int]] = {}
+        for sid in study_ids:
+            st = cached.get(sid)
+            ids = st.expire_leases(now) if st is not None else self.storage.expire_leases(sid, now)
+            if ids:
+                out[sid] = ids
+        return out
 
     def delete_study(self, name: str, tenant: str = DEFAULT_TENANT) -> bool:
         rec = self.storage.get_study(tenant, name)

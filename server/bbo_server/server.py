@@ -63,6 +63,7 @@ class ServerOptions:
     max_message_bytes: int = MAX_MESSAGE_BYTES
     max_ask: int = 100
     default_lease_seconds: float = 600.0
+    lease_reap_seconds: float = 5.0  # how often expired leases are ABANDONED, for all studies (0 = only on Ask)
     grace_seconds: float = 30.0
     authenticate: Optional[Authenticate] = None
     interceptors: Sequence[grpc.ServerInterceptor] = field(default_factory=tuple)
@@ -72,13 +73,40 @@ class ServerOptions:
     llm: object = None  # a bbo.llm.LlmAdvisor (plugins/llm.py); None = plain BO
 
 
+class LeaseReaper:
+    """A daemon thread that ABANDONs expired leases of every study every ``interval`` seconds, so a
+    dead worker's trial is released without waiting for the next Ask of its study."""
+
+    def __init__(self, registry: StudyRegistry, interval: float):
+        self.registry, self.interval = registry, float(interval)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bbo-lease-reaper", daemon=True)
+
+    def start(self) -> "LeaseReaper":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.registry.expire_leases()
+            except Exception:  # e.g. the database is briefly unavailable: try again next round
+                log.warning("lease reaper round failed", exc_info=True)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+
 class RunningServer:
     """A started server: ``address``, ``registry``; :meth:`stop` shuts it down gracefully."""
 
-    def __init__(self, server: grpc.Server, port: int, host: str, registry: StudyRegistry, health_servicer: health.HealthServicer, storage: Storage, owns_storage: bool):
+    def __init__(self, server: grpc.Server, port: int, host: str, registry: StudyRegistry, health_servicer: health.HealthServicer, storage: Storage, owns_storage: bool, reaper: Optional[LeaseReaper] = None):
         self.server, self.port, self.host = server, port, host
         self.registry, self.health, self.storage = registry, health_servicer, storage
         self._owns_storage = owns_storage
+        self.reaper = reaper
 
     @property
     def address(self) -> str:
@@ -87,6 +115,8 @@ class RunningServer:
 
     def stop(self, grace: float = 30.0) -> None:
         self.health.enter_graceful_shutdown()
+        if self.reaper is not None:
+            self.reaper.stop()
         self.server.stop(grace).wait()
         if self._owns_storage:
             self.storage.close()
@@ -132,7 +162,8 @@ def start(opts: ServerOptions, storage: Optional[Storage] = None) -> RunningServ
     server.start()
     for name in ("", SERVICE_NAME):
         hs.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, opts.host, registry, hs, storage, owns)
+    reaper = LeaseReaper(registry, opts.lease_reap_seconds).start() if opts.lease_reap_seconds > 0 else None
+    return RunningServer(server, port, opts.host, registry, hs, storage, owns, reaper)
 
 
 def _preload() -> None:

@@ -17,6 +17,7 @@ def register(sub) -> None:
     p.add_argument("--rpc-threads", type=int, default=64, help="gRPC handler threads (default %(default)s)")
     p.add_argument("--max-ask", type=int, default=100, help="most trials one Ask may request (default %(default)s)")
     p.add_argument("--lease-seconds", type=float, default=600.0, help="default trial lease; unheartbeated pending trials are ABANDONED after it (default %(default)s)")
+    p.add_argument("--lease-reap-seconds", type=float, default=5.0, help="how often expired leases of all studies are ABANDONED (0 = only on the study's next Ask; default %(default)s)")
     p.add_argument("--max-message-bytes", type=int, default=4 * 1024 * 1024, help="largest accepted request (default 4 MiB)")
     p.add_argument("--grace-seconds", type=float, default=30.0, help="on SIGTERM, how long in-flight calls may take (default %(default)s)")
     p.add_argument("--log-level", default=os.environ.get("BBO_LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"])
@@ -37,7 +38,7 @@ def run(args) -> int:
     opts = ServerOptions(
         host=args.host, port=args.port, db=args.db, fit_workers=args.workers, torch_threads=args.torch_threads,
         rpc_threads=args.rpc_threads, device=args.device, max_message_bytes=args.max_message_bytes, max_ask=args.max_ask,
-        default_lease_seconds=args.lease_seconds, grace_seconds=args.grace_seconds,
+        default_lease_seconds=args.lease_seconds, lease_reap_seconds=args.lease_reap_seconds, grace_seconds=args.grace_seconds,
     )
     from bbo_server import plugins
 

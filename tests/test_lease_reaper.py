@@ -1,0 +1,78 @@
+"""Lease expiry without a further Ask: the server's reaper ABANDONs a dead worker's trial on its own,
+keeps the in-memory trial copy in step, and stops with the server on SIGTERM."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from bbo.trial import TrialState
+
+
+def _wait_for(pred, timeout: float = 120.0, every: float = 0.1):
+    """Poll ``pred`` until truthy (returned) or ``timeout`` passes (then None): no timing asserted."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(every)
+    return None
+
+
+def test_reaper_abandons_expired_lease_without_another_ask(server_factory, make_study):
+    import bbo_client as bc
+
+    srv = server_factory(args=["--workers", "1", "--lease-reap-seconds", "0.2"])
+    with bc.Client(srv.address, retries=2) as c:
+        s = make_study(c, "reaped")
+        (dead,) = s.ask(worker_id="dead", lease_seconds=0.3)
+        (alive,) = s.ask(worker_id="alive", lease_seconds=3600)
+        # no Ask from here on: only the reaper can change the dead worker's trial
+        got = _wait_for(lambda: (t := s.trial(dead.id)).state != "PENDING" and t)
+        assert got, f"trial {dead.id} still PENDING; server log:\n{srv.log_tail()}"
+        assert got.state == "ABANDONED" and got.reason == "lease expired"
+        assert s.trial(alive.id).state == "PENDING"  # an unexpired lease is left alone
+        assert s.tell(dead, {"y": 0.5}).trial.state == "COMPLETED"  # a late result is still welcome
+        assert s.tell(alive, {"y": 0.25}).trial.state == "COMPLETED"
+        (nxt,) = s.ask()
+        assert nxt.id not in (dead.id, alive.id)
+    assert srv.stop() == 0  # SIGTERM drain stops the reaper thread too
+    assert "lease reaper round failed" not in srv.log_tail(100_000)
+
+
+def test_reaper_off_leaves_expiry_to_the_next_ask(server_factory, make_study):
+    import bbo_client as bc
+
+    srv = server_factory(args=["--workers", "1", "--lease-reap-seconds", "0"])
+    with bc.Client(srv.address, retries=2) as c:
+        s = make_study(c, "lazy")
+        (t,) = s.ask(lease_seconds=0.05)
+        time.sleep(1.0)  # well past the lease
+        assert s.trial(t.id).state == "PENDING"  # nobody reaped it
+        s.ask()
+        assert s.trial(t.id).state == "ABANDONED"
+    assert srv.stop() == 0
+
+
+def test_registry_expire_leases_updates_the_in_memory_trials(registry):
+    """In-process: the reaper's registry call changes the store and the cached study's trial list,
+    so the strategy no longer counts the trial as pending; other studies are untouched."""
+    spec = {"parameters": [{"name": "x", "type": "float", "low": 0.0, "high": 1.0}], "objectives": [{"name": "y"}]}
+    a, _ = registry.create_study("a", spec)
+    b, _ = registry.create_study("b", spec)
+    (ta,) = a.ask(lease_seconds=10).trials
+    (tb,) = b.ask(lease_seconds=10_000).trials
+    assert registry.expire_leases(now=ta.lease_expires_at - 1) == {}
+    later = ta.lease_expires_at + 1
+    assert registry.expire_leases(now=later) == {a.id: [ta.id]}
+    mem = {t.id: t for t in a._all_trials()}
+    assert mem[ta.id].state is TrialState.ABANDONED and mem[ta.id].reason == "lease expired"
+    assert a.get_trial(ta.id).state is TrialState.ABANDONED
+    assert b.get_trial(tb.id).state is TrialState.PENDING
+    assert registry.expire_leases(now=later) == {}  # idempotent
+    # a study no Ask has touched since the server started (not cached here) is reaped too
+    registry._cache.clear()
+    assert registry.expire_leases(now=tb.lease_expires_at + 1) == {b.id: [tb.id]}
+    assert registry.get_study("b").get_trial(tb.id).state is TrialState.ABANDONED
