@@ -45,3 +45,84 @@ def test_node_client_gets_grpc_status_for_unknown_study(bbo_server):
     out = subprocess.run(["node", "-e", script], cwd=NODE_DIR, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "NOT_FOUND"
+
+
+_TLS_SCRIPT = r"""
+const {Client} = require('./src');
+const [address, optsJson, study] = process.argv.slice(1);
+const opts = JSON.parse(optsJson);
+(async () => {
+  let c = null;
+  try {
+    c = new Client(address, {deadlineMs: 20000, ...opts});
+    const s = await c.createStudy(study, {parameters: [{name: 'x', float: {low: 0, high: 1}}], objectives: [{name: 'y'}]});
+    const [t] = await s.ask(1, 'node-tls');
+    const told = await s.tell(t.id, {y: t.parameters.x});
+    console.log(JSON.stringify({ok: true, state: told.state, x: t.parameters.x, id: t.id}));
+  } catch (e) {
+    console.log(JSON.stringify({ok: false, code: e.codeName || String(e.message)}));
+  }
+  if (c) c.close();
+})();
+"""
+
+
+def _node(address: str, opts: dict, study: str, env: dict | None = None) -> dict:
+    import os
+
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("BBO_API_KEY", "BBO_TLS", "BBO_CLIENT"))}
+    e.update(env or {})
+    out = subprocess.run(["node", "-e", _TLS_SCRIPT, address, json.dumps(opts), study], cwd=NODE_DIR, capture_output=True, text=True, timeout=120, env=e)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_client_mutual_tls_and_api_key(server_factory, tmp_path):
+    """The Node client's tlsCa / tlsCert / tlsKey / apiKey options against a real server with API keys
+    and mutual TLS on: what it tells is stored under its key's tenant; each missing piece is refused."""
+    import grpc
+
+    import bbo_client as bc
+    from sec_helpers import create_key, make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    db = "sqlite:///" + str(tmp_path / "tls.db")
+    key, _ = create_key(db, "acme")
+    other, _ = create_key(db, "globex")
+    mcreds = grpc.ssl_channel_credentials(
+        open(certs["ca"], "rb").read(), open(certs["client_key"], "rb").read(), open(certs["client_cert"], "rb").read()
+    )
+    srv = server_factory(
+        db=db,
+        args=["--auth", "--tls-cert", certs["server_cert"], "--tls-key", certs["server_key"], "--tls-client-ca", certs["ca"], "--workers", "1"],
+        credentials=mcreds,
+    )
+    full = {"apiKey": key, "tlsCa": certs["ca"], "tlsCert": certs["client_cert"], "tlsKey": certs["client_key"]}
+    r = _node(srv.address, full, "node-mtls")
+    assert r["ok"] and r["state"] == "COMPLETED", r
+    # stored under the key's tenant: the Python client with the same key reads it back, another tenant cannot
+    tls = dict(tls_ca=certs["ca"], tls_cert=certs["client_cert"], tls_key=certs["client_key"], retries=0)
+    with bc.Client(srv.address, api_key=key, **tls) as c:
+        (t,) = c.study("node-mtls").trials()
+        assert (t.id, t.state, t.metrics["y"]) == (r["id"], "COMPLETED", pytest.approx(r["x"]))
+    with bc.Client(srv.address, api_key=other, **tls) as c:
+        with pytest.raises(bc.NotFound):
+            c.study("node-mtls")
+    # the same options from the environment variables the Python client reads
+    env = {"BBO_API_KEY": key, "BBO_TLS_CA": certs["ca"], "BBO_CLIENT_CERT": certs["client_cert"], "BBO_CLIENT_KEY": certs["client_key"]}
+    assert _node(srv.address, {}, "node-mtls-env", env=env)["ok"]
+    # PEM contents instead of paths; a wrong tlsServerName is checked against the certificate
+    pem = {k: open(v).read() for k, v in (("tlsCa", certs["ca"]), ("tlsCert", certs["client_cert"]), ("tlsKey", certs["client_key"]))}
+    assert _node(srv.address, {"apiKey": key, **pem, "tlsServerName": "localhost"}, "node-mtls-pem")["ok"]
+    assert _node(srv.address, {**full, "tlsServerName": "not-the-server.example"}, "node-bad-name") == {"ok": False, "code": "UNAVAILABLE"}
+    # each missing piece is refused
+    assert _node(srv.address, {k: v for k, v in full.items() if k != "apiKey"}, "node-nokey") == {"ok": False, "code": "UNAUTHENTICATED"}
+    assert _node(srv.address, {"apiKey": key, "tlsCa": certs["ca"]}, "node-nocert") == {"ok": False, "code": "UNAVAILABLE"}
+    assert _node(srv.address, {"apiKey": key}, "node-plaintext") == {"ok": False, "code": "UNAVAILABLE"}
+    half = _node(srv.address, {"apiKey": key, "tlsCa": certs["ca"], "tlsCert": certs["client_cert"]}, "node-half")
+    assert half["ok"] is False and "both tlsCert and tlsKey" in half["code"]
+    with bc.Client(srv.address, api_key=key, **tls) as c:
+        names = {s.name for s in c.list_studies()}
+    assert {"node-mtls", "node-mtls-env", "node-mtls-pem"} <= names
+    assert not names & {"node-bad-name", "node-nokey", "node-nocert", "node-plaintext", "node-half"}

@@ -78,19 +78,50 @@ class BboError extends Error {
   }
 }
 
+// A PEM option: a file path (string) or the PEM itself (Buffer, or a string holding '-----BEGIN').
+function readPem(value, what) {
+  if (value == null || value === '') return null;
+  if (Buffer.isBuffer(value)) return value;
+  if (typeof value === 'string') return value.includes('-----BEGIN') ? Buffer.from(value) : fs.readFileSync(value);
+  throw new TypeError(`${what} must be a file path, a PEM string or a Buffer`);
+}
+
+// TLS channel credentials from the options (and the env variables the Python client reads), or
+// null for plaintext. Same rules as bbo_client: a client certificate needs both cert and key.
+function tlsCredentials(options) {
+  const env = process.env;
+  const ca = options.tlsCa || env.BBO_TLS_CA || null;
+  const cert = options.tlsCert || env.BBO_CLIENT_CERT || null;
+  const key = options.tlsKey || env.BBO_CLIENT_KEY || null;
+  if (!(options.tls || ca || cert || key)) return null;
+  if (Boolean(cert) !== Boolean(key)) throw new Error('a client certificate needs both tlsCert and tlsKey');
+  return grpc.credentials.createSsl(readPem(ca, 'tlsCa'), readPem(key, 'tlsKey'), readPem(cert, 'tlsCert'));
+}
+
 class Client {
-  // address: "host:port". options.apiKey is sent as the x-api-key metadata when given.
+  // address: "host:port". Options (each also read from the env variable the Python client uses):
+  //   apiKey (BBO_API_KEY): sent as "authorization: Bearer <key>" metadata on every call;
+  //   tls: true for TLS with the system's root certificates;
+  //   tlsCa (BBO_TLS_CA): root certificate(s) to trust (path or PEM; implies TLS);
+  //   tlsCert, tlsKey (BBO_CLIENT_CERT, BBO_CLIENT_KEY): client certificate and key for mutual TLS;
+  //   tlsServerName: check the server certificate against this name instead of the address's host;
+  //   credentials: ready grpc-js ChannelCredentials (overrides the TLS options); deadlineMs.
   constructor(address, options = {}) {
     const Service = loadService();
-    const creds = options.credentials || grpc.credentials.createInsecure();
-    this.stub = new Service(address, creds);
+    const creds = options.credentials || tlsCredentials(options) || grpc.credentials.createInsecure();
+    const channelOptions = {};
+    if (options.tlsServerName) {
+      channelOptions['grpc.ssl_target_name_override'] = options.tlsServerName;
+      channelOptions['grpc.default_authority'] = options.tlsServerName;
+    }
+    this.stub = new Service(address, creds, channelOptions);
     this.apiKey = options.apiKey || process.env.BBO_API_KEY || '';
     this.deadlineMs = options.deadlineMs || 120000;
   }
 
   call(method, request) {
     const md = new grpc.Metadata();
-    if (this.apiKey) md.set('x-api-key', this.apiKey);
+    if (this.apiKey) md.set('authorization', `Bearer ${this.apiKey}`);
     const deadline = new Date(Date.now() + this.deadlineMs);
     return new Promise((resolve, reject) => {
       this.stub[method](request, md, { deadline }, (err, res) => (err ? reject(new BboError(err)) : resolve(res)));
