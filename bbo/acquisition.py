@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -343,21 +342,3 @@ def model_score(model, layout: Layout, X: torch.Tensor) -> torch.Tensor:
 
 def to_numpy(x: torch.Tensor) -> np.ndarray:
     return x.detach().cpu().double().numpy()
-
-
-def finite_or(x: float, default: float) -> float:
-    return x if math.isfinite(x) else default
-
-
-__all__ = [
-    "Layout",
-    "budget",
-    "make_acquisition",
-    "optimize",
-    "evaluate",
-    "log_prob_feasible",
-    "model_score",
-    "reference_point",
-    "AdditiveLogPrior",
-    "inequality_tensors",
-]

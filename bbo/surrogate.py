@@ -7,6 +7,14 @@ with the encoding's fixed box (``space.bounds()``), outcomes standardized. Obser
 become fixed noise (``train_Yvar``) when every modeled value of every trial carries one; otherwise the
 noise level is inferred. float64 on the device :mod:`bbo.device` picked.
 
+Kernel (:func:`kernel`): ARD Matern-5/2 with a Gamma(3, 6) lengthscale prior under a scale kernel
+(Gamma(2, 0.15) outputscale prior), and a Gamma(1.1, 0.05) noise prior floored at 1e-6, BoTorch's
+long-standing default before 0.12. Measured against BoTorch 0.18's default (RBF with a
+dimension-scaled log-normal lengthscale prior, noise floor 1e-4) on 5-10 seeds x 40 evaluations,
+median regret: Branin 0.00025 vs 0.0042, Hartmann6 0.06 vs 0.15, Hartmann6 constrained 0.0017 vs
+0.044, Levy10 14 vs 21. The 1e-4 noise floor alone is not the difference (Branin 0.0028 with it
+lowered), the prior and kernel are.
+
 Hyperparameter cache and refit policy (one :class:`Surrogate` per generation strategy, i.e. per study):
 
 * After each fit, the kernel, mean and likelihood state (not the outcome transform's mean/std, not
@@ -43,7 +51,11 @@ import torch
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import MixedSingleTaskGP, SingleTaskGP
 from botorch.models.transforms import Normalize, Standardize
+from gpytorch.constraints import GreaterThan
+from gpytorch.kernels import MaternKernel, ScaleKernel
+from gpytorch.likelihoods import GaussianLikelihood
 from gpytorch.mlls import ExactMarginalLogLikelihood
+from gpytorch.priors import GammaPrior
 
 from bbo.device import Placement
 from bbo.space import SearchSpace
@@ -56,6 +68,19 @@ FRESH_START_BELOW = 100  # below this many fit points, also fit from the default
 COLD_SUBSET = 300  # cold start above this many fit points: fit a subset first, then refine on all
 _HYPER_PREFIXES = ("covar_module.", "mean_module.", "likelihood.")
 _MIN_YVAR = 1e-10
+MIN_NOISE = 1e-6  # inferred noise variance floor (standardized units): deterministic objectives need it low
+
+
+def kernel(batch_shape: torch.Size, ard_num_dims: int, active_dims=None) -> MaternKernel:
+    """ARD Matern-5/2 with a Gamma(3, 6) lengthscale prior (on the unit cube); the signature of
+    BoTorch's ``cont_kernel_factory`` so the mixed model uses it for its continuous part too."""
+    return MaternKernel(
+        nu=2.5, ard_num_dims=ard_num_dims, batch_shape=batch_shape, active_dims=active_dims, lengthscale_prior=GammaPrior(3.0, 6.0)
+    )
+
+
+def likelihood(batch_shape: torch.Size) -> GaussianLikelihood:
+    return GaussianLikelihood(batch_shape=batch_shape, noise_prior=GammaPrior(1.1, 0.05), noise_constraint=GreaterThan(MIN_NOISE))
 
 
 @dataclass
@@ -144,17 +169,22 @@ class Surrogate:
         tYvar = p.tensor(np.maximum(Yvar, _MIN_YVAR)) if Yvar is not None else None
         d = self.space.dim
         cat = self.space.cat_dims
+        bs = torch.Size([self.m]) if self.m > 1 else torch.Size([])
+        lik = likelihood(bs) if tYvar is None else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # input/outcome scaling warnings: our encoding is exact by design
             if cat:
                 num = [i for i in range(d) if i not in cat]
                 intf = Normalize(d, indices=num, bounds=self._bounds) if num else None
                 model = MixedSingleTaskGP(
-                    tX, tY, cat_dims=cat, train_Yvar=tYvar, input_transform=intf, outcome_transform=Standardize(self.m)
+                    tX, tY, cat_dims=cat, train_Yvar=tYvar, cont_kernel_factory=kernel, likelihood=lik,
+                    input_transform=intf, outcome_transform=Standardize(self.m),
                 )
             else:
+                covar = ScaleKernel(kernel(bs, d), batch_shape=bs, outputscale_prior=GammaPrior(2.0, 0.15))
                 model = SingleTaskGP(
-                    tX, tY, tYvar, input_transform=Normalize(d, bounds=self._bounds), outcome_transform=Standardize(self.m)
+                    tX, tY, tYvar, likelihood=lik, covar_module=covar,
+                    input_transform=Normalize(d, bounds=self._bounds), outcome_transform=Standardize(self.m),
                 )
         return model.to(**p.tkwargs)
 

@@ -86,11 +86,12 @@ def test_branin_beats_random_search():
 
 
 def test_hartmann6_beats_random_search():
-    _, trials = run(spec_of(H6_SPACE, seed=1, n_initial=8), hartmann6, 35)
-    bo_regret = min(t.value("f") for t in trials) - HARTMANN6_MIN
+    # median over 3 seeds: one seed can spend 35 evaluations climbing a local basin
+    bo = [min(t.value("f") for t in run(spec_of(H6_SPACE, seed=s, n_initial=8), hartmann6, 35)[1]) - HARTMANN6_MIN for s in (1, 2, 3)]
+    bo_regret = float(np.median(bo))
     rnd_regret = np.median([random_best(H6_SPACE, hartmann6, 35, s) - HARTMANN6_MIN for s in range(5)])
-    assert bo_regret < 0.5 * rnd_regret, (bo_regret, rnd_regret)
-    assert bo_regret < 0.7
+    assert bo_regret < 0.25 * rnd_regret, (bo, rnd_regret)
+    assert bo_regret < 0.5, bo
 
 
 # ---- constraints -----------------------------------------------------------------------------------------
@@ -322,16 +323,18 @@ def test_proposals_compete_with_the_optimizer(monkeypatch):
     out = gs.suggest(trials, 1, proposals=[bad, bad2])
     assert out[0].origin == Origin.BO.value  # bad proposals are ignored
 
-    # Cripple the optimizer so that a proposal at the true optimum must outrank it.
+    # Cripple the optimizer (it returns a point next to the worst trial) so that a proposal at the
+    # true optimum must outrank it; another proposal next to the worst trial must not.
     real = strategy_mod.optimize
+    near_worst = {"x1": min(worst.params["x1"] + 0.01, 10.0), "x2": min(worst.params["x2"] + 0.01, 15.0)}
 
     def poor(acqf, space, placement, **kw):
-        x = placement.tensor(space.encode({"x1": -4.9, "x2": 0.2}))[None]
-        return x, float("nan")
+        return placement.tensor(space.encode(near_worst))[None], float("nan")
 
     monkeypatch.setattr(strategy_mod, "optimize", poor)
+    bad3 = Suggestion({"x1": near_worst["x1"] - 0.02, "x2": near_worst["x2"]}, Origin.LLM_PROPOSAL.value, rationale="near the worst")
     good = Suggestion({"x1": math.pi, "x2": 2.275}, Origin.LLM_PROPOSAL.value, rationale="known optimum")
-    out = gs.suggest(trials, 1, proposals=[bad2, good])
+    out = gs.suggest(trials, 1, proposals=[bad3, good])
     assert out[0].origin == Origin.LLM_PROPOSAL.value and out[0].rationale == "known optimum"
     monkeypatch.setattr(strategy_mod, "optimize", real)
 
