@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from scipy.stats import qmc
 
@@ -18,6 +20,20 @@ def _to_box(space: SearchSpace, u: np.ndarray) -> np.ndarray:
     return x
 
 
+_BLOCK = 256
+
+
+@functools.lru_cache(maxsize=32)
+def _sobol_block(dim: int, seed: int, block: int) -> np.ndarray:
+    """Points ``block * _BLOCK ..`` of a seed's scrambled Sobol sequence, ``_BLOCK`` of them (read-only)."""
+    engine = qmc.Sobol(dim, scramble=True, seed=seed)
+    if block:
+        engine.fast_forward(block * _BLOCK)  # (scipy refuses fast_forward(0))
+    pts = engine.random(_BLOCK)
+    pts.setflags(write=False)
+    return pts
+
+
 def sobol_design(space: SearchSpace, n: int, seed: int, skip: int = 0) -> list[dict[str, Value]]:
     """The Sobol points ``skip .. skip+n-1`` of this seed's sequence that are feasible, decoded.
 
@@ -27,16 +43,19 @@ def sobol_design(space: SearchSpace, n: int, seed: int, skip: int = 0) -> list[d
     """
     if n <= 0:
         return []
+    if skip > 0 and not space.constraints and isinstance(seed, (int, np.integer)):
+        # Without parameter constraints every point is feasible: the answer is simply points
+        # skip .. skip+n-1. Initial-design Asks walk one seed's sequence a few points at a time, so
+        # blocks of it are cached instead of building the scrambled engine and drawing (and
+        # decoding) every earlier point on each Ask.
+        first, last = skip // _BLOCK, (skip + n - 1) // _BLOCK
+        pts = np.vstack([_sobol_block(space.dim, int(seed), b) for b in range(first, last + 1)])
+        start = skip - first * _BLOCK
+        return [space.decode(row) for row in _to_box(space, pts[start:start + n])]
     engine = qmc.Sobol(space.dim, scramble=True, seed=seed)
     out: list[dict[str, Value]] = []
     seen_feasible = 0
     drawn = 0
-    if skip > 0 and not space.constraints:
-        # Without parameter constraints every point is feasible: jump straight to point ``skip``
-        # (the same points as drawing and decoding the first ``skip``, without the O(skip) work
-        # that made each initial-design Ask slower as the study grew).
-        engine.fast_forward(skip)
-        seen_feasible = drawn = skip
     while len(out) < n and drawn < 64 * (skip + n) + 4096:
         batch = engine.random(256)
         drawn += 256
