@@ -197,3 +197,40 @@ def test_group_commit_rolls_back_only_the_failed_update_of_a_shared_batch(storag
         if t.id != 5:
             assert stored[t.id].state is TrialState.COMPLETED and stored[t.id].metrics["y"].value == float(t.id)
             assert results[t.id][1] is True
+
+
+class _StatefulStrategy:
+    """The model-state protocol of bbo.storage.coordination (export_state / import_state)."""
+
+    def __init__(self):
+        self.n_fit, self.hyper = 0, None
+
+    def export_state(self):
+        return None if self.hyper is None else (self.n_fit, self.hyper)
+
+    def import_state(self, n_fit, hyper):
+        self.n_fit, self.hyper = n_fit, hyper
+
+
+def test_model_state_on_sqlite_is_read_once_per_strategy_then_kept_in_memory(storage):
+    import torch
+
+    from bbo.storage.coordination import ModelStateCache
+
+    sid = storage.insert_study("t", "s", SPEC, 1).id
+    statements = []
+    sa.event.listen(storage.engine, "before_cursor_execute", lambda *a, **k: statements.append(a[2]))
+    writer = ModelStateCache(storage)
+    a = _StatefulStrategy()
+    tok = writer.pull(sid, a)
+    a.n_fit, a.hyper = 5, {"lengthscale": torch.tensor([0.5])}  # a fit
+    assert writer.push(sid, a, tok)
+    # a restarted process (new cache, new strategy) loads the stored state from the database
+    restarted = ModelStateCache(storage)
+    b = _StatefulStrategy()
+    assert restarted.pull(sid, b).n_fit == 5 and b.n_fit == 5 and restarted.pulls == 1
+    # from then on this process is the only writer of the file: pulls read nothing
+    del statements[:]
+    assert restarted.pull(sid, b).n_fit == 5 and writer.pull(sid, a).n_fit == 5
+    assert statements == []
+    assert restarted.pull(sid, _StatefulStrategy()).n_fit == 5 and any("model_state" in s for s in statements)

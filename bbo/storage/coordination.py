@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -108,6 +109,18 @@ class ModelStateCache:
         self.replica = replica[:128]
         self.pulls = 0  # states loaded from the database (for tests and metrics)
         self.pushes = 0
+        # SQLite: one server process per database file, so once a strategy has been brought up to
+        # date with the stored state (or stored its own), nothing else can change that state and
+        # later pulls skip the read. Weak: a strategy dropped with its study drops out by itself.
+        self._single_writer = getattr(storage, "dialect", None) == "sqlite"
+        self._in_sync: "weakref.WeakSet" = weakref.WeakSet()
+
+    def _synced(self, strategy) -> None:
+        if self._single_writer:
+            try:
+                self._in_sync.add(strategy)
+            except TypeError:  # not weak-referenceable: keep reading
+                pass
 
     def pull(self, study_id: int, strategy) -> Token:
         local = None
@@ -116,9 +129,12 @@ class ModelStateCache:
                 return Token(None, 0)
             local = export_state(strategy)
             n_local = local[0] if local is not None else -1
+            if self._single_writer and strategy in self._in_sync:
+                return Token(local[1] if local else None, max(n_local, 0))
             with self.storage.engine.connect() as conn:
                 n_db = conn.execute(sa.select(S.model_state.c.n_fit).where(S.model_state.c.study_id == study_id)).scalar()
                 if n_db is None or int(n_db) <= n_local:
+                    self._synced(strategy)
                     return Token(local[1] if local else None, max(n_local, 0))
                 row = conn.execute(
                     sa.select(S.model_state.c.n_fit, S.model_state.c.format, S.model_state.c.state).where(S.model_state.c.study_id == study_id)
@@ -127,6 +143,7 @@ class ModelStateCache:
                 return Token(local[1] if local else None, max(n_local, 0))
             state = loads(bytes(row.state))
             if import_state(strategy, int(row.n_fit), state["hyper"]):
+                self._synced(strategy)
                 self.pulls += 1
                 log.debug("model state loaded", extra={"study_id": study_id, "n_fit": int(row.n_fit)})
                 cur = export_state(strategy)
@@ -150,6 +167,7 @@ class ModelStateCache:
                 if n == 0:
                     conn.execute(S.model_state.insert().values(study_id=study_id, **vals))
             self.pushes += 1
+            self._synced(strategy)
             return True
         except Exception:  # noqa: BLE001 - e.g. the study was deleted meanwhile
             log.warning("storing the model state failed", exc_info=True, extra={"study_id": study_id})
