@@ -1,0 +1,45 @@
+"""Suggestions are computed on the registry's few dedicated fit threads, never on the callers' (RPC)
+threads: that bounds how many glibc malloc arenas hold a GP fit's freed buffers (soak RSS)."""
+
+from __future__ import annotations
+
+import threading
+
+from bbo.study import StudyRegistry
+
+SPEC = {"parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}], "objectives": [{"name": "y"}],
+        "algorithm": {"n_initial": 3}}
+
+
+def test_suggestions_run_on_at_most_fit_slots_dedicated_threads(storage):
+    from bbo.strategy import GenerationStrategy
+
+    seen: list[str] = []
+
+    class Recording(GenerationStrategy):
+        def suggest(self, trials, n=1, **kw):
+            seen.append(threading.current_thread().name)
+            return super().suggest(trials, n, **kw)
+
+    reg = StudyRegistry(storage, strategy_factory=Recording, fit_slots=2)
+    studies = [reg.create_study(f"s{i}", SPEC)[0] for i in range(4)]
+    errors: list[BaseException] = []
+
+    def worker(st):
+        try:
+            for _ in range(4):  # past the initial design: GP fits too
+                (t,) = st.ask().trials
+                st.tell(t.id, {"y": (t.params["x"] - 0.3) ** 2})
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    callers = [threading.Thread(target=worker, args=(st,), name=f"caller-{i}") for i, st in enumerate(studies)]
+    for th in callers:
+        th.start()
+    for th in callers:
+        th.join(300)
+    assert not errors, errors
+    assert len(seen) == 16
+    assert all(n.startswith("bbo-fit") for n in seen), set(seen)
+    assert 1 <= len(set(seen)) <= 2
+    assert all(st.trials()[-1].origin == "bo" for st in studies)
