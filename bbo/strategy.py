@@ -140,6 +140,15 @@ class GenerationStrategy:
             self.last.total_seconds = time.perf_counter() - t0
             return out
 
+    def export_state(self):
+        """The surrogate's fitted state (see :meth:`Surrogate.export_state`), for replicas to share."""
+        with self._lock:
+            return self.surrogate.export_state()
+
+    def import_state(self, n_fit: int, hyper: dict) -> None:
+        with self._lock:
+            self.surrogate.import_state(n_fit, hyper)
+
     def status(self, trials: Sequence[Trial]) -> tuple[str, str]:
         """``(ACTIVE | LIKELY_INFEASIBLE, reason)``: CONFIG-style infeasibility declaration.
 

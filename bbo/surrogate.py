@@ -112,6 +112,15 @@ class Surrogate:
     def has_hyperparameters(self) -> bool:
         return self._hyper is not None
 
+    def export_state(self) -> Optional[tuple[int, dict[str, torch.Tensor]]]:
+        """``(n at the last fit, hyperparameters)`` to share with other replicas, or None before any fit.
+        The dict is the cache itself (read-only): each fit replaces it, so identity tells a new fit."""
+        return None if self._hyper is None else (self._n_at_fit, self._hyper)
+
+    def import_state(self, n_fit: int, hyper: dict[str, torch.Tensor]) -> None:
+        """Adopt another replica's fit (unknown or mis-shaped entries are ignored when loaded)."""
+        self._hyper, self._n_at_fit = hyper, int(n_fit)
+
     def needs_refit(self, n: int) -> bool:
         return self._hyper is None or n < ALWAYS_REFIT_BELOW or n >= (1.0 + self.options.refit_growth) * self._n_at_fit
 

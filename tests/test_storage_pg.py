@@ -294,21 +294,22 @@ def test_lock_connections_do_not_starve_the_main_pool(pg_url):
 
 
 # ---- model state shared between replicas --------------------------------------------------------------
-class _FakeSurrogate:
-    def __init__(self):
-        self._hyper = None
-        self._n_at_fit = 0
-
-
 class _FakeStrategy:
+    """Stands in for GenerationStrategy's export/import of its surrogate's state (a real Surrogate)."""
+
     def __init__(self):
-        self.surrogate = _FakeSurrogate()
+        from bbo.device import select_device
+        from bbo.space import FloatParam, SearchSpace
+        from bbo.spec import AlgorithmOptions
+        from bbo.surrogate import Surrogate
+
+        self.surrogate = Surrogate(SearchSpace((FloatParam("x", 0.0, 1.0),)), 1, AlgorithmOptions(), select_device("cpu"))
+        self.export_state, self.import_state = self.surrogate.export_state, self.surrogate.import_state
 
     def fit(self, n):
         import torch
 
-        self.surrogate._hyper = {"covar_module.lengthscale": torch.full((1, 2), float(n), dtype=torch.float64)}
-        self.surrogate._n_at_fit = n
+        self.surrogate.import_state(n, {"covar_module.lengthscale": torch.full((1, 2), float(n), dtype=torch.float64)})
 
 
 def test_model_state_moves_between_replicas(pg_url, storage):
@@ -321,12 +322,13 @@ def test_model_state_moves_between_replicas(pg_url, storage):
     sa_.fit(12)
     assert a.push(st.id, sa_, tok)
     tok = b.pull(st.id, sb)  # a fresh replica picks the study up: warm start from A's fit
-    assert tok.pulled and sb.surrogate._n_at_fit == 12
-    assert float(sb.surrogate._hyper["covar_module.lengthscale"][0, 0]) == 12.0
+    n_fit, hyper = sb.export_state()
+    assert tok.pulled and n_fit == 12
+    assert float(hyper["covar_module.lengthscale"][0, 0]) == 12.0
     assert not b.push(st.id, sb, tok)  # conditioning on loaded hyperparameters stores nothing
     sb.fit(20)
     assert b.push(st.id, sb, tok)
-    assert a.pull(st.id, sa_).pulled and sa_.surrogate._n_at_fit == 20
+    assert a.pull(st.id, sa_).pulled and sa_.export_state()[0] == 20
     assert not a.pull(st.id, sa_).pulled  # already current: only n_fit was read
     got = a.get(st.id)
     assert got["n_fit"] == 20 and got["updated_by"] == "replica-b"

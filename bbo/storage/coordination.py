@@ -18,9 +18,8 @@ fits: a replica picking up a study continues exactly where the last one stopped,
 from scratch, and a study behaves the same whichever replicas its Asks land on.
 
 The strategy exposes its state through ``export_state() -> (n_fit, {name: tensor}) | None`` and
-``import_state(n_fit, hyper)`` when it has them; otherwise this module reads and writes its
-surrogate's hyperparameter cache (``strategy.surrogate._hyper`` / ``_n_at_fit``) directly. Any failure
-here is logged and ignored: the cache only saves work, it is never needed for correctness.
+``import_state(n_fit, hyper)``; a strategy without them is simply not shared. Any failure here is
+logged and ignored: the cache only saves work, it is never needed for correctness.
 """
 
 from __future__ import annotations
@@ -44,34 +43,19 @@ FORMAT = 1
 def export_state(strategy) -> Optional[tuple[int, dict]]:
     """``(n_fit, hyperparameters)`` of the strategy's fitted surrogate, or None if it has none."""
     fn = getattr(strategy, "export_state", None)
-    if callable(fn):
-        return fn()
-    sur = getattr(strategy, "surrogate", None)
-    hyper = getattr(sur, "_hyper", None)
-    if hyper is None:
-        return None
-    return int(getattr(sur, "_n_at_fit", 0)), hyper
+    return fn() if callable(fn) else None
 
 
 def import_state(strategy, n_fit: int, hyper: dict) -> bool:
     fn = getattr(strategy, "import_state", None)
-    if callable(fn):
-        fn(n_fit, hyper)
-        return True
-    sur = getattr(strategy, "surrogate", None)
-    if sur is None or not hasattr(sur, "_hyper"):
+    if not callable(fn):
         return False
-    lock = getattr(strategy, "_lock", None)
-    if lock is not None:
-        with lock:
-            sur._hyper, sur._n_at_fit = hyper, int(n_fit)
-    else:
-        sur._hyper, sur._n_at_fit = hyper, int(n_fit)
+    fn(n_fit, hyper)
     return True
 
 
 def supports(strategy) -> bool:
-    return callable(getattr(strategy, "export_state", None)) or hasattr(getattr(strategy, "surrogate", None), "_hyper")
+    return callable(getattr(strategy, "export_state", None)) and callable(getattr(strategy, "import_state", None))
 
 
 def dumps(hyper: dict, **meta: Any) -> bytes:
