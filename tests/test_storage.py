@@ -40,12 +40,18 @@ def test_sqlite_pragmas(storage):
         assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert c.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
         assert c.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    # the group-commit writer (every Tell's commit) runs on a connection of its own: same settings
+    raw = storage._group._raw()
+    assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert raw.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert raw.execute("PRAGMA foreign_keys").fetchone()[0] == 1
 
 
 def test_synchronous_from_url(tmp_path):
     s = Storage("sqlite:///" + str(tmp_path / "n.db") + "?synchronous=normal")
     with s.engine.connect() as c:
         assert c.exec_driver_sql("PRAGMA synchronous").scalar() == 1
+    assert s._group._raw().execute("PRAGMA synchronous").fetchone()[0] == 1
     s.close()
     with pytest.raises(ValueError):
         Storage("sqlite:///" + str(tmp_path / "n.db") + "?synchronous=sometimes")
