@@ -104,6 +104,7 @@ class GenerationStrategy:
         self._scale = np.maximum(spec.space.bounds()[1], 1.0)
         self._lock = threading.RLock()
         self._status_cache: tuple[tuple, tuple[str, str]] | None = None
+        self._encoded: dict[int, tuple[dict, np.ndarray]] = {}  # trial id -> (params, encoding)
         self.last = AskInfo()
 
     # ---- public API ------------------------------------------------------------------------------
@@ -135,7 +136,7 @@ class GenerationStrategy:
                     out = self._suggest(trials, n, warmstart, proposals, self.priors if priors is None else tuple(priors))
             except Exception as e:  # noqa: BLE001 - by contract, suggest never raises
                 log.exception("generation failed; falling back to space-filling points")
-                taken = self._encode_many([t.params for t in trials])
+                taken = self._encode_trials(trials)
                 out = self._space_filling(trials, n, taken, f"generation failed: {type(e).__name__}: {e}")
             self.last.total_seconds = time.perf_counter() - t0
             return out
@@ -197,7 +198,7 @@ class GenerationStrategy:
 
     def _suggest(self, trials, n, warmstart, proposals, priors) -> list[Suggestion]:
         space = self.spec.space
-        taken = self._encode_many([t.params for t in trials])  # every existing point, any state
+        taken = self._encode_trials(trials)  # every existing point, any state
         out: list[Suggestion] = []
         n_design = max(0, min(n, self.n_initial - len(trials)))
         if n_design:
@@ -367,13 +368,22 @@ class GenerationStrategy:
         except Exception:  # noqa: BLE001 - invalid candidates are skipped, not errors
             return None
 
-    def _encode_many(self, params_list) -> np.ndarray:
-        rows = []
-        for p in params_list:
-            try:
-                rows.append(self.spec.space.encode(p))
-            except Exception:  # noqa: BLE001
-                continue
+    def _encode_trials(self, trials: Sequence[Trial]) -> np.ndarray:
+        """Encoded points of ``trials`` (unreadable ones skipped), reusing the last call's encodings
+        by trial id: re-encoding every trial on every ask dominated initial-design asks."""
+        old, new, rows = self._encoded, {}, []
+        for t in trials:
+            hit = old.get(t.id)
+            if hit is not None and hit[0] == t.params:
+                x = hit[1]
+            else:
+                try:
+                    x = self.spec.space.encode(t.params)
+                except Exception:  # noqa: BLE001
+                    continue
+            new[t.id] = (t.params, x)
+            rows.append(x)
+        self._encoded = new  # only the current trials: nothing accumulates for deleted ones
         return np.vstack(rows) if rows else np.zeros((0, self.spec.space.dim))
 
     def _too_close(self, x: np.ndarray, taken: np.ndarray) -> bool:
@@ -390,7 +400,8 @@ class GenerationStrategy:
                 continue
             try:
                 y = [float(t.metrics[k].value) for k in names]
-                x = space.encode(t.params)
+                hit = self._encoded.get(t.id)
+                x = hit[1] if hit is not None and hit[0] == t.params else space.encode(t.params)
             except Exception:  # noqa: BLE001 - a trial we cannot read is not modeled
                 continue
             if not (np.all(np.isfinite(y)) and np.all(np.isfinite(x))):
