@@ -47,6 +47,20 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def rss_split_mb(pid: int) -> tuple[float, float]:
+    """(anonymous, file-backed) resident MiB from /proc (Linux; NaN elsewhere). File-backed pages are
+    mostly shared-library code (libtorch) paged in as new code paths run: they level off."""
+    out = {"RssAnon:": float("nan"), "RssFile:": float("nan")}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                k = line.split(":")[0] + ":"
+                if k in out:
+                    out[k] = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return out["RssAnon:"], out["RssFile:"]
+
 
 def branin(x1: float, x2: float) -> float:
     a, b, c, r, s, t = 1, 5.1 / (4 * math.pi**2), 5 / math.pi, 6, 10, 1 / (8 * math.pi)
@@ -130,12 +144,14 @@ def main() -> int:
         studies.append((f"soak-{j}", key))
 
     samples: list[tuple[float, float]] = []
+    split: list[tuple[float, float]] = []  # (anon, file) per sample
     stop = threading.Event()
     t_start = time.time()
 
     def sampler():
         while not stop.is_set():
             samples.append((time.time() - t_start, rss_mb(pid)))
+            split.append(rss_split_mb(pid))
             stop.wait(args.sample_seconds)
 
     th = threading.Thread(target=sampler, daemon=True)
@@ -156,6 +172,7 @@ def main() -> int:
     stop.set()
     th.join()
     samples.append((time.time() - t_start, rss_mb(pid)))
+    split.append(rss_split_mb(pid))
     server_alive = srv.running()
 
     # the stored truth: every acknowledged tell is there, ids are unique per study
@@ -193,6 +210,7 @@ def main() -> int:
         "rss_mb": {"start": rss[0], "end": rss[-1], "max": max(rss),
                    "after_warmup_min": min(warm) if warm else None, "after_warmup_max": max(warm) if warm else None},
         "rss_samples": [[round(t, 1), round(m, 1)] for t, m in samples],
+        "rss_anon_file_samples": [[round(a, 1), round(f, 1)] for a, f in split],  # same times as rss_samples
         "per_study": per_study,
     }
     path = os.path.join(args.out, "soak.json")
@@ -205,7 +223,11 @@ def main() -> int:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-        ax[0].plot([t / 60 for t, _ in samples], rss)
+        ax[0].plot([t / 60 for t, _ in samples], rss, label="RSS")
+        if split and all(a == a for a, _ in split):
+            ax[0].plot([t / 60 for t, _ in samples], [a for a, _ in split], label="anonymous (heap)", lw=0.8)
+            ax[0].plot([t / 60 for t, _ in samples], [f for _, f in split], label="file-backed (library code)", lw=0.8)
+            ax[0].legend(fontsize=8)
         ax[0].set_xlabel("minutes")
         ax[0].set_ylabel("server RSS (MiB)")
         ax[0].set_title("server resident memory")
