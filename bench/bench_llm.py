@@ -116,7 +116,7 @@ def get(problem: str) -> tuple:
     return fn, bounds, f_star, x_opt, x_bad, desc
 
 
-def make_spec(problem: str, seed: int, prior_exponent: float = 1.0):
+def make_spec(problem: str, seed: int, prior_exponent: float = 3.0):
     from bbo.space import FloatParam, SearchSpace
     from bbo.spec import AlgorithmOptions, LlmOptions, Objective, StudySpec
 
@@ -151,7 +151,7 @@ def advice(problem: str, good: bool, seed: int, n_candidates: int) -> tuple[str,
 
 
 # ---- one run ------------------------------------------------------------------------------------------
-def run_one(problem: str, variant: str, seed: int, budget: int, prior_exponent: float = 1.0) -> dict:
+def run_one(problem: str, variant: str, seed: int, budget: int, prior_exponent: float = 3.0) -> dict:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
@@ -288,7 +288,7 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--workers", type=int, default=max(1, min(4, (os.cpu_count() or 2))))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    ap.add_argument("--prior-exponent", type=float, default=1.0, help="piBO beta (algorithm.prior_exponent)")
+    ap.add_argument("--prior-exponent", type=float, default=3.0, help="piBO beta (algorithm.prior_exponent; bbo default 3)")
     ap.add_argument("--resume", action="store_true", help="keep the runs already in <out>/llm.partial.jsonl")
     ap.add_argument("--summarize-only", action="store_true", help="write the outputs from llm.partial.jsonl and stop")
     args = ap.parse_args(argv)

@@ -9,7 +9,7 @@ from google.protobuf import timestamp_pb2
 
 from bbo.errors import SpecError
 from bbo.space import CategoricalParam, FixedParam, FloatParam, IntParam, OrdinalParam, SearchSpace, Value
-from bbo.spec import MAXIMIZE, MINIMIZE, StudySpec
+from bbo.spec import MAXIMIZE, MINIMIZE, AlgorithmOptions, StudySpec
 from bbo.storage import LlmCallRecord
 from bbo.study import STUDY_ACTIVE, STUDY_LIKELY_INFEASIBLE, StudyInfo
 from bbo.trial import Metric, Trial, TrialState
@@ -120,7 +120,7 @@ def spec_dict_from_pb(s: pb.StudySpec) -> dict[str, Any]:
         "device": a.device or "auto",
         "max_fit_points": a.max_fit_points or 1000,
         "max_model_points": a.max_model_points or max(3000, a.max_fit_points),
-        "prior_exponent": a.prior_exponent or 1.0,
+        "prior_exponent": a.prior_exponent or AlgorithmOptions.prior_exponent,
         "reference_point": dict(a.reference_point) or None,
     }
     priors = []
