@@ -22,11 +22,11 @@ import grpc
 from bbo.study import DEFAULT_TENANT
 from bbo_server import metrics as M
 from bbo_server.errors import Unauthenticated, status_for
+from bbo_server.interceptor import MethodInterceptor
 from bbo_server.limits import LimitChecker
 
 log = logging.getLogger("bbo.auth")
 
-SERVICE_PREFIX = "/bbo.v1.BboService/"
 _current = threading.local()
 
 
@@ -72,7 +72,7 @@ def _ids(request) -> dict:
     return {"study": getattr(request, "study", "") or getattr(request, "name", ""), "trial": getattr(request, "trial_id", None)}
 
 
-class Gate(grpc.ServerInterceptor):
+class Gate(MethodInterceptor):
     """Authenticate (when ``keys`` is given), rate-limit and size-limit each BboService call.
 
     ``keys``: a :class:`bbo.storage.keys.KeyStore`, or None for no authentication (every call is
@@ -84,7 +84,7 @@ class Gate(grpc.ServerInterceptor):
         self.keys = keys
         self.limits = limits
         self.default_tenant = default_tenant
-        self._wrapped: dict[str, tuple] = {}  # method path -> (inner handler, wrapped handler): built once per method
+        super().__init__()
 
     def bind(self, storage) -> None:
         if self.keys is not None and getattr(self.keys, "storage", None) is None:
@@ -104,18 +104,6 @@ class Gate(grpc.ServerInterceptor):
             M.AUTH_FAILURES.labels(reason="invalid").inc()
             raise Unauthenticated("invalid API key (unknown, malformed or revoked)")
         return tenant
-
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        path = handler_call_details.method or ""
-        if handler is None or handler.unary_unary is None or not path.startswith(SERVICE_PREFIX):
-            return handler
-        cached = self._wrapped.get(path)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        out = self._wrap(handler, path[len(SERVICE_PREFIX):])
-        self._wrapped[path] = (handler, out)
-        return out
 
     def _wrap(self, handler, method: str):
         inner = handler.unary_unary

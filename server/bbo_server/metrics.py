@@ -27,7 +27,8 @@ from typing import Any, Callable, Optional
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-SERVICE_PREFIX = "/bbo.v1.BboService/"
+from bbo_server.interceptor import MethodInterceptor
+
 
 _LAT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -79,23 +80,8 @@ _TRIALS_ASKED = _Children(TRIALS_ASKED)
 _TELLS = _Children(TELLS)
 
 
-class MetricsInterceptor(grpc.ServerInterceptor):
+class MetricsInterceptor(MethodInterceptor):
     """Times and counts every BboService call (the outermost interceptor: it sees every code)."""
-
-    def __init__(self):
-        self._wrapped: dict[str, tuple] = {}  # method path -> (inner handler, wrapped handler)
-
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        method_path = handler_call_details.method or ""
-        if handler is None or handler.unary_unary is None or not method_path.startswith(SERVICE_PREFIX):
-            return handler
-        cached = self._wrapped.get(method_path)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler, method_path[len(SERVICE_PREFIX):])
-        self._wrapped[method_path] = (handler, wrapped)
-        return wrapped
 
     @staticmethod
     def _wrap(handler, method: str):
