@@ -37,8 +37,12 @@ def _study(client, name):
     )
 
 
+def _server_env(srv) -> dict:
+    return {**os.environ, "BBO_LLM_BASE_URL": srv.url, "BBO_LLM_MODEL": "test-model", "BBO_LLM_TIMEOUT": "5", "BBO_LLM_API_KEY": "test"}
+
+
 def _server(server_factory, srv):
-    return server_factory(env={**os.environ, "BBO_LLM_BASE_URL": srv.url, "BBO_LLM_MODEL": "test-model", "BBO_LLM_TIMEOUT": "5", "BBO_LLM_API_KEY": "test"})
+    return server_factory(env=_server_env(srv))
 
 
 def test_warmstart_candidates_become_trials_and_calls_are_audited(server_factory, study_name):
@@ -63,6 +67,31 @@ def test_warmstart_candidates_become_trials_and_calls_are_audited(server_factory
             study.ask(2)  # BO phase: the cached priors prompt is not sent again
             assert len(chat.requests) == n_requests
             assert len(study.trials()) == 7
+
+
+def test_stored_answers_are_reused_after_a_restart(server_factory, study_name, tmp_path):
+    """The same prompt on the same study is not sent again after a restart: the advisor's cache is
+    the study's stored call log (bbo.llm.StoredAnswers), not process memory."""
+    from bbo_client import Client
+
+    db = "sqlite:///" + str(tmp_path / "llm-restart.db")
+    with ChatServer(_responder) as chat:
+        srv = server_factory(db=db, env=_server_env(chat))
+        with Client(srv.address) as c:
+            study = _study(c, study_name)
+            for t in study.ask(5):
+                study.tell(t.id, {"f": (t.params["x"] - 0.2) ** 2 + (t.params["y"] - 0.2) ** 2})
+            study.ask(1)  # BO phase: the priors prompt has been answered
+            sent = [ChatServer.prompt_of(b) for b in chat.requests]
+            assert any("priors" in p for p in sent), sent
+        assert srv.stop() == 0
+        srv = server_factory(db=db, env=_server_env(chat))
+        with Client(srv.address) as c:
+            study = c.study(study_name)
+            (t,) = study.ask(1)  # a fresh strategy derives the priors again: from the stored answer
+            assert t.origin == "prior_guided_bo"
+            assert any(call.purpose == "priors" and call.latency_seconds == 0.0 for call in study.llm_calls())
+        assert len(chat.requests) == len(sent)
 
 
 def test_garbage_llm_answers_fall_back_to_plain_design_with_reason(server_factory, study_name):

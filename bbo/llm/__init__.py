@@ -10,6 +10,7 @@ from bbo.llm.advisor import (
     fill_with_sobol,
     warmstart_count,
 )
+from bbo.llm.cache import StoredAnswers
 from bbo.llm.client import ChatOutcome, LlmClient
 from bbo.llm.config import LlmConfig
 from bbo.llm.parse import extract_json, merge_priors, parse_candidates, parse_priors
@@ -27,5 +28,6 @@ __all__ = [
     "merge_priors",
     "parse_candidates",
     "parse_priors",
+    "StoredAnswers",
     "warmstart_count",
 ]

@@ -22,7 +22,6 @@ in-memory LRU sits in front of it, so the same prompt on the same study is sent 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import threading
 import time
@@ -33,6 +32,7 @@ from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence
 
 from bbo.design import sobol_design
 from bbo.errors import SpecError
+from bbo.llm.cache import prompt_hash
 from bbo.llm.client import OK, ChatOutcome, LlmClient
 from bbo.llm.config import LlmConfig
 from bbo.llm.parse import merge_priors, parse_candidates, parse_priors, point_key
@@ -212,8 +212,7 @@ class LlmAdvisor:
     # ---- cache ----------------------------------------------------------------------------------
     @staticmethod
     def cache_key(study_key: str, purpose: str, model: str, prompt_text: str) -> str:
-        h = hashlib.sha256(f"{model}\n{prompt_text}".encode()).hexdigest()[:40]
-        return f"{study_key}|{purpose}|{h}"
+        return f"{study_key}|{purpose}|{prompt_hash(model, prompt_text)}"
 
     def _cache_get(self, key: str) -> Optional[dict]:
         v = self._lru.get(key)

@@ -131,6 +131,10 @@ def start(opts: ServerOptions, storage: Optional[Storage] = None) -> RunningServ
     if storage is None:
         storage = Storage(opts.db or default_url(), pool_size=max(8, opts.rpc_threads // 2))
     fit_workers = opts.fit_workers or available_cores()
+    if opts.llm is not None and getattr(opts.llm, "cache", False) is None:
+        from bbo.llm import StoredAnswers
+
+        opts.llm.cache = StoredAnswers(storage)  # answers survive restarts and are shared by replicas
     registry = StudyRegistry(
         storage,
         strategy_factory=opts.strategy_factory,

@@ -1,0 +1,40 @@
+"""The advisor's persistent cache: a study's own LLM call log in the database.
+
+Every exchange is already stored with its study (``llm_calls``), so no second table is needed: after a
+restart, or on another replica, the same prompt on the same study is answered from the stored
+response instead of being sent again. Keys are :meth:`LlmAdvisor.cache_key` strings whose study part
+ends in the study id (``tenant/name/id``, as :class:`bbo.study.Study` builds it); other keys miss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Optional
+
+USABLE = ("ok", "cached", "partial")  # outcomes whose response was parsed and used
+
+
+def prompt_hash(model: str, prompt_text: str) -> str:
+    return hashlib.sha256(f"{model}\n{prompt_text}".encode()).hexdigest()[:40]
+
+
+class StoredAnswers:
+    """``get(key)`` finds a usable stored answer to the same prompt and model on the same study;
+    ``put`` stores nothing (the call log already has it)."""
+
+    def __init__(self, storage):
+        self.storage = storage
+
+    def get(self, key: str) -> Optional[dict]:
+        try:
+            study_key, purpose, h = key.rsplit("|", 2)
+            study_id = int(study_key.rsplit("/", 1)[-1])
+        except ValueError:
+            return None
+        for rec in reversed(self.storage.list_llm_calls(study_id)):
+            if rec.purpose == purpose and rec.outcome.startswith(USABLE) and prompt_hash(rec.model, rec.prompt) == h:
+                return {"text": rec.response, "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens, "model": rec.model}
+        return None
+
+    def put(self, key: str, value: dict) -> None:
+        return None
