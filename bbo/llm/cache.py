@@ -12,6 +12,7 @@ import hashlib
 from typing import Optional
 
 USABLE = ("ok", "cached", "partial")  # outcomes whose response was parsed and used
+REPEATED = ("priors", "warmstart")  # prompts that recur on a study; proposal prompts carry the history
 
 
 def prompt_hash(model: str, prompt_text: str) -> str:
@@ -31,8 +32,10 @@ class StoredAnswers:
             study_id = int(study_key.rsplit("/", 1)[-1])
         except ValueError:
             return None
-        for rec in reversed(self.storage.list_llm_calls(study_id)):
-            if rec.purpose == purpose and rec.outcome.startswith(USABLE) and prompt_hash(rec.model, rec.prompt) == h:
+        if purpose not in REPEATED:
+            return None
+        for rec in reversed(self.storage.list_llm_calls(study_id, purpose)):
+            if rec.outcome.startswith(USABLE) and prompt_hash(rec.model, rec.prompt) == h:
                 return {"text": rec.response, "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens, "model": rec.model}
         return None
 

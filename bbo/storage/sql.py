@@ -570,8 +570,10 @@ class Storage:
             )
 
     @retry_transient
-    def list_llm_calls(self, study_id: int) -> list[LlmCallRecord]:
+    def list_llm_calls(self, study_id: int, purpose: Optional[str] = None) -> list[LlmCallRecord]:
         q = sa.select(S.llm_calls).where(S.llm_calls.c.study_id == study_id).order_by(S.llm_calls.c.id)
+        if purpose is not None:
+            q = q.where(S.llm_calls.c.purpose == purpose)
         with self._read() as conn:
             return [
                 LlmCallRecord(r.purpose, r.model, r.prompt, r.response, r.outcome, r.prompt_tokens, r.completion_tokens, r.latency_seconds, r.created_at)
