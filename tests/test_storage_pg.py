@@ -380,3 +380,50 @@ def test_replicas_share_fits_and_see_each_others_deletions(pg_url):
     assert t.id == 1 and again.trials()[0].state is TrialState.PENDING
     s1.close()
     s2.close()
+
+
+def test_concurrent_tells_of_one_trial_from_two_replicas_apply_once(pg_url, storage):
+    """Two replicas completing the same trial at once: the second reads the first's result (the row is
+    locked for the read-modify-write) and refuses, instead of overwriting it with a second event."""
+    import dataclasses
+
+    from bbo.trial import Metric
+
+    other = Storage(pg_url, pool_size=2)
+    st = storage.insert_study("t", "race", SPEC, 1)
+    (t,), _ = storage.insert_trials(st.id, [NewTrial({"x": 0.5}, "bo")])
+    inside, release, outcome = threading.Event(), threading.Event(), {}
+
+    def complete(value, hold=False):
+        def change(cur):
+            if cur.state is not TrialState.PENDING:
+                return None  # already told: refuse
+            if hold:
+                inside.set()
+                release.wait(30)
+            return dataclasses.replace(cur, state=TrialState.COMPLETED, metrics={"y": Metric(value)})
+        return change
+
+    def run(key, store, change):
+        try:
+            outcome[key] = store.modify_trial(st.id, t.id, change)
+        except Exception as e:  # noqa: BLE001 - reported by the asserts below
+            outcome[key] = e
+            inside.set()
+
+    a = threading.Thread(target=run, args=("a", storage, complete(1.0, hold=True)))
+    a.start()
+    assert inside.wait(30) and "a" not in outcome, outcome
+    b = threading.Thread(target=run, args=("b", other, complete(2.0)))
+    b.start()
+    b.join(1.0)  # give B time to reach the row (it must wait for A's transaction)
+    release.set()
+    a.join(30)
+    b.join(30)
+    assert outcome["a"][1] is True and outcome["b"][1] is False, outcome
+    (final,) = storage.list_trials(st.id)
+    assert final.metrics["y"].value == 1.0
+    with storage.engine.connect() as conn:
+        n_done = conn.execute(sa.text("SELECT count(*) FROM trial_events WHERE state = 'COMPLETED'")).scalar()
+    assert n_done == 1
+    other.close()

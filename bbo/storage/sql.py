@@ -506,15 +506,16 @@ class Storage:
             if conn.execute(sa.select(sa.func.count()).where(cond)).scalar_one() == 0:
                 return []
         with self._write() as conn:
-            rows = conn.execute(sa.select(S.trials.c.id, S.trials.c.number).where(cond)).all()
+            # one conditional UPDATE: a trial told (or reaped by another replica) meanwhile no longer
+            # matches, so a result is never turned into ABANDONED and each expiry is recorded once
+            rows = conn.execute(
+                S.trials.update().where(cond).values(state=TrialState.ABANDONED.value, reason=LEASE_EXPIRED, updated_at=now)
+                .returning(S.trials.c.id, S.trials.c.number)
+            ).all()
             if not rows:
                 return []
-            ids = [r.id for r in rows]
-            conn.execute(
-                S.trials.update().where(S.trials.c.id.in_(ids)).values(state=TrialState.ABANDONED.value, reason=LEASE_EXPIRED, updated_at=now)
-            )
-            conn.execute(S.trial_events.insert(), [dict(trial_id=i, state=TrialState.ABANDONED.value, detail=LEASE_EXPIRED, at=now) for i in ids])
-            return [int(r.number) for r in rows]
+            conn.execute(S.trial_events.insert(), [dict(trial_id=r.id, state=TrialState.ABANDONED.value, detail=LEASE_EXPIRED, at=now) for r in rows])
+            return sorted(int(r.number) for r in rows)
 
     @retry_transient
     def trial_events(self, study_id: int, number: int) -> list[tuple[str, str, float]]:
@@ -581,7 +582,13 @@ class Storage:
             ]
 
 
-_SELECT_TRIAL = sa.select(S.trials).where(S.trials.c.study_id == sa.bindparam("b_study"), S.trials.c.number == sa.bindparam("b_number"))
+# FOR UPDATE (PostgreSQL; SQLite has one writer and omits it): a concurrent read-modify-write of the same
+# trial from another replica waits for this one and then sees its result, instead of overwriting it.
+_SELECT_TRIAL = (
+    sa.select(S.trials)
+    .where(S.trials.c.study_id == sa.bindparam("b_study"), S.trials.c.number == sa.bindparam("b_number"))
+    .with_for_update()
+)
 _UPDATE_TRIAL = (
     S.trials.update()
     .where(S.trials.c.id == sa.bindparam("b_pk"))
