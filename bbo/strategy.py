@@ -371,20 +371,21 @@ class GenerationStrategy:
     def _encode_trials(self, trials: Sequence[Trial]) -> np.ndarray:
         """Encoded points of ``trials`` (unreadable ones skipped), reusing the last call's encodings
         by trial id: re-encoding every trial on every ask dominated initial-design asks."""
-        old, new, rows = self._encoded, {}, []
+        new, rows = {}, []
         for t in trials:
-            hit = old.get(t.id)
-            if hit is not None and hit[0] == t.params:
-                x = hit[1]
-            else:
-                try:
-                    x = self.spec.space.encode(t.params)
-                except Exception:  # noqa: BLE001
-                    continue
+            try:
+                x = self._encoding(t)
+            except Exception:  # noqa: BLE001
+                continue
             new[t.id] = (t.params, x)
             rows.append(x)
         self._encoded = new  # only the current trials: nothing accumulates for deleted ones
         return np.vstack(rows) if rows else np.zeros((0, self.spec.space.dim))
+
+    def _encoding(self, t: Trial) -> np.ndarray:
+        """``t``'s encoded point: the cached one while its params are unchanged (raises if unreadable)."""
+        hit = self._encoded.get(t.id)
+        return hit[1] if hit is not None and hit[0] == t.params else self.spec.space.encode(t.params)
 
     def _too_close(self, x: np.ndarray, taken: np.ndarray) -> bool:
         if len(taken) == 0:
@@ -400,8 +401,7 @@ class GenerationStrategy:
                 continue
             try:
                 y = [float(t.metrics[k].value) for k in names]
-                hit = self._encoded.get(t.id)
-                x = hit[1] if hit is not None and hit[0] == t.params else space.encode(t.params)
+                x = self._encoding(t)
             except Exception:  # noqa: BLE001 - a trial we cannot read is not modeled
                 continue
             if not (np.all(np.isfinite(y)) and np.all(np.isfinite(x))):
