@@ -1,7 +1,7 @@
 """Generation strategy: which point to evaluate next, given a study's trials.
 
-Space-filling initial design first (LLM warm-start candidates, when given, take the first slots),
-then GP-based Bayesian optimization (:mod:`bbo.surrogate`, :mod:`bbo.acquisition`). One instance lives
+Space-filling initial design first (the centre of the space, then scrambled Sobol; LLM warm-start
+candidates, when given, take the first slots), then GP-based Bayesian optimization (:mod:`bbo.surrogate`, :mod:`bbo.acquisition`). One instance lives
 per study: it caches the fitted surrogate's hyperparameters between asks and is pure with respect to
 storage (it sees trials, returns suggestions). Calls on one instance are serialized by a lock.
 
@@ -38,13 +38,14 @@ from bbo.acquisition import (
     optimize,
     to_numpy,
 )
-from bbo.design import _to_box, sobol_design
+from bbo.design import _to_box, center_point, sobol_design
 from bbo.device import select_device
 from bbo.priors import LogPrior
 from bbo.spec import ParameterPrior, StudySpec
 from bbo.space import Value
 from bbo.surrogate import Surrogate
 from bbo.trial import Origin, Trial, TrialState
+from bbo.warping import OutcomeWarp
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ class _Data:
     Yvar: Optional[np.ndarray]
     score: np.ndarray
     feasible: np.ndarray
+    Ym: np.ndarray  # Y warped for the model (:mod:`bbo.warping`), in ``model_layout`` units
+    Ymvar: Optional[np.ndarray]
 
 
 class GenerationStrategy:
@@ -99,6 +102,8 @@ class GenerationStrategy:
         self.n_initial = spec.algorithm.initial_size(spec.space.dim)
         self.priors = tuple(priors) if priors is not None else tuple(spec.priors)
         self.layout = Layout.of(spec)
+        self.warp = OutcomeWarp.of(self.layout)
+        self.model_layout = self.warp.model_layout  # constraint bounds in warped units: for everything model-facing
         self.placement = select_device(spec.algorithm.device)
         self.surrogate = Surrogate(spec.space, self.layout.m, spec.algorithm, self.placement)
         self._scale = np.maximum(spec.space.bounds()[1], 1.0)
@@ -169,10 +174,10 @@ class GenerationStrategy:
                 return self._status_cache[1]
             try:
                 with manual_seed(self._call_seed(trials)):
-                    model, _, _ = self.surrogate.model(data.X, data.Y, data.Yvar, data.score, seed=self.seed)
+                    model, _, _ = self.surrogate.model(data.X, data.Ym, data.Ymvar, data.score, seed=self.seed)
                     box = _to_box(self.spec.space, qmc.Sobol(self.spec.space.dim, scramble=True, seed=self.seed).random(2048))
                     X = self.placement.tensor(np.vstack([box, data.X]))
-                    p_max = float(log_prob_feasible(model, self.layout, X).exp().max())
+                    p_max = float(log_prob_feasible(model, self.model_layout, X).exp().max())
             except Exception as e:  # noqa: BLE001
                 return ACTIVE, f"feasibility check failed: {type(e).__name__}: {e}"
             if p_max >= INFEASIBLE_PROB:
@@ -215,6 +220,11 @@ class GenerationStrategy:
                 out.append(Suggestion(p, s.origin or Origin.LLM_WARMSTART.value, s.reason, s.rationale))
             if len(out) < n_design:
                 n_initial_used = sum(1 for t in trials if t.origin == Origin.INITIAL.value)
+                if n_initial_used == 0 and not out:
+                    c = center_point(space)
+                    if space.is_feasible(c) and not self._too_close(space.encode(c), taken):
+                        out.append(Suggestion(c, Origin.INITIAL.value))
+                        taken = np.vstack([taken, space.encode(c)[None]])
                 for p in sobol_design(space, n_design - len(out), self.seed, skip=n_initial_used):
                     out.append(Suggestion(p, Origin.INITIAL.value))
                     taken = np.vstack([taken, space.encode(p)[None]])
@@ -223,14 +233,14 @@ class GenerationStrategy:
         return out
 
     def _bo(self, trials, n, earlier: list[Suggestion], taken: np.ndarray, proposals, priors) -> list[Suggestion]:
-        space, layout = self.spec.space, self.layout
+        space, layout = self.spec.space, self.model_layout
         data = self._data(trials)
         self.last.n_completed = len(data.trials)
         if len(data.trials) < MIN_MODEL_POINTS:
             return self._space_filling(trials, n, taken, f"waiting for data: {len(data.trials)} completed trial(s), the model needs {MIN_MODEL_POINTS}")
         seed = self._call_seed(trials)
         try:
-            model, rows, info = self.surrogate.model(data.X, data.Y, data.Yvar, data.score, seed=seed)
+            model, rows, info = self.surrogate.model(data.X, data.Ym, data.Ymvar, data.score, seed=seed)
         except Exception as e:  # noqa: BLE001
             return self._space_filling(trials, n, taken, f"no usable surrogate: {type(e).__name__}: {e}")
         self.last.refit, self.last.n_model, self.last.fit_seconds = info.refit, info.n_model, info.fit_seconds
@@ -247,7 +257,7 @@ class GenerationStrategy:
         base = rows[baseline_rows(data.score[rows], layout.multi)]
         try:
             acqf = make_acquisition(
-                model, self.spec, layout, P.tensor(data.X[base]), data.Y[rows], prior=prior, prior_exponent=exponent, seed=seed
+                model, self.spec, layout, P.tensor(data.X[base]), data.Ym[rows], prior=prior, prior_exponent=exponent, seed=seed
             )
         except Exception as e:  # noqa: BLE001
             log.info("acquisition construction failed: %s", e)
@@ -260,7 +270,7 @@ class GenerationStrategy:
                 acqf.set_X_pending(torch.cat(chosen, dim=0) if chosen else None)
                 ic = None
                 if cheap_init:
-                    ic = cheap_initial_conditions(model, layout, space, P, data.Y[rows], 4 * raw, restarts, seed + i)
+                    ic = cheap_initial_conditions(model, layout, space, P, data.Ym[rows], 4 * raw, restarts, seed + i)
                 x, _ = optimize(acqf, space, P, num_restarts=restarts, raw_samples=raw, maxiter=maxiter, initial_conditions=ic)
                 sug = self._finish(acqf, x, taken, props, origin, fit_note)
             except Exception as e:  # noqa: BLE001
@@ -327,7 +337,7 @@ class GenerationStrategy:
             cands = sobol_design(space, 512, self.seed + 31 + len(taken))
             cands = [p for p in cands if not self._too_close(space.encode(p), taken)]
             X = self.placement.tensor(np.vstack([space.encode(p) for p in cands]))
-            s = torch.nan_to_num(model_score(model, self.layout, X), nan=-float("inf"))
+            s = torch.nan_to_num(model_score(model, self.model_layout, X), nan=-float("inf"))
             out = []
             for i in torch.argsort(s, descending=True).tolist():
                 xe = space.encode(cands[i])
@@ -417,7 +427,8 @@ class GenerationStrategy:
         if used and all(s is not None and np.isfinite(s) for row in S for s in row):
             Yvar = np.asarray(S, dtype=float) ** 2
         feas = self.layout.feasible(Ya)
-        return _Data(used, Xa, Ya, Yvar, self._score(Ya, feas), feas)
+        Ym, Ymvar = self.warp.apply(Ya, Yvar)
+        return _Data(used, Xa, Ya, Yvar, self._score(Ya, feas), feas, Ym, Ymvar)
 
     def _score(self, Y: np.ndarray, feas: np.ndarray) -> np.ndarray:
         """Quality per row, higher is better, every feasible row above every infeasible one."""

@@ -1,0 +1,69 @@
+"""Outcome warping (bbo.warping): order, feasibility and the good side are kept; tails are tamed."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bbo.acquisition import Layout
+from bbo.space import FloatParam, SearchSpace
+from bbo.spec import MAXIMIZE, MINIMIZE, Objective, OutcomeConstraint, StudySpec
+from bbo.warping import OutcomeWarp
+
+SPACE = SearchSpace([FloatParam("x", 0.0, 1.0)])
+
+
+def layout(goal=MINIMIZE, constraints=(), objectives=None):
+    objs = objectives or [Objective("f", goal)]
+    return Layout.of(StudySpec(SPACE, objs, outcome_constraints=list(constraints)))
+
+
+values = st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(f=values, g=st.data(), goal=st.sampled_from([MINIMIZE, MAXIMIZE]), op=st.sampled_from(["<=", ">="]), bound=st.floats(-100, 100))
+def test_warp_keeps_order_and_feasibility(f, g, goal, op, bound):
+    c = g.draw(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=len(f), max_size=len(f)))
+    lay = layout(goal, [OutcomeConstraint("c", op, bound)])
+    Y = np.column_stack([f, c])
+    w = OutcomeWarp.of(lay)
+    Ym, _ = w.apply(Y)
+    assert np.isfinite(Ym).all()
+    np.testing.assert_array_equal(lay.feasible(Y), w.model_layout.feasible(Ym))
+    assert w.model_layout.constraints[0][2] == 0.0
+    for j in range(2):  # weakly monotone per column: never reorders
+        o = np.argsort(Y[:, j], kind="stable")
+        assert np.all(np.diff(Ym[o, j]) >= -1e-12)
+    # the better half of the objective is untouched: the incumbent and improvements stay exact
+    s = np.asarray(f) * (1 if goal == MAXIMIZE else -1)
+    good = s >= np.median(s)
+    np.testing.assert_array_equal(Ym[good, 0], Y[good, 0])
+
+
+def test_heavy_tail_is_clipped_to_the_tukey_fence():
+    f = np.array([10.0, 10.5, 11.0, 11.5, 12.0, 12.5, 13.0, 200.0, 180.0])
+    Ym, _ = OutcomeWarp.of(layout(MINIMIZE)).apply(f[:, None])
+    q1, q3 = np.percentile(f, 25), np.percentile(f, 75)
+    assert Ym[:, 0].max() == q3 + 1.5 * (q3 - q1) < 30
+    np.testing.assert_array_equal(Ym[:7, 0], f[:7])
+
+
+def test_constraint_is_bilogged_around_its_bound_with_delta_method_variances():
+    lay = layout(MINIMIZE, [OutcomeConstraint("c", "<=", 5.0)])
+    Y = np.array([[1.0, 4.0], [2.0, 5.0], [3.0, 6.0], [4.0, 5.5]])
+    Yvar = np.full_like(Y, 0.04)
+    Ym, Ymvar = OutcomeWarp.of(lay).apply(Y, Yvar)
+    np.testing.assert_allclose(Ym[:, 1], np.sign(Y[:, 1] - 5) * np.log1p(np.abs(Y[:, 1] - 5)))
+    np.testing.assert_allclose(Ymvar[:, 1], 0.04 / (1 + np.abs(Y[:, 1] - 5)) ** 2)
+    np.testing.assert_array_equal(Ymvar[:, 0], Yvar[:, 0])
+
+
+def test_shared_columns_and_multi_objective_objectives_are_left_alone():
+    lay = layout(MINIMIZE, [OutcomeConstraint("f", "<=", 3.0)])  # the objective is also constrained
+    Y = np.array([[1.0], [2.0], [3.0], [4.0], [5.0], [1000.0]])
+    w = OutcomeWarp.of(lay)
+    np.testing.assert_array_equal(w.apply(Y)[0], Y)
+    assert w.model_layout == lay
+    mo = layout(objectives=[Objective("a", MINIMIZE), Objective("b", MAXIMIZE)])
+    Y2 = np.column_stack([np.r_[np.arange(8.0), 1e5], np.arange(9.0)])
+    np.testing.assert_array_equal(OutcomeWarp.of(mo).apply(Y2)[0], Y2)
