@@ -34,7 +34,7 @@ def _sobol_block(dim: int, seed: int, block: int) -> np.ndarray:
     return pts
 
 
-def center_point(space: SearchSpace) -> dict[str, Value]:
+def center_encoded(space: SearchSpace) -> np.ndarray:
     """The middle of the encoded box (geometric middle on log scales, the first choice of each
     categorical): the first initial-design point, as in Ax, since ranges are often drawn around a
     sensible default. Callers check it against parameter constraints."""
@@ -42,7 +42,7 @@ def center_point(space: SearchSpace) -> dict[str, Value]:
     x = 0.5 * (box[0] + box[1])
     for i in space.cat_dims:
         x[i] = 0.0
-    return space.decode(x)
+    return x
 
 
 def sobol_design(space: SearchSpace, n: int, seed: int, skip: int = 0) -> list[dict[str, Value]]:

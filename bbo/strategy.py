@@ -1,9 +1,11 @@
 """Generation strategy: which point to evaluate next, given a study's trials.
 
-Space-filling initial design first (the centre of the space, then scrambled Sobol; LLM warm-start
-candidates, when given, take the first slots), then GP-based Bayesian optimization (:mod:`bbo.surrogate`, :mod:`bbo.acquisition`). One instance lives
-per study: it caches the fitted surrogate's hyperparameters between asks and is pure with respect to
-storage (it sees trials, returns suggestions). Calls on one instance are serialized by a lock.
+Space-filling initial design first (the centre of the space, or the priors' best guess where there
+are priors, then scrambled Sobol; LLM warm-start candidates, when given, take the first slots),
+then GP-based Bayesian optimization (:mod:`bbo.surrogate`, :mod:`bbo.acquisition`). One instance
+lives per study: it caches the fitted surrogate's hyperparameters between asks and is pure with
+respect to storage (it sees trials, returns suggestions). Calls on one instance are serialized by a
+lock.
 
 Guarantees of :meth:`GenerationStrategy.suggest`: it returns exactly ``n`` suggestions, every one of
 them valid for the search space and meeting every linear parameter constraint, distinct from the
@@ -38,9 +40,9 @@ from bbo.acquisition import (
     optimize,
     to_numpy,
 )
-from bbo.design import _to_box, center_point, sobol_design
+from bbo.design import _to_box, center_encoded, sobol_design
 from bbo.device import select_device
-from bbo.priors import LogPrior
+from bbo.priors import LogPrior, prior_mode
 from bbo.spec import ParameterPrior, StudySpec
 from bbo.space import Value
 from bbo.surrogate import Surrogate
@@ -220,10 +222,10 @@ class GenerationStrategy:
                 out.append(Suggestion(p, s.origin or Origin.LLM_WARMSTART.value, s.reason, s.rationale))
             if len(out) < n_design:
                 n_initial_used = sum(1 for t in trials if t.origin == Origin.INITIAL.value)
-                if n_initial_used == 0 and not out:
-                    c = center_point(space)
+                if n_initial_used == 0 and not out:  # the design opens with the priors' best guess, else the centre
+                    c = space.decode(prior_mode(space, priors, center_encoded(space)))
                     if space.is_feasible(c) and not self._too_close(space.encode(c), taken):
-                        out.append(Suggestion(c, Origin.INITIAL.value))
+                        out.append(Suggestion(c, Origin.INITIAL.value, "the priors' best guess" if priors else ""))
                         taken = np.vstack([taken, space.encode(c)[None]])
                 for p in sobol_design(space, n_design - len(out), self.seed, skip=n_initial_used):
                     out.append(Suggestion(p, Origin.INITIAL.value))

@@ -390,3 +390,19 @@ def test_categorical_prior_and_log_scale_prior():
     bo = [t for t in trials if t.origin == Origin.PRIOR_BO.value]
     assert len(bo) == 2
     assert all(abs(math.log10(t.params["lr"]) + 3) < 1.0 for t in bo)
+
+
+def test_initial_design_opens_with_the_priors_best_guess_else_the_centre():
+    space = SearchSpace((FloatParam("lr", 1e-5, 1e-1, log=True), IntParam("layers", 1, 9), CategoricalParam("opt", ("sgd", "adam"))))
+    priors = (
+        ParameterPrior("lr", mean=1e-3, std=5e-4, confidence=0.5),
+        ParameterPrior("opt", probabilities={"adam": 0.8, "sgd": 0.2}, confidence=0.5),
+    )
+    guided = GenerationStrategy(StudySpec(space, (Objective("f"),), priors=priors, algorithm=AlgorithmOptions(seed=3)))
+    first = guided.suggest([], 2)
+    assert first[0].params == pytest.approx({"lr": 1e-3, "layers": 5, "opt": "adam"}) and first[0].reason == "the priors' best guess"
+    assert first[1].params != first[0].params  # then the Sobol design
+    plain = GenerationStrategy(StudySpec(space, (Objective("f"),), algorithm=AlgorithmOptions(seed=3)))
+    assert plain.suggest([], 1)[0].params == pytest.approx({"lr": 1e-3, "layers": 5, "opt": "sgd"})  # geometric centre, first choice
+    done = [Trial(1, first[0].params, TrialState.COMPLETED, {"f": Metric(1.0)}, origin=Origin.INITIAL.value)]
+    assert guided.suggest(done, 1)[0].params != first[0].params  # only the very first design point
