@@ -171,6 +171,22 @@ def _glibc_malloc_trim() -> Optional[Callable[[int], int]]:
 
 _malloc_trim = _glibc_malloc_trim()
 
+M_ARENA_MAX = -8  # glibc mallopt parameter
+
+
+def limit_malloc_arenas(n: int = 2) -> bool:
+    """Cap glibc's malloc arenas at ``n`` for a long-running server, unless ``MALLOC_ARENA_MAX`` is set.
+    With the default (8 x cores) every RPC thread can pin its own arena's freed pages: a 10-minute soak
+    ended idle at 515 MB with it and 435 MB with 2 arenas (bench/README.md). False where not glibc."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, int(n)))
+    except (OSError, AttributeError):
+        return False
+
 
 def _lease_over(t: Trial, now: float) -> bool:
     return t.state is TrialState.PENDING and t.lease_expires_at is not None and t.lease_expires_at < now

@@ -43,3 +43,15 @@ def test_suggestions_run_on_at_most_fit_slots_dedicated_threads(storage):
     assert all(n.startswith("bbo-fit") for n in seen), set(seen)
     assert 1 <= len(set(seen)) <= 2
     assert all(st.trials()[-1].origin == "bo" for st in studies)
+
+
+def test_malloc_arenas_are_capped_unless_the_user_set_them(monkeypatch):
+    import sys
+
+    from bbo.study import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False  # the user's setting wins (glibc read it at start-up)
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    if sys.platform.startswith("linux"):
+        assert limit_malloc_arenas(2) is True  # glibc's mallopt accepted M_ARENA_MAX

@@ -35,6 +35,9 @@ def run(args) -> int:
     from bbo_server.server import ServerOptions, serve_forever
 
     logs.setup(args.log_level)
+    from bbo.study import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before the RPC threads exist: their arenas are what a long run accumulates
     opts = ServerOptions(
         host=args.host, port=args.port, db=args.db, fit_workers=args.workers, torch_threads=args.torch_threads,
         rpc_threads=args.rpc_threads, device=args.device, max_message_bytes=args.max_message_bytes, max_ask=args.max_ask,
