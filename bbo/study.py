@@ -160,16 +160,20 @@ class FitSlots:
         return self._pool.submit(task).result()
 
 
-def _glibc_malloc_trim() -> Optional[Callable[[int], int]]:
+def _glibc():
+    """glibc via ctypes (for malloc_trim and mallopt), or None on other C libraries."""
     try:
         import ctypes
 
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        lib = ctypes.CDLL("libc.so.6")
+        lib.malloc_trim, lib.mallopt  # noqa: B018 - both must exist: glibc, not musl / macOS
+        return lib
+    except (OSError, AttributeError):
         return None
 
 
-_malloc_trim = _glibc_malloc_trim()
+_libc = _glibc()
+_malloc_trim: Optional[Callable[[int], int]] = _libc.malloc_trim if _libc is not None else None  # nothing to trim elsewhere
 
 M_ARENA_MAX = -8  # glibc mallopt parameter
 
@@ -178,14 +182,9 @@ def limit_malloc_arenas(n: int = 2) -> bool:
     """Cap glibc's malloc arenas at ``n`` for a long-running server, unless ``MALLOC_ARENA_MAX`` is set.
     With the default (8 x cores) every RPC thread can pin its own arena's freed pages: a 10-minute soak
     ended idle at 515 MB with it and 435 MB with 2 arenas (bench/README.md). False where not glibc."""
-    if os.environ.get("MALLOC_ARENA_MAX"):
+    if os.environ.get("MALLOC_ARENA_MAX") or _libc is None:
         return False
-    try:
-        import ctypes
-
-        return bool(ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, int(n)))
-    except (OSError, AttributeError):
-        return False
+    return bool(_libc.mallopt(M_ARENA_MAX, int(n)))
 
 
 def _lease_over(t: Trial, now: float) -> bool:

@@ -21,6 +21,7 @@ their reference point lives in the objectives' own units.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -35,23 +36,18 @@ MIN_POINTS = 5  # fewer observations than this: quartiles say nothing, no clippi
 class OutcomeWarp:
     """Warps outcome columns for the model; :attr:`model_layout` is the layout in warped units."""
 
-    layout: Layout
     model_layout: Layout
     objective_cols: tuple[tuple[int, float], ...]  # (column, sign) winsorized on the bad side
     constraint_cols: tuple[tuple[int, str, float], ...]  # (column, op, bound) clipped and bilogged
 
     @classmethod
     def of(cls, layout: Layout) -> "OutcomeWarp":
-        uses: dict[int, int] = {}
-        for j in layout.obj_idx:
-            uses[j] = uses.get(j, 0) + 1
-        for j, _, _ in layout.constraints:
-            uses[j] = uses.get(j, 0) + 1
+        uses = Counter(list(layout.obj_idx) + [j for j, _, _ in layout.constraints])
         obj = () if layout.multi else tuple((j, s) for j, s in zip(layout.obj_idx, layout.signs) if uses[j] == 1)
         cons = tuple((j, op, b) for j, op, b in layout.constraints if uses[j] == 1)
         warped = {j for j, _, _ in cons}
         model_cons = tuple((j, op, 0.0 if j in warped else b) for j, op, b in layout.constraints)
-        return cls(layout, replace(layout, constraints=model_cons), obj, cons)
+        return cls(replace(layout, constraints=model_cons), obj, cons)
 
     def apply(self, Y: np.ndarray, Yvar: Optional[np.ndarray] = None) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """``(warped Y, warped Yvar)``; rows keep their order and feasibility."""
