@@ -115,6 +115,7 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--studies", type=int, default=8)
     ap.add_argument("--n-initial", type=int, default=12, help="initial design size per study (BO after it)")
+    ap.add_argument("--prefill", type=int, default=0, help="random trials added to each study before the clock starts (a large history at once)")
     ap.add_argument("--sample-seconds", type=float, default=5.0)
     ap.add_argument("--server-args", default="", help="extra `bbo serve` arguments")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
@@ -141,6 +142,10 @@ def main() -> int:
         with bc.Client(srv.address, api_key=key) as c:
             c.create_study(f"soak-{j}", parameters=[bc.Float("x1", -5, 10), bc.Float("x2", 0, 15), bc.Categorical("mode", ["a", "b"])],
                            objectives="y", n_initial=args.n_initial, seed=j)
+            rnd = random.Random(j)
+            for _ in range(args.prefill):
+                p = {"x1": rnd.uniform(-5, 10), "x2": rnd.uniform(0, 15), "mode": rnd.choice(["a", "b"])}
+                c.study(f"soak-{j}").add_trial(p, {"y": branin(p["x1"], p["x2"]) + (0.5 if p["mode"] == "b" else 0.0)})
         studies.append((f"soak-{j}", key))
 
     samples: list[tuple[float, float]] = []
@@ -196,7 +201,7 @@ def main() -> int:
     rss = [m for _, m in samples]
     warm = [m for t, m in samples if t >= min(60.0, wall / 4)]
     out = {
-        "minutes": args.minutes, "clients": args.clients, "studies": args.studies, "wall_seconds": round(wall, 1),
+        "prefill": args.prefill, "minutes": args.minutes, "clients": args.clients, "studies": args.studies, "wall_seconds": round(wall, 1),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "asks": sum(r["asks"] for r in results), "tells": sum(r["tells"] for r in results),
         "told_failed": sum(r["failed"] for r in results), "dead_worker_trials": sum(r["dead"] for r in results),

@@ -55,3 +55,14 @@ def test_malloc_arenas_are_capped_unless_the_user_set_them(monkeypatch):
     monkeypatch.delenv("MALLOC_ARENA_MAX")
     if sys.platform.startswith("linux"):
         assert limit_malloc_arenas(2) is True  # glibc's mallopt accepted M_ARENA_MAX
+
+
+def test_mkl_buffer_pools_are_off_unless_the_user_chose(monkeypatch):
+    import os
+
+    from bbo.study import disable_mkl_fast_mm
+
+    monkeypatch.setenv("MKL_DISABLE_FAST_MM", "0")
+    assert disable_mkl_fast_mm() is False and os.environ["MKL_DISABLE_FAST_MM"] == "0"
+    monkeypatch.delenv("MKL_DISABLE_FAST_MM")
+    assert disable_mkl_fast_mm() is True and os.environ["MKL_DISABLE_FAST_MM"] == "1"

@@ -35,9 +35,10 @@ def run(args) -> int:
     from bbo_server.server import ServerOptions, serve_forever
 
     logs.setup(args.log_level)
-    from bbo.study import limit_malloc_arenas
+    from bbo.study import disable_mkl_fast_mm, limit_malloc_arenas
 
     limit_malloc_arenas()  # before the RPC threads exist: their arenas are what a long run accumulates
+    disable_mkl_fast_mm()  # before torch (and MKL) load
     opts = ServerOptions(
         host=args.host, port=args.port, db=args.db, fit_workers=args.workers, torch_threads=args.torch_threads,
         rpc_threads=args.rpc_threads, device=args.device, max_message_bytes=args.max_message_bytes, max_ask=args.max_ask,
