@@ -67,6 +67,11 @@ def branin(x1: float, x2: float) -> float:
     return a * (x2 - b * x1**2 + c * x1 - r) ** 2 + s * (1 - t) * math.cos(x1) + s
 
 
+def objective(params: dict) -> float:
+    """The soak studies' metric: Branin plus 0.5 for mode "b"."""
+    return branin(params["x1"], params["x2"]) + (0.5 if params["mode"] == "b" else 0.0)
+
+
 def client_proc(idx: int, address: str, key: str, study: str, until: float, seed: int, out_q) -> None:
     import bbo_client as bc
 
@@ -90,7 +95,7 @@ def client_proc(idx: int, address: str, key: str, study: str, until: float, seed
                     if t.id % 10 == 0:
                         s.heartbeat(t)
                         stats["heartbeats"] += 1
-                    y = branin(t.params["x1"], t.params["x2"]) + (0.5 if t.params["mode"] == "b" else 0.0)
+                    y = objective(t.params)
                     t0 = time.perf_counter()
                     if rnd.random() < 0.05:
                         s.tell(t, failed=True, reason="simulated failure")
@@ -142,10 +147,10 @@ def main() -> int:
         with bc.Client(srv.address, api_key=key) as c:
             c.create_study(f"soak-{j}", parameters=[bc.Float("x1", -5, 10), bc.Float("x2", 0, 15), bc.Categorical("mode", ["a", "b"])],
                            objectives="y", n_initial=args.n_initial, seed=j)
-            rnd = random.Random(j)
+            rnd, handle = random.Random(j), c.study(f"soak-{j}")
             for _ in range(args.prefill):
                 p = {"x1": rnd.uniform(-5, 10), "x2": rnd.uniform(0, 15), "mode": rnd.choice(["a", "b"])}
-                c.study(f"soak-{j}").add_trial(p, {"y": branin(p["x1"], p["x2"]) + (0.5 if p["mode"] == "b" else 0.0)})
+                handle.add_trial(p, {"y": objective(p)})
         studies.append((f"soak-{j}", key))
 
     samples: list[tuple[float, float]] = []
