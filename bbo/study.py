@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import sqlalchemy as sa
 
 from bbo.errors import ConflictError, LimitError, NotFoundError, SpecError
+from bbo.memory import malloc_trim
 from bbo.spec import MAXIMIZE, StudySpec
 from bbo.storage import LlmCallRecord, NewTrial, RequestKey, Storage, StudyRecord
 from bbo.storage.coordination import cache_for
@@ -154,47 +155,9 @@ class FitSlots:
             try:
                 return fn()
             finally:
-                if _malloc_trim is not None:
-                    _malloc_trim(0)
+                malloc_trim()
 
         return self._pool.submit(task).result()
-
-
-def _glibc():
-    """glibc via ctypes (for malloc_trim and mallopt), or None on other C libraries."""
-    try:
-        import ctypes
-
-        lib = ctypes.CDLL("libc.so.6")
-        lib.malloc_trim, lib.mallopt  # noqa: B018 - both must exist: glibc, not musl / macOS
-        return lib
-    except (OSError, AttributeError):
-        return None
-
-
-_libc = _glibc()
-_malloc_trim: Optional[Callable[[int], int]] = _libc.malloc_trim if _libc is not None else None  # nothing to trim elsewhere
-
-M_ARENA_MAX = -8  # glibc mallopt parameter
-
-
-def limit_malloc_arenas(n: int = 2) -> bool:
-    """Cap glibc's malloc arenas at ``n`` for a long-running server, unless ``MALLOC_ARENA_MAX`` is set.
-    With the default (8 x cores) every RPC thread can pin its own arena's freed pages: a 10-minute soak
-    ended idle at 515 MB with it and 435 MB with 2 arenas (bench/README.md). False where not glibc."""
-    if os.environ.get("MALLOC_ARENA_MAX") or _libc is None:
-        return False
-    return bool(_libc.mallopt(M_ARENA_MAX, int(n)))
-
-
-def disable_mkl_fast_mm() -> bool:
-    """Ask MKL not to keep per-thread buffer pools (``MKL_DISABLE_FAST_MM=1``) unless the user chose.
-    Two concurrent fits each pinned a pool; in a 90-second soak the median RSS was 426 MB without them
-    vs 434 MB with, the end 414 vs 423 MB, at the same ask rate. Only effective before torch loads MKL."""
-    if "MKL_DISABLE_FAST_MM" in os.environ:
-        return False
-    os.environ["MKL_DISABLE_FAST_MM"] = "1"
-    return True
 
 
 def _lease_over(t: Trial, now: float) -> bool:

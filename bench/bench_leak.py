@@ -16,7 +16,6 @@ Writes bench/results/leak.json and leak.png.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
@@ -33,6 +32,7 @@ setup_paths()
 import numpy as np  # noqa: E402
 
 from bench_soak import rss_split_mb  # noqa: E402
+from bbo.memory import malloc_trim  # noqa: E402
 from bbo.spec import AlgorithmOptions, Objective, StudySpec  # noqa: E402
 from bbo.strategy import GenerationStrategy  # noqa: E402
 from bbo.trial import Metric, Trial, TrialState  # noqa: E402
@@ -53,15 +53,13 @@ def run(n: int, asks: int, seed: int) -> dict:
     spec = StudySpec(prob.space, (Objective("f"),), outcome_constraints=(prob.constraint,), algorithm=AlgorithmOptions(seed=seed))
     gs = GenerationStrategy(spec)
     trials = history(prob, n, seed)
-    trim = ctypes.CDLL("libc.so.6").malloc_trim if sys.platform.startswith("linux") else None
     anon, seconds = [], []
     for i in range(asks):
         t0 = time.perf_counter()
         gs.suggest(trials, 1)
         seconds.append(time.perf_counter() - t0)
         gc.collect()
-        if trim is not None:
-            trim(0)
+        malloc_trim()
         anon.append(rss_split_mb(os.getpid())[0])
     warm = asks // 3
     slope = float(np.polyfit(np.arange(warm, asks), anon[warm:], 1)[0]) * 100 if asks - warm >= 3 else float("nan")

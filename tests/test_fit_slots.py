@@ -48,7 +48,7 @@ def test_suggestions_run_on_at_most_fit_slots_dedicated_threads(storage):
 def test_malloc_arenas_are_capped_unless_the_user_set_them(monkeypatch):
     import sys
 
-    from bbo.study import limit_malloc_arenas
+    from bbo.memory import limit_malloc_arenas
 
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     assert limit_malloc_arenas() is False  # the user's setting wins (glibc read it at start-up)
@@ -60,7 +60,7 @@ def test_malloc_arenas_are_capped_unless_the_user_set_them(monkeypatch):
 def test_mkl_buffer_pools_are_off_unless_the_user_chose(monkeypatch):
     import os
 
-    from bbo.study import disable_mkl_fast_mm
+    from bbo.memory import disable_mkl_fast_mm
 
     monkeypatch.setenv("MKL_DISABLE_FAST_MM", "0")
     assert disable_mkl_fast_mm() is False and os.environ["MKL_DISABLE_FAST_MM"] == "0"

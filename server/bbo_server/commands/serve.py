@@ -35,7 +35,7 @@ def run(args) -> int:
     from bbo_server.server import ServerOptions, serve_forever
 
     logs.setup(args.log_level)
-    from bbo.study import disable_mkl_fast_mm, limit_malloc_arenas
+    from bbo.memory import disable_mkl_fast_mm, limit_malloc_arenas
 
     limit_malloc_arenas()  # before the RPC threads exist: their arenas are what a long run accumulates
     disable_mkl_fast_mm()  # before torch (and MKL) load
