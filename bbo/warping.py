@@ -7,8 +7,11 @@ set the output scale and the region that matters looks flat. Two warps, recomput
 the data, the same family of heuristics as Ax's ``Winsorize`` and ``BilogY`` transforms:
 
 * **Objective** (single-objective studies): values worse than the Tukey fence (``q3 + 1.5 IQR``
-  when minimizing, ``q1 - 1.5 IQR`` when maximizing) are clipped to it. The good side is untouched,
-  so the incumbent and the improvement the acquisition measures are exact.
+  when minimizing, ``q1 - 1.5 IQR`` when maximizing) are clipped to it; then the z-scored values get
+  a Yeo-Johnson power transform with its maximum-likelihood lambda (as Ax's ``PowerTransformY``), so
+  a skewed objective (Branin's few hundreds beside a minimum of 0.4) looks Gaussian to the GP and
+  the region near the optimum keeps its resolution. Both maps are monotone: the incumbent stays the
+  incumbent.
 * **Constraint metrics**: values beyond the infeasible-side fence (computed with the bound counted
   as a quartile, so no infeasible value is ever made feasible) are clipped, then
   ``sign(y - b) * log(1 + |y - b|)`` puts the bound at 0 and compresses far-off values, keeping
@@ -26,6 +29,7 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
+from scipy import stats
 
 from bbo.acquisition import Layout
 
@@ -56,7 +60,10 @@ class OutcomeWarp:
         if len(Y) == 0:
             return Y, Yvar
         for j, sign in self.objective_cols:
-            Y[:, j] = sign * _clip_bad_side(sign * Y[:, j])
+            v, slope = _yeo_johnson_bad_side(_clip_bad_side(sign * Y[:, j]))
+            Y[:, j] = sign * v
+            if Yvar is not None:
+                Yvar[:, j] = Yvar[:, j] * slope**2
         for j, op, b in self.constraint_cols:
             s = Y[:, j] - b if op == "<=" else b - Y[:, j]  # slack: > 0 infeasible
             s = -_clip_bad_side(-s, anchor=0.0)
@@ -65,6 +72,27 @@ class OutcomeWarp:
                 Yvar[:, j] = Yvar[:, j] / (1.0 + np.abs(s)) ** 2
             Y[:, j] = w if op == "<=" else -w
         return Y, Yvar
+
+
+def _yeo_johnson_bad_side(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(warped v, dwarped/dv)``: Yeo-Johnson of the z-scored values (larger is better), applied
+    to ``-z`` so that a lambda below 1 compresses the bad tail. Unchanged (slope 1) when there are
+    too few points, no spread, or the fit gives anything non-finite."""
+    one = np.ones_like(v)
+    if len(v) < MIN_POINTS:
+        return v, one
+    mean, std = float(np.mean(v)), float(np.std(v))
+    if not np.isfinite(std) or std <= 0:
+        return v, one
+    u = -(v - mean) / std
+    try:
+        t, lam = stats.yeojohnson(u)
+    except (ValueError, FloatingPointError, OverflowError):
+        return v, one
+    slope = np.where(u >= 0, np.power(np.abs(u) + 1.0, lam - 1.0), np.power(np.abs(u) + 1.0, 1.0 - lam)) / std
+    if not (np.all(np.isfinite(t)) and np.all(np.isfinite(slope)) and np.ptp(t) > 0):
+        return v, one
+    return -np.asarray(t, dtype=float), slope
 
 
 def _clip_bad_side(v: np.ndarray, anchor: Optional[float] = None) -> np.ndarray:
