@@ -42,7 +42,7 @@ from bbo.acquisition import (
 )
 from bbo.design import _to_box, center_encoded, sobol_design
 from bbo.device import select_device
-from bbo.priors import LogPrior, prior_mode
+from bbo.priors import LogPrior, agrees_with_data, prior_mode
 from bbo.spec import ParameterPrior, StudySpec
 from bbo.space import Value
 from bbo.surrogate import Surrogate
@@ -249,6 +249,9 @@ class GenerationStrategy:
         fit_note = info.reason
         prior = LogPrior(space, priors, self.placement) if priors else None
         use_prior = prior is not None and not prior.empty
+        if use_prior and not agrees_with_data(to_numpy(prior(self.placement.tensor(data.X)[:, None, :]))[:, 0], data.score):
+            use_prior = False
+            fit_note = (fit_note + "; " if fit_note else "") + "prior set aside: the best trials are less likely under it than the rest"
         exponent = self.spec.algorithm.prior_exponent / max(1, len(data.trials)) if use_prior else 0.0
         origin = Origin.PRIOR_BO.value if use_prior else Origin.BO.value
         ta = time.perf_counter()
