@@ -283,6 +283,7 @@ def plot(runs: list[dict], path: Path, budget: int) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed + seeds - 1 (to add seeds to a run)")
     ap.add_argument("--budget", type=int, default=50)
     ap.add_argument("--problems", default="branin,hartmann6,levy4,admm_lasso")
     ap.add_argument("--variants", default=",".join(VARIANTS))
@@ -303,7 +304,7 @@ def main(argv=None) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     partial = out_dir / "llm.partial.jsonl"
-    jobs = [(p, v, s, args.budget, args.prior_exponent) for s in range(args.seeds) for p in problems for v in variants]
+    jobs = [(p, v, s, args.budget, args.prior_exponent) for s in range(args.first_seed, args.first_seed + args.seeds) for p in problems for v in variants]
     runs: list[dict] = []
     if (args.resume or args.summarize_only) and partial.exists():
         for line in partial.read_text().splitlines():
