@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 
-@pytest.mark.parametrize("variant", ["prior_bad", "warm_good"])
+@pytest.mark.parametrize("variant", ["prior_good", "prior_bad", "warm_good"])
 def test_bench_llm_one_short_run(variant):
     import bench_llm
 
@@ -19,8 +19,10 @@ def test_bench_llm_one_short_run(variant):
     assert r["llm"]["outcome"] == "ok" and r["llm"]["reason"] == ""
     if variant == "warm_good":
         assert r["origins"][:2] == ["llm_warmstart"] * 2 and r["llm"]["n_warm"] == 2
-    else:
+    elif variant == "prior_good":
         assert r["llm"]["n_priors"] == 2 and "prior_guided_bo" in r["origins"]
+    else:  # the misleading prior's best guess is measured first, found poor, and the prior set aside
+        assert r["llm"]["n_priors"] == 2 and r["origins"][5:] == ["bo"] * 2
 
 
 def test_bench_llm_summary_targets():
