@@ -51,7 +51,7 @@ class Trial:
     state: TrialState = TrialState.PENDING
     metrics: dict[str, Metric] = field(default_factory=dict)
     origin: str = Origin.INITIAL.value
-    reason: str = ""  # why it failed, or why generation fell back
+    reason: str = ""  # why it failed, or a note from generation (a fallback, a prior set aside)
     rationale: str = ""  # the LLM's reasoning, for LLM-origin trials
     worker_id: str = ""
     created_at: float = 0.0
