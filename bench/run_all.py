@@ -145,9 +145,9 @@ def _builtin_synthetic(quick: bool) -> list[Problem]:
     from bbo.spec import Objective
 
     br = Problem("branin", StudySpec(SearchSpace((FloatParam("x1", -5.0, 10.0), FloatParam("x2", 0.0, 15.0))), (Objective("f"),),
-                                     description="Branin function"), _branin, 0.397887, "synthetic")
+                                     description="Branin function"), _branin, 0.39788735772973816, "synthetic")
     h6 = Problem("hartmann6", StudySpec(SearchSpace(tuple(FloatParam(f"x{i}", 0.0, 1.0) for i in range(6))), (Objective("f"),),
-                                        description="Hartmann 6-D function"), _hartmann6, -3.32237, "synthetic")
+                                        description="Hartmann 6-D function"), _hartmann6, -3.3223680114155147, "synthetic")
     return [br] if quick else [br, h6]
 
 
