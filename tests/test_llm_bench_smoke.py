@@ -37,3 +37,17 @@ def test_bench_llm_summary_targets():
     assert s["prior_good"]["evals_to_plain_final"] == 2 and s["plain"]["evals_to_plain_final"] == 3
     assert abs(s["prior_bad"]["final_ratio"] - 1.05) < 1e-12 and s["prior_bad"]["evals_to_plain_final"] is None
     assert "| p | prior_good |" in bench_llm.markdown({"p": s}, 4, 1, 60.0)
+
+
+def test_bench_llm_paired_ratio_pairs_runs_by_seed():
+    """The per-seed ratio compares each seed with plain on the same seed, whatever the run order; it
+    can disagree with the ratio of medians, which is why both are reported."""
+    import bench_llm
+
+    finals = {"plain": [1.0, 4.0, 16.0], "prior_bad": [2.0, 8.0, 1.0]}
+    order = {"plain": (2, 0, 1), "prior_bad": (0, 1, 2)}  # stored in different orders, as parallel runs finish
+    runs = [{"problem": "p", "variant": v, "seed": s, "regret": [20.0, f[s]]} for v, f in finals.items() for s in order[v]]
+    s = bench_llm.summarize(runs, 2)["p"]
+    assert abs(s["prior_bad"]["final_ratio"] - 0.5) < 1e-12  # median 2 vs 4
+    assert abs(10 ** s["prior_bad"]["paired_log10_ratio_median"] - 2.0) < 1e-9  # seeds 0 and 1 are 2x worse
+    assert "| 2.00 |" in bench_llm.markdown({"p": s}, 2, 3, 1.0)
