@@ -1,8 +1,9 @@
 """Generation strategy: which point to evaluate next, given a study's trials.
 
 Space-filling initial design first (the centre of the space, or the priors' best guess where there
-are priors, then scrambled Sobol; LLM warm-start candidates, when given, take the first slots),
-then GP-based Bayesian optimization (:mod:`bbo.surrogate`, :mod:`bbo.acquisition`). One instance
+are priors, then scrambled Sobol; LLM warm-start candidates, when given, take the first slot and
+the last ones, those only while the candidates measured so far are not worse than the design's
+median), then GP-based Bayesian optimization (:mod:`bbo.surrogate`, :mod:`bbo.acquisition`). One instance
 lives per study: it caches the fitted surrogate's hyperparameters between asks and is pure with
 respect to storage (it sees trials, returns suggestions). Calls on one instance are serialized by a
 lock.
@@ -209,30 +210,82 @@ class GenerationStrategy:
         out: list[Suggestion] = []
         n_design = max(0, min(n, self.n_initial - len(trials)))
         if n_design:
-            for s in warmstart:
-                if len(out) >= n_design:
-                    break
-                p = self._valid(s.params)
-                if p is None:
-                    continue
-                x = space.encode(p)
-                if self._too_close(x, taken):
-                    continue
-                taken = np.vstack([taken, x[None]])
-                out.append(Suggestion(p, s.origin or Origin.LLM_WARMSTART.value, s.reason, s.rationale))
-            if len(out) < n_design:
+            warm = self._fresh_warmstart(warmstart, taken)
+            if warm:
+                out, taken = self._design_with_warmstart(trials, n_design, warm, taken, priors)
+            else:
                 n_initial_used = sum(1 for t in trials if t.origin == Origin.INITIAL.value)
-                if n_initial_used == 0 and not out:  # the design opens with the priors' best guess, else the centre
-                    c = space.decode(prior_mode(space, priors, center_encoded(space)))
-                    if space.is_feasible(c) and not self._too_close(space.encode(c), taken):
-                        out.append(Suggestion(c, Origin.INITIAL.value, "the priors' best guess" if priors else ""))
-                        taken = np.vstack([taken, space.encode(c)[None]])
+                c = self._opening_point(priors, taken) if n_initial_used == 0 else None
+                if c is not None:
+                    out.append(Suggestion(c, Origin.INITIAL.value, "the priors' best guess" if priors else ""))
+                    taken = np.vstack([taken, space.encode(c)[None]])
                 for p in sobol_design(space, n_design - len(out), self.seed, skip=n_initial_used):
                     out.append(Suggestion(p, Origin.INITIAL.value))
                     taken = np.vstack([taken, space.encode(p)[None]])
         if len(out) < n:
             out.extend(self._bo(trials, n - len(out), out, taken, proposals, priors))
         return out
+
+    def _opening_point(self, priors, taken: np.ndarray) -> Optional[dict[str, Value]]:
+        """The design's opening point: the priors' best guess, else the centre; None where it is
+        infeasible or already taken."""
+        space = self.spec.space
+        c = space.decode(prior_mode(space, priors, center_encoded(space)))
+        return c if space.is_feasible(c) and not self._too_close(space.encode(c), taken) else None
+
+    def _fresh_warmstart(self, warmstart: Sequence[Suggestion], taken: np.ndarray) -> list[tuple[Suggestion, dict]]:
+        """The warm-start candidates not yet used (valid, distinct from every existing point), in order."""
+        out = []
+        for s in warmstart:
+            p = self._valid(s.params)
+            if p is None:
+                continue
+            x = self.spec.space.encode(p)
+            if self._too_close(x, taken):
+                continue
+            taken = np.vstack([taken, x[None]])
+            out.append((s, p))
+        return out
+
+    def _design_with_warmstart(self, trials, n_design: int, warm: list, taken: np.ndarray, priors):
+        """Initial design with warm-start candidates: the first candidate opens it, the rest close it,
+        and those are used only while the candidates measured so far are not worse than the design's
+        median (:meth:`_warmstart_agrees`); otherwise their slots go to Sobol points. With good
+        candidates the design holds the same points as before, in another order; misleading ones
+        cost one evaluation instead of all their slots."""
+        space = self.spec.space
+        out: list[Suggestion] = []
+        n_initial_used = sum(1 for t in trials if t.origin == Origin.INITIAL.value)
+        warm_used = sum(1 for t in trials if t.origin == Origin.LLM_WARMSTART.value)
+        note = ""
+        for k in range(n_design):
+            if warm and (warm_used == 0 or len(trials) + k >= self.n_initial - len(warm)):
+                if warm_used == 0 or self._warmstart_agrees(trials):
+                    s, p = warm.pop(0)
+                    out.append(Suggestion(p, s.origin or Origin.LLM_WARMSTART.value, s.reason, s.rationale))
+                    taken = np.vstack([taken, space.encode(p)[None]])
+                    warm_used += 1
+                    continue
+                warm = []
+                note = "warm-start candidates set aside: the ones measured are worse than the design's median"
+            p = self._opening_point(priors, taken) if n_initial_used == 0 else None  # right after the first candidate
+            reason = "the priors' best guess" if p is not None and priors else note
+            if p is None:
+                p = sobol_design(space, 1, self.seed, skip=n_initial_used)[0]
+            n_initial_used += 1
+            out.append(Suggestion(p, Origin.INITIAL.value, reason))
+            taken = np.vstack([taken, space.encode(p)[None]])
+        return out, taken
+
+    def _warmstart_agrees(self, trials: Sequence[Trial]) -> bool:
+        """Whether the completed warm-start trials score, in median, at least as well as the median
+        completed design trial (True while none is completed: no evidence against them yet)."""
+        data = self._data(trials)
+        design = [i for i, t in enumerate(data.trials) if t.origin in (Origin.INITIAL.value, Origin.LLM_WARMSTART.value)]
+        warm = [i for i in design if data.trials[i].origin == Origin.LLM_WARMSTART.value]
+        if not warm or len(design) < 2:
+            return True
+        return bool(np.median(data.score[warm]) >= np.median(data.score[design]))
 
     def _bo(self, trials, n, earlier: list[Suggestion], taken: np.ndarray, proposals, priors) -> list[Suggestion]:
         space, layout = self.spec.space, self.model_layout

@@ -295,7 +295,7 @@ def test_likely_infeasible_declared_on_impossible_constraint():
 # ---- warm start, proposals, priors -------------------------------------------------------------------------------------
 
 
-def test_warmstart_candidates_used_first_then_sobol():
+def test_warmstart_candidates_open_and_close_the_design():
     spec = spec_of(UNIT2, seed=15, n_initial=5)
     gs = GenerationStrategy(spec)
     ws = [
@@ -305,14 +305,36 @@ def test_warmstart_candidates_used_first_then_sobol():
         Suggestion({"a": 0.6, "b": 0.1}, Origin.LLM_WARMSTART.value, rationale="B"),
     ]
     trials: list[Trial] = []
-    out = gs.suggest(trials, 3, warmstart=ws)
-    assert [s.origin for s in out] == [Origin.LLM_WARMSTART.value] * 2 + [Origin.INITIAL.value]
-    assert [s.rationale for s in out[:2]] == ["A", "B"]
+    out = gs.suggest(trials, 5, warmstart=ws)  # nothing measured yet: no evidence against B
+    W, I = Origin.LLM_WARMSTART.value, Origin.INITIAL.value
+    assert [s.origin for s in out] == [W, I, I, I, W]
+    assert [s.rationale for s in out if s.origin == W] == ["A", "B"]
+    assert out[1].params == {"a": 0.5, "b": 0.5}  # the centre follows the first candidate
+    assert _min_pairwise(UNIT2, [s.params for s in out]) > 1e-3
     for s in out:
         tell(trials, s, {"f": s.params["a"]})
-    out2 = gs.suggest(trials, 2, warmstart=ws)  # A and B are trials now: skipped
-    assert [s.origin for s in out2] == [Origin.INITIAL.value] * 2
-    assert _min_pairwise(UNIT2, [t.params for t in trials] + [s.params for s in out2]) > 1e-3
+    assert gs.suggest(trials, 1, warmstart=ws)[0].origin not in (W, I)  # design done: BO
+
+
+@pytest.mark.parametrize("good", [True, False])
+def test_later_warmstart_candidates_only_while_the_first_measure_well(good):
+    """A candidate that measured worse than the design's median sends the remaining warm-start slots
+    to Sobol points, so misleading advice costs one evaluation, not all its slots."""
+    spec = spec_of(UNIT2, seed=15, n_initial=5)
+    gs = GenerationStrategy(spec)
+    a1, a2 = (0.02, 0.05) if good else (0.98, 0.95)
+    ws = [Suggestion({"a": a1, "b": 0.5}, Origin.LLM_WARMSTART.value), Suggestion({"a": a2, "b": 0.5}, Origin.LLM_WARMSTART.value)]
+    trials: list[Trial] = []
+    for _ in range(5):
+        (s,) = gs.suggest(trials, 1, warmstart=ws)
+        tell(trials, s, {"f": s.params["a"]})  # minimize a
+    origins = [t.origin for t in trials]
+    assert origins[0] == Origin.LLM_WARMSTART.value and origins[1:4] == [Origin.INITIAL.value] * 3
+    if good:
+        assert origins[4] == Origin.LLM_WARMSTART.value and trials[4].params["a"] == a2
+    else:
+        assert origins[4] == Origin.INITIAL.value and "warm-start candidates set aside" in trials[4].reason
+        assert all(abs(t.params["a"] - a2) > 1e-6 for t in trials)
 
 
 def test_proposals_compete_with_the_optimizer(monkeypatch):

@@ -303,10 +303,10 @@ def test_prepare_priors_and_warmstart_feed_the_strategy():
         assert len(plan.warmstart) == n_ws
         gs = GenerationStrategy(plan.spec)
         out = gs.suggest([], 3, warmstart=plan.warmstart)
-        assert [s.origin for s in out] == ["llm_warmstart"] * 3
+        assert [s.origin for s in out] == ["llm_warmstart", "initial_design", "initial_design"]  # the first candidate opens the design
         trials = [Trial(i, s.params, TrialState.PENDING, origin=s.origin) for i, s in enumerate(out)]
         plan2 = adv.prepare(spec, trials, 3, study_key="s")
         assert len(srv.requests) == 2  # both answers came from the cache
-        assert len(plan2.warmstart) == 1 and plan2.warmstart[0].params not in [s.params for s in out]
-        out2 = gs.suggest(trials, 3, warmstart=plan2.warmstart)
-        assert [s.origin for s in out2] == ["llm_warmstart", "initial_design", "initial_design"]
+        assert len(plan2.warmstart) == n_ws - 1 and out[0].params not in [w.params for w in plan2.warmstart]
+        out2 = gs.suggest(trials, 9, warmstart=plan2.warmstart)  # nothing measured yet: the other candidates close the design
+        assert [s.origin for s in out2] == ["initial_design"] * 6 + ["llm_warmstart"] * 3
