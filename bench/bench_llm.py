@@ -43,6 +43,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from problems import BRANIN_OPT, H6_OPT  # noqa: E402 - full-precision optima, shared with bench_core
 
 VARIANTS = ("plain", "prior_good", "prior_bad", "warm_good", "warm_bad")
 
@@ -94,9 +97,9 @@ def admm_reference() -> tuple[float, list[float]]:
 
 PROBLEMS = {
     # name: (function, bounds, optimum value, an optimum, a poor point far from every optimum, description)
-    "branin": (branin, [(-5.0, 10.0), (0.0, 15.0)], 0.39788735772973816, [math.pi, 2.275], [-4.0, 1.0],
+    "branin": (branin, [(-5.0, 10.0), (0.0, 15.0)], BRANIN_OPT, [math.pi, 2.275], [-4.0, 1.0],
                "Minimize the Branin-Hoo function, a 2-D test function with three global minima."),
-    "hartmann6": (hartmann6, [(0.0, 1.0)] * 6, -3.3223680114155147, [0.20169, 0.150011, 0.476874, 0.275332, 0.311652, 0.6573],
+    "hartmann6": (hartmann6, [(0.0, 1.0)] * 6, H6_OPT, [0.20169, 0.150011, 0.476874, 0.275332, 0.311652, 0.6573],
                   [0.85, 0.85, 0.15, 0.85, 0.85, 0.15], "Minimize the 6-D Hartmann function on the unit cube."),
     "levy4": (levy, [(-10.0, 10.0)] * 4, 0.0, [1.0, 1.0, 1.0, 1.0], [-7.5, -7.5, -7.5, -7.5],
               "Minimize the 4-D Levy function, a rugged function with many local minima."),
