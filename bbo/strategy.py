@@ -257,10 +257,12 @@ class GenerationStrategy:
         out: list[Suggestion] = []
         n_initial_used = sum(1 for t in trials if t.origin == Origin.INITIAL.value)
         warm_used = sum(1 for t in trials if t.origin == Origin.LLM_WARMSTART.value)
-        note = ""
+        note, agrees = "", None  # the gate looks at completed trials only: one verdict per call
         for k in range(n_design):
             if warm and (warm_used == 0 or len(trials) + k >= self.n_initial - len(warm)):
-                if warm_used == 0 or self._warmstart_agrees(trials):
+                if warm_used > 0 and agrees is None:
+                    agrees = self._warmstart_agrees(trials)
+                if warm_used == 0 or agrees:
                     s, p = warm.pop(0)
                     out.append(Suggestion(p, s.origin or Origin.LLM_WARMSTART.value, s.reason, s.rationale))
                     taken = np.vstack([taken, space.encode(p)[None]])
