@@ -208,8 +208,9 @@ def run_one(problem: str, variant: str, seed: int, budget: int, prior_exponent: 
 # ---- summary ------------------------------------------------------------------------------------------
 def summarize(runs: list[dict], budget: int) -> dict:
     out: dict = {}
+    runs = sorted(runs, key=lambda r: r["seed"])  # rows of every variant's array in the same seed order
     for problem in sorted({r["problem"] for r in runs}):
-        curves = {v: np.array([r["regret"] for r in sorted(runs, key=lambda r: r["seed"]) if r["problem"] == problem and r["variant"] == v])
+        curves = {v: np.array([r["regret"] for r in runs if r["problem"] == problem and r["variant"] == v])
                   for v in VARIANTS}
         curves = {v: c for v, c in curves.items() if len(c)}
         if "plain" not in curves:
