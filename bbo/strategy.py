@@ -3,7 +3,8 @@
 Space-filling initial design first (the centre of the space, or the priors' best guess where there
 are priors, then scrambled Sobol; LLM warm-start candidates, when given, take the first slot and
 the last ones, those only while the candidates measured so far are not worse than the design's
-median), then GP-based Bayesian optimization (:mod:`bbo.surrogate`, :mod:`bbo.acquisition`). One instance
+median), then GP-based Bayesian optimization (:mod:`bbo.surrogate`, :mod:`bbo.acquisition`), with
+an exploitation step (the GP mean's optimum) every few asks where that pays off. One instance
 lives per study: it caches the fitted surrogate's hyperparameters between asks and is pure with
 respect to storage (it sees trials, returns suggestions). Calls on one instance are serialized by a
 lock.
@@ -26,6 +27,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from botorch.acquisition.analytic import PosteriorMean
+from botorch.acquisition.objective import ScalarizedPosteriorTransform
 from botorch.utils.sampling import manual_seed
 from scipy.stats import qmc
 
@@ -58,6 +61,7 @@ MIN_SEPARATION = 1e-6  # scaled encoded distance under which two points count as
 ACTIVE, LIKELY_INFEASIBLE = "ACTIVE", "LIKELY_INFEASIBLE"
 INFEASIBLE_PROB = 0.01  # max model probability of feasibility under which a study is declared likely infeasible
 INFEASIBLE_EXTRA = 5  # completed trials beyond the initial design before that judgement is made
+EXPLOIT_MAX_DOUBLINGS = 3  # the gap between exploitation steps grows to at most 2**3 times algorithm.exploit_gap
 
 
 @dataclass
@@ -325,7 +329,14 @@ class GenerationStrategy:
         restarts, raw, maxiter = budget(len(rows), space.dim)
         cheap_init = len(rows) > CHEAP_INIT_ABOVE and not layout.multi and not space.discrete_values() and not space.constraints
         out: list[Suggestion] = []
-        for i in range(n):
+        if self._exploit_due(trials, data):
+            sug = self._exploit(model, taken, restarts, raw, maxiter, fit_note)
+            if sug is not None:
+                out.append(sug)
+                xe = space.encode(sug.params)
+                taken = np.vstack([taken, xe[None]])
+                chosen.append(P.tensor(xe)[None])
+        for i in range(len(out), n):
             try:
                 acqf.set_X_pending(torch.cat(chosen, dim=0) if chosen else None)
                 ic = None
@@ -342,6 +353,57 @@ class GenerationStrategy:
             chosen.append(P.tensor(xe)[None])
         self.last.acq_seconds = time.perf_counter() - ta
         return out
+
+    def _exploit_due(self, trials: Sequence[Trial], data: _Data) -> bool:
+        """Whether this ask opens with an exploitation step (cf. De Ath et al. 2021, "Greed is good"):
+        EI-type acquisitions refine a found optimum slowly, the surrogate's predicted best point does
+        it fast. Due after ``algorithm.exploit_gap`` acquisition steps since the last one, the gap
+        doubling per consecutive exploitation step that did not beat every earlier trial.
+
+        Only for one objective, no outcome constraints and continuous parameters, and not once two
+        completed trials tie on the objective. A capped or quantized response is flat where the GP's
+        mean says it slopes: on the ADMM kit exploiting it took 41 evaluations to the best instead
+        of 32. With integer or categorical parameters the steps refined the continuous ones inside
+        a wrong discrete setting (bench_core "mixed": 2 of 5 seeds stuck at regret 5 and 2.2)."""
+        gap = self.spec.algorithm.exploit_gap
+        if gap <= 0 or self.layout.multi or self.layout.constraints or self.spec.space.discrete_values() or not len(data.trials):
+            return False
+        obj = self.layout.signed_objectives(data.Y)[:, 0]
+        if len(np.unique(obj)) < len(obj):
+            return False
+        steps = (Origin.BO.value, Origin.PRIOR_BO.value, Origin.BO_EXPLOIT.value)
+        bo = sorted((t for t in trials if t.origin in steps), key=lambda t: t.id)
+        since = next((k for k, t in enumerate(reversed(bo)) if t.origin == Origin.BO_EXPLOIT.value), len(bo))
+        ids = np.array([t.id for t in data.trials])
+        fails = 0
+        for t in reversed(bo):
+            j = np.nonzero(ids == t.id)[0]
+            if t.origin != Origin.BO_EXPLOIT.value or not len(j):
+                continue  # an acquisition step, or an exploitation step with no result yet
+            earlier = data.score[ids < t.id]
+            if len(earlier) and data.score[j[0]] <= earlier.max():
+                fails += 1
+                continue
+            break
+        return since >= gap * 2 ** min(fails, EXPLOIT_MAX_DOUBLINGS)
+
+    def _exploit(self, model, taken: np.ndarray, restarts: int, raw: int, maxiter: int, note: str) -> Optional[Suggestion]:
+        """The maximizer of the posterior mean of the (signed) objective; None where it is an
+        existing point or breaks a parameter constraint (the acquisition step takes the slot)."""
+        space, P = self.spec.space, self.placement
+        try:
+            layout = self.model_layout
+            w = torch.zeros(layout.m, **P.tkwargs)
+            w[layout.obj_idx[0]] = layout.signs[0]
+            acqf = PosteriorMean(model, posterior_transform=ScalarizedPosteriorTransform(w))
+            x, _ = optimize(acqf, space, P, num_restarts=restarts, raw_samples=raw, maxiter=maxiter)
+            params = space.decode(to_numpy(x)[0])
+        except Exception as e:  # noqa: BLE001
+            log.info("exploitation step failed: %s", e)
+            return None
+        if not space.is_feasible(params) or self._too_close(space.encode(params), taken):
+            return None
+        return Suggestion(params, Origin.BO_EXPLOIT.value, (note + "; " if note else "") + "exploitation step: the surrogate's predicted best point")
 
     def _finish(self, acqf, x: torch.Tensor, taken: np.ndarray, props: list, origin: str, note: str) -> Suggestion:
         """Decode the optimizer's point; repair it if rounding broke a constraint or hit an existing

@@ -28,6 +28,7 @@ class Origin(str, enum.Enum):
     INITIAL = "initial_design"
     BO = "bo"
     PRIOR_BO = "prior_guided_bo"
+    BO_EXPLOIT = "bo_exploit"  # the surrogate's predicted best point (see GenerationStrategy._exploit_due)
     LLM_WARMSTART = "llm_warmstart"
     LLM_PROPOSAL = "llm_proposal"
     USER = "user"

@@ -82,7 +82,7 @@ def test_branin_beats_random_search():
     rnd_regret = np.median([random_best(BRANIN_SPACE, branin, 25, s) - BRANIN_MIN for s in range(5)])
     assert bo_regret < 0.2
     assert bo_regret < 0.25 * rnd_regret, (bo_regret, rnd_regret)
-    assert {t.origin for t in trials} == {Origin.INITIAL.value, Origin.BO.value}
+    assert {t.origin for t in trials} == {Origin.INITIAL.value, Origin.BO.value, Origin.BO_EXPLOIT.value}
 
 
 def test_hartmann6_beats_random_search():
@@ -165,7 +165,8 @@ def test_batch_and_pending_give_distinct_points():
     spec = spec_of(BRANIN_SPACE, seed=6, n_initial=6)
     gs, trials = run(spec, branin, 8)
     batch = gs.suggest(trials, 4)
-    assert len(batch) == 4 and all(s.origin == Origin.BO.value for s in batch)
+    assert len(batch) == 4 and [s.origin for s in batch[1:]] == [Origin.BO.value] * 3
+    assert batch[0].origin in (Origin.BO.value, Origin.BO_EXPLOIT.value)  # at most one exploitation step per ask
     assert _min_pairwise(BRANIN_SPACE, [s.params for s in batch]) > 1e-3
     # Those four become pending (parallel workers); the next asks must avoid them.
     for s in batch:
@@ -367,7 +368,7 @@ def test_wrong_prior_is_set_aside_once_the_data_contradict_it():
         ParameterPrior("x1", mean=-4.5, std=0.5, confidence=1.0),
         ParameterPrior("x2", mean=1.0, std=0.5, confidence=1.0),
     )
-    opts = AlgorithmOptions(seed=17, n_initial=5, prior_exponent=20.0)
+    opts = AlgorithmOptions(seed=17, n_initial=5, prior_exponent=20.0, exploit_gap=0)  # origins: bo or prior-guided only
     spec = StudySpec(BRANIN_SPACE, (Objective("f"),), priors=wrong, algorithm=opts)
     gs, trials = run(spec, branin, 6)
     # the design measured the prior's best guess first; it is worse than the Sobol points, so the
@@ -435,3 +436,66 @@ def test_initial_design_opens_with_the_priors_best_guess_else_the_centre():
     assert plain.suggest([], 1)[0].params == pytest.approx({"lr": 1e-3, "layers": 5, "opt": "sgd"})  # geometric centre, first choice
     done = [Trial(1, first[0].params, TrialState.COMPLETED, {"f": Metric(1.0)}, origin=Origin.INITIAL.value)]
     assert guided.suggest(done, 1)[0].params != first[0].params  # only the very first design point
+
+
+# ---- exploitation steps -----------------------------------------------------------------------------------------------
+
+
+def _quadratic(p) -> dict:
+    return {"f": (p["a"] - 0.3) ** 2 + (p["b"] - 0.7) ** 2}
+
+
+def test_exploitation_step_goes_to_the_predicted_best_point():
+    """After two acquisition steps, an ask evaluates the GP mean's optimum: on a smooth bowl that
+    lands next to the minimum and beats every earlier trial."""
+    spec = spec_of(UNIT2, seed=21, n_initial=5)
+    _, trials = run(spec, _quadratic, 8)
+    assert [t.origin for t in trials[5:]] == [Origin.BO.value, Origin.BO.value, Origin.BO_EXPLOIT.value]
+    x = trials[7]
+    assert "predicted best point" in x.reason
+    assert x.value("f") < min(t.value("f") for t in trials[:7])
+    assert math.hypot(x.params["a"] - 0.3, x.params["b"] - 0.7) < 0.1
+    # switched off with exploit_gap = 0: acquisition steps only
+    _, trials = run(spec_of(UNIT2, seed=21, n_initial=5, exploit_gap=0), _quadratic, 10)
+    assert Origin.BO_EXPLOIT.value not in [t.origin for t in trials]
+
+
+def _history(values, origins) -> list[Trial]:
+    pts = np.random.default_rng(0).random((len(values), 2))
+    return [Trial(i, {"a": float(x[0]), "b": float(x[1])}, TrialState.COMPLETED, {"f": Metric(v)}, origin=o)
+            for i, (v, o, x) in enumerate(zip(values, origins, pts))]
+
+
+def test_exploitation_gap_doubles_after_steps_that_do_not_improve():
+    gs = GenerationStrategy(spec_of(UNIT2, seed=22, n_initial=5))
+    I, B, X = Origin.INITIAL.value, Origin.BO.value, Origin.BO_EXPLOIT.value
+    design = ([5.0, 4.0, 3.0, 2.0, 1.5], [I] * 5)
+
+    def due(values, origins) -> bool:
+        trials = _history(design[0] + values, design[1] + origins)
+        return gs._exploit_due(trials, gs._data(trials))
+
+    assert not due([1.4], [B]) and due([1.4, 1.3], [B, B])
+    assert not due([1.4, 1.3, 1.2, 1.1], [B, B, X, B])  # the last one improved: gap 2 again
+    assert due([1.4, 1.3, 1.2, 1.1, 1.0], [B, B, X, B, B])
+    failed = [1.4, 1.3, 1.35]  # the exploitation step did not beat 1.3: the gap is now 4
+    assert not due(failed + [1.2, 1.1, 1.05], [B, B, X, B, B, B]) and due(failed + [1.2, 1.1, 1.05, 1.04], [B, B, X, B, B, B, B])
+    twice = failed + [1.2, 1.1, 1.05, 1.04, 1.31]  # two failures in a row: 8
+    assert not due(twice + [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], [B, B, X, B, B, B, B, X] + [B] * 7)
+    assert due(twice + [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2], [B, B, X, B, B, B, B, X] + [B] * 8)
+    # a tie on the objective (a capped or quantized response) switches exploitation off
+    assert not due([1.4, 1.4], [B, B])
+    # so do outcome constraints and several objectives
+    for spec in (spec_of(UNIT2, constraints=[OutcomeConstraint("c", "<=", 0.0)], seed=22, n_initial=5),
+                 spec_of(UNIT2, objectives=("f", "g"), seed=22, n_initial=5)):
+        g2 = GenerationStrategy(spec)
+        trials = _history(design[0] + [1.4, 1.3], design[1] + [B, B])
+        for t in trials:
+            t.metrics.update({"c": Metric(-1.0), "g": Metric(float(t.id))})
+        assert not g2._exploit_due(trials, g2._data(trials))
+    # and integer or categorical parameters
+    mixed = GenerationStrategy(spec_of(SearchSpace((FloatParam("a", 0.0, 1.0), IntParam("b", 0, 9))), seed=22, n_initial=5))
+    trials = _history(design[0] + [1.4, 1.3], design[1] + [B, B])
+    for t in trials:
+        t.params["b"] = t.id
+    assert not mixed._exploit_due(trials, mixed._data(trials))

@@ -18,7 +18,7 @@ from bbo.space import (
     OrdinalParam,
     SearchSpace,
 )
-from bbo.spec import Objective, OutcomeConstraint, ParameterPrior, StudySpec
+from bbo.spec import AlgorithmOptions, Objective, OutcomeConstraint, ParameterPrior, StudySpec
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
 
@@ -158,6 +158,8 @@ def test_sobol_design_skip_without_constraints_continues_the_same_sequence():
         (lambda: StudySpec(SearchSpace((FloatParam("x", 0, 1),)), (Objective("y"),), (OutcomeConstraint("t", "<", 1),)), "outcome_constraints[0].op", "'<='"),
         (lambda: StudySpec(SearchSpace((FloatParam("x", 0, 1),)), (Objective("y"),), priors=(ParameterPrior("x", 0.5, -1),)), "priors[0].std", "std > 0"),
         (lambda: StudySpec(SearchSpace((FloatParam("x", 0, 1),)), (Objective("y"),), priors=(ParameterPrior("q", 0.5, 1),)), "priors[0].parameter", "unknown"),
+        (lambda: StudySpec(SearchSpace((FloatParam("x", 0, 1),)), (Objective("y"),), algorithm=AlgorithmOptions(exploit_gap=-1)), "algorithm.exploit_gap", "0 (no exploitation steps)"),
+        (lambda: StudySpec(SearchSpace((FloatParam("x", 0, 1),)), (Objective("y"),), algorithm=AlgorithmOptions(exploit_gap=2.5)), "algorithm.exploit_gap", "integer"),
     ],
 )
 def test_malformed_specs_are_rejected_with_field_and_fix(build, field, words):

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x62\x62o/v1/study.proto\x12\x06\x62\x62o.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"I\n\x0e\x46loatParameter\x12\x0b\n\x03low\x18\x01 \x01(\x01\x12\x0c\n\x04high\x18\x02 \x01(\x01\x12\x1c\n\x05scale\x18\x03 \x01(\x0e\x32\r.bbo.v1.Scale\"G\n\x0cIntParameter\x12\x0b\n\x03low\x18\x01 \x01(\x03\x12\x0c\n\x04high\x18\x02 \x01(\x03\x12\x1c\n\x05scale\x18\x03 \x01(\x0e\x32\r.bbo.v1.Scale\"\'\n\x14\x43\x61tegoricalParameter\x12\x0f\n\x07\x63hoices\x18\x01 \x03(\t\"@\n\x10OrdinalParameter\x12\x0e\n\x06values\x18\x01 \x03(\x01\x12\x1c\n\x05scale\x18\x02 \x01(\x0e\x32\r.bbo.v1.Scale\"Q\n\x0eParameterValue\x12\x10\n\x06number\x18\x01 \x01(\x01H\x00\x12\x11\n\x07integer\x18\x02 \x01(\x03H\x00\x12\x12\n\x08\x63\x61tegory\x18\x03 \x01(\tH\x00\x42\x06\n\x04kind\"7\n\x0e\x46ixedParameter\x12%\n\x05value\x18\x01 \x01(\x0b\x32\x16.bbo.v1.ParameterValue\"\xfe\x01\n\rParameterSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05\x66loat\x18\x02 \x01(\x0b\x32\x16.bbo.v1.FloatParameterH\x00\x12#\n\x03int\x18\x03 \x01(\x0b\x32\x14.bbo.v1.IntParameterH\x00\x12\x33\n\x0b\x63\x61tegorical\x18\x04 \x01(\x0b\x32\x1c.bbo.v1.CategoricalParameterH\x00\x12+\n\x07ordinal\x18\x05 \x01(\x0b\x32\x18.bbo.v1.OrdinalParameterH\x00\x12\'\n\x05\x66ixed\x18\x06 \x01(\x0b\x32\x16.bbo.v1.FixedParameterH\x00\x42\x06\n\x04kind\"\x98\x01\n\x10LinearConstraint\x12@\n\x0c\x63oefficients\x18\x01 \x03(\x0b\x32*.bbo.v1.LinearConstraint.CoefficientsEntry\x12\r\n\x05\x62ound\x18\x02 \x01(\x01\x1a\x33\n\x11\x43oefficientsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"5\n\tObjective\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x04goal\x18\x02 \x01(\x0e\x32\x0c.bbo.v1.Goal\"T\n\x11OutcomeConstraint\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12 \n\x02op\x18\x02 \x01(\x0e\x32\x14.bbo.v1.ConstraintOp\x12\r\n\x05\x62ound\x18\x03 \x01(\x01\"\x99\x02\n\x10\x41lgorithmOptions\x12\x11\n\tn_initial\x18\x01 \x01(\x05\x12\x11\n\x04seed\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x16\n\x0emax_fit_points\x18\x04 \x01(\x05\x12\x18\n\x10max_model_points\x18\x05 \x01(\x05\x12\x45\n\x0freference_point\x18\x06 \x03(\x0b\x32,.bbo.v1.AlgorithmOptions.ReferencePointEntry\x12\x16\n\x0eprior_exponent\x18\x07 \x01(\x01\x1a\x35\n\x13ReferencePointEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x07\n\x05_seed\"\xe5\x01\n\x0eParameterPrior\x12\x11\n\tparameter\x18\x01 \x01(\t\x12\x11\n\x04mean\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03std\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12@\n\rprobabilities\x18\x04 \x03(\x0b\x32).bbo.v1.ParameterPrior.ProbabilitiesEntry\x12\x12\n\nconfidence\x18\x05 \x01(\x01\x1a\x34\n\x12ProbabilitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x07\n\x05_meanB\x06\n\x04_std\"\x80\x01\n\nLlmOptions\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x1c\n\x14warmstart_candidates\x18\x02 \x01(\x05\x12\x15\n\rderive_priors\x18\x03 \x01(\x08\x12\x1d\n\x15propose_during_search\x18\x04 \x01(\x08\x12\r\n\x05model\x18\x05 \x01(\t\"\xf2\x02\n\tStudySpec\x12)\n\nparameters\x18\x01 \x03(\x0b\x32\x15.bbo.v1.ParameterSpec\x12\x37\n\x15parameter_constraints\x18\x02 \x03(\x0b\x32\x18.bbo.v1.LinearConstraint\x12%\n\nobjectives\x18\x03 \x03(\x0b\x32\x11.bbo.v1.Objective\x12\x36\n\x13outcome_constraints\x18\x04 \x03(\x0b\x32\x19.bbo.v1.OutcomeConstraint\x12\x17\n\x0ftracked_metrics\x18\x05 \x03(\t\x12+\n\talgorithm\x18\x06 \x01(\x0b\x32\x18.bbo.v1.AlgorithmOptions\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12&\n\x06priors\x18\x08 \x03(\x0b\x32\x16.bbo.v1.ParameterPrior\x12\x1f\n\x03llm\x18\t \x01(\x0b\x32\x12.bbo.v1.LlmOptions\"\xce\x01\n\x05Study\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1f\n\x04spec\x18\x02 \x01(\x0b\x32\x11.bbo.v1.StudySpec\x12!\n\x05state\x18\x03 \x01(\x0e\x32\x12.bbo.v1.StudyState\x12\x14\n\x0cstate_reason\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btrial_count\x18\x06 \x01(\x03\x12\x17\n\x0f\x63ompleted_count\x18\x07 \x01(\x03\"6\n\x0bMetricValue\x12\r\n\x05value\x18\x01 \x01(\x01\x12\x10\n\x03sem\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\x06\n\x04_sem\"\x85\x04\n\x05Trial\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x31\n\nparameters\x18\x02 \x03(\x0b\x32\x1d.bbo.v1.Trial.ParametersEntry\x12!\n\x05state\x18\x03 \x01(\x0e\x32\x12.bbo.v1.TrialState\x12+\n\x07metrics\x18\x04 \x03(\x0b\x32\x1a.bbo.v1.Trial.MetricsEntry\x12\x0e\n\x06origin\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x11\n\trationale\x18\x07 \x01(\t\x12\x11\n\tworker_id\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11lease_expire_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1aI\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.bbo.v1.ParameterValue:\x02\x38\x01\x1a\x43\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.bbo.v1.MetricValue:\x02\x38\x01*(\n\x05Scale\x12\x10\n\x0cSCALE_LINEAR\x10\x00\x12\r\n\tSCALE_LOG\x10\x01*,\n\x04Goal\x12\x11\n\rGOAL_MINIMIZE\x10\x00\x12\x11\n\rGOAL_MAXIMIZE\x10\x01*M\n\x0c\x43onstraintOp\x12\x1c\n\x18\x43ONSTRAINT_OP_LESS_EQUAL\x10\x00\x12\x1f\n\x1b\x43ONSTRAINT_OP_GREATER_EQUAL\x10\x01*G\n\nStudyState\x12\x16\n\x12STUDY_STATE_ACTIVE\x10\x00\x12!\n\x1dSTUDY_STATE_LIKELY_INFEASIBLE\x10\x01*\x90\x01\n\nTrialState\x12\x1b\n\x17TRIAL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13TRIAL_STATE_PENDING\x10\x01\x12\x19\n\x15TRIAL_STATE_COMPLETED\x10\x02\x12\x16\n\x12TRIAL_STATE_FAILED\x10\x03\x12\x19\n\x15TRIAL_STATE_ABANDONED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x62\x62o/v1/study.proto\x12\x06\x62\x62o.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"I\n\x0e\x46loatParameter\x12\x0b\n\x03low\x18\x01 \x01(\x01\x12\x0c\n\x04high\x18\x02 \x01(\x01\x12\x1c\n\x05scale\x18\x03 \x01(\x0e\x32\r.bbo.v1.Scale\"G\n\x0cIntParameter\x12\x0b\n\x03low\x18\x01 \x01(\x03\x12\x0c\n\x04high\x18\x02 \x01(\x03\x12\x1c\n\x05scale\x18\x03 \x01(\x0e\x32\r.bbo.v1.Scale\"\'\n\x14\x43\x61tegoricalParameter\x12\x0f\n\x07\x63hoices\x18\x01 \x03(\t\"@\n\x10OrdinalParameter\x12\x0e\n\x06values\x18\x01 \x03(\x01\x12\x1c\n\x05scale\x18\x02 \x01(\x0e\x32\r.bbo.v1.Scale\"Q\n\x0eParameterValue\x12\x10\n\x06number\x18\x01 \x01(\x01H\x00\x12\x11\n\x07integer\x18\x02 \x01(\x03H\x00\x12\x12\n\x08\x63\x61tegory\x18\x03 \x01(\tH\x00\x42\x06\n\x04kind\"7\n\x0e\x46ixedParameter\x12%\n\x05value\x18\x01 \x01(\x0b\x32\x16.bbo.v1.ParameterValue\"\xfe\x01\n\rParameterSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05\x66loat\x18\x02 \x01(\x0b\x32\x16.bbo.v1.FloatParameterH\x00\x12#\n\x03int\x18\x03 \x01(\x0b\x32\x14.bbo.v1.IntParameterH\x00\x12\x33\n\x0b\x63\x61tegorical\x18\x04 \x01(\x0b\x32\x1c.bbo.v1.CategoricalParameterH\x00\x12+\n\x07ordinal\x18\x05 \x01(\x0b\x32\x18.bbo.v1.OrdinalParameterH\x00\x12\'\n\x05\x66ixed\x18\x06 \x01(\x0b\x32\x16.bbo.v1.FixedParameterH\x00\x42\x06\n\x04kind\"\x98\x01\n\x10LinearConstraint\x12@\n\x0c\x63oefficients\x18\x01 \x03(\x0b\x32*.bbo.v1.LinearConstraint.CoefficientsEntry\x12\r\n\x05\x62ound\x18\x02 \x01(\x01\x1a\x33\n\x11\x43oefficientsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"5\n\tObjective\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1a\n\x04goal\x18\x02 \x01(\x0e\x32\x0c.bbo.v1.Goal\"T\n\x11OutcomeConstraint\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12 \n\x02op\x18\x02 \x01(\x0e\x32\x14.bbo.v1.ConstraintOp\x12\r\n\x05\x62ound\x18\x03 \x01(\x01\"\xae\x02\n\x10\x41lgorithmOptions\x12\x11\n\tn_initial\x18\x01 \x01(\x05\x12\x11\n\x04seed\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x16\n\x0emax_fit_points\x18\x04 \x01(\x05\x12\x18\n\x10max_model_points\x18\x05 \x01(\x05\x12\x45\n\x0freference_point\x18\x06 \x03(\x0b\x32,.bbo.v1.AlgorithmOptions.ReferencePointEntry\x12\x16\n\x0eprior_exponent\x18\x07 \x01(\x01\x12\x13\n\x0b\x65xploit_gap\x18\x08 \x01(\x05\x1a\x35\n\x13ReferencePointEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x07\n\x05_seed\"\xe5\x01\n\x0eParameterPrior\x12\x11\n\tparameter\x18\x01 \x01(\t\x12\x11\n\x04mean\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03std\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12@\n\rprobabilities\x18\x04 \x03(\x0b\x32).bbo.v1.ParameterPrior.ProbabilitiesEntry\x12\x12\n\nconfidence\x18\x05 \x01(\x01\x1a\x34\n\x12ProbabilitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x07\n\x05_meanB\x06\n\x04_std\"\x80\x01\n\nLlmOptions\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x1c\n\x14warmstart_candidates\x18\x02 \x01(\x05\x12\x15\n\rderive_priors\x18\x03 \x01(\x08\x12\x1d\n\x15propose_during_search\x18\x04 \x01(\x08\x12\r\n\x05model\x18\x05 \x01(\t\"\xf2\x02\n\tStudySpec\x12)\n\nparameters\x18\x01 \x03(\x0b\x32\x15.bbo.v1.ParameterSpec\x12\x37\n\x15parameter_constraints\x18\x02 \x03(\x0b\x32\x18.bbo.v1.LinearConstraint\x12%\n\nobjectives\x18\x03 \x03(\x0b\x32\x11.bbo.v1.Objective\x12\x36\n\x13outcome_constraints\x18\x04 \x03(\x0b\x32\x19.bbo.v1.OutcomeConstraint\x12\x17\n\x0ftracked_metrics\x18\x05 \x03(\t\x12+\n\talgorithm\x18\x06 \x01(\x0b\x32\x18.bbo.v1.AlgorithmOptions\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12&\n\x06priors\x18\x08 \x03(\x0b\x32\x16.bbo.v1.ParameterPrior\x12\x1f\n\x03llm\x18\t \x01(\x0b\x32\x12.bbo.v1.LlmOptions\"\xce\x01\n\x05Study\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1f\n\x04spec\x18\x02 \x01(\x0b\x32\x11.bbo.v1.StudySpec\x12!\n\x05state\x18\x03 \x01(\x0e\x32\x12.bbo.v1.StudyState\x12\x14\n\x0cstate_reason\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btrial_count\x18\x06 \x01(\x03\x12\x17\n\x0f\x63ompleted_count\x18\x07 \x01(\x03\"6\n\x0bMetricValue\x12\r\n\x05value\x18\x01 \x01(\x01\x12\x10\n\x03sem\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\x06\n\x04_sem\"\x85\x04\n\x05Trial\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x31\n\nparameters\x18\x02 \x03(\x0b\x32\x1d.bbo.v1.Trial.ParametersEntry\x12!\n\x05state\x18\x03 \x01(\x0e\x32\x12.bbo.v1.TrialState\x12+\n\x07metrics\x18\x04 \x03(\x0b\x32\x1a.bbo.v1.Trial.MetricsEntry\x12\x0e\n\x06origin\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x11\n\trationale\x18\x07 \x01(\t\x12\x11\n\tworker_id\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11lease_expire_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1aI\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.bbo.v1.ParameterValue:\x02\x38\x01\x1a\x43\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.bbo.v1.MetricValue:\x02\x38\x01*(\n\x05Scale\x12\x10\n\x0cSCALE_LINEAR\x10\x00\x12\r\n\tSCALE_LOG\x10\x01*,\n\x04Goal\x12\x11\n\rGOAL_MINIMIZE\x10\x00\x12\x11\n\rGOAL_MAXIMIZE\x10\x01*M\n\x0c\x43onstraintOp\x12\x1c\n\x18\x43ONSTRAINT_OP_LESS_EQUAL\x10\x00\x12\x1f\n\x1b\x43ONSTRAINT_OP_GREATER_EQUAL\x10\x01*G\n\nStudyState\x12\x16\n\x12STUDY_STATE_ACTIVE\x10\x00\x12!\n\x1dSTUDY_STATE_LIKELY_INFEASIBLE\x10\x01*\x90\x01\n\nTrialState\x12\x1b\n\x17TRIAL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13TRIAL_STATE_PENDING\x10\x01\x12\x19\n\x15TRIAL_STATE_COMPLETED\x10\x02\x12\x16\n\x12TRIAL_STATE_FAILED\x10\x03\x12\x19\n\x15TRIAL_STATE_ABANDONED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,16 +42,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRIAL_PARAMETERSENTRY']._serialized_options = b'8\001'
   _globals['_TRIAL_METRICSENTRY']._loaded_options = None
   _globals['_TRIAL_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_SCALE']._serialized_start=2816
-  _globals['_SCALE']._serialized_end=2856
-  _globals['_GOAL']._serialized_start=2858
-  _globals['_GOAL']._serialized_end=2902
-  _globals['_CONSTRAINTOP']._serialized_start=2904
-  _globals['_CONSTRAINTOP']._serialized_end=2981
-  _globals['_STUDYSTATE']._serialized_start=2983
-  _globals['_STUDYSTATE']._serialized_end=3054
-  _globals['_TRIALSTATE']._serialized_start=3057
-  _globals['_TRIALSTATE']._serialized_end=3201
+  _globals['_SCALE']._serialized_start=2837
+  _globals['_SCALE']._serialized_end=2877
+  _globals['_GOAL']._serialized_start=2879
+  _globals['_GOAL']._serialized_end=2923
+  _globals['_CONSTRAINTOP']._serialized_start=2925
+  _globals['_CONSTRAINTOP']._serialized_end=3002
+  _globals['_STUDYSTATE']._serialized_start=3004
+  _globals['_STUDYSTATE']._serialized_end=3075
+  _globals['_TRIALSTATE']._serialized_start=3078
+  _globals['_TRIALSTATE']._serialized_end=3222
   _globals['_FLOATPARAMETER']._serialized_start=63
   _globals['_FLOATPARAMETER']._serialized_end=136
   _globals['_INTPARAMETER']._serialized_start=138
@@ -75,25 +75,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OUTCOMECONSTRAINT']._serialized_start=925
   _globals['_OUTCOMECONSTRAINT']._serialized_end=1009
   _globals['_ALGORITHMOPTIONS']._serialized_start=1012
-  _globals['_ALGORITHMOPTIONS']._serialized_end=1293
-  _globals['_ALGORITHMOPTIONS_REFERENCEPOINTENTRY']._serialized_start=1231
-  _globals['_ALGORITHMOPTIONS_REFERENCEPOINTENTRY']._serialized_end=1284
-  _globals['_PARAMETERPRIOR']._serialized_start=1296
-  _globals['_PARAMETERPRIOR']._serialized_end=1525
-  _globals['_PARAMETERPRIOR_PROBABILITIESENTRY']._serialized_start=1456
-  _globals['_PARAMETERPRIOR_PROBABILITIESENTRY']._serialized_end=1508
-  _globals['_LLMOPTIONS']._serialized_start=1528
-  _globals['_LLMOPTIONS']._serialized_end=1656
-  _globals['_STUDYSPEC']._serialized_start=1659
-  _globals['_STUDYSPEC']._serialized_end=2029
-  _globals['_STUDY']._serialized_start=2032
-  _globals['_STUDY']._serialized_end=2238
-  _globals['_METRICVALUE']._serialized_start=2240
-  _globals['_METRICVALUE']._serialized_end=2294
-  _globals['_TRIAL']._serialized_start=2297
-  _globals['_TRIAL']._serialized_end=2814
-  _globals['_TRIAL_PARAMETERSENTRY']._serialized_start=2672
-  _globals['_TRIAL_PARAMETERSENTRY']._serialized_end=2745
-  _globals['_TRIAL_METRICSENTRY']._serialized_start=2747
-  _globals['_TRIAL_METRICSENTRY']._serialized_end=2814
+  _globals['_ALGORITHMOPTIONS']._serialized_end=1314
+  _globals['_ALGORITHMOPTIONS_REFERENCEPOINTENTRY']._serialized_start=1252
+  _globals['_ALGORITHMOPTIONS_REFERENCEPOINTENTRY']._serialized_end=1305
+  _globals['_PARAMETERPRIOR']._serialized_start=1317
+  _globals['_PARAMETERPRIOR']._serialized_end=1546
+  _globals['_PARAMETERPRIOR_PROBABILITIESENTRY']._serialized_start=1477
+  _globals['_PARAMETERPRIOR_PROBABILITIESENTRY']._serialized_end=1529
+  _globals['_LLMOPTIONS']._serialized_start=1549
+  _globals['_LLMOPTIONS']._serialized_end=1677
+  _globals['_STUDYSPEC']._serialized_start=1680
+  _globals['_STUDYSPEC']._serialized_end=2050
+  _globals['_STUDY']._serialized_start=2053
+  _globals['_STUDY']._serialized_end=2259
+  _globals['_METRICVALUE']._serialized_start=2261
+  _globals['_METRICVALUE']._serialized_end=2315
+  _globals['_TRIAL']._serialized_start=2318
+  _globals['_TRIAL']._serialized_end=2835
+  _globals['_TRIAL_PARAMETERSENTRY']._serialized_start=2693
+  _globals['_TRIAL_PARAMETERSENTRY']._serialized_end=2766
+  _globals['_TRIAL_METRICSENTRY']._serialized_start=2768
+  _globals['_TRIAL_METRICSENTRY']._serialized_end=2835
 # @@protoc_insertion_point(module_scope)

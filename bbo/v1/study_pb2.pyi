@@ -151,7 +151,7 @@ class OutcomeConstraint(_message.Message):
     def __init__(self, metric: _Optional[str] = ..., op: _Optional[_Union[ConstraintOp, str]] = ..., bound: _Optional[float] = ...) -> None: ...
 
 class AlgorithmOptions(_message.Message):
-    __slots__ = ("n_initial", "seed", "device", "max_fit_points", "max_model_points", "reference_point", "prior_exponent")
+    __slots__ = ("n_initial", "seed", "device", "max_fit_points", "max_model_points", "reference_point", "prior_exponent", "exploit_gap")
     class ReferencePointEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -166,6 +166,7 @@ class AlgorithmOptions(_message.Message):
     MAX_MODEL_POINTS_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_POINT_FIELD_NUMBER: _ClassVar[int]
     PRIOR_EXPONENT_FIELD_NUMBER: _ClassVar[int]
+    EXPLOIT_GAP_FIELD_NUMBER: _ClassVar[int]
     n_initial: int
     seed: int
     device: str
@@ -173,7 +174,8 @@ class AlgorithmOptions(_message.Message):
     max_model_points: int
     reference_point: _containers.ScalarMap[str, float]
     prior_exponent: float
-    def __init__(self, n_initial: _Optional[int] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., max_fit_points: _Optional[int] = ..., max_model_points: _Optional[int] = ..., reference_point: _Optional[_Mapping[str, float]] = ..., prior_exponent: _Optional[float] = ...) -> None: ...
+    exploit_gap: int
+    def __init__(self, n_initial: _Optional[int] = ..., seed: _Optional[int] = ..., device: _Optional[str] = ..., max_fit_points: _Optional[int] = ..., max_model_points: _Optional[int] = ..., reference_point: _Optional[_Mapping[str, float]] = ..., prior_exponent: _Optional[float] = ..., exploit_gap: _Optional[int] = ...) -> None: ...
 
 class ParameterPrior(_message.Message):
     __slots__ = ("parameter", "mean", "std", "probabilities", "confidence")

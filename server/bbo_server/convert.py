@@ -121,6 +121,7 @@ def spec_dict_from_pb(s: pb.StudySpec) -> dict[str, Any]:
         "max_fit_points": a.max_fit_points or 1000,
         "max_model_points": a.max_model_points or max(3000, a.max_fit_points),
         "prior_exponent": a.prior_exponent or AlgorithmOptions.prior_exponent,
+        "exploit_gap": max(0, a.exploit_gap) if a.exploit_gap else AlgorithmOptions.exploit_gap,
         "reference_point": dict(a.reference_point) or None,
     }
     priors = []
@@ -191,6 +192,7 @@ def spec_to_pb(spec: StudySpec) -> pb.StudySpec:
     out.algorithm.max_fit_points = a.max_fit_points
     out.algorithm.max_model_points = a.max_model_points
     out.algorithm.prior_exponent = a.prior_exponent
+    out.algorithm.exploit_gap = a.exploit_gap if a.exploit_gap > 0 else -1
     for k, v in (a.reference_point or {}).items():
         out.algorithm.reference_point[k] = float(v)
     for p in spec.priors:

@@ -149,6 +149,7 @@ class Client:
         max_fit_points: int = 0,
         max_model_points: int = 0,
         prior_exponent: float = 0.0,
+        exploit_gap: int = 0,
     ) -> "StudyHandle":
         """Create a study, or reattach to it if one of that name exists with the same spec.
 
@@ -169,6 +170,7 @@ class Client:
         )
         a = spec.algorithm
         a.n_initial, a.device, a.max_fit_points, a.max_model_points, a.prior_exponent = n_initial, device, max_fit_points, max_model_points, prior_exponent
+        a.exploit_gap = exploit_gap  # 0 = the server's default (2), < 0 = no exploitation steps
         if seed is not None:
             a.seed = seed
         for k, v in (reference_point or {}).items():
