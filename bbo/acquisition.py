@@ -84,6 +84,12 @@ class Layout:
     def signed_objectives(self, Y: np.ndarray) -> np.ndarray:
         return Y[:, list(self.obj_idx)] * np.asarray(self.signs)
 
+    def objective_weights(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Weights over the model outputs that pick the (first) objective, signed for maximization."""
+        w = torch.zeros(self.m, dtype=dtype, device=device)
+        w[self.obj_idx[0]] = self.signs[0]
+        return w
+
     def constraint_callables(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
         out = []
         for j, op, b in self.constraints:
@@ -169,13 +175,11 @@ def make_acquisition(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if not layout.multi:
-            w = torch.zeros(layout.m, dtype=X_baseline.dtype, device=X_baseline.device)
-            w[layout.obj_idx[0]] = layout.signs[0]
             acqf = qLogNoisyExpectedImprovement(
                 model,
                 X_baseline,
                 sampler=sampler,
-                objective=LinearMCObjective(w),
+                objective=LinearMCObjective(layout.objective_weights(X_baseline.dtype, X_baseline.device)),
                 constraints=constraints,
                 prune_baseline=True,
                 cache_root=True,

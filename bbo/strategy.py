@@ -375,13 +375,15 @@ class GenerationStrategy:
         bo = sorted((t for t in trials if t.origin in steps), key=lambda t: t.id)
         since = next((k for k, t in enumerate(reversed(bo)) if t.origin == Origin.BO_EXPLOIT.value), len(bo))
         ids = np.array([t.id for t in data.trials])
+        row = {t.id: i for i, t in enumerate(data.trials)}
         fails = 0
         for t in reversed(bo):
-            j = np.nonzero(ids == t.id)[0]
-            if t.origin != Origin.BO_EXPLOIT.value or not len(j):
+            if fails == EXPLOIT_MAX_DOUBLINGS:
+                break  # more failures would not widen the gap
+            if t.origin != Origin.BO_EXPLOIT.value or t.id not in row:
                 continue  # an acquisition step, or an exploitation step with no result yet
             earlier = data.score[ids < t.id]
-            if len(earlier) and data.score[j[0]] <= earlier.max():
+            if len(earlier) and data.score[row[t.id]] <= earlier.max():
                 fails += 1
                 continue
             break
@@ -392,9 +394,7 @@ class GenerationStrategy:
         existing point or breaks a parameter constraint (the acquisition step takes the slot)."""
         space, P = self.spec.space, self.placement
         try:
-            layout = self.model_layout
-            w = torch.zeros(layout.m, **P.tkwargs)
-            w[layout.obj_idx[0]] = layout.signs[0]
+            w = self.model_layout.objective_weights(**P.tkwargs)
             acqf = PosteriorMean(model, posterior_transform=ScalarizedPosteriorTransform(w))
             x, _ = optimize(acqf, space, P, num_restarts=restarts, raw_samples=raw, maxiter=maxiter)
             params = space.decode(to_numpy(x)[0])
