@@ -460,6 +460,18 @@ def test_exploitation_step_goes_to_the_predicted_best_point():
     assert Origin.BO_EXPLOIT.value not in [t.origin for t in trials]
 
 
+def test_exploitation_step_with_an_outcome_constraint_stays_feasible():
+    """With a constraint the step maximizes the expected objective with infeasible outcomes costed
+    below every observed one: it goes to the constrained optimum's side of the boundary."""
+    spec = spec_of(UNIT2, constraints=[OutcomeConstraint("c", "<=", 0.0)], seed=23, n_initial=5)
+    _, trials = run(spec, lambda p: {**_quadratic(p), "c": p["a"] + p["b"] - 0.8}, 14)  # optimum (0.2, 0.6) on the boundary
+    steps = [t for t in trials if t.origin == Origin.BO_EXPLOIT.value]
+    assert len(steps) >= 2
+    for t in steps:
+        assert t.value("c") <= 0.0
+    assert math.hypot(steps[-1].params["a"] - 0.2, steps[-1].params["b"] - 0.6) < 0.05
+
+
 def _history(values, origins) -> list[Trial]:
     pts = np.random.default_rng(0).random((len(values), 2))
     return [Trial(i, {"a": float(x[0]), "b": float(x[1])}, TrialState.COMPLETED, {"f": Metric(v)}, origin=o)
@@ -485,14 +497,14 @@ def test_exploitation_gap_doubles_after_steps_that_do_not_improve():
     assert due(twice + [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2], [B, B, X, B, B, B, B, X] + [B] * 8)
     # a tie on the objective (a capped or quantized response) switches exploitation off
     assert not due([1.4, 1.4], [B, B])
-    # so do outcome constraints and several objectives
-    for spec in (spec_of(UNIT2, constraints=[OutcomeConstraint("c", "<=", 0.0)], seed=22, n_initial=5),
-                 spec_of(UNIT2, objectives=("f", "g"), seed=22, n_initial=5)):
+    # outcome constraints keep them, several objectives switch them off
+    for spec, expected in ((spec_of(UNIT2, constraints=[OutcomeConstraint("c", "<=", 0.0)], seed=22, n_initial=5), True),
+                           (spec_of(UNIT2, objectives=("f", "g"), seed=22, n_initial=5), False)):
         g2 = GenerationStrategy(spec)
         trials = _history(design[0] + [1.4, 1.3], design[1] + [B, B])
         for t in trials:
-            t.metrics.update({"c": Metric(-1.0), "g": Metric(float(t.id))})
-        assert not g2._exploit_due(trials, g2._data(trials))
+            t.metrics.update({"c": Metric(-1.0 - t.id), "g": Metric(float(t.id))})
+        assert g2._exploit_due(trials, g2._data(trials)) is expected
     # and integer or categorical parameters
     mixed = GenerationStrategy(spec_of(SearchSpace((FloatParam("a", 0.0, 1.0), IntParam("b", 0, 9))), seed=22, n_initial=5))
     trials = _history(design[0] + [1.4, 1.3], design[1] + [B, B])
