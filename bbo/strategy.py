@@ -333,24 +333,20 @@ class GenerationStrategy:
         restarts, raw, maxiter = budget(len(rows), space.dim)
         cheap_init = len(rows) > CHEAP_INIT_ABOVE and not layout.multi and not space.discrete_values() and not space.constraints
         out: list[Suggestion] = []
-        if self._exploit_due(trials, data):
-            sug = self._exploit(model, P.tensor(data.X), taken, restarts, raw, maxiter, fit_note, seed)
-            if sug is not None:
-                out.append(sug)
-                xe = space.encode(sug.params)
-                taken = np.vstack([taken, xe[None]])
-                chosen.append(P.tensor(xe)[None])
-        for i in range(len(out), n):
-            try:
-                acqf.set_X_pending(torch.cat(chosen, dim=0) if chosen else None)
-                ic = None
-                if cheap_init:
-                    ic = cheap_initial_conditions(model, layout, space, P, data.Ym[rows], 4 * raw, restarts, seed + i)
-                x, _ = optimize(acqf, space, P, num_restarts=restarts, raw_samples=raw, maxiter=maxiter, initial_conditions=ic)
-                sug = self._finish(acqf, x, taken, props, origin, fit_note)
-            except Exception as e:  # noqa: BLE001
-                log.info("acquisition optimization failed: %s", e)
-                sug = self._model_fallback(model, trials, 1, taken, f"acquisition optimization failed: {type(e).__name__}: {e}")[0]
+        exploit = self._exploit_due(trials, data)
+        for i in range(n):
+            sug = self._exploit(model, P.tensor(data.X), taken, restarts, raw, maxiter, fit_note, seed) if i == 0 and exploit else None
+            if sug is None:  # an acquisition step
+                try:
+                    acqf.set_X_pending(torch.cat(chosen, dim=0) if chosen else None)
+                    ic = None
+                    if cheap_init:
+                        ic = cheap_initial_conditions(model, layout, space, P, data.Ym[rows], 4 * raw, restarts, seed + i)
+                    x, _ = optimize(acqf, space, P, num_restarts=restarts, raw_samples=raw, maxiter=maxiter, initial_conditions=ic)
+                    sug = self._finish(acqf, x, taken, props, origin, fit_note)
+                except Exception as e:  # noqa: BLE001
+                    log.info("acquisition optimization failed: %s", e)
+                    sug = self._model_fallback(model, trials, 1, taken, f"acquisition optimization failed: {type(e).__name__}: {e}")[0]
             out.append(sug)
             xe = space.encode(sug.params)
             taken = np.vstack([taken, xe[None]])
