@@ -12,9 +12,10 @@ sqrt(d / 2) above two dimensions, so the prior's lengthscales grow as sqrt(d), t
 et al. 2024 show high-dimensional BO needs; at 30 evaluations it helped Hartmann6, Levy10 and the
 cloud kit over the fixed prior, 3 seeds each, and changes nothing on Branin) under a scale kernel
 (Gamma(2, 0.15) outputscale prior), and a Gamma(1.1, 0.05) noise prior (BoTorch's long-standing
-default before 0.12) floored at 1e-8 of the standardized variance: at 1e-6 the floor's noise (1e-3
-output standard deviations) hid the last digits of deterministic objectives (Branin median regret at
-50 evaluations 1.0e-4 with 1e-6, 1.1e-5 with 1e-8; Hartmann6 1.0e-4 vs 3.3e-5; 5 seeds). Measured against BoTorch 0.18's default (RBF with a
+default before 0.12) floored at 1e-12 of the standardized variance: a higher floor's noise hides
+the last digits of deterministic objectives, where the fitted noise sits on the floor (Branin median
+regret at 50 evaluations 1.0e-4 with 1e-6, 1.1e-5 with 1e-8 before the exploitation steps; with them
+9.1e-8 at 1e-8, 4.7e-9 at 1e-10, 1.9e-10 at 1e-12; Hartmann6 1.3e-6 vs 2.6e-7; 5-6 seeds). Measured against BoTorch 0.18's default (RBF with a
 dimension-scaled log-normal lengthscale prior, noise floor 1e-4) on 5-10 seeds x 40 evaluations,
 median regret: Branin 0.00025 vs 0.0042, Hartmann6 0.06 vs 0.15, Hartmann6 constrained 0.0017 vs
 0.044, Levy10 14 vs 21. The 1e-4 noise floor alone is not the difference (Branin 0.0028 with it
@@ -75,7 +76,7 @@ COLD_SUBSET = 300  # cold start above this many fit points: fit a subset first, 
 _HYPER_PREFIXES = ("covar_module.", "mean_module.", "likelihood.")
 _MIN_YVAR = 1e-10
 LENGTHSCALE_RATE = 6.0  # Gamma(3, rate) lengthscale prior at d <= 2; divided by sqrt(d / 2) above
-MIN_NOISE = 1e-8  # inferred noise variance floor (standardized units): deterministic objectives need it low (1e-6 held Branin at 1e-4 regret)
+MIN_NOISE = 1e-12  # inferred noise variance floor (standardized units): deterministic objectives need it low (1e-8 held Branin near 1e-7 regret)
 
 
 def kernel(batch_shape: torch.Size, ard_num_dims: int, active_dims=None) -> MaternKernel:
