@@ -216,11 +216,12 @@ class GenerationStrategy:
         space = self.spec.space
         taken = self._encode_trials(trials)  # every existing point, any state
         out: list[Suggestion] = []
-        n_design = max(0, min(n, self.n_initial - len(trials)))
+        warm = self._fresh_warmstart(warmstart, taken) if len(trials) < self.n_initial else []
+        size = self._design_size(trials, priors, len(warm))
+        n_design = max(0, min(n, size - len(trials)))
         if n_design:
-            warm = self._fresh_warmstart(warmstart, taken)
             if warm:
-                out, taken = self._design_with_warmstart(trials, n_design, warm, taken, priors)
+                out, taken = self._design_with_warmstart(trials, n_design, size, warm, taken, priors)
             else:
                 n_initial_used = sum(1 for t in trials if t.origin == Origin.INITIAL.value)
                 c = self._opening_point(priors, taken) if n_initial_used == 0 else None
@@ -233,6 +234,26 @@ class GenerationStrategy:
         if len(out) < n:
             out.extend(self._bo(trials, n - len(out), out, taken, proposals, priors))
         return out
+
+    def _design_size(self, trials: Sequence[Trial], priors, n_warm: int) -> int:
+        """How many trials the initial design holds: ``n_initial``, or fewer once the data confirm the
+        advice. If the trial at the priors' best guess, or the first warm-start candidate, is the best
+        of the first ``d + 1`` completed design trials, the design's remaining Sobol points are dropped
+        (the remaining ``n_warm`` candidates still follow) and BO starts, weighted by the prior, sooner.
+        Misleading advice is not the best of them, so it leaves the design as it was."""
+        short = min(self.n_initial, self.spec.space.dim + 1)
+        if short >= self.n_initial or not (priors or any(t.origin == Origin.LLM_WARMSTART.value for t in trials)):
+            return self.n_initial
+        data = self._data(trials)
+        design = [i for i, t in enumerate(data.trials) if t.origin in (Origin.INITIAL.value, Origin.LLM_WARMSTART.value)]
+        if len(design) < short:
+            return self.n_initial
+        best = data.trials[design[int(np.argmax(data.score[design]))]]
+        advised = best.origin == Origin.LLM_WARMSTART.value
+        if not advised and priors and not LogPrior(self.spec.space, priors, self.placement).empty:
+            guess = prior_mode(self.spec.space, priors, center_encoded(self.spec.space))
+            advised = self._too_close(guess, self._encoding(best)[None])
+        return min(self.n_initial, len(trials) + n_warm) if advised else self.n_initial
 
     def _opening_point(self, priors, taken: np.ndarray) -> Optional[dict[str, Value]]:
         """The design's opening point: the priors' best guess, else the centre; None where it is
@@ -255,7 +276,7 @@ class GenerationStrategy:
             out.append((s, p))
         return out
 
-    def _design_with_warmstart(self, trials, n_design: int, warm: list, taken: np.ndarray, priors):
+    def _design_with_warmstart(self, trials, n_design: int, size: int, warm: list, taken: np.ndarray, priors):
         """Initial design with warm-start candidates: the first candidate opens it, the rest close it,
         and those are used only while the candidates measured so far are not worse than the design's
         median (:meth:`_warmstart_agrees`); otherwise their slots go to Sobol points. With good
@@ -267,7 +288,7 @@ class GenerationStrategy:
         warm_used = sum(1 for t in trials if t.origin == Origin.LLM_WARMSTART.value)
         note, agrees = "", None  # the gate looks at completed trials only: one verdict per call
         for k in range(n_design):
-            if warm and (warm_used == 0 or len(trials) + k >= self.n_initial - len(warm)):
+            if warm and (warm_used == 0 or len(trials) + k >= size - len(warm)):
                 if warm_used > 0 and agrees is None:
                     agrees = self._warmstart_agrees(trials)
                 if warm_used == 0 or agrees:

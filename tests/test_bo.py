@@ -320,7 +320,9 @@ def test_warmstart_candidates_open_and_close_the_design():
 @pytest.mark.parametrize("good", [True, False])
 def test_later_warmstart_candidates_only_while_the_first_measure_well(good):
     """A candidate that measured worse than the design's median sends the remaining warm-start slots
-    to Sobol points, so misleading advice costs one evaluation, not all its slots."""
+    to Sobol points, so misleading advice costs one evaluation, not all its slots. One that measured
+    best of the first d + 1 design trials cuts the Sobol points short: its fellow candidates follow
+    at once, then BO."""
     spec = spec_of(UNIT2, seed=15, n_initial=5)
     gs = GenerationStrategy(spec)
     a1, a2 = (0.02, 0.05) if good else (0.98, 0.95)
@@ -330,11 +332,12 @@ def test_later_warmstart_candidates_only_while_the_first_measure_well(good):
         (s,) = gs.suggest(trials, 1, warmstart=ws)
         tell(trials, s, {"f": s.params["a"]})  # minimize a
     origins = [t.origin for t in trials]
-    assert origins[0] == Origin.LLM_WARMSTART.value and origins[1:4] == [Origin.INITIAL.value] * 3
+    W, I = Origin.LLM_WARMSTART.value, Origin.INITIAL.value
     if good:
-        assert origins[4] == Origin.LLM_WARMSTART.value and trials[4].params["a"] == a2
+        assert origins[:4] == [W, I, I, W] and trials[3].params["a"] == a2
+        assert origins[4] in (Origin.BO.value, Origin.BO_EXPLOIT.value)
     else:
-        assert origins[4] == Origin.INITIAL.value and "warm-start candidates set aside" in trials[4].reason
+        assert origins == [W, I, I, I, I] and "warm-start candidates set aside" in trials[4].reason
         assert all(abs(t.params["a"] - a2) > 1e-6 for t in trials)
 
 
@@ -418,7 +421,7 @@ def test_categorical_prior_and_log_scale_prior():
 
     _, trials = run(spec, f, 6)
     bo = [t for t in trials if t.origin == Origin.PRIOR_BO.value]
-    assert len(bo) == 2
+    assert len(bo) == 3  # the priors' best guess measured best of the first 3: the design stopped there
     assert all(abs(math.log10(t.params["lr"]) + 3) < 1.0 for t in bo)
 
 
@@ -436,6 +439,26 @@ def test_initial_design_opens_with_the_priors_best_guess_else_the_centre():
     assert plain.suggest([], 1)[0].params == pytest.approx({"lr": 1e-3, "layers": 5, "opt": "sgd"})  # geometric centre, first choice
     done = [Trial(1, first[0].params, TrialState.COMPLETED, {"f": Metric(1.0)}, origin=Origin.INITIAL.value)]
     assert guided.suggest(done, 1)[0].params != first[0].params  # only the very first design point
+
+
+@pytest.mark.parametrize("accurate", [True, False])
+def test_design_is_cut_short_once_the_prior_is_confirmed(accurate):
+    """If the trial at the priors' best guess is the best of the first d + 1 design trials, prior-
+    guided BO starts there; a guess that measures worse leaves the full Sobol design in place."""
+    mean = (0.3, 0.7) if accurate else (0.95, 0.05)
+    priors = (ParameterPrior("a", mean=mean[0], std=0.1, confidence=0.8), ParameterPrior("b", mean=mean[1], std=0.1, confidence=0.8))
+    spec = StudySpec(UNIT2, (Objective("f"),), priors=priors, algorithm=AlgorithmOptions(seed=19, n_initial=6))
+    _, trials = run(spec, _quadratic, 7)
+    assert trials[0].params == pytest.approx({"a": mean[0], "b": mean[1]})
+    n_design = sum(t.origin == Origin.INITIAL.value for t in trials)
+    if accurate:
+        assert n_design == 3 and trials[3].origin in (Origin.PRIOR_BO.value, Origin.BO_EXPLOIT.value)
+    else:
+        assert n_design == 6 and trials[6].origin in (Origin.PRIOR_BO.value, Origin.BO.value)
+    # without priors the same spec keeps its full design even when its first point is the best
+    plain = StudySpec(UNIT2, (Objective("f"),), algorithm=AlgorithmOptions(seed=19, n_initial=6))
+    _, trials = run(plain, lambda p: {"f": (p["a"] - 0.5) ** 2 + (p["b"] - 0.5) ** 2}, 7)
+    assert [t.origin for t in trials[:6]] == [Origin.INITIAL.value] * 6
 
 
 # ---- exploitation steps -----------------------------------------------------------------------------------------------
