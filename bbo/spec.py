@@ -73,7 +73,7 @@ class ParameterPrior:
 class AlgorithmOptions:
     """Knobs of the generation strategy; defaults suit most studies."""
 
-    n_initial: int = 0  # 0 = choose from the dimension: max(5, 2 * d), capped at 20
+    n_initial: int = 0  # 0 = choose from the dimension: max(5, 2 * d), capped at 20 (cut to d + 1 once LLM or user advice measures best)
     seed: Optional[int] = None
     device: str = "auto"  # "auto", "cpu" or "cuda"
     max_fit_points: int = 1000  # above this, hyperparameters are fit on a subset

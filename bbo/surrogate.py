@@ -334,7 +334,8 @@ def _check_finite(model, X: torch.Tensor) -> None:
         if not torch.isfinite(p).all():
             raise FloatingPointError(f"non-finite hyperparameter {name}")
     idx = torch.linspace(0, X.shape[0] - 1, min(8, X.shape[0]), device=X.device).long()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", gpytorch.utils.warnings.NumericalWarning)  # ~0 variance at a training point of a noiseless fit
         post = model.posterior(X[idx])
         if not (torch.isfinite(post.mean).all() and torch.isfinite(post.variance).all()):
             raise FloatingPointError("non-finite predictions")
