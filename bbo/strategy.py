@@ -237,8 +237,8 @@ class GenerationStrategy:
 
     def _design_size(self, trials: Sequence[Trial], priors, n_warm: int) -> int:
         """How many trials the initial design holds: ``n_initial``, or fewer once the data confirm the
-        advice. If the trial at the priors' best guess, or the first warm-start candidate, is the best
-        of the first ``d + 1`` completed design trials, the design's remaining Sobol points are dropped
+        advice. If the trial at the priors' best guess, or a warm-start candidate, is the best of the
+        completed design trials once there are ``d + 1`` of them, the design's remaining Sobol points are dropped
         (the remaining ``n_warm`` candidates still follow) and BO starts, weighted by the prior, sooner.
         Misleading advice is not the best of them, so it leaves the design as it was."""
         short = min(self.n_initial, self.spec.space.dim + 1)

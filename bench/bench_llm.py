@@ -314,14 +314,14 @@ def main(argv=None) -> int:
     partial = out_dir / "llm.partial.jsonl"
     jobs = [(p, v, s, args.budget, args.prior_exponent) for s in range(args.first_seed, args.first_seed + args.seeds) for p in problems for v in variants]
     runs: list[dict] = []
+    others: list[dict] = []  # stored runs outside this job set (other seeds, problems): kept in the file
     if (args.resume or args.summarize_only) and partial.exists():
         for line in partial.read_text().splitlines():
             try:
                 r = json.loads(line)
             except ValueError:
                 continue  # a line cut off by a kill
-            if _job_of(r) in jobs:
-                runs.append(r)
+            (runs if _job_of(r) in jobs else others).append(r)
         done = {_job_of(r) for r in runs}
         jobs = [j for j in jobs if j not in done]
         print(f"resuming: {len(runs)} runs kept, {len(jobs)} to go", flush=True)
@@ -335,7 +335,7 @@ def main(argv=None) -> int:
         print(f"summarizing {len(runs)} runs; seeds per problem: {full}", flush=True)
     t0 = time.time()
     if not args.summarize_only:
-        _run(jobs, runs, partial, args.workers, args.resume)
+        _run(jobs, runs, others, partial, args.workers, args.resume)
     seconds = sum(r["seconds"] for r in runs)
     summary = summarize(runs, args.budget)
     md = markdown(summary, args.budget, args.seeds, seconds)
@@ -353,11 +353,13 @@ def _job_of(r: dict) -> tuple:
     return (r["problem"], r["variant"], r["seed"], len(r["regret"]), float(r.get("prior_exponent", 1.0)))
 
 
-def _run(jobs, runs, partial, workers, resume) -> None:
+def _run(jobs, runs, others, partial, workers, resume) -> None:
+    """Run ``jobs``, appending to ``runs``; rewrites ``partial`` with, when resuming, every stored run
+    (``runs`` and ``others``, so adding seeds does not drop the ones already there) and then each new one."""
     with ProcessPoolExecutor(max_workers=workers) as ex, open(partial, "w") as log:
         futs = {ex.submit(run_one, *j): j for j in jobs}
         if resume:
-            for r in runs:
+            for r in others + runs:
                 log.write(json.dumps(r) + "\n")
         for k, f in enumerate(as_completed(futs), 1):
             r = f.result()

@@ -54,3 +54,21 @@ def test_bench_llm_paired_ratio_pairs_runs_by_seed():
     assert abs(s["prior_bad"]["final_ratio"] - 0.5) < 1e-12  # median 2 vs 4
     assert abs(10 ** s["prior_bad"]["paired_log10_ratio_median"] - 2.0) < 1e-9  # seeds 0 and 1 are 2x worse
     assert "| 2.00 |" in bench_llm.markdown({"p": s}, 2, 3, 1.0)
+
+
+def test_bench_llm_adding_seeds_keeps_the_stored_runs(tmp_path):
+    """``--resume --first-seed N`` adds seeds to a run: the runs already stored for other seeds and
+    problems stay in llm.partial.jsonl (they used to be dropped when the file was rewritten)."""
+    import json
+
+    import bench_llm
+
+    old = [{"problem": p, "variant": "plain", "seed": 0, "prior_exponent": 3.0, "regret": [5.0, 4.0, 3.0], "seconds": 1.0}
+           for p in ("branin", "hartmann6")]
+    partial = tmp_path / "llm.partial.jsonl"
+    partial.write_text("".join(json.dumps(r) + "\n" for r in old))
+    bench_llm.main(["--problems", "branin", "--variants", "plain", "--first-seed", "1", "--seeds", "1", "--budget", "3",
+                    "--workers", "1", "--resume", "--out", str(tmp_path)])
+    stored = [json.loads(line) for line in partial.read_text().splitlines()]
+    assert sorted((r["problem"], r["seed"]) for r in stored) == [("branin", 0), ("branin", 1), ("hartmann6", 0)]
+    assert len(json.loads((tmp_path / "llm.json").read_text())["runs"]) == 1  # the summary covers this job set
