@@ -242,7 +242,7 @@ class GenerationStrategy:
         (the remaining ``n_warm`` candidates still follow) and BO starts, weighted by the prior, sooner.
         Misleading advice is not the best of them, so it leaves the design as it was."""
         short = min(self.n_initial, self.spec.space.dim + 1)
-        if short >= self.n_initial or not (priors or any(t.origin == Origin.LLM_WARMSTART.value for t in trials)):
+        if len(trials) >= self.n_initial or short >= self.n_initial or not (priors or any(t.origin == Origin.LLM_WARMSTART.value for t in trials)):
             return self.n_initial
         data = self._data(trials)
         design = [i for i, t in enumerate(data.trials) if t.origin in (Origin.INITIAL.value, Origin.LLM_WARMSTART.value)]
