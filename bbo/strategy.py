@@ -103,6 +103,11 @@ class _Data:
     Ymvar: Optional[np.ndarray]
 
 
+def _design_rows(data: "_Data") -> list[int]:
+    """Rows of ``data`` that are initial-design trials (Sobol / centre / prior guess, or warm start)."""
+    return [i for i, t in enumerate(data.trials) if t.origin in (Origin.INITIAL.value, Origin.LLM_WARMSTART.value)]
+
+
 class GenerationStrategy:
     """Sobol initial design (or LLM warm-start candidates), then Bayesian optimization."""
 
@@ -245,7 +250,7 @@ class GenerationStrategy:
         if len(trials) >= self.n_initial or short >= self.n_initial or not (priors or any(t.origin == Origin.LLM_WARMSTART.value for t in trials)):
             return self.n_initial
         data = self._data(trials)
-        design = [i for i, t in enumerate(data.trials) if t.origin in (Origin.INITIAL.value, Origin.LLM_WARMSTART.value)]
+        design = _design_rows(data)
         if len(design) < short:
             return self.n_initial
         best = data.trials[design[int(np.argmax(data.score[design]))]]
@@ -312,7 +317,7 @@ class GenerationStrategy:
         """Whether the completed warm-start trials score, in median, at least as well as the median
         completed design trial (True while none is completed: no evidence against them yet)."""
         data = self._data(trials)
-        design = [i for i, t in enumerate(data.trials) if t.origin in (Origin.INITIAL.value, Origin.LLM_WARMSTART.value)]
+        design = _design_rows(data)
         warm = [i for i in design if data.trials[i].origin == Origin.LLM_WARMSTART.value]
         if not warm or len(design) < 2:
             return True
