@@ -59,6 +59,19 @@ def test_trial_fields_and_typed_values(client, study_name):
     assert info.description == "typed"
 
 
+def test_tell_takes_numpy_scalars_and_a_missing_sem(client, study_name):
+    np = pytest.importorskip("numpy")
+    s = client.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives=[bc.Minimize("a"), bc.Maximize("b")])
+    t1, t2, t3 = s.ask(3)
+    s.tell(t1, {"a": np.float32(0.5), "b": np.int64(2)})
+    s.tell(t2, {"a": (np.float64(0.25), None), "b": {"value": 1, "sem": np.float32(0.1)}})
+    with pytest.raises(bc.InvalidArgument, match="must be a number"):
+        s.tell(t3, {"a": "0.5", "b": 1.0})
+    by = {t.id: t for t in s.trials()}
+    assert by[t1.id].metrics == {"a": 0.5, "b": 2.0} and by[t2.id].metrics == {"a": 0.25, "b": 1.0}
+    assert by[t3.id].state == "PENDING"  # the refused tell stored nothing
+
+
 def test_builder_errors_are_caught_client_side(client, study_name):
     with pytest.raises(bc.InvalidArgument):
         client.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives=[bc.Objective("y", "up")])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import random
 import threading
@@ -219,16 +220,24 @@ def _tls_credentials(ca: Optional[str], cert: Optional[str], key: Optional[str])
 
 
 def _metric_pb(v: Any, name: str) -> pb.MetricValue:
+    """A metric as (value), (value, sem) or {"value", "sem"}; numbers of any kind (numpy scalars too),
+    a sem of None meaning none given."""
     if isinstance(v, (tuple, list)) and len(v) == 2:
-        return pb.MetricValue(value=float(v[0]), sem=float(v[1]))
-    if isinstance(v, Mapping):
-        m = pb.MetricValue(value=float(v["value"]))
-        if v.get("sem") is not None:
-            m.sem = float(v["sem"])
-        return m
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise InvalidArgument(f"metric value must be a number, got {v!r}", field=f"metrics['{name}']")
-    return pb.MetricValue(value=float(v))
+        value, sem = v
+    elif isinstance(v, Mapping) and "value" in v:
+        value, sem = v["value"], v.get("sem")
+    else:
+        value, sem = v, None
+    m = pb.MetricValue(value=_number(value, name))
+    if sem is not None:
+        m.sem = _number(sem, name)
+    return m
+
+
+def _number(x: Any, name: str) -> float:
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise InvalidArgument(f"metric value must be a number, got {x!r}", field=f"metrics['{name}']")
+    return float(x)
 
 
 def _trial_id(t: Union[int, Trial]) -> int:
