@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from bbo.errors import ConflictError, LimitError, NotFoundError, SpecError
 from bbo.memory import malloc_trim
-from bbo.spec import MAXIMIZE, StudySpec
+from bbo.spec import MAXIMIZE, AlgorithmOptions, StudySpec
 from bbo.storage import LlmCallRecord, NewTrial, RequestKey, Storage, StudyRecord
 from bbo.storage.coordination import cache_for
 from bbo.storage.sql import LEASE_EXPIRED
@@ -132,6 +132,24 @@ def best_trials(spec: StudySpec, trials: Sequence[Trial]) -> list[Trial]:
         name, s = signs[0]
         return [max(feas, key=lambda t: (s * t.metrics[name].value, -t.id))]
     return [t for t in feas if not any(dominates(o, t) for o in feas if o is not t)]
+
+
+def _same_study(stored: Mapping[str, Any], requested: StudySpec) -> bool:
+    """Whether a create request names the stored study: equal specs once both are read by this version
+    (an older server stored fewer keys), algorithm options the request leaves at their defaults taking
+    the stored values (a default changed by an upgrade must not lock drivers out of their studies)."""
+    try:
+        old = StudySpec.from_dict(stored)
+    except (SpecError, TypeError, ValueError):
+        return json.dumps(stored, sort_keys=True, default=str) == json.dumps(requested.to_dict(), sort_keys=True, default=str)
+    defaults = AlgorithmOptions()
+    kept = {
+        f.name: getattr(old.algorithm, f.name)
+        for f in dataclasses.fields(AlgorithmOptions)
+        if getattr(requested.algorithm, f.name) == getattr(defaults, f.name)
+    }
+    requested = dataclasses.replace(requested, algorithm=dataclasses.replace(requested.algorithm, **kept))
+    return json.dumps(old.to_dict(), sort_keys=True, default=str) == json.dumps(requested.to_dict(), sort_keys=True, default=str)
 
 
 class FitSlots:
@@ -588,7 +606,7 @@ class StudyRegistry:
                 created = rec is not None
                 if rec is None:
                     raise ConflictError(f"study '{name}' is being created and deleted concurrently")
-        if not created and json.dumps(rec.spec, sort_keys=True) != json.dumps(spec_dict, sort_keys=True):
+        if not created and not _same_study(rec.spec, spec):
             raise AlreadyExistsError(f"study '{name}' already exists with a different spec")
         if created:
             log.info("study created", extra={"study": name, "tenant": tenant})

@@ -64,6 +64,32 @@ def test_restarted_registry_sees_everything(storage):
     assert c.id == 3
 
 
+def test_reattach_after_an_upgrade_changed_algorithm_defaults(storage):
+    """A study stored by an older server (fewer algorithm keys, another default) is reattached by a
+    create with default options; an explicit different option or another space is still refused."""
+    import sqlalchemy as sa
+
+    from bbo.storage import schema as S
+    from bbo.study import AlreadyExistsError
+
+    reg = StudyRegistry(storage)
+    st, created = reg.create_study("old", SPEC)
+    assert created
+    old = dict(st.record.spec, algorithm={"n_initial": 1000, "seed": None, "device": "auto", "prior_exponent": 1.0})
+    with storage.engine.begin() as conn:
+        conn.execute(S.studies.update().where(S.studies.c.id == st.id).values(spec=old))
+    reg = StudyRegistry(storage)  # the upgraded server
+    again, created = reg.create_study("old", SPEC)
+    assert not created and again.id == st.id
+    assert again.spec.algorithm.prior_exponent == 1.0  # the study keeps what it was created with
+    with pytest.raises(AlreadyExistsError):
+        reg.create_study("old", dict(SPEC, algorithm={"n_initial": 1000, "exploit_gap": 5}))
+    with pytest.raises(AlreadyExistsError):
+        reg.create_study("old", dict(SPEC, parameters=[{"type": "float", "name": "x", "low": 0.0, "high": 2.0}]))
+    with pytest.raises(AlreadyExistsError):
+        reg.create_study("old", dict(SPEC, algorithm={"n_initial": 7}))
+
+
 class _Broken:
     def __init__(self, spec):
         self.spec = spec
