@@ -182,17 +182,24 @@ class OrdinalParam:
     def grid(self) -> np.ndarray:
         return np.array([self.to_unit(v) for v in self.values])
 
+    @property
+    def integral(self) -> bool:
+        """All values are whole numbers (batch sizes, layer counts): they are handed out as ints."""
+        return all(float(x).is_integer() for x in self.values)
+
+    def _plain(self, x) -> Value:
+        return int(x) if self.integral else float(x)
+
     def from_unit(self, u: float):
         g = self.grid()
-        v = self.values[int(np.argmin(np.abs(g - float(u))))]
-        return v
+        return self._plain(self.values[int(np.argmin(np.abs(g - float(u))))])
 
     def check(self, v: Value):
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
             raise SpecError(self.name, f"'{self.name}' needs one of {list(self.values)}, got {v!r}")
         for x in self.values:
             if float(x) == float(v):
-                return x
+                return self._plain(x)
         raise SpecError(self.name, f"'{self.name}'={v} is not one of {list(self.values)}")
 
 

@@ -52,11 +52,17 @@ def test_trial_fields_and_typed_values(client, study_name):
     s = client.create_study(study_name, parameters=[bc.Int("n", 1, 5), bc.Categorical("c", ["u", "v"]), bc.Ordinal("o", [1, 2, 4]), bc.Fixed("f", 3)],
                             objectives="y", description="typed")
     (t,) = s.ask(worker_id="me")
-    assert isinstance(t.params["n"], int) and t.params["c"] in ("u", "v") and t.params["o"] in (1.0, 2.0, 4.0) and t.params["f"] == 3
+    assert isinstance(t.params["n"], int) and t.params["c"] in ("u", "v") and t.params["f"] == 3
+    assert t.params["o"] in (1, 2, 4) and isinstance(t.params["o"], int)  # whole-number ordinals come back as ints
     assert t.worker_id == "me" and t.created is not None and t.lease_expires > t.created and t.origin
     info = s.info()
     assert info.parameters == [bc.Int("n", 1, 5), bc.Categorical("c", ("u", "v")), bc.Ordinal("o", (1.0, 2.0, 4.0)), bc.Fixed("f", 3)]
     assert info.description == "typed"
+    r = client.create_study(study_name + "-r", parameters=[bc.Ordinal("rate", [0.5, 1, 2])], objectives="y")
+    (u,) = r.ask()
+    assert isinstance(u.params["rate"], float) and u.params["rate"] in (0.5, 1.0, 2.0)
+    r.tell(u, 1.0)
+    assert r.add_trial({"rate": 2}, 0.5).params["rate"] == 2.0
 
 
 def test_tell_takes_numpy_scalars_and_a_missing_sem(client, study_name):

@@ -51,7 +51,7 @@ def value_from_pb(v: pb.ParameterValue, field: str) -> Value:
 
 
 def value_to_pb(v: Value, param=None) -> pb.ParameterValue:
-    if isinstance(param, IntParam):
+    if isinstance(param, IntParam) or (isinstance(param, OrdinalParam) and param.integral):
         return pb.ParameterValue(integer=int(v))
     if isinstance(param, (FloatParam, OrdinalParam)):
         return pb.ParameterValue(number=float(v))
