@@ -29,4 +29,7 @@ class ConflictError(BboError):
 
 
 class LimitError(BboError):
-    """A request over a configured limit (too many trials per ask, parameters, studies...)."""
+    """A request over a configured limit (too many trials per ask, parameters, studies...).
+    ``retry_after`` (seconds) is set when the same request will pass later (a rate limit)."""
+
+    retry_after: "float | None" = None

@@ -182,6 +182,12 @@ def _lease_over(t: Trial, now: float) -> bool:
     return t.state is TrialState.PENDING and t.lease_expires_at is not None and t.lease_expires_at < now
 
 
+def _late(t: Trial) -> bool:
+    """Abandoned only because its lease ran out: the worker may still be at it, and its (intermediate)
+    results are welcome (a server restart or a network cut outlasting the lease must not lose them)."""
+    return t.state is TrialState.ABANDONED and t.reason == LEASE_EXPIRED
+
+
 class Study:
     """One stored study. Obtain instances from :class:`StudyRegistry`; methods are thread-safe."""
 
@@ -450,8 +456,7 @@ class Study:
         outcome: dict[str, Any] = {}
 
         def change(cur: Trial) -> Optional[Trial]:
-            if cur.state is TrialState.PENDING or (cur.state is TrialState.ABANDONED and cur.reason == LEASE_EXPIRED and state is not TrialState.ABANDONED):
-                # late results of a trial whose lease expired are still welcome
+            if cur.state is TrialState.PENDING or (_late(cur) and state is not TrialState.ABANDONED):
                 return dataclasses.replace(cur, state=state, metrics=checked, reason=reason, lease_expires_at=None)
             if cur.state is state and _metrics_key(cur.metrics) == _metrics_key(checked):
                 outcome["duplicate"] = True
@@ -527,7 +532,7 @@ class Study:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
             raise SpecError("value", f"value must be a finite number, got {value!r}")
         cur = self.get_trial(trial_id)
-        if cur.state is not TrialState.PENDING:
+        if cur.state is not TrialState.PENDING and not _late(cur):
             raise ConflictError(f"trial {trial_id} is {cur.state.value}: intermediate values are for pending trials")
         self.storage.add_intermediate(self.id, int(trial_id), step, float(value))
         return self._median_rule(int(trial_id), step)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import socket
 import threading
+import time
 
 import pytest
 
@@ -114,3 +115,58 @@ def test_ask_retry_with_same_request_id_is_not_duplicated(client, study_name, ma
     a = s.ask(2, request_id="fixed")
     b = s.ask(2, request_id="fixed")
     assert [t.id for t in a] == [t.id for t in b] and len(s.trials()) == 2
+
+
+def test_optimize_under_a_rate_limit_stores_every_result(server_factory, study_name):
+    """A rate-limited server refuses with RESOURCE_EXHAUSTED + RetryInfo; the client waits and
+    retries, Tells are exempt, so every evaluated point is stored (before: 3 evaluated, 1 stored)."""
+    srv = server_factory(args=["--workers", "4", "--rate-limit", "2", "--rate-burst", "3"])
+    evaluated = []
+    lock = threading.Lock()
+
+    def fn(p):
+        with lock:
+            evaluated.append(p["x"])
+        return (p["x"] - 0.3) ** 2
+
+    with bc.Client(srv.address, retries=2, backoff=0.01) as c:
+        s = c.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives="y", n_initial=3)
+        s.optimize(fn, n_trials=8, n_workers=3, progress=False)
+        done = s.trials(["COMPLETED"])
+    assert len(evaluated) == 8 and sorted(t.params["x"] for t in done) == sorted(evaluated)
+
+
+def test_rate_refusal_carries_retry_info(server_factory):
+    from bbo.v1 import service_pb2 as svc
+    from bbo.v1 import service_pb2_grpc
+    import grpc
+
+    srv = server_factory(args=["--workers", "1", "--rate-limit", "0.5", "--rate-burst", "1"])
+    with grpc.insecure_channel(srv.address) as ch:
+        stub = service_pb2_grpc.BboServiceStub(ch)
+        stub.ListStudies(svc.ListStudiesRequest(), timeout=30)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.ListStudies(svc.ListStudiesRequest(), timeout=30)
+    err = bc.errors.from_rpc_error(e.value)
+    assert isinstance(err, bc.ResourceExhausted) and 0 < err.retry_after <= 2.0 and bc.errors.retryable(err)
+
+
+def test_optimize_heartbeats_at_the_servers_lease(server_factory, study_name):
+    """The server grants 1 s leases (--lease-seconds); an evaluation of 2.5 s must stay PENDING
+    throughout, so its intermediate report is accepted (before: heartbeats every 200 s, the reaper
+    abandoned it and the report's Conflict failed the trial)."""
+    srv = server_factory(args=["--workers", "2", "--lease-seconds", "1", "--lease-reap-seconds", "0.1"])
+    with bc.Client(srv.address, retries=2) as c:
+        s = c.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives="y")
+
+        def fn(p):
+            (t,) = [t for t in s.trials(["PENDING"])]
+            for step in range(5):
+                time.sleep(0.5)
+                assert s.trial(t.id).state == "PENDING"
+                s.report_intermediate(t, step, p["x"])
+            return p["x"]
+
+        s.optimize(fn, n_trials=1, progress=False)
+        (t,) = s.trials()
+    assert t.state == "COMPLETED", t.reason

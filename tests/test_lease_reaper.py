@@ -34,6 +34,7 @@ def test_reaper_abandons_expired_lease_without_another_ask(server_factory, make_
         assert got, f"trial {dead.id} still PENDING; server log:\n{srv.log_tail()}"
         assert got.state == "ABANDONED" and got.reason == "lease expired"
         assert s.trial(alive.id).state == "PENDING"  # an unexpired lease is left alone
+        assert s.report_intermediate(dead, 0, 0.6) is False  # so are its late intermediate values
         assert s.tell(dead, {"y": 0.5}).trial.state == "COMPLETED"  # a late result is still welcome
         assert s.tell(alive, {"y": 0.25}).trial.state == "COMPLETED"
         (nxt,) = s.ask()

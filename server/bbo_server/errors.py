@@ -49,6 +49,13 @@ def status_for(exc: BaseException, field_prefix: str = ""):
         d = any_pb2.Any()
         d.Pack(br)
         st.details.append(d)
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        ri = error_details_pb2.RetryInfo()
+        ri.retry_delay.FromNanoseconds(int(retry_after * 1e9))
+        d = any_pb2.Any()
+        d.Pack(ri)
+        st.details.append(d)
     return rpc_status.to_status(st)
 
 

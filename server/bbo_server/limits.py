@@ -1,8 +1,11 @@
 """Per-tenant protection: request rate (token bucket), studies per tenant, parameters per study.
 
 Requests over a limit are refused with RESOURCE_EXHAUSTED and a message naming the limit and its
-flag. (Trials per Ask are limited by the core, ``--max-ask``; request size by gRPC itself,
-``--max-message-bytes``: both answer RESOURCE_EXHAUSTED too.)
+flag; a rate refusal also carries a google.rpc.RetryInfo saying when to retry (clients do). Tell and
+Heartbeat are exempt from the rate: they finish or keep alive work the server handed out, and their
+number is bounded by the asks, so refusing them could only lose results. (Trials per Ask are
+limited by the core, ``--max-ask``; request size by gRPC itself, ``--max-message-bytes``: both
+answer RESOURCE_EXHAUSTED too.)
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from typing import Optional
 import sqlalchemy as sa
 
 from bbo.errors import LimitError
+
+
+RATE_EXEMPT = frozenset({"Tell", "Heartbeat"})  # see the module docstring
 
 
 @dataclass
@@ -44,6 +50,12 @@ class TokenBucket:
                 return True
             return False
 
+    def wait(self, n: float = 1.0) -> float:
+        """Seconds until ``n`` tokens will be there (0 if they are now)."""
+        with self._lock:
+            missing = n - min(self.burst, self._tokens + (self._clock() - self._t) * self.rate)
+        return max(0.0, missing / self.rate) if self.rate > 0 else 0.0
+
 
 class LimitChecker:
     """Checks one call of a tenant against :class:`Limits`; raises :class:`LimitError`."""
@@ -65,8 +77,11 @@ class LimitChecker:
     def check(self, tenant: str, method: str, request) -> Optional[str]:
         """None if the call may go on, else the name of the limit it broke (LimitError raised)."""
         lim = self.limits
-        if lim.rate > 0 and not self._bucket(tenant).take():
-            raise _Refused("rate", f"rate limit: tenant '{tenant}' is over {lim.rate:g} requests/s (burst {self._bucket(tenant).burst:g}); retry later (--rate-limit)")
+        if lim.rate > 0 and method not in RATE_EXEMPT and not self._bucket(tenant).take():
+            bucket = self._bucket(tenant)
+            e = _Refused("rate", f"rate limit: tenant '{tenant}' is over {lim.rate:g} requests/s (burst {bucket.burst:g}); retry later (--rate-limit)")
+            e.retry_after = max(bucket.wait(), 0.001)
+            raise e
         if method == "CreateStudy":
             n_params = len(request.spec.parameters)
             if lim.max_parameters and n_params > lim.max_parameters:

@@ -17,7 +17,7 @@ import grpc
 from bbo.v1 import service_pb2 as svc
 from bbo.v1 import service_pb2_grpc
 from bbo.v1 import study_pb2 as pb
-from bbo_client.errors import BboError, InvalidArgument, Unavailable, from_rpc_error
+from bbo_client.errors import BboError, InvalidArgument, Unavailable, from_rpc_error, retryable
 from bbo_client.model import (
     STATE_TO_PB,
     Best,
@@ -43,9 +43,10 @@ MetricsLike = Union[float, int, Mapping[str, Any]]
 class Client:
     """A connection to a bbo server. Use as a context manager, or call :meth:`close`.
 
-    Calls that fail with UNAVAILABLE (server restarting, not up yet) are retried with exponential
-    backoff; Ask and AddTrial carry a request id so a retry never creates trials twice, and a
-    repeated Tell is recognised by the server as a duplicate.
+    Calls that fail with UNAVAILABLE (server restarting, not up yet) or are refused by a rate limit
+    (RESOURCE_EXHAUSTED with a RetryInfo) are retried with exponential backoff; Ask and AddTrial
+    carry a request id so a retry never creates trials twice, and a repeated Tell is recognised by
+    the server as a duplicate.
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class Client:
         timeout: float = 60.0,
         ask_timeout: float = 600.0,
         retries: int = 8,
+        rate_patience: float = 120.0,
         backoff: float = 0.1,
         max_backoff: float = 5.0,
         credentials: Optional[grpc.ChannelCredentials] = None,
@@ -76,7 +78,8 @@ class Client:
         ``dns:///bbo.example:50051`` (every A record) or ``ipv4:10.0.0.1:50051,10.0.0.2:50051``;
         ``lb_policy="round_robin"`` spreads calls over every healthy one (the default,
         ``pick_first``, uses one until it fails, then another). ``channel_options``: extra gRPC
-        channel arguments."""
+        channel arguments. ``retries``: how often a call is retried while the server is away;
+        ``rate_patience``: for how many seconds one is retried while a rate limit refuses it."""
         self.address = address
         opts = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 # reconnect promptly after a server restart (gRPC's default backoff grows to 120 s)
@@ -97,7 +100,7 @@ class Client:
         self._stub = service_pb2_grpc.BboServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self.timeout, self.ask_timeout = timeout, ask_timeout
-        self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
+        self.retries, self.rate_patience, self.backoff, self.max_backoff = retries, rate_patience, backoff, max_backoff
 
     # ---- plumbing -------------------------------------------------------------------------------
     def close(self) -> None:
@@ -116,19 +119,32 @@ class Client:
         except grpc.FutureTimeoutError:
             raise Unavailable(f"no bbo server answered at {self.address} within {timeout:g}s") from None
 
-    def _call(self, method: str, request, timeout: Optional[float] = None):
+    def _call(self, method: str, request, timeout: Optional[float] = None, patience: Optional[float] = None):
+        """One RPC; retried with jittered exponential backoff while it fails in a way that may pass
+        later (:func:`retryable`): UNAVAILABLE ``self.retries`` times, a rate limit's refusal (which
+        says when to come back) for ``self.rate_patience`` seconds; with ``patience``, either for
+        that many seconds."""
         fn = getattr(self._stub, method)
         delay = self.backoff
-        for attempt in range(self.retries + 1):
+        start = time.monotonic()
+        attempt = 0
+        while True:
             try:
                 return fn(request, timeout=timeout or self.timeout, metadata=self._metadata)
             except grpc.RpcError as e:
-                if e.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
-                    time.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, self.max_backoff)
-                    continue
-                raise from_rpc_error(e) from None
-        raise AssertionError("unreachable")
+                err = from_rpc_error(e)
+            attempt += 1
+            wait = max(delay * (0.5 + random.random()), err.retry_after or 0.0)
+            if patience is not None:
+                more = time.monotonic() + wait - start < patience
+            elif err.retry_after is not None:
+                more = time.monotonic() + wait - start < self.rate_patience
+            else:
+                more = attempt <= self.retries
+            if not (retryable(err) and more):
+                raise err
+            time.sleep(wait)
+            delay = min(delay * 2, self.max_backoff)
 
     # ---- studies --------------------------------------------------------------------------------
     def create_study(
@@ -272,9 +288,12 @@ class StudyHandle:
         abandoned: bool = False,
         reason: str = "",
         request_id: str = "",
+        patience: Optional[float] = None,
     ) -> TellResult:
         """Report a trial's metrics (``{name: value}``, ``{name: (value, sem)}``, or a bare number
-        for a single-objective study), or its failure with ``failed=True, reason=...``."""
+        for a single-objective study), or its failure with ``failed=True, reason=...``.
+        ``patience``: retry a failure that may pass later (server away, rate limit) for this many
+        seconds instead of the client's ``retries`` times."""
         req = svc.TellRequest(study=self.name, trial_id=_trial_id(trial), reason=reason, request_id=request_id)
         if failed:
             req.state = pb.TRIAL_STATE_FAILED
@@ -284,7 +303,7 @@ class StudyHandle:
             req.state = pb.TRIAL_STATE_COMPLETED
         for k, v in self._metrics_dict(metrics).items():
             req.metrics[k].CopyFrom(_metric_pb(v, k))
-        r = self.client._call("Tell", req)
+        r = self.client._call("Tell", req, patience=patience)
         return TellResult(Trial.from_pb(r.trial), r.duplicate)
 
     def _metrics_dict(self, metrics: Optional[MetricsLike]) -> dict[str, Any]:
@@ -365,13 +384,16 @@ class StudyHandle:
         worker_id: Optional[str] = None,
         lease_seconds: float = 0.0,
         heartbeat_seconds: Optional[float] = None,
+        tell_patience: float = 600.0,
     ) -> Best:
         """Evaluate ``fn(params)`` on ``n_trials`` suggested points with ``n_workers`` threads.
 
         ``fn`` returns a metrics dict (or a number for a single objective); an exception it raises
         (or a non-finite metric) is reported as a FAILED trial with the reason, and the loop goes
         on. While ``fn`` runs, the trial's lease is renewed every ``heartbeat_seconds`` (default:
-        a third of the lease). Returns :meth:`best`.
+        a third of the lease the server granted). A result's Tell is retried for up to
+        ``tell_patience`` seconds while the server is away; if it still fails, the error names the
+        trial and its metrics. Returns :meth:`best`.
         """
         if n_trials < 0 or n_workers < 1:
             raise InvalidArgument("need n_trials >= 0 and n_workers >= 1")
@@ -380,7 +402,6 @@ class StudyHandle:
         wid = worker_id or f"{uuid.uuid4().hex[:8]}"
         lock = threading.Lock()
         claimed = [0]
-        interval = heartbeat_seconds if heartbeat_seconds is not None else (lease_seconds or 600.0) / 3
         bar = tqdm(total=n_trials, disable=not progress, desc=self.name, unit="trial")
 
         def one(worker: int) -> None:
@@ -390,21 +411,31 @@ class StudyHandle:
                         return
                     claimed[0] += 1
                 (t,) = self.ask(1, worker_id=f"{wid}-{worker}", lease_seconds=lease_seconds)
+                interval = heartbeat_seconds if heartbeat_seconds is not None else _lease_length(t, lease_seconds) / 3
                 stop = threading.Event()
                 hb = threading.Thread(target=self._heartbeats, args=(t.id, interval, lease_seconds, stop), daemon=True)
                 hb.start()
                 try:
+                    metrics, failure = None, ""
                     try:
-                        result = fn(dict(t.params))
-                        metrics = self._metrics_dict(result)
+                        metrics = self._metrics_dict(fn(dict(t.params)))
                         bad = [k for k, v in metrics.items() if not _finite(v)]
-                    except Exception as e:  # the objective failed: record why, keep going
-                        self.tell(t, failed=True, reason=f"{type(e).__name__}: {e}"[:2000])
-                    else:
                         if bad:
-                            self.tell(t, failed=True, reason=f"non-finite metric(s) {bad}")
-                        else:
-                            self.tell(t, metrics)
+                            failure = f"non-finite metric(s) {bad}"
+                    except Exception as e:  # the objective failed: record why, keep going
+                        failure = f"{type(e).__name__}: {e}"[:2000]
+                    try:
+                        if not failure:
+                            try:
+                                self.tell(t, metrics, patience=tell_patience)
+                            except InvalidArgument as e:  # metrics the study cannot take (a missing objective)
+                                failure = f"metrics refused: {e}"[:2000]
+                        if failure:
+                            self.tell(t, failed=True, reason=failure, patience=tell_patience)
+                    except BboError as e:
+                        what = f"failure ({failure})" if failure else f"metrics {metrics}"
+                        raise type(e)(f"trial {t.id} of '{self.name}': its {what} could not be reported: {e.message}; "
+                                      f"tell it again with tell({t.id}, ...)", field=e.field, code=e.code) from e
                 finally:
                     stop.set()
                 with lock:
@@ -419,11 +450,22 @@ class StudyHandle:
         return self.best()
 
     def _heartbeats(self, trial_id: int, interval: float, lease_seconds: float, stop: threading.Event) -> None:
+        """Renew the lease until ``stop``; a failure that may pass later is tried again next round."""
         while interval > 0 and not stop.wait(interval):
             try:
                 self.heartbeat(trial_id, lease_seconds)
-            except BboError:
-                return
+            except BboError as e:
+                if not retryable(e):  # the trial is finished or gone: nothing left to keep alive
+                    return
+
+
+def _lease_length(t: Trial, asked: float) -> float:
+    """The lease the server granted ``t`` (its clock on both ends), else what was asked for, else 600 s."""
+    if t.lease_expires is not None and t.created is not None:
+        granted = (t.lease_expires - t.created).total_seconds()
+        if granted > 0:
+            return granted
+    return asked or 600.0
 
 
 def _finite(v: Any) -> bool:

@@ -12,10 +12,11 @@ class BboError(Exception):
 
     code: Optional[grpc.StatusCode] = None
 
-    def __init__(self, message: str, field: str = "", code: Optional[grpc.StatusCode] = None):
+    def __init__(self, message: str, field: str = "", code: Optional[grpc.StatusCode] = None, retry_after: Optional[float] = None):
         super().__init__(f"{field}: {message}" if field else message)
         self.message = message
         self.field = field
+        self.retry_after = retry_after  # seconds, when the server said the same call will pass later
         if code is not None:
             self.code = code
 
@@ -58,10 +59,12 @@ _BY_CODE = {c.code: c for c in (InvalidArgument, NotFound, AlreadyExists, Confli
 
 
 def from_rpc_error(e: grpc.RpcError) -> BboError:
-    """The typed error for a failed call, with the BadRequest field violation's field if sent."""
+    """The typed error for a failed call, with the BadRequest field violation's field and the
+    RetryInfo delay if sent."""
     code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
     message = e.details() if hasattr(e, "details") else str(e)
     field = ""
+    retry_after = None
     try:
         from google.rpc import error_details_pb2
         from grpc_status import rpc_status
@@ -76,7 +79,16 @@ def from_rpc_error(e: grpc.RpcError) -> BboError:
                     if br.field_violations:
                         field = br.field_violations[0].field
                         message = br.field_violations[0].description
+                elif d.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                    ri = error_details_pb2.RetryInfo()
+                    d.Unpack(ri)
+                    retry_after = ri.retry_delay.ToNanoseconds() / 1e9
     except Exception:  # details are a bonus: never mask the error itself
         pass
     cls = _BY_CODE.get(code, BboError)
-    return cls(message or str(code), field=field, code=code)
+    return cls(message or str(code), field=field, code=code, retry_after=retry_after)
+
+
+def retryable(err: BboError) -> bool:
+    """The same call may pass later: the server is away, or it refused with a RetryInfo (a rate limit)."""
+    return isinstance(err, Unavailable) or (isinstance(err, ResourceExhausted) and err.retry_after is not None)

@@ -37,7 +37,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="require client certificates signed by this CA, PEM (mutual TLS; env BBO_TLS_CLIENT_CA)")
     g.add_argument("--max-studies", type=int, default=10000, help="studies per tenant (0 = unlimited; default %(default)s)")
     g.add_argument("--max-parameters", type=int, default=256, help="parameters per study (0 = unlimited; default %(default)s)")
-    g.add_argument("--rate-limit", type=float, default=0.0, help="requests per second per tenant, token bucket (0 = unlimited; default %(default)s)")
+    g.add_argument("--rate-limit", type=float, default=0.0, help="requests per second per tenant, token bucket; Tell and Heartbeat are exempt (0 = unlimited; default %(default)s)")
     g.add_argument("--rate-burst", type=float, default=0.0, help="token bucket size (default: 2 x --rate-limit)")
     g.add_argument("--metrics-port", type=int, default=_env_int("BBO_METRICS_PORT", 0),
                    help="serve Prometheus metrics on http://METRICS_HOST:PORT/metrics (0 = off; env BBO_METRICS_PORT)")
