@@ -73,6 +73,7 @@ class StudyInfo:
     created_at: float
     trial_count: int
     completed_count: int
+    uid: str = ""  # this incarnation (StudyRecord.uid)
 
 
 @dataclass
@@ -220,6 +221,19 @@ class Study:
         return self.record.tenant
 
     @property
+    def uid(self) -> str:
+        """This incarnation of the study (see :attr:`StudyRecord.uid`)."""
+        return self.record.uid
+
+    def _check_uid(self, study_uid: str, trial_id: int) -> None:
+        """A worker's call carrying its trial's study uid must not touch a study re-created under the name."""
+        if study_uid and study_uid != self.uid:
+            raise NotFoundError(
+                f"trial {trial_id} belongs to an earlier study '{self.name}' (uid {study_uid}), deleted since; "
+                f"the study of that name now is uid {self.uid}: nothing was changed"
+            )
+
+    @property
     def strategy(self):
         """The generation strategy, built on first use with the study's stored seed."""
         if self._strategy is None:
@@ -237,7 +251,7 @@ class Study:
         rec = self.storage.get_study_by_id(self.id) or self.record
         return StudyInfo(
             self.name, self.spec, rec.state, rec.state_reason, rec.created_at,
-            sum(counts.values()), counts.get(TrialState.COMPLETED.value, 0),
+            sum(counts.values()), counts.get(TrialState.COMPLETED.value, 0), self.uid,
         )
 
     # ---- ask ------------------------------------------------------------------------------------
@@ -280,8 +294,10 @@ class Study:
             ]
             try:
                 created, prev = self.storage.insert_trials(
-                    self.id, new, worker_id=worker_id, lease_expires_at=time.time() + lease, request=req
+                    self.id, new, worker_id=worker_id, lease_expires_at=time.time() + lease, request=req, created_at=self.record.created_at
                 )
+            except NotFoundError:
+                raise NotFoundError(f"study '{self.name}' was deleted while this ask was being answered") from None
             except sa.exc.IntegrityError:  # the same request_id committed by another process
                 replay = self._replay(req) if req else None
                 if replay is None:
@@ -435,12 +451,14 @@ class Study:
         state: Optional[TrialState] = None,
         reason: str = "",
         request_id: str = "",
+        study_uid: str = "",
     ) -> TellResult:
         """Finish a trial: COMPLETED with metrics, FAILED, or ABANDONED. Committed before it returns.
 
         Repeating the same tell returns ``duplicate=True``; a different tell on a finished trial
-        raises :class:`ConflictError`.
+        raises :class:`ConflictError`. ``study_uid``: the trial's, checked against this study's.
         """
+        self._check_uid(study_uid, trial_id)
         if state is None:
             state = TrialState.FAILED if failed else TrialState.COMPLETED
         if state is TrialState.PENDING:
@@ -487,7 +505,9 @@ class Study:
         req = None
         if request_id:
             req = RequestKey(self.tenant, "add", request_id, _request_hash({"params": p, "state": state.value, "metrics": _metrics_key(m)}))
-        created, prev = self.storage.insert_trials(self.id, [NewTrial(p, Origin.USER.value, state=state, metrics=m, reason=reason)], request=req)
+        created, prev = self.storage.insert_trials(
+            self.id, [NewTrial(p, Origin.USER.value, state=state, metrics=m, reason=reason)], request=req, created_at=self.record.created_at
+        )
         if prev is not None:
             self._check_hash(req, prev)
         else:
@@ -510,8 +530,9 @@ class Study:
         return BestResult(best_trials(self.spec, trials), rec.state, rec.state_reason)
 
     # ---- during evaluation ----------------------------------------------------------------------
-    def heartbeat(self, trial_id: int, lease_seconds: float = 0.0) -> Trial:
+    def heartbeat(self, trial_id: int, lease_seconds: float = 0.0, study_uid: str = "") -> Trial:
         """Extend a pending trial's lease (from now)."""
+        self._check_uid(study_uid, trial_id)
         lease = self._lease(lease_seconds)
 
         def change(cur: Trial) -> Optional[Trial]:
@@ -525,8 +546,9 @@ class Study:
         self._remember([trial])
         return trial
 
-    def report_intermediate(self, trial_id: int, step: int, value: float) -> tuple[bool, str]:
+    def report_intermediate(self, trial_id: int, step: int, value: float, study_uid: str = "") -> tuple[bool, str]:
         """Record the first objective's value at ``step``; answer whether to stop (median rule)."""
+        self._check_uid(study_uid, trial_id)
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise SpecError("step", f"step must be an integer >= 0, got {step!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):

@@ -126,3 +126,31 @@ def test_node_client_mutual_tls_and_api_key(server_factory, tmp_path):
         names = {s.name for s in c.list_studies()}
     assert {"node-mtls", "node-mtls-env", "node-mtls-pem"} <= names
     assert not names & {"node-bad-name", "node-nokey", "node-nocert", "node-plaintext", "node-half"}
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_tell_of_a_trial_carries_its_study_uid(bbo_server, client, study_name, make_study):
+    """A trial object from ask() is told with its study's uid: after the study is deleted and created
+    again under the name, the stale tell is NOT_FOUND and the new study's trial 1 stays PENDING."""
+    ask = (
+        "const {Client, Study}=require('./src');"
+        f"const c=new Client('{bbo_server.address}');"
+        f"new Study(c,'{study_name}').ask(1).then(([t])=>{{console.log(JSON.stringify(t));c.close();}});"
+    )
+    make_study(client, study_name)
+    out = subprocess.run(["node", "-e", ask], cwd=NODE_DIR, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    stale = json.loads(out.stdout.strip().splitlines()[-1])
+    assert stale["studyUid"]
+    client.delete_study(study_name)
+    (fresh,) = make_study(client, study_name).ask()
+    assert fresh.id == stale["id"]
+    tell = (
+        "const {Client, Study}=require('./src');"
+        f"const c=new Client('{bbo_server.address}');"
+        f"new Study(c,'{study_name}').tell(JSON.parse(process.argv[1]),{{y:1}})"
+        ".then(()=>{console.log('OK');c.close();}).catch(e=>{console.log(e.codeName);c.close();});"
+    )
+    out = subprocess.run(["node", "-e", tell, json.dumps(stale)], cwd=NODE_DIR, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "NOT_FOUND", out.stderr
+    assert client.study(study_name).trial(fresh.id).state == "PENDING"

@@ -339,3 +339,21 @@ def test_16_concurrent_workers_get_distinct_points(client, study_name):
     assert len(points) == 32, "two pending trials got the same point"
     stored = s.trials(["PENDING"])
     assert sorted(t.id for t in stored) == sorted(t.id for t in results)
+
+
+def test_stale_worker_cannot_touch_a_study_recreated_under_its_name(client, study_name, make_study):
+    """Delete and re-create a study while a worker holds trial 1 of the old one: its Tell, Heartbeat
+    and intermediate report carry the old study's uid and are NOT_FOUND; the new trial 1 is untouched."""
+    old = make_study(client, study_name)
+    (stale,) = old.ask()
+    assert stale.study_uid and stale.study_uid == old.info().uid
+    old.delete()
+    new = make_study(client, study_name)
+    (fresh,) = new.ask()
+    assert fresh.id == stale.id and fresh.study_uid != stale.study_uid
+    for call in (lambda: new.tell(stale, {"y": 0.1}), lambda: new.heartbeat(stale), lambda: new.report_intermediate(stale, 0, 0.1)):
+        with pytest.raises(bc.NotFound, match="deleted since"):
+            call()
+    t = new.trial(fresh.id)
+    assert t.state == "PENDING" and not t.metrics
+    assert new.tell(fresh, {"y": 0.2}).trial.metrics == {"y": 0.2}

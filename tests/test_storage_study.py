@@ -90,6 +90,24 @@ def test_reattach_after_an_upgrade_changed_algorithm_defaults(storage):
         reg.create_study("old", dict(SPEC, algorithm={"n_initial": 7}))
 
 
+def test_stale_study_object_never_writes_into_a_study_that_reuses_its_id(storage):
+    """SQLite gives a deleted study's id to the next study; an Ask or AddTrial still running on the
+    deleted study's object must fail with NotFound rather than insert trials into the new study."""
+    from bbo.errors import NotFoundError
+
+    reg = StudyRegistry(storage)
+    st, _ = reg.create_study("a", SPEC)
+    st.ask(1)
+    reg.delete_study("a")
+    other, _ = reg.create_study("b", SPEC)
+    assert other.id == st.id and other.uid != st.uid  # the id is reused, the uid is not
+    with pytest.raises(NotFoundError, match="deleted"):
+        st.ask(1)
+    with pytest.raises(NotFoundError):
+        st.add_trial({"x": 0.5}, {"y": 1.0})
+    assert other.trials() == []
+
+
 class _Broken:
     def __init__(self, spec):
         self.spec = spec

@@ -49,6 +49,12 @@ class StudyRecord:
     trial_counter: int
     created_at: float
 
+    @property
+    def uid(self) -> str:
+        """This incarnation of the study. SQLite may give a deleted study's id to a new study, never
+        with the same creation time, so (id, created_at) names one study for good."""
+        return f"{self.id}.{round(self.created_at * 1e6)}"
+
 
 @dataclass
 class NewTrial:
@@ -350,8 +356,10 @@ class Storage:
         worker_id: str = "",
         lease_expires_at: Optional[float] = None,
         request: Optional[RequestKey] = None,
+        created_at: Optional[float] = None,
     ) -> tuple[list[Trial], Optional[dict]]:
-        """Insert trials with freshly allocated numbers, in one transaction.
+        """Insert trials with freshly allocated numbers, in one transaction. With ``created_at``,
+        only into the study created then (NotFoundError if it was deleted, its id reused or not).
 
         With ``request``, the (study, kind, request_id) key is recorded with the new numbers; if it
         was already recorded, nothing is inserted and ``(existing trials, stored response)`` comes
@@ -367,11 +375,13 @@ class Storage:
                     return self._trials_by_number(conn, study_id, numbers), {"hash": prev[0], **prev[1]}
             n = len(new)
             if raw is not None:
-                top = next(iter(raw.execute(_RAW_ALLOCATE_NUMBERS, (n, study_id)).fetchall()), (None,))[0]
+                sql, args = (_RAW_ALLOCATE_NUMBERS, (n, study_id)) if created_at is None else (_RAW_ALLOCATE_NUMBERS_OF, (n, study_id, created_at))
+                top = next(iter(raw.execute(sql, args).fetchall()), (None,))[0]
             else:
+                same = S.studies.c.created_at == created_at if created_at is not None else sa.true()
                 top = conn.execute(
                     S.studies.update()
-                    .where(S.studies.c.id == study_id)
+                    .where(S.studies.c.id == study_id, same)
                     .values(trial_counter=S.studies.c.trial_counter + n)
                     .returning(S.studies.c.trial_counter)
                 ).scalar_one_or_none()
@@ -617,6 +627,7 @@ _RAW_INSERT_REQUEST = (
 
 
 _RAW_ALLOCATE_NUMBERS = "UPDATE studies SET trial_counter = trial_counter + ? WHERE id = ? RETURNING trial_counter"
+_RAW_ALLOCATE_NUMBERS_OF = "UPDATE studies SET trial_counter = trial_counter + ? WHERE id = ? AND created_at = ? RETURNING trial_counter"
 _RAW_INSERT_TRIAL = (
     "INSERT INTO trials (study_id, number, params, state, metrics, origin, reason, rationale, worker_id, created_at, updated_at, lease_expires_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"

@@ -83,7 +83,7 @@ class AskResponse(_message.Message):
     def __init__(self, trials: _Optional[_Iterable[_Union[_study_pb2.Trial, _Mapping]]] = ..., note: _Optional[str] = ...) -> None: ...
 
 class TellRequest(_message.Message):
-    __slots__ = ("study", "trial_id", "metrics", "state", "reason", "request_id")
+    __slots__ = ("study", "trial_id", "metrics", "state", "reason", "request_id", "study_uid")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -97,13 +97,15 @@ class TellRequest(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    STUDY_UID_FIELD_NUMBER: _ClassVar[int]
     study: str
     trial_id: int
     metrics: _containers.MessageMap[str, _study_pb2.MetricValue]
     state: _study_pb2.TrialState
     reason: str
     request_id: str
-    def __init__(self, study: _Optional[str] = ..., trial_id: _Optional[int] = ..., metrics: _Optional[_Mapping[str, _study_pb2.MetricValue]] = ..., state: _Optional[_Union[_study_pb2.TrialState, str]] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    study_uid: str
+    def __init__(self, study: _Optional[str] = ..., trial_id: _Optional[int] = ..., metrics: _Optional[_Mapping[str, _study_pb2.MetricValue]] = ..., state: _Optional[_Union[_study_pb2.TrialState, str]] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ..., study_uid: _Optional[str] = ...) -> None: ...
 
 class TellResponse(_message.Message):
     __slots__ = ("trial", "duplicate")
@@ -186,16 +188,18 @@ class GetBestResponse(_message.Message):
     def __init__(self, trials: _Optional[_Iterable[_Union[_study_pb2.Trial, _Mapping]]] = ..., state: _Optional[_Union[_study_pb2.StudyState, str]] = ..., state_reason: _Optional[str] = ...) -> None: ...
 
 class ReportIntermediateRequest(_message.Message):
-    __slots__ = ("study", "trial_id", "step", "value")
+    __slots__ = ("study", "trial_id", "step", "value", "study_uid")
     STUDY_FIELD_NUMBER: _ClassVar[int]
     TRIAL_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
+    STUDY_UID_FIELD_NUMBER: _ClassVar[int]
     study: str
     trial_id: int
     step: int
     value: float
-    def __init__(self, study: _Optional[str] = ..., trial_id: _Optional[int] = ..., step: _Optional[int] = ..., value: _Optional[float] = ...) -> None: ...
+    study_uid: str
+    def __init__(self, study: _Optional[str] = ..., trial_id: _Optional[int] = ..., step: _Optional[int] = ..., value: _Optional[float] = ..., study_uid: _Optional[str] = ...) -> None: ...
 
 class ReportIntermediateResponse(_message.Message):
     __slots__ = ("should_stop", "reason")
@@ -206,14 +210,16 @@ class ReportIntermediateResponse(_message.Message):
     def __init__(self, should_stop: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("study", "trial_id", "lease_seconds")
+    __slots__ = ("study", "trial_id", "lease_seconds", "study_uid")
     STUDY_FIELD_NUMBER: _ClassVar[int]
     TRIAL_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STUDY_UID_FIELD_NUMBER: _ClassVar[int]
     study: str
     trial_id: int
     lease_seconds: float
-    def __init__(self, study: _Optional[str] = ..., trial_id: _Optional[int] = ..., lease_seconds: _Optional[float] = ...) -> None: ...
+    study_uid: str
+    def __init__(self, study: _Optional[str] = ..., trial_id: _Optional[int] = ..., lease_seconds: _Optional[float] = ..., study_uid: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("trial",)

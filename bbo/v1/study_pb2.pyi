@@ -235,7 +235,7 @@ class StudySpec(_message.Message):
     def __init__(self, parameters: _Optional[_Iterable[_Union[ParameterSpec, _Mapping]]] = ..., parameter_constraints: _Optional[_Iterable[_Union[LinearConstraint, _Mapping]]] = ..., objectives: _Optional[_Iterable[_Union[Objective, _Mapping]]] = ..., outcome_constraints: _Optional[_Iterable[_Union[OutcomeConstraint, _Mapping]]] = ..., tracked_metrics: _Optional[_Iterable[str]] = ..., algorithm: _Optional[_Union[AlgorithmOptions, _Mapping]] = ..., description: _Optional[str] = ..., priors: _Optional[_Iterable[_Union[ParameterPrior, _Mapping]]] = ..., llm: _Optional[_Union[LlmOptions, _Mapping]] = ...) -> None: ...
 
 class Study(_message.Message):
-    __slots__ = ("name", "spec", "state", "state_reason", "create_time", "trial_count", "completed_count")
+    __slots__ = ("name", "spec", "state", "state_reason", "create_time", "trial_count", "completed_count", "uid")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -243,6 +243,7 @@ class Study(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     TRIAL_COUNT_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
     name: str
     spec: StudySpec
     state: StudyState
@@ -250,7 +251,8 @@ class Study(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     trial_count: int
     completed_count: int
-    def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[StudySpec, _Mapping]] = ..., state: _Optional[_Union[StudyState, str]] = ..., state_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trial_count: _Optional[int] = ..., completed_count: _Optional[int] = ...) -> None: ...
+    uid: str
+    def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[StudySpec, _Mapping]] = ..., state: _Optional[_Union[StudyState, str]] = ..., state_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trial_count: _Optional[int] = ..., completed_count: _Optional[int] = ..., uid: _Optional[str] = ...) -> None: ...
 
 class MetricValue(_message.Message):
     __slots__ = ("value", "sem")
@@ -261,7 +263,7 @@ class MetricValue(_message.Message):
     def __init__(self, value: _Optional[float] = ..., sem: _Optional[float] = ...) -> None: ...
 
 class Trial(_message.Message):
-    __slots__ = ("id", "parameters", "state", "metrics", "origin", "reason", "rationale", "worker_id", "create_time", "update_time", "lease_expire_time")
+    __slots__ = ("id", "parameters", "state", "metrics", "origin", "reason", "rationale", "worker_id", "create_time", "update_time", "lease_expire_time", "study_uid")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -287,6 +289,7 @@ class Trial(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     LEASE_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    STUDY_UID_FIELD_NUMBER: _ClassVar[int]
     id: int
     parameters: _containers.MessageMap[str, ParameterValue]
     state: TrialState
@@ -298,4 +301,5 @@ class Trial(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
     lease_expire_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[int] = ..., parameters: _Optional[_Mapping[str, ParameterValue]] = ..., state: _Optional[_Union[TrialState, str]] = ..., metrics: _Optional[_Mapping[str, MetricValue]] = ..., origin: _Optional[str] = ..., reason: _Optional[str] = ..., rationale: _Optional[str] = ..., worker_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    study_uid: str
+    def __init__(self, id: _Optional[int] = ..., parameters: _Optional[_Mapping[str, ParameterValue]] = ..., state: _Optional[_Union[TrialState, str]] = ..., metrics: _Optional[_Mapping[str, MetricValue]] = ..., origin: _Optional[str] = ..., reason: _Optional[str] = ..., rationale: _Optional[str] = ..., worker_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., study_uid: _Optional[str] = ...) -> None: ...

@@ -11,7 +11,7 @@ from bbo.errors import SpecError
 from bbo.space import CategoricalParam, FixedParam, FloatParam, IntParam, OrdinalParam, SearchSpace, Value
 from bbo.spec import MAXIMIZE, MINIMIZE, AlgorithmOptions, StudySpec
 from bbo.storage import LlmCallRecord
-from bbo.study import STUDY_ACTIVE, STUDY_LIKELY_INFEASIBLE, StudyInfo
+from bbo.study import STUDY_ACTIVE, STUDY_LIKELY_INFEASIBLE, Study, StudyInfo
 from bbo.trial import Metric, Trial, TrialState
 from bbo.v1 import service_pb2 as svc
 from bbo.v1 import study_pb2 as pb
@@ -214,11 +214,12 @@ def spec_to_pb(spec: StudySpec) -> pb.StudySpec:
 
 # ---- trials, studies, LLM calls ----------------------------------------------------------------
 
-def trial_to_pb(t: Trial, space: Optional[SearchSpace] = None) -> pb.Trial:
-    by = space.by_name if space is not None else {}
+def trial_to_pb(t: Trial, study: Optional[Study] = None) -> pb.Trial:
+    """A trial of ``study`` (its space types the values; its uid goes along for the worker's calls)."""
+    by = study.spec.space.by_name if study is not None else {}
     out = pb.Trial(
         id=t.id, state=TRIAL_STATE_TO_PB[t.state], origin=t.origin, reason=t.reason, rationale=t.rationale, worker_id=t.worker_id,
-        create_time=timestamp(t.created_at), update_time=timestamp(t.updated_at),
+        create_time=timestamp(t.created_at), update_time=timestamp(t.updated_at), study_uid=study.uid if study is not None else "",
     )
     for k, v in t.params.items():
         out.parameters[k].CopyFrom(value_to_pb(v, by.get(k)))
@@ -232,7 +233,7 @@ def study_to_pb(info: StudyInfo) -> pb.Study:
     return pb.Study(
         name=info.name, spec=spec_to_pb(info.spec), state=STUDY_STATE_TO_PB.get(info.state, pb.STUDY_STATE_ACTIVE),
         state_reason=info.state_reason, create_time=timestamp(info.created_at), trial_count=info.trial_count,
-        completed_count=info.completed_count,
+        completed_count=info.completed_count, uid=info.uid,
     )
 
 

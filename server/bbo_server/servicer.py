@@ -110,7 +110,7 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
             count=request.count, worker_id=_check_id(request.worker_id, "worker_id"),
             request_id=_check_id(request.request_id, "request_id"), lease_seconds=request.lease_seconds,
         )
-        return svc.AskResponse(trials=[C.trial_to_pb(t, study.spec.space) for t in res.trials], note=res.note)
+        return svc.AskResponse(trials=[C.trial_to_pb(t, study) for t in res.trials], note=res.note)
 
     @rpc
     def Tell(self, request: svc.TellRequest, context, tenant):
@@ -118,9 +118,9 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
         state = None if request.state == pb.TRIAL_STATE_UNSPECIFIED else C.trial_state_from_pb(request.state, "state")
         res = study.tell(
             request.trial_id, C.metrics_from_pb(request.metrics), state=state, reason=request.reason,
-            request_id=_check_id(request.request_id, "request_id"),
+            request_id=_check_id(request.request_id, "request_id"), study_uid=request.study_uid,
         )
-        return svc.TellResponse(trial=C.trial_to_pb(res.trial, study.spec.space), duplicate=res.duplicate)
+        return svc.TellResponse(trial=C.trial_to_pb(res.trial, study), duplicate=res.duplicate)
 
     @rpc
     def AddTrial(self, request: svc.AddTrialRequest, context, tenant):
@@ -130,12 +130,12 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
             C.params_from_pb(request.parameters), C.metrics_from_pb(request.metrics), state=state,
             request_id=_check_id(request.request_id, "request_id"),
         )
-        return C.trial_to_pb(t, study.spec.space)
+        return C.trial_to_pb(t, study)
 
     @rpc
     def GetTrial(self, request: svc.GetTrialRequest, context, tenant):
         study = self._study(request.study, tenant)
-        return C.trial_to_pb(study.get_trial(request.trial_id), study.spec.space)
+        return C.trial_to_pb(study.get_trial(request.trial_id), study)
 
     @rpc
     def ListTrials(self, request: svc.ListTrialsRequest, context, tenant):
@@ -152,27 +152,27 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
             raise SpecError("page_token", f"malformed page token {request.page_token!r}") from None
         trials = study.trials(states, after=after, limit=size + 1)
         nxt = str(trials[size - 1].id) if len(trials) > size else ""
-        return svc.ListTrialsResponse(trials=[C.trial_to_pb(t, study.spec.space) for t in trials[:size]], next_page_token=nxt)
+        return svc.ListTrialsResponse(trials=[C.trial_to_pb(t, study) for t in trials[:size]], next_page_token=nxt)
 
     @rpc
     def GetBest(self, request: svc.GetBestRequest, context, tenant):
         study = self._study(request.study, tenant)
         b = study.best()
         return svc.GetBestResponse(
-            trials=[C.trial_to_pb(t, study.spec.space) for t in b.trials],
+            trials=[C.trial_to_pb(t, study) for t in b.trials],
             state=C.STUDY_STATE_TO_PB.get(b.state, pb.STUDY_STATE_ACTIVE), state_reason=b.state_reason,
         )
 
     @rpc
     def ReportIntermediate(self, request: svc.ReportIntermediateRequest, context, tenant):
         study = self._study(request.study, tenant)
-        stop, reason = study.report_intermediate(request.trial_id, request.step, request.value)
+        stop, reason = study.report_intermediate(request.trial_id, request.step, request.value, study_uid=request.study_uid)
         return svc.ReportIntermediateResponse(should_stop=stop, reason=reason)
 
     @rpc
     def Heartbeat(self, request: svc.HeartbeatRequest, context, tenant):
         study = self._study(request.study, tenant)
-        return svc.HeartbeatResponse(trial=C.trial_to_pb(study.heartbeat(request.trial_id, request.lease_seconds), study.spec.space))
+        return svc.HeartbeatResponse(trial=C.trial_to_pb(study.heartbeat(request.trial_id, request.lease_seconds, study_uid=request.study_uid), study))
 
     @rpc
     def ListLlmCalls(self, request: svc.ListLlmCallsRequest, context, tenant):

@@ -67,7 +67,15 @@ function fromTrial(t) {
     metrics,
     origin: t.origin,
     reason: t.reason,
+    studyUid: t.study_uid || '',
   };
+}
+
+// A trial (as ask returns it) or a bare trial id -> the request fields naming it. A trial carries
+// its study's uid, so a tell never reaches a study deleted and created again under the same name.
+function trialRef(trial) {
+  if (typeof trial === 'object' && trial !== null) return { trial_id: trial.id, study_uid: trial.studyUid || '' };
+  return { trial_id: trial };
 }
 
 class BboError extends Error {
@@ -155,13 +163,14 @@ class Study {
     return res.trials.map(fromTrial);
   }
 
-  async tell(trialId, metrics) {
-    const res = await this.client.call('Tell', { study: this.name, trial_id: trialId, metrics: toMetrics(metrics), state: 'TRIAL_STATE_COMPLETED' });
+  // trial: a trial from ask() (preferred) or its id
+  async tell(trial, metrics) {
+    const res = await this.client.call('Tell', { study: this.name, ...trialRef(trial), metrics: toMetrics(metrics), state: 'TRIAL_STATE_COMPLETED' });
     return fromTrial(res.trial);
   }
 
-  async fail(trialId, reason) {
-    const res = await this.client.call('Tell', { study: this.name, trial_id: trialId, state: 'TRIAL_STATE_FAILED', reason });
+  async fail(trial, reason) {
+    const res = await this.client.call('Tell', { study: this.name, ...trialRef(trial), state: 'TRIAL_STATE_FAILED', reason });
     return fromTrial(res.trial);
   }
 
@@ -185,10 +194,10 @@ class Study {
     for (let i = 0; i < nTrials; i += 1) {
       const [trial] = await this.ask(1, workerId);
       try {
-        await this.tell(trial.id, await fn(trial.parameters));
+        await this.tell(trial, await fn(trial.parameters));
       } catch (e) {
         if (e instanceof BboError) throw e;
-        await this.fail(trial.id, String(e && e.message ? e.message : e));
+        await this.fail(trial, String(e && e.message ? e.message : e));
       }
     }
     return this.best();

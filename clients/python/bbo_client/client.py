@@ -260,6 +260,11 @@ def _trial_id(t: Union[int, Trial]) -> int:
     return t.id if isinstance(t, Trial) else int(t)
 
 
+def _study_uid(t: Union[int, Trial]) -> str:
+    """The uid of a Trial's study (checked by the server); a bare trial id carries none."""
+    return t.study_uid if isinstance(t, Trial) else ""
+
+
 class StudyHandle:
     """Ask, tell and inspect one study."""
 
@@ -294,7 +299,7 @@ class StudyHandle:
         for a single-objective study), or its failure with ``failed=True, reason=...``.
         ``patience``: retry a failure that may pass later (server away, rate limit) for this many
         seconds instead of the client's ``retries`` times."""
-        req = svc.TellRequest(study=self.name, trial_id=_trial_id(trial), reason=reason, request_id=request_id)
+        req = svc.TellRequest(study=self.name, trial_id=_trial_id(trial), reason=reason, request_id=request_id, study_uid=_study_uid(trial))
         if failed:
             req.state = pb.TRIAL_STATE_FAILED
         elif abandoned:
@@ -327,12 +332,12 @@ class StudyHandle:
 
     def report_intermediate(self, trial: Union[int, Trial], step: int, value: float) -> bool:
         """Report the first objective's value at ``step``; True means: stop this trial early."""
-        r = self.client._call("ReportIntermediate", svc.ReportIntermediateRequest(study=self.name, trial_id=_trial_id(trial), step=step, value=value))
+        r = self.client._call("ReportIntermediate", svc.ReportIntermediateRequest(study=self.name, trial_id=_trial_id(trial), step=step, value=value, study_uid=_study_uid(trial)))
         return r.should_stop
 
     def heartbeat(self, trial: Union[int, Trial], lease_seconds: float = 0.0) -> Trial:
         """Extend a pending trial's lease (from now)."""
-        r = self.client._call("Heartbeat", svc.HeartbeatRequest(study=self.name, trial_id=_trial_id(trial), lease_seconds=lease_seconds))
+        r = self.client._call("Heartbeat", svc.HeartbeatRequest(study=self.name, trial_id=_trial_id(trial), lease_seconds=lease_seconds, study_uid=_study_uid(trial)))
         return Trial.from_pb(r.trial)
 
     # ---- reads ----------------------------------------------------------------------------------
@@ -413,7 +418,7 @@ class StudyHandle:
                 (t,) = self.ask(1, worker_id=f"{wid}-{worker}", lease_seconds=lease_seconds)
                 interval = heartbeat_seconds if heartbeat_seconds is not None else _lease_length(t, lease_seconds) / 3
                 stop = threading.Event()
-                hb = threading.Thread(target=self._heartbeats, args=(t.id, interval, lease_seconds, stop), daemon=True)
+                hb = threading.Thread(target=self._heartbeats, args=(t, interval, lease_seconds, stop), daemon=True)
                 hb.start()
                 try:
                     metrics, failure = None, ""
@@ -449,11 +454,11 @@ class StudyHandle:
             bar.close()
         return self.best()
 
-    def _heartbeats(self, trial_id: int, interval: float, lease_seconds: float, stop: threading.Event) -> None:
+    def _heartbeats(self, trial: Trial, interval: float, lease_seconds: float, stop: threading.Event) -> None:
         """Renew the lease until ``stop``; a failure that may pass later is tried again next round."""
         while interval > 0 and not stop.wait(interval):
             try:
-                self.heartbeat(trial_id, lease_seconds)
+                self.heartbeat(trial, lease_seconds)
             except BboError as e:
                 if not retryable(e):  # the trial is finished or gone: nothing left to keep alive
                     return

@@ -228,6 +228,7 @@ class Trial:
     created: Optional[_dt.datetime] = None
     updated: Optional[_dt.datetime] = None
     lease_expires: Optional[_dt.datetime] = None
+    study_uid: str = ""  # sent back with tell / heartbeat, so they never reach a study re-created under the name
 
     @classmethod
     def from_pb(cls, t: pb.Trial) -> "Trial":
@@ -240,6 +241,7 @@ class Trial:
             origin=t.origin, reason=t.reason, rationale=t.rationale, worker_id=t.worker_id,
             created=_time(t.create_time), updated=_time(t.update_time),
             lease_expires=_time(t.lease_expire_time) if t.HasField("lease_expire_time") else None,
+            study_uid=t.study_uid,
         )
 
 
@@ -262,6 +264,7 @@ class StudyInfo:
     created: Optional[_dt.datetime]
     description: str = ""
     spec: Any = None  # the bbo.v1.StudySpec message, for everything else
+    uid: str = ""  # this incarnation: a study deleted and created again under the name has another
 
     @classmethod
     def from_pb(cls, s) -> "StudyInfo":
@@ -273,7 +276,7 @@ class StudyInfo:
             constraints=[Constraint(c.metric, ">=" if c.op == pb.CONSTRAINT_OP_GREATER_EQUAL else "<=", c.bound) for c in sp.outcome_constraints],
             state="LIKELY_INFEASIBLE" if s.state == pb.STUDY_STATE_LIKELY_INFEASIBLE else "ACTIVE",
             state_reason=s.state_reason, trial_count=s.trial_count, completed_count=s.completed_count,
-            created=_time(s.create_time), description=sp.description, spec=sp,
+            created=_time(s.create_time), description=sp.description, spec=sp, uid=s.uid,
         )
 
 
