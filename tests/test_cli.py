@@ -71,6 +71,25 @@ def test_reads_database_directly(tmp_path):
     st.close()
     assert "offline" in bbo("studies", "--db", url).stdout
     assert "x=0.25" in bbo("best", "offline", "--db", url).stdout
+    # reading a database neither creates nor migrates one
+    missing = tmp_path / "missing.db"
+    r = bbo("studies", "--db", "sqlite:///" + str(missing), check=False)
+    assert r.returncode != 0 and "no bbo database" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_locked_sqlite_database_is_unavailable_not_internal():
+    """SQLite locked past its busy timeout (another process on the file) is retryable: UNAVAILABLE."""
+    import sqlite3
+
+    import grpc
+    import sqlalchemy as sa
+
+    from bbo_server.errors import status_for
+
+    locked = sa.exc.OperationalError("UPDATE studies ...", {}, sqlite3.OperationalError("database is locked"))
+    st = status_for(locked)
+    assert st.code == grpc.StatusCode.UNAVAILABLE and "locked" in st.details
+    assert status_for(sqlite3.OperationalError("no such table: trials")).code == grpc.StatusCode.INTERNAL
 
 
 def test_unknown_study_is_a_clean_error(bbo_server):

@@ -240,3 +240,43 @@ def test_model_state_on_sqlite_is_read_once_per_strategy_then_kept_in_memory(sto
     assert restarted.pull(sid, b).n_fit == 5 and writer.pull(sid, a).n_fit == 5
     assert statements == []
     assert restarted.pull(sid, _StatefulStrategy()).n_fit == 5 and any("model_state" in s for s in statements)
+
+
+def test_tells_racing_a_close_are_written_or_refused_never_left_waiting(tmp_path):
+    """Tells queued around Storage.close either commit or fail with 'storage is closed'; none hangs
+    (before, one queued behind close's end marker waited forever)."""
+    import dataclasses
+    import threading
+
+    from bbo.storage import Storage
+
+    storage = Storage(f"sqlite:///{tmp_path / 'close.db'}")
+    sid = storage.insert_study("t", "s", SPEC, 1).id
+    trials, _ = storage.insert_trials(sid, [NewTrial({"x": i / 100}, "initial") for i in range(60)])
+    outcomes: dict[int, str] = {}
+    go = threading.Event()
+
+    def tell(t):
+        go.wait()
+        try:
+            storage.modify_trial(sid, t.id, lambda cur: dataclasses.replace(cur, state=TrialState.COMPLETED, metrics={"y": Metric(1.0)}))
+            outcomes[t.id] = "stored"
+        except RuntimeError as e:
+            outcomes[t.id] = str(e)
+
+    threads = [threading.Thread(target=tell, args=(t,), daemon=True) for t in trials]
+    for th in threads:
+        th.start()
+    go.set()
+    storage.close()
+    deadline = time.monotonic() + 60
+    for th in threads:
+        th.join(max(0.0, deadline - time.monotonic()))
+    assert not any(th.is_alive() for th in threads), "a tell was left waiting on a closed storage"
+    assert set(outcomes.values()) <= {"stored", "storage is closed"} and len(outcomes) == 60
+    reopened = Storage(f"sqlite:///{tmp_path / 'close.db'}")
+    try:
+        done = {t.id for t in reopened.list_trials(sid, [TrialState.COMPLETED])}
+        assert done == {n for n, o in outcomes.items() if o == "stored"}  # what was acknowledged is there
+    finally:
+        reopened.close()

@@ -714,21 +714,28 @@ class _GroupCommit:
         self._storage = storage
         self._pooled = None  # the writer's pooled connection, checked out on first use
         self._q: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._closed = False
+        self._qlock = threading.Lock()  # nothing is queued after close()'s end marker, so nothing waits forever
         self._thread = threading.Thread(target=self._loop, name="bbo-group-commit", daemon=True)
         self._thread.start()
 
     def run(self, fn: Callable[[Any], Any]) -> Any:
-        if not self._thread.is_alive():
-            raise RuntimeError("storage is closed")
         item = self._Item(fn)
-        self._q.put(item)
+        with self._qlock:
+            if self._closed or not self._thread.is_alive():
+                raise RuntimeError("storage is closed")
+            self._q.put(item)
         item.done.wait()
         if item.exc is not None:
             raise item.exc
         return item.result
 
     def close(self) -> None:
-        self._q.put(None)
+        with self._qlock:
+            if self._closed:
+                return
+            self._closed = True
+            self._q.put(None)
         self._thread.join(10)
 
     def _loop(self) -> None:

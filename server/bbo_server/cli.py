@@ -55,8 +55,13 @@ def connect(args) -> Iterator["object"]:
         from bbo.storage import Storage
         from bbo_server.server import ServerOptions, start
 
-        storage = Storage(args.db)
-        running = start(ServerOptions(host="127.0.0.1", port=0, rpc_threads=8), storage=storage)
+        # only to read: no migration of a database a live server may be using (an older one), and no
+        # lease reaper of its own
+        storage = Storage(args.db, migrate=False)
+        if storage.current_revision() is None:
+            storage.close()
+            raise SystemExit(f"bbo: no bbo database at {args.db} (`bbo serve --db {args.db}` creates one)")
+        running = start(ServerOptions(host="127.0.0.1", port=0, rpc_threads=8, lease_reap_seconds=0), storage=storage)
         try:
             with Client(running.address, retries=0) as c:
                 yield c

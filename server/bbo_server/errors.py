@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -32,6 +34,12 @@ _CODES = [
 ]
 
 
+def _sqlite_busy(exc: BaseException) -> bool:
+    """SQLite stayed locked past its busy timeout (another process writing the same file): retryable."""
+    orig = getattr(exc, "orig", exc)
+    return isinstance(orig, sqlite3.OperationalError) and ("database is locked" in str(orig) or "database is busy" in str(orig))
+
+
 def status_for(exc: BaseException, field_prefix: str = ""):
     """The grpc.Status to abort with for a core error (INTERNAL for anything unexpected)."""
     code = code_pb2.INTERNAL
@@ -39,6 +47,11 @@ def status_for(exc: BaseException, field_prefix: str = ""):
         if isinstance(exc, cls):
             code = c
             break
+    if code == code_pb2.INTERNAL and _sqlite_busy(exc):
+        return rpc_status.to_status(status_pb2.Status(
+            code=code_pb2.UNAVAILABLE,
+            message="the SQLite database stayed locked by another process (a second server on the same file?); retry the request",
+        ))
     message = str(exc) if code != code_pb2.INTERNAL else f"internal error: {type(exc).__name__}"
     st = status_pb2.Status(code=code, message=message)
     if isinstance(exc, SpecError):
