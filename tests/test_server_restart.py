@@ -96,6 +96,28 @@ def test_client_retries_while_server_restarts(server_factory):
         assert s.tell(t, {"y": 1.0}).trial.state == "COMPLETED"
 
 
+def test_optimize_rides_out_a_server_restart_longer_than_its_retries(server_factory):
+    """The server dies during an evaluation and is back 3 s later; the client's retries alone would
+    give up in well under a second, yet optimize stores every result (Ask and Tell use tell_patience)."""
+    srv = server_factory()
+    port = srv.port
+    calls = []
+
+    def fn(p):
+        calls.append(p["x"])
+        if len(calls) == 2:
+            srv.kill()
+            srv.requested_port = port
+            threading.Timer(3.0, srv.start).start()
+        return p["x"]
+
+    with bc.Client(srv.address, retries=1, backoff=0.05, max_backoff=0.2) as c:
+        s = c.create_study("outage", parameters=[bc.Float("x", 0, 1)], objectives="y")
+        s.optimize(fn, n_trials=4, progress=False, tell_patience=120)
+        done = s.trials(["COMPLETED"])
+    assert sorted(t.params["x"] for t in done) == sorted(calls) and len(calls) == 4
+
+
 def test_sigterm_is_graceful(server_factory):
     srv = server_factory()
     with bc.Client(srv.address) as c:

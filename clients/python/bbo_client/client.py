@@ -278,10 +278,13 @@ class StudyHandle:
         return f"StudyHandle({self.name!r})"
 
     # ---- ask / tell -----------------------------------------------------------------------------
-    def ask(self, count: int = 1, *, worker_id: str = "", lease_seconds: float = 0.0, request_id: Optional[str] = None) -> list[Trial]:
-        """``count`` trials to evaluate (stored PENDING on the server before they are returned)."""
+    def ask(
+        self, count: int = 1, *, worker_id: str = "", lease_seconds: float = 0.0, request_id: Optional[str] = None, patience: Optional[float] = None
+    ) -> list[Trial]:
+        """``count`` trials to evaluate (stored PENDING on the server before they are returned).
+        ``patience``: as in :meth:`tell` (a retried Ask keeps its request id: never two sets of trials)."""
         req = svc.AskRequest(study=self.name, count=count, worker_id=worker_id, lease_seconds=lease_seconds, request_id=request_id or uuid.uuid4().hex)
-        r = self.client._call("Ask", req, timeout=self.client.ask_timeout)
+        r = self.client._call("Ask", req, timeout=self.client.ask_timeout, patience=patience)
         return [Trial.from_pb(t) for t in r.trials]
 
     def tell(
@@ -396,9 +399,9 @@ class StudyHandle:
         ``fn`` returns a metrics dict (or a number for a single objective); an exception it raises
         (or a non-finite metric) is reported as a FAILED trial with the reason, and the loop goes
         on. While ``fn`` runs, the trial's lease is renewed every ``heartbeat_seconds`` (default:
-        a third of the lease the server granted). A result's Tell is retried for up to
-        ``tell_patience`` seconds while the server is away; if it still fails, the error names the
-        trial and its metrics. Returns :meth:`best`.
+        a third of the lease the server granted). Asks and Tells are retried for up to
+        ``tell_patience`` seconds while the server is away (a restart does not end the loop); if a
+        result's Tell still fails, the error names the trial and its metrics. Returns :meth:`best`.
         """
         if n_trials < 0 or n_workers < 1:
             raise InvalidArgument("need n_trials >= 0 and n_workers >= 1")
@@ -415,7 +418,7 @@ class StudyHandle:
                     if claimed[0] >= n_trials:
                         return
                     claimed[0] += 1
-                (t,) = self.ask(1, worker_id=f"{wid}-{worker}", lease_seconds=lease_seconds)
+                (t,) = self.ask(1, worker_id=f"{wid}-{worker}", lease_seconds=lease_seconds, patience=tell_patience)
                 interval = heartbeat_seconds if heartbeat_seconds is not None else _lease_length(t, lease_seconds) / 3
                 stop = threading.Event()
                 hb = threading.Thread(target=self._heartbeats, args=(t, interval, lease_seconds, stop), daemon=True)
