@@ -283,11 +283,9 @@ class Study:
             def compute():
                 # replicas share the fitted model through the database (bbo.storage.coordination)
                 token = self._model_cache.pull(self.id, self.strategy)
-                out = self._suggest(trials, count), self._update_status(trials)
-                self._model_cache.push(self.id, self.strategy, token)
-                return out
+                return self._suggest(trials, count), self._update_status(trials), token
 
-            (suggestions, note), status_note = self._fit_slots.run(compute)
+            (suggestions, note), status_note, token = self._fit_slots.run(compute)
             new = [
                 NewTrial(params=self.spec.space.validate_params(s.params), origin=s.origin, reason=s.reason, rationale=s.rationale)
                 for s in suggestions
@@ -306,6 +304,8 @@ class Study:
             if prev is not None:
                 self._check_hash(req, prev)
                 return AskResult(created, note="replayed: this request_id was already answered")
+            # stored only once the trials are: a study deleted meanwhile (its SQLite id perhaps reused) gets no model
+            self._model_cache.push(self.id, self.strategy, token)
             self._remember(created)
         log.info(
             "ask", extra={"study": self.name, "trials": [t.id for t in created], "origins": [t.origin for t in created], "worker": worker_id}

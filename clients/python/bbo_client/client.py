@@ -235,15 +235,18 @@ def _tls_credentials(ca: Optional[str], cert: Optional[str], key: Optional[str])
     return grpc.ssl_channel_credentials(root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert))
 
 
-def _metric_pb(v: Any, name: str) -> pb.MetricValue:
-    """A metric as (value), (value, sem) or {"value", "sem"}; numbers of any kind (numpy scalars too),
-    a sem of None meaning none given."""
+def _split_metric(v: Any) -> tuple[Any, Any]:
+    """(value, sem) of a metric given as value, (value, sem) or {"value", "sem"}; sem None = not given."""
     if isinstance(v, (tuple, list)) and len(v) == 2:
-        value, sem = v
-    elif isinstance(v, Mapping) and "value" in v:
-        value, sem = v["value"], v.get("sem")
-    else:
-        value, sem = v, None
+        return v[0], v[1]
+    if isinstance(v, Mapping) and "value" in v:
+        return v["value"], v.get("sem")
+    return v, None
+
+
+def _metric_pb(v: Any, name: str) -> pb.MetricValue:
+    """A metric (see :func:`_split_metric`); numbers of any kind (numpy scalars too)."""
+    value, sem = _split_metric(v)
     m = pb.MetricValue(value=_number(value, name))
     if sem is not None:
         m.sem = _number(sem, name)
@@ -477,11 +480,13 @@ def _lease_length(t: Trial, asked: float) -> float:
 
 
 def _finite(v: Any) -> bool:
-    if isinstance(v, (tuple, list)):
-        return all(_finite(x) for x in v)
-    if isinstance(v, Mapping):
-        return _finite(v.get("value"))
-    try:
-        return math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
+    """Whether a metric's value (and sem, if given) are finite numbers."""
+
+    def ok(x: Any) -> bool:
+        try:
+            return math.isfinite(float(x))
+        except (TypeError, ValueError):
+            return False
+
+    value, sem = _split_metric(v)
+    return ok(value) and (sem is None or ok(sem))
