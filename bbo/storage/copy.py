@@ -1,0 +1,81 @@
+"""Copy a whole bbo database into an empty one: a consistent backup of a live server's database,
+or a move from the embedded SQLite file to PostgreSQL when a deployment grows to several replicas.
+
+Everything is copied with its ids (studies keep their uids, so workers holding trials carry on
+against the copy), from one read snapshot of the source: a server may keep writing meanwhile, and
+the copy is the database as it was at one instant (SQLite's WAL and PostgreSQL's REPEATABLE READ
+both give that). Rows are streamed in batches, so the size of a study does not matter.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import sqlalchemy as sa
+
+from bbo.errors import BboError
+from bbo.storage import schema as S
+from bbo.storage.sql import Storage
+
+
+class CopyError(BboError):
+    """The copy cannot be made as asked (not a bbo database, a target that is not empty...)."""
+
+
+BATCH = 1000
+
+
+def copy_database(src_url: str, dst_url: str, *, progress: Optional[Callable[[str, int], None]] = None) -> dict[str, int]:
+    """Copy every table of ``src_url`` into ``dst_url`` (migrated to this version's schema, and
+    required empty); returns the rows copied per table. ``progress(table, rows)`` after each batch."""
+    src = Storage(src_url, migrate=False, group_commit=False)
+    try:
+        rev = src.current_revision()
+        if rev is None:
+            raise CopyError(f"{src_url} is not a bbo database (no schema revision found)")
+        dst = Storage(dst_url, group_commit=False)
+        try:
+            if dst.current_revision() != rev:
+                raise CopyError(
+                    f"the source is at schema revision {rev}, this bbo writes {dst.current_revision()}: "
+                    "start `bbo serve` on the source once (it migrates), then copy"
+                )
+            return _copy(src, dst, progress)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+
+
+def _copy(src: Storage, dst: Storage, progress) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    with src.engine.connect() as conn_in:
+        if src.dialect == "postgresql":
+            conn_in = conn_in.execution_options(isolation_level="REPEATABLE READ")
+        with conn_in.begin(), dst._write() as out:  # one read snapshot in, one transaction out
+            for table in S.metadata.sorted_tables:  # parents before children
+                if out.execute(sa.select(sa.func.count()).select_from(table)).scalar_one():
+                    raise CopyError(f"the target database already holds rows in '{table.name}': copy into an empty database")
+            for table in S.metadata.sorted_tables:
+                n = 0
+                result = conn_in.execution_options(yield_per=BATCH).execute(sa.select(table).order_by(*table.primary_key.columns))
+                for rows in result.partitions():
+                    out.execute(table.insert(), [dict(r._mapping) for r in rows])
+                    n += len(rows)
+                    if progress is not None:
+                        progress(table.name, n)
+                counts[table.name] = n
+            if dst.dialect == "postgresql":
+                _reset_sequences(out)
+    return counts
+
+
+def _reset_sequences(conn: sa.Connection) -> None:
+    """Rows were inserted with their ids: move each id sequence past them, so new rows do not collide."""
+    for table in S.metadata.sorted_tables:
+        pk = list(table.primary_key.columns)
+        if len(pk) == 1 and pk[0].autoincrement is True:
+            conn.execute(
+                sa.text(f"SELECT setval(pg_get_serial_sequence(:t, :c), COALESCE((SELECT max({pk[0].name}) FROM {table.name}), 0) + 1, false)"),
+                {"t": table.name, "c": pk[0].name},
+            )

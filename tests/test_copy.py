@@ -1,0 +1,108 @@
+"""``bbo copy``: a live server's SQLite database copied while it serves, and SQLite moved to
+PostgreSQL; the copy serves the same studies (same trial ids and study uids) and takes new work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import uuid
+
+import pytest
+
+import bbo_client as bc
+
+
+def bbo(*args, check=True):
+    r = subprocess.run([sys.executable, "-m", "bbo_server", *args], capture_output=True, text=True, timeout=300)
+    if check and r.returncode != 0:
+        raise AssertionError(f"bbo {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def _populate(c: bc.Client, name: str):
+    s = c.create_study(name, parameters=[bc.Float("x", 0, 1), bc.Ordinal("b", [16, 32, 64])], objectives="y", n_initial=4)
+    for t in s.ask(4):
+        s.report_intermediate(t, 0, t.params["x"] + 1)
+        s.tell(t, {"y": (t.params["x"] - 0.3) ** 2})
+    (pending,) = s.ask()
+    return s, pending
+
+
+def _snapshot(s):
+    return [(t.id, t.state, t.params, t.metrics, t.origin, t.study_uid) for t in s.trials()]
+
+
+def test_live_sqlite_backup_serves_the_same_studies(server_factory, tmp_path):
+    src = f"sqlite:///{tmp_path / 'live.db'}"
+    dst = f"sqlite:///{tmp_path / 'backup.db'}"
+    live = server_factory(db=src)
+    with bc.Client(live.address) as c:
+        s, pending = _populate(c, "copied")
+        before = _snapshot(s)
+        stop = threading.Event()
+
+        def keep_writing():  # another study grows while the copy runs: the copy is one consistent instant
+            w = c.create_study("busy", parameters=[bc.Float("x", 0, 1)], objectives="y", n_initial=1000)
+            while not stop.is_set():
+                (t,) = w.ask()
+                w.tell(t, t.params["x"])
+
+        th = threading.Thread(target=keep_writing, daemon=True)
+        th.start()
+        out = bbo("copy", src, dst).stdout
+        stop.set()
+        th.join(30)
+    copied = dict(reversed(part.split(" ", 1)) for part in out.split(":")[0].split(", "))
+    assert int(copied["studies"]) == 2 and int(copied["trials"]) > 5  # the busy study's trials came along too
+    restored = server_factory(db=dst)
+    with bc.Client(restored.address) as c:
+        s2 = c.study("copied")
+        assert _snapshot(s2) == before
+        busy = c.study("busy").trials()
+        assert [t.id for t in busy] == list(range(1, len(busy) + 1)) == list(range(1, int(copied["trials"]) - 4))
+        assert all(t.state == "COMPLETED" for t in busy[:-1])  # one instant: at most the last ask is untold
+        assert s2.tell(pending, {"y": 0.5}).trial.state == "COMPLETED"  # the worker's trial, uid and all
+        (nxt,) = s2.ask()
+        assert nxt.id == pending.id + 1
+    r = bbo("copy", src, dst, check=False)
+    assert r.returncode == 1 and "empty database" in r.stderr
+    r = bbo("copy", f"sqlite:///{tmp_path / 'nothing.db'}", f"sqlite:///{tmp_path / 'x.db'}", check=False)
+    assert r.returncode == 1 and "not a bbo database" in r.stderr
+
+
+def test_sqlite_moves_to_postgresql(cluster, tmp_path):
+    """SQLite -> PostgreSQL with the same ids; the sequences are moved past them, so new studies,
+    trials and events on PostgreSQL do not collide with the copied ones."""
+    from bbo.storage import Storage
+    from bbo.storage.copy import copy_database
+    from bbo.study import StudyRegistry
+
+    src = f"sqlite:///{tmp_path / 'small.db'}"
+    st = Storage(src)
+    reg = StudyRegistry(st)
+    spec = {"parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}], "objectives": [{"name": "y"}], "algorithm": {"n_initial": 100}}
+    a, _ = reg.create_study("a", spec)
+    for t in a.ask(3).trials:
+        a.tell(t.id, {"y": t.params["x"]})
+    reg.delete_study(reg.create_study("gone", spec)[0].name)  # ids with a gap
+    b, _ = reg.create_study("b", spec)
+    b.ask(2, request_id="r1")
+    st.close()
+
+    pg = cluster.create_database("copy_" + uuid.uuid4().hex[:10])
+    counts = copy_database(src, pg)
+    assert counts["studies"] == 2 and counts["trials"] == 5 and counts["request_log"] == 1
+    st = Storage(pg, pool_size=4)
+    try:
+        reg = StudyRegistry(st)
+        a2, created = reg.create_study("a", spec)
+        assert not created and a2.uid == a.uid and [t.id for t in a2.trials()] == [1, 2, 3]
+        assert [t.id for t in reg.get_study("b").ask(2, request_id="r1").trials] == [1, 2]  # the replay log came along
+        c, _ = reg.create_study("c", spec)  # a fresh id past the copied ones
+        assert c.id > max(a2.id, b.id)
+        assert [t.id for t in a2.ask(2).trials] == [4, 5]
+    finally:
+        st.close()
+    with pytest.raises(Exception, match="empty database"):
+        copy_database(src, pg)
