@@ -54,7 +54,7 @@ const opts = JSON.parse(optsJson);
 (async () => {
   let c = null;
   try {
-    c = new Client(address, {deadlineMs: 20000, ...opts});
+    c = new Client(address, {deadlineMs: 20000, retries: 0, ...opts});  // refusals are the point here: no retries
     const s = await c.createStudy(study, {parameters: [{name: 'x', float: {low: 0, high: 1}}], objectives: [{name: 'y'}]});
     const [t] = await s.ask(1, 'node-tls');
     const told = await s.tell(t.id, {y: t.parameters.x});
@@ -154,3 +154,53 @@ def test_node_tell_of_a_trial_carries_its_study_uid(bbo_server, client, study_na
     out = subprocess.run(["node", "-e", tell, json.dumps(stale)], cwd=NODE_DIR, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "NOT_FOUND", out.stderr
     assert client.study(study_name).trial(fresh.id).state == "PENDING"
+
+
+_RESTART_SCRIPT = r"""
+const fs = require('fs');
+const {Client} = require('./src');
+const [address, study, marker] = process.argv.slice(1);
+(async () => {
+  const c = new Client(address, {retries: 40, backoffMs: 50, maxBackoffMs: 500, deadlineMs: 20000});
+  const s = await c.createStudy(study, {parameters: [{name: 'x', float: {low: 0, high: 1}}], objectives: [{name: 'y'}]});
+  let k = 0;
+  await s.optimize(async (p) => {
+    k += 1;
+    if (k === 2) {  // the test kills the server now and brings it back a little later
+      fs.writeFileSync(marker, 'x');
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    return {y: p.x};
+  }, 4, 'node-restart');
+  console.log(JSON.stringify({done: k}));
+  c.close();
+})().catch((e) => { console.log(JSON.stringify({error: e.codeName || String(e.message)})); });
+"""
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_worker_rides_out_a_server_restart(server_factory, tmp_path):
+    """The server is killed during an evaluation and comes back 2 s later on the same port: the Node
+    client's retries carry its tell and the next ask through, and no trial is asked twice."""
+    import time
+
+    import bbo_client as bc
+
+    srv = server_factory()
+    port = srv.port
+    marker = tmp_path / "evaluating"
+    proc = subprocess.Popen(["node", "-e", _RESTART_SCRIPT, srv.address, "node-restart", str(marker)], cwd=NODE_DIR,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert marker.exists(), proc.communicate(timeout=10)
+    srv.kill()
+    time.sleep(2.0)
+    srv.requested_port = port
+    srv.start()
+    out, err = proc.communicate(timeout=180)
+    assert json.loads(out.strip().splitlines()[-1]) == {"done": 4}, err
+    with bc.Client(srv.address) as c:
+        trials = c.study("node-restart").trials()
+    assert [t.state for t in trials] == ["COMPLETED"] * 4

@@ -3,6 +3,7 @@
 'use strict';
 
 const path = require('path');
+const crypto = require('crypto');
 const fs = require('fs');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
@@ -113,7 +114,10 @@ class Client {
   //   tlsCa (BBO_TLS_CA): root certificate(s) to trust (path or PEM; implies TLS);
   //   tlsCert, tlsKey (BBO_CLIENT_CERT, BBO_CLIENT_KEY): client certificate and key for mutual TLS;
   //   tlsServerName: check the server certificate against this name instead of the address's host;
-  //   credentials: ready grpc-js ChannelCredentials (overrides the TLS options); deadlineMs.
+  //   credentials: ready grpc-js ChannelCredentials (overrides the TLS options); deadlineMs;
+  //   retries (8), backoffMs (100), maxBackoffMs (5000): a call failing with UNAVAILABLE (the server
+  //   restarting) is retried with jittered exponential backoff; asks carry a request id, so a retry
+  //   never creates trials twice, and a repeated tell is recorded once.
   constructor(address, options = {}) {
     const Service = loadService();
     const creds = options.credentials || tlsCredentials(options) || grpc.credentials.createInsecure();
@@ -125,9 +129,25 @@ class Client {
     this.stub = new Service(address, creds, channelOptions);
     this.apiKey = options.apiKey || process.env.BBO_API_KEY || '';
     this.deadlineMs = options.deadlineMs || 120000;
+    this.retries = options.retries ?? 8;
+    this.backoffMs = options.backoffMs ?? 100;
+    this.maxBackoffMs = options.maxBackoffMs ?? 5000;
   }
 
-  call(method, request) {
+  async call(method, request) {
+    let delay = this.backoffMs;
+    for (let attempt = 0; ; attempt += 1) {
+      try {
+        return await this.callOnce(method, request);
+      } catch (e) {
+        if (!(e instanceof BboError) || e.code !== grpc.status.UNAVAILABLE || attempt >= this.retries) throw e;
+        await new Promise((r) => setTimeout(r, delay * (0.5 + Math.random())));
+        delay = Math.min(2 * delay, this.maxBackoffMs);
+      }
+    }
+  }
+
+  callOnce(method, request) {
     const md = new grpc.Metadata();
     if (this.apiKey) md.set('authorization', `Bearer ${this.apiKey}`);
     const deadline = new Date(Date.now() + this.deadlineMs);
@@ -159,7 +179,8 @@ class Study {
   }
 
   async ask(count = 1, workerId = '') {
-    const res = await this.client.call('Ask', { study: this.name, count, worker_id: workerId });
+    const requestId = crypto.randomUUID();  // the same on every retry: the server replays, never asks twice
+    const res = await this.client.call('Ask', { study: this.name, count, worker_id: workerId, request_id: requestId });
     return res.trials.map(fromTrial);
   }
 
@@ -175,7 +196,9 @@ class Study {
   }
 
   async addTrial(parameters, metrics) {
-    const res = await this.client.call('AddTrial', { study: this.name, parameters: toParameterValues(parameters), metrics: toMetrics(metrics) });
+    const res = await this.client.call('AddTrial', {
+      study: this.name, parameters: toParameterValues(parameters), metrics: toMetrics(metrics), request_id: crypto.randomUUID(),
+    });
     return fromTrial(res);
   }
 
