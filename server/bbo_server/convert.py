@@ -8,7 +8,7 @@ from typing import Any, Mapping, Optional
 from google.protobuf import timestamp_pb2
 
 from bbo.errors import SpecError
-from bbo.space import CategoricalParam, FixedParam, FloatParam, IntParam, OrdinalParam, SearchSpace, Value
+from bbo.space import CategoricalParam, FixedParam, FloatParam, IntParam, OrdinalParam, Value
 from bbo.spec import MAXIMIZE, MINIMIZE, AlgorithmOptions, StudySpec
 from bbo.storage import LlmCallRecord
 from bbo.study import STUDY_ACTIVE, STUDY_LIKELY_INFEASIBLE, Study, StudyInfo
