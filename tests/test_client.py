@@ -170,3 +170,29 @@ def test_optimize_heartbeats_at_the_servers_lease(server_factory, study_name):
         s.optimize(fn, n_trials=1, progress=False)
         (t,) = s.trials()
     assert t.state == "COMPLETED", t.reason
+
+
+def test_ctrl_c_stops_optimize_after_the_running_evaluations_are_told(client, study_name):
+    """SIGINT during optimize: no new trial is started, the evaluations under way finish and are
+    told, and KeyboardInterrupt reaches the caller (before: the loop ran on to n_trials)."""
+    import os
+    import signal
+
+    s = client.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives="y")
+    evaluated = []
+    lock = threading.Lock()
+
+    def fn(p):
+        with lock:
+            evaluated.append(p["x"])
+            k = len(evaluated)
+        if k == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does: KeyboardInterrupt in the main thread
+        time.sleep(0.3)
+        return p["x"]
+
+    with pytest.raises(KeyboardInterrupt):
+        s.optimize(fn, n_trials=40, n_workers=2, progress=False)
+    trials = s.trials()
+    assert len(evaluated) <= 6 and len(trials) == len(evaluated)
+    assert all(t.state == "COMPLETED" for t in trials)  # nothing left PENDING, no result lost

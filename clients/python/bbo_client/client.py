@@ -404,7 +404,9 @@ class StudyHandle:
         on. While ``fn`` runs, the trial's lease is renewed every ``heartbeat_seconds`` (default:
         a third of the lease the server granted). Asks and Tells are retried for up to
         ``tell_patience`` seconds while the server is away (a restart does not end the loop); if a
-        result's Tell still fails, the error names the trial and its metrics. Returns :meth:`best`.
+        result's Tell still fails, the error names the trial and its metrics. On Ctrl-C (or such an
+        error) no new trial starts, and the evaluations under way finish and are told before the
+        exception propagates. Returns :meth:`best`.
         """
         if n_trials < 0 or n_workers < 1:
             raise InvalidArgument("need n_trials >= 0 and n_workers >= 1")
@@ -415,10 +417,12 @@ class StudyHandle:
         claimed = [0]
         bar = tqdm(total=n_trials, disable=not progress, desc=self.name, unit="trial")
 
+        stopping = threading.Event()  # Ctrl-C, or another worker failed: claim no more trials
+
         def one(worker: int) -> None:
             while True:
                 with lock:
-                    if claimed[0] >= n_trials:
+                    if claimed[0] >= n_trials or stopping.is_set():
                         return
                     claimed[0] += 1
                 (t,) = self.ask(1, worker_id=f"{wid}-{worker}", lease_seconds=lease_seconds, patience=tell_patience)
@@ -454,8 +458,12 @@ class StudyHandle:
 
         try:
             with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="bbo-optimize") as ex:
-                for f in [ex.submit(one, k) for k in range(n_workers)]:
-                    f.result()
+                try:
+                    for f in [ex.submit(one, k) for k in range(n_workers)]:
+                        f.result()
+                except BaseException:  # the evaluations under way finish and are told; no new ones start
+                    stopping.set()
+                    raise
         finally:
             bar.close()
         return self.best()
