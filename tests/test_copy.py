@@ -106,3 +106,6 @@ def test_sqlite_moves_to_postgresql(cluster, tmp_path):
         st.close()
     with pytest.raises(Exception, match="empty database"):
         copy_database(src, pg)
+    # and back: a PostgreSQL deployment backed up into a SQLite file, read in one REPEATABLE READ snapshot
+    back = copy_database(pg, f"sqlite:///{tmp_path / 'back.db'}")
+    assert back["studies"] == 3 and back["trials"] == counts["trials"] + 2
