@@ -280,10 +280,12 @@ class Study:
                 if self.expire_leases(now):
                     trials = self._all_trials()
 
+            plan = self._llm_plan(trials, count)  # network waits: before taking a fit slot, so other studies' asks go on
+
             def compute():
                 # replicas share the fitted model through the database (bbo.storage.coordination)
                 token = self._model_cache.pull(self.id, self.strategy)
-                return self._suggest(trials, count), self._update_status(trials), token
+                return self._suggest(trials, count, plan), self._update_status(trials), token
 
             (suggestions, note), status_note, token = self._fit_slots.run(compute)
             new = [
@@ -380,9 +382,9 @@ class Study:
             kw["priors"] = plan.spec.priors
         return kw
 
-    def _suggest(self, trials: list[Trial], count: int):
+    def _suggest(self, trials: list[Trial], count: int, plan: Mapping[str, Any]):
         try:
-            sugg = list(self.strategy.suggest(trials, count, **self._llm_plan(trials, count)))
+            sugg = list(self.strategy.suggest(trials, count, **plan))
             if len(sugg) != count:
                 raise RuntimeError(f"strategy returned {len(sugg)} suggestions for {count}")
             for s in sugg:

@@ -123,3 +123,42 @@ def test_unreachable_endpoint_never_blocks_asks_or_tells(server_factory, study_n
         study.tell(t.id, {"f": 1.0})
         assert study.trials()[0].state == "COMPLETED"
         assert any(call.outcome != "ok" for call in study.llm_calls())
+
+
+def test_a_slow_llm_does_not_hold_up_other_studies_asks(server_factory, study_name):
+    """With one fit slot (--workers 1), an LLM study whose endpoint is still answering must not keep
+    a plain study's ask waiting: LLM I/O happens before a fit slot is taken (before, the plain ask
+    waited for the LLM). The endpoint holds its answer until the test releases it (or 20 s pass,
+    well inside the client timeout and ask budget set here)."""
+    import threading
+
+    from bbo_client import Client, Float
+
+    gate = threading.Event()
+
+    def slow(body: dict) -> Reply:
+        gate.wait(30)
+        return _responder(body)
+
+    latest = threading.Timer(20, gate.set)  # the latest release, so that a regression fails instead of hanging
+    latest.daemon = True
+    latest.start()
+
+    with ChatServer(slow) as chat:
+        env = {**_server_env(chat), "BBO_LLM_TIMEOUT": "120", "BBO_LLM_ASK_BUDGET": "120"}
+        srv = server_factory(env=env, args=["--workers", "1"])
+        with Client(srv.address) as c:
+            llm_study = _study(c, study_name)
+            plain = c.create_study(study_name + "-plain", parameters=[Float("x", 0, 1)], objectives="y")
+            asked = threading.Thread(target=lambda: llm_study.ask(2), daemon=True)
+            asked.start()
+            while not chat.requests and asked.is_alive():
+                gate.wait(0.01)
+            assert chat.requests, "the LLM study never called its endpoint"
+            (t,) = plain.ask()
+            released_before = gate.is_set()
+            gate.set()
+            latest.cancel()
+            asked.join(60)
+            assert not released_before and t.origin
+            assert len(llm_study.trials()) == 2
