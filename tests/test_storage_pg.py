@@ -427,3 +427,39 @@ def test_concurrent_tells_of_one_trial_from_two_replicas_apply_once(pg_url, stor
         n_done = conn.execute(sa.text("SELECT count(*) FROM trial_events WHERE state = 'COMPLETED'")).scalar()
     assert n_done == 1
     other.close()
+
+
+def test_nul_characters_are_stored_on_postgresql_not_an_internal_error(storage, cluster, tmp_path):
+    """PostgreSQL text refuses NUL: a failure reason, worker id or LLM text holding one is stored
+    with U+FFFD instead (before: DataError, INTERNAL, and an LLM rationale with NUL blocked every
+    ask of its study); a SQLite file holding NULs copies to PostgreSQL."""
+    from bbo.storage import LlmCallRecord
+    from bbo.storage.copy import copy_database
+    from bbo.study import StudyRegistry
+
+    reg = StudyRegistry(storage)
+    spec = {"parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}], "objectives": [{"name": "y"}], "algorithm": {"n_initial": 100}}
+    st, _ = reg.create_study("nul", spec)
+    (t,) = st.ask(1, worker_id="w\x00").trials
+    st.tell(t.id, failed=True, reason="OOM\x00 at step 3")
+    got = st.get_trial(t.id)
+    assert got.reason == "OOM\ufffd at step 3" and got.worker_id == "w\ufffd"
+    storage.insert_trials(st.id, [NewTrial({"x": 0.5}, "llm_warmstart", rationale="near the \x00 optimum")])
+    storage.log_llm_call(st.id, LlmCallRecord("warmstart", "m", "prompt\x00", "answer\x00", "ok"))
+    assert storage.get_trial(st.id, 2).rationale == "near the \ufffd optimum"
+    assert storage.list_llm_calls(st.id)[0].response == "answer\ufffd"
+
+    src = f"sqlite:///{tmp_path / 'nul.db'}"
+    lite = Storage(src)
+    sreg = StudyRegistry(lite)
+    s2, _ = sreg.create_study("nul", spec)
+    (u,) = s2.ask(1).trials
+    s2.tell(u.id, failed=True, reason="bad\x00")
+    lite.close()
+    target = cluster.create_database("t_" + uuid.uuid4().hex[:12])
+    assert copy_database(src, target)["trials"] == 1
+    moved = Storage(target, pool_size=2)
+    try:
+        assert moved.get_trial(moved.get_study("default", "nul").id, 1).reason == "bad\ufffd"
+    finally:
+        moved.close()

@@ -8,6 +8,24 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+class _NoNul(sa.types.TypeDecorator):
+    """A string PostgreSQL can store: it refuses NUL characters, which become U+FFFD here (on every
+    dialect, so a SQLite database can always be copied to PostgreSQL)."""
+
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return value.replace("\x00", "\ufffd") if isinstance(value, str) and "\x00" in value else value
+
+
+class Text(_NoNul):
+    impl = sa.Text
+
+
+class String(_NoNul):
+    impl = sa.String
+
+
 metadata = sa.MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -21,13 +39,13 @@ studies = sa.Table(
     "studies",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("tenant", sa.String(128), nullable=False),
-    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("tenant", String(128), nullable=False),
+    sa.Column("name", String(128), nullable=False),
     sa.Column("spec", sa.JSON, nullable=False),
-    sa.Column("spec_hash", sa.String(64), nullable=False),
+    sa.Column("spec_hash", String(64), nullable=False),
     sa.Column("seed", sa.BigInteger, nullable=False),  # the strategy's seed (the spec's, or drawn once)
-    sa.Column("state", sa.String(32), nullable=False),
-    sa.Column("state_reason", sa.Text, nullable=False),
+    sa.Column("state", String(32), nullable=False),
+    sa.Column("state_reason", Text, nullable=False),
     sa.Column("trial_counter", sa.BigInteger, nullable=False),  # last allocated trial number
     sa.Column("created_at", sa.Float, nullable=False),
     sa.UniqueConstraint("tenant", "name"),
@@ -40,12 +58,12 @@ trials = sa.Table(
     sa.Column("study_id", sa.Integer, sa.ForeignKey("studies.id", ondelete="CASCADE"), nullable=False),
     sa.Column("number", sa.BigInteger, nullable=False),  # the trial id users see: 1, 2, ... per study
     sa.Column("params", sa.JSON, nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("state", String(16), nullable=False),
     sa.Column("metrics", sa.JSON, nullable=False),  # {name: {"value": v, "sem": s|null}}
-    sa.Column("origin", sa.String(32), nullable=False),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("rationale", sa.Text, nullable=False),
-    sa.Column("worker_id", sa.String(256), nullable=False),
+    sa.Column("origin", String(32), nullable=False),
+    sa.Column("reason", Text, nullable=False),
+    sa.Column("rationale", Text, nullable=False),
+    sa.Column("worker_id", String(256), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("lease_expires_at", sa.Float, nullable=True),
@@ -58,8 +76,8 @@ trial_events = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("trial_id", sa.Integer, sa.ForeignKey("trials.id", ondelete="CASCADE"), nullable=False, index=True),
-    sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("state", String(16), nullable=False),
+    sa.Column("detail", Text, nullable=False),
     sa.Column("at", sa.Float, nullable=False),
 )
 
@@ -77,11 +95,11 @@ llm_calls = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("study_id", sa.Integer, sa.ForeignKey("studies.id", ondelete="CASCADE"), nullable=False, index=True),
-    sa.Column("purpose", sa.String(64), nullable=False),
-    sa.Column("model", sa.String(256), nullable=False),
-    sa.Column("prompt", sa.Text, nullable=False),
-    sa.Column("response", sa.Text, nullable=False),
-    sa.Column("outcome", sa.Text, nullable=False),
+    sa.Column("purpose", String(64), nullable=False),
+    sa.Column("model", String(256), nullable=False),
+    sa.Column("prompt", Text, nullable=False),
+    sa.Column("response", Text, nullable=False),
+    sa.Column("outcome", Text, nullable=False),
     sa.Column("prompt_tokens", sa.Integer, nullable=False),
     sa.Column("completion_tokens", sa.Integer, nullable=False),
     sa.Column("latency_seconds", sa.Float, nullable=False),
@@ -92,11 +110,11 @@ request_log = sa.Table(
     "request_log",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("tenant", sa.String(128), nullable=False),
+    sa.Column("tenant", String(128), nullable=False),
     sa.Column("study_id", sa.Integer, sa.ForeignKey("studies.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("kind", sa.String(32), nullable=False),
-    sa.Column("request_id", sa.String(128), nullable=False),
-    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("kind", String(32), nullable=False),
+    sa.Column("request_id", String(128), nullable=False),
+    sa.Column("request_hash", String(64), nullable=False),
     sa.Column("response", sa.JSON, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.UniqueConstraint("study_id", "kind", "request_id"),
@@ -106,10 +124,10 @@ api_keys = sa.Table(
     "api_keys",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("key_id", sa.String(32), nullable=False),  # public identifier (shown by `bbo keys list`)
-    sa.Column("tenant", sa.String(128), nullable=False),
-    sa.Column("key_hash", sa.String(64), nullable=False),  # sha256 hex of the whole secret key
-    sa.Column("label", sa.String(256), nullable=False),
+    sa.Column("key_id", String(32), nullable=False),  # public identifier (shown by `bbo keys list`)
+    sa.Column("tenant", String(128), nullable=False),
+    sa.Column("key_hash", String(64), nullable=False),  # sha256 hex of the whole secret key
+    sa.Column("label", String(256), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("revoked_at", sa.Float, nullable=True),
     sa.UniqueConstraint("key_id"),
@@ -126,5 +144,5 @@ model_state = sa.Table(
     sa.Column("format", sa.Integer, nullable=False),
     sa.Column("state", sa.LargeBinary, nullable=False),  # torch.save of {"hyper": {name: tensor}, ...}
     sa.Column("updated_at", sa.Float, nullable=False),
-    sa.Column("updated_by", sa.String(128), nullable=False),  # replica (application name) that fit it
+    sa.Column("updated_by", String(128), nullable=False),  # replica (application name) that fit it
 )
