@@ -46,11 +46,13 @@ class ChatServer:
         models: Sequence[str] = ("test-model",),
         reject_response_format: bool = False,
         reject_fields: Sequence[str] = (),
+        served_model: Optional[str] = None,
     ):
         self.replies = replies if replies is not None else [Reply("{}")]
         self.models = list(models)
         self.reject_response_format = reject_response_format
         self.reject_fields = tuple(reject_fields)  # request fields answered with HTTP 400 (e.g. "max_tokens")
+        self.served_model = served_model  # the model answers name (api.openai.com names a dated snapshot); None: the one asked for
         self.requests: list[dict] = []  # every chat request body received, in order
         self.model_requests = 0
         self._i = 0
@@ -133,7 +135,7 @@ class ChatServer:
                     "id": f"chatcmpl-{len(server.requests)}",
                     "object": "chat.completion",
                     "created": int(time.time()),
-                    "model": body.get("model", "test-model"),
+                    "model": server.served_model or body.get("model", "test-model"),
                     "choices": [{
                         "index": 0,
                         "message": {"role": "assistant", "content": content, "refusal": reply.refusal},

@@ -8,6 +8,8 @@ import json
 import os
 import socket
 
+import pytest
+
 from llm_server import ChatServer, Reply
 
 GOOD_POINTS = [{"x": 0.11, "y": 0.22}, {"x": 0.33, "y": 0.44}]
@@ -69,14 +71,18 @@ def test_warmstart_candidates_become_trials_and_calls_are_audited(server_factory
             assert len(study.trials()) == 7
 
 
-def test_stored_answers_are_reused_after_a_restart(server_factory, study_name, tmp_path):
+@pytest.mark.parametrize("configured, served", [("test-model", None), ("test-model", "test-model-2024-07-18"), ("", None)],
+                         ids=["same-model", "dated-snapshot", "model-from-endpoint"])
+def test_stored_answers_are_reused_after_a_restart(server_factory, study_name, tmp_path, configured, served):
     """The same prompt on the same study is not sent again after a restart: the advisor's cache is
-    the study's stored call log (bbo.llm.StoredAnswers), not process memory."""
+    the study's stored call log (bbo.llm.StoredAnswers), not process memory. Also when the answer
+    names another model than the one asked for, or none was configured (found through /models)."""
     from bbo_client import Client
 
     db = "sqlite:///" + str(tmp_path / "llm-restart.db")
-    with ChatServer(_responder) as chat:
-        srv = server_factory(db=db, env=_server_env(chat))
+    with ChatServer(_responder, served_model=served) as chat:
+        env = {**_server_env(chat), "BBO_LLM_MODEL": configured}
+        srv = server_factory(db=db, env=env)
         with Client(srv.address) as c:
             study = _study(c, study_name)
             for t in study.ask(5):
@@ -85,7 +91,7 @@ def test_stored_answers_are_reused_after_a_restart(server_factory, study_name, t
             sent = [ChatServer.prompt_of(b) for b in chat.requests]
             assert any("priors" in p for p in sent), sent
         assert srv.stop() == 0
-        srv = server_factory(db=db, env=_server_env(chat))
+        srv = server_factory(db=db, env=env)
         with Client(srv.address) as c:
             study = c.study(study_name)
             (t,) = study.ask(1)  # a fresh strategy derives the priors again: from the stored answer

@@ -211,8 +211,8 @@ class LlmAdvisor:
 
     # ---- cache ----------------------------------------------------------------------------------
     @staticmethod
-    def cache_key(study_key: str, purpose: str, model: str, prompt_text: str) -> str:
-        return f"{study_key}|{purpose}|{prompt_hash(model, prompt_text)}"
+    def cache_key(study_key: str, purpose: str, prompt_text: str) -> str:
+        return f"{study_key}|{purpose}|{prompt_hash(prompt_text)}"
 
     def _cache_get(self, key: str) -> Optional[dict]:
         v = self._lru.get(key)
@@ -240,7 +240,7 @@ class LlmAdvisor:
     def _exchange(self, prompt: Prompt, study_key: str, model: str, deadline: float) -> tuple[ChatOutcome, LlmCallRecord, str]:
         """(outcome, record, cache key): from the cache, or one bounded call."""
         model = model or self.config.model
-        key = self.cache_key(study_key, prompt.purpose, model, prompt.text)
+        key = self.cache_key(study_key, prompt.purpose, prompt.text)
         hit = self._cache_get(key)
         if hit is not None:
             out = ChatOutcome(text=hit["text"], prompt_tokens=int(hit.get("prompt_tokens", 0)),

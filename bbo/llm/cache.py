@@ -15,13 +15,16 @@ USABLE = ("ok", "cached", "partial")  # outcomes whose response was parsed and u
 REPEATED = ("priors", "warmstart")  # prompts that recur on a study; proposal prompts carry the history
 
 
-def prompt_hash(model: str, prompt_text: str) -> str:
-    return hashlib.sha256(f"{model}\n{prompt_text}".encode()).hexdigest()[:40]
+def prompt_hash(prompt_text: str) -> str:
+    """The cache key's prompt part. Not the model: the model a response names may differ from the one
+    asked for (a dated snapshot of an alias, or one found through /models), and the issue's rule is
+    "the same prompt on the same study is not sent twice"."""
+    return hashlib.sha256(prompt_text.encode()).hexdigest()[:40]
 
 
 class StoredAnswers:
-    """``get(key)`` finds a usable stored answer to the same prompt and model on the same study;
-    ``put`` stores nothing (the call log already has it)."""
+    """``get(key)`` finds a usable stored answer to the same prompt on the same study; ``put``
+    stores nothing (the call log already has it)."""
 
     def __init__(self, storage):
         self.storage = storage
@@ -35,7 +38,7 @@ class StoredAnswers:
         if purpose not in REPEATED:
             return None
         for rec in reversed(self.storage.list_llm_calls(study_id, purpose)):
-            if rec.outcome.startswith(USABLE) and prompt_hash(rec.model, rec.prompt) == h:
+            if rec.outcome.startswith(USABLE) and prompt_hash(rec.prompt) == h:
                 return {"text": rec.response, "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens, "model": rec.model}
         return None
 
