@@ -5,6 +5,7 @@ suggestions (after the Sobol fill) and a recorded reason, never an exception."""
 from __future__ import annotations
 
 import json
+import math
 import socket
 
 import pytest
@@ -310,3 +311,16 @@ def test_prepare_priors_and_warmstart_feed_the_strategy():
         assert len(plan2.warmstart) == n_ws - 1 and out[0].params not in [w.params for w in plan2.warmstart]
         out2 = gs.suggest(trials, 9, warmstart=plan2.warmstart)  # nothing measured yet: the other candidates close the design
         assert [s.origin for s in out2] == ["initial_design"] * 6 + ["llm_warmstart"] * 3
+
+
+def test_absurd_categorical_weights_do_not_void_the_other_priors():
+    """Categorical weights near the float limit summed to inf and normalized to nan, which failed the
+    merged spec's validation and dropped every prior of the answer; now they are read as equal."""
+    spec = make_spec()
+    absurd = {"opt": {"rationale": "r", "probabilities": {"adam": 1e308, "Adam": 1e308, "sgd": 1e308}, "confidence": 0.4}}
+    good = {"lr": {"rationale": "r", "best_guess": 1e-3, "low": 1e-4, "high": 1e-2, "confidence": 0.8}}
+    with ChatServer([Reply(json.dumps({"priors": {**absurd, **good}}))]) as srv:
+        res = LlmAdvisor(cfg(srv)).priors(spec, study_key="s")
+    by = {p.parameter: p for p in res.priors}
+    assert set(by) == {"lr", "opt"} and all(math.isfinite(v) for v in by["opt"].probabilities.values())
+    assert by["opt"].probabilities["adam"] > by["opt"].probabilities["sgd"] > by["opt"].probabilities["rmsprop"]

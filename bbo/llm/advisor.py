@@ -337,12 +337,21 @@ class LlmAdvisor:
             if not rec.cached:
                 rec.outcome = reason
             return LlmResult(calls=[rec], reason=reason, issues=parsed.issues)
-        try:  # the merged spec must still validate; a prior that does not is dropped as a whole
-            dataclasses.replace(spec, priors=merge_priors(spec.priors, parsed.priors))
-        except SpecError as e:
-            reason = f"unusable answer: priors failed validation ({e.message})"
-            rec.outcome = reason
+        kept = []
+        for prior in parsed.priors:  # the merged spec must still validate: a prior that does not is dropped alone
+            try:
+                dataclasses.replace(spec, priors=merge_priors(spec.priors, [prior]))
+                kept.append(prior)
+            except SpecError as e:
+                parsed.issues.append(f"prior on '{prior.parameter}' failed validation ({e.message})")
+        if not kept:
+            reason = f"unusable answer: priors failed validation ({parsed.issues[-1]})"
+            self._mark_unusable(key)
+            if not rec.cached:
+                rec.outcome = reason
             return LlmResult(calls=[rec], reason=reason, issues=parsed.issues)
+        parsed.priors = kept
+        first_issue = f" ({parsed.issues[0]})" if parsed.issues else ""
         if key:
             self._cache_put(key, {"text": out.text, "prompt_tokens": out.prompt_tokens,
                                   "completion_tokens": out.completion_tokens, "model": out.model})

@@ -476,12 +476,11 @@ def _categorical_prior(p: CategoricalParam, d: Mapping[str, Any], cap: float, is
         probs_raw = {str(_first(x, ("choice", "value", "name"))): _first(x, ("probability", "p", "prob", "weight"))
                      for x in probs_raw if isinstance(x, dict)}
     if isinstance(probs_raw, dict):
-        for k, v in probs_raw.items():
-            c, _ = coerce_value(p, k)
-            x = _number(v)
-            if c is not None and x is not None and x > 0:
-                probs[c] += x
-                matched = True
+        weights = [(c, x) for k, v in probs_raw.items() if (c := coerce_value(p, k)[0]) is not None and (x := _number(v)) is not None and x > 0]
+        top = max((x for _, x in weights), default=1.0)  # scaled first: weights near the float limit must not sum to inf
+        for c, x in weights:
+            probs[c] += x / top
+            matched = True
     if not matched:
         guess = _first(d, ("best_guess", "best", "mode", "value", "choice"))
         c, _ = coerce_value(p, guess) if guess is not None else (None, "")
