@@ -240,3 +240,16 @@ def test_schemas_are_strict_mode_compatible():
     _check_strict(candidates_schema(space))
     _check_strict(priors_schema(space))
     assert "seed" not in candidates_schema(space)["properties"]["candidates"]["items"]["properties"]["params"]["properties"]
+
+
+def test_brackets_are_matched_in_one_pass_and_a_stray_quote_in_prose_does_not_hide_the_json():
+    """Thousands of unclosed openers (an endpoint ignoring max_tokens) used to cost a scan to the end
+    per opener; one pass now matches them all, and the complete objects inside are still found.
+    Prose with an unmatched quote before the JSON falls back to scanning that opener on its own."""
+    from bbo.llm.parse import extract_json, salvage_objects
+
+    cut = '{"candidates": [{"params": {"x": 0.25}, "rationale": "a"}, ' + '{"params": {"x": 0.5, ' * 5000
+    got = salvage_objects(cut)
+    assert got[0] == {"params": {"x": 0.25}, "rationale": "a"} and len(got) == 1
+    assert extract_json("Sure, here's some rock 'n roll: {\"a\": [1, 2]} enjoy") == {"a": [1, 2]}
+    assert extract_json('The note says "use {x}" and then {"b": "}{"} ends') == {"b": "}{"}

@@ -78,9 +78,12 @@ def _loads(s: str) -> Any:
     raise ValueError("not JSON")
 
 
-def _balanced_at(text: str, i: int) -> int:
-    """End (exclusive) of the balanced {...} / [...] block opening at ``i``, or -1 if it never closes."""
-    depth, in_str, quote, esc = 0, False, "", False
+def _scan(text: str, i: int, stop_at_close: bool) -> tuple[int, dict[int, int]]:
+    """Bracket matching from ``i`` on, skipping strings: (end of the block opening at ``i`` or -1,
+    {opener position: its block's end, -1 if it never closes} for every opener met outside strings)."""
+    ends: dict[int, int] = {}
+    stack: list[int] = []
+    in_str, quote, esc = False, "", False
     for j in range(i, len(text)):
         ch = text[j]
         if in_str:
@@ -93,21 +96,50 @@ def _balanced_at(text: str, i: int) -> int:
         elif ch == '"' or (ch == "'" and (j == 0 or not text[j - 1].isalnum())):
             in_str, quote = True, ch
         elif ch in "{[":
-            depth += 1
-        elif ch in "}]":
-            depth -= 1
-            if depth == 0:
-                return j + 1
-    return -1
+            stack.append(j)
+            ends[j] = -1
+        elif ch in "}]" and stack:
+            ends[stack.pop()] = j + 1
+            if stop_at_close and not stack:
+                return j + 1, ends
+    return ends.get(i, -1), ends
+
+
+def _balanced_at(text: str, i: int) -> int:
+    """End (exclusive) of the balanced {...} / [...] block opening at ``i``, or -1 if it never closes."""
+    return _scan(text, i, True)[0] if text[i : i + 1] in ("{", "[") else -1
+
+
+class _Blocks:
+    """Block ends for every opener of a text in one pass (an answer of n unclosed braces used to cost
+    n scans to its end). An opener the pass saw inside a string (prose with a stray quote before the
+    JSON) is scanned on its own, at most ``MAX_RESCANS`` of them."""
+
+    MAX_RESCANS = 64
+
+    def __init__(self, text: str):
+        self.text = text
+        self.ends = _scan(text, 0, False)[1]
+        self.rescans = 0
+
+    def end(self, i: int) -> int:
+        e = self.ends.get(i)
+        if e is not None:
+            return e
+        if self.rescans >= self.MAX_RESCANS:
+            return -1
+        self.rescans += 1
+        return _balanced_at(self.text, i)
 
 
 def _balanced_spans(text: str) -> Iterable[tuple[int, int]]:
     """(start, end) of each outermost balanced block; a block that never closes (a truncated answer)
     is skipped, so complete blocks inside it are still found."""
+    blocks = _Blocks(text)
     i, n = 0, len(text)
     while i < n:
         if text[i] in "{[":
-            end = _balanced_at(text, i)
+            end = blocks.end(i)
             if end > 0:
                 yield i, end
                 i = end
@@ -149,11 +181,12 @@ def salvage_objects(text: str) -> list[dict]:
     """Every parseable {...} object, innermost-complete first where an outer one is cut off
     (for truncated answers). Objects nested in an object already taken are not repeated."""
     text = _THINK.sub("", text or "")
+    blocks = _Blocks(text)
     out: list[dict] = []
     i, n = 0, len(text)
     while i < n:
         if text[i] == "{":
-            end = _balanced_at(text, i)
+            end = blocks.end(i)
             if end > 0:
                 try:
                     v = _loads(text[i:end])
