@@ -75,6 +75,7 @@ def test_reads_database_directly(tmp_path):
     missing = tmp_path / "missing.db"
     r = bbo("studies", "--db", "sqlite:///" + str(missing), check=False)
     assert r.returncode != 0 and "no bbo database" in r.stderr and "Traceback" not in r.stderr
+    assert not missing.exists()
 
 
 def test_a_locked_sqlite_database_is_unavailable_not_internal():

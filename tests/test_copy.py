@@ -67,7 +67,11 @@ def test_live_sqlite_backup_serves_the_same_studies(server_factory, tmp_path):
         assert nxt.id == pending.id + 1
     r = bbo("copy", src, dst, check=False)
     assert r.returncode == 1 and "empty database" in r.stderr
-    r = bbo("copy", f"sqlite:///{tmp_path / 'nothing.db'}", f"sqlite:///{tmp_path / 'x.db'}", check=False)
+    r = bbo("copy", f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}", f"sqlite:///{tmp_path / 'x.db'}", check=False)
+    assert r.returncode == 1 and "no database file" in r.stderr
+    assert not (tmp_path / "no").exists() and not (tmp_path / "x.db").exists()  # a typo creates nothing
+    (tmp_path / "empty.db").touch()
+    r = bbo("copy", f"sqlite:///{tmp_path / 'empty.db'}", f"sqlite:///{tmp_path / 'x.db'}", check=False)
     assert r.returncode == 1 and "not a bbo database" in r.stderr
 
 

@@ -249,6 +249,8 @@ def test_cli_options_and_spec_conversion():
     assert parse_options(kit, ["model=rf", "cv_folds=5", "max_train_seconds=2"]) == {"model": "rf", "cv_folds": 5, "max_train_seconds": 2.0}
     with pytest.raises(SystemExit):
         parse_options(kit, ["colour=red"])
+    with pytest.raises(SystemExit, match="cv_folds='1.5'.*must be int"):  # was a ValueError traceback
+        parse_options(kit, ["cv_folds=1.5"])
     kw = spec_to_client_kwargs(KITS["cloud"].spec())
     names = [p.name for p in kw["parameters"]]
     assert names == [p.name for p in KITS["cloud"].spec().space.params]

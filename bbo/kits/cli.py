@@ -75,7 +75,10 @@ def parse_options(kit, pairs: Sequence[str]) -> dict[str, Any]:
         k, v = item.split("=", 1)
         if k not in kit.defaults:
             raise SystemExit(f"bbo kit: '{kit.name}' has no option {k!r}; it takes {sorted(kit.defaults)}")
-        out[k] = _coerce(kit, k, v)
+        try:
+            out[k] = _coerce(kit, k, v)
+        except ValueError:
+            raise SystemExit(f"bbo kit: option {k}={v!r} of '{kit.name}' must be {type(kit.defaults[k]).__name__} (default {kit.defaults[k]!r})") from None
     return out
 
 

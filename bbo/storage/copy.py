@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import sqlalchemy as sa
 
-from bbo.errors import BboError
+from bbo.errors import BboError, NotFoundError
 from bbo.storage import schema as S
 from bbo.storage.sql import Storage
 
@@ -28,7 +28,10 @@ BATCH = 1000
 def copy_database(src_url: str, dst_url: str, *, progress: Optional[Callable[[str, int], None]] = None) -> dict[str, int]:
     """Copy every table of ``src_url`` into ``dst_url`` (migrated to this version's schema, and
     required empty); returns the rows copied per table. ``progress(table, rows)`` after each batch."""
-    src = Storage(src_url, migrate=False, group_commit=False)
+    try:
+        src = Storage(src_url, migrate=False, group_commit=False)
+    except NotFoundError as e:
+        raise CopyError(f"{src_url}: {e}") from None
     try:
         rev = src.current_revision()
         if rev is None:

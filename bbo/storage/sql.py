@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 import sqlalchemy as sa
 from sqlalchemy import event
 
+from bbo.errors import NotFoundError
 from bbo.storage import schema as S
 from bbo.storage.pg import retry_transient
 from bbo.trial import Metric, Trial, TrialState
@@ -147,6 +148,8 @@ class Storage:
             self.sqlite_synchronous = sync
             u = u.set(query=q)
             if u.database and u.database != ":memory:":
+                if not migrate and not Path(u.database).exists():  # only reading: never create a stray file
+                    raise NotFoundError(f"no database file at {u.database}")
                 Path(u.database).parent.mkdir(parents=True, exist_ok=True)
                 kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_timeout=60)
             else:
@@ -386,8 +389,6 @@ class Storage:
                     .returning(S.studies.c.trial_counter)
                 ).scalar_one_or_none()
             if top is None:
-                from bbo.errors import NotFoundError
-
                 raise NotFoundError(f"study {study_id} no longer exists")
             first = int(top) - n + 1
             rows = []

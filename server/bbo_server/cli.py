@@ -52,14 +52,19 @@ def connect(args) -> Iterator["object"]:
     from bbo_client import Client
 
     if getattr(args, "db", None):
+        from bbo.errors import NotFoundError
         from bbo.storage import Storage
         from bbo_server.server import ServerOptions, start
 
         # only to read: no migration of a database a live server may be using (an older one), and no
         # lease reaper of its own
-        storage = Storage(args.db, migrate=False)
-        if storage.current_revision() is None:
-            storage.close()
+        try:
+            storage = Storage(args.db, migrate=False)
+        except NotFoundError:
+            storage = None
+        if storage is None or storage.current_revision() is None:
+            if storage is not None:
+                storage.close()
             raise SystemExit(f"bbo: no bbo database at {args.db} (`bbo serve --db {args.db}` creates one)")
         running = start(ServerOptions(host="127.0.0.1", port=0, rpc_threads=8, lease_reap_seconds=0), storage=storage)
         try:
