@@ -20,10 +20,12 @@ class _NoNul(sa.types.TypeDecorator):
 
 class Text(_NoNul):
     impl = sa.Text
+    cache_ok = True  # SQLAlchemy reads it per class: without it, statements using the type are not cached
 
 
 class String(_NoNul):
     impl = sa.String
+    cache_ok = True
 
 
 metadata = sa.MetaData(
