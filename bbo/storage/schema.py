@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+
 class _NoNul(sa.types.TypeDecorator):
     """A string PostgreSQL can store: it refuses NUL characters, which become U+FFFD here (on every
     dialect, so a SQLite database can always be copied to PostgreSQL)."""
