@@ -477,7 +477,9 @@ class Study:
 
         def change(cur: Trial) -> Optional[Trial]:
             if cur.state is TrialState.PENDING or (_late(cur) and state is not TrialState.ABANDONED):
-                return dataclasses.replace(cur, state=state, metrics=checked, reason=reason, lease_expires_at=None)
+                # a tell without a reason keeps the note generation left (a fallback's cause), not "lease expired"
+                note = reason or (cur.reason if cur.state is TrialState.PENDING else "")
+                return dataclasses.replace(cur, state=state, metrics=checked, reason=note, lease_expires_at=None)
             if cur.state is state and _metrics_key(cur.metrics) == _metrics_key(checked):
                 outcome["duplicate"] = True
                 return None

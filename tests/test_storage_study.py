@@ -126,6 +126,9 @@ def test_broken_strategy_falls_back_and_status_is_stored(storage):
     assert len(res.trials) == 3 and all(t.origin == "fallback" and "boom" in t.reason for t in res.trials)
     assert len({t.params["x"] for t in res.trials}) == 3
     assert "nothing meets" in res.note
+    a, f, _ = res.trials
+    assert "boom" in st.tell(a.id, {"y": 1.0}).trial.reason  # the generation note outlives a tell without a reason
+    assert st.tell(f.id, failed=True, reason="OOM").trial.reason == "OOM"
     b = st.best()
     assert b.state == "LIKELY_INFEASIBLE" and b.state_reason == "nothing meets the constraints"
 
