@@ -48,11 +48,9 @@ def status_for(exc: BaseException, field_prefix: str = ""):
             code = c
             break
     if code == code_pb2.INTERNAL and _sqlite_busy(exc):
-        return rpc_status.to_status(status_pb2.Status(
-            code=code_pb2.UNAVAILABLE,
-            message="the SQLite database stayed locked by another process (a second server on the same file?); retry the request",
-        ))
-    message = str(exc) if code != code_pb2.INTERNAL else f"internal error: {type(exc).__name__}"
+        code, message = code_pb2.UNAVAILABLE, "the SQLite database stayed locked by another process (a second server on the same file?); retry the request"
+    else:
+        message = str(exc) if code != code_pb2.INTERNAL else f"internal error: {type(exc).__name__}"
     st = status_pb2.Status(code=code, message=message)
     if isinstance(exc, SpecError):
         field = exc.field

@@ -77,8 +77,8 @@ class LimitChecker:
     def check(self, tenant: str, method: str, request) -> Optional[str]:
         """None if the call may go on, else the name of the limit it broke (LimitError raised)."""
         lim = self.limits
-        if lim.rate > 0 and method not in RATE_EXEMPT and not self._bucket(tenant).take():
-            bucket = self._bucket(tenant)
+        bucket = self._bucket(tenant) if lim.rate > 0 and method not in RATE_EXEMPT else None
+        if bucket is not None and not bucket.take():
             e = _Refused("rate", f"rate limit: tenant '{tenant}' is over {lim.rate:g} requests/s (burst {bucket.burst:g}); retry later (--rate-limit)")
             e.retry_after = max(bucket.wait(), 0.001)
             raise e
