@@ -27,10 +27,11 @@ import sqlalchemy as sa
 
 from bbo.errors import ConflictError, LimitError, NotFoundError, SpecError
 from bbo.memory import malloc_trim
+from bbo.paging import page_bounds
 from bbo.spec import MAXIMIZE, AlgorithmOptions, StudySpec
 from bbo.storage import LlmCallRecord, NewTrial, RequestKey, Storage, StudyRecord
 from bbo.storage.coordination import cache_for
-from bbo.storage.sql import LEASE_EXPIRED
+from bbo.storage.sql import LEASE_EXPIRED, LLM_PURPOSES
 from bbo.trial import Metric, Origin, Trial, TrialState, check_metrics
 
 log = logging.getLogger("bbo.study")
@@ -592,8 +593,11 @@ class Study:
         """Record what the LLM module asked and was answered (``LlmCallRecord`` or its fields)."""
         self.storage.log_llm_call(self.id, call or LlmCallRecord(**fields))
 
-    def llm_calls(self) -> list[LlmCallRecord]:
-        return self.storage.list_llm_calls(self.id)
+    def llm_calls(self, purpose: Optional[str] = None, after: int = 0, limit: Optional[int] = None) -> list[LlmCallRecord]:
+        """The study's LLM exchanges in the order they happened (ids above ``after``, at most ``limit``)."""
+        if purpose is not None and purpose not in LLM_PURPOSES:
+            raise SpecError("purpose", f"unknown purpose {purpose!r}: use one of {', '.join(LLM_PURPOSES)} or leave it empty")
+        return self.storage.list_llm_calls(self.id, purpose, after=after, limit=limit)
 
 
 class StudyRegistry:
@@ -669,15 +673,7 @@ class StudyRegistry:
         return self._study(rec)
 
     def list_studies(self, tenant: str = DEFAULT_TENANT, page_size: int = 0, page_token: str = "") -> tuple[list[Study], str]:
-        if page_size < 0:
-            raise SpecError("page_size", "must be >= 0")
-        size = min(page_size or 100, 1000)
-        try:
-            after = int(page_token) if page_token else 0
-            if not 0 <= after < 2**63:  # a token we could have issued (SQLite integers are 64-bit)
-                raise ValueError(after)
-        except ValueError:
-            raise SpecError("page_token", f"malformed page token {page_token!r}") from None
+        size, after = page_bounds(page_size, page_token, default=100, maximum=1000)
         recs = self.storage.list_studies(tenant, after_id=after, limit=size + 1)
         nxt = str(recs[size - 1].id) if len(recs) > size else ""
         return [self._study(r) for r in recs[:size]], nxt

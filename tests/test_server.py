@@ -135,6 +135,47 @@ def test_list_llm_calls_empty(client, study_name, make_study):
     assert s.llm_calls() == []
 
 
+def test_list_llm_calls_pages_by_count_and_size(bbo_server, client, study_name, make_study):
+    """A long study's LLM log comes back in pages that stay under gRPC's default 4 MiB receive limit
+    (20 calls of 500 KB here), in order, filtered by purpose on request; the client reads every page."""
+    from bbo.storage import LlmCallRecord, Storage
+
+    s = make_study(client, study_name)
+    st = Storage(bbo_server.db, migrate=False)
+    try:
+        rec = st.get_study("default", study_name)
+        purposes = ("warmstart", "priors", "proposal")
+        for i in range(230):
+            prompt = f"prompt {i} " + ("x" * 500_000 if 100 <= i < 120 else "")
+            st.log_llm_call(rec.id, LlmCallRecord(purposes[i % 3], "m", prompt, f"answer {i}", "ok", i, 1, 0.1))
+    finally:
+        st.close()
+    calls = s.llm_calls()
+    assert [c.response for c in calls] == [f"answer {i}" for i in range(230)]
+    assert [c.prompt_tokens for c in s.llm_calls(purpose="priors")] == list(range(1, 230, 3))
+    ch, stub = raw_stub(bbo_server.address)
+    with ch:
+        pages, token = [], ""
+        while True:
+            r = stub.ListLlmCalls(svc.ListLlmCallsRequest(study=study_name, page_token=token))
+            pages.append(r)
+            token = r.next_page_token
+            if not token:
+                break
+        sizes = [len(p.calls) for p in pages]
+        assert sum(sizes) == 230 and max(sizes) == 100 and len(pages) > 4  # 100 by default, fewer where prompts are long
+        assert max(p.ByteSize() for p in pages) < 4 * 1024 * 1024
+        assert [c.response for p in pages for c in p.calls] == [f"answer {i}" for i in range(230)]
+        r = stub.ListLlmCalls(svc.ListLlmCallsRequest(study=study_name, page_size=7, purpose="proposal"))
+        assert [c.prompt_tokens for c in r.calls] == list(range(2, 23, 3)) and r.next_page_token
+        for bad in (svc.ListLlmCallsRequest(study=study_name, purpose="chat"), svc.ListLlmCallsRequest(study=study_name, page_token="7x"),
+                    svc.ListLlmCallsRequest(study=study_name, page_size=-1)):
+            with pytest.raises(grpc.RpcError) as e:
+                stub.ListLlmCalls(bad)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert any(f in e.value.details() for f in ("purpose", "page_token", "page_size"))
+
+
 def test_health_and_reflection(bbo_server):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc

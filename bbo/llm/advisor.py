@@ -62,7 +62,7 @@ class LlmCallRecord:
     those of the original call); the storage layer may skip persisting them again.
     """
 
-    purpose: str  # "warmstart", "priors" or "proposal"
+    purpose: str  # one of bbo.storage.sql.LLM_PURPOSES
     model: str
     prompt: str
     response: str

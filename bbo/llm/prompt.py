@@ -35,7 +35,7 @@ SYSTEM = (
 class Prompt:
     """Chat messages plus the JSON schema the answer should follow."""
 
-    purpose: str  # "warmstart", "priors" or "proposal"
+    purpose: str  # one of bbo.storage.sql.LLM_PURPOSES
     messages: tuple[dict, ...]
     schema: dict
     schema_name: str

@@ -79,6 +79,9 @@ class RequestKey:
     request_hash: str
 
 
+LLM_PURPOSES = ("warmstart", "priors", "proposal")  # what an LLM call was for (LlmCallRecord.purpose)
+
+
 @dataclass(frozen=True)
 class LlmCallRecord:
     purpose: str
@@ -90,6 +93,7 @@ class LlmCallRecord:
     completion_tokens: int = 0
     latency_seconds: float = 0.0
     created_at: float = 0.0
+    id: int = 0  # assigned by the database; 0 before the record is stored
 
 
 def _metrics_to_json(metrics: dict[str, Metric]) -> dict:
@@ -582,13 +586,16 @@ class Storage:
             )
 
     @retry_transient
-    def list_llm_calls(self, study_id: int, purpose: Optional[str] = None) -> list[LlmCallRecord]:
-        q = sa.select(S.llm_calls).where(S.llm_calls.c.study_id == study_id).order_by(S.llm_calls.c.id)
+    def list_llm_calls(self, study_id: int, purpose: Optional[str] = None, after: int = 0, limit: Optional[int] = None) -> list[LlmCallRecord]:
+        c = S.llm_calls.c
+        q = sa.select(S.llm_calls).where(c.study_id == study_id, c.id > after).order_by(c.id)
         if purpose is not None:
-            q = q.where(S.llm_calls.c.purpose == purpose)
+            q = q.where(c.purpose == purpose)
+        if limit is not None:
+            q = q.limit(limit)
         with self._read() as conn:
             return [
-                LlmCallRecord(r.purpose, r.model, r.prompt, r.response, r.outcome, r.prompt_tokens, r.completion_tokens, r.latency_seconds, r.created_at)
+                LlmCallRecord(r.purpose, r.model, r.prompt, r.response, r.outcome, r.prompt_tokens, r.completion_tokens, r.latency_seconds, r.created_at, r.id)
                 for r in conn.execute(q)
             ]
 

@@ -228,10 +228,16 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, trial: _Optional[_Union[_study_pb2.Trial, _Mapping]] = ...) -> None: ...
 
 class ListLlmCallsRequest(_message.Message):
-    __slots__ = ("study",)
+    __slots__ = ("study", "page_size", "page_token", "purpose")
     STUDY_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
     study: str
-    def __init__(self, study: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    purpose: str
+    def __init__(self, study: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., purpose: _Optional[str] = ...) -> None: ...
 
 class LlmCall(_message.Message):
     __slots__ = ("purpose", "model", "prompt", "response", "outcome", "prompt_tokens", "completion_tokens", "latency_seconds", "create_time")
@@ -256,7 +262,9 @@ class LlmCall(_message.Message):
     def __init__(self, purpose: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[str] = ..., response: _Optional[str] = ..., outcome: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., latency_seconds: _Optional[float] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListLlmCallsResponse(_message.Message):
-    __slots__ = ("calls",)
+    __slots__ = ("calls", "next_page_token")
     CALLS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     calls: _containers.RepeatedCompositeFieldContainer[LlmCall]
-    def __init__(self, calls: _Optional[_Iterable[_Union[LlmCall, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, calls: _Optional[_Iterable[_Union[LlmCall, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

@@ -10,6 +10,7 @@ from typing import Callable, Optional
 import grpc
 
 from bbo.errors import BboError, SpecError
+from bbo.paging import page_bounds
 from bbo.study import DEFAULT_TENANT, Study, StudyRegistry
 from bbo.trial import TrialState
 from bbo.v1 import service_pb2 as svc
@@ -24,6 +25,7 @@ Authenticate = Callable[[grpc.ServicerContext, str], str]
 """(context, rpc method name) -> tenant; raises bbo_server.errors.Unauthenticated / PermissionDenied."""
 
 MAX_ID_LEN = 128
+LLM_PAGE_BYTES = 2 * 1024 * 1024  # a ListLlmCalls page ends early past this: clients' default receive limit is 4 MiB
 
 
 def default_authenticate(context: grpc.ServicerContext, method: str) -> str:
@@ -141,15 +143,7 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
     def ListTrials(self, request: svc.ListTrialsRequest, context, tenant):
         study = self._study(request.study, tenant)
         states = [C.trial_state_from_pb(s, f"states[{i}]") for i, s in enumerate(request.states)]
-        if request.page_size < 0:
-            raise SpecError("page_size", "must be >= 0")
-        size = min(request.page_size or 1000, 10000)
-        try:
-            after = int(request.page_token) if request.page_token else 0
-            if not 0 <= after < 2**63:  # a token we could have issued (SQLite integers are 64-bit)
-                raise ValueError(after)
-        except ValueError:
-            raise SpecError("page_token", f"malformed page token {request.page_token!r}") from None
+        size, after = page_bounds(request.page_size, request.page_token, default=1000, maximum=10000)
         trials = study.trials(states, after=after, limit=size + 1)
         nxt = str(trials[size - 1].id) if len(trials) > size else ""
         return svc.ListTrialsResponse(trials=[C.trial_to_pb(t, study) for t in trials[:size]], next_page_token=nxt)
@@ -177,4 +171,14 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
     @rpc
     def ListLlmCalls(self, request: svc.ListLlmCallsRequest, context, tenant):
         study = self._study(request.study, tenant)
-        return svc.ListLlmCallsResponse(calls=[C.llm_call_to_pb(c) for c in study.llm_calls()])
+        size, after = page_bounds(request.page_size, request.page_token, default=100, maximum=1000)
+        calls = study.llm_calls(request.purpose or None, after=after, limit=size + 1)
+        out, used = [], 0
+        for c in calls[:size]:
+            pb_call = C.llm_call_to_pb(c)
+            used += pb_call.ByteSize()
+            if out and used > LLM_PAGE_BYTES:
+                break
+            out.append((c.id, pb_call))
+        more = len(out) < len(calls)
+        return svc.ListLlmCallsResponse(calls=[p for _, p in out], next_page_token=str(out[-1][0]) if more else "")

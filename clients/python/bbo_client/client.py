@@ -374,12 +374,19 @@ class StudyHandle:
         state = "LIKELY_INFEASIBLE" if r.state == pb.STUDY_STATE_LIKELY_INFEASIBLE else "ACTIVE"
         return Best([Trial.from_pb(t) for t in r.trials], state, r.state_reason)
 
-    def llm_calls(self) -> list[LlmCall]:
-        r = self.client._call("ListLlmCalls", svc.ListLlmCallsRequest(study=self.name))
-        return [
-            LlmCall(c.purpose, c.model, c.prompt, c.response, c.outcome, c.prompt_tokens, c.completion_tokens, c.latency_seconds, _time(c.create_time))
-            for c in r.calls
-        ]
+    def llm_calls(self, purpose: str = "", page_size: int = 100) -> list[LlmCall]:
+        """Every LLM exchange of the study, oldest first (or those for ``purpose``: "warmstart",
+        "priors", "proposal"), fetched page by page."""
+        out, token = [], ""
+        while True:
+            r = self.client._call("ListLlmCalls", svc.ListLlmCallsRequest(study=self.name, purpose=purpose, page_size=page_size, page_token=token))
+            out.extend(
+                LlmCall(c.purpose, c.model, c.prompt, c.response, c.outcome, c.prompt_tokens, c.completion_tokens, c.latency_seconds, _time(c.create_time))
+                for c in r.calls
+            )
+            token = r.next_page_token
+            if not token:
+                return out
 
     def delete(self) -> bool:
         return self.client.delete_study(self.name)
