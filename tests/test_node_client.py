@@ -204,3 +204,93 @@ def test_node_worker_rides_out_a_server_restart(server_factory, tmp_path):
     with bc.Client(srv.address) as c:
         trials = c.study("node-restart").trials()
     assert [t.state for t in trials] == ["COMPLETED"] * 4
+
+
+_WORKER_SCRIPT = r"""
+const {Client} = require('./src');
+const [address, study, mode] = process.argv.slice(1);
+(async () => {
+  const c = new Client(address, {retries: 2, backoffMs: 20});
+  const s = await c.createStudy(study, {parameters: [{name: 'x', float: {low: 0, high: 1}}], objectives: [{name: 'y'}]});
+  const seen = [];
+  if (mode === 'rate') {  // 10 trials and their reads on a server allowing 2 requests/s
+    await s.optimize(async (p) => ({y: p.x}), 10, 'node-rate');
+  } else if (mode === 'lease') {  // 1 s leases, 2.5 s evaluations: the state seen mid-evaluation
+    await s.optimize(async (p, trial) => {
+      for (let i = 0; i < 5; i += 1) {
+        await new Promise((r) => setTimeout(r, 500));
+        seen.push((await s.trials(['PENDING'])).map((t) => t.id).includes(trial.id));
+        await s.reportIntermediate(trial, i, p.x);
+      }
+      return {y: p.x};
+    }, 2, 'node-lease');
+  } else {  // metrics the server refuses, and an evaluation that throws: both trials FAILED, loop goes on
+    let k = 0;
+    await s.optimize(async (p) => {
+      k += 1;
+      if (k === 1) return {y: NaN};
+      if (k === 2) return {wrong: 1};
+      if (k === 3) throw new Error('solver diverged');
+      return {y: p.x};
+    }, 4, 'node-refused');
+  }
+  const trials = await s.trials();
+  console.log(JSON.stringify({states: trials.map((t) => t.state), reasons: trials.map((t) => t.reason), seen}));
+  c.close();
+})().catch((e) => { console.log(JSON.stringify({error: e.codeName || String(e.message)})); });
+"""
+
+
+def _worker(address: str, study: str, mode: str) -> dict:
+    out = subprocess.run(["node", "-e", _WORKER_SCRIPT, address, study, mode], cwd=NODE_DIR, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_worker_waits_out_rate_refusals(server_factory):
+    """A rate-limited server's refusals carry RetryInfo; the Node client waits as told and every
+    trial is stored (before: RESOURCE_EXHAUSTED reached the caller on the fourth request)."""
+    srv = server_factory(args=["--workers", "1", "--rate-limit", "2", "--rate-burst", "3"])
+    r = _worker(srv.address, "node-rate", "rate")
+    assert r.get("states") == ["COMPLETED"] * 10, r
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_optimize_heartbeats_at_the_servers_lease(server_factory):
+    """1 s leases and 2.5 s evaluations: the Node worker's heartbeats keep each trial PENDING while it
+    runs, so its intermediate reports are accepted (before: no heartbeats, the reaper abandoned it)."""
+    srv = server_factory(args=["--workers", "1", "--lease-seconds", "1", "--lease-reap-seconds", "0.1"])
+    r = _worker(srv.address, "node-lease", "lease")
+    assert r.get("seen") == [True] * 10 and r["states"] == ["COMPLETED"] * 2, r
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_optimize_fails_refused_metrics_and_goes_on(bbo_server, study_name):
+    r = _worker(bbo_server.address, study_name, "refused")
+    assert r.get("states") == ["FAILED", "FAILED", "FAILED", "COMPLETED"], r
+    assert r["reasons"][0].startswith("metrics refused") and "y" in r["reasons"][1] and r["reasons"][2] == "solver diverged", r
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_reads_every_page_of_llm_calls(bbo_server, client, study_name, make_study):
+    from bbo.storage import LlmCallRecord, Storage
+
+    make_study(client, study_name)
+    st = Storage(bbo_server.db, migrate=False)
+    try:
+        rec = st.get_study("default", study_name)
+        for i in range(230):
+            st.log_llm_call(rec.id, LlmCallRecord(("warmstart", "priors", "proposal")[i % 3], "m", f"p{i}", f"a{i}", "ok", i))
+    finally:
+        st.close()
+    script = (
+        "const {Client, Study}=require('./src');"
+        f"const c=new Client('{bbo_server.address}');const s=new Study(c,'{study_name}');"
+        "(async()=>{const all=await s.llmCalls();const pr=await s.llmCalls('priors');"
+        "console.log(JSON.stringify({all:all.map(x=>x.response),priors:pr.map(x=>x.promptTokens)}));c.close();})();"
+    )
+    out = subprocess.run(["node", "-e", script], cwd=NODE_DIR, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["all"] == [f"a{i}" for i in range(230)] and r["priors"] == list(range(1, 230, 3))

@@ -7,6 +7,7 @@ const crypto = require('crypto');
 const fs = require('fs');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
+const { Reader } = require('protobufjs');
 
 function protoRoot() {
   const candidates = [
@@ -58,6 +59,11 @@ function toMetrics(metrics) {
   return out;
 }
 
+// google.protobuf.Timestamp -> seconds since the epoch (null when unset)
+function seconds(ts) {
+  return ts && (Number(ts.seconds) || ts.nanos) ? Number(ts.seconds) + (ts.nanos || 0) / 1e9 : null;
+}
+
 function fromTrial(t) {
   const metrics = {};
   for (const [k, m] of Object.entries(t.metrics || {})) metrics[k] = m.value;
@@ -69,8 +75,68 @@ function fromTrial(t) {
     origin: t.origin,
     reason: t.reason,
     studyUid: t.study_uid || '',
+    created: seconds(t.create_time),
+    leaseExpires: seconds(t.lease_expire_time),
   };
 }
+
+function fromLlmCall(c) {
+  return {
+    purpose: c.purpose, model: c.model, prompt: c.prompt, response: c.response, outcome: c.outcome,
+    promptTokens: c.prompt_tokens, completionTokens: c.completion_tokens, latencySeconds: c.latency_seconds,
+    created: seconds(c.create_time),
+  };
+}
+
+// The lease the server granted a trial (its own clock on both ends), else 600 s.
+function leaseSeconds(trial) {
+  const granted = trial.leaseExpires != null && trial.created != null ? trial.leaseExpires - trial.created : 0;
+  return granted > 0 ? granted : 600;
+}
+
+// Seconds a refusal asks the caller to wait (google.rpc.RetryInfo in the grpc-status-details-bin
+// trailer, as the server sends with a rate-limit refusal), or null when it carries none.
+function retryDelay(err) {
+  const raw = err && err.metadata ? err.metadata.get('grpc-status-details-bin') : [];
+  if (!raw || !raw.length) return null;
+  try {
+    const status = new Reader(Buffer.from(raw[0]));
+    while (status.pos < status.len) {  // google.rpc.Status: details = 3 (google.protobuf.Any)
+      const tag = status.uint32();
+      if (tag >>> 3 !== 3) { status.skipType(tag & 7); continue; }
+      const any = new Reader(status.bytes());
+      let typeUrl = '';
+      let value = null;
+      while (any.pos < any.len) {
+        const t = any.uint32();
+        if (t >>> 3 === 1) typeUrl = any.string();
+        else if (t >>> 3 === 2) value = any.bytes();
+        else any.skipType(t & 7);
+      }
+      if (!typeUrl.endsWith('/google.rpc.RetryInfo') || !value) continue;
+      const info = new Reader(value);
+      while (info.pos < info.len) {
+        const t = info.uint32();
+        if (t >>> 3 !== 1) { info.skipType(t & 7); continue; }
+        const d = new Reader(info.bytes());  // google.protobuf.Duration
+        let secs = 0;
+        let nanos = 0;
+        while (d.pos < d.len) {
+          const u = d.uint32();
+          if (u >>> 3 === 1) secs = Number(d.int64());
+          else if (u >>> 3 === 2) nanos = d.int32();
+          else d.skipType(u & 7);
+        }
+        return secs + nanos / 1e9;
+      }
+    }
+  } catch (e) {
+    return null;  // a malformed trailer: treat the refusal as carrying no advice
+  }
+  return null;
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // A trial (as ask returns it) or a bare trial id -> the request fields naming it. A trial carries
 // its study's uid, so a tell never reaches a study deleted and created again under the same name.
@@ -84,6 +150,7 @@ class BboError extends Error {
     super(err.details || err.message);
     this.code = err.code;
     this.codeName = Object.keys(grpc.status).find((k) => grpc.status[k] === err.code);
+    this.retryAfter = retryDelay(err);  // seconds the server asked to wait before retrying, or null
   }
 }
 
@@ -117,7 +184,9 @@ class Client {
   //   credentials: ready grpc-js ChannelCredentials (overrides the TLS options); deadlineMs;
   //   retries (8), backoffMs (100), maxBackoffMs (5000): a call failing with UNAVAILABLE (the server
   //   restarting) is retried with jittered exponential backoff; asks carry a request id, so a retry
-  //   never creates trials twice, and a repeated tell is recorded once.
+  //   never creates trials twice, and a repeated tell is recorded once;
+  //   ratePatienceMs (120000): a refusal carrying a RetryInfo (the server's --rate-limit) is retried
+  //   after the delay it names, for up to this long.
   constructor(address, options = {}) {
     const Service = loadService();
     const creds = options.credentials || tlsCredentials(options) || grpc.credentials.createInsecure();
@@ -132,19 +201,40 @@ class Client {
     this.retries = options.retries ?? 8;
     this.backoffMs = options.backoffMs ?? 100;
     this.maxBackoffMs = options.maxBackoffMs ?? 5000;
+    this.ratePatienceMs = options.ratePatienceMs ?? 120000;
   }
 
   async call(method, request) {
     let delay = this.backoffMs;
+    const start = Date.now();
     for (let attempt = 0; ; attempt += 1) {
       try {
         return await this.callOnce(method, request);
       } catch (e) {
-        if (!(e instanceof BboError) || e.code !== grpc.status.UNAVAILABLE || attempt >= this.retries) throw e;
-        await new Promise((r) => setTimeout(r, delay * (0.5 + Math.random())));
+        if (!(e instanceof BboError)) throw e;
+        if (e.retryAfter != null) {  // told when to come back: wait that long (jittered), within patience
+          const waitMs = Math.max(1, 1000 * e.retryAfter * (1 + 0.2 * Math.random()));
+          if (Date.now() + waitMs - start > this.ratePatienceMs) throw e;
+          await sleep(waitMs);
+          continue;
+        }
+        if (e.code !== grpc.status.UNAVAILABLE || attempt >= this.retries) throw e;
+        await sleep(delay * (0.5 + Math.random()));
         delay = Math.min(2 * delay, this.maxBackoffMs);
       }
     }
+  }
+
+  // Every page of a List call: the repeated field `key` of each reply, in order.
+  async pages(method, request, key) {
+    const out = [];
+    let token = '';
+    do {
+      const res = await this.call(method, { ...request, page_token: token });
+      out.push(...res[key]);
+      token = res.next_page_token;
+    } while (token);
+    return out;
   }
 
   callOnce(method, request) {
@@ -162,8 +252,7 @@ class Client {
   }
 
   async listStudies() {
-    const res = await this.call('ListStudies', {});
-    return res.studies.map((s) => s.name);
+    return (await this.pages('ListStudies', {}, 'studies')).map((s) => s.name);
   }
 
   close() {
@@ -202,9 +291,27 @@ class Study {
     return fromTrial(res);
   }
 
-  async trials() {
-    const res = await this.client.call('ListTrials', { study: this.name });
-    return res.trials.map(fromTrial);
+  // Every trial, or those in states (e.g. ['COMPLETED']), all pages.
+  async trials(states = []) {
+    const st = states.map((x) => `TRIAL_STATE_${String(x).toUpperCase()}`);
+    return (await this.client.pages('ListTrials', { study: this.name, states: st }, 'trials')).map(fromTrial);
+  }
+
+  // The study's LLM exchanges, oldest first (purpose: '' for all, 'warmstart', 'priors', 'proposal').
+  async llmCalls(purpose = '') {
+    return (await this.client.pages('ListLlmCalls', { study: this.name, purpose }, 'calls')).map(fromLlmCall);
+  }
+
+  // Extend a pending trial's lease from now (leaseSeconds 0: the server's default).
+  async heartbeat(trial, leaseSeconds = 0) {
+    const res = await this.client.call('Heartbeat', { study: this.name, ...trialRef(trial), lease_seconds: leaseSeconds });
+    return fromTrial(res.trial);
+  }
+
+  // Report the first objective's value at a step; true means: stop this trial early.
+  async reportIntermediate(trial, step, value) {
+    const res = await this.client.call('ReportIntermediate', { study: this.name, ...trialRef(trial), step, value });
+    return res.should_stop;
   }
 
   async best() {
@@ -212,19 +319,32 @@ class Study {
     return res.trials.map(fromTrial);
   }
 
-  // Ask, evaluate with fn(parameters) -> {metric: value} (may be async), tell; n times.
+  // Ask, evaluate with fn(parameters, trial) -> {metric: value} (may be async), tell; n times.
+  // While fn runs, the trial's lease is renewed at a third of the lease the server granted, so a
+  // long evaluation is not taken for a dead worker's. fn throwing fails the trial with its message;
+  // metrics the server refuses (a missing objective, NaN) fail it with the server's reason.
   async optimize(fn, nTrials, workerId = 'node') {
     for (let i = 0; i < nTrials; i += 1) {
       const [trial] = await this.ask(1, workerId);
+      let metrics;
+      const timer = setInterval(() => this.heartbeat(trial).catch(() => {}), (1000 * leaseSeconds(trial)) / 3);
       try {
-        await this.tell(trial, await fn(trial.parameters));
+        metrics = await fn(trial.parameters, trial);
       } catch (e) {
-        if (e instanceof BboError) throw e;
         await this.fail(trial, String(e && e.message ? e.message : e));
+        continue;
+      } finally {
+        clearInterval(timer);
+      }
+      try {
+        await this.tell(trial, metrics);
+      } catch (e) {
+        if (!(e instanceof BboError) || e.code !== grpc.status.INVALID_ARGUMENT) throw e;
+        await this.fail(trial, `metrics refused: ${e.message}`);
       }
     }
     return this.best();
   }
 }
 
-module.exports = { Client, Study, BboError, toParameterValues, fromParameterValues };
+module.exports = { Client, Study, BboError, toParameterValues, fromParameterValues, retryDelay };
