@@ -49,6 +49,15 @@ class PgCluster:
     datadir: str
     port: int
     user: str = "bbo"
+    opts: str = ""
+
+    def pause(self) -> None:
+        """Stop the server but keep its data (a database outage); :meth:`resume` brings it back."""
+        subprocess.run(_as_pg([_find("pg_ctl"), "-D", self.datadir, "-m", "fast", "-w", "stop"]), check=True, capture_output=True)
+
+    def resume(self) -> None:
+        log = os.path.join(os.path.dirname(self.datadir), "log")
+        subprocess.run(_as_pg([_find("pg_ctl"), "-D", self.datadir, "-o", self.opts, "-l", log, "-w", "-t", "60", "start"]), check=True, capture_output=True)
 
     def url(self, db: str = "postgres") -> str:
         return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{db}"
@@ -80,7 +89,7 @@ def start(max_connections: int = 200) -> PgCluster:
     subprocess.run(_as_pg([_find("initdb"), "-D", datadir, "-U", "bbo", "--auth=trust", "-E", "UTF8", "--no-sync"]), check=True, capture_output=True)
     opts = f"-c listen_addresses=127.0.0.1 -c port={port} -c max_connections={max_connections} -c fsync=on -k {root}"
     subprocess.run(_as_pg([_find("pg_ctl"), "-D", datadir, "-o", opts, "-l", os.path.join(root, "log"), "-w", "-t", "60", "start"]), check=True, capture_output=True)
-    cluster = PgCluster(datadir, port)
+    cluster = PgCluster(datadir, port, opts=opts)
     deadline = time.time() + 30
     while True:
         try:

@@ -463,3 +463,33 @@ def test_nul_characters_are_stored_on_postgresql_not_an_internal_error(storage, 
         assert moved.get_trial(moved.get_study("default", "nul").id, 1).reason == "bad\ufffd"
     finally:
         moved.close()
+
+
+def test_a_database_outage_is_unavailable_with_auth_and_a_tell_rides_it_out(server_factory):
+    """PostgreSQL stops under a server with API keys: every RPC (the key check, CreateStudy's study
+    count included) answers UNAVAILABLE, which clients retry, not INTERNAL (before: the key lookup
+    and the study-limit reads had no transient mapping). A Tell sent during the outage is stored
+    once the database is back."""
+    import bbo_client as bc
+    from sec_helpers import create_key
+
+    cl = pg_cluster.start(max_connections=40)
+    try:
+        url = cl.create_database("outage")
+        key, _ = create_key(url, "t1")
+        srv = server_factory(db=url, args=["--auth", "--workers", "1"])
+        with bc.Client(srv.address, api_key=key, retries=0) as c0, bc.Client(srv.address, api_key=key, retries=40, backoff=0.1) as c:
+            s = c.create_study("s", [bc.Float("x", 0, 1)], "y", seed=1)
+            (t,) = s.ask()
+            cl.pause()
+            for call in (lambda: c0.study("s").tell(t, {"y": 1.0}), lambda: c0.get_study("s"),
+                         lambda: c0.create_study("s2", [bc.Float("x", 0, 1)], "y")):
+                with pytest.raises(bc.BboError) as e:
+                    call()
+                assert e.value.code.name == "UNAVAILABLE", e.value
+            threading.Timer(2.0, cl.resume).start()
+            told = s.tell(t, {"y": 0.25})  # retried through the outage
+            assert told.trial.state == "COMPLETED"
+            assert [x.metrics["y"] for x in s.trials()] == [0.25]
+    finally:
+        pg_cluster.stop(cl, immediate=True)

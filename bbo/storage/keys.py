@@ -19,6 +19,7 @@ from typing import Optional
 import sqlalchemy as sa
 
 from bbo.storage import schema as S
+from bbo.storage.pg import retry_transient
 
 KEY_PREFIX = "bbo_"
 _TENANT_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
@@ -97,6 +98,7 @@ class KeyStore:
             ).rowcount
         return n > 0
 
+    @retry_transient
     def verify(self, key: str) -> Optional[str]:
         """The tenant of an active key, else None (malformed, unknown or revoked)."""
         if not isinstance(key, str):
@@ -115,6 +117,7 @@ class KeyStore:
             return None
         return row.tenant
 
+    @retry_transient
     def count_active(self) -> int:
         with self.storage._read() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(S.api_keys).where(S.api_keys.c.revoked_at.is_(None))).scalar_one())

@@ -10,7 +10,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from bbo.errors import BboError, ConflictError, LimitError, NotFoundError, SpecError
-from bbo.storage.pg import TransientStorageError
+from bbo.storage.pg import TransientStorageError, classify
 from bbo.study import AlreadyExistsError
 
 
@@ -49,6 +49,8 @@ def status_for(exc: BaseException, field_prefix: str = ""):
             break
     if code == code_pb2.INTERNAL and _sqlite_busy(exc):
         code, message = code_pb2.UNAVAILABLE, "the SQLite database stayed locked by another process (a second server on the same file?); retry the request"
+    elif code == code_pb2.INTERNAL and classify(exc) is not None:  # a database call without its own retries lost the server
+        code, message = code_pb2.UNAVAILABLE, f"the database is unreachable or restarting ({type(getattr(exc, 'orig', exc)).__name__}); retry the request"
     else:
         message = str(exc) if code != code_pb2.INTERNAL else f"internal error: {type(exc).__name__}"
     st = status_pb2.Status(code=code, message=message)

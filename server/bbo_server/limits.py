@@ -18,6 +18,7 @@ from typing import Optional
 import sqlalchemy as sa
 
 from bbo.errors import LimitError
+from bbo.storage.pg import retry_transient
 
 
 RATE_EXEMPT = frozenset({"Tell", "Heartbeat"})  # see the module docstring
@@ -92,12 +93,14 @@ class LimitChecker:
                     raise _Refused("studies", f"tenant '{tenant}' has {n} studies, the limit is {lim.max_studies}: delete some first (--max-studies)")
         return None
 
+    @retry_transient
     def _exists(self, tenant: str, name: str) -> bool:
         from bbo.storage import schema as S
 
         with self.storage._read() as conn:
             return conn.execute(sa.select(S.studies.c.id).where(S.studies.c.tenant == tenant, S.studies.c.name == name)).first() is not None
 
+    @retry_transient
     def _count_studies(self, tenant: str) -> int:
         from bbo.storage import schema as S
 
