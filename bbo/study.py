@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import sqlalchemy as sa
 
 from bbo.errors import ConflictError, LimitError, NotFoundError, SpecError
+from bbo.incumbent import is_feasible
 from bbo.memory import malloc_trim
 from bbo.paging import page_bounds
 from bbo.spec import MAXIMIZE, AlgorithmOptions, StudySpec
@@ -418,10 +419,23 @@ class Study:
         state = str(getattr(state, "value", state) or STUDY_ACTIVE).upper()
         if state not in (STUDY_ACTIVE, STUDY_LIKELY_INFEASIBLE):
             state = STUDY_ACTIVE
-        if (state, reason) != (self.record.state, self.record.state_reason):
-            self.storage.set_study_state(self.id, state, str(reason))
-            self.record = dataclasses.replace(self.record, state=state, state_reason=str(reason))
+        self._set_state(state, str(reason))
         return str(reason) if state != STUDY_ACTIVE else ""
+
+    def _set_state(self, state: str, reason: str) -> None:
+        """Store the study's state where it differs from the stored one (not this replica's copy,
+        which another replica's write leaves stale)."""
+        rec = self.storage.get_study_by_id(self.id) or self.record
+        if (state, reason) != (rec.state, rec.state_reason):
+            self.storage.set_study_state(self.id, state, reason)
+        self.record = dataclasses.replace(self.record, state=state, state_reason=reason)
+
+    def _feasible_arrived(self, trials: Sequence[Trial]) -> None:
+        """A feasible result ends LIKELY_INFEASIBLE at once, not at the study's next ask."""
+        if self.spec.outcome_constraints and any(is_feasible(self.spec, t) for t in trials):
+            rec = self.storage.get_study_by_id(self.id) or self.record
+            if rec.state == STUDY_LIKELY_INFEASIBLE:
+                self._set_state(STUDY_ACTIVE, "")
 
     def _lease(self, lease_seconds: float) -> float:
         try:
@@ -498,6 +512,7 @@ class Study:
             return TellResult(trial, duplicate=True)
         if changed:
             self._remember([trial])
+            self._feasible_arrived([trial])
         log.debug("tell", extra={"study": self.name, "trial": trial.id, "state": trial.state.value, "duplicate": not changed})
         return TellResult(trial, duplicate=bool(outcome.get("duplicate")))
 
@@ -517,6 +532,7 @@ class Study:
             self._check_hash(req, prev)
         else:
             self._remember(created)
+            self._feasible_arrived(created)
         return created[0]
 
     # ---- reads ----------------------------------------------------------------------------------

@@ -133,6 +133,49 @@ def test_broken_strategy_falls_back_and_status_is_stored(storage):
     assert b.state == "LIKELY_INFEASIBLE" and b.state_reason == "nothing meets the constraints"
 
 
+class _Says:
+    """A strategy whose infeasibility verdict the test sets (a replica's own GP would compute it)."""
+
+    def __init__(self, spec, verdict=("ACTIVE", "")):
+        self.spec, self.verdict = spec, verdict
+
+    def suggest(self, trials, n):
+        raise RuntimeError("no points needed here")
+
+    def status(self, trials):
+        return self.verdict
+
+
+CONSTRAINED = dict(SPEC, outcome_constraints=[{"metric": "c", "op": "<=", "bound": 0.0}])
+
+
+def test_infeasible_state_is_compared_with_the_stored_one_across_replicas(storage):
+    """Two registries on one database (two replicas): A declares LIKELY_INFEASIBLE; B, whose copy of
+    the study still says ACTIVE, computes ACTIVE on its next ask and must store it (before: B
+    compared with its own stale copy, wrote nothing, and the state stuck)."""
+    a = StudyRegistry(storage, strategy_factory=lambda spec: _Says(spec, ("LIKELY_INFEASIBLE", "nothing meets c")))
+    b = StudyRegistry(storage, strategy_factory=_Says)
+    sa_, _ = a.create_study("s", CONSTRAINED)
+    sb = b.get_study("s")
+    sb.ask(1)
+    sa_.ask(1)
+    assert sb.best().state == "LIKELY_INFEASIBLE"
+    sb.ask(1)
+    assert sa_.best().state == "ACTIVE" and sb.best().state == "ACTIVE"
+
+
+def test_a_feasible_result_ends_likely_infeasible_without_waiting_for_an_ask(storage):
+    reg = StudyRegistry(storage, strategy_factory=lambda spec: _Says(spec, ("LIKELY_INFEASIBLE", "nothing meets c")))
+    st, _ = reg.create_study("s", CONSTRAINED)
+    (t,) = st.ask(1).trials
+    st.tell(t.id, {"y": 1.0, "c": 2.0})
+    assert st.best().state == "LIKELY_INFEASIBLE"
+    st.add_trial({"x": 0.5}, {"y": 3.0, "c": 1.0})  # still infeasible: no change
+    assert st.best().state == "LIKELY_INFEASIBLE"
+    st.add_trial({"x": 0.25}, {"y": 3.0, "c": -1.0})
+    assert st.best().state == "ACTIVE" and st.best().state_reason == ""
+
+
 def test_median_rule_for_maximize(storage):
     reg = StudyRegistry(storage, config=StudyConfig(stopping=StoppingRule(min_trials=2, warmup_steps=2)))
     spec = dict(SPEC, objectives=[{"name": "acc", "goal": "maximize"}])
