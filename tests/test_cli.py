@@ -68,9 +68,17 @@ def test_reads_database_directly(tmp_path):
     reg = StudyRegistry(st)
     s, _ = reg.create_study("offline", {"parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}], "objectives": [{"name": "y"}]})
     s.add_trial({"x": 0.25}, {"y": 3.0})
+    t, _ = reg.create_study("theirs", {"parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}], "objectives": [{"name": "y"}]}, tenant="acme")
+    t.add_trial({"x": 0.75}, {"y": 1.0})
     st.close()
-    assert "offline" in bbo("studies", "--db", url).stdout
+    assert "offline" in bbo("studies", "--db", url).stdout and "theirs" not in bbo("studies", "--db", url).stdout
     assert "x=0.25" in bbo("best", "offline", "--db", url).stdout
+    # a deployment with API keys: each key's tenant owns its studies (before: no way to read them with --db)
+    out = bbo("studies", "--db", url, "--tenant", "acme").stdout
+    assert "theirs" in out and "offline" not in out
+    assert "x=0.75" in bbo("best", "theirs", "--db", url, "--tenant", "acme").stdout
+    r = bbo("studies", "--db", url, "--tenant", "no spaces", check=False)
+    assert r.returncode != 0 and "--tenant" in r.stderr and "Traceback" not in r.stderr
     # reading a database neither creates nor migrates one
     missing = tmp_path / "missing.db"
     r = bbo("studies", "--db", "sqlite:///" + str(missing), check=False)

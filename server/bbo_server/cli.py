@@ -44,6 +44,7 @@ def add_connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=os.environ.get("BBO_ADDRESS", "127.0.0.1:50051"), help="server address (env BBO_ADDRESS; default %(default)s)")
     p.add_argument("--db", default=None, help="read this database directly instead (e.g. sqlite:///bbo-data/bbo.db)")
     p.add_argument("--api-key", default=os.environ.get("BBO_API_KEY"), help="API key (env BBO_API_KEY)")
+    p.add_argument("--tenant", default=None, help="with --db: the tenant whose studies to read (default: 'default', the studies of a server without --auth)")
 
 
 @contextlib.contextmanager
@@ -51,10 +52,20 @@ def connect(args) -> Iterator["object"]:
     """A bbo_client.Client to --address, or to an in-process server on --db."""
     from bbo_client import Client
 
+    if getattr(args, "tenant", None) and not getattr(args, "db", None):
+        raise SystemExit("bbo: --tenant goes with --db; through --address the API key decides the tenant")
     if getattr(args, "db", None):
         from bbo.errors import NotFoundError
         from bbo.storage import Storage
+        from bbo.storage.keys import check_tenant
         from bbo_server.server import ServerOptions, start
+
+        tenant = None
+        if args.tenant:
+            try:
+                tenant = check_tenant(args.tenant)
+            except ValueError as e:
+                raise SystemExit(f"bbo: --tenant: {e}") from None
 
         # only to read: no migration of a database a live server may be using (an older one), and no
         # lease reaper of its own
@@ -66,7 +77,8 @@ def connect(args) -> Iterator["object"]:
             if storage is not None:
                 storage.close()
             raise SystemExit(f"bbo: no bbo database at {args.db} (`bbo serve --db {args.db}` creates one)")
-        running = start(ServerOptions(host="127.0.0.1", port=0, rpc_threads=8, lease_reap_seconds=0), storage=storage)
+        opts = ServerOptions(host="127.0.0.1", port=0, rpc_threads=8, lease_reap_seconds=0, authenticate=(lambda context, method: tenant) if tenant else None)
+        running = start(opts, storage=storage)
         try:
             with Client(running.address, retries=0) as c:
                 yield c
