@@ -185,6 +185,14 @@ def _lease_over(t: Trial, now: float) -> bool:
     return t.state is TrialState.PENDING and t.lease_expires_at is not None and t.lease_expires_at < now
 
 
+def _held_lease(t: Trial) -> float:
+    """The length of the lease a pending trial was last granted (at its ask or last heartbeat: both
+    set ``updated_at``), or 0 where it has none."""
+    if t.lease_expires_at is None or not t.updated_at:
+        return 0.0
+    return max(0.0, t.lease_expires_at - t.updated_at)
+
+
 def _late(t: Trial) -> bool:
     """Abandoned only because its lease ran out: the worker may still be at it, and its (intermediate)
     results are welcome (a server restart or a network cut outlasting the lease must not lose them)."""
@@ -552,14 +560,16 @@ class Study:
 
     # ---- during evaluation ----------------------------------------------------------------------
     def heartbeat(self, trial_id: int, lease_seconds: float = 0.0, study_uid: str = "") -> Trial:
-        """Extend a pending trial's lease (from now)."""
+        """Extend a pending trial's lease (from now): by ``lease_seconds``, or with 0 by the length of
+        the lease it holds (a worker that asked for 2 h keeps 2 h, not the server's default)."""
         self._check_uid(study_uid, trial_id)
-        lease = self._lease(lease_seconds)
+        asked = self._lease(lease_seconds) if lease_seconds else 0.0
 
         def change(cur: Trial) -> Optional[Trial]:
             if cur.state is not TrialState.PENDING:
                 raise ConflictError(f"trial {trial_id} is {cur.state.value}: only a pending trial has a lease")
-            return dataclasses.replace(cur, lease_expires_at=time.time() + lease)
+            lease = asked or _held_lease(cur) or self.config.default_lease_seconds
+            return dataclasses.replace(cur, lease_expires_at=time.time() + min(lease, self.config.max_lease_seconds))
 
         trial, _, _ = self.storage.modify_trial(self.id, int(trial_id), change)
         if trial is None:

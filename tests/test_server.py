@@ -104,6 +104,21 @@ def test_heartbeat_extends_lease(client, study_name, make_study):
     assert t2.lease_expires > t.lease_expires
 
 
+def test_heartbeat_without_a_length_keeps_the_lease_the_trial_holds(client, study_name, make_study):
+    """A heartbeat with no lease_seconds renews the trial's own lease (before: it fell back to the
+    server's 600 s default, so a trial asked for 2 h had 10 min after its first heartbeat)."""
+    s = make_study(client, study_name)
+
+    def length(t):
+        return (t.lease_expires - t.updated).total_seconds()
+
+    long_, short = s.ask(lease_seconds=7200)[0], s.ask(lease_seconds=60)[0]
+    assert length(s.heartbeat(long_)) == pytest.approx(7200, abs=1)
+    assert length(s.heartbeat(short)) == pytest.approx(60, abs=1)
+    assert length(s.heartbeat(short, lease_seconds=30)) == pytest.approx(30, abs=1)
+    assert length(s.heartbeat(short)) == pytest.approx(30, abs=1)  # the lease last granted
+
+
 def test_expired_lease_is_abandoned_on_next_ask_and_late_tell_accepted(client, study_name, make_study):
     s = make_study(client, study_name)
     (t,) = s.ask(lease_seconds=0.05)
