@@ -108,6 +108,12 @@ def test_python_client_with_key_and_env(auth_server, monkeypatch):
     with bc.Client(addr, retries=0) as c:
         with pytest.raises(bc.Unauthenticated):
             c.list_studies()
+    # a key read from a file keeps its newline: it is stripped (before: a bare "Invalid metadata" error)
+    monkeypatch.setenv("BBO_API_KEY", auth_server["a"] + "\n")
+    with bc.Client(addr, retries=0) as c:
+        assert c.get_study("secret").trial_count >= 2
+    with pytest.raises(ValueError, match="api_key"):
+        bc.Client(addr, api_key=auth_server["a"][:10] + "\n" + auth_server["a"][10:])
 
 
 def test_health_and_reflection_stay_open(auth_server):

@@ -109,8 +109,9 @@ def test_node_client_mutual_tls_and_api_key(server_factory, tmp_path):
     with bc.Client(srv.address, api_key=other, **tls) as c:
         with pytest.raises(bc.NotFound):
             c.study("node-mtls")
-    # the same options from the environment variables the Python client reads
-    env = {"BBO_API_KEY": key, "BBO_TLS_CA": certs["ca"], "BBO_CLIENT_CERT": certs["client_cert"], "BBO_CLIENT_KEY": certs["client_key"]}
+    # the same options from the environment variables the Python client reads (a key read from a file
+    # with its newline is trimmed)
+    env = {"BBO_API_KEY": key + "\n", "BBO_TLS_CA": certs["ca"], "BBO_CLIENT_CERT": certs["client_cert"], "BBO_CLIENT_KEY": certs["client_key"]}
     assert _node(srv.address, {}, "node-mtls-env", env=env)["ok"]
     # PEM contents instead of paths; a wrong tlsServerName is checked against the certificate
     pem = {k: open(v).read() for k, v in (("tlsCa", certs["ca"]), ("tlsCert", certs["client_cert"]), ("tlsKey", certs["client_key"]))}

@@ -196,7 +196,7 @@ class Client {
       channelOptions['grpc.default_authority'] = options.tlsServerName;
     }
     this.stub = new Service(address, creds, channelOptions);
-    this.apiKey = options.apiKey || process.env.BBO_API_KEY || '';
+    this.apiKey = String(options.apiKey || process.env.BBO_API_KEY || '').trim();  // a key read from a file ends in a newline
     this.deadlineMs = options.deadlineMs || 120000;
     this.retries = options.retries ?? 8;
     this.backoffMs = options.backoffMs ?? 100;

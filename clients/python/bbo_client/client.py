@@ -89,6 +89,7 @@ class Client:
         opts.extend(channel_options)
         if api_key is None:
             api_key = os.environ.get("BBO_API_KEY") or None
+        api_key = _clean_key(api_key)
         tls_ca = tls_ca or os.environ.get("BBO_TLS_CA") or None
         tls_cert = tls_cert or os.environ.get("BBO_CLIENT_CERT") or None
         tls_key = tls_key or os.environ.get("BBO_CLIENT_KEY") or None
@@ -483,6 +484,17 @@ class StudyHandle:
             except BboError as e:
                 if not retryable(e):  # the trial is finished or gone: nothing left to keep alive
                     return
+
+
+def _clean_key(key: Optional[str]) -> Optional[str]:
+    """The key without surrounding whitespace (a key read from a file ends in a newline); a key that
+    still holds characters no header can carry is refused here, with a message, not by gRPC."""
+    if key is None:
+        return None
+    key = str(key).strip()
+    if any(not 0x20 < ord(ch) < 0x7F for ch in key):
+        raise ValueError("api_key holds whitespace or non-ASCII characters inside it: pass the key exactly as `bbo keys create` printed it")
+    return key or None
 
 
 def _lease_length(t: Trial, asked: float) -> float:
