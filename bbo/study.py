@@ -533,9 +533,15 @@ class Study:
         req = None
         if request_id:
             req = RequestKey(self.tenant, "add", request_id, _request_hash({"params": p, "state": state.value, "metrics": _metrics_key(m)}))
-        created, prev = self.storage.insert_trials(
-            self.id, [NewTrial(p, Origin.USER.value, state=state, metrics=m, reason=reason)], request=req, created_at=self.record.created_at
-        )
+        try:
+            created, prev = self.storage.insert_trials(
+                self.id, [NewTrial(p, Origin.USER.value, state=state, metrics=m, reason=reason)], request=req, created_at=self.record.created_at
+            )
+        except sa.exc.IntegrityError:  # the same request_id committed by another replica at the same moment
+            replay = self._replay(req) if req else None
+            if not replay:
+                raise
+            return replay[0]
         if prev is not None:
             self._check_hash(req, prev)
         else:
