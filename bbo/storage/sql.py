@@ -549,7 +549,11 @@ class Storage:
         """Record (or overwrite) a trial's value at ``step``; False if the trial does not exist."""
         now = time.time()
         with self._write() as conn:
-            pk = conn.execute(sa.select(S.trials.c.id).where(S.trials.c.study_id == study_id, S.trials.c.number == number)).scalar()
+            # FOR UPDATE: two reports of one step at once (a retry racing its original, on two
+            # replicas) take turns; otherwise both delete nothing and the second insert hits the key
+            pk = conn.execute(
+                sa.select(S.trials.c.id).where(S.trials.c.study_id == study_id, S.trials.c.number == number).with_for_update()
+            ).scalar()
             if pk is None:
                 return False
             conn.execute(
