@@ -31,7 +31,7 @@ def test_optimize_records_failures_and_finds_the_best(client, study_name):
     trials = s.trials()
     assert len(trials) == 14 == len(calls)
     failed = [t for t in trials if t.state == "FAILED"]
-    assert sorted(t.reason for t in failed) == sorted(["ValueError: diverged"] * 2 + ["non-finite metric(s) ['loss']"] * 2)
+    assert sorted(t.reason for t in failed) == sorted(["ValueError: diverged"] * 2 + ["metric(s) not finite numbers: loss=nan"] * 2)
     done = [t for t in trials if t.state == "COMPLETED"]
     assert len(done) == 10
     assert best.trial.metrics["loss"] == min(t.metrics["loss"] for t in done)

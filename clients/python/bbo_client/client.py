@@ -408,7 +408,7 @@ class StudyHandle:
         """Evaluate ``fn(params)`` on ``n_trials`` suggested points with ``n_workers`` threads.
 
         ``fn`` returns a metrics dict (or a number for a single objective); an exception it raises
-        (or a non-finite metric) is reported as a FAILED trial with the reason, and the loop goes
+        (or a metric that is not a finite number) is reported as a FAILED trial with the reason, and the loop goes
         on. While ``fn`` runs, the trial's lease is renewed every ``heartbeat_seconds`` (default:
         a third of the lease the server granted). Asks and Tells are retried for up to
         ``tell_patience`` seconds while the server is away (a restart does not end the loop); if a
@@ -444,7 +444,7 @@ class StudyHandle:
                         metrics = self._metrics_dict(fn(dict(t.params)))
                         bad = [k for k, v in metrics.items() if not _finite(v)]
                         if bad:
-                            failure = f"non-finite metric(s) {bad}"
+                            failure = "metric(s) not finite numbers: " + ", ".join(f"{k}={metrics[k]!r}" for k in bad)
                     except Exception as e:  # the objective failed: record why, keep going
                         failure = f"{type(e).__name__}: {e}"[:2000]
                     try:
