@@ -4,7 +4,9 @@ Space-filling initial design first (the centre of the space, or the priors' best
 are priors, then scrambled Sobol; LLM warm-start candidates, when given, take the first slot and
 the last ones, those only while the candidates measured so far are not worse than the design's
 median), then GP-based Bayesian optimization (:mod:`bbo.surrogate`, :mod:`bbo.acquisition`), with
-an exploitation step (the GP mean's optimum) every few asks where that pays off. One instance
+an exploitation step (the GP mean's optimum, or on deterministic objectives a local quadratic
+model's once the GP stops resolving the optimum: :mod:`bbo.local_model`) every few asks where that
+pays off. One instance
 lives per study: it caches the fitted surrogate's hyperparameters between asks and is pure with
 respect to storage (it sees trials, returns suggestions). Calls on one instance are serialized by a
 lock.
@@ -22,6 +24,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -50,6 +53,7 @@ from bbo.acquisition import (
 )
 from bbo.design import _to_box, center_encoded, sobol_design
 from bbo.device import select_device
+from bbo.local_model import quadratic_step
 from bbo.priors import LogPrior, agrees_with_data, prior_mode
 from bbo.spec import ParameterPrior, StudySpec
 from bbo.space import Value
@@ -61,10 +65,11 @@ log = logging.getLogger(__name__)
 
 MIN_MODEL_POINTS = 2  # completed trials needed before a GP is fit
 CHEAP_INIT_ABOVE = 60  # model size above which optimizer starts come from a cheap analytic score
-MIN_SEPARATION = 1e-6  # scaled encoded distance under which two points count as the same point
+MIN_SEPARATION = 1e-8  # scaled encoded distance under which two points count as the same point (local model steps resolve ~1e-7)
 ACTIVE, LIKELY_INFEASIBLE = "ACTIVE", "LIKELY_INFEASIBLE"
 INFEASIBLE_PROB = 0.01  # max model probability of feasibility under which a study is declared likely infeasible
 INFEASIBLE_EXTRA = 5  # completed trials beyond the initial design before that judgement is made
+DETERMINISTIC_NOISE = 1e-4  # fitted noise variance (standardized) under which the objective counts as noise-free
 EXPLOIT_MAX_DOUBLINGS = 3  # the gap between exploitation steps grows to at most 2**3 times algorithm.exploit_gap
 
 
@@ -361,7 +366,7 @@ class GenerationStrategy:
         out: list[Suggestion] = []
         exploit = self._exploit_due(trials, data)
         for i in range(n):
-            sug = self._exploit(model, P.tensor(data.X), taken, restarts, raw, maxiter, fit_note, seed) if i == 0 and exploit else None
+            sug = self._exploit(model, data, taken, restarts, raw, maxiter, fit_note, seed) if i == 0 and exploit else None
             if sug is None:  # an acquisition step
                 try:
                     acqf.set_X_pending(torch.cat(chosen, dim=0) if chosen else None)
@@ -397,30 +402,42 @@ class GenerationStrategy:
         obj = self.layout.signed_objectives(data.Y)[:, 0]
         if len(np.unique(obj)) < len(obj):
             return False
-        steps = (Origin.BO.value, Origin.PRIOR_BO.value, Origin.BO_EXPLOIT.value)
-        bo = sorted((t for t in trials if t.origin in steps), key=lambda t: t.id)
-        since = next((k for k, t in enumerate(reversed(bo)) if t.origin == Origin.BO_EXPLOIT.value), len(bo))
+        exploits = (Origin.BO_EXPLOIT.value, Origin.BO_LOCAL.value)
+        bo = sorted((t for t in trials if t.origin in (Origin.BO.value, Origin.PRIOR_BO.value) + exploits), key=lambda t: t.id)
+        since = next((k for k, t in enumerate(reversed(bo)) if t.origin in exploits), len(bo))
         ids = np.array([t.id for t in data.trials])
         row = {t.id: i for i, t in enumerate(data.trials)}
+
+        def beat_all(t: Trial) -> bool:
+            earlier = data.score[ids < t.id]
+            return not len(earlier) or bool(data.score[row[t.id]] > earlier.max())
+
+        last = [t for t in bo[-2:] if t.origin == Origin.BO_LOCAL.value and t.id in row]
+        if last and last[-1] is bo[-1] and not (len(last) == 2 and not any(beat_all(t) for t in last)):
+            # a local model step is followed by the next at once (trust-region methods converge
+            # superlinearly); one that missed still put a point next to the optimum, which refines the
+            # model, so only two misses in a row hand back to the gap schedule
+            return True
         fails = 0
         for t in reversed(bo):
             if fails == EXPLOIT_MAX_DOUBLINGS:
                 break  # more failures would not widen the gap
-            if t.origin != Origin.BO_EXPLOIT.value or t.id not in row:
+            if t.origin not in exploits or t.id not in row:
                 continue  # an acquisition step, or an exploitation step with no result yet
-            earlier = data.score[ids < t.id]
-            if len(earlier) and data.score[row[t.id]] <= earlier.max():
+            if not beat_all(t):
                 fails += 1
                 continue
             break
         return since >= gap * 2 ** min(fails, EXPLOIT_MAX_DOUBLINGS)
 
-    def _exploit(self, model, X: torch.Tensor, taken: np.ndarray, restarts: int, raw: int, maxiter: int, note: str, seed: int) -> Optional[Suggestion]:
+    def _exploit(self, model, data: _Data, taken: np.ndarray, restarts: int, raw: int, maxiter: int, note: str, seed: int) -> Optional[Suggestion]:
         """The maximizer of the posterior mean of the (signed) objective; with outcome constraints,
         of its expectation with infeasible outcomes replaced by a cost below every observed one
-        (BoTorch's ``ConstrainedMCObjective``). None where the point exists already or breaks a
-        parameter constraint (the acquisition step takes the slot)."""
+        (BoTorch's ``ConstrainedMCObjective``). Where the GP no longer resolves the optimum, the
+        local quadratic model's optimum instead (:meth:`_local_step`). None where the point exists
+        already or breaks a parameter constraint (the acquisition step takes the slot)."""
         space, P, layout = self.spec.space, self.placement, self.model_layout
+        X = P.tensor(data.X)
         try:
             w = layout.objective_weights(**P.tkwargs)
             if layout.constraints:
@@ -436,13 +453,44 @@ class GenerationStrategy:
             else:
                 acqf = PosteriorMean(model, posterior_transform=ScalarizedPosteriorTransform(w))
             x, _ = optimize(acqf, space, P, num_restarts=restarts, raw_samples=raw, maxiter=maxiter)
-            params = space.decode(to_numpy(x)[0])
+            local = self._local_step(model, data, x, taken)
         except Exception as e:  # noqa: BLE001
             log.info("exploitation step failed: %s", e)
             return None
-        if not space.is_feasible(params) or self._too_close(space.encode(params), taken):
+        note = note + "; " if note else ""
+        for point, origin, what in (
+            (local, Origin.BO_LOCAL, "the local quadratic model's optimum, where the surrogate no longer resolves the objective"),
+            (to_numpy(x)[0], Origin.BO_EXPLOIT, "the surrogate's predicted best point"),
+        ):
+            if point is None:
+                continue
+            params = space.decode(point)
+            if space.is_feasible(params) and not self._too_close(space.encode(params), taken):
+                return Suggestion(params, origin.value, f"{note}exploitation step: {what}")
+        return None
+
+    def _local_step(self, model, data: _Data, x_gp: torch.Tensor, taken: np.ndarray) -> Optional[np.ndarray]:
+        """The local quadratic model's optimum (:mod:`bbo.local_model`), where it applies and the GP
+        cannot tell it from its own predicted best: one unconstrained objective, observed without
+        reported noise and fitted as noise-free, and a GP mean there within two posterior standard
+        deviations of the mean at the GP's pick. None otherwise."""
+        layout = self.model_layout
+        if layout.constraints or data.Yvar is not None:
             return None
-        return Suggestion(params, Origin.BO_EXPLOIT.value, (note + "; " if note else "") + "exploitation step: the surrogate's predicted best point")
+        noise = getattr(model.likelihood, "noise", None)
+        if noise is None or float(noise.detach().reshape(-1)[layout.obj_idx[0] if noise.numel() > 1 else 0]) > DETERMINISTIC_NOISE:
+            return None
+        xq = quadratic_step(data.X, self.layout.signed_objectives(data.Y)[:, 0])
+        if xq is None or self._too_close(xq, taken):
+            return None
+        P = self.placement
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ~0 variance next to the data of a noiseless fit
+            post = model.posterior(torch.cat([P.tensor(xq)[None], x_gp.reshape(1, -1)]))
+            j, sign = layout.obj_idx[0], layout.signs[0]
+            mu = sign * post.mean[..., j].reshape(-1)
+            sd = post.variance[..., j].clamp_min(0).sqrt().reshape(-1)
+        return xq if float(mu[0] + 2 * sd[0]) >= float(mu[1]) else None
 
     def _finish(self, acqf, x: torch.Tensor, taken: np.ndarray, props: list, origin: str, note: str) -> Suggestion:
         """Decode the optimizer's point; repair it if rounding broke a constraint or hit an existing

@@ -29,6 +29,7 @@ class Origin(str, enum.Enum):
     BO = "bo"
     PRIOR_BO = "prior_guided_bo"
     BO_EXPLOIT = "bo_exploit"  # the surrogate's predicted best point (see GenerationStrategy._exploit_due)
+    BO_LOCAL = "bo_local"  # an exploitation step at a local quadratic model's optimum (bbo.local_model)
     LLM_WARMSTART = "llm_warmstart"
     LLM_PROPOSAL = "llm_proposal"
     USER = "user"

@@ -82,7 +82,7 @@ def test_branin_beats_random_search():
     rnd_regret = np.median([random_best(BRANIN_SPACE, branin, 25, s) - BRANIN_MIN for s in range(5)])
     assert bo_regret < 0.2
     assert bo_regret < 0.25 * rnd_regret, (bo_regret, rnd_regret)
-    assert {t.origin for t in trials} == {Origin.INITIAL.value, Origin.BO.value, Origin.BO_EXPLOIT.value}
+    assert {t.origin for t in trials} <= {Origin.INITIAL.value, Origin.BO.value, Origin.BO_EXPLOIT.value, Origin.BO_LOCAL.value}
 
 
 def test_hartmann6_beats_random_search():
@@ -495,6 +495,23 @@ def test_exploitation_step_with_an_outcome_constraint_stays_feasible():
     assert math.hypot(steps[-1].params["a"] - 0.2, steps[-1].params["b"] - 0.6) < 0.05
 
 
+def test_local_model_steps_refine_a_smooth_optimum_below_the_gps_resolution():
+    """On Branin (2-D, deterministic), once the GP's predicted best point stops resolving the
+    optimum, exploitation steps go to a local quadratic model's optimum (origin bo_local), and a
+    step that improved is followed by another at once. With the same seed they end far below the
+    GP-only steps' level; with noise on the objective, there are none."""
+    spec = spec_of(BRANIN_SPACE, seed=3, n_initial=5)
+    _, trials = run(spec, branin, 30)
+    local = [i for i, t in enumerate(trials) if t.origin == Origin.BO_LOCAL.value]
+    assert local and all("local quadratic model" in trials[i].reason for i in local)
+    best = min(t.value("f") for t in trials)
+    assert best - BRANIN_MIN < 1e-9
+    assert any(j == i + 1 for i, j in zip(local, local[1:]))  # chained after an improving step
+    rng = np.random.default_rng(0)
+    _, noisy = run(spec, lambda p: {"f": branin(p)["f"] + 5.0 * rng.standard_normal()}, 25)
+    assert Origin.BO_LOCAL.value not in [t.origin for t in noisy]
+
+
 def _history(values, origins) -> list[Trial]:
     pts = np.random.default_rng(0).random((len(values), 2))
     return [Trial(i, {"a": float(x[0]), "b": float(x[1])}, TrialState.COMPLETED, {"f": Metric(v)}, origin=o)
@@ -518,6 +535,12 @@ def test_exploitation_gap_doubles_after_steps_that_do_not_improve():
     twice = failed + [1.2, 1.1, 1.05, 1.04, 1.31]  # two failures in a row: 8
     assert not due(twice + [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], [B, B, X, B, B, B, B, X] + [B] * 7)
     assert due(twice + [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2], [B, B, X, B, B, B, B, X] + [B] * 8)
+    # a local model step that beat every earlier trial is followed by another at once; one that did not counts as a failure
+    L = Origin.BO_LOCAL.value
+    assert due([1.4, 1.3, 1.2], [B, B, L]) and due([1.4, 1.3, 1.35], [B, B, L])  # a miss gets one retry
+    assert due([1.4, 1.2, 1.25], [B, L, L]) and not due([1.4, 1.3, 1.35, 1.36], [B, B, L, L])  # two misses: back to the gap
+    assert not due([1.4, 1.3, 1.35, 1.36, 1.2], [B, B, L, L, B])
+    assert not due([1.4, 1.3, 1.35, 1.2, 1.1, 1.05], [B, B, L, B, B, B])
     # a tie on the objective (a capped or quantized response) switches exploitation off
     assert not due([1.4, 1.4], [B, B])
     # outcome constraints keep them, several objectives switch them off
