@@ -65,7 +65,9 @@ class Layout:
         return cls(
             obj_idx=tuple(col[o.name] for o in spec.objectives),
             signs=tuple(o.sign for o in spec.objectives),
-            constraints=tuple((col[c.metric], c.op, float(c.bound)) for c in spec.outcome_constraints),
+            constraints=tuple(
+                (col[c.metric], c.op, float(c.bound)) for c in spec.outcome_constraints
+            ),
             m=len(names),
         )
 
@@ -179,13 +181,17 @@ def make_acquisition(
                 model,
                 X_baseline,
                 sampler=sampler,
-                objective=LinearMCObjective(layout.objective_weights(X_baseline.dtype, X_baseline.device)),
+                objective=LinearMCObjective(
+                    layout.objective_weights(X_baseline.dtype, X_baseline.device)
+                ),
                 constraints=constraints,
                 prune_baseline=True,
                 cache_root=True,
             )
             if prior is not None and not prior.empty and prior_exponent > 0:
-                return PriorGuidedAcquisitionFunction(acqf, prior, log=True, prior_exponent=prior_exponent)
+                return PriorGuidedAcquisitionFunction(
+                    acqf, prior, log=True, prior_exponent=prior_exponent
+                )
             return acqf
         ref = reference_point(layout, Y_baseline, spec)
         acqf = qLogNoisyExpectedHypervolumeImprovement(
@@ -194,7 +200,9 @@ def make_acquisition(
             X_baseline=X_baseline,
             sampler=sampler,
             objective=WeightedMCMultiOutputObjective(
-                weights=torch.tensor(layout.signs, dtype=X_baseline.dtype, device=X_baseline.device),
+                weights=torch.tensor(
+                    layout.signs, dtype=X_baseline.dtype, device=X_baseline.device
+                ),
                 outcomes=list(layout.obj_idx),
                 num_outcomes=layout.m,
             ),
@@ -212,7 +220,11 @@ def inequality_tensors(space: SearchSpace, placement: Placement):
     if not cons:
         return None
     return [
-        (torch.tensor(idx, dtype=torch.long, device=placement.device), placement.tensor(coef), float(rhs))
+        (
+            torch.tensor(idx, dtype=torch.long, device=placement.device),
+            placement.tensor(coef),
+            float(rhs),
+        )
         for idx, coef, rhs in cons
     ]
 
@@ -242,7 +254,11 @@ def optimize(
                 num_restarts=num_restarts,
                 raw_samples=raw_samples,
                 inequality_constraints=ineq,
-                options={"batch_limit": 64, "init_batch_limit": INIT_BATCH_LIMIT, "maxiter": maxiter},
+                options={
+                    "batch_limit": 64,
+                    "init_batch_limit": INIT_BATCH_LIMIT,
+                    "maxiter": maxiter,
+                },
                 retry_on_optimization_warning=False,
                 batch_initial_conditions=initial_conditions,
             )
@@ -259,13 +275,21 @@ def optimize(
                 num_restarts=num_restarts,
                 raw_samples=raw_samples,
                 inequality_constraints=ineq,
-                options={"initialization_strategy": "random", "num_spray_points": 20, "maxiter_alternating": 6, "batch_limit": 64, "init_batch_limit": INIT_BATCH_LIMIT},
+                options={
+                    "initialization_strategy": "random",
+                    "num_spray_points": 20,
+                    "maxiter_alternating": 6,
+                    "batch_limit": 64,
+                    "init_batch_limit": INIT_BATCH_LIMIT,
+                },
             )
     v = float(v.reshape(-1)[0]) if v is not None else float("nan")
     return x.reshape(1, -1), v
 
 
-BASELINE_MAX = 32  # single objective: X_baseline is the best this many points when the model is larger
+BASELINE_MAX = (
+    32  # single objective: X_baseline is the best this many points when the model is larger
+)
 BASELINE_MAX_MO = 100
 
 
@@ -280,7 +304,16 @@ def baseline_rows(score: np.ndarray, multi: bool) -> np.ndarray:
     return np.sort(np.argsort(-score, kind="stable")[:k])
 
 
-def cheap_initial_conditions(model, layout: Layout, space: SearchSpace, placement: Placement, Y: np.ndarray, n_raw: int, k: int, seed: int) -> torch.Tensor:
+def cheap_initial_conditions(
+    model,
+    layout: Layout,
+    space: SearchSpace,
+    placement: Placement,
+    Y: np.ndarray,
+    n_raw: int,
+    k: int,
+    seed: int,
+) -> torch.Tensor:
     """``k`` starting points for the optimizer (k x 1 x d) chosen from ``n_raw`` Sobol points by
     analytic log-EI of the objective plus log probability of feasibility, from marginal posteriors.
     Costs a fraction of scoring raw samples with the MC acquisition jointly with the baseline (which

@@ -62,7 +62,7 @@ def sobol_design(space: SearchSpace, n: int, seed: int, skip: int = 0) -> list[d
         first, last = skip // _BLOCK, (skip + n - 1) // _BLOCK
         pts = np.vstack([_sobol_block(space.dim, int(seed), b) for b in range(first, last + 1)])
         start = skip - first * _BLOCK
-        return [space.decode(row) for row in _to_box(space, pts[start:start + n])]
+        return [space.decode(row) for row in _to_box(space, pts[start : start + n])]
     engine = qmc.Sobol(space.dim, scramble=True, seed=seed)
     out: list[dict[str, Value]] = []
     seen_feasible = 0
@@ -97,7 +97,13 @@ def polytope_samples(space: SearchSpace, n: int, seed: int) -> list[dict[str, Va
     out: list[dict[str, Value]] = []
     attempt = 0
     while len(out) < n and attempt < 20:
-        xs = get_polytope_samples(n=4 * n, bounds=box, inequality_constraints=ineq or None, seed=seed + attempt, thinning=16)
+        xs = get_polytope_samples(
+            n=4 * n,
+            bounds=box,
+            inequality_constraints=ineq or None,
+            seed=seed + attempt,
+            n_thinning=16,
+        )
         for row in xs.numpy():
             p = space.decode(row)
             if space.is_feasible(p):
@@ -106,5 +112,7 @@ def polytope_samples(space: SearchSpace, n: int, seed: int) -> list[dict[str, Va
                     break
         attempt += 1
     if len(out) < n:
-        raise RuntimeError("could not sample feasible points: the constraints leave (almost) no integer-feasible point")
+        raise RuntimeError(
+            "could not sample feasible points: the constraints leave (almost) no integer-feasible point"
+        )
     return out

@@ -34,10 +34,16 @@ def feasible_trials(spec: StudySpec, trials: Sequence[Trial]) -> list[Trial]:
     return [t for t in trials if is_feasible(spec, t)]
 
 
-def best_trial(spec: StudySpec, trials: Sequence[Trial], objective: str | None = None) -> Trial | None:
+def best_trial(
+    spec: StudySpec, trials: Sequence[Trial], objective: str | None = None
+) -> Trial | None:
     """The feasible trial with the best value of ``objective`` (default: the first objective),
     respecting its goal; ties go to the earliest trial id. None when no trial is feasible."""
-    obj = next((o for o in spec.objectives if o.name == objective), None) if objective else spec.objectives[0]
+    obj = (
+        next((o for o in spec.objectives if o.name == objective), None)
+        if objective
+        else spec.objectives[0]
+    )
     if obj is None:
         raise KeyError(f"unknown objective {objective!r}")
     best: Trial | None = None
@@ -53,7 +59,9 @@ def pareto_front(spec: StudySpec, trials: Sequence[Trial]) -> list[Trial]:
     cands = sorted(feasible_trials(spec, trials), key=lambda t: t.id)
     if not cands:
         return []
-    F = np.array([[o.sign * t.value(o.name) for o in spec.objectives] for t in cands])  # maximize all
+    F = np.array(
+        [[o.sign * t.value(o.name) for o in spec.objectives] for t in cands]
+    )  # maximize all
     keep = []
     for i in range(len(cands)):
         dominated = np.any(np.all(F >= F[i], axis=1) & np.any(F > F[i], axis=1))
@@ -76,10 +84,14 @@ def hypervolume(spec: StudySpec, trials: Sequence[Trial], reference: dict[str, f
     from botorch.utils.multi_objective.hypervolume import Hypervolume
 
     front = pareto_front(spec, trials)
-    ref = torch.tensor([o.sign * float(reference[o.name]) for o in spec.objectives], dtype=torch.float64)
+    ref = torch.tensor(
+        [o.sign * float(reference[o.name]) for o in spec.objectives], dtype=torch.float64
+    )
     if not front:
         return 0.0
-    F = torch.tensor([[o.sign * t.value(o.name) for o in spec.objectives] for t in front], dtype=torch.float64)
+    F = torch.tensor(
+        [[o.sign * t.value(o.name) for o in spec.objectives] for t in front], dtype=torch.float64
+    )
     F = F[(F > ref).all(dim=1)]
     if len(F) == 0:
         return 0.0

@@ -17,7 +17,9 @@ from typing import Optional
 
 import numpy as np
 
-MAX_RADIUS = 0.2  # the points a model uses lie within this distance of the incumbent (unit cube): local only
+MAX_RADIUS = (
+    0.2  # the points a model uses lie within this distance of the incumbent (unit cube): local only
+)
 MAX_CONDITION = 1e10  # a worse-conditioned fit (points nearly on a line or a conic) is not trusted
 
 
@@ -48,9 +50,9 @@ def quadratic_step(X: np.ndarray, y: np.ndarray) -> Optional[np.ndarray]:
     if np.linalg.cond(A) > MAX_CONDITION:
         return None
     coef = np.linalg.solve(A, y[idx] - y[b])
-    g = coef[1:1 + d]
+    g = coef[1 : 1 + d]
     H = np.zeros((d, d))
-    H[iu] = coef[1 + d:]
+    H[iu] = coef[1 + d :]
     H = H + H.T  # off-diagonal terms appear once in the fit, the diagonal's doubled: H = hessian
     if np.max(np.linalg.eigvalsh(H)) >= 0:
         return None  # not concave: no maximizer, or a saddle

@@ -15,5 +15,8 @@ def page_bounds(page_size: int, page_token: str, default: int, maximum: int) -> 
         if not 0 <= after < 2**63:  # a token we could have issued (SQLite integers are 64-bit)
             raise ValueError(after)
     except ValueError:
-        raise SpecError("page_token", f"malformed page token {page_token!r}: pass back a next_page_token unchanged") from None
+        raise SpecError(
+            "page_token",
+            f"malformed page token {page_token!r}: pass back a next_page_token unchanged",
+        ) from None
     return min(page_size or default, maximum), after

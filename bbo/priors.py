@@ -75,7 +75,9 @@ class LogPrior(torch.nn.Module):
     def __init__(self, space: SearchSpace, priors: Sequence[ParameterPrior], placement: Placement):
         super().__init__()
         col = {name: i for i, name in enumerate(space.names)}
-        self.numeric: list[tuple[int, float, float, float, float]] = []  # col, mu, sd, log Z, weight
+        self.numeric: list[
+            tuple[int, float, float, float, float]
+        ] = []  # col, mu, sd, log Z, weight
         self.categorical: list[tuple[int, torch.Tensor, float]] = []
         for pr in priors:
             p = space.by_name.get(pr.parameter)
@@ -83,9 +85,17 @@ class LogPrior(torch.nn.Module):
                 continue
             w = float(pr.confidence)
             if isinstance(p, CategoricalParam):
-                probs = torch.tensor([max(float((pr.probabilities or {}).get(c, 0.0)), 0.0) for c in p.choices])
-                probs = probs / probs.sum() if probs.sum() > 0 else torch.full_like(probs, 1.0 / len(probs))
-                dens = (1 - FLOOR) * probs * len(probs) + FLOOR  # density w.r.t. uniform over choices
+                probs = torch.tensor(
+                    [max(float((pr.probabilities or {}).get(c, 0.0)), 0.0) for c in p.choices]
+                )
+                probs = (
+                    probs / probs.sum()
+                    if probs.sum() > 0
+                    else torch.full_like(probs, 1.0 / len(probs))
+                )
+                dens = (1 - FLOOR) * probs * len(
+                    probs
+                ) + FLOOR  # density w.r.t. uniform over choices
                 self.categorical.append((col[p.name], torch.log(dens).to(**placement.tkwargs), w))
             else:
                 mu, sd = _unit_normal(space, pr)
@@ -102,7 +112,9 @@ class LogPrior(torch.nn.Module):
         for c, mu, sd, log_z, w in self.numeric:
             z = (X[..., c] - mu) / sd
             log_n = -0.5 * z * z - math.log(sd) - 0.5 * math.log(2 * math.pi) - log_z
-            out = out + w * torch.logaddexp(log_n + math.log(1 - FLOOR), torch.full_like(log_n, math.log(FLOOR)))
+            out = out + w * torch.logaddexp(
+                log_n + math.log(1 - FLOOR), torch.full_like(log_n, math.log(FLOOR))
+            )
         for c, table, w in self.categorical:
             idx = X[..., c].round().clamp(0, len(table) - 1).long()
             out = out + w * table[idx]

@@ -21,8 +21,15 @@ Value = Union[float, int, str]
 
 
 def _check_name(name: str, field_path: str) -> None:
-    if not isinstance(name, str) or not name or not name.replace("_", "a").replace(".", "a").replace("-", "a").isalnum():
-        raise SpecError(field_path, f"parameter name {name!r} must be a non-empty string of letters, digits, '_', '.', '-'")
+    if (
+        not isinstance(name, str)
+        or not name
+        or not name.replace("_", "a").replace(".", "a").replace("-", "a").isalnum()
+    ):
+        raise SpecError(
+            field_path,
+            f"parameter name {name!r} must be a non-empty string of letters, digits, '_', '.', '-'",
+        )
 
 
 def _finite(x: float, field_path: str) -> float:
@@ -47,9 +54,13 @@ class FloatParam:
     def validate(self, path: str) -> None:
         low, high = _finite(self.low, f"{path}.low"), _finite(self.high, f"{path}.high")
         if low >= high:
-            raise SpecError(f"{path}.high", f"high ({high}) must be greater than low ({low}) for '{self.name}'")
+            raise SpecError(
+                f"{path}.high", f"high ({high}) must be greater than low ({low}) for '{self.name}'"
+            )
         if self.log and low <= 0:
-            raise SpecError(f"{path}.low", f"log-scale parameter '{self.name}' needs low > 0, got {low}")
+            raise SpecError(
+                f"{path}.low", f"log-scale parameter '{self.name}' needs low > 0, got {low}"
+            )
 
     def _t(self, x: float) -> float:
         return math.log(x) if self.log else x
@@ -85,12 +96,23 @@ class IntParam:
     def validate(self, path: str) -> None:
         for attr in ("low", "high"):
             v = getattr(self, attr)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) and not (isinstance(v, float) and v.is_integer()):
-                raise SpecError(f"{path}.{attr}", f"'{self.name}'.{attr} must be an integer, got {v!r}")
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, np.integer))
+                and not (isinstance(v, float) and v.is_integer())
+            ):
+                raise SpecError(
+                    f"{path}.{attr}", f"'{self.name}'.{attr} must be an integer, got {v!r}"
+                )
         if self.low >= self.high:
-            raise SpecError(f"{path}.high", f"high ({self.high}) must be greater than low ({self.low}) for '{self.name}'")
+            raise SpecError(
+                f"{path}.high",
+                f"high ({self.high}) must be greater than low ({self.low}) for '{self.name}'",
+            )
         if self.log and self.low <= 0:
-            raise SpecError(f"{path}.low", f"log-scale parameter '{self.name}' needs low > 0, got {self.low}")
+            raise SpecError(
+                f"{path}.low", f"log-scale parameter '{self.name}' needs low > 0, got {self.low}"
+            )
 
     def _t(self, x: float) -> float:
         return math.log(x) if self.log else float(x)
@@ -112,11 +134,17 @@ class IntParam:
     def grid(self) -> np.ndarray:
         n = int(self.high) - int(self.low) + 1
         if n > 10_000:
-            return np.empty(0)  # too many values to enumerate: treated as continuous, rounded on decode
+            return np.empty(
+                0
+            )  # too many values to enumerate: treated as continuous, rounded on decode
         return np.array([self.to_unit(v) for v in range(int(self.low), int(self.high) + 1)])
 
     def check(self, v: Value) -> int:
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer)) or (isinstance(v, float) and not v.is_integer()):
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float, np.integer))
+            or (isinstance(v, float) and not v.is_integer())
+        ):
             raise SpecError(self.name, f"'{self.name}' needs an integer, got {v!r}")
         if not (self.low <= v <= self.high):
             raise SpecError(self.name, f"'{self.name}'={v} is outside [{self.low}, {self.high}]")
@@ -132,13 +160,20 @@ class CategoricalParam:
 
     def validate(self, path: str) -> None:
         if len(self.choices) == 0:
-            raise SpecError(f"{path}.choices", f"categorical '{self.name}' needs at least one choice")
+            raise SpecError(
+                f"{path}.choices", f"categorical '{self.name}' needs at least one choice"
+            )
         if len(set(self.choices)) != len(self.choices):
             dup = sorted({c for c in self.choices if self.choices.count(c) > 1})
-            raise SpecError(f"{path}.choices", f"categorical '{self.name}' has duplicate choices {dup}")
+            raise SpecError(
+                f"{path}.choices", f"categorical '{self.name}' has duplicate choices {dup}"
+            )
         for c in self.choices:
             if not isinstance(c, str):
-                raise SpecError(f"{path}.choices", f"categorical '{self.name}' choices must be strings, got {c!r}")
+                raise SpecError(
+                    f"{path}.choices",
+                    f"categorical '{self.name}' choices must be strings, got {c!r}",
+                )
 
     def to_unit(self, v: Value) -> float:
         return float(self.choices.index(v))
@@ -163,14 +198,21 @@ class OrdinalParam:
 
     def validate(self, path: str) -> None:
         if len(self.values) < 2:
-            raise SpecError(f"{path}.values", f"ordinal '{self.name}' needs at least two values (use a fixed parameter for one)")
+            raise SpecError(
+                f"{path}.values",
+                f"ordinal '{self.name}' needs at least two values (use a fixed parameter for one)",
+            )
         vals = [_finite(v, f"{path}.values") for v in self.values]
         if len(set(vals)) != len(vals):
             raise SpecError(f"{path}.values", f"ordinal '{self.name}' has duplicate values")
         if list(vals) != sorted(vals):
-            raise SpecError(f"{path}.values", f"ordinal '{self.name}' values must be sorted ascending")
+            raise SpecError(
+                f"{path}.values", f"ordinal '{self.name}' values must be sorted ascending"
+            )
         if self.log and vals[0] <= 0:
-            raise SpecError(f"{path}.values", f"log-scale ordinal '{self.name}' needs all values > 0")
+            raise SpecError(
+                f"{path}.values", f"log-scale ordinal '{self.name}' needs all values > 0"
+            )
 
     def _t(self, x: float) -> float:
         return math.log(x) if self.log else float(x)
@@ -259,7 +301,9 @@ class SearchSpace:
             path = f"parameters[{i}]"
             _check_name(p.name, f"{path}.name")
             if p.name in seen:
-                raise SpecError(f"{path}.name", f"duplicate parameter name '{p.name}': names must be unique")
+                raise SpecError(
+                    f"{path}.name", f"duplicate parameter name '{p.name}': names must be unique"
+                )
             seen.add(p.name)
             p.validate(path)
         if not self.free:
@@ -268,19 +312,32 @@ class SearchSpace:
         for j, c in enumerate(self.constraints):
             path = f"parameter_constraints[{j}]"
             if not c.coefficients:
-                raise SpecError(f"{path}.coefficients", "a linear constraint needs at least one term")
+                raise SpecError(
+                    f"{path}.coefficients", "a linear constraint needs at least one term"
+                )
             _finite(c.bound, f"{path}.bound")
             for n, a in c.coefficients.items():
                 _finite(a, f"{path}.coefficients['{n}']")
                 p = by_name.get(n)
                 if p is None:
-                    raise SpecError(f"{path}.coefficients", f"constraint names unknown parameter '{n}'")
+                    raise SpecError(
+                        f"{path}.coefficients", f"constraint names unknown parameter '{n}'"
+                    )
                 if isinstance(p, (CategoricalParam, FixedParam)):
-                    raise SpecError(f"{path}.coefficients", f"constraint term '{n}' is {type(p).__name__[:-5].lower()}: only float, int and ordinal parameters can be constrained")
+                    raise SpecError(
+                        f"{path}.coefficients",
+                        f"constraint term '{n}' is {type(p).__name__[:-5].lower()}: only float, int and ordinal parameters can be constrained",
+                    )
                 if getattr(p, "log", False):
-                    raise SpecError(f"{path}.coefficients", f"constraint term '{n}' is on a log scale: a linear constraint needs linear-scale parameters")
+                    raise SpecError(
+                        f"{path}.coefficients",
+                        f"constraint term '{n}' is on a log scale: a linear constraint needs linear-scale parameters",
+                    )
         if self.constraints and self._feasible_point() is None:
-            raise SpecError("parameter_constraints", "the parameter constraints admit no point inside the parameter bounds: loosen a bound")
+            raise SpecError(
+                "parameter_constraints",
+                "the parameter constraints admit no point inside the parameter bounds: loosen a bound",
+            )
 
     # ---- structure ---------------------------------------------------------------------------
     @property
@@ -338,13 +395,18 @@ class SearchSpace:
         return out
 
     # ---- encoding ----------------------------------------------------------------------------
-    def validate_params(self, params: Mapping[str, Value], path: str = "parameters") -> dict[str, Value]:
+    def validate_params(
+        self, params: Mapping[str, Value], path: str = "parameters"
+    ) -> dict[str, Value]:
         """Type- and range-check a full assignment; returns it canonicalised, or raises SpecError."""
         if not isinstance(params, Mapping):
             raise SpecError(path, "parameters must be a mapping of name to value")
         extra = set(params) - set(self.by_name)
         if extra:
-            raise SpecError(path, f"unknown parameter(s) {sorted(extra)}; the space has {[p.name for p in self.params]}")
+            raise SpecError(
+                path,
+                f"unknown parameter(s) {sorted(extra)}; the space has {[p.name for p in self.params]}",
+            )
         out: dict[str, Value] = {}
         for p in self.params:
             if p.name not in params:
@@ -358,7 +420,9 @@ class SearchSpace:
                 raise SpecError(f"{path}['{p.name}']", e.message) from None
         for j, c in enumerate(self.constraints):
             if not c.satisfied(out):
-                raise SpecError(path, f"parameters violate constraint {j} ({c}): lhs = {c.lhs(out):g}")
+                raise SpecError(
+                    path, f"parameters violate constraint {j} ({c}): lhs = {c.lhs(out):g}"
+                )
         return out
 
     def encode(self, params: Mapping[str, Value]) -> np.ndarray:
@@ -392,7 +456,13 @@ class SearchSpace:
             A[k, idx] = -np.asarray(coef)
             b[k] = -rhs
         box = self.bounds()
-        res = linprog(np.zeros(self.dim), A_ub=A, b_ub=b + 1e-12, bounds=list(zip(box[0], box[1])), method="highs")
+        res = linprog(
+            np.zeros(self.dim),
+            A_ub=A,
+            b_ub=b + 1e-12,
+            bounds=list(zip(box[0], box[1])),
+            method="highs",
+        )
         return res.x if res.status == 0 else None
 
 

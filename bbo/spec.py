@@ -128,13 +128,20 @@ class StudySpec:
             if o.name in names:
                 raise SpecError(f"objectives[{i}].name", f"duplicate objective '{o.name}'")
             if o.goal not in (MINIMIZE, MAXIMIZE):
-                raise SpecError(f"objectives[{i}].goal", f"goal must be 'minimize' or 'maximize', got {o.goal!r}")
+                raise SpecError(
+                    f"objectives[{i}].goal",
+                    f"goal must be 'minimize' or 'maximize', got {o.goal!r}",
+                )
             names.add(o.name)
         for i, c in enumerate(self.outcome_constraints):
             if not c.metric:
-                raise SpecError(f"outcome_constraints[{i}].metric", "constraint metric name must not be empty")
+                raise SpecError(
+                    f"outcome_constraints[{i}].metric", "constraint metric name must not be empty"
+                )
             if c.op not in ("<=", ">="):
-                raise SpecError(f"outcome_constraints[{i}].op", f"op must be '<=' or '>=', got {c.op!r}")
+                raise SpecError(
+                    f"outcome_constraints[{i}].op", f"op must be '<=' or '>=', got {c.op!r}"
+                )
             if not isinstance(c.bound, (int, float)) or not math.isfinite(c.bound):
                 raise SpecError(f"outcome_constraints[{i}].bound", "bound must be a finite number")
         for i, m in enumerate(self.tracked_metrics):
@@ -146,15 +153,25 @@ class StudySpec:
         if a.device not in ("auto", "cpu", "cuda"):
             raise SpecError("algorithm.device", "must be 'auto', 'cpu' or 'cuda'")
         if a.max_fit_points < 10 or a.max_model_points < a.max_fit_points:
-            raise SpecError("algorithm.max_fit_points", "need 10 <= max_fit_points <= max_model_points")
+            raise SpecError(
+                "algorithm.max_fit_points", "need 10 <= max_fit_points <= max_model_points"
+            )
         if not (0 < a.refit_growth <= 10):
             raise SpecError("algorithm.refit_growth", "must be in (0, 10]")
-        if isinstance(a.exploit_gap, bool) or not isinstance(a.exploit_gap, int) or not 0 <= a.exploit_gap <= 1000:
-            raise SpecError("algorithm.exploit_gap", "must be an integer from 0 (no exploitation steps) to 1000")
+        if (
+            isinstance(a.exploit_gap, bool)
+            or not isinstance(a.exploit_gap, int)
+            or not 0 <= a.exploit_gap <= 1000
+        ):
+            raise SpecError(
+                "algorithm.exploit_gap", "must be an integer from 0 (no exploitation steps) to 1000"
+            )
         if a.reference_point is not None:
             unknown = set(a.reference_point) - {o.name for o in self.objectives}
             if unknown:
-                raise SpecError("algorithm.reference_point", f"names unknown objectives {sorted(unknown)}")
+                raise SpecError(
+                    "algorithm.reference_point", f"names unknown objectives {sorted(unknown)}"
+                )
         by_name = self.space.by_name
         for i, p in enumerate(self.priors):
             path = f"priors[{i}]"
@@ -164,17 +181,37 @@ class StudySpec:
             if not (0 < p.confidence <= 1):
                 raise SpecError(f"{path}.confidence", "confidence must be in (0, 1]")
             if isinstance(param, FixedParam):
-                raise SpecError(f"{path}.parameter", f"'{p.parameter}' is fixed: a prior on it means nothing")
+                raise SpecError(
+                    f"{path}.parameter", f"'{p.parameter}' is fixed: a prior on it means nothing"
+                )
             if isinstance(param, CategoricalParam):
                 probs = p.probabilities or {}
                 bad = set(probs) - set(param.choices)
                 if not probs or bad:
-                    raise SpecError(f"{path}.probabilities", f"need probabilities over choices {list(param.choices)}")
-                if any(not math.isfinite(v) or v < 0 for v in probs.values()) or sum(probs.values()) <= 0:
-                    raise SpecError(f"{path}.probabilities", "probabilities must be non-negative with a positive sum")
+                    raise SpecError(
+                        f"{path}.probabilities",
+                        f"need probabilities over choices {list(param.choices)}",
+                    )
+                if (
+                    any(not math.isfinite(v) or v < 0 for v in probs.values())
+                    or sum(probs.values()) <= 0
+                ):
+                    raise SpecError(
+                        f"{path}.probabilities",
+                        "probabilities must be non-negative with a positive sum",
+                    )
             else:
-                if p.mean is None or p.std is None or not math.isfinite(p.mean) or not math.isfinite(p.std) or p.std <= 0:
-                    raise SpecError(f"{path}.std", f"numeric prior on '{p.parameter}' needs a finite mean and std > 0")
+                if (
+                    p.mean is None
+                    or p.std is None
+                    or not math.isfinite(p.mean)
+                    or not math.isfinite(p.std)
+                    or p.std <= 0
+                ):
+                    raise SpecError(
+                        f"{path}.std",
+                        f"numeric prior on '{p.parameter}' needs a finite mean and std > 0",
+                    )
         if len({p.parameter for p in self.priors}) != len(self.priors):
             raise SpecError("priors", "at most one prior per parameter")
 
@@ -194,7 +231,9 @@ class StudySpec:
 
     @property
     def all_metrics(self) -> list[str]:
-        return self.modeled_metrics + [m for m in self.tracked_metrics if m not in self.modeled_metrics]
+        return self.modeled_metrics + [
+            m for m in self.tracked_metrics if m not in self.modeled_metrics
+        ]
 
     def is_feasible(self, metrics: Mapping[str, float]) -> bool:
         return all(c.satisfied(metrics[c.metric]) for c in self.outcome_constraints)
@@ -204,15 +243,20 @@ class StudySpec:
         return {
             "parameters": [_param_to_dict(p) for p in self.space.params],
             "parameter_constraints": [
-                {"coefficients": dict(c.coefficients), "bound": c.bound} for c in self.space.constraints
+                {"coefficients": dict(c.coefficients), "bound": c.bound}
+                for c in self.space.constraints
             ],
             "objectives": [asdict(o) for o in self.objectives],
             "outcome_constraints": [asdict(c) for c in self.outcome_constraints],
             "tracked_metrics": list(self.tracked_metrics),
-            "algorithm": {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in asdict(self.algorithm).items()},
+            "algorithm": {
+                k: (dict(v) if isinstance(v, Mapping) else v)
+                for k, v in asdict(self.algorithm).items()
+            },
             "description": self.description,
             "priors": [
-                {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in asdict(p).items()} for p in self.priors
+                {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in asdict(p).items()}
+                for p in self.priors
             ],
             "llm": asdict(self.llm),
         }
@@ -229,7 +273,9 @@ class StudySpec:
             return cls(
                 space=space,
                 objectives=tuple(Objective(**o) for o in d.get("objectives", [])),
-                outcome_constraints=tuple(OutcomeConstraint(**c) for c in d.get("outcome_constraints", [])),
+                outcome_constraints=tuple(
+                    OutcomeConstraint(**c) for c in d.get("outcome_constraints", [])
+                ),
                 tracked_metrics=tuple(d.get("tracked_metrics", [])),
                 algorithm=AlgorithmOptions(**d.get("algorithm", {})),
                 description=d.get("description", ""),
@@ -243,7 +289,13 @@ class StudySpec:
 
 
 def _param_to_dict(p) -> dict[str, Any]:
-    kind = {FloatParam: "float", IntParam: "int", CategoricalParam: "categorical", OrdinalParam: "ordinal", FixedParam: "fixed"}[type(p)]
+    kind = {
+        FloatParam: "float",
+        IntParam: "int",
+        CategoricalParam: "categorical",
+        OrdinalParam: "ordinal",
+        FixedParam: "fixed",
+    }[type(p)]
     d = asdict(p)
     for k in ("choices", "values"):
         if k in d:
@@ -254,9 +306,18 @@ def _param_to_dict(p) -> dict[str, Any]:
 def _param_from_dict(d: Mapping[str, Any], i: int):
     d = dict(d)
     kind = d.pop("type", None)
-    cls = {"float": FloatParam, "int": IntParam, "categorical": CategoricalParam, "ordinal": OrdinalParam, "fixed": FixedParam}.get(kind)
+    cls = {
+        "float": FloatParam,
+        "int": IntParam,
+        "categorical": CategoricalParam,
+        "ordinal": OrdinalParam,
+        "fixed": FixedParam,
+    }.get(kind)
     if cls is None:
-        raise SpecError(f"parameters[{i}].type", f"unknown parameter type {kind!r}: use float, int, categorical, ordinal or fixed")
+        raise SpecError(
+            f"parameters[{i}].type",
+            f"unknown parameter type {kind!r}: use float, int, categorical, ordinal or fixed",
+        )
     for k in ("choices", "values"):
         if k in d:
             d[k] = tuple(d[k])

@@ -67,10 +67,16 @@ MIN_MODEL_POINTS = 2  # completed trials needed before a GP is fit
 CHEAP_INIT_ABOVE = 60  # model size above which optimizer starts come from a cheap analytic score
 MIN_SEPARATION = 1e-8  # scaled encoded distance under which two points count as the same point (local model steps resolve ~1e-7)
 ACTIVE, LIKELY_INFEASIBLE = "ACTIVE", "LIKELY_INFEASIBLE"
-INFEASIBLE_PROB = 0.01  # max model probability of feasibility under which a study is declared likely infeasible
+INFEASIBLE_PROB = (
+    0.01  # max model probability of feasibility under which a study is declared likely infeasible
+)
 INFEASIBLE_EXTRA = 5  # completed trials beyond the initial design before that judgement is made
-DETERMINISTIC_NOISE = 1e-4  # fitted noise variance (standardized) under which the objective counts as noise-free
-EXPLOIT_MAX_DOUBLINGS = 3  # the gap between exploitation steps grows to at most 2**3 times algorithm.exploit_gap
+DETERMINISTIC_NOISE = (
+    1e-4  # fitted noise variance (standardized) under which the objective counts as noise-free
+)
+EXPLOIT_MAX_DOUBLINGS = (
+    3  # the gap between exploitation steps grows to at most 2**3 times algorithm.exploit_gap
+)
 
 
 @dataclass
@@ -110,7 +116,11 @@ class _Data:
 
 def _design_rows(data: "_Data") -> list[int]:
     """Rows of ``data`` that are initial-design trials (Sobol / centre / prior guess, or warm start)."""
-    return [i for i, t in enumerate(data.trials) if t.origin in (Origin.INITIAL.value, Origin.LLM_WARMSTART.value)]
+    return [
+        i
+        for i, t in enumerate(data.trials)
+        if t.origin in (Origin.INITIAL.value, Origin.LLM_WARMSTART.value)
+    ]
 
 
 class GenerationStrategy:
@@ -124,7 +134,9 @@ class GenerationStrategy:
         self.priors = tuple(priors) if priors is not None else tuple(spec.priors)
         self.layout = Layout.of(spec)
         self.warp = OutcomeWarp.of(self.layout)
-        self.model_layout = self.warp.model_layout  # constraint bounds in warped units: for everything model-facing
+        self.model_layout = (
+            self.warp.model_layout
+        )  # constraint bounds in warped units: for everything model-facing
         self.placement = select_device(spec.algorithm.device)
         self.surrogate = Surrogate(spec.space, self.layout.m, spec.algorithm, self.placement)
         self._scale = np.maximum(spec.space.bounds()[1], 1.0)
@@ -159,11 +171,19 @@ class GenerationStrategy:
             trials = list(trials)
             try:
                 with manual_seed(self._call_seed(trials)):
-                    out = self._suggest(trials, n, warmstart, proposals, self.priors if priors is None else tuple(priors))
+                    out = self._suggest(
+                        trials,
+                        n,
+                        warmstart,
+                        proposals,
+                        self.priors if priors is None else tuple(priors),
+                    )
             except Exception as e:  # noqa: BLE001 - by contract, suggest never raises
                 log.exception("generation failed; falling back to space-filling points")
                 taken = self._encode_trials(trials)
-                out = self._space_filling(trials, n, taken, f"generation failed: {type(e).__name__}: {e}")
+                out = self._space_filling(
+                    trials, n, taken, f"generation failed: {type(e).__name__}: {e}"
+                )
             self.last.total_seconds = time.perf_counter() - t0
             return out
 
@@ -195,8 +215,13 @@ class GenerationStrategy:
                 return self._status_cache[1]
             try:
                 with manual_seed(self._call_seed(trials)):
-                    model, _, _ = self.surrogate.model(data.X, data.Ym, data.Ymvar, data.score, seed=self.seed)
-                    box = _to_box(self.spec.space, qmc.Sobol(self.spec.space.dim, scramble=True, seed=self.seed).random(2048))
+                    model, _, _ = self.surrogate.model(
+                        data.X, data.Ym, data.Ymvar, data.score, seed=self.seed
+                    )
+                    box = _to_box(
+                        self.spec.space,
+                        qmc.Sobol(self.spec.space.dim, scramble=True, seed=self.seed).random(2048),
+                    )
                     X = self.placement.tensor(np.vstack([box, data.X]))
                     p_max = float(log_prob_feasible(model, self.model_layout, X).exp().max())
             except Exception as e:  # noqa: BLE001
@@ -231,12 +256,18 @@ class GenerationStrategy:
         n_design = max(0, min(n, size - len(trials)))
         if n_design:
             if warm:
-                out, taken = self._design_with_warmstart(trials, n_design, size, warm, taken, priors)
+                out, taken = self._design_with_warmstart(
+                    trials, n_design, size, warm, taken, priors
+                )
             else:
                 n_initial_used = sum(1 for t in trials if t.origin == Origin.INITIAL.value)
                 c = self._opening_point(priors, taken) if n_initial_used == 0 else None
                 if c is not None:
-                    out.append(Suggestion(c, Origin.INITIAL.value, "the priors' best guess" if priors else ""))
+                    out.append(
+                        Suggestion(
+                            c, Origin.INITIAL.value, "the priors' best guess" if priors else ""
+                        )
+                    )
                     taken = np.vstack([taken, space.encode(c)[None]])
                 for p in sobol_design(space, n_design - len(out), self.seed, skip=n_initial_used):
                     out.append(Suggestion(p, Origin.INITIAL.value))
@@ -252,7 +283,11 @@ class GenerationStrategy:
         (the remaining ``n_warm`` candidates still follow) and BO starts, weighted by the prior, sooner.
         Misleading advice is not the best of them, so it leaves the design as it was."""
         short = min(self.n_initial, self.spec.space.dim + 1)
-        if len(trials) >= self.n_initial or short >= self.n_initial or not (priors or any(t.origin == Origin.LLM_WARMSTART.value for t in trials)):
+        if (
+            len(trials) >= self.n_initial
+            or short >= self.n_initial
+            or not (priors or any(t.origin == Origin.LLM_WARMSTART.value for t in trials))
+        ):
             return self.n_initial
         data = self._data(trials)
         design = _design_rows(data)
@@ -272,7 +307,9 @@ class GenerationStrategy:
         c = space.decode(prior_mode(space, priors, center_encoded(space)))
         return c if space.is_feasible(c) and not self._too_close(space.encode(c), taken) else None
 
-    def _fresh_warmstart(self, warmstart: Sequence[Suggestion], taken: np.ndarray) -> list[tuple[Suggestion, dict]]:
+    def _fresh_warmstart(
+        self, warmstart: Sequence[Suggestion], taken: np.ndarray
+    ) -> list[tuple[Suggestion, dict]]:
         """The warm-start candidates not yet used (valid, distinct from every existing point), in order."""
         out = []
         for s in warmstart:
@@ -286,7 +323,9 @@ class GenerationStrategy:
             out.append((s, p))
         return out
 
-    def _design_with_warmstart(self, trials, n_design: int, size: int, warm: list, taken: np.ndarray, priors):
+    def _design_with_warmstart(
+        self, trials, n_design: int, size: int, warm: list, taken: np.ndarray, priors
+    ):
         """Initial design with warm-start candidates: the first candidate opens it, the rest close it,
         and those are used only while the candidates measured so far are not worse than the design's
         median (:meth:`_warmstart_agrees`); otherwise their slots go to Sobol points. With good
@@ -303,13 +342,17 @@ class GenerationStrategy:
                     agrees = self._warmstart_agrees(trials)
                 if warm_used == 0 or agrees:
                     s, p = warm.pop(0)
-                    out.append(Suggestion(p, s.origin or Origin.LLM_WARMSTART.value, s.reason, s.rationale))
+                    out.append(
+                        Suggestion(p, s.origin or Origin.LLM_WARMSTART.value, s.reason, s.rationale)
+                    )
                     taken = np.vstack([taken, space.encode(p)[None]])
                     warm_used += 1
                     continue
                 warm = []
                 note = "warm-start candidates set aside: the ones measured are worse than the design's median"
-            p = self._opening_point(priors, taken) if n_initial_used == 0 else None  # right after the first candidate
+            p = (
+                self._opening_point(priors, taken) if n_initial_used == 0 else None
+            )  # right after the first candidate
             reason = "the priors' best guess" if p is not None and priors else note
             if p is None:
                 p = sobol_design(space, 1, self.seed, skip=n_initial_used)[0]
@@ -328,56 +371,113 @@ class GenerationStrategy:
             return True
         return bool(np.median(data.score[warm]) >= np.median(data.score[design]))
 
-    def _bo(self, trials, n, earlier: list[Suggestion], taken: np.ndarray, proposals, priors) -> list[Suggestion]:
+    def _bo(
+        self, trials, n, earlier: list[Suggestion], taken: np.ndarray, proposals, priors
+    ) -> list[Suggestion]:
         space, layout = self.spec.space, self.model_layout
         data = self._data(trials)
         self.last.n_completed = len(data.trials)
         if len(data.trials) < MIN_MODEL_POINTS:
-            return self._space_filling(trials, n, taken, f"waiting for data: {len(data.trials)} completed trial(s), the model needs {MIN_MODEL_POINTS}")
+            return self._space_filling(
+                trials,
+                n,
+                taken,
+                f"waiting for data: {len(data.trials)} completed trial(s), the model needs {MIN_MODEL_POINTS}",
+            )
         seed = self._call_seed(trials)
         try:
-            model, rows, info = self.surrogate.model(data.X, data.Ym, data.Ymvar, data.score, seed=seed)
+            model, rows, info = self.surrogate.model(
+                data.X, data.Ym, data.Ymvar, data.score, seed=seed
+            )
         except Exception as e:  # noqa: BLE001
-            return self._space_filling(trials, n, taken, f"no usable surrogate: {type(e).__name__}: {e}")
-        self.last.refit, self.last.n_model, self.last.fit_seconds = info.refit, info.n_model, info.fit_seconds
+            return self._space_filling(
+                trials, n, taken, f"no usable surrogate: {type(e).__name__}: {e}"
+            )
+        self.last.refit, self.last.n_model, self.last.fit_seconds = (
+            info.refit,
+            info.n_model,
+            info.fit_seconds,
+        )
         fit_note = info.reason
         prior = LogPrior(space, priors, self.placement) if priors else None
         use_prior = prior is not None and not prior.empty
-        if use_prior and not agrees_with_data(to_numpy(prior(self.placement.tensor(data.X)[:, None, :]))[:, 0], data.score):
+        if use_prior and not agrees_with_data(
+            to_numpy(prior(self.placement.tensor(data.X)[:, None, :]))[:, 0], data.score
+        ):
             use_prior = False
-            fit_note = (fit_note + "; " if fit_note else "") + "prior set aside: the best trials are less likely under it than the rest"
-        exponent = self.spec.algorithm.prior_exponent / max(1, len(data.trials)) if use_prior else 0.0
+            fit_note = (
+                fit_note + "; " if fit_note else ""
+            ) + "prior set aside: the best trials are less likely under it than the rest"
+        exponent = (
+            self.spec.algorithm.prior_exponent / max(1, len(data.trials)) if use_prior else 0.0
+        )
         origin = Origin.PRIOR_BO.value if use_prior else Origin.BO.value
         ta = time.perf_counter()
         P = self.placement
-        pending = [t.params for t in trials if t.state is TrialState.PENDING] + [s.params for s in earlier]
+        pending = [t.params for t in trials if t.state is TrialState.PENDING] + [
+            s.params for s in earlier
+        ]
         chosen: list[torch.Tensor] = [P.tensor(space.encode(p))[None] for p in pending]
         props = [(s, p) for s in proposals if (p := self._valid(s.params)) is not None]
         base = rows[baseline_rows(data.score[rows], layout.multi)]
         try:
             acqf = make_acquisition(
-                model, self.spec, layout, P.tensor(data.X[base]), data.Ym[rows], prior=prior, prior_exponent=exponent, seed=seed
+                model,
+                self.spec,
+                layout,
+                P.tensor(data.X[base]),
+                data.Ym[rows],
+                prior=prior,
+                prior_exponent=exponent,
+                seed=seed,
             )
         except Exception as e:  # noqa: BLE001
             log.info("acquisition construction failed: %s", e)
-            return self._model_fallback(model, trials, n, taken, f"acquisition failed: {type(e).__name__}: {e}")
+            return self._model_fallback(
+                model, trials, n, taken, f"acquisition failed: {type(e).__name__}: {e}"
+            )
         restarts, raw, maxiter = budget(len(rows), space.dim)
-        cheap_init = len(rows) > CHEAP_INIT_ABOVE and not layout.multi and not space.discrete_values() and not space.constraints
+        cheap_init = (
+            len(rows) > CHEAP_INIT_ABOVE
+            and not layout.multi
+            and not space.discrete_values()
+            and not space.constraints
+        )
         out: list[Suggestion] = []
         exploit = self._exploit_due(trials, data)
         for i in range(n):
-            sug = self._exploit(model, data, taken, restarts, raw, maxiter, fit_note, seed) if i == 0 and exploit else None
+            sug = (
+                self._exploit(model, data, taken, restarts, raw, maxiter, fit_note, seed)
+                if i == 0 and exploit
+                else None
+            )
             if sug is None:  # an acquisition step
                 try:
                     acqf.set_X_pending(torch.cat(chosen, dim=0) if chosen else None)
                     ic = None
                     if cheap_init:
-                        ic = cheap_initial_conditions(model, layout, space, P, data.Ym[rows], 4 * raw, restarts, seed + i)
-                    x, _ = optimize(acqf, space, P, num_restarts=restarts, raw_samples=raw, maxiter=maxiter, initial_conditions=ic)
+                        ic = cheap_initial_conditions(
+                            model, layout, space, P, data.Ym[rows], 4 * raw, restarts, seed + i
+                        )
+                    x, _ = optimize(
+                        acqf,
+                        space,
+                        P,
+                        num_restarts=restarts,
+                        raw_samples=raw,
+                        maxiter=maxiter,
+                        initial_conditions=ic,
+                    )
                     sug = self._finish(acqf, x, taken, props, origin, fit_note)
                 except Exception as e:  # noqa: BLE001
                     log.info("acquisition optimization failed: %s", e)
-                    sug = self._model_fallback(model, trials, 1, taken, f"acquisition optimization failed: {type(e).__name__}: {e}")[0]
+                    sug = self._model_fallback(
+                        model,
+                        trials,
+                        1,
+                        taken,
+                        f"acquisition optimization failed: {type(e).__name__}: {e}",
+                    )[0]
             out.append(sug)
             xe = space.encode(sug.params)
             taken = np.vstack([taken, xe[None]])
@@ -397,13 +497,21 @@ class GenerationStrategy:
         of 32. With integer or categorical parameters the steps refined the continuous ones inside
         a wrong discrete setting (bench_core "mixed": 2 of 5 seeds stuck at regret 5 and 2.2)."""
         gap = self.spec.algorithm.exploit_gap
-        if gap <= 0 or self.layout.multi or self.spec.space.discrete_values() or not len(data.trials):
+        if (
+            gap <= 0
+            or self.layout.multi
+            or self.spec.space.discrete_values()
+            or not len(data.trials)
+        ):
             return False
         obj = self.layout.signed_objectives(data.Y)[:, 0]
         if len(np.unique(obj)) < len(obj):
             return False
         exploits = (Origin.BO_EXPLOIT.value, Origin.BO_LOCAL.value)
-        bo = sorted((t for t in trials if t.origin in (Origin.BO.value, Origin.PRIOR_BO.value) + exploits), key=lambda t: t.id)
+        bo = sorted(
+            (t for t in trials if t.origin in (Origin.BO.value, Origin.PRIOR_BO.value) + exploits),
+            key=lambda t: t.id,
+        )
         since = next((k for k, t in enumerate(reversed(bo)) if t.origin in exploits), len(bo))
         ids = np.array([t.id for t in data.trials])
         row = {t.id: i for i, t in enumerate(data.trials)}
@@ -413,7 +521,11 @@ class GenerationStrategy:
             return not len(earlier) or bool(data.score[row[t.id]] > earlier.max())
 
         last = [t for t in bo[-2:] if t.origin == Origin.BO_LOCAL.value and t.id in row]
-        if last and last[-1] is bo[-1] and not (len(last) == 2 and not any(beat_all(t) for t in last)):
+        if (
+            last
+            and last[-1] is bo[-1]
+            and not (len(last) == 2 and not any(beat_all(t) for t in last))
+        ):
             # a local model step is followed by the next at once (trust-region methods converge
             # superlinearly); one that missed still put a point next to the optimum, which refines the
             # model, so only two misses in a row hand back to the gap schedule
@@ -430,7 +542,17 @@ class GenerationStrategy:
             break
         return since >= gap * 2 ** min(fails, EXPLOIT_MAX_DOUBLINGS)
 
-    def _exploit(self, model, data: _Data, taken: np.ndarray, restarts: int, raw: int, maxiter: int, note: str, seed: int) -> Optional[Suggestion]:
+    def _exploit(
+        self,
+        model,
+        data: _Data,
+        taken: np.ndarray,
+        restarts: int,
+        raw: int,
+        maxiter: int,
+        note: str,
+        seed: int,
+    ) -> Optional[Suggestion]:
         """The maximizer of the posterior mean of the (signed) objective; with outcome constraints,
         of its expectation with infeasible outcomes replaced by a cost below every observed one
         (BoTorch's ``ConstrainedMCObjective``). Where the GP no longer resolves the optimum, the
@@ -441,6 +563,7 @@ class GenerationStrategy:
         try:
             w = layout.objective_weights(**P.tkwargs)
             if layout.constraints:
+
                 def objective(Z, X=None):
                     return Z @ w
 
@@ -448,7 +571,9 @@ class GenerationStrategy:
                 acqf = qSimpleRegret(
                     model,
                     sampler=SobolQMCNormalSampler(sample_shape=torch.Size([MC_SAMPLES]), seed=seed),
-                    objective=ConstrainedMCObjective(objective, layout.constraint_callables(), infeasible_cost=cost),
+                    objective=ConstrainedMCObjective(
+                        objective, layout.constraint_callables(), infeasible_cost=cost
+                    ),
                 )
             else:
                 acqf = PosteriorMean(model, posterior_transform=ScalarizedPosteriorTransform(w))
@@ -459,7 +584,11 @@ class GenerationStrategy:
             return None
         note = note + "; " if note else ""
         for point, origin, what in (
-            (local, Origin.BO_LOCAL, "the local quadratic model's optimum, where the surrogate no longer resolves the objective"),
+            (
+                local,
+                Origin.BO_LOCAL,
+                "the local quadratic model's optimum, where the surrogate no longer resolves the objective",
+            ),
             (to_numpy(x)[0], Origin.BO_EXPLOIT, "the surrogate's predicted best point"),
         ):
             if point is None:
@@ -469,7 +598,9 @@ class GenerationStrategy:
                 return Suggestion(params, origin.value, f"{note}exploitation step: {what}")
         return None
 
-    def _local_step(self, model, data: _Data, x_gp: torch.Tensor, taken: np.ndarray) -> Optional[np.ndarray]:
+    def _local_step(
+        self, model, data: _Data, x_gp: torch.Tensor, taken: np.ndarray
+    ) -> Optional[np.ndarray]:
         """The local quadratic model's optimum (:mod:`bbo.local_model`), where it applies and the GP
         cannot tell it from its own predicted best: one unconstrained objective, observed without
         reported noise and fitted as noise-free, and a GP mean there within two posterior standard
@@ -478,7 +609,11 @@ class GenerationStrategy:
         if layout.constraints or data.Yvar is not None:
             return None
         noise = getattr(model.likelihood, "noise", None)
-        if noise is None or float(noise.detach().reshape(-1)[layout.obj_idx[0] if noise.numel() > 1 else 0]) > DETERMINISTIC_NOISE:
+        if (
+            noise is None
+            or float(noise.detach().reshape(-1)[layout.obj_idx[0] if noise.numel() > 1 else 0])
+            > DETERMINISTIC_NOISE
+        ):
             return None
         xq = quadratic_step(data.X, self.layout.signed_objectives(data.Y)[:, 0])
         if xq is None or self._too_close(xq, taken):
@@ -492,7 +627,9 @@ class GenerationStrategy:
             sd = post.variance[..., j].clamp_min(0).sqrt().reshape(-1)
         return xq if float(mu[0] + 2 * sd[0]) >= float(mu[1]) else None
 
-    def _finish(self, acqf, x: torch.Tensor, taken: np.ndarray, props: list, origin: str, note: str) -> Suggestion:
+    def _finish(
+        self, acqf, x: torch.Tensor, taken: np.ndarray, props: list, origin: str, note: str
+    ) -> Suggestion:
         """Decode the optimizer's point; repair it if rounding broke a constraint or hit an existing
         point; let proposals compete; consume the proposal used."""
         space = self.spec.space
@@ -500,11 +637,17 @@ class GenerationStrategy:
         reason = note
         xe = space.encode(params)
         if not space.is_feasible(params) or self._too_close(xe, taken):
-            why = "violated a parameter constraint after rounding" if not space.is_feasible(params) else "repeated an existing point"
+            why = (
+                "violated a parameter constraint after rounding"
+                if not space.is_feasible(params)
+                else "repeated an existing point"
+            )
             params = self._repair(acqf, to_numpy(x)[0], taken)
             if params is None:
                 raise RuntimeError(f"optimizer's point {why} and no feasible alternative was found")
-            reason = (reason + "; " if reason else "") + f"optimizer's point {why}: replaced by the best nearby alternative"
+            reason = (
+                reason + "; " if reason else ""
+            ) + f"optimizer's point {why}: replaced by the best nearby alternative"
             xe = space.encode(params)
         cands = [(s, p) for s, p in props if not self._too_close(space.encode(p), taken)]
         if cands:
@@ -522,7 +665,9 @@ class GenerationStrategy:
         rng = np.random.default_rng(self.seed + len(taken))
         cands = []
         disc = space.discrete_values()
-        for _ in range(64):  # random floor/ceil roundings and small jitters of the optimizer's point
+        for _ in range(
+            64
+        ):  # random floor/ceil roundings and small jitters of the optimizer's point
             y = x.copy()
             for i, g in disc.items():
                 lo = g[g <= y[i]].max(initial=g[0])
@@ -532,14 +677,18 @@ class GenerationStrategy:
             y[cont] = np.clip(y[cont] + rng.normal(0, 0.02, len(cont)), 0, 1)
             cands.append(space.decode(y))
         cands += sobol_design(space, 128, self.seed + 17 + len(taken))
-        ok = [p for p in cands if space.is_feasible(p) and not self._too_close(space.encode(p), taken)]
+        ok = [
+            p for p in cands if space.is_feasible(p) and not self._too_close(space.encode(p), taken)
+        ]
         if not ok:
             return None
         vals = evaluate(acqf, self.placement.tensor(np.vstack([space.encode(p) for p in ok])))
         vals = torch.nan_to_num(vals, nan=-float("inf"))
         return ok[int(torch.argmax(vals))]
 
-    def _model_fallback(self, model, trials, n: int, taken: np.ndarray, reason: str) -> list[Suggestion]:
+    def _model_fallback(
+        self, model, trials, n: int, taken: np.ndarray, reason: str
+    ) -> list[Suggestion]:
         """Best of random feasible candidates under a cheap model score; Sobol if that fails too."""
         space = self.spec.space
         try:
@@ -552,7 +701,13 @@ class GenerationStrategy:
                 xe = space.encode(cands[i])
                 if self._too_close(xe, taken):
                     continue
-                out.append(Suggestion(cands[i], Origin.FALLBACK.value, reason + "; used the best of 512 random points under the model"))
+                out.append(
+                    Suggestion(
+                        cands[i],
+                        Origin.FALLBACK.value,
+                        reason + "; used the best of 512 random points under the model",
+                    )
+                )
                 taken = np.vstack([taken, xe[None]])
                 if len(out) == n:
                     return out
@@ -577,7 +732,13 @@ class GenerationStrategy:
                     return out
             skip += 2 * n
         while len(out) < n:  # (almost) exhausted discrete space: repeats are all that is left
-            out.append(Suggestion(sobol_design(space, 1, self.seed + len(out), skip=skip)[0], Origin.FALLBACK.value, reason + "; space exhausted, repeating a point"))
+            out.append(
+                Suggestion(
+                    sobol_design(space, 1, self.seed + len(out), skip=skip)[0],
+                    Origin.FALLBACK.value,
+                    reason + "; space exhausted, repeating a point",
+                )
+            )
         return out
 
     # ---- data -------------------------------------------------------------------------------------------
@@ -604,12 +765,16 @@ class GenerationStrategy:
     def _encoding(self, t: Trial) -> np.ndarray:
         """``t``'s encoded point: the cached one while its params are unchanged (raises if unreadable)."""
         hit = self._encoded.get(t.id)
-        return hit[1] if hit is not None and hit[0] == t.params else self.spec.space.encode(t.params)
+        return (
+            hit[1] if hit is not None and hit[0] == t.params else self.spec.space.encode(t.params)
+        )
 
     def _too_close(self, x: np.ndarray, taken: np.ndarray) -> bool:
         if len(taken) == 0:
             return False
-        return bool(np.min(np.sqrt(np.sum(((taken - x) / self._scale) ** 2, axis=1))) < MIN_SEPARATION)
+        return bool(
+            np.min(np.sqrt(np.sum(((taken - x) / self._scale) ** 2, axis=1))) < MIN_SEPARATION
+        )
 
     def _data(self, trials: Sequence[Trial]) -> _Data:
         names = self.spec.modeled_metrics

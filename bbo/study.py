@@ -120,7 +120,11 @@ def best_trials(spec: StudySpec, trials: Sequence[Trial]) -> list[Trial]:
         incumbents = None
     if incumbents is not None:
         return list(incumbents(spec, trials))
-    done = [t for t in trials if t.state is TrialState.COMPLETED and all(m in t.metrics for m in spec.required_metrics)]
+    done = [
+        t
+        for t in trials
+        if t.state is TrialState.COMPLETED and all(m in t.metrics for m in spec.required_metrics)
+    ]
     feas = [t for t in done if spec.is_feasible({k: m.value for k, m in t.metrics.items()})]
     if not feas:
         return []
@@ -144,15 +148,21 @@ def _same_study(stored: Mapping[str, Any], requested: StudySpec) -> bool:
     try:
         old = StudySpec.from_dict(stored)
     except (SpecError, TypeError, ValueError):
-        return json.dumps(stored, sort_keys=True, default=str) == json.dumps(requested.to_dict(), sort_keys=True, default=str)
+        return json.dumps(stored, sort_keys=True, default=str) == json.dumps(
+            requested.to_dict(), sort_keys=True, default=str
+        )
     defaults = AlgorithmOptions()
     kept = {
         f.name: getattr(old.algorithm, f.name)
         for f in dataclasses.fields(AlgorithmOptions)
         if getattr(requested.algorithm, f.name) == getattr(defaults, f.name)
     }
-    requested = dataclasses.replace(requested, algorithm=dataclasses.replace(requested.algorithm, **kept))
-    return json.dumps(old.to_dict(), sort_keys=True, default=str) == json.dumps(requested.to_dict(), sort_keys=True, default=str)
+    requested = dataclasses.replace(
+        requested, algorithm=dataclasses.replace(requested.algorithm, **kept)
+    )
+    return json.dumps(old.to_dict(), sort_keys=True, default=str) == json.dumps(
+        requested.to_dict(), sort_keys=True, default=str
+    )
 
 
 class FitSlots:
@@ -182,7 +192,11 @@ class FitSlots:
 
 
 def _lease_over(t: Trial, now: float) -> bool:
-    return t.state is TrialState.PENDING and t.lease_expires_at is not None and t.lease_expires_at < now
+    return (
+        t.state is TrialState.PENDING
+        and t.lease_expires_at is not None
+        and t.lease_expires_at < now
+    )
 
 
 def _held_lease(t: Trial) -> float:
@@ -202,7 +216,15 @@ def _late(t: Trial) -> bool:
 class Study:
     """One stored study. Obtain instances from :class:`StudyRegistry`; methods are thread-safe."""
 
-    def __init__(self, storage: Storage, record: StudyRecord, spec: StudySpec, strategy_factory: Callable, config: StudyConfig, fit_slots: "FitSlots"):
+    def __init__(
+        self,
+        storage: Storage,
+        record: StudyRecord,
+        spec: StudySpec,
+        strategy_factory: Callable,
+        config: StudyConfig,
+        fit_slots: "FitSlots",
+    ):
         self.storage = storage
         self.record = record
         self.spec = spec
@@ -248,8 +270,12 @@ class Study:
         """The generation strategy, built on first use with the study's stored seed."""
         if self._strategy is None:
             alg = self.spec.algorithm
-            device = self.config.device if alg.device == "auto" else alg.device  # the server's --device is the default
-            seeded = dataclasses.replace(self.spec, algorithm=dataclasses.replace(alg, seed=self.record.seed, device=device))
+            device = (
+                self.config.device if alg.device == "auto" else alg.device
+            )  # the server's --device is the default
+            seeded = dataclasses.replace(
+                self.spec, algorithm=dataclasses.replace(alg, seed=self.record.seed, device=device)
+            )
             self._strategy = self._strategy_factory(seeded)
             setter = getattr(self._strategy, "set_llm_logger", None)
             if callable(setter):
@@ -260,12 +286,20 @@ class Study:
         counts = self.storage.trial_counts(self.id)
         rec = self.storage.get_study_by_id(self.id) or self.record
         return StudyInfo(
-            self.name, self.spec, rec.state, rec.state_reason, rec.created_at,
-            sum(counts.values()), counts.get(TrialState.COMPLETED.value, 0), self.uid,
+            self.name,
+            self.spec,
+            rec.state,
+            rec.state_reason,
+            rec.created_at,
+            sum(counts.values()),
+            counts.get(TrialState.COMPLETED.value, 0),
+            self.uid,
         )
 
     # ---- ask ------------------------------------------------------------------------------------
-    def ask(self, count: int = 1, worker_id: str = "", request_id: str = "", lease_seconds: float = 0.0) -> AskResult:
+    def ask(
+        self, count: int = 1, worker_id: str = "", request_id: str = "", lease_seconds: float = 0.0
+    ) -> AskResult:
         """Suggest ``count`` trials, stored as PENDING (with a lease) before they are returned."""
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise SpecError("count", f"count must be a non-negative integer, got {count!r}")
@@ -275,7 +309,12 @@ class Study:
         lease = self._lease(lease_seconds)
         req = None
         if request_id:
-            req = RequestKey(self.tenant, "ask", request_id, _request_hash({"count": count, "worker_id": worker_id}))
+            req = RequestKey(
+                self.tenant,
+                "ask",
+                request_id,
+                _request_hash({"count": count, "worker_id": worker_id}),
+            )
             replay = self._replay(req)
             if replay is not None:
                 return AskResult(replay, note="replayed: this request_id was already answered")
@@ -290,7 +329,9 @@ class Study:
                 if self.expire_leases(now):
                     trials = self._all_trials()
 
-            plan = self._llm_plan(trials, count)  # network waits: before taking a fit slot, so other studies' asks go on
+            plan = self._llm_plan(
+                trials, count
+            )  # network waits: before taking a fit slot, so other studies' asks go on
 
             def compute():
                 # replicas share the fitted model through the database (bbo.storage.coordination)
@@ -299,15 +340,27 @@ class Study:
 
             (suggestions, note), status_note, token = self._fit_slots.run(compute)
             new = [
-                NewTrial(params=self.spec.space.validate_params(s.params), origin=s.origin, reason=s.reason, rationale=s.rationale)
+                NewTrial(
+                    params=self.spec.space.validate_params(s.params),
+                    origin=s.origin,
+                    reason=s.reason,
+                    rationale=s.rationale,
+                )
                 for s in suggestions
             ]
             try:
                 created, prev = self.storage.insert_trials(
-                    self.id, new, worker_id=worker_id, lease_expires_at=time.time() + lease, request=req, created_at=self.record.created_at
+                    self.id,
+                    new,
+                    worker_id=worker_id,
+                    lease_expires_at=time.time() + lease,
+                    request=req,
+                    created_at=self.record.created_at,
                 )
             except NotFoundError:
-                raise NotFoundError(f"study '{self.name}' was deleted while this ask was being answered") from None
+                raise NotFoundError(
+                    f"study '{self.name}' was deleted while this ask was being answered"
+                ) from None
             except sa.exc.IntegrityError:  # the same request_id committed by another process
                 replay = self._replay(req) if req else None
                 if replay is None:
@@ -320,7 +373,13 @@ class Study:
             self._model_cache.push(self.id, self.strategy, token)
             self._remember(created)
         log.info(
-            "ask", extra={"study": self.name, "trials": [t.id for t in created], "origins": [t.origin for t in created], "worker": worker_id}
+            "ask",
+            extra={
+                "study": self.name,
+                "trials": [t.id for t in created],
+                "origins": [t.origin for t in created],
+                "worker": worker_id,
+            },
         )
         return AskResult(created, note="; ".join(x for x in (note, status_note) if x))
 
@@ -332,7 +391,11 @@ class Study:
         if expired:
             log.info("leases expired", extra={"study": self.name, "trials": expired})
         with self._trials_lock:
-            stale = [] if self._trials is None else [t.id for t in self._trials.values() if _lease_over(t, now)]
+            stale = (
+                []
+                if self._trials is None
+                else [t.id for t in self._trials.values() if _lease_over(t, now)]
+            )
         ids = sorted(set(expired) | set(stale))
         if ids and self._trials is not None:
             self._remember(t for n in ids if (t := self.storage.get_trial(self.id, n)) is not None)
@@ -373,10 +436,18 @@ class Study:
         if advisor is None or not self.spec.llm.enabled:
             return {}
         try:
-            plan = advisor.prepare(self.spec, trials, count, study_key=f"{self.tenant}/{self.name}/{self.id}")
+            plan = advisor.prepare(
+                self.spec, trials, count, study_key=f"{self.tenant}/{self.name}/{self.id}"
+            )
         except Exception as e:  # the advisor is meant never to raise; if it does, BO goes on alone
             log.exception("llm advisor failed", extra={"study": self.name})
-            self.log_llm_call(purpose="ask", model=self.spec.llm.model, prompt="", response="", outcome=f"advisor error: {type(e).__name__}: {e}"[:500])
+            self.log_llm_call(
+                purpose="ask",
+                model=self.spec.llm.model,
+                prompt="",
+                response="",
+                outcome=f"advisor error: {type(e).__name__}: {e}"[:500],
+            )
             return {}
         for call in plan.calls:
             try:
@@ -401,7 +472,9 @@ class Study:
                 self.spec.space.validate_params(s.params)
             return sugg, ""
         except Exception as e:  # a broken strategy must not take the study down: keep sampling
-            log.exception("strategy failed; falling back to space-filling points", extra={"study": self.name})
+            log.exception(
+                "strategy failed; falling back to space-filling points", extra={"study": self.name}
+            )
             from bbo.design import sobol_design
             from bbo.strategy import Suggestion
 
@@ -451,7 +524,10 @@ class Study:
         except (TypeError, ValueError):
             raise SpecError("lease_seconds", "must be a number") from None
         if lease < 0 or lease != lease or lease > self.config.max_lease_seconds:
-            raise SpecError("lease_seconds", f"must be in [0, {self.config.max_lease_seconds:g}] seconds (0 = server default)")
+            raise SpecError(
+                "lease_seconds",
+                f"must be in [0, {self.config.max_lease_seconds:g}] seconds (0 = server default)",
+            )
         return lease or self.config.default_lease_seconds
 
     def _replay(self, req: RequestKey) -> Optional[list[Trial]]:
@@ -459,12 +535,18 @@ class Study:
         if prev is None:
             return None
         self._check_hash(req, {"hash": prev[0]})
-        return [t for n in prev[1].get("trials", []) if (t := self.storage.get_trial(self.id, int(n))) is not None]
+        return [
+            t
+            for n in prev[1].get("trials", [])
+            if (t := self.storage.get_trial(self.id, int(n))) is not None
+        ]
 
     @staticmethod
     def _check_hash(req: RequestKey, prev: dict) -> None:
         if prev.get("hash") != req.request_hash:
-            raise ConflictError(f"request_id {req.request_id!r} was already used for a different {req.kind} request")
+            raise ConflictError(
+                f"request_id {req.request_id!r} was already used for a different {req.kind} request"
+            )
 
     # ---- tell -----------------------------------------------------------------------------------
     def tell(
@@ -495,14 +577,25 @@ class Study:
         reason = str(reason or "")[:4000]
         req = None
         if request_id:
-            req = RequestKey(self.tenant, "tell", request_id, _request_hash({"trial": trial_id, "state": state.value, "metrics": _metrics_key(checked)}))
+            req = RequestKey(
+                self.tenant,
+                "tell",
+                request_id,
+                _request_hash(
+                    {"trial": trial_id, "state": state.value, "metrics": _metrics_key(checked)}
+                ),
+            )
         outcome: dict[str, Any] = {}
 
         def change(cur: Trial) -> Optional[Trial]:
-            if cur.state is TrialState.PENDING or (_late(cur) and state is not TrialState.ABANDONED):
+            if cur.state is TrialState.PENDING or (
+                _late(cur) and state is not TrialState.ABANDONED
+            ):
                 # a tell without a reason keeps the note generation left (a fallback's cause), not "lease expired"
                 note = reason or (cur.reason if cur.state is TrialState.PENDING else "")
-                return dataclasses.replace(cur, state=state, metrics=checked, reason=note, lease_expires_at=None)
+                return dataclasses.replace(
+                    cur, state=state, metrics=checked, reason=note, lease_expires_at=None
+                )
             if cur.state is state and _metrics_key(cur.metrics) == _metrics_key(checked):
                 outcome["duplicate"] = True
                 return None
@@ -512,7 +605,9 @@ class Study:
                 + ": a different tell is refused"
             )
 
-        trial, changed, prev = self.storage.modify_trial(self.id, int(trial_id), change, request=req, event_detail=reason or "told")
+        trial, changed, prev = self.storage.modify_trial(
+            self.id, int(trial_id), change, request=req, event_detail=reason or "told"
+        )
         if trial is None:
             raise NotFoundError(f"trial {trial_id} not found in study '{self.name}'")
         if prev is not None:
@@ -521,23 +616,51 @@ class Study:
         if changed:
             self._remember([trial])
             self._feasible_arrived([trial])
-        log.debug("tell", extra={"study": self.name, "trial": trial.id, "state": trial.state.value, "duplicate": not changed})
+        log.debug(
+            "tell",
+            extra={
+                "study": self.name,
+                "trial": trial.id,
+                "state": trial.state.value,
+                "duplicate": not changed,
+            },
+        )
         return TellResult(trial, duplicate=bool(outcome.get("duplicate")))
 
-    def add_trial(self, params: Mapping[str, Any], metrics: Optional[Mapping[str, Any]] = None, *, state: TrialState = TrialState.COMPLETED, request_id: str = "", reason: str = "") -> Trial:
+    def add_trial(
+        self,
+        params: Mapping[str, Any],
+        metrics: Optional[Mapping[str, Any]] = None,
+        *,
+        state: TrialState = TrialState.COMPLETED,
+        request_id: str = "",
+        reason: str = "",
+    ) -> Trial:
         """Attach an externally evaluated point (``origin='user'``)."""
         if state not in (TrialState.COMPLETED, TrialState.FAILED):
             raise SpecError("state", "an added trial is COMPLETED or FAILED")
         p = self.spec.space.validate_params(params)
-        m = check_metrics(metrics or {}, self.spec.required_metrics if state is TrialState.COMPLETED else [])
+        m = check_metrics(
+            metrics or {}, self.spec.required_metrics if state is TrialState.COMPLETED else []
+        )
         req = None
         if request_id:
-            req = RequestKey(self.tenant, "add", request_id, _request_hash({"params": p, "state": state.value, "metrics": _metrics_key(m)}))
+            req = RequestKey(
+                self.tenant,
+                "add",
+                request_id,
+                _request_hash({"params": p, "state": state.value, "metrics": _metrics_key(m)}),
+            )
         try:
             created, prev = self.storage.insert_trials(
-                self.id, [NewTrial(p, Origin.USER.value, state=state, metrics=m, reason=reason)], request=req, created_at=self.record.created_at
+                self.id,
+                [NewTrial(p, Origin.USER.value, state=state, metrics=m, reason=reason)],
+                request=req,
+                created_at=self.record.created_at,
             )
-        except sa.exc.IntegrityError:  # the same request_id committed by another replica at the same moment
+        except (
+            sa.exc.IntegrityError
+        ):  # the same request_id committed by another replica at the same moment
             replay = self._replay(req) if req else None
             if not replay:
                 raise
@@ -556,7 +679,12 @@ class Study:
             raise NotFoundError(f"trial {trial_id} not found in study '{self.name}'")
         return t
 
-    def trials(self, states: Optional[Iterable[TrialState]] = None, after: int = 0, limit: Optional[int] = None) -> list[Trial]:
+    def trials(
+        self,
+        states: Optional[Iterable[TrialState]] = None,
+        after: int = 0,
+        limit: Optional[int] = None,
+    ) -> list[Trial]:
         return self.storage.list_trials(self.id, states, after=after, limit=limit)
 
     def best(self) -> BestResult:
@@ -573,9 +701,13 @@ class Study:
 
         def change(cur: Trial) -> Optional[Trial]:
             if cur.state is not TrialState.PENDING:
-                raise ConflictError(f"trial {trial_id} is {cur.state.value}: only a pending trial has a lease")
+                raise ConflictError(
+                    f"trial {trial_id} is {cur.state.value}: only a pending trial has a lease"
+                )
             lease = asked or _held_lease(cur) or self.config.default_lease_seconds
-            return dataclasses.replace(cur, lease_expires_at=time.time() + min(lease, self.config.max_lease_seconds))
+            return dataclasses.replace(
+                cur, lease_expires_at=time.time() + min(lease, self.config.max_lease_seconds)
+            )
 
         trial, _, _ = self.storage.modify_trial(self.id, int(trial_id), change)
         if trial is None:
@@ -583,16 +715,25 @@ class Study:
         self._remember([trial])
         return trial
 
-    def report_intermediate(self, trial_id: int, step: int, value: float, study_uid: str = "") -> tuple[bool, str]:
+    def report_intermediate(
+        self, trial_id: int, step: int, value: float, study_uid: str = ""
+    ) -> tuple[bool, str]:
         """Record the first objective's value at ``step``; answer whether to stop (median rule)."""
         self._check_uid(study_uid, trial_id)
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise SpecError("step", f"step must be an integer >= 0, got {step!r}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or value != value
+            or value in (float("inf"), float("-inf"))
+        ):
             raise SpecError("value", f"value must be a finite number, got {value!r}")
         cur = self.get_trial(trial_id)
         if cur.state is not TrialState.PENDING and not _late(cur):
-            raise ConflictError(f"trial {trial_id} is {cur.state.value}: intermediate values are for pending trials")
+            raise ConflictError(
+                f"trial {trial_id} is {cur.state.value}: intermediate values are for pending trials"
+            )
         self.storage.add_intermediate(self.id, int(trial_id), step, float(value))
         return self._median_rule(int(trial_id), step)
 
@@ -600,7 +741,9 @@ class Study:
         rule = self.config.stopping
         if step < rule.warmup_steps:
             return False, ""
-        sign = 1.0 if self.spec.objectives[0].goal == MAXIMIZE else -1.0  # larger sign*value is better
+        sign = (
+            1.0 if self.spec.objectives[0].goal == MAXIMIZE else -1.0
+        )  # larger sign*value is better
         curves = self.storage.intermediates(self.id)
         completed = {t.id for t in self.storage.list_trials(self.id, [TrialState.COMPLETED])}
 
@@ -608,7 +751,11 @@ class Study:
             vals = [sign * v for s, v in points if s <= step]
             return max(vals) if vals else None
 
-        others = [b for n, pts in curves.items() if n in completed and n != trial_id and (b := best_upto(pts)) is not None]
+        others = [
+            b
+            for n, pts in curves.items()
+            if n in completed and n != trial_id and (b := best_upto(pts)) is not None
+        ]
         if len(others) < rule.min_trials:
             return False, ""
         mine = best_upto(curves.get(trial_id, []))
@@ -625,10 +772,15 @@ class Study:
         """Record what the LLM module asked and was answered (``LlmCallRecord`` or its fields)."""
         self.storage.log_llm_call(self.id, call or LlmCallRecord(**fields))
 
-    def llm_calls(self, purpose: Optional[str] = None, after: int = 0, limit: Optional[int] = None) -> list[LlmCallRecord]:
+    def llm_calls(
+        self, purpose: Optional[str] = None, after: int = 0, limit: Optional[int] = None
+    ) -> list[LlmCallRecord]:
         """The study's LLM exchanges in the order they happened (ids above ``after``, at most ``limit``)."""
         if purpose is not None and purpose not in LLM_PURPOSES:
-            raise SpecError("purpose", f"unknown purpose {purpose!r}: use one of {', '.join(LLM_PURPOSES)} or leave it empty")
+            raise SpecError(
+                "purpose",
+                f"unknown purpose {purpose!r}: use one of {', '.join(LLM_PURPOSES)} or leave it empty",
+            )
         return self.storage.list_llm_calls(self.id, purpose, after=after, limit=limit)
 
 
@@ -654,16 +806,24 @@ class StudyRegistry:
     @staticmethod
     def _check_name(name: str) -> None:
         if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise SpecError("name", f"study name {name!r} must be 1-128 letters, digits, '_', '-', '.'")
+            raise SpecError(
+                "name", f"study name {name!r} must be 1-128 letters, digits, '_', '-', '.'"
+            )
 
-    def create_study(self, name: str, spec: StudySpec | Mapping[str, Any], tenant: str = DEFAULT_TENANT) -> tuple[Study, bool]:
+    def create_study(
+        self, name: str, spec: StudySpec | Mapping[str, Any], tenant: str = DEFAULT_TENANT
+    ) -> tuple[Study, bool]:
         """Get-or-create: the same name and spec returns the stored study (``created=False``);
         the same name with a different spec raises :class:`AlreadyExistsError`."""
         self._check_name(name)
         if not isinstance(spec, StudySpec):
             spec = StudySpec.from_dict(spec)
         spec_dict = spec.to_dict()
-        seed = spec.algorithm.seed if spec.algorithm.seed is not None else int.from_bytes(os.urandom(4), "little")
+        seed = (
+            spec.algorithm.seed
+            if spec.algorithm.seed is not None
+            else int.from_bytes(os.urandom(4), "little")
+        )
         rec = self.storage.insert_study(tenant, name, spec_dict, seed)
         created = rec is not None
         if rec is None:
@@ -684,7 +844,14 @@ class StudyRegistry:
         with self._lock:
             st = self._cache.get(key)
             if st is None or st.id != rec.id:
-                st = Study(self.storage, rec, StudySpec.from_dict(rec.spec), self.strategy_factory, self.config, self._fit_slots)
+                st = Study(
+                    self.storage,
+                    rec,
+                    StudySpec.from_dict(rec.spec),
+                    self.strategy_factory,
+                    self.config,
+                    self._fit_slots,
+                )
                 self._cache[key] = st
             return st
 
@@ -704,7 +871,9 @@ class StudyRegistry:
             raise NotFoundError(f"study '{name}' not found")
         return self._study(rec)
 
-    def list_studies(self, tenant: str = DEFAULT_TENANT, page_size: int = 0, page_token: str = "") -> tuple[list[Study], str]:
+    def list_studies(
+        self, tenant: str = DEFAULT_TENANT, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[Study], str]:
         size, after = page_bounds(page_size, page_token, default=100, maximum=1000)
         recs = self.storage.list_studies(tenant, after_id=after, limit=size + 1)
         nxt = str(recs[size - 1].id) if len(recs) > size else ""
@@ -719,7 +888,10 @@ class StudyRegistry:
         t = S.trials.c
         # per study through the (study_id, state) index: O(studies + pending trials), not a table scan
         over = sa.select(t.id).where(
-            t.study_id == S.studies.c.id, t.state == TrialState.PENDING.value, t.lease_expires_at.is_not(None), t.lease_expires_at < now
+            t.study_id == S.studies.c.id,
+            t.state == TrialState.PENDING.value,
+            t.lease_expires_at.is_not(None),
+            t.lease_expires_at < now,
         )
         q = sa.select(S.studies.c.id).where(over.exists())
         with self.storage.engine.connect() as conn:

@@ -86,12 +86,20 @@ def kernel(batch_shape: torch.Size, ard_num_dims: int, active_dims=None) -> Mate
     d = max(1, ard_num_dims or 1)
     rate = LENGTHSCALE_RATE / math.sqrt(max(1.0, d / 2.0))
     return MaternKernel(
-        nu=2.5, ard_num_dims=ard_num_dims, batch_shape=batch_shape, active_dims=active_dims, lengthscale_prior=GammaPrior(3.0, rate)
+        nu=2.5,
+        ard_num_dims=ard_num_dims,
+        batch_shape=batch_shape,
+        active_dims=active_dims,
+        lengthscale_prior=GammaPrior(3.0, rate),
     )
 
 
 def likelihood(batch_shape: torch.Size) -> GaussianLikelihood:
-    return GaussianLikelihood(batch_shape=batch_shape, noise_prior=GammaPrior(1.1, 0.05), noise_constraint=GreaterThan(MIN_NOISE))
+    return GaussianLikelihood(
+        batch_shape=batch_shape,
+        noise_prior=GammaPrior(1.1, 0.05),
+        noise_constraint=GreaterThan(MIN_NOISE),
+    )
 
 
 @dataclass
@@ -109,7 +117,9 @@ class ModelInfo:
 class Surrogate:
     """Builds GPs for one study, caching hyperparameters between calls (see module docstring)."""
 
-    def __init__(self, space: SearchSpace, n_outputs: int, options: AlgorithmOptions, placement: Placement):
+    def __init__(
+        self, space: SearchSpace, n_outputs: int, options: AlgorithmOptions, placement: Placement
+    ):
         self.space = space
         self.m = n_outputs
         self.options = options
@@ -133,7 +143,11 @@ class Surrogate:
         self._hyper, self._n_at_fit = hyper, int(n_fit)
 
     def needs_refit(self, n: int) -> bool:
-        return self._hyper is None or n < ALWAYS_REFIT_BELOW or n >= (1.0 + self.options.refit_growth) * self._n_at_fit
+        return (
+            self._hyper is None
+            or n < ALWAYS_REFIT_BELOW
+            or n >= (1.0 + self.options.refit_growth) * self._n_at_fit
+        )
 
     def model(
         self,
@@ -154,11 +168,22 @@ class Surrogate:
         with gpytorch.settings.max_cholesky_size(max(self.options.max_model_points, 2000) + 1):
             if self.needs_refit(n):
                 t0 = time.perf_counter()
-                fit_rows = model_rows if len(model_rows) <= self.options.max_fit_points else _spread_rows(X[model_rows], score[model_rows], self.options.max_fit_points, self.space)
+                fit_rows = (
+                    model_rows
+                    if len(model_rows) <= self.options.max_fit_points
+                    else _spread_rows(
+                        X[model_rows], score[model_rows], self.options.max_fit_points, self.space
+                    )
+                )
                 if fit_rows is not model_rows:
                     fit_rows = model_rows[fit_rows]
                 try:
-                    fitted = self._fit(X[fit_rows], Y[fit_rows], None if Yvar is None else Yvar[fit_rows], score[fit_rows])
+                    fitted = self._fit(
+                        X[fit_rows],
+                        Y[fit_rows],
+                        None if Yvar is None else Yvar[fit_rows],
+                        score[fit_rows],
+                    )
                     self._hyper = _hyper_state(fitted)
                     self._n_at_fit = n
                     info.refit, info.n_fit = True, len(fit_rows)
@@ -166,20 +191,34 @@ class Surrogate:
                         info.fit_seconds = time.perf_counter() - t0
                         return fitted, model_rows, info
                 except Exception as e:  # noqa: BLE001 - any fit failure falls back, by contract
-                    info.reason = f"hyperparameter fit failed ({type(e).__name__}: {_short(e)}); " + (
-                        "kept previous hyperparameters" if self._hyper is not None else "using default hyperparameters"
+                    info.reason = (
+                        f"hyperparameter fit failed ({type(e).__name__}: {_short(e)}); "
+                        + (
+                            "kept previous hyperparameters"
+                            if self._hyper is not None
+                            else "using default hyperparameters"
+                        )
                     )
                     log.info("surrogate: %s", info.reason)
                 info.fit_seconds = time.perf_counter() - t0
             try:
-                m = self._condition(X[model_rows], Y[model_rows], None if Yvar is None else Yvar[model_rows], self._hyper)
+                m = self._condition(
+                    X[model_rows],
+                    Y[model_rows],
+                    None if Yvar is None else Yvar[model_rows],
+                    self._hyper,
+                )
                 _check_finite(m, self.placement.tensor(X[model_rows]))
             except Exception as e:  # noqa: BLE001
                 if self._hyper is None:
                     raise
-                info.reason = (info.reason + "; " if info.reason else "") + f"cached hyperparameters unusable ({_short(e)}); using defaults"
+                info.reason = (
+                    info.reason + "; " if info.reason else ""
+                ) + f"cached hyperparameters unusable ({_short(e)}); using defaults"
                 self._hyper = None
-                m = self._condition(X[model_rows], Y[model_rows], None if Yvar is None else Yvar[model_rows], None)
+                m = self._condition(
+                    X[model_rows], Y[model_rows], None if Yvar is None else Yvar[model_rows], None
+                )
             return m, model_rows, info
 
     # ---- model construction -------------------------------------------------------------------------
@@ -192,19 +231,34 @@ class Surrogate:
         bs = torch.Size([self.m]) if self.m > 1 else torch.Size([])
         lik = likelihood(bs) if tYvar is None else None
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # input/outcome scaling warnings: our encoding is exact by design
+            warnings.simplefilter(
+                "ignore"
+            )  # input/outcome scaling warnings: our encoding is exact by design
             if cat:
                 num = [i for i in range(d) if i not in cat]
                 intf = Normalize(d, indices=num, bounds=self._bounds) if num else None
                 model = MixedSingleTaskGP(
-                    tX, tY, cat_dims=cat, train_Yvar=tYvar, cont_kernel_factory=kernel, likelihood=lik,
-                    input_transform=intf, outcome_transform=Standardize(self.m),
+                    tX,
+                    tY,
+                    cat_dims=cat,
+                    train_Yvar=tYvar,
+                    cont_kernel_factory=kernel,
+                    likelihood=lik,
+                    input_transform=intf,
+                    outcome_transform=Standardize(self.m),
                 )
             else:
-                covar = ScaleKernel(kernel(bs, d), batch_shape=bs, outputscale_prior=GammaPrior(2.0, 0.15))
+                covar = ScaleKernel(
+                    kernel(bs, d), batch_shape=bs, outputscale_prior=GammaPrior(2.0, 0.15)
+                )
                 model = SingleTaskGP(
-                    tX, tY, tYvar, likelihood=lik, covar_module=covar,
-                    input_transform=Normalize(d, bounds=self._bounds), outcome_transform=Standardize(self.m),
+                    tX,
+                    tY,
+                    tYvar,
+                    likelihood=lik,
+                    covar_module=covar,
+                    input_transform=Normalize(d, bounds=self._bounds),
+                    outcome_transform=Standardize(self.m),
                 )
         return model.to(**p.tkwargs)
 
@@ -226,7 +280,9 @@ class Surrogate:
         init = self._hyper
         if init is None and n > COLD_SUBSET:
             rows = _spread_rows(X, score, COLD_SUBSET, self.space)
-            init = _hyper_state(self._fit_from(X[rows], Y[rows], None if Yvar is None else Yvar[rows], [None], 200))
+            init = _hyper_state(
+                self._fit_from(X[rows], Y[rows], None if Yvar is None else Yvar[rows], [None], 200)
+            )
         starts = [init] if init is not None else []
         if n < FRESH_START_BELOW or not starts:
             starts.insert(0, None)
@@ -247,7 +303,9 @@ class Surrogate:
                         mll,
                         optimizer_kwargs={"options": {"maxiter": maxiter}},
                         max_attempts=3,
-                        warning_handler=lambda w: True,  # hitting maxiter is fine: warm starts are close already
+                        warning_handler=lambda w: (
+                            True
+                        ),  # hitting maxiter is fine: warm starts are close already
                     )
                     mll.train()
                     with torch.no_grad():
@@ -324,7 +382,11 @@ def _hyper_state(model) -> dict[str, torch.Tensor]:
 
 def _load_hyper(model, hyper: dict[str, torch.Tensor]) -> None:
     own = model.state_dict()
-    usable = {k: v.to(own[k].device, own[k].dtype) for k, v in hyper.items() if k in own and own[k].shape == v.shape}
+    usable = {
+        k: v.to(own[k].device, own[k].dtype)
+        for k, v in hyper.items()
+        if k in own and own[k].shape == v.shape
+    }
     model.load_state_dict(usable, strict=False)
 
 
@@ -335,7 +397,9 @@ def _check_finite(model, X: torch.Tensor) -> None:
             raise FloatingPointError(f"non-finite hyperparameter {name}")
     idx = torch.linspace(0, X.shape[0] - 1, min(8, X.shape[0]), device=X.device).long()
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", gpytorch.utils.warnings.NumericalWarning)  # ~0 variance at a training point of a noiseless fit
+        warnings.simplefilter(
+            "ignore", gpytorch.utils.warnings.NumericalWarning
+        )  # ~0 variance at a training point of a noiseless fit
         post = model.posterior(X[idx])
         if not (torch.isfinite(post.mean).all() and torch.isfinite(post.variance).all()):
             raise FloatingPointError("non-finite predictions")

@@ -28,8 +28,12 @@ class Origin(str, enum.Enum):
     INITIAL = "initial_design"
     BO = "bo"
     PRIOR_BO = "prior_guided_bo"
-    BO_EXPLOIT = "bo_exploit"  # the surrogate's predicted best point (see GenerationStrategy._exploit_due)
-    BO_LOCAL = "bo_local"  # an exploitation step at a local quadratic model's optimum (bbo.local_model)
+    BO_EXPLOIT = (
+        "bo_exploit"  # the surrogate's predicted best point (see GenerationStrategy._exploit_due)
+    )
+    BO_LOCAL = (
+        "bo_local"  # an exploitation step at a local quadratic model's optimum (bbo.local_model)
+    )
     LLM_WARMSTART = "llm_warmstart"
     LLM_PROPOSAL = "llm_proposal"
     USER = "user"
@@ -64,7 +68,9 @@ class Trial:
         return self.metrics[name].value
 
 
-def check_metrics(raw: Mapping[str, object], required: list[str], path: str = "metrics") -> dict[str, Metric]:
+def check_metrics(
+    raw: Mapping[str, object], required: list[str], path: str = "metrics"
+) -> dict[str, Metric]:
     """Validate told metrics: finite numbers, sem >= 0, every required metric present."""
     out: dict[str, Metric] = {}
     for name, m in raw.items():
@@ -79,13 +85,27 @@ def check_metrics(raw: Mapping[str, object], required: list[str], path: str = "m
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SpecError(f"{path}['{name}']", f"metric value must be a number, got {value!r}")
         if not math.isfinite(value):
-            raise SpecError(f"{path}['{name}']", f"metric value must be finite, got {value}: report a failed trial instead")
+            raise SpecError(
+                f"{path}['{name}']",
+                f"metric value must be finite, got {value}: report a failed trial instead",
+            )
         if sem is not None:
-            if isinstance(sem, bool) or not isinstance(sem, (int, float)) or not math.isfinite(sem) or sem < 0:
-                raise SpecError(f"{path}['{name}'].sem", f"standard error must be a finite number >= 0, got {sem!r}")
+            if (
+                isinstance(sem, bool)
+                or not isinstance(sem, (int, float))
+                or not math.isfinite(sem)
+                or sem < 0
+            ):
+                raise SpecError(
+                    f"{path}['{name}'].sem",
+                    f"standard error must be a finite number >= 0, got {sem!r}",
+                )
             sem = float(sem)
         out[name] = Metric(float(value), sem)
     missing = [m for m in required if m not in out]
     if missing:
-        raise SpecError(path, f"missing metric(s) {missing}: a completed trial must report every objective and constrained metric")
+        raise SpecError(
+            path,
+            f"missing metric(s) {missing}: a completed trial must report every objective and constrained metric",
+        )
     return out

@@ -47,13 +47,19 @@ class OutcomeWarp:
     @classmethod
     def of(cls, layout: Layout) -> "OutcomeWarp":
         uses = Counter(list(layout.obj_idx) + [j for j, _, _ in layout.constraints])
-        obj = () if layout.multi else tuple((j, s) for j, s in zip(layout.obj_idx, layout.signs) if uses[j] == 1)
+        obj = (
+            ()
+            if layout.multi
+            else tuple((j, s) for j, s in zip(layout.obj_idx, layout.signs) if uses[j] == 1)
+        )
         cons = tuple((j, op, b) for j, op, b in layout.constraints if uses[j] == 1)
         warped = {j for j, _, _ in cons}
         model_cons = tuple((j, op, 0.0 if j in warped else b) for j, op, b in layout.constraints)
         return cls(replace(layout, constraints=model_cons), obj, cons)
 
-    def apply(self, Y: np.ndarray, Yvar: Optional[np.ndarray] = None) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    def apply(
+        self, Y: np.ndarray, Yvar: Optional[np.ndarray] = None
+    ) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """``(warped Y, warped Yvar)``; rows keep their order and feasibility."""
         Y = np.array(Y, dtype=float, copy=True)
         Yvar = None if Yvar is None else np.array(Yvar, dtype=float, copy=True)
@@ -89,7 +95,10 @@ def _yeo_johnson_bad_side(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         t, lam = stats.yeojohnson(u)
     except (ValueError, FloatingPointError, OverflowError):
         return v, one
-    slope = np.where(u >= 0, np.power(np.abs(u) + 1.0, lam - 1.0), np.power(np.abs(u) + 1.0, 1.0 - lam)) / std
+    slope = (
+        np.where(u >= 0, np.power(np.abs(u) + 1.0, lam - 1.0), np.power(np.abs(u) + 1.0, 1.0 - lam))
+        / std
+    )
     if not (np.all(np.isfinite(t)) and np.all(np.isfinite(slope)) and np.ptp(t) > 0):
         return v, one
     return -np.asarray(t, dtype=float), slope

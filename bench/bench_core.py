@@ -78,7 +78,15 @@ def regret_run(problem_name: str, method: str, seed: int, budget: int, device: s
         if prob.feasible(y):
             best = min(best, y["f"])
         curve.append(best - prob.optimum if math.isfinite(best) else None)
-    return {"problem": problem_name, "method": method, "seed": seed, "budget": budget, "curve": curve, "ask_seconds": ask_s, "error": err}
+    return {
+        "problem": problem_name,
+        "method": method,
+        "seed": seed,
+        "budget": budget,
+        "curve": curve,
+        "ask_seconds": ask_s,
+        "error": err,
+    }
 
 
 def _final(r):
@@ -105,7 +113,13 @@ def run_regret(args, out_dir) -> list[dict]:
                 done[(r["problem"], r["method"], r["seed"])] = r
     elif not args.resume and os.path.exists(path) and not args.quick:
         os.replace(path, path + ".old")
-    tasks = [(p, m, s) for p in args.problems for m in args.methods for s in range(args.seeds) if (p, m, s) not in done]
+    tasks = [
+        (p, m, s)
+        for p in args.problems
+        for m in args.methods
+        for s in range(args.seeds)
+        if (p, m, s) not in done
+    ]
     # the slow methods first, so parallel workers finish together
     order = {"ax": 0, "bbo": 1, "optuna_gp": 2, "optuna_tpe": 3, "random": 4}
     tasks.sort(key=lambda t: (order.get(t[1], 9), t[0], t[2]))
@@ -118,7 +132,10 @@ def run_regret(args, out_dir) -> list[dict]:
                 fh.write(json.dumps(r) + "\n")
                 fh.flush()
                 results.append(r)
-                print(f"  {t[0]:14s} {t[1]:11s} seed {t[2]}: final regret {_fmt(_final(r))}  ({sum(r['ask_seconds']):.1f} s asking)", flush=True)
+                print(
+                    f"  {t[0]:14s} {t[1]:11s} seed {t[2]}: final regret {_fmt(_final(r))}  ({sum(r['ask_seconds']):.1f} s asking)",
+                    flush=True,
+                )
         else:
             with ProcessPoolExecutor(args.workers) as ex:
                 futs = {ex.submit(regret_run, *t, args.budget, args.device): t for t in tasks}
@@ -127,14 +144,31 @@ def run_regret(args, out_dir) -> list[dict]:
                     try:
                         r = f.result()
                     except Exception as e:  # noqa: BLE001
-                        r = {"problem": t[0], "method": t[1], "seed": t[2], "budget": args.budget, "curve": [], "ask_seconds": [], "error": repr(e)}
+                        r = {
+                            "problem": t[0],
+                            "method": t[1],
+                            "seed": t[2],
+                            "budget": args.budget,
+                            "curve": [],
+                            "ask_seconds": [],
+                            "error": repr(e),
+                        }
                     fh.write(json.dumps(r) + "\n")
                     fh.flush()
                     results.append(r)
-                    print(f"  {t[0]:14s} {t[1]:11s} seed {t[2]}: final regret {_fmt(_final(r))}  ({sum(r['ask_seconds']):.1f} s asking)", flush=True)
+                    print(
+                        f"  {t[0]:14s} {t[1]:11s} seed {t[2]}: final regret {_fmt(_final(r))}  ({sum(r['ask_seconds']):.1f} s asking)",
+                        flush=True,
+                    )
     keep = {(r["problem"], r["method"], r["seed"]) for r in results}
-    assert all((p, m, s) in keep for p in args.problems for m in args.methods for s in range(args.seeds))
-    return [r for r in results if r["problem"] in args.problems and r["method"] in args.methods and r["seed"] < args.seeds]
+    assert all(
+        (p, m, s) in keep for p in args.problems for m in args.methods for s in range(args.seeds)
+    )
+    return [
+        r
+        for r in results
+        if r["problem"] in args.problems and r["method"] in args.methods and r["seed"] < args.seeds
+    ]
 
 
 def summarize_regret(results, problems, methods, budget) -> dict:
@@ -147,7 +181,14 @@ def summarize_regret(results, problems, methods, budget) -> dict:
             finals = [_final(r) for r in rs]
             at = {}
             for c in checkpoints:
-                vals = [(r["curve"][c - 1] if len(r["curve"]) >= c and r["curve"][c - 1] is not None else math.inf) for r in rs]
+                vals = [
+                    (
+                        r["curve"][c - 1]
+                        if len(r["curve"]) >= c and r["curve"][c - 1] is not None
+                        else math.inf
+                    )
+                    for r in rs
+                ]
                 at[str(c)] = statistics.median(vals) if vals else None
             asks = [s for r in rs for s in r["ask_seconds"]]
             out[p][m] = {
@@ -203,7 +244,13 @@ def latency_bbo(n: int, device: str, repeats: int = 3) -> dict:
         m.ask()
         warm.append(time.perf_counter() - t0)
         refits += int(m.gs.last.refit)
-    return {"cold": cold, "cold_fit": cold_fit, "warm": statistics.median(warm), "warm_all": warm, "warm_refits": refits}
+    return {
+        "cold": cold,
+        "cold_fit": cold_fit,
+        "warm": statistics.median(warm),
+        "warm_all": warm,
+        "warm_refits": refits,
+    }
 
 
 def latency_peer(method: str, n: int, repeats: int = 1) -> dict:
@@ -260,18 +307,34 @@ def run_latency(args) -> dict:
 
 # ---- report ----------------------------------------------------------------------------------------------
 def table(summary, latency, methods, problems, budget, seeds) -> str:
-    lines = [f"Median final regret after {budget} evaluations over {seeds} seed(s) (lower is better; n/a = no feasible point):", ""]
+    lines = [
+        f"Median final regret after {budget} evaluations over {seeds} seed(s) (lower is better; n/a = no feasible point):",
+        "",
+    ]
     lines.append("| problem | " + " | ".join(methods) + " |")
     lines.append("|---" * (len(methods) + 1) + "|")
     for p in problems:
         row = [summary[p][m]["median_final"] for m in methods]
         vals = [v if v is not None else math.inf for v in row]
         best = min(vals)
-        cells = [(f"**{_fmt(v)}**" if v is not None and vals[i] <= best * 1.000001 + 1e-12 else _fmt(v)) for i, v in enumerate(row)]
+        cells = [
+            (f"**{_fmt(v)}**" if v is not None and vals[i] <= best * 1.000001 + 1e-12 else _fmt(v))
+            for i, v in enumerate(row)
+        ]
         lines.append(f"| {p} | " + " | ".join(cells) + " |")
-    lines += ["", "Median time per ask during those runs (s):", "", "| problem | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    lines += [
+        "",
+        "Median time per ask during those runs (s):",
+        "",
+        "| problem | " + " | ".join(methods) + " |",
+        "|---" * (len(methods) + 1) + "|",
+    ]
     for p in problems:
-        lines.append(f"| {p} | " + " | ".join(_fmt(summary[p][m]["median_ask_seconds"]) for m in methods) + " |")
+        lines.append(
+            f"| {p} | "
+            + " | ".join(_fmt(summary[p][m]["median_ask_seconds"]) for m in methods)
+            + " |"
+        )
     if latency and latency.get("sizes"):
         lines += [
             "",
@@ -295,7 +358,9 @@ def table(summary, latency, methods, problems, budget, seeds) -> str:
 
             ra = _fmt(b["warm"] / a["ask"]) if "warm" in b and "ask" in a else "-"
             ro = _fmt(b["warm"] / o["ask"]) if "warm" in b and "ask" in o else "-"
-            lines.append(f"| {n} | {cell(b, 'warm')} | {cell(b, 'cold')} | {cell(a)} | {cell(o)} | {ra} | {ro} |")
+            lines.append(
+                f"| {n} | {cell(b, 'warm')} | {cell(b, 'cold')} | {cell(a)} | {cell(o)} | {ra} | {ro} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -312,7 +377,9 @@ def plots(results, summary, latency, problems, methods, out_dir):
             if not rs:
                 continue
             L = min(len(r["curve"]) for r in rs)
-            arr = np.array([[v if v is not None else np.nan for v in r["curve"][:L]] for r in rs], dtype=float)
+            arr = np.array(
+                [[v if v is not None else np.nan for v in r["curve"][:L]] for r in rs], dtype=float
+            )
             med = np.nanmedian(np.where(np.isnan(arr), np.inf, arr), axis=0)
             ax.plot(np.arange(1, L + 1), np.maximum(med, 1e-6), label=m)
         ax.set_yscale("log")
@@ -326,7 +393,12 @@ def plots(results, summary, latency, problems, methods, out_dir):
     if latency and latency.get("sizes"):
         fig, ax = plt.subplots(figsize=(5, 3.4))
         sizes = latency["sizes"]
-        for key, label, field in (("bbo", "bbo warm", "warm"), ("bbo", "bbo cold", "cold"), ("ax", "Ax", "ask"), ("optuna_gp", "Optuna GP", "ask")):
+        for key, label, field in (
+            ("bbo", "bbo warm", "warm"),
+            ("bbo", "bbo cold", "cold"),
+            ("ax", "Ax", "ask"),
+            ("optuna_gp", "Optuna GP", "ask"),
+        ):
             xs = [n for n in sizes if field in latency.get(key, {}).get(str(n), {})]
             if xs:
                 ax.plot(xs, [latency[key][str(n)][field] for n in xs], marker="o", label=label)
@@ -343,7 +415,9 @@ def plots(results, summary, latency, problems, methods, out_dir):
 def write_readme(md: str, meta: str):
     path = os.path.join(HERE, "README.md")
     text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    block = f"{README_BEGIN}\n## Core optimizer (bench/bench_core.py)\n\n{meta}\n\n{md}\n{README_END}"
+    block = (
+        f"{README_BEGIN}\n## Core optimizer (bench/bench_core.py)\n\n{meta}\n\n{md}\n{README_END}"
+    )
     if README_BEGIN in text and README_END in text:
         a, b = text.index(README_BEGIN), text.index(README_END) + len(README_END)
         text = text[:a] + block + text[b:]
@@ -355,13 +429,22 @@ def write_readme(md: str, meta: str):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="tiny smoke run (< 1 min): branin, bbo/TPE/random, 1 seed, 12 evals, latency at n=20")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny smoke run (< 1 min): branin, bbo/TPE/random, 1 seed, 12 evals, latency at n=20",
+    )
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--budget", type=int, default=50)
     ap.add_argument("--problems", default="branin,hartmann6,hartmann6_con,levy10,mixed")
     ap.add_argument("--methods", default="bbo,ax,optuna_gp,optuna_tpe,random")
     ap.add_argument("--latency-sizes", default="20,100,300,1000")
-    ap.add_argument("--latency-cap", type=float, default=15.0, help="stop measuring a peer at larger sizes once an ask took longer (s)")
+    ap.add_argument(
+        "--latency-cap",
+        type=float,
+        default=15.0,
+        help="stop measuring a peer at larger sizes once an ask took longer (s)",
+    )
     ap.add_argument("--ax-max", type=int, default=300, help="largest history Ax is timed at")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--workers", type=int, default=1)
@@ -380,17 +463,34 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     _threads()
     t0 = time.time()
-    print(f"bench_core: problems {args.problems}, methods {args.methods}, {args.seeds} seeds x {args.budget} evals", flush=True)
+    print(
+        f"bench_core: problems {args.problems}, methods {args.methods}, {args.seeds} seeds x {args.budget} evals",
+        flush=True,
+    )
     results = [] if args.skip_regret else run_regret(args, args.out)
     summary = summarize_regret(results, args.problems, args.methods, args.budget) if results else {}
     latency = {} if args.skip_latency else run_latency(args)
-    md = table(summary, latency, args.methods, args.problems, args.budget, args.seeds) if summary else table({}, latency, [], [], args.budget, args.seeds)
+    md = (
+        table(summary, latency, args.methods, args.problems, args.budget, args.seeds)
+        if summary
+        else table({}, latency, [], [], args.budget, args.seeds)
+    )
     meta = (
         f"Run {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {os.cpu_count()} CPU(s), torch threads 1, device {args.device}, "
         f"{args.seeds} seeds x {args.budget} evaluations, wall {time.time() - t0:.0f} s."
     )
     doc = {
-        "meta": {"argv": sys.argv[1:], "seeds": args.seeds, "budget": args.budget, "problems": args.problems, "methods": args.methods, "device": args.device, "quick": args.quick, "wall_seconds": time.time() - t0, "cpus": os.cpu_count()},
+        "meta": {
+            "argv": sys.argv[1:],
+            "seeds": args.seeds,
+            "budget": args.budget,
+            "problems": args.problems,
+            "methods": args.methods,
+            "device": args.device,
+            "quick": args.quick,
+            "wall_seconds": time.time() - t0,
+            "cpus": os.cpu_count(),
+        },
         "regret": summary,
         "latency": latency,
         "runs": results,
@@ -405,7 +505,9 @@ def main(argv=None):
         plots(results, summary, latency, args.problems, args.methods, args.out)
     except Exception:  # noqa: BLE001 - plots are a convenience
         traceback.print_exc()
-    with open(os.path.join(args.out, "core_quick_table.md" if args.quick else "core_table.md"), "w") as fh:
+    with open(
+        os.path.join(args.out, "core_quick_table.md" if args.quick else "core_table.md"), "w"
+    ) as fh:
         fh.write(meta + "\n\n" + md)
     if args.write_readme and not args.quick:
         write_readme(md, meta)

@@ -33,11 +33,18 @@ VARIANTS = [
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--points", type=int, default=64, help="Sobol points per variant and seed (default %(default)s)")
+    ap.add_argument(
+        "--points",
+        type=int,
+        default=64,
+        help="Sobol points per variant and seed (default %(default)s)",
+    )
     ap.add_argument("--seeds", default="0,1,2")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
-    print("| kit | options | seed | s/eval (mean, max) | objective min / median / max | feasible fraction | best feasible |")
+    print(
+        "| kit | options | seed | s/eval (mean, max) | objective min / median / max | feasible fraction | best feasible |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, opts in VARIANTS:
         kit = KITS[name]
@@ -54,8 +61,11 @@ def main(argv=None) -> int:
                 feas.append(spec.is_feasible(m))
             v, f = np.array(vals), np.array(feas)
             best = f"{v[f].min():.4g}" if f.any() else "—"
-            print(f"| {name} | {opts} | {seed} | {np.mean(ts):.3f}, {np.max(ts):.3f} | {v.min():.4g} / {np.median(v):.4g} / {v.max():.4g} "
-                  f"| {f.mean():.2f} | {best} |", flush=True)
+            print(
+                f"| {name} | {opts} | {seed} | {np.mean(ts):.3f}, {np.max(ts):.3f} | {v.min():.4g} / {np.median(v):.4g} / {v.max():.4g} "
+                f"| {f.mean():.2f} | {best} |",
+                flush=True,
+            )
     return 0
 
 

@@ -44,13 +44,25 @@ def history(problem, n: int, seed: int) -> list[Trial]:
     out = []
     for i in range(n):
         p = random_params(problem.space, rng)
-        out.append(Trial(id=i + 1, params=p, state=TrialState.COMPLETED, metrics={k: Metric(v) for k, v in problem.evaluate(p).items()}))
+        out.append(
+            Trial(
+                id=i + 1,
+                params=p,
+                state=TrialState.COMPLETED,
+                metrics={k: Metric(v) for k, v in problem.evaluate(p).items()},
+            )
+        )
     return out
 
 
 def run(n: int, asks: int, seed: int) -> dict:
     prob = hartmann6_constrained()
-    spec = StudySpec(prob.space, (Objective("f"),), outcome_constraints=(prob.constraint,), algorithm=AlgorithmOptions(seed=seed))
+    spec = StudySpec(
+        prob.space,
+        (Objective("f"),),
+        outcome_constraints=(prob.constraint,),
+        algorithm=AlgorithmOptions(seed=seed),
+    )
     gs = GenerationStrategy(spec)
     trials = history(prob, n, seed)
     anon, seconds = [], []
@@ -62,12 +74,24 @@ def run(n: int, asks: int, seed: int) -> dict:
         malloc_trim()
         anon.append(rss_split_mb(os.getpid())[0])
     warm = asks // 3
-    slope = float(np.polyfit(np.arange(warm, asks), anon[warm:], 1)[0]) * 100 if asks - warm >= 3 else float("nan")
-    return {"n": n, "asks": asks, "anon_mb": anon, "ask_seconds": seconds, "mb_per_100_asks_after_warmup": slope}
+    slope = (
+        float(np.polyfit(np.arange(warm, asks), anon[warm:], 1)[0]) * 100
+        if asks - warm >= 3
+        else float("nan")
+    )
+    return {
+        "n": n,
+        "asks": asks,
+        "anon_mb": anon,
+        "ask_seconds": seconds,
+        "mb_per_100_asks_after_warmup": slope,
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sizes", default="30,60,120")
     ap.add_argument("--asks", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0)
@@ -76,8 +100,11 @@ def main() -> None:
     results = []
     for n in [int(s) for s in args.sizes.split(",") if s]:
         r = run(n, args.asks, args.seed)
-        print(f"n={n:4d}: anon RSS {r['anon_mb'][0]:.0f} -> {r['anon_mb'][-1]:.0f} MB, "
-              f"slope after warm-up {r['mb_per_100_asks_after_warmup']:+.1f} MB per 100 asks", flush=True)
+        print(
+            f"n={n:4d}: anon RSS {r['anon_mb'][0]:.0f} -> {r['anon_mb'][-1]:.0f} MB, "
+            f"slope after warm-up {r['mb_per_100_asks_after_warmup']:+.1f} MB per 100 asks",
+            flush=True,
+        )
         results.append(r)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "leak.json"), "w") as f:

@@ -57,9 +57,22 @@ def branin(x):
     return (x2 - b * x1**2 + c * x1 - 6) ** 2 + 10 * (1 - t) * math.cos(x1) + 10
 
 
-_H6_A = np.array([[10, 3, 17, 3.5, 1.7, 8], [0.05, 10, 17, 0.1, 8, 14], [3, 3.5, 1.7, 10, 17, 8], [17, 8, 0.05, 10, 0.1, 14]])
-_H6_P = 1e-4 * np.array([[1312, 1696, 5569, 124, 8283, 5886], [2329, 4135, 8307, 3736, 1004, 9991],
-                         [2348, 1451, 3522, 2883, 3047, 6650], [4047, 8828, 8732, 5743, 1091, 381]])
+_H6_A = np.array(
+    [
+        [10, 3, 17, 3.5, 1.7, 8],
+        [0.05, 10, 17, 0.1, 8, 14],
+        [3, 3.5, 1.7, 10, 17, 8],
+        [17, 8, 0.05, 10, 0.1, 14],
+    ]
+)
+_H6_P = 1e-4 * np.array(
+    [
+        [1312, 1696, 5569, 124, 8283, 5886],
+        [2329, 4135, 8307, 3736, 1004, 9991],
+        [2348, 1451, 3522, 2883, 3047, 6650],
+        [4047, 8828, 8732, 5743, 1091, 381],
+    ]
+)
 _H6_ALPHA = np.array([1.0, 1.2, 3.0, 3.2])
 
 
@@ -80,7 +93,9 @@ def admm_iterations(x):
     """The ADMM kit's Lasso instance (seed 0): iterations to converge, x = (log10 rho, alpha), no adaptation."""
     from bbo.kits.admm import KIT
 
-    return KIT.evaluate({"rho": 10.0 ** float(x[0]), "alpha": float(x[1]), "adaptive": "off"}, seed=0)["iterations"]
+    return KIT.evaluate(
+        {"rho": 10.0 ** float(x[0]), "alpha": float(x[1]), "adaptive": "off"}, seed=0
+    )["iterations"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -97,17 +112,41 @@ def admm_reference() -> tuple[float, list[float]]:
 
 PROBLEMS = {
     # name: (function, bounds, optimum value, an optimum, a poor point far from every optimum, description)
-    "branin": (branin, [(-5.0, 10.0), (0.0, 15.0)], BRANIN_OPT, [math.pi, 2.275], [-4.0, 1.0],
-               "Minimize the Branin-Hoo function, a 2-D test function with three global minima."),
-    "hartmann6": (hartmann6, [(0.0, 1.0)] * 6, H6_OPT, [0.20169, 0.150011, 0.476874, 0.275332, 0.311652, 0.6573],
-                  [0.85, 0.85, 0.15, 0.85, 0.85, 0.15], "Minimize the 6-D Hartmann function on the unit cube."),
-    "levy4": (levy, [(-10.0, 10.0)] * 4, 0.0, [1.0, 1.0, 1.0, 1.0], [-7.5, -7.5, -7.5, -7.5],
-              "Minimize the 4-D Levy function, a rugged function with many local minima."),
+    "branin": (
+        branin,
+        [(-5.0, 10.0), (0.0, 15.0)],
+        BRANIN_OPT,
+        [math.pi, 2.275],
+        [-4.0, 1.0],
+        "Minimize the Branin-Hoo function, a 2-D test function with three global minima.",
+    ),
+    "hartmann6": (
+        hartmann6,
+        [(0.0, 1.0)] * 6,
+        H6_OPT,
+        [0.20169, 0.150011, 0.476874, 0.275332, 0.311652, 0.6573],
+        [0.85, 0.85, 0.15, 0.85, 0.85, 0.15],
+        "Minimize the 6-D Hartmann function on the unit cube.",
+    ),
+    "levy4": (
+        levy,
+        [(-10.0, 10.0)] * 4,
+        0.0,
+        [1.0, 1.0, 1.0, 1.0],
+        [-7.5, -7.5, -7.5, -7.5],
+        "Minimize the 4-D Levy function, a rugged function with many local minima.",
+    ),
     # the ADMM kit (bbo/kits/admm.py) on its Lasso instance; optimum from admm_reference() when first used
-    "admm_lasso": (admm_iterations, [(-3.0, 3.0), (1.0, 1.9)], None, None, [-2.5, 1.05],
-                   "Tuning an ADMM solver for a Lasso problem (150 x 300, 15-sparse): x1 = log10 of the penalty rho, x2 = the "
-                   "over-relaxation factor alpha. Minimize the iterations to converge (capped at 2000). Far too small or too large "
-                   "a rho slows convergence by orders of magnitude; alpha 1.5-1.8 usually helps."),
+    "admm_lasso": (
+        admm_iterations,
+        [(-3.0, 3.0), (1.0, 1.9)],
+        None,
+        None,
+        [-2.5, 1.05],
+        "Tuning an ADMM solver for a Lasso problem (150 x 300, 15-sparse): x1 = log10 of the penalty rho, x2 = the "
+        "over-relaxation factor alpha. Minimize the iterations to converge (capped at 2000). Far too small or too large "
+        "a rho slows convergence by orders of magnitude; alpha 1.5-1.8 usually helps.",
+    ),
 }
 
 
@@ -125,8 +164,13 @@ def make_spec(problem: str, seed: int, prior_exponent: float = 3.0):
 
     _, bounds, _, _, _, desc = get(problem)
     space = SearchSpace(tuple(FloatParam(f"x{i + 1}", lo, hi) for i, (lo, hi) in enumerate(bounds)))
-    return StudySpec(space, (Objective("y"),), algorithm=AlgorithmOptions(seed=seed, prior_exponent=prior_exponent), description=desc,
-                     llm=LlmOptions(enabled=True))
+    return StudySpec(
+        space,
+        (Objective("y"),),
+        algorithm=AlgorithmOptions(seed=seed, prior_exponent=prior_exponent),
+        description=desc,
+        llm=LlmOptions(enabled=True),
+    )
 
 
 # ---- the scripted "LLM" -------------------------------------------------------------------------------
@@ -139,22 +183,34 @@ def advice(problem: str, good: bool, seed: int, n_candidates: int) -> tuple[str,
     hi = np.array([b[1] for b in bounds])
     rngw = hi - lo
     guess = np.clip(centre + rng.normal(0, 0.03 * rngw), lo, hi)
-    priors = {f"x{i + 1}": {"rationale": "from experience with this function",
-                            "best_guess": round(float(guess[i]), 4),
-                            "low": round(float(max(lo[i], guess[i] - 0.15 * rngw[i])), 4),
-                            "high": round(float(min(hi[i], guess[i] + 0.15 * rngw[i])), 4),
-                            "confidence": 0.8}
-              for i in range(len(bounds))}
+    priors = {
+        f"x{i + 1}": {
+            "rationale": "from experience with this function",
+            "best_guess": round(float(guess[i]), 4),
+            "low": round(float(max(lo[i], guess[i] - 0.15 * rngw[i])), 4),
+            "high": round(float(min(hi[i], guess[i] + 0.15 * rngw[i])), 4),
+            "confidence": 0.8,
+        }
+        for i in range(len(bounds))
+    }
     cands = []
     for _ in range(n_candidates):
         x = np.clip(centre + rng.normal(0, 0.05 * rngw), lo, hi)
-        cands.append({"rationale": "close to where the minimum should be",
-                      "params": {f"x{i + 1}": round(float(v), 4) for i, v in enumerate(x)}})
-    return json.dumps({"priors": priors}), "Here are my suggestions:\n```json\n" + json.dumps({"candidates": cands}, indent=1) + "\n```"
+        cands.append(
+            {
+                "rationale": "close to where the minimum should be",
+                "params": {f"x{i + 1}": round(float(v), 4) for i, v in enumerate(x)},
+            }
+        )
+    return json.dumps({"priors": priors}), "Here are my suggestions:\n```json\n" + json.dumps(
+        {"candidates": cands}, indent=1
+    ) + "\n```"
 
 
 # ---- one run ------------------------------------------------------------------------------------------
-def run_one(problem: str, variant: str, seed: int, budget: int, prior_exponent: float = 3.0) -> dict:
+def run_one(
+    problem: str, variant: str, seed: int, budget: int, prior_exponent: float = 3.0
+) -> dict:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
@@ -177,15 +233,22 @@ def run_one(problem: str, variant: str, seed: int, budget: int, prior_exponent: 
             return Reply(priors_json if name == "parameter_priors" else cands_json)
 
         with ChatServer(respond) as srv:
-            adv = LlmAdvisor(LlmConfig(base_url=srv.url, api_key="bench", model="scripted", timeout_s=10))
+            adv = LlmAdvisor(
+                LlmConfig(base_url=srv.url, api_key="bench", model="scripted", timeout_s=10)
+            )
             if variant.startswith("prior"):
                 res = adv.priors(spec, study_key=f"{problem}-{seed}")
                 spec = dataclasses.replace(spec, priors=tuple(res.priors))
             else:
                 res = adv.warmstart(spec, [], study_key=f"{problem}-{seed}")
                 warm = res.suggestions
-        llm_info = {"reason": res.reason, "outcome": res.calls[0].outcome, "latency_s": res.calls[0].latency_s,
-                    "n_priors": len(res.priors), "n_warm": len(warm)}
+        llm_info = {
+            "reason": res.reason,
+            "outcome": res.calls[0].outcome,
+            "latency_s": res.calls[0].latency_s,
+            "n_priors": len(res.priors),
+            "n_warm": len(warm),
+        }
     gs = GenerationStrategy(spec)
     trials: list = []
     best = math.inf
@@ -200,18 +263,31 @@ def run_one(problem: str, variant: str, seed: int, budget: int, prior_exponent: 
         best = min(best, y)
         regret.append(max(best - f_star, 1e-12))
         origins.append(s.origin)
-    return {"problem": problem, "variant": variant, "seed": seed, "prior_exponent": prior_exponent,
-            "regret": regret, "origins": origins,
-            "seconds": time.perf_counter() - t0, "llm": llm_info}
+    return {
+        "problem": problem,
+        "variant": variant,
+        "seed": seed,
+        "prior_exponent": prior_exponent,
+        "regret": regret,
+        "origins": origins,
+        "seconds": time.perf_counter() - t0,
+        "llm": llm_info,
+    }
 
 
 # ---- summary ------------------------------------------------------------------------------------------
 def summarize(runs: list[dict], budget: int) -> dict:
     out: dict = {}
-    runs = sorted(runs, key=lambda r: r["seed"])  # rows of every variant's array in the same seed order
+    runs = sorted(
+        runs, key=lambda r: r["seed"]
+    )  # rows of every variant's array in the same seed order
     for problem in sorted({r["problem"] for r in runs}):
-        curves = {v: np.array([r["regret"] for r in runs if r["problem"] == problem and r["variant"] == v])
-                  for v in VARIANTS}
+        curves = {
+            v: np.array(
+                [r["regret"] for r in runs if r["problem"] == problem and r["variant"] == v]
+            )
+            for v in VARIANTS
+        }
         curves = {v: c for v, c in curves.items() if len(c)}
         if "plain" not in curves:
             continue
@@ -228,10 +304,14 @@ def summarize(runs: list[dict], budget: int) -> dict:
                 "median_at_25": float(m[min(24, budget - 1)]),
                 "mean_log10_final": float(np.mean(np.log10(curves[v][:, -1]))),
                 # per seed: does the variant end no worse than plain with the same seed (+10 %)?
-                "seeds_within_10pct_of_plain": int(np.sum(curves[v][:, -1] <= 1.1 * curves["plain"][:, -1] + 1e-12)),
+                "seeds_within_10pct_of_plain": int(
+                    np.sum(curves[v][:, -1] <= 1.1 * curves["plain"][:, -1] + 1e-12)
+                ),
                 # per seed log10(variant / plain) at the end, median over seeds: robust where medians of
                 # regrets near 1e-6 swing with a few seeds
-                "paired_log10_ratio_median": float(np.median(np.log10(curves[v][:, -1] / curves["plain"][:, -1]))),
+                "paired_log10_ratio_median": float(
+                    np.median(np.log10(curves[v][:, -1] / curves["plain"][:, -1]))
+                ),
             }
         out[problem] = row
     return out
@@ -241,8 +321,15 @@ def markdown(summary: dict, budget: int, n_seeds: int, seconds: float) -> str:
     lines = [
         f"Median simple regret over the seeds in the table, budget {budget} evaluations (scripted LLM answers through the real client).",
         "",
-        "| problem | variant | regret @10 | regret @25 | regret @" + str(budget) + " | × plain @" + str(budget) +
-        " | evals to plain's @" + str(budget) + " | mean log10 regret @" + str(budget) + " | seeds ≤ 1.1 × plain | per-seed × plain (median) |",
+        "| problem | variant | regret @10 | regret @25 | regret @"
+        + str(budget)
+        + " | × plain @"
+        + str(budget)
+        + " | evals to plain's @"
+        + str(budget)
+        + " | mean log10 regret @"
+        + str(budget)
+        + " | seeds ≤ 1.1 × plain | per-seed × plain (median) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for problem, row in summary.items():
@@ -251,9 +338,11 @@ def markdown(summary: dict, budget: int, n_seeds: int, seconds: float) -> str:
                 continue
             r = row[v]
             e = r["evals_to_plain_final"]
-            lines.append(f"| {problem} | {v} | {r['median_at_10']:.3g} | {r['median_at_25']:.3g} | {r['median_final']:.3g} | "
-                         f"{r['final_ratio']:.2f} | {e if e is not None else f'> {budget}'} | {r['mean_log10_final']:.2f} | "
-                         f"{r['seeds_within_10pct_of_plain']}/{row['n_seeds']} | {10 ** r['paired_log10_ratio_median']:.2f} |")
+            lines.append(
+                f"| {problem} | {v} | {r['median_at_10']:.3g} | {r['median_at_25']:.3g} | {r['median_final']:.3g} | "
+                f"{r['final_ratio']:.2f} | {e if e is not None else f'> {budget}'} | {r['mean_log10_final']:.2f} | "
+                f"{r['seeds_within_10pct_of_plain']}/{row['n_seeds']} | {10 ** r['paired_log10_ratio_median']:.2f} |"
+            )
     lines.append("")
     lines.append(f"Total compute: {seconds / 60:.1f} CPU-minutes.")
     return "\n".join(lines)
@@ -267,17 +356,37 @@ def plot(runs: list[dict], path: Path, budget: int) -> None:
 
     problems = sorted({r["problem"] for r in runs})
     fig, axes = plt.subplots(1, len(problems), figsize=(5 * len(problems), 4), squeeze=False)
-    colors = {"plain": "k", "prior_good": "tab:green", "prior_bad": "tab:red", "warm_good": "tab:blue", "warm_bad": "tab:orange"}
-    styles = {"plain": "-", "prior_good": "-", "prior_bad": "--", "warm_good": "-.", "warm_bad": ":"}
+    colors = {
+        "plain": "k",
+        "prior_good": "tab:green",
+        "prior_bad": "tab:red",
+        "warm_good": "tab:blue",
+        "warm_bad": "tab:orange",
+    }
+    styles = {
+        "plain": "-",
+        "prior_good": "-",
+        "prior_bad": "--",
+        "warm_good": "-.",
+        "warm_bad": ":",
+    }
     for ax, problem in zip(axes[0], problems):
         for v in VARIANTS:
-            c = np.array([r["regret"] for r in runs if r["problem"] == problem and r["variant"] == v])
+            c = np.array(
+                [r["regret"] for r in runs if r["problem"] == problem and r["variant"] == v]
+            )
             if not len(c):
                 continue
             x = np.arange(1, c.shape[1] + 1)
             lc = np.log10(c)
             ax.plot(x, np.median(lc, axis=0), styles[v], color=colors[v], label=v)
-            ax.fill_between(x, np.percentile(lc, 25, axis=0), np.percentile(lc, 75, axis=0), color=colors[v], alpha=0.12)
+            ax.fill_between(
+                x,
+                np.percentile(lc, 25, axis=0),
+                np.percentile(lc, 75, axis=0),
+                color=colors[v],
+                alpha=0.12,
+            )
         ax.set_title(problem)
         ax.set_xlabel("evaluations")
         ax.set_ylabel("log10 simple regret (median, IQR)")
@@ -288,18 +397,40 @@ def plot(runs: list[dict], path: Path, budget: int) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--seeds", type=int, default=10)
-    ap.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed + seeds - 1 (to add seeds to a run)")
+    ap.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="run seeds first-seed .. first-seed + seeds - 1 (to add seeds to a run)",
+    )
     ap.add_argument("--budget", type=int, default=50)
     ap.add_argument("--problems", default="branin,hartmann6,levy4,admm_lasso")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--workers", type=int, default=max(1, min(4, (os.cpu_count() or 2))))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    ap.add_argument("--prior-exponent", type=float, default=3.0, help="piBO beta (algorithm.prior_exponent; bbo default 3)")
-    ap.add_argument("--resume", action="store_true", help="keep the runs already in <out>/llm.partial.jsonl")
-    ap.add_argument("--summarize-only", action="store_true", help="write the outputs from llm.partial.jsonl and stop")
-    ap.add_argument("--name", default=None, help="output basename (default llm, or llm.interim with --summarize-only)")
+    ap.add_argument(
+        "--prior-exponent",
+        type=float,
+        default=3.0,
+        help="piBO beta (algorithm.prior_exponent; bbo default 3)",
+    )
+    ap.add_argument(
+        "--resume", action="store_true", help="keep the runs already in <out>/llm.partial.jsonl"
+    )
+    ap.add_argument(
+        "--summarize-only",
+        action="store_true",
+        help="write the outputs from llm.partial.jsonl and stop",
+    )
+    ap.add_argument(
+        "--name",
+        default=None,
+        help="output basename (default llm, or llm.interim with --summarize-only)",
+    )
     args = ap.parse_args(argv)
     problems = [p for p in args.problems.split(",") if p]
     variants = [v for v in args.variants.split(",") if v]
@@ -312,9 +443,16 @@ def main(argv=None) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     partial = out_dir / "llm.partial.jsonl"
-    jobs = [(p, v, s, args.budget, args.prior_exponent) for s in range(args.first_seed, args.first_seed + args.seeds) for p in problems for v in variants]
+    jobs = [
+        (p, v, s, args.budget, args.prior_exponent)
+        for s in range(args.first_seed, args.first_seed + args.seeds)
+        for p in problems
+        for v in variants
+    ]
     runs: list[dict] = []
-    others: list[dict] = []  # stored runs outside this job set (other seeds, problems): kept in the file
+    others: list[
+        dict
+    ] = []  # stored runs outside this job set (other seeds, problems): kept in the file
     if (args.resume or args.summarize_only) and partial.exists():
         for line in partial.read_text().splitlines():
             try:
@@ -328,8 +466,14 @@ def main(argv=None) -> int:
     if args.summarize_only:
         jobs = []
         # per problem, only seeds where every variant finished, so variants are compared on the same seeds
-        full = {p: sorted(s for s in {r["seed"] for r in runs if r["problem"] == p}
-                          if sum(1 for r in runs if r["seed"] == s and r["problem"] == p) == len(variants)) for p in problems}
+        full = {
+            p: sorted(
+                s
+                for s in {r["seed"] for r in runs if r["problem"] == p}
+                if sum(1 for r in runs if r["seed"] == s and r["problem"] == p) == len(variants)
+            )
+            for p in problems
+        }
         runs = [r for r in runs if r["seed"] in full[r["problem"]]]
         args.seeds = max((len(v) for v in full.values()), default=0)
         print(f"summarizing {len(runs)} runs; seeds per problem: {full}", flush=True)
@@ -339,8 +483,16 @@ def main(argv=None) -> int:
     seconds = sum(r["seconds"] for r in runs)
     summary = summarize(runs, args.budget)
     md = markdown(summary, args.budget, args.seeds, seconds)
-    result = {"budget": args.budget, "seeds": args.seeds, "prior_exponent": args.prior_exponent, "problems": problems, "variants": variants,
-              "wall_seconds": time.time() - t0, "summary": summary, "runs": runs}
+    result = {
+        "budget": args.budget,
+        "seeds": args.seeds,
+        "prior_exponent": args.prior_exponent,
+        "problems": problems,
+        "variants": variants,
+        "wall_seconds": time.time() - t0,
+        "summary": summary,
+        "runs": runs,
+    }
     name = args.name or ("llm" if not args.summarize_only else "llm.interim")
     (out_dir / f"{name}.json").write_text(json.dumps(result, indent=1))
     (out_dir / f"{name}.md").write_text(md + "\n")
@@ -350,7 +502,13 @@ def main(argv=None) -> int:
 
 
 def _job_of(r: dict) -> tuple:
-    return (r["problem"], r["variant"], r["seed"], len(r["regret"]), float(r.get("prior_exponent", 1.0)))
+    return (
+        r["problem"],
+        r["variant"],
+        r["seed"],
+        len(r["regret"]),
+        float(r.get("prior_exponent", 1.0)),
+    )
 
 
 def _run(jobs, runs, others, partial, workers, resume) -> None:
@@ -366,8 +524,11 @@ def _run(jobs, runs, others, partial, workers, resume) -> None:
             runs.append(r)
             log.write(json.dumps(r) + "\n")
             log.flush()
-            print(f"[{k}/{len(jobs)}] {r['problem']:<10} {r['variant']:<10} seed {r['seed']}: final regret "
-                  f"{r['regret'][-1]:.3g} ({r['seconds']:.0f}s) {r['llm'].get('reason', '')}", flush=True)
+            print(
+                f"[{k}/{len(jobs)}] {r['problem']:<10} {r['variant']:<10} seed {r['seed']}: final regret "
+                f"{r['regret'][-1]:.3g} ({r['seconds']:.0f}s) {r['llm'].get('reason', '')}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

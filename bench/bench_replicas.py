@@ -42,10 +42,14 @@ from common import pct, setup_paths  # noqa: E402
 setup_paths("tests")
 
 
-
 def summary(lat_s):
     ms = [1e3 * x for x in lat_s]
-    return {"n": len(ms), "p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99), "mean_ms": statistics.fmean(ms) if ms else None}
+    return {
+        "n": len(ms),
+        "p50_ms": pct(ms, 50),
+        "p99_ms": pct(ms, 99),
+        "mean_ms": statistics.fmean(ms) if ms else None,
+    }
 
 
 def client_proc(target: str, study: str, n: int, idx: int, barrier, out_q) -> None:
@@ -68,7 +72,16 @@ def client_proc(target: str, study: str, n: int, idx: int, barrier, out_q) -> No
             t0 = time.perf_counter()
             s.tell(t.id, {"y": float(t.params["x"]) ** 2 + idx})
             tell_lat.append(time.perf_counter() - t0)
-        out_q.put({"ask": ask_lat, "ask_start": a0, "ask_end": a1, "tell": tell_lat, "tell_start": t_start, "tell_end": time.time()})
+        out_q.put(
+            {
+                "ask": ask_lat,
+                "ask_start": a0,
+                "ask_end": a1,
+                "tell": tell_lat,
+                "tell_start": t_start,
+                "tell_end": time.time(),
+            }
+        )
 
 
 def run(cluster, n_replicas: int, clients: int, studies: int, trials: int, workdir: str) -> dict:
@@ -79,7 +92,10 @@ def run(cluster, n_replicas: int, clients: int, studies: int, trials: int, workd
     url = cluster.create_database(f"bench_{n_replicas}_{uuid.uuid4().hex[:6]}")
     Storage(url).close()  # migrate once, before the replicas start
     args = ["--log-level", "warning", "--workers", "1", "--db-pool-size", "8"]
-    servers = [ServerProcess(url, args=args, log_path=os.path.join(workdir, f"r{n_replicas}-{i}.log")) for i in range(n_replicas)]
+    servers = [
+        ServerProcess(url, args=args, log_path=os.path.join(workdir, f"r{n_replicas}-{i}.log"))
+        for i in range(n_replicas)
+    ]
     errors = []
 
     def start(s):
@@ -102,10 +118,20 @@ def run(cluster, n_replicas: int, clients: int, studies: int, trials: int, workd
         names = [f"s{k}" for k in range(studies)]
         with bc.Client(servers[0].address) as c:
             for name in names:
-                c.create_study(name, parameters=[bc.Float("x", 0.0, 1.0), bc.Categorical("k", ["a", "b"])], objectives="y", n_initial=10_000)
+                c.create_study(
+                    name,
+                    parameters=[bc.Float("x", 0.0, 1.0), bc.Categorical("k", ["a", "b"])],
+                    objectives="y",
+                    n_initial=10_000,
+                )
         ctx = mp.get_context("spawn")
         barrier, q = ctx.Barrier(clients), ctx.Queue()
-        procs = [ctx.Process(target=client_proc, args=(target, names[i % studies], trials, i, barrier, q)) for i in range(clients)]
+        procs = [
+            ctx.Process(
+                target=client_proc, args=(target, names[i % studies], trials, i, barrier, q)
+            )
+            for i in range(clients)
+        ]
         for p in procs:
             p.start()
         res = [q.get(timeout=900) for _ in procs]
@@ -113,7 +139,9 @@ def run(cluster, n_replicas: int, clients: int, studies: int, trials: int, workd
             p.join(60)
         # every trial stored once, every tell durable
         st = Storage(url, pool_size=2, migrate=False)
-        total = sum(st.trial_counts(st.get_study("default", n).id).get("COMPLETED", 0) for n in names)
+        total = sum(
+            st.trial_counts(st.get_study("default", n).id).get("COMPLETED", 0) for n in names
+        )
         st.close()
         assert total == clients * trials, (total, clients * trials)
     finally:
@@ -131,8 +159,11 @@ def run(cluster, n_replicas: int, clients: int, studies: int, trials: int, workd
         "asks": n,
         "tells": n,
     }
-    print(f"{n_replicas} replica(s): {out['asks_per_s']:.0f} asks/s (p50 {out['ask']['p50_ms']:.1f} ms), "
-          f"{out['tells_per_s']:.0f} tells/s (p50 {out['tell']['p50_ms']:.1f} ms)", flush=True)
+    print(
+        f"{n_replicas} replica(s): {out['asks_per_s']:.0f} asks/s (p50 {out['ask']['p50_ms']:.1f} ms), "
+        f"{out['tells_per_s']:.0f} tells/s (p50 {out['tell']['p50_ms']:.1f} ms)",
+        flush=True,
+    )
     return out
 
 
@@ -144,11 +175,20 @@ def plot(rows: list[dict], path: str, title: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     xs = [r["replicas"] for r in rows]
-    for ax, key, label in ((axes[0], "asks_per_s", "asks/s"), (axes[1], "tells_per_s", "tells/s (durable)")):
+    for ax, key, label in (
+        (axes[0], "asks_per_s", "asks/s"),
+        (axes[1], "tells_per_s", "tells/s (durable)"),
+    ):
         ys = [r[key] for r in rows]
         bars = ax.bar([str(x) for x in xs], ys, color="#4c72b0")
         for b, y in zip(bars, ys):
-            ax.annotate(f"{y:.0f}\n({y / ys[0]:.2f}x)", (b.get_x() + b.get_width() / 2, y), ha="center", va="bottom", fontsize=8)
+            ax.annotate(
+                f"{y:.0f}\n({y / ys[0]:.2f}x)",
+                (b.get_x() + b.get_width() / 2, y),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
         ax.set_xlabel("replicas")
         ax.set_title(label)
         ax.set_ylim(0, max(ys) * 1.3)
@@ -192,18 +232,31 @@ def main() -> int:
         load = None
     result = {
         "benchmark": "replicas",
-        "setup": {"clients": a.clients, "studies": a.studies, "trials_per_client": a.trials, "cores": cores, "load_avg_at_end": load,
-                  "python": platform.python_version(), "machine": platform.machine(),
-                  "note": "PostgreSQL, every replica and every client process share these cores; lb policy round_robin over all replicas"},
+        "setup": {
+            "clients": a.clients,
+            "studies": a.studies,
+            "trials_per_client": a.trials,
+            "cores": cores,
+            "load_avg_at_end": load,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "note": "PostgreSQL, every replica and every client process share these cores; lb policy round_robin over all replicas",
+        },
         "results": rows,
     }
     path = os.path.join(a.out, "replicas.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
-    plot(rows, os.path.join(a.out, "replicas.png"), f"bbo replicas on one PostgreSQL, {a.clients} clients, {a.studies} studies, {cores} cores (all on one machine)")
+    plot(
+        rows,
+        os.path.join(a.out, "replicas.png"),
+        f"bbo replicas on one PostgreSQL, {a.clients} clients, {a.studies} studies, {cores} cores (all on one machine)",
+    )
     print("replicas  asks/s  (x)     tells/s  (x)")
     for r in rows:
-        print(f"{r['replicas']:>8}  {r['asks_per_s']:6.0f}  {r['ask_scaling']:.2f}  {r['tells_per_s']:7.0f}  {r['tell_scaling']:.2f}")
+        print(
+            f"{r['replicas']:>8}  {r['asks_per_s']:6.0f}  {r['ask_scaling']:.2f}  {r['tells_per_s']:7.0f}  {r['tell_scaling']:.2f}"
+        )
     print(f"wrote {path}")
     return 0
 

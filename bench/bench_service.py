@@ -40,14 +40,20 @@ from common import pct, setup_paths  # noqa: E402
 setup_paths()
 
 
-
 def summary(lat_s: list[float]) -> dict:
     ms = [1e3 * x for x in lat_s]
-    return {"n": len(ms), "p50_ms": pct(ms, 50), "p90_ms": pct(ms, 90), "p99_ms": pct(ms, 99), "max_ms": max(ms) if ms else None,
-            "mean_ms": statistics.fmean(ms) if ms else None}
+    return {
+        "n": len(ms),
+        "p50_ms": pct(ms, 50),
+        "p90_ms": pct(ms, 90),
+        "p99_ms": pct(ms, 99),
+        "max_ms": max(ms) if ms else None,
+        "mean_ms": statistics.fmean(ms) if ms else None,
+    }
 
 
 # ---- bbo clients --------------------------------------------------------------------------------
+
 
 def bbo_client_proc(address: str, study: str, n: int, idx: int, barrier, out_q) -> None:
     import bbo_client as bc
@@ -75,10 +81,19 @@ def run_bbo(clients: int, trials: int, synchronous: str) -> dict:
 
     d = tempfile.mkdtemp(prefix="bbo-bench-")
     db = f"sqlite:///{d}/bbo.db?synchronous={synchronous}"
-    srv = ServerProcess(db, args=["--log-level", "warning", "--workers", "1"], log_path=os.path.join(d, "server.log")).start()
+    srv = ServerProcess(
+        db,
+        args=["--log-level", "warning", "--workers", "1"],
+        log_path=os.path.join(d, "server.log"),
+    ).start()
     try:
         with bc.Client(srv.address) as c:
-            c.create_study("bench", parameters=[bc.Float("x", -1, 1), bc.Float("z", -1, 1)], objectives="y", n_initial=10_000)
+            c.create_study(
+                "bench",
+                parameters=[bc.Float("x", -1, 1), bc.Float("z", -1, 1)],
+                objectives="y",
+                n_initial=10_000,
+            )
             # warm up: the strategy's imports and the first ask are not what this measures
             c.create_study("warmup", parameters=[bc.Float("x", -1, 1)], objectives="y").ask(2)
         res = _run_clients(bbo_client_proc, (srv.address, "bench"), clients, trials)
@@ -94,7 +109,9 @@ def _run_clients(target, args, clients: int, trials: int) -> dict:
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(clients)
     q = ctx.Queue()
-    procs = [ctx.Process(target=target, args=(*args, trials, i, barrier, q)) for i in range(clients)]
+    procs = [
+        ctx.Process(target=target, args=(*args, trials, i, barrier, q)) for i in range(clients)
+    ]
     for p in procs:
         p.start()
     outs = [q.get(timeout=900) for _ in procs]
@@ -103,8 +120,14 @@ def _run_clients(target, args, clients: int, trials: int) -> dict:
     tells = [x for o in outs for x in o["tell"]]
     asks = [x for o in outs for x in o["ask"]]
     wall = max(o["tell_end"] for o in outs) - min(o["tell_start"] for o in outs)
-    out = {"clients": clients, "trials_per_client": trials, "tells": len(tells), "tell_wall_s": wall,
-           "tells_per_s": len(tells) / wall, "tell": summary(tells)}
+    out = {
+        "clients": clients,
+        "trials_per_client": trials,
+        "tells": len(tells),
+        "tell_wall_s": wall,
+        "tells_per_s": len(tells) / wall,
+        "tell": summary(tells),
+    }
     if asks:
         ask_wall = None
         out["ask"] = summary(asks)
@@ -113,6 +136,7 @@ def _run_clients(target, args, clients: int, trials: int) -> dict:
 
 
 # ---- the bare baseline --------------------------------------------------------------------------
+
 
 def bare_server(port_q, synchronous: str, path: str, stop_evt) -> None:
     import grpc
@@ -131,7 +155,13 @@ def bare_server(port_q, synchronous: str, path: str, stop_evt) -> None:
             return str(cur.lastrowid).encode()
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=64))
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Bare", {"Put": grpc.unary_unary_rpc_method_handler(put)}),))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "bench.Bare", {"Put": grpc.unary_unary_rpc_method_handler(put)}
+            ),
+        )
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     port_q.put(port)
@@ -158,7 +188,9 @@ def run_bare(clients: int, trials: int, synchronous: str) -> dict:
     ctx = mp.get_context("spawn")
     d = tempfile.mkdtemp(prefix="bbo-bare-")
     port_q, stop_evt = ctx.Queue(), ctx.Event()
-    srv = ctx.Process(target=bare_server, args=(port_q, synchronous, os.path.join(d, "bare.db"), stop_evt))
+    srv = ctx.Process(
+        target=bare_server, args=(port_q, synchronous, os.path.join(d, "bare.db"), stop_evt)
+    )
     srv.start()
     try:
         port = port_q.get(timeout=60)
@@ -169,6 +201,7 @@ def run_bare(clients: int, trials: int, synchronous: str) -> dict:
 
 
 # ---- main ---------------------------------------------------------------------------------------
+
 
 def plot(results: dict, path: str) -> None:
     import matplotlib
@@ -200,7 +233,10 @@ def plot(results: dict, path: str) -> None:
     a2.set_xticklabels(names, rotation=20, fontsize=8)
     a2.set_ylabel("Tell (write) latency, ms")
     a2.legend(fontsize=8)
-    fig.suptitle(f"bbo service on loopback, SQLite WAL, {platform.node()} ({os.cpu_count()} cores)", fontsize=10)
+    fig.suptitle(
+        f"bbo service on loopback, SQLite WAL, {platform.node()} ({os.cpu_count()} cores)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -210,7 +246,11 @@ def main(argv=None) -> int:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--trials", type=int, default=100, help="trials per client (asked, then told)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
-    ap.add_argument("--only", default="", help="comma-separated subset of: bbo_full,bbo_normal,bare_full,bare_normal")
+    ap.add_argument(
+        "--only",
+        default="",
+        help="comma-separated subset of: bbo_full,bbo_normal,bare_full,bare_normal",
+    )
     a = ap.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
     configs = {
@@ -227,16 +267,32 @@ def main(argv=None) -> int:
         results[name] = configs[name]()
         r = results[name]
         ask = r.get("ask")
-        print(f"{name:12s} tells/s {r['tells_per_s']:7.0f}  Tell p50 {r['tell']['p50_ms']:6.2f} ms  p99 {r['tell']['p99_ms']:6.2f} ms"
-              + (f"  | Ask p50 {ask['p50_ms']:6.2f} ms  p99 {ask['p99_ms']:6.2f} ms" if ask else "") + f"  ({time.time() - t0:.0f}s)", flush=True)
+        print(
+            f"{name:12s} tells/s {r['tells_per_s']:7.0f}  Tell p50 {r['tell']['p50_ms']:6.2f} ms  p99 {r['tell']['p99_ms']:6.2f} ms"
+            + (f"  | Ask p50 {ask['p50_ms']:6.2f} ms  p99 {ask['p99_ms']:6.2f} ms" if ask else "")
+            + f"  ({time.time() - t0:.0f}s)",
+            flush=True,
+        )
     if "bbo_full" in results and "bare_full" in results:
-        results["ratio_bbo_to_bare_full"] = results["bbo_full"]["tells_per_s"] / results["bare_full"]["tells_per_s"]
-    meta = {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "clients": a.clients, "trials_per_client": a.trials,
-            "load_average_at_start": load0}
+        results["ratio_bbo_to_bare_full"] = (
+            results["bbo_full"]["tells_per_s"] / results["bare_full"]["tells_per_s"]
+        )
+    meta = {
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "clients": a.clients,
+        "trials_per_client": a.trials,
+        "load_average_at_start": load0,
+    }
     with open(os.path.join(a.out, "service.json"), "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=2)
-    plot({k: v for k, v in results.items() if isinstance(v, dict)}, os.path.join(a.out, "service.png"))
+    plot(
+        {k: v for k, v in results.items() if isinstance(v, dict)},
+        os.path.join(a.out, "service.png"),
+    )
     print(f"wrote {os.path.join(a.out, 'service.json')} and service.png")
     return 0
 

@@ -72,12 +72,26 @@ def objective(params: dict) -> float:
     return branin(params["x1"], params["x2"]) + (0.5 if params["mode"] == "b" else 0.0)
 
 
-def client_proc(idx: int, address: str, key: str, study: str, until: float, seed: int, out_q) -> None:
+def client_proc(
+    idx: int, address: str, key: str, study: str, until: float, seed: int, out_q
+) -> None:
     import bbo_client as bc
 
     rnd = random.Random(seed)
-    stats = {"idx": idx, "study": study, "asks": 0, "tells": 0, "failed": 0, "dead": 0, "heartbeats": 0,
-             "errors": 0, "error_samples": [], "ask_ms": [], "tell_ms": [], "ids": []}
+    stats = {
+        "idx": idx,
+        "study": study,
+        "asks": 0,
+        "tells": 0,
+        "failed": 0,
+        "dead": 0,
+        "heartbeats": 0,
+        "errors": 0,
+        "error_samples": [],
+        "ask_ms": [],
+        "tell_ms": [],
+        "ids": [],
+    }
     try:
         with bc.Client(address, api_key=key, retries=8, timeout=120, ask_timeout=600) as c:
             s = c.study(study)
@@ -119,8 +133,15 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--studies", type=int, default=8)
-    ap.add_argument("--n-initial", type=int, default=12, help="initial design size per study (BO after it)")
-    ap.add_argument("--prefill", type=int, default=0, help="random trials added to each study before the clock starts (a large history at once)")
+    ap.add_argument(
+        "--n-initial", type=int, default=12, help="initial design size per study (BO after it)"
+    )
+    ap.add_argument(
+        "--prefill",
+        type=int,
+        default=0,
+        help="random trials added to each study before the clock starts (a large history at once)",
+    )
     ap.add_argument("--sample-seconds", type=float, default=5.0)
     ap.add_argument("--server-args", default="", help="extra `bbo serve` arguments")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
@@ -132,7 +153,9 @@ def main() -> int:
     os.makedirs(args.out, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="bbo-soak-")
     db = "sqlite:///" + os.path.join(tmp, "soak.db")
-    srv = ServerProcess(db, log_path=os.path.join(tmp, "server.log"), args=["--auth", *args.server_args.split()])
+    srv = ServerProcess(
+        db, log_path=os.path.join(tmp, "server.log"), args=["--auth", *args.server_args.split()]
+    )
     srv.start()
     pid = srv.proc.pid
     from bbo.storage import Storage
@@ -145,11 +168,24 @@ def main() -> int:
     for j in range(args.studies):
         key = keys[j % 2]
         with bc.Client(srv.address, api_key=key) as c:
-            c.create_study(f"soak-{j}", parameters=[bc.Float("x1", -5, 10), bc.Float("x2", 0, 15), bc.Categorical("mode", ["a", "b"])],
-                           objectives="y", n_initial=args.n_initial, seed=j)
+            c.create_study(
+                f"soak-{j}",
+                parameters=[
+                    bc.Float("x1", -5, 10),
+                    bc.Float("x2", 0, 15),
+                    bc.Categorical("mode", ["a", "b"]),
+                ],
+                objectives="y",
+                n_initial=args.n_initial,
+                seed=j,
+            )
             rnd, handle = random.Random(j), c.study(f"soak-{j}")
             for _ in range(args.prefill):
-                p = {"x1": rnd.uniform(-5, 10), "x2": rnd.uniform(0, 15), "mode": rnd.choice(["a", "b"])}
+                p = {
+                    "x1": rnd.uniform(-5, 10),
+                    "x2": rnd.uniform(0, 15),
+                    "mode": rnd.choice(["a", "b"]),
+                }
                 handle.add_trial(p, {"y": objective(p)})
         studies.append((f"soak-{j}", key))
 
@@ -188,7 +224,10 @@ def main() -> int:
     # the stored truth: every acknowledged tell is there, ids are unique per study
     per_study = {}
     dup_ids = 0
-    with bc.Client(srv.address, api_key=keys[0]) as c0, bc.Client(srv.address, api_key=keys[1]) as c1:
+    with (
+        bc.Client(srv.address, api_key=keys[0]) as c0,
+        bc.Client(srv.address, api_key=keys[1]) as c1,
+    ):
         for j, (name, key) in enumerate(studies):
             c = c0 if key == keys[0] else c1
             trials = c.study(name).trials()
@@ -206,21 +245,48 @@ def main() -> int:
     rss = [m for _, m in samples]
     warm = [m for t, m in samples if t >= min(60.0, wall / 4)]
     out = {
-        "prefill": args.prefill, "minutes": args.minutes, "clients": args.clients, "studies": args.studies, "wall_seconds": round(wall, 1),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "asks": sum(r["asks"] for r in results), "tells": sum(r["tells"] for r in results),
-        "told_failed": sum(r["failed"] for r in results), "dead_worker_trials": sum(r["dead"] for r in results),
+        "prefill": args.prefill,
+        "minutes": args.minutes,
+        "clients": args.clients,
+        "studies": args.studies,
+        "wall_seconds": round(wall, 1),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "asks": sum(r["asks"] for r in results),
+        "tells": sum(r["tells"] for r in results),
+        "told_failed": sum(r["failed"] for r in results),
+        "dead_worker_trials": sum(r["dead"] for r in results),
         "heartbeats": sum(r["heartbeats"] for r in results),
-        "errors": sum(r["errors"] for r in results), "error_samples": [e for r in results for e in r["error_samples"]][:20],
-        "trial_ids_handed_out_twice": len(handed) - len(set(handed)), "duplicate_stored_ids": dup_ids,
+        "errors": sum(r["errors"] for r in results),
+        "error_samples": [e for r in results for e in r["error_samples"]][:20],
+        "trial_ids_handed_out_twice": len(handed) - len(set(handed)),
+        "duplicate_stored_ids": dup_ids,
         "server_alive_at_end": server_alive,
         "asks_per_second": round(sum(r["asks"] for r in results) / wall, 2),
-        "ask_ms": {"p50": pct(ask_ms, 50, None), "p99": pct(ask_ms, 99, None), "max": max(ask_ms) if ask_ms else None},
-        "tell_ms": {"p50": pct(tell_ms, 50, None), "p99": pct(tell_ms, 99, None), "max": max(tell_ms) if tell_ms else None},
-        "rss_mb": {"start": rss[0], "end": rss[-1], "max": max(rss),
-                   "after_warmup_min": min(warm) if warm else None, "after_warmup_max": max(warm) if warm else None},
+        "ask_ms": {
+            "p50": pct(ask_ms, 50, None),
+            "p99": pct(ask_ms, 99, None),
+            "max": max(ask_ms) if ask_ms else None,
+        },
+        "tell_ms": {
+            "p50": pct(tell_ms, 50, None),
+            "p99": pct(tell_ms, 99, None),
+            "max": max(tell_ms) if tell_ms else None,
+        },
+        "rss_mb": {
+            "start": rss[0],
+            "end": rss[-1],
+            "max": max(rss),
+            "after_warmup_min": min(warm) if warm else None,
+            "after_warmup_max": max(warm) if warm else None,
+        },
         "rss_samples": [[round(t, 1), round(m, 1)] for t, m in samples],
-        "rss_anon_file_samples": [[round(a, 1), round(f, 1)] for a, f in split],  # same times as rss_samples
+        "rss_anon_file_samples": [
+            [round(a, 1), round(f, 1)] for a, f in split
+        ],  # same times as rss_samples
         "per_study": per_study,
     }
     path = os.path.join(args.out, "soak.json")
@@ -235,8 +301,18 @@ def main() -> int:
         fig, ax = plt.subplots(1, 2, figsize=(11, 4))
         ax[0].plot([t / 60 for t, _ in samples], rss, label="RSS")
         if split and all(a == a for a, _ in split):
-            ax[0].plot([t / 60 for t, _ in samples], [a for a, _ in split], label="anonymous (heap)", lw=0.8)
-            ax[0].plot([t / 60 for t, _ in samples], [f for _, f in split], label="file-backed (library code)", lw=0.8)
+            ax[0].plot(
+                [t / 60 for t, _ in samples],
+                [a for a, _ in split],
+                label="anonymous (heap)",
+                lw=0.8,
+            )
+            ax[0].plot(
+                [t / 60 for t, _ in samples],
+                [f for _, f in split],
+                label="file-backed (library code)",
+                lw=0.8,
+            )
             ax[0].legend(fontsize=8)
         ax[0].set_xlabel("minutes")
         ax[0].set_ylabel("server RSS (MiB)")
@@ -258,8 +334,19 @@ def main() -> int:
         fig.savefig(os.path.join(args.out, "soak.png"), dpi=110)
     except Exception as e:  # noqa: BLE001
         print(f"plot skipped: {e}", file=sys.stderr)
-    print(json.dumps({k: v for k, v in out.items() if k not in ("rss_samples", "per_study")}, indent=2))
-    return 0 if out["errors"] == 0 and out["trial_ids_handed_out_twice"] == 0 and out["duplicate_stored_ids"] == 0 and server_alive else 1
+    print(
+        json.dumps(
+            {k: v for k, v in out.items() if k not in ("rss_samples", "per_study")}, indent=2
+        )
+    )
+    return (
+        0
+        if out["errors"] == 0
+        and out["trial_ids_handed_out_twice"] == 0
+        and out["duplicate_stored_ids"] == 0
+        and server_alive
+        else 1
+    )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,12 @@ ROOT = os.path.dirname(HERE)
 
 def setup_paths(*extra: str) -> None:
     """Make bbo, bbo_server and bbo_client (and ``extra`` folders of the repo) importable; one torch thread."""
-    for p in (ROOT, os.path.join(ROOT, "server"), os.path.join(ROOT, "clients", "python"), *(os.path.join(ROOT, e) for e in extra)):
+    for p in (
+        ROOT,
+        os.path.join(ROOT, "server"),
+        os.path.join(ROOT, "clients", "python"),
+        *(os.path.join(ROOT, e) for e in extra),
+    ):
         if p not in sys.path:
             sys.path.insert(0, p)
     os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -64,7 +64,15 @@ class Bbo(Method):
         return s.params
 
     def tell(self, params, metrics):
-        self.trials.append(Trial(len(self.trials), dict(params), TrialState.COMPLETED, {k: Metric(float(v)) for k, v in metrics.items()}, origin=getattr(self, "_origin", "initial_design")))
+        self.trials.append(
+            Trial(
+                len(self.trials),
+                dict(params),
+                TrialState.COMPLETED,
+                {k: Metric(float(v)) for k, v in metrics.items()},
+                origin=getattr(self, "_origin", "initial_design"),
+            )
+        )
         self._origin = "user"
 
     def load(self, history):
@@ -173,17 +181,31 @@ class Ax(Method):
         params = []
         for p in problem.space.free:
             if isinstance(p, FloatParam):
-                params.append(RangeParameterConfig(p.name, (p.low, p.high), "float", scaling="log" if p.log else None))
+                params.append(
+                    RangeParameterConfig(
+                        p.name, (p.low, p.high), "float", scaling="log" if p.log else None
+                    )
+                )
             elif isinstance(p, IntParam):
-                params.append(RangeParameterConfig(p.name, (p.low, p.high), "int", scaling="log" if p.log else None))
+                params.append(
+                    RangeParameterConfig(
+                        p.name, (p.low, p.high), "int", scaling="log" if p.log else None
+                    )
+                )
             elif isinstance(p, OrdinalParam):
-                params.append(ChoiceParameterConfig(p.name, list(p.values), "float", is_ordered=True))
+                params.append(
+                    ChoiceParameterConfig(p.name, list(p.values), "float", is_ordered=True)
+                )
             else:
-                params.append(ChoiceParameterConfig(p.name, list(p.choices), "str", is_ordered=False))
+                params.append(
+                    ChoiceParameterConfig(p.name, list(p.choices), "str", is_ordered=False)
+                )
         self.client = Client(random_seed=seed)
         self.client.configure_experiment(parameters=params)
         c = problem.constraint
-        self.client.configure_optimization(objective="-f", outcome_constraints=[f"{c.metric} {c.op} {c.bound}"] if c else None)
+        self.client.configure_optimization(
+            objective="-f", outcome_constraints=[f"{c.metric} {c.op} {c.bound}"] if c else None
+        )
         self._last = None
         _quiet_ax()
 

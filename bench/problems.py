@@ -50,7 +50,9 @@ BRANIN_OPT = 0.39788735772973816  # f(pi, 2.275), to full precision
 
 def branin() -> Problem:
     space = SearchSpace((FloatParam("x1", -5.0, 10.0), FloatParam("x2", 0.0, 15.0)))
-    return Problem("branin", space, lambda p: {"f": float(_branin(_t([p["x1"], p["x2"]])))}, BRANIN_OPT)
+    return Problem(
+        "branin", space, lambda p: {"f": float(_branin(_t([p["x1"], p["x2"]])))}, BRANIN_OPT
+    )
 
 
 H6 = [f"x{i}" for i in range(6)]
@@ -59,7 +61,9 @@ H6_OPT = -3.3223680114155147  # to full precision: a rounded optimum puts a floo
 
 def hartmann6() -> Problem:
     space = SearchSpace(tuple(FloatParam(n, 0.0, 1.0) for n in H6))
-    return Problem("hartmann6", space, lambda p: {"f": float(_hartmann(_t(p[n] for n in H6)))}, H6_OPT)
+    return Problem(
+        "hartmann6", space, lambda p: {"f": float(_hartmann(_t(p[n] for n in H6)))}, H6_OPT
+    )
 
 
 def hartmann6_constrained() -> Problem:
@@ -97,13 +101,22 @@ def mixed() -> Problem:
     """Branin in (x1, x2) plus an integer and a categorical term: optimum 0.397887 at k=7, cat='a'.
     The categorical also shifts x2 (an interaction a GP must learn per category)."""
     space = SearchSpace(
-        (FloatParam("x1", -5.0, 10.0), FloatParam("x2", 0.0, 15.0), IntParam("k", 0, 12), CategoricalParam("cat", ("a", "b", "c")))
+        (
+            FloatParam("x1", -5.0, 10.0),
+            FloatParam("x2", 0.0, 15.0),
+            IntParam("k", 0, 12),
+            CategoricalParam("cat", ("a", "b", "c")),
+        )
     )
 
     def f(p):
         shift = {"a": 0.0, "b": 3.0, "c": -3.0}[p["cat"]]
         x2 = min(max(p["x2"] + shift, 0.0), 15.0)
-        return {"f": float(_branin(_t([p["x1"], x2]))) + 0.2 * (p["k"] - 7) ** 2 + MIXED_OFFSET[p["cat"]]}
+        return {
+            "f": float(_branin(_t([p["x1"], x2])))
+            + 0.2 * (p["k"] - 7) ** 2
+            + MIXED_OFFSET[p["cat"]]
+        }
 
     return Problem("mixed", space, f, BRANIN_OPT)
 
@@ -113,7 +126,13 @@ def latency_problem() -> Problem:
     return hartmann6_constrained()
 
 
-ALL = {"branin": branin, "hartmann6": hartmann6, "hartmann6_con": hartmann6_constrained, "levy10": levy10, "mixed": mixed}
+ALL = {
+    "branin": branin,
+    "hartmann6": hartmann6,
+    "hartmann6_con": hartmann6_constrained,
+    "levy10": levy10,
+    "mixed": mixed,
+}
 
 
 def random_params(space: SearchSpace, rng: np.random.Generator) -> dict:

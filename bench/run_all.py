@@ -84,11 +84,17 @@ def kit_problems(quick: bool = False) -> list[Problem]:
         ("cloud-single", "cloud", {"variant": "single"}),
     ]
     if quick:
-        variants = [("hpo-knn-wine", "hpo", {"model": "knn", "dataset": "wine"}), variants[2], variants[3]]
+        variants = [
+            ("hpo-knn-wine", "hpo", {"model": "knn", "dataset": "wine"}),
+            variants[2],
+            variants[3],
+        ]
     out = []
     for name, kit_name, opts in variants:
         kit = KITS[kit_name]
-        out.append(Problem(name, kit.spec(**opts), _KitEval(kit_name), kit.known_best(**opts), group="kit"))
+        out.append(
+            Problem(name, kit.spec(**opts), _KitEval(kit_name), kit.known_best(**opts), group="kit")
+        )
     return out
 
 
@@ -144,10 +150,28 @@ def _builtin_synthetic(quick: bool) -> list[Problem]:
     from bbo.space import FloatParam, SearchSpace
     from bbo.spec import Objective
 
-    br = Problem("branin", StudySpec(SearchSpace((FloatParam("x1", -5.0, 10.0), FloatParam("x2", 0.0, 15.0))), (Objective("f"),),
-                                     description="Branin function"), _branin, 0.39788735772973816, "synthetic")
-    h6 = Problem("hartmann6", StudySpec(SearchSpace(tuple(FloatParam(f"x{i}", 0.0, 1.0) for i in range(6))), (Objective("f"),),
-                                        description="Hartmann 6-D function"), _hartmann6, -3.3223680114155147, "synthetic")
+    br = Problem(
+        "branin",
+        StudySpec(
+            SearchSpace((FloatParam("x1", -5.0, 10.0), FloatParam("x2", 0.0, 15.0))),
+            (Objective("f"),),
+            description="Branin function",
+        ),
+        _branin,
+        0.39788735772973816,
+        "synthetic",
+    )
+    h6 = Problem(
+        "hartmann6",
+        StudySpec(
+            SearchSpace(tuple(FloatParam(f"x{i}", 0.0, 1.0) for i in range(6))),
+            (Objective("f"),),
+            description="Hartmann 6-D function",
+        ),
+        _hartmann6,
+        -3.3223680114155147,
+        "synthetic",
+    )
     return [br] if quick else [br, h6]
 
 
@@ -157,9 +181,22 @@ def _branin(p: dict, seed: int = 0) -> dict:
     return {"f": a * (x2 - b * x1**2 + c * x1 - r) ** 2 + s * (1 - t) * math.cos(x1) + s}
 
 
-_H6_A = np.array([[10, 3, 17, 3.5, 1.7, 8], [0.05, 10, 17, 0.1, 8, 14], [3, 3.5, 1.7, 10, 17, 8], [17, 8, 0.05, 10, 0.1, 14]])
-_H6_P = 1e-4 * np.array([[1312, 1696, 5569, 124, 8283, 5886], [2329, 4135, 8307, 3736, 1004, 9991],
-                         [2348, 1451, 3522, 2883, 3047, 6650], [4047, 8828, 8732, 5743, 1091, 381]])
+_H6_A = np.array(
+    [
+        [10, 3, 17, 3.5, 1.7, 8],
+        [0.05, 10, 17, 0.1, 8, 14],
+        [3, 3.5, 1.7, 10, 17, 8],
+        [17, 8, 0.05, 10, 0.1, 14],
+    ]
+)
+_H6_P = 1e-4 * np.array(
+    [
+        [1312, 1696, 5569, 124, 8283, 5886],
+        [2329, 4135, 8307, 3736, 1004, 9991],
+        [2348, 1451, 3522, 2883, 3047, 6650],
+        [4047, 8828, 8732, 5743, 1091, 381],
+    ]
+)
 _H6_ALPHA = np.array([1.0, 1.2, 3.0, 3.2])
 
 
@@ -176,7 +213,10 @@ def _hartmann6(p: dict, seed: int = 0) -> dict:
 
 def _constraint_violations(spec: StudySpec, m: dict) -> list[float]:
     """One number per outcome constraint, <= 0 when it holds (Optuna's convention)."""
-    return [(m[c.metric] - c.bound) if c.op == "<=" else (c.bound - m[c.metric]) for c in spec.outcome_constraints]
+    return [
+        (m[c.metric] - c.bound) if c.op == "<=" else (c.bound - m[c.metric])
+        for c in spec.outcome_constraints
+    ]
 
 
 def _safe_eval(problem: Problem, params: dict, seed: int) -> Optional[dict]:
@@ -185,7 +225,11 @@ def _safe_eval(problem: Problem, params: dict, seed: int) -> Optional[dict]:
     except Exception:  # noqa: BLE001 - a failed evaluation is a used evaluation without a result
         traceback.print_exc()
         return None
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for k, v in m.items() if k in problem.spec.modeled_metrics):
+    if not all(
+        isinstance(v, (int, float)) and math.isfinite(v)
+        for k, v in m.items()
+        if k in problem.spec.modeled_metrics
+    ):
         return None
     return {k: float(v) for k, v in m.items()}
 
@@ -199,8 +243,19 @@ def run_random(problem: Problem, budget: int, seed: int) -> list[tuple[dict, Opt
     hist = []
     for _ in range(budget):
         for _try in range(1000):
-            x = np.array([rng.integers(0, int(box[1, i]) + 1) if i in cat else
-                          (rng.choice(disc[i]) if i in disc and len(disc[i]) < 64 else rng.uniform(0, 1)) for i in range(space.dim)], dtype=float)
+            x = np.array(
+                [
+                    rng.integers(0, int(box[1, i]) + 1)
+                    if i in cat
+                    else (
+                        rng.choice(disc[i])
+                        if i in disc and len(disc[i]) < 64
+                        else rng.uniform(0, 1)
+                    )
+                    for i in range(space.dim)
+                ],
+                dtype=float,
+            )
             p = space.decode(x)
             if space.is_feasible(p):
                 break
@@ -212,7 +267,9 @@ def run_bbo(problem: Problem, budget: int, seed: int) -> list[tuple[dict, Option
     from bbo.strategy import GenerationStrategy
     from bbo.trial import Metric, Trial, TrialState
 
-    spec = dataclasses.replace(problem.spec, algorithm=dataclasses.replace(problem.spec.algorithm, seed=seed, device="cpu"))
+    spec = dataclasses.replace(
+        problem.spec, algorithm=dataclasses.replace(problem.spec.algorithm, seed=seed, device="cpu")
+    )
     gs = GenerationStrategy(spec)
     trials: list[Trial] = []
     hist = []
@@ -250,7 +307,9 @@ def _optuna_distributions(space):
     return dists, fixed
 
 
-def run_optuna(problem: Problem, budget: int, seed: int, kind: str) -> list[tuple[dict, Optional[dict]]]:
+def run_optuna(
+    problem: Problem, budget: int, seed: int, kind: str
+) -> list[tuple[dict, Optional[dict]]]:
     import optuna
 
     from bbo.space import OrdinalParam
@@ -274,7 +333,9 @@ def run_optuna(problem: Problem, budget: int, seed: int, kind: str) -> list[tupl
             p = {n: (ordinals[n][tr.params[n]] if n in ordinals else tr.params[n]) for n in dists}
             p.update(fixed)
             p = {q.name: p[q.name] for q in spec.space.params}
-            if not spec.space.is_feasible(p):  # linear parameter constraint violated: Optuna cannot avoid it
+            if not spec.space.is_feasible(
+                p
+            ):  # linear parameter constraint violated: Optuna cannot avoid it
                 study.tell(tr, state=optuna.trial.TrialState.FAIL)
                 hist.append((p, None))
                 continue
@@ -301,24 +362,47 @@ def run_ax(problem: Problem, budget: int, seed: int) -> list[tuple[dict, Optiona
     params, fixed = [], {}
     for p in spec.space.params:
         if isinstance(p, FloatParam):
-            params.append(RangeParameterConfig(p.name, (float(p.low), float(p.high)), "float", scaling="log" if p.log else "linear"))
+            params.append(
+                RangeParameterConfig(
+                    p.name,
+                    (float(p.low), float(p.high)),
+                    "float",
+                    scaling="log" if p.log else "linear",
+                )
+            )
         elif isinstance(p, IntParam):
-            params.append(RangeParameterConfig(p.name, (int(p.low), int(p.high)), "int", scaling="log" if p.log else "linear"))
+            params.append(
+                RangeParameterConfig(
+                    p.name, (int(p.low), int(p.high)), "int", scaling="log" if p.log else "linear"
+                )
+            )
         elif isinstance(p, CategoricalParam):
             params.append(ChoiceParameterConfig(p.name, list(p.choices), "str", is_ordered=False))
         elif isinstance(p, OrdinalParam):
-            params.append(ChoiceParameterConfig(p.name, [float(v) for v in p.values], "float", is_ordered=True))
+            params.append(
+                ChoiceParameterConfig(
+                    p.name, [float(v) for v in p.values], "float", is_ordered=True
+                )
+            )
         elif isinstance(p, FixedParam):
             fixed[p.name] = p.value
-    lin = [" + ".join(f"{float(c)}*{n}" for n, c in lc.coefficients.items()) + f" <= {float(lc.bound)}" for lc in spec.space.constraints]
+    lin = [
+        " + ".join(f"{float(c)}*{n}" for n, c in lc.coefficients.items()) + f" <= {float(lc.bound)}"
+        for lc in spec.space.constraints
+    ]
     client = Client(random_seed=seed)
     for name in list(logging.root.manager.loggerDict):  # Ax sets its loggers to INFO on import
         if name == "ax" or name.startswith("ax."):
             logging.getLogger(name).setLevel(logging.WARNING)
     client.configure_experiment(parameters=params, parameter_constraints=lin or None)
     obj = problem.objective
-    client.configure_optimization(objective=("" if obj.goal == MAXIMIZE else "-") + obj.name,
-                                  outcome_constraints=[f"{c.metric} {c.op} {float(c.bound)}" for c in spec.outcome_constraints] or None)
+    client.configure_optimization(
+        objective=("" if obj.goal == MAXIMIZE else "-") + obj.name,
+        outcome_constraints=[
+            f"{c.metric} {c.op} {float(c.bound)}" for c in spec.outcome_constraints
+        ]
+        or None,
+    )
     hist = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -326,7 +410,10 @@ def run_ax(problem: Problem, budget: int, seed: int) -> list[tuple[dict, Optiona
             ((idx, raw),) = client.get_next_trials(max_trials=1).items()
             p = dict(raw)
             p.update(fixed)
-            p = {q.name: (int(p[q.name]) if isinstance(q, IntParam) else p[q.name]) for q in spec.space.params}
+            p = {
+                q.name: (int(p[q.name]) if isinstance(q, IntParam) else p[q.name])
+                for q in spec.space.params
+            }
             m = _safe_eval(problem, p, seed)
             if m is None:
                 client.mark_trial_failed(idx)
@@ -345,7 +432,9 @@ FALLBACK = {
 }
 
 
-def run_method(method: str, problem: Problem, budget: int, seed: int) -> list[tuple[dict, Optional[dict]]]:
+def run_method(
+    method: str, problem: Problem, budget: int, seed: int
+) -> list[tuple[dict, Optional[dict]]]:
     return FALLBACK[method](problem, budget, seed)
 
 
@@ -381,12 +470,31 @@ def _task(args) -> dict:
         hist, err = [], f"{type(e).__name__}: {e}"
     curve, raw = _curve(problem, hist)
     feasible = [m is not None and problem.spec.is_feasible(m) for _, m in hist]
-    return {"problem": problem.name, "method": method, "seed": seed, "budget": budget, "curve": curve, "values": raw,
-            "feasible": feasible, "failed": sum(m is None for _, m in hist), "seconds": time.perf_counter() - t0, "error": err}
+    return {
+        "problem": problem.name,
+        "method": method,
+        "seed": seed,
+        "budget": budget,
+        "curve": curve,
+        "values": raw,
+        "feasible": feasible,
+        "failed": sum(m is None for _, m in hist),
+        "seconds": time.perf_counter() - t0,
+        "error": err,
+    }
 
 
-def run_suite(problems: Sequence[Problem], methods: Sequence[str], seeds: Sequence[int], budget: int, jobs: int,
-              runs_path: str, resume: bool, log: Callable[[str], None] = print, redo: Sequence[str] = ()) -> list[dict]:
+def run_suite(
+    problems: Sequence[Problem],
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    budget: int,
+    jobs: int,
+    runs_path: str,
+    resume: bool,
+    log: Callable[[str], None] = print,
+    redo: Sequence[str] = (),
+) -> list[dict]:
     done: dict[tuple, dict] = {}
     if resume and os.path.exists(runs_path):
         with open(runs_path) as f:
@@ -395,7 +503,13 @@ def run_suite(problems: Sequence[Problem], methods: Sequence[str], seeds: Sequen
                 if r.get("budget") == budget and not r.get("error") and r["method"] not in redo:
                     done[(r["problem"], r["method"], r["seed"])] = r  # later lines win
     cost = {"ax": 0, "bbo": 1, "optuna_gp": 2, "optuna_tpe": 3, "random": 4}
-    tasks = [(m, p, budget, s) for s in seeds for p in problems for m in methods if (p.name, m, s) not in done]
+    tasks = [
+        (m, p, budget, s)
+        for s in seeds
+        for p in problems
+        for m in methods
+        if (p.name, m, s) not in done
+    ]
     tasks.sort(key=lambda t: (cost.get(t[0], 5), t[3]))  # slow methods first: better packing
     log(f"suite: {len(tasks)} runs to do ({len(done)} reused), {jobs} parallel")
     out = list(done.values())
@@ -416,8 +530,10 @@ def run_suite(problems: Sequence[Problem], methods: Sequence[str], seeds: Sequen
                 f.write(json.dumps(r) + "\n")
                 f.flush()
                 last = r["curve"][-1] if r["curve"] else None
-                log(f"[{k}/{len(tasks)} {time.time() - t0:6.0f}s] {r['problem']:24s} {r['method']:11s} seed {r['seed']}: "
-                    f"best {last if last is None else f'{last:.6g}'} in {r['seconds']:.1f}s{' ERROR ' + r['error'] if r['error'] else ''}")
+                log(
+                    f"[{k}/{len(tasks)} {time.time() - t0:6.0f}s] {r['problem']:24s} {r['method']:11s} seed {r['seed']}: "
+                    f"best {last if last is None else f'{last:.6g}'} in {r['seconds']:.1f}s{' ERROR ' + r['error'] if r['error'] else ''}"
+                )
         finally:
             if pool is not None:
                 pool.close()
@@ -428,13 +544,21 @@ def run_suite(problems: Sequence[Problem], methods: Sequence[str], seeds: Sequen
 # ---- aggregation -----------------------------------------------------------------------------------
 
 
-def aggregate(problems: Sequence[Problem], methods: Sequence[str], seeds: Sequence[int], runs: Sequence[dict]) -> dict:
+def aggregate(
+    problems: Sequence[Problem], methods: Sequence[str], seeds: Sequence[int], runs: Sequence[dict]
+) -> dict:
     by = {(r["problem"], r["method"], r["seed"]): r for r in runs}
     table: dict[str, Any] = {"problems": {}, "mean_rank": {}, "never_worse_than_random": {}}
     rank_sum = {m: [] for m in methods}
     for pr in problems:
         sign = 1.0 if pr.objective.goal == MAXIMIZE else -1.0
-        entry: dict[str, Any] = {"goal": pr.objective.goal, "known_best": pr.known_best, "group": pr.group, "methods": {}, "reference": {}}
+        entry: dict[str, Any] = {
+            "goal": pr.objective.goal,
+            "known_best": pr.known_best,
+            "group": pr.group,
+            "methods": {},
+            "reference": {},
+        }
         regret_curves: dict[str, list] = {m: [] for m in methods}
         ranks_by_method = {m: [] for m in methods}
         for s in seeds:
@@ -452,7 +576,9 @@ def aggregate(problems: Sequence[Problem], methods: Sequence[str], seeds: Sequen
             for m, r in rs.items():
                 if r is None or not r["curve"] or ref is None:
                     continue
-                tol = 1e-9 * max(1.0, abs(ref))  # the same point can score 1e-17 apart: a tie, not a win
+                tol = 1e-9 * max(
+                    1.0, abs(ref)
+                )  # the same point can score 1e-17 apart: a tie, not a win
                 reg = [abs(ref - (v if v is not None else worst)) for v in r["curve"]]
                 reg = [0.0 if g <= tol else g for g in reg]
                 regret_curves[m].append(reg)
@@ -472,7 +598,9 @@ def aggregate(problems: Sequence[Problem], methods: Sequence[str], seeds: Sequen
                 "final_best_per_seed": finals_v,
                 "final_regret_mean": _mean([c[-1] for c in rc]),
                 "final_regret_sem": _sem([c[-1] for c in rc]),
-                "regret_curve_mean": np.mean(np.array(rc), axis=0).tolist() if rc and len({len(c) for c in rc}) == 1 else None,
+                "regret_curve_mean": np.mean(np.array(rc), axis=0).tolist()
+                if rc and len({len(c) for c in rc}) == 1
+                else None,
                 "mean_rank": _mean(ranks_by_method[m]),
                 "feasible_runs": sum(1 for v in finals_v if v is not None),
                 "runs": len(runs_m),
@@ -486,7 +614,9 @@ def aggregate(problems: Sequence[Problem], methods: Sequence[str], seeds: Sequen
             for m in methods:
                 mine = entry["methods"][m]["final_regret_mean"]
                 if m != "random" and mine is not None and rnd is not None:
-                    table["never_worse_than_random"].setdefault(m, {})[pr.name] = bool(mine <= rnd + 1e-12)
+                    table["never_worse_than_random"].setdefault(m, {})[pr.name] = bool(
+                        mine <= rnd + 1e-12
+                    )
         table["problems"][pr.name] = entry
     table["mean_rank"] = {m: _mean(v) for m, v in rank_sum.items()}
     return table
@@ -511,24 +641,43 @@ def _fmt(v, digits: int = 4) -> str:
 
 
 def markdown(table: dict, methods: Sequence[str], meta: dict) -> str:
-    lines = [f"# Benchmark suite ({meta['mode']})", "",
-             f"{len(meta['seeds'])} seed(s) {meta['seeds']}, budget {meta['budget']} evaluations per run, methods {', '.join(methods)}; "
-             f"generated {meta['finished']}; the runs took {meta['run_seconds'] / 60:.0f} min of (shared, busy) CPU time in all, {meta['jobs']} in parallel on "
-             f"{meta['cpus']} CPU(s); bbo engine {meta.get('bbo_engine', '?')}.",
-             "", "Regret = |best feasible value - reference|; reference = known optimum, else the best value any method found for that "
-             "problem and seed. Ranks by final regret per problem and seed (1 = best), averaged.", "",
-             "## Mean rank over the suite (lower is better)", "", "| method | mean rank | problems where regret <= random's |", "|---|---|---|"]
+    lines = [
+        f"# Benchmark suite ({meta['mode']})",
+        "",
+        f"{len(meta['seeds'])} seed(s) {meta['seeds']}, budget {meta['budget']} evaluations per run, methods {', '.join(methods)}; "
+        f"generated {meta['finished']}; the runs took {meta['run_seconds'] / 60:.0f} min of (shared, busy) CPU time in all, {meta['jobs']} in parallel on "
+        f"{meta['cpus']} CPU(s); bbo engine {meta.get('bbo_engine', '?')}.",
+        "",
+        "Regret = |best feasible value - reference|; reference = known optimum, else the best value any method found for that "
+        "problem and seed. Ranks by final regret per problem and seed (1 = best), averaged.",
+        "",
+        "## Mean rank over the suite (lower is better)",
+        "",
+        "| method | mean rank | problems where regret <= random's |",
+        "|---|---|---|",
+    ]
     nwr = table["never_worse_than_random"]
     for m in sorted(methods, key=lambda m: table["mean_rank"].get(m) or 99):
         ok = nwr.get(m)
         cell = f"{sum(ok.values())}/{len(ok)}" if ok else "—"
         lines.append(f"| {m} | {_fmt(table['mean_rank'].get(m), 3)} | {cell} |")
-    lines += ["", "## Final best value (mean over seeds) / final regret (mean ± sem) / mean rank", ""]
+    lines += [
+        "",
+        "## Final best value (mean over seeds) / final regret (mean ± sem) / mean rank",
+        "",
+    ]
     lines.append("| problem | goal | " + " | ".join(methods) + " |")
     lines.append("|---|---|" + "---|" * len(methods))
     for name, e in table["problems"].items():
         cells = []
-        best_rank = min((e["methods"][m]["mean_rank"] for m in methods if e["methods"][m]["mean_rank"] is not None), default=None)
+        best_rank = min(
+            (
+                e["methods"][m]["mean_rank"]
+                for m in methods
+                if e["methods"][m]["mean_rank"] is not None
+            ),
+            default=None,
+        )
         for m in methods:
             d = e["methods"][m]
             c = f"{_fmt(d['final_best_mean'])} / {_fmt(d['final_regret_mean'], 3)}"
@@ -545,9 +694,19 @@ def markdown(table: dict, methods: Sequence[str], meta: dict) -> str:
         goal = "min" if e["goal"] != MAXIMIZE else "max"
         ref = f", f*={_fmt(e['known_best'])}" if e["known_best"] is not None else ""
         lines.append(f"| {name} | {goal}{ref} | " + " | ".join(cells) + " |")
-    lines += ["", "## Mean seconds per run", "", "| problem | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    lines += [
+        "",
+        "## Mean seconds per run",
+        "",
+        "| problem | " + " | ".join(methods) + " |",
+        "|---|" + "---|" * len(methods),
+    ]
     for name, e in table["problems"].items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(e["methods"][m]["seconds_mean"], 3) for m in methods) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(_fmt(e["methods"][m]["seconds_mean"], 3) for m in methods)
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -567,11 +726,20 @@ def plot(table: dict, methods: Sequence[str], path: str) -> Optional[str]:
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
     for ax, name in zip(axes.ravel(), names):
         e = table["problems"][name]
-        curves = {m: np.array(e["methods"][m]["regret_curve_mean"]) for m in methods if e["methods"][m]["regret_curve_mean"]}
+        curves = {
+            m: np.array(e["methods"][m]["regret_curve_mean"])
+            for m in methods
+            if e["methods"][m]["regret_curve_mean"]
+        }
         top = max((float(c.max()) for c in curves.values()), default=1.0)
         floor = max(top, 1e-12) * 1e-4  # regret 0 (the suite's best) is drawn at this floor
         for m, c in curves.items():
-            ax.plot(np.arange(1, len(c) + 1), np.maximum(c, floor), label=m, lw=1.8 if m == "bbo" else 1.0)
+            ax.plot(
+                np.arange(1, len(c) + 1),
+                np.maximum(c, floor),
+                label=m,
+                lw=1.8 if m == "bbo" else 1.0,
+            )
         ax.set_yscale("log")
         ax.set_ylim(floor * 0.7, top * 1.5 if top > 0 else 1.0)
         ref = "f*" if e["known_best"] is not None else "best found"
@@ -579,7 +747,7 @@ def plot(table: dict, methods: Sequence[str], path: str) -> Optional[str]:
         ax.set_xlabel("evaluations", fontsize=8)
         ax.set_ylabel("regret (mean over seeds)", fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in axes.ravel()[len(names):]:
+    for ax in axes.ravel()[len(names) :]:
         ax.axis("off")
     axes.ravel()[0].legend(fontsize=7)
     fig.tight_layout()
@@ -605,23 +773,55 @@ def _engine_fingerprint() -> str:
     return h.hexdigest()[:12]
 
 
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="1 seed, budget 8, bbo + TPE + random, a few problems (< 2 min)")
-    ap.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1; default %(default)s)")
-    ap.add_argument("--budget", type=int, default=None, help="evaluations per run (default 30; --quick: 8)")
-    ap.add_argument("--methods", default="", help="comma-separated, of " + ",".join(ALL_METHODS) + " (default all; --quick: " + ",".join(QUICK_METHODS) + ")")
-    ap.add_argument("--problems", default="", help="comma-separated problem names to keep (default all)")
-    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="parallel runs (default %(default)s)")
-    ap.add_argument("--out", default=os.path.join(HERE, "results"), help="output folder (default bench/results)")
-    ap.add_argument("--resume", action="store_true", help="reuse finished runs from suite_runs.jsonl")
-    ap.add_argument("--redo", default="", help="with --resume: comma-separated methods to run again anyway (e.g. bbo after an engine change)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 seed, budget 8, bbo + TPE + random, a few problems (< 2 min)",
+    )
+    ap.add_argument(
+        "--seeds", type=int, default=3, help="number of seeds (0..N-1; default %(default)s)"
+    )
+    ap.add_argument(
+        "--budget", type=int, default=None, help="evaluations per run (default 30; --quick: 8)"
+    )
+    ap.add_argument(
+        "--methods",
+        default="",
+        help="comma-separated, of "
+        + ",".join(ALL_METHODS)
+        + " (default all; --quick: "
+        + ",".join(QUICK_METHODS)
+        + ")",
+    )
+    ap.add_argument(
+        "--problems", default="", help="comma-separated problem names to keep (default all)"
+    )
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="parallel runs (default %(default)s)",
+    )
+    ap.add_argument(
+        "--out", default=os.path.join(HERE, "results"), help="output folder (default bench/results)"
+    )
+    ap.add_argument(
+        "--resume", action="store_true", help="reuse finished runs from suite_runs.jsonl"
+    )
+    ap.add_argument(
+        "--redo",
+        default="",
+        help="with --resume: comma-separated methods to run again anyway (e.g. bbo after an engine change)",
+    )
     args = ap.parse_args(argv)
 
     seeds = [0] if args.quick else list(range(args.seeds))
     budget = args.budget or (8 if args.quick else 30)
-    methods = [m for m in args.methods.split(",") if m] or (QUICK_METHODS if args.quick else ALL_METHODS)
+    methods = [m for m in args.methods.split(",") if m] or (
+        QUICK_METHODS if args.quick else ALL_METHODS
+    )
     unknown = set(methods) - set(FALLBACK)
     if unknown:
         ap.error(f"unknown method(s) {sorted(unknown)}")
@@ -631,22 +831,61 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         problems = [p for p in problems if p.name in keep]
     os.makedirs(args.out, exist_ok=True)
     t0 = time.time()
-    print(f"suite: {len(problems)} problems ({', '.join(p.name for p in problems)}), methods {methods}, seeds {seeds}, budget {budget}", flush=True)
-    runs = run_suite(problems, methods, seeds, budget, args.jobs, os.path.join(args.out, "suite_runs.jsonl"), args.resume,
-                     log=lambda s: print(s, flush=True), redo=[m for m in args.redo.split(",") if m])
+    print(
+        f"suite: {len(problems)} problems ({', '.join(p.name for p in problems)}), methods {methods}, seeds {seeds}, budget {budget}",
+        flush=True,
+    )
+    runs = run_suite(
+        problems,
+        methods,
+        seeds,
+        budget,
+        args.jobs,
+        os.path.join(args.out, "suite_runs.jsonl"),
+        args.resume,
+        log=lambda s: print(s, flush=True),
+        redo=[m for m in args.redo.split(",") if m],
+    )
     table = aggregate(problems, methods, seeds, runs)
-    meta = {"mode": "quick" if args.quick else "full", "seeds": seeds, "budget": budget, "methods": methods,
-            "problems": [p.name for p in problems], "jobs": args.jobs, "cpus": os.cpu_count(),
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "wall_seconds": time.time() - t0, "bbo_engine": _engine_fingerprint(),
-            "run_seconds": float(sum(r["seconds"] for r in runs if r["problem"] in {p.name for p in problems} and r["method"] in methods))}
+    meta = {
+        "mode": "quick" if args.quick else "full",
+        "seeds": seeds,
+        "budget": budget,
+        "methods": methods,
+        "problems": [p.name for p in problems],
+        "jobs": args.jobs,
+        "cpus": os.cpu_count(),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "wall_seconds": time.time() - t0,
+        "bbo_engine": _engine_fingerprint(),
+        "run_seconds": float(
+            sum(
+                r["seconds"]
+                for r in runs
+                if r["problem"] in {p.name for p in problems} and r["method"] in methods
+            )
+        ),
+    }
     with open(os.path.join(args.out, "suite.json"), "w") as f:
-        json.dump({"meta": meta, "table": table, "runs": [r for r in runs if r["problem"] in meta["problems"] and r["method"] in methods]}, f, indent=1)
+        json.dump(
+            {
+                "meta": meta,
+                "table": table,
+                "runs": [
+                    r for r in runs if r["problem"] in meta["problems"] and r["method"] in methods
+                ],
+            },
+            f,
+            indent=1,
+        )
     md = markdown(table, methods, meta)
     with open(os.path.join(args.out, "suite.md"), "w") as f:
         f.write(md)
     png = plot(table, methods, os.path.join(args.out, "suite_regret.png"))
     print(md)
-    print(f"suite: wrote {args.out}/suite.json, suite.md{', ' + os.path.basename(png) if png else ''} in {time.time() - t0:.0f}s")
+    print(
+        f"suite: wrote {args.out}/suite.json, suite.md{', ' + os.path.basename(png) if png else ''} in {time.time() - t0:.0f}s"
+    )
     return 0
 
 

@@ -39,7 +39,9 @@ def bbo_server(tmp_path_factory):
     from bbo_server.process import ServerProcess
 
     d = tmp_path_factory.mktemp("bbo-server")
-    srv = ServerProcess(sqlite_url(d / "bbo.db"), log_path=str(d / "server.log"), args=["--workers", "1"])
+    srv = ServerProcess(
+        sqlite_url(d / "bbo.db"), log_path=str(d / "server.log"), args=["--workers", "1"]
+    )
     srv.start()
     yield srv
     srv.stop()
@@ -53,7 +55,12 @@ def server_factory(tmp_path):
 
     def start(db: str | None = None, args=(), **kw) -> ServerProcess:
         n = len(started)
-        srv = ServerProcess(db or sqlite_url(tmp_path / f"bbo-{n}.db"), log_path=str(tmp_path / f"server-{n}.log"), args=list(args), **kw)
+        srv = ServerProcess(
+            db or sqlite_url(tmp_path / f"bbo-{n}.db"),
+            log_path=str(tmp_path / f"server-{n}.log"),
+            args=list(args),
+            **kw,
+        )
         started.append(srv)
         return srv.start()
 

@@ -51,7 +51,9 @@ class ChatServer:
         self.replies = replies if replies is not None else [Reply("{}")]
         self.models = list(models)
         self.reject_response_format = reject_response_format
-        self.reject_fields = tuple(reject_fields)  # request fields answered with HTTP 400 (e.g. "max_tokens")
+        self.reject_fields = tuple(
+            reject_fields
+        )  # request fields answered with HTTP 400 (e.g. "max_tokens")
         self.served_model = served_model  # the model answers name (api.openai.com names a dated snapshot); None: the one asked for
         self.requests: list[dict] = []  # every chat request body received, in order
         self.model_requests = 0
@@ -93,62 +95,139 @@ class ChatServer:
                 if self.path.rstrip("/").endswith("/models"):
                     with server._lock:
                         server.model_requests += 1
-                    self._send(200, {"object": "list", "data": [
-                        {"id": m, "object": "model", "created": 0, "owned_by": "test"} for m in server.models]})
+                    self._send(
+                        200,
+                        {
+                            "object": "list",
+                            "data": [
+                                {"id": m, "object": "model", "created": 0, "owned_by": "test"}
+                                for m in server.models
+                            ],
+                        },
+                    )
                 else:
-                    self._send(404, {"error": {"message": "not found", "type": "not_found", "code": 404}})
+                    self._send(
+                        404, {"error": {"message": "not found", "type": "not_found", "code": 404}}
+                    )
 
             def do_POST(self):
                 n = int(self.headers.get("Content-Length") or 0)
                 try:
                     body = json.loads(self.rfile.read(n) or b"{}")
                 except ValueError:
-                    self._send(400, {"error": {"message": "bad json", "type": "invalid_request_error", "code": 400}})
+                    self._send(
+                        400,
+                        {
+                            "error": {
+                                "message": "bad json",
+                                "type": "invalid_request_error",
+                                "code": 400,
+                            }
+                        },
+                    )
                     return
                 if not self.path.rstrip("/").endswith("/chat/completions"):
-                    self._send(404, {"error": {"message": "not found", "type": "not_found", "code": 404}})
+                    self._send(
+                        404, {"error": {"message": "not found", "type": "not_found", "code": 404}}
+                    )
                     return
                 with server._lock:
                     server.requests.append(body)
                 if server.reject_response_format and "response_format" in body:
-                    self._send(400, {"error": {"message": "response_format is not supported by this server",
-                                               "type": "BadRequestError", "param": "response_format", "code": 400}})
+                    self._send(
+                        400,
+                        {
+                            "error": {
+                                "message": "response_format is not supported by this server",
+                                "type": "BadRequestError",
+                                "param": "response_format",
+                                "code": 400,
+                            }
+                        },
+                    )
                     return
                 for f in server.reject_fields:
                     if f in body:
-                        self._send(400, {"error": {"message": f"Unsupported parameter: '{f}' is not supported with this model.",
-                                                   "type": "invalid_request_error", "param": f, "code": "unsupported_parameter"}})
+                        self._send(
+                            400,
+                            {
+                                "error": {
+                                    "message": f"Unsupported parameter: '{f}' is not supported with this model.",
+                                    "type": "invalid_request_error",
+                                    "param": f,
+                                    "code": "unsupported_parameter",
+                                }
+                            },
+                        )
                         return
                 reply = server._next(body)
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
                 if reply.status != 200:
-                    headers = {"retry-after": str(reply.retry_after)} if reply.retry_after is not None else {}
-                    self._send(reply.status, {"error": {"message": reply.error_message, "type": "server_error",
-                                                        "code": reply.status}}, headers)
+                    headers = (
+                        {"retry-after": str(reply.retry_after)}
+                        if reply.retry_after is not None
+                        else {}
+                    )
+                    self._send(
+                        reply.status,
+                        {
+                            "error": {
+                                "message": reply.error_message,
+                                "type": "server_error",
+                                "code": reply.status,
+                            }
+                        },
+                        headers,
+                    )
                     return
                 prompt_chars = sum(len(str(m.get("content", ""))) for m in body.get("messages", []))
                 content = reply.content
-                pt = reply.prompt_tokens if reply.prompt_tokens is not None else max(1, prompt_chars // 4)
-                ct = reply.completion_tokens if reply.completion_tokens is not None else len(content or "") // 4
-                self._send(200, {
-                    "id": f"chatcmpl-{len(server.requests)}",
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": server.served_model or body.get("model", "test-model"),
-                    "choices": [{
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content, "refusal": reply.refusal},
-                        "finish_reason": reply.finish_reason,
-                    }],
-                    "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
-                })
+                pt = (
+                    reply.prompt_tokens
+                    if reply.prompt_tokens is not None
+                    else max(1, prompt_chars // 4)
+                )
+                ct = (
+                    reply.completion_tokens
+                    if reply.completion_tokens is not None
+                    else len(content or "") // 4
+                )
+                self._send(
+                    200,
+                    {
+                        "id": f"chatcmpl-{len(server.requests)}",
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": server.served_model or body.get("model", "test-model"),
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {
+                                    "role": "assistant",
+                                    "content": content,
+                                    "refusal": reply.refusal,
+                                },
+                                "finish_reason": reply.finish_reason,
+                            }
+                        ],
+                        "usage": {
+                            "prompt_tokens": pt,
+                            "completion_tokens": ct,
+                            "total_tokens": pt + ct,
+                        },
+                    },
+                )
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._httpd.block_on_close = False
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True, name="llm-test-server")
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            daemon=True,
+            name="llm-test-server",
+        )
         self._thread.start()
         return self
 

@@ -53,11 +53,33 @@ class PgCluster:
 
     def pause(self) -> None:
         """Stop the server but keep its data (a database outage); :meth:`resume` brings it back."""
-        subprocess.run(_as_pg([_find("pg_ctl"), "-D", self.datadir, "-m", "fast", "-w", "stop"]), check=True, capture_output=True)
+        subprocess.run(
+            _as_pg([_find("pg_ctl"), "-D", self.datadir, "-m", "fast", "-w", "stop"]),
+            check=True,
+            capture_output=True,
+        )
 
     def resume(self) -> None:
         log = os.path.join(os.path.dirname(self.datadir), "log")
-        subprocess.run(_as_pg([_find("pg_ctl"), "-D", self.datadir, "-o", self.opts, "-l", log, "-w", "-t", "60", "start"]), check=True, capture_output=True)
+        subprocess.run(
+            _as_pg(
+                [
+                    _find("pg_ctl"),
+                    "-D",
+                    self.datadir,
+                    "-o",
+                    self.opts,
+                    "-l",
+                    log,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
 
     def url(self, db: str = "postgres") -> str:
         return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{db}"
@@ -65,7 +87,9 @@ class PgCluster:
     def create_database(self, name: str) -> str:
         import psycopg
 
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user={self.user} dbname=postgres", autocommit=True) as c:
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user={self.user} dbname=postgres", autocommit=True
+        ) as c:
             c.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
@@ -86,9 +110,33 @@ def start(max_connections: int = 200) -> PgCluster:
         shutil.chown(root, "postgres")
         shutil.chown(datadir, "postgres")
     port = _free_port()
-    subprocess.run(_as_pg([_find("initdb"), "-D", datadir, "-U", "bbo", "--auth=trust", "-E", "UTF8", "--no-sync"]), check=True, capture_output=True)
+    subprocess.run(
+        _as_pg(
+            [_find("initdb"), "-D", datadir, "-U", "bbo", "--auth=trust", "-E", "UTF8", "--no-sync"]
+        ),
+        check=True,
+        capture_output=True,
+    )
     opts = f"-c listen_addresses=127.0.0.1 -c port={port} -c max_connections={max_connections} -c fsync=on -k {root}"
-    subprocess.run(_as_pg([_find("pg_ctl"), "-D", datadir, "-o", opts, "-l", os.path.join(root, "log"), "-w", "-t", "60", "start"]), check=True, capture_output=True)
+    subprocess.run(
+        _as_pg(
+            [
+                _find("pg_ctl"),
+                "-D",
+                datadir,
+                "-o",
+                opts,
+                "-l",
+                os.path.join(root, "log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
     cluster = PgCluster(datadir, port, opts=opts)
     deadline = time.time() + 30
     while True:
@@ -106,5 +154,8 @@ def stop(cluster: PgCluster, immediate: bool = False) -> None:
     """Stop and delete the cluster; ``immediate`` skips the shutdown checkpoint (throwaway data:
     it takes tens of seconds after many CREATE DATABASEs)."""
     mode = "immediate" if immediate else "fast"
-    subprocess.run(_as_pg([_find("pg_ctl"), "-D", cluster.datadir, "-m", mode, "-w", "stop"]), capture_output=True)
+    subprocess.run(
+        _as_pg([_find("pg_ctl"), "-D", cluster.datadir, "-m", mode, "-w", "stop"]),
+        capture_output=True,
+    )
     shutil.rmtree(os.path.dirname(cluster.datadir), ignore_errors=True)

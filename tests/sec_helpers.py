@@ -13,8 +13,19 @@ from bbo.v1 import service_pb2_grpc
 from bbo.v1 import study_pb2 as pb
 
 RPCS = [
-    "CreateStudy", "GetStudy", "ListStudies", "DeleteStudy", "Ask", "Tell", "AddTrial", "GetTrial", "ListTrials",
-    "GetBest", "ReportIntermediate", "Heartbeat", "ListLlmCalls",
+    "CreateStudy",
+    "GetStudy",
+    "ListStudies",
+    "DeleteStudy",
+    "Ask",
+    "Tell",
+    "AddTrial",
+    "GetTrial",
+    "ListTrials",
+    "GetBest",
+    "ReportIntermediate",
+    "Heartbeat",
+    "ListLlmCalls",
 ]
 
 
@@ -44,7 +55,11 @@ def revoke_key(db_url: str, key_id: str) -> bool:
 
 def stub(address: str, credentials=None, **opts):
     options = [("grpc.max_send_message_length", 64 * 1024 * 1024)] + list(opts.items())
-    ch = grpc.secure_channel(address, credentials, options=options) if credentials else grpc.insecure_channel(address, options=options)
+    ch = (
+        grpc.secure_channel(address, credentials, options=options)
+        if credentials
+        else grpc.insecure_channel(address, options=options)
+    )
     return ch, service_pb2_grpc.BboServiceStub(ch)
 
 
@@ -52,7 +67,9 @@ def small_spec() -> pb.StudySpec:
     return pb.StudySpec(
         parameters=[
             pb.ParameterSpec(name="x", float=pb.FloatParameter(low=0.0, high=1.0)),
-            pb.ParameterSpec(name="k", categorical=pb.CategoricalParameter(choices=["a", "b", "c"])),
+            pb.ParameterSpec(
+                name="k", categorical=pb.CategoricalParameter(choices=["a", "b", "c"])
+            ),
         ],
         objectives=[pb.Objective(name="y")],
     )
@@ -69,18 +86,29 @@ def request_for(rpc: str, study: str, trial_id: int = 1):
         "Ask": lambda: svc.AskRequest(study=study, count=1),
         "Tell": lambda: svc.TellRequest(study=study, trial_id=trial_id, metrics=m),
         "AddTrial": lambda: svc.AddTrialRequest(
-            study=study, parameters={"x": pb.ParameterValue(number=0.5), "k": pb.ParameterValue(category="a")}, metrics=m
+            study=study,
+            parameters={"x": pb.ParameterValue(number=0.5), "k": pb.ParameterValue(category="a")},
+            metrics=m,
         ),
         "GetTrial": lambda: svc.GetTrialRequest(study=study, trial_id=trial_id),
         "ListTrials": lambda: svc.ListTrialsRequest(study=study),
         "GetBest": lambda: svc.GetBestRequest(study=study),
-        "ReportIntermediate": lambda: svc.ReportIntermediateRequest(study=study, trial_id=trial_id, step=1, value=0.5),
+        "ReportIntermediate": lambda: svc.ReportIntermediateRequest(
+            study=study, trial_id=trial_id, step=1, value=0.5
+        ),
         "Heartbeat": lambda: svc.HeartbeatRequest(study=study, trial_id=trial_id),
         "ListLlmCalls": lambda: svc.ListLlmCallsRequest(study=study),
     }[rpc]()
 
 
-def call(stub_, rpc: str, request, key: str | None = None, header: str = "x-api-key", timeout: float = 30.0):
+def call(
+    stub_,
+    rpc: str,
+    request,
+    key: str | None = None,
+    header: str = "x-api-key",
+    timeout: float = 30.0,
+):
     """(response, None) or (None, grpc.StatusCode)."""
     md = ()
     if key is not None:
@@ -105,16 +133,62 @@ def make_certs(d: Path) -> dict[str, str]:
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
 
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=bbo-test-ca",
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    run(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=bbo-test-ca",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    )
     for name, ext in (
         ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"),
         ("client", "extendedKeyUsage=clientAuth\n"),
     ):
-        run("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={'localhost' if name == 'server' else 'bbo-client'}")
+        run(
+            "req",
+            *ec,
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={'localhost' if name == 'server' else 'bbo-client'}",
+        )
         (d / f"{name}.ext").write_text(ext)
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
-    return {k: str(d / v) for k, v in {
-        "ca": "ca.pem", "server_cert": "server.pem", "server_key": "server.key", "client_cert": "client.pem", "client_key": "client.key",
-    }.items()}
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+        )
+    return {
+        k: str(d / v)
+        for k, v in {
+            "ca": "ca.pem",
+            "server_cert": "server.pem",
+            "server_key": "server.key",
+            "client_cert": "client.pem",
+            "client_key": "client.key",
+        }.items()
+    }

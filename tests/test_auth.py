@@ -42,7 +42,9 @@ def auth_server(tmp_path_factory):
 def _snapshot(st, key):
     trials, code = call(st, "ListTrials", request_for("ListTrials", "secret"), key)
     assert code is None
-    return [(t.id, t.state, dict((k, v.value) for k, v in t.metrics.items())) for t in trials.trials]
+    return [
+        (t.id, t.state, dict((k, v.value) for k, v in t.metrics.items())) for t in trials.trials
+    ]
 
 
 @pytest.mark.parametrize("rpc", RPCS)
@@ -62,7 +64,11 @@ def test_every_rpc_refuses_missing_garbage_and_revoked_keys(auth_server, rpc):
         assert code == grpc.StatusCode.UNAUTHENTICATED, (rpc, key, header, code)
     # a raw "authorization: Basic ..." is a wrong key, not a missing one: refused the same way
     try:
-        getattr(st, rpc)(request_for(rpc, "secret", 2), metadata=(("authorization", "Basic Zm9vOmJhcg=="),), timeout=30)
+        getattr(st, rpc)(
+            request_for(rpc, "secret", 2),
+            metadata=(("authorization", "Basic Zm9vOmJhcg=="),),
+            timeout=30,
+        )
         raise AssertionError("accepted")
     except grpc.RpcError as e:
         assert e.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -121,23 +127,37 @@ def test_health_and_reflection_stay_open(auth_server):
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     with grpc.insecure_channel(auth_server["srv"].address) as ch:
-        r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        r = health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=10
+        )
         assert r.status == health_pb2.HealthCheckResponse.SERVING
-        resp = next(iter(reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)))
+        resp = next(
+            iter(
+                reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
+                    iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+                )
+            )
+        )
         assert "bbo.v1.BboService" in [s.name for s in resp.list_services_response.service]
 
 
 def test_keys_command(tmp_path):
     db = "sqlite:///" + str(tmp_path / "k.db")
-    run = lambda *a: subprocess.run([sys.executable, "-m", "bbo_server", "keys", *a, "--db", db], capture_output=True, text=True, timeout=120)
+    run = lambda *a: subprocess.run(
+        [sys.executable, "-m", "bbo_server", "keys", *a, "--db", db],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     r = run("create", "--tenant", "acme", "--label", "ci", "--json")
     assert r.returncode == 0, r.stderr
     made = json.loads(r.stdout)
     assert made["tenant"] == "acme" and made["key"].startswith("bbo_" + made["key_id"])
     r = run("list", "--json")
     listed = json.loads(r.stdout)
-    assert [(k["key_id"], k["tenant"], k["revoked_at"]) for k in listed] == [(made["key_id"], "acme", None)]
+    assert [(k["key_id"], k["tenant"], k["revoked_at"]) for k in listed] == [
+        (made["key_id"], "acme", None)
+    ]
     assert made["key"] not in r.stdout  # the secret is never shown again
     r = run("list")
     assert made["key_id"] in r.stdout and "active" in r.stdout and made["key"] not in r.stdout
@@ -157,17 +177,26 @@ def test_keys_command(tmp_path):
     assert made["key"] not in json.dumps([dict(r) for r in rows], default=str)
 
 
-def test_no_auth_refused_on_a_public_address_and_auth_is_the_default_there(server_factory, tmp_path):
+def test_no_auth_refused_on_a_public_address_and_auth_is_the_default_there(
+    server_factory, tmp_path
+):
     from bbo_server.process import ServerProcess
 
-    srv = ServerProcess("sqlite:///" + str(tmp_path / "p.db"), host="0.0.0.0", args=["--no-auth"], log_path=str(tmp_path / "p.log"))
+    srv = ServerProcess(
+        "sqlite:///" + str(tmp_path / "p.db"),
+        host="0.0.0.0",
+        args=["--no-auth"],
+        log_path=str(tmp_path / "p.log"),
+    )
     with pytest.raises(RuntimeError) as e:
         srv.start(timeout=60)
     assert "refusing --no-auth" in str(e.value)
     srv = server_factory(host="0.0.0.0", args=["--workers", "1"])  # no flag: auth on by default
     ch, st = stub(f"127.0.0.1:{srv.port}")
     with ch:
-        assert call(st, "ListStudies", svc.ListStudiesRequest())[1] == grpc.StatusCode.UNAUTHENTICATED
+        assert (
+            call(st, "ListStudies", svc.ListStudiesRequest())[1] == grpc.StatusCode.UNAUTHENTICATED
+        )
     assert "authentication on" in srv.log_tail()
 
 
@@ -184,7 +213,17 @@ def certs(tmp_path_factory):
 
 def test_tls_and_mutual_tls(server_factory, certs):
     creds = grpc.ssl_channel_credentials(open(certs["ca"], "rb").read())
-    srv = server_factory(args=["--tls-cert", certs["server_cert"], "--tls-key", certs["server_key"], "--workers", "1"], credentials=creds)
+    srv = server_factory(
+        args=[
+            "--tls-cert",
+            certs["server_cert"],
+            "--tls-key",
+            certs["server_key"],
+            "--workers",
+            "1",
+        ],
+        credentials=creds,
+    )
     with bc.Client(srv.address, tls_ca=certs["ca"], retries=0) as c:
         s = c.create_study("tls", parameters=[bc.Float("x", 0, 1)], objectives="y")
         (t,) = s.ask()
@@ -195,14 +234,33 @@ def test_tls_and_mutual_tls(server_factory, certs):
     srv.stop()
 
     mcreds = grpc.ssl_channel_credentials(
-        open(certs["ca"], "rb").read(), open(certs["client_key"], "rb").read(), open(certs["client_cert"], "rb").read()
+        open(certs["ca"], "rb").read(),
+        open(certs["client_key"], "rb").read(),
+        open(certs["client_cert"], "rb").read(),
     )
     srv = server_factory(
-        args=["--tls-cert", certs["server_cert"], "--tls-key", certs["server_key"], "--tls-client-ca", certs["ca"], "--workers", "1"],
+        args=[
+            "--tls-cert",
+            certs["server_cert"],
+            "--tls-key",
+            certs["server_key"],
+            "--tls-client-ca",
+            certs["ca"],
+            "--workers",
+            "1",
+        ],
         credentials=mcreds,
     )
-    with bc.Client(srv.address, tls_ca=certs["ca"], tls_cert=certs["client_cert"], tls_key=certs["client_key"], retries=0) as c:
+    with bc.Client(
+        srv.address,
+        tls_ca=certs["ca"],
+        tls_cert=certs["client_cert"],
+        tls_key=certs["client_key"],
+        retries=0,
+    ) as c:
         assert c.list_studies() == []
-    with bc.Client(srv.address, tls_ca=certs["ca"], retries=0, timeout=5) as c:  # no client certificate
+    with bc.Client(
+        srv.address, tls_ca=certs["ca"], retries=0, timeout=5
+    ) as c:  # no client certificate
         with pytest.raises(bc.Unavailable):
             c.list_studies()

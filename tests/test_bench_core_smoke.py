@@ -13,7 +13,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_bench_core_quick(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "bench", "bench_core.py"), "--quick", "--out", str(tmp_path)],
+        [
+            sys.executable,
+            os.path.join(ROOT, "bench", "bench_core.py"),
+            "--quick",
+            "--out",
+            str(tmp_path),
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -15,7 +15,14 @@ from botorch.test_functions import Branin, Hartmann
 
 import bbo.strategy as strategy_mod
 from bbo.incumbent import best_trial, hypervolume, pareto_front
-from bbo.space import CategoricalParam, FloatParam, IntParam, LinearConstraint, OrdinalParam, SearchSpace
+from bbo.space import (
+    CategoricalParam,
+    FloatParam,
+    IntParam,
+    LinearConstraint,
+    OrdinalParam,
+    SearchSpace,
+)
 from bbo.spec import AlgorithmOptions, Objective, OutcomeConstraint, ParameterPrior, StudySpec
 from bbo.strategy import LIKELY_INFEASIBLE, ACTIVE, GenerationStrategy, Suggestion
 from bbo.trial import Metric, Origin, Trial, TrialState
@@ -36,16 +43,27 @@ def branin(p) -> dict:
 
 
 def hartmann6(p) -> dict:
-    return {"f": float(_hartmann(torch.tensor([[p[f"x{i}"] for i in range(6)]], dtype=torch.float64)))}
+    return {
+        "f": float(_hartmann(torch.tensor([[p[f"x{i}"] for i in range(6)]], dtype=torch.float64)))
+    }
 
 
 def tell(trials: list[Trial], s: Suggestion, metrics: dict) -> Trial:
-    t = Trial(len(trials), dict(s.params), TrialState.COMPLETED, {k: Metric(float(v)) for k, v in metrics.items()}, origin=s.origin, reason=s.reason)
+    t = Trial(
+        len(trials),
+        dict(s.params),
+        TrialState.COMPLETED,
+        {k: Metric(float(v)) for k, v in metrics.items()},
+        origin=s.origin,
+        reason=s.reason,
+    )
     trials.append(t)
     return t
 
 
-def run(spec: StudySpec, f, budget: int, q: int = 1, trials=None, **kw) -> tuple[GenerationStrategy, list[Trial]]:
+def run(
+    spec: StudySpec, f, budget: int, q: int = 1, trials=None, **kw
+) -> tuple[GenerationStrategy, list[Trial]]:
     gs = GenerationStrategy(spec)
     trials = [] if trials is None else trials
     while len(trials) < budget:
@@ -79,17 +97,30 @@ def spec_of(space, objectives=("f",), constraints=(), seed=0, **opts) -> StudySp
 def test_branin_beats_random_search():
     _, trials = run(spec_of(BRANIN_SPACE, seed=0), branin, 25)
     bo_regret = min(t.value("f") for t in trials) - BRANIN_MIN
-    rnd_regret = np.median([random_best(BRANIN_SPACE, branin, 25, s) - BRANIN_MIN for s in range(5)])
+    rnd_regret = np.median(
+        [random_best(BRANIN_SPACE, branin, 25, s) - BRANIN_MIN for s in range(5)]
+    )
     assert bo_regret < 0.2
     assert bo_regret < 0.25 * rnd_regret, (bo_regret, rnd_regret)
-    assert {t.origin for t in trials} <= {Origin.INITIAL.value, Origin.BO.value, Origin.BO_EXPLOIT.value, Origin.BO_LOCAL.value}
+    assert {t.origin for t in trials} <= {
+        Origin.INITIAL.value,
+        Origin.BO.value,
+        Origin.BO_EXPLOIT.value,
+        Origin.BO_LOCAL.value,
+    }
 
 
 def test_hartmann6_beats_random_search():
     # median over 3 seeds: one seed can spend 35 evaluations climbing a local basin
-    bo = [min(t.value("f") for t in run(spec_of(H6_SPACE, seed=s, n_initial=8), hartmann6, 35)[1]) - HARTMANN6_MIN for s in (1, 2, 3)]
+    bo = [
+        min(t.value("f") for t in run(spec_of(H6_SPACE, seed=s, n_initial=8), hartmann6, 35)[1])
+        - HARTMANN6_MIN
+        for s in (1, 2, 3)
+    ]
     bo_regret = float(np.median(bo))
-    rnd_regret = np.median([random_best(H6_SPACE, hartmann6, 35, s) - HARTMANN6_MIN for s in range(5)])
+    rnd_regret = np.median(
+        [random_best(H6_SPACE, hartmann6, 35, s) - HARTMANN6_MIN for s in range(5)]
+    )
     assert bo_regret < 0.25 * rnd_regret, (bo, rnd_regret)
     assert bo_regret < 0.5, bo
 
@@ -102,7 +133,9 @@ def test_outcome_constraint_most_late_suggestions_feasible():
     def f(p):
         return {**branin(p), "c": p["x1"]}
 
-    spec = spec_of(BRANIN_SPACE, constraints=[OutcomeConstraint("c", "<=", 0.0)], seed=3, n_initial=5)
+    spec = spec_of(
+        BRANIN_SPACE, constraints=[OutcomeConstraint("c", "<=", 0.0)], seed=3, n_initial=5
+    )
     _, trials = run(spec, f, 20)
     late = trials[-8:]
     assert sum(t.value("c") <= 0 for t in late) >= 6
@@ -113,7 +146,10 @@ def test_outcome_constraint_most_late_suggestions_feasible():
 def test_parameter_constraints_never_violated_int_and_float():
     space = SearchSpace(
         (FloatParam("x", 0.0, 10.0), IntParam("k", 0, 8), FloatParam("z", 0.0, 5.0)),
-        (LinearConstraint({"x": 1.0, "k": 2.0}, 10.0), LinearConstraint({"z": 1.0, "x": -1.0}, 1.0)),
+        (
+            LinearConstraint({"x": 1.0, "k": 2.0}, 10.0),
+            LinearConstraint({"z": 1.0, "x": -1.0}, 1.0),
+        ),
     )
 
     def f(p):  # best on the constraint boundary, so the optimizer keeps pushing against it
@@ -166,7 +202,10 @@ def test_batch_and_pending_give_distinct_points():
     gs, trials = run(spec, branin, 8)
     batch = gs.suggest(trials, 4)
     assert len(batch) == 4 and [s.origin for s in batch[1:]] == [Origin.BO.value] * 3
-    assert batch[0].origin in (Origin.BO.value, Origin.BO_EXPLOIT.value)  # at most one exploitation step per ask
+    assert batch[0].origin in (
+        Origin.BO.value,
+        Origin.BO_EXPLOIT.value,
+    )  # at most one exploitation step per ask
     assert _min_pairwise(BRANIN_SPACE, [s.params for s in batch]) > 1e-3
     # Those four become pending (parallel workers); the next asks must avoid them.
     for s in batch:
@@ -198,7 +237,12 @@ def test_mixed_categorical_and_numeric():
     )
 
     def f(p):
-        return {"f": (p["x"] - 0.7) ** 2 + {"linear": 1.0, "rbf": 0.0, "poly": 0.6}[p["kind"]] + 0.05 * abs(p["depth"] - 4) + 0.1 * abs(math.log2(p["batch"]) - 5)}
+        return {
+            "f": (p["x"] - 0.7) ** 2
+            + {"linear": 1.0, "rbf": 0.0, "poly": 0.6}[p["kind"]]
+            + 0.05 * abs(p["depth"] - 4)
+            + 0.1 * abs(math.log2(p["batch"]) - 5)
+        }
 
     spec = spec_of(space, seed=8, n_initial=6)
     _, trials = run(spec, f, 14)
@@ -238,7 +282,9 @@ def test_degenerate_data_all_equal_and_nan_metrics():
         assert s.origin in (Origin.BO.value, Origin.FALLBACK.value)
         assert s.origin == Origin.BO.value or s.reason
     # a NaN-valued (in-process) trial is ignored, not fatal
-    trials.append(Trial(len(trials), {"a": 0.5, "b": 0.5}, TrialState.COMPLETED, {"f": Metric(float("nan"))}))
+    trials.append(
+        Trial(len(trials), {"a": 0.5, "b": 0.5}, TrialState.COMPLETED, {"f": Metric(float("nan"))})
+    )
     trials.append(Trial(len(trials), {"a": 0.1, "b": 0.9}, TrialState.FAILED, origin="bo"))
     assert len(gs.suggest(trials, 1)) == 1
 
@@ -326,7 +372,10 @@ def test_later_warmstart_candidates_only_while_the_first_measure_well(good):
     spec = spec_of(UNIT2, seed=15, n_initial=5)
     gs = GenerationStrategy(spec)
     a1, a2 = (0.02, 0.05) if good else (0.98, 0.95)
-    ws = [Suggestion({"a": a1, "b": 0.5}, Origin.LLM_WARMSTART.value), Suggestion({"a": a2, "b": 0.5}, Origin.LLM_WARMSTART.value)]
+    ws = [
+        Suggestion({"a": a1, "b": 0.5}, Origin.LLM_WARMSTART.value),
+        Suggestion({"a": a2, "b": 0.5}, Origin.LLM_WARMSTART.value),
+    ]
     trials: list[Trial] = []
     for _ in range(5):
         (s,) = gs.suggest(trials, 1, warmstart=ws)
@@ -353,14 +402,23 @@ def test_proposals_compete_with_the_optimizer(monkeypatch):
     # Cripple the optimizer (it returns a point next to the worst trial) so that a proposal at the
     # true optimum must outrank it; another proposal next to the worst trial must not.
     real = strategy_mod.optimize
-    near_worst = {"x1": min(worst.params["x1"] + 0.01, 10.0), "x2": min(worst.params["x2"] + 0.01, 15.0)}
+    near_worst = {
+        "x1": min(worst.params["x1"] + 0.01, 10.0),
+        "x2": min(worst.params["x2"] + 0.01, 15.0),
+    }
 
     def poor(acqf, space, placement, **kw):
         return placement.tensor(space.encode(near_worst))[None], float("nan")
 
     monkeypatch.setattr(strategy_mod, "optimize", poor)
-    bad3 = Suggestion({"x1": near_worst["x1"] - 0.02, "x2": near_worst["x2"]}, Origin.LLM_PROPOSAL.value, rationale="near the worst")
-    good = Suggestion({"x1": math.pi, "x2": 2.275}, Origin.LLM_PROPOSAL.value, rationale="known optimum")
+    bad3 = Suggestion(
+        {"x1": near_worst["x1"] - 0.02, "x2": near_worst["x2"]},
+        Origin.LLM_PROPOSAL.value,
+        rationale="near the worst",
+    )
+    good = Suggestion(
+        {"x1": math.pi, "x2": 2.275}, Origin.LLM_PROPOSAL.value, rationale="known optimum"
+    )
     out = gs.suggest(trials, 1, proposals=[bad3, good])
     assert out[0].origin == Origin.LLM_PROPOSAL.value and out[0].rationale == "known optimum"
     monkeypatch.setattr(strategy_mod, "optimize", real)
@@ -371,12 +429,16 @@ def test_wrong_prior_is_set_aside_once_the_data_contradict_it():
         ParameterPrior("x1", mean=-4.5, std=0.5, confidence=1.0),
         ParameterPrior("x2", mean=1.0, std=0.5, confidence=1.0),
     )
-    opts = AlgorithmOptions(seed=17, n_initial=5, prior_exponent=20.0, exploit_gap=0)  # origins: bo or prior-guided only
+    opts = AlgorithmOptions(
+        seed=17, n_initial=5, prior_exponent=20.0, exploit_gap=0
+    )  # origins: bo or prior-guided only
     spec = StudySpec(BRANIN_SPACE, (Objective("f"),), priors=wrong, algorithm=opts)
     gs, trials = run(spec, branin, 6)
     # the design measured the prior's best guess first; it is worse than the Sobol points, so the
     # prior stops steering instead of pulling the first BO steps towards (-4.5, 1)
-    assert trials[0].params == pytest.approx({"x1": -4.5, "x2": 1.0}) and trials[0].value("f") > max(t.value("f") for t in trials[1:5])
+    assert trials[0].params == pytest.approx({"x1": -4.5, "x2": 1.0}) and trials[0].value(
+        "f"
+    ) > max(t.value("f") for t in trials[1:5])
     assert trials[5].origin == Origin.BO.value and "prior set aside" in trials[5].reason
     run(spec, branin, 30, trials=trials)
     assert min(t.value("f") for t in trials) < BRANIN_MIN + 0.5
@@ -400,44 +462,89 @@ def test_categorical_prior_and_log_scale_prior():
     from bbo.device import select_device
     from bbo.priors import LogPrior
 
-    space = SearchSpace((FloatParam("lr", 1e-5, 1e-1, log=True), CategoricalParam("opt", ("sgd", "adam"))))
+    space = SearchSpace(
+        (FloatParam("lr", 1e-5, 1e-1, log=True), CategoricalParam("opt", ("sgd", "adam")))
+    )
     priors = (
         ParameterPrior("lr", mean=1e-3, std=5e-4, confidence=1.0),
         ParameterPrior("opt", probabilities={"adam": 0.9, "sgd": 0.1}, confidence=1.0),
     )
     lp = LogPrior(space, priors, select_device("cpu"))
     enc = lambda p: torch.tensor(space.encode(p))  # noqa: E731
-    X = torch.stack([enc({"lr": v, "opt": o}) for v, o in [(1e-3, "adam"), (1e-3, "sgd"), (1e-4, "adam"), (1e-2, "adam"), (3e-5, "adam")]])
+    X = torch.stack(
+        [
+            enc({"lr": v, "opt": o})
+            for v, o in [
+                (1e-3, "adam"),
+                (1e-3, "sgd"),
+                (1e-4, "adam"),
+                (1e-2, "adam"),
+                (3e-5, "adam"),
+            ]
+        ]
+    )
     lpv = lp(X.unsqueeze(1)).squeeze(-1)
     assert lpv[0] > lpv[1]  # adam preferred
     assert lpv[0] > lpv[2] and lpv[0] > lpv[3]  # peak at the mean, in log space
     assert lpv[2] > lpv[4]  # decays with log-distance from the mean
-    assert torch.isfinite(lpv).all() and (lpv[1:] - lpv[0]).min() > -20  # the uniform floor bounds the pull
+    assert (
+        torch.isfinite(lpv).all() and (lpv[1:] - lpv[0]).min() > -20
+    )  # the uniform floor bounds the pull
 
-    spec = StudySpec(space, (Objective("loss"),), priors=priors, algorithm=AlgorithmOptions(seed=18, n_initial=4, prior_exponent=50.0))
+    spec = StudySpec(
+        space,
+        (Objective("loss"),),
+        priors=priors,
+        algorithm=AlgorithmOptions(seed=18, n_initial=4, prior_exponent=50.0),
+    )
 
     def f(p):
         return {"loss": (math.log10(p["lr"]) + 3) ** 2 + (0.0 if p["opt"] == "adam" else 0.3)}
 
     _, trials = run(spec, f, 6)
     bo = [t for t in trials if t.origin == Origin.PRIOR_BO.value]
-    assert len(bo) == 3  # the priors' best guess measured best of the first 3: the design stopped there
+    assert (
+        len(bo) == 3
+    )  # the priors' best guess measured best of the first 3: the design stopped there
     assert all(abs(math.log10(t.params["lr"]) + 3) < 1.0 for t in bo)
 
 
 def test_initial_design_opens_with_the_priors_best_guess_else_the_centre():
-    space = SearchSpace((FloatParam("lr", 1e-5, 1e-1, log=True), IntParam("layers", 1, 9), CategoricalParam("opt", ("sgd", "adam"))))
+    space = SearchSpace(
+        (
+            FloatParam("lr", 1e-5, 1e-1, log=True),
+            IntParam("layers", 1, 9),
+            CategoricalParam("opt", ("sgd", "adam")),
+        )
+    )
     priors = (
         ParameterPrior("lr", mean=1e-3, std=5e-4, confidence=0.5),
         ParameterPrior("opt", probabilities={"adam": 0.8, "sgd": 0.2}, confidence=0.5),
     )
-    guided = GenerationStrategy(StudySpec(space, (Objective("f"),), priors=priors, algorithm=AlgorithmOptions(seed=3)))
+    guided = GenerationStrategy(
+        StudySpec(space, (Objective("f"),), priors=priors, algorithm=AlgorithmOptions(seed=3))
+    )
     first = guided.suggest([], 2)
-    assert first[0].params == pytest.approx({"lr": 1e-3, "layers": 5, "opt": "adam"}) and first[0].reason == "the priors' best guess"
+    assert (
+        first[0].params == pytest.approx({"lr": 1e-3, "layers": 5, "opt": "adam"})
+        and first[0].reason == "the priors' best guess"
+    )
     assert first[1].params != first[0].params  # then the Sobol design
-    plain = GenerationStrategy(StudySpec(space, (Objective("f"),), algorithm=AlgorithmOptions(seed=3)))
-    assert plain.suggest([], 1)[0].params == pytest.approx({"lr": 1e-3, "layers": 5, "opt": "sgd"})  # geometric centre, first choice
-    done = [Trial(1, first[0].params, TrialState.COMPLETED, {"f": Metric(1.0)}, origin=Origin.INITIAL.value)]
+    plain = GenerationStrategy(
+        StudySpec(space, (Objective("f"),), algorithm=AlgorithmOptions(seed=3))
+    )
+    assert plain.suggest([], 1)[0].params == pytest.approx(
+        {"lr": 1e-3, "layers": 5, "opt": "sgd"}
+    )  # geometric centre, first choice
+    done = [
+        Trial(
+            1,
+            first[0].params,
+            TrialState.COMPLETED,
+            {"f": Metric(1.0)},
+            origin=Origin.INITIAL.value,
+        )
+    ]
     assert guided.suggest(done, 1)[0].params != first[0].params  # only the very first design point
 
 
@@ -446,13 +553,21 @@ def test_design_is_cut_short_once_the_prior_is_confirmed(accurate):
     """If the trial at the priors' best guess is the best of the first d + 1 design trials, prior-
     guided BO starts there; a guess that measures worse leaves the full Sobol design in place."""
     mean = (0.3, 0.7) if accurate else (0.95, 0.05)
-    priors = (ParameterPrior("a", mean=mean[0], std=0.1, confidence=0.8), ParameterPrior("b", mean=mean[1], std=0.1, confidence=0.8))
-    spec = StudySpec(UNIT2, (Objective("f"),), priors=priors, algorithm=AlgorithmOptions(seed=19, n_initial=6))
+    priors = (
+        ParameterPrior("a", mean=mean[0], std=0.1, confidence=0.8),
+        ParameterPrior("b", mean=mean[1], std=0.1, confidence=0.8),
+    )
+    spec = StudySpec(
+        UNIT2, (Objective("f"),), priors=priors, algorithm=AlgorithmOptions(seed=19, n_initial=6)
+    )
     _, trials = run(spec, _quadratic, 7)
     assert trials[0].params == pytest.approx({"a": mean[0], "b": mean[1]})
     n_design = sum(t.origin == Origin.INITIAL.value for t in trials)
     if accurate:
-        assert n_design == 3 and trials[3].origin in (Origin.PRIOR_BO.value, Origin.BO_EXPLOIT.value)
+        assert n_design == 3 and trials[3].origin in (
+            Origin.PRIOR_BO.value,
+            Origin.BO_EXPLOIT.value,
+        )
     else:
         assert n_design == 6 and trials[6].origin in (Origin.PRIOR_BO.value, Origin.BO.value)
     # without priors the same spec keeps its full design even when its first point is the best
@@ -473,7 +588,11 @@ def test_exploitation_step_goes_to_the_predicted_best_point():
     lands next to the minimum and beats every earlier trial."""
     spec = spec_of(UNIT2, seed=21, n_initial=5)
     _, trials = run(spec, _quadratic, 8)
-    assert [t.origin for t in trials[5:]] == [Origin.BO.value, Origin.BO.value, Origin.BO_EXPLOIT.value]
+    assert [t.origin for t in trials[5:]] == [
+        Origin.BO.value,
+        Origin.BO.value,
+        Origin.BO_EXPLOIT.value,
+    ]
     x = trials[7]
     assert "predicted best point" in x.reason
     assert x.value("f") < min(t.value("f") for t in trials[:7])
@@ -487,7 +606,9 @@ def test_exploitation_step_with_an_outcome_constraint_stays_feasible():
     """With a constraint the step maximizes the expected objective with infeasible outcomes costed
     below every observed one: it goes to the constrained optimum's side of the boundary."""
     spec = spec_of(UNIT2, constraints=[OutcomeConstraint("c", "<=", 0.0)], seed=23, n_initial=5)
-    _, trials = run(spec, lambda p: {**_quadratic(p), "c": p["a"] + p["b"] - 0.8}, 14)  # optimum (0.2, 0.6) on the boundary
+    _, trials = run(
+        spec, lambda p: {**_quadratic(p), "c": p["a"] + p["b"] - 0.8}, 14
+    )  # optimum (0.2, 0.6) on the boundary
     steps = [t for t in trials if t.origin == Origin.BO_EXPLOIT.value]
     assert len(steps) >= 2
     for t in steps:
@@ -514,8 +635,16 @@ def test_local_model_steps_refine_a_smooth_optimum_below_the_gps_resolution():
 
 def _history(values, origins) -> list[Trial]:
     pts = np.random.default_rng(0).random((len(values), 2))
-    return [Trial(i, {"a": float(x[0]), "b": float(x[1])}, TrialState.COMPLETED, {"f": Metric(v)}, origin=o)
-            for i, (v, o, x) in enumerate(zip(values, origins, pts))]
+    return [
+        Trial(
+            i,
+            {"a": float(x[0]), "b": float(x[1])},
+            TrialState.COMPLETED,
+            {"f": Metric(v)},
+            origin=o,
+        )
+        for i, (v, o, x) in enumerate(zip(values, origins, pts))
+    ]
 
 
 def test_exploitation_gap_doubles_after_steps_that_do_not_improve():
@@ -531,28 +660,41 @@ def test_exploitation_gap_doubles_after_steps_that_do_not_improve():
     assert not due([1.4, 1.3, 1.2, 1.1], [B, B, X, B])  # the last one improved: gap 2 again
     assert due([1.4, 1.3, 1.2, 1.1, 1.0], [B, B, X, B, B])
     failed = [1.4, 1.3, 1.35]  # the exploitation step did not beat 1.3: the gap is now 4
-    assert not due(failed + [1.2, 1.1, 1.05], [B, B, X, B, B, B]) and due(failed + [1.2, 1.1, 1.05, 1.04], [B, B, X, B, B, B, B])
+    assert not due(failed + [1.2, 1.1, 1.05], [B, B, X, B, B, B]) and due(
+        failed + [1.2, 1.1, 1.05, 1.04], [B, B, X, B, B, B, B]
+    )
     twice = failed + [1.2, 1.1, 1.05, 1.04, 1.31]  # two failures in a row: 8
     assert not due(twice + [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3], [B, B, X, B, B, B, B, X] + [B] * 7)
     assert due(twice + [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2], [B, B, X, B, B, B, B, X] + [B] * 8)
     # a local model step that beat every earlier trial is followed by another at once; one that did not counts as a failure
     L = Origin.BO_LOCAL.value
-    assert due([1.4, 1.3, 1.2], [B, B, L]) and due([1.4, 1.3, 1.35], [B, B, L])  # a miss gets one retry
-    assert due([1.4, 1.2, 1.25], [B, L, L]) and not due([1.4, 1.3, 1.35, 1.36], [B, B, L, L])  # two misses: back to the gap
+    assert due([1.4, 1.3, 1.2], [B, B, L]) and due(
+        [1.4, 1.3, 1.35], [B, B, L]
+    )  # a miss gets one retry
+    assert due([1.4, 1.2, 1.25], [B, L, L]) and not due(
+        [1.4, 1.3, 1.35, 1.36], [B, B, L, L]
+    )  # two misses: back to the gap
     assert not due([1.4, 1.3, 1.35, 1.36, 1.2], [B, B, L, L, B])
     assert not due([1.4, 1.3, 1.35, 1.2, 1.1, 1.05], [B, B, L, B, B, B])
     # a tie on the objective (a capped or quantized response) switches exploitation off
     assert not due([1.4, 1.4], [B, B])
     # outcome constraints keep them, several objectives switch them off
-    for spec, expected in ((spec_of(UNIT2, constraints=[OutcomeConstraint("c", "<=", 0.0)], seed=22, n_initial=5), True),
-                           (spec_of(UNIT2, objectives=("f", "g"), seed=22, n_initial=5), False)):
+    for spec, expected in (
+        (
+            spec_of(UNIT2, constraints=[OutcomeConstraint("c", "<=", 0.0)], seed=22, n_initial=5),
+            True,
+        ),
+        (spec_of(UNIT2, objectives=("f", "g"), seed=22, n_initial=5), False),
+    ):
         g2 = GenerationStrategy(spec)
         trials = _history(design[0] + [1.4, 1.3], design[1] + [B, B])
         for t in trials:
             t.metrics.update({"c": Metric(-1.0 - t.id), "g": Metric(float(t.id))})
         assert g2._exploit_due(trials, g2._data(trials)) is expected
     # and integer or categorical parameters
-    mixed = GenerationStrategy(spec_of(SearchSpace((FloatParam("a", 0.0, 1.0), IntParam("b", 0, 9))), seed=22, n_initial=5))
+    mixed = GenerationStrategy(
+        spec_of(SearchSpace((FloatParam("a", 0.0, 1.0), IntParam("b", 0, 9))), seed=22, n_initial=5)
+    )
     trials = _history(design[0] + [1.4, 1.3], design[1] + [B, B])
     for t in trials:
         t.params["b"] = t.id

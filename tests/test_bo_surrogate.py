@@ -61,7 +61,9 @@ def test_fixed_noise_and_multi_output_cache_across_sizes():
     X, Y = data(60, m=2)
     Yvar = np.full_like(Y, 1e-4)
     m1, _, _ = s.model(X[:55], Y[:55], Yvar[:55])
-    assert not any(k.endswith("noise_covar.noise") for k in s._hyper)  # data-sized buffers are not cached
+    assert not any(
+        k.endswith("noise_covar.noise") for k in s._hyper
+    )  # data-sized buffers are not cached
     m2, _, info = s.model(X[:58], Y[:58], Yvar[:58])
     assert not info.refit
     assert m2.posterior(torch.tensor(X[:4])).mean.shape == (4, 2)

@@ -12,9 +12,13 @@ import bbo_client as bc
 
 
 def bbo(*args, check=True):
-    r = subprocess.run([sys.executable, "-m", "bbo_server", *args], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "bbo_server", *args], capture_output=True, text=True, timeout=120
+    )
     if check and r.returncode != 0:
-        raise AssertionError(f"bbo {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+        raise AssertionError(
+            f"bbo {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
+        )
     return r
 
 
@@ -22,13 +26,22 @@ def bbo(*args, check=True):
 def populated(bbo_server):
     name = "cli-study"
     with bc.Client(bbo_server.address) as c:
-        s = c.create_study(name, parameters=[bc.Float("lr", 1e-4, 1e-1, log=True), bc.Categorical("opt", ["adam", "sgd"])],
-                           objectives=[bc.Maximize("acc")], constraints=[bc.Constraint("lat", "<=", 10)])
+        s = c.create_study(
+            name,
+            parameters=[
+                bc.Float("lr", 1e-4, 1e-1, log=True),
+                bc.Categorical("opt", ["adam", "sgd"]),
+            ],
+            objectives=[bc.Maximize("acc")],
+            constraints=[bc.Constraint("lat", "<=", 10)],
+        )
         for i, t in enumerate(s.ask(6)):
             if i == 5:
                 s.tell(t, failed=True, reason="diverged")
             else:
-                s.tell(t, {"acc": 0.5 + 0.1 * i, "lat": 5 + 2 * i})  # trials 4 and 5 (i=3,4) violate lat <= 10
+                s.tell(
+                    t, {"acc": 0.5 + 0.1 * i, "lat": 5 + 2 * i}
+                )  # trials 4 and 5 (i=3,4) violate lat <= 10
     return name
 
 
@@ -45,10 +58,15 @@ def test_studies_trials_best(bbo_server, populated):
     assert any(r["name"] == populated and r["trials"] == 6 and r["completed"] == 5 for r in rows)
     out = bbo("trials", populated, *addr).stdout
     assert "diverged" in out and "COMPLETED" in out
-    failed = [json.loads(l) for l in bbo("trials", populated, *addr, "--state", "FAILED", "--json").stdout.splitlines()]
+    failed = [
+        json.loads(l)
+        for l in bbo("trials", populated, *addr, "--state", "FAILED", "--json").stdout.splitlines()
+    ]
     assert [t["reason"] for t in failed] == ["diverged"]
     best = json.loads(bbo("best", populated, *addr, "--json").stdout)
-    assert best["trials"][0]["metrics"]["acc"] == pytest.approx(0.7)  # the best feasible one (lat 9)
+    assert best["trials"][0]["metrics"]["acc"] == pytest.approx(
+        0.7
+    )  # the best feasible one (lat 9)
     assert "acc=0.7" in bbo("best", populated, *addr).stdout
 
 
@@ -66,12 +84,28 @@ def test_reads_database_directly(tmp_path):
     url = "sqlite:///" + str(tmp_path / "direct.db")
     st = Storage(url)
     reg = StudyRegistry(st)
-    s, _ = reg.create_study("offline", {"parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}], "objectives": [{"name": "y"}]})
+    s, _ = reg.create_study(
+        "offline",
+        {
+            "parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}],
+            "objectives": [{"name": "y"}],
+        },
+    )
     s.add_trial({"x": 0.25}, {"y": 3.0})
-    t, _ = reg.create_study("theirs", {"parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}], "objectives": [{"name": "y"}]}, tenant="acme")
+    t, _ = reg.create_study(
+        "theirs",
+        {
+            "parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}],
+            "objectives": [{"name": "y"}],
+        },
+        tenant="acme",
+    )
     t.add_trial({"x": 0.75}, {"y": 1.0})
     st.close()
-    assert "offline" in bbo("studies", "--db", url).stdout and "theirs" not in bbo("studies", "--db", url).stdout
+    assert (
+        "offline" in bbo("studies", "--db", url).stdout
+        and "theirs" not in bbo("studies", "--db", url).stdout
+    )
     assert "x=0.25" in bbo("best", "offline", "--db", url).stdout
     # a deployment with API keys: each key's tenant owns its studies (before: no way to read them with --db)
     out = bbo("studies", "--db", url, "--tenant", "acme").stdout
@@ -95,10 +129,15 @@ def test_a_locked_sqlite_database_is_unavailable_not_internal():
 
     from bbo_server.errors import status_for
 
-    locked = sa.exc.OperationalError("UPDATE studies ...", {}, sqlite3.OperationalError("database is locked"))
+    locked = sa.exc.OperationalError(
+        "UPDATE studies ...", {}, sqlite3.OperationalError("database is locked")
+    )
     st = status_for(locked)
     assert st.code == grpc.StatusCode.UNAVAILABLE and "locked" in st.details
-    assert status_for(sqlite3.OperationalError("no such table: trials")).code == grpc.StatusCode.INTERNAL
+    assert (
+        status_for(sqlite3.OperationalError("no such table: trials")).code
+        == grpc.StatusCode.INTERNAL
+    )
 
 
 def test_unknown_study_is_a_clean_error(bbo_server):

@@ -13,7 +13,9 @@ import bbo_client as bc
 
 
 def test_optimize_records_failures_and_finds_the_best(client, study_name):
-    s = client.create_study(study_name, parameters=[bc.Float("x", -2, 2), bc.Int("n", 0, 3)], objectives="loss", seed=1)
+    s = client.create_study(
+        study_name, parameters=[bc.Float("x", -2, 2), bc.Int("n", 0, 3)], objectives="loss", seed=1
+    )
     calls = []
     lock = threading.Lock()
 
@@ -31,7 +33,9 @@ def test_optimize_records_failures_and_finds_the_best(client, study_name):
     trials = s.trials()
     assert len(trials) == 14 == len(calls)
     failed = [t for t in trials if t.state == "FAILED"]
-    assert sorted(t.reason for t in failed) == sorted(["ValueError: diverged"] * 2 + ["metric(s) not finite numbers: loss=nan"] * 2)
+    assert sorted(t.reason for t in failed) == sorted(
+        ["ValueError: diverged"] * 2 + ["metric(s) not finite numbers: loss=nan"] * 2
+    )
     done = [t for t in trials if t.state == "COMPLETED"]
     assert len(done) == 10
     assert best.trial.metrics["loss"] == min(t.metrics["loss"] for t in done)
@@ -40,26 +44,56 @@ def test_optimize_records_failures_and_finds_the_best(client, study_name):
 
 
 def test_optimize_multi_objective_needs_dicts(client, study_name):
-    s = client.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives=[bc.Minimize("a"), bc.Maximize("b")])
+    s = client.create_study(
+        study_name,
+        parameters=[bc.Float("x", 0, 1)],
+        objectives=[bc.Minimize("a"), bc.Maximize("b")],
+    )
     best = s.optimize(lambda p: {"a": p["x"], "b": p["x"] ** 2}, n_trials=4, progress=False)
     assert best.trials and all(t.state == "COMPLETED" for t in s.trials())
-    s2 = client.create_study(study_name + "-2", parameters=[bc.Float("x", 0, 1)], objectives=[bc.Minimize("a"), bc.Maximize("b")])
-    s2.optimize(lambda p: 1.0, n_trials=1, progress=False)  # a bare number is ambiguous: recorded as a failure
+    s2 = client.create_study(
+        study_name + "-2",
+        parameters=[bc.Float("x", 0, 1)],
+        objectives=[bc.Minimize("a"), bc.Maximize("b")],
+    )
+    s2.optimize(
+        lambda p: 1.0, n_trials=1, progress=False
+    )  # a bare number is ambiguous: recorded as a failure
     (t,) = s2.trials()
     assert t.state == "FAILED" and "single-objective" in t.reason
 
 
 def test_trial_fields_and_typed_values(client, study_name):
-    s = client.create_study(study_name, parameters=[bc.Int("n", 1, 5), bc.Categorical("c", ["u", "v"]), bc.Ordinal("o", [1, 2, 4]), bc.Fixed("f", 3)],
-                            objectives="y", description="typed")
+    s = client.create_study(
+        study_name,
+        parameters=[
+            bc.Int("n", 1, 5),
+            bc.Categorical("c", ["u", "v"]),
+            bc.Ordinal("o", [1, 2, 4]),
+            bc.Fixed("f", 3),
+        ],
+        objectives="y",
+        description="typed",
+    )
     (t,) = s.ask(worker_id="me")
     assert isinstance(t.params["n"], int) and t.params["c"] in ("u", "v") and t.params["f"] == 3
-    assert t.params["o"] in (1, 2, 4) and isinstance(t.params["o"], int)  # whole-number ordinals come back as ints
-    assert t.worker_id == "me" and t.created is not None and t.lease_expires > t.created and t.origin
+    assert t.params["o"] in (1, 2, 4) and isinstance(
+        t.params["o"], int
+    )  # whole-number ordinals come back as ints
+    assert (
+        t.worker_id == "me" and t.created is not None and t.lease_expires > t.created and t.origin
+    )
     info = s.info()
-    assert info.parameters == [bc.Int("n", 1, 5), bc.Categorical("c", ("u", "v")), bc.Ordinal("o", (1.0, 2.0, 4.0)), bc.Fixed("f", 3)]
+    assert info.parameters == [
+        bc.Int("n", 1, 5),
+        bc.Categorical("c", ("u", "v")),
+        bc.Ordinal("o", (1.0, 2.0, 4.0)),
+        bc.Fixed("f", 3),
+    ]
     assert info.description == "typed"
-    r = client.create_study(study_name + "-r", parameters=[bc.Ordinal("rate", [0.5, 1, 2])], objectives="y")
+    r = client.create_study(
+        study_name + "-r", parameters=[bc.Ordinal("rate", [0.5, 1, 2])], objectives="y"
+    )
     (u,) = r.ask()
     assert isinstance(u.params["rate"], float) and u.params["rate"] in (0.5, 1.0, 2.0)
     r.tell(u, 1.0)
@@ -68,7 +102,11 @@ def test_trial_fields_and_typed_values(client, study_name):
 
 def test_tell_takes_numpy_scalars_and_a_missing_sem(client, study_name):
     np = pytest.importorskip("numpy")
-    s = client.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives=[bc.Minimize("a"), bc.Maximize("b")])
+    s = client.create_study(
+        study_name,
+        parameters=[bc.Float("x", 0, 1)],
+        objectives=[bc.Minimize("a"), bc.Maximize("b")],
+    )
     t1, t2, t3 = s.ask(3)
     s.tell(t1, {"a": np.float32(0.5), "b": np.int64(2)})
     s.tell(t2, {"a": (np.float64(0.25), None), "b": {"value": 1, "sem": np.float32(0.1)}})
@@ -81,9 +119,16 @@ def test_tell_takes_numpy_scalars_and_a_missing_sem(client, study_name):
 
 def test_builder_errors_are_caught_client_side(client, study_name):
     with pytest.raises(bc.InvalidArgument):
-        client.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives=[bc.Objective("y", "up")])
+        client.create_study(
+            study_name, parameters=[bc.Float("x", 0, 1)], objectives=[bc.Objective("y", "up")]
+        )
     with pytest.raises(bc.InvalidArgument):
-        client.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives="y", constraints=[bc.Constraint("m", "<", 1)])
+        client.create_study(
+            study_name,
+            parameters=[bc.Float("x", 0, 1)],
+            objectives="y",
+            constraints=[bc.Constraint("m", "<", 1)],
+        )
     s = client.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives="y")
     with pytest.raises(bc.InvalidArgument):
         s.trials(["DONE"])
@@ -130,7 +175,9 @@ def test_optimize_under_a_rate_limit_stores_every_result(server_factory, study_n
         return (p["x"] - 0.3) ** 2
 
     with bc.Client(srv.address, retries=2, backoff=0.01) as c:
-        s = c.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives="y", n_initial=3)
+        s = c.create_study(
+            study_name, parameters=[bc.Float("x", 0, 1)], objectives="y", n_initial=3
+        )
         s.optimize(fn, n_trials=8, n_workers=3, progress=False)
         done = s.trials(["COMPLETED"])
     assert len(evaluated) == 8 and sorted(t.params["x"] for t in done) == sorted(evaluated)
@@ -148,14 +195,20 @@ def test_rate_refusal_carries_retry_info(server_factory):
         with pytest.raises(grpc.RpcError) as e:
             stub.ListStudies(svc.ListStudiesRequest(), timeout=30)
     err = bc.errors.from_rpc_error(e.value)
-    assert isinstance(err, bc.ResourceExhausted) and 0 < err.retry_after <= 2.0 and bc.errors.retryable(err)
+    assert (
+        isinstance(err, bc.ResourceExhausted)
+        and 0 < err.retry_after <= 2.0
+        and bc.errors.retryable(err)
+    )
 
 
 def test_optimize_heartbeats_at_the_servers_lease(server_factory, study_name):
     """The server grants 1 s leases (--lease-seconds); an evaluation of 2.5 s must stay PENDING
     throughout, so its intermediate report is accepted (before: heartbeats every 200 s, the reaper
     abandoned it and the report's Conflict failed the trial)."""
-    srv = server_factory(args=["--workers", "2", "--lease-seconds", "1", "--lease-reap-seconds", "0.1"])
+    srv = server_factory(
+        args=["--workers", "2", "--lease-seconds", "1", "--lease-reap-seconds", "0.1"]
+    )
     with bc.Client(srv.address, retries=2) as c:
         s = c.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives="y")
 
@@ -195,7 +248,9 @@ with bc.Client(address) as c:
 """
 
 
-def test_ctrl_c_stops_optimize_after_the_running_evaluations_are_told(bbo_server, client, study_name):
+def test_ctrl_c_stops_optimize_after_the_running_evaluations_are_told(
+    bbo_server, client, study_name
+):
     """SIGINT during optimize: no new trial is started, the evaluations under way finish and are
     told, and KeyboardInterrupt reaches the caller (before: the loop ran on to n_trials). In a
     process of its own, as a user's driver is (inside the full suite the signal went unseen)."""
@@ -205,8 +260,17 @@ def test_ctrl_c_stops_optimize_after_the_running_evaluations_are_told(bbo_server
     import sys
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, "-c", _CTRL_C, bbo_server.address, study_name], capture_output=True, text=True, timeout=180, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", _CTRL_C, bbo_server.address, study_name],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
     r = json.loads(out.stdout.strip().splitlines()[-1])
     trials = client.study(study_name).trials()
-    assert r["interrupted"] and r["evaluated"] <= 6 and len(trials) == r["evaluated"], (r, out.stderr[-2000:])
+    assert r["interrupted"] and r["evaluated"] <= 6 and len(trials) == r["evaluated"], (
+        r,
+        out.stderr[-2000:],
+    )
     assert all(t.state == "COMPLETED" for t in trials)  # nothing left PENDING, no result lost

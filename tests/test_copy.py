@@ -14,14 +14,23 @@ import bbo_client as bc
 
 
 def bbo(*args, check=True):
-    r = subprocess.run([sys.executable, "-m", "bbo_server", *args], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "bbo_server", *args], capture_output=True, text=True, timeout=300
+    )
     if check and r.returncode != 0:
-        raise AssertionError(f"bbo {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+        raise AssertionError(
+            f"bbo {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
+        )
     return r
 
 
 def _populate(c: bc.Client, name: str):
-    s = c.create_study(name, parameters=[bc.Float("x", 0, 1), bc.Ordinal("b", [16, 32, 64])], objectives="y", n_initial=4)
+    s = c.create_study(
+        name,
+        parameters=[bc.Float("x", 0, 1), bc.Ordinal("b", [16, 32, 64])],
+        objectives="y",
+        n_initial=4,
+    )
     for t in s.ask(4):
         s.report_intermediate(t, 0, t.params["x"] + 1)
         s.tell(t, {"y": (t.params["x"] - 0.3) ** 2})
@@ -43,7 +52,9 @@ def test_live_sqlite_backup_serves_the_same_studies(server_factory, tmp_path):
         stop = threading.Event()
 
         def keep_writing():  # another study grows while the copy runs: the copy is one consistent instant
-            w = c.create_study("busy", parameters=[bc.Float("x", 0, 1)], objectives="y", n_initial=1000)
+            w = c.create_study(
+                "busy", parameters=[bc.Float("x", 0, 1)], objectives="y", n_initial=1000
+            )
             while not stop.is_set():
                 (t,) = w.ask()
                 w.tell(t, t.params["x"])
@@ -54,24 +65,43 @@ def test_live_sqlite_backup_serves_the_same_studies(server_factory, tmp_path):
         stop.set()
         th.join(30)
     copied = dict(reversed(part.split(" ", 1)) for part in out.split(":")[0].split(", "))
-    assert int(copied["studies"]) == 2 and int(copied["trials"]) > 5  # the busy study's trials came along too
+    assert (
+        int(copied["studies"]) == 2 and int(copied["trials"]) > 5
+    )  # the busy study's trials came along too
     restored = server_factory(db=dst)
     with bc.Client(restored.address) as c:
         s2 = c.study("copied")
         assert _snapshot(s2) == before
         busy = c.study("busy").trials()
-        assert [t.id for t in busy] == list(range(1, len(busy) + 1)) == list(range(1, int(copied["trials"]) - 4))
-        assert all(t.state == "COMPLETED" for t in busy[:-1])  # one instant: at most the last ask is untold
-        assert s2.tell(pending, {"y": 0.5}).trial.state == "COMPLETED"  # the worker's trial, uid and all
+        assert (
+            [t.id for t in busy]
+            == list(range(1, len(busy) + 1))
+            == list(range(1, int(copied["trials"]) - 4))
+        )
+        assert all(
+            t.state == "COMPLETED" for t in busy[:-1]
+        )  # one instant: at most the last ask is untold
+        assert (
+            s2.tell(pending, {"y": 0.5}).trial.state == "COMPLETED"
+        )  # the worker's trial, uid and all
         (nxt,) = s2.ask()
         assert nxt.id == pending.id + 1
     r = bbo("copy", src, dst, check=False)
     assert r.returncode == 1 and "empty database" in r.stderr
-    r = bbo("copy", f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}", f"sqlite:///{tmp_path / 'x.db'}", check=False)
+    r = bbo(
+        "copy",
+        f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}",
+        f"sqlite:///{tmp_path / 'x.db'}",
+        check=False,
+    )
     assert r.returncode == 1 and "no database file" in r.stderr
-    assert not (tmp_path / "no").exists() and not (tmp_path / "x.db").exists()  # a typo creates nothing
+    assert (
+        not (tmp_path / "no").exists() and not (tmp_path / "x.db").exists()
+    )  # a typo creates nothing
     (tmp_path / "empty.db").touch()
-    r = bbo("copy", f"sqlite:///{tmp_path / 'empty.db'}", f"sqlite:///{tmp_path / 'x.db'}", check=False)
+    r = bbo(
+        "copy", f"sqlite:///{tmp_path / 'empty.db'}", f"sqlite:///{tmp_path / 'x.db'}", check=False
+    )
     assert r.returncode == 1 and "not a bbo database" in r.stderr
 
 
@@ -85,7 +115,11 @@ def test_sqlite_moves_to_postgresql(cluster, tmp_path):
     src = f"sqlite:///{tmp_path / 'small.db'}"
     st = Storage(src)
     reg = StudyRegistry(st)
-    spec = {"parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}], "objectives": [{"name": "y"}], "algorithm": {"n_initial": 100}}
+    spec = {
+        "parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}],
+        "objectives": [{"name": "y"}],
+        "algorithm": {"n_initial": 100},
+    }
     a, _ = reg.create_study("a", spec)
     for t in a.ask(3).trials:
         a.tell(t.id, {"y": t.params["x"]})
@@ -102,7 +136,10 @@ def test_sqlite_moves_to_postgresql(cluster, tmp_path):
         reg = StudyRegistry(st)
         a2, created = reg.create_study("a", spec)
         assert not created and a2.uid == a.uid and [t.id for t in a2.trials()] == [1, 2, 3]
-        assert [t.id for t in reg.get_study("b").ask(2, request_id="r1").trials] == [1, 2]  # the replay log came along
+        assert [t.id for t in reg.get_study("b").ask(2, request_id="r1").trials] == [
+            1,
+            2,
+        ]  # the replay log came along
         c, _ = reg.create_study("c", spec)  # a fresh id past the copied ones
         assert c.id > max(a2.id, b.id)
         assert [t.id for t in a2.ask(2).trials] == [4, 5]

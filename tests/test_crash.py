@@ -24,10 +24,18 @@ def test_sigkill_at_random_moments_under_16_workers(server_factory, tmp_path):
     names = [f"crash-{j}" for j in range(N_STUDIES)]
     with bc.Client(srv.address) as c:
         for j, n in enumerate(names):
-            c.create_study(n, parameters=[bc.Float("x", 0, 1), bc.Int("n", 1, 50)], objectives="y", n_initial=10000, seed=j)
+            c.create_study(
+                n,
+                parameters=[bc.Float("x", 0, 1), bc.Int("n", 1, 50)],
+                objectives="y",
+                n_initial=10000,
+                seed=j,
+            )
 
     lock = threading.Lock()
-    acked: dict[tuple[str, int], float] = {}  # (study, trial) -> value, once the server acknowledged the tell
+    acked: dict[
+        tuple[str, int], float
+    ] = {}  # (study, trial) -> value, once the server acknowledged the tell
     handed: list[tuple[str, int]] = []  # every trial an Ask call returned
     errors: list[str] = []
     stop = threading.Event()
@@ -65,7 +73,9 @@ def test_sigkill_at_random_moments_under_16_workers(server_factory, tmp_path):
     for r in range(ROUNDS):
         start_n = len(acked)
         deadline = time.time() + 60
-        while len(acked) < start_n + 5 and time.time() < deadline and not errors:  # workers are back at work
+        while (
+            len(acked) < start_n + 5 and time.time() < deadline and not errors
+        ):  # workers are back at work
             time.sleep(0.01)
         time.sleep(rnd.uniform(0.0, 0.3))  # then a random moment: mid-ask, mid-tell, mid-commit
         srv.kill()
@@ -133,7 +143,13 @@ def test_dead_worker_lease_abandon_region_freed_and_late_tell_kept(storage):
             return [Suggestion({"x": 0.5}, "initial_design") for _ in range(n)]
 
     reg = StudyRegistry(storage, strategy_factory=Recording)
-    study, _ = reg.create_study("dead", {"parameters": [{"name": "x", "type": "float", "low": 0, "high": 1}], "objectives": [{"name": "y"}]})
+    study, _ = reg.create_study(
+        "dead",
+        {
+            "parameters": [{"name": "x", "type": "float", "low": 0, "high": 1}],
+            "objectives": [{"name": "y"}],
+        },
+    )
     (t1,) = study.ask(lease_seconds=0.05, worker_id="dies").trials
     (t2,) = study.ask(lease_seconds=600, worker_id="lives").trials
     assert seen[-1] == {t1.id: TrialState.PENDING}
@@ -147,7 +163,11 @@ def test_dead_worker_lease_abandon_region_freed_and_late_tell_kept(storage):
         study.heartbeat(t1.id)  # an abandoned trial has no lease to extend
     late = study.tell(t1.id, {"y": 1.5})
     assert late.trial.state is TrialState.COMPLETED and late.trial.metrics["y"].value == 1.5
-    assert [e[0] for e in storage.trial_events(study.id, t1.id)] == ["PENDING", "ABANDONED", "COMPLETED"]
+    assert [e[0] for e in storage.trial_events(study.id, t1.id)] == [
+        "PENDING",
+        "ABANDONED",
+        "COMPLETED",
+    ]
     again = study.tell(t1.id, {"y": 1.5})  # the same late tell, retried
     assert again.duplicate
 
@@ -157,7 +177,13 @@ def test_retried_requests_are_idempotent(storage):
     from bbo.study import StudyRegistry
 
     reg = StudyRegistry(storage)
-    study, _ = reg.create_study("idem", {"parameters": [{"name": "x", "type": "float", "low": 0, "high": 1}], "objectives": [{"name": "y"}]})
+    study, _ = reg.create_study(
+        "idem",
+        {
+            "parameters": [{"name": "x", "type": "float", "low": 0, "high": 1}],
+            "objectives": [{"name": "y"}],
+        },
+    )
     a = study.ask(2, request_id="r1", worker_id="w").trials
     b = study.ask(2, request_id="r1", worker_id="w").trials
     assert [t.id for t in a] == [t.id for t in b] and len(storage.list_trials(study.id)) == 2

@@ -7,8 +7,11 @@ import threading
 
 from bbo.study import StudyRegistry
 
-SPEC = {"parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}], "objectives": [{"name": "y"}],
-        "algorithm": {"n_initial": 3}}
+SPEC = {
+    "parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}],
+    "objectives": [{"name": "y"}],
+    "algorithm": {"n_initial": 3},
+}
 
 
 def test_suggestions_run_on_at_most_fit_slots_dedicated_threads(storage):
@@ -33,7 +36,10 @@ def test_suggestions_run_on_at_most_fit_slots_dedicated_threads(storage):
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
-    callers = [threading.Thread(target=worker, args=(st,), name=f"caller-{i}") for i, st in enumerate(studies)]
+    callers = [
+        threading.Thread(target=worker, args=(st,), name=f"caller-{i}")
+        for i, st in enumerate(studies)
+    ]
     for th in callers:
         th.start()
     for th in callers:

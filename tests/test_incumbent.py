@@ -31,7 +31,9 @@ def test_best_trial_respects_goal_constraints_and_state():
 
 
 def test_pareto_front_feasible_and_mixed_goals():
-    spec = StudySpec(SPACE, (Objective("a"), Objective("b", MAXIMIZE)), (OutcomeConstraint("c", "<=", 0.0),))
+    spec = StudySpec(
+        SPACE, (Objective("a"), Objective("b", MAXIMIZE)), (OutcomeConstraint("c", "<=", 0.0),)
+    )
     trials = [
         T(0, a=1.0, b=1.0, c=0.0),
         T(1, a=2.0, b=2.0, c=0.0),

@@ -91,7 +91,10 @@ def test_evaluate_deterministic_and_complete(variant):
     assert det == {k: v for k, v in b.items() if k not in kit.wall_clock_metrics}
 
 
-@pytest.mark.parametrize("name,opts", [("hpo", {"model": "knn", "dataset": "breast_cancer"}), ("admm", {}), ("cloud", {})])
+@pytest.mark.parametrize(
+    "name,opts",
+    [("hpo", {"model": "knn", "dataset": "breast_cancer"}), ("admm", {}), ("cloud", {})],
+)
 def test_seed_changes_the_black_box(name, opts):
     kit = KITS[name]
     spec = kit.spec(**opts)
@@ -107,11 +110,19 @@ def test_hpo_constraint_and_train_seconds():
     spec = kit.spec(model="knn", dataset="iris", max_train_seconds=0.5)
     assert [str(c) for c in spec.outcome_constraints] == ["train_seconds <= 0.5"]
     assert "train_seconds" in spec.modeled_metrics
-    m = kit.evaluate({"n_neighbors": 5, "weights": "distance", "p": 2.0, "model": "knn", "dataset": "iris"})
-    assert 0 <= m["cv_error"] <= 0.2 and m["train_seconds"] > 0 and math.isfinite(m["train_seconds"])
+    m = kit.evaluate(
+        {"n_neighbors": 5, "weights": "distance", "p": 2.0, "model": "knn", "dataset": "iris"}
+    )
+    assert (
+        0 <= m["cv_error"] <= 0.2 and m["train_seconds"] > 0 and math.isfinite(m["train_seconds"])
+    )
     # a terrible configuration is clearly worse than a sensible one
-    bad = kit.evaluate({"C": 1e-3, "gamma": 1e-4, "tol": 1e-3, "model": "svm", "dataset": "breast_cancer"})
-    good = kit.evaluate({"C": 10.0, "gamma": 0.01, "tol": 1e-3, "model": "svm", "dataset": "breast_cancer"})
+    bad = kit.evaluate(
+        {"C": 1e-3, "gamma": 1e-4, "tol": 1e-3, "model": "svm", "dataset": "breast_cancer"}
+    )
+    good = kit.evaluate(
+        {"C": 10.0, "gamma": 0.01, "tol": 1e-3, "model": "svm", "dataset": "breast_cancer"}
+    )
     assert good["cv_error"] < 0.06 < 0.3 < bad["cv_error"]
 
 
@@ -132,7 +143,9 @@ def test_admm_lasso_matches_sklearn_on_small_instance():
     m = A.shape[0]
     sk = Lasso(alpha=inst.lam / m, fit_intercept=False, tol=1e-12, max_iter=200_000).fit(A, b)
     assert np.max(np.abs(sk.coef_ - res.x)) < 1e-5
-    _, xstar, fstar = admm_mod.reference.__wrapped__("lasso", 0)  # the kit's reference is exact (KKT)
+    _, xstar, fstar = admm_mod.reference.__wrapped__(
+        "lasso", 0
+    )  # the kit's reference is exact (KKT)
     inst0 = admm_mod.make_lasso(0)
     assert admm_mod.kkt_residual(inst0, xstar) < 1e-8
     assert abs(inst0.objective(xstar) - fstar) < 1e-12
@@ -144,8 +157,14 @@ def test_admm_qp_matches_scipy():
     inst = admm_mod.make_qp(seed=3, n=30, cond=1e2)
     res = admm_mod.admm(inst, rho=1.0, alpha=1.6, max_iter=20_000, eps_abs=1e-10, eps_rel=1e-10)
     assert res.converged
-    sp = minimize(lambda x: 0.5 * x @ inst.H @ x + inst.c @ x, np.zeros(inst.n), jac=lambda x: inst.H @ x + inst.c,
-                  bounds=list(zip(inst.lo, inst.hi)), method="L-BFGS-B", options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10_000})
+    sp = minimize(
+        lambda x: 0.5 * x @ inst.H @ x + inst.c @ x,
+        np.zeros(inst.n),
+        jac=lambda x: inst.H @ x + inst.c,
+        bounds=list(zip(inst.lo, inst.hi)),
+        method="L-BFGS-B",
+        options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10_000},
+    )
     assert np.max(np.abs(sp.x - res.x)) < 1e-5
     assert inst.objective(res.x) <= sp.fun + 1e-8
     _, xstar, _ = admm_mod.reference("qp", 0)
@@ -155,7 +174,14 @@ def test_admm_qp_matches_scipy():
 @pytest.mark.parametrize("problem", ["lasso", "qp"])
 def test_admm_bad_parameters_take_longer(problem):
     kit = KITS["admm"]
-    base = {"alpha": 1.6, "adaptive": "off", "mu": 10.0, "tau_incr": 2.0, "tau_decr": 2.0, "problem": problem}
+    base = {
+        "alpha": 1.6,
+        "adaptive": "off",
+        "mu": 10.0,
+        "tau_incr": 2.0,
+        "tau_decr": 2.0,
+        "problem": problem,
+    }
     good = kit.evaluate({**base, "rho": 3.0})
     too_small = kit.evaluate({**base, "rho": 1e-3})
     too_big = kit.evaluate({**base, "rho": 1e3})
@@ -185,11 +211,18 @@ def test_workload_matches_its_documentation():
         wl.cpu[0] = 3.0
 
 
-@pytest.mark.parametrize("policy", [
-    cloud_mod.Policy(),
-    cloud_mod.Policy(backfill_depth=0, target_fill=0.0, max_machines=4, min_machines=10),  # starved cluster
-    cloud_mod.Policy(scale_up_threshold=0.4, scale_down_ratio=0.9, idle_minutes=0.0, cooldown_minutes=0.0),
-])
+@pytest.mark.parametrize(
+    "policy",
+    [
+        cloud_mod.Policy(),
+        cloud_mod.Policy(
+            backfill_depth=0, target_fill=0.0, max_machines=4, min_machines=10
+        ),  # starved cluster
+        cloud_mod.Policy(
+            scale_up_threshold=0.4, scale_down_ratio=0.9, idle_minutes=0.0, cooldown_minutes=0.0
+        ),
+    ],
+)
 def test_simulator_conserves_jobs(policy):
     wl = cloud_mod.make_workload(2)
     r = cloud_mod.simulate(policy, wl, record=True)
@@ -231,11 +264,15 @@ def test_autoscaling_responds_to_load():
 def test_cloud_policy_tradeoffs():
     wl = cloud_mod.make_workload(0)
     cheap = cloud_mod.simulate(cloud_mod.Policy(max_machines=8, min_machines=1), wl).metrics
-    rich = cloud_mod.simulate(cloud_mod.Policy(max_machines=40, min_machines=10, scale_up_threshold=0.5), wl).metrics
+    rich = cloud_mod.simulate(
+        cloud_mod.Policy(max_machines=40, min_machines=10, scale_up_threshold=0.5), wl
+    ).metrics
     assert rich["cost_machine_hours"] > cheap["cost_machine_hours"]
     assert rich["mean_completion_minutes"] < cheap["mean_completion_minutes"]
     strict = cloud_mod.simulate(cloud_mod.Policy(max_machines=8, priority_weight=0.1), wl).metrics
-    favoured = cloud_mod.simulate(cloud_mod.Policy(max_machines=8, priority_weight=100.0), wl).metrics
+    favoured = cloud_mod.simulate(
+        cloud_mod.Policy(max_machines=8, priority_weight=100.0), wl
+    ).metrics
     assert favoured["high_priority_mean_wait_minutes"] < strict["high_priority_mean_wait_minutes"]
 
 
@@ -246,10 +283,16 @@ def test_cli_options_and_spec_conversion():
     from bbo.kits.cli import parse_options, spec_to_client_kwargs
 
     kit = KITS["hpo"]
-    assert parse_options(kit, ["model=rf", "cv_folds=5", "max_train_seconds=2"]) == {"model": "rf", "cv_folds": 5, "max_train_seconds": 2.0}
+    assert parse_options(kit, ["model=rf", "cv_folds=5", "max_train_seconds=2"]) == {
+        "model": "rf",
+        "cv_folds": 5,
+        "max_train_seconds": 2.0,
+    }
     with pytest.raises(SystemExit):
         parse_options(kit, ["colour=red"])
-    with pytest.raises(SystemExit, match="cv_folds='1.5'.*must be int"):  # was a ValueError traceback
+    with pytest.raises(
+        SystemExit, match="cv_folds='1.5'.*must be int"
+    ):  # was a ValueError traceback
         parse_options(kit, ["cv_folds=1.5"])
     kw = spec_to_client_kwargs(KITS["cloud"].spec())
     names = [p.name for p in kw["parameters"]]
@@ -278,15 +321,33 @@ def server(tmp_path_factory):
     proc.stop()
 
 
-@pytest.mark.parametrize("name,opts,entry", [
-    ("hpo", ["-o", "model=knn", "-o", "dataset=iris"], ["-m", "bbo.kits.cli"]),
-    ("admm", [], ["-m", "bbo_server", "kit"]),  # through the `bbo` command's dispatcher
-    ("cloud", [], ["-m", "bbo.kits.cli"]),
-])
+@pytest.mark.parametrize(
+    "name,opts,entry",
+    [
+        ("hpo", ["-o", "model=knn", "-o", "dataset=iris"], ["-m", "bbo.kits.cli"]),
+        ("admm", [], ["-m", "bbo_server", "kit"]),  # through the `bbo` command's dispatcher
+        ("cloud", [], ["-m", "bbo.kits.cli"]),
+    ],
+)
 def test_kit_study_end_to_end(server, name, opts, entry):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, *entry, name, "--server", server.address, "--trials", "6", "--workers", "2",
-           "--seed", "0", "--quiet", "--study", f"e2e-{name}", *opts]
+    cmd = [
+        sys.executable,
+        *entry,
+        name,
+        "--server",
+        server.address,
+        "--trials",
+        "6",
+        "--workers",
+        "2",
+        "--seed",
+        "0",
+        "--quiet",
+        "--study",
+        f"e2e-{name}",
+        *opts,
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "6 of 6 trials completed, 0 failed" in r.stdout, r.stdout + r.stderr

@@ -12,7 +12,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_run_all_quick(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, os.path.join(ROOT, "bench", "run_all.py"), "--quick", "--budget", "6", "--jobs", "2", "--out", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "bench", "run_all.py"),
+        "--quick",
+        "--budget",
+        "6",
+        "--jobs",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     with open(tmp_path / "suite.json") as f:
@@ -31,12 +41,22 @@ def test_run_all_quick(tmp_path):
         # the curve is the best feasible value so far: monotone once defined
         vals = [v for v in run["curve"] if v is not None]
         goal = table["problems"][run["problem"]]["goal"]
-        assert vals == sorted(vals, reverse=(goal == "minimize")) or len(vals) <= 1 or goal not in ("minimize", "maximize")
+        assert (
+            vals == sorted(vals, reverse=(goal == "minimize"))
+            or len(vals) <= 1
+            or goal not in ("minimize", "maximize")
+        )
     for name in meta["problems"]:
         entry = table["problems"][name]
         for m in methods:
             d = entry["methods"][m]
-            assert set(d) >= {"final_best_mean", "final_regret_mean", "mean_rank", "regret_curve_mean", "runs"}
+            assert set(d) >= {
+                "final_best_mean",
+                "final_regret_mean",
+                "mean_rank",
+                "regret_curve_mean",
+                "runs",
+            }
             assert d["runs"] == 1
     assert set(table["mean_rank"]) == set(methods)
     md = (tmp_path / "suite.md").read_text()

@@ -60,7 +60,10 @@ def test_reaper_off_leaves_expiry_to_the_next_ask(server_factory, make_study):
 def test_registry_expire_leases_updates_the_in_memory_trials(registry):
     """In-process: the reaper's registry call changes the store and the cached study's trial list,
     so the strategy no longer counts the trial as pending; other studies are untouched."""
-    spec = {"parameters": [{"name": "x", "type": "float", "low": 0.0, "high": 1.0}], "objectives": [{"name": "y"}]}
+    spec = {
+        "parameters": [{"name": "x", "type": "float", "low": 0.0, "high": 1.0}],
+        "objectives": [{"name": "y"}],
+    }
     a, _ = registry.create_study("a", spec)
     b, _ = registry.create_study("b", spec)
     (ta,) = a.ask(lease_seconds=10).trials

@@ -17,10 +17,23 @@ def limited(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("limits")
     db = "sqlite:///" + str(d / "l.db")
-    srv = ServerProcess(db, log_path=str(d / "server.log"), args=[
-        "--auth", "--workers", "1", "--max-studies", "3", "--max-parameters", "4", "--max-ask", "5",
-        "--max-message-bytes", "65536",
-    ])
+    srv = ServerProcess(
+        db,
+        log_path=str(d / "server.log"),
+        args=[
+            "--auth",
+            "--workers",
+            "1",
+            "--max-studies",
+            "3",
+            "--max-parameters",
+            "4",
+            "--max-ask",
+            "5",
+            "--max-message-bytes",
+            "65536",
+        ],
+    )
     srv.start()
     a, _ = create_key(db, "a")
     b, _ = create_key(db, "b")
@@ -58,8 +71,12 @@ def test_max_studies_per_tenant(limited):
 
 def test_max_parameters(limited):
     st, b = limited["stub"], limited["b"]
-    spec = pb.StudySpec(parameters=[pb.ParameterSpec(name=f"p{i}", float=pb.FloatParameter(low=0, high=1)) for i in range(5)],
-                        objectives=[pb.Objective(name="y")])
+    spec = pb.StudySpec(
+        parameters=[
+            pb.ParameterSpec(name=f"p{i}", float=pb.FloatParameter(low=0, high=1)) for i in range(5)
+        ],
+        objectives=[pb.Objective(name="y")],
+    )
     code, msg = _details(st, "CreateStudy", svc.CreateStudyRequest(name="wide", spec=spec), b)
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-parameters" in msg
     del spec.parameters[4]
@@ -73,7 +90,12 @@ def test_max_ask_and_message_size(limited):
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "5" in msg
     r, code = call(st, "Ask", svc.AskRequest(study="asks", count=5), b)
     assert code is None and len(r.trials) == 5
-    big = svc.TellRequest(study="asks", trial_id=r.trials[0].id, reason="x" * 70000, metrics={"y": pb.MetricValue(value=1.0)})
+    big = svc.TellRequest(
+        study="asks",
+        trial_id=r.trials[0].id,
+        reason="x" * 70000,
+        metrics={"y": pb.MetricValue(value=1.0)},
+    )
     assert call(st, "Tell", big, b)[1] == grpc.StatusCode.RESOURCE_EXHAUSTED
     r2, _ = call(st, "GetTrial", svc.GetTrialRequest(study="asks", trial_id=r.trials[0].id), b)
     assert r2.state == pb.TRIAL_STATE_PENDING  # the refused tell changed nothing
@@ -81,7 +103,9 @@ def test_max_ask_and_message_size(limited):
 
 def test_rate_limit_is_per_tenant(server_factory, tmp_path):
     db = "sqlite:///" + str(tmp_path / "rate.db")
-    srv = server_factory(db=db, args=["--auth", "--workers", "1", "--rate-limit", "1", "--rate-burst", "5"])
+    srv = server_factory(
+        db=db, args=["--auth", "--workers", "1", "--rate-limit", "1", "--rate-burst", "5"]
+    )
     a, _ = create_key(db, "a")
     b, _ = create_key(db, "b")
     ch, st = stub(srv.address)
@@ -93,7 +117,9 @@ def test_rate_limit_is_per_tenant(server_factory, tmp_path):
         code, msg = _details(st, "ListStudies", svc.ListStudiesRequest(), a)
         if code is not None:
             assert "--rate-limit" in msg
-        assert call(st, "ListStudies", svc.ListStudiesRequest(), b)[1] is None  # b has its own bucket
+        assert (
+            call(st, "ListStudies", svc.ListStudiesRequest(), b)[1] is None
+        )  # b has its own bucket
 
 
 def test_token_bucket_unit():
@@ -111,7 +137,11 @@ def test_token_bucket_unit():
 def test_negative_limits_refused(tmp_path):
     from bbo_server.process import ServerProcess
 
-    srv = ServerProcess("sqlite:///" + str(tmp_path / "n.db"), args=["--rate-limit", "-1"], log_path=str(tmp_path / "n.log"))
+    srv = ServerProcess(
+        "sqlite:///" + str(tmp_path / "n.db"),
+        args=["--rate-limit", "-1"],
+        log_path=str(tmp_path / "n.log"),
+    )
     with pytest.raises(RuntimeError) as e:
         srv.start(timeout=60)
     assert "--rate-limit" in str(e.value)

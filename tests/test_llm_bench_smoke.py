@@ -20,7 +20,13 @@ def test_bench_llm_one_short_run(variant):
     if variant == "warm_good":
         # the first candidate opens the design and measures best of its first three points, so the
         # second (near the optimum too) follows at once and closes it: BO starts one evaluation early
-        assert r["origins"][:5] == ["llm_warmstart", "initial_design", "initial_design", "llm_warmstart", "bo"]
+        assert r["origins"][:5] == [
+            "llm_warmstart",
+            "initial_design",
+            "initial_design",
+            "llm_warmstart",
+            "bo",
+        ]
         assert r["llm"]["n_warm"] == 2
     elif variant == "prior_good":
         assert r["llm"]["n_priors"] == 2 and "prior_guided_bo" in r["origins"]
@@ -38,7 +44,10 @@ def test_bench_llm_summary_targets():
     ]
     s = bench_llm.summarize(runs, 4)["p"]
     assert s["prior_good"]["evals_to_plain_final"] == 2 and s["plain"]["evals_to_plain_final"] == 3
-    assert abs(s["prior_bad"]["final_ratio"] - 1.05) < 1e-12 and s["prior_bad"]["evals_to_plain_final"] is None
+    assert (
+        abs(s["prior_bad"]["final_ratio"] - 1.05) < 1e-12
+        and s["prior_bad"]["evals_to_plain_final"] is None
+    )
     assert "| p | prior_good |" in bench_llm.markdown({"p": s}, 4, 1, 60.0)
 
 
@@ -48,11 +57,20 @@ def test_bench_llm_paired_ratio_pairs_runs_by_seed():
     import bench_llm
 
     finals = {"plain": [1.0, 4.0, 16.0], "prior_bad": [2.0, 8.0, 1.0]}
-    order = {"plain": (2, 0, 1), "prior_bad": (0, 1, 2)}  # stored in different orders, as parallel runs finish
-    runs = [{"problem": "p", "variant": v, "seed": s, "regret": [20.0, f[s]]} for v, f in finals.items() for s in order[v]]
+    order = {
+        "plain": (2, 0, 1),
+        "prior_bad": (0, 1, 2),
+    }  # stored in different orders, as parallel runs finish
+    runs = [
+        {"problem": "p", "variant": v, "seed": s, "regret": [20.0, f[s]]}
+        for v, f in finals.items()
+        for s in order[v]
+    ]
     s = bench_llm.summarize(runs, 2)["p"]
     assert abs(s["prior_bad"]["final_ratio"] - 0.5) < 1e-12  # median 2 vs 4
-    assert abs(10 ** s["prior_bad"]["paired_log10_ratio_median"] - 2.0) < 1e-9  # seeds 0 and 1 are 2x worse
+    assert (
+        abs(10 ** s["prior_bad"]["paired_log10_ratio_median"] - 2.0) < 1e-9
+    )  # seeds 0 and 1 are 2x worse
     assert "| 2.00 |" in bench_llm.markdown({"p": s}, 2, 3, 1.0)
 
 
@@ -63,12 +81,44 @@ def test_bench_llm_adding_seeds_keeps_the_stored_runs(tmp_path):
 
     import bench_llm
 
-    old = [{"problem": p, "variant": "plain", "seed": 0, "prior_exponent": 3.0, "regret": [5.0, 4.0, 3.0], "seconds": 1.0}
-           for p in ("branin", "hartmann6")]
+    old = [
+        {
+            "problem": p,
+            "variant": "plain",
+            "seed": 0,
+            "prior_exponent": 3.0,
+            "regret": [5.0, 4.0, 3.0],
+            "seconds": 1.0,
+        }
+        for p in ("branin", "hartmann6")
+    ]
     partial = tmp_path / "llm.partial.jsonl"
     partial.write_text("".join(json.dumps(r) + "\n" for r in old))
-    bench_llm.main(["--problems", "branin", "--variants", "plain", "--first-seed", "1", "--seeds", "1", "--budget", "3",
-                    "--workers", "1", "--resume", "--out", str(tmp_path)])
+    bench_llm.main(
+        [
+            "--problems",
+            "branin",
+            "--variants",
+            "plain",
+            "--first-seed",
+            "1",
+            "--seeds",
+            "1",
+            "--budget",
+            "3",
+            "--workers",
+            "1",
+            "--resume",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     stored = [json.loads(line) for line in partial.read_text().splitlines()]
-    assert sorted((r["problem"], r["seed"]) for r in stored) == [("branin", 0), ("branin", 1), ("hartmann6", 0)]
-    assert len(json.loads((tmp_path / "llm.json").read_text())["runs"]) == 1  # the summary covers this job set
+    assert sorted((r["problem"], r["seed"]) for r in stored) == [
+        ("branin", 0),
+        ("branin", 1),
+        ("hartmann6", 0),
+    ]
+    assert (
+        len(json.loads((tmp_path / "llm.json").read_text())["runs"]) == 1
+    )  # the summary covers this job set

@@ -20,7 +20,9 @@ N = 4
 
 
 def cfg(srv: ChatServer, **kw) -> LlmConfig:
-    base = dict(base_url=srv.url, api_key="test", model="test-model", timeout_s=2.0, ask_budget_s=5.0)
+    base = dict(
+        base_url=srv.url, api_key="test", model="test-model", timeout_s=2.0, ask_budget_s=5.0
+    )
     base.update(kw)
     return LlmConfig(**base)
 
@@ -47,7 +49,9 @@ def finish(spec, res, n=N):
 
 def test_good_json_with_schema_and_usage():
     spec = make_spec()
-    with ChatServer([Reply(candidates(*distinct_good(N)), prompt_tokens=321, completion_tokens=123)]) as srv:
+    with ChatServer(
+        [Reply(candidates(*distinct_good(N)), prompt_tokens=321, completion_tokens=123)]
+    ) as srv:
         res = LlmAdvisor(cfg(srv)).warmstart(spec, [], N)
         body = srv.requests[0]
     assert res.reason == "" and len(res.suggestions) == N
@@ -56,22 +60,52 @@ def test_good_json_with_schema_and_usage():
     assert rec.outcome == "ok" and rec.purpose == "warmstart" and rec.model == "test-model"
     assert (rec.prompt_tokens, rec.completion_tokens) == (321, 123) and rec.latency_s > 0
     assert "ResNet-18" in rec.prompt and rec.response.startswith('{"candidates"')
-    assert body["response_format"]["type"] == "json_schema" and body["response_format"]["json_schema"]["strict"] is True
+    assert (
+        body["response_format"]["type"] == "json_schema"
+        and body["response_format"]["json_schema"]["strict"] is True
+    )
     finish(spec, res)
 
 
 def test_out_of_range_and_wrong_types_are_repaired_or_rejected():
     spec = make_spec()
     bad = [
-        {"lr": "0.001", "layers": 3.0, "opt": "ADAM", "batch": 60, "dropout": 0.52, "wd": "0.0"},  # all repairable
-        {"lr": 5.0, "layers": 4, "opt": "adam", "batch": 64, "dropout": 0.1, "wd": 0.0},  # lr way out: rejected
-        {"lr": 0.001, "layers": "many", "opt": "adam", "batch": 64, "dropout": 0.1, "wd": 0.0},  # rejected
+        {
+            "lr": "0.001",
+            "layers": 3.0,
+            "opt": "ADAM",
+            "batch": 60,
+            "dropout": 0.52,
+            "wd": "0.0",
+        },  # all repairable
+        {
+            "lr": 5.0,
+            "layers": 4,
+            "opt": "adam",
+            "batch": 64,
+            "dropout": 0.1,
+            "wd": 0.0,
+        },  # lr way out: rejected
+        {
+            "lr": 0.001,
+            "layers": "many",
+            "opt": "adam",
+            "batch": 64,
+            "dropout": 0.1,
+            "wd": 0.0,
+        },  # rejected
     ]
     with ChatServer([Reply(candidates(*bad))]) as srv:
         res = LlmAdvisor(cfg(srv)).warmstart(spec, [], N)
     assert len(res.suggestions) == 1
     p = res.suggestions[0].params
-    assert p["layers"] == 3 and p["opt"] == "adam" and p["batch"] == 64 and p["dropout"] == 0.5 and p["wd"] == 0.0
+    assert (
+        p["layers"] == 3
+        and p["opt"] == "adam"
+        and p["batch"] == 64
+        and p["dropout"] == 0.5
+        and p["wd"] == 0.0
+    )
     assert res.reason.startswith("llm gave 1 of 4 usable candidates")
     assert res.calls[0].outcome.startswith("partial:")
     out = finish(spec, res)
@@ -81,7 +115,11 @@ def test_out_of_range_and_wrong_types_are_repaired_or_rejected():
 
 def test_prose_around_json():
     spec = make_spec()
-    text = "Sure! Based on experience with ResNets, I suggest:\n\n" + candidates(*distinct_good(2)) + "\n\nGood luck!"
+    text = (
+        "Sure! Based on experience with ResNets, I suggest:\n\n"
+        + candidates(*distinct_good(2))
+        + "\n\nGood luck!"
+    )
     with ChatServer([Reply(text)]) as srv:
         res = LlmAdvisor(cfg(srv)).warmstart(spec, [], 2)
     assert res.reason == "" and len(res.suggestions) == 2
@@ -95,7 +133,10 @@ def test_prose_around_json():
         (Reply(status=429), "rate limited (HTTP 429)"),
         (Reply(status=500), "server error (HTTP 500)"),
         (Reply(status=503), "server error (HTTP 503)"),
-        (Reply("Here are some thoughts, but no JSON."), "unusable answer: no valid candidates (no JSON candidates in the answer)"),
+        (
+            Reply("Here are some thoughts, but no JSON."),
+            "unusable answer: no valid candidates (no JSON candidates in the answer)",
+        ),
     ],
 )
 def test_failures_become_reasons(reply, reason):
@@ -142,7 +183,9 @@ def test_ask_budget_bounds_prepare():
     respond, release, answered = _held("{}")
     with ChatServer(respond) as srv:
         try:
-            plan = LlmAdvisor(cfg(srv, timeout_s=30.0, ask_budget_s=0.7)).prepare(spec, [], 2, study_key="s")
+            plan = LlmAdvisor(cfg(srv, timeout_s=30.0, ask_budget_s=0.7)).prepare(
+                spec, [], 2, study_key="s"
+            )
             # Both calls were cut by the ask budget, not by the (much longer) call timeout.
             assert not answered.is_set()
         finally:
@@ -171,7 +214,9 @@ def test_server_rejecting_max_tokens_and_temperature():
         res = LlmAdvisor(cfg(srv)).warmstart(spec, [], 1)
         last = srv.requests[-1]
     assert res.reason == "" and len(srv.requests) == 3
-    assert "max_completion_tokens" in last and "temperature" not in last and "response_format" in last
+    assert (
+        "max_completion_tokens" in last and "temperature" not in last and "response_format" in last
+    )
 
 
 def test_connection_refused():
@@ -187,7 +232,9 @@ def test_connection_refused():
 
 def test_retry_once_after_429():
     spec = make_spec()
-    with ChatServer([Reply(status=429, retry_after=0.1), Reply(candidates(*distinct_good(N)))]) as srv:
+    with ChatServer(
+        [Reply(status=429, retry_after=0.1), Reply(candidates(*distinct_good(N)))]
+    ) as srv:
         res = LlmAdvisor(cfg(srv, max_retries=1)).warmstart(spec, [], N)
         assert len(srv.requests) == 2
     assert res.reason == ""
@@ -207,7 +254,9 @@ def test_unusable_answers_are_not_asked_forever():
     spec = make_spec()
     with ChatServer([Reply("no idea")]) as srv:
         adv = LlmAdvisor(cfg(srv))
-        reasons = [adv.warmstart(spec, [], N, study_key="s").reason for _ in range(UNUSABLE_RETRIES + 2)]
+        reasons = [
+            adv.warmstart(spec, [], N, study_key="s").reason for _ in range(UNUSABLE_RETRIES + 2)
+        ]
         assert len(srv.requests) == UNUSABLE_RETRIES
     assert reasons[-1].startswith("answers to this prompt were unusable")
 
@@ -239,7 +288,12 @@ def test_cache_same_prompt_same_study_is_asked_once():
         LlmAdvisor(cfg(srv), cache=store).warmstart(spec, [], N, study_key="study-b")
         assert len(srv.requests) == 2
         # trials already evaluated are dropped from the cached answer
-        t = Trial(0, dict(r1.suggestions[0].params), TrialState.COMPLETED, {"val_loss": Metric(0.3), "latency_ms": Metric(1.0)})
+        t = Trial(
+            0,
+            dict(r1.suggestions[0].params),
+            TrialState.COMPLETED,
+            {"val_loss": Metric(0.3), "latency_ms": Metric(1.0)},
+        )
         r4 = adv.warmstart(spec, [t], N, study_key="study-a")
         assert len(srv.requests) == 2 and len(r4.suggestions) == N - 1
 
@@ -273,9 +327,23 @@ def test_disabled_is_plain_bo():
 
 
 def test_config_from_env():
-    c = LlmConfig.from_env({"BBO_LLM_BASE_URL": "http://h:8000/v1/", "BBO_LLM_MODEL": "m", "BBO_LLM_TIMEOUT": "12",
-                            "BBO_LLM_API_KEY": "k", "BBO_LLM_MAX_RETRIES": "5"})
-    assert (c.base_url, c.model, c.timeout_s, c.api_key, c.max_retries, c.enabled) == ("http://h:8000/v1", "m", 12.0, "k", 1, True)
+    c = LlmConfig.from_env(
+        {
+            "BBO_LLM_BASE_URL": "http://h:8000/v1/",
+            "BBO_LLM_MODEL": "m",
+            "BBO_LLM_TIMEOUT": "12",
+            "BBO_LLM_API_KEY": "k",
+            "BBO_LLM_MAX_RETRIES": "5",
+        }
+    )
+    assert (c.base_url, c.model, c.timeout_s, c.api_key, c.max_retries, c.enabled) == (
+        "http://h:8000/v1",
+        "m",
+        12.0,
+        "k",
+        1,
+        True,
+    )
     with pytest.raises(ValueError):
         LlmConfig.from_env({"BBO_LLM_TIMEOUT": "soon"})
     assert "k" not in c.describe()
@@ -285,6 +353,7 @@ def _route(priors_answer: str, candidates_answer: str):
     def respond(body):
         name = (body.get("response_format") or {}).get("json_schema", {}).get("name", "")
         return Reply(priors_answer if name == "parameter_priors" else candidates_answer)
+
     return respond
 
 
@@ -292,24 +361,52 @@ def test_prepare_priors_and_warmstart_feed_the_strategy():
     from bbo.strategy import GenerationStrategy
 
     spec = make_spec()
-    priors = {"priors": {"lr": {"rationale": "r", "best_guess": 1e-3, "low": 1e-4, "high": 1e-2, "confidence": 0.8},
-                         "opt": {"rationale": "r", "probabilities": {"adam": 0.7, "sgd": 0.2, "rmsprop": 0.1}, "confidence": 0.3}}}
+    priors = {
+        "priors": {
+            "lr": {
+                "rationale": "r",
+                "best_guess": 1e-3,
+                "low": 1e-4,
+                "high": 1e-2,
+                "confidence": 0.8,
+            },
+            "opt": {
+                "rationale": "r",
+                "probabilities": {"adam": 0.7, "sgd": 0.2, "rmsprop": 0.1},
+                "confidence": 0.3,
+            },
+        }
+    }
     with ChatServer(_route(json.dumps(priors), candidates(*distinct_good(6)))) as srv:
         adv = LlmAdvisor(cfg(srv))
         plan = adv.prepare(spec, [], 3, study_key="s")
         assert len(srv.requests) == 2
-        assert plan.reasons.get("warmstart", "") == "" and plan.reasons["priors"].startswith("llm gave priors for 2 of 6")
-        assert {p.parameter for p in plan.spec.priors} == {"lr", "opt"} and all(p.confidence <= 0.5 for p in plan.spec.priors)
+        assert plan.reasons.get("warmstart", "") == "" and plan.reasons["priors"].startswith(
+            "llm gave priors for 2 of 6"
+        )
+        assert {p.parameter for p in plan.spec.priors} == {"lr", "opt"} and all(
+            p.confidence <= 0.5 for p in plan.spec.priors
+        )
         n_ws = 4  # a third of the initial design (12 for 6 parameters)
         assert len(plan.warmstart) == n_ws
         gs = GenerationStrategy(plan.spec)
         out = gs.suggest([], 3, warmstart=plan.warmstart)
-        assert [s.origin for s in out] == ["llm_warmstart", "initial_design", "initial_design"]  # the first candidate opens the design
-        trials = [Trial(i, s.params, TrialState.PENDING, origin=s.origin) for i, s in enumerate(out)]
+        assert [s.origin for s in out] == [
+            "llm_warmstart",
+            "initial_design",
+            "initial_design",
+        ]  # the first candidate opens the design
+        trials = [
+            Trial(i, s.params, TrialState.PENDING, origin=s.origin) for i, s in enumerate(out)
+        ]
         plan2 = adv.prepare(spec, trials, 3, study_key="s")
         assert len(srv.requests) == 2  # both answers came from the cache
-        assert len(plan2.warmstart) == n_ws - 1 and out[0].params not in [w.params for w in plan2.warmstart]
-        out2 = gs.suggest(trials, 9, warmstart=plan2.warmstart)  # nothing measured yet: the other candidates close the design
+        assert len(plan2.warmstart) == n_ws - 1 and out[0].params not in [
+            w.params for w in plan2.warmstart
+        ]
+        out2 = gs.suggest(
+            trials, 9, warmstart=plan2.warmstart
+        )  # nothing measured yet: the other candidates close the design
         assert [s.origin for s in out2] == ["initial_design"] * 6 + ["llm_warmstart"] * 3
 
 
@@ -317,10 +414,24 @@ def test_absurd_categorical_weights_do_not_void_the_other_priors():
     """Categorical weights near the float limit summed to inf and normalized to nan, which failed the
     merged spec's validation and dropped every prior of the answer; now they are read as equal."""
     spec = make_spec()
-    absurd = {"opt": {"rationale": "r", "probabilities": {"adam": 1e308, "Adam": 1e308, "sgd": 1e308}, "confidence": 0.4}}
-    good = {"lr": {"rationale": "r", "best_guess": 1e-3, "low": 1e-4, "high": 1e-2, "confidence": 0.8}}
+    absurd = {
+        "opt": {
+            "rationale": "r",
+            "probabilities": {"adam": 1e308, "Adam": 1e308, "sgd": 1e308},
+            "confidence": 0.4,
+        }
+    }
+    good = {
+        "lr": {"rationale": "r", "best_guess": 1e-3, "low": 1e-4, "high": 1e-2, "confidence": 0.8}
+    }
     with ChatServer([Reply(json.dumps({"priors": {**absurd, **good}}))]) as srv:
         res = LlmAdvisor(cfg(srv)).priors(spec, study_key="s")
     by = {p.parameter: p for p in res.priors}
-    assert set(by) == {"lr", "opt"} and all(math.isfinite(v) for v in by["opt"].probabilities.values())
-    assert by["opt"].probabilities["adam"] > by["opt"].probabilities["sgd"] > by["opt"].probabilities["rmsprop"]
+    assert set(by) == {"lr", "opt"} and all(
+        math.isfinite(v) for v in by["opt"].probabilities.values()
+    )
+    assert (
+        by["opt"].probabilities["adam"]
+        > by["opt"].probabilities["sgd"]
+        > by["opt"].probabilities["rmsprop"]
+    )

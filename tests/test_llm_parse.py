@@ -17,8 +17,23 @@ from bbo.llm.parse import (
     parse_candidates,
     parse_priors,
 )
-from bbo.llm.prompt import candidates_schema, history_table, priors_prompt, priors_schema, proposal_prompt, warmstart_prompt
-from bbo.space import CategoricalParam, FixedParam, FloatParam, IntParam, LinearConstraint, OrdinalParam, SearchSpace
+from bbo.llm.prompt import (
+    candidates_schema,
+    history_table,
+    priors_prompt,
+    priors_schema,
+    proposal_prompt,
+    warmstart_prompt,
+)
+from bbo.space import (
+    CategoricalParam,
+    FixedParam,
+    FloatParam,
+    IntParam,
+    LinearConstraint,
+    OrdinalParam,
+    SearchSpace,
+)
 from bbo.spec import LlmOptions, Objective, OutcomeConstraint, ParameterPrior, StudySpec
 from bbo.trial import Metric, Trial, TrialState
 
@@ -27,10 +42,16 @@ def _unit_normal(space: SearchSpace, pr: ParameterPrior) -> tuple[float, float]:
     """A numeric prior's (mean, sd) in the unit encoding, per ParameterPrior's units (bbo.priors):
     on a log scale the sd is the log-distance from mean to mean + std."""
     p = space.by_name[pr.parameter]
-    lo, hi = (float(p.values[0]), float(p.values[-1])) if isinstance(p, OrdinalParam) else (float(p.low), float(p.high))
+    lo, hi = (
+        (float(p.values[0]), float(p.values[-1]))
+        if isinstance(p, OrdinalParam)
+        else (float(p.low), float(p.high))
+    )
     if getattr(p, "log", False):
         span = math.log(hi) - math.log(lo)
-        return (math.log(pr.mean) - math.log(lo)) / span, (math.log(pr.mean + pr.std) - math.log(pr.mean)) / span
+        return (math.log(pr.mean) - math.log(lo)) / span, (
+            math.log(pr.mean + pr.std) - math.log(pr.mean)
+        ) / span
     return (pr.mean - lo) / (hi - lo), pr.std / (hi - lo)
 
 
@@ -115,11 +136,29 @@ def test_parse_candidates_repairs_rejects_and_dedupes():
     items = [
         {"rationale": "standard", "params": GOOD},
         {"rationale": "dup", "params": dict(GOOD)},
-        {"reason": "strings", "params": {"lr": "3e-4", "layers": "6", "opt": "SGD", "batch": "32", "dropout": "0.2", "wd": "0"}},
+        {
+            "reason": "strings",
+            "params": {
+                "lr": "3e-4",
+                "layers": "6",
+                "opt": "SGD",
+                "batch": "32",
+                "dropout": "0.2",
+                "wd": "0",
+            },
+        },
         {"params": {**GOOD, "opt": "lion"}},  # unknown choice
         {"params": {**GOOD, "dropout": 0.5, "wd": 0.1}},  # violates dropout + 4 wd <= 0.6
         {"params": {k: v for k, v in GOOD.items() if k != "layers"}},  # missing
-        {"LR": 0.01, "Layers": 2, "opt": "rmsprop", "batch": 16, "dropout": 0.0, "wd": 0.0, "why": "flat form"},
+        {
+            "LR": 0.01,
+            "Layers": 2,
+            "opt": "rmsprop",
+            "batch": 16,
+            "dropout": 0.0,
+            "wd": 0.0,
+            "why": "flat form",
+        },
     ]
     text = "Here are my picks:\n```json\n" + json.dumps({"candidates": items}) + "\n```"
     out = parse_candidates(text, space, exclude=[])
@@ -127,9 +166,15 @@ def test_parse_candidates_repairs_rejects_and_dedupes():
     for p, _ in out.points:
         assert space.validate_params(p) == p
         assert p["seed"] == 0
-    assert out.points[1][0]["opt"] == "sgd" and out.points[1][0]["layers"] == 6 and out.points[1][0]["batch"] == 32
+    assert (
+        out.points[1][0]["opt"] == "sgd"
+        and out.points[1][0]["layers"] == 6
+        and out.points[1][0]["batch"] == 32
+    )
     assert out.n_offered == 7 and len(out.rejected) == 4
-    assert any("duplicate" in r for r in out.rejected) and any("constraint" in r for r in out.rejected)
+    assert any("duplicate" in r for r in out.rejected) and any(
+        "constraint" in r for r in out.rejected
+    )
     # existing trials are excluded; limit keeps the first valid ones
     again = parse_candidates(text, space, exclude=[{**GOOD, "seed": 0}], limit=1)
     assert [r for _, r in again.points] == ["strings"]
@@ -137,7 +182,14 @@ def test_parse_candidates_repairs_rejects_and_dedupes():
 
 def test_parse_candidates_salvages_truncated_answer():
     space = make_space()
-    full = json.dumps({"candidates": [{"rationale": "a", "params": GOOD}, {"rationale": "b", "params": {**GOOD, "layers": 2}}]})
+    full = json.dumps(
+        {
+            "candidates": [
+                {"rationale": "a", "params": GOOD},
+                {"rationale": "b", "params": {**GOOD, "layers": 2}},
+            ]
+        }
+    )
     cut = full[: full.index('"layers": 2') + 5]  # cut inside the second candidate
     out = parse_candidates(cut, space)
     assert len(out.points) == 1 and out.points[0][1] == "a"
@@ -155,11 +207,21 @@ def test_parse_priors_intervals_log_and_clamps():
     space = make_space()
     ans = {
         "priors": {
-            "lr": {"rationale": "Adam default", "best_guess": 1e-3, "low": 3e-4, "high": 3e-3, "confidence": 0.9},
+            "lr": {
+                "rationale": "Adam default",
+                "best_guess": 1e-3,
+                "low": 3e-4,
+                "high": 3e-3,
+                "confidence": 0.9,
+            },
             "layers": {"best_guess": "4", "low": 3, "high": 5, "confidence": "70%"},
             "opt": {"probabilities": {"Adam": 0.8, "sgd": 0.2, "lion": 0.5}, "confidence": 0.4},
             "batch": {"best_guess": 64, "low": 64, "high": 64, "confidence": 0.3},
-            "dropout": {"best_guess": 3.0, "low": 2.0, "high": 4.0},  # far outside [0, 0.5]: dropped
+            "dropout": {
+                "best_guess": 3.0,
+                "low": 2.0,
+                "high": 4.0,
+            },  # far outside [0, 0.5]: dropped
             "seed": {"best_guess": 1},  # fixed: ignored
         }
     }
@@ -178,7 +240,9 @@ def test_parse_priors_intervals_log_and_clamps():
     probs = by["opt"].probabilities
     assert math.isclose(sum(probs.values()), 1.0) and probs["adam"] > probs["sgd"] > 0
     assert probs["rmsprop"] >= CATEGORICAL_PRIOR_FLOOR / 3 - 1e-12
-    assert any("dropout" in i for i in out.issues) and any("fixed" in i or "seed" in i for i in out.issues)
+    assert any("dropout" in i for i in out.issues) and any(
+        "fixed" in i or "seed" in i for i in out.issues
+    )
     # the merged spec validates, and user priors win
     spec = make_spec(priors=(ParameterPrior("lr", mean=0.01, std=0.005),))
     merged = merge_priors(spec.priors, out.priors)
@@ -201,7 +265,14 @@ def _trials(spec, n):
     out = []
     for i in range(n):
         p = {**GOOD, "layers": 1 + i % 8, "dropout": 0.01 * i % 0.3, "seed": 0}
-        out.append(Trial(i, p, TrialState.COMPLETED, {"val_loss": Metric(1.0 / (1 + i)), "latency_ms": Metric(10.0 + i)}))
+        out.append(
+            Trial(
+                i,
+                p,
+                TrialState.COMPLETED,
+                {"val_loss": Metric(1.0 / (1 + i)), "latency_ms": Metric(10.0 + i)},
+            )
+        )
     out.append(Trial(n, {**GOOD, "seed": 0}, TrialState.PENDING))
     out.append(Trial(n + 1, {**GOOD, "layers": 7, "seed": 0}, TrialState.FAILED))
     return out
@@ -210,15 +281,30 @@ def _trials(spec, n):
 def test_prompts_describe_the_study():
     spec = make_spec()
     ws = warmstart_prompt(spec, 4)
-    for s in ("ResNet-18", "lr: real number in [1e-05, 0.1], log scale", "layers: integer in [1, 8]",
-              '["adam", "sgd", "rmsprop"]', "(ordered)", "fixed at 0", "1*dropout + 4*wd <= 0.6",
-              "minimize val_loss", "latency_ms <= 50", "4 diverse"):
+    for s in (
+        "ResNet-18",
+        "lr: real number in [1e-05, 0.1], log scale",
+        "layers: integer in [1, 8]",
+        '["adam", "sgd", "rmsprop"]',
+        "(ordered)",
+        "fixed at 0",
+        "1*dropout + 4*wd <= 0.6",
+        "minimize val_loss",
+        "latency_ms <= 50",
+        "4 diverse",
+    ):
         assert s in ws.text, s
     pp = proposal_prompt(spec, _trials(spec, 50), 3)
-    assert "best first" in pp.text and "Being evaluated right now" in pp.text and "failed to run" in pp.text
+    assert (
+        "best first" in pp.text
+        and "Being evaluated right now" in pp.text
+        and "failed to run" in pp.text
+    )
     table = history_table(spec, _trials(spec, 50))
     rows = table.splitlines()
-    assert rows[2].split(" | ")[6] == "0.0243902"  # best feasible (latency_ms <= 50: trial 40) first
+    assert (
+        rows[2].split(" | ")[6] == "0.0243902"
+    )  # best feasible (latency_ms <= 50: trial 40) first
     assert rows[2].endswith("yes") and any(r.endswith("no") for r in rows)
     assert "showing the best 20 and 10 most recent of 50" in rows[0]
     assert len(rows) < 60
@@ -239,7 +325,12 @@ def test_schemas_are_strict_mode_compatible():
     space = make_space()
     _check_strict(candidates_schema(space))
     _check_strict(priors_schema(space))
-    assert "seed" not in candidates_schema(space)["properties"]["candidates"]["items"]["properties"]["params"]["properties"]
+    assert (
+        "seed"
+        not in candidates_schema(space)["properties"]["candidates"]["items"]["properties"][
+            "params"
+        ]["properties"]
+    )
 
 
 def test_brackets_are_matched_in_one_pass_and_a_stray_quote_in_prose_does_not_hide_the_json():
@@ -248,7 +339,10 @@ def test_brackets_are_matched_in_one_pass_and_a_stray_quote_in_prose_does_not_hi
     Prose with an unmatched quote before the JSON falls back to scanning that opener on its own."""
     from bbo.llm.parse import extract_json, salvage_objects
 
-    cut = '{"candidates": [{"params": {"x": 0.25}, "rationale": "a"}, ' + '{"params": {"x": 0.5, ' * 5000
+    cut = (
+        '{"candidates": [{"params": {"x": 0.25}, "rationale": "a"}, '
+        + '{"params": {"x": 0.5, ' * 5000
+    )
     got = salvage_objects(cut)
     assert got[0] == {"params": {"x": 0.25}, "rationale": "a"} and len(got) == 1
     assert extract_json("Sure, here's some rock 'n roll: {\"a\": [1, 2]} enjoy") == {"a": [1, 2]}

@@ -18,8 +18,31 @@ GOOD_POINTS = [{"x": 0.11, "y": 0.22}, {"x": 0.33, "y": 0.44}]
 def _responder(body: dict) -> Reply:
     prompt = ChatServer.prompt_of(body)
     if "candidates" in prompt:
-        return Reply(json.dumps({"candidates": [{"rationale": f"guess {i}", "params": p} for i, p in enumerate(GOOD_POINTS)]}))
-    return Reply(json.dumps({"priors": {n: {"rationale": "r", "best_guess": 0.2, "low": 0.1, "high": 0.3, "confidence": 0.9} for n in ("x", "y")}}))
+        return Reply(
+            json.dumps(
+                {
+                    "candidates": [
+                        {"rationale": f"guess {i}", "params": p} for i, p in enumerate(GOOD_POINTS)
+                    ]
+                }
+            )
+        )
+    return Reply(
+        json.dumps(
+            {
+                "priors": {
+                    n: {
+                        "rationale": "r",
+                        "best_guess": 0.2,
+                        "low": 0.1,
+                        "high": 0.3,
+                        "confidence": 0.9,
+                    }
+                    for n in ("x", "y")
+                }
+            }
+        )
+    )
 
 
 def _garbage(body: dict) -> Reply:
@@ -40,7 +63,13 @@ def _study(client, name):
 
 
 def _server_env(srv) -> dict:
-    return {**os.environ, "BBO_LLM_BASE_URL": srv.url, "BBO_LLM_MODEL": "test-model", "BBO_LLM_TIMEOUT": "5", "BBO_LLM_API_KEY": "test"}
+    return {
+        **os.environ,
+        "BBO_LLM_BASE_URL": srv.url,
+        "BBO_LLM_MODEL": "test-model",
+        "BBO_LLM_TIMEOUT": "5",
+        "BBO_LLM_API_KEY": "test",
+    }
 
 
 def _server(server_factory, srv):
@@ -64,16 +93,23 @@ def test_warmstart_candidates_become_trials_and_calls_are_audited(server_factory
                 study.tell(t.id, {"f": (t.params["x"] - 0.2) ** 2 + (t.params["y"] - 0.2) ** 2})
             calls = study.llm_calls()
             assert {c.purpose for c in calls} >= {"warmstart"}
-            assert all(c.outcome in ("ok", "cached") or c.outcome.startswith("partial") for c in calls), [c.outcome for c in calls]
+            assert all(
+                c.outcome in ("ok", "cached") or c.outcome.startswith("partial") for c in calls
+            ), [c.outcome for c in calls]
             n_requests = len(chat.requests)
             study.ask(2)  # BO phase: the cached priors prompt is not sent again
             assert len(chat.requests) == n_requests
             assert len(study.trials()) == 7
 
 
-@pytest.mark.parametrize("configured, served", [("test-model", None), ("test-model", "test-model-2024-07-18"), ("", None)],
-                         ids=["same-model", "dated-snapshot", "model-from-endpoint"])
-def test_stored_answers_are_reused_after_a_restart(server_factory, study_name, tmp_path, configured, served):
+@pytest.mark.parametrize(
+    "configured, served",
+    [("test-model", None), ("test-model", "test-model-2024-07-18"), ("", None)],
+    ids=["same-model", "dated-snapshot", "model-from-endpoint"],
+)
+def test_stored_answers_are_reused_after_a_restart(
+    server_factory, study_name, tmp_path, configured, served
+):
     """The same prompt on the same study is not sent again after a restart: the advisor's cache is
     the study's stored call log (bbo.llm.StoredAnswers), not process memory. Also when the answer
     names another model than the one asked for, or none was configured (found through /models)."""
@@ -96,7 +132,10 @@ def test_stored_answers_are_reused_after_a_restart(server_factory, study_name, t
             study = c.study(study_name)
             (t,) = study.ask(1)  # a fresh strategy derives the priors again: from the stored answer
             assert t.origin == "prior_guided_bo"
-            assert any(call.purpose == "priors" and call.latency_seconds == 0.0 for call in study.llm_calls())
+            assert any(
+                call.purpose == "priors" and call.latency_seconds == 0.0
+                for call in study.llm_calls()
+            )
         assert len(chat.requests) == len(sent)
 
 
@@ -113,7 +152,9 @@ def test_garbage_llm_answers_fall_back_to_plain_design_with_reason(server_factor
             assert all(0 <= t.params["x"] <= 1 and 0 <= t.params["y"] <= 1 for t in trials)
             calls = study.llm_calls()
             assert calls and all(c.outcome != "ok" for c in calls)
-            assert any("unusable" in c.outcome or "json" in c.outcome.lower() for c in calls), [c.outcome for c in calls]
+            assert any("unusable" in c.outcome or "json" in c.outcome.lower() for c in calls), [
+                c.outcome for c in calls
+            ]
 
 
 def test_unreachable_endpoint_never_blocks_asks_or_tells(server_factory, study_name):
@@ -122,7 +163,14 @@ def test_unreachable_endpoint_never_blocks_asks_or_tells(server_factory, study_n
     with socket.socket() as s:  # a port with nothing listening
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = server_factory(env={**os.environ, "BBO_LLM_BASE_URL": f"http://127.0.0.1:{port}/v1", "BBO_LLM_MODEL": "m", "BBO_LLM_TIMEOUT": "2"})
+    srv = server_factory(
+        env={
+            **os.environ,
+            "BBO_LLM_BASE_URL": f"http://127.0.0.1:{port}/v1",
+            "BBO_LLM_MODEL": "m",
+            "BBO_LLM_TIMEOUT": "2",
+        }
+    )
     with Client(srv.address) as c:
         study = _study(c, study_name)
         t = study.ask(1)[0]
@@ -146,7 +194,9 @@ def test_a_slow_llm_does_not_hold_up_other_studies_asks(server_factory, study_na
         gate.wait(30)
         return _responder(body)
 
-    latest = threading.Timer(20, gate.set)  # the latest release, so that a regression fails instead of hanging
+    latest = threading.Timer(
+        20, gate.set
+    )  # the latest release, so that a regression fails instead of hanging
     latest.daemon = True
     latest.start()
 
@@ -155,7 +205,9 @@ def test_a_slow_llm_does_not_hold_up_other_studies_asks(server_factory, study_na
         srv = server_factory(env=env, args=["--workers", "1"])
         with Client(srv.address) as c:
             llm_study = _study(c, study_name)
-            plain = c.create_study(study_name + "-plain", parameters=[Float("x", 0, 1)], objectives="y")
+            plain = c.create_study(
+                study_name + "-plain", parameters=[Float("x", 0, 1)], objectives="y"
+            )
             asked = threading.Thread(target=lambda: llm_study.ask(2), daemon=True)
             asked.start()
             while not chat.requests and asked.is_alive():

@@ -29,14 +29,27 @@ def test_refuses_what_it_cannot_trust():
     rng = np.random.default_rng(0)
     H = np.diag([2.0, 1.0])
     near = 0.5 + 0.01 * rng.standard_normal((6, 2))
-    assert quadratic_step(near[:5], _concave(near[:5], np.array([0.5, 0.5]), H)) is None  # fewer points than coefficients
+    assert (
+        quadratic_step(near[:5], _concave(near[:5], np.array([0.5, 0.5]), H)) is None
+    )  # fewer points than coefficients
     far = np.array([[0.5, 0.5], [0.1, 0.1], [0.9, 0.1], [0.1, 0.9], [0.9, 0.9], [0.5, 0.1]])
     assert np.linalg.norm(far[1:] - far[0], axis=1).max() > MAX_RADIUS
     assert quadratic_step(far, _concave(far, np.array([0.5, 0.5]), H)) is None  # not local
-    assert quadratic_step(near, -_concave(near, np.array([0.5, 0.5]), H)) is None  # a bowl when maximizing: no maximizer
-    assert quadratic_step(near, _concave(near, np.array([0.7, 0.5]), H)) is None  # optimum outside the points' ball
+    assert (
+        quadratic_step(near, -_concave(near, np.array([0.5, 0.5]), H)) is None
+    )  # a bowl when maximizing: no maximizer
+    assert (
+        quadratic_step(near, _concave(near, np.array([0.7, 0.5]), H)) is None
+    )  # optimum outside the points' ball
     saddle = np.diag([2.0, -1.0])
     assert quadratic_step(near, _concave(near, np.array([0.5, 0.5]), saddle)) is None
     line = np.column_stack([np.linspace(0.45, 0.55, 6), np.linspace(0.45, 0.55, 6)])
-    assert quadratic_step(line, _concave(line, np.array([0.5, 0.5]), H)) is None  # points on a line: ill-posed
-    assert quadratic_step(near, np.where(np.arange(6) == 2, np.nan, _concave(near, np.array([0.5, 0.5]), H))) is None
+    assert (
+        quadratic_step(line, _concave(line, np.array([0.5, 0.5]), H)) is None
+    )  # points on a line: ill-posed
+    assert (
+        quadratic_step(
+            near, np.where(np.arange(6) == 2, np.nan, _concave(near, np.array([0.5, 0.5]), H))
+        )
+        is None
+    )

@@ -17,7 +17,11 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
     deadline = time.time() + 30
     while True:
         try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            text = (
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
+                .read()
+                .decode()
+            )
             break
         except OSError:
             if time.time() > deadline:
@@ -47,8 +51,13 @@ def test_metrics_endpoint(server_factory, tmp_path):
             assert code is None
             assert call(st, "Tell", request_for("Tell", "m", r.trials[0].id), key)[1] is None
         call(st, "Tell", request_for("Tell", "m", r.trials[0].id), key)  # a duplicate
-        assert call(st, "GetStudy", request_for("GetStudy", "nope"), key)[1] == grpc.StatusCode.NOT_FOUND
-        assert call(st, "ListStudies", svc.ListStudiesRequest())[1] == grpc.StatusCode.UNAUTHENTICATED
+        assert (
+            call(st, "GetStudy", request_for("GetStudy", "nope"), key)[1]
+            == grpc.StatusCode.NOT_FOUND
+        )
+        assert (
+            call(st, "ListStudies", svc.ListStudiesRequest())[1] == grpc.StatusCode.UNAUTHENTICATED
+        )
     m = scrape(port)
     assert value(m, "bbo_rpc_requests_total", method="Ask", code="OK") == 3
     assert value(m, "bbo_rpc_requests_total", method="Tell", code="OK") == 4
@@ -60,7 +69,9 @@ def test_metrics_endpoint(server_factory, tmp_path):
     assert value(m, "bbo_tells_total", state="COMPLETED (duplicate)") == 1
     assert value(m, "bbo_suggest_seconds_count") == 3
     assert value(m, "bbo_auth_failures_total", reason="missing") == 1
-    assert ("bbo_rpc_in_flight", (("method", "Ask"),)) in m and value(m, "bbo_rpc_in_flight", method="Ask") == 0
+    assert ("bbo_rpc_in_flight", (("method", "Ask"),)) in m and value(
+        m, "bbo_rpc_in_flight", method="Ask"
+    ) == 0
     assert ("bbo_suggest_in_progress", ()) in m
 
 
@@ -97,11 +108,21 @@ def test_strategy_wrapper_times_and_forwards_and_llm_calls_are_counted(storage):
     assert logged == ["x"]
     assert M.GP_FIT_SECONDS._sum.get() == fit0 + 0.25 and M.SUGGEST_SECONDS._sum.get() > n0
 
-    st = storage.insert_study("t", "llm", {"parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}], "objectives": [{"name": "y"}]}, 1)
+    st = storage.insert_study(
+        "t",
+        "llm",
+        {
+            "parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}],
+            "objectives": [{"name": "y"}],
+        },
+        1,
+    )
     ok0, bad0 = count(purpose="warmstart", outcome="ok"), count(purpose="priors", outcome="failure")
     M.count_llm_calls(storage)
     M.count_llm_calls(storage)  # idempotent: not counted twice
-    storage.log_llm_call(st.id, LlmCallRecord("warmstart", "m", "p", "r", "ok", latency_seconds=0.2))
+    storage.log_llm_call(
+        st.id, LlmCallRecord("warmstart", "m", "p", "r", "ok", latency_seconds=0.2)
+    )
     storage.log_llm_call(st.id, LlmCallRecord("priors", "m", "p", "", "timeout after 30s"))
     assert count(purpose="warmstart", outcome="ok") == ok0 + 1
     assert count(purpose="priors", outcome="failure") == bad0 + 1

@@ -22,7 +22,9 @@ def _skip_reason():
 def test_node_example_worker_runs_a_study(bbo_server, client, study_name):
     out = subprocess.run(
         ["node", str(NODE_DIR / "examples" / "worker.js"), bbo_server.address, study_name, "12"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -42,7 +44,9 @@ def test_node_client_gets_grpc_status_for_unknown_study(bbo_server):
         f"const c=new Client('{bbo_server.address}');"
         "new Study(c,'no-such-study').ask(1).then(()=>process.exit(3)).catch(e=>{console.log(e.codeName);process.exit(0)});"
     )
-    out = subprocess.run(["node", "-e", script], cwd=NODE_DIR, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["node", "-e", script], cwd=NODE_DIR, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "NOT_FOUND"
 
@@ -70,9 +74,20 @@ const opts = JSON.parse(optsJson);
 def _node(address: str, opts: dict, study: str, env: dict | None = None) -> dict:
     import os
 
-    e = {k: v for k, v in os.environ.items() if not k.startswith(("BBO_API_KEY", "BBO_TLS", "BBO_CLIENT"))}
+    e = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("BBO_API_KEY", "BBO_TLS", "BBO_CLIENT"))
+    }
     e.update(env or {})
-    out = subprocess.run(["node", "-e", _TLS_SCRIPT, address, json.dumps(opts), study], cwd=NODE_DIR, capture_output=True, text=True, timeout=120, env=e)
+    out = subprocess.run(
+        ["node", "-e", _TLS_SCRIPT, address, json.dumps(opts), study],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=e,
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -91,18 +106,37 @@ def test_node_client_mutual_tls_and_api_key(server_factory, tmp_path):
     key, _ = create_key(db, "acme")
     other, _ = create_key(db, "globex")
     mcreds = grpc.ssl_channel_credentials(
-        open(certs["ca"], "rb").read(), open(certs["client_key"], "rb").read(), open(certs["client_cert"], "rb").read()
+        open(certs["ca"], "rb").read(),
+        open(certs["client_key"], "rb").read(),
+        open(certs["client_cert"], "rb").read(),
     )
     srv = server_factory(
         db=db,
-        args=["--auth", "--tls-cert", certs["server_cert"], "--tls-key", certs["server_key"], "--tls-client-ca", certs["ca"], "--workers", "1"],
+        args=[
+            "--auth",
+            "--tls-cert",
+            certs["server_cert"],
+            "--tls-key",
+            certs["server_key"],
+            "--tls-client-ca",
+            certs["ca"],
+            "--workers",
+            "1",
+        ],
         credentials=mcreds,
     )
-    full = {"apiKey": key, "tlsCa": certs["ca"], "tlsCert": certs["client_cert"], "tlsKey": certs["client_key"]}
+    full = {
+        "apiKey": key,
+        "tlsCa": certs["ca"],
+        "tlsCert": certs["client_cert"],
+        "tlsKey": certs["client_key"],
+    }
     r = _node(srv.address, full, "node-mtls")
     assert r["ok"] and r["state"] == "COMPLETED", r
     # stored under the key's tenant: the Python client with the same key reads it back, another tenant cannot
-    tls = dict(tls_ca=certs["ca"], tls_cert=certs["client_cert"], tls_key=certs["client_key"], retries=0)
+    tls = dict(
+        tls_ca=certs["ca"], tls_cert=certs["client_cert"], tls_key=certs["client_key"], retries=0
+    )
     with bc.Client(srv.address, api_key=key, **tls) as c:
         (t,) = c.study("node-mtls").trials()
         assert (t.id, t.state, t.metrics["y"]) == (r["id"], "COMPLETED", pytest.approx(r["x"]))
@@ -111,17 +145,46 @@ def test_node_client_mutual_tls_and_api_key(server_factory, tmp_path):
             c.study("node-mtls")
     # the same options from the environment variables the Python client reads (a key read from a file
     # with its newline is trimmed)
-    env = {"BBO_API_KEY": key + "\n", "BBO_TLS_CA": certs["ca"], "BBO_CLIENT_CERT": certs["client_cert"], "BBO_CLIENT_KEY": certs["client_key"]}
+    env = {
+        "BBO_API_KEY": key + "\n",
+        "BBO_TLS_CA": certs["ca"],
+        "BBO_CLIENT_CERT": certs["client_cert"],
+        "BBO_CLIENT_KEY": certs["client_key"],
+    }
     assert _node(srv.address, {}, "node-mtls-env", env=env)["ok"]
     # PEM contents instead of paths; a wrong tlsServerName is checked against the certificate
-    pem = {k: open(v).read() for k, v in (("tlsCa", certs["ca"]), ("tlsCert", certs["client_cert"]), ("tlsKey", certs["client_key"]))}
-    assert _node(srv.address, {"apiKey": key, **pem, "tlsServerName": "localhost"}, "node-mtls-pem")["ok"]
-    assert _node(srv.address, {**full, "tlsServerName": "not-the-server.example"}, "node-bad-name") == {"ok": False, "code": "UNAVAILABLE"}
+    pem = {
+        k: open(v).read()
+        for k, v in (
+            ("tlsCa", certs["ca"]),
+            ("tlsCert", certs["client_cert"]),
+            ("tlsKey", certs["client_key"]),
+        )
+    }
+    assert _node(
+        srv.address, {"apiKey": key, **pem, "tlsServerName": "localhost"}, "node-mtls-pem"
+    )["ok"]
+    assert _node(
+        srv.address, {**full, "tlsServerName": "not-the-server.example"}, "node-bad-name"
+    ) == {"ok": False, "code": "UNAVAILABLE"}
     # each missing piece is refused
-    assert _node(srv.address, {k: v for k, v in full.items() if k != "apiKey"}, "node-nokey") == {"ok": False, "code": "UNAUTHENTICATED"}
-    assert _node(srv.address, {"apiKey": key, "tlsCa": certs["ca"]}, "node-nocert") == {"ok": False, "code": "UNAVAILABLE"}
-    assert _node(srv.address, {"apiKey": key}, "node-plaintext") == {"ok": False, "code": "UNAVAILABLE"}
-    half = _node(srv.address, {"apiKey": key, "tlsCa": certs["ca"], "tlsCert": certs["client_cert"]}, "node-half")
+    assert _node(srv.address, {k: v for k, v in full.items() if k != "apiKey"}, "node-nokey") == {
+        "ok": False,
+        "code": "UNAUTHENTICATED",
+    }
+    assert _node(srv.address, {"apiKey": key, "tlsCa": certs["ca"]}, "node-nocert") == {
+        "ok": False,
+        "code": "UNAVAILABLE",
+    }
+    assert _node(srv.address, {"apiKey": key}, "node-plaintext") == {
+        "ok": False,
+        "code": "UNAVAILABLE",
+    }
+    half = _node(
+        srv.address,
+        {"apiKey": key, "tlsCa": certs["ca"], "tlsCert": certs["client_cert"]},
+        "node-half",
+    )
     assert half["ok"] is False and "both tlsCert and tlsKey" in half["code"]
     with bc.Client(srv.address, api_key=key, **tls) as c:
         names = {s.name for s in c.list_studies()}
@@ -139,7 +202,9 @@ def test_node_tell_of_a_trial_carries_its_study_uid(bbo_server, client, study_na
         f"new Study(c,'{study_name}').ask(1).then(([t])=>{{console.log(JSON.stringify(t));c.close();}});"
     )
     make_study(client, study_name)
-    out = subprocess.run(["node", "-e", ask], cwd=NODE_DIR, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["node", "-e", ask], cwd=NODE_DIR, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     stale = json.loads(out.stdout.strip().splitlines()[-1])
     assert stale["studyUid"]
@@ -152,7 +217,13 @@ def test_node_tell_of_a_trial_carries_its_study_uid(bbo_server, client, study_na
         f"new Study(c,'{study_name}').tell(JSON.parse(process.argv[1]),{{y:1}})"
         ".then(()=>{console.log('OK');c.close();}).catch(e=>{console.log(e.codeName);c.close();});"
     )
-    out = subprocess.run(["node", "-e", tell, json.dumps(stale)], cwd=NODE_DIR, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["node", "-e", tell, json.dumps(stale)],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.stdout.strip() == "NOT_FOUND", out.stderr
     assert client.study(study_name).trial(fresh.id).state == "PENDING"
 
@@ -190,8 +261,13 @@ def test_node_worker_rides_out_a_server_restart(server_factory, tmp_path):
     srv = server_factory()
     port = srv.port
     marker = tmp_path / "evaluating"
-    proc = subprocess.Popen(["node", "-e", _RESTART_SCRIPT, srv.address, "node-restart", str(marker)], cwd=NODE_DIR,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["node", "-e", _RESTART_SCRIPT, srv.address, "node-restart", str(marker)],
+        cwd=NODE_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
@@ -243,7 +319,13 @@ const [address, study, mode] = process.argv.slice(1);
 
 
 def _worker(address: str, study: str, mode: str) -> dict:
-    out = subprocess.run(["node", "-e", _WORKER_SCRIPT, address, study, mode], cwd=NODE_DIR, capture_output=True, text=True, timeout=240)
+    out = subprocess.run(
+        ["node", "-e", _WORKER_SCRIPT, address, study, mode],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -261,7 +343,9 @@ def test_node_worker_waits_out_rate_refusals(server_factory):
 def test_node_optimize_heartbeats_at_the_servers_lease(server_factory):
     """1 s leases and 2.5 s evaluations: the Node worker's heartbeats keep each trial PENDING while it
     runs, so its intermediate reports are accepted (before: no heartbeats, the reaper abandoned it)."""
-    srv = server_factory(args=["--workers", "1", "--lease-seconds", "1", "--lease-reap-seconds", "0.1"])
+    srv = server_factory(
+        args=["--workers", "1", "--lease-seconds", "1", "--lease-reap-seconds", "0.1"]
+    )
     r = _worker(srv.address, "node-lease", "lease")
     assert r.get("seen") == [True] * 10 and r["states"] == ["COMPLETED"] * 2, r
 
@@ -270,7 +354,11 @@ def test_node_optimize_heartbeats_at_the_servers_lease(server_factory):
 def test_node_optimize_fails_refused_metrics_and_goes_on(bbo_server, study_name):
     r = _worker(bbo_server.address, study_name, "refused")
     assert r.get("states") == ["FAILED", "FAILED", "FAILED", "COMPLETED"], r
-    assert r["reasons"][0].startswith("metrics refused") and "y" in r["reasons"][1] and r["reasons"][2] == "solver diverged", r
+    assert (
+        r["reasons"][0].startswith("metrics refused")
+        and "y" in r["reasons"][1]
+        and r["reasons"][2] == "solver diverged"
+    ), r
 
 
 @pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
@@ -282,7 +370,12 @@ def test_node_reads_every_page_of_llm_calls(bbo_server, client, study_name, make
     try:
         rec = st.get_study("default", study_name)
         for i in range(230):
-            st.log_llm_call(rec.id, LlmCallRecord(("warmstart", "priors", "proposal")[i % 3], "m", f"p{i}", f"a{i}", "ok", i))
+            st.log_llm_call(
+                rec.id,
+                LlmCallRecord(
+                    ("warmstart", "priors", "proposal")[i % 3], "m", f"p{i}", f"a{i}", "ok", i
+                ),
+            )
     finally:
         st.close()
     script = (
@@ -291,7 +384,9 @@ def test_node_reads_every_page_of_llm_calls(bbo_server, client, study_name, make
         "(async()=>{const all=await s.llmCalls();const pr=await s.llmCalls('priors');"
         "console.log(JSON.stringify({all:all.map(x=>x.response),priors:pr.map(x=>x.promptTokens)}));c.close();})();"
     )
-    out = subprocess.run(["node", "-e", script], cwd=NODE_DIR, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["node", "-e", script], cwd=NODE_DIR, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["all"] == [f"a{i}" for i in range(230)] and r["priors"] == list(range(1, 230, 3))

@@ -24,8 +24,21 @@ def test_service_descriptor_has_every_rpc():
     from bbo.v1 import service_pb2
 
     methods = set(service_pb2.DESCRIPTOR.services_by_name["BboService"].methods_by_name)
-    assert {"CreateStudy", "GetStudy", "ListStudies", "DeleteStudy", "Ask", "Tell", "AddTrial", "GetTrial", "ListTrials",
-            "GetBest", "ReportIntermediate", "Heartbeat", "ListLlmCalls"} <= methods
+    assert {
+        "CreateStudy",
+        "GetStudy",
+        "ListStudies",
+        "DeleteStudy",
+        "Ask",
+        "Tell",
+        "AddTrial",
+        "GetTrial",
+        "ListTrials",
+        "GetBest",
+        "ReportIntermediate",
+        "Heartbeat",
+        "ListLlmCalls",
+    } <= methods
 
 
 @pytest.mark.parametrize("wire, core", [(0, 2), (5, 5), (-1, 0)])
@@ -35,7 +48,10 @@ def test_exploit_gap_zero_means_default_and_negative_means_never(wire, core):
     from bbo.v1 import study_pb2 as pb
     from bbo_server.convert import spec_from_pb, spec_to_pb
 
-    s = pb.StudySpec(parameters=[pb.ParameterSpec(name="x", float=pb.FloatParameter(low=0, high=1))], objectives=[pb.Objective(name="y")])
+    s = pb.StudySpec(
+        parameters=[pb.ParameterSpec(name="x", float=pb.FloatParameter(low=0, high=1))],
+        objectives=[pb.Objective(name="y")],
+    )
     s.algorithm.exploit_gap = wire
     spec = spec_from_pb(s)
     assert spec.algorithm.exploit_gap == core

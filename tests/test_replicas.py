@@ -20,7 +20,9 @@ import pytest
 import bbo_client as bc
 import pg_cluster
 
-pytestmark = pytest.mark.skipif(pg_cluster.missing_reason() is not None, reason=str(pg_cluster.missing_reason()))
+pytestmark = pytest.mark.skipif(
+    pg_cluster.missing_reason() is not None, reason=str(pg_cluster.missing_reason())
+)
 
 N_CLIENTS = 32
 N_REPLICAS = 3
@@ -34,9 +36,21 @@ def replicas(cluster, tmp_path):
     from bbo_server.process import ServerProcess
 
     url = cluster.create_database("replicas_" + uuid.uuid4().hex[:8])
-    args = ["--workers", "1", "--rpc-threads", "24", "--db-pool-size", "6", "--lease-seconds", "300"]
+    args = [
+        "--workers",
+        "1",
+        "--rpc-threads",
+        "24",
+        "--db-pool-size",
+        "6",
+        "--lease-seconds",
+        "300",
+    ]
     # the first one migrates the schema; the others start together
-    servers = [ServerProcess(url, args=args, log_path=str(tmp_path / f"replica-{i}.log")) for i in range(N_REPLICAS)]
+    servers = [
+        ServerProcess(url, args=args, log_path=str(tmp_path / f"replica-{i}.log"))
+        for i in range(N_REPLICAS)
+    ]
     servers[0].start()
     errs = []
 
@@ -88,22 +102,34 @@ def test_replicas_share_studies_and_survive_a_sigkill(replicas):
         name = "bo" if i % 8 == 7 else design[i % len(design)]  # 4 clients on the BO study
         rounds = BO_ROUNDS if name == "bo" else DESIGN_ROUNDS
         try:
-            with bc.Client(_target(servers, home), lb_policy=policy, retries=12, max_backoff=2.0) as c:
+            with bc.Client(
+                _target(servers, home), lb_policy=policy, retries=12, max_backoff=2.0
+            ) as c:
                 s = c.study(name)
                 for r in range(rounds):
                     trials = s.ask(2 if r % 4 == 3 else 1, worker_id=f"c{i}")
                     for t in trials:
                         with lock:
-                            assert (name, t.id) not in asked, f"trial {name}/{t.id} handed to {asked.get((name, t.id))} and c{i}"
+                            assert (name, t.id) not in asked, (
+                                f"trial {name}/{t.id} handed to {asked.get((name, t.id))} and c{i}"
+                            )
                             asked[(name, t.id)] = f"c{i}"
-                        y = i * 1000 + r * 10 + t.id % 10 + (0.5 if t.params["k"] == "a" else 0.0) + t.params["x"]
+                        y = (
+                            i * 1000
+                            + r * 10
+                            + t.id % 10
+                            + (0.5 if t.params["k"] == "a" else 0.0)
+                            + t.params["x"]
+                        )
                         s.tell(t, {"y": y})
                         with lock:
                             acked[(name, t.id)] = y
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
 
-    threads = [threading.Thread(target=client, args=(i,), name=f"client-{i}") for i in range(N_CLIENTS)]
+    threads = [
+        threading.Thread(target=client, args=(i,), name=f"client-{i}") for i in range(N_CLIENTS)
+    ]
     for t in threads:
         t.start()
     deadline = time.time() + 300
@@ -130,18 +156,27 @@ def test_replicas_share_studies_and_survive_a_sigkill(replicas):
             by_id = {t.id: t for t in trials}
             for (sname, tid), y in acked.items():
                 if sname == name:
-                    assert by_id[tid].state == "COMPLETED" and by_id[tid].metrics == {"y": y}, (name, tid)
+                    assert by_id[tid].state == "COMPLETED" and by_id[tid].metrics == {"y": y}, (
+                        name,
+                        tid,
+                    )
             values = [t.metrics["y"] for t in trials if t.state == "COMPLETED"]
             assert len(values) == len(set(values)), f"{name}: a tell stored twice"
-            assert not [t for t in trials if t.state == "PENDING"], f"{name}: an ask's trials were lost to the killed replica"
+            assert not [t for t in trials if t.state == "PENDING"], (
+                f"{name}: an ask's trials were lost to the killed replica"
+            )
         bo = c.study("bo").trials()
-        assert any(t.origin not in ("initial", "user") for t in bo), "the BO study never left its initial design"
+        assert any(t.origin not in ("initial", "user") for t in bo), (
+            "the BO study never left its initial design"
+        )
     st = Storage(url, pool_size=2, migrate=False)
     try:
         from bbo.storage.coordination import ModelStateCache
 
         rec = st.get_study("default", "bo")
         state = ModelStateCache(st).get(rec.id)
-        assert state is not None and state["n_fit"] >= 2, "no fitted model state shared in the database"
+        assert state is not None and state["n_fit"] >= 2, (
+            "no fitted model state shared in the database"
+        )
     finally:
         st.close()

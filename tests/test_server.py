@@ -15,7 +15,9 @@ from bbo.v1 import study_pb2 as pb
 
 
 def raw_stub(address):
-    ch = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
+    ch = grpc.insecure_channel(
+        address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
+    )
     return ch, service_pb2_grpc.BboServiceStub(ch)
 
 
@@ -24,6 +26,7 @@ def snapshot(study):
 
 
 # ---- happy paths ----------------------------------------------------------------------------------
+
 
 def test_create_get_list_delete_study(client, study_name, make_study):
     s = make_study(client, study_name, description="tune x")
@@ -53,11 +56,15 @@ def test_ask_tell_get_list_best(client, study_name, make_study):
     s = make_study(client, study_name)
     trials = s.ask(3, worker_id="w1")
     assert len(trials) == 3 and len({t.id for t in trials}) == 3
-    assert all(t.state == "PENDING" and t.worker_id == "w1" and t.lease_expires is not None for t in trials)
+    assert all(
+        t.state == "PENDING" and t.worker_id == "w1" and t.lease_expires is not None for t in trials
+    )
     assert all(0.0 <= t.params["x"] <= 1.0 and t.params["k"] in "abc" for t in trials)
     for i, t in enumerate(trials):
         r = s.tell(t, {"y": float(i)})
-        assert not r.duplicate and r.trial.state == "COMPLETED" and r.trial.metrics == {"y": float(i)}
+        assert (
+            not r.duplicate and r.trial.state == "COMPLETED" and r.trial.metrics == {"y": float(i)}
+        )
     assert s.trial(trials[1].id).metrics == {"y": 1.0}
     assert [t.id for t in s.trials(["COMPLETED"])] == [t.id for t in trials]
     assert s.trials(["PENDING"]) == []
@@ -79,21 +86,45 @@ def test_tell_failed_with_reason_and_sem(client, study_name, make_study):
 
 def test_add_trial_and_constraints_in_best(client, study_name):
     s = client.create_study(
-        study_name, parameters=[bc.Float("x", 0, 1), bc.Int("n", 1, 10), bc.Ordinal("b", [16, 32, 64]), bc.Fixed("f", "on")],
-        objectives=[bc.Maximize("acc")], constraints=[bc.Constraint("lat", "<=", 100)],
+        study_name,
+        parameters=[
+            bc.Float("x", 0, 1),
+            bc.Int("n", 1, 10),
+            bc.Ordinal("b", [16, 32, 64]),
+            bc.Fixed("f", "on"),
+        ],
+        objectives=[bc.Maximize("acc")],
+        constraints=[bc.Constraint("lat", "<=", 100)],
     )
     good = s.add_trial({"x": 0.5, "n": 3, "b": 32, "f": "on"}, {"acc": 0.8, "lat": 50})
-    assert good.origin == "user" and good.state == "COMPLETED" and good.params["n"] == 3 and isinstance(good.params["n"], int) and isinstance(good.params["b"], int)
-    s.add_trial({"x": 0.6, "n": 4, "b": 64}, {"acc": 0.95, "lat": 500})  # infeasible, better objective
+    assert (
+        good.origin == "user"
+        and good.state == "COMPLETED"
+        and good.params["n"] == 3
+        and isinstance(good.params["n"], int)
+        and isinstance(good.params["b"], int)
+    )
+    s.add_trial(
+        {"x": 0.6, "n": 4, "b": 64}, {"acc": 0.95, "lat": 500}
+    )  # infeasible, better objective
     s.add_trial({"x": 0.7, "n": 5, "b": 16}, failed=True)
     assert s.best().trial.id == good.id
     (t,) = s.ask()
-    assert t.params["f"] == "on" and t.params["b"] in (16, 32, 64) and isinstance(t.params["b"], int)
+    assert (
+        t.params["f"] == "on" and t.params["b"] in (16, 32, 64) and isinstance(t.params["b"], int)
+    )
 
 
 def test_multi_objective_best_is_pareto_front(client, study_name):
-    s = client.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives=[bc.Minimize("a"), bc.Minimize("b")])
-    ids = [s.add_trial({"x": x}, {"a": a, "b": b}).id for x, a, b in [(0.1, 1, 3), (0.2, 2, 2), (0.3, 3, 1), (0.4, 3, 3)]]
+    s = client.create_study(
+        study_name,
+        parameters=[bc.Float("x", 0, 1)],
+        objectives=[bc.Minimize("a"), bc.Minimize("b")],
+    )
+    ids = [
+        s.add_trial({"x": x}, {"a": a, "b": b}).id
+        for x, a, b in [(0.1, 1, 3), (0.2, 2, 2), (0.3, 3, 1), (0.4, 3, 3)]
+    ]
     assert sorted(t.id for t in s.best().trials) == ids[:3]
 
 
@@ -119,7 +150,9 @@ def test_heartbeat_without_a_length_keeps_the_lease_the_trial_holds(client, stud
     assert length(s.heartbeat(short)) == pytest.approx(30, abs=1)  # the lease last granted
 
 
-def test_expired_lease_is_abandoned_on_next_ask_and_late_tell_accepted(client, study_name, make_study):
+def test_expired_lease_is_abandoned_on_next_ask_and_late_tell_accepted(
+    client, study_name, make_study
+):
     s = make_study(client, study_name)
     (t,) = s.ask(lease_seconds=0.05)
     import time
@@ -162,7 +195,9 @@ def test_list_llm_calls_pages_by_count_and_size(bbo_server, client, study_name, 
         purposes = ("warmstart", "priors", "proposal")
         for i in range(230):
             prompt = f"prompt {i} " + ("x" * 500_000 if 100 <= i < 120 else "")
-            st.log_llm_call(rec.id, LlmCallRecord(purposes[i % 3], "m", prompt, f"answer {i}", "ok", i, 1, 0.1))
+            st.log_llm_call(
+                rec.id, LlmCallRecord(purposes[i % 3], "m", prompt, f"answer {i}", "ok", i, 1, 0.1)
+            )
     finally:
         st.close()
     calls = s.llm_calls()
@@ -178,13 +213,20 @@ def test_list_llm_calls_pages_by_count_and_size(bbo_server, client, study_name, 
             if not token:
                 break
         sizes = [len(p.calls) for p in pages]
-        assert sum(sizes) == 230 and max(sizes) == 100 and len(pages) > 4  # 100 by default, fewer where prompts are long
+        assert (
+            sum(sizes) == 230 and max(sizes) == 100 and len(pages) > 4
+        )  # 100 by default, fewer where prompts are long
         assert max(p.ByteSize() for p in pages) < 4 * 1024 * 1024
         assert [c.response for p in pages for c in p.calls] == [f"answer {i}" for i in range(230)]
-        r = stub.ListLlmCalls(svc.ListLlmCallsRequest(study=study_name, page_size=7, purpose="proposal"))
+        r = stub.ListLlmCalls(
+            svc.ListLlmCallsRequest(study=study_name, page_size=7, purpose="proposal")
+        )
         assert [c.prompt_tokens for c in r.calls] == list(range(2, 23, 3)) and r.next_page_token
-        for bad in (svc.ListLlmCallsRequest(study=study_name, purpose="chat"), svc.ListLlmCallsRequest(study=study_name, page_token="7x"),
-                    svc.ListLlmCallsRequest(study=study_name, page_size=-1)):
+        for bad in (
+            svc.ListLlmCallsRequest(study=study_name, purpose="chat"),
+            svc.ListLlmCallsRequest(study=study_name, page_token="7x"),
+            svc.ListLlmCallsRequest(study=study_name, page_size=-1),
+        ):
             with pytest.raises(grpc.RpcError) as e:
                 stub.ListLlmCalls(bad)
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -196,21 +238,38 @@ def test_health_and_reflection(bbo_server):
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     with grpc.insecure_channel(bbo_server.address) as ch:
-        h = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="bbo.v1.BboService"))
+        h = health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service="bbo.v1.BboService")
+        )
         assert h.status == health_pb2.HealthCheckResponse.SERVING
         refl = reflection_pb2_grpc.ServerReflectionStub(ch)
-        resp = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        resp = next(
+            refl.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
+        )
         names = {s.name for s in resp.list_services_response.service}
         assert "bbo.v1.BboService" in names and "grpc.health.v1.Health" in names
 
 
 # ---- bad input: right code, field named, state unchanged -----------------------------------------
 
+
 def test_unknown_study_is_not_found_everywhere(client):
     h = bc.StudyHandle(client, "no-such-study")
-    for call in (lambda: h.ask(), lambda: h.tell(1, {"y": 1}), lambda: h.trials(), lambda: h.best(), lambda: h.trial(1),
-                 lambda: h.heartbeat(1), lambda: h.report_intermediate(1, 1, 1.0), lambda: h.add_trial({"x": 0.5, "k": "a"}, {"y": 1}),
-                 lambda: h.llm_calls(), lambda: client.delete_study("no-such-study"), lambda: client.get_study("no-such-study")):
+    for call in (
+        lambda: h.ask(),
+        lambda: h.tell(1, {"y": 1}),
+        lambda: h.trials(),
+        lambda: h.best(),
+        lambda: h.trial(1),
+        lambda: h.heartbeat(1),
+        lambda: h.report_intermediate(1, 1, 1.0),
+        lambda: h.add_trial({"x": 0.5, "k": "a"}, {"y": 1}),
+        lambda: h.llm_calls(),
+        lambda: client.delete_study("no-such-study"),
+        lambda: client.get_study("no-such-study"),
+    ):
         with pytest.raises(bc.NotFound):
             call()
 
@@ -276,8 +335,12 @@ def test_missing_metric_and_negative_sem(client, study_name, make_study):
 
 def test_out_of_range_params_in_add_trial(client, study_name, make_study):
     s = make_study(client, study_name)
-    for params, field in [({"x": 2.0, "k": "a"}, "parameters['x']"), ({"x": 0.5, "k": "z"}, "parameters['k']"),
-                          ({"x": 0.5}, "parameters"), ({"x": 0.5, "k": "a", "extra": 1}, "parameters")]:
+    for params, field in [
+        ({"x": 2.0, "k": "a"}, "parameters['x']"),
+        ({"x": 0.5, "k": "z"}, "parameters['k']"),
+        ({"x": 0.5}, "parameters"),
+        ({"x": 0.5, "k": "a", "extra": 1}, "parameters"),
+    ]:
         with pytest.raises(bc.InvalidArgument) as e:
             s.add_trial(params, {"y": 1.0})
         assert e.value.field == field
@@ -343,16 +406,57 @@ def test_bad_raw_requests(bbo_server, client, study_name, make_study):
     ch, stub = raw_stub(bbo_server.address)
     with ch:
         cases = [
-            (stub.CreateStudy, svc.CreateStudyRequest(name=study_name + "-nospec"), grpc.StatusCode.INVALID_ARGUMENT),
-            (stub.CreateStudy, svc.CreateStudyRequest(name="p", spec=pb.StudySpec(parameters=[pb.ParameterSpec(name="x")], objectives=[pb.Objective(name="y")])), grpc.StatusCode.INVALID_ARGUMENT),
+            (
+                stub.CreateStudy,
+                svc.CreateStudyRequest(name=study_name + "-nospec"),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+            (
+                stub.CreateStudy,
+                svc.CreateStudyRequest(
+                    name="p",
+                    spec=pb.StudySpec(
+                        parameters=[pb.ParameterSpec(name="x")], objectives=[pb.Objective(name="y")]
+                    ),
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
             (stub.Ask, svc.AskRequest(study=""), grpc.StatusCode.INVALID_ARGUMENT),
-            (stub.Ask, svc.AskRequest(study=study_name, worker_id="w" * 1000), grpc.StatusCode.INVALID_ARGUMENT),
-            (stub.ListTrials, svc.ListTrialsRequest(study=study_name, page_token="garbage"), grpc.StatusCode.INVALID_ARGUMENT),
-            (stub.ListTrials, svc.ListTrialsRequest(study=study_name, states=[99]), grpc.StatusCode.INVALID_ARGUMENT),
-            (stub.ListStudies, svc.ListStudiesRequest(page_token="x"), grpc.StatusCode.INVALID_ARGUMENT),
-            (stub.ReportIntermediate, svc.ReportIntermediateRequest(study=study_name, trial_id=1, step=-1, value=1), grpc.StatusCode.INVALID_ARGUMENT),
-            (stub.Tell, svc.TellRequest(study=study_name, trial_id=1, state=pb.TRIAL_STATE_PENDING), grpc.StatusCode.INVALID_ARGUMENT),
-            (stub.AddTrial, svc.AddTrialRequest(study=study_name, parameters={"x": pb.ParameterValue()}), grpc.StatusCode.INVALID_ARGUMENT),
+            (
+                stub.Ask,
+                svc.AskRequest(study=study_name, worker_id="w" * 1000),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+            (
+                stub.ListTrials,
+                svc.ListTrialsRequest(study=study_name, page_token="garbage"),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+            (
+                stub.ListTrials,
+                svc.ListTrialsRequest(study=study_name, states=[99]),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+            (
+                stub.ListStudies,
+                svc.ListStudiesRequest(page_token="x"),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+            (
+                stub.ReportIntermediate,
+                svc.ReportIntermediateRequest(study=study_name, trial_id=1, step=-1, value=1),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+            (
+                stub.Tell,
+                svc.TellRequest(study=study_name, trial_id=1, state=pb.TRIAL_STATE_PENDING),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+            (
+                stub.AddTrial,
+                svc.AddTrialRequest(study=study_name, parameters={"x": pb.ParameterValue()}),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
         ]
         for fn, req, code in cases:
             with pytest.raises(grpc.RpcError) as e:
@@ -368,8 +472,14 @@ def test_bad_raw_requests(bbo_server, client, study_name, make_study):
 
 # ---- concurrency ------------------------------------------------------------------------------------
 
+
 def test_16_concurrent_workers_get_distinct_points(client, study_name):
-    s = client.create_study(study_name, parameters=[bc.Float("x", 0, 1), bc.Float("z", 0, 1)], objectives="y", n_initial=8)
+    s = client.create_study(
+        study_name,
+        parameters=[bc.Float("x", 0, 1), bc.Float("z", 0, 1)],
+        objectives="y",
+        n_initial=8,
+    )
     results: list = []
     errors: list = []
     barrier = threading.Barrier(16)
@@ -407,7 +517,11 @@ def test_stale_worker_cannot_touch_a_study_recreated_under_its_name(client, stud
     new = make_study(client, study_name)
     (fresh,) = new.ask()
     assert fresh.id == stale.id and fresh.study_uid != stale.study_uid
-    for call in (lambda: new.tell(stale, {"y": 0.1}), lambda: new.heartbeat(stale), lambda: new.report_intermediate(stale, 0, 0.1)):
+    for call in (
+        lambda: new.tell(stale, {"y": 0.1}),
+        lambda: new.heartbeat(stale),
+        lambda: new.report_intermediate(stale, 0, 0.1),
+    ):
         with pytest.raises(bc.NotFound, match="deleted since"):
             call()
     t = new.trial(fresh.id)

@@ -26,11 +26,21 @@ class SlowStrategy:
     def suggest(self, trials, n):
         SlowStrategy.started.set()
         time.sleep(1.0)
-        return [Suggestion(p, "initial_design") for p in sobol_design(self.spec.space, n, 0, skip=len(trials))]
+        return [
+            Suggestion(p, "initial_design")
+            for p in sobol_design(self.spec.space, n, 0, skip=len(trials))
+        ]
 
 
 def test_graceful_stop_finishes_in_flight_ask(tmp_path):
-    srv = start(ServerOptions(port=0, db="sqlite:///" + str(tmp_path / "g.db"), strategy_factory=SlowStrategy, rpc_threads=8))
+    srv = start(
+        ServerOptions(
+            port=0,
+            db="sqlite:///" + str(tmp_path / "g.db"),
+            strategy_factory=SlowStrategy,
+            rpc_threads=8,
+        )
+    )
     try:
         with bc.Client(srv.address, retries=0) as c:
             s = c.create_study("slow", parameters=[bc.Float("x", 0, 1)], objectives="y")
@@ -47,7 +57,15 @@ def test_graceful_stop_finishes_in_flight_ask(tmp_path):
 
 
 def test_slow_ask_does_not_block_tells_or_other_studies(tmp_path):
-    srv = start(ServerOptions(port=0, db="sqlite:///" + str(tmp_path / "p.db"), strategy_factory=SlowStrategy, rpc_threads=8, fit_workers=2))
+    srv = start(
+        ServerOptions(
+            port=0,
+            db="sqlite:///" + str(tmp_path / "p.db"),
+            strategy_factory=SlowStrategy,
+            rpc_threads=8,
+            fit_workers=2,
+        )
+    )
     try:
         with bc.Client(srv.address, retries=0) as c:
             a = c.create_study("a", parameters=[bc.Float("x", 0, 1)], objectives="y")
@@ -73,14 +91,20 @@ def test_authenticate_hook_maps_to_unauthenticated_and_tenants(tmp_path):
             raise Unauthenticated("missing API key")
         return key.split(" ", 1)[1]  # tenant = key, for the test
 
-    srv = start(ServerOptions(port=0, db="sqlite:///" + str(tmp_path / "a.db"), authenticate=auth, rpc_threads=8))
+    srv = start(
+        ServerOptions(
+            port=0, db="sqlite:///" + str(tmp_path / "a.db"), authenticate=auth, rpc_threads=8
+        )
+    )
     try:
         with bc.Client(srv.address, retries=0) as anon:
             with pytest.raises(bc.Unauthenticated):
                 anon.list_studies()
         with bc.Client(srv.address, api_key="t1") as c1, bc.Client(srv.address, api_key="t2") as c2:
             c1.create_study("same", parameters=[bc.Float("x", 0, 1)], objectives="y")
-            c2.create_study("same", parameters=[bc.Float("x", 0, 5)], objectives="y")  # another tenant: no clash
+            c2.create_study(
+                "same", parameters=[bc.Float("x", 0, 5)], objectives="y"
+            )  # another tenant: no clash
             assert [s.name for s in c1.list_studies()] == ["same"]
             assert c2.get_study("same").parameters == [bc.Float("x", 0.0, 5.0)]
     finally:

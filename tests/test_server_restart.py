@@ -16,7 +16,9 @@ def test_sigkill_mid_study_loses_no_acknowledged_tell(server_factory):
     errors: list = []
     stop = threading.Event()
     with bc.Client(srv.address, retries=0) as c:
-        s = c.create_study("durable", parameters=[bc.Float("x", 0, 1)], objectives="y", n_initial=1000)
+        s = c.create_study(
+            "durable", parameters=[bc.Float("x", 0, 1)], objectives="y", n_initial=1000
+        )
 
         def worker(i):
             while not stop.is_set():
@@ -57,16 +59,27 @@ def test_restart_rebuilds_every_study(server_factory):
     srv = server_factory()
     with bc.Client(srv.address) as c:
         a = c.create_study("a", parameters=[bc.Float("x", 0, 1)], objectives="y", seed=3)
-        b = c.create_study("b", parameters=[bc.Int("n", 1, 9)], objectives=[bc.Maximize("acc")], constraints=[bc.Constraint("lat", "<=", 5)])
+        b = c.create_study(
+            "b",
+            parameters=[bc.Int("n", 1, 9)],
+            objectives=[bc.Maximize("acc")],
+            constraints=[bc.Constraint("lat", "<=", 5)],
+        )
         ta = a.ask(2)
         a.tell(ta[0], {"y": 0.5})
         b.add_trial({"n": 3}, {"acc": 0.9, "lat": 1})
-        before = {n: [(t.id, t.state, t.params, t.metrics) for t in c.study(n).trials()] for n in ("a", "b")}
+        before = {
+            n: [(t.id, t.state, t.params, t.metrics) for t in c.study(n).trials()]
+            for n in ("a", "b")
+        }
     srv.stop()
     srv.start()
     with bc.Client(srv.address) as c:
         assert sorted(s.name for s in c.list_studies()) == ["a", "b"]
-        after = {n: [(t.id, t.state, t.params, t.metrics) for t in c.study(n).trials()] for n in ("a", "b")}
+        after = {
+            n: [(t.id, t.state, t.params, t.metrics) for t in c.study(n).trials()]
+            for n in ("a", "b")
+        }
         assert after == before
         assert c.study("b").info().constraints == [bc.Constraint("lat", "<=", 5.0)]
         again = c.create_study("a", parameters=[bc.Float("x", 0, 1)], objectives="y", seed=3)

@@ -48,7 +48,11 @@ def test_float_round_trip(pv):
 @st.composite
 def int_param_and_value(draw):
     log = draw(st.booleans())
-    lo = draw(st.integers(min_value=1, max_value=10_000)) if log else draw(st.integers(-10_000, 10_000))
+    lo = (
+        draw(st.integers(min_value=1, max_value=10_000))
+        if log
+        else draw(st.integers(-10_000, 10_000))
+    )
     hi = lo + draw(st.integers(min_value=1, max_value=100_000))
     return IntParam("n", lo, hi, log=log), draw(st.integers(lo, hi))
 
@@ -71,7 +75,11 @@ def test_categorical_round_trip_is_exact(choices, data):
     assert space.decode(space.encode({"c": v}))["c"] == v
 
 
-@given(st.lists(st.floats(min_value=0.01, max_value=1e4), min_size=2, max_size=10, unique=True), st.booleans(), st.data())
+@given(
+    st.lists(st.floats(min_value=0.01, max_value=1e4), min_size=2, max_size=10, unique=True),
+    st.booleans(),
+    st.data(),
+)
 @settings(max_examples=200, deadline=None)
 def test_ordinal_round_trip_is_exact(values, log, data):
     values = sorted(set(values))
@@ -87,7 +95,13 @@ def test_ordinal_round_trip_is_exact(values, log, data):
 @settings(max_examples=200, deadline=None)
 def test_decode_always_yields_valid_params(u):
     space = SearchSpace(
-        (FloatParam("a", 1e-4, 1.0, log=True), IntParam("b", 1, 64, log=True), OrdinalParam("c", (16, 32, 64)), CategoricalParam("d", ("x", "y", "z")), FixedParam("e", 3))
+        (
+            FloatParam("a", 1e-4, 1.0, log=True),
+            IntParam("b", 1, 64, log=True),
+            OrdinalParam("c", (16, 32, 64)),
+            CategoricalParam("d", ("x", "y", "z")),
+            FixedParam("e", 3),
+        )
     )
     x = np.array(u)
     x[3] = x[3] * 2
@@ -106,7 +120,7 @@ def test_linear_constraint_in_encoding_matches_original_units():
         (FloatParam("cpu", 0.1, 0.9), IntParam("mem", 1, 9)),
         (LinearConstraint({"cpu": 1.0, "mem": 0.1}, 1.0),),
     )
-    (idx, coef, rhs), = space.inequality_constraints()
+    ((idx, coef, rhs),) = space.inequality_constraints()
     rng = np.random.default_rng(0)
     for u in rng.random((200, 2)):
         p = space.decode(u)
@@ -129,10 +143,12 @@ def test_sobol_design_respects_constraints_and_is_reproducible():
 
 def test_sobol_design_skip_without_constraints_continues_the_same_sequence():
     # unconstrained spaces jump over the skipped points instead of drawing them: same points
-    space = SearchSpace((FloatParam("x", -1, 1), IntParam("k", 0, 10), CategoricalParam("c", ("a", "b", "c"))))
+    space = SearchSpace(
+        (FloatParam("x", -1, 1), IntParam("k", 0, 10), CategoricalParam("c", ("a", "b", "c")))
+    )
     pts = sobol_design(space, 700, seed=11)
     for skip in (1, 255, 256, 257, 600):
-        assert sobol_design(space, 3, seed=11, skip=skip) == pts[skip:skip + 3]
+        assert sobol_design(space, 3, seed=11, skip=skip) == pts[skip : skip + 3]
 
 
 @pytest.mark.parametrize(
@@ -142,24 +158,108 @@ def test_sobol_design_skip_without_constraints_continues_the_same_sequence():
         (lambda: SearchSpace((FloatParam("x", 0, 1, log=True),)), "parameters[0].low", "low > 0"),
         (lambda: SearchSpace((IntParam("n", 0, 5, log=True),)), "parameters[0].low", "low > 0"),
         (lambda: SearchSpace((FloatParam("x", 0, float("nan")),)), "parameters[0].high", "finite"),
-        (lambda: SearchSpace((CategoricalParam("c", ()),)), "parameters[0].choices", "at least one"),
-        (lambda: SearchSpace((CategoricalParam("c", ("a", "a")),)), "parameters[0].choices", "duplicate"),
+        (
+            lambda: SearchSpace((CategoricalParam("c", ()),)),
+            "parameters[0].choices",
+            "at least one",
+        ),
+        (
+            lambda: SearchSpace((CategoricalParam("c", ("a", "a")),)),
+            "parameters[0].choices",
+            "duplicate",
+        ),
         (lambda: SearchSpace((OrdinalParam("o", (1, 1)),)), "parameters[0].values", "duplicate"),
         (lambda: SearchSpace((OrdinalParam("o", (3, 1)),)), "parameters[0].values", "sorted"),
-        (lambda: SearchSpace((FloatParam("x", 0, 1), FloatParam("x", 0, 2))), "parameters[1].name", "duplicate"),
+        (
+            lambda: SearchSpace((FloatParam("x", 0, 1), FloatParam("x", 0, 2))),
+            "parameters[1].name",
+            "duplicate",
+        ),
         (lambda: SearchSpace(()), "parameters", "at least one"),
         (lambda: SearchSpace((FixedParam("f", 1),)), "parameters", "fixed"),
-        (lambda: SearchSpace((FloatParam("x", 0, 1),), (LinearConstraint({"z": 1}, 1),)), "parameter_constraints[0].coefficients", "unknown parameter 'z'"),
-        (lambda: SearchSpace((CategoricalParam("c", ("a", "b")),FloatParam("x", 0, 1)), (LinearConstraint({"c": 1}, 1),)), "parameter_constraints[0].coefficients", "categorical"),
-        (lambda: SearchSpace((FloatParam("x", 1, 2, log=True),), (LinearConstraint({"x": 1}, 1.5),)), "parameter_constraints[0].coefficients", "log scale"),
-        (lambda: SearchSpace((FloatParam("x", 0, 1), FloatParam("y", 0, 1)), (LinearConstraint({"x": 1, "y": 1}, -0.5),)), "parameter_constraints", "admit no point"),
-        (lambda: StudySpec(SearchSpace((FloatParam("x", 0, 1),)), ()), "objectives", "at least one"),
-        (lambda: StudySpec(SearchSpace((FloatParam("x", 0, 1),)), (Objective("y", "up"),)), "objectives[0].goal", "minimize"),
-        (lambda: StudySpec(SearchSpace((FloatParam("x", 0, 1),)), (Objective("y"),), (OutcomeConstraint("t", "<", 1),)), "outcome_constraints[0].op", "'<='"),
-        (lambda: StudySpec(SearchSpace((FloatParam("x", 0, 1),)), (Objective("y"),), priors=(ParameterPrior("x", 0.5, -1),)), "priors[0].std", "std > 0"),
-        (lambda: StudySpec(SearchSpace((FloatParam("x", 0, 1),)), (Objective("y"),), priors=(ParameterPrior("q", 0.5, 1),)), "priors[0].parameter", "unknown"),
-        (lambda: StudySpec(SearchSpace((FloatParam("x", 0, 1),)), (Objective("y"),), algorithm=AlgorithmOptions(exploit_gap=-1)), "algorithm.exploit_gap", "0 (no exploitation steps)"),
-        (lambda: StudySpec(SearchSpace((FloatParam("x", 0, 1),)), (Objective("y"),), algorithm=AlgorithmOptions(exploit_gap=2.5)), "algorithm.exploit_gap", "integer"),
+        (
+            lambda: SearchSpace((FloatParam("x", 0, 1),), (LinearConstraint({"z": 1}, 1),)),
+            "parameter_constraints[0].coefficients",
+            "unknown parameter 'z'",
+        ),
+        (
+            lambda: SearchSpace(
+                (CategoricalParam("c", ("a", "b")), FloatParam("x", 0, 1)),
+                (LinearConstraint({"c": 1}, 1),),
+            ),
+            "parameter_constraints[0].coefficients",
+            "categorical",
+        ),
+        (
+            lambda: SearchSpace(
+                (FloatParam("x", 1, 2, log=True),), (LinearConstraint({"x": 1}, 1.5),)
+            ),
+            "parameter_constraints[0].coefficients",
+            "log scale",
+        ),
+        (
+            lambda: SearchSpace(
+                (FloatParam("x", 0, 1), FloatParam("y", 0, 1)),
+                (LinearConstraint({"x": 1, "y": 1}, -0.5),),
+            ),
+            "parameter_constraints",
+            "admit no point",
+        ),
+        (
+            lambda: StudySpec(SearchSpace((FloatParam("x", 0, 1),)), ()),
+            "objectives",
+            "at least one",
+        ),
+        (
+            lambda: StudySpec(SearchSpace((FloatParam("x", 0, 1),)), (Objective("y", "up"),)),
+            "objectives[0].goal",
+            "minimize",
+        ),
+        (
+            lambda: StudySpec(
+                SearchSpace((FloatParam("x", 0, 1),)),
+                (Objective("y"),),
+                (OutcomeConstraint("t", "<", 1),),
+            ),
+            "outcome_constraints[0].op",
+            "'<='",
+        ),
+        (
+            lambda: StudySpec(
+                SearchSpace((FloatParam("x", 0, 1),)),
+                (Objective("y"),),
+                priors=(ParameterPrior("x", 0.5, -1),),
+            ),
+            "priors[0].std",
+            "std > 0",
+        ),
+        (
+            lambda: StudySpec(
+                SearchSpace((FloatParam("x", 0, 1),)),
+                (Objective("y"),),
+                priors=(ParameterPrior("q", 0.5, 1),),
+            ),
+            "priors[0].parameter",
+            "unknown",
+        ),
+        (
+            lambda: StudySpec(
+                SearchSpace((FloatParam("x", 0, 1),)),
+                (Objective("y"),),
+                algorithm=AlgorithmOptions(exploit_gap=-1),
+            ),
+            "algorithm.exploit_gap",
+            "0 (no exploitation steps)",
+        ),
+        (
+            lambda: StudySpec(
+                SearchSpace((FloatParam("x", 0, 1),)),
+                (Objective("y"),),
+                algorithm=AlgorithmOptions(exploit_gap=2.5),
+            ),
+            "algorithm.exploit_gap",
+            "integer",
+        ),
     ],
 )
 def test_malformed_specs_are_rejected_with_field_and_fix(build, field, words):
@@ -191,12 +291,22 @@ def test_validate_params_rejects_out_of_range_wrong_type_unknown_and_constraint_
 
 def test_spec_json_round_trip():
     spec = StudySpec(
-        SearchSpace((FloatParam("lr", 1e-5, 1e-1, log=True), OrdinalParam("bs", (16, 32, 64)), CategoricalParam("opt", ("adam", "sgd")), FixedParam("epochs", 10))),
+        SearchSpace(
+            (
+                FloatParam("lr", 1e-5, 1e-1, log=True),
+                OrdinalParam("bs", (16, 32, 64)),
+                CategoricalParam("opt", ("adam", "sgd")),
+                FixedParam("epochs", 10),
+            )
+        ),
         (Objective("loss"), Objective("acc", "maximize")),
         (OutcomeConstraint("seconds", "<=", 60),),
         tracked_metrics=("memory",),
         description="tune a net",
-        priors=(ParameterPrior("lr", 1e-3, 1e-3, confidence=0.8), ParameterPrior("opt", probabilities={"adam": 0.9, "sgd": 0.1})),
+        priors=(
+            ParameterPrior("lr", 1e-3, 1e-3, confidence=0.8),
+            ParameterPrior("opt", probabilities={"adam": 0.9, "sgd": 0.1}),
+        ),
     )
     assert StudySpec.from_dict(spec.to_dict()) == spec
     assert spec.modeled_metrics == ["loss", "acc", "seconds"]

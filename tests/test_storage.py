@@ -12,7 +12,10 @@ import sqlalchemy as sa
 from bbo.storage import LlmCallRecord, NewTrial, RequestKey, Storage
 from bbo.trial import Metric, TrialState
 
-SPEC = {"parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}], "objectives": [{"name": "y"}]}
+SPEC = {
+    "parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}],
+    "objectives": [{"name": "y"}],
+}
 
 
 def test_migrates_to_head_and_is_idempotent(tmp_path):
@@ -64,7 +67,9 @@ def test_migrated_schema_matches_metadata(storage):
     from bbo.storage.schema import metadata
 
     with storage.engine.connect() as c:
-        diff = compare_metadata(MigrationContext.configure(c, opts={"compare_type": True}), metadata)
+        diff = compare_metadata(
+            MigrationContext.configure(c, opts={"compare_type": True}), metadata
+        )
     assert diff == [], f"schema.py and the migrations disagree: {diff}"
 
 
@@ -83,7 +88,9 @@ def test_concurrent_trial_numbers_are_unique_and_dense(storage):
 
     def work():
         for _ in range(10):
-            ts, _ = storage.insert_trials(st.id, [NewTrial({"x": 0.5}, "bo"), NewTrial({"x": 0.6}, "bo")])
+            ts, _ = storage.insert_trials(
+                st.id, [NewTrial({"x": 0.5}, "bo"), NewTrial({"x": 0.6}, "bo")]
+            )
             with lock:
                 got.extend(t.id for t in ts)
 
@@ -102,7 +109,9 @@ def test_request_log_replays(storage):
     first, prev = storage.insert_trials(st.id, [NewTrial({"x": 0.1}, "bo")], request=req)
     assert prev is None
     again, prev = storage.insert_trials(st.id, [NewTrial({"x": 0.9}, "bo")], request=req)
-    assert prev == {"hash": "h1", "trials": [first[0].id]} and [t.id for t in again] == [first[0].id]
+    assert prev == {"hash": "h1", "trials": [first[0].id]} and [t.id for t in again] == [
+        first[0].id
+    ]
     assert len(storage.list_trials(st.id)) == 1
 
 
@@ -111,7 +120,13 @@ def test_modify_trial_and_events(storage):
     (t,), _ = storage.insert_trials(st.id, [NewTrial({"x": 0.1}, "bo")])
     import dataclasses
 
-    new, changed, _ = storage.modify_trial(st.id, t.id, lambda cur: dataclasses.replace(cur, state=TrialState.COMPLETED, metrics={"y": Metric(1.5, 0.1)}))
+    new, changed, _ = storage.modify_trial(
+        st.id,
+        t.id,
+        lambda cur: dataclasses.replace(
+            cur, state=TrialState.COMPLETED, metrics={"y": Metric(1.5, 0.1)}
+        ),
+    )
     assert changed and new.state is TrialState.COMPLETED
     stored = storage.get_trial(st.id, t.id)
     assert stored.metrics == {"y": Metric(1.5, 0.1)} and stored.state is TrialState.COMPLETED
@@ -149,7 +164,11 @@ def test_intermediates_llm_calls_and_delete(storage):
     assert storage.intermediates(st.id) == {t.id: [(1, 0.4), (2, 0.3)]}
     storage.log_llm_call(st.id, LlmCallRecord("warmstart", "m", "p", "r", "ok", 10, 5, 0.5))
     (c,) = storage.list_llm_calls(st.id)
-    assert (c.purpose, c.prompt_tokens, c.completion_tokens) == ("warmstart", 10, 5) and c.created_at > 0
+    assert (c.purpose, c.prompt_tokens, c.completion_tokens) == (
+        "warmstart",
+        10,
+        5,
+    ) and c.created_at > 0
     assert storage.delete_study(st.id)
     assert storage.get_study("t", "s") is None
     with storage.engine.connect() as conn:
@@ -167,9 +186,13 @@ def test_group_commit_rolls_back_only_the_failed_update_of_a_shared_batch(storag
     trials, _ = storage.insert_trials(sid, [NewTrial({"x": i / 10}, "initial") for i in range(9)])
 
     def complete(value):
-        return lambda cur: dataclasses.replace(cur, state=TrialState.COMPLETED, metrics={"y": Metric(value)})
+        return lambda cur: dataclasses.replace(
+            cur, state=TrialState.COMPLETED, metrics={"y": Metric(value)}
+        )
 
-    bad = RequestKey(None, "tell", "r-bad", "h")  # tenant NULL: the request-log insert fails after the update
+    bad = RequestKey(
+        None, "tell", "r-bad", "h"
+    )  # tenant NULL: the request-log insert fails after the update
     results: dict[int, object] = {}
 
     def tell(t, request=None):
@@ -189,7 +212,9 @@ def test_group_commit_rolls_back_only_the_failed_update_of_a_shared_batch(storag
         threads[0].start()
         time.sleep(0.2)
         wait_queue(lambda n: n == 0)  # the writer took the first tell and waits for the lock
-        threads += [threading.Thread(target=tell, args=(t, bad if t.id == 5 else None)) for t in trials[1:]]
+        threads += [
+            threading.Thread(target=tell, args=(t, bad if t.id == 5 else None)) for t in trials[1:]
+        ]
         for th in threads[1:]:
             th.start()
         wait_queue(lambda n: n == len(trials) - 1)
@@ -201,7 +226,9 @@ def test_group_commit_rolls_back_only_the_failed_update_of_a_shared_batch(storag
     assert storage.trial_events(sid, 5)[-1][0] == "PENDING"
     for t in trials:
         if t.id != 5:
-            assert stored[t.id].state is TrialState.COMPLETED and stored[t.id].metrics["y"].value == float(t.id)
+            assert stored[t.id].state is TrialState.COMPLETED and stored[t.id].metrics[
+                "y"
+            ].value == float(t.id)
             assert results[t.id][1] is True
 
 
@@ -225,7 +252,9 @@ def test_model_state_on_sqlite_is_read_once_per_strategy_then_kept_in_memory(sto
 
     sid = storage.insert_study("t", "s", SPEC, 1).id
     statements = []
-    sa.event.listen(storage.engine, "before_cursor_execute", lambda *a, **k: statements.append(a[2]))
+    sa.event.listen(
+        storage.engine, "before_cursor_execute", lambda *a, **k: statements.append(a[2])
+    )
     writer = ModelStateCache(storage)
     a = _StatefulStrategy()
     tok = writer.pull(sid, a)
@@ -239,7 +268,9 @@ def test_model_state_on_sqlite_is_read_once_per_strategy_then_kept_in_memory(sto
     del statements[:]
     assert restarted.pull(sid, b).n_fit == 5 and writer.pull(sid, a).n_fit == 5
     assert statements == []
-    assert restarted.pull(sid, _StatefulStrategy()).n_fit == 5 and any("model_state" in s for s in statements)
+    assert restarted.pull(sid, _StatefulStrategy()).n_fit == 5 and any(
+        "model_state" in s for s in statements
+    )
 
 
 def test_tells_racing_a_close_are_written_or_refused_never_left_waiting(tmp_path):
@@ -259,7 +290,13 @@ def test_tells_racing_a_close_are_written_or_refused_never_left_waiting(tmp_path
     def tell(t):
         go.wait()
         try:
-            storage.modify_trial(sid, t.id, lambda cur: dataclasses.replace(cur, state=TrialState.COMPLETED, metrics={"y": Metric(1.0)}))
+            storage.modify_trial(
+                sid,
+                t.id,
+                lambda cur: dataclasses.replace(
+                    cur, state=TrialState.COMPLETED, metrics={"y": Metric(1.0)}
+                ),
+            )
             outcomes[t.id] = "stored"
         except RuntimeError as e:
             outcomes[t.id] = str(e)
@@ -277,6 +314,8 @@ def test_tells_racing_a_close_are_written_or_refused_never_left_waiting(tmp_path
     reopened = Storage(f"sqlite:///{tmp_path / 'close.db'}")
     try:
         done = {t.id for t in reopened.list_trials(sid, [TrialState.COMPLETED])}
-        assert done == {n for n, o in outcomes.items() if o == "stored"}  # what was acknowledged is there
+        assert done == {
+            n for n, o in outcomes.items() if o == "stored"
+        }  # what was acknowledged is there
     finally:
         reopened.close()

@@ -22,7 +22,9 @@ from bbo.storage import pg as pgmod
 from bbo.storage.coordination import ModelStateCache, cache_for
 from bbo.trial import TrialState
 
-pytestmark = pytest.mark.skipif(pg_cluster.missing_reason() is not None, reason=str(pg_cluster.missing_reason()))
+pytestmark = pytest.mark.skipif(
+    pg_cluster.missing_reason() is not None, reason=str(pg_cluster.missing_reason())
+)
 
 SPEC = sqlite_tests.SPEC
 
@@ -42,7 +44,9 @@ def storage(pg_url):
 # ---- the SQLite storage tests, on PostgreSQL -----------------------------------------------------------
 test_migrated_schema_matches_metadata = sqlite_tests.test_migrated_schema_matches_metadata
 test_study_unique_per_tenant = sqlite_tests.test_study_unique_per_tenant
-test_concurrent_trial_numbers_are_unique_and_dense = sqlite_tests.test_concurrent_trial_numbers_are_unique_and_dense
+test_concurrent_trial_numbers_are_unique_and_dense = (
+    sqlite_tests.test_concurrent_trial_numbers_are_unique_and_dense
+)
 test_request_log_replays = sqlite_tests.test_request_log_replays
 test_modify_trial_and_events = sqlite_tests.test_modify_trial_and_events
 test_expire_leases = sqlite_tests.test_expire_leases
@@ -52,7 +56,15 @@ test_intermediates_llm_calls_and_delete = sqlite_tests.test_intermediates_llm_ca
 def test_two_processes_migrating_at_once_agree(pg_url):
     """Replicas starting together race to migrate; the advisory lock in migrate() serializes them."""
     code = "import sys; from bbo.storage import Storage; s = Storage(sys.argv[1]); print(s.current_revision()); s.close()"
-    procs = [subprocess.Popen([sys.executable, "-c", code, pg_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, pg_url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     assert len({o[0].strip() for o in outs}) == 1
@@ -62,9 +74,15 @@ def test_migration_waits_for_another_replica_past_the_short_lock_timeout(pg_url)
     Storage(pg_url).close()
     eng = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
     with eng.connect() as c, c.begin():
-        c.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": 0x6262_6F5F})  # "another replica is migrating"
+        c.execute(
+            sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": 0x6262_6F5F}
+        )  # "another replica is migrating"
         out = {}
-        t = threading.Thread(target=lambda: out.setdefault("s", Storage(pg_url + "?lock_timeout=100ms&statement_timeout=200ms", pool_size=2)))
+        t = threading.Thread(
+            target=lambda: out.setdefault(
+                "s", Storage(pg_url + "?lock_timeout=100ms&statement_timeout=200ms", pool_size=2)
+            )
+        )
         t.start()
         t.join(1.0)  # well past both timeouts, still waiting
         assert t.is_alive()
@@ -84,7 +102,9 @@ def test_session_settings_and_url_overrides(pg_url):
         assert c.exec_driver_sql("SHOW application_name").scalar().startswith("bbo-")
     assert s.engine.pool.size() == 16 and s.engine.dialect.name == "postgresql"
     s.close()
-    s = Storage(pg_url + "?statement_timeout=5s&lock_timeout=250ms&pool_size=3&max_overflow=1", pool_size=10)
+    s = Storage(
+        pg_url + "?statement_timeout=5s&lock_timeout=250ms&pool_size=3&max_overflow=1", pool_size=10
+    )
     with s.engine.connect() as c:
         assert c.exec_driver_sql("SHOW statement_timeout").scalar() == "5s"
         assert c.exec_driver_sql("SHOW lock_timeout").scalar() == "250ms"
@@ -97,7 +117,9 @@ def test_statement_timeout_stops_a_runaway_query(storage):
         with storage.engine.connect() as c:
             c.exec_driver_sql("SET statement_timeout = '200ms'")
             c.exec_driver_sql("SELECT pg_sleep(5)")
-    assert pgmod.sqlstate(e.value) == "57014" and pgmod.classify(e.value) is None  # a timeout is not retried
+    assert (
+        pgmod.sqlstate(e.value) == "57014" and pgmod.classify(e.value) is None
+    )  # a timeout is not retried
 
 
 def test_reconnects_after_connections_are_killed(storage):
@@ -105,9 +127,16 @@ def test_reconnects_after_connections_are_killed(storage):
     st = storage.insert_study("t", "s", SPEC, 1)
     with storage.engine.connect() as c:
         app = c.exec_driver_sql("SHOW application_name").scalar()
-    admin = sa.create_engine(storage.engine.url.set(database="postgres"), poolclass=sa.pool.NullPool)
+    admin = sa.create_engine(
+        storage.engine.url.set(database="postgres"), poolclass=sa.pool.NullPool
+    )
     with admin.connect() as c:
-        killed = c.execute(sa.text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = :a"), {"a": app}).scalar()
+        killed = c.execute(
+            sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = :a"
+            ),
+            {"a": app},
+        ).scalar()
     admin.dispose()
     assert killed >= 1
     assert storage.get_study_by_id(st.id).name == "s"
@@ -132,11 +161,18 @@ def test_retry_transient_reruns_rolled_back_work_and_gives_up_cleanly():
             raise _dbapi_error(exc)
         return "ok"
 
-    assert flaky(2, psycopg.errors.DeadlockDetected("deadlock detected")) == "ok" and len(calls) == 3
+    assert (
+        flaky(2, psycopg.errors.DeadlockDetected("deadlock detected")) == "ok" and len(calls) == 3
+    )
     calls.clear()
-    assert flaky(1, psycopg.errors.SerializationFailure("could not serialize")) == "ok" and len(calls) == 2
+    assert (
+        flaky(1, psycopg.errors.SerializationFailure("could not serialize")) == "ok"
+        and len(calls) == 2
+    )
     calls.clear()
-    with pytest.raises(pgmod.TransientStorageError):  # a lost connection: the commit may have happened
+    with pytest.raises(
+        pgmod.TransientStorageError
+    ):  # a lost connection: the commit may have happened
         flaky(1, psycopg.OperationalError("server closed the connection unexpectedly"))
     assert len(calls) == 1
     calls.clear()
@@ -183,16 +219,23 @@ def test_a_real_deadlock_is_retried(storage):
                 c.execute(sa.text("UPDATE studies SET seed = seed + 1 WHERE id = :i"), {"i": first})
                 if attempts[name] == 1:
                     barrier.wait(10)
-                c.execute(sa.text("UPDATE studies SET seed = seed + 1 WHERE id = :i"), {"i": second})
+                c.execute(
+                    sa.text("UPDATE studies SET seed = seed + 1 WHERE id = :i"), {"i": second}
+                )
 
         run()
 
-    threads = [threading.Thread(target=tx, args=("x", a.id, b.id)), threading.Thread(target=tx, args=("y", b.id, a.id))]
+    threads = [
+        threading.Thread(target=tx, args=("x", a.id, b.id)),
+        threading.Thread(target=tx, args=("y", b.id, a.id)),
+    ]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    assert attempts["x"] + attempts["y"] == 3  # exactly one was chosen as the deadlock victim and re-run
+    assert (
+        attempts["x"] + attempts["y"] == 3
+    )  # exactly one was chosen as the deadlock victim and re-run
     assert storage.get_study_by_id(a.id).seed == 3 and storage.get_study_by_id(b.id).seed == 3
 
 
@@ -201,7 +244,9 @@ def _advisory_waiters(url, key) -> int:
     eng = sa.create_engine(url, poolclass=sa.pool.NullPool)
     with eng.connect() as c:
         n = c.execute(
-            sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND ((classid::bigint << 32) | objid::bigint) = :k"),
+            sa.text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND ((classid::bigint << 32) | objid::bigint) = :k"
+            ),
             {"k": key},
         ).scalar()
     eng.dispose()
@@ -252,11 +297,15 @@ def test_study_lock_of_a_killed_replica_is_released(pg_url, storage):
         "import sys, time; from bbo.storage import Storage; s = Storage(sys.argv[1], migrate=False)\n"
         "with s.study_lock(int(sys.argv[2])):\n    print('locked', flush=True); time.sleep(600)\n"
     )
-    p = subprocess.Popen([sys.executable, "-c", code, pg_url, str(st.id)], stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", code, pg_url, str(st.id)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert p.stdout.readline().strip() == "locked"
         short = Storage(pg_url + "?lock_wait_timeout=500ms", pool_size=2)
-        with pytest.raises(pgmod.TransientStorageError):  # held by the live process: bounded wait, then UNAVAILABLE
+        with pytest.raises(
+            pgmod.TransientStorageError
+        ):  # held by the live process: bounded wait, then UNAVAILABLE
             with short.study_lock(st.id):
                 pass
         short.close()
@@ -303,13 +352,20 @@ class _FakeStrategy:
         from bbo.spec import AlgorithmOptions
         from bbo.surrogate import Surrogate
 
-        self.surrogate = Surrogate(SearchSpace((FloatParam("x", 0.0, 1.0),)), 1, AlgorithmOptions(), select_device("cpu"))
-        self.export_state, self.import_state = self.surrogate.export_state, self.surrogate.import_state
+        self.surrogate = Surrogate(
+            SearchSpace((FloatParam("x", 0.0, 1.0),)), 1, AlgorithmOptions(), select_device("cpu")
+        )
+        self.export_state, self.import_state = (
+            self.surrogate.export_state,
+            self.surrogate.import_state,
+        )
 
     def fit(self, n):
         import torch
 
-        self.surrogate.import_state(n, {"covar_module.lengthscale": torch.full((1, 2), float(n), dtype=torch.float64)})
+        self.surrogate.import_state(
+            n, {"covar_module.lengthscale": torch.full((1, 2), float(n), dtype=torch.float64)}
+        )
 
 
 def test_model_state_moves_between_replicas(pg_url, storage):
@@ -346,8 +402,14 @@ def test_replicas_share_fits_and_see_each_others_deletions(pg_url):
 
     s1, s2 = Storage(pg_url, pool_size=4), Storage(pg_url, pool_size=4)
     r1, r2 = StudyRegistry(s1), StudyRegistry(s2)
-    spec = {"parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}, {"type": "float", "name": "z", "low": 0.0, "high": 1.0}],
-            "objectives": [{"name": "y"}], "algorithm": {"seed": 5, "n_initial": 3}}
+    spec = {
+        "parameters": [
+            {"type": "float", "name": "x", "low": 0.0, "high": 1.0},
+            {"type": "float", "name": "z", "low": 0.0, "high": 1.0},
+        ],
+        "objectives": [{"name": "y"}],
+        "algorithm": {"seed": 5, "n_initial": 3},
+    }
     r1.create_study("shared", spec)
     r1.create_study("alone", spec)
 
@@ -401,7 +463,10 @@ def test_concurrent_tells_of_one_trial_from_two_replicas_apply_once(pg_url, stor
             if hold:
                 inside.set()
                 release.wait(30)
-            return dataclasses.replace(cur, state=TrialState.COMPLETED, metrics={"y": Metric(value)})
+            return dataclasses.replace(
+                cur, state=TrialState.COMPLETED, metrics={"y": Metric(value)}
+            )
+
         return change
 
     def run(key, store, change):
@@ -424,7 +489,9 @@ def test_concurrent_tells_of_one_trial_from_two_replicas_apply_once(pg_url, stor
     (final,) = storage.list_trials(st.id)
     assert final.metrics["y"].value == 1.0
     with storage.engine.connect() as conn:
-        n_done = conn.execute(sa.text("SELECT count(*) FROM trial_events WHERE state = 'COMPLETED'")).scalar()
+        n_done = conn.execute(
+            sa.text("SELECT count(*) FROM trial_events WHERE state = 'COMPLETED'")
+        ).scalar()
     assert n_done == 1
     other.close()
 
@@ -438,13 +505,19 @@ def test_nul_characters_are_stored_on_postgresql_not_an_internal_error(storage, 
     from bbo.study import StudyRegistry
 
     reg = StudyRegistry(storage)
-    spec = {"parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}], "objectives": [{"name": "y"}], "algorithm": {"n_initial": 100}}
+    spec = {
+        "parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}],
+        "objectives": [{"name": "y"}],
+        "algorithm": {"n_initial": 100},
+    }
     st, _ = reg.create_study("nul", spec)
     (t,) = st.ask(1, worker_id="w\x00").trials
     st.tell(t.id, failed=True, reason="OOM\x00 at step 3")
     got = st.get_trial(t.id)
     assert got.reason == "OOM\ufffd at step 3" and got.worker_id == "w\ufffd"
-    storage.insert_trials(st.id, [NewTrial({"x": 0.5}, "llm_warmstart", rationale="near the \x00 optimum")])
+    storage.insert_trials(
+        st.id, [NewTrial({"x": 0.5}, "llm_warmstart", rationale="near the \x00 optimum")]
+    )
     storage.log_llm_call(st.id, LlmCallRecord("warmstart", "m", "prompt\x00", "answer\x00", "ok"))
     assert storage.get_trial(st.id, 2).rationale == "near the \ufffd optimum"
     assert storage.list_llm_calls(st.id)[0].response == "answer\ufffd"
@@ -478,12 +551,18 @@ def test_a_database_outage_is_unavailable_with_auth_and_a_tell_rides_it_out(serv
         url = cl.create_database("outage")
         key, _ = create_key(url, "t1")
         srv = server_factory(db=url, args=["--auth", "--workers", "1"])
-        with bc.Client(srv.address, api_key=key, retries=0) as c0, bc.Client(srv.address, api_key=key, retries=40, backoff=0.1) as c:
+        with (
+            bc.Client(srv.address, api_key=key, retries=0) as c0,
+            bc.Client(srv.address, api_key=key, retries=40, backoff=0.1) as c,
+        ):
             s = c.create_study("s", [bc.Float("x", 0, 1)], "y", seed=1)
             (t,) = s.ask()
             cl.pause()
-            for call in (lambda: c0.study("s").tell(t, {"y": 1.0}), lambda: c0.get_study("s"),
-                         lambda: c0.create_study("s2", [bc.Float("x", 0, 1)], "y")):
+            for call in (
+                lambda: c0.study("s").tell(t, {"y": 1.0}),
+                lambda: c0.get_study("s"),
+                lambda: c0.create_study("s2", [bc.Float("x", 0, 1)], "y"),
+            ):
                 with pytest.raises(bc.BboError) as e:
                     call()
                 assert e.value.code.name == "UNAVAILABLE", e.value
@@ -546,7 +625,9 @@ def test_the_same_intermediate_step_from_two_replicas_at_once(pg_url):
                 except Exception as e:  # noqa: BLE001 - collected for the assertion
                     errors.append(repr(e))
 
-            threads = [threading.Thread(target=report, args=(s, float(k))) for k, s in enumerate((s1, s2))]
+            threads = [
+                threading.Thread(target=report, args=(s, float(k))) for k, s in enumerate((s1, s2))
+            ]
             for t in threads:
                 t.start()
             for t in threads:

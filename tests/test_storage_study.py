@@ -11,7 +11,11 @@ from bbo.errors import ConflictError
 from bbo.study import StoppingRule, StudyConfig, StudyRegistry
 from bbo.trial import TrialState
 
-SPEC = {"parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}], "objectives": [{"name": "y"}], "algorithm": {"n_initial": 1000}}
+SPEC = {
+    "parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}],
+    "objectives": [{"name": "y"}],
+    "algorithm": {"n_initial": 1000},
+}
 
 
 def test_concurrent_tells_conflicts_and_heartbeats_in_shared_batches(registry):
@@ -23,7 +27,9 @@ def test_concurrent_tells_conflicts_and_heartbeats_in_shared_batches(registry):
     def teller(k):
         for t in trials:
             try:
-                r = st.tell(t.id, {"y": float(t.id if k == 0 else -t.id)})  # thread 0 and 1 race with different values
+                r = st.tell(
+                    t.id, {"y": float(t.id if k == 0 else -t.id)}
+                )  # thread 0 and 1 race with different values
                 res = ("ok", r.trial.metrics["y"].value, r.duplicate)
             except ConflictError:
                 res = ("conflict",)
@@ -37,7 +43,9 @@ def test_concurrent_tells_conflicts_and_heartbeats_in_shared_batches(registry):
             except ConflictError:
                 pass
 
-    threads = [threading.Thread(target=teller, args=(k,)) for k in (0, 1)] + [threading.Thread(target=beater)]
+    threads = [threading.Thread(target=teller, args=(k,)) for k in (0, 1)] + [
+        threading.Thread(target=beater)
+    ]
     for th in threads:
         th.start()
     for th in threads:
@@ -45,8 +53,13 @@ def test_concurrent_tells_conflicts_and_heartbeats_in_shared_batches(registry):
     stored = {t.id: t for t in registry.storage.list_trials(st.id)}
     for t in trials:
         oks = [o for o in outcomes[t.id] if o[0] == "ok"]
-        assert len(oks) == 1 and len(outcomes[t.id]) == 2, outcomes[t.id]  # exactly one tell won, the other was refused
-        assert stored[t.id].state is TrialState.COMPLETED and stored[t.id].metrics["y"].value == oks[0][1]
+        assert len(oks) == 1 and len(outcomes[t.id]) == 2, outcomes[
+            t.id
+        ]  # exactly one tell won, the other was refused
+        assert (
+            stored[t.id].state is TrialState.COMPLETED
+            and stored[t.id].metrics["y"].value == oks[0][1]
+        )
     # the in-memory copy the next ask uses agrees with the database
     mem = {t.id: (t.state, t.metrics) for t in st._all_trials()}
     assert mem == {i: (t.state, t.metrics) for i, t in stored.items()}
@@ -59,7 +72,10 @@ def test_restarted_registry_sees_everything(storage):
     st.tell(a.id, {"y": 1.0})
     reg2 = StudyRegistry(storage)  # a new process on the same database
     st2 = reg2.get_study("s")
-    assert [(t.id, t.state) for t in st2._all_trials()] == [(a.id, TrialState.COMPLETED), (b.id, TrialState.PENDING)]
+    assert [(t.id, t.state) for t in st2._all_trials()] == [
+        (a.id, TrialState.COMPLETED),
+        (b.id, TrialState.PENDING),
+    ]
     c = st2.ask(1).trials[0]
     assert c.id == 3
 
@@ -75,7 +91,10 @@ def test_reattach_after_an_upgrade_changed_algorithm_defaults(storage):
     reg = StudyRegistry(storage)
     st, created = reg.create_study("old", SPEC)
     assert created
-    old = dict(st.record.spec, algorithm={"n_initial": 1000, "seed": None, "device": "auto", "prior_exponent": 1.0})
+    old = dict(
+        st.record.spec,
+        algorithm={"n_initial": 1000, "seed": None, "device": "auto", "prior_exponent": 1.0},
+    )
     with storage.engine.begin() as conn:
         conn.execute(S.studies.update().where(S.studies.c.id == st.id).values(spec=old))
     reg = StudyRegistry(storage)  # the upgraded server
@@ -85,7 +104,9 @@ def test_reattach_after_an_upgrade_changed_algorithm_defaults(storage):
     with pytest.raises(AlreadyExistsError):
         reg.create_study("old", dict(SPEC, algorithm={"n_initial": 1000, "exploit_gap": 5}))
     with pytest.raises(AlreadyExistsError):
-        reg.create_study("old", dict(SPEC, parameters=[{"type": "float", "name": "x", "low": 0.0, "high": 2.0}]))
+        reg.create_study(
+            "old", dict(SPEC, parameters=[{"type": "float", "name": "x", "low": 0.0, "high": 2.0}])
+        )
     with pytest.raises(AlreadyExistsError):
         reg.create_study("old", dict(SPEC, algorithm={"n_initial": 7}))
 
@@ -123,11 +144,15 @@ def test_broken_strategy_falls_back_and_status_is_stored(storage):
     reg = StudyRegistry(storage, strategy_factory=_Broken)
     st, _ = reg.create_study("s", SPEC)
     res = st.ask(3)
-    assert len(res.trials) == 3 and all(t.origin == "fallback" and "boom" in t.reason for t in res.trials)
+    assert len(res.trials) == 3 and all(
+        t.origin == "fallback" and "boom" in t.reason for t in res.trials
+    )
     assert len({t.params["x"] for t in res.trials}) == 3
     assert "nothing meets" in res.note
     a, f, _ = res.trials
-    assert "boom" in st.tell(a.id, {"y": 1.0}).trial.reason  # the generation note outlives a tell without a reason
+    assert (
+        "boom" in st.tell(a.id, {"y": 1.0}).trial.reason
+    )  # the generation note outlives a tell without a reason
     assert st.tell(f.id, failed=True, reason="OOM").trial.reason == "OOM"
     b = st.best()
     assert b.state == "LIKELY_INFEASIBLE" and b.state_reason == "nothing meets the constraints"
@@ -153,7 +178,9 @@ def test_infeasible_state_is_compared_with_the_stored_one_across_replicas(storag
     """Two registries on one database (two replicas): A declares LIKELY_INFEASIBLE; B, whose copy of
     the study still says ACTIVE, computes ACTIVE on its next ask and must store it (before: B
     compared with its own stale copy, wrote nothing, and the state stuck)."""
-    a = StudyRegistry(storage, strategy_factory=lambda spec: _Says(spec, ("LIKELY_INFEASIBLE", "nothing meets c")))
+    a = StudyRegistry(
+        storage, strategy_factory=lambda spec: _Says(spec, ("LIKELY_INFEASIBLE", "nothing meets c"))
+    )
     b = StudyRegistry(storage, strategy_factory=_Says)
     sa_, _ = a.create_study("s", CONSTRAINED)
     sb = b.get_study("s")
@@ -165,7 +192,9 @@ def test_infeasible_state_is_compared_with_the_stored_one_across_replicas(storag
 
 
 def test_a_feasible_result_ends_likely_infeasible_without_waiting_for_an_ask(storage):
-    reg = StudyRegistry(storage, strategy_factory=lambda spec: _Says(spec, ("LIKELY_INFEASIBLE", "nothing meets c")))
+    reg = StudyRegistry(
+        storage, strategy_factory=lambda spec: _Says(spec, ("LIKELY_INFEASIBLE", "nothing meets c"))
+    )
     st, _ = reg.create_study("s", CONSTRAINED)
     (t,) = st.ask(1).trials
     st.tell(t.id, {"y": 1.0, "c": 2.0})
@@ -177,7 +206,9 @@ def test_a_feasible_result_ends_likely_infeasible_without_waiting_for_an_ask(sto
 
 
 def test_median_rule_for_maximize(storage):
-    reg = StudyRegistry(storage, config=StudyConfig(stopping=StoppingRule(min_trials=2, warmup_steps=2)))
+    reg = StudyRegistry(
+        storage, config=StudyConfig(stopping=StoppingRule(min_trials=2, warmup_steps=2))
+    )
     spec = dict(SPEC, objectives=[{"name": "acc", "goal": "maximize"}])
     st, _ = reg.create_study("m", spec)
     for v in (0.8, 0.9):

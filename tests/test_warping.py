@@ -22,7 +22,13 @@ values = st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=40
 
 
 @settings(max_examples=200, deadline=None)
-@given(f=values, g=st.data(), goal=st.sampled_from([MINIMIZE, MAXIMIZE]), op=st.sampled_from(["<=", ">="]), bound=st.floats(-100, 100))
+@given(
+    f=values,
+    g=st.data(),
+    goal=st.sampled_from([MINIMIZE, MAXIMIZE]),
+    op=st.sampled_from(["<=", ">="]),
+    bound=st.floats(-100, 100),
+)
 def test_warp_keeps_order_and_feasibility(f, g, goal, op, bound):
     c = g.draw(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=len(f), max_size=len(f)))
     lay = layout(goal, [OutcomeConstraint("c", op, bound)])
@@ -38,7 +44,9 @@ def test_warp_keeps_order_and_feasibility(f, g, goal, op, bound):
     # the incumbent stays the incumbent: every row tied for the best is still tied for the best
     s = np.asarray(f) * (1 if goal == MAXIMIZE else -1)
     sm = Ym[:, 0] * (1 if goal == MAXIMIZE else -1)
-    assert set(np.flatnonzero(s == s.max())) <= set(np.flatnonzero(sm >= sm.max() - 1e-9 * max(1.0, abs(sm.max()))))
+    assert set(np.flatnonzero(s == s.max())) <= set(
+        np.flatnonzero(sm >= sm.max() - 1e-9 * max(1.0, abs(sm.max())))
+    )
 
 
 def test_heavy_tail_is_clipped_to_the_tukey_fence():

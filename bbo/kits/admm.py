@@ -80,7 +80,9 @@ class Instance:
         return smooth
 
 
-def make_lasso(seed: int, m: int = 150, n: int = 300, k: int = 15, corr: float = 0.5, frac: float = 0.05) -> Instance:
+def make_lasso(
+    seed: int, m: int = 150, n: int = 300, k: int = 15, corr: float = 0.5, frac: float = 0.05
+) -> Instance:
     rng = np.random.default_rng([seed, 1])
     common = rng.standard_normal((m, 1))
     A = math.sqrt(1 - corr) * rng.standard_normal((m, n)) + math.sqrt(corr) * common
@@ -91,7 +93,9 @@ def make_lasso(seed: int, m: int = 150, n: int = 300, k: int = 15, corr: float =
     lam = frac * float(np.max(np.abs(A.T @ b)))
     H = A.T @ A
     w, V = np.linalg.eigh(H)
-    return Instance("lasso", H, -(A.T @ b), np.maximum(w, 0.0), V, lam=lam, const=0.5 * float(b @ b))
+    return Instance(
+        "lasso", H, -(A.T @ b), np.maximum(w, 0.0), V, lam=lam, const=0.5 * float(b @ b)
+    )
 
 
 def make_qp(seed: int, n: int = 200, cond: float = 1e4) -> Instance:
@@ -117,9 +121,18 @@ class AdmmResult:
     seconds: float
 
 
-def admm(inst: Instance, rho: float = 1.0, alpha: float = 1.6, adaptive: bool = False, mu: float = 10.0,
-         tau_incr: float = 2.0, tau_decr: float = 2.0, max_iter: int = 2000, eps_abs: float = EPS_ABS,
-         eps_rel: float = EPS_REL) -> AdmmResult:
+def admm(
+    inst: Instance,
+    rho: float = 1.0,
+    alpha: float = 1.6,
+    adaptive: bool = False,
+    mu: float = 10.0,
+    tau_incr: float = 2.0,
+    tau_decr: float = 2.0,
+    max_iter: int = 2000,
+    eps_abs: float = EPS_ABS,
+    eps_rel: float = EPS_REL,
+) -> AdmmResult:
     """Scaled-form over-relaxed ADMM on ``min f(x) + g(z) s.t. x = z`` (see the module docstring)."""
     t0 = time.perf_counter()
     n = inst.n
@@ -203,7 +216,9 @@ def reference(kind: str, seed: int) -> tuple[Instance, np.ndarray, float]:
     inst = make_lasso(seed) if kind == "lasso" else make_qp(seed)
     scale = float(np.sqrt(np.mean(inst.evals.clip(min=1e-12))))
     best, best_kkt = None, math.inf
-    res = admm(inst, rho=scale, alpha=1.6, adaptive=True, max_iter=50_000, eps_abs=1e-12, eps_rel=1e-12)
+    res = admm(
+        inst, rho=scale, alpha=1.6, adaptive=True, max_iter=50_000, eps_abs=1e-12, eps_rel=1e-12
+    )
     for tol in (1e-9, 1e-7, 1e-5):
         cand = polish(inst, res.x, tol)
         if inst.kind == "qp":
@@ -257,7 +272,9 @@ class AdmmKit(Kit):
     def spec(self, **options: Any) -> StudySpec:
         o = self._options(options)
         if o["problem"] not in PROBLEMS:
-            raise SpecError("problem", f"unknown problem {o['problem']!r}; choose one of {sorted(PROBLEMS)}")
+            raise SpecError(
+                "problem", f"unknown problem {o['problem']!r}; choose one of {sorted(PROBLEMS)}"
+            )
         params = (
             FloatParam("rho", 1e-3, 1e3, log=True),
             FloatParam("alpha", 1.0, 1.9),
@@ -269,7 +286,9 @@ class AdmmKit(Kit):
         return StudySpec(
             space=SearchSpace(params),
             objectives=(Objective("iterations", MINIMIZE),),
-            outcome_constraints=(OutcomeConstraint("log10_rel_subopt", "<=", math.log10(float(o["accuracy"]))),),
+            outcome_constraints=(
+                OutcomeConstraint("log10_rel_subopt", "<=", math.log10(float(o["accuracy"]))),
+            ),
             tracked_metrics=("rel_subopt", "converged", "final_rho", "solve_seconds"),
             description=self.describe(**options),
         )
@@ -278,13 +297,26 @@ class AdmmKit(Kit):
         p = self._with_defaults(params)
         kind = str(p["problem"])
         if kind not in PROBLEMS:
-            raise SpecError("problem", f"unknown problem {kind!r}; choose one of {sorted(PROBLEMS)}")
+            raise SpecError(
+                "problem", f"unknown problem {kind!r}; choose one of {sorted(PROBLEMS)}"
+            )
         inst, _, fstar = reference(kind, int(seed))
-        res = admm(inst, rho=float(p.get("rho", 1.0)), alpha=float(p.get("alpha", 1.6)), adaptive=str(p.get("adaptive", "off")) == "on",
-                   mu=float(p.get("mu", 10.0)), tau_incr=float(p.get("tau_incr", 2.0)), tau_decr=float(p.get("tau_decr", 2.0)),
-                   max_iter=int(p["max_iter"]))
+        res = admm(
+            inst,
+            rho=float(p.get("rho", 1.0)),
+            alpha=float(p.get("alpha", 1.6)),
+            adaptive=str(p.get("adaptive", "off")) == "on",
+            mu=float(p.get("mu", 10.0)),
+            tau_incr=float(p.get("tau_incr", 2.0)),
+            tau_decr=float(p.get("tau_decr", 2.0)),
+            max_iter=int(p["max_iter"]),
+        )
         f = inst.objective(res.x)
-        sub = max((f - fstar) / max(abs(fstar), 1e-12), 0.0) if np.all(np.isfinite(res.x)) else math.inf
+        sub = (
+            max((f - fstar) / max(abs(fstar), 1e-12), 0.0)
+            if np.all(np.isfinite(res.x))
+            else math.inf
+        )
         sub = min(sub, 1e6)
         return {
             "iterations": float(res.iterations),

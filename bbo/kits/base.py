@@ -34,7 +34,9 @@ class Kit:
     def spec(self, **options: Any) -> StudySpec:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def evaluate(self, params: Mapping[str, Any], seed: int = 0) -> dict[str, float]:  # pragma: no cover
+    def evaluate(
+        self, params: Mapping[str, Any], seed: int = 0
+    ) -> dict[str, float]:  # pragma: no cover
         raise NotImplementedError
 
     def known_best(self, **options: Any) -> Optional[float]:
@@ -44,7 +46,10 @@ class Kit:
     def _options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         unknown = set(options) - set(self.defaults)
         if unknown:
-            raise SpecError("options", f"kit '{self.name}' has no option(s) {sorted(unknown)}; it takes {sorted(self.defaults)}")
+            raise SpecError(
+                "options",
+                f"kit '{self.name}' has no option(s) {sorted(unknown)}; it takes {sorted(self.defaults)}",
+            )
         out = dict(self.defaults)
         out.update({k: v for k, v in options.items() if v is not None})
         return out

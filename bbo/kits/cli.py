@@ -43,13 +43,27 @@ def spec_to_client_kwargs(spec: StudySpec) -> dict[str, Any]:
     return dict(
         parameters=params,
         objectives=[bc.Objective(o.name, o.goal) for o in spec.objectives],
-        constraints=[bc.Constraint(c.metric, c.op, float(c.bound)) for c in spec.outcome_constraints],
-        parameter_constraints=[bc.LinearConstraint(dict(c.coefficients), float(c.bound)) for c in spec.space.constraints],
+        constraints=[
+            bc.Constraint(c.metric, c.op, float(c.bound)) for c in spec.outcome_constraints
+        ],
+        parameter_constraints=[
+            bc.LinearConstraint(dict(c.coefficients), float(c.bound))
+            for c in spec.space.constraints
+        ],
         tracked_metrics=list(spec.tracked_metrics),
         description=spec.description,
         n_initial=a.n_initial,
         seed=a.seed,
-        priors=[bc.Prior(p.parameter, p.mean, p.std, dict(p.probabilities) if p.probabilities else None, p.confidence) for p in spec.priors],
+        priors=[
+            bc.Prior(
+                p.parameter,
+                p.mean,
+                p.std,
+                dict(p.probabilities) if p.probabilities else None,
+                p.confidence,
+            )
+            for p in spec.priors
+        ],
     )
 
 
@@ -71,30 +85,64 @@ def parse_options(kit, pairs: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in pairs:
         if "=" not in item:
-            raise SystemExit(f"bbo kit: option {item!r} must look like KEY=VALUE (options of '{kit.name}': {sorted(kit.defaults)})")
+            raise SystemExit(
+                f"bbo kit: option {item!r} must look like KEY=VALUE (options of '{kit.name}': {sorted(kit.defaults)})"
+            )
         k, v = item.split("=", 1)
         if k not in kit.defaults:
-            raise SystemExit(f"bbo kit: '{kit.name}' has no option {k!r}; it takes {sorted(kit.defaults)}")
+            raise SystemExit(
+                f"bbo kit: '{kit.name}' has no option {k!r}; it takes {sorted(kit.defaults)}"
+            )
         try:
             out[k] = _coerce(kit, k, v)
         except ValueError:
-            raise SystemExit(f"bbo kit: option {k}={v!r} of '{kit.name}' must be {type(kit.defaults[k]).__name__} (default {kit.defaults[k]!r})") from None
+            raise SystemExit(
+                f"bbo kit: option {k}={v!r} of '{kit.name}' must be {type(kit.defaults[k]).__name__} (default {kit.defaults[k]!r})"
+            ) from None
     return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help=f"kit to run: {', '.join(sorted(KITS))}, or 'list' to describe them")
-    p.add_argument("--server", "--address", dest="server", default=os.environ.get("BBO_ADDRESS", "127.0.0.1:50051"),
-                   help="address of a running bbo server (env BBO_ADDRESS; default %(default)s)")
-    p.add_argument("--api-key", default=os.environ.get("BBO_API_KEY"), help="API key (env BBO_API_KEY)")
+    p.add_argument(
+        "name", help=f"kit to run: {', '.join(sorted(KITS))}, or 'list' to describe them"
+    )
+    p.add_argument(
+        "--server",
+        "--address",
+        dest="server",
+        default=os.environ.get("BBO_ADDRESS", "127.0.0.1:50051"),
+        help="address of a running bbo server (env BBO_ADDRESS; default %(default)s)",
+    )
+    p.add_argument(
+        "--api-key", default=os.environ.get("BBO_API_KEY"), help="API key (env BBO_API_KEY)"
+    )
     p.add_argument("--trials", type=int, default=30, help="evaluations (default %(default)s)")
-    p.add_argument("--workers", type=int, default=1, help="parallel evaluation threads (default %(default)s)")
-    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="kit option, repeatable (e.g. -o model=rf -o dataset=wine; see 'bbo kit list')")
-    p.add_argument("--study", default=None, help="study name (default kit-NAME-<options>-<timestamp>)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="parallel evaluation threads (default %(default)s)"
+    )
+    p.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="kit option, repeatable (e.g. -o model=rf -o dataset=wine; see 'bbo kit list')",
+    )
+    p.add_argument(
+        "--study", default=None, help="study name (default kit-NAME-<options>-<timestamp>)"
+    )
     p.add_argument("--seed", type=int, default=None, help="seed of the study's suggestions")
-    p.add_argument("--eval-seed", type=int, default=0, help="seed of the black box (CV split / instance / workload; default 0)")
-    p.add_argument("--llm", action="store_true", help="opt the study into the LLM module (warm start and priors)")
+    p.add_argument(
+        "--eval-seed",
+        type=int,
+        default=0,
+        help="seed of the black box (CV split / instance / workload; default 0)",
+    )
+    p.add_argument(
+        "--llm",
+        action="store_true",
+        help="opt the study into the LLM module (warm start and priors)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -115,13 +163,21 @@ def run(args: argparse.Namespace) -> int:
     if args.llm:
         kwargs["llm"] = bc.Llm(enabled=True)
     tag = "-".join(str(v) for v in options.values()).replace("/", "_").replace(" ", "_")
-    name = args.study or f"kit-{kit.name}{'-' + tag if tag else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = (
+        args.study or f"kit-{kit.name}{'-' + tag if tag else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
     with bc.Client(args.server, api_key=args.api_key) as client:
         client.wait_ready(timeout=30.0)
         study = client.create_study(name, **kwargs)
-        print(f"bbo kit: study {study.name} on {args.server}: {args.trials} trials, {args.workers} workers, eval seed {args.eval_seed}")
-        best = study.optimize(lambda params: kit.evaluate(params, seed=args.eval_seed), n_trials=args.trials,
-                              n_workers=args.workers, progress=not args.quiet)
+        print(
+            f"bbo kit: study {study.name} on {args.server}: {args.trials} trials, {args.workers} workers, eval seed {args.eval_seed}"
+        )
+        best = study.optimize(
+            lambda params: kit.evaluate(params, seed=args.eval_seed),
+            n_trials=args.trials,
+            n_workers=args.workers,
+            progress=not args.quiet,
+        )
         trials = study.trials()
     done = sum(t.state == "COMPLETED" for t in trials)
     failed = [t for t in trials if t.state == "FAILED"]
@@ -129,24 +185,39 @@ def run(args: argparse.Namespace) -> int:
     for t in failed[:3]:
         print(f"  trial {t.id} failed: {t.reason}")
     if not best.trials:
-        print(f"no feasible trial found ({best.state}{': ' + best.state_reason if best.state_reason else ''})")
+        print(
+            f"no feasible trial found ({best.state}{': ' + best.state_reason if best.state_reason else ''})"
+        )
         return 0
     objs = [o.name for o in spec.objectives]
-    label = "best trial" if len(best.trials) == 1 else f"Pareto front ({len(best.trials)} trials), first"
+    label = (
+        "best trial"
+        if len(best.trials) == 1
+        else f"Pareto front ({len(best.trials)} trials), first"
+    )
     t = best.trials[0]
-    print(f"{label} {t.id} ({t.origin}): " + ", ".join(f"{m}={t.metrics.get(m, float('nan')):.6g}" for m in spec.modeled_metrics))
+    print(
+        f"{label} {t.id} ({t.origin}): "
+        + ", ".join(f"{m}={t.metrics.get(m, float('nan')):.6g}" for m in spec.modeled_metrics)
+    )
     free = [(k, t.params[k]) for k in spec.space.names if k in t.params]
     print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in free))
     if len(best.trials) > 1:
         for t in best.trials[1:]:
-            print(f"  trial {t.id}: " + ", ".join(f"{m}={t.metrics.get(m, float('nan')):.6g}" for m in objs))
+            print(
+                f"  trial {t.id}: "
+                + ", ".join(f"{m}={t.metrics.get(m, float('nan')):.6g}" for m in objs)
+            )
     return 0
 
 
 def register(sub) -> argparse.ArgumentParser:
     """Add ``kit`` to an argparse sub-parser set (``bbo_server.commands`` convention: sets ``func``)."""
-    p = sub.add_parser("kit", help="run an application kit's study (hpo, admm, cloud) on a live server",
-                       description=__doc__.split("\n\n")[0])
+    p = sub.add_parser(
+        "kit",
+        help="run an application kit's study (hpo, admm, cloud) on a live server",
+        description=__doc__.split("\n\n")[0],
+    )
     add_arguments(p)
     p.set_defaults(func=run)
     return p

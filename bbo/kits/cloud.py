@@ -95,8 +95,15 @@ class Workload:
 
 
 @lru_cache(maxsize=32)
-def make_workload(seed: int, horizon: float = 360.0, calm_rate: float = 2.5, burst_rate: float = 10.0,
-                  calm_mean: float = 60.0, burst_mean: float = 12.0, load_scale: float = 1.0) -> Workload:
+def make_workload(
+    seed: int,
+    horizon: float = 360.0,
+    calm_rate: float = 2.5,
+    burst_rate: float = 10.0,
+    calm_mean: float = 60.0,
+    burst_mean: float = 12.0,
+    load_scale: float = 1.0,
+) -> Workload:
     """The documented workload model (module docstring), deterministic for a seed."""
     rng = np.random.default_rng([seed, 7])
     t, burst, arrivals = 0.0, False, []
@@ -159,12 +166,16 @@ class _Machine:
 @dataclass
 class SimResult:
     metrics: dict[str, float]
-    timeline: list[tuple[float, int, float]] = field(default_factory=list)  # (minute, machines, cores in use + queued)
+    timeline: list[tuple[float, int, float]] = field(
+        default_factory=list
+    )  # (minute, machines, cores in use + queued)
     wait: np.ndarray = field(default_factory=lambda: np.zeros(0))
     completion: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
-def simulate(policy: Policy, wl: Workload, sla_wait_minutes: float = 5.0, record: bool = False) -> SimResult:
+def simulate(
+    policy: Policy, wl: Workload, sla_wait_minutes: float = 5.0, record: bool = False
+) -> SimResult:
     """Run the cluster under ``policy`` on workload ``wl``; see the module docstring."""
     import simpy
 
@@ -176,13 +187,25 @@ def simulate(policy: Policy, wl: Workload, sla_wait_minutes: float = 5.0, record
     min_m = max(0, min(policy.min_machines, policy.max_machines))
     machines: list[_Machine] = []
     queue: list[tuple[float, int]] = []  # sorted (priority key, job id)
-    state = {"queued_cpu": 0.0, "done": 0, "arrived": 0, "last_up": -math.inf, "last_down": -math.inf,
-             "util_area": 0.0, "cap_area": 0.0, "peak": 0}
+    state = {
+        "queued_cpu": 0.0,
+        "done": 0,
+        "arrived": 0,
+        "last_up": -math.inf,
+        "last_down": -math.inf,
+        "util_area": 0.0,
+        "cap_area": 0.0,
+        "peak": 0,
+    }
     all_done = env.event()
     timeline: list[tuple[float, int, float]] = []
 
     def key(j: int) -> float:
-        return float(arrival[j]) - policy.priority_weight * float(high[j]) + policy.size_weight * float(cpu[j])
+        return (
+            float(arrival[j])
+            - policy.priority_weight * float(high[j])
+            + policy.size_weight * float(cpu[j])
+        )
 
     def live() -> list[_Machine]:
         return [m for m in machines if m.terminated_at is None]
@@ -280,14 +303,20 @@ def simulate(policy: Policy, wl: Workload, sla_wait_minutes: float = 5.0, record
             if len(lv) < min_m:
                 for _ in range(min_m - len(lv)):
                     request_machine(now)
-            elif demand > policy.scale_up_threshold and now - state["last_up"] >= policy.cooldown_minutes:
+            elif (
+                demand > policy.scale_up_threshold
+                and now - state["last_up"] >= policy.cooldown_minutes
+            ):
                 want = math.ceil(demand_cores / (policy.scale_up_threshold * MACHINE_CPU)) - len(lv)
                 add = min(max(want, 1), policy.max_machines - len(lv))
                 for _ in range(add):
                     request_machine(now)
                 if add > 0:
                     state["last_up"] = now
-            elif demand < policy.scale_down_threshold and now - state["last_up"] >= policy.cooldown_minutes:
+            elif (
+                demand < policy.scale_down_threshold
+                and now - state["last_up"] >= policy.cooldown_minutes
+            ):
                 removable = len(lv) - min_m
                 for m in ready:
                     if removable <= 0:
@@ -306,7 +335,13 @@ def simulate(policy: Policy, wl: Workload, sla_wait_minutes: float = 5.0, record
         env.run(until=simpy.AnyOf(env, [all_done, env.timeout(stop_at)]))
     end = env.now
 
-    cost = sum(((m.terminated_at if m.terminated_at is not None else end) - m.requested_at) for m in machines) / 60.0
+    cost = (
+        sum(
+            ((m.terminated_at if m.terminated_at is not None else end) - m.requested_at)
+            for m in machines
+        )
+        / 60.0
+    )
     finished = ~np.isnan(finish)
     comp = np.where(finished, finish, end) - arrival
     wait = np.where(np.isnan(start), end, start) - arrival
@@ -315,12 +350,16 @@ def simulate(policy: Policy, wl: Workload, sla_wait_minutes: float = 5.0, record
     metrics = {
         "mean_completion_minutes": float(comp.mean()) if n else 0.0,
         "cost_machine_hours": float(cost),
-        "cost_overhead": float(cost / wl.ideal_machine_hours) if wl.ideal_machine_hours > 0 else 0.0,
+        "cost_overhead": float(cost / wl.ideal_machine_hours)
+        if wl.ideal_machine_hours > 0
+        else 0.0,
         "sla_violation_rate": sla,
         "p95_completion_minutes": float(np.percentile(comp, 95)) if n else 0.0,
         "mean_wait_minutes": float(wait.mean()) if n else 0.0,
         "high_priority_mean_wait_minutes": float(wait[high].mean()) if n_high else 0.0,
-        "mean_utilization": float(state["util_area"] / state["cap_area"]) if state["cap_area"] > 0 else 0.0,
+        "mean_utilization": float(state["util_area"] / state["cap_area"])
+        if state["cap_area"] > 0
+        else 0.0,
         "peak_machines": float(state["peak"]),
         "jobs_arrived": float(state["arrived"]),
         "jobs_completed": float(finished.sum()),
@@ -345,14 +384,30 @@ PARAMS = (
     IntParam("max_machines", 4, 40),
 )
 
-TRACKED = ("cost_machine_hours", "cost_overhead", "p95_completion_minutes", "mean_wait_minutes", "high_priority_mean_wait_minutes", "mean_utilization",
-           "peak_machines", "jobs_arrived", "jobs_completed", "jobs_unfinished")
+TRACKED = (
+    "cost_machine_hours",
+    "cost_overhead",
+    "p95_completion_minutes",
+    "mean_wait_minutes",
+    "high_priority_mean_wait_minutes",
+    "mean_utilization",
+    "peak_machines",
+    "jobs_arrived",
+    "jobs_completed",
+    "jobs_unfinished",
+)
 
 
 class CloudKit(Kit):
     name = "cloud"
-    defaults = {"variant": "single", "sla_wait_minutes": 5.0, "sla_bound": 0.05, "cost_budget": 2.5,
-                "horizon": 360.0, "load_scale": 1.0}
+    defaults = {
+        "variant": "single",
+        "sla_wait_minutes": 5.0,
+        "sla_bound": 0.05,
+        "cost_budget": 2.5,
+        "horizon": 360.0,
+        "load_scale": 1.0,
+    }
 
     @property
     def description(self) -> str:  # type: ignore[override]
@@ -360,19 +415,22 @@ class CloudKit(Kit):
 
     def describe(self, **options: Any) -> str:
         o = self._options(options)
-        goal = ("Objectives: minimize mean job completion time (minutes) and minimize cost (machine-hours): a Pareto front."
-                if o["variant"] == "multi" else
-                f"Objective: minimize mean job completion time (minutes), subject to cost_overhead <= {o['cost_budget']:g}, where "
-                f"cost_overhead is the machine-hours paid divided by the machine-hours of a perfectly packed, never idle cluster "
-                f"(the jobs' core-hours / 16).")
+        goal = (
+            "Objectives: minimize mean job completion time (minutes) and minimize cost (machine-hours): a Pareto front."
+            if o["variant"] == "multi"
+            else f"Objective: minimize mean job completion time (minutes), subject to cost_overhead <= {o['cost_budget']:g}, where "
+            f"cost_overhead is the machine-hours paid divided by the machine-hours of a perfectly packed, never idle cluster "
+            f"(the jobs' core-hours / 16)."
+        )
         return (
             "Tuning the scheduling and autoscaling policy of a simulated compute cluster. "
             f"Workload: {o['horizon'] / 60:g} hours of batch jobs arriving as a Poisson process of 2.5 jobs/min with bursts of "
             "10 jobs/min (about 12 minutes each, roughly every hour), log-normal durations (median 6 min, mean 10 min, unknown "
             "to the scheduler), 1-8 cores (mean 2.6) and about 3 GB memory per core, 20% high-priority. The average load is "
             "about 100 busy cores (7 machines), bursts need 20 or more. Machines: 16 cores, 64 GB, 3 minutes to boot, billed "
-            "per machine-hour including boot; jobs slow down by up to 30% on machines more than half full. " + goal +
-            f" Constraint: sla_violation_rate, the fraction of high-priority jobs waiting more than {o['sla_wait_minutes']:g} "
+            "per machine-hour including boot; jobs slow down by up to 30% on machines more than half full. "
+            + goal
+            + f" Constraint: sla_violation_rate, the fraction of high-priority jobs waiting more than {o['sla_wait_minutes']:g} "
             f"minutes to start, at most {o['sla_bound']:g}. Parameters: priority_weight (minutes of head start for high-priority "
             "jobs in the queue), size_weight (minutes of delay per requested core: favours small jobs), backfill_depth (how "
             "many blocked jobs may be skipped), target_fill (placement: 1 packs jobs onto full machines, 0 spreads them), "
@@ -389,7 +447,10 @@ class CloudKit(Kit):
         fixed = self._fixed(o, ("sla_wait_minutes", "horizon", "load_scale"))
         sla = OutcomeConstraint("sla_violation_rate", "<=", float(o["sla_bound"]))
         if o["variant"] == "multi":
-            objectives = (Objective("mean_completion_minutes", MINIMIZE), Objective("cost_machine_hours", MINIMIZE))
+            objectives = (
+                Objective("mean_completion_minutes", MINIMIZE),
+                Objective("cost_machine_hours", MINIMIZE),
+            )
             cons = (sla,)
         else:
             objectives = (Objective("mean_completion_minutes", MINIMIZE),)
@@ -398,14 +459,22 @@ class CloudKit(Kit):
             space=SearchSpace(PARAMS + fixed),
             objectives=objectives,
             outcome_constraints=cons,
-            tracked_metrics=tuple(m for m in TRACKED if m not in {o.name for o in objectives} | {c.metric for c in cons}),
+            tracked_metrics=tuple(
+                m
+                for m in TRACKED
+                if m not in {o.name for o in objectives} | {c.metric for c in cons}
+            ),
             description=self.describe(**options),
         )
 
     def evaluate(self, params: Mapping[str, Any], seed: int = 0) -> dict[str, float]:
         p = self._with_defaults(params)
-        wl = make_workload(int(seed), horizon=float(p["horizon"]), load_scale=float(p["load_scale"]))
-        return simulate(Policy.from_params(p), wl, sla_wait_minutes=float(p["sla_wait_minutes"])).metrics
+        wl = make_workload(
+            int(seed), horizon=float(p["horizon"]), load_scale=float(p["load_scale"])
+        )
+        return simulate(
+            Policy.from_params(p), wl, sla_wait_minutes=float(p["sla_wait_minutes"])
+        ).metrics
 
 
 KIT = CloudKit()

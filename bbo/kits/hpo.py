@@ -42,11 +42,26 @@ from bbo.spec import MINIMIZE, Objective, OutcomeConstraint, StudySpec
 # ---- data sets -----------------------------------------------------------------------------------
 
 DATASETS: dict[str, dict[str, Any]] = {
-    "iris": dict(task="classification", about="iris flowers: 150 samples, 4 numeric features (sepal/petal length and width), 3 balanced classes; nearly linearly separable, tiny"),
-    "wine": dict(task="classification", about="wine cultivars: 178 samples, 13 numeric chemical features on very different scales, 3 classes; easy once standardised"),
-    "breast_cancer": dict(task="classification", about="Wisconsin breast cancer: 569 samples, 30 numeric features (cell nucleus measurements, strongly correlated), 2 classes (212 malignant / 357 benign)"),
-    "digits": dict(task="classification", about="8x8 handwritten digits: 1797 samples (subsampled to 1000), 64 pixel-intensity features in 0..16, 10 balanced classes; smooth kernels and neural nets do well"),
-    "diabetes": dict(task="regression", about="diabetes progression: 442 samples, 10 standardised features (age, sex, BMI, blood pressure, 6 serum measurements), a continuous target; noisy, the best models explain only about half of the variance"),
+    "iris": dict(
+        task="classification",
+        about="iris flowers: 150 samples, 4 numeric features (sepal/petal length and width), 3 balanced classes; nearly linearly separable, tiny",
+    ),
+    "wine": dict(
+        task="classification",
+        about="wine cultivars: 178 samples, 13 numeric chemical features on very different scales, 3 classes; easy once standardised",
+    ),
+    "breast_cancer": dict(
+        task="classification",
+        about="Wisconsin breast cancer: 569 samples, 30 numeric features (cell nucleus measurements, strongly correlated), 2 classes (212 malignant / 357 benign)",
+    ),
+    "digits": dict(
+        task="classification",
+        about="8x8 handwritten digits: 1797 samples (subsampled to 1000), 64 pixel-intensity features in 0..16, 10 balanced classes; smooth kernels and neural nets do well",
+    ),
+    "diabetes": dict(
+        task="regression",
+        about="diabetes progression: 442 samples, 10 standardised features (age, sex, BMI, blood pressure, 6 serum measurements), a continuous target; noisy, the best models explain only about half of the variance",
+    ),
 }
 
 
@@ -157,28 +172,50 @@ def _build_model(model: str, task: str, p: Mapping[str, Any], seed: int):
         from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
         cls = RandomForestClassifier if clf else RandomForestRegressor
-        return cls(n_estimators=int(p["n_estimators"]), max_depth=int(p["max_depth"]), max_features=float(p["max_features"]),
-                   min_samples_split=int(p["min_samples_split"]), min_samples_leaf=int(p["min_samples_leaf"]),
-                   random_state=seed, n_jobs=1)
+        return cls(
+            n_estimators=int(p["n_estimators"]),
+            max_depth=int(p["max_depth"]),
+            max_features=float(p["max_features"]),
+            min_samples_split=int(p["min_samples_split"]),
+            min_samples_leaf=int(p["min_samples_leaf"]),
+            random_state=seed,
+            n_jobs=1,
+        )
     if model == "hgb":
         from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
         cls = HistGradientBoostingClassifier if clf else HistGradientBoostingRegressor
-        return cls(learning_rate=float(p["learning_rate"]), max_iter=int(p["max_iter"]), max_leaf_nodes=int(p["max_leaf_nodes"]),
-                   min_samples_leaf=int(p["min_samples_leaf"]), l2_regularization=float(p["l2_regularization"]),
-                   max_bins=64, early_stopping=False, random_state=seed)
+        return cls(
+            learning_rate=float(p["learning_rate"]),
+            max_iter=int(p["max_iter"]),
+            max_leaf_nodes=int(p["max_leaf_nodes"]),
+            min_samples_leaf=int(p["min_samples_leaf"]),
+            l2_regularization=float(p["l2_regularization"]),
+            max_bins=64,
+            early_stopping=False,
+            random_state=seed,
+        )
     if model == "svm":
         from sklearn.svm import SVC, SVR
 
-        est = SVC(C=float(p["C"]), gamma=float(p["gamma"]), tol=float(p["tol"]), random_state=seed) if clf else \
-            SVR(C=float(p["C"]), gamma=float(p["gamma"]), tol=float(p["tol"]))
+        est = (
+            SVC(C=float(p["C"]), gamma=float(p["gamma"]), tol=float(p["tol"]), random_state=seed)
+            if clf
+            else SVR(C=float(p["C"]), gamma=float(p["gamma"]), tol=float(p["tol"]))
+        )
         return make_pipeline(StandardScaler(), est)
     if model == "mlp":
         from sklearn.neural_network import MLPClassifier, MLPRegressor
 
         cls = MLPClassifier if clf else MLPRegressor
-        est = cls(hidden_layer_sizes=(int(p["hidden_units"]),), alpha=float(p["alpha"]), learning_rate_init=float(p["learning_rate_init"]),
-                  batch_size=int(p["batch_size"]), max_iter=int(p["max_iter"]), random_state=seed)
+        est = cls(
+            hidden_layer_sizes=(int(p["hidden_units"]),),
+            alpha=float(p["alpha"]),
+            learning_rate_init=float(p["learning_rate_init"]),
+            batch_size=int(p["batch_size"]),
+            max_iter=int(p["max_iter"]),
+            random_state=seed,
+        )
         return make_pipeline(StandardScaler(), est)
     if model == "linear":
         if clf:
@@ -188,20 +225,35 @@ def _build_model(model: str, task: str, p: Mapping[str, Any], seed: int):
         else:
             from sklearn.linear_model import ElasticNet
 
-            est = ElasticNet(alpha=1.0 / float(p["C"]), l1_ratio=float(p["l1_ratio"]), tol=float(p["tol"]), max_iter=5000, random_state=seed)
+            est = ElasticNet(
+                alpha=1.0 / float(p["C"]),
+                l1_ratio=float(p["l1_ratio"]),
+                tol=float(p["tol"]),
+                max_iter=5000,
+                random_state=seed,
+            )
         return make_pipeline(StandardScaler(), est)
     if model == "knn":
         from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 
         cls = KNeighborsClassifier if clf else KNeighborsRegressor
-        return make_pipeline(StandardScaler(), cls(n_neighbors=int(p["n_neighbors"]), weights=str(p["weights"]), p=float(p["p"])))
+        return make_pipeline(
+            StandardScaler(),
+            cls(n_neighbors=int(p["n_neighbors"]), weights=str(p["weights"]), p=float(p["p"])),
+        )
     raise SpecError("model", f"unknown model {model!r}; choose one of {sorted(MODELS)}")
 
 
 class HpoKit(Kit):
     name = "hpo"
     wall_clock_metrics = ("train_seconds",)
-    defaults = {"model": "svm", "dataset": "breast_cancer", "cv_folds": 3, "max_samples": 1000, "max_train_seconds": None}
+    defaults = {
+        "model": "svm",
+        "dataset": "breast_cancer",
+        "cv_folds": 3,
+        "max_samples": 1000,
+        "max_train_seconds": None,
+    }
 
     @property
     def description(self) -> str:  # type: ignore[override]
@@ -210,7 +262,9 @@ class HpoKit(Kit):
     def describe(self, **options: Any) -> str:
         o = self._options(options)
         m, d = MODELS[o["model"]], DATASETS[o["dataset"]]
-        metric = "1 - accuracy" if d["task"] == "classification" else "1 - R^2 (MSE / target variance)"
+        metric = (
+            "1 - accuracy" if d["task"] == "classification" else "1 - R^2 (MSE / target variance)"
+        )
         text = (
             f"Hyperparameter tuning of a {m['about']} on the scikit-learn data set '{o['dataset']}' ({d['about']}). "
             f"Objective: minimize cv_error = {metric}, the mean over {o['cv_folds']}-fold shuffled cross-validation. "
@@ -223,12 +277,18 @@ class HpoKit(Kit):
     def spec(self, **options: Any) -> StudySpec:
         o = self._options(options)
         if o["model"] not in MODELS:
-            raise SpecError("model", f"unknown model {o['model']!r}; choose one of {sorted(MODELS)}")
+            raise SpecError(
+                "model", f"unknown model {o['model']!r}; choose one of {sorted(MODELS)}"
+            )
         if o["dataset"] not in DATASETS:
-            raise SpecError("dataset", f"unknown data set {o['dataset']!r}; choose one of {sorted(DATASETS)}")
+            raise SpecError(
+                "dataset", f"unknown data set {o['dataset']!r}; choose one of {sorted(DATASETS)}"
+            )
         params = MODELS[o["model"]]["params"]
         if o["model"] == "linear" and DATASETS[o["dataset"]]["task"] == "classification":
-            params = tuple(p for p in params if p.name != "l1_ratio")  # lbfgs logistic regression: L2 only
+            params = tuple(
+                p for p in params if p.name != "l1_ratio"
+            )  # lbfgs logistic regression: L2 only
         fixed = self._fixed(o, ("model", "dataset", "cv_folds", "max_samples"))
         cons = ()
         if o["max_train_seconds"] is not None:
@@ -248,15 +308,23 @@ class HpoKit(Kit):
         p = self._with_defaults(params)
         model, dataset = str(p["model"]), str(p["dataset"])
         if dataset not in DATASETS:
-            raise SpecError("dataset", f"unknown data set {dataset!r}; choose one of {sorted(DATASETS)}")
+            raise SpecError(
+                "dataset", f"unknown data set {dataset!r}; choose one of {sorted(DATASETS)}"
+            )
         task = DATASETS[dataset]["task"]
         X, y = load_dataset(dataset, int(p["max_samples"]))
         est = build_model(model, task, p, int(seed))
         k = int(p["cv_folds"])
-        cv = StratifiedKFold(k, shuffle=True, random_state=int(seed)) if task == "classification" else KFold(k, shuffle=True, random_state=int(seed))
+        cv = (
+            StratifiedKFold(k, shuffle=True, random_state=int(seed))
+            if task == "classification"
+            else KFold(k, shuffle=True, random_state=int(seed))
+        )
         scoring = "accuracy" if task == "classification" else "r2"
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # ConvergenceWarning of short MLP / linear runs is the point of tuning
+            warnings.simplefilter(
+                "ignore"
+            )  # ConvergenceWarning of short MLP / linear runs is the point of tuning
             res = cross_validate(est, X, y, cv=cv, scoring=scoring, n_jobs=1, error_score="raise")
         err = 1.0 - np.asarray(res["test_score"], dtype=float)
         return {

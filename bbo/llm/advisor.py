@@ -78,10 +78,17 @@ class LlmCallRecord:
 
     def storage_fields(self) -> dict[str, Any]:
         """The fields of ``bbo.storage.LlmCallRecord`` (proto names: ``latency_seconds``, ``created_at``)."""
-        return dict(purpose=self.purpose, model=self.model, prompt=self.prompt, response=self.response,
-                    outcome=self.outcome, prompt_tokens=int(self.prompt_tokens),
-                    completion_tokens=int(self.completion_tokens), latency_seconds=float(self.latency_s),
-                    created_at=float(self.create_time))
+        return dict(
+            purpose=self.purpose,
+            model=self.model,
+            prompt=self.prompt,
+            response=self.response,
+            outcome=self.outcome,
+            prompt_tokens=int(self.prompt_tokens),
+            completion_tokens=int(self.completion_tokens),
+            latency_seconds=float(self.latency_s),
+            created_at=float(self.create_time),
+        )
 
 
 @dataclass
@@ -237,26 +244,56 @@ class LlmAdvisor:
                 log.warning("LLM cache store failed: %s", e)
 
     # ---- one exchange -------------------------------------------------------------------------
-    def _exchange(self, prompt: Prompt, study_key: str, model: str, deadline: float) -> tuple[ChatOutcome, LlmCallRecord, str]:
+    def _exchange(
+        self, prompt: Prompt, study_key: str, model: str, deadline: float
+    ) -> tuple[ChatOutcome, LlmCallRecord, str]:
         """(outcome, record, cache key): from the cache, or one bounded call."""
         model = model or self.config.model
         key = self.cache_key(study_key, prompt.purpose, prompt.text)
         hit = self._cache_get(key)
         if hit is not None:
-            out = ChatOutcome(text=hit["text"], prompt_tokens=int(hit.get("prompt_tokens", 0)),
-                              completion_tokens=int(hit.get("completion_tokens", 0)), model=str(hit.get("model", model)))
-            rec = LlmCallRecord(prompt.purpose, out.model, prompt.text, out.text, OK, out.prompt_tokens,
-                                out.completion_tokens, 0.0, cached=True)
+            out = ChatOutcome(
+                text=hit["text"],
+                prompt_tokens=int(hit.get("prompt_tokens", 0)),
+                completion_tokens=int(hit.get("completion_tokens", 0)),
+                model=str(hit.get("model", model)),
+            )
+            rec = LlmCallRecord(
+                prompt.purpose,
+                out.model,
+                prompt.text,
+                out.text,
+                OK,
+                out.prompt_tokens,
+                out.completion_tokens,
+                0.0,
+                cached=True,
+            )
             return out, rec, ""
         left = deadline - time.monotonic()
         if self._unusable.get(key, 0) >= UNUSABLE_RETRIES:
-            out = ChatOutcome(reason=f"answers to this prompt were unusable {UNUSABLE_RETRIES} times; not asking again")
+            out = ChatOutcome(
+                reason=f"answers to this prompt were unusable {UNUSABLE_RETRIES} times; not asking again"
+            )
         elif left <= 0.05:
             out = ChatOutcome(reason="llm time budget exhausted")
         else:
-            out = self.client(model).chat(prompt.messages, schema=prompt.schema, schema_name=prompt.schema_name, timeout_s=left)
-        rec = LlmCallRecord(prompt.purpose, out.model or model, prompt.text, out.text, out.reason,
-                            out.prompt_tokens, out.completion_tokens, round(out.latency_s, 4))
+            out = self.client(model).chat(
+                prompt.messages,
+                schema=prompt.schema,
+                schema_name=prompt.schema_name,
+                timeout_s=left,
+            )
+        rec = LlmCallRecord(
+            prompt.purpose,
+            out.model or model,
+            prompt.text,
+            out.text,
+            out.reason,
+            out.prompt_tokens,
+            out.completion_tokens,
+            round(out.latency_s, 4),
+        )
         if not out.ok:
             log.info("LLM %s call fell back: %s", prompt.purpose, out.reason)
         return out, rec, key
@@ -269,11 +306,23 @@ class LlmAdvisor:
                     self._unusable.clear()
 
     def _deadline(self, budget_s: Optional[float]) -> float:
-        b = self.config.ask_budget_s if budget_s is None else min(budget_s, self.config.ask_budget_s)
+        b = (
+            self.config.ask_budget_s
+            if budget_s is None
+            else min(budget_s, self.config.ask_budget_s)
+        )
         return time.monotonic() + max(0.0, b)
 
-    def _candidates(self, prompt: Prompt, spec: StudySpec, trials: Sequence[Trial], n: int,
-                    origin: str, study_key: str, deadline: float) -> LlmResult:
+    def _candidates(
+        self,
+        prompt: Prompt,
+        spec: StudySpec,
+        trials: Sequence[Trial],
+        n: int,
+        origin: str,
+        study_key: str,
+        deadline: float,
+    ) -> LlmResult:
         out, rec, key = self._exchange(prompt, study_key, spec.llm.model, deadline)
         if not out.ok:
             return LlmResult(calls=[rec], reason=out.reason)
@@ -282,22 +331,40 @@ class LlmAdvisor:
         why = parsed.shortfall(n)
         if not sugg:
             if rec.cached:  # an answer that was usable before: its points are all taken by now
-                return LlmResult(calls=[rec], reason=f"no new candidates in the cached answer ({why})", issues=parsed.issues)
+                return LlmResult(
+                    calls=[rec],
+                    reason=f"no new candidates in the cached answer ({why})",
+                    issues=parsed.issues,
+                )
             reason = f"unusable answer: no valid candidates ({why})"
             self._mark_unusable(key)
             rec.outcome = reason
             return LlmResult(calls=[rec], reason=reason, issues=parsed.issues)
         if key:
-            self._cache_put(key, {"text": out.text, "prompt_tokens": out.prompt_tokens,
-                                  "completion_tokens": out.completion_tokens, "model": out.model})
+            self._cache_put(
+                key,
+                {
+                    "text": out.text,
+                    "prompt_tokens": out.prompt_tokens,
+                    "completion_tokens": out.completion_tokens,
+                    "model": out.model,
+                },
+            )
         reason = "" if len(sugg) >= n else f"llm gave {len(sugg)} of {n} usable candidates ({why})"
         if reason and not rec.cached:
             rec.outcome = f"partial: {reason}"
         return LlmResult(suggestions=sugg, calls=[rec], reason=reason, issues=parsed.issues)
 
     # ---- public API ----------------------------------------------------------------------------
-    def warmstart(self, spec: StudySpec, trials: Sequence[Trial] = (), n: Optional[int] = None, *,
-                  study_key: str = "", budget_s: Optional[float] = None) -> LlmResult:
+    def warmstart(
+        self,
+        spec: StudySpec,
+        trials: Sequence[Trial] = (),
+        n: Optional[int] = None,
+        *,
+        study_key: str = "",
+        budget_s: Optional[float] = None,
+    ) -> LlmResult:
         """LLAMBO zero-shot warm start: up to ``n`` promising, diverse points (origin ``llm_warmstart``).
 
         The prompt has no history, so it is asked once per study and ``n``; ``trials`` only remove
@@ -308,20 +375,43 @@ class LlmAdvisor:
             return LlmResult()
         if not self.enabled:
             return LlmResult(reason=DISABLED)
-        return self._candidates(warmstart_prompt(spec, n), spec, trials, n, Origin.LLM_WARMSTART.value,
-                                study_key, self._deadline(budget_s))
+        return self._candidates(
+            warmstart_prompt(spec, n),
+            spec,
+            trials,
+            n,
+            Origin.LLM_WARMSTART.value,
+            study_key,
+            self._deadline(budget_s),
+        )
 
-    def propose(self, spec: StudySpec, trials: Sequence[Trial], k: int, *, study_key: str = "",
-                budget_s: Optional[float] = None) -> LlmResult:
+    def propose(
+        self,
+        spec: StudySpec,
+        trials: Sequence[Trial],
+        k: int,
+        *,
+        study_key: str = "",
+        budget_s: Optional[float] = None,
+    ) -> LlmResult:
         """OPRO-style: from the history of solutions and scores, up to ``k`` new points (``llm_proposal``)."""
         if k <= 0:
             return LlmResult()
         if not self.enabled:
             return LlmResult(reason=DISABLED)
-        return self._candidates(proposal_prompt(spec, trials, k), spec, trials, k, Origin.LLM_PROPOSAL.value,
-                                study_key, self._deadline(budget_s))
+        return self._candidates(
+            proposal_prompt(spec, trials, k),
+            spec,
+            trials,
+            k,
+            Origin.LLM_PROPOSAL.value,
+            study_key,
+            self._deadline(budget_s),
+        )
 
-    def priors(self, spec: StudySpec, *, study_key: str = "", budget_s: Optional[float] = None) -> LlmResult:
+    def priors(
+        self, spec: StudySpec, *, study_key: str = "", budget_s: Optional[float] = None
+    ) -> LlmResult:
         """piBO priors (``source="llm"``, confidence capped) for the parameters the LLM has beliefs about."""
         if not self.enabled:
             return LlmResult(reason=DISABLED)
@@ -338,12 +428,16 @@ class LlmAdvisor:
                 rec.outcome = reason
             return LlmResult(calls=[rec], reason=reason, issues=parsed.issues)
         kept = []
-        for prior in parsed.priors:  # the merged spec must still validate: a prior that does not is dropped alone
+        for prior in (
+            parsed.priors
+        ):  # the merged spec must still validate: a prior that does not is dropped alone
             try:
                 dataclasses.replace(spec, priors=merge_priors(spec.priors, [prior]))
                 kept.append(prior)
             except SpecError as e:
-                parsed.issues.append(f"prior on '{prior.parameter}' failed validation ({e.message})")
+                parsed.issues.append(
+                    f"prior on '{prior.parameter}' failed validation ({e.message})"
+                )
         if not kept:
             reason = f"unusable answer: priors failed validation ({parsed.issues[-1]})"
             self._mark_unusable(key)
@@ -353,17 +447,35 @@ class LlmAdvisor:
         parsed.priors = kept
         first_issue = f" ({parsed.issues[0]})" if parsed.issues else ""
         if key:
-            self._cache_put(key, {"text": out.text, "prompt_tokens": out.prompt_tokens,
-                                  "completion_tokens": out.completion_tokens, "model": out.model})
+            self._cache_put(
+                key,
+                {
+                    "text": out.text,
+                    "prompt_tokens": out.prompt_tokens,
+                    "completion_tokens": out.completion_tokens,
+                    "model": out.model,
+                },
+            )
         n_free = spec.space.dim
-        reason = "" if len(parsed.priors) >= n_free else f"llm gave priors for {len(parsed.priors)} of {n_free} parameters{first_issue}"
+        reason = (
+            ""
+            if len(parsed.priors) >= n_free
+            else f"llm gave priors for {len(parsed.priors)} of {n_free} parameters{first_issue}"
+        )
         if reason and not rec.cached:
             rec.outcome = f"partial: {reason}"
         return LlmResult(priors=parsed.priors, calls=[rec], reason=reason, issues=parsed.issues)
 
     # ---- the ask path ---------------------------------------------------------------------------
-    def prepare(self, spec: StudySpec, trials: Sequence[Trial], n: int, *, study_key: str = "",
-                budget_s: Optional[float] = None) -> AskPlan:
+    def prepare(
+        self,
+        spec: StudySpec,
+        trials: Sequence[Trial],
+        n: int,
+        *,
+        study_key: str = "",
+        budget_s: Optional[float] = None,
+    ) -> AskPlan:
         """Everything the LLM contributes to one ask, within one time budget (calls run in parallel).
 
         - priors (``spec.llm.derive_priors``, parameters without a user prior): asked once per study
@@ -390,10 +502,14 @@ class LlmAdvisor:
         n_ws = warmstart_count(spec)
         used_ws = sum(1 for t in trials if t.origin == Origin.LLM_WARMSTART.value)
         if len(trials) < n_initial and used_ws < n_ws:
-            jobs["warmstart"] = lambda: self.warmstart(spec, trials, n_ws, study_key=study_key, budget_s=left())
+            jobs["warmstart"] = lambda: self.warmstart(
+                spec, trials, n_ws, study_key=study_key, budget_s=left()
+            )
         completed = sum(1 for t in trials if t.state is TrialState.COMPLETED)
         if spec.llm.propose_during_search and len(trials) >= n_initial and completed > 0 and n > 0:
-            jobs["proposal"] = lambda: self.propose(spec, trials, n, study_key=study_key, budget_s=left())
+            jobs["proposal"] = lambda: self.propose(
+                spec, trials, n, study_key=study_key, budget_s=left()
+            )
         if not jobs:
             return plan
         if len(jobs) == 1:
@@ -407,7 +523,9 @@ class LlmAdvisor:
             if res.reason:
                 plan.reasons[purpose] = res.reason
         if "priors" in results and results["priors"].priors:
-            plan.spec = dataclasses.replace(spec, priors=merge_priors(spec.priors, results["priors"].priors))
+            plan.spec = dataclasses.replace(
+                spec, priors=merge_priors(spec.priors, results["priors"].priors)
+            )
         if "warmstart" in results:
             plan.warmstart = results["warmstart"].suggestions[: max(0, n_ws - used_ws)]
         if "proposal" in results:

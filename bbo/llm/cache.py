@@ -12,7 +12,10 @@ import hashlib
 from typing import Optional
 
 USABLE = ("ok", "cached", "partial")  # outcomes whose response was parsed and used
-REPEATED = ("priors", "warmstart")  # prompts that recur on a study; proposal prompts carry the history
+REPEATED = (
+    "priors",
+    "warmstart",
+)  # prompts that recur on a study; proposal prompts carry the history
 
 
 def prompt_hash(prompt_text: str) -> str:
@@ -39,7 +42,12 @@ class StoredAnswers:
             return None
         for rec in reversed(self.storage.list_llm_calls(study_id, purpose)):
             if rec.outcome.startswith(USABLE) and prompt_hash(rec.prompt) == h:
-                return {"text": rec.response, "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens, "model": rec.model}
+                return {
+                    "text": rec.response,
+                    "prompt_tokens": rec.prompt_tokens,
+                    "completion_tokens": rec.completion_tokens,
+                    "model": rec.model,
+                }
         return None
 
     def put(self, key: str, value: dict) -> None:

@@ -143,8 +143,12 @@ class LlmClient:
                 self._consecutive_failures += 1
                 if self._consecutive_failures >= self.config.failures_before_cooldown:
                     self._cool_until = time.monotonic() + self.config.cooldown_s
-                    log.warning("LLM endpoint failed %d times in a row (%s); skipping it for %.0fs",
-                                self._consecutive_failures, out.reason, self.config.cooldown_s)
+                    log.warning(
+                        "LLM endpoint failed %d times in a row (%s); skipping it for %.0fs",
+                        self._consecutive_failures,
+                        out.reason,
+                        self.config.cooldown_s,
+                    )
 
     def model(self, timeout_s: float) -> tuple[str, str]:
         """(model name, reason): the configured model, or the first one the server lists."""
@@ -152,7 +156,10 @@ class LlmClient:
             return self._model, OK
         client = self._openai()
         try:
-            page = _bounded(lambda: client.with_options(timeout=timeout_s, max_retries=0).models.list(), timeout_s)
+            page = _bounded(
+                lambda: client.with_options(timeout=timeout_s, max_retries=0).models.list(),
+                timeout_s,
+            )
             ids = [m.id for m in page.data]
         except BaseException as e:  # noqa: BLE001
             reason, _ = classify_error(e)
@@ -173,7 +180,9 @@ class LlmClient:
     ) -> ChatOutcome:
         """One chat completion, bounded by ``timeout_s`` (default: the config's) in wall-clock time."""
         t0 = time.monotonic()
-        bound = min(timeout_s if timeout_s is not None else self.config.timeout_s, self.config.timeout_s)
+        bound = min(
+            timeout_s if timeout_s is not None else self.config.timeout_s, self.config.timeout_s
+        )
         if not self.config.enabled:
             return ChatOutcome(reason="llm disabled")
         cool = self.cooling_down()
@@ -188,12 +197,16 @@ class LlmClient:
             return out
         use_schema = schema is not None and self._structured_supported is not False
         out = ChatOutcome(reason="timeout", transport_failure=True)
-        for _ in range(4):  # the first try, then at most one adjustment per rejected request feature
+        for _ in range(
+            4
+        ):  # the first try, then at most one adjustment per rejected request feature
             left = bound - (time.monotonic() - t0)
             if left <= 0.05:
                 break
             out = self._once(messages, model, schema if use_schema else None, schema_name, left)
-            if not out.reason.startswith(("request rejected (HTTP 400)", "request rejected (HTTP 422)")):
+            if not out.reason.startswith(
+                ("request rejected (HTTP 400)", "request rejected (HTTP 422)")
+            ):
                 break
             msg = out.reason.lower()
             if "max_tokens" in msg and self._max_tokens_key == "max_tokens":
@@ -202,7 +215,10 @@ class LlmClient:
                 self._send_temperature = False  # models that only take the default
             elif use_schema:
                 # The endpoint does not do strict JSON schemas: say so once, ask in plain text.
-                log.info("LLM endpoint rejected response_format json_schema (%s); using plain text", out.reason)
+                log.info(
+                    "LLM endpoint rejected response_format json_schema (%s); using plain text",
+                    out.reason,
+                )
                 self._structured_supported = False
                 use_schema = False
             else:
@@ -214,7 +230,9 @@ class LlmClient:
         self._note(out)
         return out
 
-    def _once(self, messages, model: str, schema: Optional[dict], schema_name: str, timeout_s: float) -> ChatOutcome:
+    def _once(
+        self, messages, model: str, schema: Optional[dict], schema_name: str, timeout_s: float
+    ) -> ChatOutcome:
         client = self._openai()
         kwargs: dict[str, Any] = dict(
             model=model,
@@ -237,8 +255,12 @@ class LlmClient:
         usage = getattr(resp, "usage", None)
         pt = int(getattr(usage, "prompt_tokens", 0) or 0) if usage else 0
         ct = int(getattr(usage, "completion_tokens", 0) or 0) if usage else 0
-        base = dict(prompt_tokens=pt, completion_tokens=ct, model=getattr(resp, "model", "") or model,
-                    structured=schema is not None)
+        base = dict(
+            prompt_tokens=pt,
+            completion_tokens=ct,
+            model=getattr(resp, "model", "") or model,
+            structured=schema is not None,
+        )
         choices = getattr(resp, "choices", None) or []
         if not choices:
             return ChatOutcome(reason="empty response (no choices)", **base)

@@ -31,8 +31,12 @@ from bbo.errors import SpecError
 from bbo.space import CategoricalParam, FixedParam, IntParam, OrdinalParam, SearchSpace, Value
 from bbo.spec import ParameterPrior
 
-CLIP_TOLERANCE = 0.05  # fraction of a parameter's range (search scale) that is clipped rather than rejected
-PRIOR_MEAN_TOLERANCE = 0.10  # a prior's location may sit this far outside the range before it is rejected
+CLIP_TOLERANCE = (
+    0.05  # fraction of a parameter's range (search scale) that is clipped rather than rejected
+)
+PRIOR_MEAN_TOLERANCE = (
+    0.10  # a prior's location may sit this far outside the range before it is rejected
+)
 MIN_PRIOR_STD = 0.10  # fraction of the range: no LLM prior is sharper than this
 MAX_PRIOR_STD = 1.0  # ... or wider than this (wider is flat anyway)
 DEFAULT_PRIOR_CONFIDENCE = 0.3  # when the model gives none
@@ -40,9 +44,35 @@ MIN_PRIOR_CONFIDENCE = 0.05
 CATEGORICAL_PRIOR_FLOOR = 0.2  # mixed with uniform: no choice is ever ruled out by an LLM prior
 INTERVAL_Z = 1.2816  # low/high are an 80% interval: +-1.28 sigma
 
-_PARAM_KEYS = ("params", "parameters", "config", "configuration", "values", "point", "hyperparameters", "x")
-_RATIONALE_KEYS = ("rationale", "reason", "reasoning", "why", "explanation", "justification", "comment")
-_LIST_KEYS = ("candidates", "configurations", "configs", "suggestions", "points", "proposals", "results", "trials")
+_PARAM_KEYS = (
+    "params",
+    "parameters",
+    "config",
+    "configuration",
+    "values",
+    "point",
+    "hyperparameters",
+    "x",
+)
+_RATIONALE_KEYS = (
+    "rationale",
+    "reason",
+    "reasoning",
+    "why",
+    "explanation",
+    "justification",
+    "comment",
+)
+_LIST_KEYS = (
+    "candidates",
+    "configurations",
+    "configs",
+    "suggestions",
+    "points",
+    "proposals",
+    "results",
+    "trials",
+)
 
 
 # ---- JSON extraction ---------------------------------------------------------------------------------
@@ -234,7 +264,11 @@ def _range_t(p) -> tuple[float, float]:
 def coerce_value(p, raw: Any) -> tuple[Optional[Value], str]:
     """(value or None, note): ``raw`` repaired into a valid value of parameter ``p``."""
     if isinstance(p, FixedParam):
-        return p.value, ("" if raw is None or raw == p.value else f"{p.name}: fixed at {p.value!r}, ignored {raw!r}")
+        return p.value, (
+            ""
+            if raw is None or raw == p.value
+            else f"{p.name}: fixed at {p.value!r}, ignored {raw!r}"
+        )
     if isinstance(p, CategoricalParam):
         if isinstance(raw, bool):
             raw = str(raw).lower()
@@ -281,7 +315,9 @@ def _norm_key(k: str) -> str:
     return re.sub(r"[\s\-]+", "_", str(k).strip()).casefold()
 
 
-def coerce_params(space: SearchSpace, raw: Mapping[str, Any]) -> tuple[Optional[dict[str, Value]], list[str]]:
+def coerce_params(
+    space: SearchSpace, raw: Mapping[str, Any]
+) -> tuple[Optional[dict[str, Value]], list[str]]:
     """A full, valid assignment from a model's mapping of names to values, or (None, why)."""
     notes: list[str] = []
     by_key = {_norm_key(k): v for k, v in raw.items()}
@@ -317,7 +353,9 @@ def coerce_params(space: SearchSpace, raw: Mapping[str, Any]) -> tuple[Optional[
 def point_key(space: SearchSpace, params: Mapping[str, Value]) -> tuple:
     """Identity of a point for de-duplication (floats compared to 10 significant digits)."""
     return tuple(
-        float(f"{params[p.name]:.10g}") if isinstance(params.get(p.name), float) else params.get(p.name)
+        float(f"{params[p.name]:.10g}")
+        if isinstance(params.get(p.name), float)
+        else params.get(p.name)
         for p in space.free
     )
 
@@ -327,7 +365,9 @@ def point_key(space: SearchSpace, params: Mapping[str, Value]) -> tuple:
 class ParsedCandidates:
     points: list[tuple[dict[str, Value], str]] = field(default_factory=list)  # (params, rationale)
     issues: list[str] = field(default_factory=list)  # everything noted: repairs and rejections
-    rejected: list[str] = field(default_factory=list)  # why candidates (or the whole answer) were dropped
+    rejected: list[str] = field(
+        default_factory=list
+    )  # why candidates (or the whole answer) were dropped
     n_offered: int = 0  # candidate-like objects found in the answer
 
     def shortfall(self, n: int) -> str:
@@ -450,7 +490,9 @@ def _confidence(raw: Any, cap: float) -> float:
     return float(min(max(c, MIN_PRIOR_CONFIDENCE), cap))
 
 
-def _numeric_prior(p, d: Mapping[str, Any], cap: float, issues: list[str]) -> Optional[ParameterPrior]:
+def _numeric_prior(
+    p, d: Mapping[str, Any], cap: float, issues: list[str]
+) -> Optional[ParameterPrior]:
     lo_t, hi_t = _range_t(p)
     span = hi_t - lo_t
     log = getattr(p, "log", False)
@@ -461,7 +503,9 @@ def _numeric_prior(p, d: Mapping[str, Any], cap: float, issues: list[str]) -> Op
             return None
         return _t(p, v)
 
-    best = tv(_first(d, ("best_guess", "mean", "mode", "value", "location", "center", "centre", "best")))
+    best = tv(
+        _first(d, ("best_guess", "mean", "mode", "value", "location", "center", "centre", "best"))
+    )
     low = tv(_first(d, ("low", "lower", "min", "lo")))
     high = tv(_first(d, ("high", "upper", "max", "hi")))
     interval = _first(d, ("interval", "range", "likely_range"))
@@ -498,19 +542,34 @@ def _numeric_prior(p, d: Mapping[str, Any], cap: float, issues: list[str]) -> Op
         std = mean * math.expm1(sd_clamped)
     else:
         mean, std = best, sd_clamped
-    return ParameterPrior(parameter=p.name, mean=float(mean), std=float(std), confidence=conf, source="llm")
+    return ParameterPrior(
+        parameter=p.name, mean=float(mean), std=float(std), confidence=conf, source="llm"
+    )
 
 
-def _categorical_prior(p: CategoricalParam, d: Mapping[str, Any], cap: float, issues: list[str]) -> Optional[ParameterPrior]:
+def _categorical_prior(
+    p: CategoricalParam, d: Mapping[str, Any], cap: float, issues: list[str]
+) -> Optional[ParameterPrior]:
     probs_raw = _first(d, ("probabilities", "probs", "weights", "distribution"))
     probs = {c: 0.0 for c in p.choices}
     matched = False
     if isinstance(probs_raw, list):  # [{"choice": "adam", "probability": 0.7}, ...]
-        probs_raw = {str(_first(x, ("choice", "value", "name"))): _first(x, ("probability", "p", "prob", "weight"))
-                     for x in probs_raw if isinstance(x, dict)}
+        probs_raw = {
+            str(_first(x, ("choice", "value", "name"))): _first(
+                x, ("probability", "p", "prob", "weight")
+            )
+            for x in probs_raw
+            if isinstance(x, dict)
+        }
     if isinstance(probs_raw, dict):
-        weights = [(c, x) for k, v in probs_raw.items() if (c := coerce_value(p, k)[0]) is not None and (x := _number(v)) is not None and x > 0]
-        top = max((x for _, x in weights), default=1.0)  # scaled first: weights near the float limit must not sum to inf
+        weights = [
+            (c, x)
+            for k, v in probs_raw.items()
+            if (c := coerce_value(p, k)[0]) is not None and (x := _number(v)) is not None and x > 0
+        ]
+        top = max(
+            (x for _, x in weights), default=1.0
+        )  # scaled first: weights near the float limit must not sum to inf
         for c, x in weights:
             probs[c] += x / top
             matched = True
@@ -523,7 +582,10 @@ def _categorical_prior(p: CategoricalParam, d: Mapping[str, Any], cap: float, is
         probs[c] = 1.0
     total = sum(probs.values())
     k = len(p.choices)
-    mixed = {c: (1 - CATEGORICAL_PRIOR_FLOOR) * v / total + CATEGORICAL_PRIOR_FLOOR / k for c, v in probs.items()}
+    mixed = {
+        c: (1 - CATEGORICAL_PRIOR_FLOOR) * v / total + CATEGORICAL_PRIOR_FLOOR / k
+        for c, v in probs.items()
+    }
     conf = _confidence(_first(d, ("confidence", "certainty", "weight")), cap)
     return ParameterPrior(parameter=p.name, probabilities=mixed, confidence=conf, source="llm")
 
@@ -555,8 +617,11 @@ def parse_priors(text: str, space: SearchSpace, *, confidence_cap: float = 0.5) 
         if d is None:
             out.issues.append(f"no prior for '{p.name}'")
             continue
-        pr = _categorical_prior(p, d, confidence_cap, out.issues) if isinstance(p, CategoricalParam) \
+        pr = (
+            _categorical_prior(p, d, confidence_cap, out.issues)
+            if isinstance(p, CategoricalParam)
             else _numeric_prior(p, d, confidence_cap, out.issues)
+        )
         if pr is not None:
             out.priors.append(pr)
     known = {_norm_key(p.name) for p in space.free}
@@ -566,7 +631,9 @@ def parse_priors(text: str, space: SearchSpace, *, confidence_cap: float = 0.5) 
     return out
 
 
-def merge_priors(user: Sequence[ParameterPrior], llm: Sequence[ParameterPrior]) -> tuple[ParameterPrior, ...]:
+def merge_priors(
+    user: Sequence[ParameterPrior], llm: Sequence[ParameterPrior]
+) -> tuple[ParameterPrior, ...]:
     """The user's priors, plus LLM priors on parameters the user said nothing about."""
     have = {p.parameter for p in user}
     return tuple(user) + tuple(p for p in llm if p.parameter not in have)

@@ -59,7 +59,9 @@ def fmt(v) -> str:
 
 def describe_param(p) -> str:
     if isinstance(p, FloatParam):
-        return f"- {p.name}: real number in [{fmt(float(p.low))}, {fmt(float(p.high))}]" + (", log scale" if p.log else "")
+        return f"- {p.name}: real number in [{fmt(float(p.low))}, {fmt(float(p.high))}]" + (
+            ", log scale" if p.log else ""
+        )
     if isinstance(p, IntParam):
         return f"- {p.name}: integer in [{p.low}, {p.high}]" + (", log scale" if p.log else "")
     if isinstance(p, CategoricalParam):
@@ -85,7 +87,9 @@ def describe_goals(spec: StudySpec) -> str:
     if len(spec.objectives) > 1:
         lines[0] += " (a set of good trade-offs is wanted)"
     if spec.outcome_constraints:
-        lines.append("Results only count when: " + "; ".join(str(c) for c in spec.outcome_constraints))
+        lines.append(
+            "Results only count when: " + "; ".join(str(c) for c in spec.outcome_constraints)
+        )
     return "\n".join(lines)
 
 
@@ -100,7 +104,11 @@ def _description(spec: StudySpec) -> str:
 
 def rank_completed(spec: StudySpec, trials: Sequence[Trial]) -> list[Trial]:
     """Completed trials best first: feasible before infeasible, Pareto rank, then first objective."""
-    done = [t for t in trials if t.state is TrialState.COMPLETED and all(o.name in t.metrics for o in spec.objectives)]
+    done = [
+        t
+        for t in trials
+        if t.state is TrialState.COMPLETED and all(o.name in t.metrics for o in spec.objectives)
+    ]
 
     def feasible(t: Trial) -> bool:
         try:
@@ -117,8 +125,15 @@ def rank_completed(spec: StudySpec, trials: Sequence[Trial]) -> list[Trial]:
         remaining = list(pts)
         r = 0
         while remaining:
-            front = [a for a in remaining if not any(
-                all(bj >= aj for aj, bj in zip(a[1], b[1])) and any(bj > aj for aj, bj in zip(a[1], b[1])) for b in remaining)]
+            front = [
+                a
+                for a in remaining
+                if not any(
+                    all(bj >= aj for aj, bj in zip(a[1], b[1]))
+                    and any(bj > aj for aj, bj in zip(a[1], b[1]))
+                    for b in remaining
+                )
+            ]
             for a in front:
                 rank[a[0]] = r
             ids = {a[0] for a in front}
@@ -127,7 +142,9 @@ def rank_completed(spec: StudySpec, trials: Sequence[Trial]) -> list[Trial]:
     return sorted(done, key=lambda t: (not feasible(t), rank.get(t.id, 0), -score(t)[0], t.id))
 
 
-def history_table(spec: StudySpec, trials: Sequence[Trial], max_rows: int = MAX_HISTORY_ROWS) -> str:
+def history_table(
+    spec: StudySpec, trials: Sequence[Trial], max_rows: int = MAX_HISTORY_ROWS
+) -> str:
     """A compact text table of what has been evaluated, best first; empty string when nothing yet."""
     names = spec.space.names
     metrics = spec.modeled_metrics
@@ -140,7 +157,9 @@ def history_table(spec: StudySpec, trials: Sequence[Trial], max_rows: int = MAX_
             n_best = max(1, (2 * max_rows) // 3)
             best = ranked[:n_best]
             best_ids = {t.id for t in best}
-            recent = sorted((t for t in ranked if t.id not in best_ids), key=lambda t: -t.id)[: max_rows - n_best]
+            recent = sorted((t for t in ranked if t.id not in best_ids), key=lambda t: -t.id)[
+                : max_rows - n_best
+            ]
             shown = best + sorted(recent, key=lambda t: ranked.index(t))
             note = f" (showing the best {n_best} and {len(recent)} most recent of {len(ranked)})"
         header = names + metrics + (["feasible"] if spec.outcome_constraints else [])
@@ -151,7 +170,11 @@ def history_table(spec: StudySpec, trials: Sequence[Trial], max_rows: int = MAX_
             row += [fmt(t.metrics[m].value) if m in t.metrics else "?" for m in metrics]
             if spec.outcome_constraints:
                 try:
-                    row.append("yes" if spec.is_feasible({k: m.value for k, m in t.metrics.items()}) else "no")
+                    row.append(
+                        "yes"
+                        if spec.is_feasible({k: m.value for k, m in t.metrics.items()})
+                        else "no"
+                    )
                 except KeyError:
                     row.append("?")
             lines.append(" | ".join(row))
@@ -175,7 +198,10 @@ def _value_schema(p) -> dict:
     if isinstance(p, CategoricalParam):
         return {"type": "string", "enum": list(p.choices)}
     if isinstance(p, OrdinalParam):
-        return {"type": "number", "enum": [float(v) if isinstance(v, float) else v for v in p.values]}
+        return {
+            "type": "number",
+            "enum": [float(v) if isinstance(v, float) else v for v in p.values],
+        }
     raise TypeError(type(p))
 
 
@@ -232,8 +258,18 @@ def priors_schema(space: SearchSpace) -> dict:
                 "required": ["rationale", "best_guess", "low", "high", "confidence"],
                 "additionalProperties": False,
             }
-    priors = {"type": "object", "properties": props, "required": space.names, "additionalProperties": False}
-    return {"type": "object", "properties": {"priors": priors}, "required": ["priors"], "additionalProperties": False}
+    priors = {
+        "type": "object",
+        "properties": props,
+        "required": space.names,
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {"priors": priors},
+        "required": ["priors"],
+        "additionalProperties": False,
+    }
 
 
 def _example_params(space: SearchSpace) -> dict:
@@ -262,7 +298,13 @@ def _context(spec: StudySpec, trials: Sequence[Trial]) -> list[str]:
 
 def warmstart_prompt(spec: StudySpec, n: int) -> Prompt:
     """Zero-shot (no history): the same study and ``n`` give the same prompt, so it is cached once."""
-    example = json.dumps({"candidates": [{"rationale": "why this is promising", "params": _example_params(spec.space)}]})
+    example = json.dumps(
+        {
+            "candidates": [
+                {"rationale": "why this is promising", "params": _example_params(spec.space)}
+            ]
+        }
+    )
     ask = (
         f"Propose {n} diverse, promising configurations to evaluate first. Put most of them where you "
         "expect the best results from what you know about this task, and spread the others so they "
@@ -270,11 +312,25 @@ def warmstart_prompt(spec: StudySpec, n: int) -> Prompt:
         "range or be one of its listed values, and the configurations must satisfy the constraints above.\n"
         f"Reply with JSON like {example} with exactly {n} candidates, each with a one-sentence rationale."
     )
-    return Prompt("warmstart", _messages(_context(spec, ()) + [ask]), candidates_schema(spec.space), "warmstart_candidates")
+    return Prompt(
+        "warmstart",
+        _messages(_context(spec, ()) + [ask]),
+        candidates_schema(spec.space),
+        "warmstart_candidates",
+    )
 
 
 def proposal_prompt(spec: StudySpec, trials: Sequence[Trial], k: int) -> Prompt:
-    example = json.dumps({"candidates": [{"rationale": "why this should beat the best so far", "params": _example_params(spec.space)}]})
+    example = json.dumps(
+        {
+            "candidates": [
+                {
+                    "rationale": "why this should beat the best so far",
+                    "params": _example_params(spec.space),
+                }
+            ]
+        }
+    )
     goal = "lower" if spec.objectives[0].goal != MAXIMIZE else "higher"
     ask = (
         f"Above are the solutions evaluated so far with their scores ({goal} {spec.objectives[0].name} is better). "
@@ -283,7 +339,12 @@ def proposal_prompt(spec: StudySpec, trials: Sequence[Trial], k: int) -> Prompt:
         "does not cover yet. Values must lie in their ranges and satisfy the constraints.\n"
         f"Reply with JSON like {example} with exactly {k} candidates, each with a one-sentence rationale."
     )
-    return Prompt("proposal", _messages(_context(spec, trials) + [ask]), candidates_schema(spec.space), "proposal_candidates")
+    return Prompt(
+        "proposal",
+        _messages(_context(spec, trials) + [ask]),
+        candidates_schema(spec.space),
+        "proposal_candidates",
+    )
 
 
 def priors_prompt(spec: StudySpec) -> Prompt:
@@ -293,9 +354,19 @@ def priors_prompt(spec: StudySpec) -> Prompt:
     for p in (numeric[:1] + categorical[:1]) if categorical else numeric[:2]:
         if isinstance(p, CategoricalParam):
             k = len(p.choices)
-            ex[p.name] = {"rationale": "...", "probabilities": {c: round(1 / k, 2) for c in p.choices}, "confidence": 0.3}
+            ex[p.name] = {
+                "rationale": "...",
+                "probabilities": {c: round(1 / k, 2) for c in p.choices},
+                "confidence": 0.3,
+            }
         else:
-            ex[p.name] = {"rationale": "...", "best_guess": "<number>", "low": "<number>", "high": "<number>", "confidence": 0.3}
+            ex[p.name] = {
+                "rationale": "...",
+                "best_guess": "<number>",
+                "low": "<number>",
+                "high": "<number>",
+                "confidence": 0.3,
+            }
     ask = (
         "Before any evaluation: for each parameter, say where you believe the best value lies.\n"
         "- numeric parameters: best_guess (your single best value), and low/high: an interval that you "
@@ -304,10 +375,14 @@ def priors_prompt(spec: StudySpec) -> Prompt:
         "- unordered choices: a probability for each choice of being the best one (they sum to 1);\n"
         "- confidence between 0 and 1: how much the task description and common knowledge really tell "
         "you (0.1 = a guess, 0.5 = well established). Be honest: a confident wrong belief slows the search.\n"
-        f"Reply with JSON like {{\"priors\": {json.dumps(ex)}}} covering every parameter: {', '.join(spec.space.names)}."
+        f'Reply with JSON like {{"priors": {json.dumps(ex)}}} covering every parameter: {", ".join(spec.space.names)}.'
     )
-    return Prompt("priors", _messages([_description(spec), describe_space(spec.space), describe_goals(spec), ask]),
-                  priors_schema(spec.space), "parameter_priors")
+    return Prompt(
+        "priors",
+        _messages([_description(spec), describe_space(spec.space), describe_goals(spec), ask]),
+        priors_schema(spec.space),
+        "parameter_priors",
+    )
 
 
 def _messages(parts: list[str]) -> tuple[dict, ...]:

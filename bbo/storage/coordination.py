@@ -55,7 +55,9 @@ def import_state(strategy, n_fit: int, hyper: dict) -> bool:
 
 
 def supports(strategy) -> bool:
-    return callable(getattr(strategy, "export_state", None)) and callable(getattr(strategy, "import_state", None))
+    return callable(getattr(strategy, "export_state", None)) and callable(
+        getattr(strategy, "import_state", None)
+    )
 
 
 def dumps(hyper: dict, **meta: Any) -> bytes:
@@ -116,12 +118,16 @@ class ModelStateCache:
             if self._single_writer and strategy in self._in_sync:
                 return Token(local[1] if local else None, max(n_local, 0))
             with self.storage.engine.connect() as conn:
-                n_db = conn.execute(sa.select(S.model_state.c.n_fit).where(S.model_state.c.study_id == study_id)).scalar()
+                n_db = conn.execute(
+                    sa.select(S.model_state.c.n_fit).where(S.model_state.c.study_id == study_id)
+                ).scalar()
                 if n_db is None or int(n_db) <= n_local:
                     self._synced(strategy)
                     return Token(local[1] if local else None, max(n_local, 0))
                 row = conn.execute(
-                    sa.select(S.model_state.c.n_fit, S.model_state.c.format, S.model_state.c.state).where(S.model_state.c.study_id == study_id)
+                    sa.select(
+                        S.model_state.c.n_fit, S.model_state.c.format, S.model_state.c.state
+                    ).where(S.model_state.c.study_id == study_id)
                 ).first()
             if row is None or row.format != FORMAT:
                 return Token(local[1] if local else None, max(n_local, 0))
@@ -129,11 +135,17 @@ class ModelStateCache:
             if import_state(strategy, int(row.n_fit), state["hyper"]):
                 self._synced(strategy)
                 self.pulls += 1
-                log.debug("model state loaded", extra={"study_id": study_id, "n_fit": int(row.n_fit)})
+                log.debug(
+                    "model state loaded", extra={"study_id": study_id, "n_fit": int(row.n_fit)}
+                )
                 cur = export_state(strategy)
                 return Token(cur[1] if cur else None, int(row.n_fit), pulled=True)
         except Exception:  # noqa: BLE001 - a cache: never fail the ask
-            log.warning("loading the stored model state failed; the strategy fits on its own", exc_info=True, extra={"study_id": study_id})
+            log.warning(
+                "loading the stored model state failed; the strategy fits on its own",
+                exc_info=True,
+                extra={"study_id": study_id},
+            )
         return Token(local[1] if local else None, max(local[0], 0) if local else 0)
 
     def push(self, study_id: int, strategy, token: Token) -> bool:
@@ -145,25 +157,40 @@ class ModelStateCache:
             n_fit, hyper = cur
             blob = dumps(hyper, n_fit=int(n_fit))
             now = time.time()
-            vals = dict(n_fit=int(n_fit), format=FORMAT, state=blob, updated_at=now, updated_by=self.replica)
+            vals = dict(
+                n_fit=int(n_fit), format=FORMAT, state=blob, updated_at=now, updated_by=self.replica
+            )
             with self.storage._write() as conn:
-                n = conn.execute(S.model_state.update().where(S.model_state.c.study_id == study_id).values(**vals)).rowcount
+                n = conn.execute(
+                    S.model_state.update()
+                    .where(S.model_state.c.study_id == study_id)
+                    .values(**vals)
+                ).rowcount
                 if n == 0:
                     conn.execute(S.model_state.insert().values(study_id=study_id, **vals))
             self.pushes += 1
             self._synced(strategy)
             return True
         except Exception:  # noqa: BLE001 - e.g. the study was deleted meanwhile
-            log.warning("storing the model state failed", exc_info=True, extra={"study_id": study_id})
+            log.warning(
+                "storing the model state failed", exc_info=True, extra={"study_id": study_id}
+            )
             return False
 
     def get(self, study_id: int) -> Optional[dict]:
         """The stored state (``{"n_fit", "updated_by", "updated_at", "hyper"}``) or None."""
         with self.storage.engine.connect() as conn:
-            row = conn.execute(sa.select(S.model_state).where(S.model_state.c.study_id == study_id)).first()
+            row = conn.execute(
+                sa.select(S.model_state).where(S.model_state.c.study_id == study_id)
+            ).first()
         if row is None:
             return None
-        return {"n_fit": int(row.n_fit), "updated_by": row.updated_by, "updated_at": row.updated_at, **loads(bytes(row.state))}
+        return {
+            "n_fit": int(row.n_fit),
+            "updated_by": row.updated_by,
+            "updated_at": row.updated_at,
+            **loads(bytes(row.state)),
+        }
 
 
 def cache_for(storage) -> ModelStateCache:

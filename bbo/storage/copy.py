@@ -25,7 +25,9 @@ class CopyError(BboError):
 BATCH = 1000
 
 
-def copy_database(src_url: str, dst_url: str, *, progress: Optional[Callable[[str, int], None]] = None) -> dict[str, int]:
+def copy_database(
+    src_url: str, dst_url: str, *, progress: Optional[Callable[[str, int], None]] = None
+) -> dict[str, int]:
     """Copy every table of ``src_url`` into ``dst_url`` (migrated to this version's schema, and
     required empty); returns the rows copied per table. ``progress(table, rows)`` after each batch."""
     try:
@@ -58,10 +60,14 @@ def _copy(src: Storage, dst: Storage, progress) -> dict[str, int]:
         with conn_in.begin(), dst._write() as out:  # one read snapshot in, one transaction out
             for table in S.metadata.sorted_tables:  # parents before children
                 if out.execute(sa.select(sa.func.count()).select_from(table)).scalar_one():
-                    raise CopyError(f"the target database already holds rows in '{table.name}': copy into an empty database")
+                    raise CopyError(
+                        f"the target database already holds rows in '{table.name}': copy into an empty database"
+                    )
             for table in S.metadata.sorted_tables:
                 n = 0
-                result = conn_in.execution_options(yield_per=BATCH).execute(sa.select(table).order_by(*table.primary_key.columns))
+                result = conn_in.execution_options(yield_per=BATCH).execute(
+                    sa.select(table).order_by(*table.primary_key.columns)
+                )
                 for rows in result.partitions():
                     out.execute(table.insert(), [dict(r._mapping) for r in rows])
                     n += len(rows)
@@ -79,6 +85,8 @@ def _reset_sequences(conn: sa.Connection) -> None:
         pk = list(table.primary_key.columns)
         if len(pk) == 1 and pk[0].autoincrement is True:
             conn.execute(
-                sa.text(f"SELECT setval(pg_get_serial_sequence(:t, :c), COALESCE((SELECT max({pk[0].name}) FROM {table.name}), 0) + 1, false)"),
+                sa.text(
+                    f"SELECT setval(pg_get_serial_sequence(:t, :c), COALESCE((SELECT max({pk[0].name}) FROM {table.name}), 0) + 1, false)"
+                ),
                 {"t": table.name, "c": pk[0].name},
             )

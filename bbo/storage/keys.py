@@ -71,7 +71,12 @@ class KeyStore:
                 with self.storage._write() as conn:
                     conn.execute(
                         S.api_keys.insert().values(
-                            key_id=key_id, tenant=tenant, key_hash=hash_key(key), label=label, created_at=now, revoked_at=None
+                            key_id=key_id,
+                            tenant=tenant,
+                            key_hash=hash_key(key),
+                            label=label,
+                            created_at=now,
+                            revoked_at=None,
                         )
                     )
             except sa.exc.IntegrityError:  # a key_id collision (2^-48): draw again
@@ -94,7 +99,9 @@ class KeyStore:
         cond = S.api_keys.c.key_hash == hash_key(key_id) if m else S.api_keys.c.key_id == key_id
         with self.storage._write() as conn:
             n = conn.execute(
-                S.api_keys.update().where(cond, S.api_keys.c.revoked_at.is_(None)).values(revoked_at=time.time())
+                S.api_keys.update()
+                .where(cond, S.api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
             ).rowcount
         return n > 0
 
@@ -109,9 +116,9 @@ class KeyStore:
         h = hash_key(key)
         with self.storage._read() as conn:
             row = conn.execute(
-                sa.select(S.api_keys.c.tenant, S.api_keys.c.key_hash, S.api_keys.c.revoked_at).where(
-                    S.api_keys.c.key_id == m.group(1)
-                )
+                sa.select(
+                    S.api_keys.c.tenant, S.api_keys.c.key_hash, S.api_keys.c.revoked_at
+                ).where(S.api_keys.c.key_id == m.group(1))
             ).first()
         if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, h):
             return None
@@ -120,4 +127,10 @@ class KeyStore:
     @retry_transient
     def count_active(self) -> int:
         with self.storage._read() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(S.api_keys).where(S.api_keys.c.revoked_at.is_(None))).scalar_one())
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(S.api_keys)
+                    .where(S.api_keys.c.revoked_at.is_(None))
+                ).scalar_one()
+            )

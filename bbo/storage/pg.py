@@ -58,7 +58,11 @@ DEFAULTS = {
 _ENV = {k: "BBO_DB_" + k.upper() for k in DEFAULTS}
 
 # SQLSTATEs after which the server has rolled the transaction back: re-running it is always safe.
-ROLLED_BACK_STATES = {"40001": "serialization failure", "40P01": "deadlock detected", "55P03": "lock not available"}
+ROLLED_BACK_STATES = {
+    "40001": "serialization failure",
+    "40P01": "deadlock detected",
+    "55P03": "lock not available",
+}
 # SQLSTATE classes / codes meaning the connection (or the server) went away.
 CONNECTION_STATES = ("08", "57P01", "57P02", "57P03")
 
@@ -99,7 +103,9 @@ def replica_name() -> str:
     return f"bbo-{socket.gethostname()}-{os.getpid()}"[:63]
 
 
-def engine_kwargs(url: sa.engine.URL, pool_size: int) -> tuple[sa.engine.URL, dict[str, Any], dict[str, Any]]:
+def engine_kwargs(
+    url: sa.engine.URL, pool_size: int
+) -> tuple[sa.engine.URL, dict[str, Any], dict[str, Any]]:
     """``(url, create_engine kwargs, settings)`` for a replica's PostgreSQL engine."""
     url, st = settings(url)
     size = st["pool_size"] or pool_size
@@ -114,7 +120,14 @@ def engine_kwargs(url: sa.engine.URL, pool_size: int) -> tuple[sa.engine.URL, di
     user_opts = str(q.pop("options", "") or "")
     # the user's own -c settings in the URL win over ours (later -c overrides earlier)
     connect_args: dict[str, Any] = {"options": " ".join(opts + ([user_opts] if user_opts else []))}
-    for k, v in {"application_name": replica_name(), "connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}.items():
+    for k, v in {
+        "application_name": replica_name(),
+        "connect_timeout": 10,
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+    }.items():
         if k not in q:
             connect_args[k] = v
     st["connect_args"] = connect_args
@@ -154,7 +167,9 @@ def classify(exc: BaseException) -> Optional[str]:
         psycopg = None
     orig = getattr(exc, "orig", exc)
     if psycopg is not None and isinstance(orig, psycopg.OperationalError) and code is None:
-        return "connection"  # e.g. "server closed the connection unexpectedly", "connection refused"
+        return (
+            "connection"  # e.g. "server closed the connection unexpectedly", "connection refused"
+        )
     return None
 
 
@@ -187,8 +202,18 @@ def retry_transient(
                             f"database connection lost during {f.__name__}; the change may or may not be stored: retry the request"
                         ) from e
                     if attempt == attempts:
-                        raise TransientStorageError(f"database busy or unreachable ({kind}: {sqlstate(e) or type(e.orig).__name__}); retry the request") from e
-                    log.warning("transient database error; retrying", extra={"call": f.__name__, "kind": kind, "sqlstate": sqlstate(e), "attempt": attempt})
+                        raise TransientStorageError(
+                            f"database busy or unreachable ({kind}: {sqlstate(e) or type(e.orig).__name__}); retry the request"
+                        ) from e
+                    log.warning(
+                        "transient database error; retrying",
+                        extra={
+                            "call": f.__name__,
+                            "kind": kind,
+                            "sqlstate": sqlstate(e),
+                            "attempt": attempt,
+                        },
+                    )
                     time.sleep(delay * (0.5 + random.random()))
                     delay = min(2 * delay, max_delay)
             raise AssertionError("unreachable")
@@ -259,7 +284,9 @@ def study_lock(storage, study_id: int) -> Iterator[None]:
             locked = True
         except sa.exc.DBAPIError as e:
             if classify(e) is not None or sqlstate(e) == "57014":
-                raise TransientStorageError(f"could not lock study {study_id} for an ask ({sqlstate(e) or 'connection'}): retry the request") from e
+                raise TransientStorageError(
+                    f"could not lock study {study_id} for an ask ({sqlstate(e) or 'connection'}): retry the request"
+                ) from e
             raise
         yield
     finally:

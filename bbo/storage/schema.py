@@ -16,12 +16,16 @@ class _NoNul(sa.types.TypeDecorator):
     cache_ok = True
 
     def process_bind_param(self, value, dialect):
-        return value.replace("\x00", "\ufffd") if isinstance(value, str) and "\x00" in value else value
+        return (
+            value.replace("\x00", "\ufffd") if isinstance(value, str) and "\x00" in value else value
+        )
 
 
 class Text(_NoNul):
     impl = sa.Text
-    cache_ok = True  # SQLAlchemy reads it per class: without it, statements using the type are not cached
+    cache_ok = (
+        True  # SQLAlchemy reads it per class: without it, statements using the type are not cached
+    )
 
 
 class String(_NoNul):
@@ -46,7 +50,9 @@ studies = sa.Table(
     sa.Column("name", String(128), nullable=False),
     sa.Column("spec", sa.JSON, nullable=False),
     sa.Column("spec_hash", String(64), nullable=False),
-    sa.Column("seed", sa.BigInteger, nullable=False),  # the strategy's seed (the spec's, or drawn once)
+    sa.Column(
+        "seed", sa.BigInteger, nullable=False
+    ),  # the strategy's seed (the spec's, or drawn once)
     sa.Column("state", String(32), nullable=False),
     sa.Column("state_reason", Text, nullable=False),
     sa.Column("trial_counter", sa.BigInteger, nullable=False),  # last allocated trial number
@@ -58,8 +64,12 @@ trials = sa.Table(
     "trials",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("study_id", sa.Integer, sa.ForeignKey("studies.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("number", sa.BigInteger, nullable=False),  # the trial id users see: 1, 2, ... per study
+    sa.Column(
+        "study_id", sa.Integer, sa.ForeignKey("studies.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column(
+        "number", sa.BigInteger, nullable=False
+    ),  # the trial id users see: 1, 2, ... per study
     sa.Column("params", sa.JSON, nullable=False),
     sa.Column("state", String(16), nullable=False),
     sa.Column("metrics", sa.JSON, nullable=False),  # {name: {"value": v, "sem": s|null}}
@@ -78,7 +88,13 @@ trial_events = sa.Table(
     "trial_events",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("trial_id", sa.Integer, sa.ForeignKey("trials.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column(
+        "trial_id",
+        sa.Integer,
+        sa.ForeignKey("trials.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
     sa.Column("state", String(16), nullable=False),
     sa.Column("detail", Text, nullable=False),
     sa.Column("at", sa.Float, nullable=False),
@@ -87,7 +103,9 @@ trial_events = sa.Table(
 intermediate_values = sa.Table(
     "intermediate_values",
     metadata,
-    sa.Column("trial_id", sa.Integer, sa.ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column(
+        "trial_id", sa.Integer, sa.ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True
+    ),
     sa.Column("step", sa.BigInteger, primary_key=True),
     sa.Column("value", sa.Float, nullable=False),
     sa.Column("at", sa.Float, nullable=False),
@@ -97,7 +115,13 @@ llm_calls = sa.Table(
     "llm_calls",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("study_id", sa.Integer, sa.ForeignKey("studies.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column(
+        "study_id",
+        sa.Integer,
+        sa.ForeignKey("studies.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
     sa.Column("purpose", String(64), nullable=False),
     sa.Column("model", String(256), nullable=False),
     sa.Column("prompt", Text, nullable=False),
@@ -114,7 +138,9 @@ request_log = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("tenant", String(128), nullable=False),
-    sa.Column("study_id", sa.Integer, sa.ForeignKey("studies.id", ondelete="CASCADE"), nullable=False),
+    sa.Column(
+        "study_id", sa.Integer, sa.ForeignKey("studies.id", ondelete="CASCADE"), nullable=False
+    ),
     sa.Column("kind", String(32), nullable=False),
     sa.Column("request_id", String(128), nullable=False),
     sa.Column("request_hash", String(64), nullable=False),
@@ -142,10 +168,14 @@ model_state = sa.Table(
     "model_state",
     metadata,
     # the generation strategy's fitted surrogate state, shared by server replicas (bbo.storage.coordination)
-    sa.Column("study_id", sa.Integer, sa.ForeignKey("studies.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column(
+        "study_id", sa.Integer, sa.ForeignKey("studies.id", ondelete="CASCADE"), primary_key=True
+    ),
     sa.Column("n_fit", sa.BigInteger, nullable=False),  # data size the hyperparameters were fit at
     sa.Column("format", sa.Integer, nullable=False),
-    sa.Column("state", sa.LargeBinary, nullable=False),  # torch.save of {"hyper": {name: tensor}, ...}
+    sa.Column(
+        "state", sa.LargeBinary, nullable=False
+    ),  # torch.save of {"hyper": {name: tensor}, ...}
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("updated_by", String(128), nullable=False),  # replica (application name) that fit it
 )

@@ -34,7 +34,9 @@ def default_url(path: str = DEFAULT_SQLITE_PATH) -> str:
 
 
 def spec_hash(spec: dict) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,11 @@ class RequestKey:
     request_hash: str
 
 
-LLM_PURPOSES = ("warmstart", "priors", "proposal")  # what an LLM call was for (LlmCallRecord.purpose)
+LLM_PURPOSES = (
+    "warmstart",
+    "priors",
+    "proposal",
+)  # what an LLM call was for (LlmCallRecord.purpose)
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,10 @@ def _metrics_to_json(metrics: dict[str, Metric]) -> dict:
 
 
 def _metrics_from_json(d: dict) -> dict[str, Metric]:
-    return {k: Metric(float(v["value"]), None if v.get("sem") is None else float(v["sem"])) for k, v in (d or {}).items()}
+    return {
+        k: Metric(float(v["value"]), None if v.get("sem") is None else float(v["sem"]))
+        for k, v in (d or {}).items()
+    }
 
 
 def _trial(row) -> Trial:
@@ -138,7 +147,14 @@ def _study(row) -> StudyRecord:
 class Storage:
     """Thread-safe access to the bbo database. One instance per process."""
 
-    def __init__(self, url: Optional[str] = None, *, pool_size: int = 16, migrate: bool = True, group_commit: bool = True):
+    def __init__(
+        self,
+        url: Optional[str] = None,
+        *,
+        pool_size: int = 16,
+        migrate: bool = True,
+        group_commit: bool = True,
+    ):
         url = url or default_url()
         u = sa.engine.make_url(url)
         self.dialect = u.get_backend_name()
@@ -146,13 +162,17 @@ class Storage:
         self.sqlite_synchronous = "FULL"
         if self.dialect == "sqlite":
             q = dict(u.query)
-            sync = str(q.pop("synchronous", os.environ.get("BBO_SQLITE_SYNCHRONOUS", "FULL"))).upper()
+            sync = str(
+                q.pop("synchronous", os.environ.get("BBO_SQLITE_SYNCHRONOUS", "FULL"))
+            ).upper()
             if sync not in SQLITE_SYNCHRONOUS:
                 raise ValueError(f"synchronous={sync!r}: use one of {SQLITE_SYNCHRONOUS}")
             self.sqlite_synchronous = sync
             u = u.set(query=q)
             if u.database and u.database != ":memory:":
-                if not migrate and not Path(u.database).exists():  # only reading: never create a stray file
+                if (
+                    not migrate and not Path(u.database).exists()
+                ):  # only reading: never create a stray file
                     raise NotFoundError(f"no database file at {u.database}")
                 Path(u.database).parent.mkdir(parents=True, exist_ok=True)
                 kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_timeout=60)
@@ -166,12 +186,16 @@ class Storage:
             u, pg_kwargs, self.pg_settings = pg.engine_kwargs(u, pool_size)
             kwargs.update(pg_kwargs)
         else:
-            raise ValueError(f"unsupported database {self.dialect!r}: use sqlite:///PATH or postgresql+psycopg://...")
+            raise ValueError(
+                f"unsupported database {self.dialect!r}: use sqlite:///PATH or postgresql+psycopg://..."
+            )
         self.url = u
         self.engine = sa.create_engine(u, **kwargs)
         # SQLite allows one writer: a process-wide lock queues writers without busy-wait sleeps;
         # BEGIN IMMEDIATE (below) makes writers in other processes wait on the busy timeout instead.
-        self._wlock: contextlib.AbstractContextManager = threading.RLock() if self.dialect == "sqlite" else contextlib.nullcontext()
+        self._wlock: contextlib.AbstractContextManager = (
+            threading.RLock() if self.dialect == "sqlite" else contextlib.nullcontext()
+        )
         if self.dialect == "sqlite":
             self._setup_sqlite()
         # SQLite: tells from many threads share one transaction and one fsync (see _GroupCommit).
@@ -197,7 +221,9 @@ class Storage:
 
         @event.listens_for(self.engine, "begin")
         def _begin(conn):
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("bbo_write") else "BEGIN")
+            conn.exec_driver_sql(
+                "BEGIN IMMEDIATE" if conn.get_execution_options().get("bbo_write") else "BEGIN"
+            )
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision (idempotent, safe to race)."""
@@ -266,8 +292,15 @@ class Storage:
             with self._write() as conn:
                 conn.execute(
                     S.studies.insert().values(
-                        tenant=tenant, name=name, spec=spec, spec_hash=spec_hash(spec), seed=int(seed),
-                        state="ACTIVE", state_reason="", trial_counter=0, created_at=now,
+                        tenant=tenant,
+                        name=name,
+                        spec=spec,
+                        spec_hash=spec_hash(spec),
+                        seed=int(seed),
+                        state="ACTIVE",
+                        state_reason="",
+                        trial_counter=0,
+                        created_at=now,
                     )
                 )
         except sa.exc.IntegrityError:
@@ -277,7 +310,9 @@ class Storage:
     @retry_transient
     def get_study(self, tenant: str, name: str) -> Optional[StudyRecord]:
         with self._read() as conn:
-            row = conn.execute(sa.select(S.studies).where(S.studies.c.tenant == tenant, S.studies.c.name == name)).first()
+            row = conn.execute(
+                sa.select(S.studies).where(S.studies.c.tenant == tenant, S.studies.c.name == name)
+            ).first()
         return _study(row) if row else None
 
     @retry_transient
@@ -302,7 +337,9 @@ class Storage:
         """Delete a study and everything of it (explicitly: SQLite FKs may be off elsewhere)."""
         tid = sa.select(S.trials.c.id).where(S.trials.c.study_id == study_id).scalar_subquery()
         with self._write() as conn:
-            conn.execute(S.intermediate_values.delete().where(S.intermediate_values.c.trial_id.in_(tid)))
+            conn.execute(
+                S.intermediate_values.delete().where(S.intermediate_values.c.trial_id.in_(tid))
+            )
             conn.execute(S.trial_events.delete().where(S.trial_events.c.trial_id.in_(tid)))
             conn.execute(S.trials.delete().where(S.trials.c.study_id == study_id))
             conn.execute(S.llm_calls.delete().where(S.llm_calls.c.study_id == study_id))
@@ -314,20 +351,32 @@ class Storage:
     @retry_transient
     def set_study_state(self, study_id: int, state: str, reason: str) -> None:
         with self._write() as conn:
-            conn.execute(S.studies.update().where(S.studies.c.id == study_id).values(state=state, state_reason=reason))
+            conn.execute(
+                S.studies.update()
+                .where(S.studies.c.id == study_id)
+                .values(state=state, state_reason=reason)
+            )
 
     @retry_transient
     def trial_counts(self, study_id: int) -> dict[str, int]:
-        q = sa.select(S.trials.c.state, sa.func.count()).where(S.trials.c.study_id == study_id).group_by(S.trials.c.state)
+        q = (
+            sa.select(S.trials.c.state, sa.func.count())
+            .where(S.trials.c.study_id == study_id)
+            .group_by(S.trials.c.state)
+        )
         with self._read() as conn:
             return {s: int(n) for s, n in conn.execute(q)}
 
     # ---- idempotency ----------------------------------------------------------------------------
-    def lookup_request(self, study_id: int, kind: str, request_id: str, conn: Optional[sa.Connection] = None) -> Optional[tuple[str, dict]]:
+    def lookup_request(
+        self, study_id: int, kind: str, request_id: str, conn: Optional[sa.Connection] = None
+    ) -> Optional[tuple[str, dict]]:
         if self.dialect == "sqlite":  # every Ask looks its request id up: plain DB-API (see _RAW_*)
             args = (study_id, kind, request_id)
             if conn is not None:
-                raw_row = conn.connection.driver_connection.execute(_RAW_LOOKUP_REQUEST, args).fetchone()
+                raw_row = conn.connection.driver_connection.execute(
+                    _RAW_LOOKUP_REQUEST, args
+                ).fetchone()
             else:
                 pooled = self.engine.raw_connection()
                 try:
@@ -336,7 +385,9 @@ class Storage:
                     pooled.close()
             return (raw_row[0], json.loads(raw_row[1])) if raw_row else None
         q = sa.select(S.request_log.c.request_hash, S.request_log.c.response).where(
-            S.request_log.c.study_id == study_id, S.request_log.c.kind == kind, S.request_log.c.request_id == request_id
+            S.request_log.c.study_id == study_id,
+            S.request_log.c.kind == kind,
+            S.request_log.c.request_id == request_id,
         )
         if conn is not None:
             row = conn.execute(q).first()
@@ -345,11 +396,18 @@ class Storage:
                 row = c.execute(q).first()
         return (row.request_hash, dict(row.response)) if row else None
 
-    def _log_request(self, conn: sa.Connection, study_id: int, req: RequestKey, response: dict) -> None:
+    def _log_request(
+        self, conn: sa.Connection, study_id: int, req: RequestKey, response: dict
+    ) -> None:
         conn.execute(
             S.request_log.insert().values(
-                tenant=req.tenant, study_id=study_id, kind=req.kind, request_id=req.request_id,
-                request_hash=req.request_hash, response=response, created_at=time.time(),
+                tenant=req.tenant,
+                study_id=study_id,
+                kind=req.kind,
+                request_id=req.request_id,
+                request_hash=req.request_hash,
+                response=response,
+                created_at=time.time(),
             )
         )
 
@@ -374,15 +432,24 @@ class Storage:
         """
         now = time.time()
         with self._write() as conn:
-            raw = conn.connection.driver_connection if self.dialect == "sqlite" else None  # plain DB-API on SQLite (see _RAW_*)
+            raw = (
+                conn.connection.driver_connection if self.dialect == "sqlite" else None
+            )  # plain DB-API on SQLite (see _RAW_*)
             if request is not None:
                 prev = self.lookup_request(study_id, request.kind, request.request_id, conn)
                 if prev is not None:
                     numbers = prev[1].get("trials", [])
-                    return self._trials_by_number(conn, study_id, numbers), {"hash": prev[0], **prev[1]}
+                    return self._trials_by_number(conn, study_id, numbers), {
+                        "hash": prev[0],
+                        **prev[1],
+                    }
             n = len(new)
             if raw is not None:
-                sql, args = (_RAW_ALLOCATE_NUMBERS, (n, study_id)) if created_at is None else (_RAW_ALLOCATE_NUMBERS_OF, (n, study_id, created_at))
+                sql, args = (
+                    (_RAW_ALLOCATE_NUMBERS, (n, study_id))
+                    if created_at is None
+                    else (_RAW_ALLOCATE_NUMBERS_OF, (n, study_id, created_at))
+                )
                 top = next(iter(raw.execute(sql, args).fetchall()), (None,))[0]
             else:
                 same = S.studies.c.created_at == created_at if created_at is not None else sa.true()
@@ -399,40 +466,80 @@ class Storage:
             for i, t in enumerate(new):
                 rows.append(
                     dict(
-                        study_id=study_id, number=first + i, params=t.params, state=t.state.value,
-                        metrics=_metrics_to_json(t.metrics), origin=t.origin, reason=t.reason, rationale=t.rationale,
-                        worker_id=worker_id, created_at=now, updated_at=now,
-                        lease_expires_at=lease_expires_at if t.state is TrialState.PENDING else None,
+                        study_id=study_id,
+                        number=first + i,
+                        params=t.params,
+                        state=t.state.value,
+                        metrics=_metrics_to_json(t.metrics),
+                        origin=t.origin,
+                        reason=t.reason,
+                        rationale=t.rationale,
+                        worker_id=worker_id,
+                        created_at=now,
+                        updated_at=now,
+                        lease_expires_at=lease_expires_at
+                        if t.state is TrialState.PENDING
+                        else None,
                     )
                 )
             if raw is not None:
                 _insert_trials_sqlite(raw, study_id, rows, request, now)
             else:
                 if rows:
-                    ids = conn.execute(S.trials.insert().returning(S.trials.c.id, sort_by_parameter_order=True), rows).scalars().all()
+                    ids = (
+                        conn.execute(
+                            S.trials.insert().returning(
+                                S.trials.c.id, sort_by_parameter_order=True
+                            ),
+                            rows,
+                        )
+                        .scalars()
+                        .all()
+                    )
                     conn.execute(
                         S.trial_events.insert(),
-                        [dict(trial_id=pk, state=r["state"], detail=f"created ({r['origin']})", at=now) for pk, r in zip(ids, rows)],
+                        [
+                            dict(
+                                trial_id=pk,
+                                state=r["state"],
+                                detail=f"created ({r['origin']})",
+                                at=now,
+                            )
+                            for pk, r in zip(ids, rows)
+                        ],
                     )
                 if request is not None:
-                    self._log_request(conn, study_id, request, {"trials": [r["number"] for r in rows]})
+                    self._log_request(
+                        conn, study_id, request, {"trials": [r["number"] for r in rows]}
+                    )
             return [self._row_trial(r) for r in rows], None
 
     @staticmethod
     def _row_trial(r: dict) -> Trial:
         return Trial(
-            id=int(r["number"]), params=dict(r["params"]), state=TrialState(r["state"]),
-            metrics=_metrics_from_json(r["metrics"]), origin=r["origin"], reason=r["reason"], rationale=r["rationale"],
-            worker_id=r["worker_id"], created_at=r["created_at"], updated_at=r["updated_at"],
+            id=int(r["number"]),
+            params=dict(r["params"]),
+            state=TrialState(r["state"]),
+            metrics=_metrics_from_json(r["metrics"]),
+            origin=r["origin"],
+            reason=r["reason"],
+            rationale=r["rationale"],
+            worker_id=r["worker_id"],
+            created_at=r["created_at"],
+            updated_at=r["updated_at"],
             lease_expires_at=r["lease_expires_at"],
         )
 
-    def _trials_by_number(self, conn: sa.Connection, study_id: int, numbers: Iterable[int]) -> list[Trial]:
+    def _trials_by_number(
+        self, conn: sa.Connection, study_id: int, numbers: Iterable[int]
+    ) -> list[Trial]:
         numbers = list(numbers)
         if not numbers:
             return []
         rows = conn.execute(
-            sa.select(S.trials).where(S.trials.c.study_id == study_id, S.trials.c.number.in_(numbers))
+            sa.select(S.trials).where(
+                S.trials.c.study_id == study_id, S.trials.c.number.in_(numbers)
+            )
         ).all()
         by = {int(r.number): _trial(r) for r in rows}
         return [by[n] for n in numbers if n in by]
@@ -440,12 +547,20 @@ class Storage:
     @retry_transient
     def get_trial(self, study_id: int, number: int) -> Optional[Trial]:
         with self._read() as conn:
-            row = conn.execute(sa.select(S.trials).where(S.trials.c.study_id == study_id, S.trials.c.number == number)).first()
+            row = conn.execute(
+                sa.select(S.trials).where(
+                    S.trials.c.study_id == study_id, S.trials.c.number == number
+                )
+            ).first()
         return _trial(row) if row else None
 
     @retry_transient
     def list_trials(
-        self, study_id: int, states: Optional[Iterable[TrialState]] = None, after: int = 0, limit: Optional[int] = None
+        self,
+        study_id: int,
+        states: Optional[Iterable[TrialState]] = None,
+        after: int = 0,
+        limit: Optional[int] = None,
     ) -> list[Trial]:
         q = sa.select(S.trials).where(S.trials.c.study_id == study_id, S.trials.c.number > after)
         states = list(states or [])
@@ -475,13 +590,19 @@ class Storage:
         comes back as ``previous_request`` (``{"hash": ..., ...}``).
         """
         if self._group is not None:
-            return self._group.run(lambda raw: _modify_trial_sqlite(raw, study_id, number, change, request, event_detail))
+            return self._group.run(
+                lambda raw: _modify_trial_sqlite(
+                    raw, study_id, number, change, request, event_detail
+                )
+            )
         with self._write() as conn:
             return self._modify_trial_in(conn, study_id, number, change, request, event_detail)
 
     def _modify_trial_in(self, conn, study_id, number, change, request, event_detail):
         if self.dialect == "sqlite":
-            return _modify_trial_sqlite(conn.connection.driver_connection, study_id, number, change, request, event_detail)
+            return _modify_trial_sqlite(
+                conn.connection.driver_connection, study_id, number, change, request, event_detail
+            )
         if request is not None:
             prev = self.lookup_request(study_id, request.kind, request.request_id, conn)
             if prev is not None:
@@ -498,13 +619,30 @@ class Storage:
         new.updated_at = time.time()
         conn.execute(
             _UPDATE_TRIAL,
-            {"b_pk": row.id, "b_state": new.state.value, "b_metrics": _metrics_to_json(new.metrics), "b_reason": new.reason,
-             "b_worker": new.worker_id, "b_updated": new.updated_at, "b_lease": new.lease_expires_at},
+            {
+                "b_pk": row.id,
+                "b_state": new.state.value,
+                "b_metrics": _metrics_to_json(new.metrics),
+                "b_reason": new.reason,
+                "b_worker": new.worker_id,
+                "b_updated": new.updated_at,
+                "b_lease": new.lease_expires_at,
+            },
         )
         if new.state is not cur.state:
-            conn.execute(S.trial_events.insert(), {"trial_id": row.id, "state": new.state.value, "detail": event_detail or new.reason, "at": new.updated_at})
+            conn.execute(
+                S.trial_events.insert(),
+                {
+                    "trial_id": row.id,
+                    "state": new.state.value,
+                    "detail": event_detail or new.reason,
+                    "at": new.updated_at,
+                },
+            )
         if request is not None:
-            self._log_request(conn, study_id, request, {"trials": [number], "state": new.state.value})
+            self._log_request(
+                conn, study_id, request, {"trials": [number], "state": new.state.value}
+            )
         return new, True, None
 
     @retry_transient
@@ -524,12 +662,25 @@ class Storage:
             # one conditional UPDATE: a trial told (or reaped by another replica) meanwhile no longer
             # matches, so a result is never turned into ABANDONED and each expiry is recorded once
             rows = conn.execute(
-                S.trials.update().where(cond).values(state=TrialState.ABANDONED.value, reason=LEASE_EXPIRED, updated_at=now)
+                S.trials.update()
+                .where(cond)
+                .values(state=TrialState.ABANDONED.value, reason=LEASE_EXPIRED, updated_at=now)
                 .returning(S.trials.c.id, S.trials.c.number)
             ).all()
             if not rows:
                 return []
-            conn.execute(S.trial_events.insert(), [dict(trial_id=r.id, state=TrialState.ABANDONED.value, detail=LEASE_EXPIRED, at=now) for r in rows])
+            conn.execute(
+                S.trial_events.insert(),
+                [
+                    dict(
+                        trial_id=r.id,
+                        state=TrialState.ABANDONED.value,
+                        detail=LEASE_EXPIRED,
+                        at=now,
+                    )
+                    for r in rows
+                ],
+            )
             return sorted(int(r.number) for r in rows)
 
     @retry_transient
@@ -552,21 +703,31 @@ class Storage:
             # FOR UPDATE: two reports of one step at once (a retry racing its original, on two
             # replicas) take turns; otherwise both delete nothing and the second insert hits the key
             pk = conn.execute(
-                sa.select(S.trials.c.id).where(S.trials.c.study_id == study_id, S.trials.c.number == number).with_for_update()
+                sa.select(S.trials.c.id)
+                .where(S.trials.c.study_id == study_id, S.trials.c.number == number)
+                .with_for_update()
             ).scalar()
             if pk is None:
                 return False
             conn.execute(
-                S.intermediate_values.delete().where(S.intermediate_values.c.trial_id == pk, S.intermediate_values.c.step == step)
+                S.intermediate_values.delete().where(
+                    S.intermediate_values.c.trial_id == pk, S.intermediate_values.c.step == step
+                )
             )
-            conn.execute(S.intermediate_values.insert().values(trial_id=pk, step=step, value=float(value), at=now))
+            conn.execute(
+                S.intermediate_values.insert().values(
+                    trial_id=pk, step=step, value=float(value), at=now
+                )
+            )
         return True
 
     @retry_transient
     def intermediates(self, study_id: int) -> dict[int, list[tuple[int, float]]]:
         """trial number -> [(step, value)] sorted by step."""
         q = (
-            sa.select(S.trials.c.number, S.intermediate_values.c.step, S.intermediate_values.c.value)
+            sa.select(
+                S.trials.c.number, S.intermediate_values.c.step, S.intermediate_values.c.value
+            )
             .join(S.trials, S.trials.c.id == S.intermediate_values.c.trial_id)
             .where(S.trials.c.study_id == study_id)
             .order_by(S.trials.c.number, S.intermediate_values.c.step)
@@ -583,14 +744,27 @@ class Storage:
         with self._write() as conn:
             conn.execute(
                 S.llm_calls.insert().values(
-                    study_id=study_id, purpose=call.purpose, model=call.model, prompt=call.prompt, response=call.response,
-                    outcome=call.outcome, prompt_tokens=int(call.prompt_tokens), completion_tokens=int(call.completion_tokens),
-                    latency_seconds=float(call.latency_seconds), created_at=call.created_at or time.time(),
+                    study_id=study_id,
+                    purpose=call.purpose,
+                    model=call.model,
+                    prompt=call.prompt,
+                    response=call.response,
+                    outcome=call.outcome,
+                    prompt_tokens=int(call.prompt_tokens),
+                    completion_tokens=int(call.completion_tokens),
+                    latency_seconds=float(call.latency_seconds),
+                    created_at=call.created_at or time.time(),
                 )
             )
 
     @retry_transient
-    def list_llm_calls(self, study_id: int, purpose: Optional[str] = None, after: int = 0, limit: Optional[int] = None) -> list[LlmCallRecord]:
+    def list_llm_calls(
+        self,
+        study_id: int,
+        purpose: Optional[str] = None,
+        after: int = 0,
+        limit: Optional[int] = None,
+    ) -> list[LlmCallRecord]:
         c = S.llm_calls.c
         q = sa.select(S.llm_calls).where(c.study_id == study_id, c.id > after).order_by(c.id)
         if purpose is not None:
@@ -599,7 +773,18 @@ class Storage:
             q = q.limit(limit)
         with self._read() as conn:
             return [
-                LlmCallRecord(r.purpose, r.model, r.prompt, r.response, r.outcome, r.prompt_tokens, r.completion_tokens, r.latency_seconds, r.created_at, r.id)
+                LlmCallRecord(
+                    r.purpose,
+                    r.model,
+                    r.prompt,
+                    r.response,
+                    r.outcome,
+                    r.prompt_tokens,
+                    r.completion_tokens,
+                    r.latency_seconds,
+                    r.created_at,
+                    r.id,
+                )
                 for r in conn.execute(q)
             ]
 
@@ -608,15 +793,22 @@ class Storage:
 # trial from another replica waits for this one and then sees its result, instead of overwriting it.
 _SELECT_TRIAL = (
     sa.select(S.trials)
-    .where(S.trials.c.study_id == sa.bindparam("b_study"), S.trials.c.number == sa.bindparam("b_number"))
+    .where(
+        S.trials.c.study_id == sa.bindparam("b_study"),
+        S.trials.c.number == sa.bindparam("b_number"),
+    )
     .with_for_update()
 )
 _UPDATE_TRIAL = (
     S.trials.update()
     .where(S.trials.c.id == sa.bindparam("b_pk"))
     .values(
-        state=sa.bindparam("b_state"), metrics=sa.bindparam("b_metrics", type_=sa.JSON), reason=sa.bindparam("b_reason"),
-        worker_id=sa.bindparam("b_worker"), updated_at=sa.bindparam("b_updated"), lease_expires_at=sa.bindparam("b_lease"),
+        state=sa.bindparam("b_state"),
+        metrics=sa.bindparam("b_metrics", type_=sa.JSON),
+        reason=sa.bindparam("b_reason"),
+        worker_id=sa.bindparam("b_worker"),
+        updated_at=sa.bindparam("b_updated"),
+        lease_expires_at=sa.bindparam("b_lease"),
     )
 )
 
@@ -633,12 +825,12 @@ _RAW_SELECT_TRIAL = (
 _RAW_UPDATE_TRIAL = "UPDATE trials SET state = ?, metrics = ?, reason = ?, worker_id = ?, updated_at = ?, lease_expires_at = ? WHERE id = ?"
 _RAW_INSERT_EVENT = "INSERT INTO trial_events (trial_id, state, detail, at) VALUES (?, ?, ?, ?)"
 _RAW_LOOKUP_REQUEST = "SELECT request_hash, response FROM request_log WHERE study_id = ? AND kind = ? AND request_id = ?"
-_RAW_INSERT_REQUEST = (
-    "INSERT INTO request_log (tenant, study_id, kind, request_id, request_hash, response, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_RAW_INSERT_REQUEST = "INSERT INTO request_log (tenant, study_id, kind, request_id, request_hash, response, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+
+
+_RAW_ALLOCATE_NUMBERS = (
+    "UPDATE studies SET trial_counter = trial_counter + ? WHERE id = ? RETURNING trial_counter"
 )
-
-
-_RAW_ALLOCATE_NUMBERS = "UPDATE studies SET trial_counter = trial_counter + ? WHERE id = ? RETURNING trial_counter"
 _RAW_ALLOCATE_NUMBERS_OF = "UPDATE studies SET trial_counter = trial_counter + ? WHERE id = ? AND created_at = ? RETURNING trial_counter"
 _RAW_INSERT_TRIAL = (
     "INSERT INTO trials (study_id, number, params, state, metrics, origin, reason, rationale, worker_id, created_at, updated_at, lease_expires_at) "
@@ -646,22 +838,43 @@ _RAW_INSERT_TRIAL = (
 )
 
 
-def _insert_trials_sqlite(raw, study_id: int, rows: list[dict], request: Optional[RequestKey], now: float) -> None:
+def _insert_trials_sqlite(
+    raw, study_id: int, rows: list[dict], request: Optional[RequestKey], now: float
+) -> None:
     """The inserts of ``Storage.insert_trials`` (trials, their creation events, the request log) on
     a sqlite3 connection inside the caller's write transaction."""
     try:
         for r in rows:
             pk = raw.execute(
                 _RAW_INSERT_TRIAL,
-                (study_id, r["number"], json.dumps(r["params"]), r["state"], json.dumps(r["metrics"]), r["origin"], r["reason"],
-                 r["rationale"], r["worker_id"], r["created_at"], r["updated_at"], r["lease_expires_at"]),
+                (
+                    study_id,
+                    r["number"],
+                    json.dumps(r["params"]),
+                    r["state"],
+                    json.dumps(r["metrics"]),
+                    r["origin"],
+                    r["reason"],
+                    r["rationale"],
+                    r["worker_id"],
+                    r["created_at"],
+                    r["updated_at"],
+                    r["lease_expires_at"],
+                ),
             ).lastrowid
             raw.execute(_RAW_INSERT_EVENT, (pk, r["state"], f"created ({r['origin']})", now))
         if request is not None:
             raw.execute(
                 _RAW_INSERT_REQUEST,
-                (request.tenant, study_id, request.kind, request.request_id, request.request_hash,
-                 json.dumps({"trials": [r["number"] for r in rows]}), time.time()),
+                (
+                    request.tenant,
+                    study_id,
+                    request.kind,
+                    request.request_id,
+                    request.request_hash,
+                    json.dumps({"trials": [r["number"] for r in rows]}),
+                    time.time(),
+                ),
             )
     except sqlite3.IntegrityError as e:  # what callers catch from the SQLAlchemy path
         raise sa.exc.IntegrityError("insert_trials", None, e) from e
@@ -669,18 +882,33 @@ def _insert_trials_sqlite(raw, study_id: int, rows: list[dict], request: Optiona
 
 def _raw_trial(r) -> Trial:
     return Trial(
-        id=int(r[1]), params=json.loads(r[2]), state=TrialState(r[3]), metrics=_metrics_from_json(json.loads(r[4])),
-        origin=r[5], reason=r[6], rationale=r[7], worker_id=r[8], created_at=r[9], updated_at=r[10], lease_expires_at=r[11],
+        id=int(r[1]),
+        params=json.loads(r[2]),
+        state=TrialState(r[3]),
+        metrics=_metrics_from_json(json.loads(r[4])),
+        origin=r[5],
+        reason=r[6],
+        rationale=r[7],
+        worker_id=r[8],
+        created_at=r[9],
+        updated_at=r[10],
+        lease_expires_at=r[11],
     )
 
 
 def _modify_trial_sqlite(raw, study_id, number, change, request, event_detail):
     """``Storage._modify_trial_in`` on a sqlite3 connection inside the caller's write transaction."""
     if request is not None:
-        prev = raw.execute(_RAW_LOOKUP_REQUEST, (study_id, request.kind, request.request_id)).fetchone()
+        prev = raw.execute(
+            _RAW_LOOKUP_REQUEST, (study_id, request.kind, request.request_id)
+        ).fetchone()
         if prev is not None:
             row = raw.execute(_RAW_SELECT_TRIAL, (study_id, number)).fetchone()
-            return (_raw_trial(row) if row else None), False, {"hash": prev[0], **json.loads(prev[1])}
+            return (
+                (_raw_trial(row) if row else None),
+                False,
+                {"hash": prev[0], **json.loads(prev[1])},
+            )
     row = raw.execute(_RAW_SELECT_TRIAL, (study_id, number)).fetchone()
     if row is None:
         return None, False, None
@@ -691,15 +919,32 @@ def _modify_trial_sqlite(raw, study_id, number, change, request, event_detail):
     new.updated_at = time.time()
     raw.execute(
         _RAW_UPDATE_TRIAL,
-        (new.state.value, json.dumps(_metrics_to_json(new.metrics)), new.reason, new.worker_id, new.updated_at, new.lease_expires_at, row[0]),
+        (
+            new.state.value,
+            json.dumps(_metrics_to_json(new.metrics)),
+            new.reason,
+            new.worker_id,
+            new.updated_at,
+            new.lease_expires_at,
+            row[0],
+        ),
     )
     if new.state is not cur.state:
-        raw.execute(_RAW_INSERT_EVENT, (row[0], new.state.value, event_detail or new.reason, new.updated_at))
+        raw.execute(
+            _RAW_INSERT_EVENT, (row[0], new.state.value, event_detail or new.reason, new.updated_at)
+        )
     if request is not None:
         raw.execute(
             _RAW_INSERT_REQUEST,
-            (request.tenant, study_id, request.kind, request.request_id, request.request_hash,
-             json.dumps({"trials": [number], "state": new.state.value}), time.time()),
+            (
+                request.tenant,
+                study_id,
+                request.kind,
+                request.request_id,
+                request.request_hash,
+                json.dumps({"trials": [number], "state": new.state.value}),
+                time.time(),
+            ),
         )
     return new, True, None
 
@@ -727,7 +972,9 @@ class _GroupCommit:
         self._pooled = None  # the writer's pooled connection, checked out on first use
         self._q: "queue.SimpleQueue" = queue.SimpleQueue()
         self._closed = False
-        self._qlock = threading.Lock()  # nothing is queued after close()'s end marker, so nothing waits forever
+        self._qlock = (
+            threading.Lock()
+        )  # nothing is queued after close()'s end marker, so nothing waits forever
         self._thread = threading.Thread(target=self._loop, name="bbo-group-commit", daemon=True)
         self._thread.start()
 
@@ -775,7 +1022,9 @@ class _GroupCommit:
 
     def _raw(self):
         if self._pooled is None:
-            self._pooled = self._storage.engine.raw_connection()  # runs the engine's connect hook (PRAGMAs)
+            self._pooled = (
+                self._storage.engine.raw_connection()
+            )  # runs the engine's connect hook (PRAGMAs)
         return self._pooled.driver_connection
 
     def _apply(self, batch: list) -> None:
@@ -791,7 +1040,9 @@ class _GroupCommit:
                             raw.execute("SAVEPOINT bbo_gc")
                             try:
                                 it.result = it.fn(raw)
-                            except Exception as e:  # refused or failed: only this update is rolled back
+                            except (
+                                Exception
+                            ) as e:  # refused or failed: only this update is rolled back
                                 it.exc, it.result = e, None
                                 raw.execute("ROLLBACK TO bbo_gc")
                             raw.execute("RELEASE bbo_gc")
@@ -800,7 +1051,9 @@ class _GroupCommit:
                     if raw.in_transaction:
                         raw.execute("ROLLBACK")
                     raise
-        except BaseException as e:  # the commit failed (or the only update raised): nobody's write stands
+        except (
+            BaseException
+        ) as e:  # the commit failed (or the only update raised): nobody's write stands
             for it in batch:
                 if it.exc is None:
                     it.exc, it.result = e, None

@@ -69,7 +69,10 @@ def authenticate(context: grpc.ServicerContext, method: str) -> str:
 
 def _ids(request) -> dict:
     """The study / trial a request names, for log lines."""
-    return {"study": getattr(request, "study", "") or getattr(request, "name", ""), "trial": getattr(request, "trial_id", None)}
+    return {
+        "study": getattr(request, "study", "") or getattr(request, "name", ""),
+        "trial": getattr(request, "trial_id", None),
+    }
 
 
 class Gate(MethodInterceptor):
@@ -80,7 +83,9 @@ class Gate(MethodInterceptor):
     server's storage once it exists (the checker counts studies there).
     """
 
-    def __init__(self, keys=None, limits: Optional[LimitChecker] = None, default_tenant: str = DEFAULT_TENANT):
+    def __init__(
+        self, keys=None, limits: Optional[LimitChecker] = None, default_tenant: str = DEFAULT_TENANT
+    ):
         self.keys = keys
         self.limits = limits
         self.default_tenant = default_tenant
@@ -98,7 +103,9 @@ class Gate(MethodInterceptor):
         key = key_from_metadata(context.invocation_metadata())
         if key is None:
             M.AUTH_FAILURES.labels(reason="missing").inc()
-            raise Unauthenticated("missing API key: send metadata 'x-api-key: <key>' or 'authorization: Bearer <key>' (create one with `bbo keys create --tenant NAME`)")
+            raise Unauthenticated(
+                "missing API key: send metadata 'x-api-key: <key>' or 'authorization: Bearer <key>' (create one with `bbo keys create --tenant NAME`)"
+            )
         tenant = self.keys.verify(key) if key else None
         if tenant is None:
             M.AUTH_FAILURES.labels(reason="invalid").inc()
@@ -114,13 +121,32 @@ class Gate(MethodInterceptor):
                 if self.limits is not None:
                     self.limits.check(tenant, method, request)
             except Unauthenticated as e:
-                log.info("unauthenticated", extra={"rpc": method, "peer": context.peer(), "detail": e.message, **_ids(request)})
+                log.info(
+                    "unauthenticated",
+                    extra={
+                        "rpc": method,
+                        "peer": context.peer(),
+                        "detail": e.message,
+                        **_ids(request),
+                    },
+                )
                 context.abort_with_status(status_for(e))
-            except Exception as e:  # LimitError -> RESOURCE_EXHAUSTED; anything else INTERNAL (logged)
+            except (
+                Exception
+            ) as e:  # LimitError -> RESOURCE_EXHAUSTED; anything else INTERNAL (logged)
                 limit = getattr(e, "limit", None)
                 if limit:
                     M.LIMIT_REFUSALS.labels(limit=limit).inc()
-                    log.info("limit", extra={"rpc": method, "limit": limit, "tenant": tenant, "detail": str(e), **_ids(request)})
+                    log.info(
+                        "limit",
+                        extra={
+                            "rpc": method,
+                            "limit": limit,
+                            "tenant": tenant,
+                            "detail": str(e),
+                            **_ids(request),
+                        },
+                    )
                 else:
                     log.exception("gate failed", extra={"rpc": method})
                 context.abort_with_status(status_for(e))
@@ -132,5 +158,7 @@ class Gate(MethodInterceptor):
                 _current.tenant = prev
 
         return grpc.unary_unary_rpc_method_handler(
-            behavior, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            behavior,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
         )

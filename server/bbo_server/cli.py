@@ -21,11 +21,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="bbo", description="Bayesian optimization as a service.")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    mods = sorted(m.name for m in pkgutil.iter_modules(commands_pkg.__path__) if not m.name.startswith("_"))
+    mods = sorted(
+        m.name for m in pkgutil.iter_modules(commands_pkg.__path__) if not m.name.startswith("_")
+    )
     for name in mods:
         try:
             mod = importlib.import_module(f"bbo_server.commands.{name}")
-        except Exception as e:  # an extension that cannot load must not take the other commands down
+        except (
+            Exception
+        ) as e:  # an extension that cannot load must not take the other commands down
             if name in ORDER:
                 raise
             print(f"bbo: subcommand {name!r} unavailable: {type(e).__name__}: {e}", file=sys.stderr)
@@ -41,10 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_connection_args(p: argparse.ArgumentParser) -> None:
     """--address (a running server) or --db (read a database directly)."""
-    p.add_argument("--address", default=os.environ.get("BBO_ADDRESS", "127.0.0.1:50051"), help="server address (env BBO_ADDRESS; default %(default)s)")
-    p.add_argument("--db", default=None, help="read this database directly instead (e.g. sqlite:///bbo-data/bbo.db)")
-    p.add_argument("--api-key", default=os.environ.get("BBO_API_KEY"), help="API key (env BBO_API_KEY)")
-    p.add_argument("--tenant", default=None, help="with --db: the tenant whose studies to read (default: 'default', the studies of a server without --auth)")
+    p.add_argument(
+        "--address",
+        default=os.environ.get("BBO_ADDRESS", "127.0.0.1:50051"),
+        help="server address (env BBO_ADDRESS; default %(default)s)",
+    )
+    p.add_argument(
+        "--db",
+        default=None,
+        help="read this database directly instead (e.g. sqlite:///bbo-data/bbo.db)",
+    )
+    p.add_argument(
+        "--api-key", default=os.environ.get("BBO_API_KEY"), help="API key (env BBO_API_KEY)"
+    )
+    p.add_argument(
+        "--tenant",
+        default=None,
+        help="with --db: the tenant whose studies to read (default: 'default', the studies of a server without --auth)",
+    )
 
 
 @contextlib.contextmanager
@@ -53,7 +71,9 @@ def connect(args) -> Iterator["object"]:
     from bbo_client import Client
 
     if getattr(args, "tenant", None) and not getattr(args, "db", None):
-        raise SystemExit("bbo: --tenant goes with --db; through --address the API key decides the tenant")
+        raise SystemExit(
+            "bbo: --tenant goes with --db; through --address the API key decides the tenant"
+        )
     if getattr(args, "db", None):
         from bbo.errors import NotFoundError
         from bbo.storage import Storage
@@ -76,8 +96,16 @@ def connect(args) -> Iterator["object"]:
         if storage is None or storage.current_revision() is None:
             if storage is not None:
                 storage.close()
-            raise SystemExit(f"bbo: no bbo database at {args.db} (`bbo serve --db {args.db}` creates one)")
-        opts = ServerOptions(host="127.0.0.1", port=0, rpc_threads=8, lease_reap_seconds=0, authenticate=(lambda context, method: tenant) if tenant else None)
+            raise SystemExit(
+                f"bbo: no bbo database at {args.db} (`bbo serve --db {args.db}` creates one)"
+            )
+        opts = ServerOptions(
+            host="127.0.0.1",
+            port=0,
+            rpc_threads=8,
+            lease_reap_seconds=0,
+            authenticate=(lambda context, method: tenant) if tenant else None,
+        )
         running = start(opts, storage=storage)
         try:
             with Client(running.address, retries=0) as c:

@@ -23,7 +23,10 @@ TRIAL_STATE_TO_PB = {
     TrialState.ABANDONED: pb.TRIAL_STATE_ABANDONED,
 }
 TRIAL_STATE_FROM_PB = {v: k for k, v in TRIAL_STATE_TO_PB.items()}
-STUDY_STATE_TO_PB = {STUDY_ACTIVE: pb.STUDY_STATE_ACTIVE, STUDY_LIKELY_INFEASIBLE: pb.STUDY_STATE_LIKELY_INFEASIBLE}
+STUDY_STATE_TO_PB = {
+    STUDY_ACTIVE: pb.STUDY_STATE_ACTIVE,
+    STUDY_LIKELY_INFEASIBLE: pb.STUDY_STATE_LIKELY_INFEASIBLE,
+}
 
 
 def timestamp(t: Optional[float]) -> Optional[timestamp_pb2.Timestamp]:
@@ -42,6 +45,7 @@ def trial_state_from_pb(v: int, field: str) -> TrialState:
 
 
 # ---- parameter values ---------------------------------------------------------------------------
+
 
 def value_from_pb(v: pb.ParameterValue, field: str) -> Value:
     kind = v.WhichOneof("kind")
@@ -64,11 +68,14 @@ def value_to_pb(v: Value, param=None) -> pb.ParameterValue:
     return pb.ParameterValue(number=float(v))
 
 
-def params_from_pb(m: Mapping[str, pb.ParameterValue], field: str = "parameters") -> dict[str, Value]:
+def params_from_pb(
+    m: Mapping[str, pb.ParameterValue], field: str = "parameters"
+) -> dict[str, Value]:
     return {k: value_from_pb(v, f"{field}['{k}']") for k, v in m.items()}
 
 
 # ---- metrics ------------------------------------------------------------------------------------
+
 
 def metrics_from_pb(m: Mapping[str, pb.MetricValue]) -> dict[str, Metric]:
     """Raw values (validated later by the core, which names the offending field)."""
@@ -84,6 +91,7 @@ def metrics_to_pb(metrics: Mapping[str, Metric], out) -> None:
 
 
 # ---- spec ---------------------------------------------------------------------------------------
+
 
 def _log(scale: int) -> bool:
     return scale == pb.SCALE_LOG
@@ -102,17 +110,51 @@ def spec_dict_from_pb(s: pb.StudySpec) -> dict[str, Any]:
     for i, p in enumerate(s.parameters):
         kind = p.WhichOneof("kind")
         if kind == "float":
-            params.append({"type": "float", "name": p.name, "low": p.float.low, "high": p.float.high, "log": _log(p.float.scale)})
+            params.append(
+                {
+                    "type": "float",
+                    "name": p.name,
+                    "low": p.float.low,
+                    "high": p.float.high,
+                    "log": _log(p.float.scale),
+                }
+            )
         elif kind == "int":
-            params.append({"type": "int", "name": p.name, "low": p.int.low, "high": p.int.high, "log": _log(p.int.scale)})
+            params.append(
+                {
+                    "type": "int",
+                    "name": p.name,
+                    "low": p.int.low,
+                    "high": p.int.high,
+                    "log": _log(p.int.scale),
+                }
+            )
         elif kind == "categorical":
-            params.append({"type": "categorical", "name": p.name, "choices": list(p.categorical.choices)})
+            params.append(
+                {"type": "categorical", "name": p.name, "choices": list(p.categorical.choices)}
+            )
         elif kind == "ordinal":
-            params.append({"type": "ordinal", "name": p.name, "values": list(p.ordinal.values), "log": _log(p.ordinal.scale)})
+            params.append(
+                {
+                    "type": "ordinal",
+                    "name": p.name,
+                    "values": list(p.ordinal.values),
+                    "log": _log(p.ordinal.scale),
+                }
+            )
         elif kind == "fixed":
-            params.append({"type": "fixed", "name": p.name, "value": value_from_pb(p.fixed.value, f"parameters[{i}].fixed.value")})
+            params.append(
+                {
+                    "type": "fixed",
+                    "name": p.name,
+                    "value": value_from_pb(p.fixed.value, f"parameters[{i}].fixed.value"),
+                }
+            )
         else:
-            raise SpecError(f"parameters[{i}]", f"parameter {p.name!r} has no kind: set float, int, categorical, ordinal or fixed")
+            raise SpecError(
+                f"parameters[{i}]",
+                f"parameter {p.name!r} has no kind: set float, int, categorical, ordinal or fixed",
+            )
     a = s.algorithm
     algorithm: dict[str, Any] = {
         "n_initial": a.n_initial,
@@ -138,10 +180,20 @@ def spec_dict_from_pb(s: pb.StudySpec) -> dict[str, Any]:
         )
     return {
         "parameters": params,
-        "parameter_constraints": [{"coefficients": dict(c.coefficients), "bound": c.bound} for c in s.parameter_constraints],
-        "objectives": [{"name": o.name, "goal": MAXIMIZE if o.goal == pb.GOAL_MAXIMIZE else MINIMIZE} for o in s.objectives],
+        "parameter_constraints": [
+            {"coefficients": dict(c.coefficients), "bound": c.bound}
+            for c in s.parameter_constraints
+        ],
+        "objectives": [
+            {"name": o.name, "goal": MAXIMIZE if o.goal == pb.GOAL_MAXIMIZE else MINIMIZE}
+            for o in s.objectives
+        ],
         "outcome_constraints": [
-            {"metric": c.metric, "op": ">=" if c.op == pb.CONSTRAINT_OP_GREATER_EQUAL else "<=", "bound": c.bound}
+            {
+                "metric": c.metric,
+                "op": ">=" if c.op == pb.CONSTRAINT_OP_GREATER_EQUAL else "<=",
+                "bound": c.bound,
+            }
             for c in s.outcome_constraints
         ],
         "tracked_metrics": list(s.tracked_metrics),
@@ -167,22 +219,32 @@ def spec_to_pb(spec: StudySpec) -> pb.StudySpec:
     for p in spec.space.params:
         ps = out.parameters.add(name=p.name)
         if isinstance(p, FloatParam):
-            ps.float.CopyFrom(pb.FloatParameter(low=float(p.low), high=float(p.high), scale=_scale(p.log)))
+            ps.float.CopyFrom(
+                pb.FloatParameter(low=float(p.low), high=float(p.high), scale=_scale(p.log))
+            )
         elif isinstance(p, IntParam):
             ps.int.CopyFrom(pb.IntParameter(low=int(p.low), high=int(p.high), scale=_scale(p.log)))
         elif isinstance(p, CategoricalParam):
             ps.categorical.CopyFrom(pb.CategoricalParameter(choices=list(p.choices)))
         elif isinstance(p, OrdinalParam):
-            ps.ordinal.CopyFrom(pb.OrdinalParameter(values=[float(v) for v in p.values], scale=_scale(p.log)))
+            ps.ordinal.CopyFrom(
+                pb.OrdinalParameter(values=[float(v) for v in p.values], scale=_scale(p.log))
+            )
         elif isinstance(p, FixedParam):
             ps.fixed.CopyFrom(pb.FixedParameter(value=value_to_pb(p.value)))
     for c in spec.space.constraints:
-        out.parameter_constraints.add(coefficients={k: float(v) for k, v in c.coefficients.items()}, bound=float(c.bound))
+        out.parameter_constraints.add(
+            coefficients={k: float(v) for k, v in c.coefficients.items()}, bound=float(c.bound)
+        )
     for o in spec.objectives:
-        out.objectives.add(name=o.name, goal=pb.GOAL_MAXIMIZE if o.goal == MAXIMIZE else pb.GOAL_MINIMIZE)
+        out.objectives.add(
+            name=o.name, goal=pb.GOAL_MAXIMIZE if o.goal == MAXIMIZE else pb.GOAL_MINIMIZE
+        )
     for c in spec.outcome_constraints:
         out.outcome_constraints.add(
-            metric=c.metric, op=pb.CONSTRAINT_OP_GREATER_EQUAL if c.op == ">=" else pb.CONSTRAINT_OP_LESS_EQUAL, bound=float(c.bound)
+            metric=c.metric,
+            op=pb.CONSTRAINT_OP_GREATER_EQUAL if c.op == ">=" else pb.CONSTRAINT_OP_LESS_EQUAL,
+            bound=float(c.bound),
         )
     a = spec.algorithm
     out.algorithm.n_initial = a.n_initial
@@ -205,8 +267,11 @@ def spec_to_pb(spec: StudySpec) -> pb.StudySpec:
             pp.probabilities[k] = float(v)
     out.llm.CopyFrom(
         pb.LlmOptions(
-            enabled=spec.llm.enabled, warmstart_candidates=spec.llm.warmstart_candidates, derive_priors=spec.llm.derive_priors,
-            propose_during_search=spec.llm.propose_during_search, model=spec.llm.model,
+            enabled=spec.llm.enabled,
+            warmstart_candidates=spec.llm.warmstart_candidates,
+            derive_priors=spec.llm.derive_priors,
+            propose_during_search=spec.llm.propose_during_search,
+            model=spec.llm.model,
         )
     )
     return out
@@ -214,12 +279,20 @@ def spec_to_pb(spec: StudySpec) -> pb.StudySpec:
 
 # ---- trials, studies, LLM calls ----------------------------------------------------------------
 
+
 def trial_to_pb(t: Trial, study: Optional[Study] = None) -> pb.Trial:
     """A trial of ``study`` (its space types the values; its uid goes along for the worker's calls)."""
     by = study.spec.space.by_name if study is not None else {}
     out = pb.Trial(
-        id=t.id, state=TRIAL_STATE_TO_PB[t.state], origin=t.origin, reason=t.reason, rationale=t.rationale, worker_id=t.worker_id,
-        create_time=timestamp(t.created_at), update_time=timestamp(t.updated_at), study_uid=study.uid if study is not None else "",
+        id=t.id,
+        state=TRIAL_STATE_TO_PB[t.state],
+        origin=t.origin,
+        reason=t.reason,
+        rationale=t.rationale,
+        worker_id=t.worker_id,
+        create_time=timestamp(t.created_at),
+        update_time=timestamp(t.updated_at),
+        study_uid=study.uid if study is not None else "",
     )
     for k, v in t.params.items():
         out.parameters[k].CopyFrom(value_to_pb(v, by.get(k)))
@@ -231,15 +304,26 @@ def trial_to_pb(t: Trial, study: Optional[Study] = None) -> pb.Trial:
 
 def study_to_pb(info: StudyInfo) -> pb.Study:
     return pb.Study(
-        name=info.name, spec=spec_to_pb(info.spec), state=STUDY_STATE_TO_PB.get(info.state, pb.STUDY_STATE_ACTIVE),
-        state_reason=info.state_reason, create_time=timestamp(info.created_at), trial_count=info.trial_count,
-        completed_count=info.completed_count, uid=info.uid,
+        name=info.name,
+        spec=spec_to_pb(info.spec),
+        state=STUDY_STATE_TO_PB.get(info.state, pb.STUDY_STATE_ACTIVE),
+        state_reason=info.state_reason,
+        create_time=timestamp(info.created_at),
+        trial_count=info.trial_count,
+        completed_count=info.completed_count,
+        uid=info.uid,
     )
 
 
 def llm_call_to_pb(c: LlmCallRecord) -> svc.LlmCall:
     return svc.LlmCall(
-        purpose=c.purpose, model=c.model, prompt=c.prompt, response=c.response, outcome=c.outcome,
-        prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens, latency_seconds=c.latency_seconds,
+        purpose=c.purpose,
+        model=c.model,
+        prompt=c.prompt,
+        response=c.response,
+        outcome=c.outcome,
+        prompt_tokens=c.prompt_tokens,
+        completion_tokens=c.completion_tokens,
+        latency_seconds=c.latency_seconds,
         create_time=timestamp(c.created_at),
     )

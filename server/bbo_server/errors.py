@@ -37,7 +37,9 @@ _CODES = [
 def _sqlite_busy(exc: BaseException) -> bool:
     """SQLite stayed locked past its busy timeout (another process writing the same file): retryable."""
     orig = getattr(exc, "orig", exc)
-    return isinstance(orig, sqlite3.OperationalError) and ("database is locked" in str(orig) or "database is busy" in str(orig))
+    return isinstance(orig, sqlite3.OperationalError) and (
+        "database is locked" in str(orig) or "database is busy" in str(orig)
+    )
 
 
 def status_for(exc: BaseException, field_prefix: str = ""):
@@ -48,9 +50,17 @@ def status_for(exc: BaseException, field_prefix: str = ""):
             code = c
             break
     if code == code_pb2.INTERNAL and _sqlite_busy(exc):
-        code, message = code_pb2.UNAVAILABLE, "the SQLite database stayed locked by another process (a second server on the same file?); retry the request"
-    elif code == code_pb2.INTERNAL and classify(exc) is not None:  # a database call without its own retries lost the server
-        code, message = code_pb2.UNAVAILABLE, f"the database is unreachable or restarting ({type(getattr(exc, 'orig', exc)).__name__}); retry the request"
+        code, message = (
+            code_pb2.UNAVAILABLE,
+            "the SQLite database stayed locked by another process (a second server on the same file?); retry the request",
+        )
+    elif (
+        code == code_pb2.INTERNAL and classify(exc) is not None
+    ):  # a database call without its own retries lost the server
+        code, message = (
+            code_pb2.UNAVAILABLE,
+            f"the database is unreachable or restarting ({type(getattr(exc, 'orig', exc)).__name__}); retry the request",
+        )
     else:
         message = str(exc) if code != code_pb2.INTERNAL else f"internal error: {type(exc).__name__}"
     st = status_pb2.Status(code=code, message=message)
@@ -58,7 +68,11 @@ def status_for(exc: BaseException, field_prefix: str = ""):
         field = exc.field
         if field_prefix and not field.startswith(field_prefix.rstrip(".")):
             field = f"{field_prefix}{field}"
-        br = error_details_pb2.BadRequest(field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=exc.message)])
+        br = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=field, description=exc.message)
+            ]
+        )
         d = any_pb2.Any()
         d.Pack(br)
         st.details.append(d)

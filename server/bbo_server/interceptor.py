@@ -22,7 +22,7 @@ class MethodInterceptor(grpc.ServerInterceptor):
         cached = self._wrapped.get(path)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        out = self._wrap(handler, path[len(SERVICE_PREFIX):])
+        out = self._wrap(handler, path[len(SERVICE_PREFIX) :])
         self._wrapped[path] = (handler, out)
         return out
 

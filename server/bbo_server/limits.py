@@ -80,17 +80,30 @@ class LimitChecker:
         lim = self.limits
         bucket = self._bucket(tenant) if lim.rate > 0 and method not in RATE_EXEMPT else None
         if bucket is not None and not bucket.take():
-            e = _Refused("rate", f"rate limit: tenant '{tenant}' is over {lim.rate:g} requests/s (burst {bucket.burst:g}); retry later (--rate-limit)")
+            e = _Refused(
+                "rate",
+                f"rate limit: tenant '{tenant}' is over {lim.rate:g} requests/s (burst {bucket.burst:g}); retry later (--rate-limit)",
+            )
             e.retry_after = max(bucket.wait(), 0.001)
             raise e
         if method == "CreateStudy":
             n_params = len(request.spec.parameters)
             if lim.max_parameters and n_params > lim.max_parameters:
-                raise _Refused("parameters", f"a study may have at most {lim.max_parameters} parameters, this spec has {n_params} (--max-parameters)")
-            if lim.max_studies and self.storage is not None and not self._exists(tenant, request.name):
+                raise _Refused(
+                    "parameters",
+                    f"a study may have at most {lim.max_parameters} parameters, this spec has {n_params} (--max-parameters)",
+                )
+            if (
+                lim.max_studies
+                and self.storage is not None
+                and not self._exists(tenant, request.name)
+            ):
                 n = self._count_studies(tenant)
                 if n >= lim.max_studies:
-                    raise _Refused("studies", f"tenant '{tenant}' has {n} studies, the limit is {lim.max_studies}: delete some first (--max-studies)")
+                    raise _Refused(
+                        "studies",
+                        f"tenant '{tenant}' has {n} studies, the limit is {lim.max_studies}: delete some first (--max-studies)",
+                    )
         return None
 
     @retry_transient
@@ -98,14 +111,27 @@ class LimitChecker:
         from bbo.storage import schema as S
 
         with self.storage._read() as conn:
-            return conn.execute(sa.select(S.studies.c.id).where(S.studies.c.tenant == tenant, S.studies.c.name == name)).first() is not None
+            return (
+                conn.execute(
+                    sa.select(S.studies.c.id).where(
+                        S.studies.c.tenant == tenant, S.studies.c.name == name
+                    )
+                ).first()
+                is not None
+            )
 
     @retry_transient
     def _count_studies(self, tenant: str) -> int:
         from bbo.storage import schema as S
 
         with self.storage._read() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(S.studies).where(S.studies.c.tenant == tenant)).scalar_one())
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(S.studies)
+                    .where(S.studies.c.tenant == tenant)
+                ).scalar_one()
+            )
 
 
 class _Refused(LimitError):

@@ -30,20 +30,61 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from bbo_server.interceptor import MethodInterceptor
 
 
-_LAT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_LAT_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+)
 
-RPC_REQUESTS = Counter("bbo_rpc_requests", "BboService calls by method and status code", ["method", "code"])
-RPC_DURATION = Histogram("bbo_rpc_duration_seconds", "BboService call latency by method and status code", ["method", "code"], buckets=_LAT_BUCKETS)
+RPC_REQUESTS = Counter(
+    "bbo_rpc_requests", "BboService calls by method and status code", ["method", "code"]
+)
+RPC_DURATION = Histogram(
+    "bbo_rpc_duration_seconds",
+    "BboService call latency by method and status code",
+    ["method", "code"],
+    buckets=_LAT_BUCKETS,
+)
 RPC_IN_FLIGHT = Gauge("bbo_rpc_in_flight", "BboService calls being handled", ["method"])
 TRIALS_ASKED = Counter("bbo_trials_asked", "trials handed out by Ask, by origin", ["origin"])
-TELLS = Counter("bbo_tells", "trials finished by Tell, by resulting state (duplicates counted apart)", ["state"])
-SUGGEST_SECONDS = Histogram("bbo_suggest_seconds", "time to compute one Ask's suggestions", buckets=_LAT_BUCKETS)
-GP_FIT_SECONDS = Histogram("bbo_gp_fit_seconds", "GP hyperparameter fitting time per suggestion", buckets=_LAT_BUCKETS)
-ACQ_SECONDS = Histogram("bbo_acquisition_seconds", "acquisition optimization time per suggestion", buckets=_LAT_BUCKETS)
+TELLS = Counter(
+    "bbo_tells", "trials finished by Tell, by resulting state (duplicates counted apart)", ["state"]
+)
+SUGGEST_SECONDS = Histogram(
+    "bbo_suggest_seconds", "time to compute one Ask's suggestions", buckets=_LAT_BUCKETS
+)
+GP_FIT_SECONDS = Histogram(
+    "bbo_gp_fit_seconds", "GP hyperparameter fitting time per suggestion", buckets=_LAT_BUCKETS
+)
+ACQ_SECONDS = Histogram(
+    "bbo_acquisition_seconds", "acquisition optimization time per suggestion", buckets=_LAT_BUCKETS
+)
 SUGGEST_IN_PROGRESS = Gauge("bbo_suggest_in_progress", "suggestions being computed now")
-LLM_CALLS = Counter("bbo_llm_calls", "LLM calls by purpose and outcome (ok / failure)", ["purpose", "outcome"])
-LLM_SECONDS = Histogram("bbo_llm_call_seconds", "LLM call latency", buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120))
-AUTH_FAILURES = Counter("bbo_auth_failures", "calls refused for missing, malformed, unknown or revoked API keys", ["reason"])
+LLM_CALLS = Counter(
+    "bbo_llm_calls", "LLM calls by purpose and outcome (ok / failure)", ["purpose", "outcome"]
+)
+LLM_SECONDS = Histogram(
+    "bbo_llm_call_seconds", "LLM call latency", buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+)
+AUTH_FAILURES = Counter(
+    "bbo_auth_failures",
+    "calls refused for missing, malformed, unknown or revoked API keys",
+    ["reason"],
+)
 LIMIT_REFUSALS = Counter("bbo_limit_refusals", "calls refused by a per-tenant limit", ["limit"])
 
 _TRIAL_STATES = {0: "UNSPECIFIED", 1: "PENDING", 2: "COMPLETED", 3: "FAILED", 4: "ABANDONED"}
@@ -51,7 +92,9 @@ _TRIAL_STATES = {0: "UNSPECIFIED", 1: "PENDING", 2: "COMPLETED", 3: "FAILED", 4:
 
 def record_llm_call(purpose: str, ok: bool, latency_seconds: float = 0.0) -> None:
     """Count one LLM call (for the LLM integration; the strategy logger wrapper calls this)."""
-    LLM_CALLS.labels(purpose=str(purpose or "unknown")[:64], outcome="ok" if ok else "failure").inc()
+    LLM_CALLS.labels(
+        purpose=str(purpose or "unknown")[:64], outcome="ok" if ok else "failure"
+    ).inc()
     if latency_seconds and latency_seconds > 0:
         LLM_SECONDS.observe(float(latency_seconds))
 
@@ -87,7 +130,10 @@ class MetricsInterceptor(MethodInterceptor):
     def _wrap(handler, method: str):
         inner = handler.unary_unary
         gauge = RPC_IN_FLIGHT.labels(method=method)
-        requests, durations = _Children(RPC_REQUESTS, method=method), _Children(RPC_DURATION, method=method)
+        requests, durations = (
+            _Children(RPC_REQUESTS, method=method),
+            _Children(RPC_DURATION, method=method),
+        )
 
         def behavior(request, context):
             gauge.inc()
@@ -107,7 +153,9 @@ class MetricsInterceptor(MethodInterceptor):
                 durations.get(code=code).observe(time.perf_counter() - t0)
 
         return grpc.unary_unary_rpc_method_handler(
-            behavior, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            behavior,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
         )
 
 
@@ -171,7 +219,11 @@ def count_llm_calls(storage) -> None:
 
     def log_llm_call(study_id, call):
         try:
-            record_llm_call(call.purpose, str(call.outcome).strip().lower() == "ok", float(call.latency_seconds or 0.0))
+            record_llm_call(
+                call.purpose,
+                str(call.outcome).strip().lower() == "ok",
+                float(call.latency_seconds or 0.0),
+            )
         except Exception:  # metrics never break a call
             pass
         return orig(study_id, call)

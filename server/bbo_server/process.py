@@ -19,12 +19,25 @@ class ServerProcess:
     database (on a new port unless ``port`` was given).
     """
 
-    def __init__(self, db: str, *, host: str = "127.0.0.1", port: int = 0, args: Sequence[str] = (), log_path: Optional[str] = None, env: Optional[dict] = None, credentials=None):
+    def __init__(
+        self,
+        db: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        args: Sequence[str] = (),
+        log_path: Optional[str] = None,
+        env: Optional[dict] = None,
+        credentials=None,
+    ):
         """``credentials``: grpc.ChannelCredentials for the health check of a TLS server."""
         self.db, self.host, self.requested_port = db, host, port
         self.credentials = credentials
         self.args = list(args)
-        self.log_path = log_path or tempfile.NamedTemporaryFile(prefix="bbo-serve-", suffix=".log", delete=False).name
+        self.log_path = (
+            log_path
+            or tempfile.NamedTemporaryFile(prefix="bbo-serve-", suffix=".log", delete=False).name
+        )
         self.env = env
         self.proc: Optional[subprocess.Popen] = None
         self.port: Optional[int] = None
@@ -41,17 +54,37 @@ class ServerProcess:
         os.unlink(port_file)
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("OMP_NUM_THREADS", "1")
-        cmd = [sys.executable, "-m", "bbo_server", "serve", "--host", self.host, "--port", str(self.requested_port), "--db", self.db, "--port-file", port_file, *self.args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bbo_server",
+            "serve",
+            "--host",
+            self.host,
+            "--port",
+            str(self.requested_port),
+            "--db",
+            self.db,
+            "--port-file",
+            port_file,
+            *self.args,
+        ]
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         log.close()
         deadline = time.time() + timeout
         while not os.path.exists(port_file):
             if self.proc.poll() is not None:
-                raise RuntimeError(f"bbo serve exited with code {self.proc.returncode}; log: {self.log_path}\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"bbo serve exited with code {self.proc.returncode}; log: {self.log_path}\n{self.log_tail()}"
+                )
             if time.time() > deadline:
                 self.kill()
-                raise TimeoutError(f"bbo serve did not start within {timeout:g}s; log: {self.log_path}\n{self.log_tail()}")
+                raise TimeoutError(
+                    f"bbo serve did not start within {timeout:g}s; log: {self.log_path}\n{self.log_tail()}"
+                )
             time.sleep(0.05)
         with open(port_file) as f:
             self.port = int(f.read().strip())
@@ -63,12 +96,19 @@ class ServerProcess:
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        ch = grpc.secure_channel(self.address, self.credentials) if self.credentials is not None else grpc.insecure_channel(self.address)
+        ch = (
+            grpc.secure_channel(self.address, self.credentials)
+            if self.credentials is not None
+            else grpc.insecure_channel(self.address)
+        )
         with ch:
             stub = health_pb2_grpc.HealthStub(ch)
             while True:
                 try:
-                    if stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                    if (
+                        stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
+                        == health_pb2.HealthCheckResponse.SERVING
+                    ):
                         return
                 except grpc.RpcError:
                     pass

@@ -19,12 +19,22 @@ def generate(out: Path, proto_dir: Path = PROTO_DIR) -> list[Path]:
     import grpc_tools
     from grpc_tools import protoc
 
-    protos = sorted(str(p.relative_to(proto_dir)) for p in (proto_dir / "bbo" / "v1").glob("*.proto"))
+    protos = sorted(
+        str(p.relative_to(proto_dir)) for p in (proto_dir / "bbo" / "v1").glob("*.proto")
+    )
     if not protos:
         raise SystemExit(f"no .proto files under {proto_dir / 'bbo' / 'v1'}")
     out.mkdir(parents=True, exist_ok=True)
     well_known = Path(grpc_tools.__file__).parent / "_proto"
-    args = ["grpc_tools.protoc", f"-I{proto_dir}", f"-I{well_known}", f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}", *protos]
+    args = [
+        "grpc_tools.protoc",
+        f"-I{proto_dir}",
+        f"-I{well_known}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+        *protos,
+    ]
     rc = protoc.main(args)
     if rc != 0:
         raise SystemExit(f"protoc failed with exit code {rc}")

@@ -63,13 +63,19 @@ class ServerOptions:
     max_message_bytes: int = MAX_MESSAGE_BYTES
     max_ask: int = 100
     default_lease_seconds: float = 600.0
-    lease_reap_seconds: float = 5.0  # how often expired leases are ABANDONED, for all studies (0 = only on Ask)
+    lease_reap_seconds: float = (
+        5.0  # how often expired leases are ABANDONED, for all studies (0 = only on Ask)
+    )
     grace_seconds: float = 30.0
     authenticate: Optional[Authenticate] = None
     interceptors: Sequence[grpc.ServerInterceptor] = field(default_factory=tuple)
     strategy_factory: Optional[Callable] = None
-    server_credentials: Optional[grpc.ServerCredentials] = None  # TLS (bbo_server.tls); None = plaintext
-    on_start: Sequence[Callable[[StudyRegistry], None]] = field(default_factory=tuple)  # called before serving
+    server_credentials: Optional[grpc.ServerCredentials] = (
+        None  # TLS (bbo_server.tls); None = plaintext
+    )
+    on_start: Sequence[Callable[[StudyRegistry], None]] = field(
+        default_factory=tuple
+    )  # called before serving
     llm: object = None  # a bbo.llm.LlmAdvisor (plugins/llm.py); None = plain BO
 
 
@@ -102,7 +108,17 @@ class LeaseReaper:
 class RunningServer:
     """A started server: ``address``, ``registry``; :meth:`stop` shuts it down gracefully."""
 
-    def __init__(self, server: grpc.Server, port: int, host: str, registry: StudyRegistry, health_servicer: health.HealthServicer, storage: Storage, owns_storage: bool, reaper: Optional[LeaseReaper] = None):
+    def __init__(
+        self,
+        server: grpc.Server,
+        port: int,
+        host: str,
+        registry: StudyRegistry,
+        health_servicer: health.HealthServicer,
+        storage: Storage,
+        owns_storage: bool,
+        reaper: Optional[LeaseReaper] = None,
+    ):
         self.server, self.port, self.host = server, port, host
         self.registry, self.health, self.storage = registry, health_servicer, storage
         self._owns_storage = owns_storage
@@ -134,11 +150,18 @@ def start(opts: ServerOptions, storage: Optional[Storage] = None) -> RunningServ
     if opts.llm is not None and getattr(opts.llm, "cache", False) is None:
         from bbo.llm import StoredAnswers
 
-        opts.llm.cache = StoredAnswers(storage)  # answers survive restarts and are shared by replicas
+        opts.llm.cache = StoredAnswers(
+            storage
+        )  # answers survive restarts and are shared by replicas
     registry = StudyRegistry(
         storage,
         strategy_factory=opts.strategy_factory,
-        config=StudyConfig(default_lease_seconds=opts.default_lease_seconds, max_ask=opts.max_ask, device=opts.device, llm=opts.llm),
+        config=StudyConfig(
+            default_lease_seconds=opts.default_lease_seconds,
+            max_ask=opts.max_ask,
+            device=opts.device,
+            llm=opts.llm,
+        ),
         fit_slots=fit_workers,
     )
     server = grpc.server(
@@ -150,10 +173,19 @@ def start(opts: ServerOptions, storage: Optional[Storage] = None) -> RunningServ
             ("grpc.so_reuseport", 0),
         ],
     )
-    service_pb2_grpc.add_BboServiceServicer_to_server(BboServicer(registry, opts.authenticate), server)
+    service_pb2_grpc.add_BboServiceServicer_to_server(
+        BboServicer(registry, opts.authenticate), server
+    )
     hs = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection(
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
     host = f"[{opts.host}]" if ":" in opts.host and not opts.host.startswith("[") else opts.host
     for hook in opts.on_start:
         hook(registry)
@@ -166,7 +198,11 @@ def start(opts: ServerOptions, storage: Optional[Storage] = None) -> RunningServ
     server.start()
     for name in ("", SERVICE_NAME):
         hs.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reaper = LeaseReaper(registry, opts.lease_reap_seconds).start() if opts.lease_reap_seconds > 0 else None
+    reaper = (
+        LeaseReaper(registry, opts.lease_reap_seconds).start()
+        if opts.lease_reap_seconds > 0
+        else None
+    )
     return RunningServer(server, port, opts.host, registry, hs, storage, owns, reaper)
 
 
@@ -184,9 +220,18 @@ def serve_forever(opts: ServerOptions, port_file: Optional[str] = None) -> int:
     running = start(opts)
     db = str(running.storage.url.render_as_string(hide_password=True))
     log.info(
-        "serving", extra={"address": running.address, "db": db, "fit_workers": fit_workers, "torch_threads": threads,
-                          "rpc_threads": opts.rpc_threads, "device": opts.device,
-                          "sqlite_synchronous": running.storage.sqlite_synchronous if running.storage.dialect == "sqlite" else None}
+        "serving",
+        extra={
+            "address": running.address,
+            "db": db,
+            "fit_workers": fit_workers,
+            "torch_threads": threads,
+            "rpc_threads": opts.rpc_threads,
+            "device": opts.device,
+            "sqlite_synchronous": running.storage.sqlite_synchronous
+            if running.storage.dialect == "sqlite"
+            else None,
+        },
     )
     print(f"bbo serve: listening on {running.address} (db {db})", flush=True)
     # Import the generation strategy (torch, BoTorch: seconds) now rather than in the first Ask.
@@ -199,7 +244,10 @@ def serve_forever(opts: ServerOptions, port_file: Optional[str] = None) -> int:
     stop = threading.Event()
 
     def on_signal(signum, _frame):
-        log.info("shutting down", extra={"signal": signal.Signals(signum).name, "grace_seconds": opts.grace_seconds})
+        log.info(
+            "shutting down",
+            extra={"signal": signal.Signals(signum).name, "grace_seconds": opts.grace_seconds},
+        )
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)

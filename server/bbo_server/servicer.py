@@ -25,7 +25,9 @@ Authenticate = Callable[[grpc.ServicerContext, str], str]
 """(context, rpc method name) -> tenant; raises bbo_server.errors.Unauthenticated / PermissionDenied."""
 
 MAX_ID_LEN = 128
-LLM_PAGE_BYTES = 2 * 1024 * 1024  # a ListLlmCalls page ends early past this: clients' default receive limit is 4 MiB
+LLM_PAGE_BYTES = (
+    2 * 1024 * 1024
+)  # a ListLlmCalls page ends early past this: clients' default receive limit is 4 MiB
 
 
 def default_authenticate(context: grpc.ServicerContext, method: str) -> str:
@@ -46,19 +48,37 @@ def rpc(fn):
         except BboError as e:
             status = status_for(e)
         except Exception as e:  # a bug: log it whole, tell the caller little
-            log.exception("rpc failed", extra={"rpc": name, "study": getattr(request, "study", "") or getattr(request, "name", "")})
+            log.exception(
+                "rpc failed",
+                extra={
+                    "rpc": name,
+                    "study": getattr(request, "study", "") or getattr(request, "name", ""),
+                },
+            )
             status = status_for(e)
         finally:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
-                    "rpc", extra={"rpc": name, "ms": round(1e3 * (time.perf_counter() - t0), 3),
-                                  "study": getattr(request, "study", "") or getattr(request, "name", ""),
-                                  "trial": getattr(request, "trial_id", None), "code": status.code.name if status else "OK"}
+                    "rpc",
+                    extra={
+                        "rpc": name,
+                        "ms": round(1e3 * (time.perf_counter() - t0), 3),
+                        "study": getattr(request, "study", "") or getattr(request, "name", ""),
+                        "trial": getattr(request, "trial_id", None),
+                        "code": status.code.name if status else "OK",
+                    },
                 )
         if status.code != grpc.StatusCode.INTERNAL:
-            log.info("rpc refused", extra={"rpc": name, "code": status.code.name, "detail": status.details,
-                                           "study": getattr(request, "study", "") or getattr(request, "name", ""),
-                                           "trial": getattr(request, "trial_id", None)})
+            log.info(
+                "rpc refused",
+                extra={
+                    "rpc": name,
+                    "code": status.code.name,
+                    "detail": status.details,
+                    "study": getattr(request, "study", "") or getattr(request, "name", ""),
+                    "trial": getattr(request, "trial_id", None),
+                },
+            )
         context.abort_with_status(status)
 
     return wrapper
@@ -96,7 +116,9 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
     @rpc
     def ListStudies(self, request: svc.ListStudiesRequest, context, tenant):
         studies, nxt = self.registry.list_studies(tenant, request.page_size, request.page_token)
-        return svc.ListStudiesResponse(studies=[C.study_to_pb(s.info()) for s in studies], next_page_token=nxt)
+        return svc.ListStudiesResponse(
+            studies=[C.study_to_pb(s.info()) for s in studies], next_page_token=nxt
+        )
 
     @rpc
     def DeleteStudy(self, request: svc.DeleteStudyRequest, context, tenant):
@@ -109,27 +131,43 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
     def Ask(self, request: svc.AskRequest, context, tenant):
         study = self._study(request.study, tenant)
         res = study.ask(
-            count=request.count, worker_id=_check_id(request.worker_id, "worker_id"),
-            request_id=_check_id(request.request_id, "request_id"), lease_seconds=request.lease_seconds,
+            count=request.count,
+            worker_id=_check_id(request.worker_id, "worker_id"),
+            request_id=_check_id(request.request_id, "request_id"),
+            lease_seconds=request.lease_seconds,
         )
         return svc.AskResponse(trials=[C.trial_to_pb(t, study) for t in res.trials], note=res.note)
 
     @rpc
     def Tell(self, request: svc.TellRequest, context, tenant):
         study = self._study(request.study, tenant)
-        state = None if request.state == pb.TRIAL_STATE_UNSPECIFIED else C.trial_state_from_pb(request.state, "state")
+        state = (
+            None
+            if request.state == pb.TRIAL_STATE_UNSPECIFIED
+            else C.trial_state_from_pb(request.state, "state")
+        )
         res = study.tell(
-            request.trial_id, C.metrics_from_pb(request.metrics), state=state, reason=request.reason,
-            request_id=_check_id(request.request_id, "request_id"), study_uid=request.study_uid,
+            request.trial_id,
+            C.metrics_from_pb(request.metrics),
+            state=state,
+            reason=request.reason,
+            request_id=_check_id(request.request_id, "request_id"),
+            study_uid=request.study_uid,
         )
         return svc.TellResponse(trial=C.trial_to_pb(res.trial, study), duplicate=res.duplicate)
 
     @rpc
     def AddTrial(self, request: svc.AddTrialRequest, context, tenant):
         study = self._study(request.study, tenant)
-        state = TrialState.COMPLETED if request.state == pb.TRIAL_STATE_UNSPECIFIED else C.trial_state_from_pb(request.state, "state")
+        state = (
+            TrialState.COMPLETED
+            if request.state == pb.TRIAL_STATE_UNSPECIFIED
+            else C.trial_state_from_pb(request.state, "state")
+        )
         t = study.add_trial(
-            C.params_from_pb(request.parameters), C.metrics_from_pb(request.metrics), state=state,
+            C.params_from_pb(request.parameters),
+            C.metrics_from_pb(request.metrics),
+            state=state,
             request_id=_check_id(request.request_id, "request_id"),
         )
         return C.trial_to_pb(t, study)
@@ -143,10 +181,14 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
     def ListTrials(self, request: svc.ListTrialsRequest, context, tenant):
         study = self._study(request.study, tenant)
         states = [C.trial_state_from_pb(s, f"states[{i}]") for i, s in enumerate(request.states)]
-        size, after = page_bounds(request.page_size, request.page_token, default=1000, maximum=10000)
+        size, after = page_bounds(
+            request.page_size, request.page_token, default=1000, maximum=10000
+        )
         trials = study.trials(states, after=after, limit=size + 1)
         nxt = str(trials[size - 1].id) if len(trials) > size else ""
-        return svc.ListTrialsResponse(trials=[C.trial_to_pb(t, study) for t in trials[:size]], next_page_token=nxt)
+        return svc.ListTrialsResponse(
+            trials=[C.trial_to_pb(t, study) for t in trials[:size]], next_page_token=nxt
+        )
 
     @rpc
     def GetBest(self, request: svc.GetBestRequest, context, tenant):
@@ -154,19 +196,29 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
         b = study.best()
         return svc.GetBestResponse(
             trials=[C.trial_to_pb(t, study) for t in b.trials],
-            state=C.STUDY_STATE_TO_PB.get(b.state, pb.STUDY_STATE_ACTIVE), state_reason=b.state_reason,
+            state=C.STUDY_STATE_TO_PB.get(b.state, pb.STUDY_STATE_ACTIVE),
+            state_reason=b.state_reason,
         )
 
     @rpc
     def ReportIntermediate(self, request: svc.ReportIntermediateRequest, context, tenant):
         study = self._study(request.study, tenant)
-        stop, reason = study.report_intermediate(request.trial_id, request.step, request.value, study_uid=request.study_uid)
+        stop, reason = study.report_intermediate(
+            request.trial_id, request.step, request.value, study_uid=request.study_uid
+        )
         return svc.ReportIntermediateResponse(should_stop=stop, reason=reason)
 
     @rpc
     def Heartbeat(self, request: svc.HeartbeatRequest, context, tenant):
         study = self._study(request.study, tenant)
-        return svc.HeartbeatResponse(trial=C.trial_to_pb(study.heartbeat(request.trial_id, request.lease_seconds, study_uid=request.study_uid), study))
+        return svc.HeartbeatResponse(
+            trial=C.trial_to_pb(
+                study.heartbeat(
+                    request.trial_id, request.lease_seconds, study_uid=request.study_uid
+                ),
+                study,
+            )
+        )
 
     @rpc
     def ListLlmCalls(self, request: svc.ListLlmCallsRequest, context, tenant):
@@ -181,4 +233,6 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
                 break
             out.append((c.id, pb_call))
         more = len(out) < len(calls)
-        return svc.ListLlmCallsResponse(calls=[p for _, p in out], next_page_token=str(out[-1][0]) if more else "")
+        return svc.ListLlmCallsResponse(
+            calls=[p for _, p in out], next_page_token=str(out[-1][0]) if more else ""
+        )

@@ -18,20 +18,30 @@ def _read(path: Optional[str], what: str) -> Optional[bytes]:
         raise ValueError(f"cannot read {what} {path!r}: {e.strerror or e}") from None
 
 
-def server_credentials(cert: str, key: str, client_ca: Optional[str] = None) -> grpc.ServerCredentials:
+def server_credentials(
+    cert: str, key: str, client_ca: Optional[str] = None
+) -> grpc.ServerCredentials:
     """TLS with ``cert`` / ``key`` (PEM); with ``client_ca`` every client must present a certificate
     signed by that CA (mutual TLS)."""
     if not cert or not key:
         raise ValueError("TLS needs both --tls-cert and --tls-key")
     ca = _read(client_ca, "client CA")
     return grpc.ssl_server_credentials(
-        [(_read(key, "TLS key"), _read(cert, "TLS certificate"))], root_certificates=ca, require_client_auth=ca is not None
+        [(_read(key, "TLS key"), _read(cert, "TLS certificate"))],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
     )
 
 
-def channel_credentials(ca: Optional[str] = None, cert: Optional[str] = None, key: Optional[str] = None) -> grpc.ChannelCredentials:
+def channel_credentials(
+    ca: Optional[str] = None, cert: Optional[str] = None, key: Optional[str] = None
+) -> grpc.ChannelCredentials:
     """Client credentials: trust ``ca`` (PEM file; None = the system roots) and, for mutual TLS,
     present ``cert`` / ``key``."""
     if bool(cert) != bool(key):
         raise ValueError("a client certificate needs both cert and key")
-    return grpc.ssl_channel_credentials(root_certificates=_read(ca, "CA"), private_key=_read(key, "client key"), certificate_chain=_read(cert, "client certificate"))
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ca, "CA"),
+        private_key=_read(key, "client key"),
+        certificate_chain=_read(cert, "client certificate"),
+    )

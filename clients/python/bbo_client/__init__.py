@@ -1,15 +1,15 @@
 """Python client of the bbo service.
 
-    from bbo_client import Client, Float, Int, Categorical, Objective, Constraint
+from bbo_client import Client, Float, Int, Categorical, Objective, Constraint
 
-    with Client("127.0.0.1:50051") as client:
-        study = client.create_study(
-            "tune-gbm",
-            parameters=[Float("lr", 1e-3, 0.3, log=True), Int("depth", 1, 8), Categorical("loss", ["log_loss", "exponential"])],
-            objectives=[Objective("accuracy", "maximize")],
-            constraints=[Constraint("fit_seconds", "<=", 2.0)],
-        )
-        best = study.optimize(evaluate, n_trials=30, n_workers=2)
+with Client("127.0.0.1:50051") as client:
+    study = client.create_study(
+        "tune-gbm",
+        parameters=[Float("lr", 1e-3, 0.3, log=True), Int("depth", 1, 8), Categorical("loss", ["log_loss", "exponential"])],
+        objectives=[Objective("accuracy", "maximize")],
+        constraints=[Constraint("fit_seconds", "<=", 2.0)],
+    )
+    best = study.optimize(evaluate, n_trials=30, n_workers=2)
 """
 
 from bbo_client.client import DEFAULT_ADDRESS, Client, StudyHandle
@@ -45,9 +45,33 @@ from bbo_client.model import (
 )
 
 __all__ = [
-    "DEFAULT_ADDRESS", "Client", "StudyHandle",
-    "AlreadyExists", "BboError", "Conflict", "InvalidArgument", "NotFound", "PermissionDenied", "ResourceExhausted",
-    "Unauthenticated", "Unavailable",
-    "Best", "Categorical", "Constraint", "Fixed", "Float", "Int", "LinearConstraint", "Llm", "LlmCall", "Maximize",
-    "Minimize", "Objective", "Ordinal", "Prior", "StudyInfo", "TellResult", "Trial",
+    "DEFAULT_ADDRESS",
+    "Client",
+    "StudyHandle",
+    "AlreadyExists",
+    "BboError",
+    "Conflict",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
+    "Best",
+    "Categorical",
+    "Constraint",
+    "Fixed",
+    "Float",
+    "Int",
+    "LinearConstraint",
+    "Llm",
+    "LlmCall",
+    "Maximize",
+    "Minimize",
+    "Objective",
+    "Ordinal",
+    "Prior",
+    "StudyInfo",
+    "TellResult",
+    "Trial",
 ]

@@ -81,9 +81,14 @@ class Client:
         channel arguments. ``retries``: how often a call is retried while the server is away;
         ``rate_patience``: for how many seconds one is retried while a rate limit refuses it."""
         self.address = address
-        opts = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                # reconnect promptly after a server restart (gRPC's default backoff grows to 120 s)
-                ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
+        opts = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            # reconnect promptly after a server restart (gRPC's default backoff grows to 120 s)
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]
         if lb_policy:
             opts.append(("grpc.lb_policy_name", lb_policy))
         opts.extend(channel_options)
@@ -97,11 +102,20 @@ class Client:
             credentials = _tls_credentials(tls_ca, tls_cert, tls_key)
         if tls_server_name:
             opts.append(("grpc.ssl_target_name_override", tls_server_name))
-        self._channel = grpc.secure_channel(address, credentials, options=opts) if credentials else grpc.insecure_channel(address, options=opts)
+        self._channel = (
+            grpc.secure_channel(address, credentials, options=opts)
+            if credentials
+            else grpc.insecure_channel(address, options=opts)
+        )
         self._stub = service_pb2_grpc.BboServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self.timeout, self.ask_timeout = timeout, ask_timeout
-        self.retries, self.rate_patience, self.backoff, self.max_backoff = retries, rate_patience, backoff, max_backoff
+        self.retries, self.rate_patience, self.backoff, self.max_backoff = (
+            retries,
+            rate_patience,
+            backoff,
+            max_backoff,
+        )
 
     # ---- plumbing -------------------------------------------------------------------------------
     def close(self) -> None:
@@ -118,9 +132,17 @@ class Client:
         try:
             grpc.channel_ready_future(self._channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:
-            raise Unavailable(f"no bbo server answered at {self.address} within {timeout:g}s") from None
+            raise Unavailable(
+                f"no bbo server answered at {self.address} within {timeout:g}s"
+            ) from None
 
-    def _call(self, method: str, request, timeout: Optional[float] = None, patience: Optional[float] = None):
+    def _call(
+        self,
+        method: str,
+        request,
+        timeout: Optional[float] = None,
+        patience: Optional[float] = None,
+    ):
         """One RPC; retried with jittered exponential backoff while it fails in a way that may pass
         later (:func:`retryable`): UNAVAILABLE ``self.retries`` times, a rate limit's refusal (which
         says when to come back) for ``self.rate_patience`` seconds; with ``patience``, either for
@@ -187,7 +209,13 @@ class Client:
             priors=[p.to_pb() for p in priors],
         )
         a = spec.algorithm
-        a.n_initial, a.device, a.max_fit_points, a.max_model_points, a.prior_exponent = n_initial, device, max_fit_points, max_model_points, prior_exponent
+        a.n_initial, a.device, a.max_fit_points, a.max_model_points, a.prior_exponent = (
+            n_initial,
+            device,
+            max_fit_points,
+            max_model_points,
+            prior_exponent,
+        )
         a.exploit_gap = exploit_gap  # 0 = the server's default (2), < 0 = no exploitation steps
         if seed is not None:
             a.seed = seed
@@ -213,7 +241,9 @@ class Client:
     def list_studies(self, page_size: int = 100) -> list[StudyInfo]:
         out, token = [], ""
         while True:
-            r = self._call("ListStudies", svc.ListStudiesRequest(page_size=page_size, page_token=token))
+            r = self._call(
+                "ListStudies", svc.ListStudiesRequest(page_size=page_size, page_token=token)
+            )
             out.extend(StudyInfo.from_pb(s) for s in r.studies)
             token = r.next_page_token
             if not token:
@@ -223,9 +253,13 @@ class Client:
         return self._call("DeleteStudy", svc.DeleteStudyRequest(name=name)).deleted
 
 
-def _tls_credentials(ca: Optional[str], cert: Optional[str], key: Optional[str]) -> grpc.ChannelCredentials:
+def _tls_credentials(
+    ca: Optional[str], cert: Optional[str], key: Optional[str]
+) -> grpc.ChannelCredentials:
     if bool(cert) != bool(key):
-        raise InvalidArgument("a client certificate needs both tls_cert and tls_key", field="tls_cert")
+        raise InvalidArgument(
+            "a client certificate needs both tls_cert and tls_key", field="tls_cert"
+        )
 
     def read(path: Optional[str]) -> Optional[bytes]:
         if not path:
@@ -233,7 +267,9 @@ def _tls_credentials(ca: Optional[str], cert: Optional[str], key: Optional[str])
         with open(path, "rb") as f:
             return f.read()
 
-    return grpc.ssl_channel_credentials(root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert))
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert)
+    )
 
 
 def _split_metric(v: Any) -> tuple[Any, Any]:
@@ -256,7 +292,9 @@ def _metric_pb(v: Any, name: str) -> pb.MetricValue:
 
 def _number(x: Any, name: str) -> float:
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
-        raise InvalidArgument(f"metric value must be a number, got {x!r}", field=f"metrics['{name}']")
+        raise InvalidArgument(
+            f"metric value must be a number, got {x!r}", field=f"metrics['{name}']"
+        )
     return float(x)
 
 
@@ -283,11 +321,23 @@ class StudyHandle:
 
     # ---- ask / tell -----------------------------------------------------------------------------
     def ask(
-        self, count: int = 1, *, worker_id: str = "", lease_seconds: float = 0.0, request_id: Optional[str] = None, patience: Optional[float] = None
+        self,
+        count: int = 1,
+        *,
+        worker_id: str = "",
+        lease_seconds: float = 0.0,
+        request_id: Optional[str] = None,
+        patience: Optional[float] = None,
     ) -> list[Trial]:
         """``count`` trials to evaluate (stored PENDING on the server before they are returned).
         ``patience``: as in :meth:`tell` (a retried Ask keeps its request id: never two sets of trials)."""
-        req = svc.AskRequest(study=self.name, count=count, worker_id=worker_id, lease_seconds=lease_seconds, request_id=request_id or uuid.uuid4().hex)
+        req = svc.AskRequest(
+            study=self.name,
+            count=count,
+            worker_id=worker_id,
+            lease_seconds=lease_seconds,
+            request_id=request_id or uuid.uuid4().hex,
+        )
         r = self.client._call("Ask", req, timeout=self.client.ask_timeout, patience=patience)
         return [Trial.from_pb(t) for t in r.trials]
 
@@ -306,7 +356,13 @@ class StudyHandle:
         for a single-objective study), or its failure with ``failed=True, reason=...``.
         ``patience``: retry a failure that may pass later (server away, rate limit) for this many
         seconds instead of the client's ``retries`` times."""
-        req = svc.TellRequest(study=self.name, trial_id=_trial_id(trial), reason=reason, request_id=request_id, study_uid=_study_uid(trial))
+        req = svc.TellRequest(
+            study=self.name,
+            trial_id=_trial_id(trial),
+            reason=reason,
+            request_id=request_id,
+            study_uid=_study_uid(trial),
+        )
         if failed:
             req.state = pb.TRIAL_STATE_FAILED
         elif abandoned:
@@ -325,12 +381,26 @@ class StudyHandle:
             return dict(metrics)
         objs = self.info(cached=True).objectives
         if len(objs) != 1:
-            raise InvalidArgument("a bare number is only accepted for a single-objective study: pass a dict", field="metrics")
+            raise InvalidArgument(
+                "a bare number is only accepted for a single-objective study: pass a dict",
+                field="metrics",
+            )
         return {objs[0].name: metrics}
 
-    def add_trial(self, params: Mapping[str, Any], metrics: Optional[MetricsLike] = None, *, failed: bool = False, request_id: Optional[str] = None) -> Trial:
+    def add_trial(
+        self,
+        params: Mapping[str, Any],
+        metrics: Optional[MetricsLike] = None,
+        *,
+        failed: bool = False,
+        request_id: Optional[str] = None,
+    ) -> Trial:
         """Attach a point evaluated elsewhere (origin ``user``)."""
-        req = svc.AddTrialRequest(study=self.name, request_id=request_id or uuid.uuid4().hex, state=pb.TRIAL_STATE_FAILED if failed else pb.TRIAL_STATE_COMPLETED)
+        req = svc.AddTrialRequest(
+            study=self.name,
+            request_id=request_id or uuid.uuid4().hex,
+            state=pb.TRIAL_STATE_FAILED if failed else pb.TRIAL_STATE_COMPLETED,
+        )
         for k, v in params.items():
             req.parameters[k].CopyFrom(_value_pb(v))
         for k, v in self._metrics_dict(metrics).items():
@@ -339,12 +409,29 @@ class StudyHandle:
 
     def report_intermediate(self, trial: Union[int, Trial], step: int, value: float) -> bool:
         """Report the first objective's value at ``step``; True means: stop this trial early."""
-        r = self.client._call("ReportIntermediate", svc.ReportIntermediateRequest(study=self.name, trial_id=_trial_id(trial), step=step, value=value, study_uid=_study_uid(trial)))
+        r = self.client._call(
+            "ReportIntermediate",
+            svc.ReportIntermediateRequest(
+                study=self.name,
+                trial_id=_trial_id(trial),
+                step=step,
+                value=value,
+                study_uid=_study_uid(trial),
+            ),
+        )
         return r.should_stop
 
     def heartbeat(self, trial: Union[int, Trial], lease_seconds: float = 0.0) -> Trial:
         """Extend a pending trial's lease (from now)."""
-        r = self.client._call("Heartbeat", svc.HeartbeatRequest(study=self.name, trial_id=_trial_id(trial), lease_seconds=lease_seconds, study_uid=_study_uid(trial)))
+        r = self.client._call(
+            "Heartbeat",
+            svc.HeartbeatRequest(
+                study=self.name,
+                trial_id=_trial_id(trial),
+                lease_seconds=lease_seconds,
+                study_uid=_study_uid(trial),
+            ),
+        )
         return Trial.from_pb(r.trial)
 
     # ---- reads ----------------------------------------------------------------------------------
@@ -354,7 +441,9 @@ class StudyHandle:
         return self._info
 
     def trial(self, trial_id: int) -> Trial:
-        return Trial.from_pb(self.client._call("GetTrial", svc.GetTrialRequest(study=self.name, trial_id=trial_id)))
+        return Trial.from_pb(
+            self.client._call("GetTrial", svc.GetTrialRequest(study=self.name, trial_id=trial_id))
+        )
 
     def trials(self, states: Iterable[str] = (), page_size: int = 1000) -> list[Trial]:
         """All trials (or those in ``states``: "PENDING", "COMPLETED", "FAILED", "ABANDONED")."""
@@ -364,7 +453,12 @@ class StudyHandle:
             raise InvalidArgument(f"unknown trial state {e.args[0]!r}", field="states") from None
         out, token = [], ""
         while True:
-            r = self.client._call("ListTrials", svc.ListTrialsRequest(study=self.name, states=st, page_size=page_size, page_token=token))
+            r = self.client._call(
+                "ListTrials",
+                svc.ListTrialsRequest(
+                    study=self.name, states=st, page_size=page_size, page_token=token
+                ),
+            )
             out.extend(Trial.from_pb(t) for t in r.trials)
             token = r.next_page_token
             if not token:
@@ -380,9 +474,24 @@ class StudyHandle:
         "priors", "proposal"), fetched page by page."""
         out, token = [], ""
         while True:
-            r = self.client._call("ListLlmCalls", svc.ListLlmCallsRequest(study=self.name, purpose=purpose, page_size=page_size, page_token=token))
+            r = self.client._call(
+                "ListLlmCalls",
+                svc.ListLlmCallsRequest(
+                    study=self.name, purpose=purpose, page_size=page_size, page_token=token
+                ),
+            )
             out.extend(
-                LlmCall(c.purpose, c.model, c.prompt, c.response, c.outcome, c.prompt_tokens, c.completion_tokens, c.latency_seconds, _time(c.create_time))
+                LlmCall(
+                    c.purpose,
+                    c.model,
+                    c.prompt,
+                    c.response,
+                    c.outcome,
+                    c.prompt_tokens,
+                    c.completion_tokens,
+                    c.latency_seconds,
+                    _time(c.create_time),
+                )
                 for c in r.calls
             )
             token = r.next_page_token
@@ -433,10 +542,21 @@ class StudyHandle:
                     if claimed[0] >= n_trials or stopping.is_set():
                         return
                     claimed[0] += 1
-                (t,) = self.ask(1, worker_id=f"{wid}-{worker}", lease_seconds=lease_seconds, patience=tell_patience)
-                interval = heartbeat_seconds if heartbeat_seconds is not None else _lease_length(t, lease_seconds) / 3
+                (t,) = self.ask(
+                    1,
+                    worker_id=f"{wid}-{worker}",
+                    lease_seconds=lease_seconds,
+                    patience=tell_patience,
+                )
+                interval = (
+                    heartbeat_seconds
+                    if heartbeat_seconds is not None
+                    else _lease_length(t, lease_seconds) / 3
+                )
                 stop = threading.Event()
-                hb = threading.Thread(target=self._heartbeats, args=(t, interval, lease_seconds, stop), daemon=True)
+                hb = threading.Thread(
+                    target=self._heartbeats, args=(t, interval, lease_seconds, stop), daemon=True
+                )
                 hb.start()
                 try:
                     metrics, failure = None, ""
@@ -444,21 +564,29 @@ class StudyHandle:
                         metrics = self._metrics_dict(fn(dict(t.params)))
                         bad = [k for k, v in metrics.items() if not _finite(v)]
                         if bad:
-                            failure = "metric(s) not finite numbers: " + ", ".join(f"{k}={metrics[k]!r}" for k in bad)
+                            failure = "metric(s) not finite numbers: " + ", ".join(
+                                f"{k}={metrics[k]!r}" for k in bad
+                            )
                     except Exception as e:  # the objective failed: record why, keep going
                         failure = f"{type(e).__name__}: {e}"[:2000]
                     try:
                         if not failure:
                             try:
                                 self.tell(t, metrics, patience=tell_patience)
-                            except InvalidArgument as e:  # metrics the study cannot take (a missing objective)
+                            except (
+                                InvalidArgument
+                            ) as e:  # metrics the study cannot take (a missing objective)
                                 failure = f"metrics refused: {e}"[:2000]
                         if failure:
                             self.tell(t, failed=True, reason=failure, patience=tell_patience)
                     except BboError as e:
                         what = f"failure ({failure})" if failure else f"metrics {metrics}"
-                        raise type(e)(f"trial {t.id} of '{self.name}': its {what} could not be reported: {e.message}; "
-                                      f"tell it again with tell({t.id}, ...)", field=e.field, code=e.code) from e
+                        raise type(e)(
+                            f"trial {t.id} of '{self.name}': its {what} could not be reported: {e.message}; "
+                            f"tell it again with tell({t.id}, ...)",
+                            field=e.field,
+                            code=e.code,
+                        ) from e
                 finally:
                     stop.set()
                 with lock:
@@ -469,14 +597,18 @@ class StudyHandle:
                 try:
                     for f in [ex.submit(one, k) for k in range(n_workers)]:
                         f.result()
-                except BaseException:  # the evaluations under way finish and are told; no new ones start
+                except (
+                    BaseException
+                ):  # the evaluations under way finish and are told; no new ones start
                     stopping.set()
                     raise
         finally:
             bar.close()
         return self.best()
 
-    def _heartbeats(self, trial: Trial, interval: float, lease_seconds: float, stop: threading.Event) -> None:
+    def _heartbeats(
+        self, trial: Trial, interval: float, lease_seconds: float, stop: threading.Event
+    ) -> None:
         """Renew the lease until ``stop``; a failure that may pass later is tried again next round."""
         while interval > 0 and not stop.wait(interval):
             try:
@@ -493,7 +625,9 @@ def _clean_key(key: Optional[str]) -> Optional[str]:
         return None
     key = str(key).strip()
     if any(not 0x20 < ord(ch) < 0x7F for ch in key):
-        raise ValueError("api_key holds whitespace or non-ASCII characters inside it: pass the key exactly as `bbo keys create` printed it")
+        raise ValueError(
+            "api_key holds whitespace or non-ASCII characters inside it: pass the key exactly as `bbo keys create` printed it"
+        )
     return key or None
 
 

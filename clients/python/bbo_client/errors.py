@@ -12,11 +12,19 @@ class BboError(Exception):
 
     code: Optional[grpc.StatusCode] = None
 
-    def __init__(self, message: str, field: str = "", code: Optional[grpc.StatusCode] = None, retry_after: Optional[float] = None):
+    def __init__(
+        self,
+        message: str,
+        field: str = "",
+        code: Optional[grpc.StatusCode] = None,
+        retry_after: Optional[float] = None,
+    ):
         super().__init__(f"{field}: {message}" if field else message)
         self.message = message
         self.field = field
-        self.retry_after = retry_after  # seconds, when the server said the same call will pass later
+        self.retry_after = (
+            retry_after  # seconds, when the server said the same call will pass later
+        )
         if code is not None:
             self.code = code
 
@@ -55,7 +63,19 @@ class Unavailable(BboError, ConnectionError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
-_BY_CODE = {c.code: c for c in (InvalidArgument, NotFound, AlreadyExists, Conflict, ResourceExhausted, Unauthenticated, PermissionDenied, Unavailable)}
+_BY_CODE = {
+    c.code: c
+    for c in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        Conflict,
+        ResourceExhausted,
+        Unauthenticated,
+        PermissionDenied,
+        Unavailable,
+    )
+}
 
 
 def from_rpc_error(e: grpc.RpcError) -> BboError:
@@ -91,4 +111,6 @@ def from_rpc_error(e: grpc.RpcError) -> BboError:
 
 def retryable(err: BboError) -> bool:
     """The same call may pass later: the server is away, or it refused with a RetryInfo (a rate limit)."""
-    return isinstance(err, Unavailable) or (isinstance(err, ResourceExhausted) and err.retry_after is not None)
+    return isinstance(err, Unavailable) or (
+        isinstance(err, ResourceExhausted) and err.retry_after is not None
+    )

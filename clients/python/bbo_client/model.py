@@ -22,7 +22,9 @@ def _value_pb(v: Value) -> pb.ParameterValue:
     if isinstance(v, str):
         return pb.ParameterValue(category=v)
     if isinstance(v, bool):
-        raise TypeError("booleans are not parameter values: use Categorical('x', ['true', 'false'])")
+        raise TypeError(
+            "booleans are not parameter values: use Categorical('x', ['true', 'false'])"
+        )
     if isinstance(v, int):
         return pb.ParameterValue(integer=v)
     return pb.ParameterValue(number=float(v))
@@ -35,6 +37,7 @@ def _value(v: pb.ParameterValue) -> Value:
 
 # ---- parameters ---------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Float:
     """A real parameter in [low, high]; ``log=True`` searches it on a log scale."""
@@ -45,7 +48,10 @@ class Float:
     log: bool = False
 
     def to_pb(self) -> pb.ParameterSpec:
-        return pb.ParameterSpec(name=self.name, float=pb.FloatParameter(low=self.low, high=self.high, scale=_scale(self.log)))
+        return pb.ParameterSpec(
+            name=self.name,
+            float=pb.FloatParameter(low=self.low, high=self.high, scale=_scale(self.log)),
+        )
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,10 @@ class Int:
     log: bool = False
 
     def to_pb(self) -> pb.ParameterSpec:
-        return pb.ParameterSpec(name=self.name, int=pb.IntParameter(low=self.low, high=self.high, scale=_scale(self.log)))
+        return pb.ParameterSpec(
+            name=self.name,
+            int=pb.IntParameter(low=self.low, high=self.high, scale=_scale(self.log)),
+        )
 
 
 @dataclass(frozen=True)
@@ -69,7 +78,9 @@ class Categorical:
     choices: Sequence[str]
 
     def to_pb(self) -> pb.ParameterSpec:
-        return pb.ParameterSpec(name=self.name, categorical=pb.CategoricalParameter(choices=list(self.choices)))
+        return pb.ParameterSpec(
+            name=self.name, categorical=pb.CategoricalParameter(choices=list(self.choices))
+        )
 
 
 @dataclass(frozen=True)
@@ -81,7 +92,12 @@ class Ordinal:
     log: bool = False
 
     def to_pb(self) -> pb.ParameterSpec:
-        return pb.ParameterSpec(name=self.name, ordinal=pb.OrdinalParameter(values=[float(v) for v in self.values], scale=_scale(self.log)))
+        return pb.ParameterSpec(
+            name=self.name,
+            ordinal=pb.OrdinalParameter(
+                values=[float(v) for v in self.values], scale=_scale(self.log)
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -92,7 +108,9 @@ class Fixed:
     value: Value
 
     def to_pb(self) -> pb.ParameterSpec:
-        return pb.ParameterSpec(name=self.name, fixed=pb.FixedParameter(value=_value_pb(self.value)))
+        return pb.ParameterSpec(
+            name=self.name, fixed=pb.FixedParameter(value=_value_pb(self.value))
+        )
 
 
 Parameter = Union[Float, Int, Categorical, Ordinal, Fixed]
@@ -119,10 +137,14 @@ class LinearConstraint:
     bound: float
 
     def to_pb(self) -> pb.LinearConstraint:
-        return pb.LinearConstraint(coefficients={k: float(v) for k, v in self.coefficients.items()}, bound=float(self.bound))
+        return pb.LinearConstraint(
+            coefficients={k: float(v) for k, v in self.coefficients.items()},
+            bound=float(self.bound),
+        )
 
 
 # ---- metrics ------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Objective:
@@ -135,8 +157,12 @@ class Objective:
         if self.goal not in ("minimize", "maximize"):
             from bbo_client.errors import InvalidArgument
 
-            raise InvalidArgument(f"goal must be 'minimize' or 'maximize', got {self.goal!r}", field="objectives.goal")
-        return pb.Objective(name=self.name, goal=pb.GOAL_MAXIMIZE if self.goal == "maximize" else pb.GOAL_MINIMIZE)
+            raise InvalidArgument(
+                f"goal must be 'minimize' or 'maximize', got {self.goal!r}", field="objectives.goal"
+            )
+        return pb.Objective(
+            name=self.name, goal=pb.GOAL_MAXIMIZE if self.goal == "maximize" else pb.GOAL_MINIMIZE
+        )
 
 
 def Minimize(name: str) -> Objective:
@@ -160,7 +186,9 @@ class Constraint:
         if self.op not in ops:
             from bbo_client.errors import InvalidArgument
 
-            raise InvalidArgument(f"op must be '<=' or '>=', got {self.op!r}", field="outcome_constraints.op")
+            raise InvalidArgument(
+                f"op must be '<=' or '>=', got {self.op!r}", field="outcome_constraints.op"
+            )
         return pb.OutcomeConstraint(metric=self.metric, op=ops[self.op], bound=float(self.bound))
 
 
@@ -175,7 +203,11 @@ class Prior:
     confidence: float = 0.5
 
     def to_pb(self) -> pb.ParameterPrior:
-        out = pb.ParameterPrior(parameter=self.parameter, confidence=self.confidence, probabilities=dict(self.probabilities or {}))
+        out = pb.ParameterPrior(
+            parameter=self.parameter,
+            confidence=self.confidence,
+            probabilities=dict(self.probabilities or {}),
+        )
         if self.mean is not None:
             out.mean = float(self.mean)
         if self.std is not None:
@@ -195,14 +227,22 @@ class Llm:
 
     def to_pb(self) -> pb.LlmOptions:
         return pb.LlmOptions(
-            enabled=self.enabled, warmstart_candidates=self.warmstart_candidates, derive_priors=self.derive_priors,
-            propose_during_search=self.propose_during_search, model=self.model,
+            enabled=self.enabled,
+            warmstart_candidates=self.warmstart_candidates,
+            derive_priors=self.derive_priors,
+            propose_during_search=self.propose_during_search,
+            model=self.model,
         )
 
 
 # ---- trials and studies -------------------------------------------------------------------------
 
-_STATES = {pb.TRIAL_STATE_PENDING: "PENDING", pb.TRIAL_STATE_COMPLETED: "COMPLETED", pb.TRIAL_STATE_FAILED: "FAILED", pb.TRIAL_STATE_ABANDONED: "ABANDONED"}
+_STATES = {
+    pb.TRIAL_STATE_PENDING: "PENDING",
+    pb.TRIAL_STATE_COMPLETED: "COMPLETED",
+    pb.TRIAL_STATE_FAILED: "FAILED",
+    pb.TRIAL_STATE_ABANDONED: "ABANDONED",
+}
 STATE_TO_PB = {v: k for k, v in _STATES.items()}
 
 
@@ -228,7 +268,9 @@ class Trial:
     created: Optional[_dt.datetime] = None
     updated: Optional[_dt.datetime] = None
     lease_expires: Optional[_dt.datetime] = None
-    study_uid: str = ""  # sent back with tell / heartbeat, so they never reach a study re-created under the name
+    study_uid: str = (
+        ""  # sent back with tell / heartbeat, so they never reach a study re-created under the name
+    )
 
     @classmethod
     def from_pb(cls, t: pb.Trial) -> "Trial":
@@ -238,8 +280,12 @@ class Trial:
             state=_STATES.get(t.state, "UNSPECIFIED"),
             metrics={k: m.value for k, m in t.metrics.items()},
             sems={k: m.sem for k, m in t.metrics.items() if m.HasField("sem")},
-            origin=t.origin, reason=t.reason, rationale=t.rationale, worker_id=t.worker_id,
-            created=_time(t.create_time), updated=_time(t.update_time),
+            origin=t.origin,
+            reason=t.reason,
+            rationale=t.rationale,
+            worker_id=t.worker_id,
+            created=_time(t.create_time),
+            updated=_time(t.update_time),
             lease_expires=_time(t.lease_expire_time) if t.HasField("lease_expire_time") else None,
             study_uid=t.study_uid,
         )
@@ -272,11 +318,24 @@ class StudyInfo:
         return cls(
             name=s.name,
             parameters=[parameter_from_pb(p) for p in sp.parameters],
-            objectives=[Objective(o.name, "maximize" if o.goal == pb.GOAL_MAXIMIZE else "minimize") for o in sp.objectives],
-            constraints=[Constraint(c.metric, ">=" if c.op == pb.CONSTRAINT_OP_GREATER_EQUAL else "<=", c.bound) for c in sp.outcome_constraints],
+            objectives=[
+                Objective(o.name, "maximize" if o.goal == pb.GOAL_MAXIMIZE else "minimize")
+                for o in sp.objectives
+            ],
+            constraints=[
+                Constraint(
+                    c.metric, ">=" if c.op == pb.CONSTRAINT_OP_GREATER_EQUAL else "<=", c.bound
+                )
+                for c in sp.outcome_constraints
+            ],
             state="LIKELY_INFEASIBLE" if s.state == pb.STUDY_STATE_LIKELY_INFEASIBLE else "ACTIVE",
-            state_reason=s.state_reason, trial_count=s.trial_count, completed_count=s.completed_count,
-            created=_time(s.create_time), description=sp.description, spec=sp, uid=s.uid,
+            state_reason=s.state_reason,
+            trial_count=s.trial_count,
+            completed_count=s.completed_count,
+            created=_time(s.create_time),
+            description=sp.description,
+            spec=sp,
+            uid=s.uid,
         )
 
 

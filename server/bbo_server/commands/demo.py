@@ -10,8 +10,14 @@ import time
 def register(sub) -> None:
     p = sub.add_parser("demo", help="run a real tuning study end to end (server + client + plot)")
     p.add_argument("--trials", type=int, default=25, help="evaluations (default %(default)s)")
-    p.add_argument("--workers", type=int, default=2, help="parallel evaluation threads (default %(default)s)")
-    p.add_argument("--runs-dir", default="runs", help="where the database, server log and plot go (default ./%(default)s)")
+    p.add_argument(
+        "--workers", type=int, default=2, help="parallel evaluation threads (default %(default)s)"
+    )
+    p.add_argument(
+        "--runs-dir",
+        default="runs",
+        help="where the database, server log and plot go (default ./%(default)s)",
+    )
     p.add_argument("--seed", type=int, default=None, help="seed of the study's suggestions")
     p.set_defaults(func=run)
 
@@ -24,15 +30,24 @@ def evaluate(params: dict) -> dict:
 
     X, y = load_breast_cancer(return_X_y=True)
     model = GradientBoostingClassifier(
-        learning_rate=params["learning_rate"], n_estimators=int(params["n_estimators"]), max_depth=int(params["max_depth"]),
-        subsample=params["subsample"], max_features=params["max_features"],
+        learning_rate=params["learning_rate"],
+        n_estimators=int(params["n_estimators"]),
+        max_depth=int(params["max_depth"]),
+        subsample=params["subsample"],
+        max_features=params["max_features"],
         random_state=0,
     )
     t0 = time.perf_counter()
     cv = cross_validate(model, X, y, cv=3, return_estimator=True)
     seconds = time.perf_counter() - t0
-    leaves = sum(sum(t.tree_.n_leaves for t in est.estimators_.ravel()) for est in cv["estimator"]) / len(cv["estimator"])
-    return {"cv_accuracy": float(cv["test_score"].mean()), "model_leaves": float(leaves), "fit_seconds": seconds}
+    leaves = sum(
+        sum(t.tree_.n_leaves for t in est.estimators_.ravel()) for est in cv["estimator"]
+    ) / len(cv["estimator"])
+    return {
+        "cv_accuracy": float(cv["test_score"].mean()),
+        "model_leaves": float(leaves),
+        "fit_seconds": seconds,
+    }
 
 
 def run(args) -> int:
@@ -46,7 +61,11 @@ def run(args) -> int:
     db = "sqlite:///" + os.path.join(run_dir, "bbo.db")
     print(f"bbo demo: starting a server on {db}")
     # One suggestion at a time with one torch thread: the two evaluation threads need the other core.
-    server = ServerProcess(db, args=["--workers", "1", "--torch-threads", "1"], log_path=os.path.join(run_dir, "server.log"))
+    server = ServerProcess(
+        db,
+        args=["--workers", "1", "--torch-threads", "1"],
+        log_path=os.path.join(run_dir, "server.log"),
+    )
     server.start()
     try:
         print(f"bbo demo: server listening on {server.address} (log {server.log_path})")
@@ -58,7 +77,9 @@ def run(args) -> int:
                     bc.Int("n_estimators", 20, 300, log=True),
                     bc.Int("max_depth", 1, 6),
                     bc.Float("subsample", 0.5, 1.0),
-                    bc.Float("max_features", 0.1, 1.0),  # fraction of the 30 features tried per split
+                    bc.Float(
+                        "max_features", 0.1, 1.0
+                    ),  # fraction of the 30 features tried per split
                 ],
                 objectives=[bc.Maximize("cv_accuracy")],
                 constraints=[bc.Constraint("model_leaves", "<=", 1500)],
@@ -80,9 +101,17 @@ def run(args) -> int:
         print("no feasible trial found")
     else:
         t = best.trial
-        print(f"best trial {t.id} ({t.origin}): cv_accuracy={t.metrics['cv_accuracy']:.4f}, model_leaves={t.metrics['model_leaves']:.0f}")
+        print(
+            f"best trial {t.id} ({t.origin}): cv_accuracy={t.metrics['cv_accuracy']:.4f}, model_leaves={t.metrics['model_leaves']:.0f}"
+        )
         order = [p.name for p in info.parameters]
-        print("  " + ", ".join(f"{k}={t.params[k]:.4g}" if isinstance(t.params[k], float) else f"{k}={t.params[k]}" for k in order))
+        print(
+            "  "
+            + ", ".join(
+                f"{k}={t.params[k]:.4g}" if isinstance(t.params[k], float) else f"{k}={t.params[k]}"
+                for k in order
+            )
+        )
     print(f"plot:     {plot}")
     print(f"database: {db}   (inspect: bbo trials {study.name} --db {db})")
     return 0

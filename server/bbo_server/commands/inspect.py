@@ -15,7 +15,13 @@ def register(sub) -> None:
 
     p = sub.add_parser("trials", help="list a study's trials")
     p.add_argument("study")
-    p.add_argument("--state", action="append", default=[], choices=["PENDING", "COMPLETED", "FAILED", "ABANDONED"], help="only these states (repeatable)")
+    p.add_argument(
+        "--state",
+        action="append",
+        default=[],
+        choices=["PENDING", "COMPLETED", "FAILED", "ABANDONED"],
+        help="only these states (repeatable)",
+    )
     add_connection_args(p)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=trials)
@@ -35,13 +41,21 @@ def _fmt(v) -> str:
 
 def trial_dict(t) -> dict:
     return {
-        "id": t.id, "state": t.state, "params": t.params, "metrics": t.metrics, "origin": t.origin,
-        "reason": t.reason, "worker_id": t.worker_id, "created": t.created.isoformat() if t.created else None,
+        "id": t.id,
+        "state": t.state,
+        "params": t.params,
+        "metrics": t.metrics,
+        "origin": t.origin,
+        "reason": t.reason,
+        "worker_id": t.worker_id,
+        "created": t.created.isoformat() if t.created else None,
     }
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     return "\n".join(lines)
@@ -52,12 +66,35 @@ def studies(args) -> int:
         ss = c.list_studies()
     if args.json:
         for s in ss:
-            print(json.dumps({"name": s.name, "state": s.state, "trials": s.trial_count, "completed": s.completed_count,
-                              "objectives": [f"{o.goal} {o.name}" for o in s.objectives], "created": s.created.isoformat() if s.created else None}))
+            print(
+                json.dumps(
+                    {
+                        "name": s.name,
+                        "state": s.state,
+                        "trials": s.trial_count,
+                        "completed": s.completed_count,
+                        "objectives": [f"{o.goal} {o.name}" for o in s.objectives],
+                        "created": s.created.isoformat() if s.created else None,
+                    }
+                )
+            )
         return 0
-    rows = [[s.name, s.state, str(s.trial_count), str(s.completed_count), ", ".join(f"{o.goal} {o.name}" for o in s.objectives),
-             s.created.strftime("%Y-%m-%d %H:%M:%S") if s.created else ""] for s in ss]
-    print(table(rows, ["STUDY", "STATE", "TRIALS", "COMPLETED", "OBJECTIVES", "CREATED (UTC)"]) if rows else "no studies")
+    rows = [
+        [
+            s.name,
+            s.state,
+            str(s.trial_count),
+            str(s.completed_count),
+            ", ".join(f"{o.goal} {o.name}" for o in s.objectives),
+            s.created.strftime("%Y-%m-%d %H:%M:%S") if s.created else "",
+        ]
+        for s in ss
+    ]
+    print(
+        table(rows, ["STUDY", "STATE", "TRIALS", "COMPLETED", "OBJECTIVES", "CREATED (UTC)"])
+        if rows
+        else "no studies"
+    )
     return 0
 
 
@@ -70,8 +107,16 @@ def trials(args) -> int:
         return 0
     pnames = sorted({k for t in ts for k in t.params})
     mnames = sorted({k for t in ts for k in t.metrics})
-    rows = [[str(t.id), t.state, t.origin] + [_fmt(t.params.get(k, "")) for k in pnames] + [_fmt(t.metrics.get(k, "")) for k in mnames] + [t.reason[:60]] for t in ts]
-    print(table(rows, ["ID", "STATE", "ORIGIN", *pnames, *mnames, "REASON"]) if rows else "no trials")
+    rows = [
+        [str(t.id), t.state, t.origin]
+        + [_fmt(t.params.get(k, "")) for k in pnames]
+        + [_fmt(t.metrics.get(k, "")) for k in mnames]
+        + [t.reason[:60]]
+        for t in ts
+    ]
+    print(
+        table(rows, ["ID", "STATE", "ORIGIN", *pnames, *mnames, "REASON"]) if rows else "no trials"
+    )
     return 0
 
 
@@ -79,10 +124,21 @@ def best(args) -> int:
     with connect(args) as c:
         b = c.study(args.study).best()
     if args.json:
-        print(json.dumps({"state": b.state, "state_reason": b.state_reason, "trials": [trial_dict(t) for t in b.trials]}))
+        print(
+            json.dumps(
+                {
+                    "state": b.state,
+                    "state_reason": b.state_reason,
+                    "trials": [trial_dict(t) for t in b.trials],
+                }
+            )
+        )
         return 0
     if not b.trials:
-        print("no feasible completed trial yet" + (f" ({b.state}: {b.state_reason})" if b.state_reason else ""))
+        print(
+            "no feasible completed trial yet"
+            + (f" ({b.state}: {b.state_reason})" if b.state_reason else "")
+        )
         return 0
     for t in b.trials:
         print(f"trial {t.id} ({t.origin})")

@@ -16,15 +16,27 @@ import time
 
 
 def register(sub) -> None:
-    p = sub.add_parser("keys", help="create, list and revoke API keys", description=__doc__.split("\n\n")[0])
+    p = sub.add_parser(
+        "keys", help="create, list and revoke API keys", description=__doc__.split("\n\n")[0]
+    )
     ks = p.add_subparsers(dest="keys_command", metavar="ACTION")
     ks.required = True
 
     def db_arg(q):
-        q.add_argument("--db", default=os.environ.get("BBO_DB", ""), help="database URL (env BBO_DB; default ./bbo-data/bbo.db)")
+        q.add_argument(
+            "--db",
+            default=os.environ.get("BBO_DB", ""),
+            help="database URL (env BBO_DB; default ./bbo-data/bbo.db)",
+        )
 
-    c = ks.add_parser("create", help="create a key for a tenant and print it (shown only this once)")
-    c.add_argument("--tenant", required=True, help="the tenant the key acts as (letters, digits, '_', '-', '.')")
+    c = ks.add_parser(
+        "create", help="create a key for a tenant and print it (shown only this once)"
+    )
+    c.add_argument(
+        "--tenant",
+        required=True,
+        help="the tenant the key acts as (letters, digits, '_', '-', '.')",
+    )
     c.add_argument("--label", default="", help="a note: who or what uses the key")
     c.add_argument("--json", action="store_true", help="print {key, key_id, tenant} as JSON")
     db_arg(c)
@@ -63,11 +75,16 @@ def create(args) -> int:
     finally:
         store.storage.close()
     if args.json:
-        print(json.dumps({"key": key, "key_id": rec.key_id, "tenant": rec.tenant, "label": rec.label}))
+        print(
+            json.dumps({"key": key, "key_id": rec.key_id, "tenant": rec.tenant, "label": rec.label})
+        )
     else:
         print(key)
-        print(f"key id {rec.key_id}, tenant '{rec.tenant}': store the key now, it is not shown again "
-              "(clients: BBO_API_KEY=<key> or Client(api_key=...))", file=sys.stderr)
+        print(
+            f"key id {rec.key_id}, tenant '{rec.tenant}': store the key now, it is not shown again "
+            "(clients: BBO_API_KEY=<key> or Client(api_key=...))",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -78,8 +95,20 @@ def list_keys(args) -> int:
     finally:
         store.storage.close()
     if args.json:
-        print(json.dumps([{"key_id": k.key_id, "tenant": k.tenant, "label": k.label, "created_at": k.created_at,
-                           "revoked_at": k.revoked_at} for k in keys]))
+        print(
+            json.dumps(
+                [
+                    {
+                        "key_id": k.key_id,
+                        "tenant": k.tenant,
+                        "label": k.label,
+                        "created_at": k.created_at,
+                        "revoked_at": k.revoked_at,
+                    }
+                    for k in keys
+                ]
+            )
+        )
         return 0
     if not keys:
         print("no API keys")

@@ -49,10 +49,17 @@ def plot_study(info, trials, output: str) -> str:
     done = [t for t in trials if t.state == "COMPLETED" and obj.name in t.metrics]
 
     def feasible(t) -> bool:
-        return all((t.metrics.get(c.metric, float("nan")) <= c.bound) if c.op == "<=" else (t.metrics.get(c.metric, float("nan")) >= c.bound) for c in info.constraints)
+        return all(
+            (t.metrics.get(c.metric, float("nan")) <= c.bound)
+            if c.op == "<="
+            else (t.metrics.get(c.metric, float("nan")) >= c.bound)
+            for c in info.constraints
+        )
 
     free = [p for p in info.parameters if type(p).__name__ != "Fixed"]
-    fig, axes = plt.subplots(2, 1, figsize=(9, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    fig, axes = plt.subplots(
+        2, 1, figsize=(9, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]}
+    )
     ax = axes[0]
     fx = [t.id for t in done if feasible(t)]
     fy = [t.metrics[obj.name] for t in done if feasible(t)]
@@ -60,7 +67,15 @@ def plot_study(info, trials, output: str) -> str:
     iy = [t.metrics[obj.name] for t in done if not feasible(t)]
     ax.scatter(fx, fy, s=22, color="tab:blue", label="feasible", zorder=3)
     if ix:
-        ax.scatter(ix, iy, s=26, marker="x", color="tab:red", label="infeasible (violates a constraint)", zorder=3)
+        ax.scatter(
+            ix,
+            iy,
+            s=26,
+            marker="x",
+            color="tab:red",
+            label="infeasible (violates a constraint)",
+            zorder=3,
+        )
     failed = [t.id for t in trials if t.state == "FAILED"]
     for k, tid in enumerate(failed):
         ax.axvline(tid, color="0.8", lw=0.8, zorder=1, label="failed trial" if k == 0 else None)
@@ -73,10 +88,15 @@ def plot_study(info, trials, output: str) -> str:
             bx.append(t.id)
             by.append(best)
     if bx:
-        ax.step(bx, by, where="post", color="tab:green", lw=2, label="best feasible so far", zorder=4)
+        ax.step(
+            bx, by, where="post", color="tab:green", lw=2, label="best feasible so far", zorder=4
+        )
     ax.set_ylabel(f"{obj.name} ({obj.goal})")
     cons = "; ".join(f"{c.metric} {c.op} {c.bound:g}" for c in info.constraints)
-    ax.set_title(f"study {info.name}: {len(done)} completed, {len(failed)} failed" + (f"\nconstraints: {cons}" if cons else ""))
+    ax.set_title(
+        f"study {info.name}: {len(done)} completed, {len(failed)} failed"
+        + (f"\nconstraints: {cons}" if cons else "")
+    )
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     ax2 = axes[1]
@@ -84,7 +104,9 @@ def plot_study(info, trials, output: str) -> str:
         pts = [(t.id, _unit(p, t.params.get(p.name))) for t in trials]
         pts = [(i, u) for i, u in pts if u is not None]
         if pts:
-            ax2.plot([i for i, _ in pts], [u for _, u in pts], marker="o", ms=3, lw=0.8, label=p.name)
+            ax2.plot(
+                [i for i, _ in pts], [u for _, u in pts], marker="o", ms=3, lw=0.8, label=p.name
+            )
     ax2.set_ylabel("parameter (scaled to [0, 1])")
     ax2.set_xlabel("trial")
     ax2.set_ylim(-0.05, 1.05)

@@ -7,21 +7,83 @@ import os
 
 
 def register(sub) -> None:
-    p = sub.add_parser("serve", help="run the bbo gRPC server", description="Run the bbo gRPC server until SIGTERM / Ctrl-C.")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default %(default)s; 0.0.0.0 for all)")
-    p.add_argument("--port", type=int, default=50051, help="port (0 = pick a free one; default %(default)s)")
-    p.add_argument("--db", default=os.environ.get("BBO_DB", ""), help="database URL: sqlite:///PATH (default ./bbo-data/bbo.db) or postgresql+psycopg://user@host/db (env BBO_DB)")
-    p.add_argument("--device", default=os.environ.get("BBO_DEVICE", "auto"), choices=["auto", "cpu", "cuda"], help="where GP fits run (default %(default)s)")
-    p.add_argument("--workers", type=int, default=0, help="concurrent suggestion computations (default: one per core)")
-    p.add_argument("--torch-threads", type=int, default=0, help="torch threads per fit (default: cores // workers, at least 1)")
-    p.add_argument("--rpc-threads", type=int, default=64, help="gRPC handler threads (default %(default)s)")
-    p.add_argument("--max-ask", type=int, default=100, help="most trials one Ask may request (default %(default)s)")
-    p.add_argument("--lease-seconds", type=float, default=600.0, help="default trial lease; unheartbeated pending trials are ABANDONED after it (default %(default)s)")
-    p.add_argument("--lease-reap-seconds", type=float, default=5.0, help="how often expired leases of all studies are ABANDONED (0 = only on the study's next Ask; default %(default)s)")
-    p.add_argument("--max-message-bytes", type=int, default=4 * 1024 * 1024, help="largest accepted request (default 4 MiB)")
-    p.add_argument("--grace-seconds", type=float, default=30.0, help="on SIGTERM, how long in-flight calls may take (default %(default)s)")
-    p.add_argument("--log-level", default=os.environ.get("BBO_LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"])
-    p.add_argument("--port-file", default=None, help=argparse.SUPPRESS)  # written once serving (tests, demo)
+    p = sub.add_parser(
+        "serve",
+        help="run the bbo gRPC server",
+        description="Run the bbo gRPC server until SIGTERM / Ctrl-C.",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to bind (default %(default)s; 0.0.0.0 for all)",
+    )
+    p.add_argument(
+        "--port", type=int, default=50051, help="port (0 = pick a free one; default %(default)s)"
+    )
+    p.add_argument(
+        "--db",
+        default=os.environ.get("BBO_DB", ""),
+        help="database URL: sqlite:///PATH (default ./bbo-data/bbo.db) or postgresql+psycopg://user@host/db (env BBO_DB)",
+    )
+    p.add_argument(
+        "--device",
+        default=os.environ.get("BBO_DEVICE", "auto"),
+        choices=["auto", "cpu", "cuda"],
+        help="where GP fits run (default %(default)s)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="concurrent suggestion computations (default: one per core)",
+    )
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="torch threads per fit (default: cores // workers, at least 1)",
+    )
+    p.add_argument(
+        "--rpc-threads", type=int, default=64, help="gRPC handler threads (default %(default)s)"
+    )
+    p.add_argument(
+        "--max-ask",
+        type=int,
+        default=100,
+        help="most trials one Ask may request (default %(default)s)",
+    )
+    p.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=600.0,
+        help="default trial lease; unheartbeated pending trials are ABANDONED after it (default %(default)s)",
+    )
+    p.add_argument(
+        "--lease-reap-seconds",
+        type=float,
+        default=5.0,
+        help="how often expired leases of all studies are ABANDONED (0 = only on the study's next Ask; default %(default)s)",
+    )
+    p.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=4 * 1024 * 1024,
+        help="largest accepted request (default 4 MiB)",
+    )
+    p.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, how long in-flight calls may take (default %(default)s)",
+    )
+    p.add_argument(
+        "--log-level",
+        default=os.environ.get("BBO_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+    )
+    p.add_argument(
+        "--port-file", default=None, help=argparse.SUPPRESS
+    )  # written once serving (tests, demo)
     from bbo_server import plugins
 
     for mod in plugins.load():
@@ -40,9 +102,18 @@ def run(args) -> int:
     limit_malloc_arenas()  # before the RPC threads exist: their arenas are what a long run accumulates
     disable_mkl_fast_mm()  # before torch (and MKL) load
     opts = ServerOptions(
-        host=args.host, port=args.port, db=args.db, fit_workers=args.workers, torch_threads=args.torch_threads,
-        rpc_threads=args.rpc_threads, device=args.device, max_message_bytes=args.max_message_bytes, max_ask=args.max_ask,
-        default_lease_seconds=args.lease_seconds, lease_reap_seconds=args.lease_reap_seconds, grace_seconds=args.grace_seconds,
+        host=args.host,
+        port=args.port,
+        db=args.db,
+        fit_workers=args.workers,
+        torch_threads=args.torch_threads,
+        rpc_threads=args.rpc_threads,
+        device=args.device,
+        max_message_bytes=args.max_message_bytes,
+        max_ask=args.max_ask,
+        default_lease_seconds=args.lease_seconds,
+        lease_reap_seconds=args.lease_reap_seconds,
+        grace_seconds=args.grace_seconds,
     )
     from bbo_server import plugins
 

@@ -45,7 +45,9 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.Float, nullable=False),
         sa.Column("lease_expires_at", sa.Float, nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_trials"),
-        sa.ForeignKeyConstraint(["study_id"], ["studies.id"], name="fk_trials_study_id_studies", ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["study_id"], ["studies.id"], name="fk_trials_study_id_studies", ondelete="CASCADE"
+        ),
         sa.UniqueConstraint("study_id", "number", name="uq_trials_study_id_number"),
     )
     op.create_index("ix_trials_study_id_state", "trials", ["study_id", "state"])
@@ -57,7 +59,9 @@ def upgrade() -> None:
         sa.Column("detail", sa.Text, nullable=False),
         sa.Column("at", sa.Float, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_trial_events"),
-        sa.ForeignKeyConstraint(["trial_id"], ["trials.id"], name="fk_trial_events_trial_id_trials", ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["trial_id"], ["trials.id"], name="fk_trial_events_trial_id_trials", ondelete="CASCADE"
+        ),
     )
     op.create_index("ix_trial_events_trial_id", "trial_events", ["trial_id"])
     op.create_table(
@@ -67,7 +71,12 @@ def upgrade() -> None:
         sa.Column("value", sa.Float, nullable=False),
         sa.Column("at", sa.Float, nullable=False),
         sa.PrimaryKeyConstraint("trial_id", "step", name="pk_intermediate_values"),
-        sa.ForeignKeyConstraint(["trial_id"], ["trials.id"], name="fk_intermediate_values_trial_id_trials", ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["trial_id"],
+            ["trials.id"],
+            name="fk_intermediate_values_trial_id_trials",
+            ondelete="CASCADE",
+        ),
     )
     op.create_table(
         "llm_calls",
@@ -83,7 +92,9 @@ def upgrade() -> None:
         sa.Column("latency_seconds", sa.Float, nullable=False),
         sa.Column("created_at", sa.Float, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_llm_calls"),
-        sa.ForeignKeyConstraint(["study_id"], ["studies.id"], name="fk_llm_calls_study_id_studies", ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["study_id"], ["studies.id"], name="fk_llm_calls_study_id_studies", ondelete="CASCADE"
+        ),
     )
     op.create_index("ix_llm_calls_study_id", "llm_calls", ["study_id"])
     op.create_table(
@@ -97,11 +108,22 @@ def upgrade() -> None:
         sa.Column("response", sa.JSON, nullable=False),
         sa.Column("created_at", sa.Float, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_request_log"),
-        sa.ForeignKeyConstraint(["study_id"], ["studies.id"], name="fk_request_log_study_id_studies", ondelete="CASCADE"),
-        sa.UniqueConstraint("study_id", "kind", "request_id", name="uq_request_log_study_id_kind_request_id"),
+        sa.ForeignKeyConstraint(
+            ["study_id"], ["studies.id"], name="fk_request_log_study_id_studies", ondelete="CASCADE"
+        ),
+        sa.UniqueConstraint(
+            "study_id", "kind", "request_id", name="uq_request_log_study_id_kind_request_id"
+        ),
     )
 
 
 def downgrade() -> None:
-    for t in ("request_log", "llm_calls", "intermediate_values", "trial_events", "trials", "studies"):
+    for t in (
+        "request_log",
+        "llm_calls",
+        "intermediate_values",
+        "trial_events",
+        "trials",
+        "studies",
+    ):
         op.drop_table(t)

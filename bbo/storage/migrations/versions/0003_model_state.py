@@ -22,7 +22,9 @@ def upgrade() -> None:
         sa.Column("state", sa.LargeBinary, nullable=False),
         sa.Column("updated_at", sa.Float, nullable=False),
         sa.Column("updated_by", sa.String(128), nullable=False),
-        sa.ForeignKeyConstraint(["study_id"], ["studies.id"], name="fk_model_state_study_id_studies", ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["study_id"], ["studies.id"], name="fk_model_state_study_id_studies", ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("study_id", name="pk_model_state"),
     )
 
