@@ -33,3 +33,13 @@ class LimitError(BboError):
     ``retry_after`` (seconds) is set when the same request will pass later (a rate limit)."""
 
     retry_after: "float | None" = None
+
+
+class StudyNotFound(NotFoundError):
+    """The study a call names (by uid) no longer exists: it was deleted, perhaps re-created since."""
+
+
+class StorageUnavailable(BboError):
+    """The database is unreachable, restarting or stayed locked: nothing was changed, or the change
+    may or may not have been stored where the message says so; the service answers UNAVAILABLE and
+    clients retry."""

@@ -9,7 +9,9 @@ Fixed parameters take no column; they are added back on decode.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence, Union
 
@@ -18,6 +20,19 @@ import numpy as np
 from bbo.errors import SpecError
 
 Value = Union[float, int, str]
+
+INT64 = 2**63  # int parameters and integer values live in [-2**63, 2**63) (protobuf int64)
+EXACT_INT = 2**53  # whole numbers up to this are exact as doubles: ordinals of them are integers
+
+
+def _check_width(width: float, path: str, name: str) -> None:
+    """The encoding divides by the range's width (in the search scale): it must be a finite,
+    positive double, or every point would encode alike."""
+    if not (math.isfinite(width) and width > 0):
+        raise SpecError(
+            path,
+            f"the range of '{name}' is too wide or too narrow for a double ({width}): narrow it",
+        )
 
 
 def _check_name(name: str, field_path: str) -> None:
@@ -61,6 +76,7 @@ class FloatParam:
             raise SpecError(
                 f"{path}.low", f"log-scale parameter '{self.name}' needs low > 0, got {low}"
             )
+        _check_width(self._t(high) - self._t(low), path, self.name)
 
     def _t(self, x: float) -> float:
         return math.log(x) if self.log else x
@@ -96,6 +112,10 @@ class IntParam:
     def validate(self, path: str) -> None:
         for attr in ("low", "high"):
             v = getattr(self, attr)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not -INT64 <= v < INT64:
+                raise SpecError(
+                    f"{path}.{attr}", f"'{self.name}'.{attr} must fit in 64 bits, got {v!r}"
+                )
             if (
                 isinstance(v, bool)
                 or not isinstance(v, (int, np.integer))
@@ -163,29 +183,34 @@ class CategoricalParam:
             raise SpecError(
                 f"{path}.choices", f"categorical '{self.name}' needs at least one choice"
             )
-        if len(set(self.choices)) != len(self.choices):
-            dup = sorted({c for c in self.choices if self.choices.count(c) > 1})
-            raise SpecError(
-                f"{path}.choices", f"categorical '{self.name}' has duplicate choices {dup}"
-            )
         for c in self.choices:
             if not isinstance(c, str):
                 raise SpecError(
                     f"{path}.choices",
                     f"categorical '{self.name}' choices must be strings, got {c!r}",
                 )
+        if len(self._index) != len(self.choices):
+            dup = sorted(c for c, n in Counter(self.choices).items() if n > 1)[:10]
+            raise SpecError(
+                f"{path}.choices", f"categorical '{self.name}' has duplicate choices {dup}"
+            )
+
+    @functools.cached_property
+    def _index(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.choices)}
 
     def to_unit(self, v: Value) -> float:
-        return float(self.choices.index(v))
+        return float(self._index[v])
 
     def from_unit(self, u: float) -> str:
         i = int(round(min(max(float(u), 0.0), len(self.choices) - 1)))
         return self.choices[i]
 
     def check(self, v: Value) -> str:
-        if v not in self.choices:
-            raise SpecError(self.name, f"'{self.name}'={v!r} is not one of {list(self.choices)}")
-        return str(v)
+        if not isinstance(v, str) or v not in self._index:
+            shown = list(self.choices[:20]) + (["..."] if len(self.choices) > 20 else [])
+            raise SpecError(self.name, f"'{self.name}'={v!r} is not one of {shown}")
+        return v
 
 
 @dataclass(frozen=True)
@@ -213,6 +238,7 @@ class OrdinalParam:
             raise SpecError(
                 f"{path}.values", f"log-scale ordinal '{self.name}' needs all values > 0"
             )
+        _check_width(self._t(vals[-1]) - self._t(vals[0]), path, self.name)
 
     def _t(self, x: float) -> float:
         return math.log(x) if self.log else float(x)
@@ -221,28 +247,37 @@ class OrdinalParam:
         lo, hi = self._t(self.values[0]), self._t(self.values[-1])
         return (self._t(float(v)) - lo) / (hi - lo)
 
-    def grid(self) -> np.ndarray:
+    @functools.cached_property
+    def _grid(self) -> np.ndarray:
         return np.array([self.to_unit(v) for v in self.values])
 
-    @property
+    def grid(self) -> np.ndarray:
+        return self._grid.copy()
+
+    @functools.cached_property
     def integral(self) -> bool:
-        """All values are whole numbers (batch sizes, layer counts): they are handed out as ints."""
-        return all(float(x).is_integer() for x in self.values)
+        """All values are whole numbers that a double and an int64 hold exactly (batch sizes,
+        layer counts): they are handed out as ints; other values as floats."""
+        return all(float(x).is_integer() and abs(float(x)) <= EXACT_INT for x in self.values)
+
+    @functools.cached_property
+    def _by_value(self) -> dict[float, Value]:
+        return {float(x): self._plain(x) for x in self.values}
 
     def _plain(self, x) -> Value:
         return int(x) if self.integral else float(x)
 
     def from_unit(self, u: float):
-        g = self.grid()
-        return self._plain(self.values[int(np.argmin(np.abs(g - float(u))))])
+        return self._plain(self.values[int(np.argmin(np.abs(self._grid - float(u))))])
 
     def check(self, v: Value):
+        shown = list(self.values[:20]) + (["..."] if len(self.values) > 20 else [])
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-            raise SpecError(self.name, f"'{self.name}' needs one of {list(self.values)}, got {v!r}")
-        for x in self.values:
-            if float(x) == float(v):
-                return self._plain(x)
-        raise SpecError(self.name, f"'{self.name}'={v} is not one of {list(self.values)}")
+            raise SpecError(self.name, f"'{self.name}' needs one of {shown}, got {v!r}")
+        try:
+            return self._by_value[float(v)]
+        except (KeyError, OverflowError):
+            raise SpecError(self.name, f"'{self.name}'={v} is not one of {shown}") from None
 
 
 @dataclass(frozen=True)
@@ -253,8 +288,13 @@ class FixedParam:
     value: Value
 
     def validate(self, path: str) -> None:
-        if isinstance(self.value, float) and not math.isfinite(self.value):
+        v = self.value
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+            raise SpecError(f"{path}.value", f"fixed '{self.name}' must be a number or a string")
+        if isinstance(v, float) and not math.isfinite(v):
             raise SpecError(f"{path}.value", f"fixed '{self.name}' must be finite")
+        if isinstance(v, int) and not -INT64 <= v < INT64:
+            raise SpecError(f"{path}.value", f"fixed '{self.name}' must fit in 64 bits")
 
     def check(self, v: Value) -> Value:
         if v != self.value:
@@ -333,6 +373,12 @@ class SearchSpace:
                         f"{path}.coefficients",
                         f"constraint term '{n}' is on a log scale: a linear constraint needs linear-scale parameters",
                     )
+        for j, (_, coef, rhs) in enumerate(self.inequality_constraints()):
+            if not all(math.isfinite(x) for x in (*coef, rhs)):
+                raise SpecError(
+                    f"parameter_constraints[{j}]",
+                    "coefficients times parameter ranges overflow a double: rescale the constraint",
+                )
         if self.constraints and self._feasible_point() is None:
             raise SpecError(
                 "parameter_constraints",
@@ -340,11 +386,11 @@ class SearchSpace:
             )
 
     # ---- structure ---------------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def by_name(self) -> dict[str, Param]:
         return {p.name: p for p in self.params}
 
-    @property
+    @functools.cached_property
     def free(self) -> tuple[Param, ...]:
         """Parameters that get a column in the encoding (all but fixed)."""
         return tuple(p for p in self.params if not isinstance(p, FixedParam))

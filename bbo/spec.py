@@ -123,7 +123,7 @@ class StudySpec:
             raise SpecError("objectives", "a study needs at least one objective")
         names: set[str] = set()
         for i, o in enumerate(self.objectives):
-            if not o.name:
+            if not isinstance(o.name, str) or not o.name:
                 raise SpecError(f"objectives[{i}].name", "objective name must not be empty")
             if o.name in names:
                 raise SpecError(f"objectives[{i}].name", f"duplicate objective '{o.name}'")
@@ -134,7 +134,7 @@ class StudySpec:
                 )
             names.add(o.name)
         for i, c in enumerate(self.outcome_constraints):
-            if not c.metric:
+            if not isinstance(c.metric, str) or not c.metric:
                 raise SpecError(
                     f"outcome_constraints[{i}].metric", "constraint metric name must not be empty"
                 )
@@ -142,43 +142,26 @@ class StudySpec:
                 raise SpecError(
                     f"outcome_constraints[{i}].op", f"op must be '<=' or '>=', got {c.op!r}"
                 )
-            if not isinstance(c.bound, (int, float)) or not math.isfinite(c.bound):
+            if (
+                isinstance(c.bound, bool)
+                or not isinstance(c.bound, (int, float))
+                or not math.isfinite(c.bound)
+            ):
                 raise SpecError(f"outcome_constraints[{i}].bound", "bound must be a finite number")
         for i, m in enumerate(self.tracked_metrics):
-            if not m:
+            if not isinstance(m, str) or not m:
                 raise SpecError(f"tracked_metrics[{i}]", "metric name must not be empty")
-        a = self.algorithm
-        if a.n_initial < 0 or a.n_initial > 10_000:
-            raise SpecError("algorithm.n_initial", "must be between 0 (automatic) and 10000")
-        if a.device not in ("auto", "cpu", "cuda"):
-            raise SpecError("algorithm.device", "must be 'auto', 'cpu' or 'cuda'")
-        if a.max_fit_points < 10 or a.max_model_points < a.max_fit_points:
-            raise SpecError(
-                "algorithm.max_fit_points", "need 10 <= max_fit_points <= max_model_points"
-            )
-        if not (0 < a.refit_growth <= 10):
-            raise SpecError("algorithm.refit_growth", "must be in (0, 10]")
-        if (
-            isinstance(a.exploit_gap, bool)
-            or not isinstance(a.exploit_gap, int)
-            or not 0 <= a.exploit_gap <= 1000
-        ):
-            raise SpecError(
-                "algorithm.exploit_gap", "must be an integer from 0 (no exploitation steps) to 1000"
-            )
-        if a.reference_point is not None:
-            unknown = set(a.reference_point) - {o.name for o in self.objectives}
-            if unknown:
-                raise SpecError(
-                    "algorithm.reference_point", f"names unknown objectives {sorted(unknown)}"
-                )
+        _check_algorithm(self.algorithm, {o.name for o in self.objectives})
+        _check_llm(self.llm)
+        if not isinstance(self.description, str):
+            raise SpecError("description", "must be a string")
         by_name = self.space.by_name
         for i, p in enumerate(self.priors):
             path = f"priors[{i}]"
             param = by_name.get(p.parameter)
             if param is None:
                 raise SpecError(f"{path}.parameter", f"prior on unknown parameter '{p.parameter}'")
-            if not (0 < p.confidence <= 1):
+            if not 0 < _number(p.confidence, f"{path}.confidence", "a number in (0, 1]") <= 1:
                 raise SpecError(f"{path}.confidence", "confidence must be in (0, 1]")
             if isinstance(param, FixedParam):
                 raise SpecError(
@@ -325,3 +308,82 @@ def _param_from_dict(d: Mapping[str, Any], i: int):
         return cls(**d)
     except TypeError as e:
         raise SpecError(f"parameters[{i}]", f"bad fields for a {kind} parameter: {e}") from None
+
+
+INT64_MAX = 2**63 - 1
+MAX_SEED = 2**63 - 2**20  # the strategy derives seeds by adding small offsets
+MAX_MODEL_POINTS = 100_000
+
+
+def _int(v, path: str, lo: int, hi: int, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise SpecError(path, f"must be {what}, got {v!r}")
+    return v
+
+
+def _number(v, path: str, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise SpecError(path, f"must be {what}, got {v!r}")
+    return float(v)
+
+
+def _check_algorithm(a: AlgorithmOptions, objectives: set[str]) -> None:
+    """Range-check every algorithm option: nothing stored may make a study's asks fail later."""
+    _int(
+        a.n_initial, "algorithm.n_initial", 0, 10_000, "an integer between 0 (automatic) and 10000"
+    )
+    if a.seed is not None:
+        _int(a.seed, "algorithm.seed", 0, MAX_SEED, f"an integer from 0 to {MAX_SEED} (or unset)")
+    if a.device not in ("auto", "cpu", "cuda"):
+        raise SpecError("algorithm.device", "must be 'auto', 'cpu' or 'cuda'")
+    _int(
+        a.max_fit_points,
+        "algorithm.max_fit_points",
+        10,
+        MAX_MODEL_POINTS,
+        f"10 to {MAX_MODEL_POINTS}",
+    )
+    _int(
+        a.max_model_points,
+        "algorithm.max_model_points",
+        a.max_fit_points,
+        MAX_MODEL_POINTS,
+        f"max_fit_points ({a.max_fit_points}) to {MAX_MODEL_POINTS}",
+    )
+    if not 0 < _number(a.refit_growth, "algorithm.refit_growth", "a number in (0, 10]") <= 10:
+        raise SpecError("algorithm.refit_growth", "must be in (0, 10]")
+    if (
+        not 0
+        < _number(a.prior_exponent, "algorithm.prior_exponent", "a number in (0, 1000]")
+        <= 1000
+    ):
+        raise SpecError("algorithm.prior_exponent", "must be in (0, 1000]")
+    _int(
+        a.exploit_gap,
+        "algorithm.exploit_gap",
+        0,
+        1000,
+        "an integer from 0 (no exploitation steps) to 1000",
+    )
+    if a.reference_point is not None:
+        if not isinstance(a.reference_point, Mapping):
+            raise SpecError("algorithm.reference_point", "must map objective names to numbers")
+        for k, v in a.reference_point.items():
+            if k not in objectives:
+                raise SpecError("algorithm.reference_point", f"names unknown objective {k!r}")
+            _number(v, f"algorithm.reference_point['{k}']", "a finite number")
+
+
+def _check_llm(o: LlmOptions) -> None:
+    for name in ("enabled", "derive_priors", "propose_during_search"):
+        if not isinstance(getattr(o, name), bool):
+            raise SpecError(f"llm.{name}", "must be true or false")
+    _int(
+        o.warmstart_candidates,
+        "llm.warmstart_candidates",
+        0,
+        100,
+        "an integer from 0 (a third of the design) to 100",
+    )
+    if not isinstance(o.model, str):
+        raise SpecError("llm.model", "must be a string")

@@ -86,11 +86,11 @@ def client_proc(target: str, study: str, n: int, idx: int, barrier, out_q) -> No
 
 def run(cluster, n_replicas: int, clients: int, studies: int, trials: int, workdir: str) -> dict:
     import bbo_client as bc
-    from bbo.storage import Storage
+    from bbo.storage import open_storage
     from bbo_server.process import ServerProcess
 
     url = cluster.create_database(f"bench_{n_replicas}_{uuid.uuid4().hex[:6]}")
-    Storage(url).close()  # migrate once, before the replicas start
+    open_storage(url).close()  # migrate once, before the replicas start
     args = ["--log-level", "warning", "--workers", "1", "--db-pool-size", "8"]
     servers = [
         ServerProcess(url, args=args, log_path=os.path.join(workdir, f"r{n_replicas}-{i}.log"))
@@ -138,9 +138,9 @@ def run(cluster, n_replicas: int, clients: int, studies: int, trials: int, workd
         for p in procs:
             p.join(60)
         # every trial stored once, every tell durable
-        st = Storage(url, pool_size=2, migrate=False)
+        st = open_storage(url, pool_size=2, migrate=False)
         total = sum(
-            st.trial_counts(st.get_study("default", n).id).get("COMPLETED", 0) for n in names
+            st.trial_counts(st.get_study("default", n).uid).get("COMPLETED", 0) for n in names
         )
         st.close()
         assert total == clients * trials, (total, clients * trials)

@@ -158,10 +158,10 @@ def main() -> int:
     )
     srv.start()
     pid = srv.proc.pid
-    from bbo.storage import Storage
+    from bbo.storage import open_storage
     from bbo.storage.keys import KeyStore
 
-    st = Storage(db, pool_size=2)
+    st = open_storage(db, pool_size=2)
     keys = [KeyStore(st).create(f"tenant{i}", "soak")[0] for i in range(2)]
     st.close()
     studies = []

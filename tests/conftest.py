@@ -98,16 +98,16 @@ def make_study():
 
 @pytest.fixture
 def storage(tmp_path):
-    from bbo.storage import Storage
+    from bbo.storage import open_storage
 
-    s = Storage(sqlite_url(tmp_path / "unit.db"))
+    s = open_storage(sqlite_url(tmp_path / "unit.db"))
     yield s
     s.close()
 
 
 @pytest.fixture
 def registry(storage):
-    from bbo.study import StudyRegistry
+    from bbo.registry import StudyRegistry
 
     return StudyRegistry(storage)
 

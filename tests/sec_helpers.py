@@ -31,10 +31,10 @@ RPCS = [
 
 def create_key(db_url: str, tenant: str) -> tuple[str, str]:
     """(secret key, key id) for ``tenant`` in the database at ``db_url``."""
-    from bbo.storage import Storage
+    from bbo.storage import open_storage
     from bbo.storage.keys import KeyStore
 
-    s = Storage(db_url, pool_size=2)
+    s = open_storage(db_url, pool_size=2)
     try:
         key, rec = KeyStore(s).create(tenant, "test")
     finally:
@@ -43,10 +43,10 @@ def create_key(db_url: str, tenant: str) -> tuple[str, str]:
 
 
 def revoke_key(db_url: str, key_id: str) -> bool:
-    from bbo.storage import Storage
+    from bbo.storage import open_storage
     from bbo.storage.keys import KeyStore
 
-    s = Storage(db_url, pool_size=2)
+    s = open_storage(db_url, pool_size=2)
     try:
         return KeyStore(s).revoke(key_id)
     finally:

@@ -167,10 +167,10 @@ def test_keys_command(tmp_path):
     assert json.loads(run("list", "--json").stdout)[0]["revoked_at"] is not None
     assert run("create", "--tenant", "bad tenant!").returncode == 2
     # the database keeps only a hash
-    from bbo.storage import Storage
+    from bbo.storage import open_storage
     from bbo.storage import schema as S
 
-    s = Storage(db)
+    s = open_storage(db)
     with s.engine.connect() as c:
         rows = c.execute(S.api_keys.select()).mappings().all()
     s.close()

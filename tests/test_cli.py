@@ -78,11 +78,11 @@ def test_plot_writes_png(bbo_server, populated, tmp_path):
 
 
 def test_reads_database_directly(tmp_path):
-    from bbo.storage import Storage
-    from bbo.study import StudyRegistry
+    from bbo.storage import open_storage
+    from bbo.registry import StudyRegistry
 
     url = "sqlite:///" + str(tmp_path / "direct.db")
-    st = Storage(url)
+    st = open_storage(url)
     reg = StudyRegistry(st)
     s, _ = reg.create_study(
         "offline",
@@ -118,26 +118,6 @@ def test_reads_database_directly(tmp_path):
     r = bbo("studies", "--db", "sqlite:///" + str(missing), check=False)
     assert r.returncode != 0 and "no bbo database" in r.stderr and "Traceback" not in r.stderr
     assert not missing.exists()
-
-
-def test_a_locked_sqlite_database_is_unavailable_not_internal():
-    """SQLite locked past its busy timeout (another process on the file) is retryable: UNAVAILABLE."""
-    import sqlite3
-
-    import grpc
-    import sqlalchemy as sa
-
-    from bbo_server.errors import status_for
-
-    locked = sa.exc.OperationalError(
-        "UPDATE studies ...", {}, sqlite3.OperationalError("database is locked")
-    )
-    st = status_for(locked)
-    assert st.code == grpc.StatusCode.UNAVAILABLE and "locked" in st.details
-    assert (
-        status_for(sqlite3.OperationalError("no such table: trials")).code
-        == grpc.StatusCode.INTERNAL
-    )
 
 
 def test_unknown_study_is_a_clean_error(bbo_server):

@@ -108,12 +108,12 @@ def test_live_sqlite_backup_serves_the_same_studies(server_factory, tmp_path):
 def test_sqlite_moves_to_postgresql(cluster, tmp_path):
     """SQLite -> PostgreSQL with the same ids; the sequences are moved past them, so new studies,
     trials and events on PostgreSQL do not collide with the copied ones."""
-    from bbo.storage import Storage
+    from bbo.storage import open_storage
     from bbo.storage.copy import copy_database
-    from bbo.study import StudyRegistry
+    from bbo.registry import StudyRegistry
 
     src = f"sqlite:///{tmp_path / 'small.db'}"
-    st = Storage(src)
+    st = open_storage(src)
     reg = StudyRegistry(st)
     spec = {
         "parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}],
@@ -131,7 +131,7 @@ def test_sqlite_moves_to_postgresql(cluster, tmp_path):
     pg = cluster.create_database("copy_" + uuid.uuid4().hex[:10])
     counts = copy_database(src, pg)
     assert counts["studies"] == 2 and counts["trials"] == 5 and counts["request_log"] == 1
-    st = Storage(pg, pool_size=4)
+    st = open_storage(pg, pool_size=4)
     try:
         reg = StudyRegistry(st)
         a2, created = reg.create_study("a", spec)
@@ -140,8 +140,8 @@ def test_sqlite_moves_to_postgresql(cluster, tmp_path):
             1,
             2,
         ]  # the replay log came along
-        c, _ = reg.create_study("c", spec)  # a fresh id past the copied ones
-        assert c.id > max(a2.id, b.id)
+        c, created = reg.create_study("c", spec)  # a fresh id past the copied ones: no collision
+        assert created and c.uid not in (a2.uid, b.uid) and c.ask(1).trials[0].id == 1
         assert [t.id for t in a2.ask(2).trials] == [4, 5]
     finally:
         st.close()
@@ -149,4 +149,4 @@ def test_sqlite_moves_to_postgresql(cluster, tmp_path):
         copy_database(src, pg)
     # and back: a PostgreSQL deployment backed up into a SQLite file, read in one REPEATABLE READ snapshot
     back = copy_database(pg, f"sqlite:///{tmp_path / 'back.db'}")
-    assert back["studies"] == 3 and back["trials"] == counts["trials"] + 2
+    assert back["studies"] == 3 and back["trials"] == counts["trials"] + 3

@@ -128,7 +128,7 @@ def test_dead_worker_lease_abandon_region_freed_and_late_tell_kept(storage):
     pending (its region may be suggested again); a late tell still records the result, and the
     trial's state history is kept."""
     from bbo.strategy import Suggestion
-    from bbo.study import StudyRegistry
+    from bbo.registry import StudyRegistry
     from bbo.trial import TrialState
 
     seen = []
@@ -163,7 +163,7 @@ def test_dead_worker_lease_abandon_region_freed_and_late_tell_kept(storage):
         study.heartbeat(t1.id)  # an abandoned trial has no lease to extend
     late = study.tell(t1.id, {"y": 1.5})
     assert late.trial.state is TrialState.COMPLETED and late.trial.metrics["y"].value == 1.5
-    assert [e[0] for e in storage.trial_events(study.id, t1.id)] == [
+    assert [e[0] for e in storage.trial_events(study.uid, t1.id)] == [
         "PENDING",
         "ABANDONED",
         "COMPLETED",
@@ -174,7 +174,7 @@ def test_dead_worker_lease_abandon_region_freed_and_late_tell_kept(storage):
 
 def test_retried_requests_are_idempotent(storage):
     from bbo.errors import ConflictError
-    from bbo.study import StudyRegistry
+    from bbo.registry import StudyRegistry
 
     reg = StudyRegistry(storage)
     study, _ = reg.create_study(
@@ -186,7 +186,7 @@ def test_retried_requests_are_idempotent(storage):
     )
     a = study.ask(2, request_id="r1", worker_id="w").trials
     b = study.ask(2, request_id="r1", worker_id="w").trials
-    assert [t.id for t in a] == [t.id for t in b] and len(storage.list_trials(study.id)) == 2
+    assert [t.id for t in a] == [t.id for t in b] and len(storage.list_trials(study.uid)) == 2
     with pytest.raises(ConflictError):
         study.ask(3, request_id="r1", worker_id="w")  # the same id for a different request
     r1 = study.tell(a[0].id, {"y": 1.0}, request_id="t1")
@@ -196,7 +196,7 @@ def test_retried_requests_are_idempotent(storage):
         study.tell(a[0].id, {"y": 2.0}, request_id="t1")
     with pytest.raises(ConflictError):
         study.tell(a[0].id, {"y": 2.0})  # a different tell on a finished trial, no request id
-    assert [e[0] for e in storage.trial_events(study.id, a[0].id)] == ["PENDING", "COMPLETED"]
+    assert [e[0] for e in storage.trial_events(study.uid, a[0].id)] == ["PENDING", "COMPLETED"]
     x = study.add_trial({"x": 0.25}, {"y": 0.5}, request_id="add1")
     y = study.add_trial({"x": 0.25}, {"y": 0.5}, request_id="add1")
-    assert x.id == y.id and len(storage.list_trials(study.id)) == 3
+    assert x.id == y.id and len(storage.list_trials(study.uid)) == 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from bbo.study import StudyRegistry
+from bbo.registry import StudyRegistry
 
 SPEC = {
     "parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}],

@@ -70,7 +70,7 @@ def test_registry_expire_leases_updates_the_in_memory_trials(registry):
     (tb,) = b.ask(lease_seconds=10_000).trials
     assert registry.expire_leases(now=ta.lease_expires_at - 1) == {}
     later = ta.lease_expires_at + 1
-    assert registry.expire_leases(now=later) == {a.id: [ta.id]}
+    assert registry.expire_leases(now=later) == {a.uid: [ta.id]}
     mem = {t.id: t for t in a._all_trials()}
     assert mem[ta.id].state is TrialState.ABANDONED and mem[ta.id].reason == "lease expired"
     assert a.get_trial(ta.id).state is TrialState.ABANDONED
@@ -78,5 +78,5 @@ def test_registry_expire_leases_updates_the_in_memory_trials(registry):
     assert registry.expire_leases(now=later) == {}  # idempotent
     # a study no Ask has touched since the server started (not cached here) is reaped too
     registry._cache.clear()
-    assert registry.expire_leases(now=tb.lease_expires_at + 1) == {b.id: [tb.id]}
+    assert registry.expire_leases(now=tb.lease_expires_at + 1) == {b.uid: [tb.id]}
     assert registry.get_study("b").get_trial(tb.id).state is TrialState.ABANDONED

@@ -32,13 +32,32 @@ def limited(tmp_path_factory):
             "5",
             "--max-message-bytes",
             "65536",
+            "--max-choices",
+            "5",
+            "--max-linear-constraints",
+            "2",
+            "--max-objectives",
+            "2",
+            "--max-outcome-constraints",
+            "2",
+            "--max-tracked-metrics",
+            "2",
+            "--max-name-length",
+            "20",
+            "--max-description-bytes",
+            "100",
+            "--max-spec-bytes",
+            "6000",
+            "--max-metrics-per-trial",
+            "4",
         ],
     )
     srv.start()
     a, _ = create_key(db, "a")
     b, _ = create_key(db, "b")
+    c, _ = create_key(db, "c")
     ch, st = stub(srv.address)
-    yield {"srv": srv, "a": a, "b": b, "stub": st, "db": db}
+    yield {"srv": srv, "a": a, "b": b, "c": c, "stub": st, "db": db}
     ch.close()
     srv.stop()
 
@@ -83,6 +102,99 @@ def test_max_parameters(limited):
     assert call(st, "CreateStudy", svc.CreateStudyRequest(name="wide", spec=spec), b)[1] is None
 
 
+def _spec(n_choices=2, n_cons=0, n_obj=1, n_oc=0, n_tracked=0, name="x", desc=""):
+    spec = pb.StudySpec(
+        parameters=[
+            pb.ParameterSpec(name=name, float=pb.FloatParameter(low=0, high=1)),
+            pb.ParameterSpec(
+                name="c",
+                categorical=pb.CategoricalParameter(choices=[f"c{i}" for i in range(n_choices)]),
+            ),
+        ],
+        parameter_constraints=[
+            pb.LinearConstraint(coefficients={name: 1.0}, bound=0.9 + i / 100)
+            for i in range(n_cons)
+        ],
+        objectives=[pb.Objective(name=f"y{i}") for i in range(n_obj)],
+        outcome_constraints=[pb.OutcomeConstraint(metric=f"m{i}", bound=1.0) for i in range(n_oc)],
+        tracked_metrics=[f"t{i}" for i in range(n_tracked)],
+        description=desc,
+    )
+    return spec
+
+
+@pytest.mark.parametrize(
+    "kw, flag, field",
+    [
+        (dict(n_choices=6), "--max-choices", "spec.parameters[1].choices"),
+        (dict(n_cons=3), "--max-linear-constraints", "spec.parameter_constraints"),
+        (dict(n_obj=3), "--max-objectives", "spec.objectives"),
+        (dict(n_oc=3), "--max-outcome-constraints", "spec.outcome_constraints"),
+        (dict(n_tracked=3), "--max-tracked-metrics", "spec.tracked_metrics"),
+        (dict(name="p" * 21), "--max-name-length", "spec.parameters[0].name"),
+        (dict(desc="é" * 51), "--max-description-bytes", "spec.description"),
+    ],
+)
+def test_every_spec_bound_is_refused_naming_its_flag_and_stores_nothing(limited, kw, flag, field):
+    """Just over a bound: RESOURCE_EXHAUSTED with the flag in the message and the field in a
+    BadRequest violation; nothing is stored. At the bound: accepted."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    st, b = limited["stub"], limited["c"]
+    name = "over-" + flag.strip("-")[4:14]
+    try:
+        st.CreateStudy(
+            svc.CreateStudyRequest(name=name, spec=_spec(**kw)),
+            metadata=(("x-api-key", b),),
+            timeout=30,
+        )
+        raise AssertionError("accepted")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and flag in e.details(), e.details()
+        status = rpc_status.from_call(e)
+        br = error_details_pb2.BadRequest()
+        assert status.details[0].Unpack(br) and br.field_violations[0].field == field
+    assert call(st, "GetStudy", svc.GetStudyRequest(name=name), b)[1] == grpc.StatusCode.NOT_FOUND
+    at = {k: (v - 1 if isinstance(v, int) else v[: len(v) - 1]) for k, v in kw.items()}
+    r, code = call(st, "CreateStudy", svc.CreateStudyRequest(name=name, spec=_spec(**at)), b)
+    assert code is None and r.created
+    call(st, "DeleteStudy", svc.DeleteStudyRequest(name=name), b)
+
+
+def test_request_limits_unit():
+    """The spec's JSON size is bounded too, and a bound must be a positive integer."""
+    from bbo.limits import LimitExceeded, RequestLimits
+
+    lim = RequestLimits(max_spec_bytes=300)
+    spec = {
+        "parameters": [{"type": "float", "name": "x", "low": 0, "high": 1}],
+        "objectives": [{"name": "y"}],
+    }
+    lim.check_spec(spec)
+    with pytest.raises(LimitExceeded, match="--max-spec-bytes") as e:
+        lim.check_spec({**spec, "description": "d" * 300})
+    assert e.value.field == "spec"
+    with pytest.raises(ValueError, match="--max-choices"):
+        RequestLimits(max_choices=0)
+
+
+def test_metrics_per_trial_bound(limited):
+    st, b = limited["stub"], limited["c"]
+    call(st, "CreateStudy", svc.CreateStudyRequest(name="metrics", spec=small_spec()), b)
+    (t,) = call(st, "Ask", svc.AskRequest(study="metrics"), b)[0].trials
+    many = {k: pb.MetricValue(value=1.0) for k in ("y", "a", "b", "c", "d")}
+    code, msg = _details(
+        st, "Tell", svc.TellRequest(study="metrics", trial_id=t.id, metrics=many), b
+    )
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-metrics-per-trial" in msg
+    del many["d"]
+    assert (
+        call(st, "Tell", svc.TellRequest(study="metrics", trial_id=t.id, metrics=many), b)[1]
+        is None
+    )
+
+
 def test_max_ask_and_message_size(limited):
     st, b = limited["stub"], limited["b"]
     call(st, "CreateStudy", svc.CreateStudyRequest(name="asks", spec=small_spec()), b)
@@ -120,6 +232,74 @@ def test_rate_limit_is_per_tenant(server_factory, tmp_path):
         assert (
             call(st, "ListStudies", svc.ListStudiesRequest(), b)[1] is None
         )  # b has its own bucket
+
+
+def test_heartbeats_are_exempt_from_the_rate_but_bounded_per_trial(server_factory, tmp_path):
+    db = "sqlite:///" + str(tmp_path / "beat.db")
+    srv = server_factory(
+        db=db,
+        args=[
+            "--auth",
+            "--workers",
+            "1",
+            "--rate-limit",
+            "1",
+            "--rate-burst",
+            "3",
+            "--trial-rate",
+            "1",
+            "--trial-burst",
+            "5",
+        ],
+    )
+    a, _ = create_key(db, "a")
+    ch, st = stub(srv.address)
+    with ch:
+        call(st, "CreateStudy", svc.CreateStudyRequest(name="s", spec=small_spec()), a)
+        (t1, t2) = call(st, "Ask", svc.AskRequest(study="s", count=2), a)[0].trials
+        codes = [
+            call(st, "Heartbeat", svc.HeartbeatRequest(study="s", trial_id=t1.id), a)[1]
+            for _ in range(20)
+        ]
+        assert codes[:5] == [None] * 5  # more than the tenant's burst of 3: exempt from the rate
+        assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes[5:]  # but not unbounded
+        code, msg = _details(st, "Heartbeat", svc.HeartbeatRequest(study="s", trial_id=t1.id), a)
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--trial-rate" in msg
+        # another trial has its own bucket, and its Tell goes through
+        told = svc.TellRequest(study="s", trial_id=t2.id, metrics={"y": pb.MetricValue(value=1.0)})
+        assert call(st, "Tell", told, a)[1] is None
+
+
+def test_fit_slots_serve_tenants_in_turn():
+    """A tenant that queued many jobs does not keep another tenant's job waiting behind them all."""
+    import threading
+
+    from bbo.fit_slots import FitSlots
+
+    slots = FitSlots(1)
+    order: list[str] = []
+    gate = threading.Event()
+    first = threading.Thread(target=slots.run, args=(lambda: gate.wait(10), "a"))
+    first.start()
+    while not slots.queued() == {} and first.is_alive():
+        pass
+    threads = [
+        threading.Thread(target=slots.run, args=(lambda i=i: order.append(f"a{i}"), "a"))
+        for i in range(5)
+    ]
+    for t in threads:
+        t.start()
+    while sum(slots.queued().values()) < 5:
+        threading.Event().wait(0.001)
+    b = threading.Thread(target=slots.run, args=(lambda: order.append("b"), "b"))
+    b.start()
+    while sum(slots.queued().values()) < 6:
+        threading.Event().wait(0.001)
+    gate.set()
+    for t in [first, b, *threads]:
+        t.join(10)
+    assert order.index("b") <= 1, order  # b's job ran after at most one more of a's
+    slots.close()
 
 
 def test_token_bucket_unit():

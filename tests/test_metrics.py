@@ -80,14 +80,12 @@ def test_metrics_off_by_default(bbo_server):
 
 
 def test_strategy_wrapper_times_and_forwards_and_llm_calls_are_counted(storage):
+    from bbo.registry import StudyConfig, StudyRegistry
     from bbo.storage import LlmCallRecord
     from bbo_server import metrics as M
 
     class Fake:
         last = type("L", (), {"fit_seconds": 0.25, "acq_seconds": 0.5})()
-
-        def set_llm_logger(self, fn):
-            self.log = fn
 
         def suggest(self, trials, n):
             return ["s"] * n
@@ -102,30 +100,21 @@ def test_strategy_wrapper_times_and_forwards_and_llm_calls_are_counted(storage):
     strat = M.instrument_factory(lambda spec: Fake())(None)
     assert strat.suggest([], 2) == ["s", "s"]
     assert strat.status([]) == ("ACTIVE", "")  # forwarded
-    logged = []
-    strat.set_llm_logger(logged.append)
-    strat.log("x")
-    assert logged == ["x"]
     assert M.GP_FIT_SECONDS._sum.get() == fit0 + 0.25 and M.SUGGEST_SECONDS._sum.get() > n0
 
-    st = storage.insert_study(
-        "t",
+    reg = StudyRegistry(storage, config=StudyConfig(on_llm_call=M.count_llm_call))
+    st, _ = reg.create_study(
         "llm",
         {
             "parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}],
             "objectives": [{"name": "y"}],
         },
-        1,
     )
     ok0, bad0 = count(purpose="warmstart", outcome="ok"), count(purpose="priors", outcome="failure")
-    M.count_llm_calls(storage)
-    M.count_llm_calls(storage)  # idempotent: not counted twice
-    storage.log_llm_call(
-        st.id, LlmCallRecord("warmstart", "m", "p", "r", "ok", latency_seconds=0.2)
-    )
-    storage.log_llm_call(st.id, LlmCallRecord("priors", "m", "p", "", "timeout after 30s"))
+    st.log_llm_call(LlmCallRecord("warmstart", "m", "p", "r", "ok", latency_seconds=0.2))
+    st.log_llm_call(LlmCallRecord("priors", "m", "p", "", "timeout after 30s"))
     assert count(purpose="warmstart", outcome="ok") == ok0 + 1
     assert count(purpose="priors", outcome="failure") == bad0 + 1
-    assert len(storage.list_llm_calls(st.id)) == 2  # still stored
+    assert len(st.llm_calls()) == 2  # still stored
     M.record_llm_call("proposal", ok=False)
     assert count(purpose="proposal", outcome="failure") >= 1

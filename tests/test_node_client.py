@@ -363,15 +363,15 @@ def test_node_optimize_fails_refused_metrics_and_goes_on(bbo_server, study_name)
 
 @pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
 def test_node_reads_every_page_of_llm_calls(bbo_server, client, study_name, make_study):
-    from bbo.storage import LlmCallRecord, Storage
+    from bbo.storage import LlmCallRecord, open_storage
 
     make_study(client, study_name)
-    st = Storage(bbo_server.db, migrate=False)
+    st = open_storage(bbo_server.db, migrate=False)
     try:
         rec = st.get_study("default", study_name)
         for i in range(230):
             st.log_llm_call(
-                rec.id,
+                rec.uid,
                 LlmCallRecord(
                     ("warmstart", "priors", "proposal")[i % 3], "m", f"p{i}", f"a{i}", "ok", i
                 ),

@@ -144,7 +144,7 @@ def test_replicas_share_studies_and_survive_a_sigkill(replicas):
     assert len(acked) >= KILL_AFTER
 
     # ---- verify through a surviving replica and directly in the database ----
-    from bbo.storage import Storage
+    from bbo.storage import open_storage
 
     with bc.Client(servers[2].address) as c:
         for name in names:
@@ -169,12 +169,12 @@ def test_replicas_share_studies_and_survive_a_sigkill(replicas):
         assert any(t.origin not in ("initial", "user") for t in bo), (
             "the BO study never left its initial design"
         )
-    st = Storage(url, pool_size=2, migrate=False)
+    st = open_storage(url, pool_size=2, migrate=False)
     try:
-        from bbo.storage.coordination import ModelStateCache
+        from bbo.model_sharing import ModelStateCache
 
         rec = st.get_study("default", "bo")
-        state = ModelStateCache(st).get(rec.id)
+        state = ModelStateCache(st).get(rec.uid)
         assert state is not None and state["n_fit"] >= 2, (
             "no fitted model state shared in the database"
         )

@@ -186,17 +186,17 @@ def test_list_llm_calls_empty(client, study_name, make_study):
 def test_list_llm_calls_pages_by_count_and_size(bbo_server, client, study_name, make_study):
     """A long study's LLM log comes back in pages that stay under gRPC's default 4 MiB receive limit
     (20 calls of 500 KB here), in order, filtered by purpose on request; the client reads every page."""
-    from bbo.storage import LlmCallRecord, Storage
+    from bbo.storage import LlmCallRecord, open_storage
 
     s = make_study(client, study_name)
-    st = Storage(bbo_server.db, migrate=False)
+    st = open_storage(bbo_server.db, migrate=False)
     try:
         rec = st.get_study("default", study_name)
         purposes = ("warmstart", "priors", "proposal")
         for i in range(230):
             prompt = f"prompt {i} " + ("x" * 500_000 if 100 <= i < 120 else "")
             st.log_llm_call(
-                rec.id, LlmCallRecord(purposes[i % 3], "m", prompt, f"answer {i}", "ok", i, 1, 0.1)
+                rec.uid, LlmCallRecord(purposes[i % 3], "m", prompt, f"answer {i}", "ok", i, 1, 0.1)
             )
     finally:
         st.close()

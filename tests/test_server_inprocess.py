@@ -23,6 +23,9 @@ class SlowStrategy:
     def __init__(self, spec):
         self.spec = spec
 
+    def status(self, trials):
+        return ("ACTIVE", "")
+
     def suggest(self, trials, n):
         SlowStrategy.started.set()
         time.sleep(1.0)
@@ -51,7 +54,7 @@ def test_graceful_stop_finishes_in_flight_ask(tmp_path):
             srv.stop(grace=30)  # returns once the in-flight Ask has been answered
             th.join(30)
             assert len(got) == 1 and got[0].state == "PENDING"
-            assert srv.storage.list_trials(srv.registry.get_study("slow").id)[0].id == got[0].id
+            assert srv.storage.list_trials(srv.registry.get_study("slow").uid)[0].id == got[0].id
     finally:
         srv.server.stop(0)
 

@@ -1,5 +1,6 @@
-"""Storage on SQLite: migrations, trial-number allocation under concurrency, idempotency log,
-read-modify-write, leases, intermediate values, LLM calls, deletion."""
+"""What only the SQLite backend does: migrations (AUTOINCREMENT rebuild of an older file), pragmas,
+group commit, the in-memory model state, closing under load. The storage contract both backends
+meet is tests/test_storage_contract.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from bbo.storage import LlmCallRecord, NewTrial, RequestKey, Storage
+from bbo.storage import NewTrial, RequestKey, open_storage
 from bbo.trial import Metric, TrialState
 
 SPEC = {
@@ -30,11 +31,11 @@ def test_migrates_to_head_and_is_idempotent(tmp_path):
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(bbo.storage.__file__).parent / "migrations"))
     head = ScriptDirectory.from_config(cfg).get_current_head()  # one head: migrations form a chain
-    s = Storage(url)
-    assert s.current_revision() == head
+    s = open_storage(url)
+    assert s.schema_revision() == head
     s.close()
-    s2 = Storage(url)  # second start: nothing to do
-    assert s2.current_revision() == head
+    s2 = open_storage(url)  # second start: nothing to do
+    assert s2.schema_revision() == head
     s2.close()
 
 
@@ -51,13 +52,13 @@ def test_sqlite_pragmas(storage):
 
 
 def test_synchronous_from_url(tmp_path):
-    s = Storage("sqlite:///" + str(tmp_path / "n.db") + "?synchronous=normal")
+    s = open_storage("sqlite:///" + str(tmp_path / "n.db") + "?synchronous=normal")
     with s.engine.connect() as c:
         assert c.exec_driver_sql("PRAGMA synchronous").scalar() == 1
     assert s._group._raw().execute("PRAGMA synchronous").fetchone()[0] == 1
     s.close()
     with pytest.raises(ValueError):
-        Storage("sqlite:///" + str(tmp_path / "n.db") + "?synchronous=sometimes")
+        open_storage("sqlite:///" + str(tmp_path / "n.db") + "?synchronous=sometimes")
 
 
 def test_migrated_schema_matches_metadata(storage):
@@ -73,116 +74,12 @@ def test_migrated_schema_matches_metadata(storage):
     assert diff == [], f"schema.py and the migrations disagree: {diff}"
 
 
-def test_study_unique_per_tenant(storage):
-    a = storage.insert_study("t1", "s", SPEC, 1)
-    assert a is not None and a.trial_counter == 0
-    assert storage.insert_study("t1", "s", SPEC, 1) is None
-    assert storage.insert_study("t2", "s", SPEC, 1) is not None
-    assert [r.name for r in storage.list_studies("t1")] == ["s"]
-
-
-def test_concurrent_trial_numbers_are_unique_and_dense(storage):
-    st = storage.insert_study("t", "s", SPEC, 1)
-    got: list[int] = []
-    lock = threading.Lock()
-
-    def work():
-        for _ in range(10):
-            ts, _ = storage.insert_trials(
-                st.id, [NewTrial({"x": 0.5}, "bo"), NewTrial({"x": 0.6}, "bo")]
-            )
-            with lock:
-                got.extend(t.id for t in ts)
-
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(got) == list(range(1, 161))
-    assert storage.get_study_by_id(st.id).trial_counter == 160
-
-
-def test_request_log_replays(storage):
-    st = storage.insert_study("t", "s", SPEC, 1)
-    req = RequestKey("t", "ask", "r1", "h1")
-    first, prev = storage.insert_trials(st.id, [NewTrial({"x": 0.1}, "bo")], request=req)
-    assert prev is None
-    again, prev = storage.insert_trials(st.id, [NewTrial({"x": 0.9}, "bo")], request=req)
-    assert prev == {"hash": "h1", "trials": [first[0].id]} and [t.id for t in again] == [
-        first[0].id
-    ]
-    assert len(storage.list_trials(st.id)) == 1
-
-
-def test_modify_trial_and_events(storage):
-    st = storage.insert_study("t", "s", SPEC, 1)
-    (t,), _ = storage.insert_trials(st.id, [NewTrial({"x": 0.1}, "bo")])
-    import dataclasses
-
-    new, changed, _ = storage.modify_trial(
-        st.id,
-        t.id,
-        lambda cur: dataclasses.replace(
-            cur, state=TrialState.COMPLETED, metrics={"y": Metric(1.5, 0.1)}
-        ),
-    )
-    assert changed and new.state is TrialState.COMPLETED
-    stored = storage.get_trial(st.id, t.id)
-    assert stored.metrics == {"y": Metric(1.5, 0.1)} and stored.state is TrialState.COMPLETED
-    assert [e[0] for e in storage.trial_events(st.id, t.id)] == ["PENDING", "COMPLETED"]
-    same, changed, _ = storage.modify_trial(st.id, t.id, lambda cur: None)
-    assert not changed and same.state is TrialState.COMPLETED
-    missing, changed, _ = storage.modify_trial(st.id, 99, lambda cur: cur)
-    assert missing is None and not changed
-
-    def refuse(cur):
-        raise RuntimeError("no")
-
-    with pytest.raises(RuntimeError):
-        storage.modify_trial(st.id, t.id, refuse)
-    assert storage.get_trial(st.id, t.id) == stored  # the refused change rolled back
-
-
-def test_expire_leases(storage):
-    st = storage.insert_study("t", "s", SPEC, 1)
-    ts, _ = storage.insert_trials(st.id, [NewTrial({"x": 0.1}, "bo")], lease_expires_at=100.0)
-    ts2, _ = storage.insert_trials(st.id, [NewTrial({"x": 0.2}, "bo")], lease_expires_at=10_000.0)
-    assert storage.expire_leases(st.id, now=200.0) == [ts[0].id]
-    assert storage.get_trial(st.id, ts[0].id).state is TrialState.ABANDONED
-    assert storage.get_trial(st.id, ts2[0].id).state is TrialState.PENDING
-    assert storage.expire_leases(st.id, now=200.0) == []
-
-
-def test_intermediates_llm_calls_and_delete(storage):
-    st = storage.insert_study("t", "s", SPEC, 1)
-    (t,), _ = storage.insert_trials(st.id, [NewTrial({"x": 0.1}, "bo")])
-    assert storage.add_intermediate(st.id, t.id, 1, 0.5)
-    assert storage.add_intermediate(st.id, t.id, 1, 0.4)  # overwrite the same step
-    assert storage.add_intermediate(st.id, t.id, 2, 0.3)
-    assert not storage.add_intermediate(st.id, 42, 1, 0.3)
-    assert storage.intermediates(st.id) == {t.id: [(1, 0.4), (2, 0.3)]}
-    storage.log_llm_call(st.id, LlmCallRecord("warmstart", "m", "p", "r", "ok", 10, 5, 0.5))
-    (c,) = storage.list_llm_calls(st.id)
-    assert (c.purpose, c.prompt_tokens, c.completion_tokens) == (
-        "warmstart",
-        10,
-        5,
-    ) and c.created_at > 0
-    assert storage.delete_study(st.id)
-    assert storage.get_study("t", "s") is None
-    with storage.engine.connect() as conn:
-        for table in ("trials", "trial_events", "intermediate_values", "llm_calls", "request_log"):
-            assert conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar() == 0
-    assert not storage.delete_study(st.id)
-
-
 def test_group_commit_rolls_back_only_the_failed_update_of_a_shared_batch(storage):
     """Tells queued together share one transaction; one whose write fails half way (its trial row
     already updated, then the request-log insert violates NOT NULL) is undone alone."""
     import dataclasses
 
-    sid = storage.insert_study("t", "s", SPEC, 1).id
+    sid = storage.create_study("t", "s", SPEC, 1).uid
     trials, _ = storage.insert_trials(sid, [NewTrial({"x": i / 10}, "initial") for i in range(9)])
 
     def complete(value):
@@ -191,8 +88,8 @@ def test_group_commit_rolls_back_only_the_failed_update_of_a_shared_batch(storag
         )
 
     bad = RequestKey(
-        None, "tell", "r-bad", "h"
-    )  # tenant NULL: the request-log insert fails after the update
+        "tell", None, "h"
+    )  # request_id NULL: the request-log insert fails after the update
     results: dict[int, object] = {}
 
     def tell(t, request=None):
@@ -233,7 +130,7 @@ def test_group_commit_rolls_back_only_the_failed_update_of_a_shared_batch(storag
 
 
 class _StatefulStrategy:
-    """The model-state protocol of bbo.storage.coordination (export_state / import_state)."""
+    """The model-state protocol of bbo.model_sharing (export_state / import_state)."""
 
     def __init__(self):
         self.n_fit, self.hyper = 0, None
@@ -248,9 +145,9 @@ class _StatefulStrategy:
 def test_model_state_on_sqlite_is_read_once_per_strategy_then_kept_in_memory(storage):
     import torch
 
-    from bbo.storage.coordination import ModelStateCache
+    from bbo.model_sharing import ModelStateCache
 
-    sid = storage.insert_study("t", "s", SPEC, 1).id
+    sid = storage.create_study("t", "s", SPEC, 1).uid
     statements = []
     sa.event.listen(
         storage.engine, "before_cursor_execute", lambda *a, **k: statements.append(a[2])
@@ -279,10 +176,10 @@ def test_tells_racing_a_close_are_written_or_refused_never_left_waiting(tmp_path
     import dataclasses
     import threading
 
-    from bbo.storage import Storage
+    from bbo.storage import open_storage
 
-    storage = Storage(f"sqlite:///{tmp_path / 'close.db'}")
-    sid = storage.insert_study("t", "s", SPEC, 1).id
+    storage = open_storage(f"sqlite:///{tmp_path / 'close.db'}")
+    sid = storage.create_study("t", "s", SPEC, 1).uid
     trials, _ = storage.insert_trials(sid, [NewTrial({"x": i / 100}, "initial") for i in range(60)])
     outcomes: dict[int, str] = {}
     go = threading.Event()
@@ -311,7 +208,7 @@ def test_tells_racing_a_close_are_written_or_refused_never_left_waiting(tmp_path
         th.join(max(0.0, deadline - time.monotonic()))
     assert not any(th.is_alive() for th in threads), "a tell was left waiting on a closed storage"
     assert set(outcomes.values()) <= {"stored", "storage is closed"} and len(outcomes) == 60
-    reopened = Storage(f"sqlite:///{tmp_path / 'close.db'}")
+    reopened = open_storage(f"sqlite:///{tmp_path / 'close.db'}")
     try:
         done = {t.id for t in reopened.list_trials(sid, [TrialState.COMPLETED])}
         assert done == {
@@ -319,3 +216,88 @@ def test_tells_racing_a_close_are_written_or_refused_never_left_waiting(tmp_path
         }  # what was acknowledged is there
     finally:
         reopened.close()
+
+
+def test_an_older_database_keeps_its_rows_and_uids_through_the_identity_migration(tmp_path):
+    """Revision 0004 rebuilds tables with AUTOINCREMENT: nothing may cascade away, studies keep the
+    uids workers hold, LLM calls get per-study numbers, and a deleted row id is not reused."""
+    from pathlib import Path
+
+    from alembic import command
+    from alembic.config import Config
+
+    import bbo.storage
+
+    url = "sqlite:///" + str(tmp_path / "old.db")
+    engine = sa.create_engine(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(bbo.storage.__file__).parent / "migrations"))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0003")
+        for sid in (1, 2, 3):
+            conn.exec_driver_sql(
+                "INSERT INTO studies (id, tenant, name, spec, spec_hash, seed, state, state_reason, "
+                f"trial_counter, created_at) VALUES ({sid}, 't', 's{sid}', '{{}}', 'h', 1, 'ACTIVE', "
+                f"'', 1, 1700000000.{sid})"
+            )
+            conn.exec_driver_sql(
+                "INSERT INTO trials (study_id, number, params, state, metrics, origin, reason, "
+                f"rationale, worker_id, created_at, updated_at) VALUES ({sid}, 1, '{{}}', "
+                "'COMPLETED', '{}', 'bo', '', '', '', 1, 1)"
+            )
+            for _ in range(2):
+                conn.exec_driver_sql(
+                    "INSERT INTO llm_calls (study_id, purpose, model, prompt, response, outcome, "
+                    "prompt_tokens, completion_tokens, latency_seconds, created_at) VALUES "
+                    f"({sid}, 'priors', 'm', 'p', 'r', 'ok', 1, 1, 0.1, 1)"
+                )
+        conn.exec_driver_sql("DELETE FROM trials WHERE study_id = 3")
+        conn.exec_driver_sql("DELETE FROM llm_calls WHERE study_id = 3")
+        conn.exec_driver_sql("DELETE FROM studies WHERE id = 3")
+    engine.dispose()
+    s = open_storage(url)
+    try:
+        assert s.schema_revision() == "0004"
+        r1 = s.get_study("t", "s1")
+        assert r1.uid == f"1.{round(1700000000.1 * 1e6)}"
+        assert [t.id for t in s.list_trials(r1.uid)] == [1]
+        assert [c.number for c in s.list_llm_calls(s.get_study("t", "s2").uid)] == [1, 2]
+        s.log_llm_call(r1.uid, bbo.storage.LlmCallRecord("priors", "m", "p", "r", "ok"))
+        assert [c.number for c in s.list_llm_calls(r1.uid)] == [1, 2, 3]
+        s.delete_study(s.get_study("t", "s2").uid)
+        new = s.create_study("t", "s4", SPEC, 1)
+        with s.engine.connect() as c:
+            assert (
+                c.exec_driver_sql("SELECT id FROM studies WHERE uid = ?", (new.uid,)).scalar() == 3
+            )
+    finally:
+        s.close()
+
+
+def test_a_database_locked_by_another_process_is_unavailable(tmp_path):
+    """SQLite locked past its busy timeout (a second process writing the file) is StorageUnavailable
+    (UNAVAILABLE: clients retry), on the plain write path and the group-commit (Tell) path alike."""
+    import dataclasses
+    import sqlite3
+
+    from bbo.errors import StorageUnavailable
+
+    path = tmp_path / "locked.db"
+    s = open_storage(f"sqlite:///{path}?busy_timeout=200")
+    try:
+        uid = s.create_study("t", "s", SPEC, 1).uid
+        (t,), _ = s.insert_trials(uid, [NewTrial({"x": 0.5}, "bo")])
+        other = sqlite3.connect(str(path), isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StorageUnavailable, match="locked"):
+                s.create_study("t", "s2", SPEC, 1)
+            with pytest.raises(StorageUnavailable, match="locked"):
+                s.modify_trial(uid, t.id, lambda cur: dataclasses.replace(cur, reason="x"))
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert s.create_study("t", "s2", SPEC, 1) is not None
+    finally:
+        s.close()

@@ -1,11 +1,10 @@
-"""Storage on a real PostgreSQL (a throwaway cluster): the SQLite storage tests again, plus what only
+"""Storage on a real PostgreSQL (a throwaway cluster): what only
 matters with several server replicas on one database: the cross-process study lock, pool and session
 settings, retries of transient errors, the shared model state, and registries that see each
 other's deletions. Skipped (with the reason) where the PostgreSQL server binaries are absent."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -16,17 +15,21 @@ import pytest
 import sqlalchemy as sa
 
 import pg_cluster
-import test_storage as sqlite_tests
-from bbo.storage import NewTrial, Storage
-from bbo.storage import pg as pgmod
-from bbo.storage.coordination import ModelStateCache, cache_for
+from bbo.errors import StorageUnavailable
+from bbo.model_sharing import ModelStateCache
+from bbo.storage import NewTrial, open_storage
+from bbo.storage import postgres as pgmod
+from bbo.storage.sql import db_call
 from bbo.trial import TrialState
 
 pytestmark = pytest.mark.skipif(
     pg_cluster.missing_reason() is not None, reason=str(pg_cluster.missing_reason())
 )
 
-SPEC = sqlite_tests.SPEC
+SPEC = {
+    "parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}],
+    "objectives": [{"name": "y"}],
+}
 
 
 @pytest.fixture
@@ -36,26 +39,14 @@ def pg_url(cluster):
 
 @pytest.fixture
 def storage(pg_url):
-    s = Storage(pg_url, pool_size=4)
+    s = open_storage(pg_url, pool_size=4)
     yield s
     s.close()
 
 
-# ---- the SQLite storage tests, on PostgreSQL -----------------------------------------------------------
-test_migrated_schema_matches_metadata = sqlite_tests.test_migrated_schema_matches_metadata
-test_study_unique_per_tenant = sqlite_tests.test_study_unique_per_tenant
-test_concurrent_trial_numbers_are_unique_and_dense = (
-    sqlite_tests.test_concurrent_trial_numbers_are_unique_and_dense
-)
-test_request_log_replays = sqlite_tests.test_request_log_replays
-test_modify_trial_and_events = sqlite_tests.test_modify_trial_and_events
-test_expire_leases = sqlite_tests.test_expire_leases
-test_intermediates_llm_calls_and_delete = sqlite_tests.test_intermediates_llm_calls_and_delete
-
-
 def test_two_processes_migrating_at_once_agree(pg_url):
     """Replicas starting together race to migrate; the advisory lock in migrate() serializes them."""
-    code = "import sys; from bbo.storage import Storage; s = Storage(sys.argv[1]); print(s.current_revision()); s.close()"
+    code = "import sys; from bbo.storage import open_storage; s = open_storage(sys.argv[1]); print(s.schema_revision()); s.close()"
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", code, pg_url],
@@ -71,7 +62,7 @@ def test_two_processes_migrating_at_once_agree(pg_url):
 
 
 def test_migration_waits_for_another_replica_past_the_short_lock_timeout(pg_url):
-    Storage(pg_url).close()
+    open_storage(pg_url).close()
     eng = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
     with eng.connect() as c, c.begin():
         c.execute(
@@ -80,21 +71,22 @@ def test_migration_waits_for_another_replica_past_the_short_lock_timeout(pg_url)
         out = {}
         t = threading.Thread(
             target=lambda: out.setdefault(
-                "s", Storage(pg_url + "?lock_timeout=100ms&statement_timeout=200ms", pool_size=2)
+                "s",
+                open_storage(pg_url + "?lock_timeout=100ms&statement_timeout=200ms", pool_size=2),
             )
         )
         t.start()
         t.join(1.0)  # well past both timeouts, still waiting
         assert t.is_alive()
     t.join(60)
-    assert out["s"].current_revision() is not None
+    assert out["s"].schema_revision() is not None
     out["s"].close()
     eng.dispose()
 
 
 # ---- session settings and pool ------------------------------------------------------------------------
 def test_session_settings_and_url_overrides(pg_url):
-    s = Storage(pg_url)
+    s = open_storage(pg_url)
     with s.engine.connect() as c:
         assert c.exec_driver_sql("SHOW statement_timeout").scalar() == "30s"
         assert c.exec_driver_sql("SHOW lock_timeout").scalar() == "10s"
@@ -102,7 +94,7 @@ def test_session_settings_and_url_overrides(pg_url):
         assert c.exec_driver_sql("SHOW application_name").scalar().startswith("bbo-")
     assert s.engine.pool.size() == 16 and s.engine.dialect.name == "postgresql"
     s.close()
-    s = Storage(
+    s = open_storage(
         pg_url + "?statement_timeout=5s&lock_timeout=250ms&pool_size=3&max_overflow=1", pool_size=10
     )
     with s.engine.connect() as c:
@@ -124,7 +116,7 @@ def test_statement_timeout_stops_a_runaway_query(storage):
 
 def test_reconnects_after_connections_are_killed(storage):
     """A PostgreSQL restart / failover kills pooled connections: pre-ping replaces them unseen."""
-    st = storage.insert_study("t", "s", SPEC, 1)
+    st = storage.create_study("t", "s", SPEC, 1)
     with storage.engine.connect() as c:
         app = c.exec_driver_sql("SHOW application_name").scalar()
     admin = sa.create_engine(
@@ -139,8 +131,8 @@ def test_reconnects_after_connections_are_killed(storage):
         ).scalar()
     admin.dispose()
     assert killed >= 1
-    assert storage.get_study_by_id(st.id).name == "s"
-    ts, _ = storage.insert_trials(st.id, [NewTrial({"x": 0.5}, "bo")])
+    assert storage.get_study_by_uid(st.uid).name == "s"
+    ts, _ = storage.insert_trials(st.uid, [NewTrial({"x": 0.5}, "bo")])
     assert [t.id for t in ts] == [1]
 
 
@@ -149,50 +141,40 @@ def _dbapi_error(exc):
     return sa.exc.OperationalError("SELECT 1", {}, exc)
 
 
-def test_retry_transient_reruns_rolled_back_work_and_gives_up_cleanly():
+def test_transient_errors_are_retried_or_refused(storage, monkeypatch):
+    """Rolled-back work (deadlock, serialization failure, lock timeout) is re-run; a lost connection
+    only where the call is idempotent (a commit may have happened); after a few tries, or when not
+    safe, StorageUnavailable; anything else is raised as it is."""
     import psycopg
 
+    monkeypatch.setattr(pgmod, "RETRY_BASE_DELAY", 0.001)
     calls = []
 
-    @pgmod.retry_transient(idempotent=False, base_delay=0.001)
-    def flaky(n_failures, exc):
-        calls.append(1)
-        if len(calls) <= n_failures:
-            raise _dbapi_error(exc)
-        return "ok"
+    def flaky(n_failures, exc, idempotent=False):
+        @db_call(idempotent=idempotent)
+        def run(self):
+            calls.append(1)
+            if len(calls) <= n_failures:
+                raise _dbapi_error(exc)
+            return "ok"
 
-    assert (
-        flaky(2, psycopg.errors.DeadlockDetected("deadlock detected")) == "ok" and len(calls) == 3
-    )
-    calls.clear()
-    assert (
-        flaky(1, psycopg.errors.SerializationFailure("could not serialize")) == "ok"
-        and len(calls) == 2
-    )
-    calls.clear()
-    with pytest.raises(
-        pgmod.TransientStorageError
-    ):  # a lost connection: the commit may have happened
+        calls.clear()
+        return run(storage)
+
+    assert flaky(2, psycopg.errors.DeadlockDetected("deadlock detected")) == "ok"
+    assert len(calls) == 3
+    assert flaky(1, psycopg.errors.SerializationFailure("could not serialize")) == "ok"
+    with pytest.raises(StorageUnavailable):  # a lost connection: the commit may have happened
         flaky(1, psycopg.OperationalError("server closed the connection unexpectedly"))
     assert len(calls) == 1
-    calls.clear()
-    with pytest.raises(pgmod.TransientStorageError):
+    with pytest.raises(StorageUnavailable):
         flaky(99, psycopg.errors.LockNotAvailable("lock timeout"))
-    assert len(calls) == 5
-    calls.clear()
+    assert len(calls) == pgmod.RETRY_ATTEMPTS
     with pytest.raises(sa.exc.OperationalError):  # not transient: raised as it is
         flaky(1, psycopg.errors.QueryCanceled("statement timeout"))
     assert len(calls) == 1
-
-    @pgmod.retry_transient(base_delay=0.001)
-    def reader():
-        calls.append(1)
-        if len(calls) == 1:
-            raise _dbapi_error(psycopg.OperationalError("connection refused"))
-        return "ok"
-
-    calls.clear()
-    assert reader() == "ok" and len(calls) == 2
+    assert flaky(1, psycopg.OperationalError("connection refused"), idempotent=True) == "ok"
+    assert len(calls) == 2
 
 
 def test_transient_error_maps_to_unavailable():
@@ -200,34 +182,36 @@ def test_transient_error_maps_to_unavailable():
 
     from bbo_server.errors import status_for
 
-    assert status_for(pgmod.TransientStorageError("db away")).code == grpc.StatusCode.UNAVAILABLE
+    assert status_for(StorageUnavailable("db away")).code == grpc.StatusCode.UNAVAILABLE
 
 
 def test_a_real_deadlock_is_retried(storage):
     """Two transactions locking two rows in opposite orders: PostgreSQL aborts one (40P01) and the
     decorator runs it again, so both finish."""
-    a = storage.insert_study("t", "a", SPEC, 1)
-    b = storage.insert_study("t", "b", SPEC, 1)
+    a = storage.create_study("t", "a", SPEC, 1)
+    b = storage.create_study("t", "b", SPEC, 1)
     barrier = threading.Barrier(2)
     attempts = {"x": 0, "y": 0}
 
     def tx(name, first, second):
-        @pgmod.retry_transient(base_delay=0.01)
-        def run():
+        @db_call
+        def run(self):
             attempts[name] += 1
             with storage.engine.connect() as c, c.begin():
-                c.execute(sa.text("UPDATE studies SET seed = seed + 1 WHERE id = :i"), {"i": first})
+                c.execute(
+                    sa.text("UPDATE studies SET seed = seed + 1 WHERE uid = :i"), {"i": first}
+                )
                 if attempts[name] == 1:
                     barrier.wait(10)
                 c.execute(
-                    sa.text("UPDATE studies SET seed = seed + 1 WHERE id = :i"), {"i": second}
+                    sa.text("UPDATE studies SET seed = seed + 1 WHERE uid = :i"), {"i": second}
                 )
 
-        run()
+        run(storage)
 
     threads = [
-        threading.Thread(target=tx, args=("x", a.id, b.id)),
-        threading.Thread(target=tx, args=("y", b.id, a.id)),
+        threading.Thread(target=tx, args=("x", a.uid, b.uid)),
+        threading.Thread(target=tx, args=("y", b.uid, a.uid)),
     ]
     for t in threads:
         t.start()
@@ -236,7 +220,7 @@ def test_a_real_deadlock_is_retried(storage):
     assert (
         attempts["x"] + attempts["y"] == 3
     )  # exactly one was chosen as the deadlock victim and re-run
-    assert storage.get_study_by_id(a.id).seed == 3 and storage.get_study_by_id(b.id).seed == 3
+    assert storage.get_study_by_uid(a.uid).seed == 3 and storage.get_study_by_uid(b.uid).seed == 3
 
 
 # ---- the study lock across replicas -------------------------------------------------------------------
@@ -255,14 +239,14 @@ def _advisory_waiters(url, key) -> int:
 
 def test_study_lock_excludes_other_replicas(pg_url, storage):
     """Two Storage objects (two replicas, separate pools): the second waits until the first releases."""
-    other = Storage(pg_url, pool_size=2)
-    st = storage.insert_study("t", "s", SPEC, 1)
+    other = open_storage(pg_url, pool_size=2)
+    st = storage.create_study("t", "s", SPEC, 1)
     order: list[str] = []
     holding = threading.Event()
     release = threading.Event()
 
     def first():
-        with storage.study_lock(st.id):
+        with storage.study_lock(st.uid):
             order.append("a in")
             holding.set()
             release.wait(30)
@@ -270,48 +254,48 @@ def test_study_lock_excludes_other_replicas(pg_url, storage):
 
     def second():
         holding.wait(30)
-        with other.study_lock(st.id):
+        with other.study_lock(st.uid):
             order.append("b in")
 
     ta, tb = threading.Thread(target=first), threading.Thread(target=second)
     ta.start()
     tb.start()
     deadline = time.time() + 30
-    while _advisory_waiters(pg_url, pgmod.lock_key(st.id)) == 0 and time.time() < deadline:
+    while _advisory_waiters(pg_url, pgmod.lock_key(st.uid)) == 0 and time.time() < deadline:
         time.sleep(0.05)
-    assert _advisory_waiters(pg_url, pgmod.lock_key(st.id)) == 1 and order == ["a in"]
+    assert _advisory_waiters(pg_url, pgmod.lock_key(st.uid)) == 1 and order == ["a in"]
     release.set()
     ta.join(30)
     tb.join(30)
     assert order == ["a in", "a out", "b in"]
     # different studies do not wait for each other
-    st2 = storage.insert_study("t", "s2", SPEC, 1)
-    with storage.study_lock(st.id), other.study_lock(st2.id):
+    st2 = storage.create_study("t", "s2", SPEC, 1)
+    with storage.study_lock(st.uid), other.study_lock(st2.uid):
         pass
     other.close()
 
 
 def test_study_lock_of_a_killed_replica_is_released(pg_url, storage):
-    st = storage.insert_study("t", "s", SPEC, 1)
+    st = storage.create_study("t", "s", SPEC, 1)
     code = (
-        "import sys, time; from bbo.storage import Storage; s = Storage(sys.argv[1], migrate=False)\n"
-        "with s.study_lock(int(sys.argv[2])):\n    print('locked', flush=True); time.sleep(600)\n"
+        "import sys, time; from bbo.storage import open_storage; s = open_storage(sys.argv[1], migrate=False)\n"
+        "with s.study_lock(sys.argv[2]):\n    print('locked', flush=True); time.sleep(600)\n"
     )
     p = subprocess.Popen(
-        [sys.executable, "-c", code, pg_url, str(st.id)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", code, pg_url, str(st.uid)], stdout=subprocess.PIPE, text=True
     )
     try:
         assert p.stdout.readline().strip() == "locked"
-        short = Storage(pg_url + "?lock_wait_timeout=500ms", pool_size=2)
+        short = open_storage(pg_url + "?lock_wait_timeout=500ms", pool_size=2)
         with pytest.raises(
-            pgmod.TransientStorageError
+            StorageUnavailable
         ):  # held by the live process: bounded wait, then UNAVAILABLE
-            with short.study_lock(st.id):
+            with short.study_lock(st.uid):
                 pass
         short.close()
         p.kill()  # SIGKILL: PostgreSQL drops its session and the lock with it
         p.wait(30)
-        with storage.study_lock(st.id):
+        with storage.study_lock(st.uid):
             pass
     finally:
         if p.poll() is None:
@@ -321,8 +305,8 @@ def test_study_lock_of_a_killed_replica_is_released(pg_url, storage):
 def test_lock_connections_do_not_starve_the_main_pool(pg_url):
     """More studies asking at once than the main pool has connections: each holds a lock connection
     (its own pool) and still gets main-pool connections to read and insert."""
-    s = Storage(pg_url + "?pool_size=2&max_overflow=0")
-    ids = [s.insert_study("t", f"s{i}", SPEC, 1).id for i in range(6)]
+    s = open_storage(pg_url + "?pool_size=2&max_overflow=0")
+    ids = [s.create_study("t", f"s{i}", SPEC, 1).uid for i in range(6)]
     barrier = threading.Barrier(len(ids))
     done = []
 
@@ -369,27 +353,27 @@ class _FakeStrategy:
 
 
 def test_model_state_moves_between_replicas(pg_url, storage):
-    other = Storage(pg_url, pool_size=2)
-    st = storage.insert_study("t", "s", SPEC, 1)
+    other = open_storage(pg_url, pool_size=2)
+    st = storage.create_study("t", "s", SPEC, 1)
     a, b = ModelStateCache(storage, "replica-a"), ModelStateCache(other, "replica-b")
     sa_, sb = _FakeStrategy(), _FakeStrategy()
-    tok = a.pull(st.id, sa_)
-    assert not tok.pulled and not a.push(st.id, sa_, tok)  # nothing fit, nothing stored
+    tok = a.pull(st.uid, sa_)
+    assert not tok.pulled and not a.push(st.uid, sa_, tok)  # nothing fit, nothing stored
     sa_.fit(12)
-    assert a.push(st.id, sa_, tok)
-    tok = b.pull(st.id, sb)  # a fresh replica picks the study up: warm start from A's fit
+    assert a.push(st.uid, sa_, tok)
+    tok = b.pull(st.uid, sb)  # a fresh replica picks the study up: warm start from A's fit
     n_fit, hyper = sb.export_state()
     assert tok.pulled and n_fit == 12
     assert float(hyper["covar_module.lengthscale"][0, 0]) == 12.0
-    assert not b.push(st.id, sb, tok)  # conditioning on loaded hyperparameters stores nothing
+    assert not b.push(st.uid, sb, tok)  # conditioning on loaded hyperparameters stores nothing
     sb.fit(20)
-    assert b.push(st.id, sb, tok)
-    assert a.pull(st.id, sa_).pulled and sa_.export_state()[0] == 20
-    assert not a.pull(st.id, sa_).pulled  # already current: only n_fit was read
-    got = a.get(st.id)
+    assert b.push(st.uid, sb, tok)
+    assert a.pull(st.uid, sa_).pulled and sa_.export_state()[0] == 20
+    assert not a.pull(st.uid, sa_).pulled  # already current: only n_fit was read
+    got = a.get(st.uid)
     assert got["n_fit"] == 20 and got["updated_by"] == "replica-b"
-    assert storage.delete_study(st.id)
-    assert a.get(st.id) is None
+    assert storage.delete_study(st.uid)
+    assert a.get(st.uid) is None
     other.close()
 
 
@@ -398,9 +382,9 @@ def test_replicas_share_fits_and_see_each_others_deletions(pg_url):
     between them gets exactly the points a study served by one replica gets (same spec and seed): the
     replica that did not fit continues from the stored fit instead of fitting from scratch (without
     the shared state the BO points differ in the 7th digit)."""
-    from bbo.study import StudyRegistry
+    from bbo.registry import StudyRegistry
 
-    s1, s2 = Storage(pg_url, pool_size=4), Storage(pg_url, pool_size=4)
+    s1, s2 = open_storage(pg_url, pool_size=4), open_storage(pg_url, pool_size=4)
     r1, r2 = StudyRegistry(s1), StudyRegistry(s2)
     spec = {
         "parameters": [
@@ -426,18 +410,18 @@ def test_replicas_share_fits_and_see_each_others_deletions(pg_url):
     alternating, alone = run("shared", [r1, r2]), run("alone", [r1])
     assert [o for _, o in alone].count("bo") >= 3
     assert alternating == alone
-    c1, c2 = cache_for(s1), cache_for(s2)
+    c1, c2 = r1.model_cache, r2.model_cache
     assert c1.pushes >= 1 and c2.pushes >= 1 and c1.pulls >= 1 and c2.pulls >= 1
-    assert ModelStateCache(s1).get(r1.get_study("shared").id)["n_fit"] >= 2
+    assert ModelStateCache(s1).get(r1.get_study("shared").uid)["n_fit"] >= 2
     # replica 2 deletes and recreates the study; replica 1's cached handle must not serve the old one
-    old_id = r1.get_study("shared").id
+    old_id = r1.get_study("shared").uid
     r2.delete_study("shared")
     with pytest.raises(Exception) as e:
         r1.get_study("shared")
     assert type(e.value).__name__ == "NotFoundError"
     r2.create_study("shared", spec)
     again = r1.get_study("shared")
-    assert again.id != old_id
+    assert again.uid != old_id
     (t,) = again.ask(1).trials
     assert t.id == 1 and again.trials()[0].state is TrialState.PENDING
     s1.close()
@@ -451,9 +435,9 @@ def test_concurrent_tells_of_one_trial_from_two_replicas_apply_once(pg_url, stor
 
     from bbo.trial import Metric
 
-    other = Storage(pg_url, pool_size=2)
-    st = storage.insert_study("t", "race", SPEC, 1)
-    (t,), _ = storage.insert_trials(st.id, [NewTrial({"x": 0.5}, "bo")])
+    other = open_storage(pg_url, pool_size=2)
+    st = storage.create_study("t", "race", SPEC, 1)
+    (t,), _ = storage.insert_trials(st.uid, [NewTrial({"x": 0.5}, "bo")])
     inside, release, outcome = threading.Event(), threading.Event(), {}
 
     def complete(value, hold=False):
@@ -471,7 +455,7 @@ def test_concurrent_tells_of_one_trial_from_two_replicas_apply_once(pg_url, stor
 
     def run(key, store, change):
         try:
-            outcome[key] = store.modify_trial(st.id, t.id, change)
+            outcome[key] = store.modify_trial(st.uid, t.id, change)
         except Exception as e:  # noqa: BLE001 - reported by the asserts below
             outcome[key] = e
             inside.set()
@@ -486,7 +470,7 @@ def test_concurrent_tells_of_one_trial_from_two_replicas_apply_once(pg_url, stor
     a.join(30)
     b.join(30)
     assert outcome["a"][1] is True and outcome["b"][1] is False, outcome
-    (final,) = storage.list_trials(st.id)
+    (final,) = storage.list_trials(st.uid)
     assert final.metrics["y"].value == 1.0
     with storage.engine.connect() as conn:
         n_done = conn.execute(
@@ -502,7 +486,7 @@ def test_nul_characters_are_stored_on_postgresql_not_an_internal_error(storage, 
     ask of its study); a SQLite file holding NULs copies to PostgreSQL."""
     from bbo.storage import LlmCallRecord
     from bbo.storage.copy import copy_database
-    from bbo.study import StudyRegistry
+    from bbo.registry import StudyRegistry
 
     reg = StudyRegistry(storage)
     spec = {
@@ -516,14 +500,14 @@ def test_nul_characters_are_stored_on_postgresql_not_an_internal_error(storage, 
     got = st.get_trial(t.id)
     assert got.reason == "OOM\ufffd at step 3" and got.worker_id == "w\ufffd"
     storage.insert_trials(
-        st.id, [NewTrial({"x": 0.5}, "llm_warmstart", rationale="near the \x00 optimum")]
+        st.uid, [NewTrial({"x": 0.5}, "llm_warmstart", rationale="near the \x00 optimum")]
     )
-    storage.log_llm_call(st.id, LlmCallRecord("warmstart", "m", "prompt\x00", "answer\x00", "ok"))
-    assert storage.get_trial(st.id, 2).rationale == "near the \ufffd optimum"
-    assert storage.list_llm_calls(st.id)[0].response == "answer\ufffd"
+    storage.log_llm_call(st.uid, LlmCallRecord("warmstart", "m", "prompt\x00", "answer\x00", "ok"))
+    assert storage.get_trial(st.uid, 2).rationale == "near the \ufffd optimum"
+    assert storage.list_llm_calls(st.uid)[0].response == "answer\ufffd"
 
     src = f"sqlite:///{tmp_path / 'nul.db'}"
-    lite = Storage(src)
+    lite = open_storage(src)
     sreg = StudyRegistry(lite)
     s2, _ = sreg.create_study("nul", spec)
     (u,) = s2.ask(1).trials
@@ -531,9 +515,9 @@ def test_nul_characters_are_stored_on_postgresql_not_an_internal_error(storage, 
     lite.close()
     target = cluster.create_database("t_" + uuid.uuid4().hex[:12])
     assert copy_database(src, target)["trials"] == 1
-    moved = Storage(target, pool_size=2)
+    moved = open_storage(target, pool_size=2)
     try:
-        assert moved.get_trial(moved.get_study("default", "nul").id, 1).reason == "bad\ufffd"
+        assert moved.get_trial(moved.get_study("default", "nul").uid, 1).reason == "bad\ufffd"
     finally:
         moved.close()
 
@@ -578,9 +562,9 @@ def test_the_same_add_trial_on_two_replicas_at_once_is_stored_once(pg_url):
     """Two replicas receive one AddTrial (a client retry racing its original): both look the
     request_id up before either commits, so the second insert meets the unique key. It must be
     answered with the first one's trial (before: IntegrityError, INTERNAL, in 29 of 30 rounds)."""
-    from bbo.study import StudyRegistry
+    from bbo.registry import StudyRegistry
 
-    s1, s2 = Storage(pg_url, pool_size=4), Storage(pg_url, pool_size=4)
+    s1, s2 = open_storage(pg_url, pool_size=4), open_storage(pg_url, pool_size=4)
     try:
         a, _ = StudyRegistry(s1).create_study("s", SPEC)
         b = StudyRegistry(s2).get_study("s")
@@ -610,10 +594,10 @@ def test_the_same_add_trial_on_two_replicas_at_once_is_stored_once(pg_url):
 def test_the_same_intermediate_step_from_two_replicas_at_once(pg_url):
     """Two replicas record one trial's value at one step at the same moment: they take turns on the
     trial's row (before: both deleted nothing, the second insert hit the key: 27 of 30 rounds)."""
-    s1, s2 = Storage(pg_url, pool_size=4), Storage(pg_url, pool_size=4)
+    s1, s2 = open_storage(pg_url, pool_size=4), open_storage(pg_url, pool_size=4)
     try:
-        st = s1.insert_study("t", "s", SPEC, 1)
-        (trial,), _ = s1.insert_trials(st.id, [NewTrial({"x": 0.5}, "bo")])
+        st = s1.create_study("t", "s", SPEC, 1)
+        (trial,), _ = s1.insert_trials(st.uid, [NewTrial({"x": 0.5}, "bo")])
         errors = []
         for step in range(30):
             barrier = threading.Barrier(2)
@@ -621,7 +605,7 @@ def test_the_same_intermediate_step_from_two_replicas_at_once(pg_url):
             def report(s, v):
                 barrier.wait()
                 try:
-                    s.add_intermediate(st.id, trial.id, step, v)
+                    s.add_intermediate(st.uid, trial.id, step, v)
                 except Exception as e:  # noqa: BLE001 - collected for the assertion
                     errors.append(repr(e))
 
@@ -633,7 +617,7 @@ def test_the_same_intermediate_step_from_two_replicas_at_once(pg_url):
             for t in threads:
                 t.join()
         assert not errors, errors[:3]
-        assert [step for step, _ in s1.intermediates(st.id)[trial.id]] == list(range(30))
+        assert [step for step, _ in s1.intermediates(st.uid)[trial.id]] == list(range(30))
     finally:
         s1.close()
         s2.close()

@@ -8,7 +8,8 @@ import threading
 import pytest
 
 from bbo.errors import ConflictError
-from bbo.study import StoppingRule, StudyConfig, StudyRegistry
+from bbo.registry import StudyConfig, StudyRegistry
+from bbo.stopping import MedianRule
 from bbo.trial import TrialState
 
 SPEC = {
@@ -50,7 +51,7 @@ def test_concurrent_tells_conflicts_and_heartbeats_in_shared_batches(registry):
         th.start()
     for th in threads:
         th.join()
-    stored = {t.id: t for t in registry.storage.list_trials(st.id)}
+    stored = {t.id: t for t in registry.storage.list_trials(st.uid)}
     for t in trials:
         oks = [o for o in outcomes[t.id] if o[0] == "ok"]
         assert len(oks) == 1 and len(outcomes[t.id]) == 2, outcomes[
@@ -83,10 +84,9 @@ def test_restarted_registry_sees_everything(storage):
 def test_reattach_after_an_upgrade_changed_algorithm_defaults(storage):
     """A study stored by an older server (fewer algorithm keys, another default) is reattached by a
     create with default options; an explicit different option or another space is still refused."""
-    import sqlalchemy as sa
 
     from bbo.storage import schema as S
-    from bbo.study import AlreadyExistsError
+    from bbo.registry import AlreadyExistsError
 
     reg = StudyRegistry(storage)
     st, created = reg.create_study("old", SPEC)
@@ -96,10 +96,10 @@ def test_reattach_after_an_upgrade_changed_algorithm_defaults(storage):
         algorithm={"n_initial": 1000, "seed": None, "device": "auto", "prior_exponent": 1.0},
     )
     with storage.engine.begin() as conn:
-        conn.execute(S.studies.update().where(S.studies.c.id == st.id).values(spec=old))
+        conn.execute(S.studies.update().where(S.studies.c.uid == st.uid).values(spec=old))
     reg = StudyRegistry(storage)  # the upgraded server
     again, created = reg.create_study("old", SPEC)
-    assert not created and again.id == st.id
+    assert not created and again.uid == st.uid
     assert again.spec.algorithm.prior_exponent == 1.0  # the study keeps what it was created with
     with pytest.raises(AlreadyExistsError):
         reg.create_study("old", dict(SPEC, algorithm={"n_initial": 1000, "exploit_gap": 5}))
@@ -111,9 +111,9 @@ def test_reattach_after_an_upgrade_changed_algorithm_defaults(storage):
         reg.create_study("old", dict(SPEC, algorithm={"n_initial": 7}))
 
 
-def test_stale_study_object_never_writes_into_a_study_that_reuses_its_id(storage):
-    """SQLite gives a deleted study's id to the next study; an Ask or AddTrial still running on the
-    deleted study's object must fail with NotFound rather than insert trials into the new study."""
+def test_stale_study_object_never_writes_into_the_next_study(storage):
+    """An Ask or AddTrial still running on a deleted study's object fails with NotFound rather than
+    insert trials into the study created next (which, before uids, could get its id)."""
     from bbo.errors import NotFoundError
 
     reg = StudyRegistry(storage)
@@ -121,7 +121,7 @@ def test_stale_study_object_never_writes_into_a_study_that_reuses_its_id(storage
     st.ask(1)
     reg.delete_study("a")
     other, _ = reg.create_study("b", SPEC)
-    assert other.id == st.id and other.uid != st.uid  # the id is reused, the uid is not
+    assert other.uid != st.uid
     with pytest.raises(NotFoundError, match="deleted"):
         st.ask(1)
     with pytest.raises(NotFoundError):
@@ -207,7 +207,7 @@ def test_a_feasible_result_ends_likely_infeasible_without_waiting_for_an_ask(sto
 
 def test_median_rule_for_maximize(storage):
     reg = StudyRegistry(
-        storage, config=StudyConfig(stopping=StoppingRule(min_trials=2, warmup_steps=2))
+        storage, config=StudyConfig(stopping=MedianRule(min_trials=2, warmup_steps=2))
     )
     spec = dict(SPEC, objectives=[{"name": "acc", "goal": "maximize"}])
     st, _ = reg.create_study("m", spec)

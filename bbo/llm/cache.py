@@ -3,13 +3,15 @@
 Every exchange is already stored with its study (``llm_calls``), so no second table is needed: after a
 restart, or on another replica, the same prompt on the same study is answered from the stored
 response instead of being sent again. Keys are :meth:`LlmAdvisor.cache_key` strings whose study part
-ends in the study id (``tenant/name/id``, as :class:`bbo.study.Study` builds it); other keys miss.
+ends in the study uid (``tenant/name/uid``, as :class:`bbo.study.Study` builds it); other keys miss.
 """
 
 from __future__ import annotations
 
 import hashlib
 from typing import Optional
+
+from bbo.errors import NotFoundError
 
 USABLE = ("ok", "cached", "partial")  # outcomes whose response was parsed and used
 REPEATED = (
@@ -35,12 +37,16 @@ class StoredAnswers:
     def get(self, key: str) -> Optional[dict]:
         try:
             study_key, purpose, h = key.rsplit("|", 2)
-            study_id = int(study_key.rsplit("/", 1)[-1])
-        except ValueError:
+            uid = study_key.rsplit("/", 1)[1]
+        except (ValueError, IndexError):
             return None
-        if purpose not in REPEATED:
+        if purpose not in REPEATED or not uid:
             return None
-        for rec in reversed(self.storage.list_llm_calls(study_id, purpose)):
+        try:
+            calls = self.storage.list_llm_calls(uid, purpose)
+        except NotFoundError:  # the study was deleted
+            return None
+        for rec in reversed(calls):
             if rec.outcome.startswith(USABLE) and prompt_hash(rec.prompt) == h:
                 return {
                     "text": rec.response,

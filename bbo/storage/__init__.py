@@ -1,27 +1,76 @@
-"""Durable storage of studies and trials: SQLite (default) or PostgreSQL, through SQLAlchemy Core.
+"""Durable storage of studies and trials behind one interface (:class:`Storage`).
 
-``Storage(url)`` opens the database and brings its schema to the newest Alembic revision. Every
-write is one transaction committed before the call returns, so what a caller acknowledges is on
-disk. Trial numbers are allocated per study by an atomic counter update, safe across threads and
-across server processes sharing a PostgreSQL database.
+``open_storage(url)`` opens the database, SQLite (the default, embedded) or PostgreSQL (several
+server replicas), and brings its schema to the newest Alembic revision. Nothing outside this package
+imports SQLAlchemy or touches a table.
 """
 
-from bbo.storage.sql import (
-    DEFAULT_SQLITE_PATH,
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from bbo.storage.base import (
+    LEASE_EXPIRED,
+    LLM_PURPOSES,
+    ApiKeyRecord,
     LlmCallRecord,
+    ModelState,
     NewTrial,
     RequestKey,
     Storage,
+    StoredRequest,
     StudyRecord,
-    default_url,
 )
+
+DEFAULT_SQLITE_PATH = os.path.join("bbo-data", "bbo.db")
+
+
+def default_url(path: str = DEFAULT_SQLITE_PATH) -> str:
+    return "sqlite:///" + os.path.abspath(path)
+
+
+def open_storage(
+    url: Optional[str] = None,
+    *,
+    pool_size: int = 16,
+    migrate: bool = True,
+    group_commit: bool = True,
+) -> Storage:
+    """The storage backend for ``url`` (``sqlite:///PATH`` or ``postgresql+psycopg://...``).
+
+    ``migrate=False`` opens an existing database only to read it: a missing SQLite file is
+    NotFoundError instead of being created. ``group_commit`` (SQLite): tells of many threads share
+    one transaction and one fsync."""
+    import sqlalchemy as sa
+
+    u = sa.engine.make_url(url or default_url())
+    backend = u.get_backend_name()
+    if backend == "sqlite":
+        from bbo.storage.sqlite import SqliteStorage
+
+        return SqliteStorage(u, pool_size=pool_size, migrate=migrate, group_commit=group_commit)
+    if backend == "postgresql":
+        from bbo.storage.postgres import PostgresStorage
+
+        return PostgresStorage(u, pool_size=pool_size, migrate=migrate)
+    raise ValueError(
+        f"unsupported database {backend!r}: use sqlite:///PATH or postgresql+psycopg://..."
+    )
+
 
 __all__ = [
     "DEFAULT_SQLITE_PATH",
+    "LEASE_EXPIRED",
+    "LLM_PURPOSES",
+    "ApiKeyRecord",
     "LlmCallRecord",
+    "ModelState",
     "NewTrial",
     "RequestKey",
     "Storage",
+    "StoredRequest",
     "StudyRecord",
     "default_url",
+    "open_storage",
 ]

@@ -14,8 +14,9 @@ from typing import Callable, Optional
 import sqlalchemy as sa
 
 from bbo.errors import BboError, NotFoundError
+from bbo.storage import open_storage
 from bbo.storage import schema as S
-from bbo.storage.sql import Storage
+from bbo.storage.sql import SqlStorage
 
 
 class CopyError(BboError):
@@ -31,20 +32,22 @@ def copy_database(
     """Copy every table of ``src_url`` into ``dst_url`` (migrated to this version's schema, and
     required empty); returns the rows copied per table. ``progress(table, rows)`` after each batch."""
     try:
-        src = Storage(src_url, migrate=False, group_commit=False)
+        src = open_storage(src_url, migrate=False, group_commit=False)
     except NotFoundError as e:
         raise CopyError(f"{src_url}: {e}") from None
     try:
-        rev = src.current_revision()
+        rev = src.schema_revision()
         if rev is None:
             raise CopyError(f"{src_url} is not a bbo database (no schema revision found)")
-        dst = Storage(dst_url, group_commit=False)
+        dst = open_storage(dst_url, group_commit=False)
         try:
-            if dst.current_revision() != rev:
+            if dst.schema_revision() != rev:
                 raise CopyError(
-                    f"the source is at schema revision {rev}, this bbo writes {dst.current_revision()}: "
-                    "start `bbo serve` on the source once (it migrates), then copy"
+                    f"the source is at schema revision {rev}, this bbo writes "
+                    f"{dst.schema_revision()}: start `bbo serve` on the source once (it migrates), "
+                    "then copy"
                 )
+            assert isinstance(src, SqlStorage) and isinstance(dst, SqlStorage)
             return _copy(src, dst, progress)
         finally:
             dst.close()
@@ -52,41 +55,28 @@ def copy_database(
         src.close()
 
 
-def _copy(src: Storage, dst: Storage, progress) -> dict[str, int]:
+def _copy(src: SqlStorage, dst: SqlStorage, progress) -> dict[str, int]:
     counts: dict[str, int] = {}
-    with src.engine.connect() as conn_in:
-        if src.dialect == "postgresql":
-            conn_in = conn_in.execution_options(isolation_level="REPEATABLE READ")
-        with conn_in.begin(), dst._write() as out:  # one read snapshot in, one transaction out
-            for table in S.metadata.sorted_tables:  # parents before children
-                if out.execute(sa.select(sa.func.count()).select_from(table)).scalar_one():
-                    raise CopyError(
-                        f"the target database already holds rows in '{table.name}': copy into an empty database"
-                    )
-            for table in S.metadata.sorted_tables:
-                n = 0
-                result = conn_in.execution_options(yield_per=BATCH).execute(
-                    sa.select(table).order_by(*table.primary_key.columns)
+    with (
+        src.snapshot() as conn_in,
+        dst._write() as out,
+    ):  # one read snapshot in, one transaction out
+        for table in S.metadata.sorted_tables:  # parents before children
+            if out.execute(sa.select(sa.func.count()).select_from(table)).scalar_one():
+                raise CopyError(
+                    f"the target database already holds rows in '{table.name}': copy into an "
+                    "empty database"
                 )
-                for rows in result.partitions():
-                    out.execute(table.insert(), [dict(r._mapping) for r in rows])
-                    n += len(rows)
-                    if progress is not None:
-                        progress(table.name, n)
-                counts[table.name] = n
-            if dst.dialect == "postgresql":
-                _reset_sequences(out)
-    return counts
-
-
-def _reset_sequences(conn: sa.Connection) -> None:
-    """Rows were inserted with their ids: move each id sequence past them, so new rows do not collide."""
-    for table in S.metadata.sorted_tables:
-        pk = list(table.primary_key.columns)
-        if len(pk) == 1 and pk[0].autoincrement is True:
-            conn.execute(
-                sa.text(
-                    f"SELECT setval(pg_get_serial_sequence(:t, :c), COALESCE((SELECT max({pk[0].name}) FROM {table.name}), 0) + 1, false)"
-                ),
-                {"t": table.name, "c": pk[0].name},
+        for table in S.metadata.sorted_tables:
+            n = 0
+            result = conn_in.execution_options(yield_per=BATCH).execute(
+                sa.select(table).order_by(*table.primary_key.columns)
             )
+            for rows in result.partitions():
+                out.execute(table.insert(), [dict(r._mapping) for r in rows])
+                n += len(rows)
+                if progress is not None:
+                    progress(table.name, n)
+            counts[table.name] = n
+        dst.after_bulk_copy(out)
+    return counts

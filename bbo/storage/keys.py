@@ -16,10 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-import sqlalchemy as sa
-
-from bbo.storage import schema as S
-from bbo.storage.pg import retry_transient
+from bbo.storage.base import ApiKeyRecord, Storage
 
 KEY_PREFIX = "bbo_"
 _TENANT_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
@@ -49,14 +46,14 @@ def check_tenant(tenant: str) -> str:
     return tenant
 
 
-def _row(r) -> ApiKey:
+def _key(r: ApiKeyRecord) -> ApiKey:
     return ApiKey(r.key_id, r.tenant, r.label, r.created_at, r.revoked_at)
 
 
 class KeyStore:
     """Create, list, revoke and verify API keys in a :class:`bbo.storage.Storage` database."""
 
-    def __init__(self, storage):
+    def __init__(self, storage: Optional[Storage]):
         self.storage = storage
 
     def create(self, tenant: str, label: str = "") -> tuple[str, ApiKey]:
@@ -66,46 +63,20 @@ class KeyStore:
         for _ in range(5):
             key_id = secrets.token_hex(6)
             key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
-            now = time.time()
-            try:
-                with self.storage._write() as conn:
-                    conn.execute(
-                        S.api_keys.insert().values(
-                            key_id=key_id,
-                            tenant=tenant,
-                            key_hash=hash_key(key),
-                            label=label,
-                            created_at=now,
-                            revoked_at=None,
-                        )
-                    )
-            except sa.exc.IntegrityError:  # a key_id collision (2^-48): draw again
-                continue
-            return key, ApiKey(key_id, tenant, label, now, None)
+            rec = ApiKeyRecord(key_id, tenant, hash_key(key), label, time.time(), None)
+            if self.storage.insert_api_key(rec):  # else a key_id collision (2^-48): draw again
+                return key, _key(rec)
         raise RuntimeError("could not allocate a unique key id")
 
     def list(self, tenant: Optional[str] = None, include_revoked: bool = True) -> list[ApiKey]:
-        q = sa.select(S.api_keys).order_by(S.api_keys.c.id)
-        if tenant is not None:
-            q = q.where(S.api_keys.c.tenant == tenant)
-        if not include_revoked:
-            q = q.where(S.api_keys.c.revoked_at.is_(None))
-        with self.storage._read() as conn:
-            return [_row(r) for r in conn.execute(q)]
+        return [_key(r) for r in self.storage.list_api_keys(tenant, include_revoked)]
 
     def revoke(self, key_id: str) -> bool:
         """Revoke a key by its id (or by the whole secret key); False if no active key matched."""
-        m = _KEY_RE.match(key_id or "")
-        cond = S.api_keys.c.key_hash == hash_key(key_id) if m else S.api_keys.c.key_id == key_id
-        with self.storage._write() as conn:
-            n = conn.execute(
-                S.api_keys.update()
-                .where(cond, S.api_keys.c.revoked_at.is_(None))
-                .values(revoked_at=time.time())
-            ).rowcount
-        return n > 0
+        if _KEY_RE.match(key_id or ""):
+            return self.storage.revoke_api_key(key_hash=hash_key(key_id))
+        return self.storage.revoke_api_key(key_id=key_id)
 
-    @retry_transient
     def verify(self, key: str) -> Optional[str]:
         """The tenant of an active key, else None (malformed, unknown or revoked)."""
         if not isinstance(key, str):
@@ -113,24 +84,12 @@ class KeyStore:
         m = _KEY_RE.match(key)
         if not m:
             return None
-        h = hash_key(key)
-        with self.storage._read() as conn:
-            row = conn.execute(
-                sa.select(
-                    S.api_keys.c.tenant, S.api_keys.c.key_hash, S.api_keys.c.revoked_at
-                ).where(S.api_keys.c.key_id == m.group(1))
-            ).first()
-        if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, h):
+        rec = self.storage.find_api_key(m.group(1))
+        if rec is None or rec.revoked_at is not None:
             return None
-        return row.tenant
+        if not hmac.compare_digest(rec.key_hash, hash_key(key)):
+            return None
+        return rec.tenant
 
-    @retry_transient
     def count_active(self) -> int:
-        with self.storage._read() as conn:
-            return int(
-                conn.execute(
-                    sa.select(sa.func.count())
-                    .select_from(S.api_keys)
-                    .where(S.api_keys.c.revoked_at.is_(None))
-                ).scalar_one()
-            )
+        return self.storage.count_active_api_keys()

@@ -42,10 +42,13 @@ metadata = sa.MetaData(
     }
 )
 
+# Row ids stay inside bbo.storage and are never reused (SQLite AUTOINCREMENT; PostgreSQL
+# sequences): a study is known outside by its random ``uid``.
 studies = sa.Table(
     "studies",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("uid", String(64), nullable=False),  # opaque, random: the study's identity
     sa.Column("tenant", String(128), nullable=False),
     sa.Column("name", String(128), nullable=False),
     sa.Column("spec", sa.JSON, nullable=False),
@@ -56,8 +59,11 @@ studies = sa.Table(
     sa.Column("state", String(32), nullable=False),
     sa.Column("state_reason", Text, nullable=False),
     sa.Column("trial_counter", sa.BigInteger, nullable=False),  # last allocated trial number
+    sa.Column("llm_counter", sa.BigInteger, nullable=False),  # last allocated LLM call number
     sa.Column("created_at", sa.Float, nullable=False),
     sa.UniqueConstraint("tenant", "name"),
+    sa.UniqueConstraint("uid"),
+    sqlite_autoincrement=True,
 )
 
 trials = sa.Table(
@@ -82,6 +88,7 @@ trials = sa.Table(
     sa.Column("lease_expires_at", sa.Float, nullable=True),
     sa.UniqueConstraint("study_id", "number"),
     sa.Index(None, "study_id", "state"),
+    sqlite_autoincrement=True,
 )
 
 trial_events = sa.Table(
@@ -131,13 +138,15 @@ llm_calls = sa.Table(
     sa.Column("completion_tokens", sa.Integer, nullable=False),
     sa.Column("latency_seconds", sa.Float, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("number", sa.BigInteger, nullable=False),  # 1, 2, ... per study (page tokens)
+    sa.UniqueConstraint("study_id", "number"),
+    sqlite_autoincrement=True,
 )
 
 request_log = sa.Table(
     "request_log",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("tenant", String(128), nullable=False),
     sa.Column(
         "study_id", sa.Integer, sa.ForeignKey("studies.id", ondelete="CASCADE"), nullable=False
     ),

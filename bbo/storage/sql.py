@@ -1,36 +1,41 @@
-"""The SQLAlchemy implementation of :class:`Storage` (see the package docstring)."""
+"""The SQL implementation of :class:`bbo.storage.base.Storage` shared by both backends.
+
+SQLAlchemy Core on the tables of :mod:`bbo.storage.schema`. A call that names a study resolves its
+uid to the row id inside its own transaction (on PostgreSQL with a key-share lock on the study row,
+so a concurrent delete waits for the write instead of leaving it half done), so nothing is ever
+written into a study other than the one named. :class:`~bbo.storage.sqlite.SqliteStorage` and
+:class:`~bbo.storage.postgres.PostgresStorage` add each dialect's engine, locking, error handling
+and fast paths.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
-import os
-import queue
-import sqlite3
-import threading
+import secrets
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import sqlalchemy as sa
-from sqlalchemy import event
 
-from bbo.errors import NotFoundError
+from bbo.errors import LimitError, StudyNotFound
 from bbo.storage import schema as S
-from bbo.storage.pg import retry_transient
+from bbo.storage.base import (
+    LEASE_EXPIRED,
+    ApiKeyRecord,
+    LlmCallRecord,
+    ModelState,
+    NewTrial,
+    RequestKey,
+    Storage,
+    StoredRequest,
+    StudyRecord,
+    TrialChange,
+)
 from bbo.trial import Metric, Trial, TrialState
-
-DEFAULT_SQLITE_PATH = os.path.join("bbo-data", "bbo.db")
-
-# SQLite synchronous level: FULL fsyncs the WAL on every commit (a committed tell survives power
-# loss); NORMAL survives a process crash but not a power cut. FULL is the default; see README.
-SQLITE_SYNCHRONOUS = ("FULL", "NORMAL", "OFF", "EXTRA")
-
-
-def default_url(path: str = DEFAULT_SQLITE_PATH) -> str:
-    return "sqlite:///" + os.path.abspath(path)
 
 
 def spec_hash(spec: dict) -> str:
@@ -39,74 +44,16 @@ def spec_hash(spec: dict) -> str:
     ).hexdigest()
 
 
-@dataclass(frozen=True)
-class StudyRecord:
-    id: int
-    tenant: str
-    name: str
-    spec: dict
-    spec_hash: str
-    seed: int
-    state: str
-    state_reason: str
-    trial_counter: int
-    created_at: float
-
-    @property
-    def uid(self) -> str:
-        """This incarnation of the study. SQLite may give a deleted study's id to a new study, never
-        with the same creation time, so (id, created_at) names one study for good."""
-        return f"{self.id}.{round(self.created_at * 1e6)}"
+def new_uid() -> str:
+    """A study uid: 128 random bits, URL-safe; says nothing about other studies."""
+    return secrets.token_urlsafe(16)
 
 
-@dataclass
-class NewTrial:
-    """A trial to insert (its number is allocated by storage)."""
-
-    params: dict
-    origin: str
-    state: TrialState = TrialState.PENDING
-    metrics: dict[str, Metric] = field(default_factory=dict)
-    reason: str = ""
-    rationale: str = ""
-
-
-@dataclass(frozen=True)
-class RequestKey:
-    """An idempotency key: the stored response of (study, kind, request_id) is replayed."""
-
-    tenant: str
-    kind: str
-    request_id: str
-    request_hash: str
-
-
-LLM_PURPOSES = (
-    "warmstart",
-    "priors",
-    "proposal",
-)  # what an LLM call was for (LlmCallRecord.purpose)
-
-
-@dataclass(frozen=True)
-class LlmCallRecord:
-    purpose: str
-    model: str
-    prompt: str
-    response: str
-    outcome: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    latency_seconds: float = 0.0
-    created_at: float = 0.0
-    id: int = 0  # assigned by the database; 0 before the record is stored
-
-
-def _metrics_to_json(metrics: dict[str, Metric]) -> dict:
+def metrics_to_json(metrics: dict[str, Metric]) -> dict:
     return {k: {"value": m.value, "sem": m.sem} for k, m in metrics.items()}
 
 
-def _metrics_from_json(d: dict) -> dict[str, Metric]:
+def metrics_from_json(d: dict) -> dict[str, Metric]:
     return {
         k: Metric(float(v["value"]), None if v.get("sem") is None else float(v["sem"]))
         for k, v in (d or {}).items()
@@ -118,7 +65,7 @@ def _trial(row) -> Trial:
         id=int(row.number),
         params=dict(row.params),
         state=TrialState(row.state),
-        metrics=_metrics_from_json(row.metrics),
+        metrics=metrics_from_json(row.metrics),
         origin=row.origin,
         reason=row.reason,
         rationale=row.rationale,
@@ -129,9 +76,26 @@ def _trial(row) -> Trial:
     )
 
 
+def row_trial(r: dict) -> Trial:
+    """A trial from the column dict about to be inserted."""
+    return Trial(
+        id=int(r["number"]),
+        params=dict(r["params"]),
+        state=TrialState(r["state"]),
+        metrics=metrics_from_json(r["metrics"]),
+        origin=r["origin"],
+        reason=r["reason"],
+        rationale=r["rationale"],
+        worker_id=r["worker_id"],
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+        lease_expires_at=r["lease_expires_at"],
+    )
+
+
 def _study(row) -> StudyRecord:
     return StudyRecord(
-        id=row.id,
+        uid=row.uid,
         tenant=row.tenant,
         name=row.name,
         spec=dict(row.spec),
@@ -144,265 +108,236 @@ def _study(row) -> StudyRecord:
     )
 
 
-class Storage:
-    """Thread-safe access to the bbo database. One instance per process."""
+def _llm_call(r) -> LlmCallRecord:
+    return LlmCallRecord(
+        r.purpose,
+        r.model,
+        r.prompt,
+        r.response,
+        r.outcome,
+        r.prompt_tokens,
+        r.completion_tokens,
+        r.latency_seconds,
+        r.created_at,
+        int(r.number),
+    )
 
-    def __init__(
-        self,
-        url: Optional[str] = None,
-        *,
-        pool_size: int = 16,
-        migrate: bool = True,
-        group_commit: bool = True,
-    ):
-        url = url or default_url()
-        u = sa.engine.make_url(url)
-        self.dialect = u.get_backend_name()
-        kwargs: dict[str, Any] = {"future": True}
-        self.sqlite_synchronous = "FULL"
-        if self.dialect == "sqlite":
-            q = dict(u.query)
-            sync = str(
-                q.pop("synchronous", os.environ.get("BBO_SQLITE_SYNCHRONOUS", "FULL"))
-            ).upper()
-            if sync not in SQLITE_SYNCHRONOUS:
-                raise ValueError(f"synchronous={sync!r}: use one of {SQLITE_SYNCHRONOUS}")
-            self.sqlite_synchronous = sync
-            u = u.set(query=q)
-            if u.database and u.database != ":memory:":
-                if (
-                    not migrate and not Path(u.database).exists()
-                ):  # only reading: never create a stray file
-                    raise NotFoundError(f"no database file at {u.database}")
-                Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-                kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_timeout=60)
-            else:
-                kwargs.update(poolclass=sa.pool.StaticPool)
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        elif self.dialect == "postgresql":
-            from bbo.storage import pg
 
-            # pool sizes, pre-ping, statement / lock timeouts, keepalives: see bbo.storage.pg
-            u, pg_kwargs, self.pg_settings = pg.engine_kwargs(u, pool_size)
-            kwargs.update(pg_kwargs)
-        else:
-            raise ValueError(
-                f"unsupported database {self.dialect!r}: use sqlite:///PATH or postgresql+psycopg://..."
-            )
-        self.url = u
-        self.engine = sa.create_engine(u, **kwargs)
-        # SQLite allows one writer: a process-wide lock queues writers without busy-wait sleeps;
-        # BEGIN IMMEDIATE (below) makes writers in other processes wait on the busy timeout instead.
-        self._wlock: contextlib.AbstractContextManager = (
-            threading.RLock() if self.dialect == "sqlite" else contextlib.nullcontext()
-        )
-        if self.dialect == "sqlite":
-            self._setup_sqlite()
-        # SQLite: tells from many threads share one transaction and one fsync (see _GroupCommit).
-        self._group = _GroupCommit(self) if self.dialect == "sqlite" and group_commit else None
-        if migrate:
-            self.migrate()
+def _api_key(r) -> ApiKeyRecord:
+    return ApiKeyRecord(r.key_id, r.tenant, r.key_hash, r.label, r.created_at, r.revoked_at)
 
-    # ---- engine setup ---------------------------------------------------------------------------
-    def _setup_sqlite(self) -> None:
-        sync = self.sqlite_synchronous
-        in_memory = not self.url.database or self.url.database == ":memory:"
 
-        @event.listens_for(self.engine, "connect")
-        def _connect(dbapi_conn, _record):
-            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see _begin)
-            cur = dbapi_conn.cursor()
-            if not in_memory:
-                cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute(f"PRAGMA synchronous={sync}")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
+def db_call(fn: Optional[Callable] = None, *, idempotent: bool | Callable[..., bool] = True):
+    """Run a storage method, handing database errors to the backend's :meth:`SqlStorage._on_error`
+    (which retries what is safe to retry, turns an unreachable or locked database into
+    StorageUnavailable, and re-raises anything else). ``idempotent``: whether re-running after a
+    lost connection is safe (a bool, or a function of the call's arguments)."""
 
-        @event.listens_for(self.engine, "begin")
-        def _begin(conn):
-            conn.exec_driver_sql(
-                "BEGIN IMMEDIATE" if conn.get_execution_options().get("bbo_write") else "BEGIN"
-            )
+    def deco(f):
+        @functools.wraps(f)
+        def wrapper(self, *args, **kwargs):
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    return f(self, *args, **kwargs)
+                except sa.exc.DBAPIError as e:  # noqa: PERF203
+                    ok = idempotent(self, *args, **kwargs) if callable(idempotent) else idempotent
+                    time.sleep(self._on_error(e, f.__name__, attempt, ok))
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision (idempotent, safe to race)."""
-        from alembic import command
-        from alembic.config import Config
+        return wrapper
 
-        cfg = Config()
-        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-        with self._write() as conn:
-            if self.dialect == "postgresql":
-                # another replica may be migrating (wait for it), and a migration may take long:
-                # lift the short default timeouts of bbo.storage.pg for this transaction only
-                conn.exec_driver_sql("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": 0x6262_6F5F})
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+    return deco(fn) if fn is not None else deco
 
-    def current_revision(self) -> Optional[str]:
-        from alembic.runtime.migration import MigrationContext
 
-        with self.engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
+class SqlStorage(Storage):
+    """Storage on a SQLAlchemy engine (see the module docstring)."""
 
-    def close(self) -> None:
-        if self._group is not None:
-            self._group.close()
-        lock_engine = getattr(self, "_pg_lock_engine", None)
-        if lock_engine is not None:
-            lock_engine.dispose()
-        self.engine.dispose()
+    def __init__(self, engine: sa.Engine, url: sa.engine.URL):
+        self.engine = engine
+        self.url = url
+
+    # ---- hooks for the backends -----------------------------------------------------------------
+    def _on_error(self, exc: sa.exc.DBAPIError, call: str, attempt: int, idempotent: bool) -> float:
+        """Seconds to wait before retrying ``call``, or raise. The default: re-raise."""
+        raise exc
+
+    def _lock_tenant(self, conn: sa.Connection, tenant: str) -> None:
+        """Serialize study creation of one tenant for the rest of the transaction."""
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sa.Connection]:
-        with self._wlock:
-            with self.engine.connect() as conn:
-                conn.execution_options(bbo_write=True)
-                with conn.begin():
-                    yield conn
+        with self.engine.connect() as conn:
+            with conn.begin():
+                yield conn
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sa.Connection]:
         with self.engine.connect() as conn:
             yield conn
 
-    @contextlib.contextmanager
-    def study_lock(self, study_id: int) -> Iterator[None]:
-        """Serialize suggestion generation of one study across server processes (PostgreSQL).
+    def _sid(self, conn: sa.Connection, uid: str, *, lock: bool = False) -> int:
+        """The row id of the study ``uid``; with ``lock``, the study row is key-share locked (on
+        PostgreSQL) until the transaction ends, so it cannot be deleted under the write."""
+        q = sa.select(S.studies.c.id).where(S.studies.c.uid == uid)
+        if lock:
+            q = q.with_for_update(read=True, key_share=True)
+        sid = conn.execute(q).scalar()
+        if sid is None:
+            raise StudyNotFound("the study no longer exists (it was deleted)")
+        return int(sid)
 
-        In-process callers also hold a per-study ``threading.Lock``; on SQLite (one server process
-        per file) this is a no-op.
-        """
-        if self.dialect != "postgresql":
-            yield
-            return
-        from bbo.storage import pg
+    # ---- lifecycle ------------------------------------------------------------------------------
+    def close(self) -> None:
+        self.engine.dispose()
 
-        with pg.study_lock(self, study_id):  # advisory lock on a connection pool of its own
-            yield
+    def describe(self) -> dict:
+        return {"db": self.url.render_as_string(hide_password=True), "dialect": self.dialect}
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision (idempotent)."""
+        with self._write() as conn:
+            self._run_migrations(conn)
+
+    def _run_migrations(self, conn: sa.Connection) -> None:
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+    def schema_revision(self) -> Optional[str]:
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
 
     # ---- studies --------------------------------------------------------------------------------
-    @retry_transient
-    def insert_study(self, tenant: str, name: str, spec: dict, seed: int) -> Optional[StudyRecord]:
-        """Insert a study; None when (tenant, name) is taken."""
-        now = time.time()
-        try:
-            with self._write() as conn:
-                conn.execute(
-                    S.studies.insert().values(
-                        tenant=tenant,
-                        name=name,
-                        spec=spec,
-                        spec_hash=spec_hash(spec),
-                        seed=int(seed),
-                        state="ACTIVE",
-                        state_reason="",
-                        trial_counter=0,
-                        created_at=now,
+    @db_call
+    def create_study(
+        self, tenant: str, name: str, spec: dict, seed: int, *, max_studies: int = 0
+    ) -> Optional[StudyRecord]:
+        c = S.studies.c
+        with self._write() as conn:
+            self._lock_tenant(conn, tenant)
+            if conn.execute(sa.select(c.id).where(c.tenant == tenant, c.name == name)).first():
+                return None
+            if max_studies > 0:
+                n = conn.execute(
+                    sa.select(sa.func.count()).select_from(S.studies).where(c.tenant == tenant)
+                ).scalar_one()
+                if n >= max_studies:
+                    raise LimitError(
+                        f"tenant '{tenant}' has {n} studies, the limit is {max_studies}: "
+                        "delete some first"
                     )
-                )
-        except sa.exc.IntegrityError:
-            return None
-        return self.get_study(tenant, name)
+            values = dict(
+                uid=new_uid(),
+                tenant=tenant,
+                name=name,
+                spec=spec,
+                spec_hash=spec_hash(spec),
+                seed=int(seed),
+                state="ACTIVE",
+                state_reason="",
+                trial_counter=0,
+                llm_counter=0,
+                created_at=time.time(),
+            )
+            try:
+                with conn.begin_nested():
+                    conn.execute(S.studies.insert().values(**values))
+            except sa.exc.IntegrityError:  # the name was taken after all
+                return None
+            return _study(conn.execute(sa.select(S.studies).where(c.uid == values["uid"])).one())
 
-    @retry_transient
+    @db_call
     def get_study(self, tenant: str, name: str) -> Optional[StudyRecord]:
+        c = S.studies.c
         with self._read() as conn:
             row = conn.execute(
-                sa.select(S.studies).where(S.studies.c.tenant == tenant, S.studies.c.name == name)
+                sa.select(S.studies).where(c.tenant == tenant, c.name == name)
             ).first()
         return _study(row) if row else None
 
-    @retry_transient
-    def get_study_by_id(self, study_id: int) -> Optional[StudyRecord]:
+    @db_call
+    def get_study_by_uid(self, uid: str) -> Optional[StudyRecord]:
         with self._read() as conn:
-            row = conn.execute(sa.select(S.studies).where(S.studies.c.id == study_id)).first()
+            row = conn.execute(sa.select(S.studies).where(S.studies.c.uid == uid)).first()
         return _study(row) if row else None
 
-    @retry_transient
-    def list_studies(self, tenant: str, after_id: int = 0, limit: int = 100) -> list[StudyRecord]:
-        q = (
-            sa.select(S.studies)
-            .where(S.studies.c.tenant == tenant, S.studies.c.id > after_id)
-            .order_by(S.studies.c.id)
-            .limit(limit)
-        )
+    @db_call
+    def list_studies(
+        self, tenant: str, *, after: Optional[tuple[float, str]] = None, limit: int = 100
+    ) -> list[StudyRecord]:
+        c = S.studies.c
+        q = sa.select(S.studies).where(c.tenant == tenant)
+        if after is not None:
+            at, name = after
+            q = q.where(sa.or_(c.created_at > at, sa.and_(c.created_at == at, c.name > name)))
+        q = q.order_by(c.created_at, c.name).limit(limit)
         with self._read() as conn:
             return [_study(r) for r in conn.execute(q)]
 
-    @retry_transient
-    def delete_study(self, study_id: int) -> bool:
-        """Delete a study and everything of it (explicitly: SQLite FKs may be off elsewhere)."""
-        tid = sa.select(S.trials.c.id).where(S.trials.c.study_id == study_id).scalar_subquery()
-        with self._write() as conn:
-            conn.execute(
-                S.intermediate_values.delete().where(S.intermediate_values.c.trial_id.in_(tid))
-            )
-            conn.execute(S.trial_events.delete().where(S.trial_events.c.trial_id.in_(tid)))
-            conn.execute(S.trials.delete().where(S.trials.c.study_id == study_id))
-            conn.execute(S.llm_calls.delete().where(S.llm_calls.c.study_id == study_id))
-            conn.execute(S.request_log.delete().where(S.request_log.c.study_id == study_id))
-            conn.execute(S.model_state.delete().where(S.model_state.c.study_id == study_id))
-            n = conn.execute(S.studies.delete().where(S.studies.c.id == study_id)).rowcount
-        return n > 0
-
-    @retry_transient
-    def set_study_state(self, study_id: int, state: str, reason: str) -> None:
-        with self._write() as conn:
-            conn.execute(
-                S.studies.update()
-                .where(S.studies.c.id == study_id)
-                .values(state=state, state_reason=reason)
-            )
-
-    @retry_transient
-    def trial_counts(self, study_id: int) -> dict[str, int]:
-        q = (
-            sa.select(S.trials.c.state, sa.func.count())
-            .where(S.trials.c.study_id == study_id)
-            .group_by(S.trials.c.state)
-        )
+    @db_call
+    def count_studies(self, tenant: str) -> int:
+        q = sa.select(sa.func.count()).select_from(S.studies).where(S.studies.c.tenant == tenant)
         with self._read() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    @db_call
+    def delete_study(self, uid: str) -> bool:
+        with self._write() as conn:
+            sid = conn.execute(
+                sa.select(S.studies.c.id).where(S.studies.c.uid == uid).with_for_update()
+            ).scalar()
+            if sid is None:
+                return False
+            # explicitly, children first (SQLite enforces foreign keys only where they are on)
+            tid = sa.select(S.trials.c.id).where(S.trials.c.study_id == sid).scalar_subquery()
+            iv, ev = S.intermediate_values, S.trial_events
+            conn.execute(iv.delete().where(iv.c.trial_id.in_(tid)))
+            conn.execute(ev.delete().where(ev.c.trial_id.in_(tid)))
+            for t in (S.trials, S.llm_calls, S.request_log, S.model_state):
+                conn.execute(t.delete().where(t.c.study_id == sid))
+            conn.execute(S.studies.delete().where(S.studies.c.id == sid))
+        return True
+
+    @db_call
+    def set_study_state(self, uid: str, state: str, reason: str) -> None:
+        with self._write() as conn:
+            n = conn.execute(
+                S.studies.update()
+                .where(S.studies.c.uid == uid)
+                .values(state=state, state_reason=reason)
+            ).rowcount
+        if n == 0:
+            raise StudyNotFound("the study no longer exists (it was deleted)")
+
+    @db_call
+    def trial_counts(self, uid: str) -> dict[str, int]:
+        t = S.trials.c
+        with self._read() as conn:
+            sid = self._sid(conn, uid)
+            q = sa.select(t.state, sa.func.count()).where(t.study_id == sid).group_by(t.state)
             return {s: int(n) for s, n in conn.execute(q)}
 
     # ---- idempotency ----------------------------------------------------------------------------
-    def lookup_request(
-        self, study_id: int, kind: str, request_id: str, conn: Optional[sa.Connection] = None
-    ) -> Optional[tuple[str, dict]]:
-        if self.dialect == "sqlite":  # every Ask looks its request id up: plain DB-API (see _RAW_*)
-            args = (study_id, kind, request_id)
-            if conn is not None:
-                raw_row = conn.connection.driver_connection.execute(
-                    _RAW_LOOKUP_REQUEST, args
-                ).fetchone()
-            else:
-                pooled = self.engine.raw_connection()
-                try:
-                    raw_row = pooled.driver_connection.execute(_RAW_LOOKUP_REQUEST, args).fetchone()
-                finally:
-                    pooled.close()
-            return (raw_row[0], json.loads(raw_row[1])) if raw_row else None
-        q = sa.select(S.request_log.c.request_hash, S.request_log.c.response).where(
-            S.request_log.c.study_id == study_id,
-            S.request_log.c.kind == kind,
-            S.request_log.c.request_id == request_id,
-        )
-        if conn is not None:
-            row = conn.execute(q).first()
-        else:
-            with self._read() as c:
-                row = c.execute(q).first()
-        return (row.request_hash, dict(row.response)) if row else None
+    def _lookup(self, conn: sa.Connection, sid: int, kind: str, request_id: str):
+        c = S.request_log.c
+        row = conn.execute(
+            sa.select(c.request_hash, c.response).where(
+                c.study_id == sid, c.kind == kind, c.request_id == request_id
+            )
+        ).first()
+        return StoredRequest(row.request_hash, dict(row.response)) if row else None
 
-    def _log_request(
-        self, conn: sa.Connection, study_id: int, req: RequestKey, response: dict
-    ) -> None:
+    def _log_request(self, conn: sa.Connection, sid: int, req: RequestKey, response: dict) -> None:
         conn.execute(
             S.request_log.insert().values(
-                tenant=req.tenant,
-                study_id=study_id,
+                study_id=sid,
                 kind=req.kind,
                 request_id=req.request_id,
                 request_hash=req.request_hash,
@@ -411,261 +346,209 @@ class Storage:
             )
         )
 
+    @db_call
+    def lookup_request(self, uid: str, kind: str, request_id: str) -> Optional[StoredRequest]:
+        with self._read() as conn:
+            return self._lookup(conn, self._sid(conn, uid), kind, request_id)
+
     # ---- trials ---------------------------------------------------------------------------------
-    @retry_transient(idempotent=lambda self, study_id, new, **kw: kw.get("request") is not None)
+    @db_call(idempotent=lambda self, uid, new, **kw: kw.get("request") is not None)
     def insert_trials(
         self,
-        study_id: int,
+        uid: str,
         new: Sequence[NewTrial],
         *,
         worker_id: str = "",
         lease_expires_at: Optional[float] = None,
         request: Optional[RequestKey] = None,
-        created_at: Optional[float] = None,
-    ) -> tuple[list[Trial], Optional[dict]]:
-        """Insert trials with freshly allocated numbers, in one transaction. With ``created_at``,
-        only into the study created then (NotFoundError if it was deleted, its id reused or not).
+    ) -> tuple[list[Trial], Optional[StoredRequest]]:
+        try:
+            return self._insert_trials(uid, new, worker_id, lease_expires_at, request)
+        except sa.exc.IntegrityError:
+            if request is None:
+                raise
+            # the same request id committed by another replica at the same moment: replay it
+            with self._read() as conn:
+                sid = self._sid(conn, uid)
+                prev = self._lookup(conn, sid, request.kind, request.request_id)
+                if prev is None:
+                    raise
+                return self._trials_by_number(conn, sid, prev.response.get("trials", [])), prev
 
-        With ``request``, the (study, kind, request_id) key is recorded with the new numbers; if it
-        was already recorded, nothing is inserted and ``(existing trials, stored response)`` comes
-        back instead (the caller compares hashes).
-        """
+    def _insert_trials(self, uid, new, worker_id, lease_expires_at, request):
         now = time.time()
         with self._write() as conn:
-            raw = (
-                conn.connection.driver_connection if self.dialect == "sqlite" else None
-            )  # plain DB-API on SQLite (see _RAW_*)
+            sid = self._sid(conn, uid, lock=True)
             if request is not None:
-                prev = self.lookup_request(study_id, request.kind, request.request_id, conn)
+                prev = self._lookup(conn, sid, request.kind, request.request_id)
                 if prev is not None:
-                    numbers = prev[1].get("trials", [])
-                    return self._trials_by_number(conn, study_id, numbers), {
-                        "hash": prev[0],
-                        **prev[1],
-                    }
+                    numbers = prev.response.get("trials", [])
+                    return self._trials_by_number(conn, sid, numbers), prev
             n = len(new)
-            if raw is not None:
-                sql, args = (
-                    (_RAW_ALLOCATE_NUMBERS, (n, study_id))
-                    if created_at is None
-                    else (_RAW_ALLOCATE_NUMBERS_OF, (n, study_id, created_at))
-                )
-                top = next(iter(raw.execute(sql, args).fetchall()), (None,))[0]
-            else:
-                same = S.studies.c.created_at == created_at if created_at is not None else sa.true()
-                top = conn.execute(
-                    S.studies.update()
-                    .where(S.studies.c.id == study_id, same)
-                    .values(trial_counter=S.studies.c.trial_counter + n)
-                    .returning(S.studies.c.trial_counter)
-                ).scalar_one_or_none()
-            if top is None:
-                raise NotFoundError(f"study {study_id} no longer exists")
+            top = conn.execute(
+                S.studies.update()
+                .where(S.studies.c.id == sid)
+                .values(trial_counter=S.studies.c.trial_counter + n)
+                .returning(S.studies.c.trial_counter)
+            ).scalar_one()
             first = int(top) - n + 1
-            rows = []
-            for i, t in enumerate(new):
-                rows.append(
-                    dict(
-                        study_id=study_id,
-                        number=first + i,
-                        params=t.params,
-                        state=t.state.value,
-                        metrics=_metrics_to_json(t.metrics),
-                        origin=t.origin,
-                        reason=t.reason,
-                        rationale=t.rationale,
-                        worker_id=worker_id,
-                        created_at=now,
-                        updated_at=now,
-                        lease_expires_at=lease_expires_at
-                        if t.state is TrialState.PENDING
-                        else None,
-                    )
+            rows = [
+                dict(
+                    study_id=sid,
+                    number=first + i,
+                    params=t.params,
+                    state=t.state.value,
+                    metrics=metrics_to_json(t.metrics),
+                    origin=t.origin,
+                    reason=t.reason,
+                    rationale=t.rationale,
+                    worker_id=worker_id,
+                    created_at=now,
+                    updated_at=now,
+                    lease_expires_at=lease_expires_at if t.state is TrialState.PENDING else None,
                 )
-            if raw is not None:
-                _insert_trials_sqlite(raw, study_id, rows, request, now)
-            else:
-                if rows:
-                    ids = (
-                        conn.execute(
-                            S.trials.insert().returning(
-                                S.trials.c.id, sort_by_parameter_order=True
-                            ),
-                            rows,
-                        )
-                        .scalars()
-                        .all()
-                    )
-                    conn.execute(
-                        S.trial_events.insert(),
-                        [
-                            dict(
-                                trial_id=pk,
-                                state=r["state"],
-                                detail=f"created ({r['origin']})",
-                                at=now,
-                            )
-                            for pk, r in zip(ids, rows)
-                        ],
-                    )
-                if request is not None:
-                    self._log_request(
-                        conn, study_id, request, {"trials": [r["number"] for r in rows]}
-                    )
-            return [self._row_trial(r) for r in rows], None
+                for i, t in enumerate(new)
+            ]
+            self._insert_trial_rows(conn, sid, rows, request, now)
+            return [row_trial(r) for r in rows], None
 
-    @staticmethod
-    def _row_trial(r: dict) -> Trial:
-        return Trial(
-            id=int(r["number"]),
-            params=dict(r["params"]),
-            state=TrialState(r["state"]),
-            metrics=_metrics_from_json(r["metrics"]),
-            origin=r["origin"],
-            reason=r["reason"],
-            rationale=r["rationale"],
-            worker_id=r["worker_id"],
-            created_at=r["created_at"],
-            updated_at=r["updated_at"],
-            lease_expires_at=r["lease_expires_at"],
-        )
+    def _insert_trial_rows(
+        self, conn: sa.Connection, sid: int, rows: list[dict], req: Optional[RequestKey], now: float
+    ) -> None:
+        if rows:
+            ids = (
+                conn.execute(
+                    S.trials.insert().returning(S.trials.c.id, sort_by_parameter_order=True), rows
+                )
+                .scalars()
+                .all()
+            )
+            conn.execute(
+                S.trial_events.insert(),
+                [
+                    dict(trial_id=pk, state=r["state"], detail=f"created ({r['origin']})", at=now)
+                    for pk, r in zip(ids, rows)
+                ],
+            )
+        if req is not None:
+            self._log_request(conn, sid, req, {"trials": [r["number"] for r in rows]})
 
-    def _trials_by_number(
-        self, conn: sa.Connection, study_id: int, numbers: Iterable[int]
-    ) -> list[Trial]:
+    def _trials_by_number(self, conn, sid: int, numbers: Iterable[int]) -> list[Trial]:
         numbers = list(numbers)
         if not numbers:
             return []
+        t = S.trials.c
         rows = conn.execute(
-            sa.select(S.trials).where(
-                S.trials.c.study_id == study_id, S.trials.c.number.in_(numbers)
-            )
+            sa.select(S.trials).where(t.study_id == sid, t.number.in_(numbers))
         ).all()
         by = {int(r.number): _trial(r) for r in rows}
         return [by[n] for n in numbers if n in by]
 
-    @retry_transient
-    def get_trial(self, study_id: int, number: int) -> Optional[Trial]:
+    @db_call
+    def get_trial(self, uid: str, number: int) -> Optional[Trial]:
+        t = S.trials.c
         with self._read() as conn:
+            sid = self._sid(conn, uid)
             row = conn.execute(
-                sa.select(S.trials).where(
-                    S.trials.c.study_id == study_id, S.trials.c.number == number
-                )
+                sa.select(S.trials).where(t.study_id == sid, t.number == number)
             ).first()
         return _trial(row) if row else None
 
-    @retry_transient
+    @db_call
     def list_trials(
         self,
-        study_id: int,
+        uid: str,
         states: Optional[Iterable[TrialState]] = None,
         after: int = 0,
         limit: Optional[int] = None,
     ) -> list[Trial]:
-        q = sa.select(S.trials).where(S.trials.c.study_id == study_id, S.trials.c.number > after)
-        states = list(states or [])
-        if states:
-            q = q.where(S.trials.c.state.in_([s.value for s in states]))
-        q = q.order_by(S.trials.c.number)
-        if limit is not None:
-            q = q.limit(limit)
+        t = S.trials.c
         with self._read() as conn:
+            sid = self._sid(conn, uid)
+            q = sa.select(S.trials).where(t.study_id == sid, t.number > after)
+            states = list(states or [])
+            if states:
+                q = q.where(t.state.in_([s.value for s in states]))
+            q = q.order_by(t.number)
+            if limit is not None:
+                q = q.limit(limit)
             return [_trial(r) for r in conn.execute(q)]
 
-    @retry_transient
+    @db_call
     def modify_trial(
         self,
-        study_id: int,
+        uid: str,
         number: int,
-        change: Callable[[Trial], Optional[Trial]],
+        change: TrialChange,
         *,
         request: Optional[RequestKey] = None,
         event_detail: str = "",
-    ) -> tuple[Optional[Trial], bool, Optional[dict]]:
-        """Read-modify-write one trial in a single write transaction.
-
-        ``change(current)`` returns the new trial to store, or None to leave it as is (it may raise
-        to refuse). Returns ``(trial, changed, previous_request)``; ``trial`` is None if the trial
-        does not exist. With ``request`` already recorded, nothing changes and the stored request
-        comes back as ``previous_request`` (``{"hash": ..., ...}``).
-        """
-        if self._group is not None:
-            return self._group.run(
-                lambda raw: _modify_trial_sqlite(
-                    raw, study_id, number, change, request, event_detail
-                )
-            )
+    ) -> tuple[Optional[Trial], bool, Optional[StoredRequest]]:
         with self._write() as conn:
-            return self._modify_trial_in(conn, study_id, number, change, request, event_detail)
-
-    def _modify_trial_in(self, conn, study_id, number, change, request, event_detail):
-        if self.dialect == "sqlite":
-            return _modify_trial_sqlite(
-                conn.connection.driver_connection, study_id, number, change, request, event_detail
-            )
-        if request is not None:
-            prev = self.lookup_request(study_id, request.kind, request.request_id, conn)
-            if prev is not None:
-                cur = self._trials_by_number(conn, study_id, [number])
-                return (cur[0] if cur else None), False, {"hash": prev[0], **prev[1]}
-        # Prebuilt statements (module level): the hot path of every tell skips statement construction.
-        row = conn.execute(_SELECT_TRIAL, {"b_study": study_id, "b_number": number}).first()
-        if row is None:
-            return None, False, None
-        cur = _trial(row)
-        new = change(cur)
-        if new is None:
-            return cur, False, None
-        new.updated_at = time.time()
-        conn.execute(
-            _UPDATE_TRIAL,
-            {
-                "b_pk": row.id,
-                "b_state": new.state.value,
-                "b_metrics": _metrics_to_json(new.metrics),
-                "b_reason": new.reason,
-                "b_worker": new.worker_id,
-                "b_updated": new.updated_at,
-                "b_lease": new.lease_expires_at,
-            },
-        )
-        if new.state is not cur.state:
+            sid = self._sid(conn, uid, lock=True)
+            if request is not None:
+                prev = self._lookup(conn, sid, request.kind, request.request_id)
+                if prev is not None:
+                    cur = self._trials_by_number(conn, sid, [number])
+                    return (cur[0] if cur else None), False, prev
+            row = conn.execute(_SELECT_TRIAL, {"b_study": sid, "b_number": number}).first()
+            if row is None:
+                return None, False, None
+            cur = _trial(row)
+            new = change(cur)
+            if new is None:
+                return cur, False, None
+            new.updated_at = time.time()
             conn.execute(
-                S.trial_events.insert(),
+                _UPDATE_TRIAL,
                 {
-                    "trial_id": row.id,
-                    "state": new.state.value,
-                    "detail": event_detail or new.reason,
-                    "at": new.updated_at,
+                    "b_pk": row.id,
+                    "b_state": new.state.value,
+                    "b_metrics": metrics_to_json(new.metrics),
+                    "b_reason": new.reason,
+                    "b_worker": new.worker_id,
+                    "b_updated": new.updated_at,
+                    "b_lease": new.lease_expires_at,
                 },
             )
-        if request is not None:
-            self._log_request(
-                conn, study_id, request, {"trials": [number], "state": new.state.value}
-            )
-        return new, True, None
+            if new.state is not cur.state:
+                conn.execute(
+                    S.trial_events.insert().values(
+                        trial_id=row.id,
+                        state=new.state.value,
+                        detail=event_detail or new.reason,
+                        at=new.updated_at,
+                    )
+                )
+            if request is not None:
+                self._log_request(
+                    conn, sid, request, {"trials": [number], "state": new.state.value}
+                )
+            return new, True, None
 
-    @retry_transient
-    def expire_leases(self, study_id: int, now: Optional[float] = None) -> list[int]:
-        """Mark PENDING trials whose lease ran out ABANDONED; returns their numbers."""
-        now = time.time() if now is None else now
-        cond = sa.and_(
-            S.trials.c.study_id == study_id,
-            S.trials.c.state == TrialState.PENDING.value,
-            S.trials.c.lease_expires_at.is_not(None),
-            S.trials.c.lease_expires_at < now,
-        )
+    @db_call
+    def expire_leases(self, uid: str, now: float) -> list[int]:
+        t = S.trials.c
         with self._read() as conn:  # cheap check first: most asks find nothing to expire
+            sid = self._sid(conn, uid)
+            cond = sa.and_(
+                t.study_id == sid,
+                t.state == TrialState.PENDING.value,
+                t.lease_expires_at.is_not(None),
+                t.lease_expires_at < now,
+            )
             if conn.execute(sa.select(sa.func.count()).where(cond)).scalar_one() == 0:
                 return []
         with self._write() as conn:
-            # one conditional UPDATE: a trial told (or reaped by another replica) meanwhile no longer
-            # matches, so a result is never turned into ABANDONED and each expiry is recorded once
+            self._sid(conn, uid, lock=True)
+            # one conditional UPDATE: a trial told (or reaped by another replica) meanwhile no
+            # longer matches, so a result is never turned into ABANDONED and each expiry is
+            # recorded once
             rows = conn.execute(
                 S.trials.update()
                 .where(cond)
                 .values(state=TrialState.ABANDONED.value, reason=LEASE_EXPIRED, updated_at=now)
-                .returning(S.trials.c.id, S.trials.c.number)
+                .returning(t.id, t.number)
             ).all()
             if not rows:
                 return []
@@ -683,68 +566,83 @@ class Storage:
             )
             return sorted(int(r.number) for r in rows)
 
-    @retry_transient
-    def trial_events(self, study_id: int, number: int) -> list[tuple[str, str, float]]:
-        q = (
-            sa.select(S.trial_events.c.state, S.trial_events.c.detail, S.trial_events.c.at)
-            .join(S.trials, S.trials.c.id == S.trial_events.c.trial_id)
-            .where(S.trials.c.study_id == study_id, S.trials.c.number == number)
-            .order_by(S.trial_events.c.id)
+    @db_call
+    def studies_with_expired_leases(self, now: float) -> list[str]:
+        t = S.trials.c
+        # per study through the (study_id, state) index: O(studies + pending trials)
+        over = sa.select(t.id).where(
+            t.study_id == S.studies.c.id,
+            t.state == TrialState.PENDING.value,
+            t.lease_expires_at.is_not(None),
+            t.lease_expires_at < now,
         )
         with self._read() as conn:
+            return [r[0] for r in conn.execute(sa.select(S.studies.c.uid).where(over.exists()))]
+
+    @db_call
+    def trial_events(self, uid: str, number: int) -> list[tuple[str, str, float]]:
+        ev = S.trial_events.c
+        with self._read() as conn:
+            sid = self._sid(conn, uid)
+            q = (
+                sa.select(ev.state, ev.detail, ev.at)
+                .join(S.trials, S.trials.c.id == ev.trial_id)
+                .where(S.trials.c.study_id == sid, S.trials.c.number == number)
+                .order_by(ev.id)
+            )
             return [(r.state, r.detail, r.at) for r in conn.execute(q)]
 
     # ---- intermediate values --------------------------------------------------------------------
-    @retry_transient
-    def add_intermediate(self, study_id: int, number: int, step: int, value: float) -> bool:
-        """Record (or overwrite) a trial's value at ``step``; False if the trial does not exist."""
+    @db_call
+    def add_intermediate(self, uid: str, number: int, step: int, value: float) -> bool:
         now = time.time()
+        iv = S.intermediate_values
         with self._write() as conn:
+            sid = self._sid(conn, uid, lock=True)
             # FOR UPDATE: two reports of one step at once (a retry racing its original, on two
             # replicas) take turns; otherwise both delete nothing and the second insert hits the key
             pk = conn.execute(
                 sa.select(S.trials.c.id)
-                .where(S.trials.c.study_id == study_id, S.trials.c.number == number)
+                .where(S.trials.c.study_id == sid, S.trials.c.number == number)
                 .with_for_update()
             ).scalar()
             if pk is None:
                 return False
-            conn.execute(
-                S.intermediate_values.delete().where(
-                    S.intermediate_values.c.trial_id == pk, S.intermediate_values.c.step == step
-                )
-            )
-            conn.execute(
-                S.intermediate_values.insert().values(
-                    trial_id=pk, step=step, value=float(value), at=now
-                )
-            )
+            conn.execute(iv.delete().where(iv.c.trial_id == pk, iv.c.step == step))
+            conn.execute(iv.insert().values(trial_id=pk, step=step, value=float(value), at=now))
         return True
 
-    @retry_transient
-    def intermediates(self, study_id: int) -> dict[int, list[tuple[int, float]]]:
-        """trial number -> [(step, value)] sorted by step."""
-        q = (
-            sa.select(
-                S.trials.c.number, S.intermediate_values.c.step, S.intermediate_values.c.value
-            )
-            .join(S.trials, S.trials.c.id == S.intermediate_values.c.trial_id)
-            .where(S.trials.c.study_id == study_id)
-            .order_by(S.trials.c.number, S.intermediate_values.c.step)
-        )
+    @db_call
+    def intermediates(self, uid: str) -> dict[int, list[tuple[int, float]]]:
+        iv = S.intermediate_values.c
         out: dict[int, list[tuple[int, float]]] = {}
         with self._read() as conn:
+            sid = self._sid(conn, uid)
+            q = (
+                sa.select(S.trials.c.number, iv.step, iv.value)
+                .join(S.trials, S.trials.c.id == iv.trial_id)
+                .where(S.trials.c.study_id == sid)
+                .order_by(S.trials.c.number, iv.step)
+            )
             for number, step, value in conn.execute(q):
                 out.setdefault(int(number), []).append((int(step), float(value)))
         return out
 
     # ---- LLM calls ------------------------------------------------------------------------------
-    @retry_transient(idempotent=False)
-    def log_llm_call(self, study_id: int, call: LlmCallRecord) -> None:
+    @db_call(idempotent=False)
+    def log_llm_call(self, uid: str, call: LlmCallRecord) -> int:
         with self._write() as conn:
+            sid = self._sid(conn, uid, lock=True)
+            number = conn.execute(
+                S.studies.update()
+                .where(S.studies.c.id == sid)
+                .values(llm_counter=S.studies.c.llm_counter + 1)
+                .returning(S.studies.c.llm_counter)
+            ).scalar_one()
             conn.execute(
                 S.llm_calls.insert().values(
-                    study_id=study_id,
+                    study_id=sid,
+                    number=int(number),
                     purpose=call.purpose,
                     model=call.model,
                     prompt=call.prompt,
@@ -756,41 +654,138 @@ class Storage:
                     created_at=call.created_at or time.time(),
                 )
             )
+        return int(number)
 
-    @retry_transient
+    @db_call
     def list_llm_calls(
-        self,
-        study_id: int,
-        purpose: Optional[str] = None,
-        after: int = 0,
-        limit: Optional[int] = None,
+        self, uid: str, purpose: Optional[str] = None, after: int = 0, limit: Optional[int] = None
     ) -> list[LlmCallRecord]:
         c = S.llm_calls.c
-        q = sa.select(S.llm_calls).where(c.study_id == study_id, c.id > after).order_by(c.id)
-        if purpose is not None:
-            q = q.where(c.purpose == purpose)
-        if limit is not None:
-            q = q.limit(limit)
         with self._read() as conn:
-            return [
-                LlmCallRecord(
-                    r.purpose,
-                    r.model,
-                    r.prompt,
-                    r.response,
-                    r.outcome,
-                    r.prompt_tokens,
-                    r.completion_tokens,
-                    r.latency_seconds,
-                    r.created_at,
-                    r.id,
+            sid = self._sid(conn, uid)
+            q = sa.select(S.llm_calls).where(c.study_id == sid, c.number > after).order_by(c.number)
+            if purpose is not None:
+                q = q.where(c.purpose == purpose)
+            if limit is not None:
+                q = q.limit(limit)
+            return [_llm_call(r) for r in conn.execute(q)]
+
+    # ---- model state ----------------------------------------------------------------------------
+    @db_call
+    def model_state_n_fit(self, uid: str) -> Optional[int]:
+        m = S.model_state.c
+        with self._read() as conn:
+            n = conn.execute(
+                sa.select(m.n_fit)
+                .join(S.studies, S.studies.c.id == m.study_id)
+                .where(S.studies.c.uid == uid)
+            ).scalar()
+        return None if n is None else int(n)
+
+    @db_call
+    def get_model_state(self, uid: str) -> Optional[ModelState]:
+        m = S.model_state.c
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(S.model_state)
+                .join(S.studies, S.studies.c.id == m.study_id)
+                .where(S.studies.c.uid == uid)
+            ).first()
+        if row is None:
+            return None
+        return ModelState(
+            int(row.n_fit), int(row.format), bytes(row.state), row.updated_at, row.updated_by
+        )
+
+    @db_call
+    def put_model_state(self, uid: str, n_fit: int, fmt: int, blob: bytes, replica: str) -> None:
+        vals = dict(
+            n_fit=int(n_fit),
+            format=int(fmt),
+            state=blob,
+            updated_at=time.time(),
+            updated_by=replica[:128],
+        )
+        m = S.model_state
+        with self._write() as conn:
+            sid = self._sid(conn, uid, lock=True)
+            if conn.execute(m.update().where(m.c.study_id == sid).values(**vals)).rowcount == 0:
+                conn.execute(m.insert().values(study_id=sid, **vals))
+
+    # ---- API keys -------------------------------------------------------------------------------
+    @db_call(idempotent=False)
+    def insert_api_key(self, record: ApiKeyRecord) -> bool:
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    S.api_keys.insert().values(
+                        key_id=record.key_id,
+                        tenant=record.tenant,
+                        key_hash=record.key_hash,
+                        label=record.label,
+                        created_at=record.created_at,
+                        revoked_at=record.revoked_at,
+                    )
                 )
-                for r in conn.execute(q)
-            ]
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    @db_call
+    def find_api_key(self, key_id: str) -> Optional[ApiKeyRecord]:
+        with self._read() as conn:
+            row = conn.execute(sa.select(S.api_keys).where(S.api_keys.c.key_id == key_id)).first()
+        return _api_key(row) if row else None
+
+    @db_call
+    def list_api_keys(
+        self, tenant: Optional[str] = None, include_revoked: bool = True
+    ) -> list[ApiKeyRecord]:
+        k = S.api_keys.c
+        q = sa.select(S.api_keys).order_by(k.id)
+        if tenant is not None:
+            q = q.where(k.tenant == tenant)
+        if not include_revoked:
+            q = q.where(k.revoked_at.is_(None))
+        with self._read() as conn:
+            return [_api_key(r) for r in conn.execute(q)]
+
+    @db_call
+    def revoke_api_key(self, *, key_id: str = "", key_hash: str = "") -> bool:
+        k = S.api_keys.c
+        cond = k.key_hash == key_hash if key_hash else k.key_id == key_id
+        with self._write() as conn:
+            n = conn.execute(
+                S.api_keys.update()
+                .where(cond, k.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            ).rowcount
+        return n > 0
+
+    @db_call
+    def count_active_api_keys(self) -> int:
+        q = (
+            sa.select(sa.func.count())
+            .select_from(S.api_keys)
+            .where(S.api_keys.c.revoked_at.is_(None))
+        )
+        with self._read() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    # ---- whole-database access for bbo.storage.copy ---------------------------------------------
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[sa.Connection]:
+        """A connection reading one consistent snapshot of the whole database."""
+        with self.engine.connect() as conn:
+            with conn.begin():
+                yield conn
+
+    def after_bulk_copy(self, conn: sa.Connection) -> None:
+        """Called in the copy's write transaction after rows were inserted with their ids."""
 
 
-# FOR UPDATE (PostgreSQL; SQLite has one writer and omits it): a concurrent read-modify-write of the same
-# trial from another replica waits for this one and then sees its result, instead of overwriting it.
+# FOR UPDATE (PostgreSQL; SQLite has one writer and omits it): a concurrent read-modify-write of the
+# same trial from another replica waits for this one and then sees its result.
 _SELECT_TRIAL = (
     sa.select(S.trials)
     .where(
@@ -811,255 +806,3 @@ _UPDATE_TRIAL = (
         lease_expires_at=sa.bindparam("b_lease"),
     )
 )
-
-
-# ---- the Tell hot path on SQLite ------------------------------------------------------------------
-# Every Tell is one read-modify-write of a trial. On SQLite it runs as plain DB-API statements on the
-# connection of the (group-commit) write transaction: the same SQL and JSON encoding SQLAlchemy would
-# issue (sa.JSON stores json.dumps text), without its per-statement compile / event / result
-# machinery, which cost several times the SQLite work itself. Everything else stays SQLAlchemy.
-_RAW_SELECT_TRIAL = (
-    "SELECT id, number, params, state, metrics, origin, reason, rationale, worker_id, created_at, updated_at, lease_expires_at "
-    "FROM trials WHERE study_id = ? AND number = ?"
-)
-_RAW_UPDATE_TRIAL = "UPDATE trials SET state = ?, metrics = ?, reason = ?, worker_id = ?, updated_at = ?, lease_expires_at = ? WHERE id = ?"
-_RAW_INSERT_EVENT = "INSERT INTO trial_events (trial_id, state, detail, at) VALUES (?, ?, ?, ?)"
-_RAW_LOOKUP_REQUEST = "SELECT request_hash, response FROM request_log WHERE study_id = ? AND kind = ? AND request_id = ?"
-_RAW_INSERT_REQUEST = "INSERT INTO request_log (tenant, study_id, kind, request_id, request_hash, response, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
-
-
-_RAW_ALLOCATE_NUMBERS = (
-    "UPDATE studies SET trial_counter = trial_counter + ? WHERE id = ? RETURNING trial_counter"
-)
-_RAW_ALLOCATE_NUMBERS_OF = "UPDATE studies SET trial_counter = trial_counter + ? WHERE id = ? AND created_at = ? RETURNING trial_counter"
-_RAW_INSERT_TRIAL = (
-    "INSERT INTO trials (study_id, number, params, state, metrics, origin, reason, rationale, worker_id, created_at, updated_at, lease_expires_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-
-
-def _insert_trials_sqlite(
-    raw, study_id: int, rows: list[dict], request: Optional[RequestKey], now: float
-) -> None:
-    """The inserts of ``Storage.insert_trials`` (trials, their creation events, the request log) on
-    a sqlite3 connection inside the caller's write transaction."""
-    try:
-        for r in rows:
-            pk = raw.execute(
-                _RAW_INSERT_TRIAL,
-                (
-                    study_id,
-                    r["number"],
-                    json.dumps(r["params"]),
-                    r["state"],
-                    json.dumps(r["metrics"]),
-                    r["origin"],
-                    r["reason"],
-                    r["rationale"],
-                    r["worker_id"],
-                    r["created_at"],
-                    r["updated_at"],
-                    r["lease_expires_at"],
-                ),
-            ).lastrowid
-            raw.execute(_RAW_INSERT_EVENT, (pk, r["state"], f"created ({r['origin']})", now))
-        if request is not None:
-            raw.execute(
-                _RAW_INSERT_REQUEST,
-                (
-                    request.tenant,
-                    study_id,
-                    request.kind,
-                    request.request_id,
-                    request.request_hash,
-                    json.dumps({"trials": [r["number"] for r in rows]}),
-                    time.time(),
-                ),
-            )
-    except sqlite3.IntegrityError as e:  # what callers catch from the SQLAlchemy path
-        raise sa.exc.IntegrityError("insert_trials", None, e) from e
-
-
-def _raw_trial(r) -> Trial:
-    return Trial(
-        id=int(r[1]),
-        params=json.loads(r[2]),
-        state=TrialState(r[3]),
-        metrics=_metrics_from_json(json.loads(r[4])),
-        origin=r[5],
-        reason=r[6],
-        rationale=r[7],
-        worker_id=r[8],
-        created_at=r[9],
-        updated_at=r[10],
-        lease_expires_at=r[11],
-    )
-
-
-def _modify_trial_sqlite(raw, study_id, number, change, request, event_detail):
-    """``Storage._modify_trial_in`` on a sqlite3 connection inside the caller's write transaction."""
-    if request is not None:
-        prev = raw.execute(
-            _RAW_LOOKUP_REQUEST, (study_id, request.kind, request.request_id)
-        ).fetchone()
-        if prev is not None:
-            row = raw.execute(_RAW_SELECT_TRIAL, (study_id, number)).fetchone()
-            return (
-                (_raw_trial(row) if row else None),
-                False,
-                {"hash": prev[0], **json.loads(prev[1])},
-            )
-    row = raw.execute(_RAW_SELECT_TRIAL, (study_id, number)).fetchone()
-    if row is None:
-        return None, False, None
-    cur = _raw_trial(row)
-    new = change(cur)
-    if new is None:
-        return cur, False, None
-    new.updated_at = time.time()
-    raw.execute(
-        _RAW_UPDATE_TRIAL,
-        (
-            new.state.value,
-            json.dumps(_metrics_to_json(new.metrics)),
-            new.reason,
-            new.worker_id,
-            new.updated_at,
-            new.lease_expires_at,
-            row[0],
-        ),
-    )
-    if new.state is not cur.state:
-        raw.execute(
-            _RAW_INSERT_EVENT, (row[0], new.state.value, event_detail or new.reason, new.updated_at)
-        )
-    if request is not None:
-        raw.execute(
-            _RAW_INSERT_REQUEST,
-            (
-                request.tenant,
-                study_id,
-                request.kind,
-                request.request_id,
-                request.request_hash,
-                json.dumps({"trials": [number], "state": new.state.value}),
-                time.time(),
-            ),
-        )
-    return new, True, None
-
-
-class _GroupCommit:
-    """Group commit for SQLite: trial updates queued by many RPC threads are applied by one writer
-    thread in a single transaction, each under its own SAVEPOINT (one refused update does not undo
-    the others), and committed with one fsync. A caller returns only after that commit, so an
-    acknowledged tell is durable; under load the fsync cost is shared by the whole batch.
-
-    The writer keeps one sqlite3 connection of the engine's pool for itself and drives it with
-    plain DB-API calls (BEGIN IMMEDIATE / SAVEPOINT / COMMIT), under the storage's writer lock like
-    every other write of the process. Queued functions receive that sqlite3 connection."""
-
-    MAX_BATCH = 256
-
-    class _Item:
-        __slots__ = ("fn", "done", "result", "exc")
-
-        def __init__(self, fn):
-            self.fn, self.done, self.result, self.exc = fn, threading.Event(), None, None
-
-    def __init__(self, storage: "Storage"):
-        self._storage = storage
-        self._pooled = None  # the writer's pooled connection, checked out on first use
-        self._q: "queue.SimpleQueue" = queue.SimpleQueue()
-        self._closed = False
-        self._qlock = (
-            threading.Lock()
-        )  # nothing is queued after close()'s end marker, so nothing waits forever
-        self._thread = threading.Thread(target=self._loop, name="bbo-group-commit", daemon=True)
-        self._thread.start()
-
-    def run(self, fn: Callable[[Any], Any]) -> Any:
-        item = self._Item(fn)
-        with self._qlock:
-            if self._closed or not self._thread.is_alive():
-                raise RuntimeError("storage is closed")
-            self._q.put(item)
-        item.done.wait()
-        if item.exc is not None:
-            raise item.exc
-        return item.result
-
-    def close(self) -> None:
-        with self._qlock:
-            if self._closed:
-                return
-            self._closed = True
-            self._q.put(None)
-        self._thread.join(10)
-
-    def _loop(self) -> None:
-        try:
-            stop = False
-            while not stop:
-                first = self._q.get()
-                if first is None:
-                    return
-                batch = [first]
-                while len(batch) < self.MAX_BATCH:
-                    try:
-                        nxt = self._q.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is None:
-                        stop = True
-                        break
-                    batch.append(nxt)
-                self._apply(batch)
-        finally:
-            if self._pooled is not None:
-                self._pooled.close()  # back to the pool (disposed with the engine)
-                self._pooled = None
-
-    def _raw(self):
-        if self._pooled is None:
-            self._pooled = (
-                self._storage.engine.raw_connection()
-            )  # runs the engine's connect hook (PRAGMAs)
-        return self._pooled.driver_connection
-
-    def _apply(self, batch: list) -> None:
-        try:
-            with self._storage._wlock:
-                raw = self._raw()
-                raw.execute("BEGIN IMMEDIATE")
-                try:
-                    if len(batch) == 1:
-                        batch[0].result = batch[0].fn(raw)
-                    else:
-                        for it in batch:
-                            raw.execute("SAVEPOINT bbo_gc")
-                            try:
-                                it.result = it.fn(raw)
-                            except (
-                                Exception
-                            ) as e:  # refused or failed: only this update is rolled back
-                                it.exc, it.result = e, None
-                                raw.execute("ROLLBACK TO bbo_gc")
-                            raw.execute("RELEASE bbo_gc")
-                    raw.execute("COMMIT")
-                except BaseException:
-                    if raw.in_transaction:
-                        raw.execute("ROLLBACK")
-                    raise
-        except (
-            BaseException
-        ) as e:  # the commit failed (or the only update raised): nobody's write stands
-            for it in batch:
-                if it.exc is None:
-                    it.exc, it.result = e, None
-        finally:
-            for it in batch:
-                it.done.set()
-
-
-LEASE_EXPIRED = "lease expired"

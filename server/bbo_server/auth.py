@@ -19,7 +19,7 @@ from typing import Optional
 
 import grpc
 
-from bbo.study import DEFAULT_TENANT
+from bbo.registry import DEFAULT_TENANT
 from bbo_server import metrics as M
 from bbo_server.errors import Unauthenticated, status_for
 from bbo_server.interceptor import MethodInterceptor
@@ -76,11 +76,11 @@ def _ids(request) -> dict:
 
 
 class Gate(MethodInterceptor):
-    """Authenticate (when ``keys`` is given), rate-limit and size-limit each BboService call.
+    """Authenticate (when ``keys`` is given) and rate-limit each BboService call.
 
     ``keys``: a :class:`bbo.storage.keys.KeyStore`, or None for no authentication (every call is
     tenant ``default``). ``limits``: a :class:`LimitChecker` or None. Call :meth:`bind` with the
-    server's storage once it exists (the checker counts studies there).
+    server's storage once it exists (the key store reads the keys there).
     """
 
     def __init__(
@@ -94,8 +94,6 @@ class Gate(MethodInterceptor):
     def bind(self, storage) -> None:
         if self.keys is not None and getattr(self.keys, "storage", None) is None:
             self.keys.storage = storage
-        if self.limits is not None and self.limits.storage is None:
-            self.limits.storage = storage
 
     def _tenant(self, context) -> str:
         if self.keys is None:

@@ -65,57 +65,75 @@ def add_connection_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+READ_ONLY_RPCS = frozenset(
+    {"GetStudy", "ListStudies", "GetTrial", "ListTrials", "GetBest", "ListLlmCalls"}
+)
+
+
 @contextlib.contextmanager
-def connect(args) -> Iterator["object"]:
-    """A bbo_client.Client to --address, or to an in-process server on --db."""
+def connect(args) -> Iterator[object]:
+    """A bbo_client.Client to --address, or to a read-only in-process server on --db.
+
+    The --db server listens on a Unix socket in a directory only this user can enter (no TCP
+    port another local process could reach) and answers only the read RPCs."""
     from bbo_client import Client
 
     if getattr(args, "tenant", None) and not getattr(args, "db", None):
         raise SystemExit(
             "bbo: --tenant goes with --db; through --address the API key decides the tenant"
         )
-    if getattr(args, "db", None):
-        from bbo.errors import NotFoundError
-        from bbo.storage import Storage
-        from bbo.storage.keys import check_tenant
-        from bbo_server.server import ServerOptions, start
-
-        tenant = None
-        if args.tenant:
-            try:
-                tenant = check_tenant(args.tenant)
-            except ValueError as e:
-                raise SystemExit(f"bbo: --tenant: {e}") from None
-
-        # only to read: no migration of a database a live server may be using (an older one), and no
-        # lease reaper of its own
-        try:
-            storage = Storage(args.db, migrate=False)
-        except NotFoundError:
-            storage = None
-        if storage is None or storage.current_revision() is None:
-            if storage is not None:
-                storage.close()
-            raise SystemExit(
-                f"bbo: no bbo database at {args.db} (`bbo serve --db {args.db}` creates one)"
-            )
-        opts = ServerOptions(
-            host="127.0.0.1",
-            port=0,
-            rpc_threads=8,
-            lease_reap_seconds=0,
-            authenticate=(lambda context, method: tenant) if tenant else None,
-        )
-        running = start(opts, storage=storage)
-        try:
-            with Client(running.address, retries=0) as c:
-                yield c
-        finally:
-            running.stop(1.0)
-            storage.close()
-    else:
+    if not getattr(args, "db", None):
         with Client(args.address, api_key=getattr(args, "api_key", None), retries=2) as c:
             yield c
+        return
+    import shutil
+    import tempfile
+
+    from bbo.errors import NotFoundError
+    from bbo.registry import DEFAULT_TENANT
+    from bbo.storage import open_storage
+    from bbo.storage.keys import check_tenant
+    from bbo_server.errors import PermissionDenied
+    from bbo_server.server import ServerOptions, start
+
+    tenant = DEFAULT_TENANT
+    if args.tenant:
+        try:
+            tenant = check_tenant(args.tenant)
+        except ValueError as e:
+            raise SystemExit(f"bbo: --tenant: {e}") from None
+
+    def read_only(context, method: str) -> str:
+        if method not in READ_ONLY_RPCS:
+            raise PermissionDenied(f"{method}: bbo --db only reads the database")
+        return tenant
+
+    # only to read: no migration of a database a live server may be using, no lease reaper
+    try:
+        storage = open_storage(args.db, migrate=False)
+    except NotFoundError:
+        storage = None
+    if storage is None or storage.schema_revision() is None:
+        if storage is not None:
+            storage.close()
+        raise SystemExit(
+            f"bbo: no bbo database at {args.db} (`bbo serve --db {args.db}` creates one)"
+        )
+    private = tempfile.mkdtemp(prefix="bbo-cli-")  # mode 0700: other users cannot connect
+    opts = ServerOptions(
+        unix_socket=os.path.join(private, "bbo.sock"),
+        rpc_threads=8,
+        lease_reap_seconds=0,
+        authenticate=read_only,
+    )
+    running = start(opts, storage=storage)
+    try:
+        with Client(running.address, retries=0) as c:
+            yield c
+    finally:
+        running.stop(1.0)
+        storage.close()
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -12,6 +12,9 @@ from bbo.space import CategoricalParam, FixedParam, FloatParam, IntParam, Ordina
 from bbo.spec import MAXIMIZE, MINIMIZE, AlgorithmOptions, StudySpec
 from bbo.storage import LlmCallRecord
 from bbo.study import STUDY_ACTIVE, STUDY_LIKELY_INFEASIBLE, Study, StudyInfo
+
+INT64 = 2**63
+INT32_MAX = 2**31 - 1
 from bbo.trial import Metric, Trial, TrialState
 from bbo.v1 import service_pb2 as svc
 from bbo.v1 import study_pb2 as pb
@@ -63,7 +66,7 @@ def value_to_pb(v: Value, param=None) -> pb.ParameterValue:
         return pb.ParameterValue(category=v)
     if isinstance(v, bool):
         return pb.ParameterValue(category=str(v).lower())
-    if isinstance(v, int):
+    if isinstance(v, int) and -INT64 <= v < INT64:
         return pb.ParameterValue(integer=v)
     return pb.ParameterValue(number=float(v))
 
@@ -99,10 +102,24 @@ def _log(scale: int) -> bool:
 
 def spec_from_pb(s: pb.StudySpec, field: str = "spec") -> StudySpec:
     """Build and validate a core spec; SpecError paths are prefixed with ``field``."""
-    try:
+    with spec_field(field):
         return StudySpec.from_dict(spec_dict_from_pb(s))
-    except SpecError as e:
-        raise SpecError(f"{field}.{e.field}" if e.field != "spec" else field, e.message) from None
+
+
+class spec_field:
+    """Prefix the field path of a SpecError raised inside with ``field`` (``spec.parameters[0]``)."""
+
+    def __init__(self, field: str = "spec"):
+        self.field = field
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, e, tb):
+        if isinstance(e, SpecError) and not e.field.startswith(self.field):
+            path = f"{self.field}.{e.field}" if e.field != "spec" else self.field
+            raise SpecError(path, e.message) from None
+        return False
 
 
 def spec_dict_from_pb(s: pb.StudySpec) -> dict[str, Any]:
@@ -322,8 +339,8 @@ def llm_call_to_pb(c: LlmCallRecord) -> svc.LlmCall:
         prompt=c.prompt,
         response=c.response,
         outcome=c.outcome,
-        prompt_tokens=c.prompt_tokens,
-        completion_tokens=c.completion_tokens,
+        prompt_tokens=min(max(int(c.prompt_tokens), 0), INT32_MAX),
+        completion_tokens=min(max(int(c.completion_tokens), 0), INT32_MAX),
         latency_seconds=c.latency_seconds,
         create_time=timestamp(c.created_at),
     )

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from bbo.errors import BboError, ConflictError, LimitError, NotFoundError, SpecError
-from bbo.storage.pg import TransientStorageError, classify
-from bbo.study import AlreadyExistsError
+from bbo.errors import (
+    BboError,
+    ConflictError,
+    LimitError,
+    NotFoundError,
+    SpecError,
+    StorageUnavailable,
+)
+from bbo.registry import AlreadyExistsError
 
 
 class Unauthenticated(BboError):
@@ -30,16 +34,8 @@ _CODES = [
     (LimitError, code_pb2.RESOURCE_EXHAUSTED),
     (Unauthenticated, code_pb2.UNAUTHENTICATED),
     (PermissionDenied, code_pb2.PERMISSION_DENIED),
-    (TransientStorageError, code_pb2.UNAVAILABLE),  # the database is away: clients retry
+    (StorageUnavailable, code_pb2.UNAVAILABLE),  # the database is away: clients retry
 ]
-
-
-def _sqlite_busy(exc: BaseException) -> bool:
-    """SQLite stayed locked past its busy timeout (another process writing the same file): retryable."""
-    orig = getattr(exc, "orig", exc)
-    return isinstance(orig, sqlite3.OperationalError) and (
-        "database is locked" in str(orig) or "database is busy" in str(orig)
-    )
 
 
 def status_for(exc: BaseException, field_prefix: str = ""):
@@ -49,23 +45,10 @@ def status_for(exc: BaseException, field_prefix: str = ""):
         if isinstance(exc, cls):
             code = c
             break
-    if code == code_pb2.INTERNAL and _sqlite_busy(exc):
-        code, message = (
-            code_pb2.UNAVAILABLE,
-            "the SQLite database stayed locked by another process (a second server on the same file?); retry the request",
-        )
-    elif (
-        code == code_pb2.INTERNAL and classify(exc) is not None
-    ):  # a database call without its own retries lost the server
-        code, message = (
-            code_pb2.UNAVAILABLE,
-            f"the database is unreachable or restarting ({type(getattr(exc, 'orig', exc)).__name__}); retry the request",
-        )
-    else:
-        message = str(exc) if code != code_pb2.INTERNAL else f"internal error: {type(exc).__name__}"
+    message = str(exc) if code != code_pb2.INTERNAL else f"internal error: {type(exc).__name__}"
     st = status_pb2.Status(code=code, message=message)
-    if isinstance(exc, SpecError):
-        field = exc.field
+    field = getattr(exc, "field", None)
+    if isinstance(field, str) and isinstance(exc, (SpecError, LimitError)):
         if field_prefix and not field.startswith(field_prefix.rstrip(".")):
             field = f"{field_prefix}{field}"
         br = error_details_pb2.BadRequest(

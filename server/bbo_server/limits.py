@@ -1,24 +1,22 @@
-"""Per-tenant protection: request rate (token bucket), studies per tenant, parameters per study.
+"""Per-tenant request rate (token buckets), applied by the gate before a call reaches the service.
 
-Requests over a limit are refused with RESOURCE_EXHAUSTED and a message naming the limit and its
-flag; a rate refusal also carries a google.rpc.RetryInfo saying when to retry (clients do). Tell and
-Heartbeat are exempt from the rate: they finish or keep alive work the server handed out, and their
-number is bounded by the asks, so refusing them could only lose results. (Trials per Ask are
-limited by the core, ``--max-ask``; request size by gRPC itself, ``--max-message-bytes``: both
-answer RESOURCE_EXHAUSTED too.)
+A call over the rate is refused with RESOURCE_EXHAUSTED, a message naming the flag, and a
+google.rpc.RetryInfo saying when to retry (clients do). Tell and Heartbeat are exempt from the
+tenant's rate: they finish or keep alive work the server handed out, so refusing them could only
+lose results; instead each trial has a small bucket of its own (``--trial-rate``), so a worker
+looping on one trial is bounded too. The other costs of a request are bounded in the core
+(:mod:`bbo.limits`: spec and metric sizes; ``--max-ask``; ``--max-studies``) and by gRPC
+(``--max-message-bytes``), all answering RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from dataclasses import dataclass
-from typing import Optional
-
-import sqlalchemy as sa
 
 from bbo.errors import LimitError
-from bbo.storage.pg import retry_transient
 
 
 RATE_EXEMPT = frozenset({"Tell", "Heartbeat"})  # see the module docstring
@@ -26,10 +24,10 @@ RATE_EXEMPT = frozenset({"Tell", "Heartbeat"})  # see the module docstring
 
 @dataclass
 class Limits:
-    max_studies: int = 10000  # per tenant (0 = unlimited)
-    max_parameters: int = 256  # per study (0 = unlimited)
     rate: float = 0.0  # requests per second per tenant (0 = unlimited)
     burst: float = 0.0  # bucket size (0 = max(1, 2 * rate))
+    trial_rate: float = 2.0  # Tell / Heartbeat calls per second on one trial (with a rate limit)
+    trial_burst: float = 10.0
 
 
 class TokenBucket:
@@ -61,10 +59,14 @@ class TokenBucket:
 class LimitChecker:
     """Checks one call of a tenant against :class:`Limits`; raises :class:`LimitError`."""
 
-    def __init__(self, limits: Limits, storage=None):
+    MAX_TRIAL_BUCKETS = 100_000  # per-trial buckets kept (least recently used dropped)
+
+    def __init__(self, limits: Limits):
         self.limits = limits
-        self.storage = storage
         self._buckets: dict[str, TokenBucket] = {}
+        self._trial_buckets: "collections.OrderedDict[tuple, TokenBucket]" = (
+            collections.OrderedDict()
+        )
         self._lock = threading.Lock()
 
     def _bucket(self, tenant: str) -> TokenBucket:
@@ -75,63 +77,42 @@ class LimitChecker:
                 b = self._buckets[tenant] = TokenBucket(self.limits.rate, burst)
             return b
 
-    def check(self, tenant: str, method: str, request) -> Optional[str]:
-        """None if the call may go on, else the name of the limit it broke (LimitError raised)."""
+    def _trial_bucket(self, key: tuple) -> TokenBucket:
+        with self._lock:
+            b = self._trial_buckets.pop(key, None)
+            if b is None:
+                b = TokenBucket(self.limits.trial_rate, self.limits.trial_burst)
+                while len(self._trial_buckets) >= self.MAX_TRIAL_BUCKETS:
+                    self._trial_buckets.popitem(last=False)
+            self._trial_buckets[key] = b
+            return b
+
+    def check(self, tenant: str, method: str, request) -> None:
+        """Raises LimitError (with ``retry_after``) when the call is over a rate."""
         lim = self.limits
-        bucket = self._bucket(tenant) if lim.rate > 0 and method not in RATE_EXEMPT else None
-        if bucket is not None and not bucket.take():
+        if lim.rate <= 0:
+            return
+        if method in RATE_EXEMPT:
+            key = (tenant, getattr(request, "study", ""), getattr(request, "trial_id", 0), method)
+            bucket = self._trial_bucket(key)
+            if not bucket.take():
+                e = _Refused(
+                    "trial_rate",
+                    f"trial {key[2]} of study '{key[1][:128]}': over {lim.trial_rate:g} {method} "
+                    f"calls/s (burst {lim.trial_burst:g}); retry later (--trial-rate)",
+                )
+                e.retry_after = max(bucket.wait(), 0.001)
+                raise e
+            return
+        bucket = self._bucket(tenant)
+        if not bucket.take():
             e = _Refused(
                 "rate",
-                f"rate limit: tenant '{tenant}' is over {lim.rate:g} requests/s (burst {bucket.burst:g}); retry later (--rate-limit)",
+                f"rate limit: tenant '{tenant}' is over {lim.rate:g} requests/s (burst "
+                f"{bucket.burst:g}); retry later (--rate-limit)",
             )
             e.retry_after = max(bucket.wait(), 0.001)
             raise e
-        if method == "CreateStudy":
-            n_params = len(request.spec.parameters)
-            if lim.max_parameters and n_params > lim.max_parameters:
-                raise _Refused(
-                    "parameters",
-                    f"a study may have at most {lim.max_parameters} parameters, this spec has {n_params} (--max-parameters)",
-                )
-            if (
-                lim.max_studies
-                and self.storage is not None
-                and not self._exists(tenant, request.name)
-            ):
-                n = self._count_studies(tenant)
-                if n >= lim.max_studies:
-                    raise _Refused(
-                        "studies",
-                        f"tenant '{tenant}' has {n} studies, the limit is {lim.max_studies}: delete some first (--max-studies)",
-                    )
-        return None
-
-    @retry_transient
-    def _exists(self, tenant: str, name: str) -> bool:
-        from bbo.storage import schema as S
-
-        with self.storage._read() as conn:
-            return (
-                conn.execute(
-                    sa.select(S.studies.c.id).where(
-                        S.studies.c.tenant == tenant, S.studies.c.name == name
-                    )
-                ).first()
-                is not None
-            )
-
-    @retry_transient
-    def _count_studies(self, tenant: str) -> int:
-        from bbo.storage import schema as S
-
-        with self.storage._read() as conn:
-            return int(
-                conn.execute(
-                    sa.select(sa.func.count())
-                    .select_from(S.studies)
-                    .where(S.studies.c.tenant == tenant)
-                ).scalar_one()
-            )
 
 
 class _Refused(LimitError):

@@ -12,7 +12,7 @@ What is measured:
   ``bbo_suggest_in_progress``: suggestions being computed;
 - ``bbo_llm_calls_total{purpose,outcome}`` (outcome ``ok`` or ``failure``) and
   ``bbo_llm_call_seconds``: the LLM module's calls, counted where they are stored for audit
-  (:func:`count_llm_calls`); other code may call :func:`record_llm_call`;
+  (:func:`count_llm_call`); other code may call :func:`record_llm_call`;
 - ``bbo_auth_failures_total{reason}``, ``bbo_limit_refusals_total{limit}``.
 
 Metrics live in the process-wide default registry; counting is always on (it is cheap), the HTTP
@@ -201,35 +201,16 @@ class InstrumentedStrategy:
             if acq > 0:
                 ACQ_SECONDS.observe(acq)
 
-    def set_llm_logger(self, logger: Callable) -> None:
-        setter = getattr(self._inner, "set_llm_logger", None)
-        if callable(setter):
-            setter(logger)
-
     def __getattr__(self, name: str):
         return getattr(self._inner, name)
 
 
-def count_llm_calls(storage) -> None:
-    """Count every LLM call the service stores for audit (``Storage.log_llm_call``: the one place
-    all of them pass), by purpose and outcome ("ok" or not)."""
-    if getattr(storage, "_bbo_llm_counted", False):
-        return
-    orig = storage.log_llm_call
-
-    def log_llm_call(study_id, call):
-        try:
-            record_llm_call(
-                call.purpose,
-                str(call.outcome).strip().lower() == "ok",
-                float(call.latency_seconds or 0.0),
-            )
-        except Exception:  # metrics never break a call
-            pass
-        return orig(study_id, call)
-
-    storage.log_llm_call = log_llm_call
-    storage._bbo_llm_counted = True
+def count_llm_call(call) -> None:
+    """Count an LLM call the service stored for audit (``StudyConfig.on_llm_call``), by purpose
+    and outcome ("ok" or not)."""
+    record_llm_call(
+        call.purpose, str(call.outcome).strip().lower() == "ok", float(call.latency_seconds or 0.0)
+    )
 
 
 def instrument_factory(factory: Callable[[Any], Any]) -> Callable[[Any], Any]:

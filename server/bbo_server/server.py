@@ -15,8 +15,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from bbo.storage import Storage, default_url
-from bbo.study import StudyConfig, StudyRegistry
+from bbo.limits import RequestLimits
+from bbo.registry import StudyConfig, StudyRegistry
+from bbo.storage import Storage, default_url, open_storage
 from bbo.v1 import service_pb2, service_pb2_grpc
 from bbo_server.servicer import Authenticate, BboServicer
 
@@ -77,6 +78,10 @@ class ServerOptions:
         default_factory=tuple
     )  # called before serving
     llm: object = None  # a bbo.llm.LlmAdvisor (plugins/llm.py); None = plain BO
+    max_studies: int = 10000  # per tenant (0 = unlimited)
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    on_llm_call: Optional[Callable] = None  # an observer of every stored LLM call (metrics)
+    unix_socket: str = ""  # serve on this Unix socket path instead of host:port
 
 
 class LeaseReaper:
@@ -123,9 +128,12 @@ class RunningServer:
         self.registry, self.health, self.storage = registry, health_servicer, storage
         self._owns_storage = owns_storage
         self.reaper = reaper
+        self.unix_socket = ""
 
     @property
     def address(self) -> str:
+        if self.unix_socket:
+            return f"unix:{self.unix_socket}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
@@ -134,6 +142,7 @@ class RunningServer:
         if self.reaper is not None:
             self.reaper.stop()
         self.server.stop(grace).wait()
+        self.registry.close()
         if self._owns_storage:
             self.storage.close()
 
@@ -145,14 +154,12 @@ def start(opts: ServerOptions, storage: Optional[Storage] = None) -> RunningServ
     """Open the database (migrating it), build the registry and start serving."""
     owns = storage is None
     if storage is None:
-        storage = Storage(opts.db or default_url(), pool_size=max(8, opts.rpc_threads // 2))
+        storage = open_storage(opts.db or default_url(), pool_size=max(8, opts.rpc_threads // 2))
     fit_workers = opts.fit_workers or available_cores()
     if opts.llm is not None and getattr(opts.llm, "cache", False) is None:
         from bbo.llm import StoredAnswers
 
-        opts.llm.cache = StoredAnswers(
-            storage
-        )  # answers survive restarts and are shared by replicas
+        opts.llm.cache = StoredAnswers(storage)  # answers survive restarts, shared by replicas
     registry = StudyRegistry(
         storage,
         strategy_factory=opts.strategy_factory,
@@ -161,6 +168,9 @@ def start(opts: ServerOptions, storage: Optional[Storage] = None) -> RunningServ
             max_ask=opts.max_ask,
             device=opts.device,
             llm=opts.llm,
+            max_studies=opts.max_studies,
+            limits=opts.limits,
+            on_llm_call=opts.on_llm_call,
         ),
         fit_slots=fit_workers,
     )
@@ -189,12 +199,14 @@ def start(opts: ServerOptions, storage: Optional[Storage] = None) -> RunningServ
     host = f"[{opts.host}]" if ":" in opts.host and not opts.host.startswith("[") else opts.host
     for hook in opts.on_start:
         hook(registry)
-    if opts.server_credentials is not None:
+    if opts.unix_socket:
+        port = server.add_insecure_port(f"unix:{opts.unix_socket}")
+    elif opts.server_credentials is not None:
         port = server.add_secure_port(f"{host}:{opts.port}", opts.server_credentials)
     else:
         port = server.add_insecure_port(f"{host}:{opts.port}")
     if port == 0:
-        raise RuntimeError(f"could not bind {opts.host}:{opts.port}")
+        raise RuntimeError(f"could not bind {opts.unix_socket or f'{opts.host}:{opts.port}'}")
     server.start()
     for name in ("", SERVICE_NAME):
         hs.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -203,7 +215,9 @@ def start(opts: ServerOptions, storage: Optional[Storage] = None) -> RunningServ
         if opts.lease_reap_seconds > 0
         else None
     )
-    return RunningServer(server, port, opts.host, registry, hs, storage, owns, reaper)
+    running = RunningServer(server, port, opts.host, registry, hs, storage, owns, reaper)
+    running.unix_socket = opts.unix_socket
+    return running
 
 
 def _preload() -> None:
@@ -218,19 +232,17 @@ def serve_forever(opts: ServerOptions, port_file: Optional[str] = None) -> int:
     fit_workers = opts.fit_workers or available_cores()
     threads = configure_threads(fit_workers, opts.torch_threads)
     running = start(opts)
-    db = str(running.storage.url.render_as_string(hide_password=True))
+    facts = running.storage.describe()
+    db = facts["db"]
     log.info(
         "serving",
         extra={
             "address": running.address,
-            "db": db,
             "fit_workers": fit_workers,
             "torch_threads": threads,
             "rpc_threads": opts.rpc_threads,
             "device": opts.device,
-            "sqlite_synchronous": running.storage.sqlite_synchronous
-            if running.storage.dialect == "sqlite"
-            else None,
+            **facts,
         },
     )
     print(f"bbo serve: listening on {running.address} (db {db})", flush=True)

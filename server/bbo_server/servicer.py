@@ -11,7 +11,8 @@ import grpc
 
 from bbo.errors import BboError, SpecError
 from bbo.paging import page_bounds
-from bbo.study import DEFAULT_TENANT, Study, StudyRegistry
+from bbo.registry import DEFAULT_TENANT, StudyRegistry, check_name, encode_page_token
+from bbo.study import Study
 from bbo.trial import TrialState
 from bbo.v1 import service_pb2 as svc
 from bbo.v1 import service_pb2_grpc
@@ -25,9 +26,9 @@ Authenticate = Callable[[grpc.ServicerContext, str], str]
 """(context, rpc method name) -> tenant; raises bbo_server.errors.Unauthenticated / PermissionDenied."""
 
 MAX_ID_LEN = 128
-LLM_PAGE_BYTES = (
-    2 * 1024 * 1024
-)  # a ListLlmCalls page ends early past this: clients' default receive limit is 4 MiB
+# A List page ends early once its messages pass this size: every client's default receive limit is
+# 4 MiB, and a page must fit in it whatever the studies, trials or LLM calls hold.
+PAGE_BYTES = 2 * 1024 * 1024
 
 
 def default_authenticate(context: grpc.ServicerContext, method: str) -> str:
@@ -105,8 +106,11 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
     def CreateStudy(self, request: svc.CreateStudyRequest, context, tenant):
         if not request.HasField("spec"):
             raise SpecError("spec", "spec is required")
-        spec = C.spec_from_pb(request.spec)
-        study, created = self.registry.create_study(request.name, spec, tenant)
+        check_name(request.name)
+        with C.spec_field("spec"):  # limits checked on the dict, before anything is built from it
+            study, created = self.registry.create_study(
+                request.name, C.spec_dict_from_pb(request.spec), tenant
+            )
         return svc.CreateStudyResponse(study=C.study_to_pb(study.info()), created=created)
 
     @rpc
@@ -116,9 +120,10 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
     @rpc
     def ListStudies(self, request: svc.ListStudiesRequest, context, tenant):
         studies, nxt = self.registry.list_studies(tenant, request.page_size, request.page_token)
-        return svc.ListStudiesResponse(
-            studies=[C.study_to_pb(s.info()) for s in studies], next_page_token=nxt
-        )
+        out = _within_page_bytes(studies, lambda s: C.study_to_pb(s.info()))
+        if len(out) < len(studies):
+            nxt = encode_page_token(studies[len(out) - 1].record)
+        return svc.ListStudiesResponse(studies=[p for _, p in out], next_page_token=nxt)
 
     @rpc
     def DeleteStudy(self, request: svc.DeleteStudyRequest, context, tenant):
@@ -185,9 +190,10 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
             request.page_size, request.page_token, default=1000, maximum=10000
         )
         trials = study.trials(states, after=after, limit=size + 1)
-        nxt = str(trials[size - 1].id) if len(trials) > size else ""
+        out = _within_page_bytes(trials[:size], lambda t: C.trial_to_pb(t, study))
+        more = len(out) < len(trials)
         return svc.ListTrialsResponse(
-            trials=[C.trial_to_pb(t, study) for t in trials[:size]], next_page_token=nxt
+            trials=[p for _, p in out], next_page_token=str(out[-1][0].id) if more else ""
         )
 
     @rpc
@@ -225,14 +231,20 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
         study = self._study(request.study, tenant)
         size, after = page_bounds(request.page_size, request.page_token, default=100, maximum=1000)
         calls = study.llm_calls(request.purpose or None, after=after, limit=size + 1)
-        out, used = [], 0
-        for c in calls[:size]:
-            pb_call = C.llm_call_to_pb(c)
-            used += pb_call.ByteSize()
-            if out and used > LLM_PAGE_BYTES:
-                break
-            out.append((c.id, pb_call))
+        out = _within_page_bytes(calls[:size], C.llm_call_to_pb)
         more = len(out) < len(calls)
         return svc.ListLlmCallsResponse(
-            calls=[p for _, p in out], next_page_token=str(out[-1][0]) if more else ""
+            calls=[p for _, p in out], next_page_token=str(out[-1][0].number) if more else ""
         )
+
+
+def _within_page_bytes(items, to_pb) -> list:
+    """``[(item, message)]`` of the leading items whose messages fit in PAGE_BYTES (at least one)."""
+    out, used = [], 0
+    for it in items:
+        m = to_pb(it)
+        used += m.ByteSize()
+        if out and used > PAGE_BYTES:
+            break
+        out.append((it, m))
+    return out

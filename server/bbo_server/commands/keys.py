@@ -55,10 +55,10 @@ def register(sub) -> None:
 
 
 def _store(args):
-    from bbo.storage import Storage, default_url
+    from bbo.storage import default_url, open_storage
     from bbo.storage.keys import KeyStore
 
-    return KeyStore(Storage(args.db or default_url(), pool_size=2))
+    return KeyStore(open_storage(args.db or default_url(), pool_size=2))
 
 
 def create(args) -> int:

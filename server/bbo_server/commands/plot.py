@@ -26,7 +26,7 @@ def _unit(p, v):
     """A parameter value on [0, 1] for the parameter panel (categoricals by choice index)."""
     import math
 
-    from bbo_client import Categorical, Fixed, Float, Int, Ordinal
+    from bbo_client import Categorical, Fixed, Ordinal
 
     if isinstance(p, Fixed) or v is None:
         return None

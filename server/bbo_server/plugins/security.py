@@ -5,8 +5,10 @@
   unless the host is loopback.
 - TLS: ``--tls-cert`` / ``--tls-key`` (PEM); ``--tls-client-ca`` additionally requires client
   certificates signed by that CA (mutual TLS).
-- Limits (:mod:`bbo_server.limits`): ``--max-studies``, ``--max-parameters``, ``--rate-limit``,
-  ``--rate-burst``.
+- Limits: ``--max-studies`` per tenant; the size of a request (:mod:`bbo.limits`:
+  ``--max-parameters``, ``--max-choices``, ``--max-objectives``, ... one flag per bound); the request
+  rate per tenant (:mod:`bbo_server.limits`: ``--rate-limit``, ``--rate-burst``) and per trial for
+  the calls exempt from it (``--trial-rate``, ``--trial-burst``).
 - Metrics (:mod:`bbo_server.metrics`): ``--metrics-port`` (0 = off), ``--metrics-host``.
 """
 
@@ -61,11 +63,26 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         default=10000,
         help="studies per tenant (0 = unlimited; default %(default)s)",
     )
+    from bbo.limits import RequestLimits
+
+    for name, default, what in RequestLimits.flags():
+        g.add_argument(
+            "--" + name.replace("_", "-"),
+            type=int,
+            default=default,
+            help=f"most {what} (default %(default)s)",
+        )
     g.add_argument(
-        "--max-parameters",
-        type=int,
-        default=256,
-        help="parameters per study (0 = unlimited; default %(default)s)",
+        "--trial-rate",
+        type=float,
+        default=2.0,
+        help="with --rate-limit: Tell / Heartbeat calls per second on one trial (default %(default)s)",
+    )
+    g.add_argument(
+        "--trial-burst",
+        type=float,
+        default=10.0,
+        help="token bucket size of --trial-rate (default %(default)s)",
     )
     g.add_argument(
         "--rate-limit",
@@ -93,8 +110,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def configure_server(opts, args) -> None:
+    from bbo.limits import RequestLimits
+    from bbo.registry import default_strategy_factory
     from bbo.storage.keys import KeyStore
-    from bbo.study import default_strategy_factory
     from bbo_server import auth, metrics, tls
     from bbo_server.limits import LimitChecker, Limits
 
@@ -107,11 +125,16 @@ def configure_server(opts, args) -> None:
             "`bbo keys create --tenant NAME` and drop --no-auth."
         )
     use_auth = (not loopback) if want_auth is None else want_auth
-    for v in ("max_studies", "max_parameters"):
-        if getattr(args, v, 0) < 0:
+    if args.max_studies < 0:
+        raise SystemExit("bbo serve: --max-studies must be >= 0")
+    for v in ("rate_limit", "rate_burst", "trial_rate", "trial_burst"):
+        if not getattr(args, v) >= 0:
             raise SystemExit(f"bbo serve: --{v.replace('_', '-')} must be >= 0")
-    if getattr(args, "rate_limit", 0.0) < 0 or getattr(args, "rate_burst", 0.0) < 0:
-        raise SystemExit("bbo serve: --rate-limit and --rate-burst must be >= 0")
+    try:
+        opts.limits = RequestLimits(**{n: getattr(args, n) for n, _, _ in RequestLimits.flags()})
+    except ValueError as e:
+        raise SystemExit(f"bbo serve: {e}") from None
+    opts.max_studies = args.max_studies
 
     if (
         getattr(args, "tls_cert", None)
@@ -126,16 +149,13 @@ def configure_server(opts, args) -> None:
             raise SystemExit(f"bbo serve: {e}") from None
 
     limits = LimitChecker(
-        Limits(args.max_studies, args.max_parameters, args.rate_limit, args.rate_burst)
+        Limits(args.rate_limit, args.rate_burst, args.trial_rate, args.trial_burst or 1.0)
     )
     gate = auth.Gate(KeyStore(None) if use_auth else None, limits)
     opts.interceptors = [metrics.MetricsInterceptor(), gate, *opts.interceptors]
     opts.authenticate = auth.authenticate
-    opts.on_start = [
-        *opts.on_start,
-        lambda registry: gate.bind(registry.storage),
-        lambda registry: metrics.count_llm_calls(registry.storage),
-    ]
+    opts.on_start = [*opts.on_start, lambda registry: gate.bind(registry.storage)]
+    opts.on_llm_call = metrics.count_llm_call
     if use_auth:
 
         def warn_without_keys(registry) -> None:

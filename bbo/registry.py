@@ -1,0 +1,301 @@
+"""The registry of studies the service calls: create (or reattach), find, list, delete.
+
+It keeps one :class:`bbo.study.Study` (and its generation strategy, with the fitted model) per
+live study, keyed by (tenant, name) and checked by uid. A cached entry never outlives its study:
+a delete removes it after the delete has committed, and a lookup that raced a delete re-reads
+before it caches anything, so a name deleted and created again always finds the new study.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import logging
+import os
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional
+
+from bbo.errors import ConflictError, LimitError, NotFoundError, SpecError
+from bbo.fit_slots import FitSlots
+from bbo.limits import RequestLimits
+from bbo.model_sharing import ModelStateCache
+from bbo.spec import AlgorithmOptions, StudySpec
+from bbo.stopping import MedianRule
+from bbo.storage import LlmCallRecord, Storage, StudyRecord
+from bbo.study import Study
+
+log = logging.getLogger("bbo.registry")
+
+DEFAULT_TENANT = "default"
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+
+
+class AlreadyExistsError(ConflictError):
+    """A study of that name exists with a different spec."""
+
+
+@dataclass
+class StudyConfig:
+    """What the server decides for every study (``bbo serve`` flags)."""
+
+    default_lease_seconds: float = 600.0
+    max_lease_seconds: float = 7 * 24 * 3600.0
+    max_ask: int = 100
+    max_studies: int = 10000  # per tenant (0 = unlimited)
+    device: str = "auto"  # where fits run for studies whose spec says "auto" (bbo serve --device)
+    limits: RequestLimits = dataclasses.field(default_factory=RequestLimits)
+    stopping: MedianRule = dataclasses.field(default_factory=MedianRule)
+    llm: Any = None  # a bbo.llm.LlmAdvisor; None or a disabled one = plain BO for every study
+    on_llm_call: Optional[Callable[[LlmCallRecord], None]] = None  # an observer (metrics)
+
+
+def default_strategy_factory(spec: StudySpec):
+    from bbo.strategy import GenerationStrategy
+
+    return GenerationStrategy(spec)
+
+
+def check_name(name: Any) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise SpecError(
+            "name", f"study name {str(name)[:140]!r} must be 1-128 letters, digits, '_', '-', '.'"
+        )
+    return name
+
+
+def _same_study(stored: Mapping[str, Any], requested: StudySpec) -> bool:
+    """Whether a create request names the stored study: equal specs once both are read by this
+    version (an older server stored fewer keys), algorithm options the request leaves at their
+    defaults taking the stored values (a default changed by an upgrade must not lock drivers out of
+    their studies)."""
+    try:
+        old = StudySpec.from_dict(stored)
+    except (SpecError, TypeError, ValueError):
+        return _json(stored) == _json(requested.to_dict())
+    defaults = AlgorithmOptions()
+    kept = {
+        f.name: getattr(old.algorithm, f.name)
+        for f in dataclasses.fields(AlgorithmOptions)
+        if getattr(requested.algorithm, f.name) == getattr(defaults, f.name)
+    }
+    requested = dataclasses.replace(
+        requested, algorithm=dataclasses.replace(requested.algorithm, **kept)
+    )
+    return _json(old.to_dict()) == _json(requested.to_dict())
+
+
+def _json(d: Any) -> str:
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+def encode_page_token(rec: StudyRecord) -> str:
+    """A ListStudies page token: the last study's position in its tenant's creation order."""
+    raw = json.dumps([rec.created_at, rec.name], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> Optional[tuple[float, str]]:
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        at, name = json.loads(raw)
+        if isinstance(at, bool) or not isinstance(at, (int, float)) or not isinstance(name, str):
+            raise ValueError
+        return float(at), name
+    except (ValueError, TypeError):
+        raise SpecError(
+            "page_token",
+            f"malformed page token {token[:40]!r}: pass back a next_page_token unchanged",
+        ) from None
+
+
+class StudyRegistry:
+    """Creates, finds, lists and deletes studies; caches one :class:`Study` each."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        strategy_factory: Optional[Callable[[StudySpec], Any]] = None,
+        config: Optional[StudyConfig] = None,
+        fit_slots: int = 1,
+    ):
+        self.storage = storage
+        self.strategy_factory = strategy_factory or default_strategy_factory
+        self.config = config or StudyConfig()
+        self.fit_slots = FitSlots(fit_slots)
+        self.model_cache = ModelStateCache(storage)
+        self._cache: dict[tuple[str, str], Study] = {}
+        self._lock = threading.Lock()
+        self._deletes = 0  # bumped (under the lock) after each delete commits: see _adopt
+
+    def close(self) -> None:
+        self.fit_slots.close()
+
+    # ---- create ---------------------------------------------------------------------------------
+    def create_study(
+        self,
+        name: str,
+        spec: StudySpec | Mapping[str, Any],
+        tenant: str = DEFAULT_TENANT,
+    ) -> tuple[Study, bool]:
+        """Get-or-create: the same name and spec returns the stored study (``created=False``); the
+        same name with a different spec raises :class:`AlreadyExistsError`. A spec given as a dict
+        is checked against the request limits before it is parsed."""
+        check_name(name)
+        if not isinstance(spec, StudySpec):
+            self.config.limits.check_spec(spec)
+            spec = StudySpec.from_dict(spec)
+        else:
+            self.config.limits.check_spec(spec.to_dict())
+        self._check_llm_model(spec)
+        spec_dict = spec.to_dict()
+        seed = spec.algorithm.seed
+        if seed is None:
+            seed = int.from_bytes(os.urandom(4), "little")
+        created = False
+        for _ in range(3):  # a concurrent delete of the name can make both steps miss
+            rec = self._insert(tenant, name, spec_dict, seed)
+            if rec is not None:
+                created = True
+                break
+            rec = self.storage.get_study(tenant, name)
+            if rec is not None:
+                break
+        else:
+            raise ConflictError(f"study '{name}' is being created and deleted concurrently: retry")
+        if not created and not _same_study(rec.spec, spec):
+            raise AlreadyExistsError(f"study '{name}' already exists with a different spec")
+        if created:
+            log.info("study created", extra={"study": name, "tenant": tenant, "uid": rec.uid})
+        return self._adopt(rec, self._deletes_seen()), created
+
+    def _insert(self, tenant, name, spec_dict, seed) -> Optional[StudyRecord]:
+        try:
+            return self.storage.create_study(
+                tenant, name, spec_dict, seed, max_studies=self.config.max_studies
+            )
+        except LimitError as e:
+            raise LimitError(f"{e.message} (--max-studies)") from None
+
+    def _check_llm_model(self, spec: StudySpec) -> None:
+        check = getattr(self.config.llm, "check_model", None)
+        if spec.llm.model and callable(check):
+            check(spec.llm.model)
+
+    # ---- find -----------------------------------------------------------------------------------
+    def _deletes_seen(self) -> int:
+        with self._lock:
+            return self._deletes
+
+    def _adopt(self, rec: StudyRecord, deletes_before: int) -> Study:
+        """The cached Study of ``rec``, made if needed, unless a delete committed since ``rec`` was
+        read (``deletes_before``): then ``rec`` is read again first, so a deleted study is never
+        put back into the cache."""
+        key = (rec.tenant, rec.name)
+        while True:
+            with self._lock:
+                if self._deletes == deletes_before:
+                    st = self._cache.get(key)
+                    if st is None or st.uid != rec.uid:
+                        st = Study(
+                            self.storage,
+                            rec,
+                            StudySpec.from_dict(rec.spec),
+                            self.strategy_factory,
+                            self.config,
+                            self.fit_slots,
+                            self.model_cache,
+                        )
+                        self._cache[key] = st
+                    return st
+                deletes_before = self._deletes
+            fresh = self.storage.get_study_by_uid(rec.uid)
+            if fresh is None:
+                raise NotFoundError(f"study '{rec.name}' not found")
+            rec = fresh
+
+    def get_study(self, name: str, tenant: str = DEFAULT_TENANT) -> Study:
+        if not isinstance(name, str) or not name:
+            raise SpecError("study", "study name is required")
+        with self._lock:
+            st = self._cache.get((tenant, name))
+            deletes = self._deletes
+        if st is not None and not self.storage.shared:
+            return st  # one process owns the database: every delete went through this registry
+        # a shared database: another replica may have deleted (and re-created) the study
+        rec = self.storage.get_study(tenant, name)
+        if rec is None:
+            with self._lock:
+                if st is not None and self._cache.get((tenant, name)) is st:
+                    del self._cache[(tenant, name)]
+            raise NotFoundError(f"study '{name[:140]}' not found")
+        return self._adopt(rec, deletes)
+
+    def cached(self) -> list[Study]:
+        with self._lock:
+            return list(self._cache.values())
+
+    # ---- list -----------------------------------------------------------------------------------
+    def list_studies(
+        self, tenant: str = DEFAULT_TENANT, page_size: int = 0, page_token: str = ""
+    ) -> tuple[list[Study], str]:
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 0:
+            raise SpecError("page_size", "must be >= 0")
+        size = min(page_size or 100, 1000)
+        after = decode_page_token(page_token)
+        deletes = self._deletes_seen()
+        recs = self.storage.list_studies(tenant, after=after, limit=size + 1)
+        nxt = encode_page_token(recs[size - 1]) if len(recs) > size else ""
+        out = []
+        for r in recs[:size]:
+            try:
+                out.append(self._adopt(r, deletes))
+            except NotFoundError:  # deleted while listing
+                continue
+        return out, nxt
+
+    # ---- leases ---------------------------------------------------------------------------------
+    def expire_leases(self, now: Optional[float] = None) -> dict[str, list[int]]:
+        """ABANDON every expired lease of every study (the server's reaper calls this on a timer,
+        so a dead worker's trial does not wait for its study's next Ask); ``{uid: [trial ids]}``."""
+        import time
+
+        now = time.time() if now is None else now
+        cached = {st.uid: st for st in self.cached()}
+        out: dict[str, list[int]] = {}
+        for uid in self.storage.studies_with_expired_leases(now):
+            st = cached.get(uid)
+            try:
+                ids = (
+                    st.expire_leases(now)
+                    if st is not None
+                    else self.storage.expire_leases(uid, now)
+                )
+            except NotFoundError:  # deleted meanwhile
+                continue
+            if ids:
+                out[uid] = ids
+        return out
+
+    # ---- delete ---------------------------------------------------------------------------------
+    def delete_study(self, name: str, tenant: str = DEFAULT_TENANT) -> bool:
+        if not isinstance(name, str) or not name:
+            raise SpecError("name", "study name is required")
+        rec = self.storage.get_study(tenant, name)
+        if rec is None:
+            raise NotFoundError(f"study '{name[:140]}' not found")
+        ok = self.storage.delete_study(rec.uid)
+        with self._lock:  # after the commit: a lookup from before it re-reads (see _adopt)
+            self._deletes += 1
+            st = self._cache.get((tenant, name))
+            if st is not None and st.uid == rec.uid:
+                del self._cache[(tenant, name)]
+        log.info("study deleted", extra={"study": name, "tenant": tenant, "uid": rec.uid})
+        if not ok:
+            raise NotFoundError(f"study '{name[:140]}' not found")
+        return ok

@@ -1,0 +1,288 @@
+"""The storage interface: the only way the core and the server reach the database.
+
+A study is named in every call by its ``uid``: an opaque random token given when it is created and
+never given again, so a call that outlives its study (an Ask, a Tell or an LLM call still in flight
+when the study was deleted, a worker holding a trial of a study since re-created under its name)
+finds nothing, writes nothing and raises :class:`bbo.errors.NotFoundError`. Integer row ids stay
+inside the backends.
+
+Every write is one transaction committed before the call returns (what a caller acknowledges is on
+disk). A backend turns a database that is away or busy into
+:class:`bbo.errors.StorageUnavailable` (the service answers UNAVAILABLE: retry), never into a raw
+driver error.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Optional, Sequence
+
+from bbo.trial import Metric, Trial, TrialState
+
+LEASE_EXPIRED = "lease expired"  # the reason of a trial ABANDONED because its lease ran out
+LLM_PURPOSES = ("warmstart", "priors", "proposal")  # what an LLM call was for
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """A stored study. ``uid`` is its identity; ``name`` is unique per tenant while it exists."""
+
+    uid: str
+    tenant: str
+    name: str
+    spec: dict
+    spec_hash: str
+    seed: int
+    state: str
+    state_reason: str
+    trial_counter: int
+    created_at: float
+
+
+@dataclass
+class NewTrial:
+    """A trial to insert (its number is allocated by storage)."""
+
+    params: dict
+    origin: str
+    state: TrialState = TrialState.PENDING
+    metrics: dict[str, Metric] = field(default_factory=dict)
+    reason: str = ""
+    rationale: str = ""
+
+
+@dataclass(frozen=True)
+class RequestKey:
+    """An idempotency key: the stored response of (study, kind, request_id) is replayed."""
+
+    kind: str
+    request_id: str
+    request_hash: str
+
+
+@dataclass(frozen=True)
+class StoredRequest:
+    """What an earlier request with the same key stored: its hash and response."""
+
+    request_hash: str
+    response: dict
+
+
+@dataclass(frozen=True)
+class LlmCallRecord:
+    """One exchange of the LLM module with its endpoint, kept for audit and as its cache.
+    ``number`` is the call's position in its study (1, 2, ...), assigned when it is stored."""
+
+    purpose: str
+    model: str
+    prompt: str
+    response: str
+    outcome: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_seconds: float = 0.0
+    created_at: float = 0.0
+    number: int = 0
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """A study's fitted surrogate state (see :mod:`bbo.model_sharing`)."""
+
+    n_fit: int
+    format: int
+    blob: bytes
+    updated_at: float
+    updated_by: str
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    key_id: str
+    tenant: str
+    key_hash: str
+    label: str
+    created_at: float
+    revoked_at: Optional[float]
+
+
+TrialChange = Callable[[Trial], Optional[Trial]]
+"""``change(current) -> new trial to store | None to leave it``; it may raise to refuse."""
+
+
+class Storage(abc.ABC):
+    """Durable studies, trials, intermediate values, LLM calls, model states and API keys.
+
+    Thread-safe; one instance per process. ``open_storage(url)`` picks the backend.
+    """
+
+    #: "sqlite" or "postgresql"
+    dialect: str = ""
+    #: whether other processes may write the same database (then cached state must be re-read)
+    shared: bool = False
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def describe(self) -> dict:
+        """Facts for the start-up log line: the URL without password, and backend settings."""
+
+    @abc.abstractmethod
+    def schema_revision(self) -> Optional[str]:
+        """The database's schema revision, None for an empty (not yet a bbo) database."""
+
+    # ---- studies --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_study(
+        self, tenant: str, name: str, spec: dict, seed: int, *, max_studies: int = 0
+    ) -> Optional[StudyRecord]:
+        """Insert a study with a fresh uid; None when the tenant already has one of that name.
+        With ``max_studies`` > 0 the tenant's count is checked in the same transaction (raises
+        :class:`bbo.errors.LimitError`): concurrent creates never overshoot the limit."""
+
+    @abc.abstractmethod
+    def get_study(self, tenant: str, name: str) -> Optional[StudyRecord]: ...
+
+    @abc.abstractmethod
+    def get_study_by_uid(self, uid: str) -> Optional[StudyRecord]: ...
+
+    @abc.abstractmethod
+    def list_studies(
+        self, tenant: str, *, after: Optional[tuple[float, str]] = None, limit: int = 100
+    ) -> list[StudyRecord]:
+        """The tenant's studies in creation order (ties by name), those after the
+        ``(created_at, name)`` key of the previous page's last study."""
+
+    @abc.abstractmethod
+    def count_studies(self, tenant: str) -> int: ...
+
+    @abc.abstractmethod
+    def delete_study(self, uid: str) -> bool:
+        """Delete a study and everything of it; False if it did not exist."""
+
+    @abc.abstractmethod
+    def set_study_state(self, uid: str, state: str, reason: str) -> None: ...
+
+    @abc.abstractmethod
+    def trial_counts(self, uid: str) -> dict[str, int]:
+        """``{state: count}``."""
+
+    # ---- trials ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def insert_trials(
+        self,
+        uid: str,
+        new: Sequence[NewTrial],
+        *,
+        worker_id: str = "",
+        lease_expires_at: Optional[float] = None,
+        request: Optional[RequestKey] = None,
+    ) -> tuple[list[Trial], Optional[StoredRequest]]:
+        """Insert trials with freshly allocated numbers, in one transaction.
+
+        With ``request``, the key is recorded with the new numbers; if it was recorded already,
+        nothing is inserted and ``(those trials, the stored request)`` comes back (the caller
+        compares hashes)."""
+
+    @abc.abstractmethod
+    def get_trial(self, uid: str, number: int) -> Optional[Trial]: ...
+
+    @abc.abstractmethod
+    def list_trials(
+        self,
+        uid: str,
+        states: Optional[Iterable[TrialState]] = None,
+        after: int = 0,
+        limit: Optional[int] = None,
+    ) -> list[Trial]: ...
+
+    @abc.abstractmethod
+    def modify_trial(
+        self,
+        uid: str,
+        number: int,
+        change: TrialChange,
+        *,
+        request: Optional[RequestKey] = None,
+        event_detail: str = "",
+    ) -> tuple[Optional[Trial], bool, Optional[StoredRequest]]:
+        """Read-modify-write one trial in one write transaction: ``(trial, changed, previous)``;
+        ``trial`` is None when the trial does not exist; with ``request`` already recorded nothing
+        changes and the stored request comes back as ``previous``."""
+
+    @abc.abstractmethod
+    def lookup_request(self, uid: str, kind: str, request_id: str) -> Optional[StoredRequest]: ...
+
+    @abc.abstractmethod
+    def expire_leases(self, uid: str, now: float) -> list[int]:
+        """ABANDON pending trials whose lease ran out; their numbers."""
+
+    @abc.abstractmethod
+    def studies_with_expired_leases(self, now: float) -> list[str]:
+        """Uids of the studies (all tenants) with a pending trial whose lease ran out."""
+
+    @abc.abstractmethod
+    def trial_events(self, uid: str, number: int) -> list[tuple[str, str, float]]:
+        """``[(state, detail, at)]`` of a trial, oldest first."""
+
+    # ---- intermediate values --------------------------------------------------------------------
+    @abc.abstractmethod
+    def add_intermediate(self, uid: str, number: int, step: int, value: float) -> bool:
+        """Record (or overwrite) a trial's value at ``step``; False if the trial does not exist."""
+
+    @abc.abstractmethod
+    def intermediates(self, uid: str) -> dict[int, list[tuple[int, float]]]:
+        """trial number -> ``[(step, value)]`` sorted by step."""
+
+    # ---- LLM calls ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def log_llm_call(self, uid: str, call: LlmCallRecord) -> int:
+        """Store a call; its number in the study."""
+
+    @abc.abstractmethod
+    def list_llm_calls(
+        self, uid: str, purpose: Optional[str] = None, after: int = 0, limit: Optional[int] = None
+    ) -> list[LlmCallRecord]:
+        """Calls numbered above ``after``, oldest first."""
+
+    # ---- the fitted model shared by replicas ----------------------------------------------------
+    @abc.abstractmethod
+    def model_state_n_fit(self, uid: str) -> Optional[int]:
+        """The data size of the stored model state (a cheap read), None without one."""
+
+    @abc.abstractmethod
+    def get_model_state(self, uid: str) -> Optional[ModelState]: ...
+
+    @abc.abstractmethod
+    def put_model_state(self, uid: str, n_fit: int, fmt: int, blob: bytes, replica: str) -> None:
+        """Store (replace) the state; NotFoundError when the study is gone."""
+
+    # ---- coordination ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def study_lock(self, uid: str) -> Iterator[None]:
+        """Serialize suggestion generation of one study across processes sharing the database
+        (a no-op where one process owns the database)."""
+        yield
+
+    # ---- API keys -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def insert_api_key(self, record: ApiKeyRecord) -> bool:
+        """False when the key id is taken."""
+
+    @abc.abstractmethod
+    def find_api_key(self, key_id: str) -> Optional[ApiKeyRecord]: ...
+
+    @abc.abstractmethod
+    def list_api_keys(
+        self, tenant: Optional[str] = None, include_revoked: bool = True
+    ) -> list[ApiKeyRecord]: ...
+
+    @abc.abstractmethod
+    def revoke_api_key(self, *, key_id: str = "", key_hash: str = "") -> bool: ...
+
+    @abc.abstractmethod
+    def count_active_api_keys(self) -> int: ...
