@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
 
 from bbo.errors import SpecError
 from bbo.space import Value
@@ -22,15 +22,20 @@ class TrialState(str, enum.Enum):
         return self is not TrialState.PENDING
 
 
+class StudyState(enum.StrEnum):
+    """A study's state as the strategy judges it (``str()`` is the bare name, as stored)."""
+
+    ACTIVE = "ACTIVE"  # searching
+    LIKELY_INFEASIBLE = "LIKELY_INFEASIBLE"  # no point seems to meet the outcome constraints
+
+
 class Origin(str, enum.Enum):
     """Where a trial's point came from (kept for audit)."""
 
     INITIAL = "initial_design"
     BO = "bo"
     PRIOR_BO = "prior_guided_bo"
-    BO_EXPLOIT = (
-        "bo_exploit"  # the surrogate's predicted best point (see GenerationStrategy._exploit_due)
-    )
+    BO_EXPLOIT = "bo_exploit"  # the surrogate's predicted best point (bbo.strategy.exploitation)
     BO_LOCAL = (
         "bo_local"  # an exploitation step at a local quadratic model's optimum (bbo.local_model)
     )
@@ -45,7 +50,7 @@ class Metric:
     """An observed metric value with an optional standard error (noise)."""
 
     value: float
-    sem: Optional[float] = None
+    sem: float | None = None
 
 
 @dataclass
@@ -62,7 +67,7 @@ class Trial:
     worker_id: str = ""
     created_at: float = 0.0
     updated_at: float = 0.0
-    lease_expires_at: Optional[float] = None
+    lease_expires_at: float | None = None
 
     def value(self, name: str) -> float:
         return self.metrics[name].value

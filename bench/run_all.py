@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -764,9 +765,12 @@ def _engine_fingerprint() -> str:
     import hashlib
 
     h = hashlib.sha256()
-    for name in ("strategy.py", "surrogate.py", "acquisition.py"):
+    strategy = sorted(glob.glob(os.path.join(ROOT, "bbo", "strategy", "*.py")))
+    for path in strategy + [
+        os.path.join(ROOT, "bbo", n) for n in ("surrogate.py", "acquisition.py")
+    ]:
         try:
-            with open(os.path.join(ROOT, "bbo", name), "rb") as f:
+            with open(path, "rb") as f:
                 h.update(f.read())
         except OSError:
             pass

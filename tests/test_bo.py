@@ -13,7 +13,6 @@ import pytest
 import torch
 from botorch.test_functions import Branin, Hartmann
 
-import bbo.strategy as strategy_mod
 from bbo.incumbent import best_trial, hypervolume, pareto_front
 from bbo.space import (
     CategoricalParam,
@@ -24,7 +23,7 @@ from bbo.space import (
     SearchSpace,
 )
 from bbo.spec import AlgorithmOptions, Objective, OutcomeConstraint, ParameterPrior, StudySpec
-from bbo.strategy import LIKELY_INFEASIBLE, ACTIVE, GenerationStrategy, Suggestion
+from bbo.strategy import ACTIVE, LIKELY_INFEASIBLE, GenerationStrategy, Suggestion, acquisition_step
 from bbo.trial import Metric, Origin, Trial, TrialState
 
 torch.set_num_threads(1)
@@ -262,7 +261,7 @@ def test_fallback_when_acquisition_optimizer_breaks(monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("optimizer exploded")
 
-    monkeypatch.setattr(strategy_mod, "optimize", broken)
+    monkeypatch.setattr(acquisition_step, "optimize", broken)
     out = gs.suggest(trials, 2)
     assert len(out) == 2
     for s in out:
@@ -401,7 +400,7 @@ def test_proposals_compete_with_the_optimizer(monkeypatch):
 
     # Cripple the optimizer (it returns a point next to the worst trial) so that a proposal at the
     # true optimum must outrank it; another proposal next to the worst trial must not.
-    real = strategy_mod.optimize
+    real = acquisition_step.optimize
     near_worst = {
         "x1": min(worst.params["x1"] + 0.01, 10.0),
         "x2": min(worst.params["x2"] + 0.01, 15.0),
@@ -410,7 +409,7 @@ def test_proposals_compete_with_the_optimizer(monkeypatch):
     def poor(acqf, space, placement, **kw):
         return placement.tensor(space.encode(near_worst))[None], float("nan")
 
-    monkeypatch.setattr(strategy_mod, "optimize", poor)
+    monkeypatch.setattr(acquisition_step, "optimize", poor)
     bad3 = Suggestion(
         {"x1": near_worst["x1"] - 0.02, "x2": near_worst["x2"]},
         Origin.LLM_PROPOSAL.value,
@@ -421,7 +420,7 @@ def test_proposals_compete_with_the_optimizer(monkeypatch):
     )
     out = gs.suggest(trials, 1, proposals=[bad3, good])
     assert out[0].origin == Origin.LLM_PROPOSAL.value and out[0].rationale == "known optimum"
-    monkeypatch.setattr(strategy_mod, "optimize", real)
+    monkeypatch.setattr(acquisition_step, "optimize", real)
 
 
 def test_wrong_prior_is_set_aside_once_the_data_contradict_it():
@@ -654,7 +653,7 @@ def test_exploitation_gap_doubles_after_steps_that_do_not_improve():
 
     def due(values, origins) -> bool:
         trials = _history(design[0] + values, design[1] + origins)
-        return gs._exploit_due(trials, gs._data(trials))
+        return gs.exploitation.due(trials, gs.ctx.data.build(trials))
 
     assert not due([1.4], [B]) and due([1.4, 1.3], [B, B])
     assert not due([1.4, 1.3, 1.2, 1.1], [B, B, X, B])  # the last one improved: gap 2 again
@@ -690,7 +689,7 @@ def test_exploitation_gap_doubles_after_steps_that_do_not_improve():
         trials = _history(design[0] + [1.4, 1.3], design[1] + [B, B])
         for t in trials:
             t.metrics.update({"c": Metric(-1.0 - t.id), "g": Metric(float(t.id))})
-        assert g2._exploit_due(trials, g2._data(trials)) is expected
+        assert g2.exploitation.due(trials, g2.ctx.data.build(trials)) is expected
     # and integer or categorical parameters
     mixed = GenerationStrategy(
         spec_of(SearchSpace((FloatParam("a", 0.0, 1.0), IntParam("b", 0, 9))), seed=22, n_initial=5)
@@ -698,4 +697,4 @@ def test_exploitation_gap_doubles_after_steps_that_do_not_improve():
     trials = _history(design[0] + [1.4, 1.3], design[1] + [B, B])
     for t in trials:
         t.params["b"] = t.id
-    assert not mixed._exploit_due(trials, mixed._data(trials))
+    assert not mixed.exploitation.due(trials, mixed.ctx.data.build(trials))

@@ -1,0 +1,51 @@
+"""Generation strategy: which point to evaluate next, given a study's trials.
+
+Space-filling initial design first (the centre of the space, or the priors' best guess where there
+are priors, then scrambled Sobol; LLM warm-start candidates, when given, take the first slot and
+the last ones, those only while the candidates measured so far are not worse than the design's
+median), then GP-based Bayesian optimization, with an exploitation step (the GP mean's optimum, or
+on deterministic objectives a local quadratic model's once the GP stops resolving the optimum)
+every few asks where that pays off. One instance lives per study: it caches the fitted
+surrogate's hyperparameters between asks and is pure with respect to storage (it sees trials,
+returns suggestions).
+
+Parts, one job each:
+
+* :mod:`~bbo.strategy.base`: results (:class:`Suggestion`, :class:`AskInfo`,
+  :class:`StudyStatus`) and the seams the service uses (:class:`Strategy`,
+  :class:`SharesModelState`);
+* :mod:`~bbo.strategy.context`: the study's fixed setup and one ask's inputs;
+* :mod:`~bbo.strategy.model_data`: encodings and the training data, built once per ask;
+* :mod:`~bbo.strategy.initial_design`: design points, priors' guess, warm-start gate;
+* :mod:`~bbo.strategy.acquisition_step`: acquisition function (piBO), optimizer, repair, proposals;
+* :mod:`~bbo.strategy.exploitation`: predicted-best and local-model steps and their schedule;
+* :mod:`~bbo.strategy.fallback`: the one space-filling path, and model-guided fallback points;
+* :mod:`~bbo.strategy.feasibility`: the LIKELY_INFEASIBLE judgement;
+* :mod:`~bbo.strategy.generation`: :class:`GenerationStrategy`, which puts them together.
+
+Guarantees of :meth:`GenerationStrategy.suggest`: it returns exactly ``n`` suggestions, every one of
+them valid for the search space and meeting every linear parameter constraint, distinct from the
+pending trials and from each other (unless the space has fewer free points than that), and it never
+raises: a failing model or optimizer yields ``origin="fallback"`` points with ``reason`` set.
+With ``algorithm.seed`` set, the same trials give the same suggestions (on the CPU).
+"""
+
+from bbo.strategy.base import AskInfo, SharesModelState, Strategy, StudyStatus, Suggestion
+from bbo.strategy.fallback import space_filling
+from bbo.strategy.generation import GenerationStrategy
+from bbo.trial import StudyState
+
+ACTIVE, LIKELY_INFEASIBLE = StudyState.ACTIVE, StudyState.LIKELY_INFEASIBLE
+
+__all__ = [
+    "ACTIVE",
+    "LIKELY_INFEASIBLE",
+    "AskInfo",
+    "GenerationStrategy",
+    "SharesModelState",
+    "Strategy",
+    "StudyState",
+    "StudyStatus",
+    "Suggestion",
+    "space_filling",
+]

@@ -1,0 +1,195 @@
+"""The acquisition step: build the acquisition function for an ask (log noisy EI or EHVI, piBO
+weighting while the priors agree with the data), maximize it, and turn the optimizer's point into
+a suggestion: repaired where rounding broke a parameter constraint or hit an existing point, and
+outranked by a proposal (e.g. the LLM's) that the acquisition function values higher.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from botorch.acquisition import AcquisitionFunction
+
+from bbo.acquisition import (
+    baseline_rows,
+    budget,
+    cheap_initial_conditions,
+    evaluate,
+    make_acquisition,
+    optimize,
+    to_numpy,
+)
+from bbo.design import sobol_design
+from bbo.priors import LogPrior, agrees_with_data
+from bbo.space import Value
+from bbo.strategy.base import Suggestion
+from bbo.strategy.context import Ask, Context
+from bbo.trial import Origin
+
+CHEAP_INIT_ABOVE = 60  # model size above which optimizer starts come from a cheap analytic score
+PRIOR_SET_ASIDE = "prior set aside: the best trials are less likely under it than the rest"
+
+
+@dataclass
+class PriorChoice:
+    """The piBO prior of one ask and what it makes of the acquisition step."""
+
+    prior: LogPrior | None
+    exponent: float  # beta / n while the prior steers, else 0
+    origin: str  # prior_guided_bo while it steers, else bo
+    note: str  # the model's notes, with why the prior was set aside where it was
+
+
+@dataclass
+class Acquisition:
+    """One ask's acquisition function and what its steps share."""
+
+    acqf: AcquisitionFunction
+    origin: str  # bo, or prior_guided_bo
+    note: str  # the model's notes (fit fallbacks, a prior set aside)
+    budget: tuple[int, int, int]  # optimizer restarts, raw samples, L-BFGS iterations
+    cheap_init: bool  # optimizer starts from a cheap analytic score (large continuous models)
+
+
+class AcquisitionStep:
+    """Builds and maximizes the acquisition function of one study."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    def prior(self, ask: Ask, note: str) -> PriorChoice:
+        """The piBO prior of this ask: in force (exponent ``beta / n``) unless it is empty or the
+        data contradict it (:func:`bbo.priors.agrees_with_data`), which the note then says."""
+        ctx, data = self.ctx, ask.data
+        prior = LogPrior(ctx.spec.space, ask.priors, ctx.placement) if ask.priors else None
+        if prior is None or prior.empty:
+            return PriorChoice(prior, 0.0, Origin.BO.value, note)
+        density = to_numpy(prior(ctx.placement.tensor(data.X)[:, None, :]))[:, 0]
+        if not agrees_with_data(density, data.score):
+            return PriorChoice(prior, 0.0, Origin.BO.value, _join(note, PRIOR_SET_ASIDE))
+        exponent = ctx.spec.algorithm.prior_exponent / max(1, len(data.trials))
+        return PriorChoice(prior, exponent, Origin.PRIOR_BO.value, note)
+
+    def build(self, model, rows: np.ndarray, ask: Ask, prior: PriorChoice) -> Acquisition:
+        """The acquisition function on the GP conditioned on ``rows`` of the training data.
+        Raises where BoTorch cannot build it (the caller falls back)."""
+        ctx, data, layout, space = self.ctx, ask.data, self.ctx.model_layout, self.ctx.spec.space
+        base = rows[baseline_rows(data.score[rows], layout.multi)]
+        acqf = make_acquisition(
+            model,
+            ctx.spec,
+            layout,
+            ctx.placement.tensor(data.X[base]),
+            data.Ym[rows],
+            prior=prior.prior,
+            prior_exponent=prior.exponent,
+            seed=ask.seed,
+        )
+        cheap_init = (
+            len(rows) > CHEAP_INIT_ABOVE
+            and not layout.multi
+            and not space.discrete_values()
+            and not space.constraints
+        )
+        return Acquisition(acqf, prior.origin, prior.note, budget(len(rows), space.dim), cheap_init)
+
+    def step(
+        self,
+        acq: Acquisition,
+        model,
+        Ym: np.ndarray,
+        pending: list[torch.Tensor],
+        taken: np.ndarray,
+        proposals: list,
+        seed: int,
+    ) -> Suggestion:
+        """The acquisition function's maximizer given the ``pending`` points (encoded, 1 x d
+        each); ``Ym``: the warped outcomes the GP conditions on (for cheap optimizer starts)."""
+        ctx, space = self.ctx, self.ctx.spec.space
+        acq.acqf.set_X_pending(torch.cat(pending, dim=0) if pending else None)
+        restarts, raw, maxiter = acq.budget
+        ic = None
+        if acq.cheap_init:
+            ic = cheap_initial_conditions(
+                model, ctx.model_layout, space, ctx.placement, Ym, 4 * raw, restarts, seed
+            )
+        x, _ = optimize(
+            acq.acqf,
+            space,
+            ctx.placement,
+            num_restarts=restarts,
+            raw_samples=raw,
+            maxiter=maxiter,
+            initial_conditions=ic,
+        )
+        return self._finish(acq.acqf, x, taken, proposals, acq.origin, acq.note)
+
+    def _finish(
+        self, acqf, x: torch.Tensor, taken: np.ndarray, props: list, origin: str, note: str
+    ) -> Suggestion:
+        """Decode the optimizer's point; repair it if rounding broke a constraint or hit an
+        existing point; let proposals compete; consume the proposal used."""
+        space, points = self.ctx.spec.space, self.ctx.points
+        params = space.decode(to_numpy(x)[0])
+        reason = note
+        xe = space.encode(params)
+        if not space.is_feasible(params) or points.too_close(xe, taken):
+            why = (
+                "violated a parameter constraint after rounding"
+                if not space.is_feasible(params)
+                else "repeated an existing point"
+            )
+            params = self._repair(acqf, to_numpy(x)[0], taken)
+            if params is None:
+                raise RuntimeError(f"optimizer's point {why} and no feasible alternative was found")
+            reason = _join(
+                reason, f"optimizer's point {why}: replaced by the best nearby alternative"
+            )
+            xe = space.encode(params)
+        cands = [(s, p) for s, p in props if not points.too_close(space.encode(p), taken)]
+        if cands:
+            X = self.ctx.placement.tensor(np.vstack([xe] + [space.encode(p) for _, p in cands]))
+            vals = evaluate(acqf, X)
+            j = int(torch.argmax(vals))
+            if j > 0 and torch.isfinite(vals[j]) and vals[j] > vals[0]:
+                s, p = cands[j - 1]
+                props.remove((s, p))
+                return Suggestion(p, s.origin or Origin.LLM_PROPOSAL.value, s.reason, s.rationale)
+        return Suggestion(params, origin, reason)
+
+    def _repair(self, acqf, x: np.ndarray, taken: np.ndarray) -> dict[str, Value] | None:
+        """The best, by the acquisition function, of random roundings and small jitters of the
+        optimizer's point and of Sobol points: feasible and distinct from existing points."""
+        ctx = self.ctx
+        space = ctx.spec.space
+        rng = np.random.default_rng(ctx.seed + len(taken))
+        cands = []
+        disc = space.discrete_values()
+        cont = [i for i in range(space.dim) if i not in disc]
+        for _ in range(
+            64
+        ):  # random floor/ceil roundings and small jitters of the optimizer's point
+            y = x.copy()
+            for i, g in disc.items():
+                lo = g[g <= y[i]].max(initial=g[0])
+                hi = g[g >= y[i]].min(initial=g[-1])
+                y[i] = lo if rng.random() < 0.5 else hi
+            y[cont] = np.clip(y[cont] + rng.normal(0, 0.02, len(cont)), 0, 1)
+            cands.append(space.decode(y))
+        cands += sobol_design(space, 128, ctx.seed + 17 + len(taken))
+        ok = [
+            p
+            for p in cands
+            if space.is_feasible(p) and not ctx.points.too_close(space.encode(p), taken)
+        ]
+        if not ok:
+            return None
+        vals = evaluate(acqf, ctx.placement.tensor(np.vstack([space.encode(p) for p in ok])))
+        vals = torch.nan_to_num(vals, nan=-float("inf"))
+        return ok[int(torch.argmax(vals))]
+
+
+def _join(note: str, more: str) -> str:
+    return f"{note}; {more}" if note else more

@@ -1,0 +1,83 @@
+"""What a generation strategy hands back and the seams the service uses, as Protocols.
+
+The service (:mod:`bbo.study`) needs :class:`Strategy` (``suggest``, ``status``); replicas share
+a fitted model through :class:`SharesModelState` (:mod:`bbo.storage.coordination`). A strategy
+that does not share state simply does not implement the second protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol, runtime_checkable
+
+from bbo.space import Value
+from bbo.spec import ParameterPrior
+from bbo.trial import StudyState, Trial
+
+
+@dataclass
+class Suggestion:
+    """A point to evaluate, where it came from, and why (fallback reason or LLM rationale)."""
+
+    params: dict[str, Value]
+    origin: str
+    reason: str = ""
+    rationale: str = ""
+
+
+@dataclass
+class AskInfo:
+    """Diagnostics of the last ``suggest`` call (for logs, metrics and benchmarks)."""
+
+    n_completed: int = 0
+    refit: bool = False
+    n_model: int = 0
+    fit_seconds: float = 0.0
+    acq_seconds: float = 0.0
+    total_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+class StudyStatus(NamedTuple):
+    """The strategy's judgement of a study: its state and, unless ACTIVE, why."""
+
+    state: StudyState
+    reason: str = ""
+
+
+ACTIVE_STATUS = StudyStatus(StudyState.ACTIVE, "")
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """Chooses the points to evaluate next from a study's trials; one instance per study."""
+
+    def suggest(
+        self,
+        trials: Sequence[Trial],
+        n: int = 1,
+        *,
+        warmstart: Sequence[Suggestion] = (),
+        proposals: Sequence[Suggestion] = (),
+        priors: Sequence[ParameterPrior] | None = None,
+    ) -> list[Suggestion]:
+        """``n`` valid, distinct points not among the trials'; never raises."""
+        ...
+
+    def status(self, trials: Sequence[Trial]) -> StudyStatus:
+        """Whether the study still looks solvable (see :class:`~bbo.trial.StudyState`)."""
+        ...
+
+
+@runtime_checkable
+class SharesModelState(Protocol):
+    """A strategy whose fitted surrogate state other replicas can adopt."""
+
+    def export_state(self) -> tuple[int, dict] | None:
+        """``(n at the last fit, hyperparameters)``, or None before any fit."""
+        ...
+
+    def import_state(self, n_fit: int, hyper: dict) -> None:
+        """Adopt another replica's fit."""
+        ...

@@ -1,0 +1,173 @@
+"""The generation strategy: the parts of :mod:`bbo.strategy` put together for one study.
+
+An ask builds its training data at most once (:class:`~bbo.strategy.context.Ask`) and goes through
+the initial design, then Bayesian optimization: the surrogate (:mod:`bbo.surrogate`), then per point
+an exploitation step where one is due or an acquisition step, each falling back where it fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from botorch.utils.sampling import manual_seed
+
+from bbo.device import select_device
+from bbo.spec import ParameterPrior, StudySpec
+from bbo.strategy.acquisition_step import AcquisitionStep
+from bbo.strategy.base import AskInfo, StudyStatus, Suggestion
+from bbo.strategy.context import Ask, Context
+from bbo.strategy.exploitation import Exploitation
+from bbo.strategy.fallback import Fallback
+from bbo.strategy.feasibility import Feasibility
+from bbo.strategy.initial_design import InitialDesign
+from bbo.surrogate import Surrogate
+from bbo.trial import Trial, TrialState
+
+log = logging.getLogger(__name__)
+
+MIN_MODEL_POINTS = 2  # completed trials needed before a GP is fit
+
+
+class GenerationStrategy:
+    """Sobol initial design (or LLM warm-start candidates), then Bayesian optimization.
+
+    Implements :class:`~bbo.strategy.base.Strategy` and
+    :class:`~bbo.strategy.base.SharesModelState`. Calls on one instance are serialized by a lock;
+    :attr:`last` describes the last ``suggest`` call."""
+
+    def __init__(self, spec: StudySpec, priors: Sequence[ParameterPrior] | None = None):
+        seed = spec.algorithm.seed
+        seed = int(seed) if seed is not None else int.from_bytes(os.urandom(4), "little")
+        self.ctx = Context.of(spec, seed, select_device(spec.algorithm.device))
+        self.spec, self.seed, self.n_initial = spec, seed, self.ctx.n_initial
+        self.priors = tuple(priors) if priors is not None else tuple(spec.priors)
+        self.surrogate = Surrogate(
+            spec.space, self.ctx.layout.m, spec.algorithm, self.ctx.placement
+        )
+        self.design = InitialDesign(self.ctx)
+        self.acquisition = AcquisitionStep(self.ctx)
+        self.exploitation = Exploitation(self.ctx)
+        self.fallback = Fallback(self.ctx)
+        self.feasibility = Feasibility(self.ctx, self.surrogate)
+        self._lock = threading.RLock()
+        self.last = AskInfo()
+
+    # ---- public API ------------------------------------------------------------------------------
+    def suggest(
+        self,
+        trials: Sequence[Trial],
+        n: int = 1,
+        *,
+        warmstart: Sequence[Suggestion] = (),
+        proposals: Sequence[Suggestion] = (),
+        priors: Sequence[ParameterPrior] | None = None,
+    ) -> list[Suggestion]:
+        """``n`` new points, distinct from pending ones, jointly chosen.
+
+        ``warmstart``: candidates (e.g. from an LLM) used, in order, before Sobol points while the
+        initial design is not exhausted; ones too close to existing trials or invalid are skipped.
+        ``proposals``: candidates that compete with the acquisition optimizer's best point and are
+        returned only when the acquisition function ranks them higher. ``priors`` replaces the
+        strategy's priors (by default ``spec.priors``) for this call.
+        """
+        if n <= 0:
+            return []
+        with self._lock:
+            t0 = time.perf_counter()
+            self.last = AskInfo()
+            ask = Ask(self.ctx, list(trials), self.priors if priors is None else tuple(priors))
+            try:
+                with manual_seed(ask.seed):
+                    out = self._suggest(ask, n, warmstart, proposals)
+            except Exception as e:  # by contract, suggest never raises
+                log.exception("generation failed; falling back to space-filling points")
+                taken = self.ctx.points.encode_trials(ask.trials)
+                why = f"generation failed: {type(e).__name__}: {e}"
+                out = self.fallback.space_filling(ask.trials, n, taken, why)
+            self.last.total_seconds = time.perf_counter() - t0
+            return out
+
+    def status(self, trials: Sequence[Trial]) -> StudyStatus:
+        """``(ACTIVE | LIKELY_INFEASIBLE, reason)``: see :mod:`bbo.strategy.feasibility`."""
+        with self._lock:
+            return self.feasibility.status(Ask(self.ctx, list(trials), self.priors))
+
+    def export_state(self) -> tuple[int, dict] | None:
+        """The surrogate's fitted state (see :meth:`Surrogate.export_state`), for replicas."""
+        with self._lock:
+            return self.surrogate.export_state()
+
+    def import_state(self, n_fit: int, hyper: dict) -> None:
+        """Adopt another replica's fitted state."""
+        with self._lock:
+            self.surrogate.import_state(n_fit, hyper)
+
+    # ---- generation ------------------------------------------------------------------------------
+    def _suggest(self, ask: Ask, n: int, warmstart, proposals) -> list[Suggestion]:
+        taken = self.ctx.points.encode_trials(ask.trials)  # every existing point, any state
+        out, taken = self.design.suggest(ask, n, warmstart, taken)
+        if len(out) < n:
+            out.extend(self._bo(ask, n - len(out), out, taken, proposals))
+        return out
+
+    def _bo(
+        self, ask: Ask, n: int, earlier: list[Suggestion], taken: np.ndarray, proposals
+    ) -> list[Suggestion]:
+        """``n`` points by Bayesian optimization, after the ``earlier`` ones of this ask."""
+        ctx, trials, data = self.ctx, ask.trials, ask.data
+        space, P = ctx.spec.space, ctx.placement
+        self.last.n_completed = len(data.trials)
+        if len(data.trials) < MIN_MODEL_POINTS:
+            why = (
+                f"waiting for data: {len(data.trials)} completed trial(s), "
+                f"the model needs {MIN_MODEL_POINTS}"
+            )
+            return self.fallback.space_filling(trials, n, taken, why)
+        try:
+            model, rows, info = self.surrogate.model(
+                data.X, data.Ym, data.Ymvar, data.score, seed=ask.seed
+            )
+        except Exception as e:  # noqa: BLE001
+            why = f"no usable surrogate: {type(e).__name__}: {e}"
+            return self.fallback.space_filling(trials, n, taken, why)
+        self.last.refit, self.last.n_model = info.refit, info.n_model
+        self.last.fit_seconds = info.fit_seconds
+        prior = self.acquisition.prior(ask, info.reason)
+        ta = time.perf_counter()
+        pending = [t.params for t in trials if t.state is TrialState.PENDING]
+        pending += [s.params for s in earlier]
+        chosen: list[torch.Tensor] = [P.tensor(space.encode(p))[None] for p in pending]
+        props = [(s, p) for s in proposals if (p := ctx.points.valid(s.params)) is not None]
+        try:
+            acq = self.acquisition.build(model, rows, ask, prior)
+        except Exception as e:  # noqa: BLE001
+            log.info("acquisition construction failed: %s", e)
+            why = f"acquisition failed: {type(e).__name__}: {e}"
+            return self.fallback.model_guided(model, trials, n, taken, why)
+        out: list[Suggestion] = []
+        exploit = self.exploitation.due(trials, data)
+        for i in range(n):
+            sug = None
+            if i == 0 and exploit:
+                sug = self.exploitation.step(model, data, taken, acq.budget, acq.note, ask.seed)
+            if sug is None:  # an acquisition step
+                try:
+                    sug = self.acquisition.step(
+                        acq, model, data.Ym[rows], chosen, taken, props, ask.seed + i
+                    )
+                except Exception as e:  # noqa: BLE001
+                    log.info("acquisition optimization failed: %s", e)
+                    why = f"acquisition optimization failed: {type(e).__name__}: {e}"
+                    sug = self.fallback.model_guided(model, trials, 1, taken, why)[0]
+            out.append(sug)
+            xe = space.encode(sug.params)
+            taken = np.vstack([taken, xe[None]])
+            chosen.append(P.tensor(xe)[None])
+        self.last.acq_seconds = time.perf_counter() - ta
+        return out

@@ -1,0 +1,159 @@
+"""Model data: the study's trials as the surrogate sees them, built once per ask.
+
+:class:`Points` encodes trials (cached by trial id, since re-encoding every trial on every ask
+dominated initial-design asks) and tells whether two points count as the same point.
+:class:`ModelData` turns the completed, readable trials into :class:`TrainingData`: encodings,
+raw and warped outcomes (:mod:`bbo.warping`), feasibility, and one quality score per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from bbo.acquisition import Layout
+from bbo.space import SearchSpace, Value
+from bbo.trial import Origin, Trial, TrialState
+from bbo.warping import OutcomeWarp
+
+# scaled encoded distance under which two points count as the same point (local model steps
+# resolve ~1e-7)
+MIN_SEPARATION = 1e-8
+
+
+class Points:
+    """Encodings of a study's points, cached by trial id, and the same-point test."""
+
+    def __init__(self, space: SearchSpace):
+        self.space = space
+        self._scale = np.maximum(space.bounds()[1], 1.0)
+        self._encoded: dict[int, tuple[dict, np.ndarray]] = {}  # trial id -> (params, encoding)
+
+    def encode_trials(self, trials: Sequence[Trial]) -> np.ndarray:
+        """Encoded points of ``trials`` (unreadable ones skipped), reusing the last call's
+        encodings by trial id; the cache then holds only these trials."""
+        new, rows = {}, []
+        for t in trials:
+            try:
+                x = self.encoding(t)
+            except Exception:  # noqa: BLE001, S112 - an unreadable trial is no point
+                continue
+            new[t.id] = (t.params, x)
+            rows.append(x)
+        self._encoded = new  # only the current trials: nothing accumulates for deleted ones
+        return np.vstack(rows) if rows else np.zeros((0, self.space.dim))
+
+    def encoding(self, t: Trial) -> np.ndarray:
+        """``t``'s encoded point: the cached one while its params are unchanged (raises if
+        unreadable)."""
+        hit = self._encoded.get(t.id)
+        return hit[1] if hit is not None and hit[0] == t.params else self.space.encode(t.params)
+
+    def too_close(self, x: np.ndarray, taken: np.ndarray) -> bool:
+        """Whether ``x`` is (numerically) one of the points in ``taken``."""
+        if len(taken) == 0:
+            return False
+        d = np.sqrt(np.sum(((taken - x) / self._scale) ** 2, axis=1))
+        return bool(np.min(d) < MIN_SEPARATION)
+
+    def valid(self, params) -> dict[str, Value] | None:
+        """``params`` validated for the space, or None where they are not a valid point."""
+        try:
+            return self.space.validate_params(params)
+        except Exception:  # noqa: BLE001 - invalid candidates are skipped, not errors
+            return None
+
+
+@dataclass
+class TrainingData:
+    """The completed, readable trials, row-aligned."""
+
+    trials: list[Trial]
+    X: np.ndarray
+    Y: np.ndarray
+    Yvar: np.ndarray | None
+    score: np.ndarray  # quality per row, higher is better, feasible rows above infeasible ones
+    feasible: np.ndarray
+    Ym: np.ndarray  # Y warped for the model (:mod:`bbo.warping`), in ``model_layout`` units
+    Ymvar: np.ndarray | None
+
+    def design_rows(self) -> list[int]:
+        """Rows that are initial-design trials (Sobol / centre / prior guess, or warm start)."""
+        design = (Origin.INITIAL.value, Origin.LLM_WARMSTART.value)
+        return [i for i, t in enumerate(self.trials) if t.origin in design]
+
+
+class ModelData:
+    """Builds :class:`TrainingData` for one study; the last build is reused while the trials are
+    unchanged (an ask and the status check after it see the same trials)."""
+
+    def __init__(self, names: Sequence[str], layout: Layout, warp: OutcomeWarp, points: Points):
+        self.names = tuple(names)
+        self.layout = layout
+        self.warp = warp
+        self.points = points
+        self._last: tuple[tuple, TrainingData] | None = None
+
+    def build(self, trials: Sequence[Trial]) -> TrainingData:
+        key = _fingerprint(trials)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        data = self._build(trials)
+        self._last = (key, data)
+        return data
+
+    def _build(self, trials: Sequence[Trial]) -> TrainingData:
+        names, dim = self.names, self.points.space.dim
+        used, X, Y, S = [], [], [], []
+        for t in trials:
+            if t.state is not TrialState.COMPLETED:
+                continue
+            try:
+                y = [float(t.metrics[k].value) for k in names]
+                x = self.points.encoding(t)
+            except Exception:  # noqa: BLE001, S112 - a trial we cannot read is not modeled
+                continue
+            if not (np.all(np.isfinite(y)) and np.all(np.isfinite(x))):
+                continue
+            used.append(t)
+            X.append(x)
+            Y.append(y)
+            S.append([t.metrics[k].sem for k in names])
+        Xa = np.asarray(X, dtype=float).reshape(-1, dim)
+        Ya = np.asarray(Y, dtype=float).reshape(-1, len(names))
+        Yvar = None
+        if used and all(s is not None and np.isfinite(s) for row in S for s in row):
+            Yvar = np.asarray(S, dtype=float) ** 2
+        feas = self.layout.feasible(Ya)
+        Ym, Ymvar = self.warp.apply(Ya, Yvar)
+        return TrainingData(used, Xa, Ya, Yvar, self.score(Ya, feas), feas, Ym, Ymvar)
+
+    def score(self, Y: np.ndarray, feas: np.ndarray) -> np.ndarray:
+        """Quality per row, higher is better, every feasible row above every infeasible one."""
+        if len(Y) == 0:
+            return np.zeros(0)
+        obj = self.layout.signed_objectives(Y)
+        if obj.shape[1] == 1:
+            s = obj[:, 0]
+        else:  # mean percentile rank over objectives
+            ranks = np.argsort(np.argsort(obj, axis=0), axis=0)
+            s = np.mean(ranks / max(1, len(Y) - 1), axis=1)
+        s = (s - s.min()) / max(np.ptp(s), 1e-12)
+        violation = np.clip(self.layout.slack(Y), 0, None).sum(axis=1)
+        return np.where(feas, s + 2.0, -violation / max(violation.max(), 1e-12))
+
+
+def _fingerprint(trials: Sequence[Trial]) -> tuple:
+    """Everything of ``trials`` that the training data depend on."""
+    return tuple(
+        (
+            t.id,
+            t.state,
+            t.origin,
+            tuple(t.params.items()),
+            tuple((k, m.value, m.sem) for k, m in t.metrics.items()),
+        )
+        for t in trials
+    )

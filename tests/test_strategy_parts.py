@@ -1,0 +1,103 @@
+"""The generation strategy's parts and seams: Protocols instead of attribute probing, the training
+data built once per ask, one space-filling fallback path the service can call on its own."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bbo.space import FloatParam, IntParam, SearchSpace
+from bbo.spec import AlgorithmOptions, Objective, OutcomeConstraint, StudySpec
+from bbo.strategy import (
+    GenerationStrategy,
+    SharesModelState,
+    Strategy,
+    StudyState,
+    Suggestion,
+    space_filling,
+)
+from bbo.strategy.model_data import ModelData
+from bbo.trial import Metric, Origin, Trial, TrialState
+
+UNIT2 = SearchSpace((FloatParam("a", 0.0, 1.0), FloatParam("b", 0.0, 1.0)))
+
+
+def _spec(**kw) -> StudySpec:
+    return StudySpec(
+        UNIT2,
+        (Objective("f"),),
+        (OutcomeConstraint("c", "<=", 0.5),),
+        algorithm=AlgorithmOptions(seed=1, n_initial=4, **kw),
+    )
+
+
+def _completed(points) -> list[Trial]:
+    return [
+        Trial(
+            i + 1,
+            {"a": float(a), "b": float(b)},
+            TrialState.COMPLETED,
+            {"f": Metric(float((a - 0.3) ** 2 + b)), "c": Metric(float(a * b))},
+            origin=Origin.INITIAL.value,
+        )
+        for i, (a, b) in enumerate(points)
+    ]
+
+
+def test_the_strategy_meets_the_protocols_the_service_uses():
+    gs = GenerationStrategy(_spec())
+    assert isinstance(gs, Strategy) and isinstance(gs, SharesModelState)
+    assert not isinstance(object(), Strategy)
+    assert not hasattr(gs, "set_llm_logger")
+    state, reason = gs.status([])
+    assert state is StudyState.ACTIVE and str(state) == "ACTIVE" and reason == ""
+
+
+def test_an_ask_and_the_status_after_it_build_the_training_data_once(monkeypatch):
+    torch.set_num_threads(1)
+    builds = []
+    real = ModelData._build
+
+    def counting(self, trials):
+        builds.append(len(trials))
+        return real(self, trials)
+
+    monkeypatch.setattr(ModelData, "_build", counting)
+    gs = GenerationStrategy(_spec())
+    trials = _completed(np.random.default_rng(0).random((5, 2)))
+    (s,) = gs.suggest(trials, 1)
+    assert s.origin in (Origin.BO.value, Origin.BO_EXPLOIT.value)
+    gs.status(trials)
+    assert builds == [5]  # the ask and the service's status check after it share one build
+    trials.append(Trial(6, dict(s.params), TrialState.COMPLETED, dict(trials[0].metrics)))
+    gs.status(trials)
+    assert builds == [5, 6]  # new data, new build
+
+
+def test_space_filling_skips_used_design_points_and_existing_points():
+    space = SearchSpace((FloatParam("x", 0.0, 1.0), IntParam("k", 0, 3)))
+    first = space_filling(space, 7, [], 3, "no model")
+    assert [s.origin for s in first] == [Origin.FALLBACK.value] * 3
+    assert all(s.reason == "no model" and space.is_feasible(s.params) for s in first)
+    trials = [Trial(i + 1, s.params, origin=s.origin) for i, s in enumerate(first)]
+    more = space_filling(space, 7, trials, 3, "no model")  # the sequence goes on after them
+    X = np.array([space.encode(t.params) for t in trials] + [space.encode(s.params) for s in more])
+    assert len(np.unique(X.round(12), axis=0)) == 6
+    # a tiny space runs out: the last points repeat one, and say so
+    tiny = SearchSpace((IntParam("k", 0, 1),))
+    out = space_filling(tiny, 7, [], 3, "no model")
+    assert {s.params["k"] for s in out} == {0, 1}
+    assert out[-1].reason.endswith("space exhausted, repeating a point")
+
+
+def test_a_failing_part_gives_fallback_points_not_an_error(monkeypatch):
+    from bbo.strategy import generation
+
+    def broken(self, ask, n, warmstart, taken):
+        raise RuntimeError("design broke")
+
+    monkeypatch.setattr(generation.InitialDesign, "suggest", broken)
+    gs = GenerationStrategy(_spec())
+    out = gs.suggest([], 2, warmstart=[Suggestion({"a": 0.1, "b": 0.1}, "llm_warmstart")])
+    assert [s.origin for s in out] == [Origin.FALLBACK.value] * 2
+    assert all("generation failed: RuntimeError: design broke" in s.reason for s in out)
