@@ -24,23 +24,14 @@ import io
 import logging
 import weakref
 from dataclasses import dataclass
-from typing import Optional, Protocol, runtime_checkable
+from typing import Optional
 
 from bbo.storage import Storage
+from bbo.strategy.base import SharesModelState
 
 log = logging.getLogger("bbo.model_sharing")
 
 FORMAT = 1
-
-
-@runtime_checkable
-class SharesModelState(Protocol):
-    """A strategy whose fitted surrogate state can be saved and loaded."""
-
-    def export_state(self) -> Optional[tuple[int, dict]]:
-        """``(n_fit, {name: tensor})`` of the fitted surrogate, or None before the first fit."""
-
-    def import_state(self, n_fit: int, hyper: dict) -> None: ...
 
 
 def dumps(hyper: dict, **meta) -> bytes:

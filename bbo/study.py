@@ -36,7 +36,8 @@ from bbo.storage import (
     StoredRequest,
     StudyRecord,
 )
-from bbo.trial import Metric, Origin, Trial, TrialState, check_metrics
+from bbo.strategy.base import Strategy
+from bbo.trial import Metric, Origin, StudyState, Trial, TrialState, check_metrics
 
 if TYPE_CHECKING:
     from bbo.fit_slots import FitSlots
@@ -45,8 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bbo.study")
 
-STUDY_ACTIVE = "ACTIVE"
-STUDY_LIKELY_INFEASIBLE = "LIKELY_INFEASIBLE"
 MAX_STEP = 2**63 - 1
 MAX_REASON = 4000  # characters of a failure reason kept
 
@@ -66,7 +65,7 @@ class TellResult:
 @dataclass
 class BestResult:
     trials: list[Trial]
-    state: str = STUDY_ACTIVE
+    state: StudyState = StudyState.ACTIVE
     state_reason: str = ""
 
 
@@ -372,39 +371,39 @@ class Study:
             log.exception(
                 "strategy failed; falling back to space-filling points", extra={"study": self.name}
             )
-            from bbo.design import sobol_design
-            from bbo.strategy import Suggestion
+            from bbo.strategy import space_filling
 
-            pts = sobol_design(self.spec.space, count, self.record.seed + 7919, skip=len(trials))
             reason = f"strategy error: {type(e).__name__}: {e}"[:500]
-            return [Suggestion(p, Origin.FALLBACK.value, reason=reason) for p in pts], reason
+            return space_filling(
+                self.spec.space, self.record.seed + 7919, trials, count, reason
+            ), reason
 
-    def _status(self, trials: list[Trial]) -> Optional[tuple[str, str]]:
-        """The strategy's judgement of the study (ACTIVE or LIKELY_INFEASIBLE, and why)."""
+    def _status(self, trials: list[Trial]) -> Optional[tuple[StudyState, str]]:
+        """The strategy's judgement of the study (ACTIVE or LIKELY_INFEASIBLE, and why); None
+        where the strategy makes none."""
+        if not isinstance(self.strategy, Strategy):
+            return None
         try:
             state, reason = self.strategy.status(trials)
+            return StudyState(str(getattr(state, "value", state)).upper()), str(reason or "")
         except Exception:
             log.exception("strategy status failed", extra={"study": self.name})
             return None
-        state = str(getattr(state, "value", state) or STUDY_ACTIVE).upper()
-        if state not in (STUDY_ACTIVE, STUDY_LIKELY_INFEASIBLE):
-            state = STUDY_ACTIVE
-        return state, str(reason or "")
 
-    def _set_state(self, state: str, reason: str) -> str:
+    def _set_state(self, state: StudyState, reason: str) -> str:
         """Store the study's state where it differs from the stored one (not this replica's copy,
         which another replica's write leaves stale); the note an ask carries for it."""
         rec = self._stored()
         if (state, reason) != (rec.state, rec.state_reason):
             self.storage.set_study_state(self.uid, state, reason)
         self.record = dataclasses.replace(self.record, state=state, state_reason=reason)
-        return reason if state != STUDY_ACTIVE else ""
+        return reason if state != StudyState.ACTIVE else ""
 
     def _feasible_arrived(self, trials: Sequence[Trial]) -> None:
         """A feasible result ends LIKELY_INFEASIBLE at once, not at the study's next ask."""
         if self.spec.outcome_constraints and any(is_feasible(self.spec, t) for t in trials):
-            if self._stored().state == STUDY_LIKELY_INFEASIBLE:
-                self._set_state(STUDY_ACTIVE, "")
+            if self._stored().state == StudyState.LIKELY_INFEASIBLE:
+                self._set_state(StudyState.ACTIVE, "")
 
     def _lease(self, lease_seconds: float) -> float:
         try:

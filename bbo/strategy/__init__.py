@@ -31,9 +31,22 @@ With ``algorithm.seed`` set, the same trials give the same suggestions (on the C
 """
 
 from bbo.strategy.base import AskInfo, SharesModelState, Strategy, StudyStatus, Suggestion
-from bbo.strategy.fallback import space_filling
-from bbo.strategy.generation import GenerationStrategy
 from bbo.trial import StudyState
+
+
+def __getattr__(name: str):
+    """The model-based parts load torch and BoTorch: imported on first use, so the service's
+    modules that only name the protocols above stay light."""
+    if name == "GenerationStrategy":
+        from bbo.strategy.generation import GenerationStrategy
+
+        return GenerationStrategy
+    if name == "space_filling":
+        from bbo.strategy.fallback import space_filling
+
+        return space_filling
+    raise AttributeError(f"module 'bbo.strategy' has no attribute {name!r}")
+
 
 ACTIVE, LIKELY_INFEASIBLE = StudyState.ACTIVE, StudyState.LIKELY_INFEASIBLE
 

@@ -1,7 +1,7 @@
 """What a generation strategy hands back and the seams the service uses, as Protocols.
 
 The service (:mod:`bbo.study`) needs :class:`Strategy` (``suggest``, ``status``); replicas share
-a fitted model through :class:`SharesModelState` (:mod:`bbo.storage.coordination`). A strategy
+a fitted model through :class:`SharesModelState` (:mod:`bbo.model_sharing`). A strategy
 that does not share state simply does not implement the second protocol.
 """
 

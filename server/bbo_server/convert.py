@@ -11,11 +11,11 @@ from bbo.errors import SpecError
 from bbo.space import CategoricalParam, FixedParam, FloatParam, IntParam, OrdinalParam, Value
 from bbo.spec import MAXIMIZE, MINIMIZE, AlgorithmOptions, StudySpec
 from bbo.storage import LlmCallRecord
-from bbo.study import STUDY_ACTIVE, STUDY_LIKELY_INFEASIBLE, Study, StudyInfo
+from bbo.study import Study, StudyInfo
 
 INT64 = 2**63
 INT32_MAX = 2**31 - 1
-from bbo.trial import Metric, Trial, TrialState
+from bbo.trial import Metric, StudyState, Trial, TrialState
 from bbo.v1 import service_pb2 as svc
 from bbo.v1 import study_pb2 as pb
 
@@ -27,8 +27,8 @@ TRIAL_STATE_TO_PB = {
 }
 TRIAL_STATE_FROM_PB = {v: k for k, v in TRIAL_STATE_TO_PB.items()}
 STUDY_STATE_TO_PB = {
-    STUDY_ACTIVE: pb.STUDY_STATE_ACTIVE,
-    STUDY_LIKELY_INFEASIBLE: pb.STUDY_STATE_LIKELY_INFEASIBLE,
+    StudyState.ACTIVE: pb.STUDY_STATE_ACTIVE,
+    StudyState.LIKELY_INFEASIBLE: pb.STUDY_STATE_LIKELY_INFEASIBLE,
 }
 
 
