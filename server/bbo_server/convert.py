@@ -13,8 +13,8 @@ from bbo.spec import MAXIMIZE, MINIMIZE, AlgorithmOptions, StudySpec
 from bbo.storage import LlmCallRecord
 from bbo.study import STUDY_ACTIVE, STUDY_LIKELY_INFEASIBLE, Study, StudyInfo
 from bbo.trial import Metric, Trial, TrialState
-from bbo.v1 import service_pb2 as svc
-from bbo.v1 import study_pb2 as pb
+from bbo_client.v1 import service_pb2 as svc
+from bbo_client.v1 import study_pb2 as pb
 
 TRIAL_STATE_TO_PB = {
     TrialState.PENDING: pb.TRIAL_STATE_PENDING,

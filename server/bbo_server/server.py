@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from bbo.storage import Storage, default_url
 from bbo.study import StudyConfig, StudyRegistry
-from bbo.v1 import service_pb2, service_pb2_grpc
+from bbo_client.v1 import service_pb2, service_pb2_grpc
 from bbo_server.servicer import Authenticate, BboServicer
 
 log = logging.getLogger("bbo.server")

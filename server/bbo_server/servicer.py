@@ -13,9 +13,9 @@ from bbo.errors import BboError, SpecError
 from bbo.paging import page_bounds
 from bbo.study import DEFAULT_TENANT, Study, StudyRegistry
 from bbo.trial import TrialState
-from bbo.v1 import service_pb2 as svc
-from bbo.v1 import service_pb2_grpc
-from bbo.v1 import study_pb2 as pb
+from bbo_client.v1 import service_pb2 as svc
+from bbo_client.v1 import service_pb2_grpc
+from bbo_client.v1 import study_pb2 as pb
 from bbo_server import convert as C
 from bbo_server.errors import status_for
 
