@@ -1,6 +1,6 @@
-"""The thin client distribution (clients/python, ``bbo-client``): it installs into a fresh virtualenv
-with grpcio, protobuf, grpcio-status and tqdm only, runs a study there against a real server without
-torch, and the repository holds one copy of the generated stubs."""
+"""The thin client distribution (clients/python, ``bbo-client``): it installs into a fresh
+virtualenv with grpcio, protobuf, grpcio-status and tqdm only, runs a study there against a real
+server without torch, and the repository holds one copy of the generated stubs."""
 
 from __future__ import annotations
 

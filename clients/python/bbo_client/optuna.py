@@ -149,8 +149,9 @@ class BboSampler(BaseSampler):
     parameters bbo does not search (start-up trials, parameters outside the shared space;
     default ``RandomSampler(seed)``). ``n_startup_trials``: completed trials sampled independently
     before the sampler creates the bbo study from the parameters they all share (raise it for a
-    conditional space, so that branch-only parameters drop out of it). ``constraints_func(frozen_trial) -> sequence of floats``:
-    outcome constraints, feasible when every value is <= 0 (as Optuna's samplers take them).
+    conditional space, so that branch-only parameters drop out of it).
+    ``constraints_func(frozen_trial) -> sequence of floats``: outcome constraints, feasible when
+    every value is <= 0 (as Optuna's samplers take them).
     ``lease_seconds``: the lease of asked trials (0 = the server's default). ``study_options``:
     passed to :meth:`Client.create_study` when the sampler creates the bbo study (``n_initial``,
     ``seed``, ``description``, ``priors``, ...).
