@@ -6,12 +6,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test bench bench-service proto clean
 
-$(STAMP): pyproject.toml clients/node/package-lock.json
+$(STAMP): pyproject.toml clients/python/pyproject.toml clients/node/package-lock.json
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# CPU torch first (a local wheel); GPU users: install a CUDA torch into .venv before `make setup`.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	# the thin client distribution (bbo_client, the bbo.v1 stubs) and the service that depends on it
+	$(BIN)/python -m pip install -q -e ./clients/python -e ".[dev,bench]"
 	# Node.js client deps (skipped where node/npm are absent; its test then skips with a reason).
 	if command -v npm >/dev/null; then npm ci --prefix clients/node --no-audit --no-fund --silent; fi
 	touch $(STAMP)
@@ -34,4 +35,4 @@ proto: $(STAMP)
 	$(BIN)/python -m bbo_server.protogen
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info clients/python/build clients/python/*.egg-info

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 import bbo_client as bc
-from bbo.v1 import service_pb2 as svc
+from bbo_client.v1 import service_pb2 as svc
 from sec_helpers import RPCS, call, create_key, make_certs, request_for, revoke_key, stub
 
 STUDY_RPCS = [r for r in RPCS if r not in ("CreateStudy", "ListStudies")]

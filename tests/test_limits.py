@@ -6,8 +6,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from bbo.v1 import service_pb2 as svc
-from bbo.v1 import study_pb2 as pb
+from bbo_client.v1 import service_pb2 as svc
+from bbo_client.v1 import study_pb2 as pb
 from sec_helpers import call, create_key, request_for, small_spec, stub
 
 

@@ -9,7 +9,7 @@ import urllib.request
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from bbo.v1 import service_pb2 as svc
+from bbo_client.v1 import service_pb2 as svc
 from sec_helpers import call, create_key, free_port, request_for, stub
 
 

@@ -1,10 +1,11 @@
-"""The committed generated stubs (bbo/v1) match proto/bbo/v1/*.proto."""
+"""The committed generated stubs (clients/python/bbo_client/v1) match proto/bbo/v1/*.proto."""
 
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+STUBS = ROOT / "clients" / "python" / "bbo_client" / "v1"
 
 
 def test_generated_stubs_are_up_to_date(tmp_path):
@@ -14,14 +15,14 @@ def test_generated_stubs_are_up_to_date(tmp_path):
     files = generate(tmp_path)
     assert files, "protoc produced nothing"
     names = sorted(p.name for p in files)
-    committed = sorted(p.name for p in (ROOT / "bbo" / "v1").glob("*_pb2*.py*"))
+    committed = sorted(p.name for p in STUBS.glob("*_pb2*.py*"))
     assert names == committed, f"stub files differ: generated {names}, committed {committed}"
-    stale = [p.name for p in files if p.read_bytes() != (ROOT / "bbo" / "v1" / p.name).read_bytes()]
-    assert not stale, f"bbo/v1 stubs are stale ({stale}): run `make proto` and commit"
+    stale = [p.name for p in files if p.read_bytes() != (STUBS / p.name).read_bytes()]
+    assert not stale, f"bbo_client/v1 stubs are stale ({stale}): run `make proto` and commit"
 
 
 def test_service_descriptor_has_every_rpc():
-    from bbo.v1 import service_pb2
+    from bbo_client.v1 import service_pb2
 
     methods = set(service_pb2.DESCRIPTOR.services_by_name["BboService"].methods_by_name)
     assert {
@@ -45,7 +46,7 @@ def test_service_descriptor_has_every_rpc():
 def test_exploit_gap_zero_means_default_and_negative_means_never(wire, core):
     """proto3 cannot tell an unset int from 0, so on the wire 0 is the default and < 0 switches the
     exploitation steps off; the spec keeps the value through a round trip."""
-    from bbo.v1 import study_pb2 as pb
+    from bbo_client.v1 import study_pb2 as pb
     from bbo_server.convert import spec_from_pb, spec_to_pb
 
     s = pb.StudySpec(

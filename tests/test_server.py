@@ -9,9 +9,9 @@ import grpc
 import pytest
 
 import bbo_client as bc
-from bbo.v1 import service_pb2 as svc
-from bbo.v1 import service_pb2_grpc
-from bbo.v1 import study_pb2 as pb
+from bbo_client.v1 import service_pb2 as svc
+from bbo_client.v1 import service_pb2_grpc
+from bbo_client.v1 import study_pb2 as pb
 
 
 def raw_stub(address):

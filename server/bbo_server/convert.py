@@ -12,12 +12,12 @@ from bbo.space import CategoricalParam, FixedParam, FloatParam, IntParam, Ordina
 from bbo.spec import MAXIMIZE, MINIMIZE, AlgorithmOptions, StudySpec
 from bbo.storage import LlmCallRecord
 from bbo.study import Study, StudyInfo
+from bbo.trial import Metric, StudyState, Trial, TrialState
+from bbo_client.v1 import service_pb2 as svc
+from bbo_client.v1 import study_pb2 as pb
 
 INT64 = 2**63
 INT32_MAX = 2**31 - 1
-from bbo.trial import Metric, StudyState, Trial, TrialState
-from bbo.v1 import service_pb2 as svc
-from bbo.v1 import study_pb2 as pb
 
 TRIAL_STATE_TO_PB = {
     TrialState.PENDING: pb.TRIAL_STATE_PENDING,

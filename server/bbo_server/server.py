@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from bbo.limits import RequestLimits
 from bbo.registry import StudyConfig, StudyRegistry
 from bbo.storage import Storage, default_url, open_storage
-from bbo.v1 import service_pb2, service_pb2_grpc
+from bbo_client.v1 import service_pb2, service_pb2_grpc
 from bbo_server.servicer import Authenticate, BboServicer
 
 log = logging.getLogger("bbo.server")

@@ -14,9 +14,9 @@ from bbo.paging import page_bounds
 from bbo.registry import DEFAULT_TENANT, StudyRegistry, check_name, encode_page_token
 from bbo.study import Study
 from bbo.trial import TrialState
-from bbo.v1 import service_pb2 as svc
-from bbo.v1 import service_pb2_grpc
-from bbo.v1 import study_pb2 as pb
+from bbo_client.v1 import service_pb2 as svc
+from bbo_client.v1 import service_pb2_grpc
+from bbo_client.v1 import study_pb2 as pb
 from bbo_server import convert as C
 from bbo_server.errors import status_for
 

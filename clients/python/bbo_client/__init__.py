@@ -10,6 +10,9 @@ with Client("127.0.0.1:50051") as client:
         constraints=[Constraint("fit_seconds", "<=", 2.0)],
     )
     best = study.optimize(evaluate, n_trials=30, n_workers=2)
+
+Existing Optuna / Ray Tune code: ``bbo_client.optuna.BboSampler``, ``bbo_client.ray.BboSearch``
+(extras ``optuna`` / ``ray``). The generated gRPC stubs of the API are ``bbo_client.v1``.
 """
 
 from bbo_client.client import DEFAULT_ADDRESS, Client, StudyHandle

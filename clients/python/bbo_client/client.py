@@ -14,9 +14,6 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import grpc
 
-from bbo.v1 import service_pb2 as svc
-from bbo.v1 import service_pb2_grpc
-from bbo.v1 import study_pb2 as pb
 from bbo_client.errors import BboError, InvalidArgument, Unavailable, from_rpc_error, retryable
 from bbo_client.model import (
     STATE_TO_PB,
@@ -34,6 +31,9 @@ from bbo_client.model import (
     _time,
     _value_pb,
 )
+from bbo_client.v1 import service_pb2 as svc
+from bbo_client.v1 import service_pb2_grpc
+from bbo_client.v1 import study_pb2 as pb
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024

@@ -9,7 +9,7 @@ import datetime as _dt
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Union
 
-from bbo.v1 import study_pb2 as pb
+from bbo_client.v1 import study_pb2 as pb
 
 Value = Union[float, int, str]
 

@@ -3,8 +3,8 @@
 import grpc
 import warnings
 
-from bbo.v1 import service_pb2 as bbo_dot_v1_dot_service__pb2
-from bbo.v1 import study_pb2 as bbo_dot_v1_dot_study__pb2
+from bbo_client.v1 import service_pb2 as bbo_dot_v1_dot_service__pb2
+from bbo_client.v1 import study_pb2 as bbo_dot_v1_dot_study__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

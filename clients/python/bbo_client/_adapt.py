@@ -1,0 +1,43 @@
+"""Helpers shared by the Optuna and Ray Tune adapters: parameter names and categorical labels."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from bbo_client.errors import InvalidArgument
+
+_BAD = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def bbo_name(name: str) -> str:
+    """A bbo parameter name (letters, digits, ``_ . -``) for another library's parameter name:
+    ``/`` (Ray Tune's nesting) becomes ``.``, any other character outside the set ``_``."""
+    return _BAD.sub("_", str(name).replace("/", ".")) or "_"
+
+
+def bbo_names(names: Iterable[str]) -> dict[str, str]:
+    """:func:`bbo_name` of each name; refused when two names would become the same bbo name."""
+    out: dict[str, str] = {}
+    taken: dict[str, str] = {}
+    for n in names:
+        b = bbo_name(n)
+        if b in taken and taken[b] != n:
+            raise InvalidArgument(
+                f"parameters {taken[b]!r} and {n!r} both become bbo parameter {b!r} "
+                "(bbo names hold letters, digits, '_', '.', '-'): rename one",
+                field="parameters",
+            )
+        out[n], taken[b] = b, n
+    return out
+
+
+def choice_labels(choices: Sequence[Any]) -> list[str]:
+    """Distinct string labels of categorical choices of any type (a bbo ``Categorical`` holds
+    strings): a string stays itself, anything else is its ``repr``; if two labels coincide
+    (``1`` and ``"1"``), every label gets its index prefixed."""
+    labels = [c if isinstance(c, str) else repr(c) for c in choices]
+    if len(set(labels)) < len(labels):
+        labels = [f"{i}:{s}" for i, s in enumerate(labels)]
+    return labels

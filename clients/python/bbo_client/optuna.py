@@ -1,0 +1,477 @@
+"""An Optuna sampler backed by a bbo server: ``optuna.create_study(sampler=BboSampler(address))``
+makes an unchanged ``study.optimize(objective)`` script ask bbo for its points.
+
+Needs ``pip install "bbo-client[optuna]"``. How it works (Optuna is define-by-run, bbo needs the
+search space up front):
+
+- Until the space is known, a trial's parameters come from an independent sampler (random by
+  default), as Optuna's own model-based samplers do for their start-up trials.
+- Once a trial has completed, the parameters every completed trial shares (Optuna's intersection
+  search space) become a bbo study, or the sampler adopts the bbo study of that name if another
+  process created it first. Its objectives are the Optuna study's directions, named after
+  ``study.metric_names`` (default ``value``, or ``value_0``, ``value_1``, ... for several).
+- From then on each trial's parameters come from bbo's ``Ask``; the bbo trial id rides along in
+  the Optuna trial's system attributes (``bbo:trial_id``). Trials whose parameters were not asked
+  (the start-up ones, enqueued ones) are attached to the bbo study with ``AddTrial`` when they
+  complete, under a request id derived from the Optuna trial, so several processes attaching the
+  same shared trial record it once.
+- When a trial finishes, bbo is told: COMPLETE as COMPLETED with its value(s) (and the values of
+  ``constraints_func``, feasible when <= 0, as bbo outcome constraints), FAIL as FAILED, and PRUNED
+  as FAILED with the reason "pruned by Optuna at step N". Pruned is FAILED, not ABANDONED: in bbo
+  ABANDONED means no result came back (a lease ran out) and a late result is still accepted; a
+  pruned trial was evaluated and judged unpromising, a final outcome with a reason worth keeping.
+
+Several Optuna processes (each its own Optuna study, or one shared Optuna storage) share one bbo
+study by giving their samplers the same ``study_name``: each Ask sees the others' pending points.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.search_space import IntersectionSearchSpace
+from optuna.study import Study, StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from bbo_client._adapt import bbo_name, bbo_names, choice_labels
+from bbo_client.client import Client, StudyHandle
+from bbo_client.errors import AlreadyExists, BboError, InvalidArgument, NotFound
+from bbo_client.model import (
+    Categorical,
+    Constraint,
+    Float,
+    Int,
+    Objective,
+    Ordinal,
+    Parameter,
+    StudyInfo,
+    Trial,
+)
+
+__all__ = ["TRIAL_ID_ATTR", "BboSampler", "bbo_parameter", "bbo_value", "optuna_value"]
+
+log = logging.getLogger(__name__)
+
+TRIAL_ID_ATTR = "bbo:trial_id"  # the bbo trial an Optuna trial's parameters were asked for
+STUDY_UID_ATTR = "bbo:study_uid"
+CONSTRAINTS_ATTR = "bbo:constraints"  # constraints_func's values, computed once in after_trial
+MAX_GRID = 10_000  # a stepped distribution with at most this many values is a bbo Ordinal
+_BAD_NAME = re.compile(r"[^A-Za-z0-9_.\-]+")
+
+
+def bbo_parameter(name: str, dist: BaseDistribution) -> Parameter:
+    """The bbo parameter searching what an Optuna distribution allows (``name``: the bbo name).
+
+    Floats and ints map to ``Float`` / ``Int`` (log scale kept); a stepped one to an ``Ordinal`` of
+    its grid (up to ``MAX_GRID`` values; a longer grid is searched continuously and snapped);
+    categorical choices (None, bool, int, float or str) to the string labels of a ``Categorical``.
+    """
+    if isinstance(dist, FloatDistribution):
+        grid = _grid(dist.low, dist.high, dist.step)
+        if grid is not None:
+            return Ordinal(name, grid)
+        return Float(name, dist.low, dist.high, dist.log)
+    if isinstance(dist, IntDistribution):
+        grid = _grid(dist.low, dist.high, dist.step) if dist.step != 1 else None
+        if grid is not None:
+            return Ordinal(name, [int(v) for v in grid])
+        return Int(name, dist.low, dist.high, dist.log)
+    if isinstance(dist, CategoricalDistribution):
+        return Categorical(name, choice_labels(dist.choices))
+    raise TypeError(f"parameter '{name}': no bbo parameter for Optuna's {type(dist).__name__}")
+
+
+def _grid(low: float, high: float, step: float | None) -> list[float] | None:
+    if step is None:
+        return None
+    n = round((high - low) / step) + 1
+    return [low + k * step for k in range(n)] if n <= MAX_GRID else None
+
+
+def optuna_value(dist: BaseDistribution, value: Any) -> Any:
+    """A bbo trial's value as the Optuna distribution's external value."""
+    if isinstance(dist, CategoricalDistribution):
+        return dist.choices[choice_labels(dist.choices).index(value)]
+    if isinstance(dist, IntDistribution):
+        v = round(float(value))
+        if dist.step != 1:
+            v = dist.low + round((v - dist.low) / dist.step) * dist.step
+        return min(max(v, dist.low), dist.high)
+    v = float(value)
+    if dist.step is not None:
+        v = dist.low + round((v - dist.low) / dist.step) * dist.step
+    return min(max(v, dist.low), dist.high)
+
+
+def _same(a: Parameter, b: Parameter) -> bool:
+    return a.to_pb() == b.to_pb()
+
+
+def default_study_name(optuna_name: str) -> str:
+    """A valid bbo study name (``[A-Za-z0-9_.-]{1,128}``) made from an Optuna study's name."""
+    return (_BAD_NAME.sub("-", optuna_name).strip("-") or "optuna")[:128]
+
+
+@dataclass
+class _Bound:
+    """The bbo study an Optuna study's trials are asked from, and its space as Optuna sees it."""
+
+    handle: StudyHandle
+    space: dict[str, BaseDistribution]  # by Optuna parameter name
+    names: dict[str, str]  # Optuna parameter name -> bbo parameter name
+    objectives: list[str]
+    n_constraints: int
+
+
+class BboSampler(BaseSampler):
+    """Optuna sampler whose points come from a bbo server's study (see the module docstring).
+
+    ``address``: the server (``host:port`` or any gRPC target); or pass a ready ``client``.
+    ``study_name``: the bbo study (default: the Optuna study's name, made valid); samplers in
+    several processes given the same name share one bbo study. ``independent_sampler``: for the
+    parameters bbo does not search (start-up trials, parameters outside the shared space;
+    default ``RandomSampler(seed)``). ``n_startup_trials``: completed trials sampled independently
+    before the sampler creates the bbo study from the parameters they all share (raise it for a
+    conditional space, so that branch-only parameters drop out of it).
+    ``constraints_func(frozen_trial) -> sequence of floats``: outcome constraints, feasible when
+    every value is <= 0 (as Optuna's samplers take them).
+    ``lease_seconds``: the lease of asked trials (0 = the server's default). ``study_options``:
+    passed to :meth:`Client.create_study` when the sampler creates the bbo study (``n_initial``,
+    ``seed``, ``description``, ``priors``, ...).
+    """
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1:50051",
+        *,
+        study_name: str | None = None,
+        client: Client | None = None,
+        independent_sampler: BaseSampler | None = None,
+        n_startup_trials: int = 1,
+        constraints_func: Callable[[FrozenTrial], Sequence[float]] | None = None,
+        seed: int | None = None,
+        worker_id: str | None = None,
+        lease_seconds: float = 0.0,
+        tell_patience: float = 600.0,
+        **study_options: Any,
+    ):
+        if study_name is not None and default_study_name(study_name) != study_name:
+            raise InvalidArgument(
+                f"bbo study names are 1-128 of A-Z a-z 0-9 _ . -, got {study_name!r}",
+                field="study_name",
+            )
+        self._client = client if client is not None else Client(address)
+        self._study_name = study_name
+        self._independent = independent_sampler or RandomSampler(seed=seed)
+        self._n_startup = max(1, int(n_startup_trials))
+        self._constraints_func = constraints_func
+        self._worker_id = worker_id or f"optuna-{socket.gethostname()}-{os.getpid()}"
+        self._lease = lease_seconds
+        self._patience = tell_patience
+        self._options = study_options
+        self._bound: dict[str, _Bound] = {}  # by Optuna study name
+        self._waiting: set[str] = set()  # bbo studies found with parameters not suggested yet
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Client:
+        return self._client
+
+    def bbo_study(self, study: Study) -> StudyHandle | None:
+        """The bbo study serving this Optuna study, once there is one."""
+        b = self._bind(study)
+        return b.handle if b else None
+
+    # ---- the sampler interface ------------------------------------------------------------------
+    def reseed_rng(self) -> None:
+        self._independent.reseed_rng()
+
+    def infer_relative_search_space(
+        self, study: Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        b = self._bind(study)
+        return dict(b.space) if b else {}
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        b = self._bind(study)
+        if not search_space or b is None or "fixed_params" in trial.system_attrs:
+            return {}  # enqueued parameters win: that trial is attached when it completes
+        (t,) = b.handle.ask(
+            1, worker_id=self._worker_id, lease_seconds=self._lease, patience=self._patience
+        )
+        storage = study._storage
+        storage.set_trial_system_attr(trial._trial_id, TRIAL_ID_ATTR, t.id)
+        storage.set_trial_system_attr(trial._trial_id, STUDY_UID_ATTR, t.study_uid)
+        return {
+            k: optuna_value(d, t.params[b.names[k]])
+            for k, d in search_space.items()
+            if k in b.names and b.names[k] in t.params
+        }
+
+    def sample_independent(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        return self._independent.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        self._independent.before_trial(study, trial)
+
+    def after_trial(
+        self,
+        study: Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        constraints: list[float] | None = None
+        if self._constraints_func is not None and state == TrialState.COMPLETE:
+            constraints = [float(c) for c in self._constraints_func(trial)]
+            study._storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_ATTR, constraints)
+        self._independent.after_trial(study, trial, state, values)
+        tid = trial.system_attrs.get(TRIAL_ID_ATTR)
+        if tid is None:  # its parameters were not asked: attach it once it has a result
+            if state == TrialState.COMPLETE and (b := self._bind(study)) is not None:
+                self._attach(study, b, trial, list(values or []), constraints)
+            return
+        b = self._bind(study)
+        assert b is not None, "a trial was asked from bbo, so the study is bound"
+        asked = Trial(int(tid), {}, study_uid=trial.system_attrs.get(STUDY_UID_ATTR, ""))
+        try:
+            if state == TrialState.COMPLETE:
+                metrics, bad = self._metrics(b, list(values or []), constraints)
+                if bad:
+                    b.handle.tell(asked, failed=True, reason=bad, patience=self._patience)
+                else:
+                    b.handle.tell(asked, metrics, patience=self._patience)
+            elif state == TrialState.PRUNED:
+                step = trial.last_step
+                at = "" if step is None else f" at step {step}"
+                last = "" if step is None else f" (last value {trial.intermediate_values[step]})"
+                reason = f"pruned by Optuna{at}{last}"
+                b.handle.tell(asked, failed=True, reason=reason, patience=self._patience)
+            else:
+                reason = (
+                    f"Optuna trial {trial.number} failed: the objective raised, or returned a "
+                    "value Optuna could not take (NaN, not a number, a wrong count)"
+                )
+                b.handle.tell(asked, failed=True, reason=reason, patience=self._patience)
+        except BboError as e:
+            raise type(e)(
+                f"bbo trial {tid} of '{b.handle.name}' (Optuna trial {trial.number}, "
+                f"{state.name}) could not be reported: {e.message}",
+                field=e.field,
+                code=e.code,
+            ) from e
+
+    # ---- binding an Optuna study to a bbo study -------------------------------------------------
+    def _bind(self, study: Study) -> _Bound | None:
+        """The bbo study for ``study``: adopted if one of the name exists, else created from the
+        intersection search space once a trial has completed; None while neither is possible."""
+        b = self._bound.get(study.study_name)
+        if b is not None:
+            return b
+        with self._lock:
+            b = self._bound.get(study.study_name)
+            if b is None:
+                b = self._bind_locked(study)
+                if b is not None:
+                    self._bound[study.study_name] = b
+                    self._attach_earlier(study, b)
+            return b
+
+    def _bind_locked(self, study: Study) -> _Bound | None:
+        name = self._study_name or default_study_name(study.study_name)
+        objectives = self._objectives(study)
+        try:
+            info: StudyInfo | None = self._client.get_study(name)
+        except NotFound:
+            info = None
+        if info is None:
+            done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if len(done) < self._n_startup:
+                return None
+            space = {
+                k: d
+                for k, d in IntersectionSearchSpace().calculate(study).items()
+                if not d.single()
+            }
+            if not space:
+                return None
+            names = bbo_names(space)
+            n_constraints = self._n_constraints(study)
+            try:
+                handle = self._client.create_study(
+                    name,
+                    parameters=[bbo_parameter(names[k], d) for k, d in space.items()],
+                    objectives=objectives,
+                    constraints=[
+                        Constraint(f"constraint_{i}", "<=", 0.0) for i in range(n_constraints)
+                    ],
+                    **self._options,
+                )
+                info = handle.info(cached=True)
+            except AlreadyExists:  # another process created it a moment ago
+                info = self._client.get_study(name)
+        return self._adopt(study, info, objectives)
+
+    def _adopt(self, study: Study, info: StudyInfo, objectives: list[Objective]) -> _Bound | None:
+        """Use the existing bbo study ``info`` if its space is one this Optuna study has seen; None
+        while some of its parameters have not been suggested here yet; an error if they differ."""
+        if [(o.name, o.goal) for o in info.objectives] != [(o.name, o.goal) for o in objectives]:
+            raise InvalidArgument(
+                f"bbo study '{info.name}' has objectives {_show(info.objectives)}, this Optuna "
+                f"study optimizes {_show(objectives)}: pass another study_name, or set the "
+                "Optuna study's metric_names / directions to match",
+                field="study_name",
+            )
+        seen: dict[str, tuple[str, BaseDistribution]] = {}  # by bbo name
+        trials = study.get_trials(deepcopy=False)
+        for t in trials:
+            seen.update({bbo_name(k): (k, d) for k, d in t.distributions.items()})
+        space: dict[str, BaseDistribution] = {}
+        names: dict[str, str] = {}
+        unseen = [p.name for p in info.parameters if p.name not in seen]
+        if unseen:  # not suggested here yet: sample independently until they are
+            if info.name not in self._waiting and any(t.state.is_finished() for t in trials):
+                self._waiting.add(info.name)
+                log.warning(
+                    "bbo study '%s' searches %s, which this Optuna study has not suggested yet: "
+                    "sampling independently until it has",
+                    info.name,
+                    unseen,
+                )
+            return None
+        for p in info.parameters:
+            k, d = seen[p.name]
+            if not _same(bbo_parameter(p.name, d), p):
+                raise InvalidArgument(
+                    f"bbo study '{info.name}' searches {p}, this Optuna study suggests "
+                    f"'{k}' from {d}: pass another study_name for a different space",
+                    field="study_name",
+                )
+            space[k], names[k] = d, p.name
+        n_constraints = sum(1 for c in info.constraints if c.metric.startswith("constraint_"))
+        handle = StudyHandle(self._client, info.name)
+        handle._info = info
+        return _Bound(handle, space, names, [o.name for o in objectives], n_constraints)
+
+    def _objectives(self, study: Study) -> list[Objective]:
+        names = study.metric_names or (
+            ["value"]
+            if len(study.directions) == 1
+            else [f"value_{i}" for i in range(len(study.directions))]
+        )
+        return [
+            Objective(n, "maximize" if d == StudyDirection.MAXIMIZE else "minimize")
+            for n, d in zip(names, study.directions)
+        ]
+
+    def _n_constraints(self, study: Study) -> int:
+        if self._constraints_func is None:
+            return 0
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if CONSTRAINTS_ATTR in t.system_attrs:
+                return len(t.system_attrs[CONSTRAINTS_ATTR])
+        return 0
+
+    # ---- results --------------------------------------------------------------------------------
+    def _metrics(
+        self, b: _Bound, values: list[float], constraints: list[float] | None
+    ) -> tuple[dict[str, float], str]:
+        """The metrics to tell for a completed trial, or a reason it cannot count (non-finite)."""
+        metrics = dict(zip(b.objectives, values))
+        if b.n_constraints:
+            if constraints is None or len(constraints) != b.n_constraints:
+                return {}, (
+                    f"constraints_func gave {constraints!r}; the study has "
+                    f"{b.n_constraints} constraint(s)"
+                )
+            metrics.update({f"constraint_{i}": c for i, c in enumerate(constraints)})
+        bad = [f"{k}={v!r}" for k, v in metrics.items() if not math.isfinite(v)]
+        return metrics, ("not finite: " + ", ".join(bad)) if bad else ""
+
+    def _attach(
+        self,
+        study: Study,
+        b: _Bound,
+        trial: FrozenTrial,
+        values: list[float],
+        constraints: list[float] | None,
+    ) -> None:
+        """AddTrial a completed Optuna trial whose parameters bbo did not choose, if it has every
+        parameter of the bbo study with the same distribution; recorded once across processes."""
+        if any(trial.distributions.get(k) != d for k, d in b.space.items()):
+            return
+        metrics, bad = self._metrics(b, values, constraints)
+        if bad:
+            return
+        params = {b.names[k]: bbo_value(d, trial.params[k]) for k, d in b.space.items()}
+        try:
+            b.handle.add_trial(params, metrics, request_id=_request_id(study, trial))
+        except InvalidArgument as e:  # outside the bbo study's space after all: not modeled
+            log.info("Optuna trial %d not attached to bbo: %s", trial.number, e)
+
+    def _attach_earlier(self, study: Study, b: _Bound) -> None:
+        """Attach the trials that completed before the bbo study was bound."""
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if TRIAL_ID_ATTR not in t.system_attrs:
+                self._attach(
+                    study, b, t, list(t.values or []), t.system_attrs.get(CONSTRAINTS_ATTR)
+                )
+
+
+def bbo_value(dist: BaseDistribution, value: Any) -> Any:
+    """An Optuna parameter value as the bbo parameter of :func:`bbo_parameter` takes it (a stepped
+    value is the very grid point :func:`_grid` computed)."""
+    if isinstance(dist, CategoricalDistribution):
+        return choice_labels(dist.choices)[int(dist.to_internal_repr(value))]
+    step = (
+        dist.step
+        if isinstance(dist, FloatDistribution)
+        else (dist.step if dist.step != 1 else None)
+    )
+    v = float(value)
+    if step is not None:
+        v = dist.low + round((v - dist.low) / step) * step
+    return round(v) if isinstance(dist, IntDistribution) else float(v)
+
+
+def _request_id(study: Study, trial: FrozenTrial) -> str:
+    """The same for every process reading the trial from a shared Optuna storage; different for
+    trials of separate Optuna studies (their start times and parameters differ)."""
+    key = json.dumps(
+        [
+            study.study_name,
+            trial.number,
+            trial.datetime_start.isoformat() if trial.datetime_start else "",
+            sorted((k, repr(v)) for k, v in trial.params.items()),
+        ]
+    )
+    return "optuna-" + hashlib.sha1(key.encode()).hexdigest()
+
+
+def _show(objectives: Sequence[Objective]) -> str:
+    return ", ".join(f"{o.goal} {o.name}" for o in objectives) or "none"

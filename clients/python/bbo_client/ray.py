@@ -1,0 +1,299 @@
+"""A Ray Tune searcher backed by a bbo server: ``tune.TuneConfig(search_alg=BboSearch(address))``
+makes an unchanged ``tune.Tuner`` run ask bbo for each trial's config.
+
+Needs ``pip install "bbo-client[ray]"``. The Tuner's ``param_space`` (``tune.uniform``,
+``tune.loguniform``, ``tune.randint``, ``tune.quniform``, ``tune.choice``, ...; nested dicts too)
+becomes a bbo study whose one objective is the Tuner's ``metric`` (``mode`` min / max); each
+``suggest`` is a bbo ``Ask``, and each finished trial is told: its last result's metric as
+COMPLETED, an errored trial (or one whose last result lacks the metric or is not finite) as
+FAILED with the reason. Several Tuners (processes, machines) given the same ``study_name`` share
+one bbo study, each ask seeing the others' pending points.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from ray.tune.search import Searcher, sample
+from ray.tune.search.variant_generator import parse_spec_vars
+from ray.tune.utils.util import flatten_dict, unflatten_dict
+
+from bbo_client._adapt import bbo_names, choice_labels
+from bbo_client.client import Client, StudyHandle
+from bbo_client.errors import BboError, InvalidArgument
+from bbo_client.model import (
+    Categorical,
+    Fixed,
+    Float,
+    Int,
+    Objective,
+    Ordinal,
+    Parameter,
+    Trial,
+)
+
+__all__ = ["BboSearch", "convert_search_space"]
+
+MAX_GRID = 10_000  # a quantized domain with at most this many values is a bbo Ordinal
+
+
+@dataclass(frozen=True)
+class _Param:
+    """One searched entry of the Tune config: its flattened path and bbo parameter, and how a bbo
+    value goes back (plain data, so Tune can pickle the searcher)."""
+
+    path: str  # "a/b" for config["a"]["b"]
+    parameter: Parameter
+    is_int: bool = False
+    q: float | None = None  # rounded to multiples of q (a quantized domain searched continuously)
+    categories: tuple | None = None  # Tune's choices, in the order of the bbo labels
+
+    def decode(self, v: Any) -> Any:
+        """The Tune config value of a bbo trial's value."""
+        if self.categories is not None:
+            assert isinstance(self.parameter, Categorical)
+            return self.categories[list(self.parameter.choices).index(v)]
+        x = float(v)
+        if self.q is not None:
+            x = round(x / self.q) * self.q
+        return round(x) if self.is_int else x
+
+
+def convert_search_space(config: dict) -> list[_Param]:
+    """The bbo parameters of a Tune ``param_space``'s search domains (constants are left to Tune).
+
+    ``uniform`` / ``loguniform`` -> Float, ``randint`` / ``lograndint`` (upper bound exclusive) ->
+    Int, ``quniform`` / ``qloguniform`` / ``qrandint`` / ``qlograndint`` (upper bound inclusive)
+    -> Ordinal of the grid (Float / Int and rounding beyond ``MAX_GRID`` values), ``choice`` ->
+    Categorical. Grid search, ``randn`` and ``sample_from`` are refused with the parameter's path.
+    """
+    _, domains, grids = parse_spec_vars(config or {})
+    if grids:
+        raise InvalidArgument(
+            "tune.grid_search cannot be searched by bbo: use tune.choice instead",
+            field="param_space",
+        )
+    _, domains, _ = parse_spec_vars(flatten_dict(config, prevent_delimiter=True))
+    paths = ["/".join(str(k) for k in path) for path, _ in domains]
+    names = bbo_names(paths)
+    return [_param(p, names[p], d) for p, (_, d) in zip(paths, domains)]
+
+
+def _param(path: str, name: str, domain: sample.Domain) -> _Param:
+    smp = domain.get_sampler()
+    q = None
+    if isinstance(smp, sample.Quantized):
+        q, smp = smp.q, smp.sampler
+    log = isinstance(smp, sample.LogUniform)
+    if isinstance(domain, sample.Categorical) and isinstance(smp, sample.Uniform):
+        cats = tuple(domain.categories)
+        return _Param(path, Categorical(name, choice_labels(cats)), categories=cats)
+    if isinstance(domain, (sample.Float, sample.Integer)) and (
+        log or isinstance(smp, sample.Uniform)
+    ):
+        is_int = isinstance(domain, sample.Integer)
+        if q is not None:
+            grid = _grid(domain.lower, domain.upper, q, is_int)
+            if grid is not None and len(grid) == 1:
+                return _Param(path, Fixed(name, grid[0]), is_int)
+            if grid is not None:
+                return _Param(path, Ordinal(name, grid, log), is_int)
+            kind = Int if is_int else Float
+            return _Param(path, kind(name, domain.lower, domain.upper, log), is_int, q)
+        if is_int:  # randint / lograndint: the upper bound is exclusive
+            if domain.upper - 1 <= domain.lower:
+                return _Param(path, Fixed(name, int(domain.lower)), True)
+            return _Param(path, Int(name, domain.lower, domain.upper - 1, log), True)
+        return _Param(path, Float(name, domain.lower, domain.upper, log))
+    raise InvalidArgument(
+        f"{type(domain).__name__} with a {type(smp).__name__} sampler cannot be searched by bbo "
+        "(use uniform, loguniform, randint, lograndint, their q- forms, or choice)",
+        field=f"param_space['{path}']",
+    )
+
+
+def _grid(low: float, high: float, q: float, is_int: bool) -> list | None:
+    """The multiples of ``q`` in [low, high] (Tune's quantized domains include the upper bound)."""
+    first, last = math.ceil(low / q - 1e-9), math.floor(high / q + 1e-9)
+    if last - first + 1 > MAX_GRID or last < first:
+        return None
+    vals = [k * q for k in range(first, last + 1)]
+    return [round(v) for v in vals] if is_int else vals
+
+
+class BboSearch(Searcher):
+    """Ray Tune searcher whose configs come from a bbo server's study (see the module docstring).
+
+    ``address``: the server (``host:port`` or any gRPC target); or pass a ready ``client``.
+    ``space``: a Tune param_space, if not given to the Tuner. ``metric`` / ``mode``: if not given to
+    the TuneConfig. ``study_name``: the bbo study (default: ``ray-tune-`` and a random suffix);
+    searchers given the same name share one study. ``lease_seconds``: the lease of asked trials
+    (0 = the server's default). ``study_options``: passed to :meth:`Client.create_study`
+    (``n_initial``, ``seed``, ``description``, ``constraints``, ``tracked_metrics``, ...); metrics
+    named in ``constraints`` or ``tracked_metrics`` are read from the trial's last result too.
+    """
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1:50051",
+        *,
+        space: dict | None = None,
+        metric: str | None = None,
+        mode: str | None = None,
+        study_name: str | None = None,
+        client: Client | None = None,
+        worker_id: str | None = None,
+        lease_seconds: float = 0.0,
+        tell_patience: float = 600.0,
+        **study_options: Any,
+    ):
+        if isinstance(metric, (list, tuple)):
+            raise InvalidArgument("BboSearch optimizes one metric: pass a string", field="metric")
+        super().__init__(metric=metric, mode=mode)
+        self._address = address
+        self._client = client
+        self._study_name = study_name or f"ray-tune-{uuid.uuid4().hex[:12]}"
+        self._worker_id = worker_id or f"ray-tune-{socket.gethostname()}-{os.getpid()}"
+        self._lease = lease_seconds
+        self._patience = tell_patience
+        self._options = study_options
+        self._params: list[_Param] | None = None
+        self._handle: StudyHandle | None = None
+        self._live: dict[str, Trial] = {}  # Tune trial id -> the bbo trial it evaluates
+        self._lock = threading.Lock()
+        if space:
+            self._params = convert_search_space(space)
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(self._address)
+        return self._client
+
+    @property
+    def study_name(self) -> str:
+        return self._study_name
+
+    # ---- the searcher interface -----------------------------------------------------------------
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict, **spec: Any
+    ) -> bool:
+        self._metric = self._metric or metric
+        self._mode = self._mode or mode
+        if self._params is not None:
+            return False  # Tune then refuses a param_space that still holds search domains
+        self._params = convert_search_space(config)
+        return True
+
+    def suggest(self, trial_id: str) -> dict | None:
+        h = self._study()
+        (t,) = h.ask(
+            1, worker_id=self._worker_id, lease_seconds=self._lease, patience=self._patience
+        )
+        with self._lock:
+            self._live[trial_id] = t
+        assert self._params is not None
+        return unflatten_dict({p.path: p.decode(t.params[p.parameter.name]) for p in self._params})
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        with self._lock:
+            t = self._live.pop(trial_id, None)
+        if t is None:
+            return
+        h = self._study()  # after a restore from Tune's checkpoint: reattached by name and spec
+        metrics, reason = self._metrics(result, error)
+        try:
+            if reason:
+                h.tell(t, failed=True, reason=reason, patience=self._patience)
+            else:
+                h.tell(t, metrics, patience=self._patience)
+        except BboError as e:
+            raise type(e)(
+                f"bbo trial {t.id} of '{h.name}' (Tune trial {trial_id}) could not be "
+                f"reported: {e.message}",
+                field=e.field,
+                code=e.code,
+            ) from e
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.set_state(pickle.load(f))
+
+    def get_state(self) -> dict:
+        return self.__getstate__()
+
+    def set_state(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    # the client (a gRPC channel) and the lock stay behind when Tune pickles the searcher
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_lock", "_handle")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._client, self._handle, self._lock = None, None, threading.Lock()
+
+    # ---- bbo ------------------------------------------------------------------------------------
+    def _study(self) -> StudyHandle:
+        """The bbo study, created (or reattached) from the search space at the first suggest."""
+        if self._handle is not None:
+            return self._handle
+        if self._params is None:
+            raise InvalidArgument(
+                "BboSearch has no search space: give the Tuner a param_space or BboSearch a space",
+                field="space",
+            )
+        if not self._metric or self._mode not in ("min", "max"):
+            raise InvalidArgument(
+                "BboSearch needs a metric and a mode ('min' or 'max'): set them in the "
+                f"TuneConfig or BboSearch (got metric={self._metric!r}, mode={self._mode!r})",
+                field="metric",
+            )
+        with self._lock:
+            if self._handle is None:
+                goal = "maximize" if self._mode == "max" else "minimize"
+                self._handle = self.client.create_study(
+                    self._study_name,
+                    parameters=[p.parameter for p in self._params],
+                    objectives=[Objective(self._metric, goal)],
+                    **self._options,
+                )
+        return self._handle
+
+    def _metrics(self, result: dict | None, error: bool) -> tuple[dict[str, float], str]:
+        """What to tell for a finished trial: its metrics, or a reason it failed."""
+        if error:
+            return {}, "the Ray Tune trial raised an error (see its error file in the run's folder)"
+        info = self._handle.info(cached=True) if self._handle else None
+        wanted = [self._metric] + (
+            [c.metric for c in info.constraints] + list(info.spec.tracked_metrics) if info else []
+        )
+        result = result or {}
+        missing = [m for m in wanted if m not in result]
+        if missing:
+            return {}, f"the trial's last result has no {', '.join(map(repr, missing))}"
+        metrics = {m: result[m] for m in dict.fromkeys(wanted)}
+        bad = [f"{m}={v!r}" for m, v in metrics.items() if not _finite(v)]
+        if bad:
+            return {}, "not finite: " + ", ".join(bad)
+        return {m: float(v) for m, v in metrics.items()}, ""
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,232 @@
+"""bbo_client.optuna.BboSampler: unchanged Optuna objectives (``trial.suggest_*``) run on a real bbo
+server; distributions map both ways; pruned / failed trials are told; processes share a study."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+optuna = pytest.importorskip("optuna", reason="Optuna is not installed: pip install '.[bench]'")
+
+import bbo_client as bc
+from bbo_client.optuna import TRIAL_ID_ATTR, BboSampler, bbo_parameter, bbo_value, optuna_value
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+D = optuna.distributions
+
+
+def objective(trial):
+    """Optuna's example style: define-by-run, every suggest_* kind."""
+    x = trial.suggest_float("x", -10, 10)
+    lr = trial.suggest_float("lr", 1e-5, 1e-1, log=True)
+    n = trial.suggest_int("n", 1, 9, step=2)
+    opt = trial.suggest_categorical("opt", ["adam", "sgd", None, 1])
+    return (x - 2) ** 2 + math.log10(lr) ** 2 + n + (0 if opt == "adam" else 1)
+
+
+def test_unchanged_objective_asks_bbo_and_tells_every_result(bbo_server, client, study_name):
+    sampler = BboSampler(bbo_server.address, study_name=study_name, n_initial=8)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(objective, n_trials=6)
+
+    info = client.get_study(study_name)
+    assert {p.name: p for p in info.parameters} == {
+        "x": bc.Float("x", -10, 10),
+        "lr": bc.Float("lr", 1e-5, 1e-1, log=True),
+        "n": bc.Ordinal("n", (1, 3, 5, 7, 9)),
+        "opt": bc.Categorical("opt", ("adam", "sgd", "None", "1")),
+    }
+    assert [(o.name, o.goal) for o in info.objectives] == [("value", "minimize")]
+    got = {t.id: t for t in client.study(study_name).trials()}
+    assert len(got) == 6 and all(t.state == "COMPLETED" for t in got.values())
+    asked = [t for t in study.trials if TRIAL_ID_ATTR in t.system_attrs]
+    assert len(asked) == 5, "every trial after the first is asked from bbo"
+    for t in asked:
+        b = got[t.system_attrs[TRIAL_ID_ATTR]]
+        assert b.origin == "initial_design"
+        assert b.metrics["value"] == pytest.approx(t.value)
+        assert b.params["x"] == t.params["x"] and b.params["n"] == t.params["n"]
+    (first,) = [t for t in got.values() if t.origin == "user"]  # the random start, attached
+    assert first.params["x"] == study.trials[0].params["x"]
+    assert first.metrics["value"] == pytest.approx(study.trials[0].value)
+
+
+def test_pruned_failed_and_nonfinite_trials_are_failed_with_reasons(bbo_server, client, study_name):
+    def obj(trial):
+        x = trial.suggest_float("x", 0, 1)
+        if trial.number == 2:
+            trial.report(0.5, step=3)
+            raise optuna.TrialPruned()
+        if trial.number == 3:
+            raise RuntimeError("out of memory")
+        if trial.number == 4:
+            return float("inf")
+        return x
+
+    sampler = BboSampler(client=client, study_name=study_name, n_initial=8)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(obj, n_trials=5, catch=(RuntimeError,))
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL", "COMPLETE"]
+    by_id = {t.id: t for t in client.study(study_name).trials()}
+    told = {t.number: by_id[t.system_attrs[TRIAL_ID_ATTR]] for t in study.trials[1:]}
+    assert told[1].state == "COMPLETED"
+    assert (
+        told[2].state == "FAILED"
+        and told[2].reason == "pruned by Optuna at step 3 (last value 0.5)"
+    )
+    assert told[3].state == "FAILED" and "Optuna trial 3 failed" in told[3].reason
+    assert told[4].state == "FAILED" and told[4].reason == "not finite: value=inf"
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # set_metric_names
+def test_multi_objective_with_constraints_and_an_enqueued_trial(bbo_server, client, study_name):
+    def obj(trial):
+        x = trial.suggest_float("x", 0, 1)
+        k = trial.suggest_categorical("k", [True, False])
+        trial.set_user_attr("c", x - 0.8)
+        return x, (1 - x) ** 2 + (0.1 if k else 0)
+
+    sampler = BboSampler(
+        client=client,
+        study_name=study_name,
+        constraints_func=lambda t: [t.user_attrs["c"]],
+        n_initial=8,
+    )
+    study = optuna.create_study(directions=["minimize", "maximize"], sampler=sampler)
+    study.set_metric_names(["cost", "score"])
+    study.optimize(obj, n_trials=3)
+    study.enqueue_trial({"x": 0.25, "k": False})
+    study.optimize(obj, n_trials=1)
+
+    info = client.get_study(study_name)
+    assert [(o.name, o.goal) for o in info.objectives] == [
+        ("cost", "minimize"),
+        ("score", "maximize"),
+    ]
+    assert [(c.metric, c.op, c.bound) for c in info.constraints] == [("constraint_0", "<=", 0.0)]
+    trials = client.study(study_name).trials()
+    assert len(trials) == 4 and all(t.state == "COMPLETED" for t in trials)
+    enq = [t for t in trials if t.params["x"] == 0.25]
+    assert len(enq) == 1 and enq[0].origin == "user" and enq[0].params["k"] == "False"
+    assert enq[0].metrics == pytest.approx({"cost": 0.25, "score": 0.5625, "constraint_0": -0.55})
+    assert client.study(study_name).best().trials, "a feasible Pareto front"
+
+
+def test_a_conditional_space_keeps_branch_parameters_out_of_bbo(client, study_name):
+    def obj(trial):  # Optuna's sklearn example shape: parameters depend on the classifier
+        kind = trial.suggest_categorical("classifier", ["svc", "rf"])
+        if kind == "svc":
+            return abs(math.log10(trial.suggest_float("svc_c", 1e-3, 1e3, log=True)))
+        return trial.suggest_int("rf_depth", 2, 32, log=True) / 32
+
+    sampler = BboSampler(client=client, study_name=study_name, n_startup_trials=2, n_initial=8)
+    study = optuna.create_study(sampler=sampler)
+    study.enqueue_trial({"classifier": "svc", "svc_c": 10.0})
+    study.enqueue_trial({"classifier": "rf", "rf_depth": 8})
+    study.optimize(obj, n_trials=5)
+    info = client.get_study(study_name)
+    assert [p.name for p in info.parameters] == ["classifier"]
+    trials = client.study(study_name).trials()
+    assert len(trials) == 5 and all(t.state == "COMPLETED" for t in trials)
+    asked = [t for t in study.trials if TRIAL_ID_ATTR in t.system_attrs]
+    assert len(asked) == 3 and all(t.state.name == "COMPLETE" for t in study.trials)
+
+
+def test_two_optuna_studies_in_threads_share_one_bbo_study(bbo_server, client, study_name):
+    studies = []
+
+    def run(seed: int) -> None:
+        s = optuna.create_study(
+            sampler=BboSampler(bbo_server.address, study_name=study_name, seed=seed, n_initial=10)
+        )
+        studies.append(s)
+        s.optimize(objective, n_trials=4)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    bbo_trials = client.study(study_name).trials()
+    ours = [t for s in studies for t in s.trials]
+    assert len(ours) == 8 and len(bbo_trials) == 8, "every Optuna trial recorded once in bbo"
+    assert sorted(b.params["x"] for b in bbo_trials) == sorted(t.params["x"] for t in ours)
+    assert all(b.state == "COMPLETED" for b in bbo_trials)
+    assert len({b.params["x"] for b in bbo_trials}) == 8, "concurrent asks got different points"
+
+
+_PROCESS = """
+import sys, optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from bbo_client.optuna import BboSampler
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+def objective(trial):
+    return (trial.suggest_float("x", -1, 1) - 0.3) ** 2 + trial.suggest_int("k", 0, 3)
+storage = JournalStorage(JournalFileBackend(sys.argv[2]))
+sampler = BboSampler(sys.argv[1], study_name=sys.argv[3], n_initial=10)
+study = optuna.load_study(study_name="shared", storage=storage, sampler=sampler)
+study.optimize(objective, n_trials=3)
+"""
+
+
+def _journal(path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def test_two_processes_sharing_an_optuna_storage_record_each_trial_once(
+    bbo_server, client, study_name, tmp_path
+):
+    path = tmp_path / "optuna.log"
+    optuna.create_study(study_name="shared", storage=_journal(path))
+    args = [bbo_server.address, str(path), study_name]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", textwrap.dedent(_PROCESS), *args]) for _ in range(2)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    trials = optuna.load_study(study_name="shared", storage=_journal(path)).trials
+    bbo_trials = client.study(study_name).trials()
+    assert len(trials) == 6
+    assert len(bbo_trials) == 6, "a shared start-up trial attached by both processes counts once"
+    assert sorted(t.params["x"] for t in trials) == sorted(b.params["x"] for b in bbo_trials)
+
+
+def test_a_bbo_study_with_another_space_is_refused_with_what_differs(client, study_name):
+    client.create_study(study_name, parameters=[bc.Float("x", 0, 5)], objectives="value")
+    study = optuna.create_study(sampler=BboSampler(client=client, study_name=study_name))
+    with pytest.raises(bc.InvalidArgument, match="this Optuna study suggests 'x'") as e:
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    assert e.value.field == "study_name"
+    assert client.get_study(study_name).trial_count == 0, "nothing was added to it"
+    with pytest.raises(bc.InvalidArgument, match="bbo study names"):
+        BboSampler(client=client, study_name="has spaces")
+
+
+@pytest.mark.parametrize(
+    "dist, value",
+    [
+        (D.FloatDistribution(-1.5, 2.0), 0.25),
+        (D.FloatDistribution(1e-4, 1.0, log=True), 0.003),
+        (D.FloatDistribution(0.0, 1.0, step=0.1), 0.30000000000000004),
+        (D.IntDistribution(2, 64, log=True), 17),
+        (D.IntDistribution(0, 20, step=5), 15),
+        (D.CategoricalDistribution([1, "1", None, 2.5, False]), "1"),
+        (D.CategoricalDistribution([1, "1", None, 2.5, False]), None),
+    ],
+)
+def test_distributions_round_trip_through_bbo_values(dist, value):
+    p = bbo_parameter("p", dist)
+    v = bbo_value(dist, value)
+    p.to_pb()  # a valid message
+    back = optuna_value(dist, v)
+    assert back == value and type(back) is type(value)
+    assert dist._contains(dist.to_internal_repr(back))

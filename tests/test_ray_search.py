@@ -1,0 +1,120 @@
+"""bbo_client.ray.BboSearch: an unchanged ``tune.Tuner`` run asks a real bbo server for its configs
+and tells it every result (an errored trial as FAILED); Tune's search domains map to bbo's."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+ray = pytest.importorskip(
+    "ray",
+    reason="Ray Tune is an optional extra that `make setup` leaves out (Ray takes ~10 s to start "
+    "on 2 cores): pip install -e './clients/python[ray]' to run these tests",
+)
+tune = pytest.importorskip("ray.tune")
+
+import bbo_client as bc
+from bbo_client.ray import BboSearch, convert_search_space
+
+
+def test_tuner_asks_bbo_and_tells_it_every_result(bbo_server, client, study_name, tmp_path):
+    marker = tmp_path / "failed-once"
+
+    def trainable(config):  # a Tune function trainable, as in Tune's examples
+        if not marker.exists():  # the first trial to run errors
+            marker.touch()
+            raise RuntimeError("CUDA out of memory")
+        loss = (config["x"] - 2) ** 2 + config["model"]["layers"] + (config["opt"] != "adam")
+        tune.report({"loss": loss, "const": config["const"]})
+
+    search = BboSearch(bbo_server.address, study_name=study_name, n_initial=8)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={
+                "x": tune.uniform(-5, 5),
+                "model": {"layers": tune.randint(1, 4)},
+                "opt": tune.choice(["adam", "sgd"]),
+                "const": 7,
+            },
+            tune_config=tune.TuneConfig(
+                search_alg=search, metric="loss", mode="min", num_samples=4, reuse_actors=True
+            ),
+            run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), verbose=0),
+        )
+        results = tuner.fit()
+    finally:
+        ray.shutdown()
+
+    info = client.get_study(study_name)
+    assert {p.name: p for p in info.parameters} == {
+        "x": bc.Float("x", -5, 5),
+        "model.layers": bc.Int("model.layers", 1, 3),
+        "opt": bc.Categorical("opt", ("adam", "sgd")),
+    }
+    trials = client.study(study_name).trials()
+    assert sorted(t.state for t in trials) == ["COMPLETED"] * 3 + ["FAILED"]
+    (failed,) = [t for t in trials if t.state == "FAILED"]
+    assert "raised an error" in failed.reason
+    done = sorted((t for t in trials if t.state == "COMPLETED"), key=lambda t: t.metrics["loss"])
+    ok = sorted((r for r in results if r.error is None), key=lambda r: r.metrics["loss"])
+    assert len(ok) == 3 and len(results.errors) == 1
+    for r, t in zip(ok, done):
+        assert r.config["x"] == t.params["x"] and r.config["const"] == 7
+        assert r.config["model"]["layers"] == t.params["model.layers"]
+        assert r.metrics["loss"] == pytest.approx(t.metrics["loss"])
+
+
+def test_tune_domains_map_to_bbo_parameters_and_back():
+    params = convert_search_space(
+        {
+            "lr": tune.loguniform(1e-4, 1e-1),
+            "n": tune.lograndint(1, 64),
+            "q": tune.quniform(0, 1, 0.25),
+            "k": tune.qrandint(0, 20, 5),
+            "c": tune.choice([1, "1", None]),
+            "nested": {"deep": {"w": tune.uniform(-1, 1)}},
+            "fixed": 3,
+        }
+    )
+    by = {p.path: p for p in params}
+    assert by["lr"].parameter == bc.Float("lr", 1e-4, 1e-1, log=True)
+    assert by["n"].parameter == bc.Int("n", 1, 63, log=True), "lograndint's upper is exclusive"
+    assert by["q"].parameter == bc.Ordinal("q", [0.0, 0.25, 0.5, 0.75, 1.0])
+    assert by["k"].parameter == bc.Ordinal("k", [0, 5, 10, 15, 20]), "qrandint's is inclusive"
+    assert by["c"].parameter == bc.Categorical("c", ["0:1", "1:1", "2:None"])
+    assert by["nested/deep/w"].parameter.name == "nested.deep.w"
+    assert "fixed" not in by, "constants stay Tune's"
+    assert by["c"].decode("1:1") == "1" and by["c"].decode("2:None") is None
+    assert by["k"].decode(15) == 15 and isinstance(by["k"].decode(15.0), int)
+    for p in params:
+        p.parameter.to_pb()  # valid messages
+
+
+@pytest.mark.parametrize(
+    "space, field",
+    [
+        ({"x": tune.grid_search([1, 2])}, "param_space"),
+        ({"a": {"x": tune.randn(0, 1)}}, "param_space['a/x']"),
+        ({"x": tune.sample_from(lambda _: 1)}, "param_space['x']"),
+    ],
+)
+def test_unsupported_domains_are_refused_naming_the_parameter(space, field):
+    with pytest.raises(bc.InvalidArgument) as e:
+        convert_search_space(space)
+    assert e.value.field == field
+
+
+def test_searcher_pickles_without_its_connection(bbo_server, study_name):
+    s = BboSearch(bbo_server.address, space={"x": tune.uniform(0, 1)}, metric="y", mode="max")
+    s._study_name = study_name
+    config = s.suggest("t1")
+    assert 0 <= config["x"] <= 1
+    again = pickle.loads(pickle.dumps(s))  # Tune pickles searchers into its experiment state
+    again.on_trial_complete("t1", {"y": 0.5})
+    (t,) = again.client.study(study_name).trials()
+    assert t.state == "COMPLETED" and t.metrics == {"y": 0.5}
+    again.client.close()
+    s.client.close()
