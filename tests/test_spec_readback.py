@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bbo.v1 import service_pb2 as svc
-from bbo.v1 import study_pb2 as pb
+from bbo_client.v1 import service_pb2 as svc
+from bbo_client.v1 import study_pb2 as pb
 from sec_helpers import stub
 
 BIG = 1.7976931348623157e308
