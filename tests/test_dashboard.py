@@ -14,10 +14,13 @@ import urllib.request
 from types import SimpleNamespace
 
 import pytest
+from llm_server import ChatServer, Reply
 from sec_helpers import create_key, free_port
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
+# What the (scripted) LLM endpoint answers: markup the page must show as text, never run.
+LLM_ANSWER = '<img src=x onerror="window.__xss = 1"> no JSON here'
 
 
 def _browser_skip_reason():
@@ -40,10 +43,12 @@ def dash(tmp_path_factory):
     key, _ = create_key(db, "alpha")
     other, _ = create_key(db, "beta")
     port = free_port()
+    llm = ChatServer([Reply(LLM_ANSWER)]).start()
     srv = ServerProcess(
         db,
         log_path=str(d / "server.log"),
-        args=["--auth", "--workers", "1", "--dashboard-port", str(port)],
+        args=["--auth", "--workers", "1", "--dashboard-port", str(port)]
+        + ["--llm-base-url", llm.url, "--llm-model", "scripted"],
     )
     srv.start()
     try:
@@ -53,6 +58,7 @@ def dash(tmp_path_factory):
             )
     finally:
         srv.stop()
+        llm.stop()
 
 
 def get(url: str, key: str | None = None, header: str = "authorization", method: str = "GET"):
@@ -69,10 +75,11 @@ def get(url: str, key: str | None = None, header: str = "authorization", method:
     return status, json.loads(raw) if "json" in ctype else raw.decode()
 
 
-def running_study(client, name: str):
+def running_study(client, name: str, llm: bool = False):
     """Two objectives, one outcome constraint: user trials (one infeasible), asked trials with
-    learning curves, a failure, and one trial still pending."""
-    from bbo_client import Constraint, Float, Maximize, Minimize
+    learning curves, a failure, and one trial still pending. ``llm``: the study asks the LLM
+    endpoint for a warm start on its first ask (the scripted answer is refused and logged)."""
+    from bbo_client import Constraint, Float, Llm, Maximize, Minimize
 
     study = client.create_study(
         name,
@@ -80,6 +87,7 @@ def running_study(client, name: str):
         objectives=[Minimize("loss"), Maximize("acc")],
         constraints=[Constraint("mem", "<=", 10.0)],
         n_initial=20,
+        llm=Llm(enabled=True, derive_priors=False) if llm else None,
     )
     for i in range(8):
         x = i / 7
@@ -157,13 +165,25 @@ def test_study_json_matches_what_the_api_stored(dash):
         {"name": "loss", "goal": "minimize"},
         {"name": "acc", "goal": "maximize"},
     ]
-    # LLM log: empty for this study, and a wrong cursor names the parameter
+    # the LLM log, paged by the last id seen; a wrong cursor names the parameter
     assert get(dash.url + f"api/studies/{name}/llm_calls", dash.key)[1] == {
         "calls": [],
         "more": False,
     }
-    status, body = get(dash.url + f"api/studies/{name}/llm_calls?after=-1", dash.key)
-    assert status == 400 and "'after'" in body["error"]
+    llm_study = running_study(dash.client, name + "-llm", llm=True)
+    stored = [(c.purpose, c.outcome, c.response) for c in llm_study.llm_calls()]
+    assert stored
+    seen, after, more = [], 0, True
+    while more:
+        path = f"api/studies/{name}-llm/llm_calls?after={after}&limit=1"
+        status, page = get(dash.url + path, dash.key)
+        assert status == 200 and len(page["calls"]) <= 1
+        seen += [(c["purpose"], c["outcome"], c["response"]) for c in page["calls"]]
+        after, more = (page["calls"][-1]["id"] if page["calls"] else after), page["more"]
+    assert seen == stored
+    for bad in ("after=-1", "after=x", "limit=0", "limit=201"):
+        status, body = get(dash.url + f"api/studies/{name}/llm_calls?{bad}", dash.key)
+        assert status == 400 and f"'{bad.split('=')[0]}'" in body["error"], body
 
 
 def test_plugin_refuses_an_open_dashboard_and_a_taken_port(registry):
@@ -225,7 +245,9 @@ def test_browser_shows_a_running_study_live(dash, browser, tmp_path):
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     name = "browser-study"
-    study = running_study(dash.client, name)
+    study = running_study(dash.client, name, llm=True)
+    calls = study.llm_calls()
+    assert calls and all(c.response == LLM_ANSWER for c in calls)
     wait = WebDriverWait(browser, 30)
     css = lambda sel: browser.find_elements(By.CSS_SELECTOR, sel)
 
@@ -251,6 +273,16 @@ def test_browser_shows_a_running_study_live(dash, browser, tmp_path):
     assert (
         len(css("#intermediate-section:not([hidden]) #plot-intermediate .scatterlayer .trace")) == 2
     )
+
+    # the LLM call log, its answer shown as text
+    llm_rows = css("#llm-table tbody tr[data-call-id]")
+    assert len(llm_rows) == len(calls)
+    assert llm_rows[0].find_elements(By.TAG_NAME, "td")[2].text == calls[0].purpose
+    browser.execute_script(
+        "document.querySelectorAll('#llm-table details').forEach(d => d.open = true)"
+    )
+    assert LLM_ANSWER in browser.find_element(By.ID, "llm-table").text
+    assert not css("#llm-table img") and browser.execute_script("return window.__xss") is None
 
     # a trial told after the page loaded shows up without a reload
     browser.execute_script("window.__loaded_once = 'yes'")

@@ -7,6 +7,7 @@ const POLL_MS = 2000;
 const KEY_ITEM = 'bbo-api-key';
 const STATES = ['PENDING', 'COMPLETED', 'FAILED', 'ABANDONED'];
 const PLOT_CONFIG = { displaylogo: false, responsive: true };
+const MARGIN = { t: 10, r: 10, b: 40, l: 60 };
 
 const $ = (id) => document.getElementById(id);
 
@@ -25,6 +26,17 @@ function el(tag, attrs = {}, ...children) {
     e.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
   return e;
+}
+
+// A labelled <select> or checkbox whose change calls onChange(value).
+function select(id, label, onChange) {
+  return el('label', {}, `${label} `,
+    el('select', { id, onchange: (e) => onChange(e.target.value) }));
+}
+
+function checkbox(id, label, onChange) {
+  const box = el('input', { id, type: 'checkbox', onchange: (e) => onChange(e.target.checked) });
+  return el('label', {}, box, ` ${label}`);
 }
 
 function fmt(v) {
@@ -85,7 +97,7 @@ function setupKeyForm() {
 }
 
 // ---- polling --------------------------------------------------------------------------------
-let view = null;  // the current view: {refresh(), stop()}
+let view = null;  // the current view: {refresh()}
 let timer = null;
 
 function schedule() {
@@ -128,7 +140,8 @@ async function route() {
     status(`error: ${e.message}`, true);
     return;
   }
-  view = hash.startsWith('study/') ? new StudyView(hash.slice('study/'.length)) : new StudiesView();
+  const study = hash.startsWith('study/') ? hash.slice('study/'.length) : null;
+  view = study ? new StudyView(study) : new StudiesView();
   tick();
 }
 
@@ -147,10 +160,12 @@ class StudiesView {
     this.last = text;
     const head = el('tr', {}, ...['study', 'state', 'objectives', 'trials', 'completed', 'created']
       .map((h) => el('th', { text: h })));
+    const goals = (s) => s.objectives
+      .map((o) => `${o.goal === 'maximize' ? 'max' : 'min'} ${o.name}`).join(', ');
     const rows = body.studies.map((s) => el('tr', { 'data-study': s.name },
       el('td', {}, el('a', { href: `#/study/${encodeURIComponent(s.name)}`, text: s.name })),
       el('td', { text: s.state }),
-      el('td', { text: s.objectives.map((o) => `${o.goal === 'maximize' ? 'max' : 'min'} ${o.name}`).join(', ') }),
+      el('td', { text: goals(s) }),
       el('td', { class: 'num', text: s.trial_count }),
       el('td', { class: 'num', text: s.completed_count }),
       el('td', { text: when(s.created) })));
@@ -168,22 +183,27 @@ class StudyView {
     this.sort = { key: 'id', dir: 1 };
     this.filter = { state: '', origin: '' };
     this.objective = 0;
+    this.logY = false;
     this.pareto = [0, 1];
     this.llmAfter = 0;
     this.llmRows = [];
+    const redraw = (f) => (v) => { f(v); this.draw(); };
+    const retable = (f) => (v) => { f(v); this.drawTable(); };
     $('crumb').replaceChildren(el('span', { text: ' / ' }), el('span', { text: name }));
-    const m = $('main');
-    m.replaceChildren(
+    $('main').replaceChildren(
       el('h1', { id: 'study-name', text: name }),
       el('section', { id: 'summary' }),
       el('section', { class: 'charts' },
-        el('div', { class: 'chart-head' }, el('h2', { text: 'Best so far' }),
-          el('label', {}, 'objective ', el('select', { id: 'objective-select', onchange: (e) => { this.objective = +e.target.value; this.draw(); } }))),
+        el('div', { class: 'chart-head' },
+          el('h2', { text: 'Best so far' }),
+          select('objective-select', 'objective', redraw((v) => { this.objective = +v; })),
+          checkbox('log-y', 'log scale', redraw((v) => { this.logY = v; }))),
         el('div', { id: 'plot-history', class: 'plot' }),
         el('div', { id: 'pareto-section', hidden: true },
-          el('div', { class: 'chart-head' }, el('h2', { text: 'Pareto front' }),
-            el('label', {}, 'x ', el('select', { id: 'pareto-x', onchange: (e) => { this.pareto[0] = +e.target.value; this.draw(); } })),
-            el('label', {}, ' y ', el('select', { id: 'pareto-y', onchange: (e) => { this.pareto[1] = +e.target.value; this.draw(); } }))),
+          el('div', { class: 'chart-head' },
+            el('h2', { text: 'Pareto front' }),
+            select('pareto-x', 'x', redraw((v) => { this.pareto[0] = +v; })),
+            select('pareto-y', 'y', redraw((v) => { this.pareto[1] = +v; }))),
           el('div', { id: 'plot-pareto', class: 'plot' })),
         el('h2', { text: 'Parameters vs objective' }),
         el('div', { id: 'plot-params', class: 'plot' }),
@@ -191,9 +211,10 @@ class StudyView {
           el('h2', { text: 'Intermediate values' }),
           el('div', { id: 'plot-intermediate', class: 'plot' }))),
       el('section', {},
-        el('div', { class: 'chart-head' }, el('h2', { text: 'Trials' }),
-          el('label', {}, 'state ', el('select', { id: 'state-filter', onchange: (e) => { this.filter.state = e.target.value; this.drawTable(); } })),
-          el('label', {}, ' origin ', el('select', { id: 'origin-filter', onchange: (e) => { this.filter.origin = e.target.value; this.drawTable(); } })),
+        el('div', { class: 'chart-head' },
+          el('h2', { text: 'Trials' }),
+          select('state-filter', 'state', retable((v) => { this.filter.state = v; })),
+          select('origin-filter', 'origin', retable((v) => { this.filter.origin = v; })),
           el('span', { id: 'trial-count' })),
         el('div', { class: 'scroll' }, el('table', { id: 'trials-table', class: 'grid' }))),
       el('section', {},
@@ -206,12 +227,11 @@ class StudyView {
     try {
       got = await api(`api/studies/${encodeURIComponent(this.name)}`);
     } catch (e) {
-      if (e instanceof NotFound) {
-        $('main').replaceChildren(el('h1', { text: this.name }), el('p', { class: 'bad', text: e.message }));
-        view = null;
-        return;
-      }
-      throw e;
+      if (!(e instanceof NotFound)) throw e;
+      $('main').replaceChildren(el('h1', { text: this.name }),
+        el('p', { class: 'bad', text: e.message }));
+      view = null;
+      return;
     }
     await this.refreshLlm();
     if (got.text === this.last) return;
@@ -227,21 +247,20 @@ class StudyView {
 
   drawSummary() {
     const s = this.data.study;
-    const spec = s.spec;
     const best = new Set(this.data.best);
     const bestTrials = this.data.trials.filter((t) => best.has(t.id));
-    const objs = s.objectives.map((o) => `${o.goal} ${o.name}`).join(', ');
-    const cons = spec.outcome_constraints.map((c) => `${c.metric} ${c.op} ${fmt(c.bound)}`).join(', ');
+    const cons = s.spec.outcome_constraints.map((c) => `${c.metric} ${c.op} ${fmt(c.bound)}`);
     const items = [
       ['state', s.state + (s.state_reason ? ` (${s.state_reason})` : '')],
-      ['objectives', objs],
-      ['constraints', cons || 'none'],
+      ['objectives', s.objectives.map((o) => `${o.goal} ${o.name}`).join(', ')],
+      ['constraints', cons.join(', ') || 'none'],
       ['trials', `${s.trial_count} (${s.completed_count} completed)`],
       ['created', when(s.created)],
     ];
     if (bestTrials.length === 1) {
       const b = bestTrials[0];
-      items.push(['best', `trial ${b.id}: ${s.objectives.map((o) => `${o.name} = ${fmt(b.metrics[o.name])}`).join(', ')}`]);
+      const values = s.objectives.map((o) => `${o.name} = ${fmt(b.metrics[o.name])}`);
+      items.push(['best', `trial ${b.id}: ${values.join(', ')}`]);
     } else if (bestTrials.length > 1) {
       items.push(['Pareto front', `${bestTrials.length} trials`]);
     }
@@ -253,20 +272,22 @@ class StudyView {
   }
 
   fillSelects() {
-    const names = this.objectives.map((o) => o.name);
     const fill = (sel, options, value) => {
-      const cur = options.map(([v, label]) => `${v}:${label}`).join('|');
-      if (sel.dataset.options !== cur) {
-        sel.replaceChildren(...options.map(([v, label]) => el('option', { value: v, text: label })));
-        sel.dataset.options = cur;
+      const sig = options.map(([v, label]) => `${v}:${label}`).join('|');
+      if (sel.dataset.options !== sig) {
+        const opts = options.map(([v, label]) => el('option', { value: v, text: label }));
+        sel.replaceChildren(...opts);
+        sel.dataset.options = sig;
       }
       sel.value = value;
     };
-    fill($('objective-select'), names.map((n, i) => [i, n]), this.objective);
+    const names = this.objectives.map((o, i) => [i, o.name]);
+    fill($('objective-select'), names, this.objective);
     $('objective-select').parentElement.hidden = names.length < 2;
-    fill($('pareto-x'), names.map((n, i) => [i, n]), this.pareto[0]);
-    fill($('pareto-y'), names.map((n, i) => [i, n]), this.pareto[1]);
-    fill($('state-filter'), [['', 'all'], ...STATES.map((s) => [s, s.toLowerCase()])], this.filter.state);
+    fill($('pareto-x'), names, this.pareto[0]);
+    fill($('pareto-y'), names, this.pareto[1]);
+    const states = STATES.map((s) => [s, s.toLowerCase()]);
+    fill($('state-filter'), [['', 'all'], ...states], this.filter.state);
     const origins = [...new Set(this.data.trials.map((t) => t.origin))].sort();
     fill($('origin-filter'), [['', 'all'], ...origins.map((o) => [o, o])], this.filter.origin);
   }
@@ -298,17 +319,27 @@ class StudyView {
       bx.push(t.id);
       by.push(best);
     }
-    const traces = [
-      { name: 'feasible', x: feas.map((t) => t.id), y: feas.map((t) => t.metrics[o.name]), mode: 'markers', type: 'scatter', marker: { color: '#1f77b4', size: 7 }, text: feas.map((t) => t.origin), hovertemplate: 'trial %{x}<br>%{y}<br>%{text}<extra></extra>' },
-      { name: 'best so far', x: bx, y: by, mode: 'lines', type: 'scatter', line: { shape: 'hv', color: '#d62728', width: 2 } },
-    ];
+    const points = (ts) => ({
+      x: ts.map((t) => t.id), y: ts.map((t) => t.metrics[o.name]),
+      text: ts.map((t) => t.origin),
+      mode: 'markers', type: 'scatter', hovertemplate: 'trial %{x}<br>%{y}<br>%{text}',
+    });
+    const traces = [{ name: 'feasible', ...points(feas), marker: { color: '#1f77b4', size: 7 } }];
     if (infeas.length) {
-      traces.splice(1, 0, { name: 'infeasible', x: infeas.map((t) => t.id), y: infeas.map((t) => t.metrics[o.name]), mode: 'markers', type: 'scatter', marker: { color: '#aaa', symbol: 'x', size: 7 } });
+      traces.push({
+        name: 'infeasible', ...points(infeas), marker: { color: '#aaa', symbol: 'x', size: 7 },
+      });
     }
+    traces.push({
+      name: 'best so far', x: bx, y: by, mode: 'lines', type: 'scatter',
+      line: { shape: 'hv', color: '#d62728', width: 2 },
+    });
+    const canLog = done.length > 0 && done.every((t) => t.metrics[o.name] > 0);
+    $('log-y').disabled = !canLog;
     Plotly.react('plot-history', traces, {
-      margin: { t: 10, r: 10, b: 40, l: 60 }, height: 320,
-      xaxis: { title: { text: 'trial' } }, yaxis: { title: { text: o.name } },
-      legend: { orientation: 'h', y: 1.12 },
+      margin: MARGIN, height: 320, legend: { orientation: 'h', y: 1.12 },
+      xaxis: { title: { text: 'trial' } },
+      yaxis: { title: { text: o.name }, type: this.logY && canLog ? 'log' : 'linear' },
     }, PLOT_CONFIG);
   }
 
@@ -319,16 +350,23 @@ class StudyView {
     const [a, b] = [objs[this.pareto[0]], objs[this.pareto[1]]];
     const front = new Set(this.data.best);
     const done = this.completed().filter((t) => a.name in t.metrics && b.name in t.metrics);
-    const on = done.filter((t) => front.has(t.id)).sort((p, q) => p.metrics[a.name] - q.metrics[a.name]);
+    const on = done.filter((t) => front.has(t.id))
+      .sort((p, q) => p.metrics[a.name] - q.metrics[a.name]);
     const off = done.filter((t) => !front.has(t.id));
-    const pt = (ts) => ({ x: ts.map((t) => t.metrics[a.name]), y: ts.map((t) => t.metrics[b.name]), text: ts.map((t) => `trial ${t.id}`) });
+    const points = (ts) => ({
+      x: ts.map((t) => t.metrics[a.name]), y: ts.map((t) => t.metrics[b.name]),
+      text: ts.map((t) => `trial ${t.id}`), type: 'scatter',
+      hovertemplate: '%{text}<br>%{x}, %{y}<extra></extra>',
+    });
     Plotly.react('plot-pareto', [
-      { name: 'dominated or infeasible', ...pt(off), mode: 'markers', type: 'scatter', marker: { color: '#bbb', size: 7 }, hovertemplate: '%{text}<br>%{x}, %{y}<extra></extra>' },
-      { name: 'Pareto front', ...pt(on), mode: 'lines+markers', type: 'scatter', line: { shape: 'hv', color: '#d62728' }, marker: { size: 9 }, hovertemplate: '%{text}<br>%{x}, %{y}<extra></extra>' },
+      { name: 'dominated or infeasible', ...points(off), mode: 'markers',
+        marker: { color: '#bbb', size: 7 } },
+      { name: 'Pareto front', ...points(on), mode: 'lines+markers',
+        line: { shape: 'hv', color: '#d62728' }, marker: { size: 9 } },
     ], {
-      margin: { t: 10, r: 10, b: 40, l: 60 }, height: 360,
-      xaxis: { title: { text: `${a.name} (${a.goal})` } }, yaxis: { title: { text: `${b.name} (${b.goal})` } },
-      legend: { orientation: 'h', y: 1.12 },
+      margin: MARGIN, height: 360, legend: { orientation: 'h', y: 1.12 },
+      xaxis: { title: { text: `${a.name} (${a.goal})` } },
+      yaxis: { title: { text: `${b.name} (${b.goal})` } },
     }, PLOT_CONFIG);
   }
 
@@ -341,17 +379,21 @@ class StudyView {
     const rows = Math.ceil(params.length / cols);
     const layout = {
       grid: { rows, columns: cols, pattern: 'independent', xgap: 0.12, ygap: 0.35 },
-      margin: { t: 20, r: 10, b: 40, l: 60 }, height: Math.max(260, 240 * rows), showlegend: false,
+      margin: { ...MARGIN, t: 20 }, height: Math.max(260, 240 * rows), showlegend: false,
     };
     const traces = params.map((p, i) => {
       const ax = i === 0 ? '' : String(i + 1);
-      layout[`xaxis${ax}`] = { title: { text: p.name }, type: p.log ? 'log' : (p.type === 'categorical' ? 'category' : '-') };
+      const type = p.log ? 'log' : (p.type === 'categorical' ? 'category' : '-');
+      layout[`xaxis${ax}`] = { title: { text: p.name }, type };
       layout[`yaxis${ax}`] = { title: { text: i % cols === 0 ? o.name : '' } };
       return {
         x: done.map((t) => t.params[p.name]), y: done.map((t) => t.metrics[o.name]),
         text: done.map((t) => `trial ${t.id}`), xaxis: `x${ax}`, yaxis: `y${ax}`,
         mode: 'markers', type: 'scatter', hovertemplate: '%{text}<br>%{x}: %{y}<extra></extra>',
-        marker: { size: 6, color: done.map((t) => t.id), colorscale: 'Viridis', showscale: i === 0, colorbar: { title: { text: 'trial' }, thickness: 10 } },
+        marker: {
+          size: 6, color: done.map((t) => t.id), colorscale: 'Viridis', showscale: i === 0,
+          colorbar: { title: { text: 'trial' }, thickness: 10 },
+        },
       };
     });
     Plotly.react('plot-params', traces, layout, PLOT_CONFIG);
@@ -363,14 +405,15 @@ class StudyView {
     $('intermediate-section').hidden = ids.length === 0;
     if (!ids.length) return;
     const state = new Map(this.data.trials.map((t) => [String(t.id), t.state]));
-    const colour = { COMPLETED: '#1f77b4', PENDING: '#2ca02c', FAILED: '#d62728', ABANDONED: '#999' };
+    const colour = { COMPLETED: '#1f77b4', PENDING: '#2ca02c', FAILED: '#d62728' };
     const traces = ids.map((id) => ({
       name: `trial ${id} (${(state.get(id) || '').toLowerCase()})`,
       x: curves[id].map((p) => p[0]), y: curves[id].map((p) => p[1]),
-      mode: 'lines+markers', type: 'scatter', line: { color: colour[state.get(id)] || '#999', width: 1.5 }, marker: { size: 4 },
+      mode: 'lines+markers', type: 'scatter', marker: { size: 4 },
+      line: { color: colour[state.get(id)] || '#999', width: 1.5 },
     }));
     Plotly.react('plot-intermediate', traces, {
-      margin: { t: 10, r: 10, b: 40, l: 60 }, height: 320, showlegend: false,
+      margin: MARGIN, height: 320, showlegend: false,
       xaxis: { title: { text: 'step' } }, yaxis: { title: { text: this.objectives[0].name } },
     }, PLOT_CONFIG);
   }
@@ -379,13 +422,17 @@ class StudyView {
     const spec = this.data.study.spec;
     const metrics = [...new Set([...this.objectives.map((o) => o.name),
       ...spec.outcome_constraints.map((c) => c.metric), ...spec.tracked_metrics])];
+    const feasible = (t) => (t.state === 'COMPLETED' ? (t.feasible ? 'yes' : 'no') : '');
     return [
       { key: 'id', label: '#', get: (t) => t.id, num: true },
       { key: 'state', label: 'state', get: (t) => t.state },
       { key: 'origin', label: 'origin', get: (t) => t.origin },
       ...metrics.map((m) => ({ key: `m:${m}`, label: m, get: (t) => t.metrics[m], num: true })),
-      ...spec.parameters.map((p) => ({ key: `p:${p.name}`, label: p.name, get: (t) => t.params[p.name], num: p.type !== 'categorical' })),
-      { key: 'feasible', label: 'feasible', get: (t) => (t.state === 'COMPLETED' ? (t.feasible ? 'yes' : 'no') : '') },
+      ...spec.parameters.map((p) => ({
+        key: `p:${p.name}`, label: p.name, get: (t) => t.params[p.name],
+        num: p.type !== 'categorical',
+      })),
+      { key: 'feasible', label: 'feasible', get: feasible },
       { key: 'worker', label: 'worker', get: (t) => t.worker },
       { key: 'updated', label: 'updated', get: (t) => t.updated, show: when },
       { key: 'reason', label: 'reason', get: (t) => t.reason },
@@ -397,54 +444,69 @@ class StudyView {
     const cols = this.columns();
     const col = cols.find((c) => c.key === this.sort.key) || cols[0];
     const { state, origin } = this.filter;
-    const rows = this.data.trials.filter((t) => (!state || t.state === state) && (!origin || t.origin === origin));
+    const rows = this.data.trials
+      .filter((t) => (!state || t.state === state) && (!origin || t.origin === origin));
     const dir = this.sort.dir;
+    const empty = (v) => v === undefined || v === null || v === '';
     rows.sort((a, b) => {
       const x = col.get(a);
       const y = col.get(b);
-      const missing = (x === undefined || x === null || x === '') - (y === undefined || y === null || y === '');
-      if (missing) return missing;  // empty cells last in either direction
+      if (empty(x) || empty(y)) return empty(x) - empty(y) || a.id - b.id;  // empty cells last
       if (x < y) return -dir;
       if (x > y) return dir;
       return a.id - b.id;
     });
     const best = new Set(this.data.best);
+    const sortBy = (key) => () => {
+      this.sort = { key, dir: this.sort.key === key ? -this.sort.dir : 1 };
+      this.drawTable();
+    };
+    const order = dir > 0 ? 'asc' : 'desc';
+    const sorted = (key) => (key === this.sort.key ? `sorted ${order}` : 'sortable');
     const head = el('tr', {}, ...cols.map((c) => el('th', {
-      'data-key': c.key, class: c.key === this.sort.key ? (dir > 0 ? 'sorted asc' : 'sorted desc') : 'sortable',
-      title: 'sort', onclick: () => { this.sort = { key: c.key, dir: this.sort.key === c.key ? -this.sort.dir : 1 }; this.drawTable(); },
+      'data-key': c.key, class: sorted(c.key), title: 'sort', onclick: sortBy(c.key),
     }, c.label)));
-    const body = rows.map((t) => el('tr', { 'data-trial-id': t.id, 'data-state': t.state, 'data-origin': t.origin, class: best.has(t.id) ? 'best' : null },
-      ...cols.map((c) => {
-        const v = c.get(t);
-        return el('td', { class: c.num ? 'num' : null, text: c.show ? c.show(v) : fmt(v) });
-      })));
+    const body = rows.map((t) => el('tr', {
+      'data-trial-id': t.id, 'data-state': t.state, 'data-origin': t.origin,
+      class: best.has(t.id) ? 'best' : null,
+    }, ...cols.map((c) => {
+      const v = c.get(t);
+      return el('td', { class: c.num ? 'num' : null, text: c.show ? c.show(v) : fmt(v) });
+    })));
     $('trials-table').replaceChildren(el('thead', {}, head), el('tbody', {}, ...body));
     $('trial-count').textContent = ` ${rows.length} of ${this.data.trials.length} trials`;
   }
 
+  // The LLM log only grows: fetch the calls after the last one seen, a page at a time.
   async refreshLlm() {
+    const base = `api/studies/${encodeURIComponent(this.name)}/llm_calls`;
+    let fresh = false;
     for (let more = true; more;) {
-      const { body } = await api(`api/studies/${encodeURIComponent(this.name)}/llm_calls?after=${this.llmAfter}&limit=200`);
+      const { body } = await api(`${base}?after=${this.llmAfter}&limit=200`);
       more = body.more;
       if (!body.calls.length) break;
       this.llmAfter = body.calls[body.calls.length - 1].id;
       this.llmRows.push(...body.calls);
-      this.drawLlm();
+      fresh = true;
     }
-    if (!this.llmRows.length) this.drawLlm();
+    if (fresh || !$('llm-table').firstChild) this.drawLlm();
   }
 
   drawLlm() {
-    const head = el('tr', {}, ...['#', 'time', 'purpose', 'model', 'outcome', 'tokens in / out', 'seconds', 'prompt', 'response']
-      .map((h) => el('th', { text: h })));
-    const text = (label, s) => el('details', {}, el('summary', { text: `${label} (${s.length} chars)` }), el('pre', { text: s }));
+    const labels = ['#', 'time', 'purpose', 'model', 'outcome', 'tokens in / out', 'seconds',
+      'prompt', 'response'];
+    const head = el('tr', {}, ...labels.map((h) => el('th', { text: h })));
+    const text = (label, s) => el('details', {},
+      el('summary', { text: `${label} (${s.length} chars)` }), el('pre', { text: s }));
     const rows = this.llmRows.map((c) => el('tr', { 'data-call-id': c.id },
       el('td', { class: 'num', text: c.id }), el('td', { text: when(c.created) }),
       el('td', { text: c.purpose }), el('td', { text: c.model }), el('td', { text: c.outcome }),
       el('td', { class: 'num', text: `${c.prompt_tokens} / ${c.completion_tokens}` }),
       el('td', { class: 'num', text: fmt(c.latency_seconds) }),
       el('td', {}, text('prompt', c.prompt)), el('td', {}, text('response', c.response))));
-    if (!rows.length) rows.push(el('tr', {}, el('td', { colspan: 9, text: 'No LLM calls for this study.' })));
+    if (!rows.length) {
+      rows.push(el('tr', {}, el('td', { colspan: 9, text: 'No LLM calls for this study.' })));
+    }
     $('llm-table').replaceChildren(el('thead', {}, head), el('tbody', {}, ...rows));
   }
 }
