@@ -19,6 +19,10 @@ from sec_helpers import create_key, free_port
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
+SMALL_SPEC = {
+    "parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}],
+    "objectives": [{"name": "y", "goal": "minimize"}],
+}
 # What the (scripted) LLM endpoint answers: markup the page must show as text, never run.
 LLM_ANSWER = '<img src=x onerror="window.__xss = 1"> no JSON here'
 
@@ -207,6 +211,36 @@ def test_plugin_refuses_an_open_dashboard_and_a_taken_port(registry):
         plugin.configure_server(
             ServerOptions(), argparse.Namespace(dashboard_port=70000, dashboard_host="127.0.0.1")
         )
+
+
+def test_https_with_the_apis_certificate_and_client_ca(registry, tmp_path):
+    """In process: the dashboard's server on a real port, TLS as --tls-cert / --tls-client-ca."""
+    import ssl
+
+    from bbo_server import dashboard
+    from sec_helpers import make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    registry.create_study("tls-study", SMALL_SPEC)
+    server = dashboard.DashboardServer(
+        dashboard.bind("127.0.0.1", 0),
+        certs["server_cert"],
+        certs["server_key"],
+        certs["ca"],
+    ).start(dashboard.create_app(registry))
+    url = f"https://127.0.0.1:{server.port}/api/studies"
+    try:
+        ctx = ssl.create_default_context(cafile=certs["ca"])
+        with pytest.raises(OSError):  # no client certificate: the handshake is refused
+            urllib.request.urlopen(url, context=ctx, timeout=10)
+        ctx.load_cert_chain(certs["client_cert"], certs["client_key"])
+        with urllib.request.urlopen(url, context=ctx, timeout=10) as r:
+            body = json.loads(r.read())
+        assert [s["name"] for s in body["studies"]] == ["tls-study"]
+        with pytest.raises(OSError):  # and no plain HTTP on that port
+            urllib.request.urlopen(url.replace("https", "http"), timeout=10)
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")
