@@ -169,6 +169,15 @@ def test_study_json_matches_what_the_api_stored(dash):
         {"name": "loss", "goal": "minimize"},
         {"name": "acc", "goal": "maximize"},
     ]
+    # a value reported after that read is in the next one (nothing stale is served)
+    (pending,) = study.trials(states=["PENDING"])
+    study.report_intermediate(pending, 0, 0.5)
+    curves = get(dash.url + f"api/studies/{name}", dash.key)[1]["intermediates"]
+    assert curves[str(pending.id)] == [[0, 0.5]]
+    study.report_intermediate(pending, 0, 0.25)  # the same step again: the value is replaced
+    curves = get(dash.url + f"api/studies/{name}", dash.key)[1]["intermediates"]
+    assert curves[str(pending.id)] == [[0, 0.25]]
+
     # the LLM log, paged by the last id seen; a wrong cursor names the parameter
     assert get(dash.url + f"api/studies/{name}/llm_calls", dash.key)[1] == {
         "calls": [],

@@ -26,6 +26,7 @@ import logging
 import socket
 import ssl
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,12 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from bbo.errors import NotFoundError, SpecError
-from bbo.study import DEFAULT_TENANT, Study, StudyRegistry
+from bbo.study import DEFAULT_TENANT, Study, StudyRegistry, best_trials
 from bbo.trial import Trial, TrialState
 
 log = logging.getLogger("bbo.dashboard")
@@ -116,9 +117,11 @@ def _seconds(t: float | None) -> float | None:
     return round(t, 3) if t else None
 
 
-def trial_json(t: Trial, spec) -> dict[str, Any]:
+def trial_json(t: Trial, spec, required: list[str] | None = None) -> dict[str, Any]:
+    """A trial for the page; ``required``: ``spec.required_metrics``, computed once per study."""
     values = {k: m.value for k, m in t.metrics.items()}
-    done = t.state is TrialState.COMPLETED and all(m in values for m in spec.required_metrics)
+    required = spec.required_metrics if required is None else required
+    done = t.state is TrialState.COMPLETED and all(m in values for m in required)
     return {
         "id": t.id,
         "state": t.state.value,
@@ -135,8 +138,8 @@ def trial_json(t: Trial, spec) -> dict[str, Any]:
     }
 
 
-def study_json(study: Study) -> dict[str, Any]:
-    info = study.info()
+def study_json(study: Study, info=None) -> dict[str, Any]:
+    info = study.info() if info is None else info
     return {
         "name": info.name,
         "uid": info.uid,
@@ -151,10 +154,19 @@ def study_json(study: Study) -> dict[str, Any]:
 
 
 class Dashboard:
-    """The app's endpoints over one registry; ``keys`` (a KeyStore) None = no authentication."""
+    """The app's endpoints over one registry; ``keys`` (a KeyStore) None = no authentication.
+
+    A study's page polls its whole state every few seconds. The answer is kept per study and sent
+    again while the study's trials, intermediate values and state are unchanged, so an idle tab
+    costs a read of the trials, not the best-trial search and the JSON encoding.
+    """
+
+    CACHED_STUDIES = 32
 
     def __init__(self, registry: StudyRegistry, keys=None, default_tenant: str = DEFAULT_TENANT):
         self.registry, self.keys, self.default_tenant = registry, keys, default_tenant
+        self._cache: OrderedDict[tuple, tuple[tuple, bytes]] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     def tenant(self, request: Request) -> str:
         if self.keys is None:
@@ -199,19 +211,40 @@ class Dashboard:
             if not token:
                 return _json({"tenant": tenant, "studies": out})
 
-    def study_detail(self, request: Request) -> JSONResponse:
+    def study_detail(self, request: Request) -> Response:
         study = self.study(request)
         spec = study.spec
-        best = study.best()
+        info = study.info()
+        trials = study.trials()
         curves = intermediates(study)
-        return _json(
+        version = (
+            info.state,
+            info.state_reason,
+            tuple((t.id, t.state.value, t.updated_at) for t in trials),
+            tuple((k, tuple(v)) for k, v in sorted(curves.items())),
+        )
+        key = (study.tenant, study.uid)
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] == version:
+                self._cache.move_to_end(key)
+                return _json_bytes(hit[1])
+        required = spec.required_metrics
+        body = JSONResponse(
             {
-                "study": {**study_json(study), "spec": spec.to_dict()},
-                "trials": [trial_json(t, spec) for t in study.trials()],
-                "best": [t.id for t in best.trials],
+                "study": {**study_json(study, info), "spec": spec.to_dict()},
+                "trials": [trial_json(t, spec, required) for t in trials],
+                # the same answer as study.best(), from the trials read above
+                "best": [t.id for t in best_trials(spec, trials)],
                 "intermediates": {str(k): v for k, v in curves.items()},
             }
-        )
+        ).body
+        with self._cache_lock:
+            self._cache[key] = (version, body)
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.CACHED_STUDIES:
+                self._cache.popitem(last=False)
+        return _json_bytes(body)
 
     def llm_calls(self, request: Request) -> JSONResponse:
         study = self.study(request)
@@ -259,6 +292,10 @@ def _int_arg(request: Request, name: str, default: int, low: int, high: int | No
 
 def _json(content: Any) -> JSONResponse:
     return JSONResponse(content, headers={"cache-control": "no-store"})
+
+
+def _json_bytes(body: bytes) -> Response:
+    return Response(body, media_type="application/json", headers={"cache-control": "no-store"})
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:

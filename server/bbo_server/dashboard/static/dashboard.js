@@ -3,7 +3,7 @@
 // every text from the server goes into the page as text (textContent), never as HTML.
 'use strict';
 
-const POLL_MS = 2000;
+const POLL_MS = 2000;  // at least; a slow answer (a huge study) spaces the polls out more
 const KEY_ITEM = 'bbo-api-key';
 const STATES = ['PENDING', 'COMPLETED', 'FAILED', 'ABANDONED'];
 const PLOT_CONFIG = { displaylogo: false, responsive: true };
@@ -100,15 +100,16 @@ function setupKeyForm() {
 let view = null;  // the current view: {refresh()}
 let timer = null;
 
-function schedule() {
+function schedule(tookMs = 0) {
   clearTimeout(timer);
-  timer = setTimeout(tick, POLL_MS);
+  timer = setTimeout(tick, Math.max(POLL_MS, 4 * tookMs));
 }
 
 async function tick() {
   if (!view) return;
   if (document.hidden) { schedule(); return; }
   const v = view;
+  const started = performance.now();
   try {
     await v.refresh();
     if (v === view) status(`updated ${new Date().toLocaleTimeString()}`);
@@ -117,7 +118,7 @@ async function tick() {
     if (e instanceof AuthError) { view = null; askForKey(e.message); return; }
     status(`error: ${e.message}`, true);
   }
-  if (v === view) schedule();
+  if (v === view) schedule(performance.now() - started);
 }
 
 function status(text, bad = false) {
