@@ -39,7 +39,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from bbo.errors import NotFoundError, SpecError
+from bbo.errors import NotFoundError
 from bbo.study import DEFAULT_TENANT, Study, StudyRegistry, best_trials
 from bbo.trial import Trial, TrialState
 
@@ -250,10 +250,7 @@ class Dashboard:
         study = self.study(request)
         after = _int_arg(request, "after", 0, 0)
         limit = _int_arg(request, "limit", 100, 1, MAX_LLM_PAGE)
-        try:
-            calls = study.llm_calls(after=after, limit=limit)
-        except SpecError as e:  # pragma: no cover - no purpose is passed
-            raise HTTPException(400, str(e)) from None
+        calls = study.llm_calls(after=after, limit=limit)
         return _json(
             {
                 "calls": [
