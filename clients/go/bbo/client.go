@@ -1,0 +1,385 @@
+// Package bbo is a small Go client for the bbo Bayesian-optimization service, over the gRPC code
+// generated from proto/bbo/v1 (package bbov1). It adds what a worker needs around the raw stub:
+// an API key on every call, retries of UNAVAILABLE with jittered exponential backoff (asks carry a
+// request id, so a retry never creates trials twice; a repeated tell is recorded once), waiting
+// out a rate limit's RetryInfo, leases kept alive by heartbeats, and an Optimize loop.
+package bbo
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	mrand "math/rand"
+	"os"
+	"strings"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	pb "bbo/clients/go/bbov1"
+)
+
+// Options tune a Client. The zero value of each field means its default.
+type Options struct {
+	APIKey       string                           // sent as "authorization: Bearer KEY"; default env BBO_API_KEY
+	Credentials  credentials.TransportCredentials // TLS; nil = plaintext
+	Timeout      time.Duration                    // per call (default 2 min)
+	Retries      int                              // UNAVAILABLE retries per call (default 8; < 0 = none)
+	Backoff      time.Duration                    // first retry delay (default 100 ms), doubled up to MaxBackoff
+	MaxBackoff   time.Duration                    // default 5 s
+	RatePatience time.Duration                    // how long to keep honouring RetryInfo (default 2 min)
+}
+
+// Client is a connection to a bbo server. Safe for concurrent use by several goroutines.
+type Client struct {
+	conn *grpc.ClientConn
+	Stub pb.BboServiceClient // the generated stub, for calls the wrapper does not cover
+	opts Options
+}
+
+// Dial connects to address ("host:port"). The connection is made lazily, so a server that is not
+// up yet is retried by the first call rather than failing here.
+func Dial(address string, opts Options) (*Client, error) {
+	if opts.APIKey == "" {
+		opts.APIKey = os.Getenv("BBO_API_KEY")
+	}
+	opts.APIKey = strings.TrimSpace(opts.APIKey) // a key read from a file ends in a newline
+	if opts.Timeout == 0 {
+		opts.Timeout = 2 * time.Minute
+	}
+	if opts.Retries == 0 {
+		opts.Retries = 8
+	}
+	if opts.Backoff == 0 {
+		opts.Backoff = 100 * time.Millisecond
+	}
+	if opts.MaxBackoff == 0 {
+		opts.MaxBackoff = 5 * time.Second
+	}
+	if opts.RatePatience == 0 {
+		opts.RatePatience = 2 * time.Minute
+	}
+	dial := []grpc.DialOption{grpc.WithInsecure()}
+	if opts.Credentials != nil {
+		dial = []grpc.DialOption{grpc.WithTransportCredentials(opts.Credentials)}
+	}
+	conn, err := grpc.Dial(address, dial...)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{conn: conn, Stub: pb.NewBboServiceClient(conn), opts: opts}, nil
+}
+
+// Close releases the connection.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// retryAfter is the delay a refusal's google.rpc.RetryInfo asks for, if it carries one.
+func retryAfter(err error) (time.Duration, bool) {
+	st, ok := status.FromError(err)
+	if !ok {
+		return 0, false
+	}
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.RetryDelay != nil {
+			d := ri.GetRetryDelay() // getters: the old and the new Duration type both have them
+			return time.Duration(d.GetSeconds())*time.Second + time.Duration(d.GetNanos()), true
+		}
+	}
+	return 0, false
+}
+
+// call runs fn with the API key and a deadline, retrying UNAVAILABLE (backoff) and refusals that
+// name a retry delay (within RatePatience). Other errors are returned as the gRPC status errors
+// they are: status.Code(err) gives the code, status.Convert(err).Message() the server's words.
+func (c *Client) call(ctx context.Context, fn func(ctx context.Context) error) error {
+	delay := c.opts.Backoff
+	start := time.Now()
+	for attempt := 0; ; attempt++ {
+		cctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
+		if c.opts.APIKey != "" {
+			cctx = metadata.AppendToOutgoingContext(cctx, "authorization", "Bearer "+c.opts.APIKey)
+		}
+		err := fn(cctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		var wait time.Duration
+		if after, ok := retryAfter(err); ok {
+			wait = time.Duration(float64(after) * (1 + 0.2*mrand.Float64()))
+			if time.Since(start)+wait > c.opts.RatePatience {
+				return err
+			}
+		} else if status.Code(err) == codes.Unavailable && attempt < c.opts.Retries {
+			wait = time.Duration(float64(delay) * (0.5 + mrand.Float64()))
+			delay *= 2
+			if delay > c.opts.MaxBackoff {
+				delay = c.opts.MaxBackoff
+			}
+		} else {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+	}
+}
+
+func requestID() string {
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		panic(err) // the OS's random source is gone: nothing sensible to do
+	}
+	return hex.EncodeToString(b)
+}
+
+// Study is a handle on one study of the server.
+type Study struct {
+	Client  *Client
+	Name    string
+	Created bool // false when CreateStudy returned an existing study with the same spec
+}
+
+// CreateStudy creates the study, or reattaches to it when one of that name has the same spec
+// (ALREADY_EXISTS when its spec differs).
+func (c *Client) CreateStudy(ctx context.Context, name string, spec *pb.StudySpec) (*Study, error) {
+	var res *pb.CreateStudyResponse
+	err := c.call(ctx, func(ctx context.Context) (err error) {
+		res, err = c.Stub.CreateStudy(ctx, &pb.CreateStudyRequest{Name: name, Spec: spec})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &Study{Client: c, Name: res.Study.Name, Created: res.Created}, nil
+}
+
+// Study is a handle on an existing study (nothing is checked until it is used).
+func (c *Client) Study(name string) *Study { return &Study{Client: c, Name: name} }
+
+// Ask returns count new pending trials for workerID. The request id is the same on every retry,
+// so the server replays the first answer instead of creating trials twice.
+func (s *Study) Ask(ctx context.Context, count int, workerID string) ([]*pb.Trial, error) {
+	req := &pb.AskRequest{
+		Study: s.Name, Count: int32(count), WorkerId: workerID, RequestId: requestID(),
+	}
+	var res *pb.AskResponse
+	err := s.Client.call(ctx, func(ctx context.Context) (err error) {
+		res, err = s.Client.Stub.Ask(ctx, req)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return res.Trials, nil
+}
+
+// Tell finishes trial as COMPLETED with metrics. The trial's study uid goes with it, so a tell
+// never reaches a study deleted and created again under the same name (that is NOT_FOUND).
+func (s *Study) Tell(ctx context.Context, trial *pb.Trial, metrics map[string]float64) (*pb.Trial, error) {
+	m := make(map[string]*pb.MetricValue, len(metrics))
+	for k, v := range metrics {
+		m[k] = &pb.MetricValue{Value: v}
+	}
+	return s.tell(ctx, &pb.TellRequest{
+		Study: s.Name, TrialId: trial.Id, Metrics: m, State: pb.TrialState_TRIAL_STATE_COMPLETED,
+		RequestId: requestID(), StudyUid: trial.StudyUid,
+	})
+}
+
+// Fail finishes trial as FAILED with a reason.
+func (s *Study) Fail(ctx context.Context, trial *pb.Trial, reason string) (*pb.Trial, error) {
+	return s.tell(ctx, &pb.TellRequest{
+		Study: s.Name, TrialId: trial.Id, State: pb.TrialState_TRIAL_STATE_FAILED, Reason: reason,
+		RequestId: requestID(), StudyUid: trial.StudyUid,
+	})
+}
+
+func (s *Study) tell(ctx context.Context, req *pb.TellRequest) (*pb.Trial, error) {
+	var res *pb.TellResponse
+	err := s.Client.call(ctx, func(ctx context.Context) (err error) {
+		res, err = s.Client.Stub.Tell(ctx, req)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return res.Trial, nil
+}
+
+// Heartbeat extends a pending trial's lease by as long as the lease it holds.
+func (s *Study) Heartbeat(ctx context.Context, trial *pb.Trial) (*pb.Trial, error) {
+	req := &pb.HeartbeatRequest{Study: s.Name, TrialId: trial.Id, StudyUid: trial.StudyUid}
+	var res *pb.HeartbeatResponse
+	err := s.Client.call(ctx, func(ctx context.Context) (err error) {
+		res, err = s.Client.Stub.Heartbeat(ctx, req)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return res.Trial, nil
+}
+
+// Trials lists the study's trials (all pages), or only those in states.
+func (s *Study) Trials(ctx context.Context, states ...pb.TrialState) ([]*pb.Trial, error) {
+	var out []*pb.Trial
+	token := ""
+	for {
+		req := &pb.ListTrialsRequest{Study: s.Name, States: states, PageToken: token}
+		var res *pb.ListTrialsResponse
+		err := s.Client.call(ctx, func(ctx context.Context) (err error) {
+			res, err = s.Client.Stub.ListTrials(ctx, req)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, res.Trials...)
+		if token = res.NextPageToken; token == "" {
+			return out, nil
+		}
+	}
+}
+
+// Best returns the best feasible trial (one objective) or the feasible Pareto front.
+func (s *Study) Best(ctx context.Context) ([]*pb.Trial, error) {
+	var res *pb.GetBestResponse
+	err := s.Client.call(ctx, func(ctx context.Context) (err error) {
+		res, err = s.Client.Stub.GetBest(ctx, &pb.GetBestRequest{Study: s.Name})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return res.Trials, nil
+}
+
+// LeaseOf is the lease the server granted trial (both ends on its clock), or 600 s when unknown.
+func LeaseOf(trial *pb.Trial) time.Duration {
+	if trial.LeaseExpireTime != nil && trial.CreateTime != nil {
+		if d := trial.LeaseExpireTime.AsTime().Sub(trial.CreateTime.AsTime()); d > 0 {
+			return d
+		}
+	}
+	return 600 * time.Second
+}
+
+// Objective evaluates one trial's parameters and returns its metrics, or an error that fails it.
+type Objective func(ctx context.Context, params map[string]interface{}) (map[string]float64, error)
+
+// Optimize asks, evaluates and tells n trials one after another as workerID, renewing each trial's
+// lease at a third of the lease granted while fn runs. An error from fn fails that trial and the
+// loop goes on; metrics the server refuses (INVALID_ARGUMENT) fail it too. Other errors stop it.
+func (s *Study) Optimize(ctx context.Context, fn Objective, n int, workerID string) error {
+	for i := 0; i < n; i++ {
+		trials, err := s.Ask(ctx, 1, workerID)
+		if err != nil {
+			return fmt.Errorf("ask: %w", err)
+		}
+		for _, t := range trials {
+			metrics, evalErr := s.evaluate(ctx, fn, t)
+			if evalErr != nil {
+				if _, err := s.Fail(ctx, t, evalErr.Error()); err != nil {
+					return fmt.Errorf("tell trial %d failed: %w", t.Id, err)
+				}
+				continue
+			}
+			_, err := s.Tell(ctx, t, metrics)
+			if status.Code(err) == codes.InvalidArgument {
+				msg := "metrics refused: " + status.Convert(err).Message()
+				_, err = s.Fail(ctx, t, msg)
+			}
+			if err != nil {
+				return fmt.Errorf("tell trial %d: %w", t.Id, err)
+			}
+		}
+	}
+	return nil
+}
+
+func (s *Study) evaluate(ctx context.Context, fn Objective, t *pb.Trial) (map[string]float64, error) {
+	done := make(chan struct{})
+	defer close(done)
+	go func() { // keep the lease alive while fn runs
+		tick := time.NewTicker(LeaseOf(t) / 3)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				_, _ = s.Heartbeat(ctx, t) // a missed beat is retried on the next tick
+			}
+		}
+	}()
+	return fn(ctx, Params(t))
+}
+
+// Params turns a trial's parameter values into Go values: float64, int64 or string.
+func Params(t *pb.Trial) map[string]interface{} {
+	out := make(map[string]interface{}, len(t.Parameters))
+	for k, v := range t.Parameters {
+		switch x := v.Kind.(type) {
+		case *pb.ParameterValue_Number:
+			out[k] = x.Number
+		case *pb.ParameterValue_Integer:
+			out[k] = x.Integer
+		case *pb.ParameterValue_Category:
+			out[k] = x.Category
+		}
+	}
+	return out
+}
+
+// Number is a numeric parameter of params as a float64 (an integer value converted).
+func Number(params map[string]interface{}, name string) (float64, error) {
+	switch v := params[name].(type) {
+	case float64:
+		return v, nil
+	case int64:
+		return float64(v), nil
+	case nil:
+		return 0, fmt.Errorf("no parameter %q", name)
+	default:
+		return 0, fmt.Errorf("parameter %q is %T, not a number", name, v)
+	}
+}
+
+// FloatParam, IntParam, CategoricalParam: search-space entries for a StudySpec.
+func FloatParam(name string, low, high float64) *pb.ParameterSpec {
+	return &pb.ParameterSpec{Name: name, Kind: &pb.ParameterSpec_Float{
+		Float: &pb.FloatParameter{Low: low, High: high},
+	}}
+}
+
+func IntParam(name string, low, high int64) *pb.ParameterSpec {
+	return &pb.ParameterSpec{Name: name, Kind: &pb.ParameterSpec_Int{
+		Int: &pb.IntParameter{Low: low, High: high},
+	}}
+}
+
+func CategoricalParam(name string, choices ...string) *pb.ParameterSpec {
+	return &pb.ParameterSpec{Name: name, Kind: &pb.ParameterSpec_Categorical{
+		Categorical: &pb.CategoricalParameter{Choices: choices},
+	}}
+}
+
+// Minimize and Maximize: objectives for a StudySpec.
+func Minimize(name string) *pb.Objective {
+	return &pb.Objective{Name: name, Goal: pb.Goal_GOAL_MINIMIZE}
+}
+
+func Maximize(name string) *pb.Objective {
+	return &pb.Objective{Name: name, Goal: pb.Goal_GOAL_MAXIMIZE}
+}

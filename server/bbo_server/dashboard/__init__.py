@@ -1,0 +1,400 @@
+"""The read-only web dashboard of ``bbo serve --dashboard-port``: a Starlette app run by uvicorn
+on a thread of the server process, reading through the core's public objects only.
+
+Starlette + uvicorn rather than Flask + waitress: both are small and well kept, but anyio and h11
+(their dependencies) are already in the environment, sync endpoints run on a thread pool (the core
+is blocking), and uvicorn can serve a socket bound in advance (a taken port fails ``bbo serve``
+at start-up with a clear message) and be stopped from another thread.
+
+Routes (GET only; there is no write path):
+
+- ``/`` and ``/static/*``: the page, its script and style, and plotly.min.js from the installed
+  ``plotly`` package (no CDN). They hold no data and are the same for everyone.
+- ``/api/session``: the caller's tenant; ``/api/studies``: the tenant's studies;
+  ``/api/studies/{name}``: a study with its trials, best trials and intermediate values;
+  ``/api/studies/{name}/llm_calls?after=ID&limit=N``: its LLM call log, oldest first.
+
+With API keys on (the gRPC API's ``--auth``), every ``/api`` request needs a key (``x-api-key``
+or ``Authorization: Bearer``), else 401; the page asks for it once and keeps it in the tab's
+sessionStorage. Another tenant's study is 404, as NOT_FOUND is in the API.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import socket
+import ssl
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from bbo.errors import NotFoundError
+from bbo.study import DEFAULT_TENANT, Study, StudyRegistry, best_trials
+from bbo.trial import Trial, TrialState
+
+log = logging.getLogger("bbo.dashboard")
+
+STATIC = Path(__file__).resolve().parent / "static"
+MAX_LLM_PAGE = 200
+
+# The page loads nothing from elsewhere; plotly injects <style> elements, hence 'unsafe-inline'
+# for styles only.
+_HEADERS = [
+    (
+        b"content-security-policy",
+        (
+            b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+            b"img-src 'self' data: blob:; connect-src 'self'; frame-ancestors 'none'; "
+            b"base-uri 'none'; form-action 'none'"
+        ),
+    ),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
+
+
+def plotly_js() -> Path:
+    """plotly.min.js as the ``plotly`` package ships it (package data, served as a file)."""
+    spec = importlib.util.find_spec("plotly")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the dashboard needs the 'plotly' package: pip install plotly")
+    path = Path(next(iter(spec.submodule_search_locations))) / "package_data" / "plotly.min.js"
+    if not path.is_file():
+        raise RuntimeError(f"plotly.min.js not found at {path}: reinstall the 'plotly' package")
+    return path
+
+
+def intermediates(study: Study) -> dict[int, list[tuple[int, float]]]:
+    """A study's stored intermediate values: trial id -> [(step, value)] by step."""
+    return study.storage.intermediates(study.id)
+
+
+class _SecurityHeaders:
+    """ASGI middleware: the same protective headers on every response."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + _HEADERS
+            await send(message)
+
+        return await self.app(scope, receive, send_with_headers)
+
+
+def key_from_headers(request: Request) -> str | None:
+    """The API key of ``x-api-key`` or ``Authorization: Bearer`` (as the gRPC gate reads it);
+    "" when an Authorization header is not a bearer token, None when no key is sent."""
+    key = request.headers.get("x-api-key")
+    if key is not None:
+        return key.strip()
+    auth = request.headers.get("authorization")
+    if auth is None:
+        return None
+    parts = auth.strip().split(None, 1)
+    return parts[1].strip() if len(parts) == 2 and parts[0].lower() == "bearer" else ""
+
+
+def _seconds(t: float | None) -> float | None:
+    return round(t, 3) if t else None
+
+
+def trial_json(t: Trial, spec, required: list[str] | None = None) -> dict[str, Any]:
+    """A trial for the page; ``required``: ``spec.required_metrics``, computed once per study."""
+    values = {k: m.value for k, m in t.metrics.items()}
+    required = spec.required_metrics if required is None else required
+    done = t.state is TrialState.COMPLETED and all(m in values for m in required)
+    return {
+        "id": t.id,
+        "state": t.state.value,
+        "origin": t.origin,
+        "worker": t.worker_id,
+        "params": t.params,
+        "metrics": values,
+        "sems": {k: m.sem for k, m in t.metrics.items() if m.sem is not None},
+        "feasible": bool(done and spec.is_feasible(values)),
+        "reason": t.reason,
+        "rationale": t.rationale,
+        "created": _seconds(t.created_at),
+        "updated": _seconds(t.updated_at),
+    }
+
+
+def study_json(study: Study, info=None) -> dict[str, Any]:
+    info = study.info() if info is None else info
+    return {
+        "name": info.name,
+        "uid": info.uid,
+        "state": info.state,
+        "state_reason": info.state_reason,
+        "created": _seconds(info.created_at),
+        "trial_count": info.trial_count,
+        "completed_count": info.completed_count,
+        "objectives": [{"name": o.name, "goal": o.goal} for o in info.spec.objectives],
+        "description": info.spec.description,
+    }
+
+
+class Dashboard:
+    """The app's endpoints over one registry; ``keys`` (a KeyStore) None = no authentication.
+
+    A study's page polls its whole state every few seconds. The answer is kept per study and sent
+    again while the study's trials, intermediate values and state are unchanged, so an idle tab
+    costs a read of the trials, not the best-trial search and the JSON encoding.
+    """
+
+    CACHED_STUDIES = 32
+
+    def __init__(self, registry: StudyRegistry, keys=None, default_tenant: str = DEFAULT_TENANT):
+        self.registry, self.keys, self.default_tenant = registry, keys, default_tenant
+        self._cache: OrderedDict[tuple, tuple[tuple, bytes]] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    def tenant(self, request: Request) -> str:
+        if self.keys is None:
+            return self.default_tenant
+        from bbo_server import metrics as M
+
+        key = key_from_headers(request)
+        if key is None:
+            M.AUTH_FAILURES.labels(reason="missing").inc()
+            self._refuse(
+                "missing API key: send 'x-api-key: <key>' or 'Authorization: Bearer <key>' "
+                "(create one with `bbo keys create --tenant NAME`)"
+            )
+        tenant = self.keys.verify(key) if key else None
+        if tenant is None:
+            M.AUTH_FAILURES.labels(reason="invalid").inc()
+            self._refuse("invalid API key (unknown, malformed or revoked)")
+        return tenant
+
+    @staticmethod
+    def _refuse(message: str):
+        raise HTTPException(401, message, headers={"WWW-Authenticate": 'Bearer realm="bbo"'})
+
+    def study(self, request: Request) -> Study:
+        tenant = self.tenant(request)
+        name = request.path_params["name"]
+        try:
+            return self.registry.get_study(name, tenant)
+        except NotFoundError:
+            raise HTTPException(404, f"study '{name}' not found") from None
+
+    # ---- endpoints (sync: Starlette runs them on its thread pool) ------------------------------
+    def session(self, request: Request) -> JSONResponse:
+        return _json({"tenant": self.tenant(request), "auth": self.keys is not None})
+
+    def studies(self, request: Request) -> JSONResponse:
+        tenant = self.tenant(request)
+        out, token = [], ""
+        while True:
+            page, token = self.registry.list_studies(tenant, page_size=1000, page_token=token)
+            out.extend(study_json(s) for s in page)
+            if not token:
+                return _json({"tenant": tenant, "studies": out})
+
+    def study_detail(self, request: Request) -> Response:
+        study = self.study(request)
+        spec = study.spec
+        info = study.info()
+        trials = study.trials()
+        curves = intermediates(study)
+        version = (
+            info.state,
+            info.state_reason,
+            tuple((t.id, t.state.value, t.updated_at) for t in trials),
+            tuple((k, tuple(v)) for k, v in sorted(curves.items())),
+        )
+        key = (study.tenant, study.uid)
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] == version:
+                self._cache.move_to_end(key)
+                return _json_bytes(hit[1])
+        required = spec.required_metrics
+        body = JSONResponse(
+            {
+                "study": {**study_json(study, info), "spec": spec.to_dict()},
+                "trials": [trial_json(t, spec, required) for t in trials],
+                # the same answer as study.best(), from the trials read above
+                "best": [t.id for t in best_trials(spec, trials)],
+                "intermediates": {str(k): v for k, v in curves.items()},
+            }
+        ).body
+        with self._cache_lock:
+            self._cache[key] = (version, body)
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.CACHED_STUDIES:
+                self._cache.popitem(last=False)
+        return _json_bytes(body)
+
+    def llm_calls(self, request: Request) -> JSONResponse:
+        study = self.study(request)
+        after = _int_arg(request, "after", 0, 0)
+        limit = _int_arg(request, "limit", 100, 1, MAX_LLM_PAGE)
+        calls = study.llm_calls(after=after, limit=limit)
+        return _json(
+            {
+                "calls": [
+                    {
+                        "id": c.id,
+                        "purpose": c.purpose,
+                        "model": c.model,
+                        "outcome": c.outcome,
+                        "prompt": c.prompt,
+                        "response": c.response,
+                        "prompt_tokens": c.prompt_tokens,
+                        "completion_tokens": c.completion_tokens,
+                        "latency_seconds": c.latency_seconds,
+                        "created": _seconds(c.created_at),
+                    }
+                    for c in calls
+                ],
+                "more": len(calls) == limit,
+            }
+        )
+
+
+def _int_arg(request: Request, name: str, default: int, low: int, high: int | None = None):
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        v = None
+    if v is None or v < low or (high is not None and v > high):
+        rng = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise HTTPException(400, f"query parameter '{name}' must be an integer {rng}, got {raw!r}")
+    return v
+
+
+def _json(content: Any) -> JSONResponse:
+    return JSONResponse(content, headers={"cache-control": "no-store"})
+
+
+def _json_bytes(body: bytes) -> Response:
+    return Response(body, media_type="application/json", headers={"cache-control": "no-store"})
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    return JSONResponse(
+        {"error": exc.detail, "status": exc.status_code},
+        status_code=exc.status_code,
+        headers={**(exc.headers or {}), "cache-control": "no-store"},
+    )
+
+
+def create_app(
+    registry: StudyRegistry, keys=None, default_tenant: str = DEFAULT_TENANT
+) -> Starlette:
+    """The dashboard as an ASGI app (``keys``: a KeyStore when API keys are required)."""
+    d = Dashboard(registry, keys, default_tenant)
+    plotly = plotly_js()
+    routes = [
+        Route("/", lambda request: FileResponse(STATIC / "index.html")),
+        Route("/static/plotly.min.js", lambda request: FileResponse(plotly)),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        Route("/api/session", d.session),
+        Route("/api/studies", d.studies),
+        Route("/api/studies/{name}", d.study_detail),
+        Route("/api/studies/{name}/llm_calls", d.llm_calls),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(_SecurityHeaders), Middleware(GZipMiddleware, minimum_size=1024)],
+        exception_handlers={HTTPException: _http_error},
+    )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (IPv6 when the host is an IPv6 address)."""
+    h = host.strip("[]")
+    family = socket.AF_INET6 if ":" in h else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((h, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+class DashboardServer:
+    """uvicorn serving the dashboard on an already bound socket, from a daemon thread."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_client_ca: str | None = None,
+    ):
+        self.sock = sock
+        self.tls = (tls_cert, tls_key, tls_client_ca)
+        self._server = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self.sock.getsockname()[1]
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls[0] else "http"
+
+    def start(self, app) -> DashboardServer:
+        import uvicorn
+
+        cert, key, client_ca = self.tls
+        kw: dict[str, Any] = {}
+        if cert:
+            kw.update(ssl_certfile=cert, ssl_keyfile=key)
+            if client_ca:
+                kw.update(ssl_ca_certs=client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            server_header=False,
+            timeout_graceful_shutdown=2,
+            **kw,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [self.sock]},
+            name="bbo-dashboard",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.sock.close()

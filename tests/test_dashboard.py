@@ -1,0 +1,359 @@
+"""The web dashboard of ``bbo serve --dashboard-port``: its JSON API over a real port (keys,
+tenants, read-only), and the page in a real headless Chromium showing a running study's new
+trials without a reload. One ``bbo serve --auth`` process serves the whole module."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import socket
+import tempfile
+import urllib.error
+import urllib.request
+from types import SimpleNamespace
+
+import pytest
+from llm_server import ChatServer, Reply
+from sec_helpers import create_key, free_port
+
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+SMALL_SPEC = {
+    "parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}],
+    "objectives": [{"name": "y", "goal": "minimize"}],
+}
+# What the (scripted) LLM endpoint answers: markup the page must show as text, never run.
+LLM_ANSWER = '<img src=x onerror="window.__xss = 1"> no JSON here'
+
+
+def _browser_skip_reason():
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        return "Debian's chromium and chromium-driver are not installed (.ci/run installs them)"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "the selenium package is not installed (pip install -e '.[dev]')"
+    return None
+
+
+@pytest.fixture(scope="module")
+def dash(tmp_path_factory):
+    from bbo_client import Client
+    from bbo_server.process import ServerProcess
+
+    d = tmp_path_factory.mktemp("dashboard")
+    db = "sqlite:///" + str(d / "bbo.db")
+    key, _ = create_key(db, "alpha")
+    other, _ = create_key(db, "beta")
+    port = free_port()
+    llm = ChatServer([Reply(LLM_ANSWER)]).start()
+    srv = ServerProcess(
+        db,
+        log_path=str(d / "server.log"),
+        args=["--auth", "--workers", "1", "--dashboard-port", str(port)]
+        + ["--llm-base-url", llm.url, "--llm-model", "scripted"],
+    )
+    srv.start()
+    try:
+        with Client(srv.address, api_key=key, retries=3) as client:
+            yield SimpleNamespace(
+                srv=srv, url=f"http://127.0.0.1:{port}/", key=key, other=other, client=client
+            )
+    finally:
+        srv.stop()
+        llm.stop()
+
+
+def get(url: str, key: str | None = None, header: str = "authorization", method: str = "GET"):
+    """(status, JSON body or text) of a request; ``key`` goes in ``header`` (Bearer for
+    authorization)."""
+    req = urllib.request.Request(url, method=method)
+    if key is not None:
+        req.add_header(header, f"Bearer {key}" if header == "authorization" else key)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            status, raw, ctype = r.status, r.read(), r.headers.get("content-type", "")
+    except urllib.error.HTTPError as e:
+        status, raw, ctype = e.code, e.read(), e.headers.get("content-type", "")
+    return status, json.loads(raw) if "json" in ctype else raw.decode()
+
+
+def running_study(client, name: str, llm: bool = False):
+    """Two objectives, one outcome constraint: user trials (one infeasible), asked trials with
+    learning curves, a failure, and one trial still pending. ``llm``: the study asks the LLM
+    endpoint for a warm start on its first ask (the scripted answer is refused and logged)."""
+    from bbo_client import Constraint, Float, Llm, Maximize, Minimize
+
+    study = client.create_study(
+        name,
+        parameters=[Float("x", 0.0, 1.0), Float("lr", 1e-4, 1e-1, log=True)],
+        objectives=[Minimize("loss"), Maximize("acc")],
+        constraints=[Constraint("mem", "<=", 10.0)],
+        n_initial=20,
+        llm=Llm(enabled=True, derive_priors=False) if llm else None,
+    )
+    for i in range(8):
+        x = i / 7
+        mem = 12.0 if i == 3 else 5.0
+        study.add_trial({"x": x, "lr": 10 ** (-1 - 3 * x)}, {"loss": x, "acc": x * x, "mem": mem})
+    asked = study.ask(3, worker_id="w1")
+    for t in asked[:2]:
+        for step in range(3):
+            study.report_intermediate(t, step, 1.0 / (step + 1 + t.id))
+        study.tell(t, {"loss": 0.5, "acc": 0.1, "mem": 1.0})
+    study.tell(asked[2], failed=True, reason="OOM on the test box")
+    study.ask(1, worker_id="w2")  # left pending
+    return study
+
+
+def test_api_needs_a_valid_key_and_is_read_only(dash):
+    name = "keys-study"
+    running = running_study(dash.client, name)
+    for path in ("api/session", "api/studies", f"api/studies/{name}"):
+        status, body = get(dash.url + path)
+        assert status == 401 and "missing API key" in body["error"], (path, body)
+        status, body = get(dash.url + path, "bbo_000000000000_" + "A" * 43)
+        assert status == 401 and "invalid API key" in body["error"], (path, body)
+    assert get(dash.url + "api/studies", "not-a-bearer", header="x-api-key")[0] == 401
+    req = urllib.request.Request(dash.url + "api/studies", headers={"authorization": "Basic xx"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30)
+    assert e.value.code == 401
+
+    # either header works; the tenant is the key's
+    assert get(dash.url + "api/session", dash.key)[1] == {"tenant": "alpha", "auth": True}
+    status, body = get(dash.url + "api/studies", dash.key, header="x-api-key")
+    assert status == 200 and name in [s["name"] for s in body["studies"]]
+
+    # no write path: every other method is refused, nothing changes
+    for method in ("POST", "PUT", "DELETE", "PATCH"):
+        assert get(dash.url + f"api/studies/{name}", dash.key, method=method)[0] == 405
+    assert len(running.trials()) == 12
+
+    # the page itself holds no data; it is served to anyone (it asks for a key)
+    status, page = get(dash.url)
+    assert status == 200 and "key-form" in page and name not in page
+    assert get(dash.url + "static/plotly.min.js")[0] == 200
+
+
+def test_another_tenants_study_is_not_found(dash):
+    name = "tenant-study"
+    running_study(dash.client, name)
+    status, body = get(dash.url + "api/studies", dash.other)
+    assert status == 200 and body == {"tenant": "beta", "studies": []}
+    for path in (f"api/studies/{name}", f"api/studies/{name}/llm_calls"):
+        status, body = get(dash.url + path, dash.other)
+        assert status == 404 and body["error"] == f"study '{name}' not found"
+    assert get(dash.url + f"api/studies/{name}", dash.key)[0] == 200
+
+
+def test_study_json_matches_what_the_api_stored(dash):
+    name = "json-study"
+    study = running_study(dash.client, name)
+    status, body = get(dash.url + f"api/studies/{name}", dash.key)
+    assert status == 200
+    trials = {t["id"]: t for t in body["trials"]}
+    stored = {t.id: t for t in study.trials()}
+    assert set(trials) == set(stored)
+    for tid, t in stored.items():
+        assert trials[tid]["state"] == t.state and trials[tid]["origin"] == t.origin
+        assert trials[tid]["metrics"] == pytest.approx(t.metrics)
+    assert [t["feasible"] for t in body["trials"][:8]] == [True] * 3 + [False] + [True] * 4
+    assert sorted(body["best"]) == sorted(t.id for t in study.best().trials)
+    asked = [t for t in stored.values() if t.worker_id == "w1" and t.state == "COMPLETED"]
+    curves = body["intermediates"]
+    assert sorted(curves) == sorted(str(t.id) for t in asked)
+    assert [p[0] for p in curves[str(asked[0].id)]] == [0, 1, 2]
+    assert body["study"]["objectives"] == [
+        {"name": "loss", "goal": "minimize"},
+        {"name": "acc", "goal": "maximize"},
+    ]
+    # a value reported after that read is in the next one (nothing stale is served)
+    (pending,) = study.trials(states=["PENDING"])
+    study.report_intermediate(pending, 0, 0.5)
+    curves = get(dash.url + f"api/studies/{name}", dash.key)[1]["intermediates"]
+    assert curves[str(pending.id)] == [[0, 0.5]]
+    study.report_intermediate(pending, 0, 0.25)  # the same step again: the value is replaced
+    curves = get(dash.url + f"api/studies/{name}", dash.key)[1]["intermediates"]
+    assert curves[str(pending.id)] == [[0, 0.25]]
+
+    # the LLM log, paged by the last id seen; a wrong cursor names the parameter
+    assert get(dash.url + f"api/studies/{name}/llm_calls", dash.key)[1] == {
+        "calls": [],
+        "more": False,
+    }
+    llm_study = running_study(dash.client, name + "-llm", llm=True)
+    stored = [(c.purpose, c.outcome, c.response) for c in llm_study.llm_calls()]
+    assert stored
+    seen, after, more = [], 0, True
+    while more:
+        path = f"api/studies/{name}-llm/llm_calls?after={after}&limit=1"
+        status, page = get(dash.url + path, dash.key)
+        assert status == 200 and len(page["calls"]) <= 1
+        seen += [(c["purpose"], c["outcome"], c["response"]) for c in page["calls"]]
+        after, more = (page["calls"][-1]["id"] if page["calls"] else after), page["more"]
+    assert seen == stored
+    for bad in ("after=-1", "after=x", "limit=0", "limit=201"):
+        status, body = get(dash.url + f"api/studies/{name}/llm_calls?{bad}", dash.key)
+        assert status == 400 and f"'{bad.split('=')[0]}'" in body["error"], body
+
+
+def test_plugin_refuses_an_open_dashboard_and_a_taken_port(registry):
+    from bbo_server.plugins import dashboard as plugin
+    from bbo_server.server import ServerOptions
+
+    # no API keys (no gate) and a non-loopback host: refused before anything is served
+    args = argparse.Namespace(dashboard_port=free_port(), dashboard_host="0.0.0.0")
+    opts = ServerOptions()
+    plugin.configure_server(opts, args)
+    with pytest.raises(SystemExit, match="refusing --dashboard-host 0.0.0.0 without API keys"):
+        opts.on_start[-1](registry)
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        args = argparse.Namespace(dashboard_port=held.getsockname()[1], dashboard_host="127.0.0.1")
+        with pytest.raises(SystemExit, match="cannot listen on 127.0.0.1:.* for the dashboard"):
+            plugin.configure_server(ServerOptions(), args)
+    with pytest.raises(SystemExit, match="--dashboard-port must be in 1..65535"):
+        plugin.configure_server(
+            ServerOptions(), argparse.Namespace(dashboard_port=70000, dashboard_host="127.0.0.1")
+        )
+
+
+def test_https_with_the_apis_certificate_and_client_ca(registry, tmp_path):
+    """In process: the dashboard's server on a real port, TLS as --tls-cert / --tls-client-ca."""
+    import ssl
+
+    from bbo_server import dashboard
+    from sec_helpers import make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    registry.create_study("tls-study", SMALL_SPEC)
+    server = dashboard.DashboardServer(
+        dashboard.bind("127.0.0.1", 0),
+        certs["server_cert"],
+        certs["server_key"],
+        certs["ca"],
+    ).start(dashboard.create_app(registry))
+    url = f"https://127.0.0.1:{server.port}/api/studies"
+    try:
+        ctx = ssl.create_default_context(cafile=certs["ca"])
+        with pytest.raises(OSError):  # no client certificate: the handshake is refused
+            urllib.request.urlopen(url, context=ctx, timeout=10)
+        ctx.load_cert_chain(certs["client_cert"], certs["client_key"])
+        with urllib.request.urlopen(url, context=ctx, timeout=10) as r:
+            body = json.loads(r.read())
+        assert [s["name"] for s in body["studies"]] == ["tls-study"]
+        with pytest.raises(OSError):  # and no plain HTTP on that port
+            urllib.request.urlopen(url.replace("https", "http"), timeout=10)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1800",
+    ):
+        opts.add_argument(a)
+    with tempfile.TemporaryDirectory(prefix="bbo-chromium-") as profile:
+        opts.add_argument(f"--user-data-dir={profile}")
+        opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        driver = webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
+        try:
+            yield driver
+        finally:
+            driver.quit()
+
+
+@pytest.mark.skipif(_browser_skip_reason() is not None, reason=_browser_skip_reason() or "")
+def test_browser_shows_a_running_study_live(dash, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    name = "browser-study"
+    study = running_study(dash.client, name, llm=True)
+    calls = study.llm_calls()
+    assert calls and all(c.response == LLM_ANSWER for c in calls)
+    wait = WebDriverWait(browser, 30)
+    css = lambda sel: browser.find_elements(By.CSS_SELECTOR, sel)
+
+    # Without a key: the key form, and no study data on the page.
+    browser.get(dash.url + f"#/study/{name}")
+    form = wait.until(EC.visibility_of_element_located((By.ID, "key-form")))
+    assert not css("#trials-table") and name not in browser.find_element(By.ID, "main").text
+    # A wrong key is refused and said so; the right one opens the study.
+    browser.find_element(By.ID, "key-input").send_keys("bbo_000000000000_" + "B" * 43)
+    browser.find_element(By.ID, "key-submit").click()
+    wait.until(EC.text_to_be_present_in_element((By.ID, "key-error"), "invalid API key"))
+    assert form.is_displayed()
+    browser.find_element(By.ID, "key-input").send_keys(dash.key)
+    browser.find_element(By.ID, "key-submit").click()
+    rows = "#trials-table tbody tr[data-trial-id]"
+    wait.until(lambda d: len(css(rows)) == 12)
+    assert browser.find_element(By.ID, "tenant").text == "tenant alpha"
+
+    # the charts are drawn: best so far (points + line), Pareto front, parameters, curves
+    wait.until(lambda d: len(css("#plot-history .scatterlayer .trace")) == 3)
+    assert css("#pareto-section:not([hidden]) #plot-pareto .scatterlayer .trace")
+    assert len(css("#plot-params .scatterlayer .trace")) == 2
+    assert (
+        len(css("#intermediate-section:not([hidden]) #plot-intermediate .scatterlayer .trace")) == 2
+    )
+
+    # the LLM call log, its answer shown as text
+    llm_rows = css("#llm-table tbody tr[data-call-id]")
+    assert len(llm_rows) == len(calls)
+    assert llm_rows[0].find_elements(By.TAG_NAME, "td")[2].text == calls[0].purpose
+    browser.execute_script(
+        "document.querySelectorAll('#llm-table details').forEach(d => d.open = true)"
+    )
+    assert LLM_ANSWER in browser.find_element(By.ID, "llm-table").text
+    assert not css("#llm-table img") and browser.execute_script("return window.__xss") is None
+
+    # a trial told after the page loaded shows up without a reload
+    browser.execute_script("window.__loaded_once = 'yes'")
+    (t,) = study.ask(1, worker_id="late-worker")
+    study.tell(t, {"loss": 0.01, "acc": 0.99, "mem": 2.0})
+    new_row = f'{rows}[data-trial-id="{t.id}"][data-state="COMPLETED"]'
+    wait.until(lambda d: css(new_row))
+    assert browser.execute_script("return window.__loaded_once") == "yes"
+    assert len(css(rows)) == 13
+    assert "late-worker" in css(new_row)[0].text
+
+    # filter by state and origin, sort by a column
+    Select(browser.find_element(By.ID, "state-filter")).select_by_value("FAILED")
+    states = [r.get_attribute("data-state") for r in css(rows)]
+    assert states == ["FAILED"]
+    Select(browser.find_element(By.ID, "state-filter")).select_by_value("")
+    Select(browser.find_element(By.ID, "origin-filter")).select_by_value("user")
+    assert {r.get_attribute("data-origin") for r in css(rows)} == {"user"} and len(css(rows)) == 8
+    browser.find_element(By.CSS_SELECTOR, '#trials-table th[data-key="m:loss"]').click()
+    browser.find_element(By.CSS_SELECTOR, '#trials-table th[data-key="m:loss"]').click()
+    ids = [int(r.get_attribute("data-trial-id")) for r in css(rows)]
+    assert ids == list(range(8, 0, -1))  # user trials' loss grows with their id: descending
+    assert browser.find_element(By.ID, "trial-count").text == "8 of 13 trials"
+
+    # the studies list links to the study
+    browser.get(dash.url + "#/")
+    wait.until(lambda d: css(f'#studies-table tr[data-study="{name}"]'))
+    browser.save_screenshot(str(tmp_path / "dashboard.png"))
+    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    # the two refusals of the wrong key (and the first, keyless request) are the only errors
+    assert all("401" in e["message"] for e in severe), severe
