@@ -40,7 +40,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from bbo.errors import NotFoundError
-from bbo.study import DEFAULT_TENANT, Study, StudyRegistry, best_trials
+from bbo.incumbent import incumbents as best_trials
+from bbo.registry import DEFAULT_TENANT, StudyRegistry
+from bbo.study import Study
 from bbo.trial import Trial, TrialState
 
 log = logging.getLogger("bbo.dashboard")
@@ -78,7 +80,7 @@ def plotly_js() -> Path:
 
 def intermediates(study: Study) -> dict[int, list[tuple[int, float]]]:
     """A study's stored intermediate values: trial id -> [(step, value)] by step."""
-    return study.storage.intermediates(study.id)
+    return study.intermediates()
 
 
 class _SecurityHeaders:
@@ -255,7 +257,7 @@ class Dashboard:
             {
                 "calls": [
                     {
-                        "id": c.id,
+                        "id": c.number,
                         "purpose": c.purpose,
                         "model": c.model,
                         "outcome": c.outcome,

@@ -62,8 +62,8 @@ def configure_server(opts, args) -> None:
     def start(registry) -> None:
         # Runs after every plugin configured the server: the API's gate (plugins/security.py)
         # is in opts.interceptors by then, and the dashboard takes its authentication as it is.
+        from bbo.registry import DEFAULT_TENANT
         from bbo.storage.keys import KeyStore
-        from bbo.study import DEFAULT_TENANT
         from bbo_server.auth import Gate, is_loopback
 
         gate = next((i for i in opts.interceptors if isinstance(i, Gate)), None)
