@@ -17,16 +17,12 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-for p in (ROOT, ROOT / "server", ROOT / "clients" / "python"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
