@@ -130,9 +130,9 @@ def test_prose_around_json():
     [
         (Reply(""), "empty response"),
         (Reply(None, refusal="I can't help with that."), "refusal: I can't help with that."),
-        (Reply(status=429), "rate limited (HTTP 429)"),
-        (Reply(status=500), "server error (HTTP 500)"),
-        (Reply(status=503), "server error (HTTP 503)"),
+        (Reply(status=429), "error: RateLimitError 429"),
+        (Reply(status=500), "error: InternalServerError 500"),
+        (Reply(status=503), "error: InternalServerError 503"),
         (
             Reply("Here are some thoughts, but no JSON."),
             "unusable answer: no valid candidates (no JSON candidates in the answer)",
@@ -177,22 +177,46 @@ def test_hang_past_timeout_returns_within_the_bound():
     finish(spec, res)
 
 
-def test_ask_budget_bounds_prepare():
-    """Priors and warm start run in parallel within one budget shorter than the call timeout."""
+def test_ask_budget_bounds_prepare_and_a_late_answer_goes_to_the_next_ask():
+    """Priors and warm start run in the background: an ask waits for them at most its budget
+    (shorter than the call timeout), and the answer that arrives later is used by the next ask,
+    which also hands over the calls' audit records (once)."""
+    import threading
+
     spec = make_spec()
-    respond, release, answered = _held("{}")
+    release = threading.Event()
+    answered: list[str] = []
+
+    def respond(body):
+        release.wait(30)
+        name = body["response_format"]["json_schema"]["name"]
+        answered.append(name)
+        if name == "parameter_priors":
+            return Reply(json.dumps({"priors": {"lr": PRIOR_LR}}))
+        return Reply(candidates(*distinct_good(2)))
+
     with ChatServer(respond) as srv:
+        adv = LlmAdvisor(cfg(srv, timeout_s=30.0, ask_budget_s=0.7))
         try:
-            plan = LlmAdvisor(cfg(srv, timeout_s=30.0, ask_budget_s=0.7)).prepare(
-                spec, [], 2, study_key="s"
-            )
-            # Both calls were cut by the ask budget, not by the (much longer) call timeout.
-            assert not answered.is_set()
+            plan = adv.prepare(spec, [], 2, study_key="s")
+            # Both calls outlived the ask budget, not the (much longer) call timeout.
+            assert not answered and adv.pending() == 2
         finally:
             release.set()
-    assert plan.spec is spec and plan.warmstart == []
-    assert plan.reasons == {"priors": "timeout", "warmstart": "timeout"}
-    assert sorted(c.purpose for c in plan.calls) == ["priors", "warmstart"]
+        assert plan.spec is spec and plan.warmstart == [] and plan.calls == []
+        assert set(plan.reasons) == {"priors", "warmstart"}
+        assert all(r.startswith("llm still answering") for r in plan.reasons.values())
+        plan2 = adv.prepare(spec, [], 2, study_key="s")  # waits for the running calls
+        plan3 = adv.prepare(spec, [], 2, study_key="s")  # answered from the cache
+    assert len(srv.requests) == 2
+    assert sorted(c.purpose for c in plan2.calls) == ["priors", "warmstart"]
+    assert all(not c.cached and c.outcome.startswith(("ok", "partial")) for c in plan2.calls)
+    assert [{k: s.params[k] for k in GOOD} for s in plan2.warmstart] == distinct_good(2)
+    assert [p.parameter for p in plan2.spec.priors] == ["lr"]
+    assert all(c.cached for c in plan3.calls) and plan3.warmstart == plan2.warmstart
+
+
+PRIOR_LR = {"rationale": "r", "best_guess": 0.001, "low": 1e-4, "high": 1e-2, "confidence": 0.4}
 
 
 def test_server_rejecting_response_format_falls_back_to_plain_text():
@@ -226,7 +250,7 @@ def test_connection_refused():
     spec = make_spec()
     adv = LlmAdvisor(LlmConfig(base_url=f"http://127.0.0.1:{port}/v1", model="m", timeout_s=1.0))
     res = adv.warmstart(spec, [], N)
-    assert res.reason.startswith("connection error") and res.calls[0].outcome == res.reason
+    assert res.reason == "error: APIConnectionError" and res.calls[0].outcome == res.reason
     finish(spec, res)
 
 
@@ -246,7 +270,7 @@ def test_repeated_failures_stop_calling_for_a_while():
         adv = LlmAdvisor(cfg(srv, failures_before_cooldown=3, cooldown_s=60))
         reasons = [adv.propose(spec, [], 2, study_key=f"s{i}").reason for i in range(5)]
         assert len(srv.requests) == 3
-    assert reasons[:3] == ["server error (HTTP 500)"] * 3
+    assert reasons[:3] == ["error: InternalServerError 500"] * 3
     assert reasons[3].startswith("llm unavailable: 3 calls failed in a row")
 
 

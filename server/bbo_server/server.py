@@ -77,6 +77,8 @@ class ServerOptions:
         default_factory=tuple
     )  # called before serving
     llm: object = None  # a bbo.llm.LlmAdvisor (plugins/llm.py); None = plain BO
+    # called once the server has stopped (e.g. a plugin's child process: the local LLM engine)
+    on_stop: Sequence[Callable[[], None]] = field(default_factory=tuple)
 
 
 class LeaseReaper:
@@ -118,11 +120,13 @@ class RunningServer:
         storage: Storage,
         owns_storage: bool,
         reaper: Optional[LeaseReaper] = None,
+        on_stop: Sequence[Callable[[], None]] = (),
     ):
         self.server, self.port, self.host = server, port, host
         self.registry, self.health, self.storage = registry, health_servicer, storage
         self._owns_storage = owns_storage
         self.reaper = reaper
+        self._on_stop = list(on_stop)
 
     @property
     def address(self) -> str:
@@ -134,6 +138,12 @@ class RunningServer:
         if self.reaper is not None:
             self.reaper.stop()
         self.server.stop(grace).wait()
+        while self._on_stop:
+            hook = self._on_stop.pop()
+            try:
+                hook()
+            except Exception:  # one failing hook must not keep the others (or the storage) open
+                log.exception("a shutdown hook failed")
         if self._owns_storage:
             self.storage.close()
 
@@ -203,7 +213,9 @@ def start(opts: ServerOptions, storage: Optional[Storage] = None) -> RunningServ
         if opts.lease_reap_seconds > 0
         else None
     )
-    return RunningServer(server, port, opts.host, registry, hs, storage, owns, reaper)
+    return RunningServer(
+        server, port, opts.host, registry, hs, storage, owns, reaper, on_stop=opts.on_stop
+    )
 
 
 def _preload() -> None:
