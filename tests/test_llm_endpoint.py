@@ -4,14 +4,17 @@ suggestions (after the Sobol fill) and a recorded reason, never an exception."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import socket
+import time
 
 import pytest
 
 from bbo.llm import LlmAdvisor, LlmConfig, fill_with_sobol
 from bbo.llm.advisor import UNUSABLE_RETRIES
+from bbo.spec import LlmOptions
 from bbo.trial import Metric, Trial, TrialState
 from llm_server import ChatServer, Reply
 from test_llm_parse import GOOD, make_spec
@@ -459,3 +462,95 @@ def test_absurd_categorical_weights_do_not_void_the_other_priors():
         > by["opt"].probabilities["sgd"]
         > by["opt"].probabilities["rmsprop"]
     )
+
+
+# ---- issue 21: what tenants may see and name ----------------------------------------------------------
+FAKE_KEY = "sk-live-51HxFAKEfakeFAKE0123456789abcdefXYZ"
+
+
+def test_upstream_error_text_is_neither_stored_nor_logged_above_debug(caplog):
+    """An endpoint's error body may echo the key: the stored outcome names the exception class and
+    the HTTP status only; the detail is logged at debug level, redacted."""
+    import logging
+
+    spec = make_spec()
+    body = f"Incorrect API key provided: {FAKE_KEY}. Authorization: Bearer {FAKE_KEY}"
+    with ChatServer([Reply(status=401, error_message=body)]) as srv:
+        with caplog.at_level(logging.DEBUG, logger="bbo.llm"):
+            res = LlmAdvisor(cfg(srv, api_key=FAKE_KEY)).warmstart(spec, [], N)
+    (rec,) = res.calls
+    assert res.reason == rec.outcome == "error: AuthenticationError 401"
+    assert FAKE_KEY not in json.dumps(rec.to_dict())
+    assert FAKE_KEY not in caplog.text and "[redacted]" in caplog.text
+    assert all(r.levelno <= logging.DEBUG for r in caplog.records if "Incorrect" in r.message)
+
+
+def test_models_a_study_may_name():
+    from bbo.errors import SpecError
+
+    with ChatServer([Reply(candidates(GOOD))]) as srv:
+        adv = LlmAdvisor(cfg(srv, models=("big-model", "test-model")))
+        assert adv.config.allowed_models == ("test-model", "big-model")
+        for ok in ("", "test-model", "big-model"):
+            adv.check_model(ok)
+        with pytest.raises(SpecError) as e:
+            adv.check_model("gpt-9")
+        assert e.value.field == "llm.model"
+        assert "'gpt-9'" in e.value.message and "'big-model'" in e.value.message
+        # a study spec naming another model (stored while the module was off, say) is not sent
+        spec = dataclasses.replace(make_spec(), llm=LlmOptions(enabled=True, model="gpt-9"))
+        res = adv.warmstart(spec, [], N)
+        assert res.reason.startswith("not asked: llm.model 'gpt-9' is not served here")
+        assert srv.requests == [] and res.calls[0].outcome == res.reason
+        # one client per allowed model, never one per name a tenant makes up
+        adv.warmstart(
+            dataclasses.replace(make_spec(), llm=LlmOptions(enabled=True, model="big-model")), [], N
+        )
+        with pytest.raises(SpecError):
+            adv.client("made-up")
+        assert set(adv._clients) == {"big-model"}
+    assert LlmAdvisor(LlmConfig()).check_model("anything") is None  # module off: nothing to refuse
+
+
+def test_models_from_the_environment():
+    c = LlmConfig.from_env({"BBO_LLM_BASE_URL": "http://x/v1", "BBO_LLM_MODELS": " a, b ,,a"})
+    assert c.model == "a" and c.allowed_models == ("a", "b")  # no default: the first listed
+    c = LlmConfig.from_env({"BBO_LLM_BASE_URL": "http://x/v1", "BBO_LLM_MODEL": "m"})
+    assert c.allowed_models == ("m",)  # default: only the configured model
+
+
+def test_prefetch_runs_ahead_and_stores_its_calls():
+    """prefetch returns at once; the calls run in the background, their records go to the study's
+    log when they end, and the first ask finds the answers without sending anything again."""
+    import threading
+
+    spec = make_spec()
+    release = threading.Event()
+
+    def respond(body):
+        release.wait(30)
+        if body["response_format"]["json_schema"]["name"] == "parameter_priors":
+            return Reply(json.dumps({"priors": {"lr": PRIOR_LR}}))
+        return Reply(candidates(*distinct_good(2)))
+
+    stored: list[dict] = []
+    with ChatServer(respond) as srv:
+        adv = LlmAdvisor(cfg(srv, timeout_s=30.0))
+        started = adv.prefetch(spec, study_key="t/s/1", record=lambda **f: stored.append(f))
+        assert sorted(started) == ["priors", "warmstart"] and stored == []  # not waited for
+        assert adv.prefetch(spec, study_key="t/s/1") == []  # already running: not sent twice
+        release.set()
+        deadline = time.monotonic() + 30
+        while len(stored) < 2 and time.monotonic() < deadline:  # records come when calls end
+            time.sleep(0.05)
+        plan = adv.prepare(spec, [], 2, study_key="t/s/1")
+        assert len(srv.requests) == 2
+    assert sorted(f["purpose"] for f in stored) == ["priors", "warmstart"]
+    assert all(
+        f["latency_seconds"] > 0 and f["outcome"].startswith(("ok", "partial")) for f in stored
+    )
+    assert [p.parameter for p in plan.spec.priors] == ["lr"] and len(plan.warmstart) == 2
+    assert len(plan.calls) == 2 and all(c.cached for c in plan.calls)  # cache hits, not calls
+    assert adv.prefetch(spec, study_key="t/s/1") == []  # answered: nothing left to fetch
+    off = dataclasses.replace(make_spec(), llm=LlmOptions(enabled=False))
+    assert adv.prefetch(off, study_key="t/s/2") == []

@@ -613,7 +613,11 @@ class LlmAdvisor:
             return []
         started = []
         for purpose, (key, run) in self._ahead(spec, trials, study_key).items():
-            if self._lru.get(key) is None and self._start(key, purpose, run, record) is not None:
+            with self._lock:
+                running = key in self._pending
+            if running or self._lru.get(key) is not None:
+                continue
+            if self._start(key, purpose, run, record) is not None:
                 started.append(purpose)
         return started
 
