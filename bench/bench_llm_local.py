@@ -42,11 +42,10 @@ import os
 import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
 from common import setup_paths  # bench/ is on the path when this file runs as a script
 
 setup_paths("bench")
@@ -172,6 +171,10 @@ def _call_info(res) -> dict:
     }
 
 
+def _priors_into(box: dict, adv, spec, key: str) -> None:
+    box["priors"] = adv.priors(spec, study_key=key)
+
+
 def local_advice(engine, problems, seeds, out_path: Path, done: dict) -> dict:
     """Phase 1: the local model's answers for every (problem, seed) not in ``done``."""
     from bbo.llm import LlmAdvisor, LlmConfig
@@ -197,7 +200,7 @@ def local_advice(engine, problems, seeds, out_path: Path, done: dict) -> dict:
             )
             key = f"bench/{problem}/{seed}"
             box: dict = {}
-            t = threading.Thread(target=lambda: box.update(priors=adv.priors(spec, study_key=key)))
+            t = threading.Thread(target=_priors_into, args=(box, adv, spec, key))
             t.start()  # the engine has two slots: both prompts at once, as a prefetch sends them
             ws = adv.warmstart(spec, [], study_key=key)
             t.join()
@@ -361,8 +364,10 @@ def plain_final_per_seed(curves: dict) -> np.ndarray:
 
 def markdown(summary: dict, budget: int, wall_s: float) -> str:
     lines = [
-        f"Best feasible objective after {budget} evaluations, median over seeds; "
-        "x plain = variant / plain (target for local_*: <= 1.10).",
+        (
+            f"Best feasible objective after {budget} evaluations, median over seeds; "
+            "x plain = variant / plain (target for local_*: <= 1.10)."
+        ),
         "",
         "| problem | seeds | variant | best @10 | best @" + str(budget) + " | x plain | "
         "evals to plain's final | seeds <= 1.1 x plain | per-seed regret x plain (median) |",
@@ -384,11 +389,13 @@ def markdown(summary: dict, budget: int, wall_s: float) -> str:
     if c:
         lines += [
             "",
-            f"Local model calls: {c['n']}; latency median {c['latency_s_median']:.1f} s, p90 "
-            f"{c['latency_s_p90']:.1f} s, max {c['latency_s_max']:.1f} s; tokens median "
-            f"{c['prompt_tokens_median']:.0f} in / {c['completion_tokens_median']:.0f} out; "
-            f"{c['completion_tokens_per_s']:.1f} tokens/s (two calls share one thread).",
-            f"Answers (clean / repaired / rejected / failed): priors "
+            (
+                f"Local model calls: {c['n']}; latency median {c['latency_s_median']:.1f} s, p90 "
+                f"{c['latency_s_p90']:.1f} s, max {c['latency_s_max']:.1f} s; tokens median "
+                f"{c['prompt_tokens_median']:.0f} in / {c['completion_tokens_median']:.0f} out; "
+                f"{c['completion_tokens_per_s']:.1f} tokens/s (two calls share one thread)."
+            ),
+            "Answers (clean / repaired / rejected / failed): priors "
             + " / ".join(
                 str(c["verdicts"]["priors"][k]) for k in ("clean", "repaired", "rejected", "failed")
             )
@@ -479,7 +486,7 @@ def main(argv=None) -> int:
         done = {(r["problem"], r["variant"], r["seed"]) for r in runs}
         engine = LocalEngine(threads=1).start()
         ex = ProcessPoolExecutor(max_workers=args.workers)
-        log = open(runs_path, "a")
+        log = open(runs_path, "a")  # noqa: SIM115 - written by the pool's callbacks, closed below
         lock = threading.Lock()
         futs: list = []
 

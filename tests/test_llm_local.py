@@ -72,17 +72,17 @@ def _spec() -> StudySpec:
 
 
 def _advisor(engine, **kw) -> LlmAdvisor:
-    cfg = dict(
-        base_url=engine.base_url,
-        api_key=engine.api_key,
-        model=engine.model_name,
-        timeout_s=120.0,
-        ask_budget_s=120.0,
-        max_tokens=200,
-        compact=True,
-        llguidance=True,
-        seed=0,
-    )
+    cfg = {
+        "base_url": engine.base_url,
+        "api_key": engine.api_key,
+        "model": engine.model_name,
+        "timeout_s": 120.0,
+        "ask_budget_s": 120.0,
+        "max_tokens": 200,
+        "compact": True,
+        "llguidance": True,
+        "seed": 0,
+    }
     cfg.update(kw)
     return LlmAdvisor(LlmConfig(**cfg))
 
@@ -178,7 +178,10 @@ def test_a_study_completes_under_bbo_serve_llm_local(server_factory, study_name)
 
     srv = server_factory(args=["--llm", "local", "--llm-ask-budget", "120"])
     kids = subprocess.run(
-        ["ps", "-o", "pid=", "--ppid", str(srv.proc.pid)], capture_output=True, text=True
+        ["ps", "-o", "pid=", "--ppid", str(srv.proc.pid)],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     assert kids, "no engine process under bbo serve"
     with Client(srv.address) as c:

@@ -648,12 +648,20 @@ class LlmAdvisor:
                 t = threading.Thread(target=self._work, name="bbo-llm-ahead", daemon=True)
                 self._workers.append(t)
                 t.start()
-        self._jobs.put((key, p, run))
+            self._jobs.put((key, p, run))  # under the lock: an idle worker's exit check sees it
         return p
 
     def _work(self) -> None:
+        """A background worker; it exits after a minute without work (a new call starts one)."""
         while True:
-            key, p, run = self._jobs.get()
+            try:
+                key, p, run = self._jobs.get(timeout=60.0)
+            except queue.Empty:
+                with self._lock:
+                    if self._jobs.empty():
+                        self._workers.remove(threading.current_thread())
+                        return
+                continue
             try:
                 # the deadline starts when the call does, not when it was queued
                 res = run(time.monotonic() + self.config.timeout_s)

