@@ -209,3 +209,35 @@ def test_a_study_completes_under_bbo_serve_llm_local(server_factory, study_name)
         alive = [k for k in kids if _alive(k)]
         time.sleep(0.2)
     assert not alive, "the engine outlived bbo serve"
+
+
+def test_shutdown_hooks_run_once_even_if_one_fails(tmp_path):
+    """ServerOptions.on_stop: how the local engine is stopped with the server (needs no model)."""
+    from bbo_server.server import ServerOptions, start
+
+    ran: list[str] = []
+
+    def failing():
+        ran.append("failing")
+        raise RuntimeError("boom")
+
+    srv = start(
+        ServerOptions(
+            port=0,
+            db="sqlite:///" + str(tmp_path / "hooks.db"),
+            lease_reap_seconds=0,
+            on_stop=[lambda: ran.append("first"), failing],
+        )
+    )
+    srv.stop(1.0)
+    srv.stop(1.0)
+    assert ran == ["failing", "first"]  # last registered first; a failure stops no other hook
+
+
+def test_llm_local_and_an_endpoint_are_exclusive(tmp_path):
+    from bbo_server.cli import main
+
+    db = "sqlite:///" + str(tmp_path / "x.db")
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--db", db, "--llm", "local", "--llm-base-url", "http://127.0.0.1:1/v1"])
+    assert "leave out --llm-base-url" in str(e.value)
