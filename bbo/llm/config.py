@@ -10,9 +10,9 @@ variable                   meaning                                              
 =========================  ==========================================================  =========
 ``BBO_LLM_BASE_URL``       an OpenAI-compatible endpoint, e.g. ``http://host:8000/v1``  (off)
 ``BBO_LLM_API_KEY``        bearer key; local servers (vLLM, Ollama) accept anything     ``none``
-``BBO_LLM_MODEL``          model name; empty = the first one ``GET /models`` lists      (ask)
-``BBO_LLM_MODELS``         the models a study's ``llm.model`` may name (comma-separated; (the default)
-                           the default model is always allowed)
+``BBO_LLM_MODEL``          model name; empty = the first of BBO_LLM_MODELS, else the    (ask)
+                           first one ``GET /models`` lists
+``BBO_LLM_MODELS``         other models a study's ``llm.model`` may name, comma-sep.   (none)
 ``BBO_LLM_TIMEOUT``        seconds one chat call may take                               ``30``
 ``BBO_LLM_MAX_RETRIES``    retries of a 429 / 5xx / connection error (0 or 1)           ``0``
 ``BBO_LLM_ASK_BUDGET``     seconds all LLM work of one ask may take                     ``60``
