@@ -554,3 +554,43 @@ def test_prefetch_runs_ahead_and_stores_its_calls():
     assert adv.prefetch(spec, study_key="t/s/1") == []  # answered: nothing left to fetch
     off = dataclasses.replace(make_spec(), llm=LlmOptions(enabled=False))
     assert adv.prefetch(off, study_key="t/s/2") == []
+
+
+# ---- small local models: compact prompts, the schema as a llguidance grammar ----------------------------
+def test_compact_prompts_carry_the_shape_in_the_schema_not_in_examples():
+    from bbo.llm.prompt import priors_prompt, warmstart_prompt
+
+    spec = make_spec()
+    full, small = warmstart_prompt(spec, 3), warmstart_prompt(spec, 3, compact=True)
+    assert len(small.text) < 0.6 * len(full.text)
+    assert "Reply with JSON like" not in small.text  # no example values for a small model to copy
+    arr = small.schema["properties"]["candidates"]
+    assert arr["minItems"] == arr["maxItems"] == 3
+    params = arr["items"]["properties"]["params"]["properties"]
+    assert params["lr"]["minimum"] == 1e-5 and params["layers"]["maximum"] == 8
+    assert arr["items"]["properties"]["rationale"]["maxLength"] > 0
+    pr = priors_prompt(spec, compact=True)
+    assert "rationale" not in json.dumps(pr.schema)
+    assert (
+        max(
+            pr.schema["properties"]["priors"]["properties"]["lr"]["properties"]["confidence"][
+                "enum"
+            ]
+        )
+        <= 0.5
+    )
+
+
+def test_llguidance_sends_the_schema_as_a_grammar():
+    spec = make_spec()
+    with ChatServer([Reply(candidates(*distinct_good(2)))]) as srv:
+        adv = LlmAdvisor(cfg(srv, compact=True, llguidance=True))
+        res = adv.warmstart(spec, [], 2)
+        body = srv.requests[0]
+    assert "response_format" not in body
+    assert body["grammar"].startswith("%llguidance {}\nstart: %json {")
+    assert (
+        json.loads(body["grammar"].split("%json ", 1)[1])["properties"]["candidates"]["maxItems"]
+        == 2
+    )
+    assert len(res.suggestions) == 2 and res.calls[0].outcome == "ok"
