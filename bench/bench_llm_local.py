@@ -26,8 +26,8 @@ Branin: against f*). ``value_ratio``: a variant's median final best value / plai
 <= 1.10 for every local variant on every problem); ``evals_to_plain_final``: the first evaluation at
 which the variant's median best-so-far reaches plain's median final value.
 
-    OMP_NUM_THREADS=1 nice -n 10 python bench/bench_llm_local.py [--seeds 10] [--budget 30]
-        [--problems hpo,admm,cloud,branin] [--workers 2] [--resume]
+    OMP_NUM_THREADS=1 nice -n 10 python bench/bench_llm_local.py [--seeds 10] [--budget 25]
+        [--problems hpo,admm,cloud,branin] [--workers 4] [--resume]
 
 Writes bench/results/llm_local.json, llm_local.png and llm_local.md.
 """
@@ -406,7 +406,7 @@ def markdown(summary: dict, budget: int, wall_s: float) -> str:
             )
             + f"; warm-start points usable: {c['warm_points_usable']} of {c['warm_points_asked']} asked.",
         ]
-    lines += ["", f"Wall time: {wall_s / 60:.1f} min."]
+    lines += ["", f"Wall time of this invocation: {wall_s / 60:.1f} min."]
     return "\n".join(lines)
 
 
@@ -451,9 +451,9 @@ def main(argv=None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--seeds", type=int, default=10)
-    ap.add_argument("--budget", type=int, default=30)
+    ap.add_argument("--budget", type=int, default=25)
     ap.add_argument("--problems", default=",".join(PROBLEMS))
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--name", default="llm_local")
     ap.add_argument(
@@ -471,7 +471,8 @@ def main(argv=None) -> int:
     runs_path = out / f"{args.name}.partial.jsonl"
     t0 = time.time()
     seeds = list(range(args.seeds))
-    advice = json.loads(advice_path.read_text()) if args.resume and advice_path.exists() else {}
+    keep = args.resume or args.summarize_only
+    advice = json.loads(advice_path.read_text()) if keep and advice_path.exists() else {}
     runs: list[dict] = []
     if (args.resume or args.summarize_only) and runs_path.exists():
         for line in runs_path.read_text().splitlines():
@@ -529,6 +530,7 @@ def main(argv=None) -> int:
         log.close()
     summary = summarize(runs, args.budget, advice)
     md = markdown(summary, args.budget, time.time() - t0)
+    md += f"\nBO runs: {len(runs)}, {sum(r['seconds'] for r in runs) / 60:.0f} min of run time in all."
     result = {
         "budget": args.budget,
         "seeds": args.seeds,
