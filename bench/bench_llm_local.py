@@ -417,6 +417,8 @@ def plot(runs: list[dict], summary: dict, path: Path, budget: int) -> None:
     import matplotlib.pyplot as plt
 
     problems = [p for p in summary if not p.startswith("_")]
+    if not problems:
+        return
     fig, axes = plt.subplots(1, len(problems), figsize=(4.6 * len(problems), 4), squeeze=False)
     style = {
         "plain": ("k", "-"),
@@ -433,12 +435,20 @@ def plot(runs: list[dict], summary: dict, path: Path, budget: int) -> None:
             if not len(c):
                 continue
             c = np.where(np.isfinite(c), c, np.nanmax(np.where(np.isfinite(c), c, np.nan)))
-            reg = np.log10(np.maximum(c - ref, 1e-6 * max(1.0, abs(ref))))
             color, ls = style[v]
-            ax.plot(np.arange(1, budget + 1), np.median(reg, axis=0), ls, color=color, label=v)
+            x = np.arange(1, budget + 1)
+            if problem == "branin":  # regret against the known optimum
+                y = np.median(np.log10(np.maximum(c - ref, 1e-9)), axis=0)
+            else:  # the kits' objectives are positive: their median best value, log axis
+                y = np.median(c, axis=0)
+            ax.plot(x, y, ls, color=color, label=v)
+        if problem == "branin":
+            ax.set_ylabel("log10 regret (median)")
+        else:
+            ax.set_yscale("log")
+            ax.set_ylabel("best feasible objective (median)")
         ax.set_title(f"{problem} ({summary[problem]['n_seeds']} seeds)")
         ax.set_xlabel("evaluations")
-        ax.set_ylabel("log10 (best - reference), median")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
