@@ -204,16 +204,23 @@ def test_ask_budget_bounds_prepare_and_a_late_answer_goes_to_the_next_ask():
             plan = adv.prepare(spec, [], 2, study_key="s")
             # Both calls outlived the ask budget, not the (much longer) call timeout.
             assert not answered and adv.pending() == 2
+            plan_b = adv.prepare(spec, [], 2, study_key="s")  # does not wait a second time
+            assert not answered and plan_b.reasons == plan.reasons
         finally:
             release.set()
         assert plan.spec is spec and plan.warmstart == [] and plan.calls == []
         assert set(plan.reasons) == {"priors", "warmstart"}
         assert all(r.startswith("llm still answering") for r in plan.reasons.values())
-        plan2 = adv.prepare(spec, [], 2, study_key="s")  # waits for the running calls
+        deadline = time.monotonic() + 30
+        while adv.pending() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        plan2 = adv.prepare(spec, [], 2, study_key="s")  # the answers have arrived
         plan3 = adv.prepare(spec, [], 2, study_key="s")  # answered from the cache
-    assert len(srv.requests) == 2
+    assert len(srv.requests) == 2 and plan_b.calls == []
     assert sorted(c.purpose for c in plan2.calls) == ["priors", "warmstart"]
-    assert all(not c.cached and c.outcome.startswith(("ok", "partial")) for c in plan2.calls)
+    assert all(not c.cached and c.outcome.startswith(("ok", "partial")) for c in plan2.calls), [
+        c.outcome for c in plan2.calls
+    ]
     assert [{k: s.params[k] for k in GOOD} for s in plan2.warmstart] == distinct_good(2)
     assert [p.parameter for p in plan2.spec.priors] == ["lr"]
     assert all(c.cached for c in plan3.calls) and plan3.warmstart == plan2.warmstart

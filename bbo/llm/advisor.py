@@ -196,6 +196,7 @@ class _Pending:
         self.purpose = purpose
         self.record = record
         self.done = threading.Event()
+        self.waited = False  # an ask has waited for it already
         self.result: Optional[LlmResult] = None
         self._taken = False
         self._lock = threading.Lock()
@@ -702,8 +703,9 @@ class LlmAdvisor:
           not all been used: the cached zero-shot list minus points already in ``trials``;
         - proposals (``spec.llm.propose_during_search``), after the initial design: ``n`` new points.
 
-        Priors and warm start run in the background (started by :meth:`prefetch` or here): the ask
-        waits for them at most its budget, and one that is still running is used by a later ask.
+        Priors and warm start run in the background (started by :meth:`prefetch` or here): the first
+        ask that finds them running waits at most its budget, later asks do not wait, and an answer
+        that arrives later is used by the next ask.
         Studies without ``llm.enabled``, or a disabled advisor, get ``AskPlan(spec)`` at no cost.
         """
         plan = AskPlan(spec=spec)
@@ -716,7 +718,9 @@ class LlmAdvisor:
         results: dict[str, LlmResult] = {}
         waiting: dict[str, tuple[str, _Pending]] = {}
         for purpose, (key, run) in self._ahead(spec, trials, study_key).items():
-            if self._lru.get(key) is not None:  # answered before: a cache hit, at once
+            with self._lock:
+                running = key in self._pending  # or ended, its records not yet taken
+            if not running and self._lru.get(key) is not None:  # answered before: at once
                 results[purpose] = run(deadline, trials)
                 continue
             p = self._start(key, purpose, run, None)
@@ -739,7 +743,11 @@ class LlmAdvisor:
                 deadline,
             )
         for purpose, (key, p) in waiting.items():
-            p.done.wait(max(0.0, deadline - time.monotonic()))
+            # only the first ask that finds a call running waits for it (at most its budget): the
+            # asks after it go on with the design instead of each waiting again
+            if not p.waited:
+                p.waited = True
+                p.done.wait(max(0.0, deadline - time.monotonic()))
             res = self._collect(key, p)
             if res is None:
                 results[purpose] = LlmResult(
