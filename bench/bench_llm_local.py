@@ -318,8 +318,11 @@ def summarize(runs: list[dict], budget: int, advice: dict) -> dict:
             m = med[v]
             hit = np.nonzero(m <= plain_final + 1e-12 * max(1.0, abs(plain_final)))[0]
             finals = curves[v][:, -1]
-            regret = np.maximum(finals - f_ref, 1e-12)
-            regret_plain = np.maximum(curves["plain"][:, -1] - f_ref, 1e-12)
+            # regret floor: a millionth of the reference, so that two runs both at the optimum
+            # compare as equal rather than as a ratio of rounding errors
+            floor = 1e-6 * max(1.0, abs(f_ref))
+            regret = np.maximum(finals - f_ref, floor)
+            regret_plain = np.maximum(curves["plain"][:, -1] - f_ref, floor)
             row[v] = {
                 "median_final": float(m[-1]),
                 "value_ratio": float(m[-1] / plain_final) if plain_final else float("nan"),
