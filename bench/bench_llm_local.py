@@ -493,6 +493,9 @@ def main(argv=None) -> int:
                 runs.append(json.loads(line))
             except ValueError:
                 pass
+    elif keep and (out / f"{args.name}.json").exists():  # a fresh checkout: the committed runs
+        runs = json.loads((out / f"{args.name}.json").read_text())["runs"]
+        runs_path.write_text("".join(json.dumps(r) + "\n" for r in runs))
     if not args.summarize_only:
         from bbo.llm.local import LocalEngine
 
