@@ -4,14 +4,17 @@ suggestions (after the Sobol fill) and a recorded reason, never an exception."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import socket
+import time
 
 import pytest
 
 from bbo.llm import LlmAdvisor, LlmConfig, fill_with_sobol
 from bbo.llm.advisor import UNUSABLE_RETRIES
+from bbo.spec import LlmOptions
 from bbo.trial import Metric, Trial, TrialState
 from llm_server import ChatServer, Reply
 from test_llm_parse import GOOD, make_spec
@@ -130,9 +133,9 @@ def test_prose_around_json():
     [
         (Reply(""), "empty response"),
         (Reply(None, refusal="I can't help with that."), "refusal: I can't help with that."),
-        (Reply(status=429), "rate limited (HTTP 429)"),
-        (Reply(status=500), "server error (HTTP 500)"),
-        (Reply(status=503), "server error (HTTP 503)"),
+        (Reply(status=429), "error: RateLimitError 429"),
+        (Reply(status=500), "error: InternalServerError 500"),
+        (Reply(status=503), "error: InternalServerError 503"),
         (
             Reply("Here are some thoughts, but no JSON."),
             "unusable answer: no valid candidates (no JSON candidates in the answer)",
@@ -177,22 +180,53 @@ def test_hang_past_timeout_returns_within_the_bound():
     finish(spec, res)
 
 
-def test_ask_budget_bounds_prepare():
-    """Priors and warm start run in parallel within one budget shorter than the call timeout."""
+def test_ask_budget_bounds_prepare_and_a_late_answer_goes_to_the_next_ask():
+    """Priors and warm start run in the background: an ask waits for them at most its budget
+    (shorter than the call timeout), and the answer that arrives later is used by the next ask,
+    which also hands over the calls' audit records (once)."""
+    import threading
+
     spec = make_spec()
-    respond, release, answered = _held("{}")
+    release = threading.Event()
+    answered: list[str] = []
+
+    def respond(body):
+        release.wait(30)
+        name = body["response_format"]["json_schema"]["name"]
+        answered.append(name)
+        if name == "parameter_priors":
+            return Reply(json.dumps({"priors": {"lr": PRIOR_LR}}))
+        return Reply(candidates(*distinct_good(2)))
+
     with ChatServer(respond) as srv:
+        adv = LlmAdvisor(cfg(srv, timeout_s=30.0, ask_budget_s=0.7))
         try:
-            plan = LlmAdvisor(cfg(srv, timeout_s=30.0, ask_budget_s=0.7)).prepare(
-                spec, [], 2, study_key="s"
-            )
-            # Both calls were cut by the ask budget, not by the (much longer) call timeout.
-            assert not answered.is_set()
+            plan = adv.prepare(spec, [], 2, study_key="s")
+            # Both calls outlived the ask budget, not the (much longer) call timeout.
+            assert not answered and adv.pending() == 2
+            plan_b = adv.prepare(spec, [], 2, study_key="s")  # does not wait a second time
+            assert not answered and plan_b.reasons == plan.reasons
         finally:
             release.set()
-    assert plan.spec is spec and plan.warmstart == []
-    assert plan.reasons == {"priors": "timeout", "warmstart": "timeout"}
-    assert sorted(c.purpose for c in plan.calls) == ["priors", "warmstart"]
+        assert plan.spec is spec and plan.warmstart == [] and plan.calls == []
+        assert set(plan.reasons) == {"priors", "warmstart"}
+        assert all(r.startswith("llm still answering") for r in plan.reasons.values())
+        deadline = time.monotonic() + 30
+        while adv.pending() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        plan2 = adv.prepare(spec, [], 2, study_key="s")  # the answers have arrived
+        plan3 = adv.prepare(spec, [], 2, study_key="s")  # answered from the cache
+    assert len(srv.requests) == 2 and plan_b.calls == []
+    assert sorted(c.purpose for c in plan2.calls) == ["priors", "warmstart"]
+    assert all(not c.cached and c.outcome.startswith(("ok", "partial")) for c in plan2.calls), [
+        c.outcome for c in plan2.calls
+    ]
+    assert [{k: s.params[k] for k in GOOD} for s in plan2.warmstart] == distinct_good(2)
+    assert [p.parameter for p in plan2.spec.priors] == ["lr"]
+    assert all(c.cached for c in plan3.calls) and plan3.warmstart == plan2.warmstart
+
+
+PRIOR_LR = {"rationale": "r", "best_guess": 0.001, "low": 1e-4, "high": 1e-2, "confidence": 0.4}
 
 
 def test_server_rejecting_response_format_falls_back_to_plain_text():
@@ -226,7 +260,7 @@ def test_connection_refused():
     spec = make_spec()
     adv = LlmAdvisor(LlmConfig(base_url=f"http://127.0.0.1:{port}/v1", model="m", timeout_s=1.0))
     res = adv.warmstart(spec, [], N)
-    assert res.reason.startswith("connection error") and res.calls[0].outcome == res.reason
+    assert res.reason == "error: APIConnectionError" and res.calls[0].outcome == res.reason
     finish(spec, res)
 
 
@@ -246,7 +280,7 @@ def test_repeated_failures_stop_calling_for_a_while():
         adv = LlmAdvisor(cfg(srv, failures_before_cooldown=3, cooldown_s=60))
         reasons = [adv.propose(spec, [], 2, study_key=f"s{i}").reason for i in range(5)]
         assert len(srv.requests) == 3
-    assert reasons[:3] == ["server error (HTTP 500)"] * 3
+    assert reasons[:3] == ["error: InternalServerError 500"] * 3
     assert reasons[3].startswith("llm unavailable: 3 calls failed in a row")
 
 
@@ -435,3 +469,135 @@ def test_absurd_categorical_weights_do_not_void_the_other_priors():
         > by["opt"].probabilities["sgd"]
         > by["opt"].probabilities["rmsprop"]
     )
+
+
+# ---- issue 21: what tenants may see and name ----------------------------------------------------------
+FAKE_KEY = "sk-live-51HxFAKEfakeFAKE0123456789abcdefXYZ"
+
+
+def test_upstream_error_text_is_neither_stored_nor_logged_above_debug(caplog):
+    """An endpoint's error body may echo the key: the stored outcome names the exception class and
+    the HTTP status only; the detail is logged at debug level, redacted."""
+    import logging
+
+    spec = make_spec()
+    body = f"Incorrect API key provided: {FAKE_KEY}. Authorization: Bearer {FAKE_KEY}"
+    with ChatServer([Reply(status=401, error_message=body)]) as srv:
+        with caplog.at_level(logging.DEBUG, logger="bbo.llm"):
+            res = LlmAdvisor(cfg(srv, api_key=FAKE_KEY)).warmstart(spec, [], N)
+    (rec,) = res.calls
+    assert res.reason == rec.outcome == "error: AuthenticationError 401"
+    assert FAKE_KEY not in json.dumps(rec.to_dict())
+    assert FAKE_KEY not in caplog.text and "[redacted]" in caplog.text
+    assert all(r.levelno <= logging.DEBUG for r in caplog.records if "Incorrect" in r.message)
+
+
+def test_models_a_study_may_name():
+    from bbo.errors import SpecError
+
+    with ChatServer([Reply(candidates(GOOD))]) as srv:
+        adv = LlmAdvisor(cfg(srv, models=("big-model", "test-model")))
+        assert adv.config.allowed_models == ("test-model", "big-model")
+        for ok in ("", "test-model", "big-model"):
+            adv.check_model(ok)
+        with pytest.raises(SpecError) as e:
+            adv.check_model("gpt-9")
+        assert e.value.field == "llm.model"
+        assert "'gpt-9'" in e.value.message and "'big-model'" in e.value.message
+        # a study spec naming another model (stored while the module was off, say) is not sent
+        spec = dataclasses.replace(make_spec(), llm=LlmOptions(enabled=True, model="gpt-9"))
+        res = adv.warmstart(spec, [], N)
+        assert res.reason.startswith("not asked: llm.model 'gpt-9' is not served here")
+        assert srv.requests == [] and res.calls[0].outcome == res.reason
+        # one client per allowed model, never one per name a tenant makes up
+        adv.warmstart(
+            dataclasses.replace(make_spec(), llm=LlmOptions(enabled=True, model="big-model")), [], N
+        )
+        with pytest.raises(SpecError):
+            adv.client("made-up")
+        assert set(adv._clients) == {"big-model"}
+    assert LlmAdvisor(LlmConfig()).check_model("anything") is None  # module off: nothing to refuse
+
+
+def test_models_from_the_environment():
+    c = LlmConfig.from_env({"BBO_LLM_BASE_URL": "http://x/v1", "BBO_LLM_MODELS": " a, b ,,a"})
+    assert c.model == "a" and c.allowed_models == ("a", "b")  # no default: the first listed
+    c = LlmConfig.from_env({"BBO_LLM_BASE_URL": "http://x/v1", "BBO_LLM_MODEL": "m"})
+    assert c.allowed_models == ("m",)  # default: only the configured model
+
+
+def test_prefetch_runs_ahead_and_stores_its_calls():
+    """prefetch returns at once; the calls run in the background, their records go to the study's
+    log when they end, and the first ask finds the answers without sending anything again."""
+    import threading
+
+    spec = make_spec()
+    release = threading.Event()
+
+    def respond(body):
+        release.wait(30)
+        if body["response_format"]["json_schema"]["name"] == "parameter_priors":
+            return Reply(json.dumps({"priors": {"lr": PRIOR_LR}}))
+        return Reply(candidates(*distinct_good(2)))
+
+    stored: list[dict] = []
+    with ChatServer(respond) as srv:
+        adv = LlmAdvisor(cfg(srv, timeout_s=30.0))
+        started = adv.prefetch(spec, study_key="t/s/1", record=lambda **f: stored.append(f))
+        assert sorted(started) == ["priors", "warmstart"] and stored == []  # not waited for
+        assert adv.prefetch(spec, study_key="t/s/1") == []  # already running: not sent twice
+        release.set()
+        deadline = time.monotonic() + 30
+        while len(stored) < 2 and time.monotonic() < deadline:  # records come when calls end
+            time.sleep(0.05)
+        plan = adv.prepare(spec, [], 2, study_key="t/s/1")
+        assert len(srv.requests) == 2
+    assert sorted(f["purpose"] for f in stored) == ["priors", "warmstart"]
+    assert all(
+        f["latency_seconds"] > 0 and f["outcome"].startswith(("ok", "partial")) for f in stored
+    )
+    assert [p.parameter for p in plan.spec.priors] == ["lr"] and len(plan.warmstart) == 2
+    assert len(plan.calls) == 2 and all(c.cached for c in plan.calls)  # cache hits, not calls
+    assert adv.prefetch(spec, study_key="t/s/1") == []  # answered: nothing left to fetch
+    off = dataclasses.replace(make_spec(), llm=LlmOptions(enabled=False))
+    assert adv.prefetch(off, study_key="t/s/2") == []
+
+
+# ---- small local models: compact prompts, the schema as a llguidance grammar ----------------------------
+def test_compact_prompts_carry_the_shape_in_the_schema_not_in_examples():
+    from bbo.llm.prompt import priors_prompt, warmstart_prompt
+
+    spec = make_spec()
+    full, small = warmstart_prompt(spec, 3), warmstart_prompt(spec, 3, compact=True)
+    assert len(small.text) < 0.6 * len(full.text)
+    assert "Reply with JSON like" not in small.text  # no example values for a small model to copy
+    arr = small.schema["properties"]["candidates"]
+    assert arr["minItems"] == arr["maxItems"] == 3
+    params = arr["items"]["properties"]["params"]["properties"]
+    assert params["lr"]["minimum"] == 1e-5 and params["layers"]["maximum"] == 8
+    assert arr["items"]["properties"]["rationale"]["maxLength"] > 0
+    pr = priors_prompt(spec, compact=True)
+    assert "rationale" not in json.dumps(pr.schema)
+    assert (
+        max(
+            pr.schema["properties"]["priors"]["properties"]["lr"]["properties"]["confidence"][
+                "enum"
+            ]
+        )
+        <= 0.5
+    )
+
+
+def test_llguidance_sends_the_schema_as_a_grammar():
+    spec = make_spec()
+    with ChatServer([Reply(candidates(*distinct_good(2)))]) as srv:
+        adv = LlmAdvisor(cfg(srv, compact=True, llguidance=True))
+        res = adv.warmstart(spec, [], 2)
+        body = srv.requests[0]
+    assert "response_format" not in body
+    assert body["grammar"].startswith("%llguidance {}\nstart: %json {")
+    assert (
+        json.loads(body["grammar"].split("%json ", 1)[1])["properties"]["candidates"]["maxItems"]
+        == 2
+    )
+    assert len(res.suggestions) == 2 and res.calls[0].outcome == "ok"

@@ -10,7 +10,9 @@ exception, and the caller carries on as plain BO.
 Interface for the ask path (storage / service layer)::
 
     advisor = LlmAdvisor(LlmConfig.from_env(), cache=persistent_cache)   # one per process
-    plan = advisor.prepare(spec, trials, n, study_key=study_name)       # bounded by ask_budget_s
+    advisor.check_model(spec.llm.model)                                 # at create: SpecError
+    advisor.prefetch(spec, study_key=key, record=study.log_llm_call)    # at create: background
+    plan = advisor.prepare(spec, trials, n, study_key=key)              # bounded by ask_budget_s
     strategy.suggest(trials, n, warmstart=plan.warmstart, proposals=plan.proposals)  # with plan.spec
     store(plan.calls)                                                   # LlmCallRecord -> LlmCall
 
@@ -23,12 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import queue
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Sequence
 
 from bbo.design import sobol_design
 from bbo.errors import SpecError
@@ -45,6 +47,7 @@ from bbo.trial import Origin, Trial, TrialState
 log = logging.getLogger(__name__)
 
 DISABLED = "llm disabled"
+COMPACT_MAX_CANDIDATES = 3  # small models repeat themselves: ask them for few warm-start points
 UNUSABLE_RETRIES = 2  # unusable answers to one prompt before the advisor stops asking it
 
 
@@ -182,8 +185,51 @@ def fill_with_sobol(
     return out
 
 
+class _Pending:
+    """A warm-start or priors call running in the background: its result, once, to whoever takes it.
+
+    With a ``record`` callback (from :meth:`LlmAdvisor.prefetch`) the call's audit records are
+    delivered to it as soon as the call ends; otherwise the next :meth:`LlmAdvisor.prepare` of the
+    study returns them in its plan."""
+
+    def __init__(self, purpose: str, record: Optional[Callable[..., Any]]):
+        self.purpose = purpose
+        self.record = record
+        self.done = threading.Event()
+        self.waited = False  # an ask has waited for it already
+        self.result: Optional[LlmResult] = None
+        self._taken = False
+        self._lock = threading.Lock()
+
+    def finish(self, result: LlmResult) -> None:
+        with self._lock:
+            self.result = result
+            deliver = self.record if not self._taken else None
+            if deliver is not None:
+                self._taken = True
+        if deliver is not None:
+            for call in result.calls:
+                try:
+                    deliver(**call.storage_fields())
+                except Exception:  # noqa: BLE001 - e.g. the study was deleted meanwhile
+                    log.warning("could not store a background LLM call record", exc_info=True)
+        self.done.set()
+
+    def take_calls(self) -> list[LlmCallRecord]:
+        with self._lock:
+            if self._taken or self.result is None:
+                return []
+            self._taken = True
+            return list(self.result.calls)
+
+
 class LlmAdvisor:
-    """Asks an OpenAI-compatible LLM for warm starts, priors and proposals; validates the answers."""
+    """Asks an OpenAI-compatible LLM for warm starts, priors and proposals; validates the answers.
+
+    The warm-start and priors calls of a study run in the background (:meth:`prefetch`, or the
+    first :meth:`prepare` that needs them), so a slow model costs an ask at most its budget and the
+    answer is used by the first ask after it arrives.
+    """
 
     def __init__(
         self,
@@ -191,6 +237,8 @@ class LlmAdvisor:
         *,
         cache: Optional[Cache] = None,
         lru_size: int = 512,
+        background_workers: int = 2,
+        max_pending: int = 64,
     ):
         self.config = config if config is not None else LlmConfig.from_env()
         self.cache = cache
@@ -198,6 +246,11 @@ class LlmAdvisor:
         self._clients: dict[str, LlmClient] = {}
         self._lock = threading.Lock()
         self._unusable: dict[str, int] = {}  # cache key -> unusable answers so far (in memory only)
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()  # cache key -> background call
+        self._jobs: queue.Queue = queue.Queue()
+        self._workers: list[threading.Thread] = []
+        self.background_workers = max(1, int(background_workers))
+        self.max_pending = max(1, int(max_pending))
 
     @classmethod
     def from_env(cls, **kwargs) -> "LlmAdvisor":
@@ -207,9 +260,40 @@ class LlmAdvisor:
     def enabled(self) -> bool:
         return self.config.enabled
 
+    # ---- models a study may name ----------------------------------------------------------------
+    def model_allowed(self, name: str) -> bool:
+        """Empty (the default model) or one of the configured models."""
+        return not name or name in self.config.allowed_models
+
+    def check_model(self, name: str) -> None:
+        """Refuse a study spec whose ``llm.model`` the server does not serve (``SpecError``).
+
+        A no-op while the LLM module is off: such a server runs every study as plain BO, and a spec
+        that works on another deployment should not be refused here; if the module is turned on
+        later, a model that is not allowed is never called (the ask records why and runs plain BO).
+        """
+        if not self.enabled or self.model_allowed(name or ""):
+            return
+        raise SpecError("llm.model", self._not_allowed(name))
+
+    def _not_allowed(self, name: str) -> str:
+        allowed = self.config.allowed_models
+        default = self.config.model or "the endpoint's default"
+        names = ", ".join(repr(m) for m in allowed) if allowed else "none by name"
+        return (
+            f"llm.model {name!r} is not served here: leave it empty for the default model "
+            f"({default}) or name one of the allowed models ({names}); "
+            "the server's --llm-models (BBO_LLM_MODELS) lists them"
+        )
+
     def client(self, model: str = "") -> LlmClient:
-        """The client for a model (a study's ``llm.model`` overrides the configured default)."""
+        """The client for a model (a study's ``llm.model`` overrides the configured default).
+
+        Only allowed models get one, so the cache holds at most one client per configured model.
+        """
         model = model or self.config.model
+        if not self.model_allowed(model):
+            raise SpecError("llm.model", self._not_allowed(model))
         with self._lock:
             c = self._clients.get(model)
             if c is None:
@@ -271,7 +355,9 @@ class LlmAdvisor:
             )
             return out, rec, ""
         left = deadline - time.monotonic()
-        if self._unusable.get(key, 0) >= UNUSABLE_RETRIES:
+        if not self.model_allowed(model):
+            out = ChatOutcome(reason=f"not asked: {self._not_allowed(model)}")
+        elif self._unusable.get(key, 0) >= UNUSABLE_RETRIES:
             out = ChatOutcome(
                 reason=f"answers to this prompt were unusable {UNUSABLE_RETRIES} times; not asking again"
             )
@@ -355,6 +441,20 @@ class LlmAdvisor:
             rec.outcome = f"partial: {reason}"
         return LlmResult(suggestions=sugg, calls=[rec], reason=reason, issues=parsed.issues)
 
+    def warmstart_n(self, spec: StudySpec) -> int:
+        """Warm-start points asked of the LLM: :func:`warmstart_count`, at most
+        ``COMPACT_MAX_CANDIDATES`` for a small model (``LlmConfig.compact``)."""
+        n = warmstart_count(spec)
+        return min(n, COMPACT_MAX_CANDIDATES) if self.config.compact else n
+
+    def _prompt(self, purpose: str, spec: StudySpec, trials: Sequence[Trial] = (), n: int = 0):
+        compact = self.config.compact
+        if purpose == "priors":
+            return priors_prompt(spec, compact=compact)
+        if purpose == "warmstart":
+            return warmstart_prompt(spec, n, compact=compact)
+        return proposal_prompt(spec, trials, n, compact=compact)
+
     # ---- public API ----------------------------------------------------------------------------
     def warmstart(
         self,
@@ -370,19 +470,22 @@ class LlmAdvisor:
         The prompt has no history, so it is asked once per study and ``n``; ``trials`` only remove
         candidates already evaluated or pending. Fill a shortfall with :func:`fill_with_sobol`.
         """
-        n = warmstart_count(spec) if n is None else int(n)
+        return self._warmstart_by(spec, trials, n, study_key, self._deadline(budget_s))
+
+    def _warmstart_by(self, spec, trials, n, study_key, deadline) -> LlmResult:
+        n = self.warmstart_n(spec) if n is None else int(n)
         if n <= 0:
             return LlmResult()
         if not self.enabled:
             return LlmResult(reason=DISABLED)
         return self._candidates(
-            warmstart_prompt(spec, n),
+            self._prompt("warmstart", spec, (), n),
             spec,
             trials,
             n,
             Origin.LLM_WARMSTART.value,
             study_key,
-            self._deadline(budget_s),
+            deadline,
         )
 
     def propose(
@@ -400,7 +503,7 @@ class LlmAdvisor:
         if not self.enabled:
             return LlmResult(reason=DISABLED)
         return self._candidates(
-            proposal_prompt(spec, trials, k),
+            self._prompt("proposal", spec, trials, k),
             spec,
             trials,
             k,
@@ -413,10 +516,13 @@ class LlmAdvisor:
         self, spec: StudySpec, *, study_key: str = "", budget_s: Optional[float] = None
     ) -> LlmResult:
         """piBO priors (``source="llm"``, confidence capped) for the parameters the LLM has beliefs about."""
+        return self._priors_by(spec, study_key, self._deadline(budget_s))
+
+    def _priors_by(self, spec: StudySpec, study_key: str, deadline: float) -> LlmResult:
         if not self.enabled:
             return LlmResult(reason=DISABLED)
-        prompt = priors_prompt(spec)
-        out, rec, key = self._exchange(prompt, study_key, spec.llm.model, self._deadline(budget_s))
+        prompt = self._prompt("priors", spec)
+        out, rec, key = self._exchange(prompt, study_key, spec.llm.model, deadline)
         if not out.ok:
             return LlmResult(calls=[rec], reason=out.reason)
         parsed = parse_priors(out.text, spec.space, confidence_cap=self.config.prior_confidence_cap)
@@ -466,6 +572,119 @@ class LlmAdvisor:
             rec.outcome = f"partial: {reason}"
         return LlmResult(priors=parsed.priors, calls=[rec], reason=reason, issues=parsed.issues)
 
+    # ---- ahead of the asks -------------------------------------------------------------------
+    def _ahead(
+        self, spec: StudySpec, trials: Sequence[Trial], study_key: str
+    ) -> dict[str, tuple[str, Callable[..., LlmResult]]]:
+        """The calls a study needs before its asks: purpose -> (cache key, run(deadline, trials)),
+        ``trials`` being the points a warm-start answer must not repeat."""
+        out: dict[str, tuple[str, Callable[..., LlmResult]]] = {}
+        with_prior = {p.parameter for p in spec.priors}
+        if spec.llm.derive_priors and any(name not in with_prior for name in spec.space.names):
+            key = self.cache_key(study_key, "priors", self._prompt("priors", spec).text)
+            out["priors"] = (key, lambda d, _t=(): self._priors_by(spec, study_key, d))
+        n_ws = self.warmstart_n(spec)
+        used_ws = sum(1 for t in trials if t.origin == Origin.LLM_WARMSTART.value)
+        if len(trials) < spec.algorithm.initial_size(spec.space.dim) and used_ws < n_ws:
+            prompt = self._prompt("warmstart", spec, (), n_ws)
+            key = self.cache_key(study_key, "warmstart", prompt.text)
+            out["warmstart"] = (
+                key,
+                lambda d, t=(): self._warmstart_by(spec, t, n_ws, study_key, d),
+            )
+        return out
+
+    def prefetch(
+        self,
+        spec: StudySpec,
+        *,
+        study_key: str,
+        trials: Sequence[Trial] = (),
+        record: Optional[Callable[..., Any]] = None,
+    ) -> list[str]:
+        """Start the study's warm-start and priors calls in the background; returns their purposes.
+
+        Call it when a study is created (or first loaded): the calls then run while the client
+        gets ready, and the first :meth:`prepare` that needs an answer uses it if it has arrived,
+        else waits at most its budget. ``record(**fields)`` (e.g. ``Study.log_llm_call``) receives
+        the calls' audit records when they end. Returns at once; a no-op for studies without
+        ``llm.enabled``, a disabled advisor, answers already cached or calls already running.
+        """
+        if not spec.llm.enabled or not self.enabled:
+            return []
+        started = []
+        for purpose, (key, run) in self._ahead(spec, trials, study_key).items():
+            with self._lock:
+                running = key in self._pending
+            if running or self._lru.get(key) is not None:
+                continue
+            if self._start(key, purpose, run, record) is not None:
+                started.append(purpose)
+        return started
+
+    def pending(self) -> int:
+        """Background calls queued or running."""
+        with self._lock:
+            return sum(1 for p in self._pending.values() if not p.done.is_set())
+
+    def _start(
+        self,
+        key: str,
+        purpose: str,
+        run: Callable[..., LlmResult],
+        record: Optional[Callable[..., Any]],
+    ) -> Optional[_Pending]:
+        """The background call for ``key``: the one already there, a new one, or None (too many)."""
+        with self._lock:
+            p = self._pending.get(key)
+            if p is not None:
+                return p
+            if len(self._pending) >= self.max_pending:  # drop finished ones nobody collected
+                for k in [k for k, v in self._pending.items() if v.done.is_set()]:
+                    del self._pending[k]
+                if len(self._pending) >= self.max_pending:
+                    return None
+            p = self._pending[key] = _Pending(purpose, record)
+            while len(self._workers) < self.background_workers:
+                t = threading.Thread(target=self._work, name="bbo-llm-ahead", daemon=True)
+                self._workers.append(t)
+                t.start()
+            self._jobs.put((key, p, run))  # under the lock: an idle worker's exit check sees it
+        return p
+
+    def _work(self) -> None:
+        """A background worker; it exits after a minute without work (a new call starts one)."""
+        while True:
+            try:
+                key, p, run = self._jobs.get(timeout=60.0)
+            except queue.Empty:
+                with self._lock:
+                    if self._jobs.empty():
+                        self._workers.remove(threading.current_thread())
+                        return
+                continue
+            try:
+                # the deadline starts when the call does, not when it was queued
+                res = run(time.monotonic() + self.config.timeout_s)
+            except Exception as e:  # noqa: BLE001 - the advisor must not raise; say why instead
+                log.exception("background LLM %s call failed", p.purpose)
+                res = LlmResult(reason=f"advisor error: {type(e).__name__}")
+            p.finish(res)
+            if p.record is not None:  # delivered; a usable answer is in the cache now
+                with self._lock:
+                    if self._pending.get(key) is p:
+                        del self._pending[key]
+
+    def _collect(self, key: str, p: _Pending) -> Optional[LlmResult]:
+        """A finished background call's result (its records once), or None while it runs."""
+        if not p.done.is_set():
+            return None
+        with self._lock:
+            if self._pending.get(key) is p:
+                del self._pending[key]
+        res = p.result if p.result is not None else LlmResult(reason="no result")
+        return dataclasses.replace(res, calls=p.take_calls())
+
     # ---- the ask path ---------------------------------------------------------------------------
     def prepare(
         self,
@@ -476,7 +695,7 @@ class LlmAdvisor:
         study_key: str = "",
         budget_s: Optional[float] = None,
     ) -> AskPlan:
-        """Everything the LLM contributes to one ask, within one time budget (calls run in parallel).
+        """Everything the LLM contributes to one ask, within one time budget.
 
         - priors (``spec.llm.derive_priors``, parameters without a user prior): asked once per study
           (cached), merged into ``plan.spec`` (user priors win);
@@ -484,6 +703,9 @@ class LlmAdvisor:
           not all been used: the cached zero-shot list minus points already in ``trials``;
         - proposals (``spec.llm.propose_during_search``), after the initial design: ``n`` new points.
 
+        Priors and warm start run in the background (started by :meth:`prefetch` or here): the first
+        ask that finds them running waits at most its budget, later asks do not wait, and an answer
+        that arrives later is used by the next ask.
         Studies without ``llm.enabled``, or a disabled advisor, get ``AskPlan(spec)`` at no cost.
         """
         plan = AskPlan(spec=spec)
@@ -493,31 +715,50 @@ class LlmAdvisor:
             plan.reasons["llm"] = DISABLED
             return plan
         deadline = self._deadline(budget_s)
-        left = lambda: max(0.0, deadline - time.monotonic())  # noqa: E731
-        jobs: dict[str, Any] = {}
-        with_prior = {p.parameter for p in spec.priors}
-        if spec.llm.derive_priors and any(name not in with_prior for name in spec.space.names):
-            jobs["priors"] = lambda: self.priors(spec, study_key=study_key, budget_s=left())
+        results: dict[str, LlmResult] = {}
+        waiting: dict[str, tuple[str, _Pending]] = {}
+        for purpose, (key, run) in self._ahead(spec, trials, study_key).items():
+            with self._lock:
+                running = key in self._pending  # or ended, its records not yet taken
+            if not running and self._lru.get(key) is not None:  # answered before: at once
+                results[purpose] = run(deadline, trials)
+                continue
+            p = self._start(key, purpose, run, None)
+            if p is None:
+                results[purpose] = LlmResult(
+                    reason=f"llm busy: {self.max_pending} calls already waiting"
+                )
+            else:
+                waiting[purpose] = (key, p)
         n_initial = spec.algorithm.initial_size(spec.space.dim)
-        n_ws = warmstart_count(spec)
-        used_ws = sum(1 for t in trials if t.origin == Origin.LLM_WARMSTART.value)
-        if len(trials) < n_initial and used_ws < n_ws:
-            jobs["warmstart"] = lambda: self.warmstart(
-                spec, trials, n_ws, study_key=study_key, budget_s=left()
-            )
         completed = sum(1 for t in trials if t.state is TrialState.COMPLETED)
         if spec.llm.propose_during_search and len(trials) >= n_initial and completed > 0 and n > 0:
-            jobs["proposal"] = lambda: self.propose(
-                spec, trials, n, study_key=study_key, budget_s=left()
+            results["proposal"] = self._candidates(
+                self._prompt("proposal", spec, trials, n),
+                spec,
+                trials,
+                n,
+                Origin.LLM_PROPOSAL.value,
+                study_key,
+                deadline,
             )
-        if not jobs:
-            return plan
-        if len(jobs) == 1:
-            results = {k: f() for k, f in jobs.items()}
-        else:
-            with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="bbo-llm") as ex:
-                futs = {k: ex.submit(f) for k, f in jobs.items()}
-                results = {k: f.result() for k, f in futs.items()}
+        for purpose, (key, p) in waiting.items():
+            # only the first ask that finds a call running waits for it (at most its budget): the
+            # asks after it go on with the design instead of each waiting again
+            if not p.waited:
+                p.waited = True
+                p.done.wait(max(0.0, deadline - time.monotonic()))
+            res = self._collect(key, p)
+            if res is None:
+                results[purpose] = LlmResult(
+                    reason="llm still answering: its answer goes to a later ask"
+                )
+            elif purpose == "warmstart" and res.suggestions:
+                taken = {point_key(spec.space, t.params) for t in trials}
+                fresh = [s for s in res.suggestions if point_key(spec.space, s.params) not in taken]
+                results[purpose] = dataclasses.replace(res, suggestions=fresh)
+            else:
+                results[purpose] = res
         for purpose, res in results.items():
             plan.calls += res.calls
             if res.reason:
@@ -527,6 +768,8 @@ class LlmAdvisor:
                 spec, priors=merge_priors(spec.priors, results["priors"].priors)
             )
         if "warmstart" in results:
+            n_ws = self.warmstart_n(spec)
+            used_ws = sum(1 for t in trials if t.origin == Origin.LLM_WARMSTART.value)
             plan.warmstart = results["warmstart"].suggestions[: max(0, n_ws - used_ws)]
         if "proposal" in results:
             plan.proposals = results["proposal"].suggestions

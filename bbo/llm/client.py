@@ -15,7 +15,9 @@ longer; each call therefore runs on a daemon thread and the caller stops waiting
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -40,6 +42,8 @@ class ChatOutcome:
     model: str = ""
     structured: bool = False  # answered under a strict JSON schema
     transport_failure: bool = False  # timeout / 429 / 5xx / connection: counts toward the cooldown
+    status: int = 0  # the HTTP status of a rejected request
+    detail: str = ""  # the upstream error text, redacted: never stored, only used and debug-logged
 
     @property
     def ok(self) -> bool:
@@ -77,23 +81,56 @@ def _short(msg: object, limit: int = 160) -> str:
 
 
 def classify_error(e: BaseException) -> tuple[str, bool]:
-    """(reason, is_transport_failure) for an exception raised by the openai client."""
+    """(reason, is_transport_failure) for an exception raised by the openai client.
+
+    The reason names the exception class and the HTTP status only, e.g. ``"error:
+    AuthenticationError 401"``: upstream error bodies and messages may echo a key or other secrets,
+    and the reason is stored in the call log that tenants read. The detail goes to the debug log,
+    redacted (:func:`error_detail`).
+    """
     import openai
 
     if isinstance(e, _Deadline) or isinstance(e, openai.APITimeoutError):
         return "timeout", True
-    if isinstance(e, openai.RateLimitError):
-        return "rate limited (HTTP 429)", True
     if isinstance(e, openai.APIStatusError):
-        code = getattr(e, "status_code", 0) or 0
-        if code >= 500:
-            return f"server error (HTTP {code})", True
-        return f"request rejected (HTTP {code}): {_short(getattr(e, 'message', e))}", False
+        code = int(getattr(e, "status_code", 0) or 0)
+        transport = code == 429 or code >= 500
+        return f"error: {type(e).__name__} {code}", transport
     if isinstance(e, openai.APIConnectionError):
-        return f"connection error: {_short(e.__cause__ or e)}", True
+        return f"error: {type(e).__name__}", True
     if isinstance(e, openai.APIResponseValidationError):
-        return f"malformed response: {_short(e)}", False
-    return f"client error: {type(e).__name__}: {_short(e)}", False
+        return f"error: {type(e).__name__} {getattr(e, 'status_code', '')}".rstrip(), False
+    return f"error: {type(e).__name__}", False
+
+
+_SECRET_PATTERNS = (
+    # bearer tokens, key=value pairs, and long opaque tokens (API keys, JWTs, hex digests)
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
+    re.compile(
+        r"(?i)((?:api[_-]?key|key|token|secret|password|authorization)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"
+    ),
+    re.compile(r"\b(?:sk|pk|rk|ghp|gho|xox[abpr])[-_][A-Za-z0-9_-]{8,}"),
+    re.compile(r"\b[A-Za-z0-9_-]{32,}\b"),
+)
+
+
+def redact(text: str, secrets: Sequence[str] = ()) -> str:
+    """``text`` with the given secrets and anything that looks like a key or token replaced."""
+    for s in secrets:
+        if s and len(s) >= 4:
+            text = text.replace(s, "[redacted]")
+    for pat in _SECRET_PATTERNS:
+        text = pat.sub(
+            lambda m: (m.group(1) if m.re.groups else "") + "[redacted]",
+            text,
+        )
+    return text
+
+
+def error_detail(e: BaseException, secrets: Sequence[str] = ()) -> str:
+    """The exception's own text (upstream message, cause), redacted and shortened, for debug logs
+    and for the client's own decisions (which request field an endpoint rejected)."""
+    return _short(redact(f"{getattr(e, 'message', '') or e} {e.__cause__ or ''}", secrets), 300)
 
 
 class LlmClient:
@@ -123,6 +160,9 @@ class LlmClient:
                     max_retries=self.config.max_retries,
                 )
             return self._client
+
+    def _secrets(self) -> tuple[str, ...]:
+        return (self.config.api_key,) if self.config.api_key else ()
 
     @property
     def structured_supported(self) -> Optional[bool]:
@@ -163,6 +203,7 @@ class LlmClient:
             ids = [m.id for m in page.data]
         except BaseException as e:  # noqa: BLE001
             reason, _ = classify_error(e)
+            log.debug("listing models failed: %s", error_detail(e, self._secrets()))
             return "", f"no model configured and listing models failed: {reason}"
         if not ids:
             return "", "no model configured and the server lists none (set BBO_LLM_MODEL)"
@@ -204,11 +245,9 @@ class LlmClient:
             if left <= 0.05:
                 break
             out = self._once(messages, model, schema if use_schema else None, schema_name, left)
-            if not out.reason.startswith(
-                ("request rejected (HTTP 400)", "request rejected (HTTP 422)")
-            ):
+            if out.status not in (400, 422):
                 break
-            msg = out.reason.lower()
+            msg = out.detail.lower()
             if "max_tokens" in msg and self._max_tokens_key == "max_tokens":
                 self._max_tokens_key = "max_completion_tokens"  # newer hosted models
             elif "temperature" in msg and self._send_temperature:
@@ -242,7 +281,12 @@ class LlmClient:
         kwargs[self._max_tokens_key] = self.config.max_tokens
         if self._send_temperature:
             kwargs["temperature"] = self.config.temperature
-        if schema is not None:
+        if self.config.seed is not None:
+            kwargs["seed"] = int(self.config.seed)
+        if schema is not None and self.config.llguidance:
+            grammar = "%llguidance {}\nstart: %json " + json.dumps(schema)
+            kwargs["extra_body"] = {"grammar": grammar}
+        elif schema is not None:
             kwargs["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": schema_name, "schema": schema, "strict": True},
@@ -251,7 +295,14 @@ class LlmClient:
             resp = _bounded(lambda: client.chat.completions.create(**kwargs), timeout_s)
         except BaseException as e:  # noqa: BLE001 - every failure becomes an outcome
             reason, transport = classify_error(e)
-            return ChatOutcome(reason=reason, transport_failure=transport)
+            detail = error_detail(e, self._secrets())
+            log.debug("LLM call failed: %s: %s", reason, detail)
+            return ChatOutcome(
+                reason=reason,
+                transport_failure=transport,
+                status=int(getattr(e, "status_code", 0) or 0),
+                detail=detail,
+            )
         usage = getattr(resp, "usage", None)
         pt = int(getattr(usage, "prompt_tokens", 0) or 0) if usage else 0
         ct = int(getattr(usage, "completion_tokens", 0) or 0) if usage else 0

@@ -10,11 +10,16 @@ variable                   meaning                                              
 =========================  ==========================================================  =========
 ``BBO_LLM_BASE_URL``       an OpenAI-compatible endpoint, e.g. ``http://host:8000/v1``  (off)
 ``BBO_LLM_API_KEY``        bearer key; local servers (vLLM, Ollama) accept anything     ``none``
-``BBO_LLM_MODEL``          model name; empty = the first one ``GET /models`` lists      (ask)
+``BBO_LLM_MODEL``          model name; empty = the first of BBO_LLM_MODELS, else the    (ask)
+                           first one ``GET /models`` lists
+``BBO_LLM_MODELS``         other models a study's ``llm.model`` may name, comma-sep.   (none)
 ``BBO_LLM_TIMEOUT``        seconds one chat call may take                               ``30``
 ``BBO_LLM_MAX_RETRIES``    retries of a 429 / 5xx / connection error (0 or 1)           ``0``
 ``BBO_LLM_ASK_BUDGET``     seconds all LLM work of one ask may take                     ``60``
 =========================  ==========================================================  =========
+
+``BBO_LLM=local`` (``bbo serve --llm local``) starts a packaged model instead of naming an endpoint:
+see :mod:`bbo.llm.local`.
 """
 
 from __future__ import annotations
@@ -44,6 +49,14 @@ class LlmConfig:
     ``timeout_s`` bounds one chat call (wall clock, enforced by bbo, not only by the HTTP library);
     ``ask_budget_s`` bounds everything the advisor does for one request (all its calls together).
     ``max_retries`` is capped at 1: a retry that waits out a rate limit rarely fits the budget.
+    ``models``: the other models a study may name (its ``llm.model``); the default model always is.
+    ``compact``: prompts and schemas for a small local model (short text, no example values to
+    copy, bounded string lengths and candidate counts, value ranges in the schema).
+    ``seed``: sent with every request where set (reproducible sampling on engines that honour it).
+    ``llguidance``: send the JSON schema as a llguidance grammar (``grammar`` in the request body,
+    as llama.cpp servers built with LLGuidance take it) instead of ``response_format``: llama.cpp
+    then enforces the schema fully (number bounds, string lengths, no optional whitespace), which
+    it does not through ``response_format``. Set for the local engine.
     """
 
     base_url: str = ""
@@ -59,9 +72,17 @@ class LlmConfig:
     # After this many consecutive failed calls, skip the LLM for ``cooldown_s`` (fail fast).
     failures_before_cooldown: int = 3
     cooldown_s: float = 120.0
+    models: tuple[str, ...] = ()
+    compact: bool = False
+    seed: Optional[int] = None
+    llguidance: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "base_url", (self.base_url or "").strip().rstrip("/"))
+        models = self.models.split(",") if isinstance(self.models, str) else self.models or ()
+        names = tuple(dict.fromkeys(m.strip() for m in models if m and m.strip()))
+        object.__setattr__(self, "model", (self.model or "").strip() or (names[0] if names else ""))
+        object.__setattr__(self, "models", tuple(m for m in names if m != self.model))
         object.__setattr__(self, "max_retries", max(0, min(1, int(self.max_retries))))
         if not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
@@ -73,6 +94,11 @@ class LlmConfig:
     @property
     def enabled(self) -> bool:
         return bool(self.base_url)
+
+    @property
+    def allowed_models(self) -> tuple[str, ...]:
+        """The names a study's ``llm.model`` may take besides empty (= the default model)."""
+        return ((self.model,) if self.model else ()) + self.models
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None, **overrides) -> "LlmConfig":
@@ -86,6 +112,7 @@ class LlmConfig:
             timeout_s=_float(env, "BBO_LLM_TIMEOUT", 30.0),
             max_retries=int(retries_raw) if retries_raw else 0,
             ask_budget_s=_float(env, "BBO_LLM_ASK_BUDGET", 60.0),
+            models=tuple(env.get("BBO_LLM_MODELS", "").split(",")),
         )
         return replace(cfg, **overrides) if overrides else cfg
 
@@ -93,4 +120,8 @@ class LlmConfig:
         """One line for logs (never the key)."""
         if not self.enabled:
             return "LLM module off (BBO_LLM_BASE_URL not set)"
-        return f"LLM at {self.base_url} model={self.model or '(server default)'} timeout={self.timeout_s:g}s budget={self.ask_budget_s:g}s"
+        extra = f" (studies may also name {', '.join(self.models)})" if self.models else ""
+        return (
+            f"LLM at {self.base_url} model={self.model or '(server default)'}{extra} "
+            f"timeout={self.timeout_s:g}s budget={self.ask_budget_s:g}s"
+        )

@@ -23,11 +23,24 @@ MAX_HISTORY_ROWS = 30  # completed trials shown (best two thirds, most recent th
 MAX_PENDING_ROWS = 10
 MAX_FAILED_ROWS = 5
 MAX_DESCRIPTION_CHARS = 4000
+# compact prompts (LlmConfig.compact: small local models, a CPU engine): fewer tokens to read and
+# write, no example values to copy, and the JSON schema (enforced by the engine's grammar) carries
+# the shape, the value ranges, the number of candidates and a bound on every free-text field
+COMPACT_DESCRIPTION_CHARS = 1200
+COMPACT_HISTORY_ROWS = 12
+COMPACT_RATIONALE_CHARS = 80
+# llguidance (llama.cpp's grammar engine) option: JSON without optional whitespace, which small
+# models otherwise spend a third of their tokens on
+COMPACT_JSON = {"x-guidance": {"whitespace_flexible": False}}
 
 SYSTEM = (
     "You are an expert research engineer helping a Bayesian optimization service decide which "
     "configurations of a black-box system to evaluate. You know typical good settings from the "
     "literature and practice. Reply with one JSON object only: no prose, no markdown outside it."
+)
+SYSTEM_COMPACT = (
+    "You pick settings for a black-box optimization task from what you know about such tasks. "
+    "Reply with JSON only."
 )
 
 
@@ -57,7 +70,11 @@ def fmt(v) -> str:
     return str(v)
 
 
-def describe_param(p) -> str:
+def describe_param(p, compact: bool = False) -> str:
+    if compact and isinstance(p, (FloatParam, IntParam)):
+        kind = "number" if isinstance(p, FloatParam) else "integer"
+        lo, hi = (fmt(float(p.low)), fmt(float(p.high))) if kind == "number" else (p.low, p.high)
+        return f"- {p.name}: {kind} from {lo} to {hi}" + (" (log scale)" if p.log else "")
     if isinstance(p, FloatParam):
         return f"- {p.name}: real number in [{fmt(float(p.low))}, {fmt(float(p.high))}]" + (
             ", log scale" if p.log else ""
@@ -73,8 +90,9 @@ def describe_param(p) -> str:
     raise TypeError(type(p))
 
 
-def describe_space(space: SearchSpace) -> str:
-    lines = ["Parameters:"] + [describe_param(p) for p in space.params]
+def describe_space(space: SearchSpace, compact: bool = False) -> str:
+    params = [p for p in space.params if not (compact and isinstance(p, FixedParam))]
+    lines = ["Parameters:"] + [describe_param(p, compact) for p in params]
     if space.constraints:
         lines.append("Every configuration must satisfy:")
         lines += [f"- {c}" for c in space.constraints]
@@ -93,12 +111,13 @@ def describe_goals(spec: StudySpec) -> str:
     return "\n".join(lines)
 
 
-def _description(spec: StudySpec) -> str:
+def _description(spec: StudySpec, compact: bool = False) -> str:
     d = (spec.description or "").strip()
     if not d:
         return "Task: (no description given) tune the parameters below."
-    if len(d) > MAX_DESCRIPTION_CHARS:
-        d = d[:MAX_DESCRIPTION_CHARS] + " [...]"
+    cap = COMPACT_DESCRIPTION_CHARS if compact else MAX_DESCRIPTION_CHARS
+    if len(d) > cap:
+        d = d[:cap] + " [...]"
     return f"Task: {d}"
 
 
@@ -190,10 +209,14 @@ def history_table(
 
 
 # ---- JSON schemas (strict-mode compatible: every object closed, every property required) ----------
-def _value_schema(p) -> dict:
+def _value_schema(p, compact: bool = False) -> dict:
     if isinstance(p, FloatParam):
+        if compact:  # engines that enforce number bounds keep values in range (bbo clips anyway)
+            return {"type": "number", "minimum": float(p.low), "maximum": float(p.high)}
         return {"type": "number"}
     if isinstance(p, IntParam):
+        if compact:
+            return {"type": "integer", "minimum": int(p.low), "maximum": int(p.high)}
         return {"type": "integer"}
     if isinstance(p, CategoricalParam):
         return {"type": "string", "enum": list(p.choices)}
@@ -205,28 +228,48 @@ def _value_schema(p) -> dict:
     raise TypeError(type(p))
 
 
-def candidates_schema(space: SearchSpace) -> dict:
+def candidates_schema(space: SearchSpace, n: int = 0, compact: bool = False) -> dict:
+    """``{"candidates": [{"rationale", "params"}]}``; compact: params first (the values matter,
+    the text does not), a short rationale, exactly ``n`` candidates, value ranges."""
     params = {
         "type": "object",
-        "properties": {p.name: _value_schema(p) for p in space.free},
+        "properties": {p.name: _value_schema(p, compact) for p in space.free},
         "required": space.names,
         "additionalProperties": False,
     }
-    item = {
+    if compact:
+        rationale = {"type": "string", "maxLength": COMPACT_RATIONALE_CHARS}
+        item = {
+            "type": "object",
+            "properties": {"params": params, "rationale": rationale},
+            "required": ["params", "rationale"],
+            "additionalProperties": False,
+        }
+        arr = {"type": "array", "items": item}
+        if n > 0:
+            arr.update(minItems=n, maxItems=n)
+    else:
+        item = {
+            "type": "object",
+            "properties": {"rationale": {"type": "string"}, "params": params},
+            "required": ["rationale", "params"],
+            "additionalProperties": False,
+        }
+        arr = {"type": "array", "items": item}
+    out = {
         "type": "object",
-        "properties": {"rationale": {"type": "string"}, "params": params},
-        "required": ["rationale", "params"],
-        "additionalProperties": False,
-    }
-    return {
-        "type": "object",
-        "properties": {"candidates": {"type": "array", "items": item}},
+        "properties": {"candidates": arr},
         "required": ["candidates"],
         "additionalProperties": False,
     }
+    return {**out, **COMPACT_JSON} if compact else out
 
 
-def priors_schema(space: SearchSpace) -> dict:
+def priors_schema(space: SearchSpace, compact: bool = False) -> dict:
+    """Per parameter: best guess, 80 % interval and confidence (numeric) or choice probabilities;
+    compact: no rationale, value ranges and ``confidence`` in [0, 1] in the schema."""
+    if compact:
+        return _compact_priors_schema(space)
     props = {}
     for p in space.free:
         if isinstance(p, CategoricalParam):
@@ -272,6 +315,44 @@ def priors_schema(space: SearchSpace) -> dict:
     }
 
 
+def _compact_priors_schema(space: SearchSpace) -> dict:
+    unit = {"type": "number", "minimum": 0.0, "maximum": 1.0}
+    # a few levels, not 60 digits (bbo caps the confidence of LLM priors at 0.5 anyway)
+    conf = {"type": "number", "enum": [0.1, 0.2, 0.3, 0.4, 0.5]}
+    props = {}
+    for p in space.free:
+        if isinstance(p, CategoricalParam):
+            probs = {
+                "type": "object",
+                "properties": {c: unit for c in p.choices},
+                "required": list(p.choices),
+                "additionalProperties": False,
+            }
+            fields = {"probabilities": probs, "confidence": conf}
+        else:
+            v = _value_schema(p, True)
+            fields = {"best_guess": v, "low": v, "high": v, "confidence": conf}
+        props[p.name] = {
+            "type": "object",
+            "properties": fields,
+            "required": list(fields),
+            "additionalProperties": False,
+        }
+    priors = {
+        "type": "object",
+        "properties": props,
+        "required": space.names,
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {"priors": priors},
+        "required": ["priors"],
+        "additionalProperties": False,
+        **COMPACT_JSON,
+    }
+
+
 def _example_params(space: SearchSpace) -> dict:
     ex = {}
     for p in space.free:
@@ -288,16 +369,31 @@ def _example_params(space: SearchSpace) -> dict:
 
 
 # ---- the three prompts ------------------------------------------------------------------------------
-def _context(spec: StudySpec, trials: Sequence[Trial]) -> list[str]:
-    parts = [_description(spec), describe_space(spec.space), describe_goals(spec)]
-    hist = history_table(spec, trials)
+def _context(spec: StudySpec, trials: Sequence[Trial], compact: bool = False) -> list[str]:
+    parts = [
+        _description(spec, compact),
+        describe_space(spec.space, compact),
+        describe_goals(spec),
+    ]
+    hist = history_table(spec, trials, COMPACT_HISTORY_ROWS if compact else MAX_HISTORY_ROWS)
     if hist:
         parts.append(hist)
     return parts
 
 
-def warmstart_prompt(spec: StudySpec, n: int) -> Prompt:
+def warmstart_prompt(spec: StudySpec, n: int, *, compact: bool = False) -> Prompt:
     """Zero-shot (no history): the same study and ``n`` give the same prompt, so it is cached once."""
+    if compact:
+        ask = (
+            f"Give {n} different settings that you expect to do well on this task, each with a "
+            "short reason. Use values inside the ranges; do not just take the middle of each range."
+        )
+        return Prompt(
+            "warmstart",
+            _messages(_context(spec, (), True) + [ask], compact=True),
+            candidates_schema(spec.space, n, compact=True),
+            "warmstart_candidates",
+        )
     example = json.dumps(
         {
             "candidates": [
@@ -320,7 +416,22 @@ def warmstart_prompt(spec: StudySpec, n: int) -> Prompt:
     )
 
 
-def proposal_prompt(spec: StudySpec, trials: Sequence[Trial], k: int) -> Prompt:
+def proposal_prompt(
+    spec: StudySpec, trials: Sequence[Trial], k: int, *, compact: bool = False
+) -> Prompt:
+    goal = "lower" if spec.objectives[0].goal != MAXIMIZE else "higher"
+    if compact:
+        ask = (
+            f"The table shows the settings tried so far, best first ({goal} "
+            f"{spec.objectives[0].name} is better). Give {k} new settings, not in the table, "
+            "that could beat the best one, each with a short reason."
+        )
+        return Prompt(
+            "proposal",
+            _messages(_context(spec, trials, True) + [ask], compact=True),
+            candidates_schema(spec.space, k, compact=True),
+            "proposal_candidates",
+        )
     example = json.dumps(
         {
             "candidates": [
@@ -331,7 +442,6 @@ def proposal_prompt(spec: StudySpec, trials: Sequence[Trial], k: int) -> Prompt:
             ]
         }
     )
-    goal = "lower" if spec.objectives[0].goal != MAXIMIZE else "higher"
     ask = (
         f"Above are the solutions evaluated so far with their scores ({goal} {spec.objectives[0].name} is better). "
         f"Propose {k} new configurations, different from all of the above, that you expect to do better than "
@@ -347,7 +457,27 @@ def proposal_prompt(spec: StudySpec, trials: Sequence[Trial], k: int) -> Prompt:
     )
 
 
-def priors_prompt(spec: StudySpec) -> Prompt:
+def priors_prompt(spec: StudySpec, *, compact: bool = False) -> Prompt:
+    if compact:
+        ask = (
+            "For each parameter, where is its best value? Give best_guess, and low and high around "
+            "it; confidence from 0.1 (a guess) to 0.5 (well known). For a list of choices, give each "
+            "choice's probability of being best."
+        )
+        return Prompt(
+            "priors",
+            _messages(
+                [
+                    _description(spec, True),
+                    describe_space(spec.space, True),
+                    describe_goals(spec),
+                    ask,
+                ],
+                compact=True,
+            ),
+            priors_schema(spec.space, compact=True),
+            "parameter_priors",
+        )
     ex: dict = {}
     numeric = [p for p in spec.space.free if not isinstance(p, CategoricalParam)]
     categorical = [p for p in spec.space.free if isinstance(p, CategoricalParam)]
@@ -385,5 +515,6 @@ def priors_prompt(spec: StudySpec) -> Prompt:
     )
 
 
-def _messages(parts: list[str]) -> tuple[dict, ...]:
-    return ({"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n\n".join(parts)})
+def _messages(parts: list[str], compact: bool = False) -> tuple[dict, ...]:
+    system = SYSTEM_COMPACT if compact else SYSTEM
+    return ({"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)})

