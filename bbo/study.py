@@ -168,6 +168,11 @@ class Study:
     def tenant(self) -> str:
         return self.record.tenant
 
+    @property
+    def llm_key(self) -> str:
+        """The study's key in the LLM module's caches (its uid keeps studies apart)."""
+        return f"{self.tenant}/{self.name}/{self.uid}"
+
     def _check_uid(self, study_uid: str, trial_id: int) -> None:
         """A worker's call carrying its trial's study uid must not touch a study re-created under
         the name."""
@@ -232,6 +237,9 @@ class Study:
             replay = self._replay(req)
             if replay is not None:
                 return AskResult(replay, note="replayed: this request_id was already answered")
+        # the LLM's network waits come first, outside the study's lock and the fit slots, so
+        # other asks (of this study and of others) go on meanwhile
+        plan = self._llm_plan(self._all_trials(), count)
         with self._lock, self.storage.study_lock(self.uid):
             if req is not None:  # a retry that raced us while we waited for the lock
                 replay = self._replay(req)
@@ -242,8 +250,6 @@ class Study:
             if self._trials is None or any(_lease_over(t, now) for t in trials):
                 if self.expire_leases(now):
                     trials = self._all_trials()
-            # network waits first, outside the fit slots, so other studies' asks go on
-            plan = self._llm_plan(trials, count)
 
             def compute():
                 token = self._model_cache.pull(self.uid, self.strategy)
@@ -340,16 +346,14 @@ class Study:
         if advisor is None or not self.spec.llm.enabled:
             return {}
         try:
-            plan = advisor.prepare(
-                self.spec, trials, count, study_key=f"{self.tenant}/{self.name}/{self.uid}"
-            )
+            plan = advisor.prepare(self.spec, trials, count, study_key=self.llm_key)
         except Exception as e:  # the advisor is meant never to raise; if it does, BO goes on alone
             log.exception("llm advisor failed", extra={"study": self.name})
             error = f"advisor error: {type(e).__name__}"
             self.log_llm_call(LlmCallRecord("ask", self.spec.llm.model, "", "", error))
             return {}
         for call in plan.calls:
-            self.log_llm_call(LlmCallRecord(**call.storage_fields()))
+            self.log_llm_call(call)
         kw: dict[str, Any] = {}
         if plan.warmstart:
             kw["warmstart"] = plan.warmstart

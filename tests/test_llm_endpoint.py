@@ -61,7 +61,7 @@ def test_good_json_with_schema_and_usage():
     assert all(s.origin == "llm_warmstart" and s.rationale == "looks good" for s in res.suggestions)
     (rec,) = res.calls
     assert rec.outcome == "ok" and rec.purpose == "warmstart" and rec.model == "test-model"
-    assert (rec.prompt_tokens, rec.completion_tokens) == (321, 123) and rec.latency_s > 0
+    assert (rec.prompt_tokens, rec.completion_tokens) == (321, 123) and rec.latency_seconds > 0
     assert "ResNet-18" in rec.prompt and rec.response.startswith('{"candidates"')
     assert (
         body["response_format"]["type"] == "json_schema"
@@ -487,7 +487,7 @@ def test_upstream_error_text_is_neither_stored_nor_logged_above_debug(caplog):
             res = LlmAdvisor(cfg(srv, api_key=FAKE_KEY)).warmstart(spec, [], N)
     (rec,) = res.calls
     assert res.reason == rec.outcome == "error: AuthenticationError 401"
-    assert FAKE_KEY not in json.dumps(rec.to_dict())
+    assert FAKE_KEY not in json.dumps(dataclasses.asdict(rec))
     assert FAKE_KEY not in caplog.text and "[redacted]" in caplog.text
     assert all(r.levelno <= logging.DEBUG for r in caplog.records if "Incorrect" in r.message)
 
@@ -540,10 +540,10 @@ def test_prefetch_runs_ahead_and_stores_its_calls():
             return Reply(json.dumps({"priors": {"lr": PRIOR_LR}}))
         return Reply(candidates(*distinct_good(2)))
 
-    stored: list[dict] = []
+    stored: list = []
     with ChatServer(respond) as srv:
         adv = LlmAdvisor(cfg(srv, timeout_s=30.0))
-        started = adv.prefetch(spec, study_key="t/s/1", record=lambda **f: stored.append(f))
+        started = adv.prefetch(spec, study_key="t/s/1", record=stored.append)
         assert sorted(started) == ["priors", "warmstart"] and stored == []  # not waited for
         assert adv.prefetch(spec, study_key="t/s/1") == []  # already running: not sent twice
         release.set()
@@ -552,10 +552,8 @@ def test_prefetch_runs_ahead_and_stores_its_calls():
             time.sleep(0.05)
         plan = adv.prepare(spec, [], 2, study_key="t/s/1")
         assert len(srv.requests) == 2
-    assert sorted(f["purpose"] for f in stored) == ["priors", "warmstart"]
-    assert all(
-        f["latency_seconds"] > 0 and f["outcome"].startswith(("ok", "partial")) for f in stored
-    )
+    assert sorted(c.purpose for c in stored) == ["priors", "warmstart"]
+    assert all(c.latency_seconds > 0 and c.outcome.startswith(("ok", "partial")) for c in stored)
     assert [p.parameter for p in plan.spec.priors] == ["lr"] and len(plan.warmstart) == 2
     assert len(plan.calls) == 2 and all(c.cached for c in plan.calls)  # cache hits, not calls
     assert adv.prefetch(spec, study_key="t/s/1") == []  # answered: nothing left to fetch

@@ -41,6 +41,7 @@ from bbo.llm.parse import merge_priors, parse_candidates, parse_priors, point_ke
 from bbo.llm.prompt import Prompt, priors_prompt, proposal_prompt, warmstart_prompt
 from bbo.space import SearchSpace, Value
 from bbo.spec import ParameterPrior, StudySpec
+from bbo.storage.base import LlmCallRecord
 from bbo.strategy import Suggestion
 from bbo.trial import Origin, Trial, TrialState
 
@@ -55,43 +56,6 @@ class Cache(Protocol):
     def get(self, key: str) -> Optional[dict]: ...
 
     def put(self, key: str, value: dict) -> None: ...
-
-
-@dataclass
-class LlmCallRecord:
-    """One exchange with the LLM, for audit (mirrors ``bbo.v1.LlmCall``).
-
-    ``cached`` records were answered from the cache: no request was sent (latency 0, the tokens are
-    those of the original call); the storage layer may skip persisting them again.
-    """
-
-    purpose: str  # one of bbo.storage.sql.LLM_PURPOSES
-    model: str
-    prompt: str
-    response: str
-    outcome: str  # "ok", or the fallback reason
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    latency_s: float = 0.0
-    cached: bool = False
-    create_time: float = field(default_factory=time.time)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def storage_fields(self) -> dict[str, Any]:
-        """The fields of ``bbo.storage.LlmCallRecord`` (proto names: ``latency_seconds``, ``created_at``)."""
-        return dict(
-            purpose=self.purpose,
-            model=self.model,
-            prompt=self.prompt,
-            response=self.response,
-            outcome=self.outcome,
-            prompt_tokens=int(self.prompt_tokens),
-            completion_tokens=int(self.completion_tokens),
-            latency_seconds=float(self.latency_s),
-            created_at=float(self.create_time),
-        )
 
 
 @dataclass
@@ -210,7 +174,7 @@ class _Pending:
         if deliver is not None:
             for call in result.calls:
                 try:
-                    deliver(**call.storage_fields())
+                    deliver(call)
                 except Exception:  # noqa: BLE001 - e.g. the study was deleted meanwhile
                     log.warning("could not store a background LLM call record", exc_info=True)
         self.done.set()
@@ -606,7 +570,7 @@ class LlmAdvisor:
 
         Call it when a study is created (or first loaded): the calls then run while the client
         gets ready, and the first :meth:`prepare` that needs an answer uses it if it has arrived,
-        else waits at most its budget. ``record(**fields)`` (e.g. ``Study.log_llm_call``) receives
+        else waits at most its budget. ``record(call)`` (e.g. ``Study.log_llm_call``) receives
         the calls' audit records when they end. Returns at once; a no-op for studies without
         ``llm.enabled``, a disabled advisor, answers already cached or calls already running.
         """

@@ -48,7 +48,7 @@ SYSTEM_COMPACT = (
 class Prompt:
     """Chat messages plus the JSON schema the answer should follow."""
 
-    purpose: str  # one of bbo.storage.sql.LLM_PURPOSES
+    purpose: str  # one of bbo.storage.LLM_PURPOSES
     messages: tuple[dict, ...]
     schema: dict
     schema_name: str

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
@@ -70,10 +71,11 @@ class StoredRequest:
     response: dict
 
 
-@dataclass(frozen=True)
+@dataclass
 class LlmCallRecord:
     """One exchange of the LLM module with its endpoint, kept for audit and as its cache.
-    ``number`` is the call's position in its study (1, 2, ...), assigned when it is stored."""
+    ``number`` is the call's position in its study (1, 2, ...), assigned when it is stored;
+    ``cached``: answered from the cache, no request sent (stored like any call, latency 0)."""
 
     purpose: str
     model: str
@@ -83,8 +85,9 @@ class LlmCallRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_seconds: float = 0.0
-    created_at: float = 0.0
+    created_at: float = field(default_factory=time.time)
     number: int = 0
+    cached: bool = False
 
 
 @dataclass(frozen=True)
