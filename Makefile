@@ -24,8 +24,10 @@ setup: $(STAMP)
 demo: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/bbo demo
 
+# two pytest workers (CI has 2 cores); a test file stays on one worker, sharing its fixtures
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python bench/run_all.py --quick

@@ -346,7 +346,9 @@ class Study:
         if advisor is None or not self.spec.llm.enabled:
             return {}
         try:
-            plan = advisor.prepare(self.spec, trials, count, study_key=self.llm_key)
+            plan = advisor.prepare(
+                self.spec, trials, count, study_key=self.llm_key, record=self.log_llm_call
+            )
         except Exception as e:  # the advisor is meant never to raise; if it does, BO goes on alone
             log.exception("llm advisor failed", extra={"study": self.name})
             error = f"advisor error: {type(e).__name__}"

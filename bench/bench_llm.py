@@ -245,7 +245,7 @@ def run_one(
         llm_info = {
             "reason": res.reason,
             "outcome": res.calls[0].outcome,
-            "latency_s": res.calls[0].latency_s,
+            "latency_s": res.calls[0].latency_seconds,
             "n_priors": len(res.priors),
             "n_warm": len(warm),
         }

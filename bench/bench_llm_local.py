@@ -156,7 +156,7 @@ def _call_info(res) -> dict:
     usable = bool(res.priors or res.suggestions)
     return {
         "outcome": c.outcome if c else res.reason,
-        "latency_s": c.latency_s if c else 0.0,
+        "latency_s": c.latency_seconds if c else 0.0,
         "prompt_tokens": c.prompt_tokens if c else 0,
         "completion_tokens": c.completion_tokens if c else 0,
         "response": c.response if c else "",

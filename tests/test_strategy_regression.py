@@ -35,7 +35,7 @@ from bbo.strategy import GenerationStrategy, Suggestion
 from bbo.trial import Metric, Origin, Trial, TrialState
 
 FIXTURE = Path(__file__).parent / "data" / "strategy_regression.json"
-REL = 1e-9
+REL = 1e-6  # CPUs differ in the last digits of BLAS results; a changed strategy moves far more
 
 UNIT2 = SearchSpace((FloatParam("a", 0.0, 1.0), FloatParam("b", 0.0, 1.0)))
 

@@ -658,6 +658,7 @@ class LlmAdvisor:
         *,
         study_key: str = "",
         budget_s: Optional[float] = None,
+        record: Optional[Callable[..., Any]] = None,
     ) -> AskPlan:
         """Everything the LLM contributes to one ask, within one time budget.
 
@@ -670,7 +671,10 @@ class LlmAdvisor:
         Priors and warm start run in the background (started by :meth:`prefetch` or here): the first
         ask that finds them running waits at most its budget, later asks do not wait, and an answer
         that arrives later is used by the next ask.
-        Studies without ``llm.enabled``, or a disabled advisor, get ``AskPlan(spec)`` at no cost.
+        ``record`` (as for :meth:`prefetch`) receives the records of background calls this ask
+        starts, when they end, so a call that outlives its ask is still audited; ``plan.calls``
+        holds the rest. Studies without ``llm.enabled``, or a disabled advisor, get
+        ``AskPlan(spec)`` at no cost.
         """
         plan = AskPlan(spec=spec)
         if not spec.llm.enabled:
@@ -687,7 +691,7 @@ class LlmAdvisor:
             if not running and self._lru.get(key) is not None:  # answered before: at once
                 results[purpose] = run(deadline, trials)
                 continue
-            p = self._start(key, purpose, run, None)
+            p = self._start(key, purpose, run, record)
             if p is None:
                 results[purpose] = LlmResult(
                     reason=f"llm busy: {self.max_pending} calls already waiting"
