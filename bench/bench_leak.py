@@ -19,15 +19,13 @@ import argparse
 import gc
 import json
 import os
-import sys
 import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from common import setup_paths  # noqa: E402
+from common import limit_threads  # noqa: E402
 
-setup_paths()
+limit_threads()
 
 import numpy as np  # noqa: E402
 

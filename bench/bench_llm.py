@@ -1,6 +1,6 @@
 """LLM priors and warm starts vs plain BO, side by side: accurate and misleading advice.
 
-There is no real LLM here. The "LLM" is tests/llm_server.py, a local OpenAI-compatible chat server
+There is no real LLM here. The "LLM" is bbo/testing/chat_server.py, a local OpenAI-compatible chat server
 that answers the priors prompt and the warm-start prompt with scripted JSON: priors / candidates
 centred near the known optimum (accurate) or on a poor region far from it (misleading). The answers
 go through the real ``openai`` client, bbo.llm's parsing and validation (confidence capped at 0.5,
@@ -41,9 +41,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
 
 from problems import BRANIN_OPT, H6_OPT  # noqa: E402 - full-precision optima, shared with bench_core
 
@@ -218,7 +215,7 @@ def run_one(
     from bbo.llm import LlmAdvisor, LlmConfig, warmstart_count
     from bbo.strategy import GenerationStrategy
     from bbo.trial import Metric, Trial, TrialState
-    from llm_server import ChatServer, Reply
+    from bbo.testing.chat_server import ChatServer, Reply
 
     fn, _, f_star, _, _, _ = get(problem)
     spec = make_spec(problem, seed, prior_exponent)

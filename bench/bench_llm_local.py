@@ -46,9 +46,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from common import setup_paths  # bench/ is on the path when this file runs as a script
+from common import limit_threads  # bench/ is on the path when this file runs as a script
 
-setup_paths("bench")
+limit_threads()
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = (

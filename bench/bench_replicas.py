@@ -1,7 +1,7 @@
 """Scale-out: tells/s and asks/s with 1, 2 and 3 ``bbo serve`` replicas on one PostgreSQL, same run.
 
 For each replica count (each against a fresh database on one throwaway PostgreSQL cluster, see
-``tests/pg_cluster.py``): ``--clients`` client processes, each with a gRPC channel over *all*
+``bbo/testing/postgres.py``): ``--clients`` client processes, each with a gRPC channel over *all*
 replicas (``ipv4:a,b,c`` target, ``round_robin`` policy: every call may land on any replica), spread
 over ``--studies`` studies.
 
@@ -36,10 +36,9 @@ import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-from common import pct, setup_paths  # noqa: E402
+from common import limit_threads, pct  # noqa: E402
 
-setup_paths("tests")
+limit_threads()
 
 
 def summary(lat_s):
@@ -205,8 +204,7 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=40, help="asks (and tells) per client")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     a = ap.parse_args()
-    import pg_cluster
-    from test_storage_pg import stop_immediately
+    from bbo.testing import postgres as pg_cluster
 
     reason = pg_cluster.missing_reason()
     if reason:
@@ -221,7 +219,7 @@ def main() -> int:
             for r in [int(x) for x in a.replicas.split(",")]:
                 rows.append(run(cluster, r, a.clients, a.studies, a.trials, d))
     finally:
-        stop_immediately(cluster)
+        pg_cluster.stop(cluster, immediate=True)
     base = rows[0]
     for r in rows:
         r["ask_scaling"] = r["asks_per_s"] / base["asks_per_s"]

@@ -34,10 +34,9 @@ from concurrent import futures
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-from common import pct, setup_paths  # noqa: E402
+from common import limit_threads, pct  # noqa: E402
 
-setup_paths()
+limit_threads()
 
 
 def summary(lat_s: list[float]) -> dict:

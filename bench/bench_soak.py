@@ -28,10 +28,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-from common import pct, setup_paths  # noqa: E402
+from common import limit_threads, pct  # noqa: E402
 
-setup_paths()
+limit_threads()
 
 
 def rss_mb(pid: int) -> float:

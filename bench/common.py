@@ -1,24 +1,15 @@
-"""What the service benchmarks share: import paths for an uninstalled checkout and percentiles."""
+"""What the service benchmarks share: one thread per process and percentiles."""
 
 from __future__ import annotations
 
 import os
-import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def setup_paths(*extra: str) -> None:
-    """Make bbo, bbo_server and bbo_client (and ``extra`` folders of the repo) importable; one torch thread."""
-    for p in (
-        ROOT,
-        os.path.join(ROOT, "server"),
-        os.path.join(ROOT, "clients", "python"),
-        *(os.path.join(ROOT, e) for e in extra),
-    ):
-        if p not in sys.path:
-            sys.path.insert(0, p)
+def limit_threads() -> None:
+    """One torch / BLAS thread per process unless the caller chose otherwise (call before torch)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 

@@ -45,9 +45,6 @@ from typing import Any, Callable, Optional, Sequence
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-for p in (ROOT, HERE):
-    if p not in sys.path:
-        sys.path.insert(0, p)
 
 import numpy as np  # noqa: E402
 

@@ -110,8 +110,8 @@ def registry(storage):
 
 @pytest.fixture(scope="session")
 def cluster():
-    """A throwaway PostgreSQL cluster shared by the tests that need one (tests/pg_cluster.py)."""
-    import pg_cluster
+    """A throwaway PostgreSQL cluster shared by the tests that need one (bbo/testing/postgres.py)."""
+    from bbo.testing import postgres as pg_cluster
 
     c = pg_cluster.start()
     yield c

@@ -14,7 +14,7 @@ import urllib.request
 from types import SimpleNamespace
 
 import pytest
-from llm_server import ChatServer, Reply
+from bbo.testing.chat_server import ChatServer, Reply
 from sec_helpers import create_key, free_port
 
 CHROMIUM = shutil.which("chromium")

@@ -1,4 +1,4 @@
-"""bbo.llm end to end over HTTP: the real ``openai`` client against tests/llm_server.py, a local
+"""bbo.llm end to end over HTTP: the real ``openai`` client against bbo/testing/chat_server.py, a local
 chat-completions server with scripted answers (no real LLM). Every failure mode must end in valid
 suggestions (after the Sobol fill) and a recorded reason, never an exception."""
 
@@ -16,7 +16,7 @@ from bbo.llm import LlmAdvisor, LlmConfig, fill_with_sobol
 from bbo.llm.advisor import UNUSABLE_RETRIES
 from bbo.spec import LlmOptions
 from bbo.trial import Metric, Trial, TrialState
-from llm_server import ChatServer, Reply
+from bbo.testing.chat_server import ChatServer, Reply
 from test_llm_parse import GOOD, make_spec
 
 N = 4

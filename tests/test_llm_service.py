@@ -1,5 +1,5 @@
 """The LLM module inside the running service: `bbo serve` pointed (via BBO_LLM_BASE_URL) at
-tests/llm_server.py, a local chat-completions server with scripted answers (no real LLM), driven
+bbo/testing/chat_server.py, a local chat-completions server with scripted answers (no real LLM), driven
 through the real openai client by the server and through the real gRPC client by the test."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from llm_server import ChatServer, Reply
+from bbo.testing.chat_server import ChatServer, Reply
 
 GOOD_POINTS = [{"x": 0.11, "y": 0.22}, {"x": 0.33, "y": 0.44}]
 

@@ -18,7 +18,7 @@ import uuid
 import pytest
 
 import bbo_client as bc
-import pg_cluster
+from bbo.testing import postgres as pg_cluster
 
 pytestmark = pytest.mark.skipif(
     pg_cluster.missing_reason() is not None, reason=str(pg_cluster.missing_reason())

@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-import pg_cluster
+from bbo.testing import postgres as pg_cluster
 from bbo.errors import LimitError, NotFoundError, StudyNotFound
 from bbo.storage import LlmCallRecord, NewTrial, RequestKey, open_storage
 from bbo.trial import Metric, TrialState

@@ -14,7 +14,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-import pg_cluster
+from bbo.testing import postgres as pg_cluster
 from bbo.errors import StorageUnavailable
 from bbo.model_sharing import ModelStateCache
 from bbo.storage import NewTrial, open_storage
