@@ -494,11 +494,10 @@ def main(argv=None):
         "runs": results,
         "table_md": md,
     }
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = "core_quick" if args.quick else f"core_{stamp}"
-    for fn in (f"{name}.json", "core_quick_latest.json" if args.quick else "core_latest.json"):
-        with open(os.path.join(args.out, fn), "w") as fh:
-            json.dump(doc, fh, indent=1)
+    # one file per mode: earlier runs live in git history, not beside the current one
+    fn = "core_quick_latest.json" if args.quick else "core_latest.json"
+    with open(os.path.join(args.out, fn), "w") as fh:
+        json.dump(doc, fh, indent=1)
     try:
         plots(results, summary, latency, args.problems, args.methods, args.out)
     except Exception:  # noqa: BLE001 - plots are a convenience
