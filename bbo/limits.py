@@ -56,7 +56,7 @@ class RequestLimits:
             "max_spec_bytes": "JSON bytes of a whole study spec",
             "max_metrics_per_trial": "metrics reported with one trial",
         }
-        return [(f.name, f.default, helps[f.name]) for f in dataclasses.fields(cls)]
+        return [(f.name, int(f.default), helps[f.name]) for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
 
     def __post_init__(self):
         for f in dataclasses.fields(self):

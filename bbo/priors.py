@@ -35,6 +35,7 @@ MIN_STD = 1e-3  # in unit-column units: keeps the density finite for over-confid
 
 def _unit_normal(space: SearchSpace, pr: ParameterPrior) -> tuple[float, float]:
     p = space.by_name[pr.parameter]
+    assert pr.mean is not None and pr.std is not None, "a normal prior has a mean and a std"
     if isinstance(p, OrdinalParam):
         lo, hi = float(p.values[0]), float(p.values[-1])
     else:

@@ -200,7 +200,7 @@ class CategoricalParam:
         return {c: i for i, c in enumerate(self.choices)}
 
     def to_unit(self, v: Value) -> float:
-        return float(self._index[v])
+        return float(self._index[v])  # type: ignore[index]  # a choice not listed: KeyError
 
     def from_unit(self, u: float) -> str:
         i = int(round(min(max(float(u), 0.0), len(self.choices) - 1)))
@@ -303,6 +303,8 @@ class FixedParam:
 
 
 Param = Union[FloatParam, IntParam, CategoricalParam, OrdinalParam, FixedParam]
+# a parameter with a column in the encoding
+FreeParam = Union[FloatParam, IntParam, CategoricalParam, OrdinalParam]
 
 
 @dataclass(frozen=True)
@@ -391,7 +393,7 @@ class SearchSpace:
         return {p.name: p for p in self.params}
 
     @functools.cached_property
-    def free(self) -> tuple[Param, ...]:
+    def free(self) -> tuple[FreeParam, ...]:
         """Parameters that get a column in the encoding (all but fixed)."""
         return tuple(p for p in self.params if not isinstance(p, FixedParam))
 

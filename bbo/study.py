@@ -432,10 +432,12 @@ class Study:
         return [t for n in numbers if (t := self.storage.get_trial(self.uid, n)) is not None]
 
     @staticmethod
-    def _check_hash(req: RequestKey, prev: StoredRequest) -> None:
-        if prev.request_hash != req.request_hash:
+    def _check_hash(req: Optional[RequestKey], prev: StoredRequest) -> None:
+        """A stored answer came back for ``req``: it must be for the same request."""
+        if req is None or prev.request_hash != req.request_hash:
             raise ConflictError(
-                f"request_id {req.request_id!r} was already used for a different {req.kind} request"
+                f"request_id {req.request_id if req else ''!r} was already used for a different"
+                f" {req.kind if req else ''} request"
             )
 
     def _check_metrics(self, metrics: Optional[Mapping[str, Any]], required: list[str]):
@@ -562,7 +564,7 @@ class Study:
     def best(self) -> BestResult:
         trials = self.storage.list_trials(self.uid, [TrialState.COMPLETED])
         rec = self._stored()
-        return BestResult(incumbents(self.spec, trials), rec.state, rec.state_reason)
+        return BestResult(incumbents(self.spec, trials), StudyState(rec.state), rec.state_reason)
 
     @_study_calls
     def intermediates(self) -> dict[int, list[tuple[int, float]]]:

@@ -81,6 +81,8 @@ def check_metrics(
     for name, m in raw.items():
         if not isinstance(name, str) or not name:
             raise SpecError(path, "metric names must be non-empty strings")
+        value: object
+        sem: object
         if isinstance(m, Metric):
             value, sem = m.value, m.sem
         elif isinstance(m, (tuple, list)) and len(m) == 2:

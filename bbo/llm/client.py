@@ -306,7 +306,7 @@ class LlmClient:
         usage = getattr(resp, "usage", None)
         pt = int(getattr(usage, "prompt_tokens", 0) or 0) if usage else 0
         ct = int(getattr(usage, "completion_tokens", 0) or 0) if usage else 0
-        base = dict(
+        base: dict[str, Any] = dict(
             prompt_tokens=pt,
             completion_tokens=ct,
             model=getattr(resp, "model", "") or model,

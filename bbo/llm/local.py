@@ -33,7 +33,6 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +200,7 @@ class LocalEngine:
         if self.state != "failed":
             self.state = "stopped"
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> "LocalEngine":
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -571,7 +571,7 @@ def _categorical_prior(
             (x for _, x in weights), default=1.0
         )  # scaled first: weights near the float limit must not sum to inf
         for c, x in weights:
-            probs[c] += x / top
+            probs[str(c)] += x / top
             matched = True
     if not matched:
         guess = _first(d, ("best_guess", "best", "mode", "value", "choice"))
@@ -579,7 +579,7 @@ def _categorical_prior(
         if c is None:
             issues.append(f"prior on '{p.name}': no usable probabilities")
             return None
-        probs[c] = 1.0
+        probs[str(c)] = 1.0
     total = sum(probs.values())
     k = len(p.choices)
     mixed = {

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from bbo.space import CategoricalParam, FixedParam, FloatParam, IntParam, OrdinalParam, SearchSpace
 from bbo.spec import MAXIMIZE, StudySpec
@@ -245,7 +245,7 @@ def candidates_schema(space: SearchSpace, n: int = 0, compact: bool = False) -> 
             "required": ["params", "rationale"],
             "additionalProperties": False,
         }
-        arr = {"type": "array", "items": item}
+        arr: dict[str, Any] = {"type": "array", "items": item}
         if n > 0:
             arr.update(minItems=n, maxItems=n)
     else:
@@ -354,7 +354,7 @@ def _compact_priors_schema(space: SearchSpace) -> dict:
 
 
 def _example_params(space: SearchSpace) -> dict:
-    ex = {}
+    ex: dict[str, Any] = {}
     for p in space.free:
         if isinstance(p, CategoricalParam):
             ex[p.name] = p.choices[0]

@@ -56,6 +56,12 @@ class KeyStore:
     def __init__(self, storage: Optional[Storage]):
         self.storage = storage
 
+    @property
+    def _db(self) -> Storage:
+        if self.storage is None:
+            raise RuntimeError("no key storage configured")
+        return self.storage
+
     def create(self, tenant: str, label: str = "") -> tuple[str, ApiKey]:
         """A new key for ``tenant``: returns (the secret key, to be shown once, its record)."""
         check_tenant(tenant)
@@ -64,18 +70,18 @@ class KeyStore:
             key_id = secrets.token_hex(6)
             key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
             rec = ApiKeyRecord(key_id, tenant, hash_key(key), label, time.time(), None)
-            if self.storage.insert_api_key(rec):  # else a key_id collision (2^-48): draw again
+            if self._db.insert_api_key(rec):  # else a key_id collision (2^-48): draw again
                 return key, _key(rec)
         raise RuntimeError("could not allocate a unique key id")
 
     def list(self, tenant: Optional[str] = None, include_revoked: bool = True) -> list[ApiKey]:
-        return [_key(r) for r in self.storage.list_api_keys(tenant, include_revoked)]
+        return [_key(r) for r in self._db.list_api_keys(tenant, include_revoked)]
 
     def revoke(self, key_id: str) -> bool:
         """Revoke a key by its id (or by the whole secret key); False if no active key matched."""
         if _KEY_RE.match(key_id or ""):
-            return self.storage.revoke_api_key(key_hash=hash_key(key_id))
-        return self.storage.revoke_api_key(key_id=key_id)
+            return self._db.revoke_api_key(key_hash=hash_key(key_id))
+        return self._db.revoke_api_key(key_id=key_id)
 
     def verify(self, key: str) -> Optional[str]:
         """The tenant of an active key, else None (malformed, unknown or revoked)."""
@@ -84,7 +90,7 @@ class KeyStore:
         m = _KEY_RE.match(key)
         if not m:
             return None
-        rec = self.storage.find_api_key(m.group(1))
+        rec = self._db.find_api_key(m.group(1))
         if rec is None or rec.revoked_at is not None:
             return None
         if not hmac.compare_digest(rec.key_hash, hash_key(key)):
@@ -92,4 +98,4 @@ class KeyStore:
         return rec.tenant
 
     def count_active(self) -> int:
-        return self.storage.count_active_api_keys()
+        return self._db.count_active_api_keys()

@@ -161,7 +161,7 @@ def classify(exc: BaseException) -> Optional[str]:
     try:
         import psycopg
     except ImportError:  # pragma: no cover
-        psycopg = None
+        psycopg = None  # type: ignore[assignment]
     orig = getattr(exc, "orig", exc)
     if psycopg is not None and isinstance(orig, psycopg.OperationalError) and code is None:
         return (

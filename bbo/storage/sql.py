@@ -489,8 +489,8 @@ class SqlStorage(Storage):
             if request is not None:
                 prev = self._lookup(conn, sid, request.kind, request.request_id)
                 if prev is not None:
-                    cur = self._trials_by_number(conn, sid, [number])
-                    return (cur[0] if cur else None), False, prev
+                    done = self._trials_by_number(conn, sid, [number])
+                    return (done[0] if done else None), False, prev
             row = conn.execute(_SELECT_TRIAL, {"b_study": sid, "b_number": number}).first()
             if row is None:
                 return None, False, None

@@ -65,7 +65,7 @@ class SqliteStorage(SqlStorage):
             raise ValueError(f"synchronous={sync!r}: use one of {SYNCHRONOUS}")
         self.synchronous = sync
         try:
-            self.busy_timeout_ms = int(q.pop("busy_timeout", 30000))
+            self.busy_timeout_ms = int(str(q.pop("busy_timeout", 30000)))
         except ValueError:
             raise ValueError("busy_timeout: milliseconds, e.g. busy_timeout=30000") from None
         url = url.set(query=q)
@@ -73,7 +73,7 @@ class SqliteStorage(SqlStorage):
             "connect_args": {"check_same_thread": False, "timeout": self.busy_timeout_ms / 1000},
         }
         self._in_memory = not url.database or url.database == ":memory:"
-        if not self._in_memory:
+        if url.database and not self._in_memory:
             if not migrate and not Path(url.database).exists():  # only reading: no stray file
                 raise NotFoundError(f"no database file at {url.database}")
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -136,6 +136,7 @@ class SqliteStorage(SqlStorage):
         check every reference still holds."""
         with self._wlock, self.engine.connect() as conn:
             raw = conn.connection.driver_connection
+            assert raw is not None
             raw.execute("PRAGMA foreign_keys=OFF")  # outside a transaction, or it is a no-op
             try:
                 conn.execution_options(bbo_write=True)

@@ -23,6 +23,13 @@ def _find(binary: str) -> str | None:
     return shutil.which(binary)
 
 
+def _bin(binary: str) -> str:
+    path = _find(binary)
+    if path is None:
+        raise FileNotFoundError(missing_reason())
+    return path
+
+
 def missing_reason() -> str | None:
     """Why a cluster can't be started here, or None if it can."""
     for b in ("initdb", "pg_ctl"):
@@ -54,7 +61,7 @@ class PgCluster:
     def pause(self) -> None:
         """Stop the server but keep its data (a database outage); :meth:`resume` brings it back."""
         subprocess.run(
-            _as_pg([_find("pg_ctl"), "-D", self.datadir, "-m", "fast", "-w", "stop"]),
+            _as_pg([_bin("pg_ctl"), "-D", self.datadir, "-m", "fast", "-w", "stop"]),
             check=True,
             capture_output=True,
         )
@@ -64,7 +71,7 @@ class PgCluster:
         subprocess.run(
             _as_pg(
                 [
-                    _find("pg_ctl"),
+                    _bin("pg_ctl"),
                     "-D",
                     self.datadir,
                     "-o",
@@ -112,7 +119,7 @@ def start(max_connections: int = 200) -> PgCluster:
     port = _free_port()
     subprocess.run(
         _as_pg(
-            [_find("initdb"), "-D", datadir, "-U", "bbo", "--auth=trust", "-E", "UTF8", "--no-sync"]
+            [_bin("initdb"), "-D", datadir, "-U", "bbo", "--auth=trust", "-E", "UTF8", "--no-sync"]
         ),
         check=True,
         capture_output=True,
@@ -121,7 +128,7 @@ def start(max_connections: int = 200) -> PgCluster:
     subprocess.run(
         _as_pg(
             [
-                _find("pg_ctl"),
+                _bin("pg_ctl"),
                 "-D",
                 datadir,
                 "-o",
@@ -155,7 +162,7 @@ def stop(cluster: PgCluster, immediate: bool = False) -> None:
     it takes tens of seconds after many CREATE DATABASEs)."""
     mode = "immediate" if immediate else "fast"
     subprocess.run(
-        _as_pg([_find("pg_ctl"), "-D", cluster.datadir, "-m", mode, "-w", "stop"]),
+        _as_pg([_bin("pg_ctl"), "-D", cluster.datadir, "-m", mode, "-w", "stop"]),
         capture_output=True,
     )
     shutil.rmtree(os.path.dirname(cluster.datadir), ignore_errors=True)

@@ -11,7 +11,7 @@ if (
 ):  # pragma: no cover - only for ad-hoc `alembic` CLI use with sqlalchemy.url set
     import sqlalchemy as sa
 
-    connection = sa.create_engine(context.config.get_main_option("sqlalchemy.url")).connect()
+    connection = sa.create_engine(context.config.get_main_option("sqlalchemy.url") or "").connect()
 
 context.configure(
     connection=connection, target_metadata=metadata, render_as_batch=True, compare_type=True
