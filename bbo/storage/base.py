@@ -263,7 +263,8 @@ class Storage(abc.ABC):
         self, uid: str, number: int, step: int, value: float, budget: float | None = None
     ) -> bool:
         """Record (or overwrite) a trial's value at ``step`` (measured at ``budget``); False if
-        the trial does not exist."""
+        the trial does not exist. Repeating the same value keeps the time it was first stored
+        (rung decisions compare those times)."""
 
     @abc.abstractmethod
     def intermediates(self, uid: str) -> dict[int, list[tuple[int, float]]]:

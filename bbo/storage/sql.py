@@ -179,6 +179,13 @@ class SqlStorage(Storage):
             with conn.begin():
                 yield conn
 
+    def _report_time(self, conn: sa.Connection, sid: int) -> float:
+        """The time an intermediate value is stored at, taken once the study's reports are
+        serialized: later in every report committed after it (rung decisions compare these times
+        with what they could see). The default: writes of the process are serialized already
+        (SQLite's one writer), so the local clock."""
+        return time.time()
+
     @contextlib.contextmanager
     def _read(self) -> Iterator[sa.Connection]:
         with self.engine.connect() as conn:
@@ -395,11 +402,6 @@ class SqlStorage(Storage):
                 if prev is not None:
                     numbers = prev.response.get("trials", [])
                     return self._trials_by_number(conn, sid, numbers), prev
-            continued = [
-                c.number
-                for c in continuations
-                if self._continue(conn, sid, c, worker_id, lease_expires_at, now)
-            ]
             n = len(new)
             top = conn.execute(
                 S.studies.update()
@@ -408,6 +410,12 @@ class SqlStorage(Storage):
                 .returning(S.studies.c.trial_counter)
             ).scalar_one()
             first = int(top) - n + 1
+            # after the study row (as every writer locks it first), then the trial rows
+            continued = [
+                c.number
+                for c in continuations
+                if self._continue(conn, sid, c, worker_id, lease_expires_at, now)
+            ]
             rows = [
                 dict(
                     study_id=sid,
@@ -659,10 +667,10 @@ class SqlStorage(Storage):
     def add_intermediate(
         self, uid: str, number: int, step: int, value: float, budget: float | None = None
     ) -> bool:
-        now = time.time()
         iv = S.intermediate_values
         with self._write() as conn:
             sid = self._sid(conn, uid, lock=True)
+            now = self._report_time(conn, sid)
             # FOR UPDATE: two reports of one step at once (a retry racing its original, on two
             # replicas) take turns; otherwise both delete nothing and the second insert hits the key
             pk = conn.execute(
@@ -672,8 +680,13 @@ class SqlStorage(Storage):
             ).scalar()
             if pk is None:
                 return False
-            conn.execute(iv.delete().where(iv.c.trial_id == pk, iv.c.step == step))
             b = None if budget is None else float(budget)
+            old = conn.execute(
+                sa.select(iv.c.value, iv.c.budget).where(iv.c.trial_id == pk, iv.c.step == step)
+            ).first()
+            if old is not None and (old.value, old.budget) == (float(value), b):
+                return True  # a repeated report: it keeps the time it was first stored
+            conn.execute(iv.delete().where(iv.c.trial_id == pk, iv.c.step == step))
             conn.execute(
                 iv.insert().values(trial_id=pk, step=step, value=float(value), at=now, budget=b)
             )
