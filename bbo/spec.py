@@ -475,7 +475,9 @@ def _check_fidelity(spec: StudySpec) -> None:
     if hi <= lo:
         raise SpecError("fidelity.max", f"must be larger than min ({lo:g}), got {hi:g}")
     if f.integer and (lo != math.floor(lo) or hi != math.floor(hi) or hi > INT64_MAX):
-        raise SpecError("fidelity.min", "an integer fidelity needs whole-number min and max")
+        raise SpecError(
+            "fidelity.min", "an integer fidelity needs whole-number min and max up to 2**63 - 1"
+        )
     if len(spec.objectives) != 1 or spec.outcome_constraints:
         raise SpecError(
             "fidelity",

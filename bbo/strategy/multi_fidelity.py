@@ -1,23 +1,25 @@
-"""Model-based configurations for studies with a fidelity (BOHB-like).
+"""Model-based configurations for studies with a fidelity (BOHB-like, with a GP).
 
 New trials of a multi-fidelity study start at low budgets, so most of what is known about a point is
 its value at some rung, not at the full budget. :class:`MultiFidelityStrategy` fits the study's GP
 (the whole :class:`~bbo.strategy.generation.GenerationStrategy`: warping, acquisition, refinement
-steps) on the values at one budget: the largest rung with enough trials to model (BOHB's rule, Falkner
-et al. 2018, with a GP instead of a KDE). Trials running count as pending points (the acquisition
-keeps away from them), the others without a value there as spent points (never suggested again).
-So pruning decides how far each configuration gets, and the model decides which configurations are
-tried: the first ones come from the space-filling design, later ones from BO over the best-informed
-rung.
+steps) on every trial that has a value, pruned ones included: each enters with its value at the
+highest rung it reached, carried to the full budget by straight lines between neighbouring rungs
+(least squares over the trials measured at both; the identity until three are). So the model sees
+how the objective changes with the budget (a learning curve's drop, a simulator's bias) where
+BOHB's models see one budget at a time and drop the pruned points, and new configurations for the
+lowest rung come from BO over everything measured. Pruning decides how far each configuration gets.
 
-Once the full budget itself has enough results, the model's refinement steps (``bo_exploit``,
-``bo_local``: the predicted optimum, a local quadratic step) are started at the full budget: they
-refine the optimum by amounts low budgets cannot resolve.
+Once the map into the full budget is fit, the model's refinement steps (``bo_exploit``,
+``bo_local``: the predicted optimum, a local quadratic step) start at the full budget: they refine
+the optimum by amounts low budgets cannot resolve.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 from bbo.pruning import at_least, ladder
 from bbo.spec import ParameterPrior, StudySpec
@@ -27,12 +29,7 @@ from bbo.strategy.generation import GenerationStrategy
 from bbo.trial import Metric, Origin, Trial, TrialState
 
 REFINEMENT = (Origin.BO_EXPLOIT.value, Origin.BO_LOCAL.value)
-
-
-def model_points(dim: int) -> int:
-    """Results a rung needs before the model is fit on it: d + 2 (BOHB's d + 1, and one more: a
-    GP's hyperparameters need a little more than the minimum)."""
-    return dim + 2
+MIN_PAIRS = 3  # trials measured at two neighbouring rungs before the map between them is fit
 
 
 class MultiFidelityStrategy:
@@ -48,7 +45,6 @@ class MultiFidelityStrategy:
         self.spec = spec
         self.inner = GenerationStrategy(spec, priors)
         self.levels = ladder(spec)
-        self.n_min = model_points(spec.space.dim)
         self.level: int | None = None  # the rung the last suggestion was modeled on
 
     @property
@@ -104,29 +100,51 @@ class MultiFidelityStrategy:
                 best = p
         return None if best is None else best.value
 
+    def rung_maps(self, values: list[dict[int, float]]) -> list[tuple[float, float, int]]:
+        """Per pair of neighbouring rungs ``k -> k + 1``: ``(slope, intercept, pairs)`` of the
+        least-squares line from the trials measured at both (identity below
+        :data:`MIN_PAIRS` pairs; a slope of at least 0: the map keeps the order)."""
+        maps = []
+        for k in range(len(values) - 1):
+            both = [(values[k][i], values[k + 1][i]) for i in values[k] if i in values[k + 1]]
+            if len(both) < MIN_PAIRS:
+                maps.append((1.0, 0.0, len(both)))
+                continue
+            a = np.array(both, dtype=float)
+            x, y = a[:, 0], a[:, 1]
+            var = float(np.var(x))
+            slope = float(np.cov(x, y, bias=True)[0, 1] / var) if var > 0 else 0.0
+            slope = max(0.0, slope)
+            maps.append((slope, float(np.mean(y) - slope * np.mean(x)), len(both)))
+        return maps
+
     def model_view(
         self, trials: Sequence[Trial], curves: Mapping[int, Sequence[CurvePoint]]
     ) -> tuple[int | None, list[Trial]]:
-        """``(rung, trials)``: the highest rung with :func:`model_points` values, and the trials
-        as completed at that rung's values, pending while running, spent otherwise.
-        ``(None, ...)`` before any rung has enough: then nothing is modeled (design points)."""
+        """``(rung, trials)`` for the GP: every trial with a value, completed at its value at the
+        highest rung it reached carried to the full budget through :meth:`rung_maps`; running ones
+        without a value pending, the rest spent. ``rung``: the full budget once the map into it is
+        fit on trials (then refinement steps start there), else the highest rung with values."""
         obj = self.spec.objectives[0].name
-        level, values = None, {}
-        for k in range(len(self.levels) - 1, -1, -1):
-            vals = {}
-            for t in trials:
-                if t.state is TrialState.FAILED:
-                    continue
+        top = len(self.levels) - 1
+        values: list[dict[int, float]] = [{} for _ in self.levels]
+        for t in trials:
+            if t.state is TrialState.FAILED:
+                continue
+            for k in range(top + 1):
                 v = self.value_at(t, k, curves)
                 if v is not None:
-                    vals[t.id] = v
-            if len(vals) >= self.n_min:
-                level, values = k, vals
-                break
+                    values[k][t.id] = v
+        maps = self.rung_maps(values)
         view = []
         for t in trials:
-            if t.id in values:
-                state, metrics = TrialState.COMPLETED, {obj: Metric(values[t.id])}
+            reached = [k for k in range(top + 1) if t.id in values[k]]
+            if reached:
+                k = reached[-1]
+                v = values[k][t.id]
+                for slope, icpt, _ in maps[k:]:
+                    v = slope * v + icpt
+                state, metrics = TrialState.COMPLETED, {obj: Metric(v)}
             elif t.state is TrialState.PENDING:
                 state, metrics = TrialState.PENDING, {}
             else:
@@ -134,4 +152,8 @@ class MultiFidelityStrategy:
             view.append(
                 Trial(id=t.id, params=t.params, state=state, metrics=metrics, origin=t.origin)
             )
+        if top > 0 and maps[-1][2] >= MIN_PAIRS:
+            level = top
+        else:
+            level = max((k for k in range(top + 1) if values[k]), default=None)
         return level, view
