@@ -32,8 +32,8 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -69,9 +69,10 @@ class _Curve:
 
 
 def mf_hartmann6() -> Problem:
-    import bbo_client as bc
     import torch
     from botorch.test_functions.multi_fidelity import AugmentedHartmann
+
+    import bbo_client as bc
 
     fn = AugmentedHartmann()
 
@@ -88,14 +89,11 @@ def mf_hartmann6() -> Problem:
 
 
 def hpo_sgd_mlp() -> Problem:
-    import bbo_client as bc
+    from bbo.kits.cli import spec_to_client_kwargs
     from bbo.kits.hpo import KIT
 
     opts = {"model": "sgd_mlp", "dataset": "digits", "max_epochs": MAX}
-    spec = KIT.spec(**opts)
-    from bbo.kits.cli import spec_to_client_kwargs
-
-    params = [p for p in spec_to_client_kwargs(spec)["parameters"]]
+    params = list(spec_to_client_kwargs(KIT.spec(**opts))["parameters"])
 
     class Trainer:
         def __init__(self, p, seed):
@@ -155,6 +153,17 @@ def train(problem: Problem, tr, start: int, stop: int, trace: Trace, report) -> 
 
 
 # ---- bbo, through a real server ------------------------------------------------------------------
+class _Reporter:
+    """Reports one trial's values to its study; keeps the last answer."""
+
+    def __init__(self, study, trial):
+        self.study, self.trial, self.advice = study, trial, None
+
+    def __call__(self, b: int, v: float) -> bool:
+        self.advice = self.study.report(self.trial, b, v)
+        return self.advice.should_stop
+
+
 def run_bbo(problem: Problem, seed: int, total: int, address: str, mode: str) -> Trace:
     """``mode``: "plain" (no fidelity), "asha" / "hyperband" (stopping), "asha-promote"."""
     import bbo_client as bc
@@ -182,15 +191,9 @@ def run_bbo(problem: Problem, seed: int, total: int, address: str, mode: str) ->
             if mode == "plain":
                 b, value = train(problem, tr, start, target, trace, lambda b, v: False)
             else:
-                advice = {}
-
-                def report(b, v):
-                    a = study.report(t, b, v)
-                    advice["stop"] = a
-                    return a.should_stop
-
-                b, value = train(problem, tr, start, target, trace, report)
-                stop = advice.get("stop")
+                reporter = _Reporter(study, t)
+                b, value = train(problem, tr, start, target, trace, reporter)
+                stop = reporter.advice
                 if stop is not None and stop.should_stop:
                     study.tell(t, {problem.objective: value}, pruned=True, reason=stop.reason)
                     trace.pruned += 1

@@ -129,18 +129,37 @@ def test_rungs_have_a_bound(db):
         reg.create_study("wide", spec(fidelity={"name": "n", "min": 1e-9, "max": 1e9}))
 
 
-# ---- stopping: ASHA with asynchronous workers, and after a restart -------------------------------
-def test_asha_rungs_with_concurrent_workers_and_a_restart(db):
-    """Four workers train 16 trials epoch by epoch, interleaved. Every answer a worker got is what
-    the rungs rebuilt from the database give after a restart; each trial that went past a rung
-    ranked among the best max(1, n // 3) of the trials that had reached it before it; the best
-    point is never stopped; stopped trials end PRUNED, the others COMPLETED at the full budget."""
-    reg = registry(db)
-    st, _ = reg.create_study("asha", spec())
+# ---- stopping: ASHA with asynchronous workers, replicas, and after a restart --------------------
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, db):
+    """A database URL and how many server replicas share it (PostgreSQL: two)."""
+    if request.param == "sqlite":
+        return db, 1
+    import uuid
+
+    import pg_cluster
+
+    reason = pg_cluster.missing_reason()
+    if reason:
+        pytest.skip(reason)
+    return request.getfixturevalue("cluster").create_database("f_" + uuid.uuid4().hex[:12]), 2
+
+
+def test_asha_rungs_with_concurrent_workers_replicas_and_a_restart(backend):
+    """Four workers train 16 trials epoch by epoch, interleaved (on PostgreSQL through two
+    replicas). Every answer a worker got is what the rungs rebuilt from the database give after a
+    restart; each trial that went past a rung ranked among the best max(1, n // 3) of the trials
+    that had reached it before it; the best point is never stopped; stopped trials end PRUNED, the
+    others COMPLETED at the full budget."""
+    url, n_replicas = backend
+    replicas = [registry(url) for _ in range(n_replicas)]
+    replicas[0].create_study("asha", spec())
+    studies = [r.get_study("asha") for r in replicas]
     rng = random.Random(5)
     answers: dict[int, tuple[int, bool, str]] = {}
 
-    def work(_):
+    def work(i):
+        st = studies[i % n_replicas]
         (t,) = st.ask().trials
         assert t.budget == 27.0 and t.bracket == 0
         x = t.params["x"]
@@ -157,9 +176,10 @@ def test_asha_rungs_with_concurrent_workers_and_a_restart(db):
 
     with ThreadPoolExecutor(4) as ex:
         list(ex.map(work, range(16)))
-    reg.storage.close()
+    for r in replicas:
+        r.storage.close()
 
-    reg = registry(db)  # a restart: nothing but the database
+    reg = registry(url)  # a restart: nothing but the database
     st = reg.get_study("asha")
     trials = {t.id: t for t in st.trials()}
     curves = st.storage.curves(st.uid)
@@ -188,7 +208,7 @@ def test_asha_rungs_with_concurrent_workers_and_a_restart(db):
     answer = st.report_intermediate(late.id, 3, 5.0)
     assert answer[0] and "epochs 1" in answer[1]
     reg.storage.close()
-    st = registry(db).get_study("asha")
+    st = registry(url).get_study("asha")
     assert st.report_intermediate(late.id, 3, 5.0) == answer
     st.storage.close()
 
