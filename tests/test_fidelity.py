@@ -296,6 +296,38 @@ def test_hyperband_spreads_new_trials_over_its_brackets(db):
 
 
 # ---- the model --------------------------------------------------------------------------------------
+def test_the_model_sees_every_measured_trial_at_the_full_budget():
+    """Values at lower rungs are carried to the full budget by the lines fit between neighbouring
+    rungs; pruned trials count, running ones without a value are pending, failed ones spent."""
+    from bbo.storage import CurvePoint
+    from bbo.strategy.multi_fidelity import MultiFidelityStrategy
+    from bbo.trial import Metric, Trial
+
+    s = StudySpec.from_dict(spec(fidelity={**EPOCHS, "max": 9}))  # rungs 1, 3, 9
+    mf = MultiFidelityStrategy(s)
+    trials, curves = [], {}
+    for i in range(1, 6):  # at rung 3: 2 * (value at 1) - 0.1; at 9: (value at 3) / 2
+        v1 = 0.1 * i
+        v3 = 2 * v1 - 0.1
+        curves[i] = [CurvePoint(1, v1, 1.0, 1.0), CurvePoint(3, v3, 3.0, 2.0)]
+        state, metrics, budget = TrialState.PAUSED, {}, 3.0
+        if i <= 3:
+            state, metrics, budget = TrialState.COMPLETED, {"loss": Metric(v3 / 2)}, 9.0
+        trials.append(Trial(i, {"x": v1}, state=state, metrics=metrics, budget=budget))
+    curves[6] = [CurvePoint(1, 0.7, 1.0, 3.0)]
+    trials.append(Trial(6, {"x": 0.6}, state=TrialState.PRUNED, budget=1.0))
+    trials.append(Trial(7, {"x": 0.7}, state=TrialState.PENDING))
+    trials.append(Trial(8, {"x": 0.8}, state=TrialState.FAILED))
+    level, view = mf.model_view(trials, curves)
+    assert level == 2  # the map into the full budget is fit: refinement may start there
+    got = {t.id: (t.state, t.metrics.get("loss")) for t in view}
+    for i in (4, 5):  # paused at 3: carried by the 3 -> 9 line
+        assert got[i][1].value == pytest.approx((2 * 0.1 * i - 0.1) / 2)
+    assert got[6][1].value == pytest.approx((2 * 0.7 - 0.1) / 2)  # pruned at 1: both lines
+    assert got[7] == (TrialState.PENDING, None) and got[8] == (TrialState.FAILED, None)
+    assert mf.spent(trials, curves) == (0.0, 3 * 9.0 + 2 * 3.0 + 1.0)
+
+
 def test_new_points_come_from_the_model_once_a_rung_has_enough_values(db):
     """With 3 values (d + 2) at the first rung, the next point is a BO point of the GP fit on that
     rung, not a design point."""

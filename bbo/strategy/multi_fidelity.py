@@ -11,8 +11,9 @@ BOHB's models see one budget at a time and drop the pruned points, and new confi
 lowest rung come from BO over everything measured. Pruning decides how far each configuration gets.
 
 Once the map into the full budget is fit, the model's refinement steps (``bo_exploit``,
-``bo_local``: the predicted optimum, a local quadratic step) start at the full budget: they refine
-the optimum by amounts low budgets cannot resolve.
+``bo_local``: the predicted optimum, a local quadratic step) start at the full budget, where they
+refine the optimum by amounts low budgets cannot resolve, while such trials hold at most one
+Hyperband bracket's share of the budget spent (``1 / rungs``); past it they start low like the rest.
 """
 
 from __future__ import annotations
@@ -61,14 +62,38 @@ class MultiFidelityStrategy:
         priors: Sequence[ParameterPrior] | None = None,
         curves: Mapping[int, Sequence[CurvePoint]] | None = None,
     ) -> list[Suggestion]:
-        """``n`` new points, from the GP on the best-informed rung (see the module docstring)."""
-        level, view = self.model_view(trials, curves or {})
+        """``n`` new points from the GP over every measured trial (see the module docstring)."""
+        curves = curves or {}
+        level, view = self.model_view(trials, curves)
         self.level = level
         out = self.inner.suggest(view, n, warmstart=warmstart, proposals=proposals, priors=priors)
-        if level == len(self.levels) - 1:
+        top = len(self.levels) - 1
+        if level == top:
+            full, total = self.spent(trials, curves)
             for s in out:
-                s.full_budget = s.origin in REFINEMENT
+                if s.origin in REFINEMENT and full <= total / (top + 1):
+                    s.full_budget = True
+                    full += self.levels[-1]
         return out
+
+    def spent(
+        self, trials: Sequence[Trial], curves: Mapping[int, Sequence[CurvePoint]]
+    ) -> tuple[float, float]:
+        """``(budget of the trials started at the full budget, budget of all)``: a trial counts
+        the largest budget it reported or was told at (a running one at the full budget: what it
+        will take). Refinement steps start at the full budget while those hold at most the share
+        of one Hyperband bracket, ``1 / rungs`` of the budget."""
+        top = len(self.levels) - 1
+        full = total = 0.0
+        for t in trials:
+            reached = max((p.budget for p in curves.get(t.id, ()) if p.budget), default=0.0)
+            if t.state is not TrialState.PENDING and t.budget:
+                reached = max(reached, t.budget)
+            if t.bracket == top:
+                reached = max(reached, self.levels[-1])
+                full += reached
+            total += reached
+        return full, total
 
     def status(self, trials: Sequence[Trial]) -> StudyStatus:
         """Always ACTIVE: a study with a fidelity has no outcome constraints."""
