@@ -454,7 +454,14 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--out", default="fidelity")
     ap.add_argument("--resume", action="store_true", help="reuse runs already in the JSON")
+    ap.add_argument(
+        "--summarize-only",
+        action="store_true",
+        help="rebuild the outputs from the runs in the JSON (an interrupted run): no new runs",
+    )
     args = ap.parse_args(argv)
+    if args.summarize_only:
+        return summarize_only(args)
     from bbo_server.process import ServerProcess
 
     problems = [PROBLEMS[p]() for p in args.problems.split(",")]
@@ -492,22 +499,62 @@ def main(argv=None) -> int:
     finally:
         srv.stop()
     optima = {p.name: p.optimum for p in problems if p.optimum is not None}
-    summary = summarize(runs, [p.name for p in problems], methods, total)
     meta = (
         f"`bench/bench_fidelity.py --seeds {args.seeds} --trials {args.trials} --mf-mode {args.mf_mode}`: "
         f"{args.seeds} seeds, a total budget of {args.trials} full-budget trials ({total} units, "
         f"full budget {MAX}, eta {ETA}) per run; run {started} to {time.strftime('%H:%M:%S')} "
         "on the shared 2-core VM (one sequential worker per run)."
     )
+    md = write_outputs(
+        runs, [p.name for p in problems], methods, total, optima, meta, args.mf_mode, args.out
+    )
+    print(md)
+    return 0
+
+
+def write_outputs(runs, problems, methods, total, optima, meta, mf_mode, out) -> str:
+    """``out``.json / .md / .png under bench/results from ``runs``; returns the markdown."""
+    summary = summarize(runs, problems, methods, total)
     md = table(summary, methods, optima, meta)
     json.dump(
-        {"runs": runs, "summary": summary, "mf_mode": args.mf_mode, "meta": meta},
-        open(json_path, "w"),
+        {"runs": runs, "summary": summary, "mf_mode": mf_mode, "meta": meta},
+        open(os.path.join(RESULTS, f"{out}.json"), "w"),
         indent=1,
     )
-    open(os.path.join(RESULTS, f"{args.out}.md"), "w").write(md + "\n")
-    plot(runs, summary, methods, optima, os.path.join(RESULTS, f"{args.out}.png"))
-    print(md)
+    open(os.path.join(RESULTS, f"{out}.md"), "w").write(md + "\n")
+    plot(runs, summary, methods, optima, os.path.join(RESULTS, f"{out}.png"))
+    return md
+
+
+def summarize_only(args) -> int:
+    """Outputs from the runs stored in ``--out``.json, per problem the seeds every method
+    finished (a run stopped part-way through its seeds)."""
+    data = json.load(open(os.path.join(RESULTS, f"{args.out}.json")))
+    methods = args.methods.split(",")
+    names = [p for p in args.problems.split(",") if any(r["problem"] == p for r in data["runs"])]
+    runs, seeds = [], {}
+    for p in names:
+        have = [
+            {r["seed"] for r in data["runs"] if r["problem"] == p and r["method"] == m}
+            for m in methods
+        ]
+        seeds[p] = sorted(set.intersection(*have))
+        runs += [
+            r
+            for r in data["runs"]
+            if r["problem"] == p and r["seed"] in seeds[p] and r["method"] in methods
+        ]
+    total = args.trials * MAX
+    optima = {"mf_hartmann6": H6_OPT}
+    mf_mode = data.get("mf_mode", args.mf_mode)
+    meta = (
+        f"`bench/bench_fidelity.py --trials {args.trials} --mf-mode {mf_mode}`, stopped part-way "
+        "and summarized with `--summarize-only`: seeds "
+        + "; ".join(f"{p} {', '.join(map(str, s))}" for p, s in seeds.items())
+        + f"; a total budget of {args.trials} full-budget trials ({total} units, full budget "
+        f"{MAX}, eta {ETA}) per run, on the shared 2-core VM (one sequential worker per run)."
+    )
+    print(write_outputs(runs, names, methods, total, optima, meta, mf_mode, args.out))
     return 0
 
 
