@@ -300,6 +300,10 @@ def one_run(problem: Problem, method: str, seed: int, total: int, address: str, 
 
 
 def best_at(run: dict, budget: float) -> float:
+    """The run's best full-budget value after ``budget`` units (inf: none yet; nan: a run stopped
+    before its total budget, past where it stopped)."""
+    if run["spent"] < run["total"] and budget > run["spent"]:
+        return math.nan
     b = math.inf
     for s, v in run["points"]:
         if s <= budget:
@@ -336,7 +340,9 @@ def summarize(runs: list[dict], problems: list[str], methods: list[str], total: 
         if "optuna_tpe_hyperband" in med and "bbo_mf" in med:
             first = next((i for i, b in enumerate(grid) if b > MAX / ETA**3), 0)
             s["mf_ahead_of_hyperband"] = [
-                med["bbo_mf"][i] <= med["optuna_tpe_hyperband"][i] for i in range(first, len(grid))
+                med["bbo_mf"][i] <= med["optuna_tpe_hyperband"][i]
+                for i in range(first, len(grid))
+                if not math.isnan(med["bbo_mf"][i] + med["optuna_tpe_hyperband"][i])
             ]
         s["trials"] = {m: float(np.median([r["trials"] for r in by[m]])) for m in methods}
         s["full"] = {m: float(np.median([r["full"] for r in by[m]])) for m in methods}
@@ -346,6 +352,9 @@ def summarize(runs: list[dict], problems: list[str], methods: list[str], total: 
 
 
 def _fmt(x: float) -> str:
+    """``n/a``: no full-budget value yet; ``-``: past where a stopped run ended."""
+    if math.isnan(x):
+        return "-"
     return "n/a" if not math.isfinite(x) else f"{x:.4g}"
 
 
@@ -459,6 +468,7 @@ def main(argv=None) -> int:
         action="store_true",
         help="rebuild the outputs from the runs in the JSON (an interrupted run): no new runs",
     )
+    ap.add_argument("--note", default="", help="with --summarize-only: a line on how it was run")
     args = ap.parse_args(argv)
     if args.summarize_only:
         return summarize_only(args)
@@ -553,6 +563,7 @@ def summarize_only(args) -> int:
         + "; ".join(f"{p} {', '.join(map(str, s))}" for p, s in seeds.items())
         + f"; a total budget of {args.trials} full-budget trials ({total} units, full budget "
         f"{MAX}, eta {ETA}) per run, on the shared 2-core VM (one sequential worker per run)."
+        + (f" {args.note}" if args.note else "")
     )
     print(write_outputs(runs, names, methods, total, optima, meta, mf_mode, args.out))
     return 0
