@@ -40,6 +40,7 @@ class RequestLimits:
     max_description_bytes: int = 65536  # UTF-8 bytes of a study's description
     max_spec_bytes: int = 1 << 20  # JSON bytes of a whole spec
     max_metrics_per_trial: int = 256  # metrics reported with one trial
+    max_rungs: int = 20  # budgets of a fidelity's ladder (max / eta^k down to min)
 
     @classmethod
     def flags(cls) -> list[tuple[str, int, str]]:
@@ -55,6 +56,7 @@ class RequestLimits:
             "max_description_bytes": "UTF-8 bytes of a study description",
             "max_spec_bytes": "JSON bytes of a whole study spec",
             "max_metrics_per_trial": "metrics reported with one trial",
+            "max_rungs": "rungs of a fidelity's budget ladder (max / eta^k down to min)",
         }
         return [(f.name, int(f.default), helps[f.name]) for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
 
@@ -158,6 +160,29 @@ class RequestLimits:
         llm = d.get("llm") or {}
         if isinstance(llm, Mapping):
             self._name(f"{field}.llm.model", llm.get("model"))
+        self._check_fidelity(d, field)
+
+    def _check_fidelity(self, d: Mapping[str, Any], field: str) -> None:
+        """The fidelity's name, and the number of rungs its budget range makes (each rung costs
+        work on every report and ask)."""
+        fid, pruning = d.get("fidelity"), d.get("pruning") or {}
+        if not isinstance(fid, Mapping):
+            return
+        self._name(f"{field}.fidelity.name", fid.get("name"))
+        eta = pruning.get("eta", 3.0) if isinstance(pruning, Mapping) else 3.0
+        try:
+            from bbo.pruning import rung_count
+
+            n = rung_count(fid, float(eta))
+        except (KeyError, TypeError, ValueError, OverflowError, ZeroDivisionError):
+            return  # malformed: the parser names the field
+        if n > self.max_rungs:
+            raise LimitExceeded(
+                f"{field}.fidelity",
+                f"max / min spans {n} rungs at eta {float(eta):g}, at most {self.max_rungs} "
+                "allowed: raise min or eta",
+                "max_rungs",
+            )
 
     def check_metrics(self, metrics: Mapping[str, Any], field: str = "metrics") -> None:
         """Check the metrics told with one trial (before they are validated and stored)."""

@@ -53,6 +53,10 @@ class StudyConfig:
 
 
 def default_strategy_factory(spec: StudySpec):
+    if spec.fidelity is not None:
+        from bbo.strategy.multi_fidelity import MultiFidelityStrategy
+
+        return MultiFidelityStrategy(spec)
     from bbo.strategy import GenerationStrategy
 
     return GenerationStrategy(spec)

@@ -22,6 +22,8 @@ from bbo.space import (
 )
 
 MINIMIZE, MAXIMIZE = "minimize", "maximize"
+MEDIAN, ASHA, HYPERBAND, NO_PRUNING = "median", "asha", "hyperband", "none"
+PRUNING_POLICIES = (MEDIAN, ASHA, HYPERBAND, NO_PRUNING)
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,31 @@ class LlmOptions:
 
 
 @dataclass(frozen=True)
+class Fidelity:
+    """What a trial's budget counts (epochs, a data fraction, solver iterations, simulated hours)
+    and its range: trials run at budgets from ``min`` to ``max``; only full-budget results complete.
+    ``integer``: budgets are whole numbers (rung budgets are rounded)."""
+
+    name: str
+    min: float
+    max: float
+    integer: bool = False
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """How trials are stopped early or continued (see :mod:`bbo.pruning`). ``policy``: "median",
+    "asha", "hyperband" or "none"; "" = median without a fidelity, asha with one. ``eta``: the
+    reduction factor between rungs. ``promote``: Ask hands out trials at their first rung's budget
+    and continues the best paused ones (else trials run toward the full budget and ReportIntermediate
+    stops the rest)."""
+
+    policy: str = ""
+    eta: float = 3.0
+    promote: bool = False
+
+
+@dataclass(frozen=True)
 class StudySpec:
     """Everything a study needs: search space, metrics, options, description and priors."""
 
@@ -115,6 +142,8 @@ class StudySpec:
     description: str = ""
     priors: tuple[ParameterPrior, ...] = ()
     llm: LlmOptions = field(default_factory=LlmOptions)
+    fidelity: Fidelity | None = None
+    pruning: Pruning = field(default_factory=Pruning)
 
     def __post_init__(self):
         for attr in ("objectives", "outcome_constraints", "tracked_metrics", "priors"):
@@ -197,6 +226,18 @@ class StudySpec:
                     )
         if len({p.parameter for p in self.priors}) != len(self.priors):
             raise SpecError("priors", "at most one prior per parameter")
+        _check_fidelity(self)
+
+    # ---- budgets and pruning --------------------------------------------------------------------
+    @property
+    def pruning_policy(self) -> str:
+        """The policy in force: the spec's, else the median rule without a fidelity, ASHA with one."""
+        return self.pruning.policy or (ASHA if self.fidelity is not None else MEDIAN)
+
+    @property
+    def rung_based(self) -> bool:
+        """Whether trials are judged at rungs (ASHA, Hyperband)."""
+        return self.pruning_policy in (ASHA, HYPERBAND)
 
     # ---- metric roles ---------------------------------------------------------------------------
     @property
@@ -242,6 +283,9 @@ class StudySpec:
                 for p in self.priors
             ],
             "llm": asdict(self.llm),
+            # only where set: a study without them stores the JSON it always did
+            **({"fidelity": asdict(self.fidelity)} if self.fidelity is not None else {}),
+            **({"pruning": asdict(self.pruning)} if self.pruning != Pruning() else {}),
         }
 
     @classmethod
@@ -264,6 +308,8 @@ class StudySpec:
                 description=d.get("description", ""),
                 priors=tuple(ParameterPrior(**p) for p in d.get("priors", [])),
                 llm=LlmOptions(**d.get("llm", {})),
+                fidelity=Fidelity(**d["fidelity"]) if d.get("fidelity") is not None else None,
+                pruning=Pruning(**(d.get("pruning") or {})),
             )
         except TypeError as e:
             raise SpecError("spec", f"unexpected field: {e}") from None
@@ -387,3 +433,62 @@ def _check_llm(o: LlmOptions) -> None:
     )
     if not isinstance(o.model, str):
         raise SpecError("llm.model", "must be a string")
+
+
+MIN_ETA, MAX_ETA = 2.0, 100.0
+
+
+def _check_fidelity(spec: StudySpec) -> None:
+    """A fidelity's range, the pruning policy, and what they need of the rest of the spec."""
+    f, p = spec.fidelity, spec.pruning
+    if not isinstance(p, Pruning):
+        raise SpecError("pruning", "must be a pruning setting")
+    if p.policy not in ("",) + PRUNING_POLICIES:
+        raise SpecError(
+            "pruning.policy", f"unknown policy {p.policy!r}: use {', '.join(PRUNING_POLICIES)}"
+        )
+    eta = _number(p.eta, "pruning.eta", f"a number from {MIN_ETA:g} to {MAX_ETA:g}")
+    if not MIN_ETA <= eta <= MAX_ETA:
+        raise SpecError("pruning.eta", f"must be from {MIN_ETA:g} to {MAX_ETA:g}, got {eta:g}")
+    if not isinstance(p.promote, bool):
+        raise SpecError("pruning.promote", "must be true or false")
+    if f is None:
+        if p.policy in (ASHA, HYPERBAND):
+            raise SpecError(
+                "pruning.policy",
+                f"{p.policy} ranks trials at budgets: declare the study's fidelity (its name, min "
+                "and max budget)",
+            )
+        if p.promote:
+            raise SpecError("pruning.promote", "promotion needs a fidelity and ASHA or Hyperband")
+        return
+    if not isinstance(f, Fidelity):
+        raise SpecError("fidelity", "must be a fidelity setting")
+    if not isinstance(f.name, str) or not f.name:
+        raise SpecError("fidelity.name", "name what the budget counts, e.g. 'epochs'")
+    if not isinstance(f.integer, bool):
+        raise SpecError("fidelity.integer", "must be true or false")
+    lo = _number(f.min, "fidelity.min", "a finite number > 0")
+    hi = _number(f.max, "fidelity.max", "a finite number > min")
+    if lo <= 0:
+        raise SpecError("fidelity.min", f"must be > 0, got {lo:g}")
+    if hi <= lo:
+        raise SpecError("fidelity.max", f"must be larger than min ({lo:g}), got {hi:g}")
+    if f.integer and (lo != math.floor(lo) or hi != math.floor(hi) or hi > INT64_MAX):
+        raise SpecError(
+            "fidelity.min", "an integer fidelity needs whole-number min and max up to 2**63 - 1"
+        )
+    if len(spec.objectives) != 1 or spec.outcome_constraints:
+        raise SpecError(
+            "fidelity",
+            "a study with a fidelity has one objective and no outcome constraints: trials are "
+            "ranked at lower budgets by that objective's values",
+        )
+    if spec.pruning_policy in (ASHA, HYPERBAND) and hi / lo < eta * (1 - 1e-9):
+        raise SpecError(
+            "fidelity.min",
+            f"with eta {eta:g}, max / min must be at least {eta:g} to leave a rung below the full "
+            f"budget (max {hi:g}, min {lo:g}): lower min or eta",
+        )
+    if p.promote and spec.pruning_policy not in (ASHA, HYPERBAND):
+        raise SpecError("pruning.promote", "promotion needs the policy asha or hyperband")

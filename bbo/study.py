@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Se
 
 from bbo.errors import ConflictError, LimitError, NotFoundError, SpecError, StudyNotFound
 from bbo.incumbent import incumbents, is_feasible
-from bbo.spec import MAXIMIZE, StudySpec
+from bbo.spec import MAXIMIZE, MEDIAN, NO_PRUNING, StudySpec
 from bbo.storage import (
     LEASE_EXPIRED,
     LLM_PURPOSES,
+    Continuation,
     LlmCallRecord,
     NewTrial,
     RequestKey,
@@ -250,21 +251,27 @@ class Study:
             if self._trials is None or any(_lease_over(t, now) for t in trials):
                 if self.expire_leases(now):
                     trials = self._all_trials()
+            curves, continuations = self._fidelity_plan(trials, count, plan)
+            n_new = count - len(continuations)
 
             def compute():
                 token = self._model_cache.pull(self.uid, self.strategy)
-                return self._suggest(trials, count, plan), self._status(trials), token
+                sugg = self._suggest(trials, n_new, plan) if n_new else ([], "")
+                return sugg, self._status(trials), token
 
             (suggestions, note), status, token = self._fit_slots.run(compute, self.tenant)
             status_note = self._set_state(*status) if status else ""
+            places = self._placements(trials, curves, suggestions)
             new = [
                 NewTrial(
                     params=self.spec.space.validate_params(s.params),
                     origin=s.origin,
                     reason=s.reason,
                     rationale=s.rationale,
+                    budget=where.budget,
+                    bracket=where.bracket,
                 )
-                for s in suggestions
+                for s, where in zip(suggestions, places, strict=True)
             ]
             created, prev = self.storage.insert_trials(
                 self.uid,
@@ -272,6 +279,7 @@ class Study:
                 worker_id=worker_id,
                 lease_expires_at=time.time() + lease,
                 request=req,
+                continuations=continuations,
             )
             if prev is not None:
                 self._check_hash(req, prev)
@@ -365,6 +373,108 @@ class Study:
             kw["priors"] = plan.spec.priors
         return kw
 
+    # ---- budgets (studies with a fidelity: bbo.pruning) -----------------------------------------
+    def _fidelity_plan(
+        self, trials: list[Trial], count: int, plan: dict[str, Any]
+    ) -> tuple[dict | None, list[Continuation]]:
+        """For a study with a fidelity: its stored curves (the rungs are rebuilt from them, and a
+        strategy that models budgets gets them in ``plan``) and, with promotion, the paused trials
+        this ask continues. ``(None, [])`` otherwise."""
+        if self.spec.fidelity is None:
+            return None, []
+        from bbo.pruning import Rungs
+
+        curves = self.storage.curves(self.uid)
+        if getattr(self.strategy, "uses_curves", False):
+            plan["curves"] = curves
+        conts = []
+        if self.spec.pruning.promote:
+            conts = Rungs(self.spec, trials, curves).promotions(count)
+        return curves, conts
+
+    def _placements(self, trials: list[Trial], curves: dict | None, suggestions) -> list:
+        """The bracket and budget each new trial starts at (None, None without a fidelity)."""
+        if self.spec.fidelity is None:
+            from bbo.pruning import Placement
+
+            return [Placement(None, None) for _ in suggestions]
+        from bbo.pruning import Rungs
+
+        rungs = Rungs(self.spec, trials, curves or {})
+        return rungs.placements([bool(getattr(s, "full_budget", False)) for s in suggestions])
+
+    def _check_budget(self, budget: Any, field: str = "budget") -> float | None:
+        """A budget given with a request: None when unset (0), else a number within the study's
+        fidelity (a study without one takes none)."""
+        if budget is None or (not isinstance(budget, bool) and budget == 0):
+            return None
+        f = self.spec.fidelity
+        if f is None:
+            raise SpecError(field, "this study declares no fidelity: leave the budget unset")
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget != budget:
+            raise SpecError(field, f"must be a number, got {budget!r}")
+        if not 0 < budget <= f.max * (1 + 1e-9):
+            raise SpecError(
+                field, f"must be in (0, {f.max:g}], the fidelity's full budget; got {budget!r}"
+            )
+        return float(budget)
+
+    def _told_state(
+        self, cur: Trial, state: TrialState, budget: float | None, curve_top: float | None
+    ) -> tuple[TrialState, float | None]:
+        """The state and budget a tell leaves ``cur`` in. A study with a fidelity completes a trial
+        only at the full budget; with promotion, a result at the budget Ask handed out pauses it
+        (PAUSED: a later Ask may continue it). Anything else below the full budget is refused:
+        such a trial was stopped early and is told PRUNED."""
+        from bbo.pruning import at_least, same_budget
+
+        f = self.spec.fidelity
+        if f is None:
+            return state, cur.budget
+        if state is TrialState.PRUNED:
+            return state, budget if budget is not None else (curve_top or cur.resume_budget)
+        if state is not TrialState.COMPLETED:
+            return state, cur.budget
+        b = budget if budget is not None else (cur.budget if cur.budget is not None else f.max)
+        if at_least(b, f.max):
+            return TrialState.COMPLETED, float(f.max)
+        if self.spec.pruning.promote and same_budget(b, cur.budget):
+            return TrialState.PAUSED, float(cur.budget)
+        handed = f" (it was handed out at {cur.budget:g})" if cur.budget is not None else ""
+        raise SpecError(
+            "budget",
+            f"trial {cur.id} told at {f.name} {b:g}, below the full budget {f.max:g}{handed}: "
+            "a trial stopped early is told with state PRUNED; a completed one at the full budget"
+            + (
+                " or, with promotion, at the budget Ask handed out"
+                if self.spec.pruning.promote
+                else ""
+            ),
+        )
+
+    def _record_value(self, cur: Trial, budget: float, value: float) -> None:
+        """Keep a told value at ``budget`` in the trial's curve (where the rungs and the model read
+        it, also after the trial is continued): at the step of an earlier value at that budget,
+        else at step ``budget`` for an integer fidelity, else after the trial's last step."""
+        from bbo.pruning import same_budget
+
+        curve = self.storage.curves(self.uid, [cur.id]).get(cur.id, [])
+        step = None
+        for p in curve:
+            if same_budget(p.budget, budget):
+                if p.value == value:
+                    return
+                step = p.step
+                break
+        if step is None:
+            used = {p.step for p in curve}
+            whole = int(round(budget))
+            if self.spec.fidelity.integer and whole not in used and 0 <= whole <= MAX_STEP:
+                step = whole
+            else:
+                step = max(used, default=0) + 1
+        self.storage.add_intermediate(self.uid, cur.id, step, float(value), float(budget))
+
     def _suggest(self, trials: list[Trial], count: int, plan: Mapping[str, Any]):
         try:
             sugg = list(self.strategy.suggest(trials, count, **plan))
@@ -457,38 +567,77 @@ class Study:
         reason: str = "",
         request_id: str = "",
         study_uid: str = "",
+        budget: float | None = None,
     ) -> TellResult:
-        """Finish a trial: COMPLETED with metrics, FAILED, or ABANDONED. Committed before it returns.
+        """Finish a trial: COMPLETED with metrics, FAILED, ABANDONED, or PRUNED (stopped early by
+        the pruning policy; metrics optional). Committed before it returns.
 
-        Repeating the same tell returns ``duplicate=True``; a different tell on a finished trial
-        raises :class:`ConflictError`. ``study_uid``: the trial's, checked against this study's.
+        Studies with a fidelity: ``budget`` is what the metrics were measured at (default: the
+        budget the trial was handed out at); COMPLETED needs the full budget, or with promotion
+        the handed-out budget, which pauses the trial (PAUSED). Repeating the same tell returns
+        ``duplicate=True``; a different tell on a finished trial raises :class:`ConflictError`.
+        ``study_uid``: the trial's, checked against this study's.
         """
         self._check_uid(study_uid, trial_id)
         if state is None:
             state = TrialState.FAILED if failed else TrialState.COMPLETED
-        if state is TrialState.PENDING:
-            raise SpecError("state", "a tell finishes a trial: COMPLETED, FAILED or ABANDONED")
+        if state in (TrialState.PENDING, TrialState.PAUSED):
+            raise SpecError(
+                "state",
+                "a tell finishes a trial: COMPLETED, FAILED, ABANDONED or PRUNED (a trial is "
+                "PAUSED by a COMPLETED tell at the budget Ask handed out, with promotion)",
+            )
+        budget = self._check_budget(budget)
         required = self.spec.required_metrics if state is TrialState.COMPLETED else []
         checked = self._check_metrics(metrics, required)
         reason = str(reason or "")[:MAX_REASON]
         req = None
         if request_id:
             h = _request_hash(
-                {"trial": trial_id, "state": state.value, "metrics": _metrics_key(checked)}
+                {
+                    "trial": trial_id,
+                    "state": state.value,
+                    "metrics": _metrics_key(checked),
+                    **({"budget": budget} if budget is not None else {}),
+                }
             )
             req = RequestKey("tell", request_id, h)
         outcome: dict[str, Any] = {}
+        number = _trial_number(trial_id)
+        curve_top = None
+        if self.spec.fidelity is not None and state in (TrialState.COMPLETED, TrialState.PRUNED):
+            # the told objective joins the trial's curve first (a tell refused below leaves
+            # nothing; one that fails after it leaves a value the retry writes again)
+            cur = self.storage.get_trial(self.uid, number)
+            if cur is not None and self._accepts(cur, state):
+                curve = self.storage.curves(self.uid, [cur.id]).get(cur.id, [])
+                curve_top = max((p.budget for p in curve if p.budget is not None), default=None)
+                _, at = self._told_state(cur, state, budget, curve_top)
+                obj = self.spec.objectives[0].name
+                if at is not None and obj in checked:
+                    self._record_value(cur, at, checked[obj].value)
 
         def change(cur: Trial) -> Optional[Trial]:
-            if cur.state is TrialState.PENDING or (
-                _late(cur) and state is not TrialState.ABANDONED
-            ):
+            if self._accepts(cur, state):
+                new_state, at = self._told_state(cur, state, budget, curve_top)
                 # a tell without a reason keeps the note generation left (a fallback's cause)
                 note = reason or (cur.reason if cur.state is TrialState.PENDING else "")
                 return dataclasses.replace(
-                    cur, state=state, metrics=checked, reason=note, lease_expires_at=None
+                    cur,
+                    state=new_state,
+                    metrics=checked,
+                    reason=note,
+                    lease_expires_at=None,
+                    budget=at,
                 )
-            if cur.state is state and _metrics_key(cur.metrics) == _metrics_key(checked):
+            told = state
+            if cur.state is TrialState.PAUSED and state is TrialState.COMPLETED:
+                told = TrialState.PAUSED  # a repeated rung result
+            if (
+                cur.state is told
+                and _metrics_key(cur.metrics) == _metrics_key(checked)
+                and (budget is None or cur.budget is None or abs(budget - cur.budget) < 1e-9)
+            ):
                 outcome["duplicate"] = True
                 return None
             raise ConflictError(
@@ -498,7 +647,7 @@ class Study:
             )
 
         trial, changed, prev = self.storage.modify_trial(
-            self.uid, _trial_number(trial_id), change, request=req, event_detail=reason or "told"
+            self.uid, number, change, request=req, event_detail=reason or "told"
         )
         if trial is None:
             raise NotFoundError(f"trial {trial_id} not found in study '{self.name}'")
@@ -510,6 +659,16 @@ class Study:
             self._feasible_arrived([trial])
         return TellResult(trial, duplicate=bool(outcome.get("duplicate")))
 
+    @staticmethod
+    def _accepts(cur: Trial, state: TrialState) -> bool:
+        """Whether a tell of ``state`` may change ``cur``: a pending trial, one whose lease ran out
+        (its result is still welcome), or a paused one being given up (PRUNED)."""
+        return (
+            cur.state is TrialState.PENDING
+            or (_late(cur) and state is not TrialState.ABANDONED)
+            or (cur.state is TrialState.PAUSED and state is TrialState.PRUNED)
+        )
+
     @_study_calls
     def add_trial(
         self,
@@ -519,10 +678,24 @@ class Study:
         state: TrialState = TrialState.COMPLETED,
         request_id: str = "",
         reason: str = "",
+        budget: float | None = None,
     ) -> Trial:
-        """Attach an externally evaluated point (``origin='user'``)."""
+        """Attach an externally evaluated point (``origin='user'``); in a study with a fidelity, a
+        result at the full budget (``budget`` unset or the fidelity's max)."""
         if state not in (TrialState.COMPLETED, TrialState.FAILED):
             raise SpecError("state", "an added trial is COMPLETED or FAILED")
+        budget = self._check_budget(budget)
+        f = self.spec.fidelity
+        if f is not None:
+            from bbo.pruning import at_least
+
+            if budget is not None and not at_least(budget, f.max):
+                raise SpecError(
+                    "budget",
+                    f"an added trial is a result at the full budget ({f.name} {f.max:g}); got "
+                    f"{budget:g}",
+                )
+            budget = float(f.max)
         p = self.spec.space.validate_params(params)
         required = self.spec.required_metrics if state is TrialState.COMPLETED else []
         m = self._check_metrics(metrics, required)
@@ -531,7 +704,12 @@ class Study:
             h = _request_hash({"params": p, "state": state.value, "metrics": _metrics_key(m)})
             req = RequestKey("add", request_id, h)
         new = NewTrial(
-            p, Origin.USER.value, state=state, metrics=m, reason=str(reason)[:MAX_REASON]
+            p,
+            Origin.USER.value,
+            state=state,
+            metrics=m,
+            reason=str(reason)[:MAX_REASON],
+            budget=budget,
         )
         created, prev = self.storage.insert_trials(self.uid, [new], request=req)
         if prev is not None:
@@ -597,9 +775,16 @@ class Study:
 
     @_study_calls
     def report_intermediate(
-        self, trial_id: int, step: int, value: float, study_uid: str = ""
+        self,
+        trial_id: int,
+        step: int,
+        value: float,
+        study_uid: str = "",
+        budget: float | None = None,
     ) -> tuple[bool, str]:
-        """Record the first objective's value at ``step``; answer whether to stop (median rule)."""
+        """Record the first objective's value at ``step`` (measured at ``budget``: a study with a
+        fidelity takes the step for it when unset); answer whether to stop, and why, by the
+        study's pruning policy (median rule, ASHA, Hyperband; see :mod:`bbo.pruning`)."""
         self._check_uid(study_uid, trial_id)
         if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
             raise SpecError("step", f"step must be an integer from 0 to 2**63 - 1, got {step!r}")
@@ -610,17 +795,37 @@ class Study:
             or value in (float("inf"), float("-inf"))
         ):
             raise SpecError("value", f"value must be a finite number, got {value!r}")
+        budget = self._check_budget(budget)
+        f = self.spec.fidelity
+        if f is not None and budget is None:
+            if step > f.max * (1 + 1e-9):
+                raise SpecError(
+                    "budget",
+                    f"step {step} read as the budget is past the full {f.name} {f.max:g}: pass "
+                    "the budget the value was measured at",
+                )
+            budget = float(step)
         cur = self.get_trial(trial_id)
         if cur.state is not TrialState.PENDING and not _late(cur):
             raise ConflictError(
                 f"trial {trial_id} is {cur.state.value}: intermediate values are for pending trials"
             )
-        if not self.storage.add_intermediate(self.uid, cur.id, step, float(value)):
+        if not self.storage.add_intermediate(self.uid, cur.id, step, float(value), budget):
             raise NotFoundError(f"trial {trial_id} not found in study '{self.name}'")
-        sign = 1.0 if self.spec.objectives[0].goal == MAXIMIZE else -1.0
-        completed = {t.id for t in self.storage.list_trials(self.uid, [TrialState.COMPLETED])}
-        curves = self.storage.intermediates(self.uid)
-        return self.config.stopping.should_stop(cur.id, step, sign, curves, completed)
+        policy = self.spec.pruning_policy
+        if policy == NO_PRUNING:
+            return False, ""
+        if policy == MEDIAN:
+            sign = 1.0 if self.spec.objectives[0].goal == MAXIMIZE else -1.0
+            completed = {t.id for t in self.storage.list_trials(self.uid, [TrialState.COMPLETED])}
+            curves = self.storage.intermediates(self.uid)
+            return self.config.stopping.should_stop(cur.id, step, sign, curves, completed)
+        if self.spec.pruning.promote:
+            return False, ""  # promotion: trials run to the budget they were handed
+        from bbo.pruning import Rungs
+
+        rungs = Rungs(self.spec, self._all_trials(), self.storage.curves(self.uid))
+        return rungs.should_stop(cur, budget if budget is not None else 0.0)
 
     # ---- LLM audit ------------------------------------------------------------------------------
     @_study_calls

@@ -16,10 +16,13 @@ class TrialState(str, enum.Enum):
     COMPLETED = "COMPLETED"  # told with metrics
     FAILED = "FAILED"  # the evaluation failed (its point is not modeled as an outcome)
     ABANDONED = "ABANDONED"  # the worker went away (lease expired) or the user gave up on it
+    PAUSED = "PAUSED"  # told at a rung's budget below the full one (promotion): may be continued
+    PRUNED = "PRUNED"  # stopped early by the pruning policy: values kept, never the best trial
 
     @property
     def finished(self) -> bool:
-        return self is not TrialState.PENDING
+        """Ended for good (a PAUSED trial may still be continued)."""
+        return self not in (TrialState.PENDING, TrialState.PAUSED)
 
 
 class StudyState(enum.StrEnum):
@@ -68,6 +71,11 @@ class Trial:
     created_at: float = 0.0
     updated_at: float = 0.0
     lease_expires_at: float | None = None
+    # studies with a fidelity (bbo.pruning): the budget to run to (PENDING) or measured at, the
+    # Hyperband bracket, and for a continued trial the budget it had already reached
+    budget: float | None = None
+    bracket: int | None = None
+    resume_budget: float | None = None
 
     def value(self, name: str) -> float:
         return self.metrics[name].value

@@ -26,6 +26,7 @@ VARIANTS = [
     ("hpo", {"model": "hgb", "dataset": "iris", "max_train_seconds": 1.0}),
     ("hpo", {"model": "rf", "dataset": "wine"}),
     ("hpo", {"model": "mlp", "dataset": "iris"}),
+    ("hpo", {"model": "sgd_mlp", "dataset": "iris", "max_epochs": 9}),
     ("admm", {"problem": "lasso"}),
     ("admm", {"problem": "qp", "accuracy": 1e-4}),
     ("cloud", {"variant": "single"}),
@@ -124,6 +125,42 @@ def test_hpo_constraint_and_train_seconds():
         {"C": 10.0, "gamma": 0.01, "tol": 1e-3, "model": "svm", "dataset": "breast_cancer"}
     )
     assert good["cv_error"] < 0.06 < 0.3 < bad["cv_error"]
+
+
+def test_hpo_epoch_model_trains_epoch_by_epoch():
+    """sgd_mlp: a fidelity of epochs; a trainer continued from epoch 3 ends where one trained
+    straight to 9 does; a sensible configuration learns, a huge learning rate does not, and a run
+    whose weights went non-finite keeps the majority-class error; regression data sets are
+    refused."""
+    kit = KITS["hpo"]
+    spec = kit.spec(model="sgd_mlp", dataset="wine", max_epochs=9)
+    assert (spec.fidelity.name, spec.fidelity.min, spec.fidelity.max) == ("epochs", 1, 9)
+    assert [o.name for o in spec.objectives] == ["val_error"]
+    p = {
+        "model": "sgd_mlp",
+        "dataset": "wine",
+        "hidden_units": 32,
+        "learning_rate_init": 0.05,
+        "momentum": 0.9,
+        "alpha": 1e-4,
+        "batch_size": 16,
+    }
+    resumed = kit.trainer(p, seed=2)
+    curve = list(resumed.curve(3))
+    assert [e for e, _ in curve] == [1, 2, 3]
+    assert (
+        resumed.train_to(9)
+        == kit.trainer(p, seed=2).train_to(9)
+        == pytest.approx(kit.evaluate(p, seed=2, budget=9)["val_error"])
+    )
+    assert resumed.error < curve[0][1] and resumed.error < 0.15
+    wild = kit.trainer({**p, "learning_rate_init": 10.0, "momentum": 0.99}, seed=2)
+    assert wild.train_to(9) > 0.4 > 0.15 > resumed.error
+    wild.model.coefs_[0][0, 0] = float("nan")  # weights gone non-finite: broken for good
+    assert wild.step() == wild.chance_error and wild.diverged
+    assert wild.train_to(12) == wild.chance_error and wild.epochs == 12
+    with pytest.raises(SpecError, match="classification"):
+        kit.spec(model="sgd_mlp", dataset="diabetes")
 
 
 # ---- ADMM ---------------------------------------------------------------------------------------
@@ -358,3 +395,22 @@ def test_kit_study_end_to_end(server, name, opts, entry):
     assert len(trials) == 6 and all(t.state == "COMPLETED" for t in trials)
     spec = KITS[name].spec()
     assert all(set(spec.all_metrics) <= set(t.metrics) for t in trials)
+
+
+def test_kit_epoch_model_study_end_to_end(server):
+    """``bbo kit hpo -o model=sgd_mlp``: a multi-fidelity study whose trials report every epoch and
+    end COMPLETED at the full budget or PRUNED."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "bbo.kits.cli", "hpo", "--server", server.address]
+    cmd += ["--trials", "8", "--seed", "0", "--quiet", "--study", "e2e-sgd"]
+    cmd += ["-o", "model=sgd_mlp", "-o", "dataset=iris", "-o", "max_epochs=9"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    import bbo_client as bc
+
+    with bc.Client(server.address) as c:
+        trials = c.study("e2e-sgd").trials()
+    assert len(trials) == 8 and {t.state for t in trials} <= {"COMPLETED", "PRUNED"}
+    assert any(t.state == "COMPLETED" and t.budget == 9 for t in trials)
+    done = sum(t.state == "COMPLETED" for t in trials)
+    assert f"{done} of 8 trials completed, 0 failed" in r.stdout

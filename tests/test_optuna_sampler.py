@@ -56,7 +56,7 @@ def test_unchanged_objective_asks_bbo_and_tells_every_result(bbo_server, client,
     assert first.metrics["value"] == pytest.approx(study.trials[0].value)
 
 
-def test_pruned_failed_and_nonfinite_trials_are_failed_with_reasons(bbo_server, client, study_name):
+def test_pruned_failed_and_nonfinite_trials_are_told_with_reasons(bbo_server, client, study_name):
     def obj(trial):
         x = trial.suggest_float("x", 0, 1)
         if trial.number == 2:
@@ -77,7 +77,7 @@ def test_pruned_failed_and_nonfinite_trials_are_failed_with_reasons(bbo_server, 
     told = {t.number: by_id[t.system_attrs[TRIAL_ID_ATTR]] for t in study.trials[1:]}
     assert told[1].state == "COMPLETED"
     assert (
-        told[2].state == "FAILED"
+        told[2].state == "PRUNED"
         and told[2].reason == "pruned by Optuna at step 3 (last value 0.5)"
     )
     assert told[3].state == "FAILED" and "Optuna trial 3 failed" in told[3].reason

@@ -89,6 +89,16 @@ def extreme_specs(draw):
     if draw(st.booleans()):
         for name in [o.name for o in spec.objectives]:
             a.reference_point[name] = draw(st.sampled_from(FLOATS + [math.nan, math.inf]))
+    if draw(st.integers(0, 2)) == 0:  # budgets: accepted only with one objective, no constraints
+        f = spec.fidelity
+        f.name = draw(st.sampled_from(["epochs", "é" * 3, "x\x00y"]))
+        f.min = draw(st.sampled_from([5e-324, 1e-300, 0.5, 1.0, 3.0]))
+        f.max = draw(st.sampled_from([1.0, 27.0, 2.0**63, 1e300, BIG]))
+        f.integer = draw(st.booleans())
+        p = spec.pruning
+        p.policy = draw(st.sampled_from(list(pb.PruningPolicy.values())))
+        p.eta = draw(st.sampled_from([0.0, 2.0, 100.0, 1e300, math.nan]))
+        p.promote = draw(st.booleans())
     if draw(st.booleans()):
         pr = spec.priors.add(parameter="p0", confidence=draw(st.sampled_from([0.0, 0.5, 1.0, 2.0])))
         kind = spec.parameters[0].WhichOneof("kind")

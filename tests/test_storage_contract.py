@@ -16,7 +16,7 @@ import pytest
 
 from bbo.testing import postgres as pg_cluster
 from bbo.errors import LimitError, NotFoundError, StudyNotFound
-from bbo.storage import LlmCallRecord, NewTrial, RequestKey, open_storage
+from bbo.storage import Continuation, LlmCallRecord, NewTrial, RequestKey, open_storage
 from bbo.trial import Metric, TrialState
 
 SPEC = {
@@ -187,6 +187,58 @@ def test_intermediates_llm_calls_model_state_and_delete(store):
     assert store.model_state_n_fit(uid) == 9
     assert store.delete_study(uid)
     assert store.get_study("t", "s") is None and not store.delete_study(uid)
+
+
+def test_budgets_curves_and_continuations(store):
+    """Trials keep their budget and bracket; intermediate values their budget and first time; a
+    PAUSED trial is continued once, in the ask's transaction, and the ask's request replays it."""
+    uid = store.create_study("t", "s", SPEC, 1).uid
+    (a, b), _ = store.insert_trials(
+        uid, [NewTrial({"x": 0.1}, "bo", budget=1.0, bracket=0), NewTrial({"x": 0.2}, "bo")]
+    )
+    assert (a.budget, a.bracket, a.resume_budget) == (1.0, 0, None) and b.budget is None
+    assert store.add_intermediate(uid, a.id, 1, 0.5, budget=1.0)
+    first = store.curves(uid)[a.id][0]
+    time.sleep(0.01)
+    assert store.add_intermediate(uid, a.id, 1, 0.5, budget=1.0)  # a repeat keeps its time
+    assert store.curves(uid)[a.id] == [first] and (first.step, first.budget) == (1, 1.0)
+    store.add_intermediate(uid, b.id, 3, 0.7)
+    assert store.curves(uid, [b.id])[b.id][0].budget is None and a.id not in store.curves(
+        uid, [b.id]
+    )
+    paused = store.modify_trial(
+        uid,
+        a.id,
+        lambda cur: dataclasses.replace(
+            cur, state=TrialState.PAUSED, metrics={"y": Metric(0.5)}, lease_expires_at=None
+        ),
+    )[0]
+    assert (paused.state, paused.budget) == (TrialState.PAUSED, 1.0)
+    go = Continuation(a.id, 1.0, 3.0, "continued to 3")
+    req = RequestKey("ask", "r1", "h")
+    (cont, new), prev = store.insert_trials(
+        uid,
+        [NewTrial({"x": 0.3}, "bo", budget=1.0, bracket=0)],
+        worker_id="w",
+        lease_expires_at=time.time() + 60,
+        request=req,
+        continuations=[go],
+    )
+    assert prev is None and cont.id == a.id and new.id == 3
+    assert (cont.state, cont.budget, cont.resume_budget, cont.params) == (
+        TrialState.PENDING,
+        3.0,
+        1.0,
+        {"x": 0.1},
+    )
+    assert cont.metrics == {} and cont.worker_id == "w" and cont.lease_expires_at is not None
+    assert store.get_trial(uid, a.id) == cont
+    assert store.curves(uid)[a.id] == [first]  # the curve stays with the trial
+    again, _ = store.insert_trials(uid, [], continuations=[go])  # no longer PAUSED at 1.0
+    assert again == []
+    replay, prev = store.insert_trials(uid, [], request=req, continuations=[go])
+    assert prev is not None and [t.id for t in replay] == [a.id, 3]
+    assert [e[1] for e in store.trial_events(uid, a.id)][-1] == "continued to 3"
 
 
 def test_api_keys(store):

@@ -64,7 +64,37 @@ def spec_to_client_kwargs(spec: StudySpec) -> dict[str, Any]:
             )
             for p in spec.priors
         ],
+        **_budgets(spec),
     )
+
+
+def _budgets(spec: StudySpec) -> dict[str, Any]:
+    """The fidelity and pruning of a kit's spec, as client arguments (none where unset)."""
+    import bbo_client as bc
+
+    out: dict[str, Any] = {}
+    f = spec.fidelity
+    if f is not None:
+        out["fidelity"] = bc.Fidelity(f.name, float(f.min), float(f.max), f.integer)
+        p = spec.pruning
+        out["pruning"] = bc.Pruning(p.policy, float(p.eta), p.promote)
+    return out
+
+
+def objective(kit, spec: StudySpec, seed: int):
+    """What ``optimize`` evaluates: ``kit.evaluate``, or for an epoch-based kit model a function
+    that trains epoch by epoch, reports each epoch's value and stops when the study prunes it."""
+    if spec.fidelity is None or not hasattr(kit, "trainer"):
+        return lambda params: kit.evaluate(params, seed=seed)
+    obj = spec.objectives[0].name
+
+    def train(params, trial):
+        tr = kit.trainer(params, seed)
+        for epoch, value in tr.curve(int(trial.budget or spec.fidelity.max)):
+            trial.report(epoch, value)  # raises TrialPruned when the study stops the trial
+        return {obj: tr.error, "train_seconds": tr.seconds, "epochs": float(tr.epochs)}
+
+    return train
 
 
 def _coerce(kit, key: str, raw: str) -> Any:
@@ -173,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
             f"bbo kit: study {study.name} on {args.server}: {args.trials} trials, {args.workers} workers, eval seed {args.eval_seed}"
         )
         best = study.optimize(
-            lambda params: kit.evaluate(params, seed=args.eval_seed),
+            objective(kit, spec, args.eval_seed),
             n_trials=args.trials,
             n_workers=args.workers,
             progress=not args.quiet,
@@ -181,7 +211,11 @@ def run(args: argparse.Namespace) -> int:
         trials = study.trials()
     done = sum(t.state == "COMPLETED" for t in trials)
     failed = [t for t in trials if t.state == "FAILED"]
-    print(f"bbo kit: {done} of {len(trials)} trials completed, {len(failed)} failed")
+    pruned = sum(t.state == "PRUNED" for t in trials)
+    print(
+        f"bbo kit: {done} of {len(trials)} trials completed, {len(failed)} failed"
+        + (f", {pruned} pruned" if pruned else "")
+    )
     for t in failed[:3]:
         print(f"  trial {t.id} failed: {t.reason}")
     if not best.trials:

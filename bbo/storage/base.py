@@ -52,6 +52,30 @@ class NewTrial:
     metrics: dict[str, Metric] = field(default_factory=dict)
     reason: str = ""
     rationale: str = ""
+    budget: float | None = None  # studies with a fidelity: the budget to run it to
+    bracket: int | None = None
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """Hand a PAUSED trial out again at a larger budget (a promotion): applied only while the trial
+    is still PAUSED at ``from_budget``, so one paused trial is never continued twice."""
+
+    number: int
+    from_budget: float
+    budget: float
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One intermediate value of a trial: its step, value, the budget it was measured at (None
+    where none was given) and when it was stored (epoch seconds)."""
+
+    step: int
+    value: float
+    budget: float | None
+    at: float
 
 
 @dataclass(frozen=True)
@@ -184,11 +208,15 @@ class Storage(abc.ABC):
         worker_id: str = "",
         lease_expires_at: Optional[float] = None,
         request: Optional[RequestKey] = None,
+        continuations: Sequence[Continuation] = (),
     ) -> tuple[list[Trial], Optional[StoredRequest]]:
         """Insert trials with freshly allocated numbers, in one transaction.
 
-        With ``request``, the key is recorded with the new numbers; if it was recorded already,
-        nothing is inserted and ``(those trials, the stored request)`` comes back (the caller
+        ``continuations``: PAUSED trials handed out again in the same transaction (PENDING, with
+        the worker and lease, metrics cleared, ``resume_budget`` = the budget reached); one no
+        longer PAUSED at its ``from_budget`` is skipped. They come first in the result.
+        With ``request``, the key is recorded with the numbers handed out; if it was recorded
+        already, nothing changes and ``(those trials, the stored request)`` comes back (the caller
         compares hashes)."""
 
     @abc.abstractmethod
@@ -234,12 +262,21 @@ class Storage(abc.ABC):
 
     # ---- intermediate values --------------------------------------------------------------------
     @abc.abstractmethod
-    def add_intermediate(self, uid: str, number: int, step: int, value: float) -> bool:
-        """Record (or overwrite) a trial's value at ``step``; False if the trial does not exist."""
+    def add_intermediate(
+        self, uid: str, number: int, step: int, value: float, budget: float | None = None
+    ) -> bool:
+        """Record (or overwrite) a trial's value at ``step`` (measured at ``budget``); False if
+        the trial does not exist. Repeating the same value keeps the time it was first stored
+        (rung decisions compare those times)."""
 
     @abc.abstractmethod
     def intermediates(self, uid: str) -> dict[int, list[tuple[int, float]]]:
         """trial number -> ``[(step, value)]`` sorted by step."""
+
+    @abc.abstractmethod
+    def curves(self, uid: str, numbers: Sequence[int] | None = None) -> dict[int, list[CurvePoint]]:
+        """trial number -> its intermediate values with budgets and times, sorted by step; only
+        the trials ``numbers`` where given."""
 
     # ---- LLM calls ------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -220,6 +220,15 @@ class PostgresStorage(SqlStorage):
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
             self._run_migrations(conn)
 
+    def _report_time(self, conn: sa.Connection, sid: int) -> float:
+        """Replicas write one study's intermediate values in turn (the study row, locked against
+        other such writes but not against tells), each stamped with the database's clock: one
+        clock, in commit order, whichever replica writes."""
+        conn.execute(
+            sa.select(S.studies.c.id).where(S.studies.c.id == sid).with_for_update(key_share=True)
+        )
+        return float(conn.execute(sa.text("SELECT extract(epoch FROM clock_timestamp())")).scalar())
+
     def _lock_tenant(self, conn: sa.Connection, tenant: str) -> None:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": tenant_lock_key(tenant)})
 

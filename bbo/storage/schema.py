@@ -86,6 +86,11 @@ trials = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("lease_expires_at", sa.Float, nullable=True),
+    # studies with a fidelity: the budget to run to / measured at, the Hyperband bracket, and for a
+    # continued (promoted) trial the budget it had reached (see bbo.pruning)
+    sa.Column("budget", sa.Float, nullable=True),
+    sa.Column("bracket", sa.Integer, nullable=True),
+    sa.Column("resume_budget", sa.Float, nullable=True),
     sa.UniqueConstraint("study_id", "number"),
     sa.Index(None, "study_id", "state"),
     sqlite_autoincrement=True,
@@ -116,6 +121,7 @@ intermediate_values = sa.Table(
     sa.Column("step", sa.BigInteger, primary_key=True),
     sa.Column("value", sa.Float, nullable=False),
     sa.Column("at", sa.Float, nullable=False),
+    sa.Column("budget", sa.Float, nullable=True),  # the budget the value was measured at (fidelity)
 )
 
 llm_calls = sa.Table(

@@ -26,6 +26,8 @@ from bbo.storage import schema as S
 from bbo.storage.base import (
     LEASE_EXPIRED,
     ApiKeyRecord,
+    Continuation,
+    CurvePoint,
     LlmCallRecord,
     ModelState,
     NewTrial,
@@ -73,6 +75,9 @@ def _trial(row) -> Trial:
         created_at=row.created_at,
         updated_at=row.updated_at,
         lease_expires_at=row.lease_expires_at,
+        budget=row.budget,
+        bracket=row.bracket,
+        resume_budget=row.resume_budget,
     )
 
 
@@ -90,6 +95,9 @@ def row_trial(r: dict) -> Trial:
         created_at=r["created_at"],
         updated_at=r["updated_at"],
         lease_expires_at=r["lease_expires_at"],
+        budget=r["budget"],
+        bracket=r["bracket"],
+        resume_budget=r["resume_budget"],
     )
 
 
@@ -170,6 +178,13 @@ class SqlStorage(Storage):
         with self.engine.connect() as conn:
             with conn.begin():
                 yield conn
+
+    def _report_time(self, conn: sa.Connection, sid: int) -> float:
+        """The time an intermediate value is stored at, taken once the study's reports are
+        serialized: later in every report committed after it (rung decisions compare these times
+        with what they could see). The default: writes of the process are serialized already
+        (SQLite's one writer), so the local clock."""
+        return time.time()
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sa.Connection]:
@@ -361,9 +376,12 @@ class SqlStorage(Storage):
         worker_id: str = "",
         lease_expires_at: Optional[float] = None,
         request: Optional[RequestKey] = None,
+        continuations: Sequence[Continuation] = (),
     ) -> tuple[list[Trial], Optional[StoredRequest]]:
         try:
-            return self._insert_trials(uid, new, worker_id, lease_expires_at, request)
+            return self._insert_trials(
+                uid, new, worker_id, lease_expires_at, request, continuations
+            )
         except sa.exc.IntegrityError:
             if request is None:
                 raise
@@ -375,7 +393,7 @@ class SqlStorage(Storage):
                     raise
                 return self._trials_by_number(conn, sid, prev.response.get("trials", [])), prev
 
-    def _insert_trials(self, uid, new, worker_id, lease_expires_at, request):
+    def _insert_trials(self, uid, new, worker_id, lease_expires_at, request, continuations=()):
         now = time.time()
         with self._write() as conn:
             sid = self._sid(conn, uid, lock=True)
@@ -392,6 +410,12 @@ class SqlStorage(Storage):
                 .returning(S.studies.c.trial_counter)
             ).scalar_one()
             first = int(top) - n + 1
+            # after the study row (as every writer locks it first), then the trial rows
+            continued = [
+                c.number
+                for c in continuations
+                if self._continue(conn, sid, c, worker_id, lease_expires_at, now)
+            ]
             rows = [
                 dict(
                     study_id=sid,
@@ -406,11 +430,54 @@ class SqlStorage(Storage):
                     created_at=now,
                     updated_at=now,
                     lease_expires_at=lease_expires_at if t.state is TrialState.PENDING else None,
+                    budget=t.budget,
+                    bracket=t.bracket,
+                    resume_budget=None,
                 )
                 for i, t in enumerate(new)
             ]
-            self._insert_trial_rows(conn, sid, rows, request, now)
-            return [row_trial(r) for r in rows], None
+            if not continued:
+                self._insert_trial_rows(conn, sid, rows, request, now)
+                return [row_trial(r) for r in rows], None
+            self._insert_trial_rows(conn, sid, rows, None, now)
+            if request is not None:
+                numbers = continued + [r["number"] for r in rows]
+                self._log_request(conn, sid, request, {"trials": numbers})
+            out = self._trials_by_number(conn, sid, continued)
+            return out + [row_trial(r) for r in rows], None
+
+    def _continue(self, conn, sid: int, c: Continuation, worker_id, lease_expires_at, now) -> bool:
+        """Hand the PAUSED trial ``c.number`` out again at ``c.budget``: one conditional UPDATE,
+        so a trial no longer PAUSED at ``c.from_budget`` (continued by another ask) is left alone."""
+        t = S.trials.c
+        row = conn.execute(
+            S.trials.update()
+            .where(
+                t.study_id == sid,
+                t.number == c.number,
+                t.state == TrialState.PAUSED.value,
+                t.budget == c.from_budget,
+            )
+            .values(
+                state=TrialState.PENDING.value,
+                metrics={},
+                reason=c.reason,
+                worker_id=worker_id,
+                updated_at=now,
+                lease_expires_at=lease_expires_at,
+                budget=c.budget,
+                resume_budget=c.from_budget,
+            )
+            .returning(t.id)
+        ).first()
+        if row is None:
+            return False
+        conn.execute(
+            S.trial_events.insert().values(
+                trial_id=row.id, state=TrialState.PENDING.value, detail=c.reason, at=now
+            )
+        )
+        return True
 
     def _insert_trial_rows(
         self, conn: sa.Connection, sid: int, rows: list[dict], req: Optional[RequestKey], now: float
@@ -509,6 +576,9 @@ class SqlStorage(Storage):
                     "b_worker": new.worker_id,
                     "b_updated": new.updated_at,
                     "b_lease": new.lease_expires_at,
+                    "b_budget": new.budget,
+                    "b_bracket": new.bracket,
+                    "b_resume": new.resume_budget,
                 },
             )
             if new.state is not cur.state:
@@ -594,11 +664,13 @@ class SqlStorage(Storage):
 
     # ---- intermediate values --------------------------------------------------------------------
     @db_call
-    def add_intermediate(self, uid: str, number: int, step: int, value: float) -> bool:
-        now = time.time()
+    def add_intermediate(
+        self, uid: str, number: int, step: int, value: float, budget: float | None = None
+    ) -> bool:
         iv = S.intermediate_values
         with self._write() as conn:
             sid = self._sid(conn, uid, lock=True)
+            now = self._report_time(conn, sid)
             # FOR UPDATE: two reports of one step at once (a retry racing its original, on two
             # replicas) take turns; otherwise both delete nothing and the second insert hits the key
             pk = conn.execute(
@@ -608,8 +680,16 @@ class SqlStorage(Storage):
             ).scalar()
             if pk is None:
                 return False
+            b = None if budget is None else float(budget)
+            old = conn.execute(
+                sa.select(iv.c.value, iv.c.budget).where(iv.c.trial_id == pk, iv.c.step == step)
+            ).first()
+            if old is not None and (old.value, old.budget) == (float(value), b):
+                return True  # a repeated report: it keeps the time it was first stored
             conn.execute(iv.delete().where(iv.c.trial_id == pk, iv.c.step == step))
-            conn.execute(iv.insert().values(trial_id=pk, step=step, value=float(value), at=now))
+            conn.execute(
+                iv.insert().values(trial_id=pk, step=step, value=float(value), at=now, budget=b)
+            )
         return True
 
     @db_call
@@ -626,6 +706,27 @@ class SqlStorage(Storage):
             )
             for number, step, value in conn.execute(q):
                 out.setdefault(int(number), []).append((int(step), float(value)))
+        return out
+
+    @db_call
+    def curves(self, uid: str, numbers: Sequence[int] | None = None) -> dict[int, list[CurvePoint]]:
+        iv = S.intermediate_values.c
+        out: dict[int, list[CurvePoint]] = {}
+        with self._read() as conn:
+            sid = self._sid(conn, uid)
+            q = (
+                sa.select(S.trials.c.number, iv.step, iv.value, iv.budget, iv.at)
+                .join(S.trials, S.trials.c.id == iv.trial_id)
+                .where(S.trials.c.study_id == sid)
+                .order_by(S.trials.c.number, iv.step)
+            )
+            if numbers is not None:
+                q = q.where(S.trials.c.number.in_([int(n) for n in numbers]))
+            for number, step, value, budget, at in conn.execute(q):
+                b = None if budget is None else float(budget)
+                out.setdefault(int(number), []).append(
+                    CurvePoint(int(step), float(value), b, float(at))
+                )
         return out
 
     # ---- LLM calls ------------------------------------------------------------------------------
@@ -804,5 +905,8 @@ _UPDATE_TRIAL = (
         worker_id=sa.bindparam("b_worker"),
         updated_at=sa.bindparam("b_updated"),
         lease_expires_at=sa.bindparam("b_lease"),
+        budget=sa.bindparam("b_budget", type_=sa.Float),
+        bracket=sa.bindparam("b_bracket", type_=sa.Integer),
+        resume_budget=sa.bindparam("b_resume", type_=sa.Float),
     )
 )

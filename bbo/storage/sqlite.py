@@ -172,6 +172,9 @@ class SqliteStorage(SqlStorage):
                         r["created_at"],
                         r["updated_at"],
                         r["lease_expires_at"],
+                        r["budget"],
+                        r["bracket"],
+                        r["resume_budget"],
                     ),
                 ).lastrowid
                 raw.execute(_INSERT_EVENT, (pk, r["state"], f"created ({r['origin']})", now))
@@ -213,11 +216,12 @@ class SqliteStorage(SqlStorage):
 _SELECT_STUDY = "SELECT id FROM studies WHERE uid = ?"
 _SELECT_TRIAL = (
     "SELECT id, number, params, state, metrics, origin, reason, rationale, worker_id, created_at, "
-    "updated_at, lease_expires_at FROM trials WHERE study_id = ? AND number = ?"
+    "updated_at, lease_expires_at, budget, bracket, resume_budget FROM trials "
+    "WHERE study_id = ? AND number = ?"
 )
 _UPDATE_TRIAL = (
     "UPDATE trials SET state = ?, metrics = ?, reason = ?, worker_id = ?, updated_at = ?, "
-    "lease_expires_at = ? WHERE id = ?"
+    "lease_expires_at = ?, budget = ?, bracket = ?, resume_budget = ? WHERE id = ?"
 )
 _INSERT_EVENT = "INSERT INTO trial_events (trial_id, state, detail, at) VALUES (?, ?, ?, ?)"
 _LOOKUP_REQUEST = (
@@ -230,7 +234,8 @@ _INSERT_REQUEST = (
 )
 _INSERT_TRIAL = (
     "INSERT INTO trials (study_id, number, params, state, metrics, origin, reason, rationale, "
-    "worker_id, created_at, updated_at, lease_expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "worker_id, created_at, updated_at, lease_expires_at, budget, bracket, resume_budget) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -247,6 +252,9 @@ def _raw_trial(r) -> Trial:
         created_at=r[9],
         updated_at=r[10],
         lease_expires_at=r[11],
+        budget=r[12],
+        bracket=r[13],
+        resume_budget=r[14],
     )
 
 
@@ -282,6 +290,9 @@ def _modify_trial_raw(raw, uid, number, change, request, event_detail):
             _nonul(new.worker_id),
             new.updated_at,
             new.lease_expires_at,
+            new.budget,
+            new.bracket,
+            new.resume_budget,
             row[0],
         ),
     )

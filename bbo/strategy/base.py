@@ -24,6 +24,9 @@ class Suggestion:
     origin: str
     reason: str = ""
     rationale: str = ""
+    # multi-fidelity studies: start this point at the full budget (a refinement step of the model
+    # at the full budget, which low budgets cannot judge); otherwise the pruning policy places it
+    full_budget: bool = False
 
 
 @dataclass

@@ -9,7 +9,17 @@ from google.protobuf import timestamp_pb2
 
 from bbo.errors import SpecError
 from bbo.space import CategoricalParam, FixedParam, FloatParam, IntParam, OrdinalParam, Value
-from bbo.spec import MAXIMIZE, MINIMIZE, AlgorithmOptions, StudySpec
+from bbo.spec import (
+    ASHA,
+    HYPERBAND,
+    MAXIMIZE,
+    MEDIAN,
+    MINIMIZE,
+    NO_PRUNING,
+    AlgorithmOptions,
+    Pruning,
+    StudySpec,
+)
 from bbo.storage import LlmCallRecord
 from bbo.study import Study, StudyInfo
 from bbo.trial import Metric, StudyState, Trial, TrialState
@@ -24,6 +34,8 @@ TRIAL_STATE_TO_PB = {
     TrialState.COMPLETED: pb.TRIAL_STATE_COMPLETED,
     TrialState.FAILED: pb.TRIAL_STATE_FAILED,
     TrialState.ABANDONED: pb.TRIAL_STATE_ABANDONED,
+    TrialState.PAUSED: pb.TRIAL_STATE_PAUSED,
+    TrialState.PRUNED: pb.TRIAL_STATE_PRUNED,
 }
 TRIAL_STATE_FROM_PB = {v: k for k, v in TRIAL_STATE_TO_PB.items()}
 STUDY_STATE_TO_PB = {
@@ -120,6 +132,35 @@ class spec_field:
             path = f"{self.field}.{e.field}" if e.field != "spec" else self.field
             raise SpecError(path, e.message) from None
         return False
+
+
+POLICY_FROM_PB = {
+    pb.PRUNING_POLICY_UNSPECIFIED: "",
+    pb.PRUNING_POLICY_MEDIAN: MEDIAN,
+    pb.PRUNING_POLICY_ASHA: ASHA,
+    pb.PRUNING_POLICY_HYPERBAND: HYPERBAND,
+    pb.PRUNING_POLICY_NONE: NO_PRUNING,
+}
+POLICY_TO_PB = {v: k for k, v in POLICY_FROM_PB.items()}
+
+
+def _budgets_from_pb(s: pb.StudySpec) -> dict[str, Any]:
+    """The spec's fidelity and pruning in dict form, only where set (a spec without them keeps
+    the dict it always had)."""
+    out: dict[str, Any] = {}
+    if s.HasField("fidelity"):
+        f = s.fidelity
+        out["fidelity"] = {"name": f.name, "min": f.min, "max": f.max, "integer": f.integer}
+    if s.HasField("pruning"):
+        p = s.pruning
+        if p.policy not in POLICY_FROM_PB:
+            raise SpecError("pruning.policy", f"unknown pruning policy {p.policy}")
+        out["pruning"] = {
+            "policy": POLICY_FROM_PB[p.policy],
+            "eta": p.eta or Pruning.eta,
+            "promote": p.promote,
+        }
+    return out
 
 
 def spec_dict_from_pb(s: pb.StudySpec) -> dict[str, Any]:
@@ -224,6 +265,7 @@ def spec_dict_from_pb(s: pb.StudySpec) -> dict[str, Any]:
             "propose_during_search": s.llm.propose_during_search,
             "model": s.llm.model,
         },
+        **_budgets_from_pb(s),
     }
 
 
@@ -291,6 +333,19 @@ def spec_to_pb(spec: StudySpec) -> pb.StudySpec:
             model=spec.llm.model,
         )
     )
+    if spec.fidelity is not None:
+        f = spec.fidelity
+        out.fidelity.CopyFrom(
+            pb.Fidelity(name=f.name, min=float(f.min), max=float(f.max), integer=f.integer)
+        )
+    if spec.pruning != Pruning() or spec.fidelity is not None:
+        out.pruning.CopyFrom(
+            pb.Pruning(
+                policy=POLICY_TO_PB[spec.pruning.policy],
+                eta=float(spec.pruning.eta),
+                promote=spec.pruning.promote,
+            )
+        )
     return out
 
 
@@ -310,6 +365,9 @@ def trial_to_pb(t: Trial, study: Optional[Study] = None) -> pb.Trial:
         create_time=timestamp(t.created_at),
         update_time=timestamp(t.updated_at),
         study_uid=study.uid if study is not None else "",
+        budget=t.budget or 0.0,
+        bracket=t.bracket or 0,
+        resume_budget=t.resume_budget or 0.0,
     )
     for k, v in t.params.items():
         out.parameters[k].CopyFrom(value_to_pb(v, by.get(k)))

@@ -87,7 +87,15 @@ AUTH_FAILURES = Counter(
 )
 LIMIT_REFUSALS = Counter("bbo_limit_refusals", "calls refused by a per-tenant limit", ["limit"])
 
-_TRIAL_STATES = {0: "UNSPECIFIED", 1: "PENDING", 2: "COMPLETED", 3: "FAILED", 4: "ABANDONED"}
+_TRIAL_STATES = {
+    0: "UNSPECIFIED",
+    1: "PENDING",
+    2: "COMPLETED",
+    3: "FAILED",
+    4: "ABANDONED",
+    5: "PAUSED",
+    6: "PRUNED",
+}
 
 
 def record_llm_call(purpose: str, ok: bool, latency_seconds: float = 0.0) -> None:

@@ -158,6 +158,7 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
             reason=request.reason,
             request_id=_check_id(request.request_id, "request_id"),
             study_uid=request.study_uid,
+            budget=request.budget or None,
         )
         return svc.TellResponse(trial=C.trial_to_pb(res.trial, study), duplicate=res.duplicate)
 
@@ -174,6 +175,7 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
             C.metrics_from_pb(request.metrics),
             state=state,
             request_id=_check_id(request.request_id, "request_id"),
+            budget=request.budget or None,
         )
         return C.trial_to_pb(t, study)
 
@@ -210,7 +212,11 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
     def ReportIntermediate(self, request: svc.ReportIntermediateRequest, context, tenant):
         study = self._study(request.study, tenant)
         stop, reason = study.report_intermediate(
-            request.trial_id, request.step, request.value, study_uid=request.study_uid
+            request.trial_id,
+            request.step,
+            request.value,
+            study_uid=request.study_uid,
+            budget=request.budget or None,
         )
         return svc.ReportIntermediateResponse(should_stop=stop, reason=reason)
 

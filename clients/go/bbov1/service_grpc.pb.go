@@ -24,7 +24,9 @@ type BboServiceClient interface {
 	ListStudies(ctx context.Context, in *ListStudiesRequest, opts ...grpc.CallOption) (*ListStudiesResponse, error)
 	DeleteStudy(ctx context.Context, in *DeleteStudyRequest, opts ...grpc.CallOption) (*DeleteStudyResponse, error)
 	// Suggest `count` trials (chosen jointly, aware of other pending trials). A worker that asks
-	// again with the same request_id gets the same trials back.
+	// again with the same request_id gets the same trials back. In a study with a fidelity each
+	// trial carries its budget; with promotion, an answer may continue a PAUSED trial (the same id,
+	// a larger budget, resume_budget set).
 	Ask(ctx context.Context, in *AskRequest, opts ...grpc.CallOption) (*AskResponse, error)
 	// Report a trial's metrics, or its failure. Committed before it is acknowledged; repeating the
 	// same tell is accepted once.
@@ -35,7 +37,8 @@ type BboServiceClient interface {
 	ListTrials(ctx context.Context, in *ListTrialsRequest, opts ...grpc.CallOption) (*ListTrialsResponse, error)
 	// Best feasible trial (one objective) or the feasible Pareto front (several).
 	GetBest(ctx context.Context, in *GetBestRequest, opts ...grpc.CallOption) (*GetBestResponse, error)
-	// Report an intermediate value; the answer says whether the trial looks hopeless.
+	// Report an intermediate value (and the budget it was measured at); the answer says whether the
+	// trial looks hopeless (the study's pruning policy: median rule, ASHA, Hyperband).
 	ReportIntermediate(ctx context.Context, in *ReportIntermediateRequest, opts ...grpc.CallOption) (*ReportIntermediateResponse, error)
 	// Keep a pending trial's lease alive while the worker evaluates it.
 	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error)
@@ -179,7 +182,9 @@ type BboServiceServer interface {
 	ListStudies(context.Context, *ListStudiesRequest) (*ListStudiesResponse, error)
 	DeleteStudy(context.Context, *DeleteStudyRequest) (*DeleteStudyResponse, error)
 	// Suggest `count` trials (chosen jointly, aware of other pending trials). A worker that asks
-	// again with the same request_id gets the same trials back.
+	// again with the same request_id gets the same trials back. In a study with a fidelity each
+	// trial carries its budget; with promotion, an answer may continue a PAUSED trial (the same id,
+	// a larger budget, resume_budget set).
 	Ask(context.Context, *AskRequest) (*AskResponse, error)
 	// Report a trial's metrics, or its failure. Committed before it is acknowledged; repeating the
 	// same tell is accepted once.
@@ -190,7 +195,8 @@ type BboServiceServer interface {
 	ListTrials(context.Context, *ListTrialsRequest) (*ListTrialsResponse, error)
 	// Best feasible trial (one objective) or the feasible Pareto front (several).
 	GetBest(context.Context, *GetBestRequest) (*GetBestResponse, error)
-	// Report an intermediate value; the answer says whether the trial looks hopeless.
+	// Report an intermediate value (and the budget it was measured at); the answer says whether the
+	// trial looks hopeless (the study's pruning policy: median rule, ASHA, Hyperband).
 	ReportIntermediate(context.Context, *ReportIntermediateRequest) (*ReportIntermediateResponse, error)
 	// Keep a pending trial's lease alive while the worker evaluates it.
 	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error)

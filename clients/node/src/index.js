@@ -77,7 +77,23 @@ function fromTrial(t) {
     studyUid: t.study_uid || '',
     created: seconds(t.create_time),
     leaseExpires: seconds(t.lease_expire_time),
+    // studies with a fidelity: the budget to run to (or measured at), the Hyperband bracket, and
+    // for a continued trial the budget it already reached (resume from there); null without one
+    budget: t.budget || null,
+    bracket: Number(t.bracket || 0),
+    resumeBudget: t.resume_budget || null,
   };
+}
+
+// Thrown by the report function optimize() hands an objective when the study's pruning policy
+// says to stop the trial; optimize then tells it PRUNED with its last value.
+class TrialPruned extends Error {
+  constructor(reason, step, value) {
+    super(reason || 'pruned');
+    this.reason = reason || '';
+    this.step = step;
+    this.value = value;
+  }
 }
 
 function fromLlmCall(c) {
@@ -246,9 +262,14 @@ class Client {
     });
   }
 
+  // spec: a bbo.v1.StudySpec as a plain object; for multi-fidelity add
+  //   fidelity: {name: 'epochs', min: 1, max: 27, integer: true},
+  //   pruning: {policy: 'PRUNING_POLICY_ASHA' | 'PRUNING_POLICY_HYPERBAND' | ..., eta: 3, promote: false}
   async createStudy(name, spec) {
     const res = await this.call('CreateStudy', { name, spec });
-    return new Study(this, res.study.name, res.created);
+    const study = new Study(this, res.study.name, res.created);
+    study.spec = res.study.spec;
+    return study;
   }
 
   async listStudies() {
@@ -265,6 +286,12 @@ class Study {
     this.client = client;
     this.name = name;
     this.created = created;
+    this.spec = null;  // the stored spec, read on first need
+  }
+
+  async objectiveName() {
+    if (!this.spec) this.spec = (await this.client.call('GetStudy', { name: this.name })).spec;
+    return this.spec.objectives[0].name;
   }
 
   async ask(count = 1, workerId = '') {
@@ -273,9 +300,22 @@ class Study {
     return res.trials.map(fromTrial);
   }
 
-  // trial: a trial from ask() (preferred) or its id
-  async tell(trial, metrics) {
-    const res = await this.client.call('Tell', { study: this.name, ...trialRef(trial), metrics: toMetrics(metrics), state: 'TRIAL_STATE_COMPLETED' });
+  // trial: a trial from ask() (preferred) or its id. options.budget (studies with a fidelity): what
+  // the metrics were measured at; default the trial's budget as asked.
+  async tell(trial, metrics, options = {}) {
+    const budget = options.budget ?? (typeof trial === 'object' && trial ? trial.budget : 0) ?? 0;
+    const res = await this.client.call('Tell', {
+      study: this.name, ...trialRef(trial), metrics: toMetrics(metrics), state: 'TRIAL_STATE_COMPLETED', budget: budget || 0,
+    });
+    return fromTrial(res.trial);
+  }
+
+  // A trial stopped early (the pruning policy said so): PRUNED, with its last values if given, at
+  // budget (0: the largest budget it reported).
+  async prune(trial, reason = '', metrics = {}, budget = 0) {
+    const res = await this.client.call('Tell', {
+      study: this.name, ...trialRef(trial), state: 'TRIAL_STATE_PRUNED', reason, metrics: toMetrics(metrics), budget,
+    });
     return fromTrial(res.trial);
   }
 
@@ -308,10 +348,16 @@ class Study {
     return fromTrial(res.trial);
   }
 
-  // Report the first objective's value at a step; true means: stop this trial early.
-  async reportIntermediate(trial, step, value) {
-    const res = await this.client.call('ReportIntermediate', { study: this.name, ...trialRef(trial), step, value });
-    return res.should_stop;
+  // Report the first objective's value at a step (measured at budget; 0: the step, in a study with a
+  // fidelity); true means: stop this trial early.
+  async reportIntermediate(trial, step, value, budget = 0) {
+    return (await this.report(trial, step, value, budget)).shouldStop;
+  }
+
+  // As reportIntermediate, with the pruning policy's reason: {shouldStop, reason}.
+  async report(trial, step, value, budget = 0) {
+    const res = await this.client.call('ReportIntermediate', { study: this.name, ...trialRef(trial), step, value, budget });
+    return { shouldStop: res.should_stop, reason: res.reason };
   }
 
   async best() {
@@ -319,7 +365,11 @@ class Study {
     return res.trials.map(fromTrial);
   }
 
-  // Ask, evaluate with fn(parameters, trial) -> {metric: value} (may be async), tell; n times.
+  // Ask, evaluate with fn(parameters, trial, report) -> {metric: value} (may be async), tell; n times.
+  // report(step, value, budget?) records the learning curve and throws TrialPruned once the study's
+  // pruning policy says to stop: the trial is then told PRUNED with its last value (also when fn
+  // catches it, or returns nothing after reporting). In a study with a fidelity, trial.budget is the
+  // budget to run to (with promotion, trial.resumeBudget the one a continued trial already reached).
   // While fn runs, the trial's lease is renewed at a third of the lease the server granted, so a
   // long evaluation is not taken for a dead worker's. fn throwing fails the trial with its message;
   // metrics the server refuses (a missing objective, NaN) fail it with the server's reason.
@@ -327,14 +377,31 @@ class Study {
     for (let i = 0; i < nTrials; i += 1) {
       const [trial] = await this.ask(1, workerId);
       let metrics;
+      let last = null;
+      let stop = null;
+      const report = async (step, value, budget = 0) => {
+        last = { step, value, budget };
+        const advice = await this.report(trial, step, value, budget);
+        if (advice.shouldStop) {
+          stop = advice.reason;
+          throw new TrialPruned(advice.reason, step, value);
+        }
+      };
       const timer = setInterval(() => this.heartbeat(trial).catch(() => {}), (1000 * leaseSeconds(trial)) / 3);
       try {
-        metrics = await fn(trial.parameters, trial);
+        metrics = await fn(trial.parameters, trial, report);
       } catch (e) {
-        await this.fail(trial, String(e && e.message ? e.message : e));
-        continue;
+        if (!(e instanceof TrialPruned)) {
+          await this.fail(trial, String(e && e.message ? e.message : e));
+          continue;
+        }
       } finally {
         clearInterval(timer);
+      }
+      if (stop !== null || (metrics == null && last !== null)) {
+        const told = metrics || (last ? { [await this.objectiveName()]: last.value } : {});
+        await this.prune(trial, stop || 'stopped by the objective', told, last ? last.budget : 0);
+        continue;
       }
       try {
         await this.tell(trial, metrics);
@@ -347,4 +414,4 @@ class Study {
   }
 }
 
-module.exports = { Client, Study, BboError, toParameterValues, fromParameterValues, retryDelay };
+module.exports = { Client, Study, BboError, TrialPruned, toParameterValues, fromParameterValues, retryDelay };

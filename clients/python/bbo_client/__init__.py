@@ -24,6 +24,7 @@ from bbo_client.errors import (
     NotFound,
     PermissionDenied,
     ResourceExhausted,
+    TrialPruned,
     Unauthenticated,
     Unavailable,
 )
@@ -31,6 +32,7 @@ from bbo_client.model import (
     Best,
     Categorical,
     Constraint,
+    Fidelity,
     Fixed,
     Float,
     Int,
@@ -42,10 +44,13 @@ from bbo_client.model import (
     Objective,
     Ordinal,
     Prior,
+    Pruning,
+    StopAdvice,
     StudyInfo,
     TellResult,
     Trial,
 )
+from bbo_client.client import TrialContext
 
 __all__ = [
     "DEFAULT_ADDRESS",
@@ -58,11 +63,13 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
+    "TrialPruned",
     "Unauthenticated",
     "Unavailable",
     "Best",
     "Categorical",
     "Constraint",
+    "Fidelity",
     "Fixed",
     "Float",
     "Int",
@@ -74,7 +81,10 @@ __all__ = [
     "Objective",
     "Ordinal",
     "Prior",
+    "Pruning",
+    "StopAdvice",
     "StudyInfo",
     "TellResult",
     "Trial",
+    "TrialContext",
 ]

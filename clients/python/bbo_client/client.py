@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import os
@@ -14,17 +15,27 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import grpc
 
-from bbo_client.errors import BboError, InvalidArgument, Unavailable, from_rpc_error, retryable
+from bbo_client.errors import (
+    BboError,
+    InvalidArgument,
+    TrialPruned,
+    Unavailable,
+    from_rpc_error,
+    retryable,
+)
 from bbo_client.model import (
     STATE_TO_PB,
     Best,
     Constraint,
+    Fidelity,
     LinearConstraint,
     Llm,
     LlmCall,
     Objective,
     Parameter,
     Prior,
+    Pruning,
+    StopAdvice,
     StudyInfo,
     TellResult,
     Trial,
@@ -190,10 +201,14 @@ class Client:
         max_model_points: int = 0,
         prior_exponent: float = 0.0,
         exploit_gap: int = 0,
+        fidelity: Fidelity | None = None,
+        pruning: Pruning | None = None,
     ) -> "StudyHandle":
         """Create a study, or reattach to it if one of that name exists with the same spec.
 
         ``objectives``: a metric name (minimized), an :class:`Objective`, or a list of them.
+        ``fidelity``: budgets (epochs, a data fraction...) for multi-fidelity optimization;
+        ``pruning``: how trials are stopped early (see :class:`Pruning`).
         Raises :class:`AlreadyExists` when the name is taken by a different spec.
         """
         if isinstance(objectives, (str, Objective)):
@@ -223,6 +238,10 @@ class Client:
             a.reference_point[k] = float(v)
         if llm is not None:
             spec.llm.CopyFrom(llm.to_pb())
+        if fidelity is not None:
+            spec.fidelity.CopyFrom(fidelity.to_pb())
+        if pruning is not None:
+            spec.pruning.CopyFrom(pruning.to_pb())
         resp = self._call("CreateStudy", svc.CreateStudyRequest(name=name, spec=spec))
         h = StudyHandle(self, resp.study.name)
         h.created = resp.created
@@ -348,25 +367,35 @@ class StudyHandle:
         *,
         failed: bool = False,
         abandoned: bool = False,
+        pruned: bool = False,
         reason: str = "",
         request_id: str = "",
         patience: Optional[float] = None,
+        budget: float | None = None,
     ) -> TellResult:
         """Report a trial's metrics (``{name: value}``, ``{name: (value, sem)}``, or a bare number
-        for a single-objective study), or its failure with ``failed=True, reason=...``.
+        for a single-objective study), or its failure with ``failed=True, reason=...``, or that it
+        was stopped early with ``pruned=True`` (metrics optional: its last values).
+        ``budget`` (studies with a fidelity): what the metrics were measured at; default the
+        budget of the trial as asked (a :class:`Trial` passed carries it).
         ``patience``: retry a failure that may pass later (server away, rate limit) for this many
         seconds instead of the client's ``retries`` times."""
+        if budget is None and isinstance(trial, Trial):
+            budget = trial.budget
         req = svc.TellRequest(
             study=self.name,
             trial_id=_trial_id(trial),
             reason=reason,
             request_id=request_id,
             study_uid=_study_uid(trial),
+            budget=float(budget or 0.0),
         )
         if failed:
             req.state = pb.TRIAL_STATE_FAILED
         elif abandoned:
             req.state = pb.TRIAL_STATE_ABANDONED
+        elif pruned:
+            req.state = pb.TRIAL_STATE_PRUNED
         else:
             req.state = pb.TRIAL_STATE_COMPLETED
         for k, v in self._metrics_dict(metrics).items():
@@ -407,19 +436,39 @@ class StudyHandle:
             req.metrics[k].CopyFrom(_metric_pb(v, k))
         return Trial.from_pb(self.client._call("AddTrial", req))
 
-    def report_intermediate(self, trial: Union[int, Trial], step: int, value: float) -> bool:
-        """Report the first objective's value at ``step``; True means: stop this trial early."""
+    def report_intermediate(
+        self,
+        trial: int | Trial,
+        step: int,
+        value: float,
+        budget: float | None = None,
+    ) -> bool:
+        """Report the first objective's value at ``step``; True means: stop this trial early.
+        ``budget``: what the value was measured at (studies with a fidelity; default the step)."""
+        return self.report(trial, step, value, budget).should_stop
+
+    def report(
+        self,
+        trial: int | Trial,
+        step: int,
+        value: float,
+        budget: float | None = None,
+        patience: float | None = None,
+    ) -> StopAdvice:
+        """As :meth:`report_intermediate`, with the pruning policy's reason."""
         r = self.client._call(
             "ReportIntermediate",
             svc.ReportIntermediateRequest(
                 study=self.name,
                 trial_id=_trial_id(trial),
                 step=step,
-                value=value,
+                value=float(value),
                 study_uid=_study_uid(trial),
+                budget=float(budget or 0.0),
             ),
+            patience=patience,
         )
-        return r.should_stop
+        return StopAdvice(r.should_stop, r.reason)
 
     def heartbeat(self, trial: Union[int, Trial], lease_seconds: float = 0.0) -> Trial:
         """Extend a pending trial's lease (from now)."""
@@ -504,7 +553,7 @@ class StudyHandle:
     # ---- the loop -------------------------------------------------------------------------------
     def optimize(
         self,
-        fn: Callable[[dict], MetricsLike],
+        fn: Callable[[dict], MetricsLike] | Callable[[dict, TrialContext], MetricsLike],
         n_trials: int,
         n_workers: int = 1,
         *,
@@ -514,16 +563,24 @@ class StudyHandle:
         heartbeat_seconds: Optional[float] = None,
         tell_patience: float = 600.0,
     ) -> Best:
-        """Evaluate ``fn(params)`` on ``n_trials`` suggested points with ``n_workers`` threads.
+        """Evaluate ``fn`` on ``n_trials`` suggested points with ``n_workers`` threads.
 
-        ``fn`` returns a metrics dict (or a number for a single objective); an exception it raises
-        (or a metric that is not a finite number) is reported as a FAILED trial with the reason, and the loop goes
-        on. While ``fn`` runs, the trial's lease is renewed every ``heartbeat_seconds`` (default:
-        a third of the lease the server granted). Asks and Tells are retried for up to
-        ``tell_patience`` seconds while the server is away (a restart does not end the loop); if a
-        result's Tell still fails, the error names the trial and its metrics. On Ctrl-C (or such an
-        error) no new trial starts, and the evaluations under way finish and are told before the
-        exception propagates. Returns :meth:`best`.
+        ``fn(params)`` returns a metrics dict (or a number for a single objective). An objective
+        that takes two arguments, ``fn(params, trial)``, gets a :class:`TrialContext`: it reports
+        its learning curve with ``trial.report(step, value)`` (or ``trial(step, value)``), which
+        raises :class:`TrialPruned` once the study's pruning policy says to stop; the trial is then
+        told PRUNED with its last value, and the loop goes on. In a study with a fidelity,
+        ``trial.budget`` is the budget to run to (and with promotion ``trial.resume_budget`` the
+        one a continued trial already reached: resume from your checkpoint of ``trial.id``); each
+        of the ``n_trials`` asks may hand out a new point or continue a paused one.
+
+        An exception ``fn`` raises (or a metric that is not a finite number) is reported as a
+        FAILED trial with the reason, and the loop goes on. While ``fn`` runs, the trial's lease is
+        renewed every ``heartbeat_seconds`` (default: a third of the lease the server granted).
+        Asks and Tells are retried for up to ``tell_patience`` seconds while the server is away (a
+        restart does not end the loop); if a result's Tell still fails, the error names the trial
+        and its metrics. On Ctrl-C (or such an error) no new trial starts, and the evaluations
+        under way finish and are told before the exception propagates. Returns :meth:`best`.
         """
         if n_trials < 0 or n_workers < 1:
             raise InvalidArgument("need n_trials >= 0 and n_workers >= 1")
@@ -533,6 +590,7 @@ class StudyHandle:
         lock = threading.Lock()
         claimed = [0]
         bar = tqdm(total=n_trials, disable=not progress, desc=self.name, unit="trial")
+        with_trial = _takes_two(fn)
 
         stopping = threading.Event()  # Ctrl-C, or another worker failed: claim no more trials
 
@@ -559,34 +617,7 @@ class StudyHandle:
                 )
                 hb.start()
                 try:
-                    metrics, failure = None, ""
-                    try:
-                        metrics = self._metrics_dict(fn(dict(t.params)))
-                        bad = [k for k, v in metrics.items() if not _finite(v)]
-                        if bad:
-                            failure = "metric(s) not finite numbers: " + ", ".join(
-                                f"{k}={metrics[k]!r}" for k in bad
-                            )
-                    except Exception as e:  # the objective failed: record why, keep going
-                        failure = f"{type(e).__name__}: {e}"[:2000]
-                    try:
-                        if not failure:
-                            try:
-                                self.tell(t, metrics, patience=tell_patience)
-                            except (
-                                InvalidArgument
-                            ) as e:  # metrics the study cannot take (a missing objective)
-                                failure = f"metrics refused: {e}"[:2000]
-                        if failure:
-                            self.tell(t, failed=True, reason=failure, patience=tell_patience)
-                    except BboError as e:
-                        what = f"failure ({failure})" if failure else f"metrics {metrics}"
-                        raise type(e)(
-                            f"trial {t.id} of '{self.name}': its {what} could not be reported: {e.message}; "
-                            f"tell it again with tell({t.id}, ...)",
-                            field=e.field,
-                            code=e.code,
-                        ) from e
+                    self._evaluate(fn, t, with_trial, tell_patience)
                 finally:
                     stop.set()
                 with lock:
@@ -606,6 +637,62 @@ class StudyHandle:
             bar.close()
         return self.best()
 
+    def _evaluate(self, fn, t: Trial, with_trial: bool, patience: float) -> None:
+        """Run the objective on one trial and tell what came of it (see :meth:`optimize`)."""
+        metrics, failure, ctx, stopped = None, "", None, False
+        try:
+            if with_trial:
+                ctx = TrialContext(self, t, patience)
+                out = fn(dict(t.params), ctx)
+            else:
+                out = fn(dict(t.params))
+            metrics = self._metrics_dict(out) if out is not None or ctx is None else None
+            bad = [k for k, v in (metrics or {}).items() if not _finite(v)]
+            if bad:
+                failure = "metric(s) not finite numbers: " + ", ".join(
+                    f"{k}={metrics[k]!r}" for k in bad
+                )
+        except TrialPruned:
+            stopped = True  # told below (PRUNED)
+        except Exception as e:  # the objective failed: record why, keep going
+            failure = f"{type(e).__name__}: {e}"[:2000]
+        try:
+            if failure:
+                self.tell(t, failed=True, reason=failure, patience=patience)
+            elif stopped or (ctx is not None and (ctx.pruned or metrics is None)):
+                self._tell_pruned(t, ctx, metrics, patience)
+            else:
+                try:
+                    self.tell(t, metrics, patience=patience)
+                except InvalidArgument as e:  # metrics the study cannot take (a missing objective)
+                    self.tell(
+                        t, failed=True, reason=f"metrics refused: {e}"[:2000], patience=patience
+                    )
+        except BboError as e:
+            what = f"failure ({failure})" if failure else f"metrics {metrics}"
+            raise type(e)(
+                f"trial {t.id} of '{self.name}': its {what} could not be reported: {e.message}; "
+                f"tell it again with tell({t.id}, ...)",
+                field=e.field,
+                code=e.code,
+            ) from e
+
+    def _tell_pruned(self, t: Trial, ctx: TrialContext | None, metrics, patience: float) -> None:
+        """Tell a trial the objective stopped (told to, or returned nothing) PRUNED, with the
+        metrics it returned or else its last reported value, at the last budget reported."""
+        last = ctx.last if ctx is not None else None
+        if not metrics and last is not None:
+            metrics = {self.info(cached=True).objectives[0].name: last[1]}
+        budget = last[2] if last is not None else None
+        self.tell(
+            t,
+            metrics or None,
+            pruned=True,
+            reason=(ctx.reason if ctx is not None else "") or "stopped by the objective",
+            budget=budget if budget is not None else 0.0,
+            patience=patience,
+        )
+
     def _heartbeats(
         self, trial: Trial, interval: float, lease_seconds: float, stop: threading.Event
     ) -> None:
@@ -616,6 +703,57 @@ class StudyHandle:
             except BboError as e:
                 if not retryable(e):  # the trial is finished or gone: nothing left to keep alive
                     return
+
+
+class TrialContext:
+    """What an objective of two arguments gets from :meth:`StudyHandle.optimize`: the trial, its
+    budget, and ``report(step, value)`` for its learning curve, which raises
+    :class:`TrialPruned` once the study's pruning policy says to stop."""
+
+    def __init__(self, study: StudyHandle, trial: Trial, patience: float | None = None):
+        self.study, self.trial, self._patience = study, trial, patience
+        self.pruned = False
+        self.reason = ""
+        self.last: tuple[int, float, float | None] | None = None  # (step, value, budget)
+
+    @property
+    def params(self) -> dict:
+        return dict(self.trial.params)
+
+    @property
+    def budget(self) -> float | None:
+        """The budget to run the trial to (None in a study without a fidelity)."""
+        return self.trial.budget
+
+    @property
+    def resume_budget(self) -> float | None:
+        """A continued trial: the budget it already reached (resume from there); else None."""
+        return self.trial.resume_budget
+
+    def report(self, step: int, value: float, budget: float | None = None) -> None:
+        """Record the first objective's value at ``step`` (measured at ``budget``, default the
+        step in a study with a fidelity); raise :class:`TrialPruned` if the trial should stop."""
+        self.last = (step, float(value), budget)  # a PRUNED tell without a budget: the last one
+        advice = self.study.report(self.trial, step, value, budget, patience=self._patience)
+        if advice.should_stop:
+            self.pruned, self.reason = True, advice.reason
+            raise TrialPruned(advice.reason, step, float(value))
+
+    __call__ = report
+
+
+def _takes_two(fn: Callable) -> bool:
+    """Whether the objective takes a second positional argument (the trial context)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p
+        for p in sig.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    return len(positional) >= 2
 
 
 def _clean_key(key: Optional[str]) -> Optional[str]:

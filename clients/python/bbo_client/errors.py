@@ -29,6 +29,16 @@ class BboError(Exception):
             self.code = code
 
 
+class TrialPruned(Exception):
+    """Raised by an objective's ``report(step, value)`` (see ``StudyHandle.optimize``) when the
+    study's pruning policy says to stop the trial; ``optimize`` then tells it PRUNED. Not an error
+    of the service: the evaluation worked and was not worth finishing."""
+
+    def __init__(self, reason: str = "", step: int | None = None, value: float | None = None):
+        super().__init__(reason or "pruned")
+        self.reason, self.step, self.value = reason, step, value
+
+
 class InvalidArgument(BboError, ValueError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 

@@ -235,6 +235,56 @@ class Llm:
         )
 
 
+# ---- budgets -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """What a trial's budget counts and its range: ``Fidelity("epochs", 1, 27, integer=True)``.
+    Trials are handed a budget (``Trial.budget``); only full-budget (``max``) results complete."""
+
+    name: str
+    min: float
+    max: float
+    integer: bool = False
+
+    def to_pb(self) -> pb.Fidelity:
+        return pb.Fidelity(
+            name=self.name, min=float(self.min), max=float(self.max), integer=self.integer
+        )
+
+
+_POLICIES = {
+    "": pb.PRUNING_POLICY_UNSPECIFIED,
+    "median": pb.PRUNING_POLICY_MEDIAN,
+    "asha": pb.PRUNING_POLICY_ASHA,
+    "hyperband": pb.PRUNING_POLICY_HYPERBAND,
+    "none": pb.PRUNING_POLICY_NONE,
+}
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """How trials are stopped early: ``policy`` "median", "asha", "hyperband" or "none" ("" =
+    median without a fidelity, asha with one); ``eta`` the reduction factor between rungs (0 = 3);
+    ``promote=True``: Ask hands out trials at their first rung's budget and continues the best
+    paused ones (your objective resumes from ``resume_budget``)."""
+
+    policy: str = ""
+    eta: float = 0.0
+    promote: bool = False
+
+    def to_pb(self) -> pb.Pruning:
+        if self.policy not in _POLICIES:
+            from bbo_client.errors import InvalidArgument
+
+            raise InvalidArgument(
+                f"unknown pruning policy {self.policy!r}: use median, asha, hyperband or none",
+                field="pruning.policy",
+            )
+        return pb.Pruning(policy=_POLICIES[self.policy], eta=float(self.eta), promote=self.promote)
+
+
 # ---- trials and studies -------------------------------------------------------------------------
 
 _STATES = {
@@ -242,6 +292,8 @@ _STATES = {
     pb.TRIAL_STATE_COMPLETED: "COMPLETED",
     pb.TRIAL_STATE_FAILED: "FAILED",
     pb.TRIAL_STATE_ABANDONED: "ABANDONED",
+    pb.TRIAL_STATE_PAUSED: "PAUSED",
+    pb.TRIAL_STATE_PRUNED: "PRUNED",
 }
 STATE_TO_PB = {v: k for k, v in _STATES.items()}
 
@@ -271,6 +323,11 @@ class Trial:
     study_uid: str = (
         ""  # sent back with tell / heartbeat, so they never reach a study re-created under the name
     )
+    # studies with a fidelity: the budget to run to (or measured at), the Hyperband bracket, and
+    # for a continued trial the budget it already reached (resume from there); None without one
+    budget: float | None = None
+    bracket: int = 0
+    resume_budget: float | None = None
 
     @classmethod
     def from_pb(cls, t: pb.Trial) -> "Trial":
@@ -288,7 +345,22 @@ class Trial:
             updated=_time(t.update_time),
             lease_expires=_time(t.lease_expire_time) if t.HasField("lease_expire_time") else None,
             study_uid=t.study_uid,
+            budget=t.budget or None,
+            bracket=t.bracket,
+            resume_budget=t.resume_budget or None,
         )
+
+
+@dataclass
+class StopAdvice:
+    """The answer to an intermediate report: truthy when the trial should stop (then tell it
+    PRUNED), with the pruning policy's reason."""
+
+    should_stop: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.should_stop
 
 
 @dataclass
@@ -311,6 +383,7 @@ class StudyInfo:
     description: str = ""
     spec: Any = None  # the bbo.v1.StudySpec message, for everything else
     uid: str = ""  # this incarnation: a study deleted and created again under the name has another
+    fidelity: Fidelity | None = None
 
     @classmethod
     def from_pb(cls, s) -> "StudyInfo":
@@ -336,6 +409,11 @@ class StudyInfo:
             description=sp.description,
             spec=sp,
             uid=s.uid,
+            fidelity=Fidelity(
+                sp.fidelity.name, sp.fidelity.min, sp.fidelity.max, sp.fidelity.integer
+            )
+            if sp.HasField("fidelity")
+            else None,
         )
 
 

@@ -17,9 +17,9 @@ search space up front):
   same shared trial record it once.
 - When a trial finishes, bbo is told: COMPLETE as COMPLETED with its value(s) (and the values of
   ``constraints_func``, feasible when <= 0, as bbo outcome constraints), FAIL as FAILED, and PRUNED
-  as FAILED with the reason "pruned by Optuna at step N". Pruned is FAILED, not ABANDONED: in bbo
-  ABANDONED means no result came back (a lease ran out) and a late result is still accepted; a
-  pruned trial was evaluated and judged unpromising, a final outcome with a reason worth keeping.
+  as PRUNED with the reason "pruned by Optuna at step N": evaluated and judged unpromising, a
+  final outcome with a reason worth keeping (not ABANDONED: in bbo that means no result came back
+  and a late result is still accepted; not FAILED: the evaluation worked).
 
 Several Optuna processes (each its own Optuna study, or one shared Optuna storage) share one bbo
 study by giving their samplers the same ``study_name``: each Ask sees the others' pending points.
@@ -271,7 +271,7 @@ class BboSampler(BaseSampler):
                 at = "" if step is None else f" at step {step}"
                 last = "" if step is None else f" (last value {trial.intermediate_values[step]})"
                 reason = f"pruned by Optuna{at}{last}"
-                b.handle.tell(asked, failed=True, reason=reason, patience=self._patience)
+                b.handle.tell(asked, pruned=True, reason=reason, patience=self._patience)
             else:
                 reason = (
                     f"Optuna trial {trial.number} failed: the objective raised, or returned a "

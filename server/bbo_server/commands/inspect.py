@@ -19,7 +19,7 @@ def register(sub) -> None:
         "--state",
         action="append",
         default=[],
-        choices=["PENDING", "COMPLETED", "FAILED", "ABANDONED"],
+        choices=["PENDING", "COMPLETED", "FAILED", "ABANDONED", "PAUSED", "PRUNED"],
         help="only these states (repeatable)",
     )
     add_connection_args(p)

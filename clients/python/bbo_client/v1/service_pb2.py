@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from bbo_client.v1 import study_pb2 as bbo_dot_v1_dot_study__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x62\x62o/v1/service.proto\x12\x06\x62\x62o.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12\x62\x62o/v1/study.proto\"C\n\x12\x43reateStudyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1f\n\x04spec\x18\x02 \x01(\x0b\x32\x11.bbo.v1.StudySpec\"D\n\x13\x43reateStudyResponse\x12\x1c\n\x05study\x18\x01 \x01(\x0b\x32\r.bbo.v1.Study\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1f\n\x0fGetStudyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x12ListStudiesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"N\n\x13ListStudiesResponse\x12\x1e\n\x07studies\x18\x01 \x03(\x0b\x32\r.bbo.v1.Study\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x12\x44\x65leteStudyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"&\n\x13\x44\x65leteStudyResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"h\n\nAskRequest\x12\r\n\x05study\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x15\n\rlease_seconds\x18\x05 \x01(\x01\":\n\x0b\x41skResponse\x12\x1d\n\x06trials\x18\x01 \x03(\x0b\x32\r.bbo.v1.Trial\x12\x0c\n\x04note\x18\x02 \x01(\t\"\x80\x02\n\x0bTellRequest\x12\r\n\x05study\x18\x01 \x01(\t\x12\x10\n\x08trial_id\x18\x02 \x01(\x03\x12\x31\n\x07metrics\x18\x03 \x03(\x0b\x32 .bbo.v1.TellRequest.MetricsEntry\x12!\n\x05state\x18\x04 \x01(\x0e\x32\x12.bbo.v1.TrialState\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x11\n\tstudy_uid\x18\x07 \x01(\t\x1a\x43\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.bbo.v1.MetricValue:\x02\x38\x01\"?\n\x0cTellResponse\x12\x1c\n\x05trial\x18\x01 \x01(\x0b\x32\r.bbo.v1.Trial\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\xdb\x02\n\x0f\x41\x64\x64TrialRequest\x12\r\n\x05study\x18\x01 \x01(\t\x12;\n\nparameters\x18\x02 \x03(\x0b\x32\'.bbo.v1.AddTrialRequest.ParametersEntry\x12\x35\n\x07metrics\x18\x03 \x03(\x0b\x32$.bbo.v1.AddTrialRequest.MetricsEntry\x12!\n\x05state\x18\x04 \x01(\x0e\x32\x12.bbo.v1.TrialState\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x1aI\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.bbo.v1.ParameterValue:\x02\x38\x01\x1a\x43\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.bbo.v1.MetricValue:\x02\x38\x01\"2\n\x0fGetTrialRequest\x12\r\n\x05study\x18\x01 \x01(\t\x12\x10\n\x08trial_id\x18\x02 \x01(\x03\"m\n\x11ListTrialsRequest\x12\r\n\x05study\x18\x01 \x01(\t\x12\"\n\x06states\x18\x02 \x03(\x0e\x32\x12.bbo.v1.TrialState\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"L\n\x12ListTrialsResponse\x12\x1d\n\x06trials\x18\x01 \x03(\x0b\x32\r.bbo.v1.Trial\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x0eGetBestRequest\x12\r\n\x05study\x18\x01 \x01(\t\"i\n\x0fGetBestResponse\x12\x1d\n\x06trials\x18\x01 \x03(\x0b\x32\r.bbo.v1.Trial\x12!\n\x05state\x18\x02 \x01(\x0e\x32\x12.bbo.v1.StudyState\x12\x14\n\x0cstate_reason\x18\x03 \x01(\t\"l\n\x19ReportIntermediateRequest\x12\r\n\x05study\x18\x01 \x01(\t\x12\x10\n\x08trial_id\x18\x02 \x01(\x03\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\r\n\x05value\x18\x04 \x01(\x01\x12\x11\n\tstudy_uid\x18\x05 \x01(\t\"A\n\x1aReportIntermediateResponse\x12\x13\n\x0bshould_stop\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"]\n\x10HeartbeatRequest\x12\r\n\x05study\x18\x01 \x01(\t\x12\x10\n\x08trial_id\x18\x02 \x01(\x03\x12\x15\n\rlease_seconds\x18\x03 \x01(\x01\x12\x11\n\tstudy_uid\x18\x04 \x01(\t\"1\n\x11HeartbeatResponse\x12\x1c\n\x05trial\x18\x01 \x01(\x0b\x32\r.bbo.v1.Trial\"\\\n\x13ListLlmCallsRequest\x12\r\n\x05study\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\"\xd8\x01\n\x07LlmCall\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x10\n\x08response\x18\x04 \x01(\t\x12\x0f\n\x07outcome\x18\x05 \x01(\t\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\x05\x12\x17\n\x0flatency_seconds\x18\x08 \x01(\x01\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x14ListLlmCallsResponse\x12\x1e\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x0f.bbo.v1.LlmCall\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xce\x06\n\nBboService\x12\x46\n\x0b\x43reateStudy\x12\x1a.bbo.v1.CreateStudyRequest\x1a\x1b.bbo.v1.CreateStudyResponse\x12\x32\n\x08GetStudy\x12\x17.bbo.v1.GetStudyRequest\x1a\r.bbo.v1.Study\x12\x46\n\x0bListStudies\x12\x1a.bbo.v1.ListStudiesRequest\x1a\x1b.bbo.v1.ListStudiesResponse\x12\x46\n\x0b\x44\x65leteStudy\x12\x1a.bbo.v1.DeleteStudyRequest\x1a\x1b.bbo.v1.DeleteStudyResponse\x12.\n\x03\x41sk\x12\x12.bbo.v1.AskRequest\x1a\x13.bbo.v1.AskResponse\x12\x31\n\x04Tell\x12\x13.bbo.v1.TellRequest\x1a\x14.bbo.v1.TellResponse\x12\x32\n\x08\x41\x64\x64Trial\x12\x17.bbo.v1.AddTrialRequest\x1a\r.bbo.v1.Trial\x12\x32\n\x08GetTrial\x12\x17.bbo.v1.GetTrialRequest\x1a\r.bbo.v1.Trial\x12\x43\n\nListTrials\x12\x19.bbo.v1.ListTrialsRequest\x1a\x1a.bbo.v1.ListTrialsResponse\x12:\n\x07GetBest\x12\x16.bbo.v1.GetBestRequest\x1a\x17.bbo.v1.GetBestResponse\x12[\n\x12ReportIntermediate\x12!.bbo.v1.ReportIntermediateRequest\x1a\".bbo.v1.ReportIntermediateResponse\x12@\n\tHeartbeat\x12\x18.bbo.v1.HeartbeatRequest\x1a\x19.bbo.v1.HeartbeatResponse\x12I\n\x0cListLlmCalls\x12\x1b.bbo.v1.ListLlmCallsRequest\x1a\x1c.bbo.v1.ListLlmCallsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x62\x62o/v1/service.proto\x12\x06\x62\x62o.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12\x62\x62o/v1/study.proto\"C\n\x12\x43reateStudyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1f\n\x04spec\x18\x02 \x01(\x0b\x32\x11.bbo.v1.StudySpec\"D\n\x13\x43reateStudyResponse\x12\x1c\n\x05study\x18\x01 \x01(\x0b\x32\r.bbo.v1.Study\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1f\n\x0fGetStudyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x12ListStudiesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"N\n\x13ListStudiesResponse\x12\x1e\n\x07studies\x18\x01 \x03(\x0b\x32\r.bbo.v1.Study\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x12\x44\x65leteStudyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"&\n\x13\x44\x65leteStudyResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"h\n\nAskRequest\x12\r\n\x05study\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x15\n\rlease_seconds\x18\x05 \x01(\x01\":\n\x0b\x41skResponse\x12\x1d\n\x06trials\x18\x01 \x03(\x0b\x32\r.bbo.v1.Trial\x12\x0c\n\x04note\x18\x02 \x01(\t\"\x90\x02\n\x0bTellRequest\x12\r\n\x05study\x18\x01 \x01(\t\x12\x10\n\x08trial_id\x18\x02 \x01(\x03\x12\x31\n\x07metrics\x18\x03 \x03(\x0b\x32 .bbo.v1.TellRequest.MetricsEntry\x12!\n\x05state\x18\x04 \x01(\x0e\x32\x12.bbo.v1.TrialState\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x11\n\tstudy_uid\x18\x07 \x01(\t\x12\x0e\n\x06\x62udget\x18\x08 \x01(\x01\x1a\x43\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.bbo.v1.MetricValue:\x02\x38\x01\"?\n\x0cTellResponse\x12\x1c\n\x05trial\x18\x01 \x01(\x0b\x32\r.bbo.v1.Trial\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\xeb\x02\n\x0f\x41\x64\x64TrialRequest\x12\r\n\x05study\x18\x01 \x01(\t\x12;\n\nparameters\x18\x02 \x03(\x0b\x32\'.bbo.v1.AddTrialRequest.ParametersEntry\x12\x35\n\x07metrics\x18\x03 \x03(\x0b\x32$.bbo.v1.AddTrialRequest.MetricsEntry\x12!\n\x05state\x18\x04 \x01(\x0e\x32\x12.bbo.v1.TrialState\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x0e\n\x06\x62udget\x18\x06 \x01(\x01\x1aI\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.bbo.v1.ParameterValue:\x02\x38\x01\x1a\x43\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.bbo.v1.MetricValue:\x02\x38\x01\"2\n\x0fGetTrialRequest\x12\r\n\x05study\x18\x01 \x01(\t\x12\x10\n\x08trial_id\x18\x02 \x01(\x03\"m\n\x11ListTrialsRequest\x12\r\n\x05study\x18\x01 \x01(\t\x12\"\n\x06states\x18\x02 \x03(\x0e\x32\x12.bbo.v1.TrialState\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"L\n\x12ListTrialsResponse\x12\x1d\n\x06trials\x18\x01 \x03(\x0b\x32\r.bbo.v1.Trial\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x0eGetBestRequest\x12\r\n\x05study\x18\x01 \x01(\t\"i\n\x0fGetBestResponse\x12\x1d\n\x06trials\x18\x01 \x03(\x0b\x32\r.bbo.v1.Trial\x12!\n\x05state\x18\x02 \x01(\x0e\x32\x12.bbo.v1.StudyState\x12\x14\n\x0cstate_reason\x18\x03 \x01(\t\"|\n\x19ReportIntermediateRequest\x12\r\n\x05study\x18\x01 \x01(\t\x12\x10\n\x08trial_id\x18\x02 \x01(\x03\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\r\n\x05value\x18\x04 \x01(\x01\x12\x11\n\tstudy_uid\x18\x05 \x01(\t\x12\x0e\n\x06\x62udget\x18\x06 \x01(\x01\"A\n\x1aReportIntermediateResponse\x12\x13\n\x0bshould_stop\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"]\n\x10HeartbeatRequest\x12\r\n\x05study\x18\x01 \x01(\t\x12\x10\n\x08trial_id\x18\x02 \x01(\x03\x12\x15\n\rlease_seconds\x18\x03 \x01(\x01\x12\x11\n\tstudy_uid\x18\x04 \x01(\t\"1\n\x11HeartbeatResponse\x12\x1c\n\x05trial\x18\x01 \x01(\x0b\x32\r.bbo.v1.Trial\"\\\n\x13ListLlmCallsRequest\x12\r\n\x05study\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\"\xd8\x01\n\x07LlmCall\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x10\n\x08response\x18\x04 \x01(\t\x12\x0f\n\x07outcome\x18\x05 \x01(\t\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x07 \x01(\x05\x12\x17\n\x0flatency_seconds\x18\x08 \x01(\x01\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x14ListLlmCallsResponse\x12\x1e\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x0f.bbo.v1.LlmCall\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xce\x06\n\nBboService\x12\x46\n\x0b\x43reateStudy\x12\x1a.bbo.v1.CreateStudyRequest\x1a\x1b.bbo.v1.CreateStudyResponse\x12\x32\n\x08GetStudy\x12\x17.bbo.v1.GetStudyRequest\x1a\r.bbo.v1.Study\x12\x46\n\x0bListStudies\x12\x1a.bbo.v1.ListStudiesRequest\x1a\x1b.bbo.v1.ListStudiesResponse\x12\x46\n\x0b\x44\x65leteStudy\x12\x1a.bbo.v1.DeleteStudyRequest\x1a\x1b.bbo.v1.DeleteStudyResponse\x12.\n\x03\x41sk\x12\x12.bbo.v1.AskRequest\x1a\x13.bbo.v1.AskResponse\x12\x31\n\x04Tell\x12\x13.bbo.v1.TellRequest\x1a\x14.bbo.v1.TellResponse\x12\x32\n\x08\x41\x64\x64Trial\x12\x17.bbo.v1.AddTrialRequest\x1a\r.bbo.v1.Trial\x12\x32\n\x08GetTrial\x12\x17.bbo.v1.GetTrialRequest\x1a\r.bbo.v1.Trial\x12\x43\n\nListTrials\x12\x19.bbo.v1.ListTrialsRequest\x1a\x1a.bbo.v1.ListTrialsResponse\x12:\n\x07GetBest\x12\x16.bbo.v1.GetBestRequest\x1a\x17.bbo.v1.GetBestResponse\x12[\n\x12ReportIntermediate\x12!.bbo.v1.ReportIntermediateRequest\x1a\".bbo.v1.ReportIntermediateResponse\x12@\n\tHeartbeat\x12\x18.bbo.v1.HeartbeatRequest\x1a\x19.bbo.v1.HeartbeatResponse\x12I\n\x0cListLlmCalls\x12\x1b.bbo.v1.ListLlmCallsRequest\x1a\x1c.bbo.v1.ListLlmCallsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -58,41 +58,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ASKRESPONSE']._serialized_start=580
   _globals['_ASKRESPONSE']._serialized_end=638
   _globals['_TELLREQUEST']._serialized_start=641
-  _globals['_TELLREQUEST']._serialized_end=897
-  _globals['_TELLREQUEST_METRICSENTRY']._serialized_start=830
-  _globals['_TELLREQUEST_METRICSENTRY']._serialized_end=897
-  _globals['_TELLRESPONSE']._serialized_start=899
-  _globals['_TELLRESPONSE']._serialized_end=962
-  _globals['_ADDTRIALREQUEST']._serialized_start=965
-  _globals['_ADDTRIALREQUEST']._serialized_end=1312
-  _globals['_ADDTRIALREQUEST_PARAMETERSENTRY']._serialized_start=1170
-  _globals['_ADDTRIALREQUEST_PARAMETERSENTRY']._serialized_end=1243
-  _globals['_ADDTRIALREQUEST_METRICSENTRY']._serialized_start=830
-  _globals['_ADDTRIALREQUEST_METRICSENTRY']._serialized_end=897
-  _globals['_GETTRIALREQUEST']._serialized_start=1314
-  _globals['_GETTRIALREQUEST']._serialized_end=1364
-  _globals['_LISTTRIALSREQUEST']._serialized_start=1366
-  _globals['_LISTTRIALSREQUEST']._serialized_end=1475
-  _globals['_LISTTRIALSRESPONSE']._serialized_start=1477
-  _globals['_LISTTRIALSRESPONSE']._serialized_end=1553
-  _globals['_GETBESTREQUEST']._serialized_start=1555
-  _globals['_GETBESTREQUEST']._serialized_end=1586
-  _globals['_GETBESTRESPONSE']._serialized_start=1588
-  _globals['_GETBESTRESPONSE']._serialized_end=1693
-  _globals['_REPORTINTERMEDIATEREQUEST']._serialized_start=1695
-  _globals['_REPORTINTERMEDIATEREQUEST']._serialized_end=1803
-  _globals['_REPORTINTERMEDIATERESPONSE']._serialized_start=1805
-  _globals['_REPORTINTERMEDIATERESPONSE']._serialized_end=1870
-  _globals['_HEARTBEATREQUEST']._serialized_start=1872
-  _globals['_HEARTBEATREQUEST']._serialized_end=1965
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1967
-  _globals['_HEARTBEATRESPONSE']._serialized_end=2016
-  _globals['_LISTLLMCALLSREQUEST']._serialized_start=2018
-  _globals['_LISTLLMCALLSREQUEST']._serialized_end=2110
-  _globals['_LLMCALL']._serialized_start=2113
-  _globals['_LLMCALL']._serialized_end=2329
-  _globals['_LISTLLMCALLSRESPONSE']._serialized_start=2331
-  _globals['_LISTLLMCALLSRESPONSE']._serialized_end=2410
-  _globals['_BBOSERVICE']._serialized_start=2413
-  _globals['_BBOSERVICE']._serialized_end=3259
+  _globals['_TELLREQUEST']._serialized_end=913
+  _globals['_TELLREQUEST_METRICSENTRY']._serialized_start=846
+  _globals['_TELLREQUEST_METRICSENTRY']._serialized_end=913
+  _globals['_TELLRESPONSE']._serialized_start=915
+  _globals['_TELLRESPONSE']._serialized_end=978
+  _globals['_ADDTRIALREQUEST']._serialized_start=981
+  _globals['_ADDTRIALREQUEST']._serialized_end=1344
+  _globals['_ADDTRIALREQUEST_PARAMETERSENTRY']._serialized_start=1202
+  _globals['_ADDTRIALREQUEST_PARAMETERSENTRY']._serialized_end=1275
+  _globals['_ADDTRIALREQUEST_METRICSENTRY']._serialized_start=846
+  _globals['_ADDTRIALREQUEST_METRICSENTRY']._serialized_end=913
+  _globals['_GETTRIALREQUEST']._serialized_start=1346
+  _globals['_GETTRIALREQUEST']._serialized_end=1396
+  _globals['_LISTTRIALSREQUEST']._serialized_start=1398
+  _globals['_LISTTRIALSREQUEST']._serialized_end=1507
+  _globals['_LISTTRIALSRESPONSE']._serialized_start=1509
+  _globals['_LISTTRIALSRESPONSE']._serialized_end=1585
+  _globals['_GETBESTREQUEST']._serialized_start=1587
+  _globals['_GETBESTREQUEST']._serialized_end=1618
+  _globals['_GETBESTRESPONSE']._serialized_start=1620
+  _globals['_GETBESTRESPONSE']._serialized_end=1725
+  _globals['_REPORTINTERMEDIATEREQUEST']._serialized_start=1727
+  _globals['_REPORTINTERMEDIATEREQUEST']._serialized_end=1851
+  _globals['_REPORTINTERMEDIATERESPONSE']._serialized_start=1853
+  _globals['_REPORTINTERMEDIATERESPONSE']._serialized_end=1918
+  _globals['_HEARTBEATREQUEST']._serialized_start=1920
+  _globals['_HEARTBEATREQUEST']._serialized_end=2013
+  _globals['_HEARTBEATRESPONSE']._serialized_start=2015
+  _globals['_HEARTBEATRESPONSE']._serialized_end=2064
+  _globals['_LISTLLMCALLSREQUEST']._serialized_start=2066
+  _globals['_LISTLLMCALLSREQUEST']._serialized_end=2158
+  _globals['_LLMCALL']._serialized_start=2161
+  _globals['_LLMCALL']._serialized_end=2377
+  _globals['_LISTLLMCALLSRESPONSE']._serialized_start=2379
+  _globals['_LISTLLMCALLSRESPONSE']._serialized_end=2458
+  _globals['_BBOSERVICE']._serialized_start=2461
+  _globals['_BBOSERVICE']._serialized_end=3307
 # @@protoc_insertion_point(module_scope)

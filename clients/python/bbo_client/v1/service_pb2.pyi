@@ -83,7 +83,7 @@ class AskResponse(_message.Message):
     def __init__(self, trials: _Optional[_Iterable[_Union[_study_pb2.Trial, _Mapping]]] = ..., note: _Optional[str] = ...) -> None: ...
 
 class TellRequest(_message.Message):
-    __slots__ = ("study", "trial_id", "metrics", "state", "reason", "request_id", "study_uid")
+    __slots__ = ("study", "trial_id", "metrics", "state", "reason", "request_id", "study_uid", "budget")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,7 @@ class TellRequest(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STUDY_UID_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
     study: str
     trial_id: int
     metrics: _containers.MessageMap[str, _study_pb2.MetricValue]
@@ -105,7 +106,8 @@ class TellRequest(_message.Message):
     reason: str
     request_id: str
     study_uid: str
-    def __init__(self, study: _Optional[str] = ..., trial_id: _Optional[int] = ..., metrics: _Optional[_Mapping[str, _study_pb2.MetricValue]] = ..., state: _Optional[_Union[_study_pb2.TrialState, str]] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ..., study_uid: _Optional[str] = ...) -> None: ...
+    budget: float
+    def __init__(self, study: _Optional[str] = ..., trial_id: _Optional[int] = ..., metrics: _Optional[_Mapping[str, _study_pb2.MetricValue]] = ..., state: _Optional[_Union[_study_pb2.TrialState, str]] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ..., study_uid: _Optional[str] = ..., budget: _Optional[float] = ...) -> None: ...
 
 class TellResponse(_message.Message):
     __slots__ = ("trial", "duplicate")
@@ -116,7 +118,7 @@ class TellResponse(_message.Message):
     def __init__(self, trial: _Optional[_Union[_study_pb2.Trial, _Mapping]] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class AddTrialRequest(_message.Message):
-    __slots__ = ("study", "parameters", "metrics", "state", "request_id")
+    __slots__ = ("study", "parameters", "metrics", "state", "request_id", "budget")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -136,12 +138,14 @@ class AddTrialRequest(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
     study: str
     parameters: _containers.MessageMap[str, _study_pb2.ParameterValue]
     metrics: _containers.MessageMap[str, _study_pb2.MetricValue]
     state: _study_pb2.TrialState
     request_id: str
-    def __init__(self, study: _Optional[str] = ..., parameters: _Optional[_Mapping[str, _study_pb2.ParameterValue]] = ..., metrics: _Optional[_Mapping[str, _study_pb2.MetricValue]] = ..., state: _Optional[_Union[_study_pb2.TrialState, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    budget: float
+    def __init__(self, study: _Optional[str] = ..., parameters: _Optional[_Mapping[str, _study_pb2.ParameterValue]] = ..., metrics: _Optional[_Mapping[str, _study_pb2.MetricValue]] = ..., state: _Optional[_Union[_study_pb2.TrialState, str]] = ..., request_id: _Optional[str] = ..., budget: _Optional[float] = ...) -> None: ...
 
 class GetTrialRequest(_message.Message):
     __slots__ = ("study", "trial_id")
@@ -188,18 +192,20 @@ class GetBestResponse(_message.Message):
     def __init__(self, trials: _Optional[_Iterable[_Union[_study_pb2.Trial, _Mapping]]] = ..., state: _Optional[_Union[_study_pb2.StudyState, str]] = ..., state_reason: _Optional[str] = ...) -> None: ...
 
 class ReportIntermediateRequest(_message.Message):
-    __slots__ = ("study", "trial_id", "step", "value", "study_uid")
+    __slots__ = ("study", "trial_id", "step", "value", "study_uid", "budget")
     STUDY_FIELD_NUMBER: _ClassVar[int]
     TRIAL_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     STUDY_UID_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
     study: str
     trial_id: int
     step: int
     value: float
     study_uid: str
-    def __init__(self, study: _Optional[str] = ..., trial_id: _Optional[int] = ..., step: _Optional[int] = ..., value: _Optional[float] = ..., study_uid: _Optional[str] = ...) -> None: ...
+    budget: float
+    def __init__(self, study: _Optional[str] = ..., trial_id: _Optional[int] = ..., step: _Optional[int] = ..., value: _Optional[float] = ..., study_uid: _Optional[str] = ..., budget: _Optional[float] = ...) -> None: ...
 
 class ReportIntermediateResponse(_message.Message):
     __slots__ = ("should_stop", "reason")

@@ -133,7 +133,9 @@ class BboServiceServicer:
 
     def Ask(self, request, context):
         """Suggest `count` trials (chosen jointly, aware of other pending trials). A worker that asks
-        again with the same request_id gets the same trials back.
+        again with the same request_id gets the same trials back. In a study with a fidelity each
+        trial carries its budget; with promotion, an answer may continue a PAUSED trial (the same id,
+        a larger budget, resume_budget set).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -174,7 +176,8 @@ class BboServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReportIntermediate(self, request, context):
-        """Report an intermediate value; the answer says whether the trial looks hopeless.
+        """Report an intermediate value (and the budget it was measured at); the answer says whether the
+        trial looks hopeless (the study's pruning policy: median rule, ASHA, Hyperband).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -25,6 +25,14 @@ class ConstraintOp(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CONSTRAINT_OP_LESS_EQUAL: _ClassVar[ConstraintOp]
     CONSTRAINT_OP_GREATER_EQUAL: _ClassVar[ConstraintOp]
 
+class PruningPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PRUNING_POLICY_UNSPECIFIED: _ClassVar[PruningPolicy]
+    PRUNING_POLICY_MEDIAN: _ClassVar[PruningPolicy]
+    PRUNING_POLICY_ASHA: _ClassVar[PruningPolicy]
+    PRUNING_POLICY_HYPERBAND: _ClassVar[PruningPolicy]
+    PRUNING_POLICY_NONE: _ClassVar[PruningPolicy]
+
 class StudyState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     STUDY_STATE_ACTIVE: _ClassVar[StudyState]
@@ -37,12 +45,19 @@ class TrialState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRIAL_STATE_COMPLETED: _ClassVar[TrialState]
     TRIAL_STATE_FAILED: _ClassVar[TrialState]
     TRIAL_STATE_ABANDONED: _ClassVar[TrialState]
+    TRIAL_STATE_PAUSED: _ClassVar[TrialState]
+    TRIAL_STATE_PRUNED: _ClassVar[TrialState]
 SCALE_LINEAR: Scale
 SCALE_LOG: Scale
 GOAL_MINIMIZE: Goal
 GOAL_MAXIMIZE: Goal
 CONSTRAINT_OP_LESS_EQUAL: ConstraintOp
 CONSTRAINT_OP_GREATER_EQUAL: ConstraintOp
+PRUNING_POLICY_UNSPECIFIED: PruningPolicy
+PRUNING_POLICY_MEDIAN: PruningPolicy
+PRUNING_POLICY_ASHA: PruningPolicy
+PRUNING_POLICY_HYPERBAND: PruningPolicy
+PRUNING_POLICY_NONE: PruningPolicy
 STUDY_STATE_ACTIVE: StudyState
 STUDY_STATE_LIKELY_INFEASIBLE: StudyState
 TRIAL_STATE_UNSPECIFIED: TrialState
@@ -50,6 +65,8 @@ TRIAL_STATE_PENDING: TrialState
 TRIAL_STATE_COMPLETED: TrialState
 TRIAL_STATE_FAILED: TrialState
 TRIAL_STATE_ABANDONED: TrialState
+TRIAL_STATE_PAUSED: TrialState
+TRIAL_STATE_PRUNED: TrialState
 
 class FloatParameter(_message.Message):
     __slots__ = ("low", "high", "scale")
@@ -212,8 +229,30 @@ class LlmOptions(_message.Message):
     model: str
     def __init__(self, enabled: _Optional[bool] = ..., warmstart_candidates: _Optional[int] = ..., derive_priors: _Optional[bool] = ..., propose_during_search: _Optional[bool] = ..., model: _Optional[str] = ...) -> None: ...
 
+class Fidelity(_message.Message):
+    __slots__ = ("name", "min", "max", "integer")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    INTEGER_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    min: float
+    max: float
+    integer: bool
+    def __init__(self, name: _Optional[str] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., integer: _Optional[bool] = ...) -> None: ...
+
+class Pruning(_message.Message):
+    __slots__ = ("policy", "eta", "promote")
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    ETA_FIELD_NUMBER: _ClassVar[int]
+    PROMOTE_FIELD_NUMBER: _ClassVar[int]
+    policy: PruningPolicy
+    eta: float
+    promote: bool
+    def __init__(self, policy: _Optional[_Union[PruningPolicy, str]] = ..., eta: _Optional[float] = ..., promote: _Optional[bool] = ...) -> None: ...
+
 class StudySpec(_message.Message):
-    __slots__ = ("parameters", "parameter_constraints", "objectives", "outcome_constraints", "tracked_metrics", "algorithm", "description", "priors", "llm")
+    __slots__ = ("parameters", "parameter_constraints", "objectives", "outcome_constraints", "tracked_metrics", "algorithm", "description", "priors", "llm", "fidelity", "pruning")
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     PARAMETER_CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
     OBJECTIVES_FIELD_NUMBER: _ClassVar[int]
@@ -223,6 +262,8 @@ class StudySpec(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     PRIORS_FIELD_NUMBER: _ClassVar[int]
     LLM_FIELD_NUMBER: _ClassVar[int]
+    FIDELITY_FIELD_NUMBER: _ClassVar[int]
+    PRUNING_FIELD_NUMBER: _ClassVar[int]
     parameters: _containers.RepeatedCompositeFieldContainer[ParameterSpec]
     parameter_constraints: _containers.RepeatedCompositeFieldContainer[LinearConstraint]
     objectives: _containers.RepeatedCompositeFieldContainer[Objective]
@@ -232,7 +273,9 @@ class StudySpec(_message.Message):
     description: str
     priors: _containers.RepeatedCompositeFieldContainer[ParameterPrior]
     llm: LlmOptions
-    def __init__(self, parameters: _Optional[_Iterable[_Union[ParameterSpec, _Mapping]]] = ..., parameter_constraints: _Optional[_Iterable[_Union[LinearConstraint, _Mapping]]] = ..., objectives: _Optional[_Iterable[_Union[Objective, _Mapping]]] = ..., outcome_constraints: _Optional[_Iterable[_Union[OutcomeConstraint, _Mapping]]] = ..., tracked_metrics: _Optional[_Iterable[str]] = ..., algorithm: _Optional[_Union[AlgorithmOptions, _Mapping]] = ..., description: _Optional[str] = ..., priors: _Optional[_Iterable[_Union[ParameterPrior, _Mapping]]] = ..., llm: _Optional[_Union[LlmOptions, _Mapping]] = ...) -> None: ...
+    fidelity: Fidelity
+    pruning: Pruning
+    def __init__(self, parameters: _Optional[_Iterable[_Union[ParameterSpec, _Mapping]]] = ..., parameter_constraints: _Optional[_Iterable[_Union[LinearConstraint, _Mapping]]] = ..., objectives: _Optional[_Iterable[_Union[Objective, _Mapping]]] = ..., outcome_constraints: _Optional[_Iterable[_Union[OutcomeConstraint, _Mapping]]] = ..., tracked_metrics: _Optional[_Iterable[str]] = ..., algorithm: _Optional[_Union[AlgorithmOptions, _Mapping]] = ..., description: _Optional[str] = ..., priors: _Optional[_Iterable[_Union[ParameterPrior, _Mapping]]] = ..., llm: _Optional[_Union[LlmOptions, _Mapping]] = ..., fidelity: _Optional[_Union[Fidelity, _Mapping]] = ..., pruning: _Optional[_Union[Pruning, _Mapping]] = ...) -> None: ...
 
 class Study(_message.Message):
     __slots__ = ("name", "spec", "state", "state_reason", "create_time", "trial_count", "completed_count", "uid")
@@ -263,7 +306,7 @@ class MetricValue(_message.Message):
     def __init__(self, value: _Optional[float] = ..., sem: _Optional[float] = ...) -> None: ...
 
 class Trial(_message.Message):
-    __slots__ = ("id", "parameters", "state", "metrics", "origin", "reason", "rationale", "worker_id", "create_time", "update_time", "lease_expire_time", "study_uid")
+    __slots__ = ("id", "parameters", "state", "metrics", "origin", "reason", "rationale", "worker_id", "create_time", "update_time", "lease_expire_time", "study_uid", "budget", "bracket", "resume_budget")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -290,6 +333,9 @@ class Trial(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     LEASE_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     STUDY_UID_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    BRACKET_FIELD_NUMBER: _ClassVar[int]
+    RESUME_BUDGET_FIELD_NUMBER: _ClassVar[int]
     id: int
     parameters: _containers.MessageMap[str, ParameterValue]
     state: TrialState
@@ -302,4 +348,7 @@ class Trial(_message.Message):
     update_time: _timestamp_pb2.Timestamp
     lease_expire_time: _timestamp_pb2.Timestamp
     study_uid: str
-    def __init__(self, id: _Optional[int] = ..., parameters: _Optional[_Mapping[str, ParameterValue]] = ..., state: _Optional[_Union[TrialState, str]] = ..., metrics: _Optional[_Mapping[str, MetricValue]] = ..., origin: _Optional[str] = ..., reason: _Optional[str] = ..., rationale: _Optional[str] = ..., worker_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., study_uid: _Optional[str] = ...) -> None: ...
+    budget: float
+    bracket: int
+    resume_budget: float
+    def __init__(self, id: _Optional[int] = ..., parameters: _Optional[_Mapping[str, ParameterValue]] = ..., state: _Optional[_Union[TrialState, str]] = ..., metrics: _Optional[_Mapping[str, MetricValue]] = ..., origin: _Optional[str] = ..., reason: _Optional[str] = ..., rationale: _Optional[str] = ..., worker_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., study_uid: _Optional[str] = ..., budget: _Optional[float] = ..., bracket: _Optional[int] = ..., resume_budget: _Optional[float] = ...) -> None: ...

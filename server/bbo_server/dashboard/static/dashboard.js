@@ -5,7 +5,7 @@
 
 const POLL_MS = 2000;  // at least; a slow answer (a huge study) spaces the polls out more
 const KEY_ITEM = 'bbo-api-key';
-const STATES = ['PENDING', 'COMPLETED', 'FAILED', 'ABANDONED'];
+const STATES = ['PENDING', 'COMPLETED', 'FAILED', 'ABANDONED', 'PAUSED', 'PRUNED'];
 const PLOT_CONFIG = { displaylogo: false, responsive: true };
 const MARGIN = { t: 10, r: 10, b: 40, l: 60 };
 

@@ -1,0 +1,222 @@
+"""Multi-fidelity bookkeeping: the budget ladder, Hyperband brackets, the rungs, and asynchronous
+successive halving (ASHA) decisions: stop a running trial (ReportIntermediate) or continue a paused
+one (Ask, promotion).
+
+Everything here is a pure function of the spec, the trials (state, budget, bracket) and their stored
+curves (intermediate values with the budget each was measured at and the time it was stored).
+Nothing is kept between calls, so after a restart, and on every replica sharing the database, the
+rungs are rebuilt from what is stored and decide alike.
+
+- **Ladder**: the budgets ``max / eta^j`` down to ``min`` (rounded for an integer fidelity), e.g.
+  epochs 1, 3, 9, 27 for min 1, max 27, eta 3. Level ``K`` (the last) is the full budget.
+- **Brackets** (Hyperband): bracket ``s`` starts at level ``s``; ASHA uses bracket 0 only (and
+  bracket ``K``, the full budget at once, for the model's refinement steps). Hyperband spreads new
+  trials over the brackets in proportion to Hyperband's trial counts per bracket.
+- **Rung value**: a trial's value at level ``k`` is the first value it recorded at a budget at or
+  past ``ladder[k]``.
+- **Stopping** (``promote`` off): at every report, for each rung of its bracket the trial has
+  reached (the full budget excepted), it must rank among the best ``max(1, n // eta)`` of the ``n``
+  trials of its bracket that had reached that rung when it did (their rung value stored no later
+  than its own). That comparison is fixed once the trial reaches the rung, so repeated or late
+  reports get the same answer, whichever replica answers.
+- **Promotion** (``promote`` on): at an Ask, from the highest rung down, a PAUSED trial among the
+  best ``n // eta`` of the ``n`` trials of its bracket at its rung is continued to the next rung's
+  budget (ASHA, Li et al. 2020); the storage applies it only while the trial is still PAUSED there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from bbo.spec import HYPERBAND, MAXIMIZE, StudySpec
+from bbo.storage import Continuation, CurvePoint
+from bbo.trial import Trial, TrialState
+
+_REL = 1e-9  # budgets compared with this relative tolerance (a told 3.0 is the rung 3)
+
+
+def ladder(spec: StudySpec) -> tuple[float, ...]:
+    """The rung budgets of ``spec``'s fidelity, ascending; the last is the full budget. Empty
+    without a fidelity."""
+    f = spec.fidelity
+    if f is None:
+        return ()
+    eta = float(spec.pruning.eta)
+    out, b = [], float(f.max)
+    while b >= f.min * (1 - _REL) and len(out) < 1000:
+        out.append(b)
+        b /= eta
+    if f.integer:
+        out = [float(max(f.min, math.floor(x + 0.5))) for x in out]
+    return tuple(sorted(set(out)))
+
+
+def rung_count(fidelity: Mapping, eta: float) -> int:
+    """How many rungs a fidelity in its dict form has (for request limits, before parsing)."""
+    lo, hi = float(fidelity["min"]), float(fidelity["max"])
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0 or hi <= lo or eta <= 1:
+        return 1
+    return int(math.floor(math.log(hi / lo) / math.log(eta) + _REL)) + 1
+
+
+def at_least(budget: float, level_budget: float) -> bool:
+    return budget >= level_budget * (1 - _REL)
+
+
+def same_budget(a: float | None, b: float | None) -> bool:
+    return a is not None and b is not None and abs(a - b) <= _REL * max(abs(a), abs(b))
+
+
+def bracket_shares(k: int, eta: float) -> list[int]:
+    """Hyperband's trial count per bracket for a ladder of ``k + 1`` levels: bracket ``s`` (first
+    rung ``s``, ``k - s`` halvings) gets ``ceil((k + 1) / (k - s + 1) * eta^(k - s))``, so each
+    bracket spends about the same budget."""
+    return [math.ceil((k + 1) / (k - s + 1) * eta ** (k - s) - 1e-9) for s in range(k + 1)]
+
+
+def trial_bracket(t: Trial, top: int) -> int:
+    return min(max(int(t.bracket or 0), 0), top)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a new trial starts: its bracket and the budget it is handed out at."""
+
+    bracket: int | None
+    budget: float | None
+
+
+class Rungs:
+    """The study's rungs, rebuilt from its trials and curves (see the module docstring)."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        trials: Sequence[Trial],
+        curves: Mapping[int, Sequence[CurvePoint]],
+    ):
+        self.spec = spec
+        self.levels = ladder(spec)
+        self.top = len(self.levels) - 1
+        self.eta = float(spec.pruning.eta)
+        self.sign = 1.0 if spec.objectives[0].goal == MAXIMIZE else -1.0
+        self.trials = {t.id: t for t in trials}
+        self.curves = curves
+        self.name = spec.fidelity.name if spec.fidelity is not None else "budget"
+
+    # ---- reading the rungs ------------------------------------------------------------------------
+    def point(self, trial_id: int, k: int) -> CurvePoint | None:
+        """The trial's rung value at level ``k``: its first value at a budget at or past it."""
+        b = self.levels[k]
+        best: CurvePoint | None = None
+        for p in self.curves.get(trial_id, ()):
+            if p.budget is None or not at_least(p.budget, b):
+                continue
+            if best is None or (p.budget, p.step) < (best.budget, best.step):
+                best = p
+        return best
+
+    def members(self, bracket: int, k: int) -> list[tuple[int, CurvePoint]]:
+        """``(trial id, rung value)`` of the trials of ``bracket`` that reached level ``k`` (failed
+        trials left out: their values are not trusted)."""
+        out = []
+        for tid in self.curves:
+            t = self.trials.get(tid)
+            if t is None or t.state is TrialState.FAILED:
+                continue
+            if trial_bracket(t, self.top) != bracket:
+                continue
+            p = self.point(tid, k)
+            if p is not None:
+                out.append((tid, p))
+        return out
+
+    # ---- stopping (ReportIntermediate) ------------------------------------------------------------
+    def should_stop(self, trial: Trial, budget: float) -> tuple[bool, str]:
+        """Whether ``trial``, now at ``budget``, failed a rung it has reached (see the module
+        docstring); the reason names the rung and the rank."""
+        s = trial_bracket(trial, self.top)
+        for k in range(s, self.top):
+            if not at_least(budget, self.levels[k]):
+                break
+            mine = self.point(trial.id, k)
+            if mine is None:
+                continue
+            rivals = [p for tid, p in self.members(s, k) if tid == trial.id or p.at <= mine.at]
+            n = len(rivals)
+            keep = max(1, int(n // self.eta))
+            rank = 1 + sum(1 for p in rivals if self.sign * p.value > self.sign * mine.value)
+            if rank > keep:
+                return True, (
+                    f"{self._policy()}: value {mine.value:g} at {self.name} {self.levels[k]:g} "
+                    f"ranks {rank} of the {n} trials of bracket {s} that reached it; only the best "
+                    f"{keep} continue"
+                )
+        return False, ""
+
+    # ---- promotion (Ask) --------------------------------------------------------------------------
+    def promotions(self, n: int) -> list[Continuation]:
+        """Up to ``n`` PAUSED trials to continue, from the highest rung down: each among the best
+        ``n_k // eta`` of the ``n_k`` trials of its bracket at its rung."""
+        out: list[Continuation] = []
+        if n <= 0 or not self.levels:
+            return out
+        brackets = sorted({trial_bracket(t, self.top) for t in self.trials.values()})
+        for k in range(self.top - 1, -1, -1):
+            for s in brackets:
+                if s > k:
+                    continue
+                members = self.members(s, k)
+                top = int(len(members) // self.eta)
+                ranked = sorted(members, key=lambda m: (-self.sign * m[1].value, m[0]))
+                for rank, (tid, p) in enumerate(ranked[:top], start=1):
+                    t = self.trials[tid]
+                    if t.state is not TrialState.PAUSED or not same_budget(
+                        t.budget, self.levels[k]
+                    ):
+                        continue
+                    out.append(
+                        Continuation(
+                            tid,
+                            float(t.budget),
+                            self.levels[k + 1],
+                            f"continued to {self.name} {self.levels[k + 1]:g}: value {p.value:g} "
+                            f"at {self.levels[k]:g} ranks {rank} of {len(members)} (the best "
+                            f"{top} go on)",
+                        )
+                    )
+                    if len(out) >= n:
+                        return out
+        return out
+
+    # ---- new trials -------------------------------------------------------------------------------
+    def placements(self, full: Sequence[bool]) -> list[Placement]:
+        """Bracket and budget of each new trial; ``full[i]``: start it at the full budget (a model
+        refinement step, which low budgets cannot judge)."""
+        spec, top = self.spec, self.top
+        if not spec.rung_based:
+            return [Placement(None, self.levels[-1] if self.levels else None) for _ in full]
+        counts = [0] * (top + 1)
+        for t in self.trials.values():
+            if t.bracket is not None:
+                counts[trial_bracket(t, top)] += 1
+        shares = bracket_shares(top, self.eta) if spec.pruning_policy == HYPERBAND else None
+        out = []
+        for f in full:
+            if f:
+                s = top
+            elif shares is None:
+                s = 0
+            else:  # the bracket furthest below its share of the trials so far
+                total = sum(counts) + 1
+                weight = sum(shares)
+                s = max(range(top + 1), key=lambda j: (shares[j] * total / weight - counts[j], -j))
+            counts[s] += 1
+            budget = self.levels[s] if spec.pruning.promote else self.levels[-1]
+            out.append(Placement(s, budget))
+        return out
+
+    def _policy(self) -> str:
+        return "Hyperband" if self.spec.pruning_policy == HYPERBAND else "ASHA"

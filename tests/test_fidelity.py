@@ -1,0 +1,420 @@
+"""Multi-fidelity studies (issue 23): budgets, ASHA / Hyperband rungs, promotion, PRUNED trials.
+
+In process on a temp SQLite file, with a space-filling strategy where the GP is not the point (the
+rung bookkeeping), and the real multi-fidelity strategy where it is. Through a real server: the
+Python client's ``optimize`` with a reporting objective, and the Node client's."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from bbo.errors import LimitError, SpecError
+from bbo.pruning import Rungs, bracket_shares, ladder
+from bbo.registry import StudyRegistry
+from bbo.spec import StudySpec
+from bbo.storage import open_storage
+from bbo.strategy import space_filling
+from bbo.strategy.base import ACTIVE_STATUS
+from bbo.trial import TrialState
+
+X = [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}]
+EPOCHS = {"name": "epochs", "min": 1, "max": 27, "integer": True}
+
+
+def spec(**kw) -> dict:
+    return {"parameters": X, "objectives": [{"name": "loss"}], "fidelity": EPOCHS, **kw}
+
+
+class Sobol:
+    """A strategy without a model: space-filling points (the rungs are what these tests check)."""
+
+    def __init__(self, s: StudySpec):
+        self.spec = s
+
+    def suggest(self, trials, n=1, **_):
+        return space_filling(self.spec.space, 7, trials, n, "")
+
+    def status(self, trials):
+        return ACTIVE_STATUS
+
+
+@pytest.fixture
+def db(tmp_path):
+    return "sqlite:///" + str(tmp_path / "mf.db")
+
+
+def registry(url: str, model: bool = False) -> StudyRegistry:
+    return StudyRegistry(open_storage(url), strategy_factory=None if model else Sobol)
+
+
+def loss(x: float, epoch: float) -> float:
+    """A learning curve: the point's quality plus a term that shrinks with training."""
+    return (x - 0.3) ** 2 + 1.0 / epoch
+
+
+# ---- the ladder and the spec ---------------------------------------------------------------------
+def test_ladder_brackets_and_spec_checks():
+    s = StudySpec.from_dict(spec())
+    assert ladder(s) == (1.0, 3.0, 9.0, 27.0) and s.pruning_policy == "asha"
+    wide = StudySpec.from_dict(spec(fidelity={**EPOCHS, "max": 100}))
+    assert ladder(wide) == (1.0, 4.0, 11.0, 33.0, 100.0)
+    frac = StudySpec.from_dict(spec(fidelity={"name": "data", "min": 0.1, "max": 1.0}))
+    assert ladder(frac) == pytest.approx((1 / 9, 1 / 3, 1.0))
+    assert bracket_shares(3, 3.0) == [27, 12, 6, 4]  # Hyperband's n per bracket, R=27, eta=3
+    bad = [
+        ({"pruning": {"policy": "asha"}, "fidelity": None}, "pruning.policy"),
+        ({"objectives": [{"name": "a"}, {"name": "b"}]}, "fidelity"),
+        ({"fidelity": {**EPOCHS, "max": 1}}, "fidelity.max"),
+        ({"fidelity": {**EPOCHS, "max": 2.5}}, "fidelity.min"),  # integer, not whole
+        ({"fidelity": {**EPOCHS, "max": 2}}, "fidelity.min"),  # no rung below the full budget
+        ({"pruning": {"eta": 1.5}}, "pruning.eta"),
+        ({"pruning": {"policy": "median", "promote": True}}, "pruning.promote"),
+        ({"pruning": {"policy": "sha"}}, "pruning.policy"),
+    ]
+    for extra, field in bad:
+        d = spec(**extra)
+        if d.get("fidelity") is None:
+            d.pop("fidelity")
+        with pytest.raises(SpecError) as e:
+            StudySpec.from_dict(d)
+        assert e.value.field == field, (extra, e.value)
+
+
+def test_study_without_a_fidelity_is_unchanged(db):
+    """No new keys in its stored spec or protobuf form, no budgets, the median rule as before, and
+    budgets refused with a message saying why."""
+    from bbo_server.convert import spec_to_pb
+
+    plain = {"parameters": X, "objectives": [{"name": "loss"}]}
+    reg = registry(db)
+    st, _ = reg.create_study("plain", plain)
+    assert st.record.spec == StudySpec.from_dict(plain).to_dict()
+    assert not {"fidelity", "pruning"} & set(st.record.spec)
+    pbs = spec_to_pb(st.spec)
+    assert not pbs.HasField("fidelity") and not pbs.HasField("pruning")
+    done = []
+    for v in (1.0, 2.0, 3.0):
+        (t,) = st.ask().trials
+        assert (t.budget, t.bracket) == (None, None)
+        assert st.report_intermediate(t.id, 1, v) == (False, "")
+        st.tell(t.id, {"loss": v})
+        done.append(t)
+    (t,) = st.ask().trials
+    stop, why = st.report_intermediate(t.id, 1, 5.0)
+    assert stop and "median" in why  # worse than the median of the completed trials at step 1
+    for call in (
+        lambda: st.report_intermediate(t.id, 2, 1.0, budget=2.0),
+        lambda: st.tell(t.id, {"loss": 1.0}, budget=27.0),
+    ):
+        with pytest.raises(SpecError, match="no fidelity") as e:
+            call()
+        assert e.value.field == "budget"
+    assert st.tell(t.id, {"loss": 5.0}, state=TrialState.PRUNED, reason=why).trial.state.value == (
+        "PRUNED"
+    )
+    assert [b.id for b in st.best().trials] == [done[0].id]
+
+
+def test_rungs_have_a_bound(db):
+    reg = registry(db)
+    with pytest.raises(LimitError, match="max-rungs"):
+        reg.create_study("wide", spec(fidelity={"name": "n", "min": 1e-9, "max": 1e9}))
+
+
+# ---- stopping: ASHA with asynchronous workers, replicas, and after a restart --------------------
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, db):
+    """A database URL and how many server replicas share it (PostgreSQL: two)."""
+    if request.param == "sqlite":
+        return db, 1
+    import uuid
+
+    from bbo.testing import postgres as pg_cluster
+
+    reason = pg_cluster.missing_reason()
+    if reason:
+        pytest.skip(reason)
+    return request.getfixturevalue("cluster").create_database("f_" + uuid.uuid4().hex[:12]), 2
+
+
+def test_asha_rungs_with_concurrent_workers_replicas_and_a_restart(backend):
+    """Four workers train 16 trials epoch by epoch, interleaved (on PostgreSQL through two
+    replicas). Every answer a worker got is what the rungs rebuilt from the database give after a
+    restart; each trial that went past a rung ranked among the best max(1, n // 3) of the trials
+    that had reached it before it; the best point is never stopped; stopped trials end PRUNED, the
+    others COMPLETED at the full budget."""
+    url, n_replicas = backend
+    replicas = [registry(url) for _ in range(n_replicas)]
+    replicas[0].create_study("asha", spec())
+    studies = [r.get_study("asha") for r in replicas]
+    rng = random.Random(5)
+    answers: dict[int, tuple[int, bool, str]] = {}
+
+    def work(i):
+        st = studies[i % n_replicas]
+        (t,) = st.ask().trials
+        assert t.budget == 27.0 and t.bracket == 0
+        x = t.params["x"]
+        for e in range(1, 28):
+            if rng.random() < 0.3:
+                threading.Event().wait(0.002)
+            stop, why = st.report_intermediate(t.id, e, loss(x, e))
+            answers[t.id] = (e, stop, why)
+            if stop:
+                assert "ranks" in why and "epochs" in why
+                st.tell(t.id, {"loss": loss(x, e)}, state=TrialState.PRUNED, reason=why)
+                return
+        st.tell(t.id, {"loss": loss(x, 27)})
+
+    with ThreadPoolExecutor(4) as ex:
+        list(ex.map(work, range(16)))
+    for r in replicas:
+        r.storage.close()
+
+    reg = registry(url)  # a restart: nothing but the database
+    st = reg.get_study("asha")
+    trials = {t.id: t for t in st.trials()}
+    curves = st.storage.curves(st.uid)
+    rungs = Rungs(st.spec, list(trials.values()), curves)
+    for tid, (e, stop, why) in answers.items():
+        assert rungs.should_stop(trials[tid], float(e)) == (stop, why)  # the same answer
+        assert trials[tid].state is (TrialState.PRUNED if stop else TrialState.COMPLETED)
+        assert trials[tid].budget == float(e)
+    for k, b in enumerate((1.0, 3.0, 9.0)):  # the ASHA rule, checked from the stored curves
+        reached = {
+            tid: next(p for p in c if p.budget >= b)
+            for tid, c in curves.items()
+            if c[-1].budget >= b
+        }
+        for tid, p in reached.items():
+            if curves[tid][-1].budget <= b:
+                continue  # stopped here (or finished): nothing to check
+            rivals = [q.value for q in reached.values() if q.at <= p.at]
+            assert sorted(rivals).index(p.value) < max(1, len(rivals) // 3), (tid, k)
+    best = min(trials.values(), key=lambda t: (t.params["x"] - 0.3) ** 2)
+    assert best.state is TrialState.COMPLETED
+    pruned = [t for t in trials.values() if t.state is TrialState.PRUNED]
+    assert pruned and len(pruned) < len(trials)
+    assert st.best().trials[0].state is TrialState.COMPLETED
+    (late,) = st.ask().trials  # a report repeated after another restart gets the same answer
+    answer = st.report_intermediate(late.id, 3, 5.0)
+    assert answer[0] and "epochs 1" in answer[1]
+    reg.storage.close()
+    st = registry(url).get_study("asha")
+    assert st.report_intermediate(late.id, 3, 5.0) == answer
+    st.storage.close()
+
+
+def test_pruned_trials_never_count_as_optima(db):
+    reg = registry(db)
+    st, _ = reg.create_study("pruned", spec())
+    a, b = st.ask(2).trials
+    st.tell(a.id, {"loss": 0.9})
+    st.tell(b.id, {"loss": 0.01}, state=TrialState.PRUNED, budget=3.0, reason="stopped")
+    info = st.info()
+    assert (info.completed_count, info.trial_count) == (1, 2)
+    assert [t.id for t in st.best().trials] == [a.id]
+    pruned = st.get_trial(b.id)
+    assert (pruned.state, pruned.budget, pruned.reason) == (TrialState.PRUNED, 3.0, "stopped")
+    assert [(p.budget, p.value) for p in st.storage.curves(st.uid)[b.id]] == [(3.0, 0.01)]
+
+
+def test_a_result_below_the_full_budget_is_refused_and_changes_nothing(db):
+    reg = registry(db)
+    st, _ = reg.create_study("below", spec())
+    (t,) = st.ask().trials
+    with pytest.raises(SpecError, match="state PRUNED") as e:
+        st.tell(t.id, {"loss": 0.5}, budget=9.0)
+    assert e.value.field == "budget"
+    with pytest.raises(SpecError, match=r"\(0, 27\]"):
+        st.tell(t.id, {"loss": 0.5}, budget=30.0)
+    with pytest.raises(SpecError, match="pass the budget"):
+        st.report_intermediate(t.id, 28, 0.5)
+    assert st.get_trial(t.id).state is TrialState.PENDING and st.storage.curves(st.uid) == {}
+
+
+# ---- promotion: Ask continues paused trials -------------------------------------------------------
+def test_promotion_keeps_the_trial_its_curve_and_is_handed_out_once(db):
+    reg = registry(db)
+    st, _ = reg.create_study("promote", spec(pruning={"policy": "asha", "promote": True}))
+    first = st.ask(3).trials
+    assert [(t.budget, t.bracket) for t in first] == [(1.0, 0)] * 3
+    for t, v in zip(first, (3.0, 1.0, 2.0), strict=True):
+        told = st.tell(t.id, {"loss": v}).trial
+        assert (told.state, told.budget) == (TrialState.PAUSED, 1.0)
+    best = first[1]
+    (cont,) = st.ask(worker_id="w2").trials  # the best third of rung 1 goes on
+    assert (cont.id, cont.params, cont.state) == (best.id, best.params, TrialState.PENDING)
+    assert (cont.budget, cont.resume_budget, cont.worker_id) == (3.0, 1.0, "w2")
+    assert "continued to epochs 3" in cont.reason and cont.metrics == {}
+    (fresh,) = st.ask().trials  # nobody else is promotable: a new point at the first rung
+    assert fresh.id == 4 and fresh.budget == 1.0
+    with pytest.raises(SpecError, match="handed out at 3"):
+        st.tell(best.id, {"loss": 1.0}, budget=1.0)  # a stale rung result: refused
+    st.tell(best.id, {"loss": 0.4})
+    assert [(p.budget, p.value) for p in st.storage.curves(st.uid)[best.id]] == [
+        (1.0, 1.0),
+        (3.0, 0.4),
+    ]
+    assert st.tell(best.id, {"loss": 0.4}).duplicate  # a repeated rung result
+    assert st.best().trials == []  # nothing at the full budget yet
+
+    # many asks at once, several paused trials promotable: none is handed out twice
+    more = st.ask(9).trials
+    for i, t in enumerate(more):
+        if t.budget == 1.0:
+            st.tell(t.id, {"loss": 0.5 + i / 100})
+    with ThreadPoolExecutor(6) as ex:
+        got = [t for r in ex.map(lambda _: st.ask().trials, range(6)) for t in r]
+    continued = [t.id for t in got if t.resume_budget is not None]
+    assert continued and len(continued) == len(set(continued))
+    # a restart: the rungs come back from the database and decide alike
+    before = Rungs(st.spec, st.trials(), st.storage.curves(st.uid)).promotions(5)
+    reg.storage.close()
+    st = registry(db).get_study("promote")
+    assert Rungs(st.spec, st.trials(), st.storage.curves(st.uid)).promotions(5) == before
+    st.storage.close()
+
+
+def test_hyperband_spreads_new_trials_over_its_brackets(db):
+    reg = registry(db)
+    st, _ = reg.create_study(
+        "hb", spec(pruning={"policy": "hyperband", "promote": True}, algorithm={"n_initial": 100})
+    )
+    trials = st.ask(49).trials  # one round of Hyperband's 27 + 12 + 6 + 4 trials
+    counts = [sum(1 for t in trials if t.bracket == s) for s in range(4)]
+    assert counts == [27, 12, 6, 4]
+    assert {t.budget for t in trials if t.bracket == 2} == {9.0}
+
+
+# ---- the model --------------------------------------------------------------------------------------
+def test_the_model_sees_every_measured_trial_at_the_full_budget():
+    """Values at lower rungs are carried to the full budget by the lines fit between neighbouring
+    rungs; pruned trials count, running ones without a value are pending, failed ones spent."""
+    from bbo.storage import CurvePoint
+    from bbo.strategy.multi_fidelity import MultiFidelityStrategy
+    from bbo.trial import Metric, Trial
+
+    s = StudySpec.from_dict(spec(fidelity={**EPOCHS, "max": 9}))  # rungs 1, 3, 9
+    mf = MultiFidelityStrategy(s)
+    trials, curves = [], {}
+    for i in range(1, 6):  # at rung 3: 2 * (value at 1) - 0.1; at 9: (value at 3) / 2
+        v1 = 0.1 * i
+        v3 = 2 * v1 - 0.1
+        curves[i] = [CurvePoint(1, v1, 1.0, 1.0), CurvePoint(3, v3, 3.0, 2.0)]
+        state, metrics, budget = TrialState.PAUSED, {}, 3.0
+        if i <= 3:
+            state, metrics, budget = TrialState.COMPLETED, {"loss": Metric(v3 / 2)}, 9.0
+        trials.append(Trial(i, {"x": v1}, state=state, metrics=metrics, budget=budget))
+    curves[6] = [CurvePoint(1, 0.7, 1.0, 3.0)]
+    trials.append(Trial(6, {"x": 0.6}, state=TrialState.PRUNED, budget=1.0))
+    trials.append(Trial(7, {"x": 0.7}, state=TrialState.PENDING))
+    trials.append(Trial(8, {"x": 0.8}, state=TrialState.FAILED))
+    level, view = mf.model_view(trials, curves)
+    assert level == 2  # the map into the full budget is fit: refinement may start there
+    got = {t.id: (t.state, t.metrics.get("loss")) for t in view}
+    for i in (4, 5):  # paused at 3: carried by the 3 -> 9 line
+        assert got[i][1].value == pytest.approx((2 * 0.1 * i - 0.1) / 2)
+    assert got[6][1].value == pytest.approx((2 * 0.7 - 0.1) / 2)  # pruned at 1: both lines
+    assert got[7] == (TrialState.PENDING, None) and got[8] == (TrialState.FAILED, None)
+    assert mf.spent(trials, curves) == (0.0, 3 * 9.0 + 2 * 3.0 + 1.0)
+
+
+def test_new_points_come_from_the_model_once_a_rung_has_enough_values(db):
+    """With 3 values (d + 2) at the first rung, the next point is a BO point of the GP fit on that
+    rung, not a design point."""
+    reg = registry(db, model=True)
+    st, _ = reg.create_study("model", spec(algorithm={"seed": 3, "n_initial": 3}))
+    for t in st.ask(3).trials:
+        st.report_intermediate(t.id, 1, loss(t.params["x"], 1))
+    (t,) = st.ask().trials
+    assert t.origin in ("bo", "bo_exploit", "bo_local") and st.strategy.level == 0
+    reg.storage.close()
+
+
+# ---- through a real server: the clients ----------------------------------------------------------
+def test_python_optimize_stops_trials_the_policy_prunes(client, study_name):
+    import bbo_client as bc
+
+    study = client.create_study(
+        study_name,
+        [bc.Float("x", 0.0, 1.0)],
+        "loss",
+        fidelity=bc.Fidelity("epochs", 1, 9, integer=True),
+        n_initial=100,  # design points: cheap asks
+    )
+    assert study.info().fidelity == bc.Fidelity("epochs", 1.0, 9.0, True)
+    seen = []
+
+    def objective(params, trial):
+        assert trial.budget == 9.0 and trial.resume_budget is None
+        for e in range(1, int(trial.budget) + 1):
+            seen.append(trial.trial.id)
+            trial.report(e, loss(params["x"], e))  # raises TrialPruned when told to stop
+        return {"loss": loss(params["x"], 9)}
+
+    best = study.optimize(objective, 8, progress=False)
+    trials = study.trials()
+    pruned = [t for t in trials if t.state == "PRUNED"]
+    assert pruned and all("ranks" in t.reason and t.budget < 9 for t in pruned)
+    assert all(t.metrics["loss"] == loss(t.params["x"], t.budget) for t in pruned)
+    assert {t.state for t in trials} == {"PRUNED", "COMPLETED"}
+    assert best.trial.state == "COMPLETED" and best.trial.budget == 9.0
+    assert len(study.trials(["PRUNED"])) == len(pruned)
+    (t,) = study.ask()
+    assert study.report_intermediate(t, 1, 99.0) is True  # the bool answer, as before
+    told = study.tell(t, {"loss": 99.0}, pruned=True, budget=1.0)
+    assert told.trial.state == "PRUNED"
+
+
+NODE_DIR = Path(__file__).resolve().parents[1] / "clients" / "node"
+_NODE = r"""
+const {Client} = require('./src');
+const [address, name] = process.argv.slice(1);
+(async () => {
+  const c = new Client(address);
+  const s = await c.createStudy(name, {
+    parameters: [{name: 'x', float: {low: 0, high: 1}}], objectives: [{name: 'loss'}],
+    fidelity: {name: 'epochs', min: 1, max: 9, integer: true},
+    pruning: {policy: 'PRUNING_POLICY_ASHA', eta: 3}, algorithm: {n_initial: 100},
+  });
+  const best = await s.optimize(async (p, trial, report) => {
+    for (let e = 1; e <= trial.budget; e += 1) await report(e, (p.x - 0.3) ** 2 + 1 / e);
+    return {loss: (p.x - 0.3) ** 2 + 1 / 9};
+  }, 8);
+  const trials = await s.trials();
+  console.log(JSON.stringify({best: best[0], trials}));
+  c.close();
+})().catch((e) => { console.error(e.message); process.exit(1); });
+"""
+
+
+@pytest.mark.skipif(
+    shutil.which("node") is None or not (NODE_DIR / "node_modules" / "@grpc").exists(),
+    reason="node or the clients/node dependencies are not installed",
+)
+def test_node_optimize_stops_trials_the_policy_prunes(bbo_server, study_name):
+    out = subprocess.run(
+        ["node", "-e", _NODE, bbo_server.address, study_name],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    states = {t["state"] for t in res["trials"]}
+    assert states == {"PRUNED", "COMPLETED"}
+    pruned = [t for t in res["trials"] if t["state"] == "PRUNED"]
+    assert all(
+        "ranks" in t["reason"] and t["budget"] < 9 and "loss" in t["metrics"] for t in pruned
+    )
+    assert res["best"]["state"] == "COMPLETED" and res["best"]["budget"] == 9
