@@ -95,11 +95,17 @@ class Bbo(Method):
             self.tell(p, m)
 
     def recommend(self):
-        """What GetBest reports: the best feasible trial."""
-        from bbo.incumbent import best_trial
+        """What GetBest reports: the strategy's recommended trial where it makes one (a noisy
+        objective), else None (the best observed feasible trial). An engine without
+        recommendations (a baseline checkout) reports the best observed."""
+        from bbo.incumbent import is_feasible
 
-        t = best_trial(self.gs.spec, self.trials)
-        return None if t is None else dict(t.params)
+        rec = getattr(self.gs, "recommend", None)
+        r = rec(self.trials) if rec is not None else None
+        t = next((t for t in self.trials if r is not None and t.id == r.trial_id), None)
+        if t is None or not is_feasible(self.gs.spec, t):
+            return None
+        return dict(t.params)
 
 
 def _optuna_dists(space):
