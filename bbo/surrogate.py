@@ -56,7 +56,7 @@ import gpytorch
 import numpy as np
 import torch
 from botorch.fit import fit_gpytorch_mll
-from botorch.models import SingleTaskGP
+from botorch.models import MixedSingleTaskGP, SingleTaskGP
 from botorch.models.transforms import Normalize, Standardize
 from gpytorch.constraints import GreaterThan
 from gpytorch.kernels import MaternKernel, ScaleKernel
@@ -65,7 +65,6 @@ from gpytorch.mlls import ExactMarginalLogLikelihood
 from gpytorch.priors import GammaPrior
 
 from bbo.device import Placement
-from bbo.kernels import MixedMaternKernel
 from bbo.space import SearchSpace
 from bbo.spec import AlgorithmOptions
 
@@ -91,18 +90,6 @@ def kernel(batch_shape: torch.Size, ard_num_dims: int, active_dims=None) -> Mate
         ard_num_dims=ard_num_dims,
         batch_shape=batch_shape,
         active_dims=active_dims,
-        lengthscale_prior=GammaPrior(3.0, rate),
-    )
-
-
-def mixed_kernel(batch_shape: torch.Size, d: int, cat_dims) -> MixedMaternKernel:
-    """Matern-5/2 over numeric and categorical columns (:mod:`bbo.kernels`), with
-    :func:`kernel`'s lengthscale prior on every column."""
-    rate = LENGTHSCALE_RATE / math.sqrt(max(1.0, d / 2.0))
-    return MixedMaternKernel(
-        cat_dims,
-        ard_num_dims=d,
-        batch_shape=batch_shape,
         lengthscale_prior=GammaPrior(3.0, rate),
     )
 
@@ -261,18 +248,32 @@ class Surrogate:
             warnings.simplefilter(
                 "ignore"
             )  # input/outcome scaling warnings: our encoding is exact by design
-            num = [i for i in range(d) if i not in cat]
-            base = mixed_kernel(bs, d, cat) if cat else kernel(bs, d)
-            covar = ScaleKernel(base, batch_shape=bs, outputscale_prior=GammaPrior(2.0, 0.15))
-            model = SingleTaskGP(
-                tX,
-                tY,
-                tYvar,
-                likelihood=lik,
-                covar_module=covar,
-                input_transform=Normalize(d, indices=num, bounds=self._bounds) if num else None,
-                outcome_transform=Standardize(self.m),
-            )
+            if cat:
+                num = [i for i in range(d) if i not in cat]
+                intf = Normalize(d, indices=num, bounds=self._bounds) if num else None
+                model = MixedSingleTaskGP(
+                    tX,
+                    tY,
+                    cat_dims=cat,
+                    train_Yvar=tYvar,
+                    cont_kernel_factory=kernel,
+                    likelihood=lik,
+                    input_transform=intf,
+                    outcome_transform=Standardize(self.m),
+                )
+            else:
+                covar = ScaleKernel(
+                    kernel(bs, d), batch_shape=bs, outputscale_prior=GammaPrior(2.0, 0.15)
+                )
+                model = SingleTaskGP(
+                    tX,
+                    tY,
+                    tYvar,
+                    likelihood=lik,
+                    covar_module=covar,
+                    input_transform=Normalize(d, bounds=self._bounds),
+                    outcome_transform=Standardize(self.m),
+                )
         return model.to(**p.tkwargs)
 
     def _condition(self, X, Y, Yvar, hyper):

@@ -1,6 +1,6 @@
 """Noisy objectives and discrete spaces (issues 29, 28): the noise estimate the strategy consults,
 the recommended trial under noise (in the strategy and through GetBest), the grid search on fully
-discrete spaces, the mixed categorical kernel and ordinals encoded by grid position."""
+discrete spaces and ordinals encoded by grid position."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import torch
 from bbo import discrete_search
 from bbo.acquisition import Layout
 from bbo.device import Placement
-from bbo.kernels import MixedMaternKernel
 from bbo.space import CategoricalParam, FloatParam, IntParam, OrdinalParam, SearchSpace
 from bbo.spec import AlgorithmOptions, Objective, StudySpec
 from bbo.strategy import GenerationStrategy
@@ -168,22 +167,3 @@ def test_ordinals_are_encoded_by_grid_position_unless_constrained():
     assert np.allclose(space.discrete_values()[0], np.linspace(0, 1, 5))
     for v in bs.values:
         assert space.decode(space.encode({"bs": v, "x": 0.5}))["bs"] == v
-
-
-def test_the_mixed_kernel_counts_a_category_change_as_one_lengthscale():
-    k = MixedMaternKernel([1], ard_num_dims=2)
-    k.lengthscale = torch.tensor([[0.5, 2.0]], dtype=torch.float64)
-    k = k.to(torch.float64)
-    X = torch.tensor([[0.0, 0.0], [0.0, 1.0], [0.0, 2.0], [0.25, 0.0]], dtype=torch.float64)
-    K = k(X).to_dense()
-
-    def matern(r):
-        r = math.sqrt(5) * r
-        return (1 + r + r * r / 3) * math.exp(-r)
-
-    assert K[0, 0].item() == pytest.approx(1.0)
-    # any other category (1 or 2) is one unit of its lengthscale away: r = 1 / 2
-    assert K[0, 1].item() == pytest.approx(matern(0.5)) and K[0, 2].item() == K[0, 1].item()
-    assert K[0, 3].item() == pytest.approx(matern(0.5))  # numeric: 0.25 / 0.5
-    assert torch.allclose(k(X, diag=True), torch.diagonal(K))
-    assert torch.linalg.eigvalsh(K).min() > -1e-10
