@@ -14,7 +14,14 @@ import torch
 from bbo import discrete_search
 from bbo.acquisition import Layout
 from bbo.device import Placement
-from bbo.space import CategoricalParam, FloatParam, IntParam, OrdinalParam, SearchSpace
+from bbo.space import (
+    CategoricalParam,
+    FloatParam,
+    IntParam,
+    LinearConstraint,
+    OrdinalParam,
+    SearchSpace,
+)
 from bbo.spec import AlgorithmOptions, Objective, StudySpec
 from bbo.strategy import GenerationStrategy
 from bbo.strategy.noise import NoiseEstimate, replicate_sd
@@ -167,3 +174,7 @@ def test_ordinals_are_encoded_by_grid_position_unless_constrained():
     assert np.allclose(space.discrete_values()[0], np.linspace(0, 1, 5))
     for v in bs.values:
         assert space.decode(space.encode({"bs": v, "x": 0.5}))["bs"] == v
+    # in a linear constraint the column keeps the value scale the constraint is written on
+    con = SearchSpace((bs, FloatParam("x", 0.0, 1.0)), (LinearConstraint({"bs": 1.0}, 512.0),))
+    assert con.by_rank == frozenset()
+    assert con.encode({"bs": 32.0, "x": 0.5})[0] == pytest.approx(16 / 1008)
