@@ -40,6 +40,7 @@ from botorch.utils.multi_objective.hypervolume import infer_reference_point
 from botorch.utils.multi_objective.pareto import is_non_dominated
 from botorch.utils.transforms import t_batch_mode_transform
 
+from bbo import discrete_search
 from bbo.device import Placement
 from bbo.priors import LogPrior
 from bbo.space import SearchSpace
@@ -238,12 +239,20 @@ def optimize(
     raw_samples: int,
     maxiter: int = 100,
     initial_conditions: Optional[torch.Tensor] = None,
+    avoid: Optional[np.ndarray] = None,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, float]:
     """The best point found (1 x d) and its acquisition value. ``initial_conditions``
-    (restarts x 1 x d; continuous spaces only) replaces BoTorch's raw-sample initialization."""
+    (restarts x 1 x d; continuous spaces only) replaces BoTorch's raw-sample initialization.
+    On fully discrete spaces the search is on the grid (:mod:`bbo.discrete_search`) and leaves
+    out the ``avoid`` points (encoded, n x d)."""
     bounds = placement.tensor(space.bounds())
     ineq = inequality_tensors(space, placement)
     discrete = space.discrete_values()
+    if discrete_search.fully_discrete(space):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return discrete_search.maximize(acqf, space, placement, ineq, avoid, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if not discrete:

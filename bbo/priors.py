@@ -38,6 +38,13 @@ def _unit_normal(space: SearchSpace, pr: ParameterPrior) -> tuple[float, float]:
     assert pr.mean is not None and pr.std is not None, "a normal prior has a mean and a std"
     if isinstance(p, OrdinalParam):
         lo, hi = float(p.values[0]), float(p.values[-1])
+        if p.name in space.by_rank:  # the column is the grid position: map through it
+            mean = min(max(float(pr.mean), lo), hi)
+            mu = space.unit(p, mean)
+            sd = abs(space.unit(p, min(mean + float(pr.std), hi)) - mu)
+            if sd <= 0:  # mean at the top of the grid: measure the spread below it
+                sd = abs(mu - space.unit(p, max(mean - float(pr.std), lo)))
+            return mu, max(sd, MIN_STD)
     else:
         lo, hi = float(p.low), float(p.high)  # type: ignore[union-attr]
     mean = min(max(float(pr.mean), lo), hi)

@@ -1,8 +1,10 @@
 """Search spaces: parameter kinds, linear parameter constraints, and the unit-cube encoding.
 
 Encoding (what the surrogate sees): one column per non-fixed parameter.
-- float / int / ordinal: a number in [0, 1] (log-transformed first when ``log``); ints and ordinals
-  take only the finitely many values listed by :meth:`SearchSpace.discrete_values`.
+- float / int: a number in [0, 1] (log-transformed first when ``log``); ints take only the
+  finitely many values listed by :meth:`SearchSpace.discrete_values`.
+- ordinal: its position on the grid, value ``i`` of ``k`` at ``i / (k - 1)`` (in a linear
+  constraint: its value in [0, 1], log-transformed first when ``log``, as a float).
 - categorical: the choice's index 0..k-1 (a categorical kernel treats it as unordered).
 Fixed parameters take no column; they are added back on decode.
 """
@@ -270,6 +272,20 @@ class OrdinalParam:
     def from_unit(self, u: float):
         return self._plain(self.values[int(np.argmin(np.abs(self._grid - float(u))))])
 
+    @functools.cached_property
+    def _scaled_values(self) -> np.ndarray:
+        return np.array([self._t(float(x)) for x in self.values])
+
+    def rank_unit(self, v: float) -> float:
+        """``v``'s position on the grid in [0, 1]: value ``i`` of ``k`` at ``i / (k - 1)``, values
+        in between interpolated on the search scale (for priors, which give any number)."""
+        pos = np.linspace(0.0, 1.0, len(self.values))
+        return float(np.interp(self._t(float(v)), self._scaled_values, pos))
+
+    def from_rank_unit(self, u: float):
+        k = len(self.values)
+        return self._plain(self.values[int(round(min(max(float(u), 0.0), 1.0) * (k - 1)))])
+
     def check(self, v: Value):
         shown = list(self.values[:20]) + (["..."] if len(self.values) > 20 else [])
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
@@ -405,6 +421,26 @@ class SearchSpace:
     def names(self) -> list[str]:
         return [p.name for p in self.free]
 
+    @functools.cached_property
+    def by_rank(self) -> frozenset[str]:
+        """Ordinal parameters encoded by their position on the grid (value ``i`` of ``k`` at
+        ``i / (k - 1)``): all but those in a linear constraint, which needs the value scale.
+        Grids are usually laid out so that each step matters alike (batch sizes 16, 32, 64, ...,
+        learning rates 1e-4, 1e-3, ...), and listed without ``log``: on the value scale such a
+        grid crowds all but its last values into a corner of the column, where a kernel cannot
+        tell them apart and a space-filling design rarely lands."""
+        constrained = {n for c in self.constraints for n in c.coefficients}
+        return frozenset(
+            p.name for p in self.free if isinstance(p, OrdinalParam) and p.name not in constrained
+        )
+
+    def unit(self, p: Param, v: float) -> float:
+        """``v`` (a value of ``p``, or any number in its range for an ordinal) on ``p``'s encoded
+        column."""
+        if isinstance(p, OrdinalParam) and p.name in self.by_rank:
+            return p.rank_unit(v)
+        return p.to_unit(v)
+
     @property
     def cat_dims(self) -> list[int]:
         return [i for i, p in enumerate(self.free) if isinstance(p, CategoricalParam)]
@@ -418,7 +454,9 @@ class SearchSpace:
         """Column -> its allowed encoded values, for int / ordinal / categorical columns."""
         out: dict[int, np.ndarray] = {}
         for i, p in enumerate(self.free):
-            if isinstance(p, (IntParam, OrdinalParam)):
+            if isinstance(p, OrdinalParam) and p.name in self.by_rank:
+                out[i] = np.linspace(0.0, 1.0, len(p.values))
+            elif isinstance(p, (IntParam, OrdinalParam)):
                 g = p.grid()
                 if g.size:
                     out[i] = g
@@ -474,7 +512,7 @@ class SearchSpace:
         return out
 
     def encode(self, params: Mapping[str, Value]) -> np.ndarray:
-        return np.array([p.to_unit(params[p.name]) for p in self.free], dtype=float)
+        return np.array([self.unit(p, params[p.name]) for p in self.free], dtype=float)
 
     def decode(self, x: Sequence[float]) -> dict[str, Value]:
         x = list(map(float, x))
@@ -487,7 +525,8 @@ class SearchSpace:
                 out[p.name] = p.value
             else:
                 q, u = next(free)
-                out[p.name] = q.from_unit(u)
+                ranked = isinstance(q, OrdinalParam) and q.name in self.by_rank
+                out[p.name] = q.from_rank_unit(u) if ranked else q.from_unit(u)
         return out
 
     def is_feasible(self, params: Mapping[str, Value]) -> bool:

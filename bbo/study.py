@@ -37,7 +37,7 @@ from bbo.storage import (
     StoredRequest,
     StudyRecord,
 )
-from bbo.strategy.base import Strategy
+from bbo.strategy.base import Recommends, SharesModelState, Strategy
 from bbo.trial import Metric, Origin, StudyState, Trial, TrialState, check_metrics
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ class BestResult:
     trials: list[Trial]
     state: StudyState = StudyState.ACTIVE
     state_reason: str = ""
+    selection: str = ""  # how the trial was chosen where not by its observed value
 
 
 @dataclass
@@ -740,9 +741,39 @@ class Study:
 
     @_study_calls
     def best(self) -> BestResult:
+        """The best feasible trial (one objective) or the Pareto front. On a noisy objective the
+        strategy's recommendation, the trial with the best posterior mean, instead of the best
+        observed value (which luck inflates): ``selection`` then says so."""
         trials = self.storage.list_trials(self.uid, [TrialState.COMPLETED])
         rec = self._stored()
-        return BestResult(incumbents(self.spec, trials), StudyState(rec.state), rec.state_reason)
+        front, selection = incumbents(self.spec, trials), ""
+        if len(self.spec.objectives) == 1 and front:
+            pick = self._recommended(trials)
+            if pick is not None:
+                front, selection = pick
+        return BestResult(front, StudyState(rec.state), rec.state_reason, selection)
+
+    def _recommended(self, trials: list[Trial]) -> Optional[tuple[list[Trial], str]]:
+        """The strategy's recommended trial among ``trials`` (feasible) and why; None where it
+        makes none. A strategy that has not fit yet (a replica or server that has not served
+        this study's asks) first takes the study's stored model state."""
+        strategy = self.strategy
+        if not isinstance(strategy, Recommends):
+            return None
+        try:
+            if isinstance(strategy, SharesModelState) and strategy.export_state() is None:
+                with self._lock:
+                    self._model_cache.pull(self.uid, strategy)
+            rec = strategy.recommend(trials)
+        except Exception:
+            log.exception("recommendation failed", extra={"study": self.name})
+            return None
+        if rec is None:
+            return None
+        t = next((t for t in trials if t.id == rec.trial_id), None)
+        if t is None or not is_feasible(self.spec, t):
+            return None
+        return [t], rec.selection
 
     @_study_calls
     def intermediates(self) -> dict[int, list[tuple[int, float]]]:

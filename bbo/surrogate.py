@@ -142,6 +142,20 @@ class Surrogate:
         """Adopt another replica's fit (unknown or mis-shaped entries are ignored when loaded)."""
         self._hyper, self._n_at_fit = hyper, int(n_fit)
 
+    def conditioned(
+        self, X: np.ndarray, Y: np.ndarray, Yvar: Optional[np.ndarray], score: np.ndarray
+    ) -> Optional[tuple[object, np.ndarray]]:
+        """A GP on (a subset of) the data with the cached hyperparameters, never fit: ``(model,
+        rows)``, or None before any fit. For reads (the recommended trial): cheap, no state
+        changed, safe beside a running ask."""
+        hyper = self._hyper
+        if hyper is None or len(X) == 0:
+            return None
+        rows = self._model_rows(X, score, np.random.default_rng(0))
+        with gpytorch.settings.max_cholesky_size(max(self.options.max_model_points, 2000) + 1):
+            yv = None if Yvar is None else Yvar[rows]
+            return self._condition(X[rows], Y[rows], yv, hyper), rows
+
     def needs_refit(self, n: int) -> bool:
         return (
             self._hyper is None

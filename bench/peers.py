@@ -35,6 +35,20 @@ class Method:
         for p, m in history:
             self.tell(p, m)
 
+    def recommend(self) -> dict | None:
+        """The point the method reports as best at the end of a run; None: the best observed
+        (feasible) point, which is what Optuna's ``best_trial`` and random search report."""
+        return None
+
+
+def _constraints(problem) -> tuple:
+    """The problem's outcome constraints (bench/problems.py has at most one, bench/families.py
+    several)."""
+    many = getattr(problem, "constraints", None)
+    if many is not None:
+        return tuple(many)
+    return (problem.constraint,) if problem.constraint else ()
+
 
 class RandomSearch(Method):
     name = "random"
@@ -80,6 +94,19 @@ class Bbo(Method):
             self._origin = "user"
             self.tell(p, m)
 
+    def recommend(self):
+        """What GetBest reports: the strategy's recommended trial where it makes one (a noisy
+        objective), else None (the best observed feasible trial). An engine without
+        recommendations (a baseline checkout) reports the best observed."""
+        from bbo.incumbent import is_feasible
+
+        rec = getattr(self.gs, "recommend", None)
+        r = rec(self.trials) if rec is not None else None
+        t = next((t for t in self.trials if r is not None and t.id == r.trial_id), None)
+        if t is None or not is_feasible(self.gs.spec, t):
+            return None
+        return dict(t.params)
+
 
 def _optuna_dists(space):
     import optuna.distributions as d
@@ -107,7 +134,7 @@ class _Optuna(Method):
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warnings.filterwarnings("ignore", module="optuna")
-        cf = (lambda ft: ft.user_attrs["c"]) if problem.constraint else None
+        cf = (lambda ft: ft.user_attrs["c"]) if _constraints(problem) else None
         self.study = optuna.create_study(direction="minimize", sampler=self._sampler(cf))
         self.dists = _optuna_dists(problem.space)
         self._last = None
@@ -118,11 +145,13 @@ class _Optuna(Method):
         return dict(t.params)
 
     def _slack(self, metrics):
-        c = self.problem.constraint
-        if c is None:
+        cons = _constraints(self.problem)
+        if not cons:
             return None
-        v = metrics[c.metric]
-        return [v - c.bound if c.op == "<=" else c.bound - v]
+        return [
+            metrics[c.metric] - c.bound if c.op == "<=" else c.bound - metrics[c.metric]
+            for c in cons
+        ]
 
     def tell(self, params, metrics):
         t = self._last
@@ -202,10 +231,8 @@ class Ax(Method):
                 )
         self.client = Client(random_seed=seed)
         self.client.configure_experiment(parameters=params)
-        c = problem.constraint
-        self.client.configure_optimization(
-            objective="-f", outcome_constraints=[f"{c.metric} {c.op} {c.bound}"] if c else None
-        )
+        cons = [f"{c.metric} {c.op} {c.bound}" for c in _constraints(problem)]
+        self.client.configure_optimization(objective="-f", outcome_constraints=cons or None)
         self._last = None
         _quiet_ax()
 
@@ -221,6 +248,14 @@ class Ax(Method):
         for p, m in history:
             self._last = self.client.attach_trial(parameters=p)
             self.tell(p, m)
+
+    def recommend(self):
+        """Ax's own recommendation (model-predicted best where it has a model)."""
+        try:
+            params, _, _, _ = self.client.get_best_parameterization()
+        except Exception:  # noqa: BLE001 - no recommendation: the best observed point
+            return None
+        return dict(params)
 
 
 def _quiet_ax():

@@ -123,6 +123,8 @@ class AcquisitionStep:
             raw_samples=raw,
             maxiter=maxiter,
             initial_conditions=ic,
+            avoid=taken,
+            seed=seed,
         )
         return self._finish(acq.acqf, x, taken, proposals, acq.origin, acq.note)
 

@@ -42,6 +42,14 @@ class AskInfo:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Recommendation:
+    """The trial the strategy reports as the study's best, and how it chose it."""
+
+    trial_id: int
+    selection: str
+
+
 class StudyStatus(NamedTuple):
     """The strategy's judgement of a study: its state and, unless ACTIVE, why."""
 
@@ -83,4 +91,15 @@ class SharesModelState(Protocol):
 
     def import_state(self, n_fit: int, hyper: dict) -> None:
         """Adopt another replica's fit."""
+        ...
+
+
+@runtime_checkable
+class Recommends(Protocol):
+    """A strategy that may name the best trial itself (by its model, where the objective is
+    noisy and the best observed value is biased upward by luck)."""
+
+    def recommend(self, trials: Sequence[Trial]) -> Recommendation | None:
+        """The recommended trial among the completed ``trials``, or None where the best observed
+        feasible trial is the answer. Cheap (no fit) and safe to call beside a running ask."""
         ...

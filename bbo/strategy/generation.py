@@ -20,12 +20,13 @@ from botorch.utils.sampling import manual_seed
 from bbo.device import select_device
 from bbo.spec import ParameterPrior, StudySpec
 from bbo.strategy.acquisition_step import AcquisitionStep
-from bbo.strategy.base import AskInfo, StudyStatus, Suggestion
+from bbo.strategy.base import AskInfo, Recommendation, StudyStatus, Suggestion
 from bbo.strategy.context import Ask, Context
 from bbo.strategy.exploitation import Exploitation
 from bbo.strategy.fallback import Fallback
 from bbo.strategy.feasibility import Feasibility
 from bbo.strategy.initial_design import InitialDesign
+from bbo.strategy.recommendation import Recommender
 from bbo.surrogate import Surrogate
 from bbo.trial import Trial, TrialState
 
@@ -55,6 +56,7 @@ class GenerationStrategy:
         self.exploitation = Exploitation(self.ctx)
         self.fallback = Fallback(self.ctx)
         self.feasibility = Feasibility(self.ctx, self.surrogate)
+        self.recommender = Recommender(self.ctx, self.surrogate)
         self._lock = threading.RLock()
         self.last = AskInfo()
 
@@ -98,6 +100,15 @@ class GenerationStrategy:
         with self._lock:
             return self.feasibility.status(Ask(self.ctx, list(trials), self.priors))
 
+    def recommend(self, trials: Sequence[Trial]) -> Recommendation | None:
+        """The trial to report as best: on a noisy objective the best posterior mean, else None
+        (the best observed). Not under the ask lock: see :mod:`bbo.strategy.recommendation`."""
+        try:
+            return self.recommender.recommend(trials)
+        except Exception:  # noqa: BLE001 - a read never fails for this: the observed best
+            log.exception("recommendation failed; reporting the best observed trial")
+            return None
+
     def export_state(self) -> tuple[int, dict] | None:
         """The surrogate's fitted state (see :meth:`Surrogate.export_state`), for replicas."""
         with self._lock:
@@ -138,6 +149,11 @@ class GenerationStrategy:
             return self.fallback.space_filling(trials, n, taken, why)
         self.last.refit, self.last.n_model = info.refit, info.n_model
         self.last.fit_seconds = info.fit_seconds
+        noise = data.noise.with_model(model, ctx.model_layout)
+        try:
+            self.recommender.remember(data, model, rows)
+        except Exception:  # noqa: BLE001 - the recommendation is recomputed when read
+            log.info("recording the recommendation failed", exc_info=True)
         prior = self.acquisition.prior(ask, info.reason)
         ta = time.perf_counter()
         pending = [t.params for t in trials if t.state is TrialState.PENDING]
@@ -155,7 +171,9 @@ class GenerationStrategy:
         for i in range(n):
             sug = None
             if i == 0 and exploit:
-                sug = self.exploitation.step(model, data, taken, acq.budget, acq.note, ask.seed)
+                sug = self.exploitation.step(
+                    model, data, noise, taken, acq.budget, acq.note, ask.seed
+                )
             if sug is None:  # an acquisition step
                 try:
                     sug = self.acquisition.step(

@@ -15,6 +15,7 @@ import numpy as np
 
 from bbo.acquisition import Layout
 from bbo.space import SearchSpace, Value
+from bbo.strategy.noise import NoiseEstimate
 from bbo.trial import Origin, Trial, TrialState
 from bbo.warping import OutcomeWarp
 
@@ -78,6 +79,7 @@ class TrainingData:
     feasible: np.ndarray
     Ym: np.ndarray  # Y warped for the model (:mod:`bbo.warping`), in ``model_layout`` units
     Ymvar: np.ndarray | None
+    noise: NoiseEstimate  # the data's evidence of noise (the fit adds its own: with_model)
 
     def design_rows(self) -> list[int]:
         """Rows that are initial-design trials (Sobol / centre / prior guess, or warm start)."""
@@ -97,7 +99,7 @@ class ModelData:
         self._last: tuple[tuple, TrainingData] | None = None
 
     def build(self, trials: Sequence[Trial]) -> TrainingData:
-        key = _fingerprint(trials)
+        key = fingerprint(trials)
         if self._last is not None and self._last[0] == key:
             return self._last[1]
         data = self._build(trials)
@@ -128,7 +130,8 @@ class ModelData:
             Yvar = np.asarray(S, dtype=float) ** 2
         feas = self.layout.feasible(Ya)
         Ym, Ymvar = self.warp.apply(Ya, Yvar)
-        return TrainingData(used, Xa, Ya, Yvar, self.score(Ya, feas), feas, Ym, Ymvar)
+        noise = NoiseEstimate.of(Xa, Ya, Yvar, self.layout)
+        return TrainingData(used, Xa, Ya, Yvar, self.score(Ya, feas), feas, Ym, Ymvar, noise)
 
     def score(self, Y: np.ndarray, feas: np.ndarray) -> np.ndarray:
         """Quality per row, higher is better, every feasible row above every infeasible one."""
@@ -145,7 +148,7 @@ class ModelData:
         return np.where(feas, s + 2.0, -violation / max(violation.max(), 1e-12))
 
 
-def _fingerprint(trials: Sequence[Trial]) -> tuple:
+def fingerprint(trials: Sequence[Trial]) -> tuple:
     """Everything of ``trials`` that the training data depend on."""
     return tuple(
         (

@@ -206,6 +206,7 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
             trials=[C.trial_to_pb(t, study) for t in b.trials],
             state=C.STUDY_STATE_TO_PB.get(b.state, pb.STUDY_STATE_ACTIVE),
             state_reason=b.state_reason,
+            selection=b.selection,
         )
 
     @rpc

@@ -424,6 +424,9 @@ class Best:
     trials: list[Trial]
     state: str = "ACTIVE"
     state_reason: str = ""
+    # how the trial was chosen where not by its observed value (a noisy objective: the best
+    # posterior mean of the server's surrogate); empty for the best observed trial
+    selection: str = ""
 
     @property
     def trial(self) -> Optional[Trial]:

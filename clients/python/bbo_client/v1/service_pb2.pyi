@@ -182,14 +182,16 @@ class GetBestRequest(_message.Message):
     def __init__(self, study: _Optional[str] = ...) -> None: ...
 
 class GetBestResponse(_message.Message):
-    __slots__ = ("trials", "state", "state_reason")
+    __slots__ = ("trials", "state", "state_reason", "selection")
     TRIALS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     STATE_REASON_FIELD_NUMBER: _ClassVar[int]
+    SELECTION_FIELD_NUMBER: _ClassVar[int]
     trials: _containers.RepeatedCompositeFieldContainer[_study_pb2.Trial]
     state: _study_pb2.StudyState
     state_reason: str
-    def __init__(self, trials: _Optional[_Iterable[_Union[_study_pb2.Trial, _Mapping]]] = ..., state: _Optional[_Union[_study_pb2.StudyState, str]] = ..., state_reason: _Optional[str] = ...) -> None: ...
+    selection: str
+    def __init__(self, trials: _Optional[_Iterable[_Union[_study_pb2.Trial, _Mapping]]] = ..., state: _Optional[_Union[_study_pb2.StudyState, str]] = ..., state_reason: _Optional[str] = ..., selection: _Optional[str] = ...) -> None: ...
 
 class ReportIntermediateRequest(_message.Message):
     __slots__ = ("study", "trial_id", "step", "value", "study_uid", "budget")

@@ -1,0 +1,73 @@
+"""Acquisition maximization on fully discrete spaces (every parameter int, ordinal or
+categorical): every point of the grid is scored where there are few enough, else BoTorch's local
+search over one-parameter changes from the best of random grid points.
+
+Points to avoid (the study's existing points) are left out of the search itself, so the answer is
+a new point whenever one is left. BoTorch's mixed alternating optimizer, used where some columns
+are continuous, spends most of its time on continuous relaxation steps that a lattice does not
+need: on a 6-parameter categorical space it took 0.9-1.4 s per ask against a few hundredths here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from botorch.optim.optimize import optimize_acqf_discrete, optimize_acqf_discrete_local_search
+
+from bbo.device import Placement
+from bbo.space import SearchSpace
+
+ENUMERATE_MAX = 4096  # grids up to this many points are scored whole
+RAW_SAMPLES = 1024  # random grid points scored to pick local-search starts
+RESTARTS = 4
+BATCH = 128  # points per acquisition evaluation (bounds transient memory, as INIT_BATCH_LIMIT)
+
+
+def fully_discrete(space: SearchSpace) -> bool:
+    """Whether every free column takes finitely many listed values."""
+    return len(space.discrete_values()) == space.dim
+
+
+def grid_size(space: SearchSpace) -> float:
+    return math.prod(len(g) for g in space.discrete_values().values())
+
+
+def maximize(
+    acqf,
+    space: SearchSpace,
+    placement: Placement,
+    inequality_constraints=None,
+    avoid: np.ndarray | None = None,
+    seed: int = 0,
+) -> tuple[torch.Tensor, float]:
+    """The best grid point by ``acqf`` (1 x d) and its value, not one of ``avoid`` (n x d
+    encoded). Raises where no point is left."""
+    grids = space.discrete_values()
+    choices = [placement.tensor(grids[i]) for i in range(space.dim)]
+    X_avoid = placement.tensor(avoid) if avoid is not None and len(avoid) else None
+    if grid_size(space) <= ENUMERATE_MAX:
+        mesh = torch.cartesian_prod(*choices) if space.dim > 1 else choices[0].reshape(-1, 1)
+        x, v = optimize_acqf_discrete(
+            acqf,
+            q=1,
+            choices=mesh.reshape(-1, space.dim),
+            max_batch_size=BATCH,
+            X_avoid=X_avoid,
+            inequality_constraints=inequality_constraints,
+        )
+    else:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            x, v = optimize_acqf_discrete_local_search(
+                acqf,
+                discrete_choices=choices,
+                q=1,
+                num_restarts=RESTARTS,
+                raw_samples=RAW_SAMPLES,
+                inequality_constraints=inequality_constraints,
+                X_avoid=X_avoid,
+                max_batch_size=BATCH,
+            )
+    return x.reshape(1, -1), float(v.reshape(-1)[0])

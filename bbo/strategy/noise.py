@@ -1,0 +1,106 @@
+"""Noise: whether the study's objective is observed with noise, the one judgement the strategy's
+parts consult (instead of each checking the likelihood or the standard errors on its own).
+
+Evidence, strongest first:
+
+* **reported standard errors** (a Tell with ``sem`` > 0 on the objective): noisy;
+* **replicates**: trials at the same point whose objective values differ: noisy, and their
+  pooled spread measures the noise;
+* **the GP's fitted noise** of the objective (standardized, warped units) above
+  :data:`NOISY_FIT`: noisy. Below it the fit explains the data without noise.
+
+A deterministic objective the GP cannot fit well (a rugged or quantized function) also gets a
+fitted noise above the floor; the rules that must not fire there (the local model steps) ask
+for :attr:`NoiseEstimate.clean`, which needs the fit at :data:`DETERMINISTIC_NOISE` or below.
+Built from the training data once per ask (:meth:`NoiseEstimate.of`), completed with the fitted
+model (:meth:`NoiseEstimate.with_model`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from bbo.acquisition import Layout
+
+DETERMINISTIC_NOISE = 1e-4  # fitted noise variance (standardized) under which the fit is clean
+NOISY_FIT = 1e-3  # fitted noise variance (standardized) above which the objective counts noisy
+REPLICATE_RTOL = 1e-9  # replicates closer than this (relative) agree
+
+
+@dataclass(frozen=True)
+class NoiseEstimate:
+    reported: bool = False  # the objective's observations carry standard errors > 0
+    replicate_sd: float | None = None  # pooled sd of repeated points' objective (raw units)
+    fitted: float | None = None  # the GP's noise variance of the objective (standardized)
+
+    @classmethod
+    def of(cls, X: np.ndarray, Y: np.ndarray, Yvar: np.ndarray | None, layout: Layout):
+        """The evidence in the data: reported standard errors and replicates (first objective)."""
+        j = layout.obj_idx[0]
+        reported = bool(Yvar is not None and len(Yvar) and np.any(Yvar[:, j] > 0))
+        return cls(reported, replicate_sd(X, Y[:, j]))
+
+    def with_model(self, model, layout: Layout) -> NoiseEstimate:
+        """Completed with the fitted noise of the objective's output (none for fixed noise)."""
+        noise = getattr(getattr(model, "likelihood", None), "noise", None)
+        if noise is None or self.reported:
+            return self
+        j = layout.obj_idx[0]
+        v = noise.detach().reshape(-1)
+        return replace(self, fitted=float(v[j if v.numel() > 1 else 0]))
+
+    @property
+    def replicates_differ(self) -> bool:
+        return self.replicate_sd is not None and self.replicate_sd > 0
+
+    @property
+    def noisy(self) -> bool:
+        """Observed with noise, by any evidence."""
+        return (
+            self.reported
+            or self.replicates_differ
+            or (self.fitted is not None and self.fitted > NOISY_FIT)
+        )
+
+    @property
+    def clean(self) -> bool:
+        """No sign of noise: nothing reported, replicates agree, the fit needs none."""
+        return (
+            not self.reported
+            and not self.replicates_differ
+            and self.fitted is not None
+            and self.fitted <= DETERMINISTIC_NOISE
+        )
+
+    def describe(self) -> str:
+        if self.reported:
+            return "the objective's reported standard errors"
+        if self.replicates_differ:
+            return f"repeated points differ (sd {self.replicate_sd:.3g})"
+        if self.fitted is not None:
+            return f"the surrogate's fitted noise ({self.fitted:.2g} of the objective's variance)"
+        return "no evidence"
+
+
+def replicate_sd(X: np.ndarray, y: np.ndarray) -> float | None:
+    """Pooled standard deviation of ``y`` within groups of identical rows of ``X``; None where no
+    point repeats. Differences below :data:`REPLICATE_RTOL` of the values' scale count as none."""
+    if len(X) < 2:
+        return None
+    _, inv, counts = np.unique(np.round(X, 12), axis=0, return_inverse=True, return_counts=True)
+    inv = inv.reshape(-1)
+    rep = counts[inv] > 1
+    if not rep.any():
+        return None
+    groups = inv[rep]
+    vals = y[rep]
+    means = np.zeros(len(counts))
+    np.add.at(means, groups, vals)
+    means /= np.maximum(counts, 1)
+    dev = vals - means[groups]
+    dof = int(rep.sum()) - len(np.unique(groups))
+    sd = float(np.sqrt(np.sum(dev**2) / max(dof, 1)))
+    scale = max(float(np.max(np.abs(y))), 1e-300)
+    return sd if sd > REPLICATE_RTOL * scale else 0.0

@@ -1,0 +1,91 @@
+"""The recommended trial: on a noisy objective, the completed trial with the best posterior mean
+of the objective rather than the best observed value.
+
+Under noise the best observed value is the luckiest draw: among many similar trials the maximum
+picks the one whose noise happened to be most favourable, and its true value is worse than the
+GP's posterior mean at other trials says (the winner's curse; noisy BO reports the best posterior
+mean for this reason). On a deterministic objective the best observed trial is the answer and
+nothing changes: the recommendation is made only where :class:`~bbo.strategy.noise.NoiseEstimate`
+finds the objective noisy. Candidates are the trials observed feasible, preferring those the model
+also deems feasible (probability at least 1/2) where there are outcome constraints.
+
+Asks record their recommendation from the model they fit; reads (GetBest) made after further
+tells condition a GP on the cached hyperparameters (no fit). One answer is cached per set of
+completed trials.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+from bbo.acquisition import log_prob_feasible, marginals
+from bbo.strategy.base import Recommendation
+from bbo.strategy.context import Context
+from bbo.strategy.model_data import ModelData, TrainingData, fingerprint
+from bbo.surrogate import Surrogate
+from bbo.trial import Trial, TrialState
+
+MIN_TRIALS = 3  # fewer completed trials: the best observed one
+
+
+class Recommender:
+    """Chooses a study's recommended trial; thread-safe, apart from the strategy's lock."""
+
+    def __init__(self, ctx: Context, surrogate: Surrogate):
+        self.ctx = ctx
+        self.surrogate = surrogate
+        self._data = ModelData(ctx.data.names, ctx.layout, ctx.warp, ctx.points)
+        self._lock = threading.Lock()
+        self._cache: tuple[tuple, Recommendation | None] | None = None
+
+    def recommend(self, trials: Sequence[Trial]) -> Recommendation | None:
+        """The recommended trial among the completed ones of ``trials`` (see the module)."""
+        completed = [t for t in trials if t.state is TrialState.COMPLETED]
+        with self._lock:
+            data = self._data.build(completed)
+            key = fingerprint(data.trials)
+            if self._cache is not None and self._cache[0] == key:
+                return self._cache[1]
+        cond = None
+        if self._worth_a_model(data):
+            cond = self.surrogate.conditioned(data.X, data.Ym, data.Ymvar, data.score)
+        rec = self._choose(data, *cond) if cond is not None else None
+        with self._lock:
+            self._cache = (key, rec)
+        return rec
+
+    def remember(self, data: TrainingData, model, rows: np.ndarray) -> None:
+        """Record the recommendation of an ask's fitted model (reads of the same trials then
+        cost nothing)."""
+        rec = self._choose(data, model, rows) if self._worth_a_model(data) else None
+        with self._lock:
+            self._cache = (fingerprint(data.trials), rec)
+
+    def _worth_a_model(self, data: TrainingData) -> bool:
+        return not self.ctx.layout.multi and len(data.trials) >= MIN_TRIALS
+
+    def _choose(self, data: TrainingData, model, rows: np.ndarray) -> Recommendation | None:
+        layout = self.ctx.model_layout
+        noise = data.noise.with_model(model, layout)
+        if not noise.noisy:
+            return None
+        rows = rows[data.feasible[rows]]
+        if not len(rows):
+            return None
+        X = self.ctx.placement.tensor(data.X[rows])
+        mu, _ = marginals(model, X)
+        mean = (layout.signs[0] * mu[:, layout.obj_idx[0]]).detach().cpu().numpy()
+        if layout.constraints:
+            likely = (log_prob_feasible(model, layout, X) >= float(np.log(0.5))).cpu().numpy()
+            if likely.any():
+                mean = np.where(likely, mean, -np.inf)
+        best = int(rows[int(np.argmax(mean))])
+        n = len(data.trials)
+        why = (
+            f"best posterior mean of the objective over {n} completed trials (noisy: "
+            f"{noise.describe()})"
+        )
+        return Recommendation(data.trials[best].id, why)

@@ -1,0 +1,180 @@
+"""Noisy objectives and discrete spaces (issues 29, 28): the noise estimate the strategy consults,
+the recommended trial under noise (in the strategy and through GetBest), the grid search on fully
+discrete spaces and ordinals encoded by grid position."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from bbo import discrete_search
+from bbo.acquisition import Layout
+from bbo.device import Placement
+from bbo.space import (
+    CategoricalParam,
+    FloatParam,
+    IntParam,
+    LinearConstraint,
+    OrdinalParam,
+    SearchSpace,
+)
+from bbo.spec import AlgorithmOptions, Objective, StudySpec
+from bbo.strategy import GenerationStrategy
+from bbo.strategy.noise import NoiseEstimate, replicate_sd
+from bbo.trial import Metric, Origin, Trial, TrialState
+
+CPU = Placement(torch.device("cpu"))
+LAYOUT = Layout(obj_idx=(0,), signs=(-1.0,), constraints=(), m=1)
+
+
+# ---- the noise estimate ------------------------------------------------------------------------
+
+
+def test_replicate_sd_pools_the_spread_of_repeated_points():
+    X = np.array([[0.1, 0.2], [0.1, 0.2], [0.5, 0.5], [0.5, 0.5], [0.9, 0.1]])
+    y = np.array([1.0, 3.0, 2.0, 2.0, 7.0])
+    # groups {1, 3} (deviations +-1) and {2, 2}; 4 replicated rows in 2 groups: 2 dof
+    assert replicate_sd(X, y) == pytest.approx(1.0)
+    assert replicate_sd(X[[0, 2, 4]], y[[0, 2, 4]]) is None  # nothing repeats
+    assert replicate_sd(X[2:4], y[2:4]) == 0.0  # repeats that agree
+
+
+def _with_fit(noise: float):
+    return SimpleNamespace(likelihood=SimpleNamespace(noise=torch.tensor([noise])))
+
+
+def test_noise_estimate_weighs_reported_errors_replicates_and_the_fit():
+    X = np.array([[0.1], [0.4], [0.7]])
+    Y = np.array([[1.0], [0.5], [0.8]])
+    none = NoiseEstimate.of(X, Y, None, LAYOUT)
+    assert not none.noisy and not none.clean  # no fit yet: neither verdict
+    assert none.with_model(_with_fit(1e-6), LAYOUT).clean
+    fit_noisy = none.with_model(_with_fit(0.05), LAYOUT)
+    assert fit_noisy.noisy and not fit_noisy.clean and "fitted noise" in fit_noisy.describe()
+    # between the two thresholds (a rugged deterministic fit): neither noisy nor clean
+    mid = none.with_model(_with_fit(5e-4), LAYOUT)
+    assert not mid.noisy and not mid.clean
+
+    reported = NoiseEstimate.of(X, Y, np.array([[0.0], [0.01], [0.0]]), LAYOUT)
+    assert reported.noisy and reported.with_model(_with_fit(1e-6), LAYOUT).noisy
+
+    Xr, Yr = np.vstack([X, X[:1]]), np.vstack([Y, [[1.3]]])
+    rep = NoiseEstimate.of(Xr, Yr, None, LAYOUT)
+    assert rep.noisy and rep.replicate_sd == pytest.approx(0.3 / math.sqrt(2))
+    assert not rep.with_model(_with_fit(1e-6), LAYOUT).clean  # replicates outweigh the fit
+
+
+# ---- the recommended trial ---------------------------------------------------------------------
+
+UNIT1 = SearchSpace((FloatParam("x", 0.0, 1.0),))
+
+
+def _trials(points, values) -> list[Trial]:
+    return [
+        Trial(
+            i + 1,
+            {"x": float(x)},
+            TrialState.COMPLETED,
+            {"f": Metric(float(v))},
+            origin=Origin.INITIAL.value,
+        )
+        for i, (x, v) in enumerate(zip(points, values, strict=True))
+    ]
+
+
+def _noisy_data():
+    """A smooth bowl at x = 0.6, sampled with noise of sd 0.05, and one lucky draw (-0.4) among
+    three repeats of x = 0.1 whose true value is 0.25: the best observed value is that draw."""
+    rng = np.random.default_rng(3)
+    xs = [0.1, 0.1, 0.1] + list(np.linspace(0.3, 0.95, 12))
+    true = [(x - 0.6) ** 2 for x in xs]
+    ys = [0.3, -0.4, 0.35] + [t + 0.05 * rng.standard_normal() for t in true[3:]]
+    return xs, ys
+
+
+def _strategy():
+    spec = StudySpec(UNIT1, (Objective("f"),), algorithm=AlgorithmOptions(seed=1, n_initial=4))
+    return GenerationStrategy(spec)
+
+
+def test_on_a_clean_objective_the_strategy_leaves_the_best_observed_trial():
+    torch.set_num_threads(1)
+    xs = list(np.linspace(0.05, 0.95, 12))
+    trials = _trials(xs, [(x - 0.6) ** 2 for x in xs])
+    gs = _strategy()
+    gs.suggest(trials, 1)
+    assert gs.recommend(trials) is None
+
+
+def test_get_best_reports_the_recommended_trial_and_why(client, study_name):
+    from bbo_client import Float
+
+    s = client.create_study(study_name, parameters=[Float("x", 0.0, 1.0)], objectives="f")
+    xs, ys = _noisy_data()
+    lucky = None
+    for x, y in zip(xs, ys, strict=True):
+        t = s.add_trial({"x": x}, y)
+        lucky = t.id if y == min(ys) else lucky
+    before = s.best()  # no model fit yet: the best observed trial
+    assert before.trials[0].id == lucky and before.selection == ""
+    s.ask(1)
+    best = s.best()
+    assert len(best.trials) == 1 and best.trials[0].id != lucky
+    assert abs(best.trials[0].params["x"] - 0.6) < 0.2  # by the model: near the bowl's bottom
+    assert "posterior mean" in best.selection and "noisy" in best.selection
+
+
+# ---- discrete spaces ---------------------------------------------------------------------------
+
+
+def _target_acqf(target: torch.Tensor):
+    """An acquisition function peaked at ``target`` (b x 1 x d -> b)."""
+    return lambda X: -((X - target) ** 2).sum(dim=(-1, -2))
+
+
+def test_a_small_grid_is_searched_whole_and_existing_points_are_left_out():
+    space = SearchSpace(
+        (
+            IntParam("n", 1, 4),
+            OrdinalParam("bs", (16.0, 32.0, 64.0, 128.0, 256.0)),
+            CategoricalParam("act", ("relu", "tanh", "gelu")),
+        )
+    )
+    assert discrete_search.fully_discrete(space) and discrete_search.grid_size(space) == 60
+    best = space.encode({"n": 3, "bs": 64.0, "act": "tanh"})
+    acqf = _target_acqf(torch.as_tensor(best))
+    x, v = discrete_search.maximize(acqf, space, CPU)
+    assert space.decode(x[0].tolist()) == {"n": 3, "bs": 64.0, "act": "tanh"} and v == 0.0
+    x2, v2 = discrete_search.maximize(acqf, space, CPU, avoid=best.reshape(1, -1))
+    assert space.decode(x2[0].tolist()) != {"n": 3, "bs": 64.0, "act": "tanh"} and v2 < 0
+    assert not discrete_search.fully_discrete(
+        SearchSpace((IntParam("n", 1, 4), FloatParam("x", 0.0, 1.0)))
+    )
+
+
+def test_a_large_grid_is_searched_locally_and_finds_a_peaked_optimum():
+    space = SearchSpace(tuple(IntParam(f"p{i}", 0, 9) for i in range(6)))  # 10^6 points
+    assert discrete_search.grid_size(space) > discrete_search.ENUMERATE_MAX
+    want = {f"p{i}": v for i, v in enumerate((7, 2, 9, 0, 4, 5))}
+    acqf = _target_acqf(torch.as_tensor(space.encode(want)))
+    x, _ = discrete_search.maximize(acqf, space, CPU, seed=0)
+    assert space.decode(x[0].tolist()) == want
+
+
+def test_ordinals_are_encoded_by_grid_position_unless_constrained():
+    bs = OrdinalParam("bs", (16.0, 32.0, 64.0, 128.0, 1024.0))
+    space = SearchSpace((bs, FloatParam("x", 0.0, 1.0)))
+    assert space.by_rank == {"bs"}
+    cols = [space.encode({"bs": v, "x": 0.5})[0] for v in bs.values]
+    assert cols == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])  # evenly spaced, not by value
+    assert np.allclose(space.discrete_values()[0], np.linspace(0, 1, 5))
+    for v in bs.values:
+        assert space.decode(space.encode({"bs": v, "x": 0.5}))["bs"] == v
+    # in a linear constraint the column keeps the value scale the constraint is written on
+    con = SearchSpace((bs, FloatParam("x", 0.0, 1.0)), (LinearConstraint({"bs": 1.0}, 512.0),))
+    assert con.by_rank == frozenset()
+    assert con.encode({"bs": 32.0, "x": 0.5})[0] == pytest.approx(16 / 1008)
