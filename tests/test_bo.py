@@ -298,6 +298,8 @@ def test_fit_failure_keeps_going(monkeypatch):
         raise RuntimeError("cholesky blew up")
 
     monkeypatch.setattr(sur, "fit_gpytorch_mll", broken_fit)
+    for p in ({"x1": 0.0, "x2": 3.0}, {"x1": 6.0, "x2": 9.0}):  # the data grew: a refit is due
+        tell(trials, Suggestion(p, Origin.USER.value), branin(p))
     s = gs.suggest(trials, 1)[0]  # cached hyperparameters from the earlier fits are used
     BRANIN_SPACE.validate_params(s.params)
     assert "hyperparameter fit failed" in s.reason and "kept previous" in s.reason

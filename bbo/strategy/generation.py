@@ -145,7 +145,7 @@ class GenerationStrategy:
         chosen: list[torch.Tensor] = [P.tensor(space.encode(p))[None] for p in pending]
         props = [(s, p) for s in proposals if (p := ctx.points.valid(s.params)) is not None]
         try:
-            acq = self.acquisition.build(model, rows, ask, prior)
+            acq = self.acquisition.build(model, rows, ask, prior, info.predictive)
         except Exception as e:  # noqa: BLE001
             log.info("acquisition construction failed: %s", e)
             why = f"acquisition failed: {type(e).__name__}: {e}"
@@ -155,7 +155,9 @@ class GenerationStrategy:
         for i in range(n):
             sug = None
             if i == 0 and exploit:
-                sug = self.exploitation.step(model, data, taken, acq.budget, acq.note, ask.seed)
+                sug = self.exploitation.step(
+                    model, data, taken, acq.budget, acq.note, ask.seed, acq.predictive
+                )
             if sug is None:  # an acquisition step
                 try:
                     sug = self.acquisition.step(
