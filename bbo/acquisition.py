@@ -1,10 +1,10 @@
 """Acquisition functions and their optimization over the encoded search space.
 
-* One objective, no reported noise, a point chosen alone: analytic ``LogExpectedImprovement``
-  (``LogConstrainedExpectedImprovement`` with outcome constraints) over a plug-in incumbent, the
-  best posterior mean at the observed feasible points (:func:`analytic_acquisition`), on the GP's
-  cached marginals (:mod:`bbo.predictive`). On a noise-free fit that is what qLogNEI computes
-  by Monte Carlo over the baseline; evaluating it costs a twentieth.
+* One objective, no reported noise, a point chosen alone: ``qLogExpectedImprovement`` (q = 1)
+  over a plug-in incumbent, the best posterior mean at the observed feasible points
+  (:func:`marginal_acquisition`), on the GP's cached marginals (:mod:`bbo.predictive`). On a
+  noise-free fit that is what qLogNEI computes by Monte Carlo over the baseline jointly with the
+  candidate; evaluating it costs a tenth.
 * Otherwise (reported noise, points chosen jointly with pending ones, no feasible point yet):
   ``qLogNoisyExpectedImprovement`` on ``sign * objective`` (a linear MC objective that
   picks the objective's output), outcome constraints as BoTorch constraint callables (feasible when
@@ -21,7 +21,7 @@
   ``optimize_acqf`` on purely continuous spaces, ``optimize_acqf_mixed_alternating`` when int /
   ordinal / categorical columns exist. Linear parameter constraints are passed to both, so the
   optimizer itself stays inside the feasible polytope. Restarts and raw samples shrink as the model
-  grows (:func:`budget`); the analytic acquisition gets looser L-BFGS-B stops and a restart from
+  grows (:func:`budget`); the acquisition on marginals gets looser L-BFGS-B stops and a restart from
   near the incumbent (:mod:`bbo.strategy.acquisition_step`).
 """
 
@@ -34,13 +34,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 from botorch.acquisition import AcquisitionFunction
-from botorch.acquisition.analytic import (
-    AnalyticAcquisitionFunction,
-    ConstrainedAnalyticAcquisitionFunctionMixin,
-    LogConstrainedExpectedImprovement,
-    LogExpectedImprovement,
-)
-from botorch.acquisition.logei import qLogNoisyExpectedImprovement
+from botorch.acquisition.logei import qLogExpectedImprovement, qLogNoisyExpectedImprovement
 from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
 from botorch.acquisition.multi_objective.objective import WeightedMCMultiOutputObjective
 from botorch.acquisition.multi_objective.utils import get_default_partitioning_alpha
@@ -115,14 +109,15 @@ class Layout:
         return out
 
 
-def budget(n_model: int, dim: int, analytic: bool = False) -> tuple[int, int, int]:
+def budget(n_model: int, dim: int, marginal: bool = False) -> tuple[int, int, int]:
     """(num_restarts, raw_samples, L-BFGS maxiter) for one q=1 optimization. Monte Carlo
     acquisitions: generous while the GP is small and fitting cheap, leaner as every evaluation gets
-    dearer (each costs a few tens of ms of framework overhead regardless of n). Analytic ones on
-    the cached marginals cost ~2 ms an evaluation: 512 raw samples (one batch) pick the starts, and
-    3 to 6 restarts found the same maximum as 10 to 20 on every surface tried."""
-    if analytic:
-        restarts, raw, maxiter = (5, 512, 100) if n_model <= 200 else (4, 512, 60)
+    dearer (each costs a few tens of ms of framework overhead regardless of n). Ones on the
+    cached marginals cost a few ms an evaluation: 512 raw samples (one batch) pick the starts,
+    and 3 to 6 restarts found the same maximum as 10 to 20 on every surface tried; the slowest
+    restart, alone for its last 15 of ~45 iterations, is stopped at 40."""
+    if marginal:
+        restarts, raw, maxiter = (5, 512, 40) if n_model <= 200 else (4, 512, 30)
     elif n_model <= 60:
         restarts, raw, maxiter = 10, 512, 100
     elif n_model <= 200:
@@ -232,82 +227,42 @@ def make_acquisition(
         return acqf
 
 
-def analytic_acquisition(
+def marginal_acquisition(
     predictive,
     layout: Layout,
-    X: torch.Tensor,
     Y: np.ndarray,
     *,
     prior: Optional[LogPrior] = None,
     prior_exponent: float = 0.0,
+    seed: int = 0,
 ) -> Optional[AcquisitionFunction]:
-    """Analytic log expected improvement (LogCEI with outcome constraints: the improvement
-    weighted by the probability of feasibility) over a plug-in incumbent: the best posterior mean
-    at the observed feasible points ``X`` (observed outcomes ``Y``, model units). On the GP's
-    marginals (``predictive``: the GP, or its :class:`~bbo.predictive.CachedPredictive`), one
-    point at a time. For one objective without reported noise this is what qLogNEI's Monte Carlo
-    over the baseline approximates (exactly, on a noise-free fit, where the plug-in is the best
-    observed value), at a fraction of its cost; with fitted noise the posterior mean keeps a lucky
-    observation from setting the bar (Picheny et al. 2013's plug-in EI). None where no observed
-    point is feasible yet, or a constraint is on the objective itself (qLogNEI handles those)."""
+    """q = 1 log expected improvement over a plug-in incumbent, the best posterior mean at the
+    observed feasible points (observed outcomes ``Y``, model units, in the GP's training order),
+    outcome constraints weighting it as in qLogNEI; on the GP's cached marginals
+    (:class:`~bbo.predictive.CachedPredictive`: one point's outputs are independent normals, so
+    their Monte Carlo is cheap). For one objective without reported noise this is what qLogNEI
+    computes, without its joint sampling over the baseline; with fitted noise the posterior mean
+    keeps a lucky observation from setting the bar (Picheny et al. 2013's plug-in EI). Monte Carlo
+    with qLogNEI's smoothing rather than analytic LogEI: on Hartmann6 the analytic form left the
+    final regret 10-100x higher (its exact, vanishing values near the incumbent stop refining).
+    None where no observed point is feasible yet (qLogNEI handles that)."""
     feas = layout.feasible(Y)
     j, sign = layout.obj_idx[0], layout.signs[0]
-    if layout.multi or not feas.any() or any(k == j for k, _, _ in layout.constraints):
+    if layout.multi or not feas.any():
         return None
     with torch.no_grad():
-        mean = predictive.posterior(X[torch.as_tensor(feas)].unsqueeze(-2)).mean[..., 0, j]
-    best = float(mean.max() if sign > 0 else mean.min())
-    if not layout.constraints:
-        acqf = LogExpectedImprovement(predictive, best_f=best, maximize=sign > 0)
-    else:
-        acqf = LogConstrainedExpectedImprovement(
-            predictive,
-            best_f=best,
-            objective_index=j,
-            constraints=constraint_bounds(layout),
-            maximize=sign > 0,
-        )
+        mean = predictive.train_mean()[torch.as_tensor(feas), j]
+    w = layout.objective_weights(mean.dtype, mean.device)
+    acqf = qLogExpectedImprovement(
+        predictive,
+        best_f=float((sign * mean).max()),
+        sampler=SobolQMCNormalSampler(sample_shape=torch.Size([MC_SAMPLES]), seed=seed),
+        objective=LinearMCObjective(w),
+        constraints=layout.constraint_callables() or None,
+    )
     if prior is not None and not prior.empty and prior_exponent > 0:
         return PriorGuidedAcquisitionFunction(acqf, prior, log=True, prior_exponent=prior_exponent)
     return acqf
-
-
-def constraint_bounds(layout: Layout) -> dict[int, tuple[Optional[float], Optional[float]]]:
-    """Outcome constraints as BoTorch's analytic acquisitions take them: ``{output: (lower,
-    upper)}``, several on one output merged into the tightest of each side."""
-    bounds: dict[int, tuple[Optional[float], Optional[float]]] = {}
-    for k, op, b in layout.constraints:
-        lo, hi = bounds.get(k, (None, None))
-        if op == "<=":
-            hi = b if hi is None else min(hi, b)
-        else:
-            lo = b if lo is None else max(lo, b)
-        bounds[k] = (lo, hi)
-    return bounds
-
-
-class ConstrainedPosteriorMean(
-    AnalyticAcquisitionFunction, ConstrainedAnalyticAcquisitionFunctionMixin
-):
-    """The expected objective with infeasible outcomes replaced by a cost ``-M`` below every
-    plausible value: ``(mean + M) * P(feasible) - M`` (maximization form). For independent outputs
-    this is what qSimpleRegret under BoTorch's ``ConstrainedMCObjective`` estimates (its sigmoid
-    feasibility tends to the indicator), without Monte Carlo. q = 1."""
-
-    def __init__(self, model, objective_index: int, constraints, infeasible_cost, maximize=True):
-        AnalyticAcquisitionFunction.__init__(self, model=model, allow_multi_output=True)
-        self.objective_index = objective_index
-        self.maximize = maximize
-        ConstrainedAnalyticAcquisitionFunctionMixin.__init__(self, constraints)
-        self.register_buffer("infeasible_cost", torch.as_tensor(infeasible_cost))
-
-    @t_batch_mode_transform(expected_q=1)
-    def forward(self, X: torch.Tensor) -> torch.Tensor:
-        means, sigmas = self._mean_and_sigma(X)
-        obj = means[..., self.objective_index]
-        obj = obj if self.maximize else -obj
-        feasible = self._compute_log_prob_feas(means=means, sigmas=sigmas).exp()
-        return (obj + self.infeasible_cost) * feasible - self.infeasible_cost
 
 
 def inequality_tensors(space: SearchSpace, placement: Placement):
@@ -363,7 +318,7 @@ def optimize(
         else:
             cat = set(space.cat_dims)
             # each alternating step costs several continuous solves: fewer, better-chosen starts;
-            # an analytic acquisition (``tolerances``) scores its raw samples in one batch, and
+            # an acquisition on marginals (``tolerances``) scores its raw samples in one batch, and
             # 3 restarts of 3 alternations (tolerance 1e-6) found the maximum 5 x 6 (1e-8) found
             # on the mixed benchmark's surfaces at n = 20 to 100, in 60 to 90 % of the time
             lean = tolerances is not None

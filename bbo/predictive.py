@@ -6,13 +6,15 @@ acquisition optimizer calls it hundreds of times per ask, so at tens to hundreds
 overhead, not arithmetic, sets the ask's latency. :class:`CachedPredictive` is a BoTorch
 :class:`~botorch.models.model.Model` holding the fitted GP's training Cholesky factor, whose
 ``posterior(X)`` computes the same marginal means and variances with the GP's own kernel, mean
-and transforms in a few tensor operations. BoTorch's analytic acquisition functions (LogEI,
-constrained LogEI, posterior mean) take it as they take the GP.
+and transforms in a few tensor operations. BoTorch's acquisition functions of one point at a
+time (posterior mean, LogEI, q = 1 Monte Carlo ones: one point's outputs are independent
+normals) take it as they take the GP.
 
 It serves marginals only (independent per point and output: q = 1 acquisitions and MC-free
 scores); joint (q > 1, pending points) and MC acquisitions use the GP itself. Construction checks
 the result against ``model.posterior`` at training and random points and raises
-:class:`ValueError` when they differ, so a model it does not reproduce is never served wrongly.
+:class:`ValueError` when they differ, so a model it does not reproduce is never served wrongly
+(:mod:`bbo.surrogate` compares once per set of hyperparameters, then checks finiteness only).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class CachedPredictive(Model):
     """Posterior marginals of a fitted, eval-mode exact GP (``SingleTaskGP``, ``MixedSingleTaskGP``,
     outputs batched or single; inferred or fixed noise; ``Normalize`` / ``Standardize``)."""
 
-    def __init__(self, model: Model):
+    def __init__(self, model: Model, compare: bool = True):
         super().__init__()
         model.eval()
         model.requires_grad_(False)  # fitted: gradients are wanted in X only, and cost otherwise
@@ -65,7 +67,7 @@ class CachedPredictive(Model):
         ot = getattr(model, "outcome_transform", None)
         self._loc = None if ot is None else ot.means.reshape(-1)
         self._scale = None if ot is None else ot.stdvs.reshape(-1)
-        self._check()
+        self._check(compare)
 
     @property
     def num_outputs(self) -> int:
@@ -97,6 +99,19 @@ class CachedPredictive(Model):
             mean = mean * self._scale + self._loc
             var = var * self._scale.pow(2)
         return mean.reshape(*shape, self._m), var.reshape(*shape, self._m)
+
+    def train_mean(self) -> torch.Tensor:
+        """Posterior means at the training points (n x m, outcome units), in O(n): there
+        ``K (K + N)^-1 y = y - N alpha`` (N the noise variances), no kernel matrix to build."""
+        noise = self._gp.likelihood.noise
+        yt = self._gp.train_targets
+        if noise.shape[-1] != yt.shape[-1]:
+            noise = noise.expand(*yt.shape)
+        mean = yt - noise * self._alpha  # (m x) n, standardized
+        mean = mean.transpose(-1, -2) if mean.dim() == 2 else mean.unsqueeze(-1)
+        if self._loc is not None:
+            mean = mean * self._scale + self._loc
+        return mean
 
     def loo_z(self, rows: torch.Tensor) -> torch.Tensor:
         """Leave-one-out z-scores ``(y_i - mean_-i) / sd_-i`` of training ``rows`` under these
@@ -136,8 +151,11 @@ class CachedPredictive(Model):
             var = (var @ w.pow(2)).unsqueeze(-1)
         return MarginalPosterior(mean, var)
 
-    def _check(self) -> None:
-        """Raise unless the marginals match ``model.posterior`` at training and random points."""
+    def _check(self, compare: bool) -> None:
+        """Raise unless the marginals at training and random points are finite and (``compare``)
+        match ``model.posterior`` there. The comparison builds GPyTorch's own prediction caches
+        (a second factorization: at 1000 points half an ask), so callers that verified a model
+        of the same kind and hyperparameters already skip it."""
         Xo = getattr(self._gp, "_original_train_inputs", None)
         Xo = self._gp.train_inputs[0] if Xo is None else Xo
         Xo = Xo[0] if Xo.dim() == 3 else Xo
@@ -147,8 +165,12 @@ class CachedPredictive(Model):
         X = torch.cat([Xo[:4], R]).unsqueeze(-2)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            post = self._gp.posterior(X)
             mean, var = self.marginals(X)
+            if not (torch.isfinite(mean).all() and torch.isfinite(var).all()):
+                raise ValueError("non-finite predictions")
+            if not compare:
+                return
+            post = self._gp.posterior(X)
         want_m, want_v = post.mean, post.variance.clamp_min(0.0)
         tol_m = CHECK_RTOL * (1.0 + want_m.abs())
         tol_v = CHECK_RTOL * (want_v.abs() + self._var_scale())
@@ -159,10 +181,11 @@ class CachedPredictive(Model):
         return torch.ones(()) if self._scale is None else self._scale.pow(2)
 
 
-def cached_predictive(model: Model) -> CachedPredictive | None:
-    """:class:`CachedPredictive` of ``model``, or None where it cannot reproduce the model."""
+def cached_predictive(model: Model, compare: bool = True) -> CachedPredictive | None:
+    """:class:`CachedPredictive` of ``model``, or None where it cannot reproduce the model (see
+    :meth:`CachedPredictive._check` for ``compare``)."""
     try:
-        return CachedPredictive(model)
+        return CachedPredictive(model, compare)
     except Exception as e:  # noqa: BLE001 - the GP itself still serves, only slower
         log.info("cached predictive unavailable: %s: %s", type(e).__name__, e)
         return None
@@ -192,7 +215,8 @@ def dense_kernel(
 
 
 class MarginalPosterior(Posterior):
-    """Independent normal marginals: what analytic acquisition functions read (mean, variance)."""
+    """Independent normal marginals: what acquisition functions of one point read (mean,
+    variance, samples)."""
 
     def __init__(self, mean: torch.Tensor, variance: torch.Tensor):
         self._mean, self._variance = mean, variance
@@ -213,5 +237,20 @@ class MarginalPosterior(Posterior):
     def dtype(self) -> torch.dtype:
         return self._mean.dtype
 
+    @property
+    def base_sample_shape(self) -> torch.Size:
+        return self._mean.shape
+
+    @property
+    def batch_range(self) -> tuple[int, int]:
+        return (0, -2)
+
+    def rsample_from_base_samples(self, sample_shape, base_samples: torch.Tensor) -> torch.Tensor:
+        """Samples of each point's marginal (independent across points and outputs: for
+        q = 1 Monte Carlo acquisitions, which see one point at a time)."""
+        return self._mean + self._variance.clamp_min(0.0).sqrt() * base_samples
+
     def rsample(self, sample_shape=None) -> torch.Tensor:
-        raise NotImplementedError("marginals only: Monte Carlo acquisitions use the GP itself")
+        shape = torch.Size(sample_shape or ()) + self._mean.shape
+        z = torch.randn(shape, dtype=self._mean.dtype, device=self._mean.device)
+        return self.rsample_from_base_samples(sample_shape, z)

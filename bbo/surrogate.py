@@ -28,10 +28,11 @@ Hyperparameter cache and refit policy (one :class:`Surrogate` per generation str
   without optimizing them, unless the data grew by ``algorithm.refit_growth`` (default 20 %) since
   the last fit, or a point added since then surprises them: its leave-one-out z-score under the
   conditioned GP exceeds :data:`SURPRISE_Z` (the hyperparameters do not explain it). Points they
-  predict well change the fit little, and a fit costs most of an ask at small n (it used to run on
-  every ask below 50 points; on Hartmann6 and Branin runs the surprise test never fired and 8 of
-  38 asks refit). A refit starts from the cached hyperparameters (warm start, gradient tolerance
-  :data:`WARM_GTOL`), so it converges in few L-BFGS iterations; below :data:`FRESH_START_BELOW`
+  predict well change the fit little, and a fit costs most of an ask at small n. The exception: an
+  objective fit as noise-free is refit on every ask below :data:`ALWAYS_REFIT_BELOW` points, since
+  its fitted noise keeps falling as points gather at the optimum and the exploitation steps'
+  precision follows it. A refit starts from the cached hyperparameters (warm start, gradient
+  tolerance :data:`WARM_GTOL`), so it converges in few L-BFGS iterations; below :data:`FRESH_START_BELOW`
   points it also starts from the default values whenever the data doubled since that was last done
   (the likelihood is multimodal at small n), keeping the better of the two.
 * After conditioning, the GP's :class:`~bbo.predictive.CachedPredictive` is built (it serves the
@@ -79,6 +80,11 @@ from bbo.spec import AlgorithmOptions
 log = logging.getLogger(__name__)
 
 SURPRISE_Z = 3.0  # a new point's leave-one-out z-score above this calls for a refit
+# below this many points a noise-free objective is refit on every ask: its fitted noise keeps
+# falling as points gather at the optimum, and the exploitation steps' precision follows it (on
+# Hartmann6 the noise went 9e-6 -> 1e-12 over the last 25 asks; held at one fit for 8 asks the
+# steps stopped improving)
+ALWAYS_REFIT_BELOW = 50
 FRESH_START_BELOW = 100  # below this many fit points, also fit from the default initialization
 FRESH_GROWTH = 2.0  # ... once the data grew this much since the last such fit
 # L-BFGS-B's gradient tolerance for fits from the cached hyperparameters (scipy's default 1e-5): on
@@ -153,6 +159,9 @@ class Surrogate:
         self._n_at_fit = 0
         self._n_fresh = 0  # points at the last fit that also started from the default values
         self._fit_keys: Optional[set[bytes]] = None  # the points of the last fit (encoded rows)
+        self._noise_free = False  # the last fit's first output (an objective) has no noise
+        # the hyperparameters whose cached marginals were compared with the GP's posterior
+        self._verified: Optional[dict] = None
         self._bounds = placement.tensor(space.bounds())
 
     # ---- public ------------------------------------------------------------------------------------
@@ -170,9 +179,14 @@ class Surrogate:
         self._hyper, self._n_at_fit, self._fit_keys = hyper, int(n_fit), None
 
     def needs_refit(self, n: int) -> bool:
-        """Whether ``n`` points call for a fit whatever they look like: no hyperparameters yet, or
-        the data grew by ``algorithm.refit_growth`` since the last fit."""
-        return self._hyper is None or n >= (1.0 + self.options.refit_growth) * self._n_at_fit
+        """Whether ``n`` points call for a fit whatever they look like: no hyperparameters yet, the
+        data grew by ``algorithm.refit_growth`` since the last fit, or the objective is fit as
+        noise-free and there are fewer than :data:`ALWAYS_REFIT_BELOW` points."""
+        return (
+            self._hyper is None
+            or n >= (1.0 + self.options.refit_growth) * self._n_at_fit
+            or (self._noise_free and n < ALWAYS_REFIT_BELOW)
+        )
 
     def model(
         self,
@@ -200,7 +214,7 @@ class Surrogate:
                 info.surprise = z
             fitted = self._refit(X, Y, Yvar, score, model_rows, info)
             if fitted is not None:
-                info.predictive = cached_predictive(fitted)
+                info.predictive = self._predictive(fitted)
                 return fitted, model_rows, info
             try:
                 m = self._condition(X[model_rows], Y[model_rows], Yv, self._hyper)
@@ -213,7 +227,7 @@ class Surrogate:
                 ) + f"cached hyperparameters unusable ({_short(e)}); using defaults"
                 self._hyper = None
                 m = self._condition(X[model_rows], Y[model_rows], Yv, None)
-                info.predictive = cached_predictive(m)
+                info.predictive = self._predictive(m)
             return m, model_rows, info
 
     def _conditioned(self, X, Y, Yvar, info: ModelInfo):
@@ -228,11 +242,20 @@ class Surrogate:
             info.predictive = None
             return None
 
+    def _predictive(self, m):
+        """``m``'s cheap marginals, compared with its posterior once per set of hyperparameters
+        (the model's kind is the study's, and its factorization the same as GPyTorch's)."""
+        compare = self._verified is not self._hyper or self._hyper is None
+        pred = cached_predictive(m, compare)
+        if pred is not None and compare:
+            self._verified = self._hyper
+        return pred
+
     def _checked(self, m, X: np.ndarray):
         """``m``'s :class:`~bbo.predictive.CachedPredictive`, whose construction checks it against
         the GP's own finite predictions; where there is none, the plain finiteness check
         (raises)."""
-        pred = cached_predictive(m)
+        pred = self._predictive(m)
         if pred is None:
             _check_finite(m, self.placement.tensor(X))
         return pred
@@ -272,6 +295,7 @@ class Surrogate:
             )
             self._hyper = _hyper_state(fitted)
             self._n_at_fit = len(X)
+            self._noise_free = noise_free(fitted, 0)
             self._fit_keys = {X[i].tobytes() for i in fit_rows}
             info.refit, info.n_fit = True, len(fit_rows)
             if not np.array_equal(fit_rows, model_rows):

@@ -135,7 +135,9 @@ def test_outcome_constraint_most_late_suggestions_feasible():
     spec = spec_of(
         BRANIN_SPACE, constraints=[OutcomeConstraint("c", "<=", 0.0)], seed=3, n_initial=5
     )
-    _, trials = run(spec, f, 20)
+    # 24 evaluations: at 20 the best was within 1 of the minimum on 4 to 6 of seeds 0-5 whichever
+    # engine (MC qLogNEI, analytic LogCEI, LogEI on the marginals), at 22 on all tried
+    _, trials = run(spec, f, 24)
     late = trials[-8:]
     assert sum(t.value("c") <= 0 for t in late) >= 6
     best = best_trial(spec, trials)

@@ -40,15 +40,29 @@ def test_points_the_hyperparameters_explain_do_not_refit_surprising_ones_do():
     """Between growth refits, new points that the cached hyperparameters predict well (leave-one-out
     z-score at most 3) only condition the GP; one they cannot explain calls for a refit."""
     s = Surrogate(SPACE, 1, AlgorithmOptions(refit_growth=0.2), select_device("cpu"))
-    X, Y = data(30)
-    assert s.model(X[:25], Y[:25])[2].refit
-    _, _, info = s.model(X[:27], Y[:27])  # smooth data, two more points: conditioned only
+    n0 = sur.ALWAYS_REFIT_BELOW  # from here on a noise-free fit is not renewed on every ask
+    X, Y = data(n0 + 5)
+    assert s.model(X[:n0], Y[:n0])[2].refit
+    _, _, info = s.model(X[: n0 + 2], Y[: n0 + 2])  # smooth data, two more points: conditioned
     assert not info.refit and info.surprise == 0.0
     assert info.predictive is not None
-    assert info.predictive.loo_z(torch.tensor([25, 26])).abs().max() <= 3.0
-    Y[27] += 3.0  # a jump the fitted smoothness cannot produce
-    _, _, info = s.model(X[:28], Y[:28])
+    assert info.predictive.loo_z(torch.tensor([n0, n0 + 1])).abs().max() <= 3.0
+    Y[n0 + 2] += 3.0  # a jump the fitted smoothness cannot produce
+    _, _, info = s.model(X[: n0 + 3], Y[: n0 + 3])
     assert info.refit and info.surprise > 3.0
+
+
+def test_a_noise_free_objective_is_refit_on_every_ask_below_the_threshold_a_noisy_one_is_not():
+    """A noise-free fit's noise keeps falling as points gather: below ALWAYS_REFIT_BELOW points
+    it is renewed on every ask; with noise in the data the cached fit is kept."""
+    X, Y = data(30)
+    noisy = Y + 0.3 * np.random.default_rng(5).standard_normal(Y.shape)
+    refits = {}
+    for name, y in (("noise_free", Y), ("noisy", noisy)):
+        s = Surrogate(SPACE, 1, AlgorithmOptions(refit_growth=0.2), select_device("cpu"))
+        assert s.model(X[:25], y[:25])[2].refit
+        refits[name] = s.model(X[:26], y[:26])[2].refit
+    assert refits == {"noise_free": True, "noisy": False}
 
 
 def test_fit_and_model_subsets_keep_the_best_points():

@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 import torch
 from botorch.acquisition.analytic import LogExpectedImprovement
+from botorch.acquisition.logei import qLogExpectedImprovement
+from botorch.acquisition.objective import LinearMCObjective
+from botorch.sampling import SobolQMCNormalSampler
 
 from bbo.device import select_device
 from bbo.predictive import CachedPredictive, cached_predictive
@@ -55,6 +58,16 @@ def test_marginals_match_the_gp_posterior(space, m, noisy):
     assert torch.allclose(got.variance, want.variance.clamp_min(0), rtol=1e-6, atol=1e-10)
 
 
+@pytest.mark.parametrize("m,noisy", [(1, False), (2, True)])
+def test_training_point_means_in_closed_form(m, noisy):
+    model, info, _ = fitted(CONT, m, noisy)
+    X = model.train_inputs[0][0] if m > 1 else model.train_inputs[0]
+    with torch.no_grad():
+        X = model.input_transform.untransform(X) if hasattr(model, "input_transform") else X
+        want = model.posterior(X).mean
+    assert torch.allclose(info.predictive.train_mean(), want, rtol=1e-8, atol=1e-9)
+
+
 def test_an_analytic_acquisition_gives_the_same_values_and_gradients_on_either():
     model, info, rng = fitted(CONT)
     X = torch.tensor(rng.random((8, 1, 3)), requires_grad=True)
@@ -65,6 +78,26 @@ def test_an_analytic_acquisition_gives_the_same_values_and_gradients_on_either()
         vals.append((v.detach(), g))
     assert torch.allclose(vals[0][0], vals[1][0], rtol=1e-8)
     assert torch.allclose(vals[0][1], vals[1][1], rtol=1e-6, atol=1e-10)
+
+
+@pytest.mark.parametrize("m", [1, 2])
+def test_a_one_point_monte_carlo_acquisition_gives_the_same_values_on_either(m):
+    """q = 1: one point's outputs are independent normals, so the marginals' samples are the GP's
+    (same base samples, same values) and Monte Carlo acquisitions run on the cheap marginals."""
+    model, info, rng = fitted(CONT, m)
+    X = torch.tensor(rng.random((6, 1, 3)))
+    vals = []
+    for mdl in (model, info.predictive):
+        acqf = qLogExpectedImprovement(
+            mdl,
+            best_f=1.0,
+            sampler=SobolQMCNormalSampler(sample_shape=torch.Size([64]), seed=3),
+            objective=LinearMCObjective(torch.eye(m, dtype=torch.float64)[0]),
+            constraints=[lambda Z: Z[..., -1] - 1.5] if m > 1 else None,
+        )
+        with torch.no_grad():
+            vals.append(acqf(X))
+    assert torch.allclose(vals[0], vals[1], rtol=1e-7, atol=1e-9)
 
 
 def test_a_model_it_does_not_reproduce_is_refused():

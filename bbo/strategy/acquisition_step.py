@@ -1,5 +1,5 @@
-"""The acquisition step: build the acquisition functions for an ask (analytic log EI on the GP's
-cached marginals where one objective has no reported noise, else log noisy EI or EHVI; piBO
+"""The acquisition step: build the acquisition functions for an ask (log EI on the GP's cached
+marginals where one objective has no reported noise, else log noisy EI or EHVI; piBO
 weighting while the priors agree with the data), maximize them, and turn the optimizer's point
 into a suggestion: repaired where rounding broke a parameter constraint or hit an existing point,
 and outranked by a proposal (e.g. the LLM's) that the acquisition function values higher.
@@ -16,12 +16,12 @@ import torch
 from botorch.acquisition import AcquisitionFunction
 
 from bbo.acquisition import (
-    analytic_acquisition,
     baseline_rows,
     budget,
     cheap_initial_conditions,
     evaluate,
     make_acquisition,
+    marginal_acquisition,
     optimize,
     to_numpy,
 )
@@ -33,10 +33,10 @@ from bbo.strategy.base import Suggestion
 from bbo.strategy.context import Ask, Context
 from bbo.trial import Origin
 
-# L-BFGS-B stops for the analytic acquisition (BoTorch's defaults are pgtol 1e-5, factr 1e7; Optuna
-# stops its at 1e-2): the last digits of an acquisition maximizer change no decision, and their
+# L-BFGS-B stops for the acquisition on marginals (BoTorch's defaults are pgtol 1e-5, factr 1e7;
+# Optuna stops its at 1e-2): the last digits of an acquisition maximizer change no decision, and their
 # iterations cost a third of the optimization. (Exploitation steps keep BoTorch's defaults.)
-ANALYTIC_TOLERANCES = {"pgtol": 1e-3, "factr": 1e10}
+MARGINAL_TOLERANCES = {"pgtol": 1e-3, "factr": 1e10}
 INCUMBENT_JITTER = 0.01  # the incumbent's restart starts this far off it (share of each range)
 CHEAP_INIT_ABOVE = 60  # model size above which optimizer starts come from a cheap analytic score
 PRIOR_SET_ASIDE = "prior set aside: the best trials are less likely under it than the rest"
@@ -56,14 +56,14 @@ class PriorChoice:
 class Acquisition:
     """One ask's acquisition functions and what its steps share."""
 
-    acqf: AcquisitionFunction  # for a point chosen alone: analytic where that applies
+    acqf: AcquisitionFunction  # for a point chosen alone: on the marginals where that applies
     joint: Callable[[], AcquisitionFunction]  # MC, for points chosen jointly with pending ones
     predictive: CachedPredictive | None  # the GP's marginals, cheaply (single objective)
     origin: str  # bo, or prior_guided_bo
     note: str  # the model's notes (fit fallbacks, a prior set aside)
     budget: tuple[int, int, int]  # optimizer restarts, raw samples, L-BFGS iterations
     cheap_init: bool  # optimizer starts from a cheap analytic score (large continuous models)
-    analytic: bool  # acqf is analytic (one point at a time, no Monte Carlo)
+    marginal: bool  # acqf runs on the cached marginals (one point at a time)
     incumbent: np.ndarray | None  # the best observed feasible point (encoded), if any
 
 
@@ -89,9 +89,9 @@ class AcquisitionStep:
     def build(
         self, model, rows: np.ndarray, ask: Ask, prior: PriorChoice, predictive=None
     ) -> Acquisition:
-        """The acquisition functions on the GP conditioned on ``rows`` of the training data: the
-        analytic LogEI / LogCEI for one objective without reported noise
-        (:func:`bbo.acquisition.analytic_acquisition`), and qLogNEI / qLogNEHVI, built on first
+        """The acquisition functions on the GP conditioned on ``rows`` of the training data: q = 1
+        log EI on the cached marginals for one objective without reported noise
+        (:func:`bbo.acquisition.marginal_acquisition`), and qLogNEI / qLogNEHVI, built on first
         use, for the rest and for points chosen with pending ones. ``predictive``: the GP's
         :class:`~bbo.predictive.CachedPredictive`, where it has one. Raises where BoTorch cannot
         build them (the caller falls back)."""
@@ -114,25 +114,25 @@ class AcquisitionStep:
         predictive = None if layout.multi else predictive
         acqf = None
         if predictive is not None and data.Ymvar is None:  # no reported noise
-            acqf = analytic_acquisition(
+            acqf = marginal_acquisition(
                 predictive,
                 layout,
-                ctx.placement.tensor(data.X[rows]),
                 data.Ym[rows],
                 prior=prior.prior,
                 prior_exponent=prior.exponent,
+                seed=ask.seed,
             )
-        analytic = acqf is not None
+        marginal = acqf is not None
         if acqf is None:
             acqf = joint()
         cheap_init = (
-            not analytic
+            not marginal
             and len(rows) > CHEAP_INIT_ABOVE
             and not layout.multi
             and not space.discrete_values()
             and not space.constraints
         )
-        restarts, raw, maxiter = budget(len(rows), space.dim, analytic)
+        restarts, raw, maxiter = budget(len(rows), space.dim, marginal)
         return Acquisition(
             acqf,
             joint,
@@ -141,7 +141,7 @@ class AcquisitionStep:
             prior.note,
             (restarts, raw, maxiter),
             cheap_init,
-            analytic,
+            marginal,
             _incumbent(data, rows, layout),
         )
 
@@ -158,7 +158,7 @@ class AcquisitionStep:
         """The acquisition function's maximizer given the ``pending`` points (encoded, 1 x d
         each); ``Ym``: the warped outcomes the GP conditions on (for cheap optimizer starts)."""
         ctx, space = self.ctx, self.ctx.spec.space
-        if pending or not acq.analytic:
+        if pending or not acq.marginal:
             acqf = acq.joint()
             acqf.set_X_pending(torch.cat(pending, dim=0) if pending else None)
         else:
@@ -169,9 +169,9 @@ class AcquisitionStep:
             ic = cheap_initial_conditions(
                 model, ctx.model_layout, space, ctx.placement, Ym, 4 * raw, restarts, seed
             )
-        elif acqf is acq.acqf and acq.analytic:
+        elif acqf is acq.acqf and acq.marginal:
             ic = start_points(acq.incumbent, space, ctx.placement, seed)
-            tolerances = ANALYTIC_TOLERANCES
+            tolerances = MARGINAL_TOLERANCES
         x, _ = optimize(
             acqf,
             space,
@@ -264,7 +264,7 @@ def _incumbent(data, rows: np.ndarray, layout) -> np.ndarray | None:
 
 def start_points(incumbent, space, placement, seed: int) -> torch.Tensor | None:
     """Optimizer starts besides BoTorch's raw-sample ones (k x 1 x d): the incumbent, jittered
-    (at an observed point a noise-free LogEI is flat: its gradient would not move L-BFGS), so one
+    (at an observed point a noise-free log EI is flat: its gradient would not move L-BFGS), so one
     restart refines the region the search has found best; on continuous spaces only."""
     if incumbent is None or space.discrete_values():
         return None
