@@ -1,9 +1,8 @@
 """The acquisition step: build the acquisition functions for an ask (log EI on the GP's cached
-marginals where one objective has no reported noise and no outcome constraint, else log noisy EI
-or EHVI; piBO weighting while the priors agree with the data), maximize them, and turn the
-optimizer's point into a suggestion: repaired where rounding broke a parameter constraint or hit
-an existing point, and outranked by a proposal (e.g. the LLM's) that the acquisition function
-values higher.
+marginals where one objective has no reported noise, else log noisy EI or EHVI; piBO
+weighting while the priors agree with the data), maximize them, and turn the optimizer's point
+into a suggestion: repaired where rounding broke a parameter constraint or hit an existing point,
+and outranked by a proposal (e.g. the LLM's) that the acquisition function values higher.
 """
 
 from __future__ import annotations
@@ -114,10 +113,7 @@ class AcquisitionStep:
 
         predictive = None if layout.multi else predictive
         acqf = None
-        # no reported noise, no outcome constraint: on Hartmann6 with a constraint the marginal
-        # path's final regret was 2-40x main's qLogNEI's on 3 of 4 seeds (1e-7 -> 1e-6..3e-6),
-        # so constrained studies keep qLogNEI on the GP until that is understood
-        if predictive is not None and data.Ymvar is None and not layout.constraints:
+        if predictive is not None and data.Ymvar is None:  # no reported noise
             acqf = marginal_acquisition(
                 predictive,
                 layout,
