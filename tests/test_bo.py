@@ -135,7 +135,9 @@ def test_outcome_constraint_most_late_suggestions_feasible():
     spec = spec_of(
         BRANIN_SPACE, constraints=[OutcomeConstraint("c", "<=", 0.0)], seed=3, n_initial=5
     )
-    _, trials = run(spec, f, 20)
+    # 24 evaluations: at 20 the best was within 1 of the minimum on 4 to 6 of seeds 0-5 whichever
+    # engine (MC qLogNEI, analytic LogCEI, LogEI on the marginals), at 22 on all tried
+    _, trials = run(spec, f, 24)
     late = trials[-8:]
     assert sum(t.value("c") <= 0 for t in late) >= 6
     best = best_trial(spec, trials)
@@ -298,6 +300,8 @@ def test_fit_failure_keeps_going(monkeypatch):
         raise RuntimeError("cholesky blew up")
 
     monkeypatch.setattr(sur, "fit_gpytorch_mll", broken_fit)
+    for p in ({"x1": 0.0, "x2": 3.0}, {"x1": 6.0, "x2": 9.0}):  # the data grew: a refit is due
+        tell(trials, Suggestion(p, Origin.USER.value), branin(p))
     s = gs.suggest(trials, 1)[0]  # cached hyperparameters from the earlier fits are used
     BRANIN_SPACE.validate_params(s.params)
     assert "hyperparameter fit failed" in s.reason and "kept previous" in s.reason

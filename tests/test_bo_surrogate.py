@@ -9,7 +9,7 @@ import bbo.surrogate as sur
 from bbo.device import select_device
 from bbo.space import CategoricalParam, FloatParam, SearchSpace
 from bbo.spec import AlgorithmOptions
-from bbo.surrogate import ALWAYS_REFIT_BELOW, Surrogate
+from bbo.surrogate import Surrogate
 
 torch.set_num_threads(1)
 SPACE = SearchSpace((FloatParam("a", 0.0, 1.0), FloatParam("b", 0.0, 1.0)))
@@ -24,7 +24,7 @@ def data(n, seed=0, m=1):
 
 def test_refit_only_after_growth_and_cached_hyperparameters_reused():
     s = Surrogate(SPACE, 1, AlgorithmOptions(refit_growth=0.2), select_device("cpu"))
-    n0 = ALWAYS_REFIT_BELOW + 10
+    n0 = 60
     X, Y = data(n0 + 20)
     _, _, info = s.model(X[:n0], Y[:n0])
     assert info.refit and info.n_fit == n0
@@ -36,11 +36,33 @@ def test_refit_only_after_growth_and_cached_hyperparameters_reused():
     assert info.refit
 
 
-def test_small_data_refits_every_time():
-    s = Surrogate(SPACE, 1, AlgorithmOptions(), select_device("cpu"))
-    X, Y = data(12)
-    assert s.model(X[:10], Y[:10])[2].refit
-    assert s.model(X[:11], Y[:11])[2].refit
+def test_points_the_hyperparameters_explain_do_not_refit_surprising_ones_do():
+    """Between growth refits, new points that the cached hyperparameters predict well (leave-one-out
+    z-score at most 3) only condition the GP; one they cannot explain calls for a refit."""
+    s = Surrogate(SPACE, 1, AlgorithmOptions(refit_growth=0.2), select_device("cpu"))
+    n0 = sur.ALWAYS_REFIT_BELOW  # from here on a noise-free fit is not renewed on every ask
+    X, Y = data(n0 + 5)
+    assert s.model(X[:n0], Y[:n0])[2].refit
+    _, _, info = s.model(X[: n0 + 2], Y[: n0 + 2])  # smooth data, two more points: conditioned
+    assert not info.refit and info.surprise == 0.0
+    assert info.predictive is not None
+    assert info.predictive.loo_z(torch.tensor([n0, n0 + 1])).abs().max() <= 3.0
+    Y[n0 + 2] += 3.0  # a jump the fitted smoothness cannot produce
+    _, _, info = s.model(X[: n0 + 3], Y[: n0 + 3])
+    assert info.refit and info.surprise > 3.0
+
+
+def test_a_noise_free_objective_is_refit_on_every_ask_below_the_threshold_a_noisy_one_is_not():
+    """A noise-free fit's noise keeps falling as points gather: below ALWAYS_REFIT_BELOW points
+    it is renewed on every ask; with noise in the data the cached fit is kept."""
+    X, Y = data(30)
+    noisy = Y + 0.3 * np.random.default_rng(5).standard_normal(Y.shape)
+    refits = {}
+    for name, y in (("noise_free", Y), ("noisy", noisy)):
+        s = Surrogate(SPACE, 1, AlgorithmOptions(refit_growth=0.2), select_device("cpu"))
+        assert s.model(X[:25], y[:25])[2].refit
+        refits[name] = s.model(X[:26], y[:26])[2].refit
+    assert refits == {"noise_free": True, "noisy": False}
 
 
 def test_fit_and_model_subsets_keep_the_best_points():

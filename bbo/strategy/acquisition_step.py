@@ -1,11 +1,14 @@
-"""The acquisition step: build the acquisition function for an ask (log noisy EI or EHVI, piBO
-weighting while the priors agree with the data), maximize it, and turn the optimizer's point into
-a suggestion: repaired where rounding broke a parameter constraint or hit an existing point, and
-outranked by a proposal (e.g. the LLM's) that the acquisition function values higher.
+"""The acquisition step: build the acquisition functions for an ask (log EI on the GP's cached
+marginals where one objective has no reported noise, else log noisy EI or EHVI; piBO
+weighting while the priors agree with the data), maximize them, and turn the optimizer's point
+into a suggestion: repaired where rounding broke a parameter constraint or hit an existing point,
+and outranked by a proposal (e.g. the LLM's) that the acquisition function values higher.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,16 +21,23 @@ from bbo.acquisition import (
     cheap_initial_conditions,
     evaluate,
     make_acquisition,
+    marginal_acquisition,
     optimize,
     to_numpy,
 )
 from bbo.design import sobol_design
+from bbo.predictive import CachedPredictive
 from bbo.priors import LogPrior, agrees_with_data
 from bbo.space import Value
 from bbo.strategy.base import Suggestion
 from bbo.strategy.context import Ask, Context
 from bbo.trial import Origin
 
+# L-BFGS-B stops for the acquisition on marginals (BoTorch's defaults are pgtol 1e-5, factr 1e7;
+# Optuna stops its at 1e-2): the last digits of an acquisition maximizer change no decision, and their
+# iterations cost a third of the optimization. (Exploitation steps keep BoTorch's defaults.)
+MARGINAL_TOLERANCES = {"pgtol": 1e-3, "factr": 1e10}
+INCUMBENT_JITTER = 0.01  # the incumbent's restart starts this far off it (share of each range)
 CHEAP_INIT_ABOVE = 60  # model size above which optimizer starts come from a cheap analytic score
 PRIOR_SET_ASIDE = "prior set aside: the best trials are less likely under it than the rest"
 
@@ -44,13 +54,17 @@ class PriorChoice:
 
 @dataclass
 class Acquisition:
-    """One ask's acquisition function and what its steps share."""
+    """One ask's acquisition functions and what its steps share."""
 
-    acqf: AcquisitionFunction
+    acqf: AcquisitionFunction  # for a point chosen alone: on the marginals where that applies
+    joint: Callable[[], AcquisitionFunction]  # MC, for points chosen jointly with pending ones
+    predictive: CachedPredictive | None  # the GP's marginals, cheaply (single objective)
     origin: str  # bo, or prior_guided_bo
     note: str  # the model's notes (fit fallbacks, a prior set aside)
     budget: tuple[int, int, int]  # optimizer restarts, raw samples, L-BFGS iterations
     cheap_init: bool  # optimizer starts from a cheap analytic score (large continuous models)
+    marginal: bool  # acqf runs on the cached marginals (one point at a time)
+    incumbent: np.ndarray | None  # the best observed feasible point (encoded), if any
 
 
 class AcquisitionStep:
@@ -72,28 +86,64 @@ class AcquisitionStep:
         exponent = ctx.spec.algorithm.prior_exponent / max(1, len(data.trials))
         return PriorChoice(prior, exponent, Origin.PRIOR_BO.value, note)
 
-    def build(self, model, rows: np.ndarray, ask: Ask, prior: PriorChoice) -> Acquisition:
-        """The acquisition function on the GP conditioned on ``rows`` of the training data.
-        Raises where BoTorch cannot build it (the caller falls back)."""
+    def build(
+        self, model, rows: np.ndarray, ask: Ask, prior: PriorChoice, predictive=None
+    ) -> Acquisition:
+        """The acquisition functions on the GP conditioned on ``rows`` of the training data: q = 1
+        log EI on the cached marginals for one objective without reported noise
+        (:func:`bbo.acquisition.marginal_acquisition`), and qLogNEI / qLogNEHVI, built on first
+        use, for the rest and for points chosen with pending ones. ``predictive``: the GP's
+        :class:`~bbo.predictive.CachedPredictive`, where it has one. Raises where BoTorch cannot
+        build them (the caller falls back)."""
         ctx, data, layout, space = self.ctx, ask.data, self.ctx.model_layout, self.ctx.spec.space
         base = rows[baseline_rows(data.score[rows], layout.multi)]
-        acqf = make_acquisition(
-            model,
-            ctx.spec,
-            layout,
-            ctx.placement.tensor(data.X[base]),
-            data.Ym[rows],
-            prior=prior.prior,
-            prior_exponent=prior.exponent,
-            seed=ask.seed,
-        )
+
+        @functools.cache
+        def joint() -> AcquisitionFunction:
+            return make_acquisition(
+                model,
+                ctx.spec,
+                layout,
+                ctx.placement.tensor(data.X[base]),
+                data.Ym[rows],
+                prior=prior.prior,
+                prior_exponent=prior.exponent,
+                seed=ask.seed,
+            )
+
+        predictive = None if layout.multi else predictive
+        acqf = None
+        if predictive is not None and data.Ymvar is None:  # no reported noise
+            acqf = marginal_acquisition(
+                predictive,
+                layout,
+                data.Ym[rows],
+                prior=prior.prior,
+                prior_exponent=prior.exponent,
+                seed=ask.seed,
+            )
+        marginal = acqf is not None
+        if acqf is None:
+            acqf = joint()
         cheap_init = (
-            len(rows) > CHEAP_INIT_ABOVE
+            not marginal
+            and len(rows) > CHEAP_INIT_ABOVE
             and not layout.multi
             and not space.discrete_values()
             and not space.constraints
         )
-        return Acquisition(acqf, prior.origin, prior.note, budget(len(rows), space.dim), cheap_init)
+        restarts, raw, maxiter = budget(len(rows), space.dim, marginal)
+        return Acquisition(
+            acqf,
+            joint,
+            predictive,
+            prior.origin,
+            prior.note,
+            (restarts, raw, maxiter),
+            cheap_init,
+            marginal,
+            _incumbent(data, rows, layout),
+        )
 
     def step(
         self,
@@ -108,15 +158,22 @@ class AcquisitionStep:
         """The acquisition function's maximizer given the ``pending`` points (encoded, 1 x d
         each); ``Ym``: the warped outcomes the GP conditions on (for cheap optimizer starts)."""
         ctx, space = self.ctx, self.ctx.spec.space
-        acq.acqf.set_X_pending(torch.cat(pending, dim=0) if pending else None)
+        if pending or not acq.marginal:
+            acqf = acq.joint()
+            acqf.set_X_pending(torch.cat(pending, dim=0) if pending else None)
+        else:
+            acqf = acq.acqf
         restarts, raw, maxiter = acq.budget
-        ic = None
+        ic, tolerances = None, None
         if acq.cheap_init:
             ic = cheap_initial_conditions(
                 model, ctx.model_layout, space, ctx.placement, Ym, 4 * raw, restarts, seed
             )
+        elif acqf is acq.acqf and acq.marginal:
+            ic = start_points(acq.incumbent, space, ctx.placement, seed)
+            tolerances = MARGINAL_TOLERANCES
         x, _ = optimize(
-            acq.acqf,
+            acqf,
             space,
             ctx.placement,
             num_restarts=restarts,
@@ -125,8 +182,9 @@ class AcquisitionStep:
             initial_conditions=ic,
             avoid=taken,
             seed=seed,
+            tolerances=tolerances,
         )
-        return self._finish(acq.acqf, x, taken, proposals, acq.origin, acq.note)
+        return self._finish(acqf, x, taken, proposals, acq.origin, acq.note)
 
     def _finish(
         self, acqf, x: torch.Tensor, taken: np.ndarray, props: list, origin: str, note: str
@@ -195,3 +253,27 @@ class AcquisitionStep:
 
 def _join(note: str, more: str) -> str:
     return f"{note}; {more}" if note else more
+
+
+def _incumbent(data, rows: np.ndarray, layout) -> np.ndarray | None:
+    """The best observed feasible point among ``rows`` (encoded), or None."""
+    feas = rows[data.feasible[rows]]
+    if not len(feas):
+        return None
+    obj = layout.signed_objectives(data.Y[feas])[:, 0]
+    return data.X[feas[int(np.argmax(obj))]]
+
+
+def start_points(incumbent, space, placement, seed: int) -> torch.Tensor | None:
+    """Optimizer starts besides BoTorch's raw-sample ones (k x 1 x d): the incumbent, jittered
+    (at an observed point a noise-free log EI is flat: its gradient would not move L-BFGS), so one
+    restart refines the region the search has found best; on continuous spaces only."""
+    if incumbent is None or space.discrete_values():
+        return None
+    box = space.bounds()
+    rng = np.random.default_rng(seed)
+    x = incumbent + INCUMBENT_JITTER * (box[1] - box[0]) * rng.standard_normal(len(incumbent))
+    x = np.clip(x, box[0], box[1])
+    if not space.is_feasible(space.decode(x)):  # outside a parameter constraint: no seeded start
+        return None
+    return placement.tensor(x).reshape(1, 1, -1)

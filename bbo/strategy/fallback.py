@@ -89,7 +89,8 @@ class Fallback:
             X = c.placement.tensor(np.vstack([space.encode(p) for p in cands]))
             s = torch.nan_to_num(model_score(model, c.model_layout, X), nan=-float("inf"))
             out = []
-            note = f"{reason}; used the best of {MODEL_GUIDED_CANDIDATES} random points under the model"
+            n_cands = MODEL_GUIDED_CANDIDATES
+            note = f"{reason}; used the best of {n_cands} random points under the model"
             for i in torch.argsort(s, descending=True).tolist():
                 xe = space.encode(cands[i])
                 if points.too_close(xe, taken):

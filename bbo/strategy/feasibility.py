@@ -44,9 +44,10 @@ class Feasibility:
             return self._cache[1]
         try:
             with manual_seed(ask.seed):
-                model, _, _ = self.surrogate.model(
+                model, _, info = self.surrogate.model(
                     data.X, data.Ym, data.Ymvar, data.score, seed=ctx.seed
                 )
+                model = info.predictive or model  # the same marginals, cheaper
                 space = ctx.spec.space
                 u = qmc.Sobol(space.dim, scramble=True, seed=ctx.seed).random(SAMPLES)
                 X = ctx.placement.tensor(np.vstack([_to_box(space, u), data.X]))

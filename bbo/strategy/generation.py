@@ -161,7 +161,7 @@ class GenerationStrategy:
         chosen: list[torch.Tensor] = [P.tensor(space.encode(p))[None] for p in pending]
         props = [(s, p) for s in proposals if (p := ctx.points.valid(s.params)) is not None]
         try:
-            acq = self.acquisition.build(model, rows, ask, prior)
+            acq = self.acquisition.build(model, rows, ask, prior, info.predictive)
         except Exception as e:  # noqa: BLE001
             log.info("acquisition construction failed: %s", e)
             why = f"acquisition failed: {type(e).__name__}: {e}"
@@ -172,7 +172,7 @@ class GenerationStrategy:
             sug = None
             if i == 0 and exploit:
                 sug = self.exploitation.step(
-                    model, data, noise, taken, acq.budget, acq.note, ask.seed
+                    model, data, noise, taken, acq.budget, acq.note, ask.seed, acq.predictive
                 )
             if sug is None:  # an acquisition step
                 try:

@@ -1,0 +1,256 @@
+"""A fitted GP's posterior marginals at a fraction of the call overhead, for acquisition optimizers.
+
+A BoTorch / GPyTorch ``model.posterior(X)`` call costs ~10 ms of framework overhead on a CPU
+(mode switches, input and outcome transforms, lazy linear operators), whatever the size of X; an
+acquisition optimizer calls it hundreds of times per ask, so at tens to hundreds of trials that
+overhead, not arithmetic, sets the ask's latency. :class:`CachedPredictive` is a BoTorch
+:class:`~botorch.models.model.Model` holding the fitted GP's training Cholesky factor, whose
+``posterior(X)`` computes the same marginal means and variances with the GP's own kernel, mean
+and transforms in a few tensor operations. BoTorch's acquisition functions of one point at a
+time (posterior mean, LogEI, q = 1 Monte Carlo ones: one point's outputs are independent
+normals) take it as they take the GP.
+
+It serves marginals only (independent per point and output: q = 1 acquisitions and MC-free
+scores); joint (q > 1, pending points) and MC acquisitions use the GP itself. Construction checks
+the result against ``model.posterior`` at training and random points and raises
+:class:`ValueError` when they differ, so a model it does not reproduce is never served wrongly
+(:mod:`bbo.surrogate` compares once per set of hyperparameters, then checks finiteness only).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import torch
+from botorch.models.model import Model
+from botorch.models.transforms.input import Normalize
+from botorch.posteriors.posterior import Posterior
+from gpytorch.kernels import AdditiveKernel, Kernel, ProductKernel, ScaleKernel
+from linear_operator import to_dense
+from linear_operator.utils.cholesky import psd_safe_cholesky
+
+log = logging.getLogger(__name__)
+
+CHECK_RTOL = 1e-6  # relative agreement with model.posterior required at construction
+
+
+class CachedPredictive(Model):
+    """Posterior marginals of a fitted, eval-mode exact GP (``SingleTaskGP``, ``MixedSingleTaskGP``,
+    outputs batched or single; inferred or fixed noise; ``Normalize`` / ``Standardize``)."""
+
+    def __init__(self, model: Model, compare: bool = True):
+        super().__init__()
+        model.eval()
+        model.requires_grad_(False)  # fitted: gradients are wanted in X only, and cost otherwise
+        # not a submodule: BoTorch moves an acquisition's modules to X's device on every call,
+        # and walking the GP's module tree there cost more than the whole prediction
+        object.__setattr__(self, "_gp", model)
+        self._m = model.num_outputs
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Xt = model.train_inputs[0]  # transformed (eval mode), (m x) n x d
+            yt = model.train_targets  # standardized, (m x) n
+            K = model.covar_module(Xt).to_dense()
+            noise = model.likelihood.noise
+            if noise.shape[-1] != yt.shape[-1]:  # one inferred noise level per output
+                noise = noise.expand(*yt.shape)
+            K = K + torch.diag_embed(noise)
+            L = psd_safe_cholesky(K)  # with GPyTorch's jitter where it needs one
+            mu0 = model.mean_module(Xt)
+            self._alpha = torch.cholesky_solve((yt - mu0).unsqueeze(-1), L).squeeze(-1)
+            self._L, self._Xt = L, Xt
+            self._prior_var = None
+            d = self._kernel(Xt, Xt, diag=True)  # a stationary kernel's prior variance: a constant
+            if torch.allclose(d, d[..., :1], rtol=1e-12, atol=0.0):
+                self._prior_var = d[..., :1]
+        ot = getattr(model, "outcome_transform", None)
+        self._loc = None if ot is None else ot.means.reshape(-1)
+        self._scale = None if ot is None else ot.stdvs.reshape(-1)
+        self._check(compare)
+
+    @property
+    def num_outputs(self) -> int:
+        return self._m
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return torch.Size()
+
+    def marginals(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and variance of every output at every point: ``X`` (... x d) gives
+        ``(... x m, ... x m)``, in the outcomes' own (untransformed) units."""
+        gp, batched = self._gp, self._m > 1 and self._Xt.dim() == 3
+        x = self._transform(X)
+        shape = x.shape[:-1]
+        x = x.reshape(-1, x.shape[-1])
+        if batched:
+            x = x.unsqueeze(0).expand(self._m, *x.shape)  # m x N x d
+        k = self._kernel(x, self._Xt)  # (m x) N x n
+        prior = self._prior_var if self._prior_var is not None else self._kernel(x, x, diag=True)
+        mean = gp.mean_module.forward(x) + (k @ self._alpha.unsqueeze(-1)).squeeze(-1)
+        v = torch.linalg.solve_triangular(self._L, k.transpose(-1, -2), upper=False)
+        var = (prior - v.pow(2).sum(-2)).clamp_min(0.0)
+        if batched:
+            mean, var = mean.transpose(0, 1), var.transpose(0, 1)  # N x m
+        else:
+            mean, var = mean.unsqueeze(-1), var.unsqueeze(-1)
+        if self._loc is not None:
+            mean = mean * self._scale + self._loc
+            var = var * self._scale.pow(2)
+        return mean.reshape(*shape, self._m), var.reshape(*shape, self._m)
+
+    def train_mean(self) -> torch.Tensor:
+        """Posterior means at the training points (n x m, outcome units), in O(n): there
+        ``K (K + N)^-1 y = y - N alpha`` (N the noise variances), no kernel matrix to build."""
+        noise = self._gp.likelihood.noise
+        yt = self._gp.train_targets
+        if noise.shape[-1] != yt.shape[-1]:
+            noise = noise.expand(*yt.shape)
+        mean = yt - noise * self._alpha  # (m x) n, standardized
+        mean = mean.transpose(-1, -2) if mean.dim() == 2 else mean.unsqueeze(-1)
+        if self._loc is not None:
+            mean = mean * self._scale + self._loc
+        return mean
+
+    def loo_z(self, rows: torch.Tensor) -> torch.Tensor:
+        """Leave-one-out z-scores ``(y_i - mean_-i) / sd_-i`` of training ``rows`` under these
+        hyperparameters ((m x) k; Rasmussen & Williams eq. 5.12): large where the hyperparameters
+        do not explain a point given all the others."""
+        n = self._alpha.shape[-1]
+        E = torch.zeros(n, len(rows), dtype=self._L.dtype, device=self._L.device)
+        E[rows.to(E.device), torch.arange(len(rows), device=E.device)] = 1.0
+        V = torch.linalg.solve_triangular(
+            self._L, E.expand(*self._L.shape[:-2], n, len(rows)), upper=False
+        )
+        kinv_diag = V.pow(2).sum(-2)  # [K^-1]_ii
+        return self._alpha[..., rows.to(E.device)] / kinv_diag.sqrt()
+
+    def _transform(self, X: torch.Tensor) -> torch.Tensor:
+        """The GP's input transform: a plain affine map where it is one over every column."""
+        t = getattr(self._gp, "input_transform", None)
+        if isinstance(t, Normalize) and getattr(t, "indices", None) is None and not t.training:
+            return (X - t.offset) / t.coefficient
+        return self._gp.transform_inputs(X)
+
+    def _kernel(self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False) -> torch.Tensor:
+        return dense_kernel(self._gp.covar_module, x1, x2, diag)
+
+    def posterior(
+        self, X, output_indices=None, observation_noise=False, posterior_transform=None, **kw
+    ) -> MarginalPosterior:
+        """Independent normal marginals (b x q x m) of the latent outcomes at X (b x q x d)."""
+        if observation_noise is not False:
+            raise NotImplementedError("CachedPredictive serves latent (noise-free) marginals")
+        mean, var = self.marginals(X)
+        if output_indices is not None:
+            mean, var = mean[..., output_indices], var[..., output_indices]
+        if posterior_transform is not None:  # a linear scalarization of independent outputs
+            w, offset = posterior_transform.weights, posterior_transform.offset
+            mean = (mean @ w + offset).unsqueeze(-1)
+            var = (var @ w.pow(2)).unsqueeze(-1)
+        return MarginalPosterior(mean, var)
+
+    def _check(self, compare: bool) -> None:
+        """Raise unless the marginals at training and random points are finite and (``compare``)
+        match ``model.posterior`` there. The comparison builds GPyTorch's own prediction caches
+        (a second factorization: at 1000 points half an ask), so callers that verified a model
+        of the same kind and hyperparameters already skip it."""
+        Xo = getattr(self._gp, "_original_train_inputs", None)
+        Xo = self._gp.train_inputs[0] if Xo is None else Xo
+        Xo = Xo[0] if Xo.dim() == 3 else Xo
+        g = torch.Generator(device="cpu").manual_seed(0)
+        lo, hi = Xo.min(0).values, Xo.max(0).values
+        R = lo + (hi - lo) * torch.rand(4, Xo.shape[-1], generator=g, dtype=Xo.dtype).to(Xo)
+        X = torch.cat([Xo[:4], R]).unsqueeze(-2)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mean, var = self.marginals(X)
+            if not (torch.isfinite(mean).all() and torch.isfinite(var).all()):
+                raise ValueError("non-finite predictions")
+            if not compare:
+                return
+            post = self._gp.posterior(X)
+        want_m, want_v = post.mean, post.variance.clamp_min(0.0)
+        tol_m = CHECK_RTOL * (1.0 + want_m.abs())
+        tol_v = CHECK_RTOL * (want_v.abs() + self._var_scale())
+        if not ((mean - want_m).abs() <= tol_m).all() or not ((var - want_v).abs() <= tol_v).all():
+            raise ValueError("cached marginals do not reproduce the model's posterior")
+
+    def _var_scale(self) -> torch.Tensor:
+        return torch.ones(()) if self._scale is None else self._scale.pow(2)
+
+
+def cached_predictive(model: Model, compare: bool = True) -> CachedPredictive | None:
+    """:class:`CachedPredictive` of ``model``, or None where it cannot reproduce the model (see
+    :meth:`CachedPredictive._check` for ``compare``)."""
+    try:
+        return CachedPredictive(model, compare)
+    except Exception as e:  # noqa: BLE001 - the GP itself still serves, only slower
+        log.info("cached predictive unavailable: %s: %s", type(e).__name__, e)
+        return None
+
+
+def dense_kernel(
+    kernel: Kernel, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False, select: bool = True
+):
+    """``kernel(x1, x2)`` as a dense tensor, through each part's own ``forward``: sums and
+    products of kernels are combined here and column selections (``active_dims``) applied as
+    ``Kernel.__call__`` does (not again inside a scale kernel, whose ``forward`` calls its base's
+    ``forward``), so no lazy tensor is built: that costs most of a small call."""
+    if select and kernel.active_dims is not None:
+        x1 = x1.index_select(-1, kernel.active_dims)
+        x2 = x2.index_select(-1, kernel.active_dims)
+    if isinstance(kernel, (AdditiveKernel, ProductKernel)):
+        parts = [dense_kernel(k, x1, x2, diag) for k in kernel.kernels]
+        out = parts[0]
+        for p in parts[1:]:
+            out = out + p if isinstance(kernel, AdditiveKernel) else out * p
+        return out
+    if isinstance(kernel, ScaleKernel):
+        scale = kernel.outputscale
+        scale = scale.unsqueeze(-1) if diag else scale.view(*scale.shape, 1, 1)
+        return dense_kernel(kernel.base_kernel, x1, x2, diag, select=False) * scale
+    return to_dense(kernel.forward(x1, x2, diag=diag))
+
+
+class MarginalPosterior(Posterior):
+    """Independent normal marginals: what acquisition functions of one point read (mean,
+    variance, samples)."""
+
+    def __init__(self, mean: torch.Tensor, variance: torch.Tensor):
+        self._mean, self._variance = mean, variance
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self._mean
+
+    @property
+    def variance(self) -> torch.Tensor:
+        return self._variance
+
+    @property
+    def device(self) -> torch.device:
+        return self._mean.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._mean.dtype
+
+    @property
+    def base_sample_shape(self) -> torch.Size:
+        return self._mean.shape
+
+    @property
+    def batch_range(self) -> tuple[int, int]:
+        return (0, -2)
+
+    def rsample_from_base_samples(self, sample_shape, base_samples: torch.Tensor) -> torch.Tensor:
+        """Samples of each point's marginal (independent across points and outputs: for
+        q = 1 Monte Carlo acquisitions, which see one point at a time)."""
+        return self._mean + self._variance.clamp_min(0.0).sqrt() * base_samples
+
+    def rsample(self, sample_shape=None) -> torch.Tensor:
+        shape = torch.Size(sample_shape or ()) + self._mean.shape
+        z = torch.randn(shape, dtype=self._mean.dtype, device=self._mean.device)
+        return self.rsample_from_base_samples(sample_shape, z)

@@ -1,0 +1,108 @@
+"""bbo.predictive: the cached marginals reproduce the GP's posterior for every model kind the
+surrogate builds, and refuse a model they do not reproduce."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from botorch.acquisition.analytic import LogExpectedImprovement
+from botorch.acquisition.logei import qLogExpectedImprovement
+from botorch.acquisition.objective import LinearMCObjective
+from botorch.sampling import SobolQMCNormalSampler
+
+from bbo.device import select_device
+from bbo.predictive import CachedPredictive, cached_predictive
+from bbo.space import CategoricalParam, FloatParam, IntParam, SearchSpace
+from bbo.spec import AlgorithmOptions
+from bbo.surrogate import Surrogate
+
+torch.set_num_threads(1)
+CONT = SearchSpace(tuple(FloatParam(f"x{i}", 0.0, 1.0) for i in range(3)))
+MIXED = SearchSpace(
+    (FloatParam("a", 0.0, 1.0), IntParam("k", 0, 6), CategoricalParam("c", ("p", "q", "r")))
+)
+
+
+def fitted(space, m=1, noisy=False, n=25):
+    rng = np.random.default_rng(0)
+    X = np.array(
+        [space.encode(space.decode(rng.random(space.dim) * space.bounds()[1])) for _ in range(n)]
+    )
+    Y = np.stack([np.sin(3 * X[:, 0]) + 0.5 * X[:, 1] + j for j in range(m)], axis=1)
+    Yvar = np.full_like(Y, 1e-3) if noisy else None
+    model, _, info = Surrogate(space, m, AlgorithmOptions(), select_device("cpu")).model(X, Y, Yvar)
+    return model, info, rng
+
+
+@pytest.mark.parametrize(
+    "space,m,noisy",
+    [(CONT, 1, False), (CONT, 2, False), (CONT, 2, True), (MIXED, 1, False), (MIXED, 2, True)],
+)
+def test_marginals_match_the_gp_posterior(space, m, noisy):
+    model, info, rng = fitted(space, m, noisy)
+    cp = info.predictive
+    assert isinstance(cp, CachedPredictive) and cp.num_outputs == m
+    X = torch.tensor(
+        np.array(
+            [
+                space.encode(space.decode(rng.random(space.dim) * space.bounds()[1]))
+                for _ in range(16)
+            ]
+        )
+    ).unsqueeze(-2)
+    with torch.no_grad():
+        want, got = model.posterior(X), cp.posterior(X)
+    assert got.mean.shape == want.mean.shape == (16, 1, m)
+    assert torch.allclose(got.mean, want.mean, rtol=1e-8, atol=1e-10)
+    assert torch.allclose(got.variance, want.variance.clamp_min(0), rtol=1e-6, atol=1e-10)
+
+
+@pytest.mark.parametrize("m,noisy", [(1, False), (2, True)])
+def test_training_point_means_in_closed_form(m, noisy):
+    model, info, _ = fitted(CONT, m, noisy)
+    X = model.train_inputs[0][0] if m > 1 else model.train_inputs[0]
+    with torch.no_grad():
+        X = model.input_transform.untransform(X) if hasattr(model, "input_transform") else X
+        want = model.posterior(X).mean
+    assert torch.allclose(info.predictive.train_mean(), want, rtol=1e-8, atol=1e-9)
+
+
+def test_an_analytic_acquisition_gives_the_same_values_and_gradients_on_either():
+    model, info, rng = fitted(CONT)
+    X = torch.tensor(rng.random((8, 1, 3)), requires_grad=True)
+    vals = []
+    for mdl in (model, info.predictive):
+        v = LogExpectedImprovement(mdl, best_f=1.2)(X)
+        (g,) = torch.autograd.grad(v.sum(), X)
+        vals.append((v.detach(), g))
+    assert torch.allclose(vals[0][0], vals[1][0], rtol=1e-8)
+    assert torch.allclose(vals[0][1], vals[1][1], rtol=1e-6, atol=1e-10)
+
+
+@pytest.mark.parametrize("m", [1, 2])
+def test_a_one_point_monte_carlo_acquisition_gives_the_same_values_on_either(m):
+    """q = 1: one point's outputs are independent normals, so the marginals' samples are the GP's
+    (same base samples, same values) and Monte Carlo acquisitions run on the cheap marginals."""
+    model, info, rng = fitted(CONT, m)
+    X = torch.tensor(rng.random((6, 1, 3)))
+    vals = []
+    for mdl in (model, info.predictive):
+        acqf = qLogExpectedImprovement(
+            mdl,
+            best_f=1.0,
+            sampler=SobolQMCNormalSampler(sample_shape=torch.Size([64]), seed=3),
+            objective=LinearMCObjective(torch.eye(m, dtype=torch.float64)[0]),
+            constraints=[lambda Z: Z[..., -1] - 1.5] if m > 1 else None,
+        )
+        with torch.no_grad():
+            vals.append(acqf(X))
+    assert torch.allclose(vals[0], vals[1], rtol=1e-7, atol=1e-9)
+
+
+def test_a_model_it_does_not_reproduce_is_refused():
+    broken = fitted(CONT)[0]
+    broken.train_targets.data[:] = float("nan")  # predictions the check cannot reproduce
+    assert cached_predictive(broken) is None
+    with pytest.raises(ValueError):
+        CachedPredictive(broken)
