@@ -14,8 +14,8 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Mapping, Sequence, Union
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Mapping, Sequence, Union
 
 import numpy as np
 
@@ -63,6 +63,7 @@ def _finite(x: float, field_path: str) -> float:
 class FloatParam:
     """A real-valued parameter in [low, high], searched on a linear or log scale."""
 
+    kind: ClassVar[str] = "float"  # its name in specs, JSON and the proto oneof
     name: str
     low: float
     high: float
@@ -106,6 +107,7 @@ class FloatParam:
 class IntParam:
     """An integer parameter in [low, high] (inclusive), on a linear or log scale."""
 
+    kind: ClassVar[str] = "int"  # its name in specs, JSON and the proto oneof
     name: str
     low: int
     high: int
@@ -177,6 +179,7 @@ class IntParam:
 class CategoricalParam:
     """An unordered choice among strings."""
 
+    kind: ClassVar[str] = "categorical"  # its name in specs, JSON and the proto oneof
     name: str
     choices: tuple[str, ...]
 
@@ -219,6 +222,7 @@ class CategoricalParam:
 class OrdinalParam:
     """An ordered set of numeric values (e.g. batch sizes 16, 32, 64, 128)."""
 
+    kind: ClassVar[str] = "ordinal"  # its name in specs, JSON and the proto oneof
     name: str
     values: tuple[float, ...]
     log: bool = False
@@ -300,6 +304,7 @@ class OrdinalParam:
 class FixedParam:
     """A parameter held at one value (reported to workers, not searched)."""
 
+    kind: ClassVar[str] = "fixed"  # its name in specs, JSON and the proto oneof
     name: str
     value: Value
 
@@ -321,6 +326,38 @@ class FixedParam:
 Param = Union[FloatParam, IntParam, CategoricalParam, OrdinalParam, FixedParam]
 # a parameter with a column in the encoding
 FreeParam = Union[FloatParam, IntParam, CategoricalParam, OrdinalParam]
+# every parameter kind by its name: a new kind is a class above, listed here
+PARAM_KINDS: dict[str, type] = {
+    c.kind: c for c in (FloatParam, IntParam, CategoricalParam, OrdinalParam, FixedParam)
+}
+
+
+def param_to_dict(p: Param) -> dict[str, Any]:
+    """The parameter as plain JSON data: ``{"type": kind, **fields}``."""
+    d = asdict(p)
+    for k in ("choices", "values"):
+        if k in d:
+            d[k] = list(d[k])
+    return {"type": p.kind, **d}
+
+
+def param_from_dict(d: Mapping[str, Any], i: int) -> Param:
+    """The parameter ``parameters[i]`` of a spec's JSON data (not yet validated)."""
+    d = dict(d)
+    kind = d.pop("type", None)
+    cls = PARAM_KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise SpecError(
+            f"parameters[{i}].type",
+            f"unknown parameter type {kind!r}: use {', '.join(PARAM_KINDS)}",
+        )
+    for k in ("choices", "values"):
+        if k in d:
+            d[k] = tuple(d[k])
+    try:
+        return cls(**d)
+    except TypeError as e:
+        raise SpecError(f"parameters[{i}]", f"bad fields for a {kind} parameter: {e}") from None
 
 
 @dataclass(frozen=True)

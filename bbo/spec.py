@@ -14,11 +14,10 @@ from bbo.errors import SpecError
 from bbo.space import (
     CategoricalParam,
     FixedParam,
-    FloatParam,
-    IntParam,
     LinearConstraint,
-    OrdinalParam,
     SearchSpace,
+    param_from_dict,
+    param_to_dict,
 )
 
 MINIMIZE, MAXIMIZE = "minimize", "maximize"
@@ -265,7 +264,7 @@ class StudySpec:
     # ---- JSON form -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
-            "parameters": [_param_to_dict(p) for p in self.space.params],
+            "parameters": [param_to_dict(p) for p in self.space.params],
             "parameter_constraints": [
                 {"coefficients": dict(c.coefficients), "bound": c.bound}
                 for c in self.space.constraints
@@ -291,7 +290,7 @@ class StudySpec:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "StudySpec":
         try:
-            params = tuple(_param_from_dict(p, i) for i, p in enumerate(d.get("parameters", [])))
+            params = tuple(param_from_dict(p, i) for i, p in enumerate(d.get("parameters", [])))
             cons = tuple(
                 LinearConstraint(dict(c["coefficients"]), float(c["bound"]))
                 for c in d.get("parameter_constraints", [])
@@ -315,45 +314,6 @@ class StudySpec:
             raise SpecError("spec", f"unexpected field: {e}") from None
         except KeyError as e:
             raise SpecError("spec", f"missing field {e}") from None
-
-
-def _param_to_dict(p) -> dict[str, Any]:
-    kind = {
-        FloatParam: "float",
-        IntParam: "int",
-        CategoricalParam: "categorical",
-        OrdinalParam: "ordinal",
-        FixedParam: "fixed",
-    }[type(p)]
-    d = asdict(p)
-    for k in ("choices", "values"):
-        if k in d:
-            d[k] = list(d[k])
-    return {"type": kind, **d}
-
-
-def _param_from_dict(d: Mapping[str, Any], i: int):
-    d = dict(d)
-    kind = d.pop("type", None)
-    cls = {
-        "float": FloatParam,
-        "int": IntParam,
-        "categorical": CategoricalParam,
-        "ordinal": OrdinalParam,
-        "fixed": FixedParam,
-    }.get(kind)
-    if cls is None:
-        raise SpecError(
-            f"parameters[{i}].type",
-            f"unknown parameter type {kind!r}: use float, int, categorical, ordinal or fixed",
-        )
-    for k in ("choices", "values"):
-        if k in d:
-            d[k] = tuple(d[k])
-    try:
-        return cls(**d)
-    except TypeError as e:
-        raise SpecError(f"parameters[{i}]", f"bad fields for a {kind} parameter: {e}") from None
 
 
 INT64_MAX = 2**63 - 1

@@ -8,7 +8,7 @@ from typing import Any, Mapping, Optional
 from google.protobuf import timestamp_pb2
 
 from bbo.errors import SpecError
-from bbo.space import CategoricalParam, FixedParam, FloatParam, IntParam, OrdinalParam, Value
+from bbo.space import PARAM_KINDS, FloatParam, IntParam, OrdinalParam, Param, Value
 from bbo.spec import (
     ASHA,
     HYPERBAND,
@@ -164,55 +164,7 @@ def _budgets_from_pb(s: pb.StudySpec) -> dict[str, Any]:
 
 
 def spec_dict_from_pb(s: pb.StudySpec) -> dict[str, Any]:
-    params = []
-    for i, p in enumerate(s.parameters):
-        kind = p.WhichOneof("kind")
-        if kind == "float":
-            params.append(
-                {
-                    "type": "float",
-                    "name": p.name,
-                    "low": p.float.low,
-                    "high": p.float.high,
-                    "log": _log(p.float.scale),
-                }
-            )
-        elif kind == "int":
-            params.append(
-                {
-                    "type": "int",
-                    "name": p.name,
-                    "low": p.int.low,
-                    "high": p.int.high,
-                    "log": _log(p.int.scale),
-                }
-            )
-        elif kind == "categorical":
-            params.append(
-                {"type": "categorical", "name": p.name, "choices": list(p.categorical.choices)}
-            )
-        elif kind == "ordinal":
-            params.append(
-                {
-                    "type": "ordinal",
-                    "name": p.name,
-                    "values": list(p.ordinal.values),
-                    "log": _log(p.ordinal.scale),
-                }
-            )
-        elif kind == "fixed":
-            params.append(
-                {
-                    "type": "fixed",
-                    "name": p.name,
-                    "value": value_from_pb(p.fixed.value, f"parameters[{i}].fixed.value"),
-                }
-            )
-        else:
-            raise SpecError(
-                f"parameters[{i}]",
-                f"parameter {p.name!r} has no kind: set float, int, categorical, ordinal or fixed",
-            )
+    params = [_param_dict_from_pb(p, i) for i, p in enumerate(s.parameters)]
     a = s.algorithm
     algorithm: dict[str, Any] = {
         "n_initial": a.n_initial,
@@ -269,6 +221,52 @@ def spec_dict_from_pb(s: pb.StudySpec) -> dict[str, Any]:
     }
 
 
+# A parameter kind's proto message is the ``kind`` oneof field named as the kind (``float``,
+# ``ordinal``, ...); its fields are the dataclass's, with ``scale`` for ``log`` and a
+# ParameterValue for a fixed value: so one pair of functions maps every kind.
+def _param_dict_from_pb(p: pb.ParameterSpec, i: int) -> dict[str, Any]:
+    kind = p.WhichOneof("kind")
+    if kind is None:
+        raise SpecError(
+            f"parameters[{i}]",
+            f"parameter {p.name!r} has no kind: set one of {', '.join(PARAM_KINDS)}",
+        )
+    msg = getattr(p, kind)
+    d: dict[str, Any] = {"type": kind, "name": p.name}
+    for f in msg.DESCRIPTOR.fields:
+        v = getattr(msg, f.name)
+        if f.name == "scale":
+            d["log"] = _log(v)
+        elif f.message_type is not None and f.message_type.name == "ParameterValue":
+            d[f.name] = value_from_pb(v, f"parameters[{i}].{kind}.{f.name}")
+        else:
+            d[f.name] = list(v) if f.is_repeated else v
+    return d
+
+
+def _param_to_pb(p: Param, ps: pb.ParameterSpec) -> None:
+    msg = getattr(ps, p.kind)
+    for f in msg.DESCRIPTOR.fields:
+        if f.name == "scale":
+            msg.scale = _scale(getattr(p, "log"))
+        elif f.message_type is not None and f.message_type.name == "ParameterValue":
+            getattr(msg, f.name).CopyFrom(value_to_pb(getattr(p, f.name)))
+        elif f.is_repeated:
+            getattr(msg, f.name).extend(_as_field(f, v) for v in getattr(p, f.name))
+        else:
+            setattr(msg, f.name, _as_field(f, getattr(p, f.name)))
+    msg.SetInParent()  # a kind whose fields are all defaults is still set
+
+
+def _as_field(f, v: Any) -> Any:
+    """``v`` as the proto field's scalar type (a float-valued int bound, an int ordinal value)."""
+    if f.cpp_type == f.CPPTYPE_DOUBLE:
+        return float(v)
+    if f.cpp_type == f.CPPTYPE_INT64:
+        return int(v)
+    return v
+
+
 def _scale(log: bool) -> int:
     return pb.SCALE_LOG if log else pb.SCALE_LINEAR
 
@@ -276,21 +274,7 @@ def _scale(log: bool) -> int:
 def spec_to_pb(spec: StudySpec) -> pb.StudySpec:
     out = pb.StudySpec(description=spec.description, tracked_metrics=list(spec.tracked_metrics))
     for p in spec.space.params:
-        ps = out.parameters.add(name=p.name)
-        if isinstance(p, FloatParam):
-            ps.float.CopyFrom(
-                pb.FloatParameter(low=float(p.low), high=float(p.high), scale=_scale(p.log))
-            )
-        elif isinstance(p, IntParam):
-            ps.int.CopyFrom(pb.IntParameter(low=int(p.low), high=int(p.high), scale=_scale(p.log)))
-        elif isinstance(p, CategoricalParam):
-            ps.categorical.CopyFrom(pb.CategoricalParameter(choices=list(p.choices)))
-        elif isinstance(p, OrdinalParam):
-            ps.ordinal.CopyFrom(
-                pb.OrdinalParameter(values=[float(v) for v in p.values], scale=_scale(p.log))
-            )
-        elif isinstance(p, FixedParam):
-            ps.fixed.CopyFrom(pb.FixedParameter(value=value_to_pb(p.value)))
+        _param_to_pb(p, out.parameters.add(name=p.name))
     for c in spec.space.constraints:
         out.parameter_constraints.add(
             coefficients={k: float(v) for k, v in c.coefficients.items()}, bound=float(c.bound)
