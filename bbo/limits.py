@@ -40,6 +40,7 @@ class RequestLimits:
     max_description_bytes: int = 65536  # UTF-8 bytes of a study's description
     max_spec_bytes: int = 1 << 20  # JSON bytes of a whole spec
     max_metrics_per_trial: int = 256  # metrics reported with one trial
+    max_transfer_sources: int = 8  # source studies one study transfers from
 
     @classmethod
     def flags(cls) -> list[tuple[str, int, str]]:
@@ -55,6 +56,7 @@ class RequestLimits:
             "max_description_bytes": "UTF-8 bytes of a study description",
             "max_spec_bytes": "JSON bytes of a whole study spec",
             "max_metrics_per_trial": "metrics reported with one trial",
+            "max_transfer_sources": "source studies one study transfers from (named or auto)",
         }
         return [(f.name, f.default, helps[f.name]) for f in dataclasses.fields(cls)]
 
@@ -158,6 +160,21 @@ class RequestLimits:
         llm = d.get("llm") or {}
         if isinstance(llm, Mapping):
             self._name(f"{field}.llm.model", llm.get("model"))
+        transfer = d.get("transfer") or {}
+        if isinstance(transfer, Mapping):
+            sources = transfer.get("sources")
+            self._count(
+                f"{field}.transfer.sources", sources, "max_transfer_sources", "source studies"
+            )
+            for i, name in enumerate(sources if isinstance(sources, (list, tuple)) else []):
+                self._name(f"{field}.transfer.sources[{i}]", name)
+            n = transfer.get("max_sources")
+            if isinstance(n, int) and not isinstance(n, bool) and n > self.max_transfer_sources:
+                raise LimitExceeded(
+                    f"{field}.transfer.max_sources",
+                    f"{n} sources asked for, at most {self.max_transfer_sources} allowed",
+                    "max_transfer_sources",
+                )
 
     def check_metrics(self, metrics: Mapping[str, Any], field: str = "metrics") -> None:
         """Check the metrics told with one trial (before they are validated and stored)."""

@@ -44,6 +44,9 @@ from bbo_client.model import (
     Prior,
     StudyInfo,
     TellResult,
+    Transfer,
+    TransferInfo,
+    TransferSource,
     Trial,
 )
 
@@ -76,5 +79,8 @@ __all__ = [
     "Prior",
     "StudyInfo",
     "TellResult",
+    "Transfer",
+    "TransferInfo",
+    "TransferSource",
     "Trial",
 ]

@@ -27,6 +27,7 @@ from bbo_client.model import (
     Prior,
     StudyInfo,
     TellResult,
+    Transfer,
     Trial,
     _time,
     _value_pb,
@@ -190,10 +191,13 @@ class Client:
         max_model_points: int = 0,
         prior_exponent: float = 0.0,
         exploit_gap: int = 0,
+        transfer: Optional[Transfer] = None,
     ) -> "StudyHandle":
         """Create a study, or reattach to it if one of that name exists with the same spec.
 
         ``objectives``: a metric name (minimized), an :class:`Objective`, or a list of them.
+        ``transfer``: learn from earlier studies (:class:`Transfer`); a named source that is not a
+        study of this tenant raises :class:`NotFound`.
         Raises :class:`AlreadyExists` when the name is taken by a different spec.
         """
         if isinstance(objectives, (str, Objective)):
@@ -223,6 +227,8 @@ class Client:
             a.reference_point[k] = float(v)
         if llm is not None:
             spec.llm.CopyFrom(llm.to_pb())
+        if transfer is not None:
+            spec.transfer.CopyFrom(transfer.to_pb())
         resp = self._call("CreateStudy", svc.CreateStudyRequest(name=name, spec=spec))
         h = StudyHandle(self, resp.study.name)
         h.created = resp.created
