@@ -24,7 +24,7 @@ Per ask, for each modeled metric j (objectives and constraint metrics alike):
    the feasibility check). With every source weight at 0 it is exactly the plain GP.
 
 Why stacking with RGPE weights and not a multi-task GP over (x, task) or RGPE's ensemble: see
-``bench/README.md`` (transfer section); in short, a multi-task GP learns the task correlation by
+``docs/transfer.md``; in short, a multi-task GP learns the task correlation by
 marginal likelihood, which with a handful of target points trusts a misleading source too much, and
 RGPE's weighted sum of GPs needs its own posterior class where stacking keeps bbo's GP, warping and
 acquisition code unchanged.
