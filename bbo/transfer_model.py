@@ -23,11 +23,12 @@ Per ask, for each modeled metric j (objectives and constraint metrics alike):
    whose posterior mean adds ``m_j(x)`` back for the acquisition function, exploitation steps and
    the feasibility check). With every source weight at 0 it is exactly the plain GP.
 
-Why stacking with RGPE weights and not a multi-task GP over (x, task) or RGPE's ensemble: see
-``docs/transfer.md``; in short, a multi-task GP learns the task correlation by
-marginal likelihood, which with a handful of target points trusts a misleading source too much, and
-RGPE's weighted sum of GPs needs its own posterior class where stacking keeps bbo's GP, warping and
-acquisition code unchanged.
+Why stacking with RGPE weights and not a multi-task GP over (x, task) or RGPE's ensemble: a
+multi-task GP learns the task correlation by marginal likelihood, which with a handful of target
+points can trust a misleading source too much, and RGPE's weighted sum of GPs needs its own
+posterior class where stacking keeps bbo's GP, warping and acquisition code unchanged. The
+comparison with Ax's multi-task GP (``bench/bench_transfer.py``, variant ``ax``) is not yet
+measured: see ``docs/transfer.md``.
 """
 
 from __future__ import annotations

@@ -526,6 +526,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--name", default="transfer")
     ap.add_argument("--resume", action="store_true", help="keep runs in <out>/<name>.partial.jsonl")
+    ap.add_argument(
+        "--summarize",
+        action="store_true",
+        help="run nothing: summarize the runs kept in <out>/<name>.partial.jsonl (with --resume)",
+    )
     args = ap.parse_args(argv)
     tasks = [t for t in args.tasks.split(",") if t]
     variants = [v for v in args.variants.split(",") if v]
@@ -553,7 +558,7 @@ def main(argv=None) -> int:
             (t, w)
             for t in tasks
             for v in variants
-            if v != "plain"
+            if v != "plain" and not args.summarize
             for w in SOURCES.get(v, SOURCES["related"])
         ]
         futs = {
@@ -573,7 +578,7 @@ def main(argv=None) -> int:
                 for v in variants:
                     if v == "ax" and seed >= args.ax_seeds:
                         continue
-                    if (t, v, seed) in have:
+                    if (t, v, seed) in have or args.summarize:
                         continue
                     srcs = (
                         [stored[(t, w)] for w in SOURCES.get(v, SOURCES["related"])]
@@ -600,7 +605,13 @@ def main(argv=None) -> int:
             )
     log.close()
     runs = [
-        r for r in done if "variant" in r and r["task"] in tasks and len(r["best"]) == args.budget
+        r
+        for r in done
+        if "variant" in r
+        and r["task"] in tasks
+        and r["variant"] in variants
+        and r["seed"] < (args.ax_seeds if r["variant"] == "ax" else args.seeds)
+        and len(r["best"]) == args.budget
     ]
     sources = {f"{r['task']}:{r['which']}": r["best"] for r in done if "which" in r}
     summary = summarize(runs, args.budget, sources)
