@@ -41,6 +41,7 @@ class RequestLimits:
     max_spec_bytes: int = 1 << 20  # JSON bytes of a whole spec
     max_metrics_per_trial: int = 256  # metrics reported with one trial
     max_rungs: int = 20  # budgets of a fidelity's ladder (max / eta^k down to min)
+    max_transfer_sources: int = 8  # source studies one study transfers from
 
     @classmethod
     def flags(cls) -> list[tuple[str, int, str]]:
@@ -57,6 +58,7 @@ class RequestLimits:
             "max_spec_bytes": "JSON bytes of a whole study spec",
             "max_metrics_per_trial": "metrics reported with one trial",
             "max_rungs": "rungs of a fidelity's budget ladder (max / eta^k down to min)",
+            "max_transfer_sources": "source studies one study transfers from (named or auto)",
         }
         return [(f.name, int(f.default), helps[f.name]) for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
 
@@ -160,6 +162,21 @@ class RequestLimits:
         llm = d.get("llm") or {}
         if isinstance(llm, Mapping):
             self._name(f"{field}.llm.model", llm.get("model"))
+        transfer = d.get("transfer") or {}
+        if isinstance(transfer, Mapping):
+            sources = transfer.get("sources")
+            self._count(
+                f"{field}.transfer.sources", sources, "max_transfer_sources", "source studies"
+            )
+            for i, name in enumerate(sources if isinstance(sources, (list, tuple)) else []):
+                self._name(f"{field}.transfer.sources[{i}]", name)
+            n = transfer.get("max_sources")
+            if isinstance(n, int) and not isinstance(n, bool) and n > self.max_transfer_sources:
+                raise LimitExceeded(
+                    f"{field}.transfer.max_sources",
+                    f"{n} sources asked for, at most {self.max_transfer_sources} allowed",
+                    "max_transfer_sources",
+                )
         self._check_fidelity(d, field)
 
     def _check_fidelity(self, d: Mapping[str, Any], field: str) -> None:

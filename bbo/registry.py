@@ -26,6 +26,7 @@ from bbo.spec import AlgorithmOptions, StudySpec
 from bbo.stopping import MedianRule
 from bbo.storage import LlmCallRecord, Storage, StudyRecord
 from bbo.study import Study
+from bbo.transfer import resolve_sources, source_refs
 
 log = logging.getLogger("bbo.registry")
 
@@ -163,7 +164,15 @@ class StudyRegistry:
             seed = int.from_bytes(os.urandom(4), "little")
         created = False
         for _ in range(3):  # a concurrent delete of the name can make both steps miss
-            rec = self._insert(tenant, name, spec_dict, seed)
+            transfer = None
+            if spec.transfer.enabled:
+                # sources are resolved (by name, in this tenant only) only for a study that does
+                # not exist yet: reattaching never depends on the sources still being there
+                rec = self.storage.get_study(tenant, name)
+                if rec is not None:
+                    break
+                transfer = resolve_sources(self.storage, tenant, name, spec)
+            rec = self._insert(tenant, name, spec_dict, seed, transfer)
             if rec is not None:
                 created = True
                 break
@@ -181,12 +190,27 @@ class StudyRegistry:
                 self.config.llm is not None
             ):  # warm-start and priors calls start now, in the background
                 self.config.llm.prefetch(st.spec, study_key=st.llm_key, record=st.log_llm_call)
+            if rec.transfer is not None:
+                log.info(
+                    "transfer sources",
+                    extra={
+                        "study": name,
+                        "sources": [
+                            (r.name, r.uid, r.relatedness) for r in source_refs(rec.transfer)
+                        ],
+                    },
+                )
         return st, created
 
-    def _insert(self, tenant, name, spec_dict, seed) -> Optional[StudyRecord]:
+    def _insert(self, tenant, name, spec_dict, seed, transfer=None) -> Optional[StudyRecord]:
         try:
             return self.storage.create_study(
-                tenant, name, spec_dict, seed, max_studies=self.config.max_studies
+                tenant,
+                name,
+                spec_dict,
+                seed,
+                max_studies=self.config.max_studies,
+                transfer=transfer,
             )
         except LimitError as e:
             raise LimitError(f"{e.message} (--max-studies)") from None

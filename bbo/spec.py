@@ -7,7 +7,8 @@ and the gRPC layer translates to and from protobuf.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping, Optional
 
 from bbo.errors import SpecError
@@ -104,6 +105,30 @@ class LlmOptions:
     model: str = ""  # empty = the server's default
 
 
+MAX_TRANSFER_SOURCES = 64  # sources one study may use (bbo serve --max-transfer-sources: 8)
+
+
+@dataclass(frozen=True)
+class TransferOptions:
+    """Transfer from earlier studies of the same tenant (:mod:`bbo.transfer`).
+
+    ``sources``: study names, resolved to their uids when the study is created. ``auto``: bbo also
+    ranks the tenant's stored studies by relatedness and adds the best, up to ``max_sources`` in
+    all (0 = the default, 3)."""
+
+    sources: tuple[str, ...] = ()
+    auto: bool = False
+    max_sources: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.sources) or self.auto
+
+    @property
+    def limit(self) -> int:
+        return self.max_sources or 3
+
+
 @dataclass(frozen=True)
 class Fidelity:
     """What a trial's budget counts (epochs, a data fraction, solver iterations, simulated hours)
@@ -143,10 +168,15 @@ class StudySpec:
     llm: LlmOptions = field(default_factory=LlmOptions)
     fidelity: Fidelity | None = None
     pruning: Pruning = field(default_factory=Pruning)
+    transfer: TransferOptions = field(default_factory=TransferOptions)
 
     def __post_init__(self):
         for attr in ("objectives", "outcome_constraints", "tracked_metrics", "priors"):
             object.__setattr__(self, attr, tuple(getattr(self, attr)))
+        if isinstance(self.transfer.sources, (list, tuple)):
+            object.__setattr__(
+                self, "transfer", replace(self.transfer, sources=tuple(self.transfer.sources))
+            )
         if not self.objectives:
             raise SpecError("objectives", "a study needs at least one objective")
         names: set[str] = set()
@@ -181,6 +211,7 @@ class StudySpec:
                 raise SpecError(f"tracked_metrics[{i}]", "metric name must not be empty")
         _check_algorithm(self.algorithm, {o.name for o in self.objectives})
         _check_llm(self.llm)
+        _check_transfer(self.transfer)
         if not isinstance(self.description, str):
             raise SpecError("description", "must be a string")
         by_name = self.space.by_name
@@ -285,6 +316,11 @@ class StudySpec:
             # only where set: a study without them stores the JSON it always did
             **({"fidelity": asdict(self.fidelity)} if self.fidelity is not None else {}),
             **({"pruning": asdict(self.pruning)} if self.pruning != Pruning() else {}),
+            "transfer": {
+                "sources": list(self.transfer.sources),
+                "auto": self.transfer.auto,
+                "max_sources": self.transfer.max_sources,
+            },
         }
 
     @classmethod
@@ -309,6 +345,7 @@ class StudySpec:
                 llm=LlmOptions(**d.get("llm", {})),
                 fidelity=Fidelity(**d["fidelity"]) if d.get("fidelity") is not None else None,
                 pruning=Pruning(**(d.get("pruning") or {})),
+                transfer=TransferOptions(**d.get("transfer", {})),
             )
         except TypeError as e:
             raise SpecError("spec", f"unexpected field: {e}") from None
@@ -452,3 +489,37 @@ def _check_fidelity(spec: StudySpec) -> None:
         )
     if p.promote and spec.pruning_policy not in (ASHA, HYPERBAND):
         raise SpecError("pruning.promote", "promotion needs the policy asha or hyperband")
+_SOURCE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+
+
+def _check_transfer(t: TransferOptions) -> None:
+    if not isinstance(t.sources, tuple):
+        raise SpecError("transfer.sources", "must be a list of study names")
+    seen: set[str] = set()
+    for i, name in enumerate(t.sources):
+        if not isinstance(name, str) or not _SOURCE_NAME.match(name):
+            raise SpecError(
+                f"transfer.sources[{i}]",
+                f"{str(name)[:140]!r} is not a study name (1-128 letters, digits, '_', '-', '.')",
+            )
+        if name in seen:
+            raise SpecError(f"transfer.sources[{i}]", f"study '{name}' is named twice")
+        seen.add(name)
+    if not isinstance(t.auto, bool):
+        raise SpecError("transfer.auto", "must be true or false")
+    _int(
+        t.max_sources,
+        "transfer.max_sources",
+        0,
+        MAX_TRANSFER_SOURCES,
+        f"an integer from 0 (the default, 3) to {MAX_TRANSFER_SOURCES}",
+    )
+    if len(t.sources) > MAX_TRANSFER_SOURCES:
+        raise SpecError(
+            "transfer.sources", f"{len(t.sources)} sources, at most {MAX_TRANSFER_SOURCES}"
+        )
+    if t.max_sources and len(t.sources) > t.max_sources:
+        raise SpecError(
+            "transfer.max_sources",
+            f"{len(t.sources)} sources are named but max_sources is {t.max_sources}: raise it",
+        )

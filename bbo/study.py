@@ -37,7 +37,8 @@ from bbo.storage import (
     StoredRequest,
     StudyRecord,
 )
-from bbo.strategy.base import Recommends, SharesModelState, Strategy
+from bbo.strategy.base import Recommends, SharesModelState, Strategy, UsesSources
+from bbo.transfer import SourceData, source_refs
 from bbo.trial import Metric, Origin, StudyState, Trial, TrialState, check_metrics
 
 if TYPE_CHECKING:
@@ -81,6 +82,11 @@ class StudyInfo:
     trial_count: int
     completed_count: int
     uid: str = ""
+    transfer: Optional[dict] = None  # the transfer record (bbo.transfer), None without transfer
+
+
+def _json_key(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
 
 
 def _request_hash(obj: Any) -> str:
@@ -155,6 +161,7 @@ class Study:
         self._trials_lock = threading.Lock()
         self._fit_slots = fit_slots
         self._model_cache = model_cache
+        self._sources: dict[str, tuple[int, SourceData]] = {}  # uid -> (completed, data)
 
     # ---- identity -------------------------------------------------------------------------------
     @property
@@ -210,6 +217,7 @@ class Study:
             sum(counts.values()),
             counts.get(TrialState.COMPLETED.value, 0),
             self.uid,
+            rec.transfer,
         )
 
     def _stored(self) -> StudyRecord:
@@ -254,14 +262,19 @@ class Study:
                     trials = self._all_trials()
             curves, continuations = self._fidelity_plan(trials, count, plan)
             n_new = count - len(continuations)
+            sources = self._transfer_sources()
 
             def compute():
                 token = self._model_cache.pull(self.uid, self.strategy)
+                if sources is not None and isinstance(self.strategy, UsesSources):
+                    self.strategy.set_sources(sources)
                 sugg = self._suggest(trials, n_new, plan) if n_new else ([], "")
                 return sugg, self._status(trials), token
 
             (suggestions, note), status, token = self._fit_slots.run(compute, self.tenant)
             status_note = self._set_state(*status) if status else ""
+            if sources is not None:
+                self._record_transfer(sources)
             places = self._placements(trials, curves, suggestions)
             new = [
                 NewTrial(
@@ -343,6 +356,55 @@ class Study:
                 ):
                     continue
                 self._trials[t.id] = t
+
+    def _transfer_sources(self) -> Optional[list[SourceData]]:
+        """The live sources' data (None without transfer), read through storage and never written:
+        a source is looked up by the uid it had when this study was created, so a deleted one (or
+        one deleted and re-created under its name) is left out; its trials are re-read only when
+        its number of completed trials changed."""
+        refs = source_refs(self.record.transfer)
+        if not self.spec.transfer.enabled:
+            return None
+        out = []
+        for ref in refs:
+            try:
+                rec = self.storage.get_study_by_uid(ref.uid)
+                if rec is None or rec.tenant != self.tenant:
+                    continue
+                done = self.storage.trial_counts(ref.uid).get(TrialState.COMPLETED.value, 0)
+                hit = self._sources.get(ref.uid)
+                if hit is None or hit[0] != done:
+                    trials = self.storage.list_trials(ref.uid, [TrialState.COMPLETED])
+                    hit = (
+                        done,
+                        SourceData(ref.uid, rec.name, StudySpec.from_dict(rec.spec), trials),
+                    )
+                    self._sources[ref.uid] = hit
+                out.append(hit[1])
+            except (NotFoundError, SpecError):  # deleted meanwhile, or a spec this cannot read
+                continue
+        live = {s.uid for s in out}
+        self._sources = {k: v for k, v in self._sources.items() if k in live}
+        return out
+
+    def _record_transfer(self, sources: list[SourceData]) -> None:
+        """Store the weights the strategy gave the sources, and which sources are gone, where they
+        changed (one write of this study's row; the sources' rows are never written)."""
+        rec = self.record.transfer
+        if not rec:
+            return
+        report = None
+        if isinstance(self.strategy, UsesSources):
+            report = self.strategy.transfer_report()
+        live = {s.uid for s in sources}
+        new = dict(rec)
+        new["deleted"] = sorted(r.uid for r in source_refs(rec) if r.uid not in live)
+        if report is not None:
+            new["weights"] = report
+        if _json_key(new) == _json_key(rec):
+            return
+        self.storage.set_study_transfer(self.uid, new)
+        self.record = dataclasses.replace(self.record, transfer=new)
 
     def _llm_plan(self, trials: list[Trial], count: int) -> dict[str, Any]:
         """What the LLM module adds to this ask (warm start, proposals, priors); {} without one.

@@ -349,7 +349,7 @@ class Surrogate:
                     cont_kernel_factory=kernel,
                     likelihood=lik,
                     input_transform=intf,
-                    outcome_transform=Standardize(self.m),
+                    outcome_transform=self._outcome_transform(),
                 )
             else:
                 covar = ScaleKernel(
@@ -362,9 +362,13 @@ class Surrogate:
                     likelihood=lik,
                     covar_module=covar,
                     input_transform=Normalize(d, bounds=self._bounds),
-                    outcome_transform=Standardize(self.m),
+                    outcome_transform=self._outcome_transform(),
                 )
         return model.to(**p.tkwargs)
+
+    def _outcome_transform(self):
+        """The models' outcome transform (a subclass adds a prior mean: :mod:`bbo.transfer_model`)."""
+        return Standardize(self.m)
 
     def _condition(self, X, Y, Yvar, hyper):
         model = self._build(X, Y, Yvar)

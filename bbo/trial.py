@@ -44,8 +44,15 @@ class Origin(str, enum.Enum):
     )
     LLM_WARMSTART = "llm_warmstart"
     LLM_PROPOSAL = "llm_proposal"
+    TRANSFER_WARMSTART = "transfer_warmstart"  # a source study's best point (bbo.transfer)
+    TRANSFER_BO = "transfer_bo"  # an acquisition step on the model stacked on source studies
     USER = "user"
     FALLBACK = "fallback"
+
+
+# design points that come from advice (an LLM's or a source study's best point): the warm-start gate
+# and the design-shortening rule of bbo.strategy.initial_design treat them alike
+WARMSTART_ORIGINS = (Origin.LLM_WARMSTART.value, Origin.TRANSFER_WARMSTART.value)
 
 
 @dataclass(frozen=True)

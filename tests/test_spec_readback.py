@@ -99,6 +99,10 @@ def extreme_specs(draw):
         p.policy = draw(st.sampled_from(list(pb.PruningPolicy.values())))
         p.eta = draw(st.sampled_from([0.0, 2.0, 100.0, 1e300, math.nan]))
         p.promote = draw(st.booleans())
+    if draw(st.integers(0, 3)) == 0:  # transfer: auto over this server's studies, odd bounds
+        spec.transfer.auto = True
+        spec.transfer.max_sources = draw(st.sampled_from([0, 1, 8, 9, 64, 2**31 - 1, -1]))
+        spec.transfer.sources.extend(draw(st.sampled_from([[], [""], ["a b"], ["x"] * 2])))
     if draw(st.booleans()):
         pr = spec.priors.add(parameter="p0", confidence=draw(st.sampled_from([0.0, 0.5, 1.0, 2.0])))
         kind = spec.parameters[0].WhichOneof("kind")
@@ -194,6 +198,7 @@ def test_cli_reads_back_extreme_studies(tmp_path, capsys):
                 {"type": "fixed", "name": "k", "value": -(2**63)},
             ],
             "objectives": [{"name": "a"}, {"name": "b"}],
+            "transfer": {"auto": True, "max_sources": 8},
         },
     }
     storage = open_storage(db)

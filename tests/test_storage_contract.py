@@ -58,6 +58,22 @@ def test_studies_are_unique_per_tenant_with_random_uids(store):
     assert store.count_studies("t1") == 1 and store.count_studies("nobody") == 0
 
 
+def test_transfer_record_is_stored_with_the_study_and_replaced_on_its_row_only(store):
+    src = store.create_study("t", "src", SPEC, 1)
+    assert src.transfer is None
+    record = {"sources": [{"uid": src.uid, "name": "src", "relatedness": 0.9}], "weights": {}}
+    tgt = store.create_study("t", "tgt", SPEC, 2, transfer=record)
+    assert tgt.transfer == record and store.get_study("t", "tgt").transfer == record
+    later = {**record, "weights": {"by_metric": {"y": {src.uid: 0.7}}, "n": 4}, "deleted": []}
+    store.set_study_transfer(tgt.uid, later)
+    assert store.get_study_by_uid(tgt.uid).transfer == later
+    assert store.get_study_by_uid(src.uid) == src  # the source's row is untouched
+    assert [r.transfer for r in store.list_studies("t")] == [None, later]
+    assert store.delete_study(tgt.uid)
+    with pytest.raises(StudyNotFound):
+        store.set_study_transfer(tgt.uid, record)
+
+
 def test_the_study_limit_holds_under_concurrent_creates(store):
     outcomes: list[str] = []
 
@@ -274,6 +290,7 @@ def test_every_call_on_a_deleted_study_finds_nothing_and_writes_nothing(store):
         lambda: store.log_llm_call(gone, LlmCallRecord("priors", "m", "secret", "r", "ok")),
         lambda: store.list_llm_calls(gone),
         lambda: store.set_study_state(gone, "LIKELY_INFEASIBLE", "a reason"),
+        lambda: store.set_study_transfer(gone, {"sources": []}),
         lambda: store.put_model_state(gone, 5, 1, b"x", "r"),
         lambda: store.expire_leases(gone, time.time()),
         lambda: store.lookup_request(gone, "tell", "r"),

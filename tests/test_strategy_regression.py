@@ -287,8 +287,14 @@ def test_the_fixture_covers_every_kind_of_step():
         for step in steps
         for s in step["suggestions"]
     }
-    # a proposal wins only where the optimizer misses: tests/test_bo.py cripples it for that
-    assert {o.value for o in Origin} - origins == {Origin.USER.value, Origin.LLM_PROPOSAL.value}
+    # a proposal wins only where the optimizer misses: tests/test_bo.py cripples it for that;
+    # transfer steps need source studies: tests/test_transfer.py drives them
+    assert {o.value for o in Origin} - origins == {
+        Origin.USER.value,
+        Origin.LLM_PROPOSAL.value,
+        Origin.TRANSFER_WARMSTART.value,
+        Origin.TRANSFER_BO.value,
+    }
     states = {step["status"][0] for steps in _expected()["cases"].values() for step in steps}
     assert states == {"ACTIVE", "LIKELY_INFEASIBLE"}
     assert set(_expected()["cases"]) == {c.name for c in cases()}

@@ -40,6 +40,9 @@ class StudyRecord:
     state_reason: str
     trial_counter: int
     created_at: float
+    # the study's transfer record (bbo.transfer): its sources, fixed at creation, and their latest
+    # weights; None without transfer
+    transfer: Optional[dict] = None
 
 
 @dataclass
@@ -165,11 +168,19 @@ class Storage(abc.ABC):
     # ---- studies --------------------------------------------------------------------------------
     @abc.abstractmethod
     def create_study(
-        self, tenant: str, name: str, spec: dict, seed: int, *, max_studies: int = 0
+        self,
+        tenant: str,
+        name: str,
+        spec: dict,
+        seed: int,
+        *,
+        max_studies: int = 0,
+        transfer: Optional[dict] = None,
     ) -> Optional[StudyRecord]:
         """Insert a study with a fresh uid; None when the tenant already has one of that name.
         With ``max_studies`` > 0 the tenant's count is checked in the same transaction (raises
-        :class:`bbo.errors.LimitError`): concurrent creates never overshoot the limit."""
+        :class:`bbo.errors.LimitError`): concurrent creates never overshoot the limit.
+        ``transfer``: its transfer record (sources resolved at creation), stored with it."""
 
     @abc.abstractmethod
     def get_study(self, tenant: str, name: str) -> Optional[StudyRecord]: ...
@@ -193,6 +204,11 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def set_study_state(self, uid: str, state: str, reason: str) -> None: ...
+
+    @abc.abstractmethod
+    def set_study_transfer(self, uid: str, transfer: dict) -> None:
+        """Replace the study's transfer record (its sources' latest weights); StudyNotFound when
+        the study is gone. Only the study's own row is written: its sources are never touched."""
 
     @abc.abstractmethod
     def trial_counts(self, uid: str) -> dict[str, int]:

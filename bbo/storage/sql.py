@@ -113,6 +113,7 @@ def _study(row) -> StudyRecord:
         state_reason=row.state_reason,
         trial_counter=int(row.trial_counter),
         created_at=row.created_at,
+        transfer=dict(row.transfer) if row.transfer else None,
     )
 
 
@@ -232,7 +233,14 @@ class SqlStorage(Storage):
     # ---- studies --------------------------------------------------------------------------------
     @db_call
     def create_study(
-        self, tenant: str, name: str, spec: dict, seed: int, *, max_studies: int = 0
+        self,
+        tenant: str,
+        name: str,
+        spec: dict,
+        seed: int,
+        *,
+        max_studies: int = 0,
+        transfer: Optional[dict] = None,
     ) -> Optional[StudyRecord]:
         c = S.studies.c
         with self._write() as conn:
@@ -260,6 +268,7 @@ class SqlStorage(Storage):
                 trial_counter=0,
                 llm_counter=0,
                 created_at=time.time(),
+                transfer=transfer,
             )
             try:
                 with conn.begin_nested():
@@ -327,6 +336,15 @@ class SqlStorage(Storage):
                 S.studies.update()
                 .where(S.studies.c.uid == uid)
                 .values(state=state, state_reason=reason)
+            ).rowcount
+        if n == 0:
+            raise StudyNotFound("the study no longer exists (it was deleted)")
+
+    @db_call
+    def set_study_transfer(self, uid: str, transfer: dict) -> None:
+        with self._write() as conn:
+            n = conn.execute(
+                S.studies.update().where(S.studies.c.uid == uid).values(transfer=transfer)
             ).rowcount
         if n == 0:
             raise StudyNotFound("the study no longer exists (it was deleted)")

@@ -30,7 +30,14 @@ raises: a failing model or optimizer yields ``origin="fallback"`` points with ``
 With ``algorithm.seed`` set, the same trials give the same suggestions (on the CPU).
 """
 
-from bbo.strategy.base import AskInfo, SharesModelState, Strategy, StudyStatus, Suggestion
+from bbo.strategy.base import (
+    AskInfo,
+    SharesModelState,
+    Strategy,
+    StudyStatus,
+    Suggestion,
+    UsesSources,
+)
 from bbo.trial import StudyState
 
 
@@ -60,5 +67,6 @@ __all__ = [
     "StudyState",
     "StudyStatus",
     "Suggestion",
+    "UsesSources",
     "space_filling",
 ]

@@ -1,8 +1,9 @@
 """What a generation strategy hands back and the seams the service uses, as Protocols.
 
 The service (:mod:`bbo.study`) needs :class:`Strategy` (``suggest``, ``status``); replicas share
-a fitted model through :class:`SharesModelState` (:mod:`bbo.model_sharing`). A strategy
-that does not share state simply does not implement the second protocol.
+a fitted model through :class:`SharesModelState` (:mod:`bbo.model_sharing`); a strategy that
+transfers from other studies takes their data through :class:`UsesSources`. A strategy that does
+not share state or transfer simply does not implement those protocols.
 """
 
 from __future__ import annotations
@@ -102,4 +103,18 @@ class Recommends(Protocol):
     def recommend(self, trials: Sequence[Trial]) -> Recommendation | None:
         """The recommended trial among the completed ``trials``, or None where the best observed
         feasible trial is the answer. Cheap (no fit) and safe to call beside a running ask."""
+
+
+@runtime_checkable
+class UsesSources(Protocol):
+    """A strategy that learns from source studies (:mod:`bbo.transfer`): the service hands it the
+    sources' current data before each ask and reads back the weights it gave them."""
+
+    def set_sources(self, sources: Sequence) -> None:
+        """The study's live sources (:class:`bbo.transfer.SourceData`), best-related first."""
+        ...
+
+    def transfer_report(self) -> dict | None:
+        """``{"by_metric": {metric: {uid: w}}, "target": {metric: w}, "n": trials}`` of the last
+        ask that computed weights, or None before any."""
         ...

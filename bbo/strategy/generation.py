@@ -7,6 +7,7 @@ an exploitation step where one is due or an acquisition step, each falling back 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -28,7 +29,7 @@ from bbo.strategy.feasibility import Feasibility
 from bbo.strategy.initial_design import InitialDesign
 from bbo.strategy.recommendation import Recommender
 from bbo.surrogate import Surrogate
-from bbo.trial import Trial, TrialState
+from bbo.trial import Origin, Trial, TrialState
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,20 @@ class GenerationStrategy:
         self.ctx = Context.of(spec, seed, select_device(spec.algorithm.device))
         self.spec, self.seed, self.n_initial = spec, seed, self.ctx.n_initial
         self.priors = tuple(priors) if priors is not None else tuple(spec.priors)
-        self.surrogate = Surrogate(
-            spec.space, self.ctx.layout.m, spec.algorithm, self.ctx.placement
-        )
+        self.transfer = None  # bbo.transfer_model.Transfer when the spec names source studies
+        if spec.transfer.enabled:
+            from bbo.transfer_model import Transfer, TransferSurrogate, transfer_design_size
+
+            self.surrogate = TransferSurrogate(
+                spec.space, self.ctx.layout.m, spec.algorithm, self.ctx.placement
+            )
+            self.transfer = Transfer(self.ctx, self.surrogate)
+            short = dataclasses.replace(self.ctx, n_initial=transfer_design_size(self.ctx))
+            self.transfer_design = InitialDesign(short)
+        else:
+            self.surrogate = Surrogate(
+                spec.space, self.ctx.layout.m, spec.algorithm, self.ctx.placement
+            )
         self.design = InitialDesign(self.ctx)
         self.acquisition = AcquisitionStep(self.ctx)
         self.exploitation = Exploitation(self.ctx)
@@ -109,6 +121,17 @@ class GenerationStrategy:
             log.exception("recommendation failed; reporting the best observed trial")
             return None
 
+    def set_sources(self, sources: Sequence) -> None:
+        """The source studies' data for the next asks (see :mod:`bbo.transfer`)."""
+        if self.transfer is not None:
+            with self._lock:
+                self.transfer.set_sources(sources)
+
+    def transfer_report(self) -> dict | None:
+        """The weights the last BO ask gave the sources (None before any, or without transfer)."""
+        w = None if self.transfer is None else self.transfer.weights
+        return None if w is None else {"by_metric": w.by_metric, "target": w.target, "n": w.n}
+
     def export_state(self) -> tuple[int, dict] | None:
         """The surrogate's fitted state (see :meth:`Surrogate.export_state`), for replicas."""
         with self._lock:
@@ -122,7 +145,11 @@ class GenerationStrategy:
     # ---- generation ------------------------------------------------------------------------------
     def _suggest(self, ask: Ask, n: int, warmstart, proposals) -> list[Suggestion]:
         taken = self.ctx.points.encode_trials(ask.trials)  # every existing point, any state
-        out, taken = self.design.suggest(ask, n, warmstart, taken)
+        design = self.design
+        if self.transfer is not None and self.transfer.active:  # sources' best points open it
+            design = self.transfer_design
+            warmstart = [*self.transfer.warmstart(), *warmstart]
+        out, taken = design.suggest(ask, n, warmstart, taken)
         if len(out) < n:
             out.extend(self._bo(ask, n - len(out), out, taken, proposals))
         return out
@@ -140,6 +167,14 @@ class GenerationStrategy:
                 f"the model needs {MIN_MODEL_POINTS}"
             )
             return self.fallback.space_filling(trials, n, taken, why)
+        transfer_note = ""
+        if self.transfer is not None:
+            try:
+                transfer_note = self.transfer.prepare(data, ask.seed)
+            except Exception as e:  # noqa: BLE001 - the study goes on without its sources
+                log.info("transfer prior failed: %s", e, exc_info=True)
+                self.surrogate.prior = None
+                transfer_note = f"transfer prior failed ({type(e).__name__}): plain model"
         try:
             model, rows, info = self.surrogate.model(
                 data.X, data.Ym, data.Ymvar, data.score, seed=ask.seed
@@ -166,6 +201,10 @@ class GenerationStrategy:
             log.info("acquisition construction failed: %s", e)
             why = f"acquisition failed: {type(e).__name__}: {e}"
             return self.fallback.model_guided(model, trials, n, taken, why)
+        if transfer_note:
+            acq.note = f"{acq.note}; {transfer_note}" if acq.note else transfer_note
+            if self.transfer.carries_weight and acq.origin == Origin.BO.value:
+                acq.origin = Origin.TRANSFER_BO.value
         out: list[Suggestion] = []
         exploit = self.exploitation.due(trials, data)
         for i in range(n):

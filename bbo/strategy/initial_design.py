@@ -15,7 +15,7 @@ from bbo.priors import LogPrior, prior_mode
 from bbo.space import Value
 from bbo.strategy.base import Suggestion
 from bbo.strategy.context import Ask, Context
-from bbo.trial import Origin
+from bbo.trial import WARMSTART_ORIGINS, Origin
 
 SET_ASIDE = "warm-start candidates set aside: the ones measured are worse than the design's median"
 
@@ -63,7 +63,7 @@ class InitialDesign:
         if (
             len(trials) >= ctx.n_initial
             or short >= ctx.n_initial
-            or not (priors or any(t.origin == Origin.LLM_WARMSTART.value for t in trials))
+            or not (priors or any(t.origin in WARMSTART_ORIGINS for t in trials))
         ):
             return ctx.n_initial
         data = ask.data
@@ -71,7 +71,7 @@ class InitialDesign:
         if len(design) < short:
             return ctx.n_initial
         best = data.trials[design[int(np.argmax(data.score[design]))]]
-        advised = best.origin == Origin.LLM_WARMSTART.value
+        advised = best.origin in WARMSTART_ORIGINS
         if not advised and priors and not LogPrior(space, priors, ctx.placement).empty:
             guess = prior_mode(space, priors, center_encoded(space))
             advised = ctx.points.too_close(guess, ctx.points.encoding(best)[None])
@@ -112,7 +112,7 @@ class InitialDesign:
         space, trials = self.ctx.spec.space, ask.trials
         out: list[Suggestion] = []
         n_initial_used = sum(1 for t in trials if t.origin == Origin.INITIAL.value)
-        warm_used = sum(1 for t in trials if t.origin == Origin.LLM_WARMSTART.value)
+        warm_used = sum(1 for t in trials if t.origin in WARMSTART_ORIGINS)
         note, agrees = "", None  # the gate looks at completed trials only: one verdict per call
         for k in range(n_design):
             if warm and (warm_used == 0 or len(trials) + k >= size - len(warm)):
@@ -143,7 +143,7 @@ class InitialDesign:
         completed design trial (True while none is completed: no evidence against them yet)."""
         data = ask.data
         design = data.design_rows()
-        warm = [i for i in design if data.trials[i].origin == Origin.LLM_WARMSTART.value]
+        warm = [i for i in design if data.trials[i].origin in WARMSTART_ORIGINS]
         if not warm or len(design) < 2:
             return True
         return bool(np.median(data.score[warm]) >= np.median(data.score[design]))

@@ -16,7 +16,7 @@ import numpy as np
 from bbo.acquisition import Layout
 from bbo.space import SearchSpace, Value
 from bbo.strategy.noise import NoiseEstimate
-from bbo.trial import Origin, Trial, TrialState
+from bbo.trial import WARMSTART_ORIGINS, Origin, Trial, TrialState
 from bbo.warping import OutcomeWarp
 
 # scaled encoded distance under which two points count as the same point (local model steps
@@ -83,7 +83,7 @@ class TrainingData:
 
     def design_rows(self) -> list[int]:
         """Rows that are initial-design trials (Sobol / centre / prior guess, or warm start)."""
-        design = (Origin.INITIAL.value, Origin.LLM_WARMSTART.value)
+        design = (Origin.INITIAL.value, *WARMSTART_ORIGINS)
         return [i for i, t in enumerate(self.trials) if t.origin in design]
 
 

@@ -22,6 +22,7 @@ from bbo.spec import (
 )
 from bbo.storage import LlmCallRecord
 from bbo.study import Study, StudyInfo
+from bbo.transfer import source_refs
 from bbo.trial import Metric, StudyState, Trial, TrialState
 from bbo_client.v1 import service_pb2 as svc
 from bbo_client.v1 import study_pb2 as pb
@@ -218,6 +219,11 @@ def spec_dict_from_pb(s: pb.StudySpec) -> dict[str, Any]:
             "model": s.llm.model,
         },
         **_budgets_from_pb(s),
+        "transfer": {
+            "sources": list(s.transfer.sources),
+            "auto": s.transfer.auto,
+            "max_sources": s.transfer.max_sources,
+        },
     }
 
 
@@ -330,6 +336,10 @@ def spec_to_pb(spec: StudySpec) -> pb.StudySpec:
                 promote=spec.pruning.promote,
             )
         )
+    t = spec.transfer
+    out.transfer.CopyFrom(
+        pb.TransferOptions(sources=list(t.sources), auto=t.auto, max_sources=t.max_sources)
+    )
     return out
 
 
@@ -371,7 +381,31 @@ def study_to_pb(info: StudyInfo) -> pb.Study:
         trial_count=info.trial_count,
         completed_count=info.completed_count,
         uid=info.uid,
+        transfer=transfer_to_pb(info.transfer) if info.transfer else None,
     )
+
+
+def transfer_to_pb(record: Mapping[str, Any]) -> pb.TransferInfo:
+    """A study's stored transfer record (:func:`bbo.transfer.resolve_sources`, weights from asks)."""
+    weights = record.get("weights") or {}
+    by_metric = weights.get("by_metric") or {}
+    deleted = set(record.get("deleted") or ())
+    out = pb.TransferInfo(
+        target_weights={k: float(v) for k, v in (weights.get("target") or {}).items()},
+        weights_at_trials=int(weights.get("n") or 0),
+        note=str(record.get("note") or ""),
+    )
+    for ref in source_refs(record):
+        out.sources.add(
+            name=ref.name,
+            uid=ref.uid,
+            relatedness=float(ref.relatedness),
+            why=ref.why,
+            named=bool(ref.explicit),
+            state="deleted" if ref.uid in deleted else "used",
+            weights={m: float(w[ref.uid]) for m, w in by_metric.items() if ref.uid in w},
+        )
+    return out
 
 
 def llm_call_to_pb(c: LlmCallRecord) -> svc.LlmCall:

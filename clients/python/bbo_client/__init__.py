@@ -48,6 +48,9 @@ from bbo_client.model import (
     StopAdvice,
     StudyInfo,
     TellResult,
+    Transfer,
+    TransferInfo,
+    TransferSource,
     Trial,
 )
 from bbo_client.client import TrialContext
@@ -85,6 +88,9 @@ __all__ = [
     "StopAdvice",
     "StudyInfo",
     "TellResult",
+    "Transfer",
+    "TransferInfo",
+    "TransferSource",
     "Trial",
     "TrialContext",
 ]

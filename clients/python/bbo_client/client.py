@@ -38,6 +38,7 @@ from bbo_client.model import (
     StopAdvice,
     StudyInfo,
     TellResult,
+    Transfer,
     Trial,
     _time,
     _value_pb,
@@ -203,12 +204,15 @@ class Client:
         exploit_gap: int = 0,
         fidelity: Fidelity | None = None,
         pruning: Pruning | None = None,
+        transfer: Optional[Transfer] = None,
     ) -> "StudyHandle":
         """Create a study, or reattach to it if one of that name exists with the same spec.
 
         ``objectives``: a metric name (minimized), an :class:`Objective`, or a list of them.
         ``fidelity``: budgets (epochs, a data fraction...) for multi-fidelity optimization;
         ``pruning``: how trials are stopped early (see :class:`Pruning`).
+        ``transfer``: learn from earlier studies (:class:`Transfer`); a named source that is not a
+        study of this tenant raises :class:`NotFound`.
         Raises :class:`AlreadyExists` when the name is taken by a different spec.
         """
         if isinstance(objectives, (str, Objective)):
@@ -242,6 +246,8 @@ class Client:
             spec.fidelity.CopyFrom(fidelity.to_pb())
         if pruning is not None:
             spec.pruning.CopyFrom(pruning.to_pb())
+        if transfer is not None:
+            spec.transfer.CopyFrom(transfer.to_pb())
         resp = self._call("CreateStudy", svc.CreateStudyRequest(name=name, spec=spec))
         h = StudyHandle(self, resp.study.name)
         h.created = resp.created

@@ -283,6 +283,56 @@ class Pruning:
                 field="pruning.policy",
             )
         return pb.Pruning(policy=_POLICIES[self.policy], eta=float(self.eta), promote=self.promote)
+@dataclass(frozen=True)
+class Transfer:
+    """Learn from earlier studies of the same tenant: ``sources`` by name, and with ``auto=True``
+    the most related stored studies too (``max_sources`` in all; 0 = 3)."""
+
+    sources: Sequence[str] = ()
+    auto: bool = False
+    max_sources: int = 0
+
+    def to_pb(self) -> pb.TransferOptions:
+        return pb.TransferOptions(
+            sources=list(self.sources), auto=self.auto, max_sources=self.max_sources
+        )
+
+
+@dataclass(frozen=True)
+class TransferSource:
+    """A source study and the weight the study's model gave it (per metric, at the last ask)."""
+
+    name: str
+    uid: str
+    relatedness: float
+    why: str
+    named: bool  # named in the spec (else picked by ``auto``)
+    state: str  # "used" or "deleted"
+    weights: dict[str, float]
+
+
+@dataclass(frozen=True)
+class TransferInfo:
+    """Which studies a study transfers from, and their weights."""
+
+    sources: list[TransferSource]
+    target_weights: dict[str, float]  # the study's own model's share, per metric
+    weights_at_trials: int  # completed trials when the weights were computed (0: not yet)
+    note: str = ""
+
+    @classmethod
+    def from_pb(cls, t: pb.TransferInfo) -> "TransferInfo":
+        return cls(
+            sources=[
+                TransferSource(
+                    s.name, s.uid, s.relatedness, s.why, s.named, s.state, dict(s.weights)
+                )
+                for s in t.sources
+            ],
+            target_weights=dict(t.target_weights),
+            weights_at_trials=t.weights_at_trials,
+            note=t.note,
+        )
 
 
 # ---- trials and studies -------------------------------------------------------------------------
@@ -384,6 +434,7 @@ class StudyInfo:
     spec: Any = None  # the bbo.v1.StudySpec message, for everything else
     uid: str = ""  # this incarnation: a study deleted and created again under the name has another
     fidelity: Fidelity | None = None
+    transfer: Optional[TransferInfo] = None  # sources and their weights, for a transfer study
 
     @classmethod
     def from_pb(cls, s) -> "StudyInfo":
@@ -414,6 +465,7 @@ class StudyInfo:
             )
             if sp.HasField("fidelity")
             else None,
+            transfer=TransferInfo.from_pb(s.transfer) if s.HasField("transfer") else None,
         )
 
 

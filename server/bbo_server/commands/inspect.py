@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from bbo_server.cli import add_connection_args, connect
@@ -61,6 +62,45 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def transfer_dict(info) -> dict | None:
+    """A study's transfer sources and weights, as JSON (None without transfer)."""
+    t = info.transfer
+    if t is None:
+        return None
+    return {
+        "sources": [dataclasses.asdict(s) for s in t.sources],
+        "target_weights": t.target_weights,
+        "weights_at_trials": t.weights_at_trials,
+        "note": t.note,
+    }
+
+
+def transfer_lines(info) -> list[str]:
+    """Which studies ``info``'s study transfers from and the weights its model gives them."""
+    t = info.transfer
+    if t is None:
+        return []
+    first = info.objectives[0].name if info.objectives else ""
+    when = (
+        f"weights on {first} at {t.weights_at_trials} completed trials"
+        if t.weights_at_trials
+        else "no weights yet (the initial design runs first)"
+    )
+    lines = [f"transfer from {len(t.sources)} source study(ies), {when}:"]
+    for s in t.sources:
+        w = s.weights.get(first)
+        lines.append(
+            f"  {s.name}  weight {'-' if w is None else f'{w:.2f}'}  "
+            f"relatedness {s.relatedness:.2f}  {'named' if s.named else 'auto'}"
+            f"{'  DELETED' if s.state == 'deleted' else ''}  ({s.why})"
+        )
+    if t.weights_at_trials and first in t.target_weights:
+        lines.append(f"  (this study's own model: weight {t.target_weights[first]:.2f})")
+    if t.note:
+        lines.append(f"  {t.note}")
+    return lines
+
+
 def studies(args) -> int:
     with connect(args) as c:
         ss = c.list_studies()
@@ -75,10 +115,12 @@ def studies(args) -> int:
                         "completed": s.completed_count,
                         "objectives": [f"{o.goal} {o.name}" for o in s.objectives],
                         "created": s.created.isoformat() if s.created else None,
+                        "transfer": transfer_dict(s),
                     }
                 )
             )
         return 0
+    any_transfer = any(s.transfer is not None for s in ss)
     rows = [
         [
             s.name,
@@ -88,19 +130,24 @@ def studies(args) -> int:
             ", ".join(f"{o.goal} {o.name}" for o in s.objectives),
             s.created.strftime("%Y-%m-%d %H:%M:%S") if s.created else "",
         ]
+        + (
+            [", ".join(x.name for x in s.transfer.sources) if s.transfer else ""]
+            if any_transfer
+            else []
+        )
         for s in ss
     ]
+    header = ["STUDY", "STATE", "TRIALS", "COMPLETED", "OBJECTIVES", "CREATED (UTC)"]
     print(
-        table(rows, ["STUDY", "STATE", "TRIALS", "COMPLETED", "OBJECTIVES", "CREATED (UTC)"])
-        if rows
-        else "no studies"
+        table(rows, header + (["TRANSFER FROM"] if any_transfer else [])) if rows else "no studies"
     )
     return 0
 
 
 def trials(args) -> int:
     with connect(args) as c:
-        ts = c.study(args.study).trials(args.state)
+        h = c.study(args.study)
+        ts = h.trials(args.state)
     if args.json:
         for t in ts:
             print(json.dumps(trial_dict(t)))
@@ -114,6 +161,8 @@ def trials(args) -> int:
         + [t.reason[:60]]
         for t in ts
     ]
+    for line in transfer_lines(h.info(cached=True)):
+        print(line)
     print(
         table(rows, ["ID", "STATE", "ORIGIN", *pnames, *mnames, "REASON"]) if rows else "no trials"
     )

@@ -251,8 +251,18 @@ class Pruning(_message.Message):
     promote: bool
     def __init__(self, policy: _Optional[_Union[PruningPolicy, str]] = ..., eta: _Optional[float] = ..., promote: _Optional[bool] = ...) -> None: ...
 
+class TransferOptions(_message.Message):
+    __slots__ = ("sources", "auto", "max_sources")
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    AUTO_FIELD_NUMBER: _ClassVar[int]
+    MAX_SOURCES_FIELD_NUMBER: _ClassVar[int]
+    sources: _containers.RepeatedScalarFieldContainer[str]
+    auto: bool
+    max_sources: int
+    def __init__(self, sources: _Optional[_Iterable[str]] = ..., auto: _Optional[bool] = ..., max_sources: _Optional[int] = ...) -> None: ...
+
 class StudySpec(_message.Message):
-    __slots__ = ("parameters", "parameter_constraints", "objectives", "outcome_constraints", "tracked_metrics", "algorithm", "description", "priors", "llm", "fidelity", "pruning")
+    __slots__ = ("parameters", "parameter_constraints", "objectives", "outcome_constraints", "tracked_metrics", "algorithm", "description", "priors", "llm", "fidelity", "pruning", "transfer")
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     PARAMETER_CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
     OBJECTIVES_FIELD_NUMBER: _ClassVar[int]
@@ -264,6 +274,7 @@ class StudySpec(_message.Message):
     LLM_FIELD_NUMBER: _ClassVar[int]
     FIDELITY_FIELD_NUMBER: _ClassVar[int]
     PRUNING_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_FIELD_NUMBER: _ClassVar[int]
     parameters: _containers.RepeatedCompositeFieldContainer[ParameterSpec]
     parameter_constraints: _containers.RepeatedCompositeFieldContainer[LinearConstraint]
     objectives: _containers.RepeatedCompositeFieldContainer[Objective]
@@ -275,10 +286,55 @@ class StudySpec(_message.Message):
     llm: LlmOptions
     fidelity: Fidelity
     pruning: Pruning
-    def __init__(self, parameters: _Optional[_Iterable[_Union[ParameterSpec, _Mapping]]] = ..., parameter_constraints: _Optional[_Iterable[_Union[LinearConstraint, _Mapping]]] = ..., objectives: _Optional[_Iterable[_Union[Objective, _Mapping]]] = ..., outcome_constraints: _Optional[_Iterable[_Union[OutcomeConstraint, _Mapping]]] = ..., tracked_metrics: _Optional[_Iterable[str]] = ..., algorithm: _Optional[_Union[AlgorithmOptions, _Mapping]] = ..., description: _Optional[str] = ..., priors: _Optional[_Iterable[_Union[ParameterPrior, _Mapping]]] = ..., llm: _Optional[_Union[LlmOptions, _Mapping]] = ..., fidelity: _Optional[_Union[Fidelity, _Mapping]] = ..., pruning: _Optional[_Union[Pruning, _Mapping]] = ...) -> None: ...
+    transfer: TransferOptions
+    def __init__(self, parameters: _Optional[_Iterable[_Union[ParameterSpec, _Mapping]]] = ..., parameter_constraints: _Optional[_Iterable[_Union[LinearConstraint, _Mapping]]] = ..., objectives: _Optional[_Iterable[_Union[Objective, _Mapping]]] = ..., outcome_constraints: _Optional[_Iterable[_Union[OutcomeConstraint, _Mapping]]] = ..., tracked_metrics: _Optional[_Iterable[str]] = ..., algorithm: _Optional[_Union[AlgorithmOptions, _Mapping]] = ..., description: _Optional[str] = ..., priors: _Optional[_Iterable[_Union[ParameterPrior, _Mapping]]] = ..., llm: _Optional[_Union[LlmOptions, _Mapping]] = ..., fidelity: _Optional[_Union[Fidelity, _Mapping]] = ..., pruning: _Optional[_Union[Pruning, _Mapping]] = ..., transfer: _Optional[_Union[TransferOptions, _Mapping]] = ...) -> None: ...
+
+class TransferSource(_message.Message):
+    __slots__ = ("name", "uid", "relatedness", "why", "named", "state", "weights")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    RELATEDNESS_FIELD_NUMBER: _ClassVar[int]
+    WHY_FIELD_NUMBER: _ClassVar[int]
+    NAMED_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    uid: str
+    relatedness: float
+    why: str
+    named: bool
+    state: str
+    weights: _containers.ScalarMap[str, float]
+    def __init__(self, name: _Optional[str] = ..., uid: _Optional[str] = ..., relatedness: _Optional[float] = ..., why: _Optional[str] = ..., named: _Optional[bool] = ..., state: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class TransferInfo(_message.Message):
+    __slots__ = ("sources", "target_weights", "weights_at_trials", "note")
+    class TargetWeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    TARGET_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_AT_TRIALS_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    sources: _containers.RepeatedCompositeFieldContainer[TransferSource]
+    target_weights: _containers.ScalarMap[str, float]
+    weights_at_trials: int
+    note: str
+    def __init__(self, sources: _Optional[_Iterable[_Union[TransferSource, _Mapping]]] = ..., target_weights: _Optional[_Mapping[str, float]] = ..., weights_at_trials: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...
 
 class Study(_message.Message):
-    __slots__ = ("name", "spec", "state", "state_reason", "create_time", "trial_count", "completed_count", "uid")
+    __slots__ = ("name", "spec", "state", "state_reason", "create_time", "trial_count", "completed_count", "uid", "transfer")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -287,6 +343,7 @@ class Study(_message.Message):
     TRIAL_COUNT_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_COUNT_FIELD_NUMBER: _ClassVar[int]
     UID_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_FIELD_NUMBER: _ClassVar[int]
     name: str
     spec: StudySpec
     state: StudyState
@@ -295,7 +352,8 @@ class Study(_message.Message):
     trial_count: int
     completed_count: int
     uid: str
-    def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[StudySpec, _Mapping]] = ..., state: _Optional[_Union[StudyState, str]] = ..., state_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trial_count: _Optional[int] = ..., completed_count: _Optional[int] = ..., uid: _Optional[str] = ...) -> None: ...
+    transfer: TransferInfo
+    def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[StudySpec, _Mapping]] = ..., state: _Optional[_Union[StudyState, str]] = ..., state_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trial_count: _Optional[int] = ..., completed_count: _Optional[int] = ..., uid: _Optional[str] = ..., transfer: _Optional[_Union[TransferInfo, _Mapping]] = ...) -> None: ...
 
 class MetricValue(_message.Message):
     __slots__ = ("value", "sem")

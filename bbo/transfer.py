@@ -1,0 +1,406 @@
+"""Transfer across studies: which stored studies a new study learns from, and how their trials map
+into its search space. The model that uses them is :mod:`bbo.transfer_model`.
+
+* **Sources** are studies of the creating tenant only. Named ones (``spec.transfer.sources``) and,
+  with ``spec.transfer.auto``, the best-ranked related ones are resolved to their uids when the
+  study is created (:func:`resolve_sources`) and kept in the study's record; a source deleted (or
+  deleted and re-created under its name) later is recognised by its uid and left out. Sources are
+  read through the storage interface, never written.
+* **Relatedness** (:func:`relatedness`): a source must have every free parameter of the target
+  (same name, numeric for numeric, categorical with a shared choice for categorical; a parameter
+  the source held fixed counts at that value), every objective of the target, and report every
+  constrained metric. Among compatible studies the score weighs how much of the target's ranges
+  the source covered, extra source parameters, matching objective goals, the descriptions' TF-IDF
+  cosine similarity and fixed parameters with equal values; ``why`` says each part in words.
+* **Mapping** (:func:`encode_source_trials`, :func:`map_point`): a source trial keeps its values in
+  the parameters' own units (rho = 0.3 stays 0.3), encoded with the *target's* ranges and scales;
+  points far outside the target's box are dropped, values of categories the target lacks drop the
+  trial. A source's best point opens the target's design mapped the same way, clipped to the
+  target's bounds and rounded onto its grid.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bbo.errors import NotFoundError, SpecError
+from bbo.space import CategoricalParam, FixedParam, IntParam, OrdinalParam, SearchSpace, Value
+from bbo.spec import StudySpec
+from bbo.trial import Trial, TrialState
+
+MIN_SCORE = 0.5  # relatedness under which ``auto`` does not pick a study
+MIN_AUTO_TRIALS = 3  # completed trials a study needs before ``auto`` picks it
+OUTSIDE = 0.25  # source points farther than this (in units of the target's range) are dropped
+MAX_CANDIDATES = 10_000  # stored studies ``auto`` looks at (the tenant's oldest first)
+
+
+@dataclass(frozen=True)
+class Relatedness:
+    """How well a stored study fits as a source: ``score`` in [0, 1], ``why`` in words, and for an
+    incompatible one ``problems`` (then ``score`` is 0)."""
+
+    score: float
+    why: str
+    problems: tuple[str, ...] = ()
+
+    @property
+    def compatible(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """A resolved source, as the study record keeps it."""
+
+    uid: str
+    name: str
+    relatedness: float
+    why: str
+    explicit: bool  # named in the spec (else picked by ``auto``)
+
+
+@dataclass
+class SourceData:
+    """What the strategy gets of a source at an ask: its spec and completed trials (read-only)."""
+
+    uid: str
+    name: str
+    spec: StudySpec
+    trials: list[Trial] = field(default_factory=list)
+
+
+# ---- relatedness ---------------------------------------------------------------------------------
+def _numeric(p) -> bool:
+    return not isinstance(p, (CategoricalParam, FixedParam))
+
+
+def _unit_range(tp, sp) -> tuple[float, float]:
+    """The source parameter's range in the target parameter's encoding (unit coordinates)."""
+    if isinstance(sp, FixedParam):
+        v = float(sp.value)
+        lo = hi = v
+    elif isinstance(sp, OrdinalParam):
+        lo, hi = float(sp.values[0]), float(sp.values[-1])
+    else:
+        lo, hi = float(sp.low), float(sp.high)
+    try:
+        return _to_unit(tp, lo), _to_unit(tp, hi)
+    except (ValueError, OverflowError, ZeroDivisionError):
+        return math.nan, math.nan
+
+
+def _to_unit(tp, v: float) -> float:
+    """``v`` (in the parameter's units) on the target parameter's unit scale; may lie outside
+    [0, 1]. Raises ValueError where the target's log scale cannot hold it."""
+    if getattr(tp, "log", False):
+        if v <= 0:
+            raise ValueError("not positive")
+        t, lo, hi = math.log(v), math.log(_low(tp)), math.log(_high(tp))
+    else:
+        t, lo, hi = v, _low(tp), _high(tp)
+    return (t - lo) / (hi - lo)
+
+
+def _low(p) -> float:
+    return float(p.values[0]) if isinstance(p, OrdinalParam) else float(p.low)
+
+
+def _high(p) -> float:
+    return float(p.values[-1]) if isinstance(p, OrdinalParam) else float(p.high)
+
+
+def _coverage(tp, sp) -> tuple[float, str]:
+    """The share of the target parameter's range (or choices) the source parameter covers, and a
+    problem where it cannot be mapped at all."""
+    if isinstance(tp, CategoricalParam):
+        if isinstance(sp, FixedParam):
+            ok = isinstance(sp.value, str) and sp.value in tp.choices
+            return (1.0 / len(tp.choices), "") if ok else (0.0, "its fixed value is no choice")
+        if not isinstance(sp, CategoricalParam):
+            return 0.0, "numeric in the source, categorical here"
+        shared = set(tp.choices) & set(sp.choices)
+        if not shared:
+            return 0.0, "no choice in common"
+        return len(shared) / len(set(tp.choices) | set(sp.choices)), ""
+    if isinstance(sp, CategoricalParam) or (
+        isinstance(sp, FixedParam) and isinstance(sp.value, str)
+    ):
+        return 0.0, "categorical in the source, numeric here"
+    lo, hi = _unit_range(tp, sp)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return 0.0, "the source's values do not fit this parameter's log scale"
+    if isinstance(sp, FixedParam):
+        return (0.5, "") if -OUTSIDE <= lo <= 1 + OUTSIDE else (0.0, "fixed far outside the range")
+    overlap = max(0.0, min(hi, 1.0) - max(lo, 0.0))
+    return overlap, "" if overlap > 0 else "the source's range does not overlap"
+
+
+def relatedness(
+    target: StudySpec, source: StudySpec, description_similarity: float | None = None
+) -> Relatedness:
+    """How well ``source`` fits as a transfer source for ``target`` (see the module docstring)."""
+    problems: list[str] = []
+    by_name = source.space.by_name
+    cover: list[float] = []
+    for tp in target.space.free:
+        sp = by_name.get(tp.name)
+        if sp is None:
+            problems.append(f"no parameter '{tp.name}'")
+            continue
+        c, problem = _coverage(tp, sp)
+        if problem:
+            problems.append(f"parameter '{tp.name}': {problem}")
+        cover.append(c)
+    source_goals = {o.name: o.goal for o in source.objectives}
+    goals_match = 0
+    for o in target.objectives:
+        if o.name not in source_goals:
+            problems.append(f"objective '{o.name}' is not an objective there")
+        elif source_goals[o.name] == o.goal:
+            goals_match += 1
+    reported = set(source.all_metrics)
+    for c in target.outcome_constraints:
+        if c.metric not in reported:
+            problems.append(f"metric '{c.metric}' (a constraint here) is not reported there")
+    if problems:
+        return Relatedness(0.0, "; ".join(problems), tuple(problems))
+    target_names = {p.name for p in target.space.free}
+    extra = [p.name for p in source.space.free if p.name not in target_names]
+    structure = float(np.mean(cover)) * len(target_names) / (len(target_names) + len(extra))
+    objectives = goals_match / len(target.objectives)
+    fixed_t = [p for p in target.space.params if isinstance(p, FixedParam)]
+    same_fixed = [
+        p.name
+        for p in fixed_t
+        if isinstance(by_name.get(p.name), FixedParam) and by_name[p.name].value == p.value
+    ]
+    fixed = len(same_fixed) / len(fixed_t) if fixed_t else 0.5
+    text = 0.5 if description_similarity is None else float(description_similarity)
+    score = 0.6 * structure + 0.15 * objectives + 0.15 * text + 0.1 * fixed
+    why = [
+        f"all {len(target_names)} parameters, ranges covered {100 * np.mean(cover):.0f}%",
+        f"objectives match{'' if goals_match == len(target.objectives) else ' (another goal)'}",
+    ]
+    if extra:
+        why.append(f"{len(extra)} extra source parameter(s)")
+    if description_similarity is not None:
+        why.append(f"description similarity {description_similarity:.2f}")
+    if fixed_t:
+        why.append(f"{len(same_fixed)}/{len(fixed_t)} fixed parameters equal")
+    return Relatedness(round(min(1.0, max(0.0, score)), 4), ", ".join(why))
+
+
+def description_similarities(target: str, others: Sequence[str]) -> list[float | None]:
+    """TF-IDF cosine similarity of ``target`` to each of ``others`` (None where either is empty)."""
+    if not target.strip() or not any(o.strip() for o in others):
+        return [None] * len(others)
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    docs = [target] + [o if o.strip() else "" for o in others]
+    try:
+        m = TfidfVectorizer(sublinear_tf=True).fit_transform(docs)
+    except ValueError:  # no usable words at all
+        return [None] * len(others)
+    sims = (m[1:] @ m[0].T).toarray().ravel()
+    return [float(s) if o.strip() else None for s, o in zip(sims, others, strict=True)]
+
+
+# ---- resolution (at creation) --------------------------------------------------------------------
+def resolve_sources(storage, tenant: str, name: str, spec: StudySpec) -> dict | None:
+    """The transfer record of a study about to be created: its sources, named and automatic, by
+    uid, with relatedness and why. Only ``tenant``'s studies are looked at. A named source that
+    does not exist (in this tenant) is :class:`NotFoundError`, one that cannot be a source
+    :class:`SpecError`; ``auto`` finding nothing related leaves an empty list (plain BO)."""
+    t = spec.transfer
+    if not t.enabled:
+        return None
+    chosen: list[SourceRef] = []
+    named = []
+    for i, src in enumerate(t.sources):
+        rec = storage.get_study(tenant, src)
+        if rec is None or rec.tenant != tenant:
+            raise NotFoundError(
+                f"spec.transfer.sources[{i}]: source study '{src}' not found (a source must be "
+                "a study of your own tenant)"
+            )
+        named.append((i, rec, _spec_of(rec)))
+    sims = description_similarities(
+        spec.description, [s.description if s else "" for *_, s in named]
+    )
+    for (i, rec, sspec), sim in zip(named, sims, strict=True):
+        if sspec is None:
+            raise SpecError(f"transfer.sources[{i}]", f"study '{rec.name}' has an unreadable spec")
+        r = relatedness(spec, sspec, sim)
+        if not r.compatible:
+            raise SpecError(
+                f"transfer.sources[{i}]",
+                f"study '{rec.name}' cannot be a source: {r.why}",
+            )
+        chosen.append(SourceRef(rec.uid, rec.name, r.score, r.why, True))
+    note = ""
+    if t.auto and len(chosen) < t.limit:
+        picked, note = _auto(storage, tenant, name, spec, {c.uid for c in chosen})
+        chosen.extend(picked[: t.limit - len(chosen)])
+    return {
+        "sources": [asdict(c) for c in chosen],
+        "resolved_at": time.time(),
+        "note": note,
+        "weights": {},
+    }
+
+
+def _spec_of(rec) -> StudySpec | None:
+    try:
+        return StudySpec.from_dict(rec.spec)
+    except (SpecError, TypeError, ValueError):
+        return None
+
+
+def _auto(storage, tenant: str, name: str, spec: StudySpec, taken: set[str]):
+    """The tenant's compatible studies with enough completed trials, best first, and a note."""
+    recs, after = [], None
+    while len(recs) < MAX_CANDIDATES:
+        page = storage.list_studies(tenant, after=after, limit=500)
+        recs.extend(page)
+        if len(page) < 500:
+            break
+        after = (page[-1].created_at, page[-1].name)
+    cands = []
+    for rec in recs:
+        if rec.tenant != tenant or rec.uid in taken or rec.name == name:
+            continue
+        sspec = _spec_of(rec)
+        if sspec is not None and relatedness(spec, sspec).compatible:
+            cands.append((rec, sspec))
+    sims = description_similarities(spec.description, [s.description for _, s in cands])
+    ranked = []
+    for (rec, sspec), sim in zip(cands, sims, strict=True):
+        r = relatedness(spec, sspec, sim)
+        if r.score < MIN_SCORE:
+            continue
+        completed = storage.trial_counts(rec.uid).get(TrialState.COMPLETED.value, 0)
+        if completed < MIN_AUTO_TRIALS:
+            continue
+        ranked.append((r.score, completed, rec.created_at, rec, r))
+    ranked.sort(key=lambda x: (-x[0], -x[1], -x[2]))
+    note = (
+        f"auto: {len(ranked)} related of {len(recs)} stored studies"
+        f" ({len(cands)} compatible; at least {MIN_AUTO_TRIALS} completed trials and relatedness"
+        f" {MIN_SCORE} needed)"
+    )
+    return [SourceRef(rec.uid, rec.name, r.score, r.why, False) for *_, rec, r in ranked], note
+
+
+def source_refs(record: dict | None) -> list[SourceRef]:
+    """The sources a stored transfer record names."""
+    if not record:
+        return []
+    out = []
+    for s in record.get("sources", []):
+        try:
+            out.append(SourceRef(**s))
+        except TypeError:
+            continue
+    return out
+
+
+# ---- mapping -------------------------------------------------------------------------------------
+def _source_value(tp, sp, params: dict[str, Any]) -> Any:
+    if isinstance(sp, FixedParam):
+        return sp.value
+    return params.get(tp.name)
+
+
+def encode_source_trials(
+    target: SearchSpace, source: SearchSpace, trials: Sequence[Trial], metrics: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, list[Trial]]:
+    """Source trials in the target's encoding: ``(X, Y, trials used)``. Values keep their units;
+    trials outside the target's box by more than :data:`OUTSIDE` of a range, with a category the
+    target lacks, or without a finite value of every metric in ``metrics`` are left out."""
+    by_name = source.by_name
+    X, Y, used = [], [], []
+    for t in trials:
+        if t.state is not TrialState.COMPLETED:
+            continue
+        try:
+            y = [float(t.metrics[k].value) for k in metrics]
+        except KeyError:
+            continue
+        if not all(math.isfinite(v) for v in y):
+            continue
+        x = _encode(target, by_name, t.params)
+        if x is None:
+            continue
+        X.append(x)
+        Y.append(y)
+        used.append(t)
+    d = target.dim
+    return (
+        np.asarray(X, dtype=float).reshape(-1, d),
+        np.asarray(Y, dtype=float).reshape(-1, len(metrics)),
+        used,
+    )
+
+
+def _encode(target: SearchSpace, by_name: dict, params: dict) -> np.ndarray | None:
+    out = []
+    for tp in target.free:
+        sp = by_name.get(tp.name)
+        if sp is None:
+            return None
+        v = _source_value(tp, sp, params)
+        if isinstance(tp, CategoricalParam):
+            if not isinstance(v, str) or v not in tp.choices:
+                return None
+            out.append(float(tp.choices.index(v)))
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return None
+        try:
+            u = _to_unit(tp, float(v))
+        except (ValueError, OverflowError, ZeroDivisionError):
+            return None
+        if not (math.isfinite(u) and -OUTSIDE <= u <= 1 + OUTSIDE):
+            return None
+        out.append(u)
+    return np.asarray(out, dtype=float)
+
+
+def map_point(target: SearchSpace, source: SearchSpace, params: dict) -> dict[str, Value] | None:
+    """A source point as a valid point of the target: each value in its units, clipped to the
+    target's bounds and rounded onto its grid (ints, ordinals); None where a category is missing or
+    a linear constraint of the target fails."""
+    by_name = source.by_name
+    out: dict[str, Value] = {}
+    for tp in target.params:
+        if isinstance(tp, FixedParam):
+            out[tp.name] = tp.value
+            continue
+        sp = by_name.get(tp.name)
+        if sp is None:
+            return None
+        v = _source_value(tp, sp, params)
+        if isinstance(tp, CategoricalParam):
+            if not isinstance(v, str) or v not in tp.choices:
+                return None
+            out[tp.name] = v
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return None
+        v = min(max(float(v), _low(tp)), _high(tp))
+        if isinstance(tp, IntParam):
+            out[tp.name] = tp.from_unit(tp.to_unit(round(v)))
+        elif isinstance(tp, OrdinalParam):
+            out[tp.name] = tp.from_unit(tp.to_unit(v))
+        else:
+            out[tp.name] = v
+    try:
+        return target.validate_params(out)
+    except SpecError:
+        return None

@@ -1,0 +1,384 @@
+"""The transfer model: the target study's GP stacked on its sources' GPs (Vizier's residual
+stacking), each source weighted by how well it ranks the target's own observations (RGPE's
+ranking-loss weights, Feurer, Letham & Bakshy 2018).
+
+Per ask, for each modeled metric j (objectives and constraint metrics alike):
+
+1. every source s has a GP fit once on its own trials mapped into the target's encoding
+   (:func:`bbo.transfer.encode_source_trials`; outcomes warped as the target's, :mod:`bbo.warping`),
+   cached while its trials do not change; ``nu_s(x)`` is its posterior mean in the source's own
+   z-units;
+2. weights: 256 joint posterior samples of each source at the target's points, and leave-one-out
+   samples of a GP on the target's points alone, each scored by its number of mis-ordered pairs of
+   target observations; a model's weight is the share of samples in which it has the lowest loss
+   (ties split at random). A source whose median loss is above the 95th percentile of the target
+   model's gets none (RGPE's guard against weight dilution). A source whose data disagree with the
+   target's first observations loses weight this way as they arrive: a wrong source costs little;
+3. calibration: ``beta_s`` maps the source's z-units onto the target's (least squares of the
+   target's values on ``nu_s`` at its points, regularized towards one target standard deviation
+   per source z-unit, never negative);
+4. the prior mean ``m_j(x) = sum_s w_s beta_s (nu_s(x) - mean nu_s)``, and the target GP (bbo's
+   usual surrogate, kernel and hyperparameter cache) is fit to the residuals ``y - m_j(x)``
+   (:class:`PriorMeanStandardize`, an outcome transform, so the model stays a plain BoTorch GP
+   whose posterior mean adds ``m_j(x)`` back for the acquisition function, exploitation steps and
+   the feasibility check). With every source weight at 0 it is exactly the plain GP.
+
+Why stacking with RGPE weights and not a multi-task GP over (x, task) or RGPE's ensemble: a
+multi-task GP learns the task correlation by marginal likelihood, which with a handful of target
+points can trust a misleading source too much, and RGPE's weighted sum of GPs needs its own
+posterior class where stacking keeps bbo's GP, warping and acquisition code unchanged. The
+comparison with Ax's multi-task GP (``bench/bench_transfer.py``, variant ``ax``) is not yet
+measured: see ``docs/transfer.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+from collections.abc import Callable, Sequence
+
+import gpytorch
+import numpy as np
+import torch
+from botorch.models.transforms import Standardize
+
+from bbo.spec import AlgorithmOptions
+from bbo.strategy.base import Suggestion
+from bbo.strategy.context import Context
+from bbo.strategy.model_data import TrainingData
+from bbo.surrogate import Surrogate
+from bbo.transfer import SourceData, encode_source_trials, map_point
+from bbo.trial import Origin, TrialState
+
+log = logging.getLogger(__name__)
+
+SAMPLES = 256  # posterior samples per model for the ranking losses
+MAX_WEIGHT_ROWS = 100  # target points the weights are computed on (the best quarter, then random)
+MIN_SOURCE_POINTS = 3  # mapped completed trials a source needs to get a GP
+SOURCE_OPTIONS = AlgorithmOptions(max_fit_points=300, max_model_points=1000)
+CALIBRATION_PSEUDO = 3.0  # pseudo-observations pulling beta towards one target sd per z-unit
+MIN_WEIGHT = 0.01  # a source below this weight on every metric does not make a step "transfer"
+
+
+def transfer_design_size(ctx: Context) -> int:
+    """Initial design of a study with usable sources: half the usual d + 1 points (at least 2),
+    the sources' best points among them; the prior carries the rest. An explicit n_initial wins."""
+    if ctx.spec.algorithm.n_initial > 0:
+        return ctx.n_initial
+    return min(ctx.n_initial, max(2, math.ceil((ctx.spec.space.dim + 1) / 2)))
+
+
+class PriorMeanStandardize(Standardize):
+    """Standardize the residuals ``Y - prior(X)``; posteriors get ``prior(X)`` added back.
+
+    A per-input mean, as BoTorch's ``StratifiedStandardize`` has: ``prior`` maps inputs
+    (``... x n x d``, the model's own encoding) to ``... x n x m`` and stays differentiable, so the
+    acquisition optimizer sees its gradient."""
+
+    def __init__(self, m: int, prior: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__(m)
+        self._prior = prior
+
+    def _prior_at(self, X: torch.Tensor | None) -> torch.Tensor | None:
+        if X is None:
+            return None
+        if self._m > 1 and X.dim() >= 3 and X.shape[-3] == 1:
+            X = X.squeeze(-3)  # the output dimension a batched multi-output model inserts
+        return self._prior(X)
+
+    def forward(self, Y, Yvar=None, X=None):
+        p = self._prior_at(X)
+        if p is None:
+            raise RuntimeError("PriorMeanStandardize needs the inputs X")
+        p = p.detach()  # training targets: constants for the hyperparameter fit
+        if self.training:
+            super().forward(Y - p, Yvar)  # the statistics of the residuals
+        Y_tf = (Y - p - self.means) / self.stdvs
+        return Y_tf, (Yvar / self._stdvs_sq if Yvar is not None else None)
+
+    def _get_per_input_means_stdvs(self, X, include_stdvs_sq):
+        p = self._prior_at(X)
+        if p is None:
+            return self.means, self.stdvs, self._stdvs_sq
+        return self.means + p, self.stdvs, self._stdvs_sq
+
+    def subset_output(self, idcs):
+        raise NotImplementedError("a transfer prior is not split by output")
+
+
+class TransferSurrogate(Surrogate):
+    """bbo's surrogate with the ask's transfer prior as the models' mean (None: plain)."""
+
+    prior: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def _outcome_transform(self):
+        if self.prior is None:
+            return super()._outcome_transform()
+        return PriorMeanStandardize(self.m, self.prior)
+
+
+@dataclasses.dataclass
+class SourceModel:
+    """One source's GP in the target's encoding and its best points (target's view)."""
+
+    uid: str
+    name: str
+    n: int  # mapped, usable trials
+    model: object | None  # None below MIN_SOURCE_POINTS
+    mean: np.ndarray  # per metric, of the warped outcomes it was fit on
+    sd: np.ndarray
+
+    def z(self, X: torch.Tensor) -> torch.Tensor:
+        """Posterior mean at ``X`` (``... x n x d``) in the source's z-units, ``... x n x m``."""
+        with gpytorch.settings.skip_posterior_variances(True):
+            mu = self.model.posterior(X).mean
+        return (mu - mu.new_tensor(self.mean)) / mu.new_tensor(self.sd)
+
+
+@dataclasses.dataclass
+class Weights:
+    """One ask's weights: ``by_metric[name][uid]``, the target model's share, on how many points."""
+
+    by_metric: dict[str, dict[str, float]]
+    target: dict[str, float]
+    n: int
+
+
+class Transfer:
+    """A study's sources (set by the service before each ask) and its transfer prior."""
+
+    def __init__(self, ctx: Context, surrogate: TransferSurrogate):
+        self.ctx = ctx
+        self.surrogate = surrogate
+        self._sources: list[SourceData] = []
+        self._models: dict[str, tuple[str, SourceModel]] = {}  # uid -> (fingerprint, model)
+        self._usable: dict[str, tuple[str, bool]] = {}  # uid -> (fingerprint, any point maps)
+        self.weights: Weights | None = None
+        self.note = ""
+
+    # ---- sources ---------------------------------------------------------------------------------
+    def set_sources(self, sources: Sequence[SourceData]) -> None:
+        self._sources = list(sources)
+        live = {s.uid for s in self._sources}
+        self._models = {k: v for k, v in self._models.items() if k in live}
+        space, names = self.ctx.spec.space, self.ctx.spec.modeled_metrics
+        usable = {}
+        for s in self._sources:
+            fp = _fingerprint(s)
+            hit = self._usable.get(s.uid)
+            if hit is None or hit[0] != fp:
+                X, _, _ = encode_source_trials(space, s.spec.space, s.trials, names)
+                hit = (fp, len(X) > 0)
+            usable[s.uid] = hit
+        self._usable = usable
+
+    @property
+    def active(self) -> bool:
+        """Whether any source has completed trials that map into the target's space."""
+        return any(ok for _, ok in self._usable.values())
+
+    def _model(self, s: SourceData) -> SourceModel:
+        fp = _fingerprint(s)
+        hit = self._models.get(s.uid)
+        if hit is not None and hit[0] == fp:
+            return hit[1]
+        ctx = self.ctx
+        names = ctx.spec.modeled_metrics
+        X, Y, _ = encode_source_trials(ctx.spec.space, s.spec.space, s.trials, names)
+        m = len(names)
+        if len(X) < MIN_SOURCE_POINTS:
+            sm = SourceModel(s.uid, s.name, len(X), None, np.zeros(m), np.ones(m))
+        else:
+            Ym, _ = ctx.warp.apply(Y)
+            score = ctx.data.score(Y, ctx.layout.feasible(Y))
+            sur = Surrogate(ctx.spec.space, m, SOURCE_OPTIONS, ctx.placement)
+            seed = int.from_bytes(hashlib.sha256(s.uid.encode()).digest()[:4], "little")
+            model, rows, _ = sur.model(X, Ym, None, score, seed=seed)
+            for prm in model.parameters():  # fixed from now on: gradients flow to X only
+                prm.requires_grad_(False)
+            mean = Ym[rows].mean(axis=0)
+            sd = np.maximum(Ym[rows].std(axis=0), 1e-9)
+            sm = SourceModel(s.uid, s.name, len(X), model, mean, sd)
+        self._models[s.uid] = (fp, sm)
+        return sm
+
+    def warmstart(self) -> list[Suggestion]:
+        """Each source's best completed point (by the target's objectives and constraints),
+        mapped into the target's space; best sources (by their relatedness order) first."""
+        ctx, out = self.ctx, []
+        names = ctx.spec.modeled_metrics
+        for s in self._sources:
+            done = [t for t in s.trials if t.state is TrialState.COMPLETED]
+            rows = []
+            for t in done:
+                try:
+                    y = [float(t.metrics[k].value) for k in names]
+                except KeyError:
+                    continue
+                if all(math.isfinite(v) for v in y):
+                    rows.append((t, y))
+            if not rows:
+                continue
+            Y = np.asarray([y for _, y in rows])
+            score = ctx.data.score(Y, ctx.layout.feasible(Y))
+            for i in np.argsort(-score, kind="stable"):
+                p = map_point(ctx.spec.space, s.spec.space, rows[i][0].params)
+                if p is not None:
+                    why = f"transfer: the best point of source study '{s.name}' (trial {rows[i][0].id})"
+                    out.append(Suggestion(p, Origin.TRANSFER_WARMSTART.value, why))
+                    break
+        return out
+
+    # ---- the prior of one ask --------------------------------------------------------------------
+    def prepare(self, data: TrainingData, seed: int) -> str:
+        """Compute this ask's weights and set the surrogate's prior; the note for the trials."""
+        self.surrogate.prior, self.weights, self.note = None, None, ""
+        models = [m for s in self._sources if (m := self._model(s)).model is not None]
+        if not models or len(data.trials) < 2:
+            return ""
+        ctx, P = self.ctx, self.ctx.placement
+        rng = np.random.default_rng(seed)
+        rows = _weight_rows(data.score, rng)
+        Xt = P.tensor(data.X[rows])
+        Y = data.Ym[rows]
+        names = ctx.spec.modeled_metrics
+        with torch.no_grad():
+            z_mean, z_samp = [], []
+            for sm in models:
+                post = sm.model.posterior(Xt)
+                samp = post.rsample(torch.Size([SAMPLES]))
+                shift, scale = Xt.new_tensor(sm.mean), Xt.new_tensor(sm.sd)
+                z_mean.append(((post.mean - shift) / scale).cpu().numpy())
+                z_samp.append(((samp - shift) / scale).cpu().numpy())
+            loo_mu, loo_sd = self._target_loo(data, rows)
+        k = len(models)
+        W = np.zeros((k, len(names)))
+        B = np.zeros((k, len(names)))
+        C = np.zeros((k, len(names)))
+        target_w: dict[str, float] = {}
+        for j, name in enumerate(names):
+            y = Y[:, j]
+            losses = [_rank_loss(z_samp[i][..., j], y) for i in range(k)]
+            eps = rng.standard_normal((SAMPLES, len(y)))
+            losses.append(_rank_loss(loo_mu[j] + loo_sd[j] * eps, y))
+            w = _rgpe_weights(losses, rng)
+            W[:, j] = w[:k]
+            target_w[name] = float(w[k])
+            for i in range(k):
+                nu = z_mean[i][:, j]
+                B[i, j] = _calibrate(y, nu)
+                C[i, j] = float(nu.mean())
+        self.weights = Weights(
+            {
+                name: {sm.uid: round(float(W[i, j]), 4) for i, sm in enumerate(models)}
+                for j, name in enumerate(names)
+            },
+            {k_: round(v, 4) for k_, v in target_w.items()},
+            len(data.trials),
+        )
+        coef = W * B  # k x m
+        if not np.any(coef > 0):
+            self.note = _note(models, W, names, target_w, "the prior is flat")
+            return self.note
+        tcoef, tcent = P.tensor(coef), P.tensor(C)
+        used = [i for i in range(k) if np.any(coef[i] > 0)]
+
+        def prior(X: torch.Tensor) -> torch.Tensor:
+            out = 0.0
+            for i in used:
+                out = out + tcoef[i] * (models[i].z(X) - tcent[i])
+            return out
+
+        self.surrogate.prior = prior
+        self.note = _note(models, W, names, target_w, "")
+        return self.note
+
+    @property
+    def carries_weight(self) -> bool:
+        """Whether a source has weight on some metric in this ask's prior."""
+        w = self.weights
+        return (
+            self.surrogate.prior is not None
+            and w is not None
+            and any(v >= MIN_WEIGHT for ws in w.by_metric.values() for v in ws.values())
+        )
+
+    def _target_loo(self, data: TrainingData, rows: np.ndarray):
+        """Leave-one-out predictive means and sds (per metric, at ``rows``) of a GP on the target's
+        points alone, with the transfer surrogate's current hyperparameters (defaults before its
+        first fit): the target model RGPE weighs the sources against."""
+        plain = Surrogate(
+            self.ctx.spec.space, self.surrogate.m, self.surrogate.options, self.ctx.placement
+        )
+        Yvar = None if data.Ymvar is None else data.Ymvar[rows]
+        model = plain._condition(data.X[rows], data.Ym[rows], Yvar, self.surrogate._hyper)
+        Xtr = model.train_inputs[0]
+        prior = model.forward(Xtr)
+        K = model.likelihood(prior, Xtr).covariance_matrix
+        y = model.train_targets - prior.mean
+        L = torch.linalg.cholesky(K + 1e-9 * torch.eye(K.shape[-1], dtype=K.dtype))
+        Kinv = torch.cholesky_inverse(L)
+        alpha = (Kinv @ y.unsqueeze(-1)).squeeze(-1)
+        d = torch.diagonal(Kinv, dim1=-2, dim2=-1).clamp_min(1e-12)
+        mu = (model.train_targets - alpha / d).reshape(-1, len(rows)).cpu().numpy()
+        sd = (1.0 / d).sqrt().reshape(-1, len(rows)).cpu().numpy()
+        return mu, sd  # standardized units: rankings are all that is compared
+
+
+def _note(models, W, names, target_w, extra: str) -> str:
+    j = 0  # the first objective's weights stand for the rest in the note
+    parts = ", ".join(f"'{m.name}' {W[i, j]:.2f}" for i, m in enumerate(models))
+    s = f"transfer weights ({names[j]}): {parts}, target {target_w[names[j]]:.2f}"
+    return f"{s}; {extra}" if extra else s
+
+
+def _fingerprint(s: SourceData) -> str:
+    h = hashlib.sha256()
+    for t in s.trials:
+        if t.state is TrialState.COMPLETED:
+            h.update(repr((t.id, sorted((k, m.value) for k, m in t.metrics.items()))).encode())
+    return h.hexdigest()
+
+
+def _weight_rows(score: np.ndarray, rng) -> np.ndarray:
+    n = len(score)
+    if n <= MAX_WEIGHT_ROWS:
+        return np.arange(n)
+    order = np.argsort(-score, kind="stable")
+    best = order[: MAX_WEIGHT_ROWS // 4]
+    rest = rng.choice(order[MAX_WEIGHT_ROWS // 4 :], MAX_WEIGHT_ROWS - len(best), replace=False)
+    return np.sort(np.concatenate([best, rest]))
+
+
+def _rank_loss(F: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Mis-ordered pairs of ``y`` under each sample (row) of ``F``: ``(S,)``."""
+    n = len(y)
+    upper = np.triu(np.ones((n, n), dtype=bool), 1) & (y[:, None] != y[None, :])
+    yl = y[:, None] < y[None, :]
+    fl = F[:, :, None] < F[:, None, :]
+    return ((fl != yl) & upper).sum(axis=(1, 2))
+
+
+def _rgpe_weights(losses: list[np.ndarray], rng) -> np.ndarray:
+    """RGPE: each model's share of samples with the lowest loss (the target model last); sources
+    whose median loss exceeds the target model's 95th percentile are left out."""
+    L = np.stack(losses, axis=1).astype(float)  # S x (k + 1)
+    cap = np.percentile(L[:, -1], 95)
+    out = np.median(L[:, :-1], axis=0) > cap
+    L[:, :-1][:, out] = np.inf
+    L = L + rng.uniform(0.0, 0.5, L.shape)  # losses are integers: this breaks ties at random
+    best = np.argmin(L, axis=1)
+    return np.bincount(best, minlength=L.shape[1]) / L.shape[0]
+
+
+def _calibrate(y: np.ndarray, nu: np.ndarray) -> float:
+    """Target units per source z-unit: least squares of ``y`` on ``nu`` with
+    :data:`CALIBRATION_PSEUDO` pseudo-observations at one target standard deviation; >= 0."""
+    yc, nc = y - y.mean(), nu - nu.mean()
+    sy = float(yc.std())
+    if not np.isfinite(sy) or sy <= 0:
+        return 0.0
+    b = (float(yc @ nc) + CALIBRATION_PSEUDO * sy) / (float(nc @ nc) + CALIBRATION_PSEUDO)
+    return max(0.0, b)

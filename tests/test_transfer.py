@@ -1,0 +1,367 @@
+"""Transfer across studies (bbo.transfer, bbo.transfer_model): which stored studies a study learns
+from (related vs unrelated, never another tenant's), how their points map between spaces with
+different ranges, how the model weighs them (a misleading source loses its weight), and that the
+choice survives a deleted source and a server restart, readable through the API and `bbo trials`."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import grpc
+import numpy as np
+import pytest
+from sec_helpers import create_key
+
+import bbo_client as bc
+from bbo.errors import NotFoundError, SpecError
+from bbo.limits import LimitExceeded, RequestLimits
+from bbo.space import CategoricalParam, FixedParam, FloatParam, IntParam, OrdinalParam, SearchSpace
+from bbo.spec import Objective, StudySpec, TransferOptions
+from bbo.transfer import SourceData, encode_source_trials, map_point, relatedness
+from bbo.trial import Metric, Trial, TrialState
+
+
+def bowl(p, cx=0.3, cz=0.6):
+    return (p["x"] - cx) ** 2 + (p["z"] - cz) ** 2
+
+
+def spec_dict(desc="a quadratic bowl in x and z", names=("x", "z"), obj="y", **extra):
+    return {
+        "parameters": [
+            {"type": "float", "name": names[0], "low": 0.0, "high": 1.0},
+            {"type": "float", "name": names[1], "low": 0.0, "high": 1.0},
+        ],
+        "objectives": [{"name": obj}],
+        "description": desc,
+        "algorithm": {"seed": 3},
+        **extra,
+    }
+
+
+def grid_points(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"x": float(a), "z": float(b)} for a, b in rng.uniform(0, 1, (n, 2))]
+
+
+def add(study, fn, n, seed=0, metric="y"):
+    for p in grid_points(n, seed):
+        study.add_trial(p, {metric: fn(p)})
+
+
+# ---- relatedness and spec ------------------------------------------------------------------------
+def test_relatedness_prefers_same_parameters_objectives_and_description():
+    base = StudySpec.from_dict(spec_dict())
+    same = relatedness(base, StudySpec.from_dict(spec_dict()), 1.0)
+    narrow = StudySpec.from_dict(
+        {
+            **spec_dict(),
+            "parameters": [
+                {"type": "float", "name": "x", "low": 0.0, "high": 0.25},
+                {"type": "float", "name": "z", "low": 0.0, "high": 1.0},
+            ],
+        }
+    )
+    assert same.compatible and same.score > relatedness(base, narrow, 1.0).score
+    assert same.score > relatedness(base, StudySpec.from_dict(spec_dict()), 0.0).score
+    other_names = relatedness(base, StudySpec.from_dict(spec_dict(names=("a", "b"))))
+    assert not other_names.compatible and "no parameter 'x'" in other_names.why
+    other_obj = relatedness(base, StudySpec.from_dict(spec_dict(obj="loss")))
+    assert not other_obj.compatible and "objective 'y'" in other_obj.why
+    cat = StudySpec.from_dict(
+        {
+            **spec_dict(),
+            "parameters": [
+                {"type": "categorical", "name": "x", "choices": ["a"]},
+                {"type": "float", "name": "z", "low": 0.0, "high": 1.0},
+            ],
+        }
+    )
+    assert "categorical in the source" in relatedness(base, cat).why
+
+
+def test_transfer_options_are_checked_and_bounded():
+    ok = StudySpec.from_dict(spec_dict(transfer={"sources": ["a", "b.c"], "max_sources": 4}))
+    assert ok.transfer == TransferOptions(("a", "b.c"), False, 4)
+    assert StudySpec.from_dict(ok.to_dict()) == ok
+    for bad, field in [
+        ({"sources": ["a", "a"]}, "transfer.sources[1]"),
+        ({"sources": ["no spaces"]}, "transfer.sources[0]"),
+        ({"sources": "a"}, "transfer.sources"),
+        ({"auto": 1}, "transfer.auto"),
+        ({"max_sources": -1}, "transfer.max_sources"),
+        ({"sources": ["a", "b"], "max_sources": 1}, "transfer.max_sources"),
+    ]:
+        with pytest.raises(SpecError) as e:
+            StudySpec.from_dict(spec_dict(transfer=bad))
+        assert e.value.field == field
+    limits = RequestLimits(max_transfer_sources=2)
+    with pytest.raises(LimitExceeded, match="max-transfer-sources"):
+        limits.check_spec(spec_dict(transfer={"sources": ["a", "b", "c"]}))
+    with pytest.raises(LimitExceeded, match="max-transfer-sources"):
+        limits.check_spec(spec_dict(transfer={"auto": True, "max_sources": 3}))
+
+
+# ---- mapping -------------------------------------------------------------------------------------
+def test_mapping_between_spaces_with_different_ranges_keeps_units():
+    source = SearchSpace(
+        (
+            FloatParam("rho", 1e-3, 1e3, log=True),
+            FloatParam("alpha", 1.0, 1.9),
+            IntParam("k", 1, 10),
+            CategoricalParam("mode", ("a", "b", "c")),
+            FloatParam("extra", 0.0, 1.0),  # the target has no such parameter: ignored
+        )
+    )
+    target = SearchSpace(
+        (
+            FloatParam("rho", 1e-2, 1e2, log=True),
+            FloatParam("alpha", 1.2, 2.0),
+            IntParam("k", 2, 8),
+            CategoricalParam("mode", ("b", "a")),
+            OrdinalParam("batch", (16, 32, 64), log=True),
+            FixedParam("problem", "lasso"),
+        )
+    )
+    # the source held "batch" fixed: its value is what it ran with
+    source = SearchSpace(source.params + (FixedParam("batch", 32),))
+    trials = [
+        Trial(
+            1,
+            {"rho": 1.0, "alpha": 1.6, "k": 5, "mode": "a", "extra": 0.1, "batch": 32},
+            TrialState.COMPLETED,
+            {"y": Metric(1.0)},
+        ),
+        Trial(
+            2,
+            {"rho": 1e-3, "alpha": 1.2, "k": 2, "mode": "b", "extra": 0.1, "batch": 32},
+            TrialState.COMPLETED,
+            {"y": Metric(2.0)},
+        ),
+        Trial(
+            3,
+            {"rho": 1e-4, "alpha": 1.6, "k": 5, "mode": "a", "extra": 0.1, "batch": 32},
+            TrialState.COMPLETED,
+            {"y": Metric(3.0)},
+        ),  # far below the target's range: dropped
+        Trial(
+            4,
+            {"rho": 1.0, "alpha": 1.6, "k": 5, "mode": "c", "extra": 0.1, "batch": 32},
+            TrialState.COMPLETED,
+            {"y": Metric(4.0)},
+        ),  # a choice the target lacks: dropped
+        Trial(
+            5,
+            {"rho": 1.0, "alpha": 1.6, "k": 5, "mode": "a", "extra": 0.1, "batch": 32},
+            TrialState.FAILED,
+        ),
+    ]
+    X, Y, used = encode_source_trials(target, source, trials, ["y"])
+    assert [t.id for t in used] == [1, 2] and Y[:, 0].tolist() == [1.0, 2.0]
+    # rho = 1 sits in the middle of both log ranges; 1e-3 a quarter range below the target's low
+    np.testing.assert_allclose(X[0], [0.5, 0.5, 0.5, 1.0, 0.5])
+    np.testing.assert_allclose(X[1], [-0.25, 0.0, 0.0, 0.0, 0.5])
+    # the design's opening point: clipped to the target's bounds, rounded onto its grid
+    p = map_point(
+        target, source, {"rho": 1e3, "alpha": 1.0, "k": 10, "mode": "b", "extra": 0.5, "batch": 32}
+    )
+    assert p == {"rho": 100.0, "alpha": 1.2, "k": 8, "mode": "b", "batch": 32, "problem": "lasso"}
+    assert (
+        map_point(target, source, {"rho": 1.0, "alpha": 1.5, "k": 3, "mode": "c", "batch": 32})
+        is None
+    )
+
+
+# ---- the model's weights -------------------------------------------------------------------------
+def test_a_related_source_carries_weight_and_a_misleading_one_loses_it():
+    """Both at once: a shifted, rescaled copy of the target's function and a misleading one (best
+    where the target is worst), 25 trials each, against the target's first 8 observations."""
+    from bbo.strategy import GenerationStrategy
+
+    space = SearchSpace((FloatParam("x", 0.0, 1.0), FloatParam("z", 0.0, 1.0)))
+    spec = StudySpec(space, (Objective("y"),), transfer=TransferOptions(("good", "bad")))
+    gs = GenerationStrategy(spec)
+
+    def source(name, fn):
+        trials = [
+            Trial(i + 1, p, TrialState.COMPLETED, {"y": Metric(fn(p))})
+            for i, p in enumerate(grid_points(25, seed=1))
+        ]
+        return SourceData(f"uid-{name}", name, StudySpec(space, (Objective("y"),)), trials)
+
+    gs.set_sources(
+        [source("good", lambda p: 3.0 * bowl(p) + 5.0), source("bad", lambda p: 2.0 - bowl(p))]
+    )
+    target = [
+        Trial(
+            i + 1,
+            p,
+            TrialState.COMPLETED,
+            {"y": Metric(bowl(p, 0.35, 0.55))},
+            origin="initial_design",
+        )
+        for i, p in enumerate(grid_points(8, seed=2))
+    ]
+    (s,) = gs.suggest(target, 1)
+    rep = gs.transfer_report()
+    w = rep["by_metric"]["y"]
+    assert w["uid-good"] > 0.5 and w["uid-bad"] < 0.1 and rep["n"] == 8
+    assert w["uid-good"] + w["uid-bad"] + rep["target"]["y"] == pytest.approx(1.0, abs=1e-3)
+    assert s.origin == "transfer_bo" and "transfer weights (y): 'good'" in s.reason
+
+
+def test_a_source_prior_is_the_models_mean_where_the_target_has_no_data():
+    import torch
+
+    from bbo.device import select_device
+    from bbo.transfer_model import TransferSurrogate
+
+    space = SearchSpace((FloatParam("x", 0.0, 1.0),))
+    sur = TransferSurrogate(
+        space, 1, StudySpec(space, (Objective("y"),)).algorithm, select_device("cpu")
+    )
+    sur.prior = lambda X: 10.0 * X[..., :1]  # a steep slope the data near x = 0 cannot show
+    X = np.array([[0.0], [0.05], [0.1], [0.15]])
+    Y = 10.0 * X + 0.01 * np.sin(40 * X)
+    model, _, info = sur.model(X, Y)
+    assert info.reason == ""
+    with torch.no_grad():
+        far = model.posterior(torch.tensor([[1.0]], dtype=torch.float64)).mean.item()
+        near = model.posterior(torch.tensor([[0.05]], dtype=torch.float64)).mean.item()
+    assert far == pytest.approx(10.0, abs=0.5) and near == pytest.approx(Y[1, 0], abs=0.05)
+
+
+# ---- the service: selection, isolation, deletion, restart ----------------------------------------
+def test_auto_picks_related_studies_of_the_tenant_only(registry):
+    related, _ = registry.create_study("bowl-a", spec_dict())
+    add(related, bowl, 8)
+    related2, _ = registry.create_study("bowl-b", spec_dict("a quadratic bowl"))
+    add(related2, bowl, 5)
+    few, _ = registry.create_study("bowl-new", spec_dict())
+    add(few, bowl, 2)  # too few completed trials to pick automatically
+    names, _ = registry.create_study("names", spec_dict(names=("a", "b")))
+    objective, _ = registry.create_study("objective", spec_dict(obj="loss"))
+    add(objective, bowl, 8, metric="loss")
+    elsewhere, _ = registry.create_study("bowl-c", spec_dict(), tenant="other")
+    add(elsewhere, bowl, 30)
+    target, created = registry.create_study(
+        "target", spec_dict(transfer={"auto": True, "max_sources": 3})
+    )
+    rec = target.record.transfer
+    assert created and [s["name"] for s in rec["sources"]] == ["bowl-a", "bowl-b"]
+    assert all(not s["explicit"] and s["uid"] != elsewhere.uid for s in rec["sources"])
+    assert "description similarity 1.00" in rec["sources"][0]["why"]
+    assert rec["sources"][0]["relatedness"] > rec["sources"][1]["relatedness"]
+    assert "2 related of 5 stored studies" in rec["note"]
+    # named sources: another tenant's study is not found, like one that does not exist
+    for name in ("bowl-c", "nowhere"):
+        with pytest.raises(NotFoundError, match=f"source study '{name}' not found"):
+            registry.create_study("t2", spec_dict(transfer={"sources": [name]}))
+    with pytest.raises(SpecError, match="'names' cannot be a source: no parameter 'x'"):
+        registry.create_study("t2", spec_dict(transfer={"sources": ["names"]}))
+    assert registry.storage.get_study("default", "t2") is None  # nothing stored
+    # the other tenant's auto finds its own study only
+    theirs, _ = registry.create_study("target", spec_dict(transfer={"auto": True}), "other")
+    assert [s["uid"] for s in theirs.record.transfer["sources"]] == [elsewhere.uid]
+    # reattaching does not resolve again (a source deleted since does not lock the driver out)
+    registry.delete_study("bowl-b")
+    again, created = registry.create_study(
+        "target", spec_dict(transfer={"auto": True, "max_sources": 3})
+    )
+    assert not created and again.record.transfer == rec
+
+
+def test_tenants_never_see_each_others_sources_over_grpc(server_factory, tmp_path):
+    db = "sqlite:///" + str(tmp_path / "tenants.db")
+    srv = server_factory(db=db, args=["--auth", "--workers", "1"])
+    key_a, _ = create_key(db, "acme")
+    key_b, _ = create_key(db, "globex")
+    params = [bc.Float("x", 0.0, 1.0), bc.Float("z", 0.0, 1.0)]
+    with bc.Client(srv.address, api_key=key_a) as a, bc.Client(srv.address, api_key=key_b) as b:
+        src = a.create_study("src", params, "y", description="bowl")
+        for p in grid_points(6):
+            src.add_trial(p, {"y": bowl(p)})
+        with pytest.raises(bc.NotFound) as e:
+            b.create_study("mine", params, "y", transfer=bc.Transfer(["src"]))
+        assert "source study 'src' not found" in e.value.message
+        with pytest.raises(bc.NotFound) as e2:
+            b.create_study("mine", params, "y", transfer=bc.Transfer(["does-not-exist"]))
+        assert e2.value.code == e.value.code == grpc.StatusCode.NOT_FOUND
+        auto_b = b.create_study(
+            "mine", params, "y", description="bowl", transfer=bc.Transfer(auto=True)
+        )
+        assert auto_b.info().transfer.sources == []
+        auto_a = a.create_study(
+            "mine", params, "y", description="bowl", transfer=bc.Transfer(auto=True)
+        )
+        info = auto_a.info()
+        assert [s.name for s in info.transfer.sources] == ["src"]
+        assert info.transfer.sources[0].uid == src.info().uid and not info.transfer.sources[0].named
+        assert info.spec.transfer.auto and list(info.spec.transfer.sources) == []
+
+
+def test_sources_survive_a_restart_and_a_deleted_source_is_left_out(tmp_path, capsys):
+    """The service restarted on its database (a new registry on a new storage, as `bbo serve`
+    builds at start-up) reads the same sources and weights; a source deleted and re-created under
+    its name is recognised by its uid and left out; `bbo trials` and `bbo studies` show it all."""
+    from bbo.registry import StudyRegistry
+    from bbo.storage import open_storage
+    from bbo_server.cli import main
+
+    db = "sqlite:///" + str(tmp_path / "restart.db")
+    storage = open_storage(db)
+    reg = StudyRegistry(storage)
+    src, _ = reg.create_study("src", spec_dict())
+    add(src, lambda p: 2.0 * bowl(p) + 1.0, 12)
+    t, _ = reg.create_study("target", spec_dict(transfer={"sources": ["src"]}))
+    (first,) = t.ask().trials
+    assert first.origin == "transfer_warmstart" and "'src'" in first.reason
+    t.tell(first.id, {"y": bowl(first.params, 0.32, 0.58)})
+    for _ in range(2):  # the design's second point, then the first model-based step
+        (tr,) = t.ask().trials
+        t.tell(tr.id, {"y": bowl(tr.params, 0.32, 0.58)})
+    assert tr.origin == "transfer_bo"
+    before = t.info().transfer
+    w = before["weights"]["by_metric"]["y"][src.uid]
+    assert before["weights"]["n"] == 2 and w > 0
+    assert before["weights"]["target"]["y"] == pytest.approx(1 - w)
+    reg.close()
+    storage.close()
+
+    storage = open_storage(db)  # the restart
+    reg = StudyRegistry(storage)
+    t = reg.get_study("target")
+    assert t.info().transfer == before  # stored, not recomputed at start-up
+    (tr,) = t.ask().trials
+    assert "transfer weights (y): 'src'" in tr.reason
+    t.tell(tr.id, {"y": bowl(tr.params, 0.32, 0.58)})
+    reg.delete_study("src")
+    again, _ = reg.create_study("src", spec_dict())  # the same name, another study: no source
+    again.add_trial({"x": 0.9, "z": 0.9}, {"y": 5.0})
+    (tr,) = t.ask().trials
+    assert "transfer" not in tr.origin and "transfer weights" not in tr.reason
+    assert t.info().transfer["deleted"] == [src.uid] != [again.uid]
+    reg.close()
+    storage.close()
+
+    capsys.readouterr()
+    assert main(["trials", "target", "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert "transfer from 1 source study(ies)" in out and "DELETED" in out
+    assert "transfer_warmstart" in out and "transfer_bo" in out
+    assert main(["studies", "--db", db, "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    (target,) = [r for r in rows if r["name"] == "target"]
+    assert target["transfer"]["sources"][0]["state"] == "deleted"
+
+
+def test_source_reads_never_write_the_source(registry):
+    src, _ = registry.create_study("src", spec_dict())
+    add(src, bowl, 6)
+    before = (registry.storage.get_study_by_uid(src.uid), src.trials())
+    t, _ = registry.create_study("t", spec_dict(transfer={"sources": ["src"]}))
+    for _ in range(3):
+        (tr,) = t.ask().trials
+        t.tell(tr.id, {"y": bowl(tr.params)})
+    assert (registry.storage.get_study_by_uid(src.uid), src.trials()) == before
+    assert not math.isnan(t.record.transfer["resolved_at"])
