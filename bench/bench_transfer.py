@@ -43,9 +43,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, setup_paths
+from common import ROOT, limit_threads
 
-setup_paths()
+limit_threads()
 
 VARIANTS = ("plain", "related", "misleading", "ax")
 TASKS = ("hartmann6", "admm", "cloud", "hpo")

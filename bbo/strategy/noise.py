@@ -101,6 +101,6 @@ def replicate_sd(X: np.ndarray, y: np.ndarray) -> float | None:
     means /= np.maximum(counts, 1)
     dev = vals - means[groups]
     dof = int(rep.sum()) - len(np.unique(groups))
-    sd = float(np.sqrt(np.sum(dev**2) / max(dof, 1)))
+    sd = float(np.linalg.norm(dev) / np.sqrt(max(dof, 1)))  # norm: no overflow near 1e308
     scale = max(float(np.max(np.abs(y))), 1e-300)
     return sd if sd > REPLICATE_RTOL * scale else 0.0
