@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench bench-service proto clean
+.PHONY: setup demo lint test bench bench-service proto clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml clients/node/package-lock.json
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,12 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/bbo demo
+
+# the gate CI runs before the tests: formatting, lint rules (pyproject [tool.ruff]), types of the core
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # two pytest workers (CI has 2 cores); a test file stays on one worker, sharing its fixtures
 TEST_WORKERS ?= 2

@@ -42,40 +42,22 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
+import problems  # noqa: E402
 from problems import BRANIN_OPT, H6_OPT  # noqa: E402 - full-precision optima, shared with bench_core
 
 VARIANTS = ("plain", "prior_good", "prior_bad", "warm_good", "warm_bad")
 
 
 # ---- problems -----------------------------------------------------------------------------------------
+_BRANIN, _HARTMANN6 = problems.branin(), problems.hartmann6()  # BoTorch's test functions
+
+
 def branin(x):
-    x1, x2 = x
-    b, c, t = 5.1 / (4 * math.pi**2), 5 / math.pi, 1 / (8 * math.pi)
-    return (x2 - b * x1**2 + c * x1 - 6) ** 2 + 10 * (1 - t) * math.cos(x1) + 10
-
-
-_H6_A = np.array(
-    [
-        [10, 3, 17, 3.5, 1.7, 8],
-        [0.05, 10, 17, 0.1, 8, 14],
-        [3, 3.5, 1.7, 10, 17, 8],
-        [17, 8, 0.05, 10, 0.1, 14],
-    ]
-)
-_H6_P = 1e-4 * np.array(
-    [
-        [1312, 1696, 5569, 124, 8283, 5886],
-        [2329, 4135, 8307, 3736, 1004, 9991],
-        [2348, 1451, 3522, 2883, 3047, 6650],
-        [4047, 8828, 8732, 5743, 1091, 381],
-    ]
-)
-_H6_ALPHA = np.array([1.0, 1.2, 3.0, 3.2])
+    return _BRANIN.evaluate({"x1": x[0], "x2": x[1]})["f"]
 
 
 def hartmann6(x):
-    x = np.asarray(x, dtype=float)
-    return float(-np.sum(_H6_ALPHA * np.exp(-np.sum(_H6_A * (x - _H6_P) ** 2, axis=1))))
+    return _HARTMANN6.evaluate({f"x{i}": float(v) for i, v in enumerate(x)})["f"]
 
 
 def levy(x):
@@ -214,8 +196,8 @@ def run_one(
     torch.set_num_threads(1)
     from bbo.llm import LlmAdvisor, LlmConfig, warmstart_count
     from bbo.strategy import GenerationStrategy
-    from bbo.trial import Metric, Trial, TrialState
     from bbo.testing.chat_server import ChatServer, Reply
+    from bbo.trial import Metric, Trial, TrialState
 
     fn, _, f_star, _, _, _ = get(problem)
     spec = make_spec(problem, seed, prior_exponent)

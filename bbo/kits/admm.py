@@ -144,7 +144,7 @@ def admm(
     sq = math.sqrt(n)
     it = 0
     converged = False
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 - the count is the result
         # x-update: (H + rho I) x = rho (z - u) - c, via the eigendecomposition of H
         x = V @ ((Vt @ (rho * (z - u) - inst.c)) / (w + rho))
         x_hat = alpha * x + (1.0 - alpha) * z

@@ -283,6 +283,19 @@ class LlmAdvisor:
                 v = None
         return v
 
+    def _remember(self, key: str, out: ChatOutcome) -> None:
+        """Cache a usable answer (``key`` is empty for an answer that came from the cache)."""
+        if key:
+            self._cache_put(
+                key,
+                {
+                    "text": out.text,
+                    "prompt_tokens": out.prompt_tokens,
+                    "completion_tokens": out.completion_tokens,
+                    "model": out.model,
+                },
+            )
+
     def _cache_put(self, key: str, value: dict) -> None:
         self._lru.put(key, value)
         if self.cache is not None:
@@ -390,16 +403,7 @@ class LlmAdvisor:
             self._mark_unusable(key)
             rec.outcome = reason
             return LlmResult(calls=[rec], reason=reason, issues=parsed.issues)
-        if key:
-            self._cache_put(
-                key,
-                {
-                    "text": out.text,
-                    "prompt_tokens": out.prompt_tokens,
-                    "completion_tokens": out.completion_tokens,
-                    "model": out.model,
-                },
-            )
+        self._remember(key, out)
         reason = "" if len(sugg) >= n else f"llm gave {len(sugg)} of {n} usable candidates ({why})"
         if reason and not rec.cached:
             rec.outcome = f"partial: {reason}"
@@ -516,16 +520,7 @@ class LlmAdvisor:
             return LlmResult(calls=[rec], reason=reason, issues=parsed.issues)
         parsed.priors = kept
         first_issue = f" ({parsed.issues[0]})" if parsed.issues else ""
-        if key:
-            self._cache_put(
-                key,
-                {
-                    "text": out.text,
-                    "prompt_tokens": out.prompt_tokens,
-                    "completion_tokens": out.completion_tokens,
-                    "model": out.model,
-                },
-            )
+        self._remember(key, out)
         n_free = spec.space.dim
         reason = (
             ""

@@ -301,18 +301,7 @@ def priors_schema(space: SearchSpace, compact: bool = False) -> dict:
                 "required": ["rationale", "best_guess", "low", "high", "confidence"],
                 "additionalProperties": False,
             }
-    priors = {
-        "type": "object",
-        "properties": props,
-        "required": space.names,
-        "additionalProperties": False,
-    }
-    return {
-        "type": "object",
-        "properties": {"priors": priors},
-        "required": ["priors"],
-        "additionalProperties": False,
-    }
+    return _strict_object({"priors": _strict_object(props, space.names)}, ["priors"])
 
 
 def _compact_priors_schema(space: SearchSpace) -> dict:
@@ -338,18 +327,17 @@ def _compact_priors_schema(space: SearchSpace) -> dict:
             "required": list(fields),
             "additionalProperties": False,
         }
-    priors = {
-        "type": "object",
-        "properties": props,
-        "required": space.names,
-        "additionalProperties": False,
-    }
+    schema = _strict_object({"priors": _strict_object(props, space.names)}, ["priors"])
+    return {**schema, **COMPACT_JSON}
+
+
+def _strict_object(properties: dict, required: Sequence[str]) -> dict:
+    """A JSON-schema object with exactly these properties (what strict structured output needs)."""
     return {
         "type": "object",
-        "properties": {"priors": priors},
-        "required": ["priors"],
+        "properties": properties,
+        "required": list(required),
         "additionalProperties": False,
-        **COMPACT_JSON,
     }
 
 
