@@ -28,8 +28,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -67,7 +67,7 @@ class Layout:
     m: int
 
     @classmethod
-    def of(cls, spec: StudySpec) -> "Layout":
+    def of(cls, spec: StudySpec) -> Layout:
         names = spec.modeled_metrics
         col = {n: i for i, n in enumerate(names)}
         return cls(
@@ -157,7 +157,7 @@ class AdditiveLogPrior(AcquisitionFunction):
         self.prior = prior
         self.exponent = exponent
 
-    def set_X_pending(self, X_pending: Optional[torch.Tensor] = None) -> None:
+    def set_X_pending(self, X_pending: torch.Tensor | None = None) -> None:
         self.acq_func.set_X_pending(X_pending)
 
     @property
@@ -180,7 +180,7 @@ def make_acquisition(
     X_baseline: torch.Tensor,
     Y_baseline: np.ndarray,
     *,
-    prior: Optional[LogPrior] = None,
+    prior: LogPrior | None = None,
     prior_exponent: float = 0.0,
     seed: int = 0,
 ) -> AcquisitionFunction:
@@ -233,10 +233,10 @@ def marginal_acquisition(
     layout: Layout,
     Y: np.ndarray,
     *,
-    prior: Optional[LogPrior] = None,
+    prior: LogPrior | None = None,
     prior_exponent: float = 0.0,
     seed: int = 0,
-) -> Optional[AcquisitionFunction]:
+) -> AcquisitionFunction | None:
     """q = 1 log expected improvement over a plug-in incumbent, the best posterior mean at the
     observed feasible points (observed outcomes ``Y``, model units, in the GP's training order),
     outcome constraints weighting it as in qLogNEI; on the GP's cached marginals
@@ -288,10 +288,10 @@ def optimize(
     num_restarts: int,
     raw_samples: int,
     maxiter: int = 100,
-    initial_conditions: Optional[torch.Tensor] = None,
-    avoid: Optional[np.ndarray] = None,
+    initial_conditions: torch.Tensor | None = None,
+    avoid: np.ndarray | None = None,
     seed: int = 0,
-    tolerances: Optional[dict] = None,
+    tolerances: dict | None = None,
 ) -> tuple[torch.Tensor, float]:
     """The best point found (1 x d) and its acquisition value. ``initial_conditions``
     (k x 1 x d; continuous spaces only) are k of the restarts' starting points, BoTorch's

@@ -32,7 +32,7 @@ class LimitError(BboError):
     """A request over a configured limit (too many trials per ask, parameters, studies...).
     ``retry_after`` (seconds) is set when the same request will pass later (a rate limit)."""
 
-    retry_after: "float | None" = None
+    retry_after: float | None = None
 
 
 class StudyNotFound(NotFoundError):

@@ -7,7 +7,7 @@ metric as a finite number count; a trial is feasible when it meets every outcome
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

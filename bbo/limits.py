@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from bbo.errors import LimitError
 
@@ -170,11 +171,15 @@ class RequestLimits:
             )
             for i, name in enumerate(sources if isinstance(sources, (list, tuple)) else []):
                 self._name(f"{field}.transfer.sources[{i}]", name)
-            n = transfer.get("max_sources")
-            if isinstance(n, int) and not isinstance(n, bool) and n > self.max_transfer_sources:
+            asked = transfer.get("max_sources")
+            if (
+                isinstance(asked, int)
+                and not isinstance(asked, bool)
+                and asked > self.max_transfer_sources
+            ):
                 raise LimitExceeded(
                     f"{field}.transfer.max_sources",
-                    f"{n} sources asked for, at most {self.max_transfer_sources} allowed",
+                    f"{asked} sources asked for, at most {self.max_transfer_sources} allowed",
                     "max_transfer_sources",
                 )
         self._check_fidelity(d, field)

@@ -13,8 +13,6 @@ their own evaluation loop and cannot take one step inside an ask/tell service.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 MAX_RADIUS = (
@@ -28,7 +26,7 @@ def n_coefficients(d: int) -> int:
     return (d + 1) * (d + 2) // 2
 
 
-def quadratic_step(X: np.ndarray, y: np.ndarray) -> Optional[np.ndarray]:
+def quadratic_step(X: np.ndarray, y: np.ndarray) -> np.ndarray | None:
     """The maximizer of the quadratic interpolating the ``n_coefficients(d)`` points nearest the
     best one (``y`` larger is better, ``X`` in the unit cube), or None where that model is not
     trustworthy: too few points, points too far apart, ill-conditioned, not concave, or an optimum

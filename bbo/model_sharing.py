@@ -24,7 +24,6 @@ import io
 import logging
 import weakref
 from dataclasses import dataclass
-from typing import Optional
 
 from bbo.storage import Storage
 from bbo.strategy.base import SharesModelState
@@ -52,7 +51,7 @@ def loads(blob: bytes) -> dict:
 class Token:
     """What the strategy held before an ask (to tell whether it refit)."""
 
-    hyper: Optional[dict]  # the very object (identity tells a refit apart)
+    hyper: dict | None  # the very object (identity tells a refit apart)
     n_fit: int
     pulled: bool = False
 
@@ -131,7 +130,7 @@ class ModelStateCache:
             log.warning("storing the model state failed", exc_info=True, extra={"study_uid": uid})
             return False
 
-    def get(self, uid: str) -> Optional[dict]:
+    def get(self, uid: str) -> dict | None:
         """The stored state (``{"n_fit", "updated_by", "updated_at", "hyper"}``) or None."""
         st = self.storage.get_model_state(uid)
         if st is None:

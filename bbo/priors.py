@@ -20,7 +20,7 @@ optimum, against 10 of 20 for plain BO; with the check 9 of 20).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -15,8 +15,9 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 from bbo.errors import ConflictError, LimitError, NotFoundError, SpecError
 from bbo.fit_slots import FitSlots
@@ -50,7 +51,7 @@ class StudyConfig:
     limits: RequestLimits = dataclasses.field(default_factory=RequestLimits)
     stopping: MedianRule = dataclasses.field(default_factory=MedianRule)
     llm: Any = None  # a bbo.llm.LlmAdvisor; None or a disabled one = plain BO for every study
-    on_llm_call: Optional[Callable[[LlmCallRecord], None]] = None  # an observer (metrics)
+    on_llm_call: Callable[[LlmCallRecord], None] | None = None  # an observer (metrics)
 
 
 def default_strategy_factory(spec: StudySpec):
@@ -102,7 +103,7 @@ def encode_page_token(rec: StudyRecord) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_page_token(token: str) -> Optional[tuple[float, str]]:
+def decode_page_token(token: str) -> tuple[float, str] | None:
     if not token:
         return None
     try:
@@ -125,8 +126,8 @@ class StudyRegistry:
         self,
         storage: Storage,
         *,
-        strategy_factory: Optional[Callable[[StudySpec], Any]] = None,
-        config: Optional[StudyConfig] = None,
+        strategy_factory: Callable[[StudySpec], Any] | None = None,
+        config: StudyConfig | None = None,
         fit_slots: int = 1,
     ):
         self.storage = storage
@@ -202,7 +203,7 @@ class StudyRegistry:
                 )
         return st, created
 
-    def _insert(self, tenant, name, spec_dict, seed, transfer=None) -> Optional[StudyRecord]:
+    def _insert(self, tenant, name, spec_dict, seed, transfer=None) -> StudyRecord | None:
         try:
             return self.storage.create_study(
                 tenant,
@@ -293,7 +294,7 @@ class StudyRegistry:
         return out, nxt
 
     # ---- leases ---------------------------------------------------------------------------------
-    def expire_leases(self, now: Optional[float] = None) -> dict[str, list[int]]:
+    def expire_leases(self, now: float | None = None) -> dict[str, list[int]]:
         """ABANDON every expired lease of every study (the server's reaper calls this on a timer,
         so a dead worker's trial does not wait for its study's next Ask); ``{uid: [trial ids]}``."""
         import time

@@ -14,14 +14,15 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Mapping, Sequence, Union
+from typing import Any, ClassVar
 
 import numpy as np
 
 from bbo.errors import SpecError
 
-Value = Union[float, int, str]
+Value = float | int | str
 
 INT64 = 2**63  # int parameters and integer values live in [-2**63, 2**63) (protobuf int64)
 EXACT_INT = 2**53  # whole numbers up to this are exact as doubles: ordinals of them are integers
@@ -323,9 +324,9 @@ class FixedParam:
         return self.value
 
 
-Param = Union[FloatParam, IntParam, CategoricalParam, OrdinalParam, FixedParam]
+Param = FloatParam | IntParam | CategoricalParam | OrdinalParam | FixedParam
 # a parameter with a column in the encoding
-FreeParam = Union[FloatParam, IntParam, CategoricalParam, OrdinalParam]
+FreeParam = FloatParam | IntParam | CategoricalParam | OrdinalParam
 # every parameter kind by its name: a new kind is a class above, listed here
 PARAM_KINDS: dict[str, type] = {
     c.kind: c for c in (FloatParam, IntParam, CategoricalParam, OrdinalParam, FixedParam)
@@ -471,11 +472,11 @@ class SearchSpace:
             p.name for p in self.free if isinstance(p, OrdinalParam) and p.name not in constrained
         )
 
-    def unit(self, p: Param, v: float) -> float:
+    def unit(self, p: FreeParam, v: Value) -> float:
         """``v`` (a value of ``p``, or any number in its range for an ordinal) on ``p``'s encoded
         column."""
         if isinstance(p, OrdinalParam) and p.name in self.by_rank:
-            return p.rank_unit(v)
+            return p.rank_unit(float(v))
         return p.to_unit(v)
 
     @property
@@ -562,8 +563,10 @@ class SearchSpace:
                 out[p.name] = p.value
             else:
                 q, u = next(free)
-                ranked = isinstance(q, OrdinalParam) and q.name in self.by_rank
-                out[p.name] = q.from_rank_unit(u) if ranked else q.from_unit(u)
+                if isinstance(q, OrdinalParam) and q.name in self.by_rank:
+                    out[p.name] = q.from_rank_unit(u)
+                else:
+                    out[p.name] = q.from_unit(u)
         return out
 
     def is_feasible(self, params: Mapping[str, Value]) -> bool:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from bbo.errors import SpecError
 from bbo.space import (
@@ -64,9 +65,9 @@ class ParameterPrior:
     """
 
     parameter: str
-    mean: Optional[float] = None
-    std: Optional[float] = None
-    probabilities: Optional[Mapping[str, float]] = None
+    mean: float | None = None
+    std: float | None = None
+    probabilities: Mapping[str, float] | None = None
     confidence: float = 0.5
     source: str = "user"  # "user" or "llm"
 
@@ -76,7 +77,7 @@ class AlgorithmOptions:
     """Knobs of the generation strategy; defaults suit most studies."""
 
     n_initial: int = 0  # 0 = choose from the dimension: max(5, 2 * d), capped at 20 (cut to d + 1 once LLM or user advice measures best)
-    seed: Optional[int] = None
+    seed: int | None = None
     device: str = "auto"  # "auto", "cpu" or "cuda"
     max_fit_points: int = 1000  # above this, hyperparameters are fit on a subset
     max_model_points: int = 3000  # above this, the GP conditions on a subset near the incumbent
@@ -88,7 +89,7 @@ class AlgorithmOptions:
     # after each one that does not improve; 0 = never. bench_core, 5 seeds x 50: Branin 6.6e-7 -> 9.1e-8,
     # Hartmann6 1.4e-5 -> 1.3e-6, constrained Hartmann6 1.1e-5 -> 2.7e-6
     exploit_gap: int = 2
-    reference_point: Optional[Mapping[str, float]] = None  # multi-objective, per objective
+    reference_point: Mapping[str, float] | None = None  # multi-objective, per objective
 
     def initial_size(self, dim: int) -> int:
         return self.n_initial if self.n_initial > 0 else min(20, max(5, 2 * dim))
@@ -324,7 +325,7 @@ class StudySpec:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "StudySpec":
+    def from_dict(cls, d: Mapping[str, Any]) -> StudySpec:
         try:
             params = tuple(param_from_dict(p, i) for i, p in enumerate(d.get("parameters", [])))
             cons = tuple(
@@ -489,6 +490,8 @@ def _check_fidelity(spec: StudySpec) -> None:
         )
     if p.promote and spec.pruning_policy not in (ASHA, HYPERBAND):
         raise SpecError("pruning.promote", "promotion needs the policy asha or hyperband")
+
+
 _SOURCE_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class MedianRule:
         if step < self.warmup_steps:
             return False, ""
 
-        def best_upto(points: Sequence[tuple[int, float]]) -> Optional[float]:
+        def best_upto(points: Sequence[tuple[int, float]]) -> float | None:
             vals = [sign * v for s, v in points if s <= step]
             return max(vals) if vals else None
 

@@ -20,8 +20,9 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 from bbo.errors import ConflictError, LimitError, NotFoundError, SpecError, StudyNotFound
 from bbo.incumbent import incumbents, is_feasible
@@ -82,7 +83,7 @@ class StudyInfo:
     trial_count: int
     completed_count: int
     uid: str = ""
-    transfer: Optional[dict] = None  # the transfer record (bbo.transfer), None without transfer
+    transfer: dict | None = None  # the transfer record (bbo.transfer), None without transfer
 
 
 def _json_key(obj: Any) -> str:
@@ -124,7 +125,7 @@ def _study_calls(fn):
     """A storage call on a deleted study surfaces as NotFoundError naming this study."""
 
     @functools.wraps(fn)
-    def wrapper(self: "Study", *args, **kwargs):
+    def wrapper(self: Study, *args, **kwargs):
         try:
             return fn(self, *args, **kwargs)
         except StudyNotFound:
@@ -144,9 +145,9 @@ class Study:
         record: StudyRecord,
         spec: StudySpec,
         strategy_factory: Callable,
-        config: "StudyConfig",
-        fit_slots: "FitSlots",
-        model_cache: "ModelStateCache",
+        config: StudyConfig,
+        fit_slots: FitSlots,
+        model_cache: ModelStateCache,
     ):
         self.storage = storage
         self.record = record
@@ -157,7 +158,7 @@ class Study:
         self._lock = threading.Lock()  # serializes asks (suggestion generation) of this study
         # Where one process owns the database (SQLite), it sees every write of the study and keeps
         # the trials in memory (asks skip re-reading them); a shared database is re-read.
-        self._trials: Optional[dict[int, Trial]] = None
+        self._trials: dict[int, Trial] | None = None
         self._trials_lock = threading.Lock()
         self._fit_slots = fit_slots
         self._model_cache = model_cache
@@ -312,7 +313,7 @@ class Study:
         return AskResult(created, note="; ".join(x for x in (note, status_note) if x))
 
     @_study_calls
-    def expire_leases(self, now: Optional[float] = None) -> list[int]:
+    def expire_leases(self, now: float | None = None) -> list[int]:
         """ABANDON pending trials whose lease ran out (stored, then the in-memory copy); returns
         the trial ids changed here or found already expired by someone else (the server's reaper)."""
         now = time.time() if now is None else now
@@ -357,7 +358,7 @@ class Study:
                     continue
                 self._trials[t.id] = t
 
-    def _transfer_sources(self) -> Optional[list[SourceData]]:
+    def _transfer_sources(self) -> list[SourceData] | None:
         """The live sources' data (None without transfer), read through storage and never written:
         a source is looked up by the uid it had when this study was created, so a deleted one (or
         one deleted and re-created under its name) is left out; its trials are re-read only when
@@ -501,7 +502,7 @@ class Study:
         b = budget if budget is not None else (cur.budget if cur.budget is not None else f.max)
         if at_least(b, f.max):
             return TrialState.COMPLETED, float(f.max)
-        if self.spec.pruning.promote and same_budget(b, cur.budget):
+        if self.spec.pruning.promote and cur.budget is not None and same_budget(b, cur.budget):
             return TrialState.PAUSED, float(cur.budget)
         handed = f" (it was handed out at {cur.budget:g})" if cur.budget is not None else ""
         raise SpecError(
@@ -532,7 +533,8 @@ class Study:
         if step is None:
             used = {p.step for p in curve}
             whole = int(round(budget))
-            if self.spec.fidelity.integer and whole not in used and 0 <= whole <= MAX_STEP:
+            integer = self.spec.fidelity is not None and self.spec.fidelity.integer
+            if integer and whole not in used and 0 <= whole <= MAX_STEP:
                 step = whole
             else:
                 step = max(used, default=0) + 1
@@ -557,7 +559,7 @@ class Study:
                 self.spec.space, self.record.seed + 7919, trials, count, reason
             ), reason
 
-    def _status(self, trials: list[Trial]) -> Optional[tuple[StudyState, str]]:
+    def _status(self, trials: list[Trial]) -> tuple[StudyState, str] | None:
         """The strategy's judgement of the study (ACTIVE or LIKELY_INFEASIBLE, and why); None
         where the strategy makes none."""
         if not isinstance(self.strategy, Strategy):
@@ -596,7 +598,7 @@ class Study:
             )
         return lease or self.config.default_lease_seconds
 
-    def _replay(self, req: RequestKey) -> Optional[list[Trial]]:
+    def _replay(self, req: RequestKey) -> list[Trial] | None:
         prev = self.storage.lookup_request(self.uid, req.kind, req.request_id)
         if prev is None:
             return None
@@ -605,7 +607,7 @@ class Study:
         return [t for n in numbers if (t := self.storage.get_trial(self.uid, n)) is not None]
 
     @staticmethod
-    def _check_hash(req: Optional[RequestKey], prev: StoredRequest) -> None:
+    def _check_hash(req: RequestKey | None, prev: StoredRequest) -> None:
         """A stored answer came back for ``req``: it must be for the same request."""
         if req is None or prev.request_hash != req.request_hash:
             raise ConflictError(
@@ -613,7 +615,7 @@ class Study:
                 f" {req.kind if req else ''} request"
             )
 
-    def _check_metrics(self, metrics: Optional[Mapping[str, Any]], required: list[str]):
+    def _check_metrics(self, metrics: Mapping[str, Any] | None, required: list[str]):
         metrics = metrics or {}
         self.config.limits.check_metrics(metrics)
         return check_metrics(metrics, required)
@@ -623,10 +625,10 @@ class Study:
     def tell(
         self,
         trial_id: int,
-        metrics: Optional[Mapping[str, Any]] = None,
+        metrics: Mapping[str, Any] | None = None,
         *,
         failed: bool = False,
-        state: Optional[TrialState] = None,
+        state: TrialState | None = None,
         reason: str = "",
         request_id: str = "",
         study_uid: str = "",
@@ -680,7 +682,7 @@ class Study:
                 if at is not None and obj in checked:
                     self._record_value(cur, at, checked[obj].value)
 
-        def change(cur: Trial) -> Optional[Trial]:
+        def change(cur: Trial) -> Trial | None:
             if self._accepts(cur, state):
                 new_state, at = self._told_state(cur, state, budget, curve_top)
                 # a tell without a reason keeps the note generation left (a fallback's cause)
@@ -693,7 +695,7 @@ class Study:
                     lease_expires_at=None,
                     budget=at,
                 )
-            told = state
+            told: TrialState = state
             if cur.state is TrialState.PAUSED and state is TrialState.COMPLETED:
                 told = TrialState.PAUSED  # a repeated rung result
             if (
@@ -736,7 +738,7 @@ class Study:
     def add_trial(
         self,
         params: Mapping[str, Any],
-        metrics: Optional[Mapping[str, Any]] = None,
+        metrics: Mapping[str, Any] | None = None,
         *,
         state: TrialState = TrialState.COMPLETED,
         request_id: str = "",
@@ -795,9 +797,9 @@ class Study:
     @_study_calls
     def trials(
         self,
-        states: Optional[Iterable[TrialState]] = None,
+        states: Iterable[TrialState] | None = None,
         after: int = 0,
-        limit: Optional[int] = None,
+        limit: int | None = None,
     ) -> list[Trial]:
         return self.storage.list_trials(self.uid, states, after=after, limit=limit)
 
@@ -815,7 +817,7 @@ class Study:
                 front, selection = pick
         return BestResult(front, StudyState(rec.state), rec.state_reason, selection)
 
-    def _recommended(self, trials: list[Trial]) -> Optional[tuple[list[Trial], str]]:
+    def _recommended(self, trials: list[Trial]) -> tuple[list[Trial], str] | None:
         """The strategy's recommended trial among ``trials`` (feasible) and why; None where it
         makes none. A strategy that has not fit yet (a replica or server that has not served
         this study's asks) first takes the study's stored model state."""
@@ -850,7 +852,7 @@ class Study:
         self._check_uid(study_uid, trial_id)
         asked = self._lease(lease_seconds) if lease_seconds else 0.0
 
-        def change(cur: Trial) -> Optional[Trial]:
+        def change(cur: Trial) -> Trial | None:
             if cur.state is not TrialState.PENDING:
                 raise ConflictError(
                     f"trial {trial_id} is {cur.state.value}: only a pending trial has a lease"
@@ -933,7 +935,7 @@ class Study:
 
     @_study_calls
     def llm_calls(
-        self, purpose: Optional[str] = None, after: int = 0, limit: Optional[int] = None
+        self, purpose: str | None = None, after: int = 0, limit: int | None = None
     ) -> list[LlmCallRecord]:
         """The study's LLM exchanges in the order they happened (numbers above ``after``, at most
         ``limit``)."""

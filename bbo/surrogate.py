@@ -58,7 +58,6 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Optional
 
 import gpytorch
 import numpy as np
@@ -142,7 +141,7 @@ class ModelInfo:
     reason: str = ""  # non-empty when a fallback was used
     fit_seconds: float = 0.0
     surprise: float = 0.0  # the leave-one-out z-score that called for a refit, if one did
-    predictive: Optional[CachedPredictive] = None  # the GP's cheap marginals, where available
+    predictive: CachedPredictive | None = None  # the GP's cheap marginals, where available
 
 
 class Surrogate:
@@ -155,13 +154,13 @@ class Surrogate:
         self.m = n_outputs
         self.options = options
         self.placement = placement
-        self._hyper: Optional[dict[str, torch.Tensor]] = None
+        self._hyper: dict[str, torch.Tensor] | None = None
         self._n_at_fit = 0
         self._n_fresh = 0  # points at the last fit that also started from the default values
-        self._fit_keys: Optional[set[bytes]] = None  # the points of the last fit (encoded rows)
+        self._fit_keys: set[bytes] | None = None  # the points of the last fit (encoded rows)
         self._noise_free = False  # the last fit's first output (an objective) has no noise
         # the hyperparameters whose cached marginals were compared with the GP's posterior
-        self._verified: Optional[dict] = None
+        self._verified: dict | None = None
         self._bounds = placement.tensor(space.bounds())
 
     # ---- public ------------------------------------------------------------------------------------
@@ -169,7 +168,7 @@ class Surrogate:
     def has_hyperparameters(self) -> bool:
         return self._hyper is not None
 
-    def export_state(self) -> Optional[tuple[int, dict[str, torch.Tensor]]]:
+    def export_state(self) -> tuple[int, dict[str, torch.Tensor]] | None:
         """``(n at the last fit, hyperparameters)`` to share with other replicas, or None before any fit.
         The dict is the cache itself (read-only): each fit replaces it, so identity tells a new fit."""
         return None if self._hyper is None else (self._n_at_fit, self._hyper)
@@ -179,8 +178,8 @@ class Surrogate:
         self._hyper, self._n_at_fit, self._fit_keys = hyper, int(n_fit), None
 
     def conditioned(
-        self, X: np.ndarray, Y: np.ndarray, Yvar: Optional[np.ndarray], score: np.ndarray
-    ) -> Optional[tuple[object, np.ndarray]]:
+        self, X: np.ndarray, Y: np.ndarray, Yvar: np.ndarray | None, score: np.ndarray
+    ) -> tuple[object, np.ndarray] | None:
         """A GP on (a subset of) the data with the cached hyperparameters, never fit: ``(model,
         rows)``, or None before any fit. For reads (the recommended trial): cheap, no state
         changed, safe beside a running ask."""
@@ -206,8 +205,8 @@ class Surrogate:
         self,
         X: np.ndarray,
         Y: np.ndarray,
-        Yvar: Optional[np.ndarray] = None,
-        score: Optional[np.ndarray] = None,
+        Yvar: np.ndarray | None = None,
+        score: np.ndarray | None = None,
         seed: int = 0,
     ) -> tuple[object, np.ndarray, ModelInfo]:
         """A GP on (a subset of) the data: ``(model, rows it conditions on, info)``. Never raises
@@ -326,7 +325,7 @@ class Surrogate:
         return fitted
 
     # ---- model construction -------------------------------------------------------------------------
-    def _build(self, X: np.ndarray, Y: np.ndarray, Yvar: Optional[np.ndarray]):
+    def _build(self, X: np.ndarray, Y: np.ndarray, Yvar: np.ndarray | None):
         p = self.placement
         tX, tY = p.tensor(X), p.tensor(Y)
         tYvar = p.tensor(np.maximum(Yvar, _MIN_YVAR)) if Yvar is not None else None

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, replace
-from typing import Optional
 
 import numpy as np
 from scipy import stats
@@ -45,7 +44,7 @@ class OutcomeWarp:
     constraint_cols: tuple[tuple[int, str, float], ...]  # (column, op, bound) clipped and bilogged
 
     @classmethod
-    def of(cls, layout: Layout) -> "OutcomeWarp":
+    def of(cls, layout: Layout) -> OutcomeWarp:
         uses = Counter(list(layout.obj_idx) + [j for j, _, _ in layout.constraints])
         obj = (
             ()
@@ -58,8 +57,8 @@ class OutcomeWarp:
         return cls(replace(layout, constraints=model_cons), obj, cons)
 
     def apply(
-        self, Y: np.ndarray, Yvar: Optional[np.ndarray] = None
-    ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        self, Y: np.ndarray, Yvar: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """``(warped Y, warped Yvar)``; rows keep their order and feasibility."""
         Y = np.array(Y, dtype=float, copy=True)
         Yvar = None if Yvar is None else np.array(Yvar, dtype=float, copy=True)
@@ -104,7 +103,7 @@ def _yeo_johnson_bad_side(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return -np.asarray(t, dtype=float), slope
 
 
-def _clip_bad_side(v: np.ndarray, anchor: Optional[float] = None) -> np.ndarray:
+def _clip_bad_side(v: np.ndarray, anchor: float | None = None) -> np.ndarray:
     """Clip values below the lower Tukey fence (larger is better). With ``anchor`` (the constraint
     bound in these units), the lower quartile is taken as at most the anchor, so clipping never
     crosses it."""

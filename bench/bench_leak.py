@@ -28,13 +28,13 @@ from common import limit_threads  # noqa: E402
 limit_threads()
 
 import numpy as np  # noqa: E402
-
 from bench_soak import rss_split_mb  # noqa: E402
+from problems import hartmann6_constrained, random_params  # noqa: E402
+
 from bbo.memory import malloc_trim  # noqa: E402
 from bbo.spec import AlgorithmOptions, Objective, StudySpec  # noqa: E402
 from bbo.strategy import GenerationStrategy  # noqa: E402
 from bbo.trial import Metric, Trial, TrialState  # noqa: E402
-from problems import hartmann6_constrained, random_params  # noqa: E402
 
 
 def history(problem, n: int, seed: int) -> list[Trial]:

@@ -20,7 +20,6 @@ import multiprocessing as mp
 import os
 import platform
 import random
-import statistics
 import sys
 import tempfile
 import threading

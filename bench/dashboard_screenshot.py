@@ -19,14 +19,15 @@ import time
 import warnings
 from pathlib import Path
 
-import bbo_client as bc
 import numpy as np
-from bbo_server.process import ServerProcess
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import SGDClassifier
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
+
+import bbo_client as bc
+from bbo_server.process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 12

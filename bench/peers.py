@@ -12,11 +12,11 @@ import logging
 import warnings
 
 import numpy as np
+from problems import Problem, random_params
 
 from bbo.space import CategoricalParam, FloatParam, IntParam, OrdinalParam
 from bbo.strategy import GenerationStrategy
 from bbo.trial import Metric, Trial, TrialState
-from problems import Problem, random_params
 
 
 class Method:

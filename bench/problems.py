@@ -7,8 +7,8 @@ constrained problem's constraint metric ``c`` must be ``<= 0``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch

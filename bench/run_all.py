@@ -39,8 +39,9 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -65,7 +66,7 @@ class Problem:
     name: str
     spec: StudySpec
     evaluate: Callable[[dict, int], dict]
-    known_best: Optional[float] = None
+    known_best: float | None = None
     group: str = "synthetic"
 
     @property
@@ -196,7 +197,7 @@ def _constraint_violations(spec: StudySpec, m: dict) -> list[float]:
     ]
 
 
-def _safe_eval(problem: Problem, params: dict, seed: int) -> Optional[dict]:
+def _safe_eval(problem: Problem, params: dict, seed: int) -> dict | None:
     try:
         m = problem.evaluate(dict(params), seed)
     except Exception:  # noqa: BLE001 - a failed evaluation is a used evaluation without a result
@@ -211,7 +212,7 @@ def _safe_eval(problem: Problem, params: dict, seed: int) -> Optional[dict]:
     return {k: float(v) for k, v in m.items()}
 
 
-def run_random(problem: Problem, budget: int, seed: int) -> list[tuple[dict, Optional[dict]]]:
+def run_random(problem: Problem, budget: int, seed: int) -> list[tuple[dict, dict | None]]:
     space = problem.spec.space
     rng = np.random.default_rng([seed, 99])
     box = space.bounds()
@@ -240,7 +241,7 @@ def run_random(problem: Problem, budget: int, seed: int) -> list[tuple[dict, Opt
     return hist
 
 
-def run_bbo(problem: Problem, budget: int, seed: int) -> list[tuple[dict, Optional[dict]]]:
+def run_bbo(problem: Problem, budget: int, seed: int) -> list[tuple[dict, dict | None]]:
     from bbo.strategy import GenerationStrategy
     from bbo.trial import Metric, Trial, TrialState
 
@@ -286,7 +287,7 @@ def _optuna_distributions(space):
 
 def run_optuna(
     problem: Problem, budget: int, seed: int, kind: str
-) -> list[tuple[dict, Optional[dict]]]:
+) -> list[tuple[dict, dict | None]]:
     import optuna
 
     from bbo.space import OrdinalParam
@@ -327,7 +328,7 @@ def run_optuna(
     return hist
 
 
-def run_ax(problem: Problem, budget: int, seed: int) -> list[tuple[dict, Optional[dict]]]:
+def run_ax(problem: Problem, budget: int, seed: int) -> list[tuple[dict, dict | None]]:
     import logging
 
     from ax.api.client import Client
@@ -411,14 +412,14 @@ FALLBACK = {
 
 def run_method(
     method: str, problem: Problem, budget: int, seed: int
-) -> list[tuple[dict, Optional[dict]]]:
+) -> list[tuple[dict, dict | None]]:
     return FALLBACK[method](problem, budget, seed)
 
 
 # ---- one run, many runs ----------------------------------------------------------------------------
 
 
-def _curve(problem: Problem, hist) -> tuple[list[Optional[float]], list[Optional[float]]]:
+def _curve(problem: Problem, hist) -> tuple[list[float | None], list[float | None]]:
     """Best feasible objective after each evaluation (None before the first), and each raw value."""
     sign = 1.0 if problem.objective.goal == MAXIMIZE else -1.0
     best, curve, raw = None, [], []
@@ -687,7 +688,7 @@ def markdown(table: dict, methods: Sequence[str], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(table: dict, methods: Sequence[str], path: str) -> Optional[str]:
+def plot(table: dict, methods: Sequence[str], path: str) -> str | None:
     try:
         import matplotlib
 
@@ -753,7 +754,7 @@ def _engine_fingerprint() -> str:
     return h.hexdigest()[:12]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--quick",

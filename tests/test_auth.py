@@ -9,10 +9,10 @@ import sys
 
 import grpc
 import pytest
+from sec_helpers import RPCS, call, create_key, make_certs, request_for, revoke_key, stub
 
 import bbo_client as bc
 from bbo_client.v1 import service_pb2 as svc
-from sec_helpers import RPCS, call, create_key, make_certs, request_for, revoke_key, stub
 
 STUDY_RPCS = [r for r in RPCS if r not in ("CreateStudy", "ListStudies")]
 

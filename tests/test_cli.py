@@ -78,8 +78,8 @@ def test_plot_writes_png(bbo_server, populated, tmp_path):
 
 
 def test_reads_database_directly(tmp_path):
-    from bbo.storage import open_storage
     from bbo.registry import StudyRegistry
+    from bbo.storage import open_storage
 
     url = "sqlite:///" + str(tmp_path / "direct.db")
     st = open_storage(url)

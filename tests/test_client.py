@@ -184,9 +184,10 @@ def test_optimize_under_a_rate_limit_stores_every_result(server_factory, study_n
 
 
 def test_rate_refusal_carries_retry_info(server_factory):
+    import grpc
+
     from bbo_client.v1 import service_pb2 as svc
     from bbo_client.v1 import service_pb2_grpc
-    import grpc
 
     srv = server_factory(args=["--workers", "1", "--rate-limit", "0.5", "--rate-burst", "1"])
     with grpc.insecure_channel(srv.address) as ch:

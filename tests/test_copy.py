@@ -108,9 +108,9 @@ def test_live_sqlite_backup_serves_the_same_studies(server_factory, tmp_path):
 def test_sqlite_moves_to_postgresql(cluster, tmp_path):
     """SQLite -> PostgreSQL with the same ids; the sequences are moved past them, so new studies,
     trials and events on PostgreSQL do not collide with the copied ones."""
+    from bbo.registry import StudyRegistry
     from bbo.storage import open_storage
     from bbo.storage.copy import copy_database
-    from bbo.registry import StudyRegistry
 
     src = f"sqlite:///{tmp_path / 'small.db'}"
     st = open_storage(src)

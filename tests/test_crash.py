@@ -9,9 +9,9 @@ import threading
 import time
 
 import pytest
+from sec_helpers import free_port
 
 import bbo_client as bc
-from sec_helpers import free_port
 
 N_STUDIES = 4
 N_WORKERS = 16
@@ -70,7 +70,7 @@ def test_sigkill_at_random_moments_under_16_workers(server_factory, tmp_path):
         t.start()
     rnd = random.Random(2026)
     progress = []
-    for r in range(ROUNDS):
+    for _r in range(ROUNDS):
         start_n = len(acked)
         deadline = time.time() + 60
         while (
@@ -127,8 +127,8 @@ def test_dead_worker_lease_abandon_region_freed_and_late_tell_kept(storage):
     """A trial asked and never told is ABANDONED after its lease; the strategy no longer counts it as
     pending (its region may be suggested again); a late tell still records the result, and the
     trial's state history is kept."""
-    from bbo.strategy import Suggestion
     from bbo.registry import StudyRegistry
+    from bbo.strategy import Suggestion
     from bbo.trial import TrialState
 
     seen = []

@@ -14,8 +14,9 @@ import urllib.request
 from types import SimpleNamespace
 
 import pytest
-from bbo.testing.chat_server import ChatServer, Reply
 from sec_helpers import create_key, free_port
+
+from bbo.testing.chat_server import ChatServer, Reply
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -226,8 +227,9 @@ def test_https_with_the_apis_certificate_and_client_ca(registry, tmp_path):
     """In process: the dashboard's server on a real port, TLS as --tls-cert / --tls-client-ca."""
     import ssl
 
-    from bbo_server import dashboard
     from sec_helpers import make_certs
+
+    from bbo_server import dashboard
 
     certs = make_certs(tmp_path / "certs")
     registry.create_study("tls-study", SMALL_SPEC)

@@ -5,19 +5,17 @@ database untouched (a digest of every table, read from a separate connection, be
 
 from __future__ import annotations
 
-import json
 import math
 import sqlite3
-import sys
 
 import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sec_helpers import RPCS, small_spec, stub
 
 from bbo_client.v1 import service_pb2 as svc
 from bbo_client.v1 import study_pb2 as pb
-from sec_helpers import RPCS, small_spec, stub
 
 EXAMPLES = int(
     __import__("os").environ.get("BBO_FUZZ_EXAMPLES", "770")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from sec_helpers import call, create_key, request_for, small_spec, stub
 
 from bbo_client.v1 import service_pb2 as svc
 from bbo_client.v1 import study_pb2 as pb
-from sec_helpers import call, create_key, request_for, small_spec, stub
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,13 @@ import socket
 import time
 
 import pytest
+from test_llm_parse import GOOD, make_spec
 
 from bbo.llm import LlmAdvisor, LlmConfig, fill_with_sobol
 from bbo.llm.advisor import UNUSABLE_RETRIES
 from bbo.spec import LlmOptions
-from bbo.trial import Metric, Trial, TrialState
 from bbo.testing.chat_server import ChatServer, Reply
-from test_llm_parse import GOOD, make_spec
+from bbo.trial import Metric, Trial, TrialState
 
 N = 4
 

@@ -8,9 +8,9 @@ import urllib.request
 
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
+from sec_helpers import call, create_key, free_port, request_for, stub
 
 from bbo_client.v1 import service_pb2 as svc
-from sec_helpers import call, create_key, free_port, request_for, stub
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:

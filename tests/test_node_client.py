@@ -97,9 +97,9 @@ def test_node_client_mutual_tls_and_api_key(server_factory, tmp_path):
     """The Node client's tlsCa / tlsCert / tlsKey / apiKey options against a real server with API keys
     and mutual TLS on: what it tells is stored under its key's tenant; each missing piece is refused."""
     import grpc
+    from sec_helpers import create_key, make_certs
 
     import bbo_client as bc
-    from sec_helpers import create_key, make_certs
 
     certs = make_certs(tmp_path / "certs")
     db = "sqlite:///" + str(tmp_path / "tls.db")

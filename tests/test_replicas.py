@@ -10,7 +10,6 @@ No timing assertions.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid

@@ -11,10 +11,10 @@ import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sec_helpers import stub
 
 from bbo_client.v1 import service_pb2 as svc
 from bbo_client.v1 import study_pb2 as pb
-from sec_helpers import stub
 
 BIG = 1.7976931348623157e308
 FLOATS = [-BIG, -1e300, -1e10, -1.0, -0.0, 0.0, 5e-324, 1e-300, 0.5, 1.0, 1e10, 1e300, BIG]

@@ -14,9 +14,9 @@ import uuid
 
 import pytest
 
-from bbo.testing import postgres as pg_cluster
 from bbo.errors import LimitError, NotFoundError, StudyNotFound
 from bbo.storage import Continuation, LlmCallRecord, NewTrial, RequestKey, open_storage
+from bbo.testing import postgres as pg_cluster
 from bbo.trial import Metric, TrialState
 
 SPEC = {

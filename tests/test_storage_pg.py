@@ -14,12 +14,12 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from bbo.testing import postgres as pg_cluster
 from bbo.errors import StorageUnavailable
 from bbo.model_sharing import ModelStateCache
 from bbo.storage import NewTrial, open_storage
 from bbo.storage import postgres as pgmod
 from bbo.storage.sql import db_call
+from bbo.testing import postgres as pg_cluster
 from bbo.trial import TrialState
 
 pytestmark = pytest.mark.skipif(
@@ -484,9 +484,9 @@ def test_nul_characters_are_stored_on_postgresql_not_an_internal_error(storage, 
     """PostgreSQL text refuses NUL: a failure reason, worker id or LLM text holding one is stored
     with U+FFFD instead (before: DataError, INTERNAL, and an LLM rationale with NUL blocked every
     ask of its study); a SQLite file holding NULs copies to PostgreSQL."""
+    from bbo.registry import StudyRegistry
     from bbo.storage import LlmCallRecord
     from bbo.storage.copy import copy_database
-    from bbo.registry import StudyRegistry
 
     reg = StudyRegistry(storage)
     spec = {
@@ -527,8 +527,9 @@ def test_a_database_outage_is_unavailable_with_auth_and_a_tell_rides_it_out(serv
     count included) answers UNAVAILABLE, which clients retry, not INTERNAL (before: the key lookup
     and the study-limit reads had no transient mapping). A Tell sent during the outage is stored
     once the database is back."""
-    import bbo_client as bc
     from sec_helpers import create_key
+
+    import bbo_client as bc
 
     cl = pg_cluster.start(max_connections=40)
     try:

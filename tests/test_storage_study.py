@@ -85,8 +85,8 @@ def test_reattach_after_an_upgrade_changed_algorithm_defaults(storage):
     """A study stored by an older server (fewer algorithm keys, another default) is reattached by a
     create with default options; an explicit different option or another space is still refused."""
 
-    from bbo.storage import schema as S
     from bbo.registry import AlreadyExistsError
+    from bbo.storage import schema as S
 
     reg = StudyRegistry(storage)
     st, created = reg.create_study("old", SPEC)

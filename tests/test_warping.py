@@ -1,9 +1,9 @@
 """Outcome warping (bbo.warping): order, feasibility and the incumbent are kept; tails are tamed."""
 
 import numpy as np
-from scipy import stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import stats
 
 from bbo.acquisition import Layout
 from bbo.space import FloatParam, SearchSpace

@@ -39,9 +39,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import numpy as np
 
@@ -65,8 +66,8 @@ class Instance:
     evals: np.ndarray  # eigenvalues of H
     evecs: np.ndarray  # eigenvectors of H
     lam: float = 0.0  # lasso: l1 weight
-    lo: Optional[np.ndarray] = None  # qp: box
-    hi: Optional[np.ndarray] = None
+    lo: np.ndarray | None = None  # qp: box
+    hi: np.ndarray | None = None
     const: float = 0.0  # lasso: 0.5 ||b||^2, so objective() is the true objective value
 
     @property

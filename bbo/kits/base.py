@@ -14,7 +14,8 @@ A kit is a small object with
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 from bbo.errors import SpecError
 from bbo.space import FixedParam
@@ -39,7 +40,7 @@ class Kit:
     ) -> dict[str, float]:  # pragma: no cover
         raise NotImplementedError
 
-    def known_best(self, **options: Any) -> Optional[float]:
+    def known_best(self, **options: Any) -> float | None:
         return None
 
     # ---- helpers shared by the kits ------------------------------------------------------------

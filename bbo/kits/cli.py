@@ -14,7 +14,8 @@ import argparse
 import os
 import sys
 import time
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from bbo.kits import KITS, get_kit
 from bbo.space import CategoricalParam, FixedParam, FloatParam, IntParam, OrdinalParam
@@ -257,7 +258,7 @@ def register(sub) -> argparse.ArgumentParser:
     return p
 
 
-def kit_main(argv: Optional[Sequence[str]] = None) -> int:
+def kit_main(argv: Sequence[str] | None = None) -> int:
     """``bbo kit ...`` with ``argv`` the arguments after "kit"."""
     ap = argparse.ArgumentParser(prog="bbo kit", description=__doc__.split("\n\n")[0])
     add_arguments(ap)

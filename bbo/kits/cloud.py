@@ -55,16 +55,17 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import numpy as np
 
 from bbo.errors import SpecError
 from bbo.kits.base import Kit
 from bbo.space import FloatParam, IntParam, SearchSpace
-from bbo.spec import MAXIMIZE, MINIMIZE, Objective, OutcomeConstraint, StudySpec
+from bbo.spec import MINIMIZE, Objective, OutcomeConstraint, StudySpec
 
 MACHINE_CPU, MACHINE_MEM = 16.0, 64.0
 BOOT_MINUTES = 3.0
@@ -146,7 +147,7 @@ class Policy:
         return self.scale_down_ratio * self.scale_up_threshold
 
     @classmethod
-    def from_params(cls, p: Mapping[str, Any]) -> "Policy":
+    def from_params(cls, p: Mapping[str, Any]) -> Policy:
         names = cls.__dataclass_fields__
         return cls(**{k: type(getattr(cls, k))(p[k]) for k in names if k in p})
 
@@ -156,7 +157,7 @@ class _Machine:
     id: int
     requested_at: float
     ready: bool = False
-    terminated_at: Optional[float] = None
+    terminated_at: float | None = None
     cpu_used: float = 0.0
     mem_used: float = 0.0
     jobs: int = 0

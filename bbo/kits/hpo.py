@@ -38,8 +38,9 @@ error is the majority-class error from then on. About 10-40 ms per epoch on digi
 from __future__ import annotations
 
 import warnings
-from functools import lru_cache
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from functools import cache
+from typing import Any
 
 import numpy as np
 
@@ -74,7 +75,7 @@ DATASETS: dict[str, dict[str, Any]] = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_dataset(name: str, max_samples: int = 1000) -> tuple[np.ndarray, np.ndarray]:
     """The data set's (X, y), subsampled to ``max_samples`` rows with a fixed generator."""
     from sklearn import datasets
@@ -470,7 +471,7 @@ class HpoKit(Kit):
             "train_seconds": float(np.mean(res["fit_time"])),
         }
 
-    def known_best(self, **options: Any) -> Optional[float]:
+    def known_best(self, **options: Any) -> float | None:
         return None  # unknown: benchmarks use the best value any method found
 
 

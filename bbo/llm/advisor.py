@@ -29,8 +29,9 @@ import queue
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Sequence
+from typing import Any, Protocol
 
 from bbo.design import sobol_design
 from bbo.errors import SpecError
@@ -53,7 +54,7 @@ UNUSABLE_RETRIES = 2  # unusable answers to one prompt before the advisor stops 
 
 
 class Cache(Protocol):
-    def get(self, key: str) -> Optional[dict]: ...
+    def get(self, key: str) -> dict | None: ...
 
     def put(self, key: str, value: dict) -> None: ...
 
@@ -90,7 +91,7 @@ class _Lru:
         self._d: OrderedDict[str, dict] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> Optional[dict]:
+    def get(self, key: str) -> dict | None:
         with self._lock:
             v = self._d.get(key)
             if v is not None:
@@ -156,12 +157,12 @@ class _Pending:
     delivered to it as soon as the call ends; otherwise the next :meth:`LlmAdvisor.prepare` of the
     study returns them in its plan."""
 
-    def __init__(self, purpose: str, record: Optional[Callable[..., Any]]):
+    def __init__(self, purpose: str, record: Callable[..., Any] | None):
         self.purpose = purpose
         self.record = record
         self.done = threading.Event()
         self.waited = False  # an ask has waited for it already
-        self.result: Optional[LlmResult] = None
+        self.result: LlmResult | None = None
         self._taken = False
         self._lock = threading.Lock()
 
@@ -197,9 +198,9 @@ class LlmAdvisor:
 
     def __init__(
         self,
-        config: Optional[LlmConfig] = None,
+        config: LlmConfig | None = None,
         *,
-        cache: Optional[Cache] = None,
+        cache: Cache | None = None,
         lru_size: int = 512,
         background_workers: int = 2,
         max_pending: int = 64,
@@ -217,7 +218,7 @@ class LlmAdvisor:
         self.max_pending = max(1, int(max_pending))
 
     @classmethod
-    def from_env(cls, **kwargs) -> "LlmAdvisor":
+    def from_env(cls, **kwargs) -> LlmAdvisor:
         return cls(LlmConfig.from_env(), **kwargs)
 
     @property
@@ -269,7 +270,7 @@ class LlmAdvisor:
     def cache_key(study_key: str, purpose: str, prompt_text: str) -> str:
         return f"{study_key}|{purpose}|{prompt_hash(prompt_text)}"
 
-    def _cache_get(self, key: str) -> Optional[dict]:
+    def _cache_get(self, key: str) -> dict | None:
         v = self._lru.get(key)
         if v is None and self.cache is not None:
             try:
@@ -368,7 +369,7 @@ class LlmAdvisor:
                 if len(self._unusable) > 4 * self._lru.size:
                     self._unusable.clear()
 
-    def _deadline(self, budget_s: Optional[float]) -> float:
+    def _deadline(self, budget_s: float | None) -> float:
         b = (
             self.config.ask_budget_s
             if budget_s is None
@@ -428,10 +429,10 @@ class LlmAdvisor:
         self,
         spec: StudySpec,
         trials: Sequence[Trial] = (),
-        n: Optional[int] = None,
+        n: int | None = None,
         *,
         study_key: str = "",
-        budget_s: Optional[float] = None,
+        budget_s: float | None = None,
     ) -> LlmResult:
         """LLAMBO zero-shot warm start: up to ``n`` promising, diverse points (origin ``llm_warmstart``).
 
@@ -463,7 +464,7 @@ class LlmAdvisor:
         k: int,
         *,
         study_key: str = "",
-        budget_s: Optional[float] = None,
+        budget_s: float | None = None,
     ) -> LlmResult:
         """OPRO-style: from the history of solutions and scores, up to ``k`` new points (``llm_proposal``)."""
         if k <= 0:
@@ -481,7 +482,7 @@ class LlmAdvisor:
         )
 
     def priors(
-        self, spec: StudySpec, *, study_key: str = "", budget_s: Optional[float] = None
+        self, spec: StudySpec, *, study_key: str = "", budget_s: float | None = None
     ) -> LlmResult:
         """piBO priors (``source="llm"``, confidence capped) for the parameters the LLM has beliefs about."""
         return self._priors_by(spec, study_key, self._deadline(budget_s))
@@ -559,7 +560,7 @@ class LlmAdvisor:
         *,
         study_key: str,
         trials: Sequence[Trial] = (),
-        record: Optional[Callable[..., Any]] = None,
+        record: Callable[..., Any] | None = None,
     ) -> list[str]:
         """Start the study's warm-start and priors calls in the background; returns their purposes.
 
@@ -591,8 +592,8 @@ class LlmAdvisor:
         key: str,
         purpose: str,
         run: Callable[..., LlmResult],
-        record: Optional[Callable[..., Any]],
-    ) -> Optional[_Pending]:
+        record: Callable[..., Any] | None,
+    ) -> _Pending | None:
         """The background call for ``key``: the one already there, a new one, or None (too many)."""
         with self._lock:
             p = self._pending.get(key)
@@ -634,7 +635,7 @@ class LlmAdvisor:
                     if self._pending.get(key) is p:
                         del self._pending[key]
 
-    def _collect(self, key: str, p: _Pending) -> Optional[LlmResult]:
+    def _collect(self, key: str, p: _Pending) -> LlmResult | None:
         """A finished background call's result (its records once), or None while it runs."""
         if not p.done.is_set():
             return None
@@ -652,8 +653,8 @@ class LlmAdvisor:
         n: int,
         *,
         study_key: str = "",
-        budget_s: Optional[float] = None,
-        record: Optional[Callable[..., Any]] = None,
+        budget_s: float | None = None,
+        record: Callable[..., Any] | None = None,
     ) -> AskPlan:
         """Everything the LLM contributes to one ask, within one time budget.
 

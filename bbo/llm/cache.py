@@ -9,7 +9,6 @@ ends in the study uid (``tenant/name/uid``, as :class:`bbo.study.Study` builds i
 from __future__ import annotations
 
 import hashlib
-from typing import Optional
 
 from bbo.errors import NotFoundError
 
@@ -34,7 +33,7 @@ class StoredAnswers:
     def __init__(self, storage):
         self.storage = storage
 
-    def get(self, key: str) -> Optional[dict]:
+    def get(self, key: str) -> dict | None:
         try:
             study_key, purpose, h = key.rsplit("|", 2)
             uid = study_key.rsplit("/", 1)[1]

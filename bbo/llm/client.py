@@ -20,8 +20,9 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 from bbo.llm.config import LlmConfig
 
@@ -140,7 +141,7 @@ class LlmClient:
         self.config = config
         self._client = None
         self._model = config.model
-        self._structured_supported: Optional[bool] = None  # None: not yet known
+        self._structured_supported: bool | None = None  # None: not yet known
         self._max_tokens_key = "max_tokens"
         self._send_temperature = True
         self._lock = threading.Lock()
@@ -165,10 +166,10 @@ class LlmClient:
         return (self.config.api_key,) if self.config.api_key else ()
 
     @property
-    def structured_supported(self) -> Optional[bool]:
+    def structured_supported(self) -> bool | None:
         return self._structured_supported
 
-    def cooling_down(self) -> Optional[str]:
+    def cooling_down(self) -> str | None:
         """The reason to skip the LLM right now (too many recent failures), or None."""
         left = self._cool_until - time.monotonic()
         if left > 0:
@@ -215,9 +216,9 @@ class LlmClient:
         self,
         messages: Sequence[dict],
         *,
-        schema: Optional[dict] = None,
+        schema: dict | None = None,
         schema_name: str = "answer",
-        timeout_s: Optional[float] = None,
+        timeout_s: float | None = None,
     ) -> ChatOutcome:
         """One chat completion, bounded by ``timeout_s`` (default: the config's) in wall-clock time."""
         t0 = time.monotonic()
@@ -270,7 +271,7 @@ class LlmClient:
         return out
 
     def _once(
-        self, messages, model: str, schema: Optional[dict], schema_name: str, timeout_s: float
+        self, messages, model: str, schema: dict | None, schema_name: str, timeout_s: float
     ) -> ChatOutcome:
         client = self._openai()
         kwargs: dict[str, Any] = dict(

@@ -25,8 +25,8 @@ see :mod:`bbo.llm.local`.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Mapping, Optional
 
 
 def _float(env: Mapping[str, str], key: str, default: float) -> float:
@@ -74,7 +74,7 @@ class LlmConfig:
     cooldown_s: float = 120.0
     models: tuple[str, ...] = ()
     compact: bool = False
-    seed: Optional[int] = None
+    seed: int | None = None
     llguidance: bool = False
 
     def __post_init__(self):
@@ -101,7 +101,7 @@ class LlmConfig:
         return ((self.model,) if self.model else ()) + self.models
 
     @classmethod
-    def from_env(cls, env: Optional[Mapping[str, str]] = None, **overrides) -> "LlmConfig":
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> LlmConfig:
         """The configuration the environment describes; keyword arguments override it."""
         env = os.environ if env is None else env
         retries_raw = env.get("BBO_LLM_MAX_RETRIES", "").strip()

@@ -200,7 +200,7 @@ class LocalEngine:
         if self.state != "failed":
             self.state = "stopped"
 
-    def __enter__(self) -> "LocalEngine":
+    def __enter__(self) -> LocalEngine:
         return self.start()
 
     def __exit__(self, *exc) -> None:

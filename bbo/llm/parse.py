@@ -24,8 +24,9 @@ import ast
 import json
 import math
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any
 
 from bbo.errors import SpecError
 from bbo.space import CategoricalParam, FixedParam, IntParam, OrdinalParam, SearchSpace, Value
@@ -177,7 +178,7 @@ def _balanced_spans(text: str) -> Iterable[tuple[int, int]]:
         i += 1
 
 
-def extract_json(text: str) -> Optional[Any]:
+def extract_json(text: str) -> Any | None:
     """The JSON value an answer most likely meant, or None.
 
     Tries: the whole text; each fenced code block; then every balanced block in the prose (the
@@ -231,7 +232,7 @@ def salvage_objects(text: str) -> list[dict]:
 
 
 # ---- single values ----------------------------------------------------------------------------------
-def _number(raw: Any) -> Optional[float]:
+def _number(raw: Any) -> float | None:
     if isinstance(raw, bool):
         return None
     if isinstance(raw, (int, float)):
@@ -261,7 +262,7 @@ def _range_t(p) -> tuple[float, float]:
     return _t(p, float(p.low)), _t(p, float(p.high))
 
 
-def coerce_value(p, raw: Any) -> tuple[Optional[Value], str]:
+def coerce_value(p, raw: Any) -> tuple[Value | None, str]:
     """(value or None, note): ``raw`` repaired into a valid value of parameter ``p``."""
     if isinstance(p, FixedParam):
         return p.value, (
@@ -317,7 +318,7 @@ def _norm_key(k: str) -> str:
 
 def coerce_params(
     space: SearchSpace, raw: Mapping[str, Any]
-) -> tuple[Optional[dict[str, Value]], list[str]]:
+) -> tuple[dict[str, Value] | None, list[str]]:
     """A full, valid assignment from a model's mapping of names to values, or (None, why)."""
     notes: list[str] = []
     by_key = {_norm_key(k): v for k, v in raw.items()}
@@ -384,7 +385,7 @@ class ParsedCandidates:
         return self.n_offered - len(self.points)
 
 
-def _candidate_list(data: Any, names: set[str]) -> Optional[list]:
+def _candidate_list(data: Any, names: set[str]) -> list | None:
     if isinstance(data, list):
         return [x for x in data if isinstance(x, dict)] or None
     if not isinstance(data, dict):
@@ -423,7 +424,7 @@ def parse_candidates(
     text: str,
     space: SearchSpace,
     *,
-    limit: Optional[int] = None,
+    limit: int | None = None,
     exclude: Iterable[Mapping[str, Value]] = (),
 ) -> ParsedCandidates:
     """Valid, distinct points from an answer; ``exclude``: points that already exist (trials)."""
@@ -490,14 +491,12 @@ def _confidence(raw: Any, cap: float) -> float:
     return float(min(max(c, MIN_PRIOR_CONFIDENCE), cap))
 
 
-def _numeric_prior(
-    p, d: Mapping[str, Any], cap: float, issues: list[str]
-) -> Optional[ParameterPrior]:
+def _numeric_prior(p, d: Mapping[str, Any], cap: float, issues: list[str]) -> ParameterPrior | None:
     lo_t, hi_t = _range_t(p)
     span = hi_t - lo_t
     log = getattr(p, "log", False)
 
-    def tv(raw) -> Optional[float]:
+    def tv(raw) -> float | None:
         v = _number(raw)
         if v is None or (log and v <= 0):
             return None
@@ -549,7 +548,7 @@ def _numeric_prior(
 
 def _categorical_prior(
     p: CategoricalParam, d: Mapping[str, Any], cap: float, issues: list[str]
-) -> Optional[ParameterPrior]:
+) -> ParameterPrior | None:
     probs_raw = _first(d, ("probabilities", "probs", "weights", "distribution"))
     probs = {c: 0.0 for c in p.choices}
     matched = False

@@ -12,8 +12,9 @@ constraints, and a compact table of the trials so far (best first, capped).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from bbo.space import CategoricalParam, FixedParam, FloatParam, IntParam, OrdinalParam, SearchSpace
 from bbo.spec import MAXIMIZE, StudySpec

@@ -8,7 +8,6 @@ imports SQLAlchemy or touches a table.
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 from bbo.storage.base import (
     LEASE_EXPIRED,
@@ -33,7 +32,7 @@ def default_url(path: str = DEFAULT_SQLITE_PATH) -> str:
 
 
 def open_storage(
-    url: Optional[str] = None,
+    url: str | None = None,
     *,
     pool_size: int = 16,
     migrate: bool = True,

@@ -17,8 +17,8 @@ from __future__ import annotations
 import abc
 import contextlib
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 from bbo.trial import Metric, Trial, TrialState
 
@@ -42,7 +42,7 @@ class StudyRecord:
     created_at: float
     # the study's transfer record (bbo.transfer): its sources, fixed at creation, and their latest
     # weights; None without transfer
-    transfer: Optional[dict] = None
+    transfer: dict | None = None
 
 
 @dataclass
@@ -135,10 +135,10 @@ class ApiKeyRecord:
     key_hash: str
     label: str
     created_at: float
-    revoked_at: Optional[float]
+    revoked_at: float | None
 
 
-TrialChange = Callable[[Trial], Optional[Trial]]
+TrialChange = Callable[[Trial], Trial | None]
 """``change(current) -> new trial to store | None to leave it``; it may raise to refuse."""
 
 
@@ -162,7 +162,7 @@ class Storage(abc.ABC):
         """Facts for the start-up log line: the URL without password, and backend settings."""
 
     @abc.abstractmethod
-    def schema_revision(self) -> Optional[str]:
+    def schema_revision(self) -> str | None:
         """The database's schema revision, None for an empty (not yet a bbo) database."""
 
     # ---- studies --------------------------------------------------------------------------------
@@ -175,22 +175,22 @@ class Storage(abc.ABC):
         seed: int,
         *,
         max_studies: int = 0,
-        transfer: Optional[dict] = None,
-    ) -> Optional[StudyRecord]:
+        transfer: dict | None = None,
+    ) -> StudyRecord | None:
         """Insert a study with a fresh uid; None when the tenant already has one of that name.
         With ``max_studies`` > 0 the tenant's count is checked in the same transaction (raises
         :class:`bbo.errors.LimitError`): concurrent creates never overshoot the limit.
         ``transfer``: its transfer record (sources resolved at creation), stored with it."""
 
     @abc.abstractmethod
-    def get_study(self, tenant: str, name: str) -> Optional[StudyRecord]: ...
+    def get_study(self, tenant: str, name: str) -> StudyRecord | None: ...
 
     @abc.abstractmethod
-    def get_study_by_uid(self, uid: str) -> Optional[StudyRecord]: ...
+    def get_study_by_uid(self, uid: str) -> StudyRecord | None: ...
 
     @abc.abstractmethod
     def list_studies(
-        self, tenant: str, *, after: Optional[tuple[float, str]] = None, limit: int = 100
+        self, tenant: str, *, after: tuple[float, str] | None = None, limit: int = 100
     ) -> list[StudyRecord]:
         """The tenant's studies in creation order (ties by name), those after the
         ``(created_at, name)`` key of the previous page's last study."""
@@ -222,10 +222,10 @@ class Storage(abc.ABC):
         new: Sequence[NewTrial],
         *,
         worker_id: str = "",
-        lease_expires_at: Optional[float] = None,
-        request: Optional[RequestKey] = None,
+        lease_expires_at: float | None = None,
+        request: RequestKey | None = None,
         continuations: Sequence[Continuation] = (),
-    ) -> tuple[list[Trial], Optional[StoredRequest]]:
+    ) -> tuple[list[Trial], StoredRequest | None]:
         """Insert trials with freshly allocated numbers, in one transaction.
 
         ``continuations``: PAUSED trials handed out again in the same transaction (PENDING, with
@@ -236,15 +236,15 @@ class Storage(abc.ABC):
         compares hashes)."""
 
     @abc.abstractmethod
-    def get_trial(self, uid: str, number: int) -> Optional[Trial]: ...
+    def get_trial(self, uid: str, number: int) -> Trial | None: ...
 
     @abc.abstractmethod
     def list_trials(
         self,
         uid: str,
-        states: Optional[Iterable[TrialState]] = None,
+        states: Iterable[TrialState] | None = None,
         after: int = 0,
-        limit: Optional[int] = None,
+        limit: int | None = None,
     ) -> list[Trial]: ...
 
     @abc.abstractmethod
@@ -254,15 +254,15 @@ class Storage(abc.ABC):
         number: int,
         change: TrialChange,
         *,
-        request: Optional[RequestKey] = None,
+        request: RequestKey | None = None,
         event_detail: str = "",
-    ) -> tuple[Optional[Trial], bool, Optional[StoredRequest]]:
+    ) -> tuple[Trial | None, bool, StoredRequest | None]:
         """Read-modify-write one trial in one write transaction: ``(trial, changed, previous)``;
         ``trial`` is None when the trial does not exist; with ``request`` already recorded nothing
         changes and the stored request comes back as ``previous``."""
 
     @abc.abstractmethod
-    def lookup_request(self, uid: str, kind: str, request_id: str) -> Optional[StoredRequest]: ...
+    def lookup_request(self, uid: str, kind: str, request_id: str) -> StoredRequest | None: ...
 
     @abc.abstractmethod
     def expire_leases(self, uid: str, now: float) -> list[int]:
@@ -301,17 +301,17 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def list_llm_calls(
-        self, uid: str, purpose: Optional[str] = None, after: int = 0, limit: Optional[int] = None
+        self, uid: str, purpose: str | None = None, after: int = 0, limit: int | None = None
     ) -> list[LlmCallRecord]:
         """Calls numbered above ``after``, oldest first."""
 
     # ---- the fitted model shared by replicas ----------------------------------------------------
     @abc.abstractmethod
-    def model_state_n_fit(self, uid: str) -> Optional[int]:
+    def model_state_n_fit(self, uid: str) -> int | None:
         """The data size of the stored model state (a cheap read), None without one."""
 
     @abc.abstractmethod
-    def get_model_state(self, uid: str) -> Optional[ModelState]: ...
+    def get_model_state(self, uid: str) -> ModelState | None: ...
 
     @abc.abstractmethod
     def put_model_state(self, uid: str, n_fit: int, fmt: int, blob: bytes, replica: str) -> None:
@@ -330,11 +330,11 @@ class Storage(abc.ABC):
         """False when the key id is taken."""
 
     @abc.abstractmethod
-    def find_api_key(self, key_id: str) -> Optional[ApiKeyRecord]: ...
+    def find_api_key(self, key_id: str) -> ApiKeyRecord | None: ...
 
     @abc.abstractmethod
     def list_api_keys(
-        self, tenant: Optional[str] = None, include_revoked: bool = True
+        self, tenant: str | None = None, include_revoked: bool = True
     ) -> list[ApiKeyRecord]: ...
 
     @abc.abstractmethod

@@ -9,7 +9,7 @@ both give that). Rows are streamed in batches, so the size of a study does not m
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import sqlalchemy as sa
 
@@ -27,7 +27,7 @@ BATCH = 1000
 
 
 def copy_database(
-    src_url: str, dst_url: str, *, progress: Optional[Callable[[str, int], None]] = None
+    src_url: str, dst_url: str, *, progress: Callable[[str, int], None] | None = None
 ) -> dict[str, int]:
     """Copy every table of ``src_url`` into ``dst_url`` (migrated to this version's schema, and
     required empty); returns the rows copied per table. ``progress(table, rows)`` after each batch."""

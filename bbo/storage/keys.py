@@ -14,7 +14,6 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 from bbo.storage.base import ApiKeyRecord, Storage
 
@@ -29,7 +28,7 @@ class ApiKey:
     tenant: str
     label: str
     created_at: float
-    revoked_at: Optional[float]
+    revoked_at: float | None
 
     @property
     def active(self) -> bool:
@@ -53,7 +52,7 @@ def _key(r: ApiKeyRecord) -> ApiKey:
 class KeyStore:
     """Create, list, revoke and verify API keys in a :class:`bbo.storage.Storage` database."""
 
-    def __init__(self, storage: Optional[Storage]):
+    def __init__(self, storage: Storage | None):
         self.storage = storage
 
     @property
@@ -74,7 +73,7 @@ class KeyStore:
                 return key, _key(rec)
         raise RuntimeError("could not allocate a unique key id")
 
-    def list(self, tenant: Optional[str] = None, include_revoked: bool = True) -> list[ApiKey]:
+    def list(self, tenant: str | None = None, include_revoked: bool = True) -> list[ApiKey]:
         return [_key(r) for r in self._db.list_api_keys(tenant, include_revoked)]
 
     def revoke(self, key_id: str) -> bool:
@@ -83,7 +82,7 @@ class KeyStore:
             return self._db.revoke_api_key(key_hash=hash_key(key_id))
         return self._db.revoke_api_key(key_id=key_id)
 
-    def verify(self, key: str) -> Optional[str]:
+    def verify(self, key: str) -> str | None:
         """The tenant of an active key, else None (malformed, unknown or revoked)."""
         if not isinstance(key, str):
             return None

@@ -41,7 +41,8 @@ import re
 import socket
 import threading
 import zlib
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -143,12 +144,12 @@ def engine_kwargs(
 
 
 # ---- transient errors -------------------------------------------------------------------------------
-def sqlstate(exc: BaseException) -> Optional[str]:
+def sqlstate(exc: BaseException) -> str | None:
     orig = getattr(exc, "orig", exc)
     return getattr(orig, "sqlstate", None) or getattr(getattr(orig, "diag", None), "sqlstate", None)
 
 
-def classify(exc: BaseException) -> Optional[str]:
+def classify(exc: BaseException) -> str | None:
     """'rolled_back' (safe to re-run anything), 'connection' (the outcome of a commit in flight is
     unknown: re-run only idempotent work), or None (not transient)."""
     code = sqlstate(exc)
@@ -194,7 +195,7 @@ class PostgresStorage(SqlStorage):
     def __init__(self, url: sa.engine.URL, *, pool_size: int = 16, migrate: bool = True):
         url, kwargs, self.settings = engine_kwargs(url, pool_size)
         super().__init__(sa.create_engine(url, **kwargs), url)
-        self._lock_engine: Optional[sa.Engine] = None
+        self._lock_engine: sa.Engine | None = None
         self._lock_engine_guard = threading.Lock()
         if migrate:
             self.migrate()
@@ -227,7 +228,9 @@ class PostgresStorage(SqlStorage):
         conn.execute(
             sa.select(S.studies.c.id).where(S.studies.c.id == sid).with_for_update(key_share=True)
         )
-        return float(conn.execute(sa.text("SELECT extract(epoch FROM clock_timestamp())")).scalar())
+        now = conn.execute(sa.text("SELECT extract(epoch FROM clock_timestamp())")).scalar()
+        assert now is not None
+        return float(now)
 
     def _lock_tenant(self, conn: sa.Connection, tenant: str) -> None:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": tenant_lock_key(tenant)})

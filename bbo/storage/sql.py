@@ -16,8 +16,8 @@ import hashlib
 import json
 import secrets
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import sqlalchemy as sa
 
@@ -136,7 +136,7 @@ def _api_key(r) -> ApiKeyRecord:
     return ApiKeyRecord(r.key_id, r.tenant, r.key_hash, r.label, r.created_at, r.revoked_at)
 
 
-def db_call(fn: Optional[Callable] = None, *, idempotent: bool | Callable[..., bool] = True):
+def db_call(fn: Callable | None = None, *, idempotent: bool | Callable[..., bool] = True):
     """Run a storage method, handing database errors to the backend's :meth:`SqlStorage._on_error`
     (which retries what is safe to retry, turns an unreachable or locked database into
     StorageUnavailable, and re-raises anything else). ``idempotent``: whether re-running after a
@@ -224,7 +224,7 @@ class SqlStorage(Storage):
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 
-    def schema_revision(self) -> Optional[str]:
+    def schema_revision(self) -> str | None:
         from alembic.runtime.migration import MigrationContext
 
         with self.engine.connect() as conn:
@@ -240,8 +240,8 @@ class SqlStorage(Storage):
         seed: int,
         *,
         max_studies: int = 0,
-        transfer: Optional[dict] = None,
-    ) -> Optional[StudyRecord]:
+        transfer: dict | None = None,
+    ) -> StudyRecord | None:
         c = S.studies.c
         with self._write() as conn:
             self._lock_tenant(conn, tenant)
@@ -278,7 +278,7 @@ class SqlStorage(Storage):
             return _study(conn.execute(sa.select(S.studies).where(c.uid == values["uid"])).one())
 
     @db_call
-    def get_study(self, tenant: str, name: str) -> Optional[StudyRecord]:
+    def get_study(self, tenant: str, name: str) -> StudyRecord | None:
         c = S.studies.c
         with self._read() as conn:
             row = conn.execute(
@@ -287,14 +287,14 @@ class SqlStorage(Storage):
         return _study(row) if row else None
 
     @db_call
-    def get_study_by_uid(self, uid: str) -> Optional[StudyRecord]:
+    def get_study_by_uid(self, uid: str) -> StudyRecord | None:
         with self._read() as conn:
             row = conn.execute(sa.select(S.studies).where(S.studies.c.uid == uid)).first()
         return _study(row) if row else None
 
     @db_call
     def list_studies(
-        self, tenant: str, *, after: Optional[tuple[float, str]] = None, limit: int = 100
+        self, tenant: str, *, after: tuple[float, str] | None = None, limit: int = 100
     ) -> list[StudyRecord]:
         c = S.studies.c
         q = sa.select(S.studies).where(c.tenant == tenant)
@@ -380,7 +380,7 @@ class SqlStorage(Storage):
         )
 
     @db_call
-    def lookup_request(self, uid: str, kind: str, request_id: str) -> Optional[StoredRequest]:
+    def lookup_request(self, uid: str, kind: str, request_id: str) -> StoredRequest | None:
         with self._read() as conn:
             return self._lookup(conn, self._sid(conn, uid), kind, request_id)
 
@@ -392,10 +392,10 @@ class SqlStorage(Storage):
         new: Sequence[NewTrial],
         *,
         worker_id: str = "",
-        lease_expires_at: Optional[float] = None,
-        request: Optional[RequestKey] = None,
+        lease_expires_at: float | None = None,
+        request: RequestKey | None = None,
         continuations: Sequence[Continuation] = (),
-    ) -> tuple[list[Trial], Optional[StoredRequest]]:
+    ) -> tuple[list[Trial], StoredRequest | None]:
         try:
             return self._insert_trials(
                 uid, new, worker_id, lease_expires_at, request, continuations
@@ -498,7 +498,7 @@ class SqlStorage(Storage):
         return True
 
     def _insert_trial_rows(
-        self, conn: sa.Connection, sid: int, rows: list[dict], req: Optional[RequestKey], now: float
+        self, conn: sa.Connection, sid: int, rows: list[dict], req: RequestKey | None, now: float
     ) -> None:
         if rows:
             ids = (
@@ -530,7 +530,7 @@ class SqlStorage(Storage):
         return [by[n] for n in numbers if n in by]
 
     @db_call
-    def get_trial(self, uid: str, number: int) -> Optional[Trial]:
+    def get_trial(self, uid: str, number: int) -> Trial | None:
         t = S.trials.c
         with self._read() as conn:
             sid = self._sid(conn, uid)
@@ -543,9 +543,9 @@ class SqlStorage(Storage):
     def list_trials(
         self,
         uid: str,
-        states: Optional[Iterable[TrialState]] = None,
+        states: Iterable[TrialState] | None = None,
         after: int = 0,
-        limit: Optional[int] = None,
+        limit: int | None = None,
     ) -> list[Trial]:
         t = S.trials.c
         with self._read() as conn:
@@ -566,9 +566,9 @@ class SqlStorage(Storage):
         number: int,
         change: TrialChange,
         *,
-        request: Optional[RequestKey] = None,
+        request: RequestKey | None = None,
         event_detail: str = "",
-    ) -> tuple[Optional[Trial], bool, Optional[StoredRequest]]:
+    ) -> tuple[Trial | None, bool, StoredRequest | None]:
         with self._write() as conn:
             sid = self._sid(conn, uid, lock=True)
             if request is not None:
@@ -777,7 +777,7 @@ class SqlStorage(Storage):
 
     @db_call
     def list_llm_calls(
-        self, uid: str, purpose: Optional[str] = None, after: int = 0, limit: Optional[int] = None
+        self, uid: str, purpose: str | None = None, after: int = 0, limit: int | None = None
     ) -> list[LlmCallRecord]:
         c = S.llm_calls.c
         with self._read() as conn:
@@ -791,7 +791,7 @@ class SqlStorage(Storage):
 
     # ---- model state ----------------------------------------------------------------------------
     @db_call
-    def model_state_n_fit(self, uid: str) -> Optional[int]:
+    def model_state_n_fit(self, uid: str) -> int | None:
         m = S.model_state.c
         with self._read() as conn:
             n = conn.execute(
@@ -802,7 +802,7 @@ class SqlStorage(Storage):
         return None if n is None else int(n)
 
     @db_call
-    def get_model_state(self, uid: str) -> Optional[ModelState]:
+    def get_model_state(self, uid: str) -> ModelState | None:
         m = S.model_state.c
         with self._read() as conn:
             row = conn.execute(
@@ -851,14 +851,14 @@ class SqlStorage(Storage):
         return True
 
     @db_call
-    def find_api_key(self, key_id: str) -> Optional[ApiKeyRecord]:
+    def find_api_key(self, key_id: str) -> ApiKeyRecord | None:
         with self._read() as conn:
             row = conn.execute(sa.select(S.api_keys).where(S.api_keys.c.key_id == key_id)).first()
         return _api_key(row) if row else None
 
     @db_call
     def list_api_keys(
-        self, tenant: Optional[str] = None, include_revoked: bool = True
+        self, tenant: str | None = None, include_revoked: bool = True
     ) -> list[ApiKeyRecord]:
         k = S.api_keys.c
         q = sa.select(S.api_keys).order_by(k.id)

@@ -21,8 +21,9 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -198,7 +199,7 @@ class SqliteStorage(SqlStorage):
         number: int,
         change: TrialChange,
         *,
-        request: Optional[RequestKey] = None,
+        request: RequestKey | None = None,
         event_detail: str = "",
     ):
         def apply(raw):
@@ -331,7 +332,7 @@ class GroupCommit:
     def __init__(self, storage: SqliteStorage):
         self._storage = storage
         self._pooled = None  # the writer's pooled connection, checked out on first use
-        self._q: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
         self._qlock = (
             threading.Lock()

@@ -15,22 +15,22 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Optional, Sequence, Union
 
 
 @dataclass
 class Reply:
-    content: Optional[str] = ""
+    content: str | None = ""
     status: int = 200
     delay_s: float = 0.0
-    refusal: Optional[str] = None
+    refusal: str | None = None
     finish_reason: str = "stop"
-    prompt_tokens: Optional[int] = None  # None: about a token per 4 prompt characters
-    completion_tokens: Optional[int] = None
+    prompt_tokens: int | None = None  # None: about a token per 4 prompt characters
+    completion_tokens: int | None = None
     error_message: str = "scripted error"
-    retry_after: Optional[float] = None
+    retry_after: float | None = None
 
 
 Responder = Callable[[dict], Reply]
@@ -41,12 +41,12 @@ class ChatServer:
 
     def __init__(
         self,
-        replies: Union[Sequence[Reply], Responder, None] = None,
+        replies: Sequence[Reply] | Responder | None = None,
         *,
         models: Sequence[str] = ("test-model",),
         reject_response_format: bool = False,
         reject_fields: Sequence[str] = (),
-        served_model: Optional[str] = None,
+        served_model: str | None = None,
     ):
         self.replies = replies if replies is not None else [Reply("{}")]
         self.models = list(models)
@@ -59,8 +59,8 @@ class ChatServer:
         self.model_requests = 0
         self._i = 0
         self._lock = threading.Lock()
-        self._httpd: Optional[ThreadingHTTPServer] = None
-        self._thread: Optional[threading.Thread] = None
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
     @property
@@ -68,7 +68,7 @@ class ChatServer:
         assert self._httpd is not None, "server not started"
         return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
 
-    def start(self) -> "ChatServer":
+    def start(self) -> ChatServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -77,7 +77,7 @@ class ChatServer:
             def log_message(self, *args):  # quiet
                 pass
 
-            def _send(self, status: int, body: dict, headers: Optional[dict] = None):
+            def _send(self, status: int, body: dict, headers: dict | None = None):
                 data = json.dumps(body).encode()
                 try:
                     self.send_response(status)
@@ -237,7 +237,7 @@ class ChatServer:
             self._httpd.server_close()
             self._httpd = None
 
-    def __enter__(self) -> "ChatServer":
+    def __enter__(self) -> ChatServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
-from typing import Optional
 
 import grpc
 
@@ -41,7 +40,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def key_from_metadata(metadata) -> Optional[str]:
+def key_from_metadata(metadata) -> str | None:
     """The API key in ``x-api-key`` or ``authorization: Bearer``; None if neither is present."""
     bearer = None
     for k, v in metadata or ():
@@ -84,7 +83,7 @@ class Gate(MethodInterceptor):
     """
 
     def __init__(
-        self, keys=None, limits: Optional[LimitChecker] = None, default_tenant: str = DEFAULT_TENANT
+        self, keys=None, limits: LimitChecker | None = None, default_tenant: str = DEFAULT_TENANT
     ):
         self.keys = keys
         self.limits = limits

@@ -9,7 +9,7 @@ import importlib
 import os
 import pkgutil
 import sys
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import bbo_server.commands as commands_pkg
 
@@ -136,7 +136,7 @@ def connect(args) -> Iterator[object]:
         shutil.rmtree(private, ignore_errors=True)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -3,7 +3,8 @@ knows both sides; the servicer calls these and nothing else touches protobuf fie
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 from google.protobuf import timestamp_pb2
 
@@ -45,7 +46,7 @@ STUDY_STATE_TO_PB = {
 }
 
 
-def timestamp(t: Optional[float]) -> Optional[timestamp_pb2.Timestamp]:
+def timestamp(t: float | None) -> timestamp_pb2.Timestamp | None:
     if t is None:
         return None
     ts = timestamp_pb2.Timestamp()
@@ -254,7 +255,7 @@ def _param_to_pb(p: Param, ps: pb.ParameterSpec) -> None:
     msg = getattr(ps, p.kind)
     for f in msg.DESCRIPTOR.fields:
         if f.name == "scale":
-            msg.scale = _scale(getattr(p, "log"))
+            msg.scale = _scale(p.log)
         elif f.message_type is not None and f.message_type.name == "ParameterValue":
             getattr(msg, f.name).CopyFrom(value_to_pb(getattr(p, f.name)))
         elif f.is_repeated:
@@ -346,7 +347,7 @@ def spec_to_pb(spec: StudySpec) -> pb.StudySpec:
 # ---- trials, studies, LLM calls ----------------------------------------------------------------
 
 
-def trial_to_pb(t: Trial, study: Optional[Study] = None) -> pb.Trial:
+def trial_to_pb(t: Trial, study: Study | None = None) -> pb.Trial:
     """A trial of ``study`` (its space types the values; its uid goes along for the worker's calls)."""
     by = study.spec.space.by_name if study is not None else {}
     out = pb.Trial(

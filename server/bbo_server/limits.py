@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from bbo.errors import LimitError
 
-
 RATE_EXEMPT = frozenset({"Tell", "Heartbeat"})  # see the module docstring
 
 
@@ -64,9 +63,7 @@ class LimitChecker:
     def __init__(self, limits: Limits):
         self.limits = limits
         self._buckets: dict[str, TokenBucket] = {}
-        self._trial_buckets: "collections.OrderedDict[tuple, TokenBucket]" = (
-            collections.OrderedDict()
-        )
+        self._trial_buckets: collections.OrderedDict[tuple, TokenBucket] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     def _bucket(self, tenant: str) -> TokenBucket:

@@ -22,13 +22,13 @@ endpoint only when a port is given.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from bbo_server.interceptor import MethodInterceptor
-
 
 _LAT_BUCKETS = (
     0.0005,
@@ -167,7 +167,7 @@ class MetricsInterceptor(MethodInterceptor):
         )
 
 
-def _context_code(context) -> Optional[grpc.StatusCode]:
+def _context_code(context) -> grpc.StatusCode | None:
     try:
         return context.code()
     except Exception:  # pragma: no cover - older grpcio without ServicerContext.code()

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 
 class ServerProcess:
@@ -26,8 +26,8 @@ class ServerProcess:
         host: str = "127.0.0.1",
         port: int = 0,
         args: Sequence[str] = (),
-        log_path: Optional[str] = None,
-        env: Optional[dict] = None,
+        log_path: str | None = None,
+        env: dict | None = None,
         credentials=None,
     ):
         """``credentials``: grpc.ChannelCredentials for the health check of a TLS server."""
@@ -39,8 +39,8 @@ class ServerProcess:
             or tempfile.NamedTemporaryFile(prefix="bbo-serve-", suffix=".log", delete=False).name
         )
         self.env = env
-        self.proc: Optional[subprocess.Popen] = None
-        self.port: Optional[int] = None
+        self.proc: subprocess.Popen | None = None
+        self.port: int | None = None
 
     @property
     def address(self) -> str:
@@ -48,7 +48,7 @@ class ServerProcess:
             raise RuntimeError("server not started")
         return f"{self.host}:{self.port}"
 
-    def start(self, timeout: float = 120.0) -> "ServerProcess":
+    def start(self, timeout: float = 120.0) -> ServerProcess:
         fd, port_file = tempfile.mkstemp(prefix="bbo-port-")
         os.close(fd)
         os.unlink(port_file)
@@ -144,7 +144,7 @@ class ServerProcess:
         except OSError:
             return ""
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self.start() if self.proc is None else self
 
     def __exit__(self, *exc) -> None:

@@ -7,9 +7,9 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -68,10 +68,10 @@ class ServerOptions:
         5.0  # how often expired leases are ABANDONED, for all studies (0 = only on Ask)
     )
     grace_seconds: float = 30.0
-    authenticate: Optional[Authenticate] = None
+    authenticate: Authenticate | None = None
     interceptors: Sequence[grpc.ServerInterceptor] = field(default_factory=tuple)
-    strategy_factory: Optional[Callable] = None
-    server_credentials: Optional[grpc.ServerCredentials] = (
+    strategy_factory: Callable | None = None
+    server_credentials: grpc.ServerCredentials | None = (
         None  # TLS (bbo_server.tls); None = plaintext
     )
     on_start: Sequence[Callable[[StudyRegistry], None]] = field(
@@ -80,7 +80,7 @@ class ServerOptions:
     llm: object = None  # a bbo.llm.LlmAdvisor (plugins/llm.py); None = plain BO
     max_studies: int = 10000  # per tenant (0 = unlimited)
     limits: RequestLimits = field(default_factory=RequestLimits)
-    on_llm_call: Optional[Callable] = None  # an observer of every stored LLM call (metrics)
+    on_llm_call: Callable | None = None  # an observer of every stored LLM call (metrics)
     unix_socket: str = ""  # serve on this Unix socket path instead of host:port
     # called once the server has stopped (e.g. a plugin's child process: the local LLM engine)
     on_stop: Sequence[Callable[[], None]] = field(default_factory=tuple)
@@ -95,7 +95,7 @@ class LeaseReaper:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bbo-lease-reaper", daemon=True)
 
-    def start(self) -> "LeaseReaper":
+    def start(self) -> LeaseReaper:
         self._thread.start()
         return self
 
@@ -124,7 +124,7 @@ class RunningServer:
         health_servicer: health.HealthServicer,
         storage: Storage,
         owns_storage: bool,
-        reaper: Optional[LeaseReaper] = None,
+        reaper: LeaseReaper | None = None,
         on_stop: Sequence[Callable[[], None]] = (),
     ):
         self.server, self.port, self.host = server, port, host
@@ -160,7 +160,7 @@ class RunningServer:
         self.server.wait_for_termination()
 
 
-def start(opts: ServerOptions, storage: Optional[Storage] = None) -> RunningServer:
+def start(opts: ServerOptions, storage: Storage | None = None) -> RunningServer:
     """Open the database (migrating it), build the registry and start serving."""
     owns = storage is None
     if storage is None:
@@ -239,7 +239,7 @@ def _preload() -> None:
         log.exception("could not import the generation strategy")
 
 
-def serve_forever(opts: ServerOptions, port_file: Optional[str] = None) -> int:
+def serve_forever(opts: ServerOptions, port_file: str | None = None) -> int:
     """Run until SIGTERM / SIGINT; then stop accepting calls and let in-flight ones finish."""
     fit_workers = opts.fit_workers or available_cores()
     threads = configure_threads(fit_workers, opts.torch_threads)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import grpc
 
@@ -40,7 +40,7 @@ def rpc(fn):
     name = fn.__name__
 
     @functools.wraps(fn)
-    def wrapper(self: "BboServicer", request, context: grpc.ServicerContext):
+    def wrapper(self: BboServicer, request, context: grpc.ServicerContext):
         t0 = time.perf_counter()
         status = None
         try:
@@ -92,7 +92,7 @@ def _check_id(value: str, field: str) -> str:
 
 
 class BboServicer(service_pb2_grpc.BboServiceServicer):
-    def __init__(self, registry: StudyRegistry, authenticate: Optional[Authenticate] = None):
+    def __init__(self, registry: StudyRegistry, authenticate: Authenticate | None = None):
         self.registry = registry
         self.authenticate = authenticate or default_authenticate
 

@@ -3,12 +3,10 @@ certificates signed by a given CA (mutual TLS); and the matching client-side cre
 
 from __future__ import annotations
 
-from typing import Optional
-
 import grpc
 
 
-def _read(path: Optional[str], what: str) -> Optional[bytes]:
+def _read(path: str | None, what: str) -> bytes | None:
     if not path:
         return None
     try:
@@ -18,9 +16,7 @@ def _read(path: Optional[str], what: str) -> Optional[bytes]:
         raise ValueError(f"cannot read {what} {path!r}: {e.strerror or e}") from None
 
 
-def server_credentials(
-    cert: str, key: str, client_ca: Optional[str] = None
-) -> grpc.ServerCredentials:
+def server_credentials(cert: str, key: str, client_ca: str | None = None) -> grpc.ServerCredentials:
     """TLS with ``cert`` / ``key`` (PEM); with ``client_ca`` every client must present a certificate
     signed by that CA (mutual TLS)."""
     if not cert or not key:
@@ -34,7 +30,7 @@ def server_credentials(
 
 
 def channel_credentials(
-    ca: Optional[str] = None, cert: Optional[str] = None, key: Optional[str] = None
+    ca: str | None = None, cert: str | None = None, key: str | None = None
 ) -> grpc.ChannelCredentials:
     """Client credentials: trust ``ca`` (PEM file; None = the system roots) and, for mutual TLS,
     present ``cert`` / ``key``."""

@@ -15,7 +15,7 @@ Existing Optuna / Ray Tune code: ``bbo_client.optuna.BboSampler``, ``bbo_client.
 (extras ``optuna`` / ``ray``). The generated gRPC stubs of the API are ``bbo_client.v1``.
 """
 
-from bbo_client.client import DEFAULT_ADDRESS, Client, StudyHandle
+from bbo_client.client import DEFAULT_ADDRESS, Client, StudyHandle, TrialContext
 from bbo_client.errors import (
     AlreadyExists,
     BboError,
@@ -53,7 +53,6 @@ from bbo_client.model import (
     TransferSource,
     Trial,
 )
-from bbo_client.client import TrialContext
 
 __all__ = [
     "DEFAULT_ADDRESS",

@@ -10,8 +10,9 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any
 
 import grpc
 
@@ -49,7 +50,7 @@ from bbo_client.v1 import study_pb2 as pb
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-MetricsLike = Union[float, int, Mapping[str, Any]]
+MetricsLike = float | int | Mapping[str, Any]
 
 
 class Client:
@@ -65,20 +66,20 @@ class Client:
         self,
         address: str = DEFAULT_ADDRESS,
         *,
-        api_key: Optional[str] = None,
+        api_key: str | None = None,
         timeout: float = 60.0,
         ask_timeout: float = 600.0,
         retries: int = 8,
         rate_patience: float = 120.0,
         backoff: float = 0.1,
         max_backoff: float = 5.0,
-        credentials: Optional[grpc.ChannelCredentials] = None,
-        tls: Optional[bool] = None,
-        tls_ca: Optional[str] = None,
-        tls_cert: Optional[str] = None,
-        tls_key: Optional[str] = None,
-        tls_server_name: Optional[str] = None,
-        lb_policy: Optional[str] = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        tls: bool | None = None,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_server_name: str | None = None,
+        lb_policy: str | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
     ):
         """``api_key``: sent as ``authorization: Bearer`` (default: env ``BBO_API_KEY``).
@@ -133,7 +134,7 @@ class Client:
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -152,8 +153,8 @@ class Client:
         self,
         method: str,
         request,
-        timeout: Optional[float] = None,
-        patience: Optional[float] = None,
+        timeout: float | None = None,
+        patience: float | None = None,
     ):
         """One RPC; retried with jittered exponential backoff while it fails in a way that may pass
         later (:func:`retryable`): UNAVAILABLE ``self.retries`` times, a rate limit's refusal (which
@@ -186,26 +187,26 @@ class Client:
         self,
         name: str,
         parameters: Sequence[Parameter],
-        objectives: Union[str, Objective, Sequence[Union[str, Objective]]],
+        objectives: str | Objective | Sequence[str | Objective],
         *,
         constraints: Sequence[Constraint] = (),
         parameter_constraints: Sequence[LinearConstraint] = (),
         tracked_metrics: Sequence[str] = (),
         description: str = "",
         n_initial: int = 0,
-        seed: Optional[int] = None,
+        seed: int | None = None,
         device: str = "",
         priors: Sequence[Prior] = (),
-        llm: Optional[Llm] = None,
-        reference_point: Optional[Mapping[str, float]] = None,
+        llm: Llm | None = None,
+        reference_point: Mapping[str, float] | None = None,
         max_fit_points: int = 0,
         max_model_points: int = 0,
         prior_exponent: float = 0.0,
         exploit_gap: int = 0,
         fidelity: Fidelity | None = None,
         pruning: Pruning | None = None,
-        transfer: Optional[Transfer] = None,
-    ) -> "StudyHandle":
+        transfer: Transfer | None = None,
+    ) -> StudyHandle:
         """Create a study, or reattach to it if one of that name exists with the same spec.
 
         ``objectives``: a metric name (minimized), an :class:`Objective`, or a list of them.
@@ -254,7 +255,7 @@ class Client:
         h._info = StudyInfo.from_pb(resp.study)
         return h
 
-    def study(self, name: str) -> "StudyHandle":
+    def study(self, name: str) -> StudyHandle:
         """A handle on an existing study (raises :class:`NotFound`)."""
         h = StudyHandle(self, name)
         h._info = self.get_study(name)
@@ -278,15 +279,13 @@ class Client:
         return self._call("DeleteStudy", svc.DeleteStudyRequest(name=name)).deleted
 
 
-def _tls_credentials(
-    ca: Optional[str], cert: Optional[str], key: Optional[str]
-) -> grpc.ChannelCredentials:
+def _tls_credentials(ca: str | None, cert: str | None, key: str | None) -> grpc.ChannelCredentials:
     if bool(cert) != bool(key):
         raise InvalidArgument(
             "a client certificate needs both tls_cert and tls_key", field="tls_cert"
         )
 
-    def read(path: Optional[str]) -> Optional[bytes]:
+    def read(path: str | None) -> bytes | None:
         if not path:
             return None
         with open(path, "rb") as f:
@@ -323,11 +322,11 @@ def _number(x: Any, name: str) -> float:
     return float(x)
 
 
-def _trial_id(t: Union[int, Trial]) -> int:
+def _trial_id(t: int | Trial) -> int:
     return t.id if isinstance(t, Trial) else int(t)
 
 
-def _study_uid(t: Union[int, Trial]) -> str:
+def _study_uid(t: int | Trial) -> str:
     """The uid of a Trial's study (checked by the server); a bare trial id carries none."""
     return t.study_uid if isinstance(t, Trial) else ""
 
@@ -339,7 +338,7 @@ class StudyHandle:
         self.client = client
         self.name = name
         self.created = False
-        self._info: Optional[StudyInfo] = None
+        self._info: StudyInfo | None = None
 
     def __repr__(self) -> str:
         return f"StudyHandle({self.name!r})"
@@ -351,8 +350,8 @@ class StudyHandle:
         *,
         worker_id: str = "",
         lease_seconds: float = 0.0,
-        request_id: Optional[str] = None,
-        patience: Optional[float] = None,
+        request_id: str | None = None,
+        patience: float | None = None,
     ) -> list[Trial]:
         """``count`` trials to evaluate (stored PENDING on the server before they are returned).
         ``patience``: as in :meth:`tell` (a retried Ask keeps its request id: never two sets of trials)."""
@@ -368,15 +367,15 @@ class StudyHandle:
 
     def tell(
         self,
-        trial: Union[int, Trial],
-        metrics: Optional[MetricsLike] = None,
+        trial: int | Trial,
+        metrics: MetricsLike | None = None,
         *,
         failed: bool = False,
         abandoned: bool = False,
         pruned: bool = False,
         reason: str = "",
         request_id: str = "",
-        patience: Optional[float] = None,
+        patience: float | None = None,
         budget: float | None = None,
     ) -> TellResult:
         """Report a trial's metrics (``{name: value}``, ``{name: (value, sem)}``, or a bare number
@@ -409,7 +408,7 @@ class StudyHandle:
         r = self.client._call("Tell", req, patience=patience)
         return TellResult(Trial.from_pb(r.trial), r.duplicate)
 
-    def _metrics_dict(self, metrics: Optional[MetricsLike]) -> dict[str, Any]:
+    def _metrics_dict(self, metrics: MetricsLike | None) -> dict[str, Any]:
         if metrics is None:
             return {}
         if isinstance(metrics, Mapping):
@@ -425,10 +424,10 @@ class StudyHandle:
     def add_trial(
         self,
         params: Mapping[str, Any],
-        metrics: Optional[MetricsLike] = None,
+        metrics: MetricsLike | None = None,
         *,
         failed: bool = False,
-        request_id: Optional[str] = None,
+        request_id: str | None = None,
     ) -> Trial:
         """Attach a point evaluated elsewhere (origin ``user``)."""
         req = svc.AddTrialRequest(
@@ -476,7 +475,7 @@ class StudyHandle:
         )
         return StopAdvice(r.should_stop, r.reason)
 
-    def heartbeat(self, trial: Union[int, Trial], lease_seconds: float = 0.0) -> Trial:
+    def heartbeat(self, trial: int | Trial, lease_seconds: float = 0.0) -> Trial:
         """Extend a pending trial's lease (from now)."""
         r = self.client._call(
             "Heartbeat",
@@ -564,9 +563,9 @@ class StudyHandle:
         n_workers: int = 1,
         *,
         progress: bool = True,
-        worker_id: Optional[str] = None,
+        worker_id: str | None = None,
         lease_seconds: float = 0.0,
-        heartbeat_seconds: Optional[float] = None,
+        heartbeat_seconds: float | None = None,
         tell_patience: float = 600.0,
     ) -> Best:
         """Evaluate ``fn`` on ``n_trials`` suggested points with ``n_workers`` threads.
@@ -762,7 +761,7 @@ def _takes_two(fn: Callable) -> bool:
     return len(positional) >= 2
 
 
-def _clean_key(key: Optional[str]) -> Optional[str]:
+def _clean_key(key: str | None) -> str | None:
     """The key without surrounding whitespace (a key read from a file ends in a newline); a key that
     still holds characters no header can carry is refused here, with a message, not by gRPC."""
     if key is None:

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import grpc
 
 
 class BboError(Exception):
     """Base class: ``code`` is the gRPC status code, ``field`` the offending request field if any."""
 
-    code: Optional[grpc.StatusCode] = None
+    code: grpc.StatusCode | None = None
 
     def __init__(
         self,
         message: str,
         field: str = "",
-        code: Optional[grpc.StatusCode] = None,
-        retry_after: Optional[float] = None,
+        code: grpc.StatusCode | None = None,
+        retry_after: float | None = None,
     ):
         super().__init__(f"{field}: {message}" if field else message)
         self.message = message

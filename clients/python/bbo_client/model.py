@@ -6,12 +6,13 @@ Plain dataclasses; protobuf stays inside the client.
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any
 
 from bbo_client.v1 import study_pb2 as pb
 
-Value = Union[float, int, str]
+Value = float | int | str
 
 
 def _scale(log: bool) -> int:
@@ -113,7 +114,7 @@ class Fixed:
         )
 
 
-Parameter = Union[Float, Int, Categorical, Ordinal, Fixed]
+Parameter = Float | Int | Categorical | Ordinal | Fixed
 
 
 def parameter_from_pb(p: pb.ParameterSpec) -> Parameter:
@@ -197,9 +198,9 @@ class Prior:
     """A belief about where the optimum lies: ``mean``/``std`` (numeric) or ``probabilities``."""
 
     parameter: str
-    mean: Optional[float] = None
-    std: Optional[float] = None
-    probabilities: Optional[Mapping[str, float]] = None
+    mean: float | None = None
+    std: float | None = None
+    probabilities: Mapping[str, float] | None = None
     confidence: float = 0.5
 
     def to_pb(self) -> pb.ParameterPrior:
@@ -283,6 +284,8 @@ class Pruning:
                 field="pruning.policy",
             )
         return pb.Pruning(policy=_POLICIES[self.policy], eta=float(self.eta), promote=self.promote)
+
+
 @dataclass(frozen=True)
 class Transfer:
     """Learn from earlier studies of the same tenant: ``sources`` by name, and with ``auto=True``
@@ -321,7 +324,7 @@ class TransferInfo:
     note: str = ""
 
     @classmethod
-    def from_pb(cls, t: pb.TransferInfo) -> "TransferInfo":
+    def from_pb(cls, t: pb.TransferInfo) -> TransferInfo:
         return cls(
             sources=[
                 TransferSource(
@@ -348,10 +351,10 @@ _STATES = {
 STATE_TO_PB = {v: k for k, v in _STATES.items()}
 
 
-def _time(ts) -> Optional[_dt.datetime]:
+def _time(ts) -> _dt.datetime | None:
     if ts is None or (ts.seconds == 0 and ts.nanos == 0):
         return None
-    return ts.ToDatetime(tzinfo=_dt.timezone.utc)
+    return ts.ToDatetime(tzinfo=_dt.UTC)
 
 
 @dataclass
@@ -367,9 +370,9 @@ class Trial:
     reason: str = ""
     rationale: str = ""
     worker_id: str = ""
-    created: Optional[_dt.datetime] = None
-    updated: Optional[_dt.datetime] = None
-    lease_expires: Optional[_dt.datetime] = None
+    created: _dt.datetime | None = None
+    updated: _dt.datetime | None = None
+    lease_expires: _dt.datetime | None = None
     study_uid: str = (
         ""  # sent back with tell / heartbeat, so they never reach a study re-created under the name
     )
@@ -380,7 +383,7 @@ class Trial:
     resume_budget: float | None = None
 
     @classmethod
-    def from_pb(cls, t: pb.Trial) -> "Trial":
+    def from_pb(cls, t: pb.Trial) -> Trial:
         return cls(
             id=t.id,
             params={k: _value(v) for k, v in t.parameters.items()},
@@ -429,15 +432,15 @@ class StudyInfo:
     state_reason: str
     trial_count: int
     completed_count: int
-    created: Optional[_dt.datetime]
+    created: _dt.datetime | None
     description: str = ""
     spec: Any = None  # the bbo.v1.StudySpec message, for everything else
     uid: str = ""  # this incarnation: a study deleted and created again under the name has another
     fidelity: Fidelity | None = None
-    transfer: Optional[TransferInfo] = None  # sources and their weights, for a transfer study
+    transfer: TransferInfo | None = None  # sources and their weights, for a transfer study
 
     @classmethod
-    def from_pb(cls, s) -> "StudyInfo":
+    def from_pb(cls, s) -> StudyInfo:
         sp = s.spec
         return cls(
             name=s.name,
@@ -481,7 +484,7 @@ class Best:
     selection: str = ""
 
     @property
-    def trial(self) -> Optional[Trial]:
+    def trial(self) -> Trial | None:
         return self.trials[0] if self.trials else None
 
 
@@ -495,4 +498,4 @@ class LlmCall:
     prompt_tokens: int
     completion_tokens: int
     latency_seconds: float
-    created: Optional[_dt.datetime]
+    created: _dt.datetime | None
