@@ -86,6 +86,9 @@ SURPRISE_Z = 3.0  # a new point's leave-one-out z-score above this calls for a r
 ALWAYS_REFIT_BELOW = 50
 FRESH_START_BELOW = 100  # below this many fit points, also fit from the default initialization
 FRESH_GROWTH = 2.0  # ... once the data grew this much since the last such fit
+# kept with the hyperparameters (replicas share them): the size of the last fit from the default
+# initialization, so a replica that adopts a fit makes the same fresh-start choice as its owner
+N_FRESH_KEY = "bbo.n_fresh"
 # L-BFGS-B's gradient tolerance for fits from the cached hyperparameters (scipy's default 1e-5): on
 # the fits of Hartmann6 runs it reached the same likelihood to 4 digits with a third fewer steps
 WARM_GTOL = 1e-3
@@ -158,7 +161,9 @@ class Surrogate:
         self._n_at_fit = 0
         self._n_fresh = 0  # points at the last fit that also started from the default values
         self._fit_keys: set[bytes] | None = None  # the points of the last fit (encoded rows)
-        self._noise_free = False  # the last fit's first output (an objective) has no noise
+        # the last fit's first output (an objective) has no noise; None: not known yet (another
+        # replica's fit was imported), decided from the first model conditioned on it
+        self._noise_free: bool | None = False
         # the hyperparameters whose cached marginals were compared with the GP's posterior
         self._verified: dict | None = None
         self._bounds = placement.tensor(space.bounds())
@@ -176,6 +181,8 @@ class Surrogate:
     def import_state(self, n_fit: int, hyper: dict[str, torch.Tensor]) -> None:
         """Adopt another replica's fit (unknown or mis-shaped entries are ignored when loaded)."""
         self._hyper, self._n_at_fit, self._fit_keys = hyper, int(n_fit), None
+        self._noise_free = None
+        self._n_fresh = int(hyper[N_FRESH_KEY]) if N_FRESH_KEY in hyper else 0
 
     def conditioned(
         self, X: np.ndarray, Y: np.ndarray, Yvar: np.ndarray | None, score: np.ndarray
@@ -221,6 +228,10 @@ class Surrogate:
         with gpytorch.settings.max_cholesky_size(max(self.options.max_model_points, 2000) + 1):
             if not self.needs_refit(n):
                 m = self._conditioned(X[model_rows], Y[model_rows], Yv, info)
+                if m is not None and self._noise_free is None:  # an imported fit: as its replica
+                    self._noise_free = noise_free(m, 0)
+                    if self.needs_refit(n):
+                        m = None
                 z = self._surprise(info.predictive, X, model_rows) if m is not None else 0.0
                 if m is not None and z <= SURPRISE_Z:
                     return m, model_rows, info
@@ -307,6 +318,7 @@ class Surrogate:
                 X[fit_rows], Y[fit_rows], None if Yvar is None else Yvar[fit_rows], score[fit_rows]
             )
             self._hyper = _hyper_state(fitted)
+            self._hyper[N_FRESH_KEY] = torch.tensor(self._n_fresh, dtype=torch.int64)
             self._n_at_fit = len(X)
             self._noise_free = noise_free(fitted, 0)
             self._fit_keys = {X[i].tobytes() for i in fit_rows}
