@@ -30,7 +30,6 @@ from bbo.spec import MAXIMIZE, MEDIAN, NO_PRUNING, StudySpec
 from bbo.storage import (
     LEASE_EXPIRED,
     LLM_PURPOSES,
-    Continuation,
     LlmCallRecord,
     NewTrial,
     RequestKey,
@@ -39,6 +38,7 @@ from bbo.storage import (
     StudyRecord,
 )
 from bbo.strategy.base import Recommends, SharesModelState, Strategy, UsesSources
+from bbo.study_budgets import MAX_STEP, StudyBudgets
 from bbo.transfer import SourceData, source_refs
 from bbo.trial import Metric, Origin, StudyState, Trial, TrialState, check_metrics
 
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bbo.study")
 
-MAX_STEP = 2**63 - 1
 MAX_REASON = 4000  # characters of a failure reason kept
 
 
@@ -163,6 +162,7 @@ class Study:
         self._fit_slots = fit_slots
         self._model_cache = model_cache
         self._sources: dict[str, tuple[int, SourceData]] = {}  # uid -> (completed, data)
+        self.budgets = StudyBudgets(spec, storage, record.uid)  # the fidelity's bookkeeping
 
     # ---- identity -------------------------------------------------------------------------------
     @property
@@ -261,7 +261,7 @@ class Study:
             if self._trials is None or any(_lease_over(t, now) for t in trials):
                 if self.expire_leases(now):
                     trials = self._all_trials()
-            curves, continuations = self._fidelity_plan(trials, count, plan)
+            curves, continuations = self.budgets.plan(trials, count, plan, self.strategy)
             n_new = count - len(continuations)
             sources = self._transfer_sources()
 
@@ -276,7 +276,7 @@ class Study:
             status_note = self._set_state(*status) if status else ""
             if sources is not None:
                 self._record_transfer(sources)
-            places = self._placements(trials, curves, suggestions)
+            places = self.budgets.placements(trials, curves, suggestions)
             new = [
                 NewTrial(
                     params=self.spec.space.validate_params(s.params),
@@ -437,109 +437,6 @@ class Study:
             kw["priors"] = plan.spec.priors
         return kw
 
-    # ---- budgets (studies with a fidelity: bbo.pruning) -----------------------------------------
-    def _fidelity_plan(
-        self, trials: list[Trial], count: int, plan: dict[str, Any]
-    ) -> tuple[dict | None, list[Continuation]]:
-        """For a study with a fidelity: its stored curves (the rungs are rebuilt from them, and a
-        strategy that models budgets gets them in ``plan``) and, with promotion, the paused trials
-        this ask continues. ``(None, [])`` otherwise."""
-        if self.spec.fidelity is None:
-            return None, []
-        from bbo.pruning import Rungs
-
-        curves = self.storage.curves(self.uid)
-        if getattr(self.strategy, "uses_curves", False):
-            plan["curves"] = curves
-        conts = []
-        if self.spec.pruning.promote:
-            conts = Rungs(self.spec, trials, curves).promotions(count)
-        return curves, conts
-
-    def _placements(self, trials: list[Trial], curves: dict | None, suggestions) -> list:
-        """The bracket and budget each new trial starts at (None, None without a fidelity)."""
-        if self.spec.fidelity is None:
-            from bbo.pruning import Placement
-
-            return [Placement(None, None) for _ in suggestions]
-        from bbo.pruning import Rungs
-
-        rungs = Rungs(self.spec, trials, curves or {})
-        return rungs.placements([bool(getattr(s, "full_budget", False)) for s in suggestions])
-
-    def _check_budget(self, budget: Any, field: str = "budget") -> float | None:
-        """A budget given with a request: None when unset (0), else a number within the study's
-        fidelity (a study without one takes none)."""
-        if budget is None or (not isinstance(budget, bool) and budget == 0):
-            return None
-        f = self.spec.fidelity
-        if f is None:
-            raise SpecError(field, "this study declares no fidelity: leave the budget unset")
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget != budget:
-            raise SpecError(field, f"must be a number, got {budget!r}")
-        if not 0 < budget <= f.max * (1 + 1e-9):
-            raise SpecError(
-                field, f"must be in (0, {f.max:g}], the fidelity's full budget; got {budget!r}"
-            )
-        return float(budget)
-
-    def _told_state(
-        self, cur: Trial, state: TrialState, budget: float | None, curve_top: float | None
-    ) -> tuple[TrialState, float | None]:
-        """The state and budget a tell leaves ``cur`` in. A study with a fidelity completes a trial
-        only at the full budget; with promotion, a result at the budget Ask handed out pauses it
-        (PAUSED: a later Ask may continue it). Anything else below the full budget is refused:
-        such a trial was stopped early and is told PRUNED."""
-        from bbo.pruning import at_least, same_budget
-
-        f = self.spec.fidelity
-        if f is None:
-            return state, cur.budget
-        if state is TrialState.PRUNED:
-            return state, budget if budget is not None else (curve_top or cur.resume_budget)
-        if state is not TrialState.COMPLETED:
-            return state, cur.budget
-        b = budget if budget is not None else (cur.budget if cur.budget is not None else f.max)
-        if at_least(b, f.max):
-            return TrialState.COMPLETED, float(f.max)
-        if self.spec.pruning.promote and cur.budget is not None and same_budget(b, cur.budget):
-            return TrialState.PAUSED, float(cur.budget)
-        handed = f" (it was handed out at {cur.budget:g})" if cur.budget is not None else ""
-        raise SpecError(
-            "budget",
-            f"trial {cur.id} told at {f.name} {b:g}, below the full budget {f.max:g}{handed}: "
-            "a trial stopped early is told with state PRUNED; a completed one at the full budget"
-            + (
-                " or, with promotion, at the budget Ask handed out"
-                if self.spec.pruning.promote
-                else ""
-            ),
-        )
-
-    def _record_value(self, cur: Trial, budget: float, value: float) -> None:
-        """Keep a told value at ``budget`` in the trial's curve (where the rungs and the model read
-        it, also after the trial is continued): at the step of an earlier value at that budget,
-        else at step ``budget`` for an integer fidelity, else after the trial's last step."""
-        from bbo.pruning import same_budget
-
-        curve = self.storage.curves(self.uid, [cur.id]).get(cur.id, [])
-        step = None
-        for p in curve:
-            if same_budget(p.budget, budget):
-                if p.value == value:
-                    return
-                step = p.step
-                break
-        if step is None:
-            used = {p.step for p in curve}
-            whole = int(round(budget))
-            integer = self.spec.fidelity is not None and self.spec.fidelity.integer
-            if integer and whole not in used and 0 <= whole <= MAX_STEP:
-                step = whole
-            else:
-                step = max(used, default=0) + 1
-        self.storage.add_intermediate(self.uid, cur.id, step, float(value), float(budget))
-
     def _suggest(self, trials: list[Trial], count: int, plan: Mapping[str, Any]):
         try:
             sugg = list(self.strategy.suggest(trials, count, **plan))
@@ -652,7 +549,7 @@ class Study:
                 "a tell finishes a trial: COMPLETED, FAILED, ABANDONED or PRUNED (a trial is "
                 "PAUSED by a COMPLETED tell at the budget Ask handed out, with promotion)",
             )
-        budget = self._check_budget(budget)
+        budget = self.budgets.check(budget)
         required = self.spec.required_metrics if state is TrialState.COMPLETED else []
         checked = self._check_metrics(metrics, required)
         reason = str(reason or "")[:MAX_REASON]
@@ -677,14 +574,14 @@ class Study:
             if cur is not None and self._accepts(cur, state):
                 curve = self.storage.curves(self.uid, [cur.id]).get(cur.id, [])
                 curve_top = max((p.budget for p in curve if p.budget is not None), default=None)
-                _, at = self._told_state(cur, state, budget, curve_top)
+                _, at = self.budgets.told_state(cur, state, budget, curve_top)
                 obj = self.spec.objectives[0].name
                 if at is not None and obj in checked:
-                    self._record_value(cur, at, checked[obj].value)
+                    self.budgets.record_value(cur, at, checked[obj].value)
 
         def change(cur: Trial) -> Trial | None:
             if self._accepts(cur, state):
-                new_state, at = self._told_state(cur, state, budget, curve_top)
+                new_state, at = self.budgets.told_state(cur, state, budget, curve_top)
                 # a tell without a reason keeps the note generation left (a fallback's cause)
                 note = reason or (cur.reason if cur.state is TrialState.PENDING else "")
                 return dataclasses.replace(
@@ -749,7 +646,7 @@ class Study:
         result at the full budget (``budget`` unset or the fidelity's max)."""
         if state not in (TrialState.COMPLETED, TrialState.FAILED):
             raise SpecError("state", "an added trial is COMPLETED or FAILED")
-        budget = self._check_budget(budget)
+        budget = self.budgets.check(budget)
         f = self.spec.fidelity
         if f is not None:
             from bbo.pruning import at_least
@@ -890,7 +787,7 @@ class Study:
             or value in (float("inf"), float("-inf"))
         ):
             raise SpecError("value", f"value must be a finite number, got {value!r}")
-        budget = self._check_budget(budget)
+        budget = self.budgets.check(budget)
         f = self.spec.fidelity
         if f is not None and budget is None:
             if step > f.max * (1 + 1e-9):
