@@ -281,41 +281,33 @@ def markdown(table: dict, labels: list[str], family: str, meta: str) -> str:
                 c = f"**{c}**"
             cells.append(c)
         lines.append(f"| {p} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
+    lines += _per_method_table(
+        table,
+        labels,
         "Best observed (noisy) value, mean over seeds / true value of that best observed point:",
-        "",
-        "| problem | " + " | ".join(labels) + " |",
-        "|---" * (len(labels) + 1) + "|",
-    ]
-    for p, e in table["problems"].items():
-        lines.append(
-            f"| {p} | "
-            + " | ".join(
-                f"{_fmt(e['methods'][m]['best_observed_mean'])} / "
-                f"{_fmt(e['methods'][m]['best_observed_true_mean'])}"
-                for m in labels
-            )
-            + " |"
-        )
-    lines += [
-        "",
+        lambda r: f"{_fmt(r['best_observed_mean'])} / {_fmt(r['best_observed_true_mean'])}",
+    )
+    lines += _per_method_table(
+        table,
+        labels,
         "Median seconds per ask (and seconds asking per run):",
+        lambda r: f"{_fmt(r['median_ask_seconds'], 3)} ({_fmt(r['ask_seconds_per_run'], 3)})",
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _per_method_table(table: dict, labels: list[str], title: str, cell) -> list[str]:
+    """A titled markdown table: a row per problem, ``cell(result)`` per method."""
+    rows = [
+        "",
+        title,
         "",
         "| problem | " + " | ".join(labels) + " |",
         "|---" * (len(labels) + 1) + "|",
     ]
     for p, e in table["problems"].items():
-        lines.append(
-            f"| {p} | "
-            + " | ".join(
-                f"{_fmt(e['methods'][m]['median_ask_seconds'], 3)} "
-                f"({_fmt(e['methods'][m]['ask_seconds_per_run'], 3)})"
-                for m in labels
-            )
-            + " |"
-        )
-    return "\n".join(lines) + "\n"
+        rows.append(f"| {p} | " + " | ".join(cell(e["methods"][m]) for m in labels) + " |")
+    return rows
 
 
 def plot(table: dict, labels: list[str], path: str, family: str) -> None:
