@@ -1,6 +1,12 @@
 """A study: its stored record, its generation strategy, and what workers do with it (ask, tell,
 heartbeat, report intermediate values, read).
 
+:class:`Study` orchestrates each request; the per-study state lives in parts with one job each:
+:class:`~bbo.study_trials.TrialCache` (the trials in memory), :class:`~bbo.study_requests.RequestLog`
+(idempotent retries), :class:`~bbo.study_strategy.StudyStrategy` (running the strategy),
+:class:`~bbo.study_budgets.StudyBudgets` (fidelity and early stopping),
+:class:`~bbo.study_transfer.StudySources` (transfer) and :class:`~bbo.study_llm.StudyLlm` (the LLM).
+
 Free of gRPC: ``bbo_server`` maps RPCs onto :class:`bbo.registry.StudyRegistry` and :class:`Study`;
 tests and embedders use them directly. Every storage call names the study by its uid, so a Study
 object that outlives its study (deleted, perhaps re-created under the name) writes nothing and
@@ -15,8 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -26,20 +30,22 @@ from typing import TYPE_CHECKING, Any
 
 from bbo.errors import ConflictError, LimitError, NotFoundError, SpecError, StudyNotFound
 from bbo.incumbent import incumbents, is_feasible
-from bbo.spec import MAXIMIZE, MEDIAN, NO_PRUNING, StudySpec
-from bbo.storage import (
-    LEASE_EXPIRED,
-    LLM_PURPOSES,
-    LlmCallRecord,
-    NewTrial,
-    RequestKey,
-    Storage,
-    StoredRequest,
-    StudyRecord,
+from bbo.spec import StudySpec
+from bbo.storage import LlmCallRecord, NewTrial, Storage, StudyRecord
+from bbo.study_budgets import StudyBudgets
+from bbo.study_llm import StudyLlm
+from bbo.study_requests import RequestLog, check_same, metrics_key, request_key
+from bbo.study_strategy import StudyStrategy
+from bbo.study_transfer import StudySources
+from bbo.study_trials import (
+    TrialCache,
+    accepts_tell,
+    check_lease,
+    held_lease,
+    late,
+    lease_over,
+    trial_number,
 )
-from bbo.strategy.base import Recommends, SharesModelState, Strategy, UsesSources
-from bbo.study_budgets import MAX_STEP, StudyBudgets
-from bbo.transfer import SourceData, source_refs
 from bbo.trial import Metric, Origin, StudyState, Trial, TrialState, check_metrics
 
 if TYPE_CHECKING:
@@ -85,41 +91,6 @@ class StudyInfo:
     transfer: dict | None = None  # the transfer record (bbo.transfer), None without transfer
 
 
-def _json_key(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, default=str)
-
-
-def _request_hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _metrics_key(metrics: Mapping[str, Metric]) -> dict:
-    return {k: [m.value, m.sem] for k, m in sorted(metrics.items())}
-
-
-def _lease_over(t: Trial, now: float) -> bool:
-    return (
-        t.state is TrialState.PENDING
-        and t.lease_expires_at is not None
-        and t.lease_expires_at < now
-    )
-
-
-def _held_lease(t: Trial) -> float:
-    """The length of the lease a pending trial was last granted (at its ask or last heartbeat: both
-    set ``updated_at``), or 0 where it has none."""
-    if t.lease_expires_at is None or not t.updated_at:
-        return 0.0
-    return max(0.0, t.lease_expires_at - t.updated_at)
-
-
-def _late(t: Trial) -> bool:
-    """Abandoned only because its lease ran out: the worker may still be at it, and its
-    (intermediate) results are welcome (a server restart or a network cut outlasting the lease must
-    not lose them)."""
-    return t.state is TrialState.ABANDONED and t.reason == LEASE_EXPIRED
-
-
 def _study_calls(fn):
     """A storage call on a deleted study surfaces as NotFoundError naming this study."""
 
@@ -152,17 +123,17 @@ class Study:
         self.record = record
         self.spec = spec
         self.config = config
-        self._strategy_factory = strategy_factory
-        self._strategy = None
         self._lock = threading.Lock()  # serializes asks (suggestion generation) of this study
-        # Where one process owns the database (SQLite), it sees every write of the study and keeps
-        # the trials in memory (asks skip re-reading them); a shared database is re-read.
-        self._trials: dict[int, Trial] | None = None
-        self._trials_lock = threading.Lock()
-        self._fit_slots = fit_slots
-        self._model_cache = model_cache
-        self._sources: dict[str, tuple[int, SourceData]] = {}  # uid -> (completed, data)
-        self.budgets = StudyBudgets(spec, storage, record.uid)  # the fidelity's bookkeeping
+        uid, name, tenant = record.uid, record.name, record.tenant
+        self.trial_cache = TrialCache(storage, uid)
+        self.requests = RequestLog(storage, uid)
+        self.generation = StudyStrategy(
+            spec, record.seed, strategy_factory, config, fit_slots, model_cache, self._lock,
+            uid, name, tenant,
+        )  # fmt: skip
+        self.budgets = StudyBudgets(spec, storage, uid)
+        self.sources = StudySources(storage, spec, uid, tenant)
+        self.llm = StudyLlm(storage, spec, config, uid, name, self.llm_key)
 
     # ---- identity -------------------------------------------------------------------------------
     @property
@@ -183,6 +154,11 @@ class Study:
         """The study's key in the LLM module's caches (its uid keeps studies apart)."""
         return f"{self.tenant}/{self.name}/{self.uid}"
 
+    @property
+    def strategy(self) -> Any:
+        """The generation strategy, built on first use with the study's stored seed."""
+        return self.generation.strategy
+
     def _check_uid(self, study_uid: str, trial_id: int) -> None:
         """A worker's call carrying its trial's study uid must not touch a study re-created under
         the name."""
@@ -191,19 +167,6 @@ class Study:
                 f"trial {trial_id} belongs to an earlier study '{self.name}' (uid {study_uid}), "
                 f"deleted since; the study of that name now is uid {self.uid}: nothing was changed"
             )
-
-    @property
-    def strategy(self):
-        """The generation strategy, built on first use with the study's stored seed."""
-        if self._strategy is None:
-            alg = self.spec.algorithm
-            device = self.config.device if alg.device == "auto" else alg.device
-            seeded = dataclasses.replace(
-                self.spec,
-                algorithm=dataclasses.replace(alg, seed=self.record.seed, device=device),
-            )
-            self._strategy = self._strategy_factory(seeded)
-        return self._strategy
 
     @_study_calls
     def info(self) -> StudyInfo:
@@ -241,42 +204,31 @@ class Study:
                 f"count={count} is over the per-ask limit of {self.config.max_ask} (--max-ask)"
             )
         lease = self._lease(lease_seconds)
-        req = None
-        if request_id:
-            h = _request_hash({"count": count, "worker_id": worker_id})
-            req = RequestKey("ask", request_id, h)
-            replay = self._replay(req)
-            if replay is not None:
-                return AskResult(replay, note="replayed: this request_id was already answered")
+        req = request_key("ask", request_id, {"count": count, "worker_id": worker_id})
+        replayed = "replayed: this request_id was already answered"
+        if req is not None and (replay := self.requests.replay(req)) is not None:
+            return AskResult(replay, note=replayed)
         # the LLM's network waits come first, outside the study's lock and the fit slots, so
         # other asks (of this study and of others) go on meanwhile
-        plan = self._llm_plan(self._all_trials(), count)
+        plan = self.llm.plan(self.trial_cache.all(), count)
         with self._lock, self.storage.study_lock(self.uid):
-            if req is not None:  # a retry that raced us while we waited for the lock
-                replay = self._replay(req)
-                if replay is not None:
-                    return AskResult(replay, note="replayed: this request_id was already answered")
-            trials = self._all_trials()
+            # a retry that raced us while we waited for the lock
+            if req is not None and (replay := self.requests.replay(req)) is not None:
+                return AskResult(replay, note=replayed)
+            trials = self.trial_cache.all()
             now = time.time()
-            if self._trials is None or any(_lease_over(t, now) for t in trials):
+            if not self.trial_cache.loaded or any(lease_over(t, now) for t in trials):
                 if self.expire_leases(now):
-                    trials = self._all_trials()
+                    trials = self.trial_cache.all()
             curves, continuations = self.budgets.plan(trials, count, plan, self.strategy)
-            n_new = count - len(continuations)
-            sources = self._transfer_sources()
-
-            def compute():
-                token = self._model_cache.pull(self.uid, self.strategy)
-                if sources is not None and isinstance(self.strategy, UsesSources):
-                    self.strategy.set_sources(sources)
-                sugg = self._suggest(trials, n_new, plan) if n_new else ([], "")
-                return sugg, self._status(trials), token
-
-            (suggestions, note), status, token = self._fit_slots.run(compute, self.tenant)
-            status_note = self._set_state(*status) if status else ""
+            sources = self.sources.read(self.record.transfer)
+            done = self.generation.compute(trials, count - len(continuations), plan, sources)
+            status_note = self._set_state(*done.status) if done.status else ""
             if sources is not None:
-                self._record_transfer(sources)
-            places = self.budgets.placements(trials, curves, suggestions)
+                transfer = self.sources.record(self.record.transfer, sources, self.strategy)
+                if transfer is not None:
+                    self.record = dataclasses.replace(self.record, transfer=transfer)
+            places = self.budgets.placements(trials, curves, done.suggestions)
             new = [
                 NewTrial(
                     params=self.spec.space.validate_params(s.params),
@@ -286,7 +238,7 @@ class Study:
                     budget=where.budget,
                     bracket=where.bracket,
                 )
-                for s, where in zip(suggestions, places, strict=True)
+                for s, where in zip(done.suggestions, places, strict=True)
             ]
             created, prev = self.storage.insert_trials(
                 self.uid,
@@ -297,10 +249,10 @@ class Study:
                 continuations=continuations,
             )
             if prev is not None:
-                self._check_hash(req, prev)
-                return AskResult(created, note="replayed: this request_id was already answered")
-            self._model_cache.push(self.uid, self.strategy, token)
-            self._remember(created)
+                check_same(req, prev)
+                return AskResult(created, note=replayed)
+            self.generation.keep(done.token)
+            self.trial_cache.remember(created)
         log.info(
             "ask",
             extra={
@@ -310,7 +262,7 @@ class Study:
                 "worker": worker_id,
             },
         )
-        return AskResult(created, note="; ".join(x for x in (note, status_note) if x))
+        return AskResult(created, note="; ".join(x for x in (done.note, status_note) if x))
 
     @_study_calls
     def expire_leases(self, now: float | None = None) -> list[int]:
@@ -320,153 +272,10 @@ class Study:
         expired = self.storage.expire_leases(self.uid, now)
         if expired:
             log.info("leases expired", extra={"study": self.name, "trials": expired})
-        with self._trials_lock:
-            stale = (
-                []
-                if self._trials is None
-                else [t.id for t in self._trials.values() if _lease_over(t, now)]
-            )
-        ids = sorted(set(expired) | set(stale))
-        if ids and self._trials is not None:
-            fresh = (self.storage.get_trial(self.uid, n) for n in ids)
-            self._remember(t for t in fresh if t is not None)
+        ids = sorted(set(expired) | set(self.trial_cache.lease_over(now)))
+        if ids:
+            self.trial_cache.reread(ids)
         return ids
-
-    def _all_trials(self) -> list[Trial]:
-        """Every trial of the study, by id: from memory where this process owns the database,
-        else read."""
-        if self.storage.shared:
-            return self.storage.list_trials(self.uid)
-        with self._trials_lock:
-            if self._trials is None:
-                self._trials = {t.id: t for t in self.storage.list_trials(self.uid)}
-            return sorted(self._trials.values(), key=lambda t: t.id)
-
-    def _remember(self, trials: Iterable[Trial]) -> None:
-        """Record committed trial writes in the in-memory copy. Writes of one trial may arrive out
-        of order (a heartbeat racing a tell): a finished state is never replaced by PENDING, and
-        otherwise the later ``updated_at`` wins."""
-        with self._trials_lock:
-            if self._trials is None:
-                return
-            for t in trials:
-                cur = self._trials.get(t.id)
-                if cur is not None and (
-                    (cur.state.finished and not t.state.finished)
-                    or (cur.state.finished == t.state.finished and t.updated_at < cur.updated_at)
-                ):
-                    continue
-                self._trials[t.id] = t
-
-    def _transfer_sources(self) -> list[SourceData] | None:
-        """The live sources' data (None without transfer), read through storage and never written:
-        a source is looked up by the uid it had when this study was created, so a deleted one (or
-        one deleted and re-created under its name) is left out; its trials are re-read only when
-        its number of completed trials changed."""
-        refs = source_refs(self.record.transfer)
-        if not self.spec.transfer.enabled:
-            return None
-        out = []
-        for ref in refs:
-            try:
-                rec = self.storage.get_study_by_uid(ref.uid)
-                if rec is None or rec.tenant != self.tenant:
-                    continue
-                done = self.storage.trial_counts(ref.uid).get(TrialState.COMPLETED.value, 0)
-                hit = self._sources.get(ref.uid)
-                if hit is None or hit[0] != done:
-                    trials = self.storage.list_trials(ref.uid, [TrialState.COMPLETED])
-                    hit = (
-                        done,
-                        SourceData(ref.uid, rec.name, StudySpec.from_dict(rec.spec), trials),
-                    )
-                    self._sources[ref.uid] = hit
-                out.append(hit[1])
-            except (NotFoundError, SpecError):  # deleted meanwhile, or a spec this cannot read
-                continue
-        live = {s.uid for s in out}
-        self._sources = {k: v for k, v in self._sources.items() if k in live}
-        return out
-
-    def _record_transfer(self, sources: list[SourceData]) -> None:
-        """Store the weights the strategy gave the sources, and which sources are gone, where they
-        changed (one write of this study's row; the sources' rows are never written)."""
-        rec = self.record.transfer
-        if not rec:
-            return
-        report = None
-        if isinstance(self.strategy, UsesSources):
-            report = self.strategy.transfer_report()
-        live = {s.uid for s in sources}
-        new = dict(rec)
-        new["deleted"] = sorted(r.uid for r in source_refs(rec) if r.uid not in live)
-        if report is not None:
-            new["weights"] = report
-        if _json_key(new) == _json_key(rec):
-            return
-        self.storage.set_study_transfer(self.uid, new)
-        self.record = dataclasses.replace(self.record, transfer=new)
-
-    def _llm_plan(self, trials: list[Trial], count: int) -> dict[str, Any]:
-        """What the LLM module adds to this ask (warm start, proposals, priors); {} without one.
-
-        Bounded by the advisor's ask budget; every call (or cache hit) is stored for audit; any
-        failure leaves plain BO in charge. A study deleted meanwhile ends the ask (NotFoundError):
-        nothing of it is stored.
-        """
-        advisor = self.config.llm
-        if advisor is None or not self.spec.llm.enabled:
-            return {}
-        try:
-            plan = advisor.prepare(
-                self.spec, trials, count, study_key=self.llm_key, record=self.log_llm_call
-            )
-        except Exception as e:  # the advisor is meant never to raise; if it does, BO goes on alone
-            log.exception("llm advisor failed", extra={"study": self.name})
-            error = f"advisor error: {type(e).__name__}"
-            self.log_llm_call(LlmCallRecord("ask", self.spec.llm.model, "", "", error))
-            return {}
-        for call in plan.calls:
-            self.log_llm_call(call)
-        kw: dict[str, Any] = {}
-        if plan.warmstart:
-            kw["warmstart"] = plan.warmstart
-        if plan.proposals:
-            kw["proposals"] = plan.proposals
-        if plan.spec.priors != self.spec.priors:
-            kw["priors"] = plan.spec.priors
-        return kw
-
-    def _suggest(self, trials: list[Trial], count: int, plan: Mapping[str, Any]):
-        try:
-            sugg = list(self.strategy.suggest(trials, count, **plan))
-            if len(sugg) != count:
-                raise RuntimeError(f"strategy returned {len(sugg)} suggestions for {count}")
-            for s in sugg:
-                self.spec.space.validate_params(s.params)
-            return sugg, ""
-        except Exception as e:  # a broken strategy must not take the study down: keep sampling
-            log.exception(
-                "strategy failed; falling back to space-filling points", extra={"study": self.name}
-            )
-            from bbo.strategy import space_filling
-
-            reason = f"strategy error: {type(e).__name__}: {e}"[:500]
-            return space_filling(
-                self.spec.space, self.record.seed + 7919, trials, count, reason
-            ), reason
-
-    def _status(self, trials: list[Trial]) -> tuple[StudyState, str] | None:
-        """The strategy's judgement of the study (ACTIVE or LIKELY_INFEASIBLE, and why); None
-        where the strategy makes none."""
-        if not isinstance(self.strategy, Strategy):
-            return None
-        try:
-            state, reason = self.strategy.status(trials)
-            return StudyState(str(getattr(state, "value", state)).upper()), str(reason or "")
-        except Exception:
-            log.exception("strategy status failed", extra={"study": self.name})
-            return None
 
     def _set_state(self, state: StudyState, reason: str) -> str:
         """Store the study's state where it differs from the stored one (not this replica's copy,
@@ -484,35 +293,12 @@ class Study:
                 self._set_state(StudyState.ACTIVE, "")
 
     def _lease(self, lease_seconds: float) -> float:
-        try:
-            lease = float(lease_seconds or 0.0)
-        except (TypeError, ValueError):
-            raise SpecError("lease_seconds", "must be a number") from None
-        if lease < 0 or lease != lease or lease > self.config.max_lease_seconds:
-            raise SpecError(
-                "lease_seconds",
-                f"must be in [0, {self.config.max_lease_seconds:g}] seconds (0 = server default)",
-            )
-        return lease or self.config.default_lease_seconds
+        cfg = self.config
+        return check_lease(lease_seconds, cfg.default_lease_seconds, cfg.max_lease_seconds)
 
-    def _replay(self, req: RequestKey) -> list[Trial] | None:
-        prev = self.storage.lookup_request(self.uid, req.kind, req.request_id)
-        if prev is None:
-            return None
-        self._check_hash(req, prev)
-        numbers = [int(n) for n in prev.response.get("trials", [])]
-        return [t for n in numbers if (t := self.storage.get_trial(self.uid, n)) is not None]
-
-    @staticmethod
-    def _check_hash(req: RequestKey | None, prev: StoredRequest) -> None:
-        """A stored answer came back for ``req``: it must be for the same request."""
-        if req is None or prev.request_hash != req.request_hash:
-            raise ConflictError(
-                f"request_id {req.request_id if req else ''!r} was already used for a different"
-                f" {req.kind if req else ''} request"
-            )
-
-    def _check_metrics(self, metrics: Mapping[str, Any] | None, required: list[str]):
+    def _check_metrics(
+        self, metrics: Mapping[str, Any] | None, required: list[str]
+    ) -> dict[str, Metric]:
         metrics = metrics or {}
         self.config.limits.check_metrics(metrics)
         return check_metrics(metrics, required)
@@ -553,34 +339,16 @@ class Study:
         required = self.spec.required_metrics if state is TrialState.COMPLETED else []
         checked = self._check_metrics(metrics, required)
         reason = str(reason or "")[:MAX_REASON]
-        req = None
-        if request_id:
-            h = _request_hash(
-                {
-                    "trial": trial_id,
-                    "state": state.value,
-                    "metrics": _metrics_key(checked),
-                    **({"budget": budget} if budget is not None else {}),
-                }
-            )
-            req = RequestKey("tell", request_id, h)
+        content = {"trial": trial_id, "state": state.value, "metrics": metrics_key(checked)}
+        if budget is not None:
+            content["budget"] = budget
+        req = request_key("tell", request_id, content)
         outcome: dict[str, Any] = {}
-        number = _trial_number(trial_id)
-        curve_top = None
-        if self.spec.fidelity is not None and state in (TrialState.COMPLETED, TrialState.PRUNED):
-            # the told objective joins the trial's curve first (a tell refused below leaves
-            # nothing; one that fails after it leaves a value the retry writes again)
-            cur = self.storage.get_trial(self.uid, number)
-            if cur is not None and self._accepts(cur, state):
-                curve = self.storage.curves(self.uid, [cur.id]).get(cur.id, [])
-                curve_top = max((p.budget for p in curve if p.budget is not None), default=None)
-                _, at = self.budgets.told_state(cur, state, budget, curve_top)
-                obj = self.spec.objectives[0].name
-                if at is not None and obj in checked:
-                    self.budgets.record_value(cur, at, checked[obj].value)
+        number = trial_number(trial_id)
+        curve_top = self.budgets.before_tell(number, state, budget, checked, accepts_tell)
 
         def change(cur: Trial) -> Trial | None:
-            if self._accepts(cur, state):
+            if accepts_tell(cur, state):
                 new_state, at = self.budgets.told_state(cur, state, budget, curve_top)
                 # a tell without a reason keeps the note generation left (a fallback's cause)
                 note = reason or (cur.reason if cur.state is TrialState.PENDING else "")
@@ -597,14 +365,14 @@ class Study:
                 told = TrialState.PAUSED  # a repeated rung result
             if (
                 cur.state is told
-                and _metrics_key(cur.metrics) == _metrics_key(checked)
+                and metrics_key(cur.metrics) == metrics_key(checked)
                 and (budget is None or cur.budget is None or abs(budget - cur.budget) < 1e-9)
             ):
                 outcome["duplicate"] = True
                 return None
             raise ConflictError(
                 f"trial {trial_id} is already {cur.state.value}"
-                + (f" with metrics {_metrics_key(cur.metrics)}" if cur.metrics else "")
+                + (f" with metrics {metrics_key(cur.metrics)}" if cur.metrics else "")
                 + ": a different tell is refused"
             )
 
@@ -614,22 +382,12 @@ class Study:
         if trial is None:
             raise NotFoundError(f"trial {trial_id} not found in study '{self.name}'")
         if prev is not None:
-            self._check_hash(req, prev)
+            check_same(req, prev)
             return TellResult(trial, duplicate=True)
         if changed:
-            self._remember([trial])
+            self.trial_cache.remember([trial])
             self._feasible_arrived([trial])
         return TellResult(trial, duplicate=bool(outcome.get("duplicate")))
-
-    @staticmethod
-    def _accepts(cur: Trial, state: TrialState) -> bool:
-        """Whether a tell of ``state`` may change ``cur``: a pending trial, one whose lease ran out
-        (its result is still welcome), or a paused one being given up (PRUNED)."""
-        return (
-            cur.state is TrialState.PENDING
-            or (_late(cur) and state is not TrialState.ABANDONED)
-            or (cur.state is TrialState.PAUSED and state is TrialState.PRUNED)
-        )
 
     @_study_calls
     def add_trial(
@@ -646,25 +404,13 @@ class Study:
         result at the full budget (``budget`` unset or the fidelity's max)."""
         if state not in (TrialState.COMPLETED, TrialState.FAILED):
             raise SpecError("state", "an added trial is COMPLETED or FAILED")
-        budget = self.budgets.check(budget)
-        f = self.spec.fidelity
-        if f is not None:
-            from bbo.pruning import at_least
-
-            if budget is not None and not at_least(budget, f.max):
-                raise SpecError(
-                    "budget",
-                    f"an added trial is a result at the full budget ({f.name} {f.max:g}); got "
-                    f"{budget:g}",
-                )
-            budget = float(f.max)
+        budget = self.budgets.check_added(budget)
         p = self.spec.space.validate_params(params)
         required = self.spec.required_metrics if state is TrialState.COMPLETED else []
         m = self._check_metrics(metrics, required)
-        req = None
-        if request_id:
-            h = _request_hash({"params": p, "state": state.value, "metrics": _metrics_key(m)})
-            req = RequestKey("add", request_id, h)
+        req = request_key(
+            "add", request_id, {"params": p, "state": state.value, "metrics": metrics_key(m)}
+        )
         new = NewTrial(
             p,
             Origin.USER.value,
@@ -675,9 +421,9 @@ class Study:
         )
         created, prev = self.storage.insert_trials(self.uid, [new], request=req)
         if prev is not None:
-            self._check_hash(req, prev)
+            check_same(req, prev)
         else:
-            self._remember(created)
+            self.trial_cache.remember(created)
             self._feasible_arrived(created)
         if not created:
             raise NotFoundError(f"the trial of request_id {request_id!r} no longer exists")
@@ -686,7 +432,7 @@ class Study:
     # ---- reads ----------------------------------------------------------------------------------
     @_study_calls
     def get_trial(self, trial_id: int) -> Trial:
-        t = self.storage.get_trial(self.uid, _trial_number(trial_id))
+        t = self.storage.get_trial(self.uid, trial_number(trial_id))
         if t is None:
             raise NotFoundError(f"trial {trial_id} not found in study '{self.name}'")
         return t
@@ -709,32 +455,10 @@ class Study:
         rec = self._stored()
         front, selection = incumbents(self.spec, trials), ""
         if len(self.spec.objectives) == 1 and front:
-            pick = self._recommended(trials)
+            pick = self.generation.recommend(trials)
             if pick is not None:
                 front, selection = pick
         return BestResult(front, StudyState(rec.state), rec.state_reason, selection)
-
-    def _recommended(self, trials: list[Trial]) -> tuple[list[Trial], str] | None:
-        """The strategy's recommended trial among ``trials`` (feasible) and why; None where it
-        makes none. A strategy that has not fit yet (a replica or server that has not served
-        this study's asks) first takes the study's stored model state."""
-        strategy = self.strategy
-        if not isinstance(strategy, Recommends):
-            return None
-        try:
-            if isinstance(strategy, SharesModelState) and strategy.export_state() is None:
-                with self._lock:
-                    self._model_cache.pull(self.uid, strategy)
-            rec = strategy.recommend(trials)
-        except Exception:
-            log.exception("recommendation failed", extra={"study": self.name})
-            return None
-        if rec is None:
-            return None
-        t = next((t for t in trials if t.id == rec.trial_id), None)
-        if t is None or not is_feasible(self.spec, t):
-            return None
-        return [t], rec.selection
 
     @_study_calls
     def intermediates(self) -> dict[int, list[tuple[int, float]]]:
@@ -754,15 +478,15 @@ class Study:
                 raise ConflictError(
                     f"trial {trial_id} is {cur.state.value}: only a pending trial has a lease"
                 )
-            lease = asked or _held_lease(cur) or self.config.default_lease_seconds
+            lease = asked or held_lease(cur) or self.config.default_lease_seconds
             return dataclasses.replace(
                 cur, lease_expires_at=time.time() + min(lease, self.config.max_lease_seconds)
             )
 
-        trial, _, _ = self.storage.modify_trial(self.uid, _trial_number(trial_id), change)
+        trial, _, _ = self.storage.modify_trial(self.uid, trial_number(trial_id), change)
         if trial is None:
             raise NotFoundError(f"trial {trial_id} not found in study '{self.name}'")
-        self._remember([trial])
+        self.trial_cache.remember([trial])
         return trial
 
     @_study_calls
@@ -778,57 +502,23 @@ class Study:
         fidelity takes the step for it when unset); answer whether to stop, and why, by the
         study's pruning policy (median rule, ASHA, Hyperband; see :mod:`bbo.pruning`)."""
         self._check_uid(study_uid, trial_id)
-        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
-            raise SpecError("step", f"step must be an integer from 0 to 2**63 - 1, got {step!r}")
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or value != value
-            or value in (float("inf"), float("-inf"))
-        ):
-            raise SpecError("value", f"value must be a finite number, got {value!r}")
-        budget = self.budgets.check(budget)
-        f = self.spec.fidelity
-        if f is not None and budget is None:
-            if step > f.max * (1 + 1e-9):
-                raise SpecError(
-                    "budget",
-                    f"step {step} read as the budget is past the full {f.name} {f.max:g}: pass "
-                    "the budget the value was measured at",
-                )
-            budget = float(step)
+        budget = self.budgets.check_report(step, value, budget)
         cur = self.get_trial(trial_id)
-        if cur.state is not TrialState.PENDING and not _late(cur):
+        if cur.state is not TrialState.PENDING and not late(cur):
             raise ConflictError(
                 f"trial {trial_id} is {cur.state.value}: intermediate values are for pending trials"
             )
         if not self.storage.add_intermediate(self.uid, cur.id, step, float(value), budget):
             raise NotFoundError(f"trial {trial_id} not found in study '{self.name}'")
-        policy = self.spec.pruning_policy
-        if policy == NO_PRUNING:
-            return False, ""
-        if policy == MEDIAN:
-            sign = 1.0 if self.spec.objectives[0].goal == MAXIMIZE else -1.0
-            completed = {t.id for t in self.storage.list_trials(self.uid, [TrialState.COMPLETED])}
-            curves = self.storage.intermediates(self.uid)
-            return self.config.stopping.should_stop(cur.id, step, sign, curves, completed)
-        if self.spec.pruning.promote:
-            return False, ""  # promotion: trials run to the budget they were handed
-        from bbo.pruning import Rungs
-
-        rungs = Rungs(self.spec, self._all_trials(), self.storage.curves(self.uid))
-        return rungs.should_stop(cur, budget if budget is not None else 0.0)
+        return self.budgets.should_stop(
+            cur, step, budget, self.trial_cache.all, self.config.stopping
+        )
 
     # ---- LLM audit ------------------------------------------------------------------------------
     @_study_calls
     def log_llm_call(self, call: LlmCallRecord) -> None:
         """Record what the LLM module asked and was answered."""
-        self.storage.log_llm_call(self.uid, call)
-        if self.config.on_llm_call is not None:
-            try:
-                self.config.on_llm_call(call)
-            except Exception:  # an observer (metrics) never breaks a call
-                log.warning("llm call observer failed", exc_info=True)
+        self.llm.log(call)
 
     @_study_calls
     def llm_calls(
@@ -836,17 +526,4 @@ class Study:
     ) -> list[LlmCallRecord]:
         """The study's LLM exchanges in the order they happened (numbers above ``after``, at most
         ``limit``)."""
-        if purpose is not None and purpose not in LLM_PURPOSES:
-            raise SpecError(
-                "purpose",
-                f"unknown purpose {purpose!r}: use one of {', '.join(LLM_PURPOSES)} or leave it empty",
-            )
-        return self.storage.list_llm_calls(self.uid, purpose, after=after, limit=limit)
-
-
-def _trial_number(trial_id: Any) -> int:
-    if isinstance(trial_id, bool) or not isinstance(trial_id, int):
-        raise SpecError("trial_id", f"must be an integer, got {trial_id!r}")
-    if not 0 <= trial_id <= MAX_STEP:
-        raise NotFoundError(f"no trial {trial_id}")
-    return trial_id
+        return self.llm.calls(purpose, after, limit)

@@ -1,16 +1,21 @@
-"""The fidelity side of one study (:mod:`bbo.pruning`): which budget each trial runs at, what a
-tell at a budget leaves a trial in, and the values kept on its curve. A study without a fidelity
+"""The fidelity and early-stopping side of one study (:mod:`bbo.pruning`, :mod:`bbo.stopping`):
+which budget each trial runs at, what a tell at a budget leaves a trial in, the values kept on its
+curve, and whether a reported intermediate value stops the trial. A study without a fidelity
 passes through unchanged."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from bbo.errors import SpecError
-from bbo.spec import StudySpec
+from bbo.spec import MAXIMIZE, MEDIAN, NO_PRUNING, StudySpec
 from bbo.storage import Continuation
 from bbo.storage.base import Storage
-from bbo.trial import Trial, TrialState
+from bbo.trial import Metric, Trial, TrialState
+
+if TYPE_CHECKING:
+    from bbo.stopping import MedianRule
 
 MAX_STEP = 2**63 - 1
 
@@ -65,6 +70,23 @@ class StudyBudgets:
                 field, f"must be in (0, {f.max:g}], the fidelity's full budget; got {budget!r}"
             )
         return float(budget)
+
+    def check_added(self, budget: Any) -> float | None:
+        """The budget of an added trial: the fidelity's full budget (``budget`` must be unset or
+        that); None without a fidelity."""
+        checked = self.check(budget)
+        f = self.spec.fidelity
+        if f is None:
+            return checked
+        from bbo.pruning import at_least
+
+        if checked is not None and not at_least(checked, f.max):
+            raise SpecError(
+                "budget",
+                f"an added trial is a result at the full budget ({f.name} {f.max:g}); got "
+                f"{checked:g}",
+            )
+        return float(f.max)
 
     def told_state(
         self, cur: Trial, state: TrialState, budget: float | None, curve_top: float | None
@@ -122,3 +144,78 @@ class StudyBudgets:
             else:
                 step = max(used, default=0) + 1
         self.storage.add_intermediate(self.uid, cur.id, step, float(value), float(budget))
+
+    def before_tell(
+        self,
+        number: int,
+        state: TrialState,
+        budget: float | None,
+        metrics: Mapping[str, Metric],
+        accepts: Callable[[Trial, TrialState], bool],
+    ) -> float | None:
+        """For a COMPLETED or PRUNED tell in a study with a fidelity, the told objective joins the
+        trial's curve first (a tell refused later leaves nothing; one that fails after it leaves a
+        value the retry writes again); returns the highest budget on the trial's curve (None where
+        there is none, or nothing to do). ``accepts``: whether the tell may change the trial."""
+        if self.spec.fidelity is None or state not in (TrialState.COMPLETED, TrialState.PRUNED):
+            return None
+        cur = self.storage.get_trial(self.uid, number)
+        if cur is None or not accepts(cur, state):
+            return None
+        curve = self.storage.curves(self.uid, [cur.id]).get(cur.id, [])
+        curve_top = max((p.budget for p in curve if p.budget is not None), default=None)
+        _, at = self.told_state(cur, state, budget, curve_top)
+        obj = self.spec.objectives[0].name
+        if at is not None and obj in metrics:
+            self.record_value(cur, at, metrics[obj].value)
+        return curve_top
+
+    def check_report(self, step: Any, value: Any, budget: Any) -> float | None:
+        """Check an intermediate report's step and value; returns the budget it was measured at (a
+        study with a fidelity takes the step for it when unset; None without a fidelity)."""
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
+            raise SpecError("step", f"step must be an integer from 0 to 2**63 - 1, got {step!r}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or value != value
+            or value in (float("inf"), float("-inf"))
+        ):
+            raise SpecError("value", f"value must be a finite number, got {value!r}")
+        checked = self.check(budget)
+        f = self.spec.fidelity
+        if f is not None and checked is None:
+            if step > f.max * (1 + 1e-9):
+                raise SpecError(
+                    "budget",
+                    f"step {step} read as the budget is past the full {f.name} {f.max:g}: pass "
+                    "the budget the value was measured at",
+                )
+            checked = float(step)
+        return checked
+
+    def should_stop(
+        self,
+        cur: Trial,
+        step: int,
+        budget: float | None,
+        trials: Callable[[], list[Trial]],
+        stopping: MedianRule,
+    ) -> tuple[bool, str]:
+        """Whether the trial ``cur``, having reported a value at ``step`` (``budget``), stops now,
+        and why, by the study's pruning policy (median rule, ASHA, Hyperband). ``trials``: every
+        trial of the study (read only where the rungs need them)."""
+        policy = self.spec.pruning_policy
+        if policy == NO_PRUNING:
+            return False, ""
+        if policy == MEDIAN:
+            sign = 1.0 if self.spec.objectives[0].goal == MAXIMIZE else -1.0
+            completed = {t.id for t in self.storage.list_trials(self.uid, [TrialState.COMPLETED])}
+            curves = self.storage.intermediates(self.uid)
+            return stopping.should_stop(cur.id, step, sign, curves, completed)
+        if self.spec.pruning.promote:
+            return False, ""  # promotion: trials run to the budget they were handed
+        from bbo.pruning import Rungs
+
+        rungs = Rungs(self.spec, trials(), self.storage.curves(self.uid))
+        return rungs.should_stop(cur, budget if budget is not None else 0.0)

@@ -69,7 +69,7 @@ def test_registry_expire_leases_updates_the_in_memory_trials(registry):
     assert registry.expire_leases(now=ta.lease_expires_at - 1) == {}
     later = ta.lease_expires_at + 1
     assert registry.expire_leases(now=later) == {a.uid: [ta.id]}
-    mem = {t.id: t for t in a._all_trials()}
+    mem = {t.id: t for t in a.trial_cache.all()}
     assert mem[ta.id].state is TrialState.ABANDONED and mem[ta.id].reason == "lease expired"
     assert a.get_trial(ta.id).state is TrialState.ABANDONED
     assert b.get_trial(tb.id).state is TrialState.PENDING

@@ -62,7 +62,7 @@ def test_concurrent_tells_conflicts_and_heartbeats_in_shared_batches(registry):
             and stored[t.id].metrics["y"].value == oks[0][1]
         )
     # the in-memory copy the next ask uses agrees with the database
-    mem = {t.id: (t.state, t.metrics) for t in st._all_trials()}
+    mem = {t.id: (t.state, t.metrics) for t in st.trial_cache.all()}
     assert mem == {i: (t.state, t.metrics) for i, t in stored.items()}
 
 
@@ -73,7 +73,7 @@ def test_restarted_registry_sees_everything(storage):
     st.tell(a.id, {"y": 1.0})
     reg2 = StudyRegistry(storage)  # a new process on the same database
     st2 = reg2.get_study("s")
-    assert [(t.id, t.state) for t in st2._all_trials()] == [
+    assert [(t.id, t.state) for t in st2.trial_cache.all()] == [
         (a.id, TrialState.COMPLETED),
         (b.id, TrialState.PENDING),
     ]

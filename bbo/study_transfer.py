@@ -1,0 +1,69 @@
+"""The transfer sources of one study (:mod:`bbo.transfer`) as its asks use them: their data, read
+through storage and never written, and the record of what the strategy made of them."""
+
+from __future__ import annotations
+
+from bbo.errors import NotFoundError, SpecError
+from bbo.spec import StudySpec
+from bbo.storage import Storage
+from bbo.strategy.base import UsesSources
+from bbo.study_requests import canonical_json
+from bbo.transfer import SourceData, source_refs
+from bbo.trial import TrialState
+
+
+class StudySources:
+    """The sources of the study ``uid`` of ``tenant``, each re-read only when its number of
+    completed trials changed."""
+
+    def __init__(self, storage: Storage, spec: StudySpec, uid: str, tenant: str):
+        self.storage, self.spec, self.uid, self.tenant = storage, spec, uid, tenant
+        self._read: dict[str, tuple[int, SourceData]] = {}  # uid -> (completed, data)
+
+    def read(self, transfer: dict | None) -> list[SourceData] | None:
+        """The live sources' data (None without transfer). A source is looked up by the uid it had
+        when the study was created (``transfer``, the study's record of them), so a deleted one (or
+        one deleted and re-created under its name) is left out."""
+        refs = source_refs(transfer)
+        if not self.spec.transfer.enabled:
+            return None
+        out = []
+        for ref in refs:
+            try:
+                rec = self.storage.get_study_by_uid(ref.uid)
+                if rec is None or rec.tenant != self.tenant:
+                    continue
+                done = self.storage.trial_counts(ref.uid).get(TrialState.COMPLETED.value, 0)
+                hit = self._read.get(ref.uid)
+                if hit is None or hit[0] != done:
+                    trials = self.storage.list_trials(ref.uid, [TrialState.COMPLETED])
+                    hit = (
+                        done,
+                        SourceData(ref.uid, rec.name, StudySpec.from_dict(rec.spec), trials),
+                    )
+                    self._read[ref.uid] = hit
+                out.append(hit[1])
+            except (NotFoundError, SpecError):  # deleted meanwhile, or a spec this cannot read
+                continue
+        live = {s.uid for s in out}
+        self._read = {k: v for k, v in self._read.items() if k in live}
+        return out
+
+    def record(
+        self, transfer: dict | None, sources: list[SourceData], strategy: object
+    ) -> dict | None:
+        """Store the weights ``strategy`` gave the sources, and which sources are gone, where they
+        changed (one write of this study's row; the sources' rows are never written); returns the
+        new transfer record, None where nothing changed."""
+        if not transfer:
+            return None
+        report = strategy.transfer_report() if isinstance(strategy, UsesSources) else None
+        live = {s.uid for s in sources}
+        new = dict(transfer)
+        new["deleted"] = sorted(r.uid for r in source_refs(transfer) if r.uid not in live)
+        if report is not None:
+            new["weights"] = report
+        if canonical_json(new) == canonical_json(transfer):
+            return None
+        self.storage.set_study_transfer(self.uid, new)
+        return new

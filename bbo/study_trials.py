@@ -1,0 +1,124 @@
+"""The trials of one study as a process keeps them: an in-memory copy where this process owns the
+database (asks then skip re-reading it), and the lease arithmetic on pending trials."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from bbo.errors import NotFoundError, SpecError
+from bbo.storage import LEASE_EXPIRED, Storage
+from bbo.study_budgets import MAX_STEP
+from bbo.trial import Trial, TrialState
+
+
+def trial_number(trial_id: Any) -> int:
+    """A trial id from a request, checked: an integer, within the numbers a study hands out."""
+    if isinstance(trial_id, bool) or not isinstance(trial_id, int):
+        raise SpecError("trial_id", f"must be an integer, got {trial_id!r}")
+    if not 0 <= trial_id <= MAX_STEP:
+        raise NotFoundError(f"no trial {trial_id}")
+    return trial_id
+
+
+def lease_over(t: Trial, now: float) -> bool:
+    """A pending trial whose lease ran out before ``now``."""
+    return (
+        t.state is TrialState.PENDING
+        and t.lease_expires_at is not None
+        and t.lease_expires_at < now
+    )
+
+
+def held_lease(t: Trial) -> float:
+    """The length of the lease a pending trial was last granted (at its ask or last heartbeat: both
+    set ``updated_at``), or 0 where it has none."""
+    if t.lease_expires_at is None or not t.updated_at:
+        return 0.0
+    return max(0.0, t.lease_expires_at - t.updated_at)
+
+
+def late(t: Trial) -> bool:
+    """Abandoned only because its lease ran out: the worker may still be at it, and its
+    (intermediate) results are welcome (a server restart or a network cut outlasting the lease must
+    not lose them)."""
+    return t.state is TrialState.ABANDONED and t.reason == LEASE_EXPIRED
+
+
+def check_lease(lease_seconds: Any, default: float, maximum: float) -> float:
+    """The lease a request asks for, in seconds: ``default`` for 0, at most ``maximum``."""
+    try:
+        lease = float(lease_seconds or 0.0)
+    except (TypeError, ValueError):
+        raise SpecError("lease_seconds", "must be a number") from None
+    if lease < 0 or lease != lease or lease > maximum:
+        raise SpecError(
+            "lease_seconds", f"must be in [0, {maximum:g}] seconds (0 = server default)"
+        )
+    return lease or default
+
+
+def accepts_tell(cur: Trial, state: TrialState) -> bool:
+    """Whether a tell of ``state`` may change ``cur``: a pending trial, one whose lease ran out
+    (its result is still welcome), or a paused one being given up (PRUNED)."""
+    return (
+        cur.state is TrialState.PENDING
+        or (late(cur) and state is not TrialState.ABANDONED)
+        or (cur.state is TrialState.PAUSED and state is TrialState.PRUNED)
+    )
+
+
+class TrialCache:
+    """Every trial of the study ``uid``, by id: kept in memory where this process owns the database
+    (SQLite, which sees every write of the study), re-read on every call from a shared one."""
+
+    def __init__(self, storage: Storage, uid: str):
+        self.storage, self.uid = storage, uid
+        self._trials: dict[int, Trial] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the in-memory copy exists (it never does on a shared database)."""
+        return self._trials is not None
+
+    def all(self) -> list[Trial]:
+        """Every trial of the study, by id: from memory where this process owns the database,
+        else read."""
+        if self.storage.shared:
+            return self.storage.list_trials(self.uid)
+        with self._lock:
+            if self._trials is None:
+                self._trials = {t.id: t for t in self.storage.list_trials(self.uid)}
+            return sorted(self._trials.values(), key=lambda t: t.id)
+
+    def remember(self, trials: Iterable[Trial]) -> None:
+        """Record committed trial writes in the in-memory copy. Writes of one trial may arrive out
+        of order (a heartbeat racing a tell): a finished state is never replaced by PENDING, and
+        otherwise the later ``updated_at`` wins."""
+        with self._lock:
+            if self._trials is None:
+                return
+            for t in trials:
+                cur = self._trials.get(t.id)
+                if cur is not None and (
+                    (cur.state.finished and not t.state.finished)
+                    or (cur.state.finished == t.state.finished and t.updated_at < cur.updated_at)
+                ):
+                    continue
+                self._trials[t.id] = t
+
+    def lease_over(self, now: float) -> list[int]:
+        """The ids of the remembered pending trials whose lease ran out before ``now``."""
+        with self._lock:
+            if self._trials is None:
+                return []
+            return [t.id for t in self._trials.values() if lease_over(t, now)]
+
+    def reread(self, ids: Iterable[int]) -> None:
+        """Refresh the remembered copies of trials ``ids`` from storage (after a write elsewhere)."""
+        if self._trials is None:
+            return
+        fresh = (self.storage.get_trial(self.uid, n) for n in ids)
+        self.remember(t for t in fresh if t is not None)
