@@ -30,6 +30,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -101,7 +102,7 @@ class Layout:
         return w
 
     def constraint_callables(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
-        out = []
+        out: list[Callable[..., torch.Tensor]] = []  # mypy types a lambda's defaults as arguments
         for j, op, b in self.constraints:
             if op == "<=":
                 out.append(lambda Z, j=j, b=b: Z[..., j] - b)
@@ -168,7 +169,8 @@ class AdditiveLogPrior(AcquisitionFunction):
     def X_pending(self, value):
         pass  # AcquisitionFunction.__init__ assigns None; pending points live on acq_func
 
-    @t_batch_mode_transform()
+    # botorch types the decorator's self as AcquisitionFunction itself, refusing subclasses
+    @t_batch_mode_transform()  # type: ignore[arg-type]
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         return self.acq_func(X) + self.exponent * self.prior(X).sum(-1)
 
@@ -189,6 +191,7 @@ def make_acquisition(
     constraints = layout.constraint_callables() or None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        acqf: AcquisitionFunction
         if not layout.multi:
             acqf = qLogNoisyExpectedImprovement(
                 model,
@@ -305,6 +308,7 @@ def optimize(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return discrete_search.maximize(acqf, space, placement, ineq, avoid, seed)
+    v: Any  # the optimizer's value tensor, then its float
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if not discrete:

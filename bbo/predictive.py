@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from typing import Any
 
 import torch
 from botorch.models.model import Model
@@ -39,6 +40,13 @@ class CachedPredictive(Model):
     """Posterior marginals of a fitted, eval-mode exact GP (``SingleTaskGP``, ``MixedSingleTaskGP``,
     outputs batched or single; inferred or fixed noise; ``Normalize`` / ``Standardize``)."""
 
+    # the fitted GP: Any, as its parts (train_inputs, likelihood, mean_module) are attributes
+    # nn.Module resolves at run time, which torch's stubs type as ``Tensor | Module``
+    _gp: Any
+    _prior_var: torch.Tensor | None
+    _loc: torch.Tensor | None
+    _scale: torch.Tensor | None
+
     def __init__(self, model: Model, compare: bool = True):
         super().__init__()
         model.eval()
@@ -46,18 +54,19 @@ class CachedPredictive(Model):
         # not a submodule: BoTorch moves an acquisition's modules to X's device on every call,
         # and walking the GP's module tree there cost more than the whole prediction
         object.__setattr__(self, "_gp", model)
+        gp = self._gp
         self._m = model.num_outputs
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            Xt = model.train_inputs[0]  # transformed (eval mode), (m x) n x d
-            yt = model.train_targets  # standardized, (m x) n
-            K = model.covar_module(Xt).to_dense()
-            noise = model.likelihood.noise
+            Xt = gp.train_inputs[0]  # transformed (eval mode), (m x) n x d
+            yt = gp.train_targets  # standardized, (m x) n
+            K = gp.covar_module(Xt).to_dense()
+            noise = gp.likelihood.noise
             if noise.shape[-1] != yt.shape[-1]:  # one inferred noise level per output
                 noise = noise.expand(*yt.shape)
             K = K + torch.diag_embed(noise)
             L = psd_safe_cholesky(K)  # with GPyTorch's jitter where it needs one
-            mu0 = model.mean_module(Xt)
+            mu0 = gp.mean_module(Xt)
             self._alpha = torch.cholesky_solve((yt - mu0).unsqueeze(-1), L).squeeze(-1)
             self._L, self._Xt = L, Xt
             self._prior_var = None
@@ -95,7 +104,7 @@ class CachedPredictive(Model):
             mean, var = mean.transpose(0, 1), var.transpose(0, 1)  # N x m
         else:
             mean, var = mean.unsqueeze(-1), var.unsqueeze(-1)
-        if self._loc is not None:
+        if self._loc is not None and self._scale is not None:
             mean = mean * self._scale + self._loc
             var = var * self._scale.pow(2)
         return mean.reshape(*shape, self._m), var.reshape(*shape, self._m)
@@ -109,7 +118,7 @@ class CachedPredictive(Model):
             noise = noise.expand(*yt.shape)
         mean = yt - noise * self._alpha  # (m x) n, standardized
         mean = mean.transpose(-1, -2) if mean.dim() == 2 else mean.unsqueeze(-1)
-        if self._loc is not None:
+        if self._loc is not None and self._scale is not None:
             mean = mean * self._scale + self._loc
         return mean
 

@@ -44,7 +44,8 @@ def ladder(spec: StudySpec) -> tuple[float, ...]:
     if f is None:
         return ()
     eta = float(spec.pruning.eta)
-    out, b = [], float(f.max)
+    out: list[float] = []
+    b = float(f.max)
     while b >= f.min * (1 - _REL) and len(out) < 1000:
         out.append(b)
         b /= eta
@@ -173,8 +174,10 @@ class Rungs:
                 ranked = sorted(members, key=lambda m: (-self.sign * m[1].value, m[0]))
                 for rank, (tid, p) in enumerate(ranked[:top], start=1):
                     t = self.trials[tid]
-                    if t.state is not TrialState.PAUSED or not same_budget(
-                        t.budget, self.levels[k]
+                    if (
+                        t.budget is None
+                        or t.state is not TrialState.PAUSED
+                        or not same_budget(t.budget, self.levels[k])
                     ):
                         continue
                     out.append(

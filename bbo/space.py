@@ -552,7 +552,7 @@ class SearchSpace:
     def encode(self, params: Mapping[str, Value]) -> np.ndarray:
         return np.array([self.unit(p, params[p.name]) for p in self.free], dtype=float)
 
-    def decode(self, x: Sequence[float]) -> dict[str, Value]:
+    def decode(self, x: Sequence[float] | np.ndarray) -> dict[str, Value]:
         x = list(map(float, x))
         if len(x) != self.dim:
             raise ValueError(f"expected {self.dim} encoded values, got {len(x)}")

@@ -64,6 +64,7 @@ import numpy as np
 import torch
 from botorch.fit import fit_gpytorch_mll
 from botorch.models import MixedSingleTaskGP, SingleTaskGP
+from botorch.models.model import Model
 from botorch.models.transforms import Normalize, Standardize
 from gpytorch.constraints import GreaterThan
 from gpytorch.kernels import MaternKernel, ScaleKernel
@@ -198,7 +199,7 @@ class Surrogate:
             yv = None if Yvar is None else Yvar[rows]
             return self._condition(X[rows], Y[rows], yv, hyper), rows
 
-    def needs_refit(self, n: int) -> bool:
+    def needs_refit(self, n: int) -> bool | None:
         """Whether ``n`` points call for a fit whatever they look like: no hyperparameters yet, the
         data grew by ``algorithm.refit_growth`` since the last fit, or the objective is fit as
         noise-free and there are fewer than :data:`ALWAYS_REFIT_BELOW` points."""
@@ -215,7 +216,7 @@ class Surrogate:
         Yvar: np.ndarray | None = None,
         score: np.ndarray | None = None,
         seed: int = 0,
-    ) -> tuple[object, np.ndarray, ModelInfo]:
+    ) -> tuple[Model, np.ndarray, ModelInfo]:
         """A GP on (a subset of) the data: ``(model, rows it conditions on, info)``. Never raises
         for bad data or fit failures; raises only if even a default model cannot be built."""
         n = len(X)

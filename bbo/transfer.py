@@ -25,7 +25,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from bbo.errors import NotFoundError, SpecError
 from bbo.space import CategoricalParam, FixedParam, IntParam, OrdinalParam, SearchSpace, Value
 from bbo.spec import StudySpec
 from bbo.trial import Trial, TrialState
+
+if TYPE_CHECKING:
+    from bbo.storage import StudyRecord
 
 MIN_SCORE = 0.5  # relatedness under which ``auto`` does not pick a study
 MIN_AUTO_TRIALS = 3  # completed trials a study needs before ``auto`` picks it
@@ -165,9 +168,9 @@ def relatedness(
         elif source_goals[o.name] == o.goal:
             goals_match += 1
     reported = set(source.all_metrics)
-    for c in target.outcome_constraints:
-        if c.metric not in reported:
-            problems.append(f"metric '{c.metric}' (a constraint here) is not reported there")
+    for oc in target.outcome_constraints:
+        if oc.metric not in reported:
+            problems.append(f"metric '{oc.metric}' (a constraint here) is not reported there")
     if problems:
         return Relatedness(0.0, "; ".join(problems), tuple(problems))
     target_names = {p.name for p in target.space.free}
@@ -178,7 +181,7 @@ def relatedness(
     same_fixed = [
         p.name
         for p in fixed_t
-        if isinstance(by_name.get(p.name), FixedParam) and by_name[p.name].value == p.value
+        if isinstance(sf := by_name.get(p.name), FixedParam) and sf.value == p.value
     ]
     fixed = len(same_fixed) / len(fixed_t) if fixed_t else 0.5
     text = 0.5 if description_similarity is None else float(description_similarity)
@@ -264,7 +267,8 @@ def _spec_of(rec) -> StudySpec | None:
 
 def _auto(storage, tenant: str, name: str, spec: StudySpec, taken: set[str]):
     """The tenant's compatible studies with enough completed trials, best first, and a note."""
-    recs, after = [], None
+    recs: list[StudyRecord] = []
+    after = None
     while len(recs) < MAX_CANDIDATES:
         page = storage.list_studies(tenant, after=after, limit=500)
         recs.extend(page)

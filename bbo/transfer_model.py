@@ -42,7 +42,9 @@ from collections.abc import Callable, Sequence
 import gpytorch
 import numpy as np
 import torch
+from botorch.models.model import Model
 from botorch.models.transforms import Standardize
+from botorch.posteriors.gpytorch import GPyTorchPosterior
 
 from bbo.spec import AlgorithmOptions
 from bbo.strategy.base import Suggestion
@@ -126,15 +128,22 @@ class SourceModel:
     uid: str
     name: str
     n: int  # mapped, usable trials
-    model: object | None  # None below MIN_SOURCE_POINTS
+    model: Model | None  # None below MIN_SOURCE_POINTS
     mean: np.ndarray  # per metric, of the warped outcomes it was fit on
     sd: np.ndarray
 
     def z(self, X: torch.Tensor) -> torch.Tensor:
         """Posterior mean at ``X`` (``... x n x d``) in the source's z-units, ``... x n x m``."""
         with gpytorch.settings.skip_posterior_variances(True):
-            mu = self.model.posterior(X).mean
+            mu = self.posterior(X).mean
         return (mu - mu.new_tensor(self.mean)) / mu.new_tensor(self.sd)
+
+    def posterior(self, X: torch.Tensor) -> GPyTorchPosterior:
+        """The source GP's posterior at ``X``, for a source with enough points for a GP."""
+        if self.model is None:
+            raise ValueError(f"source '{self.name}' has too few points for a model")
+        # botorch types every model's posterior as the base Posterior, a GP's is a GPyTorch one
+        return self.model.posterior(X)  # type: ignore[return-value]
 
 
 @dataclasses.dataclass
@@ -247,7 +256,7 @@ class Transfer:
         with torch.no_grad():
             z_mean, z_samp = [], []
             for sm in models:
-                post = sm.model.posterior(Xt)
+                post = sm.posterior(Xt)
                 samp = post.rsample(torch.Size([SAMPLES]))
                 shift, scale = Xt.new_tensor(sm.mean), Xt.new_tensor(sm.sd)
                 z_mean.append(((post.mean - shift) / scale).cpu().numpy())
@@ -286,8 +295,8 @@ class Transfer:
         used = [i for i in range(k) if np.any(coef[i] > 0)]
 
         def prior(X: torch.Tensor) -> torch.Tensor:
-            out = 0.0
-            for i in used:
+            out = tcoef[used[0]] * (models[used[0]].z(X) - tcent[used[0]])
+            for i in used[1:]:
                 out = out + tcoef[i] * (models[i].z(X) - tcent[i])
             return out
 

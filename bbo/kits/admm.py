@@ -188,6 +188,8 @@ def polish(inst: Instance, x: np.ndarray, tol: float = 1e-7) -> np.ndarray:
             out[S] = np.linalg.solve(inst.H[np.ix_(S, S)], -inst.c[S] - inst.lam * sgn)
         return out
     lo, hi = inst.lo, inst.hi
+    if lo is None or hi is None:
+        raise ValueError("a qp instance has a box (lo, hi)")
     at_lo = x <= lo + tol
     at_hi = x >= hi - tol
     F = np.flatnonzero(~(at_lo | at_hi))
@@ -216,10 +218,11 @@ def reference(kind: str, seed: int) -> tuple[Instance, np.ndarray, float]:
     """(instance, x*, f*) for this problem and seed."""
     inst = make_lasso(seed) if kind == "lasso" else make_qp(seed)
     scale = float(np.sqrt(np.mean(inst.evals.clip(min=1e-12))))
-    best, best_kkt = None, math.inf
+    best_kkt = math.inf
     res = admm(
         inst, rho=scale, alpha=1.6, adaptive=True, max_iter=50_000, eps_abs=1e-12, eps_rel=1e-12
     )
+    best = res.x
     for tol in (1e-9, 1e-7, 1e-5):
         cand = polish(inst, res.x, tol)
         if inst.kind == "qp":

@@ -447,6 +447,8 @@ class CloudKit(Kit):
             raise SpecError("variant", f"variant must be 'single' or 'multi', got {o['variant']!r}")
         fixed = self._fixed(o, ("sla_wait_minutes", "horizon", "load_scale"))
         sla = OutcomeConstraint("sla_violation_rate", "<=", float(o["sla_bound"]))
+        objectives: tuple[Objective, ...]
+        cons: tuple[OutcomeConstraint, ...]
         if o["variant"] == "multi":
             objectives = (
                 Objective("mean_completion_minutes", MINIMIZE),

@@ -393,7 +393,7 @@ class HpoKit(Kit):
                 p for p in params if p.name != "l1_ratio"
             )  # lbfgs logistic regression: L2 only
         fixed = self._fixed(o, ("model", "dataset", "cv_folds", "max_samples"))
-        cons = ()
+        cons: tuple[OutcomeConstraint, ...] = ()
         if o["max_train_seconds"] is not None:
             cons = (OutcomeConstraint("train_seconds", "<=", float(o["max_train_seconds"])),)
         tracked = ("cv_error_std", "cv_error_sem") + (() if cons else ("train_seconds",))
@@ -442,8 +442,8 @@ class HpoKit(Kit):
         model, dataset = str(p["model"]), str(p["dataset"])
         if MODELS.get(model, {}).get("epochs"):
             tr = self.trainer(p, seed)
-            err = tr.train_to(int(budget if budget is not None else p["max_epochs"]))
-            return {"val_error": err, "train_seconds": tr.seconds, "epochs": float(tr.epochs)}
+            val_err = tr.train_to(int(budget if budget is not None else p["max_epochs"]))
+            return {"val_error": val_err, "train_seconds": tr.seconds, "epochs": float(tr.epochs)}
         if dataset not in DATASETS:
             raise SpecError(
                 "dataset", f"unknown data set {dataset!r}; choose one of {sorted(DATASETS)}"

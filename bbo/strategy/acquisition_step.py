@@ -192,6 +192,7 @@ class AcquisitionStep:
         """Decode the optimizer's point; repair it if rounding broke a constraint or hit an
         existing point; let proposals compete; consume the proposal used."""
         space, points = self.ctx.spec.space, self.ctx.points
+        params: dict[str, Value] | None
         params = space.decode(to_numpy(x)[0])
         reason = note
         xe = space.encode(params)

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ from bbo.strategy.initial_design import InitialDesign
 from bbo.strategy.recommendation import Recommender
 from bbo.surrogate import Surrogate
 from bbo.trial import Origin, Trial, TrialState
+
+if TYPE_CHECKING:
+    from bbo.transfer_model import Transfer
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +53,9 @@ class GenerationStrategy:
         self.ctx = Context.of(spec, seed, select_device(spec.algorithm.device))
         self.spec, self.seed, self.n_initial = spec, seed, self.ctx.n_initial
         self.priors = tuple(priors) if priors is not None else tuple(spec.priors)
-        self.transfer = None  # bbo.transfer_model.Transfer when the spec names source studies
+        # bbo.transfer_model.Transfer when the spec names source studies
+        self.transfer: Transfer | None = None
+        self.surrogate: Surrogate
         if spec.transfer.enabled:
             from bbo.transfer_model import Transfer, TransferSurrogate, transfer_design_size
 
@@ -173,7 +179,7 @@ class GenerationStrategy:
                 transfer_note = self.transfer.prepare(data, ask.seed)
             except Exception as e:  # noqa: BLE001 - the study goes on without its sources
                 log.info("transfer prior failed: %s", e, exc_info=True)
-                self.surrogate.prior = None
+                self.transfer.surrogate.prior = None
                 transfer_note = f"transfer prior failed ({type(e).__name__}): plain model"
         try:
             model, rows, info = self.surrogate.model(
@@ -203,7 +209,11 @@ class GenerationStrategy:
             return self.fallback.model_guided(model, trials, n, taken, why)
         if transfer_note:
             acq.note = f"{acq.note}; {transfer_note}" if acq.note else transfer_note
-            if self.transfer.carries_weight and acq.origin == Origin.BO.value:
+            if (
+                self.transfer is not None
+                and self.transfer.carries_weight
+                and acq.origin == Origin.BO.value
+            ):
                 acq.origin = Origin.TRANSFER_BO.value
         out: list[Suggestion] = []
         exploit = self.exploitation.due(trials, data)

@@ -177,6 +177,7 @@ class MultiFidelityStrategy:
             view.append(
                 Trial(id=t.id, params=t.params, state=state, metrics=metrics, origin=t.origin)
             )
+        level: int | None
         if top > 0 and maps[-1][2] >= MIN_PAIRS:
             level = top
         else:
