@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -301,7 +301,7 @@ def _auto(storage, tenant: str, name: str, spec: StudySpec, taken: set[str]):
     return [SourceRef(rec.uid, rec.name, r.score, r.why, False) for *_, rec, r in ranked], note
 
 
-def source_refs(record: dict | None) -> list[SourceRef]:
+def source_refs(record: Mapping[str, Any] | None) -> list[SourceRef]:
     """The sources a stored transfer record names."""
     if not record:
         return []

@@ -10,8 +10,12 @@ import os
 import pkgutil
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import bbo_server.commands as commands_pkg
+
+if TYPE_CHECKING:
+    from bbo_client import Client
 
 # Listed first in --help, in this order; other modules follow alphabetically.
 ORDER = ["serve", "demo", "studies", "trials", "best", "plot"]
@@ -71,7 +75,7 @@ READ_ONLY_RPCS = frozenset(
 
 
 @contextlib.contextmanager
-def connect(args) -> Iterator[object]:
+def connect(args) -> Iterator[Client]:
     """A bbo_client.Client to --address, or to a read-only in-process server on --db.
 
     The --db server listens on a Unix socket in a directory only this user can enter (no TCP

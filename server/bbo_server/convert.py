@@ -40,7 +40,7 @@ TRIAL_STATE_TO_PB = {
     TrialState.PRUNED: pb.TRIAL_STATE_PRUNED,
 }
 TRIAL_STATE_FROM_PB = {v: k for k, v in TRIAL_STATE_TO_PB.items()}
-STUDY_STATE_TO_PB = {
+STUDY_STATE_TO_PB: dict[str, int] = {
     StudyState.ACTIVE: pb.STUDY_STATE_ACTIVE,
     StudyState.LIKELY_INFEASIBLE: pb.STUDY_STATE_LIKELY_INFEASIBLE,
 }
@@ -254,14 +254,15 @@ def _param_dict_from_pb(p: pb.ParameterSpec, i: int) -> dict[str, Any]:
 def _param_to_pb(p: Param, ps: pb.ParameterSpec) -> None:
     msg = getattr(ps, p.kind)
     for f in msg.DESCRIPTOR.fields:
+        v = getattr(p, "log" if f.name == "scale" else f.name)
         if f.name == "scale":
-            msg.scale = _scale(p.log)
+            msg.scale = _scale(v)
         elif f.message_type is not None and f.message_type.name == "ParameterValue":
-            getattr(msg, f.name).CopyFrom(value_to_pb(getattr(p, f.name)))
+            getattr(msg, f.name).CopyFrom(value_to_pb(v))
         elif f.is_repeated:
-            getattr(msg, f.name).extend(_as_field(f, v) for v in getattr(p, f.name))
+            getattr(msg, f.name).extend(_as_field(f, x) for x in v)
         else:
-            setattr(msg, f.name, _as_field(f, getattr(p, f.name)))
+            setattr(msg, f.name, _as_field(f, v))
     msg.SetInParent()  # a kind whose fields are all defaults is still set
 
 
@@ -290,11 +291,11 @@ def spec_to_pb(spec: StudySpec) -> pb.StudySpec:
         out.objectives.add(
             name=o.name, goal=pb.GOAL_MAXIMIZE if o.goal == MAXIMIZE else pb.GOAL_MINIMIZE
         )
-    for c in spec.outcome_constraints:
+    for oc in spec.outcome_constraints:
         out.outcome_constraints.add(
-            metric=c.metric,
-            op=pb.CONSTRAINT_OP_GREATER_EQUAL if c.op == ">=" else pb.CONSTRAINT_OP_LESS_EQUAL,
-            bound=float(c.bound),
+            metric=oc.metric,
+            op=pb.CONSTRAINT_OP_GREATER_EQUAL if oc.op == ">=" else pb.CONSTRAINT_OP_LESS_EQUAL,
+            bound=float(oc.bound),
         )
     a = spec.algorithm
     out.algorithm.n_initial = a.n_initial
@@ -307,13 +308,13 @@ def spec_to_pb(spec: StudySpec) -> pb.StudySpec:
     out.algorithm.exploit_gap = a.exploit_gap if a.exploit_gap > 0 else -1
     for k, v in (a.reference_point or {}).items():
         out.algorithm.reference_point[k] = float(v)
-    for p in spec.priors:
-        pp = out.priors.add(parameter=p.parameter, confidence=p.confidence)
-        if p.mean is not None:
-            pp.mean = float(p.mean)
-        if p.std is not None:
-            pp.std = float(p.std)
-        for k, v in (p.probabilities or {}).items():
+    for prior in spec.priors:
+        pp = out.priors.add(parameter=prior.parameter, confidence=prior.confidence)
+        if prior.mean is not None:
+            pp.mean = float(prior.mean)
+        if prior.std is not None:
+            pp.std = float(prior.std)
+        for k, v in (prior.probabilities or {}).items():
             pp.probabilities[k] = float(v)
     out.llm.CopyFrom(
         pb.LlmOptions(

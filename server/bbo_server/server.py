@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -20,6 +21,9 @@ from bbo.registry import StudyConfig, StudyRegistry
 from bbo.storage import Storage, default_url, open_storage
 from bbo_client.v1 import service_pb2, service_pb2_grpc
 from bbo_server.servicer import Authenticate, BboServicer
+
+if TYPE_CHECKING:
+    from bbo.llm import LlmAdvisor
 
 log = logging.getLogger("bbo.server")
 
@@ -77,7 +81,7 @@ class ServerOptions:
     on_start: Sequence[Callable[[StudyRegistry], None]] = field(
         default_factory=tuple
     )  # called before serving
-    llm: object = None  # a bbo.llm.LlmAdvisor (plugins/llm.py); None = plain BO
+    llm: LlmAdvisor | None = None  # plugins/llm.py; None = plain BO
     max_studies: int = 10000  # per tenant (0 = unlimited)
     limits: RequestLimits = field(default_factory=RequestLimits)
     on_llm_call: Callable | None = None  # an observer of every stored LLM call (metrics)
@@ -166,7 +170,7 @@ def start(opts: ServerOptions, storage: Storage | None = None) -> RunningServer:
     if storage is None:
         storage = open_storage(opts.db or default_url(), pool_size=max(8, opts.rpc_threads // 2))
     fit_workers = opts.fit_workers or available_cores()
-    if opts.llm is not None and getattr(opts.llm, "cache", False) is None:
+    if opts.llm is not None and opts.llm.cache is None:
         from bbo.llm import StoredAnswers
 
         opts.llm.cache = StoredAnswers(storage)  # answers survive restarts, shared by replicas

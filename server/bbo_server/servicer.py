@@ -247,7 +247,8 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
 
 def _within_page_bytes(items, to_pb) -> list:
     """``[(item, message)]`` of the leading items whose messages fit in PAGE_BYTES (at least one)."""
-    out, used = [], 0
+    out: list = []
+    used = 0
     for it in items:
         m = to_pb(it)
         used += m.ByteSize()

@@ -28,7 +28,7 @@ import ssl
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -189,7 +189,7 @@ class Dashboard:
         return tenant
 
     @staticmethod
-    def _refuse(message: str):
+    def _refuse(message: str) -> NoReturn:
         raise HTTPException(401, message, headers={"WWW-Authenticate": 'Bearer realm="bbo"'})
 
     def study(self, request: Request) -> Study:
@@ -206,7 +206,8 @@ class Dashboard:
 
     def studies(self, request: Request) -> JSONResponse:
         tenant = self.tenant(request)
-        out, token = [], ""
+        out: list[dict] = []
+        token = ""
         while True:
             page, token = self.registry.list_studies(tenant, page_size=1000, page_token=token)
             out.extend(study_json(s) for s in page)
@@ -242,11 +243,11 @@ class Dashboard:
             }
         ).body
         with self._cache_lock:
-            self._cache[key] = (version, body)
+            self._cache[key] = (version, bytes(body))
             self._cache.move_to_end(key)
             while len(self._cache) > self.CACHED_STUDIES:
                 self._cache.popitem(last=False)
-        return _json_bytes(body)
+        return _json_bytes(bytes(body))
 
     def llm_calls(self, request: Request) -> JSONResponse:
         study = self.study(request)
@@ -323,7 +324,8 @@ def create_app(
     return Starlette(
         routes=routes,
         middleware=[Middleware(_SecurityHeaders), Middleware(GZipMiddleware, minimum_size=1024)],
-        exception_handlers={HTTPException: _http_error},
+        # starlette types every handler as taking any Exception; this one gets HTTPException only
+        exception_handlers={HTTPException: _http_error},  # type: ignore[dict-item]
     )
 
 
@@ -355,7 +357,7 @@ class DashboardServer:
     ):
         self.sock = sock
         self.tls = (tls_cert, tls_key, tls_client_ca)
-        self._server = None
+        self._server: Any = None  # the uvicorn.Server, once started
         self._thread: threading.Thread | None = None
 
     @property
