@@ -33,6 +33,8 @@ class LimitError(BboError):
     ``retry_after`` (seconds) is set when the same request will pass later (a rate limit)."""
 
     retry_after: float | None = None
+    field: str | None = None  # the part of the request over the limit, where one is named
+    limit: str = ""  # the limit's name (a metrics label), where one is named
 
 
 class StudyNotFound(NotFoundError):

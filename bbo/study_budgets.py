@@ -5,16 +5,18 @@ passes through unchanged."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bbo.errors import SpecError
 from bbo.spec import MAXIMIZE, MEDIAN, NO_PRUNING, StudySpec
 from bbo.storage import Continuation
 from bbo.storage.base import Storage
+from bbo.strategy.base import Suggestion, UsesCurves
 from bbo.trial import Metric, Trial, TrialState
 
 if TYPE_CHECKING:
+    from bbo.pruning import Placement
     from bbo.stopping import MedianRule
 
 MAX_STEP = 2**63 - 1
@@ -37,14 +39,16 @@ class StudyBudgets:
         from bbo.pruning import Rungs
 
         curves = self.storage.curves(self.uid)
-        if getattr(strategy, "uses_curves", False):
+        if isinstance(strategy, UsesCurves) and strategy.uses_curves:
             plan["curves"] = curves
         conts = []
         if self.spec.pruning.promote:
             conts = Rungs(self.spec, trials, curves).promotions(count)
         return curves, conts
 
-    def placements(self, trials: list[Trial], curves: dict | None, suggestions) -> list:
+    def placements(
+        self, trials: list[Trial], curves: dict | None, suggestions: Sequence[Suggestion]
+    ) -> list[Placement]:
         """The bracket and budget each new trial starts at (None, None without a fidelity)."""
         if self.spec.fidelity is None:
             from bbo.pruning import Placement
@@ -53,7 +57,7 @@ class StudyBudgets:
         from bbo.pruning import Rungs
 
         rungs = Rungs(self.spec, trials, curves or {})
-        return rungs.placements([bool(getattr(s, "full_budget", False)) for s in suggestions])
+        return rungs.placements([s.full_budget for s in suggestions])
 
     def check(self, budget: Any, field: str = "budget") -> float | None:
         """A budget given with a request: None when unset (0), else a number within the study's

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 from bbo.space import Value
 from bbo.spec import ParameterPrior
@@ -117,4 +117,22 @@ class UsesSources(Protocol):
     def transfer_report(self) -> dict | None:
         """``{"by_metric": {metric: {uid: w}}, "target": {metric: w}, "n": trials}`` of the last
         ask that computed weights, or None before any."""
+        ...
+
+
+@runtime_checkable
+class UsesCurves(Protocol):
+    """A strategy that models budgets (:mod:`bbo.strategy.multi_fidelity`): the service passes its
+    ``suggest`` the study's stored learning curves (``curves=``)."""
+
+    uses_curves: Literal[True]
+
+
+@runtime_checkable
+class DescribesAsks(Protocol):
+    """A strategy that describes its last ``suggest`` call (timings for metrics and benchmarks)."""
+
+    @property
+    def last(self) -> AskInfo:
+        """Diagnostics of the last ``suggest`` call."""
         ...

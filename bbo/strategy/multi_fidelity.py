@@ -19,6 +19,7 @@ Hyperband bracket's share of the budget spent (``1 / rungs``); past it they star
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -35,10 +36,10 @@ MIN_PAIRS = 3  # trials measured at two neighbouring rungs before the map betwee
 
 class MultiFidelityStrategy:
     """Suggestions for a study with a fidelity (see the module docstring). Implements
-    :class:`~bbo.strategy.base.Strategy` and :class:`~bbo.strategy.base.SharesModelState`; the
-    study hands it the stored curves (``uses_curves``)."""
+    :class:`~bbo.strategy.base.Strategy`, :class:`~bbo.strategy.base.SharesModelState` and
+    :class:`~bbo.strategy.base.UsesCurves` (the study hands it the stored curves)."""
 
-    uses_curves = True
+    uses_curves: Literal[True] = True
 
     def __init__(self, spec: StudySpec, priors: Sequence[ParameterPrior] | None = None):
         if spec.fidelity is None:

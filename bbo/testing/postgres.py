@@ -67,6 +67,7 @@ class PgCluster:
         )
 
     def resume(self) -> None:
+        """Start the server on its data directory (after :meth:`pause`, or the first time)."""
         log = os.path.join(os.path.dirname(self.datadir), "log")
         subprocess.run(
             _as_pg(
@@ -125,26 +126,8 @@ def start(max_connections: int = 200) -> PgCluster:
         capture_output=True,
     )
     opts = f"-c listen_addresses=127.0.0.1 -c port={port} -c max_connections={max_connections} -c fsync=on -k {root}"
-    subprocess.run(
-        _as_pg(
-            [
-                _bin("pg_ctl"),
-                "-D",
-                datadir,
-                "-o",
-                opts,
-                "-l",
-                os.path.join(root, "log"),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ]
-        ),
-        check=True,
-        capture_output=True,
-    )
     cluster = PgCluster(datadir, port, opts=opts)
+    cluster.resume()
     deadline = time.time() + 30
     while True:
         try:

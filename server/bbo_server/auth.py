@@ -18,7 +18,9 @@ import threading
 
 import grpc
 
+from bbo.errors import LimitError
 from bbo.registry import DEFAULT_TENANT
+from bbo.storage.keys import KeyStore
 from bbo_server import metrics as M
 from bbo_server.errors import Unauthenticated, status_for
 from bbo_server.interceptor import MethodInterceptor
@@ -83,7 +85,10 @@ class Gate(MethodInterceptor):
     """
 
     def __init__(
-        self, keys=None, limits: LimitChecker | None = None, default_tenant: str = DEFAULT_TENANT
+        self,
+        keys: KeyStore | None = None,
+        limits: LimitChecker | None = None,
+        default_tenant: str = DEFAULT_TENANT,
     ):
         self.keys = keys
         self.limits = limits
@@ -91,7 +96,7 @@ class Gate(MethodInterceptor):
         super().__init__()
 
     def bind(self, storage) -> None:
-        if self.keys is not None and getattr(self.keys, "storage", None) is None:
+        if self.keys is not None and self.keys.storage is None:
             self.keys.storage = storage
 
     def _tenant(self, context) -> str:
@@ -131,7 +136,7 @@ class Gate(MethodInterceptor):
             except (
                 Exception
             ) as e:  # LimitError -> RESOURCE_EXHAUSTED; anything else INTERNAL (logged)
-                limit = getattr(e, "limit", None)
+                limit = e.limit if isinstance(e, LimitError) else None
                 if limit:
                     M.LIMIT_REFUSALS.labels(limit=limit).inc()
                     log.info(

@@ -47,8 +47,8 @@ def status_for(exc: BaseException, field_prefix: str = ""):
             break
     message = str(exc) if code != code_pb2.INTERNAL else f"internal error: {type(exc).__name__}"
     st = status_pb2.Status(code=code, message=message)
-    field = getattr(exc, "field", None)
-    if isinstance(field, str) and isinstance(exc, (SpecError, LimitError)):
+    field = exc.field if isinstance(exc, (SpecError, LimitError)) else None
+    if isinstance(exc, (SpecError, LimitError)) and isinstance(field, str):
         if field_prefix and not field.startswith(field_prefix.rstrip(".")):
             field = f"{field_prefix}{field}"
         br = error_details_pb2.BadRequest(
@@ -59,7 +59,7 @@ def status_for(exc: BaseException, field_prefix: str = ""):
         d = any_pb2.Any()
         d.Pack(br)
         st.details.append(d)
-    retry_after = getattr(exc, "retry_after", None)
+    retry_after = exc.retry_after if isinstance(exc, LimitError) else None
     if retry_after is not None:
         ri = error_details_pb2.RetryInfo()
         ri.retry_delay.FromNanoseconds(int(retry_after * 1e9))

@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from bbo.strategy.base import DescribesAsks
 from bbo_server.interceptor import MethodInterceptor
 
 _LAT_BUCKETS = (
@@ -201,13 +202,12 @@ class InstrumentedStrategy:
         finally:
             SUGGEST_IN_PROGRESS.dec()
             SUGGEST_SECONDS.observe(time.perf_counter() - t0)
-            last = getattr(self._inner, "last", None)
-            fit = getattr(last, "fit_seconds", 0.0) or 0.0
-            acq = getattr(last, "acq_seconds", 0.0) or 0.0
-            if fit > 0:
-                GP_FIT_SECONDS.observe(fit)
-            if acq > 0:
-                ACQ_SECONDS.observe(acq)
+            if isinstance(self._inner, DescribesAsks):
+                last = self._inner.last
+                if last.fit_seconds > 0:
+                    GP_FIT_SECONDS.observe(last.fit_seconds)
+                if last.acq_seconds > 0:
+                    ACQ_SECONDS.observe(last.acq_seconds)
 
     def __getattr__(self, name: str):
         return getattr(self._inner, name)
