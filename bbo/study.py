@@ -2,8 +2,9 @@
 heartbeat, report intermediate values, read).
 
 :class:`Study` orchestrates each request; the per-study state lives in parts with one job each:
-:class:`~bbo.study_trials.TrialCache` (the trials in memory), :class:`~bbo.study_requests.RequestLog`
-(idempotent retries), :class:`~bbo.study_strategy.StudyStrategy` (running the strategy),
+:class:`~bbo.study_trials.TrialCache` (the trials in memory),
+:class:`~bbo.study_requests.RequestLog` (idempotent retries),
+:class:`~bbo.study_strategy.StudyStrategy` (running the strategy),
 :class:`~bbo.study_budgets.StudyBudgets` (fidelity and early stopping),
 :class:`~bbo.study_transfer.StudySources` (transfer) and :class:`~bbo.study_llm.StudyLlm` (the LLM).
 
@@ -40,6 +41,7 @@ from bbo.study_transfer import StudySources
 from bbo.study_trials import (
     TrialCache,
     accepts_tell,
+    apply_tell,
     check_lease,
     held_lease,
     late,
@@ -60,18 +62,24 @@ MAX_REASON = 4000  # characters of a failure reason kept
 
 @dataclass
 class AskResult:
+    """The trials an ask stored (PENDING, leased) and a note (a fallback's cause, the state)."""
+
     trials: list[Trial]
     note: str = ""
 
 
 @dataclass
 class TellResult:
+    """The told trial as stored; ``duplicate`` where the tell repeated an earlier one."""
+
     trial: Trial
     duplicate: bool = False
 
 
 @dataclass
 class BestResult:
+    """The best feasible trial (or the Pareto front) and the study's state."""
+
     trials: list[Trial]
     state: StudyState = StudyState.ACTIVE
     state_reason: str = ""
@@ -80,6 +88,8 @@ class BestResult:
 
 @dataclass
 class StudyInfo:
+    """A study's stored description and trial counts, as the API reports them."""
+
     name: str
     spec: StudySpec
     state: str
@@ -100,7 +110,8 @@ def _study_calls(fn):
             return fn(self, *args, **kwargs)
         except StudyNotFound:
             raise StudyNotFound(
-                f"study '{self.name}' no longer exists (deleted; uid {self.uid}): nothing was changed"
+                f"study '{self.name}' no longer exists (deleted; uid {self.uid}): "
+                "nothing was changed"
             ) from None
 
     return wrapper
@@ -128,9 +139,17 @@ class Study:
         self.trial_cache = TrialCache(storage, uid)
         self.requests = RequestLog(storage, uid)
         self.generation = StudyStrategy(
-            spec, record.seed, strategy_factory, config, fit_slots, model_cache, self._lock,
-            uid, name, tenant,
-        )  # fmt: skip
+            spec,
+            record.seed,
+            strategy_factory,
+            config,
+            fit_slots,
+            model_cache,
+            self._lock,
+            uid,
+            name,
+            tenant,
+        )
         self.budgets = StudyBudgets(spec, storage, uid)
         self.sources = StudySources(storage, spec, uid, tenant)
         self.llm = StudyLlm(storage, spec, config, uid, name, self.llm_key)
@@ -267,7 +286,8 @@ class Study:
     @_study_calls
     def expire_leases(self, now: float | None = None) -> list[int]:
         """ABANDON pending trials whose lease ran out (stored, then the in-memory copy); returns
-        the trial ids changed here or found already expired by someone else (the server's reaper)."""
+        the trial ids changed here or found already expired by someone else (the server's
+        reaper)."""
         now = time.time() if now is None else now
         expired = self.storage.expire_leases(self.uid, now)
         if expired:
@@ -347,34 +367,13 @@ class Study:
         number = trial_number(trial_id)
         curve_top = self.budgets.before_tell(number, state, budget, checked, accepts_tell)
 
+        def placed(cur: Trial) -> tuple[TrialState, float | None]:
+            return self.budgets.told_state(cur, state, budget, curve_top)
+
         def change(cur: Trial) -> Trial | None:
-            if accepts_tell(cur, state):
-                new_state, at = self.budgets.told_state(cur, state, budget, curve_top)
-                # a tell without a reason keeps the note generation left (a fallback's cause)
-                note = reason or (cur.reason if cur.state is TrialState.PENDING else "")
-                return dataclasses.replace(
-                    cur,
-                    state=new_state,
-                    metrics=checked,
-                    reason=note,
-                    lease_expires_at=None,
-                    budget=at,
-                )
-            told: TrialState = state
-            if cur.state is TrialState.PAUSED and state is TrialState.COMPLETED:
-                told = TrialState.PAUSED  # a repeated rung result
-            if (
-                cur.state is told
-                and metrics_key(cur.metrics) == metrics_key(checked)
-                and (budget is None or cur.budget is None or abs(budget - cur.budget) < 1e-9)
-            ):
-                outcome["duplicate"] = True
-                return None
-            raise ConflictError(
-                f"trial {trial_id} is already {cur.state.value}"
-                + (f" with metrics {metrics_key(cur.metrics)}" if cur.metrics else "")
-                + ": a different tell is refused"
-            )
+            new = apply_tell(cur, state, checked, reason, budget, placed)
+            outcome["duplicate"] = new is None
+            return new
 
         trial, changed, prev = self.storage.modify_trial(
             self.uid, number, change, request=req, event_detail=reason or "told"

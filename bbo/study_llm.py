@@ -72,6 +72,7 @@ class StudyLlm:
         if purpose is not None and purpose not in LLM_PURPOSES:
             raise SpecError(
                 "purpose",
-                f"unknown purpose {purpose!r}: use one of {', '.join(LLM_PURPOSES)} or leave it empty",
+                f"unknown purpose {purpose!r}: use one of {', '.join(LLM_PURPOSES)} "
+                "or leave it empty",
             )
         return self.storage.list_llm_calls(self.uid, purpose, after=after, limit=limit)

@@ -3,14 +3,16 @@ database (asks then skip re-reading it), and the lease arithmetic on pending tri
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from bbo.errors import NotFoundError, SpecError
+from bbo.errors import ConflictError, NotFoundError, SpecError
 from bbo.storage import LEASE_EXPIRED, Storage
 from bbo.study_budgets import MAX_STEP
-from bbo.trial import Trial, TrialState
+from bbo.study_requests import metrics_key
+from bbo.trial import Metric, Trial, TrialState
 
 
 def trial_number(trial_id: Any) -> int:
@@ -69,6 +71,42 @@ def accepts_tell(cur: Trial, state: TrialState) -> bool:
     )
 
 
+def apply_tell(
+    cur: Trial,
+    state: TrialState,
+    metrics: dict[str, Metric],
+    reason: str,
+    budget: float | None,
+    placed: Callable[[Trial], tuple[TrialState, float | None]],
+) -> Trial | None:
+    """What a tell of ``state`` with ``metrics`` (measured at ``budget``) makes of the stored trial
+    ``cur``: the trial it leaves; None where it repeats the tell that finished the trial; a
+    :class:`ConflictError` for a different tell on a finished trial. ``placed``: the state and
+    budget the tell leaves an accepting trial in
+    (:meth:`bbo.study_budgets.StudyBudgets.told_state`)."""
+    if accepts_tell(cur, state):
+        new_state, at = placed(cur)
+        # a tell without a reason keeps the note generation left (a fallback's cause)
+        note = reason or (cur.reason if cur.state is TrialState.PENDING else "")
+        return dataclasses.replace(
+            cur, state=new_state, metrics=metrics, reason=note, lease_expires_at=None, budget=at
+        )
+    told: TrialState = state
+    if cur.state is TrialState.PAUSED and state is TrialState.COMPLETED:
+        told = TrialState.PAUSED  # a repeated rung result
+    if (
+        cur.state is told
+        and metrics_key(cur.metrics) == metrics_key(metrics)
+        and (budget is None or cur.budget is None or abs(budget - cur.budget) < 1e-9)
+    ):
+        return None
+    raise ConflictError(
+        f"trial {cur.id} is already {cur.state.value}"
+        + (f" with metrics {metrics_key(cur.metrics)}" if cur.metrics else "")
+        + ": a different tell is refused"
+    )
+
+
 class TrialCache:
     """Every trial of the study ``uid``, by id: kept in memory where this process owns the database
     (SQLite, which sees every write of the study), re-read on every call from a shared one."""
@@ -117,7 +155,7 @@ class TrialCache:
             return [t.id for t in self._trials.values() if lease_over(t, now)]
 
     def reread(self, ids: Iterable[int]) -> None:
-        """Refresh the remembered copies of trials ``ids`` from storage (after a write elsewhere)."""
+        """Refresh the remembered copies of trials ``ids`` from storage (written elsewhere)."""
         if self._trials is None:
             return
         fresh = (self.storage.get_trial(self.uid, n) for n in ids)
