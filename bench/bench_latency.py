@@ -233,9 +233,9 @@ class ServiceAdapter(BboAdapter):
     includes the storage path (trial list, lease check, insert and commit, model-state push)."""
 
     def __init__(self, spec, q: int):
-        from bbo.storage import Storage
+        from bbo.registry import StudyRegistry
+        from bbo.storage import open_storage
         from bbo.strategy import GenerationStrategy, Suggestion
-        from bbo.study import StudyRegistry
 
         self.queue: list[dict] = []  # the history's points, handed out while loading
         self.strategy_seconds = 0.0
@@ -259,7 +259,7 @@ class ServiceAdapter(BboAdapter):
                     outer.strategy_seconds += time.perf_counter() - t0
 
         self.dir = tempfile.mkdtemp(prefix="bbo-latency-")
-        self.storage = Storage(f"sqlite:///{self.dir}/bbo.db")
+        self.storage = open_storage(f"sqlite:///{self.dir}/bbo.db")
         self.registry = StudyRegistry(self.storage, strategy_factory=Timed)
         self.study, _ = self.registry.create_study("latency", spec)
         self.q = q
