@@ -49,7 +49,7 @@ def _unit_normal(space: SearchSpace, pr: ParameterPrior) -> tuple[float, float]:
         lo, hi = float(p.low), float(p.high)  # type: ignore[union-attr]
     mean = min(max(float(pr.mean), lo), hi)
     std = float(pr.std)
-    if getattr(p, "log", False):
+    if p.log:
         span = math.log(hi) - math.log(lo)
         mu = (math.log(mean) - math.log(lo)) / span
         sd = (math.log(mean + std) - math.log(mean)) / span

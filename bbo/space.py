@@ -181,6 +181,7 @@ class CategoricalParam:
     """An unordered choice among strings."""
 
     kind: ClassVar[str] = "categorical"  # its name in specs, JSON and the proto oneof
+    log: ClassVar[bool] = False  # no scale: choices are not numbers
     name: str
     choices: tuple[str, ...]
 
@@ -306,6 +307,7 @@ class FixedParam:
     """A parameter held at one value (reported to workers, not searched)."""
 
     kind: ClassVar[str] = "fixed"  # its name in specs, JSON and the proto oneof
+    log: ClassVar[bool] = False  # no scale: not searched
     name: str
     value: Value
 
@@ -424,7 +426,7 @@ class SearchSpace:
                         f"{path}.coefficients",
                         f"constraint term '{n}' is {type(p).__name__[:-5].lower()}: only float, int and ordinal parameters can be constrained",
                     )
-                if getattr(p, "log", False):
+                if p.log:
                     raise SpecError(
                         f"{path}.coefficients",
                         f"constraint term '{n}' is on a log scale: a linear constraint needs linear-scale parameters",

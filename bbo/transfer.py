@@ -101,7 +101,7 @@ def _unit_range(tp, sp) -> tuple[float, float]:
 def _to_unit(tp, v: float) -> float:
     """``v`` (in the parameter's units) on the target parameter's unit scale; may lie outside
     [0, 1]. Raises ValueError where the target's log scale cannot hold it."""
-    if getattr(tp, "log", False):
+    if tp.log:
         if v <= 0:
             raise ValueError("not positive")
         t, lo, hi = math.log(v), math.log(_low(tp)), math.log(_high(tp))

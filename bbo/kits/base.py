@@ -10,12 +10,14 @@ A kit is a small object with
 - ``evaluate(params, seed=0) -> dict[str, float]``: run the black box; deterministic for a given
   ``params`` and ``seed`` (except the wall-clock metrics listed in ``wall_clock_metrics``);
 - ``known_best(**options)``: the best objective value known for that variant, for regret, or None.
+
+A kit whose model trains epoch by epoch (a fidelity) also implements :class:`TrainsByEpoch`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol, runtime_checkable
 
 from bbo.errors import SpecError
 from bbo.space import FixedParam
@@ -65,3 +67,24 @@ class Kit:
 
     def __repr__(self) -> str:
         return f"<kit {self.name}>"
+
+
+class EpochRun(Protocol):
+    """One configuration being trained: its curve, and where it stands."""
+
+    epochs: int  # epochs done
+    error: float  # the hold-out error after them
+    seconds: float  # training time so far
+
+    def curve(self, epochs: int) -> Iterator[tuple[int, float]]:
+        """Train to ``epochs``, yielding ``(epoch, error)`` after each epoch."""
+        ...
+
+
+@runtime_checkable
+class TrainsByEpoch(Protocol):
+    """A kit whose model trains epoch by epoch: a study with a fidelity prunes it mid-training."""
+
+    def trainer(self, params: Mapping[str, Any], seed: int = 0) -> EpochRun:
+        """A run of the configuration ``params`` (untrained)."""
+        ...

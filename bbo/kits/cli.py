@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bbo.kits import KITS, get_kit
+from bbo.kits.base import TrainsByEpoch
 from bbo.space import CategoricalParam, FixedParam, FloatParam, IntParam, OrdinalParam
 from bbo.spec import StudySpec
 
@@ -85,7 +86,7 @@ def _budgets(spec: StudySpec) -> dict[str, Any]:
 def objective(kit, spec: StudySpec, seed: int):
     """What ``optimize`` evaluates: ``kit.evaluate``, or for an epoch-based kit model a function
     that trains epoch by epoch, reports each epoch's value and stops when the study prunes it."""
-    if spec.fidelity is None or not hasattr(kit, "trainer"):
+    if spec.fidelity is None or not isinstance(kit, TrainsByEpoch):
         return lambda params: kit.evaluate(params, seed=seed)
     obj = spec.objectives[0].name
 

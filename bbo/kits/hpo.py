@@ -38,7 +38,7 @@ error is the majority-class error from then on. About 10-40 ms per epoch on digi
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import cache
 from typing import Any
 
@@ -331,7 +331,7 @@ class EpochTrainer:
             self.error = self.chance_error
         return self.error
 
-    def curve(self, epochs: int):
+    def curve(self, epochs: int) -> Iterator[tuple[int, float]]:
         """Train to ``epochs``, yielding ``(epoch, hold-out error)`` after each new epoch."""
         while self.epochs < epochs:
             yield self.epochs + 1, self.step()

@@ -253,7 +253,7 @@ def _number(raw: Any) -> float | None:
 
 
 def _t(p, x: float) -> float:
-    return math.log(x) if getattr(p, "log", False) else x
+    return math.log(x) if p.log else x
 
 
 def _range_t(p) -> tuple[float, float]:
@@ -289,7 +289,7 @@ def coerce_value(p, raw: Any) -> tuple[Value | None, str]:
         return None, f"{p.name}: {raw!r} is not a number"
     note = "" if isinstance(raw, (int, float)) else f"{p.name}: {raw!r} read as {v:g}"
     lo_t, hi_t = _range_t(p)
-    if getattr(p, "log", False) and v <= 0:
+    if p.log and v <= 0:
         return None, f"{p.name}: {v:g} is not positive (log scale)"
     vt = _t(p, v)
     tol = CLIP_TOLERANCE * (hi_t - lo_t)
@@ -494,7 +494,7 @@ def _confidence(raw: Any, cap: float) -> float:
 def _numeric_prior(p, d: Mapping[str, Any], cap: float, issues: list[str]) -> ParameterPrior | None:
     lo_t, hi_t = _range_t(p)
     span = hi_t - lo_t
-    log = getattr(p, "log", False)
+    log = p.log
 
     def tv(raw) -> float | None:
         v = _number(raw)
