@@ -25,6 +25,7 @@ from bbo_server import metrics as M
 from bbo_server.errors import Unauthenticated, status_for
 from bbo_server.interceptor import MethodInterceptor
 from bbo_server.limits import LimitChecker
+from bbo_server.logs import request_ids
 
 log = logging.getLogger("bbo.auth")
 
@@ -66,14 +67,6 @@ def authenticate(context: grpc.ServicerContext, method: str) -> str:
     if tenant is None:  # the gate did not run for this call: refuse rather than guess
         raise Unauthenticated("not authenticated")
     return tenant
-
-
-def _ids(request) -> dict:
-    """The study / trial a request names, for log lines."""
-    return {
-        "study": getattr(request, "study", "") or getattr(request, "name", ""),
-        "trial": getattr(request, "trial_id", None),
-    }
 
 
 class Gate(MethodInterceptor):
@@ -129,7 +122,7 @@ class Gate(MethodInterceptor):
                         "rpc": method,
                         "peer": context.peer(),
                         "detail": e.message,
-                        **_ids(request),
+                        **request_ids(request),
                     },
                 )
                 context.abort_with_status(status_for(e))
@@ -146,7 +139,7 @@ class Gate(MethodInterceptor):
                             "limit": limit,
                             "tenant": tenant,
                             "detail": str(e),
-                            **_ids(request),
+                            **request_ids(request),
                         },
                     )
                 else:

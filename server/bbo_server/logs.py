@@ -10,6 +10,14 @@ import time
 _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()) | {"message", "asctime"}
 
 
+def request_ids(request) -> dict:
+    """The study and trial a BboService request names, as log fields (any request message)."""
+    return {
+        "study": getattr(request, "study", "") or getattr(request, "name", ""),
+        "trial": getattr(request, "trial_id", None),
+    }
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {

@@ -19,6 +19,7 @@ from bbo_client.v1 import service_pb2_grpc
 from bbo_client.v1 import study_pb2 as pb
 from bbo_server import convert as C
 from bbo_server.errors import status_for
+from bbo_server.logs import request_ids
 
 log = logging.getLogger("bbo.server")
 
@@ -51,10 +52,7 @@ def rpc(fn):
         except Exception as e:  # a bug: log it whole, tell the caller little
             log.exception(
                 "rpc failed",
-                extra={
-                    "rpc": name,
-                    "study": getattr(request, "study", "") or getattr(request, "name", ""),
-                },
+                extra={"rpc": name, **request_ids(request)},
             )
             status = status_for(e)
         finally:
@@ -64,8 +62,7 @@ def rpc(fn):
                     extra={
                         "rpc": name,
                         "ms": round(1e3 * (time.perf_counter() - t0), 3),
-                        "study": getattr(request, "study", "") or getattr(request, "name", ""),
-                        "trial": getattr(request, "trial_id", None),
+                        **request_ids(request),
                         "code": status.code.name if status else "OK",
                     },
                 )
@@ -76,8 +73,7 @@ def rpc(fn):
                     "rpc": name,
                     "code": status.code.name,
                     "detail": status.details,
-                    "study": getattr(request, "study", "") or getattr(request, "name", ""),
-                    "trial": getattr(request, "trial_id", None),
+                    **request_ids(request),
                 },
             )
         context.abort_with_status(status)
