@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 from bbo.acquisition import Layout
 
@@ -91,7 +91,8 @@ def _yeo_johnson_bad_side(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return v, one
     u = -(v - mean) / std
     try:
-        t, lam = stats.yeojohnson(u)
+        lam = _yeo_johnson_lambda(u)
+        t = stats.yeojohnson(u, lmbda=lam)
     except (ValueError, FloatingPointError, OverflowError):
         return v, one
     slope = (
@@ -101,6 +102,38 @@ def _yeo_johnson_bad_side(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not (np.all(np.isfinite(t)) and np.all(np.isfinite(slope)) and np.ptp(t) > 0):
         return v, one
     return -np.asarray(t, dtype=float), slope
+
+
+def _yeo_johnson_lambda(x: np.ndarray) -> float:
+    """The maximum-likelihood Yeo-Johnson lambda, as :func:`scipy.stats.yeojohnson_normmax` finds
+    it (same bounds, same bounded Brent search and tolerance) but with the log-likelihood in a few
+    numpy operations: SciPy's goes through its array-API and NaN-policy wrappers, ~1.4 ms a call
+    and 20-40 calls, a tenth of a small study's ask."""
+    if np.all(x == 0):
+        return 1.0
+    log1p_max = np.log1p(20 * np.max(np.abs(x)))
+    eps, info = np.log(np.finfo(float).eps), np.finfo(float)
+    lb = (np.log(info.tiny) - eps) / 2 / log1p_max
+    ub = (np.log(info.max) + eps) / 2 / log1p_max
+    if np.all(x < 0):
+        lb, ub = 2 - ub, 2 - lb
+    elif np.any(x < 0):
+        lb, ub = max(2 - ub, lb), min(2 - lb, ub)
+    pos = x >= 0
+    lp, ln = np.log1p(x[pos]), np.log1p(-x[~pos])
+    jac = float(np.sum(np.sign(x) * np.log1p(np.abs(x))))
+    n, tiny = len(x), info.smallest_normal
+
+    def neg_llf(lam: float) -> float:
+        y = np.empty_like(x)
+        y[pos] = lp if abs(lam) < info.eps else np.expm1(lam * lp) / lam
+        y[~pos] = -ln if abs(lam - 2) < info.eps else -np.expm1((2 - lam) * ln) / (2 - lam)
+        var = np.var(y)
+        llf = -n / 2 * np.log(var) + (lam - 1) * jac if var >= tiny else -np.inf
+        return np.inf if not np.isfinite(llf) else -llf
+
+    with np.errstate(all="ignore"):
+        return float(optimize.fminbound(neg_llf, lb, ub, xtol=1.48e-08))
 
 
 def _clip_bad_side(v: np.ndarray, anchor: float | None = None) -> np.ndarray:

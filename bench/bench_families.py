@@ -383,7 +383,8 @@ def main(argv=None):
             for s in seeds
             if (p, label(m, args.tag), s) not in stored
         ]
-        tasks.sort(key=lambda t: (ORDER.get(t[1], 9), t[2], t[0]))
+        # seed by seed, every method on each problem: a run stopped early still compares fairly
+        tasks.sort(key=lambda t: (t[2], t[0], ORDER.get(t[1], 9)))
         t0 = time.time()
         if not args.report_only:
             print(f"{fam}: {len(tasks)} runs to do, {args.workers} parallel", flush=True)

@@ -112,3 +112,19 @@ def test_authenticate_hook_maps_to_unauthenticated_and_tenants(tmp_path):
             assert c2.get_study("same").parameters == [bc.Float("x", 0.0, 5.0)]
     finally:
         srv.stop(1)
+
+
+def test_preload_imports_the_model_stack():
+    """``bbo serve`` imports torch / BoTorch and the strategies in the background at start
+    (``_preload``), so the first Ask does not: the server module itself stays light."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from bbo_server.server import _preload\n"
+        "assert 'botorch' not in sys.modules\n"
+        "_preload()\n"
+        "need = {'botorch', 'bbo.strategy.generation', 'bbo.strategy.multi_fidelity'}\n"
+        "assert need <= set(sys.modules), need - set(sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)

@@ -1,6 +1,7 @@
 """Outcome warping (bbo.warping): order, feasibility and the incumbent are kept; tails are tamed."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
@@ -94,3 +95,19 @@ def test_shared_columns_and_multi_objective_objectives_are_left_alone():
     mo = layout(objectives=[Objective("a", MINIMIZE), Objective("b", MAXIMIZE)])
     Y2 = np.column_stack([np.r_[np.arange(8.0), 1e5], np.arange(9.0)])
     np.testing.assert_array_equal(OutcomeWarp.of(mo).apply(Y2)[0], Y2)
+
+
+def test_yeo_johnson_lambda_is_scipys():
+    """The fast maximum-likelihood lambda is SciPy's ``yeojohnson_normmax``, on skewed, negative,
+    mixed-sign and tiny-spread data."""
+    from bbo.warping import _yeo_johnson_lambda
+
+    rng = np.random.default_rng(3)
+    for i in range(60):
+        x = rng.standard_normal(int(rng.integers(5, 120))) * [0.01, 1.0, 30.0][i % 3]
+        if i % 4 == 0:
+            x = np.expm1(x)
+        if i % 5 == 0:
+            x = -np.abs(x)
+        assert _yeo_johnson_lambda(x) == pytest.approx(stats.yeojohnson_normmax(x), rel=1e-9)
+    assert _yeo_johnson_lambda(np.zeros(6)) == 1.0

@@ -237,8 +237,11 @@ def start(opts: ServerOptions, storage: Storage | None = None) -> RunningServer:
 
 
 def _preload() -> None:
+    """Import the model-based strategies (torch, BoTorch: seconds) so the first Ask does not.
+    ``bbo.strategy`` alone imports them lazily, on first use."""
     try:
-        import bbo.strategy  # noqa: F401
+        import bbo.strategy.generation  # noqa: F401
+        import bbo.strategy.multi_fidelity  # noqa: F401
     except Exception:  # the first Ask will report it
         log.exception("could not import the generation strategy")
 
