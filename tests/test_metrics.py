@@ -98,8 +98,9 @@ def test_strategy_wrapper_times_and_forwards_and_llm_calls_are_counted(storage):
 
     fit0, n0 = M.GP_FIT_SECONDS._sum.get(), M.SUGGEST_SECONDS._sum.get()
     strat = M.instrument_factory(lambda spec: Fake())(None)
+    assert isinstance(strat, Fake)  # the strategy itself: its capabilities stay visible
     assert strat.suggest([], 2) == ["s", "s"]
-    assert strat.status([]) == ("ACTIVE", "")  # forwarded
+    assert strat.status([]) == ("ACTIVE", "")
     assert M.GP_FIT_SECONDS._sum.get() == fit0 + 0.25 and M.SUGGEST_SECONDS._sum.get() > n0
 
     reg = StudyRegistry(storage, config=StudyConfig(on_llm_call=M.count_llm_call))

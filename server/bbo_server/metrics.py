@@ -187,30 +187,30 @@ def _count_payload(method: str, response) -> None:
         pass
 
 
-class InstrumentedStrategy:
-    """Wraps a generation strategy: times ``suggest`` (and the GP fit / acquisition parts the
-    strategy reports in ``.last``). Everything else is forwarded."""
+def instrument(strategy: Any) -> Any:
+    """Time ``strategy.suggest`` (and the GP fit / acquisition parts the strategy reports in
+    ``.last``) by replacing the bound method on the instance. The strategy itself is returned,
+    not a proxy: the service finds its capabilities (:mod:`bbo.strategy.base`'s Protocols) with
+    ``isinstance``, which from Python 3.12 on does not look through a proxy's ``__getattr__``."""
+    inner = strategy.suggest
 
-    def __init__(self, inner: Any):
-        self._inner = inner
-
-    def suggest(self, *args, **kwargs):
+    def suggest(*args, **kwargs):
         SUGGEST_IN_PROGRESS.inc()
         t0 = time.perf_counter()
         try:
-            return self._inner.suggest(*args, **kwargs)
+            return inner(*args, **kwargs)
         finally:
             SUGGEST_IN_PROGRESS.dec()
             SUGGEST_SECONDS.observe(time.perf_counter() - t0)
-            if isinstance(self._inner, DescribesAsks):
-                last = self._inner.last
+            if isinstance(strategy, DescribesAsks):
+                last = strategy.last
                 if last.fit_seconds > 0:
                     GP_FIT_SECONDS.observe(last.fit_seconds)
                 if last.acq_seconds > 0:
                     ACQ_SECONDS.observe(last.acq_seconds)
 
-    def __getattr__(self, name: str):
-        return getattr(self._inner, name)
+    strategy.suggest = suggest
+    return strategy
 
 
 def count_llm_call(call) -> None:
@@ -223,7 +223,7 @@ def count_llm_call(call) -> None:
 
 def instrument_factory(factory: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def make(spec):
-        return InstrumentedStrategy(factory(spec))
+        return instrument(factory(spec))
 
     make.__wrapped__ = factory  # type: ignore[attr-defined]
     return make
