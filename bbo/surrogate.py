@@ -199,14 +199,14 @@ class Surrogate:
             yv = None if Yvar is None else Yvar[rows]
             return self._condition(X[rows], Y[rows], yv, hyper), rows
 
-    def needs_refit(self, n: int) -> bool | None:
+    def needs_refit(self, n: int) -> bool:
         """Whether ``n`` points call for a fit whatever they look like: no hyperparameters yet, the
         data grew by ``algorithm.refit_growth`` since the last fit, or the objective is fit as
         noise-free and there are fewer than :data:`ALWAYS_REFIT_BELOW` points."""
         return (
             self._hyper is None
             or n >= (1.0 + self.options.refit_growth) * self._n_at_fit
-            or (self._noise_free and n < ALWAYS_REFIT_BELOW)
+            or (bool(self._noise_free) and n < ALWAYS_REFIT_BELOW)
         )
 
     def model(
