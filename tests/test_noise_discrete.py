@@ -22,7 +22,7 @@ from bbo.space import (
     OrdinalParam,
     SearchSpace,
 )
-from bbo.spec import AlgorithmOptions, Objective, StudySpec
+from bbo.spec import AlgorithmOptions, Objective, OutcomeConstraint, StudySpec
 from bbo.strategy import GenerationStrategy
 from bbo.strategy.noise import NoiseEstimate, replicate_sd
 from bbo.trial import Metric, Origin, Trial, TrialState
@@ -108,6 +108,45 @@ def test_on_a_clean_objective_the_strategy_leaves_the_best_observed_trial():
     gs = _strategy()
     gs.suggest(trials, 1)
     assert gs.recommend(trials) is None
+
+
+def _near_the_bound(seed: int = 1) -> tuple[StudySpec, list[Trial]]:
+    """Minimize f = -x subject to c = x <= 0.6, both observed with noise (sd 0.05 and 0.15), two
+    repeats at each x in 0.05..0.75: the best truly feasible point is at the bound."""
+    rng = np.random.default_rng(seed)
+    trials = []
+    for i, x in enumerate(np.repeat(np.linspace(0.05, 0.75, 15), 2)):
+        f, c = -x + 0.05 * rng.standard_normal(), x + 0.15 * rng.standard_normal()
+        metrics = {"f": Metric(float(f)), "c": Metric(float(c))}
+        trials.append(Trial(i + 1, {"x": float(x)}, TrialState.COMPLETED, metrics))
+    spec = StudySpec(
+        UNIT1,
+        (Objective("f"),),
+        (OutcomeConstraint("c", "<=", 0.6),),
+        algorithm=AlgorithmOptions(seed=1, n_initial=4),
+    )
+    return spec, trials
+
+
+def _recommended_x(spec, trials) -> float:
+    gs = GenerationStrategy(spec)
+    gs.suggest(trials, 1)
+    rec = gs.recommend(trials)
+    assert rec is not None
+    return next(t.params["x"] for t in trials if t.id == rec.trial_id)
+
+
+def test_under_noise_the_recommended_trial_is_confidently_feasible(monkeypatch):
+    """An observed-feasible trial beyond the bound (true c = 0.65) has the best posterior mean of
+    the objective among those more likely feasible than not; the recommendation takes the best one
+    the model is confident about, which is feasible in truth."""
+    from bbo.strategy import recommendation
+
+    torch.set_num_threads(1)
+    spec, trials = _near_the_bound()
+    assert _recommended_x(spec, trials) < 0.6
+    monkeypatch.setattr(recommendation, "FEASIBLE_CONFIDENCE", (0.5,))
+    assert _recommended_x(spec, trials) > 0.6  # what a coin-flip threshold reports
 
 
 def test_get_best_reports_the_recommended_trial_and_why(client, study_name):
