@@ -34,7 +34,7 @@ MIN_TRIALS = 3  # fewer completed trials: the best observed one
 # among trials the model is confident are feasible, else among those more likely feasible than not.
 # Under noise an observed-feasible trial near a bound is often infeasible in truth; on the cloud
 # kit with random workloads (bench_families cloud_noise, 5 seeds) 0.5 reported a truly infeasible
-# point on 4 seeds of 5, 0.9 on 1 (0.95 gave up ~10% of the objective on one seed).
+# point on 4 seeds of 5, 0.9 on 2.
 FEASIBLE_CONFIDENCE = (0.9, 0.5)
 
 
