@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
 
 import grpc
@@ -631,8 +631,12 @@ class StudyHandle:
         try:
             with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="bbo-optimize") as ex:
                 try:
-                    for f in [ex.submit(one, k) for k in range(n_workers)]:
-                        f.result()
+                    pending = {ex.submit(one, k) for k in range(n_workers)}
+                    while pending:  # wake up now and then: Ctrl-C is handled only while the
+                        # main thread runs, and a signal another thread took does not wake it
+                        done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+                        for f in done:
+                            f.result()
                 except (
                     BaseException
                 ):  # the evaluations under way finish and are told; no new ones start
