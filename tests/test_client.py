@@ -229,6 +229,8 @@ def test_optimize_heartbeats_at_the_servers_lease(server_factory, study_name):
 _CTRL_C = r"""
 import json, os, signal, sys, threading, time
 import bbo_client as bc
+# as in a driver started from a terminal (a pytest-xdist worker's children inherit SIGINT ignored)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 address, name = sys.argv[1:3]
 evaluated, lock = [], threading.Lock()
 def fn(p):
