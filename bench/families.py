@@ -120,32 +120,26 @@ def _dt(p, seed, task):
     from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
     cls = DecisionTreeClassifier if task == "classification" else DecisionTreeRegressor
-    return cls(
-        max_depth=int(p["max_depth"]),
-        min_samples_split=p["min_samples_split"],
-        min_samples_leaf=p["min_samples_leaf"],
-        min_weight_fraction_leaf=p["min_weight_fraction_leaf"],
-        max_features=p["max_features"],
-        min_impurity_decrease=p["min_impurity_decrease"],
-        random_state=seed,
+    return cls(**_tree_kwargs(p), random_state=seed)
+
+
+def _tree_kwargs(p) -> dict:
+    """A tree's hyperparameters from a point of :data:`_TREE_SPACE` (shared by _dt and _rf)."""
+    names = (
+        "min_samples_split",
+        "min_samples_leaf",
+        "min_weight_fraction_leaf",
+        "max_features",
+        "min_impurity_decrease",
     )
+    return {"max_depth": int(p["max_depth"]), **{k: p[k] for k in names}}
 
 
 def _rf(p, seed, task):
     from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
     cls = RandomForestClassifier if task == "classification" else RandomForestRegressor
-    return cls(
-        n_estimators=10,
-        max_depth=int(p["max_depth"]),
-        min_samples_split=p["min_samples_split"],
-        min_samples_leaf=p["min_samples_leaf"],
-        min_weight_fraction_leaf=p["min_weight_fraction_leaf"],
-        max_features=p["max_features"],
-        min_impurity_decrease=p["min_impurity_decrease"],
-        random_state=seed,
-        n_jobs=1,
-    )
+    return cls(n_estimators=10, **_tree_kwargs(p), random_state=seed, n_jobs=1)
 
 
 def _knn(p, seed, task):
