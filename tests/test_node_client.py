@@ -35,7 +35,7 @@ def test_node_example_worker_runs_a_study(bbo_server, client, study_name):
     told = client.study(study_name).trials(states=["COMPLETED"])
     assert len(told) == 12
     # GetBest through Python names the trial Node got: the best observed one, or, where the
-    # server's surrogate judged the objective noisy (it may from its fit alone, at 12 points),
+    # server's surrogate judged the objective noisy (from its fit, where the data support it),
     # the best posterior mean, which `selection` then says
     py = client.study(study_name).best()
     assert py.trial.metrics["branin"] == pytest.approx(best["metrics"]["branin"])
