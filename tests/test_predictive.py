@@ -100,6 +100,32 @@ def test_a_one_point_monte_carlo_acquisition_gives_the_same_values_on_either(m):
     assert torch.allclose(vals[0], vals[1], rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.parametrize("m", [1, 2])
+def test_the_fused_marginal_log_ei_is_botorchs_to_the_last_bit(m):
+    """MarginalLogEI skips BoTorch's posterior / sampler / q-reduction calls, not its arithmetic:
+    values and gradients equal qLogEI's on the same marginals (one point, with a constraint)."""
+    from bbo.acquisition import MarginalLogEI
+
+    _, info, rng = fitted(CONT, m)
+    X = torch.tensor(rng.random((7, 1, 3)), requires_grad=True)
+    out = []
+    for cls in (qLogExpectedImprovement, MarginalLogEI):
+        acqf = cls(
+            info.predictive,
+            best_f=1.0,
+            sampler=SobolQMCNormalSampler(sample_shape=torch.Size([128]), seed=5),
+            objective=LinearMCObjective(-torch.eye(m, dtype=torch.float64)[0]),
+            constraints=[lambda Z: Z[..., -1] - 1.5] if m > 1 else None,
+        )
+        for x in (X, X[:3]):  # base samples drawn once, whatever the batch
+            v = acqf(x)
+            (g,) = torch.autograd.grad(v.sum(), X)
+            out.append((v.detach(), g))
+    for (v0, g0), (v1, g1) in zip(out[:2], out[2:], strict=True):
+        assert torch.allclose(v0, v1, rtol=1e-12, atol=0.0)
+        assert torch.allclose(g0, g1, rtol=1e-12, atol=1e-300)
+
+
 def test_a_model_it_does_not_reproduce_is_refused():
     broken = fitted(CONT)[0]
     broken.train_targets.data[:] = float("nan")  # predictions the check cannot reproduce
