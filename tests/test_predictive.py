@@ -101,6 +101,23 @@ def test_a_one_point_monte_carlo_acquisition_gives_the_same_values_on_either(m):
 
 
 @pytest.mark.parametrize("m", [1, 2])
+def test_the_cached_matern_kernel_is_gpytorchs_to_the_last_bit(m):
+    from bbo.predictive import dense_kernel
+
+    _, info, rng = fitted(CONT, m)
+    cp = info.predictive
+    assert cp._matern is not None  # the continuous spaces' kernel takes the fast path
+    x = torch.tensor(rng.random((9, 3)), requires_grad=True)
+    xb = x.unsqueeze(0).expand(m, 9, 3) if m > 1 else x
+    fast = cp._kernel(xb, cp._Xt)
+    want = dense_kernel(cp._gp.covar_module, xb, cp._Xt)
+    assert torch.equal(fast, want)
+    (g0,) = torch.autograd.grad(fast.sum(), x)
+    (g1,) = torch.autograd.grad(want.sum(), x)
+    assert torch.equal(g0, g1)
+
+
+@pytest.mark.parametrize("m", [1, 2])
 def test_the_fused_marginal_log_ei_is_botorchs_to_the_last_bit(m):
     """MarginalLogEI skips BoTorch's posterior / sampler / q-reduction calls, not its arithmetic:
     values and gradients equal qLogEI's on the same marginals (one point, with a constraint)."""

@@ -9,9 +9,9 @@ nothing changes: the recommendation is made only where :class:`~bbo.strategy.noi
 finds the objective noisy. Where only the GP's fitted noise says so, the recommendation would
 differ from the best observed trial, and there are no outcome constraints, the data must also
 support that noise (:meth:`~bbo.surrogate.Surrogate.noise_evidence`, a refit without it, once per
-set of hyperparameters, up to :data:`EVIDENCE_MAX_POINTS` points): a few points of a
-deterministic function often fit as noisy as well as not, and the posterior mean would then
-report a worse trial than the best one seen. Candidates are the trials observed feasible,
+set of hyperparameters, up to :data:`EVIDENCE_MAX_POINTS` points, on the first read after an ask
+rather than in the ask): a few points of a deterministic function often fit as noisy as well as
+not, and the posterior mean would then report a worse trial than the best one seen. Candidates are the trials observed feasible,
 preferring those the model is confident are feasible (probability at least 0.9, else 1/2) where
 there are outcome constraints.
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -32,6 +32,7 @@ from bbo.acquisition import log_prob_feasible, marginals
 from bbo.strategy.base import Recommendation
 from bbo.strategy.context import Context
 from bbo.strategy.model_data import ModelData, TrainingData, fingerprint
+from bbo.strategy.noise import NoiseEstimate
 from bbo.surrogate import Surrogate
 from bbo.trial import Trial, TrialState
 
@@ -47,6 +48,18 @@ FEASIBLE_CONFIDENCE = (0.9, 0.5)
 EVIDENCE_MAX_POINTS = 100
 
 
+@dataclass
+class _Unjudged:
+    """A recommendation an ask chose that waits for the evidence for the fitted noise: judged on
+    the first read (an ask does not pay for the refit; most asks are never read)."""
+
+    trial_id: int
+    noise: NoiseEstimate
+    data: TrainingData
+    model: object
+    rows: np.ndarray
+
+
 class Recommender:
     """Chooses a study's recommended trial; thread-safe, apart from the strategy's lock."""
 
@@ -55,7 +68,7 @@ class Recommender:
         self.surrogate = surrogate
         self._data = ModelData(ctx.data.names, ctx.layout, ctx.warp, ctx.points)
         self._lock = threading.Lock()
-        self._cache: tuple[tuple, Recommendation | None] | None = None
+        self._cache: tuple[tuple, Recommendation | _Unjudged | None] | None = None
         # (the surrogate's hyperparameters, the evidence for the fitted noise judged under them)
         self._evidence: tuple[object, float] | None = None
 
@@ -65,19 +78,25 @@ class Recommender:
         with self._lock:
             data = self._data.build(completed)
             key = fingerprint(data.trials)
-            if self._cache is not None and self._cache[0] == key:
-                return self._cache[1]
-        cond = None
-        if self._worth_a_model(data):
-            cond = self.surrogate.conditioned(data.X, data.Ym, data.Ymvar, data.score)
-        rec = self._choose(data, *cond) if cond is not None else None
+            cached = self._cache
+        if cached is not None and cached[0] == key:
+            out = cached[1]
+            if not isinstance(out, _Unjudged):
+                return out
+            rec = self._judge(out)
+        else:
+            cond = None
+            if self._worth_a_model(data):
+                cond = self.surrogate.conditioned(data.X, data.Ym, data.Ymvar, data.score)
+            choice = self._choose(data, *cond) if cond is not None else None
+            rec = self._judge(choice) if isinstance(choice, _Unjudged) else choice
         with self._lock:
             self._cache = (key, rec)
         return rec
 
     def remember(self, data: TrainingData, model, rows: np.ndarray) -> None:
         """Record the recommendation of an ask's fitted model (reads of the same trials then
-        cost nothing)."""
+        cost nothing, or the noise evidence's refit once per set of hyperparameters)."""
         rec = self._choose(data, model, rows) if self._worth_a_model(data) else None
         with self._lock:
             self._cache = (fingerprint(data.trials), rec)
@@ -85,14 +104,15 @@ class Recommender:
     def _worth_a_model(self, data: TrainingData) -> bool:
         return not self.ctx.layout.multi and len(data.trials) >= MIN_TRIALS
 
-    def _choose(self, data: TrainingData, model, rows: np.ndarray) -> Recommendation | None:
+    def _choose(self, data: TrainingData, model, rows: np.ndarray):
+        """The recommendation, None, or where the fitted noise still needs its evidence (not
+        judged under the surrogate's current hyperparameters yet) an :class:`_Unjudged` one."""
         layout = self.ctx.model_layout
         noise = data.noise.with_model(model, layout)
         if not noise.noisy:
             return None
-        model_rows = rows
         observed_best = int(rows[int(np.argmax(data.score[rows]))])
-        rows = rows[data.feasible[rows]]
+        model_rows, rows = rows, rows[data.feasible[rows]]
         if not len(rows):
             return None
         X = self.ctx.placement.tensor(data.X[rows])
@@ -107,16 +127,27 @@ class Recommender:
                     break
         best = int(rows[int(np.argmax(mean))])
         if best != observed_best and self._needs_evidence(noise, data):
-            evidence = self._fit_evidence(data, model, model_rows)
+            evidence = self._known_evidence()
+            if evidence is None:
+                return _Unjudged(best, noise, data, model, model_rows)
             noise = replace(noise, fit_evidence=evidence)
             if not noise.noisy:
                 return None
+        return self._recommendation(data, best, noise)
+
+    def _judge(self, u: _Unjudged) -> Recommendation | None:
+        """Settle an :class:`_Unjudged` recommendation: the posterior mean's trial where the
+        data support the fitted noise, else None (the best observed trial)."""
+        noise = replace(u.noise, fit_evidence=self._fit_evidence(u.data, u.model, u.rows))
+        return self._recommendation(u.data, u.trial_id, noise) if noise.noisy else None
+
+    def _recommendation(self, data: TrainingData, row: int, noise) -> Recommendation:
         n = len(data.trials)
         why = (
             f"best posterior mean of the objective over {n} completed trials (noisy: "
             f"{noise.describe()})"
         )
-        return Recommendation(data.trials[best].id, why)
+        return Recommendation(data.trials[row].id, why)
 
     def _needs_evidence(self, noise, data: TrainingData) -> bool:
         """Whether the fitted noise alone makes the objective noisy, with few enough points to
@@ -127,18 +158,25 @@ class Recommender:
         small = len(data.trials) <= EVIDENCE_MAX_POINTS
         return only_the_fit and small and not self.ctx.model_layout.constraints
 
+    def _known_evidence(self) -> float | None:
+        """The evidence judged under the surrogate's current hyperparameters, if it was."""
+        state = self.surrogate.export_state()
+        with self._lock:
+            cached = self._evidence
+        if state is not None and cached is not None and cached[0] is state[1]:
+            return cached[1]
+        return None
+
     def _fit_evidence(self, data: TrainingData, model, rows: np.ndarray) -> float:
         """:meth:`~bbo.surrogate.Surrogate.noise_evidence` of the objective on the ``rows``
         ``model`` conditions on, judged once per set of the surrogate's hyperparameters (a fit
         of a one-output GP)."""
+        known = self._known_evidence()
+        if known is not None:
+            return known
         state = self.surrogate.export_state()
-        hyper = None if state is None else state[1]
-        with self._lock:
-            cached = self._evidence
-        if cached is not None and hyper is not None and cached[0] is hyper:
-            return cached[1]
         j = self.ctx.model_layout.obj_idx[0]
         evidence = self.surrogate.noise_evidence(data.X[rows], data.Ym[rows], model, j)
         with self._lock:
-            self._evidence = (hyper, evidence)
+            self._evidence = (None if state is None else state[1], evidence)
         return evidence
