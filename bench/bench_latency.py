@@ -522,9 +522,11 @@ def main(argv=None) -> int:
         args.sizes, args.dims, args.repeats = "20,100", "5", 2
     sizes = [int(x) for x in args.sizes.split(",") if x]
     dims = [int(x) for x in args.dims.split(",") if x]
-    methods = [m for m in args.methods.split(",") if m]
+    methods = list(dict.fromkeys(m for m in args.methods.split(",") if m))
     trees = {"bbo": None}
     if args.before_tree:
+        if "bbo_before" in methods:
+            methods.remove("bbo_before")
         methods.insert(1, "bbo_before")
         trees["bbo_before"] = os.path.abspath(args.before_tree)
     problems = [p for p in args.problems.split(",") if p] or [
