@@ -15,8 +15,9 @@ a unit costs 1, so the budget spent is the sum of the units trained):
 Every method gets the same total budget: ``--trials`` full-budget trials' worth. The best value of a
 method at a point is the best value of a trial it ran to the full budget by then (pruned trials never
 count, as in bbo's GetBest and Optuna's best_value). bbo runs through a real ``bbo serve`` (SQLite)
-and the Python client; one sequential worker per run. Results: ``bench/results/fidelity.json``,
-``fidelity.png`` (best value against budget spent, median and quartiles over seeds), ``fidelity.md``.
+and the Python client; one sequential worker per run. Results: ``bench/results/<out>.json``,
+``<out>.png`` (best value against budget spent, median and quartiles over seeds) and ``<out>.md``,
+``out`` from ``--out`` (default ``fidelity``).
 
 Run from the repository root with the package importable (``make setup``, or PYTHONPATH)::
 
