@@ -35,7 +35,6 @@ from bbo.strategy import noise as noise_rules
 from bbo.strategy.base import Recommendation
 from bbo.strategy.context import Context
 from bbo.strategy.model_data import ModelData, TrainingData, fingerprint
-from bbo.strategy.noise import NoiseEstimate
 from bbo.surrogate import Surrogate
 from bbo.trial import Trial, TrialState
 
@@ -70,7 +69,7 @@ class _Unjudged:
     the first read (an ask does not pay for the refit; most asks are never read)."""
 
     trial_id: int
-    noise: NoiseEstimate
+    noise: noise_rules.NoiseEstimate
     data: TrainingData
     model: object
     rows: np.ndarray
