@@ -127,13 +127,21 @@ def likelihood(batch_shape: torch.Size) -> GaussianLikelihood:
     )
 
 
+def fitted_noise(model, output: int) -> float | None:
+    """The noise variance the GP inferred for ``output`` (standardized units); None where the
+    noise was given (a fixed-noise likelihood) or the model has none."""
+    likelihood = getattr(model, "likelihood", None)
+    if not isinstance(likelihood, GaussianLikelihood):  # fixed noise: given, not fitted
+        return None
+    level = likelihood.noise.detach().reshape(-1)
+    return float(level[output if level.numel() > 1 else 0])
+
+
 def noise_free(model, output: int) -> bool:
     """Whether the GP fitted ``output`` as observed without noise (an inferred noise level at most
     :data:`DETERMINISTIC_NOISE`); False where the noise was given (fixed-noise likelihood)."""
-    if not isinstance(model.likelihood, GaussianLikelihood):  # fixed noise: given, not fitted
-        return False
-    level = model.likelihood.noise.detach().reshape(-1)
-    return float(level[output if level.numel() > 1 else 0]) <= DETERMINISTIC_NOISE
+    level = fitted_noise(model, output)
+    return level is not None and level <= DETERMINISTIC_NOISE
 
 
 @dataclass
@@ -412,12 +420,13 @@ class Surrogate:
         maxiter = 200 if n <= 200 else (60 if n <= 500 else 12)
         return self._fit_from(X, Y, Yvar, starts, maxiter)
 
-    def _fit_from(self, X, Y, Yvar, starts, maxiter, fixed_noise: float | None = None):
-        """The best fit over ``starts`` (hyperparameter states, None: the defaults) by marginal
-        likelihood; ``fixed_noise``: the inferred noise held at that (standardized) level."""
-        return self._best_fit(X, Y, Yvar, starts, maxiter, fixed_noise)[0]
+    def _fit_from(self, X, Y, Yvar, starts, maxiter):
+        """The best fit over ``starts`` (hyperparameter states, None: the defaults)."""
+        return self._best_fit(X, Y, Yvar, starts, maxiter)[0]
 
     def _best_fit(self, X, Y, Yvar, starts, maxiter, fixed_noise=None) -> tuple[Model, float]:
+        """The best fit over ``starts`` and its log marginal likelihood (nats);
+        ``fixed_noise``: the inferred noise held at that (standardized) level."""
         best, best_val, errors = None, -float("inf"), []
         for init in starts:
             try:
@@ -467,10 +476,7 @@ class Surrogate:
                 k: v[output] if v.dim() and v.shape[0] == self.m else v for k, v in hyper.items()
             }
         free = one._build(X, y, None)
-        _load_hyper(free, hyper)
-        free.likelihood.noise = model.likelihood.noise.detach().reshape(-1)[
-            output if self.m > 1 else 0
-        ]
+        _load_hyper(free, hyper)  # the fitted noise included (its raw parameter)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             free_val = _log_marginal_likelihood(free)

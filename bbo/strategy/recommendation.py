@@ -35,7 +35,7 @@ from bbo.strategy import noise as noise_rules
 from bbo.strategy.base import Recommendation
 from bbo.strategy.context import Context
 from bbo.strategy.model_data import ModelData, TrainingData, fingerprint
-from bbo.surrogate import Surrogate
+from bbo.surrogate import Surrogate, fitted_noise
 from bbo.trial import Trial, TrialState
 
 MIN_TRIALS = 3  # fewer completed trials: the best observed one
@@ -153,7 +153,9 @@ class Recommender:
         evidence = self._fit_evidence(u.data, u.model, u.rows)
         return self._supported(u.data, u.trial_id, u.noise, evidence)
 
-    def _supported(self, data: TrainingData, row: int, noise, evidence: Evidence):
+    def _supported(
+        self, data: TrainingData, row: int, noise: noise_rules.NoiseEstimate, evidence: Evidence
+    ) -> Recommendation | None:
         """The posterior mean's trial where the data support the fitted noise of the objective,
         or of a constraint metric, else None (the best observed trial)."""
         noise = replace(noise, fit_evidence=evidence.objective)
@@ -162,14 +164,18 @@ class Recommender:
         return self._recommendation(data, row, noise, evidence.constraint)
 
     def _recommendation(
-        self, data: TrainingData, row: int, noise, constraint: str | None = None
+        self,
+        data: TrainingData,
+        row: int,
+        noise: noise_rules.NoiseEstimate,
+        constraint: str | None = None,
     ) -> Recommendation:
         n = len(data.trials)
         what = noise.describe() if noise.noisy else f"constraint metric {constraint!r}, fitted"
         why = f"best posterior mean of the objective over {n} completed trials (noisy: {what})"
         return Recommendation(data.trials[row].id, why)
 
-    def _needs_evidence(self, noise, data: TrainingData) -> bool:
+    def _needs_evidence(self, noise: noise_rules.NoiseEstimate, data: TrainingData) -> bool:
         """Whether the fitted noise alone makes the objective noisy, with few enough points to
         refit."""
         only_the_fit = not noise.reported and not noise.replicates_differ
@@ -198,9 +204,9 @@ class Recommender:
         objective = self.surrogate.noise_evidence(X, Y, model, layout.obj_idx[0])
         constraint = None
         if objective < noise_rules.NOISE_EVIDENCE:
-            level = model.likelihood.noise.detach().reshape(-1)
             for j, _, _ in layout.constraints:
-                if level.numel() <= j or float(level[j]) <= noise_rules.NOISY_FIT:
+                level = fitted_noise(model, j)
+                if level is None or level <= noise_rules.NOISY_FIT:
                     continue
                 if self.surrogate.noise_evidence(X, Y, model, j) >= CONSTRAINT_EVIDENCE:
                     constraint = self.ctx.data.names[j]
