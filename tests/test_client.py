@@ -204,19 +204,20 @@ def test_rate_refusal_carries_retry_info(server_factory):
 
 
 def test_optimize_heartbeats_at_the_servers_lease(server_factory, study_name):
-    """The server grants 1 s leases (--lease-seconds); an evaluation of 2.5 s must stay PENDING
+    """The server grants 3 s leases (--lease-seconds); an evaluation of 4.5 s must stay PENDING
     throughout, so its intermediate report is accepted (before: heartbeats every 200 s, the reaper
-    abandoned it and the report's Conflict failed the trial)."""
+    abandoned it and the report's Conflict failed the trial). A heartbeat every 1 s leaves 2 s for
+    one to arrive on a loaded machine (1 s leases left 0.67 s: CI once missed it)."""
     srv = server_factory(
-        args=["--workers", "2", "--lease-seconds", "1", "--lease-reap-seconds", "0.1"]
+        args=["--workers", "2", "--lease-seconds", "3", "--lease-reap-seconds", "0.1"]
     )
     with bc.Client(srv.address, retries=2) as c:
         s = c.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives="y")
 
         def fn(p):
             (t,) = [t for t in s.trials(["PENDING"])]
-            for step in range(5):
-                time.sleep(0.5)
+            for step in range(3):
+                time.sleep(1.5)
                 assert s.trial(t.id).state == "PENDING"
                 s.report_intermediate(t, step, p["x"])
             return p["x"]

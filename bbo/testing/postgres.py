@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 
 def _find(binary: str) -> str | None:
@@ -69,7 +70,7 @@ class PgCluster:
     def resume(self) -> None:
         """Start the server on its data directory (after :meth:`pause`, or the first time)."""
         log = os.path.join(os.path.dirname(self.datadir), "log")
-        subprocess.run(
+        done = subprocess.run(
             _as_pg(
                 [
                     _bin("pg_ctl"),
@@ -85,9 +86,14 @@ class PgCluster:
                     "start",
                 ]
             ),
-            check=True,
             capture_output=True,
+            text=True,
         )
+        if done.returncode != 0:  # say why: pg_ctl's own words and the server log's last lines
+            tail = Path(log).read_text(errors="replace")[-2000:] if os.path.exists(log) else ""
+            raise RuntimeError(
+                f"pg_ctl start failed ({done.returncode}): {done.stdout}{done.stderr}\nlog: {tail}"
+            )
 
     def url(self, db: str = "postgres") -> str:
         return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{db}"
