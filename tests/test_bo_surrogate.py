@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from botorch.models.kernels.categorical import CategoricalKernel
 
 import bbo.surrogate as sur
 from bbo.device import select_device
@@ -111,4 +112,41 @@ def test_mixed_space_uses_categorical_kernel():
     X = np.column_stack([rng.random(12), rng.integers(0, 3, 12)]).astype(float)
     Y = (X[:, 0] + (X[:, 1] == 1)).reshape(-1, 1)
     model, _, info = s.model(X, Y)
-    assert type(model).__name__ == "MixedSingleTaskGP" and info.refit
+    cats = [k for k in model.covar_module.modules() if isinstance(k, CategoricalKernel)]
+    assert info.refit and cats and all(k.active_dims.tolist() == [1] for k in cats)
+
+
+def test_categorical_lengthscales_stay_finite_and_the_model_ranks_choices():
+    """An additive function of 8 categorical parameters x 6 choices (a categorical Ackley's
+    shape), 20 random points: the priored categorical kernel keeps its lengthscales in a sane
+    range and ranks 200 held-out points (Spearman 0.53-0.66 per seed). Unpriored (BoTorch's
+    MixedSingleTaskGP) they ran to 1e-6 and 1e4-1e5, and the ranking fell to 0.16-0.39."""
+    from scipy.stats import spearmanr
+
+    d, k = 8, 6
+    choices = tuple(f"c{j}" for j in range(k))
+    space = SearchSpace(tuple(CategoricalParam(f"x{i}", choices) for i in range(d)))
+    rhos = []
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        coord = np.array([rng.permutation([-2, -1, 0, 1, 2, 3]) for _ in range(d)], dtype=float)
+
+        def f(X, coord=coord):
+            return -(coord[np.arange(d), X.astype(int)] ** 2).sum(-1)
+
+        X, Xt = rng.integers(0, k, (20, d)).astype(float), rng.integers(0, k, (200, d))
+        model, _, _ = Surrogate(space, 1, AlgorithmOptions(), select_device("cpu")).model(
+            X, f(X)[:, None]
+        )
+        ls = np.concatenate(
+            [
+                m.lengthscale.detach().numpy().ravel()
+                for m in model.covar_module.modules()
+                if isinstance(m, CategoricalKernel)
+            ]
+        )
+        assert ls.min() > 0.05 and ls.max() < 20, ls
+        with torch.no_grad():
+            mu = model.posterior(torch.as_tensor(Xt, dtype=torch.float64)).mean.numpy().ravel()
+        rhos.append(spearmanr(mu, f(Xt)).statistic)
+    assert np.mean(rhos) > 0.45, rhos
