@@ -150,12 +150,14 @@ def test_dead_worker_lease_abandon_region_freed_and_late_tell_kept(storage):
             "objectives": [{"name": "y"}],
         },
     )
-    (t1,) = study.ask(lease_seconds=0.05, worker_id="dies").trials
+    # t1's lease outlives the next ask even on a loaded machine (0.05 s left a slow commit no
+    # room), then expires before the one after
+    (t1,) = study.ask(lease_seconds=0.5, worker_id="dies").trials
     (t2,) = study.ask(lease_seconds=600, worker_id="lives").trials
     assert seen[-1] == {t1.id: TrialState.PENDING}
     hb = study.heartbeat(t2.id, 900)
     assert hb.lease_expires_at > t2.lease_expires_at
-    time.sleep(0.1)
+    time.sleep(0.7)
     study.ask()
     assert seen[-1][t1.id] is TrialState.ABANDONED and seen[-1][t2.id] is TrialState.PENDING
     assert study.get_trial(t1.id).state is TrialState.ABANDONED
