@@ -22,9 +22,11 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from botorch.models.kernels.categorical import CategoricalKernel
 from botorch.models.model import Model
 from botorch.models.transforms.input import Normalize
 from botorch.posteriors.posterior import Posterior
@@ -70,11 +72,12 @@ class CachedPredictive(Model):
             mu0 = gp.mean_module(Xt)
             self._alpha = torch.cholesky_solve((yt - mu0).unsqueeze(-1), L).squeeze(-1)
             self._L, self._Xt = L, Xt
-            self._matern = _scaled_matern(gp.covar_module, Xt)
+            self._frozen = frozen_kernel(gp.covar_module, Xt)
             self._prior_var = None
             d = self._kernel(Xt, Xt, diag=True)  # a stationary kernel's prior variance: a constant
             if torch.allclose(d, d[..., :1], rtol=1e-12, atol=0.0):
                 self._prior_var = d[..., :1]
+        self._affine = _affine(getattr(model, "input_transform", None), self._Xt.shape[-1])
         ot = getattr(model, "outcome_transform", None)
         self._loc = None if ot is None else ot.means.reshape(-1)
         self._scale = None if ot is None else ot.stdvs.reshape(-1)
@@ -138,15 +141,16 @@ class CachedPredictive(Model):
         return self._alpha[..., rows.to(E.device)] / kinv_diag.sqrt()
 
     def _transform(self, X: torch.Tensor) -> torch.Tensor:
-        """The GP's input transform: a plain affine map where it is one over every column."""
-        t = getattr(self._gp, "input_transform", None)
-        if isinstance(t, Normalize) and getattr(t, "indices", None) is None and not t.training:
-            return (X - t.offset) / t.coefficient
+        """The GP's input transform: a plain affine map where it is one (on a subset of the
+        columns, offset 0 and coefficient 1 leave the others exactly as they are)."""
+        if self._affine is not None:
+            offset, coefficient = self._affine
+            return (X - offset) / coefficient
         return self._gp.transform_inputs(X)
 
     def _kernel(self, x1: torch.Tensor, x2: torch.Tensor, diag: bool = False) -> torch.Tensor:
-        if self._matern is not None and x2 is self._Xt and not diag:
-            return self._matern(x1)
+        if self._frozen is not None and x2 is self._Xt and not diag:
+            return self._frozen(x1)
         return dense_kernel(self._gp.covar_module, x1, x2, diag)
 
     def posterior(
@@ -194,6 +198,21 @@ class CachedPredictive(Model):
         return torch.ones(()) if self._scale is None else self._scale.pow(2)
 
 
+def _affine(t, d: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(offset, coefficient)`` over all ``d`` columns of a :class:`Normalize` input transform
+    (BoTorch's own arithmetic on its columns), None for any other transform."""
+    if t is None or type(t) is not Normalize or t.training or len(getattr(t, "batch_shape", ())):
+        return None
+    offset, coefficient = t.offset.detach(), t.coefficient.detach()
+    idx = getattr(t, "indices", None)
+    if idx is None:
+        return offset, coefficient
+    full_o = torch.zeros(d, dtype=offset.dtype, device=offset.device)
+    full_c = torch.ones(d, dtype=coefficient.dtype, device=coefficient.device)
+    full_o[idx], full_c[idx] = offset.reshape(-1), coefficient.reshape(-1)
+    return full_o, full_c
+
+
 def cached_predictive(model: Model, compare: bool = True) -> CachedPredictive | None:
     """:class:`CachedPredictive` of ``model``, or None where it cannot reproduce the model (see
     :meth:`CachedPredictive._check` for ``compare``)."""
@@ -227,42 +246,78 @@ def dense_kernel(
     return to_dense(kernel.forward(x1, x2, diag=diag))
 
 
-class _ScaledMatern52:
-    """``outputscale * Matern52(x, Xt)`` as GPyTorch computes it (centred on ``x``'s mean,
-    scaled, its distance clamp), to the last bit, without deriving the lengthscale and
-    outputscale from their raw parameters through module lookups on every call (half the
-    kernel's cost in an acquisition optimizer's forward and backward passes)."""
-
-    def __init__(self, lengthscale: torch.Tensor, outputscale: torch.Tensor, Xt: torch.Tensor):
-        self.lengthscale = lengthscale  # (m x) 1 x d
-        self.outputscale = outputscale  # (m x) 1 x 1
-        self.Xt = Xt  # (m x) n x d
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=-2, keepdim=True)
-        x1, x2 = (x - mean).div(self.lengthscale), (self.Xt - mean).div(self.lengthscale)
-        d = torch.cdist(x1, x2).clamp_min(1e-15)
-        exp_component = torch.exp(-math.sqrt(5.0) * d)
-        constant_component = (math.sqrt(5.0) * d).add(1).add(5.0 / 3.0 * d**2)
-        return (constant_component * exp_component).mul(self.outputscale)
+def frozen_kernel(
+    kernel: Kernel, Xt: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``x -> kernel(x, Xt)`` as :func:`dense_kernel` computes it, to the last bit, with every
+    lengthscale and outputscale read from its raw parameter once, here, and the training side's
+    column selections made once: GPyTorch derives each from its raw parameter through module
+    lookups on every call, about half the kernel's cost in an acquisition optimizer's forward and
+    backward passes. Scale, sum and product kernels over Matern-5/2 (two or more columns: GPyTorch
+    computes one column another way without gradients) and categorical kernels; None for any
+    other kernel."""
+    return _frozen(kernel, Xt, select=True)
 
 
-def _scaled_matern(kernel: Kernel, Xt: torch.Tensor) -> _ScaledMatern52 | None:
-    """The fast cross-covariance for a scaled ARD Matern-5/2 over every column, two or more
-    (the continuous spaces' kernel, :func:`bbo.surrogate.kernel`; GPyTorch computes one column
-    another way without gradients); None for any other kernel."""
-    if not isinstance(kernel, ScaleKernel) or kernel.active_dims is not None:
-        return None
-    base = kernel.base_kernel
-    if (
-        not isinstance(base, MaternKernel)
-        or base.nu != 2.5
-        or base.active_dims is not None
-        or (base.ard_num_dims or 1) < 2
-    ):
-        return None
-    scale = kernel.outputscale.detach()
-    return _ScaledMatern52(base.lengthscale.detach(), scale.reshape(*scale.shape, 1, 1), Xt)
+def _frozen(kernel: Kernel, Xt: torch.Tensor, select: bool):
+    cols = kernel.active_dims if select else None
+    if cols is not None:
+        Xt = Xt.index_select(-1, cols)
+    leaf = _frozen_leaf(kernel, Xt)
+    if leaf is None and isinstance(kernel, (AdditiveKernel, ProductKernel)):
+        parts = [_frozen(k, Xt, select=True) for k in kernel.kernels]
+        if any(p is None for p in parts):
+            return None
+        add = isinstance(kernel, AdditiveKernel)
+
+        def leaf(x):
+            out = parts[0](x)
+            for p in parts[1:]:
+                out = out + p(x) if add else out * p(x)
+            return out
+
+    elif leaf is None and isinstance(kernel, ScaleKernel):
+        base = _frozen(kernel.base_kernel, Xt, select=False)
+        if base is None:
+            return None
+        scale = kernel.outputscale.detach()
+        scale = scale.view(*scale.shape, 1, 1)
+
+        def leaf(x):
+            return base(x) * scale
+
+    if leaf is None or cols is None:
+        return leaf
+    inner = leaf
+
+    def selected(x):
+        return inner(x.index_select(-1, cols))
+
+    return selected
+
+
+def _frozen_leaf(kernel: Kernel, Xt: torch.Tensor):
+    """A Matern-5/2 or categorical kernel's own ``forward`` (columns already selected)."""
+    if isinstance(kernel, MaternKernel) and kernel.nu == 2.5 and (kernel.ard_num_dims or 1) >= 2:
+        ls = kernel.lengthscale.detach()
+
+        def matern(x):
+            mean = x.mean(dim=-2, keepdim=True)
+            x1, x2 = (x - mean).div(ls), (Xt - mean).div(ls)
+            d = torch.cdist(x1, x2).clamp_min(1e-15)
+            exp_component = torch.exp(-math.sqrt(5.0) * d)
+            return (math.sqrt(5.0) * d).add(1).add(5.0 / 3.0 * d**2) * exp_component
+
+        return matern
+    if isinstance(kernel, CategoricalKernel):
+        cls = kernel.lengthscale.detach().unsqueeze(-2)
+
+        def categorical(x):
+            delta = x.unsqueeze(-2) != Xt.unsqueeze(-3)
+            return torch.exp(-(delta / cls).mean(-1))
+
+        return categorical
+    return None
 
 
 class MarginalPosterior(Posterior):

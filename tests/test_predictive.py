@@ -100,21 +100,38 @@ def test_a_one_point_monte_carlo_acquisition_gives_the_same_values_on_either(m):
     assert torch.allclose(vals[0], vals[1], rtol=1e-7, atol=1e-9)
 
 
-@pytest.mark.parametrize("m", [1, 2])
-def test_the_cached_matern_kernel_is_gpytorchs_to_the_last_bit(m):
+CATS = SearchSpace(tuple(CategoricalParam(f"c{i}", ("p", "q", "r", "s")) for i in range(3)))
+
+
+@pytest.mark.parametrize(
+    "space,m",
+    [(CONT, 1), (CONT, 2), (MIXED, 1), (MIXED, 2), (CATS, 1)],
+    ids=["cont", "cont-2", "mixed", "mixed-2", "categorical"],
+)
+def test_the_frozen_kernel_and_transform_are_gpytorchs_to_the_last_bit(space, m):
+    """The cached kernel (hyperparameters read once) and the affine input transform give
+    GPyTorch's / BoTorch's values and gradients exactly, on the continuous, mixed (sum +
+    product, Normalize on a subset of columns) and categorical kernels."""
     from bbo.predictive import dense_kernel
 
-    _, info, rng = fitted(CONT, m)
+    _, info, rng = fitted(space, m)
     cp = info.predictive
-    assert cp._matern is not None  # the continuous spaces' kernel takes the fast path
-    x = torch.tensor(rng.random((9, 3)), requires_grad=True)
-    xb = x.unsqueeze(0).expand(m, 9, 3) if m > 1 else x
+    assert cp._frozen is not None  # each of bbo's kernels takes the fast path
+    X = np.array(
+        [space.encode(space.decode(rng.random(space.dim) * space.bounds()[1])) for _ in range(9)]
+    )
+    x = torch.tensor(X, requires_grad=True)
+    t_fast, t_want = cp._transform(x), cp._gp.transform_inputs(x)
+    assert torch.equal(t_fast, t_want)
+    xb = t_fast.unsqueeze(0).expand(m, *t_fast.shape) if m > 1 else t_fast
     fast = cp._kernel(xb, cp._Xt)
     want = dense_kernel(cp._gp.covar_module, xb, cp._Xt)
     assert torch.equal(fast, want)
-    (g0,) = torch.autograd.grad(fast.sum(), x)
-    (g1,) = torch.autograd.grad(want.sum(), x)
-    assert torch.equal(g0, g1)
+    assert fast.requires_grad == want.requires_grad == (space is not CATS)
+    if fast.requires_grad:  # a categorical kernel has no gradient in its inputs
+        (g0,) = torch.autograd.grad(fast.sum(), x, retain_graph=True)
+        (g1,) = torch.autograd.grad(want.sum(), x)
+        assert torch.equal(g0, g1)
 
 
 @pytest.mark.parametrize("m", [1, 2])
