@@ -260,40 +260,38 @@ def frozen_kernel(
 
 
 def _frozen(kernel: Kernel, Xt: torch.Tensor, select: bool):
+    """:func:`dense_kernel`'s recursion, the column selection made where it makes it."""
     cols = kernel.active_dims if select else None
     if cols is not None:
         Xt = Xt.index_select(-1, cols)
-    leaf = _frozen_leaf(kernel, Xt)
-    if leaf is None and isinstance(kernel, (AdditiveKernel, ProductKernel)):
+    f = _frozen_node(kernel, Xt)
+    if f is None or cols is None:
+        return f
+    return lambda x: f(x.index_select(-1, cols))
+
+
+def _frozen_node(kernel: Kernel, Xt: torch.Tensor):
+    if isinstance(kernel, (AdditiveKernel, ProductKernel)):
         parts = [_frozen(k, Xt, select=True) for k in kernel.kernels]
         if any(p is None for p in parts):
             return None
         add = isinstance(kernel, AdditiveKernel)
 
-        def leaf(x):
+        def combined(x):
             out = parts[0](x)
             for p in parts[1:]:
                 out = out + p(x) if add else out * p(x)
             return out
 
-    elif leaf is None and isinstance(kernel, ScaleKernel):
+        return combined
+    if isinstance(kernel, ScaleKernel):
         base = _frozen(kernel.base_kernel, Xt, select=False)
         if base is None:
             return None
         scale = kernel.outputscale.detach()
         scale = scale.view(*scale.shape, 1, 1)
-
-        def leaf(x):
-            return base(x) * scale
-
-    if leaf is None or cols is None:
-        return leaf
-    inner = leaf
-
-    def selected(x):
-        return inner(x.index_select(-1, cols))
-
-    return selected
+        return lambda x: base(x) * scale
+    return _frozen_leaf(kernel, Xt)
 
 
 def _frozen_leaf(kernel: Kernel, Xt: torch.Tensor):

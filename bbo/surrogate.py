@@ -411,9 +411,7 @@ class Surrogate:
                     outcome_transform=self._outcome_transform(),
                 )
             else:
-                covar = ScaleKernel(
-                    kernel(bs, d), batch_shape=bs, outputscale_prior=GammaPrior(2.0, 0.15)
-                )
+                covar = _scaled(kernel(bs, d), bs)
                 model = SingleTaskGP(
                     tX,
                     tY,
