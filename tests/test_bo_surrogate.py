@@ -105,6 +105,10 @@ def test_fit_failure_falls_back_to_default_or_cached(monkeypatch):
     assert torch.isfinite(model.posterior(torch.tensor(X[:2])).mean).all()
 
 
+def _categorical_kernels(model) -> list[CategoricalKernel]:
+    return [k for k in model.covar_module.modules() if isinstance(k, CategoricalKernel)]
+
+
 def test_mixed_space_uses_categorical_kernel():
     space = SearchSpace((FloatParam("x", 0.0, 1.0), CategoricalParam("c", ("p", "q", "r"))))
     s = Surrogate(space, 1, AlgorithmOptions(), select_device("cpu"))
@@ -112,7 +116,7 @@ def test_mixed_space_uses_categorical_kernel():
     X = np.column_stack([rng.random(12), rng.integers(0, 3, 12)]).astype(float)
     Y = (X[:, 0] + (X[:, 1] == 1)).reshape(-1, 1)
     model, _, info = s.model(X, Y)
-    cats = [k for k in model.covar_module.modules() if isinstance(k, CategoricalKernel)]
+    cats = _categorical_kernels(model)
     assert info.refit and cats and all(k.active_dims.tolist() == [1] for k in cats)
 
 
@@ -139,11 +143,7 @@ def test_categorical_lengthscales_stay_finite_and_the_model_ranks_choices():
             X, f(X)[:, None]
         )
         ls = np.concatenate(
-            [
-                m.lengthscale.detach().numpy().ravel()
-                for m in model.covar_module.modules()
-                if isinstance(m, CategoricalKernel)
-            ]
+            [k.lengthscale.detach().numpy().ravel() for k in _categorical_kernels(model)]
         )
         assert ls.min() > 0.05 and ls.max() < 20, ls
         with torch.no_grad():

@@ -24,11 +24,16 @@ MIXED = SearchSpace(
 )
 
 
-def fitted(space, m=1, noisy=False, n=25):
-    rng = np.random.default_rng(0)
-    X = np.array(
+def _points(space, rng, n):
+    """``n`` random points of ``space``, encoded (valid choices and integers)."""
+    return np.array(
         [space.encode(space.decode(rng.random(space.dim) * space.bounds()[1])) for _ in range(n)]
     )
+
+
+def fitted(space, m=1, noisy=False, n=25):
+    rng = np.random.default_rng(0)
+    X = _points(space, rng, n)
     Y = np.stack([np.sin(3 * X[:, 0]) + 0.5 * X[:, 1] + j for j in range(m)], axis=1)
     Yvar = np.full_like(Y, 1e-3) if noisy else None
     model, _, info = Surrogate(space, m, AlgorithmOptions(), select_device("cpu")).model(X, Y, Yvar)
@@ -117,10 +122,7 @@ def test_the_frozen_kernel_and_transform_are_gpytorchs_to_the_last_bit(space, m)
     _, info, rng = fitted(space, m)
     cp = info.predictive
     assert cp._frozen is not None  # each of bbo's kernels takes the fast path
-    X = np.array(
-        [space.encode(space.decode(rng.random(space.dim) * space.bounds()[1])) for _ in range(9)]
-    )
-    x = torch.tensor(X, requires_grad=True)
+    x = torch.tensor(_points(space, rng, 9), requires_grad=True)
     t_fast, t_want = cp._transform(x), cp._gp.transform_inputs(x)
     assert torch.equal(t_fast, t_want)
     xb = t_fast.unsqueeze(0).expand(m, *t_fast.shape) if m > 1 else t_fast
