@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 from botorch.acquisition import AcquisitionFunction
-from botorch.acquisition.logei import qLogExpectedImprovement, qLogNoisyExpectedImprovement
+from botorch.acquisition.logei import qLogNoisyExpectedImprovement
 from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
 from botorch.acquisition.multi_objective.objective import WeightedMCMultiOutputObjective
 from botorch.acquisition.multi_objective.utils import get_default_partitioning_alpha
@@ -49,13 +49,12 @@ from botorch.utils.multi_objective.pareto import is_non_dominated
 from botorch.utils.transforms import t_batch_mode_transform
 
 from bbo import discrete_search
+from bbo.closed_form import MC_SAMPLES, LinearConstraint, MarginalLogEI
 from bbo.device import Placement
-from bbo.predictive import MarginalPosterior
 from bbo.priors import LogPrior
 from bbo.space import SearchSpace
 from bbo.spec import StudySpec
 
-MC_SAMPLES = 128
 INIT_BATCH_LIMIT = 128  # candidates per no-grad acquisition evaluation when picking optimizer starts: bounds transient memory (1024 held ~140 MB at n = 80)
 
 
@@ -102,13 +101,15 @@ class Layout:
         w[self.obj_idx[0]] = self.signs[0]
         return w
 
+    def linear_constraints(self) -> list[LinearConstraint]:
+        """Each outcome constraint as ``(output j, a, c)``: ``a * Z_j + c <= 0`` is feasible."""
+        return [(j, 1.0, -b) if op == "<=" else (j, -1.0, b) for j, op, b in self.constraints]
+
     def constraint_callables(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """:meth:`linear_constraints` as BoTorch constraint callables."""
         out: list[Callable[..., torch.Tensor]] = []  # mypy types a lambda's defaults as arguments
-        for j, op, b in self.constraints:
-            if op == "<=":
-                out.append(lambda Z, j=j, b=b: Z[..., j] - b)
-            else:
-                out.append(lambda Z, j=j, b=b: b - Z[..., j])
+        for j, a, c in self.linear_constraints():
+            out.append(lambda Z, j=j, a=a, c=c: a * Z[..., j] + c)
         return out
 
 
@@ -232,38 +233,6 @@ def make_acquisition(
         return acqf
 
 
-class MarginalLogEI(qLogExpectedImprovement):
-    """qLogEI of one point at a time on :class:`~bbo.predictive.CachedPredictive` marginals,
-    without BoTorch's per-call posterior, sampler and q-reduction machinery (a quarter of an
-    evaluation at n = 50): samples are the marginals scaled by the sampler's own base samples,
-    drawn once, and the q-reduction of one point is the identity. Values and gradients are
-    BoTorch's to the last bit (tests compare them)."""
-
-    _base_samples: torch.Tensor | None = None
-
-    def _non_reduced_forward(self, X: torch.Tensor) -> torch.Tensor:
-        if X.shape[-2] != 1 or self.X_pending is not None:
-            return super()._non_reduced_forward(X)
-        mean, var = self.model.marginals(X)  # b x 1 x m
-        samples = mean + var.clamp_min(0.0).sqrt() * self._base(mean)  # s x b x 1 x m
-        acqval = self._sample_forward(self.objective(samples, X=X))
-        return self._apply_constraints(acqval=acqval, samples=samples)
-
-    def _base(self, mean: torch.Tensor) -> torch.Tensor:
-        base = self._base_samples
-        if base is None:  # the sampler's base samples for one point's outputs
-            sampler: Any = self.sampler  # set by the constructor (a SobolQMCNormalSampler)
-            sampler(MarginalPosterior(mean[:1].detach(), torch.ones_like(mean[:1])))
-            base = self._base_samples = sampler.base_samples
-        return base
-
-    def forward(self, X: torch.Tensor) -> torch.Tensor:
-        X = X if X.dim() > 2 else X.unsqueeze(0)
-        if X.shape[-2] != 1 or self.X_pending is not None:
-            return super().forward(X)
-        return self._sample_reduction(self._non_reduced_forward(X)[..., 0])
-
-
 def marginal_acquisition(
     predictive,
     layout: Layout,
@@ -296,6 +265,7 @@ def marginal_acquisition(
         sampler=SobolQMCNormalSampler(sample_shape=torch.Size([MC_SAMPLES]), seed=seed),
         objective=LinearMCObjective(w),
         constraints=layout.constraint_callables() or None,
+        linear_constraints=layout.linear_constraints(),
     )
     if prior is not None and not prior.empty and prior_exponent > 0:
         return PriorGuidedAcquisitionFunction(acqf, prior, log=True, prior_exponent=prior_exponent)

@@ -1,0 +1,235 @@
+"""Acquisition functions of one point at a time on a GP's cached marginals, gradients in closed form.
+
+An acquisition optimizer evaluates them a few dozen times per ask on a handful of points, where
+torch's per-operation dispatch and autograd tape cost ten times the arithmetic. Where the model's
+marginals have closed-form gradients (:mod:`bbo.predictive_grad`) and constraints are linear in
+the outputs, value and gradient are computed in NumPy by the chain rule and handed to autograd as
+one node (:class:`_ClosedForm`), equal to autograd's to ~1e-10; BoTorch's optimizers see an
+ordinary acquisition function.
+
+* :class:`MarginalLogEI`: BoTorch's ``qLogExpectedImprovement`` for q = 1, where one point's
+  outputs are independent normals, so samples are the marginals scaled by base samples drawn once
+  (:func:`log_ei_and_grad`). Without the closed form, and for q > 1 or pending points, it is
+  BoTorch's arithmetic to the last bit.
+* :class:`MarginalExpectedObjective`: the exploitation step's score, the posterior mean of the
+  objective, with outcome constraints BoTorch's ``qSimpleRegret`` of a ``ConstrainedMCObjective``
+  (:func:`expected_objective_and_grad`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from botorch.acquisition import AcquisitionFunction
+from botorch.acquisition.logei import qLogExpectedImprovement
+from botorch.sampling import SobolQMCNormalSampler
+from scipy.special import expit
+
+from bbo.predictive import MarginalPosterior
+from bbo.predictive_grad import MarginalGradients, marginal_gradients
+
+FATMOID_M = 1.0 / math.sqrt(3.0)  # BoTorch's fatmoid inflection offset
+FATPLUS_ALPHA = 0.1  # BoTorch's fatplus Cauchy weight
+SOFTPLUS_THRESHOLD = 20.0  # torch's softplus is the identity above this
+MC_SAMPLES = 128  # quasi-MC base samples per point
+ETA = 1e-3  # BoTorch's default constraint temperature
+
+# a constraint linear in one output: value a * Z[..., j] + c, feasible where <= 0
+LinearConstraint = tuple[int, float, float]
+
+
+class MarginalLogEI(qLogExpectedImprovement):
+    """qLogEI of one point at a time on :class:`~bbo.predictive.CachedPredictive` marginals,
+    without BoTorch's per-call posterior, sampler and q-reduction machinery. ``linear_constraints``
+    (one ``(output, a, c)`` per constraint callable, in order) state the callables' form so the
+    closed form can use them; without it, constrained evaluations take the autograd path."""
+
+    _base_samples: torch.Tensor | None = None
+
+    def __init__(self, *args, linear_constraints: list[LinearConstraint] | None = None, **kw):
+        super().__init__(*args, **kw)
+        self._linear = linear_constraints
+        self._closed: MarginalGradients | None | bool = False  # False: not looked up yet
+        self._terms: tuple | None = None  # closed_form's constants
+
+    def _non_reduced_forward(self, X: torch.Tensor) -> torch.Tensor:
+        if X.shape[-2] != 1 or self.X_pending is not None:
+            return super()._non_reduced_forward(X)
+        mean, var = self.model.marginals(X)  # b x 1 x m
+        samples = mean + var.clamp_min(0.0).sqrt() * self._base(mean)  # s x b x 1 x m
+        acqval = self._sample_forward(self.objective(samples, X=X))
+        return self._apply_constraints(acqval=acqval, samples=samples)
+
+    def _base(self, mean: torch.Tensor) -> torch.Tensor:
+        base = self._base_samples
+        if base is None:  # the sampler's base samples for one point's outputs
+            sampler: Any = self.sampler  # set by the constructor (a SobolQMCNormalSampler)
+            sampler(MarginalPosterior(mean[:1].detach(), torch.ones_like(mean[:1])))
+            base = self._base_samples = sampler.base_samples
+        return base
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        X = X if X.dim() > 2 else X.unsqueeze(0)
+        if X.shape[-2] != 1 or self.X_pending is not None:
+            return super().forward(X)
+        closed = self._closed_form()
+        if closed is not None and X.device.type == "cpu" and X.dtype == torch.float64:
+            return _ClosedForm.apply(X, self)
+        return self._sample_reduction(self._non_reduced_forward(X)[..., 0])
+
+    def _closed_form(self) -> MarginalGradients | None:
+        if self._closed is False:
+            self._closed = None
+            fits = self._fat and (self._constraints is None or self._linear is not None)
+            marginals = getattr(self.model, "marginals", None)
+            if fits and marginals is not None:
+                self._closed = marginal_gradients(self.model)
+        return self._closed if isinstance(self._closed, MarginalGradients) else None
+
+    def closed_form(self, x: np.ndarray, grad: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Value (b) and, with ``grad``, gradient (b x d) at ``x`` (b x d) in closed form."""
+        mg = self._closed_form()
+        assert mg is not None
+        mean, var, dmean, dvar = mg(x, grad)
+        if self._terms is None:  # base samples, objective weights, constraints as arrays, once
+            own: Any = self  # BoTorch's attributes, typed by nn.Module as tensors or modules
+            with torch.no_grad():
+                base = self._base(torch.as_tensor(mean[:1, None, :])).reshape(-1, mg.m)
+                w = own.objective.weights.reshape(-1)
+            linear = self._linear or []
+            eta = np.broadcast_to(np.asarray(self._eta, dtype=np.float64).reshape(-1), len(linear))
+            cons = [(j, a, c, float(e)) for (j, a, c), e in zip(linear, eta, strict=True)]
+            self._terms = (base.numpy(), w.numpy(), float(own.best_f), float(own.tau_relu), cons)
+        return log_ei_and_grad(mean, var, dmean, dvar, *self._terms)
+
+
+class MarginalExpectedObjective(AcquisitionFunction):
+    """``E[(w . Z + M)_+ prod_k sigmoid(-g_k(Z) / eta) - M]`` over one point's marginals: BoTorch's
+    ``qSimpleRegret`` of ``ConstrainedMCObjective(w . Z, constraints, infeasible_cost=M)`` on the
+    same base samples; with no constraints the posterior mean ``w . E[Z]``. Closed form only:
+    built by :func:`expected_objective` where the marginals have one."""
+
+    def __init__(self, model, mg: MarginalGradients, w, base, cost: float, linear, eta: float):
+        super().__init__(model)
+        self._mg, self._w, self._base, self._cost = mg, w, base, cost
+        self._cons = [(j, a, c, eta) for j, a, c in linear]
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        return _ClosedForm.apply(X if X.dim() > 2 else X.unsqueeze(0), self)
+
+    def closed_form(self, x: np.ndarray, grad: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        mean, var, dmean, dvar = self._mg(x, grad)
+        return expected_objective_and_grad(
+            mean, var, dmean, dvar, self._base, self._w, self._cost, self._cons
+        )
+
+
+def expected_objective(
+    predictive, w: torch.Tensor, cost: float, linear: list[LinearConstraint], seed: int
+) -> MarginalExpectedObjective | None:
+    """:class:`MarginalExpectedObjective` on ``predictive``'s marginals (objective weights ``w``,
+    infeasible cost ``cost``, BoTorch's default eta), base samples as a ``SobolQMCNormalSampler``
+    of ``MC_SAMPLES`` and ``seed`` draws them; None without a closed form."""
+    mg = marginal_gradients(predictive)
+    if mg is None:
+        return None
+    sampler = SobolQMCNormalSampler(sample_shape=torch.Size([MC_SAMPLES]), seed=seed)
+    one = torch.zeros(1, 1, mg.m, dtype=torch.float64)
+    sampler(MarginalPosterior(one, torch.ones_like(one)))
+    drawn: Any = sampler.base_samples
+    base = drawn.reshape(-1, mg.m).numpy()
+    return MarginalExpectedObjective(
+        predictive, mg, w.detach().cpu().numpy().reshape(-1), base, cost, linear, ETA
+    )
+
+
+class _ClosedForm(torch.autograd.Function):
+    """One autograd node for an acquisition's ``closed_form``: its gradient, saved in forward."""
+
+    @staticmethod
+    def forward(ctx, X: torch.Tensor, acqf) -> torch.Tensor:  # type: ignore[override]
+        want = bool(ctx.needs_input_grad[0])
+        x = X.detach().reshape(-1, X.shape[-1]).numpy()
+        val, g = acqf.closed_form(x, want)
+        if want and g is not None:
+            ctx.save_for_backward(torch.from_numpy(g).reshape(X.shape))
+        return torch.from_numpy(val).reshape(X.shape[:-2])
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        (g,) = ctx.saved_tensors
+        return grad_out[..., None, None] * g, None
+
+
+def log_ei_and_grad(mean, var, dmean, dvar, base, w, best_f, tau, constraints):
+    """BoTorch's q = 1 qLogEI with fat-tailed smoothing from independent normal marginals:
+    ``log mean_s exp(log fatplus(w . Z_s - best_f; tau) + sum_k log fatmoid(-g_k(Z_s) / eta_k))``
+    with ``Z_s = mean + sd * base_s``, and its gradient through ``dmean`` / ``dvar`` (b x m x d,
+    or None for the value alone). ``constraints``: ``(j, a, c, eta)`` with ``g = a Z_j + c``."""
+    sd = np.sqrt(var)  # b x m
+    Z = mean[None] + sd[None] * base[:, None, :]  # s x b x m
+    u = (Z @ w - best_f) / tau  # s x b
+    sp = np.where(u > SOFTPLUS_THRESHOLD, u, np.log1p(np.exp(np.minimum(u, SOFTPLUS_THRESHOLD))))
+    cau = 1.0 / (1.0 + u * u)
+    fp = sp + FATPLUS_ALPHA * cau
+    t = np.log(tau * fp)  # s x b
+    dZ = None
+    if dmean is not None:
+        sig = np.where(u > SOFTPLUS_THRESHOLD, 1.0, expit(u))
+        dt_du = (sig - 2.0 * FATPLUS_ALPHA * u * cau * cau) / fp  # d log fp / du
+        dZ = (dt_du / tau)[..., None] * w  # s x b x m: d t / d Z
+    for j, a, c, eta in constraints:
+        X = -(a * Z[..., j] + c) / eta
+        neg = X < 0
+        y = np.where(neg, X - FATMOID_M, X + FATMOID_M)
+        cy = 1.0 / (1.0 + y * y)
+        f = np.where(neg, (2.0 / 3.0) * cy, 1.0 - (2.0 / 3.0) * cy)
+        t = t + np.log(f)
+        if dZ is not None:
+            df = (4.0 / 3.0) * y * cy * cy * np.where(neg, -1.0, 1.0)
+            dZ[..., j] += (df / f) * (-a / eta)
+    top = t.max(axis=0)
+    e = np.exp(t - top)
+    total = e.sum(axis=0)
+    val = top + np.log(total) - math.log(t.shape[0])  # b: log mean exp over samples
+    if dZ is None:
+        return val, None
+    p = e / total  # s x b, the samples' weights in the mean
+    G = np.einsum("sb,sbm->bm", p, dZ)  # d val / d mean
+    H = np.einsum("sb,sbm,sm->bm", p, dZ, base)  # d val / d sd
+    return val, _chain(G, H, sd, dmean, dvar)
+
+
+def expected_objective_and_grad(mean, var, dmean, dvar, base, w, cost, constraints):
+    """:class:`MarginalExpectedObjective`'s value and gradient (arguments as
+    :func:`log_ei_and_grad`'s; ``cost``: the infeasible cost M)."""
+    if not constraints:  # the posterior mean: no sampling needed
+        return mean @ w, (None if dmean is None else np.einsum("bmd,m->bd", dmean, w))
+    sd = np.sqrt(var)
+    Z = mean[None] + sd[None] * base[:, None, :]  # s x b x m
+    o = Z @ w + cost
+    pos = o > 0
+    F = np.ones(o.shape)
+    dlogF = np.zeros(Z.shape) if dmean is not None else None
+    for j, a, c, eta in constraints:
+        X = -(a * Z[..., j] + c) / eta
+        F = F * expit(X)
+        if dlogF is not None:
+            dlogF[..., j] += expit(-X) * (-a / eta)  # d log sigmoid(X) / dX = sigmoid(-X)
+    v = np.where(pos, o, 0.0) * F
+    val = v.mean(axis=0) - cost
+    if dlogF is None:
+        return val, None
+    dZ = (pos * F)[..., None] * w + v[..., None] * dlogF  # s x b x m
+    G = dZ.mean(axis=0)
+    H = np.einsum("sbm,sm->bm", dZ, base) / dZ.shape[0]
+    return val, _chain(G, H, sd, dmean, dvar)
+
+
+def _chain(G, H, sd, dmean, dvar) -> np.ndarray:
+    """``d value / dx`` from ``d value / d mean`` (G) and ``d value / d sd`` (H), b x m each."""
+    dsd = np.divide(dvar, 2.0 * sd[..., None], out=np.zeros_like(dvar), where=sd[..., None] > 0)
+    return np.einsum("bm,bmd->bd", G, dmean) + np.einsum("bm,bmd->bd", H, dsd)
