@@ -78,6 +78,7 @@ from gpytorch.likelihoods import GaussianLikelihood
 from gpytorch.mlls import ExactMarginalLogLikelihood
 from gpytorch.priors import GammaPrior
 
+from bbo import marginal_likelihood
 from bbo.device import Placement
 from bbo.predictive import CachedPredictive, cached_predictive
 from bbo.space import SearchSpace
@@ -477,14 +478,15 @@ class Surrogate:
                     options = {"maxiter": maxiter}
                     if init is not None:  # near the optimum already: stop at a looser gradient
                         options["gtol"] = WARM_GTOL
-                    fit_gpytorch_mll(
-                        mll,
-                        optimizer_kwargs={"options": options},
-                        max_attempts=3,
-                        warning_handler=lambda w: (
-                            True
-                        ),  # hitting maxiter is fine: warm starts are close already
-                    )
+                    if not marginal_likelihood.fit(model, options):  # GPyTorch's, for the rest
+                        fit_gpytorch_mll(
+                            mll,
+                            optimizer_kwargs={"options": options},
+                            max_attempts=3,
+                            warning_handler=lambda w: (
+                                True
+                            ),  # hitting maxiter is fine: warm starts are close already
+                        )
                     val = _log_marginal_likelihood(model)
                 _check_finite(model, self.placement.tensor(X))
             except Exception as e:  # noqa: BLE001 - try the other start, report if all fail

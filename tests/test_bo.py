@@ -300,6 +300,7 @@ def test_fit_failure_keeps_going(monkeypatch):
         raise RuntimeError("cholesky blew up")
 
     monkeypatch.setattr(sur, "fit_gpytorch_mll", broken_fit)
+    monkeypatch.setattr(sur.marginal_likelihood, "fit", broken_fit)
     for p in ({"x1": 0.0, "x2": 3.0}, {"x1": 6.0, "x2": 9.0}):  # the data grew: a refit is due
         tell(trials, Suggestion(p, Origin.USER.value), branin(p))
     s = gs.suggest(trials, 1)[0]  # cached hyperparameters from the earlier fits are used

@@ -100,6 +100,7 @@ def test_fit_failure_falls_back_to_default_or_cached(monkeypatch):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(sur, "fit_gpytorch_mll", broken)
+    monkeypatch.setattr(sur.marginal_likelihood, "fit", broken)  # the NumPy fit too
     model, _, info = s.model(X, Y)
     assert "default hyperparameters" in info.reason and not info.refit
     assert torch.isfinite(model.posterior(torch.tensor(X[:2])).mean).all()
@@ -150,3 +151,50 @@ def test_categorical_lengthscales_stay_finite_and_the_model_ranks_choices():
             mu = model.posterior(torch.as_tensor(Xt, dtype=torch.float64)).mean.numpy().ravel()
         rhos.append(spearmanr(mu, f(Xt)).statistic)
     assert np.mean(rhos) > 0.45, rhos
+
+
+def test_the_numpy_marginal_likelihood_is_gpytorchs_and_fits_to_the_same_optimum():
+    """bbo.marginal_likelihood: the negative MLL with priors and its gradient in the raw
+    parameters equal GPyTorch's through autograd (one output, a batch of two, fixed noise), and
+    its L-BFGS-B fit reaches GPyTorch's optimum; models it does not reproduce are declined."""
+    from botorch.fit import fit_gpytorch_mll
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    from bbo.marginal_likelihood import MarginalLikelihood, fit
+
+    rng = np.random.default_rng(3)
+    space = SearchSpace(tuple(FloatParam(f"x{i}", -2.0, 3.0) for i in range(3)))
+    for m, noisy in ((1, False), (2, False), (1, True)):
+        s = Surrogate(space, m, AlgorithmOptions(), select_device("cpu"))
+        X = rng.random((18, 3)) * 5 - 2
+        Y = np.stack([np.sin(X[:, 0]) + X[:, 1] ** 2 + k for k in range(m)], axis=1)
+        Yvar = np.full_like(Y, 0.01) if noisy else None
+        model = s._build(X, Y, Yvar)
+        ours = MarginalLikelihood.of(model)
+        assert ours is not None
+        names = [n for n, _ in model.named_parameters()]
+        for step in range(3):
+            theta = ours.theta0 + (rng.normal(size=ours.theta0.shape) * 0.7 if step else 0.0)
+            ours.write(theta)
+            mll = ExactMarginalLogLikelihood(model.likelihood, model)
+            loss = -mll(model(*model.train_inputs), model.train_targets).sum()
+            grads = dict(zip(names, torch.autograd.grad(loss, list(model.parameters()))))
+            value, grad = ours.loss_and_grad(theta)
+            want_loss = float(loss.detach())
+            assert abs(value - want_loss) <= 1e-10 * abs(want_loss)
+            ours.write(grad)  # the gradient laid out as parameters, to compare by name
+            for name, p in model.named_parameters():
+                want = grads[name].expand(p.shape)
+                assert torch.allclose(p.detach(), want, rtol=1e-8, atol=1e-12), name
+        fitted, reference = s._build(X, Y, Yvar), s._build(X, Y, Yvar)
+        assert fit(fitted, {"maxiter": 200})
+        fit_gpytorch_mll(ExactMarginalLogLikelihood(reference.likelihood, reference))
+        assert (
+            abs(sur._log_marginal_likelihood(fitted) - sur._log_marginal_likelihood(reference))
+            < 1e-3
+        )
+    mixed = SearchSpace((FloatParam("a", 0.0, 1.0), CategoricalParam("c", ("p", "q"))))
+    model = Surrogate(mixed, 1, AlgorithmOptions(), select_device("cpu"))._build(
+        np.array([[0.1, 0.0], [0.5, 1.0], [0.9, 0.0]]), np.array([[0.0], [1.0], [0.5]]), None
+    )
+    assert MarginalLikelihood.of(model) is None and not fit(model, {})
