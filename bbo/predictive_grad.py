@@ -28,7 +28,7 @@ import torch
 from botorch.models.kernels.categorical import CategoricalKernel
 from gpytorch.kernels import AdditiveKernel, Kernel, MaternKernel, ProductKernel, ScaleKernel
 from gpytorch.means import ConstantMean
-from scipy.linalg import solve_triangular
+from scipy.linalg.lapack import dtrtrs
 from scipy.spatial.distance import cdist
 
 log = logging.getLogger(__name__)
@@ -62,12 +62,12 @@ class MarginalGradients:
         dvar = np.zeros((b, self.m, self.d)) if grad else None
         for j in range(self.m):
             mean[:, j] = self._const[j] + K[j] @ self._alpha[j]
-            v = solve_triangular(self._L[j], K[j].T, lower=True, check_finite=False)  # n x b
+            v, _ = dtrtrs(self._L[j], K[j].T, lower=1)  # n x b: L^-1 k (LAPACK, no wrapper)
             var[:, j] = self._prior[j] - np.einsum("nb,nb->b", v, v)
             if dK is not None and dmean is not None and dvar is not None:
-                w = solve_triangular(self._L[j], v, lower=True, trans="T", check_finite=False)
-                dmean[:, j] = np.einsum("bnd,n->bd", dK[j], self._alpha[j]) / self._coef
-                dvar[:, j] = -2.0 * np.einsum("bnd,nb->bd", dK[j], w) / self._coef
+                w, _ = dtrtrs(self._L[j], v, lower=1, trans=1)  # K^-1 k
+                dmean[:, j] = (self._alpha[j] @ dK[j]) / self._coef
+                dvar[:, j] = -2.0 * (w.T[:, None, :] @ dK[j])[:, 0, :] / self._coef
         np.maximum(var, 0.0, out=var)
         mean = mean * self._scale + self._loc
         var = var * self._scale**2
@@ -120,7 +120,7 @@ def _build(p) -> MarginalGradients | None:
     if node is None:
         return None
     const = np.broadcast_to(_np(gp.mean_module.constant).reshape(-1), (m,)).copy()
-    L = _np(p._L if batched else p._L.unsqueeze(0))
+    L = [np.asfortranarray(Lj) for Lj in _np(p._L if batched else p._L.unsqueeze(0))]
     alpha = _np(p._alpha if batched else p._alpha.unsqueeze(0))
     prior = np.broadcast_to(_np(p._prior_var).reshape(-1), (m,)).copy()
     loc = np.zeros(m) if p._loc is None else _np(p._loc).reshape(-1)
