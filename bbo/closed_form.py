@@ -29,11 +29,10 @@ from botorch.sampling import SobolQMCNormalSampler
 from scipy.special import expit
 
 from bbo.predictive import MarginalPosterior
-from bbo.predictive_grad import MarginalGradients, marginal_gradients
+from bbo.predictive_grad import MarginalGradients, marginal_gradients, softplus, softplus_grad
 
 FATMOID_M = 1.0 / math.sqrt(3.0)  # BoTorch's fatmoid inflection offset
 FATPLUS_ALPHA = 0.1  # BoTorch's fatplus Cauchy weight
-SOFTPLUS_THRESHOLD = 20.0  # torch's softplus is the identity above this
 MC_SAMPLES = 128  # quasi-MC base samples per point
 ETA = 1e-3  # BoTorch's default constraint temperature
 
@@ -66,9 +65,7 @@ class MarginalLogEI(qLogExpectedImprovement):
     def _base(self, mean: torch.Tensor) -> torch.Tensor:
         base = self._base_samples
         if base is None:  # the sampler's base samples for one point's outputs
-            sampler: Any = self.sampler  # set by the constructor (a SobolQMCNormalSampler)
-            sampler(MarginalPosterior(mean[:1].detach(), torch.ones_like(mean[:1])))
-            base = self._base_samples = sampler.base_samples
+            base = self._base_samples = one_point_base(self.sampler, mean.shape[-1], mean)
         return base
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
@@ -137,13 +134,21 @@ def expected_objective(
     if mg is None:
         return None
     sampler = SobolQMCNormalSampler(sample_shape=torch.Size([MC_SAMPLES]), seed=seed)
-    one = torch.zeros(1, 1, mg.m, dtype=torch.float64)
-    sampler(MarginalPosterior(one, torch.ones_like(one)))
-    drawn: Any = sampler.base_samples
-    base = drawn.reshape(-1, mg.m).numpy()
+    base = one_point_base(sampler, mg.m).reshape(-1, mg.m).numpy()
     return MarginalExpectedObjective(
         predictive, mg, w.detach().cpu().numpy().reshape(-1), base, cost, linear, ETA
     )
+
+
+def one_point_base(sampler: Any, m: int, like: torch.Tensor | None = None) -> torch.Tensor:
+    """The base samples (s x 1 x 1 x m) ``sampler`` draws for one point's ``m`` outputs (dtype and
+    device of ``like``, else float64 on the CPU); BoTorch shares them across a batch of points,
+    so they are drawn once."""
+    one = torch.zeros(1, 1, m, dtype=torch.float64)
+    if like is not None:
+        one = one.to(like)
+    sampler(MarginalPosterior(one, torch.ones_like(one)))
+    return sampler.base_samples
 
 
 class _ClosedForm(torch.autograd.Function):
@@ -172,13 +177,13 @@ def log_ei_and_grad(mean, var, dmean, dvar, base, w, best_f, tau, constraints):
     sd = np.sqrt(var)  # b x m
     Z = mean[None] + sd[None] * base[:, None, :]  # s x b x m
     u = (Z @ w - best_f) / tau  # s x b
-    sp = np.where(u > SOFTPLUS_THRESHOLD, u, np.log1p(np.exp(np.minimum(u, SOFTPLUS_THRESHOLD))))
+    sp = softplus(u)
     cau = 1.0 / (1.0 + u * u)
     fp = sp + FATPLUS_ALPHA * cau
     t = np.log(tau * fp)  # s x b
     dZ = None
     if dmean is not None:
-        sig = np.where(u > SOFTPLUS_THRESHOLD, 1.0, expit(u))
+        sig = softplus_grad(u)
         dt_du = (sig - 2.0 * FATPLUS_ALPHA * u * cau * cau) / fp  # d log fp / du
         dZ = (dt_du / tau)[..., None] * w  # s x b x m: d t / d Z
     for j, a, c, eta in constraints:

@@ -27,9 +27,10 @@ from gpytorch.means import ConstantMean
 from gpytorch.priors import GammaPrior
 from scipy.linalg import LinAlgError, cho_solve, cholesky
 from scipy.optimize import minimize
-from scipy.special import expit, gammaln
+from scipy.special import gammaln
 
-SQRT5 = math.sqrt(5.0)
+from bbo.predictive_grad import matern52, softplus, softplus_grad
+
 MAX_POINTS = 400  # above this the per-dimension distance arrays outgrow their use: GPyTorch fits
 JITTER = (1e-8, 1e-7, 1e-6)  # GPyTorch's psd_safe_cholesky: float64 jitter, three tries
 RAW_LS, RAW_OS = "covar_module.base_kernel.raw_lengthscale", "covar_module.raw_outputscale"
@@ -38,13 +39,14 @@ LS_PRIOR, OS_PRIOR = "covar_module.base_kernel.lengthscale_prior", "covar_module
 NOISE_PRIOR = "likelihood.noise_covar.noise_prior"
 
 
-def fit(model, options: dict) -> bool:
+def fit(model, options: dict) -> float | None:
     """Fit ``model``'s hyperparameters from their current values as ``fit_gpytorch_mll`` would
-    (L-BFGS-B, ``options`` as SciPy takes them) and leave it in eval mode; False, the model
-    untouched, where it is not a model this module reproduces."""
+    (L-BFGS-B, ``options`` as SciPy takes them), leave it in eval mode and return the fitted log
+    marginal likelihood with priors (nats, summed over outputs); None, the model untouched,
+    where it is not a model this module reproduces."""
     mll = MarginalLikelihood.of(model)
     if mll is None:
-        return False
+        return None
     theta = mll.theta0.reshape(mll.m, -1).copy()
     for j in range(mll.m):  # BoTorch fits a batch of outputs' hyperparameters independently
         res = minimize(
@@ -58,11 +60,7 @@ def fit(model, options: dict) -> bool:
             theta[j] = res.x
     mll.write(theta.reshape(-1))
     model.eval()
-    return True
-
-
-def _softplus(x: np.ndarray) -> np.ndarray:
-    return np.where(x > 20.0, x, np.log1p(np.exp(np.minimum(x, 20.0))))  # torch's threshold
+    return -mll.loss_and_grad(theta.reshape(-1))[0] * mll.n
 
 
 def _gamma_logpdf(x: np.ndarray, a: float, b: float) -> tuple[np.ndarray, np.ndarray]:
@@ -102,8 +100,10 @@ class MarginalLikelihood:
         self.noise_fixed = noise_fixed  # m x n, or None: inferred
         self.priors = priors  # (ls (a, b), os (a, b), noise (a, b) or None)
         self.floors = floors  # (ls, os, noise) softplus floors
-        diff = Xt[:, :, None, :] - Xt[:, None, :, :]
-        self.S = diff * diff  # m x n x n x d per-dimension squared distances
+        shared = all(np.array_equal(Xt[0], x) for x in Xt[1:])  # a batch over the same inputs
+        X = Xt[:1] if shared else Xt
+        diff = X[:, :, None, :] - X[:, None, :, :]
+        self.S = diff * diff  # (1 or m) x n x n x d per-dimension squared distances
         self.theta0 = self._read()
 
     @classmethod
@@ -208,16 +208,14 @@ class MarginalLikelihood:
         (la, lb), (oa, ob), noise_p = self.priors
         f_ls, f_os, f_noise = self.floors
         r_ls, r_os, c = t[: self.d], t[self.d], t[self.d + 1]
-        ls, os_ = _softplus(r_ls) + f_ls, float(_softplus(np.array(r_os))) + f_os
-        S = self.S[j] / (ls * ls)  # n x n x d scaled squared differences
+        ls, os_ = softplus(r_ls) + f_ls, float(softplus(np.array(r_os))) + f_os
+        S = self.S[min(j, len(self.S) - 1)] / (ls * ls)  # n x n x d scaled squared differences
         r2 = S.sum(-1)
-        r = np.sqrt(r2)
-        e = np.exp(-SQRT5 * r)
-        Km = (1.0 + SQRT5 * r + (5.0 / 3.0) * r2) * e
+        Km, g_r = matern52(r2)  # g_r: (dKm/dr) / r
         K = os_ * Km
         if self.noise_fixed is None:
             r_noise = t[self.d + 2]
-            noise = float(_softplus(np.array(r_noise))) + f_noise
+            noise = float(softplus(np.array(r_noise))) + f_noise
             K[np.diag_indices(self.n)] += noise
         else:
             K[np.diag_indices(self.n)] += self.noise_fixed[j]
@@ -232,15 +230,14 @@ class MarginalLikelihood:
         lp_ls, dlp_ls = _gamma_logpdf(ls, la, lb)
         lp_os, dlp_os = _gamma_logpdf(np.array(os_), oa, ob)
         lp = lp_ls.sum() + float(lp_os)
-        # dK/dls_k = os 5/3 (1 + sqrt5 r) exp(-sqrt5 r) S_k / ls_k
-        dKm = (5.0 / 3.0) * (1.0 + SQRT5 * r) * e
-        g_ls = 0.5 * os_ * np.einsum("ab,abk->k", W * dKm, S) / ls + dlp_ls
+        # dK/dls_k = os (dKm/dr) dr/dls_k = -os g_r S_k / ls_k (S_k: scaled squared differences)
+        g_ls = -0.5 * os_ * np.einsum("ab,abk->k", W * g_r, S) / ls + dlp_ls
         g_os = 0.5 * float((W * Km).sum()) + float(dlp_os)
-        g = [g_ls * expit(r_ls), [g_os * expit(r_os), float(alpha.sum())]]
+        g = [g_ls * softplus_grad(r_ls), [g_os * softplus_grad(r_os), float(alpha.sum())]]
         if self.noise_fixed is None:
             lp_n, dlp_n = _gamma_logpdf(np.array(noise), *noise_p)
             lp += float(lp_n)
-            g.append([(0.5 * float(np.trace(W)) + float(dlp_n)) * expit(r_noise)])
+            g.append([(0.5 * float(np.trace(W)) + float(dlp_n)) * softplus_grad(r_noise)])
         return -(ll + lp) / self.n, -np.concatenate(g) / self.n
 
 

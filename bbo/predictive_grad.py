@@ -30,14 +30,36 @@ from gpytorch.kernels import AdditiveKernel, Kernel, MaternKernel, ProductKernel
 from gpytorch.means import ConstantMean
 from scipy.linalg.lapack import dtrtrs
 from scipy.spatial.distance import cdist
+from scipy.special import expit
+
+from bbo.predictive import CHECK_RTOL  # the agreement required with the torch marginals
 
 log = logging.getLogger(__name__)
 
-CHECK_RTOL = 1e-6  # agreement with the torch marginals required at construction
 SQRT5 = math.sqrt(5.0)
+SOFTPLUS_THRESHOLD = 20.0  # torch's softplus is the identity above this
 
 # a kernel node: x (b x d, transformed inputs), grad -> (K: m x b x n, dK: m x b x n x d or None)
 Node = Callable[[np.ndarray, bool], tuple[np.ndarray, np.ndarray | None]]
+
+
+def matern52(r2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The Matern-5/2 correlation at squared scaled distances ``r2`` and ``(dk/dr) / r``, which
+    stays finite at r = 0 (every gradient of the kernel in its inputs or lengthscales is that
+    times a squared-distance factor)."""
+    r = np.sqrt(r2)
+    e = np.exp(-SQRT5 * r)
+    return (1.0 + SQRT5 * r + (5.0 / 3.0) * r2) * e, (-5.0 / 3.0) * (1.0 + SQRT5 * r) * e
+
+
+def softplus(x: np.ndarray) -> np.ndarray:
+    """torch's ``softplus`` (the identity above 20), GPyTorch's positive-parameter transform."""
+    return np.where(x > SOFTPLUS_THRESHOLD, x, np.log1p(np.exp(np.minimum(x, SOFTPLUS_THRESHOLD))))
+
+
+def softplus_grad(x: np.ndarray) -> np.ndarray:
+    """The derivative of :func:`softplus` as torch's backward computes it."""
+    return np.where(x > SOFTPLUS_THRESHOLD, 1.0, expit(x))
 
 
 class MarginalGradients:
@@ -229,13 +251,10 @@ def _matern52(ls: np.ndarray, X3: np.ndarray, cols: np.ndarray, d: int) -> Node:
         else:
             diff = z[:, :, None, :] - Z[:, None, :, :]  # m x b x n x c
             r2 = np.einsum("mbnc,mbnc->mbn", diff, diff)
-        r = np.sqrt(r2)
-        e = np.exp(-SQRT5 * r)
-        K = (1.0 + SQRT5 * r + (5.0 / 3.0) * r2) * e
+        K, g = matern52(r2)
         if not grad:
             return K, None
         dK = np.zeros((*K.shape, d))
-        g = (-5.0 / 3.0) * (1.0 + SQRT5 * r) * e  # dk/dr divided by r
         dK[..., cols] = g[..., None] * diff / ls[:, None, None, :]
         return K, dK
 

@@ -478,7 +478,8 @@ class Surrogate:
                     options = {"maxiter": maxiter}
                     if init is not None:  # near the optimum already: stop at a looser gradient
                         options["gtol"] = WARM_GTOL
-                    if not marginal_likelihood.fit(model, options):  # GPyTorch's, for the rest
+                    val = marginal_likelihood.fit(model, options)
+                    if val is None:  # not a model the NumPy fit knows: GPyTorch's
                         fit_gpytorch_mll(
                             mll,
                             optimizer_kwargs={"options": options},
@@ -487,7 +488,7 @@ class Surrogate:
                                 True
                             ),  # hitting maxiter is fine: warm starts are close already
                         )
-                    val = _log_marginal_likelihood(model)
+                        val = _log_marginal_likelihood(model)
                 _check_finite(model, self.placement.tensor(X))
             except Exception as e:  # noqa: BLE001 - try the other start, report if all fail
                 errors.append(e)
