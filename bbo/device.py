@@ -4,7 +4,8 @@ Every tensor of a suggestion (training data, model, acquisition, candidates) liv
 returned by :func:`select_device`; data crosses to the CPU only twice per ask (numpy in, decoded
 candidates out), never inside the fit or the acquisition optimizer.
 
-``algorithm.device``: ``"auto"`` uses CUDA when torch sees a GPU and falls back to the CPU otherwise;
+``algorithm.device``: ``"auto"`` uses CUDA when torch sees a GPU and the GP conditions on at least
+:data:`AUTO_GPU_MIN_POINTS` points, the CPU otherwise (a study starts on the CPU and moves once);
 ``"cuda"`` asks for the GPU and also falls back (with :data:`FALLBACK_REASON` set) when there is none,
 so a spec written on a GPU machine still runs on a laptop; ``"cpu"`` forces the CPU.
 """
@@ -17,6 +18,9 @@ import numpy as np
 import torch
 
 DTYPE = torch.float64
+# Below this many model points a CUDA ask is slower than a CPU one (kernel-launch latency; the
+# closed-form acquisition and fit paths are CPU-only): bench/results/latency_cuda.md, on an H200.
+AUTO_GPU_MIN_POINTS = 1000
 
 
 @dataclass(frozen=True)
@@ -43,10 +47,12 @@ def cuda_available() -> bool:
         return False
 
 
-def select_device(preference: str = "auto") -> Placement:
-    """The placement for ``preference`` in {"auto", "cpu", "cuda"} (see module docstring)."""
+def select_device(preference: str = "auto", n_points: int | None = None) -> Placement:
+    """The placement for ``preference`` in {"auto", "cpu", "cuda"} (see module docstring); with
+    ``n_points`` (the GP's size), ``"auto"`` keeps a GP below :data:`AUTO_GPU_MIN_POINTS` on the CPU."""
     pref = (preference or "auto").lower()
-    if pref == "cpu":
+    small = pref == "auto" and n_points is not None and n_points < AUTO_GPU_MIN_POINTS
+    if pref == "cpu" or small:
         return Placement(torch.device("cpu"))
     if cuda_available():
         return Placement(torch.device("cuda"))

@@ -168,6 +168,11 @@ class Transfer:
         self.note = ""
 
     # ---- sources ---------------------------------------------------------------------------------
+    @property
+    def sources(self) -> list[SourceData]:
+        """The source studies' data in use (as last set)."""
+        return list(self._sources)
+
     def set_sources(self, sources: Sequence[SourceData]) -> None:
         self._sources = list(sources)
         live = {s.uid for s in self._sources}

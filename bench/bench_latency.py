@@ -30,6 +30,7 @@ Writes ``latency.json``, ``latency.md``, ``latency.png`` and ``latency_profile.p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -66,8 +67,9 @@ def _st(x: np.ndarray) -> float:
     return float(0.5 * np.sum(x**4 - 16 * x**2 + 5 * x))
 
 
-def problem(key: str):
-    """``(spec, evaluate, q)`` for a latency problem (``st5``, ``st5_con``) or a profile case."""
+def problem(key: str, device: str = "auto", max_model_points: int | None = None):
+    """``(spec, evaluate, q)`` for a latency problem (``st5``, ``st5_con``) or a profile case;
+    bbo's GP runs on ``device`` and conditions on at most ``max_model_points`` (the default if None)."""
     from bbo.space import CategoricalParam, FloatParam, IntParam, SearchSpace
     from bbo.spec import AlgorithmOptions, Objective, OutcomeConstraint, StudySpec
 
@@ -77,7 +79,9 @@ def problem(key: str):
     def vec(p, d):
         return np.array([p[f"x{i}"] for i in range(d)])
 
-    alg = AlgorithmOptions(seed=0)
+    alg = AlgorithmOptions(seed=0, device=device)
+    if max_model_points:
+        alg = dataclasses.replace(alg, max_model_points=max_model_points)
     con = (OutcomeConstraint("c", "<=", 0.0),)
     q = 1
     if key.startswith("st"):
@@ -93,10 +97,10 @@ def problem(key: str):
 
         return spec, f, q
     if key in ("unconstrained", "batch"):
-        spec, f, _ = problem("st5")
+        spec, f, _ = problem("st5", device, max_model_points)
         return spec, f, 4 if key == "batch" else 1
     if key == "constrained":
-        return problem("st5_con")
+        return problem("st5_con", device, max_model_points)
     if key == "mixed":
         space = SearchSpace(
             (
@@ -287,7 +291,7 @@ def measure(req: dict) -> dict:
 
     torch.set_num_threads(1)
     method, key, n, repeats = req["method"], req["problem"], req["n"], req["repeats"]
-    spec, f, q = problem(key)
+    spec, f, q = problem(key, req.get("device", "auto"), req.get("max_model_points"))
     hist = history(spec, f, n - 1)
 
     def make():
@@ -377,8 +381,16 @@ def run_child(req: dict, tree: str | None, timeout: float, extra_path: str = "")
     except subprocess.TimeoutExpired:
         return {**req, "error": f"over {timeout:.0f} s"}
     if r.returncode != 0:
-        return {**req, "error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "?"}
+        tail = r.stderr.strip().splitlines()[-12:]
+        return {**req, "error": tail[-1] if tail else "?", "traceback": tail}
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _gpu_name() -> str:
+    """The CUDA device torch sees here ('' on a machine without one)."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
 
 
 def _fmt(x) -> str:
@@ -513,6 +525,19 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-profile", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--timeout", type=float, default=900.0, help="per measurement (s)")
+    ap.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="bbo's algorithm.device (the peers run where they run: Optuna's GP on the CPU)",
+    )
+    ap.add_argument(
+        "--max-model-points",
+        type=int,
+        default=0,
+        help="bbo's algorithm.max_model_points (0: the default, 3000)",
+    )
+    ap.add_argument("--name", default="", help="output file stem (default latency)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args(argv)
     if args.child:
@@ -532,6 +557,7 @@ def main(argv=None) -> int:
     problems = [p for p in args.problems.split(",") if p] or [
         f"st{d}{c}" for d in dims for c in ("", "_con")
     ]
+    model = {"device": args.device, "max_model_points": args.max_model_points or None}
     t0 = time.time()
     doc = {"meta": {}, "latency": {}, "profile": {}}
     if not args.skip_profile:
@@ -539,6 +565,7 @@ def main(argv=None) -> int:
             for case in [c for c in args.profile_cases.split(",") if c]:
                 for n in sizes:
                     req = {"method": eng, "problem": case, "n": n, "repeats": args.repeats}
+                    req.update(model)
                     req["profile"], req["service"] = True, case == "unconstrained"
                     r = run_child(req, trees[eng], args.timeout)
                     doc["profile"][f"{eng}|{case}|{n}"] = r
@@ -554,6 +581,7 @@ def main(argv=None) -> int:
                     if m == "ax" and n > args.ax_max:
                         continue
                     req = {"method": m, "problem": key, "n": n, "repeats": args.repeats}
+                    req.update(model)
                     extra = "" if m.startswith("bbo") else args.peer_path
                     r = run_child(req, trees.get(m), args.timeout, extra)
                     doc["latency"][f"{m}|{key}|{n}"] = r
@@ -571,14 +599,17 @@ def main(argv=None) -> int:
         "methods": methods,
         "repeats": args.repeats,
         "cpus": os.cpu_count(),
+        "gpu": _gpu_name(),
+        **model,
         "wall_seconds": time.time() - t0,
         "note": (
             f"Run {stamp} UTC, {os.cpu_count()} CPU(s) (shared), torch threads 1, "
+            f"bbo device {args.device}{' (' + _gpu_name() + ')' if _gpu_name() else ''}, "
             f"{args.repeats} timed asks per cell, wall {time.time() - t0:.0f} s."
         ),
     }
     os.makedirs(args.out, exist_ok=True)
-    name = "latency_quick" if args.quick else "latency"
+    name = args.name or ("latency_quick" if args.quick else "latency")
     with open(os.path.join(args.out, f"{name}.json"), "w") as fh:
         json.dump(doc, fh, indent=1)
     md = tables(doc)

@@ -61,9 +61,9 @@ def tell(trials: list[Trial], s: Suggestion, metrics: dict) -> Trial:
 
 
 def run(
-    spec: StudySpec, f, budget: int, q: int = 1, trials=None, **kw
+    spec: StudySpec, f, budget: int, q: int = 1, trials=None, gs=None, **kw
 ) -> tuple[GenerationStrategy, list[Trial]]:
-    gs = GenerationStrategy(spec)
+    gs = gs or GenerationStrategy(spec)
     trials = [] if trials is None else trials
     while len(trials) < budget:
         for s in gs.suggest(trials, min(q, budget - len(trials)), **kw):
@@ -310,6 +310,37 @@ def test_fit_failure_keeps_going(monkeypatch):
     s = fresh.suggest(trials, 1)[0]
     BRANIN_SPACE.validate_params(s.params)
     assert "default hyperparameters" in s.reason
+
+
+def test_auto_device_moves_to_the_gpu_once_the_model_is_large(monkeypatch):
+    """``device: auto`` with a GPU: small GPs stay on the CPU (faster there), and the strategy
+    moves once, keeping its fitted hyperparameters, when the GP reaches the threshold."""
+    import bbo.device as dev
+    import bbo.strategy.generation as gen
+
+    real, asked = dev.select_device, []
+
+    def select(pref="auto", n_points=None):  # the real choice, run on the CPU under another note
+        asked.append(n_points)
+        p = real(pref, n_points)
+        return p if p.device.type == "cpu" else dev.Placement(torch.device("cpu"), note="gpu")
+
+    monkeypatch.setattr(dev, "cuda_available", lambda: True)
+    monkeypatch.setattr(gen, "cuda_available", lambda: True)
+    monkeypatch.setattr(gen, "select_device", select)
+    monkeypatch.setattr(dev, "AUTO_GPU_MIN_POINTS", 9)
+    spec = spec_of(BRANIN_SPACE, seed=12, n_initial=4)
+    gs, trials = run(spec, branin, 8)
+    assert gs.ctx.placement.note == "" and asked[0] == 0 and max(asked) == 7
+    hyper = gs.surrogate.export_state()
+    gs, trials = run(spec, branin, 11, trials=trials, gs=gs)
+    assert gs.ctx.placement.note == "gpu" and asked[-1] == 9  # moved at 9 points
+    assert gs.surrogate.export_state() is not None and hyper is not None
+    moved = len(asked)
+    run(spec, branin, 12, trials=trials, gs=gs)
+    assert len(asked) == moved  # once moved, no more choosing
+    fixed_cpu = GenerationStrategy(spec_of(BRANIN_SPACE, seed=1, device="cpu"))
+    assert fixed_cpu.ctx.placement.note == "" and not fixed_cpu._gpu_later
 
 
 def test_seeded_strategies_reproduce():

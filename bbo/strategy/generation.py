@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from botorch.utils.sampling import manual_seed
 
-from bbo.device import select_device
+from bbo.device import Placement, cuda_available, select_device
 from bbo.spec import ParameterPrior, StudySpec
 from bbo.strategy.acquisition_step import AcquisitionStep
 from bbo.strategy.base import AskInfo, Recommendation, StudyStatus, Suggestion
@@ -50,9 +50,21 @@ class GenerationStrategy:
     def __init__(self, spec: StudySpec, priors: Sequence[ParameterPrior] | None = None):
         seed = spec.algorithm.seed
         seed = int(seed) if seed is not None else int.from_bytes(os.urandom(4), "little")
-        self.ctx = Context.of(spec, seed, select_device(spec.algorithm.device))
-        self.spec, self.seed, self.n_initial = spec, seed, self.ctx.n_initial
+        self.spec, self.seed = spec, seed
         self.priors = tuple(priors) if priors is not None else tuple(spec.priors)
+        placement = select_device(spec.algorithm.device, n_points=0)
+        # "auto" on a CUDA machine starts on the CPU and moves once the GP is large (_place)
+        self._gpu_later = spec.algorithm.device == "auto" and placement.device.type == "cpu"
+        self._gpu_later = self._gpu_later and cuda_available()
+        self._assemble(placement)
+        self._lock = threading.RLock()
+        self.last = AskInfo()
+
+    def _assemble(self, placement: Placement) -> None:
+        """The strategy's parts on one device (see :mod:`bbo.device`)."""
+        spec = self.spec
+        self.ctx = Context.of(spec, self.seed, placement)
+        self.n_initial = self.ctx.n_initial
         # bbo.transfer_model.Transfer when the spec names source studies
         self.transfer: Transfer | None = None
         self.surrogate: Surrogate
@@ -60,23 +72,37 @@ class GenerationStrategy:
             from bbo.transfer_model import Transfer, TransferSurrogate, transfer_design_size
 
             self.surrogate = TransferSurrogate(
-                spec.space, self.ctx.layout.m, spec.algorithm, self.ctx.placement
+                spec.space, self.ctx.layout.m, spec.algorithm, placement
             )
             self.transfer = Transfer(self.ctx, self.surrogate)
             short = dataclasses.replace(self.ctx, n_initial=transfer_design_size(self.ctx))
             self.transfer_design = InitialDesign(short)
         else:
-            self.surrogate = Surrogate(
-                spec.space, self.ctx.layout.m, spec.algorithm, self.ctx.placement
-            )
+            self.surrogate = Surrogate(spec.space, self.ctx.layout.m, spec.algorithm, placement)
         self.design = InitialDesign(self.ctx)
         self.acquisition = AcquisitionStep(self.ctx)
         self.exploitation = Exploitation(self.ctx)
         self.fallback = Fallback(self.ctx)
         self.feasibility = Feasibility(self.ctx, self.surrogate)
         self.recommender = Recommender(self.ctx, self.surrogate)
-        self._lock = threading.RLock()
-        self.last = AskInfo()
+
+    def _place(self, trials: Sequence[Trial]) -> None:
+        """``device: auto`` with a GPU: move to it once the GP would condition on
+        :data:`~bbo.device.AUTO_GPU_MIN_POINTS` points; the fitted state and sources carry over."""
+        if not self._gpu_later:
+            return
+        n = sum(t.state is TrialState.COMPLETED for t in trials)
+        placement = select_device("auto", n_points=min(n, self.spec.algorithm.max_model_points))
+        if placement == self.ctx.placement:
+            return
+        state = self.surrogate.export_state()
+        sources = self.transfer.sources if self.transfer is not None else None
+        self._assemble(placement)
+        if state is not None:
+            self.surrogate.import_state(*state)
+        if sources is not None:
+            self.set_sources(sources)
+        self._gpu_later = False
 
     # ---- public API ------------------------------------------------------------------------------
     def suggest(
@@ -101,6 +127,7 @@ class GenerationStrategy:
         with self._lock:
             t0 = time.perf_counter()
             self.last = AskInfo()
+            self._place(trials)
             ask = Ask(self.ctx, list(trials), self.priors if priors is None else tuple(priors))
             try:
                 with manual_seed(ask.seed):
