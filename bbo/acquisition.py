@@ -49,7 +49,7 @@ from botorch.utils.multi_objective.pareto import is_non_dominated
 from botorch.utils.transforms import t_batch_mode_transform
 
 from bbo import discrete_search
-from bbo.closed_form import MC_SAMPLES, LinearConstraint, MarginalLogEI
+from bbo.closed_form import MC_SAMPLES, LinearConstraint, MarginalLogEI, gen_candidates
 from bbo.device import Placement
 from bbo.priors import LogPrior
 from bbo.space import SearchSpace
@@ -330,6 +330,7 @@ def optimize(
                 },
                 retry_on_optimization_warning=False,
                 batch_initial_conditions=initial_conditions,
+                gen_candidates=gen_candidates,
             )
         else:
             cat = set(space.cat_dims)

@@ -14,6 +14,9 @@ ordinary acquisition function.
 * :class:`MarginalExpectedObjective`: the exploitation step's score, the posterior mean of the
   objective, with outcome constraints BoTorch's ``qSimpleRegret`` of a ``ConstrainedMCObjective``
   (:func:`expected_objective_and_grad`).
+
+:func:`gen_candidates` runs BoTorch's batched L-BFGS-B on these closed forms directly, without a
+tensor or an autograd tape per evaluation (half the optimizer's time at n <= 100).
 """
 
 from __future__ import annotations
@@ -238,3 +241,108 @@ def _chain(G, H, sd, dmean, dvar) -> np.ndarray:
     """``d value / dx`` from ``d value / d mean`` (G) and ``d value / d sd`` (H), b x m each."""
     dsd = np.divide(dvar, 2.0 * sd[..., None], out=np.zeros_like(dvar), where=sd[..., None] > 0)
     return np.einsum("bm,bmd->bd", G, dmean) + np.einsum("bm,bmd->bd", H, dsd)
+
+
+LBFGSB_OPTIONS = ("maxiter", "pgtol", "factr", "ftol", "maxls")  # what gen_candidates passes on
+
+
+def closed_form_of(acqf) -> Any | None:
+    """``acqf.closed_form`` where ``acqf`` evaluates through it (CPU, float64, q = 1, no pending
+    points), else None."""
+    if isinstance(acqf, MarginalLogEI):
+        return acqf.closed_form if acqf.X_pending is None and acqf._closed_form() else None
+    return acqf.closed_form if isinstance(acqf, MarginalExpectedObjective) else None
+
+
+def gen_candidates(
+    initial_conditions: torch.Tensor,
+    acquisition_function,
+    lower_bounds=None,
+    upper_bounds=None,
+    options: dict | None = None,
+    fixed_features=None,
+    timeout_sec=None,
+    **constraints,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BoTorch's ``gen_candidates_scipy`` (one L-BFGS-B per restart, run batched) with values and
+    gradients straight from the closed form: no tensors or autograd per evaluation, the same
+    numbers. Anything else (pending points, fixed features, constraints on the inputs, a time
+    limit, other options, non-finite values) goes to ``gen_candidates_scipy`` itself."""
+    from botorch.generation.gen import gen_candidates_scipy
+
+    options = options or {}
+    X0 = initial_conditions
+    cf = closed_form_of(acquisition_function)
+    plain = {k: v for k, v in options.items() if k in LBFGSB_OPTIONS}
+    others = set(options) - set(LBFGSB_OPTIONS) - {"batch_limit", "init_batch_limit"}
+    lbfgsb = _batched_lbfgsb()
+    usable = cf is not None and lbfgsb is not None and X0.dim() == 3 and X0.shape[-2] == 1
+    usable = usable and X0.device.type == "cpu" and X0.dtype == torch.float64
+    if (
+        not usable
+        or fixed_features
+        or timeout_sec is not None
+        or others
+        or any(constraints.values())
+    ):
+        return gen_candidates_scipy(
+            X0,
+            acquisition_function,
+            lower_bounds=lower_bounds,
+            upper_bounds=upper_bounds,
+            options=options,
+            fixed_features=fixed_features,
+            timeout_sec=timeout_sec,
+            **constraints,
+        )
+    fmin, translate = lbfgsb
+    from botorch.optim.utils import columnwise_clamp
+
+    d = X0.shape[-1]
+    X0 = columnwise_clamp(X0, lower_bounds, upper_bounds, raise_on_violation=True)
+    bounds = translate(lower_bounds=lower_bounds, upper_bounds=upper_bounds, num_features=d, q=1)
+
+    assert cf is not None
+    value_and_grad = cf
+
+    def fun(x: np.ndarray, batch_indices=None) -> tuple[np.ndarray, np.ndarray]:
+        val, g = value_and_grad(x, True)
+        if not (np.isfinite(val).all() and np.isfinite(g).all()):
+            raise _NotFinite
+        return -val, -g
+
+    try:
+        xs, _, _ = fmin(
+            func=fun,
+            x0=X0.detach().numpy().reshape(len(X0), d).copy(),
+            bounds=bounds,
+            pass_batch_indices=True,
+            **{"maxiter": 2000, **plain},
+        )
+    except _NotFinite:
+        return gen_candidates_scipy(
+            initial_conditions,
+            acquisition_function,
+            lower_bounds=lower_bounds,
+            upper_bounds=upper_bounds,
+            options=options,
+        )
+    X = columnwise_clamp(
+        torch.from_numpy(np.asarray(xs)).view_as(X0).to(X0), lower_bounds, upper_bounds
+    )
+    with torch.no_grad():
+        return X, acquisition_function(X)
+
+
+class _NotFinite(Exception):
+    """A closed-form value or gradient was not finite: BoTorch's own path takes over."""
+
+
+def _batched_lbfgsb():
+    """BoTorch's batched L-BFGS-B and its bounds helper, where this SciPy has them (else None)."""
+    try:
+        from botorch.generation import gen
+
+        return gen.fmin_l_bfgs_b_batched, gen.translate_bounds_for_lbfgsb
+    except AttributeError:
+        return None

@@ -249,3 +249,37 @@ def test_the_closed_form_exploitation_score_matches_botorch(m):
     (v0, g0), (v1, g1) = got
     assert torch.allclose(v1, v0, rtol=1e-9, atol=1e-9)
     assert torch.allclose(g1, g0, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("m", [1, 2])
+def test_the_closed_form_optimizer_finds_botorchs_candidates(m):
+    """closed_form.gen_candidates (L-BFGS-B on the NumPy value and gradient) returns what
+    BoTorch's gen_candidates_scipy returns through autograd, and hands over to it where the
+    closed form does not apply (pending points)."""
+    from botorch.generation.gen import gen_candidates_scipy
+
+    from bbo.closed_form import MarginalLogEI, closed_form_of, gen_candidates
+
+    _, info, rng = fitted(CONT, m)
+    linear = [(m - 1, 1.0, -1.5)] if m > 1 else []
+    acqf = MarginalLogEI(
+        info.predictive,
+        best_f=0.3,
+        sampler=SobolQMCNormalSampler(sample_shape=torch.Size([128]), seed=5),
+        objective=LinearMCObjective(-torch.eye(m, dtype=torch.float64)[0]),
+        constraints=[lambda Z, j=j, a=a, c=c: a * Z[..., j] + c for j, a, c in linear] or None,
+        linear_constraints=linear,
+    )
+    assert closed_form_of(acqf) is not None
+    X0 = torch.tensor(rng.random((5, 1, 3)))
+    lo, hi = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    opts = {"maxiter": 40, "pgtol": 1e-3, "factr": 1e10}
+    x0, v0 = gen_candidates_scipy(X0, acqf, lo, hi, options=opts)
+    x1, v1 = gen_candidates(X0, acqf, lo, hi, options=opts)
+    assert not torch.equal(x1, X0)  # it moved
+    assert torch.allclose(x1, x0, rtol=0, atol=1e-9) and torch.allclose(v1, v0, atol=1e-9)
+    acqf.set_X_pending(X0[0])
+    assert closed_form_of(acqf) is None
+    x2, _ = gen_candidates(X0, acqf, lo, hi, options=opts)
+    x3, _ = gen_candidates_scipy(X0, acqf, lo, hi, options=opts)
+    assert torch.allclose(x2, x3, rtol=0, atol=1e-12)
