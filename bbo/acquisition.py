@@ -41,7 +41,7 @@ from botorch.acquisition.multi_objective.objective import WeightedMCMultiOutputO
 from botorch.acquisition.multi_objective.utils import get_default_partitioning_alpha
 from botorch.acquisition.objective import LinearMCObjective
 from botorch.acquisition.prior_guided import PriorGuidedAcquisitionFunction
-from botorch.optim import optimize_acqf
+from botorch.optim import optimize_acqf, optimize_mixed
 from botorch.optim.optimize_mixed import optimize_acqf_mixed_alternating
 from botorch.sampling import SobolQMCNormalSampler
 from botorch.utils.multi_objective.hypervolume import infer_reference_point
@@ -54,6 +54,11 @@ from bbo.device import Placement
 from bbo.priors import LogPrior
 from bbo.space import SearchSpace
 from bbo.spec import StudySpec
+
+# BoTorch's mixed optimizer takes no candidate generator: its continuous steps call the name
+# gen_candidates_scipy in its module, so they run on the closed form where there is one (the
+# replacement hands everything else back to gen_candidates_scipy unchanged).
+optimize_mixed.gen_candidates_scipy = gen_candidates  # type: ignore[assignment]
 
 INIT_BATCH_LIMIT = 128  # candidates per no-grad acquisition evaluation when picking optimizer starts: bounds transient memory (1024 held ~140 MB at n = 80)
 

@@ -243,7 +243,10 @@ def _chain(G, H, sd, dmean, dvar) -> np.ndarray:
     return np.einsum("bm,bmd->bd", G, dmean) + np.einsum("bm,bmd->bd", H, dsd)
 
 
-LBFGSB_OPTIONS = ("maxiter", "pgtol", "factr", "ftol", "maxls")  # what gen_candidates passes on
+# L-BFGS-B options gen_candidates passes on (``tol``: pgtol, as in BoTorch's batched L-BFGS-B),
+# and BoTorch's own options that do not change the result here
+LBFGSB_OPTIONS = ("maxiter", "pgtol", "factr", "ftol", "maxls", "tol")
+IGNORED_OPTIONS = ("batch_limit", "init_batch_limit", "max_optimization_problem_aggregation_size")
 
 
 def closed_form_of(acqf) -> Any | None:
@@ -266,27 +269,14 @@ def gen_candidates(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BoTorch's ``gen_candidates_scipy`` (one L-BFGS-B per restart, run batched) with values and
     gradients straight from the closed form: no tensors or autograd per evaluation, the same
-    numbers. Anything else (pending points, fixed features, constraints on the inputs, a time
-    limit, other options, non-finite values) goes to ``gen_candidates_scipy`` itself."""
+    optima. ``fixed_features`` (a value, or one per restart, by dimension) stay fixed, as in the
+    mixed optimizer's continuous steps. Anything else (pending points, constraints on the inputs,
+    a time limit, other options, non-finite values) goes to ``gen_candidates_scipy`` itself."""
     from botorch.generation.gen import gen_candidates_scipy
 
-    options = options or {}
-    X0 = initial_conditions
-    cf = closed_form_of(acquisition_function)
-    plain = {k: v for k, v in options.items() if k in LBFGSB_OPTIONS}
-    others = set(options) - set(LBFGSB_OPTIONS) - {"batch_limit", "init_batch_limit"}
-    lbfgsb = _batched_lbfgsb()
-    usable = cf is not None and lbfgsb is not None and X0.dim() == 3 and X0.shape[-2] == 1
-    usable = usable and X0.device.type == "cpu" and X0.dtype == torch.float64
-    if (
-        not usable
-        or fixed_features
-        or timeout_sec is not None
-        or others
-        or any(constraints.values())
-    ):
+    def botorch() -> tuple[torch.Tensor, torch.Tensor]:
         return gen_candidates_scipy(
-            X0,
+            initial_conditions,
             acquisition_function,
             lower_bounds=lower_bounds,
             upper_bounds=upper_bounds,
@@ -295,41 +285,50 @@ def gen_candidates(
             timeout_sec=timeout_sec,
             **constraints,
         )
-    fmin, translate = lbfgsb
+
+    options = options or {}
+    X0 = initial_conditions
+    cf = closed_form_of(acquisition_function)
+    lbfgsb = _batched_lbfgsb()
+    others = set(options) - set(LBFGSB_OPTIONS) - set(IGNORED_OPTIONS)
+    usable = cf is not None and lbfgsb is not None and X0.dim() == 3 and X0.shape[-2] == 1
+    usable = usable and X0.device.type == "cpu" and X0.dtype == torch.float64
+    free = [j for j in range(X0.shape[-1]) if j not in (fixed_features or {})]
+    if not usable or not free or timeout_sec is not None or others or any(constraints.values()):
+        return botorch()
+    assert cf is not None and lbfgsb is not None
     from botorch.optim.utils import columnwise_clamp
 
-    d = X0.shape[-1]
-    X0 = columnwise_clamp(X0, lower_bounds, upper_bounds, raise_on_violation=True)
-    bounds = translate(lower_bounds=lower_bounds, upper_bounds=upper_bounds, num_features=d, q=1)
-
-    assert cf is not None
+    fmin, translate = lbfgsb
+    b, d = len(X0), X0.shape[-1]
+    full = X0.detach().reshape(b, d).numpy().copy()
+    for j, v in (fixed_features or {}).items():  # per restart or one for all
+        full[:, j] = v.detach().reshape(-1).numpy() if torch.is_tensor(v) else v
+    lo, hi = (None if t is None else t[free] for t in (lower_bounds, upper_bounds))
+    x0 = columnwise_clamp(torch.from_numpy(full[:, free]), lo, hi, raise_on_violation=True)
+    opts = {"maxiter": 2000, **{k: v for k, v in options.items() if k in LBFGSB_OPTIONS}}
     value_and_grad = cf
 
     def fun(x: np.ndarray, batch_indices=None) -> tuple[np.ndarray, np.ndarray]:
-        val, g = value_and_grad(x, True)
+        rows = full[batch_indices] if batch_indices is not None else full.copy()
+        rows[:, free] = x
+        val, g = value_and_grad(rows, True)
         if not (np.isfinite(val).all() and np.isfinite(g).all()):
             raise _NotFinite
-        return -val, -g
+        return -val, -g[:, free]
 
     try:
         xs, _, _ = fmin(
             func=fun,
-            x0=X0.detach().numpy().reshape(len(X0), d).copy(),
-            bounds=bounds,
+            x0=x0.numpy().copy(),
+            bounds=translate(lower_bounds=lo, upper_bounds=hi, num_features=len(free), q=1),
             pass_batch_indices=True,
-            **{"maxiter": 2000, **plain},
+            **opts,
         )
     except _NotFinite:
-        return gen_candidates_scipy(
-            initial_conditions,
-            acquisition_function,
-            lower_bounds=lower_bounds,
-            upper_bounds=upper_bounds,
-            options=options,
-        )
-    X = columnwise_clamp(
-        torch.from_numpy(np.asarray(xs)).view_as(X0).to(X0), lower_bounds, upper_bounds
-    )
+        return botorch()
+    full[:, free] = columnwise_clamp(torch.from_numpy(np.asarray(xs)), lo, hi).numpy()
+    X = torch.from_numpy(full).reshape(X0.shape).to(X0)
     with torch.no_grad():
         return X, acquisition_function(X)
 

@@ -255,7 +255,7 @@ def test_the_closed_form_exploitation_score_matches_botorch(m):
 def test_the_closed_form_optimizer_finds_botorchs_candidates(m):
     """closed_form.gen_candidates (L-BFGS-B on the NumPy value and gradient) returns what
     BoTorch's gen_candidates_scipy returns through autograd, and hands over to it where the
-    closed form does not apply (pending points)."""
+    closed form does not apply (pending points); likewise with features fixed per restart."""
     from botorch.generation.gen import gen_candidates_scipy
 
     from bbo.closed_form import MarginalLogEI, closed_form_of, gen_candidates
@@ -278,6 +278,19 @@ def test_the_closed_form_optimizer_finds_botorchs_candidates(m):
     x1, v1 = gen_candidates(X0, acqf, lo, hi, options=opts)
     assert not torch.equal(x1, X0)  # it moved
     assert torch.allclose(x1, x0, rtol=0, atol=1e-9) and torch.allclose(v1, v0, atol=1e-9)
+    # the mixed optimizer's continuous step: a dimension fixed per restart, SciPy's tol
+    fixed = {1: X0[:, 0, 1].clone()}
+    step = {"maxiter": 40, "tol": 1e-6, "max_optimization_problem_aggregation_size": 1}
+    x0, v0 = gen_candidates_scipy(X0, acqf, lo, hi, options=step, fixed_features=fixed)
+    x1, v1 = gen_candidates(X0, acqf, lo, hi, options=step, fixed_features=fixed)
+    assert torch.equal(x1[:, 0, 1], X0[:, 0, 1]) and not torch.equal(x1, X0)
+    assert torch.allclose(x1, x0, rtol=0, atol=1e-9) and torch.allclose(v1, v0, atol=1e-9)
+    from botorch.optim import optimize_mixed
+
+    import bbo.acquisition  # noqa: F401 - points BoTorch's mixed optimizer at gen_candidates
+
+    uses = optimize_mixed.optimize_acqf_mixed_alternating.__code__.co_names
+    assert "gen_candidates_scipy" in uses and optimize_mixed.gen_candidates_scipy is gen_candidates
     acqf.set_X_pending(X0[0])
     assert closed_form_of(acqf) is None
     x2, _ = gen_candidates(X0, acqf, lo, hi, options=opts)
