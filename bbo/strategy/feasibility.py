@@ -18,6 +18,7 @@ from bbo.strategy.context import Ask, Context
 from bbo.surrogate import Surrogate
 from bbo.trial import StudyState
 
+TINY_PROB = 1e-12  # below this a probability is reported as "less than 1e-12"
 INFEASIBLE_PROB = 0.01  # max model probability of feasibility under which a study is infeasible
 INFEASIBLE_EXTRA = 5  # completed trials beyond the initial design before that judgement is made
 SAMPLES = 2048  # Sobol points the probability of feasibility is maximized over
@@ -69,8 +70,14 @@ class Feasibility:
             result = StudyStatus(
                 StudyState.LIKELY_INFEASIBLE,
                 f"none of {n} completed trials meets the outcome constraints and the model gives "
-                f"at most {p_max:.2g} probability that any point does; never met: "
+                f"{_at_most(p_max)} probability that any point does; never met: "
                 f"{', '.join(worst) or 'jointly'}",
             )
         self._cache = (key, result)
         return result
+
+
+def _at_most(p: float) -> str:
+    """A bound on a probability for people: its digits where they mean something, and one
+    wording for the vanishing ones (their digits are the floating-point arithmetic's)."""
+    return f"at most {p:.2g}" if p >= TINY_PROB else f"less than {TINY_PROB:g}"
