@@ -52,11 +52,9 @@ class GenerationStrategy:
         seed = int(seed) if seed is not None else int.from_bytes(os.urandom(4), "little")
         self.spec, self.seed = spec, seed
         self.priors = tuple(priors) if priors is not None else tuple(spec.priors)
-        placement = select_device(spec.algorithm.device, n_points=0)
         # "auto" on a CUDA machine starts on the CPU and moves once the GP is large (_place)
-        self._gpu_later = spec.algorithm.device == "auto" and placement.device.type == "cpu"
-        self._gpu_later = self._gpu_later and cuda_available()
-        self._assemble(placement)
+        self._gpu_later = spec.algorithm.device == "auto" and cuda_available()
+        self._assemble(select_device(spec.algorithm.device, n_points=0))
         self._lock = threading.RLock()
         self.last = AskInfo()
 
