@@ -591,6 +591,7 @@ def main(argv=None) -> int:
                         flush=True,
                     )
     stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+    gpu = _gpu_name()
     doc["meta"] = {
         "argv": sys.argv[1:],
         "sizes": sizes,
@@ -599,12 +600,12 @@ def main(argv=None) -> int:
         "methods": methods,
         "repeats": args.repeats,
         "cpus": os.cpu_count(),
-        "gpu": _gpu_name(),
+        "gpu": gpu,
         **model,
         "wall_seconds": time.time() - t0,
         "note": (
             f"Run {stamp} UTC, {os.cpu_count()} CPU(s) (shared), torch threads 1, "
-            f"bbo device {args.device}{' (' + _gpu_name() + ')' if _gpu_name() else ''}, "
+            f"bbo device {args.device}{f' ({gpu})' if gpu else ''}, "
             f"{args.repeats} timed asks per cell, wall {time.time() - t0:.0f} s."
         ),
     }

@@ -329,13 +329,19 @@ def test_auto_device_moves_to_the_gpu_once_the_model_is_large(monkeypatch):
     monkeypatch.setattr(gen, "cuda_available", lambda: True)
     monkeypatch.setattr(gen, "select_device", select)
     monkeypatch.setattr(dev, "AUTO_GPU_MIN_POINTS", 9)
+    imported = []
+    real_import = gen.Surrogate.import_state
+    monkeypatch.setattr(
+        gen.Surrogate, "import_state", lambda s, *a: imported.append(a) or real_import(s, *a)
+    )
     spec = spec_of(BRANIN_SPACE, seed=12, n_initial=4)
     gs, trials = run(spec, branin, 8)
     assert gs.ctx.placement.note == "" and asked[0] == 0 and max(asked) == 7
-    hyper = gs.surrogate.export_state()
+    assert not imported
     gs, trials = run(spec, branin, 11, trials=trials, gs=gs)
     assert gs.ctx.placement.note == "gpu" and asked[-1] == 9  # moved at 9 points
-    assert gs.surrogate.export_state() is not None and hyper is not None
+    (n_fit, hyper), *_ = imported  # the CPU surrogate's last fit (the ask at 8 points), carried
+    assert len(imported) == 1 and n_fit == 8 and "covar_module.raw_outputscale" in hyper
     moved = len(asked)
     run(spec, branin, 12, trials=trials, gs=gs)
     assert len(asked) == moved  # once moved, no more choosing
