@@ -2,26 +2,29 @@
 
 Fitting hyperparameters runs L-BFGS-B for tens to hundreds of iterations on every ask below 50
 trials; through GPyTorch each iteration (lazy tensors, modules, priors, autograd) costs ~1 ms of
-framework overhead at tens of points, about ten times the arithmetic. For the continuous model bbo
-builds (``SingleTaskGP``: a scaled ARD Matern-5/2 kernel with Gamma priors, a constant mean, an
-inferred noise with a Gamma prior or fixed noise, batched outputs), :func:`fit` optimizes the same
-objective as ``botorch.fit.fit_gpytorch_mll`` (GPyTorch's ``ExactMarginalLogLikelihood``, per data
-point, summed over outputs, in the same raw parameters, by SciPy's L-BFGS-B with the same options)
-with the gradient derived by hand (Rasmussen & Williams eq. 5.9:
-``d log p / d theta = 1/2 tr((alpha alpha^T - K^-1) dK / d theta)``), and writes the result into
-the model. It declines (returns False) for any other model, which GPyTorch then fits.
+framework overhead at tens of points, about ten times the arithmetic. For the models bbo builds
+(``SingleTaskGP`` with scale, sum and product kernels over ARD Matern-5/2 and categorical kernels
+with Gamma priors, a constant mean, an inferred noise with a Gamma prior or fixed noise, batched
+outputs), :func:`fit` optimizes the same objective as ``botorch.fit.fit_gpytorch_mll`` (GPyTorch's
+``ExactMarginalLogLikelihood``, per data point, summed over outputs, in the same raw parameters, by
+SciPy's L-BFGS-B with the same options) with the gradient derived by hand (Rasmussen & Williams
+eq. 5.9: ``d log p / d theta = 1/2 tr((alpha alpha^T - K^-1) dK / d theta)``, pushed through the
+kernel tree in reverse), and writes the result into the model. It declines (returns False) for any
+other model, which GPyTorch then fits.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from botorch.models import SingleTaskGP
+from botorch.models.kernels.categorical import CategoricalKernel
 from gpytorch.constraints import GreaterThan
-from gpytorch.kernels import MaternKernel, ScaleKernel
+from gpytorch.kernels import AdditiveKernel, Kernel, MaternKernel, ProductKernel, ScaleKernel
 from gpytorch.likelihoods import FixedNoiseGaussianLikelihood, GaussianLikelihood
 from gpytorch.means import ConstantMean
 from gpytorch.priors import GammaPrior
@@ -33,10 +36,12 @@ from bbo.predictive_grad import matern52, softplus, softplus_grad
 
 MAX_POINTS = 400  # above this the per-dimension distance arrays outgrow their use: GPyTorch fits
 JITTER = (1e-8, 1e-7, 1e-6)  # GPyTorch's psd_safe_cholesky: float64 jitter, three tries
-RAW_LS, RAW_OS = "covar_module.base_kernel.raw_lengthscale", "covar_module.raw_outputscale"
-RAW_C, RAW_NOISE = "mean_module.raw_constant", "likelihood.noise_covar.raw_noise"
-LS_PRIOR, OS_PRIOR = "covar_module.base_kernel.lengthscale_prior", "covar_module.outputscale_prior"
-NOISE_PRIOR = "likelihood.noise_covar.noise_prior"
+
+# a kernel node evaluated for one output: raw parameters (that output's theta) -> (K, the log
+# prior of its hyperparameters, backward); backward(G, grad) adds d(sum(G * K) + log prior) /
+# d theta into grad (G: the upstream n x n weights)
+Backward = Callable[[np.ndarray, np.ndarray], None]
+Forward = Callable[[np.ndarray, int], tuple[np.ndarray, float, Backward]]
 
 
 def fit(model, options: dict) -> float | None:
@@ -89,110 +94,255 @@ def _softplus_floor(constraint) -> float | None:
     return float(constraint.lower_bound)
 
 
-class MarginalLikelihood:
-    """``-sum_outputs (log N(y; c, os K_matern + noise) + log priors) / n`` and its gradient in the
-    model's raw parameters (lengthscales, outputscale, noise, mean constant per output)."""
+class _Unsupported(Exception):
+    """A model part this module does not reproduce."""
 
-    def __init__(self, model, Xt, y, noise_fixed, priors, floors):
-        self.model = model
-        self.m, self.n, self.d = y.shape[0], y.shape[1], Xt.shape[-1]
+
+class _Positive:
+    """One positive hyperparameter vector (``k`` values per output) behind a softplus with a floor,
+    under a Gamma prior: at ``where`` in each output's theta, or held at ``fixed`` (m x k raw
+    values: a parameter that is not trained still counts in the objective through its prior)."""
+
+    def __init__(self, where, fixed, floor: float | None, prior: tuple[float, float] | None):
+        if floor is None or prior is None:
+            raise _Unsupported
+        self.where, self.fixed, self.floor, self.prior = where, fixed, floor, prior
+
+    def value(self, t: np.ndarray, j: int) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+        """The values, their log prior, its gradient in the values, and d value / d raw."""
+        raw = t[self.where] if self.fixed is None else self.fixed[j]
+        v = softplus(raw) + self.floor
+        lp, dlp = _gamma_logpdf(v, *self.prior)
+        return v, float(lp.sum()), dlp, softplus_grad(raw)
+
+    def add(self, grad: np.ndarray, g: np.ndarray) -> None:
+        """Add ``g`` (the gradient in the raw values) into ``grad`` unless held fixed."""
+        if self.fixed is None:
+            grad[self.where] += g
+
+
+class _Tree:
+    """Compiles a GPyTorch kernel into :data:`Forward` nodes over the training inputs, recording
+    the raw parameters and priors it consumed (so the caller can check nothing was missed)."""
+
+    def __init__(self, X3: np.ndarray, m: int):
+        self.X3, self.m = X3, m  # (1 or m) x n x d transformed training inputs
+        self.params: list[tuple[torch.Tensor, int]] = []  # (raw tensor, values per output)
+        self.held: set[int] = set()  # every raw parameter read, trained or not
+        self.priors: set[int] = set()
+        self.width = 0
+
+    def positive(self, module, name: str, k: int) -> _Positive:
+        raw = getattr(module, f"raw_{name}")
+        if raw.numel() not in (k, k * self.m):
+            raise _Unsupported
+        where, fixed = None, None
+        if raw.requires_grad:
+            self.params.append((raw, k))
+            where = slice(self.width, self.width + k)
+            self.width += k
+        else:
+            fixed = np.broadcast_to(raw.detach().numpy().reshape(-1, k), (self.m, k)).copy()
+        self.held.add(id(raw))
+        prior = getattr(module, f"{name}_prior", None)
+        if prior is not None:
+            self.priors.add(id(prior))
+        floor = _softplus_floor(getattr(module, f"raw_{name}_constraint"))
+        return _Positive(where, fixed, floor, _gamma(prior))
+
+    def node(self, kernel: Kernel, cols: np.ndarray, select: bool = True) -> Forward:
+        """``kernel`` over columns ``cols``; its ``active_dims`` narrow them as ``Kernel.__call__``
+        does, except inside a scale kernel (which calls its base's ``forward`` on its own
+        selection, copied from the base)."""
+        if select and kernel.active_dims is not None:
+            cols = cols[kernel.active_dims.cpu().numpy().astype(int)]
+        kind = type(kernel)
+        if kind in (AdditiveKernel, ProductKernel):
+            parts = [self.node(k, cols) for k in kernel.kernels]
+            return _sum(parts) if kind is AdditiveKernel else _product(parts)
+        if kind is ScaleKernel:
+            s = self.positive(kernel, "outputscale", 1)
+            return _scaled(self.node(kernel.base_kernel, cols, select=False), s)
+        if kind is MaternKernel and kernel.nu == 2.5:
+            return _matern52(self.positive(kernel, "lengthscale", len(cols)), self.X3[..., cols])
+        if kind is CategoricalKernel:
+            return _categorical(self.positive(kernel, "lengthscale", len(cols)), self.X3[..., cols])
+        raise _Unsupported
+
+
+def _sum(parts: list[Forward]) -> Forward:
+    def forward(t, j):
+        outs = [p(t, j) for p in parts]
+
+        def backward(G, grad):
+            for _, _, back in outs:
+                back(G, grad)
+
+        return sum(K for K, _, _ in outs), sum(lp for _, lp, _ in outs), backward
+
+    return forward
+
+
+def _product(parts: list[Forward]) -> Forward:
+    def forward(t, j):
+        outs = [p(t, j) for p in parts]
+        K = outs[0][0].copy()
+        for Kp, _, _ in outs[1:]:
+            K *= Kp
+
+        def backward(G, grad):
+            for i, (_, _, back) in enumerate(outs):
+                others = G.copy()
+                for i2, (Kp, _, _) in enumerate(outs):
+                    if i2 != i:
+                        others *= Kp
+                back(others, grad)
+
+        return K, sum(lp for _, lp, _ in outs), backward
+
+    return forward
+
+
+def _scaled(base: Forward, scale: _Positive) -> Forward:
+    def forward(t, j):
+        Kb, lp_b, back_b = base(t, j)
+        s, lp, dlp, draw = scale.value(t, j)
+
+        def backward(G, grad):
+            scale.add(grad, (float((G * Kb).sum()) + dlp) * draw)
+            back_b(G * s[0], grad)
+
+        return s[0] * Kb, lp_b + lp, backward
+
+    return forward
+
+
+def _matern52(ls: _Positive, X: np.ndarray) -> Forward:
+    """ARD Matern-5/2; dK/dl_k = (dK/dr) dr/dl_k = -g_r S_k / l_k with S_k the scaled squared
+    difference in column k and g_r = (dK/dr) / r."""
+    diff = X[:, :, None, :] - X[:, None, :, :]
+    S0 = diff * diff  # (1 or m) x n x n x c per-column squared distances
+
+    def forward(t, j):
+        ell, lp, dlp, draw = ls.value(t, j)
+        S = S0[min(j, len(S0) - 1)] / (ell * ell)
+        K, g_r = matern52(S.sum(-1))
+
+        def backward(G, grad):
+            ls.add(grad, (-np.einsum("ab,abk->k", G * g_r, S) / ell + dlp) * draw)
+
+        return K, lp, backward
+
+    return forward
+
+
+def _categorical(ls: _Positive, X: np.ndarray) -> Forward:
+    """BoTorch's categorical kernel exp(-mean_k [x_k != x'_k] / l_k);
+    dK/dl_k = K [x_k != x'_k] / (c l_k^2)."""
+    D0 = (X[:, :, None, :] != X[:, None, :, :]).astype(np.float64)  # (1 or m) x n x n x c
+    c = X.shape[-1]
+
+    def forward(t, j):
+        ell, lp, dlp, draw = ls.value(t, j)
+        D = D0[min(j, len(D0) - 1)]
+        K = np.exp(-(D / ell).mean(-1))
+
+        def backward(G, grad):
+            ls.add(grad, (np.einsum("ab,abk->k", G * K, D) / (c * ell * ell) + dlp) * draw)
+
+        return K, lp, backward
+
+    return forward
+
+
+class MarginalLikelihood:
+    """``-sum_outputs (log N(y; c, K + noise) + log priors) / n`` and its gradient in the model's
+    raw parameters (each output's kernel hyperparameters, mean constant and noise)."""
+
+    def __init__(self, model, kernel: Forward, params, c_at, y, noise_fixed, noise):
+        self.model, self.kernel, self.params = model, kernel, params
+        self.m, self.n = y.shape
         self.y = y
         self.noise_fixed = noise_fixed  # m x n, or None: inferred
-        self.priors = priors  # (ls (a, b), os (a, b), noise (a, b) or None)
-        self.floors = floors  # (ls, os, noise) softplus floors
-        shared = all(np.array_equal(Xt[0], x) for x in Xt[1:])  # a batch over the same inputs
-        X = Xt[:1] if shared else Xt
-        diff = X[:, :, None, :] - X[:, None, :, :]
-        self.S = diff * diff  # (1 or m) x n x n x d per-dimension squared distances
+        self.noise = noise  # the inferred noise (a _Positive), or None
+        self.width = sum(k for _, k in params)  # theta per output
+        self.c_at = c_at  # the mean constant's place in it
         self.theta0 = self._read()
 
     @classmethod
     def of(cls, model) -> MarginalLikelihood | None:
         """The objective of ``model`` (built, in train mode), or None where it is not one this
-        class reproduces: exactly bbo's continuous model, every parameter trainable."""
+        class reproduces: exactly bbo's models (a parameter held fixed stays so)."""
         if type(model) is not SingleTaskGP or not model.training:
             return None
         gp: Any = model  # nn.Module attributes, typed as tensors or modules
-        covar, lik = gp.covar_module, gp.likelihood
-        if type(covar) is not ScaleKernel or type(covar.base_kernel) is not MaternKernel:
-            return None
-        base, X = covar.base_kernel, model.train_inputs[0]
-        if base.nu != 2.5 or covar.active_dims is not None or base.active_dims is not None:
-            return None
+        lik, X = gp.likelihood, model.train_inputs[0]
         if X.dtype != torch.float64 or X.device.type != "cpu" or X.shape[-2] > MAX_POINTS:
             return None
         if type(model.mean_module) is not ConstantMean or model.outcome_transform is None:
             return None
-        params = {n: (p, c) for n, p, c in gp.named_parameters_and_constraints()}
-        want = {RAW_LS, RAW_OS, RAW_C} | ({RAW_NOISE} if type(lik) is GaussianLikelihood else set())
-        if set(params) != want or not all(p.requires_grad for p, _ in params.values()):
+        fixed = type(lik) is FixedNoiseGaussianLikelihood and lik.second_noise_covar is None
+        if type(lik) is not GaussianLikelihood and not fixed:
             return None
-        if params[RAW_C][1] is not None or base.raw_lengthscale.shape[-1] != X.shape[-1]:
-            return None
-        priors = {n: _gamma(p) for n, _, p, _, _ in gp.named_priors()}
-        ls_p, os_p = priors.pop(LS_PRIOR, None), priors.pop(OS_PRIOR, None)
-        noise_p = priors.pop(NOISE_PRIOR, None)
-        floors = [_softplus_floor(params[RAW_LS][1]), _softplus_floor(params[RAW_OS][1])]
-        if type(lik) is GaussianLikelihood:
-            floors.append(_softplus_floor(params[RAW_NOISE][1]))
-            if noise_p is None:
-                return None
-        elif type(lik) is FixedNoiseGaussianLikelihood and lik.second_noise_covar is None:
-            floors.append(0.0)  # no noise parameter
-        else:
-            return None
-        if priors or ls_p is None or os_p is None or any(f is None for f in floors):
-            return None  # another prior, a prior of another kind, another constraint
         with torch.no_grad():
             Xt = model.transform_inputs(X)  # train mode: train_inputs are the original ones
             y = model.train_targets
-            m = 1 if y.dim() == 1 else y.shape[0]
-            Xt3 = Xt.expand(m, *Xt.shape[-2:]) if Xt.dim() == 2 else Xt
-            noise_fixed = None
-            if type(lik) is FixedNoiseGaussianLikelihood:
-                noise_fixed = lik.noise.detach().reshape(m, -1).numpy().astype(np.float64)
+        m = 1 if y.dim() == 1 else y.shape[0]
+        X3 = Xt.numpy().astype(np.float64).reshape(-1, *Xt.shape[-2:])
+        if len(X3) > 1 and all(np.array_equal(X3[0], x) for x in X3[1:]):
+            X3 = X3[:1]  # a batch over the same inputs
+        tree = _Tree(X3, m)
+        try:
+            kernel = tree.node(gp.covar_module, np.arange(X3.shape[-1]))
+            const = gp.mean_module.raw_constant
+            if const.numel() not in (1, m) or getattr(
+                gp.mean_module, "raw_constant_constraint", None
+            ):
+                return None
+            if not const.requires_grad:
+                return None
+            c_at = tree.width
+            tree.params.append((const, 1))
+            tree.held.add(id(const))
+            tree.width += 1
+            noise = None
+            if not fixed:
+                noise = tree.positive(lik.noise_covar, "noise", 1)
+        except _Unsupported:
+            return None
+        every = list(gp.parameters())
+        if tree.held != {id(p) for p in every} or len(every) != len(tree.held):
+            return None  # a parameter of something else
+        if {id(p) for _, _, p, _, _ in gp.named_priors()} != tree.priors:
+            return None  # a prior on something else
+        noise_fixed = None
+        if fixed:
+            noise_fixed = lik.noise.detach().reshape(m, -1).numpy().astype(np.float64)
         return cls(
             model,
-            Xt3.numpy().astype(np.float64),
+            kernel,
+            tree.params,
+            c_at,
             y.reshape(m, -1).numpy().astype(np.float64),
             noise_fixed,
-            (ls_p, os_p, noise_p),
-            tuple(floors),
+            noise,
         )
 
     # ---- raw parameters <-> the vector L-BFGS-B sees ---------------------------------------------
-    def _params(self):
-        mdl = self.model
-        out = [
-            mdl.covar_module.base_kernel.raw_lengthscale,
-            mdl.covar_module.raw_outputscale,
-            mdl.mean_module.raw_constant,
-        ]
-        if self.noise_fixed is None:
-            out.append(mdl.likelihood.noise_covar.raw_noise)
-        return out
-
     def _read(self) -> np.ndarray:
-        m, d = self.m, self.d
-        ls, os_, c, *noise = (p.detach().numpy() for p in self._params())
         parts = [
-            np.broadcast_to(ls.reshape(-1, d), (m, d)),
-            np.broadcast_to(os_.reshape(-1, 1), (m, 1)),
-            np.broadcast_to(c.reshape(-1, 1), (m, 1)),
+            np.broadcast_to(p.detach().numpy().reshape(-1, k), (self.m, k)) for p, k in self.params
         ]
-        if noise:
-            parts.append(np.broadcast_to(noise[0].reshape(-1, 1), (m, 1)))
         return np.concatenate(parts, axis=1).reshape(-1).astype(np.float64)
 
     def write(self, theta: np.ndarray) -> None:
         """Copy ``theta`` into the model's raw parameters."""
-        t = theta.reshape(self.m, -1)
-        cols = [t[:, : self.d], t[:, self.d], t[:, self.d + 1]]
-        if self.noise_fixed is None:
-            cols.append(t[:, self.d + 2])
+        t, at = theta.reshape(self.m, -1), 0
         with torch.no_grad():
-            for p, v in zip(self._params(), cols, strict=True):
-                p.copy_(torch.as_tensor(np.ascontiguousarray(v)).reshape(p.shape).to(p))
+            for p, k in self.params:
+                v = np.ascontiguousarray(t[:, at : at + k])
+                at += k
+                p.copy_(torch.as_tensor(v).reshape(p.shape).to(p))
 
     # ---- the objective -------------------------------------------------------------------------------
     def loss_and_grad(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -203,20 +353,16 @@ class MarginalLikelihood:
 
     def output_loss(self, j: int, t: np.ndarray) -> tuple[float, np.ndarray]:
         """Output ``j``'s negative MLL per point with its priors, and its gradient in ``t`` (its
-        raw lengthscales, outputscale, mean constant, noise); inf and a zero gradient where the
-        covariance is not positive definite even with jitter."""
-        (la, lb), (oa, ob), noise_p = self.priors
-        f_ls, f_os, f_noise = self.floors
-        r_ls, r_os, c = t[: self.d], t[self.d], t[self.d + 1]
-        ls, os_ = softplus(r_ls) + f_ls, float(softplus(np.array(r_os))) + f_os
-        S = self.S[min(j, len(self.S) - 1)] / (ls * ls)  # n x n x d scaled squared differences
-        r2 = S.sum(-1)
-        Km, g_r = matern52(r2)  # g_r: (dKm/dr) / r
-        K = os_ * Km
-        if self.noise_fixed is None:
-            r_noise = t[self.d + 2]
-            noise = float(softplus(np.array(r_noise))) + f_noise
-            K[np.diag_indices(self.n)] += noise
+        raw hyperparameters); inf and a zero gradient where the covariance is not positive
+        definite even with jitter."""
+        K, lp, backward = self.kernel(t, j)
+        K = K.copy()
+        c_at = self.c_at
+        c = t[c_at]
+        if self.noise is not None:
+            noise, lp_n, dlp_n, draw_n = self.noise.value(t, j)
+            K[np.diag_indices(self.n)] += noise[0]
+            lp += lp_n
         else:
             K[np.diag_indices(self.n)] += self.noise_fixed[j]
         L = _cholesky(K)
@@ -226,19 +372,15 @@ class MarginalLikelihood:
         alpha = cho_solve((L, True), resid, check_finite=False)
         logdet = 2.0 * np.log(np.diag(L)).sum()
         ll = -0.5 * (resid @ alpha + logdet + self.n * math.log(2.0 * math.pi))
-        W = np.outer(alpha, alpha) - cho_solve((L, True), np.eye(self.n), check_finite=False)
-        lp_ls, dlp_ls = _gamma_logpdf(ls, la, lb)
-        lp_os, dlp_os = _gamma_logpdf(np.array(os_), oa, ob)
-        lp = lp_ls.sum() + float(lp_os)
-        # dK/dls_k = os (dKm/dr) dr/dls_k = -os g_r S_k / ls_k (S_k: scaled squared differences)
-        g_ls = -0.5 * os_ * np.einsum("ab,abk->k", W * g_r, S) / ls + dlp_ls
-        g_os = 0.5 * float((W * Km).sum()) + float(dlp_os)
-        g = [g_ls * softplus_grad(r_ls), [g_os * softplus_grad(r_os), float(alpha.sum())]]
-        if self.noise_fixed is None:
-            lp_n, dlp_n = _gamma_logpdf(np.array(noise), *noise_p)
-            lp += float(lp_n)
-            g.append([(0.5 * float(np.trace(W)) + float(dlp_n)) * softplus_grad(r_noise)])
-        return -(ll + lp) / self.n, -np.concatenate(g) / self.n
+        G = 0.5 * (
+            np.outer(alpha, alpha) - cho_solve((L, True), np.eye(self.n), check_finite=False)
+        )
+        grad = np.zeros_like(t)
+        backward(G, grad)  # kernel hyperparameters, their priors included
+        grad[c_at] = float(alpha.sum())
+        if self.noise is not None:
+            self.noise.add(grad, (float(np.trace(G)) + dlp_n) * draw_n)
+        return -(ll + lp) / self.n, -grad / self.n
 
 
 def _cholesky(K: np.ndarray) -> np.ndarray | None:

@@ -153,47 +153,74 @@ def test_categorical_lengthscales_stay_finite_and_the_model_ranks_choices():
     assert np.mean(rhos) > 0.45, rhos
 
 
+def _random_points(space: SearchSpace, n: int, rng) -> np.ndarray:
+    cols = [
+        rng.integers(0, len(p.choices), n).astype(float)
+        if isinstance(p, CategoricalParam)
+        else p.low + rng.random(n) * (p.high - p.low)
+        for p in space.params
+    ]
+    return np.column_stack(cols)
+
+
 def test_the_numpy_marginal_likelihood_is_gpytorchs_and_fits_to_the_same_optimum():
     """bbo.marginal_likelihood: the negative MLL with priors and its gradient in the raw
-    parameters equal GPyTorch's through autograd (one output, a batch of two, fixed noise), and
-    its L-BFGS-B fit reaches GPyTorch's optimum; models it does not reproduce are declined."""
+    parameters equal GPyTorch's through autograd (continuous, mixed and categorical kernels; one
+    output, a batch of two, fixed noise, the noise held fixed), and its L-BFGS-B fit reaches
+    GPyTorch's optimum; models it does not reproduce are declined."""
     from botorch.fit import fit_gpytorch_mll
+    from botorch.models import SingleTaskGP
     from gpytorch.mlls import ExactMarginalLogLikelihood
 
     from bbo.marginal_likelihood import MarginalLikelihood, fit
 
     rng = np.random.default_rng(3)
-    space = SearchSpace(tuple(FloatParam(f"x{i}", -2.0, 3.0) for i in range(3)))
-    for m, noisy in ((1, False), (2, False), (1, True)):
-        s = Surrogate(space, m, AlgorithmOptions(), select_device("cpu"))
-        X = rng.random((18, 3)) * 5 - 2
-        Y = np.stack([np.sin(X[:, 0]) + X[:, 1] ** 2 + k for k in range(m)], axis=1)
-        Yvar = np.full_like(Y, 0.01) if noisy else None
-        model = s._build(X, Y, Yvar)
-        ours = MarginalLikelihood.of(model)
-        assert ours is not None
-        names = [n for n, _ in model.named_parameters()]
-        for step in range(3):
-            theta = ours.theta0 + (rng.normal(size=ours.theta0.shape) * 0.7 if step else 0.0)
-            ours.write(theta)
-            mll = ExactMarginalLogLikelihood(model.likelihood, model)
-            loss = -mll(model(*model.train_inputs), model.train_targets).sum()
-            grads = dict(zip(names, torch.autograd.grad(loss, list(model.parameters()))))
-            value, grad = ours.loss_and_grad(theta)
-            want_loss = float(loss.detach())
-            assert abs(value - want_loss) <= 1e-10 * abs(want_loss)
-            ours.write(grad)  # the gradient laid out as parameters, to compare by name
-            for name, p in model.named_parameters():
-                want = grads[name].expand(p.shape)
-                assert torch.allclose(p.detach(), want, rtol=1e-8, atol=1e-12), name
-        fitted, reference = s._build(X, Y, Yvar), s._build(X, Y, Yvar)
-        value = fit(fitted, {"maxiter": 200})
-        assert value is not None  # the fitted MLL: GPyTorch's value of the same model
-        assert abs(value - sur._log_marginal_likelihood(fitted)) <= 1e-9 * abs(value)
-        fit_gpytorch_mll(ExactMarginalLogLikelihood(reference.likelihood, reference))
-        assert abs(value - sur._log_marginal_likelihood(reference)) < 1e-3
-    mixed = SearchSpace((FloatParam("a", 0.0, 1.0), CategoricalParam("c", ("p", "q"))))
-    model = Surrogate(mixed, 1, AlgorithmOptions(), select_device("cpu"))._build(
-        np.array([[0.1, 0.0], [0.5, 1.0], [0.9, 0.0]]), np.array([[0.0], [1.0], [0.5]]), None
+    cats = (CategoricalParam("c", ("p", "q", "r")), CategoricalParam("e", ("u", "v")))
+    spaces = (
+        SearchSpace(tuple(FloatParam(f"x{i}", -2.0, 3.0) for i in range(3))),
+        SearchSpace((FloatParam("a", 0.0, 1.0), FloatParam("b", -1.0, 2.0), *cats)),
+        SearchSpace(cats),
     )
-    assert MarginalLikelihood.of(model) is None and fit(model, {}) is None
+    cases = ((1, False, False), (2, False, False), (1, True, False), (2, False, True))
+    for space in spaces:
+        for m, noisy, held in cases:
+            s = Surrogate(space, m, AlgorithmOptions(), select_device("cpu"))
+            X = _random_points(space, 18, rng)
+            Y = np.stack([np.sin(X[:, 0]) + X[:, 1] ** 2 + k for k in range(m)], axis=1)
+            Y += 0.1 * rng.normal(size=Y.shape)
+            Yvar = np.full_like(Y, 0.01) if noisy else None
+
+            def build(s=s, X=X, Y=Y, Yvar=Yvar, held=held):
+                model = s._build(X, Y, Yvar)
+                if held:  # as Surrogate.noise_evidence holds it
+                    model.likelihood.noise = 1e-3
+                    model.likelihood.raw_noise.requires_grad_(False)
+                return model
+
+            model = build()
+            ours = MarginalLikelihood.of(model)
+            assert ours is not None
+            trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+            for step in range(3):
+                theta = ours.theta0 + (rng.normal(size=ours.theta0.shape) * 0.7 if step else 0.0)
+                ours.write(theta)
+                mll = ExactMarginalLogLikelihood(model.likelihood, model)
+                loss = -mll(model(*model.train_inputs), model.train_targets).sum()
+                grads = torch.autograd.grad(loss, [p for _, p in trained])
+                value, grad = ours.loss_and_grad(theta)
+                want_loss = float(loss.detach())
+                assert abs(value - want_loss) <= 1e-10 * abs(want_loss)
+                ours.write(grad)  # the gradient laid out as parameters, to compare by name
+                for (name, p), want in zip(trained, grads, strict=True):
+                    assert torch.allclose(
+                        p.detach(), want.expand(p.shape), rtol=1e-8, atol=1e-12
+                    ), name
+            fitted, reference = build(), build()
+            value = fit(fitted, {"maxiter": 200})
+            assert value is not None  # the fitted MLL: GPyTorch's value of the same model
+            assert abs(value - sur._log_marginal_likelihood(fitted)) <= 1e-9 * abs(value)
+            fit_gpytorch_mll(ExactMarginalLogLikelihood(reference.likelihood, reference))
+            assert abs(value - sur._log_marginal_likelihood(reference)) < 1e-3
+    X = torch.tensor([[0.1, 0.0], [0.5, 1.0], [0.9, 0.0]], dtype=torch.float64)
+    botorch_default = SingleTaskGP(X, torch.tensor([[0.0], [1.0], [0.5]], dtype=torch.float64))
+    assert MarginalLikelihood.of(botorch_default) is None and fit(botorch_default, {}) is None

@@ -217,7 +217,7 @@ class GenerationStrategy:
         self.last.fit_seconds = info.fit_seconds
         noise = data.noise.with_model(model, ctx.model_layout)
         try:
-            self.recommender.remember(data, model, rows)
+            self.recommender.remember(data, model, rows, info.predictive)
         except Exception:  # noqa: BLE001 - the recommendation is recomputed when read
             log.info("recording the recommendation failed", exc_info=True)
         prior = self.acquisition.prior(ask, info.reason)

@@ -109,19 +109,22 @@ class Recommender:
             self._cache = (key, rec)
         return rec
 
-    def remember(self, data: TrainingData, model, rows: np.ndarray) -> None:
+    def remember(self, data: TrainingData, model, rows: np.ndarray, predictive=None) -> None:
         """Record the recommendation of an ask's fitted model (reads of the same trials then
-        cost nothing, or the noise evidence's refit once per set of hyperparameters)."""
-        rec = self._choose(data, model, rows) if self._worth_a_model(data) else None
+        cost nothing, or the noise evidence's refit once per set of hyperparameters);
+        ``predictive``: its cheap marginals (:class:`~bbo.predictive.CachedPredictive`), if any."""
+        worth = self._worth_a_model(data)
+        rec = self._choose(data, model, rows, predictive) if worth else None
         with self._lock:
             self._cache = (fingerprint(data.trials), rec)
 
     def _worth_a_model(self, data: TrainingData) -> bool:
         return not self.ctx.layout.multi and len(data.trials) >= MIN_TRIALS
 
-    def _choose(self, data: TrainingData, model, rows: np.ndarray):
+    def _choose(self, data: TrainingData, model, rows: np.ndarray, predictive=None):
         """The recommendation, None, or where the fitted noise still needs its evidence (not
-        judged under the surrogate's current hyperparameters yet) an :class:`_Unjudged` one."""
+        judged under the surrogate's current hyperparameters yet) an :class:`_Unjudged` one;
+        posterior marginals from ``predictive`` where given (the same as ``model``'s)."""
         layout = self.ctx.model_layout
         noise = data.noise.with_model(model, layout)
         if not noise.noisy:
@@ -131,10 +134,11 @@ class Recommender:
         if not len(rows):
             return None
         X = self.ctx.placement.tensor(data.X[rows])
-        mu, _ = marginals(model, X)
+        post = model if predictive is None else predictive
+        mu, _ = marginals(post, X)
         mean = (layout.signs[0] * mu[:, layout.obj_idx[0]]).detach().cpu().numpy()
         if layout.constraints:
-            lpf = log_prob_feasible(model, layout, X).cpu().numpy()
+            lpf = log_prob_feasible(post, layout, X).cpu().numpy()
             for p in FEASIBLE_CONFIDENCE:
                 likely = lpf >= np.log(p)
                 if likely.any():
