@@ -138,17 +138,22 @@ class _Tree:
             raise _Unsupported
         where, fixed = None, None
         if raw.requires_grad:
-            self.params.append((raw, k))
-            where = slice(self.width, self.width + k)
-            self.width += k
+            where = self.slot(raw, k)
         else:
             fixed = np.broadcast_to(raw.detach().numpy().reshape(-1, k), (self.m, k)).copy()
-        self.held.add(id(raw))
+            self.held.add(id(raw))
         prior = getattr(module, f"{name}_prior", None)
         if prior is not None:
             self.priors.add(id(prior))
         floor = _softplus_floor(getattr(module, f"raw_{name}_constraint"))
         return _Positive(where, fixed, floor, _gamma(prior))
+
+    def slot(self, raw: torch.Tensor, k: int) -> slice:
+        """Where the trained raw parameter ``raw`` (``k`` values per output) sits in theta."""
+        self.params.append((raw, k))
+        self.held.add(id(raw))
+        self.width += k
+        return slice(self.width - k, self.width)
 
     def node(self, kernel: Kernel, cols: np.ndarray, select: bool = True) -> Forward:
         """``kernel`` over columns ``cols``; its ``active_dims`` narrow them as ``Kernel.__call__``
@@ -301,10 +306,7 @@ class MarginalLikelihood:
                 return None
             if not const.requires_grad:
                 return None
-            c_at = tree.width
-            tree.params.append((const, 1))
-            tree.held.add(id(const))
-            tree.width += 1
+            c_at = tree.slot(const, 1).start
             noise = None
             if not fixed:
                 noise = tree.positive(lik.noise_covar, "noise", 1)

@@ -125,6 +125,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# what a server's log says when its port was taken (the metrics' HTTP server, gRPC's own bind)
+BIND_FAILURES = ("address already in use", "could not bind", "failed to bind")
+
+
+def on_a_free_port(start, tries: int = 3):
+    """``(start(port), port)`` with a port that was free a moment ago; another port where a process
+    took it in between (tests run in parallel) and the server could not bind it."""
+    for attempt in range(tries):
+        port = free_port()
+        try:
+            return start(port), port
+        except RuntimeError as e:
+            taken = any(m in str(e).lower() for m in BIND_FAILURES)
+            if not taken or attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def make_certs(d: Path) -> dict[str, str]:
     """A test CA, a server certificate for 127.0.0.1 / localhost and a client certificate (openssl CLI)."""
     d.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from sec_helpers import free_port
+from sec_helpers import on_a_free_port
 
 import bbo_client as bc
 
@@ -20,7 +20,9 @@ ROUNDS = 20
 
 def test_sigkill_at_random_moments_under_16_workers(server_factory, tmp_path):
     db_path = tmp_path / "crash.db"
-    srv = server_factory(db="sqlite:///" + str(db_path), port=free_port(), args=["--workers", "1"])
+    srv, _ = on_a_free_port(
+        lambda p: server_factory(db="sqlite:///" + str(db_path), port=p, args=["--workers", "1"])
+    )
     names = [f"crash-{j}" for j in range(N_STUDIES)]
     with bc.Client(srv.address) as c:
         for j, n in enumerate(names):

@@ -14,7 +14,7 @@ import urllib.request
 from types import SimpleNamespace
 
 import pytest
-from sec_helpers import create_key, free_port
+from sec_helpers import create_key, free_port, on_a_free_port
 
 from bbo.testing.chat_server import ChatServer, Reply
 
@@ -47,15 +47,15 @@ def dash(tmp_path_factory):
     db = "sqlite:///" + str(d / "bbo.db")
     key, _ = create_key(db, "alpha")
     other, _ = create_key(db, "beta")
-    port = free_port()
     llm = ChatServer([Reply(LLM_ANSWER)]).start()
-    srv = ServerProcess(
-        db,
-        log_path=str(d / "server.log"),
-        args=["--auth", "--workers", "1", "--dashboard-port", str(port)]
-        + ["--llm-base-url", llm.url, "--llm-model", "scripted"],
+    srv, port = on_a_free_port(
+        lambda p: ServerProcess(
+            db,
+            log_path=str(d / "server.log"),
+            args=["--auth", "--workers", "1", "--dashboard-port", str(p)]
+            + ["--llm-base-url", llm.url, "--llm-model", "scripted"],
+        ).start()
     )
-    srv.start()
     try:
         with Client(srv.address, api_key=key, retries=3) as client:
             yield SimpleNamespace(

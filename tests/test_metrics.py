@@ -8,7 +8,7 @@ import urllib.request
 
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
-from sec_helpers import call, create_key, free_port, request_for, stub
+from sec_helpers import call, create_key, on_a_free_port, request_for, stub
 
 from bbo_client.v1 import service_pb2 as svc
 
@@ -40,8 +40,9 @@ def value(m, name, **labels) -> float:
 
 def test_metrics_endpoint(server_factory, tmp_path):
     db = "sqlite:///" + str(tmp_path / "m.db")
-    port = free_port()
-    srv = server_factory(db=db, args=["--auth", "--workers", "1", "--metrics-port", str(port)])
+    srv, port = on_a_free_port(
+        lambda p: server_factory(db=db, args=["--auth", "--workers", "1", "--metrics-port", str(p)])
+    )
     key, _ = create_key(db, "t")
     ch, st = stub(srv.address)
     with ch:
