@@ -129,6 +129,7 @@ class _Tree:
         self.X3, self.m = X3, m  # (1 or m) x n x d transformed training inputs
         self.params: list[tuple[torch.Tensor, int]] = []  # (raw tensor, values per output)
         self.held: set[int] = set()  # every raw parameter read, trained or not
+        self._pairs: dict[tuple, np.ndarray] = {}
         self.priors: set[int] = set()
         self.width = 0
 
@@ -147,6 +148,20 @@ class _Tree:
             self.priors.add(id(prior))
         floor = _softplus_floor(getattr(module, f"raw_{name}_constraint"))
         return _Positive(where, fixed, floor, _gamma(prior))
+
+    def pairs(self, cols: np.ndarray, kind: str) -> np.ndarray:
+        """Per-column pairwise squared differences ("sq") or inequalities ("ne") of the inputs'
+        ``cols``, (1 or m) x n x n x c; built once per set of columns (the mixed kernel's
+        additive and product parts share them)."""
+        key = (kind, tuple(int(c) for c in cols))
+        if key not in self._pairs:
+            X = self.X3[..., cols]
+            if kind == "sq":
+                diff = X[:, :, None, :] - X[:, None, :, :]
+                self._pairs[key] = diff * diff
+            else:
+                self._pairs[key] = (X[:, :, None, :] != X[:, None, :, :]).astype(np.float64)
+        return self._pairs[key]
 
     def slot(self, raw: torch.Tensor, k: int) -> slice:
         """Where the trained raw parameter ``raw`` (``k`` values per output) sits in theta."""
@@ -169,9 +184,13 @@ class _Tree:
             s = self.positive(kernel, "outputscale", 1)
             return _scaled(self.node(kernel.base_kernel, cols, select=False), s)
         if kind is MaternKernel and kernel.nu == 2.5:
-            return _matern52(self.positive(kernel, "lengthscale", len(cols)), self.X3[..., cols])
+            return _matern52(
+                self.positive(kernel, "lengthscale", len(cols)), self.pairs(cols, "sq")
+            )
         if kind is CategoricalKernel:
-            return _categorical(self.positive(kernel, "lengthscale", len(cols)), self.X3[..., cols])
+            return _categorical(
+                self.positive(kernel, "lengthscale", len(cols)), self.pairs(cols, "ne")
+            )
         raise _Unsupported
 
 
@@ -222,11 +241,10 @@ def _scaled(base: Forward, scale: _Positive) -> Forward:
     return forward
 
 
-def _matern52(ls: _Positive, X: np.ndarray) -> Forward:
-    """ARD Matern-5/2; dK/dl_k = (dK/dr) dr/dl_k = -g_r S_k / l_k with S_k the scaled squared
-    difference in column k and g_r = (dK/dr) / r."""
-    diff = X[:, :, None, :] - X[:, None, :, :]
-    S0 = diff * diff  # (1 or m) x n x n x c per-column squared distances
+def _matern52(ls: _Positive, S0: np.ndarray) -> Forward:
+    """ARD Matern-5/2 over the per-column squared distances ``S0`` ((1 or m) x n x n x c);
+    dK/dl_k = (dK/dr) dr/dl_k = -g_r S_k / l_k with S_k the scaled squared difference in column
+    k and g_r = (dK/dr) / r."""
 
     def forward(t, j):
         ell, lp, dlp, draw = ls.value(t, j)
@@ -241,11 +259,10 @@ def _matern52(ls: _Positive, X: np.ndarray) -> Forward:
     return forward
 
 
-def _categorical(ls: _Positive, X: np.ndarray) -> Forward:
-    """BoTorch's categorical kernel exp(-mean_k [x_k != x'_k] / l_k);
-    dK/dl_k = K [x_k != x'_k] / (c l_k^2)."""
-    D0 = (X[:, :, None, :] != X[:, None, :, :]).astype(np.float64)  # (1 or m) x n x n x c
-    c = X.shape[-1]
+def _categorical(ls: _Positive, D0: np.ndarray) -> Forward:
+    """BoTorch's categorical kernel exp(-mean_k [x_k != x'_k] / l_k) over the per-column
+    inequalities ``D0`` ((1 or m) x n x n x c); dK/dl_k = K [x_k != x'_k] / (c l_k^2)."""
+    c = D0.shape[-1]
 
     def forward(t, j):
         ell, lp, dlp, draw = ls.value(t, j)
