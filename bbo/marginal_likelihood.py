@@ -9,7 +9,7 @@ outputs), :func:`fit` optimizes the same objective as ``botorch.fit.fit_gpytorch
 ``ExactMarginalLogLikelihood``, per data point, summed over outputs, in the same raw parameters, by
 SciPy's L-BFGS-B with the same options) with the gradient derived by hand (Rasmussen & Williams
 eq. 5.9: ``d log p / d theta = 1/2 tr((alpha alpha^T - K^-1) dK / d theta)``, pushed through the
-kernel tree in reverse), and writes the result into the model. It declines (returns False) for any
+kernel tree in reverse), and writes the result into the model. It declines (returns None) for any
 other model, which GPyTorch then fits.
 """
 
