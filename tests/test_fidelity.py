@@ -20,10 +20,10 @@ from bbo.errors import LimitError, SpecError
 from bbo.pruning import Rungs, bracket_shares, ladder
 from bbo.registry import StudyRegistry
 from bbo.spec import StudySpec
-from bbo.storage import open_storage
+from bbo.storage import CurvePoint, open_storage
 from bbo.strategy import space_filling
 from bbo.strategy.base import ACTIVE_STATUS
-from bbo.trial import TrialState
+from bbo.trial import Trial, TrialState
 
 X = [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}]
 EPOCHS = {"name": "epochs", "min": 1, "max": 27, "integer": True}
@@ -282,6 +282,36 @@ def test_promotion_keeps_the_trial_its_curve_and_is_handed_out_once(db):
     st = registry(db).get_study("promote")
     assert Rungs(st.spec, st.trials(), st.storage.curves(st.uid)).promotions(5) == before
     st.storage.close()
+
+
+def test_promotion_is_stricter_where_low_rungs_rank_as_the_next_one_does():
+    """ASHA keeps the best 1 / eta of a rung; once three trials were measured at a rung and the
+    next, the share follows their rank agreement: stricter where the orders agree, ASHA's where
+    they disagree or too few were measured."""
+    s = StudySpec.from_dict(spec(pruning={"policy": "asha", "promote": True}))
+
+    def rungs(pairs: list[tuple[float, float]], paused: list[float]) -> Rungs:
+        trials, curves = [], {}
+        for i, (lo, hi) in enumerate(pairs):  # measured at epochs 1 and 3, paused at 3
+            trials.append(Trial(i, {"x": 0.1}, TrialState.PAUSED, budget=3.0, bracket=0))
+            curves[i] = [CurvePoint(1, lo, 1.0, i), CurvePoint(3, hi, 3.0, i + 0.5)]
+        for j, v in enumerate(paused, start=len(pairs)):  # paused at epoch 1
+            trials.append(Trial(j, {"x": 0.2}, TrialState.PAUSED, budget=1.0, bracket=0))
+            curves[j] = [CurvePoint(1, v, 1.0, j)]
+        return Rungs(s, trials, curves)
+
+    waiting = [0.05, 0.06, 0.07, 0.5, 0.6, 0.7, 0.8, 0.9]  # 8 + 3 trials at epoch 1
+    agree = rungs([(0.1, 0.2), (0.2, 0.3), (0.3, 0.4)], waiting)
+    assert agree.agreement(0) == (pytest.approx(1.0), 3)
+    assert agree.share_divisor(0) == pytest.approx(3**1.5)
+    assert agree.share_divisor(1) == 3.0  # nobody measured at epochs 3 and 9 yet
+    assert [c.number for c in agree.promotions(5)] == [0, 3, 4]  # 11 / 5.2: best 2; best of 3
+    disagree = rungs([(0.1, 0.4), (0.2, 0.3), (0.3, 0.2)], waiting)
+    assert disagree.agreement(0) == (pytest.approx(-1.0), 3)
+    assert disagree.share_divisor(0) == 3.0
+    assert [c.number for c in disagree.promotions(5)] == [2, 3, 4, 5]  # 11 // 3: best 3
+    few = rungs([(0.1, 0.2), (0.2, 0.3)], waiting + [0.95])
+    assert few.share_divisor(0) == 3.0
 
 
 def test_hyperband_spreads_new_trials_over_its_brackets(db):
