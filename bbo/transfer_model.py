@@ -86,8 +86,13 @@ class PriorMeanStandardize(Standardize):
     def _prior_at(self, X: torch.Tensor | None) -> torch.Tensor | None:
         if X is None:
             return None
-        if self._m > 1 and X.dim() >= 3 and X.shape[-3] == 1:
-            X = X.squeeze(-3)  # the output dimension a batched multi-output model inserts
+        if self._m > 1 and X.dim() >= 3:
+            if X.shape[-3] == 1:
+                X = X.squeeze(-3)  # the output dimension a batched multi-output model inserts
+            elif X.shape[-3] == self._m and bool((X == X[..., :1, :, :]).all()):
+                # the model's training inputs, one copy per output (BoTorch's load_state_dict
+                # re-transforms the ``n x m`` targets with them): one copy
+                X = X[..., 0, :, :]
         return self._prior(X)
 
     def forward(self, Y, Yvar=None, X=None):
@@ -120,6 +125,15 @@ class TransferSurrogate(Surrogate):
             return super()._outcome_transform()
         return PriorMeanStandardize(self.m, self.prior)
 
+    def _predictive(self, m):
+        """No cached marginals under a prior: :mod:`bbo.predictive` adds back the outcome
+        transform's constant mean, not the prior. They are compared with the posterior once per
+        set of hyperparameters, so a set first checked under a flat prior would be trusted
+        unchecked under the next ask's prior, and the acquisition would see the residual model."""
+        if self.prior is not None:
+            return None
+        return super()._predictive(m)
+
 
 @dataclasses.dataclass
 class SourceModel:
@@ -133,8 +147,15 @@ class SourceModel:
     sd: np.ndarray
 
     def z(self, X: torch.Tensor) -> torch.Tensor:
-        """Posterior mean at ``X`` (``... x n x d``) in the source's z-units, ``... x n x m``."""
-        with gpytorch.settings.skip_posterior_variances(True):
+        """Posterior mean at ``X`` (``... x n x d``) in the source's z-units, ``... x n x m``.
+        Variances are skipped for one output only: GPyTorch's stand-in covariance for skipped
+        variances has the wrong shape for a batched multi-output posterior (``1 x bnm x bnm`` for
+        a ``b x n x m`` mean), which made every transfer fit and acquisition with constraint
+        metrics fail over to random points."""
+        if self.model is not None and self.model.num_outputs == 1:
+            with gpytorch.settings.skip_posterior_variances(True):
+                mu = self.posterior(X).mean
+        else:
             mu = self.posterior(X).mean
         return (mu - mu.new_tensor(self.mean)) / mu.new_tensor(self.sd)
 

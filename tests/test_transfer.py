@@ -210,6 +210,43 @@ def test_a_related_source_carries_weight_and_a_misleading_one_loses_it():
     assert s.origin == "transfer_bo" and "transfer weights (y): 'good'" in s.reason
 
 
+def test_a_constrained_study_models_its_sources_instead_of_falling_back():
+    """An objective and a constraint metric (a batched two-output GP): the prior from a related
+    source carries weight, every step is a transfer step and no fit or acquisition fails (the
+    sources' two-output posteriors and BoTorch's re-transform of the targets with one copy of the
+    inputs per output once broke both, and every step went to random points)."""
+    from bbo.spec import OutcomeConstraint
+    from bbo.strategy import GenerationStrategy
+
+    space = SearchSpace((FloatParam("x", 0.0, 1.0), FloatParam("z", 0.0, 1.0)))
+    objs, cons = (Objective("y"),), (OutcomeConstraint("c", "<=", 0.8),)
+
+    def metrics(p, cx, cz):
+        return {"y": Metric(bowl(p, cx, cz)), "c": Metric(p["x"] + 0.2 * p["z"])}
+
+    src = [
+        Trial(i + 1, p, TrialState.COMPLETED, metrics(p, 0.3, 0.6))
+        for i, p in enumerate(grid_points(25, seed=1))
+    ]
+    spec = StudySpec(space, objs, outcome_constraints=cons, transfer=TransferOptions(("src",)))
+    gs = GenerationStrategy(spec)
+    gs.set_sources(
+        [SourceData("uid-src", "src", StudySpec(space, objs, outcome_constraints=cons), src)]
+    )
+    trials = [
+        Trial(i + 1, p, TrialState.COMPLETED, metrics(p, 0.35, 0.55), origin="initial_design")
+        for i, p in enumerate(grid_points(6, seed=2))
+    ]
+    for _ in range(3):  # the first fit, then fits and conditioning from the cached state
+        (s,) = gs.suggest(trials, 1)
+        assert s.origin == "transfer_bo", s.reason
+        assert "failed" not in s.reason and "unusable" not in s.reason, s.reason
+        trials.append(
+            Trial(len(trials) + 1, s.params, TrialState.COMPLETED, metrics(s.params, 0.35, 0.55))
+        )
+    assert gs.transfer_report()["by_metric"]["y"]["uid-src"] > 0
+
+
 def test_a_source_prior_is_the_models_mean_where_the_target_has_no_data():
     import torch
 
@@ -229,6 +266,16 @@ def test_a_source_prior_is_the_models_mean_where_the_target_has_no_data():
         far = model.posterior(torch.tensor([[1.0]], dtype=torch.float64)).mean.item()
         near = model.posterior(torch.tensor([[0.05]], dtype=torch.float64)).mean.item()
     assert far == pytest.approx(10.0, abs=0.5) and near == pytest.approx(Y[1, 0], abs=0.05)
+    # no cached marginals under a prior (they add back a constant mean, not the prior), even for
+    # hyperparameters whose marginals were checked when the prior was flat
+    flat = TransferSurrogate(
+        space, 1, StudySpec(space, (Objective("y"),)).algorithm, select_device("cpu")
+    )
+    _, _, info = flat.model(X, Y)
+    assert info.predictive is not None
+    flat.prior = sur.prior
+    _, _, info = flat.model(X, Y)
+    assert info.predictive is None
 
 
 # ---- the service: selection, isolation, deletion, restart ----------------------------------------
