@@ -65,8 +65,9 @@ MIN_WEIGHT = 0.01  # a source below this weight on every metric does not make a 
 
 
 def transfer_design_size(ctx: Context) -> int:
-    """Initial design of a study with usable sources: half the usual d + 1 points (at least 2),
-    the sources' best points among them; the prior carries the rest. An explicit n_initial wins."""
+    """Initial design of a study with usable sources: ``ceil((d + 1) / 2)`` points (at least 2,
+    at most the usual design), the sources' best points among them; the prior carries the rest.
+    An explicit n_initial wins."""
     if ctx.spec.algorithm.n_initial > 0:
         return ctx.n_initial
     return min(ctx.n_initial, max(2, math.ceil((ctx.spec.space.dim + 1) / 2)))
