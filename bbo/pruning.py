@@ -179,11 +179,12 @@ class Rungs:
             return out
         brackets = sorted({trial_bracket(t, self.top) for t in self.trials.values()})
         for k in range(self.top - 1, -1, -1):
+            e = self.share_divisor(k)
             for s in brackets:
                 if s > k:
                     continue
                 members = self.members(s, k)
-                top = int(len(members) / self.share_divisor(k) + 1e-9)
+                top = int(len(members) / e + 1e-9)
                 ranked = sorted(members, key=lambda m: (-self.sign * m[1].value, m[0]))
                 for rank, (tid, p) in enumerate(ranked[:top], start=1):
                     t = self.trials[tid]
@@ -209,7 +210,7 @@ class Rungs:
 
     def agreement(self, k: int) -> tuple[float, int]:
         """``(Spearman rank correlation, pairs)`` of the values at rungs ``k`` and ``k + 1`` of
-        the trials measured at both (each value inside its rung's range of budgets)."""
+        the trials measured at both (the first measured below rung ``k + 1``'s budget)."""
         lo, hi = [], []
         for tid in self.curves:
             t = self.trials.get(tid)
