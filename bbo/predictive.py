@@ -41,7 +41,8 @@ CHECK_RTOL = 1e-6  # relative agreement with model.posterior required at constru
 
 class CachedPredictive(Model):
     """Posterior marginals of a fitted, eval-mode exact GP (``SingleTaskGP``, ``MixedSingleTaskGP``,
-    outputs batched or single; inferred or fixed noise; ``Normalize`` / ``Standardize``)."""
+    outputs batched or single; inferred or fixed noise; ``Normalize`` / ``Standardize``, or the
+    transfer model's per-input prior mean: :class:`~bbo.transfer_model.PriorMeanStandardize`)."""
 
     # the fitted GP: Any, as its parts (train_inputs, likelihood, mean_module) are attributes
     # nn.Module resolves at run time, which torch's stubs type as ``Tensor | Module``
@@ -81,6 +82,8 @@ class CachedPredictive(Model):
         ot = getattr(model, "outcome_transform", None)
         self._loc = None if ot is None else ot.means.reshape(-1)
         self._scale = None if ot is None else ot.stdvs.reshape(-1)
+        # a per-input prior mean the outcome transform adds back (bbo.transfer_model's), if any
+        self._prior_mean = getattr(ot, "prior_mean", None)
         self._check(compare)
 
     @property
@@ -112,6 +115,8 @@ class CachedPredictive(Model):
         if self._loc is not None and self._scale is not None:
             mean = mean * self._scale + self._loc
             var = var * self._scale.pow(2)
+        if self._prior_mean is not None:
+            mean = mean + self._prior_mean(X.reshape(-1, X.shape[-1])).reshape(mean.shape)
         return mean.reshape(*shape, self._m), var.reshape(*shape, self._m)
 
     def train_mean(self) -> torch.Tensor:
@@ -125,6 +130,8 @@ class CachedPredictive(Model):
         mean = mean.transpose(-1, -2) if mean.dim() == 2 else mean.unsqueeze(-1)
         if self._loc is not None and self._scale is not None:
             mean = mean * self._scale + self._loc
+        if self._prior_mean is not None:
+            mean = mean + self._prior_mean(self._train_x())
         return mean
 
     def loo_z(self, rows: torch.Tensor) -> torch.Tensor:
@@ -173,9 +180,7 @@ class CachedPredictive(Model):
         match ``model.posterior`` there. The comparison builds GPyTorch's own prediction caches
         (a second factorization: at 1000 points half an ask), so callers that verified a model
         of the same kind and hyperparameters already skip it."""
-        Xo = getattr(self._gp, "_original_train_inputs", None)
-        Xo = self._gp.train_inputs[0] if Xo is None else Xo
-        Xo = Xo[0] if Xo.dim() == 3 else Xo
+        Xo = self._train_x()
         g = torch.Generator(device="cpu").manual_seed(0)
         lo, hi = Xo.min(0).values, Xo.max(0).values
         R = lo + (hi - lo) * torch.rand(4, Xo.shape[-1], generator=g, dtype=Xo.dtype).to(Xo)
@@ -193,6 +198,12 @@ class CachedPredictive(Model):
         tol_v = CHECK_RTOL * (want_v.abs() + self._var_scale())
         if not ((mean - want_m).abs() <= tol_m).all() or not ((var - want_v).abs() <= tol_v).all():
             raise ValueError("cached marginals do not reproduce the model's posterior")
+
+    def _train_x(self) -> torch.Tensor:
+        """The training inputs as the model was given them (before its input transform), n x d."""
+        Xo = getattr(self._gp, "_original_train_inputs", None)
+        Xo = self._gp.train_inputs[0] if Xo is None else Xo
+        return Xo[0] if Xo.dim() == 3 else Xo
 
     def _var_scale(self) -> torch.Tensor:
         return torch.ones(()) if self._scale is None else self._scale.pow(2)

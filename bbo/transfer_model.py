@@ -84,6 +84,11 @@ class PriorMeanStandardize(Standardize):
         super().__init__(m)
         self._prior = prior
 
+    def prior_mean(self, X: torch.Tensor) -> torch.Tensor:
+        """The prior mean at ``X`` (``... x n x d``, the model's encoding): ``... x n x m``, in
+        outcome units (what :class:`~bbo.predictive.CachedPredictive` adds to its marginals)."""
+        return self._prior(X)
+
     def _prior_at(self, X: torch.Tensor | None) -> torch.Tensor | None:
         if X is None:
             return None
@@ -125,15 +130,6 @@ class TransferSurrogate(Surrogate):
         if self.prior is None:
             return super()._outcome_transform()
         return PriorMeanStandardize(self.m, self.prior)
-
-    def _predictive(self, m):
-        """No cached marginals under a prior: :mod:`bbo.predictive` adds back the outcome
-        transform's constant mean, not the prior. They are compared with the posterior once per
-        set of hyperparameters, so a set first checked under a flat prior would be trusted
-        unchecked under the next ask's prior, and the acquisition would see the residual model."""
-        if self.prior is not None:
-            return None
-        return super()._predictive(m)
 
 
 @dataclasses.dataclass

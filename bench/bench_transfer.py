@@ -485,6 +485,8 @@ def plot(runs: list[dict], summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = list(summary)
+    if not tasks:  # no task has its plain runs: nothing to plot regret against
+        return
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.8), squeeze=False)
     colors = {"plain": "k", "related": "tab:green", "misleading": "tab:red", "ax": "tab:blue"}
     for ax, task in zip(axes[0], tasks, strict=True):

@@ -266,16 +266,25 @@ def test_a_source_prior_is_the_models_mean_where_the_target_has_no_data():
         far = model.posterior(torch.tensor([[1.0]], dtype=torch.float64)).mean.item()
         near = model.posterior(torch.tensor([[0.05]], dtype=torch.float64)).mean.item()
     assert far == pytest.approx(10.0, abs=0.5) and near == pytest.approx(Y[1, 0], abs=0.05)
-    # no cached marginals under a prior (they add back a constant mean, not the prior), even for
-    # hyperparameters whose marginals were checked when the prior was flat
+    # the cached marginals (the acquisition's and the recommendation's) add the prior back too,
+    # also for hyperparameters whose marginals were checked while the prior was flat
     flat = TransferSurrogate(
         space, 1, StudySpec(space, (Objective("y"),)).algorithm, select_device("cpu")
     )
     _, _, info = flat.model(X, Y)
     assert info.predictive is not None
     flat.prior = sur.prior
-    _, _, info = flat.model(X, Y)
-    assert info.predictive is None
+    model, _, info = flat.model(X, Y)
+    assert info.predictive is not None
+    grid = torch.tensor([[0.05], [0.5], [1.0]], dtype=torch.float64)
+    with torch.no_grad():
+        mean, var = info.predictive.marginals(grid)
+        post = model.posterior(grid)
+        train = info.predictive.train_mean()
+    assert torch.allclose(mean, post.mean, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(var, post.variance, rtol=1e-6, atol=1e-6)
+    assert mean[-1].item() == pytest.approx(10.0, abs=0.5)
+    assert train[:, 0].numpy() == pytest.approx(Y[:, 0], abs=0.05)
 
 
 # ---- the service: selection, isolation, deletion, restart ----------------------------------------
