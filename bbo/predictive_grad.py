@@ -127,6 +127,8 @@ def _build(p) -> MarginalGradients | None:
     Xt = p._Xt
     if Xt.device.type != "cpu" or Xt.dtype != torch.float64 or p._prior_var is None:
         return None
+    if p._prior_mean is not None:  # a transfer prior's mean: torch's autograd differentiates it
+        return None
     batched = Xt.dim() == 3
     m = p.num_outputs
     if m > 1 and not batched:
