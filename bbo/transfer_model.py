@@ -86,12 +86,8 @@ class PriorMeanStandardize(Standardize):
 
     def prior_mean(self, X: torch.Tensor) -> torch.Tensor:
         """The prior mean at ``X`` (``... x n x d``, the model's encoding): ``... x n x m``, in
-        outcome units (what :class:`~bbo.predictive.CachedPredictive` adds to its marginals)."""
-        return self._prior(X)
-
-    def _prior_at(self, X: torch.Tensor | None) -> torch.Tensor | None:
-        if X is None:
-            return None
+        outcome units (also what :class:`~bbo.predictive.CachedPredictive` adds to its
+        marginals)."""
         if self._m > 1 and X.dim() >= 3:
             if X.shape[-3] == 1:
                 X = X.squeeze(-3)  # the output dimension a batched multi-output model inserts
@@ -102,20 +98,18 @@ class PriorMeanStandardize(Standardize):
         return self._prior(X)
 
     def forward(self, Y, Yvar=None, X=None):
-        p = self._prior_at(X)
-        if p is None:
+        if X is None:
             raise RuntimeError("PriorMeanStandardize needs the inputs X")
-        p = p.detach()  # training targets: constants for the hyperparameter fit
+        p = self.prior_mean(X).detach()  # training targets: constants for the hyperparameter fit
         if self.training:
             super().forward(Y - p, Yvar)  # the statistics of the residuals
         Y_tf = (Y - p - self.means) / self.stdvs
         return Y_tf, (Yvar / self._stdvs_sq if Yvar is not None else None)
 
     def _get_per_input_means_stdvs(self, X, include_stdvs_sq):
-        p = self._prior_at(X)
-        if p is None:
+        if X is None:
             return self.means, self.stdvs, self._stdvs_sq
-        return self.means + p, self.stdvs, self._stdvs_sq
+        return self.means + self.prior_mean(X), self.stdvs, self._stdvs_sq
 
     def subset_output(self, idcs):
         raise NotImplementedError("a transfer prior is not split by output")
