@@ -27,7 +27,7 @@ from bbo.spec import AlgorithmOptions, StudySpec
 from bbo.stopping import MedianRule
 from bbo.storage import LlmCallRecord, Storage, StudyRecord
 from bbo.study import Study
-from bbo.transfer import resolve_sources, source_refs
+from bbo.transfer import Judge, resolve_sources, source_refs
 
 log = logging.getLogger("bbo.registry")
 
@@ -164,6 +164,7 @@ class StudyRegistry:
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little")
         created = False
+        llm_calls: list = []  # the LLM's judgement of auto's candidates, logged once created
         for _ in range(3):  # a concurrent delete of the name can make both steps miss
             transfer = None
             if spec.transfer.enabled:
@@ -172,7 +173,8 @@ class StudyRegistry:
                 rec = self.storage.get_study(tenant, name)
                 if rec is not None:
                     break
-                transfer = resolve_sources(self.storage, tenant, name, spec)
+                judge = self._judge(spec, tenant, name, llm_calls)
+                transfer = resolve_sources(self.storage, tenant, name, spec, judge)
             rec = self._insert(tenant, name, spec_dict, seed, transfer)
             if rec is not None:
                 created = True
@@ -187,6 +189,8 @@ class StudyRegistry:
         st = self._adopt(rec, self._deletes_seen())
         if created:
             log.info("study created", extra={"study": name, "tenant": tenant, "uid": rec.uid})
+            for call in llm_calls:
+                st.log_llm_call(call)
             if (
                 self.config.llm is not None
             ):  # warm-start and priors calls start now, in the background
@@ -215,6 +219,26 @@ class StudyRegistry:
             )
         except LimitError as e:
             raise LimitError(f"{e.message} (--max-studies)") from None
+
+    def _judge(self, spec: StudySpec, tenant: str, name: str, calls: list) -> Judge | None:
+        """The LLM's rating of ``auto``'s candidate sources (:meth:`LlmAdvisor.related`, bounded
+        by its ask budget), where the module is on and the study enables it; its calls go to
+        ``calls``."""
+        advisor = self.config.llm
+        if advisor is None or not advisor.enabled or not spec.llm.enabled or not spec.transfer.auto:
+            return None
+
+        def judge(target: StudySpec, candidates):
+            res = advisor.related(target, candidates, study_key=f"{tenant}/{name}")
+            calls.extend(res.calls)
+            if res.related:
+                return res.related, (
+                    f"the LLM judged the descriptions of {len(res.related)} of "
+                    f"{len(candidates)} candidates"
+                )
+            return {}, f"no LLM judgement ({res.reason}): TF-IDF similarity used"
+
+        return judge
 
     def _check_llm_model(self, spec: StudySpec) -> None:
         """A study may name only the models the server offers (``--llm-models``)."""

@@ -11,7 +11,9 @@ into its search space. The model that uses them is :mod:`bbo.transfer_model`.
   the source held fixed counts at that value), every objective of the target, and report every
   constrained metric. Among compatible studies the score weighs how much of the target's ranges
   the source covered, extra source parameters, matching objective goals, the descriptions' TF-IDF
-  cosine similarity and fixed parameters with equal values; ``why`` says each part in words.
+  cosine similarity and fixed parameters with equal values; ``why`` says each part in words. For
+  ``auto`` with the LLM module on (and the study's ``llm.enabled``), the LLM's judgement of how
+  related the descriptions are replaces their TF-IDF similarity (a :data:`Judge`).
 * **Mapping** (:func:`encode_source_trials`, :func:`map_point`): a source trial keeps its values in
   the parameters' own units (rho = 0.3 stays 0.3), encoded with the *target's* ranges and scales;
   points far outside the target's box are dropped, values of categories the target lacks drop the
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +43,14 @@ MIN_SCORE = 0.5  # relatedness under which ``auto`` does not pick a study
 MIN_AUTO_TRIALS = 3  # completed trials a study needs before ``auto`` picks it
 OUTSIDE = 0.25  # source points farther than this (in units of the target's range) are dropped
 MAX_CANDIDATES = 10_000  # stored studies ``auto`` looks at (the tenant's oldest first)
+MAX_JUDGED = 20  # candidates a judge (the LLM) is shown: the best by structure and TF-IDF
+TEXT_WEIGHT = 0.15  # the descriptions' share of the relatedness score
+
+# ``auto``'s optional judge of descriptions (the LLM module's, :meth:`LlmAdvisor.related`): given the
+# new study's spec and ``(name, spec)`` of stored candidates, ``({name: (relatedness, why)}, note)``
+Judge = Callable[
+    [StudySpec, Sequence[tuple[str, StudySpec]]], tuple[Mapping[str, tuple[float, str]], str]
+]
 
 
 @dataclass(frozen=True)
@@ -145,9 +155,14 @@ def _coverage(tp, sp) -> tuple[float, str]:
 
 
 def relatedness(
-    target: StudySpec, source: StudySpec, description_similarity: float | None = None
+    target: StudySpec,
+    source: StudySpec,
+    description_similarity: float | None = None,
+    judged: tuple[float, str] | None = None,
 ) -> Relatedness:
-    """How well ``source`` fits as a transfer source for ``target`` (see the module docstring)."""
+    """How well ``source`` fits as a transfer source for ``target`` (see the module docstring).
+    ``judged``: a judge's ``(relatedness, why)`` of the descriptions, used instead of their TF-IDF
+    similarity."""
     problems: list[str] = []
     by_name = source.space.by_name
     cover: list[float] = []
@@ -184,15 +199,20 @@ def relatedness(
         if isinstance(sf := by_name.get(p.name), FixedParam) and sf.value == p.value
     ]
     fixed = len(same_fixed) / len(fixed_t) if fixed_t else 0.5
-    text = 0.5 if description_similarity is None else float(description_similarity)
-    score = 0.6 * structure + 0.15 * objectives + 0.15 * text + 0.1 * fixed
+    if judged is not None:
+        text = float(judged[0])
+    else:
+        text = 0.5 if description_similarity is None else float(description_similarity)
+    score = 0.6 * structure + 0.15 * objectives + TEXT_WEIGHT * text + 0.1 * fixed
     why = [
         f"all {len(target_names)} parameters, ranges covered {100 * np.mean(cover):.0f}%",
         f"objectives match{'' if goals_match == len(target.objectives) else ' (another goal)'}",
     ]
     if extra:
         why.append(f"{len(extra)} extra source parameter(s)")
-    if description_similarity is not None:
+    if judged is not None:
+        why.append(f"judged related {judged[0]:.2f}" + (f" ({judged[1]})" if judged[1] else ""))
+    elif description_similarity is not None:
         why.append(f"description similarity {description_similarity:.2f}")
     if fixed_t:
         why.append(f"{len(same_fixed)}/{len(fixed_t)} fixed parameters equal")
@@ -215,11 +235,14 @@ def description_similarities(target: str, others: Sequence[str]) -> list[float |
 
 
 # ---- resolution (at creation) --------------------------------------------------------------------
-def resolve_sources(storage, tenant: str, name: str, spec: StudySpec) -> dict | None:
+def resolve_sources(
+    storage, tenant: str, name: str, spec: StudySpec, judge: Judge | None = None
+) -> dict | None:
     """The transfer record of a study about to be created: its sources, named and automatic, by
     uid, with relatedness and why. Only ``tenant``'s studies are looked at. A named source that
     does not exist (in this tenant) is :class:`NotFoundError`, one that cannot be a source
-    :class:`SpecError`; ``auto`` finding nothing related leaves an empty list (plain BO)."""
+    :class:`SpecError`; ``auto`` finding nothing related leaves an empty list (plain BO).
+    ``judge`` (optional) rates the descriptions of ``auto``'s candidates."""
     t = spec.transfer
     if not t.enabled:
         return None
@@ -248,7 +271,7 @@ def resolve_sources(storage, tenant: str, name: str, spec: StudySpec) -> dict | 
         chosen.append(SourceRef(rec.uid, rec.name, r.score, r.why, True))
     note = ""
     if t.auto and len(chosen) < t.limit:
-        picked, note = _auto(storage, tenant, name, spec, {c.uid for c in chosen})
+        picked, note = _auto(storage, tenant, name, spec, {c.uid for c in chosen}, judge)
         chosen.extend(picked[: t.limit - len(chosen)])
     return {
         "sources": [asdict(c) for c in chosen],
@@ -265,8 +288,10 @@ def _spec_of(rec) -> StudySpec | None:
         return None
 
 
-def _auto(storage, tenant: str, name: str, spec: StudySpec, taken: set[str]):
-    """The tenant's compatible studies with enough completed trials, best first, and a note."""
+def _auto(storage, tenant: str, name: str, spec: StudySpec, taken: set[str], judge=None):
+    """The tenant's compatible studies with enough completed trials, best first, and a note. With a
+    ``judge``, its rating of the descriptions of the best :data:`MAX_JUDGED` replaces their TF-IDF
+    similarity in the score (a judge that fails leaves TF-IDF; its note says why)."""
     recs: list[StudyRecord] = []
     after = None
     while len(recs) < MAX_CANDIDATES:
@@ -283,21 +308,37 @@ def _auto(storage, tenant: str, name: str, spec: StudySpec, taken: set[str]):
         if sspec is not None and relatedness(spec, sspec).compatible:
             cands.append((rec, sspec))
     sims = description_similarities(spec.description, [s.description for _, s in cands])
-    ranked = []
+    scored = []
+    reachable = MIN_SCORE - (TEXT_WEIGHT if judge is not None else 0.0)  # a judge may lift a score
     for (rec, sspec), sim in zip(cands, sims, strict=True):
         r = relatedness(spec, sspec, sim)
-        if r.score < MIN_SCORE:
+        if r.score < reachable:
             continue
         completed = storage.trial_counts(rec.uid).get(TrialState.COMPLETED.value, 0)
-        if completed < MIN_AUTO_TRIALS:
-            continue
-        ranked.append((r.score, completed, rec.created_at, rec, r))
+        if completed >= MIN_AUTO_TRIALS:
+            scored.append((rec, sspec, sim, completed, r))
+    judge_note = ""
+    if judge is not None and scored:
+        scored.sort(key=lambda x: -x[4].score)
+        shown = scored[:MAX_JUDGED]
+        verdicts, judge_note = judge(spec, [(rec.name, sspec) for rec, sspec, *_ in shown])
+        for i, (rec, sspec, sim, completed, _) in enumerate(shown):
+            if rec.name in verdicts:
+                r = relatedness(spec, sspec, sim, verdicts[rec.name])
+                scored[i] = (rec, sspec, sim, completed, r)
+    ranked = [
+        (r.score, completed, rec.created_at, rec, r)
+        for rec, _, _, completed, r in scored
+        if r.score >= MIN_SCORE
+    ]
     ranked.sort(key=lambda x: (-x[0], -x[1], -x[2]))
     note = (
         f"auto: {len(ranked)} related of {len(recs)} stored studies"
         f" ({len(cands)} compatible; at least {MIN_AUTO_TRIALS} completed trials and relatedness"
         f" {MIN_SCORE} needed)"
     )
+    if judge_note:
+        note += f"; {judge_note}"
     return [SourceRef(rec.uid, rec.name, r.score, r.why, False) for *_, rec, r in ranked], note
 
 

@@ -16,6 +16,7 @@ from bbo.llm.parse import (
     merge_priors,
     parse_candidates,
     parse_priors,
+    parse_related,
 )
 from bbo.llm.prompt import (
     candidates_schema,
@@ -347,3 +348,20 @@ def test_brackets_are_matched_in_one_pass_and_a_stray_quote_in_prose_does_not_hi
     assert got[0] == {"params": {"x": 0.25}, "rationale": "a"} and len(got) == 1
     assert extract_json("Sure, here's some rock 'n roll: {\"a\": [1, 2]} enjoy") == {"a": [1, 2]}
     assert extract_json('The note says "use {x}" and then {"b": "}{"} ends') == {"b": "}{"}
+
+
+def test_related_answers_are_read_by_name_clipped_and_unknown_names_dropped():
+    names = ["admm-lasso", "admm ridge", "cloud"]
+    text = (
+        "Sure! ```json\n"
+        '{"studies": [{"name": "ADMM-Lasso", "relatedness": 1.7, "why": "same  problem"},'
+        ' {"study": "admm_ridge", "score": "0,4"}, {"name": "nope", "relatedness": 1},'
+        ' {"name": "cloud", "relatedness": "high"}]}\n```'
+    )
+    out = parse_related(text, names)
+    assert out.scores == {"admm-lasso": (1.0, "same problem"), "admm ridge": (0.4, "")}
+    assert any("unknown study 'nope'" in i for i in out.issues)
+    assert any("no relatedness number for 'cloud'" in i for i in out.issues)
+    by_key = parse_related('{"cloud": {"relatedness": 0.2, "why": "w"}}', names)
+    assert by_key.scores == {"cloud": (0.2, "w")}
+    assert parse_related("no idea", names).scores == {}

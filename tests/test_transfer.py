@@ -327,6 +327,68 @@ def test_auto_picks_related_studies_of_the_tenant_only(registry):
     assert not created and again.record.transfer == rec
 
 
+def test_auto_asks_the_llm_which_descriptions_are_related(storage):
+    """With the LLM module on and the study's ``llm.enabled``, ``auto`` ranks its candidates by the
+    LLM's judgement of their descriptions instead of TF-IDF: the prompt shows the tenant's
+    candidates only, the exchange is in the new study's LLM log, and an unusable answer leaves
+    TF-IDF (the note says so); a study without ``llm.enabled`` asks nothing."""
+    from bbo.llm import LlmAdvisor, LlmConfig
+    from bbo.registry import StudyConfig, StudyRegistry
+    from bbo.testing.chat_server import ChatServer, Reply
+
+    verdict = {"lasso": (0.95, "Lasso is L1-regularized least squares"), "poly": (0.1, "a fit")}
+    answers = {"good": True}
+
+    def responder(body: dict) -> Reply:
+        if "Stored studies" not in ChatServer.prompt_of(body):
+            return Reply("{}")  # the target's own warm-start / priors prompts
+        if not answers["good"]:
+            return Reply("no idea")
+        rows = [{"name": n, "relatedness": v, "why": w} for n, (v, w) in verdict.items()]
+        return Reply(json.dumps({"studies": rows}))
+
+    with ChatServer(responder) as srv:
+        llm = LlmAdvisor(LlmConfig(base_url=srv.url, api_key="k", model="test-model", timeout_s=5))
+        reg = StudyRegistry(storage, config=StudyConfig(llm=llm))
+        on = {"enabled": True, "warmstart_candidates": 1, "derive_priors": False}
+        for name, desc in (
+            ("poly", "least squares fit of a polynomial to 2000 noisy samples"),
+            ("lasso", "ADMM for a Lasso problem"),
+        ):
+            st, _ = reg.create_study(name, spec_dict(desc))
+            add(st, bowl, 5)
+        secret, _ = reg.create_study("theirs", spec_dict("a secret study"), tenant="other")
+        add(secret, bowl, 5)
+        target_desc = "L1-regularized least squares on 2000 noisy samples"
+        plain, _ = reg.create_study("tfidf", spec_dict(target_desc, transfer={"auto": True}))
+        assert [s["name"] for s in plain.record.transfer["sources"]] == ["poly", "lasso"]
+        assert srv.requests == []  # the study did not enable the LLM: nothing asked
+
+        target, _ = reg.create_study(
+            "target", spec_dict(target_desc, transfer={"auto": True}, llm=on)
+        )
+        rec = target.record.transfer
+        assert [s["name"] for s in rec["sources"]] == ["lasso", "poly"]
+        assert (
+            "judged related 0.95 (Lasso is L1-regularized least squares)"
+            in rec["sources"][0]["why"]
+        )
+        assert "the LLM judged the descriptions of 2 of 2 candidates" in rec["note"]
+        (call,) = target.llm_calls("related")
+        assert call.outcome == "ok" and "ADMM for a Lasso problem" in call.prompt
+        assert "secret" not in call.prompt and "tfidf" not in call.prompt.split("Stored studies")[1]
+
+        answers["good"] = False
+        again, _ = reg.create_study(
+            "again", spec_dict(target_desc, transfer={"auto": True}, llm=on)
+        )
+        rec = again.record.transfer
+        assert [s["name"] for s in rec["sources"]][:2] == ["poly", "lasso"]
+        assert "no LLM judgement (unusable answer" in rec["note"] and "TF-IDF" in rec["note"]
+        (call,) = again.llm_calls("related")
+        assert call.outcome.startswith("unusable answer")
+
+
 def test_tenants_never_see_each_others_sources_over_grpc(server_factory, tmp_path):
     db = "sqlite:///" + str(tmp_path / "tenants.db")
     srv = server_factory(db=db, args=["--auth", "--workers", "1"])

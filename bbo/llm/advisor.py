@@ -38,8 +38,14 @@ from bbo.errors import SpecError
 from bbo.llm.cache import prompt_hash
 from bbo.llm.client import OK, ChatOutcome, LlmClient
 from bbo.llm.config import LlmConfig
-from bbo.llm.parse import merge_priors, parse_candidates, parse_priors, point_key
-from bbo.llm.prompt import Prompt, priors_prompt, proposal_prompt, warmstart_prompt
+from bbo.llm.parse import merge_priors, parse_candidates, parse_priors, parse_related, point_key
+from bbo.llm.prompt import (
+    Prompt,
+    priors_prompt,
+    proposal_prompt,
+    related_prompt,
+    warmstart_prompt,
+)
 from bbo.space import SearchSpace, Value
 from bbo.spec import ParameterPrior, StudySpec
 from bbo.storage.base import LlmCallRecord
@@ -68,6 +74,7 @@ class LlmResult:
     calls: list[LlmCallRecord] = field(default_factory=list)
     reason: str = ""
     issues: list[str] = field(default_factory=list)  # validation notes (repairs and rejections)
+    related: dict[str, tuple[float, str]] = field(default_factory=dict)  # study -> (score, why)
 
     @property
     def ok(self) -> bool:
@@ -531,6 +538,40 @@ class LlmAdvisor:
         if reason and not rec.cached:
             rec.outcome = f"partial: {reason}"
         return LlmResult(priors=parsed.priors, calls=[rec], reason=reason, issues=parsed.issues)
+
+    def related(
+        self,
+        spec: StudySpec,
+        candidates: Sequence[tuple[str, StudySpec]],
+        *,
+        study_key: str = "",
+        budget_s: float | None = None,
+    ) -> LlmResult:
+        """How related each stored study ``(name, spec)`` is to a new study ``spec``, judged from
+        the descriptions (``related``: name -> (score in [0, 1], why)); for transfer's ``auto``."""
+        if not candidates:
+            return LlmResult()
+        if not self.enabled:
+            return LlmResult(reason=DISABLED)
+        prompt = related_prompt(spec, candidates, compact=self.config.compact)
+        out, rec, key = self._exchange(prompt, study_key, spec.llm.model, self._deadline(budget_s))
+        if not out.ok:
+            return LlmResult(calls=[rec], reason=out.reason)
+        names = prompt.schema["properties"]["studies"]["items"]["properties"]["name"]["enum"]
+        parsed = parse_related(out.text, names)
+        if not parsed.scores:
+            reason = f"unusable answer: {parsed.issues[0] if parsed.issues else 'no judgements'}"
+            self._mark_unusable(key)
+            if not rec.cached:
+                rec.outcome = reason
+            return LlmResult(calls=[rec], reason=reason, issues=parsed.issues)
+        self._remember(key, out)
+        reason = ""
+        if len(parsed.scores) < len(names):
+            reason = f"llm judged {len(parsed.scores)} of {len(names)} studies"
+            if not rec.cached:
+                rec.outcome = f"partial: {reason}"
+        return LlmResult(calls=[rec], reason=reason, issues=parsed.issues, related=parsed.scores)
 
     # ---- ahead of the asks -------------------------------------------------------------------
     def _ahead(

@@ -636,3 +636,44 @@ def merge_priors(
     """The user's priors, plus LLM priors on parameters the user said nothing about."""
     have = {p.parameter for p in user}
     return tuple(user) + tuple(p for p in llm if p.parameter not in have)
+
+
+@dataclass
+class ParsedRelated:
+    scores: dict[str, tuple[float, str]] = field(default_factory=dict)  # name -> (score, why)
+    issues: list[str] = field(default_factory=list)
+
+
+def parse_related(text: str, names: Sequence[str]) -> ParsedRelated:
+    """The relatedness (in [0, 1], clipped) and reason the answer gives each of ``names``; other
+    names and entries without a number are noted and left out."""
+    out = ParsedRelated()
+    data = extract_json(text)
+    container: Any = data
+    if isinstance(data, dict):
+        container = _first(data, ("studies", "related", "results"))
+        if container is None:  # {"name": {"relatedness": ...}, ...}
+            container = [{"name": k, **v} for k, v in data.items() if isinstance(v, dict)]
+    if not isinstance(container, list):
+        out.issues.append("no JSON list of studies in the answer")
+        return out
+    known = {_norm_key(n): n for n in names}
+    for x in container:
+        if not isinstance(x, dict):
+            continue
+        raw = _first(x, ("name", "study"))
+        name = known.get(_norm_key(raw)) if isinstance(raw, str) else None
+        if name is None:
+            out.issues.append(f"ignored an entry for an unknown study {str(raw)[:40]!r}")
+            continue
+        v = _number(_first(x, ("relatedness", "score", "similarity")))
+        if v is None or not math.isfinite(v):
+            out.issues.append(f"no relatedness number for {name!r}")
+            continue
+        why = _first(x, ("why", "reason", "rationale"))
+        why = " ".join(str(why).split())[:200] if why is not None else ""
+        out.scores[name] = (min(1.0, max(0.0, v)), why)
+    missing = [n for n in names if n not in out.scores]
+    if missing:
+        out.issues.append(f"no judgement for {len(missing)} stud(ies), e.g. {missing[0]!r}")
+    return out

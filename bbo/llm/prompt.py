@@ -504,6 +504,64 @@ def priors_prompt(spec: StudySpec, *, compact: bool = False) -> Prompt:
     )
 
 
+RELATED_DESCRIPTION_CHARS = 600  # of each stored study's description (compact: a third)
+
+
+def related_schema(names: Sequence[str]) -> dict:
+    """``{"studies": [{"name", "relatedness", "why"}]}``, names from ``names``."""
+    item = _strict_object(
+        {
+            "name": {"type": "string", "enum": list(names)},
+            "relatedness": {"type": "number", "minimum": 0, "maximum": 1},
+            "why": {"type": "string"},
+        },
+        ["name", "relatedness", "why"],
+    )
+    return _strict_object({"studies": {"type": "array", "items": item}}, ["studies"])
+
+
+def related_prompt(
+    spec: StudySpec, candidates: Sequence[tuple[str, StudySpec]], *, compact: bool = False
+) -> Prompt:
+    """Which stored studies (name, spec) tune the same system as ``spec`` on a similar task, so
+    that their results carry over (transfer's ``auto``: :func:`bbo.transfer.resolve_sources`)."""
+    cap = RELATED_DESCRIPTION_CHARS // 3 if compact else RELATED_DESCRIPTION_CHARS
+    rows = []
+    for name, other in candidates:
+        d = " ".join((other.description or "(no description)").split())
+        d = d[:cap] + " [...]" if len(d) > cap else d
+        fixed = [
+            f"{p.name}={fmt(p.value)}" for p in other.space.params if isinstance(p, FixedParam)
+        ]
+        line = f"- {json.dumps(name)}: {d}"
+        if fixed:
+            line += f" (fixed: {', '.join(fixed)})"
+        rows.append(line)
+    target_fixed = [
+        f"{p.name}={fmt(p.value)}" for p in spec.space.params if isinstance(p, FixedParam)
+    ]
+    new = _description(spec, compact)
+    if target_fixed:
+        new += f" (fixed: {', '.join(target_fixed)})"
+    ask = (
+        "A new study is about to start. The stored studies below have the same parameters and "
+        "objectives. For each, judge from the descriptions how related its task is to the new one: "
+        "would its good settings likely be good here too? relatedness 1 = the same system on a very "
+        "similar task, 0.5 = the same system on a different task, 0 = unrelated. "
+        'Reply with JSON like {"studies": [{"name": "...", "relatedness": 0.5, "why": "..."}]} '
+        "covering every stored study."
+    )
+    return Prompt(
+        "related",
+        _messages(
+            [new, describe_goals(spec), "Stored studies:\n" + "\n".join(rows), ask],
+            compact=compact,
+        ),
+        related_schema([n for n, _ in candidates]),
+        "related_studies",
+    )
+
+
 def _messages(parts: list[str], compact: bool = False) -> tuple[dict, ...]:
     system = SYSTEM_COMPACT if compact else SYSTEM
     return ({"role": "system", "content": system}, {"role": "user", "content": "\n\n".join(parts)})

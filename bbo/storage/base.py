@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from bbo.trial import Metric, Trial, TrialState
 
 LEASE_EXPIRED = "lease expired"  # the reason of a trial ABANDONED because its lease ran out
-LLM_PURPOSES = ("warmstart", "priors", "proposal")  # what an LLM call was for
+LLM_PURPOSES = ("warmstart", "priors", "proposal", "related")  # what an LLM call was for
 
 
 @dataclass(frozen=True)

@@ -1342,7 +1342,7 @@ type ListLlmCallsRequest struct {
 	Study     string `protobuf:"bytes,1,opt,name=study,proto3" json:"study,omitempty"`
 	PageSize  int32  `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`   // 0 = 100, at most 1000; a page also ends early at about 2 MiB of calls
 	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"` // next_page_token of the previous page
-	Purpose   string `protobuf:"bytes,4,opt,name=purpose,proto3" json:"purpose,omitempty"`                      // "" = all; "warmstart", "priors" or "proposal"
+	Purpose   string `protobuf:"bytes,4,opt,name=purpose,proto3" json:"purpose,omitempty"`                      // "" = all; "warmstart", "priors", "proposal" or "related"
 }
 
 func (x *ListLlmCallsRequest) Reset() {
@@ -1410,7 +1410,7 @@ type LlmCall struct {
 	sizeCache     protoimpl.SizeCache
 	unknownFields protoimpl.UnknownFields
 
-	Purpose          string                 `protobuf:"bytes,1,opt,name=purpose,proto3" json:"purpose,omitempty"` // warmstart, priors, proposal
+	Purpose          string                 `protobuf:"bytes,1,opt,name=purpose,proto3" json:"purpose,omitempty"` // warmstart, priors, proposal, related (transfer's auto sources)
 	Model            string                 `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
 	Prompt           string                 `protobuf:"bytes,3,opt,name=prompt,proto3" json:"prompt,omitempty"`
 	Response         string                 `protobuf:"bytes,4,opt,name=response,proto3" json:"response,omitempty"`

@@ -337,7 +337,8 @@ class Study {
     return (await this.client.pages('ListTrials', { study: this.name, states: st }, 'trials')).map(fromTrial);
   }
 
-  // The study's LLM exchanges, oldest first (purpose: '' for all, 'warmstart', 'priors', 'proposal').
+  // The study's LLM exchanges, oldest first (purpose: '' for all, 'warmstart', 'priors', 'proposal',
+  // 'related').
   async llmCalls(purpose = '') {
     return (await this.client.pages('ListLlmCalls', { study: this.name, purpose }, 'calls')).map(fromLlmCall);
   }
