@@ -369,6 +369,16 @@ class LlmAdvisor:
             log.info("LLM %s call fell back: %s", prompt.purpose, out.reason)
         return out, rec, key
 
+    def _unusable_result(
+        self, key: str, rec: LlmCallRecord, reason: str, issues: list[str]
+    ) -> LlmResult:
+        """The result of an answer that could not be used (counted against its prompt, and the
+        reason stored with a call that was not a cache hit)."""
+        self._mark_unusable(key)
+        if not rec.cached:
+            rec.outcome = reason
+        return LlmResult(calls=[rec], reason=reason, issues=issues)
+
     def _mark_unusable(self, key: str) -> None:
         if key:
             with self._lock:
@@ -505,10 +515,7 @@ class LlmAdvisor:
         first_issue = f" ({parsed.issues[0]})" if parsed.issues else ""
         if not parsed.priors:
             reason = f"unusable answer: no valid priors{first_issue}"
-            self._mark_unusable(key)
-            if not rec.cached:
-                rec.outcome = reason
-            return LlmResult(calls=[rec], reason=reason, issues=parsed.issues)
+            return self._unusable_result(key, rec, reason, parsed.issues)
         kept = []
         for prior in (
             parsed.priors
@@ -522,10 +529,7 @@ class LlmAdvisor:
                 )
         if not kept:
             reason = f"unusable answer: priors failed validation ({parsed.issues[-1]})"
-            self._mark_unusable(key)
-            if not rec.cached:
-                rec.outcome = reason
-            return LlmResult(calls=[rec], reason=reason, issues=parsed.issues)
+            return self._unusable_result(key, rec, reason, parsed.issues)
         parsed.priors = kept
         first_issue = f" ({parsed.issues[0]})" if parsed.issues else ""
         self._remember(key, out)
@@ -561,10 +565,7 @@ class LlmAdvisor:
         parsed = parse_related(out.text, names)
         if not parsed.scores:
             reason = f"unusable answer: {parsed.issues[0] if parsed.issues else 'no judgements'}"
-            self._mark_unusable(key)
-            if not rec.cached:
-                rec.outcome = reason
-            return LlmResult(calls=[rec], reason=reason, issues=parsed.issues)
+            return self._unusable_result(key, rec, reason, parsed.issues)
         self._remember(key, out)
         reason = ""
         if len(parsed.scores) < len(names):
