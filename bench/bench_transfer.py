@@ -1,7 +1,7 @@
 """Transfer across studies, side by side in one run: a re-tuning task per application kit and a
 synthetic family, each tuned (a) from nothing, (b) with 1-3 related source studies, (c) with a
-misleading source, (d) with Ax's transfer learning (BOTL: a multi-task GP, with Ax's model
-selection against a single-task GP) on the same sources.
+misleading source, (d) with Ax's transfer learning (BOTL: a multi-task GP; with
+--ax-model-selection, Ax's cross-validated choice against a single-task GP) on the same sources.
 
 Tasks (the target instance is fixed; the 10 seeds are the optimizer's):
 
