@@ -229,7 +229,11 @@ class StudyRegistry:
             return None
 
         def judge(target: StudySpec, candidates):
-            res = advisor.related(target, candidates, study_key=f"{tenant}/{name}")
+            try:
+                res = advisor.related(target, candidates, study_key=f"{tenant}/{name}")
+            except Exception as e:  # the advisor is meant never to raise; creation goes on
+                log.exception("llm advisor failed", extra={"study": name})
+                return {}, f"no LLM judgement (advisor error: {type(e).__name__}): TF-IDF used"
             calls.extend(res.calls)
             if res.related:
                 return res.related, (

@@ -288,7 +288,9 @@ def _spec_of(rec) -> StudySpec | None:
         return None
 
 
-def _auto(storage, tenant: str, name: str, spec: StudySpec, taken: set[str], judge=None):
+def _auto(
+    storage, tenant: str, name: str, spec: StudySpec, taken: set[str], judge: Judge | None = None
+):
     """The tenant's compatible studies with enough completed trials, best first, and a note. With a
     ``judge``, its rating of the descriptions of the best :data:`MAX_JUDGED` replaces their TF-IDF
     similarity in the score (a judge that fails leaves TF-IDF; its note says why)."""

@@ -561,7 +561,7 @@ class LlmAdvisor:
         out, rec, key = self._exchange(prompt, study_key, spec.llm.model, self._deadline(budget_s))
         if not out.ok:
             return LlmResult(calls=[rec], reason=out.reason)
-        names = prompt.schema["properties"]["studies"]["items"]["properties"]["name"]["enum"]
+        names = [name for name, _ in candidates]
         parsed = parse_related(out.text, names)
         if not parsed.scores:
             reason = f"unusable answer: {parsed.issues[0] if parsed.issues else 'no judgements'}"

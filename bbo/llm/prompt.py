@@ -520,6 +520,13 @@ def related_schema(names: Sequence[str]) -> dict:
     return _strict_object({"studies": {"type": "array", "items": item}}, ["studies"])
 
 
+def _fixed_values(space: SearchSpace) -> str:
+    """`` (fixed: name=value, ...)`` of the space's fixed parameters (which instance it is), or
+    nothing."""
+    fixed = [f"{p.name}={fmt(p.value)}" for p in space.params if isinstance(p, FixedParam)]
+    return f" (fixed: {', '.join(fixed)})" if fixed else ""
+
+
 def related_prompt(
     spec: StudySpec, candidates: Sequence[tuple[str, StudySpec]], *, compact: bool = False
 ) -> Prompt:
@@ -530,19 +537,8 @@ def related_prompt(
     for name, other in candidates:
         d = " ".join((other.description or "(no description)").split())
         d = d[:cap] + " [...]" if len(d) > cap else d
-        fixed = [
-            f"{p.name}={fmt(p.value)}" for p in other.space.params if isinstance(p, FixedParam)
-        ]
-        line = f"- {json.dumps(name)}: {d}"
-        if fixed:
-            line += f" (fixed: {', '.join(fixed)})"
-        rows.append(line)
-    target_fixed = [
-        f"{p.name}={fmt(p.value)}" for p in spec.space.params if isinstance(p, FixedParam)
-    ]
-    new = _description(spec, compact)
-    if target_fixed:
-        new += f" (fixed: {', '.join(target_fixed)})"
+        rows.append(f"- {json.dumps(name)}: {d}{_fixed_values(other.space)}")
+    new = _description(spec, compact) + _fixed_values(spec.space)
     ask = (
         "A new study is about to start. The stored studies below have the same parameters and "
         "objectives. For each, judge from the descriptions how related its task is to the new one: "
