@@ -221,7 +221,7 @@ class Rungs:
                 continue
             lo.append(a.value)
             hi.append(b.value)
-        if len(lo) < 3:
+        if len(lo) < AGREEMENT_PAIRS:
             return 0.0, len(lo)
         rho = float(spearmanr(lo, hi).statistic)
         return (rho if math.isfinite(rho) else 0.0), len(lo)

@@ -33,6 +33,7 @@ measured: see ``docs/transfer.md``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -143,10 +144,8 @@ class SourceModel:
         variances has the wrong shape for a batched multi-output posterior (``1 x bnm x bnm`` for
         a ``b x n x m`` mean), which made every transfer fit and acquisition with constraint
         metrics fail over to random points."""
-        if self.model is not None and self.model.num_outputs == 1:
-            with gpytorch.settings.skip_posterior_variances(True):
-                mu = self.posterior(X).mean
-        else:
+        one = self.model is not None and self.model.num_outputs == 1
+        with gpytorch.settings.skip_posterior_variances(True) if one else contextlib.nullcontext():
             mu = self.posterior(X).mean
         return (mu - mu.new_tensor(self.mean)) / mu.new_tensor(self.sd)
 
