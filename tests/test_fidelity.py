@@ -303,15 +303,34 @@ def test_promotion_is_stricter_where_low_rungs_rank_as_the_next_one_does():
     waiting = [0.05, 0.06, 0.07, 0.5, 0.6, 0.7, 0.8, 0.9]  # 8 + 3 trials at epoch 1
     agree = rungs([(0.1, 0.2), (0.2, 0.3), (0.3, 0.4)], waiting)
     assert agree.agreement(0) == (pytest.approx(1.0), 3)
-    assert agree.share_divisor(0) == pytest.approx(3**1.5)
+    assert agree.share_divisor(0) == pytest.approx(3**2)
     assert agree.share_divisor(1) == 3.0  # nobody measured at epochs 3 and 9 yet
-    assert [c.number for c in agree.promotions(5)] == [0, 3, 4]  # 11 / 5.2: best 2; best of 3
+    assert [c.number for c in agree.promotions(5)] == [0, 3]  # 11 / 9: best 1; best of 3
     disagree = rungs([(0.1, 0.4), (0.2, 0.3), (0.3, 0.2)], waiting)
     assert disagree.agreement(0) == (pytest.approx(-1.0), 3)
     assert disagree.share_divisor(0) == 3.0
     assert [c.number for c in disagree.promotions(5)] == [2, 3, 4, 5]  # 11 // 3: best 3
     few = rungs([(0.1, 0.2), (0.2, 0.3)], waiting + [0.95])
     assert few.share_divisor(0) == 3.0
+
+
+def test_the_first_full_budget_value_comes_from_the_best_trial_below_it_even_alone():
+    """Until its bracket has a full-budget value, the best trial at the rung below the full budget
+    goes on alone (a result to report early); after that, ASHA's share applies again."""
+    s = StudySpec.from_dict(spec(pruning={"policy": "asha", "promote": True}))
+    trials = [
+        Trial(1, {"x": 0.1}, TrialState.PAUSED, budget=9.0, bracket=0),
+        Trial(2, {"x": 0.2}, TrialState.PAUSED, budget=1.0, bracket=0),
+    ]
+    curves = {
+        1: [CurvePoint(1, 0.3, 1.0, 1), CurvePoint(3, 0.2, 3.0, 2), CurvePoint(9, 0.1, 9.0, 3)],
+        2: [CurvePoint(1, 0.9, 1.0, 4)],
+    }
+    (c,) = Rungs(s, trials, curves).promotions(5)
+    assert (c.number, c.from_budget, c.budget) == (1, 9.0, 27.0)
+    done = Trial(3, {"x": 0.3}, TrialState.COMPLETED, budget=27.0, bracket=0)
+    curves[3] = [CurvePoint(27, 0.05, 27.0, 5)]
+    assert Rungs(s, [*trials, done], curves).promotions(5) == []
 
 
 def test_hyperband_spreads_new_trials_over_its_brackets(db):
