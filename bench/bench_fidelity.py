@@ -21,7 +21,8 @@ and the Python client; one sequential worker per run. Results: ``bench/results/<
 
 Run from the repository root with the package importable (``make setup``, or PYTHONPATH)::
 
-    OMP_NUM_THREADS=1 nice -n 10 python bench/bench_fidelity.py --seeds 5 --trials 30
+    OMP_NUM_THREADS=1 nice -n 10 python bench/bench_fidelity.py [--seeds 10] [--trials 20]
+        [--mf-mode asha-promote] [--problems mf_hartmann6,hpo_sgd_mlp] [--out fidelity]
 """
 
 from __future__ import annotations
@@ -458,14 +459,15 @@ def plot(runs, summary, methods, optima, path):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--trials", type=int, default=30, help="total budget in full-budget trials")
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--trials", type=int, default=20, help="total budget in full-budget trials")
     ap.add_argument("--problems", default="mf_hartmann6,hpo_sgd_mlp")
     ap.add_argument("--methods", default=",".join(METHODS), help="also bbo_mf:MODE variants")
     ap.add_argument(
         "--mf-mode",
-        default="hyperband",
-        help="bbo_mf's policy: asha, hyperband, asha-promote, hyperband-promote",
+        default="asha-promote",
+        help="bbo_mf's policy: asha-promote (the documented results), hyperband-promote, asha, "
+        "hyperband (the last two stop trials instead of pausing and continuing them)",
     )
     ap.add_argument("--out", default="fidelity")
     ap.add_argument("--resume", action="store_true", help="reuse runs already in the JSON")
