@@ -315,7 +315,7 @@ def test_promotion_is_stricter_where_low_rungs_rank_as_the_next_one_does():
 
 
 def test_the_first_full_budget_value_comes_from_the_best_trial_below_it_even_alone():
-    """Until its bracket has a full-budget value, the best trial at the rung below the full budget
+    """Until the study has a full-budget value, the best trial at the rung below the full budget
     goes on alone (a result to report early); after that, ASHA's share applies again."""
     s = StudySpec.from_dict(spec(pruning={"policy": "asha", "promote": True}))
     trials = [
