@@ -9,11 +9,18 @@ from scipy.stats import qmc
 
 from bbo.space import SearchSpace, Value
 
+Region = tuple[np.ndarray, np.ndarray]  # (low, high) of a sub-box of the encoding
 
-def _to_box(space: SearchSpace, u: np.ndarray) -> np.ndarray:
-    """Map unit-cube Sobol points onto the encoding's box (categoricals span 0..k-1)."""
+
+def _to_box(space: SearchSpace, u: np.ndarray, region: Region | None = None) -> np.ndarray:
+    """Map unit-cube Sobol points onto the encoding's box (categoricals span 0..k-1), or onto
+    ``region``'s ranges of the non-categorical dimensions."""
     box = space.bounds()
     x = u.copy()
+    if region is not None:
+        num = np.setdiff1d(np.arange(space.dim), space.cat_dims)
+        lo, hi = region
+        x[:, num] = lo[num] + u[:, num] * (hi[num] - lo[num])
     for i in space.cat_dims:
         k = box[1, i] + 1
         x[:, i] = np.minimum(np.floor(u[:, i] * k), k - 1)
@@ -45,8 +52,11 @@ def center_encoded(space: SearchSpace) -> np.ndarray:
     return x
 
 
-def sobol_design(space: SearchSpace, n: int, seed: int, skip: int = 0) -> list[dict[str, Value]]:
-    """The Sobol points ``skip .. skip+n-1`` of this seed's sequence that are feasible, decoded.
+def sobol_design(
+    space: SearchSpace, n: int, seed: int, skip: int = 0, region: Region | None = None
+) -> list[dict[str, Value]]:
+    """The Sobol points ``skip .. skip+n-1`` of this seed's sequence that are feasible, decoded;
+    with ``region``, spread over that sub-box of the encoding instead of the whole box.
 
     Rounding (ints, ordinals) happens before the feasibility check, so every returned point meets
     the constraints exactly. If constraints reject nearly everything, points come from hit-and-run
@@ -62,7 +72,7 @@ def sobol_design(space: SearchSpace, n: int, seed: int, skip: int = 0) -> list[d
         first, last = skip // _BLOCK, (skip + n - 1) // _BLOCK
         pts = np.vstack([_sobol_block(space.dim, int(seed), b) for b in range(first, last + 1)])
         start = skip - first * _BLOCK
-        return [space.decode(row) for row in _to_box(space, pts[start : start + n])]
+        return [space.decode(row) for row in _to_box(space, pts[start : start + n], region)]
     engine = qmc.Sobol(space.dim, scramble=True, seed=seed)
     out: list[dict[str, Value]] = []
     seen_feasible = 0
@@ -70,7 +80,7 @@ def sobol_design(space: SearchSpace, n: int, seed: int, skip: int = 0) -> list[d
     while len(out) < n and drawn < 64 * (skip + n) + 4096:
         batch = engine.random(256)
         drawn += 256
-        for row in _to_box(space, batch):
+        for row in _to_box(space, batch, region):
             p = space.decode(row)
             if not space.is_feasible(p):
                 continue

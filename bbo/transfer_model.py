@@ -29,7 +29,8 @@ points can trust a misleading source too much, and RGPE's weighted sum of GPs ne
 posterior class where stacking keeps bbo's GP, warping and acquisition code unchanged. Against
 Ax's multi-task GP on the same sources (``bench/bench_transfer.py``, variant ``ax``, 3 seeds):
 stacking reaches no transfer's 30-evaluation result at evaluation 1 on shifted Hartmann6 (Ax 9),
-the multi-task GP at 6 on the HPO kit (stacking 22); see ``docs/transfer.md``.
+the multi-task GP at 6 on the HPO kit (stacking 10); a BoTorch MultiTaskGP in bbo's loop, opened by
+the sources' best points, reached it on 2 of 10 HPO seeds. See ``docs/transfer.md``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from botorch.models.model import Model
 from botorch.models.transforms import Standardize
 from botorch.posteriors.gpytorch import GPyTorchPosterior
 
+from bbo.design import Region
 from bbo.spec import AlgorithmOptions
 from bbo.strategy.base import Suggestion
 from bbo.strategy.context import Context
@@ -66,13 +68,62 @@ CALIBRATION_PSEUDO = 3.0  # pseudo-observations pulling beta towards one target 
 MIN_WEIGHT = 0.01  # a source below this weight on every metric does not make a step "transfer"
 
 
-def transfer_design_size(ctx: Context) -> int:
-    """Initial design of a study with usable sources: ``ceil((d + 1) / 2)`` points (at least 2,
-    at most the usual design), the sources' best points among them; the prior carries the rest.
+TOP_SHARE = 0.2  # a source's good region: the box of its best fifth of trials (at least 3)
+MIN_GAP = 0.1  # good regions this far apart (share of a range) and wider than either: disagree
+
+
+@dataclasses.dataclass(frozen=True)
+class DesignPlan:
+    """A transfer study's initial design: its size and where its Sobol points go."""
+
+    size: int
+    region: Region | None  # None: no Sobol points beyond the opening pair
+
+
+def design_plan(ctx: Context, n_warm: int, regions: Sequence[Region]) -> DesignPlan:
+    """The initial design of a study with usable sources (``n_warm`` of their best points map into
+    its space; ``regions``: each modeled source's good region, :func:`good_region`).
+
+    - Several sources whose good regions overlap agree on where the optimum is: the design is
+      their best points (at least 2 points), and the stacked model climbs from there.
+    - Sources whose good regions lie apart (:func:`regions_disagree`) leave the target's optimum
+      anywhere between them: the design keeps its usual size, its Sobol points spread over the
+      union of the regions (a learned search space, Perrone et al. 2019), the best points open
+      and close it.
+    - A lone source has no second opinion: ``ceil((d + 1) / 2)`` points (at least 2), its best
+      point first, so that the RGPE weights judge it on the target's own points.
+
     An explicit n_initial wins."""
     if ctx.spec.algorithm.n_initial > 0:
-        return ctx.n_initial
-    return min(ctx.n_initial, max(2, math.ceil((ctx.spec.space.dim + 1) / 2)))
+        return DesignPlan(ctx.n_initial, None)
+    if regions_disagree(ctx.spec.space, regions):
+        lo = np.min([r[0] for r in regions], axis=0)
+        hi = np.max([r[1] for r in regions], axis=0)
+        return DesignPlan(ctx.n_initial, (lo, hi))
+    if len(regions) > 1:
+        return DesignPlan(min(ctx.n_initial, max(2, n_warm)), None)
+    return DesignPlan(min(ctx.n_initial, max(2, math.ceil((ctx.spec.space.dim + 1) / 2))), None)
+
+
+def good_region(X: np.ndarray, score: np.ndarray) -> Region:
+    """The box (in the target's encoding) of a source's best :data:`TOP_SHARE` of mapped trials,
+    at least :data:`MIN_SOURCE_POINTS` of them (``score``: higher is better)."""
+    k = max(MIN_SOURCE_POINTS, math.ceil(TOP_SHARE * len(X)))
+    top = X[np.argsort(-score, kind="stable")[:k]]
+    return top.min(axis=0), top.max(axis=0)
+
+
+def regions_disagree(space, regions: Sequence[Region]) -> bool:
+    """Whether two sources' good regions lie apart: in some non-categorical dimension the gap
+    between them is over :data:`MIN_GAP` of the range and wider than either region."""
+    num = np.setdiff1d(np.arange(space.dim), space.cat_dims)
+    for i, a in enumerate(regions):
+        for b in regions[i + 1 :]:
+            gap = (np.maximum(a[0], b[0]) - np.minimum(a[1], b[1]))[num]
+            width = np.maximum(a[1] - a[0], b[1] - b[0])[num]
+            if np.any((gap > MIN_GAP) & (gap > width)):
+                return True
+    return False
 
 
 class PriorMeanStandardize(Standardize):
@@ -176,6 +227,7 @@ class Transfer:
         self._sources: list[SourceData] = []
         self._models: dict[str, tuple[str, SourceModel]] = {}  # uid -> (fingerprint, model)
         self._usable: dict[str, tuple[str, bool]] = {}  # uid -> (fingerprint, any point maps)
+        self._plan: tuple[tuple, DesignPlan] | None = None  # (sources' fingerprints, plan)
         self.weights: Weights | None = None
         self.note = ""
 
@@ -229,6 +281,21 @@ class Transfer:
             sm = SourceModel(s.uid, s.name, len(X), model, mean, sd)
         self._models[s.uid] = (fp, sm)
         return sm
+
+    def design(self, n_warm: int) -> DesignPlan:
+        """This study's initial design given its sources (:func:`design_plan`), cached while
+        their trials do not change."""
+        key = (n_warm, tuple(sorted((uid, fp) for uid, (fp, _) in self._usable.items())))
+        if self._plan is not None and self._plan[0] == key:
+            return self._plan[1]
+        ctx, names, regions = self.ctx, self.ctx.spec.modeled_metrics, []
+        for s in self._sources:
+            X, Y, _ = encode_source_trials(ctx.spec.space, s.spec.space, s.trials, names)
+            if len(X) >= MIN_SOURCE_POINTS:
+                regions.append(good_region(X, ctx.data.score(Y, ctx.layout.feasible(Y))))
+        plan = design_plan(ctx, n_warm, regions)
+        self._plan = (key, plan)
+        return plan
 
     def warmstart(self) -> list[Suggestion]:
         """Each source's best completed point (by the target's objectives and constraints),

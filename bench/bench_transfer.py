@@ -390,19 +390,10 @@ def job(kind: str, *args):
         return make_source(*args)
     task, variant, seed, budget, stored, ax_selection = args
     if variant == "ax":
-        from bbo.strategy.context import Context
-        from bbo.transfer_model import transfer_design_size
-
-        spec = instance(f"{task}:target").spec
-        n_init = transfer_design_size(Context.of(spec, 0, _cpu()))
+        d = instance(f"{task}:target").spec.space.dim
+        n_init = max(2, math.ceil((d + 1) / 2))  # Sobol points before Ax's multi-task GP
         return run_ax(task, seed, budget, stored, n_init, ax_selection)
     return run_bbo(task, variant, seed, budget, [source_data(s) for s in stored])
-
-
-def _cpu():
-    from bbo.device import select_device
-
-    return select_device("cpu")
 
 
 # ---- summary -------------------------------------------------------------------------------------

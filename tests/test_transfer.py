@@ -210,6 +210,76 @@ def test_a_related_source_carries_weight_and_a_misleading_one_loses_it():
     assert s.origin == "transfer_bo" and "transfer weights (y): 'good'" in s.reason
 
 
+@pytest.mark.parametrize("apart", [False, True])
+def test_the_design_starts_at_agreeing_sources_and_spans_disagreeing_ones(apart):
+    """Two sources whose good regions overlap: the design is their best points, then transfer
+    steps. Two whose good regions lie apart: the usual design, its Sobol points inside the union
+    of the regions, the best points opening and closing it."""
+    from bbo.strategy import GenerationStrategy
+
+    space = SearchSpace((FloatParam("x", 0.0, 1.0), FloatParam("z", 0.0, 1.0)))
+    spec = StudySpec(space, (Objective("y"),), transfer=TransferOptions(("a", "b")))
+    gs = GenerationStrategy(spec)
+    centres = {"a": (0.2, 0.3), "b": (0.85, 0.7) if apart else (0.25, 0.35)}
+
+    def source(name):  # as an optimizer leaves it: a design, then points near its optimum
+        rng = np.random.default_rng(ord(name))
+        near = [
+            {"x": float(a), "z": float(b)}
+            for a, b in np.clip(rng.normal(centres[name], 0.03, (20, 2)), 0, 1)
+        ]
+        trials = [
+            Trial(i + 1, p, TrialState.COMPLETED, {"y": Metric(bowl(p, *centres[name]))})
+            for i, p in enumerate(grid_points(10, seed=ord(name)) + near)
+        ]
+        return SourceData(f"uid-{name}", name, StudySpec(space, (Objective("y"),)), trials)
+
+    gs.set_sources([source("a"), source("b")])
+    trials: list[Trial] = []
+    for i in range(gs.n_initial + 1):
+        (s,) = gs.suggest(trials, 1)
+        y = {"y": Metric(bowl(s.params, 0.3, 0.4))}
+        trials.append(Trial(i + 1, s.params, TrialState.COMPLETED, y, s.origin, s.reason))
+    origins = [t.origin for t in trials]
+    if not apart:
+        assert origins[:3] == ["transfer_warmstart"] * 2 + ["transfer_bo"]
+        return
+    # the second best point closes the design (early where the first is confirmed the best)
+    n = origins.index("transfer_warmstart", 1)
+    assert origins[0] == "transfer_warmstart" and origins[n + 1] == "transfer_bo"
+    assert origins[1:n] == ["initial_design"] * (n - 1) and n >= 3
+    from bbo.transfer_model import good_region
+
+    regions = [
+        good_region(
+            np.array([[t.params["x"], t.params["z"]] for t in src.trials]),
+            -np.array([t.metrics["y"].value for t in src.trials]),
+        )
+        for src in (source("a"), source("b"))
+    ]
+    lo, hi = np.min([r[0] for r in regions], axis=0), np.max([r[1] for r in regions], axis=0)
+    assert np.all(hi - lo < 0.8)
+    for t in trials[1:n]:  # inside the region the sources' good points span, not beyond
+        assert np.all(
+            (lo <= [t.params["x"], t.params["z"]]) & ([t.params["x"], t.params["z"]] <= hi)
+        )
+    assert all("region the source studies' best trials span" in t.reason for t in trials[1:n])
+
+
+def test_regions_disagree_only_when_apart_by_more_than_their_width():
+    from bbo.transfer_model import regions_disagree
+
+    space = SearchSpace((FloatParam("x", 0.0, 1.0), CategoricalParam("c", ("p", "q", "r"))))
+    box = lambda a, b, ca, cb: (np.array([a, ca]), np.array([b, cb]))  # noqa: E731
+    assert not regions_disagree(space, [box(0.2, 0.4, 0, 0)])  # one source: nothing to compare
+    assert not regions_disagree(space, [box(0.2, 0.4, 0, 0), box(0.35, 0.6, 2, 2)])  # overlap
+    assert not regions_disagree(space, [box(0.2, 0.4, 0, 0), box(0.45, 0.9, 2, 2)])  # gap < width
+    assert not regions_disagree(space, [box(0.30, 0.30, 0, 0), box(0.35, 0.35, 1, 1)])  # < MIN_GAP
+    assert regions_disagree(space, [box(0.1, 0.2, 0, 0), box(0.5, 0.6, 0, 0)])
+    # categories never count: their encoding has no distance
+    assert not regions_disagree(space, [box(0.1, 0.2, 0, 0), box(0.15, 0.2, 2, 2)])
+
+
 def test_a_constrained_study_models_its_sources_instead_of_falling_back():
     """An objective and a constraint metric (a batched two-output GP): the prior from a related
     source carries weight, every step is a transfer step and no fit or acquisition fails (the

@@ -67,14 +67,12 @@ class GenerationStrategy:
         self.transfer: Transfer | None = None
         self.surrogate: Surrogate
         if spec.transfer.enabled:
-            from bbo.transfer_model import Transfer, TransferSurrogate, transfer_design_size
+            from bbo.transfer_model import Transfer, TransferSurrogate
 
             self.surrogate = TransferSurrogate(
                 spec.space, self.ctx.layout.m, spec.algorithm, placement
             )
             self.transfer = Transfer(self.ctx, self.surrogate)
-            short = dataclasses.replace(self.ctx, n_initial=transfer_design_size(self.ctx))
-            self.transfer_design = InitialDesign(short)
         else:
             self.surrogate = Surrogate(spec.space, self.ctx.layout.m, spec.algorithm, placement)
         self.design = InitialDesign(self.ctx)
@@ -178,8 +176,11 @@ class GenerationStrategy:
         taken = self.ctx.points.encode_trials(ask.trials)  # every existing point, any state
         design = self.design
         if self.transfer is not None and self.transfer.active:  # sources' best points open it
-            design = self.transfer_design
-            warmstart = [*self.transfer.warmstart(), *warmstart]
+            best = self.transfer.warmstart()
+            plan = self.transfer.design(len(best))
+            ctx = dataclasses.replace(self.ctx, n_initial=plan.size)
+            design = InitialDesign(ctx, plan.region)
+            warmstart = [*best, *warmstart]
         out, taken = design.suggest(ask, n, warmstart, taken)
         if len(out) < n:
             out.extend(self._bo(ask, n - len(out), out, taken, proposals))

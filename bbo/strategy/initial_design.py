@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bbo.design import center_encoded, sobol_design
+from bbo.design import Region, center_encoded, sobol_design
 from bbo.priors import LogPrior, prior_mode
 from bbo.space import Value
 from bbo.strategy.base import Suggestion
@@ -18,13 +18,15 @@ from bbo.strategy.context import Ask, Context
 from bbo.trial import WARMSTART_ORIGINS, Origin
 
 SET_ASIDE = "warm-start candidates set aside: the ones measured are worse than the design's median"
+IN_REGION = "a Sobol point in the region the source studies' best trials span"
 
 
 class InitialDesign:
     """Space-filling design of one study, with the priors' guess and warm-start candidates."""
 
-    def __init__(self, ctx: Context):
+    def __init__(self, ctx: Context, region: Region | None = None):
         self.ctx = ctx
+        self.region = region  # where the Sobol points go (a transfer design's); None: everywhere
 
     def suggest(
         self, ask: Ask, n: int, warmstart: Sequence[Suggestion], taken: np.ndarray
@@ -45,8 +47,12 @@ class InitialDesign:
             reason = "the priors' best guess" if ask.priors else ""
             out.append(Suggestion(c, Origin.INITIAL.value, reason))
             taken = np.vstack([taken, space.encode(c)[None]])
-        for p in sobol_design(space, n_design - len(out), ctx.seed, skip=n_initial_used):
-            out.append(Suggestion(p, Origin.INITIAL.value))
+        for p in sobol_design(
+            space, n_design - len(out), ctx.seed, skip=n_initial_used, region=self.region
+        ):
+            out.append(
+                Suggestion(p, Origin.INITIAL.value, IN_REGION if self.region is not None else "")
+            )
             taken = np.vstack([taken, space.encode(p)[None]])
         return out, taken
 
@@ -79,7 +85,10 @@ class InitialDesign:
 
     def _opening_point(self, priors, taken: np.ndarray) -> dict[str, Value] | None:
         """The design's opening point: the priors' best guess, else the centre; None where it is
-        infeasible or already taken."""
+        infeasible or already taken, and in a design confined to a region (its Sobol points
+        cover it)."""
+        if self.region is not None:
+            return None
         space = self.ctx.spec.space
         c = space.decode(prior_mode(space, priors, center_encoded(space)))
         if not space.is_feasible(c) or self.ctx.points.too_close(space.encode(c), taken):
@@ -131,7 +140,10 @@ class InitialDesign:
             p = self._opening_point(ask.priors, taken) if n_initial_used == 0 else None
             reason = "the priors' best guess" if p is not None and ask.priors else note
             if p is None:
-                p = sobol_design(space, 1, self.ctx.seed, skip=n_initial_used)[0]
+                p = sobol_design(space, 1, self.ctx.seed, skip=n_initial_used, region=self.region)[
+                    0
+                ]
+                reason = IN_REGION if self.region is not None else reason
             n_initial_used += 1
             out.append(Suggestion(p, Origin.INITIAL.value, reason))
             taken = np.vstack([taken, space.encode(p)[None]])
