@@ -77,7 +77,7 @@ class DesignPlan:
     """A transfer study's initial design: its size and where its Sobol points go."""
 
     size: int
-    region: Region | None  # None: no Sobol points beyond the opening pair
+    region: Region | None  # where its Sobol points go; None: the whole space
 
 
 def design_plan(ctx: Context, n_warm: int, regions: Sequence[Region]) -> DesignPlan:

@@ -175,9 +175,10 @@ class GenerationStrategy:
     def _suggest(self, ask: Ask, n: int, warmstart, proposals) -> list[Suggestion]:
         taken = self.ctx.points.encode_trials(ask.trials)  # every existing point, any state
         design = self.design
-        if self.transfer is not None and self.transfer.active:  # sources' best points open it
-            best = self.transfer.warmstart()
-            plan = self.transfer.design(len(best))
+        tr = self.transfer  # sources' best points open the design (never longer than n_initial)
+        if tr is not None and tr.active and len(ask.trials) < self.ctx.n_initial:
+            best = tr.warmstart()
+            plan = tr.design(len(best))
             ctx = dataclasses.replace(self.ctx, n_initial=plan.size)
             design = InitialDesign(ctx, plan.region)
             warmstart = [*best, *warmstart]
