@@ -97,8 +97,9 @@ def design_plan(ctx: Context, n_warm: int, regions: Sequence[Region]) -> DesignP
     if ctx.spec.algorithm.n_initial > 0:
         return DesignPlan(ctx.n_initial, None)
     if regions_disagree(ctx.spec.space, regions):
-        lo = np.min([r[0] for r in regions], axis=0)
-        hi = np.max([r[1] for r in regions], axis=0)
+        box = ctx.spec.space.bounds()  # source points may lie a little outside the target's box
+        lo = np.clip(np.min([r[0] for r in regions], axis=0), box[0], box[1])
+        hi = np.clip(np.max([r[1] for r in regions], axis=0), box[0], box[1])
         return DesignPlan(ctx.n_initial, (lo, hi))
     if len(regions) > 1:
         return DesignPlan(min(ctx.n_initial, max(2, n_warm)), None)

@@ -5,6 +5,7 @@ choice survives a deleted source and a server restart, readable through the API 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -278,6 +279,29 @@ def test_regions_disagree_only_when_apart_by_more_than_their_width():
     assert regions_disagree(space, [box(0.1, 0.2, 0, 0), box(0.5, 0.6, 0, 0)])
     # categories never count: their encoding has no distance
     assert not regions_disagree(space, [box(0.1, 0.2, 0, 0), box(0.15, 0.2, 2, 2)])
+
+
+def test_a_design_region_stays_inside_the_targets_box():
+    """Source points up to a quarter range outside the target's bounds still map: the region of
+    the design's Sobol points is clipped to the box; an explicit n_initial wins over any plan."""
+    from bbo.device import select_device
+    from bbo.spec import AlgorithmOptions
+    from bbo.strategy.context import Context
+    from bbo.transfer_model import DesignPlan, design_plan
+
+    space = SearchSpace((FloatParam("x", 0.0, 1.0), FloatParam("z", 0.0, 1.0)))
+    spec = StudySpec(space, (Objective("y"),), transfer=TransferOptions(("a", "b")))
+    regions = [
+        (np.array([-0.2, 0.1]), np.array([-0.1, 0.2])),
+        (np.array([0.8, 0.7]), np.array([1.2, 0.8])),
+    ]
+    plan = design_plan(Context.of(spec, 0, select_device("cpu")), 2, regions)
+    assert plan.size == spec.algorithm.initial_size(2) and plan.region is not None
+    assert plan.region[0].tolist() == [0.0, 0.1] and plan.region[1].tolist() == [1.0, 0.8]
+    fixed = dataclasses.replace(spec, algorithm=AlgorithmOptions(n_initial=7))
+    assert design_plan(Context.of(fixed, 0, select_device("cpu")), 2, regions) == DesignPlan(
+        7, None
+    )
 
 
 def test_a_constrained_study_models_its_sources_instead_of_falling_back():
