@@ -140,9 +140,7 @@ class InitialDesign:
             p = self._opening_point(ask.priors, taken) if n_initial_used == 0 else None
             reason = "the priors' best guess" if p is not None and ask.priors else note
             if p is None:
-                p = sobol_design(space, 1, self.ctx.seed, skip=n_initial_used, region=self.region)[
-                    0
-                ]
+                (p,) = sobol_design(space, 1, self.ctx.seed, n_initial_used, self.region)
                 reason = IN_REGION if self.region is not None else reason
             n_initial_used += 1
             out.append(Suggestion(p, Origin.INITIAL.value, reason))
