@@ -1,7 +1,8 @@
 """Transfer across studies, side by side in one run: a re-tuning task per application kit and a
-synthetic family, each tuned (a) from nothing, (b) with 1-3 related source studies, (c) with a
-misleading source, (d) with Ax's transfer learning (BOTL: a multi-task GP; with
---ax-model-selection, Ax's cross-validated choice against a single-task GP) on the same sources.
+synthetic family, each tuned (a) from nothing, (b) with two related source studies (and with
+the first of them alone: variant one_related), (c) with a misleading source, (d) with Ax's
+transfer learning (BOTL: a multi-task GP; with --ax-model-selection, Ax's cross-validated choice
+against a single-task GP) on the same sources.
 
 Tasks (the target instance is fixed; the 10 seeds are the optimizer's):
 
@@ -25,7 +26,7 @@ found): evals_to_plain_30 (the first evaluation where (b)'s median regret is at 
 30; target <= 10), final ratio (c) / (a) at 30 (target <= 1.10), and the same for (d).
 
     OMP_NUM_THREADS=1 nice -n 10 python bench/bench_transfer.py [--seeds 10] [--budget 30]
-        [--tasks hartmann6,admm,cloud,hpo] [--variants plain,related,misleading,ax]
+        [--tasks hartmann6,admm,cloud,hpo] [--variants plain,related,one_related,misleading,ax]
         [--ax-seeds 10] [--ax-model-selection] [--workers 1] [--resume]
 
 Writes bench/results/transfer.json, transfer.md and transfer.png.
@@ -47,7 +48,7 @@ from common import ROOT, limit_threads
 
 limit_threads()
 
-VARIANTS = ("plain", "related", "misleading", "ax")
+VARIANTS = ("plain", "related", "one_related", "misleading", "ax")
 TASKS = ("hartmann6", "admm", "cloud", "hpo")
 SOURCE_BUDGET = 30
 OUT = Path(ROOT) / "bench" / "results"
@@ -159,7 +160,11 @@ def instance(name: str) -> Instance:
     raise KeyError(name)
 
 
-SOURCES = {"related": ["source1", "source2"], "misleading": ["misleading"]}
+SOURCES = {
+    "related": ["source1", "source2"],
+    "one_related": ["source1"],
+    "misleading": ["misleading"],
+}
 
 
 # ---- runs ----------------------------------------------------------------------------------------
@@ -479,7 +484,13 @@ def plot(runs: list[dict], summary: dict, path: Path) -> None:
     if not tasks:  # no task has its plain runs: nothing to plot regret against
         return
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.8), squeeze=False)
-    colors = {"plain": "k", "related": "tab:green", "misleading": "tab:red", "ax": "tab:blue"}
+    colors = {
+        "plain": "k",
+        "related": "tab:green",
+        "one_related": "tab:olive",
+        "misleading": "tab:red",
+        "ax": "tab:blue",
+    }
     for ax, task in zip(axes[0], tasks, strict=True):
         ref = summary[task]["reference"]
         for v in VARIANTS:
