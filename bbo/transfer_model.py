@@ -50,6 +50,7 @@ from botorch.models.transforms import Standardize
 from botorch.posteriors.gpytorch import GPyTorchPosterior
 
 from bbo.design import Region
+from bbo.space import SearchSpace
 from bbo.spec import AlgorithmOptions
 from bbo.strategy.base import Suggestion
 from bbo.strategy.context import Context
@@ -114,7 +115,7 @@ def good_region(X: np.ndarray, score: np.ndarray) -> Region:
     return top.min(axis=0), top.max(axis=0)
 
 
-def regions_disagree(space, regions: Sequence[Region]) -> bool:
+def regions_disagree(space: SearchSpace, regions: Sequence[Region]) -> bool:
     """Whether two sources' good regions lie apart: in some non-categorical dimension the gap
     between them is over :data:`MIN_GAP` of the range and wider than either region."""
     num = np.setdiff1d(np.arange(space.dim), space.cat_dims)
@@ -258,20 +259,26 @@ class Transfer:
         """Whether any source has completed trials that map into the target's space."""
         return any(ok for _, ok in self._usable.values())
 
+    def _scored(self, s: SourceData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A source's mapped completed trials: inputs in the target's encoding, the modeled
+        metrics' values, and each row's score by the target's objectives and constraints."""
+        ctx = self.ctx
+        names = ctx.spec.modeled_metrics
+        X, Y, _ = encode_source_trials(ctx.spec.space, s.spec.space, s.trials, names)
+        return X, Y, ctx.data.score(Y, ctx.layout.feasible(Y))
+
     def _model(self, s: SourceData) -> SourceModel:
         fp = _fingerprint(s)
         hit = self._models.get(s.uid)
         if hit is not None and hit[0] == fp:
             return hit[1]
         ctx = self.ctx
-        names = ctx.spec.modeled_metrics
-        X, Y, _ = encode_source_trials(ctx.spec.space, s.spec.space, s.trials, names)
-        m = len(names)
+        X, Y, score = self._scored(s)
+        m = len(ctx.spec.modeled_metrics)
         if len(X) < MIN_SOURCE_POINTS:
             sm = SourceModel(s.uid, s.name, len(X), None, np.zeros(m), np.ones(m))
         else:
             Ym, _ = ctx.warp.apply(Y)
-            score = ctx.data.score(Y, ctx.layout.feasible(Y))
             sur = Surrogate(ctx.spec.space, m, SOURCE_OPTIONS, ctx.placement)
             seed = int.from_bytes(hashlib.sha256(s.uid.encode()).digest()[:4], "little")
             model, rows, _ = sur.model(X, Ym, None, score, seed=seed)
@@ -289,12 +296,12 @@ class Transfer:
         key = (n_warm, tuple(sorted((uid, fp) for uid, (fp, _) in self._usable.items())))
         if self._plan is not None and self._plan[0] == key:
             return self._plan[1]
-        ctx, names, regions = self.ctx, self.ctx.spec.modeled_metrics, []
+        regions = []
         for s in self._sources:
-            X, Y, _ = encode_source_trials(ctx.spec.space, s.spec.space, s.trials, names)
+            X, _, score = self._scored(s)
             if len(X) >= MIN_SOURCE_POINTS:
-                regions.append(good_region(X, ctx.data.score(Y, ctx.layout.feasible(Y))))
-        plan = design_plan(ctx, n_warm, regions)
+                regions.append(good_region(X, score))
+        plan = design_plan(self.ctx, n_warm, regions)
         self._plan = (key, plan)
         return plan
 
