@@ -27,7 +27,8 @@ rungs are rebuilt from what is stored and decide alike.
   from a model, most of each rung's newcomers beat its old members, and where low budgets already
   rank them as higher ones do, promoting fewer leaves more budget for new configurations. Until
   the study has a full-budget value, the best trial at the rung below the full budget goes on even
-  alone, so GetBest has a result sooner (bench_fidelity: after about 1.5 full budgets, not 2-2.4).
+  alone, so GetBest has a result sooner (bench_fidelity: after about 1.5 full budgets, where
+  waiting for eta of them there takes 2-2.4).
 """
 
 from __future__ import annotations
