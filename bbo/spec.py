@@ -23,6 +23,11 @@ from bbo.space import (
 )
 
 MINIMIZE, MAXIMIZE = "minimize", "maximize"
+# how an objective is observed: AUTO judges it from the data (bbo.strategy.noise); NOISY and
+# DETERMINISTIC are the user's word for it (Vizier's observation_noise, Optuna's
+# deterministic_objective), in force from the first ask
+NOISE_AUTO, NOISE_NOISY, NOISE_DETERMINISTIC = "auto", "noisy", "deterministic"
+OBSERVATION_NOISE = (NOISE_AUTO, NOISE_NOISY, NOISE_DETERMINISTIC)
 MEDIAN, ASHA, HYPERBAND, NO_PRUNING = "median", "asha", "hyperband", "none"
 PRUNING_POLICIES = (MEDIAN, ASHA, HYPERBAND, NO_PRUNING)
 
@@ -33,6 +38,7 @@ class Objective:
 
     name: str
     goal: str = MINIMIZE
+    noise: str = NOISE_AUTO  # one of OBSERVATION_NOISE
 
     @property
     def sign(self) -> float:
@@ -191,6 +197,11 @@ class StudySpec:
                     f"objectives[{i}].goal",
                     f"goal must be 'minimize' or 'maximize', got {o.goal!r}",
                 )
+            if o.noise not in OBSERVATION_NOISE:
+                raise SpecError(
+                    f"objectives[{i}].noise",
+                    f"noise must be one of {', '.join(OBSERVATION_NOISE)}, got {o.noise!r}",
+                )
             names.add(o.name)
         for i, c in enumerate(self.outcome_constraints):
             if not isinstance(c.metric, str) or not c.metric:
@@ -301,7 +312,11 @@ class StudySpec:
                 {"coefficients": dict(c.coefficients), "bound": c.bound}
                 for c in self.space.constraints
             ],
-            "objectives": [asdict(o) for o in self.objectives],
+            # the noise only where declared: a study without it stores the JSON it always did
+            "objectives": [
+                {k: v for k, v in asdict(o).items() if k != "noise" or v != NOISE_AUTO}
+                for o in self.objectives
+            ],
             "outcome_constraints": [asdict(c) for c in self.outcome_constraints],
             "tracked_metrics": list(self.tracked_metrics),
             "algorithm": {

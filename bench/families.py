@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 import numpy as np
@@ -46,6 +46,7 @@ class BenchProblem:
     optimum: float | None = None
     constraints: tuple[OutcomeConstraint, ...] = ()
     budget: int = 30
+    noise: str = "auto"  # the objective's declared observation noise (Objective.noise)
 
     @property
     def constraint(self):
@@ -55,7 +56,7 @@ class BenchProblem:
     def spec(self, seed: int | None = None, **algorithm) -> StudySpec:
         return StudySpec(
             self.space,
-            (Objective("f"),),
+            (Objective("f", noise=self.noise),),
             self.constraints,
             algorithm=AlgorithmOptions(seed=seed, **algorithm),
         )
@@ -677,18 +678,27 @@ def rf_landscape(sd: float = 0.0) -> BenchProblem:
     return BenchProblem(name, "discrete", space, sample, truth, opt, budget=40)
 
 
+def _noisy(make: Callable[[], BenchProblem]) -> Callable[[], BenchProblem]:
+    """The problem with its objective declared noisy, as its user would (every evaluation draws
+    new folds, seeds or noise)."""
+    return lambda: replace(make(), noise="noisy")
+
+
 NOISY = {
-    "svm-wine": lambda: cv_problem("svm", "wine"),
-    "dt-wine": lambda: cv_problem("dt", "wine"),
-    "knn-wine": lambda: cv_problem("knn", "wine"),
-    "ada-wine": lambda: cv_problem("ada", "wine"),
-    "lasso-breast_cancer": lambda: cv_problem("lasso", "breast_cancer"),
-    "mlp-wine": lambda: cv_problem("mlp", "wine"),
-    "rf-diabetes": lambda: cv_problem("rf", "diabetes"),
-    "hartmann6_noise": hartmann6_noise,
-    "branin_hetero": branin_hetero,
-    "rosenbrock4_noise": rosenbrock4_noise,
-    "cloud_noise": cloud_noise,
+    name: _noisy(make)
+    for name, make in {
+        "svm-wine": lambda: cv_problem("svm", "wine"),
+        "dt-wine": lambda: cv_problem("dt", "wine"),
+        "knn-wine": lambda: cv_problem("knn", "wine"),
+        "ada-wine": lambda: cv_problem("ada", "wine"),
+        "lasso-breast_cancer": lambda: cv_problem("lasso", "breast_cancer"),
+        "mlp-wine": lambda: cv_problem("mlp", "wine"),
+        "rf-diabetes": lambda: cv_problem("rf", "diabetes"),
+        "hartmann6_noise": hartmann6_noise,
+        "branin_hetero": branin_hetero,
+        "rosenbrock4_noise": rosenbrock4_noise,
+        "cloud_noise": cloud_noise,
+    }.items()
 }
 
 DISCRETE = {

@@ -63,6 +63,19 @@ def test_optimize_multi_objective_needs_dicts(client, study_name):
     assert t.state == "FAILED" and "single-objective" in t.reason
 
 
+def test_an_objectives_declared_noise_reaches_the_server_and_back(client, study_name):
+    s = client.create_study(
+        study_name,
+        parameters=[bc.Float("x", 0, 1)],
+        objectives=[bc.Maximize("acc", noise="noisy")],
+    )
+    assert s.info().objectives == [bc.Objective("acc", "maximize", "noisy")]
+    with pytest.raises(bc.InvalidArgument, match="noise must be one of"):
+        client.create_study(
+            study_name + "-2", parameters=[bc.Float("x", 0, 1)], objectives=[bc.Minimize("a", "hi")]
+        )
+
+
 def test_trial_fields_and_typed_values(client, study_name):
     s = client.create_study(
         study_name,

@@ -5,6 +5,7 @@ discrete spaces and ordinals encoded by grid position."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -68,6 +69,19 @@ def test_noise_estimate_weighs_reported_errors_replicates_and_the_fit():
     assert not rep.with_model(_with_fit(1e-6), LAYOUT).clean  # replicates outweigh the fit
 
 
+def test_the_users_declaration_outweighs_the_fit_not_the_data():
+    X = np.array([[0.1], [0.4], [0.7]])
+    Y = np.array([[1.0], [0.5], [0.8]])
+    noisy = NoiseEstimate.of(X, Y, None, LAYOUT, "noisy")
+    assert noisy.noisy and not noisy.with_model(_with_fit(1e-6), LAYOUT).clean
+    assert noisy.describe() == "declared noisy"
+    det = NoiseEstimate.of(X, Y, None, LAYOUT, "deterministic").with_model(_with_fit(0.05), LAYOUT)
+    assert not det.noisy and replace(det, fit_evidence=10.0).noisy is False
+    assert NoiseEstimate.of(X, Y, np.full((3, 1), 0.01), LAYOUT, "deterministic").noisy
+    Xr, Yr = np.vstack([X, X[:1]]), np.vstack([Y, [[1.3]]])
+    assert NoiseEstimate.of(Xr, Yr, None, LAYOUT, "deterministic").noisy  # repeats differ
+
+
 # ---- the recommended trial ---------------------------------------------------------------------
 
 UNIT1 = SearchSpace((FloatParam("x", 0.0, 1.0),))
@@ -108,6 +122,41 @@ def test_on_a_clean_objective_the_strategy_leaves_the_best_observed_trial():
     gs = _strategy()
     gs.suggest(trials, 1)
     assert gs.recommend(trials) is None
+
+
+def _declared(noise: str) -> GenerationStrategy:
+    spec = StudySpec(
+        UNIT1, (Objective("f", noise=noise),), algorithm=AlgorithmOptions(seed=1, n_initial=4)
+    )
+    return GenerationStrategy(spec)
+
+
+def test_a_declared_noisy_objective_is_reported_by_posterior_mean_from_the_first_model():
+    """The lucky draw is passed over, the selection naming the declaration."""
+    torch.set_num_threads(1)
+    trials = _trials(*_noisy_data())
+    gs = _declared("noisy")
+    gs.suggest(trials, 1)
+    rec = gs.recommend(trials)
+    assert rec is not None and "declared noisy" in rec.selection
+    assert abs(next(t.params["x"] for t in trials if t.id == rec.trial_id) - 0.6) < 0.2
+
+
+def test_a_declared_deterministic_objective_reports_the_best_trial_seen_whatever_the_fit():
+    """A bowl sampled with noise and one isolated low value, no repeats: judged from the data
+    the fit calls it noisy; declared deterministic, the best observed trial is the answer."""
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(3)
+    xs = [0.1] + list(np.linspace(0.3, 0.95, 12))
+    ys = [-0.4] + [(x - 0.6) ** 2 + 0.05 * rng.standard_normal() for x in xs[1:]]
+    trials = _trials(xs, ys)
+    answers = {}
+    for noise in ("auto", "deterministic"):
+        gs = _declared(noise)
+        gs.suggest(trials, 1)
+        answers[noise] = gs.recommend(trials)
+    assert answers["auto"] is not None and "fitted noise" in answers["auto"].selection
+    assert answers["deterministic"] is None
 
 
 def _near_the_bound(seed: int = 1) -> tuple[StudySpec, list[Trial]]:

@@ -46,3 +46,33 @@ def test_exploit_gap_zero_means_default_and_negative_means_never(wire, core):
     spec = spec_from_pb(s)
     assert spec.algorithm.exploit_gap == core
     assert spec_from_pb(spec_to_pb(spec)).algorithm.exploit_gap == core
+
+
+def test_an_objectives_declared_noise_round_trips_and_an_unknown_one_is_refused():
+    """AUTO stores the JSON a study always stored; NOISY / DETERMINISTIC survive the wire and
+    storage; an enum value this server does not know is a spec error naming the field."""
+    from bbo.errors import SpecError
+    from bbo.spec import StudySpec
+    from bbo_client.v1 import study_pb2 as pb
+    from bbo_server.convert import spec_from_pb, spec_to_pb
+
+    def spec_with(noise):
+        return pb.StudySpec(
+            parameters=[pb.ParameterSpec(name="x", float=pb.FloatParameter(low=0, high=1))],
+            objectives=[pb.Objective(name="y", noise=noise)],
+        )
+
+    assert (
+        "noise" not in spec_from_pb(spec_with(pb.OBSERVATION_NOISE_AUTO)).to_dict()["objectives"][0]
+    )
+    for wire, core in [
+        (pb.OBSERVATION_NOISE_NOISY, "noisy"),
+        (pb.OBSERVATION_NOISE_DETERMINISTIC, "deterministic"),
+    ]:
+        spec = spec_from_pb(spec_with(wire))
+        assert spec.objectives[0].noise == core
+        assert StudySpec.from_dict(spec.to_dict()).objectives[0].noise == core
+        assert spec_to_pb(spec).objectives[0].noise == wire
+    with pytest.raises(SpecError) as e:
+        spec_from_pb(spec_with(7))
+    assert e.value.field == "spec.objectives[0].noise"

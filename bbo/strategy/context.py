@@ -41,7 +41,7 @@ class Context:
             warp=warp,
             placement=placement,
             points=points,
-            data=ModelData(spec.modeled_metrics, layout, warp, points),
+            data=ModelData(spec.modeled_metrics, layout, warp, points, spec.objectives[0].noise),
         )
 
     @property

@@ -15,6 +15,7 @@ import numpy as np
 
 from bbo.acquisition import Layout
 from bbo.space import SearchSpace, Value
+from bbo.spec import NOISE_AUTO
 from bbo.strategy.noise import NoiseEstimate
 from bbo.trial import WARMSTART_ORIGINS, Origin, Trial, TrialState
 from bbo.warping import OutcomeWarp
@@ -91,8 +92,16 @@ class ModelData:
     """Builds :class:`TrainingData` for one study; the last build is reused while the trials are
     unchanged (an ask and the status check after it see the same trials)."""
 
-    def __init__(self, names: Sequence[str], layout: Layout, warp: OutcomeWarp, points: Points):
+    def __init__(
+        self,
+        names: Sequence[str],
+        layout: Layout,
+        warp: OutcomeWarp,
+        points: Points,
+        noise: str = NOISE_AUTO,
+    ):
         self.names = tuple(names)
+        self.noise = noise  # the first objective's declared observation noise
         self.layout = layout
         self.warp = warp
         self.points = points
@@ -130,7 +139,7 @@ class ModelData:
             Yvar = np.asarray(S, dtype=float) ** 2
         feas = self.layout.feasible(Ya)
         Ym, Ymvar = self.warp.apply(Ya, Yvar)
-        noise = NoiseEstimate.of(Xa, Ya, Yvar, self.layout)
+        noise = NoiseEstimate.of(Xa, Ya, Yvar, self.layout, self.noise)
         return TrainingData(used, Xa, Ya, Yvar, self.score(Ya, feas), feas, Ym, Ymvar, noise)
 
     def score(self, Y: np.ndarray, feas: np.ndarray) -> np.ndarray:

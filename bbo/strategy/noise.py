@@ -3,6 +3,10 @@ parts consult (instead of each checking the likelihood or the standard errors on
 
 Evidence, strongest first:
 
+* **the user's word** (``Objective.noise``): ``noisy`` makes the objective noisy from the first
+  ask, so the rules for noise apply before the data could show it (a cross-validated score, a
+  simulation on random seeds); ``deterministic`` leaves only reported errors and differing
+  replicates to say otherwise (the data win over a wrong declaration);
 * **reported standard errors** (a Tell with ``sem`` > 0 on the objective): noisy;
 * **replicates**: trials at the same point whose objective values differ: noisy, and their
   pooled spread measures the noise;
@@ -25,6 +29,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from bbo.acquisition import Layout
+from bbo.spec import NOISE_AUTO, NOISE_DETERMINISTIC, NOISE_NOISY
 
 DETERMINISTIC_NOISE = 1e-4  # fitted noise variance (standardized) under which the fit is clean
 NOISY_FIT = 1e-3  # fitted noise variance (standardized) above which the objective counts noisy
@@ -44,13 +49,22 @@ class NoiseEstimate:
     fitted: float | None = None  # the GP's noise variance of the objective (standardized)
     # nats of marginal likelihood the fitted noise gains over a noise-free refit (None: not judged)
     fit_evidence: float | None = None
+    declared: str = NOISE_AUTO  # the first objective's Objective.noise
 
     @classmethod
-    def of(cls, X: np.ndarray, Y: np.ndarray, Yvar: np.ndarray | None, layout: Layout):
-        """The evidence in the data: reported standard errors and replicates (first objective)."""
+    def of(
+        cls,
+        X: np.ndarray,
+        Y: np.ndarray,
+        Yvar: np.ndarray | None,
+        layout: Layout,
+        declared: str = NOISE_AUTO,
+    ):
+        """The evidence in the data: reported standard errors and replicates (first objective),
+        beside the user's declaration."""
         j = layout.obj_idx[0]
         reported = bool(Yvar is not None and len(Yvar) and np.any(Yvar[:, j] > 0))
-        return cls(reported, replicate_sd(X, Y[:, j]))
+        return cls(reported, replicate_sd(X, Y[:, j]), declared=declared)
 
     def with_model(self, model, layout: Layout) -> NoiseEstimate:
         """Completed with the fitted noise of the objective's output (none for fixed noise)."""
@@ -68,13 +82,19 @@ class NoiseEstimate:
     @property
     def noisy(self) -> bool:
         """Observed with noise, by any evidence."""
-        return self.reported or self.replicates_differ or self.fit_says_noisy
+        return self.reported or self.replicates_differ or self.declared_noisy or self.fit_says_noisy
+
+    @property
+    def declared_noisy(self) -> bool:
+        return self.declared == NOISE_NOISY
 
     @property
     def fit_says_noisy(self) -> bool:
-        """The fitted noise is above :data:`NOISY_FIT` and, where judged, supported by the data."""
+        """The fitted noise is above :data:`NOISY_FIT` and, where judged, supported by the data
+        (never for an objective declared deterministic)."""
         return (
-            self.fitted is not None
+            self.declared != NOISE_DETERMINISTIC
+            and self.fitted is not None
             and self.fitted > NOISY_FIT
             and (self.fit_evidence is None or self.fit_evidence >= NOISE_EVIDENCE)
         )
@@ -85,11 +105,14 @@ class NoiseEstimate:
         return (
             not self.reported
             and not self.replicates_differ
+            and not self.declared_noisy
             and self.fitted is not None
             and self.fitted <= DETERMINISTIC_NOISE
         )
 
     def describe(self) -> str:
+        if self.declared_noisy:
+            return "declared noisy"
         if self.reported:
             return "the objective's reported standard errors"
         if self.replicates_differ:

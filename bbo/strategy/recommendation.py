@@ -81,7 +81,9 @@ class Recommender:
     def __init__(self, ctx: Context, surrogate: Surrogate):
         self.ctx = ctx
         self.surrogate = surrogate
-        self._data = ModelData(ctx.data.names, ctx.layout, ctx.warp, ctx.points)
+        self._data = ModelData(
+            ctx.data.names, ctx.layout, ctx.warp, ctx.points, ctx.spec.objectives[0].noise
+        )
         self._lock = threading.Lock()
         self._cache: tuple[tuple, Recommendation | _Unjudged | None] | None = None
         # (the surrogate's hyperparameters, the evidence for the fitted noise judged under them)
@@ -182,7 +184,7 @@ class Recommender:
     def _needs_evidence(self, noise: noise_rules.NoiseEstimate, data: TrainingData) -> bool:
         """Whether the fitted noise alone makes the objective noisy, with few enough points to
         refit."""
-        only_the_fit = not noise.reported and not noise.replicates_differ
+        only_the_fit = not (noise.reported or noise.replicates_differ or noise.declared_noisy)
         return only_the_fit and len(data.trials) <= EVIDENCE_MAX_POINTS
 
     def _known_evidence(self) -> Evidence | None:

@@ -17,6 +17,9 @@ from bbo.spec import (
     MEDIAN,
     MINIMIZE,
     NO_PRUNING,
+    NOISE_AUTO,
+    NOISE_DETERMINISTIC,
+    NOISE_NOISY,
     AlgorithmOptions,
     Pruning,
     StudySpec,
@@ -144,6 +147,12 @@ POLICY_FROM_PB = {
     pb.PRUNING_POLICY_NONE: NO_PRUNING,
 }
 POLICY_TO_PB = {v: k for k, v in POLICY_FROM_PB.items()}
+_NOISE_FROM_PB = {
+    pb.OBSERVATION_NOISE_AUTO: NOISE_AUTO,
+    pb.OBSERVATION_NOISE_NOISY: NOISE_NOISY,
+    pb.OBSERVATION_NOISE_DETERMINISTIC: NOISE_DETERMINISTIC,
+}
+_NOISE_TO_PB = {v: k for k, v in _NOISE_FROM_PB.items()}
 
 
 def _budgets_from_pb(s: pb.StudySpec) -> dict[str, Any]:
@@ -197,7 +206,11 @@ def spec_dict_from_pb(s: pb.StudySpec) -> dict[str, Any]:
             for c in s.parameter_constraints
         ],
         "objectives": [
-            {"name": o.name, "goal": MAXIMIZE if o.goal == pb.GOAL_MAXIMIZE else MINIMIZE}
+            {
+                "name": o.name,
+                "goal": MAXIMIZE if o.goal == pb.GOAL_MAXIMIZE else MINIMIZE,
+                "noise": _NOISE_FROM_PB.get(o.noise, str(o.noise)),  # unknown: the spec's error
+            }
             for o in s.objectives
         ],
         "outcome_constraints": [
@@ -289,7 +302,9 @@ def spec_to_pb(spec: StudySpec) -> pb.StudySpec:
         )
     for o in spec.objectives:
         out.objectives.add(
-            name=o.name, goal=pb.GOAL_MAXIMIZE if o.goal == MAXIMIZE else pb.GOAL_MINIMIZE
+            name=o.name,
+            goal=pb.GOAL_MAXIMIZE if o.goal == MAXIMIZE else pb.GOAL_MINIMIZE,
+            noise=_NOISE_TO_PB[o.noise],
         )
     for oc in spec.outcome_constraints:
         out.outcome_constraints.add(

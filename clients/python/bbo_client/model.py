@@ -147,31 +147,53 @@ class LinearConstraint:
 # ---- metrics ------------------------------------------------------------------------------------
 
 
+_NOISE = {
+    "auto": pb.OBSERVATION_NOISE_AUTO,
+    "noisy": pb.OBSERVATION_NOISE_NOISY,
+    "deterministic": pb.OBSERVATION_NOISE_DETERMINISTIC,
+}
+
+
 @dataclass(frozen=True)
 class Objective:
-    """A metric to optimize: ``goal`` is "minimize" (default) or "maximize"."""
+    """A metric to optimize: ``goal`` is "minimize" (default) or "maximize"; ``noise`` says how
+    it is observed: "auto" (bbo judges from the data), "noisy" (a cross-validated score, a
+    simulation on random seeds: noise handling from the first trial) or "deterministic"."""
 
     name: str
     goal: str = "minimize"
+    noise: str = "auto"
 
     def to_pb(self) -> pb.Objective:
-        if self.goal not in ("minimize", "maximize"):
-            from bbo_client.errors import InvalidArgument
+        from bbo_client.errors import InvalidArgument
 
+        if self.goal not in ("minimize", "maximize"):
             raise InvalidArgument(
                 f"goal must be 'minimize' or 'maximize', got {self.goal!r}", field="objectives.goal"
             )
+        if self.noise not in _NOISE:
+            raise InvalidArgument(
+                f"noise must be one of {', '.join(_NOISE)}, got {self.noise!r}",
+                field="objectives.noise",
+            )
         return pb.Objective(
-            name=self.name, goal=pb.GOAL_MAXIMIZE if self.goal == "maximize" else pb.GOAL_MINIMIZE
+            name=self.name,
+            goal=pb.GOAL_MAXIMIZE if self.goal == "maximize" else pb.GOAL_MINIMIZE,
+            noise=_NOISE[self.noise],
         )
 
+    @classmethod
+    def from_pb(cls, o: pb.Objective) -> Objective:
+        noise = next((k for k, v in _NOISE.items() if v == o.noise), "auto")
+        return cls(o.name, "maximize" if o.goal == pb.GOAL_MAXIMIZE else "minimize", noise)
 
-def Minimize(name: str) -> Objective:
-    return Objective(name, "minimize")
+
+def Minimize(name: str, noise: str = "auto") -> Objective:
+    return Objective(name, "minimize", noise)
 
 
-def Maximize(name: str) -> Objective:
-    return Objective(name, "maximize")
+def Maximize(name: str, noise: str = "auto") -> Objective:
+    return Objective(name, "maximize", noise)
 
 
 @dataclass(frozen=True)
@@ -445,10 +467,7 @@ class StudyInfo:
         return cls(
             name=s.name,
             parameters=[parameter_from_pb(p) for p in sp.parameters],
-            objectives=[
-                Objective(o.name, "maximize" if o.goal == pb.GOAL_MAXIMIZE else "minimize")
-                for o in sp.objectives
-            ],
+            objectives=[Objective.from_pb(o) for o in sp.objectives],
             constraints=[
                 Constraint(
                     c.metric, ">=" if c.op == pb.CONSTRAINT_OP_GREATER_EQUAL else "<=", c.bound

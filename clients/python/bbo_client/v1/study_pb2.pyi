@@ -20,6 +20,12 @@ class Goal(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GOAL_MINIMIZE: _ClassVar[Goal]
     GOAL_MAXIMIZE: _ClassVar[Goal]
 
+class ObservationNoise(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OBSERVATION_NOISE_AUTO: _ClassVar[ObservationNoise]
+    OBSERVATION_NOISE_NOISY: _ClassVar[ObservationNoise]
+    OBSERVATION_NOISE_DETERMINISTIC: _ClassVar[ObservationNoise]
+
 class ConstraintOp(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CONSTRAINT_OP_LESS_EQUAL: _ClassVar[ConstraintOp]
@@ -51,6 +57,9 @@ SCALE_LINEAR: Scale
 SCALE_LOG: Scale
 GOAL_MINIMIZE: Goal
 GOAL_MAXIMIZE: Goal
+OBSERVATION_NOISE_AUTO: ObservationNoise
+OBSERVATION_NOISE_NOISY: ObservationNoise
+OBSERVATION_NOISE_DETERMINISTIC: ObservationNoise
 CONSTRAINT_OP_LESS_EQUAL: ConstraintOp
 CONSTRAINT_OP_GREATER_EQUAL: ConstraintOp
 PRUNING_POLICY_UNSPECIFIED: PruningPolicy
@@ -150,12 +159,14 @@ class LinearConstraint(_message.Message):
     def __init__(self, coefficients: _Optional[_Mapping[str, float]] = ..., bound: _Optional[float] = ...) -> None: ...
 
 class Objective(_message.Message):
-    __slots__ = ("name", "goal")
+    __slots__ = ("name", "goal", "noise")
     NAME_FIELD_NUMBER: _ClassVar[int]
     GOAL_FIELD_NUMBER: _ClassVar[int]
+    NOISE_FIELD_NUMBER: _ClassVar[int]
     name: str
     goal: Goal
-    def __init__(self, name: _Optional[str] = ..., goal: _Optional[_Union[Goal, str]] = ...) -> None: ...
+    noise: ObservationNoise
+    def __init__(self, name: _Optional[str] = ..., goal: _Optional[_Union[Goal, str]] = ..., noise: _Optional[_Union[ObservationNoise, str]] = ...) -> None: ...
 
 class OutcomeConstraint(_message.Message):
     __slots__ = ("metric", "op", "bound")
