@@ -6,7 +6,9 @@ Each (problem, method, seed) run asks and tells the problem's budget of evaluati
 ``1000 s + i``, the same for every method. At the end the method names its best point (bbo: what
 GetBest reports; Ax: its own recommendation; Optuna and random search: the best observed feasible
 point, as ``study.best_trial``), and that point is scored by its *true* value (noise-free function,
-or re-evaluation averaged over fresh seeds). Reported per problem and method: the mean true value
+or re-evaluation averaged over fresh seeds). bbo is told what its user would know: the noisy
+family's objectives are declared noisy (``Objective.noise``; Optuna's GPSampler assumes noise
+by default). Reported per problem and method: the mean true value
 of the reported point (the score; ranks are by it, per seed, ties sharing), the mean best observed
 (noisy) value, the true value of the best observed point, and the median time per ask.
 
