@@ -107,6 +107,11 @@ class ModelData:
         self.points = points
         self._last: tuple[tuple, TrainingData] | None = None
 
+    def fresh(self) -> ModelData:
+        """A builder of the same study's data with a cache of its own (for a reader beside the
+        asks, whose last build it must not evict)."""
+        return ModelData(self.names, self.layout, self.warp, self.points, self.noise)
+
     def build(self, trials: Sequence[Trial]) -> TrainingData:
         key = fingerprint(trials)
         if self._last is not None and self._last[0] == key:

@@ -34,7 +34,7 @@ from bbo.acquisition import log_prob_feasible, marginals
 from bbo.strategy import noise as noise_rules
 from bbo.strategy.base import Recommendation
 from bbo.strategy.context import Context
-from bbo.strategy.model_data import ModelData, TrainingData, fingerprint
+from bbo.strategy.model_data import TrainingData, fingerprint
 from bbo.surrogate import Surrogate, fitted_noise
 from bbo.trial import Trial, TrialState
 
@@ -81,9 +81,7 @@ class Recommender:
     def __init__(self, ctx: Context, surrogate: Surrogate):
         self.ctx = ctx
         self.surrogate = surrogate
-        self._data = ModelData(
-            ctx.data.names, ctx.layout, ctx.warp, ctx.points, ctx.spec.objectives[0].noise
-        )
+        self._data = ctx.data.fresh()
         self._lock = threading.Lock()
         self._cache: tuple[tuple, Recommendation | _Unjudged | None] | None = None
         # (the surrogate's hyperparameters, the evidence for the fitted noise judged under them)
