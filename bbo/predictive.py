@@ -138,14 +138,28 @@ class CachedPredictive(Model):
         """Leave-one-out z-scores ``(y_i - mean_-i) / sd_-i`` of training ``rows`` under these
         hyperparameters ((m x) k; Rasmussen & Williams eq. 5.12): large where the hyperparameters
         do not explain a point given all the others."""
+        alpha, kinv_diag = self._loo_terms(rows)
+        return alpha / kinv_diag.sqrt()
+
+    def loo_log_density(self) -> float:
+        """The leave-one-out log predictive density of all training points, summed over points and
+        outputs (standardized units; Rasmussen & Williams eq. 5.10-5.12): how well these
+        hyperparameters predict each observation from the others."""
+        alpha, kinv_diag = self._loo_terms(torch.arange(self._alpha.shape[-1]))
+        return float(
+            (0.5 * torch.log(kinv_diag / (2 * math.pi)) - 0.5 * alpha.pow(2) / kinv_diag).sum()
+        )
+
+    def _loo_terms(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(alpha_i, [K^-1]_ii)`` of training ``rows``: the leave-one-out residual is their
+        ratio, its variance ``1 / [K^-1]_ii``."""
         n = self._alpha.shape[-1]
         E = torch.zeros(n, len(rows), dtype=self._L.dtype, device=self._L.device)
         E[rows.to(E.device), torch.arange(len(rows), device=E.device)] = 1.0
         V = torch.linalg.solve_triangular(
             self._L, E.expand(*self._L.shape[:-2], n, len(rows)), upper=False
         )
-        kinv_diag = V.pow(2).sum(-2)  # [K^-1]_ii
-        return self._alpha[..., rows.to(E.device)] / kinv_diag.sqrt()
+        return self._alpha[..., rows.to(E.device)], V.pow(2).sum(-2)
 
     def _transform(self, X: torch.Tensor) -> torch.Tensor:
         """The GP's input transform: a plain affine map where it is one (on a subset of the

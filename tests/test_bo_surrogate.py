@@ -224,3 +224,54 @@ def test_the_numpy_marginal_likelihood_is_gpytorchs_and_fits_to_the_same_optimum
     X = torch.tensor([[0.1, 0.0], [0.5, 1.0], [0.9, 0.0]], dtype=torch.float64)
     botorch_default = SingleTaskGP(X, torch.tensor([[0.0], [1.0], [0.5]], dtype=torch.float64))
     assert MarginalLikelihood.of(botorch_default) is None and fit(botorch_default, {}) is None
+
+
+def _rate(model) -> float:
+    return float(model.covar_module.base_kernel.lengthscale_prior.rate)
+
+
+def test_loo_log_density_is_each_point_predicted_from_the_others():
+    """The closed form (R&W 5.10-5.12) against the Gaussian conditional of each training target
+    given all the others, under the fitted hyperparameters."""
+    X, Y = data(15)
+    Y = Y + 0.2 * np.random.default_rng(1).standard_normal(Y.shape)
+    model, _, info = Surrogate(SPACE, 1, AlgorithmOptions(), select_device("cpu")).model(X, Y)
+    model.train()
+    with torch.no_grad():
+        prior = model.likelihood(model(*model.train_inputs))
+    model.eval()
+    K, r = prior.covariance_matrix, model.train_targets - prior.mean
+    total = 0.0
+    for i in range(len(X)):
+        o = [j for j in range(len(X)) if j != i]
+        w = torch.linalg.solve(K[o][:, o], K[o, i])
+        mean, var = w @ r[o], K[i, i] - K[i, o] @ w
+        total += float(-0.5 * torch.log(2 * torch.pi * var) - 0.5 * (r[i] - mean) ** 2 / var)
+    assert info.predictive is not None
+    assert abs(info.predictive.loo_log_density() - total) < 1e-6 * max(1.0, abs(total))
+
+
+def test_a_known_noisy_fit_weighs_a_longer_lengthscale_prior_by_leave_one_out():
+    """Seen through noise, a smooth trend fits about as well as a rough function: where the
+    objective is known to be noisy, the fit under lengthscales LONG_LENGTHSCALES times longer is
+    kept if it predicts the held-out points better. Otherwise (the same data not known noisy, or
+    noise-free data) the default prior stands, untried: a fitted noise level alone cannot tell
+    noise from a rugged deterministic function."""
+    default = sur.LENGTHSCALE_RATE  # two dimensions: the rate is not scaled
+    rng = np.random.default_rng(3)
+    X = rng.random((20, 2))
+    trend = (0.8 * X[:, 0] - 0.5 * X[:, 1])[:, None]
+    noisy = trend + 0.15 * rng.standard_normal(trend.shape)
+    s = Surrogate(SPACE, 1, AlgorithmOptions(), select_device("cpu"))
+    model = s.model(X, noisy, noisy=True)[0]
+    short = s._fit_from(X, noisy, None, [None], 200)
+    long = s._fit_from(X, noisy, None, [None], 200, stretch=sur.LONG_LENGTHSCALES)
+    loo = {
+        k: sur.cached_predictive(m, False).loo_log_density()
+        for k, m in (("short", short), ("long", long))
+    }
+    assert loo["long"] > loo["short"]  # the data favour the smooth model here ...
+    assert _rate(model) == default / sur.LONG_LENGTHSCALES  # ... and the fit keeps it
+    for y in (noisy, trend):
+        plain = Surrogate(SPACE, 1, AlgorithmOptions(), select_device("cpu")).model(X, y)[0]
+        assert _rate(plain) == default

@@ -46,7 +46,7 @@ class Feasibility:
         try:
             with manual_seed(ask.seed):
                 model, _, info = self.surrogate.model(
-                    data.X, data.Ym, data.Ymvar, data.score, seed=ctx.seed
+                    data.X, data.Ym, data.Ymvar, data.score, seed=ctx.seed, noisy=data.noise.known
                 )
                 model = info.predictive or model  # the same marginals, cheaper
                 space = ctx.spec.space

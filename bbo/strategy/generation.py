@@ -210,7 +210,7 @@ class GenerationStrategy:
                 transfer_note = f"transfer prior failed ({type(e).__name__}): plain model"
         try:
             model, rows, info = self.surrogate.model(
-                data.X, data.Ym, data.Ymvar, data.score, seed=ask.seed
+                data.X, data.Ym, data.Ymvar, data.score, seed=ask.seed, noisy=data.noise.known
             )
         except Exception as e:  # noqa: BLE001
             why = f"no usable surrogate: {type(e).__name__}: {e}"

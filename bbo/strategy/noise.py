@@ -82,7 +82,14 @@ class NoiseEstimate:
     @property
     def noisy(self) -> bool:
         """Observed with noise, by any evidence."""
-        return self.reported or self.replicates_differ or self.declared_noisy or self.fit_says_noisy
+        return self.known or self.fit_says_noisy
+
+    @property
+    def known(self) -> bool:
+        """Noisy before any model is fit: by the user's word, reported standard errors or
+        differing replicates (a fitted noise level alone cannot tell noise from a rugged
+        deterministic function)."""
+        return self.reported or self.replicates_differ or self.declared_noisy
 
     @property
     def declared_noisy(self) -> bool:
