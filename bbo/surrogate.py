@@ -478,7 +478,7 @@ class Surrogate:
             init = _hyper_state(
                 self._fit_from(X[rows], Y[rows], None if Yvar is None else Yvar[rows], [None], 200)
             )
-        starts = [init] if init is not None else []
+        starts: list[dict[str, torch.Tensor] | None] = [init] if init is not None else []
         if not starts or (n < FRESH_START_BELOW and n >= FRESH_GROWTH * self._n_fresh):
             starts.insert(0, None)
             self._n_fresh = n
