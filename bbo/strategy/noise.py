@@ -109,13 +109,7 @@ class NoiseEstimate:
     @property
     def clean(self) -> bool:
         """No sign of noise: nothing reported, replicates agree, the fit needs none."""
-        return (
-            not self.reported
-            and not self.replicates_differ
-            and not self.declared_noisy
-            and self.fitted is not None
-            and self.fitted <= DETERMINISTIC_NOISE
-        )
+        return not self.known and self.fitted is not None and self.fitted <= DETERMINISTIC_NOISE
 
     def describe(self) -> str:
         if self.declared_noisy:

@@ -182,8 +182,7 @@ class Recommender:
     def _needs_evidence(self, noise: noise_rules.NoiseEstimate, data: TrainingData) -> bool:
         """Whether the fitted noise alone makes the objective noisy, with few enough points to
         refit."""
-        only_the_fit = not (noise.reported or noise.replicates_differ or noise.declared_noisy)
-        return only_the_fit and len(data.trials) <= EVIDENCE_MAX_POINTS
+        return not noise.known and len(data.trials) <= EVIDENCE_MAX_POINTS
 
     def _known_evidence(self) -> Evidence | None:
         """The evidence judged under the surrogate's current hyperparameters, if it was."""
