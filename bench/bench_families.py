@@ -8,9 +8,10 @@ GetBest reports; Ax: its own recommendation; Optuna and random search: the best 
 point, as ``study.best_trial``), and that point is scored by its *true* value (noise-free function,
 or re-evaluation averaged over fresh seeds). bbo is told what its user would know: the noisy
 family's objectives are declared noisy (``Objective.noise``; Optuna's GPSampler assumes noise
-by default). Reported per problem and method: the mean true value
-of the reported point (the score; ranks are by it, per seed, ties sharing), the mean best observed
-(noisy) value, the true value of the best observed point, and the median time per ask.
+by default); ``--undeclared`` leaves them at "auto", as a user who does not say. Reported per
+problem and method: the mean true value of the reported point (the score; ranks are by it, per
+seed, ties sharing), the mean best observed (noisy) value, the true value of the best observed
+point, and the median time per ask.
 
 bbo's runs can carry a tag (``--tag before``, ``--tag after``): they are stored as ``bbo@TAG`` and
 shown beside the peers' runs, which are stored once and reused (``--resume``).
@@ -57,9 +58,13 @@ def label(method: str, tag: str) -> str:
     return f"{method}@{tag}" if tag and method == "bbo" else method
 
 
-def one_run(problem: str, method: str, seed: int, budget: int, tag: str) -> dict:
-    """One optimization run and the scores of the point the method reports as best."""
+def one_run(
+    problem: str, method: str, seed: int, budget: int, tag: str, undeclared: bool = False
+) -> dict:
+    """One optimization run and the scores of the point the method reports as best;
+    ``undeclared``: the objective's noise left at "auto" (a user who does not declare it)."""
     import warnings
+    from dataclasses import replace
 
     import torch
 
@@ -69,6 +74,8 @@ def one_run(problem: str, method: str, seed: int, budget: int, tag: str) -> dict
     from peers import METHODS
 
     prob = ALL[problem]()
+    if undeclared:
+        prob = replace(prob, noise="auto")
     budget = budget or prob.budget
     m = METHODS[method](prob, seed, device="cpu")
     params, values, feas, ask_s, err = [], [], [], [], ""
@@ -351,6 +358,11 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--budget", type=int, default=0, help="0: each problem's own (30 / 40)")
     ap.add_argument("--tag", default="", help="label bbo's runs bbo@TAG")
+    ap.add_argument(
+        "--undeclared",
+        action="store_true",
+        help="leave every objective's noise at auto (tag such runs: a user who does not declare)",
+    )
     ap.add_argument("--show", default="", help="labels to tabulate (default: all present)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--resume", action="store_true", help="reuse finished runs")
@@ -380,7 +392,7 @@ def main(argv=None):
             continue
         methods = [m for m in (args.methods or DEFAULT_METHODS[fam]).split(",") if m]
         tasks = [
-            (p, m, s, args.budget, args.tag)
+            (p, m, s, args.budget, args.tag, args.undeclared)
             for p in probs
             for m in methods
             for s in seeds

@@ -68,6 +68,10 @@ def test_noise_estimate_weighs_reported_errors_replicates_and_the_fit():
     rep = NoiseEstimate.of(Xr, Yr, None, LAYOUT)
     assert rep.noisy and rep.replicate_sd == pytest.approx(0.3 / math.sqrt(2))
     assert not rep.with_model(_with_fit(1e-6), LAYOUT).clean  # replicates outweigh the fit
+    same = NoiseEstimate.of(Xr, np.vstack([Y, Y[:1]]), None, LAYOUT).with_model(
+        _with_fit(0.05), LAYOUT
+    )
+    assert same.replicate_sd == 0.0 and not same.with_evidence(10.0).noisy  # a repeat agrees
 
 
 def test_the_users_declaration_outweighs_the_fit_not_the_data():
@@ -255,8 +259,10 @@ def _reported_ids(evidence: float, monkeypatch, constrained: bool = False, asks:
     """(reported, best feasible seen) trial ids after each ask of a deterministic Branin study,
     with ``constrained`` a linear outcome constraint c = (x1 + 5) / 15 + x2 / 15 <= 1.2."""
     from bbo.strategy import noise
+    from bbo.strategy.replication import Replication
 
     monkeypatch.setattr(noise, "NOISE_EVIDENCE", evidence)
+    monkeypatch.setattr(Replication, "step", lambda *a, **k: None)  # repeats settle it otherwise
     cons = (OutcomeConstraint("c", "<=", 1.2),) if constrained else ()
     spec = StudySpec(BRANIN, (Objective("f"),), cons, algorithm=AlgorithmOptions(seed=0))
     gs, trials, out = GenerationStrategy(spec), [], []
@@ -303,6 +309,93 @@ def test_noise_evidence_tells_a_noisy_bowl_from_a_smooth_one():
         model, rows, _ = s.model(X, Y)
         evidence.append(s.noise_evidence(X[rows], Y[rows], model, 0))
     assert evidence[0] < NOISE_EVIDENCE < evidence[1]
+
+
+# ---- replication ---------------------------------------------------------------------------
+
+UNIT2 = SearchSpace((FloatParam("a", 0.0, 1.0), FloatParam("b", 0.0, 1.0)))
+
+
+def _bowl(noisy: bool, n: int = 30) -> list[Trial]:
+    """A wavy bowl on the unit square at ``n`` random points, with noise of 0.3 of its spread
+    where ``noisy`` (the data support the fitted noise then: see the test above)."""
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0.0, 1.0, (n, 2))
+    y = ((X - 0.6) ** 2).sum(1) + np.sin(6 * X[:, 0])
+    y = y + 0.3 * y.std() * rng.standard_normal(n) if noisy else y
+    return [
+        Trial(i + 1, {"a": float(a), "b": float(b)}, TrialState.COMPLETED, {"f": Metric(float(v))})
+        for i, ((a, b), v) in enumerate(zip(X, y, strict=True))
+    ]
+
+
+def _ask(trials: list[Trial], noise: str = "auto", n: int = 1):
+    spec = StudySpec(
+        UNIT2, (Objective("f", noise=noise),), algorithm=AlgorithmOptions(seed=1, n_initial=4)
+    )
+    return GenerationStrategy(spec).suggest(trials, n)
+
+
+def _again(trials: list[Trial], t: Trial, state: TrialState, value: float) -> list[Trial]:
+    metrics = {"f": Metric(value)} if state is TrialState.COMPLETED else {}
+    return [*trials, Trial(len(trials) + 1, dict(t.params), state, metrics, origin="replicate")]
+
+
+def test_an_undeclared_noisy_objective_has_its_best_point_evaluated_once_more(monkeypatch):
+    """Noise not declared, no repeats, a fit whose noise the data support: the next ask repeats
+    the best observed point (the one test that tells noise from a rugged function), once: not
+    while that repeat is in flight, nor after it; the repeat that differs then makes the noise
+    known to the fit."""
+    torch.set_num_threads(1)
+    trials = _bowl(noisy=True)
+    best = min(trials, key=lambda t: t.metrics["f"].value)
+    first, second = _ask(trials, n=2)
+    assert first.origin == Origin.REPLICATE.value and first.params == best.params
+    assert "fitted noise" in first.reason
+    assert second.origin != Origin.REPLICATE.value and second.params != best.params
+    assert _ask(_again(trials, best, TrialState.PENDING, 0.0))[0].origin != "replicate"
+    told: list[bool] = []
+    model = Surrogate.model
+
+    def spy(self, *args, **kwargs):
+        told.append(kwargs.get("noisy", False))
+        return model(self, *args, **kwargs)
+
+    monkeypatch.setattr(Surrogate, "model", spy)
+    value = best.metrics["f"].value + 0.1
+    assert _ask(_again(trials, best, TrialState.COMPLETED, value))[0].origin != "replicate"
+    assert told == [True]
+
+
+@pytest.mark.parametrize(
+    ("noisy", "declared"), [(False, "auto"), (True, "noisy"), (True, "deterministic")]
+)
+def test_no_replicate_where_the_data_or_the_user_already_answer(noisy, declared):
+    """A smooth function the fit explains without noise, and an objective whose noise is
+    declared either way, are never repeated."""
+    torch.set_num_threads(1)
+    for _ in range(2):
+        assert all(s.origin != Origin.REPLICATE.value for s in _ask(_bowl(noisy), declared, 2))
+
+
+def test_a_repeat_that_agrees_keeps_the_exploitation_steps():
+    """Two trials tying on the objective at different points stop the exploitation steps (a
+    capped or quantized response); the same point evaluated twice to the same value does not."""
+    from bbo.strategy.context import Ask, Context
+    from bbo.strategy.exploitation import Exploitation
+
+    trials = [replace(t, origin=Origin.BO.value) for t in _bowl(noisy=False, n=8)]
+    spec = StudySpec(UNIT2, (Objective("f"),), algorithm=AlgorithmOptions(seed=1))
+    ctx = Context.of(spec, 1, CPU)
+
+    def due(ts):
+        return Exploitation(ctx).due(ts, Ask(ctx, ts, ()).data)
+
+    best = trials[0]
+    assert due(trials)
+    assert due(_again(trials, best, TrialState.COMPLETED, best.metrics["f"].value))
+    tie = Trial(99, {"a": 0.5, "b": 0.5}, TrialState.COMPLETED, {"f": best.metrics["f"]})
+    assert not due([*trials, replace(tie, origin=Origin.BO.value)])
 
 
 # ---- discrete spaces ---------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 An ask builds its training data at most once (:class:`~bbo.strategy.context.Ask`) and goes through
 the initial design, then Bayesian optimization: the surrogate (:mod:`bbo.surrogate`), then per point
-an exploitation step where one is due or an acquisition step, each falling back where it fails.
+a replicate (:mod:`bbo.strategy.replication`) or an exploitation step where one is due, or an
+acquisition step, each falling back where it fails.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from bbo.strategy.fallback import Fallback
 from bbo.strategy.feasibility import Feasibility
 from bbo.strategy.initial_design import InitialDesign
 from bbo.strategy.recommendation import Recommender
+from bbo.strategy.replication import Replication
 from bbo.surrogate import Surrogate
 from bbo.trial import Origin, Trial, TrialState
 
@@ -78,6 +80,7 @@ class GenerationStrategy:
         self.design = InitialDesign(self.ctx)
         self.acquisition = AcquisitionStep(self.ctx)
         self.exploitation = Exploitation(self.ctx)
+        self.replication = Replication(self.ctx)
         self.fallback = Fallback(self.ctx)
         self.feasibility = Feasibility(self.ctx, self.surrogate)
         self.recommender = Recommender(self.ctx, self.surrogate)
@@ -243,9 +246,12 @@ class GenerationStrategy:
             ):
                 acq.origin = Origin.TRANSFER_BO.value
         out: list[Suggestion] = []
-        exploit = self.exploitation.due(trials, data)
+        first = self.replication.step(
+            data, noise, lambda: self.recommender.fit_evidence(data, model, rows).objective, taken
+        )
+        exploit = first is None and self.exploitation.due(trials, data)
         for i in range(n):
-            sug = None
+            sug = first if i == 0 else None
             if i == 0 and exploit:
                 sug = self.exploitation.step(
                     model, data, noise, taken, acq.budget, acq.note, ask.seed, acq.predictive

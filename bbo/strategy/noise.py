@@ -9,7 +9,8 @@ Evidence, strongest first:
   replicates to say otherwise (the data win over a wrong declaration);
 * **reported standard errors** (a Tell with ``sem`` > 0 on the objective): noisy;
 * **replicates**: trials at the same point whose objective values differ: noisy, and their
-  pooled spread measures the noise;
+  pooled spread measures the noise; where they agree, the fitted noise below does not count
+  (:mod:`bbo.strategy.replication` repeats a point to ask);
 * **the GP's fitted noise** of the objective (standardized, warped units) above
   :data:`NOISY_FIT`: noisy, where the data support it (:attr:`NoiseEstimate.fit_evidence`, when
   a decision weighs it: at least :data:`NOISE_EVIDENCE` nats of marginal likelihood over a
@@ -75,6 +76,10 @@ class NoiseEstimate:
         v = noise.detach().reshape(-1)
         return replace(self, fitted=float(v[j if v.numel() > 1 else 0]))
 
+    def with_evidence(self, nats: float | None) -> NoiseEstimate:
+        """With the data's evidence for the fitted noise (see :attr:`fit_evidence`)."""
+        return replace(self, fit_evidence=nats)
+
     @property
     def replicates_differ(self) -> bool:
         return self.replicate_sd is not None and self.replicate_sd > 0
@@ -98,9 +103,10 @@ class NoiseEstimate:
     @property
     def fit_says_noisy(self) -> bool:
         """The fitted noise is above :data:`NOISY_FIT` and, where judged, supported by the data
-        (never for an objective declared deterministic)."""
+        (never for an objective declared deterministic or whose repeated points agree)."""
         return (
             self.declared != NOISE_DETERMINISTIC
+            and self.replicate_sd != 0.0
             and self.fitted is not None
             and self.fitted > NOISY_FIT
             and (self.fit_evidence is None or self.fit_evidence >= NOISE_EVIDENCE)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -57,7 +57,7 @@ CONSTRAINT_EVIDENCE = 1.0
 
 
 class Evidence(NamedTuple):
-    """What the data say of the GP's fitted noise (:meth:`Recommender._fit_evidence`)."""
+    """What the data say of the GP's fitted noise (:meth:`Recommender.fit_evidence`)."""
 
     objective: float  # nats the objective's fitted noise gains over a noise-free refit
     constraint: str | None  # a constraint metric whose fitted noise they support, if any
@@ -154,7 +154,7 @@ class Recommender:
 
     def _judge(self, u: _Unjudged) -> Recommendation | None:
         """Settle an :class:`_Unjudged` recommendation (see :meth:`_supported`)."""
-        evidence = self._fit_evidence(u.data, u.model, u.rows)
+        evidence = self.fit_evidence(u.data, u.model, u.rows)
         return self._supported(u.data, u.trial_id, u.noise, evidence)
 
     def _supported(
@@ -162,7 +162,7 @@ class Recommender:
     ) -> Recommendation | None:
         """The posterior mean's trial where the data support the fitted noise of the objective,
         or of a constraint metric, else None (the best observed trial)."""
-        noise = replace(noise, fit_evidence=evidence.objective)
+        noise = noise.with_evidence(evidence.objective)
         if not noise.noisy and evidence.constraint is None:
             return None
         return self._recommendation(data, row, noise, evidence.constraint)
@@ -193,7 +193,7 @@ class Recommender:
             return cached[1]
         return None
 
-    def _fit_evidence(self, data: TrainingData, model, rows: np.ndarray) -> Evidence:
+    def fit_evidence(self, data: TrainingData, model, rows: np.ndarray) -> Evidence:
         """:meth:`~bbo.surrogate.Surrogate.noise_evidence` of the objective on the ``rows``
         ``model`` conditions on and, unless that supports the fitted noise, of each constraint
         metric fitted as noisy; judged once per set of the surrogate's hyperparameters (a fit of

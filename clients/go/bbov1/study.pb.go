@@ -2025,7 +2025,8 @@ type Trial struct {
 	Metrics    map[string]*MetricValue    `protobuf:"bytes,4,rep,name=metrics,proto3" json:"metrics,omitempty" protobuf_key:"bytes,1,opt,name=key,proto3" protobuf_val:"bytes,2,opt,name=value,proto3"`
 	// initial_design, bo, prior_guided_bo, bo_exploit, bo_local, llm_warmstart, llm_proposal,
 	// transfer_warmstart (a source study's best point), transfer_bo (a step on the model stacked on
-	// source studies), user, fallback
+	// source studies), replicate (the best observed point evaluated again, to tell noise), user,
+	// fallback
 	Origin          string                 `protobuf:"bytes,5,opt,name=origin,proto3" json:"origin,omitempty"`
 	Reason          string                 `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`       // why it failed, or a note from generation (a fallback, a prior set aside)
 	Rationale       string                 `protobuf:"bytes,7,opt,name=rationale,proto3" json:"rationale,omitempty"` // the LLM's reasoning for LLM-proposed points
