@@ -551,8 +551,19 @@ def test_a_database_outage_is_unavailable_with_auth_and_a_tell_rides_it_out(serv
                 with pytest.raises(bc.BboError) as e:
                     call()
                 assert e.value.code.name == "UNAVAILABLE", e.value
-            threading.Timer(2.0, cl.resume).start()
+            back: list[BaseException] = []
+
+            def resume():
+                try:
+                    cl.resume()
+                except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+                    back.append(e)
+
+            timer = threading.Timer(2.0, resume)
+            timer.start()
             told = s.tell(t, {"y": 0.25})  # retried through the outage
+            timer.join()
+            assert not back, f"the database did not come back: {back}"
             assert told.trial.state == "COMPLETED"
             assert [x.metrics["y"] for x in s.trials()] == [0.25]
     finally:

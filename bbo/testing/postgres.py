@@ -89,11 +89,18 @@ class PgCluster:
             capture_output=True,
             text=True,
         )
+        if done.returncode != 0 and self.running():
+            return  # pg_ctl's wait gave up on a server that did start (seen once under load)
         if done.returncode != 0:  # say why: pg_ctl's own words and the server log's last lines
             tail = Path(log).read_text(errors="replace")[-2000:] if os.path.exists(log) else ""
             raise RuntimeError(
                 f"pg_ctl start failed ({done.returncode}): {done.stdout}{done.stderr}\nlog: {tail}"
             )
+
+    def running(self) -> bool:
+        """Whether a server runs on the data directory (``pg_ctl status``)."""
+        status = _as_pg([_bin("pg_ctl"), "-D", self.datadir, "status"])
+        return subprocess.run(status, capture_output=True).returncode == 0
 
     def url(self, db: str = "postgres") -> str:
         return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{db}"
