@@ -1,7 +1,7 @@
 """Seeded regression: ``GenerationStrategy.suggest`` gives the recorded suggestions on a handful of
 studies (continuous, outcome-constrained, mixed, two objectives, linear parameter constraints,
-priors, warm start and proposals, batches with pending trials, noisy with standard errors, an
-impossible constraint). It pins the optimizer's behaviour while its code is reorganized.
+priors, warm start and proposals, batches with pending trials, noisy with standard errors, noisy
+without (a replicate), an impossible constraint). It pins the optimizer's behaviour while its code is reorganized.
 
 The expected suggestions (params to 1e-9 relative, origin, reason) and study states are in
 ``tests/data/strategy_regression.json``, written by the current code with
@@ -124,6 +124,33 @@ def _noisy(seed: int) -> Callable[[dict], dict]:
     return f
 
 
+def _wavy(seed: int) -> Callable[[dict], dict]:
+    """A wavy bowl observed with noise of sd 0.15 and no standard errors (undeclared noise)."""
+    rng = np.random.default_rng(seed)
+
+    def f(p):
+        y = (p["a"] - 0.6) ** 2 + (p["b"] - 0.6) ** 2 + math.sin(6 * p["a"])
+        return {"f": y + 0.15 * float(rng.standard_normal())}
+
+    return f
+
+
+def _wavy_history() -> list[Trial]:
+    """Twenty noisy points of :func:`_wavy`: its fit's noise has the data's support, so the next
+    ask repeats the best of them."""
+    f, pts = _wavy(1), np.random.default_rng(1).random((20, 2))
+    return [
+        Trial(
+            i + 1,
+            {"a": float(a), "b": float(b)},
+            TrialState.COMPLETED,
+            _metrics(f({"a": a, "b": b})),
+            origin=Origin.INITIAL.value if i < 4 else Origin.BO.value,
+        )
+        for i, (a, b) in enumerate(pts)
+    ]
+
+
 def _mixed(p) -> dict:
     shift = {"sgd": 0.4, "adam": 0.0, "rms": 0.2}[p["opt"]]
     return {"f": (p["x"] - 0.6) ** 2 + 0.05 * (p["k"] - 3) ** 2 + shift + 0.001 * p["bs"]}
@@ -217,6 +244,13 @@ def cases() -> list[Case]:
             [Step(4), Step(3, hold=True), Step(2), Step(3)],
         ),
         Case("noisy", _spec(UNIT2, seed=12, n_initial=4), _noisy(3), [Step()] * 6),
+        Case(
+            "replicate",
+            _spec(UNIT2, seed=6, n_initial=4),
+            _wavy(2),
+            [Step()] * 3,
+            history=_wavy_history(),
+        ),
         Case(
             "likely_infeasible",
             _spec(UNIT2, constraints=[OutcomeConstraint("c", "<=", -1.0)], seed=2, n_initial=3),
