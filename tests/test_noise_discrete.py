@@ -367,6 +367,26 @@ def test_an_undeclared_noisy_objective_has_its_best_point_evaluated_once_more(mo
     assert told == [True]
 
 
+def test_a_worker_is_asked_for_the_repeat_and_told_why(client, study_name):
+    """Through the API: the repeat is an ordinary trial at the best point, its origin and reason
+    readable, and the study's best then says the noise was found in repeated points."""
+    from bbo_client import Float
+
+    s = client.create_study(
+        study_name, parameters=[Float("a", 0.0, 1.0), Float("b", 0.0, 1.0)], objectives="f"
+    )
+    trials = _bowl(noisy=True)
+    for t in trials:
+        s.add_trial(t.params, t.metrics["f"].value)
+    (again,) = s.ask(1)
+    best = min(trials, key=lambda t: t.metrics["f"].value)
+    assert again.params == best.params and again.origin == "replicate"
+    assert "tells noise from a rugged objective" in again.reason
+    s.tell(again, best.metrics["f"].value + 0.1)
+    assert s.ask(1)[0].origin != "replicate"
+    assert "repeated points differ" in s.best().selection
+
+
 @pytest.mark.parametrize(
     ("noisy", "declared"), [(False, "auto"), (True, "noisy"), (True, "deterministic")]
 )
