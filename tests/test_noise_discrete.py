@@ -147,11 +147,8 @@ def test_a_declared_noisy_objective_is_reported_by_posterior_mean_from_the_first
     assert abs(next(t.params["x"] for t in trials if t.id == rec.trial_id) - 0.6) < 0.2
 
 
-def test_the_fit_is_told_the_objective_is_noisy_only_where_noise_is_known(monkeypatch):
-    """Declared noisy, or repeats that differ: the surrogate's fit is told (it then also weighs
-    a longer-lengthscale prior); an undeclared study's fitted noise alone does not tell it, as a
-    rugged deterministic function fits as noisy too."""
-    torch.set_num_threads(1)
+def _spy_on_the_fit(monkeypatch) -> list[bool]:
+    """The ``noisy`` flag of each surrogate fit from now on, in order."""
     told: list[bool] = []
     model = Surrogate.model
 
@@ -160,6 +157,15 @@ def test_the_fit_is_told_the_objective_is_noisy_only_where_noise_is_known(monkey
         return model(self, *args, **kwargs)
 
     monkeypatch.setattr(Surrogate, "model", spy)
+    return told
+
+
+def test_the_fit_is_told_the_objective_is_noisy_only_where_noise_is_known(monkeypatch):
+    """Declared noisy, or repeats that differ: the surrogate's fit is told (it then also weighs
+    a longer-lengthscale prior); an undeclared study's fitted noise alone does not tell it, as a
+    rugged deterministic function fits as noisy too."""
+    torch.set_num_threads(1)
+    told = _spy_on_the_fit(monkeypatch)
     rng = np.random.default_rng(3)
     xs = list(np.linspace(0.05, 0.95, 12))
     bowl = _trials(xs, [(x - 0.6) ** 2 + 0.05 * rng.standard_normal() for x in xs])
@@ -354,14 +360,7 @@ def test_an_undeclared_noisy_objective_has_its_best_point_evaluated_once_more(mo
     assert "fitted noise" in first.reason
     assert second.origin != Origin.REPLICATE.value and second.params != best.params
     assert _ask(_again(trials, best, TrialState.PENDING, 0.0))[0].origin != "replicate"
-    told: list[bool] = []
-    model = Surrogate.model
-
-    def spy(self, *args, **kwargs):
-        told.append(kwargs.get("noisy", False))
-        return model(self, *args, **kwargs)
-
-    monkeypatch.setattr(Surrogate, "model", spy)
+    told = _spy_on_the_fit(monkeypatch)
     value = best.metrics["f"].value + 0.1
     assert _ask(_again(trials, best, TrialState.COMPLETED, value))[0].origin != "replicate"
     assert told == [True]
