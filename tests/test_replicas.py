@@ -150,8 +150,14 @@ def test_replicas_share_studies_and_survive_a_sigkill(replicas):
             trials = c.study(name).trials()
             ids = [t.id for t in trials]
             assert ids == list(range(1, len(ids) + 1)), f"{name}: trial ids not 1..N: {ids}"
+            # one trial may repeat a point by design (a study whose fit finds noise evaluates
+            # its best point again: bbo.strategy.replication); no other two may share one
             points = [(round(t.params["x"], 12), t.params["k"]) for t in trials]
-            assert len(set(points)) == len(points), f"{name}: two trials got the same point"
+            repeats = [t for t in trials if t.origin == "replicate"]
+            assert len(repeats) <= 1, f"{name}: {len(repeats)} replicates"
+            assert len(set(points)) == len(points) - len(repeats), (
+                f"{name}: two trials got the same point"
+            )
             by_id = {t.id: t for t in trials}
             for (sname, tid), y in acked.items():
                 if sname == name:
