@@ -46,9 +46,7 @@ class Origin(str, enum.Enum):
     LLM_PROPOSAL = "llm_proposal"
     TRANSFER_WARMSTART = "transfer_warmstart"  # a source study's best point (bbo.transfer)
     TRANSFER_BO = "transfer_bo"  # an acquisition step on the model stacked on source studies
-    REPLICATE = (
-        "replicate"  # the best observed point again, to tell noise (bbo.strategy.replication)
-    )
+    REPLICATE = "replicate"  # the best point again, to tell noise (bbo.strategy.replication)
     USER = "user"
     FALLBACK = "fallback"
 

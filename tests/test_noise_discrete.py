@@ -386,6 +386,20 @@ def test_a_worker_is_asked_for_the_repeat_and_told_why(client, study_name):
     assert "repeated points differ" in s.best().selection
 
 
+def test_above_the_evidence_limit_the_fitted_level_decides_the_repeat(monkeypatch):
+    """Past :data:`EVIDENCE_MAX_POINTS` trials an ask does not refit for the evidence (as the
+    recommender does not): the fitted level alone asks for the repeat."""
+    from bbo.strategy.recommendation import EVIDENCE_MAX_POINTS, Recommender
+
+    def refit(*args, **kwargs):
+        raise AssertionError("an evidence refit above the limit")
+
+    monkeypatch.setattr(Recommender, "fit_evidence", refit)
+    torch.set_num_threads(1)
+    (sug,) = _ask(_bowl(noisy=True, n=EVIDENCE_MAX_POINTS + 10))
+    assert sug.origin == Origin.REPLICATE.value
+
+
 @pytest.mark.parametrize(
     ("noisy", "declared"), [(False, "auto"), (True, "noisy"), (True, "deterministic")]
 )

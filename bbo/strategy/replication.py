@@ -29,6 +29,7 @@ from bbo.strategy.base import Suggestion
 from bbo.strategy.context import Context
 from bbo.strategy.model_data import TrainingData
 from bbo.strategy.noise import NoiseEstimate
+from bbo.strategy.recommendation import EVIDENCE_MAX_POINTS
 from bbo.trial import Origin
 
 log = logging.getLogger(__name__)
@@ -67,17 +68,19 @@ class Replication:
     ) -> Suggestion | None:
         """The best observed feasible trial's point, where :meth:`applies` and the fitted noise
         is above :data:`~bbo.strategy.noise.NOISY_FIT` with the data's support (``evidence``:
-        the nats it gains over a noise-free refit, asked for only then); None otherwise, or
-        where the point is already repeated or in flight."""
+        the nats it gains over a noise-free refit, asked for only then and, as the recommender
+        does, only up to its :data:`~bbo.strategy.recommendation.EVIDENCE_MAX_POINTS`); None
+        otherwise, or where the point is already repeated or in flight."""
         if not self.applies(data) or not noise.fit_says_noisy:
             return None
-        try:
-            noise = noise.with_evidence(evidence())
-        except Exception as e:  # noqa: BLE001 - no replicate this ask; the acquisition step goes on
-            log.info("the noise evidence failed: %s", e)
-            return None
-        if not noise.fit_says_noisy:
-            return None
+        if len(data.trials) <= EVIDENCE_MAX_POINTS:  # above, the fitted level counts (as there)
+            try:
+                noise = noise.with_evidence(evidence())
+            except Exception as e:  # noqa: BLE001 - no replicate this ask; acquisition goes on
+                log.info("the noise evidence failed: %s", e)
+                return None
+            if not noise.fit_says_noisy:
+                return None
         rows = np.flatnonzero(data.feasible)
         best = data.trials[int(rows[int(np.argmax(data.score[rows]))])]
         x = self.ctx.points.encoding(best)
