@@ -41,6 +41,7 @@ NOISY_FIT = 1e-3  # fitted noise variance (standardized) above which the objecti
 # Rugged Ackley-5 fits as noisy, deterministic or not (up to 8.6): the data cannot tell there.
 NOISE_EVIDENCE = 3.0
 REPLICATE_RTOL = 1e-9  # replicates closer than this (relative) agree
+POINT_DECIMALS = 12  # encoded points equal to this many decimals are one point (a replicate)
 
 
 @dataclass(frozen=True)
@@ -132,12 +133,18 @@ class NoiseEstimate:
         return "no evidence"
 
 
+def same_point(X: np.ndarray) -> np.ndarray:
+    """Encoded points rounded to :data:`POINT_DECIMALS`: rows equal here are one point evaluated
+    again (replicates, their spread, a repeat in flight)."""
+    return np.round(X, POINT_DECIMALS)
+
+
 def replicate_sd(X: np.ndarray, y: np.ndarray) -> float | None:
     """Pooled standard deviation of ``y`` within groups of identical rows of ``X``; None where no
     point repeats. Differences below :data:`REPLICATE_RTOL` of the values' scale count as none."""
     if len(X) < 2:
         return None
-    _, inv, counts = np.unique(np.round(X, 12), axis=0, return_inverse=True, return_counts=True)
+    _, inv, counts = np.unique(same_point(X), axis=0, return_inverse=True, return_counts=True)
     inv = inv.reshape(-1)
     rep = counts[inv] > 1
     if not rep.any():

@@ -29,7 +29,7 @@ from bbo.spec import NOISE_AUTO
 from bbo.strategy.base import Suggestion
 from bbo.strategy.context import Context
 from bbo.strategy.model_data import TrainingData
-from bbo.strategy.noise import NoiseEstimate
+from bbo.strategy.noise import NoiseEstimate, same_point
 from bbo.strategy.recommendation import EVIDENCE_MAX_POINTS
 from bbo.trial import Origin
 
@@ -52,11 +52,10 @@ class Replication:
         ctx, noise = self.ctx, data.noise
         return (
             noise.declared == NOISE_AUTO
-            and not noise.reported
             and noise.replicate_sd is None
             and not ctx.layout.multi
             and ctx.spec.fidelity is None
-            and data.Yvar is None
+            and data.Yvar is None  # no standard errors reported
             and bool(data.feasible.any())
         )
 
@@ -84,7 +83,7 @@ class Replication:
                 return None
         rows = np.flatnonzero(data.feasible)
         best = data.trials[int(rows[int(np.argmax(data.score[rows]))])]
-        x = self.ctx.points.encoding(best)
-        if int(np.sum(np.all(np.abs(taken - x) <= 1e-12, axis=1))) > 1:
+        x = same_point(self.ctx.points.encoding(best))
+        if int(np.sum(np.all(same_point(taken) == x, axis=1))) > 1:
             return None
         return Suggestion(dict(best.params), Origin.REPLICATE.value, WHY.format(noise.describe()))
