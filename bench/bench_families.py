@@ -361,7 +361,7 @@ def main(argv=None):
     ap.add_argument(
         "--undeclared",
         action="store_true",
-        help="leave every objective's noise at auto (tag such runs: a user who does not declare)",
+        help="leave every objective's noise at auto, as a user who does not declare it (with --tag)",
     )
     ap.add_argument("--show", default="", help="labels to tabulate (default: all present)")
     ap.add_argument("--workers", type=int, default=1)
@@ -370,6 +370,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 cheap problems, 1 seed")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args(argv)
+    if args.undeclared and not args.tag:  # else they would be stored, and resumed, as declared
+        ap.error("--undeclared runs need a --tag (e.g. --tag auto)")
     from families import FAMILIES
 
     os.makedirs(args.out, exist_ok=True)
