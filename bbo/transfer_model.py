@@ -9,11 +9,12 @@ Per ask, for each modeled metric j (objectives and constraint metrics alike):
    cached while its trials do not change; ``nu_s(x)`` is its posterior mean in the source's own
    z-units;
 2. weights: 256 joint posterior samples of each source at the target's points, and leave-one-out
-   samples of a GP on the target's points alone, each scored by its number of mis-ordered pairs of
-   target observations; a model's weight is the share of samples in which it has the lowest loss
-   (ties split at random). A source whose median loss is above the 95th percentile of the target
-   model's gets none (RGPE's guard against weight dilution). A source whose data disagree with the
-   target's first observations loses weight this way as they arrive: a wrong source costs little;
+   samples of a GP on the target's points alone (hyperparameters fit on them, not the stacked
+   model's), each scored by its number of mis-ordered pairs of target observations; a model's
+   weight is the share of samples in which it has the lowest loss (ties split at random). A source
+   whose median loss is above the 95th percentile of the target model's gets none (RGPE's guard
+   against weight dilution). A source whose data disagree with the target's first observations
+   loses weight this way as they arrive: a wrong source costs little;
 3. calibration: ``beta_s`` maps the source's z-units onto the target's (least squares of the
    target's values on ``nu_s`` at its points, regularized towards one target standard deviation
    per source z-unit, never negative);
@@ -29,7 +30,7 @@ points can trust a misleading source too much, and RGPE's weighted sum of GPs ne
 posterior class where stacking keeps bbo's GP, warping and acquisition code unchanged. Against
 Ax's multi-task GP on the same sources (``bench/bench_transfer.py``, variant ``ax``, 3 seeds):
 stacking reaches no transfer's 30-evaluation result at evaluation 1 on shifted Hartmann6 (Ax 9),
-the multi-task GP at 6 on the HPO kit (stacking 10); a BoTorch MultiTaskGP in bbo's loop, opened by
+on the HPO kit Ax at 13 (3 seeds), stacking at 14 (10); a BoTorch MultiTaskGP in bbo's loop, opened by
 the sources' best points, reached it on 2 of 10 HPO seeds. See ``docs/transfer.md``.
 """
 
@@ -226,6 +227,8 @@ class Transfer:
     def __init__(self, ctx: Context, surrogate: TransferSurrogate):
         self.ctx = ctx
         self.surrogate = surrogate
+        # RGPE's target model: a GP on the target's points alone, with hyperparameters of its own
+        self._target = Surrogate(ctx.spec.space, surrogate.m, surrogate.options, ctx.placement)
         self._sources: list[SourceData] = []
         self._models: dict[str, tuple[str, SourceModel]] = {}  # uid -> (fingerprint, model)
         self._usable: dict[str, tuple[str, bool]] = {}  # uid -> (fingerprint, any point maps)
@@ -353,7 +356,7 @@ class Transfer:
                 shift, scale = Xt.new_tensor(sm.mean), Xt.new_tensor(sm.sd)
                 z_mean.append(((post.mean - shift) / scale).cpu().numpy())
                 z_samp.append(((samp - shift) / scale).cpu().numpy())
-            loo_mu, loo_sd = self._target_loo(data, rows)
+            loo_mu, loo_sd = self._target_loo(data, rows, seed)
         k = len(models)
         W = np.zeros((k, len(names)))
         B = np.zeros((k, len(names)))
@@ -406,15 +409,17 @@ class Transfer:
             and any(v >= MIN_WEIGHT for ws in w.by_metric.values() for v in ws.values())
         )
 
-    def _target_loo(self, data: TrainingData, rows: np.ndarray):
+    def _target_loo(self, data: TrainingData, rows: np.ndarray, seed: int):
         """Leave-one-out predictive means and sds (per metric, at ``rows``) of a GP on the target's
-        points alone, with the transfer surrogate's current hyperparameters (defaults before its
-        first fit): the target model RGPE weighs the sources against."""
-        plain = Surrogate(
-            self.ctx.spec.space, self.surrogate.m, self.surrogate.options, self.ctx.placement
-        )
+        points alone, with hyperparameters fit on them (cached and refit as any study's): the
+        target model RGPE weighs the sources against. Not the transfer surrogate's: those are fit
+        to what the sources' prior leaves unexplained, and a target model judged with them kept a
+        weakly related source's weight high while it pinned the search to its optimum (HPO kit,
+        the first source alone: 3.0x no transfer's final regret, 1.0x with its own fit)."""
+        target = self._target
+        target.model(data.X, data.Ym, data.Ymvar, data.score, seed=seed, noisy=data.noise.known)
         Yvar = None if data.Ymvar is None else data.Ymvar[rows]
-        model = plain._condition(data.X[rows], data.Ym[rows], Yvar, self.surrogate._hyper)
+        model = target._condition(data.X[rows], data.Ym[rows], Yvar, target._hyper)
         Xtr = model.train_inputs[0]
         prior = model.forward(Xtr)
         K = model.likelihood(prior, Xtr).covariance_matrix

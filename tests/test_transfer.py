@@ -211,6 +211,36 @@ def test_a_related_source_carries_weight_and_a_misleading_one_loses_it():
     assert s.origin == "transfer_bo" and "transfer weights (y): 'good'" in s.reason
 
 
+def test_the_targets_own_fit_takes_over_from_a_shifted_source():
+    """RGPE weighs each source against a GP fit on the target's points alone: once 15 points pin
+    the target's bowl, that model ranks them better than a source whose bowl is shifted, and the
+    weights do not follow the stacked model's hyperparameters (fit to the prior's residuals)."""
+    import torch
+
+    from bbo.strategy import GenerationStrategy
+
+    space = SearchSpace((FloatParam("x", 0.0, 1.0), FloatParam("z", 0.0, 1.0)))
+    spec = StudySpec(space, (Objective("y"),), transfer=TransferOptions(("shifted",)))
+    gs = GenerationStrategy(spec)
+    trials = [
+        Trial(i + 1, p, TrialState.COMPLETED, {"y": Metric(bowl(p, 0.3, 0.6))})
+        for i, p in enumerate(grid_points(25, seed=1))
+    ]
+    gs.set_sources([SourceData("uid-s", "shifted", StudySpec(space, (Objective("y"),)), trials)])
+    target = [
+        Trial(i + 1, p, TrialState.COMPLETED, {"y": Metric(bowl(p, 0.2, 0.7))})
+        for i, p in enumerate(grid_points(15, seed=2))
+    ]
+    gs.suggest(target, 1)
+    rep = gs.transfer_report()
+    assert rep["by_metric"]["y"]["uid-s"] < 0.5 < rep["target"]["y"]
+    n_fit, hyper = gs.transfer.surrogate.export_state()
+    key = "likelihood.noise_covar.raw_noise"  # a stacked model that explains nothing
+    gs.transfer.surrogate.import_state(n_fit, {**hyper, key: torch.full_like(hyper[key], 8.0)})
+    gs.suggest(target, 1)
+    assert gs.transfer_report() == rep
+
+
 @pytest.mark.parametrize("apart", [False, True])
 def test_the_design_starts_at_agreeing_sources_and_spans_disagreeing_ones(apart):
     """Two sources whose good regions overlap: the design is their best points, then transfer
