@@ -42,6 +42,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import gpytorch
 import numpy as np
@@ -417,9 +418,13 @@ class Transfer:
         weakly related source's weight high while it pinned the search to its optimum (HPO kit,
         the first source alone: 3.0x no transfer's final regret, 1.0x with its own fit)."""
         target = self._target
-        target.model(data.X, data.Ym, data.Ymvar, data.score, seed=seed, noisy=data.noise.known)
-        Yvar = None if data.Ymvar is None else data.Ymvar[rows]
-        model = target._condition(data.X[rows], data.Ym[rows], Yvar, target._hyper)
+        fit, on, _ = target.model(
+            data.X, data.Ym, data.Ymvar, data.score, seed=seed, noisy=data.noise.known
+        )
+        model = cast(gpytorch.models.ExactGP, fit)
+        if not np.array_equal(on, rows):  # it conditions on other rows: on these instead
+            Yvar = None if data.Ymvar is None else data.Ymvar[rows]
+            model = target._condition(data.X[rows], data.Ym[rows], Yvar, target._hyper)
         Xtr = model.train_inputs[0]
         prior = model.forward(Xtr)
         K = model.likelihood(prior, Xtr).covariance_matrix
