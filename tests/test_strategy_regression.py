@@ -1,7 +1,8 @@
 """Seeded regression: ``GenerationStrategy.suggest`` gives the recorded suggestions on a handful of
 studies (continuous, outcome-constrained, mixed, two objectives, linear parameter constraints,
 priors, warm start and proposals, batches with pending trials, noisy with standard errors, noisy
-without (a replicate), an impossible constraint). It pins the optimizer's behaviour while its code is reorganized.
+without (a replicate), an impossible constraint). It pins the optimizer's behaviour while its code
+is reorganized.
 
 The expected suggestions (params to 1e-9 relative, origin, reason) and study states are in
 ``tests/data/strategy_regression.json``, written by the current code with
