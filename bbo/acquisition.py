@@ -246,6 +246,7 @@ def marginal_acquisition(
     prior: LogPrior | None = None,
     prior_exponent: float = 0.0,
     seed: int = 0,
+    augmented: bool = False,
 ) -> AcquisitionFunction | None:
     """q = 1 log expected improvement over a plug-in incumbent, the best posterior mean at the
     observed feasible points (observed outcomes ``Y``, model units, in the GP's training order),
@@ -256,7 +257,9 @@ def marginal_acquisition(
     keeps a lucky observation from setting the bar (Picheny et al. 2013's plug-in EI). Monte Carlo
     with qLogNEI's smoothing rather than analytic LogEI: on Hartmann6 the analytic form left the
     final regret 10-100x higher (its exact, vanishing values near the incumbent stop refining).
-    None where no observed point is feasible yet (qLogNEI handles that)."""
+    ``augmented`` (a noisy objective): times augmented EI's factor
+    (:func:`bbo.closed_form.augmented_factor`) at the GP's inferred noise. None where no
+    observed point is feasible yet (qLogNEI handles that)."""
     feas = layout.feasible(Y)
     j, sign = layout.obj_idx[0], layout.signs[0]
     if layout.multi or not feas.any():
@@ -264,6 +267,7 @@ def marginal_acquisition(
     with torch.no_grad():
         mean = predictive.train_mean()[torch.as_tensor(feas), j]
     w = layout.objective_weights(mean.dtype, mean.device)
+    noise = predictive.noise_variance() if augmented else None
     acqf = MarginalLogEI(
         predictive,
         best_f=float((sign * mean).max()),
@@ -271,6 +275,7 @@ def marginal_acquisition(
         objective=LinearMCObjective(w),
         constraints=layout.constraint_callables() or None,
         linear_constraints=layout.linear_constraints(),
+        augmented=None if noise is None else (j, float(noise[j])),
     )
     if prior is not None and not prior.empty and prior_exponent > 0:
         return PriorGuidedAcquisitionFunction(acqf, prior, log=True, prior_exponent=prior_exponent)

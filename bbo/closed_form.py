@@ -9,8 +9,8 @@ ordinary acquisition function.
 
 * :class:`MarginalLogEI`: BoTorch's ``qLogExpectedImprovement`` for q = 1, where one point's
   outputs are independent normals, so samples are the marginals scaled by base samples drawn once
-  (:func:`log_ei_and_grad`). Without the closed form, and for q > 1 or pending points, it is
-  BoTorch's arithmetic to the last bit.
+  (:func:`log_ei_and_grad`); for a noisy objective, times augmented EI's factor. Without the
+  closed form, and for q > 1 or pending points, it is BoTorch's arithmetic to the last bit.
 * :class:`MarginalExpectedObjective`: the exploitation step's score, the posterior mean of the
   objective, with outcome constraints BoTorch's ``qSimpleRegret`` of a ``ConstrainedMCObjective``
   (:func:`expected_objective_and_grad`).
@@ -47,13 +47,22 @@ class MarginalLogEI(qLogExpectedImprovement):
     """qLogEI of one point at a time on :class:`~bbo.predictive.CachedPredictive` marginals,
     without BoTorch's per-call posterior, sampler and q-reduction machinery. ``linear_constraints``
     (one ``(output, a, c)`` per constraint callable, in order) state the callables' form so the
-    closed form can use them; without it, constrained evaluations take the autograd path."""
+    closed form can use them; without it, constrained evaluations take the autograd path.
+    ``augmented``: ``(objective output, its noise variance)`` adds augmented EI's factor
+    (:func:`augmented_factor`) for one point without pending ones."""
 
     _base_samples: torch.Tensor | None = None
 
-    def __init__(self, *args, linear_constraints: list[LinearConstraint] | None = None, **kw):
+    def __init__(
+        self,
+        *args,
+        linear_constraints: list[LinearConstraint] | None = None,
+        augmented: tuple[int, float] | None = None,
+        **kw,
+    ):
         super().__init__(*args, **kw)
         self._linear = linear_constraints
+        self._augmented = augmented  # (objective output, its noise variance): see augmented_factor
         self._closed: MarginalGradients | None | bool = False  # False: not looked up yet
         self._terms: tuple | None = None  # closed_form's constants
 
@@ -78,7 +87,12 @@ class MarginalLogEI(qLogExpectedImprovement):
         closed = self._closed_form()
         if closed is not None and X.device.type == "cpu" and X.dtype == torch.float64:
             return _ClosedForm.apply(X, self)
-        return self._sample_reduction(self._non_reduced_forward(X)[..., 0])
+        val = self._sample_reduction(self._non_reduced_forward(X)[..., 0])
+        if self._augmented is not None:
+            j, noise = self._augmented
+            var = self.model.marginals(X)[1][..., 0, j].clamp_min(0.0)
+            val = val + torch.log1p(-torch.sqrt(noise / (var + noise)).clamp_max(1.0 - 1e-12))
+        return val
 
     def _closed_form(self) -> MarginalGradients | None:
         if self._closed is False:
@@ -103,7 +117,14 @@ class MarginalLogEI(qLogExpectedImprovement):
             eta = np.broadcast_to(np.asarray(self._eta, dtype=np.float64).reshape(-1), len(linear))
             cons = [(j, a, c, float(e)) for (j, a, c), e in zip(linear, eta, strict=True)]
             self._terms = (base.numpy(), w.numpy(), float(own.best_f), float(own.tau_relu), cons)
-        return log_ei_and_grad(mean, var, dmean, dvar, *self._terms)
+        val, g = log_ei_and_grad(mean, var, dmean, dvar, *self._terms)
+        if self._augmented is not None:
+            j, noise = self._augmented
+            a, da = augmented_factor(var[:, j], noise)
+            val = val + a
+            if g is not None:
+                g = g + da[:, None] * dvar[:, j, :]
+        return val, g
 
 
 class MarginalExpectedObjective(AcquisitionFunction):
@@ -209,6 +230,17 @@ def log_ei_and_grad(mean, var, dmean, dvar, base, w, best_f, tau, constraints):
     G = np.einsum("sb,sbm->bm", p, dZ)  # d val / d mean
     H = np.einsum("sb,sbm,sm->bm", p, dZ, base)  # d val / d sd
     return val, _chain(G, H, sd, dmean, dvar)
+
+
+def augmented_factor(var: np.ndarray, noise: float) -> tuple[np.ndarray, np.ndarray]:
+    """Augmented EI's factor (Huang et al. 2006), in logs: ``log(1 - sqrt(noise / (var +
+    noise)))`` at the objective's posterior variance ``var`` (b) and its derivative in ``var``.
+    Near 0 where the model is unsure; strongly negative where its variance is already small
+    next to the noise, so a noisy objective's EI stops spending evaluations re-measuring the
+    incumbent's neighbourhood, which plug-in EI favours there."""
+    v = np.maximum(var, 0.0) + noise
+    r = np.minimum(np.sqrt(noise / v), 1.0 - 1e-12)
+    return np.log1p(-r), r / (2.0 * v * (1.0 - r))
 
 
 def expected_objective_and_grad(mean, var, dmean, dvar, base, w, cost, constraints):

@@ -31,6 +31,7 @@ from botorch.models.model import Model
 from botorch.models.transforms.input import Normalize
 from botorch.posteriors.posterior import Posterior
 from gpytorch.kernels import AdditiveKernel, Kernel, MaternKernel, ProductKernel, ScaleKernel
+from gpytorch.likelihoods import GaussianLikelihood
 from linear_operator import to_dense
 from linear_operator.utils.cholesky import psd_safe_cholesky
 
@@ -118,6 +119,15 @@ class CachedPredictive(Model):
         if self._prior_mean is not None:
             mean = mean + self._prior_mean(X.reshape(-1, X.shape[-1])).reshape(mean.shape)
         return mean.reshape(*shape, self._m), var.reshape(*shape, self._m)
+
+    def noise_variance(self) -> torch.Tensor | None:
+        """The inferred observation noise variance of each output (m, outcome units); None where
+        the noise is fixed (reported standard errors)."""
+        lik = self._gp.likelihood
+        if type(lik) is not GaussianLikelihood:
+            return None
+        noise = lik.noise.detach().reshape(-1).expand(self._m)
+        return noise * self._var_scale()
 
     def train_mean(self) -> torch.Tensor:
         """Posterior means at the training points (n x m, outcome units), in O(n): there

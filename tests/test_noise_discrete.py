@@ -179,6 +179,46 @@ def test_the_fit_is_told_the_objective_is_noisy_only_where_noise_is_known(monkey
         assert told and all(t is expected for t in told), (noise, told)
 
 
+def test_under_known_noise_the_next_point_leaves_a_well_measured_neighbourhood(monkeypatch):
+    """Ten noisy points (sd 0.05) around a bowl's minimum at 0.6 and four far out: plug-in EI
+    goes on measuring inside the cluster on some seeds; augmented EI (a study known to be noisy)
+    steps out of it on every seed, farther than plug-in EI would. Not on a study whose noise
+    is not known (the acquisition is told, as the fit is)."""
+    import bbo.strategy.acquisition_step as step
+
+    torch.set_num_threads(1)
+    build = step.marginal_acquisition
+    told: list[bool] = []
+
+    def forced(augmented: bool | None):
+        def acquisition(*args, **kwargs):
+            told.append(kwargs.get("augmented", False))
+            if augmented is not None:
+                kwargs["augmented"] = augmented
+            return build(*args, **kwargs)
+
+        return acquisition
+
+    inside = []
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        xs = list(np.linspace(0.55, 0.65, 10)) + [0.05, 0.25, 0.85, 0.95]
+        trials = _trials(xs, [(x - 0.6) ** 2 + 0.05 * rng.standard_normal() for x in xs])
+        dist = {}
+        for augmented in (False, None):
+            monkeypatch.setattr(step, "marginal_acquisition", forced(augmented))
+            told.clear()
+            x = _declared("noisy").suggest(trials, 1)[0].params["x"]
+            assert told == [True]
+            dist[augmented] = abs(x - 0.6)
+        assert dist[None] > max(0.05, dist[False]), (seed, dist)
+        inside.append(dist[False] < 0.05)
+        told.clear()
+        _declared("auto").suggest(trials, 1)  # no repeats: the noise is not known
+        assert told == [False]
+    assert any(inside)
+
+
 def test_a_declared_deterministic_objective_reports_the_best_trial_seen_whatever_the_fit():
     """A bowl sampled with noise and one isolated low value, no repeats: judged from the data
     the fit calls it noisy; declared deterministic, the best observed trial is the answer."""

@@ -216,6 +216,41 @@ def test_the_closed_form_log_ei_matches_autograd(space, m):
     assert ((g1 - g0).abs() <= 1e-6 * scale).all(), (g1 - g0).abs().max()
 
 
+def test_augmented_log_ei_adds_the_noise_factor_in_closed_form_and_through_autograd():
+    """Augmented EI (a noisy objective): log EI plus log(1 - sqrt(noise / (var + noise))), the
+    same in the closed form (value and gradient) as through autograd on the marginals; lowest
+    at a training point, where the variance is smallest next to the noise."""
+    from bbo.closed_form import MarginalLogEI
+
+    _, info, rng = fitted(CONT, 2)
+    cp = info.predictive
+    pts = np.concatenate([_points(CONT, rng, 6), cp._train_x()[:2].numpy()])
+    X = torch.tensor(pts).unsqueeze(-2)
+    noise = 0.05
+
+    def acqf(augmented):
+        return MarginalLogEI(
+            cp,
+            best_f=-1.5,
+            sampler=SobolQMCNormalSampler(sample_shape=torch.Size([128]), seed=5),
+            objective=LinearMCObjective(-torch.eye(2, dtype=torch.float64)[1]),
+            augmented=augmented,
+        )
+
+    plain, aug = acqf(None), acqf((1, noise))
+    var = cp.marginals(X)[1][..., 0, 1]
+    factor = torch.log1p(-torch.sqrt(noise / (var + noise)))
+    assert torch.allclose(aug(X), plain(X) + factor, rtol=1e-10, atol=1e-10)
+    assert factor[-2:].max() < factor[:6].min()  # training points: the most penalized
+    Xf = X.clone().requires_grad_(True)
+    val, grad = aug.closed_form(pts, True)
+    aug._closed = None  # forget the closed form: BoTorch's sampling and autograd
+    v = aug(Xf)
+    (g,) = torch.autograd.grad(v.sum(), Xf)
+    assert np.allclose(v.detach().numpy(), val, rtol=1e-8, atol=1e-8)
+    assert np.allclose(g.reshape(len(pts), -1).numpy(), grad, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("m", [1, 2])
 def test_the_closed_form_exploitation_score_matches_botorch(m):
     """MarginalExpectedObjective equals PosteriorMean (no constraint) or qSimpleRegret of a

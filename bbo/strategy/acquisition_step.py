@@ -1,8 +1,9 @@
 """The acquisition step: build the acquisition functions for an ask (log EI on the GP's cached
-marginals where one objective has no reported noise, else log noisy EI or EHVI; piBO
-weighting while the priors agree with the data), maximize them, and turn the optimizer's point
-into a suggestion: repaired where rounding broke a parameter constraint or hit an existing point,
-and outranked by a proposal (e.g. the LLM's) that the acquisition function values higher.
+marginals where one objective has no reported noise, augmented EI where that objective is known
+to be noisy, else log noisy EI or EHVI; piBO weighting while the priors agree with the data),
+maximize them, and turn the optimizer's point into a suggestion: repaired where rounding broke a
+parameter constraint or hit an existing point, and outranked by a proposal (e.g. the LLM's) that
+the acquisition function values higher.
 """
 
 from __future__ import annotations
@@ -87,12 +88,19 @@ class AcquisitionStep:
         return PriorChoice(prior, exponent, Origin.PRIOR_BO.value, note)
 
     def build(
-        self, model, rows: np.ndarray, ask: Ask, prior: PriorChoice, predictive=None
+        self,
+        model,
+        rows: np.ndarray,
+        ask: Ask,
+        prior: PriorChoice,
+        predictive=None,
+        noisy: bool = False,
     ) -> Acquisition:
         """The acquisition functions on the GP conditioned on ``rows`` of the training data: q = 1
         log EI on the cached marginals for one objective without reported noise
-        (:func:`bbo.acquisition.marginal_acquisition`), and qLogNEI / qLogNEHVI, built on first
-        use, for the rest and for points chosen with pending ones. ``predictive``: the GP's
+        (:func:`bbo.acquisition.marginal_acquisition`; augmented EI where ``noisy``, the
+        objective known to be noisy), and qLogNEI / qLogNEHVI, built on first use, for the rest
+        and for points chosen with pending ones. ``predictive``: the GP's
         :class:`~bbo.predictive.CachedPredictive`, where it has one. Raises where BoTorch cannot
         build them (the caller falls back)."""
         ctx, data, layout, space = self.ctx, ask.data, self.ctx.model_layout, self.ctx.spec.space
@@ -121,6 +129,7 @@ class AcquisitionStep:
                 prior=prior.prior,
                 prior_exponent=prior.exponent,
                 seed=ask.seed,
+                augmented=noisy,
             )
         marginal = acqf is not None
         if acqf is None:

@@ -232,7 +232,9 @@ class GenerationStrategy:
         chosen: list[torch.Tensor] = [P.tensor(space.encode(p))[None] for p in pending]
         props = [(s, p) for s in proposals if (p := ctx.points.valid(s.params)) is not None]
         try:
-            acq = self.acquisition.build(model, rows, ask, prior, info.predictive)
+            acq = self.acquisition.build(
+                model, rows, ask, prior, info.predictive, noisy=noise.known
+            )
         except Exception as e:  # noqa: BLE001
             log.info("acquisition construction failed: %s", e)
             why = f"acquisition failed: {type(e).__name__}: {e}"
