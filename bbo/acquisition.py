@@ -268,6 +268,8 @@ def marginal_acquisition(
         mean = predictive.train_mean()[torch.as_tensor(feas), j]
     w = layout.objective_weights(mean.dtype, mean.device)
     noise = predictive.noise_variance() if augmented else None
+    if noise is not None and not float(noise[j]) > 0:  # no noise (or none finite): plain EI
+        noise = None
     acqf = MarginalLogEI(
         predictive,
         best_f=float((sign * mean).max()),

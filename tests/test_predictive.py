@@ -251,6 +251,23 @@ def test_augmented_log_ei_adds_the_noise_factor_in_closed_form_and_through_autog
     assert np.allclose(g.reshape(len(pts), -1).numpy(), grad, rtol=1e-6, atol=1e-6)
 
 
+def test_the_strategys_augmented_ei_uses_the_fitted_noise_and_none_without_it(monkeypatch):
+    """marginal_acquisition(augmented=True) takes the GP's inferred noise of the objective; a
+    noise of 0 (or not finite) leaves plain log EI rather than a factor of 0 / 0."""
+    from bbo.acquisition import Layout, marginal_acquisition
+
+    _, info, _ = fitted(CONT, 1)
+    cp = info.predictive
+    layout = Layout(obj_idx=(0,), signs=(1.0,), constraints=(), m=1)
+    Y = np.zeros((len(cp._train_x()), 1))
+    acqf = marginal_acquisition(cp, layout, Y, augmented=True)
+    assert acqf._augmented == (0, pytest.approx(float(cp.noise_variance()[0])))
+    assert marginal_acquisition(cp, layout, Y)._augmented is None
+    for bad in (0.0, float("nan")):
+        monkeypatch.setattr(cp, "noise_variance", lambda bad=bad: torch.tensor([bad]))
+        assert marginal_acquisition(cp, layout, Y, augmented=True)._augmented is None
+
+
 @pytest.mark.parametrize("m", [1, 2])
 def test_the_closed_form_exploitation_score_matches_botorch(m):
     """MarginalExpectedObjective equals PosteriorMean (no constraint) or qSimpleRegret of a
