@@ -33,6 +33,7 @@ from bbo.errors import ConflictError, LimitError, NotFoundError, SpecError, Stud
 from bbo.incumbent import incumbents, is_feasible
 from bbo.spec import StudySpec
 from bbo.storage import LlmCallRecord, NewTrial, Storage, StudyRecord
+from bbo.strategy.base import Estimate
 from bbo.study_budgets import StudyBudgets
 from bbo.study_llm import StudyLlm
 from bbo.study_requests import RequestLog, check_same, metrics_key, request_key
@@ -84,6 +85,7 @@ class BestResult:
     state: StudyState = StudyState.ACTIVE
     state_reason: str = ""
     selection: str = ""  # how the trial was chosen where not by its observed value
+    estimate: Estimate | None = None  # then the model's estimate of its objective
 
 
 @dataclass
@@ -449,15 +451,17 @@ class Study:
     def best(self) -> BestResult:
         """The best feasible trial (one objective) or the Pareto front. On a noisy objective the
         strategy's recommendation, the trial with the best posterior mean, instead of the best
-        observed value (which luck inflates): ``selection`` then says so."""
+        observed value (which luck inflates): ``selection`` then says so, and ``estimate`` gives
+        the model's estimate of its objective."""
         trials = self.storage.list_trials(self.uid, [TrialState.COMPLETED])
         rec = self._stored()
-        front, selection = incumbents(self.spec, trials), ""
-        if len(self.spec.objectives) == 1 and front:
+        best = BestResult(incumbents(self.spec, trials), StudyState(rec.state), rec.state_reason)
+        if len(self.spec.objectives) == 1 and best.trials:
             pick = self.generation.recommend(trials)
             if pick is not None:
-                front, selection = pick
-        return BestResult(front, StudyState(rec.state), rec.state_reason, selection)
+                trial, why = pick
+                best.trials, best.selection, best.estimate = [trial], why.selection, why.estimate
+        return best
 
     @_study_calls
     def intermediates(self) -> dict[int, list[tuple[int, float]]]:

@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from bbo.incumbent import is_feasible
 from bbo.spec import StudySpec
-from bbo.strategy.base import Recommends, SharesModelState, Strategy, Suggestion, UsesSources
+from bbo.strategy.base import (
+    Recommendation,
+    Recommends,
+    SharesModelState,
+    Strategy,
+    Suggestion,
+    UsesSources,
+)
 from bbo.trial import StudyState, Trial
 
 if TYPE_CHECKING:
@@ -130,9 +137,9 @@ class StudyStrategy:
             log.exception("strategy status failed", extra={"study": self.name})
             return None
 
-    def recommend(self, trials: Sequence[Trial]) -> tuple[list[Trial], str] | None:
-        """The strategy's recommended trial among ``trials`` (feasible) and why; None where it
-        makes none. A strategy that has not fit yet (a replica or server that has not served
+    def recommend(self, trials: Sequence[Trial]) -> tuple[Trial, Recommendation] | None:
+        """The strategy's recommended trial among ``trials`` (feasible) and its recommendation
+        (why, the model's estimate); None where it makes none. A strategy that has not fit yet (a replica or server that has not served
         this study's asks) first takes the study's stored model state."""
         strategy = self.strategy
         if not isinstance(strategy, Recommends):
@@ -150,4 +157,4 @@ class StudyStrategy:
         t = next((t for t in trials if t.id == rec.trial_id), None)
         if t is None or not is_feasible(self.spec, t):
             return None
-        return [t], rec.selection
+        return t, rec

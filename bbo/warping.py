@@ -56,6 +56,20 @@ class OutcomeWarp:
         model_cons = tuple((j, op, 0.0 if j in warped else b) for j, op, b in layout.constraints)
         return cls(replace(layout, constraints=model_cons), obj, cons)
 
+    def objective_units(self, Y: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Values of the (single) objective in the model's warped units mapped back to the
+        objective's own, the inverse of :meth:`apply` for the observed outcomes ``Y`` (the warp
+        is recomputed from them). Values beyond the clipped bad tail map to its fence."""
+        values = np.asarray(values, dtype=float)
+        if not self.objective_cols:
+            return values
+        j, sign = self.objective_cols[0]
+        fit = _yeo_johnson_fit(_clip_bad_side(sign * np.asarray(Y, dtype=float)[:, j]))
+        if fit is None:
+            return values
+        mean, std, lam = fit
+        return sign * (mean - std * _yeo_johnson_inverse(-sign * values, lam))
+
     def apply(
         self, Y: np.ndarray, Yvar: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -83,25 +97,57 @@ def _yeo_johnson_bad_side(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(warped v, dwarped/dv)``: Yeo-Johnson of the z-scored values (larger is better), applied
     to ``-z`` so that a lambda below 1 compresses the bad tail. Unchanged (slope 1) when there are
     too few points, no spread, or the fit gives anything non-finite."""
-    one = np.ones_like(v)
-    if len(v) < MIN_POINTS:
-        return v, one
-    mean, std = float(np.mean(v)), float(np.std(v))
-    if not np.isfinite(std) or std <= 0:
-        return v, one
+    fit = _yeo_johnson_fit(v)
+    if fit is None:
+        return v, np.ones_like(v)
+    mean, std, lam = fit
     u = -(v - mean) / std
-    try:
-        lam = _yeo_johnson_lambda(u)
-        t = stats.yeojohnson(u, lmbda=lam)
-    except (ValueError, FloatingPointError, OverflowError):
-        return v, one
+    t = stats.yeojohnson(u, lmbda=lam)
     slope = (
         np.where(u >= 0, np.power(np.abs(u) + 1.0, lam - 1.0), np.power(np.abs(u) + 1.0, 1.0 - lam))
         / std
     )
-    if not (np.all(np.isfinite(t)) and np.all(np.isfinite(slope)) and np.ptp(t) > 0):
-        return v, one
     return -np.asarray(t, dtype=float), slope
+
+
+def _yeo_johnson_fit(v: np.ndarray) -> tuple[float, float, float] | None:
+    """``(mean, std, lambda)`` of :func:`_yeo_johnson_bad_side`'s map of ``v``, or None where it
+    leaves ``v`` unchanged."""
+    if len(v) < MIN_POINTS:
+        return None
+    mean, std = float(np.mean(v)), float(np.std(v))
+    if not np.isfinite(std) or std <= 0:
+        return None
+    u = -(v - mean) / std
+    try:
+        with np.errstate(all="ignore"):
+            lam = _yeo_johnson_lambda(u)
+            t = stats.yeojohnson(u, lmbda=lam)
+            slope = np.power(np.abs(u) + 1.0, np.where(u >= 0, lam - 1.0, 1.0 - lam))
+    except (ValueError, FloatingPointError, OverflowError):
+        return None
+    if not (np.all(np.isfinite(t)) and np.all(np.isfinite(slope)) and np.ptp(t) > 0):
+        return None
+    return mean, std, lam
+
+
+def _yeo_johnson_inverse(t: np.ndarray, lam: float) -> np.ndarray:
+    """The inverse of the Yeo-Johnson transform with parameter ``lam``."""
+    t = np.asarray(t, dtype=float)
+    out = np.empty_like(t)
+    pos = t >= 0
+    with np.errstate(all="ignore"):
+        if abs(lam) < 1e-12:
+            out[pos] = np.expm1(t[pos])
+        else:
+            out[pos] = np.power(np.maximum(lam * t[pos] + 1.0, 0.0), 1.0 / lam) - 1.0
+        if abs(lam - 2.0) < 1e-12:
+            out[~pos] = -np.expm1(-t[~pos])
+        else:
+            out[~pos] = 1.0 - np.power(
+                np.maximum(1.0 - (2.0 - lam) * t[~pos], 0.0), 1.0 / (2.0 - lam)
+            )
+    return out
 
 
 def _yeo_johnson_lambda(x: np.ndarray) -> float:

@@ -67,6 +67,7 @@ def test_studies_trials_best(bbo_server, populated):
     assert best["trials"][0]["metrics"]["acc"] == pytest.approx(
         0.7
     )  # the best feasible one (lat 9)
+    assert best["selection"] == "" and best["estimate"] is None  # noise-free: the best observed
     assert "acc=0.7" in bbo("best", populated, *addr).stdout
 
 

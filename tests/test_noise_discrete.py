@@ -147,6 +147,29 @@ def test_a_declared_noisy_objective_is_reported_by_posterior_mean_from_the_first
     assert abs(next(t.params["x"] for t in trials if t.id == rec.trial_id) - 0.6) < 0.2
 
 
+def test_the_recommendation_estimates_its_objective_nearer_the_truth_than_its_draw():
+    """The model's estimate of the recommended trial's objective (in its units) is nearer the true
+    value than the trial's own noisy measurement, on average over noisy bowls, and its interval
+    holds the truth on some of them (a posterior interval: the choice of the best biases it)."""
+    torch.set_num_threads(1)
+    est_err, obs_err, covered = [], [], 0
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        xs = list(rng.uniform(0, 1, 14))
+        trials = _trials(xs, [(x - 0.6) ** 2 + 0.05 * rng.standard_normal() for x in xs])
+        gs = _declared("noisy")
+        gs.suggest(trials, 1)
+        rec = gs.recommend(trials)
+        assert rec is not None and rec.estimate is not None
+        t = next(t for t in trials if t.id == rec.trial_id)
+        truth, e = (t.params["x"] - 0.6) ** 2, rec.estimate
+        assert e.lower < e.value < e.upper
+        est_err.append(abs(e.value - truth))
+        obs_err.append(abs(t.metrics["f"].value - truth))
+        covered += e.lower <= truth <= e.upper
+    assert np.mean(est_err) < 0.7 * np.mean(obs_err) and covered >= 3
+
+
 def _spy_on_the_fit(monkeypatch) -> list[bool]:
     """The ``noisy`` flag of each surrogate fit from now on, in order."""
     told: list[bool] = []
@@ -285,12 +308,14 @@ def test_get_best_reports_the_recommended_trial_and_why(client, study_name):
         t = s.add_trial({"x": x}, y)
         lucky = t.id if y == min(ys) else lucky
     before = s.best()  # no model fit yet: the best observed trial
-    assert before.trials[0].id == lucky and before.selection == ""
+    assert before.trials[0].id == lucky and before.selection == "" and before.estimate is None
     s.ask(1)
     best = s.best()
     assert len(best.trials) == 1 and best.trials[0].id != lucky
     assert abs(best.trials[0].params["x"] - 0.6) < 0.2  # by the model: near the bowl's bottom
     assert "posterior mean" in best.selection and "noisy" in best.selection
+    e = best.estimate  # the model's value of that trial, in the objective's units
+    assert e is not None and e.lower < e.value < e.upper < 0.2
 
 
 def _branin(x1: float, x2: float) -> float:

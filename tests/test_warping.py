@@ -111,3 +111,19 @@ def test_yeo_johnson_lambda_is_scipys():
             x = -np.abs(x)
         assert _yeo_johnson_lambda(x) == pytest.approx(stats.yeojohnson_normmax(x), rel=1e-9)
     assert _yeo_johnson_lambda(np.zeros(6)) == 1.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(f=values, goal=st.sampled_from([MINIMIZE, MAXIMIZE]))
+def test_objective_units_inverts_the_objective_warp(f, goal):
+    """Model units map back to the objective's (the recommendation's estimate): each observation
+    to itself, one clipped on the bad side to the Tukey fence."""
+    w = OutcomeWarp.of(layout(goal))
+    Y = np.array(f, dtype=float)[:, None]
+    back = w.objective_units(Y, w.apply(Y)[0][:, 0])
+    sign = 1.0 if goal == MAXIMIZE else -1.0
+    v = sign * Y[:, 0]
+    if len(v) >= 5:  # the fence as warping computes it (MIN_POINTS)
+        q1, q3 = np.percentile(v, [25, 75])
+        v = np.maximum(v, q1 - 1.5 * (q3 - q1)) if q3 > q1 else v
+    np.testing.assert_allclose(back, sign * v, rtol=1e-6, atol=1e-6 * (np.ptp(v) + 1.0))

@@ -43,12 +43,24 @@ class AskInfo:
     notes: list[str] = field(default_factory=list)
 
 
+class Estimate(NamedTuple):
+    """The surrogate's estimate of the objective at a trial, in the objective's units: the
+    noise-free value it infers from all the observations (the posterior median) and a central
+    68 % credible interval (the posterior mean -/+ one sd, through the outcome warp's inverse)."""
+
+    value: float
+    lower: float
+    upper: float
+
+
 @dataclass(frozen=True)
 class Recommendation:
-    """The trial the strategy reports as the study's best, and how it chose it."""
+    """The trial the strategy reports as the study's best, how it chose it, and the model's
+    estimate of its objective (the trial's own measurement is one noisy draw)."""
 
     trial_id: int
     selection: str
+    estimate: Estimate | None = None
 
 
 class StudyStatus(NamedTuple):

@@ -14,7 +14,9 @@ hyperparameters up to :data:`EVIDENCE_MAX_POINTS` points, on the first read afte
 than in the ask. A few points of a deterministic function often fit as noisy as well as not, and
 the posterior mean would then report a worse trial than the best one seen. Candidates are the
 trials observed feasible, preferring those the model is confident are feasible (probability at
-least 0.9, else 1/2) where there are outcome constraints.
+least 0.9, else 1/2) where there are outcome constraints. A recommendation carries the model's
+estimate of its objective in the objective's units (:class:`~bbo.strategy.base.Estimate`: the
+posterior mean and a one-sd interval, mapped back through the outcome warp), which GetBest reports.
 
 Asks record their recommendation from the model they fit; reads (GetBest) made after further
 tells condition a GP on the cached hyperparameters (no fit). One answer is cached per set of
@@ -32,7 +34,7 @@ import numpy as np
 
 from bbo.acquisition import log_prob_feasible, marginals
 from bbo.strategy import noise as noise_rules
-from bbo.strategy.base import Recommendation
+from bbo.strategy.base import Estimate, Recommendation
 from bbo.strategy.context import Context
 from bbo.strategy.model_data import TrainingData, fingerprint
 from bbo.surrogate import Surrogate, fitted_noise
@@ -69,6 +71,7 @@ class _Unjudged:
     the first read (an ask does not pay for the refit; most asks are never read)."""
 
     trial_id: int
+    estimate: Estimate | None
     noise: noise_rules.NoiseEstimate
     data: TrainingData
     model: object
@@ -135,8 +138,9 @@ class Recommender:
             return None
         X = self.ctx.placement.tensor(data.X[rows])
         post = model if predictive is None else predictive
-        mu, _ = marginals(post, X)
-        mean = (layout.signs[0] * mu[:, layout.obj_idx[0]]).detach().cpu().numpy()
+        mu, sd = marginals(post, X)
+        j = layout.obj_idx[0]
+        mean = (layout.signs[0] * mu[:, j]).detach().cpu().numpy()
         if layout.constraints:
             lpf = log_prob_feasible(post, layout, X).cpu().numpy()
             for p in FEASIBLE_CONFIDENCE:
@@ -144,40 +148,57 @@ class Recommender:
                 if likely.any():
                     mean = np.where(likely, mean, -np.inf)
                     break
-        best = int(rows[int(np.argmax(mean))])
+        k = int(np.argmax(mean))
+        best = int(rows[k])
+        estimate = self._estimate(data, float(mu[k, j]), float(sd[k, j]))
         if best != observed_best and self._needs_evidence(noise, data):
             evidence = self._known_evidence()
             if evidence is None:
-                return _Unjudged(best, noise, data, model, model_rows)
-            return self._supported(data, best, noise, evidence)
-        return self._recommendation(data, best, noise)
+                return _Unjudged(best, estimate, noise, data, model, model_rows)
+            return self._supported(data, best, estimate, noise, evidence)
+        return self._recommendation(data, best, estimate, noise)
+
+    def _estimate(self, data: TrainingData, mu: float, sd: float) -> Estimate | None:
+        """The posterior ``mu`` and ``sd`` of the objective (the model's warped units) as an
+        :class:`~bbo.strategy.base.Estimate` in the objective's units; None where not finite."""
+        warped = np.array([mu, mu - sd, mu + sd])
+        value, a, b = self.ctx.warp.objective_units(data.Y, warped)
+        if not np.all(np.isfinite([value, a, b])):
+            return None
+        return Estimate(float(value), float(min(a, b)), float(max(a, b)))
 
     def _judge(self, u: _Unjudged) -> Recommendation | None:
         """Settle an :class:`_Unjudged` recommendation (see :meth:`_supported`)."""
         evidence = self.fit_evidence(u.data, u.model, u.rows)
-        return self._supported(u.data, u.trial_id, u.noise, evidence)
+        return self._supported(u.data, u.trial_id, u.estimate, u.noise, evidence)
 
     def _supported(
-        self, data: TrainingData, row: int, noise: noise_rules.NoiseEstimate, evidence: Evidence
+        self,
+        data: TrainingData,
+        row: int,
+        estimate: Estimate | None,
+        noise: noise_rules.NoiseEstimate,
+        evidence: Evidence,
     ) -> Recommendation | None:
         """The posterior mean's trial where the data support the fitted noise of the objective,
         or of a constraint metric, else None (the best observed trial)."""
         noise = noise.with_evidence(evidence.objective)
         if not noise.noisy and evidence.constraint is None:
             return None
-        return self._recommendation(data, row, noise, evidence.constraint)
+        return self._recommendation(data, row, estimate, noise, evidence.constraint)
 
     def _recommendation(
         self,
         data: TrainingData,
         row: int,
+        estimate: Estimate | None,
         noise: noise_rules.NoiseEstimate,
         constraint: str | None = None,
     ) -> Recommendation:
         n = len(data.trials)
         what = noise.describe() if noise.noisy else f"constraint metric {constraint!r}, fitted"
         why = f"best posterior mean of the objective over {n} completed trials (noisy: {what})"
-        return Recommendation(data.trials[row].id, why)
+        return Recommendation(data.trials[row].id, why, estimate)
 
     def _needs_evidence(self, noise: noise_rules.NoiseEstimate, data: TrainingData) -> bool:
         """Whether the fitted noise alone makes the objective noisy, with few enough points to

@@ -203,6 +203,7 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
             state=C.STUDY_STATE_TO_PB.get(b.state, pb.STUDY_STATE_ACTIVE),
             state_reason=b.state_reason,
             selection=b.selection,
+            estimate=None if b.estimate is None else svc.Estimate(**b.estimate._asdict()),
         )
 
     @rpc

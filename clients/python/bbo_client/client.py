@@ -28,6 +28,7 @@ from bbo_client.model import (
     STATE_TO_PB,
     Best,
     Constraint,
+    Estimate,
     Fidelity,
     LinearConstraint,
     Llm,
@@ -521,7 +522,10 @@ class StudyHandle:
     def best(self) -> Best:
         r = self.client._call("GetBest", svc.GetBestRequest(study=self.name))
         state = "LIKELY_INFEASIBLE" if r.state == pb.STUDY_STATE_LIKELY_INFEASIBLE else "ACTIVE"
-        return Best([Trial.from_pb(t) for t in r.trials], state, r.state_reason, r.selection)
+        estimate = Estimate.from_pb(r.estimate) if r.HasField("estimate") else None
+        return Best(
+            [Trial.from_pb(t) for t in r.trials], state, r.state_reason, r.selection, estimate
+        )
 
     def llm_calls(self, purpose: str = "", page_size: int = 100) -> list[LlmCall]:
         """Every LLM exchange of the study, oldest first (or those for ``purpose``: "warmstart",

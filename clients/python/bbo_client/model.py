@@ -491,6 +491,20 @@ class StudyInfo:
         )
 
 
+@dataclass(frozen=True)
+class Estimate:
+    """The server's surrogate's estimate of the objective at a trial, in the objective's units:
+    the noise-free value (posterior median) and a central 68 % credible interval."""
+
+    value: float
+    lower: float
+    upper: float
+
+    @classmethod
+    def from_pb(cls, m) -> Estimate:
+        return cls(m.value, m.lower, m.upper)
+
+
 @dataclass
 class Best:
     """The best feasible trial (one objective) or the Pareto front; empty when none is feasible."""
@@ -501,6 +515,8 @@ class Best:
     # how the trial was chosen where not by its observed value (a noisy objective: the best
     # posterior mean of the server's surrogate); empty for the best observed trial
     selection: str = ""
+    # then the surrogate's estimate of its objective (its observed value is one noisy draw)
+    estimate: Estimate | None = None
 
     @property
     def trial(self) -> Trial | None:

@@ -179,6 +179,8 @@ def best(args) -> int:
                     "state": b.state,
                     "state_reason": b.state_reason,
                     "trials": [trial_dict(t) for t in b.trials],
+                    "selection": b.selection,
+                    "estimate": None if b.estimate is None else dataclasses.asdict(b.estimate),
                 }
             )
         )
@@ -193,4 +195,11 @@ def best(args) -> int:
         print(f"trial {t.id} ({t.origin})")
         print("  params:  " + ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()))
         print("  metrics: " + ", ".join(f"{k}={_fmt(v)}" for k, v in t.metrics.items()))
+    if b.selection:
+        print(f"  chosen:  {b.selection}")
+    if b.estimate is not None:
+        e = b.estimate
+        print(
+            f"  model's estimate: {_fmt(e.value)} (68% interval {_fmt(e.lower)} .. {_fmt(e.upper)})"
+        )
     return 0

@@ -182,16 +182,28 @@ class GetBestRequest(_message.Message):
     def __init__(self, study: _Optional[str] = ...) -> None: ...
 
 class GetBestResponse(_message.Message):
-    __slots__ = ("trials", "state", "state_reason", "selection")
+    __slots__ = ("trials", "state", "state_reason", "selection", "estimate")
     TRIALS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     STATE_REASON_FIELD_NUMBER: _ClassVar[int]
     SELECTION_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATE_FIELD_NUMBER: _ClassVar[int]
     trials: _containers.RepeatedCompositeFieldContainer[_study_pb2.Trial]
     state: _study_pb2.StudyState
     state_reason: str
     selection: str
-    def __init__(self, trials: _Optional[_Iterable[_Union[_study_pb2.Trial, _Mapping]]] = ..., state: _Optional[_Union[_study_pb2.StudyState, str]] = ..., state_reason: _Optional[str] = ..., selection: _Optional[str] = ...) -> None: ...
+    estimate: Estimate
+    def __init__(self, trials: _Optional[_Iterable[_Union[_study_pb2.Trial, _Mapping]]] = ..., state: _Optional[_Union[_study_pb2.StudyState, str]] = ..., state_reason: _Optional[str] = ..., selection: _Optional[str] = ..., estimate: _Optional[_Union[Estimate, _Mapping]] = ...) -> None: ...
+
+class Estimate(_message.Message):
+    __slots__ = ("value", "lower", "upper")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    LOWER_FIELD_NUMBER: _ClassVar[int]
+    UPPER_FIELD_NUMBER: _ClassVar[int]
+    value: float
+    lower: float
+    upper: float
+    def __init__(self, value: _Optional[float] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ...) -> None: ...
 
 class ReportIntermediateRequest(_message.Message):
     __slots__ = ("study", "trial_id", "step", "value", "study_uid", "budget")
