@@ -102,6 +102,7 @@ def one_run(
         except Exception as e:  # noqa: BLE001
             err = f"recommend: {type(e).__name__}: {e}"
     rec_from = "model" if rec is not None else "observed"
+    est = getattr(m, "estimate", None) if rec is not None else None
     if rec is None and best_i is not None:
         rec = params[best_i]
     cache: dict = {}
@@ -127,6 +128,12 @@ def one_run(
         "reported": rec,
         "reported_from": rec_from,
         "reported_true": truth(rec) if rec is not None else None,
+        # the method's own estimate of the reported point's value (bbo's GetBest estimate:
+        # value, lower, upper) and that point's noisy measurement
+        "estimate": list(est) if est is not None else None,
+        "reported_observed": next(
+            (values[i] for i in range(len(params)) if params[i] == rec), None
+        ),
         "optimum": prob.optimum,
         "ask_seconds": ask_s,
         "error": err,
@@ -227,6 +234,7 @@ def summarize(runs: dict, problems: list[str], labels: list[str], seeds: list[in
                 "best_observed_mean": _mean([r["best_observed"] for r in rs]),
                 "best_observed_true_mean": _mean([r["best_observed_true"] for r in rs]),
                 "model_reported": sum(r.get("reported_from") == "model" for r in rs),
+                **_estimate_errors(rs),
                 "mean_rank": _mean(ranks[m]),
                 "mean_rank_observed": _mean(ranks_obs[m]),
                 "median_ask_seconds": statistics.median(asks) if asks else None,
@@ -239,6 +247,26 @@ def summarize(runs: dict, problems: list[str], labels: list[str], seeds: list[in
     table["mean_rank"] = {m: _mean(v) for m, v in rank_all.items()}
     table["mean_rank_observed"] = {m: _mean(v) for m, v in rank_obs_all.items()}
     return table
+
+
+def _estimate_errors(rs: list[dict]) -> dict:
+    """How near the true value of the reported point the method's estimate of it comes, against
+    that point's own measurement (runs with an estimate and a feasible truth)."""
+    rows = [
+        (r["estimate"], r["reported_observed"], r["reported_true"])
+        for r in rs
+        if r.get("estimate")
+        and r["reported_true"] is not None
+        and r.get("reported_observed") is not None
+    ]
+    if not rows:
+        return {"estimated": 0}
+    return {
+        "estimated": len(rows),
+        "estimate_error": _mean([abs(e[0] - t) for e, _, t in rows]),
+        "observed_error": _mean([abs(o - t) for _, o, t in rows]),
+        "estimate_covers": sum(e[1] <= t <= e[2] for e, _, t in rows),
+    }
 
 
 def _mean(xs):
@@ -297,6 +325,24 @@ def markdown(table: dict, labels: list[str], family: str, meta: str) -> str:
         "Best observed (noisy) value, mean over seeds / true value of that best observed point:",
         lambda r: f"{_fmt(r['best_observed_mean'])} / {_fmt(r['best_observed_true_mean'])}",
     )
+    estimating = [
+        m for m in labels if any(e["methods"][m]["estimated"] for e in table["problems"].values())
+    ]
+    if estimating:
+        lines += _per_method_table(
+            table,
+            estimating,
+            "The model's estimate of the reported point (GetBest's `estimate`) against that "
+            "point's true value: mean absolute error of the estimate / of the point's own noisy "
+            "measurement, and in how many runs its interval (one posterior sd either side) holds "
+            "the true value:",
+            lambda r: (
+                f"{_fmt(r['estimate_error'], 2)} / {_fmt(r['observed_error'], 2)}, "
+                f"{r['estimate_covers']} of {r['estimated']}"
+                if r["estimated"]
+                else "—"
+            ),
+        )
     lines += _per_method_table(
         table,
         labels,

@@ -100,11 +100,13 @@ class Bbo(Method):
         recommendations (a baseline checkout) reports the best observed."""
         from bbo.incumbent import is_feasible
 
+        self.estimate = None
         rec = getattr(self.gs, "recommend", None)
         r = rec(self.trials) if rec is not None else None
         t = next((t for t in self.trials if r is not None and t.id == r.trial_id), None)
         if t is None or not is_feasible(self.gs.spec, t):
             return None
+        self.estimate = getattr(r, "estimate", None)  # GetBest's estimate of its objective
         return dict(t.params)
 
 
