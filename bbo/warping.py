@@ -24,6 +24,7 @@ their reference point lives in the objectives' own units.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass, replace
 
@@ -112,7 +113,14 @@ def _yeo_johnson_bad_side(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _yeo_johnson_fit(v: np.ndarray) -> tuple[float, float, float] | None:
     """``(mean, std, lambda)`` of :func:`_yeo_johnson_bad_side`'s map of ``v``, or None where it
-    leaves ``v`` unchanged."""
+    leaves ``v`` unchanged. Remembered for the last few columns: an ask warps its data and its
+    recommendation maps the estimate back through the same fit."""
+    return _yeo_johnson_fit_of(np.ascontiguousarray(v, dtype=float).tobytes())
+
+
+@functools.lru_cache(maxsize=4)
+def _yeo_johnson_fit_of(key: bytes) -> tuple[float, float, float] | None:
+    v = np.frombuffer(key)
     if len(v) < MIN_POINTS:
         return None
     mean, std = float(np.mean(v)), float(np.std(v))
