@@ -73,6 +73,11 @@ def test_go_example_worker_runs_a_study(bbo_server, client, study_name, worker):
         assert best.metrics["branin"] == min(t.metrics["branin"] for t in told)
     assert result["best"]["branin"] == pytest.approx(best.metrics["branin"])
     assert result["best"]["parameters"] == pytest.approx(best.params)
+    # ... and how it was chosen, with the model's estimate where that was by the model
+    assert result["selection"] == py.selection
+    est = py.estimate
+    want = None if est is None else pytest.approx([est.value, est.lower, est.upper])
+    assert result.get("estimate") == want
 
 
 @needs_go

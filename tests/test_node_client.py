@@ -397,3 +397,42 @@ def test_node_reads_every_page_of_llm_calls(bbo_server, client, study_name, make
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["all"] == [f"a{i}" for i in range(230)] and r["priors"] == list(range(1, 230, 3))
+
+
+_NOISY_SCRIPT = r"""
+const {Client} = require('./src');
+const [address, study] = process.argv.slice(1);
+(async () => {
+  const c = new Client(address);
+  const s = await c.createStudy(study, {
+    parameters: [{name: 'x', float: {low: 0, high: 1}}],
+    objectives: [{name: 'f', noise: 'OBSERVATION_NOISE_NOISY'}],
+  });
+  const xs = [0.1, 0.1, 0.1, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 0.95];
+  const ys = [0.3, -0.4, 0.35, 0.05, 0.02, 0.0, 0.01, -0.01, 0.0, 0.02, 0.05, 0.14];
+  for (let i = 0; i < xs.length; i += 1) await s.addTrial({x: xs[i]}, {f: ys[i]});
+  await s.ask(1, 'node');
+  console.log(JSON.stringify(await s.bestResult()));
+  c.close();
+})().catch((e) => { console.error(e); process.exit(2); });
+"""
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_best_result_carries_the_selection_and_the_models_estimate(bbo_server, study_name):
+    """A declared-noisy study: the lucky draw (-0.4 at x = 0.1) is passed over, and Node reads why
+    and the model's estimate of the chosen trial, as the Python client does."""
+    out = subprocess.run(
+        ["node", "-e", _NOISY_SCRIPT, bbo_server.address, study_name],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    best = json.loads(out.stdout.strip().splitlines()[-1])
+    assert best["state"] == "ACTIVE" and len(best["trials"]) == 1
+    assert abs(best["trials"][0]["parameters"]["x"] - 0.6) < 0.2
+    assert "posterior mean" in best["selection"]
+    e = best["estimate"]
+    assert e["lower"] < e["value"] < e["upper"] < 0.2

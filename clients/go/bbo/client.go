@@ -252,15 +252,23 @@ func (s *Study) Trials(ctx context.Context, states ...pb.TrialState) ([]*pb.Tria
 
 // Best returns the best feasible trial (one objective) or the feasible Pareto front.
 func (s *Study) Best(ctx context.Context) ([]*pb.Trial, error) {
+	res, err := s.BestResult(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return res.Trials, nil
+}
+
+// BestResult returns GetBest's whole answer: on a noisy objective the trial with the server's best
+// posterior mean, Selection saying so, and Estimate (value, lower, upper in the objective's units)
+// its model's value for that trial.
+func (s *Study) BestResult(ctx context.Context) (*pb.GetBestResponse, error) {
 	var res *pb.GetBestResponse
 	err := s.Client.call(ctx, func(ctx context.Context) (err error) {
 		res, err = s.Client.Stub.GetBest(ctx, &pb.GetBestRequest{Study: s.Name})
 		return err
 	})
-	if err != nil {
-		return nil, err
-	}
-	return res.Trials, nil
+	return res, err
 }
 
 // LeaseOf is the lease the server granted trial (both ends on its clock), or 600 s when unknown.

@@ -361,9 +361,24 @@ class Study {
     return { shouldStop: res.should_stop, reason: res.reason };
   }
 
+  // The best feasible trial (one objective) or the Pareto front.
   async best() {
+    return (await this.bestResult()).trials;
+  }
+
+  // GetBest in full: {trials, state, stateReason, selection, estimate}. On a noisy objective the
+  // trial is the server's best posterior mean, selection says so, and estimate ({value, lower,
+  // upper}, the objective's units) is its model's value for that trial; else both are empty.
+  async bestResult() {
     const res = await this.client.call('GetBest', { study: this.name });
-    return res.trials.map(fromTrial);
+    const e = res.estimate;
+    return {
+      trials: res.trials.map(fromTrial),
+      state: String(res.state).replace('STUDY_STATE_', ''),
+      stateReason: res.state_reason,
+      selection: res.selection,
+      estimate: e ? { value: e.value, lower: e.lower, upper: e.upper } : null,
+    };
   }
 
   // Ask, evaluate with fn(parameters, trial, report) -> {metric: value} (may be async), tell; n times.

@@ -109,11 +109,15 @@ func run(address, name string, workers, trials, initial int) error {
 		return err
 	}
 
-	best, err := study.Best(ctx)
+	res, err := study.BestResult(ctx)
 	if err != nil {
 		return fmt.Errorf("best: %w", err)
 	}
-	out := map[string]interface{}{"study": study.Name, "workers": told}
+	best := res.Trials
+	out := map[string]interface{}{"study": study.Name, "workers": told, "selection": res.Selection}
+	if e := res.GetEstimate(); e != nil {
+		out["estimate"] = []float64{e.Value, e.Lower, e.Upper}
+	}
 	if len(best) > 0 {
 		out["best"] = map[string]interface{}{
 			"id": best[0].Id, "parameters": bbo.Params(best[0]),
