@@ -18,6 +18,19 @@ def _skip_reason():
     return None
 
 
+def _node_json(script: str, *args: str, timeout: float = 240) -> dict:
+    """Run ``script`` in Node (args after it) from clients/node; its last line, as JSON."""
+    out = subprocess.run(
+        ["node", "-e", script, *args],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
 def test_node_example_worker_runs_a_study(bbo_server, client, study_name):
     out = subprocess.run(
@@ -208,11 +221,7 @@ def test_node_tell_of_a_trial_carries_its_study_uid(bbo_server, client, study_na
         f"new Study(c,'{study_name}').ask(1).then(([t])=>{{console.log(JSON.stringify(t));c.close();}});"
     )
     make_study(client, study_name)
-    out = subprocess.run(
-        ["node", "-e", ask], cwd=NODE_DIR, capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
-    stale = json.loads(out.stdout.strip().splitlines()[-1])
+    stale = _node_json(ask, timeout=60)
     assert stale["studyUid"]
     client.delete_study(study_name)
     (fresh,) = make_study(client, study_name).ask()
@@ -325,15 +334,7 @@ const [address, study, mode] = process.argv.slice(1);
 
 
 def _worker(address: str, study: str, mode: str) -> dict:
-    out = subprocess.run(
-        ["node", "-e", _WORKER_SCRIPT, address, study, mode],
-        cwd=NODE_DIR,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _node_json(_WORKER_SCRIPT, address, study, mode)
 
 
 @pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
@@ -391,11 +392,7 @@ def test_node_reads_every_page_of_llm_calls(bbo_server, client, study_name, make
         "(async()=>{const all=await s.llmCalls();const pr=await s.llmCalls('priors');"
         "console.log(JSON.stringify({all:all.map(x=>x.response),priors:pr.map(x=>x.promptTokens)}));c.close();})();"
     )
-    out = subprocess.run(
-        ["node", "-e", script], cwd=NODE_DIR, capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = _node_json(script, timeout=60)
     assert r["all"] == [f"a{i}" for i in range(230)] and r["priors"] == list(range(1, 230, 3))
 
 
@@ -422,15 +419,7 @@ const [address, study] = process.argv.slice(1);
 def test_node_best_result_carries_the_selection_and_the_models_estimate(bbo_server, study_name):
     """A declared-noisy study: the lucky draw (-0.4 at x = 0.1) is passed over, and Node reads why
     and the model's estimate of the chosen trial, as the Python client does."""
-    out = subprocess.run(
-        ["node", "-e", _NOISY_SCRIPT, bbo_server.address, study_name],
-        cwd=NODE_DIR,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    best = json.loads(out.stdout.strip().splitlines()[-1])
+    best = _node_json(_NOISY_SCRIPT, bbo_server.address, study_name, timeout=120)
     assert best["state"] == "ACTIVE" and len(best["trials"]) == 1
     assert abs(best["trials"][0]["parameters"]["x"] - 0.6) < 0.2
     assert "posterior mean" in best["selection"]
