@@ -103,6 +103,7 @@ def one_run(
             err = f"recommend: {type(e).__name__}: {e}"
     rec_from = "model" if rec is not None else "observed"
     est = getattr(m, "estimate", None) if rec is not None else None
+    row = getattr(m, "reported_row", None) if rec is not None else best_i
     if rec is None and best_i is not None:
         rec = params[best_i]
     cache: dict = {}
@@ -131,9 +132,7 @@ def one_run(
         # the method's own estimate of the reported point's value (bbo's GetBest estimate:
         # value, lower, upper) and that point's noisy measurement
         "estimate": list(est) if est is not None else None,
-        "reported_observed": next(
-            (values[i] for i in range(len(params)) if params[i] == rec), None
-        ),
+        "reported_observed": values[row] if row is not None else None,
         "optimum": prob.optimum,
         "ask_seconds": ask_s,
         "error": err,

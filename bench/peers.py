@@ -107,6 +107,7 @@ class Bbo(Method):
         if t is None or not is_feasible(self.gs.spec, t):
             return None
         self.estimate = getattr(r, "estimate", None)  # GetBest's estimate of its objective
+        self.reported_row = t.id  # trial ids count the tells: the run's evaluation index
         return dict(t.params)
 
 
