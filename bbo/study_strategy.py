@@ -139,8 +139,9 @@ class StudyStrategy:
 
     def recommend(self, trials: Sequence[Trial]) -> tuple[Trial, Recommendation] | None:
         """The strategy's recommended trial among ``trials`` (feasible) and its recommendation
-        (why, the model's estimate); None where it makes none. A strategy that has not fit yet (a replica or server that has not served
-        this study's asks) first takes the study's stored model state."""
+        (why, the model's estimate); None where it makes none. A strategy that has not fit yet (a
+        replica or server that has not served this study's asks) first takes the study's stored
+        model state."""
         strategy = self.strategy
         if not isinstance(strategy, Recommends):
             return None
