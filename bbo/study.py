@@ -448,12 +448,16 @@ class Study:
         return self.storage.list_trials(self.uid, states, after=after, limit=limit)
 
     @_study_calls
-    def best(self) -> BestResult:
+    def best(self, trials: Sequence[Trial] | None = None) -> BestResult:
         """The best feasible trial (one objective) or the Pareto front. On a noisy objective the
         strategy's recommendation, the trial with the best posterior mean, instead of the best
         observed value (which luck inflates): ``selection`` then says so, and ``estimate`` gives
-        the model's estimate of its objective."""
-        trials = self.storage.list_trials(self.uid, [TrialState.COMPLETED])
+        the model's estimate of its objective. ``trials``: the study's trials as just read by the
+        caller (the dashboard's), else they are read."""
+        if trials is None:
+            trials = self.storage.list_trials(self.uid, [TrialState.COMPLETED])
+        else:
+            trials = [t for t in trials if t.state is TrialState.COMPLETED]
         rec = self._stored()
         best = BestResult(incumbents(self.spec, trials), StudyState(rec.state), rec.state_reason)
         if len(self.spec.objectives) == 1 and best.trials:

@@ -138,6 +138,45 @@ def test_api_needs_a_valid_key_and_is_read_only(dash):
     assert get(dash.url + "static/plotly.min.js")[0] == 200
 
 
+def noisy_study(client, name: str):
+    """A declared-noisy bowl at x = 0.6 whose best draw is a lucky one (-0.4 at x = 0.1, where the
+    other draws are 0.3 and 0.35), after one ask has fitted the model."""
+    from bbo_client import Float, Minimize
+
+    study = client.create_study(
+        name, parameters=[Float("x", 0.0, 1.0)], objectives=[Minimize("f", noise="noisy")]
+    )
+    xs = [0.1, 0.1, 0.1, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 0.95]
+    ys = [0.3, -0.4, 0.35, 0.05, 0.02, 0.0, 0.01, -0.01, 0.0, 0.02, 0.05, 0.14]
+    lucky = [study.add_trial({"x": x}, {"f": y}) for x, y in zip(xs, ys, strict=True)][1]
+    study.ask(1, worker_id="w")
+    return study, lucky.id
+
+
+def test_a_noisy_studys_best_is_the_models_choice_as_in_get_best(dash):
+    """Under noise the page marks the trial GetBest reports (the best posterior mean), not the
+    luckiest draw, and shows why and the model's estimate of its objective."""
+    name = "noisy-json-study"
+    study, lucky = noisy_study(dash.client, name)
+    best = study.best()
+    status, body = get(dash.url + f"api/studies/{name}", dash.key)
+    assert status == 200
+    assert body["best"] == [best.trials[0].id] and body["best"] != [lucky]
+    assert body["selection"] == best.selection and "posterior mean" in body["selection"]
+    e = body["estimate"]
+    assert e == {
+        "value": best.estimate.value,
+        "lower": best.estimate.lower,
+        "upper": best.estimate.upper,
+    }
+    assert e["lower"] < e["value"] < e["upper"]
+    # a noise-free study's best is its best observed trial, chosen by nothing else
+    clean = running_study(dash.client, "clean-json-study")
+    body = get(dash.url + "api/studies/clean-json-study", dash.key)[1]
+    assert body["selection"] == "" and body["estimate"] is None
+    assert body["best"] == [t.id for t in clean.best().trials]
+
+
 def test_another_tenants_study_is_not_found(dash):
     name = "tenant-study"
     running_study(dash.client, name)
@@ -352,6 +391,13 @@ def test_browser_shows_a_running_study_live(dash, browser, tmp_path):
     ids = [int(r.get_attribute("data-trial-id")) for r in css(rows)]
     assert ids == list(range(8, 0, -1))  # user trials' loss grows with their id: descending
     assert browser.find_element(By.ID, "trial-count").text == "8 of 13 trials"
+
+    # a noisy study's summary names the model's choice, why, and its estimate
+    _, lucky = noisy_study(dash.client, "browser-noisy-study")
+    browser.get(dash.url + "#/study/browser-noisy-study")
+    wait.until(lambda d: "model estimate" in d.find_element(By.ID, "summary").text)
+    summary = browser.find_element(By.ID, "summary").text
+    assert "posterior mean" in summary and f"trial {lucky}:" not in summary
 
     # the studies list links to the study
     browser.get(dash.url + "#/")

@@ -11,7 +11,8 @@ Routes (GET only; there is no write path):
 - ``/`` and ``/static/*``: the page, its script and style, and plotly.min.js from the installed
   ``plotly`` package (no CDN). They hold no data and are the same for everyone.
 - ``/api/session``: the caller's tenant; ``/api/studies``: the tenant's studies;
-  ``/api/studies/{name}``: a study with its trials, best trials and intermediate values;
+  ``/api/studies/{name}``: a study with its trials, intermediate values and best trials (as
+  GetBest: with how they were chosen and, where by the model, its estimate of the objective);
   ``/api/studies/{name}/llm_calls?after=ID&limit=N``: its LLM call log, oldest first.
 
 With API keys on (the gRPC API's ``--auth``), every ``/api`` request needs a key (``x-api-key``
@@ -40,7 +41,6 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from bbo.errors import NotFoundError
-from bbo.incumbent import incumbents as best_trials
 from bbo.registry import DEFAULT_TENANT, StudyRegistry
 from bbo.study import Study
 from bbo.trial import Trial, TrialState
@@ -233,12 +233,14 @@ class Dashboard:
                 self._cache.move_to_end(key)
                 return _json_bytes(hit[1])
         required = spec.required_metrics
+        best = study.best(trials)  # GetBest's answer: on a noisy objective, chosen by the model
         body = JSONResponse(
             {
                 "study": {**study_json(study, info), "spec": spec.to_dict()},
                 "trials": [trial_json(t, spec, required) for t in trials],
-                # the same answer as study.best(), from the trials read above
-                "best": [t.id for t in best_trials(spec, trials)],
+                "best": [t.id for t in best.trials],
+                "selection": best.selection,
+                "estimate": None if best.estimate is None else best.estimate._asdict(),
                 "intermediates": {str(k): v for k, v in curves.items()},
             }
         ).body

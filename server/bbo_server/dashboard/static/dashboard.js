@@ -262,6 +262,10 @@ class StudyView {
       const b = bestTrials[0];
       const values = s.objectives.map((o) => `${o.name} = ${fmt(b.metrics[o.name])}`);
       items.push(['best', `trial ${b.id}: ${values.join(', ')}`]);
+      // on a noisy objective the model chose it (GetBest's selection) and estimates its value
+      if (this.data.selection) items.push(['chosen by', this.data.selection]);
+      const e = this.data.estimate;
+      if (e) items.push(['model estimate', `${fmt(e.value)} (${fmt(e.lower)} to ${fmt(e.upper)})`]);
     } else if (bestTrials.length > 1) {
       items.push(['Pareto front', `${bestTrials.length} trials`]);
     }
