@@ -43,6 +43,30 @@ def test_optimize_records_failures_and_finds_the_best(client, study_name):
     assert {t.worker_id.rsplit("-", 1)[1] for t in trials} <= {"0", "1", "2"}
 
 
+def test_optimize_progress_bar_shows_the_studys_best(client, study_name, capsys, monkeypatch):
+    """The bar names GetBest's trial with its value; under noise with the model's estimate."""
+    from bbo_client import client as client_module
+
+    monkeypatch.setattr(client_module, "BEST_EVERY", 0.0)
+    s = client.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives="y", seed=1)
+    best = s.optimize(lambda p: (p["x"] - 0.3) ** 2, n_trials=6, progress=True)
+    err = capsys.readouterr().err
+    assert f"best y={best.trial.metrics['y']:.6g} (trial {best.trial.id})" in err
+    assert "model estimate" not in err  # noise-free: the best observed trial
+
+    noisy = client.create_study(
+        study_name + "-noisy",
+        parameters=[bc.Float("x", 0, 1)],
+        objectives=[bc.Minimize("y", noise="noisy")],
+        seed=1,
+    )
+    rng = iter([0.01 * ((7 * k) % 11 - 5) for k in range(12)])
+    best = noisy.optimize(lambda p: (p["x"] - 0.3) ** 2 + next(rng), n_trials=12, progress=True)
+    err = capsys.readouterr().err
+    assert best.estimate is not None and best.selection
+    assert f"(trial {best.trial.id}), model estimate {best.estimate.value:.6g}" in err
+
+
 def test_optimize_multi_objective_needs_dicts(client, study_name):
     s = client.create_study(
         study_name,

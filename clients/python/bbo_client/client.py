@@ -50,6 +50,7 @@ from bbo_client.v1 import service_pb2_grpc
 from bbo_client.v1 import study_pb2 as pb
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+BEST_EVERY = 2.0  # seconds at least between the progress bar's reads of the study's best
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MetricsLike = float | int | Mapping[str, Any]
 
@@ -590,6 +591,9 @@ class StudyHandle:
         restart does not end the loop); if a result's Tell still fails, the error names the trial
         and its metrics. On Ctrl-C (or such an error) no new trial starts, and the evaluations
         under way finish and are told before the exception propagates. Returns :meth:`best`.
+        The progress bar shows that best as trials complete (read at most every
+        :data:`BEST_EVERY` seconds): under noise the server's choice and its estimate, not the
+        luckiest draw.
         """
         if n_trials < 0 or n_workers < 1:
             raise InvalidArgument("need n_trials >= 0 and n_workers >= 1")
@@ -602,6 +606,19 @@ class StudyHandle:
         with_trial = _takes_two(fn)
 
         stopping = threading.Event()  # Ctrl-C, or another worker failed: claim no more trials
+        shown = [-math.inf, 0]  # when the bar last showed the study's best, and after how many
+
+        def show_best(best: Best | None = None) -> None:
+            if not progress or (best is None and bar.n == shown[1]):
+                return
+            if best is None and time.monotonic() - shown[0] < BEST_EVERY:
+                return
+            shown[:] = [time.monotonic(), bar.n]
+            try:
+                objectives = self.info(cached=True).objectives
+                bar.set_postfix_str(_best_note(best or self.best(), objectives))
+            except BboError:  # the bar's note is a courtesy: the loop's own calls report errors
+                pass
 
         def one(worker: int) -> None:
             while True:
@@ -641,14 +658,17 @@ class StudyHandle:
                         done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
                         for f in done:
                             f.result()
+                        show_best()
                 except (
                     BaseException
                 ):  # the evaluations under way finish and are told; no new ones start
                     stopping.set()
                     raise
+            best = self.best()
+            show_best(best)
+            return best
         finally:
             bar.close()
-        return self.best()
 
     def _evaluate(self, fn, t: Trial, with_trial: bool, patience: float) -> None:
         """Run the objective on one trial and tell what came of it (see :meth:`optimize`)."""
@@ -716,6 +736,20 @@ class StudyHandle:
             except BboError as e:
                 if not retryable(e):  # the trial is finished or gone: nothing left to keep alive
                     return
+
+
+def _best_note(best: Best, objectives: Sequence[Objective]) -> str:
+    """The progress bar's note of a study's best: the trial and its objective's value (with the
+    model's estimate where the model chose it), or the Pareto front's size."""
+    if not best.trials:
+        return "no feasible trial yet"
+    if len(objectives) != 1:
+        return f"Pareto front: {len(best.trials)} trials"
+    t, name = best.trials[0], objectives[0].name
+    note = f"best {name}={t.metrics.get(name, math.nan):.6g} (trial {t.id})"
+    if best.estimate is not None:
+        note += f", model estimate {best.estimate.value:.6g}"
+    return note
 
 
 class TrialContext:
