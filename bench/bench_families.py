@@ -44,6 +44,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 DEFAULT_METHODS = {
     "noisy": "bbo,optuna_gp,optuna_tpe,ax,random",
     "noisy_heldout": "bbo,optuna_gp,optuna_tpe,random",
+    "noisy_fresh": "bbo,optuna_gp,optuna_tpe,random",
     "discrete": "bbo,optuna_gp,optuna_tpe,random",
 }
 ORDER = {"ax": 0, "bbo": 1, "optuna_gp": 2, "optuna_tpe": 3, "random": 4}
