@@ -718,42 +718,47 @@ DISCRETE = {
     "rf_land_noise": lambda: rf_landscape(sd=0.3),
 }
 
+
+def _cv_pairs(*pairs: tuple[str, str]) -> dict[str, Callable[[], BenchProblem]]:
+    """CV problems of (model, data set) pairs, declared noisy as the noisy family's."""
+    return {
+        f"{model}-{dataset}": _noisy(
+            lambda model=model, dataset=dataset: cv_problem(model, dataset)
+        )
+        for model, dataset in pairs
+    }
+
+
 # Ten more model x dataset pairs of the noisy family's kind, run to check that what helps there
 # carries over rather than to tune on (declared noisy, as the family)
-NOISY_HELDOUT = {
-    f"{model}-{dataset}": _noisy(lambda model=model, dataset=dataset: cv_problem(model, dataset))
-    for model, dataset in (
-        ("dt", "breast_cancer"),
-        ("rf", "wine"),
-        ("rf", "breast_cancer"),
-        ("svm", "breast_cancer"),
-        ("knn", "breast_cancer"),
-        ("ada", "breast_cancer"),
-        ("dt", "diabetes"),
-        ("knn", "diabetes"),
-        ("ada", "diabetes"),
-        ("svm", "diabetes"),
-    )
-}
+NOISY_HELDOUT = _cv_pairs(
+    ("dt", "breast_cancer"),
+    ("rf", "wine"),
+    ("rf", "breast_cancer"),
+    ("svm", "breast_cancer"),
+    ("knn", "breast_cancer"),
+    ("ada", "breast_cancer"),
+    ("dt", "diabetes"),
+    ("knn", "diabetes"),
+    ("ada", "diabetes"),
+    ("svm", "diabetes"),
+)
 
 # Ten pairs chosen after every change measured on the two sets above, none of them tried before
 # (the models the issue found bbo behind on, MLP and L1 logistic regression, on new data sets, and
 # the iris and digits data sets): a check that nothing was fitted to the first held-out set
-NOISY_FRESH = {
-    f"{model}-{dataset}": _noisy(lambda model=model, dataset=dataset: cv_problem(model, dataset))
-    for model, dataset in (
-        ("mlp", "breast_cancer"),
-        ("mlp", "diabetes"),
-        ("lasso", "wine"),
-        ("lasso", "digits"),
-        ("svm", "iris"),
-        ("knn", "iris"),
-        ("knn", "digits"),
-        ("dt", "digits"),
-        ("ada", "iris"),
-        ("rf", "digits"),
-    )
-}
+NOISY_FRESH = _cv_pairs(
+    ("mlp", "breast_cancer"),
+    ("mlp", "diabetes"),
+    ("lasso", "wine"),
+    ("lasso", "digits"),
+    ("svm", "iris"),
+    ("knn", "iris"),
+    ("knn", "digits"),
+    ("dt", "digits"),
+    ("ada", "iris"),
+    ("rf", "digits"),
+)
 
 FAMILIES = {
     "noisy": NOISY,
