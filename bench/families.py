@@ -163,8 +163,8 @@ def _lasso(p, seed, task):
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
 
-    # liblinear fits one class against the rest (as it did inside LogisticRegression before
-    # scikit-learn 1.8); with two classes that is a single fit, as before
+    # liblinear fits one class against the rest, as LogisticRegression itself did before current
+    # scikit-learn refused liblinear on three or more classes; with two classes, one fit as before
     return _scaled(
         OneVsRestClassifier(
             LogisticRegression(
