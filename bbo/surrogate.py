@@ -26,8 +26,9 @@ lengthscale and outputscale (MixedSingleTaskGP has none). Mean true value of the
 2.56, NAS cell 6.40 -> 6.13, FCNet 0.543 -> 0.527; the forest landscapes -8.98 -> -8.48 and -8.49 ->
 -7.79, within a seed's sd (about 3) and still first.
 
-Noisy objectives (``model(..., noisy=True)``: declared noisy, reported errors or differing
-replicates; :attr:`bbo.strategy.noise.NoiseEstimate.known`): a fit of 10-99 points is made twice,
+Noisy objectives and plateaus (``model(..., weigh_smooth=True)``: declared noisy, reported errors
+or differing replicates, :attr:`bbo.strategy.noise.NoiseEstimate.known`; or a quarter of the points
+sharing one value, :attr:`bbo.strategy.model_data.TrainingData.plateau`): a fit of 10-99 points is made twice,
 under the default lengthscale prior and under one :data:`LONG_LENGTHSCALES` times longer, and the
 fit with the better leave-one-out log predictive density is kept (Rasmussen & Williams 5.4.2).
 Through noise the marginal likelihood hardly tells a rough function from a smooth trend, and the
@@ -36,7 +37,10 @@ the smooth model, Branin's three minima the rough one. Measured on cross-validat
 problems kept out of tuning (10 model x dataset pairs, 5 seeds) and the 11-problem noisy family
 (30 paired seeds): see ``bench/README.md``. A fitted noise level alone does not switch it on:
 rugged deterministic functions fit as noisy too, and there the smooth model lost (Levy-10 median
-regret 3.2 -> 9.7 at 50 evaluations, 5 seeds).
+regret 3.2 -> 9.7 at 50 evaluations, 5 seeds). A plateau does: left undeclared, the tree spaces'
+CV errors sit on one chance-level value and look noise-free, and the default fit alone kept bbo
+behind its declared self (decision tree / digits 0.647 against 0.509, 10 seeds; with the plateau
+rule 0.528).
 
 Hyperparameter cache and refit policy (one :class:`Surrogate` per generation strategy, i.e. per study):
 
@@ -116,7 +120,7 @@ COLD_SUBSET = 300  # cold start above this many fit points: fit a subset first, 
 _HYPER_PREFIXES = ("covar_module.", "mean_module.", "likelihood.")
 _MIN_YVAR = 1e-10
 LENGTHSCALE_RATE = 6.0  # Gamma(3, rate) lengthscale prior at d <= 2; divided by sqrt(d / 2) above
-# the alternative lengthscale prior of a noisy fit (:meth:`Surrogate._smoother`): this many times
+# the alternative lengthscale prior of a smoothness-weighing fit (:meth:`Surrogate._smoother`): this many times
 # longer than the default
 LONG_LENGTHSCALES = 2.0
 # ... tried on fits of this many points (a leave-one-out verdict on fewer is a coin flip; above,
@@ -287,11 +291,12 @@ class Surrogate:
         Yvar: np.ndarray | None = None,
         score: np.ndarray | None = None,
         seed: int = 0,
-        noisy: bool = False,
+        weigh_smooth: bool = False,
     ) -> tuple[Model, np.ndarray, ModelInfo]:
-        """A GP on (a subset of) the data: ``(model, rows it conditions on, info)``. ``noisy``:
-        the objective is known to be observed with noise (a fit also weighs smoother
-        lengthscales: :meth:`_smoother`). Never raises for bad data or fit failures; raises only if
+        """A GP on (a subset of) the data: ``(model, rows it conditions on, info)``.
+        ``weigh_smooth``: a fit also weighs smoother lengthscales (:meth:`_smoother`), for an
+        objective known to be noisy or with a plateau
+        (:attr:`bbo.strategy.model_data.TrainingData.weigh_smooth`). Never raises for bad data or fit failures; raises only if
         even a default model cannot be built."""
         n = len(X)
         score = np.zeros(n) if score is None else np.asarray(score, dtype=float)
@@ -311,7 +316,7 @@ class Surrogate:
                 if m is not None and z <= SURPRISE_Z:
                     return m, model_rows, info
                 info.surprise = z
-            fitted = self._refit(X, Y, Yvar, score, model_rows, info, noisy)
+            fitted = self._refit(X, Y, Yvar, score, model_rows, info, weigh_smooth)
             if fitted is not None:
                 info.predictive = self._predictive(fitted)
                 return fitted, model_rows, info
@@ -377,7 +382,7 @@ class Surrogate:
             return 0.0
         return float(z.abs().max()) if torch.isfinite(z).all() else float("inf")
 
-    def _refit(self, X, Y, Yvar, score, model_rows, info: ModelInfo, noisy: bool = False):
+    def _refit(self, X, Y, Yvar, score, model_rows, info: ModelInfo, weigh_smooth: bool = False):
         """Fit the hyperparameters (on a subset above ``max_fit_points``) and cache them; the fitted
         GP where it conditions on exactly ``model_rows``, else None (the caller conditions)."""
         t0 = time.perf_counter()
@@ -394,7 +399,7 @@ class Surrogate:
                 Y[fit_rows],
                 None if Yvar is None else Yvar[fit_rows],
                 score[fit_rows],
-                noisy,
+                weigh_smooth,
             )
             self._hyper = _hyper_state(fitted)
             self._hyper[N_FRESH_KEY] = torch.tensor(self._n_fresh, dtype=torch.int64)
@@ -464,7 +469,7 @@ class Surrogate:
         model.eval()
         return model
 
-    def _fit(self, X, Y, Yvar, score, noisy: bool = False):
+    def _fit(self, X, Y, Yvar, score, weigh_smooth: bool = False):
         """Optimize hyperparameters. Small data: from the default initialization *and* from the cached
         hyperparameters, keeping the higher marginal likelihood (the likelihood is multimodal there and
         a warm start alone gets stuck in whatever basin an earlier, smaller data set chose). Larger
@@ -484,7 +489,7 @@ class Surrogate:
             self._n_fresh = n
         maxiter = 200 if n <= 200 else (60 if n <= 500 else 12)
         model = self._fit_from(X, Y, Yvar, starts, maxiter)
-        if noisy and SMOOTHER_POINTS[0] <= n < SMOOTHER_POINTS[1]:
+        if weigh_smooth and SMOOTHER_POINTS[0] <= n < SMOOTHER_POINTS[1]:
             model = self._smoother(model, X, Y, Yvar, maxiter)
         return model
 

@@ -419,7 +419,7 @@ class Transfer:
         the first source alone: 3.0x no transfer's final regret, 1.0x with its own fit)."""
         target = self._target
         fit, on, _ = target.model(
-            data.X, data.Ym, data.Ymvar, data.score, seed=seed, noisy=data.noise.known
+            data.X, data.Ym, data.Ymvar, data.score, seed=seed, weigh_smooth=data.weigh_smooth
         )
         model = cast(gpytorch.models.ExactGP, fit)
         if not np.array_equal(on, rows):  # it conditions on other rows: on these instead

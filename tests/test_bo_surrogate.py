@@ -263,7 +263,7 @@ def test_a_known_noisy_fit_weighs_a_longer_lengthscale_prior_by_leave_one_out():
     trend = (0.8 * X[:, 0] - 0.5 * X[:, 1])[:, None]
     noisy = trend + 0.15 * rng.standard_normal(trend.shape)
     s = Surrogate(SPACE, 1, AlgorithmOptions(), select_device("cpu"))
-    model = s.model(X, noisy, noisy=True)[0]
+    model = s.model(X, noisy, weigh_smooth=True)[0]
     short = s._fit_from(X, noisy, None, [None], 200)
     long = s._fit_from(X, noisy, None, [None], 200, stretch=sur.LONG_LENGTHSCALES)
     loo = {

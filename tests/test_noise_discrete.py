@@ -171,31 +171,37 @@ def test_the_recommendation_estimates_its_objective_nearer_the_truth_than_its_dr
 
 
 def _spy_on_the_fit(monkeypatch) -> list[bool]:
-    """The ``noisy`` flag of each surrogate fit from now on, in order."""
+    """The ``weigh_smooth`` flag of each surrogate fit from now on, in order."""
     told: list[bool] = []
     model = Surrogate.model
 
     def spy(self, *args, **kwargs):
-        told.append(kwargs.get("noisy", False))
+        told.append(kwargs.get("weigh_smooth", False))
         return model(self, *args, **kwargs)
 
     monkeypatch.setattr(Surrogate, "model", spy)
     return told
 
 
-def test_the_fit_is_told_the_objective_is_noisy_only_where_noise_is_known(monkeypatch):
-    """Declared noisy, or repeats that differ: the surrogate's fit is told (it then also weighs
-    a longer-lengthscale prior); an undeclared study's fitted noise alone does not tell it, as a
-    rugged deterministic function fits as noisy too."""
+def test_the_fit_weighs_smoothness_only_where_noise_is_known_or_on_a_plateau(monkeypatch):
+    """Declared noisy, repeats that differ, or a quarter of the points on one value: the
+    surrogate's fit also weighs a longer-lengthscale prior; an undeclared study's fitted noise
+    alone does not make it, as a rugged deterministic function fits as noisy too."""
     torch.set_num_threads(1)
     told = _spy_on_the_fit(monkeypatch)
     rng = np.random.default_rng(3)
     xs = list(np.linspace(0.05, 0.95, 12))
-    bowl = _trials(xs, [(x - 0.6) ** 2 + 0.05 * rng.standard_normal() for x in xs])
+    ys = [(x - 0.6) ** 2 + 0.05 * rng.standard_normal() for x in xs]
+    bowl = _trials(xs, ys)
+    floor = max(ys)  # failed evaluations all score the same value (a chance-level CV error)
+    plateau = _trials(xs, [floor if i % 3 == 0 else y for i, y in enumerate(ys)])  # 4 of 12
+    two = _trials(xs, [floor if i in (0, 6) else y for i, y in enumerate(ys)])
     for noise, trials, expected in (
         ("noisy", bowl, True),
         ("auto", bowl, False),
         ("auto", _trials(*_noisy_data()), True),  # three repeats of x = 0.1 that differ
+        ("auto", plateau, True),
+        ("auto", two, False),  # two points on one value are no plateau
     ):
         told.clear()
         _declared(noise).suggest(trials, 1)
@@ -546,3 +552,22 @@ def test_ordinals_are_encoded_by_grid_position_unless_constrained():
     con = SearchSpace((bs, FloatParam("x", 0.0, 1.0)), (LinearConstraint({"bs": 1.0}, 512.0),))
     assert con.by_rank == frozenset()
     assert con.encode({"bs": 32.0, "x": 0.5})[0] == pytest.approx(16 / 1008)
+
+
+def test_a_plateau_counts_distinct_points_and_needs_a_quarter_of_them():
+    """Repeats of one point count once: a deterministic objective evaluated again is no plateau."""
+    spec = StudySpec(UNIT1, (Objective("f"),), algorithm=AlgorithmOptions(seed=1))
+    data = GenerationStrategy(spec).ctx.data
+
+    def plateau(xs, ys) -> bool:
+        return data.fresh().build(_trials(xs, ys)).plateau
+
+    xs = list(np.linspace(0.05, 0.95, 12))
+    ys = [float(i) for i in range(12)]
+    assert not plateau(xs, ys)
+    assert plateau(xs, [0.0 if i < 3 else y for i, y in enumerate(ys)])  # 3 of 12
+    assert not plateau(xs + [0.05] * 3, ys + [0.0] * 3)  # one point, four times
+    assert not plateau(xs * 2, ys * 2)  # every point twice: no value on two points
+    many = list(np.linspace(0.0, 1.0, 40))
+    assert not plateau(many, [0.0 if i < 9 else float(i) for i in range(40)])  # 9 of 40
+    assert plateau(many, [0.0 if i < 10 else float(i) for i in range(40)])

@@ -46,7 +46,12 @@ class Feasibility:
         try:
             with manual_seed(ask.seed):
                 model, _, info = self.surrogate.model(
-                    data.X, data.Ym, data.Ymvar, data.score, seed=ctx.seed, noisy=data.noise.known
+                    data.X,
+                    data.Ym,
+                    data.Ymvar,
+                    data.score,
+                    seed=ctx.seed,
+                    weigh_smooth=data.weigh_smooth,
                 )
                 model = info.predictive or model  # the same marginals, cheaper
                 space = ctx.spec.space

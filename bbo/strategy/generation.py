@@ -213,7 +213,12 @@ class GenerationStrategy:
                 transfer_note = f"transfer prior failed ({type(e).__name__}): plain model"
         try:
             model, rows, info = self.surrogate.model(
-                data.X, data.Ym, data.Ymvar, data.score, seed=ask.seed, noisy=data.noise.known
+                data.X,
+                data.Ym,
+                data.Ymvar,
+                data.score,
+                seed=ask.seed,
+                weigh_smooth=data.weigh_smooth,
             )
         except Exception as e:  # noqa: BLE001
             why = f"no usable surrogate: {type(e).__name__}: {e}"

@@ -10,19 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from bbo.acquisition import Layout
 from bbo.space import SearchSpace, Value
 from bbo.spec import NOISE_AUTO
-from bbo.strategy.noise import NoiseEstimate
+from bbo.strategy.noise import NoiseEstimate, same_point
 from bbo.trial import WARMSTART_ORIGINS, Origin, Trial, TrialState
 from bbo.warping import OutcomeWarp
 
 # scaled encoded distance under which two points count as the same point (local model steps
 # resolve ~1e-7)
 MIN_SEPARATION = 1e-8
+# a plateau: one objective value shared exactly by this share of the distinct points, and by at
+# least PLATEAU_MIN of them (see TrainingData.plateau)
+PLATEAU_SHARE = 0.25
+PLATEAU_MIN = 3
 
 
 class Points:
@@ -81,6 +86,26 @@ class TrainingData:
     Ym: np.ndarray  # Y warped for the model (:mod:`bbo.warping`), in ``model_layout`` units
     Ymvar: np.ndarray | None
     noise: NoiseEstimate  # the data's evidence of noise (the fit adds its own: with_model)
+
+    @cached_property
+    def plateau(self) -> bool:
+        """A quarter or more of the distinct points (three at least) share one quality exactly:
+        a response with a floor or failure value (a tree that never splits scores the chance-level
+        CV error whatever the folds, a capped solver run, a crash value). Beside it the objective's
+        broad trend matters more than its local wiggles, as under noise, so the surrogate weighs a
+        smoother fit too (:attr:`weigh_smooth`)."""
+        if len(self.score) < PLATEAU_MIN:
+            return False
+        _, first = np.unique(same_point(self.X), axis=0, return_index=True)
+        shared = int(np.unique(self.score[first], return_counts=True)[1].max())
+        return shared >= PLATEAU_MIN and shared >= PLATEAU_SHARE * len(first)
+
+    @property
+    def weigh_smooth(self) -> bool:
+        """Whether the surrogate also fits under longer lengthscales and keeps the fit that predicts
+        left-out points better (:meth:`bbo.surrogate.Surrogate.model`): where the objective is
+        known to be noisy, or has a :attr:`plateau`."""
+        return self.noise.known or self.plateau
 
     def design_rows(self) -> list[int]:
         """Rows that are initial-design trials (Sobol / centre / prior guess, or warm start)."""
