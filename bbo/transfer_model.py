@@ -418,9 +418,7 @@ class Transfer:
         weakly related source's weight high while it pinned the search to its optimum (HPO kit,
         the first source alone: 3.0x no transfer's final regret, 1.0x with its own fit)."""
         target = self._target
-        fit, on, _ = target.model(
-            data.X, data.Ym, data.Ymvar, data.score, seed=seed, weigh_smooth=data.weigh_smooth
-        )
+        fit, on, _ = data.model(target, seed)
         model = cast(gpytorch.models.ExactGP, fit)
         if not np.array_equal(on, rows):  # it conditions on other rows: on these instead
             Yvar = None if data.Ymvar is None else data.Ymvar[rows]

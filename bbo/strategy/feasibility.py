@@ -45,14 +45,7 @@ class Feasibility:
             return self._cache[1]
         try:
             with manual_seed(ask.seed):
-                model, _, info = self.surrogate.model(
-                    data.X,
-                    data.Ym,
-                    data.Ymvar,
-                    data.score,
-                    seed=ctx.seed,
-                    weigh_smooth=data.weigh_smooth,
-                )
+                model, _, info = data.model(self.surrogate, ctx.seed)
                 model = info.predictive or model  # the same marginals, cheaper
                 space = ctx.spec.space
                 u = qmc.Sobol(space.dim, scramble=True, seed=ctx.seed).random(SAMPLES)

@@ -212,14 +212,7 @@ class GenerationStrategy:
                 self.transfer.surrogate.prior = None
                 transfer_note = f"transfer prior failed ({type(e).__name__}): plain model"
         try:
-            model, rows, info = self.surrogate.model(
-                data.X,
-                data.Ym,
-                data.Ymvar,
-                data.score,
-                seed=ask.seed,
-                weigh_smooth=data.weigh_smooth,
-            )
+            model, rows, info = data.model(self.surrogate, ask.seed)
         except Exception as e:  # noqa: BLE001
             why = f"no usable surrogate: {type(e).__name__}: {e}"
             return self.fallback.space_filling(trials, n, taken, why)

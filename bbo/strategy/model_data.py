@@ -107,6 +107,13 @@ class TrainingData:
         known to be noisy, or has a :attr:`plateau`."""
         return self.noise.known or self.plateau
 
+    def model(self, surrogate, seed: int):
+        """``surrogate``'s GP on these data (:meth:`bbo.surrogate.Surrogate.model`: the warped
+        outcomes, the quality scores, the smoothness weighing :attr:`weigh_smooth` asks for)."""
+        return surrogate.model(
+            self.X, self.Ym, self.Ymvar, self.score, seed=seed, weigh_smooth=self.weigh_smooth
+        )
+
     def design_rows(self) -> list[int]:
         """Rows that are initial-design trials (Sobol / centre / prior guess, or warm start)."""
         design = (Origin.INITIAL.value, *WARMSTART_ORIGINS)
