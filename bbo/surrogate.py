@@ -27,10 +27,11 @@ lengthscale and outputscale (MixedSingleTaskGP has none). Mean true value of the
 -7.79, within a seed's sd (about 3) and still first.
 
 Noisy objectives and plateaus (``model(..., weigh_smooth=True)``: declared noisy, reported errors
-or differing replicates, :attr:`bbo.strategy.noise.NoiseEstimate.known`; or a quarter of the points
-sharing one value, :attr:`bbo.strategy.model_data.TrainingData.plateau`): a fit of 10-99 points is made twice,
-under the default lengthscale prior and under one :data:`LONG_LENGTHSCALES` times longer, and the
-fit with the better leave-one-out log predictive density is kept (Rasmussen & Williams 5.4.2).
+or differing replicates, :attr:`bbo.strategy.noise.NoiseEstimate.known`; or a quarter of the
+points sharing one value, :attr:`bbo.strategy.model_data.TrainingData.plateau`): a fit of 10-99
+points is made twice, under the default lengthscale prior and under one
+:data:`LONG_LENGTHSCALES` times longer, and the fit with the better leave-one-out log predictive
+density is kept (Rasmussen & Williams 5.4.2).
 Through noise the marginal likelihood hardly tells a rough function from a smooth trend, and the
 prior decides; tree-ensemble search spaces (plateaus of failed models beside broad trends) want
 the smooth model, Branin's three minima the rough one. Measured on cross-validated scikit-learn
@@ -120,8 +121,8 @@ COLD_SUBSET = 300  # cold start above this many fit points: fit a subset first, 
 _HYPER_PREFIXES = ("covar_module.", "mean_module.", "likelihood.")
 _MIN_YVAR = 1e-10
 LENGTHSCALE_RATE = 6.0  # Gamma(3, rate) lengthscale prior at d <= 2; divided by sqrt(d / 2) above
-# the alternative lengthscale prior of a smoothness-weighing fit (:meth:`Surrogate._smoother`): this many times
-# longer than the default
+# the alternative lengthscale prior of a smoothness-weighing fit (:meth:`Surrogate._smoother`):
+# this many times longer than the default
 LONG_LENGTHSCALES = 2.0
 # ... tried on fits of this many points (a leave-one-out verdict on fewer is a coin flip; above,
 # the data outweigh the prior)
@@ -296,8 +297,8 @@ class Surrogate:
         """A GP on (a subset of) the data: ``(model, rows it conditions on, info)``.
         ``weigh_smooth``: a fit also weighs smoother lengthscales (:meth:`_smoother`), for an
         objective known to be noisy or with a plateau
-        (:attr:`bbo.strategy.model_data.TrainingData.weigh_smooth`). Never raises for bad data or fit failures; raises only if
-        even a default model cannot be built."""
+        (:attr:`bbo.strategy.model_data.TrainingData.weigh_smooth`). Never raises for bad data or
+        fit failures; raises only if even a default model cannot be built."""
         n = len(X)
         score = np.zeros(n) if score is None else np.asarray(score, dtype=float)
         info = ModelInfo(n_data=n)
