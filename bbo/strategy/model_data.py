@@ -88,6 +88,12 @@ class TrainingData:
     noise: NoiseEstimate  # the data's evidence of noise (the fit adds its own: with_model)
 
     @cached_property
+    def distinct_rows(self) -> np.ndarray:
+        """The first row of each distinct point (:func:`~bbo.strategy.noise.same_point`): one
+        value per point, replicates aside."""
+        return np.unique(same_point(self.X), axis=0, return_index=True)[1]
+
+    @cached_property
     def plateau(self) -> bool:
         """A quarter or more of the distinct points (three at least) share one quality exactly:
         a response with a floor or failure value (a tree that never splits scores the chance-level
@@ -96,7 +102,7 @@ class TrainingData:
         smoother fit too (:attr:`weigh_smooth`)."""
         if len(self.score) < PLATEAU_MIN:
             return False
-        _, first = np.unique(same_point(self.X), axis=0, return_index=True)
+        first = self.distinct_rows
         shared = int(np.unique(self.score[first], return_counts=True)[1].max())
         return shared >= PLATEAU_MIN and shared >= PLATEAU_SHARE * len(first)
 
