@@ -1,6 +1,7 @@
 """The Node.js client (clients/node, grpc-js + proto-loader) runs a real study against a real server."""
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -316,6 +317,8 @@ const [address, study, mode] = process.argv.slice(1);
       }
       return {y: p.x};
     }, 2, 'node-lease');
+  } else if (mode === 'progress') {  // the progress bar on standard error (not a terminal here)
+    await s.optimize(async (p) => ({y: p.x}), 3, {workerId: 'node-progress', progress: true});
   } else {  // metrics the server refuses, and an evaluation that throws: both trials FAILED, loop goes on
     let k = 0;
     await s.optimize(async (p) => {
@@ -356,6 +359,29 @@ def test_node_optimize_heartbeats_at_the_servers_lease(server_factory):
     )
     r = _worker(srv.address, "node-lease", "lease")
     assert r.get("seen") == [True] * 6 and r["states"] == ["COMPLETED"] * 2, r
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_optimize_draws_a_progress_bar_with_the_best(bbo_server, client, study_name):
+    """optimize(..., {progress: true}) draws its bar on standard error, ending on every trial done
+    and the study's best as the server reports it; stdout stays the caller's."""
+    out = subprocess.run(
+        ["node", "-e", _WORKER_SCRIPT, bbo_server.address, study_name, "progress"],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip())["states"] == ["COMPLETED"] * 3
+    best = client.study(study_name).best().trial
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith(study_name) and "3/3 trials" in last, out.stderr
+    shown = re.search(r"best y=(\S+) \(trial (\d+)\)", last)
+    assert shown is not None, last
+    assert (
+        float(shown[1]) == pytest.approx(best.metrics["y"], rel=1e-5) and int(shown[2]) == best.id
+    )
 
 
 @pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")

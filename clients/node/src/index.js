@@ -8,6 +8,9 @@ const fs = require('fs');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 const { Reader } = require('protobufjs');
+const cliProgress = require('cli-progress');
+
+const BEST_EVERY_MS = 2000; // at least this long between the progress bar's reads of the best
 
 function protoRoot() {
   const candidates = [
@@ -389,45 +392,111 @@ class Study {
   // While fn runs, the trial's lease is renewed at a third of the lease the server granted, so a
   // long evaluation is not taken for a dead worker's. fn throwing fails the trial with its message;
   // metrics the server refuses (a missing objective, NaN) fail it with the server's reason.
-  async optimize(fn, nTrials, workerId = 'node') {
-    for (let i = 0; i < nTrials; i += 1) {
-      const [trial] = await this.ask(1, workerId);
-      let metrics;
-      let last = null;
-      let stop = null;
-      const report = async (step, value, budget = 0) => {
-        last = { step, value, budget };
-        const advice = await this.report(trial, step, value, budget);
-        if (advice.shouldStop) {
-          stop = advice.reason;
-          throw new TrialPruned(advice.reason, step, value);
+  //
+  // options: {workerId ('node'), progress} or the worker id alone. progress (default: standard error
+  // is a terminal) draws a progress bar there with the study's best (cli-progress), read from the
+  // server at most every BEST_EVERY_MS and once at the end.
+  async optimize(fn, nTrials, options = {}) {
+    const opts = typeof options === 'string' ? { workerId: options } : options;
+    const workerId = opts.workerId || 'node';
+    const progress = opts.progress ?? Boolean(process.stderr.isTTY);
+    const bar = progress ? this._progressBar(nTrials) : null;
+    try {
+      for (let i = 0; i < nTrials; i += 1) {
+        await this._optimizeOne(fn, workerId);
+        if (bar) {
+          bar.increment();
+          await bar.showBest();
         }
-      };
-      const timer = setInterval(() => this.heartbeat(trial).catch(() => {}), (1000 * leaseSeconds(trial)) / 3);
-      try {
-        metrics = await fn(trial.parameters, trial, report);
-      } catch (e) {
-        if (!(e instanceof TrialPruned)) {
-          await this.fail(trial, String(e && e.message ? e.message : e));
-          continue;
-        }
-      } finally {
-        clearInterval(timer);
       }
-      if (stop !== null || (metrics == null && last !== null)) {
-        const told = metrics || (last ? { [await this.objectiveName()]: last.value } : {});
-        await this.prune(trial, stop || 'stopped by the objective', told, last ? last.budget : 0);
-        continue;
-      }
-      try {
-        await this.tell(trial, metrics);
-      } catch (e) {
-        if (!(e instanceof BboError) || e.code !== grpc.status.INVALID_ARGUMENT) throw e;
-        await this.fail(trial, `metrics refused: ${e.message}`);
+    } finally {
+      if (bar) {
+        await bar.showBest(true);
+        bar.stop();
       }
     }
     return this.best();
   }
+
+  // A cli-progress bar on standard error whose note is the study's best (see bestNote).
+  _progressBar(total) {
+    const bar = new cliProgress.SingleBar(
+      {
+        format: `${this.name} |{bar}| {value}/{total} trials | {best}`,
+        stream: process.stderr,
+        noTTYOutput: !process.stderr.isTTY,
+        hideCursor: true,
+      },
+      cliProgress.Presets.shades_classic,
+    );
+    bar.start(total, 0, { best: 'no feasible trial yet' });
+    let shown = -Infinity;
+    bar.showBest = async (force = false) => {
+      if (!force && Date.now() - shown < BEST_EVERY_MS) return;
+      shown = Date.now();
+      try {
+        if (!this.spec) this.spec = (await this.client.call('GetStudy', { name: this.name })).spec;
+        bar.update({ best: bestNote(await this.bestResult(), this.spec.objectives) });
+      } catch (e) {
+        // the bar's note is a courtesy: the loop's own calls report errors
+      }
+    };
+    return bar;
+  }
+
+  // One trial of optimize: ask, evaluate, tell (or fail, or prune).
+  async _optimizeOne(fn, workerId) {
+    const [trial] = await this.ask(1, workerId);
+    let metrics;
+    let last = null;
+    let stop = null;
+    const report = async (step, value, budget = 0) => {
+      last = { step, value, budget };
+      const advice = await this.report(trial, step, value, budget);
+      if (advice.shouldStop) {
+        stop = advice.reason;
+        throw new TrialPruned(advice.reason, step, value);
+      }
+    };
+    const timer = setInterval(() => this.heartbeat(trial).catch(() => {}), (1000 * leaseSeconds(trial)) / 3);
+    try {
+      metrics = await fn(trial.parameters, trial, report);
+    } catch (e) {
+      if (!(e instanceof TrialPruned)) {
+        await this.fail(trial, String(e && e.message ? e.message : e));
+        return;
+      }
+    } finally {
+      clearInterval(timer);
+    }
+    if (stop !== null || (metrics == null && last !== null)) {
+      const told = metrics || (last ? { [await this.objectiveName()]: last.value } : {});
+      await this.prune(trial, stop || 'stopped by the objective', told, last ? last.budget : 0);
+      return;
+    }
+    try {
+      await this.tell(trial, metrics);
+    } catch (e) {
+      if (!(e instanceof BboError) || e.code !== grpc.status.INVALID_ARGUMENT) throw e;
+      await this.fail(trial, `metrics refused: ${e.message}`);
+    }
+  }
+}
+
+// The progress bar's note of a study's best (GetBest as bestResult returns it): the trial and its
+// objective's value (with the model's estimate where the model chose it), or the Pareto front's size.
+function bestNote(best, objectives) {
+  if (!best.trials.length) return 'no feasible trial yet';
+  if (objectives.length !== 1) return `Pareto front: ${best.trials.length} trials`;
+  const t = best.trials[0];
+  const name = objectives[0].name;
+  let note = `best ${name}=${sig6(t.metrics[name])} (trial ${t.id})`;
+  if (best.estimate) note += `, model estimate ${sig6(best.estimate.value)}`;
+  return note;
+}
+
+function sig6(x) {
+  return String(Number(Number(x).toPrecision(6)));
 }
 
 module.exports = { Client, Study, BboError, TrialPruned, toParameterValues, fromParameterValues, retryDelay };
