@@ -292,9 +292,14 @@ class Study {
     this.spec = null;  // the stored spec, read on first need
   }
 
-  async objectiveName() {
+  // The study's spec (GetStudy), read once.
+  async studySpec() {
     if (!this.spec) this.spec = (await this.client.call('GetStudy', { name: this.name })).spec;
-    return this.spec.objectives[0].name;
+    return this.spec;
+  }
+
+  async objectiveName() {
+    return (await this.studySpec()).objectives[0].name;
   }
 
   async ask(count = 1, workerId = '') {
@@ -409,13 +414,12 @@ class Study {
           await bar.showBest();
         }
       }
+      const best = await this.bestResult();
+      if (bar) await bar.showBest(best);
+      return best.trials;
     } finally {
-      if (bar) {
-        await bar.showBest(true);
-        bar.stop();
-      }
+      if (bar) bar.stop();
     }
-    return this.best();
   }
 
   // A cli-progress bar on standard error whose note is the study's best (see bestNote).
@@ -431,12 +435,13 @@ class Study {
     );
     bar.start(total, 0, { best: 'no feasible trial yet' });
     let shown = -Infinity;
-    bar.showBest = async (force = false) => {
-      if (!force && Date.now() - shown < BEST_EVERY_MS) return;
+    // best: GetBest's answer to show now; without it, read one unless the last is recent
+    bar.showBest = async (best = null) => {
+      if (!best && Date.now() - shown < BEST_EVERY_MS) return;
       shown = Date.now();
       try {
-        if (!this.spec) this.spec = (await this.client.call('GetStudy', { name: this.name })).spec;
-        bar.update({ best: bestNote(await this.bestResult(), this.spec.objectives) });
+        const { objectives } = await this.studySpec();
+        bar.update({ best: bestNote(best || (await this.bestResult()), objectives) });
       } catch (e) {
         // the bar's note is a courtesy: the loop's own calls report errors
       }
