@@ -3,9 +3,9 @@ again (origin ``replicate``), once per study.
 
 A GP fits a noisy objective and a rugged deterministic one alike (a fitted noise level the data
 support: :attr:`~bbo.strategy.noise.NoiseEstimate.fit_says_noisy`), yet they need different
-models: the smoother fit for noise (:meth:`bbo.surrogate.Surrogate.model`,
-``weigh_smooth=``) hurt deterministic Levy-10 threefold. The objective itself can answer: a second evaluation of the best
-observed point differs under noise and repeats exactly without it. The replicate then counts as
+models: the smoother fit for noise (:meth:`bbo.surrogate.Surrogate.model`, ``weigh_smooth=``)
+hurt deterministic Levy-10 threefold. The objective itself can answer: a second evaluation of the
+best observed point differs under noise and repeats exactly without it. The replicate then counts as
 the evidence (:attr:`~bbo.strategy.noise.NoiseEstimate.known`, or replicates that agree), and
 under noise it is the evaluation most worth repeating (the best observed value is the luckiest
 draw). Only for an objective whose noise is not declared (``Objective.noise`` "auto"), without
