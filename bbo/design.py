@@ -7,6 +7,7 @@ import functools
 import numpy as np
 from scipy.stats import qmc
 
+from bbo.errors import ConflictError
 from bbo.space import SearchSpace, Value
 
 Region = tuple[np.ndarray, np.ndarray]  # (low, high) of a sub-box of the encoding
@@ -60,7 +61,8 @@ def sobol_design(
 
     Rounding (ints, ordinals) happens before the feasibility check, so every returned point meets
     the constraints exactly. If constraints reject nearly everything, points come from hit-and-run
-    sampling of the constraint polytope instead.
+    sampling of the constraint polytope instead, and where that finds none, the point the space
+    knows to meet them (:attr:`SearchSpace.feasible_params`).
     """
     if n <= 0:
         return []
@@ -97,6 +99,7 @@ def sobol_design(
 def polytope_samples(space: SearchSpace, n: int, seed: int) -> list[dict[str, Value]]:
     """Uniform-ish feasible points by hit-and-run inside the constraint polytope (BoTorch)."""
     import torch
+    from botorch.exceptions.errors import InfeasibilityError
     from botorch.utils.sampling import get_polytope_samples
 
     ineq = [
@@ -107,13 +110,16 @@ def polytope_samples(space: SearchSpace, n: int, seed: int) -> list[dict[str, Va
     out: list[dict[str, Value]] = []
     attempt = 0
     while len(out) < n and attempt < 20:
-        xs = get_polytope_samples(
-            n=4 * n,
-            bounds=box,
-            inequality_constraints=ineq or None,
-            seed=seed + attempt,
-            n_thinning=16,
-        )
+        try:
+            xs = get_polytope_samples(
+                n=4 * n,
+                bounds=box,
+                inequality_constraints=ineq or None,
+                seed=seed + attempt,
+                n_thinning=16,
+            )
+        except InfeasibilityError:  # no interior to walk in (met only within the tolerance)
+            break
         for row in xs.numpy():
             p = space.decode(row)
             if space.is_feasible(p):
@@ -122,7 +128,12 @@ def polytope_samples(space: SearchSpace, n: int, seed: int) -> list[dict[str, Va
                     break
         attempt += 1
     if len(out) < n:
-        raise RuntimeError(
-            "could not sample feasible points: the constraints leave (almost) no integer-feasible point"
-        )
+        # (almost) no room: the one point the constraints are known to admit, repeated
+        known = space.feasible_params
+        if known is None:
+            raise ConflictError(
+                "could not find a point meeting the parameter constraints with whole-number ints "
+                "and ordinals at their values: create a study with looser constraints"
+            )
+        out.extend(dict(known) for _ in range(n - len(out)))
     return out

@@ -158,6 +158,7 @@ class StudyRegistry:
             spec = StudySpec.from_dict(spec)
         else:
             self.config.limits.check_spec(spec.to_dict())
+        spec.space.check_reachable()
         self._check_llm_model(spec)
         spec_dict = spec.to_dict()
         seed = spec.algorithm.seed

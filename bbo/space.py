@@ -574,6 +574,91 @@ class SearchSpace:
     def is_feasible(self, params: Mapping[str, Value]) -> bool:
         return all(c.satisfied(params) for c in self.constraints)
 
+    def check_reachable(self, path: str = "parameter_constraints") -> None:
+        """Refuse parameter constraints that no point the study can hand out meets: the box check
+        of construction relaxes ints and ordinals to ranges, so constraints that fit only between
+        two whole numbers or two ordinal values pass it, and every ask of such a study would fail.
+        Checked where a study is created (a stored study is read as it was accepted)."""
+        if self.constraints and self._grid_solution[0] is False:
+            raise SpecError(
+                path,
+                "the parameter constraints admit no point with whole-number int parameters and "
+                "ordinal parameters at one of their values: loosen a bound",
+            )
+
+    @property
+    def feasible_params(self) -> dict[str, Value] | None:
+        """A point meeting every parameter constraint, ints whole and ordinals at their values
+        (the last resort of the design's sampling), or None where none was found."""
+        found = self._grid_solution[1]
+        return dict(found) if found is not None else None
+
+    @functools.cached_property
+    def _grid_solution(self) -> tuple[bool | None, dict[str, Value] | None]:
+        """``(True, point)`` for a point of the constraints that the space can hand out, found by a
+        mixed-integer LP over the encoding (an int in a constraint by its whole steps from low, a
+        constrained ordinal by one binary per value); ``(False, None)`` where the LP proves there
+        is none; ``(None, None)`` where it could not tell (time limit, numerics)."""
+        from scipy.optimize import Bounds, milp
+        from scipy.optimize import LinearConstraint as Rows
+
+        constrained = {n for c in self.constraints for n in c.coefficients}
+        box = self.bounds()
+        lo, hi = [float(v) for v in box[0]], [float(v) for v in box[1]]
+        integral = [0] * self.dim
+        scale = [1.0] * self.dim  # encoded value per unit of the column
+        onehot: dict[int, tuple[int, np.ndarray]] = {}  # column -> (first binary, ordinal grid)
+        for i, p in enumerate(self.free):
+            if p.name not in constrained:
+                continue
+            if isinstance(p, IntParam):
+                steps = int(p.high) - int(p.low)
+                if steps <= EXACT_INT:  # wider: whole steps are not exact as doubles
+                    hi[i], integral[i], scale[i] = float(steps), 1, 1.0 / steps
+            elif isinstance(p, OrdinalParam):
+                g = p.grid()
+                onehot[i] = (len(lo), g)
+                lo += [0.0] * len(g)
+                hi += [1.0] * len(g)
+                integral += [1] * len(g)
+        n = len(lo)
+        rows, low_rhs, high_rhs = [], [], []
+        for idx, coef, rhs in self.inequality_constraints():  # sum(coef * u) >= rhs
+            row = np.zeros(n)
+            for j, a in zip(idx, coef):
+                if j in onehot:
+                    start, g = onehot[j]
+                    row[start : start + len(g)] += a * g
+                else:
+                    row[j] += a * scale[j]
+            rows.append(row)
+            low_rhs.append(rhs)
+            high_rhs.append(np.inf)
+        for start, g in onehot.values():  # one value per ordinal
+            row = np.zeros(n)
+            row[start : start + len(g)] = 1.0
+            rows.append(row)
+            low_rhs.append(1.0)
+            high_rhs.append(1.0)
+        res = milp(
+            np.zeros(n),
+            constraints=Rows(np.array(rows), low_rhs, high_rhs),
+            integrality=np.array(integral),
+            bounds=Bounds(lo, hi),
+            options={"time_limit": 10.0},
+        )
+        if res.status == 2:
+            return False, None
+        if res.status != 0 or res.x is None:
+            return None, None
+        u = [
+            round(res.x[i]) * scale[i] if integral[i] else float(res.x[i]) for i in range(self.dim)
+        ]
+        for i, (start, g) in onehot.items():
+            u[i] = float(g[int(np.argmax(res.x[start : start + len(g)]))])
+        params = self.decode(u)
+        return (True, params) if self.is_feasible(params) else (None, None)
+
     def _feasible_point(self) -> np.ndarray | None:
         """A point of the relaxed box that meets every constraint (LP), or None."""
         from scipy.optimize import linprog

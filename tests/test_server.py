@@ -294,6 +294,50 @@ def test_malformed_spec_is_invalid_argument_naming_the_field(client, study_name,
         client.get_study(study_name)
 
 
+@pytest.mark.parametrize(
+    "params, cons",
+    [
+        # 0.5 <= n <= 0.5: the box has room, no whole number fits
+        ([bc.Int("n", 0, 1), bc.Float("x", 0, 1)], [({"n": 2}, 1), ({"n": -2}, -1)]),
+        (
+            [bc.Int("n", 0, 100), bc.Int("m", 0, 100)],
+            [({"n": 2, "m": 2}, 101), ({"n": -2, "m": -2}, -101)],
+        ),
+        # 4 <= b <= 5 between the ordinal's values 1 and 10
+        ([bc.Ordinal("b", [1, 10]), bc.Float("x", 0, 1)], [({"b": 1}, 5), ({"b": -1}, -4)]),
+    ],
+)
+def test_constraints_without_a_grid_point_are_refused(client, study_name, params, cons):
+    """Constraints met only between whole numbers / ordinal values were accepted, and every Ask of
+    the study then failed INTERNAL (the design found no point to hand out)."""
+    with pytest.raises(bc.InvalidArgument) as e:
+        client.create_study(
+            study_name,
+            parameters=params,
+            objectives="y",
+            parameter_constraints=[bc.LinearConstraint(c, b) for c, b in cons],
+        )
+    assert e.value.field == "spec.parameter_constraints"
+    with pytest.raises(bc.NotFound):
+        client.get_study(study_name)
+    # a thin polytope that does hold a grid point is accepted and asks hand it out
+    study = client.create_study(
+        study_name,
+        parameters=[bc.Int("n", 0, 10), bc.Float("x", 0, 1)],
+        objectives="y",
+        parameter_constraints=[
+            bc.LinearConstraint({"n": 1}, 5.5),
+            bc.LinearConstraint({"n": -1}, -4.2),
+        ],
+        n_initial=2,
+    )
+    for _ in range(3):
+        (t,) = study.ask()
+        assert t.params["n"] == 5
+        study.tell(t, {"y": t.params["x"]})
+    assert study.best().trial is not None
+
+
 def test_spec_without_objective_and_bad_name(client, study_name):
     with pytest.raises(bc.InvalidArgument) as e:
         client.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives=[])

@@ -310,3 +310,26 @@ def test_spec_json_round_trip():
     )
     assert StudySpec.from_dict(spec.to_dict()) == spec
     assert spec.modeled_metrics == ["loss", "acc", "seconds"]
+
+
+def test_constraints_met_only_within_the_tolerance_still_give_points():
+    """x + z <= -1e-13 on [0, 1]^2 is met (within the tolerance) only at the corner: the polytope
+    sampler finds no interior and raised, failing every Ask; the known point is handed out. A
+    stored study whose constraints admit no grid point at all is a clear error, not a crash."""
+    from bbo.design import polytope_samples
+    from bbo.errors import ConflictError
+
+    thin = SearchSpace(
+        (FloatParam("x", 0, 1), FloatParam("z", 0, 1)),
+        (LinearConstraint({"x": 1.0, "z": 1.0}, -1e-13),),
+    )
+    thin.check_reachable()
+    assert sobol_design(thin, 3, seed=1) == [{"x": 0.0, "z": 0.0}] * 3
+    none = SearchSpace(
+        (IntParam("n", 0, 1), FloatParam("x", 0, 1)),
+        (LinearConstraint({"n": 2.0}, 1.0), LinearConstraint({"n": -2.0}, -1.0)),
+    )  # a stored study's space is read as it was accepted
+    with pytest.raises(SpecError, match="whole-number"):
+        none.check_reachable()
+    with pytest.raises(ConflictError, match="looser constraints"):
+        polytope_samples(none, 2, seed=1)
