@@ -338,6 +338,48 @@ def test_constraints_without_a_grid_point_are_refused(client, study_name, params
     assert study.best().trial is not None
 
 
+def _spec_with_enum(where: str, value: int) -> pb.StudySpec:
+    spec = pb.StudySpec(
+        parameters=[pb.ParameterSpec(name="x", float=pb.FloatParameter(low=1, high=2))],
+        objectives=[pb.Objective(name="y")],
+        outcome_constraints=[pb.OutcomeConstraint(metric="c", bound=1.0)],
+    )
+    if where == "goal":
+        spec.objectives[0].goal = value
+    elif where == "op":
+        spec.outcome_constraints[0].op = value
+    elif where == "scale":
+        spec.parameters[0].float.scale = value
+    else:
+        spec.pruning.policy = value
+    return spec
+
+
+@pytest.mark.parametrize(
+    "where, field",
+    [
+        ("goal", "spec.objectives[0].goal"),
+        ("op", "spec.outcome_constraints[0].op"),
+        ("scale", "spec.parameters[0].float.scale"),
+        ("policy", "spec.pruning.policy"),
+    ],
+)
+def test_unknown_enum_values_in_a_spec_are_refused(bbo_server, client, study_name, where, field):
+    """proto3 enums are open: a goal of 7 was stored as minimize, an op of 9 as '<=', a scale of 5
+    as linear (a client built from a newer proto silently got another study than it asked for)."""
+    ch, s = raw_stub(bbo_server.address)
+    with ch:
+        with pytest.raises(grpc.RpcError) as e:
+            s.CreateStudy(
+                svc.CreateStudyRequest(name=study_name, spec=_spec_with_enum(where, 7)), timeout=30
+            )
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert e.value.details().startswith(field) and "unknown value 7" in e.value.details()
+        with pytest.raises(bc.NotFound):
+            client.get_study(study_name)
+        s.CreateStudy(svc.CreateStudyRequest(name=study_name, spec=_spec_with_enum(where, 1)))
+
+
 def test_spec_without_objective_and_bad_name(client, study_name):
     with pytest.raises(bc.InvalidArgument) as e:
         client.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives=[])

@@ -113,8 +113,18 @@ def metrics_to_pb(metrics: Mapping[str, Metric], out) -> None:
 # ---- spec ---------------------------------------------------------------------------------------
 
 
-def _log(scale: int) -> bool:
-    return scale == pb.SCALE_LOG
+def _log(scale: int, field: str) -> bool:
+    return _enum(scale, _SCALE_FROM_PB, field) == "log"
+
+
+def _enum(value: int, table: Mapping[int, str], field: str) -> str:
+    """A proto enum's value in the core's words. proto3 enums are open (a client built from a newer
+    proto, or a raw integer, sends values this server does not know): those are refused, not read
+    as the default."""
+    if value not in table:
+        known = ", ".join(f"{k} ({v})" for k, v in table.items())
+        raise SpecError(field, f"unknown value {value}: use one of {known}")
+    return table[value]
 
 
 def spec_from_pb(s: pb.StudySpec, field: str = "spec") -> StudySpec:
@@ -153,6 +163,9 @@ _NOISE_FROM_PB = {
     pb.OBSERVATION_NOISE_DETERMINISTIC: NOISE_DETERMINISTIC,
 }
 _NOISE_TO_PB = {v: k for k, v in _NOISE_FROM_PB.items()}
+_GOAL_FROM_PB = {pb.GOAL_MINIMIZE: MINIMIZE, pb.GOAL_MAXIMIZE: MAXIMIZE}
+_SCALE_FROM_PB = {pb.SCALE_LINEAR: "linear", pb.SCALE_LOG: "log"}
+_OP_FROM_PB = {pb.CONSTRAINT_OP_LESS_EQUAL: "<=", pb.CONSTRAINT_OP_GREATER_EQUAL: ">="}
 
 
 def _budgets_from_pb(s: pb.StudySpec) -> dict[str, Any]:
@@ -164,10 +177,8 @@ def _budgets_from_pb(s: pb.StudySpec) -> dict[str, Any]:
         out["fidelity"] = {"name": f.name, "min": f.min, "max": f.max, "integer": f.integer}
     if s.HasField("pruning"):
         p = s.pruning
-        if p.policy not in POLICY_FROM_PB:
-            raise SpecError("pruning.policy", f"unknown pruning policy {p.policy}")
         out["pruning"] = {
-            "policy": POLICY_FROM_PB[p.policy],
+            "policy": _enum(p.policy, POLICY_FROM_PB, "pruning.policy"),
             "eta": p.eta or Pruning.eta,
             "promote": p.promote,
         }
@@ -208,18 +219,18 @@ def spec_dict_from_pb(s: pb.StudySpec) -> dict[str, Any]:
         "objectives": [
             {
                 "name": o.name,
-                "goal": MAXIMIZE if o.goal == pb.GOAL_MAXIMIZE else MINIMIZE,
-                "noise": _NOISE_FROM_PB.get(o.noise, str(o.noise)),  # unknown: the spec's error
+                "goal": _enum(o.goal, _GOAL_FROM_PB, f"objectives[{i}].goal"),
+                "noise": _enum(o.noise, _NOISE_FROM_PB, f"objectives[{i}].noise"),
             }
-            for o in s.objectives
+            for i, o in enumerate(s.objectives)
         ],
         "outcome_constraints": [
             {
                 "metric": c.metric,
-                "op": ">=" if c.op == pb.CONSTRAINT_OP_GREATER_EQUAL else "<=",
+                "op": _enum(c.op, _OP_FROM_PB, f"outcome_constraints[{i}].op"),
                 "bound": c.bound,
             }
-            for c in s.outcome_constraints
+            for i, c in enumerate(s.outcome_constraints)
         ],
         "tracked_metrics": list(s.tracked_metrics),
         "algorithm": algorithm,
@@ -256,7 +267,7 @@ def _param_dict_from_pb(p: pb.ParameterSpec, i: int) -> dict[str, Any]:
     for f in msg.DESCRIPTOR.fields:
         v = getattr(msg, f.name)
         if f.name == "scale":
-            d["log"] = _log(v)
+            d["log"] = _log(v, f"parameters[{i}].{kind}.scale")
         elif f.message_type is not None and f.message_type.name == "ParameterValue":
             d[f.name] = value_from_pb(v, f"parameters[{i}].{kind}.{f.name}")
         else:
