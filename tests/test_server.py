@@ -451,6 +451,38 @@ def test_tell_unknown_trial_not_found_and_finished_trial_conflict(client, study_
     assert snapshot(s) == before
 
 
+@pytest.mark.parametrize(
+    "rpc, request_of, field",
+    [
+        (
+            "ListTrials",
+            lambda n: svc.ListTrialsRequest(study=n, page_token="9" * 5000),
+            "page_token",
+        ),
+        (
+            "ListTrials",
+            lambda n: svc.ListTrialsRequest(study=n, page_token="é" * 3000),
+            "page_token",
+        ),
+        ("ListLlmCalls", lambda n: svc.ListLlmCallsRequest(study=n, purpose="ü" * 5000), "purpose"),
+    ],
+)
+def test_an_error_quoting_a_long_value_still_arrives(
+    bbo_server, client, study_name, make_study, rpc, request_of, field
+):
+    """The message quoted the whole value: its trailers passed the client's 8 KiB limit, and the
+    caller got a transport RESOURCE_EXHAUSTED ("received metadata size exceeds soft limit") instead
+    of INVALID_ARGUMENT naming the field."""
+    make_study(client, study_name)
+    ch, s = raw_stub(bbo_server.address)
+    with ch:
+        with pytest.raises(grpc.RpcError) as e:
+            getattr(s, rpc)(request_of(study_name), timeout=30)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+    assert e.value.details().startswith(field) and e.value.details().endswith("...")
+    assert len(e.value.details().encode()) <= 1000
+
+
 def test_idempotent_tell(client, study_name, make_study):
     s = make_study(client, study_name)
     (t,) = s.ask()

@@ -38,6 +38,22 @@ _CODES = [
 ]
 
 
+# A status travels in the trailers: its message (percent-encoded, up to 3 bytes a byte) and again in
+# grpc-status-details-bin (base64) with the field violation. Clients refuse trailers past 8 KiB
+# (gRPC's default soft limit), answering their own RESOURCE_EXHAUSTED instead of the status: a
+# message that quotes a request's long value (a forged page token, an unknown purpose) is cut.
+MAX_MESSAGE_BYTES = 1000
+MAX_FIELD_BYTES = 200
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (on a character boundary), marked with ..."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return data.decode("utf-8")
+    return data[: limit - 3].decode("utf-8", "ignore") + "..."
+
+
 def status_for(exc: BaseException, field_prefix: str = ""):
     """The grpc.Status to abort with for a core error (INTERNAL for anything unexpected)."""
     code = code_pb2.INTERNAL
@@ -46,14 +62,17 @@ def status_for(exc: BaseException, field_prefix: str = ""):
             code = c
             break
     message = str(exc) if code != code_pb2.INTERNAL else f"internal error: {type(exc).__name__}"
-    st = status_pb2.Status(code=code, message=message)
+    st = status_pb2.Status(code=code, message=_clip(message, MAX_MESSAGE_BYTES))
     field = exc.field if isinstance(exc, (SpecError, LimitError)) else None
     if isinstance(exc, (SpecError, LimitError)) and isinstance(field, str):
         if field_prefix and not field.startswith(field_prefix.rstrip(".")):
             field = f"{field_prefix}{field}"
         br = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=field, description=exc.message)
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=_clip(field, MAX_FIELD_BYTES),
+                    description=_clip(exc.message, MAX_MESSAGE_BYTES),
+                )
             ]
         )
         d = any_pb2.Any()
