@@ -246,13 +246,14 @@ class StudySpec:
                         f"{path}.probabilities",
                         f"need probabilities over choices {list(param.choices)}",
                     )
+                total = sum(probs.values())  # normalized by it: 1e308 + 1e308 would be NaNs
                 if (
                     any(not math.isfinite(v) or v < 0 for v in probs.values())
-                    or sum(probs.values()) <= 0
+                    or not 0 < total < math.inf
                 ):
                     raise SpecError(
                         f"{path}.probabilities",
-                        "probabilities must be non-negative with a positive sum",
+                        "probabilities must be non-negative with a positive, finite sum",
                     )
             else:
                 if (

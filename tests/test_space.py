@@ -242,6 +242,15 @@ def test_sobol_design_skip_without_constraints_continues_the_same_sequence():
             "priors[0].parameter",
             "unknown",
         ),
+        (  # each finite, the sum not: normalizing made every probability NaN
+            lambda: StudySpec(
+                SearchSpace((CategoricalParam("k", ("a", "b")),)),
+                (Objective("y"),),
+                priors=(ParameterPrior("k", probabilities={"a": 1e308, "b": 1e308}),),
+            ),
+            "priors[0].probabilities",
+            "finite sum",
+        ),
         (
             lambda: StudySpec(
                 SearchSpace((FloatParam("x", 0, 1),)),
