@@ -26,6 +26,9 @@ Value = float | int | str
 
 INT64 = 2**63  # int parameters and integer values live in [-2**63, 2**63) (protobuf int64)
 EXACT_INT = 2**53  # whole numbers up to this are exact as doubles: ordinals of them are integers
+# CreateStudy's check that whole-number ints and ordinal values can meet the parameter constraints
+# stops after this long (undecided: the study is accepted, as before the check)
+MILP_SECONDS = 2.0
 
 
 def _check_width(width: float, path: str, name: str) -> None:
@@ -645,7 +648,7 @@ class SearchSpace:
             constraints=Rows(np.array(rows), low_rhs, high_rhs),
             integrality=np.array(integral),
             bounds=Bounds(lo, hi),
-            options={"time_limit": 10.0},
+            options={"time_limit": MILP_SECONDS},
         )
         if res.status == 2:
             return False, None
