@@ -71,11 +71,18 @@ class Layout:
     signs: tuple[float, ...]
     constraints: tuple[tuple[int, str, float], ...]  # (output, op, bound)
     m: int
+    # per objective, ``algorithm.reference_point`` in the objective's (unsigned) units, or None
+    reference: tuple[float | None, ...] = ()
+
+    def __post_init__(self):
+        if len(self.reference) != len(self.obj_idx):
+            object.__setattr__(self, "reference", (None,) * len(self.obj_idx))
 
     @classmethod
     def of(cls, spec: StudySpec) -> Layout:
         names = spec.modeled_metrics
         col = {n: i for i, n in enumerate(names)}
+        given = spec.algorithm.reference_point or {}
         return cls(
             obj_idx=tuple(col[o.name] for o in spec.objectives),
             signs=tuple(o.sign for o in spec.objectives),
@@ -83,6 +90,9 @@ class Layout:
                 (col[c.metric], c.op, float(c.bound)) for c in spec.outcome_constraints
             ),
             m=len(names),
+            reference=tuple(
+                float(given[o.name]) if o.name in given else None for o in spec.objectives
+            ),
         )
 
     @property
@@ -140,18 +150,18 @@ def budget(n_model: int, dim: int, marginal: bool = False) -> tuple[int, int, in
     return restarts, raw, maxiter
 
 
-def reference_point(layout: Layout, Y: np.ndarray, spec: StudySpec) -> list[float]:
-    """Reference point in maximization form (signed objectives)."""
+def reference_point(layout: Layout, Y: np.ndarray) -> list[float]:
+    """Reference point in maximization form (signed objectives): ``layout.reference`` where
+    given (in ``Y``'s units: the model layout maps it as the data), else inferred from ``Y``."""
     obj = layout.signed_objectives(Y)
     feas = layout.feasible(Y)
     pool = obj[feas] if feas.any() else obj
     t = torch.as_tensor(pool, dtype=torch.float64)
     pareto = t[is_non_dominated(t)]
     ref = infer_reference_point(pareto, scale=0.1).tolist()
-    given = spec.algorithm.reference_point or {}
-    for k, o in enumerate(spec.objectives):
-        if o.name in given:
-            ref[k] = o.sign * float(given[o.name])
+    for k, (sign, r) in enumerate(zip(layout.signs, layout.reference)):
+        if r is not None:
+            ref[k] = sign * r
     return ref
 
 
@@ -216,7 +226,7 @@ def make_acquisition(
                     acqf, prior, log=True, prior_exponent=prior_exponent
                 )
             return acqf
-        ref = reference_point(layout, Y_baseline, spec)
+        ref = reference_point(layout, Y_baseline)
         acqf = qLogNoisyExpectedHypervolumeImprovement(
             model,
             ref_point=ref,

@@ -20,6 +20,16 @@ the data, the same family of heuristics as Ax's ``Winsorize`` and ``BilogY`` tra
 A column that is both an objective and constrained, or constrained twice, is left as it is.
 Standard errors follow the map (delta method). Multi-objective studies warp constraint metrics only:
 their reference point lives in the objectives' own units.
+
+Before both, every column passes a **safety map** (:class:`SafeMap`) that keeps any finite value a
+user can send from breaking the model's arithmetic (a diverged solver's 1e300 once overflowed the
+spreads, and every later ask fell back to random points): values more than :data:`SAFE_IQRS`
+interquartile ranges from the median are log-compressed, and a column whose magnitudes would
+still exceed :data:`MAX_MODEL` is scaled down by a power of two. The map is strictly increasing
+and, for ordinary data, the identity (nothing changes); the column's constraint bounds and
+reference point go through the same map (:meth:`OutcomeWarp.layout_for`), so feasibility and
+dominance keep their meaning, and one within :data:`ANCHOR_IQRS` of the median keeps its value.
+Statistics are taken on the column scaled by a power of two (exact), so no spread overflows.
 """
 
 from __future__ import annotations
@@ -34,11 +44,141 @@ from scipy import optimize, stats
 from bbo.acquisition import Layout
 
 MIN_POINTS = 5  # fewer observations than this: quartiles say nothing, no clipping
+# safety map (:class:`SafeMap`): values this many interquartile ranges from the median are kept as
+# they are, farther ones log-compressed (Gaussian data reach ~5, a lognormal's 1-in-1000 tail ~130)
+SAFE_IQRS = 100.0
+# a constraint bound or reference point this many IQRs from the median keeps its value (the
+# identity region widens to it); farther ones are compressed with the data beyond the window
+ANCHOR_IQRS = 1e6
+# largest magnitude of a modeled value: above it the column is scaled down by a power of two (the
+# GP's standardization squares deviations, a hypervolume multiplies one box edge per objective)
+MAX_MODEL = 1e30
+_LOG2 = float(np.log(2.0))
+# standard errors in model units are capped at this many times the column's range
+VAR_CAP = 1e8
+
+
+@dataclass(frozen=True)
+class SafeMap:
+    """A strictly increasing map of one column (data units to model units) that is the identity
+    on ``[lo, hi]`` (in the frame ``v * 2**-e``), log-compressed beyond (slope 1 at the edges,
+    ``hi + s * log1p((u - hi) / s)``), then scaled by ``2**shift``. Overflow-safe for every
+    finite input: no finite value maps to more than a few thousand ``s`` past the window."""
+
+    e: int
+    lo: float
+    hi: float
+    s: float
+    shift: int = 0
+
+    @classmethod
+    def of(cls, v: np.ndarray, anchors: tuple[float, ...] = ()) -> SafeMap | None:
+        """The map for observed values ``v``, or None where it is the identity: every value within
+        :data:`SAFE_IQRS` of the median, every anchor (constraint bound, reference point) within
+        :data:`ANCHOR_IQRS`, every magnitude under :data:`MAX_MODEL`."""
+        v = np.asarray(v, dtype=float)
+        if len(v) == 0:
+            return None
+        # statistics first in the frame of the largest value (no overflow, maybe subnormal), then
+        # again in the frame of the median and scale they give (full precision there; the far
+        # values may overflow to +-inf in it, which the quartiles never reach)
+        e = int(np.frexp(np.max(np.abs(v)))[1])
+        c, s = _center_scale(np.ldexp(v, -e))
+        e += int(np.frexp(max(abs(c), s))[1])
+        with np.errstate(over="ignore"):
+            u = np.ldexp(v, -e)
+        c, s = _center_scale(u)
+        lo, hi = c - SAFE_IQRS * s, c + SAFE_IQRS * s
+        a = np.asarray(anchors, dtype=float)
+        with np.errstate(over="ignore", invalid="ignore"):
+            au = np.ldexp(a, -e)
+            near = au[np.abs(au - c) <= ANCHOR_IQRS * s]
+        if len(near):
+            lo, hi = min(lo, float(near.min())), max(hi, float(near.max()))
+        m = cls(e, lo, hi, s)
+        top = float(np.max(np.abs(np.concatenate([m._soft(v), m._soft(a)]))))
+        inside = lo <= u.min() and u.max() <= hi
+        if len(near) == len(a) and inside and np.ldexp(top, e) <= MAX_MODEL:
+            return None
+        over = int(np.frexp(top)[1]) + e - int(np.log2(MAX_MODEL))
+        return replace(m, shift=-over) if over > 0 else m
+
+    def _excess(self, x: np.ndarray, u: np.ndarray, edge: float, side: float) -> np.ndarray:
+        """``log1p(side * (u - edge) / s)`` for values past ``edge``, in logs where it overflows."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            d = side * (u - edge) / self.s
+            out = np.log1p(np.where(np.isfinite(d) & (d < 1e300), d, 0.0))
+            far = ~(np.isfinite(d) & (d < 1e300))
+            out[far] = np.log(np.abs(x[far])) - self.e * _LOG2 - np.log(self.s)
+        return out
+
+    def _soft(self, x: np.ndarray) -> np.ndarray:
+        """``x`` compressed beyond the window, in the frame ``2**-e`` (before the shift)."""
+        x = np.asarray(x, dtype=float)
+        with np.errstate(over="ignore"):
+            u = np.ldexp(x, -self.e)
+        out = u.copy()
+        up, down = u > self.hi, u < self.lo
+        out[up] = self.hi + self.s * self._excess(x[up], u[up], self.hi, 1.0)
+        out[down] = self.lo - self.s * self._excess(x[down], u[down], self.lo, -1.0)
+        return out
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """``x`` (data units) in model units."""
+        x = np.asarray(x, dtype=float)
+        out = np.ldexp(self._soft(x), self.e + self.shift)
+        if self.shift == 0:  # the window itself, exactly as given
+            with np.errstate(over="ignore"):
+                u = np.ldexp(x, -self.e)
+            inside = (u >= self.lo) & (u <= self.hi)
+            out[inside] = x[inside]
+        return out
+
+    def slope(self, x: np.ndarray) -> np.ndarray:
+        """The map's derivative at ``x`` (for standard errors: the delta method)."""
+        x = np.asarray(x, dtype=float)
+        with np.errstate(over="ignore"):
+            u = np.ldexp(x, -self.e)
+            d = np.maximum(u - self.hi, self.lo - u) / self.s
+        return np.ldexp(np.where(d > 0, 1.0 / (1.0 + np.maximum(d, 0.0)), 1.0), self.shift)
+
+    def inverse(self, t: np.ndarray) -> np.ndarray:
+        """Model units back to data units (beyond the largest double: +-inf)."""
+        t = np.asarray(t, dtype=float)
+        o = np.ldexp(t, -(self.e + self.shift))
+        out = np.ldexp(o, self.e) if self.shift else t.copy()
+        for side, edge in ((1.0, self.hi), (-1.0, self.lo)):
+            past = side * (o - edge) > 0
+            r = side * (o[past] - edge) / self.s  # log1p of the excess in units of s
+            with np.errstate(over="ignore"):
+                near = np.ldexp(edge + side * self.s * np.expm1(np.minimum(r, 700.0)), self.e)
+                far = side * np.exp(r + np.log(self.s) + self.e * _LOG2)  # the edge negligible
+            out[past] = np.where(r < 700.0, near, far)
+        return out
+
+
+def _center_scale(u: np.ndarray) -> tuple[float, float]:
+    """Median and interquartile range of ``u``; with half the values tied, the median distance of
+    the others (``lower``: one of them), else ``|median|`` or 1."""
+    q1, c, q3 = (float(q) for q in np.percentile(u, [25, 50, 75]))
+    s = q3 - q1
+    if not (np.isfinite(s) and s > 0):
+        with np.errstate(invalid="ignore"):
+            dev = np.abs(u - c)
+        dev = dev[(dev > 0) & np.isfinite(dev)]
+        s = float(np.percentile(dev, 50, method="lower")) if len(dev) else (abs(c) or 1.0)
+    return c, s
+
+
+def _map(m: SafeMap | None, x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=float) if m is None else m(x)
 
 
 @dataclass(frozen=True)
 class OutcomeWarp:
-    """Warps outcome columns for the model; :attr:`model_layout` is the layout in warped units."""
+    """Warps outcome columns for the model. :attr:`model_layout` is the layout in warped units as
+    far as it is fixed (warped constraints' bounds at 0); :meth:`layout_for` completes it for
+    one data set (the other bounds and the reference points through the safety maps)."""
 
     model_layout: Layout
     objective_cols: tuple[tuple[int, float], ...]  # (column, sign) winsorized on the bad side
@@ -57,6 +197,41 @@ class OutcomeWarp:
         model_cons = tuple((j, op, 0.0 if j in warped else b) for j, op, b in layout.constraints)
         return cls(replace(layout, constraints=model_cons), obj, cons)
 
+    def _anchors(self, j: int) -> tuple[float, ...]:
+        """Values of column ``j`` that must keep their place among its data: its constraint
+        bounds and its reference point."""
+        lay = self.model_layout
+        out = [b for k, _, b in self.constraint_cols if k == j]
+        out += [b for k, _, b in lay.constraints if k == j and k not in self._warped]
+        out += [r for k, r in zip(lay.obj_idx, lay.reference) if k == j and r is not None]
+        return tuple(out)
+
+    @functools.cached_property
+    def _warped(self) -> frozenset[int]:
+        return frozenset(j for j, _, _ in self.constraint_cols)
+
+    def maps(self, Y: np.ndarray) -> tuple[SafeMap | None, ...]:
+        """Each column's safety map for the observed outcomes ``Y`` (None: the identity)."""
+        Y = np.asarray(Y, dtype=float).reshape(-1, self.model_layout.m)
+        return tuple(SafeMap.of(Y[:, j], self._anchors(j)) for j in range(Y.shape[1]))
+
+    def layout_for(self, Y: np.ndarray, maps: tuple[SafeMap | None, ...] | None = None) -> Layout:
+        """The model layout for the observed outcomes ``Y``: the bounds of constraints left
+        unwarped and the reference points mapped as the columns are."""
+        lay = self.model_layout
+        maps = self.maps(Y) if maps is None else maps
+        if not any(maps):
+            return lay
+        cons = tuple(
+            (j, op, b if j in self._warped else float(_map(maps[j], np.array([b]))[0]))
+            for j, op, b in lay.constraints
+        )
+        ref = tuple(
+            r if r is None else float(_map(maps[j], np.array([r]))[0])
+            for j, r in zip(lay.obj_idx, lay.reference)
+        )
+        return replace(lay, constraints=cons, reference=ref)
+
     def objective_units(self, Y: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Values of the (single) objective in the model's warped units mapped back to the
         objective's own, the inverse of :meth:`apply` for the observed outcomes ``Y`` (the warp
@@ -65,33 +240,53 @@ class OutcomeWarp:
         if not self.objective_cols:
             return values
         j, sign = self.objective_cols[0]
-        fit = _yeo_johnson_fit(_clip_bad_side(sign * np.asarray(Y, dtype=float)[:, j]))
-        if fit is None:
-            return values
-        mean, std, lam = fit
-        return sign * (mean - std * _yeo_johnson_inverse(-sign * values, lam))
+        col = np.asarray(Y, dtype=float)[:, j]
+        m = SafeMap.of(col, self._anchors(j))
+        fit = _yeo_johnson_fit(_clip_bad_side(sign * _map(m, col)))
+        if fit is not None:
+            mean, std, lam = fit
+            values = sign * (mean - std * _yeo_johnson_inverse(-sign * values, lam))
+        return values if m is None else m.inverse(values)
 
     def apply(
         self, Y: np.ndarray, Yvar: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """``(warped Y, warped Yvar)``; rows keep their order and feasibility."""
+        return self.warp(Y, Yvar)[:2]
+
+    def warp(
+        self, Y: np.ndarray, Yvar: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None, Layout]:
+        """``(warped Y, warped Yvar, model layout for them)`` (:meth:`apply`, :meth:`layout_for`)."""
         Y = np.array(Y, dtype=float, copy=True)
         Yvar = None if Yvar is None else np.array(Yvar, dtype=float, copy=True)
         if len(Y) == 0:
-            return Y, Yvar
+            return Y, Yvar, self.model_layout
+        maps = self.maps(Y)
+        layout = self.layout_for(Y, maps)
+        raw = Y.copy()
+        for j, m in enumerate(maps):
+            if m is not None:
+                Y[:, j] = m(raw[:, j])
+                if Yvar is not None:
+                    Yvar[:, j] = Yvar[:, j] * m.slope(raw[:, j]) ** 2
         for j, sign in self.objective_cols:
             v, slope = _yeo_johnson_bad_side(_clip_bad_side(sign * Y[:, j]))
             Y[:, j] = sign * v
             if Yvar is not None:
                 Yvar[:, j] = Yvar[:, j] * slope**2
         for j, op, b in self.constraint_cols:
+            b = float(_map(maps[j], np.array([b]))[0])
             s = Y[:, j] - b if op == "<=" else b - Y[:, j]  # slack: > 0 infeasible
             s = -_clip_bad_side(-s, anchor=0.0)
             w = np.sign(s) * np.log1p(np.abs(s))
             if Yvar is not None:
                 Yvar[:, j] = Yvar[:, j] / (1.0 + np.abs(s)) ** 2
             Y[:, j] = w if op == "<=" else -w
-        return Y, Yvar
+        if Yvar is not None:  # a huge reported error: the observation says nothing, finitely
+            scale = np.maximum(np.maximum(np.ptp(Y, axis=0), np.max(np.abs(Y), axis=0)), 1.0)
+            Yvar = np.minimum(Yvar, (VAR_CAP * scale) ** 2)
+        return Y, Yvar, layout
 
 
 def _yeo_johnson_bad_side(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

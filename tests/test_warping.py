@@ -87,14 +87,84 @@ def test_constraint_is_bilogged_around_its_bound_with_delta_method_variances():
 
 
 def test_shared_columns_and_multi_objective_objectives_are_left_alone():
+    """Heavy tails within the safety map's window (SAFE_IQRS) stay as they are."""
     lay = layout(MINIMIZE, [OutcomeConstraint("f", "<=", 3.0)])  # the objective is also constrained
-    Y = np.array([[1.0], [2.0], [3.0], [4.0], [5.0], [1000.0]])
+    Y = np.array([[1.0], [2.0], [3.0], [4.0], [5.0], [200.0]])
     w = OutcomeWarp.of(lay)
     np.testing.assert_array_equal(w.apply(Y)[0], Y)
-    assert w.model_layout == lay
+    assert w.model_layout == lay == w.layout_for(Y)
     mo = layout(objectives=[Objective("a", MINIMIZE), Objective("b", MAXIMIZE)])
-    Y2 = np.column_stack([np.r_[np.arange(8.0), 1e5], np.arange(9.0)])
+    Y2 = np.column_stack([np.r_[np.arange(8.0), 300.0], np.arange(9.0)])
     np.testing.assert_array_equal(OutcomeWarp.of(mo).apply(Y2)[0], Y2)
+
+
+huge = st.floats(-1.7e308, 1.7e308, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    v=st.lists(st.one_of(st.floats(-10, 10), huge), min_size=1, max_size=30),
+    anchors=st.lists(huge, max_size=3),
+)
+def test_safety_map_is_finite_bounded_and_strictly_increasing(v, anchors):
+    """Any finite values and anchors map to finite values under MAX_MODEL, in the same strict
+    order, the variances' slope finite and positive; the inverse takes them back."""
+    from bbo.warping import MAX_MODEL, SafeMap
+
+    v = np.asarray(v)
+    m = SafeMap.of(v, tuple(anchors))
+    if m is None:
+        assert np.max(np.abs(v)) <= MAX_MODEL
+        return
+    x = np.r_[v, anchors]
+    out = m(x)
+    assert np.isfinite(out).all() and np.max(np.abs(out)) <= MAX_MODEL
+    o = np.argsort(x, kind="stable")
+    assert np.all(np.diff(out[o]) >= 0)  # never reorders; distinct where doubles can tell
+    xs, gap = x[o], np.diff(x[o])
+    apart = (gap > 1e-6 * np.maximum(np.abs(xs[1:]), np.abs(xs[:-1]))) & (
+        gap > 1e-9 * np.max(np.abs(v))
+    )
+    assert np.all(np.diff(out[o])[apart] > 0)
+    slope = m.slope(x)
+    assert np.isfinite(slope).all() and (slope >= 0).all()
+    np.testing.assert_allclose(m.inverse(m(v)), v, rtol=1e-6, atol=1e-12 * np.max(np.abs(v)))
+
+
+def test_safety_map_keeps_ordinary_data_and_compresses_the_absurd():
+    """The identity where nothing is far; a 1e300 (or a bound of 1e308) lands a few hundred
+    interquartile ranges out, leaving the ordinary values untouched; a tie-heavy column too."""
+    from bbo.warping import SafeMap
+
+    f = np.array([10.0, 10.5, 11.0, 11.5, 12.0, 12.5])
+    assert SafeMap.of(f) is None and SafeMap.of(f, (3.0, 1e6)) is None  # 1e6: 4e5 IQRs, kept
+    for v, a in ((np.r_[f, 1e300], ()), (f, (1e308,)), (np.r_[np.ones(7), 2.0, -1e300], ())):
+        m = SafeMap.of(v, a)
+        out = m(np.r_[v, a])
+        ordinary = np.abs(v) < 100
+        np.testing.assert_array_equal(out[: len(v)][ordinary], v[ordinary])
+        spread = max(np.ptp(v[ordinary]), 1.0)
+        assert np.all(np.abs(out - np.median(v)) < 1000 * spread)
+
+
+def test_huge_values_warp_to_a_model_the_gp_can_fit():
+    """Single objective with values at +-1e300 and a huge standard error, constraint bounds of
+    1e308: warped values, variances and the model layout's bounds are finite, order and
+    feasibility kept."""
+    lay = layout(
+        MINIMIZE, [OutcomeConstraint("c", ">=", -1e308), OutcomeConstraint("f", "<=", 1e308)]
+    )
+    f = np.r_[np.linspace(0.0, 1.0, 8), 1e300, -1e300, 1.7e308]
+    c = np.r_[np.linspace(-1.0, 1.0, 8), -1.7e308, 1e300, 0.0]
+    Y = np.column_stack([f, c])
+    w = OutcomeWarp.of(lay)
+    Ym, Ymvar, model_lay = w.warp(Y, np.full_like(Y, 1e300))
+    assert np.isfinite(Ym).all() and np.isfinite(Ymvar).all() and np.isfinite(Ym.std(axis=0)).all()
+    assert all(np.isfinite(b) and abs(b) < 1e30 for _, _, b in model_lay.constraints)
+    np.testing.assert_array_equal(lay.feasible(Y), model_lay.feasible(Ym))
+    for j in range(2):
+        o = np.argsort(Y[:, j], kind="stable")
+        assert np.all(np.diff(Ym[o, j]) >= 0)
 
 
 def test_yeo_johnson_lambda_is_scipys():

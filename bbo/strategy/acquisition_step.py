@@ -17,6 +17,7 @@ import torch
 from botorch.acquisition import AcquisitionFunction
 
 from bbo.acquisition import (
+    Layout,
     baseline_rows,
     budget,
     cheap_initial_conditions,
@@ -66,6 +67,7 @@ class Acquisition:
     cheap_init: bool  # optimizer starts from a cheap analytic score (large continuous models)
     marginal: bool  # acqf runs on the cached marginals (one point at a time)
     incumbent: np.ndarray | None  # the best observed feasible point (encoded), if any
+    layout: Layout  # the outcome layout in the model's units (:attr:`TrainingData.layout`)
 
 
 class AcquisitionStep:
@@ -103,7 +105,8 @@ class AcquisitionStep:
         and for points chosen with pending ones. ``predictive``: the GP's
         :class:`~bbo.predictive.CachedPredictive`, where it has one. Raises where BoTorch cannot
         build them (the caller falls back)."""
-        ctx, data, layout, space = self.ctx, ask.data, self.ctx.model_layout, self.ctx.spec.space
+        ctx, data, space = self.ctx, ask.data, self.ctx.spec.space
+        layout = data.layout
         base = rows[baseline_rows(data.score[rows], layout.multi)]
 
         @functools.cache
@@ -152,6 +155,7 @@ class AcquisitionStep:
             cheap_init,
             marginal,
             _incumbent(data, rows, layout),
+            layout,
         )
 
     def step(
@@ -176,7 +180,7 @@ class AcquisitionStep:
         ic, tolerances = None, None
         if acq.cheap_init:
             ic = cheap_initial_conditions(
-                model, ctx.model_layout, space, ctx.placement, Ym, 4 * raw, restarts, seed
+                model, acq.layout, space, ctx.placement, Ym, 4 * raw, restarts, seed
             )
         elif acqf is acq.acqf and acq.marginal:
             ic = start_points(acq.incumbent, space, ctx.placement, seed)

@@ -16,8 +16,9 @@ from bbo.warping import OutcomeWarp
 
 @dataclass(frozen=True)
 class Context:
-    """A study's spec and everything derived from it once: outcome layout (raw and warped units),
-    device placement, the seed and the encoded-point cache."""
+    """A study's spec and everything derived from it once: outcome layout (raw units; the
+    model's, which depends on the data, is :attr:`TrainingData.layout`), the warp, device
+    placement, the seed and the encoded-point cache."""
 
     spec: StudySpec
     seed: int
@@ -43,11 +44,6 @@ class Context:
             points=points,
             data=ModelData(spec.modeled_metrics, layout, warp, points, spec.objectives[0].noise),
         )
-
-    @property
-    def model_layout(self) -> Layout:
-        """The layout with constraint bounds in warped units: for everything model-facing."""
-        return self.warp.model_layout
 
     def call_seed(self, trials: list[Trial]) -> int:
         """The seed of one call: the study's seed moved on by the number of trials."""

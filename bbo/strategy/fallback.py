@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from bbo.acquisition import model_score
+from bbo.acquisition import Layout, model_score
 from bbo.design import sobol_design
 from bbo.space import SearchSpace
 from bbo.strategy.base import Suggestion
@@ -77,17 +77,23 @@ class Fallback:
         return space_filling(c.spec.space, c.seed, trials, n, reason, taken, c.points)
 
     def model_guided(
-        self, model, trials: Sequence[Trial], n: int, taken: np.ndarray, reason: str
+        self,
+        model,
+        layout: Layout,
+        trials: Sequence[Trial],
+        n: int,
+        taken: np.ndarray,
+        reason: str,
     ) -> list[Suggestion]:
-        """Best of random feasible candidates under a cheap model score; space-filling points if
-        that fails too."""
+        """Best of random feasible candidates under a cheap model score (``layout``: the model's,
+        :attr:`TrainingData.layout`); space-filling points if that fails too."""
         c = self.ctx
         space, points = c.spec.space, c.points
         try:
             cands = sobol_design(space, MODEL_GUIDED_CANDIDATES, c.seed + 31 + len(taken))
             cands = [p for p in cands if not points.too_close(space.encode(p), taken)]
             X = c.placement.tensor(np.vstack([space.encode(p) for p in cands]))
-            s = torch.nan_to_num(model_score(model, c.model_layout, X), nan=-float("inf"))
+            s = torch.nan_to_num(model_score(model, layout, X), nan=-float("inf"))
             out = []
             n_cands = MODEL_GUIDED_CANDIDATES
             note = f"{reason}; used the best of {n_cands} random points under the model"

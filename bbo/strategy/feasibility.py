@@ -50,7 +50,7 @@ class Feasibility:
                 space = ctx.spec.space
                 u = qmc.Sobol(space.dim, scramble=True, seed=ctx.seed).random(SAMPLES)
                 X = ctx.placement.tensor(np.vstack([_to_box(space, u), data.X]))
-                p_max = float(log_prob_feasible(model, ctx.model_layout, X).exp().max())
+                p_max = float(log_prob_feasible(model, data.layout, X).exp().max())
         except Exception as e:  # noqa: BLE001
             return StudyStatus(
                 StudyState.ACTIVE, f"feasibility check failed: {type(e).__name__}: {e}"

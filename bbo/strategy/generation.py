@@ -218,7 +218,7 @@ class GenerationStrategy:
             return self.fallback.space_filling(trials, n, taken, why)
         self.last.refit, self.last.n_model = info.refit, info.n_model
         self.last.fit_seconds = info.fit_seconds
-        noise = data.noise.with_model(model, ctx.model_layout)
+        noise = data.noise.with_model(model, data.layout)
         try:
             self.recommender.remember(data, model, rows, info.predictive)
         except Exception:  # noqa: BLE001 - the recommendation is recomputed when read
@@ -236,7 +236,7 @@ class GenerationStrategy:
         except Exception as e:  # noqa: BLE001
             log.info("acquisition construction failed: %s", e)
             why = f"acquisition failed: {type(e).__name__}: {e}"
-            return self.fallback.model_guided(model, trials, n, taken, why)
+            return self.fallback.model_guided(model, data.layout, trials, n, taken, why)
         if transfer_note:
             acq.note = f"{acq.note}; {transfer_note}" if acq.note else transfer_note
             if (
@@ -264,7 +264,7 @@ class GenerationStrategy:
                 except Exception as e:  # noqa: BLE001
                     log.info("acquisition optimization failed: %s", e)
                     why = f"acquisition optimization failed: {type(e).__name__}: {e}"
-                    sug = self.fallback.model_guided(model, trials, 1, taken, why)[0]
+                    sug = self.fallback.model_guided(model, data.layout, trials, 1, taken, why)[0]
             out.append(sug)
             xe = space.encode(sug.params)
             taken = np.vstack([taken, xe[None]])

@@ -28,6 +28,9 @@ MIN_SEPARATION = 1e-8
 # least PLATEAU_MIN of them (see TrainingData.plateau)
 PLATEAU_SHARE = 0.25
 PLATEAU_MIN = 3
+# reported standard errors above this are taken as this (squared, a larger one overflows; it says
+# the observation tells nothing either way)
+MAX_SEM = 1e150
 
 
 class Points:
@@ -83,9 +86,10 @@ class TrainingData:
     Yvar: np.ndarray | None
     score: np.ndarray  # quality per row, higher is better, feasible rows above infeasible ones
     feasible: np.ndarray
-    Ym: np.ndarray  # Y warped for the model (:mod:`bbo.warping`), in ``model_layout`` units
+    Ym: np.ndarray  # Y warped for the model (:mod:`bbo.warping`), in ``layout``'s units
     Ymvar: np.ndarray | None
     noise: NoiseEstimate  # the data's evidence of noise (the fit adds its own: with_model)
+    layout: Layout  # the outcome layout in the model's units (bounds, reference points warped)
 
     @cached_property
     def distinct_rows(self) -> np.ndarray:
@@ -179,25 +183,31 @@ class ModelData:
         Ya = np.asarray(Y, dtype=float).reshape(-1, len(names))
         Yvar = None
         if used and all(s is not None and np.isfinite(s) for row in S for s in row):
-            Yvar = np.asarray(S, dtype=float) ** 2
+            Yvar = np.minimum(np.abs(np.asarray(S, dtype=float)), MAX_SEM) ** 2
         feas = self.layout.feasible(Ya)
-        Ym, Ymvar = self.warp.apply(Ya, Yvar)
+        Ym, Ymvar, model_layout = self.warp.warp(Ya, Yvar)
         noise = NoiseEstimate.of(Xa, Ya, Yvar, self.layout, self.noise)
-        return TrainingData(used, Xa, Ya, Yvar, self.score(Ya, feas), feas, Ym, Ymvar, noise)
+        score = self.score(Ya, feas)
+        return TrainingData(used, Xa, Ya, Yvar, score, feas, Ym, Ymvar, noise, model_layout)
 
     def score(self, Y: np.ndarray, feas: np.ndarray) -> np.ndarray:
-        """Quality per row, higher is better, every feasible row above every infeasible one."""
+        """Quality per row, higher is better, every feasible row above every infeasible one.
+        Computed on values scaled down by a power of two (exact), so that no difference or sum
+        of finite values overflows."""
         if len(Y) == 0:
             return np.zeros(0)
-        obj = self.layout.signed_objectives(Y)
+        lay = self.layout
+        k = 2.0 ** -(2 + int(np.ceil(np.log2(max(1, len(lay.constraints))))))
+        obj = lay.signed_objectives(Y)
         if obj.shape[1] == 1:
-            s = obj[:, 0]
+            s = obj[:, 0] * k
         else:  # mean percentile rank over objectives
             ranks = np.argsort(np.argsort(obj, axis=0), axis=0)
-            s = np.mean(ranks / max(1, len(Y) - 1), axis=1)
-        s = (s - s.min()) / max(np.ptp(s), 1e-12)
-        violation = np.clip(self.layout.slack(Y), 0, None).sum(axis=1)
-        return np.where(feas, s + 2.0, -violation / max(violation.max(), 1e-12))
+            s = np.mean(ranks / max(1, len(Y) - 1), axis=1) * k
+        s = (s - s.min()) / max(np.ptp(s), 1e-12 * k)
+        slack = [(Y[:, j] * k - b * k) * (1 if op == "<=" else -1) for j, op, b in lay.constraints]
+        violation = np.clip(np.stack(slack, axis=1), 0, None).sum(axis=1) if slack else 0 * s
+        return np.where(feas, s + 2.0, -violation / max(violation.max(), 1e-12 * k))
 
 
 def fingerprint(trials: Sequence[Trial]) -> tuple:

@@ -128,7 +128,7 @@ class Recommender:
         """The recommendation, None, or where the fitted noise still needs its evidence (not
         judged under the surrogate's current hyperparameters yet) an :class:`_Unjudged` one;
         posterior marginals from ``predictive`` where given (the same as ``model``'s)."""
-        layout = self.ctx.model_layout
+        layout = data.layout
         noise = data.noise.with_model(model, layout)
         if not noise.noisy:
             return None
@@ -223,7 +223,7 @@ class Recommender:
         if known is not None:
             return known
         state = self.surrogate.export_state()
-        layout = self.ctx.model_layout
+        layout = data.layout
         X, Y = data.X[rows], data.Ym[rows]
         objective = self.surrogate.noise_evidence(X, Y, model, layout.obj_idx[0])
         constraint = None
