@@ -139,6 +139,30 @@ def test_request_log_replays(store):
     assert store.lookup_request(uid, "ask", "r2") is None
 
 
+def test_request_ids_with_nul_are_stored_as_every_text_column_stores_them(store):
+    """PostgreSQL cannot store NUL, so text columns keep U+FFFD in its place on both backends: a
+    request id with NUL and the same id with U+FFFD are one request on both (and a SQLite
+    database holding both could not be copied to PostgreSQL)."""
+    uid = store.create_study("t", "s", SPEC, 1).uid
+    first, _ = store.insert_trials(
+        uid, [NewTrial({"x": 0.1}, "bo")], request=RequestKey("add", "r\x00", "h1")
+    )
+    again, prev = store.insert_trials(
+        uid, [NewTrial({"x": 0.9}, "bo")], request=RequestKey("add", "r\ufffd", "h2")
+    )
+    assert prev is not None and prev.request_hash == "h1"
+    assert [t.id for t in again] == [first[0].id] and len(store.list_trials(uid)) == 1
+    assert store.lookup_request(uid, "add", "r\ufffd") == store.lookup_request(uid, "add", "r\x00")
+    tell = RequestKey("tell", "t\x00", "h3")
+    _, changed, _ = store.modify_trial(uid, first[0].id, complete(1.0), request=tell)
+    assert changed
+    _, changed, prev = store.modify_trial(
+        uid, first[0].id, complete(2.0), request=RequestKey("tell", "t\ufffd", "h3")
+    )
+    assert not changed and prev is not None and prev.request_hash == "h3"
+    assert store.lookup_request(uid, "tell", "t\ufffd") is not None
+
+
 def test_modify_trial_and_events(store):
     uid = store.create_study("t", "s", SPEC, 1).uid
     (t,), _ = store.insert_trials(uid, [NewTrial({"x": 0.1}, "bo")])

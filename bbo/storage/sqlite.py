@@ -44,7 +44,9 @@ def _locked(exc: BaseException) -> bool:
 
 
 def _nonul(v):
-    """As the schema's text types store it: NUL becomes U+FFFD (PostgreSQL refuses NUL)."""
+    """As the schema's text types store it: NUL becomes U+FFFD (PostgreSQL refuses NUL). Every
+    text value the raw fast paths below bind, written or compared, goes through it, so a SQLite
+    database holds and matches exactly what PostgreSQL would."""
     return v.replace("\x00", "\ufffd") if isinstance(v, str) and "\x00" in v else v
 
 
@@ -183,13 +185,13 @@ class SqliteStorage(SqlStorage):
                 numbers = json.dumps({"trials": [r["number"] for r in rows]})
                 raw.execute(
                     _INSERT_REQUEST,
-                    (sid, req.kind, req.request_id, req.request_hash, numbers, time.time()),
+                    (sid, req.kind, _nonul(req.request_id), req.request_hash, numbers, time.time()),
                 )
         except sqlite3.IntegrityError as e:  # what callers catch from the SQLAlchemy path
             raise sa.exc.IntegrityError("insert_trials", None, e) from e
 
     def _lookup(self, conn, sid, kind, request_id):
-        row = self._raw(conn).execute(_LOOKUP_REQUEST, (sid, kind, request_id)).fetchone()
+        row = self._raw(conn).execute(_LOOKUP_REQUEST, (sid, kind, _nonul(request_id))).fetchone()
         return StoredRequest(row[0], json.loads(row[1])) if row else None
 
     @db_call
@@ -266,7 +268,9 @@ def _modify_trial_raw(raw, uid, number, change, request, event_detail):
         raise StudyNotFound("the study no longer exists (it was deleted)")
     sid = sid[0]
     if request is not None:
-        prev = raw.execute(_LOOKUP_REQUEST, (sid, request.kind, request.request_id)).fetchone()
+        prev = raw.execute(
+            _LOOKUP_REQUEST, (sid, request.kind, _nonul(request.request_id))
+        ).fetchone()
         if prev is not None:
             row = raw.execute(_SELECT_TRIAL, (sid, number)).fetchone()
             return (
@@ -306,7 +310,14 @@ def _modify_trial_raw(raw, uid, number, change, request, event_detail):
         body = json.dumps({"trials": [number], "state": new.state.value})
         raw.execute(
             _INSERT_REQUEST,
-            (sid, request.kind, request.request_id, request.request_hash, body, time.time()),
+            (
+                sid,
+                request.kind,
+                _nonul(request.request_id),
+                request.request_hash,
+                body,
+                time.time(),
+            ),
         )
     return new, True, None
 
