@@ -32,7 +32,7 @@ from bbo.transfer import Judge, resolve_sources, source_refs
 log = logging.getLogger("bbo.registry")
 
 DEFAULT_TENANT = "default"
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")  # fullmatch: "$" would let "x\n" in
 
 
 class AlreadyExistsError(ConflictError):
@@ -65,7 +65,7 @@ def default_strategy_factory(spec: StudySpec):
 
 
 def check_name(name: Any) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise SpecError(
             "name", f"study name {str(name)[:140]!r} must be 1-128 letters, digits, '_', '-', '.'"
         )

@@ -389,6 +389,27 @@ def test_spec_without_objective_and_bad_name(client, study_name):
     assert e.value.field == "name"
 
 
+def test_names_ending_in_a_newline_are_refused(client, study_name):
+    """'$' also matches before a final newline: 'x' and 'x\\n' were two studies (two tenants, two
+    transfer sources) that print alike."""
+    from bbo.storage.keys import check_tenant
+
+    with pytest.raises(bc.InvalidArgument) as e:
+        client.create_study(study_name + "\n", parameters=[bc.Float("x", 0, 1)], objectives="y")
+    assert e.value.field == "name"
+    with pytest.raises(bc.InvalidArgument) as e:
+        client.create_study(
+            study_name,
+            parameters=[bc.Float("x", 0, 1)],
+            objectives="y",
+            transfer=bc.Transfer(sources=[study_name + "-src\n"]),
+        )
+    assert e.value.field == "spec.transfer.sources[0]"
+    assert [s.name for s in client.list_studies(page_size=1000) if study_name in s.name] == []
+    with pytest.raises(ValueError, match="tenant"):
+        check_tenant("acme\n")
+
+
 def test_same_name_different_spec_already_exists(client, study_name, make_study):
     make_study(client, study_name)
     with pytest.raises(bc.AlreadyExists):

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from bbo.storage.base import ApiKeyRecord, Storage
 
 KEY_PREFIX = "bbo_"
-_TENANT_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
-_KEY_RE = re.compile(r"^bbo_([0-9a-f]{12})_([A-Za-z0-9_\-]{43})$")
+# matched whole (fullmatch): "$" also matches before a final newline
+_TENANT_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+_KEY_RE = re.compile(r"bbo_([0-9a-f]{12})_([A-Za-z0-9_\-]{43})")
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ def hash_key(key: str) -> str:
 
 
 def check_tenant(tenant: str) -> str:
-    if not isinstance(tenant, str) or not _TENANT_RE.match(tenant):
+    if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant):
         raise ValueError(f"tenant {tenant!r} must be 1-128 letters, digits, '_', '-', '.'")
     return tenant
 
@@ -78,7 +79,7 @@ class KeyStore:
 
     def revoke(self, key_id: str) -> bool:
         """Revoke a key by its id (or by the whole secret key); False if no active key matched."""
-        if _KEY_RE.match(key_id or ""):
+        if _KEY_RE.fullmatch(key_id or ""):
             return self._db.revoke_api_key(key_hash=hash_key(key_id))
         return self._db.revoke_api_key(key_id=key_id)
 
@@ -86,7 +87,7 @@ class KeyStore:
         """The tenant of an active key, else None (malformed, unknown or revoked)."""
         if not isinstance(key, str):
             return None
-        m = _KEY_RE.match(key)
+        m = _KEY_RE.fullmatch(key)
         if not m:
             return None
         rec = self._db.find_api_key(m.group(1))
