@@ -41,6 +41,11 @@ class StudyNotFound(NotFoundError):
     """The study a call names (by uid) no longer exists: it was deleted, perhaps re-created since."""
 
 
+class DatabaseUrlError(BboError, ValueError):
+    """A database URL bbo cannot use: it does not parse, names an unsupported backend or carries a
+    bad setting (``?synchronous=``, a PostgreSQL timeout...)."""
+
+
 class StorageUnavailable(BboError):
     """The database is unreachable, restarting or stayed locked: nothing was changed, or the change
     may or may not have been stored where the message says so; the service answers UNAVAILABLE and

@@ -124,3 +124,29 @@ def test_reads_database_directly(tmp_path):
 def test_unknown_study_is_a_clean_error(bbo_server):
     r = bbo("trials", "nope", "--address", bbo_server.address, check=False)
     assert r.returncode == 1 and "NotFound" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_database_that_cannot_be_opened_is_a_clean_error(tmp_path):
+    """A --db / copy URL that does not parse, names no supported backend, no reachable server or a
+    file that is not a database: a message and a non-zero exit code, never a traceback; and the
+    commands that only read never create or migrate a database."""
+    junk = tmp_path / "junk.db"
+    junk.write_text("not a database")
+    missing = tmp_path / "missing.db"
+    cases = [
+        ("studies", "--db", "not a url"),
+        ("studies", "--db", "mysql://u@h/db"),
+        ("studies", "--db", "sqlite:///" + str(junk)),
+        ("trials", "s", "--db", "postgresql+psycopg://bbo@127.0.0.1:1/bbo?connect_timeout=2"),
+        ("studies", "--db", "sqlite:///" + str(junk) + "?synchronous=sometimes"),
+        ("keys", "list", "--db", "sqlite:///" + str(missing)),
+        ("keys", "revoke", "abc", "--db", "sqlite:///" + str(missing)),
+        ("copy", "sqlite:///" + str(junk), "sqlite:///" + str(tmp_path / "out.db")),
+        ("copy", "not a url", "sqlite:///" + str(tmp_path / "out.db")),
+    ]
+    for args in cases:
+        r = bbo(*args, check=False)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, (args, r.stderr)
+        assert r.stderr.startswith(f"bbo {args[0]}"), (args, r.stderr)
+    assert not missing.exists()
+    assert junk.read_text() == "not a database"

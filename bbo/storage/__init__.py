@@ -45,7 +45,14 @@ def open_storage(
     one transaction and one fsync."""
     import sqlalchemy as sa
 
-    u = sa.engine.make_url(url or default_url())
+    from bbo.errors import DatabaseUrlError
+
+    try:
+        u = sa.engine.make_url(url or default_url())
+    except sa.exc.ArgumentError:
+        raise DatabaseUrlError(
+            "not a database URL: use sqlite:///PATH or postgresql+psycopg://user@host/db"
+        ) from None
     backend = u.get_backend_name()
     if backend == "sqlite":
         from bbo.storage.sqlite import SqliteStorage
@@ -55,7 +62,7 @@ def open_storage(
         from bbo.storage.postgres import PostgresStorage
 
         return PostgresStorage(u, pool_size=pool_size, migrate=migrate)
-    raise ValueError(
+    raise DatabaseUrlError(
         f"unsupported database {backend!r}: use sqlite:///PATH or postgresql+psycopg://..."
     )
 

@@ -46,7 +46,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bbo.errors import StorageUnavailable
+from bbo.errors import DatabaseUrlError, StorageUnavailable
 from bbo.storage import schema as S
 from bbo.storage.sql import SqlStorage
 
@@ -78,7 +78,7 @@ def _duration_ms(v: Any) -> int:
         return int(v)
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|min|h)?\s*", str(v))
     if not m:
-        raise ValueError(f"bad duration {v!r}: use e.g. 500ms, 30s, 2min")
+        raise DatabaseUrlError(f"bad duration {v!r}: use e.g. 500ms, 30s, 2min")
     x = float(m.group(1))
     return int(x * {"ms": 1, None: 1000, "s": 1000, "min": 60_000, "h": 3_600_000}[m.group(2)])
 
@@ -95,7 +95,10 @@ def settings(url: sa.engine.URL) -> tuple[sa.engine.URL, dict[str, Any]]:
     for k in ("statement_timeout", "lock_timeout", "lock_wait_timeout", "idle_tx_timeout"):
         out[k] = _duration_ms(out[k])
     for k in ("pool_size", "max_overflow"):
-        out[k] = int(out[k]) if out[k] not in (None, "") else None
+        try:
+            out[k] = int(out[k]) if out[k] not in (None, "") else None
+        except ValueError:
+            raise DatabaseUrlError(f"{k}={out[k]!r}: a whole number") from None
     return url.set(query=q), out
 
 

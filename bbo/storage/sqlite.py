@@ -28,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from bbo.errors import NotFoundError, StorageUnavailable, StudyNotFound
+from bbo.errors import DatabaseUrlError, NotFoundError, StorageUnavailable, StudyNotFound
 from bbo.storage.base import RequestKey, StoredRequest, TrialChange
 from bbo.storage.sql import SqlStorage, db_call, metrics_from_json, metrics_to_json
 from bbo.trial import Trial, TrialState
@@ -65,12 +65,12 @@ class SqliteStorage(SqlStorage):
         q = dict(url.query)
         sync = str(q.pop("synchronous", os.environ.get("BBO_SQLITE_SYNCHRONOUS", "FULL"))).upper()
         if sync not in SYNCHRONOUS:
-            raise ValueError(f"synchronous={sync!r}: use one of {SYNCHRONOUS}")
+            raise DatabaseUrlError(f"synchronous={sync!r}: use one of {SYNCHRONOUS}")
         self.synchronous = sync
         try:
             self.busy_timeout_ms = int(str(q.pop("busy_timeout", 30000)))
         except ValueError:
-            raise ValueError("busy_timeout: milliseconds, e.g. busy_timeout=30000") from None
+            raise DatabaseUrlError("busy_timeout: milliseconds, e.g. busy_timeout=30000") from None
         url = url.set(query=q)
         kwargs: dict[str, Any] = {
             "connect_args": {"check_same_thread": False, "timeout": self.busy_timeout_ms / 1000},

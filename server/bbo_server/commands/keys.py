@@ -54,11 +54,26 @@ def register(sub) -> None:
     r.set_defaults(func=revoke)
 
 
-def _store(args):
+def _store(args, *, create: bool = False):
+    """The key store of --db; only ``create`` makes (or migrates) the database: listing and
+    revoking keys of a database that is not there, or not a bbo one, changes nothing."""
+    from bbo.errors import NotFoundError
     from bbo.storage import default_url, open_storage
     from bbo.storage.keys import KeyStore
 
-    return KeyStore(open_storage(args.db or default_url(), pool_size=2))
+    url = args.db or default_url()
+    if create:
+        return KeyStore(open_storage(url, pool_size=2))
+    try:
+        storage = open_storage(url, pool_size=2, migrate=False)
+    except NotFoundError:
+        storage = None
+    if storage is None or storage.schema_revision() is None:
+        if storage is not None:
+            storage.close()
+        shown = storage.describe()["db"] if storage is not None else url  # no password
+        raise SystemExit(f"bbo keys: no bbo database at {shown} (`bbo keys create` makes one)")
+    return KeyStore(storage)
 
 
 def create(args) -> int:
@@ -69,7 +84,7 @@ def create(args) -> int:
     except ValueError as e:
         print(f"bbo keys create: {e}", file=sys.stderr)
         return 2
-    store = _store(args)
+    store = _store(args, create=True)
     try:
         key, rec = store.create(args.tenant, args.label)
     finally:
