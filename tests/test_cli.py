@@ -150,3 +150,45 @@ def test_a_database_that_cannot_be_opened_is_a_clean_error(tmp_path):
         assert r.stderr.startswith(f"bbo {args[0]}"), (args, r.stderr)
     assert not missing.exists()
     assert junk.read_text() == "not a database"
+
+
+def test_odd_text_from_workers_prints_escaped_one_row_per_trial(tmp_path):
+    """Reasons, categories and metric names come from workers: control characters (a newline, a
+    terminal escape sequence, a bidi override) are printed escaped, so a row stays one line and
+    nothing is sent to the terminal but text; a stdout that cannot encode a character is no
+    traceback either."""
+    import os
+
+    from bbo.registry import StudyRegistry
+    from bbo.storage import open_storage
+    from bbo.trial import TrialState
+
+    url = "sqlite:///" + str(tmp_path / "odd.db")
+    st = open_storage(url)
+    odd = ["nl\nx", "\x1b[2J\x1b[31mred", "\u202eevil", "\U0001f600"]
+    s, _ = StudyRegistry(st).create_study(
+        "odd",
+        {
+            "parameters": [
+                {"type": "float", "name": "x", "low": 0.0, "high": 1.0},
+                {"type": "categorical", "name": "k", "choices": odd},
+            ],
+            "objectives": [{"name": "y"}],
+        },
+    )
+    for i, k in enumerate(odd):
+        s.add_trial({"x": i / 10, "k": k}, {"y": float(i), "m\x1b\u202e": 1.0})
+    s.add_trial({"x": 0.9, "k": odd[0]}, {}, state=TrialState.FAILED, reason="boom\n\x1b[31m\x07")
+    st.close()
+    for cmd in (["trials", "odd"], ["best", "odd"]):
+        out = bbo(*cmd, "--db", url).stdout
+        assert not any(c in out for c in "\x1b\x07\u202e") and "\\x1b" in out, out
+    assert "\U0001f600" in bbo("trials", "odd", "--db", url).stdout  # printable: as it is
+    assert len(bbo("trials", "odd", "--db", url).stdout.splitlines()) == 1 + len(odd) + 1
+    r = subprocess.run(
+        [sys.executable, "-m", "bbo_server", "trials", "odd", "--db", url],
+        capture_output=True,
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
+        timeout=120,
+    )
+    assert r.returncode == 0 and b"Traceback" not in r.stderr and b"\\U0001f600" in r.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import unicodedata
 
 from bbo_server.cli import add_connection_args, connect
 
@@ -40,6 +41,18 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def text(s: str) -> str:
+    """``s`` safe to print on a terminal: control and format characters (a newline, an escape
+    sequence, a bidi override), which workers may put in a reason, a category or a metric name,
+    are shown escaped (``\\x1b``), so a row stays one line and only text reaches the terminal."""
+    if s.isprintable():
+        return s
+    return "".join(
+        c.encode("unicode_escape").decode("ascii") if unicodedata.category(c)[0] == "C" else c
+        for c in s
+    )
+
+
 def trial_dict(t) -> dict:
     return {
         "id": t.id,
@@ -54,6 +67,8 @@ def trial_dict(t) -> dict:
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
+    rows = [[text(c) for c in r] for r in rows]
+    header = [text(h) for h in header]
     widths = [
         max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
     ]
@@ -162,7 +177,7 @@ def trials(args) -> int:
         for t in ts
     ]
     for line in transfer_lines(h.info(cached=True)):
-        print(line)
+        print(text(line))
     print(
         table(rows, ["ID", "STATE", "ORIGIN", *pnames, *mnames, "REASON"]) if rows else "no trials"
     )
@@ -188,15 +203,15 @@ def best(args) -> int:
     if not b.trials:
         print(
             "no feasible completed trial yet"
-            + (f" ({b.state}: {b.state_reason})" if b.state_reason else "")
+            + (f" ({b.state}: {text(b.state_reason)})" if b.state_reason else "")
         )
         return 0
     for t in b.trials:
         print(f"trial {t.id} ({t.origin})")
-        print("  params:  " + ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()))
-        print("  metrics: " + ", ".join(f"{k}={_fmt(v)}" for k, v in t.metrics.items()))
+        print(text("  params:  " + ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())))
+        print(text("  metrics: " + ", ".join(f"{k}={_fmt(v)}" for k, v in t.metrics.items())))
     if b.selection:
-        print(f"  chosen:  {b.selection}")
+        print(f"  chosen:  {text(b.selection)}")
     if b.estimate is not None:
         e = b.estimate
         print(
