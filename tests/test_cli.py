@@ -192,3 +192,30 @@ def test_odd_text_from_workers_prints_escaped_one_row_per_trial(tmp_path):
         timeout=120,
     )
     assert r.returncode == 0 and b"Traceback" not in r.stderr and b"\\U0001f600" in r.stdout
+
+
+def test_output_cut_short_by_a_closed_pipe_is_no_traceback(tmp_path):
+    """`bbo trials S --json | head -1`: the reader goes away before the output ends."""
+    from bbo.registry import StudyRegistry
+    from bbo.storage import open_storage
+
+    url = "sqlite:///" + str(tmp_path / "many.db")
+    st = open_storage(url + "?synchronous=off")
+    s, _ = StudyRegistry(st).create_study(
+        "many",
+        {
+            "parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}],
+            "objectives": [{"name": "y"}],
+        },
+    )
+    for i in range(600):  # more than a pipe's buffer (64 KiB) of JSON lines
+        s.add_trial({"x": i / 600}, {"y": float(i)}, reason="r" * 100)
+    st.close()
+    r = subprocess.run(
+        f"{sys.executable} -m bbo_server trials many --db {url} --json | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.stdout.startswith('{"id": 1') and "Traceback" not in r.stderr, r.stderr
