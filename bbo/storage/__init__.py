@@ -31,6 +31,26 @@ def default_url(path: str = DEFAULT_SQLITE_PATH) -> str:
     return "sqlite:///" + os.path.abspath(path)
 
 
+def shown_url(url: str) -> str:
+    """``url`` as messages may show it: its password hidden."""
+    import sqlalchemy as sa
+
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "(not a database URL)"
+
+
+def driver_error(e: BaseException) -> str | None:
+    """The database driver's own words where ``e`` is its error (a file that is not a database, a
+    server that refuses the connection), without the statement and its values; else None."""
+    import sqlalchemy as sa
+
+    if not isinstance(e, sa.exc.DBAPIError):
+        return None
+    return " ".join(line.strip() for line in str(e.orig).splitlines() if line.strip())[:500]
+
+
 def open_storage(
     url: str | None = None,
     *,

@@ -165,19 +165,16 @@ def failure_message(e: BaseException) -> str | None:
     """What to print for an error of the server, of the core (a database URL bbo cannot use, a
     database that is away) or of the database driver (a file that is not a database, a server
     that refuses the connection); None for anything else (a bug: its traceback is shown)."""
-    import sqlalchemy as sa
-
     from bbo.errors import BboError as CoreError
+    from bbo.storage import driver_error
     from bbo_client.errors import BboError
 
     if isinstance(e, BboError):
         return f"{type(e).__name__}: {e}"
     if isinstance(e, CoreError):
         return e.message
-    if isinstance(e, sa.exc.DBAPIError):  # the driver's words, without the statement and values
-        detail = " ".join(line.strip() for line in str(e.orig).splitlines() if line.strip())
-        return f"database error: {detail[:500]}"
-    return None
+    detail = driver_error(e)
+    return None if detail is None else f"database error: {detail}"
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def _store(args, *, create: bool = False):
     """The key store of --db; only ``create`` makes (or migrates) the database: listing and
     revoking keys of a database that is not there, or not a bbo one, changes nothing."""
     from bbo.errors import NotFoundError
-    from bbo.storage import default_url, open_storage
+    from bbo.storage import default_url, open_storage, shown_url
     from bbo.storage.keys import KeyStore
 
     url = args.db or default_url()
@@ -71,7 +71,7 @@ def _store(args, *, create: bool = False):
     if storage is None or storage.schema_revision() is None:
         if storage is not None:
             storage.close()
-        shown = storage.describe()["db"] if storage is not None else url  # no password
+        shown = storage.describe()["db"] if storage is not None else shown_url(url)
         raise SystemExit(f"bbo keys: no bbo database at {shown} (`bbo keys create` makes one)")
     return KeyStore(storage)
 
