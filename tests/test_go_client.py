@@ -16,15 +16,17 @@ GO_DIR = Path(__file__).resolve().parents[1] / "clients" / "go"
 GO_SOURCES = Path(os.environ.get("BBO_GO_SOURCES", "/usr/share/gocode"))
 GO_PACKAGES = (
     "golang-go golang-google-grpc-dev golang-google-protobuf-dev "
-    "golang-github-golang-protobuf-1-5-dev golang-google-genproto-dev"
+    "golang-github-golang-protobuf-1-5-dev golang-google-genproto-dev "
+    "golang-github-schollz-progressbar-dev"
 )
 
 
 def _skip_reason():
     if shutil.which("go") is None:
         return f"go is not installed (Debian: apt-get install {GO_PACKAGES}; .ci/run does)"
-    if not (GO_SOURCES / "src" / "google.golang.org" / "grpc").is_dir():
-        return f"Debian's Go gRPC sources are not in {GO_SOURCES} (apt-get install {GO_PACKAGES})"
+    for pkg in ("google.golang.org/grpc", "github.com/schollz/progressbar"):
+        if not (GO_SOURCES / "src" / pkg).is_dir():
+            return f"Debian's Go sources of {pkg} are not in {GO_SOURCES} (apt-get install {GO_PACKAGES})"
     return None
 
 
@@ -78,6 +80,23 @@ def test_go_example_worker_runs_a_study(bbo_server, client, study_name, worker):
     est = py.estimate
     want = None if est is None else pytest.approx([est.value, est.lower, est.upper])
     assert result.get("estimate") == want
+
+
+@needs_go
+def test_go_optimize_draws_a_progress_bar_with_the_best(bbo_server, client, study_name, worker):
+    r = subprocess.run(
+        [str(worker), "-workers", "1", "-trials", "5", "-initial", "4", "-progress"]
+        + [bbo_server.address, study_name],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    last = r.stderr.replace("\r", "\n").strip().splitlines()[-1]  # the bar's final drawing
+    best = client.study(study_name).best().trial
+    assert "100%" in last and "(5/5" in last, r.stderr
+    assert f"best branin={best.metrics['branin']:.6g} (trial {best.id})" in last, r.stderr
 
 
 @needs_go

@@ -4,8 +4,8 @@
 #   clients/go/build.sh generate        # protoc + protoc-gen-go + protoc-gen-go-grpc -> bbov1/
 #   clients/go/build.sh worker OUT      # build examples/worker into the file OUT
 #
-# Building uses Debian's Go sources (golang-google-grpc-dev, golang-google-protobuf-dev under
-# /usr/share/gocode) in GOPATH mode, so it needs no module proxy. With one reachable, plain
+# Building uses Debian's Go sources (golang-google-grpc-dev, golang-google-protobuf-dev,
+# golang-github-schollz-progressbar-dev under /usr/share/gocode) in GOPATH mode, so it needs no module proxy. With one reachable, plain
 # `go mod tidy && go build ./...` in clients/go works too (go.mod names the same versions).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -25,10 +25,13 @@ worker)
     case "$out" in /*) ;; *) out="$PWD/$out" ;; esac
     gopath="$(mktemp -d)"
     trap 'rm -rf "$gopath"' EXIT
-    mkdir -p "$gopath/src/$(dirname "$module")"
+    sources="${BBO_GO_SOURCES:-/usr/share/gocode}"
+    mkdir -p "$gopath/src/$(dirname "$module")" "$gopath/src/github.com/schollz/progressbar"
     ln -s "$here" "$gopath/src/$module"
+    # Debian keeps progressbar's sources under .../schollz/progressbar; its import path ends in /v3
+    ln -s "$sources/src/github.com/schollz/progressbar" "$gopath/src/github.com/schollz/progressbar/v3"
     cd "$gopath/src/$module"
-    GO111MODULE=off GOFLAGS= GOPROXY=off GOPATH="$gopath:${BBO_GO_SOURCES:-/usr/share/gocode}" \
+    GO111MODULE=off GOFLAGS= GOPROXY=off GOPATH="$gopath:$sources" \
         go build -o "$out" "$module/examples/worker"
     ;;
 *)

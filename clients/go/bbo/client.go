@@ -10,6 +10,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	mrand "math/rand"
 	"os"
 	"strings"
@@ -284,10 +285,24 @@ func LeaseOf(trial *pb.Trial) time.Duration {
 // Objective evaluates one trial's parameters and returns its metrics, or an error that fails it.
 type Objective func(ctx context.Context, params map[string]interface{}) (map[string]float64, error)
 
+// OptimizeOptions tune OptimizeWith. The zero value of each field means its default.
+type OptimizeOptions struct {
+	WorkerID string    // the trials' worker id
+	Progress io.Writer // where to draw a progress bar (e.g. os.Stderr); nil: none
+}
+
 // Optimize asks, evaluates and tells n trials one after another as workerID, renewing each trial's
 // lease at a third of the lease granted while fn runs. An error from fn fails that trial and the
 // loop goes on; metrics the server refuses (INVALID_ARGUMENT) fail it too. Other errors stop it.
 func (s *Study) Optimize(ctx context.Context, fn Objective, n int, workerID string) error {
+	return s.OptimizeWith(ctx, fn, n, OptimizeOptions{WorkerID: workerID})
+}
+
+// OptimizeWith is Optimize with options: with Progress, a bar of the trials done and the study's
+// best (GetBest, read at most every 2 s and after the last trial).
+func (s *Study) OptimizeWith(ctx context.Context, fn Objective, n int, opts OptimizeOptions) error {
+	bar := newProgress(s, n, opts.Progress)
+	workerID := opts.WorkerID
 	for i := 0; i < n; i++ {
 		trials, err := s.Ask(ctx, 1, workerID)
 		if err != nil {
@@ -310,6 +325,7 @@ func (s *Study) Optimize(ctx context.Context, fn Objective, n int, workerID stri
 				return fmt.Errorf("tell trial %d: %w", t.Id, err)
 			}
 		}
+		bar.done(ctx, i == n-1)
 	}
 	return nil
 }

@@ -41,6 +41,7 @@ func main() {
 	workers := flag.Int("workers", 2, "concurrent workers (goroutines)")
 	trials := flag.Int("trials", 12, "trials in all, shared among the workers")
 	initial := flag.Int("initial", 0, "size of the initial design (0 = the server's choice)")
+	progress := flag.Bool("progress", false, "draw the first worker's progress bar on stderr")
 	flag.Parse()
 	if flag.NArg() < 1 {
 		fmt.Fprintln(os.Stderr, "usage: worker [-workers N] [-trials N] [-initial N] ADDRESS [STUDY]")
@@ -50,13 +51,13 @@ func main() {
 	if flag.NArg() > 1 {
 		name = flag.Arg(1)
 	}
-	if err := run(flag.Arg(0), name, *workers, *trials, *initial); err != nil {
+	if err := run(flag.Arg(0), name, *workers, *trials, *initial, *progress); err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
 		os.Exit(1)
 	}
 }
 
-func run(address, name string, workers, trials, initial int) error {
+func run(address, name string, workers, trials, initial int, progress bool) error {
 	client, err := bbo.Dial(address, bbo.Options{})
 	if err != nil {
 		return err
@@ -86,6 +87,10 @@ func run(address, name string, workers, trials, initial int) error {
 			n++
 		}
 		id := fmt.Sprintf("go-worker-%d", w)
+		opts := bbo.OptimizeOptions{WorkerID: id}
+		if progress && w == 0 {
+			opts.Progress = os.Stderr
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -98,7 +103,7 @@ func run(address, name string, workers, trials, initial int) error {
 				}
 				return m, err
 			}
-			if err := study.Optimize(ctx, counted, n, id); err != nil {
+			if err := study.OptimizeWith(ctx, counted, n, opts); err != nil {
 				errs <- fmt.Errorf("%s: %w", id, err)
 			}
 		}()
