@@ -47,15 +47,16 @@ def worker(tmp_path_factory) -> Path:
     return out
 
 
+def _run(worker: Path, *args: str) -> subprocess.CompletedProcess:
+    """The example worker with ``args``, its output captured."""
+    cmd = [str(worker), *args]
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
+
+
 @needs_go
 def test_go_example_worker_runs_a_study(bbo_server, client, study_name, worker):
-    r = subprocess.run(
-        [str(worker), "-workers", "2", "-trials", "8", "-initial", "6"]
-        + [bbo_server.address, study_name],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    r = _run(
+        worker, "-workers", "2", "-trials", "8", "-initial", "6", bbo_server.address, study_name
     )
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
@@ -84,14 +85,8 @@ def test_go_example_worker_runs_a_study(bbo_server, client, study_name, worker):
 
 @needs_go
 def test_go_optimize_draws_a_progress_bar_with_the_best(bbo_server, client, study_name, worker):
-    r = subprocess.run(
-        [str(worker), "-workers", "1", "-trials", "5", "-initial", "4", "-progress"]
-        + [bbo_server.address, study_name],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    args = ("-workers", "1", "-trials", "5", "-initial", "4", "-progress")
+    r = _run(worker, *args, bbo_server.address, study_name)
     assert r.returncode == 0, r.stderr
     last = r.stderr.replace("\r", "\n").strip().splitlines()[-1]  # the bar's final drawing
     best = client.study(study_name).best().trial
@@ -101,13 +96,7 @@ def test_go_optimize_draws_a_progress_bar_with_the_best(bbo_server, client, stud
 
 @needs_go
 def test_go_worker_reports_the_servers_refusal(bbo_server, worker):
-    r = subprocess.run(
-        [str(worker), "-trials", "1", bbo_server.address, "no spaces allowed"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = _run(worker, "-trials", "1", bbo_server.address, "no spaces allowed")
     assert r.returncode == 1
     assert "code = InvalidArgument" in r.stderr and "name" in r.stderr, r.stderr
 
