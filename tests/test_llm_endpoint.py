@@ -264,6 +264,42 @@ def test_connection_refused():
     finish(spec, res)
 
 
+def test_an_oversized_answer_is_refused_unread_and_unstored():
+    """An endpoint that ignores max_tokens (here 2 MiB of prose) is read no further than
+    MAX_ANSWER_BYTES: the call fails with that reason, and nothing of the answer is kept (it used
+    to be stored whole: a 75 MB answer made the study's ListLlmCalls fail for good)."""
+    from bbo.llm.client import MAX_ANSWER_BYTES
+
+    spec = make_spec()
+    with ChatServer([Reply("no idea " * (MAX_ANSWER_BYTES // 4))]) as srv:
+        res = LlmAdvisor(cfg(srv)).warmstart(spec, [], N)
+    (rec,) = res.calls
+    assert res.reason == rec.outcome == f"error: answer larger than {MAX_ANSWER_BYTES} bytes"
+    assert rec.response == ""
+    finish(spec, res)
+
+
+def test_a_trickled_answer_ends_at_the_bound_and_frees_its_thread():
+    """An answer that keeps coming a few bytes at a time (each read within the HTTP timeout) is cut
+    at the call's bound, and the thread reading it ends too instead of reading on for minutes."""
+    import threading
+
+    spec = make_spec()
+    answer = candidates(*distinct_good(N), rationale="r" * 2000)  # ~8 KB: 25 s to send in full
+    with ChatServer([Reply(answer, trickle_s=0.05)]) as srv:
+        t0 = time.monotonic()
+        res = LlmAdvisor(cfg(srv, timeout_s=0.8)).warmstart(spec, [], N)
+        assert time.monotonic() - t0 < 2.0
+        assert res.reason == "timeout"
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end and any(
+            t.name == "bbo-llm-call" for t in threading.enumerate()
+        ):
+            time.sleep(0.05)
+        assert not any(t.name == "bbo-llm-call" for t in threading.enumerate())
+    finish(spec, res)
+
+
 def test_retry_once_after_429():
     spec = make_spec()
     with ChatServer(

@@ -11,6 +11,12 @@ not to try again. Parsing is defensive either way (:mod:`bbo.llm.parse`).
 
 Time: the HTTP library's timeout is per read, so a server that trickles bytes could hold a call far
 longer; each call therefore runs on a daemon thread and the caller stops waiting at the bound.
+
+Size and the thread's own end: every response body is read through :class:`_BoundedBody`, which
+stops reading at ``MAX_ANSWER_BYTES`` (an answer of ``max_tokens`` tokens is a few KiB; a larger one
+is refused, never stored) and once the request's own timeout has passed since its headers arrived,
+so an endpoint that trickles or never ends its answer holds neither memory nor the call's thread
+past the bound.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ from bbo.llm.config import LlmConfig
 log = logging.getLogger(__name__)
 
 OK = "ok"
+
+# The most bytes of one HTTP response body (a chat answer, an error, the model list) bbo reads.
+MAX_ANSWER_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -76,6 +85,71 @@ def _bounded(fn: Callable[[], Any], timeout_s: float) -> Any:
     return box["value"]
 
 
+class AnswerTooLarge(Exception):
+    """An endpoint's response body passed ``MAX_ANSWER_BYTES``; reading it stopped there."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"answer larger than {limit} bytes")
+        self.limit = limit
+
+
+def _http_lib():
+    """The HTTP library the installed ``openai`` package is built on (``httpx`` or a fork of it)."""
+    import importlib
+
+    import openai
+
+    base = next(c for c in openai.DefaultHttpxClient.__mro__[1:] if c.__name__ == "Client")
+    return importlib.import_module(base.__module__.split(".")[0])
+
+
+def _bounded_http_client(timeout_s: float, limit: int = MAX_ANSWER_BYTES):
+    """``openai.DefaultHttpxClient`` whose every response body is read through :class:`_BoundedBody`:
+    at most ``limit`` bytes, and for at most the request's read timeout (openai passes each call's
+    time left) from the moment its headers arrived. A response hook wraps the body before it is
+    read, whatever transport (proxy or not) fetched it; ``Accept-Encoding: identity`` asks for the
+    bytes as they are (a compressed body would be counted before it is decoded)."""
+    import openai
+
+    lib = _http_lib()
+    stream_base: Any = lib.SyncByteStream  # the library's sync body type (its Response checks it)
+
+    class _BoundedBody(stream_base):
+        def __init__(self, inner, deadline: float, declared: int):
+            self.inner, self.deadline, self.declared = inner, deadline, declared
+
+        def __iter__(self):
+            if self.declared > limit:
+                raise AnswerTooLarge(limit)
+            n = 0
+            for chunk in self.inner:
+                n += len(chunk)
+                if n > limit:
+                    raise AnswerTooLarge(limit)
+                if time.monotonic() > self.deadline:
+                    raise lib.ReadTimeout("the answer did not end within the call's time bound")
+                yield chunk
+
+        def close(self):
+            close = getattr(self.inner, "close", None)
+            if close is not None:
+                close()
+
+    def bound(response):
+        t = response.request.extensions.get("timeout") or {}
+        read = t.get("read") if isinstance(t, dict) else None
+        bound_s = float(read) if read else timeout_s
+        try:
+            declared = int(response.headers.get("content-length") or 0)
+        except ValueError:
+            declared = 0
+        response.stream = _BoundedBody(response.stream, time.monotonic() + bound_s, declared)
+
+    return openai.DefaultHttpxClient(
+        event_hooks={"response": [bound]}, headers={"Accept-Encoding": "identity"}
+    )
+
+
 def _short(msg: object, limit: int = 160) -> str:
     s = " ".join(str(msg).split())
     return s if len(s) <= limit else s[: limit - 3] + "..."
@@ -93,6 +167,9 @@ def classify_error(e: BaseException) -> tuple[str, bool]:
 
     if isinstance(e, _Deadline) or isinstance(e, openai.APITimeoutError):
         return "timeout", True
+    cause = e if isinstance(e, AnswerTooLarge) else e.__cause__ or e.__context__
+    if isinstance(cause, AnswerTooLarge):
+        return f"error: {cause}", True
     if isinstance(e, openai.APIStatusError):
         code = int(getattr(e, "status_code", 0) or 0)
         transport = code == 429 or code >= 500
@@ -159,6 +236,7 @@ class LlmClient:
                     api_key=self.config.api_key or "none",  # local servers accept any key
                     timeout=self.config.timeout_s,
                     max_retries=self.config.max_retries,
+                    http_client=_bounded_http_client(self.config.timeout_s),
                 )
             return self._client
 

@@ -5,7 +5,8 @@ speaks the ``POST /v1/chat/completions`` and ``GET /v1/models`` protocol, so the
 client, its HTTP stack, timeouts and error handling are exercised end to end. Its answers are
 scripted: a list of :class:`Reply` objects consumed in order (the last one repeats), or a function
 from the request body to a ``Reply``. Replies can carry any content, a usage block, an HTTP error
-status (429, 500, ...), a delay (to hang past a client timeout), or a refusal; the server can also
+status (429, 500, ...), a delay (to hang past a client timeout), a body sent a few bytes at a time
+(to trickle past it), or a refusal; the server can also
 reject ``response_format`` with HTTP 400, as older vLLM / llama.cpp / Ollama builds do, or other
 request fields (``max_tokens``, ``temperature``), as some hosted reasoning models do.
 """
@@ -31,6 +32,7 @@ class Reply:
     completion_tokens: int | None = None
     error_message: str = "scripted error"
     retry_after: float | None = None
+    trickle_s: float = 0.0  # > 0: the body is sent 16 bytes at a time, this many seconds apart
 
 
 Responder = Callable[[dict], Reply]
@@ -77,7 +79,9 @@ class ChatServer:
             def log_message(self, *args):  # quiet
                 pass
 
-            def _send(self, status: int, body: dict, headers: dict | None = None):
+            def _send(
+                self, status: int, body: dict, headers: dict | None = None, trickle_s: float = 0.0
+            ):
                 data = json.dumps(body).encode()
                 try:
                     self.send_response(status)
@@ -86,8 +90,14 @@ class ChatServer:
                     for k, v in (headers or {}).items():
                         self.send_header(k, v)
                     self.end_headers()
-                    self.wfile.write(data)
-                    self.wfile.flush()
+                    if trickle_s > 0:
+                        for i in range(0, len(data), 16):
+                            self.wfile.write(data[i : i + 16])
+                            self.wfile.flush()
+                            time.sleep(trickle_s)
+                    else:
+                        self.wfile.write(data)
+                        self.wfile.flush()
                 except (BrokenPipeError, ConnectionResetError, OSError):
                     pass  # the client gave up (timeout): fine
 
@@ -217,6 +227,7 @@ class ChatServer:
                             "total_tokens": pt + ct,
                         },
                     },
+                    trickle_s=reply.trickle_s,
                 )
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
