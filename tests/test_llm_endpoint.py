@@ -300,6 +300,15 @@ def test_a_trickled_answer_ends_at_the_bound_and_frees_its_thread():
     finish(spec, res)
 
 
+def test_an_answer_nested_too_deep_for_the_json_parser_is_unusable_not_an_error():
+    spec = make_spec()
+    with ChatServer([Reply("[" * 100_000 + "]" * 100_000)]) as srv:
+        res = LlmAdvisor(cfg(srv)).warmstart(spec, [], N)
+    assert res.reason == "unusable answer: no valid candidates (no JSON candidates in the answer)"
+    assert res.calls[0].outcome == res.reason
+    finish(spec, res)
+
+
 def test_retry_once_after_429():
     spec = make_spec()
     with ChatServer(

@@ -89,14 +89,14 @@ def _loads(s: str) -> Any:
     s = s.strip()
     try:
         return json.loads(s)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack
         pass
     t = _BLOCK_COMMENT.sub("", s)
     t = _LINE_COMMENT.sub(r"\1", t)
     t = _TRAILING_COMMA.sub(r"\1", t)
     try:
         return json.loads(t)
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     # Python-literal style: single quotes, True/False/None.
     py = re.sub(r"\btrue\b", "True", re.sub(r"\bfalse\b", "False", re.sub(r"\bnull\b", "None", t)))
