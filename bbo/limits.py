@@ -29,7 +29,7 @@ class LimitExceeded(LimitError):
 
 @dataclass(frozen=True)
 class RequestLimits:
-    """Bounds on one study spec and one told trial (0 nowhere means unlimited)."""
+    """Bounds on one study spec and one told or reported trial (0 nowhere means unlimited)."""
 
     max_parameters: int = 256  # parameters per study
     max_choices: int = 1000  # choices of one categorical, values of one ordinal
@@ -41,6 +41,7 @@ class RequestLimits:
     max_description_bytes: int = 65536  # UTF-8 bytes of a study's description
     max_spec_bytes: int = 1 << 20  # JSON bytes of a whole spec
     max_metrics_per_trial: int = 256  # metrics reported with one trial
+    max_steps_per_trial: int = 10000  # intermediate values (distinct steps) stored per trial
     max_rungs: int = 20  # budgets of a fidelity's ladder (max / eta^k down to min)
     max_transfer_sources: int = 8  # source studies one study transfers from
 
@@ -58,6 +59,7 @@ class RequestLimits:
             "max_description_bytes": "UTF-8 bytes of a study description",
             "max_spec_bytes": "JSON bytes of a whole study spec",
             "max_metrics_per_trial": "metrics reported with one trial",
+            "max_steps_per_trial": "intermediate values (distinct steps) stored per trial",
             "max_rungs": "rungs of a fidelity's budget ladder (max / eta^k down to min)",
             "max_transfer_sources": "source studies one study transfers from (named or auto)",
         }

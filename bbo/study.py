@@ -515,7 +515,14 @@ class Study:
             raise ConflictError(
                 f"trial {trial_id} is {cur.state.value}: intermediate values are for pending trials"
             )
-        if not self.storage.add_intermediate(self.uid, cur.id, step, float(value), budget):
+        if not self.storage.add_intermediate(
+            self.uid,
+            cur.id,
+            step,
+            float(value),
+            budget,
+            max_steps=self.config.limits.max_steps_per_trial,
+        ):
             raise NotFoundError(f"trial {trial_id} not found in study '{self.name}'")
         return self.budgets.should_stop(
             cur, step, budget, self.trial_cache.all, self.config.stopping

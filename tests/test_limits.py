@@ -50,6 +50,8 @@ def limited(tmp_path_factory):
             "6000",
             "--max-metrics-per-trial",
             "4",
+            "--max-steps-per-trial",
+            "3",
         ],
     )
     srv.start()
@@ -193,6 +195,41 @@ def test_metrics_per_trial_bound(limited):
         call(st, "Tell", svc.TellRequest(study="metrics", trial_id=t.id, metrics=many), b)[1]
         is None
     )
+
+
+def test_intermediate_values_per_trial_bound(limited):
+    """A trial stores at most --max-steps-per-trial steps: a new step past it is refused on `step`
+    and stores nothing (every report used to add a row, and each report reads them all); a step
+    already stored may still be reported again, and other trials have their own count."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    st, b = limited["stub"], limited["c"]
+    call(st, "CreateStudy", svc.CreateStudyRequest(name="steps", spec=small_spec()), b)
+    t, u = call(st, "Ask", svc.AskRequest(study="steps", count=2), b)[0].trials
+
+    def report(trial, step, value=1.0):
+        req = svc.ReportIntermediateRequest(
+            study="steps", trial_id=trial.id, step=step, value=value
+        )
+        return call(st, "ReportIntermediate", req, b)[1]
+
+    assert [report(t, s) for s in (1, 2, 3)] == [None] * 3
+    try:
+        st.ReportIntermediate(
+            svc.ReportIntermediateRequest(study="steps", trial_id=t.id, step=4, value=1.0),
+            metadata=(("x-api-key", b),),
+            timeout=30,
+        )
+        raise AssertionError("accepted")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.details()
+        assert "--max-steps-per-trial" in e.details() and "3 intermediate values" in e.details()
+        br = error_details_pb2.BadRequest()
+        assert rpc_status.from_call(e).details[0].Unpack(br)
+        assert br.field_violations[0].field == "step"
+    assert report(t, 2, 0.5) is None  # a stored step may be replaced
+    assert report(u, 4) is None  # another trial counts its own
 
 
 def test_max_ask_and_message_size(limited):

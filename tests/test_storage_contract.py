@@ -15,6 +15,7 @@ import uuid
 import pytest
 
 from bbo.errors import LimitError, NotFoundError, StudyNotFound
+from bbo.limits import LimitExceeded
 from bbo.storage import Continuation, LlmCallRecord, NewTrial, RequestKey, open_storage
 from bbo.testing import postgres as pg_cluster
 from bbo.trial import Metric, TrialState
@@ -213,6 +214,11 @@ def test_intermediates_llm_calls_model_state_and_delete(store):
     assert store.add_intermediate(uid, t.id, 1, 0.4)  # overwrite the same step
     assert store.add_intermediate(uid, t.id, 2, 0.3)
     assert not store.add_intermediate(uid, 42, 1, 0.3)
+    with pytest.raises(LimitExceeded, match="trial 1 has 2 intermediate values") as e:
+        store.add_intermediate(uid, t.id, 3, 0.2, max_steps=2)  # a new step past the bound
+    assert e.value.field == "step" and e.value.flag == "max_steps_per_trial"
+    assert store.add_intermediate(uid, t.id, 2, 0.35, max_steps=2)  # a stored step: replaced
+    assert store.add_intermediate(uid, t.id, 2, 0.3, max_steps=2)
     assert store.intermediates(uid) == {t.id: [(1, 0.4), (2, 0.3)]}
     for purpose in ("warmstart", "priors", "warmstart"):
         store.log_llm_call(uid, LlmCallRecord(purpose, "m", "p", "r", "ok", 10, 5, 0.5))

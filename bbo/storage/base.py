@@ -279,11 +279,20 @@ class Storage(abc.ABC):
     # ---- intermediate values --------------------------------------------------------------------
     @abc.abstractmethod
     def add_intermediate(
-        self, uid: str, number: int, step: int, value: float, budget: float | None = None
+        self,
+        uid: str,
+        number: int,
+        step: int,
+        value: float,
+        budget: float | None = None,
+        *,
+        max_steps: int = 0,
     ) -> bool:
         """Record (or overwrite) a trial's value at ``step`` (measured at ``budget``); False if
         the trial does not exist. Repeating the same value keeps the time it was first stored
-        (rung decisions compare those times)."""
+        (rung decisions compare those times). With ``max_steps`` > 0, a new step of a trial that
+        has that many already is refused (``LimitExceeded`` on ``step``, checked in the same
+        transaction); a stored step may still be overwritten."""
 
     @abc.abstractmethod
     def intermediates(self, uid: str) -> dict[int, list[tuple[int, float]]]:

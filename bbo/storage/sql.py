@@ -22,6 +22,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from bbo.errors import LimitError, StudyNotFound
+from bbo.limits import LimitExceeded
 from bbo.storage import schema as S
 from bbo.storage.base import (
     LEASE_EXPIRED,
@@ -683,7 +684,14 @@ class SqlStorage(Storage):
     # ---- intermediate values --------------------------------------------------------------------
     @db_call
     def add_intermediate(
-        self, uid: str, number: int, step: int, value: float, budget: float | None = None
+        self,
+        uid: str,
+        number: int,
+        step: int,
+        value: float,
+        budget: float | None = None,
+        *,
+        max_steps: int = 0,
     ) -> bool:
         iv = S.intermediate_values
         with self._write() as conn:
@@ -704,6 +712,17 @@ class SqlStorage(Storage):
             ).first()
             if old is not None and (old.value, old.budget) == (float(value), b):
                 return True  # a repeated report: it keeps the time it was first stored
+            if old is None and max_steps > 0:
+                n = conn.execute(
+                    sa.select(sa.func.count()).select_from(iv).where(iv.c.trial_id == pk)
+                ).scalar_one()
+                if n >= max_steps:
+                    raise LimitExceeded(
+                        "step",
+                        f"trial {number} has {n} intermediate values, at most {max_steps} "
+                        "allowed: report fewer steps (a step reported again replaces its value)",
+                        "max_steps_per_trial",
+                    )
             conn.execute(iv.delete().where(iv.c.trial_id == pk, iv.c.step == step))
             conn.execute(
                 iv.insert().values(trial_id=pk, step=step, value=float(value), at=now, budget=b)
