@@ -406,3 +406,40 @@ def test_browser_shows_a_running_study_live(dash, browser, tmp_path):
     severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     # the two refusals of the wrong key (and the first, keyless request) are the only errors
     assert all("401" in e["message"] for e in severe), severe
+
+
+def _request(path: str, query: str = "", **path_params):
+    from starlette.requests import Request
+
+    scope = {"type": "http", "method": "GET", "path": path, "headers": []}
+    return Request({**scope, "query_string": query.encode(), "path_params": path_params})
+
+
+def test_page_sizes_do_not_grow_with_what_the_page_does_not_show(registry):
+    """The study list (polled every 2 s) carries no descriptions: it shows none, and each may be
+    64 KiB (10,000 studies made it 640 MiB). An LLM call page ends early past LLM_PAGE_BYTES (a
+    call holds up to a 1 MiB answer; 200 of them were one response) and says there is more."""
+    from bbo.storage import LlmCallRecord
+    from bbo_server.dashboard import LLM_PAGE_BYTES, Dashboard
+
+    d = Dashboard(registry)
+    for i in range(3):
+        registry.create_study(f"described-{i}", {**SMALL_SPEC, "description": "d" * 60_000})
+    listing = d.studies(_request("/api/studies")).body
+    assert len(listing) < 2_000 and b"ddd" not in listing
+    detail = json.loads(d.study_detail(_request("/api/studies/x", name="described-0")).body)
+    assert detail["study"]["description"] == "d" * 60_000
+
+    study = registry.get_study("described-0")
+    for _ in range(5):
+        study.log_llm_call(LlmCallRecord("warmstart", "m", "p", "r" * 900_000, "ok"))
+    seen, after = [], 0
+    while True:
+        body = d.llm_calls(_request("/x", f"after={after}&limit=200", name="described-0")).body
+        assert len(body) <= LLM_PAGE_BYTES + 1_000_000
+        page = json.loads(body)
+        seen += [c["id"] for c in page["calls"]]
+        if not page["more"]:
+            break
+        after = page["calls"][-1]["id"]
+    assert seen == [1, 2, 3, 4, 5]

@@ -13,7 +13,8 @@ Routes (GET only; there is no write path):
 - ``/api/session``: the caller's tenant; ``/api/studies``: the tenant's studies;
   ``/api/studies/{name}``: a study with its trials, intermediate values and best trials (as
   GetBest: with how they were chosen and, where by the model, its estimate of the objective);
-  ``/api/studies/{name}/llm_calls?after=ID&limit=N``: its LLM call log, oldest first.
+  ``/api/studies/{name}/llm_calls?after=ID&limit=N``: its LLM call log, oldest first (a page
+  ends early past ``LLM_PAGE_BYTES``; ``more`` says whether to ask for the calls after it).
 
 With API keys on (the gRPC API's ``--auth``), every ``/api`` request needs a key (``x-api-key``
 or ``Authorization: Bearer``), else 401; the page asks for it once and keeps it in the tab's
@@ -49,6 +50,9 @@ log = logging.getLogger("bbo.dashboard")
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_LLM_PAGE = 200
+# An LLM call page ends early once its calls pass this many bytes of prompt and answer (at least
+# one call), as ListLlmCalls' pages do: a call holds up to a 1 MiB answer.
+LLM_PAGE_BYTES = 2 * 1024 * 1024
 
 # The page loads nothing from elsewhere; plotly injects <style> elements, hence 'unsafe-inline'
 # for styles only.
@@ -140,9 +144,11 @@ def trial_json(t: Trial, spec, required: list[str] | None = None) -> dict[str, A
     }
 
 
-def study_json(study: Study, info=None) -> dict[str, Any]:
+def study_json(study: Study, info=None, description: bool = True) -> dict[str, Any]:
+    """A study's summary; the study list leaves out the description (up to
+    ``--max-description-bytes`` each, and the list shows none)."""
     info = study.info() if info is None else info
-    return {
+    out = {
         "name": info.name,
         "uid": info.uid,
         "state": info.state,
@@ -151,8 +157,10 @@ def study_json(study: Study, info=None) -> dict[str, Any]:
         "trial_count": info.trial_count,
         "completed_count": info.completed_count,
         "objectives": [{"name": o.name, "goal": o.goal} for o in info.spec.objectives],
-        "description": info.spec.description,
     }
+    if description:
+        out["description"] = info.spec.description
+    return out
 
 
 class Dashboard:
@@ -210,7 +218,7 @@ class Dashboard:
         token = ""
         while True:
             page, token = self.registry.list_studies(tenant, page_size=1000, page_token=token)
-            out.extend(study_json(s) for s in page)
+            out.extend(study_json(s, description=False) for s in page)
             if not token:
                 return _json({"tenant": tenant, "studies": out})
 
@@ -256,6 +264,13 @@ class Dashboard:
         after = _int_arg(request, "after", 0, 0)
         limit = _int_arg(request, "limit", 100, 1, MAX_LLM_PAGE)
         calls = study.llm_calls(after=after, limit=limit)
+        full = len(calls) == limit
+        used = 0
+        for i, c in enumerate(calls):
+            used += len(c.prompt.encode()) + len(c.response.encode())
+            if i and used > LLM_PAGE_BYTES:
+                calls, full = calls[:i], True
+                break
         return _json(
             {
                 "calls": [
@@ -273,7 +288,7 @@ class Dashboard:
                     }
                     for c in calls
                 ],
-                "more": len(calls) == limit,
+                "more": full,
             }
         )
 
