@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import socket
+import sys
 import threading
 import time
 
@@ -41,6 +42,26 @@ def test_optimize_records_failures_and_finds_the_best(client, study_name):
     assert best.trial.metrics["loss"] == min(t.metrics["loss"] for t in done)
     assert not s.trials(["PENDING"])
     assert {t.worker_id.rsplit("-", 1)[1] for t in trials} <= {"0", "1", "2"}
+
+
+def test_an_objective_that_exits_ends_optimize_with_its_trial_failed(client, study_name):
+    """sys.exit() inside the objective (a BaseException, not an Exception) ends the loop as it
+    asks, but its trial is told FAILED first, not left PENDING until its lease runs out."""
+    s = client.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives="loss")
+    calls = []
+
+    def fn(p):
+        calls.append(p)
+        if len(calls) == 3:
+            sys.exit(3)
+        return p["x"]
+
+    with pytest.raises(SystemExit):
+        s.optimize(fn, n_trials=6, progress=False)
+    trials = s.trials()
+    assert len(trials) == 3 and not s.trials(["PENDING"])
+    assert [t.state for t in trials] == ["COMPLETED", "COMPLETED", "FAILED"]
+    assert trials[2].reason == "interrupted: SystemExit: 3"
 
 
 def test_optimize_progress_bar_shows_the_studys_best(client, study_name, capsys, monkeypatch):

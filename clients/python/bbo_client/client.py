@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import numbers
@@ -590,7 +591,8 @@ class StudyHandle:
         Asks and Tells are retried for up to ``tell_patience`` seconds while the server is away (a
         restart does not end the loop); if a result's Tell still fails, the error names the trial
         and its metrics. On Ctrl-C (or such an error) no new trial starts, and the evaluations
-        under way finish and are told before the exception propagates. Returns :meth:`best`.
+        under way finish and are told before the exception propagates; an objective that calls
+        ``sys.exit()`` ends the loop too, its trial told FAILED first. Returns :meth:`best`.
         The progress bar shows that best as trials complete (read at most every
         :data:`BEST_EVERY` seconds): under noise the server's choice and its estimate, not the
         luckiest draw.
@@ -689,6 +691,12 @@ class StudyHandle:
             stopped = True  # told below (PRUNED)
         except Exception as e:  # the objective failed: record why, keep going
             failure = f"{type(e).__name__}: {e}"[:2000]
+        except BaseException as e:  # sys.exit() in the objective: the loop ends, as it asked,
+            # but the trial is told FAILED first rather than left PENDING until its lease ends
+            reason = f"{type(e).__name__}: {e}"[:2000]
+            with contextlib.suppress(BboError):
+                self.tell(t, failed=True, reason=f"interrupted: {reason}", patience=patience)
+            raise
         try:
             if failure:
                 self.tell(t, failed=True, reason=failure, patience=patience)
