@@ -279,6 +279,22 @@ def test_an_oversized_answer_is_refused_unread_and_unstored():
     finish(spec, res)
 
 
+def test_a_compressed_answer_is_refused_unread():
+    """bbo asks for answers as they are; a gzip body (a few KiB that decode to far more than
+    MAX_ANSWER_BYTES, which counts the bytes before decoding) is refused, nothing of it kept."""
+    from bbo.llm.client import MAX_ANSWER_BYTES
+
+    spec = make_spec()
+    with ChatServer([Reply("no idea " * MAX_ANSWER_BYTES, gzip=True)]) as srv:
+        res = LlmAdvisor(cfg(srv)).warmstart(spec, [], N)
+    (rec,) = res.calls
+    assert (
+        res.reason == rec.outcome == "error: answer compressed (gzip) although asked for as it is"
+    )
+    assert rec.response == ""
+    finish(spec, res)
+
+
 def test_a_trickled_answer_ends_at_the_bound_and_frees_its_thread():
     """An answer that keeps coming a few bytes at a time (each read within the HTTP timeout) is cut
     at the call's bound, and the thread reading it ends too instead of reading on for minutes."""

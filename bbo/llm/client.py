@@ -85,7 +85,12 @@ def _bounded(fn: Callable[[], Any], timeout_s: float) -> Any:
     return box["value"]
 
 
-class AnswerTooLarge(Exception):
+class AnswerRefused(Exception):
+    """A response body bbo does not read on: past ``MAX_ANSWER_BYTES``, or compressed although bbo
+    asked for it as it is (its size is known only once decoded: a few KiB of gzip can be a GB)."""
+
+
+class AnswerTooLarge(AnswerRefused):
     """An endpoint's response body passed ``MAX_ANSWER_BYTES``; reading it stopped there."""
 
     def __init__(self, limit: int):
@@ -108,7 +113,8 @@ def _bounded_http_client(timeout_s: float, limit: int = MAX_ANSWER_BYTES):
     at most ``limit`` bytes, and for at most the request's read timeout (openai passes each call's
     time left) from the moment its headers arrived. A response hook wraps the body before it is
     read, whatever transport (proxy or not) fetched it; ``Accept-Encoding: identity`` asks for the
-    bytes as they are (a compressed body would be counted before it is decoded)."""
+    bytes as they are, and a compressed body is refused unread (it would be counted before it is
+    decoded)."""
     import openai
 
     lib = _http_lib()
@@ -136,6 +142,9 @@ def _bounded_http_client(timeout_s: float, limit: int = MAX_ANSWER_BYTES):
                 close()
 
     def bound(response):
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity"):
+            raise AnswerRefused(f"answer compressed ({encoding}) although asked for as it is")
         t = response.request.extensions.get("timeout") or {}
         read = t.get("read") if isinstance(t, dict) else None
         bound_s = float(read) if read else timeout_s
@@ -167,8 +176,8 @@ def classify_error(e: BaseException) -> tuple[str, bool]:
 
     if isinstance(e, _Deadline) or isinstance(e, openai.APITimeoutError):
         return "timeout", True
-    cause = e if isinstance(e, AnswerTooLarge) else e.__cause__ or e.__context__
-    if isinstance(cause, AnswerTooLarge):
+    cause = e if isinstance(e, AnswerRefused) else e.__cause__ or e.__context__
+    if isinstance(cause, AnswerRefused):
         return f"error: {cause}", True
     if isinstance(e, openai.APIStatusError):
         code = int(getattr(e, "status_code", 0) or 0)

@@ -6,13 +6,14 @@ client, its HTTP stack, timeouts and error handling are exercised end to end. It
 scripted: a list of :class:`Reply` objects consumed in order (the last one repeats), or a function
 from the request body to a ``Reply``. Replies can carry any content, a usage block, an HTTP error
 status (429, 500, ...), a delay (to hang past a client timeout), a body sent a few bytes at a time
-(to trickle past it), or a refusal; the server can also
+(to trickle past it) or gzip-compressed unasked, or a refusal; the server can also
 reject ``response_format`` with HTTP 400, as older vLLM / llama.cpp / Ollama builds do, or other
 request fields (``max_tokens``, ``temperature``), as some hosted reasoning models do.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
 import time
@@ -33,6 +34,7 @@ class Reply:
     error_message: str = "scripted error"
     retry_after: float | None = None
     trickle_s: float = 0.0  # > 0: the body is sent 16 bytes at a time, this many seconds apart
+    gzip: bool = False  # the body gzip-compressed (Content-Encoding: gzip), whatever was asked
 
 
 Responder = Callable[[dict], Reply]
@@ -80,9 +82,17 @@ class ChatServer:
                 pass
 
             def _send(
-                self, status: int, body: dict, headers: dict | None = None, trickle_s: float = 0.0
+                self,
+                status: int,
+                body: dict,
+                headers: dict | None = None,
+                trickle_s: float = 0.0,
+                compress: bool = False,
             ):
                 data = json.dumps(body).encode()
+                if compress:
+                    data = gzip.compress(data)
+                    headers = {**(headers or {}), "Content-Encoding": "gzip"}
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
@@ -228,6 +238,7 @@ class ChatServer:
                         },
                     },
                     trickle_s=reply.trickle_s,
+                    compress=reply.gzip,
                 )
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
