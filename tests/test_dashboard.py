@@ -324,6 +324,7 @@ def browser():
 
 @pytest.mark.skipif(_browser_skip_reason() is not None, reason=_browser_skip_reason() or "")
 def test_browser_shows_a_running_study_live(dash, browser, tmp_path):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -333,7 +334,8 @@ def test_browser_shows_a_running_study_live(dash, browser, tmp_path):
     calls = study.llm_calls()
     sent = [c for c in calls if c.response]  # not those skipped after unusable answers
     assert sent and all(c.response == LLM_ANSWER for c in sent), calls
-    wait = WebDriverWait(browser, 30)
+    # an element read while the page re-renders it (a poll, a route change) is stale: look again
+    wait = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,))
     css = lambda sel: browser.find_elements(By.CSS_SELECTOR, sel)
 
     # Without a key: the key form, and no study data on the page.
