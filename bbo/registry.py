@@ -78,7 +78,7 @@ def _same_study(stored: Mapping[str, Any], requested: StudySpec) -> bool:
     defaults taking the stored values (a default changed by an upgrade must not lock drivers out of
     their studies)."""
     try:
-        old = StudySpec.from_dict(stored)
+        old = StudySpec.from_dict(stored, strict=False)
     except (SpecError, TypeError, ValueError):
         return _json(stored) == _json(requested.to_dict())
     defaults = AlgorithmOptions()
@@ -268,7 +268,7 @@ class StudyRegistry:
                         st = Study(
                             self.storage,
                             rec,
-                            StudySpec.from_dict(rec.spec),
+                            StudySpec.from_dict(rec.spec, strict=False),
                             self.strategy_factory,
                             self.config,
                             self.fit_slots,

@@ -341,7 +341,15 @@ class StudySpec:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> StudySpec:
+    def from_dict(cls, d: Mapping[str, Any], strict: bool = True) -> StudySpec:
+        """The spec of a dict as :meth:`to_dict` writes it. ``strict``: a key it does not know, at
+        the top or in a parameter constraint, is a :class:`SpecError` (a user's ``"op": ">="`` on
+        a constraint was dropped silently, leaving the opposite constraint in force); stored specs
+        are read with ``strict=False``, so one written by another version still loads."""
+        if strict:
+            _check_keys(d, SPEC_KEYS, "spec")
+            for i, c in enumerate(d.get("parameter_constraints", [])):
+                _check_keys(c, CONSTRAINT_KEYS, f"parameter_constraints[{i}]")
         try:
             params = tuple(param_from_dict(p, i) for i, p in enumerate(d.get("parameters", [])))
             cons = tuple(
@@ -368,6 +376,39 @@ class StudySpec:
             raise SpecError("spec", f"unexpected field: {e}") from None
         except KeyError as e:
             raise SpecError("spec", f"missing field {e}") from None
+
+
+# the keys StudySpec.from_dict reads: of a spec, and of one parameter constraint (sum <= bound)
+SPEC_KEYS = frozenset(
+    (
+        "parameters",
+        "parameter_constraints",
+        "objectives",
+        "outcome_constraints",
+        "tracked_metrics",
+        "algorithm",
+        "description",
+        "priors",
+        "llm",
+        "fidelity",
+        "pruning",
+        "transfer",
+    )
+)
+CONSTRAINT_KEYS = frozenset(("coefficients", "bound"))
+
+
+def _check_keys(d: Any, known: frozenset[str], path: str) -> None:
+    if not isinstance(d, Mapping):
+        raise SpecError(path, f"must be a mapping, got {type(d).__name__}")
+    unknown = sorted(str(k) for k in d if k not in known)
+    if unknown:
+        hint = (
+            ": a constraint is sum(coefficients[name] * value) <= bound; for >=, negate both"
+            if known is CONSTRAINT_KEYS
+            else ""
+        )
+        raise SpecError(path, f"unknown field(s) {', '.join(unknown)[:200]}{hint}")
 
 
 INT64_MAX = 2**63 - 1

@@ -39,7 +39,9 @@ class StudySources:
                     trials = self.storage.list_trials(ref.uid, [TrialState.COMPLETED])
                     hit = (
                         done,
-                        SourceData(ref.uid, rec.name, StudySpec.from_dict(rec.spec), trials),
+                        SourceData(
+                            ref.uid, rec.name, StudySpec.from_dict(rec.spec, strict=False), trials
+                        ),
                     )
                     self._read[ref.uid] = hit
                 out.append(hit[1])

@@ -283,7 +283,7 @@ def resolve_sources(
 
 def _spec_of(rec) -> StudySpec | None:
     try:
-        return StudySpec.from_dict(rec.spec)
+        return StudySpec.from_dict(rec.spec, strict=False)
     except (SpecError, TypeError, ValueError):
         return None
 

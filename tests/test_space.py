@@ -321,6 +321,27 @@ def test_spec_json_round_trip():
     assert spec.modeled_metrics == ["loss", "acc", "seconds"]
 
 
+def test_a_spec_dict_with_fields_nobody_reads_is_refused_but_stored_ones_load():
+    """A constraint is sum <= bound; ``"op": ">="`` was dropped silently and the opposite
+    constraint enforced (x + z + w >= 1 asked, points summing to 0.49 handed out). Unknown keys
+    of a spec or of a constraint are refused when a user gives them; a stored spec (another
+    version may have written more keys) still loads."""
+    base = {
+        "parameters": [{"name": "x", "type": "float", "low": 0, "high": 1}],
+        "objectives": [{"name": "f"}],
+    }
+    ge = {"coefficients": {"x": 1}, "bound": 0.5, "op": ">="}
+    with pytest.raises(SpecError) as e:
+        StudySpec.from_dict({**base, "parameter_constraints": [ge]})
+    assert e.value.field == "parameter_constraints[0]"
+    assert "unknown field(s) op" in e.value.message and "negate both" in e.value.message
+    with pytest.raises(SpecError) as e:
+        StudySpec.from_dict({**base, "contraints": []})
+    assert e.value.field == "spec" and "contraints" in e.value.message
+    stored = StudySpec.from_dict({**base, "parameter_constraints": [ge], "later": 1}, strict=False)
+    assert stored.space.constraints[0].bound == 0.5
+
+
 def test_constraints_met_only_within_the_tolerance_still_give_points():
     """x + z <= -1e-13 on [0, 1]^2 is met (within the tolerance) only at the corner: the polytope
     sampler finds no interior and raised, failing every Ask; the known point is handed out. A
