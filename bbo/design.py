@@ -96,15 +96,36 @@ def sobol_design(
     return out
 
 
+Constraint = tuple[list[int], list[float], float]  # sum(coef * x[idx]) >= rhs, BoTorch's form
+
+
+def _split_equalities(cons: list[Constraint]) -> tuple[list[Constraint], list[Constraint]]:
+    """``(inequalities, equalities)``: a pair ``a.x >= r`` and ``-a.x >= -r`` (a user's
+    ``a.x <= b`` beside ``-a.x <= -b``, e.g. weights that sum to one) is the equality ``a.x = r``,
+    which leaves the polytope no interior for hit-and-run to walk in."""
+    key = lambda c: tuple(sorted(zip(c[0], c[1])))  # noqa: E731
+    index = {(key(c), c[2]): i for i, c in enumerate(cons)}
+    paired: set[int] = set()
+    eq = []
+    for i, (idx, coef, rhs) in enumerate(cons):
+        j = index.get((key((idx, [-a for a in coef], rhs)), -rhs))
+        if j is not None and j != i and i not in paired and j not in paired:
+            paired |= {i, j}
+            eq.append((idx, coef, rhs))
+    return [c for i, c in enumerate(cons) if i not in paired], eq
+
+
 def polytope_samples(space: SearchSpace, n: int, seed: int) -> list[dict[str, Value]]:
-    """Uniform-ish feasible points by hit-and-run inside the constraint polytope (BoTorch)."""
+    """Uniform-ish feasible points by hit-and-run inside the constraint polytope (BoTorch); where
+    constraints pair up into equalities (:func:`_split_equalities`), within their hyperplane."""
     import torch
     from botorch.exceptions.errors import InfeasibilityError
     from botorch.utils.sampling import get_polytope_samples
 
-    ineq = [
+    ineq, eq = _split_equalities(space.inequality_constraints())
+    as_torch = lambda cons: [  # noqa: E731
         (torch.tensor(idx, dtype=torch.long), torch.tensor(coef, dtype=torch.double), float(rhs))
-        for idx, coef, rhs in space.inequality_constraints()
+        for idx, coef, rhs in cons
     ]
     box = torch.tensor(space.bounds(), dtype=torch.double)
     out: list[dict[str, Value]] = []
@@ -114,7 +135,8 @@ def polytope_samples(space: SearchSpace, n: int, seed: int) -> list[dict[str, Va
             xs = get_polytope_samples(
                 n=4 * n,
                 bounds=box,
-                inequality_constraints=ineq or None,
+                inequality_constraints=as_torch(ineq) or None,
+                equality_constraints=as_torch(eq) or None,
                 seed=seed + attempt,
                 n_thinning=16,
             )

@@ -342,6 +342,36 @@ def test_a_spec_dict_with_fields_nobody_reads_is_refused_but_stored_ones_load():
     assert stored.space.constraints[0].bound == 0.5
 
 
+def test_weights_that_sum_to_one_get_a_spread_design_and_model_based_asks():
+    """x + z + w <= 1 beside -x - z - w <= -1 (an equality: mixture weights) leaves the polytope
+    no interior: hit-and-run found none and every ask handed out the same vertex (1, 0, 0),
+    the acquisition's repeats falling back to it. The pair is sampled as an equality."""
+    from bbo.strategy import GenerationStrategy
+    from bbo.trial import Metric, Trial, TrialState
+
+    names = ("x", "z", "w")
+    spec = StudySpec.from_dict(
+        {
+            "parameters": [{"name": n, "type": "float", "low": 0, "high": 1} for n in names],
+            "objectives": [{"name": "f"}],
+            "parameter_constraints": [
+                {"coefficients": dict.fromkeys(names, 1), "bound": 1},
+                {"coefficients": dict.fromkeys(names, -1), "bound": -1},
+            ],
+            "algorithm": {"seed": 0},
+        }
+    )
+    gs, trials = GenerationStrategy(spec), []
+    for i in range(8):
+        (s,) = gs.suggest(trials, 1)
+        p = s.params
+        assert spec.space.is_feasible(p) and abs(sum(p.values()) - 1) < 1e-8
+        f = (p["x"] - 0.2) ** 2 + (p["z"] - 0.5) ** 2 + (p["w"] - 0.3) ** 2
+        trials.append(Trial(i, p, TrialState.COMPLETED, {"f": Metric(f)}, origin=s.origin))
+    assert len({tuple(round(t.params[n], 6) for n in names) for t in trials}) == 8
+    assert all(t.origin in ("bo", "bo_exploit") for t in trials[6:])  # the model's, no fallback
+
+
 def test_constraints_met_only_within_the_tolerance_still_give_points():
     """x + z <= -1e-13 on [0, 1]^2 is met (within the tolerance) only at the corner: the polytope
     sampler finds no interior and raised, failing every Ask; the known point is handed out. A
