@@ -419,10 +419,11 @@ def _request(path: str, query: str = "", **path_params):
 
 def test_page_sizes_do_not_grow_with_what_the_page_does_not_show(registry):
     """The study list (polled every 2 s) carries no descriptions: it shows none, and each may be
-    64 KiB (10,000 studies made it 640 MiB). An LLM call page ends early past LLM_PAGE_BYTES (a
-    call holds up to a 1 MiB answer; 200 of them were one response) and says there is more."""
+    64 KiB (10,000 studies made it 640 MiB). An LLM call page ends early past PAGE_BYTES (a call
+    holds up to a 1 MiB answer; 200 of them were one response) and says there is more."""
+    from bbo.paging import PAGE_BYTES
     from bbo.storage import LlmCallRecord
-    from bbo_server.dashboard import LLM_PAGE_BYTES, Dashboard
+    from bbo_server.dashboard import Dashboard
 
     d = Dashboard(registry)
     for i in range(3):
@@ -438,7 +439,7 @@ def test_page_sizes_do_not_grow_with_what_the_page_does_not_show(registry):
     seen, after = [], 0
     while True:
         body = d.llm_calls(_request("/x", f"after={after}&limit=200", name="described-0")).body
-        assert len(body) <= LLM_PAGE_BYTES + 1_000_000
+        assert len(body) <= PAGE_BYTES + 1_000_000
         page = json.loads(body)
         seen += [c["id"] for c in page["calls"]]
         if not page["more"]:

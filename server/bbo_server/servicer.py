@@ -10,7 +10,7 @@ from collections.abc import Callable
 import grpc
 
 from bbo.errors import BboError, SpecError
-from bbo.paging import page_bounds
+from bbo.paging import page_bounds, page_prefix
 from bbo.registry import DEFAULT_TENANT, StudyRegistry, check_name, encode_page_token
 from bbo.study import Study
 from bbo.trial import TrialState
@@ -27,9 +27,6 @@ Authenticate = Callable[[grpc.ServicerContext, str], str]
 """(context, rpc method name) -> tenant; raises bbo_server.errors.Unauthenticated / PermissionDenied."""
 
 MAX_ID_LEN = 128
-# A List page ends early once its messages pass this size: every client's default receive limit is
-# 4 MiB, and a page must fit in it whatever the studies, trials or LLM calls hold.
-PAGE_BYTES = 2 * 1024 * 1024
 
 
 def default_authenticate(context: grpc.ServicerContext, method: str) -> str:
@@ -243,13 +240,6 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
 
 
 def _within_page_bytes(items, to_pb) -> list:
-    """``[(item, message)]`` of the leading items whose messages fit in PAGE_BYTES (at least one)."""
-    out: list = []
-    used = 0
-    for it in items:
-        m = to_pb(it)
-        used += m.ByteSize()
-        if out and used > PAGE_BYTES:
-            break
-        out.append((it, m))
-    return out
+    """``[(item, message)]`` of the leading items whose messages fit in a page's bytes
+    (:func:`bbo.paging.page_prefix`); each item converted once, and only up to the page's end."""
+    return page_prefix(((it, to_pb(it)) for it in items), lambda pair: pair[1].ByteSize())

@@ -14,7 +14,8 @@ Routes (GET only; there is no write path):
   ``/api/studies/{name}``: a study with its trials, intermediate values and best trials (as
   GetBest: with how they were chosen and, where by the model, its estimate of the objective);
   ``/api/studies/{name}/llm_calls?after=ID&limit=N``: its LLM call log, oldest first (a page
-  ends early past ``LLM_PAGE_BYTES``; ``more`` says whether to ask for the calls after it).
+  ends early past :data:`bbo.paging.PAGE_BYTES` of prompts and answers, as ListLlmCalls' pages
+  do; ``more`` says whether to ask for the calls after it).
 
 With API keys on (the gRPC API's ``--auth``), every ``/api`` request needs a key (``x-api-key``
 or ``Authorization: Bearer``), else 401; the page asks for it once and keeps it in the tab's
@@ -42,6 +43,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from bbo.errors import NotFoundError
+from bbo.paging import page_prefix
 from bbo.registry import DEFAULT_TENANT, StudyRegistry
 from bbo.study import Study
 from bbo.trial import Trial, TrialState
@@ -50,9 +52,6 @@ log = logging.getLogger("bbo.dashboard")
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_LLM_PAGE = 200
-# An LLM call page ends early once its calls pass this many bytes of prompt and answer (at least
-# one call), as ListLlmCalls' pages do: a call holds up to a 1 MiB answer.
-LLM_PAGE_BYTES = 2 * 1024 * 1024
 
 # The page loads nothing from elsewhere; plotly injects <style> elements, hence 'unsafe-inline'
 # for styles only.
@@ -265,12 +264,8 @@ class Dashboard:
         limit = _int_arg(request, "limit", 100, 1, MAX_LLM_PAGE)
         calls = study.llm_calls(after=after, limit=limit)
         full = len(calls) == limit
-        used = 0
-        for i, c in enumerate(calls):
-            used += len(c.prompt.encode()) + len(c.response.encode())
-            if i and used > LLM_PAGE_BYTES:
-                calls, full = calls[:i], True
-                break
+        page = page_prefix(calls, lambda c: len(c.prompt.encode()) + len(c.response.encode()))
+        calls, full = page, full or len(page) < len(calls)
         return _json(
             {
                 "calls": [
