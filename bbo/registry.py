@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from bbo.errors import ConflictError, LimitError, NotFoundError, SpecError
 from bbo.fit_slots import FitSlots
 from bbo.limits import RequestLimits
 from bbo.model_sharing import ModelStateCache
-from bbo.spec import AlgorithmOptions, StudySpec
+from bbo.spec import STUDY_NAME, AlgorithmOptions, StudySpec
 from bbo.stopping import MedianRule
 from bbo.storage import LlmCallRecord, Storage, StudyRecord
 from bbo.study import Study
@@ -32,7 +31,6 @@ from bbo.transfer import Judge, resolve_sources, source_refs
 log = logging.getLogger("bbo.registry")
 
 DEFAULT_TENANT = "default"
-_NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")  # fullmatch: "$" would let "x\n" in
 
 
 class AlreadyExistsError(ConflictError):
@@ -65,7 +63,7 @@ def default_strategy_factory(spec: StudySpec):
 
 
 def check_name(name: Any) -> str:
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+    if not isinstance(name, str) or not STUDY_NAME.fullmatch(name):
         raise SpecError(
             "name", f"study name {str(name)[:140]!r} must be 1-128 letters, digits, '_', '-', '.'"
         )

@@ -549,7 +549,8 @@ def _check_fidelity(spec: StudySpec) -> None:
         raise SpecError("pruning.promote", "promotion needs the policy asha or hyperband")
 
 
-_SOURCE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")  # a study name (fullmatch)
+# a study name, matched whole (fullmatch: "$" would let "x\n" in); also what CreateStudy checks
+STUDY_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 
 
 def _check_transfer(t: TransferOptions) -> None:
@@ -557,7 +558,7 @@ def _check_transfer(t: TransferOptions) -> None:
         raise SpecError("transfer.sources", "must be a list of study names")
     seen: set[str] = set()
     for i, name in enumerate(t.sources):
-        if not isinstance(name, str) or not _SOURCE_NAME.fullmatch(name):
+        if not isinstance(name, str) or not STUDY_NAME.fullmatch(name):
             raise SpecError(
                 f"transfer.sources[{i}]",
                 f"{str(name)[:140]!r} is not a study name (1-128 letters, digits, '_', '-', '.')",
