@@ -99,16 +99,20 @@ def sobol_design(
 Constraint = tuple[list[int], list[float], float]  # sum(coef * x[idx]) >= rhs, BoTorch's form
 
 
+def _terms(idx: list[int], coef: list[float]) -> tuple[tuple[int, float], ...]:
+    """A constraint's left-hand side, in an order-free form."""
+    return tuple(sorted(zip(idx, coef)))
+
+
 def _split_equalities(cons: list[Constraint]) -> tuple[list[Constraint], list[Constraint]]:
     """``(inequalities, equalities)``: a pair ``a.x >= r`` and ``-a.x >= -r`` (a user's
     ``a.x <= b`` beside ``-a.x <= -b``, e.g. weights that sum to one) is the equality ``a.x = r``,
     which leaves the polytope no interior for hit-and-run to walk in."""
-    key = lambda c: tuple(sorted(zip(c[0], c[1])))  # noqa: E731
-    index = {(key(c), c[2]): i for i, c in enumerate(cons)}
+    index = {(_terms(idx, coef), rhs): i for i, (idx, coef, rhs) in enumerate(cons)}
     paired: set[int] = set()
     eq = []
     for i, (idx, coef, rhs) in enumerate(cons):
-        j = index.get((key((idx, [-a for a in coef], rhs)), -rhs))
+        j = index.get((_terms(idx, [-a for a in coef]), -rhs))
         if j is not None and j != i and i not in paired and j not in paired:
             paired |= {i, j}
             eq.append((idx, coef, rhs))
@@ -122,11 +126,13 @@ def polytope_samples(space: SearchSpace, n: int, seed: int) -> list[dict[str, Va
     from botorch.exceptions.errors import InfeasibilityError
     from botorch.utils.sampling import get_polytope_samples
 
-    ineq, eq = _split_equalities(space.inequality_constraints())
-    as_torch = lambda cons: [  # noqa: E731
-        (torch.tensor(idx, dtype=torch.long), torch.tensor(coef, dtype=torch.double), float(rhs))
-        for idx, coef, rhs in cons
-    ]
+    def as_torch(cons: list[Constraint]) -> list | None:
+        return [
+            (torch.tensor(i, dtype=torch.long), torch.tensor(c, dtype=torch.double), float(r))
+            for i, c, r in cons
+        ] or None
+
+    ineq, eq = (as_torch(c) for c in _split_equalities(space.inequality_constraints()))
     box = torch.tensor(space.bounds(), dtype=torch.double)
     out: list[dict[str, Value]] = []
     attempt = 0
@@ -135,8 +141,8 @@ def polytope_samples(space: SearchSpace, n: int, seed: int) -> list[dict[str, Va
             xs = get_polytope_samples(
                 n=4 * n,
                 bounds=box,
-                inequality_constraints=as_torch(ineq) or None,
-                equality_constraints=as_torch(eq) or None,
+                inequality_constraints=ineq,
+                equality_constraints=eq,
                 seed=seed + attempt,
                 n_thinning=16,
             )
