@@ -472,6 +472,20 @@ class Study:
         """Every trial's reported intermediate values: trial id -> ``[(step, value)]``."""
         return self.storage.intermediates(self.uid)
 
+    @_study_calls
+    def intermediate_page(
+        self, after: int = 0, after_step: int | None = None, limit: int | None = None
+    ) -> list[tuple[int, int, float]]:
+        """A page of the reported intermediate values, ``[(trial id, step, value)]`` by trial and
+        step: those after step ``after_step`` of trial ``after`` (None: of the trials above
+        ``after``), at most ``limit``."""
+        return self.storage.intermediate_page(self.uid, after, after_step, limit)
+
+    @_study_calls
+    def trial_counts(self) -> dict[str, int]:
+        """``{state: number of trials}`` (states without trials left out)."""
+        return self.storage.trial_counts(self.uid)
+
     # ---- during evaluation ----------------------------------------------------------------------
     @_study_calls
     def heartbeat(self, trial_id: int, lease_seconds: float = 0.0, study_uid: str = "") -> Trial:

@@ -235,6 +235,31 @@ def test_intermediates_llm_calls_model_state_and_delete(store):
     assert store.get_study("t", "s") is None and not store.delete_study(uid)
 
 
+def test_intermediate_pages_resume_after_a_trial_and_step(store):
+    """Pages of intermediate values in (trial, step) order, cut inside a trial and resumed after
+    the last point: every value exactly once; another study's values never appear."""
+    uid = store.create_study("t", "s", SPEC, 1).uid
+    other = store.create_study("t", "o", SPEC, 1).uid
+    ts, _ = store.insert_trials(uid, [NewTrial({"x": i / 4}, "bo") for i in range(4)])
+    (o,), _ = store.insert_trials(other, [NewTrial({"x": 0.5}, "bo")])
+    store.add_intermediate(other, o.id, 0, 9.0)
+    for t in (ts[0], ts[2], ts[3]):  # trial 2 reports nothing
+        for step in (0, 5, 2**62):
+            store.add_intermediate(uid, t.id, step, t.id + step / 2**63)
+    want = [(n, step, v) for n, pts in store.intermediates(uid).items() for step, v in pts]
+    assert len(want) == 9 and want == sorted(want)
+    assert store.intermediate_page(uid) == want
+    seen, cursor = [], (0, None)
+    while page := store.intermediate_page(uid, *cursor, limit=2):
+        assert len(page) <= 2
+        seen += page
+        cursor = page[-1][:2]
+    assert seen == want
+    assert store.intermediate_page(uid, after=ts[2].id) == want[6:]  # the trials above 3
+    assert store.intermediate_page(uid, ts[2].id, 0, limit=1) == want[4:5]
+    assert store.intermediate_page(other) == [(o.id, 0, 9.0)]
+
+
 def test_budgets_curves_and_continuations(store):
     """Trials keep their budget and bracket; intermediate values their budget and first time; a
     PAUSED trial is continued once, in the ask's transaction, and the ask's request replays it."""
@@ -317,6 +342,7 @@ def test_every_call_on_a_deleted_study_finds_nothing_and_writes_nothing(store):
         lambda: store.trial_events(gone, t.id),
         lambda: store.add_intermediate(gone, t.id, 1, 0.5),
         lambda: store.intermediates(gone),
+        lambda: store.intermediate_page(gone),
         lambda: store.log_llm_call(gone, LlmCallRecord("priors", "m", "secret", "r", "ok")),
         lambda: store.list_llm_calls(gone),
         lambda: store.set_study_state(gone, "LIKELY_INFEASIBLE", "a reason"),

@@ -299,6 +299,14 @@ class Storage(abc.ABC):
         """trial number -> ``[(step, value)]`` sorted by step."""
 
     @abc.abstractmethod
+    def intermediate_page(
+        self, uid: str, after: int = 0, after_step: int | None = None, limit: int | None = None
+    ) -> list[tuple[int, int, float]]:
+        """``[(trial number, step, value)]`` in (number, step) order, at most ``limit``: those
+        after step ``after_step`` of trial ``after`` (with None, those of the trials numbered above
+        ``after``). A page is one indexed range scan; the last point is the next page's cursor."""
+
+    @abc.abstractmethod
     def curves(self, uid: str, numbers: Sequence[int] | None = None) -> dict[int, list[CurvePoint]]:
         """trial number -> its intermediate values with budgets and times, sorted by step; only
         the trials ``numbers`` where given."""

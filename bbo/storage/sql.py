@@ -746,6 +746,27 @@ class SqlStorage(Storage):
         return out
 
     @db_call
+    def intermediate_page(
+        self, uid: str, after: int = 0, after_step: int | None = None, limit: int | None = None
+    ) -> list[tuple[int, int, float]]:
+        iv = S.intermediate_values.c
+        number = S.trials.c.number
+        with self._read() as conn:
+            sid = self._sid(conn, uid)
+            where = number > after
+            if after_step is not None:
+                where = sa.or_(where, sa.and_(number == after, iv.step > after_step))
+            q = (
+                sa.select(number, iv.step, iv.value)
+                .join(S.trials, S.trials.c.id == iv.trial_id)
+                .where(S.trials.c.study_id == sid, where)
+                .order_by(number, iv.step)
+            )
+            if limit is not None:
+                q = q.limit(limit)
+            return [(int(n), int(s), float(v)) for n, s, v in conn.execute(q)]
+
+    @db_call
     def curves(self, uid: str, numbers: Sequence[int] | None = None) -> dict[int, list[CurvePoint]]:
         iv = S.intermediate_values.c
         out: dict[int, list[CurvePoint]] = {}
