@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import socket
 import tempfile
@@ -80,6 +81,23 @@ def get(url: str, key: str | None = None, header: str = "authorization", method:
     return status, json.loads(raw) if "json" in ctype else raw.decode()
 
 
+def everything(dash, name: str, route: str, limit: int, key: str = "items") -> list:
+    """Every item of a paged dashboard route, a page of at most ``limit`` at a time."""
+    out, cursor = [], "after=0"
+    while True:
+        status, page = get(
+            dash.url + f"api/studies/{name}/{route}?{cursor}&limit={limit}", dash.key
+        )
+        assert status == 200 and len(page[key]) <= limit, page
+        out += page[key]
+        if not page["more"]:
+            return out
+        last = page[key][-1]
+        cursor = (
+            f"after={last['id']}" if route == "trials" else f"after={last[0]}&after_step={last[1]}"
+        )
+
+
 def running_study(client, name: str, llm: bool = False):
     """Two objectives, one outcome constraint: user trials (one infeasible), asked trials with
     learning curves, a failure, and one trial still pending. ``llm``: the study asks the LLM
@@ -111,7 +129,8 @@ def running_study(client, name: str, llm: bool = False):
 def test_api_needs_a_valid_key_and_is_read_only(dash):
     name = "keys-study"
     running = running_study(dash.client, name)
-    for path in ("api/session", "api/studies", f"api/studies/{name}"):
+    paged = [f"api/studies/{name}/{r}" for r in ("trials", "intermediates", "llm_calls")]
+    for path in ("api/session", "api/studies", f"api/studies/{name}", *paged):
         status, body = get(dash.url + path)
         assert status == 401 and "missing API key" in body["error"], (path, body)
         status, body = get(dash.url + path, "bbo_000000000000_" + "A" * 43)
@@ -161,7 +180,8 @@ def test_a_noisy_studys_best_is_the_models_choice_as_in_get_best(dash):
     best = study.best()
     status, body = get(dash.url + f"api/studies/{name}", dash.key)
     assert status == 200
-    assert body["best"] == [best.trials[0].id] and body["best"] != [lucky]
+    assert [t["id"] for t in body["best"]] == [best.trials[0].id] != [lucky]
+    assert body["best_count"] == 1
     assert body["selection"] == best.selection and "posterior mean" in body["selection"]
     e = body["estimate"]
     assert e == {
@@ -174,7 +194,7 @@ def test_a_noisy_studys_best_is_the_models_choice_as_in_get_best(dash):
     clean = running_study(dash.client, "clean-json-study")
     body = get(dash.url + "api/studies/clean-json-study", dash.key)[1]
     assert body["selection"] == "" and body["estimate"] is None
-    assert body["best"] == [t.id for t in clean.best().trials]
+    assert [t["id"] for t in body["best"]] == [t.id for t in clean.best().trials]
 
 
 def test_another_tenants_study_is_not_found(dash):
@@ -182,41 +202,53 @@ def test_another_tenants_study_is_not_found(dash):
     running_study(dash.client, name)
     status, body = get(dash.url + "api/studies", dash.other)
     assert status == 200 and body == {"tenant": "beta", "studies": []}
-    for path in (f"api/studies/{name}", f"api/studies/{name}/llm_calls"):
+    for route in ("", "/trials", "/intermediates", "/llm_calls"):
+        path = f"api/studies/{name}{route}"
         status, body = get(dash.url + path, dash.other)
         assert status == 404 and body["error"] == f"study '{name}' not found"
     assert get(dash.url + f"api/studies/{name}", dash.key)[0] == 200
+    assert len(everything(dash, name, "trials", 1000, "trials")) == 12
 
 
 def test_study_json_matches_what_the_api_stored(dash):
     name = "json-study"
     study = running_study(dash.client, name)
     status, body = get(dash.url + f"api/studies/{name}", dash.key)
-    assert status == 200
-    trials = {t["id"]: t for t in body["trials"]}
+    assert status == 200 and "trials" not in body and "intermediates" not in body
+    assert body["counts"] == {"COMPLETED": 10, "FAILED": 1, "PENDING": 1}
+    paged = everything(dash, name, "trials", 5, "trials")
+    trials = {t["id"]: t for t in paged}
     stored = {t.id: t for t in study.trials()}
-    assert set(trials) == set(stored)
+    assert [t["id"] for t in paged] == sorted(stored)
     for tid, t in stored.items():
         assert trials[tid]["state"] == t.state and trials[tid]["origin"] == t.origin
         assert trials[tid]["metrics"] == pytest.approx(t.metrics)
-    assert [t["feasible"] for t in body["trials"][:8]] == [True] * 3 + [False] + [True] * 4
-    assert sorted(body["best"]) == sorted(t.id for t in study.best().trials)
+        assert trials[tid]["open"] == (t.state == "PENDING")
+    assert [t["feasible"] for t in paged[:8]] == [True] * 3 + [False] + [True] * 4
+    best = study.best().trials
+    assert sorted(t["id"] for t in body["best"]) == sorted(t.id for t in best)
+    assert body["best_count"] == len(best) and all(t["params"] for t in body["best"])
     asked = [t for t in stored.values() if t.worker_id == "w1" and t.state == "COMPLETED"]
-    curves = body["intermediates"]
-    assert sorted(curves) == sorted(str(t.id) for t in asked)
-    assert [p[0] for p in curves[str(asked[0].id)]] == [0, 1, 2]
+    points = everything(dash, name, "intermediates", 2, "points")
+    assert sorted({p[0] for p in points}) == sorted(t.id for t in asked)
+    assert [p[1] for p in points if p[0] == asked[0].id] == [0, 1, 2]
     assert body["study"]["objectives"] == [
         {"name": "loss", "goal": "minimize"},
         {"name": "acc", "goal": "maximize"},
     ]
-    # a value reported after that read is in the next one (nothing stale is served)
+    # a value reported after that read is in the next one (nothing stale is served), read from
+    # the pending trial on as the page does
     (pending,) = study.trials(states=["PENDING"])
+    curve = f"api/studies/{name}/intermediates?after={pending.id - 1}"
     study.report_intermediate(pending, 0, 0.5)
-    curves = get(dash.url + f"api/studies/{name}", dash.key)[1]["intermediates"]
-    assert curves[str(pending.id)] == [[0, 0.5]]
+    assert get(dash.url + curve, dash.key)[1] == {"points": [[pending.id, 0, 0.5]], "more": False}
     study.report_intermediate(pending, 0, 0.25)  # the same step again: the value is replaced
-    curves = get(dash.url + f"api/studies/{name}", dash.key)[1]["intermediates"]
-    assert curves[str(pending.id)] == [[0, 0.25]]
+    assert get(dash.url + curve, dash.key)[1]["points"] == [[pending.id, 0, 0.25]]
+    # the summary follows the counts (it is kept while they and the study's state stand still)
+    study.tell(pending, {"loss": 0.05, "acc": 0.9, "mem": 1.0})
+    body = get(dash.url + f"api/studies/{name}", dash.key)[1]
+    assert body["counts"] == {"COMPLETED": 11, "FAILED": 1}
+    assert [t["id"] for t in body["best"]] != [] and pending.id in [t["id"] for t in body["best"]]
 
     # the LLM log, paged by the last id seen; a wrong cursor names the parameter
     assert get(dash.url + f"api/studies/{name}/llm_calls", dash.key)[1] == {
@@ -234,9 +266,27 @@ def test_study_json_matches_what_the_api_stored(dash):
         seen += [(c["purpose"], c["outcome"], c["response"]) for c in page["calls"]]
         after, more = (page["calls"][-1]["id"] if page["calls"] else after), page["more"]
     assert seen == stored
-    for bad in ("after=-1", "after=x", "limit=0", "limit=201"):
-        status, body = get(dash.url + f"api/studies/{name}/llm_calls?{bad}", dash.key)
-        assert status == 400 and f"'{bad.split('=')[0]}'" in body["error"], body
+
+
+def test_bad_page_arguments_are_400_naming_what_to_fix(dash):
+    name = "bad-args-study"
+    running_study(dash.client, name)
+    common = ("after=-1", "after=x", "after=1.5", f"after={2**63}", "limit=0", "limit=")
+    cases = {
+        "llm_calls": (*common, "limit=201"),
+        "trials": (*common, "limit=1001", "limit=1e3"),
+        "intermediates": (*common, "limit=10001", "after_step=-1", "after_step=two"),
+    }
+    for route, bad_args in cases.items():
+        for bad in bad_args:
+            status, body = get(dash.url + f"api/studies/{name}/{route}?{bad}", dash.key)
+            field = bad.split("=")[0]
+            if bad == "limit=":  # empty: the default
+                assert status == 200, (route, body)
+                continue
+            assert (
+                status == 400 and f"query parameter '{field}' must be an integer" in body["error"]
+            ), (route, bad, body)
 
 
 def test_plugin_refuses_an_open_dashboard_and_a_taken_port(registry):
@@ -380,6 +430,16 @@ def test_browser_shows_a_running_study_live(dash, browser, tmp_path):
     assert browser.execute_script("return window.__loaded_once") == "yes"
     assert len(css(rows)) == 13
     assert "late-worker" in css(new_row)[0].text
+    # ... and so does a pending trial's new intermediate value. The polls read the trials and
+    # curves from the first open trial on (the one left pending), not the whole study again.
+    (pending,) = study.trials(states=["PENDING"])
+    study.report_intermediate(pending, 0, 0.3)
+    wait.until(lambda d: len(css("#plot-intermediate .scatterlayer .trace")) == 3)
+    urls = browser.execute_script(
+        "return performance.getEntriesByType('resource').map((e) => e.name)"
+    )
+    afters = [int(re.search(r"/trials\?after=(\d+)", u).group(1)) for u in urls if "/trials?" in u]
+    assert len(afters) >= 3 and afters[0] == 0 and set(afters[1:]) == {pending.id - 1}, afters
 
     # filter by state and origin, sort by a column
     Select(browser.find_element(By.ID, "state-filter")).select_by_value("FAILED")
@@ -446,3 +506,68 @@ def test_page_sizes_do_not_grow_with_what_the_page_does_not_show(registry):
             break
         after = page["calls"][-1]["id"]
     assert seen == [1, 2, 3, 4, 5]
+
+
+def test_a_large_studys_pages_are_bounded_and_cover_it_once(registry):
+    """A study of 1,500 trials, each with a 4,000-character reason (as long as a tell keeps; most
+    are failures), and 300 intermediate values: the summary holds none of them; a trial page holds at most its
+    limit (1,000) and ends early past PAGE_BYTES; paging through returns every trial and every
+    value exactly once, in order."""
+    from bbo.paging import PAGE_BYTES
+    from bbo.storage import NewTrial
+    from bbo.trial import Metric, TrialState
+    from bbo_server.dashboard import MAX_POINT_PAGE, MAX_TRIAL_PAGE, Dashboard
+
+    d = Dashboard(registry)
+    study, _ = registry.create_study("large", SMALL_SPEC)
+    n = 1500
+    done, failed = TrialState.COMPLETED, TrialState.FAILED
+    new = [
+        NewTrial({"x": i / n}, "user", done, {"y": Metric(i / n)}, "r" * 4000)
+        if i % 750 == 0  # two: the best is the best observed, no model is fitted
+        else NewTrial({"x": i / n}, "user", failed, reason="r" * 4000)
+        for i in range(n)
+    ]
+    registry.storage.insert_trials(study.uid, new)
+    for tid in range(1, 4):
+        for step in range(100):
+            registry.storage.add_intermediate(study.uid, tid, step, tid + step / 100)
+
+    detail = d.study_detail(_request("/x", name="large")).body
+    assert len(detail) < 20_000
+    summary = json.loads(detail)
+    assert summary["counts"] == {"COMPLETED": 2, "FAILED": n - 2}
+    assert summary["best_count"] == 1
+    assert [t["id"] for t in summary["best"]] == [1]
+
+    def pages(route, key, limit, cursor):
+        seen, query = [], "after=0"
+        while True:
+            body = getattr(d, route)(_request("/x", f"{query}&limit={limit}", name="large")).body
+            assert len(body) <= PAGE_BYTES + 10_000
+            page = json.loads(body)
+            assert 0 < len(page[key]) <= limit
+            seen.append(page[key])
+            if not page["more"]:
+                return seen
+            query = cursor(page[key][-1])
+
+    trial_pages = pages("trials", "trials", MAX_TRIAL_PAGE, lambda t: f"after={t['id']}")
+    assert len(trial_pages[0]) < MAX_TRIAL_PAGE  # cut by bytes: 1,000 of them are 4 MB
+    ids = [t["id"] for p in trial_pages for t in p]
+    assert ids == list(range(1, n + 1))
+    assert not any(t["open"] for p in trial_pages for t in p)
+    assert [len(p) for p in pages("trials", "trials", 400, lambda t: f"after={t['id']}")] == [
+        400,
+        400,
+        400,
+        300,
+    ]
+
+    want = [[tid, step, v] for tid, pts in study.intermediates().items() for step, v in pts]
+    assert len(want) == 300
+    by_step = lambda p: f"after={p[0]}&after_step={p[1]}"
+    point_pages = pages("intermediates", "points", 120, by_step)
+    assert [len(p) for p in point_pages] == [120, 120, 60]  # cut inside trials, resumed
+    assert [p for page in point_pages for p in page] == want
+    assert [len(p) for p in pages("intermediates", "points", MAX_POINT_PAGE, by_step)] == [300]

@@ -10,12 +10,25 @@ Routes (GET only; there is no write path):
 
 - ``/`` and ``/static/*``: the page, its script and style, and plotly.min.js from the installed
   ``plotly`` package (no CDN). They hold no data and are the same for everyone.
-- ``/api/session``: the caller's tenant; ``/api/studies``: the tenant's studies;
-  ``/api/studies/{name}``: a study with its trials, intermediate values and best trials (as
-  GetBest: with how they were chosen and, where by the model, its estimate of the objective);
-  ``/api/studies/{name}/llm_calls?after=ID&limit=N``: its LLM call log, oldest first (a page
-  ends early past :data:`bbo.paging.PAGE_BYTES` of prompts and answers, as ListLlmCalls' pages
-  do; ``more`` says whether to ask for the calls after it).
+- ``/api/session``: the caller's tenant; ``/api/studies``: the tenant's studies.
+- ``/api/studies/{name}``: a study's summary, bounded whatever the study's size: its spec, state,
+  trial counts by state, and its best trials (as GetBest: with how they were chosen and, where by
+  the model, its estimate of the objective; at most :data:`MAX_BEST` of them, ``best_count``
+  says how many there are). Its trials and curves come in pages:
+- ``/api/studies/{name}/trials?after=ID&limit=N``: the trials numbered above ``after``, by id, at
+  most ``limit`` (default and maximum :data:`MAX_TRIAL_PAGE`). Each says whether it is ``open``
+  (pending, paused, or abandoned by a lapsed lease: its state may still change); the page
+  re-reads from its first open trial and keeps the rest (ids only grow, finished trials stay).
+- ``/api/studies/{name}/intermediates?after=ID&after_step=S&limit=N``: reported intermediate
+  values as ``[trial, step, value]`` by trial and step, at most ``limit`` (default and maximum
+  :data:`MAX_POINT_PAGE`): those of the trials above ``after``, or with ``after_step`` those
+  after that step of trial ``after`` (the last point of a page is the next page's cursor).
+- ``/api/studies/{name}/llm_calls?after=ID&limit=N``: its LLM call log, oldest first, at most
+  ``limit`` (default 100, maximum :data:`MAX_LLM_PAGE`).
+
+Every page also ends early past :data:`bbo.paging.PAGE_BYTES` (as the gRPC List calls' pages do)
+and says with ``more`` whether to ask for what follows it. A query argument out of range is 400,
+naming it and its range.
 
 With API keys on (the gRPC API's ``--auth``), every ``/api`` request needs a key (``x-api-key``
 or ``Authorization: Bearer``), else 401; the page asks for it once and keeps it in the tab's
@@ -25,6 +38,7 @@ sessionStorage. Another tenant's study is 404, as NOT_FOUND is in the API.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import socket
 import ssl
@@ -46,12 +60,16 @@ from bbo.errors import NotFoundError
 from bbo.paging import page_prefix
 from bbo.registry import DEFAULT_TENANT, StudyRegistry
 from bbo.study import Study
+from bbo.study_trials import late
 from bbo.trial import Trial, TrialState
 
 log = logging.getLogger("bbo.dashboard")
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_LLM_PAGE = 200
+MAX_TRIAL_PAGE = 1000  # trials per /trials page
+MAX_POINT_PAGE = 10_000  # intermediate values per /intermediates page (one trial's default max)
+MAX_BEST = 1000  # best trials in a summary (a many-objective Pareto front may hold more)
 
 # The page loads nothing from elsewhere; plotly injects <style> elements, hence 'unsafe-inline'
 # for styles only.
@@ -79,11 +97,6 @@ def plotly_js() -> Path:
     if not path.is_file():
         raise RuntimeError(f"plotly.min.js not found at {path}: reinstall the 'plotly' package")
     return path
-
-
-def intermediates(study: Study) -> dict[int, list[tuple[int, float]]]:
-    """A study's stored intermediate values: trial id -> [(step, value)] by step."""
-    return study.intermediates()
 
 
 class _SecurityHeaders:
@@ -140,7 +153,13 @@ def trial_json(t: Trial, spec, required: list[str] | None = None) -> dict[str, A
         "rationale": t.rationale,
         "created": _seconds(t.created_at),
         "updated": _seconds(t.updated_at),
+        # its state (and curve) may still change: the page reads it again
+        "open": t.state in (TrialState.PENDING, TrialState.PAUSED) or late(t),
     }
+
+
+def _json_size(item: Any) -> int:
+    return len(json.dumps(item, separators=(",", ":")).encode())
 
 
 def study_json(study: Study, info=None, description: bool = True) -> dict[str, Any]:
@@ -165,9 +184,11 @@ def study_json(study: Study, info=None, description: bool = True) -> dict[str, A
 class Dashboard:
     """The app's endpoints over one registry; ``keys`` (a KeyStore) None = no authentication.
 
-    A study's page polls its whole state every few seconds. The answer is kept per study and sent
-    again while the study's trials, intermediate values and state are unchanged, so an idle tab
-    costs a read of the trials, not the best-trial search and the JSON encoding.
+    A study's page polls its summary every few seconds. The summary is kept per study and sent
+    again while the study's state and its trial counts by state (counted by the database) are
+    unchanged: the best trials, found among all completed ones (GetBest's cost, which a model fit
+    may dominate), change only when those do, so an idle tab costs no best-trial search. Its
+    trials and curves are read in bounded pages.
     """
 
     CACHED_STUDIES = 32
@@ -223,32 +244,29 @@ class Dashboard:
 
     def study_detail(self, request: Request) -> Response:
         study = self.study(request)
-        spec = study.spec
         info = study.info()
-        trials = study.trials()
-        curves = intermediates(study)
-        version = (
-            info.state,
-            info.state_reason,
-            tuple((t.id, t.state.value, t.updated_at) for t in trials),
-            tuple((k, tuple(v)) for k, v in sorted(curves.items())),
-        )
+        counts = study.trial_counts()
+        version = (info.state, info.state_reason, tuple(sorted(counts.items())))
         key = (study.tenant, study.uid)
         with self._cache_lock:
             hit = self._cache.get(key)
             if hit is not None and hit[0] == version:
                 self._cache.move_to_end(key)
                 return _json_bytes(hit[1])
+        spec = study.spec
         required = spec.required_metrics
-        best = study.best(trials)  # GetBest's answer: on a noisy objective, chosen by the model
+        best = study.best()  # GetBest's answer: on a noisy objective, chosen by the model
+        shown = page_prefix(
+            (trial_json(t, spec, required) for t in best.trials[:MAX_BEST]), _json_size
+        )
         body = JSONResponse(
             {
                 "study": {**study_json(study, info), "spec": spec.to_dict()},
-                "trials": [trial_json(t, spec, required) for t in trials],
-                "best": [t.id for t in best.trials],
+                "counts": counts,
+                "best": shown,
+                "best_count": len(best.trials),
                 "selection": best.selection,
                 "estimate": None if best.estimate is None else best.estimate._asdict(),
-                "intermediates": {str(k): v for k, v in curves.items()},
             }
         ).body
         with self._cache_lock:
@@ -258,9 +276,28 @@ class Dashboard:
                 self._cache.popitem(last=False)
         return _json_bytes(bytes(body))
 
+    def trials(self, request: Request) -> JSONResponse:
+        study = self.study(request)
+        after = _int_arg(request, "after", 0, 0, MAX_ID)
+        limit = _int_arg(request, "limit", MAX_TRIAL_PAGE, 1, MAX_TRIAL_PAGE)
+        spec = study.spec
+        required = spec.required_metrics
+        read = study.trials(after=after, limit=limit + 1)
+        page = page_prefix((trial_json(t, spec, required) for t in read[:limit]), _json_size)
+        return _json({"trials": page, "more": len(page) < len(read)})
+
+    def intermediates(self, request: Request) -> JSONResponse:
+        study = self.study(request)
+        after = _int_arg(request, "after", 0, 0, MAX_ID)
+        step = _int_arg(request, "after_step", None, 0, MAX_ID)
+        limit = _int_arg(request, "limit", MAX_POINT_PAGE, 1, MAX_POINT_PAGE)
+        read = study.intermediate_page(after, step, limit + 1)
+        page = page_prefix(read[:limit], _json_size)
+        return _json({"points": page, "more": len(page) < len(read)})
+
     def llm_calls(self, request: Request) -> JSONResponse:
         study = self.study(request)
-        after = _int_arg(request, "after", 0, 0)
+        after = _int_arg(request, "after", 0, 0, MAX_ID)
         limit = _int_arg(request, "limit", 100, 1, MAX_LLM_PAGE)
         calls = study.llm_calls(after=after, limit=limit)
         full = len(calls) == limit
@@ -288,7 +325,10 @@ class Dashboard:
         )
 
 
-def _int_arg(request: Request, name: str, default: int, low: int, high: int | None = None):
+MAX_ID = 2**63 - 1  # ids and steps are 64-bit in the database
+
+
+def _int_arg(request: Request, name: str, default: Any, low: int, high: int | None = None):
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
@@ -331,6 +371,8 @@ def create_app(
         Route("/api/session", d.session),
         Route("/api/studies", d.studies),
         Route("/api/studies/{name}", d.study_detail),
+        Route("/api/studies/{name}/trials", d.trials),
+        Route("/api/studies/{name}/intermediates", d.intermediates),
         Route("/api/studies/{name}/llm_calls", d.llm_calls),
     ]
     return Starlette(

@@ -4,6 +4,12 @@
 'use strict';
 
 const POLL_MS = 2000;  // at least; a slow answer (a huge study) spaces the polls out more
+// A study's trials and curves come in pages (the server caps each in count and bytes); the page
+// holds at most this many of them and says so where a study has more.
+const MAX_TRIALS = 10000;
+const MAX_POINTS = 200000;
+const TRIAL_PAGE = 1000;
+const POINT_PAGE = 10000;
 const KEY_ITEM = 'bbo-api-key';
 const STATES = ['PENDING', 'COMPLETED', 'FAILED', 'ABANDONED', 'PAUSED', 'PRUNED'];
 const PLOT_CONFIG = { displaylogo: false, responsive: true };
@@ -180,7 +186,11 @@ class StudyView {
   constructor(name) {
     this.name = name;
     this.last = null;
-    this.data = null;
+    this.data = null;  // the summary: study, counts, best trials
+    this.uid = null;
+    this.trials = [];  // by id: those before the first open one are kept, the rest read again
+    this.curves = new Map();  // trial id -> [[step, value]]
+    this.curveSig = null;
     this.sort = { key: 'id', dir: 1 };
     this.filter = { state: '', origin: '' };
     this.objective = 0;
@@ -210,6 +220,7 @@ class StudyView {
         el('div', { id: 'plot-params', class: 'plot' }),
         el('div', { id: 'intermediate-section', hidden: true },
           el('h2', { text: 'Intermediate values' }),
+          el('p', { id: 'intermediate-note', class: 'note', hidden: true }),
           el('div', { id: 'plot-intermediate', class: 'plot' }))),
       el('section', {},
         el('div', { class: 'chart-head' },
@@ -217,16 +228,19 @@ class StudyView {
           select('state-filter', 'state', retable((v) => { this.filter.state = v; })),
           select('origin-filter', 'origin', retable((v) => { this.filter.origin = v; })),
           el('span', { id: 'trial-count' })),
+        el('p', { id: 'trial-note', class: 'note', hidden: true }),
         el('div', { class: 'scroll' }, el('table', { id: 'trials-table', class: 'grid' }))),
       el('section', {},
         el('h2', { text: 'LLM calls' }),
         el('div', { class: 'scroll' }, el('table', { id: 'llm-table', class: 'grid' }))));
   }
 
+  get base() { return `api/studies/${encodeURIComponent(this.name)}`; }
+
   async refresh() {
     let got;
     try {
-      got = await api(`api/studies/${encodeURIComponent(this.name)}`);
+      got = await api(this.base);
     } catch (e) {
       if (!(e instanceof NotFound)) throw e;
       $('main').replaceChildren(el('h1', { text: this.name }),
@@ -234,28 +248,95 @@ class StudyView {
       view = null;
       return;
     }
+    if (got.body.study.uid !== this.uid) {  // first read, or the study was deleted and re-created
+      this.uid = got.body.study.uid;
+      this.trials = [];
+      this.curves = new Map();
+      this.curveSig = null;
+    }
+    const from = this.firstOpen();
+    const trialsChanged = await this.loadTrials(from);
+    const curvesChanged = await this.loadCurves(from);
     await this.refreshLlm();
-    if (got.text === this.last) return;
+    const summaryChanged = got.text !== this.last;
     this.last = got.text;
     this.data = got.body;
+    if (!summaryChanged && !trialsChanged && !curvesChanged) return;
     this.drawSummary();
     this.fillSelects();
     this.draw();
     this.drawTable();
   }
 
+  // The first trial whose state may still change (ids only grow; a finished trial stays as it
+  // is): every poll reads the trials and curves from it on, and keeps those before it.
+  firstOpen() {
+    const open = this.trials.find((t) => t.open);
+    if (open) return open.id;
+    return this.trials.length ? this.trials[this.trials.length - 1].id + 1 : 1;
+  }
+
+  async loadTrials(from) {
+    const kept = this.trials.filter((t) => t.id < from);
+    const fresh = [];
+    let after = from - 1;
+    while (kept.length + fresh.length < MAX_TRIALS) {
+      const { body } = await api(`${this.base}/trials?after=${after}&limit=${TRIAL_PAGE}`);
+      fresh.push(...body.trials);
+      if (!body.more || !body.trials.length) break;
+      after = body.trials[body.trials.length - 1].id;
+    }
+    fresh.splice(MAX_TRIALS - kept.length);
+    const old = this.trials.slice(kept.length);
+    const changed = JSON.stringify(old) !== JSON.stringify(fresh);
+    if (changed) this.trials = kept.concat(fresh);
+    return changed;
+  }
+
+  // Curves from trial `from` on (none past the last trial held), at most MAX_POINTS in all.
+  async loadCurves(from) {
+    const last = this.trials.length ? this.trials[this.trials.length - 1].id : 0;
+    let room = MAX_POINTS;
+    for (const [id, pts] of this.curves) if (id < from) room -= pts.length;
+    const points = [];
+    let cursor = `after=${from - 1}`;
+    let truncated = false;
+    for (let more = true; more;) {
+      const { body } = await api(`${this.base}/intermediates?${cursor}&limit=${POINT_PAGE}`);
+      more = body.more;
+      for (const p of body.points) {
+        if (p[0] > last) { more = false; break; }
+        if (points.length >= room) { truncated = true; more = false; break; }
+        points.push(p);
+      }
+      if (!body.points.length) break;
+      const [id, step] = body.points[body.points.length - 1];
+      cursor = `after=${id}&after_step=${step}`;
+    }
+    const sig = `${from}:${truncated}:${JSON.stringify(points)}`;
+    if (sig === this.curveSig) return false;
+    this.curveSig = sig;
+    for (const id of [...this.curves.keys()]) if (id >= from) this.curves.delete(id);
+    for (const [id, step, value] of points) {
+      if (!this.curves.has(id)) this.curves.set(id, []);
+      this.curves.get(id).push([step, value]);
+    }
+    this.curvesTruncated = truncated;
+    return true;
+  }
+
   get objectives() { return this.data.study.objectives; }
 
   drawSummary() {
     const s = this.data.study;
-    const best = new Set(this.data.best);
-    const bestTrials = this.data.trials.filter((t) => best.has(t.id));
+    const bestTrials = this.data.best;
     const cons = s.spec.outcome_constraints.map((c) => `${c.metric} ${c.op} ${fmt(c.bound)}`);
     const items = [
       ['state', s.state + (s.state_reason ? ` (${s.state_reason})` : '')],
       ['objectives', s.objectives.map((o) => `${o.goal} ${o.name}`).join(', ')],
       ['constraints', cons.join(', ') || 'none'],
-      ['trials', `${s.trial_count} (${s.completed_count} completed)`],
+      ['trials', `${s.trial_count} (${STATES.filter((k) => this.data.counts[k])
+        .map((k) => `${this.data.counts[k]} ${k.toLowerCase()}`).join(', ') || 'none yet'})`],
       ['created', when(s.created)],
     ];
     if (bestTrials.length === 1) {
@@ -267,7 +348,9 @@ class StudyView {
       const e = this.data.estimate;
       if (e) items.push(['model estimate', `${fmt(e.value)} (${fmt(e.lower)} to ${fmt(e.upper)})`]);
     } else if (bestTrials.length > 1) {
-      items.push(['Pareto front', `${bestTrials.length} trials`]);
+      const n = this.data.best_count;
+      items.push(['Pareto front', n > bestTrials.length
+        ? `${n} trials (the first ${bestTrials.length} marked)` : `${n} trials`]);
     }
     const dl = el('dl', { id: 'study-summary' });
     for (const [k, v] of items) dl.append(el('dt', { text: k }), el('dd', { text: v }));
@@ -293,12 +376,12 @@ class StudyView {
     fill($('pareto-y'), names, this.pareto[1]);
     const states = STATES.map((s) => [s, s.toLowerCase()]);
     fill($('state-filter'), [['', 'all'], ...states], this.filter.state);
-    const origins = [...new Set(this.data.trials.map((t) => t.origin))].sort();
+    const origins = [...new Set(this.trials.map((t) => t.origin))].sort();
     fill($('origin-filter'), [['', 'all'], ...origins.map((o) => [o, o])], this.filter.origin);
   }
 
   completed() {
-    return this.data.trials.filter((t) => t.state === 'COMPLETED');
+    return this.trials.filter((t) => t.state === 'COMPLETED');
   }
 
   draw() {
@@ -353,7 +436,7 @@ class StudyView {
     $('pareto-section').hidden = objs.length < 2;
     if (objs.length < 2) return;
     const [a, b] = [objs[this.pareto[0]], objs[this.pareto[1]]];
-    const front = new Set(this.data.best);
+    const front = new Set(this.data.best.map((t) => t.id));
     const done = this.completed().filter((t) => a.name in t.metrics && b.name in t.metrics);
     const on = done.filter((t) => front.has(t.id))
       .sort((p, q) => p.metrics[a.name] - q.metrics[a.name]);
@@ -405,15 +488,19 @@ class StudyView {
   }
 
   drawIntermediates() {
-    const curves = this.data.intermediates;
-    const ids = Object.keys(curves);
+    const curves = this.curves;
+    const ids = [...curves.keys()];
     $('intermediate-section').hidden = ids.length === 0;
     if (!ids.length) return;
-    const state = new Map(this.data.trials.map((t) => [String(t.id), t.state]));
+    const note = $('intermediate-note');
+    note.hidden = !this.curvesTruncated;
+    note.textContent = `Showing the first ${MAX_POINTS} intermediate values (of trials up to `
+      + `${ids[ids.length - 1]}): the page holds no more.`;
+    const state = new Map(this.trials.map((t) => [t.id, t.state]));
     const colour = { COMPLETED: '#1f77b4', PENDING: '#2ca02c', FAILED: '#d62728' };
     const traces = ids.map((id) => ({
       name: `trial ${id} (${(state.get(id) || '').toLowerCase()})`,
-      x: curves[id].map((p) => p[0]), y: curves[id].map((p) => p[1]),
+      x: curves.get(id).map((p) => p[0]), y: curves.get(id).map((p) => p[1]),
       mode: 'lines+markers', type: 'scatter', marker: { size: 4 },
       line: { color: colour[state.get(id)] || '#999', width: 1.5 },
     }));
@@ -449,7 +536,7 @@ class StudyView {
     const cols = this.columns();
     const col = cols.find((c) => c.key === this.sort.key) || cols[0];
     const { state, origin } = this.filter;
-    const rows = this.data.trials
+    const rows = this.trials
       .filter((t) => (!state || t.state === state) && (!origin || t.origin === origin));
     const dir = this.sort.dir;
     const empty = (v) => v === undefined || v === null || v === '';
@@ -461,7 +548,7 @@ class StudyView {
       if (x > y) return dir;
       return a.id - b.id;
     });
-    const best = new Set(this.data.best);
+    const best = new Set(this.data.best.map((t) => t.id));
     const sortBy = (key) => () => {
       this.sort = { key, dir: this.sort.key === key ? -this.sort.dir : 1 };
       this.drawTable();
@@ -479,12 +566,17 @@ class StudyView {
       return el('td', { class: c.num ? 'num' : null, text: c.show ? c.show(v) : fmt(v) });
     })));
     $('trials-table').replaceChildren(el('thead', {}, head), el('tbody', {}, ...body));
-    $('trial-count').textContent = ` ${rows.length} of ${this.data.trials.length} trials`;
+    $('trial-count').textContent = ` ${rows.length} of ${this.trials.length} trials`;
+    const total = this.data.study.trial_count;
+    const note = $('trial-note');
+    note.hidden = this.trials.length < MAX_TRIALS || total <= this.trials.length;
+    note.textContent = `Showing the first ${this.trials.length} of ${total} trials: the page `
+      + `holds at most ${MAX_TRIALS} (the API pages through all of them).`;
   }
 
   // The LLM log only grows: fetch the calls after the last one seen, a page at a time.
   async refreshLlm() {
-    const base = `api/studies/${encodeURIComponent(this.name)}/llm_calls`;
+    const base = `${this.base}/llm_calls`;
     let fresh = false;
     for (let more = true; more;) {
       const { body } = await api(`${base}?after=${this.llmAfter}&limit=200`);
