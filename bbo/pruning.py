@@ -34,7 +34,7 @@ rungs are rebuilt from what is stored and decide alike.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from scipy.stats import spearmanr
@@ -87,6 +87,23 @@ def same_budget(a: float | None, b: float | None) -> bool:
     return a is not None and b is not None and abs(a - b) <= _REL * max(abs(a), abs(b))
 
 
+def rung_point(curve: Iterable[CurvePoint], level_budget: float) -> CurvePoint | None:
+    """A curve's value at the rung of ``level_budget``: its first value (smallest budget, then
+    step) at a budget at or past it; None where it has none."""
+    best: CurvePoint | None = None
+    for p in curve:
+        if p.budget is None or not at_least(p.budget, level_budget):
+            continue
+        if best is None or (p.budget, p.step) < (best.budget, best.step):
+            best = p
+    return best
+
+
+def rung_points(curve: Sequence[CurvePoint], levels: Sequence[float]) -> list[CurvePoint | None]:
+    """A curve's rung values at each level of ``levels`` (:func:`rung_point`)."""
+    return [rung_point(curve, b) for b in levels]
+
+
 def bracket_shares(k: int, eta: float) -> list[int]:
     """Hyperband's trial count per bracket for a ladder of ``k + 1`` levels: bracket ``s`` (first
     rung ``s``, ``k - s`` halvings) gets ``ceil((k + 1) / (k - s + 1) * eta^(k - s))``, so each
@@ -114,7 +131,10 @@ class Rungs:
         spec: StudySpec,
         trials: Sequence[Trial],
         curves: Mapping[int, Sequence[CurvePoint]],
+        points: Mapping[int, Sequence[CurvePoint | None]] | None = None,
     ):
+        """``points``: each trial's rung values by level (:func:`rung_points`) where they are kept
+        already (:class:`bbo.curve_index.CurveIndex`); else they are read off ``curves``."""
         self.spec = spec
         self.levels = ladder(spec)
         self.top = len(self.levels) - 1
@@ -122,25 +142,22 @@ class Rungs:
         self.sign = 1.0 if spec.objectives[0].goal == MAXIMIZE else -1.0
         self.trials = {t.id: t for t in trials}
         self.curves = curves
+        self.points = points
         self.name = spec.fidelity.name if spec.fidelity is not None else "budget"
 
     # ---- reading the rungs ------------------------------------------------------------------------
     def point(self, trial_id: int, k: int) -> CurvePoint | None:
         """The trial's rung value at level ``k``: its first value at a budget at or past it."""
-        b = self.levels[k]
-        best: CurvePoint | None = None
-        for p in self.curves.get(trial_id, ()):
-            if p.budget is None or not at_least(p.budget, b):
-                continue
-            if best is None or (p.budget, p.step) < (best.budget, best.step):
-                best = p
-        return best
+        if self.points is not None:
+            pts = self.points.get(trial_id)
+            return pts[k] if pts is not None else None
+        return rung_point(self.curves.get(trial_id, ()), self.levels[k])
 
     def members(self, bracket: int, k: int) -> list[tuple[int, CurvePoint]]:
         """``(trial id, rung value)`` of the trials of ``bracket`` that reached level ``k`` (failed
         trials left out: their values are not trusted)."""
         out = []
-        for tid in self.curves:
+        for tid in self.curves if self.points is None else self.points:
             t = self.trials.get(tid)
             if t is None or t.state is TrialState.FAILED:
                 continue
@@ -220,7 +237,7 @@ class Rungs:
         """``(Spearman rank correlation, pairs)`` of the values at rungs ``k`` and ``k + 1`` of
         the trials measured at both (the first measured below rung ``k + 1``'s budget)."""
         lo, hi = [], []
-        for tid in self.curves:
+        for tid in self.curves if self.points is None else self.points:
             t = self.trials.get(tid)
             if t is None or t.state is TrialState.FAILED:
                 continue

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -37,13 +37,33 @@ class MedianRule:
             for n, pts in curves.items()
             if n in completed and n != trial_id and (b := best_upto(pts)) is not None
         ]
-        if len(others) < self.min_trials:
+        return self.decide(
+            step,
+            sign,
+            len(others),
+            lambda: statistics.median(others),
+            lambda: best_upto(curves.get(trial_id, [])),
+        )
+
+    def decide(
+        self,
+        step: int,
+        sign: float,
+        n: int,
+        median: Callable[[], float],
+        mine: Callable[[], float | None],
+    ) -> tuple[bool, str]:
+        """The rule given the ``n`` completed trials with a value at or before ``step``, the
+        ``median`` of their best values so far (times ``sign``) and the trial's own (``mine``,
+        None where it has none yet); shared by :meth:`should_stop` and
+        :meth:`bbo.study_budgets.StudyBudgets.should_stop` (from the kept curves)."""
+        if step < self.warmup_steps or n < self.min_trials:
             return False, ""
-        mine = best_upto(curves.get(trial_id, []))
-        med = statistics.median(others)
-        if mine is not None and mine < med:
+        med = median()
+        best = mine()
+        if best is not None and best < med:
             return True, (
-                f"best value so far {sign * mine:g} at step {step} is worse than the median "
-                f"{sign * med:g} of {len(others)} completed trials"
+                f"best value so far {sign * best:g} at step {step} is worse than the median "
+                f"{sign * med:g} of {n} completed trials"
             )
         return False, ""

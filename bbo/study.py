@@ -529,13 +529,8 @@ class Study:
             raise ConflictError(
                 f"trial {trial_id} is {cur.state.value}: intermediate values are for pending trials"
             )
-        if not self.storage.add_intermediate(
-            self.uid,
-            cur.id,
-            step,
-            float(value),
-            budget,
-            max_steps=self.config.limits.max_steps_per_trial,
+        if not self.budgets.add_intermediate(
+            cur.id, step, float(value), budget, max_steps=self.config.limits.max_steps_per_trial
         ):
             raise NotFoundError(f"trial {trial_id} not found in study '{self.name}'")
         return self.budgets.should_stop(

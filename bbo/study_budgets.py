@@ -5,6 +5,7 @@ passes through unchanged."""
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,25 @@ class StudyBudgets:
     """Budgets of the trials of the study ``uid`` (its spec's fidelity and pruning)."""
 
     def __init__(self, spec: StudySpec, storage: Storage, uid: str):
+        from bbo.curve_index import CurveIndex
+        from bbo.pruning import ladder
+
         self.spec, self.storage, self.uid = spec, storage, uid
+        sign = 1.0 if spec.objectives[0].goal == MAXIMIZE else -1.0
+        # the curves as ReportIntermediate's decision reads them (kept, not re-read each time)
+        self.curves = CurveIndex(storage, uid, sign, ladder(spec))
+
+    def add_intermediate(
+        self, number: int, step: int, value: float, budget: float | None, max_steps: int = 0
+    ) -> bool:
+        """Store a trial's value (:meth:`bbo.storage.base.Storage.add_intermediate`) and tell the
+        kept curves."""
+        try:
+            return self.storage.add_intermediate(
+                self.uid, number, step, value, budget, max_steps=max_steps
+            )
+        finally:  # whether it failed before or after the commit, re-read the trial's curve
+            self.curves.written([number])
 
     def plan(
         self, trials: list[Trial], count: int, plan: dict[str, Any], strategy: object
@@ -147,7 +166,7 @@ class StudyBudgets:
                 step = whole
             else:
                 step = max(used, default=0) + 1
-        self.storage.add_intermediate(self.uid, cur.id, step, float(value), float(budget))
+        self.add_intermediate(cur.id, step, float(value), float(budget))
 
     def before_tell(
         self,
@@ -208,18 +227,34 @@ class StudyBudgets:
     ) -> tuple[bool, str]:
         """Whether the trial ``cur``, having reported a value at ``step`` (``budget``), stops now,
         and why, by the study's pruning policy (median rule, ASHA, Hyperband). ``trials``: every
-        trial of the study (read only where the rungs need them)."""
+        trial of the study. The curves come from :attr:`curves` (kept up to date, not re-read):
+        the decision reads no stored value but the ones written since the last one."""
         policy = self.spec.pruning_policy
         if policy == NO_PRUNING:
             return False, ""
         if policy == MEDIAN:
-            sign = 1.0 if self.spec.objectives[0].goal == MAXIMIZE else -1.0
-            completed = {t.id for t in self.storage.list_trials(self.uid, [TrialState.COMPLETED])}
-            curves = self.storage.intermediates(self.uid)
-            return stopping.should_stop(cur.id, step, sign, curves, completed)
+            sign = self.curves.sign
+            summaries = self.curves.summaries()
+            if self.storage.shared:  # trials() would read every trial: read the completed ones
+                done = self.storage.list_trials(self.uid, [TrialState.COMPLETED])
+            else:
+                done = [t for t in trials() if t.state is TrialState.COMPLETED]
+            completed = {t.id for t in done}
+            others = [
+                b
+                for n, c in summaries.items()
+                if n in completed and n != cur.id and (b := c.best_upto(step)) is not None
+            ]
+
+            def mine() -> float | None:
+                c = summaries.get(cur.id)
+                return c.best_upto(step) if c is not None else None
+
+            return stopping.decide(step, sign, len(others), lambda: statistics.median(others), mine)
         if self.spec.pruning.promote:
             return False, ""  # promotion: trials run to the budget they were handed
         from bbo.pruning import Rungs
 
-        rungs = Rungs(self.spec, trials(), self.storage.curves(self.uid))
+        points = {n: c.rungs for n, c in self.curves.summaries().items()}
+        rungs = Rungs(self.spec, trials(), {}, points)
         return rungs.should_stop(cur, budget if budget is not None else 0.0)

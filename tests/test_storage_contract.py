@@ -277,6 +277,15 @@ def test_budgets_curves_and_continuations(store):
     assert store.curves(uid, [b.id])[b.id][0].budget is None and a.id not in store.curves(
         uid, [b.id]
     )
+    # the values stored since a time (ReportIntermediate's kept curves read what changed)
+    newest = store.curves(uid)[b.id][0].at
+    assert store.curves(uid, since=newest) == {b.id: store.curves(uid)[b.id]}
+    assert store.curves(uid, since=newest + 1) == {}
+    assert store.curves(uid, since=0.0) == store.curves(uid)
+    store.add_intermediate(uid, a.id, 1, 0.6, budget=1.0)  # overwritten: stored anew
+    assert store.curves(uid, since=newest)[a.id][0].value == 0.6
+    store.add_intermediate(uid, a.id, 1, 0.5, budget=1.0)
+    first = store.curves(uid)[a.id][0]
     paused = store.modify_trial(
         uid,
         a.id,

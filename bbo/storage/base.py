@@ -307,9 +307,14 @@ class Storage(abc.ABC):
         ``after``). A page is one indexed range scan; the last point is the next page's cursor."""
 
     @abc.abstractmethod
-    def curves(self, uid: str, numbers: Sequence[int] | None = None) -> dict[int, list[CurvePoint]]:
+    def curves(
+        self, uid: str, numbers: Sequence[int] | None = None, *, since: float | None = None
+    ) -> dict[int, list[CurvePoint]]:
         """trial number -> its intermediate values with budgets and times, sorted by step; only
-        the trials ``numbers`` where given."""
+        the trials ``numbers`` where given, and only the values stored at or after ``since``
+        (their ``at``) where given: on a shared database the study's reports are stamped in
+        commit order (:meth:`add_intermediate`), so what a reader saw last plus the values since
+        its newest ``at`` is everything stored."""
 
     # ---- LLM calls ------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -767,7 +767,9 @@ class SqlStorage(Storage):
             return [(int(n), int(s), float(v)) for n, s, v in conn.execute(q)]
 
     @db_call
-    def curves(self, uid: str, numbers: Sequence[int] | None = None) -> dict[int, list[CurvePoint]]:
+    def curves(
+        self, uid: str, numbers: Sequence[int] | None = None, *, since: float | None = None
+    ) -> dict[int, list[CurvePoint]]:
         iv = S.intermediate_values.c
         out: dict[int, list[CurvePoint]] = {}
         with self._read() as conn:
@@ -780,6 +782,8 @@ class SqlStorage(Storage):
             )
             if numbers is not None:
                 q = q.where(S.trials.c.number.in_([int(n) for n in numbers]))
+            if since is not None:
+                q = q.where(iv.at >= float(since))
             for number, step, value, budget, at in conn.execute(q):
                 b = None if budget is None else float(budget)
                 out.setdefault(int(number), []).append(

@@ -1,0 +1,109 @@
+"""The intermediate values of one study as a process keeps them for ReportIntermediate's decision
+(:meth:`bbo.study_budgets.StudyBudgets.should_stop`): each trial's curve with what the pruning
+policies read off it, kept up to date as values are stored, so a report reads only what changed
+since the last one instead of every value of the study.
+
+Per trial: its steps in order with the best value so far at each (the median rule) and its value at
+each rung (ASHA, Hyperband: :func:`bbo.pruning.rung_points`), recomputed from that trial's curve
+alone when it changes (at most ``--max-steps-per-trial`` values).
+
+Coherence, as :class:`bbo.study_trials.TrialCache`'s: where this process owns the database
+(SQLite), every write of the study goes through it, and a written trial is marked; the next
+decision re-reads the curves of the marked trials (after the writes committed, so nothing
+acknowledged is missed, whatever order concurrent writers finish in). On a shared database
+(PostgreSQL) other replicas write too: a study's values are stamped with the database's clock in
+commit order (:meth:`bbo.storage.base.Storage.add_intermediate`), so each decision reads the values
+stored since the newest stamp seen (less :data:`CLOCK_MARGIN`), and the trials they belong to are
+re-summarized. The first decision, after a restart too, reads the study's curves once.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from bbo.pruning import rung_points
+from bbo.storage import CurvePoint, Storage
+
+# seconds re-read before the newest stamp seen on a shared database: values re-read are applied
+# again harmlessly, and a database clock stepped back by less than this loses nothing
+CLOCK_MARGIN = 1.0
+
+
+@dataclass(frozen=True)
+class CurveSummary:
+    """What the pruning policies read off one trial's curve."""
+
+    steps: tuple[int, ...]  # ascending
+    best: tuple[float, ...]  # best[i]: the best value (times the sign) at steps[:i + 1]
+    rungs: tuple[CurvePoint | None, ...]  # the value at each rung (bbo.pruning.rung_point)
+
+    def best_upto(self, step: int) -> float | None:
+        i = bisect.bisect_right(self.steps, step)
+        return self.best[i - 1] if i else None
+
+
+def summarize(curve: Sequence[CurvePoint], sign: float, levels: Sequence[float]) -> CurveSummary:
+    """``curve`` sorted by step."""
+    steps, best = [], []
+    top = None
+    for p in curve:
+        v = sign * p.value
+        top = v if top is None else max(top, v)
+        steps.append(p.step)
+        best.append(top)
+    return CurveSummary(tuple(steps), tuple(best), tuple(rung_points(curve, levels)))
+
+
+class CurveIndex:
+    """The curves of the study ``uid``, summarized (:class:`CurveSummary`); ``sign`` +1 where
+    larger values are better, ``levels`` the fidelity's rung budgets (none without one)."""
+
+    def __init__(self, storage: Storage, uid: str, sign: float, levels: Sequence[float]):
+        self.storage, self.uid, self.sign, self.levels = storage, uid, sign, tuple(levels)
+        self._curves: dict[int, dict[int, CurvePoint]] | None = None
+        self._summaries: dict[int, CurveSummary] = {}
+        self._dirty: set[int] = set()
+        self._newest = float("-inf")  # the newest stamp read (a shared database)
+        self._lock = threading.Lock()
+
+    def written(self, numbers: Iterable[int]) -> None:
+        """Call after a write of these trials' values committed (this process's writes)."""
+        with self._lock:
+            self._dirty.update(numbers)
+
+    def summaries(self) -> dict[int, CurveSummary]:
+        """Every trial with a value, by id, up to date with what is stored (a copy)."""
+        with self._lock:
+            if self._curves is None:
+                self._curves = {}
+                self._apply(self.storage.curves(self.uid), replace=True)
+            elif self.storage.shared:
+                since = None if self._curves == {} else self._newest - CLOCK_MARGIN
+                self._apply(self.storage.curves(self.uid, since=since), replace=False)
+            if self._dirty:
+                dirty, self._dirty = sorted(self._dirty), set()
+                fresh = self.storage.curves(self.uid, dirty)
+                self._apply({n: fresh.get(n, []) for n in dirty}, replace=True)
+            return dict(self._summaries)
+
+    def _apply(self, curves: dict[int, list[CurvePoint]], *, replace: bool) -> None:
+        """Store ``curves`` (whole curves with ``replace``, else values to add or overwrite) and
+        re-summarize their trials. Under the lock."""
+        assert self._curves is not None
+        for n, pts in curves.items():
+            if replace:
+                self._curves[n] = {p.step: p for p in pts}
+            else:
+                self._curves.setdefault(n, {}).update((p.step, p) for p in pts)
+            for p in pts:
+                self._newest = max(self._newest, p.at)
+            cur = self._curves[n]
+            if not cur:
+                self._curves.pop(n)
+                self._summaries.pop(n, None)
+                continue
+            ordered = [cur[s] for s in sorted(cur)]
+            self._summaries[n] = summarize(ordered, self.sign, self.levels)

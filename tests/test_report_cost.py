@@ -1,0 +1,154 @@
+"""ReportIntermediate's decision from the kept curves (bbo.curve_index) is the decision recomputed
+from everything stored (the rules as they read the whole study: bbo.stopping.MedianRule.should_stop,
+bbo.pruning.Rungs over the stored curves), for the median rule, ASHA and Hyperband, on random
+curves with trials that complete, fail and are pruned, values reported out of order and steps
+reported again; after a restart; and with replicas sharing a PostgreSQL database."""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+import pytest
+
+from bbo.pruning import Rungs
+from bbo.registry import StudyConfig, StudyRegistry
+from bbo.spec import StudySpec
+from bbo.stopping import MedianRule
+from bbo.storage import open_storage
+from bbo.strategy import space_filling
+from bbo.strategy.base import ACTIVE_STATUS
+from bbo.study import Study
+from bbo.trial import TrialState
+
+X = [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}]
+EPOCHS = {"name": "epochs", "min": 1, "max": 27, "integer": True}
+
+
+class Sobol:
+    def __init__(self, s: StudySpec):
+        self.spec = s
+
+    def suggest(self, trials, n=1, **_):
+        return space_filling(self.spec.space, 7, trials, n, "")
+
+    def status(self, trials):
+        return ACTIVE_STATUS
+
+
+def spec_for(policy: str, goal: str) -> dict:
+    out: dict = {"parameters": X, "objectives": [{"name": "loss", "goal": goal}]}
+    if policy != "median":
+        out["fidelity"] = EPOCHS
+        out["pruning"] = {"policy": policy}
+    return out
+
+
+def recomputed(st: Study, trial_id: int, step: int, budget: float | None) -> tuple[bool, str]:
+    """The decision read from scratch off the database, as before the curves were kept."""
+    storage, uid = st.storage, st.uid
+    cur = storage.get_trial(uid, trial_id)
+    if st.spec.pruning_policy == "median":
+        sign = st.budgets.curves.sign
+        completed = {t.id for t in storage.list_trials(uid, [TrialState.COMPLETED])}
+        curves = storage.intermediates(uid)
+        return st.config.stopping.should_stop(trial_id, step, sign, curves, completed)
+    rungs = Rungs(st.spec, storage.list_trials(uid), storage.curves(uid))
+    return rungs.should_stop(cur, budget if budget is not None else float(step))
+
+
+def play(studies: list[Study], rng: random.Random, ops: int, answers: dict) -> None:
+    """Random workers: ask, report (out of order, steps again with the same or another value),
+    and end trials COMPLETED, FAILED or PRUNED; every answer is checked against the recomputed
+    one and kept in ``answers`` ((trial, step, value) -> answer)."""
+    fidelity = studies[0].spec.fidelity is not None
+    running: list[int] = []
+    reported: dict[int, list[tuple[int, float]]] = {}
+    for _ in range(ops):
+        st = rng.choice(studies)
+        r = rng.random()
+        if not running or (r < 0.12 and len(running) < 6):
+            (t,) = st.ask().trials
+            running.append(t.id)
+            reported[t.id] = []
+            continue
+        tid = rng.choice(running)
+        if r < 0.22:  # end it
+            running.remove(tid)
+            how = rng.random()
+            value = rng.uniform(0, 2)
+            if how < 0.6:
+                st.tell(tid, {"loss": value}, budget=27.0 if fidelity else None)
+            elif how < 0.8:
+                st.tell(tid, failed=True)
+            else:
+                st.tell(tid, {"loss": value}, state=TrialState.PRUNED)
+            continue
+        past = reported[tid]
+        if past and rng.random() < 0.25:  # a step again: the same value, or another
+            step, value = rng.choice(past)
+            if rng.random() < 0.5:
+                value = rng.uniform(0, 2)
+        else:
+            step = rng.randint(1, 27) if fidelity else rng.randint(0, 30)
+            value = round(rng.uniform(0, 2), 3)
+        past.append((step, value))
+        got = st.report_intermediate(tid, step, value)
+        assert got == recomputed(st, tid, step, None), (tid, step, value)
+        answers[(tid, step, value)] = got
+
+
+@pytest.mark.parametrize("policy", ["median", "asha", "hyperband"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_kept_curves_decide_as_recomputed_ones_and_after_a_restart(tmp_path, policy, seed):
+    rng = random.Random(seed)
+    url = "sqlite:///" + str(tmp_path / "r.db")
+    rule = MedianRule(min_trials=rng.randint(1, 4), warmup_steps=rng.randint(0, 5))
+    goal = rng.choice(["minimize", "maximize"])
+
+    def registry() -> StudyRegistry:
+        return StudyRegistry(
+            open_storage(url), strategy_factory=Sobol, config=StudyConfig(stopping=rule)
+        )
+
+    reg = registry()
+    st, _ = reg.create_study("s", spec_for(policy, goal))
+    answers: dict = {}
+    play([st], rng, 260, answers)
+    assert any(stop for stop, _ in answers.values())  # the policy did stop trials
+    assert not all(stop for stop, _ in answers.values())
+    reg.storage.close()
+
+    st = registry().get_study("s")  # a restart: the kept curves are rebuilt from the database
+    pending = {t.id for t in st.trials() if t.state is TrialState.PENDING}
+    again = [(k, a) for k, a in answers.items() if k[0] in pending]
+    assert again
+    for (tid, step, value), _ in again:
+        got = st.report_intermediate(tid, step, value)
+        assert got == recomputed(st, tid, step, None)
+    play([st], rng, 80, answers)  # and it keeps up after the restart
+    st.storage.close()
+
+
+@pytest.mark.parametrize("policy", ["median", "asha"])
+def test_replicas_sharing_a_database_decide_from_every_stored_value(request, policy):
+    """Two replicas (each its own Study over one PostgreSQL database) take turns at random: each
+    answer counts the values the other replica stored."""
+    from bbo.testing import postgres as pg_cluster
+
+    reason = pg_cluster.missing_reason()
+    if reason:
+        pytest.skip(reason)
+    url = request.getfixturevalue("cluster").create_database("rc_" + uuid.uuid4().hex[:12])
+    rule = MedianRule(min_trials=2, warmup_steps=1)
+    regs = [
+        StudyRegistry(open_storage(url), strategy_factory=Sobol, config=StudyConfig(stopping=rule))
+        for _ in range(2)
+    ]
+    regs[0].create_study("s", spec_for(policy, "minimize"))
+    studies = [r.get_study("s") for r in regs]
+    answers: dict = {}
+    play(studies, random.Random(7), 200, answers)
+    assert any(stop for stop, _ in answers.values())
+    for r in regs:
+        r.storage.close()
