@@ -124,6 +124,8 @@ intermediate_values = sa.Table(
     sa.Column("value", sa.Float, nullable=False),
     sa.Column("at", sa.Float, nullable=False),
     sa.Column("budget", sa.Float, nullable=True),  # the budget the value was measured at (fidelity)
+    # the values stored since a time: a replica's catch-up read before a pruning decision
+    sa.Index(None, "at"),
 )
 
 llm_calls = sa.Table(
