@@ -571,3 +571,36 @@ def test_a_large_studys_pages_are_bounded_and_cover_it_once(registry):
     assert [len(p) for p in point_pages] == [120, 120, 60]  # cut inside trials, resumed
     assert [p for page in point_pages for p in page] == want
     assert [len(p) for p in pages("intermediates", "points", MAX_POINT_PAGE, by_step)] == [300]
+
+
+def test_page_arguments_are_plain_digits_given_once(registry):
+    """A page argument is what the page sends: ASCII digits, once. int() alone read '+2', ' 2 ',
+    '1_0' and Arabic-Indic or full-width digits as numbers, and a repeated parameter silently took
+    its last value; each is 400 naming the parameter (and a huge value is not echoed whole)."""
+    from starlette.exceptions import HTTPException
+
+    from bbo_server.dashboard import Dashboard
+
+    d = Dashboard(registry)
+    registry.create_study("strict-args", SMALL_SPEC)
+    for route in ("trials", "intermediates", "llm_calls"):
+        call = getattr(d, route)
+        assert call(_request("/x", "after=0&limit=5", name="strict-args")).status_code == 200
+        for query in (
+            "after=%2B2",
+            "after=%202%20",
+            "after=1_0",
+            "after=%D9%A3",
+            "limit=%EF%BC%92",
+        ):
+            with pytest.raises(HTTPException) as e:
+                call(_request("/x", query, name="strict-args"))
+            field = query.split("=")[0]
+            assert e.value.status_code == 400, (route, query)
+            assert f"query parameter '{field}' must be an integer" in e.value.detail
+        with pytest.raises(HTTPException) as e:
+            call(_request("/x", "after=1&after=3", name="strict-args"))
+        assert e.value.status_code == 400 and "'after' is given 2 times" in e.value.detail
+        with pytest.raises(HTTPException) as e:
+            call(_request("/x", "after=" + "9" * 5000, name="strict-args"))
+        assert e.value.status_code == 400 and len(e.value.detail) < 200

@@ -329,16 +329,24 @@ MAX_ID = 2**63 - 1  # ids and steps are 64-bit in the database
 
 
 def _int_arg(request: Request, name: str, default: Any, low: int, high: int | None = None):
-    raw = request.query_params.get(name)
+    """A query argument given at most once as ASCII digits (what the page sends), else 400:
+    ``int`` alone also reads '+2', ' 2 ', '1_0' and non-ASCII digits ('\u0663' is 3), and a repeated
+    parameter would silently be its last value."""
+    given = request.query_params.getlist(name)
+    if len(given) > 1:
+        raise HTTPException(
+            400, f"query parameter '{name}' is given {len(given)} times: give it at most once"
+        )
+    raw = given[0] if given else None
     if raw is None or raw == "":
         return default
-    try:
-        v = int(raw)
-    except ValueError:
-        v = None
+    v = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 20 else None
     if v is None or v < low or (high is not None and v > high):
         rng = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise HTTPException(400, f"query parameter '{name}' must be an integer {rng}, got {raw!r}")
+        shown = raw if len(raw) <= 40 else raw[:40] + "..."
+        raise HTTPException(
+            400, f"query parameter '{name}' must be an integer {rng}, got {shown!r}"
+        )
     return v
 
 
