@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ from bbo.errors import ConflictError, LimitError, NotFoundError, SpecError
 from bbo.fit_slots import FitSlots
 from bbo.limits import RequestLimits
 from bbo.model_sharing import ModelStateCache
+from bbo.paging import PAGE_BYTES
 from bbo.spec import STUDY_NAME, AlgorithmOptions, StudySpec
 from bbo.stopping import MedianRule
 from bbo.storage import LlmCallRecord, Storage, StudyRecord
@@ -31,6 +32,9 @@ from bbo.transfer import Judge, resolve_sources, source_refs
 log = logging.getLogger("bbo.registry")
 
 DEFAULT_TENANT = "default"
+# study records a ListStudies page reads at a time: each holds a spec of up to --max-spec-bytes, so
+# a page reads at most PAGE_BYTES and one chunk past it, whatever its page_size
+LIST_CHUNK = 16
 
 
 class AlreadyExistsError(ConflictError):
@@ -310,15 +314,39 @@ class StudyRegistry:
         size = min(page_size or 100, 1000)
         after = decode_page_token(page_token)
         deletes = self._deletes_seen()
-        recs = self.storage.list_studies(tenant, after=after, limit=size + 1)
-        nxt = encode_page_token(recs[size - 1]) if len(recs) > size else ""
+        # a page ends at ``size`` studies or once their specs pass PAGE_BYTES (at least one), as
+        # the page sent does: reading ``size`` whole records first read up to 1,000 specs of up to
+        # --max-spec-bytes each (a GiB) for a reply of 2 MiB
+        recs: list[StudyRecord] = []
+        used, more = 0, False
+        for r in self._records(tenant, after, size + 1):
+            used += len(_json(r.spec))
+            if len(recs) == size or (recs and used > PAGE_BYTES):
+                more = True
+                break
+            recs.append(r)
+        nxt = encode_page_token(recs[-1]) if more else ""
         out = []
-        for r in recs[:size]:
+        for r in recs:
             try:
                 out.append(self._adopt(r, deletes))
             except NotFoundError:  # deleted while listing
                 continue
         return out, nxt
+
+    def _records(
+        self, tenant: str, after: tuple[float, str] | None, limit: int
+    ) -> Iterator[StudyRecord]:
+        """The tenant's study records after ``after`` in creation order, at most ``limit``, read
+        :data:`LIST_CHUNK` at a time as they are consumed."""
+        while limit > 0:
+            n = min(limit, LIST_CHUNK)
+            chunk = self.storage.list_studies(tenant, after=after, limit=n)
+            yield from chunk
+            if len(chunk) < n:
+                return
+            limit -= n
+            after = (chunk[-1].created_at, chunk[-1].name)
 
     # ---- leases ---------------------------------------------------------------------------------
     def expire_leases(self, now: float | None = None) -> dict[str, list[int]]:

@@ -362,3 +362,40 @@ def test_negative_limits_refused(tmp_path):
     with pytest.raises(RuntimeError) as e:
         srv.start(timeout=60)
     assert "--rate-limit" in str(e.value)
+
+
+def test_a_study_list_page_reads_no_more_specs_than_it_can_send(registry):
+    """A ListStudies page ends at page_size studies or about PAGE_BYTES of them: it read page_size
+    (up to 1,000) whole records first, each with a spec of up to --max-spec-bytes, so one call over
+    a tenant's large studies read up to a GiB to send 2 MiB. Now it reads the records a few at a
+    time and stops past PAGE_BYTES; paging still returns every study once, in order."""
+    choices = [f"{'v' * 120}{k:04d}" for k in range(1000)]  # 125 KiB a parameter
+    spec = {
+        "parameters": [
+            {"type": "categorical", "name": f"c{j}", "choices": choices} for j in range(4)
+        ],
+        "objectives": [{"name": "y", "goal": "minimize"}],
+    }
+    n = 40  # 20 MiB of specs
+    names = [f"big-{i:02d}" for i in range(n)]
+    for name in names:
+        registry.create_study(name, spec)
+
+    read = []
+    real = registry.storage.list_studies
+
+    def counting(*a, **kw):
+        recs = real(*a, **kw)
+        read.extend(recs)
+        return recs
+
+    registry.storage.list_studies = counting
+    seen, token = [], ""
+    while True:
+        read.clear()
+        page, token = registry.list_studies(page_size=1000, page_token=token)
+        assert 0 < len(page) < n and len(read) <= len(page) + 16  # LIST_CHUNK
+        seen += [s.name for s in page]
+        if not token:
+            break
+    assert seen == names
