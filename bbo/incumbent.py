@@ -55,19 +55,36 @@ def best_trial(
 
 def pareto_front(spec: StudySpec, trials: Sequence[Trial]) -> list[Trial]:
     """Feasible trials no other feasible trial dominates (at least as good in every objective and
-    better in one), sorted by id. Trials with identical objective vectors are all kept."""
+    better in one), sorted by id. Trials with identical objective vectors are all kept.
+
+    The trials are visited best first in lexicographic order, where a trial's dominators all come
+    before it; one dominated by an earlier trial is dominated by a kept one too, so each is compared
+    with the front kept so far only: O(n log n) for two objectives (only the last kept can
+    dominate it), O(n x front) for more. Comparing every trial with every other cost O(n^2) (15 s
+    for a GetBest of 20,000 trials)."""
     cands = sorted(feasible_trials(spec, trials), key=lambda t: t.id)
     if not cands:
         return []
     F = np.array(
         [[o.sign * t.value(o.name) for o in spec.objectives] for t in cands]
     )  # maximize all
-    keep = []
-    for i in range(len(cands)):
-        dominated = np.any(np.all(F >= F[i], axis=1) & np.any(F > F[i], axis=1))
-        if not dominated:
-            keep.append(cands[i])
-    return keep
+    order = np.lexsort(F.T[::-1])[::-1]  # by the first objective, then the next..., best first
+    front = np.empty_like(F)
+    kept: list[int] = []
+    for i in order:
+        f = F[i]
+        if kept:
+            if len(spec.objectives) == 2:  # the kept's second objective only grows
+                g = front[len(kept) - 1]
+                dominated = bool(np.all(g >= f) and np.any(g > f))
+            else:
+                K = front[: len(kept)]
+                dominated = bool(np.any(np.all(K >= f, axis=1) & np.any(K > f, axis=1)))
+            if dominated:
+                continue
+        front[len(kept)] = f
+        kept.append(int(i))
+    return [cands[i] for i in sorted(kept)]
 
 
 def incumbents(spec: StudySpec, trials: Sequence[Trial]) -> list[Trial]:

@@ -47,3 +47,81 @@ def test_pareto_front_feasible_and_mixed_goals():
     hv = hypervolume(spec, trials, {"a": 4.0, "b": 0.0})
     # union of boxes [a, 4] x [0, b]: (4-1)*1 + (4-2)*(2-1) + (4-3)*(3-2) = 6
     assert abs(hv - 6.0) < 1e-9
+
+
+def _brute_front(spec, trials):
+    """Every feasible trial compared with every other (the definition; O(n^2))."""
+    import numpy as np
+
+    from bbo.incumbent import feasible_trials
+
+    c = sorted(feasible_trials(spec, trials), key=lambda t: t.id)
+    F = np.array([[o.sign * t.value(o.name) for o in spec.objectives] for t in c])
+    return [
+        c[i]
+        for i in range(len(c))
+        if not np.any(np.all(F >= F[i], axis=1) & np.any(F > F[i], axis=1))
+    ]
+
+
+def _spec(goals):
+    return StudySpec.from_dict(
+        {
+            "parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}],
+            "objectives": [{"name": f"m{j}", "goal": g} for j, g in enumerate(goals)],
+        }
+    )
+
+
+def test_pareto_front_is_the_definitions_on_random_ties_and_goals():
+    import random
+
+    rnd = random.Random(7)
+    for k in (2, 3, 4):
+        for _ in range(150):
+            spec = _spec([rnd.choice(["minimize", "maximize"]) for _ in range(k)])
+            states = [TrialState.COMPLETED] * 5 + [TrialState.FAILED]
+            trials = [
+                Trial(
+                    i + 1,
+                    {"x": 0.5},
+                    rnd.choice(states),
+                    {f"m{j}": Metric(float(rnd.randrange(4))) for j in range(k)},  # many ties
+                )
+                for i in range(rnd.randrange(40))
+            ]
+            rnd.shuffle(trials)
+            want = [t.id for t in _brute_front(spec, trials)]
+            assert [t.id for t in pareto_front(spec, trials)] == want
+
+
+def test_pareto_front_of_many_trials_is_not_quadratic():
+    """GetBest (and the dashboard's summary) find the front among every completed trial: comparing
+    each with every other took 15 s for 20,000 trials on two objectives all on the front, 19 s for
+    20,000 random ones on four. Now each is compared with the front kept so far only."""
+    import random
+    import time
+
+    n = 20_000
+    line = [
+        Trial(i + 1, {"x": 0.5}, TrialState.COMPLETED, {"m0": Metric(i / n), "m1": Metric(i / n)})
+        for i in range(n)
+    ]
+    rnd = random.Random(0)
+    cloud = [
+        Trial(
+            i + 1,
+            {"x": 0.5},
+            TrialState.COMPLETED,
+            {f"m{j}": Metric(rnd.random()) for j in range(4)},
+        )
+        for i in range(n)
+    ]
+    for spec, trials, size in (
+        (_spec(["minimize", "maximize"]), line, n),
+        (_spec(["minimize"] * 4), cloud, None),
+    ):
+        t0 = time.perf_counter()
+        front = pareto_front(spec, trials)
+        assert time.perf_counter() - t0 < 4.0
+        assert size is None or len(front) == size
