@@ -609,6 +609,32 @@ def test_bad_raw_requests(bbo_server, client, study_name, make_study):
     assert client.study(study_name).trials() == []
 
 
+def test_a_state_filter_repeating_a_state_is_that_filter(
+    bbo_server, client, study_name, make_study
+):
+    """ListTrials' states are a filter: one repeated a million times (2 MiB of request) was as
+    many SQL parameters and answered INTERNAL; each distinct state now counts once."""
+    s = make_study(client, study_name)
+    done = s.add_trial({"x": 0.5, "k": "a"}, {"y": 1.0})
+    s.ask(1)
+    ch, stub = raw_stub(bbo_server.address)
+    with ch:
+        r = stub.ListTrials(
+            svc.ListTrialsRequest(study=study_name, states=[pb.TRIAL_STATE_COMPLETED] * 1_000_000),
+            timeout=30,
+        )
+        assert [t.id for t in r.trials] == [done.id]
+        with pytest.raises(grpc.RpcError) as e:  # a bad one is still named by its first index
+            stub.ListTrials(
+                svc.ListTrialsRequest(
+                    study=study_name, states=[pb.TRIAL_STATE_COMPLETED] * 1000 + [99, 99]
+                ),
+                timeout=30,
+            )
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "states[1000]" in e.value.details()
+
+
 # ---- concurrency ------------------------------------------------------------------------------------
 
 

@@ -552,9 +552,9 @@ class SqlStorage(Storage):
         with self._read() as conn:
             sid = self._sid(conn, uid)
             q = sa.select(S.trials).where(t.study_id == sid, t.number > after)
-            states = list(states or [])
-            if states:
-                q = q.where(t.state.in_([s.value for s in states]))
+            wanted = sorted({s.value for s in states or []})  # each once, however often asked
+            if wanted:
+                q = q.where(t.state.in_(wanted))
             q = q.order_by(t.number)
             if limit is not None:
                 q = q.limit(limit)
