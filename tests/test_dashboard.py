@@ -604,3 +604,42 @@ def test_page_arguments_are_plain_digits_given_once(registry):
         with pytest.raises(HTTPException) as e:
             call(_request("/x", "after=" + "9" * 5000, name="strict-args"))
         assert e.value.status_code == 400 and len(e.value.detail) < 200
+
+
+@pytest.mark.skipif(_browser_skip_reason() is not None, reason=_browser_skip_reason() or "")
+def test_browser_drops_a_deleted_studys_llm_log_when_its_name_is_reused(dash, browser):
+    """A study deleted and created again under its name between two polls: the page saw the new
+    uid and dropped the old study's trials and curves, but kept its LLM call rows and asked the
+    new study for the calls after the old study's last number (a new study's are numbered from 1
+    again), so the new study's page showed the old study's calls and hid its own first ones."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from bbo_client import Float, Minimize
+
+    name = "browser-reused-name"
+    wait = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,))
+    css = lambda sel: browser.find_elements(By.CSS_SELECTOR, sel)
+    rows = "#trials-table tbody tr[data-trial-id]"
+    for _attempt in range(3):
+        old = running_study(dash.client, name, llm=True)
+        assert old.llm_calls()
+        browser.get(dash.url + f"#/study/{name}")
+        if css("#key-form") and css("#key-form")[0].is_displayed():
+            browser.find_element(By.ID, "key-input").send_keys(dash.key)
+            browser.find_element(By.ID, "key-submit").click()
+        wait.until(lambda d: len(css(rows)) == 12 and css("#llm-table tbody tr[data-call-id]"))
+        # gone, and back with no LLM and one trial (the page polls every 2 s)
+        old.delete()
+        new = dash.client.create_study(name, [Float("x", 0.0, 1.0)], Minimize("y"))
+        new.add_trial({"x": 0.5}, {"y": 1.0})
+        wait.until(
+            lambda d: len(css(rows)) == 1 or "not found" in d.find_element(By.ID, "main").text
+        )
+        if css(rows):  # else a poll fell between the delete and the create: again
+            break
+        new.delete()
+    else:
+        pytest.fail("every poll fell between the delete and the create")
+    wait.until(lambda d: not css("#llm-table tbody tr[data-call-id]"))

@@ -253,6 +253,11 @@ class StudyView {
       this.trials = [];
       this.curves = new Map();
       this.curveSig = null;
+      // the LLM log too: a re-created study's calls are numbered from 1 again, and the old
+      // study's must not stay on its page
+      this.llmAfter = 0;
+      this.llmRows = [];
+      $('llm-table').replaceChildren();
     }
     const from = this.firstOpen();
     const trialsChanged = await this.loadTrials(from);
