@@ -39,10 +39,23 @@ class CurveSummary:
     steps: tuple[int, ...]  # ascending
     best: tuple[float, ...]  # best[i]: the best value (times the sign) at steps[:i + 1]
     rungs: tuple[CurvePoint | None, ...]  # the value at each rung (bbo.pruning.rung_point)
+    top: CurvePoint | None = None  # the value at the largest budget (None: no budget)
 
     def best_upto(self, step: int) -> float | None:
         i = bisect.bisect_right(self.steps, step)
         return self.best[i - 1] if i else None
+
+    def points(self) -> list[CurvePoint]:
+        """The few values of the curve Ask reads (at most a rung's each and one more), by step:
+        the first value at or past each rung's budget, and the one at the largest budget. Each
+        reader of a curve at Ask reads the same off them as off the whole curve: a rung's value
+        (:func:`bbo.pruning.rung_point`: the first at or past its budget) is one of them; the
+        multi-fidelity model's value between two rungs' budgets is that rung's value where it lies
+        below the next one's budget, else there is none; the budget spent is the largest."""
+        kept = {p.step: p for p in self.rungs if p is not None}
+        if self.top is not None:
+            kept[self.top.step] = self.top
+        return [kept[s] for s in sorted(kept)]
 
 
 def summarize(curve: Sequence[CurvePoint], sign: float, levels: Sequence[float]) -> CurveSummary:
@@ -54,7 +67,9 @@ def summarize(curve: Sequence[CurvePoint], sign: float, levels: Sequence[float])
         top = v if top is None else max(top, v)
         steps.append(p.step)
         best.append(top)
-    return CurveSummary(tuple(steps), tuple(best), tuple(rung_points(curve, levels)))
+    budgeted = [p for p in curve if p.budget]
+    widest = max(budgeted, key=lambda p: p.budget or 0.0) if budgeted else None
+    return CurveSummary(tuple(steps), tuple(best), tuple(rung_points(curve, levels)), widest)
 
 
 class CurveIndex:

@@ -135,7 +135,8 @@ class UsesSources(Protocol):
 @runtime_checkable
 class UsesCurves(Protocol):
     """A strategy that models budgets (:mod:`bbo.strategy.multi_fidelity`): the service passes its
-    ``suggest`` the study's stored learning curves (``curves=``)."""
+    ``suggest`` the study's learning curves (``curves=``): of each, the values at or past each
+    rung's budget and at its largest budget (:meth:`bbo.curve_index.CurveSummary.points`)."""
 
     uses_curves: Literal[True]
 
