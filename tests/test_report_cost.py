@@ -237,3 +237,75 @@ def test_an_ask_reads_no_stored_value_but_those_written_since_the_last(tmp_path)
         st.ask()
     assert reads == [], reads
     reg.storage.close()
+
+
+class _Curves:
+    """A storage that holds curves in memory: ``fail`` first full reads raise."""
+
+    shared = False
+
+    def __init__(self, curves, fail: int = 0):
+        self.data, self.fail = curves, fail
+
+    def curves(self, uid, numbers=None, *, since=None):
+        from bbo.storage import CurvePoint
+
+        if numbers is None and self.fail:
+            self.fail -= 1
+            raise ConnectionError("database away")
+        # new objects each read, as a database's rows are
+        return {
+            n: [CurvePoint(p.step, p.value + 0.0, p.budget, p.at + 0.0) for p in c]
+            for n, c in self.data.items()
+            if numbers is None or n in numbers
+        }
+
+
+def _random_curves(trials: int, steps: int) -> dict:
+    from bbo.storage import CurvePoint
+
+    rng = random.Random(3)
+    return {
+        n: [CurvePoint(s, rng.random(), float(1 + s % 27), 1.0) for s in range(steps)]
+        for n in range(1, trials + 1)
+    }
+
+
+def test_the_kept_curves_take_a_few_bytes_a_value():
+    """The index kept every value read as objects besides its summaries, about 250 bytes a value
+    (240 MiB for 100 trials of 10,000 values, per study a process decided a report of); it keeps
+    the summaries alone, in arrays."""
+    import gc
+    import tracemalloc
+
+    from bbo.curve_index import CurveIndex, summarize
+    from bbo.pruning import ladder
+
+    levels = ladder(StudySpec.from_dict(spec_for("asha", "minimize")))
+    data = _random_curves(40, 2_500)
+    index = CurveIndex(_Curves(data), "uid", -1.0, levels)  # type: ignore[arg-type]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        got = index.summaries()
+        del got
+        gc.collect()
+        kept, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert kept < 40 * 100_000, kept  # 40 bytes a value
+    assert index.summaries() == {n: summarize(c, -1.0, levels) for n, c in data.items()}
+
+
+def test_a_failed_first_read_of_the_curves_is_read_again():
+    """The first decision reads the study's curves; where that read failed, the index took the
+    study as read (with no values) and decided every later report from the trials written since
+    alone."""
+    from bbo.curve_index import CurveIndex
+
+    data = _random_curves(5, 10)
+    index = CurveIndex(_Curves(data, fail=1), "uid", 1.0, ())  # type: ignore[arg-type]
+    with pytest.raises(ConnectionError):
+        index.summaries()
+    index.written([2])
+    assert sorted(index.summaries()) == [1, 2, 3, 4, 5]
