@@ -4,7 +4,7 @@ bound, so a page of large items still fits a client's default 4 MiB receive limi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from bbo.errors import SpecError
@@ -43,3 +43,54 @@ def page_prefix(items: Iterable[T], size: Callable[[T], int], limit: int = PAGE_
             break
         out.append(it)
     return out
+
+
+# items a page reads from storage at a time: a page of large items (an LLM call of up to a 1 MiB
+# answer, a trial with hundreds of metrics) reads PAGE_BYTES and at most one such chunk past it
+READ_CHUNK = 16
+
+
+def read_lazily(
+    read: Callable[[int, int], list[T]],
+    after: int,
+    limit: int,
+    key: Callable[[T], int],
+    chunk: int = READ_CHUNK,
+    max_chunk: int = READ_CHUNK,
+) -> Iterator[T]:
+    """Up to ``limit`` items after the cursor ``after``, read as they are consumed, ``chunk`` at
+    first and twice as many each time up to ``max_chunk``: ``read(after, n)`` gives the next ``n``
+    (fewer at the end), ``key`` an item's cursor. With :func:`page_prefix`, a page reads from
+    storage what it may send and at most ``max_chunk`` items more, not ``limit`` whole items
+    first."""
+    while limit > 0:
+        n = min(chunk, limit)
+        items = read(after, n)
+        yield from items
+        if len(items) < n:
+            return
+        limit -= n
+        after = key(items[-1])
+        chunk = min(2 * chunk, max_chunk)
+
+
+def cut_page(
+    items: Iterator[T], size: int, to_item: Callable[[T], object], item_bytes: Callable
+) -> tuple[list, bool]:
+    """``(page, more)``: the leading converted items of ``items`` (read lazily) that fit in a page
+    (:func:`page_prefix`: at most ``size``, ending early past PAGE_BYTES), and whether any item
+    follows them. ``to_item`` converts an item once; ``item_bytes`` sizes a converted one."""
+    consumed = 0
+
+    def counted() -> Iterator[T]:
+        nonlocal consumed
+        for it in items:
+            consumed += 1
+            yield it
+            if consumed == size:
+                return
+
+    page = page_prefix((to_item(it) for it in counted()), item_bytes)
+    if consumed > len(page):  # cut by bytes: the next one was read
+        return page, True
+    return page, len(page) == size and next(items, None) is not None

@@ -399,3 +399,68 @@ def test_a_study_list_page_reads_no_more_specs_than_it_can_send(registry):
         if not token:
             break
     assert seen == names
+
+
+def test_list_pages_read_no_more_than_they_can_send(registry):
+    """ListTrials and ListLlmCalls read page_size + 1 whole records before cutting the page at
+    PAGE_BYTES: an LLM call holds up to a 1 MiB answer (1,001 of them: a GiB read for a 2 MiB
+    page), a trial up to a 4,000-character reason and hundreds of metrics. They now read as the
+    page fills; paging still returns everything once, in order."""
+    from bbo.storage import LlmCallRecord, NewTrial
+    from bbo.trial import TrialState
+    from bbo_server.servicer import BboServicer
+
+    study, _ = registry.create_study(
+        "paged",
+        {
+            "parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}],
+            "objectives": [{"name": "y", "goal": "minimize"}],
+        },
+    )
+    n_trials, n_calls = 3000, 30
+    registry.storage.insert_trials(
+        study.uid,
+        [
+            NewTrial({"x": 0.5}, "user", TrialState.FAILED, reason="r" * 4000)
+            for _ in range(n_trials)
+        ],
+    )
+    for _ in range(n_calls):
+        study.log_llm_call(LlmCallRecord("warmstart", "m", "p", "a" * 900_000, "ok"))
+
+    counted: dict[str, int] = {"trials": 0, "calls": 0}
+    real_trials, real_calls = registry.storage.list_trials, registry.storage.list_llm_calls
+
+    def trials(*a, **kw):
+        out = real_trials(*a, **kw)
+        counted["trials"] += len(out)
+        return out
+
+    def calls(*a, **kw):
+        out = real_calls(*a, **kw)
+        counted["calls"] += len(out)
+        return out
+
+    registry.storage.list_trials, registry.storage.list_llm_calls = trials, calls
+    servicer = BboServicer(registry)
+
+    def pages(rpc, request, field, what, cursor, slack):
+        seen, token = [], ""
+        while True:
+            counted[what] = 0
+            request.page_token = token
+            r = getattr(servicer, rpc)(request, None)
+            got = list(getattr(r, field))
+            assert got and counted[what] <= len(got) + slack, (rpc, len(got), counted[what])
+            seen += [cursor(x) for x in got]
+            token = r.next_page_token
+            if not token:
+                return seen
+
+    req = svc.ListTrialsRequest(study="paged", page_size=10000)
+    assert pages("ListTrials", req, "trials", "trials", lambda t: t.id, 513) == list(
+        range(1, n_trials + 1)
+    )
+    req2 = svc.ListLlmCallsRequest(study="paged", page_size=1000)
+    got = pages("ListLlmCalls", req2, "calls", "calls", lambda c: len(c.response), 17)
+    assert got == [900_000] * n_calls

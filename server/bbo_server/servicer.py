@@ -10,7 +10,7 @@ from collections.abc import Callable
 import grpc
 
 from bbo.errors import BboError, SpecError
-from bbo.paging import page_bounds, page_prefix
+from bbo.paging import cut_page, page_bounds, page_prefix, read_lazily
 from bbo.registry import DEFAULT_TENANT, StudyRegistry, check_name, encode_page_token
 from bbo.study import Study
 from bbo.trial import TrialState
@@ -189,9 +189,18 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
         size, after = page_bounds(
             request.page_size, request.page_token, default=1000, maximum=10000
         )
-        trials = study.trials(states, after=after, limit=size + 1)
-        out = _within_page_bytes(trials[:size], lambda t: C.trial_to_pb(t, study))
-        more = len(out) < len(trials)
+        # read as the page fills: a page of 10,000 trials of hundreds of metrics each was read
+        # whole (hundreds of MB) to send 2 MiB of it
+        trials = read_lazily(
+            lambda a, n: study.trials(states, after=a, limit=n),
+            after,
+            size + 1,
+            key=lambda t: t.id,
+            max_chunk=512,
+        )
+        out, more = cut_page(
+            trials, size, lambda t: (t, C.trial_to_pb(t, study)), lambda p: p[1].ByteSize()
+        )
         return svc.ListTrialsResponse(
             trials=[p for _, p in out], next_page_token=str(out[-1][0].id) if more else ""
         )
@@ -236,9 +245,17 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
     def ListLlmCalls(self, request: svc.ListLlmCallsRequest, context, tenant):
         study = self._study(request.study, tenant)
         size, after = page_bounds(request.page_size, request.page_token, default=100, maximum=1000)
-        calls = study.llm_calls(request.purpose or None, after=after, limit=size + 1)
-        out = _within_page_bytes(calls[:size], C.llm_call_to_pb)
-        more = len(out) < len(calls)
+        purpose = request.purpose or None
+        # a call holds up to a 1 MiB answer: read 16 at a time as the page fills, not 1,001
+        calls = read_lazily(
+            lambda a, n: study.llm_calls(purpose, after=a, limit=n),
+            after,
+            size + 1,
+            key=lambda c: c.number,
+        )
+        out, more = cut_page(
+            calls, size, lambda c: (c, C.llm_call_to_pb(c)), lambda p: p[1].ByteSize()
+        )
         return svc.ListLlmCallsResponse(
             calls=[p for _, p in out], next_page_token=str(out[-1][0].number) if more else ""
         )

@@ -57,7 +57,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from bbo.errors import NotFoundError
-from bbo.paging import page_prefix
+from bbo.paging import cut_page, page_prefix, read_lazily
 from bbo.registry import DEFAULT_TENANT, StudyRegistry
 from bbo.study import Study
 from bbo.study_trials import late
@@ -282,9 +282,15 @@ class Dashboard:
         limit = _int_arg(request, "limit", MAX_TRIAL_PAGE, 1, MAX_TRIAL_PAGE)
         spec = study.spec
         required = spec.required_metrics
-        read = study.trials(after=after, limit=limit + 1)
-        page = page_prefix((trial_json(t, spec, required) for t in read[:limit]), _json_size)
-        return _json({"trials": page, "more": len(page) < len(read)})
+        read = read_lazily(
+            lambda a, n: study.trials(after=a, limit=n),
+            after,
+            limit + 1,
+            key=lambda t: t.id,
+            max_chunk=512,
+        )
+        page, more = cut_page(read, limit, lambda t: trial_json(t, spec, required), _json_size)
+        return _json({"trials": page, "more": more})
 
     def intermediates(self, request: Request) -> JSONResponse:
         study = self.study(request)
@@ -299,10 +305,13 @@ class Dashboard:
         study = self.study(request)
         after = _int_arg(request, "after", 0, 0, MAX_ID)
         limit = _int_arg(request, "limit", 100, 1, MAX_LLM_PAGE)
-        calls = study.llm_calls(after=after, limit=limit)
-        full = len(calls) == limit
-        page = page_prefix(calls, lambda c: len(c.prompt.encode()) + len(c.response.encode()))
-        calls, full = page, full or len(page) < len(calls)
+        # a call holds up to a 1 MiB answer: read a few at a time as the page fills
+        read = read_lazily(
+            lambda a, n: study.llm_calls(after=a, limit=n), after, limit + 1, key=lambda c: c.number
+        )
+        calls, more = cut_page(
+            read, limit, lambda c: c, lambda c: len(c.prompt.encode()) + len(c.response.encode())
+        )
         return _json(
             {
                 "calls": [
@@ -320,7 +329,7 @@ class Dashboard:
                     }
                     for c in calls
                 ],
-                "more": full,
+                "more": more,
             }
         )
 
