@@ -643,3 +643,21 @@ def test_browser_drops_a_deleted_studys_llm_log_when_its_name_is_reused(dash, br
     else:
         pytest.fail("every poll fell between the delete and the create")
     wait.until(lambda d: not css("#llm-table tbody tr[data-call-id]"))
+
+
+def test_a_study_deleted_while_a_page_reads_it_is_404(registry):
+    """The study is found, then deleted before its page is read: the read's NotFoundError was
+    uncaught, a 500 with a logged traceback, where the page expects 404 (it then says the study
+    is gone and stops polling)."""
+    from starlette.exceptions import HTTPException
+
+    from bbo_server.dashboard import Dashboard
+
+    d = Dashboard(registry)
+    study, _ = registry.create_study("deleted-mid-read", SMALL_SPEC)
+    registry.delete_study("deleted-mid-read")
+    d.study = lambda request: study  # found just before the delete
+    for route in ("study_detail", "trials", "intermediates", "llm_calls"):
+        with pytest.raises(HTTPException) as e:
+            getattr(d, route)(_request("/x", "", name="deleted-mid-read"))
+        assert e.value.status_code == 404 and "not found" in e.value.detail, route

@@ -37,6 +37,7 @@ sessionStorage. Another tenant's study is 404, as NOT_FOUND is in the API.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -181,6 +182,21 @@ def study_json(study: Study, info=None, description: bool = True) -> dict[str, A
     return out
 
 
+def _found(endpoint):
+    """A study deleted while the request reads it is 404, as one deleted before it (the core says
+    NotFoundError; uncaught, it was a 500 and a logged traceback)."""
+
+    @functools.wraps(endpoint)
+    def wrapper(self, request: Request):
+        try:
+            return endpoint(self, request)
+        except NotFoundError:
+            name = request.path_params.get("name", "")
+            raise HTTPException(404, f"study '{name}' not found") from None
+
+    return wrapper
+
+
 class Dashboard:
     """The app's endpoints over one registry; ``keys`` (a KeyStore) None = no authentication.
 
@@ -242,6 +258,7 @@ class Dashboard:
             if not token:
                 return _json({"tenant": tenant, "studies": out})
 
+    @_found
     def study_detail(self, request: Request) -> Response:
         study = self.study(request)
         info = study.info()
@@ -276,6 +293,7 @@ class Dashboard:
                 self._cache.popitem(last=False)
         return _json_bytes(bytes(body))
 
+    @_found
     def trials(self, request: Request) -> JSONResponse:
         study = self.study(request)
         after = _int_arg(request, "after", 0, 0, MAX_ID)
@@ -292,6 +310,7 @@ class Dashboard:
         page, more = cut_page(read, limit, lambda t: trial_json(t, spec, required), _json_size)
         return _json({"trials": page, "more": more})
 
+    @_found
     def intermediates(self, request: Request) -> JSONResponse:
         study = self.study(request)
         after = _int_arg(request, "after", 0, 0, MAX_ID)
@@ -301,6 +320,7 @@ class Dashboard:
         page = page_prefix(read[:limit], _json_size)
         return _json({"points": page, "more": len(page) < len(read)})
 
+    @_found
     def llm_calls(self, request: Request) -> JSONResponse:
         study = self.study(request)
         after = _int_arg(request, "after", 0, 0, MAX_ID)
