@@ -633,3 +633,50 @@ def test_the_same_intermediate_step_from_two_replicas_at_once(pg_url):
     finally:
         s1.close()
         s2.close()
+
+
+def test_an_intermediate_page_scans_no_trial_before_its_cursor(storage):
+    """A page of intermediate values resuming inside trial ``after`` (``after_step``) is a range
+    scan from that trial: with ``number > after OR (number = after AND step > s)`` alone,
+    PostgreSQL scanned the study's trials from the first and filtered them out, so paging through a
+    study's curves cost O(trials) a page."""
+    import json
+
+    import sqlalchemy as sa
+
+    from bbo.storage import NewTrial
+
+    uid = storage.create_study("default", "curves", SPEC, 0).uid
+    storage.insert_trials(uid, [NewTrial({"x": 0.5}, "user", TrialState.PENDING)] * 3000)
+    with storage.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO intermediate_values (trial_id, step, value, at) "
+                "SELECT id, g, 0.5, 1.0 FROM trials, generate_series(0, 3) g"
+            )
+        )
+        conn.execute(sa.text("ANALYZE"))
+    seen: list = []
+
+    def grab(conn, cursor, statement, parameters, context, executemany):
+        if "intermediate_values" in statement and "ORDER BY" in statement:
+            seen.append((statement, parameters))
+
+    sa.event.listen(storage.engine, "before_cursor_execute", grab)
+    page = storage.intermediate_page(uid, 2900, 1, 50)
+    sa.event.remove(storage.engine, "before_cursor_execute", grab)
+    assert page[0] == (2900, 2, 0.5) and len(page) == 50
+    (statement, parameters), *_ = seen
+    with storage.engine.connect() as conn:
+        raw = conn.exec_driver_sql("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters)
+        plan = raw.scalar()
+    plan = json.loads(plan) if isinstance(plan, str) else plan
+
+    def trial_rows(node) -> int:
+        here = 0
+        if node.get("Relation Name") == "trials":
+            here = node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
+            here += node.get("Rows Removed by Index Recheck", 0)
+        return here + sum(trial_rows(n) for n in node.get("Plans", []))
+
+    assert trial_rows(plan[0]["Plan"]) < 200, json.dumps(plan, indent=1)[:3000]

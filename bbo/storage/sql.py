@@ -754,8 +754,10 @@ class SqlStorage(Storage):
         with self._read() as conn:
             sid = self._sid(conn, uid)
             where = number > after
-            if after_step is not None:
-                where = sa.or_(where, sa.and_(number == after, iv.step > after_step))
+            if after_step is not None:  # the rest of trial ``after``, then the trials above it:
+                # ``number >= after`` bounds the trials' index range (with the OR alone,
+                # PostgreSQL scanned the study's trials from its first and filtered them)
+                where = sa.and_(number >= after, sa.or_(where, iv.step > after_step))
             q = (
                 sa.select(number, iv.step, iv.value)
                 .join(S.trials, S.trials.c.id == iv.trial_id)
