@@ -201,7 +201,7 @@ def test_another_tenants_study_is_not_found(dash):
     name = "tenant-study"
     running_study(dash.client, name)
     status, body = get(dash.url + "api/studies", dash.other)
-    assert status == 200 and body == {"tenant": "beta", "studies": []}
+    assert status == 200 and body == {"tenant": "beta", "studies": [], "next": "", "more": False}
     for route in ("", "/trials", "/intermediates", "/llm_calls"):
         path = f"api/studies/{name}{route}"
         status, body = get(dash.url + path, dash.other)
@@ -661,3 +661,57 @@ def test_a_study_deleted_while_a_page_reads_it_is_404(registry):
         with pytest.raises(HTTPException) as e:
             getattr(d, route)(_request("/x", "", name="deleted-mid-read"))
         assert e.value.status_code == 404 and "not found" in e.value.detail, route
+
+
+def test_the_study_list_comes_in_pages(registry):
+    """/api/studies read every study of the tenant (up to --max-studies, each spec up to
+    --max-spec-bytes, twice) on every poll of the list; it is now a page, as ListStudies's:
+    at most ``limit`` studies (fewer past about PAGE_BYTES of specs), ``next`` naming the next."""
+    from starlette.exceptions import HTTPException
+
+    from bbo_server.dashboard import Dashboard
+
+    d = Dashboard(registry)
+    names = [f"listed-{i}" for i in range(5)]
+    for name in names:
+        registry.create_study(name, SMALL_SPEC)
+    seen, after, sizes = [], "", []
+    while True:
+        page = json.loads(d.studies(_request("/api/studies", f"limit=2&after={after}")).body)
+        sizes.append(len(page["studies"]))
+        seen += [s["name"] for s in page["studies"]]
+        assert page["more"] == bool(page["next"])
+        if not page["more"]:
+            break
+        after = page["next"]
+    assert seen == names and sizes == [2, 2, 1]
+    everything = json.loads(d.studies(_request("/api/studies")).body)
+    assert [s["name"] for s in everything["studies"]] == names and not everything["more"]
+    for bad in ("after=garbage", "after=a&after=b", "limit=1001", "limit=0", "after=" + "x" * 600):
+        with pytest.raises(HTTPException) as e:
+            d.studies(_request("/api/studies", bad))
+        assert e.value.status_code == 400 and "query parameter" in e.value.detail, bad
+
+
+@pytest.mark.skipif(_browser_skip_reason() is not None, reason=_browser_skip_reason() or "")
+def test_browser_lists_a_page_of_studies_and_more_on_request(dash, browser):
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from bbo_client import Client, Float, Minimize
+
+    key, _ = create_key(dash.srv.db, "gamma")  # a tenant of its own: exactly these studies
+    with Client(dash.srv.address, api_key=key, retries=3) as c:
+        for i in range(105):
+            c.create_study(f"many-{i:03d}", [Float("x", 0.0, 1.0)], Minimize("y"))
+    browser.get(dash.url + "#/")
+    browser.execute_script(f"sessionStorage.setItem('bbo-api-key', {json.dumps(key)})")
+    browser.refresh()
+    wait = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,))
+    css = lambda sel: browser.find_elements(By.CSS_SELECTOR, sel)
+    rows = "#studies-table tr[data-study]"
+    wait.until(lambda d: len(css(rows)) == 100 and css("#more-studies:not([hidden])"))
+    browser.find_element(By.ID, "more-studies").click()
+    wait.until(lambda d: len(css(rows)) == 105 and css("#more-studies[hidden]"))
+    assert css(rows)[-1].get_attribute("data-study") == "many-104"

@@ -10,7 +10,9 @@ Routes (GET only; there is no write path):
 
 - ``/`` and ``/static/*``: the page, its script and style, and plotly.min.js from the installed
   ``plotly`` package (no CDN). They hold no data and are the same for everyone.
-- ``/api/session``: the caller's tenant; ``/api/studies``: the tenant's studies.
+- ``/api/session``: the caller's tenant; ``/api/studies?after=TOKEN&limit=N``: a page of the
+  tenant's studies (at most ``limit``, default :data:`DEFAULT_STUDY_PAGE`, maximum
+  :data:`MAX_STUDY_PAGE`; ``next`` is the next page's ``after``).
 - ``/api/studies/{name}``: a study's summary, bounded whatever the study's size: its spec, state,
   trial counts by state, and its best trials (as GetBest: with how they were chosen and, where by
   the model, its estimate of the objective; at most :data:`MAX_BEST` of them, ``best_count``
@@ -57,7 +59,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from bbo.errors import NotFoundError
+from bbo.errors import NotFoundError, SpecError
 from bbo.paging import cut_page, page_prefix, read_lazily
 from bbo.registry import DEFAULT_TENANT, StudyRegistry
 from bbo.study import Study
@@ -249,14 +251,26 @@ class Dashboard:
         return _json({"tenant": self.tenant(request), "auth": self.keys is not None})
 
     def studies(self, request: Request) -> JSONResponse:
+        """A page of the tenant's studies (as ListStudies pages them: at most ``limit``, fewer
+        past about PAGE_BYTES of specs); ``next`` is the next page's ``after``, "" after the last.
+        All of them in one response read every spec of the tenant (up to ``--max-studies`` of
+        ``--max-spec-bytes`` each) on each poll of the list."""
         tenant = self.tenant(request)
-        out: list[dict] = []
-        token = ""
-        while True:
-            page, token = self.registry.list_studies(tenant, page_size=1000, page_token=token)
-            out.extend(study_json(s, description=False) for s in page)
-            if not token:
-                return _json({"tenant": tenant, "studies": out})
+        after = _str_arg(request, "after")
+        limit = _int_arg(request, "limit", DEFAULT_STUDY_PAGE, 1, MAX_STUDY_PAGE)
+        try:
+            page, token = self.registry.list_studies(tenant, page_size=limit, page_token=after)
+        except SpecError:
+            raise HTTPException(
+                400, "query parameter 'after': a malformed page token: pass back 'next' unchanged"
+            ) from None
+        out = []
+        for st in page:
+            try:
+                out.append(study_json(st, description=False))
+            except NotFoundError:  # deleted while listing
+                continue
+        return _json({"tenant": tenant, "studies": out, "next": token, "more": bool(token)})
 
     @_found
     def study_detail(self, request: Request) -> Response:
@@ -355,6 +369,23 @@ class Dashboard:
 
 
 MAX_ID = 2**63 - 1  # ids and steps are 64-bit in the database
+DEFAULT_STUDY_PAGE = 100  # studies per /api/studies page (the page shows the first, then more)
+MAX_STUDY_PAGE = 1000  # as ListStudies
+
+
+def _str_arg(request: Request, name: str, longest: int = 512) -> str:
+    """A query argument given at most once (a page token: at most ``longest`` characters)."""
+    given = request.query_params.getlist(name)
+    if len(given) > 1:
+        raise HTTPException(
+            400, f"query parameter '{name}' is given {len(given)} times: give it at most once"
+        )
+    raw = given[0] if given else ""
+    if len(raw) > longest:
+        raise HTTPException(
+            400, f"query parameter '{name}': at most {longest} characters, got {len(raw)}"
+        )
+    return raw
 
 
 def _int_arg(request: Request, name: str, default: Any, low: int, high: int | None = None):

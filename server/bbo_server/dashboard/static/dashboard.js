@@ -10,6 +10,7 @@ const MAX_TRIALS = 10000;
 const MAX_POINTS = 200000;
 const TRIAL_PAGE = 1000;
 const POINT_PAGE = 10000;
+const STUDY_PAGE = 100;  // studies per /api/studies page
 const KEY_ITEM = 'bbo-api-key';
 const STATES = ['PENDING', 'COMPLETED', 'FAILED', 'ABANDONED', 'PAUSED', 'PRUNED'];
 const PLOT_CONFIG = { displaylogo: false, responsive: true };
@@ -156,15 +157,33 @@ async function route() {
 class StudiesView {
   constructor() {
     this.last = null;
+    this.pages = 1;  // pages of STUDY_PAGE studies shown: "more studies" adds one
     $('crumb').replaceChildren();
     this.table = el('table', { id: 'studies-table', class: 'grid' });
-    $('main').replaceChildren(el('h1', { text: 'Studies' }), this.table);
+    this.more = el('button', { id: 'more-studies', type: 'button', text: 'more studies' });
+    this.more.hidden = true;
+    this.more.addEventListener('click', () => { this.pages += 1; this.refresh(); });
+    $('main').replaceChildren(el('h1', { text: 'Studies' }), this.table, this.more);
   }
 
   async refresh() {
-    const { body, text } = await api('api/studies');
+    // a page at a time, as many as shown: a tenant's whole list on every poll read every spec
+    const studies = [];
+    let after = '';
+    let more = false;
+    for (let i = 0; i < this.pages; i += 1) {
+      const query = `limit=${STUDY_PAGE}&after=${encodeURIComponent(after)}`;
+      const { body } = await api(`api/studies?${query}`);
+      studies.push(...body.studies);
+      more = body.more;
+      if (!more) break;
+      after = body.next;
+    }
+    const body = { studies };
+    const text = JSON.stringify(studies) + more;
     if (text === this.last) return;
     this.last = text;
+    this.more.hidden = !more;
     const head = el('tr', {}, ...['study', 'state', 'objectives', 'trials', 'completed', 'created']
       .map((h) => el('th', { text: h })));
     const goals = (s) => s.objectives
