@@ -44,6 +44,9 @@ class RequestLimits:
     max_steps_per_trial: int = 10000  # intermediate values (distinct steps) stored per trial
     max_rungs: int = 20  # budgets of a fidelity's ladder (max / eta^k down to min)
     max_transfer_sources: int = 8  # source studies one study transfers from
+    # trials per study, asked or added: what grows with a study (GetBest, an Ask's read of its
+    # trials, a report's pass over them) grows with this at most
+    max_trials_per_study: int = 100000
 
     @classmethod
     def flags(cls) -> list[tuple[str, int, str]]:
@@ -62,6 +65,7 @@ class RequestLimits:
             "max_steps_per_trial": "intermediate values (distinct steps) stored per trial",
             "max_rungs": "rungs of a fidelity's budget ladder (max / eta^k down to min)",
             "max_transfer_sources": "source studies one study transfers from (named or auto)",
+            "max_trials_per_study": "trials per study, asked or added",
         }
         return [(f.name, int(f.default), helps[f.name]) for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
 

@@ -268,6 +268,7 @@ class Study:
                 lease_expires_at=time.time() + lease,
                 request=req,
                 continuations=continuations,
+                max_trials=self.config.limits.max_trials_per_study,
             )
             if prev is not None:
                 check_same(req, prev)
@@ -420,7 +421,9 @@ class Study:
             reason=str(reason)[:MAX_REASON],
             budget=budget,
         )
-        created, prev = self.storage.insert_trials(self.uid, [new], request=req)
+        created, prev = self.storage.insert_trials(
+            self.uid, [new], request=req, max_trials=self.config.limits.max_trials_per_study
+        )
         if prev is not None:
             check_same(req, prev)
         else:

@@ -52,6 +52,8 @@ def limited(tmp_path_factory):
             "4",
             "--max-steps-per-trial",
             "3",
+            "--max-trials-per-study",
+            "6",
         ],
     )
     srv.start()
@@ -230,6 +232,34 @@ def test_intermediate_values_per_trial_bound(limited):
         assert br.field_violations[0].field == "step"
     assert report(t, 2, 0.5) is None  # a stored step may be replaced
     assert report(u, 4) is None  # another trial counts its own
+
+
+def test_trials_per_study_bound(limited):
+    """A study holds at most --max-trials-per-study trials, asked or added: an Ask or AddTrial
+    past it is RESOURCE_EXHAUSTED on `study` and stores nothing (the count is checked in the
+    insert's transaction); below it, asks go on."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    st, c = limited["stub"], limited["c"]
+    call(st, "CreateStudy", svc.CreateStudyRequest(name="full", spec=small_spec()), c)
+    assert len(call(st, "Ask", svc.AskRequest(study="full", count=5), c)[0].trials) == 5
+    try:
+        st.Ask(svc.AskRequest(study="full", count=2), metadata=(("x-api-key", c),), timeout=30)
+        raise AssertionError("accepted")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.details()
+        assert "--max-trials-per-study" in e.details() and "5 trials" in e.details()
+        br = error_details_pb2.BadRequest()
+        assert rpc_status.from_call(e).details[0].Unpack(br)
+        assert br.field_violations[0].field == "study"
+    listed = call(st, "ListTrials", svc.ListTrialsRequest(study="full"), c)[0].trials
+    assert len(listed) == 5  # nothing stored
+    (sixth,) = call(st, "Ask", svc.AskRequest(study="full"), c)[0].trials
+    assert sixth.id == 6  # the refused ask used up no trial number
+    code, msg = _details(st, "AddTrial", request_for("AddTrial", "full"), c)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-trials-per-study" in msg
+    assert len(call(st, "ListTrials", svc.ListTrialsRequest(study="full"), c)[0].trials) == 6
 
 
 def test_max_ask_and_message_size(limited):

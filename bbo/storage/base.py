@@ -225,8 +225,13 @@ class Storage(abc.ABC):
         lease_expires_at: float | None = None,
         request: RequestKey | None = None,
         continuations: Sequence[Continuation] = (),
+        max_trials: int = 0,
     ) -> tuple[list[Trial], StoredRequest | None]:
         """Insert trials with freshly allocated numbers, in one transaction.
+
+        ``max_trials`` > 0: the study's trials after the insert are counted in the same
+        transaction, and over it nothing is stored (:class:`~bbo.limits.LimitExceeded` on
+        ``study``, ``--max-trials-per-study``): concurrent asks never overshoot.
 
         ``continuations``: PAUSED trials handed out again in the same transaction (PENDING, with
         the worker and lease, metrics cleared, ``resume_budget`` = the budget reached); one no

@@ -396,10 +396,11 @@ class SqlStorage(Storage):
         lease_expires_at: float | None = None,
         request: RequestKey | None = None,
         continuations: Sequence[Continuation] = (),
+        max_trials: int = 0,
     ) -> tuple[list[Trial], StoredRequest | None]:
         try:
             return self._insert_trials(
-                uid, new, worker_id, lease_expires_at, request, continuations
+                uid, new, worker_id, lease_expires_at, request, continuations, max_trials
             )
         except sa.exc.IntegrityError:
             if request is None:
@@ -412,7 +413,9 @@ class SqlStorage(Storage):
                     raise
                 return self._trials_by_number(conn, sid, prev.response.get("trials", [])), prev
 
-    def _insert_trials(self, uid, new, worker_id, lease_expires_at, request, continuations=()):
+    def _insert_trials(
+        self, uid, new, worker_id, lease_expires_at, request, continuations=(), max_trials=0
+    ):
         now = time.time()
         with self._write() as conn:
             sid = self._sid(conn, uid, lock=True)
@@ -429,6 +432,14 @@ class SqlStorage(Storage):
                 .returning(S.studies.c.trial_counter)
             ).scalar_one()
             first = int(top) - n + 1
+            if max_trials > 0 and n and int(top) > max_trials:
+                raise LimitExceeded(
+                    "study",
+                    f"the study has {first - 1} trials and this request adds {n}, at most "
+                    f"{max_trials} allowed: continue in a new study (a transfer source keeps "
+                    "what this one learned)",
+                    "max_trials_per_study",
+                )
             # after the study row (as every writer locks it first), then the trial rows
             continued = [
                 c.number
