@@ -494,3 +494,39 @@ def test_list_pages_read_no_more_than_they_can_send(registry):
     req2 = svc.ListLlmCallsRequest(study="paged", page_size=1000)
     got = pages("ListLlmCalls", req2, "calls", "calls", lambda c: len(c.response), 17)
     assert got == [900_000] * n_calls
+
+
+def test_get_best_fits_one_response_whatever_the_front(registry):
+    """GetBest sent the whole Pareto front: a front of large trials passed a client's 4 MiB
+    receive limit and the call failed for good. Its trials now end past about PAGE_BYTES, the
+    first by id, and best_count says how many the front has."""
+    from bbo.paging import PAGE_BYTES
+    from bbo.storage import NewTrial
+    from bbo.trial import Metric, TrialState
+    from bbo_server.servicer import BboServicer
+
+    study, _ = registry.create_study(
+        "front",
+        {
+            "parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}],
+            "objectives": [{"name": "a", "goal": "minimize"}, {"name": "b", "goal": "minimize"}],
+        },
+    )
+    n = 1000  # every trial on the front, each with a 4,000-character reason: 4 MB in all
+    registry.storage.insert_trials(
+        study.uid,
+        [
+            NewTrial(
+                {"x": i / n},
+                "user",
+                TrialState.COMPLETED,
+                {"a": Metric(float(i)), "b": Metric(float(n - i))},
+                reason="r" * 4000,
+            )
+            for i in range(n)
+        ],
+    )
+    r = BboServicer(registry).GetBest(svc.GetBestRequest(study="front"), None)
+    assert r.best_count == n
+    assert 0 < len(r.trials) < n and r.ByteSize() <= PAGE_BYTES + 10_000
+    assert [t.id for t in r.trials] == list(range(1, len(r.trials) + 1))  # the first by id

@@ -446,7 +446,7 @@ def test_node_best_result_carries_the_selection_and_the_models_estimate(bbo_serv
     """A declared-noisy study: the lucky draw (-0.4 at x = 0.1) is passed over, and Node reads why
     and the model's estimate of the chosen trial, as the Python client does."""
     best = _node_json(_NOISY_SCRIPT, bbo_server.address, study_name, timeout=120)
-    assert best["state"] == "ACTIVE" and len(best["trials"]) == 1
+    assert best["state"] == "ACTIVE" and len(best["trials"]) == 1 and best["count"] == 1
     assert abs(best["trials"][0]["parameters"]["x"] - 0.6) < 0.2
     assert "posterior mean" in best["selection"]
     e = best["estimate"]

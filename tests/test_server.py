@@ -125,7 +125,8 @@ def test_multi_objective_best_is_pareto_front(client, study_name):
         s.add_trial({"x": x}, {"a": a, "b": b}).id
         for x, a, b in [(0.1, 1, 3), (0.2, 2, 2), (0.3, 3, 1), (0.4, 3, 3)]
     ]
-    assert sorted(t.id for t in s.best().trials) == ids[:3]
+    best = s.best()
+    assert sorted(t.id for t in best.trials) == ids[:3] and best.count == 3
 
 
 def test_heartbeat_extends_lease(client, study_name, make_study):

@@ -209,8 +209,10 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
     def GetBest(self, request: svc.GetBestRequest, context, tenant):
         study = self._study(request.study, tenant)
         b = study.best()
+        shown = page_prefix((C.trial_to_pb(t, study) for t in b.trials), lambda m: m.ByteSize())
         return svc.GetBestResponse(
-            trials=[C.trial_to_pb(t, study) for t in b.trials],
+            trials=shown,
+            best_count=len(b.trials),
             state=C.STUDY_STATE_TO_PB.get(b.state, pb.STUDY_STATE_ACTIVE),
             state_reason=b.state_reason,
             selection=b.selection,

@@ -374,13 +374,16 @@ class Study {
     return (await this.bestResult()).trials;
   }
 
-  // GetBest in full: {trials, state, stateReason, selection, estimate}. On a noisy objective the
-  // trial is the server's best posterior mean, selection says so, and estimate ({value, lower,
-  // upper}, the objective's units) is its model's value for that trial; else both are empty.
+  // GetBest in full: {trials, state, stateReason, selection, estimate, count}. On a noisy
+  // objective the trial is the server's best posterior mean, selection says so, and estimate
+  // ({value, lower, upper}, the objective's units) is its model's value for that trial; else both
+  // are empty. count: the answer's size; a front too large for one response (about 2 MiB) holds
+  // its first count-or-fewer trials by id.
   async bestResult() {
     const res = await this.client.call('GetBest', { study: this.name });
     const e = res.estimate;
     return {
+      count: Number(res.best_count) || res.trials.length,
       trials: res.trials.map(fromTrial),
       state: String(res.state).replace('STUDY_STATE_', ''),
       stateReason: res.state_reason,

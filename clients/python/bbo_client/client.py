@@ -525,9 +525,9 @@ class StudyHandle:
         r = self.client._call("GetBest", svc.GetBestRequest(study=self.name))
         state = "LIKELY_INFEASIBLE" if r.state == pb.STUDY_STATE_LIKELY_INFEASIBLE else "ACTIVE"
         estimate = Estimate.from_pb(r.estimate) if r.HasField("estimate") else None
-        return Best(
-            [Trial.from_pb(t) for t in r.trials], state, r.state_reason, r.selection, estimate
-        )
+        trials = [Trial.from_pb(t) for t in r.trials]
+        count = r.best_count or len(trials)  # a server before best_count sends every trial
+        return Best(trials, state, r.state_reason, r.selection, estimate, count)
 
     def llm_calls(self, purpose: str = "", page_size: int = 100) -> list[LlmCall]:
         """Every LLM exchange of the study, oldest first (or those for ``purpose``: "warmstart",

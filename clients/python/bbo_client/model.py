@@ -517,6 +517,9 @@ class Best:
     selection: str = ""
     # then the surrogate's estimate of its objective (its observed value is one noisy draw)
     estimate: Estimate | None = None
+    # how many trials the answer has: more than ``trials`` holds only for a front too large for
+    # one response (about 2 MiB), which then holds its first trials by id
+    count: int = 0
 
     @property
     def trial(self) -> Trial | None:

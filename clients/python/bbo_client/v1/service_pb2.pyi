@@ -182,18 +182,20 @@ class GetBestRequest(_message.Message):
     def __init__(self, study: _Optional[str] = ...) -> None: ...
 
 class GetBestResponse(_message.Message):
-    __slots__ = ("trials", "state", "state_reason", "selection", "estimate")
+    __slots__ = ("trials", "state", "state_reason", "selection", "estimate", "best_count")
     TRIALS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     STATE_REASON_FIELD_NUMBER: _ClassVar[int]
     SELECTION_FIELD_NUMBER: _ClassVar[int]
     ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    BEST_COUNT_FIELD_NUMBER: _ClassVar[int]
     trials: _containers.RepeatedCompositeFieldContainer[_study_pb2.Trial]
     state: _study_pb2.StudyState
     state_reason: str
     selection: str
     estimate: Estimate
-    def __init__(self, trials: _Optional[_Iterable[_Union[_study_pb2.Trial, _Mapping]]] = ..., state: _Optional[_Union[_study_pb2.StudyState, str]] = ..., state_reason: _Optional[str] = ..., selection: _Optional[str] = ..., estimate: _Optional[_Union[Estimate, _Mapping]] = ...) -> None: ...
+    best_count: int
+    def __init__(self, trials: _Optional[_Iterable[_Union[_study_pb2.Trial, _Mapping]]] = ..., state: _Optional[_Union[_study_pb2.StudyState, str]] = ..., state_reason: _Optional[str] = ..., selection: _Optional[str] = ..., estimate: _Optional[_Union[Estimate, _Mapping]] = ..., best_count: _Optional[int] = ...) -> None: ...
 
 class Estimate(_message.Message):
     __slots__ = ("value", "lower", "upper")
