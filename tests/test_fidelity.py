@@ -21,8 +21,7 @@ from bbo.pruning import Rungs, bracket_shares, ladder
 from bbo.registry import StudyRegistry
 from bbo.spec import StudySpec
 from bbo.storage import CurvePoint, open_storage
-from bbo.strategy import space_filling
-from bbo.strategy.base import ACTIVE_STATUS
+from bbo.testing.strategies import SpaceFilling
 from bbo.trial import Trial, TrialState
 
 X = [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}]
@@ -33,26 +32,13 @@ def spec(**kw) -> dict:
     return {"parameters": X, "objectives": [{"name": "loss"}], "fidelity": EPOCHS, **kw}
 
 
-class Sobol:
-    """A strategy without a model: space-filling points (the rungs are what these tests check)."""
-
-    def __init__(self, s: StudySpec):
-        self.spec = s
-
-    def suggest(self, trials, n=1, **_):
-        return space_filling(self.spec.space, 7, trials, n, "")
-
-    def status(self, trials):
-        return ACTIVE_STATUS
-
-
 @pytest.fixture
 def db(tmp_path):
     return "sqlite:///" + str(tmp_path / "mf.db")
 
 
 def registry(url: str, model: bool = False) -> StudyRegistry:
-    return StudyRegistry(open_storage(url), strategy_factory=None if model else Sobol)
+    return StudyRegistry(open_storage(url), strategy_factory=None if model else SpaceFilling)
 
 
 def loss(x: float, epoch: float) -> float:

@@ -16,24 +16,12 @@ from bbo.registry import StudyConfig, StudyRegistry
 from bbo.spec import StudySpec
 from bbo.stopping import MedianRule
 from bbo.storage import open_storage
-from bbo.strategy import space_filling
-from bbo.strategy.base import ACTIVE_STATUS
 from bbo.study import Study
+from bbo.testing.strategies import SpaceFilling
 from bbo.trial import TrialState
 
 X = [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}]
 EPOCHS = {"name": "epochs", "min": 1, "max": 27, "integer": True}
-
-
-class Sobol:
-    def __init__(self, s: StudySpec):
-        self.spec = s
-
-    def suggest(self, trials, n=1, **_):
-        return space_filling(self.spec.space, 7, trials, n, "")
-
-    def status(self, trials):
-        return ACTIVE_STATUS
 
 
 def spec_for(policy: str, goal: str) -> dict:
@@ -108,7 +96,7 @@ def test_kept_curves_decide_as_recomputed_ones_and_after_a_restart(tmp_path, pol
 
     def registry() -> StudyRegistry:
         return StudyRegistry(
-            open_storage(url), strategy_factory=Sobol, config=StudyConfig(stopping=rule)
+            open_storage(url), strategy_factory=SpaceFilling, config=StudyConfig(stopping=rule)
         )
 
     reg = registry()
@@ -142,7 +130,9 @@ def test_replicas_sharing_a_database_decide_from_every_stored_value(request, pol
     url = request.getfixturevalue("cluster").create_database("rc_" + uuid.uuid4().hex[:12])
     rule = MedianRule(min_trials=2, warmup_steps=1)
     regs = [
-        StudyRegistry(open_storage(url), strategy_factory=Sobol, config=StudyConfig(stopping=rule))
+        StudyRegistry(
+            open_storage(url), strategy_factory=SpaceFilling, config=StudyConfig(stopping=rule)
+        )
         for _ in range(2)
     ]
     regs[0].create_study("s", spec_for(policy, "minimize"))
@@ -219,7 +209,9 @@ def test_an_ask_reads_off_the_kept_points_what_it_read_off_whole_curves(seed):
 def test_an_ask_reads_no_stored_value_but_those_written_since_the_last(tmp_path):
     """After a study's curves are loaded once, an Ask of a study with a fidelity reads the curves
     of the trials written since (none here), never every stored value of the study."""
-    reg = StudyRegistry(open_storage("sqlite:///" + str(tmp_path / "a.db")), strategy_factory=Sobol)
+    reg = StudyRegistry(
+        open_storage("sqlite:///" + str(tmp_path / "a.db")), strategy_factory=SpaceFilling
+    )
     st, _ = reg.create_study("s", spec_for("hyperband", "minimize"))
     for t in st.ask(count=4).trials:
         for step in (1, 3, 9):
