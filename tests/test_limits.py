@@ -74,6 +74,23 @@ def _details(st, rpc, req, key):
     return None, ""
 
 
+def _exhausted(st, rpc, req, key, flag: str, field: str) -> str:
+    """Call ``rpc``, which must be refused RESOURCE_EXHAUSTED naming ``flag`` in its message and
+    ``field`` in a BadRequest violation; returns the message."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    try:
+        getattr(st, rpc)(req, metadata=(("x-api-key", key),), timeout=30)
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and flag in e.details(), e.details()
+        br = error_details_pb2.BadRequest()
+        assert rpc_status.from_call(e).details[0].Unpack(br), e.details()
+        assert br.field_violations[0].field == field, br
+        return e.details()
+    raise AssertionError(f"{rpc} accepted")
+
+
 def test_max_studies_per_tenant(limited):
     st, a, b = limited["stub"], limited["a"], limited["b"]
     for i in range(3):
@@ -142,23 +159,10 @@ def _spec(n_choices=2, n_cons=0, n_obj=1, n_oc=0, n_tracked=0, name="x", desc=""
 def test_every_spec_bound_is_refused_naming_its_flag_and_stores_nothing(limited, kw, flag, field):
     """Just over a bound: RESOURCE_EXHAUSTED with the flag in the message and the field in a
     BadRequest violation; nothing is stored. At the bound: accepted."""
-    from google.rpc import error_details_pb2
-    from grpc_status import rpc_status
-
     st, b = limited["stub"], limited["c"]
     name = "over-" + flag.strip("-")[4:14]
-    try:
-        st.CreateStudy(
-            svc.CreateStudyRequest(name=name, spec=_spec(**kw)),
-            metadata=(("x-api-key", b),),
-            timeout=30,
-        )
-        raise AssertionError("accepted")
-    except grpc.RpcError as e:
-        assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and flag in e.details(), e.details()
-        status = rpc_status.from_call(e)
-        br = error_details_pb2.BadRequest()
-        assert status.details[0].Unpack(br) and br.field_violations[0].field == field
+    req = svc.CreateStudyRequest(name=name, spec=_spec(**kw))
+    _exhausted(st, "CreateStudy", req, b, flag, field)
     assert call(st, "GetStudy", svc.GetStudyRequest(name=name), b)[1] == grpc.StatusCode.NOT_FOUND
     at = {k: (v - 1 if isinstance(v, int) else v[: len(v) - 1]) for k, v in kw.items()}
     r, code = call(st, "CreateStudy", svc.CreateStudyRequest(name=name, spec=_spec(**at)), b)
@@ -203,8 +207,6 @@ def test_intermediate_values_per_trial_bound(limited):
     """A trial stores at most --max-steps-per-trial steps: a new step past it is refused on `step`
     and stores nothing (every report used to add a row, and each report reads them all); a step
     already stored may still be reported again, and other trials have their own count."""
-    from google.rpc import error_details_pb2
-    from grpc_status import rpc_status
 
     st, b = limited["stub"], limited["c"]
     call(st, "CreateStudy", svc.CreateStudyRequest(name="steps", spec=small_spec()), b)
@@ -217,19 +219,9 @@ def test_intermediate_values_per_trial_bound(limited):
         return call(st, "ReportIntermediate", req, b)[1]
 
     assert [report(t, s) for s in (1, 2, 3)] == [None] * 3
-    try:
-        st.ReportIntermediate(
-            svc.ReportIntermediateRequest(study="steps", trial_id=t.id, step=4, value=1.0),
-            metadata=(("x-api-key", b),),
-            timeout=30,
-        )
-        raise AssertionError("accepted")
-    except grpc.RpcError as e:
-        assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.details()
-        assert "--max-steps-per-trial" in e.details() and "3 intermediate values" in e.details()
-        br = error_details_pb2.BadRequest()
-        assert rpc_status.from_call(e).details[0].Unpack(br)
-        assert br.field_violations[0].field == "step"
+    req = svc.ReportIntermediateRequest(study="steps", trial_id=t.id, step=4, value=1.0)
+    msg = _exhausted(st, "ReportIntermediate", req, b, "--max-steps-per-trial", "step")
+    assert "3 intermediate values" in msg
     assert report(t, 2, 0.5) is None  # a stored step may be replaced
     assert report(u, 4) is None  # another trial counts its own
 
@@ -238,27 +230,19 @@ def test_trials_per_study_bound(limited):
     """A study holds at most --max-trials-per-study trials, asked or added: an Ask or AddTrial
     past it is RESOURCE_EXHAUSTED on `study` and stores nothing (the count is checked in the
     insert's transaction); below it, asks go on."""
-    from google.rpc import error_details_pb2
-    from grpc_status import rpc_status
 
     st, c = limited["stub"], limited["c"]
     call(st, "CreateStudy", svc.CreateStudyRequest(name="full", spec=small_spec()), c)
     assert len(call(st, "Ask", svc.AskRequest(study="full", count=5), c)[0].trials) == 5
-    try:
-        st.Ask(svc.AskRequest(study="full", count=2), metadata=(("x-api-key", c),), timeout=30)
-        raise AssertionError("accepted")
-    except grpc.RpcError as e:
-        assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.details()
-        assert "--max-trials-per-study" in e.details() and "5 trials" in e.details()
-        br = error_details_pb2.BadRequest()
-        assert rpc_status.from_call(e).details[0].Unpack(br)
-        assert br.field_violations[0].field == "study"
+    req = svc.AskRequest(study="full", count=2)
+    assert "5 trials" in _exhausted(st, "Ask", req, c, "--max-trials-per-study", "study")
     listed = call(st, "ListTrials", svc.ListTrialsRequest(study="full"), c)[0].trials
     assert len(listed) == 5  # nothing stored
     (sixth,) = call(st, "Ask", svc.AskRequest(study="full"), c)[0].trials
     assert sixth.id == 6  # the refused ask used up no trial number
-    code, msg = _details(st, "AddTrial", request_for("AddTrial", "full"), c)
-    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-trials-per-study" in msg
+    _exhausted(
+        st, "AddTrial", request_for("AddTrial", "full"), c, "--max-trials-per-study", "study"
+    )
     assert len(call(st, "ListTrials", svc.ListTrialsRequest(study="full"), c)[0].trials) == 6
 
 
