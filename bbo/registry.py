@@ -4,6 +4,21 @@ It keeps one :class:`bbo.study.Study` (and its generation strategy, with the fit
 live study, keyed by (tenant, name) and checked by uid. A cached entry never outlives its study:
 a delete removes it after the delete has committed, and a lookup that raced a delete re-reads
 before it caches anything, so a name deleted and created again always finds the new study.
+
+The cache is bounded (``bbo serve --max-cached-studies``, :attr:`StudyConfig.max_cached_studies`):
+it holds the most recently used studies and drops the least recently used one past the bound, so
+a server that runs many studies over months does not keep every study it ever touched (its
+strategy, trials in memory, kept curves). Dropping costs little: the next call makes the Study
+again, reading its trials once and loading its fitted model state from the database
+(:mod:`bbo.model_sharing`), as after a restart.
+
+One process never has two Study objects of one study: where it owns the database (SQLite) the
+Study's in-memory copy of the trials (:class:`bbo.study_trials.TrialCache`) assumes every write
+of the study goes through it. A dropped Study that a call in flight still holds (or the lease
+reaper, or an LLM prefetch) stays reachable through a weak map of every live Study by uid, and a
+lookup meanwhile gets that very object back instead of a new one; once nothing holds it, it is
+gone. The lease reaper writes a study with no live Study through one made for the purpose, never
+behind a live one's back.
 """
 
 from __future__ import annotations
@@ -14,6 +29,8 @@ import json
 import logging
 import os
 import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +66,8 @@ class StudyConfig:
     max_lease_seconds: float = 7 * 24 * 3600.0
     max_ask: int = 100
     max_studies: int = 10000  # per tenant (0 = unlimited)
+    # studies kept in memory, least recently used dropped (bbo serve --max-cached-studies; 0 = all)
+    max_cached_studies: int = 1000
     device: str = "auto"  # where fits run for studies whose spec says "auto" (bbo serve --device)
     limits: RequestLimits = dataclasses.field(default_factory=RequestLimits)
     stopping: MedianRule = dataclasses.field(default_factory=MedianRule)
@@ -137,7 +156,10 @@ class StudyRegistry:
         self.config = config or StudyConfig()
         self.fit_slots = FitSlots(fit_slots)
         self.model_cache = ModelStateCache(storage)
-        self._cache: dict[tuple[str, str], Study] = {}
+        # the most recently used studies, least recent first (bounded: see the module docstring)
+        self._cache: OrderedDict[tuple[str, str], Study] = OrderedDict()
+        # every Study object alive in this process, by uid: cached, or dropped but still held
+        self._live: weakref.WeakValueDictionary[str, Study] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
         self._deletes = 0  # bumped (under the lock) after each delete commits: see _adopt
 
@@ -257,16 +279,20 @@ class StudyRegistry:
         with self._lock:
             return self._deletes
 
-    def _adopt(self, rec: StudyRecord, deletes_before: int) -> Study:
-        """The cached Study of ``rec``, made if needed, unless a delete committed since ``rec`` was
-        read (``deletes_before``): then ``rec`` is read again first, so a deleted study is never
-        put back into the cache."""
+    def _adopt(self, rec: StudyRecord, deletes_before: int, keep: bool = True) -> Study:
+        """The Study of ``rec``: the cached or otherwise live one, made if there is none, unless a
+        delete committed since ``rec`` was read (``deletes_before``): then ``rec`` is read again
+        first, so a deleted study is never put back into the cache. ``keep``: cache it as the
+        most recently used (a listing or the reaper only looks at a study: it does not push the
+        studies in use out)."""
         key = (rec.tenant, rec.name)
         while True:
             with self._lock:
                 if self._deletes == deletes_before:
                     st = self._cache.get(key)
                     if st is None or st.uid != rec.uid:
+                        st = self._live.get(rec.uid)
+                    if st is None:
                         st = Study(
                             self.storage,
                             rec,
@@ -276,7 +302,9 @@ class StudyRegistry:
                             self.fit_slots,
                             self.model_cache,
                         )
-                        self._cache[key] = st
+                        self._live[rec.uid] = st
+                    if keep:
+                        self._keep(key, st)
                     return st
                 deletes_before = self._deletes
             fresh = self.storage.get_study_by_uid(rec.uid)
@@ -284,14 +312,26 @@ class StudyRegistry:
                 raise NotFoundError(f"study '{rec.name}' not found")
             rec = fresh
 
+    def _keep(self, key: tuple[str, str], st: Study) -> None:
+        """Cache ``st`` as the most recently used study; drop the least recently used past the
+        bound (a dropped one still in use stays in ``_live`` until its users let go). Under the
+        lock."""
+        self._cache[key] = st
+        self._cache.move_to_end(key)
+        bound = self.config.max_cached_studies
+        while bound > 0 and len(self._cache) > bound:
+            self._cache.popitem(last=False)
+
     def get_study(self, name: str, tenant: str = DEFAULT_TENANT) -> Study:
         if not isinstance(name, str) or not name:
             raise SpecError("study", "study name is required")
         with self._lock:
             st = self._cache.get((tenant, name))
             deletes = self._deletes
-        if st is not None and not self.storage.shared:
-            return st  # one process owns the database: every delete went through this registry
+            if st is not None and not self.storage.shared:
+                # one process owns the database: every delete went through this registry
+                self._cache.move_to_end((tenant, name))
+                return st
         # a shared database: another replica may have deleted (and re-created) the study
         rec = self.storage.get_study(tenant, name)
         if rec is None:
@@ -302,8 +342,9 @@ class StudyRegistry:
         return self._adopt(rec, deletes)
 
     def cached(self) -> list[Study]:
+        """Every Study alive in this process: the cached ones and any dropped one still in use."""
         with self._lock:
-            return list(self._cache.values())
+            return list(self._live.values())
 
     # ---- list -----------------------------------------------------------------------------------
     def list_studies(
@@ -329,7 +370,7 @@ class StudyRegistry:
         out = []
         for r in recs:
             try:
-                out.append(self._adopt(r, deletes))
+                out.append(self._adopt(r, deletes, keep=False))
             except NotFoundError:  # deleted while listing
                 continue
         return out, nxt
@@ -355,11 +396,10 @@ class StudyRegistry:
         import time
 
         now = time.time() if now is None else now
-        cached = {st.uid: st for st in self.cached()}
         out: dict[str, list[int]] = {}
         for uid in self.storage.studies_with_expired_leases(now):
-            st = cached.get(uid)
             try:
+                st = self._live_study(uid)
                 ids = (
                     st.expire_leases(now)
                     if st is not None
@@ -370,6 +410,20 @@ class StudyRegistry:
             if ids:
                 out[uid] = ids
         return out
+
+    def _live_study(self, uid: str) -> Study | None:
+        """The Study to write the study ``uid`` through: the live one, or where this process owns
+        the database one made now (not cached), so that no live Study's trials in memory miss the
+        write; None on a shared database with no live one (nothing here keeps its trials)."""
+        deletes = self._deletes_seen()
+        with self._lock:
+            st = self._live.get(uid)
+        if st is not None or self.storage.shared:
+            return st
+        rec = self.storage.get_study_by_uid(uid)
+        if rec is None:
+            raise NotFoundError(f"study {uid} not found")
+        return self._adopt(rec, deletes, keep=False)
 
     # ---- delete ---------------------------------------------------------------------------------
     def delete_study(self, name: str, tenant: str = DEFAULT_TENANT) -> bool:
@@ -384,6 +438,7 @@ class StudyRegistry:
             st = self._cache.get((tenant, name))
             if st is not None and st.uid == rec.uid:
                 del self._cache[(tenant, name)]
+            self._live.pop(rec.uid, None)
         log.info("study deleted", extra={"study": name, "tenant": tenant, "uid": rec.uid})
         if not ok:
             raise NotFoundError(f"study '{name[:140]}' not found")

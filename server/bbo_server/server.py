@@ -83,6 +83,7 @@ class ServerOptions:
     )  # called before serving
     llm: LlmAdvisor | None = None  # plugins/llm.py; None = plain BO
     max_studies: int = 10000  # per tenant (0 = unlimited)
+    max_cached_studies: int = 1000  # studies kept in memory, least recently used dropped (0 = all)
     limits: RequestLimits = field(default_factory=RequestLimits)
     on_llm_call: Callable | None = None  # an observer of every stored LLM call (metrics)
     unix_socket: str = ""  # serve on this Unix socket path instead of host:port
@@ -183,6 +184,7 @@ def start(opts: ServerOptions, storage: Storage | None = None) -> RunningServer:
             device=opts.device,
             llm=opts.llm,
             max_studies=opts.max_studies,
+            max_cached_studies=opts.max_cached_studies,
             limits=opts.limits,
             on_llm_call=opts.on_llm_call,
         ),

@@ -65,6 +65,13 @@ def register(sub) -> None:
         help="how often expired leases of all studies are ABANDONED (0 = only on the study's next Ask; default %(default)s)",
     )
     p.add_argument(
+        "--max-cached-studies",
+        type=int,
+        default=1000,
+        help="studies kept in memory (strategy, fitted model, trials), least recently used dropped and "
+        "read back from the database on their next call (0 = every study ever used; default %(default)s)",
+    )
+    p.add_argument(
         "--max-message-bytes",
         type=int,
         default=4 * 1024 * 1024,
@@ -96,6 +103,8 @@ def run(args) -> int:
     from bbo_server import logs
     from bbo_server.server import ServerOptions, serve_forever
 
+    if args.max_cached_studies < 0:
+        raise SystemExit("bbo serve: --max-cached-studies must be >= 0")
     logs.setup(args.log_level)
     from bbo.memory import disable_mkl_fast_mm, limit_malloc_arenas
 
@@ -114,6 +123,7 @@ def run(args) -> int:
         default_lease_seconds=args.lease_seconds,
         lease_reap_seconds=args.lease_reap_seconds,
         grace_seconds=args.grace_seconds,
+        max_cached_studies=args.max_cached_studies,
     )
     from bbo_server import plugins
 

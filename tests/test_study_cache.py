@@ -1,0 +1,237 @@
+"""The registry's bounded study cache (``bbo serve --max-cached-studies``): least recently used
+studies are dropped, a dropped study still in use is never made twice, deleted studies never come
+back, and a dropped study's fitted model state is loaded back rather than refit."""
+
+from __future__ import annotations
+
+import gc
+import random
+import threading
+
+import pytest
+
+from bbo.errors import NotFoundError
+from bbo.registry import StudyConfig, StudyRegistry
+from bbo.strategy.base import Suggestion
+from bbo.trial import TrialState
+
+SPEC = {
+    "parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}],
+    "objectives": [{"name": "y"}],
+    "algorithm": {"n_initial": 1000},
+}
+
+
+def _registry(storage, size, **kw):
+    return StudyRegistry(storage, config=StudyConfig(max_cached_studies=size), **kw)
+
+
+def _live_names(reg):
+    gc.collect()
+    return sorted(st.name for st in reg.cached())
+
+
+def test_cache_keeps_the_most_recently_used_studies(storage):
+    reg = _registry(storage, 2)
+    for n in "abcde":
+        reg.create_study(n, SPEC)[0].ask(1)
+    assert _live_names(reg) == ["d", "e"]
+    reg.get_study("c")  # read back from the database
+    reg.get_study("d")  # a hit: now the most recent
+    reg.get_study("a")
+    assert _live_names(reg) == ["a", "d"]
+    # a listing looks at studies without pushing the ones in use out
+    assert [s.name for s in reg.list_studies()[0]] == list("abcde")
+    assert _live_names(reg) == ["a", "d"]
+    # a dropped study comes back with its trials
+    assert [t.id for t in reg.get_study("b").trials()] == [1]
+
+
+def test_zero_keeps_every_study(storage):
+    reg = _registry(storage, 0)
+    for n in "abcde":
+        reg.create_study(n, SPEC)
+    assert _live_names(reg) == list("abcde")
+
+
+def test_a_dropped_study_still_in_use_is_never_made_twice(storage):
+    reg = _registry(storage, 1)
+    held, _ = reg.create_study("a", SPEC)
+    reg.create_study("b", SPEC)  # drops "a" from the cache; this test still holds it
+    assert reg.get_study("a") is held  # the same object, not a second one with its own trials
+    assert [t.id for t in held.ask(1).trials] == [1]
+    reg.create_study("b", SPEC)
+    held_uid = held.uid
+    del held
+    gc.collect()
+    again = reg.get_study("a")  # nothing held it: made again, from the database
+    assert again.uid == held_uid and [t.id for t in again.trial_cache.all()] == [1]
+
+
+def test_deleted_studies_never_come_back(storage):
+    reg = _registry(storage, 1)
+    held, _ = reg.create_study("a", SPEC)
+    old_uid = held.uid
+    reg.create_study("b", SPEC)
+    reg.delete_study("a")
+    with pytest.raises(NotFoundError):
+        reg.get_study("a")
+    with pytest.raises(NotFoundError):
+        held.ask(1)
+    assert all(st.uid != old_uid for st in reg.cached())
+    new, created = reg.create_study("a", SPEC)
+    assert created and new.uid != old_uid and new is not held and new.trials() == []
+
+
+def test_lease_reaper_writes_through_the_live_study(storage):
+    """The reaper expires a dropped study's leases through the Study a call still holds (so its
+    trials in memory see the ABANDON), and through a fresh one where none is alive."""
+    reg = _registry(storage, 1)
+    held, _ = reg.create_study("a", SPEC)
+    t = held.ask(1, lease_seconds=1).trials[0]
+    reg.create_study("b", SPEC)[0].ask(1, lease_seconds=1)
+    out = reg.expire_leases(now=t.lease_expires_at + 10)
+    assert len(out) == 2
+    assert {x.id: x.state for x in held.trial_cache.all()} == {t.id: TrialState.ABANDONED}
+    del held
+    gc.collect()
+    assert reg.get_study("a").trials()[0].state is TrialState.ABANDONED
+
+
+def test_concurrent_asks_and_tells_on_many_studies_through_a_cache_of_two(storage):
+    """Eight threads ask and tell on six studies through a cache of two, so studies are dropped
+    while calls on them run. Every Study the registry hands out must hold every trial already
+    committed (a second object made beside one still in use would miss that one's writes), no
+    trial is lost or numbered twice, and each told trial keeps its value."""
+    reg = _registry(storage, 2)
+    names = [f"s{i}" for i in range(6)]
+    for n in names:
+        reg.create_study(n, SPEC)
+    lock = threading.Lock()
+    asked: dict[str, list[int]] = {n: [] for n in names}
+    told: dict[tuple[str, int], float] = {}
+    errors: list[str] = []
+
+    def worker(seed):
+        rnd = random.Random(seed)
+        for _ in range(40):
+            name = rnd.choice(names)
+            st = reg.get_study(name)
+            with lock:
+                committed = list(asked[name])
+            have = {t.id for t in st.trial_cache.all()}
+            if not set(committed) <= have:
+                errors.append(f"{name}: a Study missing trials {set(committed) - have}")
+            ids = [t.id for t in st.ask(rnd.randint(1, 2)).trials]
+            with lock:
+                asked[name].extend(ids)
+            for i in ids:
+                v = rnd.random()
+                reg.get_study(name).tell(i, {"y": v})
+                with lock:
+                    told[(name, i)] = v
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors[:5]
+    for n in names:
+        assert len(asked[n]) == len(set(asked[n])), f"{n}: a trial number handed out twice"
+        uid = reg.get_study(n).uid
+        stored = {t.id: t for t in storage.list_trials(uid)}
+        assert sorted(stored) == sorted(asked[n])
+        for i, t in stored.items():
+            assert t.state is TrialState.COMPLETED and t.metrics["y"].value == told[(n, i)]
+        mem = {t.id: (t.state, t.metrics) for t in reg.get_study(n).trial_cache.all()}
+        assert mem == {i: (t.state, t.metrics) for i, t in stored.items()}
+
+
+class _Fits:
+    """A strategy whose "fit" is counted, and whose fitted state is shared (SharesModelState)."""
+
+    fits = 0
+
+    def __init__(self, spec):
+        self.spec, self.state = spec, None
+
+    def suggest(self, trials, n):
+        if self.state is None or self.state[0] < len(trials):
+            import torch
+
+            _Fits.fits += 1
+            self.state = (len(trials), {"w": torch.tensor([float(len(trials))])})
+        return [Suggestion({"x": 0.5}, "model") for _ in range(n)]
+
+    def status(self, trials):
+        return ("ACTIVE", "")
+
+    def export_state(self):
+        return self.state
+
+    def import_state(self, n_fit, hyper):
+        self.state = (n_fit, hyper)
+
+
+def test_a_dropped_study_loads_its_fitted_state_back(storage):
+    reg = _registry(storage, 1, strategy_factory=_Fits)
+    a, _ = reg.create_study("a", SPEC)
+    a.add_trial({"x": 0.1}, {"y": 1.0})
+    a.ask(1)
+    assert _Fits.fits == 1 and reg.model_cache.pushes == 1
+    del a
+    reg.create_study("b", SPEC)
+    gc.collect()
+    assert [st.name for st in reg.cached()] == ["b"]
+    again = reg.get_study("a")
+    again.ask(1)  # the state stored at n=1 is loaded: one pull, and a fit only for the new point
+    assert reg.model_cache.pulls == 1
+    assert again.strategy.state[0] == 2
+
+
+def test_bbo_serve_flag_bounds_the_cache_and_dropped_studies_keep_working(server_factory):
+    """``bbo serve --max-cached-studies 2``: five studies take turns; each ask and tell finds its
+    study's trials, whether it was still cached or read back."""
+    from sec_helpers import small_spec, stub
+
+    from bbo_client.v1 import service_pb2 as svc
+    from bbo_client.v1 import study_pb2 as pb
+
+    srv = server_factory(args=["--max-cached-studies", "2", "--workers", "1"])
+    ch, st = stub(srv.address)
+    try:
+        names = [f"s{i}" for i in range(5)]
+        for n in names:
+            st.CreateStudy(svc.CreateStudyRequest(name=n, spec=small_spec()))
+        for round_ in range(2):
+            for n in names:
+                (t,) = st.Ask(svc.AskRequest(study=n, count=1)).trials
+                assert t.id == round_ + 1
+                st.Tell(
+                    svc.TellRequest(
+                        study=n, trial_id=t.id, metrics={"y": pb.MetricValue(value=0.1)}
+                    )
+                )
+        for n in names:
+            trials = st.ListTrials(svc.ListTrialsRequest(study=n)).trials
+            assert [(t.id, t.state) for t in trials] == [
+                (1, pb.TRIAL_STATE_COMPLETED),
+                (2, pb.TRIAL_STATE_COMPLETED),
+            ]
+    finally:
+        ch.close()
+
+
+def test_bbo_serve_refuses_a_negative_cache_size(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "bbo_server", "serve", "--max-cached-studies", "-1"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert r.returncode != 0 and "--max-cached-studies must be >= 0" in r.stderr
