@@ -45,7 +45,7 @@ from bbo.study_trials import (
     apply_tell,
     check_lease,
     held_lease,
-    late,
+    late_state,
     lease_over,
     trial_number,
 )
@@ -528,12 +528,22 @@ class Study:
         self._check_uid(study_uid, trial_id)
         budget = self.budgets.check_report(step, value, budget)
         cur = self.get_trial(trial_id)
-        if cur.state is not TrialState.PENDING and not late(cur):
-            raise ConflictError(
-                f"trial {trial_id} is {cur.state.value}: intermediate values are for pending trials"
-            )
+
+        def still_open(state: TrialState, reason: str) -> None:
+            # checked again under the write's row lock: a tell may finish the trial meanwhile
+            if state is not TrialState.PENDING and not late_state(state, reason):
+                raise ConflictError(
+                    f"trial {trial_id} is {state.value}: intermediate values are for pending trials"
+                )
+
+        still_open(cur.state, cur.reason)
         if not self.budgets.add_intermediate(
-            cur.id, step, float(value), budget, max_steps=self.config.limits.max_steps_per_trial
+            cur.id,
+            step,
+            float(value),
+            budget,
+            max_steps=self.config.limits.max_steps_per_trial,
+            check=still_open,
         ):
             raise NotFoundError(f"trial {trial_id} not found in study '{self.name}'")
         return self.budgets.should_stop(

@@ -36,13 +36,19 @@ class StudyBudgets:
         self.curves = CurveIndex(storage, uid, sign, ladder(spec))
 
     def add_intermediate(
-        self, number: int, step: int, value: float, budget: float | None, max_steps: int = 0
+        self,
+        number: int,
+        step: int,
+        value: float,
+        budget: float | None,
+        max_steps: int = 0,
+        check: Callable[[TrialState, str], None] | None = None,
     ) -> bool:
         """Store a trial's value (:meth:`bbo.storage.base.Storage.add_intermediate`) and tell the
         kept curves."""
         try:
             return self.storage.add_intermediate(
-                self.uid, number, step, value, budget, max_steps=max_steps
+                self.uid, number, step, value, budget, max_steps=max_steps, check=check
             )
         finally:  # whether it failed before or after the commit, re-read the trial's curve
             self.curves.written([number])

@@ -45,7 +45,12 @@ def late(t: Trial) -> bool:
     """Abandoned only because its lease ran out: the worker may still be at it, and its
     (intermediate) results are welcome (a server restart or a network cut outlasting the lease must
     not lose them)."""
-    return t.state is TrialState.ABANDONED and t.reason == LEASE_EXPIRED
+    return late_state(t.state, t.reason)
+
+
+def late_state(state: TrialState, reason: str) -> bool:
+    """:func:`late` of a trial in ``state`` for ``reason``."""
+    return state is TrialState.ABANDONED and reason == LEASE_EXPIRED
 
 
 def check_lease(lease_seconds: Any, default: float, maximum: float) -> float:

@@ -301,3 +301,24 @@ def test_a_failed_first_read_of_the_curves_is_read_again():
         index.summaries()
     index.written([2])
     assert sorted(index.summaries()) == [1, 2, 3, 4, 5]
+
+
+def test_a_report_racing_the_tell_that_finishes_its_trial_stores_nothing(tmp_path):
+    """ReportIntermediate checked the trial was pending before its write, outside the write's
+    transaction: a tell finishing the trial in between let the value in after the trial's end. The
+    state is now checked again under the write's row lock. The race is made certain here: the
+    report reads the trial as it was before the tell."""
+    from bbo.errors import ConflictError
+
+    reg = StudyRegistry(
+        open_storage("sqlite:///" + str(tmp_path / "r.db")), strategy_factory=SpaceFilling
+    )
+    st, _ = reg.create_study("race", spec_for("median", "minimize"))
+    (t,) = st.ask().trials
+    st.report_intermediate(t.id, 1, 0.5)
+    before = st.get_trial(t.id)  # PENDING
+    st.tell(t.id, {"loss": 0.4})
+    st.get_trial = lambda trial_id: before  # the report's read came before the tell
+    with pytest.raises(ConflictError, match="COMPLETED"):
+        st.report_intermediate(t.id, 2, 0.1)
+    assert st.intermediates()[t.id] == [(1, 0.5)]

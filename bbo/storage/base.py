@@ -292,12 +292,15 @@ class Storage(abc.ABC):
         budget: float | None = None,
         *,
         max_steps: int = 0,
+        check: Callable[[TrialState, str], None] | None = None,
     ) -> bool:
         """Record (or overwrite) a trial's value at ``step`` (measured at ``budget``); False if
         the trial does not exist. Repeating the same value keeps the time it was first stored
         (rung decisions compare those times). With ``max_steps`` > 0, a new step of a trial that
         has that many already is refused (``LimitExceeded`` on ``step``, checked in the same
-        transaction); a stored step may still be overwritten."""
+        transaction); a stored step may still be overwritten. ``check``: called with the trial's
+        state and reason under the lock the write holds on its row; whatever it raises aborts the
+        write (a tell that finished the trial meanwhile is seen, never written past)."""
 
     @abc.abstractmethod
     def intermediates(self, uid: str) -> dict[int, list[tuple[int, float]]]:

@@ -703,6 +703,7 @@ class SqlStorage(Storage):
         budget: float | None = None,
         *,
         max_steps: int = 0,
+        check: Callable[[TrialState, str], None] | None = None,
     ) -> bool:
         iv = S.intermediate_values
         with self._write() as conn:
@@ -710,13 +711,16 @@ class SqlStorage(Storage):
             now = self._report_time(conn, sid)
             # FOR UPDATE: two reports of one step at once (a retry racing its original, on two
             # replicas) take turns; otherwise both delete nothing and the second insert hits the key
-            pk = conn.execute(
-                sa.select(S.trials.c.id)
+            row = conn.execute(
+                sa.select(S.trials.c.id, S.trials.c.state, S.trials.c.reason)
                 .where(S.trials.c.study_id == sid, S.trials.c.number == number)
                 .with_for_update()
-            ).scalar()
-            if pk is None:
+            ).first()
+            if row is None:
                 return False
+            if check is not None:
+                check(TrialState(row.state), row.reason or "")
+            pk = row.id
             b = None if budget is None else float(budget)
             old = conn.execute(
                 sa.select(iv.c.value, iv.c.budget).where(iv.c.trial_id == pk, iv.c.step == step)
