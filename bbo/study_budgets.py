@@ -247,11 +247,10 @@ class StudyBudgets:
         if policy == MEDIAN:
             sign = self.curves.sign
             summaries = self.curves.summaries()
-            if self.storage.shared:  # trials() would read every trial: read the completed ones
-                done = self.storage.list_trials(self.uid, [TrialState.COMPLETED])
+            if self.storage.shared:  # trials() would read every trial: ask which completed
+                completed = self.storage.trial_numbers(self.uid, TrialState.COMPLETED)
             else:
-                done = [t for t in trials() if t.state is TrialState.COMPLETED]
-            completed = {t.id for t in done}
+                completed = {t.id for t in trials() if t.state is TrialState.COMPLETED}
             others = [
                 b
                 for n, c in summaries.items()

@@ -190,6 +190,10 @@ def test_modify_trial_and_events(store):
         store.modify_trial(uid, t.id, refuse)
     assert store.get_trial(uid, t.id) == stored  # the refused change rolled back
     assert store.trial_counts(uid) == {"COMPLETED": 1}
+    (u,), _ = store.insert_trials(uid, [NewTrial({"x": 0.2}, "bo")])
+    assert store.trial_numbers(uid, TrialState.COMPLETED) == {t.id}
+    assert store.trial_numbers(uid, TrialState.PENDING) == {u.id}
+    assert store.trial_numbers(uid, TrialState.FAILED) == set()
 
 
 def test_expire_leases(store):
@@ -348,6 +352,7 @@ def test_every_call_on_a_deleted_study_finds_nothing_and_writes_nothing(store):
         lambda: store.get_trial(gone, t.id),
         lambda: store.list_trials(gone),
         lambda: store.trial_counts(gone),
+        lambda: store.trial_numbers(gone, TrialState.COMPLETED),
         lambda: store.trial_events(gone, t.id),
         lambda: store.add_intermediate(gone, t.id, 1, 0.5),
         lambda: store.intermediates(gone),

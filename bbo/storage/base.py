@@ -214,6 +214,11 @@ class Storage(abc.ABC):
     def trial_counts(self, uid: str) -> dict[str, int]:
         """``{state: count}``."""
 
+    @abc.abstractmethod
+    def trial_numbers(self, uid: str, state: TrialState) -> set[int]:
+        """The numbers of the study's trials in ``state``: the ids alone, none of what a trial
+        holds (a pruning decision on a shared database asks which trials completed)."""
+
     # ---- trials ---------------------------------------------------------------------------------
     @abc.abstractmethod
     def insert_trials(

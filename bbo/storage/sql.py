@@ -358,6 +358,14 @@ class SqlStorage(Storage):
             q = sa.select(t.state, sa.func.count()).where(t.study_id == sid).group_by(t.state)
             return {s: int(n) for s, n in conn.execute(q)}
 
+    @db_call
+    def trial_numbers(self, uid: str, state: TrialState) -> set[int]:
+        t = S.trials.c
+        with self._read() as conn:
+            sid = self._sid(conn, uid)
+            q = sa.select(t.number).where(t.study_id == sid, t.state == state.value)
+            return {int(n) for (n,) in conn.execute(q)}
+
     # ---- idempotency ----------------------------------------------------------------------------
     def _lookup(self, conn: sa.Connection, sid: int, kind: str, request_id: str):
         c = S.request_log.c
