@@ -68,6 +68,19 @@ def test_a_dropped_study_still_in_use_is_never_made_twice(storage):
     assert again.uid == held_uid and [t.id for t in again.trial_cache.all()] == [1]
 
 
+def test_a_dropped_study_is_freed_once_its_last_write_is_done(storage):
+    """SQLite's writer thread kept its last batch of writes while it waited for the next, and
+    each write's function holds the study that made it: the last study told stayed alive after
+    the registry dropped it, until some other write came."""
+    reg = _registry(storage, 1)
+    st, _ = reg.create_study("a", SPEC)
+    (t,) = st.ask(1).trials
+    st.tell(t.id, {"y": 0.5})  # a write through the writer thread, the last one here
+    reg.create_study("b", SPEC)  # the cache of one now holds "b" alone
+    del st, t
+    assert _live_names(reg) == ["b"]
+
+
 def test_deleted_studies_never_come_back(storage):
     reg = _registry(storage, 1)
     held, _ = reg.create_study("a", SPEC)

@@ -388,6 +388,9 @@ class GroupCommit:
                         break
                     batch.append(nxt)
                 self._apply(batch)
+                # not kept while waiting for the next: a batch's functions hold what their callers
+                # held (a study the registry dropped would stay alive until the next write)
+                del first, batch
         finally:
             if self._pooled is not None:
                 self._pooled.close()  # back to the pool (disposed with the engine)
