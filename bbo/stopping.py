@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
+from typing import Protocol
+
+
+class BestSoFar(Protocol):
+    """A trial's curve as the rule reads it (:class:`bbo.curve_index.CurveSummary`)."""
+
+    def best_upto(self, step: int) -> float | None:
+        """The best value (times the objective's sign) at steps up to ``step``; None if none."""
 
 
 @dataclass(frozen=True)
@@ -21,49 +29,26 @@ class MedianRule:
         trial_id: int,
         step: int,
         sign: float,
-        curves: Mapping[int, Sequence[tuple[int, float]]],
-        completed: set[int],
+        curves: Mapping[int, BestSoFar],
+        completed: Container[int],
     ) -> tuple[bool, str]:
-        """``(stop, reason)``; ``sign`` is +1 where larger values are better, -1 where smaller."""
+        """``(stop, reason)`` from each trial's curve, its values times ``sign`` (+1 where larger
+        values are better, -1 where smaller); ``completed``: the ids of the completed trials."""
         if step < self.warmup_steps:
             return False, ""
-
-        def best_upto(points: Sequence[tuple[int, float]]) -> float | None:
-            vals = [sign * v for s, v in points if s <= step]
-            return max(vals) if vals else None
-
         others = [
             b
-            for n, pts in curves.items()
-            if n in completed and n != trial_id and (b := best_upto(pts)) is not None
+            for n, c in curves.items()
+            if n in completed and n != trial_id and (b := c.best_upto(step)) is not None
         ]
-        return self.decide(
-            step,
-            sign,
-            len(others),
-            lambda: statistics.median(others),
-            lambda: best_upto(curves.get(trial_id, [])),
-        )
-
-    def decide(
-        self,
-        step: int,
-        sign: float,
-        n: int,
-        median: Callable[[], float],
-        mine: Callable[[], float | None],
-    ) -> tuple[bool, str]:
-        """The rule given the ``n`` completed trials with a value at or before ``step``, the
-        ``median`` of their best values so far (times ``sign``) and the trial's own (``mine``,
-        None where it has none yet); shared by :meth:`should_stop` and
-        :meth:`bbo.study_budgets.StudyBudgets.should_stop` (from the kept curves)."""
-        if step < self.warmup_steps or n < self.min_trials:
+        if len(others) < self.min_trials:
             return False, ""
-        med = median()
-        best = mine()
-        if best is not None and best < med:
+        own = curves.get(trial_id)
+        mine = own.best_upto(step) if own is not None else None
+        med = statistics.median(others)
+        if mine is not None and mine < med:
             return True, (
-                f"best value so far {sign * best:g} at step {step} is worse than the median "
-                f"{sign * med:g} of {n} completed trials"
+                f"best value so far {sign * mine:g} at step {step} is worse than the median "
+                f"{sign * med:g} of {len(others)} completed trials"
             )
         return False, ""

@@ -5,7 +5,6 @@ passes through unchanged."""
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -251,17 +250,7 @@ class StudyBudgets:
                 completed = self.storage.trial_numbers(self.uid, TrialState.COMPLETED)
             else:
                 completed = {t.id for t in trials() if t.state is TrialState.COMPLETED}
-            others = [
-                b
-                for n, c in summaries.items()
-                if n in completed and n != cur.id and (b := c.best_upto(step)) is not None
-            ]
-
-            def mine() -> float | None:
-                c = summaries.get(cur.id)
-                return c.best_upto(step) if c is not None else None
-
-            return stopping.decide(step, sign, len(others), lambda: statistics.median(others), mine)
+            return stopping.should_stop(cur.id, step, sign, summaries, completed)
         if self.spec.pruning.promote:
             return False, ""  # promotion: trials run to the budget they were handed
         from bbo.pruning import Rungs

@@ -1,6 +1,6 @@
 """ReportIntermediate's decision from the kept curves (bbo.curve_index) is the decision recomputed
-from everything stored (the rules as they read the whole study: bbo.stopping.MedianRule.should_stop,
-bbo.pruning.Rungs over the stored curves), for the median rule, ASHA and Hyperband, on random
+from everything stored (the rules over the whole study read afresh: the median rule over each
+stored curve scanned, bbo.pruning.Rungs over the stored curves), for the median rule, ASHA and Hyperband, on random
 curves with trials that complete, fail and are pruned, values reported out of order and steps
 reported again; after a restart; and with replicas sharing a PostgreSQL database."""
 
@@ -32,6 +32,17 @@ def spec_for(policy: str, goal: str) -> dict:
     return out
 
 
+class Raw:
+    """A stored curve read from scratch: its best value so far by a scan (not the kept summary)."""
+
+    def __init__(self, points: list[tuple[int, float]], sign: float):
+        self.points, self.sign = points, sign
+
+    def best_upto(self, step: int) -> float | None:
+        vals = [self.sign * v for s, v in self.points if s <= step]
+        return max(vals) if vals else None
+
+
 def recomputed(st: Study, trial_id: int, step: int, budget: float | None) -> tuple[bool, str]:
     """The decision read from scratch off the database, as before the curves were kept."""
     storage, uid = st.storage, st.uid
@@ -39,7 +50,7 @@ def recomputed(st: Study, trial_id: int, step: int, budget: float | None) -> tup
     if st.spec.pruning_policy == "median":
         sign = st.budgets.curves.sign
         completed = {t.id for t in storage.list_trials(uid, [TrialState.COMPLETED])}
-        curves = storage.intermediates(uid)
+        curves = {n: Raw(pts, sign) for n, pts in storage.intermediates(uid).items()}
         return st.config.stopping.should_stop(trial_id, step, sign, curves, completed)
     rungs = Rungs(st.spec, storage.list_trials(uid), storage.curves(uid))
     return rungs.should_stop(cur, budget if budget is not None else float(step))
