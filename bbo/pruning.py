@@ -131,10 +131,9 @@ class Rungs:
         spec: StudySpec,
         trials: Sequence[Trial],
         curves: Mapping[int, Sequence[CurvePoint]],
-        points: Mapping[int, Sequence[CurvePoint | None]] | None = None,
     ):
-        """``points``: each trial's rung values by level (:func:`rung_points`) where they are kept
-        already (:class:`bbo.curve_index.CurveIndex`); else they are read off ``curves``."""
+        """``curves``: each trial's values, whole or only those a rung reads
+        (:meth:`bbo.curve_index.CurveSummary.points`: the same rung values)."""
         self.spec = spec
         self.levels = ladder(spec)
         self.top = len(self.levels) - 1
@@ -142,22 +141,18 @@ class Rungs:
         self.sign = 1.0 if spec.objectives[0].goal == MAXIMIZE else -1.0
         self.trials = {t.id: t for t in trials}
         self.curves = curves
-        self.points = points
         self.name = spec.fidelity.name if spec.fidelity is not None else "budget"
 
     # ---- reading the rungs ------------------------------------------------------------------------
     def point(self, trial_id: int, k: int) -> CurvePoint | None:
         """The trial's rung value at level ``k``: its first value at a budget at or past it."""
-        if self.points is not None:
-            pts = self.points.get(trial_id)
-            return pts[k] if pts is not None else None
         return rung_point(self.curves.get(trial_id, ()), self.levels[k])
 
     def members(self, bracket: int, k: int) -> list[tuple[int, CurvePoint]]:
         """``(trial id, rung value)`` of the trials of ``bracket`` that reached level ``k`` (failed
         trials left out: their values are not trusted)."""
         out = []
-        for tid in self.curves if self.points is None else self.points:
+        for tid in self.curves:
             t = self.trials.get(tid)
             if t is None or t.state is TrialState.FAILED:
                 continue
@@ -237,7 +232,7 @@ class Rungs:
         """``(Spearman rank correlation, pairs)`` of the values at rungs ``k`` and ``k + 1`` of
         the trials measured at both (the first measured below rung ``k + 1``'s budget)."""
         lo, hi = [], []
-        for tid in self.curves if self.points is None else self.points:
+        for tid in self.curves:
             t = self.trials.get(tid)
             if t is None or t.state is TrialState.FAILED:
                 continue

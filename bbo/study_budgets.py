@@ -255,6 +255,6 @@ class StudyBudgets:
             return False, ""  # promotion: trials run to the budget they were handed
         from bbo.pruning import Rungs
 
-        points = {n: c.rungs for n, c in self.curves.summaries().items()}
-        rungs = Rungs(self.spec, trials(), {}, points)
+        curves = {n: c.points() for n, c in self.curves.summaries().items()}
+        rungs = Rungs(self.spec, trials(), curves)
         return rungs.should_stop(cur, budget if budget is not None else 0.0)
