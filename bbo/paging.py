@@ -10,6 +10,7 @@ from typing import TypeVar
 from bbo.errors import SpecError
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 # A page ends early once its items pass this many bytes: every client's default receive limit is
 # 4 MiB, and a page must fit in it whatever the studies, trials or LLM calls hold.
@@ -51,10 +52,10 @@ READ_CHUNK = 16
 
 
 def read_lazily(
-    read: Callable[[int, int], list[T]],
-    after: int,
+    read: Callable[[K, int], list[T]],
+    after: K,
     limit: int,
-    key: Callable[[T], int],
+    key: Callable[[T], K],
     chunk: int = READ_CHUNK,
     max_chunk: int = READ_CHUNK,
 ) -> Iterator[T]:

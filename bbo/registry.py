@@ -31,7 +31,7 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +39,7 @@ from bbo.errors import ConflictError, LimitError, NotFoundError, SpecError
 from bbo.fit_slots import FitSlots
 from bbo.limits import RequestLimits
 from bbo.model_sharing import ModelStateCache
-from bbo.paging import PAGE_BYTES
+from bbo.paging import cut_page, read_lazily
 from bbo.spec import STUDY_NAME, AlgorithmOptions, StudySpec
 from bbo.stopping import MedianRule
 from bbo.storage import LlmCallRecord, Storage, StudyRecord
@@ -49,9 +49,6 @@ from bbo.transfer import Judge, resolve_sources, source_refs
 log = logging.getLogger("bbo.registry")
 
 DEFAULT_TENANT = "default"
-# study records a ListStudies page reads at a time: each holds a spec of up to --max-spec-bytes, so
-# a page reads at most PAGE_BYTES and one chunk past it, whatever its page_size
-LIST_CHUNK = 16
 
 
 class AlreadyExistsError(ConflictError):
@@ -358,14 +355,13 @@ class StudyRegistry:
         # a page ends at ``size`` studies or once their specs pass PAGE_BYTES (at least one), as
         # the page sent does: reading ``size`` whole records first read up to 1,000 specs of up to
         # --max-spec-bytes each (a GiB) for a reply of 2 MiB
-        recs: list[StudyRecord] = []
-        used, more = 0, False
-        for r in self._records(tenant, after, size + 1):
-            used += len(_json(r.spec))
-            if len(recs) == size or (recs and used > PAGE_BYTES):
-                more = True
-                break
-            recs.append(r)
+        records = read_lazily(
+            lambda a, n: self.storage.list_studies(tenant, after=a, limit=n),
+            after,
+            size + 1,
+            key=lambda r: (r.created_at, r.name),
+        )
+        recs, more = cut_page(records, size, lambda r: r, lambda r: len(_json(r.spec)))
         nxt = encode_page_token(recs[-1]) if more else ""
         out = []
         for r in recs:
@@ -374,20 +370,6 @@ class StudyRegistry:
             except NotFoundError:  # deleted while listing
                 continue
         return out, nxt
-
-    def _records(
-        self, tenant: str, after: tuple[float, str] | None, limit: int
-    ) -> Iterator[StudyRecord]:
-        """The tenant's study records after ``after`` in creation order, at most ``limit``, read
-        :data:`LIST_CHUNK` at a time as they are consumed."""
-        while limit > 0:
-            n = min(limit, LIST_CHUNK)
-            chunk = self.storage.list_studies(tenant, after=after, limit=n)
-            yield from chunk
-            if len(chunk) < n:
-                return
-            limit -= n
-            after = (chunk[-1].created_at, chunk[-1].name)
 
     # ---- leases ---------------------------------------------------------------------------------
     def expire_leases(self, now: float | None = None) -> dict[str, list[int]]:

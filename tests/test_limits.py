@@ -408,7 +408,7 @@ def test_a_study_list_page_reads_no_more_specs_than_it_can_send(registry):
     while True:
         read.clear()
         page, token = registry.list_studies(page_size=1000, page_token=token)
-        assert 0 < len(page) < n and len(read) <= len(page) + 16  # LIST_CHUNK
+        assert 0 < len(page) < n and len(read) <= len(page) + 16  # READ_CHUNK
         seen += [s.name for s in page]
         if not token:
             break
