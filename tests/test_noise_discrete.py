@@ -571,3 +571,19 @@ def test_a_plateau_counts_distinct_points_and_needs_a_quarter_of_them():
     many = list(np.linspace(0.0, 1.0, 40))
     assert not plateau(many, [0.0 if i < 9 else float(i) for i in range(40)])  # 9 of 40
     assert plateau(many, [0.0 if i < 10 else float(i) for i in range(40)])
+
+
+def test_a_few_points_of_a_smooth_function_are_not_taken_for_noise():
+    """Three points of the noise-free (x - 0.3)^2, two of them close: a noise-free GP must be
+    wiggly to pass through them and its lengthscale prior costs 3.1 nats, over the evidence bar.
+    On so few points that is the prior's verdict, not the data's: no replicate, the best seen
+    stays the best."""
+    torch.set_num_threads(1)
+    xs = [0.5, 0.464382, 0.11296]
+    trials = _trials(xs, [(x - 0.3) ** 2 for x in xs])
+    spec = StudySpec(UNIT1, (Objective("f"),), algorithm=AlgorithmOptions(seed=1, n_initial=3))
+    strategy = GenerationStrategy(spec)
+    (sug,) = strategy.suggest(trials, 1)
+    assert sug.origin == Origin.BO.value, (sug.origin, sug.reason)
+    rec = strategy.recommend(trials)
+    assert rec is None or rec.trial_id == 2  # the best observed trial

@@ -50,6 +50,11 @@ FEASIBLE_CONFIDENCE = (0.9, 0.5)
 # above this many points a fitted noise level counts without a noise-free refit to compare (the
 # refit would cost a fit; with this much data the fitted level is well determined)
 EVIDENCE_MAX_POINTS = 100
+# below this many points the fitted noise is no evidence: a noise-free refit's loss is then the
+# lengthscale prior's verdict on a wiggly interpolant, not the data's (3 points of the noise-free
+# (x - 0.3)^2, two of them 0.036 apart: 3.1 nats, over NOISE_EVIDENCE; a grid search of both fits
+# agrees, so it is not the optimizer). The default design is at least this size.
+EVIDENCE_MIN_POINTS = 5
 # the evidence (nats) a constraint metric's fitted noise needs to keep the recommendation: lower
 # than the objective's, as reporting a truly infeasible trial costs more than a slightly worse
 # one. On the cloud kit with random workloads (5 seeds, 30 trials) the noisy constraint gained
@@ -218,7 +223,9 @@ class Recommender:
         """:meth:`~bbo.surrogate.Surrogate.noise_evidence` of the objective on the ``rows``
         ``model`` conditions on and, unless that supports the fitted noise, of each constraint
         metric fitted as noisy; judged once per set of the surrogate's hyperparameters (a fit of
-        a one-output GP per output judged)."""
+        a one-output GP per output judged); none (0 nats) on fewer than :data:`EVIDENCE_MIN_POINTS`."""
+        if len(rows) < EVIDENCE_MIN_POINTS:
+            return Evidence(0.0, None)
         known = self._known_evidence()
         if known is not None:
             return known
