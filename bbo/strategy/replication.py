@@ -69,8 +69,9 @@ class Replication:
         """The best observed feasible trial's point, where :meth:`applies` and the fitted noise
         is above :data:`~bbo.strategy.noise.NOISY_FIT` with the data's support (``evidence``:
         the nats it gains over a noise-free refit, asked for only then and, as the recommender
-        does, only up to its :data:`~bbo.strategy.recommendation.EVIDENCE_MAX_POINTS`); None
-        otherwise, or where the point is already repeated or in flight."""
+        does, only up to its :data:`~bbo.strategy.recommendation.EVIDENCE_MAX_POINTS`; none below
+        its ``EVIDENCE_MIN_POINTS``); None otherwise, or where the point is already repeated or
+        in flight."""
         if not self.applies(data) or not noise.fit_says_noisy:
             return None
         if len(data.trials) <= EVIDENCE_MAX_POINTS:  # above, the fitted level counts (as there)
