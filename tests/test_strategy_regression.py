@@ -8,6 +8,11 @@ The expected suggestions (params to 1e-9 relative, origin, reason) and study sta
 ``tests/data/strategy_regression.json``, written by the current code with
 ``python tests/test_strategy_regression.py --regen``. Regenerate it only together with a change
 that is meant to move suggestions, and say in that commit why they moved.
+
+Each ask is judged on the recorded history (the recorded points are told, not the ones this run
+suggests), so a last-digit difference between CPUs cannot compound over the asks; where the
+acquisition is flat and the optimizer stops elsewhere, the ask's own acquisition function decides
+whether that is a near-tie with the recorded point or a changed strategy.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import numpy as np
 import pytest
 import torch
 
+from bbo.acquisition import evaluate
 from bbo.space import (
     CategoricalParam,
     FloatParam,
@@ -32,7 +38,7 @@ from bbo.space import (
     SearchSpace,
 )
 from bbo.spec import AlgorithmOptions, Objective, OutcomeConstraint, ParameterPrior, StudySpec
-from bbo.strategy import GenerationStrategy, Suggestion
+from bbo.strategy import GenerationStrategy, Suggestion, acquisition_step
 from bbo.trial import Metric, Origin, Trial, TrialState
 
 FIXTURE = Path(__file__).parent / "data" / "strategy_regression.json"
@@ -41,6 +47,10 @@ REL = 1e-6  # CPUs differ in the last digits of BLAS results; a changed strategy
 # third (seen: 1.7e-3 on an AMD EPYC against the recording's machine); a point further than this
 # from the recording, or another origin or reason, is a changed strategy
 DRIFT = 5e-3
+# ... or further still where the acquisition is flat: a point elsewhere passes when the ask's own
+# acquisition function scores it and the recorded point within this (log units: 1 %; seen: the
+# marginal optimizer's loose tolerances stopping 0.03 away at 0.005 below the recorded point's value)
+TIE = 1e-2
 
 UNIT2 = SearchSpace((FloatParam("a", 0.0, 1.0), FloatParam("b", 0.0, 1.0)))
 
@@ -266,14 +276,20 @@ def _plain(v):
     return v.item() if isinstance(v, np.generic) else v
 
 
-def drive(case: Case) -> list[dict]:
+def drive(
+    case: Case, replay: list[dict] | None = None, probe: Callable | None = None
+) -> list[dict]:
     """Run the case's asks on a fresh strategy as the service does (suggest, then status), telling
-    each step's points before the next ask unless the step holds them pending."""
+    each step's points before the next ask unless the step holds them pending. ``replay``: a
+    recording whose points are told instead of the ones suggested, so that each ask is judged on
+    the recorded history; ``probe(k)`` is called before ask ``k``."""
     gs = GenerationStrategy(case.spec)
     trials = [Trial(t.id, dict(t.params), t.state, dict(t.metrics), t.origin) for t in case.history]
     record = []
     held: list[Trial] = []
-    for step in case.steps:
+    for k, step in enumerate(case.steps):
+        if probe is not None:
+            probe(k)
         out = gs.suggest(trials, step.n, **step.kw)
         state, reason = gs.status(trials)
         record.append(
@@ -290,9 +306,12 @@ def drive(case: Case) -> list[dict]:
                 "status": [str(state), reason],
             }
         )
+        told = [s.params for s in out]
+        if replay is not None and len(replay[k]["suggestions"]) == len(out):
+            told = [s["params"] for s in replay[k]["suggestions"]]
         new = [
-            Trial(len(trials) + i + 1, dict(s.params), origin=s.origin, reason=s.reason)
-            for i, s in enumerate(out)
+            Trial(len(trials) + i + 1, dict(p), origin=s.origin, reason=s.reason)
+            for i, (s, p) in enumerate(zip(out, told))
         ]
         trials.extend(new)
         for t in held + ([] if step.hold else new):
@@ -339,10 +358,39 @@ def test_the_fixture_covers_every_kind_of_step():
     assert set(_expected()["cases"]) == {c.name for c in cases()}
 
 
+class OptimizerLog:
+    """Each ask's calls of the acquisition optimizer: the function it maximized and the
+    placement of its tensors, to score a recorded point under the code as it is now."""
+
+    def __init__(self, monkeypatch):
+        self.calls: dict[int, list] = {}
+        self.ask = 0
+        real = acquisition_step.optimize
+
+        def logged(acqf, space, placement, **kw):
+            x, v = real(acqf, space, placement, **kw)
+            self.calls[self.ask].append((acqf, placement))
+            return x, v
+
+        monkeypatch.setattr(acquisition_step, "optimize", logged)
+
+    def __call__(self, k: int) -> None:
+        self.ask, self.calls[k] = k, []
+
+    def values(self, k: int, space: SearchSpace, points: list[dict]) -> list[float] | None:
+        """The acquisition values of ``points`` in ask ``k`` when it maximized one function."""
+        if len(self.calls.get(k, ())) != 1:
+            return None
+        acqf, placement = self.calls[k][0]
+        X = placement.tensor(np.vstack([space.encode(p) for p in points]))
+        return [float(v) for v in evaluate(acqf, X)]
+
+
 @pytest.mark.parametrize("case", cases(), ids=lambda c: c.name)
-def test_suggestions_match_the_recording(case: Case):
+def test_suggestions_match_the_recording(case: Case, monkeypatch):
     want = _expected()["cases"][case.name]
-    got = drive(case)
+    log = OptimizerLog(monkeypatch)
+    got = drive(case, replay=want, probe=log)
     assert len(got) == len(want)
     for k, (g, w) in enumerate(zip(got, want)):
         where = f"{case.name} ask {k}"
@@ -359,7 +407,17 @@ def test_suggestions_match_the_recording(case: Case):
                 continue  # where its flat acquisition peaks is arithmetic, the status is pinned
             bad = {n: (gs["params"][n], v) for n, v in ws["params"].items()}
             bad = {n: gv for n, gv in bad.items() if not _close(*gv)}
-            assert not bad, f"{where}: params (got, recorded) differ: {bad}"
+            if not bad:
+                continue
+            # another point: a changed strategy, unless the optimizer stopped elsewhere on a flat
+            # acquisition that scores the recorded point the same (a near-tie, see TIE)
+            vals = None
+            if len(g["suggestions"]) == 1:
+                vals = log.values(k, case.spec.space, [gs["params"], ws["params"]])
+            assert vals is not None and abs(vals[0] - vals[1]) <= TIE, (
+                f"{where}: params (got, recorded) differ: {bad}; "
+                f"acquisition (got, recorded): {vals}"
+            )
 
 
 def regen(path: Path | None = None) -> None:
