@@ -250,7 +250,8 @@ def test_under_known_noise_the_next_point_leaves_a_well_measured_neighbourhood(m
 
 def test_a_declared_deterministic_objective_reports_the_best_trial_seen_whatever_the_fit():
     """A bowl sampled with noise and one isolated low value, no repeats: judged from the data
-    the fit calls it noisy; declared deterministic, the best observed trial is the answer."""
+    the fit calls it noisy and the model estimates the best trial seen; declared deterministic,
+    the best observed trial is the answer, without a model."""
     torch.set_num_threads(1)
     rng = np.random.default_rng(3)
     xs = [0.1] + list(np.linspace(0.3, 0.95, 12))
@@ -261,7 +262,9 @@ def test_a_declared_deterministic_objective_reports_the_best_trial_seen_whatever
         gs = _declared(noise)
         gs.suggest(trials, 1)
         answers[noise] = gs.recommend(trials)
-    assert answers["auto"] is not None and "fitted noise" in answers["auto"].selection
+    auto = answers["auto"]  # the best trial seen (trial 1) with the model's estimate of it
+    assert auto is not None and auto.trial_id == 1 and auto.estimate is not None
+    assert "best observed value" in auto.selection
     assert answers["deterministic"] is None
 
 
@@ -332,9 +335,10 @@ def _branin(x1: float, x2: float) -> float:
 BRANIN = SearchSpace((FloatParam("x1", -5.0, 10.0), FloatParam("x2", 0.0, 15.0)))
 
 
-def _reported_ids(evidence: float, monkeypatch, constrained: bool = False, asks: int = 10):
-    """(reported, best feasible seen) trial ids after each ask of a deterministic Branin study,
-    with ``constrained`` a linear outcome constraint c = (x1 + 5) / 15 + x2 / 15 <= 1.2."""
+def _reported(evidence: float, monkeypatch, constrained: bool = False, asks: int = 10):
+    """(recommendation or None, best feasible seen trial id) after each ask of a deterministic
+    Branin study, with ``constrained`` a linear outcome constraint c = (x1 + 5) / 15 + x2 / 15 <=
+    1.2."""
     from bbo.strategy import noise
     from bbo.strategy.replication import Replication
 
@@ -352,10 +356,17 @@ def _reported_ids(evidence: float, monkeypatch, constrained: bool = False, asks:
         feasible = [t for t in trials if not constrained or t.metrics["c"].value <= 1.2]
         if not feasible:
             continue
-        rec = gs.recommend(trials)
         seen = min(feasible, key=lambda t: t.metrics["f"].value).id
-        out.append((seen if rec is None else rec.trial_id, seen))
+        out.append((gs.recommend(trials), seen))
     return out
+
+
+def _reported_ids(evidence: float, monkeypatch, constrained: bool = False, asks: int = 10):
+    """(reported, best feasible seen) trial ids after each ask (see :func:`_reported`)."""
+    return [
+        (seen if rec is None else rec.trial_id, seen)
+        for rec, seen in _reported(evidence, monkeypatch, constrained, asks)
+    ]
 
 
 @pytest.mark.parametrize("constrained", [False, True])
@@ -368,6 +379,18 @@ def test_on_a_deterministic_function_the_best_trial_seen_is_reported(monkeypatch
     unchecked = _reported_ids(float("-inf"), monkeypatch, constrained, asks)
     assert any(r != s for r, s in unchecked)  # the fitted level alone misreports here
     assert all(r == s for r, s in _reported_ids(3.0, monkeypatch, constrained, asks))
+
+
+def test_the_best_trial_seen_is_not_said_to_be_chosen_for_noise_nobody_judged(monkeypatch):
+    """Where the fit finds noise and its best posterior mean is the best trial seen, the evidence
+    for that noise is not judged (the trial is the same either way), so its selection names the
+    best observed value and claims no noise."""
+    torch.set_num_threads(1)
+    recs = [r for r, seen in _reported(3.0, monkeypatch, asks=10) if r is not None]
+    assert recs  # the fit finds noise in a few Branin points (see the test above)
+    for rec in recs:
+        assert "best observed value" in rec.selection and "noisy" not in rec.selection
+        assert rec.estimate is not None
 
 
 def test_noise_evidence_tells_a_noisy_bowl_from_a_smooth_one():

@@ -12,9 +12,11 @@ a constraint metric's (at a lower bar, :data:`CONSTRAINT_EVIDENCE`): see
 :meth:`~bbo.surrogate.Surrogate.noise_evidence`, a refit without it, made once per set of
 hyperparameters up to :data:`EVIDENCE_MAX_POINTS` points, on the first read after an ask rather
 than in the ask. A few points of a deterministic function often fit as noisy as well as not, and
-the posterior mean would then report a worse trial than the best one seen. Candidates are the
-trials observed feasible, preferring those the model is confident are feasible (probability at
-least 0.9, else 1/2) where there are outcome constraints. A recommendation carries the model's
+the posterior mean would then report a worse trial than the best one seen. Where the pick is the
+best one seen anyway, that noise is not judged, and the selection names the best observed value
+instead of claiming noise. Candidates are the trials observed feasible, preferring those the
+model is confident are feasible (probability at least 0.9, else 1/2) where there are outcome
+constraints. A recommendation carries the model's
 estimate of its objective in the objective's units (:class:`~bbo.strategy.base.Estimate`: the
 posterior mean and a one-sd interval, mapped back through the outcome warp), which GetBest reports.
 
@@ -156,7 +158,11 @@ class Recommender:
         k = int(np.argmax(mean))
         best = int(rows[k])
         estimate = self._estimate(data, float(mu[k, j]), float(sd[k, j]))
-        if best != observed_best and self._needs_evidence(noise, data):
+        if self._needs_evidence(noise, data):
+            if best == observed_best:  # the same trial either way: the fit's noise is not judged
+                why = f"best observed value of the objective over {len(data.trials)} completed "
+                why += "trials, and its best posterior mean"
+                return Recommendation(data.trials[best].id, why, estimate)
             evidence = self._known_evidence()
             if evidence is None:
                 return _Unjudged(best, estimate, noise, data, model, model_rows)
