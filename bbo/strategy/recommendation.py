@@ -16,9 +16,9 @@ the posterior mean would then report a worse trial than the best one seen. Where
 best one seen anyway, that noise is not judged, and the selection names the best observed value
 instead of claiming noise. Candidates are the trials observed feasible, preferring those the
 model is confident are feasible (probability at least 0.9, else 1/2) where there are outcome
-constraints. A recommendation carries the model's
-estimate of its objective in the objective's units (:class:`~bbo.strategy.base.Estimate`: the
-posterior mean and a one-sd interval, mapped back through the outcome warp), which GetBest reports.
+constraints. A recommendation carries the model's estimate of its objective in the objective's
+units (:class:`~bbo.strategy.base.Estimate`: the posterior mean and a one-sd interval, mapped back
+through the outcome warp), which GetBest reports.
 
 Asks record their recommendation from the model they fit; reads (GetBest) made after further
 tells condition a GP on the cached hyperparameters (no fit). One answer is cached per set of
