@@ -241,6 +241,23 @@ def test_the_targets_own_fit_takes_over_from_a_shifted_source():
     assert gs.transfer_report() == rep
 
 
+def test_a_lone_source_is_scaled_on_the_targets_better_points():
+    """A lone source that predicts the target's failures but orders its good points the other
+    way: fitted on every point, its scale follows the failures' trend (and would lend its own
+    optimum that weight); fitted on the better half it is the pseudo-observations' small prior
+    value. Several sources are scaled on every point."""
+    from bbo.transfer_model import _calibrate, _calibration_rows
+
+    y = np.array([-5.0, -5.0, -5.0, -5.0, -1.0, -0.8, -0.6, -0.4, -0.2, 0.0])  # higher is better
+    nu = np.array([-3.0, -3.0, -3.0, -3.0, 0.0, -0.2, -0.4, -0.6, -0.8, -1.0])  # good ones reversed
+    lone = _calibration_rows(y, 1)
+    assert lone.tolist() == [False] * 5 + [True] * 5
+    assert _calibration_rows(y, 2).all()
+    assert _calibrate(y, nu) > 1.5 and _calibrate(y[lone], nu[lone]) < 0.15
+    few = np.array([-5.0, -5.0, -1.0, 0.0])  # two points above the median: all four are used
+    assert _calibration_rows(few, 1).all()
+
+
 @pytest.mark.parametrize("apart", [False, True])
 def test_the_design_starts_at_agreeing_sources_and_spans_disagreeing_ones(apart):
     """Two sources whose good regions overlap: the design is their best points, then transfer
