@@ -22,7 +22,9 @@ Per ask, for each modeled metric j (objectives and constraint metrics alike):
    usual surrogate, kernel and hyperparameter cache) is fit to the residuals ``y - m_j(x)``
    (:class:`PriorMeanStandardize`, an outcome transform, so the model stays a plain BoTorch GP
    whose posterior mean adds ``m_j(x)`` back for the acquisition function, exploitation steps and
-   the feasibility check). With every source weight at 0 it is exactly the plain GP.
+   the feasibility check). With every source weight at 0 it is exactly the plain GP;
+5. on a quantized objective, the best point of the source that outweighs the target's own model
+   is also a decaying piBO prior for the acquisition (:meth:`Transfer.location_prior`).
 
 Why stacking with RGPE weights and not a multi-task GP over (x, task) or RGPE's ensemble: a
 multi-task GP learns the task correlation by marginal likelihood, which with a handful of target
@@ -52,11 +54,12 @@ from botorch.models.transforms import Standardize
 from botorch.posteriors.gpytorch import GPyTorchPosterior
 
 from bbo.design import Region
-from bbo.space import SearchSpace
-from bbo.spec import AlgorithmOptions
+from bbo.space import CategoricalParam, FixedParam, OrdinalParam, SearchSpace
+from bbo.spec import AlgorithmOptions, ParameterPrior
 from bbo.strategy.base import Suggestion
 from bbo.strategy.context import Context
 from bbo.strategy.model_data import TrainingData
+from bbo.strategy.noise import same_point
 from bbo.surrogate import Surrogate
 from bbo.transfer import SourceData, encode_source_trials, map_point
 from bbo.trial import Origin, TrialState
@@ -68,6 +71,7 @@ MAX_WEIGHT_ROWS = 100  # target points the weights are computed on (the best qua
 MIN_SOURCE_POINTS = 3  # mapped completed trials a source needs to get a GP
 SOURCE_OPTIONS = AlgorithmOptions(max_fit_points=300, max_model_points=1000)
 CALIBRATION_PSEUDO = 3.0  # pseudo-observations pulling beta towards one target sd per z-unit
+MIN_PRIOR_SD = 0.05  # a location prior's least spread, as a share of a parameter's range
 MIN_WEIGHT = 0.01  # a source below this weight on every metric does not make a step "transfer"
 
 
@@ -336,6 +340,54 @@ class Transfer:
                     break
         return out
 
+    def location_prior(self, data: TrainingData) -> tuple[ParameterPrior, ...]:
+        """piBO priors at the best point of the source with the most weight in this ask's prior
+        (on the first objective), each parameter's spread half its good region's width
+        (:func:`good_region`, at least :data:`MIN_PRIOR_SD` of the range). Empty unless that
+        source outweighs the target's own model and the objective is quantized (two distinct
+        points of the source or the target share a value exactly). The acquisition step bends EI
+        towards it with the decaying piBO exponent and sets it aside once the target's best
+        trials contradict it.
+
+        Why quantized only: a quantized response is flat where the GP's mean slopes, so neither
+        the stacked model nor the exploitation steps (:mod:`bbo.strategy.exploitation`) refine
+        around a good point; the source's best point says where to look. On the ADMM kit (integer
+        iterations) two related sources reached no transfer's 30-evaluation result by evaluation
+        10 in 93 % of 10-seed subsets instead of 74 %; on smooth responses the stacked model
+        already carries the source's optimum, and the prior held the search at the source's best
+        point where the optimum had moved (cloud kit: evaluation 20 instead of 10)."""
+        w = self.weights
+        if not self.carries_weight or w is None:
+            return ()
+        name = self.ctx.spec.modeled_metrics[0]
+        first = w.by_metric[name]
+        uid = max(first, key=lambda k: first[k])
+        if first[uid] < max(MIN_WEIGHT, w.target[name]):
+            return ()
+        source = next((s for s in self._sources if s.uid == uid), None)
+        if source is None:
+            return ()
+        X, Y, score = self._scored(source)
+        if len(X) < MIN_SOURCE_POINTS:
+            return ()
+        if not (_quantized(X, Y[:, 0]) or _quantized(data.X, data.Y[:, 0])):
+            return ()
+        space = self.ctx.spec.space
+        lo, hi = good_region(X, score)
+        best = X[int(np.argmax(score))]
+        out = []
+        for i, prm in enumerate(space.params):
+            if isinstance(prm, FixedParam):
+                continue
+            if isinstance(prm, CategoricalParam):
+                choice = prm.choices[int(round(float(best[i])))]
+                out.append(ParameterPrior(prm.name, probabilities={choice: 1.0}, source="transfer"))
+                continue
+            sd = max(MIN_PRIOR_SD, 0.5 * float(hi[i] - lo[i]))
+            mean, std = _unit_to_units(space, prm, float(best[i]), sd)
+            out.append(ParameterPrior(prm.name, mean, std, source="transfer"))
+        return tuple(out)
+
     # ---- the prior of one ask --------------------------------------------------------------------
     def prepare(self, data: TrainingData, seed: int) -> str:
         """Compute this ask's weights and set the surrogate's prior; the note for the trials."""
@@ -435,6 +487,28 @@ class Transfer:
         mu = (model.train_targets - alpha / d).reshape(-1, len(rows)).cpu().numpy()
         sd = (1.0 / d).sqrt().reshape(-1, len(rows)).cpu().numpy()
         return mu, sd  # standardized units: rankings are all that is compared
+
+
+def _quantized(X: np.ndarray, y: np.ndarray) -> bool:
+    """Whether two distinct points (rows of ``X``) share a finite value of ``y`` exactly."""
+    v = y[np.unique(same_point(X), axis=0, return_index=True)[1]]
+    v = v[np.isfinite(v)]
+    return len(np.unique(v)) < len(v)
+
+
+def _unit_to_units(space, prm, u: float, sd: float) -> tuple[float, float]:
+    """A prior's (mean, std) in the parameter's own units from its unit-column position and sd."""
+    u = min(max(u, 0.0), 1.0)
+    if isinstance(prm, OrdinalParam):
+        vals = [float(v) for v in prm.values]
+        k = int(round(u * (len(vals) - 1)))
+        return vals[k], max(sd * (vals[-1] - vals[0]), 1e-12)
+    lo, hi = float(prm.low), float(prm.high)
+    if prm.log:
+        span = math.log(hi) - math.log(lo)
+        mean = math.exp(math.log(lo) + u * span)
+        return mean, mean * math.expm1(sd * span)
+    return lo + u * (hi - lo), sd * (hi - lo)
 
 
 def _note(models, W, names, target_w, extra: str) -> str:

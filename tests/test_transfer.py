@@ -241,6 +241,55 @@ def test_the_targets_own_fit_takes_over_from_a_shifted_source():
     assert gs.transfer_report() == rep
 
 
+def test_a_quantized_sources_best_point_is_a_location_prior_while_it_outweighs_the_target():
+    """On a quantized objective (values rounded: distinct points tie) a source the target's points
+    agree with lends its best point as a piBO prior (spread: half its good region's width per
+    parameter) and the step stays a transfer step. None from the same source unrounded (a smooth
+    response: the stacked model carries its optimum), nor from a misleading source that lost its
+    weight to the target's own model."""
+    from bbo.strategy import GenerationStrategy
+    from bbo.transfer_model import MIN_PRIOR_SD
+
+    space = SearchSpace((FloatParam("x", 0.0, 1.0), FloatParam("z", 0.0, 1.0)))
+    src_points = grid_points(25, seed=1)
+
+    def run(name, fn):
+        spec = StudySpec(space, (Objective("y"),), transfer=TransferOptions((name,)))
+        gs = GenerationStrategy(spec)
+        trials = [
+            Trial(i + 1, p, TrialState.COMPLETED, {"y": Metric(fn(p))})
+            for i, p in enumerate(src_points)
+        ]
+        gs.set_sources([SourceData(f"u-{name}", name, StudySpec(space, (Objective("y"),)), trials)])
+        target = [
+            Trial(i + 1, p, TrialState.COMPLETED, {"y": Metric(bowl(p, 0.35, 0.55))})
+            for i, p in enumerate(grid_points(8, seed=2))
+        ]
+        (s,) = gs.suggest(target, 1)
+        return gs, s, target
+
+    def good(p):
+        return round(3.0 * bowl(p) + 5.0, 1)
+
+    gs, s, target = run("good", good)
+    best = min(src_points, key=good)  # the first of tied points, as the source ranks them
+    data = gs.ctx.data.build(target)
+    by = {p.parameter: p for p in gs.transfer.location_prior(data)}
+    assert set(by) == {"x", "z"} and all(p.source == "transfer" for p in by.values())
+    assert by["x"].mean == pytest.approx(best["x"]) and by["z"].mean == pytest.approx(best["z"])
+    assert all(MIN_PRIOR_SD <= p.std <= 0.5 for p in by.values())
+    assert s.origin == "transfer_bo"
+
+    gs, s, _ = run("smooth", lambda p: 3.0 * bowl(p) + 5.0)
+    assert gs.transfer_report()["by_metric"]["y"]["u-smooth"] > 0.5
+    assert gs.transfer.location_prior(data) == ()
+
+    gs, s, _ = run("bad", lambda p: round(2.0 - bowl(p), 1))
+    rep = gs.transfer_report()
+    assert rep["by_metric"]["y"]["u-bad"] < rep["target"]["y"]
+    assert gs.transfer.location_prior(data) == ()
+
+
 def test_a_lone_source_is_scaled_on_the_targets_better_points():
     """A lone source that predicts the target's failures but orders its good points the other
     way: fitted on every point, its scale follows the failures' trend (and would lend its own

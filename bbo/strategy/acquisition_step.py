@@ -9,7 +9,7 @@ the acquisition function values higher.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +31,7 @@ from bbo.design import sobol_design
 from bbo.predictive import CachedPredictive
 from bbo.priors import LogPrior, agrees_with_data
 from bbo.space import Value
+from bbo.spec import ParameterPrior
 from bbo.strategy.base import Suggestion
 from bbo.strategy.context import Ask, Context
 from bbo.trial import Origin
@@ -76,11 +77,12 @@ class AcquisitionStep:
     def __init__(self, ctx: Context):
         self.ctx = ctx
 
-    def prior(self, ask: Ask, note: str) -> PriorChoice:
+    def prior(self, ask: Ask, note: str, priors: Sequence[ParameterPrior] = ()) -> PriorChoice:
         """The piBO prior of this ask: in force (exponent ``beta / n``) unless it is empty or the
         data contradict it (:func:`bbo.priors.agrees_with_data`), which the note then says."""
         ctx, data = self.ctx, ask.data
-        prior = LogPrior(ctx.spec.space, ask.priors, ctx.placement) if ask.priors else None
+        priors = ask.priors or tuple(priors)
+        prior = LogPrior(ctx.spec.space, priors, ctx.placement) if priors else None
         if prior is None or prior.empty:
             return PriorChoice(prior, 0.0, Origin.BO.value, note)
         density = to_numpy(prior(ctx.placement.tensor(data.X)[:, None, :]))[:, 0]

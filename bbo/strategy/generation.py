@@ -223,7 +223,8 @@ class GenerationStrategy:
             self.recommender.remember(data, model, rows, info.predictive)
         except Exception:  # noqa: BLE001 - the recommendation is recomputed when read
             log.info("recording the recommendation failed", exc_info=True)
-        prior = self.acquisition.prior(ask, info.reason)
+        located = self.transfer.location_prior(data) if self.transfer is not None else ()
+        prior = self.acquisition.prior(ask, info.reason, located)
         ta = time.perf_counter()
         pending = [t.params for t in trials if t.state is TrialState.PENDING]
         pending += [s.params for s in earlier]
@@ -242,7 +243,7 @@ class GenerationStrategy:
             if (
                 self.transfer is not None
                 and self.transfer.carries_weight
-                and acq.origin == Origin.BO.value
+                and (acq.origin == Origin.BO.value or (located and not ask.priors))
             ):
                 acq.origin = Origin.TRANSFER_BO.value
         out: list[Suggestion] = []
