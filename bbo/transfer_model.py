@@ -238,6 +238,8 @@ class Transfer:
         self._models: dict[str, tuple[str, SourceModel]] = {}  # uid -> (fingerprint, model)
         self._usable: dict[str, tuple[str, bool]] = {}  # uid -> (fingerprint, any point maps)
         self._plan: tuple[tuple, DesignPlan] | None = None  # (sources' fingerprints, plan)
+        # uid -> (fingerprint, best point, good region, quantized): a location prior's source facts
+        self._located: dict[str, tuple[str, np.ndarray, Region, bool]] = {}
         self.weights: Weights | None = None
         self.note = ""
 
@@ -251,6 +253,7 @@ class Transfer:
         self._sources = list(sources)
         live = {s.uid for s in self._sources}
         self._models = {k: v for k, v in self._models.items() if k in live}
+        self._located = {k: v for k, v in self._located.items() if k in live}
         space, names = self.ctx.spec.space, self.ctx.spec.modeled_metrics
         usable = {}
         for s in self._sources:
@@ -367,14 +370,18 @@ class Transfer:
         source = next((s for s in self._sources if s.uid == uid), None)
         if source is None:
             return ()
-        X, Y, score = self._scored(source)
-        if len(X) < MIN_SOURCE_POINTS:
-            return ()
-        if not (_quantized(X, Y[:, 0]) or _quantized(data.X, data.Y[:, 0])):
+        fp = self._usable[uid][0]  # set for every source by set_sources
+        hit = self._located.get(uid)
+        if hit is None or hit[0] != fp:
+            X, Y, score = self._scored(source)
+            if len(X) < MIN_SOURCE_POINTS:
+                return ()
+            hit = (fp, X[int(np.argmax(score))], good_region(X, score), _quantized(X, Y[:, 0]))
+            self._located[uid] = hit
+        _, best, (lo, hi), quantized = hit
+        if not (quantized or _quantized(data.X, data.Y[:, 0])):
             return ()
         space = self.ctx.spec.space
-        lo, hi = good_region(X, score)
-        best = X[int(np.argmax(score))]
         out = []
         for i, prm in enumerate(space.params):
             if isinstance(prm, FixedParam):
