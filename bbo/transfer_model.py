@@ -503,13 +503,17 @@ def _quantized(X: np.ndarray, y: np.ndarray) -> bool:
     return len(np.unique(v)) < len(v)
 
 
-def _unit_to_units(space, prm, u: float, sd: float) -> tuple[float, float]:
-    """A prior's (mean, std) in the parameter's own units from its unit-column position and sd."""
+def _unit_to_units(space: SearchSpace, prm, u: float, sd: float) -> tuple[float, float]:
+    """A prior's (mean, std) in the parameter's own units from its position and spread in the
+    encoding: the inverse of how :mod:`bbo.priors` maps a numeric prior onto its column."""
     u = min(max(u, 0.0), 1.0)
     if isinstance(prm, OrdinalParam):
         vals = [float(v) for v in prm.values]
-        k = int(round(u * (len(vals) - 1)))
-        return vals[k], max(sd * (vals[-1] - vals[0]), 1e-12)
+        if prm.name in space.by_rank:  # the column is the grid position (as bbo.priors reads it)
+            k = int(round(u * (len(vals) - 1)))
+            return vals[k], max(sd * (vals[-1] - vals[0]), 1e-12)
+        lo, hi = vals[0], vals[-1]
+        return lo + u * (hi - lo), sd * (hi - lo)
     lo, hi = float(prm.low), float(prm.high)
     if prm.log:
         span = math.log(hi) - math.log(lo)

@@ -290,6 +290,29 @@ def test_a_quantized_sources_best_point_is_a_location_prior_while_it_outweighs_t
     assert gs.transfer.location_prior(data) == ()
 
 
+def test_a_location_prior_reads_back_where_it_was_placed():
+    """The location prior is placed in the encoding and written in each parameter's own units;
+    bbo.priors maps it back onto the same column position and spread (log floats, ints, a grid
+    by position)."""
+    from bbo.priors import _unit_normal
+    from bbo.spec import ParameterPrior
+    from bbo.transfer_model import _unit_to_units
+
+    space = SearchSpace(
+        (
+            FloatParam("rho", 1e-3, 1e3, log=True),
+            IntParam("k", 1, 50),
+            OrdinalParam("batch", (16, 32, 64, 128, 256)),
+        )
+    )
+    for name, u, sd in [("rho", 0.62, 0.05), ("k", 0.3, 0.2), ("batch", 0.75, 0.1)]:
+        prm = space.by_name[name]
+        mean, std = _unit_to_units(space, prm, u, sd)
+        mu, back = _unit_normal(space, ParameterPrior(name, mean, std))
+        assert mu == pytest.approx(u) and (name == "batch" or back == pytest.approx(sd))
+    assert _unit_to_units(space, space.by_name["batch"], 0.75, 0.1)[0] == 128
+
+
 def test_a_lone_source_is_scaled_on_the_targets_better_points():
     """A lone source that predicts the target's failures but orders its good points the other
     way: fitted on every point, its scale follows the failures' trend (and would lend its own

@@ -78,8 +78,9 @@ class AcquisitionStep:
         self.ctx = ctx
 
     def prior(self, ask: Ask, note: str, priors: Sequence[ParameterPrior] = ()) -> PriorChoice:
-        """The piBO prior of this ask: in force (exponent ``beta / n``) unless it is empty or the
-        data contradict it (:func:`bbo.priors.agrees_with_data`), which the note then says."""
+        """The piBO prior of this ask (the ask's own priors, else ``priors``: a transfer source's
+        location prior): in force (exponent ``beta / n``) unless it is empty or the data
+        contradict it (:func:`bbo.priors.agrees_with_data`), which the note then says."""
         ctx, data = self.ctx, ask.data
         priors = ask.priors or tuple(priors)
         prior = LogPrior(ctx.spec.space, priors, ctx.placement) if priors else None

@@ -223,7 +223,9 @@ class GenerationStrategy:
             self.recommender.remember(data, model, rows, info.predictive)
         except Exception:  # noqa: BLE001 - the recommendation is recomputed when read
             log.info("recording the recommendation failed", exc_info=True)
-        located = self.transfer.location_prior(data) if self.transfer is not None else ()
+        located = (  # a source's location prior, where the user or the LLM gave none
+            self.transfer.location_prior(data) if self.transfer and not ask.priors else ()
+        )
         prior = self.acquisition.prior(ask, info.reason, located)
         ta = time.perf_counter()
         pending = [t.params for t in trials if t.state is TrialState.PENDING]
@@ -243,7 +245,7 @@ class GenerationStrategy:
             if (
                 self.transfer is not None
                 and self.transfer.carries_weight
-                and (acq.origin == Origin.BO.value or (located and not ask.priors))
+                and (acq.origin == Origin.BO.value or located)
             ):
                 acq.origin = Origin.TRANSFER_BO.value
         out: list[Suggestion] = []
