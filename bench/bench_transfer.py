@@ -511,7 +511,7 @@ def markdown(summary: dict, budget: int, meta: dict) -> str:
             lines.append(
                 f"| {task} | {v} | {r['n_seeds']} | {r['median_regret_at_5']:.3g} | "
                 f"{r['median_regret_at_10']:.3g} | {r['median_regret_final']:.3g} | "
-                f"{r['final_ratio_to_plain']:.2f} | {e if e is not None else f'> {budget}'} | "
+                f"{r['final_ratio_to_plain']:.2f} | {e if e is not None else 'never'} | "
                 f"{subs} |"
             )
     lines += ["", f"Wall time {meta['wall_seconds'] / 60:.1f} min; {meta['note']}"]
