@@ -279,8 +279,10 @@ def test_a_quantized_sources_best_point_is_a_location_prior_while_it_outweighs_t
     assert by["x"].mean == pytest.approx(best["x"]) and by["z"].mean == pytest.approx(best["z"])
     assert all(MIN_PRIOR_SD <= p.std <= 0.5 for p in by.values())
     assert s.origin == "transfer_bo"
+    assert "EI bent towards the best point of source 'good' (a quantized objective)" in s.reason
 
     gs, s, _ = run("smooth", lambda p: 3.0 * bowl(p) + 5.0)
+    assert "EI bent" not in s.reason
     assert gs.transfer_report()["by_metric"]["y"]["u-smooth"] > 0.5
     assert gs.transfer.location_prior(data) == ()
 

@@ -227,6 +227,9 @@ class GenerationStrategy:
             self.transfer.location_prior(data) if self.transfer and not ask.priors else ()
         )
         prior = self.acquisition.prior(ask, info.reason, located)
+        if located and prior.exponent > 0 and self.transfer is not None:
+            where = f"EI bent towards the best point of source '{self.transfer.located_from}'"
+            transfer_note = f"{transfer_note}; {where} (a quantized objective)"
         ta = time.perf_counter()
         pending = [t.params for t in trials if t.state is TrialState.PENDING]
         pending += [s.params for s in earlier]
