@@ -59,6 +59,26 @@ def _unit_normal(space: SearchSpace, pr: ParameterPrior) -> tuple[float, float]:
     return mu, max(sd, MIN_STD)
 
 
+def prior_in_units(space: SearchSpace, p, u: float, sd: float) -> tuple[float, float]:
+    """A numeric prior's (mean, std) in parameter ``p``'s own units from its position ``u`` and
+    spread ``sd`` in the unit column: the inverse of :func:`_unit_normal` (a grid encoded by
+    position takes the value nearest ``u``)."""
+    u = min(max(u, 0.0), 1.0)
+    if isinstance(p, OrdinalParam):
+        vals = [float(v) for v in p.values]
+        if p.name in space.by_rank:
+            k = int(round(u * (len(vals) - 1)))
+            return vals[k], max(sd * (vals[-1] - vals[0]), 1e-12)
+        lo, hi = vals[0], vals[-1]
+        return lo + u * (hi - lo), sd * (hi - lo)
+    lo, hi = float(p.low), float(p.high)
+    if p.log:
+        span = math.log(hi) - math.log(lo)
+        mean = math.exp(math.log(lo) + u * span)
+        return mean, mean * math.expm1(sd * span)
+    return lo + u * (hi - lo), sd * (hi - lo)
+
+
 def prior_mode(space: SearchSpace, priors: Sequence[ParameterPrior], x: np.ndarray) -> np.ndarray:
     """``x`` (an encoded point) with each prior's most likely value written into its column: the
     priors' best guess, which opens the initial design in place of the centre."""

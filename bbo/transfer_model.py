@@ -54,7 +54,8 @@ from botorch.models.transforms import Standardize
 from botorch.posteriors.gpytorch import GPyTorchPosterior
 
 from bbo.design import Region
-from bbo.space import CategoricalParam, FixedParam, OrdinalParam, SearchSpace
+from bbo.priors import prior_in_units
+from bbo.space import CategoricalParam, FixedParam, SearchSpace
 from bbo.spec import AlgorithmOptions, ParameterPrior
 from bbo.strategy.base import Suggestion
 from bbo.strategy.context import Context
@@ -393,7 +394,7 @@ class Transfer:
                 out.append(ParameterPrior(prm.name, probabilities={choice: 1.0}, source="transfer"))
                 continue
             sd = max(MIN_PRIOR_SD, 0.5 * float(hi[i] - lo[i]))
-            mean, std = _unit_to_units(space, prm, float(best[i]), sd)
+            mean, std = prior_in_units(space, prm, float(best[i]), sd)
             out.append(ParameterPrior(prm.name, mean, std, source="transfer"))
         self.located_from = source.name
         return tuple(out)
@@ -504,25 +505,6 @@ def _quantized(X: np.ndarray, y: np.ndarray) -> bool:
     v = y[np.unique(same_point(X), axis=0, return_index=True)[1]]
     v = v[np.isfinite(v)]
     return len(np.unique(v)) < len(v)
-
-
-def _unit_to_units(space: SearchSpace, prm, u: float, sd: float) -> tuple[float, float]:
-    """A prior's (mean, std) in the parameter's own units from its position and spread in the
-    encoding: the inverse of how :mod:`bbo.priors` maps a numeric prior onto its column."""
-    u = min(max(u, 0.0), 1.0)
-    if isinstance(prm, OrdinalParam):
-        vals = [float(v) for v in prm.values]
-        if prm.name in space.by_rank:  # the column is the grid position (as bbo.priors reads it)
-            k = int(round(u * (len(vals) - 1)))
-            return vals[k], max(sd * (vals[-1] - vals[0]), 1e-12)
-        lo, hi = vals[0], vals[-1]
-        return lo + u * (hi - lo), sd * (hi - lo)
-    lo, hi = float(prm.low), float(prm.high)
-    if prm.log:
-        span = math.log(hi) - math.log(lo)
-        mean = math.exp(math.log(lo) + u * span)
-        return mean, mean * math.expm1(sd * span)
-    return lo + u * (hi - lo), sd * (hi - lo)
 
 
 def _note(models, W, names, target_w, extra: str) -> str:

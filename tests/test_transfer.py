@@ -296,9 +296,8 @@ def test_a_location_prior_reads_back_where_it_was_placed():
     """The location prior is placed in the encoding and written in each parameter's own units;
     bbo.priors maps it back onto the same column position and spread (log floats, ints, a grid
     by position)."""
-    from bbo.priors import _unit_normal
+    from bbo.priors import _unit_normal, prior_in_units
     from bbo.spec import ParameterPrior
-    from bbo.transfer_model import _unit_to_units
 
     space = SearchSpace(
         (
@@ -309,10 +308,10 @@ def test_a_location_prior_reads_back_where_it_was_placed():
     )
     for name, u, sd in [("rho", 0.62, 0.05), ("k", 0.3, 0.2), ("batch", 0.75, 0.1)]:
         prm = space.by_name[name]
-        mean, std = _unit_to_units(space, prm, u, sd)
+        mean, std = prior_in_units(space, prm, u, sd)
         mu, back = _unit_normal(space, ParameterPrior(name, mean, std))
         assert mu == pytest.approx(u) and (name == "batch" or back == pytest.approx(sd))
-    assert _unit_to_units(space, space.by_name["batch"], 0.75, 0.1)[0] == 128
+    assert prior_in_units(space, space.by_name["batch"], 0.75, 0.1)[0] == 128
 
 
 def test_a_lone_source_is_scaled_on_the_targets_better_points():
