@@ -12,9 +12,9 @@ Coherence, as :class:`bbo.study_trials.TrialCache`'s: where this process owns th
 decision re-reads the curves of the marked trials (after the writes committed, so nothing
 acknowledged is missed, whatever order concurrent writers finish in). On a shared database
 (PostgreSQL) other replicas write too: a study's values are stamped with the database's clock in
-commit order (:meth:`bbo.storage.base.Storage.add_intermediate`), so each decision reads the values
-stored since the newest stamp seen (less :data:`CLOCK_MARGIN`), and the trials they belong to are
-re-summarized. The first decision, after a restart too, reads the study's curves once.
+commit order, each later than the study's last even where that clock steps back
+(:meth:`bbo.storage.sql.SqlStorage._report_time`), so each decision reads the values stored since
+the newest stamp seen (less :data:`CLOCK_MARGIN`), and the trials they belong to are re-summarized. The first decision, after a restart too, reads the study's curves once.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from bbo.pruning import rung_points
 from bbo.storage import CurvePoint, Storage
 
-# seconds re-read before the newest stamp seen on a shared database: values re-read are applied
-# again harmlessly, and a database clock stepped back by less than this loses nothing
+# seconds re-read before the newest stamp seen on a shared database: a second line of defence
+# behind the study's stamps only growing (values re-read are applied again harmlessly)
 CLOCK_MARGIN = 1.0
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from bbo.errors import LimitError, NotFoundError, StudyNotFound
 from bbo.limits import LimitExceeded
-from bbo.storage import Continuation, LlmCallRecord, NewTrial, RequestKey, open_storage
+from bbo.storage import Continuation, LlmCallRecord, NewTrial, RequestKey, open_storage, schema
 from bbo.testing import postgres as pg_cluster
 from bbo.trial import Metric, TrialState
 
@@ -323,6 +323,28 @@ def test_budgets_curves_and_continuations(store):
     replay, prev = store.insert_trials(uid, [], request=req, continuations=[go])
     assert prev is not None and [t.id for t in replay] == [a.id, 3]
     assert [e[1] for e in store.trial_events(uid, a.id)][-1] == "continued to 3"
+
+
+def test_a_clock_stepped_back_never_stamps_a_value_before_the_studys_newest(store):
+    """Replicas read the values stamped since the newest they saw: a value stamped earlier, as a
+    clock stepped back an hour would stamp it, is stamped just past the study's newest instead,
+    and every reader still finds it."""
+    uid = store.create_study("t", "s", SPEC, 1).uid
+    other = store.create_study("t", "o", SPEC, 1).uid
+    (a,), _ = store.insert_trials(uid, [NewTrial({"x": 0.1}, "bo")])
+    (b,), _ = store.insert_trials(other, [NewTrial({"x": 0.1}, "bo")])
+    store.add_intermediate(uid, a.id, 1, 0.5)
+    seen = store.curves(uid)[a.id][0].at
+    ahead = seen + 3600.0  # the clock read an hour ahead for the last report, then stepped back
+    with store._write() as conn:
+        c = schema.studies.c
+        conn.execute(schema.studies.update().where(c.uid == uid).values(report_clock=ahead))
+    store.add_intermediate(uid, a.id, 2, 0.4)
+    store.add_intermediate(uid, a.id, 3, 0.3)
+    steps = store.curves(uid, since=ahead)[a.id]
+    assert [p.step for p in steps] == [2, 3] and ahead < steps[0].at < steps[1].at
+    store.add_intermediate(other, b.id, 1, 0.5)  # another study keeps its own clock
+    assert store.curves(other)[b.id][0].at < ahead
 
 
 def test_api_keys(store):

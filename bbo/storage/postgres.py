@@ -224,7 +224,7 @@ class PostgresStorage(SqlStorage):
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
             self._run_migrations(conn)
 
-    def _report_time(self, conn: sa.Connection, sid: int) -> float:
+    def _report_clock(self, conn: sa.Connection, sid: int) -> float:
         """Replicas write one study's intermediate values in turn (the study row, locked against
         other such writes but not against tells), each stamped with the database's clock: one
         clock, in commit order, whichever replica writes."""

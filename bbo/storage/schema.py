@@ -61,6 +61,8 @@ studies = sa.Table(
     sa.Column("trial_counter", sa.BigInteger, nullable=False),  # last allocated trial number
     sa.Column("llm_counter", sa.BigInteger, nullable=False),  # last allocated LLM call number
     sa.Column("created_at", sa.Float, nullable=False),
+    # the newest stamp of the study's intermediate values: the next is later, whatever the clock
+    sa.Column("report_clock", sa.Float, nullable=True),
     # transfer sources (fixed at creation) and their latest weights; null without transfer
     sa.Column("transfer", sa.JSON, nullable=True),
     sa.UniqueConstraint("tenant", "name"),

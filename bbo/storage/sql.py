@@ -40,6 +40,8 @@ from bbo.storage.base import (
 )
 from bbo.trial import Metric, Trial, TrialState
 
+STAMP_STEP = 1e-6  # s: a stamp past the study's newest (float64 resolves 2.4e-7 s at today's epoch)
+
 
 def spec_hash(spec: dict) -> str:
     return hashlib.sha256(
@@ -182,10 +184,22 @@ class SqlStorage(Storage):
                 yield conn
 
     def _report_time(self, conn: sa.Connection, sid: int) -> float:
-        """The time an intermediate value is stored at, taken once the study's reports are
-        serialized: later in every report committed after it (rung decisions compare these times
-        with what they could see). The default: writes of the process are serialized already
-        (SQLite's one writer), so the local clock."""
+        """The time an intermediate value is stored at: later than every stamp of the study before
+        it, so in commit order (rung decisions compare these times with what they could see, and a
+        replica reads the values stamped since the newest it saw). The clock's reading, or just
+        past the study's newest stamp where the clock stepped back."""
+        now = self._report_clock(conn, sid)
+        c = S.studies.c
+        last = conn.execute(sa.select(c.report_clock).where(c.id == sid)).scalar()
+        if last is not None and now <= last:
+            now = last + STAMP_STEP
+        conn.execute(S.studies.update().where(c.id == sid).values(report_clock=now))
+        return now
+
+    def _report_clock(self, conn: sa.Connection, sid: int) -> float:
+        """The clock of :meth:`_report_time`, read once the study's reports are serialized. The
+        default: writes of the process are serialized already (SQLite's one writer), so the local
+        clock."""
         return time.time()
 
     @contextlib.contextmanager
