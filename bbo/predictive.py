@@ -98,6 +98,17 @@ class CachedPredictive(Model):
     def marginals(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and variance of every output at every point: ``X`` (... x d) gives
         ``(... x m, ... x m)``, in the outcomes' own (untransformed) units."""
+        mean, var = self._predict(X, True)
+        assert var is not None
+        return mean, var
+
+    def mean(self, X: torch.Tensor) -> torch.Tensor:
+        """The posterior mean alone (``... x m``): no triangular solve for the variances, which
+        cost most of a marginal. A transfer prior evaluates its sources' means at every
+        acquisition step (:mod:`bbo.transfer_model`)."""
+        return self._predict(X, False)[0]
+
+    def _predict(self, X: torch.Tensor, variance: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         gp, batched = self._gp, self._m > 1 and self._Xt.dim() == 3
         x = self._transform(X)
         shape = x.shape[:-1]
@@ -105,20 +116,21 @@ class CachedPredictive(Model):
         if batched:
             x = x.unsqueeze(0).expand(self._m, *x.shape)  # m x N x d
         k = self._kernel(x, self._Xt)  # (m x) N x n
-        prior = self._prior_var if self._prior_var is not None else self._kernel(x, x, diag=True)
         mean = gp.mean_module.forward(x) + (k @ self._alpha.unsqueeze(-1)).squeeze(-1)
-        v = torch.linalg.solve_triangular(self._L, k.transpose(-1, -2), upper=False)
-        var = (prior - v.pow(2).sum(-2)).clamp_min(0.0)
-        if batched:
-            mean, var = mean.transpose(0, 1), var.transpose(0, 1)  # N x m
-        else:
-            mean, var = mean.unsqueeze(-1), var.unsqueeze(-1)
+        var = None
+        if variance:
+            prior = self._prior_var if self._prior_var is not None else self._kernel(x, x, True)
+            v = torch.linalg.solve_triangular(self._L, k.transpose(-1, -2), upper=False)
+            var = (prior - v.pow(2).sum(-2)).clamp_min(0.0)
+            var = var.transpose(0, 1) if batched else var.unsqueeze(-1)  # N x m
+        mean = mean.transpose(0, 1) if batched else mean.unsqueeze(-1)
         if self._loc is not None and self._scale is not None:
             mean = mean * self._scale + self._loc
-            var = var * self._scale.pow(2)
+            var = None if var is None else var * self._scale.pow(2)
         if self._prior_mean is not None:
             mean = mean + self._prior_mean(X.reshape(-1, X.shape[-1])).reshape(mean.shape)
-        return mean.reshape(*shape, self._m), var.reshape(*shape, self._m)
+        mean = mean.reshape(*shape, self._m)
+        return mean, None if var is None else var.reshape(*shape, self._m)
 
     def noise_variance(self) -> torch.Tensor | None:
         """The inferred observation noise variance of each output (m, outcome units); None where

@@ -54,6 +54,7 @@ from botorch.models.transforms import Standardize
 from botorch.posteriors.gpytorch import GPyTorchPosterior
 
 from bbo.design import Region
+from bbo.predictive import CachedPredictive
 from bbo.priors import prior_in_units
 from bbo.space import CategoricalParam, FixedParam, SearchSpace
 from bbo.spec import AlgorithmOptions, ParameterPrior
@@ -198,13 +199,20 @@ class SourceModel:
     model: Model | None  # None below MIN_SOURCE_POINTS
     mean: np.ndarray  # per metric, of the warped outcomes it was fit on
     sd: np.ndarray
+    predictive: CachedPredictive | None = None  # the GP's cheap marginals, where they serve
 
     def z(self, X: torch.Tensor) -> torch.Tensor:
         """Posterior mean at ``X`` (``... x n x d``) in the source's z-units, ``... x n x m``.
-        Variances are skipped for one output only: GPyTorch's stand-in covariance for skipped
-        variances has the wrong shape for a batched multi-output posterior (``1 x bnm x bnm`` for
-        a ``b x n x m`` mean), which made every transfer fit and acquisition with constraint
-        metrics fail over to random points."""
+        From the GP's :class:`~bbo.predictive.CachedPredictive` where there is one: the prior is
+        evaluated at every acquisition step, and GPyTorch's posterior (with the covariance of
+        every output, below) made a two-source ADMM ask 7x a plain one's. Otherwise variances are
+        skipped for one output only: GPyTorch's stand-in covariance for skipped variances has the
+        wrong shape for a batched multi-output posterior (``1 x bnm x bnm`` for a ``b x n x m``
+        mean), which made every transfer fit and acquisition with constraint metrics fail over to
+        random points."""
+        if self.predictive is not None:
+            mu = self.predictive.mean(X)
+            return (mu - mu.new_tensor(self.mean)) / mu.new_tensor(self.sd)
         one = self.model is not None and self.model.num_outputs == 1
         with gpytorch.settings.skip_posterior_variances(True) if one else contextlib.nullcontext():
             mu = self.posterior(X).mean
@@ -294,12 +302,12 @@ class Transfer:
             Ym, _ = ctx.warp.apply(Y)
             sur = Surrogate(ctx.spec.space, m, SOURCE_OPTIONS, ctx.placement)
             seed = int.from_bytes(hashlib.sha256(s.uid.encode()).digest()[:4], "little")
-            model, rows, _ = sur.model(X, Ym, None, score, seed=seed)
+            model, rows, info = sur.model(X, Ym, None, score, seed=seed)
             for prm in model.parameters():  # fixed from now on: gradients flow to X only
                 prm.requires_grad_(False)
             mean = Ym[rows].mean(axis=0)
             sd = np.maximum(Ym[rows].std(axis=0), 1e-9)
-            sm = SourceModel(s.uid, s.name, len(X), model, mean, sd)
+            sm = SourceModel(s.uid, s.name, len(X), model, mean, sd, info.predictive)
         self._models[s.uid] = (fp, sm)
         return sm
 

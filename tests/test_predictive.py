@@ -61,6 +61,7 @@ def test_marginals_match_the_gp_posterior(space, m, noisy):
     assert got.mean.shape == want.mean.shape == (16, 1, m)
     assert torch.allclose(got.mean, want.mean, rtol=1e-8, atol=1e-10)
     assert torch.allclose(got.variance, want.variance.clamp_min(0), rtol=1e-6, atol=1e-10)
+    assert torch.equal(cp.mean(X), got.mean)  # the mean alone (a transfer prior's sources)
 
 
 @pytest.mark.parametrize("m,noisy", [(1, False), (2, True)])

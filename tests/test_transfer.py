@@ -466,6 +466,19 @@ def test_a_constrained_study_models_its_sources_instead_of_falling_back():
             Trial(len(trials) + 1, s.params, TrialState.COMPLETED, metrics(s.params, 0.35, 0.55))
         )
     assert gs.transfer_report()["by_metric"]["y"]["uid-src"] > 0
+    # the prior reads the source's two-output mean off its cached marginals, as the GP gives it
+    import dataclasses
+
+    import torch
+
+    assert gs.transfer is not None
+    (source,) = [m for _, m in gs.transfer._models.values()]
+    assert source.predictive is not None
+    X = torch.rand(7, 1, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fast, slow = source.z(X), dataclasses.replace(source, predictive=None).z(X)
+    assert fast.shape == slow.shape == (7, 1, 2)
+    assert torch.allclose(fast, slow, rtol=1e-8, atol=1e-10)
 
 
 def test_a_source_prior_is_the_models_mean_where_the_target_has_no_data():
