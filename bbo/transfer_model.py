@@ -226,6 +226,16 @@ class SourceModel:
         return self.model.posterior(X)  # type: ignore[return-value]
 
 
+@dataclasses.dataclass(frozen=True)
+class SourceFacts:
+    """A source's best mapped point, good region (:func:`good_region`) and whether its objective
+    is quantized (:func:`_quantized`), in the target's encoding."""
+
+    best: np.ndarray
+    region: Region
+    quantized: bool
+
+
 @dataclasses.dataclass
 class Weights:
     """One ask's weights: ``by_metric[name][uid]``, the target model's share, on how many points."""
@@ -247,8 +257,7 @@ class Transfer:
         self._models: dict[str, tuple[str, SourceModel]] = {}  # uid -> (fingerprint, model)
         self._usable: dict[str, tuple[str, bool]] = {}  # uid -> (fingerprint, any point maps)
         self._plan: tuple[tuple, DesignPlan] | None = None  # (sources' fingerprints, plan)
-        # uid -> (fingerprint, best point, good region, quantized): a location prior's source facts
-        self._located: dict[str, tuple[str, np.ndarray, Region, bool]] = {}
+        self._facts: dict[str, tuple[str, SourceFacts | None]] = {}  # uid -> (fingerprint, facts)
         self.weights: Weights | None = None
         self.note = ""
         self.located_from: str | None = None  # the source of the last location prior, if any
@@ -263,7 +272,7 @@ class Transfer:
         self._sources = list(sources)
         live = {s.uid for s in self._sources}
         self._models = {k: v for k, v in self._models.items() if k in live}
-        self._located = {k: v for k, v in self._located.items() if k in live}
+        self._facts = {k: v for k, v in self._facts.items() if k in live}
         space, names = self.ctx.spec.space, self.ctx.spec.modeled_metrics
         usable = {}
         for s in self._sources:
@@ -288,8 +297,28 @@ class Transfer:
         X, Y, _ = encode_source_trials(ctx.spec.space, s.spec.space, s.trials, names)
         return X, Y, ctx.data.score(Y, ctx.layout.feasible(Y))
 
+    def _fingerprint(self, s: SourceData) -> str:
+        """The source's completed trials' fingerprint, as :meth:`set_sources` took it."""
+        hit = self._usable.get(s.uid)
+        return hit[0] if hit is not None else _fingerprint(s)
+
+    def _source_facts(self, s: SourceData) -> SourceFacts | None:
+        """What the design and the location prior read off a source's mapped trials (None below
+        :data:`MIN_SOURCE_POINTS` of them), cached while its trials do not change."""
+        fp = self._fingerprint(s)
+        hit = self._facts.get(s.uid)
+        if hit is None or hit[0] != fp:
+            X, Y, score = self._scored(s)
+            facts = None
+            if len(X) >= MIN_SOURCE_POINTS:
+                best = X[int(np.argmax(score))]
+                facts = SourceFacts(best, good_region(X, score), _quantized(X, Y[:, 0]))
+            hit = (fp, facts)
+            self._facts[s.uid] = hit
+        return hit[1]
+
     def _model(self, s: SourceData) -> SourceModel:
-        fp = _fingerprint(s)
+        fp = self._fingerprint(s)
         hit = self._models.get(s.uid)
         if hit is not None and hit[0] == fp:
             return hit[1]
@@ -317,11 +346,7 @@ class Transfer:
         key = (n_warm, tuple(sorted((uid, fp) for uid, (fp, _) in self._usable.items())))
         if self._plan is not None and self._plan[0] == key:
             return self._plan[1]
-        regions = []
-        for s in self._sources:
-            X, _, score = self._scored(s)
-            if len(X) >= MIN_SOURCE_POINTS:
-                regions.append(good_region(X, score))
+        regions = [f.region for s in self._sources if (f := self._source_facts(s)) is not None]
         plan = design_plan(self.ctx, n_warm, regions)
         self._plan = (key, plan)
         return plan
@@ -379,18 +404,10 @@ class Transfer:
         if first[uid] < max(MIN_WEIGHT, w.target[name]):
             return ()
         source = next((s for s in self._sources if s.uid == uid), None)
-        if source is None:
+        if source is None or (facts := self._source_facts(source)) is None:
             return ()
-        fp = self._usable[uid][0]  # set for every source by set_sources
-        hit = self._located.get(uid)
-        if hit is None or hit[0] != fp:
-            X, Y, score = self._scored(source)
-            if len(X) < MIN_SOURCE_POINTS:
-                return ()
-            hit = (fp, X[int(np.argmax(score))], good_region(X, score), _quantized(X, Y[:, 0]))
-            self._located[uid] = hit
-        _, best, (lo, hi), quantized = hit
-        if not (quantized or _quantized(data.X, data.Y[:, 0])):
+        best, (lo, hi) = facts.best, facts.region
+        if not (facts.quantized or _quantized(data.X, data.Y[:, 0])):
             return ()
         space = self.ctx.spec.space
         out = []
