@@ -85,6 +85,8 @@ class CachedPredictive(Model):
         self._scale = None if ot is None else ot.stdvs.reshape(-1)
         # a per-input prior mean the outcome transform adds back (bbo.transfer_model's), if any
         self._prior_mean = getattr(ot, "prior_mean", None)
+        # ... and that mean in closed form with its gradient, where it has one (bbo.predictive_grad)
+        self._prior_closed_form = getattr(ot, "prior_closed_form", None)
         self._check(compare)
 
     @property

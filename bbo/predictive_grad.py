@@ -12,7 +12,9 @@ variance's ``-2 dk/dx . K^-1 k``. Distances are computed directly rather than by
 
 Covers what bbo's surrogates are built of: scale, sum and product kernels over Matern-5/2 and
 categorical kernels (categorical columns have zero gradient, as in autograd), constant means,
-``Normalize`` (any affine input map) and ``Standardize``, one output or a batch of outputs. Built
+``Normalize`` (any affine input map) and ``Standardize``, one output or a batch of outputs, and
+a transfer study's stacked prior mean where its sources have closed forms themselves
+(:class:`bbo.transfer_model.TransferPrior`). Built
 by :func:`marginal_gradients`, which returns None for anything else, on a GPU, or where a check at
 random points disagrees with the torch marginals.
 """
@@ -41,6 +43,8 @@ SOFTPLUS_THRESHOLD = 20.0  # torch's softplus is the identity above this
 
 # a kernel node: x (b x d, transformed inputs), grad -> (K: m x b x n, dK: m x b x n x d or None)
 Node = Callable[[np.ndarray, bool], tuple[np.ndarray, np.ndarray | None]]
+# a prior mean: x (b x d, the model's inputs), grad -> (b x m, b x m x d or None)
+PriorMean = Callable[[np.ndarray, bool], tuple[np.ndarray, np.ndarray | None]]
 
 
 def matern52(r2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -65,12 +69,35 @@ def softplus_grad(x: np.ndarray) -> np.ndarray:
 class MarginalGradients:
     """Posterior marginals of every output at ``b`` points and, on request, their gradients."""
 
-    def __init__(self, node: Node, Xt, L, alpha, const, prior, offset, coef, loc, scale):
+    def __init__(
+        self, node: Node, Xt, L, alpha, const, prior, offset, coef, loc, scale, prior_mean=None
+    ):
         self._node, self._Xt, self._L, self._alpha = node, Xt, L, alpha
         self._const, self._prior = const, prior  # m, m
         self._offset, self._coef = offset, coef  # d, d
         self._loc, self._scale = loc, scale  # m, m
+        # a transfer prior's mean in closed form (x, grad) -> (b x m, b x m x d or None), outcome
+        # units, added as the torch marginals add it (bbo.transfer_model.TransferPrior)
+        self._prior_mean: PriorMean | None = prior_mean
         self.m, self.d = alpha.shape[0], Xt.shape[-1]
+
+    def mean(self, x: np.ndarray, grad: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """The posterior mean alone (b x m, outcome units) and, with ``grad``, its gradient
+        (b x m x d): no triangular solves (a transfer prior reads its sources' means so)."""
+        xt = (x - self._offset) / self._coef
+        K, dK = self._node(xt, grad)
+        mean = np.stack([self._const[j] + K[j] @ self._alpha[j] for j in range(self.m)], axis=1)
+        mean = mean * self._scale + self._loc
+        dmean = None
+        if dK is not None:
+            dmean = np.stack([self._alpha[j] @ dK[j] for j in range(self.m)], axis=1) / self._coef
+            dmean *= self._scale[:, None]
+        if self._prior_mean is not None:
+            pm, dpm = self._prior_mean(x, grad)
+            mean = mean + pm
+            if dmean is not None and dpm is not None:
+                dmean = dmean + dpm
+        return mean, dmean
 
     def __call__(self, x: np.ndarray, grad: bool = False):
         """``x`` (b x d, the model's input space) -> mean, variance (b x m, outcome units) and,
@@ -96,6 +123,11 @@ class MarginalGradients:
         if dmean is not None and dvar is not None:
             dmean *= self._scale[:, None]
             dvar *= (self._scale**2)[:, None]
+        if self._prior_mean is not None:
+            pm, dpm = self._prior_mean(x, grad)
+            mean = mean + pm
+            if dmean is not None and dpm is not None:
+                dmean = dmean + dpm
         return mean, var, dmean, dvar
 
 
@@ -127,8 +159,11 @@ def _build(p) -> MarginalGradients | None:
     Xt = p._Xt
     if Xt.device.type != "cpu" or Xt.dtype != torch.float64 or p._prior_var is None:
         return None
-    if p._prior_mean is not None:  # a transfer prior's mean: torch's autograd differentiates it
-        return None
+    prior_mean = None
+    if p._prior_mean is not None:  # a transfer prior's mean: in closed form where it has one
+        prior_mean = p._prior_closed_form
+        if prior_mean is None:
+            return None
     batched = Xt.dim() == 3
     m = p.num_outputs
     if m > 1 and not batched:
@@ -150,7 +185,17 @@ def _build(p) -> MarginalGradients | None:
     loc = np.zeros(m) if p._loc is None else _np(p._loc).reshape(-1)
     scale = np.ones(m) if p._scale is None else _np(p._scale).reshape(-1)
     return MarginalGradients(
-        node, X3, L, alpha, const, prior, offset.reshape(-1), coef.reshape(-1), loc, scale
+        node,
+        X3,
+        L,
+        alpha,
+        const,
+        prior,
+        offset.reshape(-1),
+        coef.reshape(-1),
+        loc,
+        scale,
+        prior_mean,
     )
 
 

@@ -55,6 +55,7 @@ from botorch.posteriors.gpytorch import GPyTorchPosterior
 
 from bbo.design import Region
 from bbo.predictive import CachedPredictive
+from bbo.predictive_grad import MarginalGradients, marginal_gradients
 from bbo.priors import prior_in_units
 from bbo.space import CategoricalParam, FixedParam, SearchSpace
 from bbo.spec import AlgorithmOptions, ParameterPrior
@@ -169,6 +170,12 @@ class PriorMeanStandardize(Standardize):
         Y_tf = (Y - p - self.means) / self.stdvs
         return Y_tf, (Yvar / self._stdvs_sq if Yvar is not None else None)
 
+    @property
+    def prior_closed_form(self):
+        """The prior mean and its gradient in NumPy, ``(x, grad) -> (b x m, b x m x d | None)``,
+        where the prior has one (:class:`TransferPrior`); None otherwise."""
+        return getattr(self._prior, "closed_form", None)
+
     def _get_per_input_means_stdvs(self, X, include_stdvs_sq):
         if X is None:
             return self.means, self.stdvs, self._stdvs_sq
@@ -224,6 +231,45 @@ class SourceModel:
             raise ValueError(f"source '{self.name}' has too few points for a model")
         # botorch types every model's posterior as the base Posterior, a GP's is a GPyTorch one
         return self.model.posterior(X)  # type: ignore[return-value]
+
+
+class TransferPrior:
+    """The stacked model's prior mean: ``sum_i coef_i (z_i(X) - centre_i)`` over the weighted
+    sources (``z_i``: source i's posterior mean in its z-units, :meth:`SourceModel.z`), in torch
+    for the GP and, where every source's marginals have a closed form
+    (:func:`bbo.predictive_grad.marginal_gradients`), in NumPy with its gradient, so the
+    acquisition optimizer keeps its closed-form path (autograd through the sources' kernels was
+    the largest part of a transfer ask)."""
+
+    def __init__(self, models: list[SourceModel], coef: np.ndarray, centre: np.ndarray, placement):
+        self.models, self.coef, self.centre = models, coef, centre  # k, k x m, k x m
+        self._tcoef, self._tcentre = placement.tensor(coef), placement.tensor(centre)
+        grads = [marginal_gradients(sm.predictive) for sm in models if sm.predictive is not None]
+        full = [g for g in grads if g is not None]
+        self._grads: list[MarginalGradients] | None = full if len(full) == len(models) else None
+
+    def __call__(self, X: torch.Tensor) -> torch.Tensor:
+        out = self._tcoef[0] * (self.models[0].z(X) - self._tcentre[0])
+        for i in range(1, len(self.models)):
+            out = out + self._tcoef[i] * (self.models[i].z(X) - self._tcentre[i])
+        return out
+
+    @property
+    def closed_form(self):
+        """``(x, grad) -> (b x m, b x m x d | None)`` in NumPy, or None (see the class)."""
+        return self._closed_form if self._grads is not None else None
+
+    def _closed_form(self, x: np.ndarray, grad: bool):
+        assert self._grads is not None
+        out, dout = 0.0, None
+        for sm, mg, c, cent in zip(self.models, self._grads, self.coef, self.centre, strict=True):
+            mean, dmean = mg.mean(x, grad)
+            w = c / sm.sd  # per output
+            out = out + w * (mean - sm.mean) - c * cent
+            if dmean is not None:
+                d = w[:, None] * dmean
+                dout = d if dout is None else dout + d
+        return np.asarray(out), dout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -476,16 +522,8 @@ class Transfer:
         if not np.any(coef > 0):
             self.note = _note(models, W, names, target_w, "the prior is flat")
             return self.note
-        tcoef, tcent = P.tensor(coef), P.tensor(C)
         used = [i for i in range(k) if np.any(coef[i] > 0)]
-
-        def prior(X: torch.Tensor) -> torch.Tensor:
-            out = tcoef[used[0]] * (models[used[0]].z(X) - tcent[used[0]])
-            for i in used[1:]:
-                out = out + tcoef[i] * (models[i].z(X) - tcent[i])
-            return out
-
-        self.surrogate.prior = prior
+        self.surrogate.prior = TransferPrior([models[i] for i in used], coef[used], C[used], P)
         self.note = _note(models, W, names, target_w, "")
         return self.note
 

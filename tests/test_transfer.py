@@ -479,6 +479,37 @@ def test_a_constrained_study_models_its_sources_instead_of_falling_back():
         fast, slow = source.z(X), dataclasses.replace(source, predictive=None).z(X)
     assert fast.shape == slow.shape == (7, 1, 2)
     assert torch.allclose(fast, slow, rtol=1e-8, atol=1e-10)
+    # the stacked prior's NumPy closed form (the acquisition optimizer's path) is torch's, value
+    # and gradient
+    from bbo.device import select_device
+    from bbo.transfer_model import TransferPrior
+
+    coef, centre = np.array([[0.7, 0.4]]), np.array([[0.1, -0.2]])
+    prior = TransferPrior([source], coef, centre, select_device("cpu"))
+    assert prior.closed_form is not None
+    x = X[:, 0, :].clone().requires_grad_(True)
+    want = prior(x)
+    want_grad = torch.stack(
+        [torch.autograd.grad(want[:, j].sum(), x, retain_graph=True)[0] for j in range(2)], 1
+    )
+    got, got_grad = prior.closed_form(x.detach().numpy(), True)
+    assert np.allclose(got, want.detach().numpy(), rtol=1e-8, atol=1e-10)
+    assert np.allclose(got_grad, want_grad.numpy(), rtol=1e-6, atol=1e-8)
+    # ... so a target GP stacked on it keeps closed-form marginals and gradients
+    from bbo.predictive_grad import marginal_gradients
+    from bbo.transfer_model import TransferSurrogate
+
+    sur = TransferSurrogate(space, 2, spec.algorithm, select_device("cpu"))
+    sur.prior = prior
+    Xt = np.array([[p["x"], p["z"]] for p in (t.params for t in trials)])
+    Yt = np.array([[t.metrics["y"].value, t.metrics["c"].value] for t in trials])
+    _, _, info = sur.model(Xt, Yt)
+    assert info.predictive is not None
+    mg = marginal_gradients(info.predictive)
+    assert mg is not None
+    mean, var, _, _ = mg(x.detach().numpy())
+    want_m, want_v = info.predictive.marginals(x.detach())
+    assert np.allclose(mean, want_m.numpy(), rtol=1e-8, atol=1e-10)
 
 
 def test_a_source_prior_is_the_models_mean_where_the_target_has_no_data():
