@@ -33,7 +33,10 @@ FLOOR = 0.05  # weight of the uniform component in each column's density
 MIN_STD = 1e-3  # in unit-column units: keeps the density finite for over-confident priors
 
 
-def _unit_normal(space: SearchSpace, pr: ParameterPrior) -> tuple[float, float]:
+def unit_normal(space: SearchSpace, pr: ParameterPrior) -> tuple[float, float]:
+    """A numeric prior's (mean, sd) in its parameter's unit column: on a log scale the sd is the
+    log-distance from mean to mean + std; a grid encoded by position maps through the grid, the
+    spread the wider of mean + std and mean - std (within the grid) reach."""
     p = space.by_name[pr.parameter]
     assert pr.mean is not None and pr.std is not None, "a normal prior has a mean and a std"
     if isinstance(p, OrdinalParam):
@@ -41,10 +44,9 @@ def _unit_normal(space: SearchSpace, pr: ParameterPrior) -> tuple[float, float]:
         if p.name in space.by_rank:  # the column is the grid position: map through it
             mean = min(max(float(pr.mean), lo), hi)
             mu = space.unit(p, mean)
-            sd = abs(space.unit(p, min(mean + float(pr.std), hi)) - mu)
-            if sd <= 0:  # mean at the top of the grid: measure the spread below it
-                sd = abs(mu - space.unit(p, max(mean - float(pr.std), lo)))
-            return mu, max(sd, MIN_STD)
+            up = space.unit(p, min(mean + float(pr.std), hi)) - mu
+            down = mu - space.unit(p, max(mean - float(pr.std), lo))
+            return mu, max(up, down, MIN_STD)
     else:
         lo, hi = float(p.low), float(p.high)  # type: ignore[union-attr]
     mean = min(max(float(pr.mean), lo), hi)
@@ -61,7 +63,7 @@ def _unit_normal(space: SearchSpace, pr: ParameterPrior) -> tuple[float, float]:
 
 def prior_in_units(space: SearchSpace, p, u: float, sd: float) -> tuple[float, float]:
     """A numeric prior's (mean, std) in parameter ``p``'s own units from its position ``u`` and
-    spread ``sd`` in the unit column: the inverse of :func:`_unit_normal` (a grid encoded by
+    spread ``sd`` in the unit column: the inverse of :func:`unit_normal` (a grid encoded by
     position takes the value nearest ``u``)."""
     u = min(max(u, 0.0), 1.0)
     if isinstance(p, OrdinalParam):
@@ -93,7 +95,7 @@ def prior_mode(space: SearchSpace, priors: Sequence[ParameterPrior], x: np.ndarr
             if max(probs) > 0:
                 x[col[p.name]] = float(int(np.argmax(probs)))
         elif pr.mean is not None and pr.std is not None:
-            x[col[p.name]] = _unit_normal(space, pr)[0]
+            x[col[p.name]] = unit_normal(space, pr)[0]
     return x
 
 
@@ -126,7 +128,7 @@ class LogPrior(torch.nn.Module):
                 ) + FLOOR  # density w.r.t. uniform over choices
                 self.categorical.append((col[p.name], torch.log(dens).to(**placement.tkwargs), w))
             else:
-                mu, sd = _unit_normal(space, pr)
+                mu, sd = unit_normal(space, pr)
                 nrm = torch.distributions.Normal(0.0, 1.0)
                 z = float(nrm.cdf(torch.tensor((1 - mu) / sd)) - nrm.cdf(torch.tensor(-mu / sd)))
                 self.numeric.append((col[p.name], mu, sd, math.log(max(z, 1e-300)), w))

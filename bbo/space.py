@@ -291,6 +291,13 @@ class OrdinalParam:
         pos = np.linspace(0.0, 1.0, len(self.values))
         return float(np.interp(self._t(float(v)), self._scaled_values, pos))
 
+    def rank_value(self, u: float) -> float:
+        """The number at grid position ``u`` in [0, 1], interpolated on the search scale: the
+        inverse of :meth:`rank_unit` (a prior's spread set on the encoded column)."""
+        pos = np.linspace(0.0, 1.0, len(self.values))
+        x = float(np.interp(min(max(float(u), 0.0), 1.0), pos, self._scaled_values))
+        return math.exp(x) if self.log else x
+
     def from_rank_unit(self, u: float):
         k = len(self.values)
         return self._plain(self.values[int(round(min(max(float(u), 0.0), 1.0) * (k - 1)))])

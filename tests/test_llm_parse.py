@@ -26,6 +26,7 @@ from bbo.llm.prompt import (
     proposal_prompt,
     warmstart_prompt,
 )
+from bbo.priors import unit_normal
 from bbo.space import (
     CategoricalParam,
     FixedParam,
@@ -37,23 +38,6 @@ from bbo.space import (
 )
 from bbo.spec import LlmOptions, Objective, OutcomeConstraint, ParameterPrior, StudySpec
 from bbo.trial import Metric, Trial, TrialState
-
-
-def _unit_normal(space: SearchSpace, pr: ParameterPrior) -> tuple[float, float]:
-    """A numeric prior's (mean, sd) in the unit encoding, per ParameterPrior's units (bbo.priors):
-    on a log scale the sd is the log-distance from mean to mean + std."""
-    p = space.by_name[pr.parameter]
-    lo, hi = (
-        (float(p.values[0]), float(p.values[-1]))
-        if isinstance(p, OrdinalParam)
-        else (float(p.low), float(p.high))
-    )
-    if getattr(p, "log", False):
-        span = math.log(hi) - math.log(lo)
-        return (math.log(pr.mean) - math.log(lo)) / span, (
-            math.log(pr.mean + pr.std) - math.log(pr.mean)
-        ) / span
-    return (pr.mean - lo) / (hi - lo), pr.std / (hi - lo)
 
 
 def make_space() -> SearchSpace:
@@ -234,9 +218,9 @@ def test_parse_priors_intervals_log_and_clamps():
     assert math.isclose(by["lr"].mean, 1e-3, rel_tol=1e-9)
     # in the unit encoding (bbo.priors), no LLM prior is sharper than MIN_PRIOR_STD of the range
     for name in ("lr", "layers", "batch"):
-        mu, sd = _unit_normal(space, by[name])
+        mu, sd = unit_normal(space, by[name])
         assert sd >= MIN_PRIOR_STD - 1e-9, (name, sd)
-    mu, sd = _unit_normal(space, by["lr"])
+    mu, sd = unit_normal(space, by["lr"])
     assert math.isclose(mu, 0.5, abs_tol=1e-9)  # 1e-3 is the log-midpoint of [1e-5, 1e-1]
     probs = by["opt"].probabilities
     assert math.isclose(sum(probs.values()), 1.0) and probs["adam"] > probs["sgd"] > 0
@@ -250,6 +234,21 @@ def test_parse_priors_intervals_log_and_clamps():
     s2 = dataclasses.replace(spec, priors=merged)
     assert [p for p in s2.priors if p.parameter == "lr"][0].source == "user"
     assert len(s2.priors) == 4
+
+
+def test_an_llm_prior_on_a_grid_is_no_sharper_than_the_floor_where_the_model_reads_it():
+    """A grid encoded by position: the floor holds on the grid position, at the top of a geometric
+    grid too (a tenth of the value range there spans about half a tenth of the positions)."""
+    space = make_space()
+    for at in (16, 32, 64, 128):
+        ans = json.dumps({"batch": {"best_guess": at, "std": 0.001}})
+        out = parse_priors(ans, space)
+        (pr,) = out.priors
+        mu, sd = unit_normal(space, pr)
+        assert pr.mean == at and math.isclose(mu, space.unit(space.by_name["batch"], at))
+        assert sd >= MIN_PRIOR_STD - 1e-9, (at, sd)
+        if at == 128:  # the value range's tenth spans 0.058 of the grid here: widened to 0.1
+            assert math.isclose(sd, MIN_PRIOR_STD) and any("of the grid" in i for i in out.issues)
 
 
 def test_parse_priors_list_form_and_std():

@@ -296,7 +296,7 @@ def test_a_location_prior_reads_back_where_it_was_placed():
     """The location prior is placed in the encoding and written in each parameter's own units;
     bbo.priors maps it back onto the same column position and spread (log floats, ints, a grid
     by position)."""
-    from bbo.priors import _unit_normal, prior_in_units
+    from bbo.priors import prior_in_units, unit_normal
     from bbo.spec import ParameterPrior
 
     space = SearchSpace(
@@ -309,7 +309,7 @@ def test_a_location_prior_reads_back_where_it_was_placed():
     for name, u, sd in [("rho", 0.62, 0.05), ("k", 0.3, 0.2), ("batch", 0.75, 0.1)]:
         prm = space.by_name[name]
         mean, std = prior_in_units(space, prm, u, sd)
-        mu, back = _unit_normal(space, ParameterPrior(name, mean, std))
+        mu, back = unit_normal(space, ParameterPrior(name, mean, std))
         assert mu == pytest.approx(u) and (name == "batch" or back == pytest.approx(sd))
     assert prior_in_units(space, space.by_name["batch"], 0.75, 0.1)[0] == 128
 

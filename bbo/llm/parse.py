@@ -25,10 +25,11 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bbo.errors import SpecError
+from bbo.priors import unit_normal
 from bbo.space import CategoricalParam, FixedParam, IntParam, OrdinalParam, SearchSpace, Value
 from bbo.spec import ParameterPrior
 
@@ -38,7 +39,7 @@ CLIP_TOLERANCE = (
 PRIOR_MEAN_TOLERANCE = (
     0.10  # a prior's location may sit this far outside the range before it is rejected
 )
-MIN_PRIOR_STD = 0.10  # fraction of the range: no LLM prior is sharper than this
+MIN_PRIOR_STD = 0.10  # fraction of the range (of the positions, on a grid encoded by position): no LLM prior is sharper
 MAX_PRIOR_STD = 1.0  # ... or wider than this (wider is flat anyway)
 DEFAULT_PRIOR_CONFIDENCE = 0.3  # when the model gives none
 MIN_PRIOR_CONFIDENCE = 0.05
@@ -546,6 +547,21 @@ def _numeric_prior(p, d: Mapping[str, Any], cap: float, issues: list[str]) -> Pa
     )
 
 
+def _grid_floor(
+    space: SearchSpace, p: OrdinalParam, pr: ParameterPrior, issues: list[str]
+) -> ParameterPrior:
+    """A grid encoded by position (:attr:`bbo.space.SearchSpace.by_rank`): the prior acts on the
+    grid position, so the spread floor :data:`MIN_PRIOR_STD` holds there too (a std of a tenth of
+    the value range spans less than that on a geometric grid's upper steps)."""
+    mu, sd = unit_normal(space, pr)
+    if sd >= MIN_PRIOR_STD or pr.mean is None:
+        return pr
+    u = mu + MIN_PRIOR_STD if mu + MIN_PRIOR_STD <= 1.0 else mu - MIN_PRIOR_STD
+    std = abs(p.rank_value(u) - float(pr.mean))
+    issues.append(f"prior on '{p.name}': spread widened to {MIN_PRIOR_STD:g} of the grid")
+    return replace(pr, std=std)
+
+
 def _categorical_prior(
     p: CategoricalParam, d: Mapping[str, Any], cap: float, issues: list[str]
 ) -> ParameterPrior | None:
@@ -621,6 +637,8 @@ def parse_priors(text: str, space: SearchSpace, *, confidence_cap: float = 0.5) 
             if isinstance(p, CategoricalParam)
             else _numeric_prior(p, d, confidence_cap, out.issues)
         )
+        if pr is not None and isinstance(p, OrdinalParam) and p.name in space.by_rank:
+            pr = _grid_floor(space, p, pr, out.issues)
         if pr is not None:
             out.priors.append(pr)
     known = {_norm_key(p.name) for p in space.free}
