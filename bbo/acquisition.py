@@ -14,7 +14,9 @@
   constraints, with a reference point from ``algorithm.reference_point`` where given and otherwise
   inferred from the observed feasible Pareto front (nadir minus 10 % of its range, maximization form).
 * Priors (:mod:`bbo.priors`): ``PriorGuidedAcquisitionFunction(log=True)`` adds
-  ``beta / n * log prior(x)`` to each MC sample of the log-acquisition before reduction (piBO).
+  ``beta / n * log prior(x)`` to each MC sample of the log-acquisition before reduction (piBO);
+  on the marginals, where that is the same sum after reduction,
+  :class:`~bbo.closed_form.MarginalPriorGuided` adds it in closed form.
   qLogNEHVI does not reduce over MC samples the way that class needs for pending points, so there
   the same weighting is added to the reduced value by :class:`AdditiveLogPrior`.
 * Optimization (q = 1 per call; the strategy does sequential greedy batches via ``X_pending``):
@@ -49,7 +51,13 @@ from botorch.utils.multi_objective.pareto import is_non_dominated
 from botorch.utils.transforms import t_batch_mode_transform
 
 from bbo import discrete_search
-from bbo.closed_form import MC_SAMPLES, LinearConstraint, MarginalLogEI, gen_candidates
+from bbo.closed_form import (
+    MC_SAMPLES,
+    LinearConstraint,
+    MarginalLogEI,
+    MarginalPriorGuided,
+    gen_candidates,
+)
 from bbo.device import Placement
 from bbo.priors import LogPrior
 from bbo.space import SearchSpace
@@ -290,7 +298,7 @@ def marginal_acquisition(
         augmented=None if noise is None else (j, float(noise[j])),
     )
     if prior is not None and not prior.empty and prior_exponent > 0:
-        return PriorGuidedAcquisitionFunction(acqf, prior, log=True, prior_exponent=prior_exponent)
+        return MarginalPriorGuided(acqf, prior, prior_exponent)
     return acqf
 
 

@@ -281,9 +281,38 @@ LBFGSB_OPTIONS = ("maxiter", "pgtol", "factr", "ftol", "maxls", "tol")
 IGNORED_OPTIONS = ("batch_limit", "init_batch_limit", "max_optimization_problem_aggregation_size")
 
 
+class MarginalPriorGuided(AcquisitionFunction):
+    """piBO's log form for a one-point acquisition on marginals (Hvarfner et al. 2022):
+    ``acqf(X) + exponent * log prior(x)``, what BoTorch's ``PriorGuidedAcquisitionFunction(
+    log=True)`` computes for q = 1, but through the wrapped function's own forward (augmented
+    EI's factor included, which that class skips by reading its Monte Carlo samples) and in closed
+    form where the wrapped function has one (``prior``: a :class:`bbo.priors.LogPrior`)."""
+
+    def __init__(self, acq_function: MarginalLogEI, prior, exponent: float):
+        super().__init__(model=acq_function.model)
+        self.acq_func, self.prior, self.exponent = acq_function, prior, float(exponent)
+        self.X_pending: torch.Tensor | None = None  # one point alone (pending ones: the joint form)
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        X = X if X.dim() > 2 else X.unsqueeze(0)
+        if closed_form_of(self) is not None and X.device.type == "cpu" and X.dtype == torch.float64:
+            return _ClosedForm.apply(X, self)
+        return self.acq_func(X) + self.exponent * self.prior(X).sum(-1)
+
+    def closed_form(self, x: np.ndarray, grad: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        val, g = self.acq_func.closed_form(x, grad)
+        pv, pg = self.prior.closed_form(x, grad)
+        if g is not None and pg is not None:
+            g = g + self.exponent * pg
+        return val + self.exponent * pv, g
+
+
 def closed_form_of(acqf) -> Any | None:
     """``acqf.closed_form`` where ``acqf`` evaluates through it (CPU, float64, q = 1, no pending
     points), else None."""
+    if isinstance(acqf, MarginalPriorGuided):
+        inner = closed_form_of(acqf.acq_func)
+        return acqf.closed_form if inner is not None and acqf.X_pending is None else None
     if isinstance(acqf, MarginalLogEI):
         return acqf.closed_form if acqf.X_pending is None and acqf._closed_form() else None
     return acqf.closed_form if isinstance(acqf, MarginalExpectedObjective) else None

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from scipy.special import expit
 
 from bbo.device import Placement
 from bbo.space import CategoricalParam, FixedParam, OrdinalParam, SearchSpace
@@ -149,6 +150,25 @@ class LogPrior(torch.nn.Module):
             idx = X[..., c].round().clamp(0, len(table) - 1).long()
             out = out + w * table[idx]
         return out
+
+    def closed_form(self, x: np.ndarray, grad: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`forward` at ``x`` (b x d) in NumPy and, with ``grad``, its gradient (b x d;
+        categorical columns have none, as under autograd): for
+        :class:`bbo.closed_form.MarginalPriorGuided`."""
+        out = np.zeros(len(x))
+        g = np.zeros_like(x) if grad else None
+        keep, floor = math.log(1 - FLOOR), math.log(FLOOR)
+        for c, mu, sd, log_z, w in self.numeric:
+            z = (x[:, c] - mu) / sd
+            log_n = -0.5 * z * z - math.log(sd) - 0.5 * math.log(2 * math.pi) - log_z
+            out += w * np.logaddexp(log_n + keep, floor)
+            if g is not None:  # d logaddexp(a, b) / da = sigmoid(a - b); d log_n / dx = -z / sd
+                g[:, c] += w * expit(log_n + keep - floor) * (-z / sd)
+        for c, table, w in self.categorical:
+            t = table.detach().cpu().numpy()
+            idx = np.clip(np.round(x[:, c]), 0, len(t) - 1).astype(int)
+            out += w * t[idx]
+        return out, g
 
 
 def agrees_with_data(log_density: np.ndarray, score: np.ndarray) -> bool:

@@ -217,6 +217,49 @@ def test_the_closed_form_log_ei_matches_autograd(space, m):
     assert ((g1 - g0).abs() <= 1e-6 * scale).all(), (g1 - g0).abs().max()
 
 
+@pytest.mark.parametrize("space", [CONT, MIXED], ids=["cont", "mixed"])
+def test_prior_guided_log_ei_in_closed_form_is_botorchs_pibo(space):
+    """piBO on the marginals (MarginalPriorGuided, numeric and categorical priors): the closed
+    form's value and gradient equal BoTorch's PriorGuidedAcquisitionFunction(log=True) over the
+    same MarginalLogEI through autograd."""
+    from botorch.acquisition.prior_guided import PriorGuidedAcquisitionFunction
+
+    from bbo.acquisition import MarginalLogEI
+    from bbo.closed_form import MarginalPriorGuided, closed_form_of
+    from bbo.priors import LogPrior
+    from bbo.spec import ParameterPrior
+
+    _, info, rng = fitted(space, 1)
+    cp = info.predictive
+    first = space.free[0].name
+    priors = [ParameterPrior(first, 0.3, 0.1, confidence=0.8)]
+    if space is MIXED:
+        priors += [
+            ParameterPrior("k", 2.0, 1.5),
+            ParameterPrior("c", probabilities={"q": 0.7, "r": 0.3}),
+        ]
+    prior = LogPrior(space, priors, select_device("cpu"))
+    X = torch.tensor(_points(space, rng, 8)).unsqueeze(-2).requires_grad_(True)
+
+    def log_ei():
+        return MarginalLogEI(
+            cp,
+            best_f=0.3,
+            sampler=SobolQMCNormalSampler(sample_shape=torch.Size([128]), seed=5),
+            objective=LinearMCObjective(-torch.eye(1, dtype=torch.float64)[0]),
+        )
+
+    ours = MarginalPriorGuided(log_ei(), prior, 0.75)
+    theirs = PriorGuidedAcquisitionFunction(log_ei(), prior, log=True, prior_exponent=0.75)
+    assert closed_form_of(ours) is not None
+    v0, v1 = theirs(X), ours(X)
+    (g0,) = torch.autograd.grad(v0.sum(), X)
+    (g1,) = torch.autograd.grad(v1.sum(), X)
+    assert torch.allclose(v1, v0, rtol=1e-8, atol=1e-8)
+    scale = g0.abs().amax(-1, keepdim=True) + 1e-8
+    assert ((g1 - g0).abs() <= 1e-6 * scale).all(), (g1 - g0).abs().max()
+
+
 def test_augmented_log_ei_adds_the_noise_factor_in_closed_form_and_through_autograd():
     """Augmented EI (a noisy objective): log EI plus log(1 - sqrt(noise / (var + noise))), the
     same in the closed form (value and gradient) as through autograd on the marginals; lowest
