@@ -291,7 +291,7 @@ class MarginalPriorGuided(AcquisitionFunction):
     def __init__(self, acq_function: MarginalLogEI, prior, exponent: float):
         super().__init__(model=acq_function.model)
         self.acq_func, self.prior, self.exponent = acq_function, prior, float(exponent)
-        self.X_pending: torch.Tensor | None = None  # one point alone (pending ones: the joint form)
+        self.set_X_pending(None)  # one point alone (pending ones take the joint form)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         X = X if X.dim() > 2 else X.unsqueeze(0)

@@ -293,6 +293,15 @@ def test_augmented_log_ei_adds_the_noise_factor_in_closed_form_and_through_autog
     (g,) = torch.autograd.grad(v.sum(), Xf)
     assert np.allclose(v.detach().numpy(), val, rtol=1e-8, atol=1e-8)
     assert np.allclose(g.reshape(len(pts), -1).numpy(), grad, rtol=1e-6, atol=1e-6)
+    # under a prior (piBO) the factor stays: prior-guided augmented = prior-guided plain + factor
+    from bbo.closed_form import MarginalPriorGuided
+    from bbo.priors import LogPrior
+    from bbo.spec import ParameterPrior
+
+    prior = LogPrior(CONT, [ParameterPrior("x0", 0.3, 0.1)], select_device("cpu"))
+    guided_plain = MarginalPriorGuided(acqf(None), prior, 0.5)
+    guided_aug = MarginalPriorGuided(acqf((1, noise)), prior, 0.5)
+    assert torch.allclose(guided_aug(X), guided_plain(X) + factor, rtol=1e-10, atol=1e-10)
 
 
 def test_the_strategys_augmented_ei_uses_the_fitted_noise_and_none_without_it(monkeypatch):
