@@ -14,7 +14,8 @@ acknowledged is missed, whatever order concurrent writers finish in). On a share
 (PostgreSQL) other replicas write too: a study's values are stamped with the database's clock in
 commit order, each later than the study's last even where that clock steps back
 (:meth:`bbo.storage.sql.SqlStorage._report_time`), so each decision reads the values stored since
-the newest stamp seen (less :data:`CLOCK_MARGIN`), and the trials they belong to are re-summarized. The first decision, after a restart too, reads the study's curves once.
+the newest stamp seen (less :data:`CLOCK_MARGIN`), and the trials they belong to are
+re-summarized. The first decision, after a restart too, reads the study's curves once.
 """
 
 from __future__ import annotations

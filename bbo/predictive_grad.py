@@ -92,12 +92,14 @@ class MarginalGradients:
         if dK is not None:
             dmean = np.stack([self._alpha[j] @ dK[j] for j in range(self.m)], axis=1) / self._coef
             dmean *= self._scale[:, None]
-        if self._prior_mean is not None:
-            pm, dpm = self._prior_mean(x, grad)
-            mean = mean + pm
-            if dmean is not None and dpm is not None:
-                dmean = dmean + dpm
-        return mean, dmean
+        return self._with_prior_mean(x, mean, dmean)
+
+    def _with_prior_mean(self, x: np.ndarray, mean: np.ndarray, dmean: np.ndarray | None):
+        """``mean`` (and ``dmean``) plus the prior mean's, where there is one."""
+        if self._prior_mean is None:
+            return mean, dmean
+        pm, dpm = self._prior_mean(x, dmean is not None)
+        return mean + pm, (dmean + dpm if dmean is not None and dpm is not None else dmean)
 
     def __call__(self, x: np.ndarray, grad: bool = False):
         """``x`` (b x d, the model's input space) -> mean, variance (b x m, outcome units) and,
@@ -123,11 +125,7 @@ class MarginalGradients:
         if dmean is not None and dvar is not None:
             dmean *= self._scale[:, None]
             dvar *= (self._scale**2)[:, None]
-        if self._prior_mean is not None:
-            pm, dpm = self._prior_mean(x, grad)
-            mean = mean + pm
-            if dmean is not None and dpm is not None:
-                dmean = dmean + dpm
+        mean, dmean = self._with_prior_mean(x, mean, dmean)
         return mean, var, dmean, dvar
 
 
