@@ -57,7 +57,7 @@ from bbo.design import Region
 from bbo.predictive import CachedPredictive
 from bbo.predictive_grad import MarginalGradients, marginal_gradients
 from bbo.priors import prior_in_units
-from bbo.space import CategoricalParam, FixedParam, SearchSpace
+from bbo.space import CategoricalParam, SearchSpace
 from bbo.spec import AlgorithmOptions, ParameterPrior
 from bbo.strategy.base import Suggestion
 from bbo.strategy.context import Context
@@ -457,9 +457,7 @@ class Transfer:
             return ()
         space = self.ctx.spec.space
         out = []
-        for i, prm in enumerate(space.params):
-            if isinstance(prm, FixedParam):
-                continue
+        for i, prm in enumerate(space.free):  # the encoding's columns: fixed ones have none
             if isinstance(prm, CategoricalParam):
                 choice = prm.choices[int(round(float(best[i])))]
                 out.append(ParameterPrior(prm.name, probabilities={choice: 1.0}, source="transfer"))

@@ -246,11 +246,14 @@ def test_a_quantized_sources_best_point_is_a_location_prior_while_it_outweighs_t
     agree with lends its best point as a piBO prior (spread: half its good region's width per
     parameter) and the step stays a transfer step. None from the same source unrounded (a smooth
     response: the stacked model carries its optimum), nor from a misleading source that lost its
-    weight to the target's own model."""
+    weight to the target's own model. A fixed parameter listed first has no column: the prior
+    reads each free parameter's own."""
     from bbo.strategy import GenerationStrategy
     from bbo.transfer_model import MIN_PRIOR_SD
 
-    space = SearchSpace((FloatParam("x", 0.0, 1.0), FloatParam("z", 0.0, 1.0)))
+    space = SearchSpace(
+        (FixedParam("solver", "lbfgs"), FloatParam("x", 0.0, 1.0), FloatParam("z", 0.0, 1.0))
+    )
     src_points = grid_points(25, seed=1)
 
     def run(name, fn):
