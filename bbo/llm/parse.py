@@ -553,8 +553,9 @@ def _grid_floor(
     """A grid encoded by position (:attr:`bbo.space.SearchSpace.by_rank`): the prior acts on the
     grid position, so the spread floor :data:`MIN_PRIOR_STD` holds there too (a std of a tenth of
     the value range spans less than that on a geometric grid's upper steps)."""
+    assert pr.mean is not None  # a numeric prior (_numeric_prior) always has one
     mu, sd = unit_normal(space, pr)
-    if sd >= MIN_PRIOR_STD or pr.mean is None:
+    if sd >= MIN_PRIOR_STD:
         return pr
     u = mu + MIN_PRIOR_STD if mu + MIN_PRIOR_STD <= 1.0 else mu - MIN_PRIOR_STD
     std = abs(p.rank_value(u) - float(pr.mean))
