@@ -64,14 +64,22 @@ def unit_normal(space: SearchSpace, pr: ParameterPrior) -> tuple[float, float]:
 
 def prior_in_units(space: SearchSpace, p, u: float, sd: float) -> tuple[float, float]:
     """A numeric prior's (mean, std) in parameter ``p``'s own units from its position ``u`` and
-    spread ``sd`` in the unit column: the inverse of :func:`unit_normal` (a grid encoded by
-    position takes the value nearest ``u``)."""
+    spread ``sd`` in the unit column: the inverse of :func:`unit_normal`. A grid encoded by
+    position takes the value nearest ``u`` and the std whose nearer reach within the grid is
+    ``sd`` positions away, so that the wider side :func:`unit_normal` reads is ``sd`` (a spread
+    past both ends of the grid gets its whole range)."""
     u = min(max(u, 0.0), 1.0)
     if isinstance(p, OrdinalParam):
         vals = [float(v) for v in p.values]
         if p.name in space.by_rank:
-            k = int(round(u * (len(vals) - 1)))
-            return vals[k], max(sd * (vals[-1] - vals[0]), 1e-12)
+            mean = vals[int(round(u * (len(vals) - 1)))]
+            mu = space.unit(p, mean)
+            reach = [
+                abs(p.rank_value(mu + side * sd) - mean)
+                for side in (1.0, -1.0)
+                if 0.0 <= mu + side * sd <= 1.0
+            ]
+            return mean, max(min(reach) if reach else vals[-1] - vals[0], 1e-12)
         lo, hi = vals[0], vals[-1]
         return lo + u * (hi - lo), sd * (hi - lo)
     lo, hi = float(p.low), float(p.high)

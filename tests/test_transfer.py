@@ -297,7 +297,7 @@ def test_a_quantized_sources_best_point_is_a_location_prior_while_it_outweighs_t
 
 def test_a_location_prior_reads_back_where_it_was_placed():
     """The location prior is placed in the encoding and written in each parameter's own units;
-    bbo.priors maps it back onto the same column position and spread (log floats, ints, a grid
+    bbo.priors maps it back onto the same column position and spread (log floats, ints, grids
     by position)."""
     from bbo.priors import prior_in_units, unit_normal
     from bbo.spec import ParameterPrior
@@ -307,14 +307,21 @@ def test_a_location_prior_reads_back_where_it_was_placed():
             FloatParam("rho", 1e-3, 1e3, log=True),
             IntParam("k", 1, 50),
             OrdinalParam("batch", (16, 32, 64, 128, 256)),
+            OrdinalParam("depth", (1, 2, 3, 5, 8, 13, 21)),
         )
     )
-    for name, u, sd in [("rho", 0.62, 0.05), ("k", 0.3, 0.2), ("batch", 0.75, 0.1)]:
+    cases = [("rho", 0.62, 0.05), ("k", 0.3, 0.2)]
+    # a grid read by position: inside, at either end (one side reaches), across uneven steps
+    cases += [("batch", 0.75, 0.1), ("batch", 1.0, 0.3), ("batch", 0.0, 0.05), ("depth", 0.5, 0.4)]
+    for name, u, sd in cases:
         prm = space.by_name[name]
         mean, std = prior_in_units(space, prm, u, sd)
         mu, back = unit_normal(space, ParameterPrior(name, mean, std))
-        assert mu == pytest.approx(u) and (name == "batch" or back == pytest.approx(sd))
+        assert mu == pytest.approx(u) and back == pytest.approx(sd), (name, u, sd)
     assert prior_in_units(space, space.by_name["batch"], 0.75, 0.1)[0] == 128
+    # a spread past both ends of the grid: its whole range, read back as far as the grid goes
+    mean, std = prior_in_units(space, space.by_name["depth"], 0.5, 0.9)
+    assert std == 20 and unit_normal(space, ParameterPrior("depth", mean, std))[1] == 0.5
 
 
 def test_a_lone_source_is_scaled_on_the_targets_better_points():
