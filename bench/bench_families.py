@@ -14,7 +14,9 @@ seed, ties sharing), the mean best observed (noisy) value, the true value of the
 point, and the median time per ask.
 
 bbo's runs can carry a tag (``--tag before``, ``--tag after``): they are stored as ``bbo@TAG`` and
-shown beside the peers' runs, which are stored once and reused (``--resume``).
+shown beside the peers' runs, which are stored once and reused (``--resume``). Where the peers'
+runs are not at hand, ``--against results/families_<family>.json`` ranks a tagged engine with
+the peers of a stored summary and pairs it with that summary's bbo, seed by seed (:func:`against`).
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python bench/bench_families.py --family noisy --seeds 5 \\
         --workers 2 --resume --tag before
@@ -249,6 +251,39 @@ def summarize(runs: dict, problems: list[str], labels: list[str], seeds: list[in
     return table
 
 
+def against(stored: dict, runs: dict, label: str) -> dict:
+    """``label``'s runs (a tagged bbo) beside a stored summary (``families_<family>.json``'s
+    ``table``) on the problems and seeds both have, so that an engine change is measured without
+    rerunning the peers (same seeds, same noise sequences): the mean rank by the true value of the
+    reported point with ``label`` in bbo's place, and the paired delta against the stored bbo's
+    runs, each normalized by the problem's sd over every stored method's values (mean and
+    standard error; negative is better)."""
+    ranks: dict[str, list[float]] = {}
+    deltas: dict[str, list[float]] = {}
+    for p, entry in stored["problems"].items():
+        methods = entry["methods"]
+        values = [v for m in methods.values() for v in m["reported_true"] if v is not None]
+        sd = statistics.pstdev(values) if len(values) > 1 else 0.0
+        for k, s in enumerate(entry["seeds"]):
+            r = runs.get((p, label, s))
+            if r is None:
+                continue
+            vals = {m: methods[m]["reported_true"][k] for m in methods}
+            base, vals["bbo"] = vals.get("bbo"), r["reported_true"]
+            for m, rank in _ranks(vals).items():
+                ranks.setdefault(m, []).append(rank)
+            if base is not None and r["reported_true"] is not None and sd > 0:
+                deltas.setdefault(p, []).append((r["reported_true"] - base) / sd)
+    every = [d for ds in deltas.values() for d in ds]
+    return {
+        "runs": len(ranks.get("bbo", [])),
+        "mean_rank": {m: _mean(v) for m, v in ranks.items()},
+        "delta": _mean(every),
+        "delta_se": statistics.stdev(every) / math.sqrt(len(every)) if len(every) > 1 else None,
+        "delta_by_problem": {p: _mean(ds) for p, ds in deltas.items()},
+    }
+
+
 def _estimate_errors(rs: list[dict]) -> dict:
     """How near the true value of the reported point the method's estimate of it comes, against
     that point's own measurement (runs with an estimate and a feasible truth)."""
@@ -415,6 +450,12 @@ def main(argv=None):
     ap.add_argument("--report-only", action="store_true", help="only tabulate stored runs")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 cheap problems, 1 seed")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument(
+        "--against",
+        default="",
+        help="a stored families_<family>.json: each tagged bbo's runs ranked with its peers "
+        "and paired against its bbo (one family)",
+    )
     args = ap.parse_args(argv)
     if args.undeclared and not args.tag:  # else they would be stored, and resumed, as declared
         ap.error("--undeclared runs need a --tag (e.g. --tag auto)")
@@ -477,6 +518,11 @@ def main(argv=None):
             traceback.print_exc()
         docs[fam] = table
         print(md, flush=True)
+        if args.against:
+            with open(args.against) as fh:
+                summary = json.load(fh)["table"]
+            for lab in (m for m in labels if m.startswith("bbo@")):
+                print(f"{lab} against {args.against}:", json.dumps(against(summary, stored, lab)))
     return docs
 
 
