@@ -3,16 +3,8 @@ and paired with its bbo, seed by seed (how the noisy families' "tried" rows are 
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
-
-sys.path.insert(
-    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
-)
-
-from bench_families import against  # noqa: E402
+from bench_families import against  # bench/ is on pytest's pythonpath (pyproject.toml)
 
 
 def test_against_ranks_with_the_stored_peers_and_pairs_with_the_stored_bbo():
