@@ -23,7 +23,7 @@ from bbo.space import (
     OrdinalParam,
     SearchSpace,
 )
-from bbo.spec import AlgorithmOptions, Objective, OutcomeConstraint, StudySpec
+from bbo.spec import MAXIMIZE, MINIMIZE, AlgorithmOptions, Objective, OutcomeConstraint, StudySpec
 from bbo.strategy import GenerationStrategy
 from bbo.strategy.noise import NoiseEstimate, replicate_sd
 from bbo.surrogate import Surrogate
@@ -610,3 +610,28 @@ def test_a_few_points_of_a_smooth_function_are_not_taken_for_noise():
     assert sug.origin == Origin.BO.value, (sug.origin, sug.reason)
     rec = strategy.recommend(trials)
     assert rec is None or rec.trial_id == 2  # the best observed trial
+
+
+def test_a_maximized_objective_is_handled_as_the_negated_minimized_one():
+    """Declared noisy, maximizing -f asks the points and reports the trial that minimizing f
+    does, with the estimate negated: the warp, augmented EI and the recommendation all work in
+    the maximization form (users maximize accuracy as often as they minimize an error)."""
+    torch.set_num_threads(1)
+    xs, ys = _noisy_data()
+    runs = []
+    for goal, sign in ((MINIMIZE, 1.0), (MAXIMIZE, -1.0)):
+        spec = StudySpec(
+            UNIT1,
+            (Objective("f", goal, noise="noisy"),),
+            algorithm=AlgorithmOptions(seed=1, n_initial=4),
+        )
+        gs = GenerationStrategy(spec)
+        trials = _trials(xs, [sign * y for y in ys])
+        points = [s.params["x"] for s in gs.suggest(trials, 2)]
+        rec = gs.recommend(trials)
+        assert rec is not None and rec.estimate is not None
+        runs.append((points, rec.trial_id, sign * np.array(rec.estimate)))
+    (p_min, id_min, e_min), (p_max, id_max, e_max) = runs
+    assert id_min == id_max
+    np.testing.assert_allclose(p_min, p_max, atol=1e-3)  # the optimizer's own tolerance
+    np.testing.assert_allclose(e_min, e_max[[0, 2, 1]], rtol=1e-9, atol=1e-12)
