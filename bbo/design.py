@@ -104,7 +104,7 @@ def _terms(idx: list[int], coef: list[float]) -> tuple[tuple[int, float], ...]:
     return tuple(sorted(zip(idx, coef)))
 
 
-def _split_equalities(cons: list[Constraint]) -> tuple[list[Constraint], list[Constraint]]:
+def split_equalities(cons: list[Constraint]) -> tuple[list[Constraint], list[Constraint]]:
     """``(inequalities, equalities)``: a pair ``a.x >= r`` and ``-a.x >= -r`` (a user's
     ``a.x <= b`` beside ``-a.x <= -b``, e.g. weights that sum to one) is the equality ``a.x = r``,
     which leaves the polytope no interior for hit-and-run to walk in."""
@@ -121,28 +121,24 @@ def _split_equalities(cons: list[Constraint]) -> tuple[list[Constraint], list[Co
 
 def polytope_samples(space: SearchSpace, n: int, seed: int) -> list[dict[str, Value]]:
     """Uniform-ish feasible points by hit-and-run inside the constraint polytope (BoTorch); where
-    constraints pair up into equalities (:func:`_split_equalities`), within their hyperplane."""
+    constraints pair up into equalities (:func:`split_equalities`), within their hyperplane."""
     import torch
     from botorch.exceptions.errors import InfeasibilityError
     from botorch.utils.sampling import get_polytope_samples
 
-    def as_torch(cons: list[Constraint]) -> list | None:
-        return [
-            (torch.tensor(i, dtype=torch.long), torch.tensor(c, dtype=torch.double), float(r))
-            for i, c, r in cons
-        ] or None
+    from bbo.acquisition import Polytope
+    from bbo.device import Placement
 
-    ineq, eq = (as_torch(c) for c in _split_equalities(space.inequality_constraints()))
-    box = torch.tensor(space.bounds(), dtype=torch.double)
+    polytope = Polytope.of(space, Placement(torch.device("cpu"), torch.double))
     out: list[dict[str, Value]] = []
     attempt = 0
-    while len(out) < n and attempt < 20:
+    while polytope is not None and len(out) < n and attempt < 20:
         try:
             xs = get_polytope_samples(
                 n=4 * n,
-                bounds=box,
-                inequality_constraints=ineq,
-                equality_constraints=eq,
+                bounds=polytope.bounds,
+                inequality_constraints=polytope.ineq,
+                equality_constraints=polytope.eq,
                 seed=seed + attempt,
                 n_thinning=16,
             )

@@ -231,7 +231,7 @@ class CachedPredictive(Model):
             if not compare:
                 return
             post = self._gp.posterior(X)
-        want_m, want_v = post.mean, post.variance.clamp_min(0.0)
+            want_m, want_v = post.mean, post.variance.clamp_min(0.0)  # gpytorch warns below 0
         tol_m = CHECK_RTOL * (1.0 + want_m.abs())
         tol_v = CHECK_RTOL * (want_v.abs() + self._var_scale())
         if not ((mean - want_m).abs() <= tol_m).all() or not ((var - want_v).abs() <= tol_v).all():

@@ -73,7 +73,7 @@ def regret_run(problem_name: str, method: str, seed: int, budget: int, device: s
         ask_s.append(time.perf_counter() - t0)
         y = prob.evaluate(p)
         m.tell(p, y)
-        if prob.feasible(y):
+        if prob.feasible(y, p):
             best = min(best, y["f"])
         curve.append(best - prob.optimum if math.isfinite(best) else None)
     return {
@@ -434,7 +434,9 @@ def main(argv=None):
     )
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--budget", type=int, default=50)
-    ap.add_argument("--problems", default="branin,hartmann6,hartmann6_con,levy10,mixed")
+    ap.add_argument(
+        "--problems", default="branin,hartmann6,hartmann6_con,hartmann6_lin,levy10,mixed"
+    )
     ap.add_argument("--methods", default="bbo,ax,optuna_gp,optuna_tpe,random")
     ap.add_argument("--latency-sizes", default="20,100,300,1000")
     ap.add_argument(

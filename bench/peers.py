@@ -3,7 +3,8 @@
 
 Every adapter offers ``ask() -> params``, ``tell(params, metrics)`` and ``load(history)`` (bulk-add
 completed trials without asking, for latency measurements at a given history size). All minimize
-``f``; a problem's constraint metric ``c <= 0`` is passed to each method in its own convention.
+``f``; a problem's constraint metric ``c <= 0`` and linear parameter constraints are passed to each
+method in its own convention.
 """
 
 from __future__ import annotations
@@ -137,7 +138,8 @@ class _Optuna(Method):
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warnings.filterwarnings("ignore", module="optuna")
-        cf = (lambda ft: ft.user_attrs["c"]) if _constraints(problem) else None
+        constrained = _constraints(problem) or problem.space.constraints
+        cf = (lambda ft: ft.user_attrs["c"]) if constrained else None
         self.study = optuna.create_study(direction="minimize", sampler=self._sampler(cf))
         self.dists = _optuna_dists(problem.space)
         self._last = None
@@ -147,18 +149,20 @@ class _Optuna(Method):
         self._last = t
         return dict(t.params)
 
-    def _slack(self, metrics):
-        cons = _constraints(self.problem)
-        if not cons:
+    def _slack(self, metrics, params):
+        """Optuna's constraint values (feasible when <= 0): each outcome constraint's, then each
+        linear parameter constraint's (Optuna has none of its own, so it learns them as these)."""
+        cons, lin = _constraints(self.problem), self.problem.space.constraints
+        if not cons and not lin:
             return None
         return [
             metrics[c.metric] - c.bound if c.op == "<=" else c.bound - metrics[c.metric]
             for c in cons
-        ]
+        ] + [c.lhs(params) - c.bound for c in lin]
 
     def tell(self, params, metrics):
         t = self._last
-        slack = self._slack(metrics)
+        slack = self._slack(metrics, params)
         if slack is not None:
             t.set_user_attr("c", slack)
         self.study.tell(t, metrics["f"])
@@ -168,7 +172,7 @@ class _Optuna(Method):
 
         trials = []
         for p, m in history:
-            slack = self._slack(m)
+            slack = self._slack(m, p)
             trials.append(
                 optuna.trial.create_trial(
                     params=p,
@@ -233,7 +237,10 @@ class Ax(Method):
                     ChoiceParameterConfig(p.name, list(p.choices), "str", is_ordered=False)
                 )
         self.client = Client(random_seed=seed)
-        self.client.configure_experiment(parameters=params)
+        self.client.configure_experiment(
+            parameters=params,
+            parameter_constraints=[str(c) for c in problem.space.constraints] or None,
+        )
         cons = [f"{c.metric} {c.op} {c.bound}" for c in _constraints(problem)]
         self.client.configure_optimization(objective="-f", outcome_constraints=cons or None)
         self._last = None

@@ -15,7 +15,7 @@ import torch
 from botorch.test_functions import Branin, Hartmann
 
 from bbo.design import _to_box
-from bbo.space import CategoricalParam, FloatParam, IntParam, SearchSpace
+from bbo.space import CategoricalParam, FloatParam, IntParam, LinearConstraint, SearchSpace
 from bbo.spec import AlgorithmOptions, Objective, OutcomeConstraint, StudySpec
 
 _branin, _hartmann = Branin(), Hartmann(dim=6)
@@ -41,7 +41,11 @@ class Problem:
             algorithm=AlgorithmOptions(seed=seed, **algorithm),
         )
 
-    def feasible(self, metrics: dict) -> bool:
+    def feasible(self, metrics: dict, params: dict | None = None) -> bool:
+        """The outcome constraint holds and, given ``params``, the linear parameter constraints
+        (which a peer without them may have broken)."""
+        if params is not None and not self.space.is_feasible(params):
+            return False
         return self.constraint is None or self.constraint.satisfied(metrics[self.constraint.metric])
 
 
@@ -76,6 +80,29 @@ def hartmann6_constrained() -> Problem:
         return {"f": float(_hartmann(_t(x))), "c": float(np.linalg.norm(x) - 1.0)}
 
     return Problem("hartmann6_con", space, f, H6_OPT, OutcomeConstraint("c", "<=", 0.0))
+
+
+H6_SUM_BOUND = 2.0
+# on the face sum(x) = 2 (SLSQP from 300 starts, then BFGS within the face): the unconstrained
+# optimum's coordinates sum to 2.07, so this one lies on the constraint's face
+H6_LIN_OPT = -3.3075362992629893
+
+
+def hartmann6_linear() -> Problem:
+    """Hartmann6 under the linear parameter constraint ``sum(x) <= 2`` (8 % of the box): the
+    optimum is on the constraint's face, as a budget split's usually is. bbo and Ax take the
+    constraint with the space; Optuna learns it as an outcome constraint (its slack, known at the
+    ask); random search samples the polytope by rejection."""
+    space = SearchSpace(
+        tuple(FloatParam(n, 0.0, 1.0) for n in H6),
+        (LinearConstraint({n: 1.0 for n in H6}, H6_SUM_BOUND),),
+    )
+    return Problem(
+        "hartmann6_lin",
+        space,
+        lambda p: {"f": float(_hartmann(_t(p[n] for n in H6)))},
+        H6_LIN_OPT,
+    )
 
 
 def levy10() -> Problem:
@@ -130,11 +157,17 @@ ALL = {
     "branin": branin,
     "hartmann6": hartmann6,
     "hartmann6_con": hartmann6_constrained,
+    "hartmann6_lin": hartmann6_linear,
     "levy10": levy10,
     "mixed": mixed,
 }
 
 
 def random_params(space: SearchSpace, rng: np.random.Generator) -> dict:
-    """A uniform random point of the box (feasible: these problems have no parameter constraints)."""
-    return space.decode(_to_box(space, rng.random((1, space.dim)))[0])
+    """A uniform random point of the box, or of the polytope its linear constraints cut from it
+    (by rejection: a random search's user would not submit a point the constraints forbid)."""
+    for _ in range(10_000):
+        p = space.decode(_to_box(space, rng.random((1, space.dim)))[0])
+        if space.is_feasible(p):
+            return p
+    raise RuntimeError("no feasible point in 10,000 uniform draws")

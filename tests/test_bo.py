@@ -171,6 +171,54 @@ def test_parameter_constraints_never_violated_int_and_float():
     assert any(t.origin == Origin.BO.value for t in trials)
 
 
+def test_raw_samples_under_linear_constraints_are_uniform_on_the_polytope():
+    from bbo.acquisition import Polytope
+    from bbo.device import Placement
+
+    cpu = Placement(torch.device("cpu"))
+    le_one = LinearConstraint({"a": 1.0, "b": 1.0}, 1.0)
+    X = Polytope.of(SearchSpace(UNIT2.params, (le_one,)), cpu).sobol(2000, seed=0)
+    assert X.shape == (2000, 2) and bool((X.sum(-1) <= 1.0).all())
+    # a + b <= 1: three quarters of the triangle's area has a < 1/2
+    assert float((X[:, 0] < 0.5).double().mean()) == pytest.approx(0.75, abs=0.02)
+    # a + b = 1 (a pair of inequalities): points on the line, spread along all of it
+    eq = Polytope.of(
+        SearchSpace(UNIT2.params, (le_one, LinearConstraint({"a": -1, "b": -1}, -1))), cpu
+    )
+    assert eq.ineq is None and len(eq.eq) == 1
+    X = eq.sobol(500, seed=0)
+    assert X.shape == (500, 2) and float((X.sum(-1) - 1).abs().max()) < 1e-12
+    assert float(X[:, 0].min()) < 0.05 and float(X[:, 0].max()) > 0.95
+    # a sliver of the box (a + b <= 1e-3): too few Sobol points land in it to sample by rejection
+    sliver = SearchSpace(UNIT2.params, (LinearConstraint({"a": 1.0, "b": 1.0}, 1e-3),))
+    assert Polytope.of(sliver, cpu).sobol(16, seed=0) is None
+
+
+@pytest.mark.parametrize("kind", ["half", "equality", "sliver"])
+def test_hit_and_run_samples_only_a_polytope_without_room(monkeypatch, kind):
+    """BoTorch's hit-and-run chain (seconds of Python per ask) samples the optimizer's raw points
+    only where too few Sobol points land inside: a sliver of the box, not a half of it or an
+    equality's line."""
+    import botorch.optim.initializers as init
+
+    calls, chain = [], init.sample_q_batches_from_polytope
+    monkeypatch.setattr(
+        init, "sample_q_batches_from_polytope", lambda *a, **k: calls.append(1) or chain(*a, **k)
+    )
+    cons = [LinearConstraint({"a": 1.0, "b": 1.0}, 1e-3 if kind == "sliver" else 1.0)]
+    if kind == "equality":
+        cons.append(LinearConstraint({"a": -1.0, "b": -1.0}, -1.0))
+    space = SearchSpace(UNIT2.params, tuple(cons))
+    _, trials = run(
+        spec_of(space, seed=2, n_initial=4),
+        lambda p: {"f": (p["a"] - 0.3) ** 2 + (p["b"] - 0.6) ** 2},
+        7,
+    )
+    assert all(space.is_feasible(t.params) for t in trials)
+    assert sum(t.origin == Origin.BO.value for t in trials) >= 2
+    assert bool(calls) == (kind == "sliver")
+
+
 # ---- multi-objective ---------------------------------------------------------------------------------------
 
 
