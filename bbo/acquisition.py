@@ -24,9 +24,9 @@
   ordinal / categorical columns exist. Linear parameter constraints are passed to both, so the
   optimizer itself stays inside the feasible polytope; its raw samples (the pool its starting
   points are picked from) are Sobol points inside the polytope (:meth:`Polytope.sobol`).
-  Restarts and raw samples shrink as the model
-  grows (:func:`budget`); the acquisition on marginals gets looser L-BFGS-B stops and a restart from
-  near the incumbent (:mod:`bbo.strategy.acquisition_step`).
+  Restarts and raw samples shrink as the model grows (:func:`budget`); the acquisition on
+  marginals gets looser L-BFGS-B stops and a restart from near the incumbent
+  (:mod:`bbo.strategy.acquisition_step`).
 """
 
 from __future__ import annotations
