@@ -62,7 +62,7 @@ from bbo.closed_form import (
 )
 from bbo.device import Placement
 from bbo.priors import LogPrior
-from bbo.space import SearchSpace
+from bbo.space import SearchSpace, split_equalities
 from bbo.spec import StudySpec
 
 # BoTorch's mixed optimizer takes no candidate generator: its continuous steps call the name
@@ -311,10 +311,9 @@ def marginal_acquisition(
     return acqf
 
 
-def inequality_tensors(space: SearchSpace, placement: Placement):
-    cons = space.inequality_constraints()
-    if not cons:
-        return None
+def constraint_tensors(cons: list, placement: Placement) -> list | None:
+    """Encoded linear constraints ``(indices, coefficients, rhs)`` as BoTorch takes them; None
+    for none."""
     return [
         (
             torch.tensor(idx, dtype=torch.long, device=placement.device),
@@ -322,14 +321,18 @@ def inequality_tensors(space: SearchSpace, placement: Placement):
             float(rhs),
         )
         for idx, coef, rhs in cons
-    ]
+    ] or None
+
+
+def inequality_tensors(space: SearchSpace, placement: Placement) -> list | None:
+    return constraint_tensors(space.inequality_constraints(), placement)
 
 
 @dataclass(frozen=True)
 class Polytope:
     """The encoded box cut by a space's linear parameter constraints, in BoTorch's form
     (``(indices, coefficients, rhs)``: ``sum >= rhs``); a pair of opposite inequalities is kept as
-    the equality it is (:func:`bbo.design.split_equalities`), which SLSQP meets exactly."""
+    the equality it is (:func:`bbo.space.split_equalities`), which SLSQP meets exactly."""
 
     bounds: torch.Tensor  # 2 x d
     ineq: list | None
@@ -338,24 +341,15 @@ class Polytope:
     @classmethod
     def of(cls, space: SearchSpace, placement: Placement) -> Polytope | None:
         """None for a space without linear constraints (a box)."""
-        from bbo.design import split_equalities
-
         cons = space.inequality_constraints()
         if not cons:
             return None
-
-        def tensors(cs):
-            return [
-                (
-                    torch.tensor(idx, dtype=torch.long, device=placement.device),
-                    placement.tensor(coef),
-                    float(rhs),
-                )
-                for idx, coef, rhs in cs
-            ] or None
-
         ineq, eq = split_equalities(cons)
-        return cls(placement.tensor(space.bounds()), tensors(ineq), tensors(eq))
+        return cls(
+            placement.tensor(space.bounds()),
+            constraint_tensors(ineq, placement),
+            constraint_tensors(eq, placement),
+        )
 
     def sobol(self, n: int, seed: int | None) -> torch.Tensor | None:
         """``n`` points (n x d, on the CPU) of a scrambled Sobol sequence over the box that meet
@@ -442,10 +436,9 @@ def optimize(
     On fully discrete spaces the search is on the grid (:mod:`bbo.discrete_search`) and leaves
     out the ``avoid`` points (encoded, n x d)."""
     bounds = placement.tensor(space.bounds())
-    ineq = inequality_tensors(space, placement)
-    polytope = Polytope.of(space, placement)
     discrete = space.discrete_values()
     if discrete_search.fully_discrete(space):
+        ineq = inequality_tensors(space, placement)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return discrete_search.maximize(acqf, space, placement, ineq, avoid, seed)
@@ -453,6 +446,7 @@ def optimize(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if not discrete:
+            polytope = Polytope.of(space, placement)
             x, v = optimize_acqf(
                 acqf,
                 bounds=bounds,
@@ -489,7 +483,7 @@ def optimize(
                 q=1,
                 num_restarts=num_restarts,
                 raw_samples=raw_samples,
-                inequality_constraints=ineq,
+                inequality_constraints=inequality_tensors(space, placement),
                 options={
                     "initialization_strategy": "random",
                     "num_spray_points": 20,

@@ -96,32 +96,10 @@ def sobol_design(
     return out
 
 
-Constraint = tuple[list[int], list[float], float]  # sum(coef * x[idx]) >= rhs, BoTorch's form
-
-
-def _terms(idx: list[int], coef: list[float]) -> tuple[tuple[int, float], ...]:
-    """A constraint's left-hand side, in an order-free form."""
-    return tuple(sorted(zip(idx, coef)))
-
-
-def split_equalities(cons: list[Constraint]) -> tuple[list[Constraint], list[Constraint]]:
-    """``(inequalities, equalities)``: a pair ``a.x >= r`` and ``-a.x >= -r`` (a user's
-    ``a.x <= b`` beside ``-a.x <= -b``, e.g. weights that sum to one) is the equality ``a.x = r``,
-    which leaves the polytope no interior for hit-and-run to walk in."""
-    index = {(_terms(idx, coef), rhs): i for i, (idx, coef, rhs) in enumerate(cons)}
-    paired: set[int] = set()
-    eq = []
-    for i, (idx, coef, rhs) in enumerate(cons):
-        j = index.get((_terms(idx, [-a for a in coef]), -rhs))
-        if j is not None and j != i and i not in paired and j not in paired:
-            paired |= {i, j}
-            eq.append((idx, coef, rhs))
-    return [c for i, c in enumerate(cons) if i not in paired], eq
-
-
 def polytope_samples(space: SearchSpace, n: int, seed: int) -> list[dict[str, Value]]:
     """Uniform-ish feasible points by hit-and-run inside the constraint polytope (BoTorch); where
-    constraints pair up into equalities (:func:`split_equalities`), within their hyperplane."""
+    constraints pair up into equalities (:func:`bbo.space.split_equalities`), within their
+    hyperplane."""
     import torch
     from botorch.exceptions.errors import InfeasibilityError
     from botorch.utils.sampling import get_polytope_samples

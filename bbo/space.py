@@ -694,3 +694,29 @@ def _linear_range(p: Param) -> tuple[float, float]:
     if isinstance(p, OrdinalParam):
         return float(p.values[0]), float(p.values[-1])
     return float(p.low), float(p.high)  # type: ignore[union-attr]
+
+
+# a constraint in the encoding, BoTorch's form: sum(coef * x[idx]) >= rhs
+EncodedConstraint = tuple[list[int], list[float], float]
+
+
+def _terms(idx: list[int], coef: list[float]) -> tuple[tuple[int, float], ...]:
+    """A constraint's left-hand side, in an order-free form."""
+    return tuple(sorted(zip(idx, coef)))
+
+
+def split_equalities(
+    cons: list[EncodedConstraint],
+) -> tuple[list[EncodedConstraint], list[EncodedConstraint]]:
+    """``(inequalities, equalities)``: a pair ``a.x >= r`` and ``-a.x >= -r`` (a user's
+    ``a.x <= b`` beside ``-a.x <= -b``, e.g. weights that sum to one) is the equality ``a.x = r``,
+    which leaves the polytope no interior for hit-and-run to walk in."""
+    index = {(_terms(idx, coef), rhs): i for i, (idx, coef, rhs) in enumerate(cons)}
+    paired: set[int] = set()
+    eq = []
+    for i, (idx, coef, rhs) in enumerate(cons):
+        j = index.get((_terms(idx, [-a for a in coef]), -rhs))
+        if j is not None and j != i and i not in paired and j not in paired:
+            paired |= {i, j}
+            eq.append((idx, coef, rhs))
+    return [c for i, c in enumerate(cons) if i not in paired], eq
