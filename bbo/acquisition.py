@@ -351,16 +351,28 @@ class Polytope:
         )
 
     def sobol(self, n: int, seed: int | None) -> torch.Tensor | None:
-        """``n`` points (n x d, on the CPU) of a scrambled Sobol sequence over the box that meet
-        the inequalities, each first projected onto the equalities' plane where there are any:
-        uniform on the polytope (near-uniform on a plane's slice), in one vectorized pass. None
-        where fewer than ``n`` of :data:`POLYTOPE_DRAWS` draws land inside. ``seed`` None: one
-        from torch's generator (a seeded ask stays reproducible)."""
-        from torch.quasirandom import SobolEngine
-
+        """``n`` points (n x d, on the CPU) of a scrambled Sobol sequence that meet the
+        inequalities, each first projected onto the equalities' plane where there are any: uniform
+        on the polytope (near-uniform on a plane's slice), in one vectorized pass. Drawn over the
+        box, and where fewer than ``n`` of :data:`POLYTOPE_DRAWS` land inside, once more over the
+        polytope's own bounding box (a sliver along an axis, e.g. a budget far below the ranges);
+        None where that too finds too few. ``seed`` None: one from torch's generator (a seeded ask
+        stays reproducible)."""
         if seed is None:
             seed = int(torch.randint(2**31 - 1, (1,)))
         lo, hi = self.bounds[0].cpu(), self.bounds[1].cpu()
+        X = self._rejection(n, seed, lo, hi)
+        if X is None and (box := self.bounding_box()) is not None:
+            if bool(((box[1] - box[0]) < 0.5 * (hi - lo)).any()):
+                X = self._rejection(n, seed, *box)
+        return X
+
+    def _rejection(
+        self, n: int, seed: int, lo: torch.Tensor, hi: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Sobol points over ``lo .. hi`` (inside the bounds) that land in the polytope."""
+        from torch.quasirandom import SobolEngine
+
         d = lo.numel()
         project = None
         if self.eq:
@@ -373,6 +385,7 @@ class Polytope:
             def project(X):
                 return X - (X @ A.T - b) @ pinv.T
 
+        low, high = self.bounds[0].cpu(), self.bounds[1].cpu()
         engine = SobolEngine(d, scramble=True, seed=seed)
         kept: list[torch.Tensor] = []
         most = max(1, POLYTOPE_CHUNK // d)
@@ -382,7 +395,7 @@ class Polytope:
             X = lo + (hi - lo) * engine.draw(m, dtype=lo.dtype)
             if project is not None:
                 X = project(X)
-            inside = ((X >= lo) & (X <= hi)).all(-1)
+            inside = ((X >= low) & (X <= high)).all(-1)
             for idx, coef, rhs in self.ineq or ():
                 inside &= X[:, idx.cpu()] @ coef.cpu().to(X) >= rhs
             kept.append(X[inside])
@@ -390,6 +403,47 @@ class Polytope:
             drawn += m
             chunk *= 4
         return torch.cat(kept)[:n] if found >= n else None
+
+    def bounding_box(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The smallest box around the polytope (two linear programs per parameter, HiGHS), on
+        the CPU; None where a program fails."""
+        from scipy.optimize import linprog
+
+        lo, hi = (t.cpu().double().numpy() for t in self.bounds)
+        d = lo.size
+
+        def rows(cons):
+            if not cons:
+                return None, None
+            A = np.zeros((len(cons), d))
+            for k, (idx, coef, _) in enumerate(cons):
+                A[k, idx.cpu().numpy()] = coef.cpu().double().numpy()
+            return A, np.array([rhs for _, _, rhs in cons])
+
+        A_ge, b_ge = rows(self.ineq)
+        A_eq, b_eq = rows(self.eq)
+        box = np.stack([lo, hi])
+        for i in range(d):
+            for k, sign in enumerate((1.0, -1.0)):  # min x_i, then max x_i
+                c = np.zeros(d)
+                c[i] = sign
+                res = linprog(
+                    c,
+                    A_ub=None if A_ge is None else -A_ge,
+                    b_ub=None if b_ge is None else -b_ge,
+                    A_eq=A_eq,
+                    b_eq=b_eq,
+                    bounds=list(zip(lo, hi)),
+                    method="highs",
+                )
+                if res.status != 0:
+                    return None
+                box[k, i] = res.x[i]
+        pad = 1e-9 * (hi - lo)  # the programs' tolerance: never cut the polytope
+        box = np.stack([np.maximum(lo, box[0] - pad), np.minimum(hi, box[1] + pad)])
+        return torch.from_numpy(box[0]).to(self.bounds.dtype), torch.from_numpy(box[1]).to(
+            self.bounds.dtype
+        )
 
     def generator(self) -> Callable:
         """Raw samples for BoTorch's ``gen_batch_initial_conditions`` (its ``generator``):

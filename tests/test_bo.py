@@ -189,26 +189,39 @@ def test_raw_samples_under_linear_constraints_are_uniform_on_the_polytope():
     X = eq.sobol(500, seed=0)
     assert X.shape == (500, 2) and float((X.sum(-1) - 1).abs().max()) < 1e-12
     assert float(X[:, 0].min()) < 0.05 and float(X[:, 0].max()) > 0.95
-    # a sliver of the box (a + b <= 1e-3): too few Sobol points land in it to sample by rejection
-    sliver = SearchSpace(UNIT2.params, (LinearConstraint({"a": 1.0, "b": 1.0}, 1e-3),))
-    assert Polytope.of(sliver, cpu).sobol(16, seed=0) is None
+    # a corner of the box (a + b <= 1e-3): sampled within the polytope's own bounding box
+    corner = Polytope.of(
+        SearchSpace(UNIT2.params, (LinearConstraint({"a": 1, "b": 1}, 1e-3),)), cpu
+    )
+    assert np.allclose(corner.bounding_box()[1].numpy(), 1e-3)
+    X = corner.sobol(500, seed=0)
+    assert X.shape == (500, 2) and bool((X.sum(-1) <= 1e-3).all())
+    # a diagonal sliver (0.999 <= a + b <= 1.0005) fills its bounding box no better: too few
+    # Sobol points land in it to sample by rejection
+    assert Polytope.of(SearchSpace(UNIT2.params, DIAGONAL_SLIVER), cpu).sobol(512, seed=0) is None
 
 
-@pytest.mark.parametrize("kind", ["half", "equality", "sliver"])
+DIAGONAL_SLIVER = (
+    LinearConstraint({"a": 1.0, "b": 1.0}, 1.0005),
+    LinearConstraint({"a": -1.0, "b": -1.0}, -0.999),
+)
+
+
+@pytest.mark.parametrize("kind", ["half", "equality", "corner", "sliver"])
 def test_hit_and_run_samples_only_a_polytope_without_room(monkeypatch, kind):
     """BoTorch's hit-and-run chain (seconds of Python per ask) samples the optimizer's raw points
-    only where too few Sobol points land inside: a sliver of the box, not a half of it or an
-    equality's line."""
+    only where too few Sobol points land inside: a diagonal sliver of the box, not a half of it,
+    a corner or an equality's line."""
     import botorch.optim.initializers as init
 
     calls, chain = [], init.sample_q_batches_from_polytope
     monkeypatch.setattr(
         init, "sample_q_batches_from_polytope", lambda *a, **k: calls.append(1) or chain(*a, **k)
     )
-    cons = [LinearConstraint({"a": 1.0, "b": 1.0}, 1e-3 if kind == "sliver" else 1.0)]
+    cons = [LinearConstraint({"a": 1.0, "b": 1.0}, 1e-3 if kind == "corner" else 1.0)]
     if kind == "equality":
         cons.append(LinearConstraint({"a": -1.0, "b": -1.0}, -1.0))
-    space = SearchSpace(UNIT2.params, tuple(cons))
+    space = SearchSpace(UNIT2.params, DIAGONAL_SLIVER if kind == "sliver" else tuple(cons))
     _, trials = run(
         spec_of(space, seed=2, n_initial=4),
         lambda p: {"f": (p["a"] - 0.3) ** 2 + (p["b"] - 0.6) ** 2},
