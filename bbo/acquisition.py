@@ -70,10 +70,10 @@ from bbo.spec import StudySpec
 # replacement hands everything else back to gen_candidates_scipy unchanged).
 optimize_mixed.gen_candidates_scipy = gen_candidates  # type: ignore[assignment]
 
-# Sobol points drawn at most to find raw samples inside linear parameter constraints, in batches
-# of at most POLYTOPE_CHUNK numbers (16 MB in float64, whatever the number of parameters); a
-# polytope that keeps fewer than the samples asked for (under ~1 % of the box) falls back to
-# BoTorch's hit-and-run sampler
+# Sobol points drawn at most (per pass: over the box, then the polytope's bounding box) to find
+# raw samples inside linear parameter constraints, in batches of at most POLYTOPE_CHUNK numbers
+# (16 MB in float64, whatever the number of parameters); a polytope that keeps fewer than the
+# samples asked for in both passes falls back to BoTorch's hit-and-run sampler
 POLYTOPE_DRAWS = 1 << 16
 POLYTOPE_CHUNK = 1 << 21
 INIT_BATCH_LIMIT = 128  # candidates per no-grad acquisition evaluation when picking optimizer starts: bounds transient memory (1024 held ~140 MB at n = 80)
