@@ -62,7 +62,7 @@ from bbo.closed_form import (
 )
 from bbo.device import Placement
 from bbo.priors import LogPrior
-from bbo.space import SearchSpace, split_equalities
+from bbo.space import SearchSpace, dense_constraints, split_equalities
 from bbo.spec import StudySpec
 
 # BoTorch's mixed optimizer takes no candidate generator: its continuous steps call the name
@@ -334,8 +334,10 @@ class Polytope:
     the equality it is (:func:`bbo.space.split_equalities`), which SLSQP meets exactly."""
 
     bounds: torch.Tensor  # 2 x d
-    ineq: list | None
+    ineq: list | None  # BoTorch's tensors, on the placement's device
     eq: list | None
+    dense_ineq: tuple[np.ndarray, np.ndarray]  # the same as A @ x >= b (sampling, bounding box)
+    dense_eq: tuple[np.ndarray, np.ndarray]  # A @ x = b
 
     @classmethod
     def of(cls, space: SearchSpace, placement: Placement) -> Polytope | None:
@@ -348,6 +350,8 @@ class Polytope:
             placement.tensor(space.bounds()),
             constraint_tensors(ineq, placement),
             constraint_tensors(eq, placement),
+            dense_constraints(ineq, space.dim),
+            dense_constraints(eq, space.dim),
         )
 
     def sobol(self, n: int, seed: int | None) -> torch.Tensor | None:
@@ -374,12 +378,10 @@ class Polytope:
         from torch.quasirandom import SobolEngine
 
         d = lo.numel()
+        G, g = (torch.from_numpy(a).to(lo.dtype) for a in self.dense_ineq)
         project = None
         if self.eq:
-            A = torch.zeros(len(self.eq), d, dtype=lo.dtype)
-            for k, (idx, coef, _) in enumerate(self.eq):
-                A[k, idx.cpu()] = coef.cpu().to(lo.dtype)
-            b = torch.tensor([rhs for _, _, rhs in self.eq], dtype=lo.dtype)
+            A, b = (torch.from_numpy(a).to(lo.dtype) for a in self.dense_eq)
             pinv = torch.linalg.pinv(A)  # least-norm move onto A x = b
 
             def project(X):
@@ -395,9 +397,7 @@ class Polytope:
             X = lo + (hi - lo) * engine.draw(m, dtype=lo.dtype)
             if project is not None:
                 X = project(X)
-            inside = ((X >= low) & (X <= high)).all(-1)
-            for idx, coef, rhs in self.ineq or ():
-                inside &= X[:, idx.cpu()] @ coef.cpu().to(X) >= rhs
+            inside = ((X >= low) & (X <= high)).all(-1) & (X @ G.T >= g).all(-1)
             kept.append(X[inside])
             found += int(inside.sum())
             drawn += m
@@ -411,17 +411,7 @@ class Polytope:
 
         lo, hi = (t.cpu().double().numpy() for t in self.bounds)
         d = lo.size
-
-        def rows(cons):
-            if not cons:
-                return None, None
-            A = np.zeros((len(cons), d))
-            for k, (idx, coef, _) in enumerate(cons):
-                A[k, idx.cpu().numpy()] = coef.cpu().double().numpy()
-            return A, np.array([rhs for _, _, rhs in cons])
-
-        A_ge, b_ge = rows(self.ineq)
-        A_eq, b_eq = rows(self.eq)
+        (A_ge, b_ge), (A_eq, b_eq) = self.dense_ineq, self.dense_eq
         box = np.stack([lo, hi])
         for i in range(d):
             for k, sign in enumerate((1.0, -1.0)):  # min x_i, then max x_i
@@ -429,10 +419,10 @@ class Polytope:
                 c[i] = sign
                 res = linprog(
                     c,
-                    A_ub=None if A_ge is None else -A_ge,
-                    b_ub=None if b_ge is None else -b_ge,
-                    A_eq=A_eq,
-                    b_eq=b_eq,
+                    A_ub=-A_ge if len(A_ge) else None,
+                    b_ub=-b_ge if len(b_ge) else None,
+                    A_eq=A_eq if len(A_eq) else None,
+                    b_eq=b_eq if len(b_eq) else None,
                     bounds=list(zip(lo, hi)),
                     method="highs",
                 )

@@ -673,17 +673,12 @@ class SearchSpace:
         """A point of the relaxed box that meets every constraint (LP), or None."""
         from scipy.optimize import linprog
 
-        cons = self.inequality_constraints()
-        A = np.zeros((len(cons), self.dim))
-        b = np.zeros(len(cons))
-        for k, (idx, coef, rhs) in enumerate(cons):
-            A[k, idx] = -np.asarray(coef)
-            b[k] = -rhs
+        A, b = dense_constraints(self.inequality_constraints(), self.dim)
         box = self.bounds()
         res = linprog(
             np.zeros(self.dim),
-            A_ub=A,
-            b_ub=b + 1e-12,
+            A_ub=-A,
+            b_ub=-b + 1e-12,
             bounds=list(zip(box[0], box[1])),
             method="highs",
         )
@@ -720,3 +715,12 @@ def split_equalities(
             paired |= {i, j}
             eq.append((idx, coef, rhs))
     return [c for i, c in enumerate(cons) if i not in paired], eq
+
+
+def dense_constraints(cons: list[EncodedConstraint], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(A, b)`` with ``A @ x >= b`` row by row: encoded constraints as a dense system (rows of
+    zeros outside each constraint's parameters)."""
+    A = np.zeros((len(cons), dim))
+    for k, (idx, coef, _) in enumerate(cons):
+        A[k, idx] = coef
+    return A, np.array([float(rhs) for _, _, rhs in cons])
