@@ -2,7 +2,9 @@
 (ax-platform Client API, its default generation strategy), Optuna TPE and GPSampler, random search.
 
 Every adapter offers ``ask() -> params``, ``tell(params, metrics)`` and ``load(history)`` (bulk-add
-completed trials without asking, for latency measurements at a given history size). All minimize
+completed trials without asking, for latency measurements at a given history size), and for several
+workers at once ``ask_async() -> (handle, params)`` and ``tell_async(handle, params, metrics)``:
+points asked and not yet told are pending, in each method's own convention. All minimize
 ``f``; a problem's constraint metric ``c <= 0`` and linear parameter constraints are passed to each
 method in its own convention.
 """
@@ -25,12 +27,21 @@ class Method:
 
     def __init__(self, problem: Problem, seed: int, **kw):
         self.problem, self.seed = problem, seed
+        self._last = None  # the handle of the last ask()
+
+    def ask_async(self) -> tuple[object, dict]:
+        """A new point and the handle its result is told with; earlier points may be pending."""
+        raise NotImplementedError
+
+    def tell_async(self, handle, params: dict, metrics: dict) -> None:
+        raise NotImplementedError
 
     def ask(self) -> dict:
-        raise NotImplementedError
+        self._last, params = self.ask_async()
+        return params
 
     def tell(self, params: dict, metrics: dict) -> None:
-        raise NotImplementedError
+        self.tell_async(self._last, params, metrics)
 
     def load(self, history: list[tuple[dict, dict]]) -> None:
         for p, m in history:
@@ -58,10 +69,10 @@ class RandomSearch(Method):
         super().__init__(problem, seed)
         self.rng = np.random.default_rng(seed)
 
-    def ask(self):
-        return random_params(self.problem.space, self.rng)
+    def ask_async(self):
+        return None, random_params(self.problem.space, self.rng)
 
-    def tell(self, params, metrics):
+    def tell_async(self, handle, params, metrics):
         pass
 
 
@@ -73,27 +84,22 @@ class Bbo(Method):
         self.gs = GenerationStrategy(problem.spec(seed, device=device))
         self.trials: list[Trial] = []
 
-    def ask(self):
+    def ask_async(self):
+        """The strategy's next point given the completed and the pending trials."""
         s = self.gs.suggest(self.trials, 1)[0]
-        self._origin = s.origin
-        return s.params
+        t = Trial(len(self.trials), dict(s.params), TrialState.PENDING, origin=s.origin)
+        self.trials.append(t)
+        return t, dict(s.params)
 
-    def tell(self, params, metrics):
-        self.trials.append(
-            Trial(
-                len(self.trials),
-                dict(params),
-                TrialState.COMPLETED,
-                {k: Metric(float(v)) for k, v in metrics.items()},
-                origin=getattr(self, "_origin", "initial_design"),
-            )
-        )
-        self._origin = "user"
+    def tell_async(self, handle, params, metrics):
+        handle.state = TrialState.COMPLETED
+        handle.metrics = {k: Metric(float(v)) for k, v in metrics.items()}
 
     def load(self, history):
         for p, m in history:
-            self._origin = "user"
-            self.tell(p, m)
+            t = Trial(len(self.trials), dict(p), origin="user")
+            self.trials.append(t)
+            self.tell_async(t, p, m)
 
     def recommend(self):
         """What GetBest reports: the strategy's recommended trial where it makes one (a noisy
@@ -142,12 +148,10 @@ class _Optuna(Method):
         cf = (lambda ft: ft.user_attrs["c"]) if constrained else None
         self.study = optuna.create_study(direction="minimize", sampler=self._sampler(cf))
         self.dists = _optuna_dists(problem.space)
-        self._last = None
 
-    def ask(self):
-        t = self.study.ask(self.dists)
-        self._last = t
-        return dict(t.params)
+    def ask_async(self):
+        t = self.study.ask(self.dists)  # asked and not told: a RUNNING trial to the samplers
+        return t, dict(t.params)
 
     def _slack(self, metrics, params):
         """Optuna's constraint values (feasible when <= 0): each outcome constraint's, then each
@@ -160,8 +164,7 @@ class _Optuna(Method):
             for c in cons
         ] + [c.lhs(params) - c.bound for c in lin]
 
-    def tell(self, params, metrics):
-        t = self._last
+    def tell_async(self, t, params, metrics):
         slack = self._slack(metrics, params)
         if slack is not None:
             t.set_user_attr("c", slack)
@@ -243,21 +246,18 @@ class Ax(Method):
         )
         cons = [f"{c.metric} {c.op} {c.bound}" for c in _constraints(problem)]
         self.client.configure_optimization(objective="-f", outcome_constraints=cons or None)
-        self._last = None
         _quiet_ax()
 
-    def ask(self):
+    def ask_async(self):
         idx, params = next(iter(self.client.get_next_trials(max_trials=1).items()))
-        self._last = idx
-        return dict(params)
+        return idx, dict(params)  # running trials are pending points to Ax's generator
 
-    def tell(self, params, metrics):
-        self.client.complete_trial(self._last, raw_data={k: float(v) for k, v in metrics.items()})
+    def tell_async(self, idx, params, metrics):
+        self.client.complete_trial(idx, raw_data={k: float(v) for k, v in metrics.items()})
 
     def load(self, history):
         for p, m in history:
-            self._last = self.client.attach_trial(parameters=p)
-            self.tell(p, m)
+            self.tell_async(self.client.attach_trial(parameters=p), p, m)
 
     def recommend(self):
         """Ax's own recommendation (model-predicted best where it has a model)."""

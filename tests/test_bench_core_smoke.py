@@ -65,3 +65,42 @@ def test_a_linear_constraint_reaches_each_peer_in_its_own_convention():
         assert prob.feasible(y, p) == (slack <= 1e-9)
         tpe.tell(p, y)
     assert tpe.study.trials[-1].user_attrs["c"] == [slack]
+
+
+def test_several_workers_ask_while_points_are_pending(monkeypatch):
+    """regret_run with workers: each ask after the first few sees the other workers' points as
+    pending (bbo's PENDING trials, Optuna's RUNNING ones), and results come back out of order."""
+    import peers
+    from bench_core import regret_run
+    from optuna.trial import TrialState as OptunaState
+
+    from bbo.trial import TrialState
+
+    pending, told = {"bbo": [], "optuna_tpe": []}, []
+    ask_bbo, tell_bbo, ask_optuna = (
+        peers.Bbo.ask_async,
+        peers.Bbo.tell_async,
+        peers._Optuna.ask_async,
+    )
+
+    def spy_bbo(self):
+        pending["bbo"].append(sum(t.state is TrialState.PENDING for t in self.trials))
+        return ask_bbo(self)
+
+    def spy_tell(self, handle, params, metrics):
+        told.append(handle.id)
+        return tell_bbo(self, handle, params, metrics)
+
+    def spy_optuna(self):
+        running = self.study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,))
+        pending["optuna_tpe"].append(len(running))
+        return ask_optuna(self)
+
+    monkeypatch.setattr(peers.Bbo, "ask_async", spy_bbo)
+    monkeypatch.setattr(peers.Bbo, "tell_async", spy_tell)
+    monkeypatch.setattr(peers._Optuna, "ask_async", spy_optuna)
+    for method in ("bbo", "optuna_tpe"):
+        r = regret_run("branin", method, 0, 9, "cpu", parallel=3)
+        assert not r["error"] and r["parallel"] == 3 and len(r["curve"]) == 9
+        assert pending[method] == [0, 1, 2] + [2] * 6
+    assert sorted(told) == list(range(9)) and told != sorted(told)
