@@ -5,7 +5,10 @@
   (:func:`marginal_acquisition`), on the GP's cached marginals (:mod:`bbo.predictive`). On a
   noise-free fit that is what qLogNEI computes by Monte Carlo over the baseline jointly with the
   candidate; evaluating it costs a tenth.
-* Otherwise (reported noise, points chosen jointly with pending ones, no feasible point yet):
+* The same with points pending (other workers' trials, or this ask's earlier points): on the GP
+  conditioned on them at its own posterior mean (:func:`believe`, the Kriging believer), their
+  believed values in the incumbent's running.
+* Otherwise (reported noise, no feasible point yet):
   ``qLogNoisyExpectedImprovement`` on ``sign * objective`` (a linear MC objective that
   picks the objective's output), outcome constraints as BoTorch constraint callables (feasible when
   ``<= 0``; the improvement is weighted by the probability of feasibility, not penalized),
@@ -308,6 +311,17 @@ def marginal_acquisition(
     if prior is not None and not prior.empty and prior_exponent > 0:
         return MarginalPriorGuided(acqf, prior, prior_exponent)
     return acqf
+
+
+def believe(model, X_pending: torch.Tensor):
+    """The GP conditioned on ``X_pending`` at its own posterior mean, hyperparameters kept: the
+    Kriging believer (Ginsbourger et al. 2010). Its mean is the GP's; its variance shrinks at and
+    around the pending points, so expected improvement on it (over a bar their believed values
+    may raise) leaves them to the workers evaluating them. On bench_parallel's problems it did
+    as well as qLogNEI's Monte Carlo over their outcomes, at a fraction of the ask's time."""
+    with torch.no_grad():
+        Y = model.posterior(X_pending).mean
+    return model.condition_on_observations(X_pending, Y)
 
 
 def constraint_tensors(cons: list, placement: Placement) -> list | None:

@@ -11,7 +11,8 @@ time (posterior mean, LogEI, q = 1 Monte Carlo ones: one point's outputs are ind
 normals) take it as they take the GP.
 
 It serves marginals only (independent per point and output: q = 1 acquisitions and MC-free
-scores); joint (q > 1, pending points) and MC acquisitions use the GP itself. Construction checks
+scores; pending points enter as believed observations, :func:`bbo.acquisition.believe`); joint
+(q > 1) and MC acquisitions use the GP itself. Construction checks
 the result against ``model.posterior`` at training and random points and raises
 :class:`ValueError` when they differ, so a model it does not reproduce is never served wrongly
 (:mod:`bbo.surrogate` compares once per set of hyperparameters, then checks finiteness only).

@@ -13,6 +13,7 @@ import pytest
 import torch
 from botorch.test_functions import Branin, Hartmann
 
+from bbo.acquisition import believe
 from bbo.incumbent import best_trial, hypervolume, pareto_front
 from bbo.space import (
     CategoricalParam,
@@ -274,7 +275,47 @@ def test_batch_and_pending_give_distinct_points():
         trials.append(Trial(len(trials), s.params, TrialState.PENDING, origin=s.origin))
     more = gs.suggest(trials, 2)
     allp = [s.params for s in batch] + [s.params for s in more]
-    assert _min_pairwise(BRANIN_SPACE, allp) > 1e-3
+    # a believed pending point has no improvement left at it; beside it, on a deterministic
+    # objective, a point may still refine its slope (here 5e-4 away in the unit box)
+    assert _min_pairwise(BRANIN_SPACE, allp) > 1e-4
+
+
+def test_pending_points_are_believed_on_the_marginals(monkeypatch):
+    """With workers' points pending and no reported noise, an ask stays on the closed-form
+    marginal acquisition, the pending points conditioned on at the GP's own mean (the Kriging
+    believer): no Monte Carlo acquisition is built and the new points keep away from the pending
+    ones. With reported noise the Monte Carlo integral over them serves, as before."""
+    built = []
+    make = acquisition_step.make_acquisition
+    monkeypatch.setattr(
+        acquisition_step, "make_acquisition", lambda *a, **k: built.append(1) or make(*a, **k)
+    )
+    for sem, monte_carlo in ((None, False), (0.01, True)):
+        built.clear()
+        spec = spec_of(H6_SPACE, seed=5, n_initial=8, exploit_gap=0)
+        gs, trials = run(spec, hartmann6, 12)
+        for t in trials:
+            t.metrics["f"] = Metric(t.value("f"), sem)
+        for _ in range(4):
+            (s,) = gs.suggest(trials, 1)
+            assert s.origin == Origin.BO.value
+            trials.append(Trial(len(trials), s.params, TrialState.PENDING, origin=s.origin))
+        assert bool(built) is monte_carlo
+        assert _min_pairwise(H6_SPACE, [t.params for t in trials]) > 1e-2
+
+
+def test_the_believer_keeps_the_mean_and_shrinks_the_variance_at_pending_points():
+    gs, trials = run(spec_of(UNIT2, seed=3, n_initial=5), _quadratic, 8)
+    model, _, _ = gs.ctx.data.build(trials).model(gs.surrogate, 0)
+    pending = torch.tensor([[0.37, 0.61], [0.9, 0.1]], dtype=torch.float64)  # not measured
+    believed = believe(model, pending)
+    X = torch.rand(20, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before, after = model.posterior(X), believed.posterior(X)
+        assert torch.allclose(before.mean, after.mean, atol=1e-6)
+        assert (after.variance <= before.variance + 1e-9).all()
+        at_pending = believed.posterior(pending).variance / model.posterior(pending).variance
+    assert (at_pending < 0.5).all()
 
 
 def test_batch_spanning_initial_design_and_bo():
@@ -778,6 +819,16 @@ def test_exploitation_gap_doubles_after_steps_that_do_not_improve():
     )  # two misses: back to the gap
     assert not due([1.4, 1.3, 1.35, 1.36, 1.2], [B, B, L, L, B])
     assert not due([1.4, 1.3, 1.35, 1.2, 1.1, 1.05], [B, B, L, B, B, B])
+    # an exploitation step still pending (another worker evaluates it): the next one would go
+    # where it went, so none is due until it is told
+    trials = _history(design[0] + [1.4, 1.3], design[1] + [B, B])
+    pts = [{"a": 0.1 * i, "b": 0.2} for i in range(3)]
+    for origin, p in zip((X, B, B), pts):
+        trials.append(Trial(len(trials), p, TrialState.PENDING, origin=origin))
+    data = gs.ctx.data.build(trials)
+    assert not gs.exploitation.due(trials, data)
+    trials[-3].origin = B
+    assert gs.exploitation.due(trials, data)
     # a tie on the objective (a capped or quantized response) switches exploitation off
     assert not due([1.4, 1.4], [B, B])
     # outcome constraints keep them, several objectives switch them off

@@ -9,6 +9,7 @@ the acquisition function values higher.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from botorch.acquisition import AcquisitionFunction
 from bbo.acquisition import (
     Layout,
     baseline_rows,
+    believe,
     budget,
     cheap_initial_conditions,
     evaluate,
@@ -28,13 +30,15 @@ from bbo.acquisition import (
     to_numpy,
 )
 from bbo.design import sobol_design
-from bbo.predictive import CachedPredictive
+from bbo.predictive import CachedPredictive, cached_predictive
 from bbo.priors import LogPrior, agrees_with_data
 from bbo.space import Value
 from bbo.spec import ParameterPrior
 from bbo.strategy.base import Suggestion
 from bbo.strategy.context import Ask, Context
 from bbo.trial import Origin
+
+log = logging.getLogger(__name__)
 
 # L-BFGS-B stops for the acquisition on marginals (BoTorch's defaults are pgtol 1e-5, factr 1e7;
 # Optuna stops its at 1e-2): the last digits of an acquisition maximizer change no decision, and their
@@ -61,6 +65,8 @@ class Acquisition:
 
     acqf: AcquisitionFunction  # for a point chosen alone: on the marginals where that applies
     joint: Callable[[], AcquisitionFunction]  # MC, for points chosen jointly with pending ones
+    # the marginal acquisition with pending points believed (None where marginals do not apply)
+    believer: Callable[[torch.Tensor], AcquisitionFunction | None] | None
     predictive: CachedPredictive | None  # the GP's marginals, cheaply (single objective)
     origin: str  # bo, or prior_guided_bo
     note: str  # the model's notes (fit fallbacks, a prior set aside)
@@ -104,8 +110,9 @@ class AcquisitionStep:
         """The acquisition functions on the GP conditioned on ``rows`` of the training data: q = 1
         log EI on the cached marginals for one objective without reported noise
         (:func:`bbo.acquisition.marginal_acquisition`; augmented EI where ``noisy``, the
-        objective known to be noisy), and qLogNEI / qLogNEHVI, built on first use, for the rest
-        and for points chosen with pending ones. ``predictive``: the GP's
+        objective known to be noisy), the same with pending points believed
+        (:func:`bbo.acquisition.believe`), and qLogNEI / qLogNEHVI, built on first use, for the
+        rest (pending points then integrated over by Monte Carlo). ``predictive``: the GP's
         :class:`~bbo.predictive.CachedPredictive`, where it has one. Raises where BoTorch cannot
         build them (the caller falls back)."""
         ctx, data, space = self.ctx, ask.data, self.ctx.spec.space
@@ -140,6 +147,22 @@ class AcquisitionStep:
         marginal = acqf is not None
         if acqf is None:
             acqf = joint()
+
+        def believer(X_pending: torch.Tensor) -> AcquisitionFunction | None:
+            believed = cached_predictive(believe(model, X_pending))
+            if believed is None:
+                return None
+            fantasies = to_numpy(believed.train_mean()[len(rows) :])
+            return marginal_acquisition(
+                believed,
+                layout,
+                np.vstack([data.Ym[rows], fantasies]),
+                prior=prior.prior,
+                prior_exponent=prior.exponent,
+                seed=ask.seed,
+                augmented=noisy,
+            )
+
         cheap_init = (
             not marginal
             and len(rows) > CHEAP_INIT_ABOVE
@@ -151,6 +174,7 @@ class AcquisitionStep:
         return Acquisition(
             acqf,
             joint,
+            believer if marginal else None,
             predictive,
             prior.origin,
             prior.note,
@@ -174,18 +198,20 @@ class AcquisitionStep:
         """The acquisition function's maximizer given the ``pending`` points (encoded, 1 x d
         each); ``Ym``: the warped outcomes the GP conditions on (for cheap optimizer starts)."""
         ctx, space = self.ctx, self.ctx.spec.space
-        if pending or not acq.marginal:
+        X_pending = torch.cat(pending, dim=0) if pending else None
+        believed = _believed(acq, X_pending) if X_pending is not None else None
+        marginal = believed is not None or (acq.marginal and X_pending is None)
+        acqf = believed if believed is not None else acq.acqf
+        if not marginal:
             acqf = acq.joint()
-            acqf.set_X_pending(torch.cat(pending, dim=0) if pending else None)
-        else:
-            acqf = acq.acqf
+            acqf.set_X_pending(X_pending)
         restarts, raw, maxiter = acq.budget
         ic, tolerances = None, None
         if acq.cheap_init:
             ic = cheap_initial_conditions(
                 model, acq.layout, space, ctx.placement, Ym, 4 * raw, restarts, seed
             )
-        elif acqf is acq.acqf and acq.marginal:
+        elif marginal:
             ic = start_points(acq.incumbent, space, ctx.placement, seed)
             tolerances = MARGINAL_TOLERANCES
         x, _ = optimize(
@@ -266,6 +292,18 @@ class AcquisitionStep:
         vals = evaluate(acqf, ctx.placement.tensor(np.vstack([space.encode(p) for p in ok])))
         vals = torch.nan_to_num(vals, nan=-float("inf"))
         return ok[int(torch.argmax(vals))]
+
+
+def _believed(acq: Acquisition, X_pending: torch.Tensor) -> AcquisitionFunction | None:
+    """The acquisition on the marginals with ``X_pending`` believed (:func:`believe`), or None
+    where that does not apply or fails (the Monte Carlo integral over them then serves)."""
+    if acq.believer is None:
+        return None
+    try:
+        return acq.believer(X_pending)
+    except Exception as e:  # noqa: BLE001
+        log.info("believer acquisition failed: %s", e)
+        return None
 
 
 def _join(note: str, more: str) -> str:
