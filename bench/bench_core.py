@@ -58,39 +58,23 @@ def regret_run(
     once, each asking again as soon as it tells, so every ask sees ``parallel - 1`` pending points;
     evaluation times are random (lognormal), drawn per seed and the same for every method."""
     _threads()
-    import heapq
     import warnings
 
     warnings.filterwarnings("ignore")
-    from peers import METHODS
+    from peers import METHODS, run_workers
     from problems import ALL
 
     prob = ALL[problem_name]()
     m = METHODS[method](prob, seed, device=device)
-    durations = np.random.default_rng(seed).lognormal(0.0, 0.5, budget)
-    running: list[tuple] = []  # (finish time, start index, handle, params): a heap
-    clock, started = 0.0, 0
     best, curve, ask_s, err = math.inf, [], [], ""
-    while len(curve) < budget:
-        while len(running) < parallel and started < budget and not err:
-            t0 = time.perf_counter()
-            try:
-                handle, p = m.ask_async()
-            except Exception as e:  # noqa: BLE001 - a crashing peer is recorded, not fatal
-                err = f"{type(e).__name__}: {e}"
-                traceback.print_exc()
-                break
-            ask_s.append(time.perf_counter() - t0)
-            heapq.heappush(running, (clock + durations[started], started, handle, p))
-            started += 1
-        if err or not running:
-            break
-        clock, _, handle, p = heapq.heappop(running)
-        y = prob.evaluate(p)
-        m.tell_async(handle, p, y)
-        if prob.feasible(y, p):
-            best = min(best, y["f"])
-        curve.append(best - prob.optimum if math.isfinite(best) else None)
+    try:
+        for p, y in run_workers(m, lambda p, i: prob.evaluate(p), budget, parallel, seed, ask_s):
+            if prob.feasible(y, p):
+                best = min(best, y["f"])
+            curve.append(best - prob.optimum if math.isfinite(best) else None)
+    except Exception as e:  # noqa: BLE001 - a crashing peer is recorded, not fatal
+        err = f"{type(e).__name__}: {e}"
+        traceback.print_exc()
     return {
         "problem": problem_name,
         "method": method,

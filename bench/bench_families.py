@@ -62,10 +62,17 @@ def label(method: str, tag: str) -> str:
 
 
 def one_run(
-    problem: str, method: str, seed: int, budget: int, tag: str, undeclared: bool = False
+    problem: str,
+    method: str,
+    seed: int,
+    budget: int,
+    tag: str,
+    undeclared: bool = False,
+    parallel: int = 1,
 ) -> dict:
     """One optimization run and the scores of the point the method reports as best;
-    ``undeclared``: the objective's noise left at "auto" (a user who does not declare it)."""
+    ``undeclared``: the objective's noise left at "auto" (a user who does not declare it);
+    ``parallel``: workers evaluating at once (:func:`peers.run_workers`)."""
     import warnings
     from dataclasses import replace
 
@@ -74,7 +81,7 @@ def one_run(
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     from families import ALL
-    from peers import METHODS
+    from peers import METHODS, run_workers
 
     prob = ALL[problem]()
     if undeclared:
@@ -82,20 +89,16 @@ def one_run(
     budget = budget or prob.budget
     m = METHODS[method](prob, seed, device="cpu")
     params, values, feas, ask_s, err = [], [], [], [], ""
-    for i in range(budget):
-        t0 = time.perf_counter()
-        try:
-            p = m.ask()
-        except Exception as e:  # noqa: BLE001 - a crashing method is recorded, not fatal
-            err = f"{type(e).__name__}: {e}"
-            traceback.print_exc()
-            break
-        ask_s.append(time.perf_counter() - t0)
-        y = prob.sample(p, eval_seed(seed, i))
-        m.tell(p, y)
-        params.append(p)
-        values.append(y["f"])
-        feas.append(prob.feasible(y))
+    try:
+        for p, y in run_workers(
+            m, lambda p, i: prob.sample(p, eval_seed(seed, i)), budget, parallel, seed, ask_s
+        ):
+            params.append(p)
+            values.append(y["f"])
+            feas.append(prob.feasible(y))
+    except Exception as e:  # noqa: BLE001 - a crashing method is recorded, not fatal
+        err = f"{type(e).__name__}: {e}"
+        traceback.print_exc()
     ok = [i for i in range(len(values)) if feas[i]]
     best_i = min(ok, key=lambda i: values[i]) if ok else None
     rec = None
@@ -124,6 +127,7 @@ def one_run(
         "method": label(method, tag),
         "seed": seed,
         "budget": budget,
+        "parallel": parallel,
         "values": values,
         "feasible": feas,
         "params": params,
@@ -446,6 +450,13 @@ def main(argv=None):
     )
     ap.add_argument("--show", default="", help="labels to tabulate (default: all present)")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="workers evaluating at once within a run, each asking with the others' points "
+        "pending (give such runs their own --out)",
+    )
     ap.add_argument("--resume", action="store_true", help="reuse finished runs")
     ap.add_argument("--report-only", action="store_true", help="only tabulate stored runs")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 cheap problems, 1 seed")
@@ -481,7 +492,7 @@ def main(argv=None):
             continue
         methods = [m for m in (args.methods or DEFAULT_METHODS[fam]).split(",") if m]
         tasks = [
-            (p, m, s, args.budget, args.tag, args.undeclared)
+            (p, m, s, args.budget, args.tag, args.undeclared, args.parallel)
             for p in probs
             for m in methods
             for s in seeds
@@ -501,7 +512,9 @@ def main(argv=None):
             labels = sorted(present, key=lambda m: (ORDER.get(m.split("@")[0], 9), m))
         table = summarize(stored, probs, labels, seeds)
         meta = (
-            f"{len(seeds)} seeds, budget {args.budget or 'per problem'}, written "
+            f"{len(seeds)} seeds, budget {args.budget or 'per problem'}, "
+            + (f"{args.parallel} workers per run, " if args.parallel > 1 else "")
+            + "written "
             f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, {os.cpu_count()} CPUs "
             f"(shared), torch threads 1; this invocation ran {len(tasks)} runs in "
             f"{time.time() - t0:.0f} s."

@@ -12,6 +12,7 @@ method in its own convention.
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 
 import numpy as np
@@ -53,6 +54,32 @@ class Method:
         return None
 
 
+def run_workers(
+    m: Method, evaluate, budget: int, parallel: int, seed: int, ask_seconds: list[float]
+):
+    """Yield ``(params, result)`` of ``budget`` evaluations of ``m``'s points as they are told:
+    ``parallel`` workers, each asking again as soon as it tells (one: ask, evaluate, tell), with
+    evaluation times drawn per ``seed`` (lognormal), the same for every method. ``evaluate(params,
+    i)``: the result of the ``i``-th evaluation started. Each ask's seconds go to ``ask_seconds``;
+    an ask that raises ends the run with its exception."""
+    import heapq
+
+    durations = np.random.default_rng(seed).lognormal(0.0, 0.5, budget)
+    running: list[tuple] = []  # (finish time, start index, handle, params): a heap
+    clock, started = 0.0, 0
+    while started < budget or running:
+        while len(running) < parallel and started < budget:
+            t0 = time.perf_counter()
+            handle, p = m.ask_async()
+            ask_seconds.append(time.perf_counter() - t0)
+            heapq.heappush(running, (clock + durations[started], started, handle, p))
+            started += 1
+        clock, i, handle, p = heapq.heappop(running)
+        y = evaluate(p, i)
+        m.tell_async(handle, p, y)
+        yield p, y
+
+
 def _constraints(problem) -> tuple:
     """The problem's outcome constraints (bench/problems.py has at most one, bench/families.py
     several)."""
@@ -83,6 +110,7 @@ class Bbo(Method):
         super().__init__(problem, seed)
         self.gs = GenerationStrategy(problem.spec(seed, device=device))
         self.trials: list[Trial] = []
+        self.told: list[int] = []  # trial ids in the order their results were told
 
     def ask_async(self):
         """The strategy's next point given the completed and the pending trials."""
@@ -94,6 +122,7 @@ class Bbo(Method):
     def tell_async(self, handle, params, metrics):
         handle.state = TrialState.COMPLETED
         handle.metrics = {k: Metric(float(v)) for k, v in metrics.items()}
+        self.told.append(handle.id)
 
     def load(self, history):
         for p, m in history:
@@ -114,7 +143,7 @@ class Bbo(Method):
         if t is None or not is_feasible(self.gs.spec, t):
             return None
         self.estimate = getattr(r, "estimate", None)  # GetBest's estimate of its objective
-        self.reported_row = t.id  # trial ids count the tells: the run's evaluation index
+        self.reported_row = self.told.index(t.id)  # the run's evaluation index (tell order)
         return dict(t.params)
 
 
