@@ -33,24 +33,15 @@ from common import HERE, limit_threads
 
 limit_threads()
 
-from bench_core import regret_run  # noqa: E402
+from bench_core import _final, _fmt, regret_run  # noqa: E402
 
 OUT = os.path.join(HERE, "results")
 METHODS = ("bbo", "ax", "optuna_gp", "optuna_tpe", "random")
 
 
-def _final(r) -> float:
-    c = r["curve"]
-    return c[-1] if len(c) == r["budget"] and c[-1] is not None else math.inf
-
-
 def _median(xs) -> float | None:
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
-
-
-def _fmt(x) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:.3g}"
 
 
 def summarize(runs: list[dict], problems, methods, parallel: int) -> dict:

@@ -64,7 +64,7 @@ class Acquisition:
     """One ask's acquisition functions and what its steps share."""
 
     acqf: AcquisitionFunction  # for a point chosen alone: on the marginals where that applies
-    joint: Callable[[], AcquisitionFunction]  # MC, for points chosen jointly with pending ones
+    joint: Callable[[], AcquisitionFunction]  # MC where marginals do not apply (pending: X_pending)
     # the marginal acquisition with pending points believed (None where marginals do not apply)
     believer: Callable[[torch.Tensor], AcquisitionFunction | None] | None
     predictive: CachedPredictive | None  # the GP's marginals, cheaply (single objective)
