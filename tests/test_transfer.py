@@ -758,3 +758,51 @@ def test_source_reads_never_write_the_source(registry):
         t.tell(tr.id, {"y": bowl(tr.params)})
     assert (registry.storage.get_study_by_uid(src.uid), src.trials()) == before
     assert not math.isnan(t.record.transfer["resolved_at"])
+
+
+def test_a_transfer_study_believes_its_pending_points(monkeypatch):
+    """With workers' points pending, the stacked model (the sources' prior mean added back by its
+    outcome transform) is conditioned on them at its own mean: the mean stays, the variance at
+    them shrinks, and the ask stays on the closed-form marginals (no Monte Carlo acquisition)."""
+    import torch
+
+    from bbo.acquisition import believe
+    from bbo.spec import AlgorithmOptions
+    from bbo.strategy import GenerationStrategy, acquisition_step
+
+    space = SearchSpace((FloatParam("x", 0.0, 1.0), FloatParam("z", 0.0, 1.0)))
+    spec = StudySpec(
+        space,
+        (Objective("y"),),
+        transfer=TransferOptions(("good",)),
+        algorithm=AlgorithmOptions(exploit_gap=0),
+    )
+    gs = GenerationStrategy(spec)
+    source = [
+        Trial(i + 1, p, TrialState.COMPLETED, {"y": Metric(3.0 * bowl(p) + 5.0)})
+        for i, p in enumerate(grid_points(25, seed=1))
+    ]
+    gs.set_sources([SourceData("uid-good", "good", StudySpec(space, (Objective("y"),)), source)])
+    trials = [
+        Trial(i + 1, p, TrialState.COMPLETED, {"y": Metric(bowl(p, 0.35, 0.55))})
+        for i, p in enumerate(grid_points(8, seed=2))
+    ]
+    built = []
+    make = acquisition_step.make_acquisition
+    monkeypatch.setattr(
+        acquisition_step, "make_acquisition", lambda *a, **k: built.append(1) or make(*a, **k)
+    )
+    for _ in range(3):
+        (s,) = gs.suggest(trials, 1)
+        assert s.origin == "transfer_bo"
+        trials.append(Trial(len(trials) + 1, s.params, TrialState.PENDING, origin=s.origin))
+    assert not built
+    data = gs.ctx.data.build(trials)
+    model, _, _ = data.model(gs.surrogate, 0)
+    pending = torch.tensor([[0.7, 0.2], [0.1, 0.9]], dtype=torch.float64)
+    believed = believe(model, pending)
+    X = torch.rand(30, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(model.posterior(X).mean, believed.posterior(X).mean, atol=1e-9)
+        ratio = believed.posterior(pending).variance / model.posterior(pending).variance
+    assert (ratio < 0.5).all()
