@@ -319,15 +319,17 @@ const [address, study, mode] = process.argv.slice(1);
     }, 2, 'node-lease');
   } else if (mode === 'progress') {  // the progress bar on standard error (not a terminal here)
     await s.optimize(async (p) => ({y: p.x}), 3, {workerId: 'node-progress', progress: true});
-  } else {  // metrics the server refuses, and an evaluation that throws: both trials FAILED, loop goes on
+  } else {  // metrics refused, and an evaluation that throws: those trials FAILED, loop goes on
     let k = 0;
     await s.optimize(async (p) => {
       k += 1;
       if (k === 1) return {y: NaN};
       if (k === 2) return {wrong: 1};
       if (k === 3) throw new Error('solver diverged');
+      if (k === 4) return {y: String(p.x)};  // not a number: protobufjs would send 0
+      if (k === 5) return;  // no metrics at all
       return {y: p.x};
-    }, 4, 'node-refused');
+    }, 6, 'node-refused');
   }
   const trials = await s.trials();
   console.log(JSON.stringify({states: trials.map((t) => t.state), reasons: trials.map((t) => t.reason), seen}));
@@ -386,12 +388,19 @@ def test_node_optimize_draws_a_progress_bar_with_the_best(bbo_server, client, st
 
 @pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
 def test_node_optimize_fails_refused_metrics_and_goes_on(bbo_server, study_name):
+    """NaN, a missing objective, a throw, a string value and no metrics: each trial FAILED with
+    why, and the loop goes on (before: the string was told COMPLETED as y=0, and returning
+    nothing threw a TypeError out of optimize, its trial left PENDING)."""
     r = _worker(bbo_server.address, study_name, "refused")
-    assert r.get("states") == ["FAILED", "FAILED", "FAILED", "COMPLETED"], r
+    assert r.get("states") == ["FAILED"] * 5 + ["COMPLETED"], r
     assert (
         r["reasons"][0].startswith("metrics refused")
         and "y" in r["reasons"][1]
         and r["reasons"][2] == "solver diverged"
+        and r["reasons"][3].startswith(
+            "metrics refused: metrics['y']: metric value must be a number"
+        )
+        and r["reasons"][4].startswith("metrics refused: metrics: missing metric(s) ['y']")
     ), r
 
 

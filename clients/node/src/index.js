@@ -54,12 +54,34 @@ function fromParameterValues(values) {
   return out;
 }
 
+// {loss: 0.42} or {loss: {value, sem}} -> map<string, MetricValue> (none: {}). Anything else is
+// refused here, INVALID_ARGUMENT as the server refuses NaN: protobufjs would encode a string, a
+// boolean or an array as 0, a COMPLETED trial with a value never measured.
 function toMetrics(metrics) {
+  if (metrics == null) return {};
+  if (typeof metrics !== 'object' || Array.isArray(metrics)) {
+    throw invalidArgument('metrics', `must be an object of metric values, e.g. {loss: 0.42}, got ${show(metrics)}`);
+  }
   const out = {};
   for (const [k, v] of Object.entries(metrics)) {
-    out[k] = typeof v === 'number' ? { value: v } : { value: v.value, sem: v.sem };
+    const split = v !== null && typeof v === 'object' && !Array.isArray(v);
+    const [value, sem] = split ? [v.value, v.sem] : [v, undefined];
+    if (typeof value !== 'number' || (sem != null && typeof sem !== 'number')) {
+      throw invalidArgument(`metrics['${k}']`, `metric value must be a number (or {value, sem} of numbers), got ${show(v)}`);
+    }
+    out[k] = sem == null ? { value } : { value, sem };
   }
   return out;
+}
+
+function show(v) {
+  if (typeof v === 'string') return JSON.stringify(v);
+  if (typeof v === 'bigint') return `${v}n`;
+  try {
+    return JSON.stringify(v) ?? String(v);
+  } catch (e) {
+    return String(v);
+  }
 }
 
 // google.protobuf.Timestamp -> seconds since the epoch (null when unset)
@@ -171,6 +193,11 @@ class BboError extends Error {
     this.codeName = Object.keys(grpc.status).find((k) => grpc.status[k] === err.code);
     this.retryAfter = retryDelay(err);  // seconds the server asked to wait before retrying, or null
   }
+}
+
+// A request refused before it is sent, as the server would refuse it ("field: what to fix").
+function invalidArgument(field, message) {
+  return new BboError({ code: grpc.status.INVALID_ARGUMENT, details: `${field}: ${message}` });
 }
 
 // A PEM option: a file path (string) or the PEM itself (Buffer, or a string holding '-----BEGIN').
@@ -399,7 +426,8 @@ class Study {
   // budget to run to (with promotion, trial.resumeBudget the one a continued trial already reached).
   // While fn runs, the trial's lease is renewed at a third of the lease the server granted, so a
   // long evaluation is not taken for a dead worker's. fn throwing fails the trial with its message;
-  // metrics the server refuses (a missing objective, NaN) fail it with the server's reason.
+  // metrics refused (a missing objective, NaN, a value that is not a number, no object of metrics
+  // returned) fail it with the reason.
   //
   // options: {workerId ('node'), progress} or the worker id alone. progress (default: standard error
   // is a terminal) draws a progress bar there with the study's best (cli-progress), read from the
@@ -477,13 +505,13 @@ class Study {
     } finally {
       clearInterval(timer);
     }
-    if (stop !== null || (metrics == null && last !== null)) {
-      const told = metrics || (last ? { [await this.objectiveName()]: last.value } : {});
-      await this.prune(trial, stop || 'stopped by the objective', told, last ? last.budget : 0);
-      return;
-    }
     try {
-      await this.tell(trial, metrics);
+      if (stop !== null || (metrics == null && last !== null)) {
+        const told = metrics || (last ? { [await this.objectiveName()]: last.value } : {});
+        await this.prune(trial, stop || 'stopped by the objective', told, last ? last.budget : 0);
+      } else {
+        await this.tell(trial, metrics);
+      }
     } catch (e) {
       if (!(e instanceof BboError) || e.code !== grpc.status.INVALID_ARGUMENT) throw e;
       await this.fail(trial, `metrics refused: ${e.message}`);
