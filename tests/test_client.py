@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import socket
 import sys
 import threading
@@ -187,7 +188,22 @@ def test_builder_errors_are_caught_client_side(client, study_name):
             objectives="y",
             constraints=[bc.Constraint("m", "<", 1)],
         )
-    s = client.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives="y")
+    # a space's builders name the parameter and what to use instead (before: a TypeError or
+    # ValueError from inside protobuf naming neither, and "sgd" searched as 's', 'g', 'd')
+    for param, says in [
+        (bc.Categorical("batch", [16, 32]), "Categorical 'batch' takes a list of strings"),
+        (bc.Categorical("opt", "sgd"), "Categorical 'opt' takes a list of strings"),
+        (bc.Ordinal("opt", ["adam", "sgd"]), "Ordinal 'opt' takes a list of numbers"),
+        (bc.Int("n", 0.5, 3), "Int 'n' needs whole-number bounds, got low=0.5"),
+    ]:
+        with pytest.raises(bc.InvalidArgument, match=re.escape(says)):
+            client.create_study(study_name, parameters=[param], objectives="y")
+    assert not any(i.name == study_name for i in client.list_studies())
+    (t,) = client.create_study(
+        study_name, parameters=[bc.Int("n", 1e3, 1e4), bc.Ordinal("b", (16, 32))], objectives="y"
+    ).ask()
+    assert 1000 <= t.params["n"] <= 10000 and t.params["b"] in (16, 32)
+    s = client.create_study(study_name + "-x", parameters=[bc.Float("x", 0, 1)], objectives="y")
     with pytest.raises(bc.InvalidArgument):
         s.trials(["DONE"])
     with pytest.raises(bc.InvalidArgument):

@@ -6,6 +6,7 @@ Plain dataclasses; protobuf stays inside the client.
 from __future__ import annotations
 
 import datetime as _dt
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,10 +66,23 @@ class Int:
     log: bool = False
 
     def to_pb(self) -> pb.ParameterSpec:
+        low, high = (_integer(self.name, b, v) for b, v in (("low", self.low), ("high", self.high)))
         return pb.ParameterSpec(
             name=self.name,
-            int=pb.IntParameter(low=self.low, high=self.high, scale=_scale(self.log)),
+            int=pb.IntParameter(low=low, high=high, scale=_scale(self.log)),
         )
+
+
+def _integer(name: str, bound: str, v: Any) -> int:
+    """An Int's bound as an int (``1e3`` is 1000); refused, naming the parameter, if not whole."""
+    if not isinstance(v, bool) and isinstance(v, numbers.Real) and float(v).is_integer():
+        return int(v)
+    from bbo_client.errors import InvalidArgument
+
+    raise InvalidArgument(
+        f"Int '{name}' needs whole-number bounds, got {bound}={v!r}: use Float for a real range",
+        field=f"parameters.{bound}",
+    )
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,14 @@ class Categorical:
     choices: Sequence[str]
 
     def to_pb(self) -> pb.ParameterSpec:
+        if isinstance(self.choices, str) or not all(isinstance(c, str) for c in self.choices):
+            from bbo_client.errors import InvalidArgument
+
+            raise InvalidArgument(
+                f"Categorical '{self.name}' takes a list of strings, got {self.choices!r}: "
+                "use Ordinal for ordered numbers, or label each choice with a string",
+                field="parameters.choices",
+            )
         return pb.ParameterSpec(
             name=self.name, categorical=pb.CategoricalParameter(choices=list(self.choices))
         )
@@ -93,6 +115,16 @@ class Ordinal:
     log: bool = False
 
     def to_pb(self) -> pb.ParameterSpec:
+        if isinstance(self.values, str) or not all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in self.values
+        ):
+            from bbo_client.errors import InvalidArgument
+
+            raise InvalidArgument(
+                f"Ordinal '{self.name}' takes a list of numbers, got {self.values!r}: "
+                "use Categorical for string labels",
+                field="parameters.values",
+            )
         return pb.ParameterSpec(
             name=self.name,
             ordinal=pb.OrdinalParameter(
