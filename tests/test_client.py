@@ -45,6 +45,25 @@ def test_optimize_records_failures_and_finds_the_best(client, study_name):
     assert {t.worker_id.rsplit("-", 1)[1] for t in trials} <= {"0", "1", "2"}
 
 
+def test_a_trial_objective_returning_nothing_is_pruned_only_after_reporting(client, study_name):
+    """fn(params, trial) returning None after trial.report(...) stopped early: PRUNED with its last
+    value. Returning None with nothing reported is a forgotten return: FAILED naming the missing
+    objective, as for fn(params) (before: PRUNED "stopped by the objective" with no values, and
+    optimize returned an empty best without a word)."""
+    s = client.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives="loss")
+
+    def fn(p, trial):
+        if trial.trial.id % 2 == 0:
+            trial.report(1, p["x"])
+        loss = p["x"]  # noqa: F841 (the forgotten return)
+
+    s.optimize(fn, n_trials=4, progress=False)
+    trials = s.trials()
+    assert [t.state for t in trials] == ["FAILED", "PRUNED"] * 2
+    assert all("missing metric(s) ['loss']" in t.reason for t in trials[::2])
+    assert all(t.metrics == {"loss": t.params["x"]} for t in trials[1::2])
+
+
 def test_an_objective_that_exits_ends_optimize_with_its_trial_failed(client, study_name):
     """sys.exit() inside the objective (a BaseException, not an Exception) ends the loop as it
     asks, but its trial is told FAILED first, not left PENDING until its lease runs out."""

@@ -580,7 +580,8 @@ class StudyHandle:
         that takes two arguments, ``fn(params, trial)``, gets a :class:`TrialContext`: it reports
         its learning curve with ``trial.report(step, value)`` (or ``trial(step, value)``), which
         raises :class:`TrialPruned` once the study's pruning policy says to stop; the trial is then
-        told PRUNED with its last value, and the loop goes on. In a study with a fidelity,
+        told PRUNED with its last value (also if it returns nothing after reporting), and the loop
+        goes on. In a study with a fidelity,
         ``trial.budget`` is the budget to run to (and with promotion ``trial.resume_budget`` the
         one a continued trial already reached: resume from your checkpoint of ``trial.id``); each
         of the ``n_trials`` asks may hand out a new point or continue a paused one.
@@ -700,7 +701,9 @@ class StudyHandle:
         try:
             if failure:
                 self.tell(t, failed=True, reason=failure, patience=patience)
-            elif stopped or (ctx is not None and (ctx.pruned or metrics is None)):
+            elif stopped or (
+                ctx is not None and (ctx.pruned or (metrics is None and ctx.last is not None))
+            ):  # stopped early; returning nothing with nothing reported is a missing result
                 self._tell_pruned(t, ctx, metrics, patience)
             else:
                 try:
@@ -719,8 +722,9 @@ class StudyHandle:
             ) from e
 
     def _tell_pruned(self, t: Trial, ctx: TrialContext | None, metrics, patience: float) -> None:
-        """Tell a trial the objective stopped (told to, or returned nothing) PRUNED, with the
-        metrics it returned or else its last reported value, at the last budget reported."""
+        """Tell a trial the objective stopped (told to, or returned nothing after reporting)
+        PRUNED, with the metrics it returned or else its last reported value, at the last budget
+        reported."""
         last = ctx.last if ctx is not None else None
         if not metrics and last is not None:
             metrics = {self.info(cached=True).objectives[0].name: last[1]}
