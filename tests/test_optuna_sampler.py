@@ -138,6 +138,35 @@ def test_a_conditional_space_keeps_branch_parameters_out_of_bbo(client, study_na
     assert len(asked) == 3 and all(t.state.name == "COMPLETE" for t in study.trials)
 
 
+def test_a_trial_evaluated_off_the_asked_point_is_not_told_for_it(client, study_name, caplog):
+    """The objective narrows x from [0, 10] to [0, 1] after the bbo study was made: bbo's x = 5
+    (its centre) is outside, so Optuna samples x itself; that result is not bbo's point's. Such
+    a trial is told ABANDONED with why, every COMPLETED bbo trial holds the x Optuna evaluated,
+    and a warning says so once (before: x = 5 was told COMPLETED with the value of another x)."""
+
+    def obj(trial):
+        return trial.suggest_float("x", 0, 10 if trial.number == 0 else 1)
+
+    sampler = BboSampler(client=client, study_name=study_name, n_initial=8)
+    study = optuna.create_study(sampler=sampler)
+    with caplog.at_level("WARNING", logger="bbo_client.optuna"):
+        study.optimize(obj, n_trials=5)
+    got = {t.id: t for t in client.study(study_name).trials()}
+    asked = [t for t in study.trials if TRIAL_ID_ATTR in t.system_attrs]
+    assert len(asked) == 4
+    states = []
+    for t in asked:
+        b = got[t.system_attrs[TRIAL_ID_ATTR]]
+        states.append(b.state)
+        if b.params["x"] == t.params["x"]:
+            assert b.state == "COMPLETED" and b.metrics["value"] == t.value
+        else:
+            assert b.state == "ABANDONED" and not b.metrics, b
+            assert f"evaluated x={t.params['x']!r}" in b.reason and "not bbo's x=" in b.reason
+    assert states[0] == "ABANDONED"  # bbo's first ask is its centre, x = 5
+    assert len([r for r in caplog.records if "searches FloatDistribution" in r.message]) == 1
+
+
 def test_two_optuna_studies_in_threads_share_one_bbo_study(bbo_server, client, study_name):
     studies = []
 

@@ -188,6 +188,7 @@ class BboSampler(BaseSampler):
         self._options = study_options
         self._bound: dict[str, _Bound] = {}  # by Optuna study name
         self._waiting: set[str] = set()  # bbo studies found with parameters not suggested yet
+        self._warned: set[tuple[str, str]] = set()  # (bbo study, parameter) suggested elsewhere
         self._lock = threading.Lock()
 
     @property
@@ -260,7 +261,14 @@ class BboSampler(BaseSampler):
         assert b is not None, "a trial was asked from bbo, so the study is bound"
         asked = Trial(int(tid), {}, study_uid=trial.system_attrs.get(STUDY_UID_ATTR, ""))
         try:
-            if state == TrialState.COMPLETE:
+            moved = self._moved(b, trial, int(tid))
+            if moved:  # bbo's point was not evaluated: its result must not be told for it
+                reason = (
+                    f"Optuna trial {trial.number} evaluated {moved}: the objective suggests "
+                    "another range than the bbo study's, so Optuna sampled it independently"
+                )
+                b.handle.tell(asked, abandoned=True, reason=reason, patience=self._patience)
+            elif state == TrialState.COMPLETE:
                 metrics, bad = self._metrics(b, list(values or []), constraints)
                 if bad:
                     b.handle.tell(asked, failed=True, reason=bad, patience=self._patience)
@@ -285,6 +293,37 @@ class BboSampler(BaseSampler):
                 field=e.field,
                 code=e.code,
             ) from e
+
+    def _moved(self, b: _Bound, trial: FrozenTrial, tid: int) -> str:
+        """The parameters ``trial`` took at other values than bbo asked for, or "" (most trials:
+        an objective suggesting a parameter as the bbo study has it gets bbo's value). One whose
+        distribution changed (``suggest_float("x", 0, 1)`` where the study has [0, 2]) got bbo's
+        value only if the new range holds it; otherwise Optuna sampled it independently."""
+        changed = {
+            k: trial.distributions[k]
+            for k, d in b.space.items()
+            if k in trial.distributions and trial.distributions[k] != d
+        }
+        if not changed:
+            return ""
+        params = b.handle.trial(tid).params
+        moved = []
+        for k, d in changed.items():
+            bbo = optuna_value(b.space[k], params[b.names[k]])
+            if trial.params[k] != bbo:
+                moved.append(f"{k}={trial.params[k]!r} ({d}), not bbo's {k}={bbo!r}")
+                if (b.handle.name, k) not in self._warned:
+                    self._warned.add((b.handle.name, k))
+                    log.warning(
+                        "'%s' is suggested from %s but bbo study '%s' searches %s: a trial "
+                        "evaluated elsewhere than bbo asked is told ABANDONED, not its result; "
+                        "pass another study_name to search the new space",
+                        k,
+                        d,
+                        b.handle.name,
+                        b.space[k],
+                    )
+        return "; ".join(moved)
 
     # ---- binding an Optuna study to a bbo study -------------------------------------------------
     def _bind(self, study: Study) -> _Bound | None:
