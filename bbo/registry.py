@@ -95,10 +95,16 @@ def _same_study(stored: Mapping[str, Any], requested: StudySpec) -> bool:
     version (an older server stored fewer keys), algorithm options the request leaves at their
     defaults taking the stored values (a default changed by an upgrade must not lock drivers out of
     their studies)."""
+    return _spec_difference(stored, requested) == ""
+
+
+def _spec_difference(stored: Mapping[str, Any], requested: StudySpec) -> str:
+    """Where the request differs from the stored study (see :func:`_same_study`), e.g.
+    ``parameters[0].high is 1.0 there, 2.0 here``; "" where it names that study."""
     try:
         old = StudySpec.from_dict(stored, strict=False)
     except (SpecError, TypeError, ValueError):
-        return _json(stored) == _json(requested.to_dict())
+        return _first_difference(_plain(stored), _plain(requested.to_dict()), "spec")
     defaults = AlgorithmOptions()
     kept = {
         f.name: getattr(old.algorithm, f.name)
@@ -108,7 +114,34 @@ def _same_study(stored: Mapping[str, Any], requested: StudySpec) -> bool:
     requested = dataclasses.replace(
         requested, algorithm=dataclasses.replace(requested.algorithm, **kept)
     )
-    return _json(old.to_dict()) == _json(requested.to_dict())
+    return _first_difference(_plain(old.to_dict()), _plain(requested.to_dict()), "spec")
+
+
+def _plain(d: Any) -> Any:
+    """``d`` as the JSON it is compared by."""
+    return json.loads(_json(d))
+
+
+def _first_difference(there: Any, here: Any, path: str) -> str:
+    """The first place two JSON values differ: ``path is <there> there, <here> here``; "" if equal."""
+    if there == here:
+        return ""
+    if isinstance(there, dict) and isinstance(here, dict):
+        for k in sorted(set(there) | set(here)):
+            if k not in there or k not in here:
+                was, now = ("set" if k in d else "unset" for d in (there, here))
+                return f"{path}.{k} is {was} there, {now} here"
+            d = _first_difference(there[k], here[k], f"{path}.{k}")
+            if d:
+                return d
+    if isinstance(there, list) and isinstance(here, list) and len(there) == len(here):
+        for i, (a, b) in enumerate(zip(there, here)):
+            d = _first_difference(a, b, f"{path}[{i}]")
+            if d:
+                return d
+    if isinstance(there, list) and isinstance(here, list):
+        return f"{path} has {len(there)} entries there, {len(here)} here"
+    return f"{path} is {json.dumps(there)} there, {json.dumps(here)} here"
 
 
 def _json(d: Any) -> str:
@@ -206,8 +239,11 @@ class StudyRegistry:
                 break
         else:
             raise ConflictError(f"study '{name}' is being created and deleted concurrently: retry")
-        if not created and not _same_study(rec.spec, spec):
-            raise AlreadyExistsError(f"study '{name}' already exists with a different spec")
+        if not created and (differs := _spec_difference(rec.spec, spec)):
+            raise AlreadyExistsError(
+                f"study '{name}' already exists with a different spec ({differs}): create this "
+                "one under another name, or delete that study first"
+            )
         st = self._adopt(rec, self._deletes_seen())
         if created:
             log.info("study created", extra={"study": name, "tenant": tenant, "uid": rec.uid})

@@ -101,13 +101,25 @@ def test_reattach_after_an_upgrade_changed_algorithm_defaults(storage):
     again, created = reg.create_study("old", SPEC)
     assert not created and again.uid == st.uid
     assert again.spec.algorithm.prior_exponent == 1.0  # the study keeps what it was created with
-    with pytest.raises(AlreadyExistsError):
+    # the refusal says what differs and what to do (before: "already exists with a different spec")
+    with pytest.raises(
+        AlreadyExistsError, match=r"spec\.algorithm\.exploit_gap is 2 there, 5 here"
+    ):
         reg.create_study("old", dict(SPEC, algorithm={"n_initial": 1000, "exploit_gap": 5}))
-    with pytest.raises(AlreadyExistsError):
+    with pytest.raises(
+        AlreadyExistsError,
+        match=r"\(spec\.parameters\[0\]\.high is 1\.0 there, 2\.0 here\): create this one under "
+        "another name, or delete that study first",
+    ):
         reg.create_study(
             "old", dict(SPEC, parameters=[{"type": "float", "name": "x", "low": 0.0, "high": 2.0}])
         )
-    with pytest.raises(AlreadyExistsError):
+    with pytest.raises(AlreadyExistsError, match=r"spec\.parameters has 1 entries there, 2 here"):
+        reg.create_study(
+            "old",
+            dict(SPEC, parameters=[*SPEC["parameters"], dict(SPEC["parameters"][0], name="z")]),
+        )
+    with pytest.raises(AlreadyExistsError, match=r"spec\.algorithm\.n_initial is 1000 there, 7"):
         reg.create_study("old", dict(SPEC, algorithm={"n_initial": 7}))
 
 
