@@ -17,7 +17,7 @@ import torch
 from botorch.optim.optimize import optimize_acqf_discrete, optimize_acqf_discrete_local_search
 
 from bbo.device import Placement
-from bbo.space import SearchSpace
+from bbo.space import SearchSpace, dense_constraints
 
 ENUMERATE_MAX = 4096  # grids up to this many points are scored whole
 RAW_SAMPLES = 1024  # random grid points scored to pick local-search starts
@@ -32,6 +32,21 @@ def fully_discrete(space: SearchSpace) -> bool:
 
 def grid_size(space: SearchSpace) -> float:
     return math.prod(len(g) for g in space.discrete_values().values())
+
+
+def feasible_grid(space: SearchSpace) -> np.ndarray | None:
+    """Every encoded point of a fully discrete space that meets its linear constraints; None
+    where some column is continuous or the grid has over :data:`ENUMERATE_MAX` points (a study
+    that measured them all is not in sight)."""
+    if not fully_discrete(space) or grid_size(space) > ENUMERATE_MAX:
+        return None
+    grids = space.discrete_values()
+    mesh = np.stack(np.meshgrid(*(grids[i] for i in range(space.dim)), indexing="ij"), -1)
+    mesh = mesh.reshape(-1, space.dim)
+    if space.constraints:
+        A, b = dense_constraints(space.inequality_constraints(), space.dim)
+        mesh = mesh[np.all(mesh @ A.T >= b - 1e-9, axis=1)]
+    return mesh
 
 
 def maximize(

@@ -101,3 +101,54 @@ def test_a_failing_part_gives_fallback_points_not_an_error(monkeypatch):
     out = gs.suggest([], 2, warmstart=[Suggestion({"a": 0.1, "b": 0.1}, "llm_warmstart")])
     assert [s.origin for s in out] == [Origin.FALLBACK.value] * 2
     assert all("generation failed: RuntimeError: design broke" in s.reason for s in out)
+
+
+def _discrete_run(space: SearchSpace, n: int, pending: int = 0) -> tuple[list, list[Trial]]:
+    """``n`` asks told a deterministic value, then ``pending`` asks left pending, then one more."""
+    gs = GenerationStrategy(StudySpec(space, (Objective("f"),), algorithm=AlgorithmOptions(seed=3)))
+    trials: list[Trial] = []
+    for i in range(n + pending):
+        (s,) = gs.suggest(trials, 1)
+        f = sum(ord(v) % 5 if isinstance(v, str) else (v - 1.4) ** 2 for v in s.params.values())
+        value = {"f": Metric(float(f))}
+        done = i < n
+        state = TrialState.COMPLETED if done else TrialState.PENDING
+        trials.append(Trial(i + 1, s.params, state, value if done else {}, origin=s.origin))
+    return gs.suggest(trials, 2), trials
+
+
+def test_an_exhausted_discrete_space_repeats_its_best_point_and_says_why():
+    from bbo.space import CategoricalParam, LinearConstraint
+
+    space = SearchSpace((CategoricalParam("c", ("x", "y")), IntParam("k", 1, 3)))
+    out, trials = _discrete_run(space, 6)
+    design = [tuple(t.params.values()) for t in trials if t.origin == Origin.INITIAL.value]
+    assert len(set(design)) == len(design)  # no repeat in the design while points are left
+    assert len({tuple(t.params.values()) for t in trials}) == 6
+    assert [s.origin for s in out] == [Origin.REPLICATE.value] * 2
+    assert all("every point of the search space (6 meet" in s.reason for s in out)
+    assert out[0].params != out[1].params  # a batch repeats the best points, not one twice
+    best = min(trials, key=lambda t: t.metrics["f"].value)
+    assert any(s.params == best.params for s in out)
+    # pending points count as taken; a linear constraint leaves fewer points to exhaust
+    out, _ = _discrete_run(space, 4, pending=2)
+    assert [s.origin for s in out] == [Origin.REPLICATE.value] * 2
+    two = SearchSpace(
+        (IntParam("a", 0, 2), IntParam("b", 0, 2)), (LinearConstraint({"a": 1, "b": 1}, 2),)
+    )
+    out, trials = _discrete_run(two, 6)
+    assert all(t.params["a"] + t.params["b"] <= 2 for t in trials)
+    assert [s.origin for s in out] == [Origin.REPLICATE.value] * 2
+    assert "(6 meet its constraints)" in out[0].reason
+    out, _ = _discrete_run(two, 5)  # one point left: found, then the space is exhausted
+    assert [s.origin != Origin.REPLICATE.value for s in out] == [True, False]
+
+
+def test_a_discrete_design_does_not_repeat_a_point_while_others_are_left():
+    from bbo.space import CategoricalParam
+
+    space = SearchSpace((CategoricalParam("c", ("x", "y")), IntParam("k", 1, 3)))
+    for seed in range(4):  # rounded Sobol points land on one of 6 grid points: they collided
+        spec = StudySpec(space, (Objective("f"),), algorithm=AlgorithmOptions(seed=seed))
+        points = [tuple(s.params.values()) for s in GenerationStrategy(spec).suggest([], 5)]
+        assert len(set(points)) == 5, (seed, points)

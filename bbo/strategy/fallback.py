@@ -3,7 +3,10 @@
 One space-filling path (:func:`space_filling`): the Sobol points after those the study's design
 and earlier fallbacks used, skipping existing points; the service can call it without a strategy.
 Where a model exists, :meth:`Fallback.model_guided` first ranks random points by a cheap model
-score, and falls back to the space-filling points if that fails too.
+score, and falls back to the space-filling points if that fails too. A fully discrete space whose
+every feasible point is measured or pending (:meth:`Fallback.exhausted`) has no new point for the
+acquisition optimizer to find: the ask repeats the measured point the model rates best (origin
+``replicate``) and says so, instead of reporting a failed optimizer.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 
 from bbo.acquisition import Layout, model_score
 from bbo.design import sobol_design
+from bbo.discrete_search import feasible_grid
 from bbo.space import SearchSpace
 from bbo.strategy.base import Suggestion
 from bbo.strategy.context import Context
@@ -64,11 +68,49 @@ def space_filling(
     return out
 
 
+EXHAUSTED = (
+    "every point of the search space ({n} meet its constraints) has been evaluated or is pending: "
+    "repeating the measured point the model rates best (under noise a repeat sharpens its "
+    "estimate; a deterministic objective has nothing new to find)"
+)
+
+
 class Fallback:
     """The strategy's fallbacks, on its seed and point cache."""
 
     def __init__(self, ctx: Context):
         self.ctx = ctx
+        self._grid: tuple[np.ndarray | None] | None = None  # (feasible_grid's answer,) once asked
+
+    def exhausted(self, taken: np.ndarray) -> int:
+        """The number of feasible points of a fully discrete space whose every point is in
+        ``taken`` (measured or pending), else 0: no acquisition step can find a new one."""
+        if self._grid is None:
+            self._grid = (feasible_grid(self.ctx.spec.space),)
+        grid = self._grid[0]
+        if grid is None or len(grid) == 0 or len(taken) < len(grid):
+            return 0
+        # grid values are exact in the encoding (spacing >= 1/4096): rounded rows compare as sets,
+        # linear in the points where a distance test of each grid point was grid x taken
+        seen = {tuple(row) for row in np.round(taken, 6)}
+        return len(grid) if all(tuple(g) in seen for g in np.round(grid, 6)) else 0
+
+    def repeat_best(self, model, data, k: int, n_points: int) -> Suggestion:
+        """In an exhausted space (:meth:`exhausted`), the ``k``-th best distinct measured point by
+        the cheap model score (the best for the first repeat of an ask, the next for a second)."""
+        c = self.ctx
+        X = data.X[data.distinct_rows]
+        order: np.ndarray
+        try:
+            s = model_score(model, data.layout, c.placement.tensor(X))
+            s = torch.nan_to_num(s, nan=-float("inf"))
+            order = torch.argsort(s, descending=True).cpu().numpy()
+        except Exception:  # noqa: BLE001 - the observed order then
+            order = np.argsort(-data.score[data.distinct_rows], kind="stable")
+        x = X[order[k % len(order)]]
+        return Suggestion(
+            c.spec.space.decode(x), Origin.REPLICATE.value, EXHAUSTED.format(n=n_points)
+        )
 
     def space_filling(
         self, trials: Sequence[Trial], n: int, taken: np.ndarray, reason: str

@@ -256,9 +256,14 @@ class GenerationStrategy:
             data, noise, lambda: self.recommender.fit_evidence(data, model, rows).objective, taken
         )
         exploit = first is None and self.exploitation.due(trials, data)
+        repeats = 0
         for i in range(n):
             sug = first if i == 0 else None
-            if i == 0 and exploit:
+            n_points = self.fallback.exhausted(taken) if sug is None else 0
+            if n_points:  # no new point is left: a deliberate repeat, not a failing optimizer
+                sug = self.fallback.repeat_best(model, data, repeats, n_points)
+                repeats += 1
+            elif i == 0 and exploit:
                 sug = self.exploitation.step(
                     model, data, noise, taken, acq.budget, acq.note, ask.seed, acq.predictive
                 )

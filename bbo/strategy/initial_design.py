@@ -19,6 +19,7 @@ from bbo.trial import WARMSTART_ORIGINS, Origin
 
 SET_ASIDE = "warm-start candidates set aside: the ones measured are worse than the design's median"
 IN_REGION = "a Sobol point in the region the source studies' best trials span"
+SOBOL_ROUNDS = 8  # batches of 2n Sobol points searched for new ones before a repeat is allowed
 
 
 class InitialDesign:
@@ -47,14 +48,28 @@ class InitialDesign:
             reason = "the priors' best guess" if ask.priors else ""
             out.append(Suggestion(c, Origin.INITIAL.value, reason))
             taken = np.vstack([taken, space.encode(c)[None]])
-        for p in sobol_design(
-            space, n_design - len(out), ctx.seed, skip=n_initial_used, region=self.region
-        ):
-            out.append(
-                Suggestion(p, Origin.INITIAL.value, IN_REGION if self.region is not None else "")
-            )
+        why = IN_REGION if self.region is not None else ""
+        for p in self._sobol(n_design - len(out), n_initial_used, taken):
+            out.append(Suggestion(p, Origin.INITIAL.value, why))
             taken = np.vstack([taken, space.encode(p)[None]])
         return out, taken
+
+    def _sobol(self, n: int, skip: int, taken: np.ndarray) -> list[dict[str, Value]]:
+        """The next ``n`` Sobol points after ``skip``, passing over those that round onto a
+        point already taken (ints, ordinals, categoricals) while the sequence offers others: a
+        repeat in the design is an evaluation that teaches nothing new."""
+        ctx, space, out = self.ctx, self.ctx.spec.space, []
+        for _ in range(SOBOL_ROUNDS):
+            for p in sobol_design(space, 2 * n, ctx.seed, skip=skip, region=self.region):
+                xe = space.encode(p)
+                if not ctx.points.too_close(xe, taken):
+                    out.append(p)
+                    taken = np.vstack([taken, xe[None]])
+                    if len(out) == n:
+                        return out
+            skip += 2 * n
+        # (almost) every point of a small discrete space taken: repeats are all that is left
+        return out + sobol_design(space, n - len(out), ctx.seed, skip=skip, region=self.region)
 
     def size(self, ask: Ask, n_warm: int) -> int:
         """How many trials the initial design holds: ``n_initial``, or fewer once the data confirm
