@@ -27,6 +27,7 @@ import base64
 import dataclasses
 import json
 import logging
+import math
 import os
 import threading
 import weakref
@@ -162,8 +163,16 @@ def decode_page_token(token: str) -> tuple[float, str] | None:
         at, name = json.loads(raw)
         if isinstance(at, bool) or not isinstance(at, (int, float)) or not isinstance(name, str):
             raise ValueError
-        return float(at), name
-    except (ValueError, TypeError):
+        # only what a token we issue can hold, a creation time and a study name the database can
+        # compare: a 400-digit time is no float (OverflowError), nor NaN / inf a time, and a
+        # lone surrogate ("\ud800") cannot be encoded to be bound (UnicodeEncodeError, a
+        # ValueError); each was INTERNAL
+        at = float(at)
+        if not math.isfinite(at) or len(name) > 128:
+            raise ValueError
+        name.encode("utf-8")
+        return at, name
+    except (ValueError, TypeError, OverflowError, RecursionError):
         raise SpecError(
             "page_token",
             f"malformed page token {token[:40]!r}: pass back a next_page_token unchanged",

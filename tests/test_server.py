@@ -610,6 +610,41 @@ def test_bad_raw_requests(bbo_server, client, study_name, make_study):
     assert client.study(study_name).trials() == []
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '[1,"\\ud800"]',  # a lone surrogate: the database could not encode it (was INTERNAL)
+        "[1" + "0" * 400 + ',"x"]',  # a time no float holds: OverflowError (was INTERNAL)
+        "[" * 100_000,  # nested past the JSON parser's recursion limit
+        '[NaN,"x"]',
+        '[-Infinity,"x"]',
+        '[1,"' + "x" * 129 + '"]',  # no study name is that long
+    ],
+)
+def test_a_forged_study_page_token_is_invalid_argument(
+    bbo_server, client, study_name, make_study, raw
+):
+    """A ListStudies token is base64 JSON ``[created_at, name]``: one the server never issues is
+    INVALID_ARGUMENT naming page_token; a token it issued still pages on."""
+    import base64
+
+    make_study(client, study_name + "-a")
+    make_study(client, study_name + "-b")
+    ch, stub = raw_stub(bbo_server.address)
+    with ch:
+        token = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+        with pytest.raises(grpc.RpcError) as e:
+            stub.ListStudies(svc.ListStudiesRequest(page_token=token), timeout=30)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+        assert e.value.details().startswith("page_token"), e.value.details()
+        first = stub.ListStudies(svc.ListStudiesRequest(page_size=1), timeout=30)
+        assert first.next_page_token
+        nxt = stub.ListStudies(
+            svc.ListStudiesRequest(page_size=1, page_token=first.next_page_token), timeout=30
+        )
+        assert [s.name for s in nxt.studies] != [s.name for s in first.studies]
+
+
 def test_a_state_filter_repeating_a_state_is_that_filter(
     bbo_server, client, study_name, make_study
 ):
