@@ -88,6 +88,40 @@ def test_other_tenants_study_is_not_found(auth_server, rpc):
         assert call(st, rpc, request_for(rpc, "secret", trial_id=2), auth_server["a"])[1] is None
 
 
+@pytest.mark.parametrize("rpc", RPCS)
+def test_request_bytes_that_do_not_parse_are_invalid_argument_after_auth(auth_server, rpc):
+    """A request whose bytes are not its message (a string field that is not UTF-8, a field cut
+    short) was INTERNAL "Exception deserializing request!" with an error-level traceback in the
+    log, for anyone, key or not. Now: UNAUTHENTICATED without a key, else INVALID_ARGUMENT naming
+    the request, nothing changed and nothing logged as an error."""
+    st = auth_server["stub"]
+    srv = auth_server["srv"]
+    ch = grpc.insecure_channel(srv.address)
+    method = ch.unary_unary(
+        f"/bbo.v1.BboService/{rpc}",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+    string_tag = b"\x12" if rpc == "ListStudies" else b"\x0a"  # its first string field
+    before = _snapshot(st, auth_server["a"])
+    errors_before = srv.log_tail(10_000_000).count('"level": "error"')
+    with ch:
+        for body in (string_tag + b"\x02\xff\xfe", string_tag + b"\x05ab"):
+            for key, code in (
+                (None, grpc.StatusCode.UNAUTHENTICATED),
+                (auth_server["a"], grpc.StatusCode.INVALID_ARGUMENT),
+            ):
+                md = () if key is None else (("x-api-key", key),)
+                with pytest.raises(grpc.RpcError) as e:
+                    method(body, metadata=md, timeout=30)
+                assert e.value.code() == code, (rpc, body, e.value.code(), e.value.details())
+                if key is not None:
+                    assert e.value.details().startswith("request: ")
+                    assert "not a valid bbo.v1." in e.value.details()
+    assert _snapshot(st, auth_server["a"]) == before
+    assert srv.log_tail(10_000_000).count('"level": "error"') == errors_before
+
+
 def test_tenants_have_separate_namespaces(auth_server):
     st = auth_server["stub"]
     r, code = call(st, "ListStudies", request_for("ListStudies", ""), auth_server["b"])

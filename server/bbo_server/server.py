@@ -19,8 +19,8 @@ from grpc_reflection.v1alpha import reflection
 from bbo.limits import RequestLimits
 from bbo.registry import StudyConfig, StudyRegistry
 from bbo.storage import Storage, default_url, open_storage
-from bbo_client.v1 import service_pb2, service_pb2_grpc
-from bbo_server.servicer import Authenticate, BboServicer
+from bbo_client.v1 import service_pb2
+from bbo_server.servicer import Authenticate, BboServicer, add_to_server
 
 if TYPE_CHECKING:
     from bbo.llm import LlmAdvisor
@@ -199,9 +199,7 @@ def start(opts: ServerOptions, storage: Storage | None = None) -> RunningServer:
             ("grpc.so_reuseport", 0),
         ],
     )
-    service_pb2_grpc.add_BboServiceServicer_to_server(
-        BboServicer(registry, opts.authenticate), server
-    )
+    add_to_server(BboServicer(registry, opts.authenticate), server)
     hs = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
     reflection.enable_server_reflection(

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 import grpc
+from google.protobuf.message_factory import GetMessageClass
 
 from bbo.errors import BboError, SpecError
 from bbo.paging import cut_page, page_bounds, page_prefix, read_lazily
@@ -43,6 +44,8 @@ def rpc(fn):
         status = None
         try:
             tenant = self.authenticate(context, name)
+            if isinstance(request, Undecodable):
+                raise SpecError("request", request.message())
             return fn(self, request, context, tenant)
         except BboError as e:
             status = status_for(e)
@@ -76,6 +79,59 @@ def rpc(fn):
         context.abort_with_status(status)
 
     return wrapper
+
+
+class Undecodable:
+    """What a request's bytes that do not parse as its message stand for (a string field that is
+    not UTF-8, bytes cut short). gRPC answered such a request INTERNAL ("Exception deserializing
+    request!") and logged a traceback at error level, before authentication; with the lenient
+    deserializers of :func:`add_to_server` it reaches the handler, which authenticates the call and
+    refuses it INVALID_ARGUMENT. It has no request fields: logs and limits read none."""
+
+    __slots__ = ("type_name", "error")
+
+    def __init__(self, type_name: str, error: str):
+        self.type_name, self.error = type_name, error
+
+    def message(self) -> str:
+        return (
+            f"the request is not a valid {self.type_name} ({self.error}): a string field holds "
+            "bytes that are not UTF-8, or the message is cut short or corrupt"
+        )
+
+
+def _lenient(cls) -> Callable[[bytes], object]:
+    """``cls.FromString`` that never raises: bytes it cannot parse become an :class:`Undecodable`."""
+
+    def parse(data: bytes):
+        try:
+            return cls.FromString(data)
+        except Exception as e:  # DecodeError, or whatever else the parser raises on bad bytes
+            return Undecodable(cls.DESCRIPTOR.full_name, str(e)[:200] or type(e).__name__)
+
+    return parse
+
+
+_SERVICE = svc.DESCRIPTOR.services_by_name["BboService"]
+
+
+def add_to_server(servicer: BboServicer, server: grpc.Server) -> None:
+    """``service_pb2_grpc.add_BboServiceServicer_to_server``, with request deserializers that
+    never raise (:class:`Undecodable`)."""
+    handlers = {
+        m.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, m.name),
+            request_deserializer=_lenient(GetMessageClass(m.input_type)),
+            response_serializer=GetMessageClass(m.output_type).SerializeToString,
+        )
+        for m in _SERVICE.methods
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(_SERVICE.full_name, handlers),)
+    )
+    register = getattr(server, "add_registered_method_handlers", None)
+    if register is not None:  # grpcio >= 1.63: the generated code registers them too
+        register(_SERVICE.full_name, handlers)
 
 
 def _check_id(value: str, field: str) -> str:
