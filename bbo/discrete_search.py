@@ -11,9 +11,11 @@ need: on a 6-parameter categorical space it took 0.9-1.4 s per ask against a few
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
 import torch
+from botorch.acquisition import AcquisitionFunction
 from botorch.optim.optimize import optimize_acqf_discrete, optimize_acqf_discrete_local_search
 
 from bbo.device import Placement
@@ -23,6 +25,12 @@ ENUMERATE_MAX = 4096  # grids up to this many points are scored whole
 RAW_SAMPLES = 1024  # random grid points scored to pick local-search starts
 RESTARTS = 4
 BATCH = 128  # points per acquisition evaluation (bounds transient memory, as INIT_BATCH_LIMIT)
+# Points one local search scores at most (starts, then every one-parameter neighbor of each step).
+# A step scores sum(choices - 1) neighbors and a climb takes up to about one step per parameter,
+# so the unbounded search grew as parameters^2 x choices: 120 categoricals of 1,000 choices (within
+# every spec limit) scored ~50M points, minutes of a fit slot for one Ask. Searches of ordinary
+# spaces score far fewer (6 parameters of 10 values: a few thousand) and are unchanged.
+EVAL_BUDGET = 1 << 19
 
 
 def fully_discrete(space: SearchSpace) -> bool:
@@ -75,8 +83,9 @@ def maximize(
     else:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            x, v = optimize_acqf_discrete_local_search(
-                acqf,
+            x, _ = optimize_acqf_discrete_local_search(
+                # BoTorch only calls it (q = 1): a callable is enough
+                cast(AcquisitionFunction, _Budgeted(acqf, EVAL_BUDGET)),
                 discrete_choices=choices,
                 q=1,
                 num_restarts=RESTARTS,
@@ -84,5 +93,24 @@ def maximize(
                 inequality_constraints=inequality_constraints,
                 X_avoid=X_avoid,
                 max_batch_size=BATCH,
+                return_acq_values=False,  # the budget may be spent: scored below, by acqf itself
             )
+        with torch.no_grad():
+            v = acqf(x)
     return x.reshape(1, -1), float(v.reshape(-1)[0])
+
+
+class _Budgeted:
+    """``acqf`` that scores at most about ``budget`` points (whole batches): past it every point
+    scores -inf, so BoTorch's local search stops where it is (no neighbor beats the point a climb
+    has reached, whose score is real; a later restart's start scores -inf and is never picked). The
+    search returns the best point it reached within the budget."""
+
+    def __init__(self, acqf, budget: int):
+        self.acqf, self.left = acqf, budget
+
+    def __call__(self, X: torch.Tensor) -> torch.Tensor:
+        if self.left <= 0:
+            return torch.full(X.shape[:-2], -math.inf, dtype=X.dtype, device=X.device)
+        self.left -= math.prod(X.shape[:-2])
+        return self.acqf(X)
