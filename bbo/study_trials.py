@@ -105,10 +105,14 @@ def apply_tell(
         and (budget is None or cur.budget is None or abs(budget - cur.budget) < 1e-9)
     ):
         return None
+    told_as = ", ".join(
+        f"{k}={m.value:g}" + (f" ± {m.sem:g}" if m.sem is not None else "")
+        for k, m in sorted(cur.metrics.items())
+    )
     raise ConflictError(
         f"trial {cur.id} is already {cur.state.value}"
-        + (f" with metrics {metrics_key(cur.metrics)}" if cur.metrics else "")
-        + ": a different tell is refused"
+        + (f" with {told_as}" if told_as else "")
+        + ": a different tell is refused (a trial is told once; ask a new trial to measure again)"
     )
 
 

@@ -198,8 +198,9 @@ def test_retried_requests_are_idempotent(storage):
     assert not r1.duplicate and r2.duplicate
     with pytest.raises(ConflictError):
         study.tell(a[0].id, {"y": 2.0}, request_id="t1")
-    with pytest.raises(ConflictError):
-        study.tell(a[0].id, {"y": 2.0})  # a different tell on a finished trial, no request id
+    # a different tell on a finished trial, no request id: the message shows what was told
+    with pytest.raises(ConflictError, match=r"already COMPLETED with y=1: a different tell"):
+        study.tell(a[0].id, {"y": 2.0})
     assert [e[0] for e in storage.trial_events(study.uid, a[0].id)] == ["PENDING", "COMPLETED"]
     x = study.add_trial({"x": 0.25}, {"y": 0.5}, request_id="add1")
     y = study.add_trial({"x": 0.25}, {"y": 0.5}, request_id="add1")
