@@ -84,6 +84,22 @@ def test_an_objective_that_exits_ends_optimize_with_its_trial_failed(client, stu
     assert trials[2].reason == "interrupted: SystemExit: 3"
 
 
+def test_a_study_deleted_under_optimize_ends_it_without_a_retry_hint(client, study_name):
+    """A result that cannot be told because the study is gone raises NotFound naming the trial;
+    it does not suggest telling it again (nothing can take it)."""
+    s = client.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives="loss")
+
+    def fn(p):
+        if len(s.trials()) == 2:
+            client.delete_study(study_name)
+        return p["x"]
+
+    with pytest.raises(bc.NotFound) as e:
+        s.optimize(fn, n_trials=4, progress=False)
+    assert "trial 2 of" in str(e.value) and "nothing is left to tell it to" in str(e.value)
+    assert "tell it again" not in str(e.value)
+
+
 def test_optimize_progress_bar_shows_the_studys_best(client, study_name, capsys, monkeypatch):
     """The bar names GetBest's trial with its value; under noise with the model's estimate."""
     from bbo_client import client as client_module

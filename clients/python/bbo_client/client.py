@@ -20,6 +20,7 @@ import grpc
 from bbo_client.errors import (
     BboError,
     InvalidArgument,
+    NotFound,
     TrialPruned,
     Unavailable,
     from_rpc_error,
@@ -714,9 +715,14 @@ class StudyHandle:
                     )
         except BboError as e:
             what = f"failure ({failure})" if failure else f"metrics {metrics}"
+            retry = (  # a deleted study or trial takes no tell, now or later
+                "nothing is left to tell it to"
+                if isinstance(e, NotFound)
+                else f"tell it again with tell({t.id}, ...)"
+            )
             raise type(e)(
                 f"trial {t.id} of '{self.name}': its {what} could not be reported: {e.message}; "
-                f"tell it again with tell({t.id}, ...)",
+                + retry,
                 field=e.field,
                 code=e.code,
             ) from e
