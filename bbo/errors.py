@@ -46,6 +46,10 @@ class DatabaseUrlError(BboError, ValueError):
     bad setting (``?synchronous=``, a PostgreSQL timeout...)."""
 
 
+class DatabaseInUse(BboError):
+    """A SQLite database another ``bbo serve`` process serves already (one process owns a file)."""
+
+
 class StorageUnavailable(BboError):
     """The database is unreachable, restarting or stayed locked: nothing was changed, or the change
     may or may not have been stored where the message says so; the service answers UNAVAILABLE and

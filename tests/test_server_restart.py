@@ -135,3 +135,18 @@ def test_sigterm_is_graceful(server_factory):
         c.create_study("g", parameters=[bc.Float("x", 0, 1)], objectives="y")
     assert srv.stop() == 0
     assert '"msg": "stopped"' in srv.log_tail()
+
+
+def test_a_second_server_on_the_same_sqlite_file_is_refused(server_factory):
+    """Each server keeps its studies' trials in memory: a second one on the file would hand out
+    points the first never hears of, and keep serving a study the other deleted. It is refused at
+    start-up, naming the cause; once the first is gone (even SIGKILLed) the file is free."""
+    import pytest
+
+    first = server_factory()
+    with pytest.raises(RuntimeError, match="served by another bbo serve process"):
+        server_factory(db=first.db)
+    first.kill()
+    again = server_factory(db=first.db)
+    with bc.Client(again.address) as c:
+        c.create_study("after", parameters=[bc.Float("x", 0, 1)], objectives="y")

@@ -301,3 +301,29 @@ def test_a_database_locked_by_another_process_is_unavailable(tmp_path):
         assert s.create_study("t", "s2", SPEC, 1) is not None
     finally:
         s.close()
+
+
+def test_a_sqlite_file_is_served_by_one_process_at_a_time(tmp_path):
+    """A server claims its SQLite file (``exclusive``): a second claim, under any name of the
+    file, is DatabaseInUse before it reads or migrates anything; readers (bbo copy, bbo keys)
+    still open it; the claim ends with the storage (the next server starts)."""
+    import os
+
+    from bbo.errors import DatabaseInUse
+
+    path = tmp_path / "served.db"
+    first = open_storage(f"sqlite:///{path}", exclusive=True)
+    try:
+        uid = first.create_study("t", "s", SPEC, 1).uid
+        os.symlink(path, tmp_path / "alias.db")
+        for name in (path, tmp_path / "alias.db", tmp_path / "." / "served.db"):
+            with pytest.raises(DatabaseInUse, match=f"pid {os.getpid()}"):
+                open_storage(f"sqlite:///{name}", exclusive=True)
+        reader = open_storage(f"sqlite:///{path}", migrate=False)
+        assert reader.get_study_by_uid(uid) is not None
+        reader.close()
+    finally:
+        first.close()
+    second = open_storage(f"sqlite:///{path}", exclusive=True)
+    assert second.get_study_by_uid(uid) is not None
+    second.close()

@@ -57,12 +57,15 @@ def open_storage(
     pool_size: int = 16,
     migrate: bool = True,
     group_commit: bool = True,
+    exclusive: bool = False,
 ) -> Storage:
     """The storage backend for ``url`` (``sqlite:///PATH`` or ``postgresql+psycopg://...``).
 
     ``migrate=False`` opens an existing database only to read it: a missing SQLite file is
     NotFoundError instead of being created. ``group_commit`` (SQLite): tells of many threads share
-    one transaction and one fsync."""
+    one transaction and one fsync. ``exclusive`` (SQLite): claim the file for this serving
+    process; a second claim, by any process, raises :class:`~bbo.errors.DatabaseInUse` (a server
+    passes it; PostgreSQL is shared by design and takes no claim)."""
     import sqlalchemy as sa
 
     from bbo.errors import DatabaseUrlError
@@ -77,7 +80,9 @@ def open_storage(
     if backend == "sqlite":
         from bbo.storage.sqlite import SqliteStorage
 
-        return SqliteStorage(u, pool_size=pool_size, migrate=migrate, group_commit=group_commit)
+        return SqliteStorage(
+            u, pool_size=pool_size, migrate=migrate, group_commit=group_commit, exclusive=exclusive
+        )
     if backend == "postgresql":
         from bbo.storage.postgres import PostgresStorage
 

@@ -1,5 +1,11 @@
 """SQLite backend: the embedded default. One ``bbo serve`` process owns a database file.
 
+- A server opens it with ``exclusive=True``: an exclusive ``flock`` on ``<file>-serve.lock`` beside
+  it, held while the storage is open (the kernel drops it when the process ends, however it
+  ends), so a second server on the same file is refused (:class:`bbo.errors.DatabaseInUse`)
+  instead of serving studies whose trials the first keeps in memory. Readers (``bbo copy``,
+  ``bbo keys``, ``bbo --db``) take no lock.
+
 - WAL journal, ``synchronous=FULL`` by default (a committed tell survives power loss; NORMAL
   survives a process crash but not a power cut), foreign keys on, a 30 s busy timeout (URL query
   parameters ``?synchronous=normal&busy_timeout=30000``).
@@ -28,12 +34,49 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from bbo.errors import DatabaseUrlError, NotFoundError, StorageUnavailable, StudyNotFound
+from bbo.errors import (
+    DatabaseInUse,
+    DatabaseUrlError,
+    NotFoundError,
+    StorageUnavailable,
+    StudyNotFound,
+)
 from bbo.storage.base import RequestKey, StoredRequest, TrialChange
 from bbo.storage.sql import SqlStorage, db_call, metrics_from_json, metrics_to_json
 from bbo.trial import Trial, TrialState
 
 SYNCHRONOUS = ("FULL", "NORMAL", "OFF", "EXTRA")
+CLAIM_SUFFIX = "-serve.lock"  # the file beside the database a server holds its flock on
+
+
+def claim(path: str) -> int | None:
+    """Lock the SQLite database ``path`` for one serving process: an exclusive ``flock`` on the
+    file ``<path>-serve.lock`` (the path's symlinks resolved, so every name of the file meets the
+    same lock), held as long as the returned descriptor is open. Raises
+    :class:`~bbo.errors.DatabaseInUse` where another open descriptor holds it, in this process or
+    another. None where the platform has no ``flock``."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not Unix
+        return None
+    fd = os.open(os.path.realpath(path) + CLAIM_SUFFIX, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        by = f" (pid {holder})" if holder.isdigit() else ""
+        raise DatabaseInUse(
+            f"the SQLite database {path} is served by another bbo serve process{by}: a SQLite "
+            "file belongs to one server (it keeps the studies' trials in memory); stop that one, "
+            "or use PostgreSQL to run several servers on one database"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _locked(exc: BaseException) -> bool:
@@ -61,7 +104,10 @@ class SqliteStorage(SqlStorage):
         pool_size: int = 16,
         migrate: bool = True,
         group_commit: bool = True,
+        exclusive: bool = False,
     ):
+        """``exclusive``: claim the file for this serving process (:func:`claim`), before anything
+        is read or migrated."""
         q = dict(url.query)
         sync = str(q.pop("synchronous", os.environ.get("BBO_SQLITE_SYNCHRONOUS", "FULL"))).upper()
         if sync not in SYNCHRONOUS:
@@ -76,19 +122,27 @@ class SqliteStorage(SqlStorage):
             "connect_args": {"check_same_thread": False, "timeout": self.busy_timeout_ms / 1000},
         }
         self._in_memory = not url.database or url.database == ":memory:"
+        self._claim: int | None = None
         if url.database and not self._in_memory:
             if not migrate and not Path(url.database).exists():  # only reading: no stray file
                 raise NotFoundError(f"no database file at {url.database}")
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_timeout=60)
+            if exclusive:
+                self._claim = claim(url.database)
         else:
             kwargs.update(poolclass=sa.pool.StaticPool)
-        super().__init__(sa.create_engine(url, **kwargs), url)
-        self._wlock = threading.RLock()
-        self._setup()
-        self._group = GroupCommit(self) if group_commit else None
-        if migrate:
-            self.migrate()
+        self._group: GroupCommit | None = None
+        try:
+            super().__init__(sa.create_engine(url, **kwargs), url)
+            self._wlock = threading.RLock()
+            self._setup()
+            self._group = GroupCommit(self) if group_commit else None
+            if migrate:
+                self.migrate()
+        except BaseException:
+            self.close()
+            raise
 
     def _setup(self) -> None:
         sync, in_memory, busy = self.synchronous, self._in_memory, self.busy_timeout_ms
@@ -115,7 +169,11 @@ class SqliteStorage(SqlStorage):
     def close(self) -> None:
         if self._group is not None:
             self._group.close()
-        super().close()
+        if hasattr(self, "engine"):
+            super().close()
+        if self._claim is not None:  # after the last write: the next server may start
+            os.close(self._claim)
+            self._claim = None
 
     def _on_error(self, exc, call: str, attempt: int, idempotent: bool) -> float:
         if _locked(exc):

@@ -169,7 +169,9 @@ def start(opts: ServerOptions, storage: Storage | None = None) -> RunningServer:
     """Open the database (migrating it), build the registry and start serving."""
     owns = storage is None
     if storage is None:
-        storage = open_storage(opts.db or default_url(), pool_size=max(8, opts.rpc_threads // 2))
+        storage = open_storage(
+            opts.db or default_url(), pool_size=max(8, opts.rpc_threads // 2), exclusive=True
+        )
     fit_workers = opts.fit_workers or available_cores()
     if opts.llm is not None and opts.llm.cache is None:
         from bbo.llm import StoredAnswers
