@@ -368,7 +368,7 @@ class Study:
         req = request_key("tell", request_id, content)
         outcome: dict[str, Any] = {}
         number = trial_number(trial_id)
-        curve_top = self.budgets.before_tell(number, state, budget, checked, accepts_tell)
+        curve_top, wrote = self.budgets.before_tell(number, state, budget, checked, accepts_tell)
 
         def placed(cur: Trial) -> tuple[TrialState, float | None]:
             return self.budgets.told_state(cur, state, budget, curve_top)
@@ -378,9 +378,14 @@ class Study:
             outcome["duplicate"] = new is None
             return new
 
-        trial, changed, prev = self.storage.modify_trial(
-            self.uid, number, change, request=req, event_detail=reason or "told"
-        )
+        try:
+            trial, changed, prev = self.storage.modify_trial(
+                self.uid, number, change, request=req, event_detail=reason or "told"
+            )
+        except (ConflictError, SpecError):
+            if wrote:  # another tell finished the trial meanwhile: its value goes back
+                self.budgets.after_refused_tell(number)
+            raise
         if trial is None:
             raise NotFoundError(f"trial {trial_id} not found in study '{self.name}'")
         if prev is not None:

@@ -186,23 +186,36 @@ class StudyBudgets:
         budget: float | None,
         metrics: Mapping[str, Metric],
         accepts: Callable[[Trial, TrialState], bool],
-    ) -> float | None:
+    ) -> tuple[float | None, bool]:
         """For a COMPLETED or PRUNED tell in a study with a fidelity, the told objective joins the
-        trial's curve first (a tell refused later leaves nothing; one that fails after it leaves a
-        value the retry writes again); returns the highest budget on the trial's curve (None where
-        there is none, or nothing to do). ``accepts``: whether the tell may change the trial."""
+        trial's curve first (one that fails after it leaves a value the retry writes again).
+        Returns the highest budget on the trial's curve (None where there is none, or nothing to
+        do) and whether a value was written: a tell the trial then refuses (another, different
+        tell won the race) calls :meth:`after_refused_tell`. ``accepts``: whether the tell may
+        change the trial."""
         if self.spec.fidelity is None or state not in (TrialState.COMPLETED, TrialState.PRUNED):
-            return None
+            return None, False
         cur = self.storage.get_trial(self.uid, number)
         if cur is None or not accepts(cur, state):
-            return None
+            return None, False
         curve = self.storage.curves(self.uid, [cur.id]).get(cur.id, [])
         curve_top = max((p.budget for p in curve if p.budget is not None), default=None)
         _, at = self.told_state(cur, state, budget, curve_top)
         obj = self.spec.objectives[0].name
         if at is not None and obj in metrics:
             self.record_value(cur, at, metrics[obj].value)
-        return curve_top
+            return curve_top, True
+        return curve_top, False
+
+    def after_refused_tell(self, number: int) -> None:
+        """Put the stored result back on the curve after a tell that wrote its value first
+        (:meth:`before_tell`) and was then refused: two different tells of one pending trial both
+        write before the trial takes one of them, and the loser's value, written last, stood in
+        the rungs' and the model's curve beside the winner's metrics."""
+        cur = self.storage.get_trial(self.uid, number)
+        obj = self.spec.objectives[0].name
+        if cur is not None and cur.budget is not None and obj in cur.metrics:
+            self.record_value(cur, cur.budget, cur.metrics[obj].value)
 
     def check_report(self, step: Any, value: Any, budget: Any) -> float | None:
         """Check an intermediate report's step and value; returns the budget it was measured at (a

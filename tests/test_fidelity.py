@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bbo.errors import LimitError, SpecError
+from bbo.errors import ConflictError, LimitError, SpecError
 from bbo.pruning import Rungs, bracket_shares, ladder
 from bbo.registry import StudyRegistry
 from bbo.spec import StudySpec
@@ -225,6 +225,53 @@ def test_a_result_below_the_full_budget_is_refused_and_changes_nothing(db):
     with pytest.raises(SpecError, match="pass the budget"):
         st.report_intermediate(t.id, 28, 0.5)
     assert st.get_trial(t.id).state is TrialState.PENDING and st.storage.curves(st.uid) == {}
+
+
+def test_a_refused_tell_leaves_the_winners_value_on_the_curve(db, monkeypatch):
+    """Two different tells of one pending trial each write their value to the curve before the
+    trial takes one: the refused one's value, written last, stood where the rungs read it. Here
+    1.0 writes, 2.0 writes, 1.0 finishes the trial, 2.0 is refused."""
+    import threading
+
+    reg = registry(db)
+    st, _ = reg.create_study("race", spec(pruning={"policy": "asha", "promote": True}))
+    (t,) = st.ask().trials
+    first_at_gate, second_wrote, first_done = (threading.Event() for _ in range(3))
+    modify = st.storage.modify_trial
+
+    def gated(*a, **kw):
+        if threading.current_thread().name == "first":
+            first_at_gate.set()
+            second_wrote.wait(timeout=30)
+            try:
+                return modify(*a, **kw)
+            finally:
+                first_done.set()
+        second_wrote.set()
+        first_done.wait(timeout=30)
+        return modify(*a, **kw)
+
+    monkeypatch.setattr(st.storage, "modify_trial", gated)
+    results: dict[str, object] = {}
+
+    def tell(v: float) -> None:
+        try:
+            results[threading.current_thread().name] = st.tell(t.id, {"loss": v}).trial
+        except ConflictError as e:
+            results[threading.current_thread().name] = e
+
+    first = threading.Thread(target=tell, args=(1.0,), name="first")
+    second = threading.Thread(target=tell, args=(2.0,), name="second")
+    first.start()
+    assert first_at_gate.wait(timeout=30)
+    second.start()
+    first.join()
+    second.join()
+    assert isinstance(results["second"], ConflictError), results
+    stored = st.storage.get_trial(st.uid, t.id)
+    assert (stored.state, stored.metrics["loss"].value) == (TrialState.PAUSED, 1.0)
+    assert [(p.budget, p.value) for p in st.storage.curves(st.uid)[t.id]] == [(1.0, 1.0)]
+    st.storage.close()
 
 
 # ---- promotion: Ask continues paused trials -------------------------------------------------------
