@@ -368,6 +368,9 @@ class Study:
         req = request_key("tell", request_id, content)
         outcome: dict[str, Any] = {}
         number = trial_number(trial_id)
+        earlier = self.budgets.earlier_run(number, state, budget, checked)
+        if earlier is not None:  # the result that paused the trial, told again
+            return TellResult(earlier, duplicate=True)
         curve_top, wrote = self.budgets.before_tell(number, state, budget, checked, accepts_tell)
 
         def placed(cur: Trial) -> tuple[TrialState, float | None]:

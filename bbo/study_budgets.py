@@ -207,6 +207,36 @@ class StudyBudgets:
             return curve_top, True
         return curve_top, False
 
+    def earlier_run(
+        self, number: int, state: TrialState, budget: float | None, metrics: Mapping[str, Metric]
+    ) -> Trial | None:
+        """A tell about a run the trial has since moved past: with promotion a PAUSED trial is
+        continued by a later Ask (PENDING again, from ``resume_budget`` to a higher ``budget``),
+        and a tell at or below where it resumed is about the earlier hand-out. The same result
+        again (a retry whose reply was lost: the curve holds that value at that budget) returns
+        the trial, to be answered as a duplicate; anything else is refused, as it would otherwise
+        finish, fail or prune the continuation another worker is running. None: not such a tell."""
+        if self.spec.fidelity is None or budget is None:
+            return None
+        from bbo.pruning import at_least, same_budget
+
+        cur = self.storage.get_trial(self.uid, number)
+        if cur is None or cur.resume_budget is None or not at_least(cur.resume_budget, budget):
+            return None
+        obj = self.spec.objectives[0].name
+        if state is TrialState.COMPLETED and obj in metrics:
+            curve = self.storage.curves(self.uid, [cur.id]).get(cur.id, [])
+            told = metrics[obj].value
+            if any(same_budget(p.budget, budget) and p.value == told for p in curve):
+                return cur
+        name = self.spec.fidelity.name
+        raise SpecError(
+            "budget",
+            f"trial {cur.id} told at {name} {budget:g}, but it was continued from "
+            f"{cur.resume_budget:g} since and is handed out at {cur.budget:g}: this tell is about "
+            "the earlier run, whose result is stored; the continuation is told at its own budget",
+        )
+
     def after_refused_tell(self, number: int) -> None:
         """Put the stored result back on the curve after a tell that wrote its value first
         (:meth:`before_tell`) and was then refused: two different tells of one pending trial both

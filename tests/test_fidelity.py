@@ -290,8 +290,16 @@ def test_promotion_keeps_the_trial_its_curve_and_is_handed_out_once(db):
     assert "continued to epochs 3" in cont.reason and cont.metrics == {}
     (fresh,) = st.ask().trials  # nobody else is promotable: a new point at the first rung
     assert fresh.id == 4 and fresh.budget == 1.0
+    # the result that paused it, told again (a retry whose reply was lost): a duplicate, and the
+    # continuation another worker runs is left alone
+    again = st.tell(best.id, {"loss": 1.0}, budget=1.0)
+    assert again.duplicate and (again.trial.state, again.trial.budget) == (TrialState.PENDING, 3.0)
     with pytest.raises(SpecError, match="handed out at 3"):
-        st.tell(best.id, {"loss": 1.0}, budget=1.0)  # a stale rung result: refused
+        st.tell(best.id, {"loss": 1.5}, budget=1.0)  # a different result for the earlier run
+    for stale in ({"failed": True}, {"state": TrialState.PRUNED}):  # nor does its failure end it
+        with pytest.raises(SpecError, match="about the earlier run"):
+            st.tell(best.id, budget=1.0, **stale)
+    assert st.storage.get_trial(st.uid, best.id).state is TrialState.PENDING
     st.tell(best.id, {"loss": 0.4})
     assert [(p.budget, p.value) for p in st.storage.curves(st.uid)[best.id]] == [
         (1.0, 1.0),
