@@ -405,6 +405,30 @@ def test_node_optimize_fails_refused_metrics_and_goes_on(bbo_server, study_name)
 
 
 @pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_add_trial_refuses_values_that_are_not_numbers_or_strings(
+    bbo_server, client, study_name, make_study
+):
+    """protobufjs encoded true as 1 and [0.5] as 0.5: a point nobody meant was stored."""
+    make_study(client, study_name)
+    script = (
+        "const {Client, Study}=require('./src');"
+        f"const c=new Client('{bbo_server.address}');const s=new Study(c,'{study_name}');"
+        "const tries=[{x:true,k:'a'},{x:[0.5],k:'a'},{x:0.5,k:null},[0.5,'a']];"
+        "(async()=>{const out=[];for(const p of tries){try{await s.addTrial(p,{y:1});"
+        "out.push('stored');}catch(e){out.push(e.codeName+' '+e.message);}}"
+        "await s.addTrial({x:0.5,k:'b'},{y:2});"
+        "console.log(JSON.stringify({out}));c.close();})();"
+    )
+    out = _node_json(script, timeout=60)["out"]
+    assert [o.split(" ")[0] for o in out] == ["INVALID_ARGUMENT"] * 4, out
+    assert "parameters['x']: a parameter value is a number or a choice's string" in out[0], out
+    assert "parameters['k']" in out[2] and "parameters: must be an object" in out[3], out
+    assert [(t.params, t.metrics) for t in client.study(study_name).trials()] == [
+        ({"x": 0.5, "k": "b"}, {"y": 2.0})
+    ]
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
 def test_node_reads_every_page_of_llm_calls(bbo_server, client, study_name, make_study):
     from bbo.storage import LlmCallRecord, open_storage
 

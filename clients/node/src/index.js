@@ -38,11 +38,18 @@ function loadService() {
 }
 
 // {lr: 0.1, layers: 3, opt: 'adam'} <-> map<string, ParameterValue>
+// {x: 0.5, k: 3, opt: 'adam'} -> map<string, ParameterValue>. A value that is neither a number nor
+// a string is refused here: protobufjs would encode true as 1 and [0.5] as 0.5, a point never meant.
 function toParameterValues(params) {
+  if (params == null || typeof params !== 'object' || Array.isArray(params)) {
+    throw invalidArgument('parameters', `must be an object of parameter values, e.g. {x: 0.5}, got ${show(params)}`);
+  }
   const out = {};
   for (const [k, v] of Object.entries(params)) {
     if (typeof v === 'string') out[k] = { category: v };
-    else if (Number.isInteger(v)) out[k] = { integer: v };
+    else if (typeof v !== 'number') {
+      throw invalidArgument(`parameters['${k}']`, `a parameter value is a number or a choice's string, got ${show(v)}`);
+    } else if (Number.isInteger(v)) out[k] = { integer: v };
     else out[k] = { number: v };
   }
   return out;
