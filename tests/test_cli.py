@@ -219,3 +219,43 @@ def test_output_cut_short_by_a_closed_pipe_is_no_traceback(tmp_path):
         timeout=120,
     )
     assert r.stdout.startswith('{"id": 1') and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(
+    "args, env, flag",
+    [
+        (["--port", "-5"], {}, "--port"),  # was served on port 65531
+        (["--port", "70000"], {}, "--port"),  # was served on port 4464
+        (["--rpc-threads", "0"], {}, "--rpc-threads"),  # was a traceback
+        (["--max-message-bytes", "-1"], {}, "--max-message-bytes"),  # was no size limit at all
+        (["--lease-seconds", "0"], {}, "--lease-seconds"),  # every trial abandoned at once
+        (["--lease-seconds", "nan"], {}, "--lease-seconds"),
+        (["--max-ask", "0"], {}, "--max-ask"),  # every Ask refused
+        (["--workers", "-1"], {}, "--workers"),
+        (["--grace-seconds", "-1"], {}, "--grace-seconds"),
+        (["--metrics-port", "70000"], {}, "--metrics-port"),  # was a traceback
+        (["--llm-timeout", "-1"], {}, "--llm-timeout"),  # was a traceback
+        (
+            ["--llm-base-url", "http://127.0.0.1:9/v1"],
+            {"BBO_LLM_TIMEOUT": "soon"},
+            "BBO_LLM_TIMEOUT",
+        ),
+    ],
+)
+def test_serve_refuses_numbers_out_of_range_naming_the_flag(tmp_path, args, env, flag):
+    """A numeric flag of ``bbo serve`` out of its range: a message naming it and exit status 1,
+    before anything listens or a database is made; never a traceback or a server that quietly
+    runs with another value."""
+    import os
+
+    r = subprocess.run(
+        [sys.executable, "-m", "bbo_server", "serve", "--port-file", "port", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, **env},
+    )
+    said = [line for line in r.stderr.splitlines() if line.startswith(f"bbo serve: {flag}")]
+    assert r.returncode == 1 and said, r.stderr
+    assert "Traceback" not in r.stderr and list(tmp_path.iterdir()) == []

@@ -24,6 +24,7 @@ see :mod:`bbo.llm.local`.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -37,8 +38,8 @@ def _float(env: Mapping[str, str], key: str, default: float) -> float:
         v = float(raw)
     except ValueError:
         raise ValueError(f"{key}={raw!r} is not a number of seconds") from None
-    if not v > 0:
-        raise ValueError(f"{key} must be > 0, got {raw!r}")
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{key} must be a number of seconds > 0, got {raw!r}")
     return v
 
 

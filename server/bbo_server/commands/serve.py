@@ -99,12 +99,46 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+# gRPC takes message sizes as a C int, and reads -1 as "no limit"
+MAX_MESSAGE_BYTES_CAP = 2**31 - 1
+
+
+def check_args(args) -> None:
+    """Refuse a numeric flag out of its range with a message naming it (exit status 1): gRPC
+    would bind a port modulo 65536 and read a negative message size as no limit, and a lease of
+    0 or less would abandon every trial as soon as it is asked."""
+    import math
+
+    def bad(flag: str, rule: str, value) -> None:
+        raise SystemExit(f"bbo serve: --{flag} must be {rule}, got {value!r}")
+
+    if not 0 <= args.port <= 65535:
+        bad("port", "in 0..65535 (0 = pick a free one)", args.port)
+    for flag, low in (
+        ("workers", 0),
+        ("torch-threads", 0),
+        ("rpc-threads", 1),
+        ("max-ask", 1),
+        ("max-cached-studies", 0),
+        ("max-message-bytes", 1),
+    ):
+        if getattr(args, flag.replace("-", "_")) < low:
+            bad(flag, f">= {low}", getattr(args, flag.replace("-", "_")))
+    if args.max_message_bytes > MAX_MESSAGE_BYTES_CAP:
+        bad("max-message-bytes", f"<= {MAX_MESSAGE_BYTES_CAP}", args.max_message_bytes)
+    if not (math.isfinite(args.lease_seconds) and args.lease_seconds > 0):
+        bad("lease-seconds", "a number of seconds > 0", args.lease_seconds)
+    for flag in ("lease-reap-seconds", "grace-seconds"):
+        v = getattr(args, flag.replace("-", "_"))
+        if not (math.isfinite(v) and v >= 0):
+            bad(flag, "a number of seconds >= 0", v)
+
+
 def run(args) -> int:
     from bbo_server import logs
     from bbo_server.server import ServerOptions, serve_forever
 
-    if args.max_cached_studies < 0:
-        raise SystemExit("bbo serve: --max-cached-studies must be >= 0")
+    check_args(args)
     logs.setup(args.log_level)
     from bbo.memory import disable_mkl_fast_mm, limit_malloc_arenas
 

@@ -9,6 +9,7 @@ if it cannot start, bbo says why and runs as plain BO.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 
@@ -82,12 +83,31 @@ def _mode(args) -> str:
 
 def _env_float(name: str) -> float | None:
     raw = os.environ.get(name, "").strip()
-    return float(raw) if raw else None
+    if not raw:
+        return None
+    try:
+        v = float(raw)
+    except ValueError:
+        raise SystemExit(f"bbo serve: {name}={raw!r} is not a number of seconds") from None
+    if not (math.isfinite(v) and v > 0):
+        raise SystemExit(f"bbo serve: {name} must be a number of seconds > 0, got {raw!r}")
+    return v
+
+
+def _check_args(args) -> None:
+    """Seconds and thread counts out of range: a message naming the flag, not a traceback."""
+    for flag in ("llm-timeout", "llm-ask-budget"):
+        v = getattr(args, flag.replace("-", "_"))
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise SystemExit(f"bbo serve: --{flag} must be a number of seconds > 0, got {v!r}")
+    if args.llm_threads is not None and args.llm_threads < 0:
+        raise SystemExit(f"bbo serve: --llm-threads must be >= 0 (0 = 1), got {args.llm_threads}")
 
 
 def configure_server(opts, args) -> None:
     from bbo.llm import LlmAdvisor, LlmConfig
 
+    _check_args(args)
     mode = _mode(args)
     overrides = {
         k: v
@@ -105,7 +125,10 @@ def configure_server(opts, args) -> None:
     elif mode == "local":
         cfg = _local(opts, args)
     else:
-        cfg = LlmConfig.from_env(**overrides)
+        try:
+            cfg = LlmConfig.from_env(**overrides)
+        except ValueError as e:  # a BBO_LLM_* variable that is not a number of seconds
+            raise SystemExit(f"bbo serve: {e}") from None
     opts.llm = LlmAdvisor(cfg)
     log.info(cfg.describe())
 
@@ -115,7 +138,14 @@ def _local(opts, args):
     from bbo.llm import LlmConfig
     from bbo.llm.local import LocalEngine, LocalEngineError
 
-    threads = args.llm_threads or int(os.environ.get("BBO_LLM_THREADS", "0") or 0) or 1
+    raw = os.environ.get("BBO_LLM_THREADS", "").strip()
+    try:
+        env_threads = int(raw) if raw else 0
+    except ValueError:
+        env_threads = -1
+    if env_threads < 0:
+        raise SystemExit(f"bbo serve: BBO_LLM_THREADS must be a whole number >= 0, got {raw!r}")
+    threads = args.llm_threads or env_threads or 1
     engine = LocalEngine(threads=threads)
     try:
         engine.start()

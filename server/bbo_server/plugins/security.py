@@ -172,7 +172,17 @@ def configure_server(opts, args) -> None:
         opts.strategy_factory or default_strategy_factory
     )
     if args.metrics_port:
-        metrics.serve_http(args.metrics_port, args.metrics_host)
+        if not 0 < args.metrics_port < 65536:
+            raise SystemExit(
+                f"bbo serve: --metrics-port must be in 1..65535 (0 = off), got {args.metrics_port}"
+            )
+        try:
+            metrics.serve_http(args.metrics_port, args.metrics_host)
+        except OSError as e:
+            raise SystemExit(
+                f"bbo serve: cannot listen on {args.metrics_host}:{args.metrics_port} for metrics "
+                f"({e.strerror or e}): choose another --metrics-port or stop what holds it"
+            ) from None
         print(
             f"bbo serve: metrics on http://{args.metrics_host}:{args.metrics_port}/metrics",
             flush=True,
