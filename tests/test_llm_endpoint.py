@@ -553,6 +553,32 @@ def test_upstream_error_text_is_neither_stored_nor_logged_above_debug(caplog):
     assert all(r.levelno <= logging.DEBUG for r in caplog.records if "Incorrect" in r.message)
 
 
+def test_credentials_in_the_endpoint_url_are_neither_logged_nor_stored(caplog):
+    """An endpoint URL may carry a credential (``https://user:key@host/v1``, ``?api-key=...``):
+    the server's log line about the LLM module and the debug log of a failed call mask it."""
+    import logging
+
+    spec = make_spec()
+    password, query_key = "Pa55w0rdInTheUrl", "QueryKeyInTheUrl"
+    with ChatServer(
+        [Reply(status=401, error_message=f"bad key {query_key} for {password}")]
+    ) as srv:
+        host = srv.url.split("://", 1)[1]
+        shown = cfg(
+            srv, base_url=f"http://svc-user:{password}@{host}?api-key={query_key}"
+        ).describe()
+        assert host.split("/")[0] in shown and "api-key=***" in shown, shown
+        assert not any(s in shown for s in (password, query_key, "svc-user")), shown
+        c = cfg(srv, base_url=f"http://svc-user:{password}@{host}")
+        assert password not in c.describe()
+        with caplog.at_level(logging.DEBUG, logger="bbo.llm"):
+            res = LlmAdvisor(c).warmstart(spec, [], N)
+    (rec,) = res.calls
+    assert rec.outcome == "error: AuthenticationError 401" and "bad key" in caplog.text
+    assert password not in caplog.text
+    assert password not in json.dumps(dataclasses.asdict(rec))
+
+
 def test_models_a_study_may_name():
     from bbo.errors import SpecError
 

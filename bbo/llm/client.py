@@ -250,7 +250,7 @@ class LlmClient:
             return self._client
 
     def _secrets(self) -> tuple[str, ...]:
-        return (self.config.api_key,) if self.config.api_key else ()
+        return self.config.secrets
 
     @property
     def structured_supported(self) -> bool | None:

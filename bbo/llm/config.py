@@ -43,6 +43,45 @@ def _float(env: Mapping[str, str], key: str, default: float) -> float:
     return v
 
 
+def _url_parts(url: str):
+    from urllib.parse import parse_qsl, urlsplit
+
+    try:
+        u = urlsplit(url)
+        return u, parse_qsl(u.query, keep_blank_values=True)
+    except ValueError:
+        return None, []
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """The parts of an endpoint URL that may carry a credential: its user and password
+    (``https://user:key@host``) and its query values (``?api-key=...``)."""
+    u, query = _url_parts(url)
+    if u is None:
+        return (url,) if url else ()
+    found = [u.username or "", u.password or ""] + [v for _, v in query]
+    return tuple(dict.fromkeys(x for x in found if x))
+
+
+def shown_url(url: str) -> str:
+    """``url`` as logs and messages may show it: user, password and query values masked."""
+    from urllib.parse import urlunsplit
+
+    u, query = _url_parts(url)
+    if u is None:
+        return "(an unreadable URL)"
+    host = u.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = u.port
+    except ValueError:
+        port = None
+    netloc = ("***@" if u.username or u.password else "") + host + (f":{port}" if port else "")
+    shown_query = "&".join(f"{k}=***" for k, _ in query)
+    return urlunsplit((u.scheme, netloc, u.path, shown_query, ""))
+
+
 @dataclass(frozen=True)
 class LlmConfig:
     """Connection and time bounds for the LLM module.
@@ -117,12 +156,17 @@ class LlmConfig:
         )
         return replace(cfg, **overrides) if overrides else cfg
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What logs and stored text must never show: the key, and credentials in the URL."""
+        return ((self.api_key,) if self.api_key else ()) + url_secrets(self.base_url)
+
     def describe(self) -> str:
-        """One line for logs (never the key)."""
+        """One line for logs (never the key, nor credentials in the URL)."""
         if not self.enabled:
             return "LLM module off (BBO_LLM_BASE_URL not set)"
         extra = f" (studies may also name {', '.join(self.models)})" if self.models else ""
         return (
-            f"LLM at {self.base_url} model={self.model or '(server default)'}{extra} "
+            f"LLM at {shown_url(self.base_url)} model={self.model or '(server default)'}{extra} "
             f"timeout={self.timeout_s:g}s budget={self.ask_budget_s:g}s"
         )
