@@ -150,3 +150,37 @@ def test_sqlite_moves_to_postgresql(cluster, tmp_path):
     # and back: a PostgreSQL deployment backed up into a SQLite file, read in one REPEATABLE READ snapshot
     back = copy_database(pg, f"sqlite:///{tmp_path / 'back.db'}")
     assert back["studies"] == 3 and back["trials"] == counts["trials"] + 3
+
+
+def test_a_database_urls_password_is_never_printed(cluster, tmp_path):
+    """``bbo copy`` and ``bbo --db`` name the databases they used or could not read: with the
+    URL's password hidden (the cluster trusts loopback, so any password connects)."""
+    from bbo.registry import StudyRegistry
+    from bbo.storage import open_storage
+
+    secret = "Pg-Pa55word-InTheUrl"
+    src = f"sqlite:///{tmp_path / 'pw.db'}"
+    st = open_storage(src)
+    StudyRegistry(st).create_study(
+        "s",
+        {
+            "parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}],
+            "objectives": [{"name": "y"}],
+        },
+    )
+    st.close()
+
+    def with_password(url: str) -> str:
+        return url.replace(f"{cluster.user}@", f"{cluster.user}:{secret}@")
+
+    empty = with_password(cluster.create_database("pw_" + uuid.uuid4().hex[:10]))
+    unread = bbo("studies", "--db", empty, check=False)  # no bbo schema there yet
+    assert unread.returncode == 1 and "no bbo database at" in unread.stderr, unread.stderr
+    target = with_password(cluster.create_database("pw_" + uuid.uuid4().hex[:10]))
+    copied = bbo("copy", src, target)
+    assert "copied to postgresql+psycopg://" in copied.stdout and "***" in copied.stdout
+    again = bbo("copy", src, target, check=False)  # not empty any more
+    missing = bbo("copy", target.rsplit("/", 1)[0] + "/no_such_db", src, check=False)
+    assert again.returncode == missing.returncode == 1
+    for out in (unread, copied, again, missing):
+        assert secret not in out.stdout + out.stderr, out

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 
 from bbo.errors import BboError, NotFoundError
-from bbo.storage import open_storage
+from bbo.storage import open_storage, shown_url
 from bbo.storage import schema as S
 from bbo.storage.sql import SqlStorage
 
@@ -34,11 +34,13 @@ def copy_database(
     try:
         src = open_storage(src_url, migrate=False, group_commit=False)
     except NotFoundError as e:
-        raise CopyError(f"{src_url}: {e}") from None
+        raise CopyError(f"{shown_url(src_url)}: {e}") from None
     try:
         rev = src.schema_revision()
         if rev is None:
-            raise CopyError(f"{src_url} is not a bbo database (no schema revision found)")
+            raise CopyError(
+                f"{shown_url(src_url)} is not a bbo database (no schema revision found)"
+            )
         dst = open_storage(dst_url, group_commit=False)
         try:
             if dst.schema_revision() != rev:

@@ -95,7 +95,7 @@ def connect(args) -> Iterator[Client]:
 
     from bbo.errors import NotFoundError
     from bbo.registry import DEFAULT_TENANT
-    from bbo.storage import open_storage
+    from bbo.storage import open_storage, shown_url
     from bbo.storage.keys import check_tenant
     from bbo_server.errors import PermissionDenied
     from bbo_server.server import ServerOptions, start
@@ -120,9 +120,8 @@ def connect(args) -> Iterator[Client]:
     if storage is None or storage.schema_revision() is None:
         if storage is not None:
             storage.close()
-        raise SystemExit(
-            f"bbo: no bbo database at {args.db} (`bbo serve --db {args.db}` creates one)"
-        )
+        shown = shown_url(args.db)  # never the URL's password
+        raise SystemExit(f"bbo: no bbo database at {shown} (`bbo serve --db {shown}` creates one)")
     private = tempfile.mkdtemp(prefix="bbo-cli-")  # mode 0700: other users cannot connect
     opts = ServerOptions(
         unix_socket=os.path.join(private, "bbo.sock"),

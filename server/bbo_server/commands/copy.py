@@ -21,6 +21,7 @@ def register(sub) -> None:
 
 
 def copy(args) -> int:
+    from bbo.storage import shown_url
     from bbo.storage.copy import CopyError, copy_database
 
     if args.source == args.target:
@@ -31,5 +32,7 @@ def copy(args) -> int:
     except CopyError as e:
         print(f"bbo copy: {e}", file=sys.stderr)
         return 1
-    print(", ".join(f"{n} {t}" for t, n in counts.items()) + f": copied to {args.target}")
+    print(
+        ", ".join(f"{n} {t}" for t, n in counts.items()) + f": copied to {shown_url(args.target)}"
+    )
     return 0
