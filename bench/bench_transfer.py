@@ -14,8 +14,14 @@ Tasks (the target instance is fixed; the 10 seeds are the optimizer's):
              traces 11 and 12 at the usual load
   hpo        the HPO kit's SVM on breast_cancer; sources: the same SVM on wine and on digits
 
-Sources are earlier studies: plain bbo runs of 30 evaluations on each source instance, made
-once per task (seeded) and shared by every target run. The misleading source of every task is the
+Sources are earlier studies: plain bbo runs of 30 evaluations on each source instance, a new one
+for every seed (the source study's seed is SOURCE_SEED + the run's seed), so that the median over
+seeds averages over what earlier studies happen to have found as well as over the target's runs.
+With one source study per task, shared by every seed (``--fixed-sources``, this benchmark's
+protocol before), the result hung on that one draw: the ADMM kit's related sources reached no
+transfer's 30-evaluation result at evaluation 2 with the sources one engine made and not by
+evaluation 10 with those of the next, whose source1 had stopped at 41 iterations instead of 30.
+The misleading source of every task is the
 target's own function with every parameter mirrored in its range (u -> 1 - u in the encoding,
 categoricals reversed): the same scale and structure under the same parameter names, the optimum
 somewhere else, tuned the same way.
@@ -27,7 +33,7 @@ found): evals_to_plain_30 (the first evaluation where (b)'s median regret is at 
 
     OMP_NUM_THREADS=1 nice -n 10 python bench/bench_transfer.py [--seeds 10] [--budget 30]
         [--tasks hartmann6,admm,cloud,hpo] [--variants plain,related,one_related,misleading,ax]
-        [--ax-seeds 10] [--ax-model-selection] [--workers 1] [--resume]
+        [--ax-seeds 10] [--ax-model-selection] [--fixed-sources] [--workers 1] [--resume]
 
 Writes bench/results/transfer.json, transfer.md and transfer.png.
 """
@@ -51,6 +57,7 @@ limit_threads()
 VARIANTS = ("plain", "related", "one_related", "misleading", "ax")
 TASKS = ("hartmann6", "admm", "cloud", "hpo")
 SOURCE_BUDGET = 30
+SOURCE_SEED = 777  # a source study's seed: this plus the run's seed (--fixed-sources: this alone)
 OUT = Path(ROOT) / "bench" / "results"
 
 
@@ -225,8 +232,9 @@ def run_bbo(task: str, variant: str, seed: int, budget: int, sources: list) -> d
     }
 
 
-def make_source(task: str, which: str, budget: int) -> dict:
-    """A plain bbo study on a source instance: its trials as stored (for SourceData)."""
+def make_source(task: str, which: str, budget: int, seed: int = SOURCE_SEED) -> dict:
+    """A plain bbo study (seeded ``seed``) on a source instance: its trials as stored (for
+    SourceData)."""
     import torch
 
     torch.set_num_threads(1)
@@ -235,7 +243,7 @@ def make_source(task: str, which: str, budget: int) -> dict:
     from bbo.trial import Metric, Trial, TrialState
 
     inst = instance(f"{task}:{which}")
-    spec = dataclasses.replace(inst.spec, algorithm=AlgorithmOptions(seed=777))
+    spec = dataclasses.replace(inst.spec, algorithm=AlgorithmOptions(seed=seed))
     gs = GenerationStrategy(spec)
     trials = []
     for i in range(budget):
@@ -249,6 +257,7 @@ def make_source(task: str, which: str, budget: int) -> dict:
     return {
         "task": task,
         "which": which,
+        "source_seed": seed,
         "trials": [
             {"id": t.id, "params": t.params, "metrics": {k: m.value for k, m in t.metrics.items()}}
             for t in trials
@@ -570,6 +579,11 @@ def main(argv=None) -> int:
         action="store_true",
         help="(d) with Ax's cross-validated choice between BOTL and a single-task GP (slow)",
     )
+    ap.add_argument(
+        "--fixed-sources",
+        action="store_true",
+        help="one source study per task (seed SOURCE_SEED) shared by every seed, as before",
+    )
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--name", default="transfer")
@@ -600,25 +614,38 @@ def main(argv=None) -> int:
         log.write(json.dumps(r) + "\n")
         log.flush()
 
+    def source_seed(seed: int) -> int:
+        return SOURCE_SEED + (0 if args.fixed_sources else seed)
+
     with ProcessPoolExecutor(max_workers=args.workers) as ex:
-        have = {(r["task"], r["which"]) for r in done if "which" in r}
+        have = {
+            (r["task"], r["which"], r.get("source_seed", SOURCE_SEED)) for r in done if "which" in r
+        }
         need = [
-            (t, w)
+            (t, w, source_seed(seed))
+            for seed in range(args.seeds)
             for t in tasks
             for v in variants
             if v != "plain" and not args.summarize
             for w in SOURCES.get(v, SOURCES["related"])
         ]
         futs = {
-            ex.submit(job, "source", t, w, SOURCE_BUDGET): (t, w)
-            for t, w in dict.fromkeys(need)
-            if (t, w) not in have
+            ex.submit(job, "source", t, w, SOURCE_BUDGET, ss): (t, w, ss)
+            for t, w, ss in dict.fromkeys(need)
+            if (t, w, ss) not in have
         }
         for f in as_completed(futs):
             r = f.result()
             keep(r)
-            print(f"source {r['task']}:{r['which']} best {r['best']:.4g}", flush=True)
-        stored = {(r["task"], r["which"]): r for r in done if "which" in r}
+            print(
+                f"source {r['task']}:{r['which']} (seed {r['source_seed']}) best {r['best']:.4g}",
+                flush=True,
+            )
+        stored = {
+            (r["task"], r["which"], r.get("source_seed", SOURCE_SEED)): r
+            for r in done
+            if "which" in r
+        }
         have = {(r["task"], r["variant"], r["seed"]) for r in done if "variant" in r}
         jobs = []
         for seed in range(args.seeds):
@@ -629,7 +656,10 @@ def main(argv=None) -> int:
                     if (t, v, seed) in have or args.summarize:
                         continue
                     srcs = (
-                        [stored[(t, w)] for w in SOURCES.get(v, SOURCES["related"])]
+                        [
+                            stored[(t, w, source_seed(seed))]
+                            for w in SOURCES.get(v, SOURCES["related"])
+                        ]
                         if v != "plain"
                         else []
                     )
@@ -661,7 +691,11 @@ def main(argv=None) -> int:
         and r["seed"] < (args.ax_seeds if r["variant"] == "ax" else args.seeds)
         and len(r["best"]) == args.budget
     ]
-    sources = {f"{r['task']}:{r['which']}": r["best"] for r in done if "which" in r}
+    sources = {  # each source study's best value, by task, role and seed
+        f"{r['task']}:{r['which']}:{r.get('source_seed', SOURCE_SEED)}": r["best"]
+        for r in done
+        if "which" in r
+    }
     summary = summarize(runs, args.budget, sources)
     meta = {
         "wall_seconds": time.time() - t0,
@@ -673,6 +707,7 @@ def main(argv=None) -> int:
         "seeds": args.seeds,
         "ax_seeds": args.ax_seeds,
         "ax_model_selection": args.ax_model_selection,
+        "fixed_sources": args.fixed_sources,
         "tasks": tasks,
         "variants": variants,
         "source_best": sources,
