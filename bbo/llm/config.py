@@ -30,7 +30,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 
-def _float(env: Mapping[str, str], key: str, default: float) -> float:
+def env_seconds(env: Mapping[str, str], key: str, default: float | None) -> float | None:
+    """``env[key]`` as a positive, finite number of seconds (``default`` where unset); a
+    ValueError naming the variable otherwise."""
     raw = env.get(key, "").strip()
     if not raw:
         return default
@@ -149,9 +151,9 @@ class LlmConfig:
             base_url=env.get("BBO_LLM_BASE_URL", ""),
             api_key=env.get("BBO_LLM_API_KEY", ""),
             model=env.get("BBO_LLM_MODEL", "").strip(),
-            timeout_s=_float(env, "BBO_LLM_TIMEOUT", 30.0),
+            timeout_s=env_seconds(env, "BBO_LLM_TIMEOUT", None) or 30.0,
             max_retries=int(retries_raw) if retries_raw else 0,
-            ask_budget_s=_float(env, "BBO_LLM_ASK_BUDGET", 60.0),
+            ask_budget_s=env_seconds(env, "BBO_LLM_ASK_BUDGET", None) or 60.0,
             models=tuple(env.get("BBO_LLM_MODELS", "").split(",")),
         )
         return replace(cfg, **overrides) if overrides else cfg

@@ -82,16 +82,12 @@ def _mode(args) -> str:
 
 
 def _env_float(name: str) -> float | None:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
+    from bbo.llm.config import env_seconds
+
     try:
-        v = float(raw)
-    except ValueError:
-        raise SystemExit(f"bbo serve: {name}={raw!r} is not a number of seconds") from None
-    if not (math.isfinite(v) and v > 0):
-        raise SystemExit(f"bbo serve: {name} must be a number of seconds > 0, got {raw!r}")
-    return v
+        return env_seconds(os.environ, name, None)
+    except ValueError as e:
+        raise SystemExit(f"bbo serve: {e}") from None
 
 
 def _check_args(args) -> None:
