@@ -368,10 +368,11 @@ class Study:
         req = request_key("tell", request_id, content)
         outcome: dict[str, Any] = {}
         number = trial_number(trial_id)
-        earlier = self.budgets.earlier_run(number, state, budget, checked)
+        cur = self.budgets.told_trial(number)
+        earlier = self.budgets.earlier_run(cur, state, budget, checked)
         if earlier is not None:  # the result that paused the trial, told again
             return TellResult(earlier, duplicate=True)
-        curve_top, wrote = self.budgets.before_tell(number, state, budget, checked, accepts_tell)
+        curve_top, wrote = self.budgets.before_tell(cur, state, budget, checked, accepts_tell)
 
         def placed(cur: Trial) -> tuple[TrialState, float | None]:
             return self.budgets.told_state(cur, state, budget, curve_top)

@@ -179,9 +179,14 @@ class StudyBudgets:
                 step = max(used, default=0) + 1
         self.add_intermediate(cur.id, step, float(value), float(budget))
 
+    def told_trial(self, number: int) -> Trial | None:
+        """The stored trial a tell is about, read once for :meth:`earlier_run` and
+        :meth:`before_tell` (None without a fidelity: neither needs it)."""
+        return None if self.spec.fidelity is None else self.storage.get_trial(self.uid, number)
+
     def before_tell(
         self,
-        number: int,
+        cur: Trial | None,
         state: TrialState,
         budget: float | None,
         metrics: Mapping[str, Metric],
@@ -195,7 +200,6 @@ class StudyBudgets:
         change the trial."""
         if self.spec.fidelity is None or state not in (TrialState.COMPLETED, TrialState.PRUNED):
             return None, False
-        cur = self.storage.get_trial(self.uid, number)
         if cur is None or not accepts(cur, state):
             return None, False
         curve = self.storage.curves(self.uid, [cur.id]).get(cur.id, [])
@@ -208,7 +212,11 @@ class StudyBudgets:
         return curve_top, False
 
     def earlier_run(
-        self, number: int, state: TrialState, budget: float | None, metrics: Mapping[str, Metric]
+        self,
+        cur: Trial | None,
+        state: TrialState,
+        budget: float | None,
+        metrics: Mapping[str, Metric],
     ) -> Trial | None:
         """A tell about a run the trial has since moved past: with promotion a PAUSED trial is
         continued by a later Ask (PENDING again, from ``resume_budget`` to a higher ``budget``),
@@ -220,7 +228,6 @@ class StudyBudgets:
             return None
         from bbo.pruning import at_least, same_budget
 
-        cur = self.storage.get_trial(self.uid, number)
         if cur is None or cur.resume_budget is None or not at_least(cur.resume_budget, budget):
             return None
         obj = self.spec.objectives[0].name
