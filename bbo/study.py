@@ -184,6 +184,13 @@ class Study:
         """A worker's call carrying its trial's study uid must not touch a study re-created under
         the name."""
         if study_uid and study_uid != self.uid:
+            other = self.storage.get_study_by_uid(study_uid)
+            # another tenant's study is answered as a deleted one: its existence is not told
+            if other is not None and other.tenant == self.tenant:
+                raise NotFoundError(
+                    f"trial {trial_id} belongs to study '{other.name}' (uid {study_uid}), not to "
+                    f"'{self.name}' (uid {self.uid}): send it to its own study; nothing was changed"
+                )
             raise NotFoundError(
                 f"trial {trial_id} belongs to an earlier study '{self.name}' (uid {study_uid}), "
                 f"deleted since; the study of that name now is uid {self.uid}: nothing was changed"

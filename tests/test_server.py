@@ -728,3 +728,24 @@ def test_stale_worker_cannot_touch_a_study_recreated_under_its_name(client, stud
     t = new.trial(fresh.id)
     assert t.state == "PENDING" and not t.metrics
     assert new.tell(fresh, {"y": 0.2}).trial.metrics == {"y": 0.2}
+
+
+def test_a_trial_sent_to_another_live_study_is_refused_naming_its_own(
+    client, study_name, make_study
+):
+    """A worker's trial of study A sent to study B (both live): NOT_FOUND naming A, not a claim
+    that the study was deleted; B's trial of the same number is untouched."""
+    a = make_study(client, study_name + "-a")
+    b = make_study(client, study_name + "-b")
+    (ta,) = a.ask()
+    (tb,) = b.ask()
+    assert ta.id == tb.id
+    for call in (
+        lambda: b.tell(ta, {"y": 0.1}),
+        lambda: b.heartbeat(ta),
+        lambda: b.report_intermediate(ta, 0, 0.1),
+    ):
+        with pytest.raises(bc.NotFound, match=f"belongs to study '{a.name}'") as e:
+            call()
+        assert "deleted" not in str(e.value)
+    assert b.trial(tb.id).state == "PENDING" and a.trial(ta.id).state == "PENDING"

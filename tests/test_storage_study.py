@@ -141,6 +141,28 @@ def test_stale_study_object_never_writes_into_the_next_study(storage):
     assert other.trials() == []
 
 
+def test_another_tenants_trial_uid_is_answered_as_a_deleted_study(storage):
+    """A trial's study uid from another tenant is refused as a deleted study's would be: the
+    message neither names that study nor tells that it exists; one of the same tenant is named."""
+    from bbo.errors import NotFoundError
+
+    reg = StudyRegistry(storage)
+    mine, _ = reg.create_study("s", SPEC, tenant="t1")
+    sibling, _ = reg.create_study("sib", SPEC, tenant="t1")
+    theirs, _ = reg.create_study("secret-name", SPEC, tenant="t2")
+    (t,) = mine.ask(1).trials
+    with pytest.raises(NotFoundError, match="belongs to study 'sib'"):
+        mine.tell(t.id, {"y": 1.0}, study_uid=sibling.uid)
+    with pytest.raises(NotFoundError) as e:
+        mine.tell(t.id, {"y": 1.0}, study_uid=theirs.uid)
+    assert "deleted since" in str(e.value) and "secret-name" not in str(e.value)
+    gone = "0" * len(theirs.uid)  # a uid no study has: the same answer
+    with pytest.raises(NotFoundError) as e2:
+        mine.tell(t.id, {"y": 1.0}, study_uid=gone)
+    assert str(e2.value).replace(gone, theirs.uid) == str(e.value)
+    assert mine.get_trial(t.id).state is TrialState.PENDING
+
+
 class _Broken:
     def __init__(self, spec):
         self.spec = spec
