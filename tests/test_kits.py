@@ -76,6 +76,31 @@ def test_unknown_options_rejected():
         KITS["cloud"].spec(colour="red")
 
 
+@pytest.mark.parametrize(
+    "name,opts",
+    [
+        ("hpo", dict(cv_folds=1)),
+        ("hpo", dict(cv_folds=2.5)),
+        ("hpo", dict(max_samples=0)),
+        ("hpo", dict(max_train_seconds=-1.0)),
+        ("hpo", dict(model="sgd_mlp", max_epochs="x")),
+        ("admm", dict(accuracy=0.0)),
+        ("admm", dict(max_iter=-5)),
+        ("cloud", dict(horizon=0.0)),
+        ("cloud", dict(load_scale=-1.0)),
+        ("cloud", dict(sla_bound=2.0)),
+    ],
+    ids=str,
+)
+def test_out_of_range_options_are_refused_naming_the_option(name, opts):
+    """An option no evaluation can run with (every trial would fail, or measure an empty run) is a
+    SpecError on that option, not a crash in the spec builder or a study of failed trials."""
+    option = "max_epochs" if "max_epochs" in opts else next(iter(opts))
+    with pytest.raises(SpecError, match=f"option {option} must be") as e:
+        KITS[name].spec(**opts)
+    assert e.value.field == option
+
+
 @pytest.mark.parametrize("variant", VARIANTS, ids=_ids)
 def test_evaluate_deterministic_and_complete(variant):
     name, opts = variant

@@ -279,6 +279,8 @@ class AdmmKit(Kit):
             raise SpecError(
                 "problem", f"unknown problem {o['problem']!r}; choose one of {sorted(PROBLEMS)}"
             )
+        self._check_number(o, "max_iter", 1, integer=True)
+        self._check_number(o, "accuracy", 0, above=True)
         params = (
             FloatParam("rho", 1e-3, 1e3, log=True),
             FloatParam("alpha", 1.0, 1.9),

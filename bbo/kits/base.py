@@ -57,6 +57,34 @@ class Kit:
         out.update({k: v for k, v in options.items() if v is not None})
         return out
 
+    def _check_number(
+        self,
+        opts: Mapping[str, Any],
+        name: str,
+        low: float,
+        high: float = float("inf"),
+        *,
+        integer: bool = False,
+        above: bool = False,
+    ) -> None:
+        """Refuse an option that is not a number in ``[low, high]`` (``(low, high]`` with
+        ``above``; a whole number with ``integer``): a study whose every trial fails or measures
+        nothing is refused before it is created."""
+        v = opts[name]
+        ok = not isinstance(v, bool) and isinstance(v, (int, float)) and v == v
+        if ok and integer:
+            ok = float(v).is_integer()
+        if ok:
+            ok = (v > low if above else v >= low) and v <= high
+        if not ok:
+            kind = "a whole number" if integer else "a number"
+            where = f"{'>' if above else '>='} {low:g}" + (
+                f" and <= {high:g}" if high != float("inf") else ""
+            )
+            raise SpecError(
+                name, f"kit '{self.name}': option {name} must be {kind} {where}, got {v!r}"
+            )
+
     def _fixed(self, opts: Mapping[str, Any], names: tuple[str, ...]) -> tuple[FixedParam, ...]:
         return tuple(FixedParam(n, opts[n]) for n in names)
 

@@ -445,6 +445,10 @@ class CloudKit(Kit):
         o = self._options(options)
         if o["variant"] not in ("single", "multi"):
             raise SpecError("variant", f"variant must be 'single' or 'multi', got {o['variant']!r}")
+        for name in ("horizon", "load_scale", "cost_budget"):
+            self._check_number(o, name, 0, above=True)
+        self._check_number(o, "sla_wait_minutes", 0)
+        self._check_number(o, "sla_bound", 0, 1)
         fixed = self._fixed(o, ("sla_wait_minutes", "horizon", "load_scale"))
         sla = OutcomeConstraint("sla_violation_rate", "<=", float(o["sla_bound"]))
         objectives: tuple[Objective, ...]

@@ -385,8 +385,12 @@ class HpoKit(Kit):
             raise SpecError(
                 "dataset", f"unknown data set {o['dataset']!r}; choose one of {sorted(DATASETS)}"
             )
+        self._check_number(o, "max_samples", 1, integer=True)
         if MODELS[o["model"]].get("epochs"):
             return self._epoch_spec(o, options)
+        self._check_number(o, "cv_folds", 2, integer=True)
+        if o["max_train_seconds"] is not None:
+            self._check_number(o, "max_train_seconds", 0, above=True)
         params = MODELS[o["model"]]["params"]
         if o["model"] == "linear" and DATASETS[o["dataset"]]["task"] == "classification":
             params = tuple(
@@ -410,9 +414,8 @@ class HpoKit(Kit):
 
         if DATASETS[o["dataset"]]["task"] != "classification":
             raise SpecError("dataset", f"{o['model']} classifies: choose a classification data set")
+        self._check_number(o, "max_epochs", 3, integer=True)  # a rung below the full budget
         epochs = int(o["max_epochs"])
-        if epochs < 3:
-            raise SpecError("max_epochs", "at least 3 epochs (a rung below the full budget)")
         return StudySpec(
             space=SearchSpace(
                 tuple(MODELS[o["model"]]["params"])
