@@ -259,3 +259,26 @@ def test_serve_refuses_numbers_out_of_range_naming_the_flag(tmp_path, args, env,
     said = [line for line in r.stderr.splitlines() if line.startswith(f"bbo serve: {flag}")]
     assert r.returncode == 1 and said, r.stderr
     assert "Traceback" not in r.stderr and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args,flag",
+    [
+        (["demo", "--trials", "-1"], "--trials"),
+        (["demo", "--workers", "0"], "--workers"),
+        (["kit", "admm", "--trials", "-3", "--server", "127.0.0.1:9"], "--trials"),
+        (["kit", "admm", "--workers", "x", "--server", "127.0.0.1:9"], "--workers"),
+    ],
+)
+def test_demo_and_kit_refuse_counts_below_one_before_any_work(tmp_path, args, flag):
+    """Before: `bbo demo --trials -1` started a server and created a study before the client
+    refused, and `bbo kit ... --trials -3` waited 30 s for a server first."""
+    r = subprocess.run(
+        [sys.executable, "-m", "bbo_server", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 2 and f"argument {flag}" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and list(tmp_path.iterdir()) == []

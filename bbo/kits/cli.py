@@ -23,6 +23,22 @@ from bbo.space import CategoricalParam, FixedParam, FloatParam, IntParam, Ordina
 from bbo.spec import StudySpec
 
 
+def at_least(low: int):
+    """An argparse type: a whole number >= ``low`` (refused by argparse, naming the flag, before
+    a server is waited for or a study created)."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
+        return v
+
+    return parse
+
+
 def spec_to_client_kwargs(spec: StudySpec) -> dict[str, Any]:
     """``bbo_client.Client.create_study`` keyword arguments equivalent to a core ``StudySpec``."""
     import bbo_client as bc
@@ -148,9 +164,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--api-key", default=os.environ.get("BBO_API_KEY"), help="API key (env BBO_API_KEY)"
     )
-    p.add_argument("--trials", type=int, default=30, help="evaluations (default %(default)s)")
     p.add_argument(
-        "--workers", type=int, default=1, help="parallel evaluation threads (default %(default)s)"
+        "--trials", type=at_least(1), default=30, help="evaluations (default %(default)s)"
+    )
+    p.add_argument(
+        "--workers",
+        type=at_least(1),
+        default=1,
+        help="parallel evaluation threads (default %(default)s)",
     )
     p.add_argument(
         "-o",

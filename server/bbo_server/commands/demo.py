@@ -9,9 +9,16 @@ import time
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="run a real tuning study end to end (server + client + plot)")
-    p.add_argument("--trials", type=int, default=25, help="evaluations (default %(default)s)")
+    from bbo.kits.cli import at_least
+
     p.add_argument(
-        "--workers", type=int, default=2, help="parallel evaluation threads (default %(default)s)"
+        "--trials", type=at_least(1), default=25, help="evaluations (default %(default)s)"
+    )
+    p.add_argument(
+        "--workers",
+        type=at_least(1),
+        default=2,
+        help="parallel evaluation threads (default %(default)s)",
     )
     p.add_argument(
         "--runs-dir",
