@@ -39,6 +39,19 @@ def at_least(low: int):
     return parse
 
 
+def add_count_arguments(p: argparse.ArgumentParser, trials: int, workers: int) -> None:
+    """``--trials`` and ``--workers`` of a command that runs a study (``bbo kit``, ``bbo demo``)."""
+    p.add_argument(
+        "--trials", type=at_least(1), default=trials, help="evaluations (default %(default)s)"
+    )
+    p.add_argument(
+        "--workers",
+        type=at_least(1),
+        default=workers,
+        help="parallel evaluation threads (default %(default)s)",
+    )
+
+
 def spec_to_client_kwargs(spec: StudySpec) -> dict[str, Any]:
     """``bbo_client.Client.create_study`` keyword arguments equivalent to a core ``StudySpec``."""
     import bbo_client as bc
@@ -164,15 +177,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--api-key", default=os.environ.get("BBO_API_KEY"), help="API key (env BBO_API_KEY)"
     )
-    p.add_argument(
-        "--trials", type=at_least(1), default=30, help="evaluations (default %(default)s)"
-    )
-    p.add_argument(
-        "--workers",
-        type=at_least(1),
-        default=1,
-        help="parallel evaluation threads (default %(default)s)",
-    )
+    add_count_arguments(p, trials=30, workers=1)
     p.add_argument(
         "-o",
         "--option",

@@ -9,17 +9,9 @@ import time
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="run a real tuning study end to end (server + client + plot)")
-    from bbo.kits.cli import at_least
+    from bbo.kits.cli import add_count_arguments
 
-    p.add_argument(
-        "--trials", type=at_least(1), default=25, help="evaluations (default %(default)s)"
-    )
-    p.add_argument(
-        "--workers",
-        type=at_least(1),
-        default=2,
-        help="parallel evaluation threads (default %(default)s)",
-    )
+    add_count_arguments(p, trials=25, workers=2)
     p.add_argument(
         "--runs-dir",
         default="runs",
