@@ -40,8 +40,14 @@ def env_seconds(env: Mapping[str, str], key: str, default: float | None) -> floa
         v = float(raw)
     except ValueError:
         raise ValueError(f"{key}={raw!r} is not a number of seconds") from None
+    return seconds(v, key, repr(raw))
+
+
+def seconds(v: float, what: str, shown: str | None = None) -> float:
+    """``v`` where it is a positive, finite number of seconds; a ValueError naming ``what`` (and
+    the value as given, ``shown``) otherwise."""
     if not (math.isfinite(v) and v > 0):
-        raise ValueError(f"{key} must be a number of seconds > 0, got {raw!r}")
+        raise ValueError(f"{what} must be a number of seconds > 0, got {shown or repr(v)!s}")
     return v
 
 

@@ -9,7 +9,6 @@ if it cannot start, bbo says why and runs as plain BO.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 
@@ -92,10 +91,15 @@ def _env_float(name: str) -> float | None:
 
 def _check_args(args) -> None:
     """Seconds and thread counts out of range: a message naming the flag, not a traceback."""
+    from bbo.llm.config import seconds
+
     for flag in ("llm-timeout", "llm-ask-budget"):
         v = getattr(args, flag.replace("-", "_"))
-        if v is not None and not (math.isfinite(v) and v > 0):
-            raise SystemExit(f"bbo serve: --{flag} must be a number of seconds > 0, got {v!r}")
+        try:
+            if v is not None:
+                seconds(v, f"--{flag}")
+        except ValueError as e:
+            raise SystemExit(f"bbo serve: {e}") from None
     if args.llm_threads is not None and args.llm_threads < 0:
         raise SystemExit(f"bbo serve: --llm-threads must be >= 0 (0 = 1), got {args.llm_threads}")
 
