@@ -384,8 +384,13 @@ class Study:
         def placed(cur: Trial) -> tuple[TrialState, float | None]:
             return self.budgets.told_state(cur, state, budget, curve_top)
 
+        last = self.budgets.last_reported(number, state, checked)
+
         def change(cur: Trial) -> Trial | None:
-            new = apply_tell(cur, state, checked, reason, budget, placed)
+            # the tell repeated matches what the first one stored (older versions kept it bare)
+            bare = not accepts_tell(cur, state) and metrics_key(cur.metrics) == metrics_key(checked)
+            told = checked if last is None or bare else last
+            new = apply_tell(cur, state, told, reason, budget, placed)
             outcome["duplicate"] = new is None
             return new
 

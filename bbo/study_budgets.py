@@ -179,6 +179,20 @@ class StudyBudgets:
                 step = max(used, default=0) + 1
         self.add_intermediate(cur.id, step, float(value), float(budget))
 
+    def last_reported(
+        self, number: int, state: TrialState, metrics: Mapping[str, Metric]
+    ) -> dict[str, Metric] | None:
+        """For a PRUNED tell without the objective: ``metrics`` plus the objective's last reported
+        value (as Optuna keeps a pruned trial's last intermediate value), so the stopped trial
+        shows where it stood. None where there is nothing to add."""
+        obj = self.spec.objectives[0].name
+        if state is not TrialState.PRUNED or obj in metrics:
+            return None
+        curve = self.storage.curves(self.uid, [number]).get(number, [])
+        if not curve:
+            return None
+        return {**metrics, obj: Metric(max(curve, key=lambda p: p.step).value)}
+
     def told_trial(self, number: int) -> Trial | None:
         """The stored trial a tell is about, read once for :meth:`earlier_run` and
         :meth:`before_tell` (None without a fidelity: neither needs it)."""

@@ -213,6 +213,28 @@ def test_pruned_trials_never_count_as_optima(db):
     assert [(p.budget, p.value) for p in st.storage.curves(st.uid)[b.id]] == [(3.0, 0.01)]
 
 
+def test_a_pruned_tell_without_the_objective_keeps_its_last_reported_value(db):
+    """As Optuna keeps a pruned trial's last intermediate value: a PRUNED tell that carries no
+    objective stores the last reported one, with and without a fidelity; a trial that reported
+    nothing stays empty, and the tell repeated is a duplicate, not a conflict."""
+    reg = registry(db)
+    for name, s in (
+        ("mf", spec()),
+        ("median", {"parameters": X, "objectives": [{"name": "loss"}]}),
+    ):
+        st, _ = reg.create_study(name, s)
+        a, b = st.ask(2).trials
+        fid = name == "mf"
+        st.report_intermediate(a.id, 1, 0.7, budget=1.0 if fid else None)
+        st.report_intermediate(a.id, 3, 0.4, budget=3.0 if fid else None)
+        told = st.tell(a.id, {"other": 2.0}, state=TrialState.PRUNED, reason="stopped")
+        assert {k: m.value for k, m in told.trial.metrics.items()} == {"loss": 0.4, "other": 2.0}
+        assert st.get_trial(a.id).metrics["loss"].value == 0.4
+        assert st.tell(a.id, {"other": 2.0}, state=TrialState.PRUNED).duplicate
+        assert st.tell(b.id, state=TrialState.PRUNED).trial.metrics == {}
+        assert [t.id for t in st.best().trials] == []
+
+
 def test_a_result_below_the_full_budget_is_refused_and_changes_nothing(db):
     reg = registry(db)
     st, _ = reg.create_study("below", spec())
