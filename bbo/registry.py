@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -50,6 +51,8 @@ from bbo.transfer import Judge, resolve_sources, source_refs
 log = logging.getLogger("bbo.registry")
 
 DEFAULT_TENANT = "default"
+# seconds of a CreateStudy deadline kept, after the LLM judges auto's sources, to rank and store
+CREATE_MARGIN_S = 2.0
 
 
 class AlreadyExistsError(ConflictError):
@@ -211,10 +214,13 @@ class StudyRegistry:
         name: str,
         spec: StudySpec | Mapping[str, Any],
         tenant: str = DEFAULT_TENANT,
+        *,
+        wait_s: float | None = None,
     ) -> tuple[Study, bool]:
         """Get-or-create: the same name and spec returns the stored study (``created=False``); the
         same name with a different spec raises :class:`AlreadyExistsError`. A spec given as a dict
-        is checked against the request limits before it is parsed."""
+        is checked against the request limits before it is parsed. ``wait_s``: how long the caller
+        waits (its RPC deadline); the LLM's judgement of ``auto``'s sources ends before it."""
         check_name(name)
         if not isinstance(spec, StudySpec):
             self.config.limits.check_spec(spec)
@@ -237,7 +243,7 @@ class StudyRegistry:
                 rec = self.storage.get_study(tenant, name)
                 if rec is not None:
                     break
-                judge = self._judge(spec, tenant, name, llm_calls)
+                judge = self._judge(spec, tenant, name, llm_calls, wait_s)
                 transfer = resolve_sources(self.storage, tenant, name, spec, judge)
             rec = self._insert(tenant, name, spec_dict, seed, transfer)
             if rec is not None:
@@ -287,17 +293,24 @@ class StudyRegistry:
         except LimitError as e:
             raise LimitError(f"{e.message} (--max-studies)") from None
 
-    def _judge(self, spec: StudySpec, tenant: str, name: str, calls: list) -> Judge | None:
+    def _judge(
+        self, spec: StudySpec, tenant: str, name: str, calls: list, wait_s: float | None
+    ) -> Judge | None:
         """The LLM's rating of ``auto``'s candidate sources (:meth:`LlmAdvisor.related`, bounded
-        by its ask budget), where the module is on and the study enables it; its calls go to
-        ``calls``."""
+        by its ask budget and by what is left of ``wait_s`` less :data:`CREATE_MARGIN_S`), where
+        the module is on and the study enables it; its calls go to ``calls``."""
         advisor = self.config.llm
         if advisor is None or not advisor.enabled or not spec.llm.enabled or not spec.transfer.auto:
             return None
 
+        ends = None if wait_s is None else time.monotonic() + wait_s - CREATE_MARGIN_S
+
         def judge(target: StudySpec, candidates):
+            left = None if ends is None else max(0.0, ends - time.monotonic())
             try:
-                res = advisor.related(target, candidates, study_key=f"{tenant}/{name}")
+                res = advisor.related(
+                    target, candidates, study_key=f"{tenant}/{name}", budget_s=left
+                )
             except Exception as e:  # the advisor is meant never to raise; creation goes on
                 log.exception("llm advisor failed", extra={"study": name})
                 return {}, f"no LLM judgement (advisor error: {type(e).__name__}): TF-IDF used"

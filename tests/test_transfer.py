@@ -693,6 +693,33 @@ def test_tenants_never_see_each_others_sources_over_grpc(server_factory, tmp_pat
         assert info.spec.transfer.auto and list(info.spec.transfer.sources) == []
 
 
+def test_the_llm_judgement_ends_before_the_create_deadline(server_factory):
+    """An LLM timeout longer than the caller's CreateStudy deadline does not fail the create: the
+    judgement of ``auto``'s candidates is cut at the RPC's deadline (less a margin) and TF-IDF
+    ranks them, as the transfer note says."""
+    from bbo.testing.chat_server import ChatServer, Reply
+
+    def responder(body: dict) -> Reply:
+        slow = "Stored studies" in ChatServer.prompt_of(body)
+        return Reply("{}", delay_s=30.0 if slow else 0.0)
+
+    with ChatServer(responder) as llm:
+        llm_args = ["--llm-base-url", llm.url, "--llm-model", "test-model"]
+        srv = server_factory(args=llm_args + ["--llm-timeout", "60", "--llm-ask-budget", "90"])
+        params = [bc.Float("x", 0.0, 1.0), bc.Float("z", 0.0, 1.0)]
+        with bc.Client(srv.address, timeout=6.0) as c:
+            src = c.create_study("src", params, "y", description="bowl")
+            for p in grid_points(4):
+                src.add_trial(p, {"y": bowl(p)})
+            on = bc.Llm(derive_priors=False)
+            target = c.create_study(
+                "target", params, "y", description="bowl", transfer=bc.Transfer(auto=True), llm=on
+            )
+            info = target.info().transfer
+        assert [s.name for s in info.sources] == ["src"]
+        assert "no LLM judgement" in info.note and "TF-IDF" in info.note
+
+
 def test_sources_survive_a_restart_and_a_deleted_source_is_left_out(tmp_path, capsys):
     """The service restarted on its database (a new registry on a new storage, as `bbo serve`
     builds at start-up) reads the same sources and weights; a source deleted and re-created under

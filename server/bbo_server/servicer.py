@@ -158,7 +158,10 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
         check_name(request.name)
         with C.spec_field("spec"):  # limits checked on the dict, before anything is built from it
             study, created = self.registry.create_study(
-                request.name, C.spec_dict_from_pb(request.spec), tenant
+                request.name,
+                C.spec_dict_from_pb(request.spec),
+                tenant,
+                wait_s=context.time_remaining(),  # None: the caller set no deadline
             )
         return svc.CreateStudyResponse(study=C.study_to_pb(study.info()), created=created)
 
