@@ -715,3 +715,43 @@ def test_browser_lists_a_page_of_studies_and_more_on_request(dash, browser):
     browser.find_element(By.ID, "more-studies").click()
     wait.until(lambda d: len(css(rows)) == 105 and css("#more-studies[hidden]"))
     assert css(rows)[-1].get_attribute("data-study") == "many-104"
+
+
+def test_the_api_rate_limit_holds_on_the_dashboard_too(registry, monkeypatch):
+    """With --rate-limit, a tenant's dashboard requests are held to the API's rate and burst, in a
+    bucket of their own: they went around it (a tenant held to 1 ListTrials/s read the same pages
+    of up to 2 MiB through /trials as fast as it liked). Over it: 429 naming the flag, with a
+    Retry-After; the tenant's API calls keep their tokens. The plugin hands the gate's limits on."""
+    from starlette.exceptions import HTTPException
+
+    from bbo_server import dashboard
+    from bbo_server.auth import Gate
+    from bbo_server.limits import LimitChecker, Limits
+    from bbo_server.plugins import dashboard as plugin
+    from bbo_server.server import ServerOptions
+
+    limits = LimitChecker(Limits(rate=0.2, burst=2))
+    d = dashboard.Dashboard(registry, limits=limits)
+    registry.create_study("rated", SMALL_SPEC)
+    for _ in range(2):
+        assert d.trials(_request("/x", "after=0", name="rated")).status_code == 200
+    for route in (d.trials, d.study_detail, d.intermediates, d.llm_calls):
+        with pytest.raises(HTTPException) as e:
+            route(_request("/x", name="rated"))
+        assert e.value.status_code == 429 and "--rate-limit" in e.value.detail
+        assert int(e.value.headers["Retry-After"]) >= 1
+    with pytest.raises(HTTPException, match="over 0.2 dashboard requests/s"):
+        d.studies(_request("/api/studies"))
+    limits.check("default", "ListTrials", None)  # the API's own bucket is untouched
+    assert dashboard.Dashboard(registry).trials(_request("/x", name="rated")).status_code == 200
+
+    handed: list = []
+    monkeypatch.setattr(dashboard, "create_app", lambda *a: handed.append(a))
+    monkeypatch.setattr(dashboard.DashboardServer, "start", lambda s, app: handed.append(s))
+    opts = ServerOptions(interceptors=[Gate(None, limits)])
+    plugin.configure_server(
+        opts, argparse.Namespace(dashboard_port=free_port(), dashboard_host="127.0.0.1")
+    )
+    opts.on_start[-1](registry)
+    handed[1].sock.close()
+    assert handed[0][3] is limits

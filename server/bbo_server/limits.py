@@ -4,7 +4,9 @@ A call over the rate is refused with RESOURCE_EXHAUSTED, a message naming the fl
 google.rpc.RetryInfo saying when to retry (clients do). Tell and Heartbeat are exempt from the
 tenant's rate: they finish or keep alive work the server handed out, so refusing them could only
 lose results; instead each trial has a small bucket of its own (``--trial-rate``), so a worker
-looping on one trial is bounded too. The other costs of a request are bounded in the core
+looping on one trial is bounded too. The dashboard's HTTP requests (:meth:`LimitChecker.check_dashboard`)
+are held to the same rate and burst in a bucket of their own per tenant, so its polls neither take
+the workers' tokens nor go around the rate. The other costs of a request are bounded in the core
 (:mod:`bbo.limits`: spec and metric sizes; ``--max-ask``; ``--max-studies``) and by gRPC
 (``--max-message-bytes``), all answering RESOURCE_EXHAUSTED.
 """
@@ -62,16 +64,16 @@ class LimitChecker:
 
     def __init__(self, limits: Limits):
         self.limits = limits
-        self._buckets: dict[str, TokenBucket] = {}
+        self._buckets: dict[object, TokenBucket] = {}  # by tenant, and ("dashboard", tenant)
         self._trial_buckets: collections.OrderedDict[tuple, TokenBucket] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def _bucket(self, tenant: str) -> TokenBucket:
+    def _bucket(self, key: object) -> TokenBucket:
         with self._lock:
-            b = self._buckets.get(tenant)
+            b = self._buckets.get(key)
             if b is None:
                 burst = self.limits.burst or max(1.0, 2.0 * self.limits.rate)
-                b = self._buckets[tenant] = TokenBucket(self.limits.rate, burst)
+                b = self._buckets[key] = TokenBucket(self.limits.rate, burst)
             return b
 
     def _trial_bucket(self, key: tuple) -> TokenBucket:
@@ -106,6 +108,24 @@ class LimitChecker:
             e = _Refused(
                 "rate",
                 f"rate limit: tenant '{tenant}' is over {lim.rate:g} requests/s (burst "
+                f"{bucket.burst:g}); retry later (--rate-limit)",
+            )
+            e.retry_after = max(bucket.wait(), 0.001)
+            raise e
+
+    def check_dashboard(self, tenant: str) -> None:
+        """One dashboard (HTTP) request of ``tenant``: over the rate, raises LimitError (with
+        ``retry_after``). The rate and burst are the API's, in a bucket of the tenant's dashboard
+        requests (its API calls' bucket is left to them): without it, a tenant held to the rate on
+        ListTrials read the same pages of up to 2 MiB through the dashboard as fast as it liked."""
+        lim = self.limits
+        if lim.rate <= 0:
+            return
+        bucket = self._bucket(("dashboard", tenant))
+        if not bucket.take():
+            e = _Refused(
+                "rate",
+                f"rate limit: tenant '{tenant}' is over {lim.rate:g} dashboard requests/s (burst "
                 f"{bucket.burst:g}); retry later (--rate-limit)",
             )
             e.retry_after = max(bucket.wait(), 0.001)

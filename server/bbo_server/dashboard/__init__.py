@@ -32,6 +32,9 @@ Every page also ends early past :data:`bbo.paging.PAGE_BYTES` (as the gRPC List 
 and says with ``more`` whether to ask for what follows it. A query argument out of range is 400,
 naming it and its range.
 
+With ``--rate-limit``, each tenant's ``/api`` requests are held to the API's rate and burst in
+a bucket of their own; a request over it is 429 with a Retry-After (the page waits and retries).
+
 With API keys on (the gRPC API's ``--auth``), every ``/api`` request needs a key (``x-api-key``
 or ``Authorization: Bearer``), else 401; the page asks for it once and keeps it in the tab's
 sessionStorage. Another tenant's study is 404, as NOT_FOUND is in the API.
@@ -43,6 +46,7 @@ import functools
 import importlib.util
 import json
 import logging
+import math
 import socket
 import ssl
 import threading
@@ -59,7 +63,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from bbo.errors import NotFoundError, SpecError
+from bbo.errors import LimitError, NotFoundError, SpecError
 from bbo.paging import cut_page, page_prefix, read_lazily
 from bbo.registry import DEFAULT_TENANT, StudyRegistry
 from bbo.study import Study
@@ -211,12 +215,36 @@ class Dashboard:
 
     CACHED_STUDIES = 32
 
-    def __init__(self, registry: StudyRegistry, keys=None, default_tenant: str = DEFAULT_TENANT):
+    def __init__(
+        self,
+        registry: StudyRegistry,
+        keys=None,
+        default_tenant: str = DEFAULT_TENANT,
+        limits=None,
+    ):
         self.registry, self.keys, self.default_tenant = registry, keys, default_tenant
+        self.limits = limits  # the API gate's LimitChecker (--rate-limit), or None
         self._cache: OrderedDict[tuple, tuple[tuple, bytes]] = OrderedDict()
         self._cache_lock = threading.Lock()
 
     def tenant(self, request: Request) -> str:
+        """The caller's tenant (401 without a valid key), within the tenant's rate (429 with a
+        Retry-After over it: every ``/api`` request calls this once)."""
+        tenant = self._authenticate(request)
+        if self.limits is not None:
+            try:
+                self.limits.check_dashboard(tenant)
+            except LimitError as e:
+                from bbo_server import metrics as M
+
+                M.LIMIT_REFUSALS.labels(limit="rate").inc()
+                wait = getattr(e, "retry_after", 1.0) or 1.0
+                raise HTTPException(
+                    429, str(e), headers={"Retry-After": str(max(1, math.ceil(wait)))}
+                ) from None
+        return tenant
+
+    def _authenticate(self, request: Request) -> str:
         if self.keys is None:
             return self.default_tenant
         from bbo_server import metrics as M
@@ -427,10 +455,11 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 
 def create_app(
-    registry: StudyRegistry, keys=None, default_tenant: str = DEFAULT_TENANT
+    registry: StudyRegistry, keys=None, default_tenant: str = DEFAULT_TENANT, limits=None
 ) -> Starlette:
-    """The dashboard as an ASGI app (``keys``: a KeyStore when API keys are required)."""
-    d = Dashboard(registry, keys, default_tenant)
+    """The dashboard as an ASGI app (``keys``: a KeyStore when API keys are required;
+    ``limits``: the API's LimitChecker, whose rate each ``/api`` request is held to)."""
+    d = Dashboard(registry, keys, default_tenant, limits)
     plotly = plotly_js()
     routes = [
         Route("/", lambda request: FileResponse(STATIC / "index.html")),

@@ -76,7 +76,8 @@ def configure_server(opts, args) -> None:
                 "turn keys on (--auth)."
             )
         tenant = gate.default_tenant if gate is not None else DEFAULT_TENANT
-        server.start(dashboard.create_app(registry, keys, tenant))
+        limits = gate.limits if gate is not None else None  # --rate-limit holds here too
+        server.start(dashboard.create_app(registry, keys, tenant, limits))
         shown = f"[{host}]" if ":" in host else host
         print(
             f"bbo serve: dashboard on {server.scheme}://{shown}:{server.port}/ "

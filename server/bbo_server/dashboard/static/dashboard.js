@@ -64,10 +64,18 @@ function when(seconds) {
 class AuthError extends Error {}
 class NotFound extends Error {}
 
+const RATE_RETRIES = 5;  // a 429 (the server's --rate-limit) is retried after its Retry-After
+
 async function api(path) {
   const key = sessionStorage.getItem(KEY_ITEM);
   const headers = key ? { Authorization: `Bearer ${key}` } : {};
-  const r = await fetch(path, { headers, cache: 'no-store' });
+  let r = await fetch(path, { headers, cache: 'no-store' });
+  for (let i = 0; r.status === 429 && i < RATE_RETRIES; i += 1) {
+    // wait as told (a slower tick spaces the next polls out too), then ask again
+    const wait = Math.min(60, Math.max(1, Number(r.headers.get('retry-after')) || 1));
+    await new Promise((done) => { setTimeout(done, wait * 1000); });
+    r = await fetch(path, { headers, cache: 'no-store' });
+  }
   const text = await r.text();
   let body = null;
   try { body = JSON.parse(text); } catch (e) { body = null; }
