@@ -184,3 +184,42 @@ def test_a_database_urls_password_is_never_printed(cluster, tmp_path):
     assert again.returncode == missing.returncode == 1
     for out in (unread, copied, again, missing):
         assert secret not in out.stdout + out.stderr, out
+
+
+def test_a_copy_holds_a_bounded_number_of_bytes_whatever_its_rows(tmp_path):
+    """Rows were copied 1,000 at a time whatever their size: 1,000 studies of 1 MiB specs (the
+    limits allow 10,000 per tenant) were 2.5 GiB in memory at once. A batch now ends at about
+    BATCH_BYTES (8 MiB) too: 12 studies of 1 MiB specs are copied in batches of at most 8."""
+    from bbo.storage import open_storage
+    from bbo.storage.copy import copy_database
+
+    src, dst = f"sqlite:///{tmp_path}/src.db", f"sqlite:///{tmp_path}/dst.db"
+    spec = {
+        "parameters": [
+            {
+                "type": "categorical",
+                "name": f"p{i:03d}" + "n" * 100,
+                "choices": [f"c{j:03d}" + "v" * 120 for j in range(40)],
+            }
+            for i in range(200)
+        ],
+        "objectives": [{"name": "y"}],
+    }
+    s = open_storage(src)
+    try:
+        for i in range(12):
+            s.create_study("default", f"big-{i}", spec, 1)
+    finally:
+        s.close()
+    seen: list[int] = []
+    counts = copy_database(
+        src, dst, progress=lambda table, n: seen.append(n) if table == "studies" else None
+    )
+    assert counts["studies"] == 12 and seen[-1] == 12
+    batches = [b - a for a, b in zip([0, *seen], seen)]
+    assert max(batches) * 1_000_000 <= 8 * 1024 * 1024 + 1_100_000, batches
+    d = open_storage(dst)
+    try:
+        assert d.get_study("default", "big-11").spec == spec
+    finally:
+        d.close()

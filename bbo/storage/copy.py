@@ -4,11 +4,14 @@ or a move from the embedded SQLite file to PostgreSQL when a deployment grows to
 Everything is copied with its ids (studies keep their uids, so workers holding trials carry on
 against the copy), from one read snapshot of the source: a server may keep writing meanwhile, and
 the copy is the database as it was at one instant (SQLite's WAL and PostgreSQL's REPEATABLE READ
-both give that). Rows are streamed in batches, so the size of a study does not matter.
+both give that). Rows are streamed in batches bounded in rows and in bytes, so neither the size of
+a study nor that of a row (a spec of up to ``--max-spec-bytes``, an LLM call's prompt and answer)
+matters: the copy holds about :data:`BATCH_BYTES` of rows at a time.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import sqlalchemy as sa
@@ -23,7 +26,24 @@ class CopyError(BboError):
     """The copy cannot be made as asked (not a bbo database, a target that is not empty...)."""
 
 
-BATCH = 1000
+BATCH = 1000  # rows written per insert at most
+BATCH_BYTES = 8 * 1024 * 1024  # and about this many bytes of their values
+# Rows read from the source at a time: few of a table whose rows may each take MiBs (1,000 study
+# rows of 1 MiB specs were 2.5 GiB in memory at once), BATCH of the others.
+FETCH = {"studies": 8, "llm_calls": 8, "model_state": 8, "trials": 100}
+
+
+def _row_bytes(row) -> int:
+    """About how many bytes a row's values take (its JSON, text and binary columns)."""
+    n = 0
+    for v in row:
+        if isinstance(v, (str, bytes)):
+            n += len(v)
+        elif isinstance(v, (dict, list)):
+            n += len(json.dumps(v, default=str))
+        else:
+            n += 8
+    return n
 
 
 def copy_database(
@@ -71,12 +91,23 @@ def _copy(src: SqlStorage, dst: SqlStorage, progress) -> dict[str, int]:
                 )
         for table in S.metadata.sorted_tables:
             n = 0
-            result = conn_in.execution_options(yield_per=BATCH).execute(
+            result = conn_in.execution_options(yield_per=FETCH.get(table.name, BATCH)).execute(
                 sa.select(table).order_by(*table.primary_key.columns)
             )
-            for rows in result.partitions():
-                out.execute(table.insert(), [dict(r._mapping) for r in rows])
-                n += len(rows)
+            batch: list[dict] = []
+            size = 0
+            for row in result:
+                batch.append(dict(row._mapping))
+                size += _row_bytes(row)
+                if len(batch) >= BATCH or size >= BATCH_BYTES:
+                    out.execute(table.insert(), batch)
+                    n += len(batch)
+                    batch, size = [], 0
+                    if progress is not None:
+                        progress(table.name, n)
+            if batch:
+                out.execute(table.insert(), batch)
+                n += len(batch)
                 if progress is not None:
                     progress(table.name, n)
             counts[table.name] = n
