@@ -514,3 +514,36 @@ def test_get_best_fits_one_response_whatever_the_front(registry):
     assert r.best_count == n
     assert 0 < len(r.trials) < n and r.ByteSize() <= PAGE_BYTES + 10_000
     assert [t.id for t in r.trials] == list(range(1, len(r.trials) + 1))  # the first by id
+
+
+def test_tells_naming_no_possible_study_keep_no_trial_bucket():
+    """Tell and Heartbeat are exempt from the tenant's rate and get a bucket per (study, trial),
+    kept up to MAX_TRIAL_BUCKETS: keyed by whatever study name a request sent, 100,000 of them kept
+    100,000 names of up to --max-message-bytes (1 MiB each retained 50 MiB for 50 tells here). A
+    name over 128 characters is no study's (NOT_FOUND past the gate): the tenant's rate holds."""
+    import tracemalloc
+    from types import SimpleNamespace
+
+    from bbo.errors import LimitError
+    from bbo_server.limits import LimitChecker, Limits
+
+    checker = LimitChecker(Limits(rate=1000, burst=1000))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(50):
+            req = SimpleNamespace(study="s" * 1_000_000 + str(i), trial_id=1)
+            checker.check("t", "Tell" if i % 2 else "Heartbeat", req)
+        del req
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 1_000_000, kept
+    slow = LimitChecker(Limits(rate=0.1, burst=2))
+    long_name = SimpleNamespace(study="s" * 200, trial_id=1)
+    slow.check("t", "Tell", long_name)
+    slow.check("t", "Tell", long_name)
+    with pytest.raises(LimitError, match="--rate-limit"):
+        slow.check("t", "Tell", long_name)
+    for _ in range(5):  # a real name keeps its own bucket (the tenant's is spent)
+        slow.check("t", "Tell", SimpleNamespace(study="s" * 128, trial_id=1))
