@@ -65,7 +65,7 @@ from bbo.closed_form import (
 )
 from bbo.device import Placement
 from bbo.priors import LogPrior
-from bbo.space import SearchSpace, dense_constraints, split_equalities
+from bbo.space import SearchSpace, dense_constraints, scaled_rows, split_equalities
 from bbo.spec import StudySpec
 
 # BoTorch's mixed optimizer takes no candidate generator: its continuous steps call the name
@@ -425,7 +425,10 @@ class Polytope:
 
         lo, hi = (t.cpu().double().numpy() for t in self.bounds)
         d = lo.size
-        (A_ge, b_ge), (A_eq, b_eq) = self.dense_ineq, self.dense_eq
+        # rows scaled to a largest coefficient of 1: HiGHS refuses entries of 1e15 or more
+        (A_ge, b_ge), (A_eq, b_eq) = (
+            scaled_rows(*rows) for rows in (self.dense_ineq, self.dense_eq)
+        )
         box = np.stack([lo, hi])
         for i in range(d):
             for k, sign in enumerate((1.0, -1.0)):  # min x_i, then max x_i

@@ -650,9 +650,10 @@ class SearchSpace:
             rows.append(row)
             low_rhs.append(1.0)
             high_rhs.append(1.0)
+        A, b, ub = scaled_rows(np.array(rows), np.array(low_rhs), np.array(high_rhs))
         res = milp(
             np.zeros(n),
-            constraints=Rows(np.array(rows), low_rhs, high_rhs),
+            constraints=Rows(A, b, ub),
             integrality=np.array(integral),
             bounds=Bounds(lo, hi),
             options={"time_limit": MILP_SECONDS},
@@ -673,7 +674,7 @@ class SearchSpace:
         """A point of the relaxed box that meets every constraint (LP), or None."""
         from scipy.optimize import linprog
 
-        A, b = dense_constraints(self.inequality_constraints(), self.dim)
+        A, b = scaled_rows(*dense_constraints(self.inequality_constraints(), self.dim))
         box = self.bounds()
         res = linprog(
             np.zeros(self.dim),
@@ -683,6 +684,16 @@ class SearchSpace:
             method="highs",
         )
         return res.x if res.status == 0 else None
+
+
+def scaled_rows(A: np.ndarray, *sides: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The rows ``A x`` against their ``sides`` (right-hand sides), each row divided by its
+    largest coefficient: HiGHS refuses a matrix entry of 1e15 or more as a model error (which
+    scipy reports as infeasible, so ``x - y <= 0`` over [0, 1e15] was refused as admitting no
+    point) and drops entries below 1e-9 as zeros."""
+    norm = np.abs(A).max(axis=1, initial=0.0)
+    norm[norm == 0] = 1.0
+    return (A / norm[:, None], *(np.asarray(v, dtype=float) / norm for v in sides))
 
 
 def _linear_range(p: Param) -> tuple[float, float]:

@@ -393,3 +393,24 @@ def test_constraints_met_only_within_the_tolerance_still_give_points():
         none.check_reachable()
     with pytest.raises(ConflictError, match="looser constraints"):
         polytope_samples(none, 2, seed=1)
+
+
+def test_a_feasible_constraint_with_huge_coefficients_is_accepted():
+    """x - y <= 0 over [0, 1e15]: its encoded row holds 1e15, which HiGHS refuses as a model
+    error, and scipy reports that as infeasible: CreateStudy refused a constraint that half the
+    box meets with "admit no point inside the parameter bounds"."""
+    for hi in (1e15, 1e100):
+        space = SearchSpace(
+            (FloatParam("x", 0, hi), FloatParam("y", 0, hi), IntParam("n", 0, 10**18)),
+            (
+                LinearConstraint({"x": 1.0, "y": -1.0}, 0.0),
+                LinearConstraint({"n": 1.0, "x": 1e-300}, 5e17),
+            ),
+        )
+        space.check_reachable()
+        assert space.feasible_params is not None
+    with pytest.raises(SpecError, match="admit no point"):  # still infeasible where it is
+        SearchSpace(
+            (FloatParam("x", 0, 1e15), FloatParam("y", 0, 1e15)),
+            (LinearConstraint({"x": 1.0, "y": -1.0}, -2e15),),
+        )
