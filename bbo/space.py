@@ -384,6 +384,10 @@ class LinearConstraint:
         return sum(float(c) * float(params[n]) for n, c in self.coefficients.items())
 
     def satisfied(self, params: Mapping[str, Value], tol: float = 1e-9) -> bool:
+        """Whether ``params`` meet the constraint, up to ``tol`` relative to the bound and
+        coefficients. A :class:`SearchSpace` judges its own constraints by the parameters' ranges
+        instead (:meth:`SearchSpace.is_feasible`): this scale lets a bound far from zero (a
+        range of [1e9, 1e9 + 1]) excuse violations as wide as the range."""
         scale = max(1.0, abs(self.bound), *(abs(c) for c in self.coefficients.values()))
         return self.lhs(params) <= self.bound + tol * scale
 
@@ -555,7 +559,7 @@ class SearchSpace:
             except SpecError as e:
                 raise SpecError(f"{path}['{p.name}']", e.message) from None
         for j, c in enumerate(self.constraints):
-            if not c.satisfied(out):
+            if c.lhs(out) > c.bound + self._slack[j]:
                 raise SpecError(
                     path, f"parameters violate constraint {j} ({c}): lhs = {c.lhs(out):g}"
                 )
@@ -582,7 +586,27 @@ class SearchSpace:
         return out
 
     def is_feasible(self, params: Mapping[str, Value]) -> bool:
-        return all(c.satisfied(params) for c in self.constraints)
+        return all(c.lhs(params) <= c.bound + s for c, s in zip(self.constraints, self._slack))
+
+    @functools.cached_property
+    def _slack(self) -> tuple[float, ...]:
+        """Per constraint, how far its left-hand side may exceed the bound: 1e-9 of the
+        constraint's own scale, the bound or a coefficient (at least 1) as before but never more
+        than its widest term's range (``|a| * (high - low)``, its coefficient in the encoding the
+        optimizer works in), plus the rounding of the sum in doubles. Scaled by the bound alone,
+        ``x + y <= 1e9 + 1`` over x in [1e9, 1e9 + 1] and y in [0, 1] let points through that
+        broke it by 0.57 (the initial design's, a repaired optimizer point's, an added trial's)."""
+        out = []
+        for c in self.constraints:
+            terms = [(float(a), *_linear_range(self.by_name[n])) for n, a in c.coefficients.items()]
+            old = max(1.0, abs(c.bound), *(abs(a) for a, _, _ in terms))
+            width = max(abs(a) * (hi - lo) for a, lo, hi in terms)
+            eps = 4 * (len(terms) + 2) * float(np.finfo(float).eps)  # first: no overflow
+            rounding = eps * abs(c.bound) + sum(
+                eps * abs(a) * abs(lo) + eps * abs(a) * abs(hi) for a, lo, hi in terms
+            )
+            out.append(1e-9 * min(old, width) + rounding)
+        return tuple(out)
 
     def check_reachable(self, path: str = "parameter_constraints") -> None:
         """Refuse parameter constraints that no point the study can hand out meets: the box check

@@ -414,3 +414,28 @@ def test_a_feasible_constraint_with_huge_coefficients_is_accepted():
             (FloatParam("x", 0, 1e15), FloatParam("y", 0, 1e15)),
             (LinearConstraint({"x": 1.0, "y": -1.0}, -2e15),),
         )
+
+
+def test_constraints_far_from_zero_are_met_to_the_parameters_scale():
+    """x + y <= 1e9 + 1 over x in [1e9, 1e9 + 1], y in [0, 1] is u_x + u_y <= 1 in the encoding.
+    The tolerance was 1e-9 of the bound, 1.0 here, the whole range: the initial design handed out
+    points with u_x + u_y up to 1.15, repaired optimizer points up to 1.57, and AddTrial took them."""
+    space = SearchSpace(
+        (FloatParam("x", 1e9, 1e9 + 1), FloatParam("y", 0, 1)),
+        (LinearConstraint({"x": 1.0, "y": 1.0}, 1e9 + 1),),
+    )
+    assert not space.is_feasible({"x": 1e9 + 0.75, "y": 0.5})
+    with pytest.raises(SpecError, match="violate constraint 0"):
+        space.validate_params({"x": 1e9 + 0.75, "y": 0.5})
+    assert space.is_feasible({"x": 1e9 + 0.5, "y": 0.5})  # on the bound, in doubles
+    assert space.is_feasible({"x": 1e9 + 0.25, "y": 0.5})
+    pts = sobol_design(space, 16, seed=3)
+    assert len(pts) == 16
+    assert all(space.encode(p).sum() <= 1 + 1e-6 for p in pts)
+    # a unit-scale constraint keeps its tolerance: 1e-9, as before
+    unit = SearchSpace(
+        (FloatParam("x", 0, 1), FloatParam("y", 0, 1)),
+        (LinearConstraint({"x": 1.0, "y": 1.0}, 1.0),),
+    )
+    assert unit.is_feasible({"x": 0.5, "y": 0.5 + 5e-10})
+    assert not unit.is_feasible({"x": 0.5, "y": 0.5 + 5e-9})
