@@ -228,6 +228,7 @@ class StudyRegistry:
         else:
             self.config.limits.check_spec(spec.to_dict())
         spec.space.check_reachable()
+        spec.check_outcome_window()
         self._check_llm_model(spec)
         spec_dict = spec.to_dict()
         seed = spec.algorithm.seed

@@ -271,6 +271,26 @@ class StudySpec:
             raise SpecError("priors", "at most one prior per parameter")
         _check_fidelity(self)
 
+    def check_outcome_window(self) -> None:
+        """Refuse a metric whose outcome constraints no value meets (``m >= 1`` beside
+        ``m <= 0``): no trial could ever be feasible, so GetBest would stay empty however long the
+        study ran. Checked where a study is created (a stored study is read as it was accepted)."""
+        low: dict[str, tuple[float, int]] = {}  # metric -> its largest lower bound, where
+        high: dict[str, tuple[float, int]] = {}  # metric -> its smallest upper bound, where
+        for i, c in enumerate(self.outcome_constraints):
+            side, tighter = (low, max) if c.op == ">=" else (high, min)
+            if c.metric not in side or tighter(c.bound, side[c.metric][0]) != side[c.metric][0]:
+                side[c.metric] = (float(c.bound), i)
+        for metric, (lo, i) in low.items():
+            if metric in high and lo > high[metric][0]:
+                hi, j = high[metric]
+                raise SpecError(
+                    f"outcome_constraints[{max(i, j)}]",
+                    f"no value of '{metric}' meets both {metric} >= {lo:g} "
+                    f"(outcome_constraints[{i}]) and {metric} <= {hi:g} "
+                    f"(outcome_constraints[{j}]): no trial could be feasible; fix the bounds",
+                )
+
     # ---- budgets and pruning --------------------------------------------------------------------
     @property
     def pruning_policy(self) -> str:

@@ -295,6 +295,34 @@ def test_malformed_spec_is_invalid_argument_naming_the_field(client, study_name,
         client.get_study(study_name)
 
 
+def test_outcome_constraints_no_value_meets_are_refused(client, study_name):
+    """m <= 0 beside m >= 1 was accepted: no trial could ever be feasible, GetBest stayed empty
+    however long the study ran. Refused, naming the pair; nothing is stored."""
+    with pytest.raises(bc.InvalidArgument) as e:
+        client.create_study(
+            study_name,
+            parameters=[bc.Float("x", 0, 1)],
+            objectives=["y", bc.Objective("z", "maximize")],
+            constraints=[
+                bc.Constraint("m", "<=", 0.0),
+                bc.Constraint("n", ">=", 5.0),
+                bc.Constraint("m", ">=", 1.0),
+            ],
+        )
+    assert e.value.field == "spec.outcome_constraints[2]"
+    assert "m >= 1" in str(e.value) and "m <= 0" in str(e.value)
+    with pytest.raises(bc.NotFound):
+        client.get_study(study_name)
+    # a window that holds a value (a single one included) is accepted
+    study = client.create_study(
+        study_name,
+        parameters=[bc.Float("x", 0, 1)],
+        objectives="y",
+        constraints=[bc.Constraint("m", "<=", 1.0), bc.Constraint("m", ">=", 1.0)],
+    )
+    assert len(study.info().spec.outcome_constraints) == 2
+
+
 @pytest.mark.parametrize(
     "params, cons",
     [
