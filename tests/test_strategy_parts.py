@@ -152,3 +152,8 @@ def test_a_discrete_design_does_not_repeat_a_point_while_others_are_left():
         spec = StudySpec(space, (Objective("f"),), algorithm=AlgorithmOptions(seed=seed))
         points = [tuple(s.params.values()) for s in GenerationStrategy(spec).suggest([], 5)]
         assert len(set(points)) == 5, (seed, points)
+    # asked for more than the space holds: the repeats come last, and say why
+    spec = StudySpec(space, (Objective("f"),), algorithm=AlgorithmOptions(seed=0))
+    out = GenerationStrategy(spec).suggest([], 8)
+    assert len({tuple(s.params.values()) for s in out}) == 6
+    assert ["repeat" in s.reason for s in out] == [False] * 6 + [True] * 2

@@ -19,6 +19,7 @@ from bbo.trial import WARMSTART_ORIGINS, Origin
 
 SET_ASIDE = "warm-start candidates set aside: the ones measured are worse than the design's median"
 IN_REGION = "a Sobol point in the region the source studies' best trials span"
+REPEAT = "a repeat: the design found no feasible point of this small space not measured or pending"
 SOBOL_ROUNDS = 8  # batches of 2n Sobol points searched for new ones before a repeat is allowed
 
 
@@ -50,8 +51,10 @@ class InitialDesign:
             taken = np.vstack([taken, space.encode(c)[None]])
         why = IN_REGION if self.region is not None else ""
         for p in self._sobol(n_design - len(out), n_initial_used, taken):
-            out.append(Suggestion(p, Origin.INITIAL.value, why))
-            taken = np.vstack([taken, space.encode(p)[None]])
+            xe = space.encode(p)
+            repeat = self.ctx.points.too_close(xe, taken)
+            out.append(Suggestion(p, Origin.INITIAL.value, REPEAT if repeat else why))
+            taken = np.vstack([taken, xe[None]])
         return out, taken
 
     def _sobol(self, n: int, skip: int, taken: np.ndarray) -> list[dict[str, Value]]:
