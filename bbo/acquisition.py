@@ -76,9 +76,18 @@ optimize_mixed.gen_candidates_scipy = gen_candidates  # type: ignore[assignment]
 # Sobol points drawn at most (per pass: over the box, then the polytope's bounding box) to find
 # raw samples inside linear parameter constraints, in batches of at most POLYTOPE_CHUNK numbers
 # (16 MB in float64, whatever the number of parameters); a polytope that keeps fewer than the
-# samples asked for in both passes falls back to BoTorch's hit-and-run sampler
+# samples asked for in both passes is sampled by an ensemble of hit-and-run chains
+# (:meth:`Polytope.walk`), and one without an interior by BoTorch's hit-and-run sampler
 POLYTOPE_DRAWS = 1 << 16
 POLYTOPE_CHUNK = 1 << 21
+# Polytope.walk: steps in random directions, then sweeps with directions between other chains.
+# On thin polytopes (a band |sum x| <= 0.01 of [-5, 5]^5 or ^10, a thin wedge, a diagonal sliver
+# of the unit square) 512 chains were as close to uniform after 10 + 60 as 512 points drawn
+# uniformly (mean per-parameter Wasserstein distance to 20,000 uniform points, and the mean
+# distance of those to the nearest sample), in 0.04 s; BoTorch's chain (10,000 burn-in steps,
+# every 32nd kept) took 3.5 s for 512 and stood 5-20x further from uniform.
+WALK_ISOTROPIC, WALK_SWEEPS = 10, 60
+WALK_MIN_RADIUS = 1e-9  # an inscribed ball below this (share of the box): no interior to walk in
 INIT_BATCH_LIMIT = 128  # candidates per no-grad acquisition evaluation when picking optimizer starts: bounds transient memory (1024 held ~140 MB at n = 80)
 
 
@@ -418,6 +427,74 @@ class Polytope:
             chunk *= 4
         return torch.cat(kept)[:n] if found >= n else None
 
+    def walk(self, n: int, seed: int | None) -> torch.Tensor | None:
+        """``n`` points (n x d, on the CPU) near-uniform on the polytope, for one where Sobol
+        points seldom land (a thin band or wedge across the box): ``n`` hit-and-run chains run
+        side by side from the centre of its largest inscribed ball, first in random directions
+        (:data:`WALK_ISOTROPIC` steps), then in directions between two chains of the other half
+        (:data:`WALK_SWEEPS` sweeps; the differential-evolution move, which keeps each half's
+        stationary law uniform and follows the polytope's own shape, where random directions
+        cross a thin polytope in short chords). Each step is one vectorized pass over all
+        chains. Within the equalities' plane where there are any. None where the polytope has
+        no interior (:data:`WALK_MIN_RADIUS`) or the program fails."""
+        from scipy.optimize import linprog
+
+        if seed is None:
+            seed = int(torch.randint(2**31 - 1, (1,)))
+        lo, hi = (t.cpu().double().numpy() for t in self.bounds)
+        d = lo.size
+        (G, g), (E, e) = self.dense_ineq, self.dense_eq
+        A = np.vstack([-G, np.eye(d), -np.eye(d)])  # A x <= b
+        b = np.concatenate([-g, hi, -lo])
+        N = None  # the equalities' null space: directions that stay on their plane
+        if len(E):
+            _, sv, vt = np.linalg.svd(E)
+            rank = int((sv > 1e-12 * max(1.0, sv.max())).sum())
+            N = vt[rank:].T
+            if N.shape[1] == 0:
+                return None
+        norms = np.linalg.norm(A if N is None else A @ N @ N.T, axis=1)
+        res = linprog(  # the largest ball inside (within the plane): centre x, radius r
+            np.r_[np.zeros(d), -1.0],
+            A_ub=np.c_[A, norms],
+            b_ub=b,
+            A_eq=np.c_[E, np.zeros(len(E))] if len(E) else None,
+            b_eq=e if len(E) else None,
+            bounds=[(None, None)] * d + [(0, None)],
+            method="highs",
+        )
+        if res.status != 0 or res.x[-1] <= WALK_MIN_RADIUS * float(np.max(hi - lo)):
+            return None
+        rng = np.random.default_rng(seed)
+        X = np.repeat(res.x[:d][None], n, axis=0)
+
+        def step(X: np.ndarray, R: np.ndarray) -> np.ndarray:
+            """One hit-and-run step of each row of X along the matching row of R (on the
+            equalities' plane: a direction between two chains there is only to rounding)."""
+            if N is not None:
+                R = R @ N @ N.T
+            AR = R @ A.T
+            slack = np.maximum(b - X @ A.T, 0.0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                W = slack / AR
+            up = np.where(AR > 0, W, np.inf).min(axis=1)
+            down = np.where(AR < 0, W, -np.inf).max(axis=1)
+            ok = np.isfinite(up) & np.isfinite(down)  # a zero direction stays put
+            up, down = np.where(ok, up, 0.0), np.where(ok, down, 0.0)
+            return X + (down + (up - down) * rng.random(len(X)))[:, None] * R
+
+        for _ in range(WALK_ISOTROPIC):
+            X = step(X, rng.standard_normal((n, d)))
+        if n >= 4:
+            halves = (slice(0, n // 2), slice(n // 2, n))
+            for _ in range(WALK_SWEEPS):
+                for mine, other in (halves, halves[::-1]):
+                    Y = X[other]
+                    j = rng.integers(len(Y), size=(len(X[mine]), 2))
+                    X[mine] = step(X[mine], Y[j[:, 0]] - Y[j[:, 1]])
+        X = np.clip(X, lo, hi)
+        return torch.from_numpy(X).to(self.bounds.dtype)
+
     def bounding_box(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The smallest box around the polytope (two linear programs per parameter, HiGHS), on
         the CPU; None where a program fails."""
@@ -454,13 +531,16 @@ class Polytope:
 
     def generator(self) -> Callable:
         """Raw samples for BoTorch's ``gen_batch_initial_conditions`` (its ``generator``):
-        :meth:`sobol` where it finds enough, instead of the hit-and-run chain BoTorch runs step by
-        step in Python (10,000 burn-in steps and 32 per sample: 1.5 s of a 1.55 s ask on a 3-D box
-        with one constraint), which stays the fallback."""
+        :meth:`sobol` where it finds enough, else :meth:`walk`, instead of the hit-and-run chain
+        BoTorch runs step by step in Python (10,000 burn-in steps and 32 per sample: 1.5 s of a
+        1.55 s ask on a 3-D box with one constraint, 3.5 s on a thin band), which stays the
+        fallback for a polytope without an interior."""
         from botorch.optim.initializers import sample_q_batches_from_polytope
 
         def generate(n: int, q: int, seed: int | None) -> torch.Tensor:
             X = self.sobol(n * q, seed)
+            if X is None:
+                X = self.walk(n * q, seed)
             if X is not None:
                 return X.reshape(n, q, -1)
             return sample_q_batches_from_polytope(
