@@ -34,7 +34,9 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -88,6 +90,12 @@ POLYTOPE_CHUNK = 1 << 21
 # every 32nd kept) took 3.5 s for 512 and stood 5-20x further from uniform.
 WALK_ISOTROPIC, WALK_SWEEPS = 10, 60
 WALK_MIN_RADIUS = 1e-9  # an inscribed ball below this (share of the box): no interior to walk in
+# what a study's polytope costs to learn, kept across its asks (Polytope.of builds it anew each
+# time): the bounding box (2 d linear programs), the inscribed ball (one), and the share of Sobol
+# points over the box that landed inside where too few did; the last POLYTOPE_MEMO polytopes
+POLYTOPE_MEMO = 64
+_polytope_memo: OrderedDict[bytes, dict] = OrderedDict()
+_polytope_memo_lock = threading.Lock()
 INIT_BATCH_LIMIT = 128  # candidates per no-grad acquisition evaluation when picking optimizer starts: bounds transient memory (1024 held ~140 MB at n = 80)
 
 
@@ -388,16 +396,34 @@ class Polytope:
         if seed is None:
             seed = int(torch.randint(2**31 - 1, (1,)))
         lo, hi = self.bounds[0].cpu(), self.bounds[1].cpu()
-        X = self._rejection(n, seed, lo, hi)
+        memo = self._memo()
+        X = None
+        rate = memo.get("box_rate")  # where an earlier ask's pass over the box fell short
+        if rate is None or rate * POLYTOPE_DRAWS >= n / 2:
+            X = self._rejection(n, seed, lo, hi, memo)
         if X is None and (box := self.bounding_box()) is not None:
             if bool(((box[1] - box[0]) < 0.5 * (hi - lo)).any()):
                 X = self._rejection(n, seed, *box)
         return X
 
+    def _memo(self) -> dict:
+        """What earlier asks learned about this polytope (:data:`POLYTOPE_MEMO`)."""
+        key = b"".join(
+            np.ascontiguousarray(a, dtype=np.float64).tobytes() + bytes(str(np.shape(a)), "ascii")
+            for a in (self.bounds.cpu().numpy(), *self.dense_ineq, *self.dense_eq)
+        )
+        with _polytope_memo_lock:
+            memo = _polytope_memo.setdefault(key, {})
+            _polytope_memo.move_to_end(key)
+            while len(_polytope_memo) > POLYTOPE_MEMO:
+                _polytope_memo.popitem(last=False)
+        return memo
+
     def _rejection(
-        self, n: int, seed: int, lo: torch.Tensor, hi: torch.Tensor
+        self, n: int, seed: int, lo: torch.Tensor, hi: torch.Tensor, memo: dict | None = None
     ) -> torch.Tensor | None:
-        """Sobol points over ``lo .. hi`` (inside the bounds) that land in the polytope."""
+        """Sobol points over ``lo .. hi`` (inside the bounds) that land in the polytope; where
+        too few do, the share that did goes to ``memo`` (``box_rate``)."""
         from torch.quasirandom import SobolEngine
 
         d = lo.numel()
@@ -425,6 +451,8 @@ class Polytope:
             found += int(inside.sum())
             drawn += m
             chunk *= 4
+        if found < n and memo is not None:
+            memo["box_rate"] = found / drawn
         return torch.cat(kept)[:n] if found >= n else None
 
     def walk(self, n: int, seed: int | None) -> torch.Tensor | None:
@@ -453,20 +481,24 @@ class Polytope:
             N = vt[rank:].T
             if N.shape[1] == 0:
                 return None
-        norms = np.linalg.norm(A if N is None else A @ N @ N.T, axis=1)
-        res = linprog(  # the largest ball inside (within the plane): centre x, radius r
-            np.r_[np.zeros(d), -1.0],
-            A_ub=np.c_[A, norms],
-            b_ub=b,
-            A_eq=np.c_[E, np.zeros(len(E))] if len(E) else None,
-            b_eq=e if len(E) else None,
-            bounds=[(None, None)] * d + [(0, None)],
-            method="highs",
-        )
-        if res.status != 0 or res.x[-1] <= WALK_MIN_RADIUS * float(np.max(hi - lo)):
+        memo = self._memo()
+        if "centre" not in memo:
+            norms = np.linalg.norm(A if N is None else A @ N @ N.T, axis=1)
+            res = linprog(  # the largest ball inside (within the plane): centre x, radius r
+                np.r_[np.zeros(d), -1.0],
+                A_ub=np.c_[A, norms],
+                b_ub=b,
+                A_eq=np.c_[E, np.zeros(len(E))] if len(E) else None,
+                b_eq=e if len(E) else None,
+                bounds=[(None, None)] * d + [(0, None)],
+                method="highs",
+            )
+            ok = res.status == 0 and res.x[-1] > WALK_MIN_RADIUS * float(np.max(hi - lo))
+            memo["centre"] = res.x[:d].copy() if ok else None
+        if memo["centre"] is None:
             return None
         rng = np.random.default_rng(seed)
-        X = np.repeat(res.x[:d][None], n, axis=0)
+        X = np.repeat(memo["centre"][None], n, axis=0)
 
         def step(X: np.ndarray, R: np.ndarray) -> np.ndarray:
             """One hit-and-run step of each row of X along the matching row of R (on the
@@ -497,7 +529,13 @@ class Polytope:
 
     def bounding_box(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The smallest box around the polytope (two linear programs per parameter, HiGHS), on
-        the CPU; None where a program fails."""
+        the CPU; None where a program fails. Solved once per polytope (:meth:`_memo`)."""
+        memo = self._memo()
+        if "box" not in memo:
+            memo["box"] = self._bounding_box()
+        return memo["box"]
+
+    def _bounding_box(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         from scipy.optimize import linprog
 
         lo, hi = (t.cpu().double().numpy() for t in self.bounds)

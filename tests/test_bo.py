@@ -202,6 +202,39 @@ def test_raw_samples_under_linear_constraints_are_uniform_on_the_polytope():
     assert Polytope.of(SearchSpace(UNIT2.params, DIAGONAL_SLIVER), cpu).sobol(512, seed=0) is None
 
 
+def test_a_polytope_is_learned_once_per_study_not_per_ask(monkeypatch):
+    """Polytope.of builds a study's polytope anew on every ask; its bounding box (2 d linear
+    programs) and the box pass that found too few Sobol points inside were solved and drawn
+    again each time (a third of an ask on a corner of a 5-D box). A later ask solves no program
+    and skips the doomed pass, and draws the same points as a first ask with that seed."""
+    import scipy.optimize
+
+    import bbo.acquisition as acq
+    from bbo.acquisition import Polytope
+    from bbo.device import Placement
+
+    cpu = Placement(torch.device("cpu"))
+    names = [f"x{i}" for i in range(5)]
+    corner = SearchSpace(
+        tuple(FloatParam(n, -5.0, 5.0) for n in names),
+        (LinearConstraint(dict.fromkeys(names, 1.0), -23.0),),
+    )
+    acq._polytope_memo.clear()
+    programs, passes = [], []
+    solve, reject = scipy.optimize.linprog, Polytope._rejection
+    monkeypatch.setattr(
+        scipy.optimize, "linprog", lambda *a, **k: programs.append(1) or solve(*a, **k)
+    )
+    monkeypatch.setattr(Polytope, "_rejection", lambda *a, **k: passes.append(1) or reject(*a, **k))
+    first = Polytope.of(corner, cpu).sobol(512, seed=4)
+    assert first is not None and len(programs) == 10 and len(passes) == 2
+    programs.clear(), passes.clear()
+    again = Polytope.of(corner, cpu).sobol(512, seed=4)
+    assert not programs and len(passes) == 1 and torch.equal(first, again)
+    other = Polytope.of(corner, cpu).sobol(512, seed=5)
+    assert not torch.equal(first, other) and bool((other.sum(-1) <= 0.2 + 1e-12).all())
+
+
 DIAGONAL_SLIVER = (
     LinearConstraint({"a": 1.0, "b": 1.0}, 1.0005),
     LinearConstraint({"a": -1.0, "b": -1.0}, -0.999),
