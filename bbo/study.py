@@ -25,12 +25,12 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bbo.errors import ConflictError, LimitError, NotFoundError, SpecError, StudyNotFound
-from bbo.incumbent import incumbents, is_feasible
+from bbo.incumbent import FrontCache, incumbents, is_feasible
 from bbo.spec import StudySpec
 from bbo.storage import LlmCallRecord, NewTrial, Storage, StudyRecord
 from bbo.strategy.base import Estimate
@@ -155,6 +155,7 @@ class Study:
         self.budgets = StudyBudgets(spec, storage, uid)
         self.sources = StudySources(storage, spec, uid, tenant)
         self.llm = StudyLlm(storage, spec, config, uid, name, self.llm_key)
+        self.pareto = FrontCache(spec)  # the feasible Pareto front, kept between GetBests
 
     # ---- identity -------------------------------------------------------------------------------
     @property
@@ -478,6 +479,10 @@ class Study:
         observed value (which luck inflates): ``selection`` then says so, and ``estimate`` gives
         the model's estimate of its objective. ``trials``: the study's trials as just read by the
         caller (the dashboard's), else they are read."""
+        if len(self.spec.objectives) > 1:
+            front = self._front(trials)
+            rec = self._stored()
+            return BestResult(front, StudyState(rec.state), rec.state_reason)
         if trials is None:
             trials = self.storage.list_trials(self.uid, [TrialState.COMPLETED])
         else:
@@ -490,6 +495,27 @@ class Study:
                 trial, why = pick
                 best.trials, best.selection, best.estimate = [trial], why.selection, why.estimate
         return best
+
+    def _front(self, trials: Sequence[Trial] | None) -> list[Trial]:
+        """The feasible Pareto front, kept between calls (:class:`bbo.incumbent.FrontCache`): a
+        call reads the numbers of the completed trials, and whole only those completed since the
+        last (all of them on the first call)."""
+        if trials is None:
+            completed: Collection[int] = self.storage.trial_numbers(self.uid, TrialState.COMPLETED)
+
+            def read(numbers: Collection[int] | None) -> Sequence[Trial]:
+                if numbers is None:
+                    return self.storage.list_trials(self.uid, [TrialState.COMPLETED])
+                return self.storage.trials_by_number(self.uid, numbers)
+
+        else:
+            done = {t.id: t for t in trials if t.state is TrialState.COMPLETED}
+            completed = done.keys()
+
+            def read(numbers: Collection[int] | None) -> Sequence[Trial]:
+                return list(done.values()) if numbers is None else [done[n] for n in numbers]
+
+        return self.pareto.front(completed, read)
 
     @_study_calls
     def intermediates(self) -> dict[int, list[tuple[int, float]]]:

@@ -248,6 +248,11 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def get_trial(self, uid: str, number: int) -> Trial | None: ...
 
+    def trials_by_number(self, uid: str, numbers: Iterable[int]) -> list[Trial]:
+        """The study's trials of these numbers, in the order given (those not found left out)."""
+        found = (self.get_trial(uid, n) for n in numbers)
+        return [t for t in found if t is not None]
+
     @abc.abstractmethod
     def list_trials(
         self,

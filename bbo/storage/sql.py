@@ -574,6 +574,16 @@ class SqlStorage(Storage):
         return _trial(row) if row else None
 
     @db_call
+    def trials_by_number(self, uid: str, numbers: Iterable[int]) -> list[Trial]:
+        numbers = list(numbers)
+        out: list[Trial] = []
+        with self._read() as conn:
+            sid = self._sid(conn, uid)
+            for i in range(0, len(numbers), 500):  # within any backend's bound on parameters
+                out += self._trials_by_number(conn, sid, numbers[i : i + 500])
+        return out
+
+    @db_call
     def list_trials(
         self,
         uid: str,
