@@ -311,6 +311,53 @@ def test_prompts_describe_the_study():
     assert "confidence" in priors_prompt(spec).text
 
 
+def test_the_history_ranks_several_objectives_by_pareto_fronts():
+    """Feasible first, then Pareto rank, then the first objective; peeling only as many fronts
+    as the table shows keeps that order for the trials it ranks (checked against peeling every
+    front by pairwise comparison)."""
+    import random
+
+    from bbo.llm.prompt import rank_completed
+    from bbo.space import FloatParam
+
+    spec = StudySpec(
+        SearchSpace((FloatParam("x", 0.0, 1.0),)),
+        (Objective("a"), Objective("b", goal="maximize")),
+        (OutcomeConstraint("c", "<=", 0.5),),
+    )
+    rng = random.Random(3)
+    trials = [
+        Trial(
+            i,
+            {"x": 0.5},
+            TrialState.COMPLETED,
+            {k: Metric(float(rng.randint(0, 6))) for k in ("a", "b")} | {"c": Metric(rng.random())},
+        )
+        for i in range(300)
+    ]
+
+    def brute(group):
+        s = {t.id: (-t.value("a"), t.value("b")) for t in group}
+        left, rank, r = set(s), {}, 0
+        while left:
+            front = {
+                i
+                for i in left
+                if not any(all(q >= p for p, q in zip(s[i], s[j])) and s[i] != s[j] for j in left)
+            }
+            rank.update(dict.fromkeys(front, r))
+            left, r = left - front, r + 1
+        return rank
+
+    ok = [t for t in trials if t.value("c") <= 0.5]
+    rank = brute(ok) | brute([t for t in trials if t.value("c") > 0.5])
+    want = sorted(trials, key=lambda t: (t.value("c") > 0.5, rank[t.id], t.value("a"), t.id))
+    assert [t.id for t in rank_completed(spec, trials)] == [t.id for t in want]
+    head = rank_completed(spec, trials, top=30)
+    cut = next(i for i, t in enumerate(want) if i >= 30 and rank[t.id] != rank[want[i - 1].id])
+    assert [t.id for t in head[:cut]] == [t.id for t in want[:cut]]
+
+
 def _check_strict(schema):
     if schema.get("type") == "object":
         assert schema["additionalProperties"] is False
