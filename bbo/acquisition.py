@@ -16,6 +16,17 @@
 * Several objectives: ``qLogNoisyExpectedHypervolumeImprovement`` on the signed objectives, same
   constraints, with a reference point from ``algorithm.reference_point`` where given and otherwise
   inferred from the observed feasible Pareto front (nadir minus 10 % of its range, maximization form).
+* Three or more objectives with points pending (a batch's later points, other workers' trials):
+  ``qLogExpectedHypervolumeImprovement`` on the GP with the pending points believed, over the
+  plug-in Pareto front of posterior means at the baseline and pending points
+  (:func:`believed_hypervolume`). qLogNEHVI would recompute its box decompositions, one per Monte
+  Carlo sample, over the baseline and every pending point each time a point is added (Python
+  loops over the samples for m > 2): on DTLZ2 (5-D, 3 objectives, 25 trials) a batch point cost
+  4 s rising to 8-11 s, an ask(30) 244 s; believed, 1.6 to 2.3 s and 54 s, the batch as spread
+  out, the hypervolume after 3 rounds of ask(10) 0.33 against 0.31 (mean of 2 seeds, one each
+  way). Two objectives keep qLogNEHVI
+  (:data:`bbo.strategy.acquisition_step.BELIEVE_ABOVE`): BoTorch partitions their samples in one
+  batched pass, about 1 s a point at 30 pending.
 * Priors (:mod:`bbo.priors`): ``PriorGuidedAcquisitionFunction(log=True)`` adds
   ``beta / n * log prior(x)`` to each MC sample of the log-acquisition before reduction (piBO);
   on the marginals, where that is the same sum after reduction,
@@ -282,6 +293,59 @@ def make_acquisition(
         if prior is not None and not prior.empty and prior_exponent > 0:
             return AdditiveLogPrior(acqf, prior, prior_exponent)
         return acqf
+
+
+def believed_hypervolume(
+    model,
+    layout: Layout,
+    X_baseline: torch.Tensor,
+    Y_baseline: np.ndarray,
+    X_pending: torch.Tensor,
+    *,
+    prior: LogPrior | None = None,
+    prior_exponent: float = 0.0,
+    seed: int = 0,
+) -> AcquisitionFunction:
+    """Several objectives with points pending: ``qLogExpectedHypervolumeImprovement`` (q = 1) on
+    the GP with the pending points believed (:func:`believe`), over the Pareto front of the
+    posterior means at the baseline and pending points that meet the outcome constraints (in
+    mean): a plug-in front, as :func:`marginal_acquisition` takes a plug-in incumbent. The
+    believed points sit on that front and their variance is gone, so a candidate at or beside
+    one gains nothing; the box decomposition is one, of at most ``len(X_baseline) + len(X_pending)``
+    points, where qLogNEHVI recomputes one per Monte Carlo sample over the baseline and all
+    pending points whenever a point is added (60 % of a 3-objective batch point's time, and
+    growing with the front). ``Y_baseline``: the observed outcomes, for the reference point."""
+    from botorch.acquisition.multi_objective.logei import qLogExpectedHypervolumeImprovement
+    from botorch.utils.multi_objective.box_decompositions.non_dominated import (
+        FastNondominatedPartitioning,
+    )
+
+    n_mc = MC_SAMPLES if len(X_baseline) <= 60 else MC_SAMPLES // 2
+    with torch.no_grad():
+        mean = model.posterior(torch.cat([X_baseline, X_pending])).mean
+    Ym = to_numpy(mean)
+    feas = layout.feasible(Ym)
+    ref = torch.tensor(reference_point(layout, Y_baseline), dtype=mean.dtype, device=mean.device)
+    obj = torch.as_tensor(layout.signed_objectives(Ym[feas]), dtype=mean.dtype, device=mean.device)
+    front = obj[is_non_dominated(obj)] if len(obj) else obj.reshape(0, len(layout.obj_idx))
+    partitioning = FastNondominatedPartitioning(ref_point=ref, Y=front)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        acqf: AcquisitionFunction = qLogExpectedHypervolumeImprovement(
+            believe(model, X_pending),
+            ref_point=ref,
+            partitioning=partitioning,
+            sampler=SobolQMCNormalSampler(sample_shape=torch.Size([n_mc]), seed=seed),
+            objective=WeightedMCMultiOutputObjective(
+                weights=torch.tensor(layout.signs, dtype=mean.dtype, device=mean.device),
+                outcomes=list(layout.obj_idx),
+                num_outcomes=layout.m,
+            ),
+            constraints=layout.constraint_callables() or None,
+        )
+    if prior is not None and not prior.empty and prior_exponent > 0:
+        return AdditiveLogPrior(acqf, prior, prior_exponent)
+    return acqf
 
 
 def marginal_acquisition(

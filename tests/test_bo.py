@@ -413,6 +413,45 @@ def test_the_believer_keeps_the_mean_and_shrinks_the_variance_at_pending_points(
     assert (at_pending < 0.5).all()
 
 
+def _three_objectives(p) -> dict:  # DTLZ2 on three parameters: a spherical Pareto front
+    r = 1 + (p["c"] - 0.5) ** 2
+    a, b = p["a"] * math.pi / 2, p["b"] * math.pi / 2
+    return {
+        "f1": r * math.cos(a) * math.cos(b),
+        "f2": r * math.cos(a) * math.sin(b),
+        "f3": r * math.sin(a),
+    }
+
+
+def test_three_objective_batch_believes_its_pending_points(monkeypatch):
+    """With three objectives a batch's later points, and an ask with workers' points pending,
+    condition on the pending points at the GP's mean (one box decomposition of the plug-in
+    front, not qLogNEHVI's one per Monte Carlo sample): still one batch of distinct points that
+    keeps away from the pending ones."""
+    from bbo import acquisition
+
+    calls = []
+    real = acquisition.believed_hypervolume
+    monkeypatch.setattr(
+        acquisition_step,
+        "believed_hypervolume",
+        lambda model, layout, Xb, Yb, Xp, **k: (
+            calls.append(len(Xp)) or real(model, layout, Xb, Yb, Xp, **k)
+        ),
+    )
+    space = SearchSpace(tuple(FloatParam(n, 0.0, 1.0) for n in "abc"))
+    spec = spec_of(space, objectives=("f1", "f2", "f3"), seed=4, n_initial=8)
+    gs, trials = run(spec, _three_objectives, 8)
+    batch = gs.suggest(trials, 3)
+    assert [s.origin for s in batch] == [Origin.BO.value] * 3
+    assert calls == [1, 2]  # the first point alone: qLogNEHVI, as before
+    for s in batch:
+        trials.append(Trial(len(trials), s.params, TrialState.PENDING, origin=s.origin))
+    more = gs.suggest(trials, 2)
+    assert calls[2:] == [3, 4]
+    assert _min_pairwise(space, [t.params for t in trials] + [s.params for s in more]) > 1e-2
+
+
 def test_batch_spanning_initial_design_and_bo():
     spec = spec_of(UNIT2, seed=7, n_initial=5)
     gs, trials = run(spec, lambda p: {"f": (p["a"] - 0.3) ** 2 + p["b"]}, 3)
