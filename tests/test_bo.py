@@ -346,6 +346,22 @@ def test_two_objectives_pareto_front_grows():
     assert all(t.origin == Origin.BO.value for t in trials[5:])
 
 
+def test_the_inferred_reference_point_lets_the_fronts_ends_count():
+    """Without a user's reference point it sits past the worst observed value of each objective
+    (not just past the front's own nadir, where the front's ends earned no hypervolume: on ZDT1
+    the search stalled at a tenth of the hypervolume missing), and an outlier does not drag it."""
+    from bbo.acquisition import Layout, reference_point
+
+    spec = spec_of(UNIT2, objectives=("f1", "f2"))
+    layout = Layout.of(spec)
+    front = [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]  # minimized
+    rest = [[2.0, 3.0], [3.0, 2.0], [2.5, 2.5], [1.5, 4.0]]
+    ref = reference_point(layout, np.array(front + rest))  # maximization form: -f
+    assert ref[0] < -3.0 and ref[1] < -4.0
+    wild = reference_point(layout, np.array(front + rest + [[1e6, 2.0]]))
+    assert -20.0 < wild[0] < -3.0
+
+
 # ---- batches and pending trials ------------------------------------------------------------------------------
 
 
