@@ -191,7 +191,7 @@ class AcquisitionStep:
             and not space.discrete_values()
             and not space.constraints
         )
-        restarts, raw, maxiter = budget(len(rows), space.dim, marginal)
+        restarts, raw, maxiter = budget(len(rows), space.dim, marginal, layout.multi)
         return Acquisition(
             acqf,
             joint,
