@@ -539,7 +539,8 @@ type TellRequest struct {
 	StudyUid string `protobuf:"bytes,7,opt,name=study_uid,json=studyUid,proto3" json:"study_uid,omitempty"`
 	// studies with a fidelity: the budget the metrics were measured at; 0 = the trial's budget. A
 	// COMPLETED tell is at the full budget, or (promotion) at the budget Ask handed out, which pauses
-	// the trial. State PRUNED ends a trial the pruning policy stopped (metrics optional).
+	// the trial. State PRUNED ends a trial the pruning policy stopped (metrics optional: without
+	// the objective, the trial keeps its last reported value).
 	Budget float64 `protobuf:"fixed64,8,opt,name=budget,proto3" json:"budget,omitempty"`
 }
 
