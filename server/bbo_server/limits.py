@@ -99,24 +99,20 @@ class LimitChecker:
         if method in RATE_EXEMPT and isinstance(study, str) and len(study) <= MAX_STUDY_NAME:
             key = (tenant, study, getattr(request, "trial_id", 0), method)
             bucket = self._trial_bucket(key)
-            if not bucket.take():
-                e = _Refused(
-                    "trial_rate",
-                    f"trial {key[2]} of study '{key[1][:128]}': over {lim.trial_rate:g} {method} "
-                    f"calls/s (burst {lim.trial_burst:g}); retry later (--trial-rate)",
-                )
-                e.retry_after = max(bucket.wait(), 0.001)
-                raise e
+            _take(
+                bucket,
+                "trial_rate",
+                f"trial {key[2]} of study '{key[1][:128]}': over {lim.trial_rate:g} {method} "
+                f"calls/s (burst {lim.trial_burst:g}); retry later (--trial-rate)",
+            )
             return
         bucket = self._bucket(tenant)
-        if not bucket.take():
-            e = _Refused(
-                "rate",
-                f"rate limit: tenant '{tenant}' is over {lim.rate:g} requests/s (burst "
-                f"{bucket.burst:g}); retry later (--rate-limit)",
-            )
-            e.retry_after = max(bucket.wait(), 0.001)
-            raise e
+        _take(
+            bucket,
+            "rate",
+            f"rate limit: tenant '{tenant}' is over {lim.rate:g} requests/s (burst "
+            f"{bucket.burst:g}); retry later (--rate-limit)",
+        )
 
     def check_dashboard(self, tenant: str) -> None:
         """One dashboard (HTTP) request of ``tenant``: over the rate, raises LimitError (with
@@ -127,14 +123,21 @@ class LimitChecker:
         if lim.rate <= 0:
             return
         bucket = self._bucket(("dashboard", tenant))
-        if not bucket.take():
-            e = _Refused(
-                "rate",
-                f"rate limit: tenant '{tenant}' is over {lim.rate:g} dashboard requests/s (burst "
-                f"{bucket.burst:g}); retry later (--rate-limit)",
-            )
-            e.retry_after = max(bucket.wait(), 0.001)
-            raise e
+        _take(
+            bucket,
+            "rate",
+            f"rate limit: tenant '{tenant}' is over {lim.rate:g} dashboard requests/s (burst "
+            f"{bucket.burst:g}); retry later (--rate-limit)",
+        )
+
+
+def _take(bucket: TokenBucket, limit: str, message: str) -> None:
+    """A token from ``bucket``, else :class:`_Refused` for ``limit`` with ``message`` and
+    when to retry."""
+    if not bucket.take():
+        e = _Refused(limit, message)
+        e.retry_after = max(bucket.wait(), 0.001)
+        raise e
 
 
 class _Refused(LimitError):
