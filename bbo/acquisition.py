@@ -163,6 +163,15 @@ class Layout:
         w[self.obj_idx[0]] = self.signs[0]
         return w
 
+    def signed_objective(self, dtype: torch.dtype, device: torch.device):
+        """The MC objective of hypervolume acquisitions: every objective's output, signed for
+        maximization."""
+        return WeightedMCMultiOutputObjective(
+            weights=torch.tensor(self.signs, dtype=dtype, device=device),
+            outcomes=list(self.obj_idx),
+            num_outcomes=self.m,
+        )
+
     def linear_constraints(self) -> list[LinearConstraint]:
         """Each outcome constraint as ``(output j, a, c)``: ``a * Z_j + c <= 0`` is feasible."""
         return [(j, 1.0, -b) if op == "<=" else (j, -1.0, b) for j, op, b in self.constraints]
@@ -301,13 +310,7 @@ def make_acquisition(
             ref_point=ref,
             X_baseline=X_baseline,
             sampler=sampler,
-            objective=WeightedMCMultiOutputObjective(
-                weights=torch.tensor(
-                    layout.signs, dtype=X_baseline.dtype, device=X_baseline.device
-                ),
-                outcomes=list(layout.obj_idx),
-                num_outcomes=layout.m,
-            ),
+            objective=layout.signed_objective(X_baseline.dtype, X_baseline.device),
             constraints=constraints,
             prune_baseline=True,
             alpha=get_default_partitioning_alpha(len(layout.obj_idx)),
@@ -360,11 +363,7 @@ def believed_hypervolume(
             # box-decomposition interface)
             partitioning=partitioning,  # type: ignore[arg-type]
             sampler=SobolQMCNormalSampler(sample_shape=torch.Size([n_mc]), seed=seed),
-            objective=WeightedMCMultiOutputObjective(
-                weights=torch.tensor(layout.signs, dtype=mean.dtype, device=mean.device),
-                outcomes=list(layout.obj_idx),
-                num_outcomes=layout.m,
-            ),
+            objective=layout.signed_objective(mean.dtype, mean.device),
             constraints=layout.constraint_callables() or None,
         )
     if prior is not None and not prior.empty and prior_exponent > 0:
