@@ -191,7 +191,8 @@ class AcquisitionStep:
             and not space.discrete_values()
             and not space.constraints
         )
-        restarts, raw, maxiter = budget(len(rows), space.dim, marginal, layout.multi)
+        lean = layout.multi or data.Ymvar is not None  # a Monte Carlo acquisition at every ask
+        restarts, raw, maxiter = budget(len(rows), space.dim, marginal, lean)
         return Acquisition(
             acqf,
             joint,
