@@ -275,6 +275,12 @@ class AdditiveLogPrior(AcquisitionFunction):
         return self.acq_func(X) + self.exponent * self.prior(X).sum(-1)
 
 
+def mc_samples(n_baseline: int) -> int:
+    """Monte Carlo samples of a joint acquisition: :data:`MC_SAMPLES`, half above 60 baseline
+    points (each sample's posterior then costs more)."""
+    return MC_SAMPLES if n_baseline <= 60 else MC_SAMPLES // 2
+
+
 def make_acquisition(
     model,
     spec: StudySpec,
@@ -286,7 +292,7 @@ def make_acquisition(
     prior_exponent: float = 0.0,
     seed: int = 0,
 ) -> AcquisitionFunction:
-    n_mc = MC_SAMPLES if len(X_baseline) <= 60 else MC_SAMPLES // 2
+    n_mc = mc_samples(len(X_baseline))
     sampler = SobolQMCNormalSampler(sample_shape=torch.Size([n_mc]), seed=seed)
     constraints = layout.constraint_callables() or None
     with warnings.catch_warnings():
@@ -350,7 +356,7 @@ def believed_hypervolume(
         FastNondominatedPartitioning,
     )
 
-    n_mc = MC_SAMPLES if len(X_baseline) <= 60 else MC_SAMPLES // 2
+    n_mc = mc_samples(len(X_baseline))
     with torch.no_grad():
         mean = model.posterior(torch.cat([X_baseline, X_pending])).mean
     Ym = to_numpy(mean)
