@@ -23,11 +23,12 @@ into its search space. The model that uses them is :mod:`bbo.transfer_model`.
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -36,13 +37,14 @@ from bbo.space import CategoricalParam, FixedParam, IntParam, OrdinalParam, Sear
 from bbo.spec import StudySpec
 from bbo.trial import Trial, TrialState
 
-if TYPE_CHECKING:
-    from bbo.storage import StudyRecord
-
 MIN_SCORE = 0.5  # relatedness under which ``auto`` does not pick a study
 MIN_AUTO_TRIALS = 3  # completed trials a study needs before ``auto`` picks it
 OUTSIDE = 0.25  # source points farther than this (in units of the target's range) are dropped
 MAX_CANDIDATES = 10_000  # stored studies ``auto`` looks at (the tenant's oldest first)
+KEY_PAGE = 500  # stored studies ``auto`` lists at once, by their keys (uid, name, created_at)
+AUTO_PAGE = 8  # stored studies ``auto`` reads at once with their specs (each to --max-spec-bytes)
+MAX_DESCRIPTION_CHARS = 65_536  # of a candidate's description ``auto`` compares (the default limit)
+MAX_TEXT_BYTES = 8 << 20  # UTF-8 bytes of candidates' descriptions ``auto`` compares at once
 MAX_JUDGED = 20  # candidates a judge (the LLM) is shown: the best by structure and TF-IDF
 TEXT_WEIGHT = 0.15  # the descriptions' share of the relatedness score
 
@@ -163,6 +165,48 @@ def relatedness(
     """How well ``source`` fits as a transfer source for ``target`` (see the module docstring).
     ``judged``: a judge's ``(relatedness, why)`` of the descriptions, used instead of their TF-IDF
     similarity."""
+    fit = _fit(target, source)
+    if isinstance(fit, Relatedness):
+        return fit
+    return fit.relatedness(description_similarity, judged)
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """What the relatedness of a compatible source is apart from its description: the terms of the
+    score and the words of ``why`` (a few hundred bytes, whatever the size of the spec)."""
+
+    head: float  # 0.6 * structure + 0.15 * objectives
+    fixed: float  # 0.1 * the share of equal fixed parameters
+    why_head: tuple[str, ...]
+    why_fixed: str  # "" where the target fixes no parameter
+
+    @property
+    def plain(self) -> float:
+        """The score without the description's part (which adds at most :data:`TEXT_WEIGHT`)."""
+        return self.head + self.fixed
+
+    def relatedness(
+        self, description_similarity: float | None = None, judged: tuple[float, str] | None = None
+    ) -> Relatedness:
+        if judged is not None:
+            text = float(judged[0])
+        else:
+            text = 0.5 if description_similarity is None else float(description_similarity)
+        score = self.head + TEXT_WEIGHT * text + self.fixed
+        why = list(self.why_head)
+        if judged is not None:
+            why.append(f"judged related {judged[0]:.2f}" + (f" ({judged[1]})" if judged[1] else ""))
+        elif description_similarity is not None:
+            why.append(f"description similarity {description_similarity:.2f}")
+        if self.why_fixed:
+            why.append(self.why_fixed)
+        return Relatedness(round(min(1.0, max(0.0, score)), 4), ", ".join(why))
+
+
+def _fit(target: StudySpec, source: StudySpec) -> _Fit | Relatedness:
+    """The description-free part of :func:`relatedness`; an incompatible source's
+    :class:`Relatedness` (score 0, its problems)."""
     problems: list[str] = []
     by_name = source.space.by_name
     cover: list[float] = []
@@ -199,24 +243,18 @@ def relatedness(
         if isinstance(sf := by_name.get(p.name), FixedParam) and sf.value == p.value
     ]
     fixed = len(same_fixed) / len(fixed_t) if fixed_t else 0.5
-    if judged is not None:
-        text = float(judged[0])
-    else:
-        text = 0.5 if description_similarity is None else float(description_similarity)
-    score = 0.6 * structure + 0.15 * objectives + TEXT_WEIGHT * text + 0.1 * fixed
     why = [
         f"all {len(target_names)} parameters, ranges covered {100 * np.mean(cover):.0f}%",
         f"objectives match{'' if goals_match == len(target.objectives) else ' (another goal)'}",
     ]
     if extra:
         why.append(f"{len(extra)} extra source parameter(s)")
-    if judged is not None:
-        why.append(f"judged related {judged[0]:.2f}" + (f" ({judged[1]})" if judged[1] else ""))
-    elif description_similarity is not None:
-        why.append(f"description similarity {description_similarity:.2f}")
-    if fixed_t:
-        why.append(f"{len(same_fixed)}/{len(fixed_t)} fixed parameters equal")
-    return Relatedness(round(min(1.0, max(0.0, score)), 4), ", ".join(why))
+    return _Fit(
+        head=0.6 * structure + 0.15 * objectives,
+        fixed=0.1 * fixed,
+        why_head=tuple(why),
+        why_fixed=f"{len(same_fixed)}/{len(fixed_t)} fixed parameters equal" if fixed_t else "",
+    )
 
 
 def description_similarities(target: str, others: Sequence[str]) -> list[float | None]:
@@ -288,60 +326,126 @@ def _spec_of(rec) -> StudySpec | None:
         return None
 
 
+@dataclass
+class _Candidate:
+    """A compatible stored study as ``auto`` keeps it while it reads the rest: its identity, the
+    description-free part of its relatedness and its description (at most
+    :data:`MAX_DESCRIPTION_CHARS`), never its spec."""
+
+    seq: int  # its place in creation order
+    uid: str
+    name: str
+    created_at: float
+    fit: _Fit
+    description: str
+    size: int  # UTF-8 bytes of ``description``
+
+
+def _candidate(spec: StudySpec, rec, seq: int) -> _Candidate | None:
+    """A stored study as a :class:`_Candidate` for ``spec``; None where it is incompatible or its
+    spec unreadable."""
+    sspec = _spec_of(rec)
+    if sspec is None:
+        return None
+    fit = _fit(spec, sspec)
+    if isinstance(fit, Relatedness):
+        return None
+    desc = sspec.description[:MAX_DESCRIPTION_CHARS]
+    size = len(desc.encode("utf-8", "surrogatepass"))
+    return _Candidate(seq, rec.uid, rec.name, rec.created_at, fit, desc, size)
+
+
 def _auto(
     storage, tenant: str, name: str, spec: StudySpec, taken: set[str], judge: Judge | None = None
 ):
     """The tenant's compatible studies with enough completed trials, best first, and a note. With a
     ``judge``, its rating of the descriptions of the best :data:`MAX_JUDGED` replaces their TF-IDF
-    similarity in the score (a judge that fails leaves TF-IDF; its note says why)."""
-    recs: list[StudyRecord] = []
+    similarity in the score (a judge that fails leaves TF-IDF; its note says why).
+
+    Memory is bounded whatever is stored: the tenant's studies (at most :data:`MAX_CANDIDATES`) are
+    listed by their keys, :data:`KEY_PAGE` at a time, and read :data:`AUTO_PAGE` at a time with
+    their specs, each spec dropped once parsed and scored; a compatible
+    study is kept as a :class:`_Candidate` (its description cut to :data:`MAX_DESCRIPTION_CHARS`).
+    The descriptions are compared all at once (TF-IDF), so they are held to
+    :data:`MAX_TEXT_BYTES` together: past it, the candidates with the lowest score apart from the
+    description (the oldest first among equals) are left out, as many as it takes, and the note
+    says so. Below it (10,000 studies whose descriptions average 800 bytes, or 128 of the longest
+    allowed) every compatible study is compared, as before. The judge is shown the specs of its (at most
+    :data:`MAX_JUDGED`) candidates, read again."""
+    kept: list[tuple[float, int, _Candidate]] = []  # a heap: the lowest plain score, oldest, first
+    floor: tuple[float, int] | None = None  # the best (plain score, seq) left out so far
+    text_bytes = 0
+    seen = compatible = 0
     after = None
-    while len(recs) < MAX_CANDIDATES:
-        page = storage.list_studies(tenant, after=after, limit=500)
-        recs.extend(page)
-        if len(page) < 500:
+    while seen < MAX_CANDIDATES:
+        n = min(KEY_PAGE, MAX_CANDIDATES - seen)
+        keys = storage.list_study_keys(tenant, after=after, limit=n)
+        if keys:
+            after = (keys[-1].created_at, keys[-1].name)
+        seen += len(keys)
+        uids = [k.uid for k in keys if k.uid not in taken and k.name != name]
+        for i in range(0, len(uids), AUTO_PAGE):
+            page = storage.studies_by_uid(uids[i : i + AUTO_PAGE])
+            page.reverse()
+            while page:
+                rec = page.pop()  # its spec goes once it is scored
+                cand = _candidate(spec, rec, compatible) if rec.tenant == tenant else None
+                if cand is None:
+                    continue
+                compatible += 1
+                key = (cand.fit.plain, cand.seq)
+                if floor is not None and key < floor:
+                    continue  # a better one was left out already
+                heapq.heappush(kept, (*key, cand))
+                text_bytes += cand.size
+                while text_bytes > MAX_TEXT_BYTES and kept:
+                    plain, at, out = heapq.heappop(kept)
+                    text_bytes -= out.size
+                    floor = (plain, at) if floor is None else max(floor, (plain, at))
+        if len(keys) < n:
             break
-        after = (page[-1].created_at, page[-1].name)
-    cands = []
-    for rec in recs:
-        if rec.tenant != tenant or rec.uid in taken or rec.name == name:
-            continue
-        sspec = _spec_of(rec)
-        if sspec is not None and relatedness(spec, sspec).compatible:
-            cands.append((rec, sspec))
-    sims = description_similarities(spec.description, [s.description for _, s in cands])
+    cands = sorted((c for *_, c in kept), key=lambda c: c.seq)
+    del kept
+    sims = description_similarities(spec.description, [c.description for c in cands])
     scored = []
     reachable = MIN_SCORE - (TEXT_WEIGHT if judge is not None else 0.0)  # a judge may lift a score
-    for (rec, sspec), sim in zip(cands, sims, strict=True):
-        r = relatedness(spec, sspec, sim)
+    for c, sim in zip(cands, sims, strict=True):
+        r = c.fit.relatedness(sim)
         if r.score < reachable:
             continue
-        completed = storage.trial_counts(rec.uid).get(TrialState.COMPLETED.value, 0)
+        completed = storage.trial_counts(c.uid).get(TrialState.COMPLETED.value, 0)
         if completed >= MIN_AUTO_TRIALS:
-            scored.append((rec, sspec, sim, completed, r))
+            scored.append((c, sim, completed, r))
     judge_note = ""
     if judge is not None and scored:
-        scored.sort(key=lambda x: -x[4].score)
-        shown = scored[:MAX_JUDGED]
-        verdicts, judge_note = judge(spec, [(rec.name, sspec) for rec, sspec, *_ in shown])
-        for i, (rec, sspec, sim, completed, _) in enumerate(shown):
-            if rec.name in verdicts:
-                r = relatedness(spec, sspec, sim, verdicts[rec.name])
-                scored[i] = (rec, sspec, sim, completed, r)
-    ranked = [
-        (r.score, completed, rec.created_at, rec, r)
-        for rec, _, _, completed, r in scored
-        if r.score >= MIN_SCORE
-    ]
+        scored.sort(key=lambda x: -x[3].score)
+        shown = []
+        for i, (c, *_) in enumerate(scored[:MAX_JUDGED]):
+            rec = storage.get_study_by_uid(c.uid)  # read again: only the judged ones' specs
+            sspec = _spec_of(rec) if rec is not None and rec.tenant == tenant else None
+            if sspec is not None:
+                shown.append((i, c.name, sspec))
+        verdicts, judge_note = judge(spec, [(nm, s) for _, nm, s in shown])
+        for i, *_ in shown:
+            c, sim, completed, _ = scored[i]
+            if c.name in verdicts:
+                scored[i] = (c, sim, completed, c.fit.relatedness(sim, verdicts[c.name]))
+    ranked = [(r.score, completed, c.created_at, c, r) for c, _, completed, r in scored]
+    ranked = [x for x in ranked if x[0] >= MIN_SCORE]
     ranked.sort(key=lambda x: (-x[0], -x[1], -x[2]))
     note = (
-        f"auto: {len(ranked)} related of {len(recs)} stored studies"
-        f" ({len(cands)} compatible; at least {MIN_AUTO_TRIALS} completed trials and relatedness"
+        f"auto: {len(ranked)} related of {seen} stored studies"
+        f" ({compatible} compatible; at least {MIN_AUTO_TRIALS} completed trials and relatedness"
         f" {MIN_SCORE} needed)"
     )
+    if len(cands) < compatible:
+        note += (
+            f"; the descriptions of {len(cands)} of them compared (the best apart from the"
+            f" description; at most {MAX_TEXT_BYTES >> 20} MiB of descriptions at once)"
+        )
     if judge_note:
         note += f"; {judge_note}"
-    return [SourceRef(rec.uid, rec.name, r.score, r.why, False) for *_, rec, r in ranked], note
+    return [SourceRef(c.uid, c.name, r.score, r.why, False) for *_, c, r in ranked], note
 
 
 def source_refs(record: Mapping[str, Any] | None) -> list[SourceRef]:

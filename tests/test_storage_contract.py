@@ -103,6 +103,16 @@ def test_list_studies_pages_in_creation_order(store):
     assert [r.name for r in first] == ["c", "a"]
     rest = store.list_studies("t", after=(first[-1].created_at, first[-1].name), limit=2)
     assert [r.name for r in rest] == ["b"]
+    # the same pages by their keys alone, and the studies read back by uid in the order asked
+    keys = store.list_study_keys("t", limit=2)
+    assert [(k.uid, k.name, k.created_at) for k in keys] == [
+        (r.uid, r.name, r.created_at) for r in first
+    ]
+    after = (keys[-1].created_at, keys[-1].name)
+    assert [k.uid for k in store.list_study_keys("t", after=after, limit=2)] == [rest[0].uid]
+    uids = [r.uid for r in (*rest, *first)]
+    assert store.studies_by_uid([*uids, "nowhere"]) == [*rest, *first]
+    assert store.studies_by_uid([]) == []
 
 
 def test_concurrent_trial_numbers_are_unique_and_dense(store):

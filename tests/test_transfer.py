@@ -19,7 +19,13 @@ from bbo.errors import NotFoundError, SpecError
 from bbo.limits import LimitExceeded, RequestLimits
 from bbo.space import CategoricalParam, FixedParam, FloatParam, IntParam, OrdinalParam, SearchSpace
 from bbo.spec import Objective, StudySpec, TransferOptions
-from bbo.transfer import SourceData, encode_source_trials, map_point, relatedness
+from bbo.transfer import (
+    SourceData,
+    description_similarities,
+    encode_source_trials,
+    map_point,
+    relatedness,
+)
 from bbo.trial import Metric, Trial, TrialState
 
 
@@ -662,6 +668,78 @@ def test_auto_asks_the_llm_which_descriptions_are_related(storage):
         assert "no LLM judgement (unusable answer" in rec["note"] and "TF-IDF" in rec["note"]
         (call,) = again.llm_calls("related")
         assert call.outcome.startswith("unusable answer")
+
+
+def big_studies(storage, n: int, desc: str = "a quadratic bowl in x and z") -> list[str]:
+    """``n`` stored studies with specs of 160 KiB (a categorical of 1000 long choices) related to
+    ``spec_dict()``; the first two with enough completed trials to be picked."""
+    from bbo.storage import NewTrial
+
+    spec = spec_dict(desc)
+    choices = [f"choice-{j:04d}-" + "x" * 140 for j in range(1000)]
+    spec["parameters"].append({"type": "categorical", "name": "c", "choices": choices})
+    uids = [storage.create_study("default", f"big-{i:02d}", spec, 1).uid for i in range(n)]
+    for uid in uids[:2]:
+        done = [
+            NewTrial(p, "manual", state=TrialState.COMPLETED, metrics={"y": Metric(bowl(p))})
+            for p in grid_points(3)
+        ]
+        storage.insert_trials(uid, done)
+    return uids
+
+
+def test_auto_holds_a_few_stored_specs_at_a_time(storage):
+    """``auto`` lists the stored studies by their keys, reads their specs a few at a time and keeps
+    of each only what the ranking needs: its peak memory does not grow with the number of stored
+    studies or the size of their specs (here 60 specs of 160 KiB, 9.4 MiB as JSON: 2.1 MiB at the
+    peak; reading them all at once, as ``auto`` did, peaked at 15.5 MiB)."""
+    import tracemalloc
+
+    from bbo.transfer import resolve_sources
+
+    uids = big_studies(storage, 60)
+    target = StudySpec.from_dict(spec_dict(transfer={"auto": True, "max_sources": 3}))
+    description_similarities("warm up", ["the imports"])  # what importing scikit-learn takes
+    tracemalloc.start()
+    try:
+        rec = resolve_sources(storage, "default", "target", target)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [s["uid"] for s in rec["sources"]] == [uids[1], uids[0]]  # the newer first
+    assert "2 related of 60 stored studies (60 compatible" in rec["note"]
+    assert peak < 6 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+
+
+def test_auto_compares_the_best_descriptions_that_fit(storage, monkeypatch):
+    """Past ``MAX_TEXT_BYTES`` of descriptions, ``auto`` leaves out the candidates with the lowest
+    score apart from the description (the oldest first among equals), as many as it takes, and
+    the note says so; a worse one read later is left out too, even where its description fits."""
+    from bbo import transfer
+    from bbo.storage import NewTrial
+
+    monkeypatch.setattr(transfer, "MAX_TEXT_BYTES", 100)
+    desc = "a quadratic bowl in x and z"  # 27 bytes
+    wide = spec_dict(desc)
+    wide["parameters"].append({"type": "float", "name": "w", "low": 0.0, "high": 1.0})
+    for name, spec in [("wide", wide), *((n, spec_dict(desc)) for n in "abcd"), ("late", wide)]:
+        if name == "late":
+            spec = {**spec, "description": ""}
+        uid = storage.create_study("default", name, spec, 1).uid
+        done = [
+            NewTrial(p, "manual", state=TrialState.COMPLETED, metrics={"y": Metric(bowl(p))})
+            for p in grid_points(3)
+        ]
+        storage.insert_trials(uid, done)
+    target = StudySpec.from_dict(spec_dict(desc, transfer={"auto": True, "max_sources": 8}))
+    rec = transfer.resolve_sources(storage, "default", "target", target)
+    assert [s["name"] for s in rec["sources"]] == ["d", "c", "b"]
+    assert "3 related of 6 stored studies (6 compatible" in rec["note"]
+    assert "the descriptions of 3 of them compared" in rec["note"]
+    monkeypatch.setattr(transfer, "MAX_TEXT_BYTES", 8 << 20)
+    rec = transfer.resolve_sources(storage, "default", "target", target)
+    assert [s["name"] for s in rec["sources"]] == ["d", "c", "b", "a", "wide", "late"]
+    assert "compared" not in rec["note"]
 
 
 def test_tenants_never_see_each_others_sources_over_grpc(server_factory, tmp_path):

@@ -21,6 +21,7 @@ from bbo.storage.base import (
     RequestKey,
     Storage,
     StoredRequest,
+    StudyKey,
     StudyRecord,
 )
 
@@ -105,6 +106,7 @@ __all__ = [
     "RequestKey",
     "Storage",
     "StoredRequest",
+    "StudyKey",
     "StudyRecord",
     "default_url",
     "open_storage",

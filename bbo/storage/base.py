@@ -45,6 +45,15 @@ class StudyRecord:
     transfer: dict | None = None
 
 
+@dataclass(frozen=True)
+class StudyKey:
+    """A stored study's identity and place in creation order, without what it holds."""
+
+    uid: str
+    name: str
+    created_at: float
+
+
 @dataclass
 class NewTrial:
     """A trial to insert (its number is allocated by storage)."""
@@ -194,6 +203,19 @@ class Storage(abc.ABC):
     ) -> list[StudyRecord]:
         """The tenant's studies in creation order (ties by name), those after the
         ``(created_at, name)`` key of the previous page's last study."""
+
+    def list_study_keys(
+        self, tenant: str, *, after: tuple[float, str] | None = None, limit: int = 100
+    ) -> list[StudyKey]:
+        """:meth:`list_studies` without the studies' specs: a page of keys is small whatever
+        the specs' size (read the specs a few at a time with :meth:`studies_by_uid`)."""
+        page = self.list_studies(tenant, after=after, limit=limit)
+        return [StudyKey(r.uid, r.name, r.created_at) for r in page]
+
+    def studies_by_uid(self, uids: Sequence[str]) -> list[StudyRecord]:
+        """The studies of these uids, in the order given (those not found left out)."""
+        found = (self.get_study_by_uid(u) for u in uids)
+        return [r for r in found if r is not None]
 
     @abc.abstractmethod
     def count_studies(self, tenant: str) -> int: ...

@@ -35,6 +35,7 @@ from bbo.storage.base import (
     RequestKey,
     Storage,
     StoredRequest,
+    StudyKey,
     StudyRecord,
     TrialChange,
 )
@@ -118,6 +119,16 @@ def _study(row) -> StudyRecord:
         created_at=row.created_at,
         transfer=dict(row.transfer) if row.transfer else None,
     )
+
+
+def _study_page(q, tenant: str, after: tuple[float, str] | None, limit: int):
+    """``q`` over the tenant's studies in creation order (ties by name), those after ``after``."""
+    c = S.studies.c
+    q = q.where(c.tenant == tenant)
+    if after is not None:
+        at, name = after
+        q = q.where(sa.or_(c.created_at > at, sa.and_(c.created_at == at, c.name > name)))
+    return q.order_by(c.created_at, c.name).limit(limit)
 
 
 def _llm_call(r) -> LlmCallRecord:
@@ -311,14 +322,27 @@ class SqlStorage(Storage):
     def list_studies(
         self, tenant: str, *, after: tuple[float, str] | None = None, limit: int = 100
     ) -> list[StudyRecord]:
-        c = S.studies.c
-        q = sa.select(S.studies).where(c.tenant == tenant)
-        if after is not None:
-            at, name = after
-            q = q.where(sa.or_(c.created_at > at, sa.and_(c.created_at == at, c.name > name)))
-        q = q.order_by(c.created_at, c.name).limit(limit)
+        q = _study_page(sa.select(S.studies), tenant, after, limit)
         with self._read() as conn:
             return [_study(r) for r in conn.execute(q)]
+
+    @db_call
+    def list_study_keys(
+        self, tenant: str, *, after: tuple[float, str] | None = None, limit: int = 100
+    ) -> list[StudyKey]:
+        c = S.studies.c
+        q = _study_page(sa.select(c.uid, c.name, c.created_at), tenant, after, limit)
+        with self._read() as conn:
+            return [StudyKey(r.uid, r.name, r.created_at) for r in conn.execute(q)]
+
+    @db_call
+    def studies_by_uid(self, uids: Sequence[str]) -> list[StudyRecord]:
+        if not uids:
+            return []
+        q = sa.select(S.studies).where(S.studies.c.uid.in_(list(uids)))
+        with self._read() as conn:
+            found = {r.uid: _study(r) for r in conn.execute(q)}
+        return [found[u] for u in uids if u in found]
 
     @db_call
     def count_studies(self, tenant: str) -> int:
