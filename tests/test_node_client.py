@@ -484,3 +484,42 @@ def test_node_best_result_carries_the_selection_and_the_models_estimate(bbo_serv
     assert "posterior mean" in best["selection"]
     e = best["estimate"]
     assert e["lower"] < e["value"] < e["upper"] < 0.2
+
+
+_BACKSTOP_SCRIPT = r"""
+const grpc = require('@grpc/grpc-js');
+const { Client, BboError } = require('./src/index.js');
+const c = new Client('127.0.0.1:9', { backoffMs: 1, retries: 3 });
+const answers = [
+  { code: grpc.status.RESOURCE_EXHAUSTED, details: 'Concurrent RPC limit exceeded!' },
+  { code: grpc.status.RESOURCE_EXHAUSTED, details: 'Concurrent RPC limit exceeded!' },
+  'ok',
+  { code: grpc.status.RESOURCE_EXHAUSTED, details: 'spec.parameters: over --max-parameters (256)' },
+];
+let calls = 0;
+c.callOnce = async () => {
+  const a = answers[calls++];
+  if (a === 'ok') return { ok: true };
+  throw new BboError(a);
+};
+(async () => {
+  const first = await c.call('Tell', {});
+  let second = null;
+  try { await c.call('CreateStudy', {}); } catch (e) { second = e.message; }
+  console.log(JSON.stringify({ first, second, calls }));
+  process.exit(0);
+})();
+"""
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_client_retries_grpcs_own_concurrency_refusal():
+    """Past the server's gRPC maximum_concurrent_rpcs (the backstop behind --max-concurrent-rpcs)
+    gRPC refuses on its own with no RetryInfo: the Node client retries it like UNAVAILABLE, and a
+    size bound's refusal without RetryInfo is still final."""
+    r = _node_json(_BACKSTOP_SCRIPT, timeout=60)
+    assert r == {
+        "first": {"ok": True},
+        "second": "spec.parameters: over --max-parameters (256)",
+        "calls": 4,
+    }, r

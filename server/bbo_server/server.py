@@ -20,6 +20,7 @@ from bbo.limits import RequestLimits
 from bbo.registry import StudyConfig, StudyRegistry
 from bbo.storage import Storage, default_url, open_storage
 from bbo_client.v1 import service_pb2
+from bbo_server.admission import SIDE_THREADS, Admission, CountingPool, backstop, default_cap
 from bbo_server.servicer import Authenticate, BboServicer, add_to_server
 
 if TYPE_CHECKING:
@@ -64,6 +65,9 @@ class ServerOptions:
     fit_workers: int = 0  # concurrent suggestion computations (0 = one per core)
     torch_threads: int = 0  # 0 = cores // fit_workers
     rpc_threads: int = 64  # gRPC handler threads (tells are cheap; asks may wait on fits)
+    # calls running or queued for a handler thread; past it refused with a RetryInfo (bbo_server/
+    # admission.py). 0 = 4 x rpc_threads
+    max_concurrent_rpcs: int = 0
     device: str = "auto"
     max_message_bytes: int = MAX_MESSAGE_BYTES
     max_ask: int = 100
@@ -137,6 +141,7 @@ class RunningServer:
         self._owns_storage = owns_storage
         self.reaper = reaper
         self.unix_socket = ""
+        self.admission: Admission | None = None  # the --max-concurrent-rpcs gate (set by start)
         self._on_stop = list(on_stop)
 
     @property
@@ -192,9 +197,15 @@ def start(opts: ServerOptions, storage: Storage | None = None) -> RunningServer:
         ),
         fit_slots=fit_workers,
     )
+    cap = opts.max_concurrent_rpcs or default_cap(opts.rpc_threads)
+    pool = CountingPool(max_workers=opts.rpc_threads, thread_name_prefix="bbo-rpc")
+    side = futures.ThreadPoolExecutor(max_workers=SIDE_THREADS, thread_name_prefix="bbo-rpc-side")
+    admission = Admission(pool, cap, side)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=opts.rpc_threads, thread_name_prefix="bbo-rpc"),
-        interceptors=list(opts.interceptors),
+        pool,
+        # first: a refused call reaches no other interceptor (no key lookup, no rate token)
+        interceptors=[admission, *opts.interceptors],
+        maximum_concurrent_rpcs=backstop(cap),
         options=[
             ("grpc.max_receive_message_length", opts.max_message_bytes),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -231,10 +242,13 @@ def start(opts: ServerOptions, storage: Storage | None = None) -> RunningServer:
         if opts.lease_reap_seconds > 0
         else None
     )
+    # hooks run last first: the pools go once everything else has stopped
+    on_stop = [lambda: pool.shutdown(wait=False), lambda: side.shutdown(wait=False), *opts.on_stop]
     running = RunningServer(
-        server, port, opts.host, registry, hs, storage, owns, reaper, on_stop=opts.on_stop
+        server, port, opts.host, registry, hs, storage, owns, reaper, on_stop=on_stop
     )
     running.unix_socket = opts.unix_socket
+    running.admission = admission
     return running
 
 
@@ -262,6 +276,7 @@ def serve_forever(opts: ServerOptions, port_file: str | None = None) -> int:
             "fit_workers": fit_workers,
             "torch_threads": threads,
             "rpc_threads": opts.rpc_threads,
+            "max_concurrent_rpcs": opts.max_concurrent_rpcs or default_cap(opts.rpc_threads),
             "device": opts.device,
             **facts,
         },

@@ -186,6 +186,17 @@ function retryDelay(err) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+// gRPC's own refusal past a server's maximum_concurrent_rpcs (bbo's backstop behind
+// --max-concurrent-rpcs) carries no RetryInfo, yet the same call passes once the burst is over.
+const GRPC_CONCURRENCY_REFUSAL = 'Concurrent RPC limit exceeded!';
+
+// A failure retried with backoff though the server named no delay: the server is away (restarting,
+// not up yet), or gRPC refused the call past the server's concurrent calls.
+function retryableWithoutDelay(e) {
+  return e.code === grpc.status.UNAVAILABLE
+    || (e.code === grpc.status.RESOURCE_EXHAUSTED && e.message === GRPC_CONCURRENCY_REFUSAL);
+}
+
 // A trial (as ask returns it) or a bare trial id -> the request fields naming it. A trial carries
 // its study's uid, so a tell never reaches a study deleted and created again under the same name.
 function trialRef(trial) {
@@ -236,10 +247,11 @@ class Client {
   //   tlsServerName: check the server certificate against this name instead of the address's host;
   //   credentials: ready grpc-js ChannelCredentials (overrides the TLS options); deadlineMs;
   //   retries (8), backoffMs (100), maxBackoffMs (5000): a call failing with UNAVAILABLE (the server
-  //   restarting) is retried with jittered exponential backoff; asks carry a request id, so a retry
-  //   never creates trials twice, and a repeated tell is recorded once;
-  //   ratePatienceMs (120000): a refusal carrying a RetryInfo (the server's --rate-limit) is retried
-  //   after the delay it names, for up to this long.
+  //   restarting) or refused by gRPC past the server's concurrent calls is retried with jittered
+  //   exponential backoff; asks carry a request id, so a retry never creates trials twice, and a
+  //   repeated tell is recorded once;
+  //   ratePatienceMs (120000): a refusal carrying a RetryInfo (the server's --rate-limit,
+  //   --max-concurrent-rpcs) is retried after the delay it names, for up to this long.
   constructor(address, options = {}) {
     const Service = loadService();
     const creds = options.credentials || tlsCredentials(options) || grpc.credentials.createInsecure();
@@ -271,7 +283,7 @@ class Client {
           await sleep(waitMs);
           continue;
         }
-        if (e.code !== grpc.status.UNAVAILABLE || attempt >= this.retries) throw e;
+        if (!retryableWithoutDelay(e) || attempt >= this.retries) throw e;
         await sleep(delay * (0.5 + Math.random()));
         delay = Math.min(2 * delay, this.maxBackoffMs);
       }
@@ -542,4 +554,6 @@ function sig6(x) {
   return String(Number(Number(x).toPrecision(6)));
 }
 
-module.exports = { Client, Study, BboError, TrialPruned, toParameterValues, fromParameterValues, retryDelay };
+module.exports = {
+  Client, Study, BboError, TrialPruned, toParameterValues, fromParameterValues, retryDelay, retryableWithoutDelay,
+};

@@ -61,7 +61,8 @@ class Client:
     """A connection to a bbo server. Use as a context manager, or call :meth:`close`.
 
     Calls that fail with UNAVAILABLE (server restarting, not up yet) or are refused by a rate limit
-    (RESOURCE_EXHAUSTED with a RetryInfo) are retried with exponential backoff; Ask and AddTrial
+    or a busy server (RESOURCE_EXHAUSTED with a RetryInfo: ``--rate-limit``,
+    ``--max-concurrent-rpcs``) are retried with exponential backoff; Ask and AddTrial
     carry a request id so a retry never creates trials twice, and a repeated Tell is recognised by
     the server as a duplicate.
     """

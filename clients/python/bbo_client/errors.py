@@ -117,8 +117,15 @@ def from_rpc_error(e: grpc.RpcError) -> BboError:
     return cls(message or str(code), field=field, code=code, retry_after=retry_after)
 
 
+# gRPC's own refusal past a server's maximum_concurrent_rpcs (bbo's backstop behind
+# --max-concurrent-rpcs): it carries no RetryInfo, yet the same call passes once the burst is over
+GRPC_CONCURRENCY_REFUSAL = "Concurrent RPC limit exceeded!"
+
+
 def retryable(err: BboError) -> bool:
-    """The same call may pass later: the server is away, or it refused with a RetryInfo (a rate limit)."""
+    """The same call may pass later: the server is away, or it refused with a RetryInfo (a rate
+    limit, --max-concurrent-rpcs), or gRPC refused it past the server's concurrent calls."""
     return isinstance(err, Unavailable) or (
-        isinstance(err, ResourceExhausted) and err.retry_after is not None
+        isinstance(err, ResourceExhausted)
+        and (err.retry_after is not None or err.message == GRPC_CONCURRENCY_REFUSAL)
     )

@@ -47,6 +47,13 @@ def register(sub) -> None:
         "--rpc-threads", type=int, default=64, help="gRPC handler threads (default %(default)s)"
     )
     p.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=0,
+        help="calls running or queued for a handler thread; past it a call is refused at once with "
+        "RESOURCE_EXHAUSTED and a RetryInfo, and clients retry (0, the default: 4 x --rpc-threads)",
+    )
+    p.add_argument(
         "--max-ask",
         type=int,
         default=100,
@@ -118,6 +125,7 @@ def check_args(args) -> None:
         ("workers", 0),
         ("torch-threads", 0),
         ("rpc-threads", 1),
+        ("max-concurrent-rpcs", 0),
         ("max-ask", 1),
         ("max-cached-studies", 0),
         ("max-message-bytes", 1),
@@ -151,6 +159,7 @@ def run(args) -> int:
         fit_workers=args.workers,
         torch_threads=args.torch_threads,
         rpc_threads=args.rpc_threads,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
         device=args.device,
         max_message_bytes=args.max_message_bytes,
         max_ask=args.max_ask,

@@ -1,0 +1,141 @@
+"""A cap on the calls the server holds at once (``--max-concurrent-rpcs``): running on a handler
+thread or queued for one.
+
+gRPC's sync server hands every accepted call to its thread pool, whose queue has no bound: a burst of
+slow calls (asks waiting on GP fits) queued without limit, in memory and in latency. :class:`Admission`
+is the outermost interceptor. gRPC runs interceptors on its one polling thread when a call arrives,
+before the call is queued, so it sees queued calls too: it compares the handler pool's count of
+queued + running calls (:class:`CountingPool`) with the cap, and over it answers with a refusal
+instead of the service's handler: RESOURCE_EXHAUSTED, a message naming the flag, and a
+google.rpc.RetryInfo, so the clients back off and retry (a refused Tell or Heartbeat never ran: its
+retry is its first try). Refusals and health checks run on a small pool of their own (gRPC's
+``experimental_thread_pool`` of a handler), so a full handler pool neither delays a refusal nor fails
+a health probe; a refusal never reads the request.
+
+gRPC's own ``maximum_concurrent_rpcs`` stays as a backstop over all pools (:func:`backstop`): past it
+gRPC refuses a call itself, as RESOURCE_EXHAUSTED "Concurrent RPC limit exceeded!" without
+RetryInfo (:data:`GRPC_REFUSAL`), which bbo's clients retry too.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from concurrent import futures
+
+import grpc
+
+from bbo.errors import LimitError
+from bbo_server.errors import status_for
+
+log = logging.getLogger("bbo.server")
+
+HEALTH_CHECK = (
+    "/grpc.health.v1.Health/Check"  # unary, cheap: never refused, never queued behind calls
+)
+SIDE_THREADS = 4  # threads for refusals and health checks
+RETRY_AFTER = (0.25, 1.0)  # seconds a refusal asks to wait: random in this range, so retries spread
+GRPC_REFUSAL = "Concurrent RPC limit exceeded!"  # gRPC's own words past maximum_concurrent_rpcs
+
+
+def default_cap(rpc_threads: int) -> int:
+    """``--max-concurrent-rpcs`` when not given: 4 calls per handler thread (one running, three
+    queued)."""
+    return 4 * max(1, rpc_threads)
+
+
+def backstop(cap: int) -> int:
+    """gRPC's ``maximum_concurrent_rpcs`` for a cap: the cap plus as many refusals and health checks
+    waiting for their own pool, at least 256 (a refusal reads no request: it costs little)."""
+    return cap + max(cap, 256)
+
+
+class CountingPool(futures.ThreadPoolExecutor):
+    """A thread pool that knows how many of its tasks are queued or running (:attr:`pending`). gRPC
+    submits one task per call and the task ends with the call (cancelled ones too), so the count is
+    exact."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._pending = 0
+        self._count_lock = threading.Lock()
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def submit(self, fn, /, *args, **kwargs):
+        with self._count_lock:
+            self._pending += 1
+        try:
+            fut = super().submit(fn, *args, **kwargs)
+        except BaseException:
+            self._done(None)
+            raise
+        fut.add_done_callback(self._done)
+        return fut
+
+    def _done(self, _fut) -> None:
+        with self._count_lock:
+            self._pending -= 1
+
+
+class _Busy(LimitError):
+    limit = "concurrent_rpcs"
+
+
+class Admission(grpc.ServerInterceptor):
+    """Refuses a call (with RetryInfo) while ``pool`` holds ``cap`` calls or more; health checks pass
+    on ``side``. Must be the first interceptor: refused calls reach no other."""
+
+    def __init__(self, pool: CountingPool, cap: int, side: futures.ThreadPoolExecutor):
+        if cap < 1:
+            raise ValueError(f"max_concurrent_rpcs must be >= 1, got {cap}")
+        self.pool, self.cap, self.side = pool, cap, side
+        self.refused = 0  # calls refused so far (tests, logs)
+
+        def refuse(request_iterator, context):
+            del request_iterator  # never read: the refusal does not wait for the request
+            e = _Busy(
+                f"server busy: {self.cap} calls are running or queued, the most "
+                f"--max-concurrent-rpcs allows; retry later (bbo's clients do, after the "
+                f"RetryInfo delay), or raise --max-concurrent-rpcs or --rpc-threads"
+            )
+            e.retry_after = random.uniform(*RETRY_AFTER)
+            context.abort_with_status(status_for(e))
+
+        refuse.experimental_thread_pool = side  # type: ignore[attr-defined]
+        self._refusal = grpc.stream_unary_rpc_method_handler(refuse)
+        self._health: tuple | None = None  # (gRPC's handler, the same on the side pool)
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None  # UNIMPLEMENTED, as without the cap
+        if handler_call_details.method == HEALTH_CHECK and handler.unary_unary is not None:
+            return self._on_side(handler)
+        if self.pool.pending < self.cap:
+            return handler
+        self.refused += 1
+        if self.refused == 1 or self.refused % 1000 == 0:
+            log.warning(
+                "refusing calls: --max-concurrent-rpcs reached",
+                extra={"max_concurrent_rpcs": self.cap, "refused": self.refused},
+            )
+        return self._refusal
+
+    def _on_side(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if self._health is not None and self._health[0] is handler:
+            return self._health[1]
+        inner = handler.unary_unary
+
+        def check(request, context):
+            return inner(request, context)
+
+        check.experimental_thread_pool = self.side  # type: ignore[attr-defined]
+        out = grpc.unary_unary_rpc_method_handler(
+            check, handler.request_deserializer, handler.response_serializer
+        )
+        self._health = (handler, out)
+        return out

@@ -1,0 +1,162 @@
+"""``--max-concurrent-rpcs``: the calls a server holds at once, running or queued for a handler
+thread, are bounded. Past the cap a call is refused at once with RESOURCE_EXHAUSTED, a message
+naming the flag and a google.rpc.RetryInfo, so clients retry it; a Tell refused in a burst is stored
+once the burst is over; health checks are answered while the handler threads are all held."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import bbo_client as bc
+from bbo.design import sobol_design
+from bbo.strategy import Suggestion
+from bbo_client.errors import GRPC_CONCURRENCY_REFUSAL, ResourceExhausted, from_rpc_error, retryable
+from bbo_client.v1 import service_pb2, service_pb2_grpc
+from bbo_server.interceptor import MethodInterceptor
+from bbo_server.server import ServerOptions, start
+
+WAIT = 30.0  # seconds a test waits for something before it fails (never reached when it passes)
+
+
+class Sobol:
+    """A strategy with no model: quick, and no torch import."""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def status(self, trials):
+        return ("ACTIVE", "")
+
+    def suggest(self, trials, n):
+        return [Suggestion(p, "initial_design") for p in sobol_design(self.spec.space, n, 0)]
+
+
+class Hold(MethodInterceptor):
+    """Holds every ListStudies call on its handler thread until :attr:`release` is set, like an
+    Ask waiting on a GP fit."""
+
+    def __init__(self):
+        super().__init__()
+        self.release = threading.Event()
+
+    def _wrap(self, handler, method: str):
+        if method != "ListStudies":
+            return handler
+        inner = handler.unary_unary
+
+        def behavior(request, context):
+            self.release.wait(WAIT)
+            return inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            behavior, handler.request_deserializer, handler.response_serializer
+        )
+
+
+def _until(predicate, what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not predicate():
+        assert time.monotonic() < deadline, f"waited {WAIT:g}s for {what}"
+        time.sleep(0.01)
+
+
+class Capped:
+    """A server with 1 handler thread and room for 2 calls, holding ListStudies calls, and one
+    study with one PENDING trial."""
+
+    def __init__(self, tmp_path):
+        self.hold = Hold()
+        self.srv = start(
+            ServerOptions(
+                port=0,
+                db="sqlite:///" + str(tmp_path / "cap.db"),
+                strategy_factory=Sobol,
+                rpc_threads=1,
+                max_concurrent_rpcs=2,
+                lease_reap_seconds=0,
+                interceptors=[self.hold],
+            )
+        )
+        assert self.srv.admission is not None
+        self.admission = self.srv.admission
+        self.channel = grpc.insecure_channel(self.srv.address)
+        self.stub = service_pb2_grpc.BboServiceStub(self.channel)
+        with bc.Client(self.srv.address, retries=0) as c:
+            study = c.create_study("capped", parameters=[bc.Float("x", 0, 1)], objectives="y")
+            (self.trial,) = study.ask(1)
+
+    def fill(self) -> list:
+        """Two held calls, the first running on the one thread, the second queued for it."""
+        # a call's task ends just after its reply is sent: the Ask's may still be counted
+        _until(lambda: self.admission.pool.pending == 0, "the calls so far to finish")
+        held = []
+        for n in (1, 2):
+            held.append(self.stub.ListStudies.future(service_pb2.ListStudiesRequest()))
+            _until(lambda: self.admission.pool.pending == n, f"held call {n} to reach the server")
+        assert self.admission.refused == 0 and not any(f.done() for f in held)
+        return held
+
+    def close(self) -> None:
+        self.hold.release.set()
+        self.channel.close()
+        self.srv.stop(grace=5)
+
+
+@pytest.fixture
+def capped(tmp_path):
+    c = Capped(tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def test_a_call_past_the_cap_is_refused_naming_the_flag_with_retry_info(capped):
+    held = capped.fill()
+    with pytest.raises(grpc.RpcError) as e:
+        # queued behind the held calls without the cap: DEADLINE_EXCEEDED after the timeout
+        capped.stub.GetStudy(service_pb2.GetStudyRequest(name="capped"), timeout=WAIT)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    err = from_rpc_error(e.value)
+    assert "--max-concurrent-rpcs" in err.message and "retry" in err.message
+    assert err.retry_after is not None and err.retry_after > 0  # the google.rpc.RetryInfo
+    assert retryable(err)
+    # a health check is answered on a pool of its own, neither refused nor queued
+    health = health_pb2_grpc.HealthStub(capped.channel)
+    reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=WAIT)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    # the held calls were neither refused nor lost: once released, both are answered
+    capped.hold.release.set()
+    for f in held:
+        assert [s.name for s in f.result(timeout=WAIT).studies] == ["capped"]
+    _until(lambda: capped.admission.pool.pending == 0, "the held calls to finish")
+    capped.stub.GetStudy(service_pb2.GetStudyRequest(name="capped"), timeout=WAIT)
+
+
+def test_a_tell_refused_in_a_burst_is_retried_by_the_client_and_stored(capped):
+    told: list = []
+    with bc.Client(capped.srv.address, retries=0) as c:
+        study = c.study("capped")
+        capped.fill()
+        th = threading.Thread(target=lambda: told.append(study.tell(capped.trial, 0.5)))
+        th.start()
+        _until(lambda: capped.admission.refused > 0, "the Tell to be refused")
+        capped.hold.release.set()  # the burst is over
+        th.join(WAIT)
+        assert not th.is_alive() and len(told) == 1 and not told[0].duplicate
+        (stored,) = study.trials()
+        assert stored.id == capped.trial.id and stored.state == "COMPLETED"
+        assert stored.metrics["y"] == 0.5
+
+
+def test_grpcs_own_concurrency_refusal_is_retryable():
+    """Past gRPC's maximum_concurrent_rpcs (the backstop behind the cap) gRPC refuses on its own,
+    with no RetryInfo: the client retries it all the same. Other RESOURCE_EXHAUSTED refusals
+    without a RetryInfo (a size bound) are final."""
+    assert retryable(ResourceExhausted(GRPC_CONCURRENCY_REFUSAL))
+    assert not retryable(ResourceExhausted("spec.parameters: over --max-parameters (256)"))
