@@ -409,11 +409,15 @@ def _auto(
     sims = description_similarities(spec.description, [c.description for c in cands])
     scored = []
     reachable = MIN_SCORE - (TEXT_WEIGHT if judge is not None else 0.0)  # a judge may lift a score
+    reached = []
     for c, sim in zip(cands, sims, strict=True):
         r = c.fit.relatedness(sim)
-        if r.score < reachable:
-            continue
-        completed = storage.trial_counts(c.uid).get(TrialState.COMPLETED.value, 0)
+        if r.score >= reachable:
+            reached.append((c, sim, r))
+    # one query per page of candidates (not one per candidate: up to 10,000 round trips)
+    counts = storage.completed_counts([c.uid for c, *_ in reached])
+    for c, sim, r in reached:
+        completed = counts.get(c.uid, 0)  # a study deleted meanwhile has none
         if completed >= MIN_AUTO_TRIALS:
             scored.append((c, sim, completed, r))
     judge_note = ""

@@ -258,7 +258,7 @@ def test_an_older_database_keeps_its_rows_and_uids_through_the_identity_migratio
     engine.dispose()
     s = open_storage(url)
     try:
-        assert s.schema_revision() == "0008"  # through 0004 to 0006 to the head
+        assert s.schema_revision() == "0009"  # through 0004 to 0006 to the head
         r1 = s.get_study("t", "s1")
         assert r1.uid == f"1.{round(1700000000.1 * 1e6)}"
         assert [t.id for t in s.list_trials(r1.uid)] == [1]
@@ -327,3 +327,43 @@ def test_a_sqlite_file_is_served_by_one_process_at_a_time(tmp_path):
     second = open_storage(f"sqlite:///{path}", exclusive=True)
     assert second.get_study_by_uid(uid) is not None
     second.close()
+
+
+def test_study_listings_are_a_range_of_the_listing_index_unsorted(storage):
+    """Every listing pages in ``(created_at, name)`` order: a page is read from the index on
+    ``(tenant, created_at, name, uid)`` from the cursor on, with no sort of the tenant's studies,
+    and a page of keys from the index alone (the row holds the spec, up to 1 MiB, before
+    created_at: without the index a page of keys read every spec of the tenant)."""
+    for i in range(20):
+        storage.create_study("t", f"s{i:02d}", SPEC, 1)
+        storage.create_study("u", f"s{i:02d}", SPEC, 1)
+    seen: list = []
+
+    def grab(conn, cursor, statement, parameters, context, executemany):
+        if "FROM studies" in statement and "ORDER BY" in statement:
+            seen.append((statement, parameters))
+
+    sa.event.listen(storage.engine, "before_cursor_execute", grab)
+    try:
+        first = storage.list_studies("t", limit=5)
+        after = (first[-1].created_at, first[-1].name)
+        assert [r.name for r in storage.list_studies("t", after=after, limit=5)] == [
+            f"s{i:02d}" for i in range(5, 10)
+        ]
+        assert [k.name for k in storage.list_study_keys("t", after=after, limit=5)] == [
+            f"s{i:02d}" for i in range(5, 10)
+        ]
+    finally:
+        sa.event.remove(storage.engine, "before_cursor_execute", grab)
+    assert len(seen) == 3
+    with storage.engine.connect() as c:
+        plans = [
+            [row[3] for row in c.exec_driver_sql("EXPLAIN QUERY PLAN " + q, p)] for q, p in seen
+        ]
+    for plan in plans:
+        assert not any("TEMP B-TREE" in step for step in plan), plan
+        (step,) = plan
+        assert "INDEX ix_studies_tenant_created_at_name_uid (tenant=?" in step, plan
+    for plan in plans[1:]:  # from the cursor on, not from the tenant's first study
+        assert "(created_at,name)>(?,?)" in plan[0], plan
+    assert "COVERING INDEX" in plans[2][0], plans[2]

@@ -115,6 +115,51 @@ def test_list_studies_pages_in_creation_order(store):
     assert store.studies_by_uid([]) == []
 
 
+def test_studies_created_at_the_same_instant_page_by_name(store):
+
+    from bbo.storage import schema as S
+
+    for name in ("d", "b", "c", "a", "e"):
+        store.create_study("t", name, SPEC, 1)
+    with store.engine.begin() as conn:  # a, b, c share one instant, between d and e
+        for name, at in (("d", 1.0), ("a", 2.0), ("b", 2.0), ("c", 2.0), ("e", 3.0)):
+            conn.execute(S.studies.update().where(S.studies.c.name == name).values(created_at=at))
+    for limit in (1, 2, 3, 5):
+        names, keys, after = [], [], None
+        while page := store.list_studies("t", after=after, limit=limit):
+            names += [r.name for r in page]
+            after = (page[-1].created_at, page[-1].name)
+        after = None
+        while page := store.list_study_keys("t", after=after, limit=limit):
+            keys += [k.name for k in page]
+            after = (page[-1].created_at, page[-1].name)
+        assert names == keys == ["d", "a", "b", "c", "e"], limit
+
+
+def test_completed_counts_of_many_studies(store, monkeypatch):
+    from bbo.storage import sql
+    from bbo.storage.base import Storage
+
+    uids = [store.create_study("t", f"s{i}", SPEC, 1).uid for i in range(5)]
+    other = store.create_study("u", "s0", SPEC, 1).uid
+    for i, uid in enumerate(uids):  # study i: i completed trials, and one pending
+        ts, _ = store.insert_trials(uid, [NewTrial({"x": 0.1}, "bo")] * (i + 1))
+        for t in ts[:i]:
+            store.modify_trial(uid, t.id, complete(float(t.id)))
+    store.insert_trials(other, [NewTrial({"x": 0.1}, "user", TrialState.COMPLETED)] * 2)
+    gone = store.create_study("t", "gone", SPEC, 1).uid
+    store.insert_trials(gone, [NewTrial({"x": 0.1}, "user", TrialState.COMPLETED)])
+    assert store.delete_study(gone)
+    asked = [uids[3], other, gone, "nowhere", *uids]
+    want = {**{u: i for i, u in enumerate(uids)}, other: 2}  # those not found left out
+    monkeypatch.setattr(sql, "COUNT_PAGE", 2)  # several pages
+    assert store.completed_counts(asked) == want
+    assert store.completed_counts([]) == {}
+    assert Storage.completed_counts(store, asked) == want  # the fallback, one study at a time
+    for uid, n in want.items():
+        assert store.trial_counts(uid).get("COMPLETED", 0) == n
+
+
 def test_concurrent_trial_numbers_are_unique_and_dense(store):
     uid = store.create_study("t", "s", SPEC, 1).uid
     got: list[int] = []

@@ -680,3 +680,54 @@ def test_an_intermediate_page_scans_no_trial_before_its_cursor(storage):
         return here + sum(trial_rows(n) for n in node.get("Plans", []))
 
     assert trial_rows(plan[0]["Plan"]) < 200, json.dumps(plan, indent=1)[:3000]
+
+
+def test_a_study_listing_page_is_an_index_range_not_a_sort(storage):
+    """A listing page (``after=(created_at, name)``) is read from the index on ``(tenant,
+    created_at, name, uid)`` from its cursor on: no sort of the tenant's studies, and no scan of
+    those before the cursor."""
+    import json
+
+    with storage.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO studies (uid, tenant, name, spec, spec_hash, seed, state, state_reason,"
+                " trial_counter, llm_counter, created_at) SELECT t || g, t, 's' || g, '{}', 'h',"
+                " 1, 'ACTIVE', '', 0, 0, 1700000000 + g FROM generate_series(1, 3000) g,"
+                " (VALUES ('a'), ('b')) v(t)"
+            )
+        )
+    with storage.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("VACUUM ANALYZE studies"))  # as autovacuum would: all visible
+    seen: list = []
+
+    def grab(conn, cursor, statement, parameters, context, executemany):
+        if "FROM studies" in statement and "ORDER BY" in statement:
+            seen.append((statement, parameters))
+
+    sa.event.listen(storage.engine, "before_cursor_execute", grab)
+    try:
+        after = (1700000100.0, "s100")  # 2,900 of the tenant's studies after the cursor
+        page = storage.list_studies("a", after=after, limit=50)
+        assert [r.name for r in page] == [f"s{i}" for i in range(101, 151)]
+        keys = storage.list_study_keys("a", after=after, limit=500)
+        assert [k.name for k in keys] == [f"s{i}" for i in range(101, 601)]
+    finally:
+        sa.event.remove(storage.engine, "before_cursor_execute", grab)
+    assert len(seen) == 2
+    for statement, parameters in seen:
+        with storage.engine.connect() as conn:
+            raw = conn.exec_driver_sql("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters)
+            plan = raw.scalar()
+        plan = json.loads(plan) if isinstance(plan, str) else plan
+        nodes, todo = [], [plan[0]["Plan"]]
+        while todo:
+            node = todo.pop()
+            nodes.append(node)
+            todo += node.get("Plans", [])
+        shown = json.dumps(plan, indent=1)[:3000]
+        assert not any(n["Node Type"] == "Sort" for n in nodes), shown
+        (scan,) = [n for n in nodes if n.get("Relation Name") == "studies"]
+        assert scan.get("Index Name") == "ix_studies_tenant_created_at_name_uid", shown
+        assert scan["Actual Rows"] + scan.get("Rows Removed by Filter", 0) <= 500, shown
+    assert "Index Only Scan" in json.dumps(plan), shown  # the keys: from the index alone

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from bbo.errors import StudyNotFound
 from bbo.trial import Metric, Trial, TrialState
 
 LEASE_EXPIRED = "lease expired"  # the reason of a trial ABANDONED because its lease ran out
@@ -235,6 +236,17 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def trial_counts(self, uid: str) -> dict[str, int]:
         """``{state: count}``."""
+
+    def completed_counts(self, uids: Sequence[str]) -> dict[str, int]:
+        """``{uid: completed trials}`` of these studies (those not found left out): one query per
+        page of uids where the backend can (``transfer: auto`` weighs thousands of candidates)."""
+        out: dict[str, int] = {}
+        for uid in uids:
+            try:
+                out[uid] = self.trial_counts(uid).get(TrialState.COMPLETED.value, 0)
+            except StudyNotFound:
+                continue
+        return out
 
     @abc.abstractmethod
     def trial_numbers(self, uid: str, state: TrialState) -> set[int]:

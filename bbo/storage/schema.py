@@ -67,6 +67,10 @@ studies = sa.Table(
     sa.Column("transfer", sa.JSON, nullable=True),
     sa.UniqueConstraint("tenant", "name"),
     sa.UniqueConstraint("uid"),
+    # the order every listing pages in (keyset ``after=(created_at, name)``): a page is a range of
+    # this index, unsorted; with ``uid`` a page of keys is read from the index alone (on SQLite the
+    # row holds the spec, up to 1 MiB, before created_at)
+    sa.Index(None, "tenant", "created_at", "name", "uid"),
     sqlite_autoincrement=True,
 )
 

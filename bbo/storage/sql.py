@@ -41,6 +41,7 @@ from bbo.storage.base import (
 )
 from bbo.trial import Metric, Trial, TrialState
 
+COUNT_PAGE = 500  # studies whose trials one completed_counts query counts
 STAMP_STEP = 1e-6  # s: a stamp past the study's newest (float64 resolves 2.4e-7 s at today's epoch)
 
 
@@ -127,7 +128,10 @@ def _study_page(q, tenant: str, after: tuple[float, str] | None, limit: int):
     q = q.where(c.tenant == tenant)
     if after is not None:
         at, name = after
-        q = q.where(sa.or_(c.created_at > at, sa.and_(c.created_at == at, c.name > name)))
+        # a row value, not ``created_at > at OR (created_at = at AND name > name)``: both backends
+        # turn it into a range of the listing index (with the OR, SQLite scanned the index from
+        # the tenant's first study on every page)
+        q = q.where(sa.tuple_(c.created_at, c.name) > sa.tuple_(at, name))
     return q.order_by(c.created_at, c.name).limit(limit)
 
 
@@ -395,6 +399,22 @@ class SqlStorage(Storage):
             sid = self._sid(conn, uid)
             q = sa.select(t.state, sa.func.count()).where(t.study_id == sid).group_by(t.state)
             return {s: int(n) for s, n in conn.execute(q)}
+
+    @db_call
+    def completed_counts(self, uids: Sequence[str]) -> dict[str, int]:
+        st, t = S.studies, S.trials
+        done = sa.and_(t.c.study_id == st.c.id, t.c.state == TrialState.COMPLETED.value)
+        out: dict[str, int] = {}
+        with self._read() as conn:
+            for i in range(0, len(uids), COUNT_PAGE):
+                q = (
+                    sa.select(st.c.uid, sa.func.count(t.c.id))
+                    .select_from(st.outerjoin(t, done))
+                    .where(st.c.uid.in_(list(uids[i : i + COUNT_PAGE])))
+                    .group_by(st.c.uid)
+                )
+                out.update((u, int(n)) for u, n in conn.execute(q))
+        return out
 
     @db_call
     def trial_numbers(self, uid: str, state: TrialState) -> set[int]:
