@@ -443,16 +443,19 @@ def test_three_objective_batch_believes_its_pending_points(monkeypatch):
     """With three objectives a batch's later points, and an ask with workers' points pending,
     condition on the pending points at the GP's mean (one box decomposition of the plug-in
     front, not qLogNEHVI's one per Monte Carlo sample): still one batch of distinct points that
-    keeps away from the pending ones."""
+    keeps away from the pending ones. The first point, with none pending, takes the plug-in
+    front on the GP's cached marginals."""
     from bbo import acquisition
 
-    calls = []
-    real = acquisition.believed_hypervolume
+    calls, models = [], []
+    real = acquisition.plugin_hypervolume
     monkeypatch.setattr(
         acquisition_step,
-        "believed_hypervolume",
-        lambda model, layout, Xb, Yb, Xp, **k: (
-            calls.append(len(Xp)) or real(model, layout, Xb, Yb, Xp, **k)
+        "plugin_hypervolume",
+        lambda model, layout, Xb, Yb, Xp=None, **k: (
+            calls.append(0 if Xp is None else len(Xp))
+            or models.append(type(model).__name__)
+            or real(model, layout, Xb, Yb, Xp, **k)
         ),
     )
     space = SearchSpace(tuple(FloatParam(n, 0.0, 1.0) for n in "abc"))
@@ -460,11 +463,12 @@ def test_three_objective_batch_believes_its_pending_points(monkeypatch):
     gs, trials = run(spec, _three_objectives, 8)
     batch = gs.suggest(trials, 3)
     assert [s.origin for s in batch] == [Origin.BO.value] * 3
-    assert calls == [1, 2]  # the first point alone: qLogNEHVI, as before
+    assert calls == [0, 1, 2]  # the first point alone: the plug-in front on the marginals
+    assert models[0] == "CachedPredictive" and "CachedPredictive" not in models[1:]
     for s in batch:
         trials.append(Trial(len(trials), s.params, TrialState.PENDING, origin=s.origin))
     more = gs.suggest(trials, 2)
-    assert calls[2:] == [3, 4]
+    assert calls[3:] == [0, 3, 4]
     assert _min_pairwise(space, [t.params for t in trials] + [s.params for s in more]) > 1e-2
 
 

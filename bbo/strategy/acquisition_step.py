@@ -21,13 +21,13 @@ from bbo.acquisition import (
     Layout,
     baseline_rows,
     believe,
-    believed_hypervolume,
     budget,
     cheap_initial_conditions,
     evaluate,
     make_acquisition,
     marginal_acquisition,
     optimize,
+    plugin_hypervolume,
     to_numpy,
 )
 from bbo.design import sobol_design
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 MARGINAL_TOLERANCES = {"pgtol": 1e-3, "factr": 1e10}
 INCUMBENT_JITTER = 0.01  # the incumbent's restart starts this far off it (share of each range)
 CHEAP_INIT_ABOVE = 60  # model size above which optimizer starts come from a cheap analytic score
-# objectives above which pending points are believed (:func:`bbo.acquisition.believed_hypervolume`)
+# objectives above which pending points are believed (:func:`bbo.acquisition.plugin_hypervolume`)
 # rather than integrated over by qLogNEHVI: with two, BoTorch partitions all Monte Carlo samples in
 # one batched pass (an ask(30) on BraninCurrin took 0.9 s a point either way, and qLogNEHVI spread
 # its batch wider); with three or more it loops over the samples in Python, 60 % of a point's time
@@ -72,14 +72,15 @@ class Acquisition:
     acqf: AcquisitionFunction  # for a point chosen alone: on the marginals where that applies
     joint: Callable[[], AcquisitionFunction]  # MC where marginals do not apply (pending: X_pending)
     # the acquisition with pending points believed: on the marginals (one objective), or
-    # :func:`bbo.acquisition.believed_hypervolume` (three or more); None otherwise
+    # :func:`bbo.acquisition.plugin_hypervolume` (three or more); None otherwise
     believer: Callable[[torch.Tensor], AcquisitionFunction | None] | None
     predictive: CachedPredictive | None  # the GP's marginals, cheaply (single objective)
     origin: str  # bo, or prior_guided_bo
     note: str  # the model's notes (fit fallbacks, a prior set aside)
     budget: tuple[int, int, int]  # optimizer restarts, raw samples, L-BFGS iterations
     cheap_init: bool  # optimizer starts from a cheap analytic score (large continuous models)
-    marginal: bool  # acqf runs on the cached marginals (one point at a time)
+    marginal: bool  # acqf runs on the cached marginals (one point at a time, one objective)
+    plugin: bool  # acqf: several objectives' plug-in front on the cached marginals (no pending)
     incumbent: np.ndarray | None  # the best observed feasible point (encoded), if any
     layout: Layout  # the outcome layout in the model's units (:attr:`TrainingData.layout`)
 
@@ -118,9 +119,11 @@ class AcquisitionStep:
         log EI on the cached marginals for one objective without reported noise
         (:func:`bbo.acquisition.marginal_acquisition`; augmented EI where ``noisy``, the
         objective known to be noisy), the same with pending points believed
-        (:func:`bbo.acquisition.believe`), and qLogNEI / qLogNEHVI, built on first use, for the
+        (:func:`bbo.acquisition.believe`); for several objectives without reported noise, the
+        plug-in front's qLogEHVI on the marginals (:func:`bbo.acquisition.plugin_hypervolume`);
+        and qLogNEI / qLogNEHVI, built on first use, for the
         rest (pending points then integrated over by Monte Carlo, except with more than
-        :data:`BELIEVE_ABOVE` objectives: believed, :func:`bbo.acquisition.believed_hypervolume`).
+        :data:`BELIEVE_ABOVE` objectives: believed, :func:`bbo.acquisition.plugin_hypervolume`).
         ``predictive``: the GP's :class:`~bbo.predictive.CachedPredictive`, where it has one.
         Raises where BoTorch cannot
         build them (the caller falls back)."""
@@ -141,8 +144,19 @@ class AcquisitionStep:
                 seed=ask.seed,
             )
 
-        predictive = None if layout.multi else predictive
         acqf = None
+        if layout.multi and predictive is not None and data.Ymvar is None:
+            acqf = plugin_hypervolume(
+                predictive,
+                layout,
+                ctx.placement.tensor(data.X[base]),
+                data.Ym[rows],
+                prior=prior.prior,
+                prior_exponent=prior.exponent,
+                seed=ask.seed,
+            )
+        plugin = acqf is not None
+        predictive = None if layout.multi else predictive
         if predictive is not None and data.Ymvar is None:  # no reported noise
             acqf = marginal_acquisition(
                 predictive,
@@ -153,7 +167,7 @@ class AcquisitionStep:
                 seed=ask.seed,
                 augmented=noisy,
             )
-        marginal = acqf is not None
+        marginal = acqf is not None and not plugin
         if acqf is None:
             acqf = joint()
 
@@ -173,7 +187,7 @@ class AcquisitionStep:
             )
 
         def believer_mo(X_pending: torch.Tensor) -> AcquisitionFunction:
-            return believed_hypervolume(
+            return plugin_hypervolume(
                 model,
                 layout,
                 ctx.placement.tensor(data.X[base]),
@@ -203,6 +217,7 @@ class AcquisitionStep:
             (restarts, raw, maxiter),
             cheap_init,
             marginal,
+            plugin,
             _incumbent(data, rows, layout),
             layout,
         )
@@ -224,7 +239,7 @@ class AcquisitionStep:
         believed = _believed(acq, X_pending) if X_pending is not None else None
         marginal = acq.marginal and (X_pending is None or believed is not None)
         acqf = believed if believed is not None else acq.acqf
-        if believed is None and not marginal:
+        if believed is None and not marginal and not (acq.plugin and X_pending is None):
             acqf = acq.joint()
             acqf.set_X_pending(X_pending)
         restarts, raw, maxiter = acq.budget
