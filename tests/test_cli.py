@@ -228,6 +228,7 @@ def test_output_cut_short_by_a_closed_pipe_is_no_traceback(tmp_path):
         (["--port", "70000"], {}, "--port"),  # was served on port 4464
         (["--rpc-threads", "0"], {}, "--rpc-threads"),  # was a traceback
         (["--max-concurrent-rpcs", "-1"], {}, "--max-concurrent-rpcs"),
+        (["--max-tenant-rpcs", "-1"], {}, "--max-tenant-rpcs"),
         (["--max-message-bytes", "-1"], {}, "--max-message-bytes"),  # was no size limit at all
         (["--lease-seconds", "0"], {}, "--lease-seconds"),  # every trial abandoned at once
         (["--lease-seconds", "nan"], {}, "--lease-seconds"),

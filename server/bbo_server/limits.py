@@ -8,17 +8,22 @@ looping on one trial is bounded too. The dashboard's HTTP requests (:meth:`Limit
 are held to the same rate and burst in a bucket of their own per tenant, so its polls neither take
 the workers' tokens nor go around the rate. The other costs of a request are bounded in the core
 (:mod:`bbo.limits`: spec and metric sizes; ``--max-ask``; ``--max-studies``) and by gRPC
-(``--max-message-bytes``), all answering RESOURCE_EXHAUSTED.
+(``--max-message-bytes``), all answering RESOURCE_EXHAUSTED. How many calls one tenant has running
+at once is bounded by :class:`TenantCalls` (``--max-tenant-rpcs``).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import random
 import threading
 import time
 from dataclasses import dataclass
 
 from bbo.errors import LimitError
+from bbo_server import metrics as M
+from bbo_server.admission import RETRY_AFTER
 
 RATE_EXEMPT = frozenset({"Tell", "Heartbeat"})  # see the module docstring
 MAX_STUDY_NAME = 128  # characters of a study name (bbo.spec.STUDY_NAME)
@@ -144,3 +149,81 @@ class _Refused(LimitError):
     def __init__(self, limit: str, message: str):
         super().__init__(message)
         self.limit = limit
+
+
+CALLS_EXEMPT = frozenset({"Tell", "Heartbeat"})  # see TenantCalls
+
+
+def default_tenant_rpcs(rpc_threads: int) -> int:
+    """``--max-tenant-rpcs`` when not given: half the handler threads (at least 1), so one tenant
+    leaves the other half to the others whatever it asks."""
+    return max(1, rpc_threads // 2)
+
+
+class TenantCalls:
+    """A bound on the calls one tenant has running at once (``--max-tenant-rpcs``).
+
+    Without it a tenant with as many workers as the server has handler threads (``--rpc-threads``),
+    all asking at once, held every thread while its asks waited on GP fits, and every other
+    tenant's calls, Tells included, queued behind them or were refused by ``--max-concurrent-rpcs``
+    until the burst drained. The servicer checks it once the call's tenant is known (after
+    authentication: the admission interceptor, which runs before, cannot), in :meth:`hold`: a call
+    is counted from there until its handler returns, whatever way it ends (an error, a cancelled
+    call whose handler runs on, an abort), as a try/finally. Over the bound the call is refused at
+    once, before any work, with RESOURCE_EXHAUSTED, a message naming the flag and a
+    google.rpc.RetryInfo, so the clients back off and retry. The count only covers calls on a
+    handler thread, so a bound of ``--rpc-threads`` or more never refuses.
+
+    Tell and Heartbeat (:data:`CALLS_EXEMPT`) are neither counted nor refused, as the rate limit
+    exempts them: they finish or keep alive work the server already handed out and are cheap (a
+    write, no fit), holding a thread for milliseconds where an ask may hold it for seconds. Counted,
+    a tenant's own asks would starve its tells: with the bound full of asks waiting on fits, every
+    freed place raced between the asks' retries and the tells', a tell could be refused until its
+    client gave up (its result lost, its trial abandoned when the lease ran out), and the asks would
+    be fitted on fewer results. Their number is bounded elsewhere: by the trials handed out, per
+    trial by ``--trial-rate`` (with ``--rate-limit``), and in all by ``--max-concurrent-rpcs``.
+    """
+
+    def __init__(self, cap: int):
+        if cap < 1:
+            raise ValueError(f"max_tenant_rpcs must be >= 1, got {cap}")
+        self.cap = cap
+        self._running: dict[str, int] = {}  # tenants with calls running only: a bounded map
+        self._lock = threading.Lock()
+        self.refused = 0  # calls refused so far (tests, logs)
+
+    def running(self, tenant: str) -> int:
+        """Calls of ``tenant`` counted now."""
+        with self._lock:
+            return self._running.get(tenant, 0)
+
+    @contextlib.contextmanager
+    def hold(self, tenant: str, method: str):
+        """Counts the body as one call of ``tenant``; over the bound, raises LimitError (with
+        ``retry_after``) instead of running it."""
+        if method in CALLS_EXEMPT:
+            yield
+            return
+        with self._lock:
+            n = self._running.get(tenant, 0)
+            if n >= self.cap:
+                self.refused += 1
+                M.LIMIT_REFUSALS.labels(limit="tenant_rpcs").inc()
+                e = _Refused(
+                    "tenant_rpcs",
+                    f"tenant '{tenant}' has {n} calls running, the most --max-tenant-rpcs "
+                    f"allows (Tell and Heartbeat apart); retry later (bbo's clients do, after the "
+                    f"RetryInfo delay), or raise --max-tenant-rpcs",
+                )
+                e.retry_after = random.uniform(*RETRY_AFTER)
+                raise e
+            self._running[tenant] = n + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                n = self._running[tenant] - 1
+                if n:
+                    self._running[tenant] = n
+                else:
+                    del self._running[tenant]

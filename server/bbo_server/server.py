@@ -21,6 +21,7 @@ from bbo.registry import StudyConfig, StudyRegistry
 from bbo.storage import Storage, default_url, open_storage
 from bbo_client.v1 import service_pb2
 from bbo_server.admission import SIDE_THREADS, Admission, CountingPool, backstop, default_cap
+from bbo_server.limits import TenantCalls, default_tenant_rpcs
 from bbo_server.servicer import Authenticate, BboServicer, add_to_server
 
 if TYPE_CHECKING:
@@ -68,6 +69,9 @@ class ServerOptions:
     # calls running or queued for a handler thread; past it refused with a RetryInfo (bbo_server/
     # admission.py). 0 = 4 x rpc_threads
     max_concurrent_rpcs: int = 0
+    # calls one tenant has running at once (Tell and Heartbeat apart); past it refused with a
+    # RetryInfo (bbo_server/limits.py: TenantCalls). 0 = rpc_threads // 2
+    max_tenant_rpcs: int = 0
     device: str = "auto"
     max_message_bytes: int = MAX_MESSAGE_BYTES
     max_ask: int = 100
@@ -142,6 +146,7 @@ class RunningServer:
         self.reaper = reaper
         self.unix_socket = ""
         self.admission: Admission | None = None  # the --max-concurrent-rpcs gate (set by start)
+        self.tenant_calls: TenantCalls | None = None  # the --max-tenant-rpcs bound (set by start)
         self._on_stop = list(on_stop)
 
     @property
@@ -212,7 +217,8 @@ def start(opts: ServerOptions, storage: Storage | None = None) -> RunningServer:
             ("grpc.so_reuseport", 0),
         ],
     )
-    add_to_server(BboServicer(registry, opts.authenticate), server)
+    tenant_calls = TenantCalls(opts.max_tenant_rpcs or default_tenant_rpcs(opts.rpc_threads))
+    add_to_server(BboServicer(registry, opts.authenticate, tenant_calls), server)
     hs = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
     reflection.enable_server_reflection(
@@ -249,6 +255,7 @@ def start(opts: ServerOptions, storage: Storage | None = None) -> RunningServer:
     )
     running.unix_socket = opts.unix_socket
     running.admission = admission
+    running.tenant_calls = tenant_calls
     return running
 
 
@@ -277,6 +284,7 @@ def serve_forever(opts: ServerOptions, port_file: str | None = None) -> int:
             "torch_threads": threads,
             "rpc_threads": opts.rpc_threads,
             "max_concurrent_rpcs": opts.max_concurrent_rpcs or default_cap(opts.rpc_threads),
+            "max_tenant_rpcs": opts.max_tenant_rpcs or default_tenant_rpcs(opts.rpc_threads),
             "device": opts.device,
             **facts,
         },

@@ -20,6 +20,7 @@ from bbo_client.v1 import service_pb2_grpc
 from bbo_client.v1 import study_pb2 as pb
 from bbo_server import convert as C
 from bbo_server.errors import status_for
+from bbo_server.limits import TenantCalls
 from bbo_server.logs import request_ids
 
 log = logging.getLogger("bbo.server")
@@ -35,7 +36,9 @@ def default_authenticate(context: grpc.ServicerContext, method: str) -> str:
 
 
 def rpc(fn):
-    """Authenticate, run, log; turn core errors into status codes (never INTERNAL for bad input)."""
+    """Authenticate, run, log; turn core errors into status codes (never INTERNAL for bad input).
+    Once the tenant is known, the call counts against its ``--max-tenant-rpcs`` until it returns
+    (:class:`bbo_server.limits.TenantCalls`)."""
     name = fn.__name__
 
     @functools.wraps(fn)
@@ -46,7 +49,10 @@ def rpc(fn):
             tenant = self.authenticate(context, name)
             if isinstance(request, Undecodable):
                 raise SpecError("request", request.message())
-            return fn(self, request, context, tenant)
+            if self.tenant_calls is None:
+                return fn(self, request, context, tenant)
+            with self.tenant_calls.hold(tenant, name):
+                return fn(self, request, context, tenant)
         except BboError as e:
             status = status_for(e)
         except Exception as e:  # a bug: log it whole, tell the caller little
@@ -141,9 +147,15 @@ def _check_id(value: str, field: str) -> str:
 
 
 class BboServicer(service_pb2_grpc.BboServiceServicer):
-    def __init__(self, registry: StudyRegistry, authenticate: Authenticate | None = None):
+    def __init__(
+        self,
+        registry: StudyRegistry,
+        authenticate: Authenticate | None = None,
+        tenant_calls: TenantCalls | None = None,
+    ):
         self.registry = registry
         self.authenticate = authenticate or default_authenticate
+        self.tenant_calls = tenant_calls  # None: no bound on one tenant's calls at once
 
     def _study(self, name: str, tenant: str) -> Study:
         if not name:

@@ -54,6 +54,14 @@ def register(sub) -> None:
         "RESOURCE_EXHAUSTED and a RetryInfo, and clients retry (0, the default: 4 x --rpc-threads)",
     )
     p.add_argument(
+        "--max-tenant-rpcs",
+        type=int,
+        default=0,
+        help="calls one tenant has running at once, Tell and Heartbeat apart; past it a call is "
+        "refused at once with RESOURCE_EXHAUSTED and a RetryInfo, and clients retry (0, the "
+        "default: half of --rpc-threads; --rpc-threads or more: no bound)",
+    )
+    p.add_argument(
         "--max-ask",
         type=int,
         default=100,
@@ -126,6 +134,7 @@ def check_args(args) -> None:
         ("torch-threads", 0),
         ("rpc-threads", 1),
         ("max-concurrent-rpcs", 0),
+        ("max-tenant-rpcs", 0),
         ("max-ask", 1),
         ("max-cached-studies", 0),
         ("max-message-bytes", 1),
@@ -160,6 +169,7 @@ def run(args) -> int:
         torch_threads=args.torch_threads,
         rpc_threads=args.rpc_threads,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
+        max_tenant_rpcs=args.max_tenant_rpcs,
         device=args.device,
         max_message_bytes=args.max_message_bytes,
         max_ask=args.max_ask,
