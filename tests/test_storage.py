@@ -9,6 +9,7 @@ import time
 
 import pytest
 import sqlalchemy as sa
+from sql_helpers import listing_statements
 
 from bbo.storage import NewTrial, RequestKey, open_storage
 from bbo.trial import Metric, TrialState
@@ -337,14 +338,7 @@ def test_study_listings_are_a_range_of_the_listing_index_unsorted(storage):
     for i in range(20):
         storage.create_study("t", f"s{i:02d}", SPEC, 1)
         storage.create_study("u", f"s{i:02d}", SPEC, 1)
-    seen: list = []
-
-    def grab(conn, cursor, statement, parameters, context, executemany):
-        if "FROM studies" in statement and "ORDER BY" in statement:
-            seen.append((statement, parameters))
-
-    sa.event.listen(storage.engine, "before_cursor_execute", grab)
-    try:
+    with listing_statements(storage.engine) as seen:
         first = storage.list_studies("t", limit=5)
         after = (first[-1].created_at, first[-1].name)
         assert [r.name for r in storage.list_studies("t", after=after, limit=5)] == [
@@ -353,8 +347,6 @@ def test_study_listings_are_a_range_of_the_listing_index_unsorted(storage):
         assert [k.name for k in storage.list_study_keys("t", after=after, limit=5)] == [
             f"s{i:02d}" for i in range(5, 10)
         ]
-    finally:
-        sa.event.remove(storage.engine, "before_cursor_execute", grab)
     assert len(seen) == 3
     with storage.engine.connect() as c:
         plans = [

@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
+from sql_helpers import listing_statements
 
 from bbo.errors import StorageUnavailable
 from bbo.model_sharing import ModelStateCache
@@ -699,21 +700,12 @@ def test_a_study_listing_page_is_an_index_range_not_a_sort(storage):
         )
     with storage.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("VACUUM ANALYZE studies"))  # as autovacuum would: all visible
-    seen: list = []
-
-    def grab(conn, cursor, statement, parameters, context, executemany):
-        if "FROM studies" in statement and "ORDER BY" in statement:
-            seen.append((statement, parameters))
-
-    sa.event.listen(storage.engine, "before_cursor_execute", grab)
-    try:
+    with listing_statements(storage.engine) as seen:
         after = (1700000100.0, "s100")  # 2,900 of the tenant's studies after the cursor
         page = storage.list_studies("a", after=after, limit=50)
         assert [r.name for r in page] == [f"s{i}" for i in range(101, 151)]
         keys = storage.list_study_keys("a", after=after, limit=500)
         assert [k.name for k in keys] == [f"s{i}" for i in range(101, 601)]
-    finally:
-        sa.event.remove(storage.engine, "before_cursor_execute", grab)
     assert len(seen) == 2
     for statement, parameters in seen:
         with storage.engine.connect() as conn:

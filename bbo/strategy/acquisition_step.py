@@ -12,6 +12,7 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -53,6 +54,14 @@ CHEAP_INIT_ABOVE = 60  # model size above which optimizer starts come from a che
 # its batch wider); with three or more it loops over the samples in Python, 60 % of a point's time
 BELIEVE_ABOVE = 2
 PRIOR_SET_ASIDE = "prior set aside: the best trials are less likely under it than the rest"
+
+
+class Steer(TypedDict):
+    """What every acquisition function of one ask takes besides its model and data."""
+
+    prior: LogPrior | None
+    prior_exponent: float
+    seed: int
 
 
 @dataclass
@@ -130,43 +139,20 @@ class AcquisitionStep:
         ctx, data, space = self.ctx, ask.data, self.ctx.spec.space
         layout = data.layout
         base = rows[baseline_rows(data.score[rows], layout.multi)]
+        X_base, Y = ctx.placement.tensor(data.X[base]), data.Ym[rows]
+        steer = Steer(prior=prior.prior, prior_exponent=prior.exponent, seed=ask.seed)
 
         @functools.cache
         def joint() -> AcquisitionFunction:
-            return make_acquisition(
-                model,
-                ctx.spec,
-                layout,
-                ctx.placement.tensor(data.X[base]),
-                data.Ym[rows],
-                prior=prior.prior,
-                prior_exponent=prior.exponent,
-                seed=ask.seed,
-            )
+            return make_acquisition(model, ctx.spec, layout, X_base, Y, **steer)
 
         acqf = None
         if layout.multi and predictive is not None and data.Ymvar is None:
-            acqf = plugin_hypervolume(
-                predictive,
-                layout,
-                ctx.placement.tensor(data.X[base]),
-                data.Ym[rows],
-                prior=prior.prior,
-                prior_exponent=prior.exponent,
-                seed=ask.seed,
-            )
+            acqf = plugin_hypervolume(predictive, layout, X_base, Y, **steer)
         plugin = acqf is not None
         predictive = None if layout.multi else predictive
         if predictive is not None and data.Ymvar is None:  # no reported noise
-            acqf = marginal_acquisition(
-                predictive,
-                layout,
-                data.Ym[rows],
-                prior=prior.prior,
-                prior_exponent=prior.exponent,
-                seed=ask.seed,
-                augmented=noisy,
-            )
+            acqf = marginal_acquisition(predictive, layout, Y, augmented=noisy, **steer)
         marginal = acqf is not None and not plugin
         if acqf is None:
             acqf = joint()
@@ -177,26 +163,11 @@ class AcquisitionStep:
                 return None
             fantasies = to_numpy(believed.train_mean()[len(rows) :])
             return marginal_acquisition(
-                believed,
-                layout,
-                np.vstack([data.Ym[rows], fantasies]),
-                prior=prior.prior,
-                prior_exponent=prior.exponent,
-                seed=ask.seed,
-                augmented=noisy,
+                believed, layout, np.vstack([Y, fantasies]), augmented=noisy, **steer
             )
 
         def believer_mo(X_pending: torch.Tensor) -> AcquisitionFunction:
-            return plugin_hypervolume(
-                model,
-                layout,
-                ctx.placement.tensor(data.X[base]),
-                data.Ym[rows],
-                X_pending,
-                prior=prior.prior,
-                prior_exponent=prior.exponent,
-                seed=ask.seed,
-            )
+            return plugin_hypervolume(model, layout, X_base, Y, X_pending, **steer)
 
         cheap_init = (
             not marginal
