@@ -95,8 +95,20 @@ func retryAfter(err error) (time.Duration, bool) {
 	return 0, false
 }
 
-// call runs fn with the API key and a deadline, retrying UNAVAILABLE (backoff) and refusals that
-// name a retry delay (within RatePatience). Other errors are returned as the gRPC status errors
+// grpcConcurrencyRefusal is gRPC's own refusal past a server's maximum_concurrent_rpcs (bbo's
+// backstop behind --max-concurrent-rpcs): no RetryInfo, yet the call passes once the burst is over.
+const grpcConcurrencyRefusal = "Concurrent RPC limit exceeded!"
+
+// retryable: the same call may pass later without a named delay (the server away, or gRPC's
+// refusal past its concurrent calls).
+func retryable(err error) bool {
+	st := status.Convert(err)
+	return st.Code() == codes.Unavailable ||
+		(st.Code() == codes.ResourceExhausted && st.Message() == grpcConcurrencyRefusal)
+}
+
+// call runs fn with the API key and a deadline, retrying UNAVAILABLE and gRPC's concurrency
+// refusal (backoff) and refusals that name a retry delay (within RatePatience). Other errors are returned as the gRPC status errors
 // they are: status.Code(err) gives the code, status.Convert(err).Message() the server's words.
 func (c *Client) call(ctx context.Context, fn func(ctx context.Context) error) error {
 	delay := c.opts.Backoff
@@ -117,7 +129,7 @@ func (c *Client) call(ctx context.Context, fn func(ctx context.Context) error) e
 			if time.Since(start)+wait > c.opts.RatePatience {
 				return err
 			}
-		} else if status.Code(err) == codes.Unavailable && attempt < c.opts.Retries {
+		} else if retryable(err) && attempt < c.opts.Retries {
 			wait = time.Duration(float64(delay) * (0.5 + mrand.Float64()))
 			delay *= 2
 			if delay > c.opts.MaxBackoff {
