@@ -22,21 +22,22 @@
   0.12 / 0.18 / 0.17 s and the missing hypervolume at 30 (median log10) moved -1.07 / -0.36 /
   -1.77 -> -1.04 / -0.44 / -1.80 (with 10 restarts x 512 raw samples, twice the time, -1.01 /
   -0.39 / -2.02: no better).
-* Otherwise (reported noise, points pending, no cached marginals):
+* Several objectives with points pending (a batch's later points, other workers' trials):
+  the same on the GP with the pending points believed, over the plug-in Pareto front of
+  posterior means at the baseline and pending points (:func:`plugin_hypervolume`), on the
+  believed GP's cached marginals where they exist. qLogNEHVI would recompute its box
+  decompositions, one per Monte Carlo sample, over the baseline and every pending point each
+  time a point is added (Python loops over the samples for m > 2): on DTLZ2 (5-D, 3 objectives,
+  25 trials) a batch point cost 4 s rising to 8-11 s, an ask(30) 244 s; believed, 1.6 to 2.3 s
+  and 54 s, the batch as spread out, the hypervolume after 3 rounds of ask(10) 0.33 against
+  0.31 (mean of 2 seeds, one each way). Two objectives, asks of 4 points (5 seeds x 30,
+  ``bench_multiobjective.py --batch 4``): 0.29 / 0.42 / 0.38 -> 0.17 / 0.26 / 0.28 s a point,
+  missing hypervolume -1.02 / -0.41 / -1.51 -> -1.02 / -0.41 / -1.66 against qLogNEHVI's
+  Monte Carlo over the pending points.
+* Otherwise (reported noise, no cached marginals):
   ``qLogNoisyExpectedHypervolumeImprovement`` on the signed objectives, same
   constraints, with a reference point from ``algorithm.reference_point`` where given and otherwise
   past the worst observed feasible value of each objective (:func:`reference_point`).
-* Three or more objectives with points pending (a batch's later points, other workers' trials):
-  ``qLogExpectedHypervolumeImprovement`` on the GP with the pending points believed, over the
-  plug-in Pareto front of posterior means at the baseline and pending points
-  (:func:`plugin_hypervolume`). qLogNEHVI would recompute its box decompositions, one per Monte
-  Carlo sample, over the baseline and every pending point each time a point is added (Python
-  loops over the samples for m > 2): on DTLZ2 (5-D, 3 objectives, 25 trials) a batch point cost
-  4 s rising to 8-11 s, an ask(30) 244 s; believed, 1.6 to 2.3 s and 54 s, the batch as spread
-  out, the hypervolume after 3 rounds of ask(10) 0.33 against 0.31 (mean of 2 seeds, one each
-  way). Two objectives keep qLogNEHVI
-  (:data:`bbo.strategy.acquisition_step.BELIEVE_ABOVE`): BoTorch partitions their samples in one
-  batched pass, about 1 s a point at 30 pending.
 * Priors (:mod:`bbo.priors`): ``PriorGuidedAcquisitionFunction(log=True)`` adds
   ``beta / n * log prior(x)`` to each MC sample of the log-acquisition before reduction (piBO);
   on the marginals, where that is the same sum after reduction,

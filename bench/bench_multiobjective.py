@@ -1,5 +1,6 @@
 """Several objectives, side by side in one run: bbo (qLogNEHVI), Optuna's GPSampler and TPE, and
-random search on BoTorch's multi-objective test functions, one point per ask.
+random search on BoTorch's multi-objective test functions, one point per ask (``--batch q``: q
+points per ask, as q workers would take them, every point of an ask evaluated before the next).
 
 Score: the hypervolume of the evaluated points' Pareto front (against each problem's reference
 point) as a share of the front's known maximum, at every evaluation; reported as the log10 of the
@@ -7,6 +8,7 @@ gap (lower is better), median over seeds, and the median seconds per ask after t
 
     OMP_NUM_THREADS=1 python bench/bench_multiobjective.py [--seeds 5] [--budget 30]
         [--problems branin_currin,dtlz2_6d,zdt1_6d] [--methods bbo,optuna_gp,optuna_tpe,random]
+        [--batch 1]
 
 Writes bench/results/multiobjective.{json,md,png}.
 """
@@ -54,7 +56,7 @@ def hv_curve(f, Y: np.ndarray) -> list[float]:
     return out
 
 
-def run(name: str, method: str, seed: int, budget: int) -> dict:
+def run(name: str, method: str, seed: int, budget: int, batch: int = 1) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -78,16 +80,18 @@ def run(name: str, method: str, seed: int, budget: int) -> dict:
         objs = tuple(Objective(f"f{j}", goal="maximize") for j in range(m))
         gs = GenerationStrategy(StudySpec(space, objs, algorithm=AlgorithmOptions(seed=seed)))
         trials = []
-        for i in range(budget):
+        while len(trials) < budget:
             t0 = time.perf_counter()
-            (s,) = gs.suggest(trials, 1)
-            asks.append((time.perf_counter() - t0, s.origin != "initial_design"))
-            x = [float(s.params[n]) for n in names]
-            y = evaluate(x)
-            metrics = {f"f{j}": Metric(v) for j, v in enumerate(y)}
-            trials.append(Trial(i + 1, s.params, TrialState.COMPLETED, metrics))
-            X.append(x)
-            Y.append(y)
+            out = gs.suggest(trials, min(batch, budget - len(trials)))
+            per_point = (time.perf_counter() - t0) / len(out)
+            for s in out:
+                asks.append((per_point, s.origin != "initial_design"))
+                x = [float(s.params[n]) for n in names]
+                y = evaluate(x)
+                metrics = {f"f{j}": Metric(v) for j, v in enumerate(y)}
+                trials.append(Trial(len(trials) + 1, s.params, TrialState.COMPLETED, metrics))
+                X.append(x)
+                Y.append(y)
     elif method == "random":
         rng = np.random.default_rng(seed)
         for _ in range(budget):
@@ -105,15 +109,18 @@ def run(name: str, method: str, seed: int, budget: int) -> dict:
         )
         study = optuna.create_study(directions=["maximize"] * m, sampler=sampler)
         dist = {n: optuna.distributions.FloatDistribution(a, b) for n, a, b in zip(names, lo, hi)}
-        for i in range(budget):
+        while len(X) < budget:
+            k = min(batch, budget - len(X))
             t0 = time.perf_counter()
-            tr = study.ask(dist)
-            asks.append((time.perf_counter() - t0, i >= 10))  # GPSampler: 10 random startup points
-            x = [tr.params[n] for n in names]
-            y = evaluate(x)
-            study.tell(tr, y)
-            X.append(x)
-            Y.append(y)
+            trs = [study.ask(dist) for _ in range(k)]
+            per_point = (time.perf_counter() - t0) / k
+            for tr in trs:  # GPSampler: 10 random startup points
+                asks.append((per_point, len(X) >= 10))
+                x = [tr.params[n] for n in names]
+                y = evaluate(x)
+                study.tell(tr, y)
+                X.append(x)
+                Y.append(y)
     curve = hv_curve(f, np.array(Y))
     model_asks = [s for s, model in asks if model]
     return {
@@ -148,12 +155,13 @@ def summarize(runs: list[dict], budget: int) -> dict:
     return table
 
 
-def markdown(table: dict, seeds: int, budget: int, wall: float) -> str:
+def markdown(table: dict, seeds: int, budget: int, wall: float, batch: int = 1) -> str:
+    per = "one point per ask" if batch == 1 else f"{batch} points per ask (seconds per point)"
     methods = [m for m in METHODS if any(m in by for by in table.values())]
     lines = [
         "### Several objectives",
         "",
-        f"{seeds} seeds, budget {budget}, one point per ask; log10 of the hypervolume gap (share of"
+        f"{seeds} seeds, budget {budget}, {per}; log10 of the hypervolume gap (share of"
         f" the maximum left to find; lower is better), median over seeds, at evaluation"
         f" {budget // 2} / {budget}; and median seconds per model-based ask. Wall {wall:.0f} s.",
         "",
@@ -201,13 +209,14 @@ def main(argv=None) -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--tag", default="multiobjective")
+    ap.add_argument("--batch", type=int, default=1, help="points per ask")
     args = ap.parse_args(argv)
     t0 = time.time()
     runs = []
     for p in args.problems.split(","):
         for m in args.methods.split(","):
             for s in range(args.seeds):
-                r = run(p, m, s, args.budget)
+                r = run(p, m, s, args.budget, args.batch)
                 runs.append(r)
                 gap = (r["max_hv"] - r["hv"][-1]) / r["max_hv"]
                 ask = f"{r['ask_s']:.3g} s/ask" if r["ask_s"] is not None else ""
@@ -220,7 +229,7 @@ def main(argv=None) -> None:
     base = os.path.join(args.out, args.tag)
     with open(base + ".json", "w") as fh:
         json.dump({"seeds": args.seeds, "budget": args.budget, "table": table, "runs": runs}, fh)
-    md = markdown(table, args.seeds, args.budget, wall)
+    md = markdown(table, args.seeds, args.budget, wall, args.batch)
     with open(base + ".md", "w") as fh:
         fh.write(md)
     plot(table, base + ".png")

@@ -48,11 +48,6 @@ log = logging.getLogger(__name__)
 MARGINAL_TOLERANCES = {"pgtol": 1e-3, "factr": 1e10}
 INCUMBENT_JITTER = 0.01  # the incumbent's restart starts this far off it (share of each range)
 CHEAP_INIT_ABOVE = 60  # model size above which optimizer starts come from a cheap analytic score
-# objectives above which pending points are believed (:func:`bbo.acquisition.plugin_hypervolume`)
-# rather than integrated over by qLogNEHVI: with two, BoTorch partitions all Monte Carlo samples in
-# one batched pass (an ask(30) on BraninCurrin took 0.9 s a point either way, and qLogNEHVI spread
-# its batch wider); with three or more it loops over the samples in Python, 60 % of a point's time
-BELIEVE_ABOVE = 2
 PRIOR_SET_ASIDE = "prior set aside: the best trials are less likely under it than the rest"
 
 
@@ -81,7 +76,7 @@ class Acquisition:
     acqf: AcquisitionFunction  # for a point chosen alone: on the marginals where that applies
     joint: Callable[[], AcquisitionFunction]  # MC where marginals do not apply (pending: X_pending)
     # the acquisition with pending points believed: on the marginals (one objective), or
-    # :func:`bbo.acquisition.plugin_hypervolume` (three or more); None otherwise
+    # :func:`bbo.acquisition.plugin_hypervolume` (:func:`believes_pending`); None otherwise
     believer: Callable[[torch.Tensor], AcquisitionFunction | None] | None
     predictive: CachedPredictive | None  # the GP's marginals, cheaply (single objective)
     origin: str  # bo, or prior_guided_bo
@@ -132,7 +127,7 @@ class AcquisitionStep:
         plug-in front's qLogEHVI on the marginals (:func:`bbo.acquisition.plugin_hypervolume`);
         and qLogNEI / qLogNEHVI, built on first use, for the
         rest (pending points then integrated over by Monte Carlo, except with more than
-        :data:`BELIEVE_ABOVE` objectives: believed, :func:`bbo.acquisition.plugin_hypervolume`).
+        several objectives: believed, :func:`bbo.acquisition.plugin_hypervolume`).
         ``predictive``: the GP's :class:`~bbo.predictive.CachedPredictive`, where it has one.
         Raises where BoTorch cannot
         build them (the caller falls back)."""
@@ -167,7 +162,11 @@ class AcquisitionStep:
             )
 
         def believer_mo(X_pending: torch.Tensor) -> AcquisitionFunction:
-            return plugin_hypervolume(model, layout, X_base, Y, X_pending, **steer)
+            believed = cached_predictive(believe(model, X_pending))
+            if believed is None:  # pending points believed on the GP itself
+                return plugin_hypervolume(model, layout, X_base, Y, X_pending, **steer)
+            X_all = torch.cat([X_base, X_pending])  # the believed points join the front
+            return plugin_hypervolume(believed, layout, X_all, Y, **steer)
 
         cheap_init = (
             not marginal
@@ -181,7 +180,7 @@ class AcquisitionStep:
         return Acquisition(
             acqf,
             joint,
-            believer if marginal else believer_mo if len(layout.obj_idx) > BELIEVE_ABOVE else None,
+            believer if marginal else believer_mo if believes_pending(layout, data) else None,
             predictive,
             prior.origin,
             prior.note,
@@ -312,6 +311,14 @@ def _believed(acq: Acquisition, X_pending: torch.Tensor) -> AcquisitionFunction 
     except Exception as e:  # noqa: BLE001
         log.info("believer acquisition failed: %s", e)
         return None
+
+
+def believes_pending(layout, data) -> bool:
+    """Whether several objectives' pending points are believed (:func:`bbo.acquisition.believe`)
+    rather than integrated over by qLogNEHVI's Monte Carlo: always without reported noise (the
+    plug-in front, as for a point asked alone), and with it from three objectives on, where
+    qLogNEHVI loops over its samples' box decompositions in Python (60 % of a point's time)."""
+    return layout.multi and (data.Ymvar is None or len(layout.obj_idx) > 2)
 
 
 def _join(note: str, more: str) -> str:
