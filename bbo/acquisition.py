@@ -20,8 +20,9 @@
   candidate; each evaluation costs a fifth (4 ms against 20 at 25 trials). On BraninCurrin, DTLZ2
   and ZDT1 (6-D; 5 seeds x 30, ``bench_multiobjective.py``) an ask took 0.28 / 0.53 / 0.40 ->
   0.12 / 0.18 / 0.17 s and the missing hypervolume at 30 (median log10) moved -1.07 / -0.36 /
-  -1.77 -> -1.04 / -0.44 / -1.80 (with 10 restarts x 512 raw samples, twice the time, -1.01 /
-  -0.39 / -2.02: no better).
+  -1.77 -> -1.04 / -0.44 / -1.80 (no better with more optimizer effort: 10 restarts x 512 raw
+  samples, twice the time, -1.01 / -0.39 / -2.02; 5 x 512 with 40 L-BFGS steps, -1.05 / -0.38 /
+  -1.74; 4 x 512, -1.05 / -0.39 / -1.80).
 * Several objectives with points pending (a batch's later points, other workers' trials):
   the same on the GP with the pending points believed, over the plug-in Pareto front of
   posterior means at the baseline and pending points (:func:`plugin_hypervolume`), on the
