@@ -20,14 +20,13 @@ RetryInfo (:data:`GRPC_REFUSAL`), which bbo's clients retry too.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from concurrent import futures
 
 import grpc
 
-from bbo.errors import LimitError
 from bbo_server.errors import status_for
+from bbo_server.limits import busy
 
 log = logging.getLogger("bbo.server")
 
@@ -35,7 +34,6 @@ HEALTH_CHECK = (
     "/grpc.health.v1.Health/Check"  # unary, cheap: never refused, never queued behind calls
 )
 SIDE_THREADS = 4  # threads for refusals and health checks
-RETRY_AFTER = (0.25, 1.0)  # seconds a refusal asks to wait: random in this range, so retries spread
 GRPC_REFUSAL = "Concurrent RPC limit exceeded!"  # gRPC's own words past maximum_concurrent_rpcs
 
 
@@ -81,10 +79,6 @@ class CountingPool(futures.ThreadPoolExecutor):
             self._pending -= 1
 
 
-class _Busy(LimitError):
-    limit = "concurrent_rpcs"
-
-
 class Admission(grpc.ServerInterceptor):
     """Refuses a call (with RetryInfo) while ``pool`` holds ``cap`` calls or more; health checks pass
     on ``side``. Must be the first interceptor: refused calls reach no other."""
@@ -97,12 +91,12 @@ class Admission(grpc.ServerInterceptor):
 
         def refuse(request_iterator, context):
             del request_iterator  # never read: the refusal does not wait for the request
-            e = _Busy(
+            e = busy(
+                "concurrent_rpcs",
                 f"server busy: {self.cap} calls are running or queued, the most "
                 f"--max-concurrent-rpcs allows; retry later (bbo's clients do, after the "
-                f"RetryInfo delay), or raise --max-concurrent-rpcs or --rpc-threads"
+                f"RetryInfo delay), or raise --max-concurrent-rpcs or --rpc-threads",
             )
-            e.retry_after = random.uniform(*RETRY_AFTER)
             context.abort_with_status(status_for(e))
 
         refuse.experimental_thread_pool = side  # type: ignore[attr-defined]

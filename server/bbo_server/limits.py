@@ -23,9 +23,11 @@ from dataclasses import dataclass
 
 from bbo.errors import LimitError
 from bbo_server import metrics as M
-from bbo_server.admission import RETRY_AFTER
 
-RATE_EXEMPT = frozenset({"Tell", "Heartbeat"})  # see the module docstring
+# calls that finish or keep alive work the server handed out: exempt from the tenant's rate (see
+# the module docstring) and from --max-tenant-rpcs (see TenantCalls)
+FINISHING = frozenset({"Tell", "Heartbeat"})
+BUSY_RETRY_AFTER = (0.25, 1.0)  # seconds a refusal for load asks to wait: random, so retries spread
 MAX_STUDY_NAME = 128  # characters of a study name (bbo.spec.STUDY_NAME)
 
 
@@ -101,7 +103,7 @@ class LimitChecker:
         # A name no study can have (over 128 characters: NOT_FOUND once past this gate) finishes
         # no work: the tenant's rate holds. Keyed by it, each of MAX_TRIAL_BUCKETS kept the whole
         # name a request sent (up to --max-message-bytes, 4 MiB: 400 GiB in all).
-        if method in RATE_EXEMPT and isinstance(study, str) and len(study) <= MAX_STUDY_NAME:
+        if method in FINISHING and isinstance(study, str) and len(study) <= MAX_STUDY_NAME:
             key = (tenant, study, getattr(request, "trial_id", 0), method)
             bucket = self._trial_bucket(key)
             _take(
@@ -137,21 +139,25 @@ class LimitChecker:
 
 
 def _take(bucket: TokenBucket, limit: str, message: str) -> None:
-    """A token from ``bucket``, else :class:`_Refused` for ``limit`` with ``message`` and
+    """A token from ``bucket``, else :class:`Refused` for ``limit`` with ``message`` and
     when to retry."""
     if not bucket.take():
-        e = _Refused(limit, message)
-        e.retry_after = max(bucket.wait(), 0.001)
-        raise e
+        raise Refused(limit, message, max(bucket.wait(), 0.001))
 
 
-class _Refused(LimitError):
-    def __init__(self, limit: str, message: str):
+class Refused(LimitError):
+    """A request over ``limit``, to be retried after ``retry_after`` seconds."""
+
+    def __init__(self, limit: str, message: str, retry_after: float):
         super().__init__(message)
         self.limit = limit
+        self.retry_after = retry_after
 
 
-CALLS_EXEMPT = frozenset({"Tell", "Heartbeat"})  # see TenantCalls
+def busy(limit: str, message: str) -> Refused:
+    """A refusal for load (the server's or a tenant's calls at once): retried after a random
+    :data:`BUSY_RETRY_AFTER` delay, so the refused callers do not come back together."""
+    return Refused(limit, message, random.uniform(*BUSY_RETRY_AFTER))
 
 
 def default_tenant_rpcs(rpc_threads: int) -> int:
@@ -174,7 +180,7 @@ class TenantCalls:
     google.rpc.RetryInfo, so the clients back off and retry. The count only covers calls on a
     handler thread, so a bound of ``--rpc-threads`` or more never refuses.
 
-    Tell and Heartbeat (:data:`CALLS_EXEMPT`) are neither counted nor refused, as the rate limit
+    Tell and Heartbeat (:data:`FINISHING`) are neither counted nor refused, as the rate limit
     exempts them: they finish or keep alive work the server already handed out and are cheap (a
     write, no fit), holding a thread for milliseconds where an ask may hold it for seconds. Counted,
     a tenant's own asks would starve its tells: with the bound full of asks waiting on fits, every
@@ -201,7 +207,7 @@ class TenantCalls:
     def hold(self, tenant: str, method: str):
         """Counts the body as one call of ``tenant``; over the bound, raises LimitError (with
         ``retry_after``) instead of running it."""
-        if method in CALLS_EXEMPT:
+        if method in FINISHING:
             yield
             return
         with self._lock:
@@ -209,14 +215,12 @@ class TenantCalls:
             if n >= self.cap:
                 self.refused += 1
                 M.LIMIT_REFUSALS.labels(limit="tenant_rpcs").inc()
-                e = _Refused(
+                raise busy(
                     "tenant_rpcs",
                     f"tenant '{tenant}' has {n} calls running, the most --max-tenant-rpcs "
                     f"allows (Tell and Heartbeat apart); retry later (bbo's clients do, after the "
                     f"RetryInfo delay), or raise --max-tenant-rpcs",
                 )
-                e.retry_after = random.uniform(*RETRY_AFTER)
-                raise e
             self._running[tenant] = n + 1
         try:
             yield
