@@ -11,6 +11,7 @@ import grpc
 from bbo_client.v1 import service_pb2 as svc
 from bbo_client.v1 import service_pb2_grpc
 from bbo_client.v1 import study_pb2 as pb
+from bbo_server.interceptor import MethodInterceptor
 
 RPCS = [
     "CreateStudy",
@@ -210,3 +211,25 @@ def make_certs(d: Path) -> dict[str, str]:
             "client_key": "client.key",
         }.items()
     }
+
+
+class BareRefusals(MethodInterceptor):
+    """Refuses the first ``n`` calls as gRPC itself does past a server's maximum_concurrent_rpcs
+    (the backstop behind --max-concurrent-rpcs): RESOURCE_EXHAUSTED with no RetryInfo."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.left = n
+
+    def _wrap(self, handler, method: str):
+        inner = handler.unary_unary
+
+        def behavior(request, context):
+            if self.left > 0:
+                self.left -= 1
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!")
+            return inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            behavior, handler.request_deserializer, handler.response_serializer
+        )

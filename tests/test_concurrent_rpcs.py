@@ -11,6 +11,7 @@ import time
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sec_helpers import BareRefusals
 
 import bbo_client as bc
 from bbo.design import sobol_design
@@ -160,3 +161,27 @@ def test_grpcs_own_concurrency_refusal_is_retryable():
     without a RetryInfo (a size bound) are final."""
     assert retryable(ResourceExhausted(GRPC_CONCURRENCY_REFUSAL))
     assert not retryable(ResourceExhausted("spec.parameters: over --max-parameters (256)"))
+
+
+def test_the_client_waits_out_grpcs_own_refusal_as_a_load_refusal(tmp_path):
+    """gRPC's bare refusal past the server's concurrent calls is a refusal for load, as the cap's
+    is: a client retries it for its rate_patience, not only its few UNAVAILABLE retries (none
+    here), and the call passes once the server takes calls again."""
+    refusals = BareRefusals(3)
+    srv = start(
+        ServerOptions(
+            port=0,
+            db="sqlite:///" + str(tmp_path / "bare.db"),
+            strategy_factory=Sobol,
+            rpc_threads=2,
+            lease_reap_seconds=0,
+            interceptors=[refusals],
+        )
+    )
+    try:
+        with bc.Client(srv.address, retries=0, backoff=0.01, rate_patience=WAIT) as c:
+            study = c.create_study("bare", parameters=[bc.Float("x", 0, 1)], objectives="y")
+            assert study.name == "bare"
+        assert refusals.left == 0
+    finally:
+        srv.stop(grace=5)

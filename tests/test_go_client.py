@@ -10,10 +10,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import grpc
 import pytest
+from sec_helpers import BareRefusals
 
-from bbo_server.interceptor import MethodInterceptor
 from bbo_server.server import ServerOptions, start
 
 GO_DIR = Path(__file__).resolve().parents[1] / "clients" / "go"
@@ -132,33 +131,11 @@ def test_go_generated_code_matches_the_protos(tmp_path):
     )
 
 
-class _BareRefusals(MethodInterceptor):
-    """Refuses the first ``n`` calls as gRPC itself does past a server's maximum_concurrent_rpcs
-    (the backstop behind --max-concurrent-rpcs): RESOURCE_EXHAUSTED with no RetryInfo."""
-
-    def __init__(self, n: int):
-        super().__init__()
-        self.left = n
-
-    def _wrap(self, handler, method: str):
-        inner = handler.unary_unary
-
-        def behavior(request, context):
-            if self.left > 0:
-                self.left -= 1
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!")
-            return inner(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(
-            behavior, handler.request_deserializer, handler.response_serializer
-        )
-
-
 @needs_go
 def test_go_client_retries_grpcs_own_concurrency_refusal(tmp_path, worker):
     """gRPC's own refusal past the server's concurrent calls carries no RetryInfo; the Go client
     retries it as it retries UNAVAILABLE, and the worker's study runs."""
-    refusals = _BareRefusals(2)
+    refusals = BareRefusals(2)
     srv = start(
         ServerOptions(
             port=0,

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 
 from bbo_client.errors import (
+    GRPC_CONCURRENCY_REFUSAL,
     BboError,
     InvalidArgument,
     NotFound,
@@ -162,9 +163,10 @@ class Client:
         patience: float | None = None,
     ):
         """One RPC; retried with jittered exponential backoff while it fails in a way that may pass
-        later (:func:`retryable`): UNAVAILABLE ``self.retries`` times, a rate limit's refusal (which
-        says when to come back) for ``self.rate_patience`` seconds; with ``patience``, either for
-        that many seconds."""
+        later (:func:`retryable`): UNAVAILABLE ``self.retries`` times, a refusal for load (a rate
+        limit's or a cap's, which says when to come back, or gRPC's own past the server's
+        concurrent calls) for ``self.rate_patience`` seconds; with ``patience``, either for that
+        many seconds."""
         fn = getattr(self._stub, method)
         delay = self.backoff
         start = time.monotonic()
@@ -178,7 +180,7 @@ class Client:
             wait = max(delay * (0.5 + random.random()), err.retry_after or 0.0)
             if patience is not None:
                 more = time.monotonic() + wait - start < patience
-            elif err.retry_after is not None:
+            elif err.retry_after is not None or err.message == GRPC_CONCURRENCY_REFUSAL:
                 more = time.monotonic() + wait - start < self.rate_patience
             else:
                 more = attempt <= self.retries
