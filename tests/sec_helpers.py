@@ -233,3 +233,13 @@ class BareRefusals(MethodInterceptor):
         return grpc.unary_unary_rpc_method_handler(
             behavior, handler.request_deserializer, handler.response_serializer
         )
+
+
+def in_process_server(db_path: Path, **opts):
+    """A bbo server in this process on a free loopback port, with no lease reaper, its database
+    at ``db_path``: for tests that reach into it or wrap its handlers (``interceptors``)."""
+    from bbo_server.server import ServerOptions, start
+
+    return start(
+        ServerOptions(port=0, db="sqlite:///" + str(db_path), lease_reap_seconds=0, **opts)
+    )

@@ -11,7 +11,7 @@ import time
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sec_helpers import BareRefusals
+from sec_helpers import BareRefusals, in_process_server
 
 import bbo_client as bc
 from bbo.design import sobol_design
@@ -19,7 +19,6 @@ from bbo.strategy import Suggestion
 from bbo_client.errors import GRPC_CONCURRENCY_REFUSAL, ResourceExhausted, from_rpc_error, retryable
 from bbo_client.v1 import service_pb2, service_pb2_grpc
 from bbo_server.interceptor import MethodInterceptor
-from bbo_server.server import ServerOptions, start
 
 WAIT = 30.0  # seconds a test waits for something before it fails (never reached when it passes)
 
@@ -72,16 +71,12 @@ class Capped:
 
     def __init__(self, tmp_path):
         self.hold = Hold()
-        self.srv = start(
-            ServerOptions(
-                port=0,
-                db="sqlite:///" + str(tmp_path / "cap.db"),
-                strategy_factory=Sobol,
-                rpc_threads=1,
-                max_concurrent_rpcs=2,
-                lease_reap_seconds=0,
-                interceptors=[self.hold],
-            )
+        self.srv = in_process_server(
+            tmp_path / "cap.db",
+            strategy_factory=Sobol,
+            rpc_threads=1,
+            max_concurrent_rpcs=2,
+            interceptors=[self.hold],
         )
         assert self.srv.admission is not None
         self.admission = self.srv.admission
@@ -168,15 +163,8 @@ def test_the_client_waits_out_grpcs_own_refusal_as_a_load_refusal(tmp_path):
     is: a client retries it for its rate_patience, not only its few UNAVAILABLE retries (none
     here), and the call passes once the server takes calls again."""
     refusals = BareRefusals(3)
-    srv = start(
-        ServerOptions(
-            port=0,
-            db="sqlite:///" + str(tmp_path / "bare.db"),
-            strategy_factory=Sobol,
-            rpc_threads=2,
-            lease_reap_seconds=0,
-            interceptors=[refusals],
-        )
+    srv = in_process_server(
+        tmp_path / "bare.db", strategy_factory=Sobol, rpc_threads=2, interceptors=[refusals]
     )
     try:
         with bc.Client(srv.address, retries=0, backoff=0.01, rate_patience=WAIT) as c:

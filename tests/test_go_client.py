@@ -11,9 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from sec_helpers import BareRefusals
-
-from bbo_server.server import ServerOptions, start
+from sec_helpers import BareRefusals, in_process_server
 
 GO_DIR = Path(__file__).resolve().parents[1] / "clients" / "go"
 GO_SOURCES = Path(os.environ.get("BBO_GO_SOURCES", "/usr/share/gocode"))
@@ -136,15 +134,7 @@ def test_go_client_retries_grpcs_own_concurrency_refusal(tmp_path, worker):
     """gRPC's own refusal past the server's concurrent calls carries no RetryInfo; the Go client
     retries it as it retries UNAVAILABLE, and the worker's study runs."""
     refusals = BareRefusals(2)
-    srv = start(
-        ServerOptions(
-            port=0,
-            db="sqlite:///" + str(tmp_path / "bare.db"),
-            rpc_threads=2,
-            lease_reap_seconds=0,
-            interceptors=[refusals],
-        )
-    )
+    srv = in_process_server(tmp_path / "bare.db", rpc_threads=2, interceptors=[refusals])
     try:
         r = _run(worker, "-workers", "1", "-trials", "2", srv.address, "bare-refusals")
     finally:
