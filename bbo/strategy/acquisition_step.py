@@ -73,7 +73,7 @@ class PriorChoice:
 class Acquisition:
     """One ask's acquisition functions and what its steps share."""
 
-    acqf: AcquisitionFunction  # for a point chosen alone: on the marginals where that applies
+    alone: Callable[[], AcquisitionFunction]  # for a point chosen alone, built on first use
     joint: Callable[[], AcquisitionFunction]  # MC where marginals do not apply (pending: X_pending)
     # the acquisition with pending points believed: on the marginals (one objective), or
     # :func:`bbo.acquisition.plugin_hypervolume` (:func:`believes_pending`); None otherwise
@@ -83,8 +83,7 @@ class Acquisition:
     note: str  # the model's notes (fit fallbacks, a prior set aside)
     budget: tuple[int, int, int]  # optimizer restarts, raw samples, L-BFGS iterations
     cheap_init: bool  # optimizer starts from a cheap analytic score (large continuous models)
-    marginal: bool  # acqf runs on the cached marginals (one point at a time, one objective)
-    plugin: bool  # acqf: several objectives' plug-in front on the cached marginals (no pending)
+    marginal: bool  # alone runs on the cached marginals (one point at a time, one objective)
     incumbent: np.ndarray | None  # the best observed feasible point (encoded), if any
     layout: Layout  # the outcome layout in the model's units (:attr:`TrainingData.layout`)
 
@@ -125,9 +124,11 @@ class AcquisitionStep:
         objective known to be noisy), the same with pending points believed
         (:func:`bbo.acquisition.believe`); for several objectives without reported noise, the
         plug-in front's qLogEHVI on the marginals (:func:`bbo.acquisition.plugin_hypervolume`);
-        and qLogNEI / qLogNEHVI, built on first use, for the
-        rest (pending points then integrated over by Monte Carlo, except with more than
-        several objectives: believed, :func:`bbo.acquisition.plugin_hypervolume`).
+        and qLogNEI / qLogNEHVI for the rest (pending points then integrated over by Monte
+        Carlo, except for several objectives where :func:`believes_pending`: believed,
+        :func:`bbo.acquisition.plugin_hypervolume`). The hypervolume acquisitions are built on
+        first use: their box decompositions are the costly part of an ask with many objectives,
+        and an ask whose points all have others pending never uses the one without them.
         ``predictive``: the GP's :class:`~bbo.predictive.CachedPredictive`, where it has one.
         Raises where BoTorch cannot
         build them (the caller falls back)."""
@@ -141,16 +142,23 @@ class AcquisitionStep:
         def joint() -> AcquisitionFunction:
             return make_acquisition(model, ctx.spec, layout, X_base, Y, **steer)
 
+        marginals, predictive = predictive, None if layout.multi else predictive
         acqf = None
-        if layout.multi and predictive is not None and data.Ymvar is None:
-            acqf = plugin_hypervolume(predictive, layout, X_base, Y, **steer)
-        plugin = acqf is not None
-        predictive = None if layout.multi else predictive
         if predictive is not None and data.Ymvar is None:  # no reported noise
             acqf = marginal_acquisition(predictive, layout, Y, augmented=noisy, **steer)
-        marginal = acqf is not None and not plugin
-        if acqf is None:
-            acqf = joint()
+        marginal = acqf is not None
+        front = layout.multi and marginals is not None and data.Ymvar is None
+
+        @functools.cache
+        def alone() -> AcquisitionFunction:
+            if acqf is not None:
+                return acqf
+            if front:  # the plug-in front on the marginals
+                return plugin_hypervolume(marginals, layout, X_base, Y, **steer)
+            return joint()
+
+        if not marginal and not front:
+            joint()  # built here, as before: where BoTorch cannot, the caller falls back
 
         def believer(X_pending: torch.Tensor) -> AcquisitionFunction | None:
             believed = cached_predictive(believe(model, X_pending))
@@ -178,7 +186,7 @@ class AcquisitionStep:
         lean = layout.multi or data.Ymvar is not None  # a Monte Carlo acquisition at every ask
         restarts, raw, maxiter = budget(len(rows), space.dim, marginal, lean)
         return Acquisition(
-            acqf,
+            alone,
             joint,
             believer if marginal else believer_mo if believes_pending(layout, data) else None,
             predictive,
@@ -187,7 +195,6 @@ class AcquisitionStep:
             (restarts, raw, maxiter),
             cheap_init,
             marginal,
-            plugin,
             _incumbent(data, rows, layout),
             layout,
         )
@@ -208,8 +215,11 @@ class AcquisitionStep:
         X_pending = torch.cat(pending, dim=0) if pending else None
         believed = _believed(acq, X_pending) if X_pending is not None else None
         marginal = acq.marginal and (X_pending is None or believed is not None)
-        acqf = believed if believed is not None else acq.acqf
-        if believed is None and not marginal and not (acq.plugin and X_pending is None):
+        if believed is not None:
+            acqf = believed
+        elif X_pending is None:
+            acqf = acq.alone()
+        else:  # Monte Carlo over the pending points
             acqf = acq.joint()
             acqf.set_X_pending(X_pending)
         restarts, raw, maxiter = acq.budget
