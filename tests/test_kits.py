@@ -82,6 +82,10 @@ def test_unknown_options_rejected():
         ("hpo", dict(cv_folds=1)),
         ("hpo", dict(cv_folds=2.5)),
         ("hpo", dict(max_samples=0)),
+        ("hpo", dict(part="0/3")),
+        ("hpo", dict(part="4/3")),
+        ("hpo", dict(part="half")),
+        ("hpo", dict(part="1/6", dataset="iris")),
         ("hpo", dict(max_train_seconds=-1.0)),
         ("hpo", dict(model="sgd_mlp", max_epochs="x")),
         ("admm", dict(accuracy=0.0)),
@@ -99,6 +103,27 @@ def test_out_of_range_options_are_refused_naming_the_option(name, opts):
     with pytest.raises(SpecError, match=f"option {option} must be") as e:
         KITS[name].spec(**opts)
     assert e.value.field == option
+
+
+def test_parts_of_a_data_set_are_disjoint_and_cover_it():
+    """``part="k/n"``: n disjoint parts of the rows that together are the data set, each a fixed
+    draw; the whole data set's spec is the one written before the option existed."""
+    from bbo.kits.hpo import load_dataset
+
+    X, _ = load_dataset("wine")
+    parts = [load_dataset("wine", part=f"{k}/3")[0] for k in (1, 2, 3)]
+    assert sorted(len(p) for p in parts) == [59, 59, 60]
+    rows = {tuple(r) for p in parts for r in p}
+    assert len(rows) == len(X) == sum(len(p) for p in parts)
+    assert {tuple(r) for r in X} == rows
+    assert "part" not in [p.name for p in KITS["hpo"].spec().space.params]
+    spec = KITS["hpo"].spec(dataset="wine", part="2/3")
+    fixed = {p.name: p.value for p in spec.space.params if p.name not in spec.space.names}
+    assert fixed["part"] == "2/3"
+    (p,) = sobol_design(spec.space, 1, seed=3)
+    p = spec.space.validate_params(p)
+    other = {**p, "part": "3/3"}
+    assert KITS["hpo"].evaluate(p)["cv_error"] != KITS["hpo"].evaluate(other)["cv_error"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=_ids)

@@ -12,7 +12,9 @@ K-fold CV, K = ``cv_folds`` (default 3), shuffled with the evaluation seed; the 
 ``random_state`` is the seed too, so ``evaluate(params, seed)`` is deterministic for a seed.
 Data sets larger than ``max_samples`` rows (default 1000; only ``digits``, 1797 rows) are
 subsampled once, with a fixed generator independent of the seed, so every trial of every seed sees
-the same rows. Inputs are standardised inside each fold (a ``StandardScaler`` in the pipeline) for
+the same rows. ``part="k/n"`` keeps the k-th of n disjoint parts of the rows (drawn with the same
+fixed generator) before that: new data of the same kind, the case a stored study of another part
+is transferred to (``transfer``). Inputs are standardised inside each fold (a ``StandardScaler`` in the pipeline) for
 the scale-sensitive models (SVM, MLP, linear, k-NN), and regression targets are standardised for
 every model. Everything runs single-threaded (n_jobs=1).
 
@@ -37,6 +39,7 @@ error is the majority-class error from then on. About 10-40 ms per epoch on digi
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterator, Mapping
 from functools import cache
@@ -75,15 +78,43 @@ DATASETS: dict[str, dict[str, Any]] = {
 }
 
 
+MIN_PART_ROWS = 30  # the fewest rows a part of a data set may keep
+
+
+def parse_part(part: Any) -> tuple[int, int]:
+    """``"k/n"`` as (k, n), 1 <= k <= n; a SpecError that says the form otherwise."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(part))
+    if not m or not 1 <= int(m[1]) <= int(m[2]):
+        raise SpecError(
+            "part",
+            f"kit 'hpo': option part must be 'k/n' with 1 <= k <= n (e.g. '2/3'), got {part!r}",
+        )
+    return int(m[1]), int(m[2])
+
+
 @cache
-def load_dataset(name: str, max_samples: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """The data set's (X, y), subsampled to ``max_samples`` rows with a fixed generator."""
+def load_dataset(
+    name: str, max_samples: int = 1000, part: str = "1/1"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The data set's (X, y): its ``part`` (the k-th of n disjoint parts of the rows), then
+    subsampled to ``max_samples`` rows, both with a fixed generator."""
     from sklearn import datasets
 
     if name not in DATASETS:
         raise SpecError("dataset", f"unknown data set {name!r}; choose one of {sorted(DATASETS)}")
     X, y = getattr(datasets, f"load_{name}")(return_X_y=True)
     X = np.asarray(X, dtype=float)
+    k, n = parse_part(part)
+    if n > 1:
+        if len(y) // n < MIN_PART_ROWS:
+            raise SpecError(
+                "part",
+                f"kit 'hpo': option part must be 'k/n' with n <= {len(y) // MIN_PART_ROWS} on "
+                f"{name!r} ({len(y)} rows; a part keeps {MIN_PART_ROWS} or more), got {part!r}",
+            )
+        perm = np.random.default_rng(12345).permutation(len(y))
+        idx = np.sort(np.array_split(perm, n)[k - 1])
+        X, y = X[idx], y[idx]
     if len(y) > max_samples:
         idx = np.sort(np.random.default_rng(12345).choice(len(y), max_samples, replace=False))
         X, y = X[idx], y[idx]
@@ -273,14 +304,21 @@ class EpochTrainer:
 
     VALIDATION = 0.3
 
-    def __init__(self, params: Mapping[str, Any], dataset: str, seed: int, max_samples: int):
+    def __init__(
+        self,
+        params: Mapping[str, Any],
+        dataset: str,
+        seed: int,
+        max_samples: int,
+        part: str = "1/1",
+    ):
         from sklearn.model_selection import train_test_split
         from sklearn.neural_network import MLPClassifier
         from sklearn.preprocessing import StandardScaler
 
         if DATASETS[dataset]["task"] != "classification":
             raise SpecError("dataset", f"sgd_mlp classifies: {dataset!r} is a regression data set")
-        X, y = load_dataset(dataset, max_samples)
+        X, y = load_dataset(dataset, max_samples, part)
         Xt, Xv, yt, yv = train_test_split(
             X, y, test_size=self.VALIDATION, stratify=y, random_state=int(seed)
         )
@@ -345,6 +383,7 @@ class HpoKit(Kit):
         "dataset": "breast_cancer",
         "cv_folds": 3,
         "max_samples": 1000,
+        "part": "1/1",
         "max_train_seconds": None,
         "max_epochs": 81,
     }
@@ -386,6 +425,7 @@ class HpoKit(Kit):
                 "dataset", f"unknown data set {o['dataset']!r}; choose one of {sorted(DATASETS)}"
             )
         self._check_number(o, "max_samples", 1, integer=True)
+        load_dataset(o["dataset"], int(o["max_samples"]), str(o["part"]))  # refuses a bad part
         if MODELS[o["model"]].get("epochs"):
             return self._epoch_spec(o, options)
         self._check_number(o, "cv_folds", 2, integer=True)
@@ -396,7 +436,7 @@ class HpoKit(Kit):
             params = tuple(
                 p for p in params if p.name != "l1_ratio"
             )  # lbfgs logistic regression: L2 only
-        fixed = self._fixed(o, ("model", "dataset", "cv_folds", "max_samples"))
+        fixed = self._fixed(o, ("model", "dataset", "cv_folds", "max_samples") + self._part(o))
         cons: tuple[OutcomeConstraint, ...] = ()
         if o["max_train_seconds"] is not None:
             cons = (OutcomeConstraint("train_seconds", "<=", float(o["max_train_seconds"])),)
@@ -419,7 +459,7 @@ class HpoKit(Kit):
         return StudySpec(
             space=SearchSpace(
                 tuple(MODELS[o["model"]]["params"])
-                + self._fixed(o, ("model", "dataset", "max_samples", "max_epochs"))
+                + self._fixed(o, ("model", "dataset", "max_samples", "max_epochs") + self._part(o))
             ),
             objectives=(Objective("val_error", MINIMIZE),),
             tracked_metrics=("train_seconds", "epochs"),
@@ -427,12 +467,18 @@ class HpoKit(Kit):
             fidelity=Fidelity("epochs", 1, epochs, integer=True),
         )
 
+    @staticmethod
+    def _part(o: Mapping[str, Any]) -> tuple[str, ...]:
+        """``part`` is a fixed parameter only where it is not the whole data set, so that specs
+        written before the option existed are unchanged."""
+        return () if parse_part(o["part"]) == (1, 1) else ("part",)
+
     def trainer(self, params: Mapping[str, Any], seed: int = 0) -> EpochTrainer:
         """An :class:`EpochTrainer` for an epoch-based model's parameters (``sgd_mlp``)."""
         p = self._with_defaults(params)
         if not MODELS.get(str(p["model"]), {}).get("epochs"):
             raise SpecError("model", f"{p['model']!r} is not trained epoch by epoch: use sgd_mlp")
-        return EpochTrainer(p, str(p["dataset"]), int(seed), int(p["max_samples"]))
+        return EpochTrainer(p, str(p["dataset"]), int(seed), int(p["max_samples"]), str(p["part"]))
 
     def evaluate(
         self, params: Mapping[str, Any], seed: int = 0, budget: float | None = None
@@ -452,7 +498,7 @@ class HpoKit(Kit):
                 "dataset", f"unknown data set {dataset!r}; choose one of {sorted(DATASETS)}"
             )
         task = DATASETS[dataset]["task"]
-        X, y = load_dataset(dataset, int(p["max_samples"]))
+        X, y = load_dataset(dataset, int(p["max_samples"]), str(p["part"]))
         est = build_model(model, task, p, int(seed))
         k = int(p["cv_folds"])
         cv = (
