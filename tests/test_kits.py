@@ -120,6 +120,7 @@ def test_parts_of_a_data_set_are_disjoint_and_cover_it():
     spec = KITS["hpo"].spec(dataset="wine", part="2/3")
     fixed = {p.name: p.value for p in spec.space.params if p.name not in spec.space.names}
     assert fixed["part"] == "2/3"
+    assert "part 2 of 3 disjoint parts" in spec.description
     (p,) = sobol_design(spec.space, 1, seed=3)
     p = spec.space.validate_params(p)
     other = {**p, "part": "3/3"}

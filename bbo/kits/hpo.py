@@ -14,9 +14,9 @@ Data sets larger than ``max_samples`` rows (default 1000; only ``digits``, 1797 
 subsampled once, with a fixed generator independent of the seed, so every trial of every seed sees
 the same rows. ``part="k/n"`` keeps the k-th of n disjoint parts of the rows (drawn with the same
 fixed generator) before that: new data of the same kind, the case a stored study of another part
-is transferred to (``transfer``). Inputs are standardised inside each fold (a ``StandardScaler`` in the pipeline) for
-the scale-sensitive models (SVM, MLP, linear, k-NN), and regression targets are standardised for
-every model. Everything runs single-threaded (n_jobs=1).
+is transferred to (``transfer``). Inputs are standardised inside each fold (a ``StandardScaler``
+in the pipeline) for the scale-sensitive models (SVM, MLP, linear, k-NN), and regression targets
+are standardised for every model. Everything runs single-threaded (n_jobs=1).
 
 Tracked metrics: ``train_seconds`` (mean wall-clock fit time per fold: NOT deterministic),
 ``cv_error_std`` (standard deviation over the folds) and ``cv_error_sem`` (its standard error).
@@ -395,10 +395,14 @@ class HpoKit(Kit):
     def describe(self, **options: Any) -> str:
         o = self._options(options)
         m, d = MODELS[o["model"]], DATASETS[o["dataset"]]
+        k, n = parse_part(o["part"])
+        about = d["about"] + (
+            f"; this study uses part {k} of {n} disjoint parts of its rows" if n > 1 else ""
+        )
         if m.get("epochs"):
             return (
                 f"Hyperparameter tuning of a {m['about']} on the scikit-learn data set "
-                f"'{o['dataset']}' ({d['about']}). Objective: minimize val_error = 1 - accuracy on "
+                f"'{o['dataset']}' ({about}). Objective: minimize val_error = 1 - accuracy on "
                 f"a stratified 30% hold-out split. Fidelity: epochs, 1 to {o['max_epochs']}: the "
                 f"learning curve is reported epoch by epoch. Expert hints: {m['hints']}."
             )
@@ -406,7 +410,7 @@ class HpoKit(Kit):
             "1 - accuracy" if d["task"] == "classification" else "1 - R^2 (MSE / target variance)"
         )
         text = (
-            f"Hyperparameter tuning of a {m['about']} on the scikit-learn data set '{o['dataset']}' ({d['about']}). "
+            f"Hyperparameter tuning of a {m['about']} on the scikit-learn data set '{o['dataset']}' ({about}). "
             f"Objective: minimize cv_error = {metric}, the mean over {o['cv_folds']}-fold shuffled cross-validation. "
             f"Tracked: train_seconds, the mean fit time per fold on one CPU core. Expert hints: {m['hints']}."
         )
