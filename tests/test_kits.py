@@ -465,3 +465,40 @@ def test_kit_epoch_model_study_end_to_end(server):
     assert any(t.state == "COMPLETED" and t.budget == 9 for t in trials)
     done = sum(t.state == "COMPLETED" for t in trials)
     assert f"{done} of 8 trials completed, 0 failed" in r.stdout
+
+
+def _kit(server, study: str, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "bbo.kits.cli", "hpo", "--server", server.address, "--quiet"]
+    cmd += ["--seed", "0", "--study", study, "-o", "model=knn", "-o", "dataset=iris", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def test_kit_transfer_from_another_part_of_the_data(server):
+    """The re-tuning use: ``bbo kit --transfer`` on new rows of a data set learns from the study
+    of other rows, named or picked by ``auto``, and prints the sources it used."""
+    import bbo_client as bc
+
+    _kit(server, "e2e-part1", "--trials", "6", "-o", "part=1/2")
+    named = _kit(server, "e2e-part2", "--trials", "3", "-o", "part=2/2", "--transfer", "e2e-part1")
+    assert "transfer: source e2e-part1 (named, used)" in named.stdout, named.stdout
+    auto = _kit(server, "e2e-part2-auto", "--trials", "3", "-o", "part=2/2", "--transfer", "auto")
+    assert "transfer: source e2e-part1 (auto, relatedness" in auto.stdout, auto.stdout
+    with bc.Client(server.address) as c:
+        for name in ("e2e-part2", "e2e-part2-auto"):
+            first = c.study(name).trials()[0]
+            assert first.origin == "transfer_warmstart", (name, first)
+        source = c.study("e2e-part1").info().transfer
+        assert source is None or not source.sources  # a source is read, never made a target
+
+
+def test_kit_transfer_needs_a_source():
+    from bbo.kits.cli import parse_transfer
+
+    assert parse_transfer("auto").auto and not parse_transfer("auto").sources
+    t = parse_transfer(" a , auto,b ")
+    assert t.auto and tuple(t.sources) == ("a", "b")
+    with pytest.raises(SystemExit, match="--transfer needs"):
+        parse_transfer(" , ")

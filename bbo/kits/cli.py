@@ -163,6 +163,32 @@ def parse_options(kit, pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def parse_transfer(value: str):
+    """``--transfer``'s value as the client's Transfer: study names, and ``auto`` among them for
+    the most related stored studies."""
+    import bbo_client as bc
+
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise SystemExit("bbo kit: --transfer needs 'auto' or study names (comma-separated)")
+    names = tuple(v for v in items if v != "auto")
+    return bc.Transfer(sources=names, auto="auto" in items)
+
+
+def print_transfer(transfer) -> None:
+    """The sources a transfer study used and the weight its model gave each (last ask)."""
+    if transfer is None or not transfer.sources:
+        print(
+            "transfer: no source study was used"
+            + (f" ({transfer.note})" if transfer and transfer.note else "")
+        )
+        return
+    for src in transfer.sources:
+        w = ", ".join(f"{m} {v:.2f}" for m, v in src.weights.items()) or "not weighed yet"
+        how = "named" if src.named else f"auto, relatedness {src.relatedness:.2f}"
+        print(f"transfer: source {src.name} ({how}, {src.state}): weight {w}")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "name", help=f"kit to run: {', '.join(sorted(KITS))}, or 'list' to describe them"
@@ -197,6 +223,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seed of the black box (CV split / instance / workload; default 0)",
     )
     p.add_argument(
+        "--transfer",
+        default=None,
+        metavar="auto|STUDY[,STUDY]",
+        help="learn from earlier studies of the same tenant: their names, 'auto' for the most "
+        "related stored ones, or both (e.g. --transfer auto,kit-hpo-digits-a); the sources used "
+        "and their weights are printed at the end",
+    )
+    p.add_argument(
         "--llm",
         action="store_true",
         help="opt the study into the LLM module (warm start and priors)",
@@ -220,6 +254,8 @@ def run(args: argparse.Namespace) -> int:
         kwargs["seed"] = args.seed
     if args.llm:
         kwargs["llm"] = bc.Llm(enabled=True)
+    if args.transfer is not None:
+        kwargs["transfer"] = parse_transfer(args.transfer)
     tag = "-".join(str(v) for v in options.values()).replace("/", "_").replace(" ", "_")
     name = (
         args.study or f"kit-{kit.name}{'-' + tag if tag else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -237,6 +273,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
         trials = study.trials()
+        info = study.info() if args.transfer is not None else None
     done = sum(t.state == "COMPLETED" for t in trials)
     failed = [t for t in trials if t.state == "FAILED"]
     pruned = sum(t.state == "PRUNED" for t in trials)
@@ -246,6 +283,8 @@ def run(args: argparse.Namespace) -> int:
     )
     for t in failed[:3]:
         print(f"  trial {t.id} failed: {t.reason}")
+    if info is not None:
+        print_transfer(info.transfer)
     if not best.trials:
         print(
             f"no feasible trial found ({best.state}{': ' + best.state_reason if best.state_reason else ''})"
