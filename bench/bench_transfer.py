@@ -102,10 +102,14 @@ class Instance:
     name: str
     spec: object  # bbo.spec.StudySpec
     evaluate: object  # params -> metrics
+    # the objective's least step where it has one, else 0: an HPO error rate counts misclassified
+    # rows (a CV mean over folds of unequal size puts the same count a few 1e-5 apart)
+    resolution: float = 0.0
 
 
 def _kit_instance(name, kit_name, seed, **options) -> Instance:
     from bbo.kits import KITS
+    from bbo.kits.hpo import load_dataset
     from bbo.space import FixedParam
 
     kit = KITS[kit_name]
@@ -115,7 +119,11 @@ def _kit_instance(name, kit_name, seed, **options) -> Instance:
     def evaluate(params):
         return kit.evaluate({**fixed, **params}, seed=seed)
 
-    return Instance(name, spec, evaluate)
+    step = 0.0
+    if kit_name == "hpo":
+        p = {**kit.defaults, **fixed}
+        step = 1.0 / len(load_dataset(p["dataset"], int(p["max_samples"]), str(p["part"]))[1])
+    return Instance(name, spec, evaluate, step)
 
 
 def _h6_instance(name: str, k: int) -> Instance:
@@ -423,21 +431,6 @@ def reference(task: str, runs: list[dict], sources: dict) -> float:
     return min(vals) if vals else math.nan
 
 
-def resolution(task: str) -> float:
-    """The objective's least step where it has one: an HPO task's error rate counts misclassified
-    rows (1 / rows; a CV mean over folds of unequal size puts the same count a few 1e-5 apart),
-    else 0. Values a quarter step apart are taken as equal."""
-    if not task.startswith("hpo"):
-        return 0.0
-    from bbo.kits.hpo import load_dataset
-    from bbo.space import FixedParam
-
-    spec = instance(f"{task}:target").spec
-    o = {p.name: p.value for p in spec.space.params if isinstance(p, FixedParam)}
-    _, y = load_dataset(o["dataset"], int(o["max_samples"]), str(o.get("part", "1/1")))
-    return 1.0 / len(y)
-
-
 SUBSET_SEEDS = 10  # the seeds a rerun of the issue's protocol uses
 SUBSETS = 1000
 REACH_TARGET = 10  # related sources should reach no transfer's final result by this evaluation
@@ -484,7 +477,8 @@ def summarize(runs: list[dict], budget: int, sources: dict) -> dict:
             continue
         med = {v: np.median(c, axis=0) for v, c in curves.items()}
         plain30 = float(med["plain"][-1])
-        tol = max(1e-12 * max(1.0, abs(ref)), 0.25 * resolution(task))
+        # values a quarter of the objective's least step apart are equal
+        tol = max(1e-12 * max(1.0, abs(ref)), 0.25 * instance(f"{task}:target").resolution)
         row = {"reference": ref, "plain_final_regret": plain30, "variants": {}}
         for v, m in med.items():
             hit = np.nonzero(m <= plain30 + tol)[0]
