@@ -319,6 +319,7 @@ def run_ax(
     from ax.generation_strategy.generation_strategy import GenerationStrategy
     from ax.generation_strategy.generator_spec import GeneratorSpec
     from ax.generation_strategy.transition_criterion import MinTrials
+    from peers import ax_parameters
 
     inst = instance(f"{task}:target")
     spec = inst.spec
@@ -327,7 +328,7 @@ def run_ax(
 
     def client(s: int, exp_name: str) -> Client:
         c = Client(random_seed=s)
-        c.configure_experiment(parameters=_ax_parameters(spec.space), name=exp_name)
+        c.configure_experiment(parameters=ax_parameters(spec.space), name=exp_name)
         c.configure_optimization(
             objective=("-" if sign > 0 else "") + name, outcome_constraints=cons
         )
@@ -389,25 +390,6 @@ def run_ax(
         "errors": errors,
         "seconds": time.perf_counter() - t0,
     }
-
-
-def _ax_parameters(space) -> list:
-    """The free parameters of a bbo space as Ax parameter configs (as bench/peers.py)."""
-    from ax.api.configs import ChoiceParameterConfig, RangeParameterConfig
-
-    from bbo.space import CategoricalParam, FloatParam, IntParam, OrdinalParam
-
-    out = []
-    for p in space.free:
-        if isinstance(p, (FloatParam, IntParam)):
-            kind = "float" if isinstance(p, FloatParam) else "int"
-            scaling = "log" if p.log else None
-            out.append(RangeParameterConfig(p.name, (p.low, p.high), kind, scaling=scaling))
-        elif isinstance(p, OrdinalParam):
-            out.append(ChoiceParameterConfig(p.name, list(p.values), "float", is_ordered=True))
-        elif isinstance(p, CategoricalParam):
-            out.append(ChoiceParameterConfig(p.name, list(p.choices), "str", is_ordered=False))
-    return out
 
 
 def job(kind: str, *args):

@@ -235,6 +235,29 @@ class OptunaGP(_Optuna):
         return optuna.samplers.GPSampler(seed=self.seed, constraints_func=cf)
 
 
+def ax_parameters(space) -> list:
+    """The free parameters of a bbo space as Ax parameter configs: ranges (log-scaled where bbo's
+    are), ordered choices (int-valued where every value is a whole number, as Ax checks a trial's
+    values against the declared type) and unordered string choices."""
+    from ax.api.configs import ChoiceParameterConfig, RangeParameterConfig
+
+    out = []
+    for p in space.free:
+        if isinstance(p, (FloatParam, IntParam)):
+            kind = "float" if isinstance(p, FloatParam) else "int"
+            scaling = "log" if p.log else None
+            out.append(RangeParameterConfig(p.name, (p.low, p.high), kind, scaling=scaling))
+        elif isinstance(p, OrdinalParam):
+            whole = all(isinstance(v, int) for v in p.values)
+            values = list(p.values) if whole else [float(v) for v in p.values]
+            out.append(
+                ChoiceParameterConfig(p.name, values, "int" if whole else "float", is_ordered=True)
+            )
+        else:
+            out.append(ChoiceParameterConfig(p.name, list(p.choices), "str", is_ordered=False))
+    return out
+
+
 class Ax(Method):
     name = "ax"
 
@@ -242,32 +265,10 @@ class Ax(Method):
         super().__init__(problem, seed)
         warnings.filterwarnings("ignore")
         from ax.api.client import Client
-        from ax.api.configs import ChoiceParameterConfig, RangeParameterConfig
 
         _quiet_ax()
 
-        params = []
-        for p in problem.space.free:
-            if isinstance(p, FloatParam):
-                params.append(
-                    RangeParameterConfig(
-                        p.name, (p.low, p.high), "float", scaling="log" if p.log else None
-                    )
-                )
-            elif isinstance(p, IntParam):
-                params.append(
-                    RangeParameterConfig(
-                        p.name, (p.low, p.high), "int", scaling="log" if p.log else None
-                    )
-                )
-            elif isinstance(p, OrdinalParam):
-                params.append(
-                    ChoiceParameterConfig(p.name, list(p.values), "float", is_ordered=True)
-                )
-            else:
-                params.append(
-                    ChoiceParameterConfig(p.name, list(p.choices), "str", is_ordered=False)
-                )
+        params = ax_parameters(problem.space)
         self.client = Client(random_seed=seed)
         self.client.configure_experiment(
             parameters=params,
