@@ -1,4 +1,5 @@
-"""Helpers of the reliability / security tests: API keys, raw stubs, one request per RPC, test certificates."""
+"""Helpers of the reliability / security tests: API keys, raw stubs, one request per RPC, test certificates,
+a stand-in strategy and an in-process server."""
 
 from __future__ import annotations
 
@@ -8,10 +9,37 @@ from pathlib import Path
 
 import grpc
 
+from bbo.design import sobol_design
+from bbo.strategy import Suggestion
 from bbo_client.v1 import service_pb2 as svc
 from bbo_client.v1 import service_pb2_grpc
 from bbo_client.v1 import study_pb2 as pb
 from bbo_server.interceptor import MethodInterceptor
+
+
+class SobolStrategy:
+    """A strategy with no model (quick, no torch import): Sobol points. A subclass stands for a
+    GP fit by waiting in :meth:`before_suggest`; ``skip_told`` starts each ask's points after the
+    study's trials, so that asks do not repeat points."""
+
+    skip_told = False
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def status(self, trials):
+        return ("ACTIVE", "")
+
+    def before_suggest(self) -> None:
+        pass
+
+    def suggest(self, trials, n):
+        self.before_suggest()
+        skip = len(trials) if self.skip_told else 0
+        return [
+            Suggestion(p, "initial_design") for p in sobol_design(self.spec.space, n, 0, skip=skip)
+        ]
+
 
 RPCS = [
     "CreateStudy",

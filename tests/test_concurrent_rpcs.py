@@ -11,29 +11,14 @@ import time
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sec_helpers import BareRefusals, in_process_server
+from sec_helpers import BareRefusals, SobolStrategy, in_process_server
 
 import bbo_client as bc
-from bbo.design import sobol_design
-from bbo.strategy import Suggestion
 from bbo_client.errors import GRPC_CONCURRENCY_REFUSAL, ResourceExhausted, from_rpc_error, retryable
 from bbo_client.v1 import service_pb2, service_pb2_grpc
 from bbo_server.interceptor import MethodInterceptor
 
 WAIT = 30.0  # seconds a test waits for something before it fails (never reached when it passes)
-
-
-class Sobol:
-    """A strategy with no model: quick, and no torch import."""
-
-    def __init__(self, spec):
-        self.spec = spec
-
-    def status(self, trials):
-        return ("ACTIVE", "")
-
-    def suggest(self, trials, n):
-        return [Suggestion(p, "initial_design") for p in sobol_design(self.spec.space, n, 0)]
 
 
 class Hold(MethodInterceptor):
@@ -73,7 +58,7 @@ class Capped:
         self.hold = Hold()
         self.srv = in_process_server(
             tmp_path / "cap.db",
-            strategy_factory=Sobol,
+            strategy_factory=SobolStrategy,
             rpc_threads=1,
             max_concurrent_rpcs=2,
             interceptors=[self.hold],
@@ -164,7 +149,7 @@ def test_the_client_waits_out_grpcs_own_refusal_as_a_load_refusal(tmp_path):
     here), and the call passes once the server takes calls again."""
     refusals = BareRefusals(3)
     srv = in_process_server(
-        tmp_path / "bare.db", strategy_factory=Sobol, rpc_threads=2, interceptors=[refusals]
+        tmp_path / "bare.db", strategy_factory=SobolStrategy, rpc_threads=2, interceptors=[refusals]
     )
     try:
         with bc.Client(srv.address, retries=0, backoff=0.01, rate_patience=WAIT) as c:

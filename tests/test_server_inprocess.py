@@ -7,32 +7,22 @@ import threading
 import time
 
 import pytest
+from sec_helpers import SobolStrategy
 
 import bbo_client as bc
-from bbo.design import sobol_design
-from bbo.strategy import Suggestion
 from bbo_server.errors import Unauthenticated
 from bbo_server.server import ServerOptions, start
 
 
-class SlowStrategy:
+class SlowStrategy(SobolStrategy):
     """Takes a while per suggestion, like a GP fit."""
 
     started = threading.Event()
+    skip_told = True
 
-    def __init__(self, spec):
-        self.spec = spec
-
-    def status(self, trials):
-        return ("ACTIVE", "")
-
-    def suggest(self, trials, n):
+    def before_suggest(self) -> None:
         SlowStrategy.started.set()
         time.sleep(1.0)
-        return [
-            Suggestion(p, "initial_design")
-            for p in sobol_design(self.spec.space, n, 0, skip=len(trials))
-        ]
 
 
 def test_graceful_stop_finishes_in_flight_ask(tmp_path):

@@ -11,10 +11,9 @@ import time
 
 import grpc
 import pytest
+from sec_helpers import SobolStrategy
 
 import bbo_client as bc
-from bbo.design import sobol_design
-from bbo.strategy import Suggestion
 from bbo_client.errors import from_rpc_error, retryable
 from bbo_client.v1 import service_pb2, service_pb2_grpc, study_pb2
 from bbo_server.limits import TenantCalls, default_tenant_rpcs
@@ -25,22 +24,15 @@ THREADS = 4  # handler threads of the test server
 CAP = 2  # --max-tenant-rpcs of the test server
 
 
-class Held:
-    """A strategy with no model whose studies described ``slow`` wait for :attr:`release` in
-    ``suggest``, on the Ask's handler thread, like an Ask waiting on a GP fit."""
+class Held(SobolStrategy):
+    """Studies described ``slow`` wait for :attr:`release` in ``suggest``, on the Ask's handler
+    thread, like an Ask waiting on a GP fit."""
 
     release = threading.Event()
 
-    def __init__(self, spec):
-        self.spec = spec
-
-    def status(self, trials):
-        return ("ACTIVE", "")
-
-    def suggest(self, trials, n):
+    def before_suggest(self) -> None:
         if self.spec.description == "slow":
             assert Held.release.wait(WAIT)
-        return [Suggestion(p, "initial_design") for p in sobol_design(self.spec.space, n, 0)]
 
 
 def _tenant(context, method: str) -> str:
