@@ -8,6 +8,7 @@ gap (lower is better), median over seeds, and the median seconds per ask after t
 
     OMP_NUM_THREADS=1 python bench/bench_multiobjective.py [--seeds 5] [--budget 30]
         [--problems branin_currin,dtlz2_6d,zdt1_6d] [--methods bbo,optuna_gp,optuna_tpe,random]
+        (also dtlz2_6d_m3, dtlz2_6d_m4: DTLZ2 with three and four objectives)
         [--batch 1]
 
 Writes bench/results/multiobjective.{json,md,png}.
@@ -36,6 +37,8 @@ def problem(name: str):
     return {
         "branin_currin": lambda: mo.BraninCurrin(negate=True),
         "dtlz2_6d": lambda: mo.DTLZ2(dim=6, num_objectives=2, negate=True),
+        "dtlz2_6d_m3": lambda: mo.DTLZ2(dim=6, num_objectives=3, negate=True),
+        "dtlz2_6d_m4": lambda: mo.DTLZ2(dim=6, num_objectives=4, negate=True),
         "zdt1_6d": lambda: mo.ZDT1(dim=6, num_objectives=2, negate=True),
     }[name]()
 

@@ -123,7 +123,7 @@ class AcquisitionStep:
         (:func:`bbo.acquisition.marginal_acquisition`; augmented EI where ``noisy``, the
         objective known to be noisy), the same with pending points believed
         (:func:`bbo.acquisition.believe`); for several objectives without reported noise, the
-        plug-in front's qLogEHVI on the marginals (:func:`bbo.acquisition.plugin_hypervolume`);
+        plug-in front's log EHVI on the marginals (:func:`bbo.acquisition.plugin_hypervolume`);
         and qLogNEI / qLogNEHVI for the rest (pending points then integrated over by Monte
         Carlo, except for several objectives where :func:`believes_pending`: believed,
         :func:`bbo.acquisition.plugin_hypervolume`). The hypervolume acquisitions are built on
