@@ -1,4 +1,4 @@
-"""Several objectives, side by side in one run: bbo (qLogNEHVI), Optuna's GPSampler and TPE, and
+"""Several objectives, side by side in one run: bbo (log EHVI), Optuna's GPSampler and TPE, and
 random search on BoTorch's multi-objective test functions, one point per ask (``--batch q``: q
 points per ask, as q workers would take them, every point of an ask evaluated before the next).
 
