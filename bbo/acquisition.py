@@ -352,10 +352,11 @@ class LogEHVI(AcquisitionFunction):
     et al. 2019, as BoTorch's ``ExpectedHypervolumeImprovement``, in log space): a cell
     ``[l, u]`` gains ``prod_j E[(min(Y_j, u_j) - l_j)^+]``, each factor
     ``sd_j (h(z_l) - h(z_u))`` with ``h(z) = phi(z) + z Phi(z)`` (expected improvement's own), and
-    a log-sum-exp over cells adds them. Times the probability that the outcome constraints hold,
-    in log space. Against qLogEHVI's Monte Carlo, one evaluation costs the cells times the
+    a log-sum-exp over cells adds them. Times the probability that the outcome constraints hold
+    (exact where they constrain metrics other than the objectives: those are independent of the
+    improvement). Against qLogEHVI's Monte Carlo, one evaluation costs the cells times the
     objectives rather than that times 128 samples: at four objectives the cells run to the
-    thousands and an ask took 2-4 s."""
+    hundreds and an ask took 2-4 s."""
 
     def __init__(self, model, layout: Layout, partitioning):
         super().__init__(model)
@@ -400,20 +401,22 @@ def plugin_hypervolume(
     seed: int = 0,
 ) -> AcquisitionFunction:
     """Several objectives: log expected hypervolume improvement (:class:`LogEHVI`, q = 1) over the
-    Pareto front of the posterior means at the baseline (and pending) points that meet the outcome constraints (in
-    mean): a plug-in front, as :func:`marginal_acquisition` takes a plug-in incumbent. ``model``
-    may be the GP's cached marginals (:class:`~bbo.predictive.CachedPredictive`) where no point is
-    pending. With ``X_pending``, on the GP with them believed (:func:`believe`): the believed
-    points sit on the front and their variance is gone, so a candidate at or beside one gains
-    nothing; the box decomposition is one, of at most ``len(X_baseline) + len(X_pending)`` points,
-    where qLogNEHVI recomputes one per Monte Carlo sample over the baseline and all pending points
-    whenever a point is added (60 % of a 3-objective batch point's time, and growing with the
-    front). ``Y_baseline``: the observed outcomes, for the reference point."""
+    Pareto front of the posterior means at the baseline (and pending) points that meet the outcome
+    constraints (in mean): a plug-in front, as :func:`marginal_acquisition` takes a plug-in
+    incumbent. ``model`` may be the GP's cached marginals
+    (:class:`~bbo.predictive.CachedPredictive`) where no point is pending. With ``X_pending``, on
+    the GP with them believed (:func:`believe`): the believed points sit on the front and their
+    variance is gone, so a candidate at or beside one gains nothing; the box decomposition is
+    one, of at most ``len(X_baseline) + len(X_pending)`` points, where qLogNEHVI recomputes one
+    per Monte Carlo sample over the baseline and all pending points whenever a point is added
+    (60 % of a 3-objective batch point's time, and growing with the front). ``Y_baseline``: the
+    observed outcomes, for the reference point. ``seed`` is taken as the other acquisitions take
+    it and not needed: nothing is sampled."""
     from botorch.utils.multi_objective.box_decompositions.non_dominated import (
         FastNondominatedPartitioning,
     )
 
-    del seed  # exact: no Monte Carlo samples to seed
+    del seed
     at = X_baseline if X_pending is None else torch.cat([X_baseline, X_pending])
     with torch.no_grad():
         mean = model.posterior(at).mean
