@@ -59,7 +59,22 @@ def hv_curve(f, Y: np.ndarray) -> list[float]:
     return out
 
 
-def run(name: str, method: str, seed: int, budget: int, batch: int = 1) -> dict:
+def noise_sd(f, share: float) -> np.ndarray:
+    """Per objective, ``share`` of its standard deviation over 1,024 uniform points (fixed)."""
+    import torch
+
+    if share <= 0:
+        return np.zeros(f.num_objectives)
+    U = torch.as_tensor(np.random.default_rng(0).uniform(size=(1024, f.dim)))
+    with torch.no_grad():
+        Y = f(f.bounds[0] + U * (f.bounds[1] - f.bounds[0]))
+    return share * Y.std(dim=0).numpy()
+
+
+def run(name: str, method: str, seed: int, budget: int, batch: int = 1, noise: float = 0.0) -> dict:
+    """One run; with ``noise`` > 0 every observation gets Gaussian noise of that share of each
+    objective's spread (bbo is told its standard error), and the score is the hypervolume of the
+    evaluated points' true values."""
     import torch
 
     torch.set_num_threads(1)
@@ -67,10 +82,15 @@ def run(name: str, method: str, seed: int, budget: int, batch: int = 1) -> dict:
     lo, hi = f.bounds[0].tolist(), f.bounds[1].tolist()
     d, m = f.dim, f.num_objectives
     names = [f"x{i}" for i in range(d)]
+    sd = noise_sd(f, noise)
+    rng_noise = np.random.default_rng(10_000 + seed)  # the same noise sequence for every method
+    truth: list[list[float]] = []
 
     def evaluate(x: list[float]) -> list[float]:
         with torch.no_grad():
-            return f(torch.tensor([x], dtype=torch.double))[0].tolist()
+            y = f(torch.tensor([x], dtype=torch.double))[0].numpy()
+        truth.append(y.tolist())
+        return (y + sd * rng_noise.standard_normal(m)).tolist()
 
     X, Y, asks = [], [], []
     if method == "bbo":
@@ -91,7 +111,8 @@ def run(name: str, method: str, seed: int, budget: int, batch: int = 1) -> dict:
                 asks.append((per_point, s.origin != "initial_design"))
                 x = [float(s.params[n]) for n in names]
                 y = evaluate(x)
-                metrics = {f"f{j}": Metric(v) for j, v in enumerate(y)}
+                sem = [float(v) if noise > 0 else None for v in sd]
+                metrics = {f"f{j}": Metric(v, sem[j]) for j, v in enumerate(y)}
                 trials.append(Trial(len(trials) + 1, s.params, TrialState.COMPLETED, metrics))
                 X.append(x)
                 Y.append(y)
@@ -124,7 +145,7 @@ def run(name: str, method: str, seed: int, budget: int, batch: int = 1) -> dict:
                 study.tell(tr, y)
                 X.append(x)
                 Y.append(y)
-    curve = hv_curve(f, np.array(Y))
+    curve = hv_curve(f, np.array(truth))
     model_asks = [s for s, model in asks if model]
     return {
         "problem": name,
@@ -158,8 +179,15 @@ def summarize(runs: list[dict], budget: int) -> dict:
     return table
 
 
-def markdown(table: dict, seeds: int, budget: int, wall: float, batch: int = 1) -> str:
+def markdown(
+    table: dict, seeds: int, budget: int, wall: float, batch: int = 1, noise: float = 0.0
+) -> str:
     per = "one point per ask" if batch == 1 else f"{batch} points per ask (seconds per point)"
+    if noise > 0:
+        per += (
+            f", observations with Gaussian noise of {noise:g} of each objective's spread (bbo"
+            " told its standard error), scored by the evaluated points' true values"
+        )
     methods = [m for m in METHODS if any(m in by for by in table.values())]
     lines = [
         "### Several objectives",
@@ -213,13 +241,19 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--tag", default="multiobjective")
     ap.add_argument("--batch", type=int, default=1, help="points per ask")
+    ap.add_argument(
+        "--noise",
+        type=float,
+        default=0.0,
+        help="observation noise, as a share of each objective's spread (bbo told the sem)",
+    )
     args = ap.parse_args(argv)
     t0 = time.time()
     runs = []
     for p in args.problems.split(","):
         for m in args.methods.split(","):
             for s in range(args.seeds):
-                r = run(p, m, s, args.budget, args.batch)
+                r = run(p, m, s, args.budget, args.batch, args.noise)
                 runs.append(r)
                 gap = (r["max_hv"] - r["hv"][-1]) / r["max_hv"]
                 ask = f"{r['ask_s']:.3g} s/ask" if r["ask_s"] is not None else ""
@@ -232,7 +266,7 @@ def main(argv=None) -> None:
     base = os.path.join(args.out, args.tag)
     with open(base + ".json", "w") as fh:
         json.dump({"seeds": args.seeds, "budget": args.budget, "table": table, "runs": runs}, fh)
-    md = markdown(table, args.seeds, args.budget, wall, args.batch)
+    md = markdown(table, args.seeds, args.budget, wall, args.batch, args.noise)
     with open(base + ".md", "w") as fh:
         fh.write(md)
     plot(table, base + ".png")
