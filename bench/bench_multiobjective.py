@@ -9,7 +9,7 @@ gap (lower is better), median over seeds, and the median seconds per ask after t
     OMP_NUM_THREADS=1 python bench/bench_multiobjective.py [--seeds 5] [--budget 30]
         [--problems branin_currin,dtlz2_6d,zdt1_6d] [--methods bbo,optuna_gp,optuna_tpe,random]
         (also dtlz2_6d_m3, dtlz2_6d_m4: DTLZ2 with three and four objectives)
-        [--batch 1]
+        [--batch 1] [--noise 0]
 
 Writes bench/results/multiobjective.{json,md,png}.
 """
@@ -102,6 +102,7 @@ def run(name: str, method: str, seed: int, budget: int, batch: int = 1, noise: f
         space = SearchSpace(tuple(FloatParam(n, a, b) for n, a, b in zip(names, lo, hi)))
         objs = tuple(Objective(f"f{j}", goal="maximize") for j in range(m))
         gs = GenerationStrategy(StudySpec(space, objs, algorithm=AlgorithmOptions(seed=seed)))
+        sem = [float(v) if noise > 0 else None for v in sd]  # told with every observation
         trials = []
         while len(trials) < budget:
             t0 = time.perf_counter()
@@ -111,7 +112,6 @@ def run(name: str, method: str, seed: int, budget: int, batch: int = 1, noise: f
                 asks.append((per_point, s.origin != "initial_design"))
                 x = [float(s.params[n]) for n in names]
                 y = evaluate(x)
-                sem = [float(v) if noise > 0 else None for v in sd]
                 metrics = {f"f{j}": Metric(v, sem[j]) for j, v in enumerate(y)}
                 trials.append(Trial(len(trials) + 1, s.params, TrialState.COMPLETED, metrics))
                 X.append(x)
