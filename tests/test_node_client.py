@@ -523,3 +523,64 @@ def test_node_client_retries_grpcs_own_concurrency_refusal():
         "second": "spec.parameters: over --max-parameters (256)",
         "calls": 4,
     }, r
+
+
+_SPEC_CHECK_SCRIPT = r"""
+const {Client} = require('./src');
+const [address, name] = process.argv.slice(1);
+const x = [{name: 'x', float: {low: 0, high: 1}}];
+(async () => {
+  const c = new Client(address, {retries: 0});
+  const out = {refused: {}};
+  const s = await c.createStudy(name, {
+    parameters: [{name: 'lr', float: {low: 1e-5, high: 1, scale: 'log'}}, {name: 'n', int: {low: 1, high: 8}}],
+    objectives: [{name: 'acc', goal: 'maximize', noise: 'Noisy'}],
+    fidelity: {name: 'epochs', min: 1, max: 27, integer: true}, pruning: {policy: 'hyperband'},
+  });
+  const sp = s.spec;
+  out.stored = [sp.objectives[0].goal, sp.objectives[0].noise, sp.parameters[0].float.scale, sp.pruning.policy];
+  const bad = {
+    typo: {parameters: x, objectives: [{name: 'acc', goal: 'GOAL_MAXIMISE'}]},
+    unknown_key: {parameters: x, objectives: [{name: 'acc', direction: 'maximize'}]},
+    fractional_int: {parameters: [{name: 'n', int: {low: 0.5, high: 3.7}}], objectives: [{name: 'l'}]},
+    not_a_list: {parameters: x[0], objectives: [{name: 'l'}]},
+    string_bound: {parameters: [{name: 'x', float: {low: '0', high: 1}}], objectives: [{name: 'l'}]},
+  };
+  for (const [k, spec] of Object.entries(bad)) {
+    try { await c.createStudy(`${name}-${k}`, spec); out.refused[k] = 'accepted'; }
+    catch (e) { out.refused[k] = [e.codeName, e.message]; }
+  }
+  try { await s.trials(['DONE']); out.states = 'accepted'; } catch (e) { out.states = [e.codeName, e.message]; }
+  out.completed = (await s.trials(['completed'])).length;
+  out.studies = await c.listStudies();
+  console.log(JSON.stringify(out));
+  c.close();
+})().catch((e) => { console.error(e); process.exit(2); });
+"""
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_create_study_refuses_what_protobufjs_would_change(bbo_server, study_name):
+    """An enum name protobufjs does not know would be sent as 0 (GOAL_MINIMIZE), an unknown key
+    dropped, 0.5 in an int64 truncated: each is refused before it is sent, with the field's path in
+    the server's form, and nothing is stored; an enum's short name ('maximize') is spelled out."""
+    out = _node_json(_SPEC_CHECK_SCRIPT, bbo_server.address, study_name)
+    assert out["stored"] == [
+        "GOAL_MAXIMIZE",
+        "OBSERVATION_NOISE_NOISY",
+        "SCALE_LOG",
+        "PRUNING_POLICY_HYPERBAND",
+    ]
+    fields = {
+        "typo": "spec.objectives[0].goal: unknown Goal",
+        "unknown_key": "spec.objectives[0].direction: Objective has no field",
+        "fractional_int": "spec.parameters[0].int.low: must be a whole number",
+        "not_a_list": "spec.parameters: must be an array",
+        "string_bound": "spec.parameters[0].float.low: must be a number",
+    }
+    for k, start in fields.items():
+        code, message = out["refused"][k]
+        assert code == "INVALID_ARGUMENT" and message.startswith(start), (k, message)
+    assert out["states"][0] == "INVALID_ARGUMENT" and "TrialState" in out["states"][1]
+    assert out["completed"] == 0
+    assert not [n for n in out["studies"] if n.startswith(f"{study_name}-")]

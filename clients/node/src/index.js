@@ -9,6 +9,7 @@ const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 const { Reader } = require('protobufjs');
 const cliProgress = require('cli-progress');
+const { RequestChecker, RequestError } = require('./check');
 
 const BEST_EVERY_MS = 2000; // at least this long between the progress bar's reads of the best
 
@@ -35,6 +36,20 @@ function loadService() {
     oneofs: true,
   });
   return grpc.loadPackageDefinition(def).bbo.v1.BboService;
+}
+
+let checker = null;  // one per process: the protos do not change under it
+
+// `request` checked against the proto and with enum shorthands spelled out (see check.js); a
+// request protobufjs would silently change is refused as the server would refuse it.
+function checkedRequest(method, request) {
+  checker = checker || new RequestChecker(protoRoot());
+  try {
+    return checker.check(method, request);
+  } catch (e) {
+    if (e instanceof RequestError) throw invalidArgument(e.field, e.detail);
+    throw e;
+  }
 }
 
 // {lr: 0.1, layers: 3, opt: 'adam'} <-> map<string, ParameterValue>
@@ -270,6 +285,7 @@ class Client {
   }
 
   async call(method, request) {
+    request = checkedRequest(method, request);
     let delay = this.backoffMs;
     const start = Date.now();
     for (let attempt = 0; ; attempt += 1) {
@@ -387,7 +403,7 @@ class Study {
 
   // Every trial, or those in states (e.g. ['COMPLETED']), all pages.
   async trials(states = []) {
-    const st = states.map((x) => `TRIAL_STATE_${String(x).toUpperCase()}`);
+    const st = states.map(String);  // 'COMPLETED' or 'TRIAL_STATE_COMPLETED' (see check.js)
     return (await this.client.pages('ListTrials', { study: this.name, states: st }, 'trials')).map(fromTrial);
   }
 
