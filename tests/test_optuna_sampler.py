@@ -259,3 +259,15 @@ def test_distributions_round_trip_through_bbo_values(dist, value):
     back = optuna_value(dist, v)
     assert back == value and type(back) is type(value)
     assert dist._contains(dist.to_internal_repr(back))
+
+
+def test_a_seeded_sampler_seeds_its_bbo_study(bbo_server, client, study_name):
+    """``BboSampler(seed=s)`` repeats: the bbo study it creates is seeded with s."""
+    runs = []
+    for k in range(2):
+        name = f"{study_name}-{k}"
+        s = optuna.create_study(sampler=BboSampler(bbo_server.address, study_name=name, seed=7))
+        s.optimize(objective, n_trials=5)
+        runs.append([t.params["x"] for t in s.trials])
+        assert client.get_study(name).spec.algorithm.seed == 7
+    assert runs[0] == runs[1]

@@ -147,7 +147,8 @@ class BboSampler(BaseSampler):
     ``study_name``: the bbo study (default: the Optuna study's name, made valid); samplers in
     several processes given the same name share one bbo study. ``independent_sampler``: for the
     parameters bbo does not search (start-up trials, parameters outside the shared space;
-    default ``RandomSampler(seed)``). ``n_startup_trials``: completed trials sampled independently
+    default ``RandomSampler(seed)``); ``seed`` also seeds the bbo study the sampler creates, unless
+    ``study_options`` names its own. ``n_startup_trials``: completed trials sampled independently
     before the sampler creates the bbo study from the parameters they all share (raise it for a
     conditional space, so that branch-only parameters drop out of it).
     ``constraints_func(frozen_trial) -> sequence of floats``: outcome constraints, feasible when
@@ -185,6 +186,8 @@ class BboSampler(BaseSampler):
         self._worker_id = worker_id or f"optuna-{socket.gethostname()}-{os.getpid()}"
         self._lease = lease_seconds
         self._patience = tell_patience
+        if seed is not None:  # a seeded sampler is reproducible: the bbo study's points too
+            study_options.setdefault("seed", seed)
         self._options = study_options
         self._bound: dict[str, _Bound] = {}  # by Optuna study name
         self._waiting: set[str] = set()  # bbo studies found with parameters not suggested yet
