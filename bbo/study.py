@@ -376,6 +376,14 @@ class Study:
         req = request_key("tell", request_id, content)
         outcome: dict[str, Any] = {}
         number = trial_number(trial_id)
+        if req is not None and (prev := self.requests.answered(req)) is not None:
+            # answered before anything is written: a request id reused for another tell is
+            # refused without its value joining the trial's curve (before_tell writes it first)
+            check_same(req, prev)
+            trial = self.storage.get_trial(self.uid, number)
+            if trial is None:
+                raise NotFoundError(f"trial {trial_id} not found in study '{self.name}'")
+            return TellResult(trial, duplicate=True)
         cur = self.budgets.told_trial(number)
         earlier = self.budgets.earlier_run(cur, state, budget, checked)
         if earlier is not None:  # the result that paused the trial, told again
@@ -406,7 +414,12 @@ class Study:
         if trial is None:
             raise NotFoundError(f"trial {trial_id} not found in study '{self.name}'")
         if prev is not None:
-            check_same(req, prev)
+            try:
+                check_same(req, prev)
+            except ConflictError:
+                if wrote:  # the same request id, another tell, raced it: the value goes back
+                    self.budgets.after_refused_tell(number)
+                raise
             return TellResult(trial, duplicate=True)
         if changed:
             self.trial_cache.remember([trial])

@@ -47,9 +47,13 @@ class RequestLog:
     def __init__(self, storage: Storage, uid: str):
         self.storage, self.uid = storage, uid
 
+    def answered(self, req: RequestKey) -> StoredRequest | None:
+        """The stored answer of an earlier request with ``req``'s kind and id, if any."""
+        return self.storage.lookup_request(self.uid, req.kind, req.request_id)
+
     def replay(self, req: RequestKey) -> list[Trial] | None:
         """The trials an earlier request with this key was answered with; None if there was none."""
-        prev = self.storage.lookup_request(self.uid, req.kind, req.request_id)
+        prev = self.answered(req)
         if prev is None:
             return None
         check_same(req, prev)

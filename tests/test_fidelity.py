@@ -249,6 +249,24 @@ def test_a_result_below_the_full_budget_is_refused_and_changes_nothing(db):
     assert st.get_trial(t.id).state is TrialState.PENDING and st.storage.curves(st.uid) == {}
 
 
+def test_a_tell_reusing_a_request_id_is_refused_before_its_value_joins_the_curve(db):
+    """A request id answered once names that tell: another tell under it (here of another,
+    pending trial) is refused, and its value is not on that trial's curve; the same tell again is
+    a duplicate."""
+    reg = registry(db)
+    st, _ = reg.create_study("reuse", spec())
+    a, b = st.ask(2).trials
+    st.tell(a.id, {"loss": 0.5}, request_id="r1")
+    curves = st.storage.curves(st.uid)
+    with pytest.raises(ConflictError, match="already used"):
+        st.tell(b.id, {"loss": 123.0}, request_id="r1")
+    assert st.storage.curves(st.uid) == curves and b.id not in curves
+    assert st.get_trial(b.id).state is TrialState.PENDING
+    again = st.tell(a.id, {"loss": 0.5}, request_id="r1")
+    assert again.duplicate and again.trial.metrics["loss"].value == 0.5
+    assert st.storage.curves(st.uid) == curves
+
+
 def test_a_refused_tell_leaves_the_winners_value_on_the_curve(db, monkeypatch):
     """Two different tells of one pending trial each write their value to the curve before the
     trial takes one: the refused one's value, written last, stood where the rungs read it. Here
