@@ -3,6 +3,8 @@ with RESOURCE_EXHAUSTED and a message naming the limit; other tenants are not af
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 from sec_helpers import call, create_key, request_for, small_spec, stub
@@ -319,6 +321,44 @@ def test_heartbeats_are_exempt_from_the_rate_but_bounded_per_trial(server_factor
         # another trial has its own bucket, and its Tell goes through
         told = svc.TellRequest(study="s", trial_id=t2.id, metrics={"y": pb.MetricValue(value=1.0)})
         assert call(st, "Tell", told, a)[1] is None
+
+
+def test_tells_naming_missing_trials_are_held_to_the_tenants_rate(server_factory, tmp_path):
+    """Each (study, trial) a Tell or Heartbeat names gets its own bucket: naming a new trial id,
+    or a new study name, on every call went around the rate. Calls that end NOT_FOUND take from
+    a bucket of the tenant's; once it is empty its Tells are refused (and retried: a real one
+    passes once the bucket refills); another tenant's are not."""
+    db = "sqlite:///" + str(tmp_path / "miss.db")
+    args = ["--auth", "--workers", "1", "--rate-limit", "1", "--rate-burst", "2"]
+    srv = server_factory(db=db, args=args + ["--trial-rate", "1", "--trial-burst", "5"])
+    a, _ = create_key(db, "a")
+    b, _ = create_key(db, "b")
+    ch, st = stub(srv.address)
+    with ch:
+        for key in (a, b):
+            call(st, "CreateStudy", svc.CreateStudyRequest(name="s", spec=small_spec()), key)
+        (t,) = call(st, "Ask", svc.AskRequest(study="s", count=1), a)[0].trials
+        (u,) = call(st, "Ask", svc.AskRequest(study="s", count=1), b)[0].trials
+        value = {"y": pb.MetricValue(value=1.0)}
+        codes = [
+            call(st, "Tell", svc.TellRequest(study="s", trial_id=1000 + i, metrics=value), a)[1]
+            for i in range(10)
+        ] + [
+            call(st, "Heartbeat", svc.HeartbeatRequest(study=f"nope{i}", trial_id=1), a)[1]
+            for i in range(10)
+        ]
+        assert codes[:2] == [grpc.StatusCode.NOT_FOUND] * 2
+        assert codes.count(grpc.StatusCode.NOT_FOUND) <= 6, codes
+        code, msg = _details(
+            st, "Tell", svc.TellRequest(study="s", trial_id=t.id, metrics=value), a
+        )
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "missing" in msg, msg
+        told = svc.TellRequest(study="s", trial_id=u.id, metrics=value)
+        assert call(st, "Tell", told, b)[1] is None  # b's misses are its own
+        time.sleep(1.5)
+        assert (
+            call(st, "Tell", svc.TellRequest(study="s", trial_id=t.id, metrics=value), a)[1] is None
+        )
 
 
 def test_fit_slots_serve_tenants_in_turn():

@@ -151,6 +151,8 @@ class Gate(MethodInterceptor):
                 return inner(request, context)
             finally:
                 _current.tenant = prev
+                if self.limits is not None and context.code() == grpc.StatusCode.NOT_FOUND:
+                    self.limits.missed(tenant, method)
 
         return grpc.unary_unary_rpc_method_handler(
             behavior,

@@ -4,7 +4,10 @@ A call over the rate is refused with RESOURCE_EXHAUSTED, a message naming the fl
 google.rpc.RetryInfo saying when to retry (clients do). Tell and Heartbeat are exempt from the
 tenant's rate: they finish or keep alive work the server handed out, so refusing them could only
 lose results; instead each trial has a small bucket of its own (``--trial-rate``), so a worker
-looping on one trial is bounded too. The dashboard's HTTP requests (:meth:`LimitChecker.check_dashboard`)
+looping on one trial is bounded too. One that names no study or trial (NOT_FOUND) finished no
+work: such misses take from a bucket of the tenant's (its rate and burst), and while that is empty
+the tenant's Tells and Heartbeats are refused, so naming a new trial id on every call, each with a
+fresh per-trial bucket, does not go around the rate. The dashboard's HTTP requests (:meth:`LimitChecker.check_dashboard`)
 are held to the same rate and burst in a bucket of their own per tenant, so its polls neither take
 the workers' tokens nor go around the rate. The other costs of a request are bounded in the core
 (:mod:`bbo.limits`: spec and metric sizes; ``--max-ask``; ``--max-studies``) and by gRPC
@@ -104,6 +107,15 @@ class LimitChecker:
         # no work: the tenant's rate holds. Keyed by it, each of MAX_TRIAL_BUCKETS kept the whole
         # name a request sent (up to --max-message-bytes, 4 MiB: 400 GiB in all).
         if method in FINISHING and isinstance(study, str) and len(study) <= MAX_STUDY_NAME:
+            misses = self._bucket(("missed", tenant))
+            if misses.wait() > 0:
+                raise Refused(
+                    "rate",
+                    f"rate limit: tenant '{tenant}' named over {lim.rate:g} missing studies or "
+                    f"trials/s in Tell / Heartbeat calls (burst {misses.burst:g}); retry later "
+                    "(--rate-limit)",
+                    misses.wait(),
+                )
             key = (tenant, study, getattr(request, "trial_id", 0), method)
             bucket = self._trial_bucket(key)
             _take(
@@ -120,6 +132,12 @@ class LimitChecker:
             f"rate limit: tenant '{tenant}' is over {lim.rate:g} requests/s (burst "
             f"{bucket.burst:g}); retry later (--rate-limit)",
         )
+
+    def missed(self, tenant: str, method: str) -> None:
+        """A call of ``tenant`` that ended NOT_FOUND: a Tell or Heartbeat of it takes a token
+        from the tenant's bucket of misses, which :meth:`check` reads (see the module)."""
+        if self.limits.rate > 0 and method in FINISHING:
+            self._bucket(("missed", tenant)).take()
 
     def check_dashboard(self, tenant: str) -> None:
         """One dashboard (HTTP) request of ``tenant``: over the rate, raises LimitError (with
@@ -187,7 +205,8 @@ class TenantCalls:
     freed place raced between the asks' retries and the tells', a tell could be refused until its
     client gave up (its result lost, its trial abandoned when the lease ran out), and the asks would
     be fitted on fewer results. Their number is bounded elsewhere: by the trials handed out, per
-    trial by ``--trial-rate`` (with ``--rate-limit``), and in all by ``--max-concurrent-rpcs``.
+    trial by ``--trial-rate`` and those naming no trial by the tenant's rate (with
+    ``--rate-limit``), and in all by ``--max-concurrent-rpcs``.
     """
 
     def __init__(self, cap: int):
