@@ -511,8 +511,9 @@ def inequality_tensors(space: SearchSpace, placement: Placement) -> list | None:
 @dataclass(frozen=True)
 class Polytope:
     """The encoded box cut by a space's linear parameter constraints, in BoTorch's form
-    (``(indices, coefficients, rhs)``: ``sum >= rhs``); a pair of opposite inequalities is kept as
-    the equality it is (:func:`bbo.space.split_equalities`), which SLSQP meets exactly."""
+    (``(indices, coefficients, rhs)``: ``sum >= rhs``); a pair of opposite inequalities, or one
+    the box leaves no room to be strict, is kept as the equality it is
+    (:func:`bbo.space.split_equalities`), which SLSQP meets exactly."""
 
     bounds: torch.Tensor  # 2 x d
     ineq: list | None  # BoTorch's tensors, on the placement's device
@@ -526,7 +527,7 @@ class Polytope:
         cons = space.inequality_constraints()
         if not cons:
             return None
-        ineq, eq = split_equalities(cons)
+        ineq, eq = split_equalities(cons, space.bounds())
         return cls(
             placement.tensor(space.bounds()),
             constraint_tensors(ineq, placement),

@@ -736,11 +736,13 @@ def _terms(idx: list[int], coef: list[float]) -> tuple[tuple[int, float], ...]:
 
 
 def split_equalities(
-    cons: list[EncodedConstraint],
+    cons: list[EncodedConstraint], bounds: np.ndarray | None = None
 ) -> tuple[list[EncodedConstraint], list[EncodedConstraint]]:
     """``(inequalities, equalities)``: a pair ``a.x >= r`` and ``-a.x >= -r`` (a user's
     ``a.x <= b`` beside ``-a.x <= -b``, e.g. weights that sum to one) is the equality ``a.x = r``,
-    which leaves the polytope no interior for hit-and-run to walk in."""
+    which leaves the polytope no interior for hit-and-run to walk in. With ``bounds`` (the
+    encoded box, 2 x d) so is an inequality the box and the others leave no room to be strict
+    (:func:`_pinned`: ``x <= 0`` for ``x`` in [0, 1])."""
     index = {(_terms(idx, coef), rhs): i for i, (idx, coef, rhs) in enumerate(cons)}
     paired: set[int] = set()
     eq = []
@@ -749,7 +751,60 @@ def split_equalities(
         if j is not None and j != i and i not in paired and j not in paired:
             paired |= {i, j}
             eq.append((idx, coef, rhs))
-    return [c for i, c in enumerate(cons) if i not in paired], eq
+    ineq = [c for i, c in enumerate(cons) if i not in paired]
+    if bounds is None or not ineq:
+        return ineq, eq
+    key = (
+        tuple((tuple(i), tuple(c), float(r)) for i, c, r in ineq),
+        tuple((tuple(i), tuple(c), float(r)) for i, c, r in eq),
+        tuple(map(tuple, np.asarray(bounds, dtype=float))),
+    )
+    pinned = _pinned(key)
+    return (
+        [c for k, c in enumerate(ineq) if k not in pinned],
+        eq + [c for k, c in enumerate(ineq) if k in pinned],
+    )
+
+
+# a constraint counts as met with equality everywhere where a.x can exceed r by no more than this
+# (relative to the row scaled to a largest coefficient of one, and to r)
+PINNED_TOL = 1e-9
+
+
+@functools.lru_cache(maxsize=64)
+def _pinned(key: tuple) -> frozenset[int]:
+    """The inequalities (by position in ``key[0]``) that every point of the polytope meets with
+    equality, each judged by a linear program maximizing its ``a.x``, kept only where it adds a
+    direction to the equalities. Left as inequalities, the polytope has no interior: hit-and-run
+    finds no room, and the design repeated one point of a space with a whole face to sample
+    (x, z in [0, 1] under x <= 0: every design trial at (0, 0), each ask taking seconds). Cached:
+    asks of one study pass the same constraints."""
+    from scipy.optimize import linprog
+
+    ineq, eq, box = key
+    lo, hi = np.asarray(box, dtype=float)
+    d = lo.size
+    G, g = scaled_rows(*dense_constraints([(list(i), list(c), r) for i, c, r in ineq], d))
+    E, e = scaled_rows(*dense_constraints([(list(i), list(c), r) for i, c, r in eq], d))
+    rows = [E[k] for k in range(len(E))]
+    out = set()
+    for k in range(len(G)):
+        res = linprog(
+            -G[k],
+            A_ub=-G,
+            b_ub=-g,
+            A_eq=E if len(E) else None,
+            b_eq=e if len(E) else None,
+            bounds=list(zip(lo, hi)),
+            method="highs",
+        )
+        if res.status != 0 or -res.fun - g[k] > PINNED_TOL * max(1.0, abs(g[k])):
+            continue  # room to spare, or no point at all (refused where that is found)
+        trial = np.vstack(rows + [G[k]])
+        if np.linalg.matrix_rank(trial) > len(rows):  # a new direction: not implied by the rest
+            rows.append(G[k])
+            out.add(k)
+    return frozenset(out)
 
 
 def dense_constraints(cons: list[EncodedConstraint], dim: int) -> tuple[np.ndarray, np.ndarray]:

@@ -210,6 +210,7 @@ def test_a_polytope_is_learned_once_per_study_not_per_ask(monkeypatch):
     import scipy.optimize
 
     import bbo.acquisition as acq
+    import bbo.space
     from bbo.acquisition import Polytope
     from bbo.device import Placement
 
@@ -220,6 +221,7 @@ def test_a_polytope_is_learned_once_per_study_not_per_ask(monkeypatch):
         (LinearConstraint(dict.fromkeys(names, 1.0), -23.0),),
     )
     acq._polytope_memo.clear()
+    bbo.space._pinned.cache_clear()
     programs, passes = [], []
     solve, reject = scipy.optimize.linprog, Polytope._rejection
     monkeypatch.setattr(
@@ -227,7 +229,8 @@ def test_a_polytope_is_learned_once_per_study_not_per_ask(monkeypatch):
     )
     monkeypatch.setattr(Polytope, "_rejection", lambda *a, **k: passes.append(1) or reject(*a, **k))
     first = Polytope.of(corner, cpu).sobol(512, seed=4)
-    assert first is not None and len(programs) == 10 and len(passes) == 2
+    # the bounding box's 2 d programs and one asking whether the box pins the constraint
+    assert first is not None and len(programs) == 11 and len(passes) == 2
     programs.clear(), passes.clear()
     again = Polytope.of(corner, cpu).sobol(512, seed=4)
     assert not programs and len(passes) == 1 and torch.equal(first, again)
@@ -326,6 +329,29 @@ def test_hit_and_run_chain_samples_no_polytope_with_room(monkeypatch, kind):
     assert sum(t.origin == Origin.BO.value for t in trials) >= 2
     assert not calls
     assert bool(walks) or kind != "sliver"
+
+
+def test_a_constraint_the_box_pins_is_sampled_as_the_face_it_leaves():
+    """a <= 0 with a in [0, 1] leaves the face a = 0, a line of b: taken as an inequality the
+    polytope has no interior, and the design repeated one point of it (each ask taking seconds
+    in hit-and-run); as the equality it is, the design spreads along b and BO asks follow."""
+    from bbo.space import split_equalities
+
+    space = SearchSpace(UNIT2.params, (LinearConstraint({"a": 1.0}, 0.0),))
+    ineq, eq = split_equalities(space.inequality_constraints(), space.bounds())
+    assert (len(ineq), len(eq)) == (0, 1)
+    assert split_equalities(space.inequality_constraints()) == (ineq + eq, [])  # no box, no LP
+    _, trials = run(spec_of(space, seed=2, n_initial=4), lambda p: {"f": (p["b"] - 0.6) ** 2}, 7)
+    assert all(t.params["a"] == 0.0 for t in trials)
+    assert len({t.params["b"] for t in trials}) == 7
+    assert all(t.origin.startswith(Origin.BO.value) for t in trials[4:])  # BO or its exploitation
+    assert min(abs(t.params["b"] - 0.6) for t in trials) < 0.01
+    # a + b <= 0 leaves one point: both are pinned there, and no direction is counted twice
+    corner = SearchSpace(UNIT2.params, (LinearConstraint({"a": 1.0, "b": 1.0}, 0.0),))
+    assert [len(c) for c in split_equalities(corner.inequality_constraints(), corner.bounds())] == [
+        0,
+        1,
+    ]
 
 
 # ---- multi-objective ---------------------------------------------------------------------------------------
