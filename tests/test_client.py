@@ -245,6 +245,49 @@ def test_builder_errors_are_caught_client_side(client, study_name):
         s.tell(1, {"y": "high"})
 
 
+def test_the_clients_own_refusals_name_fields_as_the_server_does(client, study_name):
+    """A mistake the client catches before sending names its field in the server's form
+    (``spec.objectives[0].goal``), as the same mistake the server catches does; a bool parameter
+    value is InvalidArgument, not a TypeError."""
+    x = [bc.Float("x", 0, 1)]
+    server = {}
+    with pytest.raises(bc.InvalidArgument) as e:  # caught by the server
+        client.create_study(study_name, parameters=x + [bc.Int("n", 3, 1)], objectives="y")
+    server["int"] = e.value.field
+    cases = {
+        "int": dict(parameters=x + [bc.Int("n", 0.5, 3)], objectives="y"),
+        "goal": dict(parameters=x, objectives=[bc.Objective("y", "up")]),
+        "op": dict(parameters=x, objectives="y", constraints=[bc.Constraint("m", "<", 1)]),
+        "choices": dict(parameters=x + [bc.Categorical("c", [1, 2])], objectives="y"),
+        "policy": dict(
+            parameters=x,
+            objectives="y",
+            fidelity=bc.Fidelity("epochs", 1, 9),
+            pruning=bc.Pruning("sometimes"),
+        ),
+        "fixed": dict(parameters=x + [bc.Fixed("f", True)], objectives="y"),
+    }
+    fields = {}
+    for k, kw in cases.items():
+        with pytest.raises(bc.InvalidArgument) as e:
+            client.create_study(study_name, **kw)
+        fields[k] = e.value.field
+    assert server["int"] == "spec.parameters[1].high"
+    assert fields == {
+        "int": "spec.parameters[1].low",
+        "goal": "spec.objectives[0].goal",
+        "op": "spec.outcome_constraints[0].op",
+        "choices": "spec.parameters[1].choices",
+        "policy": "spec.pruning.policy",
+        "fixed": "spec.parameters[1].value",
+    }
+    assert not any(i.name == study_name for i in client.list_studies())
+    s = client.create_study(study_name, parameters=x, objectives="y")
+    with pytest.raises(bc.InvalidArgument) as e:
+        s.add_trial({"x": True}, {"y": 1.0})
+    assert e.value.field == "parameters['x']" and not s.trials()
+
+
 def test_study_handle_for_unknown_study(client):
     with pytest.raises(bc.NotFound):
         client.study("never-created")

@@ -227,13 +227,13 @@ class Client:
             objectives = [objectives]
         objs = [Objective(o) if isinstance(o, str) else o for o in objectives]
         spec = pb.StudySpec(
-            parameters=[p.to_pb() for p in parameters],
-            parameter_constraints=[c.to_pb() for c in parameter_constraints],
-            objectives=[o.to_pb() for o in objs],
-            outcome_constraints=[c.to_pb() for c in constraints],
+            parameters=_built(parameters, "spec.parameters"),
+            parameter_constraints=_built(parameter_constraints, "spec.parameter_constraints"),
+            objectives=_built(objs, "spec.objectives"),
+            outcome_constraints=_built(constraints, "spec.outcome_constraints"),
             tracked_metrics=list(tracked_metrics),
             description=description,
-            priors=[p.to_pb() for p in priors],
+            priors=_built(priors, "spec.priors"),
         )
         a = spec.algorithm
         a.n_initial, a.device, a.max_fit_points, a.max_model_points, a.prior_exponent = (
@@ -248,14 +248,14 @@ class Client:
             a.seed = seed
         for k, v in (reference_point or {}).items():
             a.reference_point[k] = float(v)
-        if llm is not None:
-            spec.llm.CopyFrom(llm.to_pb())
-        if fidelity is not None:
-            spec.fidelity.CopyFrom(fidelity.to_pb())
-        if pruning is not None:
-            spec.pruning.CopyFrom(pruning.to_pb())
-        if transfer is not None:
-            spec.transfer.CopyFrom(transfer.to_pb())
+        for field, part in (
+            ("llm", llm),
+            ("fidelity", fidelity),
+            ("pruning", pruning),
+            ("transfer", transfer),
+        ):
+            if part is not None:
+                getattr(spec, field).CopyFrom(_built([part], f"spec.{field}", indexed=False)[0])
         resp = self._call("CreateStudy", svc.CreateStudyRequest(name=name, spec=spec))
         h = StudyHandle(self, resp.study.name)
         h.created = resp.created
@@ -301,6 +301,19 @@ def _tls_credentials(ca: str | None, cert: str | None, key: str | None) -> grpc.
     return grpc.ssl_channel_credentials(
         root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert)
     )
+
+
+def _built(parts: Sequence[Any], where: str, indexed: bool = True) -> list[Any]:
+    """Each builder's message; one refused names its field as the server would
+    (``spec.parameters[1].high``), where the builder knows only its own (``high``)."""
+    out = []
+    for i, part in enumerate(parts):
+        try:
+            out.append(part.to_pb())
+        except InvalidArgument as e:
+            at = f"{where}[{i}]" if indexed else where
+            raise InvalidArgument(e.message, field=f"{at}.{e.field}" if e.field else at) from None
+    return out
 
 
 def _split_metric(v: Any) -> tuple[Any, Any]:
@@ -443,7 +456,7 @@ class StudyHandle:
             state=pb.TRIAL_STATE_FAILED if failed else pb.TRIAL_STATE_COMPLETED,
         )
         for k, v in params.items():
-            req.parameters[k].CopyFrom(_value_pb(v))
+            req.parameters[k].CopyFrom(_value_pb(v, f"parameters['{k}']"))
         for k, v in self._metrics_dict(metrics).items():
             req.metrics[k].CopyFrom(_metric_pb(v, k))
         return Trial.from_pb(self.client._call("AddTrial", req))

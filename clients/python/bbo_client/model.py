@@ -20,12 +20,18 @@ def _scale(log: bool) -> int:
     return pb.SCALE_LOG if log else pb.SCALE_LINEAR
 
 
-def _value_pb(v: Value) -> pb.ParameterValue:
+def _value_pb(v: Value, field: str = "value") -> pb.ParameterValue:
+    """``v`` as a ParameterValue; a bool (an int to protobuf, a point never meant) is refused as
+    :class:`~bbo_client.errors.InvalidArgument` naming ``field``."""
     if isinstance(v, str):
         return pb.ParameterValue(category=v)
     if isinstance(v, bool):
-        raise TypeError(
-            "booleans are not parameter values: use Categorical('x', ['true', 'false'])"
+        from bbo_client.errors import InvalidArgument
+
+        raise InvalidArgument(
+            f"booleans are not parameter values, got {v!r}: use Categorical('x', ['true', "
+            "'false'])",
+            field=field,
         )
     if isinstance(v, int):
         return pb.ParameterValue(integer=v)
@@ -81,7 +87,7 @@ def _integer(name: str, bound: str, v: Any) -> int:
 
     raise InvalidArgument(
         f"Int '{name}' needs whole-number bounds, got {bound}={v!r}: use Float for a real range",
-        field=f"parameters.{bound}",
+        field=bound,
     )
 
 
@@ -99,7 +105,7 @@ class Categorical:
             raise InvalidArgument(
                 f"Categorical '{self.name}' takes a list of strings, got {self.choices!r}: "
                 "use Ordinal for ordered numbers, or label each choice with a string",
-                field="parameters.choices",
+                field="choices",
             )
         return pb.ParameterSpec(
             name=self.name, categorical=pb.CategoricalParameter(choices=list(self.choices))
@@ -123,7 +129,7 @@ class Ordinal:
             raise InvalidArgument(
                 f"Ordinal '{self.name}' takes a list of numbers, got {self.values!r}: "
                 "use Categorical for string labels",
-                field="parameters.values",
+                field="values",
             )
         return pb.ParameterSpec(
             name=self.name,
@@ -201,12 +207,12 @@ class Objective:
 
         if self.goal not in ("minimize", "maximize"):
             raise InvalidArgument(
-                f"goal must be 'minimize' or 'maximize', got {self.goal!r}", field="objectives.goal"
+                f"goal must be 'minimize' or 'maximize', got {self.goal!r}", field="goal"
             )
         if self.noise not in _NOISE:
             raise InvalidArgument(
                 f"noise must be one of {', '.join(_NOISE)}, got {self.noise!r}",
-                field="objectives.noise",
+                field="noise",
             )
         return pb.Objective(
             name=self.name,
@@ -241,9 +247,7 @@ class Constraint:
         if self.op not in ops:
             from bbo_client.errors import InvalidArgument
 
-            raise InvalidArgument(
-                f"op must be '<=' or '>=', got {self.op!r}", field="outcome_constraints.op"
-            )
+            raise InvalidArgument(f"op must be '<=' or '>=', got {self.op!r}", field="op")
         return pb.OutcomeConstraint(metric=self.metric, op=ops[self.op], bound=float(self.bound))
 
 
@@ -335,7 +339,7 @@ class Pruning:
 
             raise InvalidArgument(
                 f"unknown pruning policy {self.policy!r}: use median, asha, hyperband or none",
-                field="pruning.policy",
+                field="policy",
             )
         return pb.Pruning(policy=_POLICIES[self.policy], eta=float(self.eta), promote=self.promote)
 
