@@ -619,6 +619,16 @@ class SearchSpace:
                 "the parameter constraints admit no point with whole-number int parameters and "
                 "ordinal parameters at one of their values: loosen a bound",
             )
+        if self.constraints and self._feasible_point() is not None:
+            ineq, eq = split_equalities(self.inequality_constraints(), self.bounds())
+            if np.linalg.matrix_rank(dense_constraints(eq, self.dim)[0]) >= self.dim:
+                point = self.feasible_params or {}
+                shown = ", ".join(f"{n} = {v!r}" for n, v in point.items())
+                raise SpecError(
+                    path,
+                    f"the parameter constraints leave one point ({shown}): there is nothing to "
+                    "search; make those parameters fixed, or loosen a constraint",
+                )
 
     @property
     def feasible_params(self) -> dict[str, Value] | None:
@@ -741,8 +751,8 @@ def split_equalities(
     """``(inequalities, equalities)``: a pair ``a.x >= r`` and ``-a.x >= -r`` (a user's
     ``a.x <= b`` beside ``-a.x <= -b``, e.g. weights that sum to one) is the equality ``a.x = r``,
     which leaves the polytope no interior for hit-and-run to walk in. With ``bounds`` (the
-    encoded box, 2 x d) so is an inequality the box and the others leave no room to be strict
-    (:func:`_pinned`: ``x <= 0`` for ``x`` in [0, 1])."""
+    encoded box, 2 x d) the equalities the box and the constraints imply are added too
+    (:func:`pinned`): ``x <= 0`` for ``x`` in [0, 1] is ``x = 0``."""
     index = {(_terms(idx, coef), rhs): i for i, (idx, coef, rhs) in enumerate(cons)}
     paired: set[int] = set()
     eq = []
@@ -752,33 +762,41 @@ def split_equalities(
             paired |= {i, j}
             eq.append((idx, coef, rhs))
     ineq = [c for i, c in enumerate(cons) if i not in paired]
-    if bounds is None or not ineq:
+    if bounds is None or not cons:
         return ineq, eq
+    met, rows, fixed = pinned(ineq, eq, bounds)
+    return (
+        [c for k, c in enumerate(ineq) if k not in met],
+        eq + [([j], [1.0], v) for j, v in fixed] + [c for k, c in enumerate(ineq) if k in rows],
+    )
+
+
+# a range counts as empty where it is no wider than this (relative to the row scaled to a largest
+# coefficient of one, or to the column's range in the box)
+PINNED_TOL = 1e-9
+
+
+def pinned(
+    ineq: list[EncodedConstraint], eq: list[EncodedConstraint], bounds: np.ndarray
+) -> tuple[frozenset[int], frozenset[int], tuple[tuple[int, float], ...]]:
+    """What the polytope ``ineq`` and ``eq`` cut from the box ``bounds`` holds fixed, as linear
+    programs (the range of each constrained column, then of each inequality) find it: the
+    inequalities (by position) every point of it meets with equality; those of them that add a
+    direction to the equalities (the others are implied by them); and ``(column, value)`` for each
+    column it leaves one value (again where that adds a direction). Left as
+    inequalities the polytope has no interior: hit-and-run found no room, and the design
+    repeated one point of a space with a whole face to sample (x, z in [0, 1] under x <= 0: every
+    design trial at (0, 0), each ask taking seconds). Cached per constraints and box."""
     key = (
         tuple((tuple(i), tuple(c), float(r)) for i, c, r in ineq),
         tuple((tuple(i), tuple(c), float(r)) for i, c, r in eq),
         tuple(map(tuple, np.asarray(bounds, dtype=float))),
     )
-    pinned = _pinned(key)
-    return (
-        [c for k, c in enumerate(ineq) if k not in pinned],
-        eq + [c for k, c in enumerate(ineq) if k in pinned],
-    )
-
-
-# a constraint counts as met with equality everywhere where a.x can exceed r by no more than this
-# (relative to the row scaled to a largest coefficient of one, and to r)
-PINNED_TOL = 1e-9
+    return _pinned(key)
 
 
 @functools.lru_cache(maxsize=64)
-def _pinned(key: tuple) -> frozenset[int]:
-    """The inequalities (by position in ``key[0]``) that every point of the polytope meets with
-    equality, each judged by a linear program maximizing its ``a.x``, kept only where it adds a
-    direction to the equalities. Left as inequalities, the polytope has no interior: hit-and-run
-    finds no room, and the design repeated one point of a space with a whole face to sample
-    (x, z in [0, 1] under x <= 0: every design trial at (0, 0), each ask taking seconds). Cached:
-    asks of one study pass the same constraints."""
+def _pinned(key: tuple) -> tuple[frozenset[int], frozenset[int], tuple[tuple[int, float], ...]]:
     from scipy.optimize import linprog
 
     ineq, eq, box = key
@@ -786,25 +804,46 @@ def _pinned(key: tuple) -> frozenset[int]:
     d = lo.size
     G, g = scaled_rows(*dense_constraints([(list(i), list(c), r) for i, c, r in ineq], d))
     E, e = scaled_rows(*dense_constraints([(list(i), list(c), r) for i, c, r in eq], d))
-    rows = [E[k] for k in range(len(E))]
-    out = set()
-    for k in range(len(G)):
+    box_bounds = list(zip(lo, hi))
+
+    def largest(c: np.ndarray) -> float | None:
+        """max c.x over the polytope, None where the program fails."""
         res = linprog(
-            -G[k],
+            -c,
             A_ub=-G,
             b_ub=-g,
             A_eq=E if len(E) else None,
             b_eq=e if len(E) else None,
-            bounds=list(zip(lo, hi)),
+            bounds=box_bounds,
             method="highs",
         )
-        if res.status != 0 or -res.fun - g[k] > PINNED_TOL * max(1.0, abs(g[k])):
-            continue  # room to spare, or no point at all (refused where that is found)
-        trial = np.vstack(rows + [G[k]])
-        if np.linalg.matrix_rank(trial) > len(rows):  # a new direction: not implied by the rest
-            rows.append(G[k])
-            out.add(k)
-    return frozenset(out)
+        return -float(res.fun) if res.status == 0 else None
+
+    held = [E[k] for k in range(len(E))]
+
+    def adds(row: np.ndarray) -> bool:
+        if np.linalg.matrix_rank(np.vstack(held + [row])) > len(held):
+            held.append(row)
+            return True
+        return False
+
+    fixed = []
+    for j in sorted({j for i, _, _ in ineq + eq for j in i}):
+        unit = np.zeros(d)
+        unit[j] = 1.0
+        top, bottom = largest(unit), largest(-unit)
+        if top is None or bottom is None:
+            return frozenset(), frozenset(), ()  # no point at all: refused where that is found
+        if top + bottom <= PINNED_TOL * max(1.0, hi[j] - lo[j]) and adds(unit):
+            fixed.append((j, min(max(-bottom, lo[j]), hi[j])))
+    met, rows = set(), set()
+    for k in range(len(G)):
+        top = largest(G[k])
+        if top is not None and top - g[k] <= PINNED_TOL * max(1.0, abs(g[k])):
+            met.add(k)
+            if adds(G[k]):
+                rows.add(k)
+    return frozenset(met), frozenset(rows), tuple(fixed)
 
 
 def dense_constraints(cons: list[EncodedConstraint], dim: int) -> tuple[np.ndarray, np.ndarray]:

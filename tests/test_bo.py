@@ -14,6 +14,7 @@ import torch
 from botorch.test_functions import Branin, Hartmann
 
 from bbo.acquisition import believe
+from bbo.errors import SpecError
 from bbo.incumbent import best_trial, hypervolume, pareto_front
 from bbo.space import (
     CategoricalParam,
@@ -229,8 +230,9 @@ def test_a_polytope_is_learned_once_per_study_not_per_ask(monkeypatch):
     )
     monkeypatch.setattr(Polytope, "_rejection", lambda *a, **k: passes.append(1) or reject(*a, **k))
     first = Polytope.of(corner, cpu).sobol(512, seed=4)
-    # the bounding box's 2 d programs and one asking whether the box pins the constraint
-    assert first is not None and len(programs) == 11 and len(passes) == 2
+    # the bounding box's 2 d programs, and what the polytope holds fixed: the range of each
+    # constrained column (2 d more) and of the constraint (bbo.space.pinned)
+    assert first is not None and len(programs) == 21 and len(passes) == 2
     programs.clear(), passes.clear()
     again = Polytope.of(corner, cpu).sobol(512, seed=4)
     assert not programs and len(passes) == 1 and torch.equal(first, again)
@@ -340,18 +342,29 @@ def test_a_constraint_the_box_pins_is_sampled_as_the_face_it_leaves():
     space = SearchSpace(UNIT2.params, (LinearConstraint({"a": 1.0}, 0.0),))
     ineq, eq = split_equalities(space.inequality_constraints(), space.bounds())
     assert (len(ineq), len(eq)) == (0, 1)
-    assert split_equalities(space.inequality_constraints()) == (ineq + eq, [])  # no box, no LP
+    assert eq == [([0], [1.0], 0.0)]  # a = 0 (the constraint, implied by it, is dropped)
+    cons = space.inequality_constraints()
+    assert split_equalities(cons) == (cons, [])  # without the box, no programs
     _, trials = run(spec_of(space, seed=2, n_initial=4), lambda p: {"f": (p["b"] - 0.6) ** 2}, 7)
     assert all(t.params["a"] == 0.0 for t in trials)
     assert len({t.params["b"] for t in trials}) == 7
     assert all(t.origin.startswith(Origin.BO.value) for t in trials[4:])  # BO or its exploitation
     assert min(abs(t.params["b"] - 0.6) for t in trials) < 0.01
-    # a + b <= 0 leaves one point: both are pinned there, and no direction is counted twice
+    # a + c <= 0 pins a and c at 0 (the box, not the constraint alone): b is still sampled
+    abc = SearchSpace(
+        UNIT2.params + (FloatParam("c", 0.0, 1.0),),
+        (LinearConstraint({"a": 1.0, "c": 1.0}, 0.0),),
+    )
+    ineq, eq = split_equalities(abc.inequality_constraints(), abc.bounds())
+    assert not ineq and sorted(i for (i,), _, _ in eq) == [0, 2]  # a = 0, c = 0; the sum implied
+    _, trials = run(spec_of(abc, seed=2, n_initial=4), lambda p: {"f": (p["b"] - 0.6) ** 2}, 5)
+    assert all(t.params["a"] == t.params["c"] == 0.0 for t in trials)
+    assert len({t.params["b"] for t in trials}) == 5
+    # where they leave one point there is nothing to search: refused where a study is created
     corner = SearchSpace(UNIT2.params, (LinearConstraint({"a": 1.0, "b": 1.0}, 0.0),))
-    assert [len(c) for c in split_equalities(corner.inequality_constraints(), corner.bounds())] == [
-        0,
-        1,
-    ]
+    with pytest.raises(SpecError, match=r"leave one point \(a = 0\.0, b = 0\.0\)"):
+        corner.check_reachable()
+    space.check_reachable()
 
 
 # ---- multi-objective ---------------------------------------------------------------------------------------

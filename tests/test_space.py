@@ -374,8 +374,9 @@ def test_weights_that_sum_to_one_get_a_spread_design_and_model_based_asks():
 
 def test_constraints_met_only_within_the_tolerance_still_give_points():
     """x + z <= -1e-13 on [0, 1]^2 is met (within the tolerance) only at the corner: the polytope
-    sampler finds no interior and raised, failing every Ask; the known point is handed out. A
-    stored study whose constraints admit no grid point at all is a clear error, not a crash."""
+    sampler finds no interior and raised, failing every Ask; the known point is handed out (a new
+    study is refused: nothing to search). A stored study whose constraints admit no grid point at
+    all is a clear error, not a crash."""
     from bbo.design import polytope_samples
     from bbo.errors import ConflictError
 
@@ -383,7 +384,8 @@ def test_constraints_met_only_within_the_tolerance_still_give_points():
         (FloatParam("x", 0, 1), FloatParam("z", 0, 1)),
         (LinearConstraint({"x": 1.0, "z": 1.0}, -1e-13),),
     )
-    thin.check_reachable()
+    with pytest.raises(SpecError, match="leave one point"):
+        thin.check_reachable()
     assert sobol_design(thin, 3, seed=1) == [{"x": 0.0, "z": 0.0}] * 3
     none = SearchSpace(
         (IntParam("n", 0, 1), FloatParam("x", 0, 1)),
