@@ -411,3 +411,53 @@ def test_related_answers_are_read_by_name_clipped_and_unknown_names_dropped():
     by_key = parse_related('{"cloud": {"relatedness": 0.2, "why": "w"}}', names)
     assert by_key.scores == {"cloud": (0.2, "w")}
     assert parse_related("no idea", names).scores == {}
+
+
+def test_salvaging_a_deeply_nested_answer_parses_no_more_than_a_few_times_its_length(monkeypatch):
+    """A block that fails to parse was tried again from each brace inside it: 5,000 nested
+    objects (30 KB) took 10 s of an Ask, quadratic in the depth. The work is now bounded by
+    SALVAGE_WORK times the answer's length, and a complete candidate before it is still found."""
+    import bbo.llm.parse as parse
+
+    loads, seen = parse._loads, []
+    monkeypatch.setattr(parse, "_loads", lambda s: seen.append(len(s)) or loads(s))
+    text = '[{"lr": 0.001}] and ' + '{"a":' * 5000 + "1" + "}" * 5000
+    got = parse.salvage_objects(text)
+    assert got[0] == {"lr": 0.001}
+    assert sum(seen) <= parse.SALVAGE_WORK * len(text) + 4096
+
+
+def test_numbers_past_a_doubles_range_make_an_answer_unusable_not_an_error():
+    """1 followed by 400 zeros is valid JSON and no double: float() raised OverflowError out of
+    the parser, so the call failed unrecorded and its prompt was sent on every Ask. A log range
+    to 1e300 with a prior at its top overflowed expm1 the same way."""
+    huge = "1" + "0" * 400
+    space = make_space()
+    pri = parse_priors('{"lr": {"best_guess": ' + huge + '}, "layers": {"best_guess": 4}}', space)
+    assert [p.parameter for p in pri.priors] == ["layers"]
+    cand = parse_candidates(json.dumps([GOOD])[:-2] + ', "wd": ' + huge + "}]", space)
+    assert not cand.points and cand.rejected
+    rel = parse_related('[{"name": "cloud", "relatedness": ' + huge + "}]", ["cloud"])
+    assert rel.scores == {} and rel.issues
+    wide = SearchSpace((FloatParam("x", 1e-300, 1e300, log=True),))
+    out = parse_priors('{"x": {"best_guess": 1e300, "std": 1e300}}', wide)
+    assert all(math.isfinite(p.std) for p in out.priors)
+
+
+def test_any_error_reading_an_answer_is_an_unusable_answer(monkeypatch):
+    """Whatever the parser meets, it never raises on model output: a reader's exception makes
+    the answer unusable, saying so, and the call is recorded as such."""
+    import bbo.llm.parse as parse
+
+    def broken(*a, **k):
+        raise ZeroDivisionError("a case no check foresaw")
+
+    monkeypatch.setattr(parse, "coerce_params", broken)
+    monkeypatch.setattr(parse, "_numeric_prior", broken)
+    monkeypatch.setattr(parse, "_number", broken)
+    cand = parse_candidates(json.dumps([GOOD]), make_space())
+    assert not cand.points and "could not be read: ZeroDivisionError" in cand.shortfall(1)
+    assert (
+        "could not be read" in parse_priors('{"lr": {"best_guess": 0.01}}', make_space()).issues[0]
+    )
+    assert "could not be read" in parse_related('[{"name": "a", "score": 1}]', ["a"]).issues[0]

@@ -21,10 +21,12 @@ or an existing trial is dropped. The caller fills a shortfall with Sobol points 
 from __future__ import annotations
 
 import ast
+import functools
 import json
+import logging
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -32,6 +34,8 @@ from bbo.errors import SpecError
 from bbo.priors import unit_normal
 from bbo.space import CategoricalParam, FixedParam, IntParam, OrdinalParam, SearchSpace, Value
 from bbo.spec import ParameterPrior
+
+log = logging.getLogger(__name__)
 
 CLIP_TOLERANCE = (
     0.05  # fraction of a parameter's range (search scale) that is clipped rather than rejected
@@ -75,6 +79,26 @@ _LIST_KEYS = (
     "results",
     "trials",
 )
+
+
+def _unusable_on_error(empty: Callable[[str], Any]):
+    """The module's promise made structural for a parser of whole answers: an exception while
+    reading one (an int past a double's range met where no check looked) makes the answer
+    unusable, ``empty(why)``, logged, rather than failing the call whose answer it was (the call
+    then went unrecorded and its prompt was sent again on every Ask)."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def guarded(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - model output must not fail the caller
+                log.exception("reading an LLM answer failed (%s)", fn.__name__)
+                return empty(f"the answer could not be read: {type(e).__name__}")
+
+        return guarded
+
+    return wrap
 
 
 # ---- JSON extraction ---------------------------------------------------------------------------------
@@ -209,17 +233,28 @@ def extract_json(text: str) -> Any | None:
     return None
 
 
+# characters salvage_objects may hand the parser, per character of the answer (plus a floor): a
+# block that fails to parse is tried again from each brace inside it, and 5,000 nested braces
+# (30 KB) took 10 s of an Ask, n^2 in the depth; the budget keeps the work linear in the answer
+SALVAGE_WORK = 8
+
+
 def salvage_objects(text: str) -> list[dict]:
     """Every parseable {...} object, innermost-complete first where an outer one is cut off
-    (for truncated answers). Objects nested in an object already taken are not repeated."""
+    (for truncated answers). Objects nested in an object already taken are not repeated. Stops
+    once it has parsed :data:`SALVAGE_WORK` times the answer's length."""
     text = _THINK.sub("", text or "")
     blocks = _Blocks(text)
     out: list[dict] = []
     i, n = 0, len(text)
+    budget = SALVAGE_WORK * n + 4096
     while i < n:
         if text[i] == "{":
             end = blocks.end(i)
             if end > 0:
+                budget -= end - i
+                if budget < 0:
+                    break
                 try:
                     v = _loads(text[i:end])
                 except ValueError:
@@ -237,7 +272,10 @@ def _number(raw: Any) -> float | None:
     if isinstance(raw, bool):
         return None
     if isinstance(raw, (int, float)):
-        v = float(raw)
+        try:
+            v = float(raw)
+        except OverflowError:  # an int past a double's range (1 and 400 zeros is valid JSON)
+            return None
     elif isinstance(raw, str):
         s = raw.strip().replace("_", "").replace(" ", "")
         if s.count(",") == 1 and "." not in s and len(s.split(",")[1]) != 3:
@@ -421,6 +459,7 @@ def _split_candidate(d: dict) -> tuple[Mapping[str, Any], str]:
     return {k: v for k, v in d.items() if _norm_key(k) not in _RATIONALE_KEYS}, rationale
 
 
+@_unusable_on_error(lambda why: ParsedCandidates(issues=[why], rejected=[why]))
 def parse_candidates(
     text: str,
     space: SearchSpace,
@@ -539,7 +578,10 @@ def _numeric_prior(p, d: Mapping[str, Any], cap: float, issues: list[str]) -> Pa
     # distance from mean to the point one log-sd above it.
     if log:
         mean = math.exp(best)
-        std = mean * math.expm1(sd_clamped)
+        std = mean * math.expm1(min(sd_clamped, 700.0))  # expm1 raises past 709.78
+        if not math.isfinite(std):
+            issues.append(f"prior on '{p.name}': its spread overflows a double; left out")
+            return None
     else:
         mean, std = best, sd_clamped
     return ParameterPrior(
@@ -606,6 +648,7 @@ def _categorical_prior(
     return ParameterPrior(parameter=p.name, probabilities=mixed, confidence=conf, source="llm")
 
 
+@_unusable_on_error(lambda why: ParsedPriors(issues=[why]))
 def parse_priors(text: str, space: SearchSpace, *, confidence_cap: float = 0.5) -> ParsedPriors:
     """Validated ``ParameterPrior(source="llm")`` objects from an answer (possibly fewer than params)."""
     out = ParsedPriors()
@@ -663,6 +706,7 @@ class ParsedRelated:
     issues: list[str] = field(default_factory=list)
 
 
+@_unusable_on_error(lambda why: ParsedRelated(issues=[why]))
 def parse_related(text: str, names: Sequence[str]) -> ParsedRelated:
     """The relatedness (in [0, 1], clipped) and reason the answer gives each of ``names``; other
     names and entries without a number are noted and left out."""
