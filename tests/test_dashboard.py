@@ -312,6 +312,40 @@ def test_plugin_refuses_an_open_dashboard_and_a_taken_port(registry):
         )
 
 
+def test_without_keys_only_requests_addressed_to_loopback_are_answered(registry):
+    """Without API keys the dashboard listens on loopback only, but a page on another site whose
+    name an attacker re-points at 127.0.0.1 (DNS rebinding) is same-origin to the browser: its
+    requests name that site in Host and are refused; loopback names are answered. With keys
+    every request carries its own key, so the Host is not checked there."""
+    import http.client
+
+    from bbo_server import dashboard
+
+    registry.create_study("rebind-study", SMALL_SPEC)
+    server = dashboard.DashboardServer(dashboard.bind("127.0.0.1", 0)).start(
+        dashboard.create_app(registry)
+    )
+    port = server.port
+
+    def status(host: str) -> tuple[int, bytes]:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            c.request("GET", "/api/studies/rebind-study", headers={"Host": host})
+            r = c.getresponse()
+            return r.status, r.read()
+        finally:
+            c.close()
+
+    try:
+        for host in (f"attacker.example:{port}", "attacker.example", f"127.0.0.1.nip.io:{port}"):
+            code, body = status(host)
+            assert code == 400 and b"rebind-study" not in body and b"loopback" in body, host
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}"):
+            assert status(host)[0] == 200, host
+    finally:
+        server.stop()
+
+
 def test_https_with_the_apis_certificate_and_client_ca(registry, tmp_path):
     """In process: the dashboard's server on a real port, TLS as --tls-cert / --tls-client-ca."""
     import ssl

@@ -69,6 +69,7 @@ from bbo.registry import DEFAULT_TENANT, StudyRegistry
 from bbo.study import Study
 from bbo.study_trials import late
 from bbo.trial import Trial, TrialState
+from bbo_server.auth import is_loopback
 
 log = logging.getLogger("bbo.dashboard")
 
@@ -123,6 +124,34 @@ class _SecurityHeaders:
             await send(message)
 
         return await self.app(scope, receive, send_with_headers)
+
+
+class _LoopbackHost:
+    """ASGI middleware for a dashboard without API keys (served on a loopback address only): a
+    request whose ``Host`` names anything but a loopback address is refused (400). A web page on
+    another site whose name an attacker re-points at 127.0.0.1 (DNS rebinding) is same-origin to
+    the browser and could otherwise read every study; its requests carry that site's name."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        raw = dict(scope.get("headers") or ()).get(b"host", b"").decode("latin-1").strip()
+        host = raw[1 : raw.find("]")] if raw.startswith("[") else raw.rsplit(":", 1)[0]
+        if is_loopback(host):
+            return await self.app(scope, receive, send)
+        response = JSONResponse(
+            {
+                "error": f"Host {raw[:100]!r} is not a loopback address: without API keys the "
+                "dashboard answers only requests addressed to 127.0.0.1, ::1 or localhost",
+                "status": 400,
+            },
+            status_code=400,
+            headers={"cache-control": "no-store"},
+        )
+        return await response(scope, receive, send)
 
 
 def key_from_headers(request: Request) -> str | None:
@@ -472,9 +501,12 @@ def create_app(
         Route("/api/studies/{name}/intermediates", d.intermediates),
         Route("/api/studies/{name}/llm_calls", d.llm_calls),
     ]
+    middleware = [Middleware(_SecurityHeaders), Middleware(GZipMiddleware, minimum_size=1024)]
+    if keys is None:  # loopback only (plugins/dashboard.py): only requests addressed to it
+        middleware.insert(1, Middleware(_LoopbackHost))
     return Starlette(
         routes=routes,
-        middleware=[Middleware(_SecurityHeaders), Middleware(GZipMiddleware, minimum_size=1024)],
+        middleware=middleware,
         # starlette types every handler as taking any Exception; this one gets HTTPException only
         exception_handlers={HTTPException: _http_error},  # type: ignore[dict-item]
     )
