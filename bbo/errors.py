@@ -37,6 +37,15 @@ class LimitError(BboError):
     limit: str = ""  # the limit's name (a metrics label), where one is named
 
 
+class StorageFull(LimitError):
+    """The database refuses writes for want of space (SQLite's disk full, PostgreSQL's class 53):
+    nothing was changed. RESOURCE_EXHAUSTED with a delay to retry after, so clients come back
+    once an operator has freed space rather than dropping a finished result on an INTERNAL."""
+
+    limit = "storage"
+    retry_after = 5.0
+
+
 class StudyNotFound(NotFoundError):
     """The study a call names (by uid) no longer exists: it was deleted, perhaps re-created since."""
 

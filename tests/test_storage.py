@@ -304,6 +304,53 @@ def test_a_database_locked_by_another_process_is_unavailable(tmp_path):
         s.close()
 
 
+def test_a_full_sqlite_disk_is_storage_full_and_stores_nothing(tmp_path):
+    """A database that cannot grow (here SQLite's max_page_count; a full disk gives the same
+    SQLITE_FULL) answered INTERNAL, which clients do not retry: it is StorageFull
+    (RESOURCE_EXHAUSTED with a delay to retry after, saying the disk is full) on the plain write
+    path, the raw connection's trial inserts and the group-commit (Tell) path, nothing is stored,
+    and writes go on once there is room."""
+    import dataclasses
+
+    from sqlalchemy import event
+
+    from bbo.errors import StorageFull
+    from bbo_server.errors import status_for
+
+    s = open_storage(f"sqlite:///{tmp_path / 'full.db'}")
+    uid = s.create_study("t", "s", SPEC, 1).uid
+    (t,), _ = s.insert_trials(uid, [NewTrial({"x": 0.5}, "bo")])
+    s.close()
+    room = {"cap": True}
+
+    def cap(conn, _record):  # every connection the reopened storage makes
+        if room["cap"]:
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count = {pages}")
+
+    event.listen(sa.engine.Engine, "connect", cap)
+    s = open_storage(f"sqlite:///{tmp_path / 'full.db'}")
+    try:
+        big = {"x": "y" * 20000}
+        with pytest.raises(StorageFull, match="disk is full") as e:
+            s.insert_trials(uid, [NewTrial(big, "bo") for _ in range(20)])
+        with pytest.raises(StorageFull):
+            s.create_study("t", "s2" + "z" * 100, {**SPEC, "description": "d" * 100000}, 1)
+        with pytest.raises(StorageFull):
+            s.modify_trial(uid, t.id, lambda cur: dataclasses.replace(cur, reason="r" * 100000))
+        status = status_for(e.value)
+        assert status.code.name == "RESOURCE_EXHAUSTED" and "disk is full" in status.details
+        assert [x.id for x in s.list_trials(uid)] == [t.id] and s.get_trial(uid, t.id).reason == ""
+        assert [r.name for r in s.list_studies("t")] == ["s"]
+        room["cap"] = False
+        s.close()
+        s = open_storage(f"sqlite:///{tmp_path / 'full.db'}")
+        assert len(s.insert_trials(uid, [NewTrial(big, "bo")])[0]) == 1
+    finally:
+        event.remove(sa.engine.Engine, "connect", cap)
+        s.close()
+
+
 def test_a_sqlite_file_is_served_by_one_process_at_a_time(tmp_path):
     """A server claims its SQLite file (``exclusive``): a second claim, under any name of the
     file, is DatabaseInUse before it reads or migrates anything; readers (bbo copy, bbo keys)
@@ -359,3 +406,26 @@ def test_study_listings_are_a_range_of_the_listing_index_unsorted(storage):
     for plan in plans[1:]:  # from the cursor on, not from the tenant's first study
         assert "(created_at,name)>(?,?)" in plan[0], plan
     assert "COVERING INDEX" in plans[2][0], plans[2]
+
+
+def test_postgresql_out_of_disk_or_resources_is_a_clear_refusal():
+    """PostgreSQL's class 53 (53100: disk full) fell through to INTERNAL: a full disk is
+    StorageFull (RESOURCE_EXHAUSTED, retried later), other exhausted resources StorageUnavailable;
+    other errors are left to the caller as before."""
+    from bbo.errors import StorageFull, StorageUnavailable
+    from bbo.storage.postgres import PostgresStorage
+
+    class Orig(Exception):
+        def __init__(self, sqlstate):
+            super().__init__(sqlstate)
+            self.sqlstate = sqlstate
+
+    def error(code):
+        return sa.exc.OperationalError("INSERT ...", {}, Orig(code))
+
+    with pytest.raises(StorageFull, match="disk is full"):
+        PostgresStorage._on_error(None, error("53100"), "tell", 1, False)
+    with pytest.raises(StorageUnavailable, match="53200"):
+        PostgresStorage._on_error(None, error("53200"), "tell", 1, False)
+    with pytest.raises(sa.exc.OperationalError):
+        PostgresStorage._on_error(None, error("22003"), "tell", 1, False)

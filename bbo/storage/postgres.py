@@ -46,7 +46,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bbo.errors import DatabaseUrlError, StorageUnavailable
+from bbo.errors import DatabaseUrlError, StorageFull, StorageUnavailable
 from bbo.storage import schema as S
 from bbo.storage.sql import SqlStorage
 
@@ -240,6 +240,17 @@ class PostgresStorage(SqlStorage):
 
     def _on_error(self, exc, call: str, attempt: int, idempotent: bool) -> float:
         kind = classify(exc)
+        code = sqlstate(exc) or ""
+        if kind is None and code == "53100":
+            raise StorageFull(
+                f"the PostgreSQL server's disk is full ({call} stored nothing): its operator "
+                "must free space; retry later"
+            ) from exc
+        if kind is None and code.startswith("53"):  # out of memory, a configured limit
+            raise StorageUnavailable(
+                f"the PostgreSQL server is out of resources ({code}; {call} stored nothing); "
+                "retry the request"
+            ) from exc
         if kind is None:
             raise exc
         if kind == "connection" and not idempotent:

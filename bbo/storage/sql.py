@@ -168,7 +168,7 @@ def db_call(fn: Callable | None = None, *, idempotent: bool | Callable[..., bool
                 attempt += 1
                 try:
                     return f(self, *args, **kwargs)
-                except sa.exc.DBAPIError as e:  # noqa: PERF203
+                except (sa.exc.DBAPIError, *self.RAW_ERRORS) as e:  # noqa: PERF203
                     ok = idempotent(self, *args, **kwargs) if callable(idempotent) else idempotent
                     time.sleep(self._on_error(e, f.__name__, attempt, ok))
 
@@ -180,12 +180,16 @@ def db_call(fn: Callable | None = None, *, idempotent: bool | Callable[..., bool
 class SqlStorage(Storage):
     """Storage on a SQLAlchemy engine (see the module docstring)."""
 
+    # the driver's own errors, raised where a backend runs statements on its raw connection (not
+    # wrapped by SQLAlchemy), which :func:`db_call` hands to :meth:`_on_error` as well
+    RAW_ERRORS: tuple[type[Exception], ...] = ()
+
     def __init__(self, engine: sa.Engine, url: sa.engine.URL):
         self.engine = engine
         self.url = url
 
     # ---- hooks for the backends -----------------------------------------------------------------
-    def _on_error(self, exc: sa.exc.DBAPIError, call: str, attempt: int, idempotent: bool) -> float:
+    def _on_error(self, exc: Exception, call: str, attempt: int, idempotent: bool) -> float:
         """Seconds to wait before retrying ``call``, or raise. The default: re-raise."""
         raise exc
 

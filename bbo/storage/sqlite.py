@@ -38,6 +38,7 @@ from bbo.errors import (
     DatabaseInUse,
     DatabaseUrlError,
     NotFoundError,
+    StorageFull,
     StorageUnavailable,
     StudyNotFound,
 )
@@ -86,6 +87,26 @@ def _locked(exc: BaseException) -> bool:
     )
 
 
+def _write_failure(exc: BaseException) -> int | None:
+    """SQLITE_FULL, SQLITE_IOERR or SQLITE_READONLY (primary codes) where ``exc`` or an error it
+    arose from says the database could not be written, else None. Followed through the chain: on
+    a full disk SQLite rolls the transaction back itself, and the savepoint's own rollback then
+    fails with "no such savepoint", the full disk only in its context."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        code = getattr(getattr(e, "orig", e), "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in (
+            sqlite3.SQLITE_FULL,
+            sqlite3.SQLITE_IOERR,
+            sqlite3.SQLITE_READONLY,
+        ):
+            return code & 0xFF
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def _nonul(v):
     """As the schema's text types store it: NUL becomes U+FFFD (PostgreSQL refuses NUL). Every
     text value the raw fast paths below bind, written or compared, goes through it, so a SQLite
@@ -96,6 +117,7 @@ def _nonul(v):
 class SqliteStorage(SqlStorage):
     dialect = "sqlite"
     shared = False
+    RAW_ERRORS = (sqlite3.Error,)  # statements on the raw sqlite3 connection (trial inserts...)
 
     def __init__(
         self,
@@ -180,6 +202,18 @@ class SqliteStorage(SqlStorage):
             raise StorageUnavailable(
                 "the SQLite database stayed locked by another process (a second server on the "
                 "same file?); retry the request"
+            ) from exc
+        code = _write_failure(exc)
+        if code == sqlite3.SQLITE_FULL:
+            raise StorageFull(
+                f"the SQLite database's disk is full ({call} stored nothing): the server's "
+                "operator must free space; retry later"
+            ) from exc
+        if code is not None:
+            raise StorageUnavailable(
+                f"the SQLite database could not be written ({call} stored nothing: "
+                f"{getattr(exc, 'orig', exc)}); the server's operator must check its disk; "
+                "retry the request"
             ) from exc
         raise exc
 
