@@ -434,9 +434,7 @@ class StudyRegistry:
     def expire_leases(self, now: float | None = None) -> dict[str, list[int]]:
         """ABANDON every expired lease of every study (the server's reaper calls this on a timer,
         so a dead worker's trial does not wait for its study's next Ask); ``{uid: [trial ids]}``."""
-        import time
-
-        now = time.time() if now is None else now
+        now = self.storage.clock() if now is None else now
         out: dict[str, list[int]] = {}
         for uid in self.storage.studies_with_expired_leases(now):
             try:

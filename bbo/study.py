@@ -24,7 +24,6 @@ import dataclasses
 import functools
 import logging
 import threading
-import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -245,7 +244,7 @@ class Study:
             if req is not None and (replay := self.requests.replay(req)) is not None:
                 return AskResult(replay, note=replayed)
             trials = self.trial_cache.all()
-            now = time.time()
+            now = self.storage.clock()
             if not self.trial_cache.loaded or any(lease_over(t, now) for t in trials):
                 if self.expire_leases(now):
                     trials = self.trial_cache.all()
@@ -273,7 +272,7 @@ class Study:
                 self.uid,
                 new,
                 worker_id=worker_id,
-                lease_expires_at=time.time() + lease,
+                lease_expires_at=self.storage.clock() + lease,
                 request=req,
                 continuations=continuations,
                 max_trials=self.config.limits.max_trials_per_study,
@@ -299,7 +298,7 @@ class Study:
         """ABANDON pending trials whose lease ran out (stored, then the in-memory copy); returns
         the trial ids changed here or found already expired by someone else (the server's
         reaper)."""
-        now = time.time() if now is None else now
+        now = self.storage.clock() if now is None else now
         expired = self.storage.expire_leases(self.uid, now)
         if expired:
             log.info("leases expired", extra={"study": self.name, "trials": expired})
@@ -564,7 +563,8 @@ class Study:
                 )
             lease = asked or held_lease(cur) or self.config.default_lease_seconds
             return dataclasses.replace(
-                cur, lease_expires_at=time.time() + min(lease, self.config.max_lease_seconds)
+                cur,
+                lease_expires_at=self.storage.clock() + min(lease, self.config.max_lease_seconds),
             )
 
         trial, _, _ = self.storage.modify_trial(self.uid, trial_number(trial_id), change)

@@ -723,3 +723,26 @@ def test_a_study_listing_page_is_an_index_range_not_a_sort(storage):
         assert scan.get("Index Name") == "ix_studies_tenant_created_at_name_uid", shown
         assert scan["Actual Rows"] + scan.get("Rows Removed by Filter", 0) <= 500, shown
     assert "Index Only Scan" in json.dumps(plan), shown  # the keys: from the index alone
+
+
+def test_replicas_set_and_judge_leases_by_the_databases_clock(pg_url, monkeypatch):
+    """Replica B's machine clock 90 s ahead of A's: leases were set and reaped by each machine's
+    own clock, so B reaped A's 60 s lease within seconds. Both now read the database's clock
+    (an offset measured once a minute): B's reaper leaves A's lease, which expires on time."""
+    from bbo.registry import StudyRegistry
+
+    a, b = open_storage(pg_url, pool_size=2), open_storage(pg_url, pool_size=2)
+    try:
+        st, _ = StudyRegistry(a).create_study("s", SPEC)
+        (t,) = st.ask(1, lease_seconds=60).trials
+        assert abs(t.lease_expires_at - (time.time() + 60)) < 5
+        real = time.time
+        monkeypatch.setattr(pgmod.time, "time", lambda: real() + 90)  # B's machine, after A's ask
+        assert abs(b.clock() - real()) < 5
+        reg_b = StudyRegistry(b)
+        assert t.id not in reg_b.expire_leases().get(st.uid, [])
+        assert b.get_trial(st.uid, t.id).state is TrialState.PENDING
+        assert t.id in reg_b.expire_leases(now=b.clock() + 61).get(st.uid, [])
+    finally:
+        a.close()
+        b.close()

@@ -175,6 +175,12 @@ class Storage(abc.ABC):
     def schema_revision(self) -> str | None:
         """The database's schema revision, None for an empty (not yet a bbo) database."""
 
+    def clock(self) -> float:
+        """Seconds since the epoch by the clock leases are set and judged by: this machine's,
+        where one process owns the database; a shared database's own (every replica's leases then
+        mean the same, whatever their machines' clocks say)."""
+        return time.time()
+
     # ---- studies --------------------------------------------------------------------------------
     @abc.abstractmethod
     def create_study(
