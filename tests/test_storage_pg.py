@@ -736,6 +736,7 @@ def test_replicas_set_and_judge_leases_by_the_databases_clock(pg_url, monkeypatc
         st, _ = StudyRegistry(a).create_study("s", SPEC)
         (t,) = st.ask(1, lease_seconds=60).trials
         assert abs(t.lease_expires_at - (time.time() + 60)) < 5
+        assert abs(t.lease_expires_at - t.created_at - 60) < 1  # what a client reads as granted
         real = time.time
         monkeypatch.setattr(pgmod.time, "time", lambda: real() + 90)  # B's machine, after A's ask
         assert abs(b.clock() - real()) < 5

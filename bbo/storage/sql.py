@@ -486,7 +486,7 @@ class SqlStorage(Storage):
     def _insert_trials(
         self, uid, new, worker_id, lease_expires_at, request, continuations=(), max_trials=0
     ):
-        now = time.time()
+        now = self.clock()  # the lease's clock: a client reads the lease granted as the difference
         with self._write() as conn:
             sid = self._sid(conn, uid, lock=True)
             if request is not None:
@@ -675,7 +675,7 @@ class SqlStorage(Storage):
             new = change(cur)
             if new is None:
                 return cur, False, None
-            new.updated_at = time.time()
+            new.updated_at = self.clock()
             conn.execute(
                 _UPDATE_TRIAL,
                 {
