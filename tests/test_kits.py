@@ -93,6 +93,15 @@ def test_unknown_options_rejected():
         ("cloud", dict(horizon=0.0)),
         ("cloud", dict(load_scale=-1.0)),
         ("cloud", dict(sla_bound=2.0)),
+        # runs no evaluation can finish in reason (every trial would fail or run for hours)
+        ("hpo", dict(cv_folds=51, dataset="iris")),  # 50 rows a class
+        ("hpo", dict(cv_folds=101)),
+        ("hpo", dict(max_samples=1, dataset="iris")),
+        ("hpo", dict(max_samples=2, model="sgd_mlp", dataset="iris")),
+        ("hpo", dict(model="sgd_mlp", max_epochs=10**9)),
+        ("admm", dict(max_iter=10**9)),
+        ("cloud", dict(horizon=1e9)),
+        ("cloud", dict(load_scale=1e6)),
     ],
     ids=str,
 )
@@ -100,9 +109,20 @@ def test_out_of_range_options_are_refused_naming_the_option(name, opts):
     """An option no evaluation can run with (every trial would fail, or measure an empty run) is a
     SpecError on that option, not a crash in the spec builder or a study of failed trials."""
     option = "max_epochs" if "max_epochs" in opts else next(iter(opts))
-    with pytest.raises(SpecError, match=f"option {option} must be") as e:
+    with pytest.raises(SpecError, match=f"option {option} must ") as e:
         KITS[name].spec(**opts)
     assert e.value.field == option
+
+
+def test_knn_asks_no_more_neighbours_than_a_training_fold_holds():
+    """A fifth of iris (30 rows) leaves 20 rows a training fold in 3-fold CV: k-NN's n_neighbors
+    up to 50 failed on every point above 20; the space stops at the fold's rows."""
+    kit = KITS["hpo"]
+    assert kit.spec(model="knn", dataset="iris").space.by_name["n_neighbors"].high == 50
+    spec = kit.spec(model="knn", dataset="iris", part="5/5")
+    assert spec.space.by_name["n_neighbors"].high == 20
+    p = spec.space.validate_params({"n_neighbors": 20, "weights": "distance", "p": 2.0})
+    assert 0.0 <= kit.evaluate(p)["cv_error"] <= 1.0
 
 
 def test_parts_of_a_data_set_are_disjoint_and_cover_it():

@@ -249,6 +249,9 @@ HESSIAN = {
 }
 
 
+MAX_ITER = 1_000_000  # max_iter: about 45 s a trial at a bad point (45 us an iteration)
+
+
 class AdmmKit(Kit):
     name = "admm"
     wall_clock_metrics = ("solve_seconds",)
@@ -279,7 +282,7 @@ class AdmmKit(Kit):
             raise SpecError(
                 "problem", f"unknown problem {o['problem']!r}; choose one of {sorted(PROBLEMS)}"
             )
-        self._check_number(o, "max_iter", 1, integer=True)
+        self._check_number(o, "max_iter", 1, MAX_ITER, integer=True)
         self._check_number(o, "accuracy", 0, above=True)
         params = (
             FloatParam("rho", 1e-3, 1e3, log=True),

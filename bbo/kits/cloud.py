@@ -399,6 +399,10 @@ TRACKED = (
 )
 
 
+MAX_HORIZON = 10_080.0  # minutes simulated (a week): horizon
+MAX_LOAD_SCALE = 100.0  # load_scale
+
+
 class CloudKit(Kit):
     name = "cloud"
     defaults = {
@@ -445,8 +449,11 @@ class CloudKit(Kit):
         o = self._options(options)
         if o["variant"] not in ("single", "multi"):
             raise SpecError("variant", f"variant must be 'single' or 'multi', got {o['variant']!r}")
-        for name in ("horizon", "load_scale", "cost_budget"):
-            self._check_number(o, name, 0, above=True)
+        # a week at 100x the load is about a minute and a half of simulation a trial (3600 min at
+        # 1x: 0.35 s); 1e9 minutes would draw billions of jobs before simulating any
+        self._check_number(o, "horizon", 0, MAX_HORIZON, above=True)
+        self._check_number(o, "load_scale", 0, MAX_LOAD_SCALE, above=True)
+        self._check_number(o, "cost_budget", 0, above=True)
         self._check_number(o, "sla_wait_minutes", 0)
         self._check_number(o, "sla_bound", 0, 1)
         fixed = self._fixed(o, ("sla_wait_minutes", "horizon", "load_scale"))

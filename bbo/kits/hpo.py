@@ -123,6 +123,32 @@ def load_dataset(
     return X, y
 
 
+MAX_CV_FOLDS = 100  # cv_folds: more is leave-one-out on these data sets, at 100 fits a trial
+MAX_EPOCHS = 10_000  # max_epochs (sgd_mlp): 10**9 epochs ran for years a trial
+
+
+def _smallest_class(y: np.ndarray, classify: bool) -> int:
+    """Rows of the smallest class (every row, for a regression)."""
+    return int(np.unique(y, return_counts=True)[1].min()) if classify else len(y)
+
+
+def _check_rows(o: Mapping[str, Any], y: np.ndarray, classify: bool, need: int, why: str) -> None:
+    """Refuse options that leave some class of ``y`` (the kept rows) fewer than ``need`` rows:
+    every evaluation would fail (scikit-learn's "n_splits greater than the number of members in
+    each class"). Named: ``max_samples`` where the data set's rows would do without its cut,
+    else ``cv_folds``."""
+    have = _smallest_class(y, classify)
+    if have >= need:
+        return
+    _, whole = load_dataset(o["dataset"], 10**9, str(o["part"]))
+    option = "max_samples" if _smallest_class(whole, classify) >= need else "cv_folds"
+    raise SpecError(
+        option,
+        f"kit 'hpo': option {option} must leave {need} rows of every class ({why}), but the rows "
+        f"kept (after max_samples and part) hold {have} of the smallest",
+    )
+
+
 # ---- models: search spaces and builders ----------------------------------------------------------
 
 MODELS: dict[str, dict[str, Any]] = {
@@ -429,13 +455,27 @@ class HpoKit(Kit):
                 "dataset", f"unknown data set {o['dataset']!r}; choose one of {sorted(DATASETS)}"
             )
         self._check_number(o, "max_samples", 1, integer=True)
-        load_dataset(o["dataset"], int(o["max_samples"]), str(o["part"]))  # refuses a bad part
+        X, y = load_dataset(
+            o["dataset"], int(o["max_samples"]), str(o["part"])
+        )  # refuses a bad part
+        classify = DATASETS[o["dataset"]]["task"] == "classification"
         if MODELS[o["model"]].get("epochs"):
+            _check_rows(o, y, classify, 2, "a stratified hold-out")
             return self._epoch_spec(o, options)
-        self._check_number(o, "cv_folds", 2, integer=True)
+        self._check_number(o, "cv_folds", 2, MAX_CV_FOLDS, integer=True)
+        k = int(o["cv_folds"])
+        _check_rows(o, y, classify, k, f"{k}-fold CV")
         if o["max_train_seconds"] is not None:
             self._check_number(o, "max_train_seconds", 0, above=True)
         params = MODELS[o["model"]]["params"]
+        if o["model"] == "knn":  # no more neighbours than the smallest training fold has rows
+            fold = len(X) - -(-len(X) // k)
+            params = tuple(
+                IntParam(p.name, p.low, min(p.high, fold), log=p.log)
+                if p.name == "n_neighbors"
+                else p
+                for p in params
+            )
         if o["model"] == "linear" and DATASETS[o["dataset"]]["task"] == "classification":
             params = tuple(
                 p for p in params if p.name != "l1_ratio"
@@ -458,7 +498,8 @@ class HpoKit(Kit):
 
         if DATASETS[o["dataset"]]["task"] != "classification":
             raise SpecError("dataset", f"{o['model']} classifies: choose a classification data set")
-        self._check_number(o, "max_epochs", 3, integer=True)  # a rung below the full budget
+        # a rung below the full budget; at 10-40 ms an epoch, MAX_EPOCHS is minutes a trial
+        self._check_number(o, "max_epochs", 3, MAX_EPOCHS, integer=True)
         epochs = int(o["max_epochs"])
         return StudySpec(
             space=SearchSpace(
