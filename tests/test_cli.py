@@ -242,6 +242,12 @@ def test_output_cut_short_by_a_closed_pipe_is_no_traceback(tmp_path):
             {"BBO_LLM_TIMEOUT": "soon"},
             "BBO_LLM_TIMEOUT",
         ),
+        # settings from the environment, checked as their flags are (were: metrics or the
+        # dashboard quietly off, 'gpu' run as cuda, a traceback)
+        ([], {"BBO_METRICS_PORT": "9o9o"}, "BBO_METRICS_PORT"),
+        ([], {"BBO_DASHBOARD_PORT": "80a"}, "BBO_DASHBOARD_PORT"),
+        ([], {"BBO_DEVICE": "gpu"}, "BBO_DEVICE"),
+        ([], {"BBO_LOG_LEVEL": "verbose"}, "BBO_LOG_LEVEL"),
     ],
 )
 def test_serve_refuses_numbers_out_of_range_naming_the_flag(tmp_path, args, env, flag):

@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 
+from bbo_server import env
+
+DEVICES = ("auto", "cpu", "cuda")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -27,9 +32,9 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--device",
-        default=os.environ.get("BBO_DEVICE", "auto"),
-        choices=["auto", "cpu", "cuda"],
-        help="where GP fits run (default %(default)s)",
+        default=env.default("BBO_DEVICE", "auto", str.lower, DEVICES),
+        choices=DEVICES,
+        help="where GP fits run (default %(default)s; env BBO_DEVICE)",
     )
     p.add_argument(
         "--workers",
@@ -100,8 +105,9 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--log-level",
-        default=os.environ.get("BBO_LOG_LEVEL", "info"),
-        choices=["debug", "info", "warning", "error"],
+        default=env.default("BBO_LOG_LEVEL", "info", str.lower, LOG_LEVELS),
+        choices=LOG_LEVELS,
+        help="log level (default %(default)s; env BBO_LOG_LEVEL)",
     )
     p.add_argument(
         "--port-file", default=None, help=argparse.SUPPRESS
@@ -126,6 +132,8 @@ def check_args(args) -> None:
 
     def bad(flag: str, rule: str, value) -> None:
         raise SystemExit(f"bbo serve: --{flag} must be {rule}, got {value!r}")
+
+    env.check(args)
 
     if not 0 <= args.port <= 65535:
         bad("port", "in 0..65535 (0 = pick a free one)", args.port)

@@ -12,12 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default
+from bbo_server import env
 
 
 def add_serve_arguments(p) -> None:
@@ -25,7 +20,7 @@ def add_serve_arguments(p) -> None:
     g.add_argument(
         "--dashboard-port",
         type=int,
-        default=_env_int("BBO_DASHBOARD_PORT", 0),
+        default=env.default("BBO_DASHBOARD_PORT", 0, int, rule="a whole number (a port)"),
         help="serve the read-only web dashboard on http://DASHBOARD_HOST:PORT/ "
         "(0 = off, the default; env BBO_DASHBOARD_PORT); it needs the API's keys when auth is on",
     )

@@ -18,12 +18,7 @@ import argparse
 import os
 import sys
 
-
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default
+from bbo_server import env
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -99,7 +94,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--metrics-port",
         type=int,
-        default=_env_int("BBO_METRICS_PORT", 0),
+        default=env.default("BBO_METRICS_PORT", 0, int, rule="a whole number (a port)"),
         help="serve Prometheus metrics on http://METRICS_HOST:PORT/metrics (0 = off; env BBO_METRICS_PORT)",
     )
     g.add_argument(
