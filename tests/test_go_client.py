@@ -96,6 +96,20 @@ def test_go_optimize_draws_a_progress_bar_with_the_best(bbo_server, client, stud
 
 
 @needs_go
+def test_go_unit_tests_pass():
+    """The client package's own tests (clients/go/bbo/*_test.go): Optimize's errors keep their
+    gRPC status."""
+    r = subprocess.run(
+        [str(GO_DIR / "build.sh"), "test"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
+
+
+@needs_go
 def test_go_worker_reports_the_servers_refusal(bbo_server, worker):
     r = _run(worker, "-trials", "1", bbo_server.address, "no spaces allowed")
     assert r.returncode == 1

@@ -3,6 +3,7 @@
 #
 #   clients/go/build.sh generate        # protoc + protoc-gen-go + protoc-gen-go-grpc -> bbov1/
 #   clients/go/build.sh worker OUT      # build examples/worker into the file OUT
+#   clients/go/build.sh test            # go test the client package
 #
 # Building uses Debian's Go sources (golang-google-grpc-dev, golang-google-protobuf-dev,
 # golang-github-schollz-progressbar-dev under /usr/share/gocode) in GOPATH mode, so it needs no module proxy. With one reachable, plain
@@ -20,9 +21,11 @@ generate)
         --go-grpc_out="$here" --go-grpc_opt="module=$module,$m" \
         "$root/proto/bbo/v1/study.proto" "$root/proto/bbo/v1/service.proto"
     ;;
-worker)
-    out="${2:?usage: build.sh worker OUT}"
-    case "$out" in /*) ;; *) out="$PWD/$out" ;; esac
+worker | test)
+    if [ "$1" = worker ]; then
+        out="${2:?usage: build.sh worker OUT}"
+        case "$out" in /*) ;; *) out="$PWD/$out" ;; esac
+    fi
     gopath="$(mktemp -d)"
     trap 'rm -rf "$gopath"' EXIT
     sources="${BBO_GO_SOURCES:-/usr/share/gocode}"
@@ -31,11 +34,15 @@ worker)
     # Debian keeps progressbar's sources under .../schollz/progressbar; its import path ends in /v3
     ln -s "$sources/src/github.com/schollz/progressbar" "$gopath/src/github.com/schollz/progressbar/v3"
     cd "$gopath/src/$module"
-    GO111MODULE=off GOFLAGS= GOPROXY=off GOPATH="$gopath:$sources" \
+    export GO111MODULE=off GOFLAGS= GOPROXY=off GOPATH="$gopath:$sources"
+    if [ "$1" = worker ]; then
         go build -o "$out" "$module/examples/worker"
+    else
+        go test "$module/bbo"
+    fi
     ;;
 *)
-    echo "usage: $0 generate | worker OUT" >&2
+    echo "usage: $0 generate | worker OUT | test" >&2
     exit 2
     ;;
 esac

@@ -318,13 +318,13 @@ func (s *Study) OptimizeWith(ctx context.Context, fn Objective, n int, opts Opti
 	for i := 0; i < n; i++ {
 		trials, err := s.Ask(ctx, 1, workerID)
 		if err != nil {
-			return fmt.Errorf("ask: %w", err)
+			return withContext("ask", err)
 		}
 		for _, t := range trials {
 			metrics, evalErr := s.evaluate(ctx, fn, t)
 			if evalErr != nil {
 				if _, err := s.Fail(ctx, t, evalErr.Error()); err != nil {
-					return fmt.Errorf("tell trial %d failed: %w", t.Id, err)
+					return withContext(fmt.Sprintf("tell trial %d failed", t.Id), err)
 				}
 				continue
 			}
@@ -334,12 +334,25 @@ func (s *Study) OptimizeWith(ctx context.Context, fn Objective, n int, opts Opti
 				_, err = s.Fail(ctx, t, msg)
 			}
 			if err != nil {
-				return fmt.Errorf("tell trial %d: %w", t.Id, err)
+				return withContext(fmt.Sprintf("tell trial %d", t.Id), err)
 			}
 		}
 		bar.done(ctx, i == n-1)
 	}
 	return nil
+}
+
+// withContext puts what was being done before err's message and keeps its gRPC status (code
+// and details), so that status.Code(err) still gives the code: the grpc-go Debian ships reads a
+// status by a type assertion, which an fmt.Errorf wrapping hides (Optimize's errors read Unknown).
+func withContext(what string, err error) error {
+	st, ok := status.FromError(err)
+	if !ok {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	p := st.Proto()
+	p.Message = what + ": " + p.Message
+	return status.ErrorProto(p)
 }
 
 func (s *Study) evaluate(ctx context.Context, fn Objective, t *pb.Trial) (map[string]float64, error) {
