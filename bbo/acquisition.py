@@ -365,6 +365,11 @@ class LogEHVI(AcquisitionFunction):
         self.lo, self.hi = cast(
             tuple[torch.Tensor, torch.Tensor], partitioning.get_hypercell_bounds()
         )
+        self.above = torch.isfinite(self.hi)
+        # where there is no upper bound, a finite stand-in for the branch torch.where masks out:
+        # its gradient still flows, and (mu - 1e300) / s overflowed to inf once the posterior
+        # sd fell below about 1e-4, inf * 0 made NaN and every ask of a confident model fell back
+        self.hi_finite = torch.where(self.above, self.hi, self.lo)
         self.signs = torch.as_tensor(layout.signs, dtype=self.lo.dtype, device=self.lo.device)
 
     @t_batch_mode_transform(expected_q=1)  # type: ignore[arg-type]
@@ -382,8 +387,8 @@ class LogEHVI(AcquisitionFunction):
         obj = list(self.layout.obj_idx)
         mu, s = (mean[:, obj] * self.signs).unsqueeze(-2), sd[:, obj].unsqueeze(-2)
         log_lo = _log_ei_helper((mu - self.lo) / s)  # b x cells x objectives
-        above = torch.isfinite(self.hi).expand_as(log_lo)
-        z_hi = torch.where(above, (mu - self.hi.clamp_max(1e300)) / s, torch.zeros_like(log_lo))
+        above = self.above.expand_as(log_lo)
+        z_hi = torch.where(above, (mu - self.hi_finite) / s, torch.zeros_like(log_lo))
         gap = torch.where(above, _log_ei_helper(z_hi) - log_lo, torch.full_like(log_lo, -math.inf))
         log_cell = (log_lo + log1mexp(gap.clamp_max(0.0)) + s.log()).sum(-1)
         return torch.logsumexp(log_cell, dim=-1) + _log_pf(self.layout, mean, sd)

@@ -448,6 +448,36 @@ def test_log_ehvi_is_the_monte_carlo_ehvi_in_closed_form():
     assert torch.isfinite(val).all() and torch.isfinite(far.grad).all()
 
 
+def test_log_ehvi_gradients_stay_finite_where_the_model_is_confident():
+    """A cell without an upper bound in some objective has its branch masked by torch.where, but
+    its gradient flowed: (mu - 1e300) / s overflowed once the posterior sd fell below ~1e-4, and
+    inf * 0 gave NaN gradients, so L-BFGS-B failed and every ask of a confident model (an objective
+    on a small scale, a long history) fell back to random points."""
+    from botorch.utils.multi_objective.box_decompositions.non_dominated import (
+        FastNondominatedPartitioning,
+    )
+
+    from bbo.acquisition import Layout, LogEHVI
+
+    class Confident:
+        """Marginals with a posterior sd of 1e-6: a model sure of its means."""
+
+        def marginals(self, X):
+            x = X[..., 0]
+            mean = torch.stack([x, 1.0 - x**2], -1)  # b x 1 x 2
+            return mean, 1e-12 * (1.0 + mean**2)  # the sd moves with x, as a GP's does
+
+    layout = Layout((0, 1), (1.0, 1.0), (), 2)
+    front = torch.tensor([[0.2, 0.9], [0.5, 0.7], [0.8, 0.3]], dtype=torch.float64)
+    cells = FastNondominatedPartitioning(ref_point=torch.zeros(2, dtype=torch.float64), Y=front)
+    acqf = LogEHVI(Confident(), layout, cells)  # no GP: the marginals are all it reads
+    X = torch.tensor([[[0.3]], [[0.65]], [[0.95]]], dtype=torch.float64, requires_grad=True)
+    val = acqf(X)
+    val.sum().backward()
+    assert torch.isfinite(X.grad).all(), X.grad
+    assert float(val[1]) > -50  # (0.65, 0.58) improves on the front: a real, finite value
+
+
 def test_plugin_hypervolume_on_the_marginals_is_the_gps():
     """Several objectives' one-point acquisition (the plug-in front's log EHVI) gives the same
     values on the cached marginals as on the GP, and on a noise-free fit ranks candidates as
