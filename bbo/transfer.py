@@ -95,8 +95,9 @@ def _numeric(p) -> bool:
     return not isinstance(p, (CategoricalParam, FixedParam))
 
 
-def _unit_range(tp, sp) -> tuple[float, float]:
-    """The source parameter's range in the target parameter's encoding (unit coordinates)."""
+def _unit_range(tp, sp, by_rank: bool = False) -> tuple[float, float]:
+    """The source parameter's range in the target parameter's encoding (unit coordinates; an
+    ordinal target ``by_rank`` by grid position, clamped to its grid)."""
     if isinstance(sp, FixedParam):
         v = float(sp.value)
         lo = hi = v
@@ -105,6 +106,8 @@ def _unit_range(tp, sp) -> tuple[float, float]:
     else:
         lo, hi = float(sp.low), float(sp.high)
     try:
+        if by_rank:
+            return tp.rank_unit(lo), tp.rank_unit(hi)
         return _to_unit(tp, lo), _to_unit(tp, hi)
     except (ValueError, OverflowError, ZeroDivisionError):
         return math.nan, math.nan
@@ -130,9 +133,10 @@ def _high(p) -> float:
     return float(p.values[-1]) if isinstance(p, OrdinalParam) else float(p.high)
 
 
-def _coverage(tp, sp) -> tuple[float, str]:
+def _coverage(tp, sp, by_rank: bool = False) -> tuple[float, str]:
     """The share of the target parameter's range (or choices) the source parameter covers, and a
-    problem where it cannot be mapped at all."""
+    problem where it cannot be mapped at all; ``by_rank``: an ordinal target encoded by grid
+    position (:attr:`bbo.space.SearchSpace.by_rank`), whose share is of its positions."""
     if isinstance(tp, CategoricalParam):
         if isinstance(sp, FixedParam):
             ok = isinstance(sp.value, str) and sp.value in tp.choices
@@ -152,6 +156,8 @@ def _coverage(tp, sp) -> tuple[float, str]:
         return 0.0, "the source's values do not fit this parameter's log scale"
     if isinstance(sp, FixedParam):
         return (0.5, "") if -OUTSIDE <= lo <= 1 + OUTSIDE else (0.0, "fixed far outside the range")
+    if by_rank:
+        lo, hi = _unit_range(tp, sp, by_rank=True)
     overlap = max(0.0, min(hi, 1.0) - max(lo, 0.0))
     return overlap, "" if overlap > 0 else "the source's range does not overlap"
 
@@ -215,7 +221,7 @@ def _fit(target: StudySpec, source: StudySpec) -> _Fit | Relatedness:
         if sp is None:
             problems.append(f"no parameter '{tp.name}'")
             continue
-        c, problem = _coverage(tp, sp)
+        c, problem = _coverage(tp, sp, tp.name in target.space.by_rank)
         if problem:
             problems.append(f"parameter '{tp.name}': {problem}")
         cover.append(c)
@@ -518,12 +524,14 @@ def _encode(target: SearchSpace, by_name: dict, params: dict) -> np.ndarray | No
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return None
         try:
-            u = _to_unit(tp, float(v))
+            u = _to_unit(tp, float(v))  # the value scale, for the box
         except (ValueError, OverflowError, ZeroDivisionError):
             return None
         if not (math.isfinite(u) and -OUTSIDE <= u <= 1 + OUTSIDE):
             return None
-        out.append(u)
+        # the column as the target encodes its own points: an ordinal by grid position (value
+        # 16 of 16..512 at 0, 32 at 0.2), where the value scale put the source's 32 at 0.03
+        out.append(target.unit(tp, float(v)) if tp.name in target.by_rank else u)
     return np.asarray(out, dtype=float)
 
 

@@ -179,6 +179,28 @@ def test_mapping_between_spaces_with_different_ranges_keeps_units():
     )
 
 
+def test_a_sources_points_are_encoded_as_the_target_encodes_its_own():
+    """An ordinal grid is encoded by position (16, 32, ..., 512 at 0, 0.2, ..., 1), but source
+    trials were put on the value scale (32 at 0.03): the source's model ranked the wrong batch
+    sizes best at the target's points and the location prior pointed at 16, not the source's 64.
+    A source with the target's own spec now encodes every point exactly as the target does."""
+    space = SearchSpace(
+        (OrdinalParam("bs", (16, 32, 64, 128, 256, 512)), FloatParam("lr", 1e-4, 1e-1, log=True))
+    )
+    assert "bs" in space.by_rank
+    points = [
+        {"bs": b, "lr": lr}
+        for b, lr in zip((16, 32, 64, 128, 256, 512), np.geomspace(1e-4, 0.1, 6))
+    ]
+    trials = [
+        Trial(i, p, TrialState.COMPLETED, {"y": Metric(float(i))}) for i, p in enumerate(points)
+    ]
+    X, _, used = encode_source_trials(space, space, trials, ["y"])
+    assert len(used) == 6
+    np.testing.assert_allclose(X, np.stack([space.encode(p) for p in points]), atol=1e-12)
+    np.testing.assert_allclose(X[:, 0], [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+
+
 # ---- the model's weights -------------------------------------------------------------------------
 def test_a_related_source_carries_weight_and_a_misleading_one_loses_it():
     """Both at once: a shifted, rescaled copy of the target's function and a misleading one (best
