@@ -656,3 +656,28 @@ def test_a_maximized_objective_is_handled_as_the_negated_minimized_one():
     assert id_min == id_max
     np.testing.assert_allclose(p_min, p_max, atol=1e-3)  # the optimizer's own tolerance
     np.testing.assert_allclose(e_min, e_max[[0, 2, 1]], rtol=1e-9, atol=1e-12)
+
+
+def test_the_design_of_a_crowded_grid_takes_untried_points_before_repeating():
+    """An ordinal in a linear constraint is encoded by value: 1, 2, 4, 8, 16 crowd into [0, 2e-7]
+    of a column that ends at 1e8, Sobol points round onto (1e8, i) again and again, and the design
+    repeated a measured point while 8 of the 12 grid points were untried. It now takes untried
+    grid points first."""
+    from bbo.space import IntParam, LinearConstraint, OrdinalParam, SearchSpace
+    from bbo.spec import AlgorithmOptions, Objective, StudySpec
+    from bbo.strategy import GenerationStrategy
+    from bbo.trial import Metric, Trial, TrialState
+
+    space = SearchSpace(
+        (OrdinalParam("o", (1.0, 2.0, 4.0, 8.0, 16.0, 1e8)), IntParam("i", 0, 1)),
+        (LinearConstraint({"o": 1.0, "i": 1.0}, 1e9),),  # always met: only makes 'o' constrained
+    )
+    spec = StudySpec(
+        space, (Objective("f", noise="deterministic"),), algorithm=AlgorithmOptions(seed=0)
+    )
+    gs, trials = GenerationStrategy(spec), []
+    for _ in range(gs.n_initial):
+        (s,) = gs.suggest(trials, 1)
+        f = -0.1 * math.log(s.params["o"]) + s.params["i"]
+        trials.append(Trial(len(trials), dict(s.params), TrialState.COMPLETED, {"f": Metric(f)}))
+    assert len({(t.params["o"], t.params["i"]) for t in trials}) == len(trials) == gs.n_initial

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from bbo.design import Region, center_encoded, sobol_design
+from bbo.discrete_search import feasible_grid
 from bbo.priors import LogPrior, prior_mode
 from bbo.space import Value
 from bbo.strategy.base import Suggestion
@@ -71,8 +72,27 @@ class InitialDesign:
                     if len(out) == n:
                         return out
             skip += 2 * n
+        out += self._untaken_grid_points(n - len(out), taken, skip)
         # (almost) every point of a small discrete space taken: repeats are all that is left
         return out + sobol_design(space, n - len(out), ctx.seed, skip=skip, region=self.region)
+
+    def _untaken_grid_points(self, n: int, taken: np.ndarray, skip: int) -> list[dict[str, Value]]:
+        """Up to ``n`` points of a small fully discrete space not taken yet, in a seeded random
+        order: Sobol points round onto few of them where the encoding crowds values together
+        (an ordinal 1, 2, 4, 8, 16, 1e8 on its value scale, under a linear constraint), and the
+        design repeated a measured point while 8 of 12 were untried."""
+        space = self.ctx.spec.space
+        grid = feasible_grid(space) if n > 0 and self.region is None else None
+        if grid is None:
+            return []
+        out: list[dict[str, Value]] = []
+        for row in np.random.default_rng(self.ctx.seed + skip).permutation(grid):
+            if not self.ctx.points.too_close(row, taken):
+                out.append(space.decode(row))
+                taken = np.vstack([taken, row[None]])
+                if len(out) == n:
+                    break
+        return out
 
     def size(self, ask: Ask, n_warm: int) -> int:
         """How many trials the initial design holds: ``n_initial``, or fewer once the data confirm
