@@ -34,16 +34,16 @@ def _skip_reason():
 needs_go = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
 
 
+def _build(*args: str, script: Path = GO_DIR / "build.sh", timeout: float = 600):
+    """clients/go/build.sh with ``args`` (generate, worker OUT, test), its output captured."""
+    cmd = [str(script), *args]
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("go") / "worker"
-    r = subprocess.run(
-        [str(GO_DIR / "build.sh"), "worker", str(out)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    r = _build("worker", str(out))
     assert r.returncode == 0, r.stderr
     return out
 
@@ -99,13 +99,7 @@ def test_go_optimize_draws_a_progress_bar_with_the_best(bbo_server, client, stud
 def test_go_unit_tests_pass():
     """The client package's own tests (clients/go/bbo/*_test.go): Optimize's errors keep their
     gRPC status."""
-    r = subprocess.run(
-        [str(GO_DIR / "build.sh"), "test"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    r = _build("test")
     assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
 
 
@@ -127,13 +121,7 @@ def test_go_generated_code_matches_the_protos(tmp_path):
     copy = tmp_path / "clients" / "go"  # build.sh finds proto/ two levels up
     shutil.copytree(GO_DIR, copy, ignore=shutil.ignore_patterns("bbov1"))
     (tmp_path / "proto").symlink_to(GO_DIR.parents[1] / "proto")
-    r = subprocess.run(
-        [str(copy / "build.sh"), "generate"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = _build("generate", script=copy / "build.sh", timeout=120)
     assert r.returncode == 0, r.stderr
     names = sorted(p.name for p in (GO_DIR / "bbov1").iterdir())
     assert names == sorted(p.name for p in (copy / "bbov1").iterdir())
