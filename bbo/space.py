@@ -620,7 +620,7 @@ class SearchSpace:
                 "ordinal parameters at one of their values: loosen a bound",
             )
         if self.constraints and self._feasible_point() is not None:
-            ineq, eq = split_equalities(self.inequality_constraints(), self.bounds())
+            _, eq = split_equalities(self.inequality_constraints(), self.bounds())
             if np.linalg.matrix_rank(dense_constraints(eq, self.dim)[0]) >= self.dim:
                 point = self.feasible_params or {}
                 shown = ", ".join(f"{n} = {v!r}" for n, v in point.items())

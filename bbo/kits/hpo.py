@@ -455,9 +455,8 @@ class HpoKit(Kit):
                 "dataset", f"unknown data set {o['dataset']!r}; choose one of {sorted(DATASETS)}"
             )
         self._check_number(o, "max_samples", 1, integer=True)
-        X, y = load_dataset(
-            o["dataset"], int(o["max_samples"]), str(o["part"])
-        )  # refuses a bad part
+        # refuses a bad part
+        X, y = load_dataset(o["dataset"], int(o["max_samples"]), str(o["part"]))
         classify = DATASETS[o["dataset"]]["task"] == "classification"
         if MODELS[o["model"]].get("epochs"):
             _check_rows(o, y, classify, 2, "a stratified hold-out")
@@ -469,7 +468,7 @@ class HpoKit(Kit):
             self._check_number(o, "max_train_seconds", 0, above=True)
         params = MODELS[o["model"]]["params"]
         if o["model"] == "knn":  # no more neighbours than the smallest training fold has rows
-            fold = len(X) - -(-len(X) // k)
+            fold = len(X) * (k - 1) // k  # n - ceil(n / k)
             params = tuple(
                 IntParam(p.name, p.low, min(p.high, fold), log=p.log)
                 if p.name == "n_neighbors"
