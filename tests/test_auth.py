@@ -298,3 +298,33 @@ def test_tls_and_mutual_tls(server_factory, certs):
     ) as c:  # no client certificate
         with pytest.raises(bc.Unavailable):
             c.list_studies()
+
+
+def test_log_lines_stay_bounded_and_show_no_api_key():
+    """A request naming 4 MiB of control characters wrote 25 MB of escaped JSON into the log,
+    unauthenticated; a key with a stray byte grpc could not decode was logged whole by grpc's own
+    logger. Names are cut past any study's length, and a key in any field keeps its public id."""
+    import io
+    import logging
+    from types import SimpleNamespace
+
+    from bbo_server import logs
+
+    ids = logs.request_ids(SimpleNamespace(name="\x01" * 4_000_000, trial_id=3))
+    assert len(ids["study"]) < 200 and "4000000 characters" in ids["study"]
+    assert logs.request_ids(SimpleNamespace(study="s", trial_id=1)) == {"study": "s", "trial": 1}
+    key = "bbo_0123456789ab_" + "A" * 43
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logs.JsonFormatter())
+    log = logging.getLogger("grpc._cython.cygrpc.test")
+    log.addHandler(handler)
+    try:
+        try:
+            raise ValueError(f"Invalid encoding on b'Bearer {key}\\xa0'")
+        except ValueError:
+            log.error("Invalid encoding on %r", f"Bearer {key}", exc_info=True, extra={"k": key})
+    finally:
+        log.removeHandler(handler)
+    text = out.getvalue()
+    assert "A" * 43 not in text and text.count("bbo_0123456789ab_***") >= 3, text

@@ -20,7 +20,8 @@ from bbo.storage.base import ApiKeyRecord, Storage
 KEY_PREFIX = "bbo_"
 # matched whole (fullmatch): "$" also matches before a final newline
 _TENANT_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
-_KEY_RE = re.compile(r"bbo_([0-9a-f]{12})_([A-Za-z0-9_\-]{43})")
+# a key: its public id, then its secret (also what a log line must never show: bbo_server.logs)
+KEY_RE = re.compile(r"bbo_([0-9a-f]{12})_([A-Za-z0-9_\-]{43})")
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class KeyStore:
 
     def revoke(self, key_id: str) -> bool:
         """Revoke a key by its id (or by the whole secret key); False if no active key matched."""
-        if _KEY_RE.fullmatch(key_id or ""):
+        if KEY_RE.fullmatch(key_id or ""):
             return self._db.revoke_api_key(key_hash=hash_key(key_id))
         return self._db.revoke_api_key(key_id=key_id)
 
@@ -87,7 +88,7 @@ class KeyStore:
         """The tenant of an active key, else None (malformed, unknown or revoked)."""
         if not isinstance(key, str):
             return None
-        m = _KEY_RE.fullmatch(key)
+        m = KEY_RE.fullmatch(key)
         if not m:
             return None
         rec = self._db.find_api_key(m.group(1))

@@ -7,15 +7,23 @@ import logging
 import sys
 import time
 
+from bbo.storage.keys import KEY_RE
+
 _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()) | {"message", "asctime"}
 
 
+# characters of a request's study name a log line keeps: no study's name is longer, and a request
+# (authenticated or not) naming 4 MiB of control characters wrote 25 MB of escaped JSON a line
+MAX_LOGGED_NAME = 128
+
+
 def request_ids(request) -> dict:
-    """The study and trial a BboService request names, as log fields (any request message)."""
-    return {
-        "study": getattr(request, "study", "") or getattr(request, "name", ""),
-        "trial": getattr(request, "trial_id", None),
-    }
+    """The study and trial a BboService request names, as log fields (any request message); a
+    name longer than any study's is cut, saying its length."""
+    study = getattr(request, "study", "") or getattr(request, "name", "")
+    if isinstance(study, str) and len(study) > MAX_LOGGED_NAME:
+        study = f"{study[:MAX_LOGGED_NAME]}... ({len(study)} characters)"
+    return {"study": study, "trial": getattr(request, "trial_id", None)}
 
 
 class JsonFormatter(logging.Formatter):
@@ -33,7 +41,9 @@ class JsonFormatter(logging.Formatter):
                 out[k] = v
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        # an API key in any field keeps only its public id: a key with a stray byte grpc cannot
+        # decode was logged whole, by grpc's own logger, at error level
+        return KEY_RE.sub(r"bbo_\1_***", json.dumps(out, default=str))
 
 
 def setup(level: str = "info", stream=None) -> None:
