@@ -148,13 +148,20 @@ class Rungs:
         """The trial's rung value at level ``k``: its first value at a budget at or past it."""
         return rung_point(self.curves.get(trial_id, ()), self.levels[k])
 
-    def members(self, bracket: int, k: int) -> list[tuple[int, CurvePoint]]:
+    def members(
+        self, bracket: int, k: int, failed_after: float | None = None
+    ) -> list[tuple[int, CurvePoint]]:
         """``(trial id, rung value)`` of the trials of ``bracket`` that reached level ``k`` (failed
-        trials left out: their values are not trusted)."""
+        trials left out: their values are not trusted; with ``failed_after``, kept where they
+        failed after that time, when they still counted)."""
         out = []
         for tid in self.curves:
             t = self.trials.get(tid)
-            if t is None or t.state is TrialState.FAILED:
+            if t is None:
+                continue
+            if t.state is TrialState.FAILED and (
+                failed_after is None or t.updated_at <= failed_after
+            ):
                 continue
             if trial_bracket(t, self.top) != bracket:
                 continue
@@ -174,7 +181,13 @@ class Rungs:
             mine = self.point(trial.id, k)
             if mine is None:
                 continue
-            rivals = [p for tid, p in self.members(s, k) if tid == trial.id or p.at <= mine.at]
+            # those there before it, as they stood then: a rival that failed since still counts
+            # (else the decision changed after the trial had passed the rung)
+            rivals = [
+                p
+                for tid, p in self.members(s, k, failed_after=mine.at)
+                if tid == trial.id or p.at <= mine.at
+            ]
             n = len(rivals)
             keep = max(1, int(n // self.eta))
             rank = 1 + sum(1 for p in rivals if self.sign * p.value > self.sign * mine.value)
@@ -195,7 +208,18 @@ class Rungs:
         if n <= 0 or not self.levels:
             return out
         brackets = sorted({trial_bracket(t, self.top) for t in self.trials.values()})
-        no_full = not any(self.members(s, self.top) for s in brackets)
+        # the study's first full-budget value: the one best trial of the rung below, of any
+        # bracket, goes on alone (not each bracket's best), while none runs there yet
+        alone = None
+        if not any(self.members(s, self.top) for s in brackets) and not any(
+            t.state is TrialState.PENDING
+            and t.budget is not None
+            and same_budget(t.budget, self.levels[-1])
+            for t in self.trials.values()
+        ):
+            below = [m for s in brackets if s < self.top for m in self.members(s, self.top - 1)]
+            if below:
+                alone = min(below, key=lambda m: (-self.sign * m[1].value, m[0]))[0]
         for k in range(self.top - 1, -1, -1):
             e = self.share_divisor(k)
             for s in brackets:
@@ -203,8 +227,8 @@ class Rungs:
                     continue
                 members = self.members(s, k)
                 top = int(len(members) / e + 1e-9)
-                if no_full and k == self.top - 1:
-                    top = max(top, min(1, len(members)))  # the study's first full-budget value
+                if k == self.top - 1 and any(tid == alone for tid, _ in members):
+                    top = max(top, 1)  # alone is this bracket's best: ranked first
                 ranked = sorted(members, key=lambda m: (-self.sign * m[1].value, m[0]))
                 for rank, (tid, p) in enumerate(ranked[:top], start=1):
                     t = self.trials[tid]

@@ -22,7 +22,7 @@ from bbo.registry import StudyRegistry
 from bbo.spec import StudySpec
 from bbo.storage import CurvePoint, open_storage
 from bbo.testing.strategies import SpaceFilling
-from bbo.trial import Trial, TrialState
+from bbo.trial import Metric, Trial, TrialState
 
 X = [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}]
 EPOCHS = {"name": "epochs", "min": 1, "max": 27, "integer": True}
@@ -548,3 +548,75 @@ def test_node_optimize_stops_trials_the_policy_prunes(bbo_server, study_name):
         "ranks" in t["reason"] and t["budget"] < 9 and "loss" in t["metrics"] for t in pruned
     )
     assert res["best"]["state"] == "COMPLETED" and res["best"]["budget"] == 9
+
+
+# ---- decisions that stay made, and the model's view of the rungs -------------------------------
+def test_a_passed_rung_stays_passed_when_a_rival_fails_after(db):
+    """Five rivals at epoch 1, then T at 0.2: rank 2 of 6, the best 2 go on. A worse rival told
+    FAILED afterwards left 5 and a keep of 1, and T's repeated report and its next epoch were
+    told to stop at the rung it had passed; a rival that failed before T reached it still drops
+    out."""
+    st, _ = registry(db).create_study("asha-fail", spec(pruning={"policy": "asha", "eta": 3}))
+    ts = st.ask(7).trials
+    for t, v in zip(ts[:5], (0.1, 0.5, 0.6, 0.7, 0.8)):
+        st.report_intermediate(t.id, 1, v)
+    me = ts[5]
+    assert st.report_intermediate(me.id, 1, 0.2)[0] is False
+    st.tell(ts[4].id, failed=True)
+    assert st.report_intermediate(me.id, 1, 0.2)[0] is False
+    assert st.report_intermediate(me.id, 2, 0.19)[0] is False
+    # the last one reaches the rung after the failure: 6 rivals then (the failed one out)
+    assert st.report_intermediate(ts[6].id, 1, 0.3)[0] is True  # rank 3 of 6, keep 2
+    st.storage.close()
+
+
+def test_the_rung_map_keeps_the_lower_rungs_order_and_the_full_budget_waits_for_its_map():
+    """The trials measured at two rungs are the best of the lower one, which noise often ranks
+    anew at the next: a fitted slope of 0 gave all twelve trials measured only at epoch 1 one
+    value, erasing the lowest rung from the GP; a non-positive slope is now a shift of the means.
+    And one full-budget value with the map into it unfit (no 3 pairs) made the full budget the
+    model's level, so refinement steps started there before the map was fit."""
+    from bbo.strategy.multi_fidelity import MultiFidelityStrategy
+
+    nine = {"name": "epochs", "min": 1, "max": 9, "integer": True}  # rungs 1, 3, 9
+    mf = MultiFidelityStrategy(
+        StudySpec.from_dict(spec(fidelity=nine, pruning={"policy": "asha", "promote": True}))
+    )
+    trials, curves = [], {}
+    for i, (v1, v3) in enumerate([(0.30, 0.26), (0.31, 0.25), (0.32, 0.24)], start=1):
+        curves[i] = [CurvePoint(1, v1, 1.0, i), CurvePoint(3, v3, 3.0, 10 + i)]
+        trials.append(Trial(i, {"x": 0.1 * i}, TrialState.PAUSED, budget=3.0, bracket=0))
+    for i in range(4, 16):
+        curves[i] = [CurvePoint(1, 0.3 + 0.5 * (i - 4) / 11, 1.0, 20 + i)]
+        trials.append(Trial(i, {"x": i / 16}, TrialState.PAUSED, budget=1.0, bracket=0))
+    _, view = mf.model_view(trials, curves)
+    low = [t.metrics["loss"].value for t in view if t.id >= 4]
+    assert low == sorted(low) and len(set(low)) == 12  # the epoch-1 ranking, kept
+    curves[16] = [
+        CurvePoint(1, 1.05, 1.0, 40),
+        CurvePoint(3, 0.6, 3.0, 41),
+        CurvePoint(9, 0.2, 9.0, 42),
+    ]
+    done = {"loss": Metric(0.2)}
+    trials.append(Trial(16, {"x": 0.99}, TrialState.COMPLETED, done, budget=9.0, bracket=0))
+    assert mf.model_view(trials, curves)[0] == 1  # epoch 3: one pair into epoch 9 fits no map
+
+
+def test_hyperband_sends_one_trial_alone_to_the_full_budget_not_one_per_bracket():
+    """Before any full-budget value the best trial at the rung below goes on even alone: the
+    study's best there, once, not each bracket's (a lone bracket-2 trial at 0.9 went too) and
+    not again while it runs."""
+    s = StudySpec.from_dict(spec(pruning={"policy": "hyperband", "eta": 3, "promote": True}))
+    trials = [
+        Trial(1, {"x": 0.1}, TrialState.PAUSED, budget=9.0, bracket=0),
+        Trial(2, {"x": 0.2}, TrialState.PAUSED, budget=9.0, bracket=1),
+        Trial(3, {"x": 0.3}, TrialState.PAUSED, budget=9.0, bracket=2),
+    ]
+    curves = {
+        1: [CurvePoint(1, 0.5, 1.0, 1), CurvePoint(3, 0.4, 3.0, 2), CurvePoint(9, 0.3, 9.0, 3)],
+        2: [CurvePoint(3, 0.45, 3.0, 4), CurvePoint(9, 0.35, 9.0, 5)],
+        3: [CurvePoint(9, 0.9, 9.0, 6)],
+    }
+    assert [c.number for c in Rungs(s, trials, curves).promotions(5)] == [1]
+    trials[0] = Trial(1, {"x": 0.1}, TrialState.PENDING, budget=27.0, bracket=0)
+    assert Rungs(s, trials, curves).promotions(5) == []

@@ -129,7 +129,9 @@ class MultiFidelityStrategy:
     def rung_maps(self, values: list[dict[int, float]]) -> list[tuple[float, float, int]]:
         """Per pair of neighbouring rungs ``k -> k + 1``: ``(slope, intercept, pairs)`` of the
         least-squares line from the trials measured at both (identity below
-        :data:`MIN_PAIRS` pairs; a slope of at least 0: the map keeps the order)."""
+        :data:`MIN_PAIRS` pairs). A slope that is not positive is a shift of the means instead:
+        the pairs are the best of a rung, which noise often ranks anew at the next, and a slope
+        of 0 gave every trial of the lower rung one value (the map must keep the order)."""
         maps = []
         for k in range(len(values) - 1):
             both = [(values[k][i], values[k + 1][i]) for i in values[k] if i in values[k + 1]]
@@ -140,7 +142,8 @@ class MultiFidelityStrategy:
             x, y = a[:, 0], a[:, 1]
             var = float(np.var(x))
             slope = float(np.cov(x, y, bias=True)[0, 1] / var) if var > 0 else 0.0
-            slope = max(0.0, slope)
+            if not slope > 0.0:
+                slope = 1.0
             maps.append((slope, float(np.mean(y) - slope * np.mean(x)), len(both)))
         return maps
 
@@ -181,6 +184,7 @@ class MultiFidelityStrategy:
         level: int | None
         if top > 0 and maps[-1][2] >= MIN_PAIRS:
             level = top
-        else:
-            level = max((k for k in range(top + 1) if values[k]), default=None)
+        else:  # the map into the full budget not fit: a rung below it, unless none has values
+            below = [k for k in range(top) if values[k]]
+            level = below[-1] if below else (top if values[top] else None)
         return level, view
