@@ -17,8 +17,8 @@ rungs are rebuilt from what is stored and decide alike.
 - **Stopping** (``promote`` off): at every report, for each rung of its bracket the trial has
   reached (the full budget excepted), it must rank among the best ``max(1, n // eta)`` of the ``n``
   trials of its bracket that had reached that rung when it did (their rung value stored no later
-  than its own). That comparison is fixed once the trial reaches the rung, so repeated or late
-  reports get the same answer, whichever replica answers.
+  than its own; one that failed since still counts). That comparison is fixed once the trial
+  reaches the rung, so repeated or late reports get the same answer, whichever replica answers.
 - **Promotion** (``promote`` on): at an Ask, from the highest rung down, a PAUSED trial among the
   best ``n / e`` of the ``n`` trials of its bracket at its rung is continued to the next rung's
   budget (ASHA, Li et al. 2020: ``e = eta``); the storage applies it only while the trial is still
@@ -26,8 +26,8 @@ rungs are rebuilt from what is stored and decide alike.
   of the values at this rung and the next (trials measured at both): when new configurations come
   from a model, most of each rung's newcomers beat its old members, and where low budgets already
   rank them as higher ones do, promoting fewer leaves more budget for new configurations. Until
-  the study has a full-budget value, the best trial at the rung below the full budget goes on even
-  alone, so GetBest has a result sooner (bench_fidelity: after about 1.5 full budgets, where
+  the study has a full-budget value, the best trial at the rung below the full budget (the
+  study's one best, of any bracket) goes on even alone, so GetBest has a result sooner (bench_fidelity: after about 1.5 full budgets, where
   waiting for eta of them there takes 2-2.4).
 """
 
