@@ -20,6 +20,7 @@ never wait for a suggestion being computed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -239,7 +240,7 @@ class Study:
         # the LLM's network waits come first, outside the study's lock and the fit slots, so
         # other asks (of this study and of others) go on meanwhile
         plan = self.llm.plan(self.trial_cache.all(), count)
-        with self._lock, self.storage.study_lock(self.uid):
+        with self._ask_exclusion():
             # a retry that raced us while we waited for the lock
             if req is not None and (replay := self.requests.replay(req)) is not None:
                 return AskResult(replay, note=replayed)
@@ -402,10 +403,16 @@ class Study:
             outcome["duplicate"] = new is None
             return new
 
+        # a PAUSED trial may be being continued by an Ask (planned, then one conditional update):
+        # given up meanwhile, the continuation was lost and Ask(count=1) returned no trial. Such a
+        # tell waits for the study's asks, on this replica and on others (a rare path: a worker
+        # giving up a paused trial)
+        paused = cur is not None and cur.state is TrialState.PAUSED
         try:
-            trial, changed, prev = self.storage.modify_trial(
-                self.uid, number, change, request=req, event_detail=reason or "told"
-            )
+            with self._ask_exclusion() if paused else contextlib.nullcontext():
+                trial, changed, prev = self.storage.modify_trial(
+                    self.uid, number, change, request=req, event_detail=reason or "told"
+                )
         except (ConflictError, SpecError):
             if wrote:  # another tell finished the trial meanwhile: its value goes back
                 self.budgets.after_refused_tell(number)
@@ -424,6 +431,13 @@ class Study:
             self.trial_cache.remember([trial])
             self._feasible_arrived([trial])
         return TellResult(trial, duplicate=bool(outcome.get("duplicate")))
+
+    @contextlib.contextmanager
+    def _ask_exclusion(self):
+        """What an Ask holds while it plans and inserts: this process's lock of the study's asks
+        and the storage's study lock (other replicas' asks)."""
+        with self._lock, self.storage.study_lock(self.uid):
+            yield
 
     @_study_calls
     def add_trial(

@@ -620,3 +620,33 @@ def test_hyperband_sends_one_trial_alone_to_the_full_budget_not_one_per_bracket(
     assert [c.number for c in Rungs(s, trials, curves).promotions(5)] == [1]
     trials[0] = Trial(1, {"x": 0.1}, TrialState.PENDING, budget=27.0, bracket=0)
     assert Rungs(s, trials, curves).promotions(5) == []
+
+
+def test_a_paused_trial_given_up_during_an_ask_that_continues_it(db):
+    """An Ask planned to continue the best PAUSED trial and handed out no new point for it; the
+    trial, told PRUNED by another worker before the Ask's insert, was no longer there to continue,
+    and Ask(count=1) returned no trial. Such a tell now waits for the study's asks."""
+    st, _ = registry(db).create_study("give-up", spec(pruning={"policy": "asha", "promote": True}))
+    ts = st.ask(3).trials
+    for t, v in zip(ts, (3.0, 1.0, 2.0)):
+        st.tell(t.id, {"loss": v})  # all PAUSED at epoch 1; ts[1] is the one to continue
+    inside, told = threading.Event(), threading.Event()
+    insert = st.storage.insert_trials
+
+    def racing_insert(*a, **kw):
+        inside.set()
+        told.wait(timeout=1.0)  # the other worker's tell lands now, unless it waits for the ask
+        return insert(*a, **kw)
+
+    st.storage.insert_trials = racing_insert
+    got: list = []
+    asker = threading.Thread(target=lambda: got.extend(st.ask(worker_id="w").trials))
+    asker.start()
+    assert inside.wait(timeout=30)
+    st.tell(ts[1].id, state=TrialState.PRUNED, reason="given up")
+    told.set()
+    asker.join(timeout=60)
+    st.storage.insert_trials = insert
+    assert [t.id for t in got] == [ts[1].id]  # the continuation, handed out
+    assert st.get_trial(ts[1].id).state is TrialState.PRUNED  # and then given up, as told
+    st.storage.close()
