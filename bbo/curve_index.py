@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import threading
 from array import array
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -92,13 +93,25 @@ class CurveIndex:
         self._loaded = False  # the whole study read once (set only once that read succeeded)
         self._summaries: dict[int, CurveSummary] = {}
         self._dirty: set[int] = set()
+        # trials whose values this process is writing: between a commit and written() another
+        # thread's decision missed a value stored before it (a restart's rebuild answered
+        # otherwise), so these are re-read until their write is told done
+        self._writing: Counter[int] = Counter()
         self._newest = float("-inf")  # the newest stamp read (a shared database)
         self._lock = threading.Lock()
 
+    def writing(self, numbers: Iterable[int]) -> None:
+        """Call before writing these trials' values (this process's writes), then :meth:`written`."""
+        with self._lock:
+            self._writing.update(numbers)
+
     def written(self, numbers: Iterable[int]) -> None:
-        """Call after a write of these trials' values committed (this process's writes)."""
+        """Call after a write of these trials' values committed or failed (this process's
+        writes)."""
         with self._lock:
             self._dirty.update(numbers)
+            self._writing.subtract(numbers)
+            self._writing = +self._writing  # the counts left above zero
 
     def summaries(self) -> dict[int, CurveSummary]:
         """Every trial with a value, by id, up to date with what is stored (a copy)."""
@@ -115,8 +128,8 @@ class CurveIndex:
                     if touched:
                         whole = self.storage.curves(self.uid, touched)
                         self._apply({n: whole.get(n, []) for n in touched})
-            if self._dirty:
-                dirty, self._dirty = sorted(self._dirty), set()
+            if self._dirty or self._writing:
+                dirty, self._dirty = sorted(self._dirty | set(self._writing)), set()
                 fresh = self.storage.curves(self.uid, dirty)
                 self._apply({n: fresh.get(n, []) for n in dirty})
             return dict(self._summaries)

@@ -45,6 +45,7 @@ class StudyBudgets:
     ) -> bool:
         """Store a trial's value (:meth:`bbo.storage.base.Storage.add_intermediate`) and tell the
         kept curves."""
+        self.curves.writing([number])
         try:
             return self.storage.add_intermediate(
                 self.uid, number, step, value, budget, max_steps=max_steps, check=check

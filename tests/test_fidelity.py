@@ -650,3 +650,36 @@ def test_a_paused_trial_given_up_during_an_ask_that_continues_it(db):
     assert [t.id for t in got] == [ts[1].id]  # the continuation, handed out
     assert st.get_trial(ts[1].id).state is TrialState.PRUNED  # and then given up, as told
     st.storage.close()
+
+
+def test_a_rung_decision_sees_a_value_committed_but_not_yet_marked(db):
+    """Worker A's value was committed but its thread had not yet marked it in the kept curves
+    when worker B reached the rung: B's decision missed a value stored before it, and its repeated
+    report (or a restart's rebuild) answered otherwise. Values being written are re-read."""
+    st, _ = registry(db).create_study("in-flight", spec(pruning={"policy": "asha", "eta": 3}))
+    ts = st.ask(6).trials
+    for t, v in zip(ts[:4], (0.1, 0.5, 0.6, 0.7)):
+        st.report_intermediate(t.id, 1, v)
+    a, b = ts[4], ts[5]
+    committed, decided = threading.Event(), threading.Event()
+    add = st.storage.add_intermediate
+
+    def held_after_commit(uid, number, *args, **kw):
+        out = add(uid, number, *args, **kw)
+        if number == a.id:
+            committed.set()  # A's value is stored, and its thread is held before marking it
+            decided.wait(timeout=10)
+        return out
+
+    st.storage.add_intermediate = held_after_commit
+    worker = threading.Thread(target=st.report_intermediate, args=(a.id, 1, 0.8))
+    worker.start()
+    assert committed.wait(timeout=30)
+    first = st.report_intermediate(b.id, 1, 0.2)
+    decided.set()
+    worker.join(timeout=30)
+    st.storage.add_intermediate = add
+    assert first == st.report_intermediate(b.id, 1, 0.2)  # the same answer, repeated
+    rebuilt = Rungs(st.spec, st.trials(), st.storage.curves(st.uid))
+    assert first == rebuilt.should_stop(st.get_trial(b.id), 1.0)  # and after a restart
+    st.storage.close()
