@@ -376,9 +376,14 @@ class Study:
         req = request_key("tell", request_id, content)
         outcome: dict[str, Any] = {}
         number = trial_number(trial_id)
-        if req is not None and (prev := self.requests.answered(req)) is not None:
+        if (
+            req is not None
+            and self.spec.fidelity is not None
+            and (prev := self.requests.answered(req)) is not None
+        ):
             # answered before anything is written: a request id reused for another tell is
-            # refused without its value joining the trial's curve (before_tell writes it first)
+            # refused without its value joining the trial's curve (before_tell writes it first;
+            # without a fidelity nothing is written before the trial, which checks the id itself)
             check_same(req, prev)
             trial = self.storage.get_trial(self.uid, number)
             if trial is None:
