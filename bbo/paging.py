@@ -1,9 +1,16 @@
 """Page bounds shared by every List call: a size (0 = the call's default, capped) and an opaque
-token that is the last id of the previous page, so a page is one indexed range scan; and a byte
-bound, so a page of large items still fits a client's default 4 MiB receive limit."""
+token holding the last id of the previous page, so a page is one indexed range scan; and a byte
+bound, so a page of large items still fits a client's default 4 MiB receive limit.
+
+A token also holds a digest of its scope (:func:`page_token`: the study's uid and the filter), so
+one is refused where it was not issued: a bare number was accepted on another study, another
+filter, or a study created again under the name, and paged through their items from its number."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
@@ -17,19 +24,46 @@ K = TypeVar("K")
 PAGE_BYTES = 2 * 1024 * 1024
 
 
-def page_bounds(page_size: int, page_token: str, default: int, maximum: int) -> tuple[int, int]:
-    """``(size, after_id)``; SpecError names the field a bad request got wrong."""
+def _digest(scope: str) -> str:
+    return hashlib.sha256(scope.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def page_token(after: int, scope: str) -> str:
+    """The next page's token: ``after`` (the last id of this page) within ``scope`` (what the
+    pages are of: a study's uid and the request's filter)."""
+    raw = json.dumps([after, _digest(scope)], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def page_bounds(
+    page_size: int, page_token: str, default: int, maximum: int, scope: str = ""
+) -> tuple[int, int]:
+    """``(size, after_id)`` of a request in ``scope`` (:func:`page_token`'s); SpecError names
+    the field a bad request got wrong."""
     if page_size < 0:
         raise SpecError("page_size", "must be >= 0")
-    try:
-        after = int(page_token) if page_token else 0
-        if not 0 <= after < 2**63:  # a token we could have issued (SQLite integers are 64-bit)
-            raise ValueError(after)
-    except ValueError:
+    after, bound = 0, _digest(scope)
+    if page_token:
+        try:
+            raw = base64.urlsafe_b64decode(page_token + "=" * (-len(page_token) % 4))
+            after, bound = json.loads(raw)
+            # a token we could have issued (SQLite integers are 64-bit)
+            if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after < 2**63:
+                raise ValueError(after)
+            if not isinstance(bound, str):
+                raise ValueError(bound)
+        except (ValueError, TypeError, RecursionError):
+            raise SpecError(
+                "page_token",
+                f"malformed page token {page_token!r}: pass back a next_page_token unchanged",
+            ) from None
+    if bound != _digest(scope):
         raise SpecError(
             "page_token",
-            f"malformed page token {page_token!r}: pass back a next_page_token unchanged",
-        ) from None
+            "this page token was issued for another study, another filter, or a study since "
+            "deleted and created again: pass it back with the request it came from, or start "
+            "again without one",
+        )
     return min(page_size or default, maximum), after
 
 

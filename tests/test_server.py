@@ -777,3 +777,38 @@ def test_a_trial_sent_to_another_live_study_is_refused_naming_its_own(
             call()
         assert "deleted" not in str(e.value)
     assert b.trial(tb.id).state == "PENDING" and a.trial(ta.id).state == "PENDING"
+
+
+def test_a_trials_page_token_pages_only_the_listing_it_came_from(
+    bbo_server, client, study_name, make_study
+):
+    """A ListTrials token was the last trial number, bare: accepted on another study, under
+    another filter, or on a study deleted and created again under the name, it paged through
+    their trials from that number. It is bound to its study's uid and filter now; elsewhere it is
+    INVALID_ARGUMENT naming page_token, and it still pages on where it came from."""
+    for name in (study_name, study_name + "-b"):
+        s = make_study(client, name)
+        for i in range(5):
+            s.add_trial({"x": i / 10, "k": "a"}, {"y": float(i)})
+    ch, stub = raw_stub(bbo_server.address)
+    done = [pb.TRIAL_STATE_COMPLETED]
+    with ch:
+        first = stub.ListTrials(svc.ListTrialsRequest(study=study_name, page_size=2), timeout=30)
+        token = first.next_page_token
+        nxt = stub.ListTrials(
+            svc.ListTrialsRequest(study=study_name, page_size=2, page_token=token), timeout=30
+        )
+        assert [t.id for t in [*first.trials, *nxt.trials]] == [1, 2, 3, 4]
+        elsewhere = [
+            svc.ListTrialsRequest(study=study_name + "-b", page_token=token),
+            svc.ListTrialsRequest(study=study_name, states=done, page_token=token),
+            svc.ListTrialsRequest(study=study_name, page_token="2"),  # a bare number
+        ]
+        client.delete_study(study_name)
+        make_study(client, study_name).add_trial({"x": 0.5, "k": "b"}, {"y": 1.0})
+        elsewhere.append(svc.ListTrialsRequest(study=study_name, page_token=token))
+        for request in elsewhere:
+            with pytest.raises(grpc.RpcError) as e:
+                stub.ListTrials(request, timeout=30)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+            assert e.value.details().startswith("page_token"), e.value.details()

@@ -11,7 +11,7 @@ import grpc
 from google.protobuf.message_factory import GetMessageClass
 
 from bbo.errors import BboError, SpecError
-from bbo.paging import cut_page, page_bounds, page_prefix, read_lazily
+from bbo.paging import cut_page, page_bounds, page_prefix, page_token, read_lazily
 from bbo.registry import DEFAULT_TENANT, StudyRegistry, check_name, encode_page_token
 from bbo.study import Study
 from bbo.trial import TrialState
@@ -257,8 +257,9 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
         for i, s in enumerate(request.states):
             first.setdefault(s, i)
         states = [C.trial_state_from_pb(s, f"states[{i}]") for s, i in first.items()]
+        scope = f"trials|{study.uid}|{sorted(s.value for s in states)}"
         size, after = page_bounds(
-            request.page_size, request.page_token, default=1000, maximum=10000
+            request.page_size, request.page_token, default=1000, maximum=10000, scope=scope
         )
         # read as the page fills: a page of 10,000 trials of hundreds of metrics each was read
         # whole (hundreds of MB) to send 2 MiB of it
@@ -273,7 +274,8 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
             trials, size, lambda t: (t, C.trial_to_pb(t, study)), lambda p: p[1].ByteSize()
         )
         return svc.ListTrialsResponse(
-            trials=[p for _, p in out], next_page_token=str(out[-1][0].id) if more else ""
+            trials=[p for _, p in out],
+            next_page_token=page_token(out[-1][0].id, scope) if more else "",
         )
 
     @rpc
@@ -317,8 +319,11 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
     @rpc
     def ListLlmCalls(self, request: svc.ListLlmCallsRequest, context, tenant):
         study = self._study(request.study, tenant)
-        size, after = page_bounds(request.page_size, request.page_token, default=100, maximum=1000)
         purpose = request.purpose or None
+        scope = f"llm_calls|{study.uid}|{purpose or ''}"
+        size, after = page_bounds(
+            request.page_size, request.page_token, default=100, maximum=1000, scope=scope
+        )
         # a call holds up to a 1 MiB answer: read 16 at a time as the page fills, not 1,001
         calls = read_lazily(
             lambda a, n: study.llm_calls(purpose, after=a, limit=n),
@@ -330,7 +335,8 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
             calls, size, lambda c: (c, C.llm_call_to_pb(c)), lambda p: p[1].ByteSize()
         )
         return svc.ListLlmCallsResponse(
-            calls=[p for _, p in out], next_page_token=str(out[-1][0].number) if more else ""
+            calls=[p for _, p in out],
+            next_page_token=page_token(out[-1][0].number, scope) if more else "",
         )
 
 
