@@ -594,3 +594,16 @@ def test_asks_tells_and_llm_calls_in_flight_when_their_study_is_deleted_write_no
         assert (info.state, info.state_reason, info.trial_count) == ("ACTIVE", "", 0)
         assert s.llm_calls() == []
     reg.close()
+
+
+def test_an_llm_calls_model_name_and_token_counts_are_stored_within_the_schema(store):
+    """An endpoint reports any model name and token counts: SQLite stored a 300-character name
+    and 2**40 tokens, PostgreSQL refused them (varchar(256), a 32-bit integer), so the call went
+    unrecorded there and a SQLite database holding one could not be copied to PostgreSQL."""
+    uid = store.create_study("t", "llm-sizes", SPEC, 1).uid
+    store.log_llm_call(uid, LlmCallRecord("priors", "m" * 300, "p", "r", "ok", 2**40, -5, 0.1))
+    (call,) = store.list_llm_calls(uid)
+    assert call.model == "m" * 256 and (call.prompt_tokens, call.completion_tokens) == (
+        2**31 - 1,
+        0,
+    )

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+# an LLM call's model name and token counts, as the endpoint reported them, are stored within
+# these (SqlStorage.log_llm_call): PostgreSQL refuses more where SQLite stores anything
+MODEL_CHARS = 256
+MAX_INT32 = 2**31 - 1
+
 
 class _NoNul(sa.types.TypeDecorator):
     """A string PostgreSQL can store: it refuses NUL characters, which become U+FFFD here (on every
@@ -146,7 +151,7 @@ llm_calls = sa.Table(
         index=True,
     ),
     sa.Column("purpose", String(64), nullable=False),
-    sa.Column("model", String(256), nullable=False),
+    sa.Column("model", String(MODEL_CHARS), nullable=False),
     sa.Column("prompt", Text, nullable=False),
     sa.Column("response", Text, nullable=False),
     sa.Column("outcome", Text, nullable=False),
