@@ -12,7 +12,7 @@ import base64
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from bbo.errors import SpecError
 
@@ -28,15 +28,26 @@ def _digest(scope: str) -> str:
     return hashlib.sha256(scope.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def page_token(after: int, scope: str) -> str:
-    """The next page's token: ``after`` (the last id of this page) within ``scope`` (what the
-    pages are of: a study's uid and the request's filter)."""
-    raw = json.dumps([after, _digest(scope)], separators=(",", ":")).encode()
+def encode_token(value: Any) -> str:
+    """``value`` as an opaque page token: compact JSON in unpadded base64url."""
+    raw = json.dumps(value, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def decode_token(token: str) -> Any:
+    """The JSON value of :func:`encode_token`'s ``token``; raises ValueError (or TypeError,
+    RecursionError) where it holds none."""
+    return json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+
+
+def page_token(after: int, scope: str) -> str:
+    """The next page's token: ``after`` (the last id of this page) within ``scope`` (what the
+    pages are of: a study's uid and the request's filter)."""
+    return encode_token([after, _digest(scope)])
+
+
 def page_bounds(
-    page_size: int, page_token: str, default: int, maximum: int, scope: str = ""
+    page_size: int, page_token: str, default: int, maximum: int, scope: str
 ) -> tuple[int, int]:
     """``(size, after_id)`` of a request in ``scope`` (:func:`page_token`'s); SpecError names
     the field a bad request got wrong."""
@@ -45,8 +56,7 @@ def page_bounds(
     after, bound = 0, _digest(scope)
     if page_token:
         try:
-            raw = base64.urlsafe_b64decode(page_token + "=" * (-len(page_token) % 4))
-            after, bound = json.loads(raw)
+            after, bound = decode_token(page_token)
             # a token we could have issued (SQLite integers are 64-bit)
             if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after < 2**63:
                 raise ValueError(after)

@@ -23,7 +23,6 @@ behind a live one's back.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import logging
@@ -41,7 +40,7 @@ from bbo.errors import ConflictError, LimitError, NotFoundError, SpecError
 from bbo.fit_slots import FitSlots
 from bbo.limits import RequestLimits
 from bbo.model_sharing import ModelStateCache
-from bbo.paging import cut_page, read_lazily
+from bbo.paging import cut_page, decode_token, encode_token, read_lazily
 from bbo.spec import STUDY_NAME, AlgorithmOptions, StudySpec
 from bbo.stopping import MedianRule
 from bbo.storage import LlmCallRecord, Storage, StudyRecord
@@ -154,16 +153,14 @@ def _json(d: Any) -> str:
 
 def encode_page_token(rec: StudyRecord) -> str:
     """A ListStudies page token: the last study's position in its tenant's creation order."""
-    raw = json.dumps([rec.created_at, rec.name], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_token([rec.created_at, rec.name])
 
 
 def decode_page_token(token: str) -> tuple[float, str] | None:
     if not token:
         return None
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        at, name = json.loads(raw)
+        at, name = decode_token(token)
         if isinstance(at, bool) or not isinstance(at, (int, float)) or not isinstance(name, str):
             raise ValueError
         # only what a token we issue can hold, a creation time and a study name the database can
