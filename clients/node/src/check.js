@@ -20,7 +20,10 @@ class RequestError extends Error {
 const INTEGER = new Set(['int32', 'uint32', 'sint32', 'fixed32', 'sfixed32', 'int64', 'uint64', 'sint64', 'fixed64', 'sfixed64']);
 const UNSIGNED = new Set(['uint32', 'fixed32', 'uint64', 'fixed64']);
 
+// A value as a message quotes it.
 function show(v) {
+  if (typeof v === 'string') return JSON.stringify(v);
+  if (typeof v === 'bigint') return `${v}n`;
   try {
     return JSON.stringify(v) ?? String(v);
   } catch (e) {
@@ -118,4 +121,4 @@ class RequestChecker {
   }
 }
 
-module.exports = { RequestChecker, RequestError };
+module.exports = { RequestChecker, RequestError, show };

@@ -9,7 +9,7 @@ const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 const { Reader } = require('protobufjs');
 const cliProgress = require('cli-progress');
-const { RequestChecker, RequestError } = require('./check');
+const { RequestChecker, RequestError, show } = require('./check');
 
 const BEST_EVERY_MS = 2000; // at least this long between the progress bar's reads of the best
 
@@ -94,16 +94,6 @@ function toMetrics(metrics) {
     out[k] = sem == null ? { value } : { value, sem };
   }
   return out;
-}
-
-function show(v) {
-  if (typeof v === 'string') return JSON.stringify(v);
-  if (typeof v === 'bigint') return `${v}n`;
-  try {
-    return JSON.stringify(v) ?? String(v);
-  } catch (e) {
-    return String(v);
-  }
 }
 
 // google.protobuf.Timestamp -> seconds since the epoch (null when unset)
