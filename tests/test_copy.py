@@ -223,3 +223,59 @@ def test_a_copy_holds_a_bounded_number_of_bytes_whatever_its_rows(tmp_path):
         assert d.get_study("default", "big-11").spec == spec
     finally:
         d.close()
+
+
+def test_a_copy_keeps_id_counters_and_fits_old_rows_to_postgresql(cluster, tmp_path):
+    """A deleted study's id is never given again, in the copy too: the copy carries each id
+    counter, not only the rows (the last study deleted left the counter past every copied id). An
+    LLM call stored by SQLite before its model name and token counts were bounded still copies to
+    PostgreSQL, clipped as bbo stores them now; and back to SQLite, counters and all."""
+    import sqlalchemy as sa
+
+    from bbo.storage import open_storage
+    from bbo.storage import schema as S
+    from bbo.storage.base import LlmCallRecord
+    from bbo.storage.copy import copy_database
+
+    spec = {
+        "parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}],
+        "objectives": [{"name": "y"}],
+    }
+    src = f"sqlite:///{tmp_path / 'old.db'}"
+    st = open_storage(src)
+    try:
+        kept = st.create_study("default", "kept", spec, 1)
+        st.log_llm_call(kept.uid, LlmCallRecord("priors", "m", "p", "r", "ok"))
+        for i in range(3):  # ids 2-4 given out, then deleted
+            st.delete_study(st.create_study("default", f"gone-{i}", spec, 1).uid)
+        with st._write() as conn:  # as a bbo before the bounds stored it
+            conn.execute(
+                S.llm_calls.update().values(
+                    model="m" * 5000, prompt_tokens=2**40, completion_tokens=2**33
+                )
+            )
+    finally:
+        st.close()
+
+    def ids(url):
+        s = open_storage(url)
+        try:
+            s.create_study("default", "new", spec, 1)
+            with s.snapshot() as conn:
+                return (
+                    conn.execute(sa.select(S.studies.c.id).order_by(S.studies.c.id)).scalars().all()
+                )
+        finally:
+            s.close()
+
+    pg = cluster.create_database("counters_" + uuid.uuid4().hex[:10])
+    assert copy_database(src, pg)["llm_calls"] == 1
+    s = open_storage(pg)
+    try:
+        (call,) = s.list_llm_calls(s.get_study("default", "kept").uid)
+        assert len(call.model) == S.MODEL_CHARS and call.prompt_tokens == S.MAX_INT32
+    finally:
+        s.close()
+    back = f"sqlite:///{tmp_path / 'back.db'}"
+    copy_database(pg, back)
+    assert ids(pg) == [1, 5] and ids(back) == [1, 5]

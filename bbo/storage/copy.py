@@ -46,6 +46,39 @@ def _row_bytes(row) -> int:
     return n
 
 
+def _fitter(table: sa.Table) -> Callable[[dict], dict]:
+    """Fit a row into the target's column types: SQLite stores any length and any integer, so a
+    database written before bbo bounded a value (an LLM call's model name, its token counts) may
+    hold one PostgreSQL refuses. Text that no index holds is cut to its column's length, a plain
+    integer (not a key) clipped to 32 bits, as :meth:`SqlStorage.log_llm_call` stores them today."""
+    keys = {c.name for i in table.indexes for c in i.columns}  # identities are never altered
+    cut = {
+        c.name: c.type.length
+        for c in table.columns
+        if isinstance(c.type, S.String) and c.type.length and c.name not in keys
+    }
+    clip = [
+        c.name
+        for c in table.columns
+        if type(c.type) is sa.Integer and not c.primary_key and not c.foreign_keys
+    ]
+    if not cut and not clip:
+        return lambda row: row
+
+    def fit(row: dict) -> dict:
+        for name, n in cut.items():
+            v = row.get(name)
+            if isinstance(v, str) and len(v) > n:
+                row[name] = v[:n]
+        for name in clip:
+            v = row.get(name)
+            if isinstance(v, int) and not -S.MAX_INT32 - 1 <= v <= S.MAX_INT32:
+                row[name] = max(-S.MAX_INT32 - 1, min(v, S.MAX_INT32))
+        return row
+
+    return fit
+
+
 def copy_database(
     src_url: str, dst_url: str, *, progress: Callable[[str, int], None] | None = None
 ) -> dict[str, int]:
@@ -89,7 +122,9 @@ def _copy(src: SqlStorage, dst: SqlStorage, progress) -> dict[str, int]:
                     f"the target database already holds rows in '{table.name}': copy into an "
                     "empty database"
                 )
+        counters = src.id_counters(conn_in)
         for table in S.metadata.sorted_tables:
+            fit = _fitter(table)
             n = 0
             result = conn_in.execution_options(yield_per=FETCH.get(table.name, BATCH)).execute(
                 sa.select(table).order_by(*table.primary_key.columns)
@@ -97,7 +132,7 @@ def _copy(src: SqlStorage, dst: SqlStorage, progress) -> dict[str, int]:
             batch: list[dict] = []
             size = 0
             for row in result:
-                batch.append(dict(row._mapping))
+                batch.append(fit(dict(row._mapping)))
                 size += _row_bytes(row)
                 if len(batch) >= BATCH or size >= BATCH_BYTES:
                     out.execute(table.insert(), batch)
@@ -111,5 +146,5 @@ def _copy(src: SqlStorage, dst: SqlStorage, progress) -> dict[str, int]:
                 if progress is not None:
                     progress(table.name, n)
             counts[table.name] = n
-        dst.after_bulk_copy(out)
+        dst.after_bulk_copy(out, counters)
     return counts

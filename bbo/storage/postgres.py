@@ -184,6 +184,16 @@ MIGRATION_LOCK = 0x6262_6F5F  # advisory lock key: replicas migrate one at a tim
 CLOCK_REFRESH = 60.0  # seconds between measurements of the database clock's offset (clock())
 
 
+def _serial_columns() -> list[tuple[str, str]]:
+    """(table, column) of each table whose single-column key a sequence gives out."""
+    out = []
+    for table in S.metadata.sorted_tables:
+        pk = list(table.primary_key.columns)
+        if len(pk) == 1 and pk[0].autoincrement is True:
+            out.append((table.name, pk[0].name))
+    return out
+
+
 def lock_key(uid: str) -> int:
     """The advisory-lock key of a study: a namespace tag and 32 bits of its uid's hash (a signed
     64-bit value). Two studies sharing a key only serialize their asks."""
@@ -361,18 +371,28 @@ class PostgresStorage(SqlStorage):
                 except Exception:  # noqa: BLE001
                     pass
 
-    def after_bulk_copy(self, conn: sa.Connection) -> None:
-        """Rows were inserted with their ids: move each id sequence past them."""
-        for table in S.metadata.sorted_tables:
-            pk = list(table.primary_key.columns)
-            if len(pk) == 1 and pk[0].autoincrement is True:
-                conn.execute(
-                    sa.text(
-                        "SELECT setval(pg_get_serial_sequence(:t, :c), "
-                        f"COALESCE((SELECT max({pk[0].name}) FROM {table.name}), 0) + 1, false)"
-                    ),
-                    {"t": table.name, "c": pk[0].name},
-                )
+    def id_counters(self, conn: sa.Connection) -> dict[str, int]:
+        out = {}
+        for table, col in _serial_columns():
+            seq = conn.execute(
+                sa.text("SELECT pg_get_serial_sequence(:t, :c)"), {"t": table, "c": col}
+            ).scalar()
+            if seq:  # a name the database quoted; after setval(n, false) the last given is n - 1
+                last, called = conn.execute(
+                    sa.text(f"SELECT last_value, is_called FROM {seq}")
+                ).one()
+                out[table] = int(last) - (0 if called else 1)
+        return out
+
+    def after_bulk_copy(self, conn: sa.Connection, counters: dict[str, int]) -> None:
+        for table, col in _serial_columns():
+            conn.execute(
+                sa.text(
+                    "SELECT setval(pg_get_serial_sequence(:t, :c), GREATEST(:n, "
+                    f"COALESCE((SELECT max({col}) FROM {table}), 0)) + 1, false)"
+                ),
+                {"t": table, "c": col, "n": counters.get(table, 0)},
+            )
 
     @contextlib.contextmanager
     def snapshot(self):

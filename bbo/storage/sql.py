@@ -1040,8 +1040,15 @@ class SqlStorage(Storage):
             with conn.begin():
                 yield conn
 
-    def after_bulk_copy(self, conn: sa.Connection) -> None:
-        """Called in the copy's write transaction after rows were inserted with their ids."""
+    def id_counters(self, conn: sa.Connection) -> dict[str, int]:
+        """The last row id each table's counter gave out, read on ``conn`` (a copy's snapshot): it
+        can be past the table's largest id, whose row was deleted, and a copy keeps it so that id
+        is never given again."""
+        return {}
+
+    def after_bulk_copy(self, conn: sa.Connection, counters: dict[str, int]) -> None:
+        """Called in the copy's write transaction after rows were inserted with their ids: move
+        each id counter past them and past the source's ``counters`` (:meth:`id_counters`)."""
 
 
 # FOR UPDATE (PostgreSQL; SQLite has one writer and omits it): a concurrent read-modify-write of the

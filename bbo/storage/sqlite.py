@@ -42,6 +42,7 @@ from bbo.errors import (
     StorageUnavailable,
     StudyNotFound,
 )
+from bbo.storage import schema as S
 from bbo.storage.base import RequestKey, StoredRequest, TrialChange
 from bbo.storage.sql import SqlStorage, db_call, metrics_from_json, metrics_to_json
 from bbo.trial import Trial, TrialState
@@ -242,6 +243,24 @@ class SqliteStorage(SqlStorage):
                         raise RuntimeError(f"migration broke foreign keys: {bad[:5]}")
             finally:
                 raw.execute("PRAGMA foreign_keys=ON")
+
+    def id_counters(self, conn: sa.Connection) -> dict[str, int]:
+        rows = conn.execute(sa.text("SELECT name, seq FROM sqlite_sequence")).all()
+        return {str(name): int(seq) for name, seq in rows}
+
+    def after_bulk_copy(self, conn: sa.Connection, counters: dict[str, int]) -> None:
+        # inserting ids moved each AUTOINCREMENT counter to the largest; past it, the source's
+        for table in S.metadata.sorted_tables:
+            n = counters.get(table.name)
+            if n is None or not table.dialect_options["sqlite"].get("autoincrement"):
+                continue
+            params = {"t": table.name, "n": n}
+            if not conn.execute(
+                sa.text("UPDATE sqlite_sequence SET seq = max(seq, :n) WHERE name = :t"), params
+            ).rowcount:
+                conn.execute(
+                    sa.text("INSERT INTO sqlite_sequence (name, seq) VALUES (:t, :n)"), params
+                )
 
     # ---- fast paths -----------------------------------------------------------------------------
     @staticmethod
