@@ -231,33 +231,40 @@ class StudyRegistry:
         seed = spec.algorithm.seed
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little")
-        created = False
         llm_calls: list = []  # the LLM's judgement of auto's candidates, logged once created
-        for _ in range(3):  # a concurrent delete of the name can make both steps miss
+        for _ in range(3):  # a concurrent delete of the name can make every step miss
+            created = False
+            # counted before the study is read: a delete that commits after the read is seen by
+            # _adopt, which never caches a deleted study
+            deletes = self._deletes_seen()
             transfer = None
+            rec = None
             if spec.transfer.enabled:
                 # sources are resolved (by name, in this tenant only) only for a study that does
                 # not exist yet: reattaching never depends on the sources still being there
                 rec = self.storage.get_study(tenant, name)
-                if rec is not None:
-                    break
-                judge = self._judge(spec, tenant, name, llm_calls, wait_s)
-                transfer = resolve_sources(self.storage, tenant, name, spec, judge)
-            rec = self._insert(tenant, name, spec_dict, seed, transfer)
-            if rec is not None:
-                created = True
-                break
-            rec = self.storage.get_study(tenant, name)
-            if rec is not None:
-                break
+                if rec is None:
+                    judge = self._judge(spec, tenant, name, llm_calls, wait_s)
+                    transfer = resolve_sources(self.storage, tenant, name, spec, judge)
+            if rec is None:
+                rec = self._insert(tenant, name, spec_dict, seed, transfer)
+                created = rec is not None
+            if rec is None:
+                rec = self.storage.get_study(tenant, name)
+            if rec is None:
+                continue
+            if not created and (differs := _spec_difference(rec.spec, spec)):
+                raise AlreadyExistsError(
+                    f"study '{name}' already exists with a different spec ({differs}): create "
+                    "this one under another name, or delete that study first"
+                )
+            try:
+                st = self._adopt(rec, deletes)
+            except NotFoundError:  # deleted since it was read: the create starts again
+                continue
+            break
         else:
             raise ConflictError(f"study '{name}' is being created and deleted concurrently: retry")
-        if not created and (differs := _spec_difference(rec.spec, spec)):
-            raise AlreadyExistsError(
-                f"study '{name}' already exists with a different spec ({differs}): create this "
-                "one under another name, or delete that study first"
-            )
-        st = self._adopt(rec, self._deletes_seen())
         if created:
             log.info("study created", extra={"study": name, "tenant": tenant, "uid": rec.uid})
             for call in llm_calls:

@@ -96,6 +96,28 @@ def test_deleted_studies_never_come_back(storage):
     assert created and new.uid != old_uid and new is not held and new.trials() == []
 
 
+def test_a_study_deleted_as_it_is_created_is_never_cached(storage, monkeypatch):
+    """A delete that commits between CreateStudy's insert and its caching of the study: the count
+    of deletes was read after the insert, so the deleted study was cached and GetStudy answered
+    for it; a create that finds its study gone starts again and returns a live one."""
+    reg = _registry(storage, 0)
+    insert = storage.create_study
+    raced = []
+
+    def create_then_deleted(tenant, name, *a, **kw):
+        rec = insert(tenant, name, *a, **kw)
+        if rec is not None and not raced:
+            raced.append(rec.uid)
+            reg.delete_study(name, tenant)  # another request's delete, committed right after
+        return rec
+
+    monkeypatch.setattr(storage, "create_study", create_then_deleted)
+    st, created = reg.create_study("raced", SPEC)
+    assert created and st.uid != raced[0]
+    assert reg.get_study("raced").uid == st.uid == storage.get_study("default", "raced").uid
+    assert st.ask(1).trials
+
+
 def test_lease_reaper_writes_through_the_live_study(storage):
     """The reaper expires a dropped study's leases through the Study a call still holds (so its
     trials in memory see the ABANDON), and through a fresh one where none is alive."""
