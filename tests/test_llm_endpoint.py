@@ -686,3 +686,51 @@ def test_llguidance_sends_the_schema_as_a_grammar():
         == 2
     )
     assert len(res.suggestions) == 2 and res.calls[0].outcome == "ok"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"choices": [{"message": {"content": "{}"}}], "usage": {"prompt_tokens": "1e999"}},
+        {"choices": [{"message": {"content": "{}"}}], "usage": {"completion_tokens": 1e400}},
+        {"choices": [{"message": None}]},
+        {"choices": [1]},
+        {"choices": "x"},
+        {"choices": [{"message": {"content": ["a"]}}]},
+        {"model": 5, "choices": [{"message": {"content": "hello"}}]},
+    ],
+)
+def test_a_response_body_of_the_wrong_shape_is_an_outcome_not_an_exception(body):
+    """The openai package hands a body's fields over unchecked: the client reads them defensively
+    (its contract: nothing raises to callers), so the call is recorded and BO goes on."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+        spec = make_spec()
+        config = LlmConfig(base_url=url, api_key="k", model="test-model", timeout_s=5.0)
+        res = LlmAdvisor(config).warmstart(spec, [], N)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert res.suggestions == [] and res.reason
+    assert len(res.calls) == 1 and res.calls[0].outcome == res.reason
+    assert isinstance(res.calls[0].model, str) and res.calls[0].model
+    assert res.calls[0].prompt_tokens >= 0 and res.calls[0].completion_tokens >= 0
+    finish(spec, res)

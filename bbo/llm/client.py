@@ -391,16 +391,36 @@ class LlmClient:
                 status=int(getattr(e, "status_code", 0) or 0),
                 detail=detail,
             )
+        try:
+            return self._read(resp, model, schema is not None)
+        except Exception as e:  # noqa: BLE001 - a body of the wrong shape is an outcome too
+            log.debug("LLM answer of an unexpected shape: %s", error_detail(e, self._secrets()))
+            return ChatOutcome(reason=f"malformed response: {type(e).__name__}")
+
+    @staticmethod
+    def _read(resp: Any, model: str, structured: bool) -> ChatOutcome:
+        """The outcome of a response body (the openai package does not check its shape: a
+        ``null`` message, a list for ``content`` or ``"1e999"`` tokens arrive as they are)."""
+
+        def tokens(raw: Any) -> int:
+            try:
+                return max(0, int(raw or 0))
+            except (TypeError, ValueError, OverflowError):
+                return 0
+
         usage = getattr(resp, "usage", None)
-        pt = int(getattr(usage, "prompt_tokens", 0) or 0) if usage else 0
-        ct = int(getattr(usage, "completion_tokens", 0) or 0) if usage else 0
+        pt = tokens(getattr(usage, "prompt_tokens", 0)) if usage else 0
+        ct = tokens(getattr(usage, "completion_tokens", 0)) if usage else 0
+        named = getattr(resp, "model", "")
         base: dict[str, Any] = dict(
             prompt_tokens=pt,
             completion_tokens=ct,
-            model=getattr(resp, "model", "") or model,
-            structured=schema is not None,
+            model=named if isinstance(named, str) and named else model,
+            structured=structured,
         )
         choices = getattr(resp, "choices", None) or []
+        if not isinstance(choices, list):
+            choices = []
         if not choices:
             return ChatOutcome(reason="empty response (no choices)", **base)
         msg = choices[0].message
@@ -408,6 +428,9 @@ class LlmClient:
         if refusal:
             return ChatOutcome(reason=f"refusal: {_short(refusal)}", **base)
         text = msg.content or ""
+        if not isinstance(text, str):
+            kind = type(text).__name__
+            return ChatOutcome(reason=f"malformed response: content is {kind}", **base)
         if not text.strip():
             return ChatOutcome(reason="empty response", **base)
         return ChatOutcome(text=text, **base)
