@@ -734,3 +734,8 @@ def test_a_response_body_of_the_wrong_shape_is_an_outcome_not_an_exception(body)
     assert isinstance(res.calls[0].model, str) and res.calls[0].model
     assert res.calls[0].prompt_tokens >= 0 and res.calls[0].completion_tokens >= 0
     finish(spec, res)
+
+
+def test_a_bad_max_retries_variable_is_named():
+    with pytest.raises(ValueError, match="BBO_LLM_MAX_RETRIES='abc'"):
+        LlmConfig.from_env({"BBO_LLM_BASE_URL": "http://h/v1", "BBO_LLM_MAX_RETRIES": "abc"})

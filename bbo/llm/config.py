@@ -153,12 +153,16 @@ class LlmConfig:
         """The configuration the environment describes; keyword arguments override it."""
         env = os.environ if env is None else env
         retries_raw = env.get("BBO_LLM_MAX_RETRIES", "").strip()
+        try:
+            retries = int(retries_raw) if retries_raw else 0
+        except ValueError:
+            raise ValueError(f"BBO_LLM_MAX_RETRIES={retries_raw!r} is not 0 or 1") from None
         cfg = cls(
             base_url=env.get("BBO_LLM_BASE_URL", ""),
             api_key=env.get("BBO_LLM_API_KEY", ""),
             model=env.get("BBO_LLM_MODEL", "").strip(),
             timeout_s=env_seconds(env, "BBO_LLM_TIMEOUT", None) or 30.0,
-            max_retries=int(retries_raw) if retries_raw else 0,
+            max_retries=retries,
             ask_budget_s=env_seconds(env, "BBO_LLM_ASK_BUDGET", None) or 60.0,
             models=tuple(env.get("BBO_LLM_MODELS", "").split(",")),
         )
