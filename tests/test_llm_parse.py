@@ -427,6 +427,26 @@ def test_salvaging_a_deeply_nested_answer_parses_no_more_than_a_few_times_its_le
     assert sum(seen) <= parse.SALVAGE_WORK * len(text) + 4096
 
 
+def test_an_answer_of_many_small_blocks_is_read_in_bounded_work(monkeypatch):
+    """Every block of an answer was parsed, leniently where JSON failed: a hostile endpoint's
+    1 MiB answer of 100,000 small blocks cost 2-7 s of an Ask's thread. Only the first
+    PARSE_CHARS characters are read now and at most PARSE_BLOCKS blocks parsed, longest first, so
+    the answer's object is the longest one that parses, as before."""
+    import bbo.llm.parse as parse
+
+    loads, seen = parse._loads, []
+    monkeypatch.setattr(parse, "_loads", lambda s: seen.append(len(s)) or loads(s))
+    space = make_space()
+    hostile = "{'x': 1} " * (1024 * 1024 // 9)
+    for read in (parse_candidates, parse_priors):
+        seen.clear()
+        read(hostile, space)
+        assert len(seen) <= 2 * parse.PARSE_BLOCKS + 2 and sum(seen) <= 20 * parse.PARSE_CHARS
+    text = 'see {"a": 1} and [1, 2, 3, 4, 5] then {"lr": 0.01, "layers": 4} or {"b": 2}'
+    assert parse.extract_json(text) == {"lr": 0.01, "layers": 4}
+    assert parse.extract_json("[1] then [1, 2]") == [1, 2]
+
+
 def test_numbers_past_a_doubles_range_make_an_answer_unusable_not_an_error():
     """1 followed by 400 zeros is valid JSON and no double: float() raised OverflowError out of
     the parser, so the call failed unrecorded and its prompt was sent on every Ask. A log range

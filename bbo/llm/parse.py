@@ -203,34 +203,51 @@ def _balanced_spans(text: str) -> Iterable[tuple[int, int]]:
         i += 1
 
 
+# Reading an answer costs time linear in its length and per block it holds (each block that fails
+# JSON is tried again leniently), and a hostile endpoint's 1 MiB answer of small blocks cost 2-7 s
+# of an Ask. An answer of max_tokens (2,048) tokens is a few KiB: only its first PARSE_CHARS
+# characters are read, and at most PARSE_BLOCKS blocks of them parsed.
+PARSE_CHARS = 128 * 1024
+PARSE_BLOCKS = 256
+
+
 def extract_json(text: str) -> Any | None:
     """The JSON value an answer most likely meant, or None.
 
-    Tries: the whole text; each fenced code block; then every balanced block in the prose (the
-    longest that parses, objects preferred over arrays).
+    Tries: the whole text; each fenced code block; then the balanced blocks in the prose, longest
+    first (the longest that parses, objects preferred over arrays). Reads at most
+    :data:`PARSE_CHARS` of the answer and parses at most :data:`PARSE_BLOCKS` blocks.
     """
     if not text:
         return None
-    text = _THINK.sub("", text).strip()
+    text = _THINK.sub("", text[:PARSE_CHARS]).strip()
     try:
         return _loads(text)
     except ValueError:
         pass
+    tries = PARSE_BLOCKS
     for m in _FENCE.finditer(text):
+        tries -= 1
+        if tries < 0:
+            return None
         try:
             return _loads(m.group(1))
         except ValueError:
             continue
-    found: list[tuple[int, int, Any]] = []
-    for a, b in _balanced_spans(text):
+    array = None
+    for a, b in sorted(_balanced_spans(text), key=lambda s: s[0] - s[1]):
+        tries -= 1
+        if tries < 0:
+            break
         try:
             v = _loads(text[a:b])
         except ValueError:
             continue
-        found.append((isinstance(v, dict), b - a, v))
-    if found:
-        return max(found, key=lambda f: (f[0], f[1]))[2]
-    return None
+        if isinstance(v, dict):
+            return v  # the longest object that parses
+        if array is None:
+            array = v
+    return array
 
 
 # characters salvage_objects may hand the parser, per character of the answer (plus a floor): a
@@ -242,18 +259,21 @@ SALVAGE_WORK = 8
 def salvage_objects(text: str) -> list[dict]:
     """Every parseable {...} object, innermost-complete first where an outer one is cut off
     (for truncated answers). Objects nested in an object already taken are not repeated. Stops
-    once it has parsed :data:`SALVAGE_WORK` times the answer's length."""
-    text = _THINK.sub("", text or "")
+    once it has parsed :data:`SALVAGE_WORK` times the answer's length or :data:`PARSE_BLOCKS`
+    blocks, and reads :data:`PARSE_CHARS` of it at most."""
+    text = _THINK.sub("", (text or "")[:PARSE_CHARS])
     blocks = _Blocks(text)
     out: list[dict] = []
     i, n = 0, len(text)
     budget = SALVAGE_WORK * n + 4096
+    tries = PARSE_BLOCKS
     while i < n:
         if text[i] == "{":
             end = blocks.end(i)
             if end > 0:
                 budget -= end - i
-                if budget < 0:
+                tries -= 1
+                if budget < 0 or tries < 0:
                     break
                 try:
                     v = _loads(text[i:end])
