@@ -361,6 +361,30 @@ def test_tells_naming_missing_trials_are_held_to_the_tenants_rate(server_factory
         )
 
 
+def test_refused_tells_naming_new_trials_are_held_to_the_tenants_rate(server_factory, tmp_path):
+    """A Tell or Heartbeat refused as invalid (INVALID_ARGUMENT: a Tell without metrics, a bad
+    state, a lease over 7 days) finished no work either: each named a new trial id, so a fresh
+    per-trial bucket, and only NOT_FOUND charged the tenant's bucket of misses, so such calls went
+    through at any rate. They take from it as NOT_FOUND ones do."""
+    db = "sqlite:///" + str(tmp_path / "invalid.db")
+    args = ["--auth", "--workers", "1", "--rate-limit", "1", "--rate-burst", "2"]
+    srv = server_factory(db=db, args=args)
+    a, _ = create_key(db, "a")
+    ch, st = stub(srv.address)
+    with ch:
+        call(st, "CreateStudy", svc.CreateStudyRequest(name="s", spec=small_spec()), a)
+        time.sleep(2.5)  # the tenant's bucket refills after the create
+        requests = [svc.TellRequest(study="s", trial_id=1000 + i) for i in range(10)]
+        requests += [svc.TellRequest(study="s", trial_id=2000 + i, state=99) for i in range(10)]
+        requests += [
+            svc.HeartbeatRequest(study="s", trial_id=3000 + i, lease_seconds=10**9)
+            for i in range(10)
+        ]
+        codes = [call(st, type(r).__name__[: -len("Request")], r, a)[1] for r in requests]
+        assert codes[0] == grpc.StatusCode.INVALID_ARGUMENT  # the first says what to fix
+        assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 20, codes
+
+
 def test_fit_slots_serve_tenants_in_turn():
     """A tenant that queued many jobs does not keep another tenant's job waiting behind them all."""
     import threading

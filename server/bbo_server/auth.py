@@ -31,6 +31,20 @@ log = logging.getLogger("bbo.auth")
 
 _current = threading.local()
 
+# how a call refused for what it asked ends: a Tell or Heartbeat that ends so finished no work, and
+# takes from the tenant's bucket of misses (LimitChecker.missed). Not only NOT_FOUND: one refused
+# as invalid (no metrics, a bad state or lease) named a new trial id, so a fresh per-trial bucket,
+# on every call as well, and went through at any rate.
+REFUSED = frozenset(
+    {
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
 
 def is_loopback(host: str) -> bool:
     """True for 127.0.0.0/8, ::1 and 'localhost'; False for 0.0.0.0, ::, names and other addresses."""
@@ -151,7 +165,7 @@ class Gate(MethodInterceptor):
                 return inner(request, context)
             finally:
                 _current.tenant = prev
-                if self.limits is not None and context.code() == grpc.StatusCode.NOT_FOUND:
+                if self.limits is not None and context.code() in REFUSED:
                     self.limits.missed(tenant, method)
 
         return grpc.unary_unary_rpc_method_handler(

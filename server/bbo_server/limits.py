@@ -4,8 +4,9 @@ A call over the rate is refused with RESOURCE_EXHAUSTED, a message naming the fl
 google.rpc.RetryInfo saying when to retry (clients do). Tell and Heartbeat are exempt from the
 tenant's rate: they finish or keep alive work the server handed out, so refusing them could only
 lose results; instead each trial has a small bucket of its own (``--trial-rate``), so a worker
-looping on one trial is bounded too. One that names no study or trial (NOT_FOUND) finished no
-work: such misses take from a bucket of the tenant's (its rate and burst), and while that is empty
+looping on one trial is bounded too. One that names no study or trial (NOT_FOUND), or is refused
+for what it asks (INVALID_ARGUMENT, FAILED_PRECONDITION, ...: :data:`bbo_server.auth.REFUSED`),
+finished no work: such misses take from a bucket of the tenant's (its rate and burst), and while that is empty
 the tenant's Tells and Heartbeats are refused, so naming a new trial id on every call, each with a
 fresh per-trial bucket, does not go around the rate. The dashboard's HTTP requests (:meth:`LimitChecker.check_dashboard`)
 are held to the same rate and burst in a bucket of their own per tenant, so its polls neither take
@@ -112,7 +113,8 @@ class LimitChecker:
                 raise Refused(
                     "rate",
                     f"rate limit: tenant '{tenant}' named over {lim.rate:g} missing studies or "
-                    f"trials/s in Tell / Heartbeat calls (burst {misses.burst:g}); retry later "
+                    f"trials/s, or was refused as often, in Tell / Heartbeat calls (burst "
+                    f"{misses.burst:g}); retry later "
                     "(--rate-limit)",
                     misses.wait(),
                 )
@@ -134,7 +136,8 @@ class LimitChecker:
         )
 
     def missed(self, tenant: str, method: str) -> None:
-        """A call of ``tenant`` that ended NOT_FOUND: a Tell or Heartbeat of it takes a token
+        """A call of ``tenant`` that ended NOT_FOUND or refused (:data:`bbo_server.auth.REFUSED`):
+        a Tell or Heartbeat of it takes a token
         from the tenant's bucket of misses, which :meth:`check` reads (see the module)."""
         if self.limits.rate > 0 and method in FINISHING:
             self._bucket(("missed", tenant)).take()
