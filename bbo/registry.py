@@ -224,6 +224,7 @@ class StudyRegistry:
             spec = StudySpec.from_dict(spec)
         else:
             self.config.limits.check_spec(spec.to_dict())
+        spec.space.check_encodable()
         spec.space.check_reachable()
         spec.check_outcome_window()
         self._check_llm_model(spec)

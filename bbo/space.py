@@ -29,6 +29,9 @@ EXACT_INT = 2**53  # whole numbers up to this are exact as doubles: ordinals of 
 # CreateStudy's check that whole-number ints and ordinal values can meet the parameter constraints
 # stops after this long (undecided: the study is accepted, as before the check)
 MILP_SECONDS = 2.0
+# how far apart (in the encoding) the values of an enumerated int must be: the strategy counts
+# points closer than this as one (bbo.strategy.model_data.MIN_SEPARATION)
+GRID_SEPARATION = 1e-8
 
 
 def _check_width(width: float, path: str, name: str) -> None:
@@ -140,6 +143,21 @@ class IntParam:
         if self.log and self.low <= 0:
             raise SpecError(
                 f"{path}.low", f"log-scale parameter '{self.name}' needs low > 0, got {self.low}"
+            )
+
+    def check_encodable(self, path: str) -> None:
+        """Refuse a range whose whole numbers the encoding (in doubles) cannot tell apart: beyond
+        2**53 neighbours can be one double or one logarithm, so [2**62, 2**62 + 1] encoded by a
+        division by zero (every ask failed) and [2**62, 2**62 + 1000] only at its two ends (every
+        ask after the design a fallback repeating them). Checked where a study is created (a
+        stored study is read as it was accepted)."""
+        _check_width(self._t(self.high) - self._t(self.low), path, self.name)
+        g = self.grid()
+        if g.size and not np.all(np.diff(g) > GRID_SEPARATION):
+            raise SpecError(
+                path,
+                f"the whole numbers of '{self.name}' are too close together for a double to tell "
+                "apart (beyond 2**53 on this scale): shift the range towards zero",
             )
 
     def _t(self, x: float) -> float:
@@ -607,6 +625,12 @@ class SearchSpace:
             )
             out.append(1e-9 * min(old, width) + rounding)
         return tuple(out)
+
+    def check_encodable(self) -> None:
+        """Refuse int ranges the encoding cannot tell apart (:meth:`IntParam.check_encodable`)."""
+        for i, p in enumerate(self.params):
+            if isinstance(p, IntParam):
+                p.check_encodable(f"parameters[{i}]")
 
     def check_reachable(self, path: str = "parameter_constraints") -> None:
         """Refuse parameter constraints that no point the study can hand out meets: the box check

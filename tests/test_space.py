@@ -441,3 +441,34 @@ def test_constraints_far_from_zero_are_met_to_the_parameters_scale():
     )
     assert unit.is_feasible({"x": 0.5, "y": 0.5 + 5e-10})
     assert not unit.is_feasible({"x": 0.5, "y": 0.5 + 5e-9})
+
+
+@pytest.mark.parametrize(
+    "low, high, log",
+    [(2**62, 2**62 + 1, False), (2**53, 2**53 + 1, False), (2**62, 2**62 + 1000, True)],
+)
+def test_int_range_one_double_wide_is_refused_at_create(registry, low, high, log):
+    """Whole numbers beyond 2**53 that are one double (or one logarithm): every ask of such a
+    study divided by zero (INTERNAL). Refused where the study is created."""
+    spec = {
+        "parameters": [{"type": "int", "name": "n", "low": low, "high": high, "log": log}],
+        "objectives": [{"name": "y"}],
+    }
+    with pytest.raises(SpecError, match="too wide or too narrow for a double"):
+        registry.create_study("int-one-double", spec)
+
+
+def test_int_values_a_double_cannot_tell_apart_are_refused_at_create(registry):
+    """[2**62, 2**62 + 1000]: its 1001 values encoded at two points, so only its ends were ever
+    handed out (every ask after the design a fallback repeating them)."""
+    spec = {
+        "parameters": [{"type": "int", "name": "n", "low": 2**62, "high": 2**62 + 1000}],
+        "objectives": [{"name": "y"}],
+    }
+    with pytest.raises(SpecError, match="too close together"):
+        registry.create_study("int-coarse", spec)
+    # the same width nearer zero, and a wide range treated as continuous, are still accepted
+    ok = {"type": "int", "name": "n", "low": 2**52, "high": 2**52 + 1000}
+    registry.create_study("int-fine", {**spec, "parameters": [ok]})
+    wide = {"type": "int", "name": "n", "low": -(2**63), "high": 2**63 - 1}
+    registry.create_study("int-wide", {**spec, "parameters": [wide]})
