@@ -627,10 +627,20 @@ class SearchSpace:
         return tuple(out)
 
     def check_encodable(self) -> None:
-        """Refuse int ranges the encoding cannot tell apart (:meth:`IntParam.check_encodable`)."""
+        """Refuse int ranges the encoding cannot tell apart (:meth:`IntParam.check_encodable`), and
+        ordinal values it cannot where the value scale encodes them (an ordinal in a linear
+        constraint: values 0, 1e-300, 2e-300, 1 were one point, and only 0 and 1 were handed out)."""
         for i, p in enumerate(self.params):
             if isinstance(p, IntParam):
                 p.check_encodable(f"parameters[{i}]")
+            elif isinstance(p, OrdinalParam) and p.name not in self.by_rank:
+                if not np.all(np.diff(p.grid()) > GRID_SEPARATION):
+                    raise SpecError(
+                        f"parameters[{i}].values",
+                        f"values of '{p.name}' are too close together for the constraint's "
+                        f"value scale to tell apart (within {GRID_SEPARATION:g} of its range): "
+                        "spread or merge them",
+                    )
 
     def check_reachable(self, path: str = "parameter_constraints") -> None:
         """Refuse parameter constraints that no point the study can hand out meets: the box check

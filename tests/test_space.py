@@ -472,3 +472,18 @@ def test_int_values_a_double_cannot_tell_apart_are_refused_at_create(registry):
     registry.create_study("int-fine", {**spec, "parameters": [ok]})
     wide = {"type": "int", "name": "n", "low": -(2**63), "high": 2**63 - 1}
     registry.create_study("int-wide", {**spec, "parameters": [wide]})
+
+
+def test_constrained_ordinal_values_a_double_cannot_tell_apart_are_refused_at_create(registry):
+    """An ordinal in a linear constraint is encoded on its value scale: values 0, 1e-300, 2e-300
+    and 1 were one point there, so only 0 and 1 were handed out and asks fell back to repeats.
+    Refused at create; the same values unconstrained (encoded by rank) are still accepted."""
+    params = [
+        {"type": "ordinal", "name": "o", "values": [0.0, 1e-300, 2e-300, 1.0]},
+        {"type": "int", "name": "n", "low": 0, "high": 3},
+    ]
+    spec = {"parameters": params, "objectives": [{"name": "y"}]}
+    cons = [{"coefficients": {"o": 1.0, "n": 1.0}, "bound": 2.0}]
+    with pytest.raises(SpecError, match="too close together"):
+        registry.create_study("ord-close", {**spec, "parameter_constraints": cons})
+    registry.create_study("ord-free", spec)
