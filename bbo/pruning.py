@@ -26,9 +26,11 @@ rungs are rebuilt from what is stored and decide alike.
   of the values at this rung and the next (trials measured at both): when new configurations come
   from a model, most of each rung's newcomers beat its old members, and where low budgets already
   rank them as higher ones do, promoting fewer leaves more budget for new configurations. Until
-  the study has a full-budget value, the best trial at the rung below the full budget (the
-  study's one best, of any bracket) goes on even alone, so GetBest has a result sooner (bench_fidelity: after about 1.5 full budgets, where
-  waiting for eta of them there takes 2-2.4).
+  the study has a full-budget value, the best trial at the highest rung reached (the study's one
+  best there, of any bracket) goes on even alone, rung by rung, while no trial runs above it, so
+  GetBest has a result after about 1.5 full budgets (waiting for eta trials at each rung takes
+  eta^(rungs - 1) trials: 2-2.4 full budgets on bench_fidelity's five rungs, thousands of trials
+  for eleven).
 """
 
 from __future__ import annotations
@@ -203,23 +205,32 @@ class Rungs:
     def promotions(self, n: int) -> list[Continuation]:
         """Up to ``n`` PAUSED trials to continue, from the highest rung down: each among the best
         ``n_k / e`` of the ``n_k`` trials of its bracket at its rung (:meth:`share_divisor`); while
-        the study has no full-budget value, the best one below the full budget goes on alone."""
+        the study has no full-budget value, the best one at the highest rung reached goes on alone
+        (where no trial runs above it)."""
         out: list[Continuation] = []
         if n <= 0 or not self.levels:
             return out
         brackets = sorted({trial_bracket(t, self.top) for t in self.trials.values()})
-        # the study's first full-budget value: the one best trial of the rung below, of any
-        # bracket, goes on alone (not each bracket's best), while none runs there yet
-        alone = None
-        if not any(self.members(s, self.top) for s in brackets) and not any(
-            t.state is TrialState.PENDING
-            and t.budget is not None
-            and same_budget(t.budget, self.levels[-1])
-            for t in self.trials.values()
-        ):
-            below = [m for s in brackets if s < self.top for m in self.members(s, self.top - 1)]
-            if below:
-                alone = min(below, key=lambda m: (-self.sign * m[1].value, m[0]))[0]
+        # the study's first full-budget value: the one best trial of the highest rung reached, of
+        # any bracket, goes on alone (not each bracket's best), rung by rung, while no trial runs
+        # above that rung. Waiting for eta trials at every rung took eta^(rungs - 1) trials (none
+        # of 3,000 reached 11 rungs at eta 3); the chain costs about 1.5 full budgets
+        alone, alone_k = None, -1
+        if not any(self.members(s, self.top) for s in brackets):
+            for k in range(self.top - 1, -1, -1):
+                reached = [m for s in brackets if s <= k for m in self.members(s, k)]
+                if reached:
+                    running = any(
+                        t.state is TrialState.PENDING
+                        and t.budget is not None
+                        and t.budget > self.levels[k]
+                        and not same_budget(t.budget, self.levels[k])
+                        for t in self.trials.values()
+                    )
+                    if not running:
+                        alone_k = k
+                        alone = min(reached, key=lambda m: (-self.sign * m[1].value, m[0]))[0]
+                    break
         for k in range(self.top - 1, -1, -1):
             e = self.share_divisor(k)
             for s in brackets:
@@ -227,7 +238,7 @@ class Rungs:
                     continue
                 members = self.members(s, k)
                 top = int(len(members) / e + 1e-9)
-                if k == self.top - 1 and any(tid == alone for tid, _ in members):
+                if k == alone_k and any(tid == alone for tid, _ in members):
                     top = max(top, 1)  # alone is this bracket's best: ranked first
                 ranked = sorted(members, key=lambda m: (-self.sign * m[1].value, m[0]))
                 for rank, (tid, p) in enumerate(ranked[:top], start=1):
