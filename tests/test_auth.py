@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 
 import grpc
 import pytest
@@ -173,6 +175,51 @@ def test_health_and_reflection_stay_open(auth_server):
             )
         )
         assert "bbo.v1.BboService" in [s.name for s in resp.list_services_response.service]
+
+
+def test_calls_that_never_send_their_request_hold_no_other_tenants_threads(auth_server):
+    """gRPC reads a unary call's request on a handler thread before any interceptor runs: 64 calls
+    without a key that never sent their request (or reflection streams left open) held every
+    handler thread, and every tenant's calls timed out. Now a call without a key is refused before
+    its request is read, reflection has threads of its own, and one tenant's calls waiting for
+    their request are bounded by --max-tenant-rpcs (half the 64 threads), so another's still run."""
+    from grpc_reflection.v1alpha import reflection_pb2_grpc
+
+    addr, st = auth_server["srv"].address, auth_server["stub"]
+    stop = threading.Event()
+
+    def nothing():
+        stop.wait()
+        yield from ()
+
+    raw = lambda b: b  # noqa: E731
+    held = []
+    with grpc.insecure_channel(addr) as evil:
+        get = evil.stream_unary("/bbo.v1.BboService/GetStudy", raw, raw)
+        refl = reflection_pb2_grpc.ServerReflectionStub(evil).ServerReflectionInfo
+        try:
+            held += [get.future(nothing()) for _ in range(70)]
+            held += [refl(nothing()) for _ in range(8)]
+            keyed = [
+                get.future(nothing(), metadata=(("x-api-key", auth_server["a"]),))
+                for _ in range(40)
+            ]
+            held += keyed
+            time.sleep(1.0)
+            # without a key: refused at once, no thread held
+            assert all(f.done() and f.code() == grpc.StatusCode.UNAUTHENTICATED for f in held[:70])
+            refused = [f for f in keyed if f.done()]
+            assert len(refused) == 40 - 32
+            assert all(f.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for f in refused)
+            assert "waiting for their request" in refused[0].details()
+            # the other tenant's calls still run, on the threads left
+            st.ListStudies(
+                svc.ListStudiesRequest(), metadata=(("x-api-key", auth_server["b"]),), timeout=10
+            )
+        finally:
+            stop.set()
+            for f in held:
+                f.cancel()
 
 
 def test_keys_command(tmp_path):

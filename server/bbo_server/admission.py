@@ -12,6 +12,13 @@ retry is its first try). Refusals and health checks run on a small pool of their
 ``experimental_thread_pool`` of a handler), so a full handler pool neither delays a refusal nor fails
 a health probe; a refusal never reads the request.
 
+gRPC reads a unary call's request on its handler thread before any interceptor's code runs, so a
+call that never sent its request held a thread, keyless, for as long as its client kept it open.
+BboService methods are therefore served as client streams (:meth:`Admission._reader`): the call's
+tenant comes from its metadata first, a call without a valid key is refused without reading, and
+a tenant's calls waiting for their request are bounded (``--max-tenant-rpcs``). Reflection's
+streams, open to any caller, run on a pool of their own.
+
 gRPC's own ``maximum_concurrent_rpcs`` stays as a backstop over all pools (:func:`backstop`): past it
 gRPC refuses a call itself, as RESOURCE_EXHAUSTED "Concurrent RPC limit exceeded!" without
 RetryInfo (:data:`GRPC_REFUSAL`), which bbo's clients retry too.
@@ -19,14 +26,21 @@ RetryInfo (:data:`GRPC_REFUSAL`), which bbo's clients retry too.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from concurrent import futures
+from typing import Any
 
 import grpc
 
+from bbo.errors import BboError
+from bbo.registry import DEFAULT_TENANT
+from bbo_server import metrics as M
 from bbo_server.errors import status_for
-from bbo_server.limits import busy
+from bbo_server.interceptor import SERVICE_PREFIX
+from bbo_server.limits import TenantCalls, busy
 
 log = logging.getLogger("bbo.server")
 
@@ -34,7 +48,14 @@ HEALTH_CHECK = (
     "/grpc.health.v1.Health/Check"  # unary, cheap: never refused, never queued behind calls
 )
 SIDE_THREADS = 4  # threads for refusals and health checks
+REFLECTION_THREADS = 2  # threads for reflection's streams (grpcurl, grpcui)
+REFLECTION_PREFIX = "/grpc.reflection."
 GRPC_REFUSAL = "Concurrent RPC limit exceeded!"  # gRPC's own words past maximum_concurrent_rpcs
+
+
+@contextlib.contextmanager
+def _as(tenant: str):
+    yield tenant
 
 
 def default_cap(rpc_threads: int) -> int:
@@ -83,11 +104,22 @@ class Admission(grpc.ServerInterceptor):
     """Refuses a call (with RetryInfo) while ``pool`` holds ``cap`` calls or more; health checks pass
     on ``side``. Must be the first interceptor: refused calls reach no other."""
 
-    def __init__(self, pool: CountingPool, cap: int, side: futures.ThreadPoolExecutor):
+    def __init__(
+        self,
+        pool: CountingPool,
+        cap: int,
+        side: futures.ThreadPoolExecutor,
+        reflection: futures.ThreadPoolExecutor | None = None,
+    ):
         if cap < 1:
             raise ValueError(f"max_concurrent_rpcs must be >= 1, got {cap}")
-        self.pool, self.cap, self.side = pool, cap, side
+        self.pool, self.cap, self.side, self.reflection = pool, cap, side, reflection
         self.refused = 0  # calls refused so far (tests, logs)
+        # who a call is and how many of its tenant's wait for their request (set by start(): the
+        # Gate's identified() and the --max-tenant-rpcs bound); None: every call is one tenant's
+        self.identified: Callable[[grpc.ServicerContext], Any] | None = None
+        self.tenant_calls: TenantCalls | None = None
+        self._readers: dict[str, tuple] = {}  # method path -> (inner handler, reader)
 
         def refuse(request_iterator, context):
             del request_iterator  # never read: the refusal does not wait for the request
@@ -107,9 +139,14 @@ class Admission(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None  # UNIMPLEMENTED, as without the cap
-        if handler_call_details.method == HEALTH_CHECK and handler.unary_unary is not None:
+        path = handler_call_details.method or ""
+        if path == HEALTH_CHECK and handler.unary_unary is not None:
             return self._on_side(handler)
+        if path.startswith(REFLECTION_PREFIX) and self.reflection is not None:
+            return self._on_reflection(handler)
         if self.pool.pending < self.cap:
+            if path.startswith(SERVICE_PREFIX) and handler.unary_unary is not None:
+                return self._reader(handler, path)
             return handler
         self.refused += 1
         if self.refused == 1 or self.refused % 1000 == 0:
@@ -118,6 +155,63 @@ class Admission(grpc.ServerInterceptor):
                 extra={"max_concurrent_rpcs": self.cap, "refused": self.refused},
             )
         return self._refusal
+
+    def _reader(self, handler: grpc.RpcMethodHandler, path: str) -> grpc.RpcMethodHandler:
+        """The BboService method as a call whose handler learns its tenant before it reads the
+        request: gRPC reads a unary call's request on the handler thread before any interceptor's
+        code runs, so a call that never sent it held the thread, with no key, for as long as its
+        client kept it open. A call without a valid key is refused at once without reading; a
+        tenant's calls waiting for their request are bounded (:meth:`TenantCalls.reading`)."""
+        cached = self._readers.get(path)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        inner = handler.unary_unary
+        method = path[len(SERVICE_PREFIX) :]
+
+        def read(request_iterator, context):
+            try:
+                with self.identified(context) if self.identified else _as(DEFAULT_TENANT) as tenant:
+                    with (
+                        self.tenant_calls.reading(tenant)
+                        if self.tenant_calls is not None
+                        else contextlib.nullcontext()
+                    ):
+                        request = next(request_iterator, None)
+                    if request is None:
+                        context.abort(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"{method} takes exactly one request message; none came",
+                        )
+                    return inner(request, context)
+            except BboError as e:
+                log.info(
+                    "refused before the request",
+                    extra={"rpc": method, "peer": context.peer(), "detail": e.message},
+                )
+                status = status_for(e)
+                M.RPC_REQUESTS.labels(method=method, code=status.code.name).inc()
+                context.abort_with_status(status)
+
+        out = grpc.stream_unary_rpc_method_handler(
+            read, handler.request_deserializer, handler.response_serializer
+        )
+        self._readers[path] = (handler, out)
+        return out
+
+    def _on_reflection(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """Reflection (open to any caller, a stream held as long as the client likes) on a small
+        pool of its own: streams left open fill that pool, not the service's handler threads."""
+        inner = handler.stream_stream
+        if inner is None:
+            return handler
+
+        def stream(request_iterator, context):
+            return inner(request_iterator, context)
+
+        stream.experimental_thread_pool = self.reflection  # type: ignore[attr-defined]
+        return grpc.stream_stream_rpc_method_handler(
+            stream, handler.request_deserializer, handler.response_serializer
+        )
 
     def _on_side(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if self._health is not None and self._health[0] is handler:

@@ -3,7 +3,8 @@
 A caller sends its key as metadata ``x-api-key: <key>`` or ``authorization: Bearer <key>``. The key
 names a tenant (``bbo keys create --tenant T``); every BboService call then acts on that tenant's
 studies only (another tenant's study is simply NOT_FOUND). A missing, malformed, unknown or revoked
-key is UNAUTHENTICATED. Health checking and reflection stay open.
+key is UNAUTHENTICATED, before the call's request is read (:meth:`Gate.identified`, called by
+admission). Health checking and reflection stay open.
 
 The gate resolves the tenant, applies :mod:`bbo_server.limits`, and hands the tenant to the
 servicer through :func:`authenticate` (the servicer's ``Authenticate`` hook), which reads it from
@@ -12,6 +13,7 @@ the handling thread.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import threading
@@ -106,9 +108,24 @@ class Gate(MethodInterceptor):
         if self.keys is not None and self.keys.storage is None:
             self.keys.storage = storage
 
+    @contextlib.contextmanager
+    def identified(self, context):
+        """The call's tenant from its metadata alone, before its request is read (admission's
+        first step, :class:`bbo_server.admission.Admission`); raises Unauthenticated. Within the
+        block the gate's own step reuses it for this call instead of looking the key up again."""
+        tenant = self._tenant(context)
+        _current.identified = (context, tenant)
+        try:
+            yield tenant
+        finally:
+            _current.identified = None
+
     def _tenant(self, context) -> str:
         if self.keys is None:
             return self.default_tenant
+        known = getattr(_current, "identified", None)
+        if known is not None and known[0] is context:
+            return known[1]
         key = key_from_metadata(context.invocation_metadata())
         if key is None:
             M.AUTH_FAILURES.labels(reason="missing").inc()

@@ -217,8 +217,39 @@ class TenantCalls:
             raise ValueError(f"max_tenant_rpcs must be >= 1, got {cap}")
         self.cap = cap
         self._running: dict[str, int] = {}  # tenants with calls running only: a bounded map
+        self._reading: dict[str, int] = {}  # tenants with calls waiting for their request
         self._lock = threading.Lock()
         self.refused = 0  # calls refused so far (tests, logs)
+
+    @contextlib.contextmanager
+    def reading(self, tenant: str):
+        """Counts the body (reading a call's request: a handler thread waits for it) as one of
+        ``tenant``'s calls waiting for their request, every method alike; over the bound, raises
+        LimitError instead. A client's request arrives with the call, so its wait is short; a
+        call that never sends its request held a thread for as long as its client kept it open,
+        and 64 of them held every thread. Counted apart from :meth:`hold`: a burst of tells never
+        meets a tenant's running asks here."""
+        with self._lock:
+            n = self._reading.get(tenant, 0)
+            if n >= self.cap:
+                self.refused += 1
+                M.LIMIT_REFUSALS.labels(limit="tenant_rpcs").inc()
+                raise busy(
+                    "tenant_rpcs",
+                    f"tenant '{tenant}' has {n} calls waiting for their request message, the most "
+                    "--max-tenant-rpcs allows; send each call's request (bbo's clients do) or "
+                    "retry later",
+                )
+            self._reading[tenant] = n + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                n = self._reading[tenant] - 1
+                if n:
+                    self._reading[tenant] = n
+                else:
+                    del self._reading[tenant]
 
     def running(self, tenant: str) -> int:
         """Calls of ``tenant`` counted now."""

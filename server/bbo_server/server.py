@@ -20,7 +20,15 @@ from bbo.limits import RequestLimits
 from bbo.registry import StudyConfig, StudyRegistry
 from bbo.storage import Storage, default_url, open_storage
 from bbo_client.v1 import service_pb2
-from bbo_server.admission import SIDE_THREADS, Admission, CountingPool, backstop, default_cap
+from bbo_server.admission import (
+    REFLECTION_THREADS,
+    SIDE_THREADS,
+    Admission,
+    CountingPool,
+    backstop,
+    default_cap,
+)
+from bbo_server.auth import Gate
 from bbo_server.limits import TenantCalls, default_tenant_rpcs
 from bbo_server.servicer import Authenticate, BboServicer, add_to_server
 
@@ -205,7 +213,10 @@ def start(opts: ServerOptions, storage: Storage | None = None) -> RunningServer:
     cap = opts.max_concurrent_rpcs or default_cap(opts.rpc_threads)
     pool = CountingPool(max_workers=opts.rpc_threads, thread_name_prefix="bbo-rpc")
     side = futures.ThreadPoolExecutor(max_workers=SIDE_THREADS, thread_name_prefix="bbo-rpc-side")
-    admission = Admission(pool, cap, side)
+    shown = futures.ThreadPoolExecutor(
+        max_workers=REFLECTION_THREADS, thread_name_prefix="bbo-rpc-reflection"
+    )
+    admission = Admission(pool, cap, side, shown)
     server = grpc.server(
         pool,
         # first: a refused call reaches no other interceptor (no key lookup, no rate token)
@@ -218,6 +229,10 @@ def start(opts: ServerOptions, storage: Storage | None = None) -> RunningServer:
         ],
     )
     tenant_calls = TenantCalls(opts.max_tenant_rpcs or default_tenant_rpcs(opts.rpc_threads))
+    # a call's tenant is known from its metadata before its request is read (admission's reader)
+    gate = next((i for i in opts.interceptors if isinstance(i, Gate)), None)
+    admission.identified = gate.identified if gate is not None else None
+    admission.tenant_calls = tenant_calls
     add_to_server(BboServicer(registry, opts.authenticate, tenant_calls), server)
     hs = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
@@ -249,7 +264,12 @@ def start(opts: ServerOptions, storage: Storage | None = None) -> RunningServer:
         else None
     )
     # hooks run last first: the pools go once everything else has stopped
-    on_stop = [lambda: pool.shutdown(wait=False), lambda: side.shutdown(wait=False), *opts.on_stop]
+    on_stop = [
+        lambda: pool.shutdown(wait=False),
+        lambda: side.shutdown(wait=False),
+        lambda: shown.shutdown(wait=False),
+        *opts.on_stop,
+    ]
     running = RunningServer(
         server, port, opts.host, registry, hs, storage, owns, reaper, on_stop=on_stop
     )
