@@ -118,3 +118,25 @@ def test_searcher_pickles_without_its_connection(bbo_server, study_name):
     assert t.state == "COMPLETED" and t.metrics == {"y": 0.5}
     again.client.close()
     s.client.close()
+
+
+def test_a_list_in_the_param_space_comes_back_a_list(bbo_server, study_name):
+    from ray.tune.utils.util import merge_dicts
+
+    space = {
+        "layers": [tune.uniform(0, 1), 5, {"units": tune.randint(1, 4)}],
+        "opt": {"betas": [0.9, tune.uniform(0.9, 1)], "name": "adam"},
+        "x": tune.uniform(0, 1),
+    }
+    s = BboSearch(bbo_server.address, metric="y", mode="min")
+    s._study_name = study_name
+    assert s.set_search_properties(None, None, space)
+    for again in (s, pickle.loads(pickle.dumps(s))):  # as Tune restores it
+        config = merge_dicts(space, again.suggest("t1"))  # what Tune hands the trainable
+        layers, betas = config["layers"], config["opt"]["betas"]
+        assert isinstance(layers, list) and isinstance(betas, list), config
+        assert 0 <= layers[0] <= 1 and layers[1] == 5 and layers[2]["units"] in (1, 2, 3)
+        assert betas[0] == 0.9 and 0.9 <= betas[1] <= 1 and config["opt"]["name"] == "adam"
+        assert 0 <= config["x"] <= 1
+        assert space["layers"][1] == 5 and isinstance(space["layers"][0], tune.search.sample.Float)
+    s.client.close()

@@ -12,6 +12,7 @@ one bbo study, each ask seeing the others' pending points.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import pickle
@@ -167,9 +168,10 @@ class BboSearch(Searcher):
         self._params: list[_Param] | None = None
         self._handle: StudyHandle | None = None
         self._live: dict[str, Trial] = {}  # Tune trial id -> the bbo trial it evaluates
+        self._lists: dict[str, list] = {}  # "a/b" -> a param_space list with searched values
         self._lock = threading.Lock()
         if space:
-            self._params = convert_search_space(space)
+            self._set_space(space)
 
     @property
     def client(self) -> Client:
@@ -189,8 +191,17 @@ class BboSearch(Searcher):
         self._mode = self._mode or mode
         if self._params is not None:
             return False  # Tune then refuses a param_space that still holds search domains
-        self._params = convert_search_space(config)
+        self._set_space(config)
         return True
+
+    def _set_space(self, config: dict) -> None:
+        self._params = convert_search_space(config)
+        flat = flatten_dict(config, prevent_delimiter=True)  # lists are not flattened: kept whole
+        self._lists = {
+            k: v
+            for k, v in flat.items()
+            if isinstance(v, list) and any(p.path.startswith(k + "/") for p in self._params)
+        }
 
     def suggest(self, trial_id: str) -> dict | None:
         h = self._study()
@@ -200,7 +211,8 @@ class BboSearch(Searcher):
         with self._lock:
             self._live[trial_id] = t
         assert self._params is not None
-        return unflatten_dict({p.path: p.decode(t.params[p.parameter.name]) for p in self._params})
+        values = {p.path: p.decode(t.params[p.parameter.name]) for p in self._params}
+        return _nest(values, getattr(self, "_lists", {}))
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -290,6 +302,31 @@ class BboSearch(Searcher):
         if bad:
             return {}, "not finite: " + ", ".join(bad)
         return {m: float(v) for m, v in metrics.items()}, ""
+
+
+def _nest(values: dict[str, Any], lists: dict[str, list]) -> dict:
+    """The nested config of flattened ``values`` ({"a/b": v}). Tune merges a suggestion into the
+    param_space dict by dict but replaces a list whole, so a list holding searched values is sent
+    whole: a copy of the param_space's list (its constants kept) with the values put in."""
+    if not lists:
+        return unflatten_dict(values)
+    out: dict = {}
+    for path, v in values.items():
+        parts = path.split("/")
+        node = out
+        for i, k in enumerate(parts[:-1]):
+            prefix = "/".join(parts[: i + 1])
+            if prefix in lists:
+                if k not in node:
+                    node[k] = copy.deepcopy(lists[prefix])
+                node = node[k]
+                for j in parts[i + 1 : -1]:  # below a list: list positions and dict keys
+                    node = node[int(j)] if isinstance(node, list) else node[j]
+                break
+            node = node.setdefault(k, {})
+        last = parts[-1]
+        node[int(last) if isinstance(node, list) else last] = v
+    return out
 
 
 def _finite(v: Any) -> bool:
