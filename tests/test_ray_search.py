@@ -4,6 +4,8 @@ and tells it every result (an errored trial as FAILED); Tune's search domains ma
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 
 import pytest
 
@@ -140,3 +142,29 @@ def test_a_list_in_the_param_space_comes_back_a_list(bbo_server, study_name):
         assert 0 <= config["x"] <= 1
         assert space["layers"][1] == 5 and isinstance(space["layers"][0], tune.search.sample.Float)
     s.client.close()
+
+
+def _relu(x):
+    return max(x, 0.0)
+
+
+def test_choice_labels_are_the_same_in_every_process():
+    """A choice of functions or objects is labelled without the memory address in their repr, so
+    a second Tuner process sharing the study builds the very same spec."""
+    script = f"import sys; sys.path[:0] = {sys.path!r}\n" + (
+        "from ray import tune\n"
+        "from bbo_client.ray import convert_search_space\n"
+        "def relu(x): return x\n"
+        "class Net: pass\n"
+        "choices = [relu, Net(), lambda x: x, lambda x: 1]\n"
+        "(p,) = convert_search_space({'f': tune.choice(choices)})\n"
+        "print(list(p.parameter.choices))\n"
+    )
+    runs = [
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+        for _ in range(2)
+    ]
+    assert runs[0].stdout == runs[1].stdout and "0x" not in runs[0].stdout, runs[0].stdout
+    (p,) = convert_search_space({"f": tune.choice([_relu, len])})
+    assert list(p.parameter.choices) == ["<function _relu>", "<built-in function len>"]
+    assert p.decode("<function _relu>") is _relu

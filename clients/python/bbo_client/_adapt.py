@@ -9,6 +9,7 @@ from typing import Any
 from bbo_client.errors import InvalidArgument
 
 _BAD = re.compile(r"[^A-Za-z0-9_.\-]")
+_ADDRESS = re.compile(r" at 0x[0-9A-Fa-f]+")  # in the repr of a function, lambda or plain object
 
 
 def bbo_name(name: str) -> str:
@@ -35,9 +36,10 @@ def bbo_names(names: Iterable[str]) -> dict[str, str]:
 
 def choice_labels(choices: Sequence[Any]) -> list[str]:
     """Distinct string labels of categorical choices of any type (a bbo ``Categorical`` holds
-    strings): a string stays itself, anything else is its ``repr``; if two labels coincide
-    (``1`` and ``"1"``), every label gets its index prefixed."""
-    labels = [c if isinstance(c, str) else repr(c) for c in choices]
+    strings): a string stays itself, anything else is its ``repr`` less any memory address
+    (``<function relu>``: the same in every process, so runs sharing a study build one spec); if
+    two labels coincide (``1`` and ``"1"``, two lambdas), every label gets its index prefixed."""
+    labels = [c if isinstance(c, str) else _ADDRESS.sub("", repr(c)) for c in choices]
     if len(set(labels)) < len(labels):
         labels = [f"{i}:{s}" for i, s in enumerate(labels)]
     return labels
