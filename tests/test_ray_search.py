@@ -101,6 +101,8 @@ def test_tune_domains_map_to_bbo_parameters_and_back():
         ({"x": tune.grid_search([1, 2])}, "param_space"),
         ({"a": {"x": tune.randn(0, 1)}}, "param_space['a/x']"),
         ({"x": tune.sample_from(lambda _: 1)}, "param_space['x']"),
+        ({"o": {"c": tune.choice([{"lr": tune.uniform(0, 1)}, 1])}}, "param_space['o/c']"),
+        ({"c": tune.choice([1, [2, tune.randint(0, 3)]])}, "param_space['c']"),
     ],
 )
 def test_unsupported_domains_are_refused_naming_the_parameter(space, field):

@@ -73,7 +73,8 @@ def convert_search_space(config: dict) -> list[_Param]:
     ``uniform`` / ``loguniform`` -> Float, ``randint`` / ``lograndint`` (upper bound exclusive) ->
     Int, ``quniform`` / ``qloguniform`` / ``qrandint`` / ``qlograndint`` (upper bound inclusive)
     -> Ordinal of the grid (Float / Int and rounding beyond ``MAX_GRID`` values), ``choice`` ->
-    Categorical. Grid search, ``randn`` and ``sample_from`` are refused with the parameter's path.
+    Categorical. Grid search, ``randn``, ``sample_from`` and a ``choice`` holding search domains
+    are refused with the parameter's path.
     """
     _, domains, grids = parse_spec_vars(config or {})
     if grids:
@@ -95,6 +96,12 @@ def _param(path: str, name: str, domain: sample.Domain) -> _Param:
     log = isinstance(smp, sample.LogUniform)
     if isinstance(domain, sample.Categorical) and isinstance(smp, sample.Uniform):
         cats = tuple(domain.categories)
+        if any(_holds_domain(c) for c in cats):
+            raise InvalidArgument(
+                "a choice holding search domains (tune.choice([{'lr': tune.uniform(...)}, ...])) "
+                "cannot be searched by bbo: search each domain as its own parameter",
+                field=f"param_space['{path}']",
+            )
         return _Param(path, Categorical(name, choice_labels(cats)), categories=cats)
     if isinstance(domain, (sample.Float, sample.Integer)) and (
         log or isinstance(smp, sample.Uniform)
@@ -118,6 +125,14 @@ def _param(path: str, name: str, domain: sample.Domain) -> _Param:
         "(use uniform, loguniform, randint, lograndint, their q- forms, or choice)",
         field=f"param_space['{path}']",
     )
+
+
+def _holds_domain(v: Any) -> bool:
+    if isinstance(v, sample.Domain):
+        return True
+    if isinstance(v, dict):
+        return any(_holds_domain(x) for x in v.values())
+    return isinstance(v, (list, tuple)) and any(_holds_domain(x) for x in v)
 
 
 def _grid(low: float, high: float, q: float, is_int: bool) -> list | None:
