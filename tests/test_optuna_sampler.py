@@ -271,3 +271,11 @@ def test_a_seeded_sampler_seeds_its_bbo_study(bbo_server, client, study_name):
         runs.append([t.params["x"] for t in s.trials])
         assert client.get_study(name).spec.algorithm.seed == 7
     assert runs[0] == runs[1]
+
+
+def test_options_create_study_would_refuse_are_refused_when_made():
+    """A typo or another sampler's option fails at once, not after the first completed trial."""
+    for bad in ({"multivariate": True}, {"n_intial": 4}, {"constraints": []}):
+        with pytest.raises(TypeError, match=next(iter(bad))):
+            BboSampler("127.0.0.1:1", **bad)
+    BboSampler("127.0.0.1:1", n_initial=4, seed=1, description="d")

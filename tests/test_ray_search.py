@@ -170,3 +170,12 @@ def test_choice_labels_are_the_same_in_every_process():
     (p,) = convert_search_space({"f": tune.choice([_relu, len])})
     assert list(p.parameter.choices) == ["<function _relu>", "<built-in function len>"]
     assert p.decode("<function _relu>") is _relu
+
+
+def test_options_create_study_would_refuse_are_refused_when_made():
+    """Another searcher's option (``points_to_evaluate``) or a typo fails at once, not at the
+    first suggest deep inside Tuner.fit()."""
+    for bad in ({"points_to_evaluate": [{"x": 0.5}]}, {"n_intial": 4}):
+        with pytest.raises(TypeError, match=next(iter(bad))):
+            BboSearch("127.0.0.1:1", space={"x": tune.uniform(0, 1)}, **bad)
+    BboSearch("127.0.0.1:1", n_initial=4, seed=1, tracked_metrics=["t"])

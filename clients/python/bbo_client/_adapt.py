@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -43,3 +44,19 @@ def choice_labels(choices: Sequence[Any]) -> list[str]:
     if len(set(labels)) < len(labels):
         labels = [f"{i}:{s}" for i, s in enumerate(labels)]
     return labels
+
+
+def check_study_options(owner: str, options: dict[str, Any], *taken: str) -> None:
+    """Refuse, when the adapter is made, extra keyword arguments that ``Client.create_study``
+    would refuse only at the first trial (a typo, another library's option such as
+    ``points_to_evaluate``); ``taken``: the ones the adapter sets itself."""
+    from bbo_client.client import Client
+
+    sig = inspect.signature(Client.create_study).parameters
+    allowed = [k for k, p in sig.items() if p.kind is p.KEYWORD_ONLY and k not in taken]
+    for k in options:
+        if k not in allowed:
+            raise TypeError(
+                f"{owner}() got an unexpected keyword argument {k!r} (its extra keyword "
+                f"arguments go to Client.create_study: {', '.join(allowed)})"
+            )

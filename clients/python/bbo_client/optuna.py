@@ -50,7 +50,7 @@ from optuna.search_space import IntersectionSearchSpace
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from bbo_client._adapt import bbo_name, bbo_names, choice_labels
+from bbo_client._adapt import bbo_name, bbo_names, check_study_options, choice_labels
 from bbo_client.client import Client, StudyHandle
 from bbo_client.errors import AlreadyExists, BboError, InvalidArgument, NotFound
 from bbo_client.model import (
@@ -178,6 +178,7 @@ class BboSampler(BaseSampler):
                 f"bbo study names are 1-128 of A-Z a-z 0-9 _ . -, got {study_name!r}",
                 field="study_name",
             )
+        check_study_options("BboSampler", study_options, "constraints")
         self._client = client if client is not None else Client(address)
         self._study_name = study_name
         self._independent = independent_sampler or RandomSampler(seed=seed)

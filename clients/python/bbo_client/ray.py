@@ -26,7 +26,7 @@ from ray.tune.search import Searcher, sample
 from ray.tune.search.variant_generator import parse_spec_vars
 from ray.tune.utils.util import flatten_dict, unflatten_dict
 
-from bbo_client._adapt import bbo_names, choice_labels
+from bbo_client._adapt import bbo_names, check_study_options, choice_labels
 from bbo_client.client import Client, StudyHandle
 from bbo_client.errors import BboError, InvalidArgument
 from bbo_client.model import (
@@ -172,6 +172,7 @@ class BboSearch(Searcher):
     ):
         if isinstance(metric, (list, tuple)):
             raise InvalidArgument("BboSearch optimizes one metric: pass a string", field="metric")
+        check_study_options("BboSearch", study_options)
         super().__init__(metric=metric, mode=mode)
         self._address = address
         self._client = client
