@@ -179,3 +179,16 @@ def test_options_create_study_would_refuse_are_refused_when_made():
         with pytest.raises(TypeError, match=next(iter(bad))):
             BboSearch("127.0.0.1:1", space={"x": tune.uniform(0, 1)}, **bad)
     BboSearch("127.0.0.1:1", n_initial=4, seed=1, tracked_metrics=["t"])
+
+
+def test_the_tuneconfig_metric_and_mode_win_over_the_searchers(bbo_server, client, study_name):
+    """As for Ray's own searchers: BboSearch's metric / mode are for a TuneConfig without them."""
+    s = BboSearch(bbo_server.address, study_name=study_name, metric="loss", mode="min")
+    assert s.set_search_properties("acc", "max", {"x": tune.uniform(0, 1)})
+    s.suggest("t1")
+    (o,) = client.get_study(study_name).objectives
+    assert (o.name, o.goal) == ("acc", "maximize")
+    kept = BboSearch(bbo_server.address, metric="loss", mode="min")
+    kept.set_search_properties(None, None, {"x": tune.uniform(0, 1)})
+    assert (kept.metric, kept.mode) == ("loss", "min")
+    s.client.close()

@@ -203,8 +203,8 @@ class BboSearch(Searcher):
     def set_search_properties(
         self, metric: str | None, mode: str | None, config: dict, **spec: Any
     ) -> bool:
-        self._metric = self._metric or metric
-        self._mode = self._mode or mode
+        self._metric = metric or self._metric  # the TuneConfig's win, as for Ray's searchers
+        self._mode = mode or self._mode
         if self._params is not None:
             return False  # Tune then refuses a param_space that still holds search domains
         self._set_space(config)
