@@ -79,6 +79,7 @@ def test_tune_domains_map_to_bbo_parameters_and_back():
             "c": tune.choice([1, "1", None]),
             "nested": {"deep": {"w": tune.uniform(-1, 1)}},
             "fixed": 3,
+            "same": tune.uniform(0.5, 0.5),
         }
     )
     by = {p.path: p for p in params}
@@ -89,6 +90,7 @@ def test_tune_domains_map_to_bbo_parameters_and_back():
     assert by["c"].parameter == bc.Categorical("c", ["0:1", "1:1", "2:None"])
     assert by["nested/deep/w"].parameter.name == "nested.deep.w"
     assert "fixed" not in by, "constants stay Tune's"
+    assert by["same"].parameter == bc.Fixed("same", 0.5) and by["same"].decode(0.5) == 0.5
     assert by["c"].decode("1:1") == "1" and by["c"].decode("2:None") is None
     assert by["k"].decode(15) == 15 and isinstance(by["k"].decode(15.0), int)
     for p in params:

@@ -119,6 +119,8 @@ def _param(path: str, name: str, domain: sample.Domain) -> _Param:
             if domain.upper - 1 <= domain.lower:
                 return _Param(path, Fixed(name, int(domain.lower)), True)
             return _Param(path, Int(name, domain.lower, domain.upper - 1, log), True)
+        if domain.upper <= domain.lower:  # tune.uniform(1, 1): Tune samples 1.0
+            return _Param(path, Fixed(name, float(domain.lower)))
         return _Param(path, Float(name, domain.lower, domain.upper, log))
     raise InvalidArgument(
         f"{type(domain).__name__} with a {type(smp).__name__} sampler cannot be searched by bbo "
