@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from bbo.errors import LimitError
+from bbo.spec import AlgorithmOptions
+
+DEFAULT_MODEL_POINTS = AlgorithmOptions.max_model_points  # a study's default
 
 
 class LimitExceeded(LimitError):
@@ -47,6 +50,10 @@ class RequestLimits:
     # trials per study, asked or added: what grows with a study (GetBest, an Ask's read of its
     # trials, a report's pass over them) grows with this at most
     max_trials_per_study: int = 100000
+    # points a study's GP is fit or conditioned on (its algorithm.max_fit_points and
+    # max_model_points): the exact GP's time and memory grow with their cube and square (100,000
+    # points were 75 GiB of kernel matrix). At least the spec's default, 3,000
+    max_model_points: int = 10000
 
     @classmethod
     def flags(cls) -> list[tuple[str, int, str]]:
@@ -66,6 +73,8 @@ class RequestLimits:
             "max_rungs": "rungs of a fidelity's budget ladder (max / eta^k down to min)",
             "max_transfer_sources": "source studies one study transfers from (named or auto)",
             "max_trials_per_study": "trials per study, asked or added",
+            "max_model_points": "points a study's GP is fit or conditioned on (its "
+            "algorithm.max_fit_points / max_model_points; at least 3000)",
         }
         return [(f.name, int(f.default), helps[f.name]) for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
 
@@ -74,6 +83,11 @@ class RequestLimits:
             v = getattr(self, f.name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"--{f.name.replace('_', '-')} must be a positive integer")
+        if self.max_model_points < DEFAULT_MODEL_POINTS:
+            raise ValueError(
+                f"--max-model-points must be at least {DEFAULT_MODEL_POINTS} (a study's default "
+                "algorithm.max_model_points)"
+            )
 
     # ---- checks ---------------------------------------------------------------------------------
     def _count(self, field: str, items: Any, bound: str, what: str) -> None:
@@ -160,6 +174,14 @@ class RequestLimits:
                 )
         alg = d.get("algorithm") or {}
         if isinstance(alg, Mapping):
+            for key in ("max_fit_points", "max_model_points"):
+                v = alg.get(key)
+                if isinstance(v, int) and not isinstance(v, bool) and v > self.max_model_points:
+                    raise LimitExceeded(
+                        f"{field}.algorithm.{key}",
+                        f"{v} points, at most {self.max_model_points} allowed",
+                        "max_model_points",
+                    )
             self._count(
                 f"{field}.algorithm.reference_point",
                 alg.get("reference_point"),

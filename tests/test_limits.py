@@ -189,6 +189,33 @@ def test_request_limits_unit():
         RequestLimits(max_choices=0)
 
 
+def test_the_points_a_gp_is_fit_on_are_bounded_by_the_server(registry):
+    """A spec chose how many points its GP is fit and conditioned on, up to 100,000, and no server
+    setting capped it: exact GP work grows with the cube (an ask on 1,500 points took 6.3 s where
+    the subset took 1.2 s; 100,000 would be 75 GiB of kernel matrix). --max-model-points (10,000)
+    bounds both; it cannot go below a study's default (3,000)."""
+    from bbo.limits import LimitExceeded, RequestLimits
+
+    spec = {
+        "parameters": [{"type": "float", "name": "x", "low": 0, "high": 1}],
+        "objectives": [{"name": "y"}],
+    }
+    for key in ("max_fit_points", "max_model_points"):
+        big = {**spec, "algorithm": {"max_fit_points": 1000, key: 100_000}}
+        with pytest.raises(LimitExceeded, match="--max-model-points") as e:
+            registry.create_study(f"big-{key}", big)
+        assert e.value.field == f"spec.algorithm.{key}"
+        assert registry.storage.get_study("default", f"big-{key}") is None
+    ok = {**spec, "algorithm": {"max_fit_points": 5000, "max_model_points": 10_000}}
+    assert registry.create_study("at-the-bound", ok)[1]
+    with pytest.raises(LimitExceeded, match="at most 3000"):
+        RequestLimits(max_model_points=3000).check_spec(
+            {**spec, "algorithm": {"max_model_points": 3001}}
+        )
+    with pytest.raises(ValueError, match="at least 3000"):
+        RequestLimits(max_model_points=2999)
+
+
 def test_metrics_per_trial_bound(limited):
     st, b = limited["stub"], limited["c"]
     call(st, "CreateStudy", svc.CreateStudyRequest(name="metrics", spec=small_spec()), b)
