@@ -297,7 +297,11 @@ class StudyRegistry:
                 transfer=transfer,
             )
         except LimitError as e:
-            raise LimitError(f"{e.message} (--max-studies)") from None
+            if e.limit != "max_studies":  # a full disk, with its own retry delay
+                raise
+            over = LimitError(f"{e.message} (--max-studies)")
+            over.field, over.limit = e.field, e.limit
+            raise over from None
 
     def _judge(
         self, spec: StudySpec, tenant: str, name: str, calls: list, wait_s: float | None

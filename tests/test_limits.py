@@ -97,8 +97,10 @@ def test_max_studies_per_tenant(limited):
     st, a, b = limited["stub"], limited["a"], limited["b"]
     for i in range(3):
         assert call(st, "CreateStudy", request_for("CreateStudy", f"s{i}"), a)[1] is None
-    code, msg = _details(st, "CreateStudy", request_for("CreateStudy", "s3"), a)
-    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-studies" in msg and "3" in msg
+    msg = _exhausted(
+        st, "CreateStudy", request_for("CreateStudy", "s3"), a, "--max-studies", "name"
+    )
+    assert "3" in msg
     # reattaching to an existing study is not a new study
     r, code = call(st, "CreateStudy", request_for("CreateStudy", "s1"), a)
     assert code is None and not r.created
@@ -278,8 +280,8 @@ def test_trials_per_study_bound(limited):
 def test_max_ask_and_message_size(limited):
     st, b = limited["stub"], limited["b"]
     call(st, "CreateStudy", svc.CreateStudyRequest(name="asks", spec=small_spec()), b)
-    code, msg = _details(st, "Ask", svc.AskRequest(study="asks", count=6), b)
-    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "5" in msg
+    msg = _exhausted(st, "Ask", svc.AskRequest(study="asks", count=6), b, "--max-ask", "count")
+    assert "5" in msg
     r, code = call(st, "Ask", svc.AskRequest(study="asks", count=5), b)
     assert code is None and len(r.trials) == 5
     big = svc.TellRequest(
@@ -638,3 +640,21 @@ def test_tells_naming_no_possible_study_keep_no_trial_bucket():
         slow.check("t", "Tell", long_name)
     for _ in range(5):  # a real name keeps its own bucket (the tenant's is spent)
         slow.check("t", "Tell", SimpleNamespace(study="s" * 128, trial_id=1))
+
+
+def test_a_full_disk_at_create_keeps_its_retry_delay(registry, monkeypatch):
+    """The registry rewrote every LimitError of a create as a --max-studies refusal: a disk full
+    (StorageFull, 5 s RetryInfo) lost its delay and named the wrong flag."""
+    from bbo.errors import StorageFull
+
+    def full(*a, **kw):
+        raise StorageFull("database or disk is full: free space, then retry")
+
+    monkeypatch.setattr(registry.storage, "create_study", full)
+    spec = {
+        "parameters": [{"type": "float", "name": "x", "low": 0, "high": 1}],
+        "objectives": [{"name": "y"}],
+    }
+    with pytest.raises(StorageFull) as e:
+        registry.create_study("disk-full", spec)
+    assert e.value.retry_after == 5.0 and "--max-studies" not in e.value.message
