@@ -63,3 +63,8 @@ class StorageUnavailable(BboError):
     """The database is unreachable, restarting or stayed locked: nothing was changed, or the change
     may or may not have been stored where the message says so; the service answers UNAVAILABLE and
     clients retry."""
+
+
+class CallerGone(BboError):
+    """The caller went away (its deadline passed, or it cancelled) before its work was stored:
+    nothing was written, and a retry under the same request id computes it afresh."""

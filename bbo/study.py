@@ -29,7 +29,14 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bbo.errors import ConflictError, LimitError, NotFoundError, SpecError, StudyNotFound
+from bbo.errors import (
+    CallerGone,
+    ConflictError,
+    LimitError,
+    NotFoundError,
+    SpecError,
+    StudyNotFound,
+)
 from bbo.incumbent import FrontCache, incumbents, is_feasible
 from bbo.spec import StudySpec
 from bbo.storage import LlmCallRecord, NewTrial, Storage, StudyRecord
@@ -101,6 +108,11 @@ class StudyInfo:
     completed_count: int
     uid: str = ""
     transfer: dict | None = None  # the transfer record (bbo.transfer), None without transfer
+
+
+def _check_alive(alive: Callable[[], bool] | None) -> None:
+    if alive is not None and not alive():
+        raise CallerGone("the caller went away before the ask's trials were stored")
 
 
 def _study_calls(fn):
@@ -222,9 +234,18 @@ class Study:
     # ---- ask ------------------------------------------------------------------------------------
     @_study_calls
     def ask(
-        self, count: int = 1, worker_id: str = "", request_id: str = "", lease_seconds: float = 0.0
+        self,
+        count: int = 1,
+        worker_id: str = "",
+        request_id: str = "",
+        lease_seconds: float = 0.0,
+        alive: Callable[[], bool] | None = None,
     ) -> AskResult:
-        """Suggest ``count`` trials, stored as PENDING (with a lease) before they are returned."""
+        """Suggest ``count`` trials, stored as PENDING (with a lease) before they are returned.
+        ``alive``: whether the caller still waits (the RPC's ``is_active``); once it is false,
+        before the model's work or before the trials are stored, nothing more is done or stored
+        (:class:`CallerGone`): an abandoned ask held a fit slot and left trials PENDING for a
+        whole lease."""
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise SpecError("count", f"count must be a non-negative integer, got {count!r}")
         count = count or 1
@@ -246,6 +267,7 @@ class Study:
             # a retry that raced us while we waited for the lock
             if req is not None and (replay := self.requests.replay(req)) is not None:
                 return AskResult(replay, note=replayed)
+            _check_alive(alive)
             trials = self.trial_cache.all()
             now = self.storage.clock()
             if not self.trial_cache.loaded or any(lease_over(t, now) for t in trials):
@@ -271,6 +293,7 @@ class Study:
                 )
                 for s, where in zip(done.suggestions, places, strict=True)
             ]
+            _check_alive(alive)
             created, prev = self.storage.insert_trials(
                 self.uid,
                 new,

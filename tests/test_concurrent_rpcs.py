@@ -158,3 +158,26 @@ def test_the_client_waits_out_grpcs_own_refusal_as_a_load_refusal(tmp_path):
         assert refusals.left == 0
     finally:
         srv.stop(grace=5)
+
+
+def test_an_ask_whose_caller_went_away_stores_nothing(registry):
+    """An Ask whose client's deadline passed was computed to the end on a fit slot and its trials
+    stored PENDING for a whole lease, though nobody received them. Once the call is no longer
+    active (before the model's work or before the insert) nothing more is done or stored."""
+    from bbo.errors import CallerGone
+
+    spec = {
+        "parameters": [{"type": "float", "name": "x", "low": 0, "high": 1}],
+        "objectives": [{"name": "y"}],
+        "algorithm": {"n_initial": 2},
+    }
+    st, _ = registry.create_study("gone", spec)
+    for t in st.ask(2).trials:
+        st.tell(t.id, {"y": t.params["x"]})
+    answers = iter([True, False])  # alive while it waits for the study, gone once computed
+    for alive in (lambda: False, lambda: next(answers)):
+        with pytest.raises(CallerGone):
+            st.ask(3, alive=alive, request_id="r1")
+        assert len(st.trials()) == 2
+    (t,) = st.ask(1, alive=lambda: True, request_id="r1").trials  # the retry computes afresh
+    assert t.id == 3 and t.origin == "bo"

@@ -9,6 +9,7 @@ from grpc_status import rpc_status
 
 from bbo.errors import (
     BboError,
+    CallerGone,
     ConflictError,
     LimitError,
     NotFoundError,
@@ -35,6 +36,7 @@ _CODES = [
     (Unauthenticated, code_pb2.UNAUTHENTICATED),
     (PermissionDenied, code_pb2.PERMISSION_DENIED),
     (StorageUnavailable, code_pb2.UNAVAILABLE),  # the database is away: clients retry
+    (CallerGone, code_pb2.CANCELLED),  # nobody reads it: the code the client already has
 ]
 
 

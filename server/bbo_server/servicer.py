@@ -204,6 +204,7 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
             worker_id=_check_id(request.worker_id, "worker_id"),
             request_id=_check_id(request.request_id, "request_id"),
             lease_seconds=request.lease_seconds,
+            alive=context.is_active,
         )
         return svc.AskResponse(trials=[C.trial_to_pb(t, study) for t in res.trials], note=res.note)
 
