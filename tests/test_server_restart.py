@@ -150,3 +150,41 @@ def test_a_second_server_on_the_same_sqlite_file_is_refused(server_factory):
     again = server_factory(db=first.db)
     with bc.Client(again.address) as c:
         c.create_study("after", parameters=[bc.Float("x", 0, 1)], objectives="y")
+
+
+def test_an_ask_still_running_past_the_grace_stores_nothing_and_holds_no_exit(server_factory):
+    """SIGTERM with an ask computing past --grace-seconds: the client was answered UNAVAILABLE at
+    the grace, but the ask then stored its 100 trials PENDING after the log said "stopped", and
+    the process (and the SQLite file's lock) waited for it. The cancelled ask now stores nothing
+    and the server exits at the grace without waiting for it."""
+    import random
+    import signal
+
+    srv = server_factory(args=["--grace-seconds", "1", "--torch-threads", "1"])
+    rng = random.Random(0)
+    with bc.Client(srv.address, retries=0) as c:
+        dims = [bc.Float(f"x{i}", 0, 1) for i in range(256)]
+        s = c.create_study("slow", parameters=dims, objectives="y")
+        for _ in range(25):
+            s.add_trial({f"x{i}": rng.random() for i in range(256)}, {"y": rng.random()})
+        answer: list = []
+
+        def ask():
+            try:
+                s.ask(100)
+                answer.append("OK")
+            except bc.BboError as e:
+                answer.append(e.code)
+
+        th = threading.Thread(target=ask)
+        th.start()
+        threading.Event().wait(1.0)
+        srv.proc.send_signal(signal.SIGTERM)
+        th.join(120)
+        assert srv.proc.wait(120) == 0
+    assert answer and answer[0] != "OK"
+    log = srv.log_tail()
+    assert '"msg": "exiting with calls still running"' in log and '"msg": "ask"' not in log
+    srv.start()
+    with bc.Client(srv.address) as c:
+        assert len(c.study("slow").trials()) == 25
