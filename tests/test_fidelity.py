@@ -418,8 +418,8 @@ def test_the_first_full_budget_value_comes_from_the_best_trial_below_it_even_alo
 def test_the_first_full_budget_value_comes_within_a_few_asks_whatever_the_rungs(db, policy):
     """The lone promotion went only from the rung below the full budget, and a rung needs eta
     trials before its best goes on: eleven rungs at eta 3 took eta^10 trials, and none of 3,000
-    reached the full budget (GetBest empty). The best trial at the highest rung reached now goes
-    on alone, rung by rung: one trial's chain, a full budget of work."""
+    reached the full budget (GetBest empty). Once a trial is at the third rung (best of eta twice
+    over: 9 at the lowest), the best at the highest rung reached goes on alone, rung by rung."""
     top = 3**10
     fid = {"name": "epochs", "min": 1, "max": top, "integer": True}
     reg = registry(db)
@@ -428,13 +428,12 @@ def test_the_first_full_budget_value_comes_within_a_few_asks_whatever_the_rungs(
         spec(fidelity=fid, pruning={"policy": policy, "eta": 3, "promote": True}),
     )
     seen = []
-    for _ in range(14):
+    for _ in range(30):
         (t,) = st.ask(1).trials
         seen.append(t.budget)
         st.tell(t.id, {"loss": loss(t.params["x"], t.budget)}, budget=t.budget)
     assert top in seen and st.best().trials
-    # one chain: every continuation before the full budget was the same trial's
-    assert sum(1 for b in seen if b > 1) <= 11
+    assert seen.index(top) < 25  # 9 new trials, 4 regular continuations, 8 lone ones
 
 
 def test_hyperband_spreads_new_trials_over_its_brackets(db):
