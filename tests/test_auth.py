@@ -375,3 +375,32 @@ def test_log_lines_stay_bounded_and_show_no_api_key():
         log.removeHandler(handler)
     text = out.getvalue()
     assert "A" * 43 not in text and text.count("bbo_0123456789ab_***") >= 3, text
+
+
+def test_a_call_whose_request_comes_after_its_key_was_revoked_is_refused(auth_server):
+    """The tenant is known from the call's metadata before its request is read; a call opened
+    with a valid key whose request came after the key was revoked ran as the key's tenant (a
+    DeleteStudy sent hours later deleted the study). Its key is checked again."""
+    db, st = auth_server["db"], auth_server["stub"]
+    key, key_id = create_key(db, "acme")
+    assert call(st, "CreateStudy", request_for("CreateStudy", "armed"), key)[1] is None
+    release = threading.Event()
+
+    def later():
+        release.wait()
+        yield svc.DeleteStudyRequest(name="armed")
+
+    with grpc.insecure_channel(auth_server["srv"].address) as ch:
+        armed = ch.stream_unary(
+            "/bbo.v1.BboService/DeleteStudy",
+            request_serializer=svc.DeleteStudyRequest.SerializeToString,
+            response_deserializer=svc.DeleteStudyResponse.FromString,
+        ).future(later(), metadata=(("x-api-key", key),), timeout=30)
+        time.sleep(0.5)  # its key has been checked
+        assert revoke_key(db, key_id)
+        time.sleep(1.5)
+        release.set()
+        with pytest.raises(grpc.RpcError) as e:
+            armed.result()
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert call(st, "GetStudy", request_for("GetStudy", "armed"), auth_server["a"])[1] is None

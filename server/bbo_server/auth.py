@@ -17,6 +17,7 @@ import contextlib
 import ipaddress
 import logging
 import threading
+import time
 
 import grpc
 
@@ -30,6 +31,11 @@ from bbo_server.limits import LimitChecker
 from bbo_server.logs import request_ids
 
 log = logging.getLogger("bbo.auth")
+
+# seconds a key checked before its call's request was read stays trusted for that call: a call
+# whose request comes later has its key checked again (a call opened before its key was revoked,
+# its request held back, ran as the key's tenant whenever it came: hours later)
+IDENTIFIED_S = 1.0
 
 _current = threading.local()
 
@@ -112,9 +118,10 @@ class Gate(MethodInterceptor):
     def identified(self, context):
         """The call's tenant from its metadata alone, before its request is read (admission's
         first step, :class:`bbo_server.admission.Admission`); raises Unauthenticated. Within the
-        block the gate's own step reuses it for this call instead of looking the key up again."""
+        block the gate's own step reuses it for this call instead of looking the key up again,
+        if the request came within :data:`IDENTIFIED_S` (a key revoked meanwhile is refused)."""
         tenant = self._tenant(context)
-        _current.identified = (context, tenant)
+        _current.identified = (context, tenant, time.monotonic())
         try:
             yield tenant
         finally:
@@ -124,7 +131,7 @@ class Gate(MethodInterceptor):
         if self.keys is None:
             return self.default_tenant
         known = getattr(_current, "identified", None)
-        if known is not None and known[0] is context:
+        if known is not None and known[0] is context and time.monotonic() - known[2] < IDENTIFIED_S:
             return known[1]
         key = key_from_metadata(context.invocation_metadata())
         if key is None:
