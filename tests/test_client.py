@@ -124,6 +124,18 @@ def test_optimize_progress_bar_shows_the_studys_best(client, study_name, capsys,
     assert f"(trial {best.trial.id}), model estimate {best.estimate.value:.6g}" in err
 
 
+def test_progress_note_counts_the_whole_front_not_the_part_sent():
+    """A front cut to fit one GetBest response (best_count above the trials sent): the bar
+    names the front's size, not the shown prefix's."""
+    from bbo_client.client import _best_note
+    from bbo_client.model import Best, Objective, Trial
+
+    shown = [Trial(i, {"x": 0.5}, "COMPLETED", {"a": i, "b": -i}) for i in range(1, 4)]
+    objectives = [Objective("a"), Objective("b", "maximize")]
+    assert _best_note(Best(shown, count=25000), objectives) == "Pareto front: 25000 trials"
+    assert _best_note(Best(shown), objectives) == "Pareto front: 3 trials"  # an older server
+
+
 def test_optimize_multi_objective_needs_dicts(client, study_name):
     s = client.create_study(
         study_name,

@@ -548,7 +548,7 @@ class Study {
 // objective's value (with the model's estimate where the model chose it), or the Pareto front's size.
 function bestNote(best, objectives) {
   if (!best.trials.length) return 'no feasible trial yet';
-  if (objectives.length !== 1) return `Pareto front: ${best.trials.length} trials`;
+  if (objectives.length !== 1) return `Pareto front: ${best.count || best.trials.length} trials`;
   const t = best.trials[0];
   const name = objectives[0].name;
   let note = `best ${name}=${sig6(t.metrics[name])} (trial ${t.id})`;

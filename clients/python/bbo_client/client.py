@@ -778,7 +778,7 @@ def _best_note(best: Best, objectives: Sequence[Objective]) -> str:
     if not best.trials:
         return "no feasible trial yet"
     if len(objectives) != 1:
-        return f"Pareto front: {len(best.trials)} trials"
+        return f"Pareto front: {best.count or len(best.trials)} trials"
     t, name = best.trials[0], objectives[0].name
     note = f"best {name}={t.metrics.get(name, math.nan):.6g} (trial {t.id})"
     if best.estimate is not None:
