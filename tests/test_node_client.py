@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+import bbo_client as bc
+
 NODE_DIR = Path(__file__).resolve().parents[1] / "clients" / "node"
 
 
@@ -584,3 +586,21 @@ def test_node_create_study_refuses_what_protobufjs_would_change(bbo_server, stud
     assert out["states"][0] == "INVALID_ARGUMENT" and "TrialState" in out["states"][1]
     assert out["completed"] == 0
     assert not [n for n in out["studies"] if n.startswith(f"{study_name}-")]
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_trials_read_back_carry_their_standard_errors(bbo_server, client, study_name):
+    """Node sent {value, sem} but read trials back with their values only; the Python client's
+    Trial.sems kept them. A trial read back now has ``sems`` for the metrics told with one."""
+    s = client.create_study(
+        study_name, parameters=[bc.Float("x", 0, 1)], objectives="y", tracked_metrics=["t"]
+    )
+    (t,) = s.ask()
+    s.tell(t, {"y": {"value": 0.5, "sem": 0.1}, "t": 2.0})
+    got = _node_json(
+        "const {Client, Study}=require('./src');"
+        f"const c=new Client('{bbo_server.address}');"
+        f"new Study(c,'{study_name}').trials().then((ts)=>{{console.log(JSON.stringify(ts));c.close();}});",
+        timeout=60,
+    )
+    assert got[0]["metrics"] == {"y": 0.5, "t": 2.0} and got[0]["sems"] == {"y": 0.1}

@@ -103,12 +103,17 @@ function seconds(ts) {
 
 function fromTrial(t) {
   const metrics = {};
-  for (const [k, m] of Object.entries(t.metrics || {})) metrics[k] = m.value;
+  const sems = {};  // the standard errors told with the metrics that had one
+  for (const [k, m] of Object.entries(t.metrics || {})) {
+    metrics[k] = m.value;
+    if (m.sem != null) sems[k] = m.sem;
+  }
   return {
     id: Number(t.id),
     parameters: fromParameterValues(t.parameters),
     state: String(t.state).replace('TRIAL_STATE_', ''),
     metrics,
+    sems,
     origin: t.origin,
     reason: t.reason,
     studyUid: t.study_uid || '',
