@@ -68,6 +68,7 @@ def test_studies_trials_best(bbo_server, populated):
         0.7
     )  # the best feasible one (lat 9)
     assert best["selection"] == "" and best["estimate"] is None  # noise-free: the best observed
+    assert best["count"] == 1  # the answer's size: more than its trials for a front cut to fit
     assert "acc=0.7" in bbo("best", populated, *addr).stdout
 
 

@@ -194,6 +194,7 @@ def best(args) -> int:
                     "state": b.state,
                     "state_reason": b.state_reason,
                     "trials": [trial_dict(t) for t in b.trials],
+                    "count": b.count,  # more than trials: a front too large for one answer
                     "selection": b.selection,
                     "estimate": None if b.estimate is None else dataclasses.asdict(b.estimate),
                 }
@@ -206,6 +207,8 @@ def best(args) -> int:
             + (f" ({b.state}: {text(b.state_reason)})" if b.state_reason else "")
         )
         return 0
+    if b.count > len(b.trials):
+        print(f"Pareto front of {b.count} trials; its first {len(b.trials)} by id:")
     for t in b.trials:
         print(f"trial {t.id} ({t.origin})")
         print(text("  params:  " + ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())))
