@@ -327,9 +327,10 @@ const (
 	TrialState_TRIAL_STATE_ABANDONED   TrialState = 4
 	// told at a rung's budget below the full one (promotion): a later Ask may continue it
 	TrialState_TRIAL_STATE_PAUSED TrialState = 5
-	// stopped early by the pruning policy (should_stop): its values are kept and inform the model,
-	// but it never competes for the best trial. Not a failure: the evaluation worked, it was not
-	// worth finishing. Final.
+	// stopped early by the pruning policy (should_stop): its values are kept (in a study with a
+	// fidelity they inform the model; without one its point is not proposed again), but it never
+	// competes for the best trial. Not a failure: the evaluation worked, it was not worth
+	// finishing. Final.
 	TrialState_TRIAL_STATE_PRUNED TrialState = 6
 )
 
