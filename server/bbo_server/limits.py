@@ -229,27 +229,13 @@ class TenantCalls:
         call that never sends its request held a thread for as long as its client kept it open,
         and 64 of them held every thread. Counted apart from :meth:`hold`: a burst of tells never
         meets a tenant's running asks here."""
-        with self._lock:
-            n = self._reading.get(tenant, 0)
-            if n >= self.cap:
-                self.refused += 1
-                M.LIMIT_REFUSALS.labels(limit="tenant_rpcs").inc()
-                raise busy(
-                    "tenant_rpcs",
-                    f"tenant '{tenant}' has {n} calls waiting for their request message, the most "
-                    "--max-tenant-rpcs allows; send each call's request (bbo's clients do) or "
-                    "retry later",
-                )
-            self._reading[tenant] = n + 1
-        try:
+        with self._counted(
+            self._reading,
+            tenant,
+            f"tenant '{tenant}' has {{n}} calls waiting for their request message, the most "
+            "--max-tenant-rpcs allows; send each call's request (bbo's clients do) or retry later",
+        ):
             yield
-        finally:
-            with self._lock:
-                n = self._reading[tenant] - 1
-                if n:
-                    self._reading[tenant] = n
-                else:
-                    del self._reading[tenant]
 
     def running(self, tenant: str) -> int:
         """Calls of ``tenant`` counted now."""
@@ -263,24 +249,32 @@ class TenantCalls:
         if method in FINISHING:
             yield
             return
+        with self._counted(
+            self._running,
+            tenant,
+            f"tenant '{tenant}' has {{n}} calls running, the most --max-tenant-rpcs allows (Tell "
+            "and Heartbeat apart); retry later (bbo's clients do, after the RetryInfo delay), or "
+            "raise --max-tenant-rpcs",
+        ):
+            yield
+
+    @contextlib.contextmanager
+    def _counted(self, counts: dict[str, int], tenant: str, refusal: str):
+        """One place of ``tenant`` in ``counts`` for the body (a map of tenants with calls only:
+        bounded); at the bound, raises :func:`busy` with ``refusal`` (``{n}``: the count)."""
         with self._lock:
-            n = self._running.get(tenant, 0)
+            n = counts.get(tenant, 0)
             if n >= self.cap:
                 self.refused += 1
                 M.LIMIT_REFUSALS.labels(limit="tenant_rpcs").inc()
-                raise busy(
-                    "tenant_rpcs",
-                    f"tenant '{tenant}' has {n} calls running, the most --max-tenant-rpcs "
-                    f"allows (Tell and Heartbeat apart); retry later (bbo's clients do, after the "
-                    f"RetryInfo delay), or raise --max-tenant-rpcs",
-                )
-            self._running[tenant] = n + 1
+                raise busy("tenant_rpcs", refusal.format(n=n))
+            counts[tenant] = n + 1
         try:
             yield
         finally:
             with self._lock:
-                n = self._running[tenant] - 1
+                n = counts[tenant] - 1
                 if n:
-                    self._running[tenant] = n
+                    counts[tenant] = n
                 else:
-                    del self._running[tenant]
+                    del counts[tenant]
