@@ -132,9 +132,10 @@ class SqliteStorage(SqlStorage):
         """``exclusive``: claim the file for this serving process (:func:`claim`), before anything
         is read or migrated."""
         q = dict(url.query)
+        where = "the URL's synchronous" if "synchronous" in q else "BBO_SQLITE_SYNCHRONOUS"
         sync = str(q.pop("synchronous", os.environ.get("BBO_SQLITE_SYNCHRONOUS", "FULL"))).upper()
         if sync not in SYNCHRONOUS:
-            raise DatabaseUrlError(f"synchronous={sync!r}: use one of {SYNCHRONOUS}")
+            raise DatabaseUrlError(f"{where}={sync!r}: use one of {SYNCHRONOUS}")
         self.synchronous = sync
         try:
             self.busy_timeout_ms = int(str(q.pop("busy_timeout", 30000)))
