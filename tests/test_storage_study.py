@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from bbo.errors import ConflictError
+from bbo.errors import ConflictError, SpecError
 from bbo.registry import StudyConfig, StudyRegistry
 from bbo.stopping import MedianRule
 from bbo.trial import TrialState
@@ -256,8 +256,8 @@ def test_median_rule_for_maximize(storage):
     assert stop and "median" in why
     (u,) = st.ask().trials
     assert not st.report_intermediate(u.id, 3, 0.95)[0]
-    with pytest.raises(Exception):
-        st.report_intermediate(u.id, 3, float("nan"))
+    with pytest.raises(SpecError, match="value must be a finite number"):
+        st.report_intermediate(u.id, 4, float("nan"))
 
 
 def test_server_device_is_the_default_for_auto_specs(storage):
