@@ -129,6 +129,7 @@ def test_dead_worker_lease_abandon_region_freed_and_late_tell_kept(storage):
     """A trial asked and never told is ABANDONED after its lease; the strategy no longer counts it as
     pending (its region may be suggested again); a late tell still records the result, and the
     trial's state history is kept."""
+    from bbo.errors import ConflictError
     from bbo.registry import StudyRegistry
     from bbo.strategy import Suggestion
     from bbo.trial import TrialState
@@ -163,7 +164,7 @@ def test_dead_worker_lease_abandon_region_freed_and_late_tell_kept(storage):
     study.ask()
     assert seen[-1][t1.id] is TrialState.ABANDONED and seen[-1][t2.id] is TrialState.PENDING
     assert study.get_trial(t1.id).state is TrialState.ABANDONED
-    with pytest.raises(Exception):
+    with pytest.raises(ConflictError, match="only a pending trial has a lease"):
         study.heartbeat(t1.id)  # an abandoned trial has no lease to extend
     late = study.tell(t1.id, {"y": 1.5})
     assert late.trial.state is TrialState.COMPLETED and late.trial.metrics["y"].value == 1.5
