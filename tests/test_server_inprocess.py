@@ -26,6 +26,7 @@ class SlowStrategy(SobolStrategy):
 
 
 def test_graceful_stop_finishes_in_flight_ask(tmp_path):
+    SlowStrategy.started.clear()  # a class attribute: another test may have left it set
     srv = start(
         ServerOptions(
             port=0,
