@@ -16,6 +16,7 @@ from typing import cast
 import numpy as np
 import torch
 from botorch.acquisition import AcquisitionFunction
+from botorch.optim import optimize as _botorch_optimize
 from botorch.optim.optimize import optimize_acqf_discrete, optimize_acqf_discrete_local_search
 
 from bbo.device import Placement
@@ -98,6 +99,28 @@ def maximize(
         with torch.no_grad():
             v = acqf(x)
     return x.reshape(1, -1), float(v.reshape(-1)[0])
+
+
+def _filter_invalid(X: torch.Tensor, X_avoid: torch.Tensor) -> torch.Tensor:
+    """BoTorch's ``_filter_invalid`` (the rows of ``X`` equal to no row of ``X_avoid``), the same
+    rows in the same order, found by narrowing candidate pairs column by column: BoTorch's builds an
+    ``avoid x points x d`` tensor and reduces its short last axis, which on 12 ints of 101 values
+    at n = 300 (every local-search step filters ~1,200 neighbors against every trial) was half
+    of a 5 s ask."""
+    if X.shape[0] == 0 or X_avoid.shape[0] == 0 or X.shape[-1] == 0:
+        return X[~(X == X_avoid.unsqueeze(-2)).all(dim=-1).any(dim=-2)]
+    # the pairs equal in the first column, narrowed column by column (few survive the first)
+    a, x = (X_avoid[:, None, 0] == X[None, :, 0]).nonzero(as_tuple=True)
+    for k in range(1, X.shape[-1]):
+        keep = X_avoid[a, k] == X[x, k]
+        a, x = a[keep], x[keep]
+    hit = torch.zeros(X.shape[0], dtype=torch.bool, device=X.device)
+    hit[x] = True
+    return X[~hit]
+
+
+# BoTorch's local search and its start points look the function up in their module at each call.
+_botorch_optimize._filter_invalid = _filter_invalid
 
 
 class _Budgeted:
