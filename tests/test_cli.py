@@ -250,6 +250,8 @@ def test_output_cut_short_by_a_closed_pipe_is_no_traceback(tmp_path):
         ([], {"BBO_DEVICE": "gpu"}, "BBO_DEVICE"),
         ([], {"BBO_LOG_LEVEL": "verbose"}, "BBO_LOG_LEVEL"),
         ([], {"BBO_SQLITE_SYNCHRONOUS": "bogus"}, "BBO_SQLITE_SYNCHRONOUS"),
+        # --llm local serves its packaged model: another model named beside it was ignored
+        (["--llm", "local", "--llm-model", "gpt-4o"], {}, "--llm local"),
     ],
 )
 def test_serve_refuses_numbers_out_of_range_naming_the_flag(tmp_path, args, env, flag):

@@ -77,6 +77,13 @@ def _mode(args) -> str:
             "bbo serve: --llm local starts its own endpoint; leave out --llm-base-url "
             "(or drop --llm local to use that endpoint)"
         )
+    if mode == "local" and (args.llm_model or args.llm_models is not None):
+        raise SystemExit(
+            "bbo serve: --llm local serves its packaged model only; leave out --llm-model and "
+            "--llm-models (BBO_LLM_LOCAL_MODEL=/path/model.gguf serves another GGUF file)"
+        )
+    if mode == "local" and (os.environ.get("BBO_LLM_MODEL") or os.environ.get("BBO_LLM_MODELS")):
+        log.warning("--llm local serves its packaged model: BBO_LLM_MODEL(S) is ignored")
     return mode
 
 
