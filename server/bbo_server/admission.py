@@ -53,11 +53,6 @@ REFLECTION_PREFIX = "/grpc.reflection."
 GRPC_REFUSAL = "Concurrent RPC limit exceeded!"  # gRPC's own words past maximum_concurrent_rpcs
 
 
-@contextlib.contextmanager
-def _as(tenant: str):
-    yield tenant
-
-
 def default_cap(rpc_threads: int) -> int:
     """``--max-concurrent-rpcs`` when not given: 4 calls per handler thread (one running, three
     queued)."""
@@ -170,7 +165,11 @@ class Admission(grpc.ServerInterceptor):
 
         def read(request_iterator, context):
             try:
-                with self.identified(context) if self.identified else _as(DEFAULT_TENANT) as tenant:
+                with (
+                    self.identified(context)
+                    if self.identified
+                    else contextlib.nullcontext(DEFAULT_TENANT)
+                ) as tenant:
                     with (
                         self.tenant_calls.reading(tenant)
                         if self.tenant_calls is not None
