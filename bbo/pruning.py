@@ -217,11 +217,9 @@ class Rungs:
         brackets = sorted({trial_bracket(t, self.top) for t in self.trials.values()})
         # the study's first full-budget value: the one best trial of the highest rung reached, of
         # any bracket, goes on alone (not each bracket's best), rung by rung, while no trial runs
-        # above that rung, once that rung is the third or the one below the full budget (its
-        # members were best of eta twice over). Waiting for eta trials at every rung took
-        # eta^(rungs - 1) trials (none of 3,000 reached 11 rungs at eta 3); a chain from the
-        # lowest rung took its first trial, however poor, to the full budget (SGD MLP: reach
-        # 0.21 -> 0.25 of the budget)
+        # above that rung, once that rung is the third or the one below the full budget: waiting
+        # for eta trials at every rung takes eta^(rungs - 1) trials, and a chain from the lowest
+        # rung would carry the study's first trial, however poor, to the full budget
         alone, alone_k = None, -1
         if not any(self.members(s, self.top) for s in brackets):
             for k in range(self.top - 1, -1, -1):
