@@ -36,6 +36,13 @@ class LimitError(BboError):
     field: str | None = None  # the part of the request over the limit, where one is named
     limit: str = ""  # the limit's name (a metrics label), where one is named
 
+    def __init__(self, message: str, *, field: str | None = None, limit: str = ""):
+        super().__init__(message)
+        if field is not None:
+            self.field = field
+        if limit:
+            self.limit = limit
+
 
 class StorageFull(LimitError):
     """The database refuses writes for want of space (SQLite's disk full, PostgreSQL's class 53):

@@ -299,9 +299,7 @@ class StudyRegistry:
         except LimitError as e:
             if e.limit != "max_studies":  # a full disk, with its own retry delay
                 raise
-            over = LimitError(f"{e.message} (--max-studies)")
-            over.field, over.limit = e.field, e.limit
-            raise over from None
+            raise LimitError(f"{e.message} (--max-studies)", field=e.field, limit=e.limit) from None
 
     def _judge(
         self, spec: StudySpec, tenant: str, name: str, calls: list, wait_s: float | None

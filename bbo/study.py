@@ -250,11 +250,11 @@ class Study:
             raise SpecError("count", f"count must be a non-negative integer, got {count!r}")
         count = count or 1
         if count > self.config.max_ask:
-            over = LimitError(
-                f"count={count} is over the per-ask limit of {self.config.max_ask} (--max-ask)"
+            raise LimitError(
+                f"count={count} is over the per-ask limit of {self.config.max_ask} (--max-ask)",
+                field="count",
+                limit="max_ask",
             )
-            over.field, over.limit = "count", "max_ask"
-            raise over
         lease = self._lease(lease_seconds)
         req = request_key("ask", request_id, {"count": count, "worker_id": worker_id})
         replayed = "replayed: this request_id was already answered"

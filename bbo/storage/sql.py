@@ -286,12 +286,12 @@ class SqlStorage(Storage):
                     sa.select(sa.func.count()).select_from(S.studies).where(c.tenant == tenant)
                 ).scalar_one()
                 if n >= max_studies:
-                    over = LimitError(
+                    raise LimitError(
                         f"tenant '{tenant}' has {n} studies, the limit is {max_studies}: "
-                        "delete some first"
+                        "delete some first",
+                        field="name",
+                        limit="max_studies",
                     )
-                    over.field, over.limit = "name", "max_studies"
-                    raise over
             values = dict(
                 uid=new_uid(),
                 tenant=tenant,
