@@ -34,6 +34,12 @@ MILP_SECONDS = 2.0
 GRID_SEPARATION = 1e-8
 
 
+def separated(grid: np.ndarray) -> bool:
+    """Whether an encoded grid's values are at least :data:`GRID_SEPARATION` apart (the strategy
+    takes closer ones for one point)."""
+    return bool(np.all(np.diff(grid) > GRID_SEPARATION))
+
+
 def _check_width(width: float, path: str, name: str) -> None:
     """The encoding divides by the range's width (in the search scale): it must be a finite,
     positive double, or every point would encode alike."""
@@ -152,8 +158,7 @@ class IntParam:
         ask after the design a fallback repeating them). Checked where a study is created (a
         stored study is read as it was accepted)."""
         _check_width(self._t(self.high) - self._t(self.low), path, self.name)
-        g = self.grid()
-        if g.size and not np.all(np.diff(g) > GRID_SEPARATION):
+        if not separated(self.grid()):
             raise SpecError(
                 path,
                 f"the whole numbers of '{self.name}' are too close together for a double to tell "
@@ -634,7 +639,7 @@ class SearchSpace:
             if isinstance(p, IntParam):
                 p.check_encodable(f"parameters[{i}]")
             elif isinstance(p, OrdinalParam) and p.name not in self.by_rank:
-                if not np.all(np.diff(p.grid()) > GRID_SEPARATION):
+                if not separated(p.grid()):
                     raise SpecError(
                         f"parameters[{i}].values",
                         f"values of '{p.name}' are too close together for the constraint's "
