@@ -181,3 +181,22 @@ def test_an_ask_whose_caller_went_away_stores_nothing(registry):
         assert len(st.trials()) == 2
     (t,) = st.ask(1, alive=lambda: True, request_id="r1").trials  # the retry computes afresh
     assert t.id == 3 and t.origin == "bo"
+
+
+def test_a_call_refused_past_the_cap_is_counted_in_the_metrics(capped):
+    """The refusal reaches no other interceptor: it was in no metric, so an overloaded server
+    looked idle on /metrics."""
+    from bbo_server import metrics as M
+
+    def counts():
+        return (
+            M.RPC_REQUESTS.labels(method="GetStudy", code="RESOURCE_EXHAUSTED")._value.get(),
+            M.LIMIT_REFUSALS.labels(limit="concurrent_rpcs")._value.get(),
+        )
+
+    before = counts()
+    capped.fill()
+    with pytest.raises(grpc.RpcError) as e:
+        capped.stub.GetStudy(service_pb2.GetStudyRequest(name="capped"), timeout=WAIT)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert counts() == (before[0] + 1, before[1] + 1)

@@ -144,6 +144,12 @@ class Admission(grpc.ServerInterceptor):
                 return self._reader(handler, path)
             return handler
         self.refused += 1
+        # counted here: the refusal reaches no other interceptor (MetricsInterceptor included)
+        M.LIMIT_REFUSALS.labels(limit="concurrent_rpcs").inc()
+        if path.startswith(SERVICE_PREFIX) and handler.unary_unary is not None:
+            M.RPC_REQUESTS.labels(
+                method=path[len(SERVICE_PREFIX) :], code="RESOURCE_EXHAUSTED"
+            ).inc()
         if self.refused == 1 or self.refused % 1000 == 0:
             log.warning(
                 "refusing calls: --max-concurrent-rpcs reached",
