@@ -68,6 +68,10 @@ log = logging.getLogger("bbo.study")
 MAX_REASON = 4000  # characters of a failure reason kept
 
 
+# the note of an Ask answered again under its request_id (its trials were handed out before)
+REPLAYED_NOTE = "replayed: this request_id was already answered"
+
+
 @dataclass
 class AskResult:
     """The trials an ask stored (PENDING, leased) and a note (a fallback's cause, the state)."""
@@ -257,7 +261,7 @@ class Study:
             )
         lease = self._lease(lease_seconds)
         req = request_key("ask", request_id, {"count": count, "worker_id": worker_id})
-        replayed = "replayed: this request_id was already answered"
+        replayed = REPLAYED_NOTE
         if req is not None and (replay := self.requests.replay(req)) is not None:
             return AskResult(replay, note=replayed)
         # the LLM's network waits come first, outside the study's lock and the fit slots, so

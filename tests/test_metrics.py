@@ -120,3 +120,26 @@ def test_strategy_wrapper_times_and_forwards_and_llm_calls_are_counted(storage):
     assert len(st.llm_calls()) == 2  # still stored
     M.record_llm_call("proposal", ok=False)
     assert count(purpose="proposal", outcome="failure") >= 1
+
+
+def test_an_ask_replayed_by_request_id_counts_its_trials_once(tmp_path):
+    """A replay hands out the trials of the first answer again: they were counted twice."""
+    from sec_helpers import SobolStrategy, in_process_server
+
+    from bbo_server import metrics as M
+
+    srv = in_process_server(
+        tmp_path / "r.db", strategy_factory=SobolStrategy, interceptors=[M.MetricsInterceptor()]
+    )
+    ch, st = stub(srv.address)
+    try:
+        with ch:
+            st.CreateStudy(request_for("CreateStudy", "r"))
+            asked = M.TRIALS_ASKED.labels(origin="initial_design")
+            n0 = asked._value.get()
+            first = st.Ask(svc.AskRequest(study="r", count=2, request_id="q1"))
+            again = st.Ask(svc.AskRequest(study="r", count=2, request_id="q1"))
+            assert [t.id for t in again.trials] == [t.id for t in first.trials]
+            assert asked._value.get() == n0 + 2
+    finally:
+        srv.stop(grace=5)

@@ -29,6 +29,7 @@ import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from bbo.strategy.base import DescribesAsks
+from bbo.study import REPLAYED_NOTE
 from bbo_server.interceptor import MethodInterceptor
 
 _LAT_BUCKETS = (
@@ -178,6 +179,8 @@ def _context_code(context) -> grpc.StatusCode | None:
 def _count_payload(method: str, response) -> None:
     try:
         if method == "Ask":
+            if response.note == REPLAYED_NOTE:  # the same trials again: counted when handed out
+                return
             for t in response.trials:
                 _TRIALS_ASKED.get(origin=t.origin or "unknown").inc()
         elif method == "Tell":
