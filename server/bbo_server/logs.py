@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 
-from bbo.storage.keys import KEY_RE
+from bbo.storage.keys import KEY_PREFIX
+
+# an API key in a log line (``bbo keys create``'s form), whole or cut short: a field cut in the
+# middle of a key (a study name past MAX_LOGGED_NAME, a clipped message) kept up to 42 of its 43
+# secret characters, and KEY_RE matches only whole keys
+_KEY_IN_TEXT = re.compile(re.escape(KEY_PREFIX) + r"([0-9a-f]{12})_[A-Za-z0-9_\-]+")
 
 _STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()) | {"message", "asctime"}
 
@@ -43,7 +49,7 @@ class JsonFormatter(logging.Formatter):
             out["exc"] = self.formatException(record.exc_info)
         # an API key in any field keeps only its public id: a key with a stray byte grpc cannot
         # decode was logged whole, by grpc's own logger, at error level
-        return KEY_RE.sub(r"bbo_\1_***", json.dumps(out, default=str))
+        return _KEY_IN_TEXT.sub(KEY_PREFIX + r"\1_***", json.dumps(out, default=str))
 
 
 def setup(level: str = "info", stream=None) -> None:
