@@ -200,3 +200,25 @@ def test_a_call_refused_past_the_cap_is_counted_in_the_metrics(capped):
         capped.stub.GetStudy(service_pb2.GetStudyRequest(name="capped"), timeout=WAIT)
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert counts() == (before[0] + 1, before[1] + 1)
+
+
+def test_a_call_that_sends_no_request_is_counted_in_the_metrics(tmp_path):
+    """Refused INVALID_ARGUMENT before any handler ran, it was in no metric."""
+    from bbo_server import metrics as M
+
+    srv = in_process_server(tmp_path / "n.db", strategy_factory=SobolStrategy)
+    counted = M.RPC_REQUESTS.labels(method="GetStudy", code="INVALID_ARGUMENT")
+    n0 = counted._value.get()
+    try:
+        with grpc.insecure_channel(srv.address) as ch:
+            raw = ch.stream_unary(
+                "/bbo.v1.BboService/GetStudy",
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=lambda b: b,
+            )
+            with pytest.raises(grpc.RpcError) as e:
+                raw(iter(()), timeout=WAIT)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert counted._value.get() == n0 + 1
+    finally:
+        srv.stop(grace=5)

@@ -170,6 +170,7 @@ class Admission(grpc.ServerInterceptor):
         method = path[len(SERVICE_PREFIX) :]
 
         def read(request_iterator, context):
+            started = False  # the request came: the inner handler (MetricsInterceptor) counts it
             try:
                 with (
                     self.identified(context)
@@ -187,6 +188,7 @@ class Admission(grpc.ServerInterceptor):
                             grpc.StatusCode.INVALID_ARGUMENT,
                             f"{method} takes exactly one request message; none came",
                         )
+                    started = True
                     return inner(request, context)
             except BboError as e:
                 log.info(
@@ -196,6 +198,12 @@ class Admission(grpc.ServerInterceptor):
                 status = status_for(e)
                 M.RPC_REQUESTS.labels(method=method, code=status.code.name).inc()
                 context.abort_with_status(status)
+            except BaseException:
+                if not started:  # no request came (INVALID_ARGUMENT), or its caller went away
+                    code = context.code()
+                    name = code.name if code is not None else "CANCELLED"
+                    M.RPC_REQUESTS.labels(method=method, code=name).inc()
+                raise
 
         out = grpc.stream_unary_rpc_method_handler(
             read, handler.request_deserializer, handler.response_serializer
