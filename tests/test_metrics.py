@@ -143,3 +143,14 @@ def test_an_ask_replayed_by_request_id_counts_its_trials_once(tmp_path):
             assert asked._value.get() == n0 + 2
     finally:
         srv.stop(grace=5)
+
+
+def test_an_llm_answer_from_the_cache_is_counted_apart_from_calls():
+    """A cache hit sent no request: it was counted as an ``ok`` call."""
+    from bbo.storage import LlmCallRecord
+    from bbo_server import metrics as M
+
+    ok, cached = (M.LLM_CALLS.labels(purpose="warmstart", outcome=o) for o in ("ok", "cached"))
+    ok0, cached0 = ok._value.get(), cached._value.get()
+    M.count_llm_call(LlmCallRecord("warmstart", "m", "p", "r", "ok", cached=True))
+    assert (ok._value.get(), cached._value.get()) == (ok0, cached0 + 1)

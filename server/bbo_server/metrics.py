@@ -10,7 +10,8 @@ What is measured:
 - ``bbo_suggest_seconds``, ``bbo_gp_fit_seconds``, ``bbo_acquisition_seconds``: time in the
   generation strategy (whole suggestion, GP hyperparameter fit, acquisition optimization);
   ``bbo_suggest_in_progress``: suggestions being computed;
-- ``bbo_llm_calls_total{purpose,outcome}`` (outcome ``ok`` or ``failure``) and
+- ``bbo_llm_calls_total{purpose,outcome}`` (outcome ``ok``, ``failure``, or ``cached``: an
+  answer from the cache, no request sent) and
   ``bbo_llm_call_seconds``: the LLM module's calls, counted where they are stored for audit
   (:func:`count_llm_call`); other code may call :func:`record_llm_call`;
 - ``bbo_auth_failures_total{reason}``, ``bbo_limit_refusals_total{limit}``.
@@ -77,7 +78,9 @@ ACQ_SECONDS = Histogram(
 )
 SUGGEST_IN_PROGRESS = Gauge("bbo_suggest_in_progress", "suggestions being computed now")
 LLM_CALLS = Counter(
-    "bbo_llm_calls", "LLM calls by purpose and outcome (ok / failure)", ["purpose", "outcome"]
+    "bbo_llm_calls",
+    "LLM calls by purpose and outcome (ok / failure / cached)",
+    ["purpose", "outcome"],
 )
 LLM_SECONDS = Histogram(
     "bbo_llm_call_seconds", "LLM call latency", buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
@@ -100,11 +103,13 @@ _TRIAL_STATES = {
 }
 
 
-def record_llm_call(purpose: str, ok: bool, latency_seconds: float = 0.0) -> None:
-    """Count one LLM call (for the LLM integration; the strategy logger wrapper calls this)."""
-    LLM_CALLS.labels(
-        purpose=str(purpose or "unknown")[:64], outcome="ok" if ok else "failure"
-    ).inc()
+def record_llm_call(
+    purpose: str, ok: bool, latency_seconds: float = 0.0, cached: bool = False
+) -> None:
+    """Count one LLM call (for the LLM integration; the strategy logger wrapper calls this); an
+    answer from the cache (no request sent) as outcome ``cached``."""
+    outcome = "cached" if cached else "ok" if ok else "failure"
+    LLM_CALLS.labels(purpose=str(purpose or "unknown")[:64], outcome=outcome).inc()
     if latency_seconds and latency_seconds > 0:
         LLM_SECONDS.observe(float(latency_seconds))
 
@@ -218,9 +223,12 @@ def instrument(strategy: Any) -> Any:
 
 def count_llm_call(call) -> None:
     """Count an LLM call the service stored for audit (``StudyConfig.on_llm_call``), by purpose
-    and outcome ("ok" or not)."""
+    and outcome ("ok" or not; "cached" for an answer from the cache: no request was sent)."""
     record_llm_call(
-        call.purpose, str(call.outcome).strip().lower() == "ok", float(call.latency_seconds or 0.0)
+        call.purpose,
+        str(call.outcome).strip().lower() == "ok",
+        float(call.latency_seconds or 0.0),
+        cached=bool(getattr(call, "cached", False)),
     )
 
 
