@@ -439,10 +439,6 @@ class ParsedCandidates:
             return f"{self.rejected[0]}{more}"
         return f"the answer held {self.n_offered} candidate(s)"
 
-    @property
-    def n_rejected(self) -> int:
-        return self.n_offered - len(self.points)
-
 
 def _candidate_list(data: Any, names: set[str]) -> list | None:
     if isinstance(data, list):
