@@ -91,10 +91,6 @@ class SourceData:
 
 
 # ---- relatedness ---------------------------------------------------------------------------------
-def _numeric(p) -> bool:
-    return not isinstance(p, (CategoricalParam, FixedParam))
-
-
 def _unit_range(tp, sp, by_rank: bool = False) -> tuple[float, float]:
     """The source parameter's range in the target parameter's encoding (unit coordinates; an
     ordinal target ``by_rank`` by grid position, clamped to its grid)."""
