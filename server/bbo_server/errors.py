@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -88,7 +87,3 @@ def status_for(exc: BaseException, field_prefix: str = ""):
         d.Pack(ri)
         st.details.append(d)
     return rpc_status.to_status(st)
-
-
-def is_client_error(code: grpc.StatusCode) -> bool:
-    return code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
