@@ -214,7 +214,6 @@ def noise_free(model, output: int) -> bool:
 class ModelInfo:
     """What :meth:`Surrogate.model` did."""
 
-    n_data: int
     n_fit: int = 0  # points the hyperparameters were optimized on (0: not optimized this time)
     n_model: int = 0  # points the returned GP conditions on
     refit: bool = False
@@ -246,10 +245,6 @@ class Surrogate:
         self._bounds = placement.tensor(space.bounds())
 
     # ---- public ------------------------------------------------------------------------------------
-    @property
-    def has_hyperparameters(self) -> bool:
-        return self._hyper is not None
-
     def export_state(self) -> tuple[int, dict[str, torch.Tensor]] | None:
         """``(n at the last fit, hyperparameters)`` to share with other replicas, or None before any fit.
         The dict is the cache itself (read-only): each fit replaces it, so identity tells a new fit."""
@@ -301,7 +296,7 @@ class Surrogate:
         fit failures; raises only if even a default model cannot be built."""
         n = len(X)
         score = np.zeros(n) if score is None else np.asarray(score, dtype=float)
-        info = ModelInfo(n_data=n)
+        info = ModelInfo()
         rng = np.random.default_rng(seed)
         model_rows = self._model_rows(X, score, rng)
         info.n_model = len(model_rows)
