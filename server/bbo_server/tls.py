@@ -1,5 +1,5 @@
 """TLS for the gRPC port: server credentials from PEM files, optionally requiring client
-certificates signed by a given CA (mutual TLS); and the matching client-side credentials."""
+certificates signed by a given CA (mutual TLS)."""
 
 from __future__ import annotations
 
@@ -26,18 +26,4 @@ def server_credentials(cert: str, key: str, client_ca: str | None = None) -> grp
         [(_read(key, "TLS key"), _read(cert, "TLS certificate"))],
         root_certificates=ca,
         require_client_auth=ca is not None,
-    )
-
-
-def channel_credentials(
-    ca: str | None = None, cert: str | None = None, key: str | None = None
-) -> grpc.ChannelCredentials:
-    """Client credentials: trust ``ca`` (PEM file; None = the system roots) and, for mutual TLS,
-    present ``cert`` / ``key``."""
-    if bool(cert) != bool(key):
-        raise ValueError("a client certificate needs both cert and key")
-    return grpc.ssl_channel_credentials(
-        root_certificates=_read(ca, "CA"),
-        private_key=_read(key, "client key"),
-        certificate_chain=_read(cert, "client certificate"),
     )
