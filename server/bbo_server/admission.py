@@ -21,7 +21,7 @@ streams, open to any caller, run on a pool of their own.
 
 gRPC's own ``maximum_concurrent_rpcs`` stays as a backstop over all pools (:func:`backstop`): past it
 gRPC refuses a call itself, as RESOURCE_EXHAUSTED "Concurrent RPC limit exceeded!" without
-RetryInfo (:data:`GRPC_REFUSAL`), which bbo's clients retry too.
+RetryInfo, which bbo's clients retry too.
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ HEALTH_CHECK = (
 SIDE_THREADS = 4  # threads for refusals and health checks
 REFLECTION_THREADS = 2  # threads for reflection's streams (grpcurl, grpcui)
 REFLECTION_PREFIX = "/grpc.reflection."
-GRPC_REFUSAL = "Concurrent RPC limit exceeded!"  # gRPC's own words past maximum_concurrent_rpcs
 
 
 def default_cap(rpc_threads: int) -> int:
