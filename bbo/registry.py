@@ -93,17 +93,11 @@ def check_name(name: Any) -> str:
     return name
 
 
-def _same_study(stored: Mapping[str, Any], requested: StudySpec) -> bool:
-    """Whether a create request names the stored study: equal specs once both are read by this
-    version (an older server stored fewer keys), algorithm options the request leaves at their
-    defaults taking the stored values (a default changed by an upgrade must not lock drivers out of
-    their studies)."""
-    return _spec_difference(stored, requested) == ""
-
-
 def _spec_difference(stored: Mapping[str, Any], requested: StudySpec) -> str:
-    """Where the request differs from the stored study (see :func:`_same_study`), e.g.
-    ``parameters[0].high is 1.0 there, 2.0 here``; "" where it names that study."""
+    """Where the request differs from the stored study, e.g. ``parameters[0].high is 1.0 there,
+    2.0 here``; "" where it names that study: equal specs once both are read by this version (an
+    older server stored fewer keys), algorithm options the request leaves at their defaults taking
+    the stored values (a default changed by an upgrade must not lock drivers out of their studies)."""
     try:
         old = StudySpec.from_dict(stored, strict=False)
     except (SpecError, TypeError, ValueError):
