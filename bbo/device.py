@@ -6,7 +6,7 @@ candidates out), never inside the fit or the acquisition optimizer.
 
 ``algorithm.device``: ``"auto"`` uses CUDA when torch sees a GPU and the GP conditions on at least
 :data:`AUTO_GPU_MIN_POINTS` points, the CPU otherwise (a study starts on the CPU and moves once);
-``"cuda"`` asks for the GPU and also falls back (with :data:`FALLBACK_REASON` set) when there is none,
+``"cuda"`` asks for the GPU and also falls back (:attr:`Placement.note` says so) when there is none,
 so a spec written on a GPU machine still runs on a laptop; ``"cpu"`` forces the CPU.
 """
 
