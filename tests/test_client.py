@@ -442,3 +442,26 @@ def test_ctrl_c_stops_optimize_after_the_running_evaluations_are_told(
         out.stderr[-2000:],
     )
     assert all(t.state == "COMPLETED" for t in trials)  # nothing left PENDING, no result lost
+
+
+def test_lease_length_of_a_continued_trial_runs_from_its_ask():
+    """A PAUSED trial continued by promotion keeps its creation time: its lease (and so optimize's
+    heartbeat interval) is measured from the ask that handed it out again, not from its creation."""
+    import datetime as dt
+
+    from bbo_client.client import _lease_length
+    from bbo_client.model import Trial
+
+    created = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    asked = created + dt.timedelta(hours=2)
+    t = Trial(
+        id=1,
+        params={},
+        created=created,
+        updated=asked,
+        lease_expires=asked + dt.timedelta(seconds=60),
+        resume_budget=1.0,
+    )
+    assert _lease_length(t, 0.0) == 60.0
+    fresh = Trial(id=2, params={}, created=asked, lease_expires=asked + dt.timedelta(seconds=30))
+    assert _lease_length(fresh, 0.0) == 30.0  # no update time (an older server): from creation

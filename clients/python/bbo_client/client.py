@@ -851,9 +851,12 @@ def _clean_key(key: str | None) -> str | None:
 
 
 def _lease_length(t: Trial, asked: float) -> float:
-    """The lease the server granted ``t`` (its clock on both ends), else what was asked for, else 600 s."""
-    if t.lease_expires is not None and t.created is not None:
-        granted = (t.lease_expires - t.created).total_seconds()
+    """The lease the server granted ``t`` (its clock on both ends), else what was asked for, else 600 s.
+    Measured from the trial's last update (its ask), not its creation: a PAUSED trial continued by
+    promotion was created rungs ago, and its lease runs from the ask that handed it out again."""
+    start = t.updated or t.created
+    if t.lease_expires is not None and start is not None:
+        granted = (t.lease_expires - start).total_seconds()
         if granted > 0:
             return granted
     return asked or 600.0
