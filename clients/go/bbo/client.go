@@ -285,9 +285,15 @@ func (s *Study) BestResult(ctx context.Context) (*pb.GetBestResponse, error) {
 }
 
 // LeaseOf is the lease the server granted trial (both ends on its clock), or 600 s when unknown.
+// It runs from the trial's last update (its ask): a paused trial continued by promotion was
+// created rungs earlier.
 func LeaseOf(trial *pb.Trial) time.Duration {
-	if trial.LeaseExpireTime != nil && trial.CreateTime != nil {
-		if d := trial.LeaseExpireTime.AsTime().Sub(trial.CreateTime.AsTime()); d > 0 {
+	from := trial.UpdateTime
+	if from == nil {
+		from = trial.CreateTime
+	}
+	if trial.LeaseExpireTime != nil && from != nil {
+		if d := trial.LeaseExpireTime.AsTime().Sub(from.AsTime()); d > 0 {
 			return d
 		}
 	}

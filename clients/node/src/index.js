@@ -118,6 +118,7 @@ function fromTrial(t) {
     reason: t.reason,
     studyUid: t.study_uid || '',
     created: seconds(t.create_time),
+    updated: seconds(t.update_time),
     leaseExpires: seconds(t.lease_expire_time),
     // studies with a fidelity: the budget to run to (or measured at), the Hyperband bracket, and
     // for a continued trial the budget it already reached (resume from there); null without one
@@ -146,9 +147,11 @@ function fromLlmCall(c) {
   };
 }
 
-// The lease the server granted a trial (its own clock on both ends), else 600 s.
+// The lease the server granted a trial (its own clock on both ends), else 600 s; from its last
+// update (its ask): a paused trial continued by promotion was created rungs earlier.
 function leaseSeconds(trial) {
-  const granted = trial.leaseExpires != null && trial.created != null ? trial.leaseExpires - trial.created : 0;
+  const from = trial.updated != null ? trial.updated : trial.created;
+  const granted = trial.leaseExpires != null && from != null ? trial.leaseExpires - from : 0;
   return granted > 0 ? granted : 600;
 }
 
