@@ -437,11 +437,14 @@ def test_ctrl_c_stops_optimize_after_the_running_evaluations_are_told(
     )
     r = json.loads(out.stdout.strip().splitlines()[-1])
     trials = client.study(study_name).trials()
-    assert r["interrupted"] and r["evaluated"] <= 6 and len(trials) == r["evaluated"], (
+    done = [t for t in trials if t.state == "COMPLETED"]
+    assert r["interrupted"] and r["evaluated"] <= 6 and len(done) == r["evaluated"], (
         r,
         out.stderr[-2000:],
     )
-    assert all(t.state == "COMPLETED" for t in trials)  # nothing left PENDING, no result lost
+    # nothing left PENDING, no result lost; a trial whose Ask was in flight is not started
+    rest = [t for t in trials if t.state != "COMPLETED"]
+    assert all(t.state == "ABANDONED" and "before it started" in t.reason for t in rest), rest
 
 
 def test_lease_length_of_a_continued_trial_runs_from_its_ask():
@@ -465,3 +468,29 @@ def test_lease_length_of_a_continued_trial_runs_from_its_ask():
     assert _lease_length(t, 0.0) == 60.0
     fresh = Trial(id=2, params={}, created=asked, lease_expires=asked + dt.timedelta(seconds=30))
     assert _lease_length(fresh, 0.0) == 30.0  # no update time (an older server): from creation
+
+
+def test_a_trial_asked_while_optimize_stops_is_abandoned_not_evaluated(client, study_name):
+    """Optimize stops (Ctrl-C, or another worker's error) while a worker's Ask is in flight: the
+    trial it returns is not evaluated (no new trial starts) but told ABANDONED at once (before:
+    the objective ran on it in full after the stop)."""
+    s = client.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives="y")
+    real_ask, calls, lock = s.ask, [], threading.Lock()
+
+    def ask(*a, **k):
+        with lock:
+            calls.append(1)
+            first = len(calls) == 1
+        if first:
+            time.sleep(0.3)  # the other worker is asking by now
+            raise bc.InvalidArgument("refused", field="study")
+        time.sleep(1.5)  # still asking when the loop stops
+        return real_ask(*a, **k)
+
+    s.ask = ask
+    evaluated = []
+    with pytest.raises(bc.InvalidArgument):
+        s.optimize(lambda p: evaluated.append(p) or p["x"], n_trials=4, n_workers=2, progress=False)
+    assert evaluated == []
+    (t,) = s.trials()
+    assert t.state == "ABANDONED" and "before it started" in t.reason, t

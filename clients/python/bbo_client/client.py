@@ -609,7 +609,8 @@ class StudyHandle:
         Asks and Tells are retried for up to ``tell_patience`` seconds while the server is away (a
         restart does not end the loop); if a result's Tell still fails, the error names the trial
         and its metrics. On Ctrl-C (or such an error) no new trial starts, and the evaluations
-        under way finish and are told before the exception propagates; an objective that calls
+        under way finish and are told before the exception propagates (a trial whose Ask was in
+        flight is told ABANDONED, not started); an objective that calls
         ``sys.exit()`` ends the loop too, its trial told FAILED first. Returns :meth:`best`.
         The progress bar shows that best as trials complete (read at most every
         :data:`BEST_EVERY` seconds): under noise the server's choice and its estimate, not the
@@ -652,6 +653,11 @@ class StudyHandle:
                     lease_seconds=lease_seconds,
                     patience=tell_patience,
                 )
+                if stopping.is_set():  # Ctrl-C (or a failure) while this Ask was in flight: the
+                    # trial is not started; say so now rather than leave it PENDING for its lease
+                    with contextlib.suppress(BboError):
+                        self.tell(t, abandoned=True, reason="optimize stopped before it started")
+                    return
                 interval = (
                     heartbeat_seconds
                     if heartbeat_seconds is not None
