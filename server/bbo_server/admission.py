@@ -177,8 +177,10 @@ class Admission(grpc.ServerInterceptor):
                     else contextlib.nullcontext(DEFAULT_TENANT)
                 ) as tenant:
                     with (
+                        # per tenant: only where the Gate names the tenant before the read (a
+                        # server built without one may tell tenants apart later, in its servicer)
                         self.tenant_calls.reading(tenant)
-                        if self.tenant_calls is not None
+                        if self.tenant_calls is not None and self.identified is not None
                         else contextlib.nullcontext()
                     ):
                         request = next(request_iterator, None)
