@@ -767,11 +767,11 @@ def optimize(
     """The best point found (1 x d) and its acquisition value. ``initial_conditions``
     (k x 1 x d; continuous spaces only) are k of the restarts' starting points, BoTorch's
     raw-sample initialization picks the others; ``tolerances``: L-BFGS-B's ``pgtol`` / ``factr``.
-    On fully discrete spaces the search is on the grid (:mod:`bbo.discrete_search`) and leaves
-    out the ``avoid`` points (encoded, n x d)."""
+    On fully discrete spaces the search is on the grid where :func:`discrete_search.on_grid`
+    says so, and leaves out the ``avoid`` points (encoded, n x d)."""
     bounds = placement.tensor(space.bounds())
     discrete = space.discrete_values()
-    if discrete_search.fully_discrete(space):
+    if discrete_search.on_grid(space):
         ineq = inequality_tensors(space, placement)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

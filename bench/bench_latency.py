@@ -116,6 +116,13 @@ def problem(key: str, device: str = "auto", max_model_points: int | None = None)
             return {"f": _st(x) + 0.2 * (p["k"] - 7) ** 2 + {"a": 0, "b": 2, "c": 5}[p["cat"]]}
 
         return StudySpec(space, (Objective("f"),), algorithm=alg), fm, q
+    if key == "integers":  # all-integer and wide: a large grid no search can score whole
+        space = SearchSpace(tuple(IntParam(f"k{i}", 0, 1000) for i in range(6)))
+
+        def fi(p):
+            return {"f": _st(np.array([(p[f"k{i}"] - 500) / 100.0 for i in range(6)]))}
+
+        return StudySpec(space, (Objective("f"),), algorithm=alg), fi, q
     if key == "two_objectives":
         spec = StudySpec(box(5), (Objective("f"), Objective("g")), algorithm=alg)
 
@@ -518,7 +525,7 @@ def main(argv=None) -> int:
         "--problems",
         default="",
         help="latency problems, e.g. st5,mixed,st5_con (default: st<d> and st<d>_con per --dims; "
-        "mixed: 2 floats, an int and a 3-way categorical)",
+        "mixed: 2 floats, an int and a 3-way categorical; integers: 6 ints of 0-1000)",
     )
     ap.add_argument("--profile-cases", default=",".join(PROFILE_CASES))
     ap.add_argument("--repeats", type=int, default=3)

@@ -583,6 +583,43 @@ def test_a_local_search_scores_a_bounded_number_of_points():
     assert space.decode(x[0].tolist()) == want and v == 0.0  # one climb reached it in budget
 
 
+def test_wide_int_columns_of_a_large_grid_are_relaxed_as_in_mixed_spaces(monkeypatch):
+    """A local search changes one column to any of its values: on 6 ints of 1,001 values it
+    scored ~350k points an ask (1.2-1.8x Optuna's GPSampler's time). Such columns are relaxed
+    and rounded by BoTorch's mixed optimizer, as beside a float; grids scored whole, narrow
+    columns and columns a linear constraint ties stay on the grid. Asks still give unmeasured
+    grid points."""
+    wide = SearchSpace(tuple(IntParam(f"k{i}", 0, 1000) for i in range(6)))
+    assert discrete_search.fully_discrete(wide) and not discrete_search.on_grid(wide)
+    assert discrete_search.on_grid(SearchSpace(tuple(IntParam(f"k{i}", 0, 9) for i in range(6))))
+    assert discrete_search.on_grid(SearchSpace((IntParam("k", 0, 1000), IntParam("j", 0, 3))))
+    pair = tuple(IntParam(f"k{i}", 0, 1000) for i in range(2))
+    assert not discrete_search.on_grid(SearchSpace(pair))
+    assert discrete_search.on_grid(
+        SearchSpace(pair, (LinearConstraint({"k0": 1.0, "k1": 1.0}, 1500.0),))
+    )
+    assert not discrete_search.on_grid(SearchSpace(pair + (FloatParam("x", 0.0, 1.0),)))
+
+    def grid_search(*a, **k):
+        raise AssertionError("the grid search ran")
+
+    monkeypatch.setattr(discrete_search, "maximize", grid_search)
+    spec = StudySpec(
+        wide, (Objective("f", noise="deterministic"),), algorithm=AlgorithmOptions(seed=0)
+    )
+    gs, trials = GenerationStrategy(spec), []
+    for _ in range(gs.n_initial + 4):
+        (s,) = gs.suggest(trials, 1)
+        f = sum((s.params[f"k{i}"] - 300 - 50 * i) ** 2 for i in range(6)) / 1e4
+        trials.append(
+            Trial(len(trials), dict(s.params), TrialState.COMPLETED, {"f": Metric(f)}, s.origin)
+        )
+    assert [t.origin for t in trials[-4:]] == [Origin.BO.value] * 4
+    points = [tuple(t.params.values()) for t in trials]
+    assert len(set(points)) == len(points)
+    assert all(isinstance(v, int) and 0 <= v <= 1000 for p in points for v in p)
+
+
 def test_ordinals_are_encoded_by_grid_position_unless_constrained():
     bs = OrdinalParam("bs", (16.0, 32.0, 64.0, 128.0, 1024.0))
     space = SearchSpace((bs, FloatParam("x", 0.0, 1.0)))
