@@ -24,7 +24,7 @@ PYTHONPATH names. Times are wall-clock on a shared machine: compare methods with
         nice -n 10 python bench/bench_latency.py [--quick] [--before-tree /tmp/bbo-base]
 
 Writes ``latency.json``, ``latency.md``, ``latency.png`` and ``latency_profile.png`` under
-``--out`` (default bench/results).
+``--out`` (default bench/results), or the same files named after ``--name``.
 """
 
 from __future__ import annotations
@@ -452,7 +452,8 @@ def tables(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plots(doc: dict, out: str) -> None:
+def plots(doc: dict, out: str, name: str = "latency") -> None:
+    """``<name>.png`` (seconds per ask against n, per problem) and ``<name>_profile.png``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -474,7 +475,7 @@ def plots(doc: dict, out: str) -> None:
     axes[0][0].set_ylabel("seconds per ask")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "latency.png"), dpi=100)
+    fig.savefig(os.path.join(out, f"{name}.png"), dpi=100)
     plt.close(fig)
     prof = doc["profile"]
     if not prof:
@@ -502,7 +503,7 @@ def plots(doc: dict, out: str) -> None:
                 ax.set_ylabel("s per ask")
     axes[0][-1].legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "latency_profile.png"), dpi=100)
+    fig.savefig(os.path.join(out, f"{name}_profile.png"), dpi=100)
     plt.close(fig)
 
 
@@ -624,7 +625,7 @@ def main(argv=None) -> int:
     with open(os.path.join(args.out, f"{name}.md"), "w") as fh:
         fh.write(md)
     if not args.quick:
-        plots(doc, args.out)
+        plots(doc, args.out, name)
     print(md)
     return 0
 
