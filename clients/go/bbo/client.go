@@ -210,8 +210,18 @@ func (s *Study) Tell(ctx context.Context, trial *pb.Trial, metrics map[string]fl
 
 // Fail finishes trial as FAILED with a reason.
 func (s *Study) Fail(ctx context.Context, trial *pb.Trial, reason string) (*pb.Trial, error) {
+	return s.finish(ctx, trial, pb.TrialState_TRIAL_STATE_FAILED, reason)
+}
+
+// Abandon finishes trial as ABANDONED (no result came back) with a reason, so that its point is
+// suggested again now rather than when its lease runs out.
+func (s *Study) Abandon(ctx context.Context, trial *pb.Trial, reason string) (*pb.Trial, error) {
+	return s.finish(ctx, trial, pb.TrialState_TRIAL_STATE_ABANDONED, reason)
+}
+
+func (s *Study) finish(ctx context.Context, trial *pb.Trial, state pb.TrialState, reason string) (*pb.Trial, error) {
 	return s.tell(ctx, &pb.TellRequest{
-		Study: s.Name, TrialId: trial.Id, State: pb.TrialState_TRIAL_STATE_FAILED, Reason: reason,
+		Study: s.Name, TrialId: trial.Id, State: state, Reason: reason,
 		RequestId: requestID(), StudyUid: trial.StudyUid,
 	})
 }
@@ -312,6 +322,9 @@ type OptimizeOptions struct {
 // Optimize asks, evaluates and tells n trials one after another as workerID, renewing each trial's
 // lease at a third of the lease granted while fn runs. An error from fn fails that trial and the
 // loop goes on; metrics the server refuses (INVALID_ARGUMENT) fail it too. Other errors stop it.
+// When ctx ends, the trial under way is still told (for up to StopGrace): its metrics if fn
+// returned them, else ABANDONED (a trial asked as ctx ended is not started); Optimize then
+// returns ctx's error.
 func (s *Study) Optimize(ctx context.Context, fn Objective, n int, workerID string) error {
 	return s.OptimizeWith(ctx, fn, n, OptimizeOptions{WorkerID: workerID})
 }
@@ -327,23 +340,49 @@ func (s *Study) OptimizeWith(ctx context.Context, fn Objective, n int, opts Opti
 			return withContext("ask", err)
 		}
 		for _, t := range trials {
-			metrics, evalErr := s.evaluate(ctx, fn, t)
-			if evalErr != nil {
-				if _, err := s.Fail(ctx, t, evalErr.Error()); err != nil {
-					return withContext(fmt.Sprintf("tell trial %d failed", t.Id), err)
-				}
-				continue
-			}
-			_, err := s.Tell(ctx, t, metrics)
-			if status.Code(err) == codes.InvalidArgument {
-				msg := "metrics refused: " + status.Convert(err).Message()
-				_, err = s.Fail(ctx, t, msg)
-			}
-			if err != nil {
-				return withContext(fmt.Sprintf("tell trial %d", t.Id), err)
+			if err := s.runTrial(ctx, fn, t); err != nil {
+				return err
 			}
 		}
+		if ctx.Err() != nil {
+			return withContext("optimize stopped", ctx.Err())
+		}
 		bar.done(ctx, i == n-1)
+	}
+	return nil
+}
+
+// StopGrace bounds the tell of the trial under way once Optimize's context has ended.
+var StopGrace = 30 * time.Second
+
+// runTrial evaluates t and tells what came of it (see Optimize), on a context of its own of
+// StopGrace where ctx has ended: a trial left PENDING would hold its point for a whole lease.
+func (s *Study) runTrial(ctx context.Context, fn Objective, t *pb.Trial) error {
+	var metrics map[string]float64
+	evalErr := ctx.Err() // asked as ctx ended: not started
+	if evalErr == nil {
+		metrics, evalErr = s.evaluate(ctx, fn, t)
+	}
+	tctx := ctx
+	if ctx.Err() != nil {
+		var cancel context.CancelFunc
+		tctx, cancel = context.WithTimeout(context.Background(), StopGrace)
+		defer cancel()
+	}
+	var err error
+	switch {
+	case evalErr != nil && ctx.Err() != nil: // no result came back
+		_, err = s.Abandon(tctx, t, "optimize stopped: "+evalErr.Error())
+	case evalErr != nil:
+		_, err = s.Fail(tctx, t, evalErr.Error())
+	default:
+		_, err = s.Tell(tctx, t, metrics)
+		if status.Code(err) == codes.InvalidArgument {
+			_, err = s.Fail(tctx, t, "metrics refused: "+status.Convert(err).Message())
+		}
+	}
+	if err != nil {
+		return withContext(fmt.Sprintf("tell trial %d", t.Id), err)
 	}
 	return nil
 }

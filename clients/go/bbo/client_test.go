@@ -1,12 +1,17 @@
 package bbo
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -56,5 +61,83 @@ func TestLeaseOfAContinuedTrialRunsFromItsAsk(t *testing.T) {
 	trial.CreateTime = timestamppb.New(asked)
 	if got := LeaseOf(trial); got != time.Minute {
 		t.Fatalf("LeaseOf without an update time = %v, want 1m0s", got)
+	}
+}
+
+// fakeStudy is a test fixture: a BboService answering Ask with a new pending trial and recording
+// every Tell, over a real gRPC connection on a loopback port.
+type fakeStudy struct {
+	pb.UnimplementedBboServiceServer
+	mu    sync.Mutex
+	asked int64
+	tells []*pb.TellRequest
+}
+
+func (f *fakeStudy) Ask(ctx context.Context, req *pb.AskRequest) (*pb.AskResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.asked++
+	return &pb.AskResponse{Trials: []*pb.Trial{{Id: f.asked, StudyUid: "u"}}}, nil
+}
+
+func (f *fakeStudy) Tell(ctx context.Context, req *pb.TellRequest) (*pb.TellResponse, error) {
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.tells = append(f.tells, req)
+	return &pb.TellResponse{Trial: &pb.Trial{Id: req.TrialId, State: req.State}}, nil
+}
+
+func serveFake(t *testing.T) (*fakeStudy, *Study) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, fake := grpc.NewServer(), &fakeStudy{}
+	pb.RegisterBboServiceServer(srv, fake)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	c, err := Dial(lis.Addr().String(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return fake, c.Study("s")
+}
+
+// When Optimize's context ends, the trial under way is told, not left PENDING for its lease (the
+// tell used the ended context and failed): ABANDONED where the objective gave up, its metrics
+// where it finished. Optimize returns the context's error and asks no more.
+func TestOptimizeTellsTheTrialUnderWayWhenItsContextEnds(t *testing.T) {
+	for _, finished := range []bool{false, true} {
+		fake, study := serveFake(t)
+		ctx, cancel := context.WithCancel(context.Background())
+		fn := func(ctx context.Context, _ map[string]interface{}) (map[string]float64, error) {
+			cancel()
+			if finished {
+				return map[string]float64{"f": 1.5}, nil
+			}
+			<-ctx.Done()
+			return nil, ctx.Err()
+		}
+		err := study.Optimize(ctx, fn, 5, "w")
+		if !strings.Contains(fmt.Sprint(err), "context canceled") {
+			t.Fatalf("finished=%v: err %v, want the context's", finished, err)
+		}
+		fake.mu.Lock()
+		tells, asked := fake.tells, fake.asked
+		fake.mu.Unlock()
+		want := pb.TrialState_TRIAL_STATE_ABANDONED
+		if finished {
+			want = pb.TrialState_TRIAL_STATE_COMPLETED
+		}
+		if asked != 1 || len(tells) != 1 || tells[0].TrialId != 1 || tells[0].State != want {
+			t.Fatalf("finished=%v: %d asks, tells %v; want one tell %v", finished, asked, tells, want)
+		}
+		if finished && tells[0].Metrics["f"].GetValue() != 1.5 {
+			t.Fatalf("metrics %v", tells[0].Metrics)
+		}
 	}
 }
