@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 
+import grpc
 import pytest
 import sqlalchemy as sa
 from sql_helpers import listing_statements
@@ -523,11 +524,30 @@ def test_nul_characters_are_stored_on_postgresql_not_an_internal_error(storage, 
         moved.close()
 
 
+def _health_becomes(address: str, want: str, within: float = 20.0) -> None:
+    """Poll the server's health (the service name Envoy checks) until it reads ``want``."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline, got = time.monotonic() + within, None
+    with grpc.insecure_channel(address) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < deadline:
+            req = health_pb2.HealthCheckRequest(service="bbo.v1.BboService")
+            got = health_pb2.HealthCheckResponse.ServingStatus.Name(
+                stub.Check(req, timeout=5).status
+            )
+            if got == want:
+                return
+            time.sleep(0.1)
+    raise AssertionError(f"health stayed {got}, want {want}")
+
+
 def test_a_database_outage_is_unavailable_with_auth_and_a_tell_rides_it_out(server_factory):
     """PostgreSQL stops under a server with API keys: every RPC (the key check, CreateStudy's study
     count included) answers UNAVAILABLE, which clients retry, not INTERNAL (before: the key lookup
-    and the study-limit reads had no transient mapping). A Tell sent during the outage is stored
-    once the database is back."""
+    and the study-limit reads had no transient mapping). Health answers NOT_SERVING while the
+    database is away (before: SERVING, so a load balancer kept sending calls that all failed) and
+    SERVING once it is back. A Tell sent during the outage is stored once the database is back."""
     from sec_helpers import create_key
 
     import bbo_client as bc
@@ -536,14 +556,18 @@ def test_a_database_outage_is_unavailable_with_auth_and_a_tell_rides_it_out(serv
     try:
         url = cl.create_database("outage")
         key, _ = create_key(url, "t1")
-        srv = server_factory(db=url, args=["--auth", "--workers", "1"])
+        srv = server_factory(
+            db=url, args=["--auth", "--workers", "1", "--health-probe-seconds", "0.2"]
+        )
         with (
             bc.Client(srv.address, api_key=key, retries=0) as c0,
             bc.Client(srv.address, api_key=key, retries=40, backoff=0.1) as c,
         ):
             s = c.create_study("s", [bc.Float("x", 0, 1)], "y", seed=1)
             (t,) = s.ask()
+            _health_becomes(srv.address, "SERVING")
             cl.pause()
+            _health_becomes(srv.address, "NOT_SERVING")
             for call in (
                 lambda: c0.study("s").tell(t, {"y": 1.0}),
                 lambda: c0.get_study("s"),
@@ -567,6 +591,7 @@ def test_a_database_outage_is_unavailable_with_auth_and_a_tell_rides_it_out(serv
             assert not back, f"the database did not come back: {back}"
             assert told.trial.state == "COMPLETED"
             assert [x.metrics["y"] for x in s.trials()] == [0.25]
+            _health_becomes(srv.address, "SERVING")
     finally:
         pg_cluster.stop(cl, immediate=True)
 

@@ -88,6 +88,7 @@ class ServerOptions:
     lease_reap_seconds: float = (
         5.0  # how often expired leases are ABANDONED, for all studies (0 = only on Ask)
     )
+    health_probe_seconds: float = 5.0  # how often health reads the database (0 = never)
     grace_seconds: float = 30.0
     authenticate: Authenticate | None = None
     interceptors: Sequence[grpc.ServerInterceptor] = field(default_factory=tuple)
@@ -108,30 +109,79 @@ class ServerOptions:
     on_stop: Sequence[Callable[[], None]] = field(default_factory=tuple)
 
 
-class LeaseReaper:
-    """A daemon thread that ABANDONs expired leases of every study every ``interval`` seconds, so a
-    dead worker's trial is released without waiting for the next Ask of its study."""
+class Periodic:
+    """A daemon thread that runs :meth:`round` every ``interval`` seconds until stopped."""
 
-    def __init__(self, registry: StudyRegistry, interval: float):
-        self.registry, self.interval = registry, float(interval)
+    name = "bbo-periodic"
+
+    def __init__(self, interval: float):
+        self.interval = float(interval)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bbo-lease-reaper", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
 
-    def start(self) -> LeaseReaper:
+    def start(self):
         self._thread.start()
         return self
 
+    def round(self) -> None:
+        raise NotImplementedError
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            try:
-                self.registry.expire_leases()
-            except Exception:  # e.g. the database is briefly unavailable: try again next round
-                log.warning("lease reaper round failed", exc_info=True)
+            self.round()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+
+class LeaseReaper(Periodic):
+    """ABANDONs expired leases of every study every ``interval`` seconds, so a dead worker's trial
+    is released without waiting for the next Ask of its study."""
+
+    name = "bbo-lease-reaper"
+
+    def __init__(self, registry: StudyRegistry, interval: float):
+        super().__init__(interval)
+        self.registry = registry
+
+    def round(self) -> None:
+        try:
+            self.registry.expire_leases()
+        except Exception:  # e.g. the database is briefly unavailable: try again next round
+            log.warning("lease reaper round failed", exc_info=True)
+
+
+class DatabaseProbe(Periodic):
+    """Health follows the database: every ``interval`` seconds the schema revision is read; while
+    that fails both health names answer NOT_SERVING, so a load balancer's health checks send calls
+    to replicas that can store them (every call here would be UNAVAILABLE), and SERVING again
+    once it passes. A server shutting down stays NOT_SERVING (gRPC's health servicer)."""
+
+    name = "bbo-database-probe"
+
+    def __init__(self, storage: Storage, health_servicer: health.HealthServicer, interval: float):
+        super().__init__(interval)
+        self.storage, self.health, self.reachable = storage, health_servicer, True
+
+    def round(self) -> None:
+        try:
+            self.storage.schema_revision()
+            reachable = True
+        except Exception as e:  # noqa: BLE001 - any failure to read means calls would fail too
+            reachable, why = False, e
+        if reachable == self.reachable:
+            return
+        self.reachable = reachable
+        status = health_pb2.HealthCheckResponse.SERVING
+        if reachable:
+            log.info("database reachable again: health SERVING")
+        else:
+            log.warning("database unreachable: health NOT_SERVING (%s)", why)
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, status)
 
 
 class RunningServer:
@@ -148,11 +198,12 @@ class RunningServer:
         owns_storage: bool,
         reaper: LeaseReaper | None = None,
         on_stop: Sequence[Callable[[], None]] = (),
+        probe: DatabaseProbe | None = None,
     ):
         self.server, self.port, self.host = server, port, host
         self.registry, self.health, self.storage = registry, health_servicer, storage
         self._owns_storage = owns_storage
-        self.reaper = reaper
+        self.reaper, self.probe = reaper, probe
         self.unix_socket = ""
         self.admission: Admission | None = None  # the --max-concurrent-rpcs gate (set by start)
         self.tenant_calls: TenantCalls | None = None  # the --max-tenant-rpcs bound (set by start)
@@ -167,8 +218,9 @@ class RunningServer:
 
     def stop(self, grace: float = 30.0) -> None:
         self.health.enter_graceful_shutdown()
-        if self.reaper is not None:
-            self.reaper.stop()
+        for periodic in (self.probe, self.reaper):
+            if periodic is not None:
+                periodic.stop()
         self.server.stop(grace).wait()
         self.registry.close()
         while self._on_stop:
@@ -264,6 +316,11 @@ def start(opts: ServerOptions, storage: Storage | None = None) -> RunningServer:
         if opts.lease_reap_seconds > 0
         else None
     )
+    probe = (
+        DatabaseProbe(storage, hs, opts.health_probe_seconds).start()
+        if opts.health_probe_seconds > 0
+        else None
+    )
     # hooks run last first: the pools go once everything else has stopped
     on_stop = [
         lambda: pool.shutdown(wait=False),
@@ -272,7 +329,7 @@ def start(opts: ServerOptions, storage: Storage | None = None) -> RunningServer:
         *opts.on_stop,
     ]
     running = RunningServer(
-        server, port, opts.host, registry, hs, storage, owns, reaper, on_stop=on_stop
+        server, port, opts.host, registry, hs, storage, owns, reaper, on_stop=on_stop, probe=probe
     )
     running.unix_socket = opts.unix_socket
     running.admission = admission

@@ -85,6 +85,13 @@ def register(sub) -> None:
         help="how often expired leases of all studies are ABANDONED (0 = only on the study's next Ask; default %(default)s)",
     )
     p.add_argument(
+        "--health-probe-seconds",
+        type=float,
+        default=5.0,
+        help="how often the database is read for the health service: NOT_SERVING while it cannot "
+        "be (0 = never; default %(default)s)",
+    )
+    p.add_argument(
         "--max-cached-studies",
         type=int,
         default=1000,
@@ -153,7 +160,7 @@ def check_args(args) -> None:
         bad("max-message-bytes", f"<= {MAX_MESSAGE_BYTES_CAP}", args.max_message_bytes)
     if not (math.isfinite(args.lease_seconds) and args.lease_seconds > 0):
         bad("lease-seconds", "a number of seconds > 0", args.lease_seconds)
-    for flag in ("lease-reap-seconds", "grace-seconds"):
+    for flag in ("lease-reap-seconds", "health-probe-seconds", "grace-seconds"):
         v = getattr(args, flag.replace("-", "_"))
         if not (math.isfinite(v) and v >= 0):
             bad(flag, "a number of seconds >= 0", v)
@@ -183,6 +190,7 @@ def run(args) -> int:
         max_ask=args.max_ask,
         default_lease_seconds=args.lease_seconds,
         lease_reap_seconds=args.lease_reap_seconds,
+        health_probe_seconds=args.health_probe_seconds,
         grace_seconds=args.grace_seconds,
         max_cached_studies=args.max_cached_studies,
     )
