@@ -454,6 +454,34 @@ def test_pending_points_are_believed_on_the_marginals(monkeypatch):
         assert _min_pairwise(H6_SPACE, [t.params for t in trials]) > 1e-2
 
 
+def test_an_ask_conditions_on_a_bounded_number_of_pending_points(monkeypatch):
+    """A study holding 400 pending trials (4 Asks of 100, long leases): an Ask believed every one
+    of them, so its cost grew without bound (3,000 pending: 8-11 s an ask; 8,000: 90 s and 1.9
+    GB). It conditions on the MAX_PENDING_POINTS most recently asked, plus its own earlier points;
+    no pending point is handed out again."""
+    from bbo.strategy import generation
+
+    seen = []
+    real = acquisition_step.believe
+
+    def spy(model, X_pending):
+        seen.append(X_pending.detach().numpy().copy())
+        return real(model, X_pending)
+
+    monkeypatch.setattr(acquisition_step, "believe", spy)
+    spec = spec_of(UNIT2, seed=3, n_initial=6, exploit_gap=0)
+    gs, trials = run(spec, lambda p: {"f": (p["a"] - 0.3) ** 2 + (p["b"] - 0.6) ** 2}, 10)
+    rng = np.random.default_rng(0)
+    for a, b in rng.random((400, 2)):
+        trials.append(Trial(len(trials), {"a": a, "b": b}, TrialState.PENDING, origin="bo"))
+    out = gs.suggest(trials, 3)
+    k = generation.MAX_PENDING_POINTS
+    assert [len(x) for x in seen] == [k, k + 1, k + 2]
+    assert np.allclose(seen[0], np.array([[t.params["a"], t.params["b"]] for t in trials[-k:]]))
+    points = {(t.params["a"], t.params["b"]) for t in trials}
+    assert all((s.params["a"], s.params["b"]) not in points for s in out)
+
+
 def test_the_believer_keeps_the_mean_and_shrinks_the_variance_at_pending_points():
     gs, trials = run(spec_of(UNIT2, seed=3, n_initial=5), _quadratic, 8)
     model, _, _ = gs.ctx.data.build(trials).model(gs.surrogate, 0)

@@ -40,6 +40,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIN_MODEL_POINTS = 2  # completed trials needed before a GP is fit
+# Pending trials an acquisition step conditions on, the most recently asked: each is a believed
+# point of the GP (or a dimension of qLogNEI's joint draws), so without a bound a study holding
+# thousands took 8-90 s an ask, on a shared fit slot. Every pending point is still never handed
+# out again; older ones are the likelier to belong to workers that went away.
+MAX_PENDING_POINTS = 100
 
 
 class GenerationStrategy:
@@ -231,8 +236,8 @@ class GenerationStrategy:
             where = f"EI bent towards the best point of source '{self.transfer.located_from}'"
             transfer_note = f"{transfer_note}; {where} (a quantized objective)"
         ta = time.perf_counter()
-        pending = [t.params for t in trials if t.state is TrialState.PENDING]
-        pending += [s.params for s in earlier]
+        waiting = sorted((t for t in trials if t.state is TrialState.PENDING), key=lambda t: t.id)
+        pending = [t.params for t in waiting[-MAX_PENDING_POINTS:]] + [s.params for s in earlier]
         chosen: list[torch.Tensor] = [P.tensor(space.encode(p))[None] for p in pending]
         props = [(s, p) for s in proposals if (p := ctx.points.valid(s.params)) is not None]
         try:
