@@ -600,7 +600,8 @@ class Study:
     @_study_calls
     def heartbeat(self, trial_id: int, lease_seconds: float = 0.0, study_uid: str = "") -> Trial:
         """Extend a pending trial's lease (from now): by ``lease_seconds``, or with 0 by the length
-        of the lease it holds (a worker that asked for 2 h keeps 2 h, not the server's default)."""
+        of the lease it holds (a worker that asked for 2 h keeps 2 h, not the server's default).
+        A lease that has ended is not renewed (FAILED_PRECONDITION)."""
         self._check_uid(study_uid, trial_id)
         asked = self._lease(lease_seconds) if lease_seconds else 0.0
 
@@ -609,10 +610,17 @@ class Study:
                 raise ConflictError(
                     f"trial {trial_id} is {cur.state.value}: only a pending trial has a lease"
                 )
+            now = self.storage.clock()
+            if cur.lease_expires_at is not None and cur.lease_expires_at < now:
+                # abandoned by its lease, whether or not the reaper has been by: its point may
+                # be handed out again, so the lease is not renewed (a late tell is still stored)
+                raise ConflictError(
+                    f"trial {trial_id}'s lease ended {now - cur.lease_expires_at:.1f} s ago: it "
+                    "is abandoned and its result, if told, is recorded as late"
+                )
             lease = asked or held_lease(cur) or self.config.default_lease_seconds
             return dataclasses.replace(
-                cur,
-                lease_expires_at=self.storage.clock() + min(lease, self.config.max_lease_seconds),
+                cur, lease_expires_at=now + min(lease, self.config.max_lease_seconds)
             )
 
         trial, _, _ = self.storage.modify_trial(self.uid, trial_number(trial_id), change)

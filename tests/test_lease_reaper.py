@@ -78,3 +78,25 @@ def test_registry_expire_leases_updates_the_in_memory_trials(registry):
     registry._cache.clear()
     assert registry.expire_leases(now=tb.lease_expires_at + 1) == {b.uid: [tb.id]}
     assert registry.get_study("b").get_trial(tb.id).state is TrialState.ABANDONED
+
+
+def test_a_heartbeat_after_the_lease_ended_does_not_renew_it(registry):
+    """Past its lease a trial is abandoned, whether or not the reaper has been by (its point may
+    be handed out again): a heartbeat then renewed the lease (before: accepted until the reaper's
+    round). It is refused; the trial's late result is still stored."""
+    from bbo.errors import ConflictError
+
+    spec = {
+        "parameters": [{"name": "x", "type": "float", "low": 0.0, "high": 1.0}],
+        "objectives": [{"name": "y"}],
+    }
+    s, _ = registry.create_study("late-beat", spec)
+    (t,) = s.ask(lease_seconds=0.2).trials
+    assert s.heartbeat(t.id).state is TrialState.PENDING  # within the lease: renewed
+    time.sleep(0.5)
+    try:
+        s.heartbeat(t.id)
+        raise AssertionError("a lease that had ended was renewed")
+    except ConflictError as e:
+        assert "lease ended" in str(e)
+    assert s.tell(t.id, {"y": 1.0}).trial.state is TrialState.COMPLETED
