@@ -35,12 +35,14 @@ type BboServiceClient interface {
 	AddTrial(ctx context.Context, in *AddTrialRequest, opts ...grpc.CallOption) (*Trial, error)
 	GetTrial(ctx context.Context, in *GetTrialRequest, opts ...grpc.CallOption) (*Trial, error)
 	ListTrials(ctx context.Context, in *ListTrialsRequest, opts ...grpc.CallOption) (*ListTrialsResponse, error)
-	// Best feasible trial (one objective) or the feasible Pareto front (several).
+	// Best feasible trial (one objective: under noise the surrogate's pick, see `selection`) or the
+	// feasible Pareto front (several).
 	GetBest(ctx context.Context, in *GetBestRequest, opts ...grpc.CallOption) (*GetBestResponse, error)
 	// Report an intermediate value (and the budget it was measured at); the answer says whether the
 	// trial looks hopeless (the study's pruning policy: median rule, ASHA, Hyperband).
 	ReportIntermediate(ctx context.Context, in *ReportIntermediateRequest, opts ...grpc.CallOption) (*ReportIntermediateResponse, error)
-	// Keep a pending trial's lease alive while the worker evaluates it.
+	// Keep a pending trial's lease alive while the worker evaluates it (a lease that has ended is
+	// not renewed: FAILED_PRECONDITION).
 	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error)
 	// What the LLM module was asked and answered for a study (audit and replay).
 	ListLlmCalls(ctx context.Context, in *ListLlmCallsRequest, opts ...grpc.CallOption) (*ListLlmCallsResponse, error)
@@ -193,12 +195,14 @@ type BboServiceServer interface {
 	AddTrial(context.Context, *AddTrialRequest) (*Trial, error)
 	GetTrial(context.Context, *GetTrialRequest) (*Trial, error)
 	ListTrials(context.Context, *ListTrialsRequest) (*ListTrialsResponse, error)
-	// Best feasible trial (one objective) or the feasible Pareto front (several).
+	// Best feasible trial (one objective: under noise the surrogate's pick, see `selection`) or the
+	// feasible Pareto front (several).
 	GetBest(context.Context, *GetBestRequest) (*GetBestResponse, error)
 	// Report an intermediate value (and the budget it was measured at); the answer says whether the
 	// trial looks hopeless (the study's pruning policy: median rule, ASHA, Hyperband).
 	ReportIntermediate(context.Context, *ReportIntermediateRequest) (*ReportIntermediateResponse, error)
-	// Keep a pending trial's lease alive while the worker evaluates it.
+	// Keep a pending trial's lease alive while the worker evaluates it (a lease that has ended is
+	// not renewed: FAILED_PRECONDITION).
 	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error)
 	// What the LLM module was asked and answered for a study (audit and replay).
 	ListLlmCalls(context.Context, *ListLlmCallsRequest) (*ListLlmCallsResponse, error)

@@ -169,7 +169,8 @@ class BboServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetBest(self, request, context):
-        """Best feasible trial (one objective) or the feasible Pareto front (several).
+        """Best feasible trial (one objective: under noise the surrogate's pick, see `selection`) or the
+        feasible Pareto front (several).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -184,7 +185,8 @@ class BboServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Heartbeat(self, request, context):
-        """Keep a pending trial's lease alive while the worker evaluates it.
+        """Keep a pending trial's lease alive while the worker evaluates it (a lease that has ended is
+        not renewed: FAILED_PRECONDITION).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
