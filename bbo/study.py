@@ -39,7 +39,7 @@ from bbo.errors import (
 )
 from bbo.incumbent import FrontCache, incumbents, is_feasible
 from bbo.spec import StudySpec
-from bbo.storage import LlmCallRecord, NewTrial, Storage, StudyRecord
+from bbo.storage import LEASE_EXPIRED, LlmCallRecord, NewTrial, Storage, StudyRecord
 from bbo.strategy.base import Estimate
 from bbo.study_budgets import StudyBudgets
 from bbo.study_llm import StudyLlm
@@ -399,6 +399,10 @@ class Study:
         required = self.spec.required_metrics if state is TrialState.COMPLETED else []
         checked = self._check_metrics(metrics, required)
         reason = str(reason or "")[:MAX_REASON]
+        if state is TrialState.ABANDONED and reason == LEASE_EXPIRED:
+            # the reaper's words mark a trial whose late result is welcome; a worker's own
+            # ABANDONED is final, whatever it says
+            reason = f"{reason} (told by the worker)"
         content = {"trial": trial_id, "state": state.value, "metrics": metrics_key(checked)}
         if budget is not None:
             content["budget"] = budget

@@ -100,3 +100,23 @@ def test_a_heartbeat_after_the_lease_ended_does_not_renew_it(registry):
     except ConflictError as e:
         assert "lease ended" in str(e)
     assert s.tell(t.id, {"y": 1.0}).trial.state is TrialState.COMPLETED
+
+
+def test_a_worker_abandoning_in_the_reapers_words_cannot_reopen_its_trial(registry):
+    """A trial the reaper abandoned takes a late result; one a worker told ABANDONED does not. The
+    two were told apart by the reason's text, so a worker's reason 'lease expired' reopened it."""
+    from bbo.errors import ConflictError
+
+    spec = {
+        "parameters": [{"name": "x", "type": "float", "low": 0.0, "high": 1.0}],
+        "objectives": [{"name": "y"}],
+    }
+    s, _ = registry.create_study("own-words", spec)
+    (t,) = s.ask().trials
+    told = s.tell(t.id, state=TrialState.ABANDONED, reason="lease expired").trial
+    assert told.state is TrialState.ABANDONED and told.reason.startswith("lease expired")
+    try:
+        s.tell(t.id, {"y": 1.0})
+        raise AssertionError("a worker's own ABANDONED trial took a result")
+    except ConflictError:
+        pass
