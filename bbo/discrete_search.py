@@ -4,7 +4,8 @@ search over one-parameter changes from the best of random grid points. Grids too
 whole with a column of more than BoTorch's ``MAX_DISCRETE_VALUES`` values are not searched here
 (:func:`on_grid`): BoTorch's mixed optimizer relaxes such a column to a range and rounds, as it
 does in spaces with a float; a local search changes one column at a time to any of its values, so
-6 ints of 1,001 values scored about 350k points an ask (1.2-1.8x Optuna's GPSampler's time).
+6 ints of 1,001 values scored about 350k points an ask (0.7-3.1x Optuna's GPSampler's time:
+bench/results/latency_integers.md).
 
 Points to avoid (the study's existing points) are left out of the search itself, so the answer is
 a new point whenever one is left. BoTorch's mixed alternating optimizer, used where some columns

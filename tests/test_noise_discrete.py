@@ -585,7 +585,7 @@ def test_a_local_search_scores_a_bounded_number_of_points():
 
 def test_wide_int_columns_of_a_large_grid_are_relaxed_as_in_mixed_spaces(monkeypatch):
     """A local search changes one column to any of its values: on 6 ints of 1,001 values it
-    scored ~350k points an ask (1.2-1.8x Optuna's GPSampler's time). Such columns are relaxed
+    scored ~350k points an ask (0.7-3.1x Optuna's GPSampler's time). Such columns are relaxed
     and rounded by BoTorch's mixed optimizer, as beside a float; grids scored whole, narrow
     columns and columns a linear constraint ties stay on the grid. Asks still give unmeasured
     grid points."""
