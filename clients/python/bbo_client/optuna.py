@@ -1,7 +1,7 @@
 """An Optuna sampler backed by a bbo server: ``optuna.create_study(sampler=BboSampler(address))``
 makes an unchanged ``study.optimize(objective)`` script ask bbo for its points.
 
-Needs ``pip install "bbo-client[optuna]"``. How it works (Optuna is define-by-run, bbo needs the
+Needs ``pip install "./clients/python[optuna]"`` (bbo-client is not on PyPI). How it works (Optuna is define-by-run, bbo needs the
 search space up front):
 
 - Until the space is known, a trial's parameters come from an independent sampler (random by

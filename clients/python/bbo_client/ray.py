@@ -1,7 +1,7 @@
 """A Ray Tune searcher backed by a bbo server: ``tune.TuneConfig(search_alg=BboSearch(address))``
 makes an unchanged ``tune.Tuner`` run ask bbo for each trial's config.
 
-Needs ``pip install "bbo-client[ray]"``. The Tuner's ``param_space`` (``tune.uniform``,
+Needs ``pip install "./clients/python[ray]"`` (bbo-client is not on PyPI). The Tuner's ``param_space`` (``tune.uniform``,
 ``tune.loguniform``, ``tune.randint``, ``tune.quniform``, ``tune.choice``, ...; nested dicts too)
 becomes a bbo study whose one objective is the Tuner's ``metric`` (``mode`` min / max); each
 ``suggest`` is a bbo ``Ask``, and each finished trial is told: its last result's metric as
