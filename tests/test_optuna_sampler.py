@@ -279,3 +279,23 @@ def test_options_create_study_would_refuse_are_refused_when_made():
         with pytest.raises(TypeError, match=next(iter(bad))):
             BboSampler("127.0.0.1:1", **bad)
     BboSampler("127.0.0.1:1", n_initial=4, seed=1, description="d")
+
+
+def test_the_adapter_is_reached_from_import_bbo_client_alone():
+    """README: ``optuna.create_study(sampler=bbo_client.optuna.BboSampler(...))`` after ``import
+    bbo_client``; the package did not load its adapter submodules (AttributeError)."""
+    code = (
+        "import bbo_client, sys\n"
+        "assert 'bbo_client.optuna' not in sys.modules\n"
+        "print(bbo_client.optuna.BboSampler.__name__)\n"
+        "try:\n"
+        "    bbo_client.no_such_thing\n"
+        "except AttributeError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "BboSampler",
+        "module 'bbo_client' has no attribute 'no_such_thing'",
+    ]

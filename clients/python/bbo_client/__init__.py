@@ -95,3 +95,15 @@ __all__ = [
     "Trial",
     "TrialContext",
 ]
+
+# the adapters, imported on first use: ``bbo_client.optuna.BboSampler`` after ``import bbo_client``
+# alone, without every client importing Optuna or Ray (extras)
+_ADAPTERS = ("optuna", "ray")
+
+
+def __getattr__(name: str):
+    if name in _ADAPTERS:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
