@@ -42,9 +42,14 @@ func main() {
 	trials := flag.Int("trials", 12, "trials in all, shared among the workers")
 	initial := flag.Int("initial", 0, "size of the initial design (0 = the server's choice)")
 	progress := flag.Bool("progress", false, "draw the first worker's progress bar on stderr")
+	flag.Usage = func() {
+		fmt.Fprintln(os.Stderr, "usage: worker [-workers N] [-trials N] [-initial N] [-progress] ADDRESS [STUDY]")
+		fmt.Fprintln(os.Stderr, "  ADDRESS  the bbo server (host:port); STUDY  a Branin study's name (default go-branin)")
+		flag.PrintDefaults()
+	}
 	flag.Parse()
 	if flag.NArg() < 1 {
-		fmt.Fprintln(os.Stderr, "usage: worker [-workers N] [-trials N] [-initial N] ADDRESS [STUDY]")
+		flag.Usage()
 		os.Exit(2)
 	}
 	name := "go-branin"
