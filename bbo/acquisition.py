@@ -510,7 +510,14 @@ def constraint_tensors(cons: list, placement: Placement) -> list | None:
 
 
 def inequality_tensors(space: SearchSpace, placement: Placement) -> list | None:
-    return constraint_tensors(space.inequality_constraints(), placement)
+    """The space's constraints for BoTorch's discrete and mixed optimizers, each bound loosened by
+    half the slack :meth:`SearchSpace.is_feasible` allows: BoTorch checks them exactly, so a grid
+    point on a constraint with decimal coefficients (0.25 gpus + 0.1 workers <= 2) failed by
+    rounding, and most BO steps there fell back (or the optimum was never a candidate)."""
+    cons = space.inequality_constraints()
+    return constraint_tensors(
+        [(idx, coef, rhs - s / 2) for (idx, coef, rhs), s in zip(cons, space.slack)], placement
+    )
 
 
 @dataclass(frozen=True)

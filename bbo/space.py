@@ -582,7 +582,7 @@ class SearchSpace:
             except SpecError as e:
                 raise SpecError(f"{path}['{p.name}']", e.message) from None
         for j, c in enumerate(self.constraints):
-            if c.lhs(out) > c.bound + self._slack[j]:
+            if c.lhs(out) > c.bound + self.slack[j]:
                 raise SpecError(
                     path, f"parameters violate constraint {j} ({c}): lhs = {c.lhs(out):g}"
                 )
@@ -609,10 +609,10 @@ class SearchSpace:
         return out
 
     def is_feasible(self, params: Mapping[str, Value]) -> bool:
-        return all(c.lhs(params) <= c.bound + s for c, s in zip(self.constraints, self._slack))
+        return all(c.lhs(params) <= c.bound + s for c, s in zip(self.constraints, self.slack))
 
     @functools.cached_property
-    def _slack(self) -> tuple[float, ...]:
+    def slack(self) -> tuple[float, ...]:
         """Per constraint, how far its left-hand side may exceed the bound: 1e-9 of the
         constraint's own scale, the bound or a coefficient (at least 1) as before but never more
         than its widest term's range (``|a| * (high - low)``, its coefficient in the encoding the

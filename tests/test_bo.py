@@ -173,6 +173,49 @@ def test_parameter_constraints_never_violated_int_and_float():
     assert any(t.origin == Origin.BO.value for t in trials)
 
 
+def test_decimal_coefficients_over_ints_leave_the_acquisition_step_working():
+    """0.25 per GPU + 0.1 per worker <= 2 beside a float: BoTorch checks linear constraints
+    exactly, and points on the bound failed by rounding, so 12-16 of 19 BO steps fell back
+    ("Inequality constraint 0 not met with fixed_features"). Its bounds are loosened by half of
+    bbo's own slack."""
+    space = SearchSpace(
+        (IntParam("gpus", 1, 8), IntParam("workers", 1, 16), FloatParam("lr", 0.0, 1.0)),
+        (LinearConstraint({"gpus": 0.25, "workers": 0.1}, 2.0),),
+    )
+    spec = spec_of(space, seed=0)
+    _, trials = run(
+        spec, lambda p: {"f": -(p["gpus"] + 0.3 * p["workers"]) + (p["lr"] - 0.3) ** 2}, 25
+    )
+    assert all(space.is_feasible(t.params) for t in trials)
+    fallbacks = [t.reason for t in trials if t.origin == Origin.FALLBACK.value]
+    assert len(fallbacks) <= 2, fallbacks[:1]
+
+
+def test_a_grid_point_on_a_decimal_constraint_is_a_candidate_of_the_discrete_search():
+    """0.1 a + 0.3 b <= 0.7 holds at (4, 1) (bbo's check), but BoTorch's exact filter dropped it
+    from the grid, so the optimum there was proposed only once every other point was measured."""
+    from botorch.optim.optimize import _filter_infeasible
+
+    from bbo.acquisition import inequality_tensors
+    from bbo.device import Placement
+
+    space = SearchSpace(
+        (IntParam("a", -3, 4), IntParam("b", 1, 10)),
+        (LinearConstraint({"a": 0.1, "b": 0.3}, 0.7),),
+    )
+    best = {"a": 4, "b": 1}
+    assert space.is_feasible(best)
+    X = torch.tensor(space.encode(best))[None]
+    assert (
+        len(_filter_infeasible(X, inequality_tensors(space, Placement(torch.device("cpu"))))) == 1
+    )
+    beyond = torch.tensor(space.encode({"a": 4, "b": 2}))[None]  # 1.0 > 0.7: still refused
+    assert (
+        len(_filter_infeasible(beyond, inequality_tensors(space, Placement(torch.device("cpu")))))
+        == 0
+    )
+
+
 def test_raw_samples_under_linear_constraints_are_uniform_on_the_polytope():
     from bbo.acquisition import Polytope
     from bbo.device import Placement
