@@ -104,6 +104,7 @@ def maximize(
             inequality_constraints=inequality_constraints,
         )
     else:
+        starts = _feasible_starts(acqf, space, placement, avoid, seed)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             x, _ = optimize_acqf_discrete_local_search(
@@ -111,16 +112,41 @@ def maximize(
                 cast(AcquisitionFunction, _Budgeted(acqf, EVAL_BUDGET)),
                 discrete_choices=choices,
                 q=1,
-                num_restarts=RESTARTS,
+                num_restarts=RESTARTS if starts is None else len(starts),
                 raw_samples=RAW_SAMPLES,
                 inequality_constraints=inequality_constraints,
                 X_avoid=X_avoid,
+                batch_initial_conditions=starts,
                 max_batch_size=BATCH,
                 return_acq_values=False,  # the budget may be spent: scored below, by acqf itself
             )
         with torch.no_grad():
             v = acqf(x)
     return x.reshape(1, -1), float(v.reshape(-1)[0])
+
+
+def _feasible_starts(acqf, space: SearchSpace, placement: Placement, avoid, seed: int):
+    """Under linear constraints, the local search's starts (k x 1 x d): the best by ``acqf`` of
+    feasible grid points drawn inside the polytope (:func:`bbo.design.polytope_samples`), not yet
+    measured. BoTorch draws its starts uniformly from the grid, and under a tight constraint (4
+    ints of 0-100 summing to at most 6: 210 of 1e8 points) found none, so every BO step fell
+    back. None without constraints, or where no such point was drawn (BoTorch's own then)."""
+    if not space.constraints:
+        return None
+    from bbo.design import polytope_samples
+
+    X = np.unique(
+        np.array([space.encode(p) for p in polytope_samples(space, RAW_SAMPLES, seed)]), axis=0
+    )
+    if len(X) and avoid is not None and len(avoid):
+        measured = {tuple(r) for r in np.asarray(avoid, dtype=float)}
+        X = X[[tuple(r) not in measured for r in X]]
+    if not len(X):
+        return None
+    T = placement.tensor(X).unsqueeze(1)
+    with torch.no_grad():
+        v = torch.cat([acqf(T[i : i + BATCH]) for i in range(0, len(T), BATCH)])
+    return T[torch.argsort(v, descending=True)[:RESTARTS]]
 
 
 def _filter_invalid(X: torch.Tensor, X_avoid: torch.Tensor) -> torch.Tensor:

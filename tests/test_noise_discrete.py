@@ -620,6 +620,27 @@ def test_wide_int_columns_of_a_large_grid_are_relaxed_as_in_mixed_spaces(monkeyp
     assert all(isinstance(v, int) and 0 <= v <= 1000 for p in points for v in p)
 
 
+def test_a_tight_constraint_on_a_large_grid_leaves_the_bo_step_working():
+    """4 ints of 0-100 summing to at most 6 (210 of 1e8 grid points): BoTorch's local search drew
+    its starts uniformly from the grid, found none feasible ("Failed to generate at least 4
+    initial conditions"), and every BO ask fell back. Its starts now come from the polytope."""
+    space = SearchSpace(
+        tuple(IntParam(f"i{j}", 0, 100) for j in range(4)),
+        (LinearConstraint({f"i{j}": 1 for j in range(4)}, 6),),
+    )
+    spec = StudySpec(space, (Objective("f"),), algorithm=AlgorithmOptions(seed=1))
+    gs, trials = GenerationStrategy(spec), []
+    for _ in range(14):
+        (s,) = gs.suggest(trials, 1)
+        assert space.is_feasible(s.params)
+        f = sum((s.params[f"i{j}"] - 1.4) ** 2 for j in range(4))
+        trials.append(
+            Trial(len(trials), dict(s.params), TrialState.COMPLETED, {"f": Metric(f)}, s.origin)
+        )
+    late = trials[8:]
+    assert sum(t.origin == Origin.FALLBACK.value for t in late) <= 1, {t.reason for t in late}
+
+
 def test_ordinals_are_encoded_by_grid_position_unless_constrained():
     bs = OrdinalParam("bs", (16.0, 32.0, 64.0, 128.0, 1024.0))
     space = SearchSpace((bs, FloatParam("x", 0.0, 1.0)))
