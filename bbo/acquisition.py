@@ -76,6 +76,7 @@ from botorch.acquisition.multi_objective.objective import WeightedMCMultiOutputO
 from botorch.acquisition.multi_objective.utils import get_default_partitioning_alpha
 from botorch.acquisition.objective import LinearMCObjective
 from botorch.acquisition.prior_guided import PriorGuidedAcquisitionFunction
+from botorch.exceptions.errors import CandidateGenerationError
 from botorch.optim import optimize_acqf, optimize_mixed
 from botorch.optim.optimize_mixed import optimize_acqf_mixed_alternating
 from botorch.sampling import SobolQMCNormalSampler
@@ -808,7 +809,6 @@ def optimize(
                 generator=polytope.generator() if polytope else None,
             )
         else:
-            cat = set(space.cat_dims)
             # each alternating step costs several continuous solves: fewer, better-chosen starts;
             # an acquisition on marginals (``tolerances``) scores its raw samples in one batch, and
             # 3 restarts of 3 alternations (tolerance 1e-6) found the maximum 5 x 6 (1e-8) found
@@ -816,26 +816,99 @@ def optimize(
             lean = tolerances is not None
             num_restarts = min(num_restarts, 3 if lean else 5)
             raw_samples = min(raw_samples, 512 if lean else 256)
-            x, v = optimize_acqf_mixed_alternating(
-                acqf,
-                bounds=bounds,
-                discrete_dims={i: g.tolist() for i, g in discrete.items() if i not in cat} or None,
-                cat_dims={i: g.tolist() for i, g in discrete.items() if i in cat} or None,
-                q=1,
-                num_restarts=num_restarts,
-                raw_samples=raw_samples,
-                inequality_constraints=inequality_tensors(space, placement),
-                options={
-                    "initialization_strategy": "random",
-                    "num_spray_points": 20,
-                    "maxiter_alternating": 3 if lean else 6,
-                    "batch_limit": 64,
-                    "init_batch_limit": raw_samples if lean else INIT_BATCH_LIMIT,
-                    **({"tol": 1e-6} if lean else {}),
-                },
-            )
+            polytope = Polytope.of(space, placement)
+            memo = polytope._memo() if polytope is not None else {}
+            if memo.get("rounding_breaks"):
+                return completed_search(acqf, space, placement, num_restarts, seed)
+            try:
+                x, v = _mixed_alternating(
+                    acqf, space, placement, discrete, num_restarts, raw_samples, lean
+                )
+            except CandidateGenerationError:
+                if polytope is None or not space.floats_constrained:
+                    raise
+                # rounding its samples' ints broke the constraints every time: so it will on
+                # this polytope's every ask (a property of the space, not of the data)
+                memo["rounding_breaks"] = True
+                return completed_search(acqf, space, placement, num_restarts, seed)
     v = float(v.reshape(-1)[0]) if v is not None else float("nan")
     return x.reshape(1, -1), v
+
+
+def _mixed_alternating(
+    acqf,
+    space: SearchSpace,
+    placement: Placement,
+    discrete: dict,
+    num_restarts: int,
+    raw_samples: int,
+    lean: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BoTorch's alternating optimizer over a space with a float and a discrete column."""
+    cat = set(space.cat_dims)
+    x, v = optimize_acqf_mixed_alternating(
+        acqf,
+        bounds=placement.tensor(space.bounds()),
+        discrete_dims={i: g.tolist() for i, g in discrete.items() if i not in cat} or None,
+        cat_dims={i: g.tolist() for i, g in discrete.items() if i in cat} or None,
+        q=1,
+        num_restarts=num_restarts,
+        raw_samples=raw_samples,
+        inequality_constraints=inequality_tensors(space, placement),
+        options={
+            "initialization_strategy": "random",
+            "num_spray_points": 20,
+            "maxiter_alternating": 3 if lean else 6,
+            "batch_limit": 64,
+            "init_batch_limit": raw_samples if lean else INIT_BATCH_LIMIT,
+            **({"tol": 1e-6} if lean else {}),
+        },
+    )
+    return x, cast(torch.Tensor, v)
+
+
+# completed_search: feasible starting points it scores, and how many of the best it polishes
+COMPLETED_SAMPLES, COMPLETED_RESTARTS = 64, 5
+
+
+def completed_search(
+    acqf, space: SearchSpace, placement: Placement, num_restarts: int, seed: int
+) -> tuple[torch.Tensor, float]:
+    """The acquisition's maximum where constraints tie a float to an int or ordinal so tightly
+    that rounding a sampled point almost never meets them (``a + x == 2.5``), and BoTorch's mixed
+    optimizer finds no feasible start: the best of feasible points with their floats completed
+    (:func:`bbo.design.polytope_samples`), each of the best few then polished over its floats
+    with its ints and ordinals held (SLSQP under the constraints)."""
+    from bbo.design import polytope_samples
+
+    starts = polytope_samples(space, COMPLETED_SAMPLES, seed)
+    X = placement.tensor(np.vstack([space.encode(p) for p in starts]))
+    vals = torch.nan_to_num(evaluate(acqf, X), nan=-float("inf"))
+    order = torch.argsort(vals, descending=True)[: min(num_restarts, COMPLETED_RESTARTS)]
+    best, best_v = X[order[0]], float(vals[order[0]])
+    disc = list(space.discrete_values())
+    bounds = placement.tensor(space.bounds())
+    ineq = inequality_tensors(space, placement)
+    for i in order.tolist():
+        try:
+            x, v = optimize_acqf(
+                acqf,
+                bounds=bounds,
+                q=1,
+                num_restarts=1,
+                batch_initial_conditions=X[i].reshape(1, 1, -1),
+                fixed_features={j: float(X[i, j]) for j in disc},
+                inequality_constraints=ineq,
+                options={"maxiter": 100, "batch_limit": 1},
+                retry_on_optimization_warning=False,
+            )
+        except Exception:  # noqa: BLE001 - the start itself stands
+            continue
+        if v is None:
+            continue
+        if float(v) > best_v and space.is_feasible(space.decode(to_numpy(x.reshape(-1)))):
+            best, best_v = x.reshape(-1), float(v)
+    return best.reshape(1, -1), best_v
 
 
 BASELINE_MAX = (

@@ -99,7 +99,8 @@ def sobol_design(
 def polytope_samples(space: SearchSpace, n: int, seed: int) -> list[dict[str, Value]]:
     """Uniform-ish feasible points by hit-and-run inside the constraint polytope (an ensemble of
     chains, :meth:`bbo.acquisition.Polytope.walk`, else BoTorch's one chain); where constraints
-    pair up into equalities (:func:`bbo.space.split_equalities`), within their hyperplane."""
+    pair up into equalities (:func:`bbo.space.split_equalities`), within their hyperplane. A
+    sample whose rounded ints break a constraint has its floats completed where they can be."""
     import torch
     from botorch.exceptions.errors import InfeasibilityError
     from botorch.utils.sampling import get_polytope_samples
@@ -109,15 +110,37 @@ def polytope_samples(space: SearchSpace, n: int, seed: int) -> list[dict[str, Va
 
     polytope = Polytope.of(space, Placement(torch.device("cpu"), torch.double))
     out: list[dict[str, Value]] = []
+    completions = [max(4 * n, 64)]  # linear programs left to spend on completing points
+
+    def take(rows: np.ndarray) -> bool:
+        """Keep the rows that decode feasible, then complete the others (:meth:`SearchSpace.
+        complete`: floats moved to meet constraints that tie them to rounded ints); whether
+        ``n`` points are in hand."""
+        missed = []
+        for row in rows:
+            p = space.decode(row)
+            if space.is_feasible(p):
+                out.append(p)
+                if len(out) == n:
+                    return True
+            else:
+                missed.append(row)
+        for row in missed if space.floats_constrained else ():
+            if completions[0] <= 0:
+                break
+            completions[0] -= 1
+            done = space.complete(row)
+            if done is not None:
+                out.append(done)
+                if len(out) == n:
+                    return True
+        return False
+
     # an ensemble of chains in one vectorized walk first (Polytope.walk: milliseconds, where
     # BoTorch's chain below, 10,000 burn-in steps in Python, took seconds on every design Ask)
     walked = polytope.walk(max(4 * n, 64), seed) if polytope is not None else None
-    for row in walked.numpy() if walked is not None else ():
-        p = space.decode(row)
-        if space.is_feasible(p):
-            out.append(p)
-            if len(out) == n:
-                return out
+    if walked is not None and take(walked.numpy()):
+        return out
     attempt = 0
     while polytope is not None and len(out) < n and attempt < 20:
         try:
@@ -131,12 +154,8 @@ def polytope_samples(space: SearchSpace, n: int, seed: int) -> list[dict[str, Va
             )
         except InfeasibilityError:  # no interior to walk in (met only within the tolerance)
             break
-        for row in xs.numpy():
-            p = space.decode(row)
-            if space.is_feasible(p):
-                out.append(p)
-                if len(out) == n:
-                    break
+        if take(xs.numpy()):
+            break
         attempt += 1
     if len(out) < n:
         # (almost) no room: the one point the constraints are known to admit, repeated
