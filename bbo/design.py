@@ -80,9 +80,9 @@ def sobol_design(
     seen_feasible = 0
     drawn = 0
     while len(out) < n and drawn < 64 * (skip + n) + 4096:
-        batch = engine.random(256)
+        batch = _to_box(space, engine.random(256), region)
         drawn += 256
-        for row in _to_box(space, batch, region):
+        for row in batch[space.may_be_feasible(batch)]:
             p = space.decode(row)
             if not space.is_feasible(p):
                 continue
