@@ -498,16 +498,21 @@ def believe(model, X_pending: torch.Tensor):
 
 
 def constraint_tensors(cons: list, placement: Placement) -> list | None:
-    """Encoded linear constraints ``(indices, coefficients, rhs)`` as BoTorch takes them; None
-    for none."""
-    return [
-        (
-            torch.tensor(idx, dtype=torch.long, device=placement.device),
-            placement.tensor(coef),
-            float(rhs),
+    """Encoded linear constraints ``(indices, coefficients, rhs)`` as BoTorch takes them, each
+    divided by its largest coefficient; None for none. A row is in the parameters' units times
+    their ranges (memory in bytes: ~1e10), and SLSQP stopped on such rows ("Positive directional
+    derivative for linesearch", "Singular matrix E") on 2-5 of 20 asks, then fell back."""
+    out = []
+    for idx, coef, rhs in cons:
+        norm = max((abs(float(a)) for a in coef), default=0.0) or 1.0
+        out.append(
+            (
+                torch.tensor(idx, dtype=torch.long, device=placement.device),
+                placement.tensor([float(a) / norm for a in coef]),
+                float(rhs) / norm,
+            )
         )
-        for idx, coef, rhs in cons
-    ] or None
+    return out or None
 
 
 def inequality_tensors(space: SearchSpace, placement: Placement) -> list | None:

@@ -212,6 +212,25 @@ def test_a_float_tied_to_an_int_by_an_equality_is_searched_along_it(width):
     assert min(t.value("f") for t in trials) < 1e-4
 
 
+def test_constraint_rows_in_large_units_leave_the_optimizer_working():
+    """x 1e12 - y 1e12 <= 0 (a row in the parameters' units times their ranges, as memory in
+    bytes gives): SLSQP stopped ("Positive directional derivative", "Singular matrix E") on
+    about a third of the BO points, which fell back; rows are scaled to a largest coefficient
+    of one."""
+    space = SearchSpace(
+        (FloatParam("x", 0.0, 1.0), FloatParam("y", 0.0, 1.0)),
+        (LinearConstraint({"x": 1e12, "y": -1e12}, 0.0),),
+    )
+    for seed in (1, 2):
+        _, trials = run(
+            spec_of(space, seed=seed),
+            lambda p: {"f": (p["x"] - 0.9) ** 2 + (p["y"] - 0.1) ** 2},
+            20,
+            q=4,
+        )
+        assert not [t.reason for t in trials if t.origin == Origin.FALLBACK.value]
+
+
 def test_a_grid_point_on_a_decimal_constraint_is_a_candidate_of_the_discrete_search():
     """0.1 a + 0.3 b <= 0.7 holds at (4, 1) (bbo's check), but BoTorch's exact filter dropped it
     from the grid, so the optimum there was proposed only once every other point was measured."""
