@@ -588,9 +588,13 @@ class SearchSpace:
             except SpecError as e:
                 raise SpecError(f"{path}['{p.name}']", e.message) from None
         for j, c in enumerate(self.constraints):
-            if c.lhs(out) > c.bound + self.slack[j]:
+            lhs = c.lhs(out)
+            if lhs > c.bound + self.slack[j]:
+                # repr, not :g: lhs 0.6000001 against a bound of 0.6 read "lhs = 0.6"
                 raise SpecError(
-                    path, f"parameters violate constraint {j} ({c}): lhs = {c.lhs(out):g}"
+                    path,
+                    f"parameters violate constraint {j} ({c}): the left-hand side is {lhs!r}, "
+                    f"{lhs - c.bound:.3g} over the bound",
                 )
         return out
 

@@ -576,3 +576,11 @@ def test_the_design_decodes_few_rows_under_a_constraint_few_points_meet(monkeypa
     assert sobol_design(space, 2, seed=5, skip=3000)
     assert calls < 20_000
 
+
+def test_a_violation_message_shows_how_far_past_the_bound():
+    space = SearchSpace(
+        (FloatParam("x", 0, 1), FloatParam("y", 0, 1)), (LinearConstraint({"x": 1, "y": 1}, 0.6),)
+    )
+    with pytest.raises(SpecError) as e:
+        space.validate_params({"x": 0.3, "y": 0.3 + 1e-7})
+    assert "0.60000009" in e.value.message and "1e-07 over the bound" in e.value.message
