@@ -82,7 +82,8 @@ def rung_count(fidelity: Mapping, eta: float) -> int:
     lo, hi = float(fidelity["min"]), float(fidelity["max"])
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0 or hi <= lo or eta <= 1:
         return 1
-    return int(math.floor(math.log(hi / lo) / math.log(eta) + _REL)) + 1
+    # log(hi) - log(lo), not log(hi / lo): the ratio of 1e-300 and 1e300 overflows to inf
+    return int(math.floor((math.log(hi) - math.log(lo)) / math.log(eta) + _REL)) + 1
 
 
 def at_least(budget: float, level_budget: float) -> bool:

@@ -113,6 +113,14 @@ def test_rungs_have_a_bound(db):
     reg = registry(db)
     with pytest.raises(LimitError, match="max-rungs"):
         reg.create_study("wide", spec(fidelity={"name": "n", "min": 1e-9, "max": 1e9}))
+    # a range whose max / min overflows a float is counted too (it made a 1000-rung ladder, and
+    # Hyperband's bracket sizes overflowed on every Ask: INTERNAL)
+    for lo, hi in ((1e-300, 1e300), (5e-324, 1.0)):
+        for policy in ("asha", "hyperband"):
+            with pytest.raises(LimitError, match="max-rungs"):
+                f = {"name": "n", "min": lo, "max": hi}
+                reg.create_study("huge", spec(fidelity=f, pruning={"policy": policy}))
+    assert reg.storage.get_study("default", "huge") is None
 
 
 # ---- stopping: ASHA with asynchronous workers, replicas, and after a restart --------------------
