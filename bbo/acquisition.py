@@ -449,9 +449,11 @@ def marginal_acquisition(
     prior_exponent: float = 0.0,
     seed: int = 0,
     augmented: bool = False,
+    pending: np.ndarray | None = None,
 ) -> AcquisitionFunction | None:
     """q = 1 log expected improvement over a plug-in incumbent, the best posterior mean at the
-    observed feasible points (observed outcomes ``Y``, model units, in the GP's training order),
+    observed feasible points (observed outcomes ``Y``, model units, in the GP's training order)
+    and at the ``pending`` points' believed outcomes (model units; a believer's bar),
     outcome constraints weighting it as in qLogNEI; on the GP's cached marginals
     (:class:`~bbo.predictive.CachedPredictive`: one point's outputs are independent normals, so
     their Monte Carlo is cheap). For one objective without reported noise this is what qLogNEI
@@ -468,13 +470,16 @@ def marginal_acquisition(
         return None
     with torch.no_grad():
         mean = predictive.train_mean()[torch.as_tensor(feas), j]
+    best_f = float((sign * mean).max())
+    if pending is not None and layout.feasible(pending).any():
+        best_f = max(best_f, float((sign * pending[layout.feasible(pending), j]).max()))
     w = layout.objective_weights(mean.dtype, mean.device)
     noise = predictive.noise_variance() if augmented else None
     if noise is not None and not float(noise[j]) > 0:  # no noise (or none finite): plain EI
         noise = None
     acqf = MarginalLogEI(
         predictive,
-        best_f=float((sign * mean).max()),
+        best_f=best_f,
         sampler=SobolQMCNormalSampler(sample_shape=torch.Size([MC_SAMPLES]), seed=seed),
         objective=LinearMCObjective(w),
         constraints=layout.constraint_callables() or None,
@@ -495,6 +500,46 @@ def believe(model, X_pending: torch.Tensor):
     with torch.no_grad():
         Y = model.posterior(X_pending).mean
     return model.condition_on_observations(X_pending, Y)
+
+
+# posterior variance (in the model's units: the z-scored outcome) below which a pending point,
+# given the data and the other pending points kept, is known and left out of the believer
+PENDING_KNOWN_VARIANCE = 1e-6
+
+
+def informative_pending(model, X_pending: torch.Tensor) -> torch.Tensor:
+    """Indices of the pending points the believer conditions on: greedy pivoted Cholesky of their
+    joint posterior covariance (summed over outputs), which keeps the point the model knows
+    least, then the least known given it, until every other one is known to
+    :data:`PENDING_KNOWN_VARIANCE`: the believer's second try, where believing them all gave a
+    GP its cached marginals cannot reproduce. A batch ask on a small space crowds its points
+    where the model is sure (40 on one float beside a two-choice categorical): conditioning on
+    them all was ill-conditioned, and each later point took Monte Carlo over every pending point,
+    2-4 s apiece (ask(100): 287 s on a real server). Only a second try: near a noise-free
+    optimum the variances that steer the next point are far below it, and a pending point there
+    must still push the next one away."""
+    m, p = model.num_outputs, len(X_pending)
+    with torch.no_grad():
+        dist = model.posterior(X_pending).distribution
+        S = dist.covariance_matrix
+    if m > 1:  # each output's p x p block, summed (a multitask normal: interleaved or not)
+        if getattr(dist, "_interleaved", True):
+            S = S.reshape(p, m, p, m).diagonal(dim1=1, dim2=3).sum(-1)
+        else:
+            S = S.reshape(m, p, m, p).diagonal(dim1=0, dim2=2).sum(-1)
+    residual = S.diagonal().clone()
+    L = S.new_zeros(p, 0)
+    keep: list[int] = []
+    while len(keep) < p:
+        i = int(torch.argmax(residual))
+        if not float(residual[i]) > PENDING_KNOWN_VARIANCE * m:
+            break
+        col = (S[:, i] - L @ L[i]) / residual[i].sqrt()
+        L = torch.cat([L, col[:, None]], dim=1)
+        residual = residual - col.square()
+        residual[i] = -float("inf")
+        keep.append(i)
+    return torch.tensor(sorted(keep), dtype=torch.long, device=X_pending.device)
 
 
 def constraint_tensors(cons: list, placement: Placement) -> list | None:

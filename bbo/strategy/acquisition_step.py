@@ -25,6 +25,7 @@ from bbo.acquisition import (
     budget,
     cheap_initial_conditions,
     evaluate,
+    informative_pending,
     make_acquisition,
     marginal_acquisition,
     optimize,
@@ -161,12 +162,24 @@ class AcquisitionStep:
             joint()  # built here, as before: where BoTorch cannot, the caller falls back
 
         def believer(X_pending: torch.Tensor) -> AcquisitionFunction | None:
-            believed = cached_predictive(believe(model, X_pending))
-            if believed is None:
-                return None
+            believed, pending = cached_predictive(believe(model, X_pending)), None
+            if believed is None:  # ill-conditioned: again without the points it knows
+                keep = informative_pending(model, X_pending)
+                if len(keep) == len(X_pending):
+                    return None
+                believed = cached_predictive(believe(model, X_pending[keep]))
+                if believed is None:
+                    return None
+                with torch.no_grad():  # every pending point's outcome still sets the bar
+                    pending = to_numpy(model.posterior(X_pending).mean)
             fantasies = to_numpy(believed.train_mean()[len(rows) :])
             return marginal_acquisition(
-                believed, layout, np.vstack([Y, fantasies]), augmented=noisy, **steer
+                believed,
+                layout,
+                np.vstack([Y, fantasies]),
+                augmented=noisy,
+                pending=pending,
+                **steer,
             )
 
         def believer_mo(X_pending: torch.Tensor) -> AcquisitionFunction:
