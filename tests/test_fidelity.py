@@ -14,6 +14,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bbo.errors import ConflictError, LimitError, SpecError
@@ -713,3 +714,33 @@ def test_a_rung_decision_sees_a_value_committed_but_not_yet_marked(db):
     rebuilt = Rungs(st.spec, st.trials(), st.storage.curves(st.uid))
     assert first == rebuilt.should_stop(st.get_trial(b.id), 1.0)  # and after a restart
     st.storage.close()
+
+
+def test_a_fidelity_study_learns_from_its_transfer_sources():
+    """A study with a fidelity and transfer sources: the service read the sources on every ask
+    and listed them as used, but the multi-fidelity strategy never took them (no transfer origin,
+    no weights). Its GP over every measured trial now learns from them."""
+    from bbo.strategy.base import UsesSources
+    from bbo.strategy.multi_fidelity import MultiFidelityStrategy
+    from bbo.transfer import SourceData
+
+    s = StudySpec.from_dict(
+        spec(algorithm={"seed": 2, "n_initial": 3}, transfer={"sources": ["src"]})
+    )
+    mf = MultiFidelityStrategy(s)
+    assert isinstance(mf, UsesSources)
+    xs = np.linspace(0.02, 0.98, 20)
+    src = [
+        Trial(i + 1, {"x": float(x)}, TrialState.COMPLETED, {"loss": Metric(loss(x, 27))})
+        for i, x in enumerate(xs)
+    ]
+    source_spec = StudySpec.from_dict({"parameters": X, "objectives": [{"name": "loss"}]})
+    mf.set_sources([SourceData("uid-src", "src", source_spec, src)])
+    trials, curves = [], {}
+    for i, x in enumerate((0.1, 0.5, 0.9, 0.3), start=1):
+        curves[i] = [CurvePoint(1, loss(x, 1), 1.0, float(i))]
+        trials.append(Trial(i, {"x": x}, TrialState.PAUSED, budget=1.0, bracket=0))
+    out = mf.suggest(trials, 1, curves=curves)
+    assert out[0].origin.startswith("transfer")
+    report = mf.transfer_report()
+    assert report is not None and "uid-src" in report["by_metric"]["loss"]

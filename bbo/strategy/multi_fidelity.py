@@ -37,7 +37,8 @@ MIN_PAIRS = 3  # trials measured at two neighbouring rungs before the map betwee
 class MultiFidelityStrategy:
     """Suggestions for a study with a fidelity (see the module docstring). Implements
     :class:`~bbo.strategy.base.Strategy`, :class:`~bbo.strategy.base.SharesModelState` and
-    :class:`~bbo.strategy.base.UsesCurves` (the study hands it the stored curves)."""
+    :class:`~bbo.strategy.base.UsesCurves` (the study hands it the stored curves) and
+    :class:`~bbo.strategy.base.UsesSources`."""
 
     uses_curves: Literal[True] = True
 
@@ -99,6 +100,15 @@ class MultiFidelityStrategy:
     def status(self, trials: Sequence[Trial]) -> StudyStatus:
         """Always ACTIVE: a study with a fidelity has no outcome constraints."""
         return ACTIVE_STATUS
+
+    def set_sources(self, sources: Sequence) -> None:
+        """The source studies' data (:mod:`bbo.transfer`): the GP over every measured trial
+        learns from them as a study without a fidelity does. (Without this the service read the
+        sources on every ask, listed them as used, and no ask used them.)"""
+        self.inner.set_sources(sources)
+
+    def transfer_report(self) -> dict | None:
+        return self.inner.transfer_report()
 
     def export_state(self):
         return self.inner.export_state()
