@@ -69,7 +69,19 @@ class StudySources:
         new = dict(transfer)
         new["deleted"] = sorted(r.uid for r in source_refs(transfer) if r.uid not in live)
         if report is not None:
-            new["weights"] = report
+            # a source deleted since the strategy last weighed it has no weight now (its last
+            # weight read as if the later asks still used it)
+            by_metric = {
+                m: {u: w for u, w in ws.items() if u in live}
+                for m, ws in report["by_metric"].items()
+            }
+            target = {
+                m: w
+                if by_metric.get(m) == report["by_metric"].get(m)
+                else 1.0 - sum(by_metric[m].values())
+                for m, w in report["target"].items()
+            }
+            new["weights"] = {**report, "by_metric": by_metric, "target": target}
         if canonical_json(new) == canonical_json(transfer):
             return None
         self.storage.set_study_transfer(self.uid, new)

@@ -861,6 +861,9 @@ def test_sources_survive_a_restart_and_a_deleted_source_is_left_out(tmp_path, ca
     (tr,) = t.ask().trials
     assert "transfer" not in tr.origin and "transfer weights" not in tr.reason
     assert t.info().transfer["deleted"] == [src.uid] != [again.uid]
+    # its weight is gone with it (it read as the last weight the strategy gave it)
+    assert t.info().transfer["weights"]["by_metric"]["y"] == {}
+    assert t.info().transfer["weights"]["target"]["y"] == 1.0
     reg.close()
     storage.close()
 
