@@ -669,9 +669,16 @@ class SearchSpace:
                 "ordinal parameters at one of their values: loosen a bound",
             )
         if self.constraints and self._feasible_point() is not None:
+            from bbo.discrete_search import feasible_grid
+
             _, eq = split_equalities(self.inequality_constraints(), self.bounds())
-            if np.linalg.matrix_rank(dense_constraints(eq, self.dim)[0]) >= self.dim:
-                point = self.feasible_params or {}
+            grid = feasible_grid(self)  # a small grid's points; None where it is not one
+            only = grid[0] if grid is not None and len(grid) == 1 else None  # a + b <= 0.5
+            if (
+                only is not None
+                or np.linalg.matrix_rank(dense_constraints(eq, self.dim)[0]) >= self.dim
+            ):
+                point = self.decode(only) if only is not None else self.feasible_params or {}
                 shown = ", ".join(f"{n} = {v!r}" for n, v in point.items())
                 raise SpecError(
                     path,

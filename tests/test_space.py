@@ -584,3 +584,14 @@ def test_a_violation_message_shows_how_far_past_the_bound():
     with pytest.raises(SpecError) as e:
         space.validate_params({"x": 0.3, "y": 0.3 + 1e-7})
     assert "0.60000009" in e.value.message and "1e-07 over the bound" in e.value.message
+
+
+def test_a_grid_the_constraints_leave_one_point_of_is_refused_however_written():
+    """Over ints a, b in 0..5, ``a + b <= 0`` was refused as leaving one point while
+    ``a + b <= 0.5``, the same single grid point, was accepted (its relaxation has room)."""
+    ab = (IntParam("a", 0, 5), IntParam("b", 0, 5))
+    for bound in (0.0, 0.5):
+        space = SearchSpace(ab, (LinearConstraint({"a": 1, "b": 1}, bound),))
+        with pytest.raises(SpecError, match=r"leave one point \(a = 0, b = 0\)"):
+            space.check_reachable()
+    SearchSpace(ab, (LinearConstraint({"a": 1, "b": 1}, 1.5),)).check_reachable()
