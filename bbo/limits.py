@@ -25,7 +25,11 @@ class LimitExceeded(LimitError):
     """A request over one of :class:`RequestLimits`; ``field`` names the offending part."""
 
     def __init__(self, field: str, message: str, flag: str):
-        super().__init__(f"{field}: {message} (bbo serve --{flag.replace('_', '-')})")
+        said = f"{message} (bbo serve --{flag.replace('_', '-')})"
+        super().__init__(f"{field}: {said}")
+        # ``message`` without the field, as a SpecError's: the BadRequest violation carries the
+        # field beside it, and a client showing "field: description" would name it twice
+        self.message = said
         self.field = field
         self.flag = flag
 
