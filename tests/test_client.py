@@ -156,6 +156,23 @@ def test_optimize_multi_objective_needs_dicts(client, study_name):
     assert t.state == "FAILED" and "single-objective" in t.reason
 
 
+def test_a_tuple_for_several_objectives_is_refused_naming_them(client, study_name):
+    """An Optuna-style objective returning a tuple in a multi-objective study: the failure says
+    what came back and which objectives the dict needs, not only that a number is ambiguous."""
+    s = client.create_study(
+        study_name,
+        parameters=[bc.Float("x", 0, 1)],
+        objectives=[bc.Minimize("a"), bc.Maximize("b")],
+    )
+    s.optimize(lambda p: (p["x"], 1 - p["x"]), n_trials=1, progress=False)
+    (t,) = s.trials()
+    assert t.state == "FAILED"
+    assert "got tuple (" in t.reason and "(a, b)" in t.reason, t.reason
+    (t2,) = s.ask()
+    with pytest.raises(bc.InvalidArgument, match=r"2 objectives \(a, b\), got list \[0\.1, 0\.2\]"):
+        s.tell(t2, [0.1, 0.2])
+
+
 def test_an_objectives_declared_noise_reaches_the_server_and_back(client, study_name):
     s = client.create_study(
         study_name,

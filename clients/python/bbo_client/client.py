@@ -342,6 +342,12 @@ def _number(x: Any, name: str) -> float:
     return float(x)
 
 
+def _short(x: Any, limit: int = 80) -> str:
+    """``repr(x)``, cut to ``limit`` characters (for a message)."""
+    r = repr(x)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
 def _trial_id(t: int | Trial) -> int:
     return t.id if isinstance(t, Trial) else int(t)
 
@@ -434,9 +440,12 @@ class StudyHandle:
         if isinstance(metrics, Mapping):
             return dict(metrics)
         objs = self.info(cached=True).objectives
-        if len(objs) != 1:
+        if len(objs) != 1:  # a tuple (Optuna's habit) is as ambiguous as a number: say what came
+            names = ", ".join(o.name for o in objs)
             raise InvalidArgument(
-                "a bare number is only accepted for a single-objective study: pass a dict",
+                "a bare number is only accepted for a single-objective study: pass a dict "
+                f"{{name: value}} with each of the {len(objs)} objectives ({names}), "
+                f"got {type(metrics).__name__} {_short(metrics)}",
                 field="metrics",
             )
         return {objs[0].name: metrics}
