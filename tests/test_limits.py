@@ -191,6 +191,9 @@ def test_request_limits_unit():
     assert e.value.field == "spec"
     with pytest.raises(ValueError, match="--max-choices"):
         RequestLimits(max_choices=0)
+    # asks of more objectives have no bound worth the name (6 and a 40-trial front: > 100 s)
+    with pytest.raises(ValueError, match="--max-objectives can be at most 4"):
+        RequestLimits(max_objectives=5)
 
 
 def test_the_points_a_gp_is_fit_on_are_bounded_by_the_server(registry):
