@@ -604,3 +604,36 @@ def test_node_trials_read_back_carry_their_standard_errors(bbo_server, client, s
         timeout=60,
     )
     assert got[0]["metrics"] == {"y": 0.5, "t": 2.0} and got[0]["sems"] == {"y": 0.1}
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_add_trial_keeps_whole_numbers_past_2_53(bbo_server, client, study_name):
+    """A whole number past 2**53 went as int64 ``integer``: protobufjs clipped 1e20 on a float
+    parameter to 2**63 - 1, a point nobody meant, stored without a word."""
+    script = r"""
+const {Client} = require('./src');
+const [address, name] = process.argv.slice(1);
+(async () => {
+  const c = new Client(address);
+  const s = await c.createStudy(name, {parameters: [
+    {name: 'x', float: {low: 0, high: 1e30}},
+    {name: 'k', int: {low: '-9223372036854775808', high: '9223372036854775807'}},
+  ], objectives: [{name: 'y'}]});
+  const out = [];
+  for (const p of [{x: 1e20, k: 2 ** 62}, {x: 3, k: -(2 ** 60)}]) {
+    const t = await s.addTrial(p, {y: 1});
+    out.push([t.parameters.x, t.parameters.k]);
+  }
+  let over = null;
+  try { await s.addTrial({x: 1, k: 2 ** 64}, {y: 1}); } catch (e) { over = e.codeName; }
+  console.log(JSON.stringify({out, over}));
+  c.close();
+})();
+"""
+    r = _node_json(script, bbo_server.address, study_name, timeout=60)
+    # JSON.stringify writes 2**62 as 4611686018427388000: the same double
+    out = [[float(v) for v in row] for row in r["out"]]
+    assert out == [[1e20, 2.0**62], [3.0, -(2.0**60)]] and r["over"] == "INVALID_ARGUMENT", r
+    got = [t.params for t in client.study(study_name).trials()]
+    assert got == [{"x": 1e20, "k": 2**62}, {"x": 3.0, "k": -(2**60)}], got
+

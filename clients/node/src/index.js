@@ -64,8 +64,8 @@ function toParameterValues(params) {
     if (typeof v === 'string') out[k] = { category: v };
     else if (typeof v !== 'number') {
       throw invalidArgument(`parameters['${k}']`, `a parameter value is a number or a choice's string, got ${show(v)}`);
-    } else if (Number.isInteger(v)) out[k] = { integer: v };
-    else out[k] = { number: v };
+    } else if (Number.isSafeInteger(v)) out[k] = { integer: v };
+    else out[k] = { number: v };  // past 2**53 as a double: int64 would clip 1e20 to 2**63 - 1
   }
   return out;
 }
