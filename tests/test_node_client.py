@@ -637,3 +637,25 @@ const [address, name] = process.argv.slice(1);
     got = [t.params for t in client.study(study_name).trials()]
     assert got == [{"x": 1e20, "k": 2**62}, {"x": 3.0, "k": -(2**60)}], got
 
+
+_LONG_LEASE_SCRIPT = r"""
+const {Study} = require('./src');
+// a study whose server grants a 1e7 s lease (bbo serve --lease-seconds 1e7): no server needed
+const s = new Study(null, 'long-lease');
+let beats = 0;
+s.ask = async () => [{id: 1, parameters: {x: 0.5}, created: 1000, updated: 1000, leaseExpires: 1000 + 1e7}];
+s.heartbeat = async () => { beats += 1; };
+s.tell = async () => {};
+s.bestResult = async () => ({trials: []});
+(async () => {
+  await s.optimize(async (p) => { await new Promise((r) => setTimeout(r, 300)); return {y: p.x}; }, 1, {progress: false});
+  console.log(JSON.stringify({beats}));
+})();
+"""
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_optimize_heartbeats_are_not_a_flood_under_a_long_lease():
+    """A third of a lease over ~74 days is past setInterval's 2**31 - 1 ms, which Node then runs
+    every 1 ms: a 0.5 s evaluation sent ~370 heartbeats (Heartbeat is exempt from --rate-limit)."""
+    assert _node_json(_LONG_LEASE_SCRIPT, timeout=60) == {"beats": 0}

@@ -12,6 +12,7 @@ const cliProgress = require('cli-progress');
 const { RequestChecker, RequestError, show } = require('./check');
 
 const BEST_EVERY_MS = 2000; // at least this long between the progress bar's reads of the best
+const MAX_TIMER_MS = 2 ** 31 - 1;  // the longest delay setInterval keeps
 
 function protoRoot() {
   const candidates = [
@@ -527,7 +528,9 @@ class Study {
         throw new TrialPruned(advice.reason, step, value);
       }
     };
-    const timer = setInterval(() => this.heartbeat(trial).catch(() => {}), (1000 * leaseSeconds(trial)) / 3);
+    // setInterval runs a delay past 2**31 - 1 ms (a lease over ~74 days) every 1 ms instead
+    const every = Math.min((1000 * leaseSeconds(trial)) / 3, MAX_TIMER_MS);
+    const timer = setInterval(() => this.heartbeat(trial).catch(() => {}), every);
     try {
       metrics = await fn(trial.parameters, trial, report);
     } catch (e) {
