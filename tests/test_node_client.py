@@ -659,3 +659,40 @@ def test_node_optimize_heartbeats_are_not_a_flood_under_a_long_lease():
     """A third of a lease over ~74 days is past setInterval's 2**31 - 1 ms, which Node then runs
     every 1 ms: a 0.5 s evaluation sent ~370 heartbeats (Heartbeat is exempt from --rate-limit)."""
     assert _node_json(_LONG_LEASE_SCRIPT, timeout=60) == {"beats": 0}
+
+
+_TELL_PATIENCE_SCRIPT = r"""
+const grpc = require('@grpc/grpc-js');
+const {Client, Study, BboError} = require('./src');
+// the server goes away after the Ask and answers again on the 7th Tell: past the call's own
+// retries (2 tries here; 8, ~15 s, by default), within optimize's patience
+const c = new Client('127.0.0.1:1', {retries: 1, backoffMs: 1, maxBackoffMs: 5});
+const calls = [];
+let tells = 0;
+const trial = {id: '1', parameters: {x: {number: 0.5, kind: 'number'}}, state: 'TRIAL_STATE_PENDING', metrics: {}};
+c.callOnce = async (method, request) => {
+  calls.push(method);
+  if (method === 'Ask') return {trials: [trial]};
+  if (method === 'GetBest') return {trials: [], state: 'STUDY_STATE_ACTIVE'};
+  tells += 1;
+  if (tells < 7) throw new BboError({code: grpc.status.UNAVAILABLE, details: 'connection refused'});
+  return {trial: {...trial, state: 'TRIAL_STATE_COMPLETED', metrics: {y: {value: request.metrics.y.value}}}};
+};
+(async () => {
+  const out = {};
+  try {
+    await new Study(c, 'away').optimize(async (p) => ({y: p.x}), 1, {progress: false});
+    out.result = 'ok';
+  } catch (e) { out.result = e.codeName; }
+  out.tells = calls.filter((m) => m === 'Tell').length;
+  console.log(JSON.stringify(out));
+})();
+"""
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_optimize_keeps_a_result_while_the_server_is_away():
+    """A server away longer than a call's retries (~15 s by default) at the end of an evaluation:
+    optimize threw UNAVAILABLE and the result was lost, its trial left PENDING until its lease
+    ran out. It retries the Tell for up to tellPatienceMs, as the Python client's tell_patience."""
+    assert _node_json(_TELL_PATIENCE_SCRIPT, timeout=60) == {"result": "ok", "tells": 7}

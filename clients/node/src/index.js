@@ -463,17 +463,19 @@ class Study {
   // metrics refused (a missing objective, NaN, a value that is not a number, no object of metrics
   // returned) fail it with the reason.
   //
-  // options: {workerId ('node'), progress} or the worker id alone. progress (default: standard error
+  // options: {workerId ('node'), progress, tellPatienceMs (600000)} or the worker id alone.
+  // tellPatienceMs: how long a result, a report or a failure is retried while the server is away. progress (default: standard error
   // is a terminal) draws a progress bar there with the study's best (cli-progress), read from the
   // server at most every BEST_EVERY_MS and once at the end.
   async optimize(fn, nTrials, options = {}) {
     const opts = typeof options === 'string' ? { workerId: options } : options;
     const workerId = opts.workerId || 'node';
+    const patienceMs = opts.tellPatienceMs ?? 600000;
     const progress = opts.progress ?? Boolean(process.stderr.isTTY);
     const bar = progress ? this._progressBar(nTrials) : null;
     try {
       for (let i = 0; i < nTrials; i += 1) {
-        await this._optimizeOne(fn, workerId);
+        await this._optimizeOne(fn, workerId, patienceMs);
         if (bar) {
           bar.increment();
           await bar.showBest();
@@ -515,14 +517,28 @@ class Study {
   }
 
   // One trial of optimize: ask, evaluate, tell (or fail, or prune).
-  async _optimizeOne(fn, workerId) {
+  // A result (or a report) is retried for up to patienceMs while the server is away, as the
+  // Python client's tell_patience: a restart longer than the call's own retries (~15 s) must not
+  // lose an evaluation that may have taken hours.
+  async _optimizeOne(fn, workerId, patienceMs = 600000) {
+    const patiently = async (call) => {
+      const start = Date.now();
+      for (;;) {
+        try {
+          return await call();
+        } catch (e) {
+          if (!(e instanceof BboError) || !retryableWithoutDelay(e) || Date.now() - start >= patienceMs) throw e;
+          await sleep(Math.min(this.client.maxBackoffMs, 1000) * (0.5 + Math.random()));
+        }
+      }
+    };
     const [trial] = await this.ask(1, workerId);
     let metrics;
     let last = null;
     let stop = null;
     const report = async (step, value, budget = 0) => {
       last = { step, value, budget };
-      const advice = await this.report(trial, step, value, budget);
+      const advice = await patiently(() => this.report(trial, step, value, budget));
       if (advice.shouldStop) {
         stop = advice.reason;
         throw new TrialPruned(advice.reason, step, value);
@@ -535,7 +551,7 @@ class Study {
       metrics = await fn(trial.parameters, trial, report);
     } catch (e) {
       if (!(e instanceof TrialPruned)) {
-        await this.fail(trial, String(e && e.message ? e.message : e));
+        await patiently(() => this.fail(trial, String(e && e.message ? e.message : e)));
         return;
       }
     } finally {
@@ -543,14 +559,14 @@ class Study {
     }
     try {
       if (stop !== null || (metrics == null && last !== null)) {
-        const told = metrics || (last ? { [await this.objectiveName()]: last.value } : {});
-        await this.prune(trial, stop || 'stopped by the objective', told, last ? last.budget : 0);
+        const told = metrics || (last ? { [await patiently(() => this.objectiveName())]: last.value } : {});
+        await patiently(() => this.prune(trial, stop || 'stopped by the objective', told, last ? last.budget : 0));
       } else {
-        await this.tell(trial, metrics);
+        await patiently(() => this.tell(trial, metrics));
       }
     } catch (e) {
       if (!(e instanceof BboError) || e.code !== grpc.status.INVALID_ARGUMENT) throw e;
-      await this.fail(trial, `metrics refused: ${e.message}`);
+      await patiently(() => this.fail(trial, `metrics refused: ${e.message}`));
     }
   }
 }
