@@ -86,10 +86,14 @@ def default_strategy_factory(spec: StudySpec):
 
 
 def check_name(name: Any) -> str:
+    """A new study's name: STUDY_NAME, but not ``.`` or ``..``, which a URL's path resolves away
+    (the dashboard's page of a study so named asked for the list of studies, or for nothing)."""
     if not isinstance(name, str) or not STUDY_NAME.fullmatch(name):
         raise SpecError(
             "name", f"study name {str(name)[:140]!r} must be 1-128 letters, digits, '_', '-', '.'"
         )
+    if name in (".", ".."):
+        raise SpecError("name", f"study name {name!r} is a path segment: add a letter or digit")
     return name
 
 

@@ -43,6 +43,15 @@ def test_create_get_list_delete_study(client, study_name, make_study):
         client.get_study(study_name)
 
 
+@pytest.mark.parametrize("name", [".", "..", "a b", ""])
+def test_a_study_name_a_url_cannot_carry_is_refused(client, make_study, name):
+    """``.`` and ``..`` passed the name check, and the dashboard's page of such a study asked the
+    browser for ``api/studies/.``, which it resolves to the list of studies (or to nothing)."""
+    with pytest.raises(bc.InvalidArgument, match="study name"):
+        make_study(client, name)
+    assert name not in [i.name for i in client.list_studies()]
+
+
 def test_list_studies_pages(client, make_study, study_name):
     names = [f"{study_name}-{i}" for i in range(5)]
     for n in names:
