@@ -208,6 +208,8 @@ def test_another_tenants_study_is_not_found(dash):
         assert status == 404 and body["error"] == f"study '{name}' not found"
     assert get(dash.url + f"api/studies/{name}", dash.key)[0] == 200
     assert len(everything(dash, name, "trials", 1000, "trials")) == 12
+    status, body = get(dash.url + "api/studies/" + "x" * 100_000, dash.key)  # not echoed whole
+    assert status == 404 and body["error"] == f"study '{'x' * 140}' not found"
 
 
 def test_study_json_matches_what_the_api_stored(dash):

@@ -226,10 +226,15 @@ def _found(endpoint):
         try:
             return endpoint(self, request)
         except NotFoundError:
-            name = request.path_params.get("name", "")
-            raise HTTPException(404, f"study '{name}' not found") from None
+            raise _missing(request.path_params.get("name", "")) from None
 
     return wrapper
+
+
+def _missing(name: str) -> HTTPException:
+    """404 for a study ``name`` (cut as the core's message cuts it: a 100 KB name in the URL was
+    echoed whole)."""
+    return HTTPException(404, f"study '{name[:140]}' not found")
 
 
 class Dashboard:
@@ -301,7 +306,7 @@ class Dashboard:
         try:
             return self.registry.get_study(name, tenant)
         except NotFoundError:
-            raise HTTPException(404, f"study '{name}' not found") from None
+            raise _missing(name) from None
 
     # ---- endpoints (sync: Starlette runs them on its thread pool) ------------------------------
     def session(self, request: Request) -> JSONResponse:
