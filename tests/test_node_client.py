@@ -73,6 +73,20 @@ def test_node_client_gets_grpc_status_for_unknown_study(bbo_server):
     assert out.stdout.strip() == "NOT_FOUND"
 
 
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_a_call_after_close_is_refused_with_a_code(bbo_server):
+    """A call after ``close()`` rejected with grpc-js's plain Error ("Channel has been shut
+    down"), no ``code`` or ``codeName`` for a caller's error handling to read."""
+    out = _node_json(
+        "const {Client, Study}=require('./src');"
+        f"const c=new Client('{bbo_server.address}', {{retries: 0}});"
+        "c.close();"
+        "new Study(c,'any').ask(1).then(()=>process.exit(3))"
+        ".catch(e=>console.log(JSON.stringify({name: e.codeName, message: e.message})));"
+    )
+    assert out["name"] == "CANCELLED" and "closed" in out["message"], out
+
+
 _TLS_SCRIPT = r"""
 const {Client} = require('./src');
 const [address, optsJson, study] = process.argv.slice(1);

@@ -318,6 +318,9 @@ class Client {
   }
 
   callOnce(method, request) {
+    if (this.closed) {  // grpc-js throws a plain Error ("Channel has been shut down"): give a code
+      return Promise.reject(new BboError({ code: grpc.status.CANCELLED, details: 'the client is closed: make a new Client' }));
+    }
     const md = new grpc.Metadata();
     if (this.apiKey) md.set('authorization', `Bearer ${this.apiKey}`);
     const deadline = new Date(Date.now() + this.deadlineMs);
@@ -341,6 +344,7 @@ class Client {
   }
 
   close() {
+    this.closed = true;
     this.stub.close();
   }
 }
