@@ -72,6 +72,23 @@ def test_studies_trials_best(bbo_server, populated):
     assert "acc=0.7" in bbo("best", populated, *addr).stdout
 
 
+def test_best_shows_the_objectives_first(bbo_server, study_name):
+    """``bbo best`` printed a trial's metrics in the order they came, so the objective could sit
+    behind tracked metrics; it shows the objectives, then the constrained metrics, then the rest."""
+    with bc.Client(bbo_server.address) as c:
+        s = c.create_study(
+            study_name,
+            parameters=[bc.Float("x", 0, 1)],
+            objectives=[bc.Minimize("zloss")],
+            constraints=[bc.Constraint("ylat", "<=", 10)],
+            tracked_metrics=["bsize", "atime"],
+        )
+        (t,) = s.ask(1)
+        s.tell(t, {"atime": 3.0, "bsize": 2.0, "ylat": 1.0, "zloss": 0.5})
+    out = bbo("best", study_name, "--address", bbo_server.address).stdout
+    assert "metrics: zloss=0.5, ylat=1, atime=3, bsize=2" in out, out
+
+
 def test_plot_writes_png(bbo_server, populated, tmp_path):
     out = tmp_path / "p.png"
     r = bbo("plot", populated, "--address", bbo_server.address, "-o", str(out))

@@ -184,9 +184,19 @@ def trials(args) -> int:
     return 0
 
 
+def _metric_order(info, metrics) -> list[str]:
+    """The objectives first, then the constrained metrics, then the rest (tracked ones) by name:
+    in the order they came a study's objective could sit behind dozens of tracked metrics."""
+    first = [o.name for o in info.objectives] + [c.metric for c in info.constraints]
+    ahead = [m for m in dict.fromkeys(first) if m in metrics]
+    return ahead + sorted(m for m in metrics if m not in ahead)
+
+
 def best(args) -> int:
     with connect(args) as c:
-        b = c.study(args.study).best()
+        h = c.study(args.study)
+        b = h.best()
+        info = h.info(cached=True) if b.trials and not args.json else None
     if args.json:
         print(
             json.dumps(
@@ -212,7 +222,8 @@ def best(args) -> int:
     for t in b.trials:
         print(f"trial {t.id} ({t.origin})")
         print(text("  params:  " + ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())))
-        print(text("  metrics: " + ", ".join(f"{k}={_fmt(v)}" for k, v in t.metrics.items())))
+        shown = ", ".join(f"{k}={_fmt(t.metrics[k])}" for k in _metric_order(info, t.metrics))
+        print(text("  metrics: " + shown))
     if b.selection:
         print(f"  chosen:  {text(b.selection)}")
     if b.estimate is not None:
