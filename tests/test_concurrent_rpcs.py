@@ -189,9 +189,11 @@ def test_a_call_refused_past_the_cap_is_counted_in_the_metrics(capped):
     from bbo_server import metrics as M
 
     def counts():
+        timed = M.RPC_DURATION.labels(method="GetStudy", code="RESOURCE_EXHAUSTED")
         return (
             M.RPC_REQUESTS.labels(method="GetStudy", code="RESOURCE_EXHAUSTED")._value.get(),
             M.LIMIT_REFUSALS.labels(limit="concurrent_rpcs")._value.get(),
+            sum(b.get() for b in timed._buckets),  # the histogram's count
         )
 
     before = counts()
@@ -199,7 +201,7 @@ def test_a_call_refused_past_the_cap_is_counted_in_the_metrics(capped):
     with pytest.raises(grpc.RpcError) as e:
         capped.stub.GetStudy(service_pb2.GetStudyRequest(name="capped"), timeout=WAIT)
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert counts() == (before[0] + 1, before[1] + 1)
+    assert counts() == (before[0] + 1, before[1] + 1, before[2] + 1)
 
 
 def test_a_call_that_sends_no_request_is_counted_in_the_metrics(tmp_path):

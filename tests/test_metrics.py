@@ -65,6 +65,11 @@ def test_metrics_endpoint(server_factory, tmp_path):
     assert value(m, "bbo_rpc_requests_total", method="GetStudy", code="NOT_FOUND") == 1
     assert value(m, "bbo_rpc_requests_total", method="ListStudies", code="UNAUTHENTICATED") == 1
     assert value(m, "bbo_rpc_duration_seconds_count", method="Ask", code="OK") == 3
+    # refused before its request was read (no key): timed too, not only counted
+    assert (
+        value(m, "bbo_rpc_duration_seconds_count", method="ListStudies", code="UNAUTHENTICATED")
+        == 1
+    )
     assert value(m, "bbo_trials_asked_total", origin="initial_design") == 3
     assert value(m, "bbo_tells_total", state="COMPLETED") == 3
     assert value(m, "bbo_tells_total", state="COMPLETED (duplicate)") == 1

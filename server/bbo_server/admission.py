@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from typing import Any
@@ -146,9 +147,7 @@ class Admission(grpc.ServerInterceptor):
         # counted here: the refusal reaches no other interceptor (MetricsInterceptor included)
         M.LIMIT_REFUSALS.labels(limit="concurrent_rpcs").inc()
         if path.startswith(SERVICE_PREFIX) and handler.unary_unary is not None:
-            M.RPC_REQUESTS.labels(
-                method=path[len(SERVICE_PREFIX) :], code="RESOURCE_EXHAUSTED"
-            ).inc()
+            M.count_refused(path[len(SERVICE_PREFIX) :], "RESOURCE_EXHAUSTED", 0.0)  # at once
         if self.refused == 1 or self.refused % 1000 == 0:
             log.warning(
                 "refusing calls: --max-concurrent-rpcs reached",
@@ -170,6 +169,7 @@ class Admission(grpc.ServerInterceptor):
 
         def read(request_iterator, context):
             started = False  # the request came: the inner handler (MetricsInterceptor) counts it
+            t0 = time.perf_counter()
             try:
                 with (
                     self.identified(context)
@@ -197,13 +197,13 @@ class Admission(grpc.ServerInterceptor):
                     extra={"rpc": method, "peer": context.peer(), "detail": e.message},
                 )
                 status = status_for(e)
-                M.RPC_REQUESTS.labels(method=method, code=status.code.name).inc()
+                M.count_refused(method, status.code.name, time.perf_counter() - t0)
                 context.abort_with_status(status)
             except BaseException:
                 if not started:  # no request came (INVALID_ARGUMENT), or its caller went away
                     code = context.code()
                     name = code.name if code is not None else "CANCELLED"
-                    M.RPC_REQUESTS.labels(method=method, code=name).inc()
+                    M.count_refused(method, name, time.perf_counter() - t0)
                 raise
 
         out = grpc.stream_unary_rpc_method_handler(

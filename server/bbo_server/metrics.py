@@ -114,6 +114,14 @@ def record_llm_call(
         LLM_SECONDS.observe(float(latency_seconds))
 
 
+def count_refused(method: str, code: str, seconds: float) -> None:
+    """A BboService call refused before its request was read (the admission interceptor's: the
+    concurrency cap, a missing key, no request), which reaches no MetricsInterceptor: counted
+    and timed as the calls that do."""
+    RPC_REQUESTS.labels(method=method, code=code).inc()
+    RPC_DURATION.labels(method=method, code=code).observe(seconds)
+
+
 def serve_http(port: int, host: str = "127.0.0.1") -> None:
     """Serve /metrics on ``host:port`` from a daemon thread."""
     start_http_server(int(port), addr=host)
