@@ -38,6 +38,9 @@ class LimitExceeded(LimitError):
 # a Pareto front (FastNondominatedPartitioning) took 4.3 s for 4 objectives and a 300-trial front,
 # 7.7 s for 5 and 60 trials, 9.8 s for 6 and 20, over 100 s for 6 and 40
 OBJECTIVES_CAP = 4
+# the most rungs a server may allow (--max-rungs): Hyperband's bracket sizes are eta^k, which
+# overflow a double past about 640 rungs at eta 3 (every ask then failed INTERNAL)
+RUNGS_CAP = 100
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,10 @@ class RequestLimits:
                 f"--max-objectives can be at most {OBJECTIVES_CAP}: the exact hypervolume box "
                 "decomposition an ask of several objectives makes grows exponentially with them "
                 "(6 objectives, a front of 40 trials: over 100 s an ask)"
+            )
+        if self.max_rungs > RUNGS_CAP:
+            raise ValueError(
+                f"--max-rungs can be at most {RUNGS_CAP}: Hyperband's brackets grow as eta^rungs"
             )
         if self.max_model_points < DEFAULT_MODEL_POINTS:
             raise ValueError(

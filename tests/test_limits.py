@@ -194,6 +194,10 @@ def test_request_limits_unit():
     # asks of more objectives have no bound worth the name (6 and a 40-trial front: > 100 s)
     with pytest.raises(ValueError, match="--max-objectives can be at most 4"):
         RequestLimits(max_objectives=5)
+    # Hyperband's bracket sizes eta^k overflowed a double past ~640 rungs at eta 3 (INTERNAL)
+    with pytest.raises(ValueError, match="--max-rungs can be at most 100"):
+        RequestLimits(max_rungs=1000)
+    RequestLimits(max_rungs=100)
 
 
 def test_the_points_a_gp_is_fit_on_are_bounded_by_the_server(registry):
