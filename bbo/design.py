@@ -110,12 +110,13 @@ def polytope_samples(space: SearchSpace, n: int, seed: int) -> list[dict[str, Va
 
     polytope = Polytope.of(space, Placement(torch.device("cpu"), torch.double))
     out: list[dict[str, Value]] = []
-    completions = [max(4 * n, 64)]  # linear programs left to spend on completing points
+    completions = max(4 * n, 64)  # linear programs left to spend on completing points
 
     def take(rows: np.ndarray) -> bool:
         """Keep the rows that decode feasible, then complete the others (:meth:`SearchSpace.
         complete`: floats moved to meet constraints that tie them to rounded ints); whether
         ``n`` points are in hand."""
+        nonlocal completions
         missed = []
         for row in rows:
             p = space.decode(row)
@@ -126,9 +127,9 @@ def polytope_samples(space: SearchSpace, n: int, seed: int) -> list[dict[str, Va
             else:
                 missed.append(row)
         for row in missed if space.floats_constrained else ():
-            if completions[0] <= 0:
+            if completions <= 0:
                 break
-            completions[0] -= 1
+            completions -= 1
             done = space.complete(row)
             if done is not None:
                 out.append(done)
