@@ -710,3 +710,47 @@ def test_node_optimize_keeps_a_result_while_the_server_is_away():
     optimize threw UNAVAILABLE and the result was lost, its trial left PENDING until its lease
     ran out. It retries the Tell for up to tellPatienceMs, as the Python client's tell_patience."""
     assert _node_json(_TELL_PATIENCE_SCRIPT, timeout=60) == {"result": "ok", "tells": 7}
+
+
+_ABORT_SCRIPT = r"""
+const {Client} = require('./src');
+const [address, name] = process.argv.slice(1);
+const code = (p) => p.then(() => 'ok', (e) => e.codeName || String(e));
+(async () => {
+  const c = new Client(address);
+  const s = await c.createStudy(name, {parameters: [{name: 'x', float: {low: 0, high: 1}}], objectives: [{name: 'y'}]});
+  const out = {};
+  // aborted during the third evaluation, which still finishes and is told
+  const ac = new AbortController();
+  let n = 0;
+  out.finishing = await code(s.optimize(async (p) => { n += 1; if (n === 3) ac.abort(); return {y: p.x}; }, 10, {signal: ac.signal, progress: false}));
+  out.evaluated = n;
+  // an objective that honours the same signal: its trial is ABANDONED, not FAILED
+  const ac2 = new AbortController();
+  out.honoured = await code(s.optimize(async () => { ac2.abort(); throw new Error('stopped early'); }, 10, {signal: ac2.signal, progress: false}));
+  out.preAborted = await code(s.ask(1, 'w', {signal: AbortSignal.abort()}));
+  out.notSignal = await s.ask(1, 'w', {signal: 'soon'}).then(() => 'ok', (e) => e.constructor.name);
+  out.states = (await s.trials()).map((t) => t.state);
+  out.reason = (await s.trials(['ABANDONED'])).map((t) => t.reason);
+  c.close();
+  // a call retrying an absent server (UNAVAILABLE) without end is cut short by its signal
+  const away = new Client('127.0.0.1:1', {retries: 1e9, maxBackoffMs: 200});
+  out.retrying = await code(away.call('ListStudies', {}, AbortSignal.timeout(500)));
+  away.close();
+  console.log(JSON.stringify(out));
+})();
+"""
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_calls_and_optimize_stop_on_an_abort_signal(bbo_server, study_name):
+    """The Node client had no way to stop: optimize ran its n trials and a call retried an absent
+    server for as long as its retries allowed. An AbortSignal now ends optimize after the trial
+    under way is told (ABANDONED if fn gives up on the abort), and cancels a call and its retries."""
+    out = _node_json(_ABORT_SCRIPT, bbo_server.address, study_name, timeout=120)
+    assert out["finishing"] == "CANCELLED" and out["evaluated"] == 3, out
+    assert out["honoured"] == "CANCELLED" and out["preAborted"] == "CANCELLED", out
+    assert out["notSignal"] == "TypeError", out
+    assert out["states"] == ["COMPLETED"] * 3 + ["ABANDONED"], out
+    assert out["reason"] == ["optimize aborted: stopped early"], out
+    assert out["retrying"] == "CANCELLED", out

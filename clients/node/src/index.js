@@ -198,7 +198,29 @@ function retryDelay(err) {
   return null;
 }
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+// Resolves after ms, or as soon as signal (an AbortSignal, optional) aborts.
+function sleep(ms, signal = null) {
+  return new Promise((resolve) => {
+    if (signal && signal.aborted) return resolve();
+    const done = () => {
+      clearTimeout(timer);
+      if (signal) signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    if (signal) signal.addEventListener('abort', done, { once: true });
+  });
+}
+
+// The error a call or optimize() rejects with once its AbortSignal aborts: CANCELLED, as a call
+// after close(), with the signal's reason as its cause.
+function aborted(signal) {
+  const reason = signal.reason;
+  const why = reason && reason.message ? reason.message : String(reason ?? 'aborted');
+  const err = new BboError({ code: grpc.status.CANCELLED, details: `aborted: ${why}` });
+  err.cause = reason;
+  return err;
+}
 
 // gRPC's own refusal past a server's maximum_concurrent_rpcs (bbo's backstop behind
 // --max-concurrent-rpcs) carries no RetryInfo, yet the same call passes once the burst is over.
@@ -283,23 +305,27 @@ class Client {
     this.ratePatienceMs = options.ratePatienceMs ?? 120000;
   }
 
-  async call(method, request) {
+  // One RPC with the client's retries. signal (an AbortSignal, optional) cancels the call under
+  // way and any retry still to come: the call then rejects CANCELLED (see aborted()).
+  async call(method, request, signal = null) {
     request = checkedRequest(method, request);
     let delay = this.backoffMs;
     const start = Date.now();
     for (let attempt = 0; ; attempt += 1) {
+      if (signal && signal.aborted) throw aborted(signal);
       try {
-        return await this.callOnce(method, request);
+        return await this.callOnce(method, request, signal);
       } catch (e) {
         if (!(e instanceof BboError)) throw e;
+        if (signal && signal.aborted) throw aborted(signal);
         if (e.retryAfter != null) {  // told when to come back: wait that long (jittered), within patience
           const waitMs = Math.max(1, 1000 * e.retryAfter * (1 + 0.2 * Math.random()));
           if (Date.now() + waitMs - start > this.ratePatienceMs) throw e;
-          await sleep(waitMs);
+          await sleep(waitMs, signal);
           continue;
         }
         if (!retryableWithoutDelay(e) || attempt >= this.retries) throw e;
-        await sleep(delay * (0.5 + Math.random()));
+        await sleep(delay * (0.5 + Math.random()), signal);
         delay = Math.min(2 * delay, this.maxBackoffMs);
       }
     }
@@ -317,7 +343,7 @@ class Client {
     return out;
   }
 
-  callOnce(method, request) {
+  callOnce(method, request, signal = null) {
     if (this.closed) {  // grpc-js throws a plain Error ("Channel has been shut down"): give a code
       return Promise.reject(new BboError({ code: grpc.status.CANCELLED, details: 'the client is closed: make a new Client' }));
     }
@@ -325,7 +351,12 @@ class Client {
     if (this.apiKey) md.set('authorization', `Bearer ${this.apiKey}`);
     const deadline = new Date(Date.now() + this.deadlineMs);
     return new Promise((resolve, reject) => {
-      this.stub[method](request, md, { deadline }, (err, res) => (err ? reject(new BboError(err)) : resolve(res)));
+      const cancel = () => call.cancel();
+      const call = this.stub[method](request, md, { deadline }, (err, res) => {
+        if (signal) signal.removeEventListener('abort', cancel);
+        return err ? reject(new BboError(err)) : resolve(res);
+      });
+      if (signal) signal.addEventListener('abort', cancel, { once: true });
     });
   }
 
@@ -367,19 +398,30 @@ class Study {
     return (await this.studySpec()).objectives[0].name;
   }
 
-  async ask(count = 1, workerId = '') {
+  // options.signal (an AbortSignal) cancels the ask: it then rejects CANCELLED, and a trial the
+  // server made meanwhile stays PENDING until its lease ends.
+  async ask(count = 1, workerId = '', options = {}) {
     const requestId = crypto.randomUUID();  // the same on every retry: the server replays, never asks twice
-    const res = await this.client.call('Ask', { study: this.name, count, worker_id: workerId, request_id: requestId });
+    const res = await this.client.call(
+      'Ask', { study: this.name, count, worker_id: workerId, request_id: requestId }, abortSignal(options),
+    );
     return res.trials.map(fromTrial);
   }
 
   // trial: a trial from ask() (preferred) or its id. options.budget (studies with a fidelity): what
-  // the metrics were measured at; default the trial's budget as asked.
+  // the metrics were measured at; default the trial's budget as asked. options.signal: as ask's.
   async tell(trial, metrics, options = {}) {
     const budget = options.budget ?? (typeof trial === 'object' && trial ? trial.budget : 0) ?? 0;
     const res = await this.client.call('Tell', {
       study: this.name, ...trialRef(trial), metrics: toMetrics(metrics), state: 'TRIAL_STATE_COMPLETED', budget: budget || 0,
-    });
+    }, abortSignal(options));
+    return fromTrial(res.trial);
+  }
+
+  // A trial that will not be evaluated (its worker stopped): ABANDONED, so it neither waits out its
+  // lease nor counts as a failure of its point.
+  async abandon(trial, reason = '') {
+    const res = await this.client.call('Tell', { study: this.name, ...trialRef(trial), state: 'TRIAL_STATE_ABANDONED', reason });
     return fromTrial(res.trial);
   }
 
@@ -467,19 +509,25 @@ class Study {
   // metrics refused (a missing objective, NaN, a value that is not a number, no object of metrics
   // returned) fail it with the reason.
   //
-  // options: {workerId ('node'), progress, tellPatienceMs (600000)} or the worker id alone.
+  // options: {workerId ('node'), progress, tellPatienceMs (600000), signal} or the worker id alone.
   // tellPatienceMs: how long a result, a report or a failure is retried while the server is away. progress (default: standard error
   // is a terminal) draws a progress bar there with the study's best (cli-progress), read from the
-  // server at most every BEST_EVERY_MS and once at the end.
+  // server at most every BEST_EVERY_MS and once at the end. signal (an AbortSignal): once it
+  // aborts no new trial starts, the evaluation under way finishes and is told (a trial whose Ask
+  // was in flight is told ABANDONED, as is one whose fn throws after the abort: pass fn the same
+  // signal to stop it early), and optimize rejects CANCELLED with the signal's reason as cause.
   async optimize(fn, nTrials, options = {}) {
     const opts = typeof options === 'string' ? { workerId: options } : options;
     const workerId = opts.workerId || 'node';
     const patienceMs = opts.tellPatienceMs ?? 600000;
+    const signal = abortSignal(opts);
     const progress = opts.progress ?? Boolean(process.stderr.isTTY);
     const bar = progress ? this._progressBar(nTrials) : null;
     try {
       for (let i = 0; i < nTrials; i += 1) {
-        await this._optimizeOne(fn, workerId, patienceMs);
+        if (signal && signal.aborted) throw aborted(signal);
+        await this._optimizeOne(fn, workerId, patienceMs, signal);
+        if (signal && signal.aborted) throw aborted(signal);
         if (bar) {
           bar.increment();
           await bar.showBest();
@@ -524,7 +572,7 @@ class Study {
   // A result (or a report) is retried for up to patienceMs while the server is away, as the
   // Python client's tell_patience: a restart longer than the call's own retries (~15 s) must not
   // lose an evaluation that may have taken hours.
-  async _optimizeOne(fn, workerId, patienceMs = 600000) {
+  async _optimizeOne(fn, workerId, patienceMs = 600000, signal = null) {
     const patiently = async (call) => {
       const start = Date.now();
       for (;;) {
@@ -537,6 +585,10 @@ class Study {
       }
     };
     const [trial] = await this.ask(1, workerId);
+    if (signal && signal.aborted) {  // aborted while the Ask was in flight: the trial never starts
+      await this.abandon(trial, 'optimize stopped before it started').catch(() => {});
+      return;
+    }
     let metrics;
     let last = null;
     let stop = null;
@@ -555,7 +607,9 @@ class Study {
       metrics = await fn(trial.parameters, trial, report);
     } catch (e) {
       if (!(e instanceof TrialPruned)) {
-        await patiently(() => this.fail(trial, String(e && e.message ? e.message : e)));
+        const why = String(e && e.message ? e.message : e);
+        // fn stopped by the abort says nothing about its point: not a failure
+        await patiently(() => (signal && signal.aborted ? this.abandon(trial, `optimize aborted: ${why}`) : this.fail(trial, why)));
         return;
       }
     } finally {
@@ -585,6 +639,16 @@ function bestNote(best, objectives) {
   let note = `best ${name}=${sig6(t.metrics[name])} (trial ${t.id})`;
   if (best.estimate) note += `, model estimate ${sig6(best.estimate.value)}`;
   return note;
+}
+
+// options.signal, checked to be an AbortSignal (null when absent).
+function abortSignal(options) {
+  const signal = options && typeof options === 'object' ? options.signal : null;
+  if (signal == null) return null;
+  if (typeof signal.aborted !== 'boolean' || typeof signal.addEventListener !== 'function') {
+    throw new TypeError(`signal must be an AbortSignal, got ${show(signal)}`);
+  }
+  return signal;
 }
 
 function sig6(x) {
