@@ -1006,7 +1006,10 @@ func (x *Objective) GetNoise() ObservationNoise {
 	return ObservationNoise_OBSERVATION_NOISE_AUTO
 }
 
-// A black-box constraint on a reported metric, e.g. train_seconds <= 60.
+// A black-box constraint on a reported metric, e.g. train_seconds <= 60. The metric may be an
+// objective (loss <= 1: a trial above counts as infeasible, off the best and the front) or any
+// other reported metric; two constraints on one metric make a band (a contradictory band is
+// refused at CreateStudy).
 type OutcomeConstraint struct {
 	state         protoimpl.MessageState
 	sizeCache     protoimpl.SizeCache
@@ -1077,13 +1080,16 @@ type AlgorithmOptions struct {
 
 	NInitial int32 `protobuf:"varint,1,opt,name=n_initial,json=nInitial,proto3" json:"n_initial,omitempty"` // size of the space-filling initial design; 0 = from the dimension.
 	// Cut to d + 1 when the priors' best guess or a warm-start point measures best of the first d + 1.
-	Seed           *int64             `protobuf:"varint,2,opt,name=seed,proto3,oneof" json:"seed,omitempty"`                                                                                                                              // reproducible suggestions on CPU
-	Device         string             `protobuf:"bytes,3,opt,name=device,proto3" json:"device,omitempty"`                                                                                                                                 // "auto" (default), "cpu" or "cuda"
-	MaxFitPoints   int32              `protobuf:"varint,4,opt,name=max_fit_points,json=maxFitPoints,proto3" json:"max_fit_points,omitempty"`                                                                                              // 0 = default (1000): hyperparameters are fit on at most this many
-	MaxModelPoints int32              `protobuf:"varint,5,opt,name=max_model_points,json=maxModelPoints,proto3" json:"max_model_points,omitempty"`                                                                                        // 0 = default (3000): the GP conditions on at most this many
-	ReferencePoint map[string]float64 `protobuf:"bytes,6,rep,name=reference_point,json=referencePoint,proto3" json:"reference_point,omitempty" protobuf_key:"bytes,1,opt,name=key,proto3" protobuf_val:"fixed64,2,opt,name=value,proto3"` // multi-objective hypervolume reference, per objective
-	PriorExponent  float64            `protobuf:"fixed64,7,opt,name=prior_exponent,json=priorExponent,proto3" json:"prior_exponent,omitempty"`                                                                                            // 0 = default (3.0): piBO's beta
-	ExploitGap     int32              `protobuf:"varint,8,opt,name=exploit_gap,json=exploitGap,proto3" json:"exploit_gap,omitempty"`                                                                                                      // acquisition steps between exploitation steps; 0 = default (2), < 0 = never
+	Seed           *int64 `protobuf:"varint,2,opt,name=seed,proto3,oneof" json:"seed,omitempty"`                                       // reproducible suggestions on CPU
+	Device         string `protobuf:"bytes,3,opt,name=device,proto3" json:"device,omitempty"`                                          // "auto" (default), "cpu" or "cuda"
+	MaxFitPoints   int32  `protobuf:"varint,4,opt,name=max_fit_points,json=maxFitPoints,proto3" json:"max_fit_points,omitempty"`       // 0 = default (1000): hyperparameters are fit on at most this many
+	MaxModelPoints int32  `protobuf:"varint,5,opt,name=max_model_points,json=maxModelPoints,proto3" json:"max_model_points,omitempty"` // 0 = default (3000): the GP conditions on at most this many
+	// Multi-objective hypervolume reference, per objective in its own units; an objective left out
+	// gets one past its worst observed feasible value. It steers the search only: GetBest's front is
+	// every non-dominated feasible trial, inside the reference point or not.
+	ReferencePoint map[string]float64 `protobuf:"bytes,6,rep,name=reference_point,json=referencePoint,proto3" json:"reference_point,omitempty" protobuf_key:"bytes,1,opt,name=key,proto3" protobuf_val:"fixed64,2,opt,name=value,proto3"`
+	PriorExponent  float64            `protobuf:"fixed64,7,opt,name=prior_exponent,json=priorExponent,proto3" json:"prior_exponent,omitempty"` // 0 = default (3.0): piBO's beta
+	ExploitGap     int32              `protobuf:"varint,8,opt,name=exploit_gap,json=exploitGap,proto3" json:"exploit_gap,omitempty"`           // acquisition steps between exploitation steps; 0 = default (2), < 0 = never
 }
 
 func (x *AlgorithmOptions) Reset() {
