@@ -547,8 +547,8 @@ class Study:
             front = self._front(trials)
             rec = self._stored()
             return BestResult(front, StudyState(rec.state), rec.state_reason)
-        if trials is None:
-            trials = self.storage.list_trials(self.uid, [TrialState.COMPLETED])
+        if trials is None:  # from memory where asks keep them: not decoded again on every call
+            trials = self.trial_cache.completed()
         else:
             trials = [t for t in trials if t.state is TrialState.COMPLETED]
         rec = self._stored()

@@ -140,6 +140,12 @@ class TrialCache:
                 self._trials = {t.id: t for t in self.storage.list_trials(self.uid)}
             return sorted(self._trials.values(), key=lambda t: t.id)
 
+    def completed(self) -> list[Trial]:
+        """The COMPLETED trials, by id: as :meth:`all`, but a shared database reads only those."""
+        if self.storage.shared:
+            return self.storage.list_trials(self.uid, [TrialState.COMPLETED])
+        return [t for t in self.all() if t.state is TrialState.COMPLETED]
+
     def remember(self, trials: Iterable[Trial]) -> None:
         """Record committed trial writes in the in-memory copy. Writes of one trial may arrive out
         of order (a heartbeat racing a tell): a finished state is never replaced by PENDING, and

@@ -270,3 +270,23 @@ def test_bbo_serve_refuses_a_negative_cache_size(tmp_path):
         timeout=60,
     )
     assert r.returncode != 0 and "--max-cached-studies must be >= 0" in r.stderr
+
+
+def test_get_best_reads_the_completed_trials_from_the_studys_memory(storage, monkeypatch):
+    """GetBest of one objective read and decoded every completed trial from the database on each
+    call (12,000 trials: 0.6-0.9 s, on every progress bar's and dashboard's refresh). Where asks
+    keep the trials in memory (SQLite) it now reads them there, and follows each new result."""
+    reg = _registry(storage, 2)
+    study, _ = reg.create_study("best", SPEC)
+    for x in (0.2, 0.4, 0.6):
+        study.add_trial({"x": x}, {"y": x})
+    assert study.best().trials[0].params["x"] == 0.2
+    reads = []
+    real = storage.list_trials
+    monkeypatch.setattr(storage, "list_trials", lambda *a, **k: reads.append(a) or real(*a, **k))
+    assert study.best().trials[0].params["x"] == 0.2
+    (t,) = study.ask(1).trials
+    study.tell(t.id, {"y": -1.0})
+    study.add_trial({"x": 0.9}, {"y": 5.0})
+    assert study.best().trials[0].id == t.id
+    assert reads == []
