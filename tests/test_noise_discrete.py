@@ -460,6 +460,26 @@ def test_an_undeclared_noisy_objective_has_its_best_point_evaluated_once_more(mo
     assert told == [True]
 
 
+def test_a_pruned_trial_informs_the_model_but_is_never_evaluated_again():
+    """A PRUNED trial's value joins the model's data, but neither a replicate nor a repeat in an
+    exhausted space goes back to it (a pruned point is never proposed again)."""
+    torch.set_num_threads(1)
+    trials = _bowl(noisy=True)
+    best = min(trials, key=lambda t: t.metrics["f"].value)
+    trials = [replace(t, state=TrialState.PRUNED) if t is best else t for t in trials]
+    (s,) = _ask(trials)
+    assert s.params != best.params
+    grid = SearchSpace((IntParam("k", 0, 2),))
+    spec = StudySpec(grid, (Objective("f"),), algorithm=AlgorithmOptions(seed=1, n_initial=2))
+    done = [
+        Trial(
+            k + 1, {"k": k}, TrialState.PRUNED if k == 0 else TrialState.COMPLETED, {"f": Metric(v)}
+        )
+        for k, v in enumerate([0.0, 1.0, 2.0])
+    ]
+    assert all(s.params != {"k": 0} for s in GenerationStrategy(spec).suggest(done, 2))
+
+
 def test_a_worker_is_asked_for_the_repeat_and_told_why(client, study_name):
     """Through the API: the repeat is an ordinary trial at the best point, its origin and reason
     readable, and the study's best then says the noise was found in repeated points."""

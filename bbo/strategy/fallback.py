@@ -99,14 +99,16 @@ class Fallback:
         """In an exhausted space (:meth:`exhausted`), the ``k``-th best distinct measured point by
         the cheap model score (the best for the first repeat of an ask, the next for a second)."""
         c = self.ctx
-        X = data.X[data.distinct_rows]
+        rows = data.distinct_rows[data.completed[data.distinct_rows]]  # pruned: never again
+        rows = rows if len(rows) else data.distinct_rows
+        X = data.X[rows]
         order: np.ndarray
         try:
             s = model_score(model, data.layout, c.placement.tensor(X))
             s = torch.nan_to_num(s, nan=-float("inf"))
             order = torch.argsort(s, descending=True).cpu().numpy()
         except Exception:  # noqa: BLE001 - the observed order then
-            order = np.argsort(-data.score[data.distinct_rows], kind="stable")
+            order = np.argsort(-data.score[rows], kind="stable")
         x = X[order[k % len(order)]]
         return Suggestion(
             c.spec.space.decode(x), Origin.REPLICATE.value, EXHAUSTED.format(n=n_points)

@@ -2,8 +2,9 @@
 
 :class:`Points` encodes trials (cached by trial id, since re-encoding every trial on every ask
 dominated initial-design asks) and tells whether two points count as the same point.
-:class:`ModelData` turns the completed, readable trials into :class:`TrainingData`: encodings,
-raw and warped outcomes (:mod:`bbo.warping`), feasibility, and one quality score per row.
+:class:`ModelData` turns the completed (and pruned), readable trials into :class:`TrainingData`:
+encodings, raw and warped outcomes (:mod:`bbo.warping`), feasibility, and one quality score per
+row.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ PLATEAU_MIN = 3
 # reported standard errors above this are taken as this (squared, a larger one overflows; it says
 # the observation tells nothing either way)
 MAX_SEM = 1e150
+# trials whose metrics the model learns from: a PRUNED one (a study without a fidelity stopped it
+# early, its last reported value told) too, else the model never learns why its region was left and
+# asks there again and again (a multi-fidelity study hands its own view: no PRUNED trials in it)
+MODELED_STATES = (TrialState.COMPLETED, TrialState.PRUNED)
 
 
 class Points:
@@ -78,7 +83,7 @@ class Points:
 
 @dataclass
 class TrainingData:
-    """The completed, readable trials, row-aligned."""
+    """The completed (and pruned), readable trials, row-aligned."""
 
     trials: list[Trial]
     X: np.ndarray
@@ -96,6 +101,12 @@ class TrainingData:
         """The first row of each distinct point (:func:`~bbo.strategy.noise.same_point`): one
         value per point, replicates aside."""
         return np.unique(same_point(self.X), axis=0, return_index=True)[1]
+
+    @cached_property
+    def completed(self) -> np.ndarray:
+        """Per row, whether its trial COMPLETED: a PRUNED one informs the model but is never
+        evaluated again (not replicated, not repeated in an exhausted space)."""
+        return np.array([t.state is TrialState.COMPLETED for t in self.trials], dtype=bool)
 
     @cached_property
     def plateau(self) -> bool:
@@ -166,7 +177,7 @@ class ModelData:
         names, dim = self.names, self.points.space.dim
         used, X, Y, S = [], [], [], []
         for t in trials:
-            if t.state is not TrialState.COMPLETED:
+            if t.state not in MODELED_STATES:
                 continue
             try:
                 y = [float(t.metrics[k].value) for k in names]

@@ -82,7 +82,9 @@ class Replication:
                 return None
             if not noise.fit_says_noisy:
                 return None
-        rows = np.flatnonzero(data.feasible)
+        rows = np.flatnonzero(data.feasible & data.completed)
+        if not len(rows):
+            return None
         best = data.trials[int(rows[int(np.argmax(data.score[rows]))])]
         x = same_point(self.ctx.points.encoding(best))
         if int(np.sum(np.all(same_point(taken) == x, axis=1))) > 1:
