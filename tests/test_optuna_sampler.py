@@ -79,6 +79,7 @@ def test_pruned_failed_and_nonfinite_trials_are_told_with_reasons(bbo_server, cl
     assert (
         told[2].state == "PRUNED"
         and told[2].reason == "pruned by Optuna at step 3 (last value 0.5)"
+        and told[2].metrics == {"value": 0.5}  # bbo's model learns why it was stopped
     )
     assert told[3].state == "FAILED" and "Optuna trial 3 failed" in told[3].reason
     assert told[4].state == "FAILED" and told[4].reason == "not finite: value=inf"

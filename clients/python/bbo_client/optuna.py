@@ -17,9 +17,10 @@ search space up front):
   same shared trial record it once.
 - When a trial finishes, bbo is told: COMPLETE as COMPLETED with its value(s) (and the values of
   ``constraints_func``, feasible when <= 0, as bbo outcome constraints), FAIL as FAILED, and PRUNED
-  as PRUNED with the reason "pruned by Optuna at step N": evaluated and judged unpromising, a
-  final outcome with a reason worth keeping (not ABANDONED: in bbo that means no result came back
-  and a late result is still accepted; not FAILED: the evaluation worked).
+  as PRUNED with the reason "pruned by Optuna at step N" and its last intermediate value (which
+  bbo's model learns from): evaluated and judged unpromising, a final outcome with a reason worth
+  keeping (not ABANDONED: in bbo that means no result came back and a late result is still
+  accepted; not FAILED: the evaluation worked).
 
 Several Optuna processes (each its own Optuna study, or one shared Optuna storage) share one bbo
 study by giving their samplers the same ``study_name``: each Ask sees the others' pending points.
@@ -283,7 +284,13 @@ class BboSampler(BaseSampler):
                 at = "" if step is None else f" at step {step}"
                 last = "" if step is None else f" (last value {trial.intermediate_values[step]})"
                 reason = f"pruned by Optuna{at}{last}"
-                b.handle.tell(asked, pruned=True, reason=reason, patience=self._patience)
+                b.handle.tell(
+                    asked,
+                    self._pruned_metrics(b, trial),
+                    pruned=True,
+                    reason=reason,
+                    patience=self._patience,
+                )
             else:
                 reason = (
                     f"Optuna trial {trial.number} failed: the objective raised, or returned a "
@@ -455,6 +462,15 @@ class BboSampler(BaseSampler):
             metrics.update({f"constraint_{i}": c for i, c in enumerate(constraints)})
         bad = [f"{k}={v!r}" for k, v in metrics.items() if not math.isfinite(v)]
         return metrics, ("not finite: " + ", ".join(bad)) if bad else ""
+
+    def _pruned_metrics(self, b: _Bound, trial: FrozenTrial) -> dict[str, float] | None:
+        """A pruned trial's last intermediate value as its objective (as Optuna keeps it), so that
+        bbo's model learns why the trial was stopped; None where there is none to tell."""
+        step = trial.last_step
+        if step is None or len(b.objectives) != 1:
+            return None
+        value = float(trial.intermediate_values[step])
+        return {b.objectives[0]: value} if math.isfinite(value) else None
 
     def _attach(
         self,
