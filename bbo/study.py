@@ -56,7 +56,7 @@ from bbo.study_trials import (
     lease_over,
     trial_number,
 )
-from bbo.trial import Metric, Origin, StudyState, Trial, TrialState, check_metrics
+from bbo.trial import MODELED_STATES, Metric, Origin, StudyState, Trial, TrialState, check_metrics
 
 if TYPE_CHECKING:
     from bbo.fit_slots import FitSlots
@@ -547,12 +547,14 @@ class Study:
             front = self._front(trials)
             rec = self._stored()
             return BestResult(front, StudyState(rec.state), rec.state_reason)
-        if trials is None:  # from memory where asks keep them: not decoded again on every call
-            trials = self.trial_cache.completed()
+        # the trials the model learns from (pruned ones too); from memory where asks keep them
+        if trials is None:
+            trials = self.trial_cache.in_states(MODELED_STATES)
         else:
-            trials = [t for t in trials if t.state is TrialState.COMPLETED]
+            trials = [t for t in trials if t.state in MODELED_STATES]
+        completed = [t for t in trials if t.state is TrialState.COMPLETED]
         rec = self._stored()
-        best = BestResult(incumbents(self.spec, trials), StudyState(rec.state), rec.state_reason)
+        best = BestResult(incumbents(self.spec, completed), StudyState(rec.state), rec.state_reason)
         if len(self.spec.objectives) == 1 and best.trials:
             pick = self.generation.recommend(trials)
             if pick is not None:

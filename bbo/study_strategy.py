@@ -21,7 +21,7 @@ from bbo.strategy.base import (
     Suggestion,
     UsesSources,
 )
-from bbo.trial import StudyState, Trial
+from bbo.trial import StudyState, Trial, TrialState
 
 if TYPE_CHECKING:
     from bbo.fit_slots import FitSlots
@@ -156,6 +156,6 @@ class StudyStrategy:
         if rec is None:
             return None
         t = next((t for t in trials if t.id == rec.trial_id), None)
-        if t is None or not is_feasible(self.spec, t):
+        if t is None or t.state is not TrialState.COMPLETED or not is_feasible(self.spec, t):
             return None
         return t, rec

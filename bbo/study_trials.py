@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from bbo.errors import ConflictError, NotFoundError, SpecError
@@ -140,11 +140,11 @@ class TrialCache:
                 self._trials = {t.id: t for t in self.storage.list_trials(self.uid)}
             return sorted(self._trials.values(), key=lambda t: t.id)
 
-    def completed(self) -> list[Trial]:
-        """The COMPLETED trials, by id: as :meth:`all`, but a shared database reads only those."""
+    def in_states(self, states: Collection[TrialState]) -> list[Trial]:
+        """The trials in ``states``, by id: as :meth:`all`, but a shared database reads only those."""
         if self.storage.shared:
-            return self.storage.list_trials(self.uid, [TrialState.COMPLETED])
-        return [t for t in self.all() if t.state is TrialState.COMPLETED]
+            return self.storage.list_trials(self.uid, list(states))
+        return [t for t in self.all() if t.state in states]
 
     def remember(self, trials: Iterable[Trial]) -> None:
         """Record committed trial writes in the in-memory copy. Writes of one trial may arrive out

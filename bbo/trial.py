@@ -25,6 +25,12 @@ class TrialState(str, enum.Enum):
         return self not in (TrialState.PENDING, TrialState.PAUSED)
 
 
+# trials whose metrics the model learns from: a PRUNED one (a study without a fidelity stopped it
+# early, its last reported value told) too, else the model never learns why its region was left and
+# asks there again and again (a multi-fidelity study hands its own view: no PRUNED trials in it)
+MODELED_STATES = (TrialState.COMPLETED, TrialState.PRUNED)
+
+
 class StudyState(enum.StrEnum):
     """A study's state as the strategy judges it (``str()`` is the bare name, as stored)."""
 

@@ -786,3 +786,31 @@ def test_the_local_searchs_avoid_filter_keeps_botorchs_rows_in_order():
         )
         assert got.shape == want.shape and torch.equal(got.isnan(), want.isnan())
         assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(want))
+
+
+def test_the_recommendation_is_never_a_pruned_trial_and_reuses_the_asks_model(monkeypatch):
+    """With pruned trials in the model's data, a read of the best conditioned the surrogate again
+    on the completed trials alone after every ask (the ask's cached pick was keyed on both); the
+    pick is made among the completed trials of the ask's own data, and a pruned one, however good
+    its value, is never it."""
+    torch.set_num_threads(1)
+    xs, ys = _noisy_data()
+    trials = _trials(xs, ys)
+    # the trial nearest the bowl's minimum, stopped early with the best value of all
+    near = min(trials, key=lambda t: abs(t.params["x"] - 0.6))
+    trials = [
+        replace(t, state=TrialState.PRUNED, metrics={"f": Metric(-1.0)}) if t is near else t
+        for t in trials
+    ]
+    gs = _declared("noisy")
+    gs.suggest(trials, 1)
+    conditioned = []
+    real = gs.surrogate.conditioned
+    monkeypatch.setattr(
+        gs.surrogate, "conditioned", lambda *a, **k: conditioned.append(1) or real(*a, **k)
+    )
+    rec = gs.recommend(trials)
+    assert rec is not None and rec.trial_id != near.id
+    assert next(t for t in trials if t.id == rec.trial_id).state is TrialState.COMPLETED
+    assert "over 14 completed trials" in rec.selection
+    assert conditioned == []

@@ -19,7 +19,7 @@ from bbo.acquisition import Layout
 from bbo.space import SearchSpace, Value
 from bbo.spec import NOISE_AUTO
 from bbo.strategy.noise import NoiseEstimate, same_point
-from bbo.trial import WARMSTART_ORIGINS, Origin, Trial, TrialState
+from bbo.trial import MODELED_STATES, WARMSTART_ORIGINS, Origin, Trial, TrialState
 from bbo.warping import OutcomeWarp
 
 # scaled encoded distance under which two points count as the same point (local model steps
@@ -32,10 +32,6 @@ PLATEAU_MIN = 3
 # reported standard errors above this are taken as this (squared, a larger one overflows; it says
 # the observation tells nothing either way)
 MAX_SEM = 1e150
-# trials whose metrics the model learns from: a PRUNED one (a study without a fidelity stopped it
-# early, its last reported value told) too, else the model never learns why its region was left and
-# asks there again and again (a multi-fidelity study hands its own view: no PRUNED trials in it)
-MODELED_STATES = (TrialState.COMPLETED, TrialState.PRUNED)
 
 
 class Points:

@@ -40,7 +40,7 @@ from bbo.strategy.base import Estimate, Recommendation
 from bbo.strategy.context import Context
 from bbo.strategy.model_data import TrainingData, fingerprint
 from bbo.surrogate import Surrogate, fitted_noise
-from bbo.trial import Trial, TrialState
+from bbo.trial import MODELED_STATES, Trial
 
 MIN_TRIALS = 3  # fewer completed trials: the best observed one
 # model probability that every outcome constraint holds, tried in turn: the best posterior mean
@@ -99,9 +99,10 @@ class Recommender:
 
     def recommend(self, trials: Sequence[Trial]) -> Recommendation | None:
         """The recommended trial among the completed ones of ``trials`` (see the module)."""
-        completed = [t for t in trials if t.state is TrialState.COMPLETED]
+        # the rows an ask's model has (pruned ones too): its cached pick then serves this read
+        modeled = [t for t in trials if t.state in MODELED_STATES]
         with self._lock:
-            data = self._data.build(completed)
+            data = self._data.build(modeled)
             key = fingerprint(data.trials)
             cached = self._cache
         if cached is not None and cached[0] == key:
@@ -139,8 +140,11 @@ class Recommender:
         noise = data.noise.with_model(model, layout)
         if not noise.noisy:
             return None
+        model_rows, rows = rows, rows[data.completed[rows]]  # a pruned trial is never the best
+        if not len(rows):
+            return None
         observed_best = int(rows[int(np.argmax(data.score[rows]))])
-        model_rows, rows = rows, rows[data.feasible[rows]]
+        rows = rows[data.feasible[rows]]
         if not len(rows):
             return None
         X = self.ctx.placement.tensor(data.X[rows])
@@ -160,7 +164,7 @@ class Recommender:
         estimate = self._estimate(data, float(mu[k, j]), float(sd[k, j]))
         if self._needs_evidence(noise, data):
             if best == observed_best:  # the same trial either way: the fit's noise is not judged
-                why = f"best observed value of the objective over {len(data.trials)} completed "
+                why = f"best observed value of the objective over {int(data.completed.sum())} completed "
                 why += "trials, and its best posterior mean"
                 return Recommendation(data.trials[best].id, why, estimate)
             evidence = self._known_evidence()
@@ -206,7 +210,7 @@ class Recommender:
         noise: noise_rules.NoiseEstimate,
         constraint: str | None = None,
     ) -> Recommendation:
-        n = len(data.trials)
+        n = int(data.completed.sum())
         what = noise.describe() if noise.noisy else f"constraint metric {constraint!r}, fitted"
         why = f"best posterior mean of the objective over {n} completed trials (noisy: {what})"
         return Recommendation(data.trials[row].id, why, estimate)
