@@ -64,6 +64,19 @@ def test_a_trial_objective_returning_nothing_is_pruned_only_after_reporting(clie
     assert all(t.metrics == {"loss": t.params["x"]} for t in trials[1::2])
 
 
+def test_a_report_at_a_fractional_step_is_refused_by_name(client, study_name):
+    """trial.report(1.5, v) failed its trial with protobuf's "'float' object cannot be
+    interpreted as an integer": a step is now checked, whole floats and numpy ints accepted."""
+    import numpy as np
+
+    s = client.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives="loss")
+    (t,) = s.ask(1)
+    with pytest.raises(bc.InvalidArgument, match="step.*whole number.*1.5"):
+        s.report(t, 1.5, 0.3)
+    assert not s.report(t, 2.0, 0.3).should_stop
+    assert not s.report(t, np.int64(3), 0.2).should_stop
+
+
 def test_an_objective_that_exits_ends_optimize_with_its_trial_failed(client, study_name):
     """sys.exit() inside the objective (a BaseException, not an Exception) ends the loop as it
     asks, but its trial is told FAILED first, not left PENDING until its lease runs out."""

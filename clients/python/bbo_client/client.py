@@ -6,6 +6,7 @@ import contextlib
 import inspect
 import math
 import numbers
+import operator
 import os
 import random
 import threading
@@ -352,6 +353,20 @@ def _trial_id(t: int | Trial) -> int:
     return t.id if isinstance(t, Trial) else int(t)
 
 
+def _step(step) -> int:
+    """A report's step as the int64 it is sent as: a fraction or a non-number is refused by name
+    (protobuf's own TypeError failed the trial with a message about its internals)."""
+    try:
+        whole = operator.index(step)
+    except TypeError:
+        whole = int(step) if isinstance(step, float) and step.is_integer() else None
+    if whole is None:
+        raise InvalidArgument(
+            f"a step is a whole number (an epoch, an iteration), got {step!r}", field="step"
+        )
+    return whole
+
+
 def _study_uid(t: int | Trial) -> str:
     """The uid of a Trial's study (checked by the server); a bare trial id carries none."""
     return t.study_uid if isinstance(t, Trial) else ""
@@ -495,7 +510,7 @@ class StudyHandle:
             svc.ReportIntermediateRequest(
                 study=self.name,
                 trial_id=_trial_id(trial),
-                step=step,
+                step=_step(step),
                 value=float(value),
                 study_uid=_study_uid(trial),
                 budget=float(budget or 0.0),
