@@ -38,7 +38,9 @@ from bbo.errors import (
     StudyNotFound,
 )
 from bbo.incumbent import FrontCache, incumbents, is_feasible
-from bbo.spec import StudySpec
+from bbo.limits import OBJECTIVES_CAP, RUNGS_CAP
+from bbo.pruning import ladder
+from bbo.spec import HYPERBAND, StudySpec
 from bbo.storage import LEASE_EXPIRED, LlmCallRecord, NewTrial, Storage, StudyRecord
 from bbo.strategy.base import Estimate
 from bbo.study_budgets import StudyBudgets
@@ -236,6 +238,23 @@ class Study:
         return rec
 
     # ---- ask ------------------------------------------------------------------------------------
+    def _check_askable(self) -> None:
+        """Refuse the asks this server cannot answer in bounded work for a study an older server
+        made under higher limits (--max-objectives, --max-rungs had no cap): its trials can still
+        be read, told, added and deleted."""
+        n = len(self.spec.objectives)
+        if n > OBJECTIVES_CAP:  # the front's box decomposition: over 100 s at 6 and 40 trials
+            raise ConflictError(
+                f"this study has {n} objectives and this server suggests points for at most "
+                f"{OBJECTIVES_CAP}: its trials can still be read, told, added or deleted"
+            )
+        rungs = len(ladder(self.spec))
+        if self.spec.pruning_policy == HYPERBAND and rungs > RUNGS_CAP:  # eta^k overflows
+            raise ConflictError(
+                f"this study's fidelity spans {rungs} rungs and this server runs Hyperband on at "
+                f"most {RUNGS_CAP}: its trials can still be read, told, added or deleted"
+            )
+
     @_study_calls
     def ask(
         self,
@@ -259,6 +278,7 @@ class Study:
                 field="count",
                 limit="max_ask",
             )
+        self._check_askable()
         lease = self._lease(lease_seconds)
         req = request_key("ask", request_id, {"count": count, "worker_id": worker_id})
         replayed = REPLAYED_NOTE

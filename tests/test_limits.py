@@ -667,3 +667,45 @@ def test_a_full_disk_at_create_keeps_its_retry_delay(registry, monkeypatch):
     with pytest.raises(StorageFull) as e:
         registry.create_study("disk-full", spec)
     assert e.value.retry_after == 5.0 and "--max-studies" not in e.value.message
+
+
+def test_a_stored_study_over_the_caps_is_readable_and_its_ask_refused(server_factory, tmp_path):
+    """A database from an older server, whose --max-objectives and --max-rungs had no cap, holds a
+    6-objective study and a Hyperband study of 1,000 rungs. Their asks were answered (the first
+    in unbounded time: over 100 s at a 40-trial front; the second failed INTERNAL, eta^k
+    overflowing); now FAILED_PRECONDITION saying why, while reads, tells, adds and deletes go on."""
+    from unittest import mock
+
+    import bbo_client as bc
+    from bbo.limits import RequestLimits
+    from bbo.registry import StudyRegistry
+    from bbo.storage import open_storage
+
+    url = "sqlite:///" + str(tmp_path / "old.db")
+    x = [{"type": "float", "name": "x", "low": 0, "high": 1}]
+    six = [{"name": f"o{i}"} for i in range(6)]
+    hyper = {
+        "parameters": x,
+        "objectives": [{"name": "y"}],
+        "fidelity": {"name": "epochs", "min": 1e-300, "max": 1e300},
+        "pruning": {"policy": "hyperband"},
+    }
+    storage = open_storage(url)
+    with mock.patch.object(RequestLimits, "check_spec", lambda self, d: None):
+        reg = StudyRegistry(storage)
+        moo, _ = reg.create_study("six", {"parameters": x, "objectives": six})
+        reg.create_study("hyper", hyper)
+    moo.add_trial({"x": 0.5}, {f"o{i}": float(i) for i in range(6)})
+    storage.close()
+    srv = server_factory(db=url, args=["--workers", "1"])
+    with bc.Client(srv.address, retries=0) as c:
+        for name, why in (("six", "6 objectives"), ("hyper", "spans 1000 rungs")):
+            s = c.study(name)
+            with pytest.raises(bc.BboError, match=why) as e:
+                s.ask()
+            assert e.value.code.name == "FAILED_PRECONDITION"
+            assert len(s.trials()) == (0 if name == "hyper" else 1)
+        s = c.study("six")
+        assert [t.id for t in s.best().trials] == [1]
+        assert s.add_trial({"x": 0.25}, {f"o{i}": -1.0 for i in range(6)}).id == 2
+        assert c.delete_study("six") and c.delete_study("hyper")
