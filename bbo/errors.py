@@ -66,6 +66,10 @@ class DatabaseInUse(BboError):
     """A SQLite database another ``bbo serve`` process serves already (one process owns a file)."""
 
 
+class SchemaTooNew(BboError):
+    """A database whose schema a newer bbo wrote: this version cannot read or migrate it."""
+
+
 class StorageUnavailable(BboError):
     """The database is unreachable, restarting or stayed locked: nothing was changed, or the change
     may or may not have been stored where the message says so; the service answers UNAVAILABLE and

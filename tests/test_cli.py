@@ -311,3 +311,29 @@ def test_demo_and_kit_refuse_counts_below_one_before_any_work(tmp_path, args, fl
     )
     assert r.returncode == 2 and f"argument {flag}" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_a_database_from_a_newer_bbo_is_a_clean_error(tmp_path):
+    """A database a newer bbo migrated (a rollback of an upgrade): `bbo serve` and `bbo copy` into
+    it stopped with Alembic's traceback ("Can't locate revision"); now a message saying so, and
+    the database is left as it was."""
+    import sqlite3
+
+    from bbo.storage import open_storage
+
+    db, src = tmp_path / "newer.db", "sqlite:///" + str(tmp_path / "src.db")
+    open_storage("sqlite:///" + str(db)).close()
+    open_storage(src).close()
+    con = sqlite3.connect(str(db))
+    con.execute("UPDATE alembic_version SET version_num = '9999'")
+    con.commit()
+    con.close()
+    for args in (
+        ("serve", "--port", "0", "--db", "sqlite:///" + str(db)),
+        ("copy", src, "sqlite:///" + str(db)),
+    ):
+        r = bbo(*args, check=False)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, (args, r.stderr)
+        assert "schema revision 9999, written by a newer bbo" in r.stderr, r.stderr
+    con = sqlite3.connect(str(db))
+    assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [("9999",)]

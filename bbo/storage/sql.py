@@ -21,7 +21,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from bbo.errors import LimitError, StudyNotFound
+from bbo.errors import LimitError, SchemaTooNew, StudyNotFound
 from bbo.limits import LimitExceeded
 from bbo.storage import schema as S
 from bbo.storage.base import (
@@ -252,10 +252,21 @@ class SqlStorage(Storage):
     def _run_migrations(self, conn: sa.Connection) -> None:
         from alembic import command
         from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
 
         cfg = Config()
         cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
         cfg.attributes["connection"] = conn
+        script = ScriptDirectory.from_config(cfg)
+        current = MigrationContext.configure(conn).get_current_revision()
+        if current is not None and current not in {r.revision for r in script.walk_revisions()}:
+            # a downgrade: Alembic's own "Can't locate revision" came out as a traceback
+            raise SchemaTooNew(
+                f"the database is at schema revision {current}, written by a newer bbo than this "
+                f"one (schema {script.get_current_head()}): run that version, or restore a backup "
+                "made before the upgrade"
+            )
         command.upgrade(cfg, "head")
 
     def schema_revision(self) -> str | None:
