@@ -377,6 +377,34 @@ def test_a_sqlite_file_is_served_by_one_process_at_a_time(tmp_path):
     second.close()
 
 
+def test_a_lock_file_that_cannot_be_written_is_a_clear_error_or_no_error(tmp_path, monkeypatch):
+    """The claim's lock file beside the database: where it cannot be opened (a read-only
+    directory; here a directory in its place) start-up stopped with an OSError traceback, now a
+    StorageUnavailable naming the file; where only our pid cannot be written into it (a full
+    disk) the server went down the same way, now it serves on (the flock is the claim)."""
+    import os
+
+    from bbo.errors import DatabaseInUse, StorageUnavailable
+
+    path = tmp_path / "db.db"
+    open_storage(f"sqlite:///{path}").close()
+    os.mkdir(str(path) + "-serve.lock")
+    with pytest.raises(StorageUnavailable, match="cannot open the lock file .*db.db-serve.lock"):
+        open_storage(f"sqlite:///{path}", exclusive=True)
+    os.rmdir(str(path) + "-serve.lock")
+
+    def full(*a):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    s = open_storage(f"sqlite:///{path}", exclusive=True)
+    try:
+        with pytest.raises(DatabaseInUse):  # still claimed
+            open_storage(f"sqlite:///{path}", exclusive=True)
+    finally:
+        s.close()
+
+
 def test_study_listings_are_a_range_of_the_listing_index_unsorted(storage):
     """Every listing pages in ``(created_at, name)`` order: a page is read from the index on
     ``(tenant, created_at, name, uid)`` from the cursor on, with no sort of the tenant's studies,

@@ -61,7 +61,14 @@ def claim(path: str) -> int | None:
         import fcntl
     except ImportError:  # pragma: no cover - not Unix
         return None
-    fd = os.open(os.path.realpath(path) + CLAIM_SUFFIX, os.O_RDWR | os.O_CREAT, 0o644)
+    lock_path = os.path.realpath(path) + CLAIM_SUFFIX
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # a read-only directory or mount: was a traceback at start-up
+        raise StorageUnavailable(
+            f"cannot open the lock file {lock_path} beside the SQLite database ({e.strerror}): "
+            "bbo serve needs to write in the database's directory"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -76,8 +83,11 @@ def claim(path: str) -> int | None:
     except BaseException:
         os.close(fd)
         raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:  # our pid, for another server's refusal to name; the flock alone is the claim
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:  # a full disk: serve on, its writes refused RESOURCE_EXHAUSTED as usual
+        pass
     return fd
 
 
