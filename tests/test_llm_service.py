@@ -220,3 +220,37 @@ def test_a_slow_llm_does_not_hold_up_other_studies_asks(server_factory, study_na
             asked.join(60)
             assert not released_before and t.origin
             assert len(llm_study.trials()) == 2
+
+
+def test_stored_answer_lookups_read_only_the_calls_logged_since_the_last(storage):
+    """A study whose priors never come (a dead endpoint, unusable answers) logs a priors call on
+    every ask, and every ask looks the prompt up again: each lookup reads the calls logged since
+    the previous one, a page at a time, not the study's whole log (which grows with its asks)."""
+    from bbo.llm import LlmAdvisor, StoredAnswers
+    from bbo.storage import LlmCallRecord
+
+    uid = storage.create_study("t", "s", {"parameters": []}, 1).uid
+    key = LlmAdvisor.cache_key(f"t/s/{uid}", "priors", "the prompt")
+    read: list[int] = []
+    real = storage.list_llm_calls
+
+    def counted(*args, **kwargs):
+        out = real(*args, **kwargs)
+        read.append(len(out))
+        return out
+
+    storage.list_llm_calls = counted
+    answers = StoredAnswers(storage)
+    for _ in range(40):
+        storage.log_llm_call(uid, LlmCallRecord("priors", "m", "the prompt", "", "timeout"))
+    assert answers.get(key) is None and sum(read) == 40
+    read.clear()
+    storage.log_llm_call(uid, LlmCallRecord("priors", "m", "the prompt", "", "timeout"))
+    assert answers.get(key) is None and sum(read) == 1
+    storage.log_llm_call(uid, LlmCallRecord("priors", "m", "the prompt", "{}", "ok", 3, 4))
+    storage.log_llm_call(uid, LlmCallRecord("priors", "m", "other prompt", "{}", "ok"))
+    read.clear()
+    hit = answers.get(key)
+    assert hit is not None and hit["text"] == "{}" and hit["completion_tokens"] == 4
+    assert sum(read) == 2 and max(read) <= 16
+    assert answers.get(key) == hit  # found again (evicted from the advisor's memory, say)
