@@ -263,12 +263,14 @@ class Study:
         request_id: str = "",
         lease_seconds: float = 0.0,
         alive: Callable[[], bool] | None = None,
+        wait_s: float | None = None,
     ) -> AskResult:
         """Suggest ``count`` trials, stored as PENDING (with a lease) before they are returned.
         ``alive``: whether the caller still waits (the RPC's ``is_active``); once it is false,
         before the model's work or before the trials are stored, nothing more is done or stored
         (:class:`CallerGone`): an abandoned ask held a fit slot and left trials PENDING for a
-        whole lease."""
+        whole lease. ``wait_s``: how long the caller waits (its RPC deadline; None: no bound);
+        the LLM's work takes at most half of it, the rest is left to the model."""
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise SpecError("count", f"count must be a non-negative integer, got {count!r}")
         count = count or 1
@@ -286,7 +288,9 @@ class Study:
             return AskResult(replay, note=replayed)
         # the LLM's network waits come first, outside the study's lock and the fit slots, so
         # other asks (of this study and of others) go on meanwhile
-        plan = self.llm.plan(self.trial_cache.all(), count)
+        plan = self.llm.plan(
+            self.trial_cache.all(), count, None if wait_s is None else max(0.0, wait_s) / 2
+        )
         with self._ask_exclusion():
             # a retry that raced us while we waited for the lock
             if req is not None and (replay := self.requests.replay(req)) is not None:

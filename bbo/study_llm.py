@@ -26,19 +26,23 @@ class StudyLlm:
         self.storage, self.spec, self.config = storage, spec, config
         self.uid, self.name, self.key = uid, name, key
 
-    def plan(self, trials: list[Trial], count: int) -> dict[str, Any]:
+    def plan(
+        self, trials: list[Trial], count: int, budget_s: float | None = None
+    ) -> dict[str, Any]:
         """What the LLM module adds to this ask (warm start, proposals, priors) as keyword
         arguments of the strategy's ``suggest``; {} without one.
 
-        Bounded by the advisor's ask budget; every call (or cache hit) is stored for audit; any
-        failure leaves plain BO in charge. A study deleted meanwhile ends the ask (NotFoundError):
-        nothing of it is stored.
+        Bounded by the advisor's ask budget and ``budget_s`` (part of the caller's deadline);
+        every call (or cache hit) is stored for audit; any failure leaves plain BO in charge. A
+        study deleted meanwhile ends the ask (NotFoundError): nothing of it is stored.
         """
         advisor = self.config.llm
         if advisor is None or not self.spec.llm.enabled:
             return {}
         try:
-            plan = advisor.prepare(self.spec, trials, count, study_key=self.key, record=self.log)
+            plan = advisor.prepare(
+                self.spec, trials, count, study_key=self.key, budget_s=budget_s, record=self.log
+            )
         except Exception as e:  # the advisor is meant never to raise; if it does, BO goes on alone
             log.exception("llm advisor failed", extra={"study": self.name})
             error = f"advisor error: {type(e).__name__}"

@@ -254,3 +254,32 @@ def test_stored_answer_lookups_read_only_the_calls_logged_since_the_last(storage
     assert hit is not None and hit["text"] == "{}" and hit["completion_tokens"] == 4
     assert sum(read) == 2 and max(read) <= 16
     assert answers.get(key) == hit  # found again (evicted from the advisor's memory, say)
+
+
+def test_an_ask_waits_for_the_llm_within_its_own_deadline(server_factory, study_name):
+    """An endpoint that does not answer costs an ask at most half of what is left of its deadline
+    (and at most the ask budget): the ask then goes on with the plain design instead of failing
+    DEADLINE_EXCEEDED while the server still waits for the LLM (60 s by default)."""
+    import threading
+    import time
+
+    from bbo_client import Client
+
+    gate = threading.Event()
+
+    def hung(body: dict) -> Reply:
+        gate.wait(30)
+        return _responder(body)
+
+    with ChatServer(hung) as chat:
+        env = {**_server_env(chat), "BBO_LLM_TIMEOUT": "60", "BBO_LLM_ASK_BUDGET": "60"}
+        srv = server_factory(env=env)
+        try:
+            with Client(srv.address, ask_timeout=6.0) as c:
+                study = _study(c, study_name)
+                t0 = time.monotonic()
+                trials = study.ask(2)
+                assert time.monotonic() - t0 < 6.0
+                assert [t.origin for t in trials] == ["initial_design"] * 2
+        finally:
+            gate.set()

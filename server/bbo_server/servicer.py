@@ -205,6 +205,7 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
             request_id=_check_id(request.request_id, "request_id"),
             lease_seconds=request.lease_seconds,
             alive=context.is_active,
+            wait_s=context.time_remaining(),  # None: the caller set no deadline
         )
         return svc.AskResponse(trials=[C.trial_to_pb(t, study) for t in res.trials], note=res.note)
 
