@@ -283,3 +283,31 @@ def test_an_ask_waits_for_the_llm_within_its_own_deadline(server_factory, study_
                 assert [t.origin for t in trials] == ["initial_design"] * 2
         finally:
             gate.set()
+
+
+def test_lone_surrogates_in_an_answer_neither_fail_the_ask_nor_lose_the_call(
+    server_factory, study_name
+):
+    """JSON may escape half a surrogate pair (``"\\ud800"``): in the answer's body or in the JSON
+    the model wrote. Such text cannot be stored as UTF-8 or sent in a protobuf string, and a
+    warm-start rationale holding it failed every ask of the initial design INTERNAL (and the call
+    went unstored); it is stored and shown with U+FFFD instead."""
+    from bbo_client import Client
+
+    def respond(body: dict) -> Reply:
+        reply = _responder(body)
+        text = reply.content.replace(
+            '"guess 0"', '"guess \\ud800 0"'
+        )  # escaped in the model's JSON
+        return Reply(text.replace('"rationale": "r"', '"rationale": "\udfff"') + " \udbff")
+
+    with ChatServer(respond) as chat:
+        srv = _server(server_factory, chat)
+        with Client(srv.address) as c:
+            study = _study(c, study_name)
+            trials = study.ask(5)
+            ws = [t for t in trials if t.origin == "llm_warmstart"]
+            assert [t.rationale for t in ws] == ["guess \ufffd 0", "guess 1"]
+            calls = {call.purpose: call for call in study.llm_calls()}
+            assert calls["warmstart"].outcome == "ok" and calls["priors"].outcome == "ok"
+            assert calls["warmstart"].response.endswith(" \ufffd")

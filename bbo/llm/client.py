@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bbo.llm.config import LlmConfig
+from bbo.llm.parse import valid_text
 
 log = logging.getLogger(__name__)
 
@@ -415,7 +416,7 @@ class LlmClient:
         base: dict[str, Any] = dict(
             prompt_tokens=pt,
             completion_tokens=ct,
-            model=named if isinstance(named, str) and named else model,
+            model=valid_text(named) if isinstance(named, str) and named else model,
             structured=structured,
         )
         choices = getattr(resp, "choices", None) or []
@@ -426,11 +427,11 @@ class LlmClient:
         msg = choices[0].message
         refusal = getattr(msg, "refusal", None)
         if refusal:
-            return ChatOutcome(reason=f"refusal: {_short(refusal)}", **base)
+            return ChatOutcome(reason=f"refusal: {valid_text(_short(refusal))}", **base)
         text = msg.content or ""
         if not isinstance(text, str):
             kind = type(text).__name__
             return ChatOutcome(reason=f"malformed response: content is {kind}", **base)
         if not text.strip():
             return ChatOutcome(reason="empty response", **base)
-        return ChatOutcome(text=text, **base)
+        return ChatOutcome(text=valid_text(text), **base)

@@ -101,6 +101,16 @@ def _unusable_on_error(empty: Callable[[str], Any]):
     return wrap
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(s: str) -> str:
+    """``s`` with each lone surrogate (what a JSON ``"\\ud800"`` escape decodes to) replaced by
+    U+FFFD: UTF-8 storage and protobuf strings refuse them, and model output must not fail the
+    ask that stores or returns it."""
+    return _SURROGATE.sub("\ufffd", s)
+
+
 # ---- JSON extraction ---------------------------------------------------------------------------------
 _THINK = re.compile(r"<think>.*?</think>", re.S | re.I)
 _FENCE = re.compile(r"```[a-zA-Z0-9_-]*\s*\n?(.*?)```", re.S)
@@ -515,7 +525,7 @@ def parse_candidates(
             out.rejected.append(f"candidate {i}: duplicate")
             continue
         seen.add(key)
-        out.points.append((params, rationale[:1000]))
+        out.points.append((params, valid_text(rationale[:1000])))
         if limit is not None and len(out.points) >= limit:
             if len(items) > i + 1:
                 out.issues.append(f"kept the first {limit} valid candidates of {len(items)}")
@@ -750,7 +760,7 @@ def parse_related(text: str, names: Sequence[str]) -> ParsedRelated:
             out.issues.append(f"no relatedness number for {name!r}")
             continue
         why = _first(x, ("why", "reason", "rationale"))
-        why = " ".join(str(why).split())[:200] if why is not None else ""
+        why = valid_text(" ".join(str(why).split())[:200]) if why is not None else ""
         out.scores[name] = (min(1.0, max(0.0, v)), why)
     missing = [n for n in names if n not in out.scores]
     if missing:
