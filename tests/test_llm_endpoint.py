@@ -737,3 +737,20 @@ def test_a_response_body_of_the_wrong_shape_is_an_outcome_not_an_exception(body)
 def test_a_bad_max_retries_variable_is_named():
     with pytest.raises(ValueError, match="BBO_LLM_MAX_RETRIES='abc'"):
         LlmConfig.from_env({"BBO_LLM_BASE_URL": "http://h/v1", "BBO_LLM_MAX_RETRIES": "abc"})
+
+
+def test_values_an_answer_repeats_are_quoted_short_in_the_stored_outcome():
+    """The outcome names why a candidate was dropped with the value the model gave: quoted in
+    full, 60,000 invisible characters (each ``\\U000e0001`` in a repr) or a categorical's 1,000
+    choices made an outcome of megabytes, stored with the call and shown by ListLlmCalls beside
+    the answer it was read from."""
+    spec = make_spec()
+    huge = "\U000e0001" * 60_000
+    text = json.dumps(
+        {"candidates": [{"rationale": "r", "params": {**GOOD, "opt": huge}}]}, ensure_ascii=False
+    )
+    with ChatServer([Reply(text)]) as srv:
+        res = LlmAdvisor(cfg(srv)).warmstart(spec, [], N)
+    (rec,) = res.calls
+    assert rec.outcome.startswith("unusable answer: no valid candidates (candidate 0: opt: ")
+    assert len(rec.outcome) < 1000 and all(len(i) < 1000 for i in res.issues)

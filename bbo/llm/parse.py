@@ -331,13 +331,23 @@ def _range_t(p) -> tuple[float, float]:
     return _t(p, float(p.low)), _t(p, float(p.high))
 
 
+QUOTE_CHARS = 80  # of a value quoted in a note (notes end up in stored outcomes and logs)
+
+
+def _quote(v: Any) -> str:
+    """``repr(v)``, cut to :data:`QUOTE_CHARS` (a model's value may be 100,000 characters, each
+    ten in a repr, and a categorical may have 1,000 choices)."""
+    r = repr(v[: QUOTE_CHARS + 1] if isinstance(v, (str, list)) else v)
+    return r if len(r) <= QUOTE_CHARS else r[: QUOTE_CHARS - 3] + "..."
+
+
 def coerce_value(p, raw: Any) -> tuple[Value | None, str]:
     """(value or None, note): ``raw`` repaired into a valid value of parameter ``p``."""
     if isinstance(p, FixedParam):
         return p.value, (
             ""
             if raw is None or raw == p.value
-            else f"{p.name}: fixed at {p.value!r}, ignored {raw!r}"
+            else f"{p.name}: fixed at {_quote(p.value)}, ignored {_quote(raw)}"
         )
     if isinstance(p, CategoricalParam):
         if isinstance(raw, bool):
@@ -345,18 +355,18 @@ def coerce_value(p, raw: Any) -> tuple[Value | None, str]:
         if isinstance(raw, (int, float)):
             raw = str(raw) if not (isinstance(raw, float) and raw.is_integer()) else str(int(raw))
         if not isinstance(raw, str):
-            return None, f"{p.name}: {raw!r} is not one of {list(p.choices)}"
+            return None, f"{p.name}: {_quote(raw)} is not one of {_quote(list(p.choices))}"
         if raw in p.choices:
             return raw, ""
         key = " ".join(raw.split()).casefold()
         for c in p.choices:
             if " ".join(c.split()).casefold() == key:
-                return c, f"{p.name}: {raw!r} read as {c!r}"
-        return None, f"{p.name}: {raw!r} is not one of {list(p.choices)}"
+                return c, f"{p.name}: {_quote(raw)} read as {_quote(c)}"
+        return None, f"{p.name}: {_quote(raw)} is not one of {_quote(list(p.choices))}"
     v = _number(raw)
     if v is None:
-        return None, f"{p.name}: {raw!r} is not a number"
-    note = "" if isinstance(raw, (int, float)) else f"{p.name}: {raw!r} read as {v:g}"
+        return None, f"{p.name}: {_quote(raw)} is not a number"
+    note = "" if isinstance(raw, (int, float)) else f"{p.name}: {_quote(raw)} read as {v:g}"
     lo_t, hi_t = _range_t(p)
     if p.log and v <= 0:
         return None, f"{p.name}: {v:g} is not positive (log scale)"
