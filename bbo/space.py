@@ -628,12 +628,17 @@ class SearchSpace:
         than its widest term's range (``|a| * (high - low)``, its coefficient in the encoding the
         optimizer works in), plus the rounding of the sum in doubles. Scaled by the bound alone,
         ``x + y <= 1e9 + 1`` over x in [1e9, 1e9 + 1] and y in [0, 1] let points through that
-        broke it by 0.57 (the initial design's, a repaired optimizer point's, an added trial's)."""
+        broke it by 0.57 (the initial design's, a repaired optimizer point's, an added trial's).
+        Only float terms count for the range: an int or ordinal is handed out at its exact value,
+        and ``1e12 * n + 2 * m <= 1`` over ints excused n = 0, m = 2 (1,000 of slack)."""
         out = []
         for c in self.constraints:
             terms = [(float(a), *_linear_range(self.by_name[n])) for n, a in c.coefficients.items()]
             old = max(1.0, abs(c.bound), *(abs(a) for a, _, _ in terms))
-            width = max(abs(a) * (hi - lo) for a, lo, hi in terms)
+            floats = [isinstance(self.by_name[n], FloatParam) for n in c.coefficients]
+            width = max(
+                (abs(a) * (hi - lo) for (a, lo, hi), f in zip(terms, floats) if f), default=0.0
+            )
             eps = 4 * (len(terms) + 2) * float(np.finfo(float).eps)  # first: no overflow
             rounding = eps * abs(c.bound) + sum(
                 eps * abs(a) * abs(lo) + eps * abs(a) * abs(hi) for a, lo, hi in terms

@@ -443,6 +443,24 @@ def test_constraints_far_from_zero_are_met_to_the_parameters_scale():
     assert not unit.is_feasible({"x": 0.5, "y": 0.5 + 5e-9})
 
 
+def test_a_huge_coefficient_on_an_int_excuses_no_violation_of_another_term():
+    """1e12 * n + 2 * m <= 1 over ints: the tolerance was 1e-9 of n's term range (1e12 * 11),
+    1,000, so n = 0, m = 3 (left-hand side 6) passed; the design and BO handed out such points
+    and AddTrial took them. Ints and ordinals are exact: they leave only the sum's rounding."""
+    space = SearchSpace(
+        (IntParam("n", -1, 10), IntParam("m", 0, 5), OrdinalParam("o", (0.0, 1.0, 2.0))),
+        (LinearConstraint({"n": 1e12, "m": 2.0}, 1.0), LinearConstraint({"o": 1e12}, 1e12)),
+    )
+    assert not space.is_feasible({"n": 0, "m": 1, "o": 0.0})
+    assert not space.is_feasible({"n": -1, "m": 0, "o": 2.0})
+    assert space.is_feasible({"n": 0, "m": 0, "o": 1.0})
+    with pytest.raises(SpecError, match="violate constraint 0"):
+        space.validate_params({"n": 0, "m": 2, "o": 0.0})
+    pts = sobol_design(space, 12, seed=5)
+    assert len(pts) == 12
+    assert all(1e12 * p["n"] + 2 * p["m"] <= 1 and p["o"] <= 1 for p in pts), pts
+
+
 @pytest.mark.parametrize(
     "low, high, log",
     [(2**62, 2**62 + 1, False), (2**53, 2**53 + 1, False), (2**62, 2**62 + 1000, True)],
