@@ -405,3 +405,55 @@ def test_fuzz_total_and_server_still_serves(fuzz_env):
         timeout=30,
     )
     assert t.trial.state == pb.TRIAL_STATE_COMPLETED
+
+
+def _constrained_spec(rng) -> pb.StudySpec:
+    """2-4 int / ordinal parameters under one or two linear constraints whose coefficients span
+    1e-3 to 1e12, a float beside them, n_initial 3 (so the asks reach the BO step too)."""
+    spec = pb.StudySpec(objectives=[pb.Objective(name="y")])
+    spec.algorithm.n_initial, spec.algorithm.seed = 3, int(rng.integers(1 << 30))
+    names = []
+    for i in range(int(rng.integers(2, 5))):
+        p = spec.parameters.add(name=f"p{i}")
+        if rng.random() < 0.6:
+            lo = int(rng.integers(-3, 3))
+            p.int.CopyFrom(pb.IntParameter(low=lo, high=lo + int(rng.integers(1, 12))))
+        else:
+            p.ordinal.CopyFrom(pb.OrdinalParameter(values=[0.0, 1.0, 2.5, 4.0]))
+        names.append(p.name)
+    spec.parameters.add(name="x", float=pb.FloatParameter(low=0.0, high=1.0))
+    for _ in range(int(rng.integers(1, 3))):
+        c = spec.parameter_constraints.add(bound=float(rng.choice([0.0, 1.0, 3.0])))
+        for n in rng.choice(names, size=2, replace=False):
+            c.coefficients[str(n)] = float(rng.choice([1.0, -1.0, 2.0, 1e-3, 1e12, -1e12]))
+    return spec
+
+
+def test_random_constrained_specs_hand_out_points_that_meet_them(fuzz_env):
+    """Seeded random specs of ints and ordinals under linear constraints with huge and tiny
+    coefficients: every asked point (initial design and BO) meets every constraint exactly (ints
+    and ordinals are exact: only the sum's rounding is excused). A 1e12 coefficient once excused
+    1,000 of violation of its constraint's other terms."""
+    import numpy as np
+
+    s, rng = fuzz_env["stub"], np.random.default_rng(7)
+    checked = 0
+    for k in range(12):
+        spec = _constrained_spec(rng)
+        name = f"fz-constrained-{k}"
+        try:
+            s.CreateStudy(svc.CreateStudyRequest(name=name, spec=spec), timeout=60)
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, (e.code(), e.details())
+            continue
+        for count in (4, 2):
+            for t in s.Ask(svc.AskRequest(study=name, count=count), timeout=60).trials:
+                v = {n: getattr(x, x.WhichOneof("kind")) for n, x in t.parameters.items()}
+                for c in spec.parameter_constraints:
+                    terms = [a * v[n] for n, a in c.coefficients.items()]
+                    tol = 1e-12 * (abs(c.bound) + sum(map(abs, terms)))
+                    assert sum(terms) <= c.bound + tol, (name, t.origin, v, c)
+                checked += 1
+                y = {"y": pb.MetricValue(value=float(rng.normal()))}
+                s.Tell(svc.TellRequest(study=name, trial_id=t.id, metrics=y), timeout=30)
+    assert checked >= 30
