@@ -667,6 +667,13 @@ class SearchSpace:
         of construction relaxes ints and ordinals to ranges, so constraints that fit only between
         two whole numbers or two ordinal values pass it, and every ask of such a study would fail.
         Checked where a study is created (a stored study is read as it was accepted)."""
+        relaxed = self._feasible_point() if self.constraints else None
+        if relaxed is not None and self._breaks_slack(relaxed):
+            raise SpecError(
+                path,
+                "the parameter constraints admit no point inside the parameter bounds (within "
+                "1e-9 of each constraint's scale): loosen a bound",
+            )
         if self.constraints and self._grid_solution[0] is False:
             raise SpecError(
                 path,
@@ -846,6 +853,16 @@ class SearchSpace:
             method="highs",
         )
         return res.x if res.status == 0 else None
+
+    def _breaks_slack(self, x: np.ndarray) -> bool:
+        """Whether the relaxed point ``x`` (the LP's) breaks a constraint past :attr:`slack` over
+        its floats (its ints and ordinals are relaxed to ranges: their terms keep the LP's
+        precision). HiGHS excuses 1e-7 of a scaled row, so ``1e-300 * x <= 0`` over x >= 1e-4
+        was accepted and every ask then searched a minute for a point and failed."""
+        A, b = dense_constraints(self.inequality_constraints(), self.dim)
+        disc = [i for i, p in enumerate(self.free) if not isinstance(p, FloatParam)]
+        excused = np.asarray(self.slack) + 1e-9 * np.abs(A[:, disc]).max(axis=1, initial=0.0)
+        return bool(np.any(b - A @ x > excused))
 
 
 def scaled_rows(A: np.ndarray, *sides: np.ndarray) -> tuple[np.ndarray, ...]:

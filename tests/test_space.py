@@ -443,6 +443,26 @@ def test_constraints_far_from_zero_are_met_to_the_parameters_scale():
     assert not unit.is_feasible({"x": 0.5, "y": 0.5 + 5e-9})
 
 
+def test_constraints_broken_past_the_tolerance_everywhere_are_refused():
+    """x + y <= -5e-8 over [0, 1]^2 (and 1e-300 * x <= 0 over x >= 1e-4) break by less than the
+    LP's 1e-7 feasibility tolerance but more than the space's own: CreateStudy accepted them and
+    every ask then searched a minute for a point and failed FAILED_PRECONDITION."""
+    for params, cons in [
+        ((FloatParam("x", 0, 1), FloatParam("y", 0, 1)), ({"x": 1.0, "y": 1.0}, -5e-8)),
+        ((CategoricalParam("k", ("a", "b")), FloatParam("x", 1e-4, 1e4)), ({"x": 1e-300}, 0.0)),
+    ]:
+        space = SearchSpace(params, (LinearConstraint(*cons),))  # a stored one still loads
+        with pytest.raises(SpecError, match="admit no point"):
+            space.check_reachable()
+    met = SearchSpace(  # within the tolerance at the corner: one point, as before
+        (FloatParam("x", 0, 1), FloatParam("y", 0, 1)),
+        (LinearConstraint({"x": 1.0, "y": 1.0}, -5e-10),),
+    )
+    assert met.is_feasible({"x": 0.0, "y": 0.0})
+    with pytest.raises(SpecError, match="leave one point"):
+        met.check_reachable()
+
+
 def test_a_huge_coefficient_on_an_int_excuses_no_violation_of_another_term():
     """1e12 * n + 2 * m <= 1 over ints: the tolerance was 1e-9 of n's term range (1e12 * 11),
     1,000, so n = 0, m = 3 (left-hand side 6) passed; the design and BO handed out such points
