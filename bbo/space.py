@@ -869,10 +869,14 @@ def scaled_rows(A: np.ndarray, *sides: np.ndarray) -> tuple[np.ndarray, ...]:
     """The rows ``A x`` against their ``sides`` (right-hand sides), each row divided by its
     largest coefficient: HiGHS refuses a matrix entry of 1e15 or more as a model error (which
     scipy reports as infeasible, so ``x - y <= 0`` over [0, 1e15] was refused as admitting no
-    point) and drops entries below 1e-9 as zeros."""
+    point) and drops entries below 1e-9 as zeros. A side past a double (``1e-300 * x <= 1e12``,
+    a row far tinier than its bound) is capped at 1e300, far past what the row reaches on the
+    unit box: it was inf, which linprog refused (CreateStudy failed INTERNAL)."""
     norm = np.abs(A).max(axis=1, initial=0.0)
     norm[norm == 0] = 1.0
-    return (A / norm[:, None], *(np.asarray(v, dtype=float) / norm for v in sides))
+    with np.errstate(over="ignore"):
+        scaled = [np.clip(np.asarray(v, dtype=float) / norm, -1e300, 1e300) for v in sides]
+    return (A / norm[:, None], *scaled)
 
 
 def _linear_range(p: Param) -> tuple[float, float]:

@@ -443,6 +443,17 @@ def test_constraints_far_from_zero_are_met_to_the_parameters_scale():
     assert not unit.is_feasible({"x": 0.5, "y": 0.5 + 5e-9})
 
 
+def test_a_row_far_tinier_than_its_bound_is_judged_not_crashed_on():
+    """1e-300 * x <= 1e12: the LP's row, scaled by its largest coefficient, had a side of inf,
+    which linprog refused with a ValueError (CreateStudy failed INTERNAL). Met everywhere it is
+    accepted; its opposite, met nowhere, is refused."""
+    box = (FloatParam("x", 0, 31), IntParam("n", 0, 31))
+    for name in ("x", "n"):
+        SearchSpace(box, (LinearConstraint({name: 1e-300}, 1e12),)).check_reachable()
+    with pytest.raises(SpecError, match="admit no point"):
+        SearchSpace(box, (LinearConstraint({"x": -1e-300}, -1e12),))
+
+
 def test_constraints_broken_past_the_tolerance_everywhere_are_refused():
     """x + y <= -5e-8 over [0, 1]^2 (and 1e-300 * x <= 0 over x >= 1e-4) break by less than the
     LP's 1e-7 feasibility tolerance but more than the space's own: CreateStudy accepted them and
