@@ -97,6 +97,9 @@ def test_unknown_options_rejected():
         ("hpo", dict(cv_folds=51, dataset="iris")),  # 50 rows a class
         ("hpo", dict(cv_folds=101)),
         ("hpo", dict(max_samples=1, dataset="iris")),
+        # breast_cancer's first five rows kept are of one class: nothing to tell apart
+        ("hpo", dict(max_samples=5)),
+        ("hpo", dict(max_samples=5, model="sgd_mlp")),
         ("hpo", dict(max_samples=2, model="sgd_mlp", dataset="iris")),
         ("hpo", dict(model="sgd_mlp", max_epochs=10**9)),
         ("admm", dict(max_iter=10**9)),

@@ -128,8 +128,12 @@ MAX_EPOCHS = 10_000  # max_epochs (sgd_mlp): 10**9 epochs ran for years a trial
 
 
 def _smallest_class(y: np.ndarray, classify: bool) -> int:
-    """Rows of the smallest class (every row, for a regression)."""
-    return int(np.unique(y, return_counts=True)[1].min()) if classify else len(y)
+    """Rows of the smallest class (every row, for a regression); 0 where the rows hold a single
+    class, as a classifier cannot be fit on one (breast_cancer at max_samples=5)."""
+    if not classify:
+        return len(y)
+    counts = np.unique(y, return_counts=True)[1]
+    return int(counts.min()) if len(counts) > 1 else 0
 
 
 def _check_rows(o: Mapping[str, Any], y: np.ndarray, classify: bool, need: int, why: str) -> None:
