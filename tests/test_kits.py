@@ -103,8 +103,14 @@ def test_unknown_options_rejected():
         ("hpo", dict(max_samples=2, model="sgd_mlp", dataset="iris")),
         ("hpo", dict(model="sgd_mlp", max_epochs=10**9)),
         ("admm", dict(max_iter=10**9)),
+        pytest.param("admm", dict(max_iter=10**400), id="admm-max_iter-10**400"),  # OverflowError
         ("cloud", dict(horizon=1e9)),
         ("cloud", dict(load_scale=1e6)),
+        # infinite bounds: the server refused them without naming the option
+        ("cloud", dict(cost_budget=math.inf)),
+        ("cloud", dict(sla_wait_minutes=math.inf)),
+        ("hpo", dict(max_train_seconds=math.inf)),
+        ("admm", dict(accuracy=math.inf)),
     ],
     ids=str,
 )

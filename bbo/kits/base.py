@@ -16,6 +16,7 @@ A kit whose model trains epoch by epoch (a fidelity) also implements :class:`Tra
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -67,17 +68,20 @@ class Kit:
         integer: bool = False,
         above: bool = False,
     ) -> None:
-        """Refuse an option that is not a number in ``[low, high]`` (``(low, high]`` with
+        """Refuse an option that is not a finite number in ``[low, high]`` (``(low, high]`` with
         ``above``; a whole number with ``integer``): a study whose every trial fails or measures
-        nothing is refused before it is created."""
+        nothing is refused before it is created, and so is an infinite bound, which the server
+        refuses without naming the option."""
         v = opts[name]
-        ok = not isinstance(v, bool) and isinstance(v, (int, float)) and v == v
+        ok = not isinstance(v, bool) and (
+            isinstance(v, int) or isinstance(v, float) and math.isfinite(v)
+        )
         if ok and integer:
-            ok = float(v).is_integer()
+            ok = isinstance(v, int) or v.is_integer()
         if ok:
             ok = (v > low if above else v >= low) and v <= high
         if not ok:
-            kind = "a whole number" if integer else "a number"
+            kind = "a whole number" if integer else "a finite number"
             where = f"{'>' if above else '>='} {low:g}" + (
                 f" and <= {high:g}" if high != float("inf") else ""
             )
