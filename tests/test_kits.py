@@ -417,6 +417,19 @@ def test_cli_options_and_spec_conversion():
     assert [c.metric for c in kw["constraints"]] == ["sla_violation_rate", "cost_overhead"]
 
 
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+def test_cli_refuses_an_eval_seed_every_trial_would_fail_with(seed, capsys):
+    """``--eval-seed -1`` created the study and then failed every trial ("expected non-negative
+    integer", scikit-learn's random_state range): argparse refuses it, naming the flag, before
+    any server is contacted."""
+    from bbo.kits.cli import kit_main
+
+    with pytest.raises(SystemExit) as e:
+        kit_main(["admm", "--server", "127.0.0.1:1", "--eval-seed", seed])
+    assert e.value.code == 2
+    assert "--eval-seed: must be >= 0 and <= 4294967295" in capsys.readouterr().err
+
+
 def test_cli_list_runs():
     from bbo.kits.cli import kit_main
 

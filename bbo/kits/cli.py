@@ -22,18 +22,21 @@ from bbo.kits.base import TrainsByEpoch
 from bbo.space import CategoricalParam, FixedParam, FloatParam, IntParam, OrdinalParam
 from bbo.spec import StudySpec
 
+MAX_EVAL_SEED = 2**32 - 1  # --eval-seed: every trial failed above it (and below 0)
 
-def at_least(low: int):
-    """An argparse type: a whole number >= ``low`` (refused by argparse, naming the flag, before
-    a server is waited for or a study created)."""
+
+def at_least(low: int, high: int | None = None):
+    """An argparse type: a whole number >= ``low`` (and <= ``high``) (refused by argparse, naming
+    the flag, before a server is waited for or a study created)."""
 
     def parse(text: str) -> int:
         try:
             v = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if v < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
+        if v < low or (high is not None and v > high):
+            where = f">= {low}" + (f" and <= {high}" if high is not None else "")
+            raise argparse.ArgumentTypeError(f"must be {where}, got {v}")
         return v
 
     return parse
@@ -218,9 +221,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of the study's suggestions")
     p.add_argument(
         "--eval-seed",
-        type=int,
+        type=at_least(0, MAX_EVAL_SEED),  # scikit-learn's random_state takes 0 to 2**32 - 1
         default=0,
-        help="seed of the black box (CV split / instance / workload; default 0)",
+        help=f"seed of the black box (CV split / instance / workload), 0 to {MAX_EVAL_SEED}; "
+        "default 0",
     )
     p.add_argument(
         "--transfer",
