@@ -156,6 +156,17 @@ def test_parts_of_a_data_set_are_disjoint_and_cover_it():
     assert KITS["hpo"].evaluate(p)["cv_error"] != KITS["hpo"].evaluate(other)["cv_error"]
 
 
+def test_cloud_description_states_the_scaled_load():
+    """The LLM's facts follow ``load_scale``: at 2x they said 2.5 jobs/min and 100 busy cores,
+    half the load it simulates; the default description is unchanged (stored specs match)."""
+    default = KITS["cloud"].spec().description
+    assert "2.5 jobs/min with bursts of 10 jobs/min" in default
+    assert "about 100 busy cores (7 machines), bursts need 20 or more" in default
+    doubled = KITS["cloud"].spec(load_scale=2.0).description
+    assert "5 jobs/min with bursts of 20 jobs/min" in doubled
+    assert "about 200 busy cores (13 machines), bursts need 40 or more" in doubled
+
+
 @pytest.mark.parametrize("variant", VARIANTS, ids=_ids)
 def test_evaluate_deterministic_and_complete(variant):
     name, opts = variant

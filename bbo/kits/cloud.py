@@ -427,12 +427,13 @@ class CloudKit(Kit):
             f"cost_overhead is the machine-hours paid divided by the machine-hours of a perfectly packed, never idle cluster "
             f"(the jobs' core-hours / 16)."
         )
+        s = float(o["load_scale"])  # arrival rates and load scale with it
         return (
             "Tuning the scheduling and autoscaling policy of a simulated compute cluster. "
-            f"Workload: {o['horizon'] / 60:g} hours of batch jobs arriving as a Poisson process of 2.5 jobs/min with bursts of "
-            "10 jobs/min (about 12 minutes each, roughly every hour), log-normal durations (median 6 min, mean 10 min, unknown "
+            f"Workload: {o['horizon'] / 60:g} hours of batch jobs arriving as a Poisson process of {2.5 * s:.3g} jobs/min with bursts of "
+            f"{10 * s:.3g} jobs/min (about 12 minutes each, roughly every hour), log-normal durations (median 6 min, mean 10 min, unknown "
             "to the scheduler), 1-8 cores (mean 2.6) and about 3 GB memory per core, 20% high-priority. The average load is "
-            "about 100 busy cores (7 machines), bursts need 20 or more. Machines: 16 cores, 64 GB, 3 minutes to boot, billed "
+            f"about {100 * s:.3g} busy cores ({math.ceil(100 * s / MACHINE_CPU)} machines), bursts need {20 * s:.3g} or more. Machines: 16 cores, 64 GB, 3 minutes to boot, billed "
             "per machine-hour including boot; jobs slow down by up to 30% on machines more than half full. "
             + goal
             + f" Constraint: sla_violation_rate, the fraction of high-priority jobs waiting more than {o['sla_wait_minutes']:g} "
