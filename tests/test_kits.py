@@ -167,6 +167,24 @@ def test_cloud_description_states_the_scaled_load():
     assert "about 200 busy cores (13 machines), bursts need 40 or more" in doubled
 
 
+def test_hpo_description_states_the_rows_max_samples_keeps():
+    """digits' facts say "subsampled to 1000": a study of max_samples=200 (or of all 1797 rows)
+    now says how many rows it keeps; where the default cut holds, the text is unchanged."""
+    kit = KITS["hpo"]
+    assert "keeps" not in kit.spec(dataset="digits").description
+    assert (
+        "keeps" not in kit.spec(dataset="wine", max_samples=5000).description
+    )  # 178 rows either way
+    assert (
+        "this study keeps 200 rows (max_samples 200)"
+        in kit.spec(dataset="digits", max_samples=200).description
+    )
+    assert "keeps 1797 rows" in kit.spec(dataset="digits", max_samples=2000).description
+    assert (
+        "keeps 100 rows" in kit.spec(model="sgd_mlp", dataset="wine", max_samples=100).description
+    )
+
+
 @pytest.mark.parametrize("variant", VARIANTS, ids=_ids)
 def test_evaluate_deterministic_and_complete(variant):
     name, opts = variant

@@ -429,6 +429,10 @@ class HpoKit(Kit):
         about = d["about"] + (
             f"; this study uses part {k} of {n} disjoint parts of its rows" if n > 1 else ""
         )
+        kept = len(load_dataset(o["dataset"], int(o["max_samples"]), str(o["part"]))[1])
+        if kept != len(load_dataset(o["dataset"], 1000, str(o["part"]))[1]):
+            # the rows say more than the default cut the data set's facts above state
+            about += f"; this study keeps {kept} rows (max_samples {o['max_samples']})"
         if m.get("epochs"):
             return (
                 f"Hyperparameter tuning of a {m['about']} on the scikit-learn data set "
