@@ -23,8 +23,10 @@ Tracked metrics: ``train_seconds`` (mean wall-clock fit time per fold: NOT deter
 ``spec(max_train_seconds=X)`` adds the outcome constraint ``train_seconds <= X`` (effectiveness
 traded against training time).
 
-Cost of one evaluation on one core (measured): k-NN, linear, SVM < 0.2 s; random forest < 1.2 s;
-MLP < 2 s on digits; gradient boosting < 1 s on binary data sets but up to ~5 s on digits at its
+Cost of one evaluation on one core (measured): k-NN, linear, SVM < 0.2 s; random forest < 1.2 s
+on the small data sets but up to ~4 s on digits at its largest settings (200 trees of depth 20 over
+all 64 features); MLP < 2 s on the small data sets, up to ~4 s on digits at its largest (128 units,
+batch 16, 100 epochs); gradient boosting < 1 s on binary data sets but up to ~5 s on digits at its
 largest settings (10 classes = 10 trees per boosting round).
 
 Epoch-based model (multi-fidelity): ``sgd_mlp`` is a one-hidden-layer perceptron trained by plain
