@@ -100,6 +100,9 @@ def test_unknown_options_rejected():
         # breast_cancer's first five rows kept are of one class: nothing to tell apart
         ("hpo", dict(max_samples=5)),
         ("hpo", dict(max_samples=5, model="sgd_mlp")),
+        # sgd_mlp's 30% hold-out of 25 digits: 8 rows for 9 classes (every trial failed)
+        ("hpo", dict(max_samples=25, model="sgd_mlp", dataset="digits")),
+        ("hpo", dict(part="1/59", model="sgd_mlp", dataset="digits")),  # named cv_folds
         ("hpo", dict(max_samples=2, model="sgd_mlp", dataset="iris")),
         ("hpo", dict(model="sgd_mlp", max_epochs=10**9)),
         ("admm", dict(max_iter=10**9)),

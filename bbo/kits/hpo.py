@@ -41,6 +41,7 @@ error is the majority-class error from then on. About 10-40 ms per epoch on digi
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections.abc import Iterator, Mapping
@@ -138,20 +139,49 @@ def _smallest_class(y: np.ndarray, classify: bool) -> int:
     return int(counts.min()) if len(counts) > 1 else 0
 
 
-def _check_rows(o: Mapping[str, Any], y: np.ndarray, classify: bool, need: int, why: str) -> None:
+def _check_rows(
+    o: Mapping[str, Any],
+    y: np.ndarray,
+    classify: bool,
+    need: int,
+    why: str,
+    otherwise: str = "cv_folds",
+) -> None:
     """Refuse options that leave some class of ``y`` (the kept rows) fewer than ``need`` rows:
     every evaluation would fail (scikit-learn's "n_splits greater than the number of members in
     each class"). Named: ``max_samples`` where the data set's rows would do without its cut,
-    else ``cv_folds``."""
+    else ``otherwise`` (``part`` for the hold-out of an epoch-based model, which has no folds)."""
     have = _smallest_class(y, classify)
     if have >= need:
         return
     _, whole = load_dataset(o["dataset"], 10**9, str(o["part"]))
-    option = "max_samples" if _smallest_class(whole, classify) >= need else "cv_folds"
+    option = "max_samples" if _smallest_class(whole, classify) >= need else otherwise
     raise SpecError(
         option,
         f"kit 'hpo': option {option} must leave {need} rows of every class ({why}), but the rows "
         f"kept (after max_samples and part) hold {have} of the smallest",
+    )
+
+
+def _holdout_short(y: np.ndarray) -> bool:
+    """Whether the stratified 30 % hold-out of ``y`` leaves a side with fewer rows than classes
+    (scikit-learn's "test_size = 8 should be greater or equal to the number of classes = 9")."""
+    test = math.ceil(EpochTrainer.VALIDATION * len(y))  # train_test_split's rounding
+    return min(test, len(y) - test) < len(np.unique(y))
+
+
+def _check_holdout(o: Mapping[str, Any], y: np.ndarray) -> None:
+    """Refuse options whose kept rows are too few for the hold-out of every class; named as in
+    :func:`_check_rows`."""
+    if not _holdout_short(y):
+        return
+    _, whole = load_dataset(o["dataset"], 10**9, str(o["part"]))
+    option = "part" if _holdout_short(whole) else "max_samples"
+    raise SpecError(
+        option,
+        f"kit 'hpo': option {option} must keep enough rows for a 30% hold-out holding each of the "
+        f"{len(np.unique(y))} classes on both sides, but the rows kept (after max_samples and part) "
+        f"are {len(y)}",
     )
 
 
@@ -469,7 +499,9 @@ class HpoKit(Kit):
         X, y = load_dataset(o["dataset"], int(o["max_samples"]), str(o["part"]))
         classify = DATASETS[o["dataset"]]["task"] == "classification"
         if MODELS[o["model"]].get("epochs"):
-            _check_rows(o, y, classify, 2, "a stratified hold-out")
+            _check_rows(o, y, classify, 2, "a stratified hold-out", otherwise="part")
+            if classify:  # a regression data set is refused below, as sgd_mlp classifies
+                _check_holdout(o, y)
             return self._epoch_spec(o, options)
         self._check_number(o, "cv_folds", 2, MAX_CV_FOLDS, integer=True)
         k = int(o["cv_folds"])
