@@ -97,6 +97,9 @@ def test_unknown_options_rejected():
         ("hpo", dict(cv_folds=51, dataset="iris")),  # 50 rows a class
         ("hpo", dict(cv_folds=101)),
         ("hpo", dict(max_samples=1, dataset="iris")),
+        # a one-row test fold: R^2 is NaN, every trial failed ("metric(s) not finite numbers")
+        ("hpo", dict(max_samples=5, dataset="diabetes")),
+        ("hpo", dict(max_samples=9, dataset="diabetes", cv_folds=5)),
         # breast_cancer's first five rows kept are of one class: nothing to tell apart
         ("hpo", dict(max_samples=5)),
         ("hpo", dict(max_samples=5, model="sgd_mlp")),

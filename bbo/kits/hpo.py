@@ -156,10 +156,12 @@ def _check_rows(
         return
     _, whole = load_dataset(o["dataset"], 10**9, str(o["part"]))
     option = "max_samples" if _smallest_class(whole, classify) >= need else otherwise
+    what, held = ("rows of every class", "hold") if classify else ("rows", "are")
     raise SpecError(
         option,
-        f"kit 'hpo': option {option} must leave {need} rows of every class ({why}), but the rows "
-        f"kept (after max_samples and part) hold {have} of the smallest",
+        f"kit 'hpo': option {option} must leave {need} {what} ({why}), but the rows "
+        f"kept (after max_samples and part) {held} {have}"
+        + (" of the smallest" if classify else ""),
     )
 
 
@@ -505,7 +507,10 @@ class HpoKit(Kit):
             return self._epoch_spec(o, options)
         self._check_number(o, "cv_folds", 2, MAX_CV_FOLDS, integer=True)
         k = int(o["cv_folds"])
-        _check_rows(o, y, classify, k, f"{k}-fold CV")
+        if classify:
+            _check_rows(o, y, classify, k, f"{k}-fold CV")
+        else:  # R^2 of a one-row test fold is NaN: every trial would fail
+            _check_rows(o, y, classify, 2 * k, f"{k}-fold CV, two rows a test fold for R^2")
         if o["max_train_seconds"] is not None:
             self._check_number(o, "max_train_seconds", 0, above=True)
         params = MODELS[o["model"]]["params"]
