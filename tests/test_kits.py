@@ -129,6 +129,25 @@ def test_out_of_range_options_are_refused_naming_the_option(name, opts):
     assert e.value.field == option
 
 
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(model="sgd_mlp", max_train_seconds=0.5),
+        dict(model="sgd_mlp", cv_folds=5),
+        dict(model="svm", max_epochs=20),
+    ],
+    ids=str,
+)
+def test_hpo_refuses_an_option_its_model_ignores(opts):
+    """``-o model=sgd_mlp -o max_train_seconds=0.5`` made a study with no time constraint (and
+    ``cv_folds`` one scored on a hold-out, ``max_epochs`` on svm nothing): silently not the study
+    asked for. Refused, naming the option."""
+    option = next(k for k in opts if k != "model")
+    with pytest.raises(SpecError, match=f"option {option} does not apply") as e:
+        KITS["hpo"].spec(**opts)
+    assert e.value.field == option
+
+
 def test_knn_asks_no_more_neighbours_than_a_training_fold_holds():
     """A fifth of iris (30 rows) leaves 20 rows a training fold in 3-fold CV: k-NN's n_neighbors
     up to 50 failed on every point above 20; the space stops at the fold's rows."""

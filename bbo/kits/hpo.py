@@ -496,11 +496,19 @@ class HpoKit(Kit):
             raise SpecError(
                 "dataset", f"unknown data set {o['dataset']!r}; choose one of {sorted(DATASETS)}"
             )
+        epochs = bool(MODELS[o["model"]].get("epochs"))
+        # an option the model ignores would leave a study other than the one asked for
+        ignored = {"cv_folds", "max_train_seconds"} if epochs else {"max_epochs"}
+        for name in sorted(ignored & {k for k, v in options.items() if v is not None}):
+            how = "an epoch-based model, scored on a 30% hold-out" if epochs else "not epoch-based"
+            raise SpecError(
+                name, f"kit 'hpo': option {name} does not apply to model {o['model']!r} ({how})"
+            )
         self._check_number(o, "max_samples", 1, integer=True)
         # refuses a bad part
         X, y = load_dataset(o["dataset"], int(o["max_samples"]), str(o["part"]))
         classify = DATASETS[o["dataset"]]["task"] == "classification"
-        if MODELS[o["model"]].get("epochs"):
+        if epochs:
             _check_rows(o, y, classify, 2, "a stratified hold-out", otherwise="part")
             if classify:  # a regression data set is refused below, as sgd_mlp classifies
                 _check_holdout(o, y)
