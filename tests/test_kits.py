@@ -148,6 +148,14 @@ def test_hpo_refuses_an_option_its_model_ignores(opts):
     assert e.value.field == option
 
 
+def test_cloud_multi_refuses_a_cost_budget():
+    """variant=multi makes cost an objective: cost_budget=1.5 was dropped without a word."""
+    with pytest.raises(SpecError, match="cost_budget does not apply") as e:
+        KITS["cloud"].spec(variant="multi", cost_budget=1.5)
+    assert e.value.field == "cost_budget"
+    assert KITS["cloud"].spec(variant="multi").objectives[1].name == "cost_machine_hours"
+
+
 def test_knn_asks_no_more_neighbours_than_a_training_fold_holds():
     """A fifth of iris (30 rows) leaves 20 rows a training fold in 3-fold CV: k-NN's n_neighbors
     up to 50 failed on every point above 20; the space stops at the fold's rows."""

@@ -450,6 +450,13 @@ class CloudKit(Kit):
         o = self._options(options)
         if o["variant"] not in ("single", "multi"):
             raise SpecError("variant", f"variant must be 'single' or 'multi', got {o['variant']!r}")
+        if o["variant"] == "multi" and options.get("cost_budget") is not None:
+            # cost is an objective there: a budget given would be dropped without a word
+            raise SpecError(
+                "cost_budget",
+                "kit 'cloud': option cost_budget does not apply to variant 'multi' (cost is an "
+                "objective there); use variant 'single' for a cost budget",
+            )
         # a week at 100x the load is about a minute and a half of simulation a trial (3600 min at
         # 1x: 0.35 s); 1e9 minutes would draw billions of jobs before simulating any
         self._check_number(o, "horizon", 0, MAX_HORIZON, above=True)
