@@ -1,7 +1,9 @@
 """Multi-fidelity optimization, side by side in one run: bbo's multi-fidelity mode (a fidelity,
 ASHA / Hyperband pruning, the model on the best-informed rung) against bbo without it (every trial
 at the full budget), Optuna TPE with its HyperbandPruner, and random search with asynchronous
-successive halving (Optuna's RandomSampler + SuccessiveHalvingPruner).
+successive halving (Optuna's RandomSampler + SuccessiveHalvingPruner). With ``--methods
+bbo_mf:median,optuna_gp_median,optuna_tpe_median``: early stopping without a fidelity, bbo's
+median rule (its default) against Optuna's GPSampler and TPESampler with its MedianPruner.
 
 Problems (each trial is "trained" budget unit by budget unit, reporting its value after each one;
 a unit costs 1, so the budget spent is the sum of the units trained):
@@ -171,13 +173,14 @@ class _Reporter:
 
 
 def run_bbo(problem: Problem, seed: int, total: int, address: str, mode: str) -> Trace:
-    """``mode``: "plain" (no fidelity), "asha" / "hyperband" (stopping), "asha-promote"."""
+    """``mode``: "plain" (no fidelity), "median" (no fidelity, the median rule's stopping),
+    "asha" / "hyperband" (stopping), "asha-promote"."""
     import bbo_client as bc
 
     trace = Trace(total)
     name = f"{problem.name}-{mode}-{seed}-{os.getpid()}-{time.time_ns()}"
     kw = {}
-    if mode != "plain":
+    if mode not in ("plain", "median"):
         policy, _, promote = mode.partition("-")
         kw = dict(
             fidelity=bc.Fidelity("epochs", 1, MAX, integer=True),
@@ -224,6 +227,12 @@ def run_optuna(problem: Problem, seed: int, total: int, method: str) -> Trace:
         pruner = optuna.pruners.HyperbandPruner(
             min_resource=1, max_resource=MAX, reduction_factor=ETA
         )
+    elif method.endswith("_median"):  # bbo's median rule's settings: 3 completed, from step 1
+        gp = method == "optuna_gp_median"
+        sampler = (
+            optuna.samplers.GPSampler(seed=seed) if gp else optuna.samplers.TPESampler(seed=seed)
+        )
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
     else:  # random + ASHA
         sampler = optuna.samplers.RandomSampler(seed=seed)
         pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=ETA)
@@ -278,6 +287,9 @@ LABELS = {
     "bbo": "bbo, no pruning",
     "optuna_tpe_hyperband": "Optuna TPE + Hyperband",
     "random_asha": "random + ASHA",
+    "bbo_mf:median": "bbo, median rule",
+    "optuna_gp_median": "Optuna GP + MedianPruner",
+    "optuna_tpe_median": "Optuna TPE + MedianPruner",
 }
 
 
@@ -518,7 +530,8 @@ def main(argv=None) -> int:
         srv.stop()
     optima = {p.name: p.optimum for p in problems if p.optimum is not None}
     meta = (
-        f"`bench/bench_fidelity.py --seeds {args.seeds} --trials {args.trials} --mf-mode {args.mf_mode}`: "
+        f"`bench/bench_fidelity.py --seeds {args.seeds} --trials {args.trials} --mf-mode {args.mf_mode}"
+        f" --problems {args.problems} --methods {args.methods}`: "
         f"{args.seeds} seeds, a total budget of {args.trials} full-budget trials ({total} units, "
         f"full budget {MAX}, eta {ETA}) per run; run {started} to {time.strftime('%H:%M:%S')} "
         "on the shared 2-core VM (one sequential worker per run)."
