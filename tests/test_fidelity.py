@@ -270,6 +270,44 @@ def test_the_model_learns_from_pruned_trials_and_leaves_their_region(db):
     )
 
 
+@pytest.mark.parametrize("kind", ["constrained", "two objectives"])
+def test_a_pruned_trial_the_model_cannot_take_keeps_the_search_away(db, kind):
+    """A pruned trial told with the first objective alone (all ReportIntermediate records) is no
+    row of the model of a study with outcome constraints or several objectives: the acquisition
+    believes it as a pending point. (It did not: BO asks went back to the pruned point, a hair
+    away each time: 17 of 25 trials at x = -9.13 with two objectives.)"""
+    extra = (
+        {"outcome_constraints": [{"metric": "c", "op": "<=", "bound": 50.0}]}
+        if kind == "constrained"
+        else {}
+    )
+    objectives = [{"name": "loss"}] + ([{"name": "z"}] if kind == "two objectives" else [])
+    st, _ = registry(db, model=True).create_study(
+        "median-unmodeled",
+        {
+            "parameters": [{"type": "float", "name": "x", "low": -10.0, "high": 10.0}],
+            "objectives": objectives,
+            "algorithm": {"seed": 1},
+            **extra,
+        },
+    )
+    pruned = []
+    for _ in range(16):
+        (t,) = st.ask().trials
+        x = t.params["x"]
+        stop = any(st.report_intermediate(t.id, step, x * x + 5 - step)[0] for step in range(5))
+        metrics = {"loss": x * x, "c": x * x, "z": (x - 1) ** 2}
+        if stop:
+            st.tell(t.id, None, state=TrialState.PRUNED)
+            pruned.append(x)
+        else:
+            st.tell(t.id, {k: metrics[k] for k in ("loss", "c" if extra else "z")})
+    # pruned again beside an earlier pruned point (two objectives: the median rule, which reads
+    # the first alone, may prune two points of the Pareto set side by side)
+    again = [a for i, a in enumerate(pruned) if any(abs(a - b) < 0.5 for b in pruned[:i])]
+    assert len(again) <= 1, pruned
+
+
 def test_a_result_below_the_full_budget_is_refused_and_changes_nothing(db):
     reg = registry(db)
     st, _ = reg.create_study("below", spec())

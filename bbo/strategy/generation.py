@@ -236,7 +236,19 @@ class GenerationStrategy:
             where = f"EI bent towards the best point of source '{self.transfer.located_from}'"
             transfer_note = f"{transfer_note}; {where} (a quantized objective)"
         ta = time.perf_counter()
-        waiting = sorted((t for t in trials if t.state is TrialState.PENDING), key=lambda t: t.id)
+        # running trials, and PRUNED ones the model has no row for (a constraint's or another
+        # objective's metric never told): believed as pending, else the search went back to a
+        # pruned point again and again, a hair away
+        modeled = {t.id for t in data.trials}
+        waiting = sorted(
+            (
+                t
+                for t in trials
+                if t.state is TrialState.PENDING
+                or (t.state is TrialState.PRUNED and t.id not in modeled)
+            ),
+            key=lambda t: t.id,
+        )
         pending = [t.params for t in waiting[-MAX_PENDING_POINTS:]] + [s.params for s in earlier]
         chosen: list[torch.Tensor] = [P.tensor(space.encode(p))[None] for p in pending]
         props = [(s, p) for s in proposals if (p := ctx.points.valid(s.params)) is not None]
