@@ -6,6 +6,7 @@ thread trap in REFERENCES: spinning OpenMP threads collapse throughput on a shar
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -818,6 +819,22 @@ def test_likely_infeasible_declared_on_impossible_constraint():
     # a satisfiable constraint stays active
     gs2, trials2 = run(spec, lambda p: {"f": p["a"], "c": p["b"] - 0.001}, 10)
     assert gs2.status(trials2)[0] == ACTIVE
+
+
+def test_pruned_trials_do_not_count_towards_judging_infeasibility():
+    """The judgement waits for ``n_initial + 5`` completed trials: pruned ones (told with every
+    metric) inform the model but are not counted. (They were: 4 completed and 6 pruned trials
+    made the study LIKELY_INFEASIBLE, "none of 10 completed trials meets the constraints".)"""
+    spec = spec_of(UNIT2, constraints=[OutcomeConstraint("c", "<=", 0.0)], seed=14, n_initial=5)
+
+    def f(p):
+        return {"f": p["a"], "c": 1.0 + p["a"] ** 2 + p["b"]}
+
+    gs, trials = run(spec, f, 10)
+    pruned = [dataclasses.replace(t, state=TrialState.PRUNED) for t in trials[4:]]
+    assert gs.status(trials[:4] + pruned) == (ACTIVE, "")
+    state, reason = gs.status(trials)
+    assert state == LIKELY_INFEASIBLE and "none of 10 completed trials" in reason
 
 
 # ---- warm start, proposals, priors -------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Feasibility judgement: whether a study with outcome constraints is likely infeasible.
 
-CONFIG-style declaration: LIKELY_INFEASIBLE when no completed trial meets the constraints after at
-least ``n_initial + 5`` completed trials and the GP's highest probability that all constraints
-hold, over a dense Sobol sample of the space and the observed points, is below 1 %.
+CONFIG-style declaration: LIKELY_INFEASIBLE when no completed (or pruned) trial meets the
+constraints after at least ``n_initial + 5`` completed trials and the GP's highest probability that
+all constraints hold, over a dense Sobol sample of the space and the observed points, is below 1 %.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Feasibility:
         if not ctx.spec.outcome_constraints:
             return ACTIVE_STATUS
         data = ask.data
-        n = len(data.trials)
+        n = int(data.completed.sum())  # pruned trials inform the model but are not counted
         if n == 0 or data.feasible.any() or n < ctx.n_initial + INFEASIBLE_EXTRA:
             return ACTIVE_STATUS
         key = tuple(t.id for t in data.trials)
