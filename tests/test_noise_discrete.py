@@ -814,3 +814,20 @@ def test_the_recommendation_is_never_a_pruned_trial_and_reuses_the_asks_model(mo
     assert next(t for t in trials if t.id == rec.trial_id).state is TrialState.COMPLETED
     assert "over 14 completed trials" in rec.selection
     assert conditioned == []
+
+
+def test_a_pruned_trial_without_a_standard_error_leaves_the_reported_ones_in_force():
+    """Completed trials that report standard errors keep them in the model when a trial is pruned
+    (its last intermediate value carries none): the pruned one is left out of the model's rows
+    instead. (It was not: every reported error was dropped, the objective no longer counted as
+    noisy by them, and GetBest went back to the luckiest draw.)"""
+    torch.set_num_threads(1)
+    xs, ys = _noisy_data()
+    trials = [replace(t, metrics={"f": Metric(t.value("f"), 0.05)}) for t in _trials(xs, ys)]
+    pruned = Trial(len(trials) + 1, {"x": 0.02}, TrialState.PRUNED, {"f": Metric(3.0)})
+    gs = _strategy()
+    gs.suggest([*trials, pruned], 1)
+    rec = gs.recommend([*trials, pruned])
+    assert rec is not None and "reported standard errors" in rec.selection
+    data = gs.ctx.data.build([*trials, pruned])
+    assert data.Yvar is not None and pruned.id not in {t.id for t in data.trials}

@@ -186,10 +186,19 @@ class ModelData:
             X.append(x)
             Y.append(y)
             S.append([t.metrics[k].sem for k in names])
+        done = [i for i, t in enumerate(used) if t.state is TrialState.COMPLETED]
+        if done and all(_reported(S[i]) for i in done):
+            # the completed trials report standard errors: a pruned one without them (its last
+            # intermediate value) is left out, rather than every reported error with it
+            keep = [
+                i for i, t in enumerate(used) if t.state is TrialState.COMPLETED or _reported(S[i])
+            ]
+            used, X = [used[i] for i in keep], [X[i] for i in keep]
+            Y, S = [Y[i] for i in keep], [S[i] for i in keep]
         Xa = np.asarray(X, dtype=float).reshape(-1, dim)
         Ya = np.asarray(Y, dtype=float).reshape(-1, len(names))
         Yvar = None
-        if used and all(s is not None and np.isfinite(s) for row in S for s in row):
+        if used and all(_reported(row) for row in S):
             Yvar = np.minimum(np.abs(np.asarray(S, dtype=float)), MAX_SEM) ** 2
         feas = self.layout.feasible(Ya)
         Ym, Ymvar, model_layout = self.warp.warp(Ya, Yvar)
@@ -215,6 +224,11 @@ class ModelData:
         slack = [(Y[:, j] * k - b * k) * (1 if op == "<=" else -1) for j, op, b in lay.constraints]
         violation = np.clip(np.stack(slack, axis=1), 0, None).sum(axis=1) if slack else 0 * s
         return np.where(feas, s + 2.0, -violation / max(violation.max(), 1e-12 * k))
+
+
+def _reported(sems: Sequence[float | None]) -> bool:
+    """Whether every one of a row's standard errors was reported, finite."""
+    return all(s is not None and np.isfinite(s) for s in sems)
 
 
 def fingerprint(trials: Sequence[Trial]) -> tuple:
