@@ -831,3 +831,25 @@ def test_a_pruned_trial_without_a_standard_error_leaves_the_reported_ones_in_for
     assert rec is not None and "reported standard errors" in rec.selection
     data = gs.ctx.data.build([*trials, pruned])
     assert data.Yvar is not None and pruned.id not in {t.id for t in data.trials}
+
+
+def test_a_pruned_trial_at_a_completed_point_is_no_replicate():
+    """A trial pruned at a completed trial's point (a replicate stopped early: a slow start beside
+    later trials' early values) carries a value from part of the run: it does not make a
+    deterministic objective noisy. (It did: "repeated points differ (sd 0.707)", and GetBest
+    reported the best posterior mean instead of the best trial seen.)"""
+    torch.set_num_threads(1)
+    trials = _bowl(noisy=False)
+    best = min(trials, key=lambda t: t.metrics["f"].value)
+    again = Trial(
+        len(trials) + 1,
+        dict(best.params),
+        TrialState.PRUNED,
+        {"f": Metric(best.metrics["f"].value + 1.0)},
+        origin=Origin.REPLICATE.value,
+    )
+    spec = StudySpec(UNIT2, (Objective("f"),), algorithm=AlgorithmOptions(seed=1, n_initial=4))
+    gs = GenerationStrategy(spec)
+    gs.suggest([*trials, again], 1)
+    assert gs.ctx.data.build([*trials, again]).noise.replicate_sd is None
+    assert gs.recommend([*trials, again]) is None  # the best trial seen

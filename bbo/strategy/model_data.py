@@ -187,11 +187,17 @@ class ModelData:
             Y.append(y)
             S.append([t.metrics[k].sem for k in names])
         done = [i for i, t in enumerate(used) if t.state is TrialState.COMPLETED]
-        if done and all(_reported(S[i]) for i in done):
-            # the completed trials report standard errors: a pruned one without them (its last
-            # intermediate value) is left out, rather than every reported error with it
+        if len(done) < len(used):
+            # a pruned trial's value, from part of the run, is a row only where no completed trial
+            # measured its point (else the two read as noise), and only with standard errors where
+            # the completed trials report them (else every reported error is dropped with it)
+            sems = bool(done) and all(_reported(S[i]) for i in done)
+            measured = {same_point(X[i]).tobytes() for i in done}
             keep = [
-                i for i, t in enumerate(used) if t.state is TrialState.COMPLETED or _reported(S[i])
+                i
+                for i, t in enumerate(used)
+                if t.state is TrialState.COMPLETED
+                or (same_point(X[i]).tobytes() not in measured and (not sems or _reported(S[i])))
             ]
             used, X = [used[i] for i in keep], [X[i] for i in keep]
             Y, S = [Y[i] for i in keep], [S[i] for i in keep]
