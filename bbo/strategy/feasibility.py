@@ -37,7 +37,7 @@ class Feasibility:
         if not ctx.spec.outcome_constraints:
             return ACTIVE_STATUS
         data = ask.data
-        n = int(data.completed.sum())  # pruned trials inform the model but are not counted
+        n = data.n_completed  # pruned trials inform the model but are not counted
         if n == 0 or data.feasible.any() or n < ctx.n_initial + INFEASIBLE_EXTRA:
             return ACTIVE_STATUS
         key = tuple(t.id for t in data.trials)

@@ -104,6 +104,11 @@ class TrainingData:
         evaluated again (not replicated, not repeated in an exhausted space)."""
         return np.array([t.state is TrialState.COMPLETED for t in self.trials], dtype=bool)
 
+    @property
+    def n_completed(self) -> int:
+        """How many rows are COMPLETED trials (what a study's messages count as completed)."""
+        return int(self.completed.sum())
+
     @cached_property
     def plateau(self) -> bool:
         """A quarter or more of the distinct points (three at least) share one quality exactly:

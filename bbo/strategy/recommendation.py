@@ -164,7 +164,7 @@ class Recommender:
         estimate = self._estimate(data, float(mu[k, j]), float(sd[k, j]))
         if self._needs_evidence(noise, data):
             if best == observed_best:  # the same trial either way: the fit's noise is not judged
-                why = f"best observed value of the objective over {int(data.completed.sum())} completed "
+                why = f"best observed value of the objective over {data.n_completed} completed "
                 why += "trials, and its best posterior mean"
                 return Recommendation(data.trials[best].id, why, estimate)
             evidence = self._known_evidence()
@@ -210,7 +210,7 @@ class Recommender:
         noise: noise_rules.NoiseEstimate,
         constraint: str | None = None,
     ) -> Recommendation:
-        n = int(data.completed.sum())
+        n = data.n_completed
         what = noise.describe() if noise.noisy else f"constraint metric {constraint!r}, fitted"
         why = f"best posterior mean of the objective over {n} completed trials (noisy: {what})"
         return Recommendation(data.trials[row].id, why, estimate)
