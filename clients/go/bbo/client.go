@@ -111,6 +111,12 @@ func retryable(err error) bool {
 // refusal (backoff) and refusals that name a retry delay (within RatePatience). Other errors are returned as the gRPC status errors
 // they are: status.Code(err) gives the code, status.Convert(err).Message() the server's words.
 func (c *Client) call(ctx context.Context, fn func(ctx context.Context) error) error {
+	return c.callFor(ctx, 0, fn)
+}
+
+// callFor is call; with patience > 0, every retryable refusal is retried for that long instead
+// of Retries times (Optimize: a server restarting must not lose a result).
+func (c *Client) callFor(ctx context.Context, patience time.Duration, fn func(ctx context.Context) error) error {
 	delay := c.opts.Backoff
 	start := time.Now()
 	for attempt := 0; ; attempt++ {
@@ -126,10 +132,10 @@ func (c *Client) call(ctx context.Context, fn func(ctx context.Context) error) e
 		var wait time.Duration
 		if after, ok := retryAfter(err); ok {
 			wait = time.Duration(float64(after) * (1 + 0.2*mrand.Float64()))
-			if time.Since(start)+wait > c.opts.RatePatience {
+			if time.Since(start)+wait > c.opts.RatePatience && time.Since(start)+wait > patience {
 				return err
 			}
-		} else if retryable(err) && attempt < c.opts.Retries {
+		} else if retryable(err) && (attempt < c.opts.Retries || time.Since(start)+delay/2 < patience) {
 			wait = time.Duration(float64(delay) * (0.5 + mrand.Float64()))
 			delay *= 2
 			if delay > c.opts.MaxBackoff {
@@ -181,11 +187,15 @@ func (c *Client) Study(name string) *Study { return &Study{Client: c, Name: name
 // Ask returns count new pending trials for workerID. The request id is the same on every retry,
 // so the server replays the first answer instead of creating trials twice.
 func (s *Study) Ask(ctx context.Context, count int, workerID string) ([]*pb.Trial, error) {
+	return s.ask(ctx, count, workerID, 0)
+}
+
+func (s *Study) ask(ctx context.Context, count int, workerID string, patience time.Duration) ([]*pb.Trial, error) {
 	req := &pb.AskRequest{
 		Study: s.Name, Count: int32(count), WorkerId: workerID, RequestId: requestID(),
 	}
 	var res *pb.AskResponse
-	err := s.Client.call(ctx, func(ctx context.Context) (err error) {
+	err := s.Client.callFor(ctx, patience, func(ctx context.Context) (err error) {
 		res, err = s.Client.Stub.Ask(ctx, req)
 		return err
 	})
@@ -198,37 +208,41 @@ func (s *Study) Ask(ctx context.Context, count int, workerID string) ([]*pb.Tria
 // Tell finishes trial as COMPLETED with metrics. The trial's study uid goes with it, so a tell
 // never reaches a study deleted and created again under the same name (that is NOT_FOUND).
 func (s *Study) Tell(ctx context.Context, trial *pb.Trial, metrics map[string]float64) (*pb.Trial, error) {
+	return s.tell(ctx, s.tellRequest(trial, metrics), 0)
+}
+
+func (s *Study) tellRequest(trial *pb.Trial, metrics map[string]float64) *pb.TellRequest {
 	m := make(map[string]*pb.MetricValue, len(metrics))
 	for k, v := range metrics {
 		m[k] = &pb.MetricValue{Value: v}
 	}
-	return s.tell(ctx, &pb.TellRequest{
+	return &pb.TellRequest{
 		Study: s.Name, TrialId: trial.Id, Metrics: m, State: pb.TrialState_TRIAL_STATE_COMPLETED,
 		RequestId: requestID(), StudyUid: trial.StudyUid,
-	})
+	}
 }
 
 // Fail finishes trial as FAILED with a reason.
 func (s *Study) Fail(ctx context.Context, trial *pb.Trial, reason string) (*pb.Trial, error) {
-	return s.finish(ctx, trial, pb.TrialState_TRIAL_STATE_FAILED, reason)
+	return s.tell(ctx, s.finishRequest(trial, pb.TrialState_TRIAL_STATE_FAILED, reason), 0)
 }
 
 // Abandon finishes trial as ABANDONED (no result came back) with a reason, so that its point is
 // suggested again now rather than when its lease runs out.
 func (s *Study) Abandon(ctx context.Context, trial *pb.Trial, reason string) (*pb.Trial, error) {
-	return s.finish(ctx, trial, pb.TrialState_TRIAL_STATE_ABANDONED, reason)
+	return s.tell(ctx, s.finishRequest(trial, pb.TrialState_TRIAL_STATE_ABANDONED, reason), 0)
 }
 
-func (s *Study) finish(ctx context.Context, trial *pb.Trial, state pb.TrialState, reason string) (*pb.Trial, error) {
-	return s.tell(ctx, &pb.TellRequest{
+func (s *Study) finishRequest(trial *pb.Trial, state pb.TrialState, reason string) *pb.TellRequest {
+	return &pb.TellRequest{
 		Study: s.Name, TrialId: trial.Id, State: state, Reason: reason,
 		RequestId: requestID(), StudyUid: trial.StudyUid,
-	})
+	}
 }
 
-func (s *Study) tell(ctx context.Context, req *pb.TellRequest) (*pb.Trial, error) {
+func (s *Study) tell(ctx context.Context, req *pb.TellRequest, patience time.Duration) (*pb.Trial, error) {
 	var res *pb.TellResponse
-	err := s.Client.call(ctx, func(ctx context.Context) (err error) {
+	err := s.Client.callFor(ctx, patience, func(ctx context.Context) (err error) {
 		res, err = s.Client.Stub.Tell(ctx, req)
 		return err
 	})
@@ -317,10 +331,14 @@ type Objective func(ctx context.Context, params map[string]interface{}) (map[str
 type OptimizeOptions struct {
 	WorkerID string    // the trials' worker id
 	Progress io.Writer // where to draw a progress bar (e.g. os.Stderr); nil: none
+	// TellPatience: how long asks and tells (a result, a failure) are retried while the server is
+	// away, so that a restart neither ends the loop nor loses a result (default 10 min)
+	TellPatience time.Duration
 }
 
 // Optimize asks, evaluates and tells n trials one after another as workerID, renewing each trial's
-// lease at a third of the lease granted while fn runs. An error from fn fails that trial and the
+// lease at a third of the lease granted while fn runs. Its asks and tells are retried while the
+// server is away, for up to OptimizeOptions.TellPatience. An error from fn fails that trial and the
 // loop goes on; metrics the server refuses (INVALID_ARGUMENT) fail it too. Other errors stop it.
 // When ctx ends, the trial under way is still told (for up to StopGrace): its metrics if fn
 // returned them, else ABANDONED (a trial asked as ctx ended is not started); Optimize then
@@ -334,13 +352,16 @@ func (s *Study) Optimize(ctx context.Context, fn Objective, n int, workerID stri
 func (s *Study) OptimizeWith(ctx context.Context, fn Objective, n int, opts OptimizeOptions) error {
 	bar := newProgress(s, n, opts.Progress)
 	workerID := opts.WorkerID
+	if opts.TellPatience == 0 {
+		opts.TellPatience = 10 * time.Minute
+	}
 	for i := 0; i < n; i++ {
-		trials, err := s.Ask(ctx, 1, workerID)
+		trials, err := s.ask(ctx, 1, workerID, opts.TellPatience)
 		if err != nil {
 			return withContext("ask", err)
 		}
 		for _, t := range trials {
-			if err := s.runTrial(ctx, fn, t); err != nil {
+			if err := s.runTrial(ctx, fn, t, opts.TellPatience); err != nil {
 				return err
 			}
 		}
@@ -357,7 +378,7 @@ var StopGrace = 30 * time.Second
 
 // runTrial evaluates t and tells what came of it (see Optimize), on a context of its own of
 // StopGrace where ctx has ended: a trial left PENDING would hold its point for a whole lease.
-func (s *Study) runTrial(ctx context.Context, fn Objective, t *pb.Trial) error {
+func (s *Study) runTrial(ctx context.Context, fn Objective, t *pb.Trial, patience time.Duration) error {
 	var metrics map[string]float64
 	evalErr := ctx.Err() // asked as ctx ended: not started
 	if evalErr == nil {
@@ -370,19 +391,23 @@ func (s *Study) runTrial(ctx context.Context, fn Objective, t *pb.Trial) error {
 		defer cancel()
 	}
 	var err error
+	what := fmt.Sprintf("tell trial %d (metrics %v)", t.Id, metrics)
 	switch {
 	case evalErr != nil && ctx.Err() != nil: // no result came back
-		_, err = s.Abandon(tctx, t, "optimize stopped: "+evalErr.Error())
+		req := s.finishRequest(t, pb.TrialState_TRIAL_STATE_ABANDONED, "optimize stopped: "+evalErr.Error())
+		_, err = s.tell(tctx, req, patience)
 	case evalErr != nil:
-		_, err = s.Fail(tctx, t, evalErr.Error())
+		what = fmt.Sprintf("tell trial %d (failed: %v)", t.Id, evalErr)
+		_, err = s.tell(tctx, s.finishRequest(t, pb.TrialState_TRIAL_STATE_FAILED, evalErr.Error()), patience)
 	default:
-		_, err = s.Tell(tctx, t, metrics)
+		_, err = s.tell(tctx, s.tellRequest(t, metrics), patience)
 		if status.Code(err) == codes.InvalidArgument {
-			_, err = s.Fail(tctx, t, "metrics refused: "+status.Convert(err).Message())
+			reason := "metrics refused: " + status.Convert(err).Message()
+			_, err = s.tell(tctx, s.finishRequest(t, pb.TrialState_TRIAL_STATE_FAILED, reason), patience)
 		}
 	}
 	if err != nil {
-		return withContext(fmt.Sprintf("tell trial %d", t.Id), err)
+		return withContext(what, err)
 	}
 	return nil
 }

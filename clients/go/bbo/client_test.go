@@ -71,11 +71,24 @@ type fakeStudy struct {
 	mu    sync.Mutex
 	asked int64
 	tells []*pb.TellRequest
+	away  int // the next calls (Ask or Tell) to refuse with UNAVAILABLE: the server restarting
+}
+
+// gone answers UNAVAILABLE while the fake is away (f.mu held).
+func (f *fakeStudy) gone() error {
+	if f.away > 0 {
+		f.away--
+		return status.Error(codes.Unavailable, "restarting")
+	}
+	return nil
 }
 
 func (f *fakeStudy) Ask(ctx context.Context, req *pb.AskRequest) (*pb.AskResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.gone(); err != nil {
+		return nil, err
+	}
 	f.asked++
 	return &pb.AskResponse{Trials: []*pb.Trial{{Id: f.asked, StudyUid: "u"}}}, nil
 }
@@ -86,11 +99,18 @@ func (f *fakeStudy) Tell(ctx context.Context, req *pb.TellRequest) (*pb.TellResp
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.gone(); err != nil {
+		return nil, err
+	}
 	f.tells = append(f.tells, req)
 	return &pb.TellResponse{Trial: &pb.Trial{Id: req.TrialId, State: req.State}}, nil
 }
 
 func serveFake(t *testing.T) (*fakeStudy, *Study) {
+	return serveFakeWith(t, Options{})
+}
+
+func serveFakeWith(t *testing.T, opts Options) (*fakeStudy, *Study) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -99,7 +119,7 @@ func serveFake(t *testing.T) (*fakeStudy, *Study) {
 	pb.RegisterBboServiceServer(srv, fake)
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.Stop)
-	c, err := Dial(lis.Addr().String(), Options{})
+	c, err := Dial(lis.Addr().String(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,5 +159,31 @@ func TestOptimizeTellsTheTrialUnderWayWhenItsContextEnds(t *testing.T) {
 		if finished && tells[0].Metrics["f"].GetValue() != 1.5 {
 			t.Fatalf("metrics %v", tells[0].Metrics)
 		}
+	}
+}
+
+// A server away for longer than a call's retries (a restart) does not end Optimize or lose the
+// result under way: its asks and tells are retried for TellPatience, as Python's tell_patience.
+// Before, the tell gave up after Options.Retries and the objective's metrics were lost.
+func TestOptimizeKeepsItsResultWhileTheServerIsAway(t *testing.T) {
+	fake, study := serveFakeWith(t, Options{Retries: 2, Backoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond})
+	fn := func(ctx context.Context, _ map[string]interface{}) (map[string]float64, error) {
+		fake.mu.Lock()
+		fake.away = 20 // the tell of this result, then the next ask, meet the server away
+		fake.mu.Unlock()
+		return map[string]float64{"f": 2.5}, nil
+	}
+	if err := study.Optimize(context.Background(), fn, 2, "w"); err != nil {
+		t.Fatalf("Optimize: %v", err)
+	}
+	fake.mu.Lock()
+	tells := fake.tells
+	fake.away = 5 // outside Optimize, a call still gives up after its retries (no patience)
+	fake.mu.Unlock()
+	if len(tells) != 2 || tells[0].Metrics["f"].GetValue() != 2.5 {
+		t.Fatalf("tells %v, want both trials' metrics", tells)
+	}
+	if _, err := study.Ask(context.Background(), 1, "w"); status.Code(err) != codes.Unavailable {
+		t.Fatalf("Ask: %v, want UNAVAILABLE after 2 retries", err)
 	}
 }
