@@ -1,8 +1,9 @@
 // Package bbo is a small Go client for the bbo Bayesian-optimization service, over the gRPC code
 // generated from proto/bbo/v1 (package bbov1). It adds what a worker needs around the raw stub:
-// an API key on every call, retries of UNAVAILABLE with jittered exponential backoff (asks carry a
-// request id, so a retry never creates trials twice; a repeated tell is recorded once), waiting
-// out a rate limit's RetryInfo, leases kept alive by heartbeats, and an Optimize loop.
+// an API key on every call (the Stub's too), retries of UNAVAILABLE with jittered exponential
+// backoff (asks carry a request id, so a retry never creates trials twice; a repeated tell is
+// recorded once), waiting out a rate limit's RetryInfo, leases kept alive by heartbeats, and an
+// Optimize loop.
 package bbo
 
 import (
@@ -40,7 +41,7 @@ type Options struct {
 // Client is a connection to a bbo server. Safe for concurrent use by several goroutines.
 type Client struct {
 	conn *grpc.ClientConn
-	Stub pb.BboServiceClient // the generated stub, for calls the wrapper does not cover
+	Stub pb.BboServiceClient // the generated stub, for calls the wrapper does not cover (API key sent; no retries)
 	opts Options
 }
 
@@ -69,6 +70,13 @@ func Dial(address string, opts Options) (*Client, error) {
 	dial := []grpc.DialOption{grpc.WithInsecure()}
 	if opts.Credentials != nil {
 		dial = []grpc.DialOption{grpc.WithTransportCredentials(opts.Credentials)}
+	}
+	if key := opts.APIKey; key != "" { // on every call, the Stub's own included
+		dial = append(dial, grpc.WithUnaryInterceptor(func(ctx context.Context, method string,
+			req, reply interface{}, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, o ...grpc.CallOption) error {
+			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+key)
+			return invoker(ctx, method, req, reply, cc, o...)
+		}))
 	}
 	conn, err := grpc.Dial(address, dial...)
 	if err != nil {
@@ -121,9 +129,6 @@ func (c *Client) callFor(ctx context.Context, patience time.Duration, fn func(ct
 	start := time.Now()
 	for attempt := 0; ; attempt++ {
 		cctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
-		if c.opts.APIKey != "" {
-			cctx = metadata.AppendToOutgoingContext(cctx, "authorization", "Bearer "+c.opts.APIKey)
-		}
 		err := fn(cctx)
 		cancel()
 		if err == nil {

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -185,5 +186,28 @@ func TestOptimizeKeepsItsResultWhileTheServerIsAway(t *testing.T) {
 	}
 	if _, err := study.Ask(context.Background(), 1, "w"); status.Code(err) != codes.Unavailable {
 		t.Fatalf("Ask: %v, want UNAVAILABLE after 2 retries", err)
+	}
+}
+
+// GetStudy answers with the authorization the call carried, as the study's name.
+func (f *fakeStudy) GetStudy(ctx context.Context, req *pb.GetStudyRequest) (*pb.Study, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	return &pb.Study{Name: strings.Join(md.Get("authorization"), ",")}, nil
+}
+
+// Calls through Client.Stub (those the wrapper does not cover: GetStudy, DeleteStudy,
+// ReportIntermediate...) carry the API key too: they were UNAUTHENTICATED on a server with --auth.
+func TestTheStubCarriesTheAPIKey(t *testing.T) {
+	_, study := serveFakeWith(t, Options{APIKey: "k1\n"})
+	st, err := study.Client.Stub.GetStudy(context.Background(), &pb.GetStudyRequest{Name: "s"})
+	if err != nil || st.Name != "Bearer k1" {
+		t.Fatalf("GetStudy through the stub: %v, authorization %q; want \"Bearer k1\"", err, st.GetName())
+	}
+	err = study.Client.call(context.Background(), func(ctx context.Context) (err error) {
+		st, err = study.Client.Stub.GetStudy(ctx, &pb.GetStudyRequest{Name: "s"})
+		return err
+	})
+	if err != nil || st.Name != "Bearer k1" { // the wrapper's calls: once, not twice
+		t.Fatalf("GetStudy through the wrapper: %v, authorization %q", err, st.GetName())
 	}
 }
