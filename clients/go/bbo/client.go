@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	mrand "math/rand"
@@ -257,6 +258,37 @@ func (s *Study) tell(ctx context.Context, req *pb.TellRequest, patience time.Dur
 	return res.Trial, nil
 }
 
+// Report records the first objective's value at step of trial's learning curve (measured at
+// budget in a study with a fidelity; 0 = step) and returns the pruning policy's advice:
+// ShouldStop (then Prune the trial) and its Reason.
+func (s *Study) Report(ctx context.Context, trial *pb.Trial, step int64, value, budget float64) (*pb.ReportIntermediateResponse, error) {
+	return s.report(ctx, trial, step, value, budget, 0)
+}
+
+func (s *Study) report(ctx context.Context, trial *pb.Trial, step int64, value, budget float64, patience time.Duration) (*pb.ReportIntermediateResponse, error) {
+	req := &pb.ReportIntermediateRequest{
+		Study: s.Name, TrialId: trial.Id, Step: step, Value: value, Budget: budget, StudyUid: trial.StudyUid,
+	}
+	var res *pb.ReportIntermediateResponse
+	err := s.Client.callFor(ctx, patience, func(ctx context.Context) (err error) {
+		res, err = s.Client.Stub.ReportIntermediate(ctx, req)
+		return err
+	})
+	return res, err
+}
+
+// Prune finishes trial as PRUNED (stopped early) with a reason, its last metrics if given (nil:
+// it keeps its last reported value), at budget (0: the largest it reported).
+func (s *Study) Prune(ctx context.Context, trial *pb.Trial, reason string, metrics map[string]float64, budget float64) (*pb.Trial, error) {
+	return s.tell(ctx, s.pruneRequest(trial, reason, metrics, budget), 0)
+}
+
+func (s *Study) pruneRequest(trial *pb.Trial, reason string, metrics map[string]float64, budget float64) *pb.TellRequest {
+	req := s.tellRequest(trial, metrics)
+	req.State, req.Reason, req.Budget = pb.TrialState_TRIAL_STATE_PRUNED, reason, budget
+	return req
+}
+
 // Heartbeat extends a pending trial's lease by as long as the lease it holds.
 func (s *Study) Heartbeat(ctx context.Context, trial *pb.Trial) (*pb.Trial, error) {
 	req := &pb.HeartbeatRequest{Study: s.Name, TrialId: trial.Id, StudyUid: trial.StudyUid}
@@ -330,7 +362,47 @@ func LeaseOf(trial *pb.Trial) time.Duration {
 }
 
 // Objective evaluates one trial's parameters and returns its metrics, or an error that fails it.
+// RunningTrial(ctx) gives it the trial (a fidelity study's Budget and ResumeBudget) and Report.
 type Objective func(ctx context.Context, params map[string]interface{}) (map[string]float64, error)
+
+// ErrPruned is what Running.Report returns once the study's pruning policy says to stop: an
+// objective that returns it (or wraps it) has its trial told PRUNED, and Optimize goes on.
+var ErrPruned = errors.New("trial pruned")
+
+// Running is the trial an Objective evaluates inside Optimize (see RunningTrial).
+type Running struct {
+	Trial    *pb.Trial
+	study    *Study
+	patience time.Duration
+	reported bool    // Report was called: returning no metrics then means stopped early
+	budget   float64 // the last report's budget
+	reason   string  // the pruning policy's, once it said stop
+}
+
+type runningKey struct{}
+
+// RunningTrial is the trial under way in Optimize's objective (ctx is the objective's), or nil.
+func RunningTrial(ctx context.Context) *Running {
+	r, _ := ctx.Value(runningKey{}).(*Running)
+	return r
+}
+
+// Report records the objective's value at step (measured at budget; 0 = step), as Study.Report,
+// and returns ErrPruned once the pruning policy says to stop the trial.
+func (r *Running) Report(ctx context.Context, step int64, value, budget float64) error {
+	res, err := r.study.report(ctx, r.Trial, step, value, budget, r.patience)
+	if err != nil {
+		return err
+	}
+	r.reported, r.budget = true, budget
+	if res.ShouldStop {
+		if r.reason = res.Reason; r.reason == "" {
+			r.reason = "pruned"
+		}
+		return fmt.Errorf("%w: %s", ErrPruned, r.reason)
+	}
+	return nil
+}
 
 // OptimizeOptions tune OptimizeWith. The zero value of each field means its default.
 type OptimizeOptions struct {
@@ -385,9 +457,10 @@ var StopGrace = 30 * time.Second
 // StopGrace where ctx has ended: a trial left PENDING would hold its point for a whole lease.
 func (s *Study) runTrial(ctx context.Context, fn Objective, t *pb.Trial, patience time.Duration) error {
 	var metrics map[string]float64
+	run := &Running{Trial: t, study: s, patience: patience}
 	evalErr := ctx.Err() // asked as ctx ended: not started
 	if evalErr == nil {
-		metrics, evalErr = s.evaluate(ctx, fn, t)
+		metrics, evalErr = s.evaluate(context.WithValue(ctx, runningKey{}, run), fn, t)
 	}
 	tctx := ctx
 	if ctx.Err() != nil {
@@ -398,6 +471,13 @@ func (s *Study) runTrial(ctx context.Context, fn Objective, t *pb.Trial, patienc
 	var err error
 	what := fmt.Sprintf("tell trial %d (metrics %v)", t.Id, metrics)
 	switch {
+	case run.reason != "" || errors.Is(evalErr, ErrPruned) || (evalErr == nil && metrics == nil && run.reported):
+		// stopped early (told to, or no result after reporting): PRUNED at the last budget reported
+		reason := run.reason
+		if reason == "" {
+			reason = "stopped by the objective"
+		}
+		_, err = s.tell(tctx, s.pruneRequest(t, reason, metrics, run.budget), patience)
 	case evalErr != nil && ctx.Err() != nil: // no result came back
 		req := s.finishRequest(t, pb.TrialState_TRIAL_STATE_ABANDONED, "optimize stopped: "+evalErr.Error())
 		_, err = s.tell(tctx, req, patience)

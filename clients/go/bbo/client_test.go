@@ -91,7 +91,7 @@ func (f *fakeStudy) Ask(ctx context.Context, req *pb.AskRequest) (*pb.AskRespons
 		return nil, err
 	}
 	f.asked++
-	return &pb.AskResponse{Trials: []*pb.Trial{{Id: f.asked, StudyUid: "u"}}}, nil
+	return &pb.AskResponse{Trials: []*pb.Trial{{Id: f.asked, StudyUid: "u", Budget: 9}}}, nil
 }
 
 func (f *fakeStudy) Tell(ctx context.Context, req *pb.TellRequest) (*pb.TellResponse, error) {
@@ -209,5 +209,50 @@ func TestTheStubCarriesTheAPIKey(t *testing.T) {
 	})
 	if err != nil || st.Name != "Bearer k1" { // the wrapper's calls: once, not twice
 		t.Fatalf("GetStudy through the wrapper: %v, authorization %q", err, st.GetName())
+	}
+}
+
+// ReportIntermediate says stop from step 2 on.
+func (f *fakeStudy) ReportIntermediate(ctx context.Context, req *pb.ReportIntermediateRequest) (*pb.ReportIntermediateResponse, error) {
+	if req.Step >= 2 {
+		return &pb.ReportIntermediateResponse{ShouldStop: true, Reason: "below the median"}, nil
+	}
+	return &pb.ReportIntermediateResponse{}, nil
+}
+
+// Inside Optimize the objective sees its trial (a fidelity study's budget) and reports its
+// learning curve; once the pruning policy says stop, Report returns ErrPruned and the trial is
+// told PRUNED at the last budget reported, as Python's and Node's optimize do (the Go objective
+// could neither read its budget nor report).
+func TestOptimizePrunesThroughReports(t *testing.T) {
+	fake, study := serveFake(t)
+	var budgets []float64
+	fn := func(ctx context.Context, _ map[string]interface{}) (map[string]float64, error) {
+		tr := RunningTrial(ctx)
+		budgets = append(budgets, tr.Trial.Budget)
+		for step := int64(0); step < 5; step++ {
+			if err := tr.Report(ctx, step, 10-float64(step), float64(step+1)); err != nil {
+				return nil, err
+			}
+		}
+		return map[string]float64{"f": 5}, nil
+	}
+	if err := study.Optimize(context.Background(), fn, 1, "w"); err != nil {
+		t.Fatalf("Optimize: %v", err)
+	}
+	fake.mu.Lock()
+	defer fake.mu.Unlock()
+	if len(budgets) != 1 || budgets[0] != 9 {
+		t.Fatalf("the objective saw budgets %v, want [9]", budgets)
+	}
+	if len(fake.tells) != 1 {
+		t.Fatalf("tells %v", fake.tells)
+	}
+	tell := fake.tells[0]
+	if tell.State != pb.TrialState_TRIAL_STATE_PRUNED || tell.Budget != 3 || tell.Reason != "below the median" {
+		t.Fatalf("tell %v, want PRUNED at budget 3 with the policy's reason", tell)
+	}
+	if RunningTrial(context.Background()) != nil {
+		t.Fatal("RunningTrial outside Optimize")
 	}
 }
