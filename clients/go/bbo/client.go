@@ -434,6 +434,9 @@ func (s *Study) OptimizeWith(ctx context.Context, fn Objective, n int, opts Opti
 	}
 	for i := 0; i < n; i++ {
 		trials, err := s.ask(ctx, 1, workerID, opts.TellPatience)
+		if cerr := ended(ctx); err != nil && cerr != nil { // ended during the ask: as documented
+			return withContext("optimize stopped", cerr)
+		}
 		if err != nil {
 			return withContext("ask", err)
 		}
@@ -500,6 +503,18 @@ func (s *Study) runTrial(ctx context.Context, fn Objective, t *pb.Trial, patienc
 // withContext puts what was being done before err's message and keeps its gRPC status (code
 // and details), so that status.Code(err) still gives the code: the grpc-go Debian ships reads a
 // status by a type assertion, which an fmt.Errorf wrapping hides (Optimize's errors read Unknown).
+// ended is ctx's error, also in the instant after its deadline passed and before its timer set
+// ctx.Err(): a call under that deadline can fail DEADLINE_EXCEEDED first.
+func ended(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
 func withContext(what string, err error) error {
 	st, ok := status.FromError(err)
 	if !ok {

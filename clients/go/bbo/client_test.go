@@ -72,7 +72,8 @@ type fakeStudy struct {
 	mu    sync.Mutex
 	asked int64
 	tells []*pb.TellRequest
-	away  int // the next calls (Ask or Tell) to refuse with UNAVAILABLE: the server restarting
+	away  int  // the next calls (Ask or Tell) to refuse with UNAVAILABLE: the server restarting
+	slow  bool // Ask answers only when its call ends (a model fit outlasting the caller)
 }
 
 // gone answers UNAVAILABLE while the fake is away (f.mu held).
@@ -87,6 +88,10 @@ func (f *fakeStudy) gone() error {
 func (f *fakeStudy) Ask(ctx context.Context, req *pb.AskRequest) (*pb.AskResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.slow {
+		<-ctx.Done()
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
 	if err := f.gone(); err != nil {
 		return nil, err
 	}
@@ -254,5 +259,23 @@ func TestOptimizePrunesThroughReports(t *testing.T) {
 	}
 	if RunningTrial(context.Background()) != nil {
 		t.Fatal("RunningTrial outside Optimize")
+	}
+}
+
+// A context that ends while Optimize's Ask is in flight (or waits out the server's absence) makes
+// Optimize return the context's error, as documented: errors.Is(err, context.Canceled) held only
+// when it ended during an evaluation (the Ask's own CANCELED status came back instead).
+func TestOptimizeReturnsTheContextsErrorWhenItEndsDuringAnAsk(t *testing.T) {
+	for _, slow := range []bool{true, false} {
+		fake, study := serveFakeWith(t, Options{Backoff: 20 * time.Millisecond})
+		fake.slow, fake.away = slow, 1000
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		err := study.Optimize(ctx, func(context.Context, map[string]interface{}) (map[string]float64, error) {
+			return nil, errors.New("not reached")
+		}, 3, "w")
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("slow=%v: Optimize: %v, want the context's error", slow, err)
+		}
 	}
 }
