@@ -754,3 +754,37 @@ def test_values_an_answer_repeats_are_quoted_short_in_the_stored_outcome():
     (rec,) = res.calls
     assert rec.outcome.startswith("unusable answer: no valid candidates (candidate 0: opt: ")
     assert len(rec.outcome) < 1000 and all(len(i) < 1000 for i in res.issues)
+
+
+def test_a_tenant_filling_the_background_calls_leaves_another_tenant_its_own():
+    """The background calls (priors, warm start) were one FIFO queue under one bound for every
+    tenant: a tenant that created enough LLM studies held every place, and another tenant's new
+    study got no warm start ("llm busy"), or waited behind that whole queue. Now each tenant has
+    ``max_pending`` places of its own, and the workers serve the tenants round robin."""
+    import threading
+
+    spec = make_spec()
+    release = threading.Event()
+    done: list[str] = []
+
+    def respond(body):
+        release.wait(30)
+        return Reply("{}")
+
+    with ChatServer(respond) as srv:
+        adv = LlmAdvisor(cfg(srv, timeout_s=30.0), background_workers=1, max_pending=4)
+        try:
+            for i in range(3):  # two studies fill tenant b's places, the third finds none
+                started = adv.prefetch(
+                    spec, study_key=f"b/s{i}/u{i}", record=lambda c: done.append("b")
+                )
+                assert len(started) == (2 if i < 2 else 0), (i, started)
+            started = adv.prefetch(spec, study_key="a/s/ua", record=lambda c: done.append("a"))
+            assert sorted(started) == ["priors", "warmstart"]
+        finally:
+            release.set()
+        deadline = time.monotonic() + 30
+        while len(done) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    # a's calls took turns with b's queued ones (b's last call ends last), not after all of them
+    assert len(done) == 6 and done.count("a") == 2 and done[-1] == "b", done

@@ -23,9 +23,9 @@ in-memory LRU sits in front of it, so the same prompt on the same study is sent 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
-import queue
 import threading
 import time
 from collections import OrderedDict
@@ -157,6 +157,13 @@ def fill_with_sobol(
     return out
 
 
+def _tenant_of(key: str) -> str:
+    """The tenant of a cache key (its study part is ``tenant/name/uid``, as
+    :attr:`bbo.study.Study.llm_key` builds it); "" for a key without one."""
+    head, sep, _ = key.partition("/")
+    return head if sep else ""
+
+
 class _Pending:
     """A warm-start or priors call running in the background: its result, once, to whoever takes it.
 
@@ -200,7 +207,8 @@ class LlmAdvisor:
 
     The warm-start and priors calls of a study run in the background (:meth:`prefetch`, or the
     first :meth:`prepare` that needs them), so a slow model costs an ask at most its budget and the
-    answer is used by the first ask after it arrives.
+    answer is used by the first ask after it arrives. Each tenant has ``max_pending`` such calls
+    waiting at most, and the ``background_workers`` serve the tenants round robin.
     """
 
     def __init__(
@@ -219,7 +227,9 @@ class LlmAdvisor:
         self._lock = threading.Lock()
         self._unusable: dict[str, int] = {}  # cache key -> unusable answers so far (in memory only)
         self._pending: OrderedDict[str, _Pending] = OrderedDict()  # cache key -> background call
-        self._jobs: queue.Queue = queue.Queue()
+        # tenant -> its queued background calls; a free worker takes the next tenant's oldest
+        self._jobs: OrderedDict[str, collections.deque] = OrderedDict()
+        self._work_cv = threading.Condition(self._lock)
         self._workers: list[threading.Thread] = []
         self.background_workers = max(1, int(background_workers))
         self.max_pending = max(1, int(max_pending))
@@ -636,35 +646,53 @@ class LlmAdvisor:
         run: Callable[..., LlmResult],
         record: Callable[..., Any] | None,
     ) -> _Pending | None:
-        """The background call for ``key``: the one already there, a new one, or None (too many)."""
+        """The background call for ``key``: the one already there, a new one, or None (its tenant
+        has ``max_pending`` calls waiting: one tenant's studies do not take another's places)."""
+        tenant = _tenant_of(key)
         with self._lock:
             p = self._pending.get(key)
             if p is not None:
                 return p
-            if len(self._pending) >= self.max_pending:  # drop finished ones nobody collected
-                for k in [k for k, v in self._pending.items() if v.done.is_set()]:
-                    del self._pending[k]
-                if len(self._pending) >= self.max_pending:
+            mine = [k for k in self._pending if _tenant_of(k) == tenant]
+            if len(mine) >= self.max_pending:  # drop finished ones nobody collected
+                for k in mine:
+                    if self._pending[k].done.is_set():
+                        del self._pending[k]
+                if sum(1 for k in self._pending if _tenant_of(k) == tenant) >= self.max_pending:
                     return None
             p = self._pending[key] = _Pending(purpose, record)
             while len(self._workers) < self.background_workers:
                 t = threading.Thread(target=self._work, name="bbo-llm-ahead", daemon=True)
                 self._workers.append(t)
                 t.start()
-            self._jobs.put((key, p, run))  # under the lock: an idle worker's exit check sees it
+            # under the lock: an idle worker's exit check sees it
+            self._jobs.setdefault(tenant, collections.deque()).append((key, p, run))
+            self._work_cv.notify()
         return p
+
+    def _next_job(self) -> tuple[str, _Pending, Callable[..., LlmResult]]:
+        """The oldest queued call of the tenant whose turn it is (round robin, as
+        :class:`bbo.fit_slots.FitSlots`: a tenant's long queue delays another's call by at most
+        one call per worker); that tenant goes to the back. Under the lock, with calls queued."""
+        tenant, q = next(iter(self._jobs.items()))
+        job = q.popleft()
+        del self._jobs[tenant]
+        if q:
+            self._jobs[tenant] = q
+        return job
 
     def _work(self) -> None:
         """A background worker; it exits after a minute without work (a new call starts one)."""
         while True:
-            try:
-                key, p, run = self._jobs.get(timeout=60.0)
-            except queue.Empty:
-                with self._lock:
-                    if self._jobs.empty():
+            with self._work_cv:
+                idle_until = time.monotonic() + 60.0
+                while not self._jobs:
+                    left = idle_until - time.monotonic()
+                    if left <= 0:
                         self._workers.remove(threading.current_thread())
                         return
-                continue
+                    self._work_cv.wait(left)
+                key, p, run = self._next_job()
             try:
                 # the deadline starts when the call does, not when it was queued
                 res = run(time.monotonic() + self.config.timeout_s)
@@ -732,7 +760,7 @@ class LlmAdvisor:
             p = self._start(key, purpose, run, record)
             if p is None:
                 results[purpose] = LlmResult(
-                    reason=f"llm busy: {self.max_pending} calls already waiting"
+                    reason=f"llm busy: {self.max_pending} calls of this tenant already waiting"
                 )
             else:
                 waiting[purpose] = (key, p)
