@@ -788,3 +788,20 @@ def test_a_tenant_filling_the_background_calls_leaves_another_tenant_its_own():
             time.sleep(0.05)
     # a's calls took turns with b's queued ones (b's last call ends last), not after all of them
     assert len(done) == 6 and done.count("a") == 2 and done[-1] == "b", done
+
+
+def test_calls_cut_short_by_their_callers_budget_do_not_turn_the_llm_off_for_everyone():
+    """A call that ran out of its caller's budget (an ask or a CreateStudy with a short deadline)
+    counted as an endpoint failure: one tenant's three asks with a deadline of a second turned the
+    LLM off for every tenant for ``cooldown_s``, again whenever it liked. Only a call that had the
+    configured timeout and timed out says the endpoint is failing."""
+    spec = make_spec()
+    with ChatServer(lambda body: Reply(candidates(*distinct_good(2)), delay_s=0.6)) as srv:
+        adv = LlmAdvisor(cfg(srv, timeout_s=2.0, failures_before_cooldown=3, cooldown_s=60))
+        short = [
+            adv.propose(spec, [], 2, study_key=f"b/s{i}/u{i}", budget_s=0.2).reason
+            for i in range(4)
+        ]
+        assert short == ["timeout"] * 4, short
+        res = adv.propose(spec, [], 2, study_key="a/s/ua")
+    assert res.reason == "" and len(res.suggestions) == 2, res.reason

@@ -39,6 +39,9 @@ OK = "ok"
 
 # The most bytes of one HTTP response body (a chat answer, an error, the model list) bbo reads.
 MAX_ANSWER_BYTES = 1024 * 1024
+# a call given less than this share of the configured timeout ran on its caller's budget (an ask's
+# or a CreateStudy's deadline): its timing out is the caller's, not the endpoint's (LlmClient._note)
+FULL_TIMEOUT = 0.9
 
 
 @dataclass
@@ -264,7 +267,12 @@ class LlmClient:
             return f"llm unavailable: {self._consecutive_failures} calls failed in a row, retrying in {left:.0f}s"
         return None
 
-    def _note(self, out: ChatOutcome) -> None:
+    def _note(self, out: ChatOutcome, cut_short: bool = False) -> None:
+        """Count a failed call toward the cooldown, a good one resets the count. ``cut_short``: the
+        call had less than the configured timeout; its timeout then says nothing of the endpoint
+        (counted, one tenant's asks with short deadlines turned the LLM off for every tenant)."""
+        if cut_short and out.reason.endswith("timeout"):
+            return
         with self._lock:
             if out.ok:
                 self._consecutive_failures = 0
@@ -320,10 +328,11 @@ class LlmClient:
             return ChatOutcome(reason=cool)
         if bound <= 0.05:
             return ChatOutcome(reason="llm time budget exhausted")
+        cut_short = bound < FULL_TIMEOUT * self.config.timeout_s
         model, why = self.model(bound)
         if not model:
             out = ChatOutcome(reason=why, latency_s=time.monotonic() - t0, transport_failure=True)
-            self._note(out)
+            self._note(out, cut_short)
             return out
         use_schema = schema is not None and self._structured_supported is not False
         out = ChatOutcome(reason="timeout", transport_failure=True)
@@ -355,7 +364,7 @@ class LlmClient:
             self._structured_supported = True
         out.latency_s = time.monotonic() - t0
         out.model = out.model or model
-        self._note(out)
+        self._note(out, cut_short)
         return out
 
     def _once(
