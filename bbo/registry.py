@@ -310,13 +310,14 @@ class StudyRegistry:
             return None
 
         ends = None if wait_s is None else time.monotonic() + wait_s - CREATE_MARGIN_S
+        # the LLM caches' key of this creation (the study has no uid yet): under the name alone, a
+        # study deleted and created again got the deleted one's exchange back from the cache
+        key = f"{tenant}/{name}/new-{os.urandom(8).hex()}"
 
         def judge(target: StudySpec, candidates):
             left = None if ends is None else max(0.0, ends - time.monotonic())
             try:
-                res = advisor.related(
-                    target, candidates, study_key=f"{tenant}/{name}", budget_s=left
-                )
+                res = advisor.related(target, candidates, study_key=key, budget_s=left)
             except Exception as e:  # the advisor is meant never to raise; creation goes on
                 log.exception("llm advisor failed", extra={"study": name})
                 return {}, f"no LLM judgement (advisor error: {type(e).__name__}): TF-IDF used"

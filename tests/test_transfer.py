@@ -692,6 +692,35 @@ def test_auto_asks_the_llm_which_descriptions_are_related(storage):
         assert call.outcome.startswith("unusable answer")
 
 
+def test_a_study_created_again_under_a_name_gets_its_own_llm_judgement(storage):
+    """The judgement of ``auto``'s candidates was cached under the tenant and the study's name
+    only: a study deleted and created again under the name got the deleted study's exchange back
+    from the cache (logged in its LLM log as its own, cached). Each creation asks for its own."""
+    from bbo.llm import LlmAdvisor, LlmConfig
+    from bbo.registry import StudyConfig, StudyRegistry
+    from bbo.testing.chat_server import ChatServer, Reply
+
+    def responder(body: dict) -> Reply:
+        if "Stored studies" not in ChatServer.prompt_of(body):
+            return Reply("{}")
+        return Reply(json.dumps({"studies": [{"name": "src", "relatedness": 0.9, "why": "w"}]}))
+
+    with ChatServer(responder) as srv:
+        llm = LlmAdvisor(LlmConfig(base_url=srv.url, api_key="k", model="test-model", timeout_s=5))
+        reg = StudyRegistry(storage, config=StudyConfig(llm=llm))
+        src, _ = reg.create_study("src", spec_dict("ADMM for a Lasso problem"))
+        add(src, bowl, 5)
+        on = {"enabled": True, "warmstart_candidates": 1, "derive_priors": False}
+        spec = spec_dict("a Lasso problem", transfer={"auto": True}, llm=on)
+        first, _ = reg.create_study("target", spec)
+        assert reg.delete_study("target")
+        again, _ = reg.create_study("target", spec)
+        judged = [b for b in srv.requests if "Stored studies" in ChatServer.prompt_of(b)]
+    assert again.uid != first.uid and len(judged) == 2
+    (call,) = again.llm_calls("related")
+    assert call.outcome == "ok" and not call.cached
+
+
 def big_studies(storage, n: int, desc: str = "a quadratic bowl in x and z") -> list[str]:
     """``n`` stored studies with specs of 160 KiB (a categorical of 1000 long choices) related to
     ``spec_dict()``; the first two with enough completed trials to be picked."""
