@@ -805,3 +805,26 @@ def test_calls_cut_short_by_their_callers_budget_do_not_turn_the_llm_off_for_eve
         assert short == ["timeout"] * 4, short
         res = adv.propose(spec, [], 2, study_key="a/s/ua")
     assert res.reason == "" and len(res.suggestions) == 2, res.reason
+
+
+def test_a_request_refused_with_and_without_the_schema_keeps_strict_json_for_everyone():
+    """A 400 to a request with a JSON schema made the client ask in plain text from then on, for
+    every study of every tenant, even where the plain-text retry was refused too (a prompt over
+    the model's context: one tenant's long description). Only a refusal that the plain-text retry
+    does not repeat says the endpoint does not do JSON schemas."""
+    import dataclasses as dc
+
+    def respond(body):
+        if "HUGE" in ChatServer.prompt_of(body):
+            return Reply(status=400, error_message="maximum context length exceeded")
+        return Reply(candidates(*distinct_good(N)))
+
+    spec = make_spec()
+    with ChatServer(respond) as srv:
+        adv = LlmAdvisor(cfg(srv))
+        huge = dc.replace(spec, description="HUGE " + spec.description)
+        assert adv.warmstart(huge, [], N, study_key="b/s/u").reason.startswith("error:")
+        assert len(srv.requests) == 2 and "response_format" not in srv.requests[1]
+        res = adv.warmstart(spec, [], N, study_key="a/s/u")
+        assert res.reason == "" and "response_format" in srv.requests[-1]
+    assert adv.client().structured_supported is True

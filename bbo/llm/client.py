@@ -335,6 +335,7 @@ class LlmClient:
             self._note(out, cut_short)
             return out
         use_schema = schema is not None and self._structured_supported is not False
+        schema_refused = ""  # why a request with the schema was refused (HTTP 400 / 422)
         out = ChatOutcome(reason="timeout", transport_failure=True)
         for _ in range(
             4
@@ -351,16 +352,20 @@ class LlmClient:
             elif "temperature" in msg and self._send_temperature:
                 self._send_temperature = False  # models that only take the default
             elif use_schema:
-                # The endpoint does not do strict JSON schemas: say so once, ask in plain text.
-                log.info(
-                    "LLM endpoint rejected response_format json_schema (%s); using plain text",
-                    out.reason,
-                )
-                self._structured_supported = False
+                schema_refused = out.reason  # asked once more in plain text: was it the schema?
                 use_schema = False
             else:
                 break
-        if use_schema and out.ok:
+        if schema_refused and out.ok:
+            # The endpoint does not do strict JSON schemas: say so once, ask in plain text from
+            # now on. Not where plain text was refused too (a prompt over the model's context):
+            # then one tenant's long description turned every tenant's calls to plain text.
+            log.info(
+                "LLM endpoint rejected response_format json_schema (%s); using plain text",
+                schema_refused,
+            )
+            self._structured_supported = False
+        elif use_schema and out.ok:
             self._structured_supported = True
         out.latency_s = time.monotonic() - t0
         out.model = out.model or model
