@@ -828,3 +828,29 @@ def test_a_request_refused_with_and_without_the_schema_keeps_strict_json_for_eve
         res = adv.warmstart(spec, [], N, study_key="a/s/u")
         assert res.reason == "" and "response_format" in srv.requests[-1]
     assert adv.client().structured_supported is True
+
+
+def test_an_error_naming_a_parameter_changes_later_requests_only_where_the_retry_went_through():
+    """A 400 whose message named max_tokens or temperature (a prompt past the context on vLLM
+    says both) switched the shared client to max_completion_tokens and no temperature for every
+    later call of every tenant, though the adjusted retry was refused the same way. As the JSON
+    schema's, the switch is kept only once an adjusted request goes through."""
+    import dataclasses as dc
+
+    def respond(body):
+        if "HUGE" in ChatServer.prompt_of(body):
+            return Reply(
+                status=400,
+                error_message="max_tokens plus the prompt exceed the context; temperature ignored",
+            )
+        return Reply(candidates(*distinct_good(N)))
+
+    spec = make_spec()
+    with ChatServer(respond) as srv:
+        adv = LlmAdvisor(cfg(srv))
+        huge = dc.replace(spec, description="HUGE " + spec.description)
+        assert adv.warmstart(huge, [], N, study_key="b/s/u").reason.startswith("error:")
+        assert any("max_completion_tokens" in r for r in srv.requests)
+        res = adv.warmstart(spec, [], N, study_key="a/s/u")
+        last = srv.requests[-1]
+        assert res.reason == "" and "max_tokens" in last and "temperature" in last

@@ -336,6 +336,8 @@ class LlmClient:
             return out
         use_schema = schema is not None and self._structured_supported is not False
         schema_refused = ""  # why a request with the schema was refused (HTTP 400 / 422)
+        # this call's adjustments; kept for every later call only once a request went through
+        max_key, send_temperature = self._max_tokens_key, self._send_temperature
         out = ChatOutcome(reason="timeout", transport_failure=True)
         for _ in range(
             4
@@ -343,14 +345,22 @@ class LlmClient:
             left = bound - (time.monotonic() - t0)
             if left <= 0.05:
                 break
-            out = self._once(messages, model, schema if use_schema else None, schema_name, left)
+            out = self._once(
+                messages,
+                model,
+                schema if use_schema else None,
+                schema_name,
+                left,
+                max_key,
+                send_temperature,
+            )
             if out.status not in (400, 422):
                 break
             msg = out.detail.lower()
-            if "max_tokens" in msg and self._max_tokens_key == "max_tokens":
-                self._max_tokens_key = "max_completion_tokens"  # newer hosted models
-            elif "temperature" in msg and self._send_temperature:
-                self._send_temperature = False  # models that only take the default
+            if "max_tokens" in msg and max_key == "max_tokens":
+                max_key = "max_completion_tokens"  # newer hosted models
+            elif "temperature" in msg and send_temperature:
+                send_temperature = False  # models that only take the default
             elif use_schema:
                 schema_refused = out.reason  # asked once more in plain text: was it the schema?
                 use_schema = False
@@ -367,13 +377,23 @@ class LlmClient:
             self._structured_supported = False
         elif use_schema and out.ok:
             self._structured_supported = True
+        if out.ok:  # as the schema's: an error message naming a parameter (a prompt past the
+            # context, say) must not change every tenant's requests when the change did not help
+            self._max_tokens_key, self._send_temperature = max_key, send_temperature
         out.latency_s = time.monotonic() - t0
         out.model = out.model or model
         self._note(out, cut_short)
         return out
 
     def _once(
-        self, messages, model: str, schema: dict | None, schema_name: str, timeout_s: float
+        self,
+        messages,
+        model: str,
+        schema: dict | None,
+        schema_name: str,
+        timeout_s: float,
+        max_tokens_key: str,
+        send_temperature: bool,
     ) -> ChatOutcome:
         client = self._openai()
         kwargs: dict[str, Any] = dict(
@@ -381,8 +401,8 @@ class LlmClient:
             messages=list(messages),
             timeout=max(0.05, timeout_s),
         )
-        kwargs[self._max_tokens_key] = self.config.max_tokens
-        if self._send_temperature:
+        kwargs[max_tokens_key] = self.config.max_tokens
+        if send_temperature:
             kwargs["temperature"] = self.config.temperature
         if self.config.seed is not None:
             kwargs["seed"] = int(self.config.seed)
