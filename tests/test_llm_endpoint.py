@@ -807,16 +807,14 @@ def test_calls_cut_short_by_their_callers_budget_do_not_turn_the_llm_off_for_eve
     assert res.reason == "" and len(res.suggestions) == 2, res.reason
 
 
-def test_a_request_refused_with_and_without_the_schema_keeps_strict_json_for_everyone():
-    """A 400 to a request with a JSON schema made the client ask in plain text from then on, for
-    every study of every tenant, even where the plain-text retry was refused too (a prompt over
-    the model's context: one tenant's long description). Only a refusal that the plain-text retry
-    does not repeat says the endpoint does not do JSON schemas."""
+def _a_huge_prompt_refused_then_an_ordinary_one(message: str):
+    """Tenant b's warm start with a prompt the endpoint refuses (HTTP 400 saying ``message``),
+    then tenant a's ordinary one: (the advisor, every request body sent, a's result)."""
     import dataclasses as dc
 
     def respond(body):
         if "HUGE" in ChatServer.prompt_of(body):
-            return Reply(status=400, error_message="maximum context length exceeded")
+            return Reply(status=400, error_message=message)
         return Reply(candidates(*distinct_good(N)))
 
     spec = make_spec()
@@ -824,9 +822,20 @@ def test_a_request_refused_with_and_without_the_schema_keeps_strict_json_for_eve
         adv = LlmAdvisor(cfg(srv))
         huge = dc.replace(spec, description="HUGE " + spec.description)
         assert adv.warmstart(huge, [], N, study_key="b/s/u").reason.startswith("error:")
-        assert len(srv.requests) == 2 and "response_format" not in srv.requests[1]
         res = adv.warmstart(spec, [], N, study_key="a/s/u")
-        assert res.reason == "" and "response_format" in srv.requests[-1]
+    return adv, srv.requests, res
+
+
+def test_a_request_refused_with_and_without_the_schema_keeps_strict_json_for_everyone():
+    """A 400 to a request with a JSON schema made the client ask in plain text from then on, for
+    every study of every tenant, even where the plain-text retry was refused too (a prompt over
+    the model's context: one tenant's long description). Only a refusal that the plain-text retry
+    does not repeat says the endpoint does not do JSON schemas."""
+    adv, requests, res = _a_huge_prompt_refused_then_an_ordinary_one(
+        "maximum context length exceeded"
+    )
+    assert len(requests) == 3 and "response_format" not in requests[1]
+    assert res.reason == "" and "response_format" in requests[-1]
     assert adv.client().structured_supported is True
 
 
@@ -835,22 +844,9 @@ def test_an_error_naming_a_parameter_changes_later_requests_only_where_the_retry
     says both) switched the shared client to max_completion_tokens and no temperature for every
     later call of every tenant, though the adjusted retry was refused the same way. As the JSON
     schema's, the switch is kept only once an adjusted request goes through."""
-    import dataclasses as dc
-
-    def respond(body):
-        if "HUGE" in ChatServer.prompt_of(body):
-            return Reply(
-                status=400,
-                error_message="max_tokens plus the prompt exceed the context; temperature ignored",
-            )
-        return Reply(candidates(*distinct_good(N)))
-
-    spec = make_spec()
-    with ChatServer(respond) as srv:
-        adv = LlmAdvisor(cfg(srv))
-        huge = dc.replace(spec, description="HUGE " + spec.description)
-        assert adv.warmstart(huge, [], N, study_key="b/s/u").reason.startswith("error:")
-        assert any("max_completion_tokens" in r for r in srv.requests)
-        res = adv.warmstart(spec, [], N, study_key="a/s/u")
-        last = srv.requests[-1]
-        assert res.reason == "" and "max_tokens" in last and "temperature" in last
+    _, requests, res = _a_huge_prompt_refused_then_an_ordinary_one(
+        "max_tokens plus the prompt exceed the context; temperature ignored"
+    )
+    assert any("max_completion_tokens" in r for r in requests[:-1])
+    last = requests[-1]
+    assert res.reason == "" and "max_tokens" in last and "temperature" in last
