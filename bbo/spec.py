@@ -294,8 +294,14 @@ class StudySpec:
     # ---- budgets and pruning --------------------------------------------------------------------
     @property
     def pruning_policy(self) -> str:
-        """The policy in force: the spec's, else the median rule without a fidelity, ASHA with one."""
-        return self.pruning.policy or (ASHA if self.fidelity is not None else MEDIAN)
+        """The policy in force: the spec's, else ASHA with a fidelity, the median rule with one
+        objective, none with several (the rule reads the first objective alone, so it would stop
+        trials the others make Pareto-optimal; Optuna refuses pruning there)."""
+        if self.pruning.policy:
+            return self.pruning.policy
+        if self.fidelity is not None:
+            return ASHA
+        return MEDIAN if len(self.objectives) == 1 else NO_PRUNING
 
     @property
     def rung_based(self) -> bool:

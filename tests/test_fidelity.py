@@ -279,7 +279,7 @@ def test_a_pruned_trial_the_model_cannot_take_keeps_the_search_away(db, kind):
     extra = (
         {"outcome_constraints": [{"metric": "c", "op": "<=", "bound": 50.0}]}
         if kind == "constrained"
-        else {}
+        else {"pruning": {"policy": "median"}}  # named: several objectives default to none
     )
     objectives = [{"name": "loss"}] + ([{"name": "z"}] if kind == "two objectives" else [])
     st, _ = registry(db, model=True).create_study(
@@ -301,11 +301,35 @@ def test_a_pruned_trial_the_model_cannot_take_keeps_the_search_away(db, kind):
             st.tell(t.id, None, state=TrialState.PRUNED)
             pruned.append(x)
         else:
-            st.tell(t.id, {k: metrics[k] for k in ("loss", "c" if extra else "z")})
+            st.tell(t.id, {k: metrics[k] for k in ("loss", "c" if kind == "constrained" else "z")})
     # pruned again beside an earlier pruned point (two objectives: the median rule, which reads
     # the first alone, may prune two points of the Pareto set side by side)
     again = [a for i, a in enumerate(pruned) if any(abs(a - b) < 0.5 for b in pruned[:i])]
     assert len(again) <= 1, pruned
+
+
+def test_several_objectives_stop_no_trial_unless_the_median_rule_is_named(db):
+    """The median rule reads the first objective alone, so by default a study of two objectives
+    stops nothing (it pruned trials the second objective made Pareto-optimal); named, it stops by
+    the first. Either way the curve is stored."""
+    reg = registry(db)
+    for policy, stops in (("", False), ("median", True)):
+        st, _ = reg.create_study(
+            f"two-{policy or 'default'}",
+            {
+                "parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}],
+                "objectives": [{"name": "loss"}, {"name": "cost"}],
+                "pruning": {"policy": policy},
+            },
+        )
+        assert st.spec.pruning_policy == ("median" if stops else "none")
+        for v in (1.0, 2.0, 3.0):  # three completed trials, the first objective low
+            (t,) = st.ask().trials
+            st.report_intermediate(t.id, 1, v)
+            st.tell(t.id, {"loss": v, "cost": 10.0 - v})
+        (t,) = st.ask().trials
+        assert st.report_intermediate(t.id, 1, 9.0)[0] is stops  # worst loss, cheapest
+        assert st.storage.curves(st.uid)[t.id]
 
 
 def test_a_result_below_the_full_budget_is_refused_and_changes_nothing(db):

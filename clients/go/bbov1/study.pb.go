@@ -219,7 +219,9 @@ func (ConstraintOp) EnumDescriptor() ([]byte, []int) {
 type PruningPolicy int32
 
 const (
-	PruningPolicy_PRUNING_POLICY_UNSPECIFIED PruningPolicy = 0 // MEDIAN without a fidelity, ASHA with one
+	// ASHA with a fidelity; MEDIAN with one objective; NONE with several (MEDIAN reads the first
+	// objective alone: name it to stop trials by that objective)
+	PruningPolicy_PRUNING_POLICY_UNSPECIFIED PruningPolicy = 0
 	PruningPolicy_PRUNING_POLICY_MEDIAN      PruningPolicy = 1 // stop a trial worse than the median of completed trials at its step
 	PruningPolicy_PRUNING_POLICY_ASHA        PruningPolicy = 2 // asynchronous successive halving (needs a fidelity)
 	PruningPolicy_PRUNING_POLICY_HYPERBAND   PruningPolicy = 3 // asynchronous Hyperband: ASHA in several brackets (needs a fidelity)
