@@ -74,6 +74,25 @@ def test_node_client_gets_grpc_status_for_unknown_study(bbo_server):
 
 
 @pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_asks_have_their_own_deadline(bbo_server, client, study_name, make_study):
+    """An Ask runs under askDeadlineMs (10 min: a batch over a wide mixed space takes minutes),
+    not the 2-minute deadline of other calls: it timed out on a server still answering it."""
+    make_study(client, study_name)
+    script = (
+        "const {Client, Study}=require('./src');"
+        "const opts=JSON.parse(process.argv[1]);"
+        f"const c=new Client('{bbo_server.address}', {{retries: 0, ...opts}});"
+        f"new Study(c,'{study_name}').ask(1)"
+        ".then(()=>console.log(JSON.stringify({ok: true})))"
+        ".catch(e=>console.log(JSON.stringify({ok: false, code: e.codeName})))"
+        ".finally(()=>c.close());"
+    )
+    assert _node_json(script, json.dumps({"deadlineMs": 1}), timeout=60) == {"ok": True}
+    out = _node_json(script, json.dumps({"askDeadlineMs": 1}), timeout=60)
+    assert out == {"ok": False, "code": "DEADLINE_EXCEEDED"}
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
 def test_node_a_call_after_close_is_refused_with_a_code(bbo_server):
     """A call after ``close()`` rejected with grpc-js's plain Error ("Channel has been shut
     down"), no ``code`` or ``codeName`` for a caller's error handling to read."""

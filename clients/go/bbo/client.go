@@ -33,6 +33,7 @@ type Options struct {
 	APIKey       string                           // sent as "authorization: Bearer KEY"; default env BBO_API_KEY
 	Credentials  credentials.TransportCredentials // TLS; nil = plaintext
 	Timeout      time.Duration                    // per call (default 2 min)
+	AskTimeout   time.Duration                    // per Ask (default 10 min: a batch over a wide space fits for minutes)
 	Retries      int                              // UNAVAILABLE retries per call (default 8; < 0 = none)
 	Backoff      time.Duration                    // first retry delay (default 100 ms), doubled up to MaxBackoff
 	MaxBackoff   time.Duration                    // default 5 s
@@ -55,6 +56,9 @@ func Dial(address string, opts Options) (*Client, error) {
 	opts.APIKey = strings.TrimSpace(opts.APIKey) // a key read from a file ends in a newline
 	if opts.Timeout == 0 {
 		opts.Timeout = 2 * time.Minute
+	}
+	if opts.AskTimeout == 0 {
+		opts.AskTimeout = 10 * time.Minute
 	}
 	if opts.Retries == 0 {
 		opts.Retries = 8
@@ -126,10 +130,15 @@ func (c *Client) call(ctx context.Context, fn func(ctx context.Context) error) e
 // callFor is call; with patience > 0, every retryable refusal is retried for that long instead
 // of Retries times (Optimize: a server restarting must not lose a result).
 func (c *Client) callFor(ctx context.Context, patience time.Duration, fn func(ctx context.Context) error) error {
+	return c.callWithin(ctx, c.opts.Timeout, patience, fn)
+}
+
+// callWithin is callFor with each attempt's deadline (Ask's is AskTimeout).
+func (c *Client) callWithin(ctx context.Context, timeout, patience time.Duration, fn func(ctx context.Context) error) error {
 	delay := c.opts.Backoff
 	start := time.Now()
 	for attempt := 0; ; attempt++ {
-		cctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
+		cctx, cancel := context.WithTimeout(ctx, timeout)
 		err := fn(cctx)
 		cancel()
 		if err == nil {
@@ -201,7 +210,7 @@ func (s *Study) ask(ctx context.Context, count int, workerID string, patience ti
 		Study: s.Name, Count: int32(count), WorkerId: workerID, RequestId: requestID(),
 	}
 	var res *pb.AskResponse
-	err := s.Client.callFor(ctx, patience, func(ctx context.Context) (err error) {
+	err := s.Client.callWithin(ctx, s.Client.opts.AskTimeout, patience, func(ctx context.Context) (err error) {
 		res, err = s.Client.Stub.Ask(ctx, req)
 		return err
 	})

@@ -72,8 +72,9 @@ type fakeStudy struct {
 	mu    sync.Mutex
 	asked int64
 	tells []*pb.TellRequest
-	away  int  // the next calls (Ask or Tell) to refuse with UNAVAILABLE: the server restarting
-	slow  bool // Ask answers only when its call ends (a model fit outlasting the caller)
+	away  int           // the next calls (Ask or Tell) to refuse with UNAVAILABLE: the server restarting
+	slow  bool          // Ask answers only when its call ends (a model fit outlasting the caller)
+	left  time.Duration // the last Ask's time to its deadline
 }
 
 // gone answers UNAVAILABLE while the fake is away (f.mu held).
@@ -94,6 +95,9 @@ func (f *fakeStudy) Ask(ctx context.Context, req *pb.AskRequest) (*pb.AskRespons
 	}
 	if err := f.gone(); err != nil {
 		return nil, err
+	}
+	if d, ok := ctx.Deadline(); ok {
+		f.left = time.Until(d)
 	}
 	f.asked++
 	return &pb.AskResponse{Trials: []*pb.Trial{{Id: f.asked, StudyUid: "u", Budget: 9}}}, nil
@@ -198,6 +202,18 @@ func TestOptimizeKeepsItsResultWhileTheServerIsAway(t *testing.T) {
 func (f *fakeStudy) GetStudy(ctx context.Context, req *pb.GetStudyRequest) (*pb.Study, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	return &pb.Study{Name: strings.Join(md.Get("authorization"), ",")}, nil
+}
+
+// An Ask runs under AskTimeout (10 min, as Python's ask_timeout), other calls under Timeout: a
+// batch over a wide mixed space takes minutes, and its Ask timed out at 2 min.
+func TestAnAskHasItsOwnDeadline(t *testing.T) {
+	fake, study := serveFake(t)
+	if _, err := study.Ask(context.Background(), 1, "w"); err != nil {
+		t.Fatal(err)
+	}
+	if fake.left < 9*time.Minute {
+		t.Fatalf("the ask's deadline was %v away; want about 10 min", fake.left)
+	}
 }
 
 // Calls through Client.Stub (those the wrapper does not cover: GetStudy, DeleteStudy,

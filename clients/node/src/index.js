@@ -281,7 +281,9 @@ class Client {
   //   tlsCa (BBO_TLS_CA): root certificate(s) to trust (path or PEM; implies TLS);
   //   tlsCert, tlsKey (BBO_CLIENT_CERT, BBO_CLIENT_KEY): client certificate and key for mutual TLS;
   //   tlsServerName: check the server certificate against this name instead of the address's host;
-  //   credentials: ready grpc-js ChannelCredentials (overrides the TLS options); deadlineMs;
+  //   credentials: ready grpc-js ChannelCredentials (overrides the TLS options);
+  //   deadlineMs (120000) per call, askDeadlineMs (600000) per Ask (a large batch or a wide mixed
+  //   space takes minutes to fit and optimize; the Python client's ask_timeout);
   //   retries (8), backoffMs (100), maxBackoffMs (5000): a call failing with UNAVAILABLE (the server
   //   restarting) or refused by gRPC past the server's concurrent calls is retried with jittered
   //   exponential backoff; asks carry a request id, so a retry never creates trials twice, and a
@@ -299,6 +301,7 @@ class Client {
     this.stub = new Service(address, creds, channelOptions);
     this.apiKey = String(options.apiKey || process.env.BBO_API_KEY || '').trim();  // a key read from a file ends in a newline
     this.deadlineMs = options.deadlineMs || 120000;
+    this.askDeadlineMs = options.askDeadlineMs || 600000;
     this.retries = options.retries ?? 8;
     this.backoffMs = options.backoffMs ?? 100;
     this.maxBackoffMs = options.maxBackoffMs ?? 5000;
@@ -349,7 +352,7 @@ class Client {
     }
     const md = new grpc.Metadata();
     if (this.apiKey) md.set('authorization', `Bearer ${this.apiKey}`);
-    const deadline = new Date(Date.now() + this.deadlineMs);
+    const deadline = new Date(Date.now() + (method === 'Ask' ? this.askDeadlineMs : this.deadlineMs));
     return new Promise((resolve, reject) => {
       const cancel = () => call.cancel();
       const call = this.stub[method](request, md, { deadline }, (err, res) => {
