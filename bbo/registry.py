@@ -65,6 +65,9 @@ class StudyConfig:
     default_lease_seconds: float = 600.0
     max_lease_seconds: float = 7 * 24 * 3600.0
     max_ask: int = 100
+    # an ask starts no acquisition step for a batch's later points past this many seconds, nor past
+    # three quarters of its caller's deadline: the rest are model-guided (bbo serve --max-ask-seconds)
+    max_ask_seconds: float = 300.0
     max_studies: int = 10000  # per tenant (0 = unlimited)
     # studies kept in memory, least recently used dropped (bbo serve --max-cached-studies; 0 = all)
     max_cached_studies: int = 1000

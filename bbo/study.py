@@ -24,7 +24,9 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -270,10 +272,14 @@ class Study:
         before the model's work or before the trials are stored, nothing more is done or stored
         (:class:`CallerGone`): an abandoned ask held a fit slot and left trials PENDING for a
         whole lease. ``wait_s``: how long the caller waits (its RPC deadline; None: no bound);
-        the LLM's work takes at most half of it, the rest is left to the model."""
+        the LLM's work takes at most half of it, the rest is left to the model; a batch's points
+        found past three quarters of it, or past ``config.max_ask_seconds``, are model-guided."""
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise SpecError("count", f"count must be a non-negative integer, got {count!r}")
         count = count or 1
+        until = time.monotonic() + min(
+            self.config.max_ask_seconds, math.inf if wait_s is None else 0.75 * max(0.0, wait_s)
+        )
         if count > self.config.max_ask:
             raise LimitError(
                 f"count={count} is over the per-ask limit of {self.config.max_ask} (--max-ask)",
@@ -303,7 +309,7 @@ class Study:
                     trials = self.trial_cache.all()
             curves, continuations = self.budgets.plan(trials, count, plan, self.strategy)
             sources = self.sources.read(self.record.transfer)
-            done = self.generation.compute(trials, count - len(continuations), plan, sources)
+            done = self.generation.compute(trials, count - len(continuations), plan, sources, until)
             status_note = self._set_state(*done.status) if done.status else ""
             if sources is not None:
                 transfer = self.sources.record(self.record.transfer, sources, self.strategy)

@@ -19,6 +19,7 @@ from bbo.strategy.base import (
     SharesModelState,
     Strategy,
     Suggestion,
+    TimeBounded,
     UsesSources,
 )
 from bbo.trial import StudyState, Trial, TrialState
@@ -87,14 +88,18 @@ class StudyStrategy:
         count: int,
         plan: Mapping[str, Any],
         sources: list[SourceData] | None,
+        until: float | None = None,
     ) -> Computed:
         """``count`` suggestions and the study's status, on a fit slot, the stored model state
-        loaded first. Call under the study's ask lock."""
+        loaded first; a batch's later points past ``until`` (``time.monotonic()``) come cheaply
+        (:class:`~bbo.strategy.base.TimeBounded`). Call under the study's ask lock."""
 
         def run() -> Computed:
             token = self._model_cache.pull(self.uid, self.strategy)
             if sources is not None and isinstance(self.strategy, UsesSources):
                 self.strategy.set_sources(sources)
+            if isinstance(self.strategy, TimeBounded):
+                self.strategy.bound_time(until)
             sugg, note = self._suggest(trials, count, plan) if count else ([], "")
             return Computed(sugg, note, self._status(trials), token)
 

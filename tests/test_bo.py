@@ -665,6 +665,45 @@ def test_batch_spanning_initial_design_and_bo():
     assert _min_pairwise(UNIT2, [t.params for t in trials] + [s.params for s in out]) > 1e-3
 
 
+def test_a_batch_past_its_time_bound_ends_with_model_guided_points(tmp_path):
+    """Once an ask's time bound passes (--max-ask-seconds, or 3/4 of the caller's deadline), a
+    batch's later points skip the acquisition optimizer (ask(100) at 256 parameters took about 15
+    minutes, past every client's deadline); the first keeps its step. Unbounded, nothing changes."""
+    import time
+
+    from bbo.registry import StudyConfig, StudyRegistry
+    from bbo.storage import open_storage
+
+    spec = spec_of(UNIT2, seed=7, n_initial=5)
+    gs, trials = run(spec, lambda p: {"f": (p["a"] - 0.3) ** 2 + p["b"]}, 6)
+    plain = [s.origin for s in gs.suggest(trials, 3)]
+    gs.bound_time(time.monotonic() - 1.0)
+    cut = gs.suggest(trials, 3)
+    assert plain == [Origin.BO.value] * 3
+    assert [s.origin for s in cut] == [Origin.BO.value] + [Origin.FALLBACK.value] * 2
+    assert all("time ran short after 1 of 3" in s.reason for s in cut[1:])
+    assert _min_pairwise(UNIT2, [t.params for t in trials] + [s.params for s in cut]) > 1e-3
+    gs.bound_time(None)
+    assert [s.origin for s in gs.suggest(trials, 3)] == plain
+
+    reg = StudyRegistry(
+        open_storage(f"sqlite:///{tmp_path / 'bound.db'}"),
+        config=StudyConfig(max_ask_seconds=1e-9),
+    )
+    st, _ = reg.create_study(
+        "bounded",
+        {
+            "parameters": [{"type": "float", "name": "x", "low": 0.0, "high": 1.0}],
+            "objectives": [{"name": "f"}],
+            "algorithm": {"seed": 1, "n_initial": 4},
+        },
+    )
+    for _ in range(4):
+        (t,) = st.ask().trials
+        st.tell(t.id, {"f": (t.params["x"] - 0.3) ** 2})
+    assert [t.origin for t in st.ask(3).trials] == ["bo", "fallback", "fallback"]
+
+
 # ---- mixed spaces ---------------------------------------------------------------------------------------------
 
 

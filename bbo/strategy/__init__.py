@@ -13,7 +13,7 @@ Parts, one job each:
 
 * :mod:`~bbo.strategy.base`: results (:class:`Suggestion`, :class:`AskInfo`,
   :class:`StudyStatus`) and the seams the service uses (:class:`Strategy`,
-  :class:`SharesModelState`);
+  :class:`SharesModelState`, :class:`TimeBounded`);
 * :mod:`~bbo.strategy.context`: the study's fixed setup and one ask's inputs;
 * :mod:`~bbo.strategy.model_data`: encodings and the training data, built once per ask;
 * :mod:`~bbo.strategy.initial_design`: design points, priors' guess, warm-start gate;
@@ -27,7 +27,8 @@ Guarantees of :meth:`GenerationStrategy.suggest`: it returns exactly ``n`` sugge
 them valid for the search space and meeting every linear parameter constraint, distinct from the
 pending trials and from each other (unless the space has fewer free points than that), and it never
 raises: a failing model or optimizer yields ``origin="fallback"`` points with ``reason`` set.
-With ``algorithm.seed`` set, the same trials give the same suggestions (on the CPU).
+With ``algorithm.seed`` set, the same trials give the same suggestions (on the CPU), unless an
+ask's time bound (:meth:`GenerationStrategy.bound_time`) cut its batch short.
 """
 
 from bbo.strategy.base import (
@@ -36,6 +37,7 @@ from bbo.strategy.base import (
     Strategy,
     StudyStatus,
     Suggestion,
+    TimeBounded,
     UsesSources,
 )
 from bbo.trial import StudyState
@@ -67,6 +69,7 @@ __all__ = [
     "StudyState",
     "StudyStatus",
     "Suggestion",
+    "TimeBounded",
     "UsesSources",
     "space_filling",
 ]

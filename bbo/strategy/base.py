@@ -95,6 +95,17 @@ class Strategy(Protocol):
 
 
 @runtime_checkable
+class TimeBounded(Protocol):
+    """A strategy that bounds an ask's time: once it runs short, a batch's later points come from
+    the model's cheap score instead of the acquisition optimizer."""
+
+    def bound_time(self, until: float | None) -> None:
+        """The next ``suggest`` starts no acquisition step after its first point that would end
+        past ``until`` (``time.monotonic()``); None: no bound."""
+        ...
+
+
+@runtime_checkable
 class SharesModelState(Protocol):
     """A strategy whose fitted surrogate state other replicas can adopt."""
 

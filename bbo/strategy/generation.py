@@ -64,6 +64,7 @@ class GenerationStrategy:
         self._assemble(select_device(spec.algorithm.device, n_points=0))
         self._lock = threading.RLock()
         self.last = AskInfo()
+        self._until: float | None = None  # bound_time's bound for the next ask
 
     def _assemble(self, placement: Placement) -> None:
         """The strategy's parts on one device (see :mod:`bbo.device`)."""
@@ -109,6 +110,11 @@ class GenerationStrategy:
         self._gpu_later = False
 
     # ---- public API ------------------------------------------------------------------------------
+    def bound_time(self, until: float | None) -> None:
+        """See :class:`~bbo.strategy.base.TimeBounded`: a batch's later points past ``until`` are
+        the best of random points under the model (:meth:`Fallback.model_guided`)."""
+        self._until = until
+
     def suggest(
         self,
         trials: Sequence[Trial],
@@ -275,6 +281,13 @@ class GenerationStrategy:
         exploit = first is None and self.exploitation.due(trials, data)
         repeats = 0
         for i in range(n):
+            if i and self._out_of_time(time.perf_counter() - ta, i):
+                why = (
+                    f"the ask's time ran short after {i} of {n} points "
+                    "(the caller's deadline or --max-ask-seconds)"
+                )
+                out += self.fallback.model_guided(model, data.layout, trials, n - i, taken, why)
+                break
             sug = first if i == 0 else None
             n_points = self.fallback.exhausted(taken) if sug is None else 0
             if n_points:  # no new point is left: a deliberate repeat, not a failing optimizer
@@ -299,3 +312,8 @@ class GenerationStrategy:
             chosen.append(P.tensor(xe)[None])
         self.last.acq_seconds = time.perf_counter() - ta
         return out
+
+    def _out_of_time(self, spent: float, done: int) -> bool:
+        """Whether one more point, at the mean time of the ``done`` found in ``spent`` seconds,
+        would end past the ask's time bound."""
+        return self._until is not None and time.monotonic() + spent / done > self._until

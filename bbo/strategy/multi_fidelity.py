@@ -54,6 +54,9 @@ class MultiFidelityStrategy:
     def last(self) -> AskInfo:
         return self.inner.last
 
+    def bound_time(self, until: float | None) -> None:
+        self.inner.bound_time(until)
+
     def suggest(
         self,
         trials: Sequence[Trial],

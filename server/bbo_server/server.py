@@ -84,6 +84,7 @@ class ServerOptions:
     device: str = "auto"
     max_message_bytes: int = MAX_MESSAGE_BYTES
     max_ask: int = 100
+    max_ask_seconds: float = 300.0  # see StudyConfig.max_ask_seconds
     default_lease_seconds: float = 600.0
     lease_reap_seconds: float = (
         5.0  # how often expired leases are ABANDONED, for all studies (0 = only on Ask)
@@ -254,6 +255,7 @@ def start(opts: ServerOptions, storage: Storage | None = None) -> RunningServer:
         config=StudyConfig(
             default_lease_seconds=opts.default_lease_seconds,
             max_ask=opts.max_ask,
+            max_ask_seconds=opts.max_ask_seconds,
             device=opts.device,
             llm=opts.llm,
             max_studies=opts.max_studies,

@@ -73,6 +73,14 @@ def register(sub) -> None:
         help="most trials one Ask may request (default %(default)s)",
     )
     p.add_argument(
+        "--max-ask-seconds",
+        type=float,
+        default=300.0,
+        help="an ask starts no acquisition step for a batch's later points past this many seconds "
+        "(nor past 3/4 of its caller's deadline): the rest are the best of random points under "
+        "the model (default %(default)s)",
+    )
+    p.add_argument(
         "--lease-seconds",
         type=float,
         default=600.0,
@@ -158,6 +166,8 @@ def check_args(args) -> None:
             bad(flag, f">= {low}", getattr(args, flag.replace("-", "_")))
     if args.max_message_bytes > MAX_MESSAGE_BYTES_CAP:
         bad("max-message-bytes", f"<= {MAX_MESSAGE_BYTES_CAP}", args.max_message_bytes)
+    if not (math.isfinite(args.max_ask_seconds) and args.max_ask_seconds > 0):
+        bad("max-ask-seconds", "a number of seconds > 0", args.max_ask_seconds)
     if not (math.isfinite(args.lease_seconds) and args.lease_seconds > 0):
         bad("lease-seconds", "a number of seconds > 0", args.lease_seconds)
     for flag in ("lease-reap-seconds", "health-probe-seconds", "grace-seconds"):
@@ -188,6 +198,7 @@ def run(args) -> int:
         device=args.device,
         max_message_bytes=args.max_message_bytes,
         max_ask=args.max_ask,
+        max_ask_seconds=args.max_ask_seconds,
         default_lease_seconds=args.lease_seconds,
         lease_reap_seconds=args.lease_reap_seconds,
         health_probe_seconds=args.health_probe_seconds,
