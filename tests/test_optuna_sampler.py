@@ -300,3 +300,39 @@ def test_the_adapter_is_reached_from_import_bbo_client_alone():
         "BboSampler",
         "module 'bbo_client' has no attribute 'no_such_thing'",
     ]
+
+
+def test_a_long_stepped_grid_is_searched_within_the_servers_choice_limit(client, study_name):
+    """A stepped distribution of 1,001 to 10,000 values became an Ordinal of them, which a server's
+    default --max-choices (1,000) refused: the first trial after the start-up one failed with
+    RESOURCE_EXHAUSTED. Such a grid is searched continuously and snapped to its steps."""
+
+    def obj(trial):
+        x = trial.suggest_float("x", 0.0, 20.0, step=0.01)  # 2,001 values
+        n = trial.suggest_int("n", 0, 4000, step=2)
+        return x + n
+
+    study = optuna.create_study(sampler=BboSampler(client=client, study_name=study_name))
+    study.optimize(obj, n_trials=3)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    by = {p.name: p for p in client.get_study(study_name).parameters}
+    assert by == {"x": bc.Float("x", 0.0, 20.0), "n": bc.Int("n", 0, 4000)}
+    for t in study.trials[1:]:
+        assert TRIAL_ID_ATTR in t.system_attrs
+        assert t.params["x"] == pytest.approx(round(t.params["x"] / 0.01) * 0.01)
+        assert t.params["n"] % 2 == 0 and type(t.params["n"]) is int
+
+
+def test_a_study_made_with_a_long_ordinal_grid_is_still_adopted(server_factory, study_name):
+    """Earlier versions made an Ordinal of up to 10,000 steps, which a server allowing that many
+    values (--max-choices) took: the sampler still adopts such a study, not refusing its space."""
+    srv = server_factory(args=["--workers", "1", "--max-choices", "3000"])
+    with bc.Client(srv.address) as c:
+        grid = [k * 0.01 for k in range(2001)]
+        c.create_study(study_name, [bc.Ordinal("x", grid)], "value", n_initial=8)
+        study = optuna.create_study(sampler=BboSampler(client=c, study_name=study_name))
+        study.optimize(lambda t: t.suggest_float("x", 0.0, 20.0, step=0.01), n_trials=3)
+        asked = [t for t in study.trials if TRIAL_ID_ATTR in t.system_attrs]
+        assert len(asked) == 2 and all(t.state.name == "COMPLETE" for t in study.trials)
+        for t in asked:
+            assert t.params["x"] in grid

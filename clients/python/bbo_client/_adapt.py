@@ -11,6 +11,9 @@ from bbo_client.errors import InvalidArgument
 
 _BAD = re.compile(r"[^A-Za-z0-9_.\-]")
 _ADDRESS = re.compile(r" at 0x[0-9A-Fa-f]+")  # in the repr of a function, lambda or plain object
+# a stepped / quantized domain with at most this many values is a bbo Ordinal of them, a longer one
+# is searched continuously and snapped: a server refuses an ordinal over its --max-choices (1000)
+MAX_GRID = 1000
 
 
 def bbo_name(name: str) -> str:

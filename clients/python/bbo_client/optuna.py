@@ -51,7 +51,13 @@ from optuna.search_space import IntersectionSearchSpace
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from bbo_client._adapt import bbo_name, bbo_names, check_study_options, choice_labels
+from bbo_client._adapt import (
+    MAX_GRID,
+    bbo_name,
+    bbo_names,
+    check_study_options,
+    choice_labels,
+)
 from bbo_client.client import Client, StudyHandle
 from bbo_client.errors import AlreadyExists, BboError, InvalidArgument, NotFound
 from bbo_client.model import (
@@ -73,7 +79,6 @@ log = logging.getLogger(__name__)
 TRIAL_ID_ATTR = "bbo:trial_id"  # the bbo trial an Optuna trial's parameters were asked for
 STUDY_UID_ATTR = "bbo:study_uid"
 CONSTRAINTS_ATTR = "bbo:constraints"  # constraints_func's values, computed once in after_trial
-MAX_GRID = 10_000  # a stepped distribution with at most this many values is a bbo Ordinal
 _BAD_NAME = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 
@@ -99,11 +104,11 @@ def bbo_parameter(name: str, dist: BaseDistribution) -> Parameter:
     raise TypeError(f"parameter '{name}': no bbo parameter for Optuna's {type(dist).__name__}")
 
 
-def _grid(low: float, high: float, step: float | None) -> list[float] | None:
+def _grid(low: float, high: float, step: float | None, limit: int = MAX_GRID) -> list[float] | None:
     if step is None:
         return None
     n = round((high - low) / step) + 1
-    return [low + k * step for k in range(n)] if n <= MAX_GRID else None
+    return [low + k * step for k in range(n)] if n <= limit else None
 
 
 def optuna_value(dist: BaseDistribution, value: Any) -> Any:
@@ -123,6 +128,21 @@ def optuna_value(dist: BaseDistribution, value: Any) -> Any:
 
 def _same(a: Parameter, b: Parameter) -> bool:
     return a.to_pb() == b.to_pb()
+
+
+def _searches(dist: BaseDistribution, p: Parameter) -> bool:
+    """Whether the bbo parameter ``p`` searches ``dist``: as :func:`bbo_parameter` makes it, or as
+    an Ordinal of a grid of up to 10,000 steps (which earlier versions made, on a server allowing
+    that many values)."""
+    if _same(bbo_parameter(p.name, dist), p):
+        return True
+    if isinstance(p, Ordinal) and isinstance(dist, FloatDistribution):
+        grid = _grid(dist.low, dist.high, dist.step, 10_000)
+        return grid is not None and _same(Ordinal(p.name, grid), p)
+    if isinstance(p, Ordinal) and isinstance(dist, IntDistribution) and dist.step != 1:
+        grid = _grid(dist.low, dist.high, dist.step, 10_000)
+        return grid is not None and _same(Ordinal(p.name, [int(v) for v in grid]), p)
+    return False
 
 
 def default_study_name(optuna_name: str) -> str:
@@ -416,7 +436,7 @@ class BboSampler(BaseSampler):
             return None
         for p in info.parameters:
             k, d = seen[p.name]
-            if not _same(bbo_parameter(p.name, d), p):
+            if not _searches(d, p):
                 raise InvalidArgument(
                     f"bbo study '{info.name}' searches {p}, this Optuna study suggests "
                     f"'{k}' from {d}: pass another study_name for a different space",

@@ -26,7 +26,7 @@ from ray.tune.search import Searcher, sample
 from ray.tune.search.variant_generator import parse_spec_vars
 from ray.tune.utils.util import flatten_dict, unflatten_dict
 
-from bbo_client._adapt import bbo_names, check_study_options, choice_labels
+from bbo_client._adapt import MAX_GRID, bbo_names, check_study_options, choice_labels
 from bbo_client.client import Client, StudyHandle
 from bbo_client.errors import BboError, InvalidArgument
 from bbo_client.model import (
@@ -41,8 +41,6 @@ from bbo_client.model import (
 )
 
 __all__ = ["BboSearch", "convert_search_space"]
-
-MAX_GRID = 10_000  # a quantized domain with at most this many values is a bbo Ordinal
 
 
 @dataclass(frozen=True)
