@@ -53,7 +53,7 @@ class RequestLimits:
     max_objectives: int = 4  # objectives per study
     max_outcome_constraints: int = 16  # outcome constraints per study
     max_tracked_metrics: int = 64  # tracked (not modeled) metrics per study
-    max_name_length: int = 128  # characters of a parameter, choice or metric name
+    max_name_length: int = 128  # characters of a parameter, choice, fixed string or metric name
     max_description_bytes: int = 65536  # UTF-8 bytes of a study's description
     max_spec_bytes: int = 1 << 20  # JSON bytes of a whole spec
     max_metrics_per_trial: int = 256  # metrics reported with one trial
@@ -78,7 +78,7 @@ class RequestLimits:
             "max_objectives": "objectives per study",
             "max_outcome_constraints": "outcome constraints per study",
             "max_tracked_metrics": "tracked metrics per study",
-            "max_name_length": "characters of a parameter, choice or metric name",
+            "max_name_length": "characters of a parameter, choice, fixed string or metric name",
             "max_description_bytes": "UTF-8 bytes of a study description",
             "max_spec_bytes": "JSON bytes of a whole study spec",
             "max_metrics_per_trial": "metrics reported with one trial",
@@ -146,6 +146,8 @@ class RequestLimits:
                 continue
             path = f"{field}.parameters[{i}]"
             self._name(f"{path}.name", p.get("name"))
+            # a fixed string is a one-choice categorical, stored with every trial of the study
+            self._name(f"{path}.value", p.get("value") if p.get("type") == "fixed" else None)
             for key in ("choices", "values"):
                 items = p.get(key)
                 self._count(f"{path}.{key}", items, "max_choices", key)

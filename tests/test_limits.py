@@ -129,7 +129,7 @@ def test_max_parameters(limited):
     assert call(st, "CreateStudy", svc.CreateStudyRequest(name="wide", spec=spec), b)[1] is None
 
 
-def _spec(n_choices=2, n_cons=0, n_obj=1, n_oc=0, n_tracked=0, name="x", desc=""):
+def _spec(n_choices=2, n_cons=0, n_obj=1, n_oc=0, n_tracked=0, name="x", desc="", fixed=None):
     spec = pb.StudySpec(
         parameters=[
             pb.ParameterSpec(name=name, float=pb.FloatParameter(low=0, high=1)),
@@ -147,6 +147,10 @@ def _spec(n_choices=2, n_cons=0, n_obj=1, n_oc=0, n_tracked=0, name="x", desc=""
         tracked_metrics=[f"t{i}" for i in range(n_tracked)],
         description=desc,
     )
+    if fixed is not None:
+        spec.parameters.add(
+            name="f", fixed=pb.FixedParameter(value=pb.ParameterValue(category=fixed))
+        )
     return spec
 
 
@@ -160,6 +164,9 @@ def _spec(n_choices=2, n_cons=0, n_obj=1, n_oc=0, n_tracked=0, name="x", desc=""
         (dict(n_tracked=3), "--max-tracked-metrics", "spec.tracked_metrics"),
         (dict(name="p" * 21), "--max-name-length", "spec.parameters[0].name"),
         (dict(desc="é" * 51), "--max-description-bytes", "spec.description"),
+        # a fixed string is stored with every trial: up to --max-spec-bytes (1 MiB) each, 90 GB
+        # for a study of --max-trials-per-study trials
+        (dict(fixed="f" * 21), "--max-name-length", "spec.parameters[2].value"),
     ],
 )
 def test_every_spec_bound_is_refused_naming_its_flag_and_stores_nothing(limited, kw, flag, field):
