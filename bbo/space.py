@@ -330,7 +330,10 @@ class OrdinalParam:
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
             raise SpecError(self.name, f"'{self.name}' needs one of {shown}, got {v!r}")
         try:
-            return self._by_value[float(v)]
+            x = float(v)
+            if x != v:  # a whole number a double cannot hold (2**53 + 1): no listed value
+                raise KeyError(v)
+            return self._by_value[x]
         except (KeyError, OverflowError):
             raise SpecError(self.name, f"'{self.name}'={v} is not one of {shown}") from None
 

@@ -236,6 +236,18 @@ def test_trial_fields_and_typed_values(client, study_name):
     assert r.add_trial({"rate": 2}, 0.5).params["rate"] == 2.0
 
 
+def test_an_ordinal_refuses_a_whole_number_a_double_cannot_hold(client, study_name):
+    """An ordinal of whole numbers took 2**53 + 1 for its value 2**53 (the same double) and stored
+    2**53, a point the worker never ran."""
+    s = client.create_study(study_name, [bc.Ordinal("o", [0, 2**53])], objectives="y")
+    with pytest.raises(bc.InvalidArgument, match="not one of") as e:
+        s.add_trial({"o": 2**53 + 1}, 1.0)
+    assert e.value.field == "parameters['o']"
+    t = s.add_trial({"o": 2**53}, 1.0)
+    assert t.params == {"o": 2**53} and type(t.params["o"]) is int
+    assert [u.params for u in s.trials()] == [{"o": 2**53}]
+
+
 def test_tell_takes_numpy_scalars_and_a_missing_sem(client, study_name):
     np = pytest.importorskip("numpy")
     s = client.create_study(
