@@ -536,3 +536,17 @@ def test_a_trial_asked_while_optimize_stops_is_abandoned_not_evaluated(client, s
     assert evaluated == []
     (t,) = s.trials()
     assert t.state == "ABANDONED" and "before it started" in t.reason, t
+
+
+def test_a_python_int_past_int64_goes_as_a_number(client, study_name):
+    """``add_trial({"x": 10**20})`` for a float parameter raised protobuf's ValueError ("Value out
+    of range") instead of sending the number, as the Node client does; too large for a double, it
+    is InvalidArgument naming the parameter."""
+    s = client.create_study(study_name, [bc.Float("x", 0, 1e30)], objectives="y")
+    assert s.add_trial({"x": 10**20}, 1.0).params == {"x": 1e20}
+    with pytest.raises(bc.InvalidArgument, match="outside"):
+        s.add_trial({"x": 10**31}, 1.0)
+    with pytest.raises(bc.InvalidArgument, match="too large") as e:
+        s.add_trial({"x": 10**400}, 1.0)
+    assert e.value.field == "parameters['x']"
+    assert [u.params for u in s.trials()] == [{"x": 1e20}]

@@ -33,9 +33,16 @@ def _value_pb(v: Value, field: str = "value") -> pb.ParameterValue:
             "'false'])",
             field=field,
         )
-    if isinstance(v, int):
+    if isinstance(v, int) and -(2**63) <= v < 2**63:
         return pb.ParameterValue(integer=v)
-    return pb.ParameterValue(number=float(v))
+    try:  # an int past int64 goes as a double (1e20 for a float parameter), as the server takes it
+        return pb.ParameterValue(number=float(v))
+    except OverflowError:
+        from bbo_client.errors import InvalidArgument
+
+        raise InvalidArgument(
+            f"an integer of {v.bit_length()} bits is too large for a parameter value", field=field
+        ) from None
 
 
 def _value(v: pb.ParameterValue) -> Value:
