@@ -144,16 +144,21 @@ class StudyStrategy:
 
     def recommend(self, trials: Sequence[Trial]) -> tuple[Trial, Recommendation] | None:
         """The strategy's recommended trial among ``trials`` (feasible) and its recommendation
-        (why, the model's estimate); None where it makes none. A strategy that has not fit yet (a
-        replica or server that has not served this study's asks) first takes the study's stored
-        model state."""
+        (why, the model's estimate); None where it makes none. The strategy first takes the
+        study's stored model state where it is newer (another replica fit since, or this one has
+        not served the study's asks), so that replicas agree on the pick. A strategy with a state
+        does not wait for an ask of this study running here: that ask takes the stored state."""
         strategy = self.strategy
         if not isinstance(strategy, Recommends):
             return None
         try:
-            if isinstance(strategy, SharesModelState) and strategy.export_state() is None:
-                with self._lock:
+            if isinstance(strategy, SharesModelState) and self._lock.acquire(
+                blocking=strategy.export_state() is None
+            ):
+                try:
                     self._model_cache.pull(self.uid, strategy)
+                finally:
+                    self._lock.release()
             rec = strategy.recommend(trials)
         except Exception:
             log.exception("recommendation failed", extra={"study": self.name})

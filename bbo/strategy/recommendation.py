@@ -22,7 +22,7 @@ through the outcome warp), which GetBest reports.
 
 Asks record their recommendation from the model they fit; reads (GetBest) made after further
 tells condition a GP on the cached hyperparameters (no fit). One answer is cached per set of
-completed trials.
+completed trials and set of hyperparameters (another replica's, adopted, make it anew).
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ class Recommender:
         self.surrogate = surrogate
         self._data = ctx.data.fresh()
         self._lock = threading.Lock()
-        self._cache: tuple[tuple, Recommendation | _Unjudged | None] | None = None
+        # (the trials' fingerprint, the surrogate's hyperparameters, the answer for them)
+        self._cache: tuple[tuple, object, Recommendation | _Unjudged | None] | None = None
         # (the surrogate's hyperparameters, the evidence for the fitted noise judged under them)
         self._evidence: tuple[object, Evidence] | None = None
 
@@ -105,8 +106,9 @@ class Recommender:
             data = self._data.build(modeled)
             key = fingerprint(data.trials)
             cached = self._cache
-        if cached is not None and cached[0] == key:
-            out = cached[1]
+        hyper = self._hyper()
+        if cached is not None and cached[0] == key and cached[1] is hyper:
+            out = cached[2]
             if not isinstance(out, _Unjudged):
                 return out
             rec = self._judge(out)
@@ -117,7 +119,7 @@ class Recommender:
             choice = self._choose(data, *cond) if cond is not None else None
             rec = self._judge(choice) if isinstance(choice, _Unjudged) else choice
         with self._lock:
-            self._cache = (key, rec)
+            self._cache = (key, hyper, rec)
         return rec
 
     def remember(self, data: TrainingData, model, rows: np.ndarray, predictive=None) -> None:
@@ -127,7 +129,12 @@ class Recommender:
         worth = self._worth_a_model(data)
         rec = self._choose(data, model, rows, predictive) if worth else None
         with self._lock:
-            self._cache = (fingerprint(data.trials), rec)
+            self._cache = (fingerprint(data.trials), self._hyper(), rec)
+
+    def _hyper(self) -> object:
+        """The surrogate's current hyperparameters (a new object after each fit or adoption)."""
+        state = self.surrogate.export_state()
+        return None if state is None else state[1]
 
     def _worth_a_model(self, data: TrainingData) -> bool:
         return not self.ctx.layout.multi and len(data.trials) >= MIN_TRIALS
