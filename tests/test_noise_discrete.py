@@ -393,6 +393,30 @@ def test_the_best_trial_seen_is_not_said_to_be_chosen_for_noise_nobody_judged(mo
         assert rec.estimate is not None
 
 
+def test_the_best_depends_on_the_data_and_the_fit_not_on_which_asks_judged_noise():
+    """The evidence for a fitted noise was judged once per set of hyperparameters, on the data of
+    whichever call came first: a strategy whose ask judged it on 8 trials reported the best trial
+    seen, while one given the same fit (another replica, a restarted server) judged 9 trials and
+    reported another trial by its posterior mean. Reads now judge the data they are given."""
+    import random
+
+    torch.set_num_threads(1)
+    space = SearchSpace((FloatParam("x", 0.0, 1.0), FloatParam("z", 0.0, 1.0)))
+    spec = StudySpec(space, (Objective("y"),), algorithm=AlgorithmOptions(seed=3))
+    gs, trials, rng = GenerationStrategy(spec), [], random.Random(2)
+    for i in range(9):
+        sug = gs.suggest(trials, 1)[0]
+        x, z = sug.params["x"], sug.params["z"]
+        y = (x - 0.3) ** 2 + (z - 0.6) ** 2 + rng.gauss(0, 0.05)
+        metrics = {"y": Metric(y)}
+        trials.append(Trial(i + 1, sug.params, TrialState.COMPLETED, metrics, origin=sug.origin))
+    other = GenerationStrategy(spec)
+    other.import_state(*gs.export_state())
+    here, there = gs.recommend(trials), other.recommend(trials)
+    assert there is not None and "noisy" in there.selection  # 9 trials support the noise
+    assert here is not None and (here.trial_id, here.selection) == (there.trial_id, there.selection)
+
+
 def test_noise_evidence_tells_a_noisy_bowl_from_a_smooth_one():
     from bbo.strategy.noise import NOISE_EVIDENCE
     from bbo.surrogate import Surrogate

@@ -10,8 +10,9 @@ finds the objective noisy. Where only the GP's fitted noise says so and the reco
 differ from the best observed trial, the data must also support that noise, the objective's or
 a constraint metric's (at a lower bar, :data:`CONSTRAINT_EVIDENCE`): see
 :meth:`~bbo.surrogate.Surrogate.noise_evidence`, a refit without it, made once per set of
-hyperparameters up to :data:`EVIDENCE_MAX_POINTS` points, on the first read after an ask rather
-than in the ask. A few points of a deterministic function often fit as noisy as well as not, and
+hyperparameters and data up to :data:`EVIDENCE_MAX_POINTS` points, on the first read of them
+rather than in the ask (a read's answer then depends on nothing but the data and the fit, which
+replicas share). A few points of a deterministic function often fit as noisy as well as not, and
 the posterior mean would then report a worse trial than the best one seen. Where the pick is the
 best one seen anyway, that noise is not judged, and the selection names the best observed value
 instead of claiming noise. Candidates are the trials observed feasible, preferring those the
@@ -95,8 +96,9 @@ class Recommender:
         self._lock = threading.Lock()
         # (the trials' fingerprint, the surrogate's hyperparameters, the answer for them)
         self._cache: tuple[tuple, object, Recommendation | _Unjudged | None] | None = None
-        # (the surrogate's hyperparameters, the evidence for the fitted noise judged under them)
-        self._evidence: tuple[object, Evidence] | None = None
+        # (the surrogate's hyperparameters, the data, the evidence for the fitted noise judged
+        # under them: see fit_evidence)
+        self._evidence: tuple[object, bytes, Evidence] | None = None
 
     def recommend(self, trials: Sequence[Trial]) -> Recommendation | None:
         """The recommended trial among the completed ones of ``trials`` (see the module)."""
@@ -174,7 +176,7 @@ class Recommender:
                 why = f"best observed value of the objective over {data.n_completed} completed "
                 why += "trials, and its best posterior mean"
                 return Recommendation(data.trials[best].id, why, estimate)
-            evidence = self._known_evidence()
+            evidence = self._known_evidence(_data_key(data, model_rows))
             if evidence is None:
                 return _Unjudged(best, estimate, noise, data, model, model_rows)
             return self._supported(data, best, estimate, noise, evidence)
@@ -191,7 +193,7 @@ class Recommender:
 
     def _judge(self, u: _Unjudged) -> Recommendation | None:
         """Settle an :class:`_Unjudged` recommendation (see :meth:`_supported`)."""
-        evidence = self.fit_evidence(u.data, u.model, u.rows)
+        evidence = self.fit_evidence(u.data, u.model, u.rows, exact=True)
         return self._supported(u.data, u.trial_id, u.estimate, u.noise, evidence)
 
     def _supported(
@@ -227,23 +229,29 @@ class Recommender:
         refit."""
         return not noise.known and len(data.trials) <= EVIDENCE_MAX_POINTS
 
-    def _known_evidence(self) -> Evidence | None:
-        """The evidence judged under the surrogate's current hyperparameters, if it was."""
+    def _known_evidence(self, key: bytes | None = None) -> Evidence | None:
+        """The evidence judged under the surrogate's current hyperparameters, if it was (and on
+        the data of :func:`_data_key` ``key``, where given)."""
         state = self.surrogate.export_state()
         with self._lock:
             cached = self._evidence
-        if state is not None and cached is not None and cached[0] is state[1]:
-            return cached[1]
-        return None
+        if state is None or cached is None or cached[0] is not state[1]:
+            return None
+        return cached[2] if key is None or cached[1] == key else None
 
-    def fit_evidence(self, data: TrainingData, model, rows: np.ndarray) -> Evidence:
+    def fit_evidence(
+        self, data: TrainingData, model, rows: np.ndarray, exact: bool = False
+    ) -> Evidence:
         """:meth:`~bbo.surrogate.Surrogate.noise_evidence` of the objective on the ``rows``
         ``model`` conditions on and, unless that supports the fitted noise, of each constraint
-        metric fitted as noisy; judged once per set of the surrogate's hyperparameters (a fit of
-        a one-output GP per output judged); none (0 nats) on fewer than :data:`EVIDENCE_MIN_POINTS`."""
+        metric fitted as noisy (a fit of a one-output GP per output judged); none (0 nats) on
+        fewer than :data:`EVIDENCE_MIN_POINTS`. Judged once per set of the surrogate's
+        hyperparameters for asks; ``exact`` (reads): once per set of hyperparameters and data,
+        so that a replica that judged earlier data answers as one that did not."""
         if len(rows) < EVIDENCE_MIN_POINTS:
             return Evidence(0.0, None)
-        known = self._known_evidence()
+        key = _data_key(data, rows)
+        known = self._known_evidence(key if exact else None)
         if known is not None:
             return known
         state = self.surrogate.export_state()
@@ -261,5 +269,10 @@ class Recommender:
                     break
         evidence = Evidence(objective, constraint)
         with self._lock:
-            self._evidence = (None if state is None else state[1], evidence)
+            self._evidence = (None if state is None else state[1], key, evidence)
         return evidence
+
+
+def _data_key(data: TrainingData, rows: np.ndarray) -> bytes:
+    """The points and outcomes of ``rows`` that the noise evidence is judged on."""
+    return data.X[rows].tobytes() + data.Ym[rows].tobytes()
