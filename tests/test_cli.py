@@ -89,6 +89,20 @@ def test_best_shows_the_objectives_first(bbo_server, study_name):
     assert "metrics: zloss=0.5, ylat=1, atime=3, bsize=2" in out, out
 
 
+def test_trials_and_best_as_json_keep_the_standard_errors(bbo_server, study_name):
+    """A metric told with its standard error (a cross-validated score) lists it beside the value
+    in ``--json``, as ListTrials and GetBest carry it; it was dropped, so an export lost it."""
+    with bc.Client(bbo_server.address) as c:
+        s = c.create_study(study_name, [bc.Float("x", 0, 1)], bc.Objective("y", noise="noisy"))
+        (t,) = s.ask(1)
+        s.tell(t, {"y": (0.5, 0.25), "n": 3.0})
+    addr = ["--address", bbo_server.address]
+    (row,) = [json.loads(l) for l in bbo("trials", study_name, *addr, "--json").stdout.splitlines()]
+    assert row["metrics"] == {"y": 0.5, "n": 3.0} and row["sems"] == {"y": 0.25}
+    best = json.loads(bbo("best", study_name, *addr, "--json").stdout)
+    assert best["trials"][0]["sems"] == {"y": 0.25}
+
+
 def test_plot_writes_png(bbo_server, populated, tmp_path):
     out = tmp_path / "p.png"
     r = bbo("plot", populated, "--address", bbo_server.address, "-o", str(out))

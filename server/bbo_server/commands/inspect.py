@@ -59,6 +59,7 @@ def trial_dict(t) -> dict:
         "state": t.state,
         "params": t.params,
         "metrics": t.metrics,
+        "sems": t.sems,  # the standard errors told with the metrics that had one
         "origin": t.origin,
         "reason": t.reason,
         "worker_id": t.worker_id,
