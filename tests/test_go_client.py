@@ -48,10 +48,55 @@ def worker(tmp_path_factory) -> Path:
     return out
 
 
-def _run(worker: Path, *args: str) -> subprocess.CompletedProcess:
-    """The example worker with ``args``, its output captured."""
+def _run(worker: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The example worker with ``args`` (and ``env`` added to the environment), its output
+    captured."""
     cmd = [str(worker), *args]
-    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
+    full = {**os.environ, **(env or {})}
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=full)
+
+
+@needs_go
+def test_go_worker_speaks_mutual_tls_from_the_environment(server_factory, tmp_path, worker):
+    """Dial reads BBO_TLS_CA / BBO_CLIENT_CERT / BBO_CLIENT_KEY as the Python and Node clients
+    do (the Go client had no TLS options: only ready credentials), so the example worker runs a
+    study against a server that requires a client certificate."""
+    import grpc
+    from sec_helpers import make_certs
+
+    import bbo_client as bc
+
+    certs = make_certs(tmp_path / "certs")
+    srv = server_factory(
+        db="sqlite:///" + str(tmp_path / "tls.db"),
+        args=[
+            "--tls-cert",
+            certs["server_cert"],
+            "--tls-key",
+            certs["server_key"],
+            "--tls-client-ca",
+            certs["ca"],
+            "--workers",
+            "1",
+        ],
+        credentials=grpc.ssl_channel_credentials(
+            open(certs["ca"], "rb").read(),
+            open(certs["client_key"], "rb").read(),
+            open(certs["client_cert"], "rb").read(),
+        ),
+    )
+    env = {
+        "BBO_TLS_CA": certs["ca"],
+        "BBO_CLIENT_CERT": certs["client_cert"],
+        "BBO_CLIENT_KEY": certs["client_key"],
+    }
+    r = _run(worker, "-workers", "1", "-trials", "3", srv.address, "go-mtls", env=env)
+    assert r.returncode == 0, r.stderr
+    tls = dict(
+        tls_ca=env["BBO_TLS_CA"], tls_cert=env["BBO_CLIENT_CERT"], tls_key=env["BBO_CLIENT_KEY"]
+    )
+    with bc.Client(srv.address, **tls) as c:
+        assert [t.state for t in c.study("go-mtls").trials()] == ["COMPLETED"] * 3
 
 
 @needs_go

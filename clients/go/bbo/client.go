@@ -9,6 +9,8 @@ package bbo
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -30,14 +32,23 @@ import (
 
 // Options tune a Client. The zero value of each field means its default.
 type Options struct {
-	APIKey       string                           // sent as "authorization: Bearer KEY"; default env BBO_API_KEY
-	Credentials  credentials.TransportCredentials // TLS; nil = plaintext
-	Timeout      time.Duration                    // per call (default 2 min)
-	AskTimeout   time.Duration                    // per Ask (default 10 min: a batch over a wide space fits for minutes)
-	Retries      int                              // UNAVAILABLE retries per call (default 8; < 0 = none)
-	Backoff      time.Duration                    // first retry delay (default 100 ms), doubled up to MaxBackoff
-	MaxBackoff   time.Duration                    // default 5 s
-	RatePatience time.Duration                    // how long to keep honouring RetryInfo (default 2 min)
+	APIKey      string                           // sent as "authorization: Bearer KEY"; default env BBO_API_KEY
+	Credentials credentials.TransportCredentials // ready TLS credentials (overrides the TLS fields below)
+	// TLS as the Python and Node clients: TLSCA, a PEM file of roots to trust (env BBO_TLS_CA);
+	// TLSCert / TLSKey, a client certificate for mutual TLS (env BBO_CLIENT_CERT / BBO_CLIENT_KEY);
+	// TLS, TLS with the system's roots; TLSServerName, the name to check the server's certificate
+	// against instead of the address's host. None set: plaintext.
+	TLS           bool
+	TLSCA         string
+	TLSCert       string
+	TLSKey        string
+	TLSServerName string
+	Timeout       time.Duration // per call (default 2 min)
+	AskTimeout    time.Duration // per Ask (default 10 min: a batch over a wide space fits for minutes)
+	Retries       int           // UNAVAILABLE retries per call (default 8; < 0 = none)
+	Backoff       time.Duration // first retry delay (default 100 ms), doubled up to MaxBackoff
+	MaxBackoff    time.Duration // default 5 s
+	RatePatience  time.Duration // how long to keep honouring RetryInfo (default 2 min)
 }
 
 // Client is a connection to a bbo server. Safe for concurrent use by several goroutines.
@@ -72,6 +83,22 @@ func Dial(address string, opts Options) (*Client, error) {
 	if opts.RatePatience == 0 {
 		opts.RatePatience = 2 * time.Minute
 	}
+	if opts.TLSCA == "" {
+		opts.TLSCA = os.Getenv("BBO_TLS_CA")
+	}
+	if opts.TLSCert == "" {
+		opts.TLSCert = os.Getenv("BBO_CLIENT_CERT")
+	}
+	if opts.TLSKey == "" {
+		opts.TLSKey = os.Getenv("BBO_CLIENT_KEY")
+	}
+	if opts.Credentials == nil && (opts.TLS || opts.TLSCA != "" || opts.TLSCert != "" || opts.TLSKey != "") {
+		creds, err := tlsCredentials(opts)
+		if err != nil {
+			return nil, err
+		}
+		opts.Credentials = creds
+	}
 	dial := []grpc.DialOption{grpc.WithInsecure()}
 	if opts.Credentials != nil {
 		dial = []grpc.DialOption{grpc.WithTransportCredentials(opts.Credentials)}
@@ -88,6 +115,32 @@ func Dial(address string, opts Options) (*Client, error) {
 		return nil, err
 	}
 	return &Client{conn: conn, Stub: pb.NewBboServiceClient(conn), opts: opts}, nil
+}
+
+// tlsCredentials builds TLS credentials from the Options' TLS fields (see Options).
+func tlsCredentials(opts Options) (credentials.TransportCredentials, error) {
+	cfg := &tls.Config{ServerName: opts.TLSServerName}
+	if opts.TLSCA != "" {
+		pem, err := os.ReadFile(opts.TLSCA)
+		if err != nil {
+			return nil, fmt.Errorf("TLSCA: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("TLSCA: no PEM certificate in %s", opts.TLSCA)
+		}
+	}
+	if (opts.TLSCert == "") != (opts.TLSKey == "") {
+		return nil, errors.New("a client certificate needs both TLSCert and TLSKey")
+	}
+	if opts.TLSCert != "" {
+		pair, err := tls.LoadX509KeyPair(opts.TLSCert, opts.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("TLSCert / TLSKey: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return credentials.NewTLS(cfg), nil
 }
 
 // Close releases the connection.

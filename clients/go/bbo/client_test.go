@@ -295,3 +295,11 @@ func TestOptimizeReturnsTheContextsErrorWhenItEndsDuringAnAsk(t *testing.T) {
 		}
 	}
 }
+
+// A client certificate without its key is refused by Dial, naming both, before any call.
+func TestDialRefusesACertificateWithoutItsKey(t *testing.T) {
+	_, err := Dial("127.0.0.1:1", Options{TLSCert: "client.pem"})
+	if err == nil || !strings.Contains(err.Error(), "both TLSCert and TLSKey") {
+		t.Fatalf("Dial with TLSCert alone: %v", err)
+	}
+}
