@@ -3,6 +3,7 @@ of every exchange with the model."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from bbo.registry import StudyConfig
 
 log = logging.getLogger("bbo.study")
+CACHED = "cached"  # the outcome of an ask's answer from the cache (no request sent)
 
 
 class StudyLlm:
@@ -60,7 +62,14 @@ class StudyLlm:
         return kw
 
     def log(self, call: LlmCallRecord) -> None:
-        """Record what the LLM module asked and was answered (and tell the observer, if any)."""
+        """Record what the LLM module asked and was answered (and tell the observer, if any). An
+        answer from the cache is recorded as outcome ``cached`` without its prompt and answer: the
+        call it repeats holds them, and a copy on every ask (the priors' answer, ~20 KB to 1 MiB)
+        grew a long study's log by that much per ask."""
+        if call.cached:
+            call = dataclasses.replace(
+                call, prompt="", response="", outcome=CACHED, prompt_tokens=0, completion_tokens=0
+            )
         self.storage.log_llm_call(self.uid, call)
         if self.config.on_llm_call is not None:
             try:

@@ -100,6 +100,11 @@ def test_warmstart_candidates_become_trials_and_calls_are_audited(server_factory
             study.ask(2)  # BO phase: the cached priors prompt is not sent again
             assert len(chat.requests) == n_requests
             assert len(study.trials()) == 7
+            # each ask's cache hit is logged without a copy of the prompt and answer it repeats
+            hits = [c for c in study.llm_calls() if c.outcome == "cached"]
+            assert hits and all(c.prompt == c.response == "" for c in hits), hits
+            sent = [c for c in study.llm_calls() if c.outcome != "cached"]
+            assert len(sent) == n_requests and all(c.prompt and c.response for c in sent)
 
 
 @pytest.mark.parametrize(
