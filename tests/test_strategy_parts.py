@@ -157,3 +157,18 @@ def test_a_discrete_design_does_not_repeat_a_point_while_others_are_left():
     out = GenerationStrategy(spec).suggest([], 8)
     assert len({tuple(s.params.values()) for s in out}) == 6
     assert ["repeat" in s.reason for s in out] == [False] * 6 + [True] * 2
+
+
+def test_the_objectives_standard_errors_make_it_noisy_without_the_constraints():
+    """Standard errors reported for the objective alone (a CV score's, not a constraint metric's
+    such as the training time) make the noise known; the model still fits its own noise, since it
+    takes errors only where every value has one. They were ignored altogether."""
+    trials = _completed(np.random.default_rng(0).random((6, 2)))
+    gs = GenerationStrategy(_spec())
+    assert not gs.ctx.data.build(trials).noise.known
+    for t in trials:
+        t.metrics["f"] = Metric(t.metrics["f"].value, sem=0.05)
+    data = gs.ctx.data.build(trials)
+    assert data.noise.reported and data.noise.known and data.Yvar is None
+    trials[0].metrics["f"] = Metric(trials[0].metrics["f"].value)  # one row without: not judged
+    assert not gs.ctx.data.build(trials).noise.reported

@@ -213,7 +213,10 @@ class ModelData:
             Yvar = np.minimum(np.abs(np.asarray(S, dtype=float)), MAX_SEM) ** 2
         feas = self.layout.feasible(Ya)
         Ym, Ymvar, model_layout = self.warp.warp(Ya, Yvar)
-        noise = NoiseEstimate.of(Xa, Ya, Yvar, self.layout, self.noise)
+        # the model takes standard errors only where every value has one; the noise judgement
+        # takes the objective's wherever every row reports them (a constraint's may be missing)
+        judged = Yvar if Yvar is not None or not used else _reported_columns(S)
+        noise = NoiseEstimate.of(Xa, Ya, judged, self.layout, self.noise)
         score = self.score(Ya, feas)
         return TrainingData(used, Xa, Ya, Yvar, score, feas, Ym, Ymvar, noise, model_layout)
 
@@ -235,6 +238,16 @@ class ModelData:
         slack = [(Y[:, j] * k - b * k) * (1 if op == "<=" else -1) for j, op, b in lay.constraints]
         violation = np.clip(np.stack(slack, axis=1), 0, None).sum(axis=1) if slack else 0 * s
         return np.where(feas, s + 2.0, -violation / max(violation.max(), 1e-12 * k))
+
+
+def _reported_columns(S: Sequence[Sequence[float | None]]) -> np.ndarray:
+    """Squared standard errors of the columns every row reports (finite), 0 in the others."""
+    out = np.zeros((len(S), len(S[0])))
+    for j in range(out.shape[1]):
+        col = [row[j] for row in S]
+        if all(s is not None and np.isfinite(s) for s in col):
+            out[:, j] = np.minimum(np.abs(np.asarray(col, dtype=float)), MAX_SEM) ** 2
+    return out
 
 
 def _reported(sems: Sequence[float | None]) -> bool:
