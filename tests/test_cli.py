@@ -110,6 +110,19 @@ def test_plot_writes_png(bbo_server, populated, tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_an_output_path_that_cannot_be_written_is_a_clean_error(bbo_server, populated, tmp_path):
+    """`bbo plot -o` into a missing folder and `bbo demo --runs-dir` under a file ended in
+    Python's traceback; now one line naming the path and a non-zero exit."""
+    (tmp_path / "a-file").write_text("")
+    for args, path in (
+        (["plot", populated, "--address", bbo_server.address, "-o"], tmp_path / "no" / "p.png"),
+        (["demo", "--runs-dir"], tmp_path / "a-file" / "runs"),
+    ):
+        r = bbo(*args, str(path), check=False)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.startswith(f"bbo {args[0]}: ") and str(path) in r.stderr, r.stderr
+
+
 def test_reads_database_directly(tmp_path):
     from bbo.registry import StudyRegistry
     from bbo.storage import open_storage

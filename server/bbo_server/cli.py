@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
 def failure_message(e: BaseException) -> str | None:
     """What to print for an error of the server, of the core (a database URL bbo cannot use, a
     database that is away) or of the database driver (a file that is not a database, a server
-    that refuses the connection); None for anything else (a bug: its traceback is shown)."""
+    that refuses the connection), or of a file the user named (`plot -o`, `demo --runs-dir`: a
+    missing folder, no permission); None for anything else (a bug: its traceback is shown)."""
     from bbo.errors import BboError as CoreError
     from bbo.storage import driver_error
     from bbo_client.errors import BboError
@@ -172,6 +173,8 @@ def failure_message(e: BaseException) -> str | None:
         return f"{type(e).__name__}: {e}"
     if isinstance(e, CoreError):
         return e.message
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}"
     detail = driver_error(e)
     return None if detail is None else f"database error: {detail}"
 
