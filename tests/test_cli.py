@@ -266,6 +266,26 @@ def test_output_cut_short_by_a_closed_pipe_is_no_traceback(tmp_path):
     assert r.stdout.startswith('{"id": 1') and "Traceback" not in r.stderr, r.stderr
 
 
+def test_serve_on_a_port_in_use_is_a_clean_error(tmp_path):
+    """`bbo serve --port P` with P taken by another process ended in gRPC's RuntimeError
+    traceback ("Failed to bind to address"); now one line naming the address and --port."""
+    import socket
+
+    db = "sqlite:///" + str(tmp_path / "bbo.db")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "bbo_server", "serve", "--port", str(port), "--db", db],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"bbo serve: cannot listen on 127.0.0.1:{port}" in r.stderr and "--port" in r.stderr
+
+
 @pytest.mark.parametrize(
     "args, env, flag",
     [

@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from bbo.errors import BboError
 from bbo.limits import RequestLimits
 from bbo.registry import StudyConfig, StudyRegistry
 from bbo.storage import Storage, default_url, open_storage
@@ -302,14 +303,21 @@ def start(opts: ServerOptions, storage: Storage | None = None) -> RunningServer:
     host = f"[{opts.host}]" if ":" in opts.host and not opts.host.startswith("[") else opts.host
     for hook in opts.on_start:
         hook(registry)
-    if opts.unix_socket:
-        port = server.add_insecure_port(f"unix:{opts.unix_socket}")
-    elif opts.server_credentials is not None:
-        port = server.add_secure_port(f"{host}:{opts.port}", opts.server_credentials)
-    else:
-        port = server.add_insecure_port(f"{host}:{opts.port}")
+    address = f"unix:{opts.unix_socket}" if opts.unix_socket else f"{host}:{opts.port}"
+    try:  # grpcio returns 0 for a port it cannot bind, or (newer ones) raises RuntimeError
+        if opts.server_credentials is not None and not opts.unix_socket:
+            port = server.add_secure_port(address, opts.server_credentials)
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise RuntimeError(f"could not bind {opts.unix_socket or f'{opts.host}:{opts.port}'}")
+        if owns:
+            storage.close()  # and with it the SQLite file's claim
+        raise BboError(
+            f"cannot listen on {opts.unix_socket or f'{opts.host}:{opts.port}'} (in use, or not "
+            "an address of this machine): choose another --port or --host, or stop what holds it"
+        )
     server.start()
     for name in ("", SERVICE_NAME):
         hs.set(name, health_pb2.HealthCheckResponse.SERVING)
