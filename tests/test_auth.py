@@ -431,3 +431,23 @@ def test_a_key_cut_short_in_a_logged_study_name_is_redacted():
         log.removeHandler(handler)
     line = json.loads(out.getvalue())
     assert "SSS" not in out.getvalue() and "bbo_0123456789ab_***" in line["study"], line
+
+
+def test_tls_files_that_are_not_a_certificate_and_its_key_are_refused(certs, tmp_path):
+    """A swapped, mismatched or non-PEM --tls-cert / --tls-key / --tls-client-ca started no
+    server: gRPC logged "Invalid private key" and the bind failed (a traceback, or a message
+    blaming the port); now a ValueError naming the flags, which `bbo serve` prints."""
+    from bbo_server.tls import server_credentials
+
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    cert, key, ca = certs["server_cert"], certs["server_key"], certs["ca"]
+    for args, flag in (
+        ((cert, certs["client_key"]), "--tls-key"),  # another certificate's key
+        ((key, cert), "--tls-cert"),  # swapped
+        ((str(junk), key), "--tls-cert"),
+        ((cert, key, str(junk)), "--tls-client-ca"),
+    ):
+        with pytest.raises(ValueError, match=flag):
+            server_credentials(*args)
+    assert server_credentials(cert, key, ca) is not None
