@@ -106,6 +106,20 @@ def test_session_settings_and_url_overrides(pg_url):
     s.close()
 
 
+def test_a_negative_pool_size_is_refused():
+    """`--db-pool-size -1` (or `?pool_size=-1`, `?max_overflow=-1`) was taken by SQLAlchemy as no
+    bound at all: a replica could open connections until PostgreSQL's max_connections."""
+    from bbo.errors import DatabaseUrlError
+
+    url = sa.engine.make_url("postgresql+psycopg://bbo@127.0.0.1:1/bbo")
+    for query in ({"pool_size": "-1"}, {"max_overflow": "-2"}):
+        with pytest.raises(DatabaseUrlError, match=next(iter(query))):
+            pgmod.settings(url.set(query=query))
+    assert (
+        pgmod.settings(url.set(query={"pool_size": "0", "max_overflow": "0"}))[1]["pool_size"] == 0
+    )
+
+
 def test_statement_timeout_stops_a_runaway_query(storage):
     with pytest.raises(sa.exc.OperationalError) as e:
         with storage.engine.connect() as c:

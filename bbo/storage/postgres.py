@@ -101,6 +101,8 @@ def settings(url: sa.engine.URL) -> tuple[sa.engine.URL, dict[str, Any]]:
             out[k] = int(out[k]) if out[k] not in (None, "") else None
         except ValueError:
             raise DatabaseUrlError(f"{k}={out[k]!r}: a whole number") from None
+        if out[k] is not None and out[k] < 0:  # SQLAlchemy reads a negative size as no bound
+            raise DatabaseUrlError(f"{k}={out[k]}: a whole number >= 0")
     return url.set(query=q), out
 
 
