@@ -119,3 +119,15 @@ def test_preload_imports_the_model_stack():
         "assert need <= set(sys.modules), need - set(sys.modules)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_a_bracketed_ipv6_host_is_served_at_an_address_a_client_can_use(tmp_path):
+    """`bbo serve --host [::1]` bound fine but printed "listening on [[::1]]:PORT", an address
+    no client can dial."""
+    srv = start(ServerOptions(host="[::1]", port=0, db="sqlite:///" + str(tmp_path / "v6.db")))
+    try:
+        assert srv.address == f"[::1]:{srv.port}"
+        with bc.Client(srv.address, retries=0) as c:
+            assert c.list_studies() == []
+    finally:
+        srv.stop(0)

@@ -215,8 +215,7 @@ class RunningServer:
     def address(self) -> str:
         if self.unix_socket:
             return f"unix:{self.unix_socket}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return f"{bracketed(self.host)}:{self.port}"
 
     def stop(self, grace: float = 30.0) -> None:
         self.health.enter_graceful_shutdown()
@@ -236,6 +235,11 @@ class RunningServer:
 
     def wait(self) -> None:
         self.server.wait_for_termination()
+
+
+def bracketed(host: str) -> str:
+    """``host`` as it goes before ``:PORT``: an IPv6 address in brackets, once."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def start(opts: ServerOptions, storage: Storage | None = None) -> RunningServer:
@@ -300,7 +304,7 @@ def start(opts: ServerOptions, storage: Storage | None = None) -> RunningServer:
         ),
         server,
     )
-    host = f"[{opts.host}]" if ":" in opts.host and not opts.host.startswith("[") else opts.host
+    host = bracketed(opts.host)
     for hook in opts.on_start:
         hook(registry)
     address = f"unix:{opts.unix_socket}" if opts.unix_socket else f"{host}:{opts.port}"
@@ -315,7 +319,7 @@ def start(opts: ServerOptions, storage: Storage | None = None) -> RunningServer:
         if owns:
             storage.close()  # and with it the SQLite file's claim
         raise BboError(
-            f"cannot listen on {opts.unix_socket or f'{opts.host}:{opts.port}'} (in use, or not "
+            f"cannot listen on {opts.unix_socket or f'{host}:{opts.port}'} (in use, or not "
             "an address of this machine): choose another --port or --host, or stop what holds it"
         )
     server.start()
