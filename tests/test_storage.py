@@ -377,6 +377,17 @@ def test_a_sqlite_file_is_served_by_one_process_at_a_time(tmp_path):
     second.close()
 
 
+def test_a_server_refuses_a_sqlite_url_naming_no_file():
+    """`bbo serve --db sqlite://` (or `sqlite:///$UNSET`) served an in-memory database: every
+    acknowledged tell was lost when the server stopped. A reader may still open one."""
+    from bbo.errors import DatabaseUrlError
+
+    for url in ("sqlite://", "sqlite:///", "sqlite:///:memory:"):
+        with pytest.raises(DatabaseUrlError, match="names no database file"):
+            open_storage(url, exclusive=True)
+    open_storage("sqlite://").close()
+
+
 def test_a_lock_file_that_cannot_be_written_is_a_clear_error_or_no_error(tmp_path, monkeypatch):
     """The claim's lock file beside the database: where it cannot be opened (a read-only
     directory; here a directory in its place) start-up stopped with an OSError traceback, now a

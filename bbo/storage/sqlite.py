@@ -156,6 +156,11 @@ class SqliteStorage(SqlStorage):
             "connect_args": {"check_same_thread": False, "timeout": self.busy_timeout_ms / 1000},
         }
         self._in_memory = not url.database or url.database == ":memory:"
+        if exclusive and self._in_memory:  # `--db sqlite:///$UNSET`: every tell gone at a restart
+            raise DatabaseUrlError(
+                f"{url.render_as_string()!r} names no database file: a server's studies would live "
+                "in memory only, lost when it stops; use sqlite:///PATH"
+            )
         self._claim: int | None = None
         if url.database and not self._in_memory:
             if not migrate and not Path(url.database).exists():  # only reading: no stray file
