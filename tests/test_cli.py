@@ -297,6 +297,7 @@ def test_serve_on_a_port_in_use_is_a_clean_error(tmp_path):
         (["--max-message-bytes", "-1"], {}, "--max-message-bytes"),  # was no size limit at all
         (["--lease-seconds", "0"], {}, "--lease-seconds"),  # every trial abandoned at once
         (["--lease-seconds", "nan"], {}, "--lease-seconds"),
+        (["--lease-seconds", "1e12"], {}, "--lease-seconds"),  # every Ask was INTERNAL
         (["--max-ask", "0"], {}, "--max-ask"),  # every Ask refused
         (["--workers", "-1"], {}, "--workers"),
         (["--grace-seconds", "-1"], {}, "--grace-seconds"),

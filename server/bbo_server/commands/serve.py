@@ -84,7 +84,7 @@ def register(sub) -> None:
         "--lease-seconds",
         type=float,
         default=600.0,
-        help="default trial lease; unheartbeated pending trials are ABANDONED after it (default %(default)s)",
+        help="default trial lease, at most 7 days; unheartbeated pending trials are ABANDONED after it (default %(default)s)",
     )
     p.add_argument(
         "--lease-reap-seconds",
@@ -142,7 +142,7 @@ MAX_MESSAGE_BYTES_CAP = 2**31 - 1
 def check_args(args) -> None:
     """Refuse a numeric flag out of its range with a message naming it (exit status 1): gRPC
     would bind a port modulo 65536 and read a negative message size as no limit, and a lease of
-    0 or less would abandon every trial as soon as it is asked."""
+    0 or less would abandon every trial as soon as it is asked (one past 7 days failed every Ask)."""
     import math
 
     def bad(flag: str, rule: str, value) -> None:
@@ -168,8 +168,13 @@ def check_args(args) -> None:
         bad("max-message-bytes", f"<= {MAX_MESSAGE_BYTES_CAP}", args.max_message_bytes)
     if not (math.isfinite(args.max_ask_seconds) and args.max_ask_seconds > 0):
         bad("max-ask-seconds", "a number of seconds > 0", args.max_ask_seconds)
-    if not (math.isfinite(args.lease_seconds) and args.lease_seconds > 0):
-        bad("lease-seconds", "a number of seconds > 0", args.lease_seconds)
+    from bbo.registry import StudyConfig
+
+    longest = StudyConfig.max_lease_seconds  # an Ask's own lease_seconds is held to it too
+    if not (math.isfinite(args.lease_seconds) and 0 < args.lease_seconds <= longest):
+        bad(
+            "lease-seconds", f"a number of seconds in (0, {longest:g}] (7 days)", args.lease_seconds
+        )
     for flag in ("lease-reap-seconds", "health-probe-seconds", "grace-seconds"):
         v = getattr(args, flag.replace("-", "_"))
         if not (math.isfinite(v) and v >= 0):
