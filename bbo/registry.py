@@ -50,8 +50,10 @@ from bbo.transfer import Judge, resolve_sources, source_refs
 log = logging.getLogger("bbo.registry")
 
 DEFAULT_TENANT = "default"
-# seconds of a CreateStudy deadline kept, after the LLM judges auto's sources, to rank and store
+# the part of a CreateStudy deadline kept, after the LLM judges auto's sources, to rank and store:
+# a share of it, at least some seconds (2 s alone failed a 6 s create on a loaded 2-core machine)
 CREATE_MARGIN_S = 2.0
+CREATE_MARGIN_SHARE = 0.3
 
 
 class AlreadyExistsError(ConflictError):
@@ -306,13 +308,17 @@ class StudyRegistry:
         self, spec: StudySpec, tenant: str, name: str, calls: list, wait_s: float | None
     ) -> Judge | None:
         """The LLM's rating of ``auto``'s candidate sources (:meth:`LlmAdvisor.related`, bounded
-        by its ask budget and by what is left of ``wait_s`` less :data:`CREATE_MARGIN_S`), where
+        by its ask budget and by what is left of ``wait_s`` less its margin, :data:`CREATE_MARGIN_S`
+        or :data:`CREATE_MARGIN_SHARE` of it, whichever is longer), where
         the module is on and the study enables it; its calls go to ``calls``."""
         advisor = self.config.llm
         if advisor is None or not advisor.enabled or not spec.llm.enabled or not spec.transfer.auto:
             return None
 
-        ends = None if wait_s is None else time.monotonic() + wait_s - CREATE_MARGIN_S
+        if wait_s is None:
+            ends = None
+        else:
+            ends = time.monotonic() + wait_s - max(CREATE_MARGIN_S, CREATE_MARGIN_SHARE * wait_s)
         # the LLM caches' key of this creation (the study has no uid yet): under the name alone, a
         # study deleted and created again got the deleted one's exchange back from the cache
         key = f"{tenant}/{name}/new-{os.urandom(8).hex()}"
