@@ -153,14 +153,18 @@ def test_dead_worker_lease_abandon_region_freed_and_late_tell_kept(storage):
             "objectives": [{"name": "y"}],
         },
     )
-    # t1's lease outlives the next ask even on a loaded machine (0.05 s left a slow commit no
-    # room), then expires before the one after
+    # the leases' clock is the test's: t1's lease outlives the next ask however slow its commit
+    # (a 0.5 s wall-clock lease had to outlast an ask and a heartbeat on a loaded machine), then
+    # has ended at the one after
+    now = [time.time()]
+    storage.clock = lambda: now[0]
     (t1,) = study.ask(lease_seconds=0.5, worker_id="dies").trials
     (t2,) = study.ask(lease_seconds=600, worker_id="lives").trials
     assert seen[-1] == {t1.id: TrialState.PENDING}
+    now[0] += 0.1
     hb = study.heartbeat(t2.id, 900)
     assert hb.lease_expires_at > t2.lease_expires_at
-    time.sleep(0.7)
+    now[0] += 0.6  # past t1's lease, within t2's
     study.ask()
     assert seen[-1][t1.id] is TrialState.ABANDONED and seen[-1][t2.id] is TrialState.PENDING
     assert study.get_trial(t1.id).state is TrialState.ABANDONED
