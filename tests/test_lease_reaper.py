@@ -91,9 +91,14 @@ def test_a_heartbeat_after_the_lease_ended_does_not_renew_it(registry):
         "objectives": [{"name": "y"}],
     }
     s, _ = registry.create_study("late-beat", spec)
+    # the leases' clock is the test's: a 0.2 s wall-clock lease had to outlast the ask's commit
+    # and the heartbeat on a loaded machine
+    now = [time.time()]
+    registry.storage.clock = lambda: now[0]
     (t,) = s.ask(lease_seconds=0.2).trials
+    now[0] += 0.1
     assert s.heartbeat(t.id).state is TrialState.PENDING  # within the lease: renewed
-    time.sleep(0.5)
+    now[0] += 0.5  # past the renewed lease
     try:
         s.heartbeat(t.id)
         raise AssertionError("a lease that had ended was renewed")
