@@ -18,11 +18,15 @@ class SlowStrategy(SobolStrategy):
     """Takes a while per suggestion, like a GP fit."""
 
     started = threading.Event()
+    gate: threading.Event | None = None  # set: a suggestion waits for it (30 s at most), not 1 s
     skip_told = True
 
     def before_suggest(self) -> None:
         SlowStrategy.started.set()
-        time.sleep(1.0)
+        if SlowStrategy.gate is None:
+            time.sleep(1.0)
+        else:
+            SlowStrategy.gate.wait(30)
 
 
 def test_graceful_stop_finishes_in_flight_ask(tmp_path):
@@ -67,13 +71,18 @@ def test_slow_ask_does_not_block_tells_or_other_studies(tmp_path):
             order: list[str] = []
             th = threading.Thread(target=lambda: (a.ask(), order.append("slow ask done")))
             SlowStrategy.started.clear()
+            # the ask computes until the tell is done (a 1 s suggestion gave a loaded machine's
+            # tell 1 s); a tell that waited for the ask returns after it, once the gate's 30 s end
+            SlowStrategy.gate = gate = threading.Event()
             th.start()
             assert SlowStrategy.started.wait(30)
             a.tell(t, {"y": 1.0})  # a tell on the same study while its ask computes
             order.append("tell done")
-            th.join(30)
+            gate.set()
+            th.join(60)
             assert order == ["tell done", "slow ask done"]
     finally:
+        SlowStrategy.gate = None
         srv.stop(1)
 
 
