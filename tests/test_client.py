@@ -518,14 +518,18 @@ def test_a_trial_asked_while_optimize_stops_is_abandoned_not_evaluated(client, s
     the objective ran on it in full after the stop)."""
     s = client.create_study(study_name, parameters=[bc.Float("x", 0, 1)], objectives="y")
     real_ask, calls, lock = s.ask, [], threading.Lock()
+    second_asking = threading.Event()
 
     def ask(*a, **k):
         with lock:
             calls.append(1)
             first = len(calls) == 1
         if first:
-            time.sleep(0.3)  # the other worker is asking by now
+            # once the other worker is asking (a 0.3 s sleep gave a loaded machine's thread 0.3 s
+            # to get there; else it claimed no trial and there was none to look at)
+            assert second_asking.wait(30)
             raise bc.InvalidArgument("refused", field="study")
+        second_asking.set()
         time.sleep(1.5)  # still asking when the loop stops
         return real_ask(*a, **k)
 
