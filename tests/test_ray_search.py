@@ -194,3 +194,17 @@ def test_the_tuneconfig_metric_and_mode_win_over_the_searchers(bbo_server, clien
     kept.set_search_properties(None, None, {"x": tune.uniform(0, 1)})
     assert (kept.metric, kept.mode) == ("loss", "min")
     s.client.close()
+
+
+def test_a_trial_stopped_while_paused_is_told_its_last_result(bbo_server, client, study_name):
+    """HyperBandScheduler pauses trials and later stops them: Tune then calls on_trial_complete
+    with no result, so the last one seen by on_trial_result is told, as for a trial ASHA stops."""
+    s = BboSearch(bbo_server.address, study_name=study_name, metric="loss", mode="min")
+    s.set_search_properties(None, None, {"x": tune.uniform(0, 1)})
+    s.suggest("t1")
+    s.on_trial_result("t1", {"loss": 0.75, "training_iteration": 2})
+    s = pickle.loads(pickle.dumps(s))  # Tune may checkpoint the searcher while the trial is paused
+    s.on_trial_complete("t1")  # as TuneController.stop_trial does for a PAUSED trial
+    (t,) = client.study(study_name).trials()
+    assert (t.state, t.metrics) == ("COMPLETED", {"loss": 0.75}), t.reason
+    s.client.close()

@@ -184,6 +184,7 @@ class BboSearch(Searcher):
         self._params: list[_Param] | None = None
         self._handle: StudyHandle | None = None
         self._live: dict[str, Trial] = {}  # Tune trial id -> the bbo trial it evaluates
+        self._last: dict[str, dict] = {}  # Tune trial id -> its latest intermediate result
         self._lists: dict[str, list] = {}  # "a/b" -> a param_space list with searched values
         self._lock = threading.Lock()
         if space:
@@ -230,15 +231,23 @@ class BboSearch(Searcher):
         values = {p.path: p.decode(t.params[p.parameter.name]) for p in self._params}
         return _nest(values, getattr(self, "_lists", {}))
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Keep a live trial's latest result: a trial a scheduler paused (HyperBand) and then stops
+        is completed by Tune without one."""
+        with self._lock:
+            if trial_id in self._live:
+                self._last_results()[trial_id] = result
+
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
         with self._lock:
             t = self._live.pop(trial_id, None)
+            last = self._last_results().pop(trial_id, None)
         if t is None:
             return
         h = self._study()  # after a restore from Tune's checkpoint: reattached by name and spec
-        metrics, reason = self._metrics(result, error)
+        metrics, reason = self._metrics(last if result is None else result, error)
         try:
             if reason:
                 h.tell(t, failed=True, reason=reason, patience=self._patience)
@@ -251,6 +260,11 @@ class BboSearch(Searcher):
                 field=e.field,
                 code=e.code,
             ) from e
+
+    def _last_results(self) -> dict[str, dict]:
+        if not hasattr(self, "_last"):  # a searcher pickled before it kept them
+            self._last = {}
+        return self._last
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
