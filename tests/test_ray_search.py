@@ -208,3 +208,24 @@ def test_a_trial_stopped_while_paused_is_told_its_last_result(bbo_server, client
     (t,) = client.study(study_name).trials()
     assert (t.state, t.metrics) == ("COMPLETED", {"loss": 0.75}), t.reason
     s.client.close()
+
+
+def test_an_errored_trial_rerun_after_a_restore_is_told(bbo_server, client, study_name):
+    """Tuner.restore(restart_errored=True) reruns an errored trial, whose bbo trial was told FAILED,
+    as a new Tune trial of the same config: its result joins the study as a trial of that point."""
+    from ray.tune.utils.util import flatten_dict
+
+    space = {"x": tune.uniform(0, 1), "o": {"c": tune.choice(["a", "b"]), "k": 3}}
+    s = BboSearch(bbo_server.address, study_name=study_name, metric="loss", mode="min")
+    s.set_search_properties(None, None, space)
+    config = s.suggest("t1")
+    s.on_trial_complete("t1", error=True)
+    s = pickle.loads(pickle.dumps(s))  # the searcher as Tuner.restore brings it back
+    other = flatten_dict({"config": {"x": -1.0, "o": {"c": "a", "k": 3}}, "loss": 9.0})
+    s.on_trial_complete("t2", other)  # not the errored trial's config: nothing to tell
+    rerun = {"config": {**config, "o": {**config["o"], "k": 3}}, "loss": 0.25}
+    s.on_trial_complete("t3", flatten_dict(rerun))  # Tune hands searchers flattened results
+    failed, again = client.study(study_name).trials()
+    assert failed.state == "FAILED" and again.state == "COMPLETED"
+    assert again.params == failed.params and again.metrics == {"loss": 0.25}
+    s.client.close()

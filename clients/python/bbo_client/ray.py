@@ -185,6 +185,7 @@ class BboSearch(Searcher):
         self._handle: StudyHandle | None = None
         self._live: dict[str, Trial] = {}  # Tune trial id -> the bbo trial it evaluates
         self._last: dict[str, dict] = {}  # Tune trial id -> its latest intermediate result
+        self._failed: dict[str, Trial] = {}  # Tune trial id -> its bbo trial, told FAILED
         self._lists: dict[str, list] = {}  # "a/b" -> a param_space list with searched values
         self._lock = threading.Lock()
         if space:
@@ -244,6 +245,13 @@ class BboSearch(Searcher):
         with self._lock:
             t = self._live.pop(trial_id, None)
             last = self._last_results().pop(trial_id, None)
+            rerun = t is None and self._errored_trial(result)
+        if rerun:  # its bbo trial is FAILED for good: the point joins the study anew
+            h = self._study()
+            metrics, reason = self._metrics(result, error)
+            if not reason:
+                h.add_trial(rerun.params, metrics)
+            return
         if t is None:
             return
         h = self._study()  # after a restore from Tune's checkpoint: reattached by name and spec
@@ -251,6 +259,8 @@ class BboSearch(Searcher):
         try:
             if reason:
                 h.tell(t, failed=True, reason=reason, patience=self._patience)
+                with self._lock:
+                    self._failed_trials()[trial_id] = t
             else:
                 h.tell(t, metrics, patience=self._patience)
         except BboError as e:
@@ -265,6 +275,23 @@ class BboSearch(Searcher):
         if not hasattr(self, "_last"):  # a searcher pickled before it kept them
             self._last = {}
         return self._last
+
+    def _failed_trials(self) -> dict[str, Trial]:
+        if not hasattr(self, "_failed"):  # a searcher pickled before it kept them
+            self._failed = {}
+        return self._failed
+
+    def _errored_trial(self, result: dict | None) -> Trial | None:
+        """The bbo trial (told FAILED) of the errored trial that Tuner.restore(restart_errored=True)
+        ran again as a new Tune trial, found by the config in its ``result``; it is forgotten."""
+        if not result or self._params is None:
+            return None
+        for tid, t in self._failed_trials().items():
+            values = {p.path: p.decode(t.params[p.parameter.name]) for p in self._params}
+            flat = flatten_dict(_nest(values, getattr(self, "_lists", {})), prevent_delimiter=True)
+            if all(f"config/{k}" in result and result[f"config/{k}"] == v for k, v in flat.items()):
+                return self._failed_trials().pop(tid)
+        return None
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
