@@ -229,3 +229,14 @@ def test_an_errored_trial_rerun_after_a_restore_is_told(bbo_server, client, stud
     assert failed.state == "FAILED" and again.state == "COMPLETED"
     assert again.params == failed.params and again.metrics == {"loss": 0.25}
     s.client.close()
+
+
+@pytest.mark.parametrize(
+    "option", [{"pruning": bc.Pruning("asha")}, {"fidelity": bc.Fidelity("epochs", 1, 27)}]
+)
+def test_bbo_early_stopping_options_are_refused(option):
+    """A Tune searcher cannot stop, pause or resume trials nor hand them budgets: with bbo's
+    pruning / fidelity, Tune ran promoted points again from scratch and bbo's pruning never
+    acted, so they are refused for Tune's schedulers."""
+    with pytest.raises(TypeError, match="scheduler"):
+        BboSearch("127.0.0.1:1", space={"x": tune.uniform(0, 1)}, **option)

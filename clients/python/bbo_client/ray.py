@@ -152,8 +152,9 @@ class BboSearch(Searcher):
     the TuneConfig. ``study_name``: the bbo study (default: ``ray-tune-`` and a random suffix);
     searchers given the same name share one study. ``lease_seconds``: the lease of asked trials
     (0 = the server's default). ``study_options``: passed to :meth:`Client.create_study`
-    (``n_initial``, ``seed``, ``description``, ``constraints``, ``tracked_metrics``, ...); metrics
-    named in ``constraints`` or ``tracked_metrics`` are read from the trial's last result too.
+    (``n_initial``, ``seed``, ``description``, ``constraints``, ``tracked_metrics``, ...; not
+    ``fidelity`` / ``pruning``: early stopping is Tune's schedulers'); metrics named in
+    ``constraints`` or ``tracked_metrics`` are read from the trial's last result too.
     """
 
     def __init__(
@@ -172,6 +173,11 @@ class BboSearch(Searcher):
     ):
         if isinstance(metric, (list, tuple)):
             raise InvalidArgument("BboSearch optimizes one metric: pass a string", field="metric")
+        if study_options.keys() & {"fidelity", "pruning"}:  # Tune would run the promotions anew
+            raise TypeError(
+                "BboSearch() takes no 'fidelity' or 'pruning': a Tune searcher cannot stop, pause "
+                "or resume trials; use a Tune scheduler (ASHAScheduler, HyperBandScheduler)"
+            )
         check_study_options("BboSearch", study_options)
         super().__init__(metric=metric, mode=mode)
         self._address = address
