@@ -22,13 +22,14 @@ from botorch.utils.sampling import manual_seed
 
 from bbo.device import Placement, cuda_available, select_device
 from bbo.spec import ParameterPrior, StudySpec
-from bbo.strategy.acquisition_step import AcquisitionStep
+from bbo.strategy.acquisition_step import Acquisition, AcquisitionStep
 from bbo.strategy.base import AskInfo, Recommendation, StudyStatus, Suggestion
 from bbo.strategy.context import Ask, Context
 from bbo.strategy.exploitation import Exploitation
 from bbo.strategy.fallback import Fallback
 from bbo.strategy.feasibility import Feasibility
 from bbo.strategy.initial_design import InitialDesign
+from bbo.strategy.model_data import TrainingData
 from bbo.strategy.recommendation import Recommender
 from bbo.strategy.replication import Replication
 from bbo.surrogate import Surrogate
@@ -214,14 +215,7 @@ class GenerationStrategy:
                 f"the model needs {MIN_MODEL_POINTS}"
             )
             return self.fallback.space_filling(trials, n, taken, why)
-        transfer_note = ""
-        if self.transfer is not None:
-            try:
-                transfer_note = self.transfer.prepare(data, ask.seed)
-            except Exception as e:  # noqa: BLE001 - the study goes on without its sources
-                log.info("transfer prior failed: %s", e, exc_info=True)
-                self.transfer.surrogate.prior = None
-                transfer_note = f"transfer prior failed ({type(e).__name__}): plain model"
+        transfer_note = self._prepare_transfer(data, ask.seed)
         try:
             model, rows, info = data.model(self.surrogate, ask.seed)
         except Exception as e:  # noqa: BLE001
@@ -242,20 +236,7 @@ class GenerationStrategy:
             where = f"EI bent towards the best point of source '{self.transfer.located_from}'"
             transfer_note = f"{transfer_note}; {where} (a quantized objective)"
         ta = time.perf_counter()
-        # running trials, and PRUNED ones the model has no row for (a constraint's or another
-        # objective's metric never told): believed as pending, else the search went back to a
-        # pruned point again and again, a hair away
-        modeled = {t.id for t in data.trials}
-        waiting = sorted(
-            (
-                t
-                for t in trials
-                if t.state is TrialState.PENDING
-                or (t.state is TrialState.PRUNED and t.id not in modeled)
-            ),
-            key=lambda t: t.id,
-        )
-        pending = [t.params for t in waiting[-MAX_PENDING_POINTS:]] + [s.params for s in earlier]
+        pending = [t.params for t in pending_trials(trials, data)] + [s.params for s in earlier]
         chosen: list[torch.Tensor] = [P.tensor(space.encode(p))[None] for p in pending]
         props = [(s, p) for s in proposals if (p := ctx.points.valid(s.params)) is not None]
         try:
@@ -267,13 +248,7 @@ class GenerationStrategy:
             why = f"acquisition failed: {type(e).__name__}: {e}"
             return self.fallback.model_guided(model, data.layout, trials, n, taken, why)
         if transfer_note:
-            acq.note = f"{acq.note}; {transfer_note}" if acq.note else transfer_note
-            if (
-                self.transfer is not None
-                and self.transfer.carries_weight
-                and (acq.origin == Origin.BO.value or located)
-            ):
-                acq.origin = Origin.TRANSFER_BO.value
+            self._credit_transfer(acq, transfer_note, bool(located))
         out: list[Suggestion] = []
         first = self.replication.step(
             data, noise, lambda: self.recommender.fit_evidence(data, model, rows).objective, taken
@@ -313,7 +288,49 @@ class GenerationStrategy:
         self.last.acq_seconds = time.perf_counter() - ta
         return out
 
+    def _prepare_transfer(self, data: TrainingData, seed: int) -> str:
+        """The sources' prior on this ask's model (:meth:`Transfer.prepare`), and the note it
+        leaves; where it fails the study goes on with a plain model, and the note says so."""
+        if self.transfer is None:
+            return ""
+        try:
+            return self.transfer.prepare(data, seed)
+        except Exception as e:  # noqa: BLE001 - the study goes on without its sources
+            log.info("transfer prior failed: %s", e, exc_info=True)
+            self.transfer.surrogate.prior = None
+            return f"transfer prior failed ({type(e).__name__}): plain model"
+
+    def _credit_transfer(self, acq: Acquisition, note: str, located: bool) -> None:
+        """Add the transfer's ``note`` to the acquisition steps' note; their points are
+        ``transfer_bo`` where the sources carry weight in the model (or the piBO prior is a
+        source's ``located`` one)."""
+        acq.note = f"{acq.note}; {note}" if acq.note else note
+        if (
+            self.transfer is not None
+            and self.transfer.carries_weight
+            and (acq.origin == Origin.BO.value or located)
+        ):
+            acq.origin = Origin.TRANSFER_BO.value
+
     def _out_of_time(self, spent: float, done: int) -> bool:
         """Whether one more point, at the mean time of the ``done`` found in ``spent`` seconds,
         would end past the ask's time bound."""
         return self._until is not None and time.monotonic() + spent / done > self._until
+
+
+def pending_trials(trials: Sequence[Trial], data: TrainingData) -> list[Trial]:
+    """The trials an acquisition step believes pending, the :data:`MAX_PENDING_POINTS` most
+    recently asked: the running ones, and PRUNED ones the model has no row for (a constraint's or
+    another objective's metric never told), else the search went back to a pruned point again and
+    again, a hair away."""
+    modeled = {t.id for t in data.trials}
+    out = sorted(
+        (
+            t
+            for t in trials
+            if t.state is TrialState.PENDING
+            or (t.state is TrialState.PRUNED and t.id not in modeled)
+        ),
+        key=lambda t: t.id,
+    )
+    return out[-MAX_PENDING_POINTS:]
