@@ -131,8 +131,7 @@ class AcquisitionStep:
         first use: their box decompositions are the costly part of an ask with many objectives,
         and an ask whose points all have others pending never uses the one without them.
         ``predictive``: the GP's :class:`~bbo.predictive.CachedPredictive`, where it has one.
-        Raises where BoTorch cannot
-        build them (the caller falls back)."""
+        Raises where BoTorch cannot build them (the caller falls back)."""
         ctx, data, space = self.ctx, ask.data, self.ctx.spec.space
         layout = data.layout
         base = rows[baseline_rows(data.score[rows], layout.multi)]
@@ -143,6 +142,7 @@ class AcquisitionStep:
         def joint() -> AcquisitionFunction:
             return make_acquisition(model, ctx.spec, layout, X_base, Y, **steer)
 
+        # the GP's marginals serve the plug-in front too; Acquisition.predictive is one objective's
         marginals, predictive = predictive, None if layout.multi else predictive
         acqf = None
         if predictive is not None and data.Ymvar is None:  # no reported noise
@@ -161,34 +161,11 @@ class AcquisitionStep:
         if not marginal and not front:
             joint()  # built here, as before: where BoTorch cannot, the caller falls back
 
-        def believer(X_pending: torch.Tensor) -> AcquisitionFunction | None:
-            believed, pending = cached_predictive(believe(model, X_pending)), None
-            if believed is None:  # ill-conditioned: again without the points it knows
-                keep = informative_pending(model, X_pending)
-                if len(keep) == len(X_pending):
-                    return None
-                believed = cached_predictive(believe(model, X_pending[keep]))
-                if believed is None:
-                    return None
-                with torch.no_grad():  # every pending point's outcome still sets the bar
-                    pending = to_numpy(model.posterior(X_pending).mean)
-            fantasies = to_numpy(believed.train_mean()[len(rows) :])
-            return marginal_acquisition(
-                believed,
-                layout,
-                np.vstack([Y, fantasies]),
-                augmented=noisy,
-                pending=pending,
-                **steer,
-            )
-
-        def believer_mo(X_pending: torch.Tensor) -> AcquisitionFunction:
-            believed = cached_predictive(believe(model, X_pending))
-            if believed is None:  # pending points believed on the GP itself
-                return plugin_hypervolume(model, layout, X_base, Y, X_pending, **steer)
-            X_all = torch.cat([X_base, X_pending])  # the believed points join the front
-            return plugin_hypervolume(believed, layout, X_all, Y, **steer)
-
+        believer: Callable[[torch.Tensor], AcquisitionFunction | None] | None = None
+        if marginal:
+            believer = _marginal_believer(model, layout, Y, noisy, steer)
+        elif believes_pending(layout, data):
+            believer = _front_believer(model, layout, X_base, Y, steer)
         cheap_init = (
             not marginal
             and len(rows) > CHEAP_INIT_ABOVE
@@ -201,7 +178,7 @@ class AcquisitionStep:
         return Acquisition(
             alone,
             joint,
-            believer if marginal else believer_mo if believes_pending(layout, data) else None,
+            believer,
             predictive,
             prior.origin,
             prior.note,
@@ -334,6 +311,57 @@ def _believed(acq: Acquisition, X_pending: torch.Tensor) -> AcquisitionFunction 
     except Exception as e:  # noqa: BLE001
         log.info("believer acquisition failed: %s", e)
         return None
+
+
+def _marginal_believer(
+    model, layout: Layout, Y: np.ndarray, noisy: bool, steer: Steer
+) -> Callable[[torch.Tensor], AcquisitionFunction | None]:
+    """One objective's :attr:`Acquisition.believer`: the acquisition on the marginals of the GP
+    conditioned on the pending points at its posterior mean, their believed values joining the
+    incumbent's running (``Y``: the outcomes the GP conditions on). Where that GP is
+    ill-conditioned, again without the pending points the GP already knows
+    (:func:`bbo.acquisition.informative_pending`), every pending point's mean still setting the
+    bar; None where that fails too."""
+
+    def believer(X_pending: torch.Tensor) -> AcquisitionFunction | None:
+        believed, pending = cached_predictive(believe(model, X_pending)), None
+        if believed is None:  # ill-conditioned: again without the points it knows
+            keep = informative_pending(model, X_pending)
+            if len(keep) == len(X_pending):
+                return None
+            believed = cached_predictive(believe(model, X_pending[keep]))
+            if believed is None:
+                return None
+            with torch.no_grad():  # every pending point's outcome still sets the bar
+                pending = to_numpy(model.posterior(X_pending).mean)
+        fantasies = to_numpy(believed.train_mean()[len(Y) :])
+        return marginal_acquisition(
+            believed,
+            layout,
+            np.vstack([Y, fantasies]),
+            augmented=noisy,
+            pending=pending,
+            **steer,
+        )
+
+    return believer
+
+
+def _front_believer(
+    model, layout: Layout, X_base: torch.Tensor, Y: np.ndarray, steer: Steer
+) -> Callable[[torch.Tensor], AcquisitionFunction]:
+    """Several objectives' :attr:`Acquisition.believer` (:func:`believes_pending`): the plug-in
+    front's log EHVI with the pending points believed, on the believed GP's cached marginals
+    (the believed points join the front), else on the GP itself."""
+
+    def believer(X_pending: torch.Tensor) -> AcquisitionFunction:
+        believed = cached_predictive(believe(model, X_pending))
+        if believed is None:  # pending points believed on the GP itself
+            return plugin_hypervolume(model, layout, X_base, Y, X_pending, **steer)
+        X_all = torch.cat([X_base, X_pending])  # the believed points join the front
+        return plugin_hypervolume(believed, layout, X_all, Y, **steer)
+
+    return believer
 
 
 def believes_pending(layout, data) -> bool:
