@@ -44,7 +44,7 @@ from bbo.limits import OBJECTIVES_CAP, RUNGS_CAP
 from bbo.pruning import ladder
 from bbo.spec import HYPERBAND, StudySpec
 from bbo.storage import LEASE_EXPIRED, LlmCallRecord, NewTrial, Storage, StudyRecord
-from bbo.strategy.base import Estimate
+from bbo.strategy.base import Estimate, Suggestion
 from bbo.study_budgets import StudyBudgets
 from bbo.study_llm import StudyLlm
 from bbo.study_requests import RequestLog, check_same, metrics_key, request_key
@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from bbo.fit_slots import FitSlots
     from bbo.model_sharing import ModelStateCache
     from bbo.registry import StudyConfig
+    from bbo.transfer import SourceData
 
 log = logging.getLogger("bbo.study")
 
@@ -274,24 +275,15 @@ class Study:
         whole lease. ``wait_s``: how long the caller waits (its RPC deadline; None: no bound);
         the LLM's work takes at most half of it, the rest is left to the model; a batch's points
         found past three quarters of it, or past ``config.max_ask_seconds``, are model-guided."""
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise SpecError("count", f"count must be a non-negative integer, got {count!r}")
-        count = count or 1
+        count = self._ask_count(count)
         until = time.monotonic() + min(
             self.config.max_ask_seconds, math.inf if wait_s is None else 0.75 * max(0.0, wait_s)
         )
-        if count > self.config.max_ask:
-            raise LimitError(
-                f"count={count} is over the per-ask limit of {self.config.max_ask} (--max-ask)",
-                field="count",
-                limit="max_ask",
-            )
         self._check_askable()
         lease = self._lease(lease_seconds)
         req = request_key("ask", request_id, {"count": count, "worker_id": worker_id})
-        replayed = REPLAYED_NOTE
         if req is not None and (replay := self.requests.replay(req)) is not None:
-            return AskResult(replay, note=replayed)
+            return AskResult(replay, note=REPLAYED_NOTE)
         # the LLM's network waits come first, outside the study's lock and the fit slots, so
         # other asks (of this study and of others) go on meanwhile
         plan = self.llm.plan(
@@ -300,33 +292,16 @@ class Study:
         with self._ask_exclusion():
             # a retry that raced us while we waited for the lock
             if req is not None and (replay := self.requests.replay(req)) is not None:
-                return AskResult(replay, note=replayed)
+                return AskResult(replay, note=REPLAYED_NOTE)
             _check_alive(alive)
-            trials = self.trial_cache.all()
-            now = self.storage.clock()
-            if not self.trial_cache.loaded or any(lease_over(t, now) for t in trials):
-                if self.expire_leases(now):
-                    trials = self.trial_cache.all()
+            trials = self._live_trials()
             curves, continuations = self.budgets.plan(trials, count, plan, self.strategy)
             sources = self.sources.read(self.record.transfer)
             done = self.generation.compute(trials, count - len(continuations), plan, sources, until)
             status_note = self._set_state(*done.status) if done.status else ""
             if sources is not None:
-                transfer = self.sources.record(self.record.transfer, sources, self.strategy)
-                if transfer is not None:
-                    self.record = dataclasses.replace(self.record, transfer=transfer)
-            places = self.budgets.placements(trials, curves, done.suggestions)
-            new = [
-                NewTrial(
-                    params=self.spec.space.validate_params(s.params),
-                    origin=s.origin,
-                    reason=s.reason,
-                    rationale=s.rationale,
-                    budget=where.budget,
-                    bracket=where.bracket,
-                )
-                for s, where in zip(done.suggestions, places, strict=True)
-            ]
+                self._record_sources(sources)
+            new = self._new_trials(done.suggestions, trials, curves)
             _check_alive(alive)
             created, prev = self.storage.insert_trials(
                 self.uid,
@@ -339,7 +314,7 @@ class Study:
             )
             if prev is not None:
                 check_same(req, prev)
-                return AskResult(created, note=replayed)
+                return AskResult(created, note=REPLAYED_NOTE)
             self.generation.keep(done.token)
             self.trial_cache.remember(created)
         log.info(
@@ -352,6 +327,55 @@ class Study:
             },
         )
         return AskResult(created, note="; ".join(x for x in (done.note, status_note) if x))
+
+    def _ask_count(self, count: int) -> int:
+        """The number of trials an ask of ``count`` hands out (0 asks for one), checked against
+        ``--max-ask``."""
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise SpecError("count", f"count must be a non-negative integer, got {count!r}")
+        count = count or 1
+        if count > self.config.max_ask:
+            raise LimitError(
+                f"count={count} is over the per-ask limit of {self.config.max_ask} (--max-ask)",
+                field="count",
+                limit="max_ask",
+            )
+        return count
+
+    def _live_trials(self) -> list[Trial]:
+        """The study's trials as an ask sees them: from memory, once the leases that ran out are
+        expired (checked in storage where the trials in memory are not loaded yet)."""
+        trials = self.trial_cache.all()
+        now = self.storage.clock()
+        if not self.trial_cache.loaded or any(lease_over(t, now) for t in trials):
+            if self.expire_leases(now):
+                trials = self.trial_cache.all()
+        return trials
+
+    def _record_sources(self, sources: list[SourceData]) -> None:
+        """Store the weights the ask gave the transfer sources, where they changed the study's
+        transfer record, and keep the record."""
+        transfer = self.sources.record(self.record.transfer, sources, self.strategy)
+        if transfer is not None:
+            self.record = dataclasses.replace(self.record, transfer=transfer)
+
+    def _new_trials(
+        self, suggestions: Sequence[Suggestion], trials: list[Trial], curves: dict | None
+    ) -> list[NewTrial]:
+        """The ask's suggestions as trials to store, each at the budget (and bracket) the
+        study's fidelity places it at (:meth:`StudyBudgets.placements`)."""
+        places = self.budgets.placements(trials, curves, suggestions)
+        return [
+            NewTrial(
+                params=self.spec.space.validate_params(s.params),
+                origin=s.origin,
+                reason=s.reason,
+                rationale=s.rationale,
+                budget=where.budget,
+                bracket=where.bracket,
+            )
+            for s, where in zip(suggestions, places, strict=True)
+        ]
 
     @_study_calls
     def expire_leases(self, now: float | None = None) -> list[int]:
