@@ -12,16 +12,22 @@ returns suggestions).
 Parts, one job each:
 
 * :mod:`~bbo.strategy.base`: results (:class:`Suggestion`, :class:`AskInfo`,
-  :class:`StudyStatus`) and the seams the service uses (:class:`Strategy`,
-  :class:`SharesModelState`, :class:`TimeBounded`);
+  :class:`StudyStatus`) and the seams the service uses (:class:`Strategy` and the optional
+  :class:`SharesModelState`, :class:`TimeBounded`, :class:`Recommends`, :class:`UsesSources`,
+  :class:`UsesCurves`, :class:`DescribesAsks`);
 * :mod:`~bbo.strategy.context`: the study's fixed setup and one ask's inputs;
-* :mod:`~bbo.strategy.model_data`: encodings and the training data, built once per ask;
+* :mod:`~bbo.strategy.model_data`: encodings and the training data (COMPLETED and PRUNED
+  trials), built once per ask;
 * :mod:`~bbo.strategy.initial_design`: design points, priors' guess, warm-start gate;
 * :mod:`~bbo.strategy.acquisition_step`: acquisition function (piBO), optimizer, repair, proposals;
 * :mod:`~bbo.strategy.exploitation`: predicted-best and local-model steps and their schedule;
+* :mod:`~bbo.strategy.replication`: the best point again, where a repeat tells noise apart;
+* :mod:`~bbo.strategy.noise`: whether the objective is noisy, declared or judged from the data;
+* :mod:`~bbo.strategy.recommendation`: the best trial by the model, under noise;
 * :mod:`~bbo.strategy.fallback`: the one space-filling path, and model-guided fallback points;
 * :mod:`~bbo.strategy.feasibility`: the LIKELY_INFEASIBLE judgement;
-* :mod:`~bbo.strategy.generation`: :class:`GenerationStrategy`, which puts them together.
+* :mod:`~bbo.strategy.generation`: :class:`GenerationStrategy`, which puts them together;
+* :mod:`~bbo.strategy.multi_fidelity`: :class:`MultiFidelityStrategy`, a study with a fidelity.
 
 Guarantees of :meth:`GenerationStrategy.suggest`: it returns exactly ``n`` suggestions, every one of
 them valid for the search space and meeting every linear parameter constraint, distinct from the

@@ -1,9 +1,13 @@
 """What a generation strategy hands back and the seams the service uses, as Protocols.
 
-The service (:mod:`bbo.study`) needs :class:`Strategy` (``suggest``, ``status``); replicas share
-a fitted model through :class:`SharesModelState` (:mod:`bbo.model_sharing`); a strategy that
-transfers from other studies takes their data through :class:`UsesSources`. A strategy that does
-not share state or transfer simply does not implement those protocols.
+The service (:mod:`bbo.study`) needs :class:`Strategy` (``suggest``, ``status``); the rest are
+optional capabilities it checks for at each use: replicas share a fitted model through
+:class:`SharesModelState` (:mod:`bbo.model_sharing`); :class:`TimeBounded` takes the ask's time
+bound (``--max-ask-seconds``, three quarters of the caller's deadline); :class:`Recommends` names
+the best trial by the model; a strategy that transfers from other studies takes their data through
+:class:`UsesSources`, one that models budgets the study's curves through :class:`UsesCurves`;
+:class:`DescribesAsks` gives the last ask's timings to metrics. A strategy without a capability
+simply does not implement its protocol.
 """
 
 from __future__ import annotations

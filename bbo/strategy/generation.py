@@ -3,7 +3,9 @@
 An ask builds its training data at most once (:class:`~bbo.strategy.context.Ask`) and goes through
 the initial design, then Bayesian optimization: the surrogate (:mod:`bbo.surrogate`), then per point
 a replicate (:mod:`bbo.strategy.replication`) or an exploitation step where one is due, or an
-acquisition step, each falling back where it fails.
+acquisition step, each falling back where it fails. Once the ask's time bound passes
+(:meth:`GenerationStrategy.bound_time`), a batch's remaining points are model-guided
+(:meth:`~bbo.strategy.fallback.Fallback.model_guided`).
 """
 
 from __future__ import annotations
@@ -51,9 +53,11 @@ MAX_PENDING_POINTS = 100
 class GenerationStrategy:
     """Sobol initial design (or LLM warm-start candidates), then Bayesian optimization.
 
-    Implements :class:`~bbo.strategy.base.Strategy` and
-    :class:`~bbo.strategy.base.SharesModelState`. Calls on one instance are serialized by a lock;
-    :attr:`last` describes the last ``suggest`` call."""
+    Implements :class:`~bbo.strategy.base.Strategy` and the optional
+    :class:`~bbo.strategy.base.SharesModelState`, :class:`~bbo.strategy.base.TimeBounded`,
+    :class:`~bbo.strategy.base.Recommends`, :class:`~bbo.strategy.base.UsesSources` and
+    :class:`~bbo.strategy.base.DescribesAsks`. Calls on one instance are serialized by a lock
+    (:meth:`recommend` excepted); :attr:`last` describes the last ``suggest`` call."""
 
     def __init__(self, spec: StudySpec, priors: Sequence[ParameterPrior] | None = None):
         seed = spec.algorithm.seed
