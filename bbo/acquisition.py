@@ -300,7 +300,6 @@ def mc_samples(n_baseline: int) -> int:
 
 def make_acquisition(
     model,
-    spec: StudySpec,
     layout: Layout,
     X_baseline: torch.Tensor,
     Y_baseline: np.ndarray,
@@ -309,6 +308,10 @@ def make_acquisition(
     prior_exponent: float = 0.0,
     seed: int = 0,
 ) -> AcquisitionFunction:
+    """The Monte Carlo acquisition over the baseline points ``X_baseline`` (pending points are
+    set on it with ``set_X_pending``): qLogNEI for one objective, qLogNEHVI for several (its
+    reference point from ``Y_baseline``, :func:`reference_point`), with the outcome constraints'
+    probability of feasibility and, where ``prior_exponent`` > 0, the piBO weighting."""
     n_mc = mc_samples(len(X_baseline))
     sampler = SobolQMCNormalSampler(sample_shape=torch.Size([n_mc]), seed=seed)
     constraints = layout.constraint_callables() or None

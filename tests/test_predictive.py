@@ -498,7 +498,7 @@ def test_plugin_hypervolume_on_the_marginals_is_the_gps():
     with torch.no_grad():
         on_marginals = plugin_hypervolume(info.predictive, layout, Xb, Y)(T)
         on_gp = plugin_hypervolume(model, layout, Xb, Y)(T)
-        noisy_ei = make_acquisition(model, spec, layout, Xb, Y)(T)
+        noisy_ei = make_acquisition(model, layout, Xb, Y)(T)
     assert torch.allclose(on_marginals, on_gp, atol=1e-8)
     body = noisy_ei > -20
     assert body.sum() > 20

@@ -140,7 +140,7 @@ class AcquisitionStep:
 
         @functools.cache
         def joint() -> AcquisitionFunction:
-            return make_acquisition(model, ctx.spec, layout, X_base, Y, **steer)
+            return make_acquisition(model, layout, X_base, Y, **steer)
 
         # the GP's marginals serve the plug-in front too; Acquisition.predictive is one objective's
         marginals, predictive = predictive, None if layout.multi else predictive
