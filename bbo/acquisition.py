@@ -844,62 +844,101 @@ def optimize(
     raw-sample initialization picks the others; ``tolerances``: L-BFGS-B's ``pgtol`` / ``factr``.
     On fully discrete spaces the search is on the grid where :func:`discrete_search.on_grid`
     says so, and leaves out the ``avoid`` points (encoded, n x d)."""
-    bounds = placement.tensor(space.bounds())
     discrete = space.discrete_values()
     if discrete_search.on_grid(space):
         ineq = inequality_tensors(space, placement)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return discrete_search.maximize(acqf, space, placement, ineq, avoid, seed)
-    v: Any  # the optimizer's value tensor, then its float
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if not discrete:
-            polytope = Polytope.of(space, placement)
-            x, v = optimize_acqf(
+            return _continuous(
                 acqf,
-                bounds=bounds,
-                q=1,
-                num_restarts=num_restarts,
-                raw_samples=raw_samples,
-                inequality_constraints=polytope.ineq if polytope else None,
-                equality_constraints=polytope.eq if polytope else None,
-                options={
-                    "batch_limit": 64,
-                    "init_batch_limit": raw_samples if tolerances else INIT_BATCH_LIMIT,
-                    "maxiter": maxiter,
-                    **(tolerances or {}),
-                },
-                retry_on_optimization_warning=False,
-                batch_initial_conditions=initial_conditions,
-                gen_candidates=gen_candidates,
-                generator=polytope.generator() if polytope else None,
+                space,
+                placement,
+                num_restarts,
+                raw_samples,
+                maxiter,
+                initial_conditions,
+                tolerances,
             )
-        else:
-            # each alternating step costs several continuous solves: fewer, better-chosen starts;
-            # an acquisition on marginals (``tolerances``) scores its raw samples in one batch, and
-            # 3 restarts of 3 alternations (tolerance 1e-6) found the maximum 5 x 6 (1e-8) found
-            # on the mixed benchmark's surfaces at n = 20 to 100, in 60 to 90 % of the time
-            lean = tolerances is not None
-            num_restarts = min(num_restarts, 3 if lean else 5)
-            raw_samples = min(raw_samples, 512 if lean else 256)
-            polytope = Polytope.of(space, placement)
-            memo = polytope._memo() if polytope is not None else {}
-            if memo.get("rounding_breaks"):
-                return completed_search(acqf, space, placement, num_restarts, seed)
-            try:
-                x, v = _mixed_alternating(
-                    acqf, space, placement, discrete, num_restarts, raw_samples, lean
-                )
-            except CandidateGenerationError:
-                if polytope is None or not space.floats_constrained:
-                    raise
-                # rounding its samples' ints broke the constraints every time: so it will on
-                # this polytope's every ask (a property of the space, not of the data)
-                memo["rounding_breaks"] = True
-                return completed_search(acqf, space, placement, num_restarts, seed)
-    v = float(v.reshape(-1)[0]) if v is not None else float("nan")
-    return x.reshape(1, -1), v
+        return _mixed(acqf, space, placement, discrete, num_restarts, raw_samples, tolerances, seed)
+
+
+def _continuous(
+    acqf: AcquisitionFunction,
+    space: SearchSpace,
+    placement: Placement,
+    num_restarts: int,
+    raw_samples: int,
+    maxiter: int,
+    initial_conditions: torch.Tensor | None,
+    tolerances: dict | None,
+) -> tuple[torch.Tensor, float]:
+    """:func:`optimize` on a space without discrete columns: BoTorch's ``optimize_acqf`` inside
+    the linear parameter constraints, its raw samples from :meth:`Polytope.generator`."""
+    polytope = Polytope.of(space, placement)
+    x, v = optimize_acqf(
+        acqf,
+        bounds=placement.tensor(space.bounds()),
+        q=1,
+        num_restarts=num_restarts,
+        raw_samples=raw_samples,
+        inequality_constraints=polytope.ineq if polytope else None,
+        equality_constraints=polytope.eq if polytope else None,
+        options={
+            "batch_limit": 64,
+            "init_batch_limit": raw_samples if tolerances else INIT_BATCH_LIMIT,
+            "maxiter": maxiter,
+            **(tolerances or {}),
+        },
+        retry_on_optimization_warning=False,
+        batch_initial_conditions=initial_conditions,
+        gen_candidates=gen_candidates,
+        generator=polytope.generator() if polytope else None,
+    )
+    return _best(x, v)
+
+
+def _mixed(
+    acqf: AcquisitionFunction,
+    space: SearchSpace,
+    placement: Placement,
+    discrete: dict,
+    num_restarts: int,
+    raw_samples: int,
+    tolerances: dict | None,
+    seed: int,
+) -> tuple[torch.Tensor, float]:
+    """:func:`optimize` on a space with float and discrete columns: BoTorch's alternating
+    optimizer, or :func:`completed_search` where rounding its samples breaks the constraints."""
+    # each alternating step costs several continuous solves: fewer, better-chosen starts; an
+    # acquisition on marginals (``tolerances``) scores its raw samples in one batch, and 3
+    # restarts of 3 alternations (tolerance 1e-6) found the maximum 5 x 6 (1e-8) found on the
+    # mixed benchmark's surfaces at n = 20 to 100, in 60 to 90 % of the time
+    lean = tolerances is not None
+    num_restarts = min(num_restarts, 3 if lean else 5)
+    raw_samples = min(raw_samples, 512 if lean else 256)
+    polytope = Polytope.of(space, placement)
+    memo = polytope._memo() if polytope is not None else {}
+    if memo.get("rounding_breaks"):
+        return completed_search(acqf, space, placement, num_restarts, seed)
+    try:
+        x, v = _mixed_alternating(acqf, space, placement, discrete, num_restarts, raw_samples, lean)
+    except CandidateGenerationError:
+        if polytope is None or not space.floats_constrained:
+            raise
+        # rounding its samples' ints broke the constraints every time: so it will on this
+        # polytope's every ask (a property of the space, not of the data)
+        memo["rounding_breaks"] = True
+        return completed_search(acqf, space, placement, num_restarts, seed)
+    return _best(x, v)
+
+
+def _best(x: torch.Tensor, v: torch.Tensor | None) -> tuple[torch.Tensor, float]:
+    """A BoTorch optimizer's point as 1 x d and its value as a float (NaN where it gave none)."""
+    return x.reshape(1, -1), float(v.reshape(-1)[0]) if v is not None else float("nan")
 
 
 def _mixed_alternating(
