@@ -13,7 +13,7 @@ simply does not implement its protocol.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 from bbo.space import Value
@@ -44,7 +44,6 @@ class AskInfo:
     fit_seconds: float = 0.0
     acq_seconds: float = 0.0
     total_seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
 
 class Estimate(NamedTuple):
