@@ -56,6 +56,7 @@ class Capped:
 
     def __init__(self, tmp_path):
         self.hold = Hold()
+        self.held: list = []  # fill()'s calls, kept alive
         self.srv = in_process_server(
             tmp_path / "cap.db",
             strategy_factory=SobolStrategy,
@@ -72,7 +73,9 @@ class Capped:
             (self.trial,) = study.ask(1)
 
     def fill(self) -> list:
-        """Two held calls, the first running on the one thread, the second queued for it."""
+        """Two held calls, the first running on the one thread, the second queued for it. Their
+        futures are kept here until the test ends: a future that is garbage-collected cancels its
+        call, and two tests dropped fill()'s list at once."""
         # a call's task ends just after its reply is sent: the Ask's may still be counted
         _until(lambda: self.admission.pool.pending == 0, "the calls so far to finish")
         held = []
@@ -80,6 +83,7 @@ class Capped:
             held.append(self.stub.ListStudies.future(service_pb2.ListStudiesRequest()))
             _until(lambda: self.admission.pool.pending == n, f"held call {n} to reach the server")
         assert self.admission.refused == 0 and not any(f.done() for f in held)
+        self.held = held
         return held
 
     def close(self) -> None:
