@@ -172,6 +172,25 @@ def on_a_free_port(start, tries: int = 3):
     raise AssertionError("unreachable")
 
 
+def mtls_server(server_factory, certs: dict[str, str], db: str | None = None, args=()):
+    """A server (``server_factory``) requiring a client certificate of :func:`make_certs`' CA,
+    one fit worker, ``args`` first; the harness's own calls present the client certificate."""
+    import grpc
+
+    def read(name: str) -> bytes:
+        with open(certs[name], "rb") as f:
+            return f.read()
+
+    tls = ["--tls-cert", certs["server_cert"], "--tls-key", certs["server_key"]]
+    return server_factory(
+        db=db,
+        args=[*args, *tls, "--tls-client-ca", certs["ca"], "--workers", "1"],
+        credentials=grpc.ssl_channel_credentials(
+            read("ca"), read("client_key"), read("client_cert")
+        ),
+    )
+
+
 def make_certs(d: Path) -> dict[str, str]:
     """A test CA, a server certificate for 127.0.0.1 / localhost and a client certificate (openssl CLI)."""
     d.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,16 @@ import time
 
 import grpc
 import pytest
-from sec_helpers import RPCS, call, create_key, make_certs, request_for, revoke_key, stub
+from sec_helpers import (
+    RPCS,
+    call,
+    create_key,
+    make_certs,
+    mtls_server,
+    request_for,
+    revoke_key,
+    stub,
+)
 
 import bbo_client as bc
 from bbo_client.v1 import service_pb2 as svc
@@ -321,24 +330,7 @@ def test_tls_and_mutual_tls(server_factory, certs):
             c.list_studies()
     srv.stop()
 
-    mcreds = grpc.ssl_channel_credentials(
-        open(certs["ca"], "rb").read(),
-        open(certs["client_key"], "rb").read(),
-        open(certs["client_cert"], "rb").read(),
-    )
-    srv = server_factory(
-        args=[
-            "--tls-cert",
-            certs["server_cert"],
-            "--tls-key",
-            certs["server_key"],
-            "--tls-client-ca",
-            certs["ca"],
-            "--workers",
-            "1",
-        ],
-        credentials=mcreds,
-    )
+    srv = mtls_server(server_factory, certs)
     with bc.Client(
         srv.address,
         tls_ca=certs["ca"],

@@ -61,30 +61,12 @@ def test_go_worker_speaks_mutual_tls_from_the_environment(server_factory, tmp_pa
     """Dial reads BBO_TLS_CA / BBO_CLIENT_CERT / BBO_CLIENT_KEY as the Python and Node clients
     do (the Go client had no TLS options: only ready credentials), so the example worker runs a
     study against a server that requires a client certificate."""
-    import grpc
-    from sec_helpers import make_certs
+    from sec_helpers import make_certs, mtls_server
 
     import bbo_client as bc
 
     certs = make_certs(tmp_path / "certs")
-    srv = server_factory(
-        db="sqlite:///" + str(tmp_path / "tls.db"),
-        args=[
-            "--tls-cert",
-            certs["server_cert"],
-            "--tls-key",
-            certs["server_key"],
-            "--tls-client-ca",
-            certs["ca"],
-            "--workers",
-            "1",
-        ],
-        credentials=grpc.ssl_channel_credentials(
-            open(certs["ca"], "rb").read(),
-            open(certs["client_key"], "rb").read(),
-            open(certs["client_cert"], "rb").read(),
-        ),
-    )
+    srv = mtls_server(server_factory, certs)
     env = {
         "BBO_TLS_CA": certs["ca"],
         "BBO_CLIENT_CERT": certs["client_cert"],

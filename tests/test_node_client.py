@@ -151,8 +151,7 @@ def _node(address: str, opts: dict, study: str, env: dict | None = None) -> dict
 def test_node_client_mutual_tls_and_api_key(server_factory, tmp_path):
     """The Node client's tlsCa / tlsCert / tlsKey / apiKey options against a real server with API keys
     and mutual TLS on: what it tells is stored under its key's tenant; each missing piece is refused."""
-    import grpc
-    from sec_helpers import create_key, make_certs
+    from sec_helpers import create_key, make_certs, mtls_server
 
     import bbo_client as bc
 
@@ -160,26 +159,7 @@ def test_node_client_mutual_tls_and_api_key(server_factory, tmp_path):
     db = "sqlite:///" + str(tmp_path / "tls.db")
     key, _ = create_key(db, "acme")
     other, _ = create_key(db, "globex")
-    mcreds = grpc.ssl_channel_credentials(
-        open(certs["ca"], "rb").read(),
-        open(certs["client_key"], "rb").read(),
-        open(certs["client_cert"], "rb").read(),
-    )
-    srv = server_factory(
-        db=db,
-        args=[
-            "--auth",
-            "--tls-cert",
-            certs["server_cert"],
-            "--tls-key",
-            certs["server_key"],
-            "--tls-client-ca",
-            certs["ca"],
-            "--workers",
-            "1",
-        ],
-        credentials=mcreds,
-    )
+    srv = mtls_server(server_factory, certs, db=db, args=["--auth"])
     full = {
         "apiKey": key,
         "tlsCa": certs["ca"],
