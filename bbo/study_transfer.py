@@ -65,6 +65,8 @@ class StudySources:
         if not transfer:
             return None
         report = strategy.transfer_report() if isinstance(strategy, UsesSources) else None
+        # an ask with no source left to weigh reports none: the stored weights lose the gone ones
+        report = report or transfer.get("weights") or None
         live = {s.uid for s in sources}
         new = dict(transfer)
         new["deleted"] = sorted(r.uid for r in source_refs(transfer) if r.uid not in live)

@@ -907,6 +907,24 @@ def test_sources_survive_a_restart_and_a_deleted_source_is_left_out(tmp_path, ca
     assert target["transfer"]["sources"][0]["state"] == "deleted"
 
 
+def test_a_deleted_last_source_loses_its_weight_at_a_model_based_ask(registry):
+    """With its only source deleted, a study's model-based ask weighs no source and reports no
+    weights: the stored record kept the deleted source's last weight, shown beside "deleted"."""
+    src, _ = registry.create_study("src", spec_dict())
+    add(src, bowl, 8)
+    t, _ = registry.create_study("t", spec_dict(transfer={"sources": ["src"]}))
+    for _ in range(5):
+        (tr,) = t.ask().trials
+        t.tell(tr.id, {"y": bowl(tr.params)})
+    assert t.info().transfer["weights"]["by_metric"]["y"][src.uid] > 0
+    registry.delete_study("src")
+    (tr,) = t.ask().trials
+    assert tr.origin.startswith("bo")
+    rec = t.info().transfer
+    assert rec["deleted"] == [src.uid]
+    assert rec["weights"]["by_metric"]["y"] == {} and rec["weights"]["target"]["y"] == 1.0
+
+
 def test_source_reads_never_write_the_source(registry):
     src, _ = registry.create_study("src", spec_dict())
     add(src, bowl, 6)
