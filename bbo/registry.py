@@ -249,7 +249,8 @@ class StudyRegistry:
                 rec = self.storage.get_study(tenant, name)
                 if rec is None:
                     judge = self._judge(spec, tenant, name, llm_calls, wait_s)
-                    transfer = resolve_sources(self.storage, tenant, name, spec, judge)
+                    cap = self.config.limits.max_transfer_sources
+                    transfer = resolve_sources(self.storage, tenant, name, spec, judge, cap)
             if rec is None:
                 rec = self._insert(tenant, name, spec_dict, seed, transfer)
                 created = rec is not None

@@ -276,16 +276,23 @@ def description_similarities(target: str, others: Sequence[str]) -> list[float |
 
 # ---- resolution (at creation) --------------------------------------------------------------------
 def resolve_sources(
-    storage, tenant: str, name: str, spec: StudySpec, judge: Judge | None = None
+    storage,
+    tenant: str,
+    name: str,
+    spec: StudySpec,
+    judge: Judge | None = None,
+    cap: int | None = None,
 ) -> dict | None:
     """The transfer record of a study about to be created: its sources, named and automatic, by
     uid, with relatedness and why. Only ``tenant``'s studies are looked at. A named source that
     does not exist (in this tenant) is :class:`NotFoundError`, one that cannot be a source
     :class:`SpecError`; ``auto`` finding nothing related leaves an empty list (plain BO).
-    ``judge`` (optional) rates the descriptions of ``auto``'s candidates."""
+    ``judge`` (optional) rates the descriptions of ``auto``'s candidates. ``cap``: the server's
+    ``--max-transfer-sources``, which the default ``max_sources`` (3) does not exceed."""
     t = spec.transfer
     if not t.enabled:
         return None
+    limit = t.limit if cap is None else min(t.limit, cap)
     chosen: list[SourceRef] = []
     named = []
     for i, src in enumerate(t.sources):
@@ -310,9 +317,9 @@ def resolve_sources(
             )
         chosen.append(SourceRef(rec.uid, rec.name, r.score, r.why, True))
     note = ""
-    if t.auto and len(chosen) < t.limit:
+    if t.auto and len(chosen) < limit:
         picked, note = _auto(storage, tenant, name, spec, {c.uid for c in chosen}, judge)
-        chosen.extend(picked[: t.limit - len(chosen)])
+        chosen.extend(picked[: limit - len(chosen)])
     return {
         "sources": [asdict(c) for c in chosen],
         "resolved_at": time.time(),

@@ -630,6 +630,21 @@ def test_auto_picks_related_studies_of_the_tenant_only(registry):
     assert not created and again.record.transfer == rec
 
 
+def test_auto_picks_no_more_sources_than_the_server_allows(storage):
+    """``--max-transfer-sources`` below the default ``max_sources`` (3): ``auto`` without a
+    ``max_sources`` picked 3 sources all the same."""
+    from bbo.registry import StudyConfig, StudyRegistry
+
+    registry = StudyRegistry(
+        storage, config=StudyConfig(limits=RequestLimits(max_transfer_sources=2))
+    )
+    for i in range(4):
+        s, _ = registry.create_study(f"bowl-{i}", spec_dict())
+        add(s, bowl, 4, seed=i)
+    t, _ = registry.create_study("target", spec_dict(transfer={"auto": True}))
+    assert len(t.record.transfer["sources"]) == 2
+
+
 def test_auto_asks_the_llm_which_descriptions_are_related(storage):
     """With the LLM module on and the study's ``llm.enabled``, ``auto`` ranks its candidates by the
     LLM's judgement of their descriptions instead of TF-IDF: the prompt shows the tenant's
