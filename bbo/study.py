@@ -231,7 +231,7 @@ class Study:
             sum(counts.values()),
             counts.get(TrialState.COMPLETED.value, 0),
             self.uid,
-            rec.transfer,
+            self.sources.current(rec.transfer),
         )
 
     def _stored(self) -> StudyRecord:

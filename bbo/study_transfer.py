@@ -65,26 +65,40 @@ class StudySources:
         if not transfer:
             return None
         report = strategy.transfer_report() if isinstance(strategy, UsesSources) else None
-        # an ask with no source left to weigh reports none: the stored weights lose the gone ones
-        report = report or transfer.get("weights") or None
-        live = {s.uid for s in sources}
-        new = dict(transfer)
-        new["deleted"] = sorted(r.uid for r in source_refs(transfer) if r.uid not in live)
-        if report is not None:
-            # a source deleted since the strategy last weighed it has no weight now (its last
-            # weight read as if the later asks still used it)
-            by_metric = {
-                m: {u: w for u, w in ws.items() if u in live}
-                for m, ws in report["by_metric"].items()
-            }
-            target = {
-                m: w
-                if by_metric.get(m) == report["by_metric"].get(m)
-                else 1.0 - sum(by_metric[m].values())
-                for m, w in report["target"].items()
-            }
-            new["weights"] = {**report, "by_metric": by_metric, "target": target}
+        new = _with_live(transfer, report, {s.uid for s in sources})
         if canonical_json(new) == canonical_json(transfer):
             return None
         self.storage.set_study_transfer(self.uid, new)
         return new
+
+    def current(self, transfer: dict | None) -> dict | None:
+        """``transfer`` as it reads now: a source deleted since this study's last ask is gone and
+        has no weight (one count query over the sources; nothing is written)."""
+        refs = source_refs(transfer)
+        if not transfer or not refs:
+            return transfer
+        live = set(self.storage.completed_counts([r.uid for r in refs]))
+        return _with_live(transfer, None, live)
+
+
+def _with_live(transfer: dict, report: dict | None, live: set[str]) -> dict:
+    """``transfer`` with the weights of ``report`` (else the stored ones) and the sources not in
+    ``live`` listed as deleted, with no weight."""
+    # an ask with no source left to weigh reports none: the stored weights lose the gone ones
+    report = report or transfer.get("weights") or None
+    new = dict(transfer)
+    new["deleted"] = sorted(r.uid for r in source_refs(transfer) if r.uid not in live)
+    if report is not None:
+        # a source deleted since the strategy last weighed it has no weight now (its last
+        # weight read as if the later asks still used it)
+        by_metric = {
+            m: {u: w for u, w in ws.items() if u in live} for m, ws in report["by_metric"].items()
+        }
+        target = {
+            m: w
+            if by_metric.get(m) == report["by_metric"].get(m)
+            else 1.0 - sum(by_metric[m].values())
+            for m, w in report["target"].items()
+        }
+        new["weights"] = {**report, "by_metric": by_metric, "target": target}
+    return new

@@ -940,6 +940,22 @@ def test_a_deleted_last_source_loses_its_weight_at_a_model_based_ask(registry):
     assert rec["weights"]["by_metric"]["y"] == {} and rec["weights"]["target"]["y"] == 1.0
 
 
+def test_a_deleted_source_reads_deleted_before_the_next_ask(registry):
+    """GetStudy (``info``) showed a source deleted since the study's last ask as "used", with its
+    weight, until an ask noticed; it reads deleted, with no weight, at once."""
+    src, _ = registry.create_study("src", spec_dict())
+    add(src, bowl, 8)
+    t, _ = registry.create_study("t", spec_dict(transfer={"sources": ["src"]}))
+    for _ in range(4):
+        (tr,) = t.ask().trials
+        t.tell(tr.id, {"y": bowl(tr.params)})
+    assert t.info().transfer["deleted"] == [] and t.info().transfer["weights"]["by_metric"]["y"]
+    registry.delete_study("src")
+    rec = t.info().transfer
+    assert rec["deleted"] == [src.uid] and rec["weights"]["by_metric"]["y"] == {}
+    assert rec["weights"]["target"]["y"] == 1.0
+
+
 def test_source_reads_never_write_the_source(registry):
     src, _ = registry.create_study("src", spec_dict())
     add(src, bowl, 6)
