@@ -681,6 +681,41 @@ def test_browser_drops_a_deleted_studys_llm_log_when_its_name_is_reused(dash, br
     wait.until(lambda d: not css("#llm-table tbody tr[data-call-id]"))
 
 
+@pytest.mark.skipif(_browser_skip_reason() is not None, reason=_browser_skip_reason() or "")
+def test_browser_holds_the_newest_trials_of_a_long_study(dash, browser):
+    """Past the trials the page holds (10,000; lowered here by the session item), it shows the
+    newest and follows new ones: it showed the first 10,000, and a study running for months
+    never showed another trial."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from bbo_client import Float, Minimize
+
+    study = dash.client.create_study("long-study", [Float("x", 0.0, 1.0)], Minimize("y"))
+    for i in range(12):
+        study.add_trial({"x": i / 20}, {"y": float(i)})
+    browser.get(dash.url + "#/study/long-study")
+    browser.execute_script(
+        f"sessionStorage.setItem('bbo-api-key', {json.dumps(dash.key)});"
+        "sessionStorage.setItem('bbo-max-trials', '5');"
+    )
+    browser.refresh()
+    wait = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,))
+    css = lambda sel: browser.find_elements(By.CSS_SELECTOR, sel)
+
+    def shown() -> list[int]:
+        rows = css("#trials-table tbody tr[data-trial-id]")
+        return sorted(int(r.get_attribute("data-trial-id")) for r in rows)
+
+    wait.until(lambda d: shown() == [8, 9, 10, 11, 12])
+    assert "newest 5 of 12" in browser.find_element(By.ID, "trial-note").text
+    for i in range(3):
+        study.add_trial({"x": 0.7 + i / 100}, {"y": -1.0})
+    wait.until(lambda d: shown() == [11, 12, 13, 14, 15])
+    browser.execute_script("sessionStorage.removeItem('bbo-max-trials')")
+
+
 def test_a_study_deleted_while_a_page_reads_it_is_404(registry):
     """The study is found, then deleted before its page is read: the read's NotFoundError was
     uncaught, a 500 with a logged traceback, where the page expects 404 (it then says the study

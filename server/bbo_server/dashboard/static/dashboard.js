@@ -5,8 +5,9 @@
 
 const POLL_MS = 2000;  // at least; a slow answer (a huge study) spaces the polls out more
 // A study's trials and curves come in pages (the server caps each in count and bytes); the page
-// holds at most this many of them and says so where a study has more.
-const MAX_TRIALS = 10000;
+// holds at most this many of them, the newest, and says so where a study has more (the session
+// item bbo-max-trials lowers it, for a slow browser).
+const MAX_TRIALS = Math.min(10000, Number(sessionStorage.getItem('bbo-max-trials')) || 10000);
 const MAX_POINTS = 200000;
 const TRIAL_PAGE = 1000;
 const POINT_PAGE = 10000;
@@ -286,9 +287,12 @@ class StudyView {
       this.llmRows = [];
       $('llm-table').replaceChildren();
     }
-    const from = this.firstOpen();
-    const trialsChanged = await this.loadTrials(from);
-    const curvesChanged = await this.loadCurves(from);
+    // the newest MAX_TRIALS trials (ids count 1, 2, ... in a study): a study running for months
+    // showed its first 10,000 and never a new one
+    const floor = Math.max(1, got.body.study.trial_count - MAX_TRIALS + 1);
+    const from = Math.max(this.firstOpen(), floor);
+    const trialsChanged = await this.loadTrials(from, floor);
+    const curvesChanged = await this.loadCurves(from, floor);
     await this.refreshLlm();
     const summaryChanged = got.text !== this.last;
     this.last = got.text;
@@ -308,26 +312,33 @@ class StudyView {
     return this.trials.length ? this.trials[this.trials.length - 1].id + 1 : 1;
   }
 
-  async loadTrials(from) {
-    const kept = this.trials.filter((t) => t.id < from);
+  // The trials from `from` on, read again; those held from `floor` up to it are kept. At most
+  // MAX_TRIALS, the newest (trials asked while the pages are read can go past the count).
+  async loadTrials(from, floor) {
+    const kept = this.trials.filter((t) => t.id >= floor && t.id < from);
     const fresh = [];
     let after = from - 1;
-    while (kept.length + fresh.length < MAX_TRIALS) {
+    while (kept.length + fresh.length < MAX_TRIALS + TRIAL_PAGE) {
       const { body } = await api(`${this.base}/trials?after=${after}&limit=${TRIAL_PAGE}`);
       fresh.push(...body.trials);
       if (!body.more || !body.trials.length) break;
       after = body.trials[body.trials.length - 1].id;
     }
-    fresh.splice(MAX_TRIALS - kept.length);
-    const old = this.trials.slice(kept.length);
-    const changed = JSON.stringify(old) !== JSON.stringify(fresh);
-    if (changed) this.trials = kept.concat(fresh);
+    const old = this.trials.filter((t) => t.id >= from);
+    const all = kept.concat(fresh).slice(-MAX_TRIALS);
+    const changed = all.length !== kept.length + fresh.length
+      || kept.length + old.length !== this.trials.length
+      || JSON.stringify(old) !== JSON.stringify(fresh);
+    if (changed) this.trials = all;
     return changed;
   }
 
-  // Curves from trial `from` on (none past the last trial held), at most MAX_POINTS in all.
-  async loadCurves(from) {
+  // Curves from trial `from` on (none past the last trial held, none before the first),
+  // at most MAX_POINTS in all.
+  async loadCurves(from, floor) {
     const last = this.trials.length ? this.trials[this.trials.length - 1].id : 0;
+    const first = this.trials.length ? this.trials[0].id : floor;
+    for (const id of [...this.curves.keys()]) if (id < first) this.curves.delete(id);
     let room = MAX_POINTS;
     for (const [id, pts] of this.curves) if (id < from) room -= pts.length;
     const points = [];
@@ -602,7 +613,7 @@ class StudyView {
     const total = this.data.study.trial_count;
     const note = $('trial-note');
     note.hidden = this.trials.length < MAX_TRIALS || total <= this.trials.length;
-    note.textContent = `Showing the first ${this.trials.length} of ${total} trials: the page `
+    note.textContent = `Showing the newest ${this.trials.length} of ${total} trials: the page `
       + `holds at most ${MAX_TRIALS} (the API pages through all of them).`;
   }
 
