@@ -121,7 +121,7 @@ class TransferOptions:
 
     ``sources``: study names, resolved to their uids when the study is created. ``auto``: bbo also
     ranks the tenant's stored studies by relatedness and adds the best, up to ``max_sources`` in
-    all (0 = the default, 3)."""
+    all (0 = the default, 3; every named source is used, more than 3 too)."""
 
     sources: tuple[str, ...] = ()
     auto: bool = False

@@ -1497,7 +1497,7 @@ type TransferOptions struct {
 
 	Sources    []string `protobuf:"bytes,1,rep,name=sources,proto3" json:"sources,omitempty"`                          // study names (this tenant)
 	Auto       bool     `protobuf:"varint,2,opt,name=auto,proto3" json:"auto,omitempty"`                               // also pick the tenant's most related stored studies
-	MaxSources int32    `protobuf:"varint,3,opt,name=max_sources,json=maxSources,proto3" json:"max_sources,omitempty"` // sources in all, named and automatic; 0 = 3
+	MaxSources int32    `protobuf:"varint,3,opt,name=max_sources,json=maxSources,proto3" json:"max_sources,omitempty"` // sources in all, named and automatic; 0 = 3 (every named one is used)
 }
 
 func (x *TransferOptions) Reset() {
