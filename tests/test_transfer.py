@@ -920,6 +920,9 @@ def test_sources_survive_a_restart_and_a_deleted_source_is_left_out(tmp_path, ca
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     (target,) = [r for r in rows if r["name"] == "target"]
     assert target["transfer"]["sources"][0]["state"] == "deleted"
+    assert main(["studies", "--db", db]) == 0  # the table marks it too
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("target ")]
+    assert line.rstrip().endswith("src (deleted)")
 
 
 def test_a_deleted_last_source_loses_its_weight_at_a_model_based_ask(registry):

@@ -117,6 +117,11 @@ def transfer_lines(info) -> list[str]:
     return lines
 
 
+def source_name(source) -> str:
+    """A transfer source as the studies table names it: deleted ones marked, as in the JSON."""
+    return f"{source.name} (deleted)" if source.state == "deleted" else source.name
+
+
 def studies(args) -> int:
     with connect(args) as c:
         ss = c.list_studies()
@@ -147,7 +152,7 @@ def studies(args) -> int:
             s.created.strftime("%Y-%m-%d %H:%M:%S") if s.created else "",
         ]
         + (
-            [", ".join(x.name for x in s.transfer.sources) if s.transfer else ""]
+            [", ".join(source_name(x) for x in s.transfer.sources) if s.transfer else ""]
             if any_transfer
             else []
         )
