@@ -624,6 +624,33 @@ def test_python_optimize_stops_trials_the_policy_prunes(client, study_name):
     assert told.trial.state == "PRUNED"
 
 
+def test_python_pruned_tell_of_an_asked_trial_stays_at_the_budget_it_reached(
+    bbo_server, client, study_name
+):
+    """``tell(trial, value, pruned=True)`` after the policy said stop: the value is the one at the
+    last reported budget, not a full-budget result (the Trial's handed-out budget is not its
+    default, as it is for a COMPLETED tell)."""
+    import bbo_client as bc
+
+    study = client.create_study(
+        study_name,
+        [bc.Float("x", 0.0, 1.0)],
+        "loss",
+        fidelity=bc.Fidelity("epochs", 1, 9, integer=True),
+        n_initial=100,
+    )
+    first, second = study.ask(2)
+    for e in (1, 3, 9):
+        assert not study.report_intermediate(first, e, 1.0 / e)
+    study.tell(first, {"loss": 1.0 / 9})
+    assert study.report_intermediate(second, 1, 5.0)  # worse at the first rung: stop
+    told = study.tell(second, {"loss": 5.0}, pruned=True).trial
+    assert told.state == "PRUNED" and told.budget == 1.0
+    uid = study.info().uid
+    curve = open_storage(bbo_server.db).curves(uid, [second.id])[second.id]
+    assert [(p.budget, p.value) for p in curve] == [(1.0, 5.0)]  # nothing at the full budget
+
+
 NODE_DIR = Path(__file__).resolve().parents[1] / "clients" / "node"
 _NODE = r"""
 const {Client} = require('./src');

@@ -423,10 +423,11 @@ class StudyHandle:
         for a single-objective study), or its failure with ``failed=True, reason=...``, or that it
         was stopped early with ``pruned=True`` (metrics optional: its last values).
         ``budget`` (studies with a fidelity): what the metrics were measured at; default the
-        budget of the trial as asked (a :class:`Trial` passed carries it).
+        budget of the trial as asked (a :class:`Trial` passed carries it), or for ``pruned=True``
+        the largest budget it reported (a stopped trial did not reach the budget it was asked at).
         ``patience``: retry a failure that may pass later (server away, rate limit) for this many
         seconds instead of the client's ``retries`` times."""
-        if budget is None and isinstance(trial, Trial):
+        if budget is None and isinstance(trial, Trial) and not pruned:
             budget = trial.budget
         req = svc.TellRequest(
             study=self.name,
