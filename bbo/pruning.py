@@ -180,7 +180,10 @@ class Rungs:
     # ---- stopping (ReportIntermediate) ------------------------------------------------------------
     def should_stop(self, trial: Trial, budget: float) -> tuple[bool, str]:
         """Whether ``trial``, now at ``budget``, failed a rung it has reached (see the module
-        docstring); the reason names the rung and the rank."""
+        docstring); the reason names the rung and the rank. Never at the full budget: the trial
+        has run its course, and stopping it would only turn its full-budget result into PRUNED."""
+        if self.levels and at_least(budget, self.levels[-1]):
+            return False, ""
         s = trial_bracket(trial, self.top)
         for k in range(s, self.top):
             if not at_least(budget, self.levels[k]):

@@ -859,3 +859,17 @@ def test_a_fidelity_study_learns_from_its_transfer_sources():
     assert out[0].origin.startswith("transfer")
     report = mf.transfer_report()
     assert report is not None and "uid-src" in report["by_metric"]["loss"]
+
+
+def test_a_value_reported_at_the_full_budget_never_stops_the_trial(db):
+    """A trial reporting only its result at the full budget (a data fraction trained once) has
+    nothing left to save: the rungs it skipped rank that value, but it is not told to stop, which
+    would have the client tell a full-budget result PRUNED and GetBest leave it out."""
+    st, _ = registry(db).create_study("whole", spec())
+    trials = st.ask(4).trials
+    for t, v in zip(trials[:3], (0.1, 0.2, 0.3), strict=True):
+        st.report_intermediate(t.id, 1, v)
+    stop, why = st.report_intermediate(trials[3].id, 27, 0.9)  # worst, measured at 27
+    assert (stop, why) == (False, "")
+    st.tell(trials[3].id, {"loss": 0.9})
+    assert [t.id for t in st.best().trials] == [trials[3].id]
