@@ -85,6 +85,34 @@ def test_pruned_failed_and_nonfinite_trials_are_told_with_reasons(bbo_server, cl
     assert told[4].state == "FAILED" and told[4].reason == "not finite: value=inf"
 
 
+@pytest.mark.parametrize(
+    "pruner",
+    [optuna.pruners.HyperbandPruner(1, 9, 3), optuna.pruners.SuccessiveHalvingPruner()],
+    ids=["hyperband", "successive-halving"],
+)
+def test_optunas_rung_pruners_run_with_the_sampler(client, study_name, pruner):
+    """Optuna's HyperbandPruner hands the sampler a per-bracket view of the study that lacks most
+    attributes (metric_names): the sampler binds the whole study, so such a script runs, asks
+    bbo, and its pruned trials are told PRUNED."""
+
+    def obj(trial):
+        x = trial.suggest_float("x", 0, 1)
+        for step in range(1, 10):
+            trial.report((x - 0.3) ** 2 + 1 / step, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return (x - 0.3) ** 2
+
+    sampler = BboSampler(client=client, study_name=study_name, n_initial=20)
+    study = optuna.create_study(sampler=sampler, pruner=pruner)
+    study.optimize(obj, n_trials=12)
+    states = {t.state.name for t in study.trials}
+    assert states <= {"COMPLETE", "PRUNED"} and "COMPLETE" in states
+    assert sum(TRIAL_ID_ATTR in t.system_attrs for t in study.trials) == 11
+    told = {t.state for t in client.study(study_name).trials()}
+    assert told == {"COMPLETED", "PRUNED"} if "PRUNED" in states else {"COMPLETED"}
+
+
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # set_metric_names
 def test_multi_objective_with_constraints_and_an_enqueued_trial(bbo_server, client, study_name):
     def obj(trial):

@@ -161,6 +161,14 @@ class _Bound:
     n_constraints: int
 
 
+def _whole(study: Study) -> Study:
+    """The study itself where Optuna's HyperbandPruner hands the sampler its per-bracket view (a
+    ``_BracketStudy``: most attributes refused, ``metric_names`` among them, and only the
+    bracket's trials listed); one bbo study serves every bracket."""
+    inner = getattr(study, "_study", None) if hasattr(study, "_bracket_id") else None
+    return inner if isinstance(inner, Study) else study
+
+
 class BboSampler(BaseSampler):
     """Optuna sampler whose points come from a bbo server's study (see the module docstring).
 
@@ -360,6 +368,7 @@ class BboSampler(BaseSampler):
     def _bind(self, study: Study) -> _Bound | None:
         """The bbo study for ``study``: adopted if one of the name exists, else created from the
         intersection search space once a trial has completed; None while neither is possible."""
+        study = _whole(study)
         b = self._bound.get(study.study_name)
         if b is not None:
             return b
