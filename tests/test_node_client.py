@@ -753,3 +753,49 @@ def test_node_calls_and_optimize_stop_on_an_abort_signal(bbo_server, study_name)
     assert out["states"] == ["COMPLETED"] * 3 + ["ABANDONED"], out
     assert out["reason"] == ["optimize aborted: stopped early"], out
     assert out["retrying"] == "CANCELLED", out
+
+
+_INT_RANGE_SCRIPT = r"""
+const {Client} = require('./src');
+const [address, name] = process.argv.slice(1);
+const x = [{name: 'x', float: {low: 0, high: 1}}];
+const y = [{name: 'y'}];
+(async () => {
+  const c = new Client(address, {retries: 0});
+  const out = {};
+  const bad = {
+    int32: {parameters: x, objectives: y, algorithm: {n_initial: 2 ** 32 + 5}},
+    int64_number: {parameters: [{name: 'k', int: {low: 0, high: 1e20}}], objectives: y},
+    int64_string: {parameters: [{name: 'k', int: {low: 0, high: '99999999999999999999'}}], objectives: y},
+    int64_bigint: {parameters: x, objectives: y, algorithm: {seed: 2n ** 63n}},
+  };
+  for (const [k, spec] of Object.entries(bad)) {
+    try { await c.createStudy(`${name}-${k}`, spec); out[k] = 'accepted'; }
+    catch (e) { out[k] = [e.codeName, e.message]; }
+  }
+  const k = [{name: 'k', int: {low: -(2n ** 63n), high: '9223372036854775807'}}];
+  await c.createStudy(name, {parameters: k, objectives: y, algorithm: {seed: 2n ** 60n + 1n}});
+  console.log(JSON.stringify(out));
+  c.close();
+})();
+"""
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_refuses_whole_numbers_past_their_fields_range(bbo_server, client, study_name):
+    """protobufjs wraps a whole number past its field's range: n_initial 2**32 + 5 was stored as
+    5, an int64 '99999999999999999999' as 7766279631452241919 and 1e20 as 2**63 - 1, each
+    without a word. Each is refused, naming the field; the range's ends still pass exactly."""
+    out = _node_json(_INT_RANGE_SCRIPT, bbo_server.address, study_name, timeout=60)
+    fields = {
+        "int32": "spec.algorithm.n_initial: must be a whole number from -2147483648 to 2147483647",
+        "int64_number": "spec.parameters[0].int.high: must be a whole number from",
+        "int64_string": "spec.parameters[0].int.high: must be a whole number from",
+        "int64_bigint": "spec.algorithm.seed: must be a whole number from",
+    }
+    for k, start in fields.items():
+        assert out[k][:1] == ["INVALID_ARGUMENT"] and out[k][1].startswith(start), (k, out[k])
+    assert not [s.name for s in client.list_studies() if s.name.startswith(f"{study_name}-")]
+    spec = client.get_study(study_name).spec
+    assert (spec.parameters[0].int.low, spec.parameters[0].int.high) == (-(2**63), 2**63 - 1)
+    assert spec.algorithm.seed == 2**60 + 1

@@ -97,7 +97,11 @@ class RequestChecker {
       if (!(typeof n === 'number' && Number.isInteger(n)) && typeof v !== 'bigint') {
         throw new RequestError(at, `must be a whole number, got ${show(v)}`);
       }
-      if (UNSIGNED.has(field.type) && Number(v) < 0) throw new RequestError(at, `must not be negative, got ${show(v)}`);
+      // protobufjs wraps a value past the field's range (2**32 + 5 in an int32 is 5): refuse it
+      const bits = field.type.endsWith('64') ? 64n : 32n;
+      const [lo, hi] = UNSIGNED.has(field.type) ? [0n, 2n ** bits - 1n] : [-(2n ** (bits - 1n)), 2n ** (bits - 1n) - 1n];
+      const big = BigInt(v);
+      if (big < lo || big > hi) throw new RequestError(at, `must be a whole number from ${lo} to ${hi}, got ${show(v)}`);
     } else if (field.type === 'bool') {
       if (typeof v !== 'boolean') throw new RequestError(at, `must be true or false, got ${show(v)}`);
     } else if (field.type === 'string') {
