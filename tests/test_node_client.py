@@ -799,3 +799,43 @@ def test_node_refuses_whole_numbers_past_their_fields_range(bbo_server, client, 
     spec = client.get_study(study_name).spec
     assert (spec.parameters[0].int.low, spec.parameters[0].int.high) == (-(2**63), 2**63 - 1)
     assert spec.algorithm.seed == 2**60 + 1
+
+
+_ASK_PATIENCE_SCRIPT = r"""
+const grpc = require('@grpc/grpc-js');
+const {Client, Study, BboError} = require('./src');
+// the server crashed under an Ask and is back on the 7th: past the call's own retries (2 tries
+// here; 8, ~15 s, by default), within optimize's patience
+const c = new Client('127.0.0.1:1', {retries: 1, backoffMs: 1, maxBackoffMs: 5});
+const asks = [];
+const trial = {id: '1', parameters: {x: {number: 0.5, kind: 'number'}}, state: 'TRIAL_STATE_PENDING', metrics: {}};
+c.callOnce = async (method, request) => {
+  if (method === 'GetBest') return {trials: [], state: 'STUDY_STATE_ACTIVE'};
+  if (method === 'Tell') return {trial: {...trial, state: 'TRIAL_STATE_COMPLETED'}};
+  asks.push(request.request_id);
+  if (asks.length < 7) throw new BboError({code: grpc.status.UNAVAILABLE, details: 'connection refused'});
+  return {trials: [trial]};
+};
+(async () => {
+  const out = {};
+  try {
+    await new Study(c, 'away').optimize(async (p) => ({y: p.x}), 1, {progress: false});
+    out.result = 'ok';
+  } catch (e) { out.result = e.codeName; }
+  out.asks = asks.length;
+  out.requestIds = new Set(asks).size;
+  console.log(JSON.stringify(out));
+})();
+"""
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_optimize_asks_patiently_while_the_server_is_away():
+    """A server that crashed under an Ask and came back after the call's own retries (~15 s)
+    ended optimize with UNAVAILABLE; the Python client's loop retries its Asks for tell_patience.
+    The Ask is now retried as the Tell is, under one request id: never two trials."""
+    assert _node_json(_ASK_PATIENCE_SCRIPT, timeout=60) == {
+        "result": "ok",
+        "asks": 7,
+        "requestIds": 1,
+    }

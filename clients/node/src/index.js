@@ -402,9 +402,10 @@ class Study {
   }
 
   // options.signal (an AbortSignal) cancels the ask: it then rejects CANCELLED, and a trial the
-  // server made meanwhile stays PENDING until its lease ends.
+  // server made meanwhile stays PENDING until its lease ends. options.requestId: the same on an
+  // ask repeated after a failure, so the server replays its trials.
   async ask(count = 1, workerId = '', options = {}) {
-    const requestId = crypto.randomUUID();  // the same on every retry: the server replays, never asks twice
+    const requestId = options.requestId || crypto.randomUUID();  // the same on every retry: the server replays, never asks twice
     const res = await this.client.call(
       'Ask', { study: this.name, count, worker_id: workerId, request_id: requestId }, abortSignal(options),
     );
@@ -513,7 +514,7 @@ class Study {
   // returned) fail it with the reason.
   //
   // options: {workerId ('node'), progress, tellPatienceMs (600000), signal} or the worker id alone.
-  // tellPatienceMs: how long a result, a report or a failure is retried while the server is away. progress (default: standard error
+  // tellPatienceMs: how long an ask, a result, a report or a failure is retried while the server is away. progress (default: standard error
   // is a terminal) draws a progress bar there with the study's best (cli-progress), read from the
   // server at most every BEST_EVERY_MS and once at the end. signal (an AbortSignal): once it
   // aborts no new trial starts, the evaluation under way finishes and is told (a trial whose Ask
@@ -572,22 +573,25 @@ class Study {
   }
 
   // One trial of optimize: ask, evaluate, tell (or fail, or prune).
-  // A result (or a report) is retried for up to patienceMs while the server is away, as the
-  // Python client's tell_patience: a restart longer than the call's own retries (~15 s) must not
-  // lose an evaluation that may have taken hours.
+  // The ask, a result and a report are retried for up to patienceMs while the server is away, as
+  // the Python client's tell_patience: a restart longer than the call's own retries (~15 s) must
+  // neither end the loop nor lose an evaluation that may have taken hours. signal (the ask's
+  // only: a result under way is still told) stops the waiting.
   async _optimizeOne(fn, workerId, patienceMs = 600000, signal = null) {
-    const patiently = async (call) => {
+    const patiently = async (call, stopOn = null) => {
       const start = Date.now();
       for (;;) {
         try {
           return await call();
         } catch (e) {
           if (!(e instanceof BboError) || !retryableWithoutDelay(e) || Date.now() - start >= patienceMs) throw e;
-          await sleep(Math.min(this.client.maxBackoffMs, 1000) * (0.5 + Math.random()));
+          await sleep(Math.min(this.client.maxBackoffMs, 1000) * (0.5 + Math.random()), stopOn);
+          if (stopOn && stopOn.aborted) throw aborted(stopOn);
         }
       }
     };
-    const [trial] = await this.ask(1, workerId);
+    const requestId = crypto.randomUUID();  // one Ask however often it is retried: never two trials
+    const [trial] = await patiently(() => this.ask(1, workerId, { requestId }), signal);
     if (signal && signal.aborted) {  // aborted while the Ask was in flight: the trial never starts
       await this.abandon(trial, 'optimize stopped before it started').catch(() => {});
       return;
