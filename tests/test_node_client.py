@@ -839,3 +839,32 @@ def test_node_optimize_asks_patiently_while_the_server_is_away():
         "asks": 7,
         "requestIds": 1,
     }
+
+
+_CALL_SIGNAL_SCRIPT = r"""
+const {Client} = require('./src');
+const [address, name] = process.argv.slice(1);
+(async () => {
+  const c = new Client(address, {retries: 0});
+  const spec = {parameters: [{name: 'x', float: {low: 0, high: 1}}], objectives: [{name: 'y'}]};
+  const out = {};
+  // {signal} as ask() takes it, where call() takes the signal itself
+  try { await c.call('CreateStudy', {name, spec}, {signal: new AbortController().signal}); out.call = 'ok'; }
+  catch (e) { out.call = e.constructor.name; }
+  await new Promise((r) => setTimeout(r, 300));
+  out.created = (await c.listStudies()).includes(name);
+  console.log(JSON.stringify(out));
+  c.close();
+})();
+"""
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_call_refuses_what_is_not_an_abort_signal(bbo_server, study_name):
+    """client.call(method, request, {signal}) sent the call, then threw from grpc-js's callback
+    (signal.removeEventListener is not a function): an uncaught exception that ended the process,
+    the study created. It is now a TypeError before anything is sent, as ask() gives."""
+    assert _node_json(_CALL_SIGNAL_SCRIPT, bbo_server.address, study_name, timeout=60) == {
+        "call": "TypeError",
+        "created": False,
+    }

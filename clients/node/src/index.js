@@ -311,6 +311,7 @@ class Client {
   // One RPC with the client's retries. signal (an AbortSignal, optional) cancels the call under
   // way and any retry still to come: the call then rejects CANCELLED (see aborted()).
   async call(method, request, signal = null) {
+    signal = checkedSignal(signal);
     request = checkedRequest(method, request);
     let delay = this.backoffMs;
     const start = Date.now();
@@ -650,9 +651,15 @@ function bestNote(best, objectives) {
 
 // options.signal, checked to be an AbortSignal (null when absent).
 function abortSignal(options) {
-  const signal = options && typeof options === 'object' ? options.signal : null;
+  return checkedSignal(options && typeof options === 'object' ? options.signal : null);
+}
+
+// signal itself if it is an AbortSignal, null when absent; else a TypeError, before any call is
+// sent (grpc-js would throw it from its callback: uncaught, the call made).
+function checkedSignal(signal) {
   if (signal == null) return null;
-  if (typeof signal.aborted !== 'boolean' || typeof signal.addEventListener !== 'function') {
+  if (typeof signal.aborted !== 'boolean' || typeof signal.addEventListener !== 'function'
+    || typeof signal.removeEventListener !== 'function') {
     throw new TypeError(`signal must be an AbortSignal, got ${show(signal)}`);
   }
   return signal;
