@@ -868,3 +868,32 @@ def test_node_call_refuses_what_is_not_an_abort_signal(bbo_server, study_name):
         "call": "TypeError",
         "created": False,
     }
+
+
+_LONG_FAILURE_SCRIPT = r"""
+const {Client} = require('./src');
+const [address, name] = process.argv.slice(1);
+(async () => {
+  const c = new Client(address, {retries: 0});
+  const s = await c.createStudy(name, {parameters: [{name: 'x', float: {low: 0, high: 1}}], objectives: [{name: 'y'}]});
+  let n = 0;
+  const out = {};
+  // an objective that fails with a long message, as one quoting a crashed run's output does
+  try {
+    await s.optimize((p) => { n += 1; if (n === 1) throw new Error('x'.repeat(5e6)); return {y: p.x}; }, 2, {progress: false});
+    out.result = 'ok';
+  } catch (e) { out.result = e.codeName; }
+  out.trials = (await s.trials()).map((t) => [t.state, t.reason.length]);
+  console.log(JSON.stringify(out));
+  c.close();
+})();
+"""
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_optimize_fails_a_trial_whose_error_is_long(bbo_server, study_name):
+    """fn's error message went whole into the failing Tell: past the server's 4 MiB a message,
+    optimize rejected RESOURCE_EXHAUSTED and the trial stayed PENDING until its lease ran out.
+    The reason is cut to 2000 characters, as the Python client's."""
+    out = _node_json(_LONG_FAILURE_SCRIPT, bbo_server.address, study_name, timeout=60)
+    assert out == {"result": "ok", "trials": [["FAILED", 2000], ["COMPLETED", 0]]}, out

@@ -13,6 +13,9 @@ const { RequestChecker, RequestError, show } = require('./check');
 
 const BEST_EVERY_MS = 2000; // at least this long between the progress bar's reads of the best
 const MAX_TIMER_MS = 2 ** 31 - 1;  // the longest delay setInterval keeps
+// characters of fn's error kept as its trial's reason (the Python client's cut): a message past the
+// server's 4 MiB a request would refuse the Tell, the trial left PENDING
+const MAX_REASON = 2000;
 
 function protoRoot() {
   const candidates = [
@@ -615,7 +618,7 @@ class Study {
       metrics = await fn(trial.parameters, trial, report);
     } catch (e) {
       if (!(e instanceof TrialPruned)) {
-        const why = String(e && e.message ? e.message : e);
+        const why = String(e && e.message ? e.message : e).slice(0, MAX_REASON);
         // fn stopped by the abort says nothing about its point: not a failure
         await patiently(() => (signal && signal.aborted ? this.abandon(trial, `optimize aborted: ${why}`) : this.fail(trial, why)));
         return;
@@ -632,7 +635,7 @@ class Study {
       }
     } catch (e) {
       if (!(e instanceof BboError) || e.code !== grpc.status.INVALID_ARGUMENT) throw e;
-      await patiently(() => this.fail(trial, `metrics refused: ${e.message}`));
+      await patiently(() => this.fail(trial, `metrics refused: ${e.message}`.slice(0, MAX_REASON)));
     }
   }
 }
