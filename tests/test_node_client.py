@@ -878,9 +878,12 @@ const [address, name] = process.argv.slice(1);
   const s = await c.createStudy(name, {parameters: [{name: 'x', float: {low: 0, high: 1}}], objectives: [{name: 'y'}]});
   let n = 0;
   const out = {};
-  // an objective that fails with a long message, as one quoting a crashed run's output does
+  // an objective that fails with a long message, as one quoting a crashed run's output does; one
+  // whose message holds half of a surrogate pair (protobufjs sends it as bytes that are not UTF-8),
+  // whole or where the cut falls
+  const errors = ['x'.repeat(5e6), 'bad \ud800 byte', 'x'.repeat(1999) + '\u{1F600}'];
   try {
-    await s.optimize((p) => { n += 1; if (n === 1) throw new Error('x'.repeat(5e6)); return {y: p.x}; }, 2, {progress: false});
+    await s.optimize((p) => { n += 1; if (n <= 3) throw new Error(errors[n - 1]); return {y: p.x}; }, 4, {progress: false});
     out.result = 'ok';
   } catch (e) { out.result = e.codeName; }
   out.trials = (await s.trials()).map((t) => [t.state, t.reason.length]);
@@ -894,6 +897,10 @@ const [address, name] = process.argv.slice(1);
 def test_node_optimize_fails_a_trial_whose_error_is_long(bbo_server, study_name):
     """fn's error message went whole into the failing Tell: past the server's 4 MiB a message,
     optimize rejected RESOURCE_EXHAUSTED and the trial stayed PENDING until its lease ran out.
-    The reason is cut to 2000 characters, as the Python client's."""
+    The reason is cut to 2000 characters, as the Python client's; half of a surrogate pair in it
+    (the server refused the Tell: not UTF-8) is sent as U+FFFD."""
     out = _node_json(_LONG_FAILURE_SCRIPT, bbo_server.address, study_name, timeout=60)
-    assert out == {"result": "ok", "trials": [["FAILED", 2000], ["COMPLETED", 0]]}, out
+    assert out == {
+        "result": "ok",
+        "trials": [["FAILED", 2000], ["FAILED", 10], ["FAILED", 2000], ["COMPLETED", 0]],
+    }, out

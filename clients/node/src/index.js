@@ -100,6 +100,13 @@ function toMetrics(metrics) {
   return out;
 }
 
+// A trial's reason from any text: at most MAX_REASON characters, half a surrogate pair (in the text,
+// or where the cut falls) as U+FFFD: protobufjs sends it as bytes that are not UTF-8, and the server
+// refuses the Tell.
+function reasonText(text) {
+  return String(text).slice(0, MAX_REASON).replace(/[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g, '\ufffd');
+}
+
 // google.protobuf.Timestamp -> seconds since the epoch (null when unset)
 function seconds(ts) {
   return ts && (Number(ts.seconds) || ts.nanos) ? Number(ts.seconds) + (ts.nanos || 0) / 1e9 : null;
@@ -618,7 +625,7 @@ class Study {
       metrics = await fn(trial.parameters, trial, report);
     } catch (e) {
       if (!(e instanceof TrialPruned)) {
-        const why = String(e && e.message ? e.message : e).slice(0, MAX_REASON);
+        const why = reasonText(e && e.message ? e.message : e);
         // fn stopped by the abort says nothing about its point: not a failure
         await patiently(() => (signal && signal.aborted ? this.abandon(trial, `optimize aborted: ${why}`) : this.fail(trial, why)));
         return;
@@ -635,7 +642,7 @@ class Study {
       }
     } catch (e) {
       if (!(e instanceof BboError) || e.code !== grpc.status.INVALID_ARGUMENT) throw e;
-      await patiently(() => this.fail(trial, `metrics refused: ${e.message}`.slice(0, MAX_REASON)));
+      await patiently(() => this.fail(trial, reasonText(`metrics refused: ${e.message}`)));
     }
   }
 }
