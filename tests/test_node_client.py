@@ -674,21 +674,22 @@ def test_node_optimize_heartbeats_are_not_a_flood_under_a_long_lease():
     assert _node_json(_LONG_LEASE_SCRIPT, timeout=60) == {"beats": 0}
 
 
-_TELL_PATIENCE_SCRIPT = r"""
+_PATIENCE_SCRIPT = r"""
 const grpc = require('@grpc/grpc-js');
 const {Client, Study, BboError} = require('./src');
-// the server goes away after the Ask and answers again on the 7th Tell: past the call's own
-// retries (2 tries here; 8, ~15 s, by default), within optimize's patience
+// the server is away for the first 6 calls of one method (argv: Ask or Tell) and answers the 7th:
+// past the call's own retries (2 tries here; 8, ~15 s, by default), within optimize's patience
+const away = process.argv[1];
 const c = new Client('127.0.0.1:1', {retries: 1, backoffMs: 1, maxBackoffMs: 5});
-const calls = [];
-let tells = 0;
+const seen = [];
 const trial = {id: '1', parameters: {x: {number: 0.5, kind: 'number'}}, state: 'TRIAL_STATE_PENDING', metrics: {}};
 c.callOnce = async (method, request) => {
-  calls.push(method);
-  if (method === 'Ask') return {trials: [trial]};
   if (method === 'GetBest') return {trials: [], state: 'STUDY_STATE_ACTIVE'};
-  tells += 1;
-  if (tells < 7) throw new BboError({code: grpc.status.UNAVAILABLE, details: 'connection refused'});
+  if (method === away) {
+    seen.push(request.request_id);
+    if (seen.length < 7) throw new BboError({code: grpc.status.UNAVAILABLE, details: 'connection refused'});
+  }
+  if (method === 'Ask') return {trials: [trial]};
   return {trial: {...trial, state: 'TRIAL_STATE_COMPLETED', metrics: {y: {value: request.metrics.y.value}}}};
 };
 (async () => {
@@ -697,18 +698,26 @@ c.callOnce = async (method, request) => {
     await new Study(c, 'away').optimize(async (p) => ({y: p.x}), 1, {progress: false});
     out.result = 'ok';
   } catch (e) { out.result = e.codeName; }
-  out.tells = calls.filter((m) => m === 'Tell').length;
+  out.calls = seen.length;
+  out.requestIds = new Set(seen).size;
   console.log(JSON.stringify(out));
 })();
 """
 
 
 @pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
-def test_node_optimize_keeps_a_result_while_the_server_is_away():
+@pytest.mark.parametrize("method", ["Tell", "Ask"])
+def test_node_optimize_rides_out_a_server_away_longer_than_a_calls_retries(method):
     """A server away longer than a call's retries (~15 s by default) at the end of an evaluation:
     optimize threw UNAVAILABLE and the result was lost, its trial left PENDING until its lease
-    ran out. It retries the Tell for up to tellPatienceMs, as the Python client's tell_patience."""
-    assert _node_json(_TELL_PATIENCE_SCRIPT, timeout=60) == {"result": "ok", "tells": 7}
+    ran out; a server that crashed under an Ask ended optimize the same way. Both are retried for
+    up to tellPatienceMs, as the Python client's tell_patience, under one request id (an Ask
+    retried never makes two trials)."""
+    assert _node_json(_PATIENCE_SCRIPT, method, timeout=60) == {
+        "result": "ok",
+        "calls": 7,
+        "requestIds": 1,
+    }
 
 
 _ABORT_SCRIPT = r"""
@@ -799,46 +808,6 @@ def test_node_refuses_whole_numbers_past_their_fields_range(bbo_server, client, 
     spec = client.get_study(study_name).spec
     assert (spec.parameters[0].int.low, spec.parameters[0].int.high) == (-(2**63), 2**63 - 1)
     assert spec.algorithm.seed == 2**60 + 1
-
-
-_ASK_PATIENCE_SCRIPT = r"""
-const grpc = require('@grpc/grpc-js');
-const {Client, Study, BboError} = require('./src');
-// the server crashed under an Ask and is back on the 7th: past the call's own retries (2 tries
-// here; 8, ~15 s, by default), within optimize's patience
-const c = new Client('127.0.0.1:1', {retries: 1, backoffMs: 1, maxBackoffMs: 5});
-const asks = [];
-const trial = {id: '1', parameters: {x: {number: 0.5, kind: 'number'}}, state: 'TRIAL_STATE_PENDING', metrics: {}};
-c.callOnce = async (method, request) => {
-  if (method === 'GetBest') return {trials: [], state: 'STUDY_STATE_ACTIVE'};
-  if (method === 'Tell') return {trial: {...trial, state: 'TRIAL_STATE_COMPLETED'}};
-  asks.push(request.request_id);
-  if (asks.length < 7) throw new BboError({code: grpc.status.UNAVAILABLE, details: 'connection refused'});
-  return {trials: [trial]};
-};
-(async () => {
-  const out = {};
-  try {
-    await new Study(c, 'away').optimize(async (p) => ({y: p.x}), 1, {progress: false});
-    out.result = 'ok';
-  } catch (e) { out.result = e.codeName; }
-  out.asks = asks.length;
-  out.requestIds = new Set(asks).size;
-  console.log(JSON.stringify(out));
-})();
-"""
-
-
-@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
-def test_node_optimize_asks_patiently_while_the_server_is_away():
-    """A server that crashed under an Ask and came back after the call's own retries (~15 s)
-    ended optimize with UNAVAILABLE; the Python client's loop retries its Asks for tell_patience.
-    The Ask is now retried as the Tell is, under one request id: never two trials."""
-    assert _node_json(_ASK_PATIENCE_SCRIPT, timeout=60) == {
-        "result": "ok",
-        "asks": 7,
-        "requestIds": 1,
-    }
 
 
 _CALL_SIGNAL_SCRIPT = r"""

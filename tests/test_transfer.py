@@ -925,15 +925,21 @@ def test_sources_survive_a_restart_and_a_deleted_source_is_left_out(tmp_path, ca
     assert line.rstrip().endswith("src (deleted)")
 
 
-def test_a_deleted_last_source_loses_its_weight_at_a_model_based_ask(registry):
-    """With its only source deleted, a study's model-based ask weighs no source and reports no
-    weights: the stored record kept the deleted source's last weight, shown beside "deleted"."""
+def _weighted_source_and_target(registry, asks: int):
+    """A source of 8 trials on the bowl and a target from it, asked and told ``asks`` times."""
     src, _ = registry.create_study("src", spec_dict())
     add(src, bowl, 8)
     t, _ = registry.create_study("t", spec_dict(transfer={"sources": ["src"]}))
-    for _ in range(5):
+    for _ in range(asks):
         (tr,) = t.ask().trials
         t.tell(tr.id, {"y": bowl(tr.params)})
+    return src, t
+
+
+def test_a_deleted_last_source_loses_its_weight_at_a_model_based_ask(registry):
+    """With its only source deleted, a study's model-based ask weighs no source and reports no
+    weights: the stored record kept the deleted source's last weight, shown beside "deleted"."""
+    src, t = _weighted_source_and_target(registry, asks=5)
     assert t.info().transfer["weights"]["by_metric"]["y"][src.uid] > 0
     registry.delete_study("src")
     (tr,) = t.ask().trials
@@ -946,12 +952,7 @@ def test_a_deleted_last_source_loses_its_weight_at_a_model_based_ask(registry):
 def test_a_deleted_source_reads_deleted_before_the_next_ask(registry):
     """GetStudy (``info``) showed a source deleted since the study's last ask as "used", with its
     weight, until an ask noticed; it reads deleted, with no weight, at once."""
-    src, _ = registry.create_study("src", spec_dict())
-    add(src, bowl, 8)
-    t, _ = registry.create_study("t", spec_dict(transfer={"sources": ["src"]}))
-    for _ in range(4):
-        (tr,) = t.ask().trials
-        t.tell(tr.id, {"y": bowl(tr.params)})
+    src, t = _weighted_source_and_target(registry, asks=4)
     assert t.info().transfer["deleted"] == [] and t.info().transfer["weights"]["by_metric"]["y"]
     registry.delete_study("src")
     rec = t.info().transfer
