@@ -93,6 +93,25 @@ def test_node_asks_have_their_own_deadline(bbo_server, client, study_name, make_
 
 
 @pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_refuses_durations_that_are_not_finite_numbers():
+    """deadlineMs Infinity or '5000' made every call's deadline an invalid date: each call failed
+    DEADLINE_EXCEEDED at once. Refused when the client is made, naming the option; 0 is the
+    default, as before."""
+    out = _node_json(
+        "const {Client}=require('./src');"
+        "const made=(o)=>{try{const c=new Client('127.0.0.1:1',o);const d=c.deadlineMs;c.close();"
+        "return d;}catch(e){return e.message;}};"
+        "console.log(JSON.stringify([Infinity,'5000',-1,0].map((v)=>made({deadlineMs:v}))"
+        ".concat([made({askDeadlineMs:NaN}),made({backoffMs:0})])));",
+        timeout=60,
+    )
+    assert [m.split(",")[0] for m in out[:3]] == [
+        "deadlineMs must be a finite number of milliseconds >= 1"
+    ] * 3
+    assert out[3] == 120000 and "askDeadlineMs" in out[4] and out[5] == 120000
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
 def test_node_a_call_after_close_is_refused_with_a_code(bbo_server):
     """A call after ``close()`` rejected with grpc-js's plain Error ("Channel has been shut
     down"), no ``code`` or ``codeName`` for a caller's error handling to read."""

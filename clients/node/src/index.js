@@ -284,6 +284,17 @@ function tlsCredentials(options) {
   return grpc.credentials.createSsl(readPem(ca, 'tlsCa'), readPem(key, 'tlsKey'), readPem(cert, 'tlsCert'));
 }
 
+// A duration option in ms: a finite number from `low` (0 or undefined: the default). Infinity or a
+// string ('5000') made every call's deadline an invalid date, so each failed DEADLINE_EXCEEDED.
+function timeOption(options, name, fallback, low = 1) {
+  const v = options[name];
+  if (v === undefined || v === null || (v === 0 && low > 0)) return fallback;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < low) {
+    throw new TypeError(`${name} must be a finite number of milliseconds >= ${low}, got ${String(v)}`);
+  }
+  return v;
+}
+
 class Client {
   // address: "host:port". Options (each also read from the env variable the Python client uses):
   //   apiKey (BBO_API_KEY): sent as "authorization: Bearer <key>" metadata on every call;
@@ -310,12 +321,12 @@ class Client {
     }
     this.stub = new Service(address, creds, channelOptions);
     this.apiKey = String(options.apiKey || process.env.BBO_API_KEY || '').trim();  // a key read from a file ends in a newline
-    this.deadlineMs = options.deadlineMs || 120000;
-    this.askDeadlineMs = options.askDeadlineMs || 600000;
+    this.deadlineMs = timeOption(options, 'deadlineMs', 120000);
+    this.askDeadlineMs = timeOption(options, 'askDeadlineMs', 600000);
     this.retries = options.retries ?? 8;
-    this.backoffMs = options.backoffMs ?? 100;
-    this.maxBackoffMs = options.maxBackoffMs ?? 5000;
-    this.ratePatienceMs = options.ratePatienceMs ?? 120000;
+    this.backoffMs = timeOption(options, 'backoffMs', 100, 0);
+    this.maxBackoffMs = timeOption(options, 'maxBackoffMs', 5000, 0);
+    this.ratePatienceMs = timeOption(options, 'ratePatienceMs', 120000, 0);
   }
 
   // One RPC with the client's retries. signal (an AbortSignal, optional) cancels the call under
