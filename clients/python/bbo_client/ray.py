@@ -234,23 +234,27 @@ class BboSearch(Searcher):
         )
         with self._lock:
             self._live[trial_id] = t
+        return self._config(t)
+
+    def _config(self, t: Trial) -> dict:
+        """The Tune config of the bbo trial ``t`` (its values decoded, nested as the space is)."""
         assert self._params is not None
         values = {p.path: p.decode(t.params[p.parameter.name]) for p in self._params}
-        return _nest(values, getattr(self, "_lists", {}))
+        return _nest(values, self._lists)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Keep a live trial's latest result: a trial a scheduler paused (HyperBand) and then stops
         is completed by Tune without one."""
         with self._lock:
             if trial_id in self._live:
-                self._last_results()[trial_id] = result
+                self._last[trial_id] = result
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
         with self._lock:
             t = self._live.pop(trial_id, None)
-            last = self._last_results().pop(trial_id, None)
+            last = self._last.pop(trial_id, None)
             rerun = t is None and self._errored_trial(result)
         if rerun:  # its bbo trial is FAILED for good: the point joins the study anew
             h = self._study()
@@ -266,7 +270,7 @@ class BboSearch(Searcher):
             if reason:
                 h.tell(t, failed=True, reason=reason, patience=self._patience)
                 with self._lock:
-                    self._failed_trials()[trial_id] = t
+                    self._failed[trial_id] = t
             else:
                 h.tell(t, metrics, patience=self._patience)
         except BboError as e:
@@ -277,26 +281,15 @@ class BboSearch(Searcher):
                 code=e.code,
             ) from e
 
-    def _last_results(self) -> dict[str, dict]:
-        if not hasattr(self, "_last"):  # a searcher pickled before it kept them
-            self._last = {}
-        return self._last
-
-    def _failed_trials(self) -> dict[str, Trial]:
-        if not hasattr(self, "_failed"):  # a searcher pickled before it kept them
-            self._failed = {}
-        return self._failed
-
     def _errored_trial(self, result: dict | None) -> Trial | None:
         """The bbo trial (told FAILED) of the errored trial that Tuner.restore(restart_errored=True)
         ran again as a new Tune trial, found by the config in its ``result``; it is forgotten."""
         if not result or self._params is None:
             return None
-        for tid, t in self._failed_trials().items():
-            values = {p.path: p.decode(t.params[p.parameter.name]) for p in self._params}
-            flat = flatten_dict(_nest(values, getattr(self, "_lists", {})), prevent_delimiter=True)
+        for tid, t in self._failed.items():
+            flat = flatten_dict(self._config(t), prevent_delimiter=True)
             if all(f"config/{k}" in result and result[f"config/{k}"] == v for k, v in flat.items()):
-                return self._failed_trials().pop(tid)
+                return self._failed.pop(tid)
         return None
 
     def save(self, checkpoint_path: str) -> None:
@@ -318,7 +311,8 @@ class BboSearch(Searcher):
         return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_lock", "_handle")}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
+        # a searcher pickled by an earlier version lacks what later ones keep: empty
+        self.__dict__.update({"_lists": {}, "_last": {}, "_failed": {}, **state})
         self._client, self._handle, self._lock = None, None, threading.Lock()
 
     # ---- bbo ------------------------------------------------------------------------------------
