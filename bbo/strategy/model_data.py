@@ -208,14 +208,12 @@ class ModelData:
             Y, S = [Y[i] for i in keep], [S[i] for i in keep]
         Xa = np.asarray(X, dtype=float).reshape(-1, dim)
         Ya = np.asarray(Y, dtype=float).reshape(-1, len(names))
-        Yvar = None
-        if used and all(_reported(row) for row in S):
-            Yvar = np.minimum(np.abs(np.asarray(S, dtype=float)), MAX_SEM) ** 2
-        feas = self.layout.feasible(Ya)
-        Ym, Ymvar, model_layout = self.warp.warp(Ya, Yvar)
         # the model takes standard errors only where every value has one; the noise judgement
         # takes the objective's wherever every row reports them (a constraint's may be missing)
-        judged = Yvar if Yvar is not None or not used else _reported_columns(S)
+        judged, full = _reported_columns(S) if used else (None, False)
+        Yvar = judged if full else None
+        feas = self.layout.feasible(Ya)
+        Ym, Ymvar, model_layout = self.warp.warp(Ya, Yvar)
         noise = NoiseEstimate.of(Xa, Ya, judged, self.layout, self.noise)
         score = self.score(Ya, feas)
         return TrainingData(used, Xa, Ya, Yvar, score, feas, Ym, Ymvar, noise, model_layout)
@@ -240,14 +238,18 @@ class ModelData:
         return np.where(feas, s + 2.0, -violation / max(violation.max(), 1e-12 * k))
 
 
-def _reported_columns(S: Sequence[Sequence[float | None]]) -> np.ndarray:
-    """Squared standard errors of the columns every row reports (finite), 0 in the others."""
+def _reported_columns(S: Sequence[Sequence[float | None]]) -> tuple[np.ndarray, bool]:
+    """Squared standard errors of the columns every row reports (finite), 0 in the others; and
+    whether every column is reported."""
     out = np.zeros((len(S), len(S[0])))
+    full = True
     for j in range(out.shape[1]):
         col = [row[j] for row in S]
-        if all(s is not None and np.isfinite(s) for s in col):
+        if _reported(col):
             out[:, j] = np.minimum(np.abs(np.asarray(col, dtype=float)), MAX_SEM) ** 2
-    return out
+        else:
+            full = False
+    return out, full
 
 
 def _reported(sems: Sequence[float | None]) -> bool:
