@@ -11,8 +11,7 @@ import pytest
 
 ray = pytest.importorskip(
     "ray",
-    reason="Ray Tune is an optional extra that `make setup` leaves out (Ray takes ~10 s to start "
-    "on 2 cores): pip install -e './clients/python[ray]' to run these tests",
+    reason="Ray Tune is in the dev extra that `make setup` installs: pip install 'ray[tune]==2.60.0'",
 )
 tune = pytest.importorskip("ray.tune")
 
