@@ -174,74 +174,80 @@ class SimResult:
     completion: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
-def simulate(
-    policy: Policy, wl: Workload, sla_wait_minutes: float = 5.0, record: bool = False
-) -> SimResult:
-    """Run the cluster under ``policy`` on workload ``wl``; see the module docstring."""
-    import simpy
+class _Cluster:
+    """One simulation's state and its SimPy processes: job arrivals, the scheduler, the autoscaler."""
 
-    env = simpy.Environment()
-    n = len(wl)
-    arrival, duration, cpu, mem, high = wl.arrival, wl.duration, wl.cpu, wl.mem, wl.high
-    start = np.full(n, np.nan)
-    finish = np.full(n, np.nan)
-    min_m = max(0, min(policy.min_machines, policy.max_machines))
-    machines: list[_Machine] = []
-    queue: list[tuple[float, int]] = []  # sorted (priority key, job id)
-    state = {
-        "queued_cpu": 0.0,
-        "done": 0,
-        "arrived": 0,
-        "last_up": -math.inf,
-        "last_down": -math.inf,
-        "util_area": 0.0,
-        "cap_area": 0.0,
-        "peak": 0,
-    }
-    all_done = env.event()
-    timeline: list[tuple[float, int, float]] = []
+    def __init__(self, env: Any, policy: Policy, wl: Workload, record: bool) -> None:
+        self.env, self.policy, self.wl, self.record = env, policy, wl, record
+        n = len(wl)
+        self.start = np.full(n, np.nan)
+        self.finish = np.full(n, np.nan)
+        self.min_machines = max(0, min(policy.min_machines, policy.max_machines))
+        self.machines: list[_Machine] = []
+        self.queue: list[tuple[float, int]] = []  # sorted (priority key, job id)
+        self.queued_cpu = 0.0
+        self.done = self.arrived = self.peak = 0
+        self.last_up = -math.inf
+        self.util_area = self.cap_area = 0.0  # core-minutes in use / of ready machines
+        self.all_done = env.event()
+        self.timeline: list[tuple[float, int, float]] = []
 
-    def key(j: int) -> float:
+    def key(self, j: int) -> float:
+        """Queue order: arrival time, earlier for high priority, later per requested core."""
+        wl, policy = self.wl, self.policy
         return (
-            float(arrival[j])
-            - policy.priority_weight * float(high[j])
-            + policy.size_weight * float(cpu[j])
+            float(wl.arrival[j])
+            - policy.priority_weight * float(wl.high[j])
+            + policy.size_weight * float(wl.cpu[j])
         )
 
-    def live() -> list[_Machine]:
-        return [m for m in machines if m.terminated_at is None]
+    def live(self) -> list[_Machine]:
+        return [m for m in self.machines if m.terminated_at is None]
 
-    def request_machine(now: float) -> None:
-        m = _Machine(len(machines), now)
-        machines.append(m)
-        state["peak"] = max(state["peak"], len(live()))
+    def request_machine(self, now: float) -> None:
+        m = _Machine(len(self.machines), now)
+        self.machines.append(m)
+        self.peak = max(self.peak, len(self.live()))
+        self.env.process(self.boot(m))
 
-        def boot():
-            yield env.timeout(BOOT_MINUTES)
-            m.ready = True
-            m.idle_since = env.now
-            schedule()
+    def boot(self, m: _Machine):
+        yield self.env.timeout(BOOT_MINUTES)
+        m.ready = True
+        m.idle_since = self.env.now
+        self.schedule()
 
-        env.process(boot())
-
-    def run(j: int, m: _Machine, slowdown: float):
-        yield env.timeout(float(duration[j]) * slowdown)
-        finish[j] = env.now
-        m.cpu_used -= cpu[j]
-        m.mem_used -= mem[j]
+    def run(self, j: int, m: _Machine, slowdown: float):
+        wl = self.wl
+        yield self.env.timeout(float(wl.duration[j]) * slowdown)
+        self.finish[j] = self.env.now
+        m.cpu_used -= wl.cpu[j]
+        m.mem_used -= wl.mem[j]
         m.jobs -= 1
         if m.jobs == 0:
-            m.idle_since = env.now
+            m.idle_since = self.env.now
             m.cpu_used, m.mem_used = 0.0, 0.0  # no float drift on empty machines
-        state["done"] += 1
-        if state["done"] == n:
-            all_done.succeed()
-        schedule()
+        self.done += 1
+        if self.done == len(wl):
+            self.all_done.succeed()
+        self.schedule()
 
-    def schedule() -> None:
+    def place(self, c: float, g: float, ready: list[_Machine]) -> _Machine | None:
+        """The ready machine whose fill after placing (c cores, g GB) is closest to target_fill."""
+        best, best_score = None, math.inf
+        for m in ready:
+            if m.cpu_used + c <= MACHINE_CPU and m.mem_used + g <= MACHINE_MEM:
+                fill = max((m.cpu_used + c) / MACHINE_CPU, (m.mem_used + g) / MACHINE_MEM)
+                score = abs(fill - self.policy.target_fill)
+                if score < best_score - 1e-12:
+                    best, best_score = m, score
+        return best
+
+    def schedule(self) -> None:
+        """Start queued jobs in order, skipping at most backfill_depth that fit nowhere."""
+        queue, wl = self.queue, self.wl
         if not queue:
             return
-        ready = [m for m in machines if m.ready and m.terminated_at is None]
+        ready = [m for m in self.machines if m.ready and m.terminated_at is None]
         if not ready:
             return
         free_cpu = max(MACHINE_CPU - m.cpu_used for m in ready)
@@ -252,122 +258,123 @@ def simulate(
             if free_cpu < 1.0 or free_mem < 0.25:
                 return
             _, j = queue[i]
-            c, g = cpu[j], mem[j]
-            best, best_score = None, math.inf
-            if c <= free_cpu and g <= free_mem:
-                for m in ready:
-                    if m.cpu_used + c <= MACHINE_CPU and m.mem_used + g <= MACHINE_MEM:
-                        fill = max((m.cpu_used + c) / MACHINE_CPU, (m.mem_used + g) / MACHINE_MEM)
-                        score = abs(fill - policy.target_fill)
-                        if score < best_score - 1e-12:
-                            best, best_score = m, score
+            c, g = wl.cpu[j], wl.mem[j]
+            best = self.place(c, g, ready) if c <= free_cpu and g <= free_mem else None
             if best is None:
                 blocked += 1
-                if blocked > policy.backfill_depth:
+                if blocked > self.policy.backfill_depth:
                     return
                 i += 1
                 continue
             del queue[i]
-            state["queued_cpu"] -= c
+            self.queued_cpu -= c
             u = (best.cpu_used + c) / MACHINE_CPU
             best.cpu_used += c
             best.mem_used += g
             best.jobs += 1
-            start[j] = env.now
-            env.process(run(j, best, 1.0 + INTERFERENCE * max(0.0, u - 0.5) / 0.5))
+            self.start[j] = self.env.now
+            self.env.process(self.run(j, best, 1.0 + INTERFERENCE * max(0.0, u - 0.5) / 0.5))
             free_cpu = max(MACHINE_CPU - m.cpu_used for m in ready)
             free_mem = max(MACHINE_MEM - m.mem_used for m in ready)
 
-    def arrivals():
-        for j in range(n):
-            dt = float(arrival[j]) - env.now
+    def arrivals(self):
+        env, wl = self.env, self.wl
+        for j in range(len(wl)):
+            dt = float(wl.arrival[j]) - env.now
             if dt > 0:
                 yield env.timeout(dt)
-            bisect.insort(queue, (key(j), j))
-            state["queued_cpu"] += cpu[j]
-            state["arrived"] += 1
-            schedule()
+            bisect.insort(self.queue, (self.key(j), j))
+            self.queued_cpu += wl.cpu[j]
+            self.arrived += 1
+            self.schedule()
 
-    def autoscaler():
+    def autoscaler(self):
+        policy = self.policy
         while True:
-            now = env.now
-            lv = live()
+            now = self.env.now
+            lv = self.live()
             ready = [m for m in lv if m.ready]
             used = sum(m.cpu_used for m in ready)
             cap_all = MACHINE_CPU * len(lv)
-            demand_cores = used + state["queued_cpu"]
-            state["util_area"] += used * AUTOSCALE_INTERVAL
-            state["cap_area"] += MACHINE_CPU * len(ready) * AUTOSCALE_INTERVAL
-            if record:
-                timeline.append((now, len(lv), demand_cores))
+            demand_cores = used + self.queued_cpu
+            self.util_area += used * AUTOSCALE_INTERVAL
+            self.cap_area += MACHINE_CPU * len(ready) * AUTOSCALE_INTERVAL
+            if self.record:
+                self.timeline.append((now, len(lv), demand_cores))
             demand = demand_cores / cap_all if cap_all > 0 else math.inf
-            if len(lv) < min_m:
-                for _ in range(min_m - len(lv)):
-                    request_machine(now)
-            elif (
-                demand > policy.scale_up_threshold
-                and now - state["last_up"] >= policy.cooldown_minutes
-            ):
+            cooled = now - self.last_up >= policy.cooldown_minutes
+            if len(lv) < self.min_machines:
+                for _ in range(self.min_machines - len(lv)):
+                    self.request_machine(now)
+            elif demand > policy.scale_up_threshold and cooled:
                 want = math.ceil(demand_cores / (policy.scale_up_threshold * MACHINE_CPU)) - len(lv)
                 add = min(max(want, 1), policy.max_machines - len(lv))
                 for _ in range(add):
-                    request_machine(now)
+                    self.request_machine(now)
                 if add > 0:
-                    state["last_up"] = now
-            elif (
-                demand < policy.scale_down_threshold
-                and now - state["last_up"] >= policy.cooldown_minutes
-            ):
-                removable = len(lv) - min_m
+                    self.last_up = now
+            elif demand < policy.scale_down_threshold and cooled:
+                removable = len(lv) - self.min_machines
                 for m in ready:
                     if removable <= 0:
                         break
                     if m.jobs == 0 and now - m.idle_since >= policy.idle_minutes:
                         m.terminated_at = now
                         removable -= 1
-            yield env.timeout(AUTOSCALE_INTERVAL)
+            yield self.env.timeout(AUTOSCALE_INTERVAL)
 
-    for _ in range(min_m):
-        request_machine(0.0)
-    env.process(arrivals())
-    env.process(autoscaler())
-    stop_at = wl.horizon + DRAIN_MINUTES
-    if n:
-        env.run(until=simpy.AnyOf(env, [all_done, env.timeout(stop_at)]))
-    end = env.now
-
-    cost = (
-        sum(
-            ((m.terminated_at if m.terminated_at is not None else end) - m.requested_at)
-            for m in machines
+    def result(self, end: float, sla_wait_minutes: float) -> SimResult:
+        """The documented metrics (module docstring) of a run stopped at ``end``."""
+        wl, n = self.wl, len(self.wl)
+        high = wl.high
+        cost = (
+            sum(
+                ((m.terminated_at if m.terminated_at is not None else end) - m.requested_at)
+                for m in self.machines
+            )
+            / 60.0
         )
-        / 60.0
-    )
-    finished = ~np.isnan(finish)
-    comp = np.where(finished, finish, end) - arrival
-    wait = np.where(np.isnan(start), end, start) - arrival
-    n_high = int(high.sum())
-    sla = float(np.sum(wait[high] > sla_wait_minutes) / n_high) if n_high else 0.0
-    metrics = {
-        "mean_completion_minutes": float(comp.mean()) if n else 0.0,
-        "cost_machine_hours": float(cost),
-        "cost_overhead": float(cost / wl.ideal_machine_hours)
-        if wl.ideal_machine_hours > 0
-        else 0.0,
-        "sla_violation_rate": sla,
-        "p95_completion_minutes": float(np.percentile(comp, 95)) if n else 0.0,
-        "mean_wait_minutes": float(wait.mean()) if n else 0.0,
-        "high_priority_mean_wait_minutes": float(wait[high].mean()) if n_high else 0.0,
-        "mean_utilization": float(state["util_area"] / state["cap_area"])
-        if state["cap_area"] > 0
-        else 0.0,
-        "peak_machines": float(state["peak"]),
-        "jobs_arrived": float(state["arrived"]),
-        "jobs_completed": float(finished.sum()),
-        "jobs_unfinished": float(n - finished.sum()),
-        "sim_minutes": float(end),
-    }
-    return SimResult(metrics, timeline, wait, comp)
+        finished = ~np.isnan(self.finish)
+        comp = np.where(finished, self.finish, end) - wl.arrival
+        wait = np.where(np.isnan(self.start), end, self.start) - wl.arrival
+        n_high = int(high.sum())
+        sla = float(np.sum(wait[high] > sla_wait_minutes) / n_high) if n_high else 0.0
+        metrics = {
+            "mean_completion_minutes": float(comp.mean()) if n else 0.0,
+            "cost_machine_hours": float(cost),
+            "cost_overhead": float(cost / wl.ideal_machine_hours)
+            if wl.ideal_machine_hours > 0
+            else 0.0,
+            "sla_violation_rate": sla,
+            "p95_completion_minutes": float(np.percentile(comp, 95)) if n else 0.0,
+            "mean_wait_minutes": float(wait.mean()) if n else 0.0,
+            "high_priority_mean_wait_minutes": float(wait[high].mean()) if n_high else 0.0,
+            "mean_utilization": float(self.util_area / self.cap_area) if self.cap_area > 0 else 0.0,
+            "peak_machines": float(self.peak),
+            "jobs_arrived": float(self.arrived),
+            "jobs_completed": float(finished.sum()),
+            "jobs_unfinished": float(n - finished.sum()),
+            "sim_minutes": float(end),
+        }
+        return SimResult(metrics, self.timeline, wait, comp)
+
+
+def simulate(
+    policy: Policy, wl: Workload, sla_wait_minutes: float = 5.0, record: bool = False
+) -> SimResult:
+    """Run the cluster under ``policy`` on workload ``wl``; see the module docstring."""
+    import simpy
+
+    env = simpy.Environment()
+    cluster = _Cluster(env, policy, wl, record)
+    for _ in range(cluster.min_machines):
+        cluster.request_machine(0.0)
+    env.process(cluster.arrivals())
+    env.process(cluster.autoscaler())
+    if len(wl):
+        stop_at = wl.horizon + DRAIN_MINUTES
+        env.run(until=simpy.AnyOf(env, [cluster.all_done, env.timeout(stop_at)]))
+    return cluster.result(env.now, sla_wait_minutes)
 
 
 # ---- the kit ---------------------------------------------------------------------------------------
