@@ -184,40 +184,8 @@ class StudySpec:
             object.__setattr__(
                 self, "transfer", replace(self.transfer, sources=tuple(self.transfer.sources))
             )
-        if not self.objectives:
-            raise SpecError("objectives", "a study needs at least one objective")
-        names: set[str] = set()
-        for i, o in enumerate(self.objectives):
-            if not isinstance(o.name, str) or not o.name:
-                raise SpecError(f"objectives[{i}].name", "objective name must not be empty")
-            if o.name in names:
-                raise SpecError(f"objectives[{i}].name", f"duplicate objective '{o.name}'")
-            if o.goal not in (MINIMIZE, MAXIMIZE):
-                raise SpecError(
-                    f"objectives[{i}].goal",
-                    f"goal must be 'minimize' or 'maximize', got {o.goal!r}",
-                )
-            if o.noise not in OBSERVATION_NOISE:
-                raise SpecError(
-                    f"objectives[{i}].noise",
-                    f"noise must be one of {', '.join(OBSERVATION_NOISE)}, got {o.noise!r}",
-                )
-            names.add(o.name)
-        for i, c in enumerate(self.outcome_constraints):
-            if not isinstance(c.metric, str) or not c.metric:
-                raise SpecError(
-                    f"outcome_constraints[{i}].metric", "constraint metric name must not be empty"
-                )
-            if c.op not in ("<=", ">="):
-                raise SpecError(
-                    f"outcome_constraints[{i}].op", f"op must be '<=' or '>=', got {c.op!r}"
-                )
-            if (
-                isinstance(c.bound, bool)
-                or not isinstance(c.bound, (int, float))
-                or not math.isfinite(c.bound)
-            ):
-                raise SpecError(f"outcome_constraints[{i}].bound", "bound must be a finite number")
+        _check_objectives(self.objectives)
+        _check_outcome_constraints(self.outcome_constraints)
         for i, m in enumerate(self.tracked_metrics):
             if not isinstance(m, str) or not m:
                 raise SpecError(f"tracked_metrics[{i}]", "metric name must not be empty")
@@ -226,49 +194,7 @@ class StudySpec:
         _check_transfer(self.transfer)
         if not isinstance(self.description, str):
             raise SpecError("description", "must be a string")
-        by_name = self.space.by_name
-        for i, p in enumerate(self.priors):
-            path = f"priors[{i}]"
-            param = by_name.get(p.parameter)
-            if param is None:
-                raise SpecError(f"{path}.parameter", f"prior on unknown parameter '{p.parameter}'")
-            if not 0 < _number(p.confidence, f"{path}.confidence", "a number in (0, 1]") <= 1:
-                raise SpecError(f"{path}.confidence", "confidence must be in (0, 1]")
-            if isinstance(param, FixedParam):
-                raise SpecError(
-                    f"{path}.parameter", f"'{p.parameter}' is fixed: a prior on it means nothing"
-                )
-            if isinstance(param, CategoricalParam):
-                probs = p.probabilities or {}
-                bad = set(probs) - set(param.choices)
-                if not probs or bad:
-                    raise SpecError(
-                        f"{path}.probabilities",
-                        f"need probabilities over choices {list(param.choices)}",
-                    )
-                total = sum(probs.values())  # normalized by it: 1e308 + 1e308 would be NaNs
-                if (
-                    any(not math.isfinite(v) or v < 0 for v in probs.values())
-                    or not 0 < total < math.inf
-                ):
-                    raise SpecError(
-                        f"{path}.probabilities",
-                        "probabilities must be non-negative with a positive, finite sum",
-                    )
-            else:
-                if (
-                    p.mean is None
-                    or p.std is None
-                    or not math.isfinite(p.mean)
-                    or not math.isfinite(p.std)
-                    or p.std <= 0
-                ):
-                    raise SpecError(
-                        f"{path}.std",
-                        f"numeric prior on '{p.parameter}' needs a finite mean and std > 0",
-                    )
-        if len({p.parameter for p in self.priors}) != len(self.priors):
-            raise SpecError("priors", "at most one prior per parameter")
+        _check_priors(self.priors, self.space)
         _check_fidelity(self)
 
     def check_outcome_window(self) -> None:
@@ -452,6 +378,95 @@ def _number(v, path: str, what: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise SpecError(path, f"must be {what}, got {v!r}")
     return float(v)
+
+
+def _check_objectives(objectives: tuple[Objective, ...]) -> None:
+    """At least one objective; names non-empty and distinct; a known goal and noise each."""
+    if not objectives:
+        raise SpecError("objectives", "a study needs at least one objective")
+    names: set[str] = set()
+    for i, o in enumerate(objectives):
+        if not isinstance(o.name, str) or not o.name:
+            raise SpecError(f"objectives[{i}].name", "objective name must not be empty")
+        if o.name in names:
+            raise SpecError(f"objectives[{i}].name", f"duplicate objective '{o.name}'")
+        if o.goal not in (MINIMIZE, MAXIMIZE):
+            raise SpecError(
+                f"objectives[{i}].goal",
+                f"goal must be 'minimize' or 'maximize', got {o.goal!r}",
+            )
+        if o.noise not in OBSERVATION_NOISE:
+            raise SpecError(
+                f"objectives[{i}].noise",
+                f"noise must be one of {', '.join(OBSERVATION_NOISE)}, got {o.noise!r}",
+            )
+        names.add(o.name)
+
+
+def _check_outcome_constraints(constraints: tuple[OutcomeConstraint, ...]) -> None:
+    """Each constraint names a metric, an op of <= or >=, and a finite bound."""
+    for i, c in enumerate(constraints):
+        if not isinstance(c.metric, str) or not c.metric:
+            raise SpecError(
+                f"outcome_constraints[{i}].metric", "constraint metric name must not be empty"
+            )
+        if c.op not in ("<=", ">="):
+            raise SpecError(
+                f"outcome_constraints[{i}].op", f"op must be '<=' or '>=', got {c.op!r}"
+            )
+        if (
+            isinstance(c.bound, bool)
+            or not isinstance(c.bound, (int, float))
+            or not math.isfinite(c.bound)
+        ):
+            raise SpecError(f"outcome_constraints[{i}].bound", "bound must be a finite number")
+
+
+def _check_priors(priors: tuple[ParameterPrior, ...], space: SearchSpace) -> None:
+    """At most one prior per parameter, on a parameter that varies, of the parameter's kind."""
+    by_name = space.by_name
+    for i, p in enumerate(priors):
+        path = f"priors[{i}]"
+        param = by_name.get(p.parameter)
+        if param is None:
+            raise SpecError(f"{path}.parameter", f"prior on unknown parameter '{p.parameter}'")
+        if not 0 < _number(p.confidence, f"{path}.confidence", "a number in (0, 1]") <= 1:
+            raise SpecError(f"{path}.confidence", "confidence must be in (0, 1]")
+        if isinstance(param, FixedParam):
+            raise SpecError(
+                f"{path}.parameter", f"'{p.parameter}' is fixed: a prior on it means nothing"
+            )
+        if isinstance(param, CategoricalParam):
+            probs = p.probabilities or {}
+            bad = set(probs) - set(param.choices)
+            if not probs or bad:
+                raise SpecError(
+                    f"{path}.probabilities",
+                    f"need probabilities over choices {list(param.choices)}",
+                )
+            total = sum(probs.values())  # normalized by it: 1e308 + 1e308 would be NaNs
+            if (
+                any(not math.isfinite(v) or v < 0 for v in probs.values())
+                or not 0 < total < math.inf
+            ):
+                raise SpecError(
+                    f"{path}.probabilities",
+                    "probabilities must be non-negative with a positive, finite sum",
+                )
+        else:
+            if (
+                p.mean is None
+                or p.std is None
+                or not math.isfinite(p.mean)
+                or not math.isfinite(p.std)
+                or p.std <= 0
+            ):
+                raise SpecError(
+                    f"{path}.std",
+                    f"numeric prior on '{p.parameter}' needs a finite mean and std > 0",
+                )
+    if len({p.parameter for p in priors}) != len(priors):
+        raise SpecError("priors", "at most one prior per parameter")
 
 
 def _check_algorithm(a: AlgorithmOptions, objectives: set[str]) -> None:
