@@ -727,7 +727,7 @@ def test_a_study_deleted_while_a_page_reads_it_is_404(registry):
     d = Dashboard(registry)
     study, _ = registry.create_study("deleted-mid-read", SMALL_SPEC)
     registry.delete_study("deleted-mid-read")
-    d.study = lambda request: study  # found just before the delete
+    d.study = lambda request, tenant: study  # found just before the delete
     for route in ("study_detail", "trials", "intermediates", "llm_calls"):
         with pytest.raises(HTTPException) as e:
             getattr(d, route)(_request("/x", "", name="deleted-mid-read"))
@@ -826,3 +826,75 @@ def test_the_api_rate_limit_holds_on_the_dashboard_too(registry, monkeypatch):
     opts.on_start[-1](registry)
     handed[1].sock.close()
     assert handed[0][3] is limits
+
+
+def test_one_tenants_slow_requests_leave_threads_to_the_others(storage):
+    """The endpoints run on THREADS threads shared by every tenant. One tenant's summaries each
+    waiting on its study (here in ``recommend``, as on a running ask's lock) held all 40, and
+    another tenant's page got no answer at all. Now a tenant has at most TENANT_REQUESTS of them
+    at once; its next request is 429 with a Retry-After, and the other tenant's are answered."""
+    import threading
+    import time
+
+    from sec_helpers import SobolStrategy
+
+    from bbo.registry import StudyRegistry
+    from bbo.storage.keys import KeyStore
+    from bbo_server import dashboard
+
+    release, entered, lock = threading.Event(), [0], threading.Lock()
+
+    class Waits(SobolStrategy):
+        def recommend(self, trials):
+            if self.spec.description == "slow":
+                with lock:
+                    entered[0] += 1
+                assert release.wait(60)
+            return None
+
+    keys = KeyStore(storage)
+    key_a, _ = keys.create("a", "test")
+    key_b, _ = keys.create("b", "test")
+    registry = StudyRegistry(storage, strategy_factory=Waits)
+    for tenant, name in (("a", "slow"), ("b", "quick")):
+        study, _ = registry.create_study(name, {**SMALL_SPEC, "description": name}, tenant)
+        study.add_trial({"x": 0.5}, {"y": 1.0})
+    server = dashboard.DashboardServer(dashboard.bind("127.0.0.1", 0)).start(
+        dashboard.create_app(registry, keys)
+    )
+    url = f"http://127.0.0.1:{server.port}/api/"
+    answers: list = []
+
+    def summary():
+        req = urllib.request.Request(url + "studies/slow", headers={"x-api-key": key_a})
+        try:
+            with urllib.request.urlopen(req, timeout=90) as r:
+                answers.append((r.status, None, r.read()))
+        except urllib.error.HTTPError as e:
+            answers.append((e.code, e.headers.get("Retry-After"), e.read()))
+
+    sent = dashboard.THREADS + 4
+    threads = [threading.Thread(target=summary) for _ in range(sent)]
+    try:
+        for t in threads:
+            t.start()
+        # every thread held by a (before), or a's requests past its share refused (now)
+        deadline = time.monotonic() + 60
+        while entered[0] < dashboard.THREADS and len(answers) < sent - dashboard.TENANT_REQUESTS:
+            assert time.monotonic() < deadline, (entered[0], len(answers))
+            time.sleep(0.01)
+        for path in ("session", "studies/quick"):
+            status, body = get(url + path, key_b)
+            assert status == 200, (path, status, body)
+        assert entered[0] == dashboard.TENANT_REQUESTS
+        for status, retry_after, body in answers:
+            assert status == 429 and int(retry_after) >= 1
+            assert "dashboard requests running" in json.loads(body)["error"]
+    finally:
+        release.set()
+        for t in threads:
+            t.join(90)
+        server.stop()
+    assert sorted(a[0] for a in answers) == [200] * dashboard.TENANT_REQUESTS + [429] * (
+        sent - dashboard.TENANT_REQUESTS
+    )

@@ -259,6 +259,14 @@ class TenantCalls:
             yield
 
     @contextlib.contextmanager
+    def serving(self, tenant: str, refusal: str):
+        """Counts the body as one request of ``tenant``, every request alike, for a server other
+        than the API (the dashboard's, with a TenantCalls of its own); over the bound, raises
+        LimitError with ``refusal`` (``{n}``: the count) instead of running it."""
+        with self._counted(self._running, tenant, refusal):
+            yield
+
+    @contextlib.contextmanager
     def _counted(self, counts: dict[str, int], tenant: str, refusal: str):
         """One place of ``tenant`` in ``counts`` for the body (a map of tenants with calls only:
         bounded); at the bound, raises :func:`busy` with ``refusal`` (``{n}``: the count)."""

@@ -34,6 +34,9 @@ naming it and its range.
 
 With ``--rate-limit``, each tenant's ``/api`` requests are held to the API's rate and burst in
 a bucket of their own; a request over it is 429 with a Retry-After (the page waits and retries).
+The endpoints run on :data:`THREADS` threads shared by every tenant; one tenant has at most
+:data:`TENANT_REQUESTS` (half) of them at once, and a request past that is 429 too, so one
+tenant's slow requests (a summary waiting on its study's running ask) never hold them all.
 
 With API keys on (the gRPC API's ``--auth``), every ``/api`` request needs a key (``x-api-key``
 or ``Authorization: Bearer``), else 401; the page asks for it once and keeps it in the tab's
@@ -42,6 +45,7 @@ sessionStorage. Another tenant's study is 404, as NOT_FOUND is in the API.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
@@ -70,6 +74,7 @@ from bbo.study import Study
 from bbo.study_trials import late
 from bbo.trial import Trial, TrialState
 from bbo_server.auth import is_loopback
+from bbo_server.limits import TenantCalls, default_tenant_rpcs
 
 log = logging.getLogger("bbo.dashboard")
 
@@ -78,6 +83,12 @@ MAX_LLM_PAGE = 200
 MAX_TRIAL_PAGE = 1000  # trials per /trials page
 MAX_POINT_PAGE = 10_000  # intermediate values per /intermediates page (one trial's default max)
 MAX_BEST = 1000  # best trials in a summary (a many-objective Pareto front may hold more)
+# threads running the endpoints (anyio's pool for Starlette's sync endpoints, sized at start-up),
+# shared by the tenants, and how many of them one tenant's requests hold at once: without a bound
+# 40 requests of one tenant, each waiting on its study's running ask, held them all and every
+# other tenant's page waited
+THREADS = 40
+TENANT_REQUESTS = default_tenant_rpcs(THREADS)
 
 # The page loads nothing from elsewhere; plotly injects <style> elements, hence 'unsafe-inline'
 # for styles only.
@@ -217,18 +228,40 @@ def study_json(study: Study, info=None, description: bool = True) -> dict[str, A
     return out
 
 
-def _found(endpoint):
-    """A study deleted while the request reads it is 404, as one deleted before it (the core says
-    NotFoundError; uncaught, it was a 500 and a logged traceback)."""
+def _api(endpoint):
+    """An ``/api`` endpoint, called with the caller's tenant (:meth:`Dashboard.tenant`) as one of
+    at most :data:`TENANT_REQUESTS` requests of that tenant running at once (429 with a
+    Retry-After past it). A study deleted while the request reads it is 404, as one deleted
+    before it (the core says NotFoundError; uncaught, it was a 500 and a logged traceback)."""
 
     @functools.wraps(endpoint)
     def wrapper(self, request: Request):
-        try:
-            return endpoint(self, request)
-        except NotFoundError:
-            raise _missing(request.path_params.get("name", "")) from None
+        tenant = self.tenant(request)
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(self.calls.serving(tenant, _busy(tenant)))
+            except LimitError as e:
+                raise _retry_later(e) from None
+            try:
+                return endpoint(self, request, tenant)
+            except NotFoundError:
+                raise _missing(request.path_params.get("name", "")) from None
 
     return wrapper
+
+
+def _busy(tenant: str) -> str:
+    """The refusal of a request past :data:`TENANT_REQUESTS` (``{n}``: the tenant's count)."""
+    return (
+        f"tenant '{tenant}' has {{n}} dashboard requests running, the most one tenant may (half "
+        f"the dashboard's {THREADS} threads); retry later"
+    )
+
+
+def _retry_later(e: LimitError) -> HTTPException:
+    """429 for a request over one of its tenant's limits, with when to retry."""
+    wait = getattr(e, "retry_after", 1.0) or 1.0
+    return HTTPException(429, str(e), headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
 
 def _missing(name: str) -> HTTPException:
@@ -260,6 +293,7 @@ class Dashboard:
         self.limits = limits  # the API gate's LimitChecker (--rate-limit), or None
         self._cache: OrderedDict[tuple, tuple[tuple, bytes]] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self.calls = TenantCalls(TENANT_REQUESTS)  # each tenant's requests running at once
 
     def tenant(self, request: Request) -> str:
         """The caller's tenant (401 without a valid key), within the tenant's rate (429 with a
@@ -272,10 +306,7 @@ class Dashboard:
                 from bbo_server import metrics as M
 
                 M.LIMIT_REFUSALS.labels(limit="rate").inc()
-                wait = getattr(e, "retry_after", 1.0) or 1.0
-                raise HTTPException(
-                    429, str(e), headers={"Retry-After": str(max(1, math.ceil(wait)))}
-                ) from None
+                raise _retry_later(e) from None
         return tenant
 
     def _authenticate(self, request: Request) -> str:
@@ -300,8 +331,7 @@ class Dashboard:
     def _refuse(message: str) -> NoReturn:
         raise HTTPException(401, message, headers={"WWW-Authenticate": 'Bearer realm="bbo"'})
 
-    def study(self, request: Request) -> Study:
-        tenant = self.tenant(request)
+    def study(self, request: Request, tenant: str) -> Study:
         name = request.path_params["name"]
         try:
             return self.registry.get_study(name, tenant)
@@ -309,15 +339,16 @@ class Dashboard:
             raise _missing(name) from None
 
     # ---- endpoints (sync: Starlette runs them on its thread pool) ------------------------------
-    def session(self, request: Request) -> JSONResponse:
-        return _json({"tenant": self.tenant(request), "auth": self.keys is not None})
+    @_api
+    def session(self, request: Request, tenant: str) -> JSONResponse:
+        return _json({"tenant": tenant, "auth": self.keys is not None})
 
-    def studies(self, request: Request) -> JSONResponse:
+    @_api
+    def studies(self, request: Request, tenant: str) -> JSONResponse:
         """A page of the tenant's studies (as ListStudies pages them: at most ``limit``, fewer
         past about PAGE_BYTES of specs); ``next`` is the next page's ``after``, "" after the last.
         All of them in one response read every spec of the tenant (up to ``--max-studies`` of
         ``--max-spec-bytes`` each) on each poll of the list."""
-        tenant = self.tenant(request)
         after = _str_arg(request, "after")
         limit = _int_arg(request, "limit", DEFAULT_STUDY_PAGE, 1, MAX_STUDY_PAGE)
         try:
@@ -334,9 +365,9 @@ class Dashboard:
                 continue
         return _json({"tenant": tenant, "studies": out, "next": token, "more": bool(token)})
 
-    @_found
-    def study_detail(self, request: Request) -> Response:
-        study = self.study(request)
+    @_api
+    def study_detail(self, request: Request, tenant: str) -> Response:
+        study = self.study(request, tenant)
         info = study.info()
         counts = study.trial_counts()
         version = (info.state, info.state_reason, tuple(sorted(counts.items())))
@@ -369,9 +400,9 @@ class Dashboard:
                 self._cache.popitem(last=False)
         return _json_bytes(bytes(body))
 
-    @_found
-    def trials(self, request: Request) -> JSONResponse:
-        study = self.study(request)
+    @_api
+    def trials(self, request: Request, tenant: str) -> JSONResponse:
+        study = self.study(request, tenant)
         after = _int_arg(request, "after", 0, 0, MAX_ID)
         limit = _int_arg(request, "limit", MAX_TRIAL_PAGE, 1, MAX_TRIAL_PAGE)
         spec = study.spec
@@ -386,9 +417,9 @@ class Dashboard:
         page, more = cut_page(read, limit, lambda t: trial_json(t, spec, required), _json_size)
         return _json({"trials": page, "more": more})
 
-    @_found
-    def intermediates(self, request: Request) -> JSONResponse:
-        study = self.study(request)
+    @_api
+    def intermediates(self, request: Request, tenant: str) -> JSONResponse:
+        study = self.study(request, tenant)
         after = _int_arg(request, "after", 0, 0, MAX_ID)
         step = _int_arg(request, "after_step", None, 0, MAX_ID)
         limit = _int_arg(request, "limit", MAX_POINT_PAGE, 1, MAX_POINT_PAGE)
@@ -396,9 +427,9 @@ class Dashboard:
         page = page_prefix(read[:limit], _json_size)
         return _json({"points": page, "more": len(page) < len(read)})
 
-    @_found
-    def llm_calls(self, request: Request) -> JSONResponse:
-        study = self.study(request)
+    @_api
+    def llm_calls(self, request: Request, tenant: str) -> JSONResponse:
+        study = self.study(request, tenant)
         after = _int_arg(request, "after", 0, 0, MAX_ID)
         limit = _int_arg(request, "limit", 100, 1, MAX_LLM_PAGE)
         # a call holds up to a 1 MiB answer: read a few at a time as the page fills
@@ -488,6 +519,16 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     )
 
 
+@contextlib.asynccontextmanager
+async def _threads(app):
+    """Size the thread pool that runs the sync endpoints (anyio's, per event loop) to
+    :data:`THREADS`, of which one tenant holds at most :data:`TENANT_REQUESTS`."""
+    import anyio.to_thread
+
+    anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
+    yield
+
+
 def create_app(
     registry: StudyRegistry, keys=None, default_tenant: str = DEFAULT_TENANT, limits=None
 ) -> Starlette:
@@ -512,6 +553,7 @@ def create_app(
     return Starlette(
         routes=routes,
         middleware=middleware,
+        lifespan=_threads,
         # starlette types every handler as taking any Exception; this one gets HTTPException only
         exception_handlers={HTTPException: _http_error},  # type: ignore[dict-item]
     )
@@ -569,7 +611,7 @@ class DashboardServer:
             app,
             log_level="warning",
             access_log=False,
-            lifespan="off",
+            lifespan="on",  # _threads
             server_header=False,
             timeout_graceful_shutdown=2,
             **kw,
