@@ -523,7 +523,8 @@ def test_node_best_result_carries_the_selection_and_the_models_estimate(bbo_serv
 _BACKSTOP_SCRIPT = r"""
 const grpc = require('@grpc/grpc-js');
 const { Client, BboError } = require('./src/index.js');
-const c = new Client('127.0.0.1:9', { backoffMs: 1, retries: 3 });
+// no retries: a refusal for load is retried for ratePatienceMs, as the Python client's
+const c = new Client('127.0.0.1:9', { backoffMs: 1, retries: 0 });
 const answers = [
   { code: grpc.status.RESOURCE_EXHAUSTED, details: 'Concurrent RPC limit exceeded!' },
   { code: grpc.status.RESOURCE_EXHAUSTED, details: 'Concurrent RPC limit exceeded!' },
@@ -549,8 +550,9 @@ c.callOnce = async () => {
 @pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
 def test_node_client_retries_grpcs_own_concurrency_refusal():
     """Past the server's gRPC maximum_concurrent_rpcs (the backstop behind --max-concurrent-rpcs)
-    gRPC refuses on its own with no RetryInfo: the Node client retries it like UNAVAILABLE, and a
-    size bound's refusal without RetryInfo is still final."""
+    gRPC refuses on its own with no RetryInfo: the Node client retries it for ratePatienceMs, as
+    the Python client does (it counted against `retries`, meant for a server away), and a size
+    bound's refusal without RetryInfo is still final."""
     r = _node_json(_BACKSTOP_SCRIPT, timeout=60)
     assert r == {
         "first": {"ok": True},
@@ -892,3 +894,49 @@ def test_node_optimize_fails_a_trial_whose_error_is_long(bbo_server, study_name)
         "result": "ok",
         "trials": [["FAILED", 2000], ["FAILED", 10], ["FAILED", 2000], ["COMPLETED", 0]],
     }, out
+
+
+_RATE_PATIENCE_SCRIPT = r"""
+const grpc = require('@grpc/grpc-js');
+const {Client, Study} = require('./src');
+const [address, name] = process.argv.slice(1);
+const wait = (ms) => new Promise((r) => setTimeout(r, ms));
+(async () => {
+  const setup = new Client(address);
+  await setup.createStudy(name, {parameters: [{name: 'x', float: {low: 0, high: 1}}], objectives: [{name: 'y'}]});
+  // a client whose own patience with a rate limit is 1 ms: optimize's is tellPatienceMs
+  const c = new Client(address, {ratePatienceMs: 1});
+  let refused = 0;
+  const once = c.callOnce.bind(c);
+  c.callOnce = (...a) => once(...a).catch((e) => { if (e.code === grpc.status.RESOURCE_EXHAUSTED) refused += 1; throw e; });
+  const s = new Study(c, name);
+  const out = {};
+  let n = 0;
+  const fn = async (p, trial, report) => {
+    n += 1;
+    await report(0, p.x);
+    if (n === 4) await wait(1500);  // the rate's tokens back for the GetBest at the end
+    return {y: p.x};
+  };
+  try { await s.optimize(fn, 4, {progress: false}); out.default = 'ok'; } catch (e) { out.default = e.codeName; }
+  out.refused = refused;
+  await Promise.all([1, 2, 3].map(() => c.call('ListStudies', {}).catch(() => {})));  // no tokens left
+  try { await s.optimize(fn, 4, {progress: false, tellPatienceMs: 1}); out.impatient = 'ok'; } catch (e) { out.impatient = e.codeName; }
+  console.log(JSON.stringify(out));
+  c.close();
+  setup.close();
+})().catch((e) => { console.error(e); process.exit(2); });
+"""
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_optimize_waits_out_a_rate_limit_for_its_tell_patience(server_factory, study_name):
+    """optimize waited out a rate limit's refusals for the client's ratePatienceMs only (120 s)
+    and then rejected RESOURCE_EXHAUSTED; the Python client's optimize waits for its
+    tell_patience. Node's now waits for tellPatienceMs (600 s by default) too."""
+    srv = server_factory(args=["--workers", "1", "--rate-limit", "2", "--rate-burst", "2"])
+    out = _node_json(_RATE_PATIENCE_SCRIPT, srv.address, study_name, timeout=120)
+    assert out["default"] == "ok" and out["refused"] > 0, out
+    assert out["impatient"] == "RESOURCE_EXHAUSTED", out
+    with bc.Client(srv.address) as c:
+        assert [t.state for t in c.study(study_name).trials()][:4] == ["COMPLETED"] * 4

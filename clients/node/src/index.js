@@ -243,6 +243,12 @@ function retryableWithoutDelay(e) {
     || (e.code === grpc.status.RESOURCE_EXHAUSTED && e.message === GRPC_CONCURRENCY_REFUSAL);
 }
 
+// The same call may pass later (the Python client's retryable): as above, or the server said when
+// to come back (a RetryInfo: --rate-limit, --max-concurrent-rpcs).
+function retryable(e) {
+  return e.retryAfter != null || retryableWithoutDelay(e);
+}
+
 // A trial (as ask returns it) or a bare trial id -> the request fields naming it. A trial carries
 // its study's uid, so a tell never reaches a study deleted and created again under the same name.
 function trialRef(trial) {
@@ -306,11 +312,11 @@ class Client {
   //   deadlineMs (120000) per call, askDeadlineMs (600000) per Ask (a large batch or a wide mixed
   //   space takes minutes to fit and optimize; the Python client's ask_timeout);
   //   retries (8), backoffMs (100), maxBackoffMs (5000): a call failing with UNAVAILABLE (the server
-  //   restarting) or refused by gRPC past the server's concurrent calls is retried with jittered
-  //   exponential backoff; asks carry a request id, so a retry never creates trials twice, and a
-  //   repeated tell is recorded once;
+  //   restarting) is retried with jittered exponential backoff; asks carry a request id, so a
+  //   retry never creates trials twice, and a repeated tell is recorded once;
   //   ratePatienceMs (120000): a refusal carrying a RetryInfo (the server's --rate-limit,
-  //   --max-concurrent-rpcs) is retried after the delay it names, for up to this long.
+  //   --max-concurrent-rpcs) is retried after the delay it names, and one by gRPC past the
+  //   server's concurrent calls with backoff, for up to this long.
   constructor(address, options = {}) {
     const Service = loadService();
     const creds = options.credentials || tlsCredentials(options) || grpc.credentials.createInsecure();
@@ -329,11 +335,15 @@ class Client {
     this.ratePatienceMs = timeOption(options, 'ratePatienceMs', 120000, 0);
   }
 
-  // One RPC with the client's retries. signal (an AbortSignal, optional) cancels the call under
-  // way and any retry still to come: the call then rejects CANCELLED (see aborted()).
-  async call(method, request, signal = null) {
+  // One RPC with the client's retries, as the Python client's: UNAVAILABLE `retries` times, a
+  // refusal for load (a RetryInfo's, waited out as it names, or gRPC's own past the server's
+  // concurrent calls) for ratePatienceMs; with patienceMs (ms), either for that long. signal (an
+  // AbortSignal, optional) cancels the call under way and any retry still to come: the call then
+  // rejects CANCELLED (see aborted()).
+  async call(method, request, signal = null, patienceMs = null) {
     signal = checkedSignal(signal);
     request = checkedRequest(method, request);
+    const patience = patienceMs == null ? null : timeOption({ patienceMs }, 'patienceMs', null, 0);
     let delay = this.backoffMs;
     const start = Date.now();
     for (let attempt = 0; ; attempt += 1) {
@@ -343,15 +353,13 @@ class Client {
       } catch (e) {
         if (!(e instanceof BboError)) throw e;
         if (signal && signal.aborted) throw aborted(signal);
-        if (e.retryAfter != null) {  // told when to come back: wait that long (jittered), within patience
-          const waitMs = Math.max(1, 1000 * e.retryAfter * (1 + 0.2 * Math.random()));
-          if (Date.now() + waitMs - start > this.ratePatienceMs) throw e;
-          await sleep(waitMs, signal);
-          continue;
-        }
-        if (!retryableWithoutDelay(e) || attempt >= this.retries) throw e;
-        await sleep(delay * (0.5 + Math.random()), signal);
-        delay = Math.min(2 * delay, this.maxBackoffMs);
+        if (!retryable(e)) throw e;
+        const told = e.retryAfter != null;  // told when to come back: wait that long (jittered)
+        const waitMs = told ? Math.max(1, 1000 * e.retryAfter * (1 + 0.2 * Math.random())) : delay * (0.5 + Math.random());
+        const limit = patience ?? (told || e.message === GRPC_CONCURRENCY_REFUSAL ? this.ratePatienceMs : null);
+        if (limit == null ? attempt >= this.retries : Date.now() + waitMs - start > limit) throw e;
+        await sleep(waitMs, signal);
+        if (!told) delay = Math.min(2 * delay, this.maxBackoffMs);
       }
     }
   }
@@ -413,56 +421,60 @@ class Study {
     this.spec = null;  // the stored spec, read on first need
   }
 
-  // The study's spec (GetStudy), read once.
-  async studySpec() {
-    if (!this.spec) this.spec = (await this.client.call('GetStudy', { name: this.name })).spec;
+  // The study's spec (GetStudy), read once. patienceMs: as call()'s.
+  async studySpec(patienceMs = null) {
+    if (!this.spec) this.spec = (await this.client.call('GetStudy', { name: this.name }, null, patienceMs)).spec;
     return this.spec;
   }
 
-  async objectiveName() {
-    return (await this.studySpec()).objectives[0].name;
+  async objectiveName(patienceMs = null) {
+    return (await this.studySpec(patienceMs)).objectives[0].name;
   }
 
   // options.signal (an AbortSignal) cancels the ask: it then rejects CANCELLED, and a trial the
   // server made meanwhile stays PENDING until its lease ends. options.requestId: the same on an
-  // ask repeated after a failure, so the server replays its trials.
+  // ask repeated after a failure, so the server replays its trials. options.patienceMs: retry a
+  // failure that may pass later (server away, rate limit) for this long instead of the client's
+  // retries (see call()).
   async ask(count = 1, workerId = '', options = {}) {
     const requestId = options.requestId || crypto.randomUUID();  // the same on every retry: the server replays, never asks twice
     const res = await this.client.call(
-      'Ask', { study: this.name, count, worker_id: workerId, request_id: requestId }, abortSignal(options),
+      'Ask',
+      { study: this.name, count, worker_id: workerId, request_id: requestId },
+      ...callOptions(options),
     );
     return res.trials.map(fromTrial);
   }
 
   // trial: a trial from ask() (preferred) or its id. options.budget (studies with a fidelity): what
-  // the metrics were measured at; default the trial's budget as asked. options.signal: as ask's.
+  // the metrics were measured at; default the trial's budget as asked. options.signal,
+  // options.patienceMs: as ask's.
   async tell(trial, metrics, options = {}) {
     const budget = options.budget ?? (typeof trial === 'object' && trial ? trial.budget : 0) ?? 0;
-    const res = await this.client.call('Tell', {
-      study: this.name, ...trialRef(trial), metrics: toMetrics(metrics), state: 'TRIAL_STATE_COMPLETED', budget: budget || 0,
-    }, abortSignal(options));
-    return fromTrial(res.trial);
+    return this._tell(trial, 'COMPLETED', { metrics: toMetrics(metrics), budget: budget || 0 }, options);
   }
 
   // A trial that will not be evaluated (its worker stopped): ABANDONED, so it neither waits out its
-  // lease nor counts as a failure of its point.
-  async abandon(trial, reason = '') {
-    const res = await this.client.call('Tell', { study: this.name, ...trialRef(trial), state: 'TRIAL_STATE_ABANDONED', reason });
-    return fromTrial(res.trial);
+  // lease nor counts as a failure of its point. options: as tell's.
+  async abandon(trial, reason = '', options = {}) {
+    return this._tell(trial, 'ABANDONED', { reason }, options);
   }
 
   // A trial stopped early (the pruning policy said so): PRUNED, with its last values if given, at
-  // budget (0: the largest budget it reported).
-  async prune(trial, reason = '', metrics = {}, budget = 0) {
-    const res = await this.client.call('Tell', {
-      study: this.name, ...trialRef(trial), state: 'TRIAL_STATE_PRUNED', reason, metrics: toMetrics(metrics), budget,
-    });
-    return fromTrial(res.trial);
+  // budget (0: the largest budget it reported). options: as tell's.
+  async prune(trial, reason = '', metrics = {}, budget = 0, options = {}) {
+    return this._tell(trial, 'PRUNED', { reason, metrics: toMetrics(metrics), budget }, options);
   }
 
-  async fail(trial, reason) {
-    const res = await this.client.call('Tell', { study: this.name, ...trialRef(trial), state: 'TRIAL_STATE_FAILED', reason });
-    return fromTrial(res.trial);
+  // A trial whose evaluation failed, with why. options: as tell's.
+  async fail(trial, reason, options = {}) {
+    return this._tell(trial, 'FAILED', { reason }, options);
+  }
+
+  // One Tell of trial in state (COMPLETED, FAILED, ...) with the request's other fields.
+  async _tell(trial, state, fields, options) {
+    const request = { study: this.name, ...trialRef(trial), state: `TRIAL_STATE_${state}`, ...fields };
+    return fromTrial((await this.client.call('Tell', request, ...callOptions(options))).trial);
   }
 
   async addTrial(parameters, metrics) {
@@ -496,9 +508,11 @@ class Study {
     return (await this.report(trial, step, value, budget)).shouldStop;
   }
 
-  // As reportIntermediate, with the pruning policy's reason: {shouldStop, reason}.
-  async report(trial, step, value, budget = 0) {
-    const res = await this.client.call('ReportIntermediate', { study: this.name, ...trialRef(trial), step, value, budget });
+  // As reportIntermediate, with the pruning policy's reason: {shouldStop, reason}. options: as tell's.
+  async report(trial, step, value, budget = 0, options = {}) {
+    const res = await this.client.call(
+      'ReportIntermediate', { study: this.name, ...trialRef(trial), step, value, budget }, ...callOptions(options),
+    );
     return { shouldStop: res.should_stop, reason: res.reason };
   }
 
@@ -536,7 +550,8 @@ class Study {
   // returned) fail it with the reason.
   //
   // options: {workerId ('node'), progress, tellPatienceMs (600000), signal} or the worker id alone.
-  // tellPatienceMs: how long an ask, a result, a report or a failure is retried while the server is away. progress (default: standard error
+  // tellPatienceMs: how long an ask, a result, a report or a failure is retried while the server is
+  // away or a rate limit refuses it (the Python client's tell_patience). progress (default: standard error
   // is a terminal) draws a progress bar there with the study's best (cli-progress), read from the
   // server at most every BEST_EVERY_MS and once at the end. signal (an AbortSignal): once it
   // aborts no new trial starts, the evaluation under way finishes and is told (a trial whose Ask
@@ -545,7 +560,7 @@ class Study {
   async optimize(fn, nTrials, options = {}) {
     const opts = typeof options === 'string' ? { workerId: options } : options;
     const workerId = opts.workerId || 'node';
-    const patienceMs = opts.tellPatienceMs ?? 600000;
+    const patienceMs = timeOption(opts, 'tellPatienceMs', 600000, 0);
     const signal = abortSignal(opts);
     const progress = opts.progress ?? Boolean(process.stderr.isTTY);
     const bar = progress ? this._progressBar(nTrials) : null;
@@ -595,25 +610,14 @@ class Study {
   }
 
   // One trial of optimize: ask, evaluate, tell (or fail, or prune).
-  // The ask, a result and a report are retried for up to patienceMs while the server is away, as
-  // the Python client's tell_patience: a restart longer than the call's own retries (~15 s) must
-  // neither end the loop nor lose an evaluation that may have taken hours. signal (the ask's
-  // only: a result under way is still told) stops the waiting.
+  // The ask, a result and a report are retried for up to patienceMs while the server is away or a
+  // rate limit refuses them, as the Python client's tell_patience: a restart longer than the call's
+  // own retries (~15 s) must neither end the loop nor lose an evaluation that may have taken hours.
+  // signal (the ask's only: a result under way is still told) stops the waiting.
   async _optimizeOne(fn, workerId, patienceMs = 600000, signal = null) {
-    const patiently = async (call, stopOn = null) => {
-      const start = Date.now();
-      for (;;) {
-        try {
-          return await call();
-        } catch (e) {
-          if (!(e instanceof BboError) || !retryableWithoutDelay(e) || Date.now() - start >= patienceMs) throw e;
-          await sleep(Math.min(this.client.maxBackoffMs, 1000) * (0.5 + Math.random()), stopOn);
-          if (stopOn && stopOn.aborted) throw aborted(stopOn);
-        }
-      }
-    };
+    const patient = { patienceMs };
     const requestId = crypto.randomUUID();  // one Ask however often it is retried: never two trials
-    const [trial] = await patiently(() => this.ask(1, workerId, { requestId }), signal);
+    const [trial] = await this.ask(1, workerId, { requestId, signal, patienceMs });
     if (signal && signal.aborted) {  // aborted while the Ask was in flight: the trial never starts
       await this.abandon(trial, 'optimize stopped before it started').catch(() => {});
       return;
@@ -623,7 +627,7 @@ class Study {
     let stop = null;
     const report = async (step, value, budget = 0) => {
       last = { step, value, budget };
-      const advice = await patiently(() => this.report(trial, step, value, budget));
+      const advice = await this.report(trial, step, value, budget, patient);
       if (advice.shouldStop) {
         stop = advice.reason;
         throw new TrialPruned(advice.reason, step, value);
@@ -638,7 +642,7 @@ class Study {
       if (!(e instanceof TrialPruned)) {
         const why = reasonText(e && e.message ? e.message : e);
         // fn stopped by the abort says nothing about its point: not a failure
-        await patiently(() => (signal && signal.aborted ? this.abandon(trial, `optimize aborted: ${why}`) : this.fail(trial, why)));
+        await (signal && signal.aborted ? this.abandon(trial, `optimize aborted: ${why}`, patient) : this.fail(trial, why, patient));
         return;
       }
     } finally {
@@ -646,14 +650,14 @@ class Study {
     }
     try {
       if (stop !== null || (metrics == null && last !== null)) {
-        const told = metrics || (last ? { [await patiently(() => this.objectiveName())]: last.value } : {});
-        await patiently(() => this.prune(trial, stop || 'stopped by the objective', told, last ? last.budget : 0));
+        const told = metrics || (last ? { [await this.objectiveName(patienceMs)]: last.value } : {});
+        await this.prune(trial, stop || 'stopped by the objective', told, last ? last.budget : 0, patient);
       } else {
-        await patiently(() => this.tell(trial, metrics));
+        await this.tell(trial, metrics, patient);
       }
     } catch (e) {
       if (!(e instanceof BboError) || e.code !== grpc.status.INVALID_ARGUMENT) throw e;
-      await patiently(() => this.fail(trial, reasonText(`metrics refused: ${e.message}`)));
+      await this.fail(trial, reasonText(`metrics refused: ${e.message}`), patient);
     }
   }
 }
@@ -668,6 +672,11 @@ function bestNote(best, objectives) {
   let note = `best ${name}=${sig6(t.metrics[name])} (trial ${t.id})`;
   if (best.estimate) note += `, model estimate ${sig6(best.estimate.value)}`;
   return note;
+}
+
+// [signal, patienceMs] of a call's options, as Client.call takes them.
+function callOptions(options) {
+  return [abortSignal(options), options && typeof options === 'object' ? options.patienceMs ?? null : null];
 }
 
 // options.signal, checked to be an AbortSignal (null when absent).
@@ -691,5 +700,5 @@ function sig6(x) {
 }
 
 module.exports = {
-  Client, Study, BboError, TrialPruned, toParameterValues, fromParameterValues, retryDelay, retryableWithoutDelay,
+  Client, Study, BboError, TrialPruned, toParameterValues, fromParameterValues, retryDelay, retryable, retryableWithoutDelay,
 };
