@@ -940,3 +940,53 @@ def test_node_optimize_waits_out_a_rate_limit_for_its_tell_patience(server_facto
     assert out["impatient"] == "RESOURCE_EXHAUSTED", out
     with bc.Client(srv.address) as c:
         assert [t.state for t in c.study(study_name).trials()][:4] == ["COMPLETED"] * 4
+
+
+_BARE_NUMBER_SCRIPT = r"""
+const {Client} = require('./src');
+const [address, name] = process.argv.slice(1);
+const x = [{name: 'x', float: {low: 0, high: 1}}];
+const code = (p) => p.then(() => 'ok', (e) => `${e.codeName} ${e.message}`);
+(async () => {
+  const c = new Client(address, {retries: 0});
+  const one = await c.createStudy(name, {parameters: x, objectives: [{name: 'y'}]});
+  const two = await c.createStudy(`${name}-2`, {parameters: x, objectives: [{name: 'y'}, {name: 'z'}]});
+  const out = {};
+  // one objective: the number is its value, as fn's result, a tell's and an added trial's
+  let n = 0;
+  await one.optimize((p) => { n += 1; return n === 3 ? NaN : p.x; }, 3, {progress: false});
+  const [t] = await one.ask(1);
+  await one.tell(t, 0.25);
+  await one.addTrial({x: 0.5}, 0.75);
+  out.told = t.id;
+  out.one = (await one.trials()).map((u) => [u.id, u.state, u.parameters.x, u.metrics.y ?? u.reason]);
+  // two objectives: which one a number is the value of is unknown; refused naming them
+  await two.optimize((p) => p.x, 1, {progress: false});
+  const [u] = await two.ask(1);
+  out.tell2 = await code(two.tell(u, 0.5));
+  out.add2 = await code(two.addTrial({x: 0.5}, 0.5));
+  out.two = (await two.trials()).map((v) => [v.state, v.reason]);
+  console.log(JSON.stringify(out));
+  c.close();
+})().catch((e) => { console.error(e); process.exit(2); });
+"""
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_takes_a_bare_number_for_a_single_objective(bbo_server, study_name):
+    """An objective returning a number failed every trial ("must be an object of metric values"),
+    and tell / addTrial refused one; the Python client takes a bare number for a study with one
+    objective. Node now does too; with several objectives it is refused naming them."""
+    out = _node_json(_BARE_NUMBER_SCRIPT, bbo_server.address, study_name, timeout=120)
+    (a, b, nan, told, added) = out["one"]
+    assert [a[1], b[1], told[1], added[1]] == ["COMPLETED"] * 4, out
+    assert a[3] == a[2] and b[3] == b[2] and told[3] == 0.25 and added[2:] == [0.5, 0.75], out
+    assert told[0] == out["told"], out
+    # NaN: refused by the server, the trial FAILED with why
+    assert nan[1] == "FAILED" and nan[3].startswith("metrics refused: metrics['y']"), out
+    bare = "metrics: a bare number is only accepted for a single-objective study"
+    assert out["tell2"].startswith(f"INVALID_ARGUMENT {bare}") and "(y, z)" in out["tell2"], out
+    assert out["add2"].startswith(f"INVALID_ARGUMENT {bare}"), out
+    (state, reason), pending = out["two"][0], out["two"][1]
+    assert state == "FAILED" and reason.startswith(f"metrics refused: {bare}"), out
+    assert "(y, z)" in reason and pending == ["PENDING", ""], out

@@ -451,7 +451,8 @@ class Study {
   // options.patienceMs: as ask's.
   async tell(trial, metrics, options = {}) {
     const budget = options.budget ?? (typeof trial === 'object' && trial ? trial.budget : 0) ?? 0;
-    return this._tell(trial, 'COMPLETED', { metrics: toMetrics(metrics), budget: budget || 0 }, options);
+    const told = await this._metrics(metrics, options.patienceMs);
+    return this._tell(trial, 'COMPLETED', { metrics: told, budget: budget || 0 }, options);
   }
 
   // A trial that will not be evaluated (its worker stopped): ABANDONED, so it neither waits out its
@@ -463,12 +464,26 @@ class Study {
   // A trial stopped early (the pruning policy said so): PRUNED, with its last values if given, at
   // budget (0: the largest budget it reported). options: as tell's.
   async prune(trial, reason = '', metrics = {}, budget = 0, options = {}) {
-    return this._tell(trial, 'PRUNED', { reason, metrics: toMetrics(metrics), budget }, options);
+    const told = await this._metrics(metrics, options.patienceMs);
+    return this._tell(trial, 'PRUNED', { reason, metrics: told, budget }, options);
   }
 
   // A trial whose evaluation failed, with why. options: as tell's.
   async fail(trial, reason, options = {}) {
     return this._tell(trial, 'FAILED', { reason }, options);
+  }
+
+  // metrics as the request's map: an object of metrics, or a bare number for a study with exactly
+  // one objective (its value), as the Python client takes; a number for several is refused naming them.
+  async _metrics(metrics, patienceMs = null) {
+    if (typeof metrics !== 'number') return toMetrics(metrics);
+    const { objectives } = await this.studySpec(patienceMs);
+    if (objectives.length !== 1) {
+      const names = objectives.map((o) => o.name).join(', ');
+      throw invalidArgument('metrics', 'a bare number is only accepted for a single-objective study: pass an object '
+        + `{name: value} with each of the ${objectives.length} objectives (${names}), got ${show(metrics)}`);
+    }
+    return toMetrics({ [objectives[0].name]: metrics });
   }
 
   // One Tell of trial in state (COMPLETED, FAILED, ...) with the request's other fields.
@@ -479,7 +494,7 @@ class Study {
 
   async addTrial(parameters, metrics) {
     const res = await this.client.call('AddTrial', {
-      study: this.name, parameters: toParameterValues(parameters), metrics: toMetrics(metrics), request_id: crypto.randomUUID(),
+      study: this.name, parameters: toParameterValues(parameters), metrics: await this._metrics(metrics), request_id: crypto.randomUUID(),
     });
     return fromTrial(res);
   }
@@ -539,15 +554,16 @@ class Study {
     };
   }
 
-  // Ask, evaluate with fn(parameters, trial, report) -> {metric: value} (may be async), tell; n times.
+  // Ask, evaluate with fn(parameters, trial, report) -> {metric: value}, or a number in a study with
+  // one objective (may be async), tell; n times.
   // report(step, value, budget?) records the learning curve and throws TrialPruned once the study's
   // pruning policy says to stop: the trial is then told PRUNED with its last value (also when fn
   // catches it, or returns nothing after reporting). In a study with a fidelity, trial.budget is the
   // budget to run to (with promotion, trial.resumeBudget the one a continued trial already reached).
   // While fn runs, the trial's lease is renewed at a third of the lease the server granted, so a
   // long evaluation is not taken for a dead worker's. fn throwing fails the trial with its message;
-  // metrics refused (a missing objective, NaN, a value that is not a number, no object of metrics
-  // returned) fail it with the reason.
+  // metrics refused (a missing objective, NaN, a value that is not a number, a bare number in a study
+  // with several objectives, nothing returned) fail it with the reason.
   //
   // options: {workerId ('node'), progress, tellPatienceMs (600000), signal} or the worker id alone.
   // tellPatienceMs: how long an ask, a result, a report or a failure is retried while the server is
@@ -650,7 +666,7 @@ class Study {
     }
     try {
       if (stop !== null || (metrics == null && last !== null)) {
-        const told = metrics || (last ? { [await this.objectiveName(patienceMs)]: last.value } : {});
+        const told = metrics ?? (last ? { [await this.objectiveName(patienceMs)]: last.value } : {});
         await this.prune(trial, stop || 'stopped by the objective', told, last ? last.budget : 0, patient);
       } else {
         await this.tell(trial, metrics, patient);
