@@ -990,3 +990,49 @@ def test_node_takes_a_bare_number_for_a_single_objective(bbo_server, study_name)
     (state, reason), pending = out["two"][0], out["two"][1]
     assert state == "FAILED" and reason.startswith(f"metrics refused: {bare}"), out
     assert "(y, z)" in reason and pending == ["PENDING", ""], out
+
+
+_STUDY_CALLS_SCRIPT = r"""
+const {Client} = require('./src');
+const [address, name] = process.argv.slice(1);
+const code = (p) => p.then((v) => v, (e) => e.codeName);
+(async () => {
+  const c = new Client(address, {retries: 0});
+  await c.waitReady(30000);
+  const out = {};
+  out.missing = await code(c.study(name));
+  await c.createStudy(name, {parameters: [{name: 'x', float: {low: 0, high: 1}}], objectives: [{name: 'y'}]});
+  const s = await c.study(name);
+  const [t] = await s.ask(1);
+  await s.tell(t, {y: 0.5});
+  const info = await c.getStudy(name);
+  out.info = [info.name, info.state, info.trialCount, info.completedCount, info.spec.objectives[0].name, typeof info.created, info.uid === t.studyUid];
+  out.cached = (await s.info(true)).completedCount;
+  out.fresh = (await s.info()).completedCount;
+  const got = await s.trial(t.id);
+  out.trial = [got.id === t.id, got.state, got.metrics];
+  out.noTrial = await code(s.trial(t.id + 100));
+  out.deleted = [await s.delete(), await code(c.deleteStudy(name))];
+  out.gone = await code(c.getStudy(name));
+  c.close();
+  out.closed = await code(c.waitReady(1000));
+  const away = new Client('127.0.0.1:1');
+  out.away = await away.waitReady(300).then(() => 'ready', (e) => [e.codeName, e.message]);
+  away.close();
+  console.log(JSON.stringify(out));
+})().catch((e) => { console.error(e); process.exit(2); });
+"""
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_has_the_python_clients_study_calls(bbo_server, study_name):
+    """The Python client's study(), get_study(), delete_study(), wait_ready(), Study.info(),
+    trial() and delete() had no Node counterpart: a Node user could not delete a study."""
+    out = _node_json(_STUDY_CALLS_SCRIPT, bbo_server.address, study_name, timeout=60)
+    assert out["missing"] == "NOT_FOUND", out
+    assert out["info"] == [study_name, "ACTIVE", 1, 1, "y", "number", True], out
+    assert out["cached"] == 0 and out["fresh"] == 1, out
+    assert out["trial"] == [True, "COMPLETED", {"y": 0.5}] and out["noTrial"] == "NOT_FOUND", out
+    assert out["deleted"] == [True, "NOT_FOUND"] and out["gone"] == "NOT_FOUND", out
+    assert out["closed"] == "CANCELLED", out
+    assert out["away"] == ["UNAVAILABLE", "no bbo server answered at 127.0.0.1:1 within 0.3s"], out

@@ -139,6 +139,23 @@ function fromTrial(t) {
   };
 }
 
+// A bbo.v1.Study -> the study's info: name, uid (this incarnation), spec (the stored StudySpec),
+// state ('ACTIVE' or 'LIKELY_INFEASIBLE'), stateReason, trialCount, completedCount, created
+// (seconds since the epoch), transfer (sources and weights, or null); the Python StudyInfo's.
+function fromStudy(s) {
+  return {
+    name: s.name,
+    uid: s.uid,
+    spec: s.spec,
+    state: String(s.state).replace('STUDY_STATE_', ''),
+    stateReason: s.state_reason,
+    trialCount: Number(s.trial_count),
+    completedCount: Number(s.completed_count),
+    created: seconds(s.create_time),
+    transfer: s.transfer || null,
+  };
+}
+
 // Thrown by the report function optimize() hands an objective when the study's pruning policy
 // says to stop the trial; optimize then tells it PRUNED with its last value.
 class TrialPruned extends Error {
@@ -265,6 +282,11 @@ class BboError extends Error {
   }
 }
 
+// A call after close(): grpc-js throws a plain Error ("Channel has been shut down"); give a code.
+function closedError() {
+  return new BboError({ code: grpc.status.CANCELLED, details: 'the client is closed: make a new Client' });
+}
+
 // A request refused before it is sent, as the server would refuse it ("field: what to fix").
 function invalidArgument(field, message) {
   return new BboError({ code: grpc.status.INVALID_ARGUMENT, details: `${field}: ${message}` });
@@ -325,6 +347,7 @@ class Client {
       channelOptions['grpc.ssl_target_name_override'] = options.tlsServerName;
       channelOptions['grpc.default_authority'] = options.tlsServerName;
     }
+    this.address = address;
     this.stub = new Service(address, creds, channelOptions);
     this.apiKey = String(options.apiKey || process.env.BBO_API_KEY || '').trim();  // a key read from a file ends in a newline
     this.deadlineMs = timeOption(options, 'deadlineMs', 120000);
@@ -377,9 +400,7 @@ class Client {
   }
 
   callOnce(method, request, signal = null) {
-    if (this.closed) {  // grpc-js throws a plain Error ("Channel has been shut down"): give a code
-      return Promise.reject(new BboError({ code: grpc.status.CANCELLED, details: 'the client is closed: make a new Client' }));
-    }
+    if (this.closed) return Promise.reject(closedError());
     const md = new grpc.Metadata();
     if (this.apiKey) md.set('authorization', `Bearer ${this.apiKey}`);
     const deadline = new Date(Date.now() + (method === 'Ask' ? this.askDeadlineMs : this.deadlineMs));
@@ -399,12 +420,41 @@ class Client {
   async createStudy(name, spec) {
     const res = await this.call('CreateStudy', { name, spec });
     const study = new Study(this, res.study.name, res.created);
+    study._info = fromStudy(res.study);
     study.spec = res.study.spec;
     return study;
   }
 
   async listStudies() {
     return (await this.pages('ListStudies', {}, 'studies')).map((s) => s.name);
+  }
+
+  // A handle on an existing study (NOT_FOUND if there is none), its info read (study.info(true)).
+  async study(name) {
+    const study = new Study(this, name, false);
+    await study.info();
+    return study;
+  }
+
+  // The study's info (see fromStudy); NOT_FOUND if there is none.
+  async getStudy(name) {
+    return fromStudy(await this.call('GetStudy', { name }));
+  }
+
+  // Delete a study and its trials (true; NOT_FOUND if there is none, as the Python client).
+  async deleteStudy(name) {
+    return (await this.call('DeleteStudy', { name })).deleted;
+  }
+
+  // Resolves once the server accepts connections; rejects UNAVAILABLE after timeoutMs (30000).
+  waitReady(timeoutMs = 30000) {
+    const ms = timeOption({ timeoutMs }, 'timeoutMs', 30000, 0);
+    if (this.closed) return Promise.reject(closedError());
+    return new Promise((resolve, reject) => {
+      this.stub.waitForReady(new Date(Date.now() + ms), (err) => (err ? reject(new BboError({
+        code: grpc.status.UNAVAILABLE, details: `no bbo server answered at ${this.address} within ${ms / 1000}s`,
+      })) : resolve()));
+    });
   }
 
   close() {
@@ -419,12 +469,32 @@ class Study {
     this.name = name;
     this.created = created;
     this.spec = null;  // the stored spec, read on first need
+    this._info = null;  // the study's info as last read (info())
   }
 
-  // The study's spec (GetStudy), read once. patienceMs: as call()'s.
+  // The study's info (Client.getStudy), read again unless cached and read before.
+  async info(cached = false, patienceMs = null) {
+    if (!(cached && this._info)) {
+      this._info = fromStudy(await this.client.call('GetStudy', { name: this.name }, null, patienceMs));
+      this.spec = this._info.spec;
+    }
+    return this._info;
+  }
+
+  // The study's spec, read once. patienceMs: as call()'s.
   async studySpec(patienceMs = null) {
-    if (!this.spec) this.spec = (await this.client.call('GetStudy', { name: this.name }, null, patienceMs)).spec;
+    if (!this.spec) await this.info(false, patienceMs);
     return this.spec;
+  }
+
+  // Delete the study and its trials (Client.deleteStudy).
+  async delete() {
+    return this.client.deleteStudy(this.name);
+  }
+
+  // One trial by id (NOT_FOUND if the study has none such).
+  async trial(trialId) {
+    return fromTrial(await this.client.call('GetTrial', { study: this.name, trial_id: trialId }));
   }
 
   async objectiveName(patienceMs = null) {
