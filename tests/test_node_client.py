@@ -1036,3 +1036,34 @@ def test_node_has_the_python_clients_study_calls(bbo_server, study_name):
     assert out["deleted"] == [True, "NOT_FOUND"] and out["gone"] == "NOT_FOUND", out
     assert out["closed"] == "CANCELLED", out
     assert out["away"] == ["UNAVAILABLE", "no bbo server answered at 127.0.0.1:1 within 0.3s"], out
+
+
+_OPTIMIZE_ARGS_SCRIPT = r"""
+const {Client} = require('./src');
+const [address, name] = process.argv.slice(1);
+(async () => {
+  const c = new Client(address, {retries: 0});
+  const s = await c.createStudy(name, {parameters: [{name: 'x', float: {low: 0, high: 1}}], objectives: [{name: 'y'}]});
+  const out = [];
+  for (const [fn, n] of [[(p) => p.x, 1.5], [(p) => p.x, -1], [(p) => p.x, '2'], ['not a function', 2]]) {
+    try { await s.optimize(fn, n, {progress: false}); out.push('ran'); } catch (e) { out.push(`${e.codeName || e.constructor.name} ${e.message}`); }
+  }
+  console.log(JSON.stringify({out, trials: (await s.trials()).length}));
+  c.close();
+})().catch((e) => { console.error(e); process.exit(2); });
+"""
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_optimize_refuses_a_bad_trial_count_or_objective(bbo_server, study_name):
+    """optimize(fn, 1.5) ran 2 trials, -1 none without a word, '2' was taken as 2, and a fn that
+    is not a function failed every trial it asked for; the Python client refuses n_trials < 0.
+    Each is now refused before any call, naming what to fix."""
+    r = _node_json(_OPTIMIZE_ARGS_SCRIPT, bbo_server.address, study_name, timeout=60)
+    assert r["out"] == [
+        "INVALID_ARGUMENT nTrials: must be a whole number >= 0, got 1.5",
+        "INVALID_ARGUMENT nTrials: must be a whole number >= 0, got -1",
+        'INVALID_ARGUMENT nTrials: must be a whole number >= 0, got "2"',
+        'TypeError fn must be a function (the objective), got "not a function"',
+    ], r
+    assert r["trials"] == 0, r

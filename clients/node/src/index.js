@@ -644,6 +644,9 @@ class Study {
   // was in flight is told ABANDONED, as is one whose fn throws after the abort: pass fn the same
   // signal to stop it early), and optimize rejects CANCELLED with the signal's reason as cause.
   async optimize(fn, nTrials, options = {}) {
+    // refused before any call: a fraction ran one trial more, a non-number or a negative none, in silence
+    if (!Number.isSafeInteger(nTrials) || nTrials < 0) throw invalidArgument('nTrials', `must be a whole number >= 0, got ${show(nTrials)}`);
+    if (typeof fn !== 'function') throw new TypeError(`fn must be a function (the objective), got ${show(fn)}`);
     const opts = typeof options === 'string' ? { workerId: options } : options;
     const workerId = opts.workerId || 'node';
     const patienceMs = timeOption(opts, 'tellPatienceMs', 600000, 0);
