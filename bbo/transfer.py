@@ -18,7 +18,9 @@ into its search space. The model that uses them is :mod:`bbo.transfer_model`.
   the parameters' own units (rho = 0.3 stays 0.3), encoded with the *target's* ranges and scales;
   points far outside the target's box are dropped, values of categories the target lacks drop the
   trial. A source's best point opens the target's design mapped the same way, clipped to the
-  target's bounds and rounded onto its grid.
+  target's bounds and rounded onto its grid. Where the target fixes a parameter the source varied,
+  the source's trials are read at the target's value (:func:`conditioning`: a GP with that
+  parameter as an input, :meth:`bbo.transfer_model.Transfer.set_sources`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -475,6 +477,38 @@ def source_refs(record: Mapping[str, Any] | None) -> list[SourceRef]:
 
 
 # ---- mapping -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Conditioning:
+    """Parameters the target fixes that a source varied. Their value matters to the source's
+    outcomes, so its trials are modeled in ``space`` (the target's free parameters, then these as
+    the source defines them) and read at ``at``, their columns at the target's fixed values; ``at``
+    is None where the source cannot speak for those values (a category it lacks, a value farther
+    than :data:`OUTSIDE` beyond its range)."""
+
+    space: SearchSpace
+    values: dict[str, Value]  # the target's fixed values of those parameters
+    at: np.ndarray | None
+
+
+def conditioning(target: SearchSpace, source: SearchSpace) -> Conditioning | None:
+    """The :class:`Conditioning` of ``source``'s trials for ``target``; None where the target fixes
+    no parameter the source varied (a parameter the source lacks or fixed too is left as it is)."""
+    fixed = [p for p in target.params if isinstance(p, FixedParam)]
+    varied = [
+        sp
+        for p in fixed
+        if (sp := source.by_name.get(p.name)) is not None and not isinstance(sp, FixedParam)
+    ]
+    if not varied:
+        return None
+    kept = [p for p in target.params if p.name not in {sp.name for sp in varied}]
+    space = SearchSpace((*kept, *varied), target.constraints)
+    values = {sp.name: cast(FixedParam, target.by_name[sp.name]).value for sp in varied}
+    at = [_column(space, sp, values[sp.name]) for sp in varied]
+    ok = all(u is not None for u in at)
+    return Conditioning(space, values, np.asarray(at, dtype=float) if ok else None)
+
+
 def _source_value(tp, sp, params: dict[str, Any]) -> Any:
     if isinstance(sp, FixedParam):
         return sp.value
@@ -518,24 +552,31 @@ def _encode(target: SearchSpace, by_name: dict, params: dict) -> np.ndarray | No
         sp = by_name.get(tp.name)
         if sp is None:
             return None
-        v = _source_value(tp, sp, params)
-        if isinstance(tp, CategoricalParam):
-            if not isinstance(v, str) or v not in tp.choices:
-                return None
-            out.append(float(tp.choices.index(v)))
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
+        u = _column(target, tp, _source_value(tp, sp, params))
+        if u is None:
             return None
-        try:
-            u = _to_unit(tp, float(v))  # the value scale, for the box
-        except (ValueError, OverflowError, ZeroDivisionError):
-            return None
-        if not (math.isfinite(u) and -OUTSIDE <= u <= 1 + OUTSIDE):
-            return None
-        # the column as the target encodes its own points: an ordinal by grid position (value
-        # 16 of 16..512 at 0, 32 at 0.2), where the value scale put the source's 32 at 0.03
-        out.append(target.unit(tp, float(v)) if tp.name in target.by_rank else u)
+        out.append(u)
     return np.asarray(out, dtype=float)
+
+
+def _column(target: SearchSpace, tp, v: Any) -> float | None:
+    """A source's value ``v`` on the target parameter ``tp``'s column; None where it has none
+    (a category the target lacks, a value farther than :data:`OUTSIDE` beyond the range)."""
+    if isinstance(tp, CategoricalParam):
+        if not isinstance(v, str) or v not in tp.choices:
+            return None
+        return float(tp.choices.index(v))
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        u = _to_unit(tp, float(v))  # the value scale, for the box
+    except (ValueError, OverflowError, ZeroDivisionError):
+        return None
+    if not (math.isfinite(u) and -OUTSIDE <= u <= 1 + OUTSIDE):
+        return None
+    # the column as the target encodes its own points: an ordinal by grid position (value
+    # 16 of 16..512 at 0, 32 at 0.2), where the value scale put the source's 32 at 0.03
+    return target.unit(tp, float(v)) if tp.name in target.by_rank else u
 
 
 def map_point(target: SearchSpace, source: SearchSpace, params: dict) -> dict[str, Value] | None:

@@ -53,6 +53,7 @@ from botorch.models.model import Model
 from botorch.models.transforms import Standardize
 from botorch.posteriors.gpytorch import GPyTorchPosterior
 
+from bbo.acquisition import marginals
 from bbo.design import Region
 from bbo.predictive import CachedPredictive
 from bbo.predictive_grad import MarginalGradients, marginal_gradients
@@ -64,8 +65,8 @@ from bbo.strategy.context import Context
 from bbo.strategy.model_data import TrainingData
 from bbo.strategy.noise import same_point
 from bbo.surrogate import Surrogate
-from bbo.transfer import SourceData, encode_source_trials, map_point
-from bbo.trial import Origin, TrialState
+from bbo.transfer import SourceData, conditioning, encode_source_trials, map_point
+from bbo.trial import Metric, Origin, Trial, TrialState
 
 log = logging.getLogger(__name__)
 
@@ -299,11 +300,14 @@ class Transfer:
         self.surrogate = surrogate
         # RGPE's target model: a GP on the target's points alone, with hyperparameters of its own
         self._target = Surrogate(ctx.spec.space, surrogate.m, surrogate.options, ctx.placement)
-        self._sources: list[SourceData] = []
+        self._sources: list[SourceData] = []  # as read at the target's fixed values
+        self._given: list[SourceData] = []  # as set
         self._models: dict[str, tuple[str, SourceModel]] = {}  # uid -> (fingerprint, model)
         self._usable: dict[str, tuple[str, bool]] = {}  # uid -> (fingerprint, any point maps)
         self._plan: tuple[tuple, DesignPlan] | None = None  # (sources' fingerprints, plan)
         self._facts: dict[str, tuple[str, SourceFacts | None]] = {}  # uid -> (fingerprint, facts)
+        # uid -> (fingerprint of its trials as read, the source at the target's fixed values)
+        self._read: dict[str, tuple[str, SourceData]] = {}
         self.weights: Weights | None = None
         self.note = ""
         self.located_from: str | None = None  # the source of the last location prior, if any
@@ -311,14 +315,16 @@ class Transfer:
     # ---- sources ---------------------------------------------------------------------------------
     @property
     def sources(self) -> list[SourceData]:
-        """The source studies' data in use (as last set)."""
-        return list(self._sources)
+        """The source studies' data in use, as last set (not as read at the fixed values)."""
+        return list(self._given)
 
     def set_sources(self, sources: Sequence[SourceData]) -> None:
-        self._sources = list(sources)
-        live = {s.uid for s in self._sources}
+        live = {s.uid for s in sources}
         self._models = {k: v for k, v in self._models.items() if k in live}
         self._facts = {k: v for k, v in self._facts.items() if k in live}
+        self._read = {k: v for k, v in self._read.items() if k in live}
+        self._given = list(sources)
+        self._sources = [self._at_fixed_values(s) for s in sources]
         space, names = self.ctx.spec.space, self.ctx.spec.modeled_metrics
         usable = {}
         for s in self._sources:
@@ -329,6 +335,43 @@ class Transfer:
                 hit = (fp, len(X) > 0)
             usable[s.uid] = hit
         self._usable = usable
+
+    def _at_fixed_values(self, s: SourceData) -> SourceData:
+        """``s`` as it reads at the target's fixed values (:func:`bbo.transfer.conditioning`):
+        where the target fixes a parameter the source varied, a GP on all the source's trials with
+        that parameter as an input gives each trial's outcomes at the target's value instead of
+        its own, so trials at other values inform the model, the design's opening point and the
+        good region only as far as the source's data say they carry over (a source whose optimum
+        moves with that parameter: the target's design opened at the source's best point at
+        another value). Cached while the source's trials do not change."""
+        cond = conditioning(self.ctx.spec.space, s.spec.space)
+        if cond is None:
+            return s
+        fp = _fingerprint(s)
+        hit = self._read.get(s.uid)
+        if hit is not None and hit[0] == fp:
+            return hit[1]
+        names = self.ctx.spec.modeled_metrics
+        X, Y, used = encode_source_trials(cond.space, s.spec.space, s.trials, names)
+        trials: list[Trial] = []
+        if cond.at is not None and len(X) >= MIN_SOURCE_POINTS:
+            sur = Surrogate(cond.space, len(names), SOURCE_OPTIONS, self.ctx.placement)
+            score = self.ctx.data.score(Y, self.ctx.layout.feasible(Y))
+            model, _, info = sur.model(X, Y, None, score, seed=_seed(s))
+            X[:, self.ctx.spec.space.dim :] = cond.at
+            mu, _ = marginals(info.predictive or model, self.ctx.placement.tensor(X))
+            at = mu.cpu().numpy()
+            trials = [
+                dataclasses.replace(
+                    t,
+                    params={**t.params, **cond.values},
+                    metrics={k: Metric(float(at[i, j])) for j, k in enumerate(names)},
+                )
+                for i, t in enumerate(used)
+            ]
+        out = dataclasses.replace(s, trials=trials)
+        self._read[s.uid] = (fp, out)
+        return out
 
     @property
     def active(self) -> bool:
@@ -376,8 +419,7 @@ class Transfer:
         else:
             Ym, _ = ctx.warp.apply(Y)
             sur = Surrogate(ctx.spec.space, m, SOURCE_OPTIONS, ctx.placement)
-            seed = int.from_bytes(hashlib.sha256(s.uid.encode()).digest()[:4], "little")
-            model, rows, info = sur.model(X, Ym, None, score, seed=seed)
+            model, rows, info = sur.model(X, Ym, None, score, seed=_seed(s))
             for prm in model.parameters():  # fixed from now on: gradients flow to X only
                 prm.requires_grad_(False)
             mean = Ym[rows].mean(axis=0)
@@ -581,6 +623,11 @@ def _fingerprint(s: SourceData) -> str:
         if t.state is TrialState.COMPLETED:
             h.update(repr((t.id, sorted((k, m.value) for k, m in t.metrics.items()))).encode())
     return h.hexdigest()
+
+
+def _seed(s: SourceData) -> int:
+    """A source's GP fits' seed: the same for it at every ask."""
+    return int.from_bytes(hashlib.sha256(s.uid.encode()).digest()[:4], "little")
 
 
 def _weight_rows(score: np.ndarray, rng) -> np.ndarray:

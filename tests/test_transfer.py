@@ -550,6 +550,61 @@ def test_a_constrained_study_models_its_sources_instead_of_falling_back():
     assert np.allclose(mean, want_m.numpy(), rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("kind", ["float", "categorical"])
+def test_a_target_follows_its_own_fixed_value_of_a_parameter_its_source_varied(kind):
+    """The source varied ``c``, which moves its optimum (x = 0.2 at c = 0 or "a", 0.8 at c = 1 or
+    "b"); each target fixes ``c``. Its source's trials were read as if ``c`` did not matter: both
+    targets opened at the source's best point (x = 0.78, at c near 1) and the one at c = 0 or "a"
+    had not found its optimum 5 asks later. Read at the target's value, each opens at and finds its
+    own."""
+    from bbo.strategy import GenerationStrategy
+
+    def f(p):
+        c = {"a": 0.0, "b": 1.0}[p["c"]] if kind == "categorical" else p["c"]
+        return (p["x"] - 0.2 - 0.6 * c) ** 2 + (p["z"] - 0.5) ** 2
+
+    rng = np.random.default_rng(1)
+    cp = CategoricalParam("c", ("a", "b")) if kind == "categorical" else FloatParam("c", 0.0, 1.0)
+    pts = [
+        {"x": float(x), "z": float(z), "c": ("a" if c < 0.7 else "b") if kind != "float" else c}
+        for x, z, c in rng.uniform(0, 1, (30, 3))
+    ]
+    source = SourceData(
+        "uid-s",
+        "s",
+        StudySpec(
+            SearchSpace((FloatParam("x", 0.0, 1.0), cp, FloatParam("z", 0.0, 1.0))),
+            (Objective("y"),),
+        ),
+        [Trial(i + 1, p, TrialState.COMPLETED, {"y": Metric(f(p))}) for i, p in enumerate(pts)],
+    )
+    for fixed, best_x in (
+        (("a", 0.2), ("b", 0.8)) if kind == "categorical" else ((0.0, 0.2), (1.0, 0.8))
+    ):
+        space = SearchSpace(
+            (FloatParam("x", 0.0, 1.0), FixedParam("c", fixed), FloatParam("z", 0.0, 1.0))
+        )
+        gs = GenerationStrategy(
+            StudySpec(space, (Objective("y"),), transfer=TransferOptions(("s",)))
+        )
+        gs.set_sources([source])
+        trials: list[Trial] = []
+        for i in range(5):
+            (s,) = gs.suggest(trials, 1)
+            if i == 0:
+                assert s.origin == "transfer_warmstart" and abs(s.params["x"] - best_x) < 0.1, s
+            trials.append(
+                Trial(
+                    i + 1,
+                    s.params,
+                    TrialState.COMPLETED,
+                    {"y": Metric(f(s.params))},
+                    origin=s.origin,
+                )
+            )
+        assert min(t.metrics["y"].value for t in trials) < 0.01, [t.params for t in trials]
+
+
 def test_a_source_prior_is_the_models_mean_where_the_target_has_no_data():
     import torch
 
