@@ -147,6 +147,19 @@ def test_a_declared_noisy_objective_is_reported_by_posterior_mean_from_the_first
     assert abs(next(t.params["x"] for t in trials if t.id == rec.trial_id) - 0.6) < 0.2
 
 
+def test_a_read_before_any_ask_fits_its_own_model_and_leaves_the_asks_alone():
+    """Trials added without an ask (an import): the recommendation was the best observed trial
+    until an ask fit the surrogate. A read now fits one of its own; the asks' state stays unset."""
+    torch.set_num_threads(1)
+    trials = _trials(*_noisy_data())
+    gs = _strategy()
+    rec = gs.recommend(trials)
+    assert gs.export_state() is None
+    assert rec is not None and "posterior mean" in rec.selection
+    gs.suggest(trials, 1)
+    assert gs.export_state() is not None and gs.recommend(trials).trial_id == rec.trial_id
+
+
 def test_the_recommendation_estimates_its_objective_nearer_the_truth_than_its_draw():
     """The model's estimate of the recommended trial's objective (in its units) is nearer the true
     value than the trial's own noisy measurement, on average over noisy bowls, and its interval
@@ -316,15 +329,27 @@ def test_get_best_reports_the_recommended_trial_and_why(client, study_name):
     for x, y in zip(xs, ys, strict=True):
         t = s.add_trial({"x": x}, y)
         lucky = t.id if y == min(ys) else lucky
-    before = s.best()  # no model fit yet: the best observed trial
-    assert before.trials[0].id == lucky and before.selection == "" and before.estimate is None
+    # no ask yet: the read fits a model of its own (it reported the lucky draw until an ask)
+    before = s.best()
+    assert before.trials[0].id != lucky and "posterior mean" in before.selection
     s.ask(1)
     best = s.best()
-    assert len(best.trials) == 1 and best.trials[0].id != lucky
+    assert len(best.trials) == 1 and best.trials[0].id == before.trials[0].id != lucky
     assert abs(best.trials[0].params["x"] - 0.6) < 0.2  # by the model: near the bowl's bottom
     assert "posterior mean" in best.selection and "noisy" in best.selection
     e = best.estimate  # the model's value of that trial, in the objective's units
     assert e is not None and e.lower < e.value < e.upper < 0.2
+    # the same with a constraint metric (x <= 0.8 holds for the lucky draw): the same pick
+    from bbo_client import Constraint
+
+    s = client.create_study(
+        study_name + "-c", [Float("x", 0.0, 1.0)], "f", constraints=[Constraint("c", "<=", 0.8)]
+    )
+    for x, y in zip(xs, ys, strict=True):
+        s.add_trial({"x": x}, {"f": y, "c": x})
+    before = s.best()
+    s.ask(1)
+    assert before.trials[0].id == s.best().trials[0].id != lucky
 
 
 def _branin(x1: float, x2: float) -> float:

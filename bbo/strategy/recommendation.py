@@ -22,7 +22,9 @@ units (:class:`~bbo.strategy.base.Estimate`: the posterior mean and a one-sd int
 through the outcome warp), which GetBest reports.
 
 Asks record their recommendation from the model they fit; reads (GetBest) made after further
-tells condition a GP on the cached hyperparameters (no fit). One answer is cached per set of
+tells condition a GP on the cached hyperparameters (no fit). Before any ask has fit one (a study
+filled through AddTrial) a read fits a surrogate of its own, which asks never touch: GetBest
+reported the luckiest draw there until the first ask. One answer is cached per set of
 completed trials and set of hyperparameters (another replica's, adopted, make it anew).
 """
 
@@ -99,6 +101,9 @@ class Recommender:
         # (the surrogate's hyperparameters, the data, the evidence for the fitted noise judged
         # under them: see fit_evidence)
         self._evidence: tuple[object, bytes, Evidence] | None = None
+        # the reads' own GP while no ask has fit the surrogate (:meth:`_read_fit`), and its lock
+        self._own = Surrogate(ctx.spec.space, surrogate.m, surrogate.options, ctx.placement)
+        self._own_lock = threading.Lock()
 
     def recommend(self, trials: Sequence[Trial]) -> Recommendation | None:
         """The recommended trial among the completed ones of ``trials`` (see the module)."""
@@ -115,9 +120,11 @@ class Recommender:
                 return out
             rec = self._judge(out)
         else:
-            cond = None
+            cond: tuple | None = None
             if self._worth_a_model(data):
                 cond = self.surrogate.conditioned(data.X, data.Ym, data.Ymvar, data.score)
+                if cond is None:  # no ask has fit a model yet
+                    cond = self._read_fit(data)
             choice = self._choose(data, *cond) if cond is not None else None
             rec = self._judge(choice) if isinstance(choice, _Unjudged) else choice
         with self._lock:
@@ -132,6 +139,14 @@ class Recommender:
         rec = self._choose(data, model, rows, predictive) if worth else None
         with self._lock:
             self._cache = (fingerprint(data.trials), self._hyper(), rec)
+
+    def _read_fit(self, data: TrainingData) -> tuple[object, np.ndarray, object]:
+        """``(model, rows, predictive)`` of the reads' own surrogate on ``data``, fit as an ask
+        would (refit as the data grow), so that the pick under noise does not wait for an ask;
+        the asks' surrogate and cached state are left as they are."""
+        with self._own_lock:
+            model, rows, info = data.model(self._own, self.ctx.call_seed(list(data.trials)))
+        return model, rows, info.predictive
 
     def _hyper(self) -> object:
         """The surrogate's current hyperparameters (a new object after each fit or adoption)."""
