@@ -366,23 +366,11 @@ def _candidate(spec: StudySpec, rec, seq: int) -> _Candidate | None:
     return _Candidate(seq, rec.uid, rec.name, rec.created_at, fit, desc, size)
 
 
-def _auto(
-    storage, tenant: str, name: str, spec: StudySpec, taken: set[str], judge: Judge | None = None
-):
-    """The tenant's compatible studies with enough completed trials, best first, and a note. With a
-    ``judge``, its rating of the descriptions of the best :data:`MAX_JUDGED` replaces their TF-IDF
-    similarity in the score (a judge that fails leaves TF-IDF; its note says why).
-
-    Memory is bounded whatever is stored: the tenant's studies (at most :data:`MAX_CANDIDATES`) are
-    listed by their keys, :data:`KEY_PAGE` at a time, and read :data:`AUTO_PAGE` at a time with
-    their specs, each spec dropped once parsed and scored; a compatible
-    study is kept as a :class:`_Candidate` (its description cut to :data:`MAX_DESCRIPTION_CHARS`).
-    The descriptions are compared all at once (TF-IDF), so they are held to
-    :data:`MAX_TEXT_BYTES` together: past it, the candidates with the lowest score apart from the
-    description (the oldest first among equals) are left out, as many as it takes, and the note
-    says so. Below it (10,000 studies whose descriptions average 800 bytes, or 128 of the longest
-    allowed) every compatible study is compared, as before. The judge is shown the specs of its (at most
-    :data:`MAX_JUDGED`) candidates, read again."""
+def _compatible(
+    storage, tenant: str, name: str, spec: StudySpec, taken: set[str]
+) -> tuple[list[_Candidate], int, int]:
+    """``(candidates, studies seen, compatible)``: the tenant's studies compatible with ``spec``,
+    oldest first, their descriptions at most :data:`MAX_TEXT_BYTES` together (see :func:`_auto`)."""
     kept: list[tuple[float, int, _Candidate]] = []  # a heap: the lowest plain score, oldest, first
     floor: tuple[float, int] | None = None  # the best (plain score, seq) left out so far
     text_bytes = 0
@@ -416,7 +404,47 @@ def _auto(
         if len(keys) < n:
             break
     cands = sorted((c for *_, c in kept), key=lambda c: c.seq)
-    del kept
+    return cands, seen, compatible
+
+
+def _rejudge(storage, tenant: str, spec: StudySpec, scored: list, judge: Judge) -> str:
+    """Rescore the best :data:`MAX_JUDGED` of ``scored`` (in place) by ``judge``'s rating of their
+    descriptions; its note."""
+    if not scored:
+        return ""
+    scored.sort(key=lambda x: -x[3].score)
+    shown = []
+    for i, (c, *_) in enumerate(scored[:MAX_JUDGED]):
+        rec = storage.get_study_by_uid(c.uid)  # read again: only the judged ones' specs
+        sspec = _spec_of(rec) if rec is not None and rec.tenant == tenant else None
+        if sspec is not None:
+            shown.append((i, c.name, sspec))
+    verdicts, note = judge(spec, [(nm, s) for _, nm, s in shown])
+    for i, *_ in shown:
+        c, sim, completed, _ = scored[i]
+        if c.name in verdicts:
+            scored[i] = (c, sim, completed, c.fit.relatedness(sim, verdicts[c.name]))
+    return note
+
+
+def _auto(
+    storage, tenant: str, name: str, spec: StudySpec, taken: set[str], judge: Judge | None = None
+):
+    """The tenant's compatible studies with enough completed trials, best first, and a note. With a
+    ``judge``, its rating of the descriptions of the best :data:`MAX_JUDGED` replaces their TF-IDF
+    similarity in the score (a judge that fails leaves TF-IDF; its note says why).
+
+    Memory is bounded whatever is stored: the tenant's studies (at most :data:`MAX_CANDIDATES`) are
+    listed by their keys, :data:`KEY_PAGE` at a time, and read :data:`AUTO_PAGE` at a time with
+    their specs, each spec dropped once parsed and scored; a compatible
+    study is kept as a :class:`_Candidate` (its description cut to :data:`MAX_DESCRIPTION_CHARS`).
+    The descriptions are compared all at once (TF-IDF), so they are held to
+    :data:`MAX_TEXT_BYTES` together: past it, the candidates with the lowest score apart from the
+    description (the oldest first among equals) are left out, as many as it takes, and the note
+    says so. Below it (10,000 studies whose descriptions average 800 bytes, or 128 of the longest
+    allowed) every compatible study is compared, as before. The judge is shown the specs of its (at most
+    :data:`MAX_JUDGED`) candidates, read again."""
+    cands, seen, compatible = _compatible(storage, tenant, name, spec, taken)
     sims = description_similarities(spec.description, [c.description for c in cands])
     scored = []
     reachable = MIN_SCORE - (TEXT_WEIGHT if judge is not None else 0.0)  # a judge may lift a score
@@ -431,20 +459,7 @@ def _auto(
         completed = counts.get(c.uid, 0)  # a study deleted meanwhile has none
         if completed >= MIN_AUTO_TRIALS:
             scored.append((c, sim, completed, r))
-    judge_note = ""
-    if judge is not None and scored:
-        scored.sort(key=lambda x: -x[3].score)
-        shown = []
-        for i, (c, *_) in enumerate(scored[:MAX_JUDGED]):
-            rec = storage.get_study_by_uid(c.uid)  # read again: only the judged ones' specs
-            sspec = _spec_of(rec) if rec is not None and rec.tenant == tenant else None
-            if sspec is not None:
-                shown.append((i, c.name, sspec))
-        verdicts, judge_note = judge(spec, [(nm, s) for _, nm, s in shown])
-        for i, *_ in shown:
-            c, sim, completed, _ = scored[i]
-            if c.name in verdicts:
-                scored[i] = (c, sim, completed, c.fit.relatedness(sim, verdicts[c.name]))
+    judge_note = _rejudge(storage, tenant, spec, scored, judge) if judge is not None else ""
     ranked = [(r.score, completed, c.created_at, c, r) for c, _, completed, r in scored]
     ranked = [x for x in ranked if x[0] >= MIN_SCORE]
     ranked.sort(key=lambda x: (-x[0], -x[1], -x[2]))
