@@ -906,7 +906,9 @@ def test_the_llm_judgement_ends_before_the_create_deadline(server_factory):
         llm_args = ["--llm-base-url", llm.url, "--llm-model", "test-model"]
         srv = server_factory(args=llm_args + ["--llm-timeout", "60", "--llm-ask-budget", "90"])
         params = [bc.Float("x", 0.0, 1.0), bc.Float("z", 0.0, 1.0)]
-        with bc.Client(srv.address, timeout=10.0) as c:
+        # 20 s: the judgement is cut at 14 s, well before the LLM's 30 s, and the 6 s left hold
+        # the rest of the create on a loaded machine (10 s, cut at 7 s, failed under load 6-7)
+        with bc.Client(srv.address, timeout=20.0) as c:
             src = c.create_study("src", params, "y", description="bowl")
             for p in grid_points(4):
                 src.add_trial(p, {"y": bowl(p)})
