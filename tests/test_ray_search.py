@@ -117,8 +117,9 @@ def test_searcher_pickles_without_its_connection(bbo_server, study_name):
     s._study_name = study_name
     config = s.suggest("t1")
     assert 0 <= config["x"] <= 1
+    s.on_trial_result("t1", {"y": 0.5, "training_iteration": 1})
     again = pickle.loads(pickle.dumps(s))  # Tune pickles searchers into its experiment state
-    again.on_trial_complete("t1", {"y": 0.5})
+    again.on_trial_complete("t1", {"y": 0.5, "training_iteration": 1})  # the trainable returned
     (t,) = again.client.study(study_name).trials()
     assert t.state == "COMPLETED" and t.metrics == {"y": 0.5}
     again.client.close()
@@ -197,15 +198,24 @@ def test_the_tuneconfig_metric_and_mode_win_over_the_searchers(bbo_server, clien
 
 def test_a_trial_stopped_while_paused_is_told_its_last_result(bbo_server, client, study_name):
     """HyperBandScheduler pauses trials and later stops them: Tune then calls on_trial_complete
-    with no result, so the last one seen by on_trial_result is told, as for a trial ASHA stops."""
-    s = BboSearch(bbo_server.address, study_name=study_name, metric="loss", mode="min")
+    with no result, so the last one seen by on_trial_result is told; below the scheduler's max_t
+    the trial was stopped early (PRUNED), at it the trial ran in full (COMPLETED)."""
+    from ray.tune.schedulers import HyperBandScheduler
+
+    hb = HyperBandScheduler(max_t=3)
+    s = BboSearch(
+        bbo_server.address, study_name=study_name, metric="loss", mode="min", scheduler=hb
+    )
     s.set_search_properties(None, None, {"x": tune.uniform(0, 1)})
-    s.suggest("t1")
-    s.on_trial_result("t1", {"loss": 0.75, "training_iteration": 2})
+    for tid, it in (("bad", 2), ("full", 3)):
+        s.suggest(tid)
+        s.on_trial_result(tid, {"loss": 0.75, "training_iteration": it})
     s = pickle.loads(pickle.dumps(s))  # Tune may checkpoint the searcher while the trial is paused
-    s.on_trial_complete("t1")  # as TuneController.stop_trial does for a PAUSED trial
-    (t,) = client.study(study_name).trials()
-    assert (t.state, t.metrics) == ("COMPLETED", {"loss": 0.75}), t.reason
+    for tid in ("bad", "full"):
+        s.on_trial_complete(tid)  # as TuneController.stop_trial does for a PAUSED trial
+    bad, full = client.study(study_name).trials()
+    assert (bad.state, bad.metrics) == ("PRUNED", {"loss": 0.75}), bad.reason
+    assert (full.state, full.metrics) == ("COMPLETED", {"loss": 0.75}), full.reason
     s.client.close()
 
 
@@ -239,3 +249,119 @@ def test_bbo_early_stopping_options_are_refused(option):
     acted, so they are refused for Tune's schedulers."""
     with pytest.raises(TypeError, match="scheduler"):
         BboSearch("127.0.0.1:1", space={"x": tune.uniform(0, 1)}, **option)
+
+
+def test_a_trial_a_scheduler_stops_early_is_told_pruned(bbo_server, client, study_name):
+    """Tune shows a searcher every result but the one a stop decision was made on: a trial ASHA
+    stops below its max_t is PRUNED, never the study's best; one that
+    reached max_t, met the run's stop criteria, or whose trainable returned is COMPLETED."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    asha = ASHAScheduler(max_t=4)
+    s = BboSearch(bbo_server.address, study_name=study_name, scheduler=asha)
+    s.set_search_properties("loss", "min", {"x": tune.uniform(0, 1)}, stop={"acc": 0.9})
+
+    def run(tid, losses, final=None, **extra):
+        s.suggest(tid)
+        for i, loss in enumerate(losses, 1):
+            s.on_trial_result(tid, {"loss": loss, "training_iteration": i})
+        s.on_trial_complete(
+            tid, final and {"training_iteration": final[0], "loss": final[1], **extra}
+        )
+
+    run("rung", [0.5], (2, 0.1))  # ASHA's stop at a rung: that result was never shown
+    run("max_t", [0.5, 0.4, 0.3], (4, 0.25))  # ASHA's stop at max_t
+    run("returned", [0.5, 0.3], (2, 0.3))  # the trainable returned: its last result repeated
+    run("stop", [0.5], (2, 0.35), acc=0.95)  # RunConfig(stop={"acc": 0.9}) met
+    trials = client.study(study_name).trials()
+    assert [(t.state, t.metrics["loss"]) for t in trials] == [
+        ("PRUNED", 0.1),
+        ("COMPLETED", 0.25),
+        ("COMPLETED", 0.3),
+        ("COMPLETED", 0.35),
+    ]
+    assert [t.id for t in client.study(study_name).best().trials] == [trials[1].id]
+    s.client.close()
+
+
+def test_asha_in_a_tuner_run(bbo_server, client, study_name, tmp_path):
+    """A real run under ASHA: bbo's trials are PRUNED where Tune stopped them below max_t."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    def trainable(config):
+        for i in range(1, 10):
+            tune.report({"loss": config["x"] + 1.0 / i})
+
+    asha = ASHAScheduler(max_t=9, grace_period=1, reduction_factor=3)
+    search = BboSearch(bbo_server.address, study_name=study_name, scheduler=asha, n_initial=6)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        results = tune.Tuner(
+            trainable,
+            param_space={"x": tune.uniform(0, 1)},
+            tune_config=tune.TuneConfig(
+                search_alg=search, scheduler=asha, metric="loss", mode="min", num_samples=6
+            ),
+            run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), verbose=0),
+        ).fit()
+    finally:
+        ray.shutdown()
+    tune_says = sorted((r.config["x"], r.metrics["training_iteration"]) for r in results)
+    trials = sorted(client.study(study_name).trials(), key=lambda t: t.params["x"])
+    assert [t.params["x"] for t in trials] == [x for x, _ in tune_says]
+    assert [t.state for t in trials] == [
+        "COMPLETED" if it == 9 else "PRUNED" for _, it in tune_says
+    ], tune_says
+    assert "PRUNED" in {t.state for t in trials}, tune_says
+
+
+def test_leases_are_renewed_while_tune_runs_a_trial(server_factory, study_name):
+    """A trial running past its lease stays PENDING (renewed in the background), and is told."""
+    import threading
+    import time
+    from datetime import timedelta
+
+    srv = server_factory(args=["--workers", "1", "--lease-reap-seconds", "0.1"])
+    s = BboSearch(srv.address, study_name=study_name, metric="y", mode="min", lease_seconds=5)
+    s.set_search_properties(None, None, {"x": tune.uniform(0, 1)})
+    s.suggest("t1")
+    study = s.client.study(study_name)
+    (t,) = study.trials()
+    for _ in range(200):  # until its lease, renewed, ends well past where it first did
+        cur = study.trial(t.id)
+        if cur.state != "PENDING" or cur.lease_expires - t.lease_expires > timedelta(seconds=6):
+            break
+        time.sleep(0.2)
+    assert (cur.state, cur.reason) == ("PENDING", "")
+    s.on_trial_result("t1", {"y": 0.5, "training_iteration": 1})
+    s.on_trial_complete("t1", {"y": 0.5, "training_iteration": 1})  # the trainable returned
+    assert study.trial(t.id).state == "COMPLETED"
+    renewals = [th for th in threading.enumerate() if th.name == f"bbo-lease-{study_name}-{t.id}"]
+    for th in renewals:
+        th.join(timeout=30)
+    assert not any(th.is_alive() for th in renewals)  # renewing stopped
+    s.client.close()
+
+
+def test_a_restore_abandons_trials_asked_after_the_searchers_save(
+    bbo_server, client, study_name, tmp_path
+):
+    """Tuner.restore brings back the searcher's last save: a trial asked after it is not rerun by
+    Tune, so it is ABANDONED; a trial it tracks is told as Tune reruns it. close() (at exit)
+    abandons the trials Tune never told (a run that ended early)."""
+    s = BboSearch(bbo_server.address, study_name=study_name, metric="y", mode="min")
+    s.set_search_properties(None, None, {"x": tune.uniform(0, 1)})
+    s.suggest("kept")
+    s.save(str(tmp_path / "searcher.pkl"))
+    s.suggest("lost")  # asked after the save, then the driver died
+    again = BboSearch(bbo_server.address)  # as the script calling Tuner.restore makes it
+    again.restore(str(tmp_path / "searcher.pkl"))
+    assert [t.state for t in client.study(study_name).trials()] == ["PENDING", "ABANDONED"]
+    again.on_trial_result("kept", {"y": 0.5, "training_iteration": 1})  # Tune resumed it
+    again.on_trial_complete("kept", {"y": 0.5, "training_iteration": 1})
+    again.suggest("unfinished")
+    again.close()
+    kept, lost, unfinished = client.study(study_name).trials()
+    assert (kept.state, lost.state, unfinished.state) == ("COMPLETED", "ABANDONED", "ABANDONED")
+    s.client.close()
+    again.client.close()

@@ -5,29 +5,35 @@ Needs ``pip install "./clients/python[ray]"`` (bbo-client is not on PyPI). The T
 ``tune.loguniform``, ``tune.randint``, ``tune.quniform``, ``tune.choice``, ...; nested dicts too)
 becomes a bbo study whose one objective is the Tuner's ``metric`` (``mode`` min / max); each
 ``suggest`` is a bbo ``Ask``, and each finished trial is told: its last result's metric as
-COMPLETED, an errored trial (or one whose last result lacks the metric or is not finite) as
-FAILED with the reason. Several Tuners (processes, machines) given the same ``study_name`` share
-one bbo study, each ask seeing the others' pending points.
+COMPLETED when the trial ran to its end, as PRUNED when a scheduler stopped it early, an errored
+trial (or one whose last result lacks the metric or is not finite) as FAILED with the reason.
+While Tune runs a trial its bbo lease is renewed. Several Tuners (processes, machines) given the
+same ``study_name`` share one bbo study, each ask seeing the others' pending points.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import copy
+import logging
 import math
 import os
 import pickle
 import socket
 import threading
 import uuid
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search import Searcher, sample
 from ray.tune.search.variant_generator import parse_spec_vars
 from ray.tune.utils.util import flatten_dict, unflatten_dict
 
 from bbo_client._adapt import MAX_GRID, bbo_names, check_study_options, choice_labels
-from bbo_client.client import Client, StudyHandle
+from bbo_client.client import Client, StudyHandle, _lease_length
 from bbo_client.errors import BboError, InvalidArgument
 from bbo_client.model import (
     Categorical,
@@ -41,6 +47,8 @@ from bbo_client.model import (
 )
 
 __all__ = ["BboSearch", "convert_search_space"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -155,6 +163,8 @@ class BboSearch(Searcher):
     (``n_initial``, ``seed``, ``description``, ``constraints``, ``tracked_metrics``, ...; not
     ``fidelity`` / ``pruning``: early stopping is Tune's schedulers'); metrics named in
     ``constraints`` or ``tracked_metrics`` are read from the trial's last result too.
+    ``scheduler``: the Tune scheduler given to the TuneConfig, so that a trial it stops at its
+    ``max_t`` is told COMPLETED and one it stops before PRUNED (see :meth:`on_trial_complete`).
     """
 
     def __init__(
@@ -169,6 +179,7 @@ class BboSearch(Searcher):
         worker_id: str | None = None,
         lease_seconds: float = 0.0,
         tell_patience: float = 600.0,
+        scheduler: Any = None,
         **study_options: Any,
     ):
         if isinstance(metric, (list, tuple)):
@@ -183,7 +194,9 @@ class BboSearch(Searcher):
         self._address = address
         self._client = client
         self._study_name = study_name or f"ray-tune-{uuid.uuid4().hex[:12]}"
-        self._worker_id = worker_id or f"ray-tune-{socket.gethostname()}-{os.getpid()}"
+        self._worker_id = (  # each searcher its own: a restore abandons its own trials only
+            worker_id or f"ray-tune-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        )
         self._lease = lease_seconds
         self._patience = tell_patience
         self._options = study_options
@@ -193,7 +206,12 @@ class BboSearch(Searcher):
         self._last: dict[str, dict] = {}  # Tune trial id -> its latest intermediate result
         self._failed: dict[str, Trial] = {}  # Tune trial id -> its bbo trial, told FAILED
         self._lists: dict[str, list] = {}  # "a/b" -> a param_space list with searched values
+        self._warn_unscheduled = scheduler is None  # once, at the first early stop
+        self._full = _full_budget(scheduler)  # (time attribute, max_t) of a scheduler's full run
+        self._stop: dict[str, float] = {}  # the run's stop criteria (RunConfig(stop={...}))
         self._lock = threading.Lock()
+        self._beats: dict[str, threading.Event] = {}  # Tune trial id -> stops its lease renewal
+        _OPEN.add(self)
         if space:
             self._set_space(space)
 
@@ -213,6 +231,8 @@ class BboSearch(Searcher):
     ) -> bool:
         self._metric = metric or self._metric  # the TuneConfig's win, as for Ray's searchers
         self._mode = mode or self._mode
+        if isinstance(spec.get("stop"), dict):  # a Stopper object's decisions are not known here
+            self._stop = dict(spec["stop"])
         if self._params is not None:
             return False  # Tune then refuses a param_space that still holds search domains
         self._set_space(config)
@@ -234,7 +254,33 @@ class BboSearch(Searcher):
         )
         with self._lock:
             self._live[trial_id] = t
+        self._renew(trial_id)
         return self._config(t)
+
+    def _renew(self, trial_id: str) -> None:
+        """Keep the live trial's bbo lease from running out while Tune runs it (a third of the
+        lease at a time, as :meth:`StudyHandle.optimize` does), until it is told."""
+        with self._lock:
+            t = self._live.get(trial_id)
+            if t is None or trial_id in self._beats:
+                return
+            stop = self._beats[trial_id] = threading.Event()
+        threading.Thread(
+            target=self._renewing,
+            args=(t, stop),
+            name=f"bbo-lease-{self._study_name}-{t.id}",
+            daemon=True,
+        ).start()
+
+    def _renewing(self, t: Trial, stop: threading.Event) -> None:
+        with contextlib.suppress(ValueError):  # the client was closed: nothing to renew with
+            self._study()._heartbeats(t, _lease_length(t, self._lease) / 3, self._lease, stop)
+
+    def _stop_renewing(self, trial_id: str) -> None:
+        with self._lock:
+            stop = self._beats.pop(trial_id, None)
+        if stop is not None:
+            stop.set()
 
     def _config(self, t: Trial) -> dict:
         """The Tune config of the bbo trial ``t`` (its values decoded, nested as the space is)."""
@@ -243,15 +289,23 @@ class BboSearch(Searcher):
         return _nest(values, self._lists)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        """Keep a live trial's latest result: a trial a scheduler paused (HyperBand) and then stops
-        is completed by Tune without one."""
+        """Keep a live trial's latest result (a trial a scheduler paused (HyperBand) and then stops
+        is completed by Tune without one), and its lease renewed: after a restore, a trial Tune
+        resumes is renewed again from its first result."""
         with self._lock:
-            if trial_id in self._live:
-                self._last[trial_id] = result
+            if trial_id not in self._live:
+                return
+            self._last[trial_id] = result
+        self._renew(trial_id)
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
+        """Tell bbo the trial's end: COMPLETED if it ran to its end (its trainable returned, its
+        result met the run's ``stop`` criteria, or reached the scheduler's ``max_t``), else
+        PRUNED with its last value (a scheduler stopped it early: Tune passes that result without
+        having shown it to :meth:`on_trial_result`, or none for a paused trial); an error FAILED."""
+        self._stop_renewing(trial_id)
         with self._lock:
             t = self._live.pop(trial_id, None)
             last = self._last.pop(trial_id, None)
@@ -265,12 +319,16 @@ class BboSearch(Searcher):
         if t is None:
             return
         h = self._study()  # after a restore from Tune's checkpoint: reattached by name and spec
-        metrics, reason = self._metrics(last if result is None else result, error)
+        final = last if result is None else result
+        metrics, reason = self._metrics(final, error)
+        early = not reason and self._stopped_early(result, last)
         try:
             if reason:
                 h.tell(t, failed=True, reason=reason, patience=self._patience)
                 with self._lock:
                     self._failed[trial_id] = t
+            elif early:
+                h.tell(t, metrics, pruned=True, reason=early, patience=self._patience)
             else:
                 h.tell(t, metrics, patience=self._patience)
         except BboError as e:
@@ -280,6 +338,29 @@ class BboSearch(Searcher):
                 field=e.field,
                 code=e.code,
             ) from e
+
+    def _stopped_early(self, result: dict | None, last: dict | None) -> str:
+        """Why Tune stopped the trial before its end ("" if it ran to it). Tune shows a searcher
+        every result but the one a stop decision (scheduler or stopper) was made on; a trainable
+        that returns ends with its last result repeated, already seen."""
+        if result is not None and last is not None:
+            if result.get(TRAINING_ITERATION) == last.get(TRAINING_ITERATION):
+                return ""  # the trainable returned
+        final = (result if result is not None else last) or {}
+        ends = dict(self._stop)
+        if self._full is not None:
+            ends[self._full[0]] = self._full[1]
+        if any(_finite(final.get(k)) and final[k] >= v for k, v in ends.items()):
+            return ""
+        if self._warn_unscheduled:
+            self._warn_unscheduled = False
+            log.warning(
+                "BboSearch: Tune stopped a trial before its trainable returned; it is told PRUNED. "
+                "Give BboSearch the TuneConfig's scheduler (BboSearch(..., scheduler=...)) so "
+                "that trials it stops at their max_t are told COMPLETED."
+            )
+        at = f"{TRAINING_ITERATION}={final.get(TRAINING_ITERATION)}"
+        return f"stopped early by Ray Tune (a scheduler or stopper) at {at}"
 
     def _errored_trial(self, result: dict | None) -> Trial | None:
         """The bbo trial (told FAILED) of the errored trial that Tuner.restore(restart_errored=True)
@@ -297,8 +378,41 @@ class BboSearch(Searcher):
             pickle.dump(self.get_state(), f)
 
     def restore(self, checkpoint_path: str) -> None:
+        """Tuner.restore: the searcher's saved state back, and the bbo trials this searcher asked
+        that it no longer tracks (asked after that save: Tune reruns none of them) ABANDONED."""
         with open(checkpoint_path, "rb") as f:
             self.set_state(pickle.load(f))
+        self._abandon_untracked()
+
+    def _abandon_untracked(self) -> None:
+        if self._params is None or not self._metric:
+            return
+        h = self._study()
+        kept = {t.id for t in self._live.values()}
+        for t in h.trials(states=["PENDING"]):
+            if t.worker_id == self._worker_id and t.id not in kept:
+                h.tell(
+                    t,
+                    abandoned=True,
+                    reason="asked by a Ray Tune run restored without its trial",
+                    patience=self._patience,
+                )
+
+    def close(self) -> None:
+        """Stop renewing leases and tell the trials Tune never finished ABANDONED (Tune stops
+        trials without telling its searcher when a run ends early: ``time_budget_s``,
+        ``fail_fast``, a stopper's ``stop_all``, Ctrl-C). Done at exit; call it after
+        ``Tuner.fit()`` in a process that goes on (a notebook)."""
+        for trial_id in list(self._beats):
+            self._stop_renewing(trial_id)
+        with self._lock:
+            live, self._live = self._live, {}
+            self._last.clear()
+        for t in live.values():
+            with contextlib.suppress(BboError):
+                self._study().tell(
+                    t, abandoned=True, reason="the Ray Tune run ended without it", patience=2.0
+                )
 
     def get_state(self) -> dict:
         return self.__getstate__()
@@ -306,14 +420,17 @@ class BboSearch(Searcher):
     def set_state(self, state: dict) -> None:
         self.__dict__.update(state)
 
-    # the client (a gRPC channel) and the lock stay behind when Tune pickles the searcher
+    # the client (a gRPC channel), the lock and the lease renewals stay behind when Tune pickles
+    # the searcher
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_lock", "_handle")}
+        gone = ("_client", "_lock", "_handle", "_beats")
+        return {k: v for k, v in self.__dict__.items() if k not in gone}
 
     def __setstate__(self, state: dict) -> None:
         # a searcher pickled by an earlier version lacks what later ones keep: empty
-        self.__dict__.update({"_lists": {}, "_last": {}, "_failed": {}, **state})
-        self._client, self._handle, self._lock = None, None, threading.Lock()
+        old = {"_lists": {}, "_last": {}, "_failed": {}, "_stop": {}}
+        self.__dict__.update({**old, "_warn_unscheduled": False, "_full": None, **state})
+        self._client, self._handle, self._lock, self._beats = None, None, threading.Lock(), {}
 
     # ---- bbo ------------------------------------------------------------------------------------
     def _study(self) -> StudyHandle:
@@ -359,6 +476,27 @@ class BboSearch(Searcher):
         if bad:
             return {}, "not finite: " + ", ".join(bad)
         return {m: float(v) for m, v in metrics.items()}, ""
+
+
+_OPEN: weakref.WeakSet[BboSearch] = weakref.WeakSet()  # the searchers to close at exit
+
+
+@atexit.register
+def _close_all() -> None:
+    for s in list(_OPEN):
+        with contextlib.suppress(Exception):  # a client closed already, a server gone
+            s.close()
+
+
+def _full_budget(scheduler: Any) -> tuple[str, float] | None:
+    """The (time attribute, max_t) at which a Tune scheduler ends a trial that ran in full:
+    ASHAScheduler's ``max_t``, HyperBandScheduler's; None for one without (MedianStoppingRule)."""
+    max_t = getattr(scheduler, "_max_t", None)
+    if max_t is None:
+        max_t = getattr(scheduler, "_max_t_attr", None)
+    if max_t is None:
+        return None
+    return getattr(scheduler, "_time_attr", TRAINING_ITERATION), float(max_t)
 
 
 def _nest(values: dict[str, Any], lists: dict[str, list]) -> dict:
