@@ -19,7 +19,18 @@ import bbo_client as bc
 from bbo_client.ray import BboSearch, convert_search_space
 
 
-def test_tuner_asks_bbo_and_tells_it_every_result(bbo_server, client, study_name, tmp_path):
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray for the module's real Tuner runs: a start takes ~10 s on 2 cores, and Ray
+    gives its raylet 30 s to register, which a loaded machine has missed."""
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def test_tuner_asks_bbo_and_tells_it_every_result(
+    ray_session, bbo_server, client, study_name, tmp_path
+):
     marker = tmp_path / "failed-once"
 
     def trainable(config):  # a Tune function trainable, as in Tune's examples
@@ -30,24 +41,20 @@ def test_tuner_asks_bbo_and_tells_it_every_result(bbo_server, client, study_name
         tune.report({"loss": loss, "const": config["const"]})
 
     search = BboSearch(bbo_server.address, study_name=study_name, n_initial=8)
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        tuner = tune.Tuner(
-            trainable,
-            param_space={
-                "x": tune.uniform(-5, 5),
-                "model": {"layers": tune.randint(1, 4)},
-                "opt": tune.choice(["adam", "sgd"]),
-                "const": 7,
-            },
-            tune_config=tune.TuneConfig(
-                search_alg=search, metric="loss", mode="min", num_samples=4, reuse_actors=True
-            ),
-            run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), verbose=0),
-        )
-        results = tuner.fit()
-    finally:
-        ray.shutdown()
+    tuner = tune.Tuner(
+        trainable,
+        param_space={
+            "x": tune.uniform(-5, 5),
+            "model": {"layers": tune.randint(1, 4)},
+            "opt": tune.choice(["adam", "sgd"]),
+            "const": 7,
+        },
+        tune_config=tune.TuneConfig(
+            search_alg=search, metric="loss", mode="min", num_samples=4, reuse_actors=True
+        ),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), verbose=0),
+    )
+    results = tuner.fit()
 
     info = client.get_study(study_name)
     assert {p.name: p for p in info.parameters} == {
@@ -283,8 +290,18 @@ def test_a_trial_a_scheduler_stops_early_is_told_pruned(bbo_server, client, stud
     assert [t.id for t in client.study(study_name).best().trials] == [trials[1].id]
     s.client.close()
 
+    # without the scheduler a stop at max_t reads like an early one: every stop is COMPLETED
+    plain = BboSearch(bbo_server.address, study_name=study_name + "-plain")
+    plain.set_search_properties("loss", "min", {"x": tune.uniform(0, 1)})
+    plain.suggest("rung")
+    plain.on_trial_result("rung", {"loss": 0.5, "training_iteration": 1})
+    plain.on_trial_complete("rung", {"loss": 0.1, "training_iteration": 2})
+    (t,) = client.study(study_name + "-plain").trials()
+    assert (t.state, t.metrics["loss"]) == ("COMPLETED", 0.1)
+    plain.client.close()
 
-def test_asha_in_a_tuner_run(bbo_server, client, study_name, tmp_path):
+
+def test_asha_in_a_tuner_run(ray_session, bbo_server, client, study_name, tmp_path):
     """A real run under ASHA: bbo's trials are PRUNED where Tune stopped them below max_t."""
     from ray.tune.schedulers import ASHAScheduler
 
@@ -294,18 +311,14 @@ def test_asha_in_a_tuner_run(bbo_server, client, study_name, tmp_path):
 
     asha = ASHAScheduler(max_t=9, grace_period=1, reduction_factor=3)
     search = BboSearch(bbo_server.address, study_name=study_name, scheduler=asha, n_initial=6)
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        results = tune.Tuner(
-            trainable,
-            param_space={"x": tune.uniform(0, 1)},
-            tune_config=tune.TuneConfig(
-                search_alg=search, scheduler=asha, metric="loss", mode="min", num_samples=6
-            ),
-            run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), verbose=0),
-        ).fit()
-    finally:
-        ray.shutdown()
+    results = tune.Tuner(
+        trainable,
+        param_space={"x": tune.uniform(0, 1)},
+        tune_config=tune.TuneConfig(
+            search_alg=search, scheduler=asha, metric="loss", mode="min", num_samples=6
+        ),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), verbose=0),
+    ).fit()
     tune_says = sorted((r.config["x"], r.metrics["training_iteration"]) for r in results)
     trials = sorted(client.study(study_name).trials(), key=lambda t: t.params["x"])
     assert [t.params["x"] for t in trials] == [x for x, _ in tune_says]

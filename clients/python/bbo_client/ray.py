@@ -164,7 +164,8 @@ class BboSearch(Searcher):
     ``fidelity`` / ``pruning``: early stopping is Tune's schedulers'); metrics named in
     ``constraints`` or ``tracked_metrics`` are read from the trial's last result too.
     ``scheduler``: the Tune scheduler given to the TuneConfig, so that a trial it stops at its
-    ``max_t`` is told COMPLETED and one it stops before PRUNED (see :meth:`on_trial_complete`).
+    ``max_t`` is told COMPLETED and one it stops before PRUNED (see :meth:`on_trial_complete`);
+    without it every stopped trial is told COMPLETED.
     """
 
     def __init__(
@@ -206,6 +207,9 @@ class BboSearch(Searcher):
         self._last: dict[str, dict] = {}  # Tune trial id -> its latest intermediate result
         self._failed: dict[str, Trial] = {}  # Tune trial id -> its bbo trial, told FAILED
         self._lists: dict[str, list] = {}  # "a/b" -> a param_space list with searched values
+        # without the scheduler a stop at its max_t looks like an early one: told COMPLETED, as
+        # before (and as Ray's own searchers do), with a warning once
+        self._scheduled = scheduler is not None
         self._warn_unscheduled = scheduler is None  # once, at the first early stop
         self._full = _full_budget(scheduler)  # (time attribute, max_t) of a scheduler's full run
         self._stop: dict[str, float] = {}  # the run's stop criteria (RunConfig(stop={...}))
@@ -302,8 +306,8 @@ class BboSearch(Searcher):
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
         """Tell bbo the trial's end: COMPLETED if it ran to its end (its trainable returned, its
-        result met the run's ``stop`` criteria, or reached the scheduler's ``max_t``), else
-        PRUNED with its last value (a scheduler stopped it early: Tune passes that result without
+        result met the run's ``stop`` criteria, or reached the scheduler's ``max_t``) or no
+        scheduler was given, else PRUNED with its last value (a scheduler stopped it early: Tune passes that result without
         having shown it to :meth:`on_trial_result`, or none for a paused trial); an error FAILED."""
         self._stop_renewing(trial_id)
         with self._lock:
@@ -352,13 +356,16 @@ class BboSearch(Searcher):
             ends[self._full[0]] = self._full[1]
         if any(_finite(final.get(k)) and final[k] >= v for k, v in ends.items()):
             return ""
-        if self._warn_unscheduled:
-            self._warn_unscheduled = False
-            log.warning(
-                "BboSearch: Tune stopped a trial before its trainable returned; it is told PRUNED. "
-                "Give BboSearch the TuneConfig's scheduler (BboSearch(..., scheduler=...)) so "
-                "that trials it stops at their max_t are told COMPLETED."
-            )
+        if not self._scheduled:
+            if self._warn_unscheduled:
+                self._warn_unscheduled = False
+                log.warning(
+                    "BboSearch: Tune stopped a trial before its trainable returned; with no "
+                    "scheduler given, a stop at its max_t cannot be told from an early one, so it "
+                    "is told COMPLETED. Give BboSearch the TuneConfig's scheduler "
+                    "(BboSearch(..., scheduler=...)) to tell early stops PRUNED."
+                )
+            return ""
         at = f"{TRAINING_ITERATION}={final.get(TRAINING_ITERATION)}"
         return f"stopped early by Ray Tune (a scheduler or stopper) at {at}"
 
@@ -429,7 +436,8 @@ class BboSearch(Searcher):
     def __setstate__(self, state: dict) -> None:
         # a searcher pickled by an earlier version lacks what later ones keep: empty
         old = {"_lists": {}, "_last": {}, "_failed": {}, "_stop": {}}
-        self.__dict__.update({**old, "_warn_unscheduled": False, "_full": None, **state})
+        gone = {"_warn_unscheduled": False, "_full": None, "_scheduled": False}
+        self.__dict__.update({**old, **gone, **state})
         self._client, self._handle, self._lock, self._beats = None, None, threading.Lock(), {}
 
     # ---- bbo ------------------------------------------------------------------------------------
