@@ -303,6 +303,28 @@ def test_serve_on_a_port_in_use_is_a_clean_error(tmp_path):
         (["--grace-seconds", "-1"], {}, "--grace-seconds"),
         (["--metrics-port", "70000"], {}, "--metrics-port"),  # was a traceback
         (["--llm-timeout", "-1"], {}, "--llm-timeout"),  # was a traceback
+        # extremes that passed the start and failed later: every refusal INTERNAL (1 / rate
+        # overflowed its RetryInfo), a trial's Tells refused for ever (a trial rate of 0, a burst
+        # under one token), reaper and probe threads dead and a stop not graceful (waits past
+        # what a thread can wait), a hung or failed start (2**63 threads), trials abandoned
+        # before their first Heartbeat, every LLM call failed
+        (["--rate-limit", "1e-300"], {}, "--rate-limit"),
+        (["--rate-limit", "inf"], {}, "--rate-limit"),
+        (["--rate-burst", "0.5"], {}, "--rate-burst"),
+        (["--trial-rate", "0"], {}, "--trial-rate"),
+        (["--trial-burst", "0.5"], {}, "--trial-burst"),
+        (["--lease-seconds", "1e-300"], {}, "--lease-seconds"),
+        (["--lease-reap-seconds", "1e300"], {}, "--lease-reap-seconds"),
+        (["--health-probe-seconds", "1e300"], {}, "--health-probe-seconds"),
+        (["--grace-seconds", "1e300"], {}, "--grace-seconds"),
+        (["--workers", str(2**63)], {}, "--workers"),
+        (["--torch-threads", str(2**63)], {}, "--torch-threads"),
+        (["--llm-timeout", "1e300"], {}, "--llm-timeout"),
+        (
+            ["--llm-base-url", "http://127.0.0.1:9/v1"],
+            {"BBO_LLM_TIMEOUT": "1e300"},
+            "BBO_LLM_TIMEOUT",
+        ),
         (
             ["--llm-base-url", "http://127.0.0.1:9/v1"],
             {"BBO_LLM_TIMEOUT": "soon"},
@@ -345,6 +367,8 @@ def test_serve_refuses_numbers_out_of_range_naming_the_flag(tmp_path, args, env,
         (["demo", "--workers", "0"], "--workers"),
         (["kit", "admm", "--trials", "-3", "--server", "127.0.0.1:9"], "--trials"),
         (["kit", "admm", "--workers", "x", "--server", "127.0.0.1:9"], "--workers"),
+        (["demo", "--seed", "-1"], "--seed"),  # was refused by the spec, after a server started
+        (["kit", "admm", "--seed", str(2**64), "--server", "127.0.0.1:9"], "--seed"),
     ],
 )
 def test_demo_and_kit_refuse_counts_below_one_before_any_work(tmp_path, args, flag):

@@ -42,6 +42,19 @@ def at_least(low: int, high: int | None = None):
     return parse
 
 
+def add_seed_argument(p: argparse.ArgumentParser) -> None:
+    """``--seed`` of a command that creates a study, held to the spec's range before any work
+    (out of it, ``bbo demo`` started a server and the spec refused it only then)."""
+    from bbo.spec import MAX_SEED
+
+    p.add_argument(
+        "--seed",
+        type=at_least(0, MAX_SEED),
+        default=None,
+        help="seed of the study's suggestions",
+    )
+
+
 def add_count_arguments(p: argparse.ArgumentParser, trials: int, workers: int) -> None:
     """``--trials`` and ``--workers`` of a command that runs a study (``bbo kit``, ``bbo demo``)."""
     p.add_argument(
@@ -218,7 +231,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--study", default=None, help="study name (default kit-NAME-<options>-<timestamp>)"
     )
-    p.add_argument("--seed", type=int, default=None, help="seed of the study's suggestions")
+    add_seed_argument(p)
     p.add_argument(
         "--eval-seed",
         type=at_least(0, MAX_EVAL_SEED),  # scikit-learn's random_state takes 0 to 2**32 - 1

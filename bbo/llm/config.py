@@ -24,7 +24,6 @@ see :mod:`bbo.llm.local`.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -43,11 +42,18 @@ def env_seconds(env: Mapping[str, str], key: str, default: float | None) -> floa
     return seconds(v, key, repr(raw))
 
 
+# the longest an LLM call or an Ask's LLM work may take: 1e300 s overflowed the HTTP client's
+# timeout on every call
+MAX_SECONDS = 86400.0
+
+
 def seconds(v: float, what: str, shown: str | None = None) -> float:
-    """``v`` where it is a positive, finite number of seconds; a ValueError naming ``what`` (and
-    the value as given, ``shown``) otherwise."""
-    if not (math.isfinite(v) and v > 0):
-        raise ValueError(f"{what} must be a number of seconds > 0, got {shown or repr(v)!s}")
+    """``v`` where it is a number of seconds in (0, :data:`MAX_SECONDS`]; a ValueError naming
+    ``what`` (and the value as given, ``shown``) otherwise."""
+    if not 0 < v <= MAX_SECONDS:  # False for nan
+        raise ValueError(
+            f"{what} must be a number of seconds in (0, {MAX_SECONDS:g}], got {shown or repr(v)!s}"
+        )
     return v
 
 

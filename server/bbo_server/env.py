@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,12 @@ def default(
     if choices is not None and value not in choices:
         return Invalid(name, raw, what)
     return value
+
+
+def refuse(flag: str, rule: str, value: Any) -> NoReturn:
+    """Exit (status 1) with one line naming ``--flag``, what it must be and what it got: the one
+    way ``bbo serve`` and its plugins refuse a value out of range, before anything listens."""
+    raise SystemExit(f"bbo serve: --{flag} must be {rule}, got {value!r}")
 
 
 def check(args) -> None:

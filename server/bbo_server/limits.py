@@ -33,6 +33,8 @@ from bbo_server import metrics as M
 FINISHING = frozenset({"Tell", "Heartbeat"})
 BUSY_RETRY_AFTER = (0.25, 1.0)  # seconds a refusal for load asks to wait: random, so retries spread
 MAX_STUDY_NAME = 128  # characters of a study name (bbo.spec.STUDY_NAME)
+# the least --rate-limit / --trial-rate: a refusal asks to wait up to 1 / rate (one a day: a day)
+MIN_RATE = 1 / 86400
 
 
 @dataclass

@@ -9,7 +9,7 @@ import time
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="run a real tuning study end to end (server + client + plot)")
-    from bbo.kits.cli import add_count_arguments
+    from bbo.kits.cli import add_count_arguments, add_seed_argument
 
     add_count_arguments(p, trials=25, workers=2)
     p.add_argument(
@@ -17,7 +17,7 @@ def register(sub) -> None:
         default="runs",
         help="where the database, server log and plot go (default ./%(default)s)",
     )
-    p.add_argument("--seed", type=int, default=None, help="seed of the study's suggestions")
+    add_seed_argument(p)
     p.set_defaults(func=run)
 
 

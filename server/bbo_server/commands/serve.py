@@ -137,6 +137,14 @@ def register(sub) -> None:
 
 # gRPC takes message sizes as a C int, and reads -1 as "no limit"
 MAX_MESSAGE_BYTES_CAP = 2**31 - 1
+# --workers starts its threads at once, --torch-threads is a C int of OpenMP's: 2**63 of either
+# hung or failed the start
+MAX_THREADS = 1024
+# the lease reaper's and the health probe's intervals, and the grace: past a week the waits on
+# them overflowed (the reaper's and the probe's threads died, the stop was not graceful)
+LONGEST_WAIT = 7 * 24 * 3600.0
+SHORTEST_INTERVAL = 0.01  # reaper and probe: shorter spun a thread on the database
+SHORTEST_LEASE = 1.0  # shorter (1e-300) abandoned a trial before its first Heartbeat
 
 
 def check_args(args) -> None:
@@ -145,40 +153,44 @@ def check_args(args) -> None:
     0 or less would abandon every trial as soon as it is asked (one past 7 days failed every Ask)."""
     import math
 
-    def bad(flag: str, rule: str, value) -> None:
-        raise SystemExit(f"bbo serve: --{flag} must be {rule}, got {value!r}")
-
+    bad = env.refuse
     env.check(args)
 
     if not 0 <= args.port <= 65535:
         bad("port", "in 0..65535 (0 = pick a free one)", args.port)
-    for flag, low in (
-        ("workers", 0),
-        ("torch-threads", 0),
-        ("rpc-threads", 1),
-        ("max-concurrent-rpcs", 0),
-        ("max-tenant-rpcs", 0),
-        ("max-ask", 1),
-        ("max-cached-studies", 0),
-        ("max-message-bytes", 1),
+    for flag, low, high in (
+        ("workers", 0, MAX_THREADS),
+        ("torch-threads", 0, MAX_THREADS),
+        ("rpc-threads", 1, MAX_THREADS),
+        ("max-concurrent-rpcs", 0, None),
+        ("max-tenant-rpcs", 0, None),
+        ("max-ask", 1, None),
+        ("max-cached-studies", 0, None),
+        ("max-message-bytes", 1, MAX_MESSAGE_BYTES_CAP),
     ):
-        if getattr(args, flag.replace("-", "_")) < low:
-            bad(flag, f">= {low}", getattr(args, flag.replace("-", "_")))
-    if args.max_message_bytes > MAX_MESSAGE_BYTES_CAP:
-        bad("max-message-bytes", f"<= {MAX_MESSAGE_BYTES_CAP}", args.max_message_bytes)
+        v = getattr(args, flag.replace("-", "_"))
+        if v < low or (high is not None and v > high):
+            bad(flag, f"in {low}..{high}" if high is not None else f">= {low}", v)
     if not (math.isfinite(args.max_ask_seconds) and args.max_ask_seconds > 0):
         bad("max-ask-seconds", "a number of seconds > 0", args.max_ask_seconds)
     from bbo.registry import StudyConfig
 
     longest = StudyConfig.max_lease_seconds  # an Ask's own lease_seconds is held to it too
-    if not (math.isfinite(args.lease_seconds) and 0 < args.lease_seconds <= longest):
+    if not (SHORTEST_LEASE <= args.lease_seconds <= longest):  # False for nan
         bad(
-            "lease-seconds", f"a number of seconds in (0, {longest:g}] (7 days)", args.lease_seconds
+            "lease-seconds",
+            f"a number of seconds in [{SHORTEST_LEASE:g}, {longest:g}] (7 days)",
+            args.lease_seconds,
         )
-    for flag in ("lease-reap-seconds", "health-probe-seconds", "grace-seconds"):
+    for flag, shortest in (
+        ("lease-reap-seconds", SHORTEST_INTERVAL),
+        ("health-probe-seconds", SHORTEST_INTERVAL),
+        ("grace-seconds", 0.0),
+    ):
         v = getattr(args, flag.replace("-", "_"))
-        if not (math.isfinite(v) and v >= 0):
-            bad(flag, "a number of seconds >= 0", v)
+        if not (v == 0 or shortest <= v <= LONGEST_WAIT):
+            zero = "0 or " if shortest else ""
+            bad(flag, f"{zero}a number of seconds in [{shortest:g}, {LONGEST_WAIT:g}] (7 days)", v)
 
 
 def run(args) -> int:

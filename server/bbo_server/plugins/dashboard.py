@@ -37,7 +37,7 @@ def configure_server(opts, args) -> None:
         return
     host = args.dashboard_host
     if not 0 < port < 65536:
-        raise SystemExit(f"bbo serve: --dashboard-port must be in 1..65535 (0 = off), got {port}")
+        env.refuse("dashboard-port", "in 1..65535 (0 = off)", port)
     from bbo_server import dashboard
 
     try:

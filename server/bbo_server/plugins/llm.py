@@ -12,6 +12,9 @@ import logging
 import os
 import sys
 
+from bbo_server import env
+from bbo_server.commands.serve import MAX_THREADS
+
 log = logging.getLogger("bbo.server")
 
 # The local engine's profile: a CPU model answers in seconds to tens of seconds, so calls get a
@@ -107,8 +110,8 @@ def _check_args(args) -> None:
                 seconds(v, f"--{flag}")
         except ValueError as e:
             raise SystemExit(f"bbo serve: {e}") from None
-    if args.llm_threads is not None and args.llm_threads < 0:
-        raise SystemExit(f"bbo serve: --llm-threads must be >= 0 (0 = 1), got {args.llm_threads}")
+    if args.llm_threads is not None and not 0 <= args.llm_threads <= MAX_THREADS:
+        env.refuse("llm-threads", f"in 0..{MAX_THREADS} (0 = 1)", args.llm_threads)
 
 
 def configure_server(opts, args) -> None:
@@ -150,8 +153,10 @@ def _local(opts, args):
         env_threads = int(raw) if raw else 0
     except ValueError:
         env_threads = -1
-    if env_threads < 0:
-        raise SystemExit(f"bbo serve: BBO_LLM_THREADS must be a whole number >= 0, got {raw!r}")
+    if not 0 <= env_threads <= MAX_THREADS:
+        raise SystemExit(
+            f"bbo serve: BBO_LLM_THREADS must be a whole number in 0..{MAX_THREADS}, got {raw!r}"
+        )
     threads = args.llm_threads or env_threads or 1
     engine = LocalEngine(threads=threads)
     try:

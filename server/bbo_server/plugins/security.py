@@ -104,6 +104,28 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def check_rates(args) -> None:
+    """Refuse a rate or burst no token bucket can serve (:func:`bbo_server.env.refuse`): one
+    under :data:`~bbo_server.limits.MIN_RATE` (1e-300 asked clients to wait 1e300 s, and every
+    refusal failed INTERNAL), a trial rate of 0 (a trial's Tells refused for ever once its burst
+    was spent), a burst under one token (every call refused), or one not finite."""
+    import math
+
+    from bbo_server.limits import MIN_RATE
+
+    rate = (MIN_RATE, f"a number of calls/s >= {MIN_RATE:.3g} (one a day)")
+    burst = (1.0, "a finite number of tokens >= 1")
+    for flag, zero, (low, what) in (
+        ("rate-limit", "0 (no limit) or ", rate),
+        ("trial-rate", "", rate),
+        ("rate-burst", "0 (2 x --rate-limit) or ", burst),
+        ("trial-burst", "0 (1) or ", burst),
+    ):
+        v = getattr(args, flag.replace("-", "_"))
+        if not ((zero and v == 0) or (math.isfinite(v) and v >= low)):
+            env.refuse(flag, zero + what, v)
+
+
 def configure_server(opts, args) -> None:
     from bbo.limits import RequestLimits
     from bbo.registry import default_strategy_factory
@@ -121,10 +143,8 @@ def configure_server(opts, args) -> None:
         )
     use_auth = (not loopback) if want_auth is None else want_auth
     if args.max_studies < 0:
-        raise SystemExit("bbo serve: --max-studies must be >= 0")
-    for v in ("rate_limit", "rate_burst", "trial_rate", "trial_burst"):
-        if not getattr(args, v) >= 0:
-            raise SystemExit(f"bbo serve: --{v.replace('_', '-')} must be >= 0")
+        env.refuse("max-studies", ">= 0 (0 = unlimited)", args.max_studies)
+    check_rates(args)
     try:
         opts.limits = RequestLimits(**{n: getattr(args, n) for n, _, _ in RequestLimits.flags()})
     except ValueError as e:
@@ -168,9 +188,7 @@ def configure_server(opts, args) -> None:
     )
     if args.metrics_port:
         if not 0 < args.metrics_port < 65536:
-            raise SystemExit(
-                f"bbo serve: --metrics-port must be in 1..65535 (0 = off), got {args.metrics_port}"
-            )
+            env.refuse("metrics-port", "in 1..65535 (0 = off)", args.metrics_port)
         try:
             metrics.serve_http(args.metrics_port, args.metrics_host)
         except OSError as e:
