@@ -93,6 +93,12 @@ class TrainingData:
     layout: Layout  # the outcome layout in the model's units (bounds, reference points warped)
 
     @cached_property
+    def key(self) -> tuple:
+        """:func:`fingerprint` of :attr:`trials`: what a cache of anything computed from this
+        data is keyed by (:meth:`ModelData.build` gives it the one it took where it can)."""
+        return fingerprint(self.trials)
+
+    @cached_property
     def distinct_rows(self) -> np.ndarray:
         """The first row of each distinct point (:func:`~bbo.strategy.noise.same_point`): one
         value per point, replicates aside."""
@@ -171,6 +177,10 @@ class ModelData:
         if self._last is not None and self._last[0] == key:
             return self._last[1]
         data = self._build(trials)
+        # every trial a row, in order: the same fingerprint, not taken twice (a second one was
+        # half of a GetBest of 20,000 trials)
+        if len(data.trials) == len(trials):
+            data.__dict__["key"] = key
         self._last = (key, data)
         return data
 

@@ -41,7 +41,7 @@ from bbo.acquisition import log_prob_feasible, marginals
 from bbo.strategy import noise as noise_rules
 from bbo.strategy.base import Estimate, Recommendation
 from bbo.strategy.context import Context
-from bbo.strategy.model_data import TrainingData, fingerprint
+from bbo.strategy.model_data import TrainingData
 from bbo.surrogate import Surrogate, fitted_noise
 from bbo.trial import MODELED_STATES, Trial
 
@@ -111,7 +111,7 @@ class Recommender:
         modeled = [t for t in trials if t.state in MODELED_STATES]
         with self._lock:
             data = self._data.build(modeled)
-            key = fingerprint(data.trials)
+            key = data.key
             cached = self._cache
         hyper = self._hyper()
         if cached is not None and cached[0] == key and cached[1] is hyper:
@@ -138,7 +138,7 @@ class Recommender:
         worth = self._worth_a_model(data)
         rec = self._choose(data, model, rows, predictive) if worth else None
         with self._lock:
-            self._cache = (fingerprint(data.trials), self._hyper(), rec)
+            self._cache = (data.key, self._hyper(), rec)
 
     def _read_fit(self, data: TrainingData) -> tuple[object, np.ndarray, object]:
         """``(model, rows, predictive)`` of the reads' own surrogate on ``data``, fit as an ask
