@@ -364,3 +364,19 @@ def test_a_study_made_with_a_long_ordinal_grid_is_still_adopted(server_factory, 
         assert len(asked) == 2 and all(t.state.name == "COMPLETE" for t in study.trials)
         for t in asked:
             assert t.params["x"] in grid
+
+
+def test_a_trial_added_after_the_study_is_bound_is_attached(client, study_name):
+    """``study.add_trial(create_trial(...))`` feeds Optuna's samplers at any time; it reached bbo
+    only when added before the bbo study was made. It is attached at the next ask."""
+    dists = {"x": D.FloatDistribution(0, 1)}
+    study = optuna.create_study(sampler=BboSampler(client=client, study_name=study_name))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    study.add_trial(
+        optuna.trial.create_trial(params={"x": 0.125}, distributions=dists, value=0.125)
+    )
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    trials = client.study(study_name).trials()
+    assert len(trials) == 4
+    (added,) = [t for t in trials if t.params["x"] == 0.125]
+    assert added.origin == "user" and added.metrics == {"value": 0.125}

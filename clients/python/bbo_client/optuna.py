@@ -37,7 +37,7 @@ import re
 import socket
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from optuna.distributions import (
@@ -159,6 +159,7 @@ class _Bound:
     names: dict[str, str]  # Optuna parameter name -> bbo parameter name
     objectives: list[str]
     n_constraints: int
+    attached: set[int] = field(default_factory=set)  # Optuna trial ids attached (or passed over)
 
 
 def _whole(study: Study) -> Study:
@@ -247,6 +248,8 @@ class BboSampler(BaseSampler):
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
         b = self._bind(study)
+        if b is not None:
+            self._attach_done(study, b)  # such as study.add_trial's since the last ask
         if not search_space or b is None or "fixed_params" in trial.system_attrs:
             return {}  # enqueued parameters win: that trial is attached when it completes
         (t,) = b.handle.ask(
@@ -378,7 +381,7 @@ class BboSampler(BaseSampler):
                 b = self._bind_locked(study)
                 if b is not None:
                     self._bound[study.study_name] = b
-                    self._attach_earlier(study, b)
+                    self._attach_done(study, b)
             return b
 
     def _bind_locked(self, study: Study) -> _Bound | None:
@@ -511,6 +514,7 @@ class BboSampler(BaseSampler):
     ) -> None:
         """AddTrial a completed Optuna trial whose parameters bbo did not choose, if it has every
         parameter of the bbo study with the same distribution; recorded once across processes."""
+        b.attached.add(trial._trial_id)
         if any(trial.distributions.get(k) != d for k, d in b.space.items()):
             return
         metrics, bad = self._metrics(b, values, constraints)
@@ -522,10 +526,11 @@ class BboSampler(BaseSampler):
         except InvalidArgument as e:  # outside the bbo study's space after all: not modeled
             log.info("Optuna trial %d not attached to bbo: %s", trial.number, e)
 
-    def _attach_earlier(self, study: Study, b: _Bound) -> None:
-        """Attach the trials that completed before the bbo study was bound."""
+    def _attach_done(self, study: Study, b: _Bound) -> None:
+        """Attach the completed trials not asked from bbo and not attached yet: those completed
+        before the bbo study was bound, and those ``study.add_trial`` added (no after_trial)."""
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if TRIAL_ID_ATTR not in t.system_attrs:
+            if TRIAL_ID_ATTR not in t.system_attrs and t._trial_id not in b.attached:
                 self._attach(
                     study, b, t, list(t.values or []), t.system_attrs.get(CONSTRAINTS_ATTR)
                 )
