@@ -366,6 +366,54 @@ def test_a_study_made_with_a_long_ordinal_grid_is_still_adopted(server_factory, 
             assert t.params["x"] in grid
 
 
+def _capped(trial):
+    """-x, feasible while x <= 0.5: the unconstrained best (x = 1) is infeasible."""
+    x = trial.suggest_float("x", 0, 1)
+    trial.set_user_attr("c", x - 0.5)
+    return -x
+
+
+def test_constraints_func_keeps_infeasible_trials_out_of_best(client, study_name):
+    """Optuna's best_trial / best_trials skip trials whose constraints_func values are > 0 when
+    the sampler stores them as Optuna's samplers do; before, the sampler kept them to itself and
+    best_value was the infeasible -1.0 (plain Optuna with TPESampler: -0.2)."""
+    sampler = BboSampler(
+        client=client, study_name=study_name, constraints_func=lambda t: [t.user_attrs["c"]]
+    )
+    study = optuna.create_study(sampler=sampler)
+    study.enqueue_trial({"x": 1.0})
+    study.enqueue_trial({"x": 0.2})
+    study.optimize(_capped, n_trials=4)
+    assert study.best_value >= -0.5 and study.best_trial.user_attrs["c"] <= 0
+    assert [c.metric for c in client.get_study(study_name).constraints] == ["constraint_0"]
+    told = [t.metrics for t in client.study(study_name).trials()]
+    assert len(told) == 4 and told[0] == pytest.approx({"value": -1.0, "constraint_0": 0.5})
+
+
+@pytest.mark.skipif(
+    not hasattr(optuna.trial.Trial, "set_constraint"), reason="Optuna 5's trial.set_constraint"
+)
+def test_trial_set_constraint_becomes_a_bbo_outcome_constraint(client, study_name):
+    """Optuna 5's ``trial.set_constraint(key, value)`` (feasible when <= 0) is a bbo constraint
+    ``constraint_<key> <= 0``; before, bbo was told the objective alone and searched unconstrained."""
+
+    def obj(trial):
+        x = trial.suggest_float("x", 0, 1)
+        trial.set_constraint("mem", x - 0.5)
+        return -x
+
+    study = optuna.create_study(sampler=BboSampler(client=client, study_name=study_name))
+    study.optimize(obj, n_trials=3)
+    info = client.get_study(study_name)
+    assert [(c.metric, c.op, c.bound) for c in info.constraints] == [("constraint_mem", "<=", 0.0)]
+    trials = client.study(study_name).trials()
+    assert len(trials) == 3 and all(t.state == "COMPLETED" for t in trials)
+    for b, t in zip(trials, study.trials):
+        assert b.metrics == pytest.approx(
+            {"value": -t.params["x"], "constraint_mem": t.params["x"] - 0.5}
+        )
+
+
 def test_a_trial_added_after_the_study_is_bound_is_attached(client, study_name):
     """``study.add_trial(create_trial(...))`` feeds Optuna's samplers at any time; it reached bbo
     only when added before the bbo study was made. It is attached at the next ask."""

@@ -15,8 +15,10 @@ search space up front):
   (the start-up ones, enqueued ones) are attached to the bbo study with ``AddTrial`` when they
   complete, under a request id derived from the Optuna trial, so several processes attaching the
   same shared trial record it once.
-- When a trial finishes, bbo is told: COMPLETE as COMPLETED with its value(s) (and the values of
-  ``constraints_func``, feasible when <= 0, as bbo outcome constraints), FAIL as FAILED, and PRUNED
+- When a trial finishes, bbo is told: COMPLETE as COMPLETED with its value(s) (and its constraint
+  values, feasible when <= 0, as bbo outcome constraints ``constraint_<key>``: those of
+  ``constraints_func``, keyed 0, 1, ..., or of Optuna 5's ``trial.set_constraint(key, value)``;
+  Optuna keeps them, so ``study.best_trial`` skips infeasible trials), FAIL as FAILED, and PRUNED
   as PRUNED with the reason "pruned by Optuna at step N" and its last intermediate value (which
   bbo's model learns from): evaluated and judged unpromising, a final outcome with a reason worth
   keeping (not ABANDONED: in bbo that means no result came back and a late result is still
@@ -47,6 +49,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 from optuna.samplers import BaseSampler, RandomSampler
+from optuna.samplers._base import _process_constraints_after_trial
 from optuna.search_space import IntersectionSearchSpace
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
@@ -78,8 +81,23 @@ log = logging.getLogger(__name__)
 
 TRIAL_ID_ATTR = "bbo:trial_id"  # the bbo trial an Optuna trial's parameters were asked for
 STUDY_UID_ATTR = "bbo:study_uid"
-CONSTRAINTS_ATTR = "bbo:constraints"  # constraints_func's values, computed once in after_trial
 _BAD_NAME = re.compile(r"[^A-Za-z0-9_.\-]+")
+
+try:  # Optuna 5: constraints_func's list and trial.set_constraint's values, as Optuna reads them
+    from optuna.study._constrained_optimization import (
+        _get_constraints_from_system_attrs as _optuna_constraints,
+    )
+except ImportError:  # Optuna 4: constraints_func's list only
+
+    def _optuna_constraints(system_attrs: dict[str, Any]) -> dict[str, float]:
+        return {str(i): c for i, c in enumerate(system_attrs.get("constraints") or ())}
+
+
+def _constraints(system_attrs: dict[str, Any]) -> dict[str, float]:
+    """A trial's constraint values (feasible when <= 0) by bbo metric, ``constraint_<key>``."""
+    return {
+        "constraint_" + bbo_name(k): float(v) for k, v in _optuna_constraints(system_attrs).items()
+    }
 
 
 def bbo_parameter(name: str, dist: BaseDistribution) -> Parameter:
@@ -158,7 +176,7 @@ class _Bound:
     space: dict[str, BaseDistribution]  # by Optuna parameter name
     names: dict[str, str]  # Optuna parameter name -> bbo parameter name
     objectives: list[str]
-    n_constraints: int
+    constraints: list[str]  # the bbo metrics of its outcome constraints, each <= 0
     attached: set[int] = field(default_factory=set)  # Optuna trial ids attached (or passed over)
 
 
@@ -283,10 +301,11 @@ class BboSampler(BaseSampler):
         state: TrialState,
         values: Sequence[float] | None,
     ) -> None:
-        constraints: list[float] | None = None
-        if self._constraints_func is not None and state == TrialState.COMPLETE:
-            constraints = [float(c) for c in self._constraints_func(trial)]
-            study._storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_ATTR, constraints)
+        attrs = trial.system_attrs
+        if self._constraints_func is not None:  # stored where Optuna's samplers store them
+            _process_constraints_after_trial(self._constraints_func, study, trial, state)
+            attrs = study._storage.get_trial_system_attrs(trial._trial_id)
+        constraints = _constraints(attrs)
         self._independent.after_trial(study, trial, state, values)
         tid = trial.system_attrs.get(TRIAL_ID_ATTR)
         if tid is None:  # its parameters were not asked: attach it once it has a result
@@ -403,15 +422,12 @@ class BboSampler(BaseSampler):
             if not space:
                 return None
             names = bbo_names(space)
-            n_constraints = self._n_constraints(study)
             try:
                 handle = self._client.create_study(
                     name,
                     parameters=[bbo_parameter(names[k], d) for k, d in space.items()],
                     objectives=objectives,
-                    constraints=[
-                        Constraint(f"constraint_{i}", "<=", 0.0) for i in range(n_constraints)
-                    ],
+                    constraints=[Constraint(c, "<=", 0.0) for c in _constraints_of(done)],
                     **self._options,
                 )
                 info = handle.info(cached=True)
@@ -455,10 +471,10 @@ class BboSampler(BaseSampler):
                     field="study_name",
                 )
             space[k], names[k] = d, p.name
-        n_constraints = sum(1 for c in info.constraints if c.metric.startswith("constraint_"))
+        constraints = [c.metric for c in info.constraints if c.metric.startswith("constraint_")]
         handle = StudyHandle(self._client, info.name)
         handle._info = info
-        return _Bound(handle, space, names, [o.name for o in objectives], n_constraints)
+        return _Bound(handle, space, names, [o.name for o in objectives], constraints)
 
     def _objectives(self, study: Study) -> list[Objective]:
         names = study.metric_names or (
@@ -471,27 +487,19 @@ class BboSampler(BaseSampler):
             for n, d in zip(names, study.directions)
         ]
 
-    def _n_constraints(self, study: Study) -> int:
-        if self._constraints_func is None:
-            return 0
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if CONSTRAINTS_ATTR in t.system_attrs:
-                return len(t.system_attrs[CONSTRAINTS_ATTR])
-        return 0
-
     # ---- results --------------------------------------------------------------------------------
     def _metrics(
-        self, b: _Bound, values: list[float], constraints: list[float] | None
+        self, b: _Bound, values: list[float], constraints: dict[str, float]
     ) -> tuple[dict[str, float], str]:
         """The metrics to tell for a completed trial, or a reason it cannot count (non-finite)."""
         metrics = dict(zip(b.objectives, values))
-        if b.n_constraints:
-            if constraints is None or len(constraints) != b.n_constraints:
+        if b.constraints:
+            if sorted(constraints) != sorted(b.constraints):
                 return {}, (
-                    f"constraints_func gave {constraints!r}; the study has "
-                    f"{b.n_constraints} constraint(s)"
+                    f"the trial's constraints are {sorted(constraints)}, the study's "
+                    f"{sorted(b.constraints)}"
                 )
-            metrics.update({f"constraint_{i}": c for i, c in enumerate(constraints)})
+            metrics.update(constraints)
         bad = [f"{k}={v!r}" for k, v in metrics.items() if not math.isfinite(v)]
         return metrics, ("not finite: " + ", ".join(bad)) if bad else ""
 
@@ -510,7 +518,7 @@ class BboSampler(BaseSampler):
         b: _Bound,
         trial: FrozenTrial,
         values: list[float],
-        constraints: list[float] | None,
+        constraints: dict[str, float],
     ) -> None:
         """AddTrial a completed Optuna trial whose parameters bbo did not choose, if it has every
         parameter of the bbo study with the same distribution; recorded once across processes."""
@@ -531,9 +539,7 @@ class BboSampler(BaseSampler):
         before the bbo study was bound, and those ``study.add_trial`` added (no after_trial)."""
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             if TRIAL_ID_ATTR not in t.system_attrs and t._trial_id not in b.attached:
-                self._attach(
-                    study, b, t, list(t.values or []), t.system_attrs.get(CONSTRAINTS_ATTR)
-                )
+                self._attach(study, b, t, list(t.values or []), _constraints(t.system_attrs))
 
 
 def bbo_value(dist: BaseDistribution, value: Any) -> Any:
@@ -550,6 +556,11 @@ def bbo_value(dist: BaseDistribution, value: Any) -> Any:
     if step is not None:
         v = dist.low + round((v - dist.low) / step) * step
     return round(v) if isinstance(dist, IntDistribution) else float(v)
+
+
+def _constraints_of(trials: Sequence[FrozenTrial]) -> list[str]:
+    """The bbo constraint metrics of the first of ``trials`` that has constraint values."""
+    return next((list(c) for t in trials if (c := _constraints(t.system_attrs))), [])
 
 
 def _request_id(study: Study, trial: FrozenTrial) -> str:
