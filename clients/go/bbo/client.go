@@ -489,6 +489,13 @@ func (s *Study) Optimize(ctx context.Context, fn Objective, n int, workerID stri
 // OptimizeWith is Optimize with options: with Progress, a bar of the trials done and the study's
 // best (GetBest, read at most every 2 s and after the last trial).
 func (s *Study) OptimizeWith(ctx context.Context, fn Objective, n int, opts OptimizeOptions) error {
+	// refused before any call: a negative n ran nothing in silence, a nil fn panicked mid-trial
+	if n < 0 {
+		return invalidArgument("n", fmt.Sprintf("the number of trials must be >= 0, got %d", n))
+	}
+	if fn == nil {
+		return invalidArgument("fn", "the objective is nil")
+	}
 	bar := newProgress(s, n, opts.Progress)
 	workerID := opts.WorkerID
 	if opts.TellPatience == 0 {
@@ -562,9 +569,6 @@ func (s *Study) runTrial(ctx context.Context, fn Objective, t *pb.Trial, patienc
 	return nil
 }
 
-// withContext puts what was being done before err's message and keeps its gRPC status (code
-// and details), so that status.Code(err) still gives the code: the grpc-go Debian ships reads a
-// status by a type assertion, which an fmt.Errorf wrapping hides (Optimize's errors read Unknown).
 // ended is ctx's error, also in the instant after its deadline passed and before its timer set
 // ctx.Err(): a call under that deadline can fail DEADLINE_EXCEEDED first.
 func ended(ctx context.Context) error {
@@ -577,6 +581,22 @@ func ended(ctx context.Context) error {
 	return nil
 }
 
+// invalidArgument is an INVALID_ARGUMENT status error naming field (a BadRequest detail, as the
+// server's own refusals carry), for an argument refused before any call.
+func invalidArgument(field, msg string) error {
+	st := status.New(codes.InvalidArgument, field+": "+msg)
+	bad := &errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{
+		{Field: field, Description: msg},
+	}}
+	if withBad, err := st.WithDetails(bad); err == nil {
+		st = withBad
+	}
+	return st.Err()
+}
+
+// withContext puts what was being done before err's message and keeps its gRPC status (code
+// and details), so that status.Code(err) still gives the code: the grpc-go Debian ships reads a
+// status by a type assertion, which an fmt.Errorf wrapping hides (Optimize's errors read Unknown).
 func withContext(what string, err error) error {
 	st, ok := status.FromError(err)
 	if !ok {

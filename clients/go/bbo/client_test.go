@@ -303,3 +303,29 @@ func TestDialRefusesACertificateWithoutItsKey(t *testing.T) {
 		t.Fatalf("Dial with TLSCert alone: %v", err)
 	}
 }
+
+// Optimize refuses a negative trial count or a nil objective with INVALID_ARGUMENT naming the
+// argument, before any call, as Python's optimize does: -1 ran nothing in silence, and a nil
+// objective panicked inside the first trial it asked for.
+func TestOptimizeRefusesBadArgumentsBeforeAnyCall(t *testing.T) {
+	fake, study := serveFake(t)
+	ok := func(context.Context, map[string]interface{}) (map[string]float64, error) {
+		return map[string]float64{"f": 1}, nil
+	}
+	for _, c := range []struct {
+		fn    Objective
+		n     int
+		field string
+	}{{ok, -1, "n"}, {nil, 1, "fn"}} {
+		err := study.Optimize(context.Background(), c.fn, c.n, "w")
+		st := status.Convert(err)
+		if st.Code() != codes.InvalidArgument || !strings.HasPrefix(st.Message(), c.field+": ") {
+			t.Fatalf("Optimize(n=%d): %v, want INVALID_ARGUMENT naming %s", c.n, err, c.field)
+		}
+	}
+	fake.mu.Lock()
+	defer fake.mu.Unlock()
+	if fake.asked != 0 || len(fake.tells) != 0 {
+		t.Fatalf("%d asks, %d tells before the refusal; want none", fake.asked, len(fake.tells))
+	}
+}
