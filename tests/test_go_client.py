@@ -34,10 +34,16 @@ def _skip_reason():
 needs_go = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
 
 
-def _build(*args: str, script: Path = GO_DIR / "build.sh", timeout: float = 600):
-    """clients/go/build.sh with ``args`` (generate, worker OUT, test), its output captured."""
+def _build(
+    *args: str, script: Path = GO_DIR / "build.sh", timeout: float = 600, env: dict | None = None
+):
+    """clients/go/build.sh with ``args`` (generate, worker OUT, test), its output captured
+    (``env`` added to the environment)."""
     cmd = [str(script), *args]
-    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
+    full = {**os.environ, **(env or {})}
+    return subprocess.run(
+        cmd, check=False, capture_output=True, text=True, timeout=timeout, env=full
+    )
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +134,18 @@ def test_go_unit_tests_pass():
     gRPC status."""
     r = _build("test")
     assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
+
+
+@needs_go
+def test_go_client_against_a_real_server(bbo_server):
+    """The package's TestServer* tests (clients/go/bbo/server_test.go) against a real server: the
+    study lifecycle and reads of Python's client (WaitReady, GetStudy, ListStudies, AddTrial,
+    Trial, DeleteStudy)."""
+    env = {"BBO_TEST_ADDRESS": bbo_server.address}
+    r = _build("test", "-count=1", "-v", "-run", "^TestServer", env=env)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "--- PASS: TestServerStudyLifecycle" in out, out
+    assert "SKIP" not in out, out
 
 
 @needs_go

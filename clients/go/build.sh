@@ -3,7 +3,8 @@
 #
 #   clients/go/build.sh generate        # protoc + protoc-gen-go + protoc-gen-go-grpc -> bbov1/
 #   clients/go/build.sh worker OUT      # build examples/worker into the file OUT
-#   clients/go/build.sh test            # go test the client package
+#   clients/go/build.sh test [ARGS]     # go test the client package (ARGS: go test's, e.g. -run X);
+#                                       # with BBO_TEST_ADDRESS, also its tests against that server
 #
 # Building uses Debian's Go sources (golang-google-grpc-dev, golang-google-protobuf-dev,
 # golang-github-schollz-progressbar-dev under /usr/share/gocode) in GOPATH mode, so it needs no module proxy. With one reachable, plain
@@ -38,11 +39,11 @@ worker | test)
     if [ "$1" = worker ]; then
         go build -o "$out" "$module/examples/worker"
     else
-        go test "$module/bbo"
+        go test "$module/bbo" "${@:2}"
     fi
     ;;
 *)
-    echo "usage: $0 generate | worker OUT | test" >&2
+    echo "usage: $0 generate | worker OUT | test [ARGS]" >&2
     exit 2
     ;;
 esac

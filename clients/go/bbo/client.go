@@ -18,11 +18,13 @@ import (
 	mrand "math/rand"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -53,9 +55,10 @@ type Options struct {
 
 // Client is a connection to a bbo server. Safe for concurrent use by several goroutines.
 type Client struct {
-	conn *grpc.ClientConn
-	Stub pb.BboServiceClient // the generated stub, for calls the wrapper does not cover (API key sent; no retries)
-	opts Options
+	address string
+	conn    *grpc.ClientConn
+	Stub    pb.BboServiceClient // the generated stub, for calls the wrapper does not cover (API key sent; no retries)
+	opts    Options
 }
 
 // Dial connects to address ("host:port"). The connection is made lazily, so a server that is not
@@ -114,7 +117,7 @@ func Dial(address string, opts Options) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Client{conn: conn, Stub: pb.NewBboServiceClient(conn), opts: opts}, nil
+	return &Client{address: address, conn: conn, Stub: pb.NewBboServiceClient(conn), opts: opts}, nil
 }
 
 // tlsCredentials builds TLS credentials from the Options' TLS fields (see Options).
@@ -145,6 +148,25 @@ func tlsCredentials(opts Options) (credentials.TransportCredentials, error) {
 
 // Close releases the connection.
 func (c *Client) Close() error { return c.conn.Close() }
+
+// WaitReady waits until the server accepts connections, as Python's wait_ready: an UNAVAILABLE
+// status error once ctx ends first (bound it with context.WithTimeout).
+func (c *Client) WaitReady(ctx context.Context) error {
+	for {
+		state := c.conn.GetState()
+		if state == connectivity.Ready {
+			return nil
+		}
+		if state == connectivity.Idle { // a newer grpc-go idles a channel: start connecting
+			if conn, ok := interface{}(c.conn).(interface{ Connect() }); ok {
+				conn.Connect()
+			}
+		}
+		if !c.conn.WaitForStateChange(ctx, state) {
+			return status.Errorf(codes.Unavailable, "no bbo server answered at %s: %v", c.address, ctx.Err())
+		}
+	}
+}
 
 // retryAfter is the delay a refusal's google.rpc.RetryInfo asks for, if it carries one.
 func retryAfter(err error) (time.Duration, bool) {
@@ -233,6 +255,9 @@ type Study struct {
 	Client  *Client
 	Name    string
 	Created bool // false when CreateStudy returned an existing study with the same spec
+
+	mu   sync.Mutex
+	info *pb.Study // the study as last read (CreateStudy, Info): its spec does not change
 }
 
 // CreateStudy creates the study, or reattaches to it when one of that name has the same spec
@@ -246,11 +271,81 @@ func (c *Client) CreateStudy(ctx context.Context, name string, spec *pb.StudySpe
 	if err != nil {
 		return nil, err
 	}
-	return &Study{Client: c, Name: res.Study.Name, Created: res.Created}, nil
+	return &Study{Client: c, Name: res.Study.Name, Created: res.Created, info: res.Study}, nil
 }
 
-// Study is a handle on an existing study (nothing is checked until it is used).
+// Study is a handle on an existing study (nothing is checked until it is used: Info checks it,
+// NOT_FOUND where there is none, as Python's client.study).
 func (c *Client) Study(name string) *Study { return &Study{Client: c, Name: name} }
+
+// GetStudy reads a study: its spec, state and trial counts (NOT_FOUND where there is none).
+func (c *Client) GetStudy(ctx context.Context, name string) (*pb.Study, error) {
+	var res *pb.Study
+	err := c.call(ctx, func(ctx context.Context) (err error) {
+		res, err = c.Stub.GetStudy(ctx, &pb.GetStudyRequest{Name: name})
+		return err
+	})
+	return res, err
+}
+
+// ListStudies lists the studies (of the API key's tenant), all pages.
+func (c *Client) ListStudies(ctx context.Context) ([]*pb.Study, error) {
+	var out []*pb.Study
+	token := ""
+	for {
+		req := &pb.ListStudiesRequest{PageToken: token}
+		var res *pb.ListStudiesResponse
+		err := c.call(ctx, func(ctx context.Context) (err error) {
+			res, err = c.Stub.ListStudies(ctx, req)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, res.Studies...)
+		if token = res.NextPageToken; token == "" {
+			return out, nil
+		}
+	}
+}
+
+// DeleteStudy deletes a study and its trials (NOT_FOUND where there is none).
+func (c *Client) DeleteStudy(ctx context.Context, name string) (bool, error) {
+	var res *pb.DeleteStudyResponse
+	err := c.call(ctx, func(ctx context.Context) (err error) {
+		res, err = c.Stub.DeleteStudy(ctx, &pb.DeleteStudyRequest{Name: name})
+		return err
+	})
+	if err != nil {
+		return false, err
+	}
+	return res.Deleted, nil
+}
+
+// Info reads the study (Client.GetStudy), NOT_FOUND where there is none.
+func (s *Study) Info(ctx context.Context) (*pb.Study, error) {
+	st, err := s.Client.GetStudy(ctx, s.Name)
+	if err == nil {
+		s.mu.Lock()
+		s.info = st
+		s.mu.Unlock()
+	}
+	return st, err
+}
+
+// cachedInfo is the study as last read, read now if it never was (its spec is what matters).
+func (s *Study) cachedInfo(ctx context.Context) (*pb.Study, error) {
+	s.mu.Lock()
+	st := s.info
+	s.mu.Unlock()
+	if st != nil {
+		return st, nil
+	}
+	return s.Info(ctx)
+}
+
+// Delete deletes the study (Client.DeleteStudy).
+func (s *Study) Delete(ctx context.Context) (bool, error) { return s.Client.DeleteStudy(ctx, s.Name) }
 
 // Ask returns count new pending trials for workerID. The request id is the same on every retry,
 // so the server replays the first answer instead of creating trials twice.
@@ -280,12 +375,8 @@ func (s *Study) Tell(ctx context.Context, trial *pb.Trial, metrics map[string]fl
 }
 
 func (s *Study) tellRequest(trial *pb.Trial, metrics map[string]float64) *pb.TellRequest {
-	m := make(map[string]*pb.MetricValue, len(metrics))
-	for k, v := range metrics {
-		m[k] = &pb.MetricValue{Value: v}
-	}
 	return &pb.TellRequest{
-		Study: s.Name, TrialId: trial.Id, Metrics: m, State: pb.TrialState_TRIAL_STATE_COMPLETED,
+		Study: s.Name, TrialId: trial.Id, Metrics: metricValues(metrics), State: pb.TrialState_TRIAL_STATE_COMPLETED,
 		RequestId: requestID(), StudyUid: trial.StudyUid,
 	}
 }
@@ -299,6 +390,14 @@ func (s *Study) Fail(ctx context.Context, trial *pb.Trial, reason string) (*pb.T
 // suggested again now rather than when its lease runs out.
 func (s *Study) Abandon(ctx context.Context, trial *pb.Trial, reason string) (*pb.Trial, error) {
 	return s.tell(ctx, s.finishRequest(trial, pb.TrialState_TRIAL_STATE_ABANDONED, reason), 0)
+}
+
+func metricValues(metrics map[string]float64) map[string]*pb.MetricValue {
+	m := make(map[string]*pb.MetricValue, len(metrics))
+	for k, v := range metrics {
+		m[k] = &pb.MetricValue{Value: v}
+	}
+	return m
 }
 
 func (s *Study) finishRequest(trial *pb.Trial, state pb.TrialState, reason string) *pb.TellRequest {
@@ -363,6 +462,59 @@ func (s *Study) Heartbeat(ctx context.Context, trial *pb.Trial) (*pb.Trial, erro
 		return nil, err
 	}
 	return res.Trial, nil
+}
+
+// Trial reads one trial of the study (NOT_FOUND where there is none).
+func (s *Study) Trial(ctx context.Context, id int64) (*pb.Trial, error) {
+	var res *pb.Trial
+	err := s.Client.call(ctx, func(ctx context.Context) (err error) {
+		res, err = s.Client.Stub.GetTrial(ctx, &pb.GetTrialRequest{Study: s.Name, TrialId: id})
+		return err
+	})
+	return res, err
+}
+
+// AddTrial attaches a point evaluated elsewhere (origin "user"), COMPLETED with metrics. params'
+// values are float64 (or float32), an integer type, or string, as Params gives them. A retry
+// carries the same request id, so the point is never added twice.
+func (s *Study) AddTrial(ctx context.Context, params map[string]interface{}, metrics map[string]float64) (*pb.Trial, error) {
+	req := &pb.AddTrialRequest{
+		Study: s.Name, Parameters: make(map[string]*pb.ParameterValue, len(params)),
+		Metrics: metricValues(metrics), RequestId: requestID(),
+	}
+	for k, v := range params {
+		pv, err := parameterValue(v)
+		if err != nil {
+			return nil, invalidArgument(fmt.Sprintf("params[%q]", k), err.Error())
+		}
+		req.Parameters[k] = pv
+	}
+	var res *pb.Trial
+	err := s.Client.call(ctx, func(ctx context.Context) (err error) {
+		res, err = s.Client.Stub.AddTrial(ctx, req)
+		return err
+	})
+	return res, err
+}
+
+// parameterValue is v as a ParameterValue (the inverse of Params).
+func parameterValue(v interface{}) (*pb.ParameterValue, error) {
+	switch x := v.(type) {
+	case float64:
+		return &pb.ParameterValue{Kind: &pb.ParameterValue_Number{Number: x}}, nil
+	case float32:
+		return &pb.ParameterValue{Kind: &pb.ParameterValue_Number{Number: float64(x)}}, nil
+	case int:
+		return &pb.ParameterValue{Kind: &pb.ParameterValue_Integer{Integer: int64(x)}}, nil
+	case int32:
+		return &pb.ParameterValue{Kind: &pb.ParameterValue_Integer{Integer: int64(x)}}, nil
+	case int64:
+		return &pb.ParameterValue{Kind: &pb.ParameterValue_Integer{Integer: x}}, nil
+	case string:
+		return &pb.ParameterValue{Kind: &pb.ParameterValue_Category{Category: x}}, nil
+	default:
+		return nil, fmt.Errorf("a parameter value is a float64, an integer or a string, got %T %v", v, v)
+	}
 }
 
 // Trials lists the study's trials (all pages), or only those in states.

@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/schollz/progressbar/v3"
-
-	pb "bbo/clients/go/bbov1"
 )
 
 // bestEvery is how often Optimize's bar reads the study's best (GetBest), besides once at the end.
@@ -18,10 +16,9 @@ const bestEvery = 2 * time.Second
 // progress is Optimize's bar (schollz/progressbar): trials done of n, and as its description the
 // study's best as GetBest reports it, as the Python and Node clients' bars show it.
 type progress struct {
-	study      *Study
-	bar        *progressbar.ProgressBar
-	objectives []string // the study's objective names (GetStudy), read once
-	shown      time.Time
+	study *Study
+	bar   *progressbar.ProgressBar
+	shown time.Time
 }
 
 func newProgress(s *Study, n int, w io.Writer) *progress {
@@ -62,23 +59,15 @@ func (p *progress) note(ctx context.Context) (string, error) {
 	if len(res.Trials) == 0 {
 		return "no feasible trial yet", nil
 	}
-	if p.objectives == nil {
-		var st *pb.Study
-		err := p.study.Client.call(ctx, func(ctx context.Context) (err error) {
-			st, err = p.study.Client.Stub.GetStudy(ctx, &pb.GetStudyRequest{Name: p.study.Name})
-			return err
-		})
-		if err != nil {
-			return "", err
-		}
-		for _, o := range st.GetSpec().GetObjectives() {
-			p.objectives = append(p.objectives, o.GetName())
-		}
+	st, err := p.study.cachedInfo(ctx) // the objectives' names: read once
+	if err != nil {
+		return "", err
 	}
-	if len(p.objectives) != 1 {
+	objectives := st.GetSpec().GetObjectives()
+	if len(objectives) != 1 {
 		return fmt.Sprintf("Pareto front: %d trials", len(res.Trials)), nil
 	}
-	t, name := res.Trials[0], p.objectives[0]
+	t, name := res.Trials[0], objectives[0].GetName()
 	note := fmt.Sprintf("best %s=%s (trial %d)", name, sig6(t.Metrics[name].GetValue()), t.Id)
 	if e := res.GetEstimate(); e != nil {
 		note += ", model estimate " + sig6(e.Value)

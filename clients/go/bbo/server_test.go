@@ -1,0 +1,117 @@
+package bbo
+
+import (
+	"context"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "bbo/clients/go/bbov1"
+)
+
+// realServer dials the bbo server at BBO_TEST_ADDRESS (tests/test_go_client.py starts one and
+// sets it); without it the test is skipped.
+func realServer(t *testing.T) *Client {
+	address := os.Getenv("BBO_TEST_ADDRESS")
+	if address == "" {
+		t.Skip("BBO_TEST_ADDRESS is not set: no bbo server to test against")
+	}
+	c, err := Dial(address, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func testStudyName(t *testing.T) string {
+	return strings.ReplaceAll(t.Name(), "/", "-") + "-" + requestID()[:6]
+}
+
+// The study lifecycle and reads of Python's client: WaitReady, GetStudy / Info, ListStudies,
+// AddTrial, Trial, DeleteStudy / Delete (the Go client could only reach them through the raw Stub,
+// without retries).
+func TestServerStudyLifecycle(t *testing.T) {
+	c := realServer(t)
+	ctx := context.Background()
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := c.WaitReady(wctx); err != nil {
+		t.Fatalf("WaitReady: %v", err)
+	}
+	name := testStudyName(t)
+	study, err := c.CreateStudy(ctx, name, &pb.StudySpec{
+		Parameters: []*pb.ParameterSpec{FloatParam("x", 0, 1), IntParam("n", 1, 9), CategoricalParam("k", "a", "b")},
+		Objectives: []*pb.Objective{Minimize("loss")},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Study(name).Info(ctx)
+	if err != nil || info.Name != name || info.Spec.Objectives[0].Name != "loss" {
+		t.Fatalf("Info: %v, %v", info, err)
+	}
+	params := map[string]interface{}{"x": 0.25, "n": 3, "k": "b"}
+	added, err := study.AddTrial(ctx, params, map[string]float64{"loss": 1.5})
+	if err != nil {
+		t.Fatalf("AddTrial: %v", err)
+	}
+	got, err := study.Trial(ctx, added.Id)
+	if err != nil || got.State != pb.TrialState_TRIAL_STATE_COMPLETED || got.Metrics["loss"].GetValue() != 1.5 {
+		t.Fatalf("Trial(%d): %v, %v", added.Id, got, err)
+	}
+	if p := Params(got); p["x"] != 0.25 || p["n"] != int64(3) || p["k"] != "b" {
+		t.Fatalf("the added trial's params %v, want %v", p, params)
+	}
+	_, err = study.AddTrial(ctx, map[string]interface{}{"x": true}, nil)
+	if st := status.Convert(err); st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), `params["x"]`) {
+		t.Fatalf("AddTrial with a bool: %v, want INVALID_ARGUMENT naming params[\"x\"]", err)
+	}
+	if _, err := study.Trial(ctx, added.Id+100); status.Code(err) != codes.NotFound {
+		t.Fatalf("Trial of an unknown id: %v, want NOT_FOUND", err)
+	}
+	studies, err := c.ListStudies(ctx)
+	listed := false
+	for _, s := range studies {
+		listed = listed || s.Name == name
+	}
+	if err != nil || !listed {
+		t.Fatalf("ListStudies: %d studies without %s, %v", len(studies), name, err)
+	}
+	if deleted, err := study.Delete(ctx); !deleted || err != nil {
+		t.Fatalf("Delete: %v, %v", deleted, err)
+	}
+	if _, err := c.DeleteStudy(ctx, name); status.Code(err) != codes.NotFound {
+		t.Fatalf("DeleteStudy of a deleted study: %v, want NOT_FOUND", err)
+	}
+	if _, err := c.GetStudy(ctx, name); status.Code(err) != codes.NotFound {
+		t.Fatalf("GetStudy of a deleted study: %v, want NOT_FOUND", err)
+	}
+}
+
+// WaitReady gives up with UNAVAILABLE, naming the address, when no server answers before ctx ends.
+func TestServerWaitReadyGivesUp(t *testing.T) {
+	realServer(t)
+	lis, err := net.Listen("tcp", "127.0.0.1:0") // a port sure to be free once closed
+	if err != nil {
+		t.Fatal(err)
+	}
+	address := lis.Addr().String()
+	_ = lis.Close()
+	c, err := Dial(address, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	err = c.WaitReady(ctx)
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), address) {
+		t.Fatalf("WaitReady with no server: %v, want UNAVAILABLE naming %s", err, address)
+	}
+}
