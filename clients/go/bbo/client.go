@@ -374,6 +374,36 @@ func (s *Study) Tell(ctx context.Context, trial *pb.Trial, metrics map[string]fl
 	return s.tell(ctx, s.tellRequest(trial, metrics), 0)
 }
 
+// TellValue is Tell of a single-objective study's value, as Python's tell(trial, 0.5): refused
+// INVALID_ARGUMENT, naming the objectives, in a study with several.
+func (s *Study) TellValue(ctx context.Context, trial *pb.Trial, value float64) (*pb.Trial, error) {
+	name, err := s.objectiveName(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return s.Tell(ctx, trial, map[string]float64{name: value})
+}
+
+// objectiveName is the name of the study's one objective, for a bare value; INVALID_ARGUMENT
+// naming the objectives where it has several.
+func (s *Study) objectiveName(ctx context.Context) (string, error) {
+	st, err := s.cachedInfo(ctx)
+	if err != nil {
+		return "", err
+	}
+	objectives := st.GetSpec().GetObjectives()
+	if len(objectives) != 1 {
+		names := make([]string, len(objectives))
+		for i, o := range objectives {
+			names[i] = o.GetName()
+		}
+		return "", invalidArgument("metrics", fmt.Sprintf("a bare value is only accepted for a "+
+			"single-objective study: pass a map {name: value} with each of the %d objectives (%s)",
+			len(objectives), strings.Join(names, ", ")))
+	}
+	return objectives[0].GetName(), nil
+}
+
 func (s *Study) tellRequest(trial *pb.Trial, metrics map[string]float64) *pb.TellRequest {
 	return &pb.TellRequest{
 		Study: s.Name, TrialId: trial.Id, Metrics: metricValues(metrics), State: pb.TrialState_TRIAL_STATE_COMPLETED,
@@ -579,6 +609,10 @@ func LeaseOf(trial *pb.Trial) time.Duration {
 // RunningTrial(ctx) gives it the trial (a fidelity study's Budget and ResumeBudget) and Report.
 type Objective func(ctx context.Context, params map[string]interface{}) (map[string]float64, error)
 
+// ValueObjective is an Objective of a single-objective study that returns its objective's value
+// (OptimizeValue), as Python's objective may return a bare number.
+type ValueObjective func(ctx context.Context, params map[string]interface{}) (float64, error)
+
 // ErrPruned is what Running.Report returns once the study's pruning policy says to stop: an
 // objective that returns it (or wraps it) has its trial told PRUNED, and Optimize goes on.
 var ErrPruned = errors.New("trial pruned")
@@ -641,12 +675,8 @@ func (s *Study) Optimize(ctx context.Context, fn Objective, n int, workerID stri
 // OptimizeWith is Optimize with options: with Progress, a bar of the trials done and the study's
 // best (GetBest, read at most every 2 s and after the last trial).
 func (s *Study) OptimizeWith(ctx context.Context, fn Objective, n int, opts OptimizeOptions) error {
-	// refused before any call: a negative n ran nothing in silence, a nil fn panicked mid-trial
-	if n < 0 {
-		return invalidArgument("n", fmt.Sprintf("the number of trials must be >= 0, got %d", n))
-	}
-	if fn == nil {
-		return invalidArgument("fn", "the objective is nil")
+	if err := optimizeArgs(n, fn != nil); err != nil {
+		return err
 	}
 	bar := newProgress(s, n, opts.Progress)
 	workerID := opts.WorkerID
@@ -670,6 +700,37 @@ func (s *Study) OptimizeWith(ctx context.Context, fn Objective, n int, opts Opti
 			return withContext("optimize stopped", ctx.Err())
 		}
 		bar.done(ctx, i == n-1)
+	}
+	return nil
+}
+
+// OptimizeValue is OptimizeWith for an objective that returns a bare value: the study's one
+// objective's. A study with several objectives is refused INVALID_ARGUMENT before any trial.
+func (s *Study) OptimizeValue(ctx context.Context, fn ValueObjective, n int, opts OptimizeOptions) error {
+	if err := optimizeArgs(n, fn != nil); err != nil {
+		return err
+	}
+	name, err := s.objectiveName(ctx)
+	if err != nil {
+		return err
+	}
+	return s.OptimizeWith(ctx, func(ctx context.Context, params map[string]interface{}) (map[string]float64, error) {
+		v, err := fn(ctx, params)
+		if err != nil {
+			return nil, err
+		}
+		return map[string]float64{name: v}, nil
+	}, n, opts)
+}
+
+// optimizeArgs refuses Optimize's arguments before any call: a negative n ran nothing in silence,
+// a nil objective panicked inside the first trial.
+func optimizeArgs(n int, haveFn bool) error {
+	if n < 0 {
+		return invalidArgument("n", fmt.Sprintf("the number of trials must be >= 0, got %d", n))
+	}
+	if !haveFn {
+		return invalidArgument("fn", "the objective is nil")
 	}
 	return nil
 }

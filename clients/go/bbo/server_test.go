@@ -115,3 +115,65 @@ func TestServerWaitReadyGivesUp(t *testing.T) {
 		t.Fatalf("WaitReady with no server: %v, want UNAVAILABLE naming %s", err, address)
 	}
 }
+
+// A single-objective study takes a bare value, as Python's tell(trial, 0.5) and an objective
+// returning a number: TellValue and OptimizeValue. With several objectives both are refused
+// INVALID_ARGUMENT naming them, OptimizeValue before it asks for any trial.
+func TestServerBareValues(t *testing.T) {
+	c := realServer(t)
+	ctx := context.Background()
+	spec := func(objectives ...*pb.Objective) *pb.StudySpec {
+		return &pb.StudySpec{Parameters: []*pb.ParameterSpec{FloatParam("x", 0, 1)}, Objectives: objectives}
+	}
+	one, err := c.CreateStudy(ctx, testStudyName(t)+"-one", spec(Minimize("loss")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	asked, err := one.Ask(ctx, 1, "w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := one.TellValue(ctx, asked[0], 0.5); err != nil {
+		t.Fatalf("TellValue: %v", err)
+	}
+	square := func(_ context.Context, p map[string]interface{}) (float64, error) {
+		x, err := Number(p, "x")
+		return x * x, err
+	}
+	// a handle that has not read the study yet: OptimizeValue reads its objective's name
+	if err := c.Study(one.Name).OptimizeValue(ctx, square, 2, OptimizeOptions{WorkerID: "w"}); err != nil {
+		t.Fatalf("OptimizeValue: %v", err)
+	}
+	done, err := one.Trials(ctx, pb.TrialState_TRIAL_STATE_COMPLETED)
+	if err != nil || len(done) != 3 || done[0].Metrics["loss"].GetValue() != 0.5 {
+		t.Fatalf("completed trials %v, %v; want 3, the first with loss 0.5", done, err)
+	}
+	for _, tr := range done[1:] {
+		x := tr.Parameters["x"].GetNumber()
+		if tr.Metrics["loss"].GetValue() != x*x {
+			t.Fatalf("trial %d: metrics %v, want loss = x*x", tr.Id, tr.Metrics)
+		}
+	}
+
+	two, err := c.CreateStudy(ctx, testStudyName(t)+"-two", spec(Minimize("loss"), Maximize("acc")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	asked, err = two.Ask(ctx, 1, "w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := func(what string, err error) {
+		st := status.Convert(err)
+		if st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), "(loss, acc)") {
+			t.Fatalf("%s with two objectives: %v, want INVALID_ARGUMENT naming them", what, err)
+		}
+	}
+	_, err = two.TellValue(ctx, asked[0], 0.5)
+	refused("TellValue", err)
+	refused("OptimizeValue", two.OptimizeValue(ctx, square, 2, OptimizeOptions{WorkerID: "w"}))
+	all, err := two.Trials(ctx)
+	if err != nil || len(all) != 1 || all[0].State != pb.TrialState_TRIAL_STATE_PENDING {
+		t.Fatalf("trials %v, %v; want only the one asked, still PENDING", all, err)
+	}
+}
