@@ -190,13 +190,18 @@ const grpcConcurrencyRefusal = "Concurrent RPC limit exceeded!"
 // retryable: the same call may pass later without a named delay (the server away, or gRPC's
 // refusal past its concurrent calls).
 func retryable(err error) bool {
-	st := status.Convert(err)
-	return st.Code() == codes.Unavailable ||
-		(st.Code() == codes.ResourceExhausted && st.Message() == grpcConcurrencyRefusal)
+	return status.Code(err) == codes.Unavailable || busy(err)
 }
 
-// call runs fn with the API key and a deadline, retrying UNAVAILABLE and gRPC's concurrency
-// refusal (backoff) and refusals that name a retry delay (within RatePatience). Other errors are returned as the gRPC status errors
+// busy: gRPC's refusal past the server's concurrent calls (a refusal for load, as a rate limit's).
+func busy(err error) bool {
+	st := status.Convert(err)
+	return st.Code() == codes.ResourceExhausted && st.Message() == grpcConcurrencyRefusal
+}
+
+// call runs fn with the API key and a deadline, retrying UNAVAILABLE (Retries times, with backoff)
+// and refusals for load: gRPC's concurrency refusal (backoff) and those that name a retry delay,
+// both within RatePatience, as Python's client. Other errors are returned as the gRPC status errors
 // they are: status.Code(err) gives the code, status.Convert(err).Message() the server's words.
 func (c *Client) call(ctx context.Context, fn func(ctx context.Context) error) error {
 	return c.callFor(ctx, 0, fn)
@@ -225,7 +230,8 @@ func (c *Client) callWithin(ctx context.Context, timeout, patience time.Duration
 			if time.Since(start)+wait > c.opts.RatePatience && time.Since(start)+wait > patience {
 				return err
 			}
-		} else if retryable(err) && (attempt < c.opts.Retries || time.Since(start)+delay/2 < patience) {
+		} else if retryable(err) && (attempt < c.opts.Retries || time.Since(start)+delay/2 < patience ||
+			(busy(err) && time.Since(start)+delay/2 < c.opts.RatePatience)) {
 			wait = time.Duration(float64(delay) * (0.5 + mrand.Float64()))
 			delay *= 2
 			if delay > c.opts.MaxBackoff {

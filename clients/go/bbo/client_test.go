@@ -73,6 +73,8 @@ type fakeStudy struct {
 	asked int64
 	tells []*pb.TellRequest
 	away  int           // the next calls (Ask or Tell) to refuse with UNAVAILABLE: the server restarting
+	busy  int           // the next calls to refuse as gRPC does past a server's concurrent calls
+	limit int           // the next calls to refuse as a rate limit does (with a RetryInfo of 5 ms)
 	slow  bool          // Ask answers only when its call ends (a model fit outlasting the caller)
 	left  time.Duration // the last Ask's time to its deadline
 }
@@ -82,6 +84,16 @@ func (f *fakeStudy) gone() error {
 	if f.away > 0 {
 		f.away--
 		return status.Error(codes.Unavailable, "restarting")
+	}
+	if f.busy > 0 {
+		f.busy--
+		return status.Error(codes.ResourceExhausted, grpcConcurrencyRefusal)
+	}
+	if f.limit > 0 {
+		f.limit--
+		st, _ := status.New(codes.ResourceExhausted, "rate limit").WithDetails(
+			&errdetails.RetryInfo{RetryDelay: durationpb.New(5 * time.Millisecond)})
+		return st.Err()
 	}
 	return nil
 }
@@ -327,5 +339,32 @@ func TestOptimizeRefusesBadArgumentsBeforeAnyCall(t *testing.T) {
 	defer fake.mu.Unlock()
 	if fake.asked != 0 || len(fake.tells) != 0 {
 		t.Fatalf("%d asks, %d tells before the refusal; want none", fake.asked, len(fake.tells))
+	}
+}
+
+// gRPC's own refusal past a server's concurrent calls (no RetryInfo) is retried for RatePatience,
+// as a rate limit's and as Python's client does, not just Retries times: a burst of workers gave
+// up after 8 retries, some 16 s. Inside Optimize a rate limit is waited out for TellPatience.
+func TestBusyRefusalsAreRetriedForRatePatience(t *testing.T) {
+	opts := Options{Retries: 1, Backoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond}
+	fake, study := serveFakeWith(t, opts)
+	fake.busy = 10
+	if _, err := study.Ask(context.Background(), 1, "w"); err != nil {
+		t.Fatalf("Ask after 10 busy refusals: %v", err)
+	}
+	opts.RatePatience = time.Millisecond // past RatePatience, the refusal comes back
+	fake, study = serveFakeWith(t, opts)
+	fake.busy = 1000
+	if _, err := study.Ask(context.Background(), 1, "w"); status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("Ask: %v, want RESOURCE_EXHAUSTED past RatePatience", err)
+	}
+	fake.mu.Lock()
+	fake.busy, fake.limit = 0, 10 // Optimize waits a rate limit out for its TellPatience
+	fake.mu.Unlock()
+	ok := func(context.Context, map[string]interface{}) (map[string]float64, error) {
+		return map[string]float64{"f": 1}, nil
+	}
+	if err := study.Optimize(context.Background(), ok, 1, "w"); err != nil {
+		t.Fatalf("Optimize under a rate limit: %v", err)
 	}
 }
