@@ -5,6 +5,7 @@ other's deletions. Skipped (with the reason) where the PostgreSQL server binarie
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import threading
@@ -150,6 +151,45 @@ def test_reconnects_after_connections_are_killed(storage):
     assert storage.get_study_by_uid(st.uid).name == "s"
     ts, _ = storage.insert_trials(st.uid, [NewTrial({"x": 0.5}, "bo")])
     assert [t.id for t in ts] == [1]
+
+
+def test_the_health_read_rides_out_a_connection_killed_under_it(storage):
+    """The health probe's read (schema_revision) had no retry: one connection killed under it (a
+    failover, pg_terminate_backend) raised, and health went NOT_SERVING for a probe interval while
+    every other call retried through it. It is retried like every other read."""
+    admin = sa.create_engine(
+        storage.engine.url.set(database="postgres"), poolclass=sa.pool.NullPool
+    )
+    killed: list[int] = []
+
+    def kill_own_backend(conn, cursor, statement, *args):
+        if "alembic_version" in statement and not killed:
+            killed.append(conn.connection.dbapi_connection.info.backend_pid)
+            with admin.connect() as c:
+                c.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": killed[0]})
+
+    sa.event.listen(storage.engine, "before_cursor_execute", kill_own_backend)
+    try:
+        assert storage.schema_revision() is not None
+    finally:
+        sa.event.remove(storage.engine, "before_cursor_execute", kill_own_backend)
+        admin.dispose()
+    assert killed
+
+
+def test_an_unreachable_database_is_unavailable_in_the_drivers_words(monkeypatch):
+    """A database nobody answers for is StorageUnavailable saying which server refused how (the
+    driver's words: `bbo --db` printed them, and still does now that the read is retried)."""
+    monkeypatch.setattr(pgmod, "RETRY_BASE_DELAY", 0.001)
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    st = open_storage(f"postgresql+psycopg://bbo@127.0.0.1:{port}/bbo", migrate=False)
+    try:
+        with pytest.raises(StorageUnavailable, match=f"unreachable.*{port}.*refused"):
+            st.schema_revision()
+    finally:
+        st.close()
 
 
 # ---- transient errors ---------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from bbo.errors import DatabaseUrlError, StorageFull, StorageUnavailable
+from bbo.storage import driver_error
 from bbo.storage import schema as S
 from bbo.storage.sql import SqlStorage
 
@@ -294,9 +295,10 @@ class PostgresStorage(SqlStorage):
                 "retry the request"
             ) from exc
         if attempt >= RETRY_ATTEMPTS:
+            orig = getattr(exc, "orig", exc)  # the driver's words: which server, refused how
+            why = f"{kind}, {code or type(orig).__name__}: {(driver_error(exc) or str(orig))[:300]}"
             raise StorageUnavailable(
-                f"database busy or unreachable ({kind}: {sqlstate(exc) or type(exc.orig).__name__});"
-                " retry the request"
+                f"database unreachable or busy ({why}); retry the request"
             ) from exc
         log.warning(
             "transient database error; retrying",

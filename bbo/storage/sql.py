@@ -269,7 +269,10 @@ class SqlStorage(Storage):
             )
         command.upgrade(cfg, "head")
 
+    @db_call
     def schema_revision(self) -> str | None:
+        """The schema's Alembic revision; the health probe's read, so retried like any read (one
+        lost connection must not flip health)."""
         from alembic.runtime.migration import MigrationContext
 
         with self.engine.connect() as conn:
