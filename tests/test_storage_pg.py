@@ -15,7 +15,7 @@ import uuid
 import grpc
 import pytest
 import sqlalchemy as sa
-from sql_helpers import listing_statements
+from sql_helpers import Relay, listing_statements
 
 from bbo.errors import StorageUnavailable
 from bbo.model_sharing import ModelStateCache
@@ -648,6 +648,31 @@ def test_a_database_outage_is_unavailable_with_auth_and_a_tell_rides_it_out(serv
             _health_becomes(srv.address, "SERVING")
     finally:
         pg_cluster.stop(cl, immediate=True)
+
+
+def test_a_database_that_stops_answering_turns_health_not_serving(cluster, server_factory):
+    """A replica whose database stops answering (a network partition: connections stay open,
+    nothing comes back) kept answering SERVING (the probe's read hung like every call), so a load
+    balancer kept sending it calls that hung to their deadline. A read unanswered past the probe's
+    wait turns health NOT_SERVING; SERVING again once the database answers, and calls are served."""
+    import bbo_client as bc
+
+    url = cluster.create_database("t_" + uuid.uuid4().hex[:12])
+    relay = Relay(cluster.port)
+    try:
+        srv = server_factory(
+            db=url.replace(f":{cluster.port}/", f":{relay.port}/"),
+            args=["--workers", "1", "--health-probe-seconds", "0.5"],
+        )
+        _health_becomes(srv.address, "SERVING")
+        relay.hold()
+        _health_becomes(srv.address, "NOT_SERVING")
+        relay.heal()
+        _health_becomes(srv.address, "SERVING")
+        with bc.Client(srv.address, retries=5) as c:
+            assert c.create_study("s", [bc.Float("x", 0, 1)], "y").name == "s"
+    finally:
+        relay.close()
 
 
 def test_the_same_add_trial_on_two_replicas_at_once_is_stored_once(pg_url):

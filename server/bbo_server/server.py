@@ -159,18 +159,43 @@ class DatabaseProbe(Periodic):
     """Health follows the database: every ``interval`` seconds the schema revision is read; while
     that fails both health names answer NOT_SERVING, so a load balancer's health checks send calls
     to replicas that can store them (every call here would be UNAVAILABLE), and SERVING again
-    once it passes. A server shutting down stays NOT_SERVING (gRPC's health servicer)."""
+    once it passes. A read unanswered after ``max(interval, MIN_WAIT)`` seconds counts as failed
+    (a database that stops answering, e.g. a network partition, hangs calls rather than failing
+    them); no other read starts until it ends. A server shutting down stays NOT_SERVING (gRPC's
+    health servicer)."""
 
     name = "bbo-database-probe"
+    MIN_WAIT = 2.0  # seconds a read may take before health turns NOT_SERVING
 
     def __init__(self, storage: Storage, health_servicer: health.HealthServicer, interval: float):
         super().__init__(interval)
         self.storage, self.health, self.reachable = storage, health_servicer, True
+        self.wait = max(self.interval, self.MIN_WAIT)
+        self._read: futures.Future | None = None
+
+    def _start_read(self) -> futures.Future:
+        """The read on a daemon thread of its own: one stuck on a dead socket holds neither the
+        probe nor the process's exit."""
+        done: futures.Future = futures.Future()
+
+        def read() -> None:
+            try:
+                done.set_result(self.storage.schema_revision())
+            except BaseException as e:  # noqa: BLE001 - handed to round()
+                done.set_exception(e)
+
+        threading.Thread(target=read, name="bbo-database-read", daemon=True).start()
+        return done
 
     def round(self) -> None:
+        if self._read is None or self._read.done():
+            self._read = self._start_read()
+        why: object = None
         try:
-            self.storage.schema_revision()
+            self._read.result(timeout=self.wait)
             reachable = True
+        except futures.TimeoutError:
+            reachable, why = False, f"a read has not answered in {self.wait:g} s"
         except Exception as e:  # noqa: BLE001 - any failure to read means calls would fail too
             reachable, why = False, e
         if reachable == self.reachable:
