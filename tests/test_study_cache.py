@@ -309,11 +309,12 @@ def test_get_best_fingerprints_the_studys_trials_once_a_call(storage, monkeypatc
     monkeypatch.setattr(model_data, "fingerprint", counted)
     monkeypatch.setattr(recommendation, "fingerprint", counted, raising=False)
     reg = _registry(storage, 2)
-    study, _ = reg.create_study("fp", SPEC)
+    spec = {**SPEC, "objectives": [{"name": "y", "noise": "deterministic"}]}  # the best observed
+    study, _ = reg.create_study("fp", spec)
     for i in range(12):
         study.add_trial({"x": i / 12}, {"y": (i / 12 - 0.5) ** 2})
     study.best()
-    for new, x in ((None, 0.5), (0.25, 0.25), (None, 0.25)):
+    for new, x in ((None, 0.5), (0.3, 0.3), (None, 0.3)):
         if new is not None:
             study.add_trial({"x": new}, {"y": -1.0})
         calls.clear()
