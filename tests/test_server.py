@@ -7,6 +7,7 @@ import threading
 
 import grpc
 import pytest
+from sec_helpers import SobolStrategy, in_process_server
 
 import bbo_client as bc
 from bbo_client.v1 import service_pb2 as svc
@@ -821,3 +822,28 @@ def test_a_trials_page_token_pages_only_the_listing_it_came_from(
                 stub.ListTrials(request, timeout=30)
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
             assert e.value.details().startswith("page_token"), e.value.details()
+
+
+def test_a_listing_racing_a_delete_leaves_the_deleted_study_out(tmp_path):
+    """ListStudies read its page, then each study's info: a study deleted in between failed the
+    whole listing NOT_FOUND (a client listing while another deleted, or retried a delete). It is
+    left out, as the dashboard's list leaves it out."""
+    srv = in_process_server(tmp_path / "l.db", strategy_factory=SobolStrategy)
+    try:
+        with bc.Client(srv.address) as c:
+            for name in ("a", "b", "c", "d"):
+                c.create_study(name, [bc.Float("x", 0, 1)], "y")
+            listed, doomed = srv.registry.list_studies, ["b"]
+
+            def then_one_is_deleted(*args, **kwargs):
+                out = listed(*args, **kwargs)
+                if doomed and any(s.name == doomed[0] for s in out[0]):
+                    srv.registry.delete_study(doomed.pop())
+                return out
+
+            srv.registry.list_studies = then_one_is_deleted
+            assert [s.name for s in c.list_studies(page_size=2)] == ["a", "c", "d"]
+            doomed.append("c")
+            assert [s.name for s in c.list_studies()] == ["a", "d"]
+    finally:
+        srv.stop()

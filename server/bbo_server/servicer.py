@@ -10,7 +10,7 @@ from collections.abc import Callable
 import grpc
 from google.protobuf.message_factory import GetMessageClass
 
-from bbo.errors import BboError, SpecError
+from bbo.errors import BboError, NotFoundError, SpecError
 from bbo.paging import cut_page, page_bounds, page_prefix, page_token, read_lazily
 from bbo.registry import DEFAULT_TENANT, StudyRegistry, check_name, encode_page_token
 from bbo.study import Study
@@ -184,9 +184,24 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
     @rpc
     def ListStudies(self, request: svc.ListStudiesRequest, context, tenant):
         studies, nxt = self.registry.list_studies(tenant, request.page_size, request.page_token)
-        out = _within_page_bytes(studies, lambda s: C.study_to_pb(s.info()))
-        if len(out) < len(studies):
-            nxt = encode_page_token(studies[len(out) - 1].record)
+        read = 0
+
+        def described():
+            """``(study, message)`` of each study listed that is still there, converted as the
+            page fills: one deleted since it was listed is left out (its NOT_FOUND failed the
+            whole listing)."""
+            nonlocal read
+            for st in studies:
+                try:
+                    message = C.study_to_pb(st.info())
+                except NotFoundError:
+                    continue
+                read += 1
+                yield st, message
+
+        out = page_prefix(described(), lambda pair: pair[1].ByteSize())
+        if len(out) < read:  # the page's bytes ran out before its studies
+            nxt = encode_page_token(out[-1][0].record)
         return svc.ListStudiesResponse(studies=[p for _, p in out], next_page_token=nxt)
 
     @rpc
@@ -340,9 +355,3 @@ class BboServicer(service_pb2_grpc.BboServiceServicer):
             calls=[p for _, p in out],
             next_page_token=page_token(out[-1][0].number, scope) if more else "",
         )
-
-
-def _within_page_bytes(items, to_pb) -> list:
-    """``[(item, message)]`` of the leading items whose messages fit in a page's bytes
-    (:func:`bbo.paging.page_prefix`); each item converted once, and only up to the page's end."""
-    return page_prefix(((it, to_pb(it)) for it in items), lambda pair: pair[1].ByteSize())
