@@ -481,6 +481,9 @@ class Study:
         if earlier is not None:  # the result that paused the trial, told again
             return TellResult(earlier, duplicate=True)
         curve_top, wrote = self.budgets.before_tell(cur, state, budget, checked, accepts_tell)
+        # ``cur`` was read before the write: an Ask may continue the trial meanwhile (promotion),
+        # so the write checks again on the trial as it finds it
+        repeats_earlier_run = self.budgets.run_check(number, state, budget, checked)
 
         def placed(cur: Trial) -> tuple[TrialState, float | None]:
             return self.budgets.told_state(cur, state, budget, curve_top)
@@ -488,6 +491,9 @@ class Study:
         last = self.budgets.last_reported(number, state, checked)
 
         def change(cur: Trial) -> Trial | None:
+            if repeats_earlier_run is not None and repeats_earlier_run(cur):
+                outcome["duplicate"] = True
+                return None
             # the tell repeated matches what the first one stored (older versions kept it bare)
             bare = not accepts_tell(cur, state) and metrics_key(cur.metrics) == metrics_key(checked)
             told = checked if last is None or bare else last

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from bbo.errors import SpecError
 from bbo.spec import MAXIMIZE, MEDIAN, NO_PRUNING, StudySpec
-from bbo.storage import Continuation
+from bbo.storage import Continuation, CurvePoint
 from bbo.storage.base import Storage
 from bbo.strategy.base import Suggestion, UsesCurves
 from bbo.trial import Metric, Trial, TrialState
@@ -232,25 +232,36 @@ class StudyBudgets:
         state: TrialState,
         budget: float | None,
         metrics: Mapping[str, Metric],
+        curve: Sequence[CurvePoint] | None = None,
     ) -> Trial | None:
         """A tell about a run the trial has since moved past: with promotion a PAUSED trial is
-        continued by a later Ask (PENDING again, from ``resume_budget`` to a higher ``budget``),
-        and a tell at or below where it resumed is about the earlier hand-out. The same result
-        again (a retry whose reply was lost: the curve holds that value at that budget) returns
-        the trial, to be answered as a duplicate; anything else is refused, as it would otherwise
-        finish, fail or prune the continuation another worker is running. None: not such a tell."""
-        if self.spec.fidelity is None or budget is None:
+        continued by a later Ask (PENDING again, from ``resume_budget`` to a higher ``budget``).
+        A tell at or below where it resumed is about an earlier hand-out: the same result again
+        (a retry whose reply was lost: the curve holds that value at that budget) returns the
+        trial, to be answered as a duplicate; anything else is refused, as it would otherwise
+        finish, fail or prune the continuation another worker is running. A COMPLETED tell without
+        a budget (the trial named by its id alone) is about the run handed out last, unless its
+        objective is the result of one of the trial's earlier runs (the curve's value at a budget
+        it was paused at): then it is the tell that paused the trial, repeated, and returns the
+        trial as well; it never finishes or pauses the continuation with the earlier result (a
+        continuation whose result is exactly its earlier one is told apart by its budget). None:
+        not such a tell. ``curve``: the trial's curve, where the caller has read it."""
+        if self.spec.fidelity is None or cur is None or cur.resume_budget is None:
             return None
         from bbo.pruning import at_least, same_budget
 
-        if cur is None or cur.resume_budget is None or not at_least(cur.resume_budget, budget):
+        if budget is not None and not at_least(cur.resume_budget, budget):
             return None
         obj = self.spec.objectives[0].name
         if state is TrialState.COMPLETED and obj in metrics:
-            curve = self.storage.curves(self.uid, [cur.id]).get(cur.id, [])
+            if curve is None:
+                curve = self.storage.curves(self.uid, [cur.id]).get(cur.id, [])
             told = metrics[obj].value
-            if any(same_budget(p.budget, budget) and p.value == told for p in curve):
+            runs = [budget] if budget is not None else self._paused_at(cur)
+            if any(p.value == told and any(same_budget(p.budget, b) for b in runs) for p in curve):
                 return cur
+        if budget is None:
+            return None
         name = self.spec.fidelity.name
         raise SpecError(
             "budget",
@@ -258,6 +269,36 @@ class StudyBudgets:
             f"{cur.resume_budget:g} since and is handed out at {cur.budget:g}: this tell is about "
             "the earlier run, whose result is stored; the continuation is told at its own budget",
         )
+
+    def _paused_at(self, cur: Trial) -> list[float]:
+        """The budgets a continued trial was paused at: the rungs from its bracket's first (where
+        Ask handed it out) up to the one it resumed from."""
+        from bbo.pruning import at_least, ladder, trial_bracket
+
+        levels = ladder(self.spec)
+        first = trial_bracket(cur, len(levels) - 1)
+        resumed = cur.resume_budget if cur.resume_budget is not None else 0.0
+        return [b for b in levels[first:] if at_least(resumed, b)]
+
+    def run_check(
+        self,
+        number: int,
+        state: TrialState,
+        budget: float | None,
+        metrics: Mapping[str, Metric],
+    ) -> Callable[[Trial], bool] | None:
+        """With promotion, :meth:`earlier_run` for the trial as a tell's write finds it (under its
+        row lock): an Ask may continue the trial between the tell's first read and its write, and
+        a repeated tell checked against that read alone finished the continuation with the earlier
+        result. True: a repeat of an earlier run's result (raises for another tell about an
+        earlier run). None where no continuation can be met (no promotion, or a tell that names
+        no run)."""
+        if self.spec.fidelity is None or not self.spec.pruning.promote:
+            return None
+        if budget is None and state is not TrialState.COMPLETED:
+            return None
+        curve = self.storage.curves(self.uid, [number]).get(number, [])
+        return lambda cur: self.earlier_run(cur, state, budget, metrics, curve) is not None
 
     def after_refused_tell(self, number: int) -> None:
         """Put the stored result back on the curve after a tell that wrote its value first
