@@ -494,7 +494,7 @@ class StudyRegistry:
             if st is not None and st.uid == rec.uid:
                 del self._cache[(tenant, name)]
             self._live.pop(rec.uid, None)
-        log.info("study deleted", extra={"study": name, "tenant": tenant, "uid": rec.uid})
-        if not ok:
+        if not ok:  # another delete of the name committed first
             raise NotFoundError(f"study '{name[:140]}' not found")
+        log.info("study deleted", extra={"study": name, "tenant": tenant, "uid": rec.uid})
         return ok

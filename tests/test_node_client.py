@@ -4,6 +4,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -1067,3 +1068,108 @@ def test_node_optimize_refuses_a_bad_trial_count_or_objective(bbo_server, study_
         'TypeError fn must be a function (the objective), got "not a function"',
     ], r
     assert r["trials"] == 0, r
+
+
+# a Node worker whose call under way loses its answer: it says "ready" once connected, sends the
+# call when told to on standard input, and prints what came of it
+_LOST_ANSWER_SCRIPT = r"""
+const {Client, Study} = require('./src');
+const [address, study, call, trialId] = process.argv.slice(1);
+(async () => {
+  const c = new Client(address, {backoffMs: 20});
+  await c.call('GetStudy', {name: study});
+  console.log('ready');
+  await new Promise((r) => process.stdin.once('data', r));
+  if (call === 'delete') {
+    const deleted = await c.deleteStudy(study);
+    console.log(JSON.stringify({deleted}));
+  } else {
+    const t = await new Study(c, study).tell(Number(trialId), {loss: 1.0});
+    console.log(JSON.stringify({state: t.state, budget: t.budget}));
+  }
+  c.close();
+})().catch((e) => { console.log(JSON.stringify({error: e.codeName || String(e.message)})); process.exit(0); });
+"""
+
+
+def _lose_the_answer(address: str, study: str, stored, call: str, *args: str) -> dict:
+    """Run ``call`` in Node through a proxy that holds back the server's answer until ``stored()``
+    says the server has done the work, then cuts the connection (the client retries)."""
+    from lossy_proxy import LossyProxy
+
+    with LossyProxy(address) as proxy:
+        node = subprocess.Popen(
+            ["node", "-e", _LOST_ANSWER_SCRIPT, proxy.address, study, call, *args],
+            cwd=NODE_DIR,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert node.stdout.readline().strip() == "ready"
+            proxy.hold()
+            node.stdin.write("go\n")
+            node.stdin.flush()
+            deadline = time.monotonic() + 60
+            while not stored():
+                assert time.monotonic() < deadline, "the server never did the work"
+                time.sleep(0.02)
+            proxy.cut()
+            out, _ = node.communicate(timeout=120)
+        finally:
+            node.kill()
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_delete_retried_after_a_lost_answer_is_true(bbo_server, client, study_name):
+    """The delete ran, its answer was lost, and the retry's NOT_FOUND rejected a delete that
+    worked: deleteStudy reads it as done, as the Python and Go clients do. A first attempt's
+    NOT_FOUND still rejects."""
+    client.create_study(study_name, [bc.Float("x", 0, 1)], "y")
+
+    def gone() -> bool:
+        return study_name not in {s.name for s in client.list_studies()}
+
+    assert _lose_the_answer(bbo_server.address, study_name, gone, "delete") == {"deleted": True}
+    missing = (
+        "const {Client}=require('./src');"
+        f"const c=new Client('{bbo_server.address}');"
+        f"c.deleteStudy('{study_name}').then(d=>console.log(JSON.stringify({{deleted: d}})))"
+        ".catch(e=>console.log(JSON.stringify({error: e.codeName}))).finally(()=>c.close());"
+    )
+    assert _node_json(missing, timeout=60) == {"error": "NOT_FOUND"}
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_tell_retried_after_a_lost_answer_leaves_the_continuation(
+    bbo_server, client, study_name
+):
+    """A tell of a bare trial id pausing the trial, its answer lost while another worker's Ask
+    continued the trial: the retry came back as the continuation's result (PAUSED at 3 with the
+    value measured at 1). The retry carries the tell's request id, and is answered as the
+    duplicate it is."""
+    s = client.create_study(
+        study_name,
+        [bc.Float("x", 0, 1)],
+        "loss",
+        fidelity=bc.Fidelity("epochs", 1, 9, integer=True),
+        pruning=bc.Pruning("asha", promote=True),
+    )
+    a, b, best = s.ask(3)
+    s.tell(a, 3.0)
+    s.tell(b, 2.0)
+    continued = []
+
+    def paused_then_continued() -> bool:
+        if not continued and s.trial(best.id).state == "PAUSED":
+            continued.extend(s.ask(worker_id="w2"))
+        return bool(continued)
+
+    out = _lose_the_answer(
+        bbo_server.address, study_name, paused_then_continued, "tell", str(best.id)
+    )
+    assert [(t.id, t.budget) for t in continued] == [(best.id, 3.0)]
+    assert out == {"state": "PENDING", "budget": 3}
+    t = s.trial(best.id)
+    assert (t.state, t.budget, t.metrics) == ("PENDING", 3.0, {})

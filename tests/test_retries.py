@@ -347,3 +347,90 @@ def test_a_tell_again_racing_the_ask_that_continues_its_trial(tmp_path, monkeypa
     stored = st.get_trial(best.id)
     assert (stored.state, stored.budget, stored.metrics) == (TrialState.PENDING, 3.0, {})
     reg.storage.close()
+
+
+# ---- defect: a delete retried after its answer was lost -----------------------------------------
+def test_a_python_delete_retried_after_a_lost_answer_returns_true(bbo_server, client, study_name):
+    """End to end: the delete reaches the server and deletes the study; the answer is lost (the
+    connection cut) and the client's retry was answered NOT_FOUND, raised for a delete that
+    worked. A NOT_FOUND answering a retry after an attempt whose answer was lost is that delete."""
+    client.create_study(study_name, [bc.Float("x", 0, 1)], "y")
+    with LossyProxy(bbo_server.address) as proxy, bc.Client(proxy.address) as lossy:
+        lossy.get_study(study_name)  # connected
+        proxy.hold()
+        out: dict = {}
+
+        def delete() -> None:
+            try:
+                out["deleted"] = lossy.delete_study(study_name)
+            except bc.errors.BboError as e:
+                out["deleted"] = e
+
+        th = threading.Thread(target=delete)
+        th.start()
+        _until(lambda: study_name not in {s.name for s in client.list_studies()}, "the delete")
+        proxy.cut()
+        th.join(timeout=120)
+        assert out["deleted"] is True
+        assert proxy.connections >= 2  # the retry went out on a new connection
+
+
+class _Refused(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str = "refused"):
+        self._code, self._details = code, details
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+
+class _FirstDelete:
+    """A client's stub whose first DeleteStudy ends as ``first`` says: ``"ran"`` (it runs on the
+    server, then fails DEADLINE_EXCEEDED: the deadline passed before its answer came) or a status
+    refusing it before it ran; every later call is the real one."""
+
+    def __init__(self, real, first):
+        self.real, self.first, self.attempts = real, first, 0
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def DeleteStudy(self, request, **kw):
+        self.attempts += 1
+        if self.attempts > 1:
+            return self.real.DeleteStudy(request, **kw)
+        if self.first == "ran":
+            self.real.DeleteStudy(request, **kw)
+            raise _Refused(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+        raise self.first
+
+
+BUSY = _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, bc.errors.GRPC_CONCURRENCY_REFUSAL)
+
+
+@pytest.mark.parametrize(
+    "first, exists, answer",
+    [
+        ("ran", True, True),  # its deadline passed while it ran: the retry's NOT_FOUND is done
+        (_Refused(grpc.StatusCode.UNAVAILABLE), False, True),  # maybe it ran: gone either way
+        (BUSY, False, None),  # refused before it ran: a NOT_FOUND is about the name
+        (BUSY, True, True),
+    ],
+)
+def test_a_python_delete_reads_a_retrys_not_found_by_what_came_before(
+    bbo_server, study_name, first, exists, answer
+):
+    with bc.Client(bbo_server.address, backoff=0.01) as c:
+        if exists:
+            c.create_study(study_name, [bc.Float("x", 0, 1)], "y")
+        c._stub = _FirstDelete(c._stub, first)
+        if answer is None:
+            with pytest.raises(bc.NotFound):
+                c.delete_study(study_name)
+        else:
+            assert c.delete_study(study_name) is answer
+        assert c._stub.attempts == 2
+        with pytest.raises(bc.NotFound):  # a first attempt's NOT_FOUND is raised as ever
+            c.delete_study(study_name)

@@ -215,6 +215,19 @@ func (c *Client) callFor(ctx context.Context, patience time.Duration, fn func(ct
 
 // callWithin is callFor with each attempt's deadline (Ask's is AskTimeout).
 func (c *Client) callWithin(ctx context.Context, timeout, patience time.Duration, fn func(ctx context.Context) error) error {
+	return c.attempts(ctx, timeout, patience, retryable, fn)
+}
+
+// answerLost: the call may have run on the server with its answer lost: the connection broke
+// (UNAVAILABLE; also when the call never left, which cannot be told apart) or its deadline passed.
+// A retry's answer then says what became of it (see DeleteStudy).
+func answerLost(err error) bool {
+	code := status.Code(err)
+	return code == codes.Unavailable || code == codes.DeadlineExceeded
+}
+
+// attempts is callWithin, retrying with backoff the errors again(err) says may pass later.
+func (c *Client) attempts(ctx context.Context, timeout, patience time.Duration, again func(error) bool, fn func(ctx context.Context) error) error {
 	delay := c.opts.Backoff
 	start := time.Now()
 	for attempt := 0; ; attempt++ {
@@ -230,7 +243,7 @@ func (c *Client) callWithin(ctx context.Context, timeout, patience time.Duration
 			if time.Since(start)+wait > c.opts.RatePatience && time.Since(start)+wait > patience {
 				return err
 			}
-		} else if retryable(err) && (attempt < c.opts.Retries || time.Since(start)+delay/2 < patience ||
+		} else if again(err) && (attempt < c.opts.Retries || time.Since(start)+delay/2 < patience ||
 			(busy(err) && time.Since(start)+delay/2 < c.opts.RatePatience)) {
 			wait = time.Duration(float64(delay) * (0.5 + mrand.Float64()))
 			delay *= 2
@@ -280,6 +293,33 @@ func (c *Client) CreateStudy(ctx context.Context, name string, spec *pb.StudySpe
 	return &Study{Client: c, Name: res.Study.Name, Created: res.Created, info: res.Study}, nil
 }
 
+// DeleteStudy deletes the study name and everything of it; true once it is gone, NOT_FOUND where
+// no study has that name. Retried as every call is, and past a deadline too: an attempt that
+// failed UNAVAILABLE or DEADLINE_EXCEEDED may have deleted the study with its answer lost, so a
+// NOT_FOUND answering a retry after one means it did (true, nil), not an error (as the Python and
+// Node clients; docs/operations.md, "Retried calls").
+func (c *Client) DeleteStudy(ctx context.Context, name string) (bool, error) {
+	var res *pb.DeleteStudyResponse
+	lost := false
+	err := c.attempts(ctx, c.opts.Timeout, 0, func(err error) bool {
+		if answerLost(err) && ctx.Err() == nil {
+			lost = true
+			return true
+		}
+		return retryable(err)
+	}, func(ctx context.Context) (err error) {
+		res, err = c.Stub.DeleteStudy(ctx, &pb.DeleteStudyRequest{Name: name})
+		return err
+	})
+	if status.Code(err) == codes.NotFound && lost {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return res.Deleted, nil
+}
+
 // Study is a handle on an existing study (nothing is checked until it is used: Info checks it,
 // NOT_FOUND where there is none, as Python's client.study).
 func (c *Client) Study(name string) *Study { return &Study{Client: c, Name: name} }
@@ -313,19 +353,6 @@ func (c *Client) ListStudies(ctx context.Context) ([]*pb.Study, error) {
 			return out, nil
 		}
 	}
-}
-
-// DeleteStudy deletes a study and its trials (NOT_FOUND where there is none).
-func (c *Client) DeleteStudy(ctx context.Context, name string) (bool, error) {
-	var res *pb.DeleteStudyResponse
-	err := c.call(ctx, func(ctx context.Context) (err error) {
-		res, err = c.Stub.DeleteStudy(ctx, &pb.DeleteStudyRequest{Name: name})
-		return err
-	})
-	if err != nil {
-		return false, err
-	}
-	return res.Deleted, nil
 }
 
 // Info reads the study (Client.GetStudy), NOT_FOUND where there is none.
@@ -375,7 +402,10 @@ func (s *Study) ask(ctx context.Context, count int, workerID string, patience ti
 }
 
 // Tell finishes trial as COMPLETED with metrics. The trial's study uid goes with it, so a tell
-// never reaches a study deleted and created again under the same name (that is NOT_FOUND).
+// never reaches a study deleted and created again under the same name (that is NOT_FOUND), and
+// its budget (a study with a fidelity), so a continued trial's result equal to the one that paused
+// it is not taken for that result told again. Its request id is the same on every retry: the
+// server answers a retry whose first answer was lost as the tell it repeats.
 func (s *Study) Tell(ctx context.Context, trial *pb.Trial, metrics map[string]float64) (*pb.Trial, error) {
 	return s.tell(ctx, s.tellRequest(trial, metrics), 0)
 }
@@ -413,7 +443,7 @@ func (s *Study) objectiveName(ctx context.Context) (string, error) {
 func (s *Study) tellRequest(trial *pb.Trial, metrics map[string]float64) *pb.TellRequest {
 	return &pb.TellRequest{
 		Study: s.Name, TrialId: trial.Id, Metrics: metricValues(metrics), State: pb.TrialState_TRIAL_STATE_COMPLETED,
-		RequestId: requestID(), StudyUid: trial.StudyUid,
+		RequestId: requestID(), StudyUid: trial.StudyUid, Budget: trial.Budget,
 	}
 }
 

@@ -77,6 +77,11 @@ type fakeStudy struct {
 	limit int           // the next calls to refuse as a rate limit does (with a RetryInfo of 5 ms)
 	slow  bool          // Ask answers only when its call ends (a model fit outlasting the caller)
 	left  time.Duration // the last Ask's time to its deadline
+	sent  []string      // the request id of every Tell that arrived, answered or not
+
+	deleted     bool       // the fake's one study is gone
+	deleteLost  codes.Code // the next DeleteStudy deletes, then fails with this code (OK: answers)
+	deleteCalls int
 }
 
 // gone answers UNAVAILABLE while the fake is away (f.mu held).
@@ -121,6 +126,7 @@ func (f *fakeStudy) Tell(ctx context.Context, req *pb.TellRequest) (*pb.TellResp
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.sent = append(f.sent, req.RequestId)
 	if err := f.gone(); err != nil {
 		return nil, err
 	}
@@ -366,5 +372,77 @@ func TestBusyRefusalsAreRetriedForRatePatience(t *testing.T) {
 	}
 	if err := study.Optimize(context.Background(), ok, 1, "w"); err != nil {
 		t.Fatalf("Optimize under a rate limit: %v", err)
+	}
+}
+
+// DeleteStudy deletes the fake's one study (NOT_FOUND once it is gone); refused first while the
+// fake is away; with deleteLost set, the delete runs and its answer is lost (that code instead).
+func (f *fakeStudy) DeleteStudy(ctx context.Context, req *pb.DeleteStudyRequest) (*pb.DeleteStudyResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.deleteCalls++
+	if f.away > 0 {
+		f.away--
+		return nil, status.Error(codes.ResourceExhausted, grpcConcurrencyRefusal) // never ran
+	}
+	if f.deleted {
+		return nil, status.Errorf(codes.NotFound, "study '%s' not found", req.Name)
+	}
+	f.deleted = true
+	if code := f.deleteLost; code != codes.OK {
+		f.deleteLost = codes.OK
+		return nil, status.Error(code, "the answer was lost")
+	}
+	return &pb.DeleteStudyResponse{Deleted: true}, nil
+}
+
+// A delete whose answer was lost (UNAVAILABLE: the connection cut; DEADLINE_EXCEEDED) is sent
+// again, and the NOT_FOUND answering it means the first deleted the study: true, as the Python and
+// Node clients. A first attempt's NOT_FOUND, or one after a refusal that never ran, is an error.
+func TestDeleteStudyReadsARetrysNotFoundByWhatCameBefore(t *testing.T) {
+	cases := []struct {
+		lost    codes.Code
+		away    int
+		missing bool
+		ok      bool
+		calls   int
+	}{
+		{lost: codes.Unavailable, ok: true, calls: 2},
+		{lost: codes.DeadlineExceeded, ok: true, calls: 2},
+		{ok: true, calls: 1},
+		{missing: true, calls: 1},
+		{missing: true, away: 1, calls: 2},
+		{away: 1, ok: true, calls: 2},
+	}
+	for _, c := range cases {
+		fake, study := serveFakeWith(t, Options{Backoff: time.Millisecond})
+		fake.deleteLost, fake.away, fake.deleted = c.lost, c.away, c.missing
+		deleted, err := study.Client.DeleteStudy(context.Background(), "s")
+		if c.ok && (err != nil || !deleted) {
+			t.Fatalf("%+v: DeleteStudy = %v, %v; want true", c, deleted, err)
+		}
+		if !c.ok && (status.Code(err) != codes.NotFound || deleted) {
+			t.Fatalf("%+v: DeleteStudy = %v, %v; want NOT_FOUND", c, deleted, err)
+		}
+		if fake.deleteCalls != c.calls || !fake.deleted {
+			t.Fatalf("%+v: %d calls, deleted %v", c, fake.deleteCalls, fake.deleted)
+		}
+	}
+}
+
+// A Tell carries its trial's budget (a continued trial's result equal to the one that paused it
+// is then not taken for that tell repeated) and one request id however often it is retried.
+func TestATellCarriesItsBudgetAndOneRequestIDOverItsRetries(t *testing.T) {
+	fake, study := serveFakeWith(t, Options{Backoff: time.Millisecond})
+	fake.away = 2
+	trial := &pb.Trial{Id: 7, StudyUid: "u", Budget: 3}
+	if _, err := study.Tell(context.Background(), trial, map[string]float64{"f": 1}); err != nil {
+		t.Fatal(err)
+	}
+	if len(fake.sent) != 3 || fake.sent[0] == "" || fake.sent[1] != fake.sent[0] || fake.sent[2] != fake.sent[0] {
+		t.Fatalf("request ids %q, want one id three times", fake.sent)
+	}
+	if len(fake.tells) != 1 || fake.tells[0].Budget != 3 {
+		t.Fatalf("tells %v, want one at budget 3", fake.tells)
 	}
 }

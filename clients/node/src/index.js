@@ -266,6 +266,13 @@ function retryable(e) {
   return e.retryAfter != null || retryableWithoutDelay(e);
 }
 
+// A failure after which the call may have run on the server with its answer lost: the connection
+// broke (UNAVAILABLE; also when the call never left, which cannot be told apart) or its deadline
+// passed. A retry's answer then says what became of it (see Client.deleteStudy).
+function answerLost(e) {
+  return e.code === grpc.status.UNAVAILABLE || e.code === grpc.status.DEADLINE_EXCEEDED;
+}
+
 // A trial (as ask returns it) or a bare trial id -> the request fields naming it. A trial carries
 // its study's uid, so a tell never reaches a study deleted and created again under the same name.
 function trialRef(trial) {
@@ -362,8 +369,11 @@ class Client {
   // refusal for load (a RetryInfo's, waited out as it names, or gRPC's own past the server's
   // concurrent calls) for ratePatienceMs; with patienceMs (ms), either for that long. signal (an
   // AbortSignal, optional) cancels the call under way and any retry still to come: the call then
-  // rejects CANCELLED (see aborted()).
-  async call(method, request, signal = null, patienceMs = null) {
+  // rejects CANCELLED (see aborted()). lost (an array, optional): for a call that may be sent again
+  // after its answer was lost (its retry's answer says what became of the first),
+  // DEADLINE_EXCEEDED is retried as UNAVAILABLE is, and each attempt that may have run unanswered
+  // (answerLost) is pushed to it.
+  async call(method, request, signal = null, patienceMs = null, lost = null) {
     signal = checkedSignal(signal);
     request = checkedRequest(method, request);
     const patience = patienceMs == null ? null : timeOption({ patienceMs }, 'patienceMs', null, 0);
@@ -376,7 +386,9 @@ class Client {
       } catch (e) {
         if (!(e instanceof BboError)) throw e;
         if (signal && signal.aborted) throw aborted(signal);
-        if (!retryable(e)) throw e;
+        const unanswered = lost !== null && answerLost(e);
+        if (unanswered) lost.push(e);
+        if (!(retryable(e) || unanswered)) throw e;
         const told = e.retryAfter != null;  // told when to come back: wait that long (jittered)
         const waitMs = told ? Math.max(1, 1000 * e.retryAfter * (1 + 0.2 * Math.random())) : delay * (0.5 + Math.random());
         const limit = patience ?? (told || e.message === GRPC_CONCURRENCY_REFUSAL ? this.ratePatienceMs : null);
@@ -441,9 +453,19 @@ class Client {
     return fromStudy(await this.call('GetStudy', { name }));
   }
 
-  // Delete a study and its trials (true; NOT_FOUND if there is none, as the Python client).
-  async deleteStudy(name) {
-    return (await this.call('DeleteStudy', { name })).deleted;
+  // Deletes the study `name` and everything of it; true once it is gone, NOT_FOUND where no study
+  // has that name (as the Python and Go clients). Retried as every call is, and past a deadline
+  // too: an attempt that failed UNAVAILABLE or DEADLINE_EXCEEDED may have deleted the study with
+  // its answer lost, so a NOT_FOUND answering a retry after one means it did (true), not an error
+  // (docs/operations.md, "Retried calls"). options.signal: as ask's.
+  async deleteStudy(name, options = {}) {
+    const lost = [];
+    try {
+      return (await this.call('DeleteStudy', { name }, abortSignal(options), null, lost)).deleted;
+    } catch (e) {
+      if (e instanceof BboError && e.code === grpc.status.NOT_FOUND && lost.length) return true;
+      throw e;
+    }
   }
 
   // Resolves once the server accepts connections; rejects UNAVAILABLE after timeoutMs (30000).
@@ -516,9 +538,12 @@ class Study {
     return res.trials.map(fromTrial);
   }
 
-  // trial: a trial from ask() (preferred) or its id. options.budget (studies with a fidelity): what
-  // the metrics were measured at; default the trial's budget as asked. options.signal,
-  // options.patienceMs: as ask's.
+  // trial: a trial from ask() (preferred: in a study with promotion, a continued trial's result
+  // equal to the one that paused it is told apart by the trial's budget) or its id. options.budget
+  // (studies with a fidelity): what the metrics were measured at; default the trial's budget as
+  // asked. options.signal, options.patienceMs: as ask's. options.requestId (default: a new one per
+  // call, the same on its retries): the server answers a retry under it as the tell it repeats;
+  // every tell (abandon, prune, fail) takes it.
   async tell(trial, metrics, options = {}) {
     const budget = options.budget ?? (typeof trial === 'object' && trial ? trial.budget : 0) ?? 0;
     const told = await this._metrics(metrics, options.patienceMs);
@@ -556,9 +581,13 @@ class Study {
     return toMetrics({ [objectives[0].name]: metrics });
   }
 
-  // One Tell of trial in state (COMPLETED, FAILED, ...) with the request's other fields.
+  // One Tell of trial in state (COMPLETED, FAILED, ...) with the request's other fields, under
+  // options.requestId (or a new id, kept by its retries).
   async _tell(trial, state, fields, options) {
-    const request = { study: this.name, ...trialRef(trial), state: `TRIAL_STATE_${state}`, ...fields };
+    const request = {
+      study: this.name, ...trialRef(trial), state: `TRIAL_STATE_${state}`, ...fields,
+      request_id: options.requestId || crypto.randomUUID(),
+    };
     return fromTrial((await this.client.call('Tell', request, ...callOptions(options))).trial);
   }
 
@@ -567,6 +596,11 @@ class Study {
       study: this.name, parameters: toParameterValues(parameters), metrics: await this._metrics(metrics), request_id: crypto.randomUUID(),
     });
     return fromTrial(res);
+  }
+
+  // Deletes the study (Client.deleteStudy).
+  async delete(options = {}) {
+    return this.client.deleteStudy(this.name, options);
   }
 
   // Every trial, or those in states (e.g. ['COMPLETED']), all pages.
@@ -711,6 +745,9 @@ class Study {
       await this.abandon(trial, 'optimize stopped before it started').catch(() => {});
       return;
     }
+    // each tell under one request id however often it is retried: a retry whose first answer was
+    // lost is answered as the tell it repeats, whatever became of the trial since
+    const once = { requestId: crypto.randomUUID(), patienceMs };
     let metrics;
     let last = null;
     let stop = null;
@@ -731,7 +768,7 @@ class Study {
       if (!(e instanceof TrialPruned)) {
         const why = reasonText(e && e.message ? e.message : e);
         // fn stopped by the abort says nothing about its point: not a failure
-        await (signal && signal.aborted ? this.abandon(trial, `optimize aborted: ${why}`, patient) : this.fail(trial, why, patient));
+        await (signal && signal.aborted ? this.abandon(trial, `optimize aborted: ${why}`, once) : this.fail(trial, why, once));
         return;
       }
     } finally {
@@ -740,13 +777,14 @@ class Study {
     try {
       if (stop !== null || (metrics == null && last !== null)) {
         const told = metrics ?? (last ? { [await this.objectiveName(patienceMs)]: last.value } : {});
-        await this.prune(trial, stop || 'stopped by the objective', told, last ? last.budget : 0, patient);
+        await this.prune(trial, stop || 'stopped by the objective', told, last ? last.budget : 0, once);
       } else {
-        await this.tell(trial, metrics, patient);
+        await this.tell(trial, metrics, once);
       }
     } catch (e) {
       if (!(e instanceof BboError) || e.code !== grpc.status.INVALID_ARGUMENT) throw e;
-      await this.fail(trial, reasonText(`metrics refused: ${e.message}`), patient);
+      const refused = { requestId: crypto.randomUUID(), patienceMs };
+      await this.fail(trial, reasonText(`metrics refused: ${e.message}`), refused);
     }
   }
 }

@@ -25,6 +25,7 @@ from bbo_client.errors import (
     NotFound,
     TrialPruned,
     Unavailable,
+    answer_lost,
     from_rpc_error,
     retryable,
 )
@@ -162,12 +163,16 @@ class Client:
         request,
         timeout: float | None = None,
         patience: float | None = None,
+        lost: list[BboError] | None = None,
     ):
         """One RPC; retried with jittered exponential backoff while it fails in a way that may pass
         later (:func:`retryable`): UNAVAILABLE ``self.retries`` times, a refusal for load (a rate
         limit's or a cap's, which says when to come back, or gRPC's own past the server's
         concurrent calls) for ``self.rate_patience`` seconds; with ``patience``, either for that
-        many seconds."""
+        many seconds. ``lost``: for a call that may be sent again after its answer was lost (its
+        retry's answer says what became of the first): DEADLINE_EXCEEDED is retried as
+        UNAVAILABLE is, and each attempt that may have run on the server unanswered
+        (:func:`answer_lost`) is appended to it."""
         fn = getattr(self._stub, method)
         delay = self.backoff
         start = time.monotonic()
@@ -178,6 +183,9 @@ class Client:
             except grpc.RpcError as e:
                 err = from_rpc_error(e)
             attempt += 1
+            unanswered = lost is not None and answer_lost(err)
+            if unanswered:
+                lost.append(err)
             wait = max(delay * (0.5 + random.random()), err.retry_after or 0.0)
             if patience is not None:
                 more = time.monotonic() + wait - start < patience
@@ -185,7 +193,7 @@ class Client:
                 more = time.monotonic() + wait - start < self.rate_patience
             else:
                 more = attempt <= self.retries
-            if not (retryable(err) and more):
+            if not ((retryable(err) or unanswered) and more):
                 raise err
             time.sleep(wait)
             delay = min(delay * 2, self.max_backoff)
@@ -284,7 +292,18 @@ class Client:
                 return out
 
     def delete_study(self, name: str) -> bool:
-        return self._call("DeleteStudy", svc.DeleteStudyRequest(name=name)).deleted
+        """Delete the study ``name`` and everything of it; True once it is gone. Raises
+        :class:`NotFound` where no study has that name. Retried as every call is, and past a
+        deadline too: an attempt that failed UNAVAILABLE or DEADLINE_EXCEEDED may have deleted the
+        study with its answer lost, so a NOT_FOUND answering a retry after one means it did (True),
+        not an error (docs/operations.md, "Retried calls")."""
+        lost: list[BboError] = []
+        try:
+            return self._call("DeleteStudy", svc.DeleteStudyRequest(name=name), lost=lost).deleted
+        except NotFound:
+            if lost:
+                return True
+            raise
 
 
 def _tls_credentials(ca: str | None, cert: str | None, key: str | None) -> grpc.ChannelCredentials:
@@ -415,7 +434,7 @@ class StudyHandle:
         abandoned: bool = False,
         pruned: bool = False,
         reason: str = "",
-        request_id: str = "",
+        request_id: str | None = None,
         patience: float | None = None,
         budget: float | None = None,
     ) -> TellResult:
@@ -426,14 +445,18 @@ class StudyHandle:
         budget of the trial as asked (a :class:`Trial` passed carries it), or for ``pruned=True``
         the largest budget it reported (a stopped trial did not reach the budget it was asked at).
         ``patience``: retry a failure that may pass later (server away, rate limit) for this many
-        seconds instead of the client's ``retries`` times."""
+        seconds instead of the client's ``retries`` times. ``request_id`` (default: a new one per
+        call, the same on its retries): the server answers a retry under it as the tell it
+        repeats, whatever became of the trial since. Pass the :class:`Trial` rather than its id
+        in a study with promotion: a continued trial's result equal to the one that paused it
+        is told apart by its budget (docs/operations.md, "Retried calls")."""
         if budget is None and isinstance(trial, Trial) and not pruned:
             budget = trial.budget
         req = svc.TellRequest(
             study=self.name,
             trial_id=_trial_id(trial),
             reason=reason,
-            request_id=request_id,
+            request_id=request_id or uuid.uuid4().hex,
             study_uid=_study_uid(trial),
             budget=float(budget or 0.0),
         )

@@ -129,3 +129,10 @@ def retryable(err: BboError) -> bool:
         isinstance(err, ResourceExhausted)
         and (err.retry_after is not None or err.message == GRPC_CONCURRENCY_REFUSAL)
     )
+
+
+def answer_lost(err: BboError) -> bool:
+    """The call may have run on the server though no answer came back: the connection broke
+    (UNAVAILABLE: also when the call never left, which cannot be told apart) or its deadline passed
+    (DEADLINE_EXCEEDED). A retry's answer then says what became of it."""
+    return err.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
