@@ -6,6 +6,8 @@ balancer or replica gone, the network).
 from now on nothing the server sends reaches the clients (their calls under way go on on the
 server); ``proxy.cut()``: close every connection made so far, so each call under way fails
 UNAVAILABLE and a client retries it on a new connection, passed through again.
+``with proxy.losing_answers(done): <send the call>`` does both around a call: its answer held
+back until ``done()`` says the server did the work, then the connection cut.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
+from collections.abc import Callable, Iterator
 
 
 class LossyProxy:
@@ -43,6 +47,22 @@ class LossyProxy:
                     s.shutdown(socket.SHUT_RDWR)
                 with contextlib.suppress(OSError):
                     s.close()
+
+    @contextlib.contextmanager
+    def losing_answers(self, done: Callable[[], bool], timeout: float = 60.0) -> Iterator[None]:
+        """Hold the server's answers while the body sends a call; once it returns, wait until
+        ``done()`` (the server did the work, and whatever else the test wants meanwhile), then
+        cut: the call's answer is lost and its client retries it."""
+        self.hold()
+        try:
+            yield
+            end = time.monotonic() + timeout
+            while not done():
+                if time.monotonic() > end:
+                    raise AssertionError("the server never did the work whose answer is lost")
+                time.sleep(0.02)
+        finally:
+            self.cut()
 
     def close(self) -> None:
         self._closed = True

@@ -4,7 +4,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -1107,14 +1106,9 @@ def _lose_the_answer(address: str, study: str, stored, call: str, *args: str) ->
         )
         try:
             assert node.stdout.readline().strip() == "ready"
-            proxy.hold()
-            node.stdin.write("go\n")
-            node.stdin.flush()
-            deadline = time.monotonic() + 60
-            while not stored():
-                assert time.monotonic() < deadline, "the server never did the work"
-                time.sleep(0.02)
-            proxy.cut()
+            with proxy.losing_answers(stored):
+                node.stdin.write("go\n")
+                node.stdin.flush()
             out, _ = node.communicate(timeout=120)
         finally:
             node.kill()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -91,13 +90,6 @@ def _events(db, study: str, number: int) -> list[str]:
             (study, number),
         )
     ]
-
-
-def _until(cond, what: str, timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 # ---- the calls that change a study, each sent again -------------------------------------------
@@ -293,17 +285,21 @@ def test_a_python_tell_retried_after_a_lost_answer_never_lands_on_the_continuati
     a, b, best = s.ask(3)
     s.tell(a, 3.0)
     s.tell(b, 2.0)
+    continued: list[bc.Trial] = []
+
+    def paused_then_continued() -> bool:
+        if not continued and s.trial(best.id).state == "PAUSED":
+            continued.extend(s.ask(worker_id="w2"))
+        return bool(continued)
+
+    out: dict = {}
     with LossyProxy(bbo_server.address) as proxy, bc.Client(proxy.address) as lossy:
         worker = lossy.study(study_name)
-        proxy.hold()
-        out: dict = {}
         th = threading.Thread(target=lambda: out.setdefault("told", worker.tell(best.id, 1.0)))
-        th.start()
-        _until(lambda: s.trial(best.id).state == "PAUSED", "the tell to be stored")
-        (cont,) = s.ask(worker_id="w2")
-        assert (cont.id, cont.budget) == (best.id, 3.0)
-        proxy.cut()  # the tell's answer is lost: the client retries it
+        with proxy.losing_answers(paused_then_continued):
+            th.start()
         th.join(timeout=120)
+    assert [(t.id, t.budget) for t in continued] == [(best.id, 3.0)]
     assert out["told"].duplicate
     t = s.trial(best.id)
     assert (t.state, t.budget, t.metrics) == ("PENDING", 3.0, {})
@@ -355,21 +351,22 @@ def test_a_python_delete_retried_after_a_lost_answer_returns_true(bbo_server, cl
     connection cut) and the client's retry was answered NOT_FOUND, raised for a delete that
     worked. A NOT_FOUND answering a retry after an attempt whose answer was lost is that delete."""
     client.create_study(study_name, [bc.Float("x", 0, 1)], "y")
+    out: dict = {}
+
+    def delete() -> None:
+        try:
+            out["deleted"] = lossy.delete_study(study_name)
+        except bc.errors.BboError as e:
+            out["deleted"] = e
+
+    def gone() -> bool:
+        return study_name not in {s.name for s in client.list_studies()}
+
     with LossyProxy(bbo_server.address) as proxy, bc.Client(proxy.address) as lossy:
         lossy.get_study(study_name)  # connected
-        proxy.hold()
-        out: dict = {}
-
-        def delete() -> None:
-            try:
-                out["deleted"] = lossy.delete_study(study_name)
-            except bc.errors.BboError as e:
-                out["deleted"] = e
-
         th = threading.Thread(target=delete)
-        th.start()
-        _until(lambda: study_name not in {s.name for s in client.list_studies()}, "the delete")
-        proxy.cut()
+        with proxy.losing_answers(gone):
+            th.start()
         th.join(timeout=120)
         assert out["deleted"] is True
         assert proxy.connections >= 2  # the retry went out on a new connection
