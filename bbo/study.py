@@ -47,7 +47,7 @@ from bbo.storage import LEASE_EXPIRED, LlmCallRecord, NewTrial, Storage, StudyRe
 from bbo.strategy.base import Estimate, Suggestion
 from bbo.study_budgets import StudyBudgets
 from bbo.study_llm import StudyLlm
-from bbo.study_requests import RequestLog, check_same, metrics_key, request_key
+from bbo.study_requests import RequestKey, RequestLog, check_same, metrics_key, request_key
 from bbo.study_strategy import StudyStrategy
 from bbo.study_transfer import StudySources
 from bbo.study_trials import (
@@ -441,6 +441,39 @@ class Study:
         ``study_uid``: the trial's, checked against this study's.
         """
         self._check_uid(study_uid, trial_id)
+        state, budget, checked, reason = self._tell_input(metrics, failed, state, reason, budget)
+        content: dict[str, Any] = {
+            "trial": trial_id,
+            "state": state.value,
+            "metrics": metrics_key(checked),
+        }
+        if budget is not None:
+            content["budget"] = budget
+        req = request_key("tell", request_id, content)
+        number = trial_number(trial_id)
+        if req is not None and self.spec.fidelity is not None:
+            # answered before anything is written: a request id reused for another tell is
+            # refused without its value joining the trial's curve (before_tell writes it first;
+            # without a fidelity nothing is written before the trial, which checks the id itself)
+            prev = self.requests.answered(req)
+            if prev is not None:
+                check_same(req, prev)
+                return TellResult(self._trial_or_missing(number, trial_id), duplicate=True)
+        cur = self.budgets.told_trial(number)
+        earlier = self.budgets.earlier_run(cur, state, budget, checked)
+        if earlier is not None:  # the result that paused the trial, told again
+            return TellResult(earlier, duplicate=True)
+        return self._store_tell(trial_id, cur, state, budget, checked, reason, req)
+
+    def _tell_input(
+        self,
+        metrics: Mapping[str, Any] | None,
+        failed: bool,
+        state: TrialState | None,
+        reason: str,
+        budget: float | None,
+    ) -> tuple[TrialState, float | None, dict[str, Metric], str]:
+        """A tell's state, budget, checked metrics and reason, or SpecError naming what to fix."""
         if state is None:
             state = TrialState.FAILED if failed else TrialState.COMPLETED
         if state in (TrialState.PENDING, TrialState.PAUSED):
@@ -457,29 +490,28 @@ class Study:
             # the reaper's words mark a trial whose late result is welcome; a worker's own
             # ABANDONED is final, whatever it says
             reason = f"{reason} (told by the worker)"
-        content = {"trial": trial_id, "state": state.value, "metrics": metrics_key(checked)}
-        if budget is not None:
-            content["budget"] = budget
-        req = request_key("tell", request_id, content)
-        outcome: dict[str, Any] = {}
+        return state, budget, checked, reason
+
+    def _trial_or_missing(self, number: int, trial_id: int) -> Trial:
+        trial = self.storage.get_trial(self.uid, number)
+        if trial is None:
+            raise NotFoundError(f"trial {trial_id} not found in study '{self.name}'")
+        return trial
+
+    def _store_tell(
+        self,
+        trial_id: int,
+        cur: Trial | None,
+        state: TrialState,
+        budget: float | None,
+        checked: dict[str, Metric],
+        reason: str,
+        req: RequestKey | None,
+    ) -> TellResult:
+        """Write a checked tell of the trial ``cur`` (as read before: an Ask may continue it
+        meanwhile) in one conditional update, with its learning curve's value where it has one."""
         number = trial_number(trial_id)
-        if (
-            req is not None
-            and self.spec.fidelity is not None
-            and (prev := self.requests.answered(req)) is not None
-        ):
-            # answered before anything is written: a request id reused for another tell is
-            # refused without its value joining the trial's curve (before_tell writes it first;
-            # without a fidelity nothing is written before the trial, which checks the id itself)
-            check_same(req, prev)
-            trial = self.storage.get_trial(self.uid, number)
-            if trial is None:
-                raise NotFoundError(f"trial {trial_id} not found in study '{self.name}'")
-            return TellResult(trial, duplicate=True)
-        cur = self.budgets.told_trial(number)
-        earlier = self.budgets.earlier_run(cur, state, budget, checked)
-        if earlier is not None:  # the result that paused the trial, told again
-            return TellResult(earlier, duplicate=True)
+        outcome: dict[str, Any] = {}
         curve_top, wrote = self.budgets.before_tell(cur, state, budget, checked, accepts_tell)
         # ``cur`` was read before the write: an Ask may continue the trial meanwhile (promotion),
         # so the write checks again on the trial as it finds it
