@@ -176,7 +176,8 @@ class FrontCache:
     trials (a completed trial's metrics never change). Found once among all of them
     (:func:`nondominated`), then brought up to date with the trials completed since: a new one is
     compared with the front only (dominated by it, or joins it and drops those it dominates), so a
-    GetBest or a dashboard summary without new results costs no search. Thread-safe."""
+    GetBest or a dashboard summary without new results costs no search. Of one objective the
+    front is the trials of its best value, the first by id :func:`best_trial`. Thread-safe."""
 
     ONE_BY_ONE = 32  # more new feasible trials at once: the front found again among front + them
 

@@ -39,7 +39,7 @@ from bbo.errors import (
     SpecError,
     StudyNotFound,
 )
-from bbo.incumbent import FrontCache, incumbents, is_feasible
+from bbo.incumbent import FrontCache, is_feasible
 from bbo.limits import OBJECTIVES_CAP, RUNGS_CAP
 from bbo.pruning import ladder
 from bbo.spec import HYPERBAND, StudySpec
@@ -644,9 +644,9 @@ class Study:
             trials = self.trial_cache.in_states(MODELED_STATES)
         else:
             trials = [t for t in trials if t.state in MODELED_STATES]
-        completed = [t for t in trials if t.state is TrialState.COMPLETED]
+        # the best observed trial: the first by id of the one objective's front, kept between calls
         rec = self._stored()
-        best = BestResult(incumbents(self.spec, completed), StudyState(rec.state), rec.state_reason)
+        best = BestResult(self._front(trials)[:1], StudyState(rec.state), rec.state_reason)
         if len(self.spec.objectives) == 1 and best.trials:
             pick = self.generation.recommend(trials)
             if pick is not None:
@@ -655,9 +655,10 @@ class Study:
         return best
 
     def _front(self, trials: Sequence[Trial] | None) -> list[Trial]:
-        """The feasible Pareto front, kept between calls (:class:`bbo.incumbent.FrontCache`): a
-        call reads the numbers of the completed trials, and whole only those completed since the
-        last (all of them on the first call)."""
+        """The feasible Pareto front (of one objective: the trials of its best value, the first by
+        id :func:`~bbo.incumbent.best_trial`), kept between calls
+        (:class:`bbo.incumbent.FrontCache`): a call reads the numbers of the completed trials, and
+        whole only those completed since the last (all of them on the first call)."""
         if trials is None:
             completed: Collection[int] = self.storage.trial_numbers(self.uid, TrialState.COMPLETED)
 

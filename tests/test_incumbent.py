@@ -218,6 +218,37 @@ def test_front_cache_follows_new_trials_as_a_search_of_all(small_blocks):
             assert again == front and reads == []
 
 
+def test_front_cache_of_one_objective_starts_with_the_best_trial():
+    """Of one objective the kept front, brought up to date one trial at a time or in batches, is
+    the trials of its best value, first the one :func:`best_trial` picks (ties to the earliest,
+    -0.0 as 0.0, constraints, either goal): GetBest's best observed trial is read from it."""
+    import random
+
+    rnd = random.Random(3)
+    for goal in ("minimize", "maximize"):
+        for constrained in (False, True):
+            spec = _spec([goal], constrained)
+            trials = _random_trials(rnd, 1, 300, constrained)
+            for t in trials[::7]:
+                t.metrics["m0"] = Metric(rnd.choice([0.0, -0.0]))
+            cache, done = FrontCache(spec), {}
+            order = list(trials)
+            rnd.shuffle(order)
+            while order:
+                step = rnd.choice([1, 1, 3, FrontCache.ONE_BY_ONE + 5])
+                done.update((t.id, t) for t in order[:step])
+                order = order[step:]
+                pool = {i: t for i, t in done.items() if t.state is TrialState.COMPLETED}
+
+                def read(ns, pool=pool):
+                    return list(pool.values()) if ns is None else [pool[i] for i in ns]
+
+                front = cache.front(set(pool), read)
+                best = best_trial(spec, list(done.values()))
+                assert front[:1] == ([] if best is None else [best])
+                assert front == [t for t in _brute_front(spec, done.values())]
+
+
 def test_get_best_of_a_study_all_on_the_front_answers_as_before(registry):
     """GetBest on a study whose every feasible point is on the front (plus duplicates, dominated
     and infeasible trials, mixed goals) answers with the front the definition gives, before and
