@@ -292,35 +292,43 @@ def test_get_best_reads_the_completed_trials_from_the_studys_memory(storage, mon
     assert reads == []
 
 
-def test_get_best_fingerprints_the_studys_trials_once_a_call(storage, monkeypatch):
-    """GetBest took the fingerprint of the study's trials twice a call, once to find its data
-    and once to key its recommendation: over half of a GetBest of 20,000 trials. Now once, on
-    an unchanged study and after a new result alike, and the answer follows the new result."""
+def test_get_best_fingerprints_only_the_trials_new_since_the_last_call(storage, monkeypatch):
+    """GetBest took the fingerprint of every one of the study's trials on each call (twice once,
+    then once: over a third of a GetBest of 20,000 trials). Now a trial is fingerprinted once
+    while it is unchanged: none on an unchanged study, the new result after one, and the answer
+    follows the new result."""
     import bbo.strategy.model_data as model_data
     import bbo.strategy.recommendation as recommendation
 
-    calls = []
-    real = model_data.fingerprint
+    taken: list[int] = []
 
-    def counted(trials):
-        calls.append(len(trials))
-        return real(trials)
+    def one(t):
+        taken.append(t.id)
+        items = tuple((k, m.value, m.sem) for k, m in t.metrics.items())
+        return (t.id, t.state, t.origin, tuple(t.params.items()), items)
 
-    monkeypatch.setattr(model_data, "fingerprint", counted)
-    monkeypatch.setattr(recommendation, "fingerprint", counted, raising=False)
+    def many(trials):
+        return tuple(one(t) for t in trials)
+
+    monkeypatch.setattr(model_data, "fingerprint", many)
+    monkeypatch.setattr(model_data, "trial_fingerprint", one, raising=False)
+    monkeypatch.setattr(recommendation, "fingerprint", many, raising=False)
     reg = _registry(storage, 2)
     spec = {**SPEC, "objectives": [{"name": "y", "noise": "deterministic"}]}  # the best observed
     study, _ = reg.create_study("fp", spec)
     for i in range(12):
         study.add_trial({"x": i / 12}, {"y": (i / 12 - 0.5) ** 2})
     study.best()
-    for new, x in ((None, 0.5), (0.3, 0.3), (None, 0.3)):
-        if new is not None:
-            study.add_trial({"x": new}, {"y": -1.0})
-        calls.clear()
+    for new, x in ((None, 0.5), (0.3, 0.3), (None, 0.3), (0.35, 0.35)):
+        added = [] if new is None else [study.add_trial({"x": new}, {"y": -1.0 - new}).id]
+        taken.clear()
         best = study.best()
-        assert len(calls) == 1, calls
+        assert taken == added
         assert best.trials[0].params["x"] == x
+    (t,) = study.ask(1).trials
+    study.tell(t.id, {"y": -5.0})  # a pending trial completed: a new object, taken again
+    taken.clear()
+    assert study.best().trials[0].id == t.id and taken == [t.id]
 
 
 CONSTRAINED = {
