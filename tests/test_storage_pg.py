@@ -895,3 +895,43 @@ def test_replicas_agree_on_the_best_of_a_noisy_study(pg_url):
     agree()
     s1.close()
     s2.close()
+
+
+def test_get_best_sees_another_replicas_writes_at_once(pg_url):
+    """GetBest keeps the best observed trial and the recommender's key between calls: on a
+    shared database the next read on one replica sees a result told, a trial added and a better
+    infeasible one on the other, as a search of all the trials says."""
+    from bbo.incumbent import best_trial
+    from bbo.registry import StudyRegistry
+
+    s1, s2 = open_storage(pg_url, pool_size=4), open_storage(pg_url, pool_size=4)
+    try:
+        r1, r2 = StudyRegistry(s1), StudyRegistry(s2)
+        spec = {
+            **SPEC,
+            "objectives": [{"name": "y", "noise": "deterministic"}],
+            "outcome_constraints": [{"metric": "c", "op": "<=", "bound": 0.5}],
+            "algorithm": {"n_initial": 1000},
+        }
+        here, _ = r1.create_study("seen", spec)
+        there = r2.get_study("seen")
+        for i in range(20):
+            there.add_trial({"x": (i + 0.5) / 20}, {"y": float(i % 5), "c": 0.0})
+
+        def best_id():
+            b = here.best().trials[0].id
+            assert b == best_trial(here.spec, here.trials()).id
+            return b
+
+        first = best_id()
+        assert best_id() == first
+        (t,) = there.ask(1).trials
+        there.tell(t.id, {"y": -1.0, "c": 0.1})
+        assert best_id() == t.id
+        there.add_trial({"x": 0.0123}, {"y": -2.0, "c": 0.9})  # better, infeasible
+        assert best_id() == t.id
+        added = there.add_trial({"x": 0.0456}, {"y": -3.0, "c": 0.2})
+        assert best_id() == added.id
+    finally:
+        s1.close()
+        s2.close()
