@@ -23,8 +23,8 @@ through the outcome warp), which GetBest reports.
 
 Asks record their recommendation from the model they fit; reads (GetBest) made after further
 tells condition a GP on the cached hyperparameters (no fit). Before any ask has fit one (a study
-filled through AddTrial) a read fits a surrogate of its own, which asks never touch: GetBest
-reported the luckiest draw there until the first ask. One answer is cached per set of
+filled through AddTrial) a read of up to ``max_fit_points`` trials fits a surrogate of its own,
+which asks never touch: GetBest reported the luckiest draw there until the first ask. One answer is cached per set of
 completed trials and set of hyperparameters (another replica's, adopted, make it anew).
 """
 
@@ -123,8 +123,8 @@ class Recommender:
             cond: tuple | None = None
             if self._worth_a_model(data):
                 cond = self.surrogate.conditioned(data.X, data.Ym, data.Ymvar, data.score)
-                if cond is None:  # no ask has fit a model yet
-                    cond = self._read_fit(data)
+                if cond is None and len(data.trials) <= self._own.options.max_fit_points:
+                    cond = self._read_fit(data)  # no ask has fit a model yet: a fit of its own
             choice = self._choose(data, *cond) if cond is not None else None
             rec = self._judge(choice) if isinstance(choice, _Unjudged) else choice
         with self._lock:
@@ -143,7 +143,9 @@ class Recommender:
     def _read_fit(self, data: TrainingData) -> tuple[object, np.ndarray, object]:
         """``(model, rows, predictive)`` of the reads' own surrogate on ``data``, fit as an ask
         would (refit as the data grow), so that the pick under noise does not wait for an ask;
-        the asks' surrogate and cached state are left as they are."""
+        the asks' surrogate and cached state are left as they are. Only up to ``max_fit_points``
+        trials: past them (20,000 added trials: 13-30 s of CPU a read, the subset's refit nearly
+        every time) a read answers the best observed trial until an ask has fit the model."""
         with self._own_lock:
             model, rows, info = data.model(self._own, self.ctx.call_seed(list(data.trials)))
         return model, rows, info.predictive
