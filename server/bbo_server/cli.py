@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import logging
 import os
 import pkgutil
 import sys
@@ -139,11 +140,19 @@ def connect(args) -> Iterator[Client]:
         shutil.rmtree(private, ignore_errors=True)
 
 
+# commands that read or write a database once and end (`serve`, `demo` and `kit` run a service)
+ONE_SHOT = frozenset({"studies", "trials", "best", "plot", "keys", "copy"})
+
+
 def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a character the terminal cannot show: escaped
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
+    if args.command in ONE_SHOT:
+        # a one-shot command's retries of a database read are its own: its one line says what
+        # failed in the end (a server logs each retry)
+        logging.getLogger("bbo.storage").setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
