@@ -64,13 +64,16 @@ def test_studies_trials_best(bbo_server, populated):
     ]
     assert [t["reason"] for t in failed] == ["diverged"]
     best = json.loads(bbo("best", populated, *addr, "--json").stdout)
-    assert best["trials"][0]["metrics"]["acc"] == pytest.approx(
-        0.7
-    )  # the best feasible one (lat 9)
-    # the best observed (a read fits its own model where no ask has: here the two agree)
-    assert best["selection"].startswith("best observed value of the objective over 5 completed")
+    # the API's answer: on 5 trials of a random design the model may judge lat noisy and pick
+    # another feasible trial than the best observed (acc 0.7, lat 9), so the CLI is held to it
+    with bc.Client(bbo_server.address) as c:
+        api = c.study(populated).best()
+    (shown,) = best["trials"]
+    assert shown["id"] == api.trials[0].id and shown["metrics"]["lat"] <= 10
+    assert best["selection"] == api.selection and best["selection"].startswith("best ")
     assert best["count"] == 1  # the answer's size: more than its trials for a front cut to fit
-    assert "acc=0.7" in bbo("best", populated, *addr).stdout
+    acc = shown["metrics"]["acc"]
+    assert f"acc={acc:g}" in bbo("best", populated, *addr).stdout
 
 
 def test_best_shows_the_objectives_first(bbo_server, study_name):
