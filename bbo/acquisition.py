@@ -71,6 +71,7 @@ import numpy as np
 import torch
 from botorch.acquisition import AcquisitionFunction
 from botorch.acquisition.logei import qLogNoisyExpectedImprovement
+from botorch.acquisition.multi_objective import logei as _botorch_mo_logei
 from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
 from botorch.acquisition.multi_objective.objective import WeightedMCMultiOutputObjective
 from botorch.acquisition.multi_objective.utils import get_default_partitioning_alpha
@@ -102,6 +103,12 @@ from bbo.spec import StudySpec
 # gen_candidates_scipy in its module, so they run on the closed form where there is one (the
 # replacement hands everything else back to gen_candidates_scipy unchanged).
 optimize_mixed.gen_candidates_scipy = gen_candidates  # type: ignore[assignment]
+
+# BoTorch 0.18 compiles a fused C++ kernel for qLog(N)EHVI the first time one is built in a
+# process (torch's JIT extension build): minutes of a compiler inside an ask on a fresh machine,
+# and, where a process died mid-build, every later build in every process waits for ever on the
+# build's lock file. Marking the load as already tried keeps BoTorch's PyTorch path (same values).
+_botorch_mo_logei._load_attempted = True
 
 # Sobol points drawn at most (per pass: over the box, then the polytope's bounding box) to find
 # raw samples inside linear parameter constraints, in batches of at most POLYTOPE_CHUNK numbers

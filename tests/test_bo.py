@@ -1278,3 +1278,39 @@ def test_reported_noise_three_objectives_believe_their_pending_points(monkeypatc
     with torch.no_grad():
         ratio = believed.posterior(pending).variance / model.posterior(pending).variance
     assert float(ratio.max()) < 1.0
+
+
+def test_a_monte_carlo_hypervolume_ask_never_builds_botorchs_cpp_kernel(tmp_path):
+    """BoTorch 0.18 compiles a C++ kernel the first time a qLog(N)EHVI is built in a process, and
+    waits for ever on its build lock where a process died mid-build: an ask under reported noise
+    on two objectives (qLogNEHVI) in a fresh process, beside such a stale lock, still answers."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "logei_fused_ext").mkdir()
+    (tmp_path / "logei_fused_ext" / "lock").touch()  # a build that never finished
+    child = """
+import torch.utils.file_baton as baton
+def wait(self):
+    raise SystemExit("waits for ever on " + self.lock_file_path)
+baton.FileBaton.wait = wait
+from bbo.space import FloatParam, SearchSpace
+from bbo.spec import AlgorithmOptions, Objective, StudySpec
+from bbo.strategy import GenerationStrategy
+from bbo.trial import Metric, Trial, TrialState
+space = SearchSpace((FloatParam("a", 0.0, 1.0), FloatParam("b", 0.0, 1.0)))
+spec = StudySpec(space, (Objective("f"), Objective("g")), algorithm=AlgorithmOptions(n_initial=4))
+trials = [
+    Trial(i + 1, {"a": a, "b": b}, TrialState.COMPLETED,
+          {"f": Metric(a + b * b, 0.05), "g": Metric((1 - a) ** 2 + b, 0.05)}, origin="initial")
+    for i, (a, b) in enumerate([(0.1, 0.2), (0.8, 0.3), (0.4, 0.9), (0.6, 0.6), (0.3, 0.5)])
+]
+print(GenerationStrategy(spec).suggest(trials, 1)[0].origin)
+"""
+    env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path), OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == Origin.BO.value
