@@ -40,8 +40,6 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from scipy.stats import spearmanr
-
 from bbo.spec import HYPERBAND, MAXIMIZE, StudySpec
 from bbo.storage import Continuation, CurvePoint
 from bbo.trial import Trial, TrialState
@@ -287,6 +285,8 @@ class Rungs:
             hi.append(b.value)
         if len(lo) < AGREEMENT_PAIRS:
             return 0.0, len(lo)
+        from scipy.stats import spearmanr  # here: scipy.stats is seconds of every CLI call's import
+
         rho = float(spearmanr(lo, hi).statistic)
         return (rho if math.isfinite(rho) else 0.0), len(lo)
 

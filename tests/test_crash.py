@@ -15,7 +15,7 @@ import bbo_client as bc
 
 N_STUDIES = 4
 N_WORKERS = 16
-ROUNDS = 20
+ROUNDS = 10
 
 
 def test_sigkill_at_random_moments_under_16_workers(server_factory, tmp_path):
