@@ -358,6 +358,63 @@ def test_study_lock_of_a_killed_replica_is_released(pg_url, storage):
             p.kill()
 
 
+def _advisory_holder(url, key) -> int | None:
+    """The backend pid holding the advisory lock ``key``, None when none does."""
+    eng = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with eng.connect() as c:
+        pid = c.execute(
+            sa.text(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND ((classid::bigint << 32) | objid::bigint) = :k"
+            ),
+            {"k": key},
+        ).scalar()
+    eng.dispose()
+    return pid
+
+
+def test_an_ask_that_lost_its_study_lock_stores_nothing(pg_url):
+    """An ask's study lock lives in a database session of its own: killed while the ask computes
+    (pg_terminate_backend, a network drop), PostgreSQL releases it and another replica's ask runs
+    beside it. The first ask then stored the other's point a second time; its insert now commits
+    on the lock's session only, so it is UNAVAILABLE and its retry plans around the other's trial.
+    An ask whose caller went away releases the lock."""
+    from bbo.errors import CallerGone
+    from bbo.registry import StudyRegistry
+
+    s1, s2 = open_storage(pg_url, pool_size=2), open_storage(pg_url, pool_size=2)
+    spec = {**SPEC, "algorithm": {"seed": 5, "n_initial": 5}}
+    a, _ = StudyRegistry(s1).create_study("s", spec)
+    b = StudyRegistry(s2).get_study("s")
+    key, other = pgmod.lock_key(a.uid), {}
+    compute = a.generation.compute
+
+    def lose_the_lock_then_compute(*args, **kw):
+        admin = sa.create_engine(pg_url, poolclass=sa.pool.NullPool)
+        with admin.connect() as c:
+            c.execute(
+                sa.text("SELECT pg_terminate_backend(:p)"), {"p": _advisory_holder(pg_url, key)}
+            )
+        admin.dispose()
+        t = threading.Thread(target=lambda: other.setdefault("b", b.ask(1, request_id="b")))
+        t.start()  # the other replica's ask takes the released lock
+        t.join(60)
+        return compute(*args, **kw)
+
+    a.generation.compute = lose_the_lock_then_compute
+    with pytest.raises(StorageUnavailable, match="lock was lost"):
+        a.ask(1, request_id="a")
+    (tb,) = other["b"].trials
+    assert [(t.id, t.params) for t in s1.list_trials(a.uid)] == [(1, tb.params)]
+    a.generation.compute = compute
+    (ta,) = a.ask(1, request_id="a").trials  # the client's retry
+    assert ta.id == 2 and ta.params != tb.params
+    with pytest.raises(CallerGone):
+        a.ask(1, alive=lambda: False)
+    assert _advisory_holder(pg_url, key) is None
+    s1.close()
+    s2.close()
+
+
 def test_lock_connections_do_not_starve_the_main_pool(pg_url):
     """More studies asking at once than the main pool has connections: each holds a lock connection
     (its own pool) and still gets main-pool connections to read and insert."""

@@ -401,7 +401,9 @@ class Storage(abc.ABC):
     @contextlib.contextmanager
     def study_lock(self, uid: str) -> Iterator[None]:
         """Serialize suggestion generation of one study across processes sharing the database
-        (a no-op where one process owns the database)."""
+        (a no-op where one process owns the database). Where it can be lost under the body (a
+        database session that ended), the body's :meth:`insert_trials` and :meth:`modify_trial`
+        of the study raise :class:`bbo.errors.StorageUnavailable` instead of storing anything."""
         yield
 
     # ---- API keys -------------------------------------------------------------------------------

@@ -6,7 +6,8 @@
   replica (visible in ``pg_stat_activity``).
 - :meth:`PostgresStorage.study_lock`: the cross-replica critical section of an Ask (read pending
   trials -> suggest -> insert PENDING) as a session-level advisory lock held on a connection of
-  its own pool.
+  its own pool; the insert commits in that session (:meth:`PostgresStorage._study_write`), so an
+  ask whose lock was lost with its session stores nothing.
 - :meth:`PostgresStorage._on_error`: re-run a storage call after a serialization failure, a
   deadlock, a lock timeout (always safe: the server rolled the transaction back) or a lost
   connection (only for calls that are idempotent, since the commit may have happened before the
@@ -216,6 +217,7 @@ class PostgresStorage(SqlStorage):
         super().__init__(sa.create_engine(url, **kwargs), url)
         self._lock_engine: sa.Engine | None = None
         self._lock_engine_guard = threading.Lock()
+        self._held = threading.local()  # .locks: {uid: lock connection} of the thread's study locks
         self._clock = (0.0, -math.inf)  # (the database clock's offset, when measured): clock()
         if migrate:
             self.migrate()
@@ -337,6 +339,7 @@ class PostgresStorage(SqlStorage):
         """
         key = lock_key(uid)
         wait_ms = int(self.settings.get("lock_wait_timeout", 600_000))
+        held = self._held_locks()
         try:
             conn = self._locks().connect()
         except sa.exc.DBAPIError as e:
@@ -359,10 +362,12 @@ class PostgresStorage(SqlStorage):
                         "retry the request"
                     ) from e
                 raise
+            held[uid] = conn
             yield
         finally:
+            held.pop(uid, None)
             try:
-                if locked:
+                if locked and not conn.invalidated:  # an invalidated one would reconnect to unlock
                     ok = conn.exec_driver_sql(f"SELECT pg_advisory_unlock({key})").scalar()
                     if not ok:
                         log.warning("study lock was not held at release", extra={"study": uid})
@@ -374,6 +379,44 @@ class PostgresStorage(SqlStorage):
                     conn.close()
                 except Exception:  # noqa: BLE001
                     pass
+
+    def _held_locks(self) -> dict[str, sa.Connection]:
+        """The study locks this thread holds: ``{uid: the connection holding it}``."""
+        if not hasattr(self._held, "locks"):
+            self._held.locks = {}
+        return self._held.locks
+
+    @contextlib.contextmanager
+    def _study_write(self, uid: str) -> Iterator[sa.Connection]:
+        """Under the study's lock (an Ask's insert, a tell of a PAUSED trial), the write runs on
+        the lock's own session: it commits only while that session, and so the lock, is alive. A
+        session killed meanwhile (pg_terminate_backend, a network drop) released the lock, and
+        another replica's ask may have run without seeing this one's points: the write fails,
+        StorageUnavailable, and the client's retry plans again under the lock."""
+        conn = self._held_locks().get(uid)
+        if conn is None:
+            with self._write() as out:
+                yield out
+            return
+        lost = StorageUnavailable(
+            "the study's ask lock was lost (its database session ended) while the ask computed: "
+            "retry the request (the same request id replays it if it was stored)"
+        )
+        if conn.invalidated or conn.closed:
+            raise lost
+        try:
+            conn.commit()  # ends the autobegun (autocommit) one of the lock statement: no trip
+            conn.execution_options(isolation_level="READ COMMITTED")  # the driver's flag: no trip
+            with conn.begin():
+                yield conn
+        except sa.exc.DBAPIError as e:
+            if classify(e) != "connection":
+                raise  # a rolled-back transaction: retried on the same session, still locked
+            conn.invalidate()
+            raise lost from e
+        finally:
+            if not conn.invalidated:
+                conn.execution_options(isolation_level="AUTOCOMMIT")
 
     def id_counters(self, conn: sa.Connection) -> dict[str, int]:
         out = {}

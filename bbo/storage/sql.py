@@ -202,6 +202,11 @@ class SqlStorage(Storage):
             with conn.begin():
                 yield conn
 
+    def _study_write(self, uid: str) -> contextlib.AbstractContextManager[sa.Connection]:
+        """The write transaction of an insert or change of the study's trials: :meth:`_write`,
+        unless the backend fences it with the study's lock (PostgreSQL)."""
+        return self._write()
+
     def _report_time(self, conn: sa.Connection, sid: int) -> float:
         """The time an intermediate value is stored at: later than every stamp of the study before
         it, so in commit order (rung decisions compare these times with what they could see, and a
@@ -503,7 +508,7 @@ class SqlStorage(Storage):
         self, uid, new, worker_id, lease_expires_at, request, continuations=(), max_trials=0
     ):
         now = self.clock()  # the lease's clock: a client reads the lease granted as the difference
-        with self._write() as conn:
+        with self._study_write(uid) as conn:
             sid = self._sid(conn, uid, lock=True)
             if request is not None:
                 prev = self._lookup(conn, sid, request.kind, request.request_id)
@@ -677,7 +682,7 @@ class SqlStorage(Storage):
         request: RequestKey | None = None,
         event_detail: str = "",
     ) -> tuple[Trial | None, bool, StoredRequest | None]:
-        with self._write() as conn:
+        with self._study_write(uid) as conn:
             sid = self._sid(conn, uid, lock=True)
             if request is not None:
                 prev = self._lookup(conn, sid, request.kind, request.request_id)
