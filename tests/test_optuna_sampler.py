@@ -428,3 +428,79 @@ def test_a_trial_added_after_the_study_is_bound_is_attached(client, study_name):
     assert len(trials) == 4
     (added,) = [t for t in trials if t.params["x"] == 0.125]
     assert added.origin == "user" and added.metrics == {"value": 0.125}
+
+
+@pytest.mark.filterwarnings(
+    "ignore::FutureWarning", "ignore::optuna.exceptions.ExperimentalWarning", "ignore::UserWarning"
+)
+def test_a_trial_optuna_fails_as_stale_is_failed_in_bbo_and_its_retry_recorded(
+    client, study_name, tmp_path
+):
+    """With heartbeats on an RDB storage, ``optimize`` fails a dead worker's trial as stale
+    without the sampler's after_trial: its bbo trial stayed PENDING (until its lease ran out),
+    and RetryFailedTrialCallback's retry, carrying a copy of its system attributes, told that
+    bbo trial its own result. Now bbo has what Optuna has: FAILED, then the retry, COMPLETED."""
+    import time
+
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    storage = RDBStorage(
+        f"sqlite:///{tmp_path / 'optuna.db'}",
+        heartbeat_interval=1,
+        grace_period=1,
+        failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
+    )
+    sampler = BboSampler(client=client, study_name=study_name, n_initial=8)
+    study = optuna.create_study(storage=storage, sampler=sampler)
+    obj = lambda t: (t.suggest_float("x", 0, 1) - 0.3) ** 2  # noqa: E731
+    study.optimize(obj, n_trials=2)
+    dead = study.ask()  # a worker that asks, sends one heartbeat, and dies
+    dead.suggest_float("x", 0, 1)
+    storage.record_heartbeat(dead._trial_id)
+    time.sleep(2.5)  # past the grace period: the next optimize fails it as stale
+    study.optimize(obj, n_trials=2)
+
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    stale, retry = study.trials[2], study.trials[3]
+    assert retry.system_attrs["failed_trial"] == stale.number
+    got = {t.id: t for t in client.study(study_name).trials()}
+    assert len(got) == 5 and "PENDING" not in {t.state for t in got.values()}
+    b = got[stale.system_attrs[TRIAL_ID_ATTR]]
+    assert b.state == "FAILED" and "Optuna failed trial 2 as stale" in b.reason
+    (again,) = [t for t in got.values() if t.params["x"] == stale.params["x"] and t.id != b.id]
+    assert again.state == "COMPLETED" and again.metrics == {"value": pytest.approx(retry.value)}
+
+
+@pytest.mark.skipif(
+    not hasattr(optuna.trial.Trial, "set_constraint"), reason="Optuna 5's trial.set_constraint"
+)
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # set_metric_names
+@pytest.mark.parametrize(
+    "keys, metric_names, refused",
+    [
+        (["a b", "a_b"], None, "constraints 'a b' and 'a_b' both become bbo constraint"),
+        (["mem"], ["constraint_mem"], "'constraint_mem', the name of an objective"),
+    ],
+    ids=["two-keys-one-metric", "constraint-named-as-objective"],
+)
+def test_constraints_that_would_share_a_bbo_metric_are_refused(
+    client, study_name, keys, metric_names, refused
+):
+    """Constraint ``key`` is bbo metric ``constraint_<key>`` made valid: two keys naming one
+    metric, or a constraint named as an objective, left bbo one value for two (before: the
+    objective's value was told as the constraint's, or one constraint was dropped)."""
+
+    def obj(trial):
+        x = trial.suggest_float("x", 0, 1)
+        for k in keys:
+            trial.set_constraint(k, x - 0.5)
+        return x
+
+    study = optuna.create_study(sampler=BboSampler(client=client, study_name=study_name))
+    if metric_names:
+        study.set_metric_names(metric_names)
+    with pytest.raises(bc.InvalidArgument, match=refused):
+        study.optimize(obj, n_trials=3)
+    with pytest.raises(bc.NotFound):
+        client.get_study(study_name)

@@ -22,17 +22,18 @@ def bbo_name(name: str) -> str:
     return _BAD.sub("_", str(name).replace("/", ".")) or "_"
 
 
-def bbo_names(names: Iterable[str]) -> dict[str, str]:
-    """:func:`bbo_name` of each name; refused when two names would become the same bbo name."""
+def bbo_names(names: Iterable[str], prefix: str = "", kind: str = "parameters") -> dict[str, str]:
+    """``prefix`` + :func:`bbo_name` of each name; refused when two names would become the same
+    bbo name (``kind``: what they name, for the message)."""
     out: dict[str, str] = {}
     taken: dict[str, str] = {}
     for n in names:
-        b = bbo_name(n)
+        b = prefix + bbo_name(n)
         if b in taken and taken[b] != n:
             raise InvalidArgument(
-                f"parameters {taken[b]!r} and {n!r} both become bbo parameter {b!r} "
+                f"{kind} {taken[b]!r} and {n!r} both become bbo {kind[:-1]} {b!r} "
                 "(bbo names hold letters, digits, '_', '.', '-'): rename one",
-                field="parameters",
+                field=kind,
             )
         out[n], taken[b] = b, n
     return out

@@ -22,7 +22,8 @@ search space up front):
   as PRUNED with the reason "pruned by Optuna at step N" and its last intermediate value (which
   bbo's model learns from): evaluated and judged unpromising, a final outcome with a reason worth
   keeping (not ABANDONED: in bbo that means no result came back and a late result is still
-  accepted; not FAILED: the evaluation worked).
+  accepted; not FAILED: the evaluation worked). A trial Optuna fails as stale (heartbeats on an RDB
+  storage: its worker died) is told FAILED at the next ask, as Optuna ends it.
 
 Several Optuna processes (each its own Optuna study, or one shared Optuna storage) share one bbo
 study by giving their samplers the same ``study_name``: each Ask sees the others' pending points.
@@ -51,6 +52,7 @@ from optuna.distributions import (
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.samplers._base import _process_constraints_after_trial
 from optuna.search_space import IntersectionSearchSpace
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -62,7 +64,13 @@ from bbo_client._adapt import (
     choice_labels,
 )
 from bbo_client.client import Client, StudyHandle
-from bbo_client.errors import AlreadyExists, BboError, InvalidArgument, NotFound
+from bbo_client.errors import (
+    AlreadyExists,
+    BboError,
+    Conflict,
+    InvalidArgument,
+    NotFound,
+)
 from bbo_client.model import (
     Categorical,
     Constraint,
@@ -81,6 +89,9 @@ log = logging.getLogger(__name__)
 
 TRIAL_ID_ATTR = "bbo:trial_id"  # the bbo trial an Optuna trial's parameters were asked for
 STUDY_UID_ATTR = "bbo:study_uid"
+# the Optuna trial (storage id) those two were written for: a copy of its system attributes on
+# another trial (a RetryFailedTrialCallback retry, study.add_trials) names another trial's bbo id
+OWNER_ATTR = "bbo:optuna_trial_id"
 _BAD_NAME = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 try:  # Optuna 5: constraints_func's list and trial.set_constraint's values, as Optuna reads them
@@ -93,11 +104,29 @@ except ImportError:  # Optuna 4: constraints_func's list only
         return {str(i): c for i, c in enumerate(system_attrs.get("constraints") or ())}
 
 
-def _constraints(system_attrs: dict[str, Any]) -> dict[str, float]:
-    """A trial's constraint values (feasible when <= 0) by bbo metric, ``constraint_<key>``."""
-    return {
-        "constraint_" + bbo_name(k): float(v) for k, v in _optuna_constraints(system_attrs).items()
-    }
+def _constraints(system_attrs: dict[str, Any], objectives: Sequence[str]) -> dict[str, float]:
+    """A trial's constraint values (feasible when <= 0) by bbo metric, ``constraint_<key>``; two
+    keys naming one metric, or a metric named as an objective, are refused (one would be lost)."""
+    values = _optuna_constraints(system_attrs)
+    names = bbo_names(values, "constraint_", "constraints")
+    for k, n in names.items():
+        if n in objectives:
+            raise InvalidArgument(
+                f"constraint {k!r} becomes bbo metric {n!r}, the name of an objective: rename "
+                "one (study.set_metric_names or the constraint's key)",
+                field="constraints",
+            )
+    return {names[k]: float(v) for k, v in values.items()}
+
+
+def _asked(trial: FrozenTrial) -> Trial | None:
+    """The bbo trial ``trial``'s parameters were asked for; None if they were not asked (or its
+    bbo attributes were copied from another Optuna trial: that trial's bbo trial, not its own)."""
+    attrs = trial.system_attrs
+    tid = attrs.get(TRIAL_ID_ATTR)
+    if tid is None or attrs.get(OWNER_ATTR, trial._trial_id) != trial._trial_id:
+        return None
+    return Trial(int(tid), {}, study_uid=attrs.get(STUDY_UID_ATTR, ""))
 
 
 def bbo_parameter(name: str, dist: BaseDistribution) -> Parameter:
@@ -178,6 +207,7 @@ class _Bound:
     objectives: list[str]
     constraints: list[str]  # the bbo metrics of its outcome constraints, each <= 0
     attached: set[int] = field(default_factory=set)  # Optuna trial ids attached (or passed over)
+    ended: set[int] = field(default_factory=set)  # asked Optuna trials told (or checked) ending
 
 
 def _whole(study: Study) -> Study:
@@ -276,6 +306,7 @@ class BboSampler(BaseSampler):
         storage = study._storage
         storage.set_trial_system_attr(trial._trial_id, TRIAL_ID_ATTR, t.id)
         storage.set_trial_system_attr(trial._trial_id, STUDY_UID_ATTR, t.study_uid)
+        storage.set_trial_system_attr(trial._trial_id, OWNER_ATTR, trial._trial_id)
         return {
             k: optuna_value(d, t.params[b.names[k]])
             for k, d in search_space.items()
@@ -293,6 +324,27 @@ class BboSampler(BaseSampler):
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         self._independent.before_trial(study, trial)
+        if is_heartbeat_enabled(study._storage):
+            self._fail_stale(study)
+
+    def _fail_stale(self, study: Study) -> None:
+        """Tell bbo FAILED the asked trials Optuna failed as stale (their worker stopped sending
+        heartbeats: ``optimize`` fails them before its next ask, without ``after_trial``), so that
+        bbo ends them as Optuna did instead of holding them PENDING until their lease runs out."""
+        b = self._bound.get(_whole(study).study_name)
+        if b is None:
+            return
+        for t in study._storage.get_all_trials(
+            study._study_id, deepcopy=False, states=(TrialState.FAIL,)
+        ):
+            if t._trial_id in b.ended or (asked := _asked(t)) is None:
+                continue
+            b.ended.add(t._trial_id)
+            reason = f"Optuna failed trial {t.number} as stale: its worker stopped heartbeating"
+            try:  # a trial told already (by after_trial) keeps its tell: a repeat or a conflict
+                b.handle.tell(asked, failed=True, reason=reason, patience=self._patience)
+            except Conflict as e:
+                log.debug("Optuna trial %d: bbo trial %d kept: %s", t.number, asked.id, e)
 
     def after_trial(
         self,
@@ -305,18 +357,18 @@ class BboSampler(BaseSampler):
         if self._constraints_func is not None:  # stored where Optuna's samplers store them
             _process_constraints_after_trial(self._constraints_func, study, trial, state)
             attrs = study._storage.get_trial_system_attrs(trial._trial_id)
-        constraints = _constraints(attrs)
         self._independent.after_trial(study, trial, state, values)
-        tid = trial.system_attrs.get(TRIAL_ID_ATTR)
-        if tid is None:  # its parameters were not asked: attach it once it has a result
+        asked = _asked(trial)
+        if asked is None:  # its parameters were not asked: attach it once it has a result
             if state == TrialState.COMPLETE and (b := self._bind(study)) is not None:
-                self._attach(study, b, trial, list(values or []), constraints)
+                self._attach(study, b, trial, list(values or []), attrs)
             return
         b = self._bind(study)
         assert b is not None, "a trial was asked from bbo, so the study is bound"
-        asked = Trial(int(tid), {}, study_uid=trial.system_attrs.get(STUDY_UID_ATTR, ""))
+        b.ended.add(trial._trial_id)  # told here: not a stale trial for _fail_stale
+        tid = asked.id
         try:
-            moved = self._moved(b, trial, int(tid))
+            moved = self._moved(b, trial, tid)
             if moved:  # bbo's point was not evaluated: its result must not be told for it
                 reason = (
                     f"Optuna trial {trial.number} evaluated {moved}: the objective suggests "
@@ -324,7 +376,7 @@ class BboSampler(BaseSampler):
                 )
                 b.handle.tell(asked, abandoned=True, reason=reason, patience=self._patience)
             elif state == TrialState.COMPLETE:
-                metrics, bad = self._metrics(b, list(values or []), constraints)
+                metrics, bad = self._metrics(b, list(values or []), attrs)
                 if bad:
                     b.handle.tell(asked, failed=True, reason=bad, patience=self._patience)
                 else:
@@ -427,7 +479,10 @@ class BboSampler(BaseSampler):
                     name,
                     parameters=[bbo_parameter(names[k], d) for k, d in space.items()],
                     objectives=objectives,
-                    constraints=[Constraint(c, "<=", 0.0) for c in _constraints_of(done)],
+                    constraints=[
+                        Constraint(c, "<=", 0.0)
+                        for c in _constraints_of(done, [o.name for o in objectives])
+                    ],
                     **self._options,
                 )
                 info = handle.info(cached=True)
@@ -489,10 +544,15 @@ class BboSampler(BaseSampler):
 
     # ---- results --------------------------------------------------------------------------------
     def _metrics(
-        self, b: _Bound, values: list[float], constraints: dict[str, float]
+        self, b: _Bound, values: list[float], attrs: dict[str, Any]
     ) -> tuple[dict[str, float], str]:
-        """The metrics to tell for a completed trial, or a reason it cannot count (non-finite)."""
+        """The metrics to tell for a completed trial (``attrs``: its system attributes, holding
+        its constraints), or a reason it cannot count (non-finite, constraints bbo cannot take)."""
         metrics = dict(zip(b.objectives, values))
+        try:
+            constraints = _constraints(attrs, b.objectives)
+        except InvalidArgument as e:
+            return {}, e.message
         if b.constraints:
             if sorted(constraints) != sorted(b.constraints):
                 return {}, (
@@ -518,14 +578,14 @@ class BboSampler(BaseSampler):
         b: _Bound,
         trial: FrozenTrial,
         values: list[float],
-        constraints: dict[str, float],
+        attrs: dict[str, Any],
     ) -> None:
         """AddTrial a completed Optuna trial whose parameters bbo did not choose, if it has every
         parameter of the bbo study with the same distribution; recorded once across processes."""
         b.attached.add(trial._trial_id)
         if any(trial.distributions.get(k) != d for k, d in b.space.items()):
             return
-        metrics, bad = self._metrics(b, values, constraints)
+        metrics, bad = self._metrics(b, values, attrs)
         if bad:
             return
         params = {b.names[k]: bbo_value(d, trial.params[k]) for k, d in b.space.items()}
@@ -538,8 +598,8 @@ class BboSampler(BaseSampler):
         """Attach the completed trials not asked from bbo and not attached yet: those completed
         before the bbo study was bound, and those ``study.add_trial`` added (no after_trial)."""
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if TRIAL_ID_ATTR not in t.system_attrs and t._trial_id not in b.attached:
-                self._attach(study, b, t, list(t.values or []), _constraints(t.system_attrs))
+            if _asked(t) is None and t._trial_id not in b.attached:
+                self._attach(study, b, t, list(t.values or []), t.system_attrs)
 
 
 def bbo_value(dist: BaseDistribution, value: Any) -> Any:
@@ -558,9 +618,9 @@ def bbo_value(dist: BaseDistribution, value: Any) -> Any:
     return round(v) if isinstance(dist, IntDistribution) else float(v)
 
 
-def _constraints_of(trials: Sequence[FrozenTrial]) -> list[str]:
+def _constraints_of(trials: Sequence[FrozenTrial], objectives: Sequence[str]) -> list[str]:
     """The bbo constraint metrics of the first of ``trials`` that has constraint values."""
-    return next((list(c) for t in trials if (c := _constraints(t.system_attrs))), [])
+    return next((list(c) for t in trials if (c := _constraints(t.system_attrs, objectives))), [])
 
 
 def _request_id(study: Study, trial: FrozenTrial) -> str:
