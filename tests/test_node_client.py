@@ -588,7 +588,7 @@ const x = [{name: 'x', float: {low: 0, high: 1}}];
   }
   try { await s.trials(['DONE']); out.states = 'accepted'; } catch (e) { out.states = [e.codeName, e.message]; }
   out.completed = (await s.trials(['completed'])).length;
-  out.studies = await c.listStudies();
+  out.studies = (await c.listStudies()).map((s) => s.name);
   console.log(JSON.stringify(out));
   c.close();
 })().catch((e) => { console.error(e); process.exit(2); });
@@ -842,7 +842,7 @@ const [address, name] = process.argv.slice(1);
   try { await c.call('CreateStudy', {name, spec}, {signal: new AbortController().signal}); out.call = 'ok'; }
   catch (e) { out.call = e.constructor.name; }
   await new Promise((r) => setTimeout(r, 300));
-  out.created = (await c.listStudies()).includes(name);
+  out.created = (await c.listStudies()).some((s) => s.name === name);
   console.log(JSON.stringify(out));
   c.close();
 })();
@@ -1038,6 +1038,59 @@ def test_node_has_the_python_clients_study_calls(bbo_server, study_name):
     assert out["away"] == ["UNAVAILABLE", "no bbo server answered at 127.0.0.1:1 within 0.3s"], out
 
 
+_PARITY_SCRIPT = r"""
+const {Client} = require('./src');
+const [address, name] = process.argv.slice(1);
+const lease = (t) => Math.round(t.leaseExpires - t.updated);
+(async () => {
+  const c = new Client(address, {retries: 0});
+  const spec = {parameters: [{name: 'x', float: {low: 0, high: 1}}], objectives: [{name: 'y'}]};
+  const s = await c.createStudy(name, spec);
+  await c.createStudy(`${name}-2`, spec);
+  const out = {};
+  const [t] = await s.ask(1, 'node-w', {leaseSeconds: 37});
+  out.askLease = lease(t);
+  const told = await s.tell(t, {y: 0.25});
+  out.told = [told.id === t.id, told.state, told.metrics, told.workerId, told.duplicate];
+  const leases = [];
+  const best = await s.optimize(async (p, trial) => { leases.push(lease(trial)); return {y: p.x}; }, 2,
+    {workerId: 'node-opt', leaseSeconds: 41, progress: false});
+  out.optimizeLeases = leases;
+  out.best = {isArray: Array.isArray(best), keys: Object.keys(best).sort(), id: best.trial && best.trial.id,
+    ids: best.trials.map((b) => b.id)};
+  const listed = await c.listStudies(2);
+  out.listed = listed.filter((i) => i.name.startsWith(name))
+    .map((i) => [i.name, i.state, i.trialCount, i.completedCount, typeof i.uid]);
+  out.listedCount = listed.length;
+  console.log(JSON.stringify(out));
+  c.close();
+})().catch((e) => { console.error(e); process.exit(2); });
+"""
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+def test_node_calls_match_the_python_clients(bbo_server, client, study_name):
+    """As Python's: ask and optimize take the lease (lease_seconds; Node could not set it), a tell
+    resolves to the stored trial with ``duplicate`` (TellResult), optimize to the study's best as
+    GetBest reads it (Best: selection, estimate, trial; Node gave its trials only), and
+    listStudies(pageSize) to every study's info over every page (Node gave their names)."""
+    out = _node_json(_PARITY_SCRIPT, bbo_server.address, study_name, timeout=120)
+    assert out["askLease"] == 37 and out["optimizeLeases"] == [41, 41], out
+    assert out["told"] == [True, "COMPLETED", {"y": 0.25}, "node-w", False], out
+    py = client.study(study_name).best()
+    assert out["best"] == {
+        "isArray": False,
+        "keys": ["count", "estimate", "selection", "state", "stateReason", "trial", "trials"],
+        "id": py.trial.id,
+        "ids": [t.id for t in py.trials],
+    }, out
+    assert out["listed"] == [
+        [study_name, "ACTIVE", 3, 3, "string"],
+        [f"{study_name}-2", "ACTIVE", 0, 0, "string"],
+    ], out
+    assert out["listedCount"] == len(client.list_studies()), out
+
+
 _OPTIMIZE_ARGS_SCRIPT = r"""
 const {Client} = require('./src');
 const [address, name] = process.argv.slice(1);
@@ -1084,7 +1137,7 @@ const [address, study, call, trialId] = process.argv.slice(1);
     console.log(JSON.stringify({deleted}));
   } else {
     const t = await new Study(c, study).tell(Number(trialId), {loss: 1.0});
-    console.log(JSON.stringify({state: t.state, budget: t.budget}));
+    console.log(JSON.stringify({state: t.state, budget: t.budget, duplicate: t.duplicate}));
   }
   c.close();
 })().catch((e) => { console.log(JSON.stringify({error: e.codeName || String(e.message)})); process.exit(0); });
@@ -1164,6 +1217,6 @@ def test_node_tell_retried_after_a_lost_answer_leaves_the_continuation(
         bbo_server.address, study_name, paused_then_continued, "tell", str(best.id)
     )
     assert [(t.id, t.budget) for t in continued] == [(best.id, 3.0)]
-    assert out == {"state": "PENDING", "budget": 3}
+    assert out == {"state": "PENDING", "budget": 3, "duplicate": True}
     t = s.trial(best.id)
     assert (t.state, t.budget, t.metrics) == ("PENDING", 3.0, {})

@@ -22,7 +22,7 @@ async function main() {
     description: 'Branin test function, minimized (example Node.js worker).',
   });
   const best = await study.optimize(async (p) => ({ branin: branin(p) }), Number(n), 'node-example');
-  console.log(JSON.stringify({ study: study.name, trials: (await study.trials()).length, best: best[0] }));
+  console.log(JSON.stringify({ study: study.name, trials: (await study.trials()).length, best: best.trial }));
   client.close();
 }
 

@@ -127,6 +127,8 @@ function fromTrial(t) {
     sems,
     origin: t.origin,
     reason: t.reason,
+    rationale: t.rationale,
+    workerId: t.worker_id,
     studyUid: t.study_uid || '',
     created: seconds(t.create_time),
     updated: seconds(t.update_time),
@@ -437,8 +439,10 @@ class Client {
     return study;
   }
 
-  async listStudies() {
-    return (await this.pages('ListStudies', {}, 'studies')).map((s) => s.name);
+  // Every study of the API key's tenant, all pages (pageSize per page; 0: the server's), each its
+  // info as getStudy gives it, as the Python client's list_studies.
+  async listStudies(pageSize = 0) {
+    return (await this.pages('ListStudies', { page_size: pageSize }, 'studies')).map(fromStudy);
   }
 
   // A handle on an existing study (NOT_FOUND if there is none), its info read (study.info(true)).
@@ -527,12 +531,14 @@ class Study {
   // server made meanwhile stays PENDING until its lease ends. options.requestId: the same on an
   // ask repeated after a failure, so the server replays its trials. options.patienceMs: retry a
   // failure that may pass later (server away, rate limit) for this long instead of the client's
-  // retries (see call()).
+  // retries (see call()). options.leaseSeconds (0: the server's default): how long each trial may
+  // go without a heartbeat before it is ABANDONED, as the Python client's lease_seconds.
   async ask(count = 1, workerId = '', options = {}) {
     const requestId = options.requestId || crypto.randomUUID();  // the same on every retry: the server replays, never asks twice
+    const lease = options.leaseSeconds ?? 0;
     const res = await this.client.call(
       'Ask',
-      { study: this.name, count, worker_id: workerId, request_id: requestId },
+      { study: this.name, count, worker_id: workerId, lease_seconds: lease, request_id: requestId },
       ...callOptions(options),
     );
     return res.trials.map(fromTrial);
@@ -543,7 +549,9 @@ class Study {
   // (studies with a fidelity): what the metrics were measured at; default the trial's budget as
   // asked. options.signal, options.patienceMs: as ask's. options.requestId (default: a new one per
   // call, the same on its retries): the server answers a retry under it as the tell it repeats;
-  // every tell (abandon, prune, fail) takes it.
+  // every tell (abandon, prune, fail) takes it. Each resolves to the trial as stored, with
+  // duplicate (true: this tell had already been recorded, the answer to a repeat), as the Python
+  // client's TellResult(trial, duplicate).
   async tell(trial, metrics, options = {}) {
     const budget = options.budget ?? (typeof trial === 'object' && trial ? trial.budget : 0) ?? 0;
     const told = await this._metrics(metrics, options.patienceMs);
@@ -588,7 +596,8 @@ class Study {
       study: this.name, ...trialRef(trial), state: `TRIAL_STATE_${state}`, ...fields,
       request_id: options.requestId || crypto.randomUUID(),
     };
-    return fromTrial((await this.client.call('Tell', request, ...callOptions(options))).trial);
+    const res = await this.client.call('Tell', request, ...callOptions(options));
+    return { ...fromTrial(res.trial), duplicate: Boolean(res.duplicate) };
   }
 
   async addTrial(parameters, metrics) {
@@ -615,7 +624,7 @@ class Study {
     return (await this.client.pages('ListLlmCalls', { study: this.name, purpose }, 'calls')).map(fromLlmCall);
   }
 
-  // Extend a pending trial's lease from now (leaseSeconds 0: the server's default).
+  // Extend a pending trial's lease from now (leaseSeconds 0: as long as the lease it holds).
   async heartbeat(trial, leaseSeconds = 0) {
     const res = await this.client.call('Heartbeat', { study: this.name, ...trialRef(trial), lease_seconds: leaseSeconds });
     return fromTrial(res.trial);
@@ -640,7 +649,8 @@ class Study {
     return (await this.bestResult()).trials;
   }
 
-  // GetBest in full: {trials, state, stateReason, selection, estimate, count}. On a noisy
+  // GetBest in full: {trials, trial, state, stateReason, selection, estimate, count} (trial: the
+  // first of trials, or null, as the Python client's Best.trial). On a noisy
   // objective the trial is the server's best posterior mean, selection says so, and estimate
   // ({value, lower, upper}, the objective's units) is its model's value for that trial; else both
   // are empty. count: the answer's size; a front too large for one response (about 2 MiB) holds
@@ -648,9 +658,11 @@ class Study {
   async bestResult() {
     const res = await this.client.call('GetBest', { study: this.name });
     const e = res.estimate;
+    const trials = res.trials.map(fromTrial);
     return {
       count: Number(res.best_count) || res.trials.length,
-      trials: res.trials.map(fromTrial),
+      trials,
+      trial: trials.length ? trials[0] : null,
       state: String(res.state).replace('STUDY_STATE_', ''),
       stateReason: res.state_reason,
       selection: res.selection,
@@ -669,7 +681,8 @@ class Study {
   // metrics refused (a missing objective, NaN, a value that is not a number, a bare number in a study
   // with several objectives, nothing returned) fail it with the reason.
   //
-  // options: {workerId ('node'), progress, tellPatienceMs (600000), signal} or the worker id alone.
+  // options: {workerId ('node'), leaseSeconds, progress, tellPatienceMs (600000), signal} or the
+  // worker id alone. leaseSeconds: each trial's lease, as ask's (0: the server's default).
   // tellPatienceMs: how long an ask, a result, a report or a failure is retried while the server is
   // away or a rate limit refuses it (the Python client's tell_patience). progress (default: standard error
   // is a terminal) draws a progress bar there with the study's best (cli-progress), read from the
@@ -677,6 +690,8 @@ class Study {
   // aborts no new trial starts, the evaluation under way finishes and is told (a trial whose Ask
   // was in flight is told ABANDONED, as is one whose fn throws after the abort: pass fn the same
   // signal to stop it early), and optimize rejects CANCELLED with the signal's reason as cause.
+  // Resolves to the study's best as bestResult() reads it once the loop is done, as the Python
+  // client's optimize returns best(): on a noisy objective the model's pick and its estimate.
   async optimize(fn, nTrials, options = {}) {
     // refused before any call: a fraction ran one trial more, a non-number or a negative none, in silence
     if (!Number.isSafeInteger(nTrials) || nTrials < 0) throw invalidArgument('nTrials', `must be a whole number >= 0, got ${show(nTrials)}`);
@@ -684,13 +699,14 @@ class Study {
     const opts = typeof options === 'string' ? { workerId: options } : options;
     const workerId = opts.workerId || 'node';
     const patienceMs = timeOption(opts, 'tellPatienceMs', 600000, 0);
+    const lease = opts.leaseSeconds ?? 0;
     const signal = abortSignal(opts);
     const progress = opts.progress ?? Boolean(process.stderr.isTTY);
     const bar = progress ? this._progressBar(nTrials) : null;
     try {
       for (let i = 0; i < nTrials; i += 1) {
         if (signal && signal.aborted) throw aborted(signal);
-        await this._optimizeOne(fn, workerId, patienceMs, signal);
+        await this._optimizeOne(fn, workerId, patienceMs, signal, lease);
         if (signal && signal.aborted) throw aborted(signal);
         if (bar) {
           bar.increment();
@@ -699,7 +715,7 @@ class Study {
       }
       const best = await this.bestResult();
       if (bar) await bar.showBest(best);
-      return best.trials;
+      return best;
     } finally {
       if (bar) bar.stop();
     }
@@ -736,11 +752,12 @@ class Study {
   // The ask, a result and a report are retried for up to patienceMs while the server is away or a
   // rate limit refuses them, as the Python client's tell_patience: a restart longer than the call's
   // own retries (~15 s) must neither end the loop nor lose an evaluation that may have taken hours.
-  // signal (the ask's only: a result under way is still told) stops the waiting.
-  async _optimizeOne(fn, workerId, patienceMs = 600000, signal = null) {
+  // signal (the ask's only: a result under way is still told) stops the waiting. lease: the ask's
+  // leaseSeconds (0: the server's default).
+  async _optimizeOne(fn, workerId, patienceMs = 600000, signal = null, lease = 0) {
     const patient = { patienceMs };
     const requestId = crypto.randomUUID();  // one Ask however often it is retried: never two trials
-    const [trial] = await this.ask(1, workerId, { requestId, signal, patienceMs });
+    const [trial] = await this.ask(1, workerId, { requestId, signal, patienceMs, leaseSeconds: lease });
     if (signal && signal.aborted) {  // aborted while the Ask was in flight: the trial never starts
       await this.abandon(trial, 'optimize stopped before it started').catch(() => {});
       return;
