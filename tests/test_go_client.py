@@ -140,11 +140,12 @@ def test_go_unit_tests_pass():
 def test_go_client_against_a_real_server(bbo_server):
     """The package's TestServer* tests (clients/go/bbo/server_test.go) against a real server: the
     study lifecycle and reads of Python's client (WaitReady, GetStudy, ListStudies, AddTrial,
-    Trial, DeleteStudy) and its bare values for one objective (TellValue, OptimizeValue)."""
+    Trial, DeleteStudy), its bare values for one objective (TellValue, OptimizeValue), and its
+    study(name), ask lease and optimize result (OpenStudy, AskWith, OptimizeBest)."""
     env = {"BBO_TEST_ADDRESS": bbo_server.address}
     r = _build("test", "-count=1", "-v", "-run", "^TestServer", env=env)
     out = r.stdout + r.stderr
-    for name in ("TestServerStudyLifecycle", "TestServerBareValues"):
+    for name in ("TestServerStudyLifecycle", "TestServerBareValues", "TestServerPythonParity"):
         assert r.returncode == 0 and f"--- PASS: {name}" in out, out
     assert "SKIP" not in out, out
 

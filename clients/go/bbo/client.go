@@ -320,9 +320,19 @@ func (c *Client) DeleteStudy(ctx context.Context, name string) (bool, error) {
 	return res.Deleted, nil
 }
 
-// Study is a handle on an existing study (nothing is checked until it is used: Info checks it,
-// NOT_FOUND where there is none, as Python's client.study).
+// Study is a handle on a study, checking nothing: a study that is not there is NOT_FOUND at the
+// handle's first call. OpenStudy is Python's client.study(name), which checks.
 func (c *Client) Study(name string) *Study { return &Study{Client: c, Name: name} }
+
+// OpenStudy is a handle on an existing study, its info read (NOT_FOUND where there is none), as
+// Python's client.study(name).
+func (c *Client) OpenStudy(ctx context.Context, name string) (*Study, error) {
+	s := c.Study(name)
+	if _, err := s.Info(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
 
 // GetStudy reads a study: its spec, state and trial counts (NOT_FOUND where there is none).
 func (c *Client) GetStudy(ctx context.Context, name string) (*pb.Study, error) {
@@ -383,15 +393,36 @@ func (s *Study) Delete(ctx context.Context) (bool, error) { return s.Client.Dele
 // Ask returns count new pending trials for workerID. The request id is the same on every retry,
 // so the server replays the first answer instead of creating trials twice.
 func (s *Study) Ask(ctx context.Context, count int, workerID string) ([]*pb.Trial, error) {
-	return s.ask(ctx, count, workerID, 0)
+	return s.AskWith(ctx, count, AskOptions{WorkerID: workerID})
 }
 
-func (s *Study) ask(ctx context.Context, count int, workerID string, patience time.Duration) ([]*pb.Trial, error) {
+// AskOptions tune AskWith, as the keywords of Python's ask. The zero value of each field means its
+// default.
+type AskOptions struct {
+	WorkerID string
+	// Lease: how long each trial may go without a heartbeat before the server ABANDONS it (0: the
+	// server's default), as Python's lease_seconds
+	Lease time.Duration
+	// RequestID: the ask's id (default a new one), the same on every retry: the server answers a
+	// repeat with the trials it gave the first
+	RequestID string
+	// Patience: retry a failure that may pass later (server away, rate limit) for this long instead
+	// of Options.Retries times
+	Patience time.Duration
+}
+
+// AskWith is Ask with options (AskOptions: the worker id, the lease, the request id, patience).
+func (s *Study) AskWith(ctx context.Context, count int, opts AskOptions) ([]*pb.Trial, error) {
+	id := opts.RequestID
+	if id == "" {
+		id = requestID()
+	}
 	req := &pb.AskRequest{
-		Study: s.Name, Count: int32(count), WorkerId: workerID, RequestId: requestID(),
+		Study: s.Name, Count: int32(count), WorkerId: opts.WorkerID, RequestId: id,
+		LeaseSeconds: opts.Lease.Seconds(),
 	}
 	var res *pb.AskResponse
-	err := s.Client.callWithin(ctx, s.Client.opts.AskTimeout, patience, func(ctx context.Context) (err error) {
+	err := s.Client.callWithin(ctx, s.Client.opts.AskTimeout, opts.Patience, func(ctx context.Context) (err error) {
 		res, err = s.Client.Stub.Ask(ctx, req)
 		return err
 	})
@@ -690,8 +721,9 @@ func (r *Running) Report(ctx context.Context, step int64, value, budget float64)
 
 // OptimizeOptions tune OptimizeWith. The zero value of each field means its default.
 type OptimizeOptions struct {
-	WorkerID string    // the trials' worker id
-	Progress io.Writer // where to draw a progress bar (e.g. os.Stderr); nil: none
+	WorkerID string        // the trials' worker id
+	Lease    time.Duration // each trial's lease, as AskOptions.Lease (0: the server's default)
+	Progress io.Writer     // where to draw a progress bar (e.g. os.Stderr); nil: none
 	// TellPatience: how long asks and tells (a result, a failure) are retried while the server is
 	// away, so that a restart neither ends the loop nor loses a result (default 10 min)
 	TellPatience time.Duration
@@ -720,7 +752,7 @@ func (s *Study) OptimizeWith(ctx context.Context, fn Objective, n int, opts Opti
 		opts.TellPatience = 10 * time.Minute
 	}
 	for i := 0; i < n; i++ {
-		trials, err := s.ask(ctx, 1, workerID, opts.TellPatience)
+		trials, err := s.AskWith(ctx, 1, AskOptions{WorkerID: workerID, Lease: opts.Lease, Patience: opts.TellPatience})
 		if cerr := ended(ctx); err != nil && cerr != nil { // ended during the ask: as documented
 			return withContext("optimize stopped", cerr)
 		}
@@ -738,6 +770,16 @@ func (s *Study) OptimizeWith(ctx context.Context, fn Objective, n int, opts Opti
 		bar.done(ctx, i == n-1)
 	}
 	return nil
+}
+
+// OptimizeBest is OptimizeWith returning the study's best once the loop is done, as Python's
+// optimize returns best(): GetBest's answer (BestResult), on a noisy objective the model's pick
+// with its estimate, not the best value observed.
+func (s *Study) OptimizeBest(ctx context.Context, fn Objective, n int, opts OptimizeOptions) (*pb.GetBestResponse, error) {
+	if err := s.OptimizeWith(ctx, fn, n, opts); err != nil {
+		return nil, err
+	}
+	return s.BestResult(ctx)
 }
 
 // OptimizeValue is OptimizeWith for an objective that returns a bare value: the study's one

@@ -177,3 +177,53 @@ func TestServerBareValues(t *testing.T) {
 		t.Fatalf("trials %v, %v; want only the one asked, still PENDING", all, err)
 	}
 }
+
+// As Python's client: OpenStudy checks the study is there (client.study(name); Study(name) checks
+// nothing), AskWith and OptimizeOptions set the trials' lease (lease_seconds), and OptimizeBest
+// returns the study's best as GetBest reads it (optimize returns best()).
+func TestServerPythonParity(t *testing.T) {
+	c := realServer(t)
+	ctx := context.Background()
+	name := testStudyName(t)
+	if s, err := c.OpenStudy(ctx, name); s != nil || status.Code(err) != codes.NotFound {
+		t.Fatalf("OpenStudy of a missing study: %v, %v; want NOT_FOUND", s, err)
+	}
+	if _, err := c.CreateStudy(ctx, name, &pb.StudySpec{
+		Parameters: []*pb.ParameterSpec{FloatParam("x", 0, 1)},
+		Objectives: []*pb.Objective{Minimize("loss")},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	study, err := c.OpenStudy(ctx, name)
+	if err != nil || study.Name != name || study.info == nil {
+		t.Fatalf("OpenStudy: %v, %v; want the handle, its info read", study, err)
+	}
+	asked, err := study.AskWith(ctx, 1, AskOptions{WorkerID: "w", Lease: 37 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := LeaseOf(asked[0]).Round(time.Second); got != 37*time.Second || asked[0].WorkerId != "w" {
+		t.Fatalf("AskWith: lease %v, worker %q; want 37s, w", got, asked[0].WorkerId)
+	}
+	if _, err := study.Tell(ctx, asked[0], map[string]float64{"loss": 0.5}); err != nil {
+		t.Fatal(err)
+	}
+	var leases []time.Duration
+	fn := func(ctx context.Context, p map[string]interface{}) (map[string]float64, error) {
+		leases = append(leases, LeaseOf(RunningTrial(ctx).Trial).Round(time.Second))
+		x, err := Number(p, "x")
+		return map[string]float64{"loss": x}, err
+	}
+	best, err := study.OptimizeBest(ctx, fn, 2, OptimizeOptions{WorkerID: "w", Lease: 41 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(leases) != 2 || leases[0] != 41*time.Second || leases[1] != 41*time.Second {
+		t.Fatalf("Optimize's trials' leases %v, want 41s each", leases)
+	}
+	want, err := study.BestResult(ctx)
+	if err != nil || len(best.Trials) != 1 || best.Trials[0].Id != want.Trials[0].Id ||
+		best.Selection != want.Selection {
+		t.Fatalf("OptimizeBest: %v; want GetBest's %v (%v)", best, want, err)
+	}
+}
