@@ -1062,6 +1062,9 @@ const lease = (t) => Math.round(t.leaseExpires - t.updated);
   out.listed = listed.filter((i) => i.name.startsWith(name))
     .map((i) => [i.name, i.state, i.trialCount, i.completedCount, typeof i.uid]);
   out.listedCount = listed.length;
+  const added = [];
+  for (let i = 0; i < 2; i += 1) added.push(await s.addTrial({x: 0.5}, null, {failed: true, requestId: `${name}-add`}));
+  out.added = [added[0].id === added[1].id, added[0].state, (await s.trials(['FAILED'])).length];
   console.log(JSON.stringify(out));
   c.close();
 })().catch((e) => { console.error(e); process.exit(2); });
@@ -1073,7 +1076,8 @@ def test_node_calls_match_the_python_clients(bbo_server, client, study_name):
     """As Python's: ask and optimize take the lease (lease_seconds; Node could not set it), a tell
     resolves to the stored trial with ``duplicate`` (TellResult), optimize to the study's best as
     GetBest reads it (Best: selection, estimate, trial; Node gave its trials only), and
-    listStudies(pageSize) to every study's info over every page (Node gave their names)."""
+    listStudies(pageSize) to every study's info over every page (Node gave their names);
+    addTrial takes add_trial's failed and request id."""
     out = _node_json(_PARITY_SCRIPT, bbo_server.address, study_name, timeout=120)
     assert out["askLease"] == 37 and out["optimizeLeases"] == [41, 41], out
     assert out["told"] == [True, "COMPLETED", {"y": 0.25}, "node-w", False], out
@@ -1089,6 +1093,7 @@ def test_node_calls_match_the_python_clients(bbo_server, client, study_name):
         [f"{study_name}-2", "ACTIVE", 0, 0, "string"],
     ], out
     assert out["listedCount"] == len(client.list_studies()), out
+    assert out["added"] == [True, "FAILED", 1], out
 
 
 _OPTIMIZE_ARGS_SCRIPT = r"""

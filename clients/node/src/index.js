@@ -600,9 +600,14 @@ class Study {
     return { ...fromTrial(res.trial), duplicate: Boolean(res.duplicate) };
   }
 
-  async addTrial(parameters, metrics) {
+  // Attach a point evaluated elsewhere (origin 'user'), COMPLETED with metrics, or FAILED with
+  // options.failed, as the Python client's add_trial. options.requestId (default: a new one, the
+  // same on its retries): a repeat under it is answered with the trial the first added.
+  async addTrial(parameters, metrics, options = {}) {
     const res = await this.client.call('AddTrial', {
-      study: this.name, parameters: toParameterValues(parameters), metrics: await this._metrics(metrics), request_id: crypto.randomUUID(),
+      study: this.name, parameters: toParameterValues(parameters), metrics: await this._metrics(metrics),
+      state: options.failed ? 'TRIAL_STATE_FAILED' : 'TRIAL_STATE_COMPLETED',
+      request_id: options.requestId || crypto.randomUUID(),
     });
     return fromTrial(res);
   }
