@@ -828,11 +828,13 @@ def test_the_api_rate_limit_holds_on_the_dashboard_too(registry, monkeypatch):
     assert handed[0][3] is limits
 
 
-def test_one_tenants_slow_requests_leave_threads_to_the_others(storage):
+def test_busy_tenants_slow_requests_leave_threads_to_the_others(storage):
     """The endpoints run on THREADS threads shared by every tenant. One tenant's summaries each
     waiting on its study (here in ``recommend``, as on a running ask's lock) held all 40, and
-    another tenant's page got no answer at all. Now a tenant has at most TENANT_REQUESTS of them
-    at once; its next request is 429 with a Retry-After, and the other tenant's are answered."""
+    another tenant's page got no answer at all. Now a tenant alone has at most TENANT_REQUESTS of
+    them at once; its next request is 429 with a Retry-After, and the other tenant's are answered.
+    With that half each, two busy tenants held all 40 and a third one's page waited: each of
+    several busy tenants has at most its share (the threads divided among them and one more)."""
     import threading
     import time
 
@@ -842,59 +844,70 @@ def test_one_tenants_slow_requests_leave_threads_to_the_others(storage):
     from bbo.storage.keys import KeyStore
     from bbo_server import dashboard
 
-    release, entered, lock = threading.Event(), [0], threading.Lock()
+    release, lock = threading.Event(), threading.Lock()
+    entered = {"a": 0, "b": 0}  # summaries waiting in each busy tenant's study
 
     class Waits(SobolStrategy):
         def recommend(self, trials):
-            if self.spec.description == "slow":
+            if self.spec.description in entered:
                 with lock:
-                    entered[0] += 1
+                    entered[self.spec.description] += 1
                 assert release.wait(60)
             return None
 
     keys = KeyStore(storage)
-    key_a, _ = keys.create("a", "test")
-    key_b, _ = keys.create("b", "test")
+    key = {t: keys.create(t, "test")[0] for t in ("a", "b", "c")}
     registry = StudyRegistry(storage, strategy_factory=Waits)
-    for tenant, name in (("a", "slow"), ("b", "quick")):
-        study, _ = registry.create_study(name, {**SMALL_SPEC, "description": name}, tenant)
+    for tenant, name in (("a", "slow"), ("b", "slow"), ("c", "quick")):
+        study, _ = registry.create_study(name, {**SMALL_SPEC, "description": tenant}, tenant)
         study.add_trial({"x": 0.5}, {"y": 1.0})
     server = dashboard.DashboardServer(dashboard.bind("127.0.0.1", 0)).start(
         dashboard.create_app(registry, keys)
     )
     url = f"http://127.0.0.1:{server.port}/api/"
-    answers: list = []
+    answers: dict[str, list] = {"a": [], "b": []}
 
-    def summary():
-        req = urllib.request.Request(url + "studies/slow", headers={"x-api-key": key_a})
+    def summary(tenant):
+        req = urllib.request.Request(url + "studies/slow", headers={"x-api-key": key[tenant]})
         try:
             with urllib.request.urlopen(req, timeout=90) as r:
-                answers.append((r.status, None, r.read()))
+                answers[tenant].append((r.status, None, r.read()))
         except urllib.error.HTTPError as e:
-            answers.append((e.code, e.headers.get("Retry-After"), e.read()))
+            answers[tenant].append((e.code, e.headers.get("Retry-After"), e.read()))
 
     sent = dashboard.THREADS + 4
-    threads = [threading.Thread(target=summary) for _ in range(sent)]
-    try:
-        for t in threads:
+    threads = {t: [threading.Thread(target=summary, args=(t,)) for _ in range(sent)] for t in "ab"}
+
+    def saturate(tenant, share):
+        """``tenant``'s summaries, until every thread is held (before) or those past ``share``
+        are refused (now)."""
+        for t in threads[tenant]:
             t.start()
-        # every thread held by a (before), or a's requests past its share refused (now)
         deadline = time.monotonic() + 60
-        while entered[0] < dashboard.THREADS and len(answers) < sent - dashboard.TENANT_REQUESTS:
-            assert time.monotonic() < deadline, (entered[0], len(answers))
+        while sum(entered.values()) < dashboard.THREADS and len(answers[tenant]) < sent - share:
+            assert time.monotonic() < deadline, (entered, len(answers[tenant]))
             time.sleep(0.01)
-        for path in ("session", "studies/quick"):
-            status, body = get(url + path, key_b)
-            assert status == 200, (path, status, body)
-        assert entered[0] == dashboard.TENANT_REQUESTS
-        for status, retry_after, body in answers:
+        assert entered[tenant] == share
+        for status, retry_after, body in answers[tenant]:
             assert status == 429 and int(retry_after) >= 1
             assert "dashboard requests running" in json.loads(body)["error"]
+
+    try:
+        saturate("a", dashboard.TENANT_REQUESTS)
+        for path in ("session", "studies/quick"):
+            status, body = get(url + path, key["c"])
+            assert status == 200, (path, status, body)
+        share = dashboard.THREADS // 3  # b's, busy with a: the threads among them and one more
+        saturate("b", share)  # before: b held 20, and a and b every thread
+        for path in ("session", "studies/quick"):
+            status, body = get(url + path, key["c"])
+            assert status == 200, (path, status, body)
+        assert "2 tenants are busy" in json.loads(answers["b"][0][2])["error"]
+        assert entered == {"a": dashboard.TENANT_REQUESTS, "b": share}  # still held
     finally:
         release.set()
-        for t in threads:
+        for t in threads["a"] + threads["b"]:
             t.join(90)
         server.stop()
-    assert sorted(a[0] for a in answers) == [200] * dashboard.TENANT_REQUESTS + [429] * (
-        sent - dashboard.TENANT_REQUESTS
-    )
+    for tenant, held in (("a", dashboard.TENANT_REQUESTS), ("b", share)):
+        assert sorted(a[0] for a in answers[tenant]) == [200] * held + [429] * (sent - held)

@@ -2,7 +2,8 @@
 many workers as the server has handler threads cannot hold them all while its asks wait on fits.
 Past the bound its next call is refused at once with RESOURCE_EXHAUSTED, a message naming the flag
 and a google.rpc.RetryInfo (clients retry), while another tenant's calls run; its Tells still pass;
-a call is counted until its handler returns, however it ends."""
+a call is counted until its handler returns, however it ends. With several tenants busy each has
+its share of the threads, so a third tenant's calls run while two others saturate."""
 
 from __future__ import annotations
 
@@ -158,6 +159,39 @@ def test_a_tenant_past_its_bound_is_refused_and_another_tenant_runs(shared):
     assert shared.get("a").name == "quick"
 
 
+def test_a_third_tenant_is_answered_while_two_others_hold_their_share(shared):
+    """With the bound a fixed half of the threads, two busy tenants held all four and a third
+    one's calls queued until theirs returned. Each of several busy tenants has at most its share
+    (the threads divided among them and one more), so a third tenant still finds a thread."""
+    with bc.Client(shared.srv.address, retries=0) as c:
+        c._metadata = _md("c")
+        c.create_study("quick", parameters=[bc.Float("x", 0, 1)], objectives="y")
+    held = {t: [shared.ask(t) for _ in range(THREADS)] for t in ("a", "b")}
+    for t in ("a", "b"):
+        _until(
+            lambda: shared.calls.running(t) + sum(map(_refused, held[t])) == THREADS,
+            f"{t}'s asks to run or be refused (not queued for a thread)",
+        )
+    # b, busy with a, has its share: 4 threads // (2 tenants + 1)
+    assert shared.calls.running("b") == shared.calls.bound(2) == 1
+    for f in filter(_refused, held["b"]):
+        assert f.exception().code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        err = from_rpc_error(f.exception())
+        assert "--max-tenant-rpcs" in err.message and "2 tenants are busy" in err.message
+        assert err.retry_after is not None and err.retry_after > 0
+    # c is answered while a's and b's asks are still held, an Ask included
+    assert shared.get("c").name == "quick"
+    assert len(shared.ask("c", "quick").result(timeout=WAIT).trials) == 1
+    assert not any(f.done() for t in ("a", "b") for f in held[t] if not _refused(f))
+    # a, over its share now that three tenants are busy, is refused even a cheap call
+    with pytest.raises(grpc.RpcError) as e:
+        shared.get("a")
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    Held.release.set()
+    for f in (f for t in ("a", "b") for f in held[t] if not _refused(f)):
+        assert len(f.result(timeout=WAIT).trials) == 1
+
+
 def test_a_refused_call_is_retried_by_the_client_once_a_place_is_free(shared):
     held = [shared.ask("a") for _ in range(CAP)]
     _until(lambda: shared.calls.running("a") == CAP, "a's asks to run")
@@ -214,7 +248,7 @@ def test_calls_that_fail_or_are_cancelled_are_uncounted(shared, monkeypatch):
 
 
 def test_the_count_is_released_whatever_the_body_raises():
-    calls = TenantCalls(1)
+    calls = TenantCalls(1, 4)
     for exc in (ValueError("boom"), KeyboardInterrupt()):
         with pytest.raises(type(exc)):
             with calls.hold("a", "Ask"):
@@ -235,4 +269,12 @@ def test_the_default_bound_is_half_the_handler_threads():
     assert default_tenant_rpcs(64) == 32
     assert default_tenant_rpcs(1) == 1
     with pytest.raises(ValueError):
-        TenantCalls(0)
+        TenantCalls(0, 4)
+
+
+def test_several_busy_tenants_share_the_threads_and_leave_one_free():
+    calls = TenantCalls(default_tenant_rpcs(64), 64)
+    assert [calls.bound(n) for n in (1, 2, 3, 4, 63, 64, 200)] == [32, 21, 16, 12, 1, 1, 1]
+    for n in range(2, 64):  # n tenants at their share leave a thread to one more
+        assert n * calls.bound(n) < 64
+    assert TenantCalls(48, 64).bound(1) == 48 and TenantCalls(2, 64).bound(3) == 2

@@ -185,7 +185,7 @@ def busy(limit: str, message: str) -> Refused:
 
 def default_tenant_rpcs(rpc_threads: int) -> int:
     """``--max-tenant-rpcs`` when not given: half the handler threads (at least 1), so one tenant
-    leaves the other half to the others whatever it asks."""
+    leaves the other half to the others whatever it asks (several: :meth:`TenantCalls.bound`)."""
     return max(1, rpc_threads // 2)
 
 
@@ -212,12 +212,19 @@ class TenantCalls:
     be fitted on fewer results. Their number is bounded elsewhere: by the trials handed out, per
     trial by ``--trial-rate`` and those naming no trial by the tenant's rate (with
     ``--rate-limit``), and in all by ``--max-concurrent-rpcs``.
+
+    The bound is ``cap`` while one tenant has calls running; with more, each has at most its share
+    (:meth:`bound`): the ``threads`` divided among them and one more, so at their shares the
+    tenants running leave threads free and a tenant that comes next finds one (one that took more
+    while fewer were busy starts no new call until its running ones return below its share). With
+    a fixed half, two busy tenants held every thread and a third one's calls queued until one of
+    theirs returned.
     """
 
-    def __init__(self, cap: int):
+    def __init__(self, cap: int, threads: int):
         if cap < 1:
             raise ValueError(f"max_tenant_rpcs must be >= 1, got {cap}")
-        self.cap = cap
+        self.cap, self.threads = cap, threads
         self._running: dict[str, int] = {}  # tenants with calls running only: a bounded map
         self._reading: dict[str, int] = {}  # tenants with calls waiting for their request
         self._lock = threading.Lock()
@@ -235,7 +242,8 @@ class TenantCalls:
             self._reading,
             tenant,
             f"tenant '{tenant}' has {{n}} calls waiting for their request message, the most "
-            "--max-tenant-rpcs allows; send each call's request (bbo's clients do) or retry later",
+            "--max-tenant-rpcs allows{share}; send each call's request (bbo's clients do) or "
+            "retry later",
         ):
             yield
 
@@ -254,9 +262,9 @@ class TenantCalls:
         with self._counted(
             self._running,
             tenant,
-            f"tenant '{tenant}' has {{n}} calls running, the most --max-tenant-rpcs allows (Tell "
-            "and Heartbeat apart); retry later (bbo's clients do, after the RetryInfo delay), or "
-            "raise --max-tenant-rpcs",
+            f"tenant '{tenant}' has {{n}} calls running, the most --max-tenant-rpcs "
+            "allows{share} (Tell and Heartbeat apart); retry later (bbo's clients do, after the "
+            "RetryInfo delay), or raise --max-tenant-rpcs",
         ):
             yield
 
@@ -264,20 +272,37 @@ class TenantCalls:
     def serving(self, tenant: str, refusal: str):
         """Counts the body as one request of ``tenant``, every request alike, for a server other
         than the API (the dashboard's, with a TenantCalls of its own); over the bound, raises
-        LimitError with ``refusal`` (``{n}``: the count) instead of running it."""
+        LimitError with ``refusal`` (``{n}``: the count, ``{share}``: see :meth:`_counted`) instead
+        of running it."""
         with self._counted(self._running, tenant, refusal):
             yield
+
+    def bound(self, tenants: int) -> int:
+        """The most calls one tenant may have running while ``tenants`` tenants (it included)
+        have some: ``cap`` alone; else ``threads // (tenants + 1)``, at least 1, at most ``cap``
+        (past ``threads`` tenants, a floor of 1 each no longer leaves a thread free)."""
+        if tenants <= 1:
+            return self.cap
+        return min(self.cap, max(1, self.threads // (tenants + 1)))
 
     @contextlib.contextmanager
     def _counted(self, counts: dict[str, int], tenant: str, refusal: str):
         """One place of ``tenant`` in ``counts`` for the body (a map of tenants with calls only:
-        bounded); at the bound, raises :func:`busy` with ``refusal`` (``{n}``: the count)."""
+        bounded); at its :meth:`bound`, raises :func:`busy` with ``refusal`` (``{n}``: the
+        count, ``{share}``: how many tenants share the threads, with several)."""
         with self._lock:
             n = counts.get(tenant, 0)
-            if n >= self.cap:
+            tenants = len(counts) + (tenant not in counts)
+            if n >= self.bound(tenants):
                 self.refused += 1
                 M.LIMIT_REFUSALS.labels(limit="tenant_rpcs").inc()
-                raise busy("tenant_rpcs", refusal.format(n=n))
+                share = (
+                    f" while {tenants} tenants are busy (the {self.threads} threads shared among "
+                    "them and one more)"
+                    if tenants > 1
+                    else ""
+                )
+                raise busy("tenant_rpcs", refusal.format(n=n, share=share))
             counts[tenant] = n + 1
         try:
             yield

@@ -79,8 +79,8 @@ class ServerOptions:
     # calls running or queued for a handler thread; past it refused with a RetryInfo (bbo_server/
     # admission.py). 0 = 4 x rpc_threads
     max_concurrent_rpcs: int = 0
-    # calls one tenant has running at once (Tell and Heartbeat apart); past it refused with a
-    # RetryInfo (bbo_server/limits.py: TenantCalls). 0 = rpc_threads // 2
+    # calls one tenant has running at once (Tell and Heartbeat apart), less with several tenants
+    # busy; past it refused with a RetryInfo (bbo_server/limits.py: TenantCalls). 0 = rpc_threads // 2
     max_tenant_rpcs: int = 0
     device: str = "auto"
     max_message_bytes: int = MAX_MESSAGE_BYTES
@@ -313,7 +313,9 @@ def start(opts: ServerOptions, storage: Storage | None = None) -> RunningServer:
             ("grpc.so_reuseport", 0),
         ],
     )
-    tenant_calls = TenantCalls(opts.max_tenant_rpcs or default_tenant_rpcs(opts.rpc_threads))
+    tenant_calls = TenantCalls(
+        opts.max_tenant_rpcs or default_tenant_rpcs(opts.rpc_threads), opts.rpc_threads
+    )
     # a call's tenant is known from its metadata before its request is read (admission's reader)
     gate = next((i for i in opts.interceptors if isinstance(i, Gate)), None)
     admission.identified = gate.identified if gate is not None else None

@@ -62,9 +62,10 @@ def register(sub) -> None:
         "--max-tenant-rpcs",
         type=int,
         default=0,
-        help="calls one tenant has running at once, Tell and Heartbeat apart; past it a call is "
-        "refused at once with RESOURCE_EXHAUSTED and a RetryInfo, and clients retry (0, the "
-        "default: half of --rpc-threads; --rpc-threads or more: no bound)",
+        help="calls one tenant has running at once, Tell and Heartbeat apart, and with n >= 2 "
+        "tenants busy at most --rpc-threads / (n + 1) each; past it a call is refused at once with "
+        "RESOURCE_EXHAUSTED and a RetryInfo, and clients retry (0, the default: half of "
+        "--rpc-threads; --rpc-threads or more: no bound for a tenant alone)",
     )
     p.add_argument(
         "--max-ask",

@@ -35,8 +35,10 @@ naming it and its range.
 With ``--rate-limit``, each tenant's ``/api`` requests are held to the API's rate and burst in
 a bucket of their own; a request over it is 429 with a Retry-After (the page waits and retries).
 The endpoints run on :data:`THREADS` threads shared by every tenant; one tenant has at most
-:data:`TENANT_REQUESTS` (half) of them at once, and a request past that is 429 too, so one
-tenant's slow requests (a summary waiting on its study's running ask) never hold them all.
+:data:`TENANT_REQUESTS` (half) of them at once, and with several tenants busy each has at most
+its share (:meth:`bbo_server.limits.TenantCalls.bound`: the threads divided among them and one
+more); a request past that is 429 too, so the busy tenants' slow requests (summaries waiting on
+their studies' running asks) leave threads free and another tenant's page is answered.
 
 With API keys on (the gRPC API's ``--auth``), every ``/api`` request needs a key (``x-api-key``
 or ``Authorization: Bearer``), else 401; the page asks for it once and keeps it in the tab's
@@ -84,9 +86,9 @@ MAX_TRIAL_PAGE = 1000  # trials per /trials page
 MAX_POINT_PAGE = 10_000  # intermediate values per /intermediates page (one trial's default max)
 MAX_BEST = 1000  # best trials in a summary (a many-objective Pareto front may hold more)
 # threads running the endpoints (anyio's pool for Starlette's sync endpoints, sized at start-up),
-# shared by the tenants, and how many of them one tenant's requests hold at once: without a bound
-# 40 requests of one tenant, each waiting on its study's running ask, held them all and every
-# other tenant's page waited
+# shared by the tenants, and how many of them one tenant's requests hold at once (alone; less with
+# several busy): without a bound 40 requests of one tenant, each waiting on its study's running
+# ask, held them all and every other tenant's page waited
 THREADS = 40
 TENANT_REQUESTS = default_tenant_rpcs(THREADS)
 
@@ -230,9 +232,10 @@ def study_json(study: Study, info=None, description: bool = True) -> dict[str, A
 
 def _api(endpoint):
     """An ``/api`` endpoint, called with the caller's tenant (:meth:`Dashboard.tenant`) as one of
-    at most :data:`TENANT_REQUESTS` requests of that tenant running at once (429 with a
-    Retry-After past it). A study deleted while the request reads it is 404, as one deleted
-    before it (the core says NotFoundError; uncaught, it was a 500 and a logged traceback)."""
+    at most :data:`TENANT_REQUESTS` requests of that tenant running at once, fewer with other
+    tenants busy (429 with a Retry-After past it). A study deleted while the request reads it is
+    404, as one deleted before it (the core says NotFoundError; uncaught, it was a 500 and a
+    logged traceback)."""
 
     @functools.wraps(endpoint)
     def wrapper(self, request: Request):
@@ -251,10 +254,11 @@ def _api(endpoint):
 
 
 def _busy(tenant: str) -> str:
-    """The refusal of a request past :data:`TENANT_REQUESTS` (``{n}``: the tenant's count)."""
+    """The refusal of a request past the tenant's bound (``{n}``: its count, ``{share}``: the
+    tenants busy, with several)."""
     return (
-        f"tenant '{tenant}' has {{n}} dashboard requests running, the most one tenant may (half "
-        f"the dashboard's {THREADS} threads); retry later"
+        f"tenant '{tenant}' has {{n}} dashboard requests running, the most one tenant may hold "
+        f"of the dashboard's {THREADS} threads{{share}}; retry later"
     )
 
 
@@ -293,7 +297,7 @@ class Dashboard:
         self.limits = limits  # the API gate's LimitChecker (--rate-limit), or None
         self._cache: OrderedDict[tuple, tuple[tuple, bytes]] = OrderedDict()
         self._cache_lock = threading.Lock()
-        self.calls = TenantCalls(TENANT_REQUESTS)  # each tenant's requests running at once
+        self.calls = TenantCalls(TENANT_REQUESTS, THREADS)  # each tenant's requests at once
 
     def tenant(self, request: Request) -> str:
         """The caller's tenant (401 without a valid key), within the tenant's rate (429 with a
@@ -522,7 +526,8 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 @contextlib.asynccontextmanager
 async def _threads(app):
     """Size the thread pool that runs the sync endpoints (anyio's, per event loop) to
-    :data:`THREADS`, of which one tenant holds at most :data:`TENANT_REQUESTS`."""
+    :data:`THREADS`, of which one tenant holds at most :data:`TENANT_REQUESTS` (fewer with
+    several busy)."""
     import anyio.to_thread
 
     anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
