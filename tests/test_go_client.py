@@ -136,16 +136,49 @@ def test_go_unit_tests_pass():
     assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
 
 
+GO_SERVER_TESTS = (
+    "TestServerStudyLifecycle",
+    "TestServerBareValues",
+    "TestServerPythonParity",
+    "TestServerTellWith",
+    "TestServerTellBudget",
+    "TestServerHeartbeatLease",
+    "TestServerLlmCalls",
+    "TestServerAddTrialWith",
+    "TestServerBuilders",
+)
+
+
+def _log_llm_calls(db: str, study: str, n: int) -> None:
+    """``n`` LLM calls logged for ``study`` straight into the server's database: response
+    ``a<i>``, purposes warmstart, priors, proposal in turn, ``i`` prompt tokens."""
+    from bbo.storage import LlmCallRecord, open_storage
+
+    st = open_storage(db, migrate=False)
+    try:
+        uid = st.get_study("default", study).uid
+        for i in range(n):
+            purpose = ("warmstart", "priors", "proposal")[i % 3]
+            st.log_llm_call(uid, LlmCallRecord(purpose, "m", f"p{i}", f"a{i}", "ok", i))
+    finally:
+        st.close()
+
+
 @needs_go
-def test_go_client_against_a_real_server(bbo_server):
+def test_go_client_against_a_real_server(bbo_server, client, study_name, make_study):
     """The package's TestServer* tests (clients/go/bbo/server_test.go) against a real server: the
     study lifecycle and reads of Python's client (WaitReady, GetStudy, ListStudies, AddTrial,
-    Trial, DeleteStudy), its bare values for one objective (TellValue, OptimizeValue), and its
-    study(name), ask lease and optimize result (OpenStudy, AskWith, OptimizeBest)."""
-    env = {"BBO_TEST_ADDRESS": bbo_server.address}
+    Trial, DeleteStudy), its bare values for one objective (TellValue, OptimizeValue), its
+    study(name), ask lease and optimize result (OpenStudy, AskWith, OptimizeBest), and its tell,
+    heartbeat, llm_calls, add_trial keywords and spec builders (TellWith, HeartbeatLease,
+    LlmCalls over every page of a study's 230 calls, AddTrialWith, Log*/Ordinal/Fixed/Constraint/
+    Prior)."""
+    make_study(client, study_name)
+    _log_llm_calls(bbo_server.db, study_name, 230)
+    env = {"BBO_TEST_ADDRESS": bbo_server.address, "BBO_TEST_LLM_STUDY": study_name}
     r = _build("test", "-count=1", "-v", "-run", "^TestServer", env=env)
     out = r.stdout + r.stderr
-    for name in ("TestServerStudyLifecycle", "TestServerBareValues", "TestServerPythonParity"):
+    for name in GO_SERVER_TESTS:
         assert r.returncode == 0 and f"--- PASS: {name}" in out, out
     assert "SKIP" not in out, out
 

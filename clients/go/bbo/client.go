@@ -261,6 +261,14 @@ func (c *Client) attempts(ctx context.Context, timeout, patience time.Duration, 
 	}
 }
 
+// orNewID is id, or a new request id where it is empty (a caller's request id, else one of its own).
+func orNewID(id string) string {
+	if id != "" {
+		return id
+	}
+	return requestID()
+}
+
 func requestID() string {
 	b := make([]byte, 16)
 	if _, err := rand.Read(b); err != nil {
@@ -347,20 +355,32 @@ func (c *Client) GetStudy(ctx context.Context, name string) (*pb.Study, error) {
 // ListStudies lists the studies (of the API key's tenant), all pages.
 func (c *Client) ListStudies(ctx context.Context) ([]*pb.Study, error) {
 	var out []*pb.Study
+	err := c.pages(ctx, func(ctx context.Context, token string) (string, error) {
+		res, err := c.Stub.ListStudies(ctx, &pb.ListStudiesRequest{PageToken: token})
+		if err != nil {
+			return "", err
+		}
+		out = append(out, res.Studies...)
+		return res.NextPageToken, nil
+	})
+	return out, err
+}
+
+// pages reads a list page by page: page fetches the page at token (each attempt retried as call
+// retries), keeps its items and returns the next page's token, "" after the last.
+func (c *Client) pages(ctx context.Context, page func(ctx context.Context, token string) (string, error)) error {
 	token := ""
 	for {
-		req := &pb.ListStudiesRequest{PageToken: token}
-		var res *pb.ListStudiesResponse
+		var next string
 		err := c.call(ctx, func(ctx context.Context) (err error) {
-			res, err = c.Stub.ListStudies(ctx, req)
+			next, err = page(ctx, token)
 			return err
 		})
 		if err != nil {
-			return nil, err
+			return err
 		}
-		out = append(out, res.Studies...)
-		if token = res.NextPageToken; token == "" {
-			return out, nil
+		if token = next; token == "" {
+			return nil
 		}
 	}
 }
@@ -413,12 +433,8 @@ type AskOptions struct {
 
 // AskWith is Ask with options (AskOptions: the worker id, the lease, the request id, patience).
 func (s *Study) AskWith(ctx context.Context, count int, opts AskOptions) ([]*pb.Trial, error) {
-	id := opts.RequestID
-	if id == "" {
-		id = requestID()
-	}
 	req := &pb.AskRequest{
-		Study: s.Name, Count: int32(count), WorkerId: opts.WorkerID, RequestId: id,
+		Study: s.Name, Count: int32(count), WorkerId: opts.WorkerID, RequestId: orNewID(opts.RequestID),
 		LeaseSeconds: opts.Lease.Seconds(),
 	}
 	var res *pb.AskResponse
@@ -438,7 +454,61 @@ func (s *Study) AskWith(ctx context.Context, count int, opts AskOptions) ([]*pb.
 // it is not taken for that result told again. Its request id is the same on every retry: the
 // server answers a retry whose first answer was lost as the tell it repeats.
 func (s *Study) Tell(ctx context.Context, trial *pb.Trial, metrics map[string]float64) (*pb.Trial, error) {
-	return s.tell(ctx, s.tellRequest(trial, metrics), 0)
+	return trialOf(s.TellWith(ctx, trial, metrics, TellOptions{}))
+}
+
+// TellOptions tune TellWith, as the keywords of Python's tell. The zero value of each field means
+// its default.
+type TellOptions struct {
+	// Sem: a metric's standard error (its observation noise, >= 0) by the metric's name, as
+	// Python's {name: (value, sem)}; a metric not named here is told without one
+	Sem map[string]float64
+	// State: COMPLETED (default), FAILED, ABANDONED or PRUNED (Python's failed, abandoned,
+	// pruned), with Reason
+	State  pb.TrialState
+	Reason string
+	// Budget (a study with a fidelity): what the metrics were measured at; 0: the trial's budget
+	// as asked when COMPLETED, else none (PRUNED: the largest budget it reported)
+	Budget float64
+	// RequestID: the tell's id (default a new one), the same on every retry: the server answers a
+	// repeat under it as the tell it repeats, whatever became of the trial since
+	RequestID string
+	// Patience: retry a failure that may pass later (server away, rate limit) for this long instead
+	// of Options.Retries times
+	Patience time.Duration
+}
+
+// TellResult is a tell's answer, as Python's TellResult: the trial as stored, and Duplicate, true
+// where this tell had already been recorded (the answer to a repeat).
+type TellResult struct {
+	Trial     *pb.Trial
+	Duplicate bool
+}
+
+// TellWith is Tell with options (TellOptions: standard errors, the state and reason, the budget,
+// the request id, patience), returning whether the server had already recorded it.
+func (s *Study) TellWith(ctx context.Context, trial *pb.Trial, metrics map[string]float64, opts TellOptions) (*TellResult, error) {
+	if err := checkSem(metrics, opts.Sem); err != nil {
+		return nil, err
+	}
+	req := s.tellRequest(trial, metrics, opts) // built once: each retry repeats it, request id included
+	var res *pb.TellResponse
+	err := s.Client.callFor(ctx, opts.Patience, func(ctx context.Context) (err error) {
+		res, err = s.Client.Stub.Tell(ctx, req)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &TellResult{Trial: res.Trial, Duplicate: res.Duplicate}, nil
+}
+
+// trialOf is a tell's trial, for the calls that return only that.
+func trialOf(res *TellResult, err error) (*pb.Trial, error) {
+	if err != nil {
+		return nil, err
+	}
+	return res.Trial, nil
 }
 
 // TellValue is Tell of a single-objective study's value, as Python's tell(trial, 0.5): refused
@@ -471,49 +541,67 @@ func (s *Study) objectiveName(ctx context.Context) (string, error) {
 	return objectives[0].GetName(), nil
 }
 
-func (s *Study) tellRequest(trial *pb.Trial, metrics map[string]float64) *pb.TellRequest {
+// tellRequest is the request of every tell (Tell, Fail, Abandon, Prune, Optimize's), built once so
+// that each retry repeats it under one request id.
+func (s *Study) tellRequest(trial *pb.Trial, metrics map[string]float64, opts TellOptions) *pb.TellRequest {
+	state, budget := opts.State, opts.Budget
+	if state == pb.TrialState_TRIAL_STATE_UNSPECIFIED {
+		state = pb.TrialState_TRIAL_STATE_COMPLETED
+	}
+	if budget == 0 && state == pb.TrialState_TRIAL_STATE_COMPLETED {
+		budget = trial.Budget
+	}
 	return &pb.TellRequest{
-		Study: s.Name, TrialId: trial.Id, Metrics: metricValues(metrics), State: pb.TrialState_TRIAL_STATE_COMPLETED,
-		RequestId: requestID(), StudyUid: trial.StudyUid, Budget: trial.Budget,
+		Study: s.Name, TrialId: trial.Id, Metrics: metricValues(metrics, opts.Sem), State: state,
+		Reason: opts.Reason, RequestId: orNewID(opts.RequestID), StudyUid: trial.StudyUid, Budget: budget,
 	}
 }
 
 // Fail finishes trial as FAILED with a reason.
 func (s *Study) Fail(ctx context.Context, trial *pb.Trial, reason string) (*pb.Trial, error) {
-	return s.tell(ctx, s.finishRequest(trial, pb.TrialState_TRIAL_STATE_FAILED, reason), 0)
+	return trialOf(s.TellWith(ctx, trial, nil, failed(reason, 0)))
+}
+
+// failed, abandoned and pruned are the TellOptions of those tells (patience: as TellOptions').
+func failed(reason string, patience time.Duration) TellOptions {
+	return TellOptions{State: pb.TrialState_TRIAL_STATE_FAILED, Reason: reason, Patience: patience}
+}
+
+func abandoned(reason string, patience time.Duration) TellOptions {
+	return TellOptions{State: pb.TrialState_TRIAL_STATE_ABANDONED, Reason: reason, Patience: patience}
+}
+
+func pruned(reason string, budget float64, patience time.Duration) TellOptions {
+	return TellOptions{State: pb.TrialState_TRIAL_STATE_PRUNED, Reason: reason, Budget: budget, Patience: patience}
 }
 
 // Abandon finishes trial as ABANDONED (no result came back) with a reason, so that its point is
 // suggested again now rather than when its lease runs out.
 func (s *Study) Abandon(ctx context.Context, trial *pb.Trial, reason string) (*pb.Trial, error) {
-	return s.tell(ctx, s.finishRequest(trial, pb.TrialState_TRIAL_STATE_ABANDONED, reason), 0)
+	return trialOf(s.TellWith(ctx, trial, nil, abandoned(reason, 0)))
 }
 
-func metricValues(metrics map[string]float64) map[string]*pb.MetricValue {
+// metricValues is metrics as the request's map, each with its standard error in sem if it has one.
+func metricValues(metrics, sem map[string]float64) map[string]*pb.MetricValue {
 	m := make(map[string]*pb.MetricValue, len(metrics))
 	for k, v := range metrics {
 		m[k] = &pb.MetricValue{Value: v}
+		if e, ok := sem[k]; ok {
+			m[k].Sem = &e
+		}
 	}
 	return m
 }
 
-func (s *Study) finishRequest(trial *pb.Trial, state pb.TrialState, reason string) *pb.TellRequest {
-	return &pb.TellRequest{
-		Study: s.Name, TrialId: trial.Id, State: state, Reason: reason,
-		RequestId: requestID(), StudyUid: trial.StudyUid,
+// checkSem refuses a standard error for a metric not told (INVALID_ARGUMENT naming it), which
+// metricValues would otherwise drop in silence.
+func checkSem(metrics, sem map[string]float64) error {
+	for k := range sem {
+		if _, ok := metrics[k]; !ok {
+			return invalidArgument(fmt.Sprintf("sem[%q]", k), "a standard error for a metric with no value")
+		}
 	}
-}
-
-func (s *Study) tell(ctx context.Context, req *pb.TellRequest, patience time.Duration) (*pb.Trial, error) {
-	var res *pb.TellResponse
-	err := s.Client.callFor(ctx, patience, func(ctx context.Context) (err error) {
-		res, err = s.Client.Stub.Tell(ctx, req)
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	return res.Trial, nil
+	return nil
 }
 
 // Report records the first objective's value at step of trial's learning curve (measured at
@@ -538,18 +626,21 @@ func (s *Study) report(ctx context.Context, trial *pb.Trial, step int64, value, 
 // Prune finishes trial as PRUNED (stopped early) with a reason, its last metrics if given (nil:
 // it keeps its last reported value), at budget (0: the largest it reported).
 func (s *Study) Prune(ctx context.Context, trial *pb.Trial, reason string, metrics map[string]float64, budget float64) (*pb.Trial, error) {
-	return s.tell(ctx, s.pruneRequest(trial, reason, metrics, budget), 0)
-}
-
-func (s *Study) pruneRequest(trial *pb.Trial, reason string, metrics map[string]float64, budget float64) *pb.TellRequest {
-	req := s.tellRequest(trial, metrics)
-	req.State, req.Reason, req.Budget = pb.TrialState_TRIAL_STATE_PRUNED, reason, budget
-	return req
+	return trialOf(s.TellWith(ctx, trial, metrics, pruned(reason, budget, 0)))
 }
 
 // Heartbeat extends a pending trial's lease by as long as the lease it holds.
 func (s *Study) Heartbeat(ctx context.Context, trial *pb.Trial) (*pb.Trial, error) {
-	req := &pb.HeartbeatRequest{Study: s.Name, TrialId: trial.Id, StudyUid: trial.StudyUid}
+	return s.HeartbeatLease(ctx, trial, 0)
+}
+
+// HeartbeatLease renews a pending trial's lease to lease from now (0: as long as the lease it
+// holds), as Python's heartbeat(trial, lease_seconds): a worker that learns its evaluation runs
+// longer asks for more.
+func (s *Study) HeartbeatLease(ctx context.Context, trial *pb.Trial, lease time.Duration) (*pb.Trial, error) {
+	req := &pb.HeartbeatRequest{
+		Study: s.Name, TrialId: trial.Id, StudyUid: trial.StudyUid, LeaseSeconds: lease.Seconds(),
+	}
 	var res *pb.HeartbeatResponse
 	err := s.Client.call(ctx, func(ctx context.Context) (err error) {
 		res, err = s.Client.Stub.Heartbeat(ctx, req)
@@ -575,9 +666,31 @@ func (s *Study) Trial(ctx context.Context, id int64) (*pb.Trial, error) {
 // values are float64 (or float32), an integer type, or string, as Params gives them. A retry
 // carries the same request id, so the point is never added twice.
 func (s *Study) AddTrial(ctx context.Context, params map[string]interface{}, metrics map[string]float64) (*pb.Trial, error) {
+	return s.AddTrialWith(ctx, params, metrics, AddTrialOptions{})
+}
+
+// AddTrialOptions tune AddTrialWith, as the keywords of Python's add_trial. The zero value of each
+// field means its default.
+type AddTrialOptions struct {
+	Failed bool               // add the point FAILED (metrics optional) instead of COMPLETED
+	Sem    map[string]float64 // a metric's standard error by its name, as TellOptions.Sem
+	// RequestID: the add's id (default a new one), the same on every retry: the server answers a
+	// repeat under it with the trial the first added
+	RequestID string
+}
+
+// AddTrialWith is AddTrial with options (AddTrialOptions: failed, standard errors, the request id).
+func (s *Study) AddTrialWith(ctx context.Context, params map[string]interface{}, metrics map[string]float64, opts AddTrialOptions) (*pb.Trial, error) {
+	if err := checkSem(metrics, opts.Sem); err != nil {
+		return nil, err
+	}
+	state := pb.TrialState_TRIAL_STATE_COMPLETED
+	if opts.Failed {
+		state = pb.TrialState_TRIAL_STATE_FAILED
+	}
 	req := &pb.AddTrialRequest{
 		Study: s.Name, Parameters: make(map[string]*pb.ParameterValue, len(params)),
-		Metrics: metricValues(metrics), RequestId: requestID(),
+		Metrics: metricValues(metrics, opts.Sem), State: state, RequestId: orNewID(opts.RequestID),
 	}
 	for k, v := range params {
 		pv, err := parameterValue(v)
@@ -617,22 +730,30 @@ func parameterValue(v interface{}) (*pb.ParameterValue, error) {
 // Trials lists the study's trials (all pages), or only those in states.
 func (s *Study) Trials(ctx context.Context, states ...pb.TrialState) ([]*pb.Trial, error) {
 	var out []*pb.Trial
-	token := ""
-	for {
-		req := &pb.ListTrialsRequest{Study: s.Name, States: states, PageToken: token}
-		var res *pb.ListTrialsResponse
-		err := s.Client.call(ctx, func(ctx context.Context) (err error) {
-			res, err = s.Client.Stub.ListTrials(ctx, req)
-			return err
-		})
+	err := s.Client.pages(ctx, func(ctx context.Context, token string) (string, error) {
+		res, err := s.Client.Stub.ListTrials(ctx, &pb.ListTrialsRequest{Study: s.Name, States: states, PageToken: token})
 		if err != nil {
-			return nil, err
+			return "", err
 		}
 		out = append(out, res.Trials...)
-		if token = res.NextPageToken; token == "" {
-			return out, nil
+		return res.NextPageToken, nil
+	})
+	return out, err
+}
+
+// LlmCalls lists the study's exchanges with the LLM module, oldest first (all pages), or only
+// those for purpose ("warmstart", "priors", "proposal", "related"; "": all), as Python's llm_calls.
+func (s *Study) LlmCalls(ctx context.Context, purpose string) ([]*pb.LlmCall, error) {
+	var out []*pb.LlmCall
+	err := s.Client.pages(ctx, func(ctx context.Context, token string) (string, error) {
+		res, err := s.Client.Stub.ListLlmCalls(ctx, &pb.ListLlmCallsRequest{Study: s.Name, Purpose: purpose, PageToken: token})
+		if err != nil {
+			return "", err
 		}
-	}
+		out = append(out, res.Calls...)
+		return res.NextPageToken, nil
+	})
+	return out, err
 }
 
 // Best returns the best feasible trial (one objective) or the feasible Pareto front.
@@ -840,18 +961,17 @@ func (s *Study) runTrial(ctx context.Context, fn Objective, t *pb.Trial, patienc
 		if reason == "" {
 			reason = "stopped by the objective"
 		}
-		_, err = s.tell(tctx, s.pruneRequest(t, reason, metrics, run.budget), patience)
+		_, err = s.TellWith(tctx, t, metrics, pruned(reason, run.budget, patience))
 	case evalErr != nil && ctx.Err() != nil: // no result came back
-		req := s.finishRequest(t, pb.TrialState_TRIAL_STATE_ABANDONED, "optimize stopped: "+evalErr.Error())
-		_, err = s.tell(tctx, req, patience)
+		_, err = s.TellWith(tctx, t, nil, abandoned("optimize stopped: "+evalErr.Error(), patience))
 	case evalErr != nil:
 		what = fmt.Sprintf("tell trial %d (failed: %v)", t.Id, evalErr)
-		_, err = s.tell(tctx, s.finishRequest(t, pb.TrialState_TRIAL_STATE_FAILED, evalErr.Error()), patience)
+		_, err = s.TellWith(tctx, t, nil, failed(evalErr.Error(), patience))
 	default:
-		_, err = s.tell(tctx, s.tellRequest(t, metrics), patience)
+		_, err = s.TellWith(tctx, t, metrics, TellOptions{Patience: patience})
 		if status.Code(err) == codes.InvalidArgument {
 			reason := "metrics refused: " + status.Convert(err).Message()
-			_, err = s.tell(tctx, s.finishRequest(t, pb.TrialState_TRIAL_STATE_FAILED, reason), patience)
+			_, err = s.TellWith(tctx, t, nil, failed(reason, patience))
 		}
 	}
 	if err != nil {
@@ -974,4 +1094,69 @@ func Minimize(name string) *pb.Objective {
 
 func Maximize(name string) *pb.Objective {
 	return &pb.Objective{Name: name, Goal: pb.Goal_GOAL_MAXIMIZE}
+}
+
+// LogFloatParam and LogIntParam are FloatParam and IntParam searched on a log scale (low > 0), as
+// Python's Float(name, low, high, log=True) and Int(..., log=True): a learning rate, a layer width.
+func LogFloatParam(name string, low, high float64) *pb.ParameterSpec {
+	p := FloatParam(name, low, high)
+	p.GetFloat().Scale = pb.Scale_SCALE_LOG
+	return p
+}
+
+func LogIntParam(name string, low, high int64) *pb.ParameterSpec {
+	p := IntParam(name, low, high)
+	p.GetInt().Scale = pb.Scale_SCALE_LOG
+	return p
+}
+
+// OrdinalParam: ordered numeric values, ascending (batch sizes 16, 32, 64), as Python's Ordinal; a
+// trial's value is an int64 when every value is whole, else a float64. LogOrdinalParam: on a log
+// scale (Ordinal(..., log=True)).
+func OrdinalParam(name string, values ...float64) *pb.ParameterSpec {
+	return &pb.ParameterSpec{Name: name, Kind: &pb.ParameterSpec_Ordinal{
+		Ordinal: &pb.OrdinalParameter{Values: values},
+	}}
+}
+
+func LogOrdinalParam(name string, values ...float64) *pb.ParameterSpec {
+	p := OrdinalParam(name, values...)
+	p.GetOrdinal().Scale = pb.Scale_SCALE_LOG
+	return p
+}
+
+// FixedParam: a parameter held at value (float64, an integer or a string, as AddTrial's params),
+// passed to the objective and not searched, as Python's Fixed. A value of another type is sent
+// empty, which CreateStudy's server refuses INVALID_ARGUMENT naming the parameter.
+func FixedParam(name string, value interface{}) *pb.ParameterSpec {
+	v, err := parameterValue(value)
+	if err != nil {
+		v = &pb.ParameterValue{}
+	}
+	return &pb.ParameterSpec{Name: name, Kind: &pb.ParameterSpec_Fixed{Fixed: &pb.FixedParameter{Value: v}}}
+}
+
+// Constraint: a black-box constraint on a reported metric, op "<=" or ">=", as Python's
+// Constraint("latency_ms", "<=", 200) (StudySpec.OutcomeConstraints). Another op is sent as an
+// unknown value, which CreateStudy's server refuses INVALID_ARGUMENT naming the field.
+func Constraint(metric, op string, bound float64) *pb.OutcomeConstraint {
+	ops := map[string]pb.ConstraintOp{
+		"<=": pb.ConstraintOp_CONSTRAINT_OP_LESS_EQUAL, ">=": pb.ConstraintOp_CONSTRAINT_OP_GREATER_EQUAL,
+	}
+	o, ok := ops[op]
+	if !ok {
+		o = -1
+	}
+	return &pb.OutcomeConstraint{Metric: metric, Op: o, Bound: bound}
+}
+
+// Prior: a belief that a numeric parameter's optimum lies near mean (std > 0, the parameter's
+// units), with confidence in (0, 1] (0: 0.5), as Python's Prior(parameter, mean=, std=,
+// confidence=) (StudySpec.Priors). ChoicePrior: a categorical parameter's probabilities.
+func Prior(parameter string, mean, std, confidence float64) *pb.ParameterPrior {
+	return &pb.ParameterPrior{Parameter: parameter, Mean: &mean, Std: &std, Confidence: confidence}
+}
+
+func ChoicePrior(parameter string, probabilities map[string]float64, confidence float64) *pb.ParameterPrior {
+	return &pb.ParameterPrior{Parameter: parameter, Probabilities: probabilities, Confidence: confidence}
 }

@@ -446,3 +446,27 @@ func TestATellCarriesItsBudgetAndOneRequestIDOverItsRetries(t *testing.T) {
 		t.Fatalf("tells %v, want one at budget 3", fake.tells)
 	}
 }
+
+// TellWith sends the caller's request id, budget and standard errors, the same request on every
+// retry, and retries for its Patience where the client's Retries would have given up.
+func TestTellWithKeepsItsRequestOverRetriesForItsPatience(t *testing.T) {
+	fake, study := serveFakeWith(t, Options{Backoff: time.Millisecond, MaxBackoff: time.Millisecond, Retries: -1})
+	fake.away = 3
+	trial := &pb.Trial{Id: 7, StudyUid: "u", Budget: 3}
+	opts := TellOptions{Sem: map[string]float64{"f": 0.5}, RequestID: "mine", Budget: 2, Patience: time.Minute}
+	res, err := study.TellWith(context.Background(), trial, map[string]float64{"f": 1}, opts)
+	if err != nil || res.Trial.Id != 7 {
+		t.Fatalf("TellWith: %v, %v", res, err)
+	}
+	if len(fake.sent) != 4 || fake.sent[0] != "mine" || fake.sent[3] != "mine" {
+		t.Fatalf("request ids %q, want mine four times", fake.sent)
+	}
+	got := fake.tells[0]
+	if got.Budget != 2 || got.Metrics["f"].GetValue() != 1 || got.Metrics["f"].GetSem() != 0.5 {
+		t.Fatalf("told %v, want f = 1 with sem 0.5 at budget 2", got)
+	}
+	fake.away = 1
+	if _, err := study.TellWith(context.Background(), trial, nil, TellOptions{}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("TellWith without patience, no retries: %v, want UNAVAILABLE", err)
+	}
+}

@@ -2,6 +2,7 @@ package bbo
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"strings"
@@ -226,4 +227,231 @@ func TestServerPythonParity(t *testing.T) {
 		best.Selection != want.Selection {
 		t.Fatalf("OptimizeBest: %v; want GetBest's %v (%v)", best, want, err)
 	}
+}
+
+// serverStudy creates a fresh study of spec on the real server for t.
+func serverStudy(t *testing.T, c *Client, spec *pb.StudySpec) *Study {
+	study, err := c.CreateStudy(context.Background(), testStudyName(t), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return study
+}
+
+// TellWith, as Python's tell: a metric's standard error is stored, the answer says whether the
+// tell was a duplicate, the request id is the caller's (reused for another tell: refused), and
+// State / Reason finish a trial otherwise; a standard error of no metric is refused before any call.
+func TestServerTellWith(t *testing.T) {
+	c := realServer(t)
+	ctx := context.Background()
+	study := serverStudy(t, c, &pb.StudySpec{
+		Parameters: []*pb.ParameterSpec{FloatParam("x", 0, 1)},
+		Objectives: []*pb.Objective{Minimize("loss")},
+	})
+	asked, err := study.Ask(ctx, 2, "w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := "go-tell-" + requestID()
+	opts := TellOptions{Sem: map[string]float64{"loss": 0.25}, RequestID: id}
+	first, err := study.TellWith(ctx, asked[0], map[string]float64{"loss": 0.5}, opts)
+	if err != nil || first.Duplicate || first.Trial.State != pb.TrialState_TRIAL_STATE_COMPLETED {
+		t.Fatalf("TellWith: %+v, %v; want COMPLETED, not a duplicate", first, err)
+	}
+	if m := first.Trial.Metrics["loss"]; m.GetValue() != 0.5 || m.Sem == nil || *m.Sem != 0.25 {
+		t.Fatalf("told metric %v, want value 0.5 with sem 0.25", m)
+	}
+	again, err := study.TellWith(ctx, asked[0], map[string]float64{"loss": 0.5}, opts)
+	if err != nil || !again.Duplicate || again.Trial.Id != asked[0].Id {
+		t.Fatalf("the same tell again: %+v, %v; want the trial, a duplicate", again, err)
+	}
+	_, err = study.TellWith(ctx, asked[1], map[string]float64{"loss": 0.7}, TellOptions{RequestID: id})
+	if st := status.Convert(err); st.Code() != codes.FailedPrecondition || !strings.Contains(st.Message(), id) {
+		t.Fatalf("another tell under request id %s: %v, want FAILED_PRECONDITION naming it", id, err)
+	}
+	_, err = study.TellWith(ctx, asked[1], map[string]float64{"loss": 0.7}, TellOptions{Sem: map[string]float64{"acc": 1}})
+	if st := status.Convert(err); st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), `sem["acc"]`) {
+		t.Fatalf("a sem of no metric: %v, want INVALID_ARGUMENT naming sem[\"acc\"]", err)
+	}
+	res, err := study.TellWith(ctx, asked[1], nil, TellOptions{State: pb.TrialState_TRIAL_STATE_FAILED, Reason: "oom"})
+	if err != nil || res.Duplicate || res.Trial.State != pb.TrialState_TRIAL_STATE_FAILED || res.Trial.Reason != "oom" {
+		t.Fatalf("TellWith FAILED: %+v, %v; want FAILED, reason oom", res, err)
+	}
+}
+
+// TellOptions.Budget is what the metrics were measured at (a study with a fidelity): a completed
+// result short of the full budget is refused; a pruned trial is stored at the budget told.
+func TestServerTellBudget(t *testing.T) {
+	c := realServer(t)
+	ctx := context.Background()
+	study := serverStudy(t, c, &pb.StudySpec{
+		Parameters: []*pb.ParameterSpec{FloatParam("x", 0, 1)},
+		Objectives: []*pb.Objective{Minimize("loss")},
+		Fidelity:   &pb.Fidelity{Name: "epochs", Min: 1, Max: 9},
+	})
+	asked, err := study.Ask(ctx, 2, "w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := study.TellWith(ctx, asked[0], map[string]float64{"loss": 1}, TellOptions{Budget: 0.5}); status.Code(err) == codes.OK {
+		t.Fatalf("a COMPLETED tell at budget 0.5 of a study at 1 to 9: no error")
+	}
+	if _, err := study.Report(ctx, asked[1], 1, 2, 3); err != nil {
+		t.Fatal(err)
+	}
+	res, err := study.TellWith(ctx, asked[1], map[string]float64{"loss": 2},
+		TellOptions{State: pb.TrialState_TRIAL_STATE_PRUNED, Reason: "slow", Budget: 3})
+	if err != nil || res.Trial.State != pb.TrialState_TRIAL_STATE_PRUNED || res.Trial.Budget != 3 {
+		t.Fatalf("TellWith PRUNED at budget 3: %+v, %v; want PRUNED at 3", res, err)
+	}
+}
+
+// HeartbeatLease renews a trial's lease to the length asked, as Python's heartbeat(trial,
+// lease_seconds); Heartbeat then keeps that length.
+func TestServerHeartbeatLease(t *testing.T) {
+	c := realServer(t)
+	ctx := context.Background()
+	study := serverStudy(t, c, &pb.StudySpec{
+		Parameters: []*pb.ParameterSpec{FloatParam("x", 0, 1)},
+		Objectives: []*pb.Objective{Minimize("loss")},
+	})
+	asked, err := study.AskWith(ctx, 1, AskOptions{WorkerID: "w", Lease: 37 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	renewed, err := study.HeartbeatLease(ctx, asked[0], 93*time.Second)
+	if err != nil || LeaseOf(renewed).Round(time.Second) != 93*time.Second {
+		t.Fatalf("HeartbeatLease(93s): lease %v, %v; want 93s", LeaseOf(renewed), err)
+	}
+	kept, err := study.Heartbeat(ctx, asked[0])
+	if err != nil || LeaseOf(kept).Round(time.Second) != 93*time.Second {
+		t.Fatalf("Heartbeat after HeartbeatLease(93s): lease %v, %v; want 93s kept", LeaseOf(kept), err)
+	}
+}
+
+// LlmCalls reads every page of a study's LLM exchanges, oldest first, or those of one purpose, as
+// Python's llm_calls. tests/test_go_client.py logs 230 calls (more than two pages) of the study
+// BBO_TEST_LLM_STUDY: response "a<i>", purposes warmstart, priors, proposal in turn, i tokens.
+func TestServerLlmCalls(t *testing.T) {
+	c := realServer(t)
+	name := os.Getenv("BBO_TEST_LLM_STUDY")
+	if name == "" {
+		t.Skip("BBO_TEST_LLM_STUDY is not set: no study with LLM calls to read")
+	}
+	ctx := context.Background()
+	all, err := c.Study(name).LlmCalls(ctx, "")
+	if err != nil || len(all) != 230 {
+		t.Fatalf("LlmCalls: %d calls, %v; want 230", len(all), err)
+	}
+	for i, call := range all {
+		if want := fmt.Sprintf("a%d", i); call.Response != want {
+			t.Fatalf("call %d: response %q, want %q", i, call.Response, want)
+		}
+	}
+	priors, err := c.Study(name).LlmCalls(ctx, "priors")
+	if err != nil || len(priors) != 77 {
+		t.Fatalf("LlmCalls(priors): %d calls, %v; want 77", len(priors), err)
+	}
+	for i, call := range priors {
+		if call.Purpose != "priors" || call.PromptTokens != int32(3*i+1) {
+			t.Fatalf("priors call %d: %s with %d tokens, want priors with %d", i, call.Purpose, call.PromptTokens, 3*i+1)
+		}
+	}
+}
+
+// AddTrialWith, as Python's add_trial: a FAILED point, standard errors, and a request id under
+// which a repeat is answered with the trial the first added.
+func TestServerAddTrialWith(t *testing.T) {
+	c := realServer(t)
+	ctx := context.Background()
+	study := serverStudy(t, c, &pb.StudySpec{
+		Parameters: []*pb.ParameterSpec{FloatParam("x", 0, 1)},
+		Objectives: []*pb.Objective{Minimize("loss")},
+	})
+	bad, err := study.AddTrialWith(ctx, map[string]interface{}{"x": 0.9}, nil, AddTrialOptions{Failed: true})
+	if err != nil || bad.State != pb.TrialState_TRIAL_STATE_FAILED {
+		t.Fatalf("AddTrialWith(Failed): %v, %v; want FAILED", bad, err)
+	}
+	opts := AddTrialOptions{Sem: map[string]float64{"loss": 0.125}, RequestID: "go-add-" + requestID()}
+	params, metrics := map[string]interface{}{"x": 0.25}, map[string]float64{"loss": 1.5}
+	added, err := study.AddTrialWith(ctx, params, metrics, opts)
+	if m := added.GetMetrics()["loss"]; err != nil || added.State != pb.TrialState_TRIAL_STATE_COMPLETED ||
+		m.GetValue() != 1.5 || m.Sem == nil || *m.Sem != 0.125 {
+		t.Fatalf("AddTrialWith(Sem): %v, %v; want COMPLETED, loss 1.5 with sem 0.125", added, err)
+	}
+	again, err := study.AddTrialWith(ctx, params, metrics, opts)
+	if err != nil || again.Id != added.Id {
+		t.Fatalf("AddTrialWith repeated under its request id: %v, %v; want trial %d again", again, err, added.Id)
+	}
+	all, err := study.Trials(ctx)
+	if err != nil || len(all) != 2 {
+		t.Fatalf("trials %v, %v; want the 2 added", all, err)
+	}
+	_, err = study.AddTrialWith(ctx, params, metrics, AddTrialOptions{Sem: map[string]float64{"acc": 1}})
+	if st := status.Convert(err); st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), `sem["acc"]`) {
+		t.Fatalf("a sem of no metric: %v, want INVALID_ARGUMENT naming sem[\"acc\"]", err)
+	}
+}
+
+// The builders of Python's Float(log=True), Int(log=True), Ordinal, Fixed, Constraint and Prior
+// make a spec the server stores as built and asks from; a Constraint's unknown op and a
+// FixedParam of another type are refused by the server naming the field.
+func TestServerBuilders(t *testing.T) {
+	c := realServer(t)
+	ctx := context.Background()
+	study := serverStudy(t, c, &pb.StudySpec{
+		Parameters: []*pb.ParameterSpec{
+			LogFloatParam("lr", 1e-4, 1e-1), LogIntParam("width", 8, 512), OrdinalParam("batch", 16, 32, 64),
+			LogOrdinalParam("decay", 0.001, 0.01, 0.1), FixedParam("seed", 7), FixedParam("mode", "fast"),
+			FloatParam("x", 0, 1), CategoricalParam("k", "a", "b"),
+		},
+		Objectives:         []*pb.Objective{Minimize("loss")},
+		OutcomeConstraints: []*pb.OutcomeConstraint{Constraint("latency", "<=", 200), Constraint("acc", ">=", 0.5)},
+		Priors:             []*pb.ParameterPrior{Prior("x", 0.3, 0.1, 0.8), ChoicePrior("k", map[string]float64{"a": 0.9, "b": 0.1}, 0)},
+	})
+	info, err := study.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := info.Spec.Parameters
+	if ps[0].GetFloat().GetScale() != pb.Scale_SCALE_LOG || ps[1].GetInt().GetScale() != pb.Scale_SCALE_LOG ||
+		ps[2].GetOrdinal().GetScale() != pb.Scale_SCALE_LINEAR || ps[3].GetOrdinal().GetScale() != pb.Scale_SCALE_LOG ||
+		ps[4].GetFixed().GetValue().GetInteger() != 7 || ps[5].GetFixed().GetValue().GetCategory() != "fast" {
+		t.Fatalf("stored parameters %v", ps)
+	}
+	oc := info.Spec.OutcomeConstraints
+	if len(oc) != 2 || oc[0].Op != pb.ConstraintOp_CONSTRAINT_OP_LESS_EQUAL || oc[0].Bound != 200 ||
+		oc[1].Op != pb.ConstraintOp_CONSTRAINT_OP_GREATER_EQUAL || oc[1].Metric != "acc" {
+		t.Fatalf("stored outcome constraints %v", oc)
+	}
+	pr := info.Spec.Priors
+	if len(pr) != 2 || pr[0].GetMean() != 0.3 || pr[0].GetStd() != 0.1 || pr[0].Confidence != 0.8 ||
+		pr[1].Probabilities["a"] != 0.9 {
+		t.Fatalf("stored priors %v", pr)
+	}
+	asked, err := study.Ask(ctx, 1, "w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := Params(asked[0])
+	if b := p["batch"]; b != int64(16) && b != int64(32) && b != int64(64) {
+		t.Fatalf("batch %v (%T), want an int64 of 16, 32, 64", b, b)
+	}
+	if p["seed"] != int64(7) || p["mode"] != "fast" {
+		t.Fatalf("fixed parameters %v, want seed 7, mode fast", p)
+	}
+	refused := func(spec *pb.StudySpec, field string) {
+		_, err := c.CreateStudy(ctx, testStudyName(t)+"-bad", spec)
+		if st := status.Convert(err); st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), field) {
+			t.Fatalf("CreateStudy: %v, want INVALID_ARGUMENT naming %s", err, field)
+		}
+	}
+	refused(&pb.StudySpec{
+		Parameters: []*pb.ParameterSpec{FloatParam("x", 0, 1)}, Objectives: []*pb.Objective{Minimize("loss")},
+		OutcomeConstraints: []*pb.OutcomeConstraint{Constraint("latency", "<", 200)},
+	}, "outcome_constraints[0].op")
+	refused(&pb.StudySpec{
+		Parameters: []*pb.ParameterSpec{FloatParam("x", 0, 1), FixedParam("on", true)},
+		Objectives: []*pb.Objective{Minimize("loss")},
+	}, "parameters[1].fixed.value")
 }
