@@ -15,6 +15,7 @@ import pytest
 from sec_helpers import SobolStrategy
 
 import bbo_client as bc
+from bbo.errors import LimitError
 from bbo_client.errors import from_rpc_error, retryable
 from bbo_client.v1 import service_pb2, service_pb2_grpc, study_pb2
 from bbo_server.limits import TenantCalls, default_tenant_rpcs
@@ -278,3 +279,8 @@ def test_several_busy_tenants_share_the_threads_and_leave_one_free():
     for n in range(2, 64):  # n tenants at their share leave a thread to one more
         assert n * calls.bound(n) < 64
     assert TenantCalls(48, 64).bound(1) == 48 and TenantCalls(2, 64).bound(3) == 2
+    odd = TenantCalls(1, 4)  # a tenant name with braces (an authenticate hook's) is refused, named
+    with odd.serving("a{0}{n}", "tenant 'a{0}{n}' has {n} calls{share}"):
+        with pytest.raises(LimitError, match="has 1 calls"):
+            with odd.serving("a{0}{n}", "tenant 'a{0}{n}' has {n} calls{share}"):
+                pass

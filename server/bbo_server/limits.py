@@ -302,7 +302,8 @@ class TenantCalls:
                     if tenants > 1
                     else ""
                 )
-                raise busy("tenant_rpcs", refusal.format(n=n, share=share))
+                # replace, not str.format: a tenant name (from an authenticate hook) may hold braces
+                raise busy("tenant_rpcs", refusal.replace("{n}", str(n)).replace("{share}", share))
             counts[tenant] = n + 1
         try:
             yield
