@@ -6,7 +6,8 @@ a delete removes it after the delete has committed, and a lookup that raced a de
 before it caches anything, so a name deleted and created again always finds the new study.
 
 The cache is bounded (``bbo serve --max-cached-studies``, :attr:`StudyConfig.max_cached_studies`):
-it holds the most recently used studies and drops the least recently used one past the bound, so
+it holds the most recently used studies and drops the least recently used one past the bound (of
+the tenant caching the most: one tenant's many studies never push out another's), so
 a server that runs many studies over months does not keep every study it ever touched (its
 strategy, trials in memory, kept curves). Dropping costs little: the next call makes the Study
 again, reading its trials once and loading its fitted model state from the database
@@ -31,7 +32,7 @@ import os
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -385,14 +386,17 @@ class StudyRegistry:
             rec = fresh
 
     def _keep(self, key: tuple[str, str], st: Study) -> None:
-        """Cache ``st`` as the most recently used study; drop the least recently used past the
-        bound (a dropped one still in use stays in ``_live`` until its users let go). Under the
-        lock."""
+        """Cache ``st`` as the most recently used study; past the bound drop the least recently
+        used study of the tenant caching the most, so a tenant cycling through many studies
+        pushes out its own, not the other tenants' (a dropped one still in use stays in ``_live``
+        until its users let go). Under the lock."""
         self._cache[key] = st
         self._cache.move_to_end(key)
         bound = self.config.max_cached_studies
         while bound > 0 and len(self._cache) > bound:
-            self._cache.popitem(last=False)
+            counts = Counter(tenant for tenant, _ in self._cache)
+            most = max(counts.values())
+            del self._cache[next(k for k in self._cache if counts[k[0]] == most)]
 
     def get_study(self, name: str, tenant: str = DEFAULT_TENANT) -> Study:
         if not isinstance(name, str) or not name:

@@ -47,6 +47,24 @@ def test_cache_keeps_the_most_recently_used_studies(storage):
     assert [t.id for t in reg.get_study("b").trials()] == [1]
 
 
+def test_a_tenant_cycling_through_studies_drops_its_own_not_another_tenants(storage):
+    """Past the bound the least recently used study of the tenant caching the most is dropped: a
+    tenant creating many studies made every other tenant's next call read its study back."""
+    reg = _registry(storage, 3)
+    reg.create_study("x", SPEC, tenant="t1")[0].ask(1)
+    for n in "abcde":
+        reg.create_study(n, SPEC, tenant="t2")[0].ask(1)
+    gc.collect()
+    assert sorted((st.tenant, st.name) for st in reg.cached()) == [
+        ("t1", "x"),
+        ("t2", "d"),
+        ("t2", "e"),
+    ]
+    reg.create_study("y", SPEC, tenant="t1")  # two each: the least recently used of them goes
+    gc.collect()
+    assert sorted(st.name for st in reg.cached()) == ["d", "e", "y"]
+
+
 def test_zero_keeps_every_study(storage):
     reg = _registry(storage, 0)
     for n in "abcde":
