@@ -280,17 +280,23 @@ def test_a_real_deadlock_is_retried(storage):
 
 
 # ---- the study lock across replicas -------------------------------------------------------------------
-def _advisory_waiters(url, key) -> int:
+def _advisory_locks(url, key, granted: bool) -> list[int]:
+    """The backend pids holding (``granted``) or waiting for the advisory lock ``key``."""
     eng = sa.create_engine(url, poolclass=sa.pool.NullPool)
     with eng.connect() as c:
-        n = c.execute(
+        pids = c.execute(
             sa.text(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND ((classid::bigint << 32) | objid::bigint) = :k"
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted = :g AND ((classid::bigint << 32) | objid::bigint) = :k"
             ),
-            {"k": key},
-        ).scalar()
+            {"k": key, "g": granted},
+        ).scalars()
+        out = list(pids)
     eng.dispose()
-    return int(n)
+    return out
+
+
+def _advisory_waiters(url, key) -> int:
+    return len(_advisory_locks(url, key, granted=False))
 
 
 def test_study_lock_excludes_other_replicas(pg_url, storage):
@@ -360,16 +366,7 @@ def test_study_lock_of_a_killed_replica_is_released(pg_url, storage):
 
 def _advisory_holder(url, key) -> int | None:
     """The backend pid holding the advisory lock ``key``, None when none does."""
-    eng = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    with eng.connect() as c:
-        pid = c.execute(
-            sa.text(
-                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND ((classid::bigint << 32) | objid::bigint) = :k"
-            ),
-            {"k": key},
-        ).scalar()
-    eng.dispose()
-    return pid
+    return next(iter(_advisory_locks(url, key, granted=True)), None)
 
 
 def test_an_ask_that_lost_its_study_lock_stores_nothing(pg_url):
