@@ -203,26 +203,77 @@ def test_the_tuneconfig_metric_and_mode_win_over_the_searchers(bbo_server, clien
     s.client.close()
 
 
-def test_a_trial_stopped_while_paused_is_told_its_last_result(bbo_server, client, study_name):
-    """HyperBandScheduler pauses trials and later stops them: Tune then calls on_trial_complete
-    with no result, so the last one seen by on_trial_result is told; below the scheduler's max_t
-    the trial was stopped early (PRUNED), at it the trial ran in full (COMPLETED)."""
+class _Tune:
+    """What Tune's controller does around a real scheduler and the searcher, for stub trials and
+    in Tune's order: the trial's ``done`` (or a stopper) is asked first, then the scheduler; the
+    searcher sees only results not stopped on; a PAUSED trial stopped is completed without one."""
+
+    def __init__(self, scheduler, search):
+        from ray.tune.experiment import Trial
+
+        self.scheduler, self.search, self.last, self.Trial = scheduler, search, {}, Trial
+
+    def add(self, tid):
+        self.search.suggest(tid)
+        trial = self.Trial("__fake", stub=True, trial_id=tid)
+        self.scheduler.on_trial_add(self, trial)
+        trial.set_status(self.Trial.RUNNING)
+        return trial
+
+    def report(self, trial, it, loss, done=False):
+        """One result; ``done``: the trainable said so (or returned), or a stopper stops it."""
+        result = {"loss": loss, "training_iteration": it}
+        decision = "STOP" if done else self.scheduler.on_trial_result(self, trial, result)
+        self.last[trial.trial_id] = {**result, "done": decision == "STOP"}
+        if decision == "STOP":
+            self.stop_trial(trial)
+        else:
+            self.search.on_trial_result(trial.trial_id, result)
+        if decision == "PAUSE":
+            trial.set_status(self.Trial.PAUSED)
+        return decision
+
+    def stop_trial(self, trial):  # as TuneController.stop_trial
+        if trial.status == self.Trial.PAUSED:
+            self.scheduler.on_trial_remove(self, trial)
+            self.search.on_trial_complete(trial.trial_id)
+        else:
+            self.scheduler.on_trial_complete(self, trial, self.last[trial.trial_id])
+            self.search.on_trial_complete(trial.trial_id, self.last[trial.trial_id])
+        trial.set_status(self.Trial.TERMINATED)
+
+
+def _told(client, study_name):
+    return [(t.state, t.metrics.get("loss")) for t in client.study(study_name).trials()]
+
+
+def test_trials_hyperband_stops_while_paused_are_told_their_last_result(
+    bbo_server, client, study_name
+):
+    """HyperBandScheduler pauses trials and later stops them itself: Tune then completes them
+    with no result, so the last one seen is told; below max_t PRUNED, at it COMPLETED."""
     from ray.tune.schedulers import HyperBandScheduler
 
-    hb = HyperBandScheduler(max_t=3)
-    s = BboSearch(
-        bbo_server.address, study_name=study_name, metric="loss", mode="min", scheduler=hb
-    )
-    s.set_search_properties(None, None, {"x": tune.uniform(0, 1)})
-    for tid, it in (("bad", 2), ("full", 3)):
-        s.suggest(tid)
-        s.on_trial_result(tid, {"loss": 0.75, "training_iteration": it})
-    s = pickle.loads(pickle.dumps(s))  # Tune may checkpoint the searcher while the trial is paused
-    for tid in ("bad", "full"):
-        s.on_trial_complete(tid)  # as TuneController.stop_trial does for a PAUSED trial
-    bad, full = client.study(study_name).trials()
-    assert (bad.state, bad.metrics) == ("PRUNED", {"loss": 0.75}), bad.reason
-    assert (full.state, full.metrics) == ("COMPLETED", {"loss": 0.75}), full.reason
+    hb = HyperBandScheduler(max_t=3, metric="loss", mode="min")
+    s = BboSearch(bbo_server.address, study_name=study_name, scheduler=hb)
+    s.set_search_properties("loss", "min", {"x": tune.uniform(0, 1)})
+    tune_ = _Tune(hb, s)
+    full_a, full_b, bad, good, worst = [tune_.add(f"t{i}") for i in range(5)]  # 2 brackets
+    assert [tune_.report(t, 1, v) for t, v in zip((bad, good), (0.7, 0.6))] == ["PAUSE"] * 2
+    tune_.search = pickle.loads(pickle.dumps(s))  # Tune may save the searcher while paused
+    assert tune_.report(worst, 1, 0.8) == "STOP"  # halving: bad, paused, is stopped too
+    for it in (1, 2):
+        tune_.report(full_a, it, 0.5), tune_.report(full_b, it, 0.9)
+    assert (tune_.report(full_a, 3, 0.45), tune_.report(full_b, 3, 0.85)) == ("PAUSE", "STOP")
+    assert bad.status == worst.status == full_a.status == "TERMINATED"
+    tune_.search.close()  # good is left paused
+    assert _told(client, study_name) == [
+        ("COMPLETED", 0.45),  # stopped while paused at max_t
+        ("COMPLETED", 0.85),
+        ("PRUNED", 0.7),  # stopped while paused at the first rung
+        ("ABANDONED", None),
+        ("PRUNED", 0.8),
+    ]
     s.client.close()
 
 
@@ -258,56 +309,73 @@ def test_bbo_early_stopping_options_are_refused(option):
         BboSearch("127.0.0.1:1", space={"x": tune.uniform(0, 1)}, **option)
 
 
-def test_a_trial_a_scheduler_stops_early_is_told_pruned(bbo_server, client, study_name):
-    """Tune shows a searcher every result but the one a stop decision was made on: a trial ASHA
-    stops below its max_t is PRUNED, never the study's best; one that
-    reached max_t, met the run's stop criteria, or whose trainable returned is COMPLETED."""
+def test_only_the_schedulers_own_early_stops_are_told_pruned(bbo_server, client, study_name):
+    """Tune stops a trial on a result it does not show the searcher whoever decides: a trial ASHA
+    stops below its max_t is PRUNED, never the study's best; one it stops at max_t, one whose
+    trainable said done (or a stopper stopped) and one whose trainable returned are COMPLETED.
+    The scheduler and the searcher, pickled apart (Tuner.restore), still agree."""
+    from ray import cloudpickle
     from ray.tune.schedulers import ASHAScheduler
 
-    asha = ASHAScheduler(max_t=4)
+    asha = ASHAScheduler(max_t=4, grace_period=1, reduction_factor=2, metric="loss", mode="min")
     s = BboSearch(bbo_server.address, study_name=study_name, scheduler=asha)
-    s.set_search_properties("loss", "min", {"x": tune.uniform(0, 1)}, stop={"acc": 0.9})
-
-    def run(tid, losses, final=None, **extra):
-        s.suggest(tid)
-        for i, loss in enumerate(losses, 1):
-            s.on_trial_result(tid, {"loss": loss, "training_iteration": i})
-        s.on_trial_complete(
-            tid, final and {"training_iteration": final[0], "loss": final[1], **extra}
-        )
-
-    run("rung", [0.5], (2, 0.1))  # ASHA's stop at a rung: that result was never shown
-    run("max_t", [0.5, 0.4, 0.3], (4, 0.25))  # ASHA's stop at max_t
-    run("returned", [0.5, 0.3], (2, 0.3))  # the trainable returned: its last result repeated
-    run("stop", [0.5], (2, 0.35), acc=0.95)  # RunConfig(stop={"acc": 0.9}) met
-    trials = client.study(study_name).trials()
-    assert [(t.state, t.metrics["loss"]) for t in trials] == [
-        ("PRUNED", 0.1),
-        ("COMPLETED", 0.25),
-        ("COMPLETED", 0.3),
+    s.set_search_properties("loss", "min", {"x": tune.uniform(0, 1)})
+    tune_ = _Tune(asha, s)
+    full = tune_.add("max_t")
+    assert [tune_.report(full, it, v) for it, v in enumerate((0.5, 0.4, 0.3, 0.1), 1)][-1] == "STOP"
+    assert tune_.report(tune_.add("rung"), 1, 0.9) == "STOP"  # below the rung's cutoff
+    done = tune_.add("done")
+    tune_.report(done, 1, 0.45), tune_.report(done, 2, 0.35, done=True)
+    returned = tune_.add("returned")
+    tune_.report(returned, 1, 0.4), tune_.report(returned, 2, 0.3)
+    tune_.report(returned, 2, 0.3, done=True)  # Tune repeats the last result, done
+    tune_ = _Tune(cloudpickle.loads(cloudpickle.dumps(asha)), pickle.loads(pickle.dumps(s)))
+    assert tune_.report(tune_.add("late"), 1, 0.95) == "STOP"
+    assert _told(client, study_name) == [
+        ("COMPLETED", 0.1),
+        ("PRUNED", 0.9),
         ("COMPLETED", 0.35),
+        ("COMPLETED", 0.3),
+        ("PRUNED", 0.95),
     ]
-    assert [t.id for t in client.study(study_name).best().trials] == [trials[1].id]
+    trials = client.study(study_name).trials()
+    assert trials[1].reason == "stopped early by the Ray Tune scheduler at training_iteration=1"
+    assert [t.id for t in client.study(study_name).best().trials] == [trials[0].id]
+    tune_.search.client.close()
     s.client.close()
 
-    # without the scheduler a stop at max_t reads like an early one: every stop is COMPLETED
-    plain = BboSearch(bbo_server.address, study_name=study_name + "-plain")
-    plain.set_search_properties("loss", "min", {"x": tune.uniform(0, 1)})
-    plain.suggest("rung")
-    plain.on_trial_result("rung", {"loss": 0.5, "training_iteration": 1})
-    plain.on_trial_complete("rung", {"loss": 0.1, "training_iteration": 2})
-    (t,) = client.study(study_name + "-plain").trials()
-    assert (t.state, t.metrics["loss"]) == ("COMPLETED", 0.1)
-    plain.client.close()
+
+def test_a_scheduler_that_never_stops_early_leaves_every_trial_completed(
+    bbo_server, client, study_name
+):
+    """FIFOScheduler (as PopulationBasedTraining) never answers STOP: a trial that ends by its
+    own done or a stopper is COMPLETED; with no scheduler given, every trial is."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    for i, scheduler in enumerate((FIFOScheduler(), None)):
+        s = BboSearch(bbo_server.address, study_name=f"{study_name}-{i}", scheduler=scheduler)
+        s.set_search_properties("loss", "min", {"x": tune.uniform(0, 1)})
+        tune_ = _Tune(scheduler or FIFOScheduler(), s)
+        trial = tune_.add("done")
+        tune_.report(trial, 1, 0.5), tune_.report(trial, 2, 0.4, done=True)
+        assert _told(client, f"{study_name}-{i}") == [("COMPLETED", 0.4)]
+        s.client.close()
 
 
 def test_asha_in_a_tuner_run(ray_session, bbo_server, client, study_name, tmp_path):
-    """A real run under ASHA: bbo's trials are PRUNED where Tune stopped them below max_t."""
+    """A real run under ASHA: bbo's trials are PRUNED where ASHA stopped them below max_t; the
+    trial a stopper ends early is COMPLETED (Tune shows the searcher neither's last result)."""
     from ray.tune.schedulers import ASHAScheduler
 
     def trainable(config):
         for i in range(1, 10):
             tune.report({"loss": config["x"] + 1.0 / i})
+
+    first: list[str] = []
+
+    def stopper(trial_id, result):  # ends the first trial to report (ASHA continues it) at 2
+        first[:] = first or [trial_id]
+        return trial_id == first[0] and result["training_iteration"] == 2
 
     asha = ASHAScheduler(max_t=9, grace_period=1, reduction_factor=3)
     search = BboSearch(bbo_server.address, study_name=study_name, scheduler=asha, n_initial=6)
@@ -317,14 +385,17 @@ def test_asha_in_a_tuner_run(ray_session, bbo_server, client, study_name, tmp_pa
         tune_config=tune.TuneConfig(
             search_alg=search, scheduler=asha, metric="loss", mode="min", num_samples=6
         ),
-        run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), verbose=0),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), verbose=0, stop=stopper),
     ).fit()
-    tune_says = sorted((r.config["x"], r.metrics["training_iteration"]) for r in results)
+    tune_says = sorted(
+        (r.config["x"], r.metrics["training_iteration"], r.metrics["trial_id"]) for r in results
+    )
     trials = sorted(client.study(study_name).trials(), key=lambda t: t.params["x"])
-    assert [t.params["x"] for t in trials] == [x for x, _ in tune_says]
+    assert [t.params["x"] for t in trials] == [x for x, _, _ in tune_says]
     assert [t.state for t in trials] == [
-        "COMPLETED" if it == 9 else "PRUNED" for _, it in tune_says
+        "COMPLETED" if it == 9 or tid == first[0] else "PRUNED" for _, it, tid in tune_says
     ], tune_says
+    assert [it for _, it, tid in tune_says if tid == first[0]] == [2], tune_says
     assert "PRUNED" in {t.state for t in trials}, tune_says
 
 

@@ -5,8 +5,9 @@ Needs ``pip install "./clients/python[ray]"`` (bbo-client is not on PyPI). The T
 ``tune.loguniform``, ``tune.randint``, ``tune.quniform``, ``tune.choice``, ...; nested dicts too)
 becomes a bbo study whose one objective is the Tuner's ``metric`` (``mode`` min / max); each
 ``suggest`` is a bbo ``Ask``, and each finished trial is told: its last result's metric as
-COMPLETED when the trial ran to its end, as PRUNED when a scheduler stopped it early, an errored
-trial (or one whose last result lacks the metric or is not finite) as FAILED with the reason.
+PRUNED when the scheduler given to BboSearch stopped it before its ``max_t``, else as COMPLETED;
+an errored trial (or one whose last result lacks the metric or is not finite) as FAILED with the
+reason.
 While Tune runs a trial its bbo lease is renewed. Several Tuners (processes, machines) given the
 same ``study_name`` share one bbo study, each ask seeing the others' pending points.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import copy
-import logging
 import math
 import os
 import pickle
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ray.tune.result import TRAINING_ITERATION
+from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher, sample
 from ray.tune.search.variant_generator import parse_spec_vars
 from ray.tune.utils.util import flatten_dict, unflatten_dict
@@ -47,8 +48,6 @@ from bbo_client.model import (
 )
 
 __all__ = ["BboSearch", "convert_search_space"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -163,9 +162,9 @@ class BboSearch(Searcher):
     (``n_initial``, ``seed``, ``description``, ``constraints``, ``tracked_metrics``, ...; not
     ``fidelity`` / ``pruning``: early stopping is Tune's schedulers'); metrics named in
     ``constraints`` or ``tracked_metrics`` are read from the trial's last result too.
-    ``scheduler``: the Tune scheduler given to the TuneConfig, so that a trial it stops at its
-    ``max_t`` is told COMPLETED and one it stops before PRUNED (see :meth:`on_trial_complete`);
-    without it every stopped trial is told COMPLETED.
+    ``scheduler``: the Tune scheduler given to the TuneConfig: its hooks are wrapped to note the
+    trials it stops itself, which are told PRUNED below its ``max_t`` (see
+    :meth:`on_trial_complete`); without it every trial that did not error is told COMPLETED.
     """
 
     def __init__(
@@ -207,12 +206,9 @@ class BboSearch(Searcher):
         self._last: dict[str, dict] = {}  # Tune trial id -> its latest intermediate result
         self._failed: dict[str, Trial] = {}  # Tune trial id -> its bbo trial, told FAILED
         self._lists: dict[str, list] = {}  # "a/b" -> a param_space list with searched values
-        # without the scheduler a stop at its max_t looks like an early one: told COMPLETED, as
-        # before (and as Ray's own searchers do), with a warning once
-        self._scheduled = scheduler is not None
-        self._warn_unscheduled = scheduler is None  # once, at the first early stop
+        if scheduler is not None:
+            _note_stops(scheduler)
         self._full = _full_budget(scheduler)  # (time attribute, max_t) of a scheduler's full run
-        self._stop: dict[str, float] = {}  # the run's stop criteria (RunConfig(stop={...}))
         self._lock = threading.Lock()
         self._beats: dict[str, threading.Event] = {}  # Tune trial id -> stops its lease renewal
         _OPEN.add(self)
@@ -235,8 +231,6 @@ class BboSearch(Searcher):
     ) -> bool:
         self._metric = metric or self._metric  # the TuneConfig's win, as for Ray's searchers
         self._mode = mode or self._mode
-        if isinstance(spec.get("stop"), dict):  # a Stopper object's decisions are not known here
-            self._stop = dict(spec["stop"])
         if self._params is not None:
             return False  # Tune then refuses a param_space that still holds search domains
         self._set_space(config)
@@ -305,11 +299,13 @@ class BboSearch(Searcher):
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        """Tell bbo the trial's end: COMPLETED if it ran to its end (its trainable returned, its
-        result met the run's ``stop`` criteria, or reached the scheduler's ``max_t``) or no
-        scheduler was given, else PRUNED with its last value (a scheduler stopped it early: Tune passes that result without
-        having shown it to :meth:`on_trial_result`, or none for a paused trial); an error FAILED."""
+        """Tell bbo the trial's end: PRUNED with its last value if the scheduler given to BboSearch
+        stopped it below its ``max_t`` (Tune passes that result without having shown it to
+        :meth:`on_trial_result`, or none for a paused trial), FAILED for an error, else COMPLETED:
+        its trainable returned or said ``done``, a stopper or ``stop`` criteria ended it, or it
+        reached ``max_t``."""
         self._stop_renewing(trial_id)
+        by_scheduler = _take_stop(trial_id)
         with self._lock:
             t = self._live.pop(trial_id, None)
             last = self._last.pop(trial_id, None)
@@ -325,7 +321,7 @@ class BboSearch(Searcher):
         h = self._study()  # after a restore from Tune's checkpoint: reattached by name and spec
         final = last if result is None else result
         metrics, reason = self._metrics(final, error)
-        early = not reason and self._stopped_early(result, last)
+        early = "" if reason or not by_scheduler else self._stopped_early(final)
         try:
             if reason:
                 h.tell(t, failed=True, reason=reason, patience=self._patience)
@@ -343,31 +339,14 @@ class BboSearch(Searcher):
                 code=e.code,
             ) from e
 
-    def _stopped_early(self, result: dict | None, last: dict | None) -> str:
-        """Why Tune stopped the trial before its end ("" if it ran to it). Tune shows a searcher
-        every result but the one a stop decision (scheduler or stopper) was made on; a trainable
-        that returns ends with its last result repeated, already seen."""
-        if result is not None and last is not None:
-            if result.get(TRAINING_ITERATION) == last.get(TRAINING_ITERATION):
-                return ""  # the trainable returned
-        final = (result if result is not None else last) or {}
-        ends = dict(self._stop)
-        if self._full is not None:
-            ends[self._full[0]] = self._full[1]
-        if any(_finite(final.get(k)) and final[k] >= v for k, v in ends.items()):
+    def _stopped_early(self, final: dict | None) -> str:
+        """Why the scheduler's stop of a trial was early ("" if it came at its ``max_t``: ASHA and
+        HyperBand stop the trials that get there too)."""
+        attr, max_t = self._full or (TRAINING_ITERATION, math.inf)
+        at = (final or {}).get(attr)
+        if _finite(at) and at >= max_t:
             return ""
-        if not self._scheduled:
-            if self._warn_unscheduled:
-                self._warn_unscheduled = False
-                log.warning(
-                    "BboSearch: Tune stopped a trial before its trainable returned; with no "
-                    "scheduler given, a stop at its max_t cannot be told from an early one, so it "
-                    "is told COMPLETED. Give BboSearch the TuneConfig's scheduler "
-                    "(BboSearch(..., scheduler=...)) to tell early stops PRUNED."
-                )
-            return ""
-        at = f"{TRAINING_ITERATION}={final.get(TRAINING_ITERATION)}"
-        return f"stopped early by Ray Tune (a scheduler or stopper) at {at}"
+        return f"stopped early by the Ray Tune scheduler at {attr}={at}"
 
     def _errored_trial(self, result: dict | None) -> Trial | None:
         """The bbo trial (told FAILED) of the errored trial that Tuner.restore(restart_errored=True)
@@ -435,9 +414,8 @@ class BboSearch(Searcher):
 
     def __setstate__(self, state: dict) -> None:
         # a searcher pickled by an earlier version lacks what later ones keep: empty
-        old = {"_lists": {}, "_last": {}, "_failed": {}, "_stop": {}}
-        gone = {"_warn_unscheduled": False, "_full": None, "_scheduled": False}
-        self.__dict__.update({**old, **gone, **state})
+        old = {"_lists": {}, "_last": {}, "_failed": {}, "_full": None}
+        self.__dict__.update({**old, **state})
         self._client, self._handle, self._lock, self._beats = None, None, threading.Lock(), {}
 
     # ---- bbo ------------------------------------------------------------------------------------
@@ -494,6 +472,64 @@ def _close_all() -> None:
     for s in list(_OPEN):
         with contextlib.suppress(Exception):  # a client closed already, a server gone
             s.close()
+
+
+_STOPPED: set[str] = set()  # the Tune trial ids a wrapped scheduler stopped, until they are told
+_HOOKS = (  # a scheduler's hooks that decide or stop (HyperBand stops paused trials in all of them)
+    "on_trial_result",
+    "on_trial_complete",
+    "on_trial_remove",
+    "on_trial_error",
+    "choose_trial_to_run",
+)
+
+
+def _note_stops(scheduler: Any) -> None:
+    """Wrap the scheduler instance's hooks to note the trials it stops itself: Tune shows the
+    searcher neither who stopped a trial (the trainable's ``done``, a stopper, the scheduler) nor
+    the scheduler's paused trials it stops."""
+    for name in _HOOKS:
+        if hasattr(scheduler, name) and not isinstance(scheduler.__dict__.get(name), _Noting):
+            setattr(scheduler, name, _Noting(scheduler, name))
+
+
+def _take_stop(trial_id: str) -> bool:
+    """Whether a wrapped scheduler stopped the trial (forgotten once asked)."""
+    try:
+        _STOPPED.remove(trial_id)
+    except KeyError:
+        return False
+    return True
+
+
+class _Noting:
+    """A scheduler's hook noting the trials the scheduler stops: those its ``on_trial_result``
+    answers STOP, those it hands to ``stop_trial``. Plain data, pickled with the scheduler into
+    the Tuner's state, so a ``Tuner.restore``'d scheduler notes them too."""
+
+    def __init__(self, scheduler: Any, name: str):
+        self.scheduler, self.name = scheduler, name
+
+    def __call__(self, tune_controller: Any, *args: Any, **kwargs: Any) -> Any:
+        hook = getattr(type(self.scheduler), self.name)
+        decision = hook(self.scheduler, _StopNoting(tune_controller), *args, **kwargs)
+        if self.name == "on_trial_result" and decision == TrialScheduler.STOP:
+            _STOPPED.add(args[0].trial_id)
+        return decision
+
+
+class _StopNoting:
+    """The Tune controller as a wrapped hook sees it: a trial it stops is noted first."""
+
+    def __init__(self, controller: Any):
+        self._controller = controller
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._controller, name)
+
+    def stop_trial(self, trial: Any) -> Any:
+        _STOPPED.add(trial.trial_id)
+        return self._controller.stop_trial(trial)
 
 
 def _full_budget(scheduler: Any) -> tuple[str, float] | None:
