@@ -131,6 +131,74 @@ def problem(key: str, device: str = "auto", max_model_points: int | None = None)
             return {"f": _st(x), "g": _st(x - 2.0)}
 
         return spec, f2, q
+    return _more_problem(key, alg, box, vec)
+
+
+def _more_problem(key: str, alg, box, vec):
+    """The problems of ``latency_more.md``: ordinary studies outside the main grid. A metric's
+    value may be ``(value, sem)``: an observation whose noise the user declares."""
+    from bbo.space import CategoricalParam, FloatParam, IntParam, LinearConstraint, SearchSpace
+    from bbo.spec import Objective, OutcomeConstraint, StudySpec
+
+    if key.startswith("batch") and key[5:].isdigit():  # 5-D Styblinski-Tang, q points an ask
+        spec, f, _ = problem("st5", alg.device)
+        return spec, f, int(key[5:])
+    if key == "log5":  # 5 log-scale floats over five decades
+        space = SearchSpace(tuple(FloatParam(f"x{i}", 1e-3, 1e2, log=True) for i in range(5)))
+        return (
+            StudySpec(space, (Objective("f"),), algorithm=alg),
+            lambda p: {"f": _st(2.0 * (np.log10(vec(p, 5)) + 0.5))},
+            1,
+        )
+    if key == "cat8":  # 8 categoricals of 4 choices: additive effects and one interaction
+        table = np.random.default_rng(5).normal(size=(8, 4))
+        space = SearchSpace(tuple(CategoricalParam(f"c{i}", tuple("abcd")) for i in range(8)))
+
+        def fc(p):
+            j = ["abcd".index(p[f"c{i}"]) for i in range(8)]
+            return {"f": float(sum(table[i, j[i]] for i in range(8)) + (j[0] == j[1]))}
+
+        return StudySpec(space, (Objective("f"),), algorithm=alg), fc, 1
+    if key == "int15":  # 15 ints of 0-100
+        space = SearchSpace(tuple(IntParam(f"k{i}", 0, 100) for i in range(15)))
+
+        def fi(p):
+            return {"f": _st(np.array([(p[f"k{i}"] - 50) / 10.0 for i in range(15)]))}
+
+        return StudySpec(space, (Objective("f"),), algorithm=alg), fi, 1
+    if key in ("mo3", "mo2_con"):  # three objectives; two objectives and an outcome constraint
+        names = ("f", "g", "h") if key == "mo3" else ("f", "g")
+        con = (OutcomeConstraint("c", "<=", 0.0),) if key == "mo2_con" else ()
+        spec = StudySpec(box(5), tuple(Objective(n) for n in names), con, algorithm=alg)
+
+        def fm(p):
+            x = vec(p, 5)
+            out = {"f": _st(x), "g": _st(x - 2.0), "h": _st(x + 2.0)}
+            out = {n: out[n] for n in names}
+            return {**out, "c": float(np.linalg.norm(x) / math.sqrt(5) - 3.0)} if con else out
+
+        return spec, fm, 1
+    if key in ("h6n", "h6n_sem"):  # Hartmann6 + N(0, 0.1): noise undeclared, or declared (sem)
+        import torch
+        from botorch.test_functions import Hartmann
+
+        h6, rng = Hartmann(dim=6), np.random.default_rng(11)
+        space = SearchSpace(tuple(FloatParam(f"x{i}", 0.0, 1.0) for i in range(6)))
+
+        def fh(p):
+            y = float(h6(torch.tensor([vec(p, 6).tolist()]))) + 0.1 * float(rng.normal())
+            return {"f": (y, 0.1) if key == "h6n_sem" else y}
+
+        return StudySpec(space, (Objective("f"),), algorithm=alg), fh, 1
+    if key == "st5_lin":  # 5-D Styblinski-Tang, x0 + x1 + x2 <= 0 (the optimum stays feasible)
+        space = SearchSpace(
+            box(5).params, (LinearConstraint({"x0": 1.0, "x1": 1.0, "x2": 1.0}, 0.0),)
+        )
+        return (
+            StudySpec(space, (Objective("f"),), algorithm=alg),
+            lambda p: {"f": _st(vec(p, 5))},
+            1,
+        )
     raise KeyError(key)
 
 
@@ -138,9 +206,25 @@ def history(spec, f, n: int, seed: int = 123) -> list[tuple[dict, dict]]:
     """``n`` completed random trials (the same for every method)."""
     from bbo.design import _to_box
 
+    if spec.space.constraints:
+        from bbo.design import polytope_samples
+
+        return [(p, f(p)) for p in polytope_samples(spec.space, n, seed)]
     rng = np.random.default_rng(seed)
     pts = _to_box(spec.space, rng.random((n, spec.space.dim)))
     return [(p, f(p)) for p in (spec.space.decode(x) for x in pts)]
+
+
+def _metric(v):
+    """A bbo Metric from a problem's value or ``(value, sem)``."""
+    from bbo.trial import Metric
+
+    return Metric(*map(float, v)) if isinstance(v, tuple) else Metric(float(v))
+
+
+def _plain(m: dict) -> dict:
+    """A problem's metrics without declared sems (what a peer without them is told)."""
+    return {k: v[0] if isinstance(v, tuple) else v for k, v in m.items()}
 
 
 # ---- phase timer (bbo only) --------------------------------------------------------------------
@@ -216,12 +300,12 @@ class BboAdapter:
         self.gs, self.spec, self.q, self.trials = GenerationStrategy(spec), spec, q, []
 
     def load(self, hist):
-        from bbo.trial import Metric, Origin, Trial, TrialState
+        from bbo.trial import Origin, Trial, TrialState
 
         n0 = self.gs.n_initial
         for p, m in hist:
             origin = Origin.INITIAL.value if len(self.trials) < n0 else Origin.BO.value
-            metrics = {k: Metric(float(v)) for k, v in m.items()}
+            metrics = {k: _metric(v) for k, v in m.items()}
             t = Trial(len(self.trials) + 1, dict(p), TrialState.COMPLETED, metrics, origin=origin)
             self.trials.append(t)
 
@@ -231,10 +315,10 @@ class BboAdapter:
         return out
 
     def tell(self, out, f):
-        from bbo.trial import Metric, Trial, TrialState
+        from bbo.trial import Trial, TrialState
 
         for s in out:
-            m = {k: Metric(float(v)) for k, v in f(s.params).items()}
+            m = {k: _metric(v) for k, v in f(s.params).items()}
             t = Trial(len(self.trials) + 1, dict(s.params), TrialState.COMPLETED, m, s.origin)
             self.trials.append(t)
 
@@ -304,7 +388,7 @@ def measure(req: dict) -> dict:
     def make():
         if method in ("bbo", "bbo_before"):
             return ServiceAdapter(spec, q) if req.get("service") else BboAdapter(spec, q)
-        return Peer(method, key, spec)
+        return Peer(method, key, spec, q)
 
     # a throwaway study first: imports, lazy initialization and JIT compilation happen once per
     # process (a server's first ask), not in what each size measures
@@ -350,25 +434,27 @@ def measure(req: dict) -> dict:
 
 
 class Peer:
-    """Optuna GPSampler or Ax through bench/peers.py, asked one point at a time."""
+    """Optuna GPSampler or Ax through bench/peers.py; a batch of ``q`` is ``q`` asks, the earlier
+    ones pending (Optuna: RUNNING trials, which its GPSampler conditions on)."""
 
-    def __init__(self, method: str, key: str, spec):
+    def __init__(self, method: str, key: str, spec, q: int = 1):
         from peers import METHODS
         from problems import Problem
 
         con = spec.outcome_constraints[0] if spec.outcome_constraints else None
         prob = Problem(key, spec.space, None, 0.0, con)
-        self.m = METHODS[method](prob, 0)
+        prob.objectives = tuple(o.name for o in spec.objectives)
+        self.m, self.q = METHODS[method](prob, 0), q
 
     def load(self, hist):
-        self.m.load(hist)
+        self.m.load([(p, _plain(m)) for p, m in hist])
 
     def ask(self):
-        return [self.m.ask()]
+        return [self.m.ask_async() for _ in range(self.q)]
 
     def tell(self, out, f):
-        for p in out:
-            self.m.tell(p, f(p))
+        for handle, p in out:
+            self.m.tell_async(handle, p, _plain(f(p)))
 
 
 # ---- driver ------------------------------------------------------------------------------------

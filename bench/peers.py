@@ -175,8 +175,17 @@ class _Optuna(Method):
         warnings.filterwarnings("ignore", module="optuna")
         constrained = _constraints(problem) or problem.space.constraints
         cf = (lambda ft: ft.user_attrs["c"]) if constrained else None
-        self.study = optuna.create_study(direction="minimize", sampler=self._sampler(cf))
+        # the objectives, all minimized: "f" unless the problem names several
+        self.objectives = tuple(getattr(problem, "objectives", ("f",)))
+        self.study = optuna.create_study(
+            directions=["minimize"] * len(self.objectives), sampler=self._sampler(cf)
+        )
         self.dists = _optuna_dists(problem.space)
+
+    def _values(self, metrics):
+        """The told value: one objective's, or the list of several."""
+        v = [metrics[o] for o in self.objectives]
+        return v[0] if len(v) == 1 else v
 
     def ask_async(self):
         t = self.study.ask(self.dists)  # asked and not told: a RUNNING trial to the samplers
@@ -197,7 +206,7 @@ class _Optuna(Method):
         slack = self._slack(metrics, params)
         if slack is not None:
             t.set_user_attr("c", slack)
-        self.study.tell(t, metrics["f"])
+        self.study.tell(t, self._values(metrics))
 
     def load(self, history):
         import optuna
@@ -209,7 +218,8 @@ class _Optuna(Method):
                 optuna.trial.create_trial(
                     params=p,
                     distributions=self.dists,
-                    value=m["f"],
+                    values=self._values(m) if len(self.objectives) > 1 else None,
+                    value=m["f"] if len(self.objectives) == 1 else None,
                     user_attrs={"c": slack} if slack else {},
                     system_attrs={"constraints": slack} if slack else {},
                 )
