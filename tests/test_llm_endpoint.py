@@ -400,6 +400,28 @@ def test_model_discovered_from_the_server():
     assert res.calls[0].model == "llama-3.1-8b-instruct" and res.reason == ""
 
 
+@pytest.mark.parametrize(
+    "listed, served, model, reason",
+    [
+        ((123, None, "", "m" * 1000, "listed"), None, "listed", ""),
+        ((123, None, "", " "), None, "", "no model configured and the server lists none usable"),
+        (("listed",), 123, "listed", ""),
+        (("listed",), "s" * 1000, "listed", ""),
+    ],
+    ids=["skips-unusable", "none-usable", "served-int", "served-long"],
+)
+def test_model_names_from_the_endpoint_are_strings_of_bounded_length(listed, served, model, reason):
+    """A model name the endpoint lists or answers with is stored with every call record: a
+    number or null there lost the records (storage refused them), an empty one sent no request
+    yet came back as an answer, and a long one was stored again with each ask's cache hit."""
+    spec = make_spec()
+    with ChatServer([Reply(candidates(GOOD))], models=listed, served_model=served) as srv:
+        res = LlmAdvisor(cfg(srv, model="")).warmstart(spec, [], 1)
+    (rec,) = res.calls
+    assert rec.model == model and res.reason.startswith(reason)
+    assert [b["model"] for b in srv.requests] == ([model] if model else [])
+
+
 def test_truncated_answer_keeps_complete_candidates():
     spec = make_spec()
     full = candidates(*distinct_good(3))

@@ -39,6 +39,9 @@ OK = "ok"
 
 # The most bytes of one HTTP response body (a chat answer, an error, the model list) bbo reads.
 MAX_ANSWER_BYTES = 1024 * 1024
+# The longest model name bbo takes from an endpoint (a /models listing, an answer's ``model``): the
+# name is stored with every call record, also each ask's ``cached`` one
+MAX_MODEL_CHARS = 256
 # a call given less than this share of the configured timeout ran on its caller's budget (an ask's
 # or a CreateStudy's deadline): its timing out is the caller's, not the endpoint's (LlmClient._note)
 FULL_TIMEOUT = 0.9
@@ -161,6 +164,13 @@ def _bounded_http_client(timeout_s: float, limit: int = MAX_ANSWER_BYTES):
     return openai.DefaultHttpxClient(
         event_hooks={"response": [bound]}, headers={"Accept-Encoding": "identity"}
     )
+
+
+def _model_name(name: Any) -> bool:
+    """Whether an endpoint's model name is one bbo takes: a string of 1 to :data:`MAX_MODEL_CHARS`
+    characters (a listing's ``123`` or ``null`` failed every call record's storage, ``""`` sent no
+    request yet counted as an answer)."""
+    return isinstance(name, str) and 0 < len(name.strip()) <= MAX_MODEL_CHARS
 
 
 def _short(msg: object, limit: int = 160) -> str:
@@ -297,14 +307,14 @@ class LlmClient:
                 lambda: client.with_options(timeout=timeout_s, max_retries=0).models.list(),
                 timeout_s,
             )
-            ids = [m.id for m in page.data]
+            ids = [m.id for m in page.data if _model_name(getattr(m, "id", None))]
         except BaseException as e:  # noqa: BLE001
             reason, _ = classify_error(e)
             log.debug("listing models failed: %s", error_detail(e, self._secrets()))
             return "", f"no model configured and listing models failed: {reason}"
         if not ids:
-            return "", "no model configured and the server lists none (set BBO_LLM_MODEL)"
-        self._model = ids[0]
+            return "", "no model configured and the server lists none usable (set BBO_LLM_MODEL)"
+        self._model = valid_text(ids[0])
         return self._model, OK
 
     # ---- the call ------------------------------------------------------------------------------
@@ -450,7 +460,7 @@ class LlmClient:
         base: dict[str, Any] = dict(
             prompt_tokens=pt,
             completion_tokens=ct,
-            model=valid_text(named) if isinstance(named, str) and named else model,
+            model=valid_text(named) if _model_name(named) else model,
             structured=structured,
         )
         choices = getattr(resp, "choices", None) or []
