@@ -314,6 +314,34 @@ def test_a_trickled_answer_ends_at_the_bound_and_frees_its_thread():
     finish(spec, res)
 
 
+def test_calls_an_endpoint_holds_past_their_bound_are_capped():
+    """Headers that trickle in (a line within each read timeout, without end) keep a call's thread
+    and connection after its caller stopped waiting: past ``max_overdue_calls`` of them nothing is
+    sent until one ends (before, each call left one more thread behind), then calls go out again."""
+    import threading
+
+    spec = make_spec()
+    release = threading.Event()
+    with ChatServer([Reply(candidates(GOOD), hold_headers=release)]) as srv:
+        adv = LlmAdvisor(cfg(srv, timeout_s=0.5, max_overdue_calls=2))
+        try:
+            held = [adv.warmstart(spec, [], 1, study_key=f"s{i}").reason for i in range(2)]
+            busy = adv.warmstart(spec, [], 1, study_key="s2")
+            sent = len(srv.requests)
+        finally:
+            release.set()
+        end = time.monotonic() + 10
+        later = adv.warmstart(spec, [], 1, study_key="s3")
+        while later.reason.startswith("llm busy") and time.monotonic() < end:
+            time.sleep(0.05)
+            later = adv.warmstart(spec, [], 1, study_key="s3")
+    assert held == ["timeout", "timeout"] and sent == 2
+    assert busy.reason == busy.calls[0].outcome
+    assert busy.reason == "llm busy: 2 earlier calls still running past their time bound"
+    assert later.reason == "" and len(later.suggestions) == 1
+    finish(spec, busy)
+
+
 def test_an_answer_nested_too_deep_for_the_json_parser_is_unusable_not_an_error():
     spec = make_spec()
     with ChatServer([Reply("[" * 100_000 + "]" * 100_000)]) as srv:

@@ -11,6 +11,8 @@ not to try again. Parsing is defensive either way (:mod:`bbo.llm.parse`).
 
 Time: the HTTP library's timeout is per read, so a server that trickles bytes could hold a call far
 longer; each call therefore runs on a daemon thread and the caller stops waiting at the bound.
+Headers that trickle in keep that thread: past ``LlmConfig.max_overdue_calls`` such threads per
+model nothing more is sent until one ends (:class:`_Overdue`).
 
 Size and the thread's own end: every response body is read through :class:`_BoundedBody`, which
 stops reading at ``MAX_ANSWER_BYTES`` (an answer of ``max_tokens`` tokens is a few KiB; a larger one
@@ -71,10 +73,31 @@ class _Deadline(Exception):
     pass
 
 
-def _bounded(fn: Callable[[], Any], timeout_s: float) -> Any:
-    """Run ``fn`` on a daemon thread; raise _Deadline if it has not finished in ``timeout_s``."""
+class _Overdue:
+    """Calls whose caller stopped waiting at their bound while their thread still runs. Headers
+    that trickle in (a line within each read timeout, lines without end) hold such a thread and its
+    connection as long as the endpoint likes: past ``limit`` of them a client sends nothing more
+    until some end (before, each call left one more behind, and with them the server's threads and
+    sockets)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.n = limit, 0
+        self.lock = threading.Lock()
+
+    def full(self) -> str | None:
+        """Why no call may start now, or None."""
+        n = self.n
+        if n >= self.limit:
+            return f"llm busy: {n} earlier calls still running past their time bound"
+        return None
+
+
+def _bounded(fn: Callable[[], Any], timeout_s: float, overdue: _Overdue) -> Any:
+    """Run ``fn`` on a daemon thread; raise _Deadline if it has not finished in ``timeout_s`` (the
+    thread, still running, then counts in ``overdue`` until it ends)."""
     box: dict[str, Any] = {}
     done = threading.Event()
+    late = [False]
 
     def run():
         try:
@@ -82,11 +105,18 @@ def _bounded(fn: Callable[[], Any], timeout_s: float) -> Any:
         except BaseException as e:  # noqa: BLE001 - handed back to the caller's thread
             box["error"] = e
         finally:
-            done.set()
+            with overdue.lock:
+                done.set()
+                if late[0]:
+                    overdue.n -= 1
 
     threading.Thread(target=run, daemon=True, name="bbo-llm-call").start()
     if not done.wait(max(0.0, timeout_s)):
-        raise _Deadline()
+        with overdue.lock:
+            if not done.is_set():
+                late[0] = True
+                overdue.n += 1
+                raise _Deadline()
     if "error" in box:
         raise box["error"]
     return box["value"]
@@ -247,6 +277,7 @@ class LlmClient:
         self._lock = threading.Lock()
         self._consecutive_failures = 0
         self._cool_until = 0.0
+        self._overdue = _Overdue(config.max_overdue_calls)
 
     # ---- plumbing ------------------------------------------------------------------------------
     def _openai(self):
@@ -306,6 +337,7 @@ class LlmClient:
             page = _bounded(
                 lambda: client.with_options(timeout=timeout_s, max_retries=0).models.list(),
                 timeout_s,
+                self._overdue,
             )
             ids = [m.id for m in page.data if _model_name(getattr(m, "id", None))]
         except BaseException as e:  # noqa: BLE001
@@ -333,7 +365,7 @@ class LlmClient:
         )
         if not self.config.enabled:
             return ChatOutcome(reason="llm disabled")
-        cool = self.cooling_down()
+        cool = self.cooling_down() or self._overdue.full()
         if cool:
             return ChatOutcome(reason=cool)
         if bound <= 0.05:
@@ -425,7 +457,9 @@ class LlmClient:
                 "json_schema": {"name": schema_name, "schema": schema, "strict": True},
             }
         try:
-            resp = _bounded(lambda: client.chat.completions.create(**kwargs), timeout_s)
+            resp = _bounded(
+                lambda: client.chat.completions.create(**kwargs), timeout_s, self._overdue
+            )
         except BaseException as e:  # noqa: BLE001 - every failure becomes an outcome
             reason, transport = classify_error(e)
             detail = error_detail(e, self._secrets())

@@ -126,6 +126,9 @@ class LlmConfig:
     # After this many consecutive failed calls, skip the LLM for ``cooldown_s`` (fail fast).
     failures_before_cooldown: int = 3
     cooldown_s: float = 120.0
+    # Calls whose caller gave up at their bound while the endpoint still holds them (trickled
+    # headers): past this many, per model, no new call starts until one ends (LlmClient).
+    max_overdue_calls: int = 16
     models: tuple[str, ...] = ()
     compact: bool = False
     seed: int | None = None
@@ -142,6 +145,8 @@ class LlmConfig:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
         if not self.ask_budget_s > 0:
             raise ValueError(f"ask_budget_s must be > 0, got {self.ask_budget_s}")
+        if self.max_overdue_calls < 1:
+            raise ValueError(f"max_overdue_calls must be >= 1, got {self.max_overdue_calls}")
         if not 0 < self.prior_confidence_cap <= 1:
             raise ValueError("prior_confidence_cap must be in (0, 1]")
 

@@ -6,9 +6,10 @@ client, its HTTP stack, timeouts and error handling are exercised end to end. It
 scripted: a list of :class:`Reply` objects consumed in order (the last one repeats), or a function
 from the request body to a ``Reply``. Replies can carry any content, a usage block, an HTTP error
 status (429, 500, ...), a delay (to hang past a client timeout), a body sent a few bytes at a time
-(to trickle past it) or gzip-compressed unasked, or a refusal; the server can also
-reject ``response_format`` with HTTP 400, as older vLLM / llama.cpp / Ollama builds do, or other
-request fields (``max_tokens``, ``temperature``), as some hosted reasoning models do.
+(to trickle past it) or gzip-compressed unasked, headers that trickle in until released, or a
+refusal; the server can also reject ``response_format`` with HTTP 400, as older vLLM / llama.cpp /
+Ollama builds do, or other request fields (``max_tokens``, ``temperature``), as some hosted
+reasoning models do.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class Reply:
     retry_after: float | None = None
     trickle_s: float = 0.0  # > 0: the body is sent 16 bytes at a time, this many seconds apart
     gzip: bool = False  # the body gzip-compressed (Content-Encoding: gzip), whatever was asked
+    # set: the response headers trickle in, a line every 0.05 s, until this event is set
+    hold_headers: threading.Event | None = None
 
 
 Responder = Callable[[dict], Reply]
@@ -88,6 +91,7 @@ class ChatServer:
                 headers: dict | None = None,
                 trickle_s: float = 0.0,
                 compress: bool = False,
+                hold_headers: threading.Event | None = None,
             ):
                 data = json.dumps(body).encode()
                 if compress:
@@ -95,6 +99,9 @@ class ChatServer:
                     headers = {**(headers or {}), "Content-Encoding": "gzip"}
                 try:
                     self.send_response(status)
+                    while hold_headers is not None and not hold_headers.wait(0.05):
+                        self.send_header("X-Wait", "1")
+                        self.flush_headers()
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     for k, v in (headers or {}).items():
@@ -239,6 +246,7 @@ class ChatServer:
                     },
                     trickle_s=reply.trickle_s,
                     compress=reply.gzip,
+                    hold_headers=reply.hold_headers,
                 )
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
