@@ -25,6 +25,7 @@ into its search space. The model that uses them is :mod:`bbo.transfer_model`.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import math
 import time
@@ -42,6 +43,9 @@ from bbo.trial import Trial, TrialState
 MIN_SCORE = 0.5  # relatedness under which ``auto`` does not pick a study
 MIN_AUTO_TRIALS = 3  # completed trials a study needs before ``auto`` picks it
 OUTSIDE = 0.25  # source points farther than this (in units of the target's range) are dropped
+# completed trials of a source an ask keeps (:func:`kept_source_trials`): as many as its GP
+# conditions on (``SOURCE_OPTIONS.max_model_points`` in :mod:`bbo.transfer_model`)
+MAX_SOURCE_TRIALS = 1000
 MAX_CANDIDATES = 10_000  # stored studies ``auto`` looks at (the tenant's oldest first)
 KEY_PAGE = 500  # stored studies ``auto`` lists at once, by their keys (uid, name, created_at)
 AUTO_PAGE = 8  # stored studies ``auto`` reads at once with their specs (each to --max-spec-bytes)
@@ -559,6 +563,50 @@ def encode_source_trials(
         np.asarray(Y, dtype=float).reshape(-1, len(metrics)),
         used,
     )
+
+
+def kept_source_trials(
+    target: StudySpec, source: StudySpec, uid: str, trials: Sequence[Trial], k: int
+) -> list[Trial]:
+    """At most ``k`` of the source ``uid``'s ``trials`` (all of them up to ``k``), in their order:
+    of those whose every modeled metric is finite and that map into the target's space, the best
+    ``k / 2`` by the target's score and a random sample of the rest (seeded by the source and the
+    trial), with the best trial :func:`map_point` takes (the design's opening point). Applied again
+    to what it kept and more trials, it keeps what it would of all of them (for one objective): a
+    large source is read a page at a time (:class:`bbo.study_transfer.StudySources`)."""
+    if len(trials) <= k:
+        return list(trials)
+    from bbo.acquisition import Layout
+    from bbo.strategy.model_data import quality
+
+    names = target.modeled_metrics
+    cond = conditioning(target.space, source.space)
+    space = target.space if cond is None else cond.space  # as the source's GP encodes them
+    by_name = source.space.by_name
+    rows, Y, inside = [], [], []
+    for t in trials:
+        try:
+            y = [float(t.metrics[n].value) for n in names]
+        except KeyError:
+            continue
+        if t.state is TrialState.COMPLETED and all(math.isfinite(v) for v in y):
+            rows.append(t)
+            Y.append(y)
+            inside.append(_encode(space, by_name, t.params) is not None)
+    lay = Layout.of(target)
+    Ya = np.asarray(Y, dtype=float).reshape(-1, len(names))
+    order = np.argsort(-quality(lay, Ya, lay.feasible(Ya)), kind="stable")
+    keep: set[int] = set()
+    for i in order:
+        if map_point(target.space, source.space, rows[i].params) is not None:
+            keep.add(int(i))
+            break
+    mapped = [int(i) for i in order if inside[i]]
+    keep.update(mapped[: k // 2])
+    rest = [i for i in mapped if i not in keep]
+    keys = [hashlib.blake2b(f"{uid}/{rows[i].id}".encode(), digest_size=8).digest() for i in rest]
+    keep.update(rest[j] for j in sorted(range(len(rest)), key=keys.__getitem__)[: k - len(keep)])
+    return [rows[i] for i in sorted(keep)]
 
 
 def _encode(target: SearchSpace, by_name: dict, params: dict) -> np.ndarray | None:

@@ -65,7 +65,13 @@ from bbo.strategy.context import Context
 from bbo.strategy.model_data import TrainingData
 from bbo.strategy.noise import same_point
 from bbo.surrogate import Surrogate
-from bbo.transfer import SourceData, conditioning, encode_source_trials, map_point
+from bbo.transfer import (
+    MAX_SOURCE_TRIALS,
+    SourceData,
+    conditioning,
+    encode_source_trials,
+    map_point,
+)
 from bbo.trial import Metric, Origin, Trial, TrialState
 
 log = logging.getLogger(__name__)
@@ -73,7 +79,7 @@ log = logging.getLogger(__name__)
 SAMPLES = 256  # posterior samples per model for the ranking losses
 MAX_WEIGHT_ROWS = 100  # target points the weights are computed on (the best quarter, then random)
 MIN_SOURCE_POINTS = 3  # mapped completed trials a source needs to get a GP
-SOURCE_OPTIONS = AlgorithmOptions(max_fit_points=300, max_model_points=1000)
+SOURCE_OPTIONS = AlgorithmOptions(max_fit_points=300, max_model_points=MAX_SOURCE_TRIALS)
 CALIBRATION_PSEUDO = 3.0  # pseudo-observations pulling beta towards one target sd per z-unit
 MIN_PRIOR_SD = 0.05  # a location prior's least spread, as a share of a parameter's range
 MIN_WEIGHT = 0.01  # a source below this weight on every metric does not make a step "transfer"

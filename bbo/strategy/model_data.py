@@ -251,23 +251,27 @@ class ModelData:
         return TrainingData(used, Xa, Ya, Yvar, score, feas, Ym, Ymvar, noise, model_layout)
 
     def score(self, Y: np.ndarray, feas: np.ndarray) -> np.ndarray:
-        """Quality per row, higher is better, every feasible row above every infeasible one.
-        Computed on values scaled down by a power of two (exact), so that no difference or sum
-        of finite values overflows."""
-        if len(Y) == 0:
-            return np.zeros(0)
-        lay = self.layout
-        k = 2.0 ** -(2 + int(np.ceil(np.log2(max(1, len(lay.constraints))))))
-        obj = lay.signed_objectives(Y)
-        if obj.shape[1] == 1:
-            s = obj[:, 0] * k
-        else:  # mean percentile rank over objectives
-            ranks = np.argsort(np.argsort(obj, axis=0), axis=0)
-            s = np.mean(ranks / max(1, len(Y) - 1), axis=1) * k
-        s = (s - s.min()) / max(np.ptp(s), 1e-12 * k)
-        slack = [(Y[:, j] * k - b * k) * (1 if op == "<=" else -1) for j, op, b in lay.constraints]
-        violation = np.clip(np.stack(slack, axis=1), 0, None).sum(axis=1) if slack else 0 * s
-        return np.where(feas, s + 2.0, -violation / max(violation.max(), 1e-12 * k))
+        """Quality per row, higher is better (:func:`quality`)."""
+        return quality(self.layout, Y, feas)
+
+
+def quality(lay: Layout, Y: np.ndarray, feas: np.ndarray) -> np.ndarray:
+    """Quality per row of ``Y`` (the modeled metrics of ``lay``), higher is better, every feasible
+    row above every infeasible one. Computed on values scaled down by a power of two (exact), so
+    that no difference or sum of finite values overflows."""
+    if len(Y) == 0:
+        return np.zeros(0)
+    k = 2.0 ** -(2 + int(np.ceil(np.log2(max(1, len(lay.constraints))))))
+    obj = lay.signed_objectives(Y)
+    if obj.shape[1] == 1:
+        s = obj[:, 0] * k
+    else:  # mean percentile rank over objectives
+        ranks = np.argsort(np.argsort(obj, axis=0), axis=0)
+        s = np.mean(ranks / max(1, len(Y) - 1), axis=1) * k
+    s = (s - s.min()) / max(np.ptp(s), 1e-12 * k)
+    slack = [(Y[:, j] * k - b * k) * (1 if op == "<=" else -1) for j, op, b in lay.constraints]
+    violation = np.clip(np.stack(slack, axis=1), 0, None).sum(axis=1) if slack else 0 * s
+    return np.where(feas, s + 2.0, -violation / max(violation.max(), 1e-12 * k))
 
 
 def _reported_columns(S: Sequence[Sequence[float | None]]) -> tuple[np.ndarray, bool]:
