@@ -32,7 +32,7 @@ from botorch.models.model import Model
 from botorch.models.transforms.input import Normalize
 from botorch.posteriors.posterior import Posterior
 from gpytorch.kernels import AdditiveKernel, Kernel, MaternKernel, ProductKernel, ScaleKernel
-from gpytorch.likelihoods import GaussianLikelihood
+from gpytorch.likelihoods import FixedNoiseGaussianLikelihood, GaussianLikelihood
 from linear_operator import to_dense
 from linear_operator.utils.cholesky import psd_safe_cholesky
 
@@ -136,9 +136,13 @@ class CachedPredictive(Model):
         return mean, None if var is None else var.reshape(*shape, self._m)
 
     def noise_variance(self) -> torch.Tensor | None:
-        """The inferred observation noise variance of each output (m, outcome units); None where
-        the noise is fixed (reported standard errors)."""
+        """The observation noise variance of each output (m, outcome units): the inferred one, or
+        the mean of the reported ones where the noise is fixed (reported standard errors)."""
         lik = self._gp.likelihood
+        if isinstance(lik, FixedNoiseGaussianLikelihood):  # the mean reported noise
+            noise = lik.noise.detach()
+            noise = noise.mean(-1).reshape(-1).expand(self._m)
+            return noise * self._var_scale()
         if type(lik) is not GaussianLikelihood:
             return None
         noise = lik.noise.detach().reshape(-1).expand(self._m)

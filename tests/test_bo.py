@@ -515,16 +515,16 @@ def test_batch_and_pending_give_distinct_points():
 
 
 def test_pending_points_are_believed_on_the_marginals(monkeypatch):
-    """With workers' points pending and no reported noise, an ask stays on the closed-form
-    marginal acquisition, the pending points conditioned on at the GP's own mean (the Kriging
-    believer): no Monte Carlo acquisition is built and the new points keep away from the pending
-    ones. With reported noise the Monte Carlo integral over them serves, as before."""
+    """With workers' points pending, an ask stays on the closed-form marginal acquisition, the
+    pending points conditioned on at the GP's own mean (the Kriging believer): no Monte Carlo
+    acquisition is built and the new points keep away from the pending ones. Also under reported
+    noise (a fixed-noise GP), where qLogNEI's Monte Carlo served and asks cost 2-3x Optuna's."""
     built = []
     make = acquisition_step.make_acquisition
     monkeypatch.setattr(
         acquisition_step, "make_acquisition", lambda *a, **k: built.append(1) or make(*a, **k)
     )
-    for sem, monte_carlo in ((None, False), (0.01, True)):
+    for sem in (None, 0.01):
         built.clear()
         spec = spec_of(H6_SPACE, seed=5, n_initial=8, exploit_gap=0)
         gs, trials = run(spec, hartmann6, 12)
@@ -534,7 +534,7 @@ def test_pending_points_are_believed_on_the_marginals(monkeypatch):
             (s,) = gs.suggest(trials, 1)
             assert s.origin == Origin.BO.value
             trials.append(Trial(len(trials), s.params, TrialState.PENDING, origin=s.origin))
-        assert bool(built) is monte_carlo
+        assert not built
         assert _min_pairwise(H6_SPACE, [t.params for t in trials]) > 1e-2
 
 
