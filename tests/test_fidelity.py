@@ -667,7 +667,7 @@ const [address, name] = process.argv.slice(1);
     return {loss: (p.x - 0.3) ** 2 + 1 / 9};
   }, 8);
   const trials = await s.trials();
-  console.log(JSON.stringify({best: best[0], trials}));
+  console.log(JSON.stringify({best: best.trial, trials}));
   c.close();
 })().catch((e) => { console.error(e.message); process.exit(1); });
 """

@@ -430,7 +430,7 @@ def test_log_ehvi_is_the_monte_carlo_ehvi_in_closed_form():
         gp,
         ref_point=ref,
         partitioning=cells,
-        sampler=SobolQMCNormalSampler(torch.Size([8192]), seed=0),
+        sampler=SobolQMCNormalSampler(torch.Size([4096]), seed=0),
         objective=layout.signed_objective(torch.float64, torch.device("cpu")),
         constraints=layout.constraint_callables(),
         eta=1e-4,

@@ -340,7 +340,8 @@ def test_only_the_schedulers_own_early_stops_are_told_pruned(bbo_server, client,
     ]
     trials = client.study(study_name).trials()
     assert trials[1].reason == "stopped early by the Ray Tune scheduler at training_iteration=1"
-    assert [t.id for t in client.study(study_name).best().trials] == [trials[0].id]
+    # GetBest names a trial that ran to its end (which one is the model's pick: noise is "auto")
+    assert [t.state for t in client.study(study_name).best().trials] == ["COMPLETED"]
     tune_.search.client.close()
     s.client.close()
 
