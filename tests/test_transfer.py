@@ -1029,6 +1029,18 @@ def test_source_reads_never_write_the_source(registry):
     assert not math.isnan(t.record.transfer["resolved_at"])
 
 
+def _source_reads(monkeypatch, storage, uid: str) -> list[tuple]:
+    """Records each ``storage.list_trials`` call reading study ``uid``: its arguments after the uid."""
+    calls: list[tuple] = []
+    real = storage.list_trials
+    monkeypatch.setattr(
+        storage,
+        "list_trials",
+        lambda u, *a, **k: (calls.append(a) if u == uid else None) or real(u, *a, **k),
+    )
+    return calls
+
+
 def test_a_running_source_is_read_again_only_once_it_grew(registry, monkeypatch):
     """A source still receiving results changed before nearly every target ask, and each ask
     re-read all its trials and refit its GP (20,000 trials: 1.8-3 s an ask). It is read again
@@ -1036,27 +1048,21 @@ def test_a_running_source_is_read_again_only_once_it_grew(registry, monkeypatch)
     src, _ = registry.create_study("src", spec_dict())
     add(src, bowl, 40)
     t, _ = registry.create_study("t", spec_dict(transfer={"sources": ["src"]}))
-    reads = []
-    real = registry.storage.list_trials
-    monkeypatch.setattr(
-        registry.storage,
-        "list_trials",
-        lambda uid, *a, **k: (reads.append(uid) if uid == src.uid else None) or real(uid, *a, **k),
-    )
+    reads = _source_reads(monkeypatch, registry.storage, src.uid)
 
     def ask_tell():
         (tr,) = t.ask().trials
         t.tell(tr.id, {"y": bowl(tr.params)})
 
     ask_tell()
-    assert reads.count(src.uid) <= 1
+    assert len(reads) <= 1
     reads.clear()
     add(src, bowl, 4, seed=5)  # 40 -> 44: not past a tenth
     ask_tell()
-    assert reads.count(src.uid) == 0
+    assert len(reads) == 0
     add(src, bowl, 1, seed=6)  # 45: past it
     ask_tell()
-    assert reads.count(src.uid) == 1
+    assert len(reads) == 1
     small, _ = registry.create_study("small", spec_dict())
     add(small, bowl, 3)
     u, _ = registry.create_study("u", spec_dict(transfer={"sources": ["small"]}))
@@ -1084,13 +1090,7 @@ def test_a_large_source_is_read_in_pages_and_kept_to_a_bound(registry, monkeypat
     registry.storage.insert_trials(src.uid, new)
     best = min(src.trials(), key=lambda tr: tr.metrics["y"].value)
     t, _ = registry.create_study("t", spec_dict(transfer={"sources": ["src"]}))
-    pages = []
-    real = registry.storage.list_trials
-    monkeypatch.setattr(
-        registry.storage,
-        "list_trials",
-        lambda uid, *a, **k: (pages.append(a) if uid == src.uid else None) or real(uid, *a, **k),
-    )
+    pages = _source_reads(monkeypatch, registry.storage, src.uid)
     (data,) = t.sources.read(t.record.transfer)
     assert len(pages) == 5 and all(a[-1] == 64 for a in pages)  # 300 trials, 64 at a time
     assert len(data.trials) == 40 and best.id in {tr.id for tr in data.trials}
