@@ -346,6 +346,19 @@ def test_only_the_schedulers_own_early_stops_are_told_pruned(bbo_server, client,
     s.client.close()
 
 
+def test_the_full_budget_is_read_through_a_resource_changing_scheduler():
+    """A ResourceChangingScheduler stops trials by the scheduler it wraps: its max_t is that one's
+    (before, none was found, and its stops at max_t were told PRUNED)."""
+    from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule, ResourceChangingScheduler
+
+    from bbo_client.ray import _full_budget
+
+    asha = ASHAScheduler(max_t=9, time_attr="epoch", metric="loss", mode="min")
+    assert _full_budget(ResourceChangingScheduler(base_scheduler=asha)) == ("epoch", 9.0)
+    assert _full_budget(asha) == ("epoch", 9.0)
+    assert _full_budget(ResourceChangingScheduler(base_scheduler=MedianStoppingRule())) is None
+
+
 def test_a_scheduler_that_never_stops_early_leaves_every_trial_completed(
     bbo_server, client, study_name
 ):

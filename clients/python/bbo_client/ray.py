@@ -534,7 +534,11 @@ class _StopNoting:
 
 def _full_budget(scheduler: Any) -> tuple[str, float] | None:
     """The (time attribute, max_t) at which a Tune scheduler ends a trial that ran in full:
-    ASHAScheduler's ``max_t``, HyperBandScheduler's; None for one without (MedianStoppingRule)."""
+    ASHAScheduler's ``max_t``, HyperBandScheduler's, that of the one a ResourceChangingScheduler
+    wraps; None for one without (MedianStoppingRule)."""
+    inner = getattr(scheduler, "_base_scheduler", None)
+    if inner is not None:  # ResourceChangingScheduler: the stops are its base scheduler's
+        return _full_budget(inner)
     max_t = getattr(scheduler, "_max_t", None)
     if max_t is None:
         max_t = getattr(scheduler, "_max_t_attr", None)
