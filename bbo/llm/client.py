@@ -97,7 +97,7 @@ def _bounded(fn: Callable[[], Any], timeout_s: float, overdue: _Overdue) -> Any:
     thread, still running, then counts in ``overdue`` until it ends)."""
     box: dict[str, Any] = {}
     done = threading.Event()
-    late = [False]
+    late = False  # set once the caller gave up on the call
 
     def run():
         try:
@@ -107,14 +107,14 @@ def _bounded(fn: Callable[[], Any], timeout_s: float, overdue: _Overdue) -> Any:
         finally:
             with overdue.lock:
                 done.set()
-                if late[0]:
+                if late:
                     overdue.n -= 1
 
     threading.Thread(target=run, daemon=True, name="bbo-llm-call").start()
     if not done.wait(max(0.0, timeout_s)):
         with overdue.lock:
             if not done.is_set():
-                late[0] = True
+                late = True
                 overdue.n += 1
                 raise _Deadline()
     if "error" in box:
